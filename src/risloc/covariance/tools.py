@@ -1,0 +1,139 @@
+"""Covariance tools: the one implementation that training and inference both call.
+
+All functions are batched over leading dimensions; matrices are [..., N, N] complex.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+
+def _check_square(R: torch.Tensor, name: str = "R") -> None:
+    if R.ndim < 2 or R.shape[-1] != R.shape[-2]:
+        raise ValueError(f"{name} must be [..., N, N], got shape {tuple(R.shape)}")
+
+
+def hermitise(R: torch.Tensor) -> torch.Tensor:
+    """(R + R^H) / 2."""
+    _check_square(R)
+    return 0.5 * (R + R.mH)
+
+
+def trace(R: torch.Tensor) -> torch.Tensor:
+    """Real part of the trace: [...]."""
+    return torch.diagonal(R, dim1=-2, dim2=-1).real.sum(-1)
+
+
+def normalize_trace(R: torch.Tensor, N: int | None = None, eps: float = 1e-12) -> torch.Tensor:
+    """Scale R to trace N (default: its own size). eps guards an all-zero matrix."""
+    _check_square(R)
+    N = R.shape[-1] if N is None else N
+    tr = trace(R).clamp_min(eps)
+    return R * (N / tr).unsqueeze(-1).unsqueeze(-1).to(R.dtype)
+
+
+def _eye_like(R: torch.Tensor) -> torch.Tensor:
+    return torch.eye(R.shape[-1], dtype=R.dtype, device=R.device)
+
+
+def shrink(R: torch.Tensor, a: float) -> torch.Tensor:
+    """Ledoit-Wolf-style shrinkage (1 - a) R + a tr(R)/N I."""
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(f"shrinkage a must lie in [0, 1], got {a}")
+    N = R.shape[-1]
+    mu = (trace(R) / N).unsqueeze(-1).unsqueeze(-1).to(R.dtype)
+    return (1 - a) * R + a * mu * _eye_like(R)
+
+
+def load_diagonal(R: torch.Tensor, eps: float) -> torch.Tensor:
+    """Diagonal loading R + eps tr(R)/N I (eps relative to the mean eigenvalue)."""
+    if eps < 0:
+        raise ValueError(f"diagonal loading must be >= 0, got {eps}")
+    N = R.shape[-1]
+    mu = (trace(R) / N).unsqueeze(-1).unsqueeze(-1).to(R.dtype)
+    return R + eps * mu * _eye_like(R)
+
+
+def blend(R_pred: torch.Tensor, R_samp: torch.Tensor, beta: float | torch.Tensor,
+          N: int | None = None) -> torch.Tensor:
+    """R_blend = (1 - beta) R_pred + beta R_samp, Hermitised, trace N.
+
+    Both inputs are normalised to trace N first so that beta means what it says
+    (the previous attempt blended a trace-20,711 target with a trace-288 blend).
+    R_samp is detached: the network must not learn through the sample covariance.
+    """
+    if R_pred.shape != R_samp.shape:
+        raise ValueError(f"R_pred {tuple(R_pred.shape)} and R_samp {tuple(R_samp.shape)} differ")
+    beta = torch.as_tensor(beta, dtype=R_pred.real.dtype, device=R_pred.device)
+    if beta.ndim == 1:
+        beta = beta.view(-1, 1, 1)
+    Rp = normalize_trace(hermitise(R_pred), N)
+    Rs = normalize_trace(hermitise(R_samp.detach()), N)
+    return normalize_trace(hermitise((1 - beta) * Rp + beta * Rs), N)
+
+
+def operators(H: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Per-snapshot measurement operators Phi_l = H diag(c_l).
+
+    H : [B, M, N], codes : [B, L, N]  ->  Phi : [B, L, M, N]
+    """
+    if H.ndim != 3 or codes.ndim != 3 or H.shape[0] != codes.shape[0] \
+            or H.shape[-1] != codes.shape[-1]:
+        raise ValueError(f"H must be [B, M, N] and codes [B, L, N]; got {tuple(H.shape)} "
+                         f"and {tuple(codes.shape)}")
+    return H.unsqueeze(1) * codes.unsqueeze(2)
+
+
+def back_projection(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                    alpha: float = 1e-3) -> torch.Tensor:
+    """Per-snapshot Tikhonov least squares a_l = (Phi_l^H Phi_l + alpha' I)^-1 Phi_l^H y_l.
+
+    alpha' = alpha tr(Phi_l^H Phi_l)/N. Since M < N this is evaluated in the M-dimensional
+    form a_l = Phi_l^H (Phi_l Phi_l^H + alpha' I_M)^-1 y_l (push-through identity).
+
+    y : [B, L, M], H : [B, M, N], codes : [B, L, N]  ->  a : [B, L, N]
+    """
+    if y.ndim != 3 or y.shape[0] != H.shape[0] or y.shape[-1] != H.shape[-2] \
+            or y.shape[1] != codes.shape[1]:
+        raise ValueError(f"y must be [B, L, M] matching H [B, M, N] and codes [B, L, N]; got "
+                         f"{tuple(y.shape)}, {tuple(H.shape)}, {tuple(codes.shape)}")
+    phi = operators(H, codes)  # (B, L, M, N)
+    N = phi.shape[-1]
+    gram = phi @ phi.mH  # (B, L, M, M)
+    alpha_abs = alpha * trace(gram) / N  # tr(Phi^H Phi) = tr(Phi Phi^H)
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    gram = gram + alpha_abs.unsqueeze(-1).unsqueeze(-1).to(gram.dtype) * eye
+    z = torch.linalg.solve(gram, y.unsqueeze(-1))  # (B, L, M, 1)
+    return (phi.mH @ z).squeeze(-1)
+
+
+def sample_covariance(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                      alpha: float = 1e-3, N: int | None = None) -> torch.Tensor:
+    """R_samp = (1/L) sum_l a_l a_l^H of the back-projected snapshots, trace N.
+
+    Never mean-centred. Its rank is at most L (and each a_l lies in the M-dim row space of
+    Phi_l), so it is a weak estimate of R_true when M < N.
+
+    y : [B, L, M], H : [B, M, N], codes : [B, L, N]  ->  R_samp : [B, N, N]
+    """
+    a = back_projection(y, H, codes, alpha)  # (B, L, N)
+    R = a.mT @ a.conj() / a.shape[1]  # sum_l a_l a_l^H: (B, N, L) @ (B, L, N)
+    return normalize_trace(hermitise(R), N)
+
+
+def subspace_overlap(R_est: torch.Tensor, R_ref: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Top-K subspace overlap ||U_ref^H U_est||_F^2 / K in [0, 1] (evaluation only).
+
+    K : [B] int. Uses eigh without gradients.
+    """
+    with torch.no_grad():
+        _, U_e = torch.linalg.eigh(hermitise(R_est))
+        _, U_r = torch.linalg.eigh(hermitise(R_ref))
+        N = R_est.shape[-1]
+        cols = torch.arange(N, device=R_est.device)
+        sel = (cols >= N - K.view(-1, 1)).to(U_e.dtype).unsqueeze(-2)  # top-K columns
+        G = (U_r * sel).mH @ (U_e * sel)
+        return G.abs().square().sum((-1, -2)) / K.to(G.real.dtype)
+
+

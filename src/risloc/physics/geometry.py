@@ -1,0 +1,52 @@
+"""RIS geometry: element positions and source positions (CONVENTIONS.md, "Geometry").
+
+Element n = v * N_H + h; x_n = (h - (N_H-1)/2) d, y_n = (v - (N_V-1)/2) d, z_n = 0.
+A source at azimuth phi, elevation theta, range r sits at
+p = r (cos(theta) sin(phi), sin(theta), cos(theta) cos(phi)).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from risloc.config import SystemConfig
+
+
+def element_positions(system: SystemConfig, dtype: torch.dtype = torch.float64,
+                      device: torch.device | str | None = None) -> torch.Tensor:
+    """Positions of the RIS elements.
+
+    Returns
+    -------
+    pos : [N, 3], real — [m]; row n = v * N_H + h.
+    """
+    h = torch.arange(system.N_H, dtype=dtype, device=device) - (system.N_H - 1) / 2
+    v = torch.arange(system.N_V, dtype=dtype, device=device) - (system.N_V - 1) / 2
+    vv, hh = torch.meshgrid(v, h, indexing="ij")  # (N_V, N_H): row-major gives n = v*N_H + h
+    x = (hh * system.spacing).reshape(-1)
+    y = (vv * system.spacing).reshape(-1)
+    return torch.stack([x, y, torch.zeros_like(x)], dim=-1)
+
+
+def direction(azimuth: torch.Tensor, elevation: torch.Tensor) -> torch.Tensor:
+    """Unit direction vector u(phi, theta): [..., 3]."""
+    ce = torch.cos(elevation)
+    return torch.stack([ce * torch.sin(azimuth), torch.sin(elevation), ce * torch.cos(azimuth)],
+                       dim=-1)
+
+
+def source_position(azimuth: torch.Tensor, elevation: torch.Tensor,
+                    range_m: torch.Tensor) -> torch.Tensor:
+    """Cartesian position of sources: [..., 3] — [m]. Angles in radians."""
+    return range_m.unsqueeze(-1) * direction(azimuth, elevation)
+
+
+def angular_separation(az1: torch.Tensor, el1: torch.Tensor,
+                       az2: torch.Tensor, el2: torch.Tensor) -> torch.Tensor:
+    """Great-circle angle between two directions [rad] (broadcasting)."""
+    u1 = direction(az1, el1)
+    u2 = direction(az2, el2)
+    cos = (u1 * u2).sum(-1)
+    # atan2 of |cross| and dot is accurate for tiny and near-pi angles alike.
+    sin = torch.linalg.vector_norm(torch.cross(u1, u2, dim=-1), dim=-1)
+    return torch.atan2(sin, cos)

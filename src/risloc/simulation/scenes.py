@@ -1,0 +1,184 @@
+"""Vectorised scene simulation (CONVENTIONS.md, "Measurement model").
+
+y_l = H diag(c_l) A s_l + n_l,  s_l ~ CN(0, diag(p)) independent per snapshot,
+n_l ~ CN(0, sigma^2 I_M), sigma^2 set so that the *realised* per-antenna SNR
+(1/(L M)) sum_l ||H diag(c_l) A s_l||^2 / sigma^2 equals the requested SNR.
+
+A batch is generated without Python loops over scenes, snapshots or elements; the only
+loop is over source slots (K_max <= a handful) for the minimum-separation rejection.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from risloc.config import SceneConfig, SystemConfig
+from risloc.physics.channel import draw_channel
+from risloc.physics.codebooks import draw_codes
+from risloc.physics.geometry import angular_separation
+from risloc.physics.rng import complex_normal, uniform
+from risloc.physics.steering import steering
+
+_MAX_REJECTION_ROUNDS = 1000
+
+
+@dataclass(frozen=True)
+class SceneBatch:
+    """A batch of simulated (or loaded) scenes. Source slots beyond K are NaN-padded.
+
+    y : [B, L, M] complex — measurements
+    H : [B, M, N] complex — BS <- RIS channel
+    codes : [B, L, N] complex — RIS codes
+    snr_db : [B] float — realised SNR [dB]
+    K : [B] int64 — number of sources (truth)
+    azimuth, elevation : [B, K_max] float — [rad], NaN beyond K
+    range_m : [B, K_max] float — [m], NaN beyond K
+    powers : [B, K_max] float — source powers p_k, 0 beyond K
+    noise_var : [B] float — sigma^2
+    symbols : [B, L, K_max] complex or None — s_l (simulation only, never written)
+    """
+
+    y: torch.Tensor
+    H: torch.Tensor
+    codes: torch.Tensor
+    snr_db: torch.Tensor
+    K: torch.Tensor | None = None
+    azimuth: torch.Tensor | None = None
+    elevation: torch.Tensor | None = None
+    range_m: torch.Tensor | None = None
+    powers: torch.Tensor | None = None
+    noise_var: torch.Tensor | None = None
+    symbols: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    @property
+    def has_truth(self) -> bool:
+        return self.K is not None and self.azimuth is not None
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """[B, K_max] bool — True for real source slots."""
+        if self.K is None or self.azimuth is None:
+            raise ValueError("this scene batch carries no truth (K / positions)")
+        slots = torch.arange(self.azimuth.shape[-1], device=self.K.device)
+        return slots < self.K.unsqueeze(-1)
+
+    def _map(self, fn) -> SceneBatch:
+        return replace(self, **{f.name: (None if getattr(self, f.name) is None
+                                         else fn(getattr(self, f.name))) for f in fields(self)})
+
+    def to(self, device: torch.device | str) -> SceneBatch:
+        return self._map(lambda t: t.to(device))
+
+    def __getitem__(self, idx) -> SceneBatch:
+        return self._map(lambda t: t[idx])
+
+
+def draw_sources(batch: int, K_max: int, scene: SceneConfig,
+                 generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None):
+    """Draw K_max source slots per scene, uniform in the field of view, pairwise at least
+    ``scene.min_separation_deg`` apart (great-circle angle).
+
+    Returns azimuth, elevation [rad] and range [m], each [B, K_max].
+    """
+    az_lo, az_hi = map(math.radians, scene.azimuth_deg)
+    el_lo, el_hi = map(math.radians, scene.elevation_deg)
+    az = uniform((batch, K_max), az_lo, az_hi, generator, dtype, device)
+    el = uniform((batch, K_max), el_lo, el_hi, generator, dtype, device)
+    rng = uniform((batch, K_max), *scene.range_m, generator, dtype, device)
+    min_sep = math.radians(scene.min_separation_deg)
+    for k in range(1, K_max):
+        for _ in range(_MAX_REJECTION_ROUNDS):
+            sep = angular_separation(az[:, k:k + 1], el[:, k:k + 1], az[:, :k], el[:, :k])
+            bad = sep.min(dim=-1).values < min_sep  # (B,)
+            n_bad = int(bad.sum())
+            if n_bad == 0:
+                break
+            az[bad, k] = uniform(n_bad, az_lo, az_hi, generator, dtype, device)
+            el[bad, k] = uniform(n_bad, el_lo, el_hi, generator, dtype, device)
+        else:
+            raise ValueError(
+                f"could not place {K_max} sources {scene.min_separation_deg} deg apart in the "
+                "field of view; widen the field of view or lower min_separation_deg")
+    return az, el, rng
+
+
+def _draw_K(batch: int, K_max: int, scene: SceneConfig, K: int | None,
+            generator: torch.Generator | None, device) -> torch.Tensor:
+    fixed = K if K is not None else scene.K
+    if fixed is not None:
+        if not 1 <= fixed <= K_max:
+            raise ValueError(f"K={fixed} must lie in 1..K_max={K_max}")
+        return torch.full((batch,), fixed, dtype=torch.int64, device=device)
+    return torch.randint(1, K_max + 1, (batch,), generator=generator, device=device)
+
+
+def simulate_batch(batch: int, system: SystemConfig, scene: SceneConfig,
+                   generator: torch.Generator | None = None,
+                   snr_db: float | None = None, K: int | None = None,
+                   device: torch.device | str | None = None) -> SceneBatch:
+    """Simulate ``batch`` scenes (complex64). ``snr_db`` / ``K`` fix those values."""
+    real, cplx = torch.float32, torch.complex64
+    Kb = _draw_K(batch, system.K_max, scene, K, generator, device)
+    az, el, rng = draw_sources(batch, system.K_max, scene, generator, real, device)
+    slots = torch.arange(system.K_max, device=device)
+    mask = slots < Kb.unsqueeze(-1)  # (B, K_max)
+    powers = mask.to(real)  # equal unit power, 0 in padded slots
+    H = draw_channel(batch, system, scene, generator, cplx, device)  # (B, M, N)
+    codes = draw_codes(batch, system, scene.codebook, scene.code_bits, generator, cplx, device)
+    A = steering(az, el, rng, system, cplx)  # (B, K_max, N)
+    s = complex_normal((batch, system.L, system.K_max), generator, cplx, device)
+    s = s * powers.sqrt().unsqueeze(1)  # (B, L, K_max)
+    x = codes * (s @ A)  # (B, L, N)   c_l (.) A s_l
+    signal = x @ H.transpose(-1, -2)  # (B, L, M)   H diag(c_l) A s_l
+    if snr_db is None:
+        snr = uniform(batch, *scene.snr_db, generator, real, device)
+    else:
+        snr = torch.full((batch,), float(snr_db), dtype=real, device=device)
+    p_sig = signal.abs().square().mean(dim=(-1, -2))  # (B,)
+    noise_var = p_sig / 10 ** (snr / 10)
+    noise = complex_normal(signal.shape, generator, cplx, device)
+    y = signal + noise_var.sqrt().view(-1, 1, 1) * noise
+    nan = torch.tensor(float("nan"), dtype=real, device=device)
+    return SceneBatch(
+        y=y, H=H, codes=codes, snr_db=snr, K=Kb,
+        azimuth=torch.where(mask, az, nan), elevation=torch.where(mask, el, nan),
+        range_m=torch.where(mask, rng, nan), powers=powers, noise_var=noise_var, symbols=s,
+    )
+
+
+def true_covariance(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: torch.Tensor,
+                    powers: torch.Tensor, system: SystemConfig,
+                    dtype: torch.dtype = torch.complex64) -> torch.Tensor:
+    """R_true = A diag(p) A^H scaled to trace N (training target / oracle only).
+
+    azimuth, elevation, range_m, powers : [B, K_max] (NaN slots must have power 0)
+    Returns R : [B, N, N] complex.
+    """
+    valid = powers > 0
+    zero = torch.zeros((), dtype=azimuth.dtype, device=azimuth.device)
+    one = torch.ones((), dtype=azimuth.dtype, device=azimuth.device)
+    A = steering(torch.where(valid, azimuth, zero), torch.where(valid, elevation, zero),
+                 torch.where(valid, range_m, one), system, dtype)  # (B, K, N)
+    p = powers.to(A.real.dtype)
+    # A holds steering vectors as rows, so the column matrix is A^T and A^H = conj(A).
+    R = (A.transpose(-1, -2) * p.unsqueeze(-2)) @ A.conj()  # (B, N, N) = A diag(p) A^H
+    trace = p.sum(-1).clamp_min(torch.finfo(p.dtype).tiny)  # ||a_k|| = 1 => tr = sum p
+    return R * (system.N / trace).view(-1, 1, 1)
+
+
+def scene_true_covariance(scenes: SceneBatch, system: SystemConfig,
+                          dtype: torch.dtype = torch.complex64) -> torch.Tensor:
+    """R_true of a SceneBatch that carries truth: [B, N, N]."""
+    if not scenes.has_truth:
+        raise ValueError("R_true needs the truth (K and source positions)")
+    powers = scenes.powers if scenes.powers is not None else scenes.mask.to(torch.float32)
+    return true_covariance(scenes.azimuth, scenes.elevation, scenes.range_m, powers, system,
+                           dtype)
