@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 
 
-
 def _check_square(R: torch.Tensor, name: str = "R") -> None:
     if R.ndim < 2 or R.shape[-1] != R.shape[-2]:
         raise ValueError(f"{name} must be [..., N, N], got shape {tuple(R.shape)}")

@@ -12,8 +12,8 @@ import math
 import torch
 
 from risloc.config import SceneConfig, SystemConfig
-from risloc.physics.steering import far_field_response, ula_response
 from risloc.physics.rng import complex_normal, uniform
+from risloc.physics.steering import far_field_response, ula_response
 
 
 def rician_channel(kappa: torch.Tensor, bs_angle: torch.Tensor, ris_azimuth: torch.Tensor,

@@ -22,7 +22,7 @@ from risloc.physics.geometry import angular_separation
 from risloc.physics.rng import complex_normal, uniform
 from risloc.physics.steering import steering
 
-_MAX_REJECTION_ROUNDS = 1000
+_MAX_REJECTION_ROUNDS = 200
 
 
 @dataclass(frozen=True)

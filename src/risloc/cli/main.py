@@ -1,0 +1,36 @@
+"""The `risloc` command line."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from risloc import __version__
+from risloc.cli.common import setup_logging
+from risloc.cli.simulate import info_command, simulate_command
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Near-field localization of radio sources through a RIS.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"risloc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    setup_logging(verbose)
+
+
+app.command("simulate")(simulate_command)
+app.command("info")(info_command)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,282 @@
+"""Scene files (CONVENTIONS.md, "Scene file"): HDF5 (.h5) or NumPy (.npz).
+
+| name | dtype | shape | required |
+| y | complex64 | (S, L, M) | yes |
+| H | complex64 | (S, M, N) | yes |
+| codes | complex64 | (S, L, N) | yes |
+| snr_db | float32 | (S,) | no |
+| K | int | (S,) | no (truth) |
+| azimuth_deg, elevation_deg, range_m | float32 | (S, K_max) | no (truth, NaN-padded) |
+
+The system is a JSON string in the attribute (HDF5) / array (NPZ) ``system``; risloc also
+records the full configuration (``config``), the split, seed and package version.
+
+Writing is atomic: data go to ``<name>.partial`` and are renamed when complete, so an
+interrupted run never leaves a truncated file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from risloc.config import ConfigError, SystemConfig, system_from_json
+from risloc.simulation.scenes import SceneBatch
+
+REQUIRED = ("y", "H", "codes")
+TRUTH = ("azimuth_deg", "elevation_deg", "range_m")
+
+
+class SceneFileError(ValueError):
+    """A scene file is unreadable or inconsistent."""
+
+
+def _system_json(system: SystemConfig) -> str:
+    return system.model_dump_json()
+
+
+@dataclass(frozen=True)
+class SceneFileInfo:
+    """What a scene file holds (without loading the arrays)."""
+
+    path: Path
+    n_scenes: int
+    system: SystemConfig
+    has_truth: bool
+    has_snr: bool
+    K_slots: int
+    attrs: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- writing
+
+class SceneFileWriter:
+    """Write scenes to an HDF5 file in chunks, atomically.
+
+    >>> with SceneFileWriter(path, n, system, attrs) as w:
+    ...     w.write(0, batch0); w.write(len(batch0), batch1)
+    """
+
+    def __init__(self, path: str | Path, n_scenes: int, system: SystemConfig,
+                 attrs: dict[str, Any] | None = None, with_truth: bool = True):
+        self.path = Path(path)
+        if self.path.suffix not in (".h5", ".hdf5"):
+            raise SceneFileError(f"{self.path}: chunked writing needs an .h5 file")
+        self.tmp = self.path.with_name(self.path.name + ".partial")
+        self.n, self.system, self.attrs = n_scenes, system, dict(attrs or {})
+        self.with_truth = with_truth
+        self._f: h5py.File | None = None
+        self._written = 0
+
+    def __enter__(self) -> SceneFileWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        s, n = self.system, self.n
+        f = h5py.File(self.tmp, "w")
+        chunk = max(1, min(n, 256))
+        f.create_dataset("y", (n, s.L, s.M), np.complex64, chunks=(chunk, s.L, s.M))
+        f.create_dataset("H", (n, s.M, s.N), np.complex64, chunks=(chunk, s.M, s.N))
+        f.create_dataset("codes", (n, s.L, s.N), np.complex64, chunks=(chunk, s.L, s.N))
+        f.create_dataset("snr_db", (n,), np.float32)
+        if self.with_truth:
+            f.create_dataset("K", (n,), np.int32)
+            for name in TRUTH:
+                f.create_dataset(name, (n, s.K_max), np.float32)
+        f.attrs["system"] = _system_json(s)
+        for k, v in self.attrs.items():
+            f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
+        self._f = f
+        return self
+
+    def write(self, start: int, batch: SceneBatch) -> None:
+        f = self._f
+        if f is None:
+            raise RuntimeError("SceneFileWriter.write outside its 'with' block")
+        stop = start + len(batch)
+        if stop > self.n:
+            raise SceneFileError(f"writing scenes {start}..{stop} past the end ({self.n})")
+        arrays = batch_to_arrays(batch, self.system.K_max)
+        for name, arr in arrays.items():
+            if name in f:
+                f[name][start:stop] = arr
+        self._written += len(batch)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        f, self._f = self._f, None
+        if f is not None:
+            f.close()
+        if exc_type is not None or self._written != self.n:
+            self.tmp.unlink(missing_ok=True)
+            if exc_type is None:
+                raise SceneFileError(f"only {self._written} of {self.n} scenes were written")
+            return
+        os.replace(self.tmp, self.path)
+
+
+def batch_to_arrays(batch: SceneBatch, K_max: int) -> dict[str, np.ndarray]:
+    """The file datasets of a SceneBatch as NumPy arrays (degrees at the file edge)."""
+    out = {
+        "y": batch.y.detach().cpu().numpy().astype(np.complex64),
+        "H": batch.H.detach().cpu().numpy().astype(np.complex64),
+        "codes": batch.codes.detach().cpu().numpy().astype(np.complex64),
+        "snr_db": batch.snr_db.detach().cpu().numpy().astype(np.float32),
+    }
+    if batch.has_truth:
+        out["K"] = batch.K.cpu().numpy().astype(np.int32)
+        for name, t, deg in (("azimuth_deg", batch.azimuth, True),
+                             ("elevation_deg", batch.elevation, True),
+                             ("range_m", batch.range_m, False)):
+            arr = t.detach().cpu().numpy().astype(np.float64)
+            arr = np.degrees(arr) if deg else arr
+            pad = np.full((arr.shape[0], K_max), np.nan)
+            pad[:, :arr.shape[1]] = arr
+            out[name] = pad.astype(np.float32)
+    return out
+
+
+def write_scenes(path: str | Path, batch: SceneBatch, system: SystemConfig,
+                 attrs: dict[str, Any] | None = None) -> Path:
+    """Write a whole SceneBatch to .h5 or .npz, atomically."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        arrays = batch_to_arrays(batch, system.K_max)
+        arrays["system"] = np.array(_system_json(system))
+        for k, v in (attrs or {}).items():
+            arrays[k] = np.array(v if isinstance(v, str) else json.dumps(v))
+        tmp = path.with_name(path.name + ".partial.npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+        return path
+    with SceneFileWriter(path, len(batch), system, attrs, with_truth=batch.has_truth) as w:
+        w.write(0, batch)
+    return path
+
+
+# ----------------------------------------------------------------------------- reading
+
+def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """Return (datasets, attrs, handle) for .h5 / .npz; datasets are lazy for HDF5."""
+    if not path.exists():
+        raise SceneFileError(f"{path}: no such file")
+    if path.suffix == ".npz":
+        try:
+            z = np.load(path, allow_pickle=False)
+            data = {k: z[k] for k in z.files}
+        except Exception as err:  # zipfile / ValueError / EOFError on corrupt archives
+            raise SceneFileError(f"{path}: not a readable .npz file ({err})") from None
+        attrs = {k: str(data.pop(k)) for k in list(data) if data[k].dtype.kind == "U"}
+        return data, attrs, None
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise SceneFileError(f"{path}: not a readable HDF5 file (truncated or corrupt?): "
+                             f"{err}") from None
+    attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    return {k: f[k] for k in f.keys()}, attrs, f
+
+
+def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig) -> tuple[int, int]:
+    """Validate names, shapes and dtypes against each other and the system."""
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise SceneFileError(f"{path}: missing required dataset(s) {missing}")
+    S = data["y"].shape[0] if data["y"].ndim else 0
+    s = system
+    expect = {"y": (S, s.L, s.M), "H": (S, s.M, s.N), "codes": (S, s.L, s.N)}
+    for name, shape in expect.items():
+        if tuple(data[name].shape) != shape:
+            raise SceneFileError(
+                f"{path}: dataset {name!r} has shape {tuple(data[name].shape)}, expected "
+                f"{shape} for S={S} scenes and the file's system (L={s.L}, M={s.M}, N={s.N})")
+        if data[name].dtype.kind != "c":
+            raise SceneFileError(f"{path}: dataset {name!r} must be complex, "
+                                 f"got {data[name].dtype}")
+    if "snr_db" in data and tuple(data["snr_db"].shape) != (S,):
+        raise SceneFileError(f"{path}: 'snr_db' has shape {tuple(data['snr_db'].shape)}, "
+                             f"expected ({S},)")
+    return S, _check_truth(path, data, S, system)
+
+
+def _check_truth(path: Path, data: dict[str, Any], S: int, system: SystemConfig) -> int:
+    present = [k for k in ("K", *TRUTH) if k in data]
+    if not present:
+        return 0
+    if len(present) != 4:
+        raise SceneFileError(f"{path}: truth datasets must come together (K, azimuth_deg, "
+                             f"elevation_deg, range_m); found only {present}")
+    if tuple(data["K"].shape) != (S,) or data["K"].dtype.kind not in "iu":
+        raise SceneFileError(f"{path}: 'K' must be integer of shape ({S},), got "
+                             f"{data['K'].dtype} {tuple(data['K'].shape)}")
+    slots = data["azimuth_deg"].shape[-1] if data["azimuth_deg"].ndim == 2 else -1
+    for name in TRUTH:
+        if data[name].ndim != 2 or tuple(data[name].shape) != (S, slots):
+            raise SceneFileError(f"{path}: {name!r} must have shape (S, K_max) = ({S}, "
+                                 f"{slots}), got {tuple(data[name].shape)}")
+    return slots
+
+
+def inspect_scene_file(path: str | Path) -> SceneFileInfo:
+    """Validate a scene file's layout and return what it holds."""
+    path = Path(path)
+    data, attrs, handle = _open(path)
+    try:
+        try:
+            system = system_from_json(attrs.get("system"))
+        except ConfigError as err:
+            raise SceneFileError(f"{path}: {err}") from None
+        S, slots = _check_layout(path, data, system)
+        return SceneFileInfo(path, S, system, slots > 0, "snr_db" in data, slots, attrs)
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def _to_batch(arrays: dict[str, np.ndarray]) -> SceneBatch:
+    t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    cplx = {k: t[k].to(torch.complex64) for k in REQUIRED}
+    S = cplx["y"].shape[0]
+    snr = t["snr_db"].float() if "snr_db" in t else torch.full((S,), math.nan)
+    truth: dict[str, torch.Tensor | None] = dict.fromkeys(
+        ("K", "azimuth", "elevation", "range_m", "powers"))
+    if "K" in t:
+        K = t["K"].long()
+        slots = torch.arange(t["azimuth_deg"].shape[-1])
+        mask = slots < K.unsqueeze(-1)
+        nan = torch.tensor(math.nan, dtype=torch.float64)
+        # float64 radians so that writing the batch back reproduces the file bit for bit
+        truth.update(
+            K=K, powers=mask.float(),
+            azimuth=torch.where(mask, torch.deg2rad(t["azimuth_deg"].double()), nan),
+            elevation=torch.where(mask, torch.deg2rad(t["elevation_deg"].double()), nan),
+            range_m=torch.where(mask, t["range_m"].double(), nan))
+    return SceneBatch(y=cplx["y"], H=cplx["H"], codes=cplx["codes"], snr_db=snr, **truth)
+
+
+def read_scenes(path: str | Path, start: int = 0, stop: int | None = None
+                ) -> tuple[SceneBatch, SceneFileInfo]:
+    """Load scenes ``start .. stop-1`` of a file as a SceneBatch (angles in radians).
+
+    Missing snr_db is returned as NaN (to be estimated downstream).
+    """
+    info = inspect_scene_file(path)
+    stop = info.n_scenes if stop is None else min(stop, info.n_scenes)
+    if not 0 <= start <= stop:
+        raise SceneFileError(f"{path}: bad scene range {start}..{stop}")
+    data, _, handle = _open(Path(path))
+    try:
+        arrays = {k: np.asarray(v[start:stop]) for k, v in data.items()
+                  if k in (*REQUIRED, "snr_db", "K", *TRUTH)}
+    except OSError as err:
+        raise SceneFileError(f"{path}: read failed (truncated or corrupt?): {err}") from None
+    finally:
+        if handle is not None:
+            handle.close()
+    return _to_batch(arrays), info

@@ -1,0 +1,112 @@
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from risloc.config import SceneConfig, SystemConfig
+from risloc.io import SceneDataset, SceneFileError, SceneFileWriter, read_scenes, write_scenes
+from risloc.io.scenefile import batch_to_arrays
+from risloc.simulation import simulate_range
+
+
+@pytest.fixture(scope="module")
+def batch(system):
+    return simulate_range(0, 50, system, SceneConfig(), seed=0, split="test")
+
+
+@pytest.mark.parametrize("ext", ["h5", "npz"])
+def test_round_trip_exact(tmp_path, batch, system, ext):
+    path = write_scenes(tmp_path / f"s.{ext}", batch, system, {"split": "test"})
+    back, info = read_scenes(path)
+    assert info.n_scenes == 50 and info.has_truth and info.system == system
+    assert torch.equal(back.y, batch.y) and torch.equal(back.H, batch.H)
+    assert torch.equal(back.codes, batch.codes) and torch.equal(back.snr_db, batch.snr_db)
+    assert torch.equal(back.K, batch.K)
+    a, b = batch_to_arrays(back, system.K_max), batch_to_arrays(batch, system.K_max)
+    for k in a:  # the file datasets round-trip bit for bit (NaN padding included)
+        np.testing.assert_array_equal(a[k], b[k])
+    assert [p.name for p in tmp_path.iterdir()] == [f"s.{ext}"]
+
+
+def test_records_configuration(tmp_path, batch, system):
+    path = write_scenes(tmp_path / "s.h5", batch, system, {"config": '{"a": 1}'})
+    with h5py.File(path) as f:
+        assert json.loads(f.attrs["system"])["N_H"] == 12
+        assert f.attrs["config"] == '{"a": 1}'
+
+
+def test_interrupted_write_leaves_no_file(tmp_path, batch, system):
+    target = tmp_path / "s.h5"
+    with pytest.raises(RuntimeError):
+        with SceneFileWriter(target, 100, system) as w:
+            w.write(0, batch)
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SceneFileError, match="only 50 of 100"):
+        with SceneFileWriter(target, 100, system) as w:
+            w.write(0, batch)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_truncated_and_garbage_files_refused(tmp_path, batch, system):
+    path = write_scenes(tmp_path / "s.h5", batch, system)
+    data = path.read_bytes()
+    (tmp_path / "trunc.h5").write_bytes(data[: len(data) // 3])
+    with pytest.raises(SceneFileError, match="truncated or corrupt"):
+        read_scenes(tmp_path / "trunc.h5")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(SceneFileError, match="not a readable .npz"):
+        read_scenes(tmp_path / "junk.npz")
+    with pytest.raises(SceneFileError, match="no such file"):
+        read_scenes(tmp_path / "missing.h5")
+
+
+def _npz(tmp_path, **arrays):
+    path = tmp_path / "user.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def test_mismatched_shapes_dtypes_system_refused(tmp_path, batch, system):
+    arr = batch_to_arrays(batch, system.K_max)
+    bad_H = dict(arr, H=arr["H"][:, :, :100])
+    with pytest.raises(SceneFileError, match="'H' has shape"):
+        read_scenes(_npz(tmp_path, **bad_H))
+    with pytest.raises(SceneFileError, match="must be complex"):
+        read_scenes(_npz(tmp_path, **dict(arr, y=arr["y"].real)))
+    with pytest.raises(SceneFileError, match="missing required"):
+        read_scenes(_npz(tmp_path, y=arr["y"], H=arr["H"]))
+    other = SystemConfig(M=8, K_max=3).model_dump_json()
+    with pytest.raises(SceneFileError, match="'y' has shape"):
+        read_scenes(_npz(tmp_path, **dict(arr, system=np.array(other))))
+    with pytest.raises(SceneFileError, match="bad 'system'"):
+        read_scenes(_npz(tmp_path, **dict(arr, system=np.array('{"M": -3}'))))
+    with pytest.raises(SceneFileError, match="truth datasets"):
+        read_scenes(_npz(tmp_path, **{k: v for k, v in arr.items() if k != "K"}))
+    with pytest.raises(SceneFileError, match="snr_db"):
+        read_scenes(_npz(tmp_path, **dict(arr, snr_db=arr["snr_db"][:3])))
+
+
+def test_user_file_without_optional_fields(tmp_path, batch, system):
+    arr = batch_to_arrays(batch, system.K_max)
+    back, info = read_scenes(_npz(tmp_path, y=arr["y"], H=arr["H"], codes=arr["codes"]))
+    assert not info.has_truth and info.system == SystemConfig()
+    assert bool(torch.isnan(back.snr_db).all()) and back.K is None
+
+
+def test_dataset(tmp_path, batch, system):
+    path = write_scenes(tmp_path / "s.h5", batch, system)
+    ds = SceneDataset(path)
+    assert len(ds) == 50
+    assert torch.equal(ds[7].y[0], batch.y[7])
+    assert torch.equal(ds[-1].H[0], batch.H[49])
+    parts = list(ds.batches(16))
+    assert [len(p) for p in parts] == [16, 16, 16, 2]
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=__import__(
+        "risloc.io", fromlist=["collate_scenes"]).collate_scenes)
+    first = next(iter(loader))
+    assert torch.equal(first.y, batch.y[:8])
+    with pytest.raises(IndexError):
+        ds[50]

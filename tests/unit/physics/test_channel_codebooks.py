@@ -1,0 +1,53 @@
+import math
+
+import pytest
+import torch
+
+from risloc.config import SceneConfig, SystemConfig
+from risloc.physics import draw_channel, draw_codes, quantize_phase, rician_channel
+
+
+def test_rician_limits_and_power(system):
+    g = torch.Generator().manual_seed(0)
+    B = 4
+    z = torch.zeros(B)
+    H_los = rician_channel(torch.full((B,), 1e9), z + 0.2, z + 0.1, z - 0.05, system, g)
+    assert torch.allclose(H_los.abs(), torch.ones_like(H_los.abs()), atol=1e-4)
+    # LoS is rank one
+    sv = torch.linalg.svdvals(H_los.to(torch.complex128))
+    assert float((sv[:, 1] / sv[:, 0]).max()) < 1e-3
+    H = draw_channel(256, system, SceneConfig(), g)
+    assert H.shape == (256, 16, 144)
+    # unit average entry power for any kappa (both parts have unit-power entries)
+    assert abs(float(H.abs().square().mean()) - 1.0) < 0.02
+
+
+def test_random_codes_levels(system):
+    g = torch.Generator().manual_seed(1)
+    c = draw_codes(8, system, "random", 3, g)
+    assert c.shape == (8, 16, 144)
+    assert torch.allclose(c.abs(), torch.ones_like(c.abs()), atol=1e-6)
+    steps = torch.angle(c) / (2 * math.pi / 8)
+    assert torch.allclose(steps, steps.round(), atol=1e-4)
+    assert len(torch.unique(steps.round() % 8)) == 8
+
+
+def test_dft_and_hadamard_codes(system):
+    g = torch.Generator().manual_seed(2)
+    c = draw_codes(3, system, "dft", 8, g, torch.complex128)
+    gram = c @ c.mH / system.N
+    assert torch.allclose(gram, torch.eye(16, dtype=gram.dtype).expand_as(gram), atol=0.05)
+    h = draw_codes(3, SystemConfig(N_H=16, N_V=16), "hadamard", 1, g, torch.complex128)
+    assert torch.allclose(h.abs(), torch.ones_like(h.abs()))
+    gram = h @ h.mH / 256
+    assert torch.allclose(gram, torch.eye(16, dtype=gram.dtype).expand_as(gram), atol=1e-12)
+    with pytest.raises(ValueError, match="codebook"):
+        draw_codes(1, system, "gold")
+
+
+def test_quantize_phase():
+    c = torch.polar(torch.ones(5), torch.tensor([0.1, 0.8, 1.6, -3.0, 3.1]))
+    q = quantize_phase(c, 2)
+    assert torch.allclose(torch.angle(q) % (2 * math.pi),
+                          torch.tensor([0.0, math.pi / 2, math.pi / 2, math.pi, math.pi]) %
+                          (2 * math.pi), atol=1e-6)

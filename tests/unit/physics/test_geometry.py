@@ -1,0 +1,48 @@
+import math
+
+import torch
+
+from risloc.config import SystemConfig
+from risloc.physics import angular_separation, element_positions, source_position
+
+
+def test_element_indexing_and_centring_by_hand(system):
+    pos = element_positions(system)
+    d = system.spacing
+    assert pos.shape == (144, 3)
+    # n = v * N_H + h ; x = (h - 5.5) d ; y = (v - 5.5) d
+    assert torch.allclose(pos[0], torch.tensor([-5.5 * d, -5.5 * d, 0.0], dtype=pos.dtype))
+    assert torch.allclose(pos[1], torch.tensor([-4.5 * d, -5.5 * d, 0.0], dtype=pos.dtype))
+    assert torch.allclose(pos[12], torch.tensor([-5.5 * d, -4.5 * d, 0.0], dtype=pos.dtype))
+    assert torch.allclose(pos[143], torch.tensor([5.5 * d, 5.5 * d, 0.0], dtype=pos.dtype))
+    assert torch.allclose(pos[5 * 12 + 7], torch.tensor([1.5 * d, -0.5 * d, 0.0],
+                                                         dtype=pos.dtype))
+    assert torch.allclose(pos.mean(0), torch.zeros(3, dtype=pos.dtype), atol=1e-15)
+    # spacing is in metres, not multiplied by the wavelength again (LESSONS)
+    assert math.isclose(float(pos[1, 0] - pos[0, 0]), 0.15)
+
+
+def test_rectangular_array_indexing():
+    s = SystemConfig(N_H=4, N_V=2, spacing=1.0)
+    pos = element_positions(s)
+    assert pos[:, 0].tolist() == [-1.5, -0.5, 0.5, 1.5] * 2
+    assert pos[:, 1].tolist() == [-0.5] * 4 + [0.5] * 4
+
+
+def test_source_position_convention():
+    p = source_position(torch.tensor(math.radians(30.0)), torch.tensor(math.radians(10.0)),
+                        torch.tensor(2.0))
+    ce = math.cos(math.radians(10))
+    expect = [2 * ce * 0.5, 2 * math.sin(math.radians(10)), 2 * ce * math.cos(math.radians(30))]
+    assert torch.allclose(p, torch.tensor(expect), atol=1e-6)
+    assert math.isclose(float(p.norm()), 2.0, rel_tol=1e-6)
+
+
+def test_angular_separation_matches_arccos():
+    g = torch.Generator().manual_seed(0)
+    az = (torch.rand(2, 100, generator=g, dtype=torch.float64) - 0.5) * 2
+    el = (torch.rand(2, 100, generator=g, dtype=torch.float64) - 0.5)
+    sep = angular_separation(az[0], el[0], az[1], el[1])
+    cos = (torch.sin(el[0]) * torch.sin(el[1])
+           + torch.cos(el[0]) * torch.cos(el[1]) * torch.cos(az[0] - az[1]))
+    assert torch.allclose(sep, torch.arccos(cos.clamp(-1, 1)), atol=1e-10)

@@ -1,0 +1,121 @@
+import cmath
+import math
+
+import pytest
+import torch
+
+from risloc.config import SystemConfig
+from risloc.physics import element_positions, steering, steering_jacobian
+
+
+def _params(n, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    az = (torch.rand(n, generator=g, dtype=dtype) - 0.5) * math.radians(120)
+    el = (torch.rand(n, generator=g, dtype=dtype) - 0.5) * math.radians(60)
+    r = 0.5 + 9.5 * torch.rand(n, generator=g, dtype=dtype)
+    return az, el, r
+
+
+@pytest.mark.parametrize("wavefront", ["spherical", "fresnel"])
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_unit_norm_and_batching(system, wavefront, dtype):
+    az, el, r = _params(24)
+    a = steering(az.view(2, 3, 4), el.view(2, 3, 4), r.view(2, 3, 4), system, dtype, wavefront)
+    assert a.shape == (2, 3, 4, 144) and a.dtype == dtype
+    tol = 1e-5 if dtype == torch.complex64 else 1e-12
+    assert torch.allclose(a.abs().square().sum(-1), torch.ones(2, 3, 4, dtype=a.real.dtype),
+                          atol=tol)
+    flat = steering(az, el, r, system, dtype, wavefront)
+    assert torch.equal(flat.view(2, 3, 4, 144), a)
+
+
+def test_hand_computed_spherical_entries(system):
+    az, el, r = math.radians(20.0), math.radians(-10.0), 1.3
+    a = steering(torch.tensor(az, dtype=torch.float64), torch.tensor(el, dtype=torch.float64),
+                 torch.tensor(r, dtype=torch.float64), system, torch.complex128)
+    p = (r * math.cos(el) * math.sin(az), r * math.sin(el), r * math.cos(el) * math.cos(az))
+    k0 = 2 * math.pi / 0.3
+    for n in (0, 13, 77, 143):
+        h, v = n % 12, n // 12
+        x, y = (h - 5.5) * 0.15, (v - 5.5) * 0.15
+        d = math.sqrt((p[0] - x) ** 2 + (p[1] - y) ** 2 + p[2] ** 2)
+        expect = cmath.exp(-1j * k0 * (d - r)) / 12.0
+        assert abs(complex(a[n]) - expect) < 1e-12
+
+
+def test_hand_computed_fresnel_entry(system):
+    az, el, r = 0.3, 0.1, 2.0
+    a = steering(*(torch.tensor(v, dtype=torch.float64) for v in (az, el, r)), system,
+                 torch.complex128, "fresnel")
+    x, y = element_positions(system)[40, :2].tolist()
+    delta = -x * math.sin(az) * math.cos(el) - y * math.sin(el) + (x * x + y * y) / (2 * r)
+    assert abs(complex(a[40]) - cmath.exp(-1j * 2 * math.pi / 0.3 * delta) / 12) < 1e-12
+
+
+def test_fresnel_approaches_spherical_with_range(system):
+    """Quantified convergence of the CONVENTIONS "fresnel" formula to the exact model.
+
+    Its quadratic term (x^2 + y^2)/(2r) omits the -(u.e)^2/(2r) part of the true
+    second-order expansion, so off boresight the error decays only like 1/r; at
+    boresight (u.e = 0) the remainder is |e|^4/(8 r^3).
+    """
+    az, el, _ = _params(200, seed=1)
+    errs = []
+    for r in (2.0, 8.0, 32.0, 128.0):
+        rr = torch.full_like(az, r)
+        a_s = steering(az, el, rr, system, torch.complex128, "spherical")
+        a_f = steering(az, el, rr, system, torch.complex128, "fresnel")
+        errs.append(float((a_s - a_f).norm(dim=-1).median()))
+    assert errs[0] > 0.5  # badly wrong in the near field (LESSONS: below ~2.4 m)
+    for e1, e2 in zip(errs, errs[1:], strict=False):
+        assert 3.5 < e1 / e2 < 4.5  # 1/r decay: 4x per 4x in range
+    assert errs[-1] < 0.01
+    zero = torch.zeros(1, dtype=torch.float64)
+    bore = []
+    for r in (2.0, 8.0):
+        a_s = steering(zero, zero, zero + r, system, torch.complex128, "spherical")
+        a_f = steering(zero, zero, zero + r, system, torch.complex128, "fresnel")
+        bore.append(float((a_s - a_f).norm()))
+    assert bore[0] / bore[1] > 50  # ~1/r^3 at boresight (64x per 4x)
+
+
+@pytest.mark.parametrize("wavefront", ["spherical", "fresnel"])
+def test_jacobian_matches_finite_differences(system, wavefront):
+    az, el, r = _params(16, seed=2)
+    jac = steering_jacobian(az, el, r, system, torch.complex128, wavefront)
+    h = 1e-6
+    for i, name in enumerate(("d_azimuth", "d_elevation", "d_range")):
+        params_p = [az, el, r]
+        params_m = [az, el, r]
+        params_p[i] = params_p[i] + h
+        params_m[i] = params_m[i] - h
+        fd = (steering(*params_p, system, torch.complex128, wavefront)
+              - steering(*params_m, system, torch.complex128, wavefront)) / (2 * h)
+        analytic = getattr(jac, name)
+        rel = (fd - analytic).norm(dim=-1) / analytic.norm(dim=-1)
+        assert float(rel.max()) < 1e-6, name
+
+
+def test_jacobian_matches_autograd(system):
+    az, el, r = (t.requires_grad_() for t in _params(1, seed=3))
+    a = steering(az, el, r, system, torch.complex128)
+    jac = steering_jacobian(az.detach(), el.detach(), r.detach(), system, torch.complex128)
+    # d Re(a_n)/d az for one element
+    n = 50
+    g = torch.autograd.grad(a[0, n].real, (az, el, r))
+    assert abs(float(g[0][0]) - float(jac.d_azimuth[0, n].real)) < 1e-9
+    assert abs(float(g[2][0]) - float(jac.d_range[0, n].real)) < 1e-9
+
+
+def test_bad_dtype_and_wavefront(system):
+    z = torch.zeros(1)
+    with pytest.raises(TypeError):
+        steering(z, z, z + 1, system, torch.float32)
+    with pytest.raises(ValueError, match="wavefront"):
+        steering(z, z, z + 1, system, wavefront="planar")
+
+
+def test_spacing_follows_config():
+    s = SystemConfig(spacing=0.075)
+    pos = element_positions(s)
+    assert math.isclose(float(pos[1, 0] - pos[0, 0]), 0.075)

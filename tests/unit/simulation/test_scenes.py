@@ -1,0 +1,116 @@
+import math
+
+import pytest
+import torch
+
+from risloc.config import SceneConfig, SystemConfig
+from risloc.physics import angular_separation, steering
+from risloc.simulation import (
+    block_generator,
+    scene_true_covariance,
+    simulate_batch,
+    simulate_range,
+)
+
+
+def test_realised_snr_equals_requested(system, scene):
+    b = simulate_range(0, 200, system, scene, seed=3, split="train")
+    noiseless = b.codes * (b.symbols @ steering(b.azimuth.nan_to_num(0), b.elevation.nan_to_num(0),
+                                               b.range_m.nan_to_num(1), system))
+    signal = noiseless @ b.H.transpose(-1, -2)
+    realised = 10 * torch.log10(signal.abs().square().mean((-1, -2)) / b.noise_var)
+    assert torch.allclose(realised, b.snr_db, atol=1e-3)
+    assert float(b.snr_db.min()) >= -5 and float(b.snr_db.max()) <= 20
+
+
+def test_noiseless_y_is_exact_measurement_model(system):
+    """With huge SNR, y = H diag(c_l) A s_l exactly (checked against a per-snapshot loop)."""
+    scene = SceneConfig(snr_db=(300.0, 300.0))
+    b = simulate_batch(3, system, scene, torch.Generator().manual_seed(0))
+    for i in range(3):
+        K = int(b.K[i])
+        A = steering(b.azimuth[i, :K], b.elevation[i, :K], b.range_m[i, :K], system).T  # (N, K)
+        for l in (0, 7, 15):
+            y = b.H[i] @ torch.diag(b.codes[i, l]) @ A @ b.symbols[i, l, :K]
+            assert torch.allclose(b.y[i, l], y, rtol=1e-4, atol=1e-5)
+
+
+def test_symbols_are_independent_across_snapshots(system, scene):
+    """LESSONS: constant symbols over snapshots made the sources coherent by accident."""
+    b = simulate_range(0, 512, system, scene, seed=0, split="train", K=1)
+    s = b.symbols[:, :, 0]  # (B, L)
+    corr = (s[:, :-1] * s[:, 1:].conj()).mean()
+    assert abs(complex(corr)) < 0.1
+    assert abs(float(s.abs().square().mean()) - 1.0) < 0.05
+
+
+def test_true_covariance_hermitian_rank_K_trace_N(system, scene):
+    b = simulate_range(0, 40, system, scene, seed=1, split="validation")
+    R = scene_true_covariance(b, system, torch.complex128)
+    assert torch.allclose(R, R.mH, atol=1e-12)
+    tr = torch.diagonal(R, dim1=-2, dim2=-1).sum(-1)
+    assert torch.allclose(tr.real, torch.full((40,), 144.0, dtype=torch.float64))
+    ev = torch.linalg.eigvalsh(R)
+    rank = (ev > 1e-9 * ev[:, -1:]).sum(-1)
+    assert torch.equal(rank, b.K)
+    assert float(ev.min()) > -1e-9  # PSD
+
+
+def test_sources_in_field_of_view_and_separated(system, scene):
+    b = simulate_range(0, 2048, system, scene, seed=5, split="train", K=5)
+    az, el, r = (torch.rad2deg(b.azimuth), torch.rad2deg(b.elevation), b.range_m)
+    assert float(az.abs().max()) <= 60 and float(el.abs().max()) <= 30
+    assert float(r.min()) >= 0.5 and float(r.max()) <= 10
+    i, j = torch.triu_indices(5, 5, 1)
+    sep = angular_separation(b.azimuth[:, i], b.elevation[:, i], b.azimuth[:, j],
+                             b.elevation[:, j])
+    assert math.degrees(float(sep.min())) >= 5.0 - 1e-4
+    # ranges are uniform in metres: mean ~ 5.25
+    assert abs(float(r.mean()) - 5.25) < 0.1
+
+
+def test_K_distribution_and_padding(system, scene):
+    b = simulate_range(0, 5000, system, scene, seed=0, split="train")
+    counts = torch.bincount(b.K, minlength=6)[1:]
+    assert int(counts.min()) > 900  # uniform on 1..5
+    assert torch.equal(torch.isfinite(b.azimuth), b.mask)
+    assert torch.equal(b.powers > 0, b.mask)
+    assert float(b.symbols[~b.mask.unsqueeze(1).expand_as(b.symbols)].abs().max()) == 0.0
+
+
+def test_same_seed_identical_and_chunking_invariant(system, scene):
+    a = simulate_range(0, 1500, system, scene, seed=7, split="train")
+    b = simulate_range(1000, 1500, system, scene, seed=7, split="train")
+    assert torch.equal(a.y[1000:], b.y)
+    assert torch.equal(a.H[1000:], b.H)
+    c = simulate_range(0, 1500, system, scene, seed=8, split="train")
+    assert not torch.equal(a.y[:10], c.y[:10])
+
+
+def test_splits_share_no_scene(system, scene):
+    ys = {sp: simulate_range(0, 2048, system, scene, seed=0, split=sp)
+          for sp in ("train", "validation", "test")}
+    keys = {sp: {tuple(v) for v in torch.view_as_real(b.y[:, 0, :2]).reshape(len(b), -1).tolist()}
+            for sp, b in ys.items()}
+    assert not keys["train"] & keys["validation"]
+    assert not keys["train"] & keys["test"]
+    assert not keys["validation"] & keys["test"]
+    assert len(keys["train"]) == 2048
+
+
+def test_bad_split_and_impossible_separation(system):
+    with pytest.raises(ValueError, match="split"):
+        block_generator(0, "holdout", 0)
+    tight = SceneConfig(azimuth_deg=(0, 1), elevation_deg=(0, 1), min_separation_deg=5)
+    with pytest.raises(ValueError, match="could not place"):
+        simulate_batch(4, system, tight, torch.Generator().manual_seed(0), K=5)
+    with pytest.raises(ValueError, match="K=9"):
+        simulate_batch(4, system, SceneConfig(), torch.Generator().manual_seed(0), K=9)
+
+
+def test_fresnel_system_and_other_codebooks():
+    s = SystemConfig(wavefront="fresnel", N_H=8, N_V=4, M=8, L=12, K_max=3)
+    for book in ("dft", "hadamard"):
+        b = simulate_batch(5, s, SceneConfig(codebook=book), torch.Generator().manual_seed(0))
+        assert b.y.shape == (5, 12, 8) and b.H.shape == (5, 8, 32) and b.codes.shape == (5, 12, 32)
+        assert bool(torch.isfinite(b.y).all())
