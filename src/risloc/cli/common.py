@@ -24,7 +24,8 @@ from rich.progress import (
 from risloc.config import ConfigError, RislocConfig, load_config
 
 console = Console(stderr=True)
-out = Console()
+# Tables stay readable when stdout is a file or pipe (rich would fall back to 80 columns).
+out = Console(width=None if Console().is_terminal else 150)
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="YAML/TOML file with 'system' and 'scene' sections.",

@@ -8,6 +8,8 @@ import typer
 
 from risloc import __version__
 from risloc.cli.common import setup_logging
+from risloc.cli.evaluate import evaluate_command
+from risloc.cli.localize import localize_command
 from risloc.cli.simulate import info_command, simulate_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -31,6 +33,8 @@ def main(
 
 app.command("simulate")(simulate_command)
 app.command("info")(info_command)
+app.command("evaluate")(evaluate_command)
+app.command("localize")(localize_command)
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,18 @@
+"""Yardsticks: Cramer-Rao bounds, metrics, the evaluation harness and its plots."""
+
+from risloc.evaluation.crb import CRBResult, crb_deterministic, crb_for_scenes, crb_stochastic
+from risloc.evaluation.metrics import (
+    Matching,
+    MetricSummary,
+    match_sources,
+    summarize,
+    summarize_by_K,
+    summarize_by_snr,
+    summarize_groups,
+)
+
+__all__ = [
+    "CRBResult", "Matching", "MetricSummary", "crb_deterministic", "crb_for_scenes",
+    "crb_stochastic", "match_sources", "summarize", "summarize_by_K", "summarize_by_snr",
+    "summarize_groups",
+]

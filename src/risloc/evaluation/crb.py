@@ -1,0 +1,327 @@
+"""Cramer-Rao bounds on (azimuth, elevation, range) for the compressive RIS model.
+
+Model of one scene (CONVENTIONS.md, "Measurement model"):
+    y_l = B_l s_l + n_l,   B_l = Phi_l A(eta),   Phi_l = H diag(c_l),   n_l ~ CN(0, sigma^2 I_M).
+
+Parameter order of every FIM here: eta = [phi_1..phi_K, theta_1..theta_K, r_1..r_K]
+(K = K_max slots; azimuth block, then elevation block, then range block). With
+D_l = Phi_l [dA/dphi, dA/dtheta, dA/dr] in C^{M x 3K} (derivatives from
+``risloc.physics.steering_jacobian``):
+
+* deterministic (conditional) bound, s_l unknown complex nuisance (Stoica & Nehorai,
+  IEEE TASSP 37(5), 1989, extended to a snapshot-dependent B_l):
+      J = (2 / sigma^2) sum_l Re{ (D_l^H P_perp(B_l) D_l) (.) (s~_l s~_l^H)^T },
+  s~_l = [s_l; s_l; s_l]; the projector P_perp(B_l) = I - B_l (B_l^H B_l)^-1 B_l^H
+  concentrates out the symbols.
+* stochastic (unconditional) bound, s_l ~ CN(0, P): Slepian-Bangs for independent, not
+  identically distributed snapshots, R_l = B_l P B_l^H + sigma^2 I_M,
+      J_ij = sum_l tr(R_l^-1 dR_l/dxi_i R_l^-1 dR_l/dxi_j),
+  over xi = (eta, source-covariance parameters, sigma^2); the (eta, eta) block of J^-1 is
+  the bound. With H diag(c_l) = I it reduces to Stoica, Larsson & Gershman, IEEE SPL 8(5),
+  2001: CRB^-1 = (2L/sigma^2) Re{ (D^H P_perp D) (.) (P A^H R^-1 A P)^T } for a full
+  unknown P (``source_covariance="full"``). The default "diagonal" knows the sources are
+  uncorrelated (unknown powers p_k only), which gives a bound <= the "full" one.
+
+``CRBResult.fim`` is the *effective* FIM of eta (nuisance parameters concentrated out:
+the deterministic J above, the Schur complement of the nuisance block for the stochastic
+one); rows/columns of padded slots are zero. Padded slots never enter B_l, so they do not
+change the bound of the real sources; their bounds are NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Literal, NamedTuple
+
+import torch
+
+from risloc.config import SystemConfig
+from risloc.physics import steering_jacobian
+from risloc.simulation import SceneBatch
+
+PARAMETERS = ("azimuth", "elevation", "range")
+
+
+@dataclass(frozen=True)
+class CRBResult:
+    """Square-root Cramer-Rao bounds of a batch of scenes.
+
+    azimuth, elevation : [B, K_max] float64 — [rad], sqrt of diag(J^-1); NaN in padded slots,
+        0 for parameters declared known
+    range_m : [B, K_max] float64 — [m], idem
+    fim : [B, 3 K_max, 3 K_max] float64 — effective FIM of eta = [phi_1..K, theta_1..K, r_1..K]
+        (units 1/rad^2, 1/(rad m), 1/m^2); zero rows/columns in padded slots
+    """
+
+    azimuth: torch.Tensor
+    elevation: torch.Tensor
+    range_m: torch.Tensor
+    fim: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.azimuth.shape[0]
+
+    def __getitem__(self, idx) -> CRBResult:
+        return replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+
+class _Inputs(NamedTuple):
+    azimuth: torch.Tensor  # (B, K) float64, padded slots filled with a harmless value
+    elevation: torch.Tensor
+    range_m: torch.Tensor
+    H: torch.Tensor  # (B, M, N) complex128
+    codes: torch.Tensor  # (B, L, N) complex128
+    noise_var: torch.Tensor  # (B,) float64
+    mask: torch.Tensor  # (B, K) bool
+
+
+def _bad_scenes(bad: torch.Tensor) -> list[int]:
+    return torch.nonzero(bad).flatten()[:10].tolist()
+
+
+def _prepare(azimuth, elevation, range_m, H, codes, noise_var, system: SystemConfig,
+             mask) -> _Inputs:
+    """Validate shapes and values; move everything to float64 / complex128."""
+    if azimuth.dim() != 2 or elevation.shape != azimuth.shape or range_m.shape != azimuth.shape:
+        raise ValueError("azimuth, elevation and range_m must all be [B, K_max], got "
+                         f"{tuple(azimuth.shape)}, {tuple(elevation.shape)}, "
+                         f"{tuple(range_m.shape)}")
+    B = azimuth.shape[0]
+    if H.dim() != 3 or H.shape[0] != B or H.shape[-1] != system.N:
+        raise ValueError(f"H must be [B={B}, M, N={system.N}], got {tuple(H.shape)}")
+    if codes.dim() != 3 or codes.shape[0] != B or codes.shape[-1] != system.N:
+        raise ValueError(f"codes must be [B={B}, L, N={system.N}], got {tuple(codes.shape)}")
+    if noise_var.shape != (B,):
+        raise ValueError(f"noise_var must be [B={B}], got {tuple(noise_var.shape)}")
+    mask = torch.isfinite(azimuth) if mask is None else mask.to(torch.bool)
+    if mask.shape != azimuth.shape:
+        raise ValueError(f"mask must be {tuple(azimuth.shape)}, got {tuple(mask.shape)}")
+    az, el, r = (t.to(torch.float64) for t in (azimuth, elevation, range_m))
+    bad = (~(torch.isfinite(az) & torch.isfinite(el) & torch.isfinite(r) & (r > 0)) & mask)
+    if bad.any():
+        raise ValueError("non-finite angle or non-positive range in a real source slot, "
+                         f"scenes {_bad_scenes(bad.any(-1))}")
+    M = H.shape[-2]
+    if (mask.sum(-1) >= M).any():
+        raise ValueError(f"K >= M={M} sources cannot be resolved, scenes "
+                         f"{_bad_scenes(mask.sum(-1) >= M)}")
+    H, codes = H.to(torch.complex128), codes.to(torch.complex128)
+    if not (torch.isfinite(torch.view_as_real(H)).all()
+            and torch.isfinite(torch.view_as_real(codes)).all()):
+        raise ValueError("H and codes must be finite")
+    if (H.abs().amax(dim=(-1, -2)) == 0).any():
+        raise ValueError(f"all-zero channel H in scenes {_bad_scenes(H.abs().sum((-1, -2)) == 0)}")
+    nv = noise_var.to(torch.float64)
+    if not (torch.isfinite(nv) & (nv > 0)).all():
+        raise ValueError("noise_var must be finite and positive")
+    zero, one = torch.zeros_like(az), torch.ones_like(r)
+    return _Inputs(torch.where(mask, az, zero), torch.where(mask, el, zero),
+                   torch.where(mask, r, one), H, codes, nv, mask)
+
+
+def _apply_operator(V: torch.Tensor, H: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Phi_l V^T = H diag(c_l) [v_1 .. v_K']: V [B, K', N] -> [B, L, M, K'] complex128."""
+    x = codes.unsqueeze(2) * V.unsqueeze(1)  # (B, L, K', N)   c_l (.) v_k
+    return (x @ H.mT.unsqueeze(1)).mT  # (B, L, M, K')
+
+
+def _measured_columns(inp: _Inputs, system: SystemConfig):
+    """B_l = Phi_l A [B, L, M, K] and D_l = Phi_l [dA/dphi, dA/dtheta, dA/dr] [B, L, M, 3K].
+
+    Columns of padded slots are zero, so they take no part in projectors or covariances.
+    """
+    jac = steering_jacobian(inp.azimuth, inp.elevation, inp.range_m, system,
+                            torch.complex128)  # each (B, K, N)
+    keep = inp.mask.unsqueeze(-1).to(torch.complex128)  # (B, K, 1)
+    A = jac.a * keep
+    D = torch.cat([jac.d_azimuth * keep, jac.d_elevation * keep, jac.d_range * keep], dim=1)
+    return _apply_operator(A, inp.H, inp.codes), _apply_operator(D, inp.H, inp.codes)
+
+
+def _scaled_cholesky(J: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cholesky factor of the Jacobi-scaled J [B, P, P] and the scale [B, P]; ValueError
+    naming the scenes where J is not positive definite."""
+    d = torch.diagonal(J, dim1=-2, dim2=-1)
+    bad = (d <= 0).any(-1)
+    scale = torch.where(d > 0, d, torch.ones_like(d)).rsqrt()
+    chol, info = torch.linalg.cholesky_ex(J * scale.unsqueeze(-1) * scale.unsqueeze(-2))
+    bad = bad | (info != 0)
+    if bad.any():
+        raise ValueError(f"{what} is singular in scenes {_bad_scenes(bad)}: a parameter is not "
+                         "identifiable (coincident sources, zero symbols, or e.g. the elevation "
+                         "of a linear array: declare it with known=('elevation',))")
+    return chol, scale
+
+
+def _restrict(J: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """J [B, P, P] with the rows and columns of invalid parameters (valid [B, P]) zeroed."""
+    keep = valid.unsqueeze(-1) & valid.unsqueeze(-2)
+    return torch.where(keep, J, torch.zeros_like(J))
+
+
+def _masked_identity(J: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """J restricted to valid rows/columns, identity elsewhere (decouples padded slots)."""
+    return _restrict(J, valid) + torch.diag_embed((~valid).to(J.dtype))
+
+
+def _crb_from_fim(fim: torch.Tensor, mask: torch.Tensor, known: tuple[str, ...]) -> CRBResult:
+    """sqrt(diag(J^-1)) of the valid, unknown parameters of eta; J [B, 3K, 3K]."""
+    unknown_names = [p for p in PARAMETERS if p not in known]
+    if len(unknown_names) + len(set(known)) != len(PARAMETERS):
+        raise ValueError(f"known must name parameters among {PARAMETERS}, got {known}")
+    K = mask.shape[-1]
+    free = torch.tensor([p not in known for p in PARAMETERS], device=mask.device)
+    real3 = mask.repeat(1, 3)  # (B, 3K)
+    valid = real3 & free.repeat_interleave(K)
+    chol, scale = _scaled_cholesky(_masked_identity(fim, valid), "Fisher information matrix")
+    cov = torch.cholesky_inverse(chol) * scale.unsqueeze(-1) * scale.unsqueeze(-2)
+    var = torch.where(valid, torch.diagonal(cov, dim1=-2, dim2=-1), torch.zeros_like(scale))
+    std = torch.where(real3, var.clamp_min(0).sqrt(), torch.full_like(var, float("nan")))
+    az, el, r = std.split(K, dim=-1)
+    return CRBResult(azimuth=az, elevation=el, range_m=r, fim=fim)
+
+
+def crb_deterministic(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: torch.Tensor,
+                      symbols: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                      noise_var: torch.Tensor, system: SystemConfig,
+                      mask: torch.Tensor | None = None,
+                      known: tuple[str, ...] = ()) -> CRBResult:
+    """Deterministic (conditional) CRB of the source positions given the symbols s_l.
+
+    J = (2/sigma^2) sum_l Re{ (D_l^H P_perp(B_l) D_l) (.) (s~_l s~_l^H)^T }  (module docstring).
+
+    Parameters
+    ----------
+    azimuth, elevation : [B, K_max] real — [rad], NaN in padded slots
+    range_m : [B, K_max] real — [m], NaN in padded slots
+    symbols : [B, L, K_max] complex — s_l (values in padded slots are ignored)
+    H : [B, M, N] complex; codes : [B, L, N] complex; noise_var : [B] real — sigma^2
+    mask : [B, K_max] bool — real source slots (default: finite azimuth)
+    known : names among ("azimuth", "elevation", "range") treated as known (bound 0)
+
+    Returns
+    -------
+    CRBResult (float64; parameter order of ``fim`` in the module docstring)
+    """
+    inp = _prepare(azimuth, elevation, range_m, H, codes, noise_var, system, mask)
+    if symbols.shape != (*codes.shape[:2], azimuth.shape[-1]):
+        raise ValueError(f"symbols must be [B, L, K_max] = {(*codes.shape[:2], azimuth.shape[-1])},"
+                         f" got {tuple(symbols.shape)}")
+    s = symbols.to(torch.complex128) * inp.mask.unsqueeze(1)  # (B, L, K)
+    if not torch.isfinite(torch.view_as_real(s)).all():
+        raise ValueError("symbols must be finite in real source slots")
+    Bm, Dm = _measured_columns(inp, system)  # (B, L, M, K), (B, L, M, 3K)
+    gram = Bm.mH @ Bm + torch.diag_embed((~inp.mask).to(Bm.dtype)).unsqueeze(1)  # (B, L, K, K)
+    chol, info = torch.linalg.cholesky_ex(gram)
+    if (info != 0).any():
+        raise ValueError("measured steering columns are linearly dependent in scenes "
+                         f"{_bad_scenes((info != 0).any(-1))} (coincident sources?)")
+    perp_D = Dm - Bm @ torch.cholesky_solve(Bm.mH @ Dm, chol)  # (B, L, M, 3K)  P_perp D_l
+    Q = Dm.mH @ perp_D  # (B, L, 3K, 3K)
+    s3 = s.repeat(1, 1, 3)  # (B, L, 3K)
+    S = s3.conj().unsqueeze(-1) * s3.unsqueeze(-2)  # (s~ s~^H)^T
+    fim = (Q * S).real.sum(1) * (2.0 / inp.noise_var).view(-1, 1, 1)
+    return _crb_from_fim(fim, inp.mask, known)
+
+
+def _covariance_derivatives(Bm: torch.Tensor, Dm: torch.Tensor, powers: torch.Tensor,
+                            mask: torch.Tensor, source_covariance: str):
+    """dR_l/dxi for xi = (eta [3K], source-covariance parameters, sigma^2).
+
+    Returns dR [B, L, P, M, M] complex128 and valid [B, P] bool (False: padded slots).
+    """
+    B, L, M, K = Bm.shape
+    Q = Bm * powers.unsqueeze(1).unsqueeze(1).to(Bm.dtype)  # (B, L, M, K)   B_l P
+    X = Dm.mT.unsqueeze(-1) * Q.repeat(1, 1, 1, 3).mT.conj().unsqueeze(-2)  # d_i q_k^H
+    d_eta = X + X.mH  # (B, L, 3K, M, M)
+    b = Bm.mT  # (B, L, K, M)
+    outer = b[:, :, :, None, :, None] * b.conj()[:, :, None, :, None, :]  # [.., i, j] = b_i b_j^H
+    idx = torch.arange(K, device=Bm.device)
+    d_cov, valid_cov = [outer[:, :, idx, idx]], [mask]  # unknown powers p_k
+    if source_covariance == "full":
+        i, j = torch.triu_indices(K, K, offset=1, device=Bm.device)
+        sym, anti = outer[:, :, i, j], outer[:, :, j, i]
+        d_cov += [sym + anti, 1j * (sym - anti)]  # Re and Im of P_ij
+        valid_cov += [mask[:, i] & mask[:, j]] * 2
+    elif source_covariance != "diagonal":
+        raise ValueError(f"source_covariance must be 'diagonal' or 'full', got "
+                         f"{source_covariance!r}")
+    eye = torch.eye(M, dtype=Bm.dtype, device=Bm.device).expand(B, L, 1, M, M)
+    dR = torch.cat([d_eta, *d_cov, eye], dim=2)
+    valid = torch.cat([mask.repeat(1, 3), *valid_cov, torch.ones_like(mask[:, :1])], dim=-1)
+    return dR, valid
+
+
+def crb_stochastic(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: torch.Tensor,
+                   powers: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                   noise_var: torch.Tensor, system: SystemConfig,
+                   mask: torch.Tensor | None = None, known: tuple[str, ...] = (),
+                   source_covariance: Literal["diagonal", "full"] = "diagonal") -> CRBResult:
+    """Stochastic (unconditional) CRB: Slepian-Bangs over independent, non-identically
+    distributed snapshots, R_l = B_l diag(p) B_l^H + sigma^2 I_M (module docstring).
+
+    The unknown source powers ("diagonal") or the whole source covariance ("full", K^2 real
+    parameters) and sigma^2 are nuisance parameters, concentrated out by a Schur complement.
+
+    Parameters
+    ----------
+    azimuth, elevation, range_m, H, codes, noise_var, mask, known : as in crb_deterministic
+    powers : [B, K_max] real — p_k > 0 in real slots (ignored in padded slots)
+
+    Returns
+    -------
+    CRBResult (float64)
+    """
+    inp = _prepare(azimuth, elevation, range_m, H, codes, noise_var, system, mask)
+    if powers.shape != azimuth.shape:
+        raise ValueError(f"powers must be {tuple(azimuth.shape)}, got {tuple(powers.shape)}")
+    p = torch.where(inp.mask, powers.to(torch.float64), torch.zeros((), dtype=torch.float64))
+    if not (torch.isfinite(p) & ((p > 0) | ~inp.mask)).all():
+        raise ValueError("powers must be finite and positive in real source slots")
+    Bm, Dm = _measured_columns(inp, system)
+    R = (Bm * p.view(p.shape[0], 1, 1, -1)) @ Bm.mH  # (B, L, M, M)
+    eye = torch.eye(R.shape[-1], dtype=R.dtype, device=R.device)
+    R = R + inp.noise_var.view(-1, 1, 1, 1) * eye
+    dR, valid = _covariance_derivatives(Bm, Dm, p, inp.mask, source_covariance)
+    W = torch.cholesky_inverse(torch.linalg.cholesky(R))  # (B, L, M, M)   R_l^-1
+    WdR = W.unsqueeze(2) @ dR  # (B, L, P, M, M)
+    J = torch.einsum("blpij,blqji->bpq", WdR, WdR).real  # (B, P, P)
+    n_eta = 3 * inp.mask.shape[-1]
+    J = _masked_identity(J, valid)
+    chol, scale = _scaled_cholesky(J[:, n_eta:, n_eta:], "nuisance block of the FIM")
+    cross = J[:, n_eta:, :n_eta] * scale.unsqueeze(-1)  # scaled J_n,eta
+    fim = J[:, :n_eta, :n_eta] - cross.mT @ torch.cholesky_solve(cross, chol)
+    fim = _restrict(fim, valid[:, :n_eta])
+    return _crb_from_fim(fim, inp.mask, known)
+
+
+def _concat(parts: list[CRBResult]) -> CRBResult:
+    return CRBResult(**{f.name: torch.cat([getattr(p, f.name) for p in parts])
+                        for f in fields(CRBResult)})
+
+
+def crb_for_scenes(scenes: SceneBatch, system: SystemConfig,
+                   kind: Literal["deterministic", "stochastic"] = "deterministic",
+                   known: tuple[str, ...] = (), chunk_size: int = 64) -> CRBResult:
+    """CRB of each scene of a simulated batch (truth, noise_var, and for the deterministic
+    bound the symbols are needed). Scenes are processed in chunks to bound memory.
+    """
+    if not scenes.has_truth or scenes.noise_var is None:
+        raise ValueError("the CRB needs the truth (positions, K) and noise_var of the scenes")
+    if kind not in ("deterministic", "stochastic"):
+        raise ValueError(f"kind must be 'deterministic' or 'stochastic', got {kind!r}")
+    if kind == "deterministic" and scenes.symbols is None:
+        raise ValueError("the deterministic CRB needs the symbols (simulated scenes only)")
+    parts = []
+    for lo in range(0, len(scenes), chunk_size):
+        sc = scenes[lo:lo + chunk_size]
+        common = dict(H=sc.H, codes=sc.codes, noise_var=sc.noise_var, system=system,
+                      mask=sc.mask, known=known)
+        if kind == "deterministic":
+            parts.append(crb_deterministic(sc.azimuth, sc.elevation, sc.range_m, sc.symbols,
+                                           **common))
+        else:
+            powers = sc.powers if sc.powers is not None else sc.mask.to(torch.float64)
+            parts.append(crb_stochastic(sc.azimuth, sc.elevation, sc.range_m, powers,
+                                        **common))
+    return _concat(parts)

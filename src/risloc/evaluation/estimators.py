@@ -1,0 +1,85 @@
+"""The estimators `risloc evaluate` can run, under stable names.
+
+Each entry maps (scenes, system, K_known) -> Estimates, where K_known is the true K [B]
+when the order is given to the estimator, else None (the estimator decides K).
+
+| name | covariance / data | K when unknown |
+| classical | measurements: greedy matched field + NF-MLE | ML-residual order test |
+| music-samp | MUSIC on R_samp (back-projected sample covariance) | MDL on R_samp |
+| music-samp+nfmle | the same, polished by NF-MLE | MDL on R_samp |
+| ramezani-samp | Ramezani et al. 2024 modified MUSIC on R_samp | MDL on R_samp |
+| music-oracle | MUSIC on R_true (evaluation-only ceiling) | the true K |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from risloc.config import SystemConfig
+from risloc.covariance import sample_covariance
+from risloc.estimators.base import Estimates
+from risloc.simulation import SceneBatch, scene_true_covariance
+
+Estimator = Callable[[SceneBatch, SystemConfig, "torch.Tensor | None"], Estimates]
+
+
+def _samp_order(R: torch.Tensor, system: SystemConfig) -> torch.Tensor:
+    from risloc.estimators.order import mdl_order
+
+    return mdl_order(R, system.L, system.K_max)
+
+
+def _classical(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None) -> Estimates:
+    from risloc.estimators.classical import classical_localize
+
+    snr = scenes.snr_db if bool(torch.isfinite(scenes.snr_db).all()) else None
+    return classical_localize(scenes.y, scenes.H, scenes.codes, system, K=K, snr_db=snr)
+
+
+def _music_samp(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None) -> Estimates:
+    from risloc.estimators.music import music
+
+    R = sample_covariance(scenes.y, scenes.H, scenes.codes)
+    return music(R, K if K is not None else _samp_order(R, system), system)
+
+
+def _music_samp_nfmle(scenes: SceneBatch, system: SystemConfig,
+                      K: torch.Tensor | None) -> Estimates:
+    from risloc.estimators.nfmle import nfmle_refine
+
+    init = _music_samp(scenes, system, K)
+    return nfmle_refine(scenes.y, scenes.H, scenes.codes, init, system)
+
+
+def _ramezani_samp(scenes: SceneBatch, system: SystemConfig,
+                   K: torch.Tensor | None) -> Estimates:
+    from risloc.estimators.ramezani import ramezani_music
+
+    R = sample_covariance(scenes.y, scenes.H, scenes.codes)
+    return ramezani_music(R, K if K is not None else _samp_order(R, system), system)
+
+
+def _music_oracle(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None) -> Estimates:
+    from risloc.estimators.music import music
+
+    if not scenes.has_truth:
+        raise ValueError("music-oracle needs the truth (it runs on R_true)")
+    R = scene_true_covariance(scenes, system)
+    return music(R, scenes.K if K is None else K, system)
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    "classical": _classical,
+    "music-samp": _music_samp,
+    "music-samp+nfmle": _music_samp_nfmle,
+    "ramezani-samp": _ramezani_samp,
+    "music-oracle": _music_oracle,
+}
+
+
+def get_estimator(name: str) -> Estimator:
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; choose from {sorted(ESTIMATORS)}")
+    return ESTIMATORS[name]

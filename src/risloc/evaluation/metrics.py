@@ -1,0 +1,298 @@
+"""Localization metrics (CONVENTIONS.md, "Metrics").
+
+Pairing: per scene, estimated and true sources are paired by the Hungarian algorithm
+(scipy.optimize.linear_sum_assignment) on the cost
+    c_ij = angle(est_i, true_j) [deg] + w |r_i - r_j| [m],
+angle = great-circle angle between the two directions, w = ``range_weight_deg_per_m``
+(default 0.5 deg/m: a 2 m range error costs as much as 1 deg of angle, and the whole
+0.5-10 m range span costs 4.75 deg, less than the 5 deg minimum source separation, so the
+pairing is driven by direction and range only breaks near-ties). Unpaired estimates are
+false alarms, unpaired true sources are misses.
+
+A *detection* is a pair whose angle error is within ``gate_deg`` (default 5 deg, the
+minimum source separation). precision = detections / estimated sources, recall =
+detections / true sources (pooled over scenes), F1 their harmonic mean; precision
+(recall) is 1 when nothing was estimated (nothing was there).
+
+Errors are summarised over *all* pairs (no penalty padding for misses: those are counted
+by recall / K accuracy instead), as median absolute error and RMSE, beside the
+square-root CRB of the same paired true sources. The angle bound is the first-order
+bound on the great-circle error, sqrt(cos^2(theta) CRB_phi + CRB_theta).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from risloc.estimators.base import Estimates
+from risloc.evaluation.crb import CRBResult
+from risloc.physics import angular_separation
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RANGE_WEIGHT_DEG_PER_M = 0.5
+DEFAULT_GATE_DEG = 5.0
+
+
+@dataclass(frozen=True)
+class Matching:
+    """Pairing of estimated and true sources of B scenes (Kt true slots, Ke estimate slots).
+
+    truth_mask : [B, Kt] bool — real true sources
+    est_mask : [B, Ke] bool — estimated sources
+    est_index : [B, Kt] int64 — estimate slot paired with each true source, -1 if missed
+    azimuth_error, elevation_error : [B, Kt] float64 — [rad] estimate - truth (azimuth wrapped
+        to [-pi, pi)); NaN where unpaired
+    angle_error : [B, Kt] float64 — [rad] great-circle angle; NaN where unpaired
+    range_error : [B, Kt] float64 — [m] estimate - truth; NaN where unpaired
+    truth_elevation : [B, Kt] float64 — [rad] (for the angle bound)
+    K_true, K_est : [B] int64
+    gate_deg : float — detection gate on the angle error [deg]
+    """
+
+    truth_mask: torch.Tensor
+    est_mask: torch.Tensor
+    est_index: torch.Tensor
+    azimuth_error: torch.Tensor
+    elevation_error: torch.Tensor
+    angle_error: torch.Tensor
+    range_error: torch.Tensor
+    truth_elevation: torch.Tensor
+    K_true: torch.Tensor
+    K_est: torch.Tensor
+    gate_deg: float = DEFAULT_GATE_DEG
+
+    def __len__(self) -> int:
+        return self.K_true.shape[0]
+
+    def __getitem__(self, idx) -> Matching:
+        return replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self)
+                                if f.name != "gate_deg"})
+
+    @property
+    def paired(self) -> torch.Tensor:
+        """[B, Kt] bool — true source paired with an estimate."""
+        return self.est_index >= 0
+
+    @property
+    def detected(self) -> torch.Tensor:
+        """[B, Kt] bool — paired within the angle gate."""
+        return self.paired & (self.angle_error <= math.radians(self.gate_deg))
+
+    @property
+    def missed(self) -> torch.Tensor:
+        """[B, Kt] bool — real true source left unpaired."""
+        return self.truth_mask & ~self.paired
+
+    @property
+    def false_alarm(self) -> torch.Tensor:
+        """[B, Ke] bool — estimate left unpaired."""
+        slots = torch.arange(self.est_mask.shape[-1], device=self.est_mask.device)
+        used = (self.est_index.unsqueeze(-1) == slots).any(-2)  # (B, Ke)
+        return self.est_mask & ~used
+
+
+def _slot_mask(K: torch.Tensor, slots: int, what: str) -> torch.Tensor:
+    if K.dim() != 1 or ((K < 0) | (K > slots)).any():
+        raise ValueError(f"{what} K must be [B] with 0 <= K <= {slots} slots")
+    return torch.arange(slots, device=K.device) < K.unsqueeze(-1)
+
+
+def _check_finite(mask: torch.Tensor, what: str, *values: torch.Tensor) -> None:
+    ok = torch.stack([torch.isfinite(v) | ~mask for v in values]).all(0)
+    if not ok.all():
+        bad = torch.nonzero(~ok.all(-1)).flatten()[:10].tolist()
+        raise ValueError(f"non-finite {what} positions in real slots, scenes {bad}")
+
+
+def _costs(e_az, e_el, e_r, t_az, t_el, t_r, weight: float) -> torch.Tensor:
+    """Pairing costs [B, Ke, Kt] float64: angle [deg] + weight * |range error| [m];
+    estimates [B, Ke] and truths [B, Kt] in rad / m."""
+    angle = angular_separation(e_az.unsqueeze(-1), e_el.unsqueeze(-1),
+                               t_az.unsqueeze(-2), t_el.unsqueeze(-2))
+    return torch.rad2deg(angle) + weight * (e_r.unsqueeze(-1) - t_r.unsqueeze(-2)).abs()
+
+
+def _hungarian(cost: np.ndarray, est_mask: np.ndarray, truth_mask: np.ndarray) -> np.ndarray:
+    """Per-scene optimal assignment; returns est_index [B, Kt] (-1 where unpaired)."""
+    est_index = np.full(truth_mask.shape, -1, dtype=np.int64)
+    for b in range(cost.shape[0]):
+        rows, cols = np.flatnonzero(est_mask[b]), np.flatnonzero(truth_mask[b])
+        if rows.size and cols.size:
+            r, c = linear_sum_assignment(cost[b][np.ix_(rows, cols)])
+            est_index[b, cols[c]] = rows[r]
+    return est_index
+
+
+def match_sources(est: Estimates, truth_azimuth: torch.Tensor, truth_elevation: torch.Tensor,
+                  truth_range: torch.Tensor, truth_K: torch.Tensor,
+                  range_weight_deg_per_m: float = DEFAULT_RANGE_WEIGHT_DEG_PER_M,
+                  gate_deg: float = DEFAULT_GATE_DEG) -> Matching:
+    """Pair estimates with true sources per scene (Hungarian, cost in the module docstring).
+
+    Parameters
+    ----------
+    est : Estimates with [B, Ke] slots — [rad], [m]
+    truth_azimuth, truth_elevation : [B, Kt] float — [rad], padded beyond truth_K
+    truth_range : [B, Kt] float — [m]
+    truth_K : [B] int
+    range_weight_deg_per_m : weight w of the range term [deg/m]
+    gate_deg : detection gate on the great-circle angle error [deg]
+    """
+    t_az, t_el, t_r = (t.to(torch.float64) for t in (truth_azimuth, truth_elevation, truth_range))
+    if t_el.shape != t_az.shape or t_r.shape != t_az.shape or t_az.dim() != 2:
+        raise ValueError("truth azimuth, elevation and range must all be [B, K_max]")
+    if len(est) != t_az.shape[0] or truth_K.shape != (t_az.shape[0],):
+        raise ValueError(f"{len(est)} estimated scenes for {t_az.shape[0]} true scenes")
+    truth_mask = _slot_mask(truth_K, t_az.shape[-1], "truth")
+    est_mask = _slot_mask(est.K, est.azimuth.shape[-1], "estimated")
+    _check_finite(truth_mask, "true", t_az, t_el, t_r)
+    _check_finite(est_mask, "estimated", est.azimuth, est.elevation, est.range_m)
+    e_fill = [torch.where(est_mask, t.to(torch.float64), torch.zeros((), dtype=torch.float64))
+              for t in (est.azimuth, est.elevation, est.range_m)]
+    t_fill = [torch.where(truth_mask, t, torch.zeros_like(t)) for t in (t_az, t_el, t_r)]
+    cost = _costs(*e_fill, *t_fill, range_weight_deg_per_m)  # (B, Ke, Kt)
+    idx = torch.from_numpy(_hungarian(cost.cpu().numpy(), est_mask.cpu().numpy(),
+                                      truth_mask.cpu().numpy())).to(t_az.device)
+    paired = idx >= 0
+    take = idx.clamp_min(0)
+    e_az, e_el, e_r = (torch.gather(v, 1, take) for v in e_fill)  # (B, Kt) paired estimates
+    nan = torch.full_like(t_az, float("nan"))
+    d_az = torch.remainder(e_az - t_fill[0] + math.pi, 2 * math.pi) - math.pi
+    return Matching(
+        truth_mask=truth_mask, est_mask=est_mask, est_index=idx,
+        azimuth_error=torch.where(paired, d_az, nan),
+        elevation_error=torch.where(paired, e_el - t_fill[1], nan),
+        angle_error=torch.where(paired, angular_separation(e_az, e_el, *t_fill[:2]), nan),
+        range_error=torch.where(paired, e_r - t_fill[2], nan),
+        truth_elevation=torch.where(truth_mask, t_el, nan),
+        K_true=truth_K.to(torch.int64), K_est=est.K.to(torch.int64), gate_deg=gate_deg)
+
+
+@dataclass(frozen=True)
+class MetricSummary:
+    """Metrics of a set of scenes; errors over paired sources, bounds over the same sources.
+
+    Counts: scenes, true / estimated sources, pairs, detections (pairs within the gate),
+    misses (unpaired true sources), false alarms (unpaired estimates).
+    Errors: median absolute error and RMSE — azimuth, elevation, great-circle angle [deg],
+    range [m]; NaN when there is no pair.
+    Bounds (None without a CRB): median and RMS of the square-root CRB, same units.
+    """
+
+    n_scenes: int
+    n_true: int
+    n_estimated: int
+    n_paired: int
+    n_detected: int
+    n_missed: int
+    n_false_alarms: int
+    K_accuracy: float
+    precision: float
+    recall: float
+    f1: float
+    azimuth_median_deg: float
+    azimuth_rmse_deg: float
+    elevation_median_deg: float
+    elevation_rmse_deg: float
+    angle_median_deg: float
+    angle_rmse_deg: float
+    range_median_m: float
+    range_rmse_m: float
+    crb_azimuth_median_deg: float | None = None
+    crb_azimuth_rms_deg: float | None = None
+    crb_elevation_median_deg: float | None = None
+    crb_elevation_rms_deg: float | None = None
+    crb_angle_median_deg: float | None = None
+    crb_angle_rms_deg: float | None = None
+    crb_range_median_m: float | None = None
+    crb_range_rms_m: float | None = None
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return asdict(self)
+
+
+def _median_abs_and_rms(x: torch.Tensor, scale: float = 1.0) -> tuple[float, float]:
+    """(median |x|, sqrt(mean x^2)) of a 1-D tensor times ``scale``; NaN for no values."""
+    if x.numel() == 0:
+        return math.nan, math.nan
+    x = x.to(torch.float64) * scale
+    return float(torch.quantile(x.abs(), 0.5)), float(x.square().mean().sqrt())
+
+
+def _crb_fields(matching: Matching, crb: CRBResult) -> dict[str, float]:
+    if crb.azimuth.shape != matching.truth_mask.shape:
+        raise ValueError(f"CRB slots {tuple(crb.azimuth.shape)} do not match the true source "
+                         f"slots {tuple(matching.truth_mask.shape)}")
+    p = matching.paired
+    az, el, r = crb.azimuth[p], crb.elevation[p], crb.range_m[p]
+    if not (torch.isfinite(az) & torch.isfinite(el) & torch.isfinite(r)).all():
+        raise ValueError("the CRB is not finite on every paired true source (slot mismatch?)")
+    angle = torch.sqrt(torch.cos(matching.truth_elevation[p]) ** 2 * az**2 + el**2)
+    deg = math.degrees(1.0)
+    out = {}
+    for name, values, scale in (("azimuth", az, deg), ("elevation", el, deg),
+                                ("angle", angle, deg), ("range", r, 1.0)):
+        unit = "m" if name == "range" else "deg"
+        out[f"crb_{name}_median_{unit}"], out[f"crb_{name}_rms_{unit}"] = \
+            _median_abs_and_rms(values, scale)
+    return out
+
+
+def summarize(matching: Matching, crb: CRBResult | None = None) -> MetricSummary:
+    """Summarise a matching (module docstring); ``crb`` [B, Kt] on the true slots."""
+    p = matching.paired
+    n_true, n_est = int(matching.truth_mask.sum()), int(matching.est_mask.sum())
+    n_det = int(matching.detected.sum())
+    precision = n_det / n_est if n_est else 1.0
+    recall = n_det / n_true if n_true else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    if not p.any():
+        log.warning("no paired sources among %d scenes: errors are NaN", len(matching))
+    deg = math.degrees(1.0)
+    errors = {}
+    for name, values, scale in (("azimuth", matching.azimuth_error, deg),
+                                ("elevation", matching.elevation_error, deg),
+                                ("angle", matching.angle_error, deg),
+                                ("range", matching.range_error, 1.0)):
+        unit = "m" if name == "range" else "deg"
+        errors[f"{name}_median_{unit}"], errors[f"{name}_rmse_{unit}"] = \
+            _median_abs_and_rms(values[p], scale)
+    return MetricSummary(
+        n_scenes=len(matching), n_true=n_true, n_estimated=n_est, n_paired=int(p.sum()),
+        n_detected=n_det, n_missed=int(matching.missed.sum()),
+        n_false_alarms=int(matching.false_alarm.sum()),
+        K_accuracy=float((matching.K_est == matching.K_true).double().mean()),
+        precision=precision, recall=recall, f1=f1, **errors,
+        **(_crb_fields(matching, crb) if crb is not None else {}))
+
+
+def summarize_groups(matching: Matching, groups: torch.Tensor,
+                     crb: CRBResult | None = None) -> dict[float | int, MetricSummary]:
+    """One summary per distinct value of ``groups`` [B] (sorted keys)."""
+    if groups.shape != (len(matching),):
+        raise ValueError(f"groups must be [B={len(matching)}], got {tuple(groups.shape)}")
+    out = {}
+    for key in torch.unique(groups).tolist():
+        sel = groups == key
+        out[key] = summarize(matching[sel], crb[sel] if crb is not None else None)
+    return out
+
+
+def summarize_by_snr(matching: Matching, snr_db: torch.Tensor, crb: CRBResult | None = None,
+                     bin_db: float = 1.0) -> dict[float, MetricSummary]:
+    """Summaries per SNR bin: key = round(snr_db / bin_db) * bin_db [dB] (exact for test
+    sets simulated at fixed SNR values that are multiples of ``bin_db``)."""
+    return summarize_groups(matching, torch.round(snr_db.to(torch.float64) / bin_db) * bin_db,
+                            crb)
+
+
+def summarize_by_K(matching: Matching, crb: CRBResult | None = None) -> dict[int, MetricSummary]:
+    """Summaries per true number of sources."""
+    return summarize_groups(matching, matching.K_true, crb)

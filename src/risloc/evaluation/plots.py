@@ -1,0 +1,98 @@
+"""PNG plots of evaluation results (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from risloc.config import SystemConfig  # noqa: E402
+from risloc.evaluation.harness import ResultRow  # noqa: E402
+
+_PANELS = (("azimuth_median_deg", "crb_azimuth_median_deg", "azimuth [deg]"),
+           ("elevation_median_deg", "crb_elevation_median_deg", "elevation [deg]"),
+           ("range_median_m", "crb_range_median_m", "range [m]"))
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(path.stem + ".partial.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _series(rows: list[ResultRow], estimator: str, key: str) -> tuple[list[float], list[float]]:
+    pts = sorted((r.snr_db, r.metrics.get(key)) for r in rows
+                 if r.estimator == estimator and r.K == "all" and r.metrics.get(key) is not None)
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_error_vs_snr(rows: list[ResultRow], path: Path) -> Path:
+    """Median absolute error per parameter vs SNR, one line per estimator, CRB dashed."""
+    names = list(dict.fromkeys(r.estimator for r in rows))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, (key, crb_key, label) in zip(axes, _PANELS):
+        for name in names:
+            x, y = _series(rows, name, key)
+            ax.semilogy(x, y, "o-", label=name)
+        x, y = _series(rows, names[0], crb_key)
+        if x:
+            ax.semilogy(x, y, "k--", label="sqrt(CRB) (median)")
+        ax.set_xlabel("SNR [dB]")
+        ax.set_ylabel(f"median |error|, {label}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Localization error vs SNR (Hungarian-paired sources)")
+    return _save(fig, path)
+
+
+def plot_k_accuracy(rows: list[ResultRow], path: Path) -> Path:
+    """K accuracy and detection F1 vs SNR."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name in dict.fromkeys(r.estimator for r in rows):
+        for ax, key in zip(axes, ("K_accuracy", "f1")):
+            x, y = _series(rows, name, key)
+            ax.plot(x, y, "o-", label=name)
+    for ax, title in zip(axes, ("K accuracy", "detection F1")):
+        ax.set_xlabel("SNR [dB]")
+        ax.set_title(title)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_spectrum_slice(R: torch.Tensor, K: int, system: SystemConfig, range_m: float,
+                        path: Path, truth=None, estimates=None, title: str = "",
+                        n: int = 121) -> Path:
+    """MUSIC pseudo-spectrum (dB) over azimuth x elevation at one range.
+
+    R : [N, N]; truth / estimates : (azimuth [rad], elevation [rad]) sequences or None.
+    """
+    from risloc.estimators.music import music_spectrum
+
+    az = torch.linspace(-math.radians(60), math.radians(60), n, dtype=torch.float64)
+    el = torch.linspace(-math.radians(30), math.radians(30), n // 2, dtype=torch.float64)
+    EL, AZ = torch.meshgrid(el, az, indexing="ij")
+    P = music_spectrum(R.unsqueeze(0), K, system, AZ.reshape(-1), EL.reshape(-1),
+                       torch.full_like(AZ.reshape(-1), range_m))[0].reshape(EL.shape)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    img = ax.pcolormesh(torch.rad2deg(AZ).numpy(), torch.rad2deg(EL).numpy(),
+                        (10 * torch.log10(P)).numpy(), shading="auto", cmap="viridis")
+    fig.colorbar(img, ax=ax, label="pseudo-spectrum [dB]")
+    for pts, style, label in ((truth, "wx", "true"), (estimates, "r+", "estimated")):
+        if pts is not None:
+            ax.plot([math.degrees(a) for a in pts[0]], [math.degrees(e) for e in pts[1]],
+                    style, ms=10, mew=2, label=label)
+    ax.set_xlabel("azimuth [deg]")
+    ax.set_ylabel("elevation [deg]")
+    ax.set_title(title or f"MUSIC spectrum slice at r = {range_m:.2f} m")
+    ax.legend(loc="upper right", fontsize=8)
+    return _save(fig, path)

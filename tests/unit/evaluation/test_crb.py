@@ -1,0 +1,338 @@
+"""Cramer-Rao bounds against textbook forms, closed forms and brute-force FIMs.
+
+Independent references are computed here in NumPy, with steering derivatives taken by
+central finite differences of ``steering`` (not ``steering_jacobian``).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from risloc.config import SceneConfig, SystemConfig
+from risloc.evaluation.crb import crb_deterministic, crb_for_scenes, crb_stochastic
+from risloc.physics import steering
+from risloc.simulation import simulate_batch
+
+NAN = float("nan")
+FD_STEP = 1e-6
+
+
+def _t(values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def _cn(shape, seed):
+    g = np.random.default_rng(seed)
+    return (g.standard_normal(shape) + 1j * g.standard_normal(shape)) / math.sqrt(2)
+
+
+def _np_steering(az, el, r, system):
+    """A [N, K] complex128 and D = [dA/dphi, dA/dtheta, dA/dr] [N, 3K] by central differences."""
+    def st(a, e, q):
+        return steering(_t(a), _t(e), _t(q), system, torch.complex128).numpy().T
+
+    A = st(az, el, r)
+    blocks = []
+    for p in range(3):
+        cols = []
+        for k in range(len(az)):
+            params = [list(az), list(el), list(r)]
+            plus = [list(v) for v in params]
+            minus = [list(v) for v in params]
+            plus[p][k] += FD_STEP
+            minus[p][k] -= FD_STEP
+            cols.append((st(*plus)[:, k] - st(*minus)[:, k]) / (2 * FD_STEP))
+        blocks.append(np.stack(cols, axis=1))
+    return A, np.concatenate(blocks, axis=1)
+
+
+def _identity_problem(system, L):
+    """H = I_N, all-ones codes (M = N): y_l = A s_l + n_l."""
+    H = torch.eye(system.N, dtype=torch.complex128).unsqueeze(0)
+    codes = torch.ones(1, L, system.N, dtype=torch.complex128)
+    return H, codes
+
+
+def _perp(A):
+    return np.eye(A.shape[0]) - A @ np.linalg.pinv(A)
+
+
+SYS4 = SystemConfig(N_H=4, N_V=4, M=16, K_max=4)
+# three sources in slots 0, 1, 3; slot 2 is padding (NaN) to check it changes nothing
+AZ4, EL4, R4 = [0.3, -0.4, NAN, 0.1], [0.1, -0.2, NAN, 0.35], [0.8, 1.6, NAN, 1.1]
+REAL4 = [0, 1, 3]
+
+
+def _real(values):
+    return [values[k] for k in REAL4]
+
+
+def test_deterministic_identity_matches_stoica_nehorai():
+    """CRB = sigma^2/2 {sum_l Re[(D^H P_perp_A D) (.) (1_3x3 kron s_l s_l^H)^T]}^-1 (SN 1989)."""
+    L, sigma2 = 10, 0.3
+    H, codes = _identity_problem(SYS4, L)
+    s = _cn((L, 4), 1)
+    s[:, 2] = 5.0  # padded slot: must be ignored
+    out = crb_deterministic(_t([AZ4]), _t([EL4]), _t([R4]), torch.from_numpy(s)[None], H, codes,
+                            _t([sigma2]), SYS4)
+    A, D = _np_steering(_real(AZ4), _real(EL4), _real(R4), SYS4)
+    s_real = s[:, REAL4]
+    Phat = s_real.T @ s_real.conj()  # sum_l s_l s_l^H
+    J = (2 / sigma2) * np.real((D.conj().T @ _perp(A) @ D) * np.kron(np.ones((3, 3)), Phat.T))
+    ref = np.sqrt(np.diag(np.linalg.inv(J))).reshape(3, 3)
+    got = torch.stack([out.azimuth[0], out.elevation[0], out.range_m[0]])
+    np.testing.assert_allclose(got[:, REAL4].numpy(), ref, rtol=1e-6)
+    assert torch.isnan(got[:, 2]).all()
+    idx = [k + 4 * p for p in range(3) for k in REAL4]
+    np.testing.assert_allclose(out.fim[0][idx][:, idx].numpy(), J, rtol=1e-6, atol=1e-6 * J.max())
+
+
+def _slg_inverse(A, D, P, sigma2, L):
+    """Stoica-Larsson-Gershman 2001: (2L/s2) Re{(D^H P_perp D) (.) (P A^H R^-1 A P)^T}."""
+    R = A @ P @ A.conj().T + sigma2 * np.eye(A.shape[0])
+    G = P @ A.conj().T @ np.linalg.solve(R, A) @ P
+    return (2 * L / sigma2) * np.real((D.conj().T @ _perp(A) @ D) * np.kron(np.ones((3, 3)), G.T))
+
+
+def test_stochastic_identity_matches_stoica_larsson_gershman():
+    L, sigma2 = 7, 0.5
+    H, codes = _identity_problem(SYS4, L)
+    powers = _t([[1.0, 2.5, 9.0, 0.7]])  # slot 2 is padding
+    args = (_t([AZ4]), _t([EL4]), _t([R4]), powers, H, codes, _t([sigma2]), SYS4)
+    full = crb_stochastic(*args, source_covariance="full")
+    diag = crb_stochastic(*args)
+    A, D = _np_steering(_real(AZ4), _real(EL4), _real(R4), SYS4)
+    J = _slg_inverse(A, D, np.diag(powers[0, REAL4].numpy()), sigma2, L)
+    ref = np.sqrt(np.diag(np.linalg.inv(J))).reshape(3, 3)
+    for res in (full, diag):
+        got = torch.stack([res.azimuth[0], res.elevation[0], res.range_m[0]])[:, REAL4].numpy()
+        if res is full:
+            np.testing.assert_allclose(got, ref, rtol=1e-6)
+        else:  # knowing the sources are uncorrelated can only help
+            assert (got <= ref * (1 + 1e-9)).all() and (got < ref * 0.9999).any()
+
+
+def _ula(N):
+    return SystemConfig(N_H=N, N_V=1, M=N, K_max=1)
+
+
+@pytest.mark.parametrize("wavefront,rng_m,rtol", [("fresnel", 2.0, 1e-9),
+                                                 ("spherical", 1e4, 1e-3)])
+def test_far_field_ula_single_source_closed_form(wavefront, rng_m, rtol):
+    """Single source, ULA, angle only: CRB(phi) = 6 sigma^2 / (E (N^2-1) (k0 d cos phi)^2),
+    E = sum_l |s_l|^2 (deterministic); E -> L p^2/(p + sigma^2) (stochastic)."""
+    N, L, sigma2, p, az = 8, 12, 0.4, 1.3, math.radians(25.0)
+    system = _ula(N).model_copy(update={"wavefront": wavefront})
+    H, codes = _identity_problem(system, L)
+    s = _cn((1, L, 1), 3)
+    geo = (_t([[az]]), _t([[0.0]]), _t([[rng_m]]))
+    known = ("elevation", "range")
+    det = crb_deterministic(*geo, torch.from_numpy(s), H, codes, _t([sigma2]), system,
+                            known=known)
+    sto = crb_stochastic(*geo, _t([[p]]), H, codes, _t([sigma2]), system, known=known)
+    gain = (N**2 - 1) * (system.k0 * system.spacing * math.cos(az)) ** 2
+    energy = {"det": float(np.sum(np.abs(s) ** 2)), "sto": L * p**2 / (p + sigma2)}
+    assert det.azimuth.item() == pytest.approx(math.sqrt(6 * sigma2 / (energy["det"] * gain)),
+                                               rel=rtol)
+    assert sto.azimuth.item() == pytest.approx(math.sqrt(6 * sigma2 / (energy["sto"] * gain)),
+                                               rel=rtol)
+    assert det.elevation.item() == 0 and det.range_m.item() == 0  # declared known
+
+
+def _el_korso_crb(N, az, r, system, energy, sigma2):
+    """Single near-field source on a ULA, derived here from the phase model
+    tau_u = omega u + psi u^2 (u = n - (N-1)/2 centred index, n = 0..N-1):
+    J(omega, psi) = (2 E / sigma^2) [[m2 - m1^2, m3 - m1 m2], [m3 - m1 m2, m4 - m2^2]],
+    m_k = (1/N) sum u^k; our "fresnel" phase k0 x sin(phi) - k0 x^2/(2r) gives
+    omega = k0 d sin(phi), psi = -k0 d^2 / (2 r) (no cos^2 factor, unlike El Korso et al.),
+    mapped to (phi, r) by the Jacobian G = diag(k0 d cos(phi), k0 d^2 / (2 r^2))."""
+    u = np.arange(N) - (N - 1) / 2
+    m = [np.mean(u**k) for k in range(5)]
+    J = (2 * energy / sigma2) * np.array([[m[2] - m[1] ** 2, m[3] - m[1] * m[2]],
+                                          [m[3] - m[1] * m[2], m[4] - m[2] ** 2]])
+    d, k0 = system.spacing, system.k0
+    G = np.diag([k0 * d * math.cos(az), k0 * d**2 / (2 * r**2)])
+    crb = np.linalg.inv(G.T @ J @ G)
+    # the same in polynomial closed form (m1 = m3 = 0, m4 - m2^2 = (N^2-1)(N^2-4)/180)
+    poly_az = 6 * sigma2 / (energy * (N**2 - 1) * G[0, 0] ** 2)
+    poly_r = 90 * sigma2 / (energy * (N**2 - 1) * (N**2 - 4) * G[1, 1] ** 2)
+    np.testing.assert_allclose(np.diag(crb), [poly_az, poly_r], rtol=1e-12)
+    return np.sqrt(np.diag(crb))
+
+
+@pytest.mark.parametrize("N,az_deg,r", [(9, 20.0, 1.5), (16, -35.0, 3.0)])
+def test_near_field_ula_single_source_closed_form(N, az_deg, r):
+    L, sigma2, p, az = 10, 0.2, 0.8, math.radians(az_deg)
+    system = _ula(N).model_copy(update={"wavefront": "fresnel"})
+    H, codes = _identity_problem(system, L)
+    s = _cn((1, L, 1), 4)
+    geo = (_t([[az]]), _t([[0.0]]), _t([[r]]))
+    det = crb_deterministic(*geo, torch.from_numpy(s), H, codes, _t([sigma2]), system,
+                            known=("elevation",))
+    sto = crb_stochastic(*geo, _t([[p]]), H, codes, _t([sigma2]), system, known=("elevation",))
+    ref_det = _el_korso_crb(N, az, r, system, float(np.sum(np.abs(s) ** 2)), sigma2)
+    ref_sto = _el_korso_crb(N, az, r, system, L * p**2 / (p + sigma2), sigma2)
+    np.testing.assert_allclose([det.azimuth.item(), det.range_m.item()], ref_det, rtol=1e-9)
+    np.testing.assert_allclose([sto.azimuth.item(), sto.range_m.item()], ref_sto, rtol=1e-9)
+
+
+SYS3 = SystemConfig(N_H=3, N_V=3, M=5, K_max=2)
+AZ3, EL3, R3 = [0.2, -0.5], [0.15, -0.1], [0.9, 2.0]
+
+
+def _compressive(L, seed):
+    H = torch.from_numpy(_cn((1, 5, 9), seed))
+    codes = torch.from_numpy(np.exp(2j * np.pi * np.random.default_rng(seed + 1).random((1, L, 9))))
+    return H, codes
+
+
+def _operators(H, codes):
+    return [H[0].numpy() * codes[0, l].numpy()[None, :] for l in range(codes.shape[1])]
+
+
+def test_deterministic_compressive_matches_brute_force_fim():
+    """Full FIM over (eta, Re s, Im s) of the stacked mean, inverted, eta block."""
+    L, sigma2 = 4, 0.05
+    H, codes = _compressive(L, 10)
+    s = _cn((L, 2), 11)
+    out = crb_deterministic(_t([AZ3]), _t([EL3]), _t([R3]), torch.from_numpy(s)[None], H, codes,
+                            _t([sigma2]), SYS3)
+    A, D = _np_steering(AZ3, EL3, R3, SYS3)
+    Phi = _operators(H, codes)
+    K = 2
+    cols = []
+    for i in range(3 * K):  # d mu / d eta_i: D column i times s_{l, k(i)}
+        cols.append(np.concatenate([Ph @ D[:, i] * s[l, i % K] for l, Ph in enumerate(Phi)]))
+    for unit in (1.0, 1j):  # d mu / d Re s_lk and d Im s_lk
+        for l in range(L):
+            for k in range(K):
+                col = np.zeros(L * 5, complex)
+                col[5 * l:5 * l + 5] = unit * Phi[l] @ A[:, k]
+                cols.append(col)
+    G = np.stack(cols, axis=1)
+    crb = np.linalg.inv((2 / sigma2) * np.real(G.conj().T @ G))[:3 * K, :3 * K]
+    got = torch.cat([out.azimuth[0], out.elevation[0], out.range_m[0]]).numpy()
+    np.testing.assert_allclose(got, np.sqrt(np.diag(crb)), rtol=1e-6)
+
+
+def test_stochastic_compressive_matches_brute_force_slepian_bangs():
+    """Slepian-Bangs per snapshot with finite-difference dR_l over (eta, p, sigma^2)."""
+    L, sigma2, p = 6, 0.1, np.array([1.0, 0.6])
+    H, codes = _compressive(L, 20)
+    out = crb_stochastic(_t([AZ3]), _t([EL3]), _t([R3]), torch.from_numpy(p)[None], H, codes,
+                         _t([sigma2]), SYS3)
+    Phi = _operators(H, codes)
+
+    def covs(x):  # x = (az1, az2, el1, el2, r1, r2, p1, p2, sigma2)
+        A = steering(_t(x[0:2]), _t(x[2:4]), _t(x[4:6]), SYS3, torch.complex128).numpy().T
+        return [Ph @ A @ np.diag(x[6:8]) @ (Ph @ A).conj().T + x[8] * np.eye(5) for Ph in Phi]
+
+    x0 = np.array(AZ3 + EL3 + R3 + list(p) + [sigma2])
+    dR = []
+    for i in range(len(x0)):
+        e = np.zeros_like(x0)
+        e[i] = FD_STEP
+        dR.append([(a - b) / (2 * FD_STEP) for a, b in zip(covs(x0 + e), covs(x0 - e))])
+    W = [np.linalg.inv(R) for R in covs(x0)]
+    J = np.array([[sum(np.trace(W[l] @ dR[i][l] @ W[l] @ dR[j][l]).real for l in range(L))
+                   for j in range(len(x0))] for i in range(len(x0))])
+    crb = np.linalg.inv(J)[:6, :6]
+    got = torch.cat([out.azimuth[0], out.elevation[0], out.range_m[0]]).numpy()
+    np.testing.assert_allclose(got, np.sqrt(np.diag(crb)), rtol=1e-5)
+
+
+def _compressive_args(L, seed, sigma2=0.05):
+    H, codes = _compressive(L, seed)
+    return dict(azimuth=_t([AZ3]), elevation=_t([EL3]), range_m=_t([R3]), H=H, codes=codes,
+                noise_var=_t([sigma2]), system=SYS3)
+
+
+def _stack(res):
+    return torch.stack([res.azimuth, res.elevation, res.range_m])
+
+
+def test_crb_scales_with_noise_and_snapshots():
+    L = 5
+    args = _compressive_args(L, 30, sigma2=1e-5)
+    s = torch.from_numpy(_cn((1, L, 2), 31))
+    twice = dict(args, codes=torch.cat([args["codes"]] * 2, dim=1))
+    base = _stack(crb_deterministic(symbols=s, **args))
+    noisy = _stack(crb_deterministic(symbols=s, **dict(args, noise_var=args["noise_var"] * 10)))
+    longer = _stack(crb_deterministic(symbols=torch.cat([s, s], dim=1), **twice))
+    torch.testing.assert_close(noisy, base * math.sqrt(10), rtol=1e-10, atol=0)
+    torch.testing.assert_close(longer, base / math.sqrt(2), rtol=1e-10, atol=0)
+    powers = _t([[1.0, 1.0]])
+    base = _stack(crb_stochastic(powers=powers, **args))
+    noisy = _stack(crb_stochastic(powers=powers, **dict(args, noise_var=args["noise_var"] * 10)))
+    longer = _stack(crb_stochastic(powers=powers, **twice))
+    torch.testing.assert_close(longer, base / math.sqrt(2), rtol=1e-10, atol=0)
+    # 1/SNR holds for the stochastic bound only asymptotically (high SNR: 40 -> 50 dB here)
+    torch.testing.assert_close(noisy, base * math.sqrt(10), rtol=1e-2, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["deterministic", "stochastic"])
+def test_crb_invariant_to_source_order_and_padding(kind):
+    L = 8
+    H, codes = _identity_problem(SYS4, L)
+    s = torch.from_numpy(_cn((1, L, 4), 40))
+    powers = _t([[1.0, 2.0, 0.0, 0.5]])
+    geo = (_t([AZ4]), _t([EL4]), _t([R4]))
+    common = dict(H=H, codes=codes, noise_var=_t([0.2]), system=SYS4)
+
+    def run(perm):
+        az, el, r = (g[:, perm] for g in geo)
+        if kind == "deterministic":
+            return _stack(crb_deterministic(az, el, r, s[:, :, perm], **common))
+        return _stack(crb_stochastic(az, el, r, powers[:, perm], **common))
+
+    base = run([0, 1, 2, 3])
+    perm = [3, 2, 0, 1]
+    torch.testing.assert_close(run(perm), base[:, :, perm], rtol=1e-9, atol=0, equal_nan=True)
+    compact = run([0, 1, 3])  # the same sources without the padded slot
+    torch.testing.assert_close(compact, base[:, :, REAL4], rtol=1e-9, atol=0)
+
+
+def test_default_system_k5_low_snr_finite_and_positive(system):
+    scenes = simulate_batch(4, system, SceneConfig(), torch.Generator().manual_seed(5),
+                            snr_db=-5.0, K=5)
+    for kind in ("deterministic", "stochastic"):
+        res = crb_for_scenes(scenes, system, kind, chunk_size=3)
+        out = _stack(res)
+        assert out.shape == (3, 4, 5) and res.fim.shape == (4, 15, 15)
+        assert torch.isfinite(out).all() and (out > 0).all()
+        torch.testing.assert_close(res.fim, res.fim.mT)
+
+
+def test_crb_for_scenes_padded_slots_are_nan(system):
+    scenes = simulate_batch(3, system, SceneConfig(), torch.Generator().manual_seed(6), K=2)
+    res = crb_for_scenes(scenes, system)
+    assert torch.isnan(res.azimuth[:, 2:]).all() and torch.isfinite(res.azimuth[:, :2]).all()
+    assert (res.fim[:, 2:5] == 0).all()
+
+
+def test_bad_inputs_raise():
+    L = 3
+    H, codes = _identity_problem(SYS4, L)
+    s = torch.ones(1, L, 4, dtype=torch.complex128)
+    args = dict(H=H, codes=codes, noise_var=_t([0.1]), system=SYS4)
+    geo = (_t([AZ4]), _t([EL4]), _t([R4]))
+    with pytest.raises(ValueError, match="non-finite"):
+        crb_deterministic(*geo, s, mask=torch.ones(1, 4, dtype=torch.bool), **args)
+    with pytest.raises(ValueError, match="all-zero channel"):
+        crb_deterministic(*geo, s, **dict(args, H=H * 0))
+    with pytest.raises(ValueError, match="noise_var"):
+        crb_deterministic(*geo, s, **dict(args, noise_var=_t([0.0])))
+    with pytest.raises(ValueError, match="symbols must be"):
+        crb_deterministic(*geo, s[:, :2], **args)
+    with pytest.raises(ValueError, match="powers must be finite and positive"):
+        crb_stochastic(*geo, _t([[1.0, -1.0, 0.0, 1.0]]), **args)
+    with pytest.raises(ValueError, match="K >= M"):
+        small = SystemConfig(N_H=4, N_V=4, M=3, K_max=2)
+        crb_deterministic(*geo, s, **dict(args, system=small, H=H[:, :3]))
+    ula = _ula(6)
+    H6, c6 = _identity_problem(ula, L)
+    with pytest.raises(ValueError, match="singular"):  # elevation of a linear array
+        crb_deterministic(_t([[0.2]]), _t([[0.0]]), _t([[2.0]]), s[:, :, :1], H6, c6,
+                          _t([0.1]), ula)

@@ -1,0 +1,160 @@
+import math
+
+import pytest
+import torch
+
+from risloc.estimators.base import Estimates
+from risloc.evaluation.crb import CRBResult
+from risloc.evaluation.metrics import (
+    match_sources,
+    summarize,
+    summarize_by_K,
+    summarize_by_snr,
+)
+
+NAN = float("nan")
+rad = math.radians
+
+
+def _est(K, az_deg, el_deg, r):
+    az, el, rr = (torch.tensor(v, dtype=torch.float64) for v in (az_deg, el_deg, r))
+    return Estimates(K=torch.tensor(K), azimuth=torch.deg2rad(az), elevation=torch.deg2rad(el),
+                     range_m=rr, score=torch.ones_like(rr))
+
+
+def _truth(K, az_deg, el_deg, r):
+    e = _est(K, az_deg, el_deg, r)
+    return e.azimuth, e.elevation, e.range_m, e.K
+
+
+# two scenes, K_max = 3 true slots (NaN padded)
+TRUTH = _truth([3, 2], [[-40.0, 10.0, 35.0], [0.0, 20.0, NAN]],
+               [[5.0, -10.0, 20.0], [0.0, 3.0, NAN]], [[1.0, 4.0, 8.0], [2.0, 6.0, NAN]])
+
+
+def test_exact_estimates_give_zero_errors_and_perfect_scores():
+    est = _est([3, 2], [[35.0, -40.0, 10.0], [20.0, 0.0, NAN]],
+               [[20.0, 5.0, -10.0], [3.0, 0.0, NAN]], [[8.0, 1.0, 4.0], [6.0, 2.0, NAN]])
+    m = match_sources(est, *TRUTH)
+    assert m.est_index.tolist() == [[1, 2, 0], [1, 0, -1]]
+    s = summarize(m)
+    assert (s.n_true, s.n_estimated, s.n_paired, s.n_detected) == (5, 5, 5, 5)
+    assert (s.n_missed, s.n_false_alarms) == (0, 0)
+    assert s.f1 == 1.0 and s.precision == 1.0 and s.recall == 1.0 and s.K_accuracy == 1.0
+    for name in ("azimuth", "elevation", "angle"):
+        assert getattr(s, f"{name}_median_deg") == pytest.approx(0.0, abs=1e-9)
+        assert getattr(s, f"{name}_rmse_deg") == pytest.approx(0.0, abs=1e-9)
+    assert s.range_median_m == 0.0 and s.range_rmse_m == 0.0
+    assert s.crb_azimuth_median_deg is None
+
+
+def _permute(t, perms):
+    """Permute the slots of each scene of t [B, K] by its own index list."""
+    return torch.stack([row[perm] for row, perm in zip(t, perms)])
+
+
+def test_pairing_invariant_to_slot_order():
+    g = torch.Generator().manual_seed(0)
+    est = _est([3, 2], [[-38.0, 11.0, 33.0], [1.0, 18.0, NAN]],
+               [[4.0, -9.0, 21.0], [-1.0, 4.0, NAN]], [[1.5, 3.0, 9.0], [2.2, 5.0, NAN]])
+    base = match_sources(est, *TRUTH)
+    for _ in range(5):
+        # real slots permuted per scene; padding stays at the end (slots < K are real)
+        pe = [torch.randperm(3, generator=g), torch.tensor([1, 0, 2])]
+        pt = [torch.randperm(3, generator=g), torch.tensor([1, 0, 2])]
+        est_p = Estimates(est.K, *(_permute(t, pe) for t in
+                                   (est.azimuth, est.elevation, est.range_m, est.score)))
+        truth_p = [_permute(t, pt) for t in TRUTH[:3]]
+        m = match_sources(est_p, *truth_p, TRUTH[3])
+        assert summarize(m) == summarize(base)
+        for b in range(2):  # every true source keeps its estimate and its errors
+            inv = torch.argsort(pt[b])
+            torch.testing.assert_close(m.angle_error[b, inv], base.angle_error[b],
+                                       equal_nan=True)
+            torch.testing.assert_close(m.range_error[b, inv], base.range_error[b],
+                                       equal_nan=True)
+
+
+def test_miss_and_false_alarm_are_counted():
+    # scene 0: 2 estimates for 3 truths (one miss); scene 1: 3 estimates for 2 truths, and the
+    # extra one is far away (false alarm); one pair of scene 1 falls outside the 5 deg gate
+    est = _est([2, 3], [[-40.0, 35.0, NAN], [0.0, 28.0, -70.0]],
+               [[5.0, 20.0, NAN], [0.0, 3.0, -25.0]], [[1.0, 8.0, NAN], [2.0, 6.0, 9.0]])
+    m = match_sources(est, *TRUTH)
+    s = summarize(m)
+    assert m.missed.tolist() == [[False, True, False], [False, False, False]]
+    assert m.false_alarm.tolist() == [[False, False, False], [False, False, True]]
+    assert (s.n_true, s.n_estimated, s.n_paired, s.n_detected) == (5, 5, 4, 3)
+    assert (s.n_missed, s.n_false_alarms) == (1, 1)
+    assert s.precision == pytest.approx(3 / 5) and s.recall == pytest.approx(3 / 5)
+    assert s.f1 == pytest.approx(3 / 5) and s.K_accuracy == 0.0
+
+
+def test_azimuth_difference_is_wrap_free():
+    # 179 deg is 2 deg clockwise of -179 deg: error -2 deg, not 358 deg (and vice versa)
+    est = _est([1, 1], [[179.0], [-179.0]], [[0.0], [0.0]], [[3.0], [3.0]])
+    m = match_sources(est, *_truth([1, 1], [[-179.0], [179.0]], [[0.0], [0.0]], [[3.0], [3.0]]))
+    torch.testing.assert_close(m.azimuth_error.rad2deg(),
+                               torch.tensor([[-2.0], [2.0]], dtype=torch.float64))
+    torch.testing.assert_close(m.angle_error.rad2deg(),
+                               torch.tensor([[2.0], [2.0]], dtype=torch.float64))
+    assert m.detected.all()
+
+
+def test_nan_padding_and_empty_scenes():
+    est = _est([0, 1], [[NAN, NAN], [NAN, NAN]], [[NAN, NAN], [NAN, NAN]],
+               [[NAN, NAN], [NAN, NAN]])
+    with pytest.raises(ValueError, match="non-finite estimated"):
+        match_sources(est, *_truth([1, 1], [[0.0], [5.0]], [[0.0], [0.0]], [[2.0], [2.0]]))
+    est = _est([0, 1], [[NAN, NAN], [4.0, NAN]], [[NAN, NAN], [1.0, NAN]],
+               [[NAN, NAN], [2.5, NAN]])
+    m = match_sources(est, *_truth([1, 0], [[0.0], [NAN]], [[0.0], [NAN]], [[2.0], [NAN]]))
+    s = summarize(m)
+    assert (s.n_paired, s.n_missed, s.n_false_alarms) == (0, 1, 1)
+    assert s.f1 == 0.0 and math.isnan(s.azimuth_rmse_deg)
+
+
+def test_hand_computed_median_and_rmse_with_crb():
+    # one scene, 4 sources on the horizon (elevation 0): azimuth errors 1, -2, 3, -4 deg and
+    # range errors 0.1, 0.2, -0.3, 0.4 m; median |.| = 2.5 deg / 0.25 m,
+    # RMSE = sqrt(30/4) deg and sqrt(0.30/4) m
+    t_az, t_r = [-45.0, -15.0, 15.0, 45.0], [1.0, 2.0, 3.0, 4.0]
+    est = _est([4], [[a + d for a, d in zip(t_az, [1, -2, 3, -4])]], [[0.0] * 4],
+               [[r + d for r, d in zip(t_r, [0.1, 0.2, -0.3, 0.4])]])
+    truth = _truth([4], [t_az], [[0.0] * 4], [t_r])
+    crb_az = torch.deg2rad(torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64))
+    crb_el = torch.deg2rad(torch.tensor([[0.0, 0.0, 0.0, 2.0]], dtype=torch.float64))
+    crb = CRBResult(azimuth=crb_az, elevation=crb_el, range_m=torch.full((1, 4), 0.5,
+                    dtype=torch.float64), fim=torch.zeros(1, 12, 12))
+    s = summarize(match_sources(est, *truth), crb)
+    assert s.azimuth_median_deg == pytest.approx(2.5) and s.elevation_rmse_deg == 0.0
+    assert s.azimuth_rmse_deg == pytest.approx(math.sqrt(30 / 4))
+    assert s.angle_rmse_deg == pytest.approx(math.sqrt(30 / 4))  # on the horizon
+    assert s.range_median_m == pytest.approx(0.25) and s.range_rmse_m == pytest.approx(
+        math.sqrt(0.30 / 4))
+    assert s.crb_azimuth_median_deg == pytest.approx(2.5)
+    assert s.crb_azimuth_rms_deg == pytest.approx(math.sqrt(30 / 4))
+    assert s.crb_elevation_median_deg == pytest.approx(0.0)
+    assert s.crb_angle_rms_deg == pytest.approx(math.sqrt((1 + 4 + 9 + 16 + 4) / 4))
+    assert s.crb_range_median_m == pytest.approx(0.5) and s.crb_range_rms_m == pytest.approx(0.5)
+
+
+def test_range_term_breaks_angular_ties():
+    # both estimates are 3 deg from both truths; only range tells them apart
+    truth = _truth([2], [[-3.0, 3.0]], [[0.0, 0.0]], [[1.0, 9.0]])
+    est = _est([2], [[0.0, 0.0]], [[0.0, 0.0]], [[9.0, 1.0]])
+    m = match_sources(est, *truth)
+    assert m.est_index.tolist() == [[1, 0]]
+    assert torch.allclose(m.range_error, torch.zeros(1, 2, dtype=torch.float64))
+
+
+def test_grouping_by_snr_and_K():
+    est = _est([3, 2], [[-40.0, 10.0, 35.0], [0.0, 26.0, NAN]],
+               [[5.0, -10.0, 20.0], [0.0, 3.0, NAN]], [[1.0, 4.0, 8.0], [2.0, 6.0, NAN]])
+    m = match_sources(est, *TRUTH)
+    by_K = summarize_by_K(m)
+    assert sorted(by_K) == [2, 3]
+    assert by_K[3].n_true == 3 and by_K[3].f1 == 1.0
+    assert by_K[2].n_detected == 1 and by_K[2].azimuth_median_deg == pytest.approx(3.0)
+    by_snr = summarize_by_snr(m, torch.tensor([-5.2, 10.1]), bin_db=5.0)
+    assert sorted(by_snr) == [-5.0, 10.0] and by_snr[-5.0] == by_K[3]
