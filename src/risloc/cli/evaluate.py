@@ -39,7 +39,9 @@ def results_table(rows: list[ResultRow], title: str) -> Table:
         if r.K not in ("all", "?"):
             continue
         m = r.metrics
-        pair = lambda a, b: f"{_fmt(m.get(a))} ({_fmt(m.get(b))})"  # noqa: E731
+        def pair(a: str, b: str, m=m) -> str:
+            return f"{_fmt(m.get(a))} ({_fmt(m.get(b))})"
+
         t.add_row(r.estimator, _fmt(r.snr_db), str(r.n_scenes), _fmt(m.get("K_accuracy")),
                   _fmt(m.get("f1")), pair("azimuth_median_deg", "crb_azimuth_median_deg"),
                   pair("elevation_median_deg", "crb_elevation_median_deg"),
@@ -61,7 +63,8 @@ def evaluate_command(
     scenes: Annotated[Path | None, typer.Argument(
         help="Scene file (.h5/.npz) to evaluate; omit to simulate a test sweep.")] = None,
     estimators: Annotated[str, typer.Option(
-        help=f"Comma-separated, from: {', '.join(ESTIMATORS)}.")] = "classical,music-samp,music-oracle",
+        help=f"Comma-separated, from: {', '.join(ESTIMATORS)}.")
+    ] = "classical,music-samp,music-oracle",
     snr_db: Annotated[str, typer.Option("--snr-db", help="SNR points [dB] (simulated sweep).")
                       ] = "-5,0,5,10,20",
     K: Annotated[str | None, typer.Option("--K", help="K values (simulated sweep); default: "
