@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from risloc.config import SceneConfig, SystemConfig
 
@@ -12,9 +11,3 @@ def system() -> SystemConfig:
 @pytest.fixture(scope="session")
 def scene() -> SceneConfig:
     return SceneConfig()
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(2)
-    yield

@@ -28,7 +28,8 @@ Estimator = Callable[[SceneBatch, SystemConfig, "torch.Tensor | None"], Estimate
 def _samp_order(R: torch.Tensor, system: SystemConfig) -> torch.Tensor:
     from risloc.estimators.order import mdl_order
 
-    return mdl_order(R, system.L, system.K_max)
+    # MUSIC needs K >= 1; MDL may say 0 on a weak covariance.
+    return mdl_order(R, system.L, system.K_max).clamp_min(1)
 
 
 def _classical(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None) -> Estimates:

@@ -44,6 +44,9 @@ def source_position(azimuth: torch.Tensor, elevation: torch.Tensor,
 def angular_separation(az1: torch.Tensor, el1: torch.Tensor,
                        az2: torch.Tensor, el2: torch.Tensor) -> torch.Tensor:
     """Great-circle angle between two directions [rad] (broadcasting)."""
+    dtype = torch.promote_types(torch.promote_types(az1.dtype, el1.dtype),
+                                torch.promote_types(az2.dtype, el2.dtype))
+    az1, el1, az2, el2 = (t.to(dtype) for t in torch.broadcast_tensors(az1, el1, az2, el2))
     u1 = direction(az1, el1)
     u2 = direction(az2, el2)
     cos = (u1 * u2).sum(-1)

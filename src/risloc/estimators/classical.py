@@ -1,0 +1,304 @@
+"""Classical localizer: greedy measurement-domain matched-field detection + NF-MLE.
+
+For k = 1..K_max (or the known K) the next source is the grid point g that explains most
+of the residual energy given the sources found so far (orthogonal least squares, the
+greedy form of the deterministic ML of :mod:`risloc.estimators.nfmle`):
+
+    T(g) = sum_l |b_l(g)^H r_l|^2 / ||P_perp_l b_l(g)||^2,   b_l(g) = H diag(c_l) a(g),
+
+with r_l = P_perp_l y_l the residual of y_l after projecting out the found columns of
+B_l (P_perp_l the projector onto their orthogonal complement); T(g) is the cost drop of
+adding g. The plain normalised matched field (||b_l(g)||^2 in the denominator) was
+measured worse (K accuracy 0.69 instead of 1.00 for K = 3 at 10 dB).
+
+After each addition all found sources are refined jointly (a few NF-MLE iterations),
+then one RELAX sweep (Li & Stoica, IEEE TSP 44(2), 1996) re-searches each source with
+the others fixed and keeps the change where the joint cost falls. Without it, a first
+pick between several sources (a "ghost" that explains more energy than any single
+source) stays: 7 of 32 scenes with K = 3 at 30 dB missed a source. With it, at known K
+the final fit has a cost below the cost at the true positions in 94-100 % of the scenes
+(K = 3 and 5, 0-10 dB, 16 scenes each): the remaining errors are those of the ML
+estimate itself, not of the search.
+
+The model order is then chosen from the nested residual costs C_0 >= C_1 >= ...
+(:func:`risloc.estimators.order.residual_order`) and the chosen fit is polished by
+NF-MLE to convergence. The grid is uniform in sin(azimuth), elevation and 1/range over
+the NF-MLE field of view; its steering vectors are cached (:mod:`risloc.estimators.grids`)
+and the grid columns b_l(g) are formed once per chunk of scenes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+
+from risloc.config import SystemConfig
+from risloc.covariance.tools import operators
+from risloc.estimators.base import Estimates
+from risloc.estimators.grids import grid_steering
+from risloc.estimators.nfmle import (
+    Fit,
+    NFMLEConfig,
+    amplitude_fit,
+    check_measurements,
+    lm_solve,
+    nfmle_refine,
+    working_dtypes,
+)
+from risloc.estimators.order import noise_var_from_snr, residual_order
+from risloc.physics import steering
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClassicalConfig:
+    """Settings of :func:`classical_localize`.
+
+    grid_azimuth, grid_elevation, grid_inv_range : grid points along sin(az), el and 1/r
+        (default 24 x 13 x 10 = 3120: every field-of-view point has a grid point with
+        |a(g)^H a(p)|^2 >= 0.66 in 99.9 % of draws).
+    step : joint NF-MLE run after each greedy addition (few iterations, float32).
+    final : NF-MLE polish of the selected sources (to convergence, float64); its box is
+        also the grid's field of view.
+    penalty : order-selection penalty per source in units of sigma^2 (see order.py).
+    floor : lower clamp of ||P_perp b||^2 / ||b||^2 in T_k (guards the ratio near found
+        sources, where numerator and denominator both vanish).
+    chunk : scenes per pass (bounds memory: the grid columns take ~6.4 MB per scene).
+    """
+
+    grid_azimuth: int = 24
+    grid_elevation: int = 13
+    grid_inv_range: int = 10
+    step: NFMLEConfig = field(default_factory=lambda: NFMLEConfig(iterations=4, double=False,
+                                                                  tikhonov=1e-5))
+    final: NFMLEConfig = field(default_factory=lambda: NFMLEConfig(iterations=None,
+                                                                   max_iterations=30))
+    relax_sweeps: int = 1
+    penalty: float | None = None
+    floor: float = 0.05
+    chunk: int = 16
+
+    def __post_init__(self) -> None:
+        if min(self.grid_azimuth, self.grid_elevation, self.grid_inv_range) < 1:
+            raise ValueError("grid sizes must be >= 1")
+        if not 0 < self.floor <= 1 or self.chunk < 1 or self.relax_sweeps < 0:
+            raise ValueError("floor must lie in (0, 1], chunk >= 1, relax_sweeps >= 0")
+
+
+class _Grid(NamedTuple):
+    """Search grid in working precision.
+
+    pos : [G, 3] real — (azimuth [rad], elevation [rad], 1/range [1/m])
+    A : [N, G] complex — column g = a(g)
+    """
+
+    pos: torch.Tensor
+    A: torch.Tensor
+
+
+def search_grid(system: SystemConfig, config: ClassicalConfig = ClassicalConfig(),
+                dtype: torch.dtype = torch.complex64, device: str = "cpu") -> _Grid:
+    """The search grid of ``config`` (steering cached by :mod:`risloc.estimators.grids`)."""
+    f = config.final
+    key = (f.azimuth_deg, f.elevation_deg, f.range_m, config.grid_azimuth,
+           config.grid_elevation, config.grid_inv_range)
+    grid, A = grid_steering(system, key, dtype, str(device))
+    pos = torch.stack([grid.azimuth, grid.elevation, 1.0 / grid.range_m], -1)
+    return _Grid(pos.to(device=device, dtype=A.real.dtype), A)
+
+
+def _abs2(x: torch.Tensor) -> torch.Tensor:
+    """|x|^2 without the square root of abs(): [...] complex -> [...] real."""
+    return x.real.square() + x.imag.square()
+
+
+def _grid_columns(Phi: torch.Tensor, A: torch.Tensor, L: int) -> torch.Tensor:
+    """b_l(g) = Phi_l a(g) for the whole grid: Phi [B, L*M, N], A [N, G] -> [B, L, M, G].
+
+    Stored once per chunk of scenes (L M G complex numbers, 6.4 MB per scene in complex64)
+    so that every later search works in C^M instead of C^N (N / M = 9 times fewer flops).
+    """
+    Bg = Phi @ A  # (B, L*M, G)
+    return Bg.view(Phi.shape[0], L, -1, A.shape[-1])
+
+
+def _statistic(fit: Fit, Bg: torch.Tensor, gains: torch.Tensor, floor: float) -> torch.Tensor:
+    """OLS statistic T(g): [B, G] (module docstring); ``fit`` holds the found sources.
+
+    Bg : [B, L, M, G] grid columns b_l(g);  gains : [B, L, G] = ||b_l(g)||^2
+    """
+    W = fit.r.unsqueeze(-1)  # (B, L, M, 1)
+    k = fit.Bm.shape[-1] if floor < 1 else 0
+    if k > 0:
+        Q, _ = torch.linalg.qr(fit.Bm)  # (B, L, M, k) orthonormal basis of found columns
+        W = torch.cat([W, Q], -1)
+    P = _abs2(W.mH @ Bg)  # (B, L, 1+k, G): one pass over the grid columns
+    num = P[:, :, 0]  # |r_l^H b_l(g)|^2
+    den = gains if k == 0 else torch.maximum(gains - P[:, :, 1:].sum(2), floor * gains)
+    return (num / den.clamp_min(1e-30)).sum(1)
+
+
+def _search(y, H, codes, theta, grid: _Grid, Bg, gains, system, cfg: ClassicalConfig):
+    """Best grid point given the sources theta [B, 3, k]: positions [B, 3]."""
+    if theta.shape[-1] == 0:
+        fit = _empty_fit(y)
+    else:
+        mask = torch.ones(theta.shape[0], theta.shape[-1], dtype=torch.bool, device=y.device)
+        fit = amplitude_fit(y, H, codes, _steering_rows(theta, system, y.dtype), mask,
+                            cfg.step.tikhonov)
+    return grid.pos[_statistic(fit, Bg, gains, cfg.floor).argmax(-1)]
+
+
+def _steering_rows(theta: torch.Tensor, system: SystemConfig, cplx) -> torch.Tensor:
+    return steering(theta[:, 0], theta[:, 1], 1.0 / theta[:, 2], system, cplx)
+
+
+def _relax(y, H, codes, theta, fit, grid, Bg, gains, system, cfg: ClassicalConfig):
+    """One RELAX sweep (Li & Stoica 1996): re-search each source given the others, refine
+    jointly, keep the change where the cost falls. theta [B, 3, k] -> (theta, fit)."""
+    k = theta.shape[-1]
+    mask = torch.ones(theta.shape[0], k, dtype=torch.bool, device=y.device)
+    for j in range(k):
+        others = torch.cat([theta[..., :j], theta[..., j + 1:]], -1)
+        cand = theta.clone()
+        cand[..., j] = _search(y, H, codes, others, grid, Bg, gains, system, cfg)
+        cand, cfit, _ = lm_solve(y, H, codes, cand, mask, system, cfg.step)
+        better = cfit.cost < fit.cost  # (B,)
+        theta = torch.where(better.view(-1, 1, 1), cand, theta)
+        fit = Fit(*(torch.where(better.view((-1,) + (1,) * (new.ndim - 1)), new, old)
+                    for new, old in zip(cfit, fit, strict=True)))
+    return theta, fit
+
+
+def _greedy(y, H, codes, system, cfg: ClassicalConfig, k_max: int):
+    """Greedy search + joint refinement; thetas[k] [B, 3, k+1], costs [B, k_max+1]."""
+    _, cplx = working_dtypes(cfg.step)
+    y, H, codes = y.to(cplx), H.to(cplx), codes.to(cplx)
+    grid = search_grid(system, cfg, cplx, str(y.device))
+    Bg = _grid_columns(operators(H, codes).flatten(1, 2), grid.A, y.shape[1])  # (B, L, M, G)
+    gains = _abs2(Bg).sum(2)  # (B, L, G)
+    B_ = y.shape[0]
+    costs = [_abs2(y).sum((-1, -2))]
+    theta = torch.zeros(B_, 3, 0, dtype=y.real.dtype, device=y.device)
+    thetas = []
+    for k in range(k_max):
+        new = _search(y, H, codes, theta, grid, Bg, gains, system, cfg)
+        theta = torch.cat([theta, new.unsqueeze(-1)], -1)  # (B, 3, k+1)
+        mask = torch.ones(B_, k + 1, dtype=torch.bool, device=y.device)
+        theta, fit, _ = lm_solve(y, H, codes, theta, mask, system, cfg.step)
+        for _ in range(cfg.relax_sweeps if k > 0 else 0):
+            theta, fit = _relax(y, H, codes, theta, fit, grid, Bg, gains, system, cfg)
+        thetas.append(theta)
+        costs.append(fit.cost)
+    return thetas, torch.stack(costs, -1)
+
+
+def _empty_fit(y):
+    """The fit with no sources: residual y, empty B."""
+    B_, L, M = y.shape
+    return Fit(y.abs().square().sum((-1, -2)), y, y.new_zeros(B_, L, 0),
+               y.new_zeros(B_, L, M, 0), y.new_zeros(B_, L, 0, 0))
+
+
+class Greedy(NamedTuple):
+    """Nested greedy fits of a batch.
+
+    thetas : list of k_max tensors [B, 3, k] — (az [rad], el [rad], 1/r [1/m]) of k sources
+    costs : [B, k_max + 1] float — residual cost C_k with k sources (C_0 = sum_l ||y_l||^2)
+    """
+
+    thetas: list[torch.Tensor]
+    costs: torch.Tensor
+
+
+def greedy_search(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, system: SystemConfig,
+                  k_max: int, config: ClassicalConfig = ClassicalConfig()) -> Greedy:
+    """Greedy detection of k_max sources per scene (module docstring); no input checks.
+
+    y : [B, L, M] complex, H : [B, M, N] complex, codes : [B, L, N] complex
+    """
+    parts = [_greedy(y[i:i + config.chunk], H[i:i + config.chunk],
+                     codes[i:i + config.chunk], system, config, k_max)
+             for i in range(0, y.shape[0], config.chunk)]
+    thetas = [torch.cat([p[0][k] for p in parts]) for k in range(k_max)]
+    return Greedy(thetas, torch.cat([p[1] for p in parts]).to(torch.float64))
+
+
+def _resolve_K(K, B_: int, system: SystemConfig, device) -> torch.Tensor | None:
+    """Known K as [B] int64 (validated), or None."""
+    if K is None:
+        return None
+    K = torch.as_tensor(K, dtype=torch.int64, device=device).expand(B_).clone() \
+        if torch.as_tensor(K).ndim == 0 else torch.as_tensor(K, dtype=torch.int64, device=device)
+    if K.shape != (B_,):
+        raise ValueError(f"K must be an int or a [B]={B_} tensor, got shape {tuple(K.shape)}")
+    if bool((K < 1).any()) or bool((K > system.K_max).any()):
+        raise ValueError(f"K must lie in 1..K_max={system.K_max}, got {K.unique().tolist()}")
+    return K
+
+
+def _select(thetas: list[torch.Tensor], K: torch.Tensor, k_slots: int) -> torch.Tensor:
+    """theta [B, 3, k_slots]: scene b takes the greedy fit with K_b sources (rest padded)."""
+    B_ = K.shape[0]
+    out = thetas[0].new_full((B_, 3, k_slots), float("nan"))
+    for k, th in enumerate(thetas, start=1):
+        sel = K == k
+        out[sel, :, :k] = th[sel].to(out.dtype)
+    return out
+
+
+class ClassicalResult(NamedTuple):
+    """Full result of :func:`classical_fit`.
+
+    estimates : Estimates with K_max slots (see :func:`classical_localize`)
+    costs : [B, k_max + 1] float64 — nested greedy residual costs C_0..C_k_max
+    noise_var : [B] float64 or None — sigma^2 from snr_db (None when it was not given)
+    """
+
+    estimates: Estimates
+    costs: torch.Tensor
+    noise_var: torch.Tensor | None
+
+
+def classical_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, system: SystemConfig,
+                  K: int | torch.Tensor | None = None,
+                  snr_db: float | torch.Tensor | None = None,
+                  config: ClassicalConfig = ClassicalConfig()) -> ClassicalResult:
+    """:func:`classical_localize` with its diagnostics (nested costs, noise level)."""
+    check_measurements(y, H, codes, system)
+    if system.K_max >= y.shape[-1]:
+        raise ValueError(f"K_max={system.K_max} must be smaller than M={y.shape[-1]}")
+    K_known = _resolve_K(K, y.shape[0], system, y.device)
+    k_max = system.K_max if K_known is None else int(K_known.max())
+    greedy = greedy_search(y, H, codes, system, k_max, config)
+    sigma2 = None if snr_db is None else noise_var_from_snr(y, snr_db)
+    if K_known is None:
+        K_known = residual_order(greedy.costs, y.shape[1], y.shape[2], sigma2, config.penalty)
+    theta = _select(greedy.thetas, K_known, system.K_max)
+    init = Estimates(K_known, theta[:, 0], theta[:, 1], 1.0 / theta[:, 2],
+                     torch.zeros_like(theta[:, 0]))
+    log.debug("classical: K histogram %s", torch.bincount(K_known).tolist())
+    est = nfmle_refine(y, H, codes, init, system, config.final)
+    est = Estimates(est.K, *(t.to(torch.float32) for t in
+                             (est.azimuth, est.elevation, est.range_m, est.score)))
+    return ClassicalResult(est, greedy.costs, sigma2)
+
+
+def classical_localize(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                       system: SystemConfig, K: int | torch.Tensor | None = None,
+                       snr_db: float | torch.Tensor | None = None,
+                       config: ClassicalConfig = ClassicalConfig()) -> Estimates:
+    """Localize the sources of each scene (module docstring).
+
+    y : [B, L, M] complex, H : [B, M, N] complex, codes : [B, L, N] complex
+    K : None (estimate by the residual test), an int or [B] int64 (known counts)
+    snr_db : None, a float or [B] — realised per-antenna SNR [dB]; when given it fixes the
+        noise level of the order test, otherwise sigma^2 is estimated from the residuals.
+    Returns Estimates with K_max slots: positions (rad, rad, m) as float32, score =
+    estimated source power mean_l |s_lk|^2.
+    """
+    return classical_fit(y, H, codes, system, K, snr_db, config).estimates

@@ -1,0 +1,207 @@
+"""Near-field MUSIC: exact recovery on the exact covariance, spectrum, padding, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+from risloc.config import SceneConfig, SystemConfig
+from risloc.estimators.grids import greedy_pick, local_maxima_3d, near_field_grid
+from risloc.estimators.music import MusicConfig, music, music_spectrum, signal_subspace
+from risloc.estimators.refine import NearFieldModel, null_spectrum, refine_peaks
+from risloc.physics import angular_separation
+from risloc.simulation import (
+    concat_batches,
+    scene_true_covariance,
+    simulate_batch,
+    true_covariance,
+)
+
+ANGLE_TOL_DEG = 0.02
+RANGE_TOL_M = 0.01
+
+
+def simulate(n, system, seed, K):
+    """n scenes with K sources from a fixed seed (SNR is irrelevant: R_true is used)."""
+    gen = torch.Generator().manual_seed(seed)
+    return simulate_batch(n, system, SceneConfig(), gen, snr_db=20.0, K=K)
+
+
+def errors(est, az, el, rng, K):
+    """Hungarian-paired great-circle [deg] and range [m] errors of all true sources."""
+    angle, dist = [], []
+    for b in range(len(K)):
+        k, ke = int(K[b]), int(est.K[b])
+        t = [v[b, :k].double() for v in (az, el, rng)]
+        e = [v[b, :ke].double() for v in (est.azimuth, est.elevation, est.range_m)]
+        sep = torch.rad2deg(angular_separation(t[0][:, None], t[1][:, None],
+                                               e[0][None], e[1][None]))
+        dr = (t[2][:, None] - e[2]).abs()
+        i, j = linear_sum_assignment((sep + dr).numpy())
+        assert len(i) == k, f"scene {b}: {k} true sources, {len(i)} paired"
+        angle += sep[i, j].tolist()
+        dist += dr[i, j].tolist()
+    return np.array(angle), np.array(dist)
+
+
+@pytest.fixture(scope="module", params=["spherical", "fresnel"])
+def system(request):
+    return SystemConfig(wavefront=request.param)
+
+
+@pytest.mark.parametrize("K", [1, 3, 5])
+def test_exact_covariance_recovers_sources(system, K):
+    scenes = simulate(12, system, seed=11, K=K)
+    R = scene_true_covariance(scenes, system)
+    est = music(R, scenes.K, system)
+    assert torch.equal(est.K, scenes.K)
+    angle, dist = errors(est, scenes.azimuth, scenes.elevation, scenes.range_m, scenes.K)
+    assert angle.max() < ANGLE_TOL_DEG
+    assert dist.max() < RANGE_TOL_M
+
+
+def test_close_sources_need_valley_starts():
+    """Two sources 5.07 deg apart share one grid peak; the valley starts recover both."""
+    system = SystemConfig()
+    deg = torch.tensor([[-40.40, 9.32, -31.80, -26.72, -50.21]], dtype=torch.float64)
+    el = torch.tensor([[14.96, -10.06, -8.93, -9.71, -23.93]], dtype=torch.float64)
+    rng = torch.tensor([[3.84, 4.79, 8.50, 9.15, 7.51]], dtype=torch.float64)
+    az, el = torch.deg2rad(deg), torch.deg2rad(el)
+    R = true_covariance(az, el, rng, torch.ones_like(rng), system)
+    K = torch.tensor([5])
+    cfg = MusicConfig(n_azimuth=81, n_elevation=41, n_range=16)
+    angle, dist = errors(music(R, K, system, cfg), az, el, rng, K)
+    assert angle.max() < ANGLE_TOL_DEG and dist.max() < RANGE_TOL_M
+    no_valley = MusicConfig(n_azimuth=81, n_elevation=41, n_range=16, valley_step_deg=0.0)
+    angle, _ = errors(music(R, K, system, no_valley), az, el, rng, K)
+    assert angle.max() > 1.0  # documents the failure the valley starts fix
+
+
+def test_spectrum_is_maximal_at_the_source():
+    system = SystemConfig()
+    az0, el0, r0 = math.radians(23.0), math.radians(-11.0), 2.7
+    t = torch.tensor([[az0]]), torch.tensor([[el0]]), torch.tensor([[r0]])
+    R = true_covariance(*t, torch.ones(1, 1), system)
+    gen = torch.Generator().manual_seed(0)
+    d = 0.02 * torch.randn(200, 3, generator=gen)  # ~1 deg and ~2% range perturbations
+    az = torch.cat([torch.tensor([az0]), az0 + d[:, 0]])
+    el = torch.cat([torch.tensor([el0]), el0 + d[:, 1]])
+    rng = torch.cat([torch.tensor([r0]), r0 * (1 + d[:, 2])])
+    P = music_spectrum(R, 1, system, az, el, rng)
+    assert P.shape == (1, 201)
+    assert P[0, 0] > 1e4  # exact covariance: null spectrum ~ 0 at the source
+    assert P[0, 0] > 10 * P[0, 1:].max()
+    # range cut at the true angle: maximal at the true range
+    cut = torch.linspace(0.5, 10.0, 400)
+    Pc = music_spectrum(R, 1, system, torch.full_like(cut, az0), torch.full_like(cut, el0), cut)
+    assert abs(float(cut[Pc[0].argmax()]) - r0) < 0.05
+
+
+def test_nan_padding_and_mixed_K_batch_equals_single_scenes():
+    system = SystemConfig()
+    K = torch.tensor([1, 3, 5, 2])
+    scenes = concat_batches([simulate(1, system, seed=5 + i, K=int(k))
+                             for i, k in enumerate(K)])
+    R = scene_true_covariance(scenes, system)
+    est = music(R, K, system)
+    assert est.azimuth.shape == (4, system.K_max) and est.K.dtype == torch.int64
+    assert torch.equal(est.K, K)
+    mask = est.mask
+    for field in (est.azimuth, est.elevation, est.range_m, est.score):
+        assert torch.isfinite(field[mask]).all()
+        assert torch.isnan(field[~mask]).all()
+    assert (est.score[mask] >= 1).all()
+    for b in range(4):
+        single = music(R[b:b + 1], K[b:b + 1], system)
+        k = int(K[b])
+        torch.testing.assert_close(single.azimuth[0, :k], est.azimuth[b, :k], atol=1e-6, rtol=0)
+        torch.testing.assert_close(single.range_m[0, :k], est.range_m[b, :k], atol=1e-5,
+                                   rtol=0)
+
+
+def test_result_does_not_depend_on_source_order_or_scale():
+    system = SystemConfig()
+    s = simulate(6, system, seed=2, K=4)
+    perm = torch.tensor([2, 0, 3, 1, 4])
+    R1 = true_covariance(s.azimuth, s.elevation, s.range_m, s.powers, system)
+    R2 = true_covariance(s.azimuth[:, perm], s.elevation[:, perm], s.range_m[:, perm],
+                         s.powers[:, perm], system)
+    e1, e2 = music(R1, s.K, system), music(7.5 * R2, s.K, system)
+
+    def sorted_by_azimuth(e):
+        order = e.azimuth[:, :4].argsort(-1)
+        return [v[:, :4].gather(1, order) for v in (e.azimuth, e.elevation, e.range_m)]
+
+    for a, b in zip(sorted_by_azimuth(e1), sorted_by_azimuth(e2), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_refinement_converges_monotonically_from_off_grid_start():
+    system = SystemConfig()
+    truth = torch.tensor([0.4, -0.2, 1 / 3.3], dtype=torch.float64)
+    R = true_covariance(truth[0].view(1, 1), truth[1].view(1, 1), 1 / truth[2].view(1, 1),
+                        torch.ones(1, 1), system, torch.complex128)
+    U = signal_subspace(R, torch.tensor([1]))
+    start = (truth + torch.tensor([0.015, -0.01, 0.05], dtype=torch.float64)).view(1, 1, 3)
+    cfg, model = MusicConfig(), NearFieldModel(system)
+    prev = float(null_spectrum(start, U, model))
+    for it in range(1, 6):
+        ref = refine_peaks(U, start, model, *cfg.bounds, iterations=it)
+        assert float(ref.null) <= prev + 1e-15
+        prev = float(ref.null)
+    torch.testing.assert_close(ref.theta[0, 0], truth, atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("bad", ["nonsquare", "nan", "zero", "real", "wrong_N"])
+def test_bad_covariance_raises(bad):
+    system = SystemConfig()
+    R = torch.eye(system.N, dtype=torch.complex64).expand(2, -1, -1).clone()
+    R = {"nonsquare": R[:, :, :-1], "nan": R.index_put_((torch.tensor([0]),) * 3,
+                                                        torch.tensor(float("nan") + 0j)),
+         "zero": torch.zeros_like(R), "real": R.real, "wrong_N": R[:, :100, :100]}[bad]
+    with pytest.raises(ValueError):
+        music(R, torch.tensor([1, 1]), system)
+    with pytest.raises(ValueError):
+        music_spectrum(R, torch.tensor([1, 1]), system, torch.zeros(3), torch.zeros(3),
+                       torch.ones(3))
+
+
+@pytest.mark.parametrize("K", [0, -1, 16, 20])
+def test_bad_K_raises(K):
+    system = SystemConfig()  # M = 16: K must lie in 1..15
+    R = torch.eye(system.N, dtype=torch.complex64).expand(2, -1, -1)
+    with pytest.raises(ValueError, match="K"):
+        music(R, torch.tensor([1, K]), system)
+    with pytest.raises(ValueError, match="K"):
+        music(R, torch.tensor([1.0, 2.0]), system)  # float K
+    with pytest.raises(ValueError, match="K"):
+        music(R, torch.tensor([1, 2, 3]), system)  # wrong length
+
+
+def test_config_validation():
+    for kwargs in ({"n_range": 1}, {"azimuth_deg": (10.0, -10.0)}, {"range_m": (0.0, 5.0)},
+                   {"loading": -1.0}, {"n_candidates": 0}, {"elevation_deg": (-95.0, 0.0)}):
+        with pytest.raises(ValueError):
+            MusicConfig(**kwargs)
+
+
+def test_grid_helpers():
+    grid = near_field_grid((-60.0, 60.0), (-30.0, 30.0), (0.5, 10.0), 5, 3, 4)
+    assert len(grid.azimuth) == 60 and grid.shape == (5, 3, 4)
+    s = torch.sin(grid.azimuth.view(5, 3, 4)[:, 0, 0])
+    torch.testing.assert_close(s.diff(), (s[1] - s[0]).expand(4))  # uniform in sin
+    inv = 1 / grid.range_m.view(5, 3, 4)[0, 0]
+    torch.testing.assert_close(inv, torch.linspace(0.1, 2.0, 4, dtype=torch.float64))
+    P = torch.rand(3, 9, 7, 5, generator=torch.Generator().manual_seed(1))
+    ref = P >= F.max_pool3d(P.unsqueeze(1), 3, 1, 1).squeeze(1)
+    assert torch.equal(local_maxima_3d(P), ref)
+    vals = torch.tensor([[5.0, 4.0, 3.0, -math.inf]])
+    pos = torch.tensor([[0.0, 0.5, 3.0, 9.0]])
+    picks = greedy_pick(vals, (pos.unsqueeze(-1) - pos.unsqueeze(-2)).abs(), 3, 1.0)
+    assert picks.index[0, :2].tolist() == [0, 2] and picks.valid[0].tolist() == [True, True,
+                                                                                  False]

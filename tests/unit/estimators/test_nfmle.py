@@ -1,0 +1,225 @@
+"""NF-MLE: exact recovery on exact data, monotone cost, Jacobian vs finite differences and
+autograd, padded-slot invariance, input validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from risloc.config import SceneConfig, SystemConfig
+from risloc.estimators import nfmle
+from risloc.estimators.base import Estimates
+from risloc.estimators.nfmle import NFMLEConfig, ml_residual, nfmle_fit, nfmle_refine
+from risloc.physics import steering
+from risloc.simulation import simulate_range
+
+SYSTEM = SystemConfig()
+SCENE = SceneConfig()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these small batched ops are latency-bound, and with two
+    threads on a shared 2-core machine they run ~10x slower (measured)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def exact_scenes(n: int, K: int, seed: int = 7):
+    """Scenes and their noiseless measurements y = H diag(c_l) A s_l in complex128."""
+    b = simulate_range(0, n, SYSTEM, SCENE, seed=seed, split="test", K=K, snr_db=20.0)
+    m = b.mask
+    A = steering(torch.where(m, b.azimuth, 0.0).double(), torch.where(m, b.elevation, 0.0).double(),
+                 torch.where(m, b.range_m, 1.0).double(), SYSTEM, torch.complex128)
+    x = b.codes.to(torch.complex128) * (b.symbols.to(torch.complex128) @ A)  # (B, L, N)
+    y = x @ b.H.to(torch.complex128).mT  # (B, L, M)
+    return b, y, b.H.to(torch.complex128), b.codes.to(torch.complex128)
+
+
+def perturbed_start(b, deg: float = 2.0, rel: float = 0.2, seed: int = 0) -> Estimates:
+    """Truth moved by up to +-deg in both angles and +-rel in range (uniform)."""
+    g = torch.Generator().manual_seed(seed)
+    u = lambda: 2 * torch.rand(b.azimuth.shape, generator=g, dtype=torch.float64) - 1  # noqa: E731
+    return Estimates(b.K, b.azimuth.double() + math.radians(deg) * u(),
+                     b.elevation.double() + math.radians(deg) * u(),
+                     b.range_m.double() * (1 + rel * u()), torch.zeros_like(b.azimuth.double()))
+
+
+@pytest.mark.parametrize("K", [1, 3, 5])
+def test_converges_to_truth_on_exact_data(K):
+    b, y, H, codes = exact_scenes(6, K)
+    ref = nfmle_fit(y, H, codes, perturbed_start(b), SYSTEM, NFMLEConfig(iterations=None))
+    est, m = ref.estimates, b.mask
+    err_az = (est.azimuth - b.azimuth.double())[m].abs().rad2deg()
+    err_el = (est.elevation - b.elevation.double())[m].abs().rad2deg()
+    err_r = ((est.range_m - b.range_m.double()) / b.range_m.double())[m].abs()
+    # truth is float32: the float64 optimum of the exact data lies within its rounding
+    assert err_az.max() < 1e-4 and err_el.max() < 1e-4, (err_az.max(), err_el.max())
+    assert err_r.max() < 1e-5, err_r.max()
+    assert (ref.cost / y.abs().square().sum((1, 2))).max() < 1e-12
+    # score = estimated source power = realised symbol power on exact data
+    power = b.symbols.abs().square().mean(1).double()
+    torch.testing.assert_close(est.score[m], power[m], rtol=1e-5, atol=0)
+
+
+def test_cost_history_is_monotone_and_decreases():
+    b = simulate_range(0, 8, SYSTEM, SCENE, seed=3, split="test", K=3, snr_db=5.0)
+    ref = nfmle_fit(b.y, b.H, b.codes, perturbed_start(b, 3.0, 0.3), SYSTEM,
+                    NFMLEConfig(iterations=8))
+    h = ref.history
+    assert h.shape == (9, 8)
+    assert bool((h[1:] <= h[:-1]).all())
+    assert bool((h[-1] < h[0]).all())
+
+
+def test_cost_at_truth_is_zero_on_exact_data():
+    b, y, H, codes = exact_scenes(4, 4)
+    energy = y.abs().square().sum((1, 2))
+    exact = ml_residual(y, H, codes, b.azimuth, b.elevation, b.range_m, b.mask, SYSTEM, 0.0)
+    assert exact.shape == (4,) and exact.dtype == torch.float64
+    assert (exact / energy).max() < 1e-25
+    c = ml_residual(y, H, codes, b.azimuth, b.elevation, b.range_m, b.mask, SYSTEM)
+    assert (c / energy).max() < 1e-10  # the default Tikhonov term leaves O(tikhonov^2)
+    wrong = ml_residual(y, H, codes, b.azimuth + 0.05, b.elevation, b.range_m, b.mask, SYSTEM)
+    assert bool((wrong > 1e-2 * energy).all())  # 2.9 deg off: > 1 % of the energy is left
+
+
+def _fixture_theta(K: int = 3, n: int = 3):
+    b = simulate_range(0, n, SYSTEM, SCENE, seed=5, split="test", K=K, snr_db=10.0)
+    y = b.y.to(torch.complex128)
+    Phi = (b.H.to(torch.complex128), b.codes.to(torch.complex128))  # the operator H diag(c_l)
+    theta = torch.stack([b.azimuth, b.elevation, 1 / b.range_m], 1).double()[..., :K]
+    theta = theta + 0.01  # off the optimum: the residual is not orthogonal to the columns
+    return y, Phi, theta, b.mask[:, :K]
+
+
+def _residual(y, Phi, theta, mask, tikhonov=0.0):
+    A = nfmle._steering_uv(theta, SYSTEM, torch.complex128)
+    return nfmle.amplitude_fit(y, *Phi, A, mask, tikhonov).r
+
+
+def test_jacobian_matches_finite_differences():
+    y, Phi, theta, mask = _fixture_theta()
+    fit = nfmle.amplitude_fit(y, *Phi, nfmle._steering_uv(theta, SYSTEM, torch.complex128),
+                              mask, 0.0)
+    J = nfmle._jacobian(fit, *Phi, theta, mask, SYSTEM)  # (B, L, M, 3K)
+    K = theta.shape[-1]
+    for p in range(3):
+        for k in range(K):
+            h = 1e-6 if p < 2 else 1e-6 * float(theta[:, 2, k].min())
+            e = torch.zeros_like(theta)
+            e[:, p, k] = h
+            fd = (_residual(y, Phi, theta + e, mask) - _residual(y, Phi, theta - e, mask)) / (2 * h)
+            col = J[..., p * K + k]
+            assert (col - fd).abs().max() < 1e-6 * col.abs().max(), (p, k)
+
+
+def test_jacobian_matches_forward_autograd():
+    y, Phi, theta, mask = _fixture_theta()
+    fit = nfmle.amplitude_fit(y, *Phi, nfmle._steering_uv(theta, SYSTEM, torch.complex128),
+                              mask, 0.0)
+    J = nfmle._jacobian(fit, *Phi, theta, mask, SYSTEM)
+    K = theta.shape[-1]
+    for j in range(3 * K):
+        t = torch.zeros_like(theta)
+        t[:, j // K, j % K] = 1.0
+        _, jvp = torch.func.jvp(lambda th: torch.view_as_real(_residual(y, Phi, th, mask)),
+                                (theta,), (t,))
+        torch.testing.assert_close(J[..., j], torch.view_as_complex(jvp), rtol=1e-10,
+                                   atol=1e-10 * float(J.abs().max()))
+
+
+def test_padded_slots_do_not_change_the_result():
+    b = simulate_range(0, 4, SYSTEM, SCENE, seed=9, split="test", K=2, snr_db=10.0)
+    start = perturbed_start(b)
+    cfg = NFMLEConfig(iterations=6)
+    wide = nfmle_refine(b.y, b.H, b.codes, start, SYSTEM, cfg)  # K=2 in 5 slots
+    garbage = Estimates(start.K, start.azimuth.nan_to_num(0.3), start.elevation.nan_to_num(-0.2),
+                        start.range_m.nan_to_num(0.7), start.score)
+    wide_garbage = nfmle_refine(b.y, b.H, b.codes, garbage, SYSTEM, cfg)
+    two = Estimates(start.K, start.azimuth[:, :2], start.elevation[:, :2],
+                    start.range_m[:, :2], start.score[:, :2])
+    narrow = nfmle_refine(b.y, b.H, b.codes, two, SYSTEM, cfg)
+    for name in ("azimuth", "elevation", "range_m", "score"):
+        w, g, n = (getattr(e, name) for e in (wide, wide_garbage, narrow))
+        torch.testing.assert_close(w[:, :2], n, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(g[:, :2], n, rtol=1e-9, atol=1e-12)
+        assert bool(w[:, 2:].isnan().all()) and bool(g[:, 2:].isnan().all())
+
+
+def test_mixed_K_batch_equals_per_scene_runs():
+    b1 = simulate_range(0, 2, SYSTEM, SCENE, seed=1, split="test", K=1, snr_db=10.0)
+    b4 = simulate_range(0, 2, SYSTEM, SCENE, seed=1, split="test", K=4, snr_db=10.0)
+    s1, s4 = perturbed_start(b1), perturbed_start(b4)
+    cat = lambda a, c: torch.cat([a, c])  # noqa: E731
+    mixed = Estimates(*(cat(getattr(s1, f), getattr(s4, f))
+                        for f in ("K", "azimuth", "elevation", "range_m", "score")))
+    cfg = NFMLEConfig(iterations=5)
+    out = nfmle_refine(cat(b1.y, b4.y), cat(b1.H, b4.H), cat(b1.codes, b4.codes), mixed,
+                       SYSTEM, cfg)
+    alone = nfmle_refine(b4.y, b4.H, b4.codes, s4, SYSTEM, cfg)
+    torch.testing.assert_close(out.azimuth[2:], alone.azimuth, rtol=1e-9, atol=1e-12,
+                               equal_nan=True)
+
+
+def test_zero_iterations_returns_the_start_projected_on_the_box():
+    b = simulate_range(0, 3, SYSTEM, SCENE, seed=2, split="test", K=2, snr_db=10.0)
+    start = perturbed_start(b)
+    out = nfmle_refine(b.y, b.H, b.codes, start, SYSTEM, NFMLEConfig(iterations=0))
+    lo, hi = math.radians(-60), math.radians(60)
+    torch.testing.assert_close(out.azimuth, start.azimuth.clamp(lo, hi), equal_nan=True)
+    assert bool(out.score[b.mask].gt(0).all())
+
+
+def test_estimates_stay_in_the_field_of_view():
+    b = simulate_range(0, 6, SYSTEM, SCENE, seed=4, split="test", K=3, snr_db=-5.0)
+    start = perturbed_start(b, 10.0, 0.5)
+    cfg = NFMLEConfig(iterations=8, azimuth_deg=(-20.0, 20.0), range_m=(1.0, 4.0))
+    out = nfmle_refine(b.y, b.H, b.codes, start, SYSTEM, cfg)
+    m = b.mask
+    assert bool((out.azimuth[m].abs() <= math.radians(20) + 1e-12).all())
+    assert bool((out.range_m[m] >= 1.0 - 1e-9).all() and (out.range_m[m] <= 4.0 + 1e-9).all())
+
+
+def test_float32_mode_is_close_to_float64():
+    b = simulate_range(0, 4, SYSTEM, SCENE, seed=6, split="test", K=3, snr_db=20.0)
+    start = perturbed_start(b)
+    d = nfmle_refine(b.y, b.H, b.codes, start, SYSTEM, NFMLEConfig(iterations=None))
+    f = nfmle_refine(b.y, b.H, b.codes, start, SYSTEM, NFMLEConfig(iterations=None, double=False))
+    assert (d.azimuth - f.azimuth)[b.mask].abs().max().rad2deg() < 1e-3
+
+
+def test_bad_inputs_raise():
+    b = simulate_range(0, 2, SYSTEM, SCENE, seed=0, split="test", K=2, snr_db=10.0)
+    start = perturbed_start(b)
+    y_nan = b.y.clone()
+    y_nan[0, 0, 0] = complex(float("nan"), 0.0)
+    with pytest.raises(ValueError, match="non-finite"):
+        nfmle_refine(y_nan, b.H, b.codes, start, SYSTEM)
+    with pytest.raises(ValueError, match="shape"):
+        nfmle_refine(b.y[:, :, :8], b.H, b.codes, start, SYSTEM)
+    with pytest.raises(ValueError, match="must be"):
+        nfmle_refine(b.y[0], b.H, b.codes, start, SYSTEM)
+    with pytest.raises(ValueError, match="all-zero channel"):
+        nfmle_refine(b.y, b.H * torch.tensor([1.0, 0.0]).view(2, 1, 1), b.codes, start, SYSTEM)
+    many = Estimates(torch.full((2,), 16), *(torch.zeros(2, 16) for _ in range(2)),
+                     torch.ones(2, 16), torch.zeros(2, 16))
+    with pytest.raises(ValueError, match="K >= M"):
+        nfmle_refine(b.y, b.H, b.codes, many, SYSTEM)
+    bad = Estimates(start.K, start.azimuth.clone(), start.elevation, start.range_m, start.score)
+    bad.azimuth[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        nfmle_refine(b.y, b.H, b.codes, bad, SYSTEM)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        NFMLEConfig(iterations=-1)
+    with pytest.raises(ValueError):
+        NFMLEConfig(tikhonov=-1.0)
+    with pytest.raises(ValueError):
+        NFMLEConfig(range_m=(2.0, 1.0))

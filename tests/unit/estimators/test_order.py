@@ -1,0 +1,101 @@
+"""Model order: Wax-Kailath MDL/AIC on array covariances, the residual test on synthetic
+nested costs, the SNR-based noise level."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from risloc.config import SceneConfig, SystemConfig
+from risloc.estimators.order import (
+    aic_order,
+    default_penalty,
+    mdl_order,
+    noise_var_from_snr,
+    residual_order,
+)
+from risloc.simulation import simulate_range
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these small batched ops are latency-bound, and with two
+    threads on a shared 2-core machine they run ~10x slower (measured)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def array_covariance(K: int, n: int, snr_db: float, batch: int = 8, N: int = 8, seed: int = 0):
+    """Sample covariance of n snapshots of a ULA (half wavelength) with K sources."""
+    g = torch.Generator().manual_seed(seed)
+    ang = torch.deg2rad(torch.linspace(-40, 40, K, dtype=torch.float64))
+    A = torch.exp(1j * math.pi * torch.arange(N).unsqueeze(-1) * torch.sin(ang))  # (N, K)
+    cn = lambda *s: torch.complex(torch.randn(*s, generator=g, dtype=torch.float64),  # noqa: E731
+                                  torch.randn(*s, generator=g, dtype=torch.float64)) / math.sqrt(2)
+    sigma = 10 ** (-snr_db / 20)
+    X = A @ cn(batch, K, n) + sigma * cn(batch, N, n)  # (B, N, n)
+    return X @ X.mH / n
+
+
+@pytest.mark.parametrize("K", [1, 2, 3])
+def test_mdl_and_aic_on_array_covariance(K):
+    R = array_covariance(K, n=400, snr_db=10.0)
+    assert torch.equal(mdl_order(R, 400, 5), torch.full((8,), K))
+    assert (aic_order(R, 400, 5) == K).float().mean() >= 0.75  # AIC over-estimates at times
+
+
+def test_mdl_handles_rank_deficient_covariance():
+    R = array_covariance(2, n=4, snr_db=10.0)  # rank 4 < N = 8
+    k = mdl_order(R, 4, 2)
+    assert k.shape == (8,) and bool(((k >= 0) & (k <= 2)).all())
+    with pytest.raises(ValueError):
+        mdl_order(R, 4, 4)  # needs K_max < min(N, n)
+
+
+def synthetic_costs(K_true: int, sigma2: float, L: int = 16, M: int = 16, k_max: int = 5,
+                    energy: float = 500.0, spurious: float = 30.0) -> torch.Tensor:
+    """C_k: sources of energy `energy` sigma^2 until K_true, then spurious drops."""
+    c = [sigma2 * (L * (M - K_true) + energy * K_true + spurious * (k_max - K_true))]
+    for k in range(1, k_max + 1):
+        c.append(c[-1] - sigma2 * (energy if k <= K_true else spurious))
+    return torch.tensor([c], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 5])
+def test_residual_order_on_synthetic_costs(K):
+    costs = synthetic_costs(K, 0.7)
+    assert int(residual_order(costs, 16, 16, torch.tensor([0.7]))) == K
+    assert int(residual_order(costs, 16, 16)) == K  # sigma^2 estimated
+
+
+def test_residual_order_with_weak_source_and_penalty():
+    costs = synthetic_costs(2, 1.0, energy=35.0)  # drops of 35 sigma^2: below 40
+    assert int(residual_order(costs, 16, 16, torch.tensor([1.0]))) == 1
+    assert int(residual_order(costs, 16, 16, torch.tensor([1.0]), penalty=20.0)) == 5
+    assert default_penalty(16) == pytest.approx(40.0)
+
+
+def test_residual_order_validates():
+    with pytest.raises(ValueError):
+        residual_order(torch.ones(3), 16, 16)
+    with pytest.raises(ValueError):
+        residual_order(torch.tensor([[1.0, float("nan")]]), 16, 16)
+    with pytest.raises(ValueError):
+        residual_order(torch.ones(1, 3), 16, 16, torch.tensor([0.0]))
+    with pytest.raises(ValueError):
+        residual_order(torch.ones(1, 17), 16, 16)
+
+
+def test_noise_var_from_snr_matches_the_simulator():
+    system, scene = SystemConfig(), SceneConfig()
+    b = simulate_range(0, 64, system, scene, seed=2, split="test", snr_db=5.0)
+    est = noise_var_from_snr(b.y, b.snr_db)
+    ratio = est / b.noise_var.double()
+    assert est.shape == (64,) and abs(float(ratio.mean()) - 1) < 0.03
+    assert float(ratio.std()) < 0.1
+    with pytest.raises(ValueError):
+        noise_var_from_snr(b.y, float("nan"))
