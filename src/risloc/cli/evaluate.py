@@ -12,7 +12,7 @@ from rich.table import Table
 
 from risloc import __version__
 from risloc.cli.common import ConfigOpt, SetOpt, console, get_config, handle_errors, out, progress
-from risloc.evaluation.estimators import ESTIMATORS
+from risloc.evaluation.estimators import NAMES
 from risloc.evaluation.harness import (
     ResultRow,
     SweepSettings,
@@ -63,7 +63,7 @@ def evaluate_command(
     scenes: Annotated[Path | None, typer.Argument(
         help="Scene file (.h5/.npz) to evaluate; omit to simulate a test sweep.")] = None,
     estimators: Annotated[str, typer.Option(
-        help=f"Comma-separated, from: {', '.join(ESTIMATORS)}.")
+        help=f"Comma-separated, from: {', '.join(NAMES)}.")
     ] = "classical,music-samp,music-oracle",
     snr_db: Annotated[str, typer.Option("--snr-db", help="SNR points [dB] (simulated sweep).")
                       ] = "-5,0,5,10,20",
@@ -78,18 +78,21 @@ def evaluate_command(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path(
         "reports/evaluate"),
     plots: Annotated[bool, typer.Option("--plots/--no-plots")] = True,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="Checkpoint of the 'learned' estimator (default: the shipped model).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Evaluate estimators on a scene file or a simulated SNR sweep; table, CSV/JSON, PNGs."""
     names = tuple(s.strip() for s in estimators.split(",") if s.strip())
     for name in names:
-        if name not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {name!r}; choose from {sorted(ESTIMATORS)}")
+        if name not in NAMES:
+            raise ValueError(f"unknown estimator {name!r}; choose from {sorted(NAMES)}")
     if crb not in ("deterministic", "stochastic"):
         raise ValueError(f"--crb must be deterministic or stochastic, got {crb!r}")
     settings = SweepSettings(names, _parse_list(snr_db) or (), _parse_list(K, int), n,
-                             known_K, seed, batch_size, crb)
+                             known_K, seed, batch_size, crb,
+                             None if checkpoint is None else str(checkpoint))
     if scenes is not None:
         from risloc.io import read_scenes
 
@@ -97,14 +100,20 @@ def evaluate_command(
         system, points = info.system, list(file_points(batch))
         if settings.known_K and not info.has_truth:
             raise ValueError("--known-K needs a scene file with the truth (K)")
-        meta_src = str(scenes)
+        source = str(scenes)
     else:
         cfg = get_config(config, set_)
-        system, points, meta_src = cfg.system, sweep_points(settings, cfg), "simulated test split"
+        system, points, source = cfg.system, sweep_points(settings, cfg), "simulated test split"
+    run_report(points, system, settings, out_dir, plots, source)
+
+
+def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bool,
+               source: str, title: str = "risloc evaluate") -> list[ResultRow]:
+    """Evaluate, print the table, write CSV/JSON and (optionally) the PNG plots."""
     with progress() as bar:
         rows = evaluate_points(points, system, settings, bar)
-    out.print(results_table(rows, f"risloc evaluate — {meta_src}"))
-    meta = {"settings": settings.__dict__, "source": meta_src, "system": system.model_dump(),
+    out.print(results_table(rows, f"{title} — {source}"))
+    meta = {"settings": settings.__dict__, "source": source, "system": system.model_dump(),
             "risloc_version": __version__, "torch_threads": torch.get_num_threads()}
     csv_path, _ = write_results(rows, out_dir, meta)
     if plots and any(r.K == "all" for r in rows):
@@ -115,6 +124,7 @@ def evaluate_command(
         _spectrum_example(system, settings, out_dir)
     console.print(f"results: {csv_path} (+ metrics.json{', PNG plots' if plots else ''}) "
                   f"in {out_dir}")
+    return rows
 
 
 def _spectrum_example(system, settings: SweepSettings, out_dir: Path) -> None:
@@ -129,8 +139,17 @@ def _spectrum_example(system, settings: SweepSettings, out_dir: Path) -> None:
                         snr_db=10.0, K=3)
     truth = (sc.azimuth[0, :3].tolist(), sc.elevation[0, :3].tolist())
     r0 = float(sc.range_m[0, 0])
-    for label, R in (("true", scene_true_covariance(sc, system)),
-                     ("samp", sample_covariance(sc.y, sc.H, sc.codes))):
+    covs = [("true", scene_true_covariance(sc, system)),
+            ("samp", sample_covariance(sc.y, sc.H, sc.codes))]
+    if "learned" in settings.estimators:
+        from risloc.pipeline.learned import load_learned_pipeline
+        from risloc.training.evaluate import forward_blend
+
+        pipe = load_learned_pipeline(settings.checkpoint)
+        with torch.no_grad():
+            covs.append(("blend", forward_blend(pipe.model, sc, pipe.beta, pipe.blend_cfg
+                                                ).R_blend))
+    for label, R in covs:
         est = music(R, sc.K, system)
         plot_spectrum_slice(R[0], 3, system, r0, out_dir / f"music_spectrum_{label}.png",
                             truth, (est.azimuth[0, :3].tolist(), est.elevation[0, :3].tolist()),

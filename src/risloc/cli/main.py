@@ -8,9 +8,11 @@ import typer
 
 from risloc import __version__
 from risloc.cli.common import setup_logging
+from risloc.cli.demo import demo_command
 from risloc.cli.evaluate import evaluate_command
 from risloc.cli.localize import localize_command
 from risloc.cli.simulate import info_command, simulate_command
+from risloc.cli.train import train_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Near-field localization of radio sources through a RIS.")
@@ -31,10 +33,12 @@ def main(
     setup_logging(verbose)
 
 
+app.command("demo")(demo_command)
 app.command("simulate")(simulate_command)
 app.command("info")(info_command)
 app.command("evaluate")(evaluate_command)
 app.command("localize")(localize_command)
+app.command("train")(train_command)
 
 if __name__ == "__main__":
     app()

@@ -39,11 +39,11 @@ from risloc.config import SystemConfig
 from risloc.covariance.tools import operators
 from risloc.estimators.base import Estimates
 from risloc.estimators.grids import grid_steering
+from risloc.estimators.inputs import check_measurements
 from risloc.estimators.nfmle import (
     Fit,
     NFMLEConfig,
     amplitude_fit,
-    check_measurements,
     lm_solve,
     nfmle_refine,
     working_dtypes,

@@ -9,6 +9,7 @@ when the order is given to the estimator, else None (the estimator decides K).
 | music-samp+nfmle | the same, polished by NF-MLE | MDL on R_samp |
 | ramezani-samp | Ramezani et al. 2024 modified MUSIC on R_samp | MDL on R_samp |
 | music-oracle | MUSIC on R_true (evaluation-only ceiling) | the true K |
+| learned | network -> R_blend -> MUSIC -> NF-MLE (a checkpoint; default: shipped model) | K head |
 """
 
 from __future__ import annotations
@@ -80,7 +81,27 @@ ESTIMATORS: dict[str, Estimator] = {
 }
 
 
-def get_estimator(name: str) -> Estimator:
+def _learned(checkpoint: str | None) -> Estimator:
+    from risloc.pipeline.learned import load_learned_pipeline
+
+    pipeline = load_learned_pipeline(checkpoint)
+
+    def run(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None) -> Estimates:
+        if system != pipeline.system:
+            raise ValueError("the scenes' system differs from the checkpoint's system")
+        snr = scenes.snr_db if bool(torch.isfinite(scenes.snr_db).all()) else None
+        return pipeline.localize(scenes.y, scenes.H, scenes.codes, snr, K)
+
+    return run
+
+
+NAMES = (*ESTIMATORS, "learned")
+
+
+def get_estimator(name: str, checkpoint: str | None = None) -> Estimator:
+    """The estimator called ``name``; ``checkpoint`` is used by "learned" (None: shipped)."""
+    if name == "learned":
+        return _learned(checkpoint)
     if name not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {name!r}; choose from {sorted(ESTIMATORS)}")
+        raise ValueError(f"unknown estimator {name!r}; choose from {sorted(NAMES)}")
     return ESTIMATORS[name]

@@ -38,6 +38,7 @@ class SweepSettings:
     seed: int = 0
     batch_size: int = 64
     crb: str = "deterministic"
+    checkpoint: str | None = None  # for the "learned" estimator (None: the shipped model)
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,10 @@ class ResultRow:
 
 
 def run_estimator(name: str, scenes: SceneBatch, system: SystemConfig, known_K: bool,
-                  batch_size: int, advance: Callable[[int], None] | None = None
-                  ) -> tuple[Estimates, float]:
+                  batch_size: int, advance: Callable[[int], None] | None = None,
+                  checkpoint: str | None = None) -> tuple[Estimates, float]:
     """Run one estimator over scenes in batches; returns (estimates, seconds)."""
-    fn = get_estimator(name)
+    fn = get_estimator(name, checkpoint)
     parts, t0 = [], time.perf_counter()
     for lo in range(0, len(scenes), batch_size):
         sc = scenes[lo:lo + batch_size]
@@ -155,7 +156,8 @@ def evaluate_points(points: Iterable[tuple[float, SceneBatch]], system: SystemCo
                 task = progress.add_task(f"{name} @ {snr:g} dB", total=len(scenes))
             est, sec = run_estimator(
                 name, scenes, system, settings.known_K, settings.batch_size,
-                (lambda n, t=task: progress.advance(t, n)) if task is not None else None)
+                (lambda n, t=task: progress.advance(t, n)) if task is not None else None,
+                settings.checkpoint)
             if scenes.has_truth:
                 rows.extend(_rows_for(name, est, scenes, crb, sec, snr, by_K=True))
             else:

@@ -1,0 +1,78 @@
+"""The learned pipeline: network -> R_blend -> near-field MUSIC -> NF-MLE polish.
+
+Everything it needs (system, network, blend/shrinkage/loading, MUSIC grid) is rebuilt from
+the training checkpoint, through the same ``forward_blend`` that training and validation
+call, so training and inference cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from risloc.config import SystemConfig
+from risloc.estimators.base import Estimates
+from risloc.estimators.music import MusicConfig, music
+from risloc.estimators.nfmle import NFMLEConfig, nfmle_refine
+from risloc.simulation.scenes import SceneBatch
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.pt"
+
+
+@dataclass
+class LearnedPipeline:
+    """A trained network plus the inference settings of its recipe.
+
+    nfmle_iterations : Gauss-Newton polish steps after MUSIC (0 = MUSIC only)
+    """
+
+    model: torch.nn.Module
+    system: SystemConfig
+    beta: float
+    blend_cfg: object
+    music_cfg: MusicConfig
+    nfmle_iterations: int = 3
+
+    @torch.no_grad()
+    def localize(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                 snr_db: torch.Tensor | None = None, K: torch.Tensor | None = None
+                 ) -> Estimates:
+        """y [B,L,M], H [B,M,N], codes [B,L,N] complex64; snr_db [B] or None; K [B] or None."""
+        from risloc.training.evaluate import forward_blend
+
+        B = y.shape[0]
+        snr = torch.full((B,), math.nan) if snr_db is None else snr_db.float()
+        scenes = SceneBatch(y=y, H=H, codes=codes, snr_db=snr)
+        fwd = forward_blend(self.model, scenes, self.beta, self.blend_cfg)
+        K_use = fwd.out.K_hat if K is None else K
+        est = music(fwd.R_blend, K_use, self.system, self.music_cfg)
+        if self.nfmle_iterations > 0:
+            cfg = replace(NFMLEConfig(), iterations=self.nfmle_iterations,
+                          azimuth_deg=self.music_cfg.azimuth_deg,
+                          elevation_deg=self.music_cfg.elevation_deg,
+                          range_m=self.music_cfg.range_m)
+            est = nfmle_refine(y, H, codes, est, self.system, cfg)
+        return Estimates(est.K, *(t.to(torch.float32) for t in
+                                  (est.azimuth, est.elevation, est.range_m, est.score)))
+
+
+def load_learned_pipeline(path: str | Path | None = None, weights: str = "ema",
+                          nfmle_iterations: int = 3) -> LearnedPipeline:
+    """Rebuild the pipeline of a checkpoint (None: the model shipped with the package)."""
+    from risloc.training.checkpoint import load_model
+
+    path = DEFAULT_MODEL if path is None else Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"checkpoint not found: {path}" + (" (this build ships no default model; train "
+                                               "one with `risloc train` and pass "
+                                               "--checkpoint)" if path == DEFAULT_MODEL else ""))
+    try:
+        model, cfg = load_model(path, weights)
+    except (KeyError, RuntimeError, EOFError) as err:
+        raise ValueError(f"{path}: unreadable risloc checkpoint ({err})") from None
+    return LearnedPipeline(model, cfg.system, cfg.blend.beta, cfg.blend, cfg.music_config(),
+                           nfmle_iterations)

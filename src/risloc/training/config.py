@@ -1,0 +1,198 @@
+"""Typed, validated training configuration (a recipe), loadable from YAML / TOML.
+
+A recipe file holds the ``system`` and ``scene`` sections of ``risloc.config`` plus
+``model`` (ModelConfig), ``loss`` (LossConfig), ``optim``, ``schedule``, ``data``,
+``evaluation`` and a few top-level keys. Dotted overrides (``--set optim.lr=3e-4``)
+apply to any section. The network's and MUSIC's field of view always follow ``scene``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from risloc.config import (
+    ConfigError,
+    RislocConfig,
+    SceneConfig,
+    SystemConfig,
+    parse_overrides,
+    read_config_file,
+    validate_config,
+)
+from risloc.estimators.music import MusicConfig
+from risloc.losses.total import LossConfig
+from risloc.model.network import ModelConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class OptimConfig(_Section):
+    """AdamW, warm-up + cosine learning rate (per optimizer step), clipping, accumulation."""
+
+    lr: float = Field(1e-3, gt=0)
+    min_lr_ratio: float = Field(0.05, ge=0, le=1, description="final lr / lr of the cosine")
+    weight_decay: float = Field(1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(200, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    amp: bool = Field(True, description="mixed precision; only ever enabled on CUDA")
+
+
+class ScheduleConfig(_Section):
+    """Epochs, beta annealing (0 -> blend.beta), loss-weight phases, EMA / SWA, early
+    stopping, SNR curriculum.
+
+    weight_schedule maps a LossConfig weight name to its (warm-up, main, final) values;
+    the warm-up phase is the first ``weight_warmup_epochs`` epochs, the final phase the
+    last ``weight_final_frac`` of the epochs.
+    """
+
+    epochs: int = Field(30, ge=1)
+    steps_per_epoch: int = Field(200, ge=1, description="optimizer steps per epoch")
+    beta_warmup_frac: float = Field(0.2, ge=0, le=1)
+    hpo_mode: bool = False
+    beta_jitter: float = Field(0.05, ge=0, le=0.5)
+    beta_jitter_hpo: float = Field(0.02, ge=0, le=0.5)
+    weight_schedule: dict[str, tuple[float, float, float]] = {
+        "lam_subspace_align": (0.02, 0.05, 0.07), "lam_peak_contrast": (0.05, 0.10, 0.12)}
+    weight_warmup_epochs: int = Field(2, ge=0)
+    weight_final_frac: float = Field(0.2, ge=0, le=1)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    swa_frac: float = Field(0.2, ge=0, lt=1, description="final fraction of epochs with SWA")
+    swa_lr_ratio: float = Field(0.2, gt=0, le=1, description="SWA lr / optim.lr")
+    swa_anneal_epochs: int = Field(1, ge=1)
+    patience: int = Field(10, ge=1, description="epochs without improvement before stopping")
+    min_improvement: float = Field(0.0, ge=0, description="objective decrease that counts")
+    snr_curriculum: bool = False
+    curriculum_frac: float = Field(0.3, ge=0, le=1)
+    curriculum_start_db: tuple[float, float] = (10.0, 20.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleConfig:
+        bad = [k for k in self.weight_schedule if k not in LossConfig.__dataclass_fields__
+               or not k.startswith("lam_")]
+        if bad:
+            raise ValueError(f"weight_schedule names unknown loss weights {bad}")
+        return self
+
+
+class BlendConfig(_Section):
+    """R_blend = (1 - beta) R_pred + beta R_samp (``risloc.covariance.blend``), then optional
+    shrinkage and diagonal loading -- identical in training, validation and inference."""
+
+    beta: float = Field(0.30, ge=0, le=1, description="final blend weight of R_samp")
+    shrinkage: float = Field(0.0, ge=0, le=1)
+    loading: float = Field(0.0, ge=0)
+    bp_alpha: float = Field(1e-3, gt=0, description="Tikhonov weight of R_samp")
+
+
+class DataConfig(_Section):
+    """Training data (seeded simulator stream or a scene file) and the fixed validation set."""
+
+    seed: int = Field(0, ge=0)
+    stream: int = Field(1, ge=0, description="scene_stream index of the training stream")
+    train_file: Path | None = None
+    val_file: Path | None = None
+    n_val: int = Field(512, ge=1)
+    val_offset: int = Field(0, ge=0, description="first validation-split scene")
+    val_batch_size: int = Field(128, ge=1)
+
+
+class EvalConfig(_Section):
+    """End-to-end validation: near-field MUSIC on R_blend with the predicted K.
+
+    objective = median angle error [deg] + f1_weight_deg (1 - F1)  (lower is better)
+    """
+
+    n_azimuth: int = Field(81, ge=2)
+    n_elevation: int = Field(41, ge=2)
+    n_range: int = Field(16, ge=2)
+    refine_iterations: int = Field(6, ge=0)
+    f1_weight_deg: float = Field(5.0, ge=0)
+
+
+class TrainConfig(_Section):
+    """The full training recipe."""
+
+    system: SystemConfig = SystemConfig()
+    scene: SceneConfig = SceneConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    blend: BlendConfig = BlendConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    data: DataConfig = DataConfig()
+    evaluation: EvalConfig = EvalConfig()
+    out_dir: Path = Path("runs/train")
+    seed: int = Field(0, ge=0, description="seed of initialisation and beta jitter")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0 = leave as is)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    progress: bool = True
+    log_every: int = Field(20, ge=1, description="optimizer steps between step-log rows")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        validate_config({"system": self.system.model_dump(), "scene": self.scene.model_dump()})
+        return self
+
+    @property
+    def risloc_config(self) -> RislocConfig:
+        return RislocConfig(system=self.system, scene=self.scene)
+
+    def network_config(self) -> ModelConfig:
+        """ModelConfig with the scene's field of view."""
+        s = self.scene
+        return replace(self.model, azimuth_deg=s.azimuth_deg, elevation_deg=s.elevation_deg,
+                       range_m=s.range_m)
+
+    def music_config(self) -> MusicConfig:
+        e, s = self.evaluation, self.scene
+        return MusicConfig(n_azimuth=e.n_azimuth, n_elevation=e.n_elevation,
+                           n_range=e.n_range, refine_iterations=e.refine_iterations,
+                           azimuth_deg=s.azimuth_deg, elevation_deg=s.elevation_deg,
+                           range_m=s.range_m)
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        return validate_train_config(json.loads(text))
+
+
+def _format(err: ValidationError) -> str:
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<config>'}: {e['msg']}"
+             for e in err.errors()]
+    return "invalid training configuration: " + "; ".join(parts)
+
+
+def validate_train_config(data: dict[str, Any]) -> TrainConfig:
+    """Validate a nested dict; ConfigError names the offending field."""
+    try:
+        return TrainConfig.model_validate(data)
+    except (ValidationError, ValueError) as err:
+        msg = _format(err) if isinstance(err, ValidationError) else str(err)
+        raise ConfigError(msg) from None
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_train_config(path: str | Path | None = None,
+                      overrides: list[str] | None = None) -> TrainConfig:
+    """Read a recipe (YAML / TOML; None = defaults) and apply dotted overrides."""
+    data = read_config_file(path) if path is not None else {}
+    return validate_train_config(_merge(data, parse_overrides(overrides)))

@@ -1,0 +1,94 @@
+"""Training batches and the fixed validation set.
+
+Micro-batch ``i`` of a run is a pure function of (data seed, i, epoch): from the seeded
+simulator (the block generator of ``risloc.simulation.streams``, split "train") or from
+a scene file, shuffled per pass by a seeded permutation. A resumed run therefore sees
+exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from risloc.io.scenefile import read_scenes
+from risloc.simulation.scenes import SceneBatch, simulate_batch
+from risloc.simulation.streams import block_generator, simulate_range
+from risloc.training.config import TrainConfig
+from risloc.training.schedules import snr_range_at
+
+log = logging.getLogger(__name__)
+
+
+def _as_float32(scenes: SceneBatch) -> SceneBatch:
+    """File truth comes as float64; the losses work in float32."""
+    def cast(t):
+        return t.float() if t is not None and t.is_floating_point() else t
+    return SceneBatch(y=scenes.y, H=scenes.H, codes=scenes.codes, snr_db=cast(scenes.snr_db),
+                      K=scenes.K, azimuth=cast(scenes.azimuth),
+                      elevation=cast(scenes.elevation), range_m=cast(scenes.range_m),
+                      powers=cast(scenes.powers), noise_var=cast(scenes.noise_var),
+                      symbols=scenes.symbols)
+
+
+def _check_truth(scenes: SceneBatch, what: str) -> SceneBatch:
+    if not scenes.has_truth:
+        raise ValueError(f"{what} must carry the truth (K, azimuth, elevation, range)")
+    return _as_float32(scenes)
+
+
+class TrainData:
+    """Source of training micro-batches (simulator stream or scene file)."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.scenes = None
+        if cfg.data.train_file is not None:
+            scenes, _ = read_scenes(cfg.data.train_file)
+            self.scenes = _check_truth(scenes, f"training file {cfg.data.train_file}")
+            log.info("training on %d scenes from %s", len(self.scenes), cfg.data.train_file)
+
+    def _scene_config(self, epoch: int):
+        s, sch = self.cfg.scene, self.cfg.schedule
+        if not sch.snr_curriculum:
+            return s
+        snr = snr_range_at(epoch, sch.epochs, s.snr_db, sch.curriculum_start_db,
+                           sch.curriculum_frac)
+        return s.model_copy(update={"snr_db": snr})
+
+    def _from_file(self, index: int) -> SceneBatch:
+        n, bs, seed = len(self.scenes), self.cfg.optim.batch_size, self.cfg.data.seed
+        pos = torch.arange(index * bs, (index + 1) * bs)
+        passes = pos // n
+        order = torch.empty_like(pos)
+        for p in torch.unique(passes).tolist():  # at most two passes per batch
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + p))
+            sel = passes == p
+            order[sel] = perm[pos[sel] % n]
+        return self.scenes[order]
+
+    def batch(self, index: int, epoch: int) -> SceneBatch:
+        """Micro-batch ``index`` (global count from the start of the run)."""
+        if self.scenes is not None:
+            return self._from_file(index)
+        d = self.cfg.data
+        gen = block_generator(d.seed, "train", index, d.stream)
+        return simulate_batch(self.cfg.optim.batch_size, self.cfg.system,
+                              self._scene_config(epoch), gen)
+
+
+def validation_set(cfg: TrainConfig) -> SceneBatch:
+    """The fixed validation scenes: a file, or scenes val_offset.. of the validation split."""
+    d = cfg.data
+    if d.val_file is not None:
+        scenes, _ = read_scenes(d.val_file)
+        return _check_truth(scenes, f"validation file {d.val_file}")
+    return simulate_range(d.val_offset, d.val_offset + d.n_val, cfg.system, cfg.scene,
+                          d.seed, "validation")
+
+
+def chunks(scenes: SceneBatch, size: int) -> list[SceneBatch]:
+    """Consecutive slices of at most ``size`` scenes."""
+    return [scenes[i:i + size] for i in range(0, len(scenes), size)]
+

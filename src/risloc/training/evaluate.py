@@ -1,0 +1,137 @@
+"""The forward pass shared by training, validation and inference, and the end-to-end
+validation: near-field MUSIC on R_blend with the predicted K, Hungarian-matched errors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from risloc.config import SystemConfig
+from risloc.covariance.tools import blend, load_diagonal, sample_covariance, shrink
+from risloc.covariance.tools import subspace_overlap as overlap_fn
+from risloc.estimators.base import Estimates
+from risloc.estimators.music import MusicConfig, music
+from risloc.evaluation.metrics import Matching, MetricSummary, match_sources, summarize
+from risloc.losses.covariance import covariance_nmse
+from risloc.losses.total import LossConfig, compute_losses
+from risloc.model.network import CovarianceNet, ModelOutput
+from risloc.simulation.scenes import SceneBatch, scene_true_covariance
+from risloc.training.config import BlendConfig
+
+
+class Forward(NamedTuple):
+    """out : ModelOutput; R_samp, R_blend : [B, N, N] complex64 (trace N)."""
+
+    out: ModelOutput
+    R_samp: torch.Tensor
+    R_blend: torch.Tensor
+
+
+def forward_blend(model: CovarianceNet, scenes: SceneBatch, beta: float,
+                  blend_cfg: BlendConfig = BlendConfig()) -> Forward:
+    """Network forward pass and the blended covariance -- the one place where R_blend is
+    made, for training, validation and inference alike.
+
+    R_blend = shrink/load(blend(R_pred, R_samp, beta)), R_samp from the measurements
+    (``risloc.covariance.sample_covariance``, detached inside ``blend``).
+    """
+    out = model(scenes.y, scenes.H, scenes.codes, scenes.snr_db)
+    R_samp = sample_covariance(scenes.y, scenes.H, scenes.codes, blend_cfg.bp_alpha)
+    B, N = scenes.y.shape[0], model.system.N
+    # PERMANENT shape assertions at the blend site: they catch shape drift at once.
+    assert out.R_pred.shape == (B, N, N), f"R_pred {tuple(out.R_pred.shape)} != {(B, N, N)}"
+    assert R_samp.shape == (B, N, N), f"R_samp {tuple(R_samp.shape)} != {(B, N, N)}"
+    R_blend = blend(out.R_pred, R_samp, beta, N)
+    if blend_cfg.shrinkage > 0:
+        R_blend = shrink(R_blend, blend_cfg.shrinkage)
+    if blend_cfg.loading > 0:
+        R_blend = load_diagonal(R_blend, blend_cfg.loading)
+    return Forward(out, R_samp, R_blend)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Validation of a model on a fixed scene set.
+
+    loss : mean of every loss term (LossTerms.as_dict keys)
+    summary : MetricSummary of MUSIC on R_blend with the predicted K
+    matching : the Hungarian Matching (per scene) behind ``summary``
+    estimates : MUSIC Estimates; K_hat : [S] int64 — the network's K
+    nmse, nmse_pred : [S] float — covariance NMSE of R_blend / R_pred against R_true
+    overlap : [S] float — top-K (true K) subspace overlap of R_blend with R_true
+    objective : median angle error [deg] + f1_weight_deg (1 - F1), lower is better
+    """
+
+    loss: dict[str, float]
+    summary: MetricSummary
+    matching: Matching
+    estimates: Estimates
+    K_hat: torch.Tensor
+    nmse: torch.Tensor
+    nmse_pred: torch.Tensor
+    overlap: torch.Tensor
+    objective: float
+
+    def metrics(self) -> dict[str, float]:
+        """Flat dict of the headline numbers (for logs and Optuna)."""
+        s = self.summary
+        return {"objective": self.objective, "angle_median_deg": s.angle_median_deg,
+                "azimuth_median_deg": s.azimuth_median_deg,
+                "elevation_median_deg": s.elevation_median_deg,
+                "range_median_m": s.range_median_m, "K_accuracy": s.K_accuracy, "f1": s.f1,
+                "nmse": float(self.nmse.mean()), "nmse_pred": float(self.nmse_pred.mean()),
+                "overlap": float(self.overlap.mean()),
+                **{f"loss_{k}": v for k, v in self.loss.items()}}
+
+
+def objective_of(summary: MetricSummary, f1_weight_deg: float) -> float:
+    """End-to-end selection metric; inf when nothing was paired."""
+    angle = summary.angle_median_deg
+    if not math.isfinite(angle):
+        return math.inf
+    return angle + f1_weight_deg * (1.0 - summary.f1)
+
+
+def _concat_estimates(parts: list[Estimates]) -> Estimates:
+    return Estimates(*(torch.cat([getattr(p, f) for p in parts])
+                       for f in ("K", "azimuth", "elevation", "range_m", "score")))
+
+
+@torch.no_grad()
+def evaluate(model: CovarianceNet, scenes: SceneBatch, system: SystemConfig, beta: float,
+             blend_cfg: BlendConfig, loss_cfg: LossConfig, music_cfg: MusicConfig,
+             batch_size: int = 128, f1_weight_deg: float = 5.0) -> EvalResult:
+    """End-to-end validation (module docstring); scenes must carry the truth."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums: dict[str, float] = {}
+    est, khat, nmse, nmse_p, ovl = [], [], [], [], []
+    for lo in range(0, len(scenes), batch_size):
+        sc = scenes[lo:lo + batch_size].to(device)
+        fwd = forward_blend(model, sc, beta, blend_cfg)
+        R_true = scene_true_covariance(sc, system)
+        terms = compute_losses(fwd.out, fwd.R_blend, R_true, sc, system, loss_cfg)
+        for k, v in terms.as_dict().items():
+            sums[k] = sums.get(k, 0.0) + v * len(sc)
+        K_hat = fwd.out.K_hat
+        est.append(music(fwd.R_blend, K_hat, system, music_cfg).to("cpu"))
+        khat.append(K_hat.cpu())
+        nmse.append(covariance_nmse(fwd.R_blend, R_true).cpu())
+        nmse_p.append(covariance_nmse(fwd.out.R_pred, R_true).cpu())
+        ovl.append(overlap_fn(fwd.R_blend, R_true, sc.K).cpu())
+    model.train(was_training)
+    estimates = _concat_estimates(est)
+    matching = match_sources(estimates, scenes.azimuth, scenes.elevation, scenes.range_m,
+                             scenes.K)
+    summary = summarize(matching)
+    return EvalResult(
+        loss={k: v / len(scenes) for k, v in sums.items()}, summary=summary,
+        matching=matching, estimates=estimates, K_hat=torch.cat(khat), nmse=torch.cat(nmse),
+        nmse_pred=torch.cat(nmse_p), overlap=torch.cat(ovl),
+        objective=objective_of(summary, f1_weight_deg))
+

@@ -1,0 +1,98 @@
+"""Training logs: CSV files, per-epoch running statistics, the progress bar."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class CsvLog:
+    """Append rows (dicts) to a CSV file; the header is the keys of the first row."""
+
+    def __init__(self, path: Path, append: bool = False):
+        self.path = Path(path)
+        self.fields: list[str] | None = None
+        if append and self.path.exists():
+            with open(self.path, newline="") as fh:
+                self.fields = next(csv.reader(fh), None)
+        elif self.path.exists():
+            self.path.unlink()
+
+    def write(self, row: dict) -> None:
+        new = self.fields is None
+        if new:
+            self.fields = list(row)
+        with open(self.path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+@dataclass
+class EpochStats:
+    """Running means of the loss terms (over all micro-batches of an epoch, not the last
+    one), gradient norms, non-finite gradient counts and skipped steps."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    norms: list[float] = field(default_factory=list)
+    nonfinite: int = 0
+    skipped: int = 0
+    lr: float = math.nan
+    beta: float = math.nan
+
+    def add_terms(self, terms: dict[str, float]) -> None:
+        for k, v in terms.items():
+            if math.isfinite(v):
+                self.sums[k] = self.sums.get(k, 0.0) + v
+                self.counts[k] = self.counts.get(k, 0) + 1
+            else:
+                self.sums.setdefault(k, 0.0)
+                self.counts.setdefault(k, 0)
+
+    def add_step(self, norm: float, n_bad: int, taken: bool, lr: float, beta: float) -> None:
+        self.norms.append(norm)
+        self.nonfinite += n_bad
+        self.skipped += int(not taken)
+        self.lr, self.beta = lr, beta
+
+    def summary(self) -> dict[str, float]:
+        out = {f"train_{k}": (self.sums[k] / self.counts[k] if self.counts[k] else math.nan)
+               for k in self.sums}
+        finite = [n for n in self.norms if math.isfinite(n)]
+        out.update(lr=self.lr, beta=self.beta, grad_norm_mean=(sum(finite) / len(finite)
+                                                               if finite else math.nan),
+                   grad_norm_max=max(finite) if finite else math.nan,
+                   nonfinite_grads=self.nonfinite, skipped_steps=self.skipped)
+        return out
+
+
+@contextlib.contextmanager
+def epoch_progress(enabled: bool, description: str, total: int
+                   ) -> Iterator[Callable[[float], None]]:
+    """A rich progress bar over the steps of an epoch; yields advance(loss)."""
+    if not enabled:
+        yield lambda loss: None
+        return
+    bar = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                   MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                   transient=True)
+    with bar:
+        task = bar.add_task(description, total=total, loss=math.nan)
+        yield lambda loss: bar.update(task, advance=1, loss=loss)

@@ -1,0 +1,320 @@
+"""The training loop: ``train(cfg) -> metrics``, called by ``risloc train`` and by Optuna.
+
+Per optimizer step (strict order):
+    accumulate micro-batch gradients -> unscale -> sanitise non-finite gradients (counted,
+    logged) -> clip -> finite check -> step -> scaler update -> zero_grad -> scheduler
+    (warm-up + cosine, per step; SWALR per epoch once SWA runs) -> EMA update.
+Per epoch: beta annealed 0 -> blend.beta over the first beta_warmup_frac of training with
+jitter, loss weights by phase (warm-up / main / final), SWA averaging in the final
+fraction, validation of the EMA weights with the end-to-end metric, best / last
+checkpoints (atomic), CSV logs, early stopping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import SWALR, AveragedModel
+
+from risloc.losses.total import LossConfig, LossTerms, compute_losses
+from risloc.model.network import CovarianceNet
+from risloc.simulation.scenes import SceneBatch, scene_true_covariance
+from risloc.training import schedules
+from risloc.training.checkpoint import load_checkpoint, save_checkpoint
+from risloc.training.config import TrainConfig
+from risloc.training.data import TrainData, validation_set
+from risloc.training.evaluate import EvalResult, evaluate, forward_blend
+from risloc.training.logs import CsvLog, EpochStats, epoch_progress
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+_RESUME_FREE = ("progress", "threads", "device", "log_every")
+
+
+def ema_multi_avg_fn(decay: float):
+    """EMA update with the usual warm-up: decay_t = min(decay, (1 + t) / (10 + t))."""
+    def fn(avg: list[torch.Tensor], cur: list[torch.Tensor], n: torch.Tensor) -> None:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        torch._foreach_lerp_(avg, cur, 1.0 - d)
+    return fn
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms and scalars. Asserts every trainable
+    parameter is wired into exactly one group."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    o = cfg.optim
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=o.lr, betas=o.betas)
+    wired = [id(p) for g in opt.param_groups for p in g["params"]]
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in wired]
+    assert not missing and len(wired) == len(set(wired)), f"optimizer wiring: {missing[:8]}"
+    return opt
+
+
+def sanitise_gradients(model: torch.nn.Module) -> int:
+    """Zero non-finite gradient entries; return how many there were (never silent)."""
+    n_bad = 0
+    for p in model.parameters():
+        if p.grad is not None:
+            bad = ~torch.isfinite(p.grad)
+            if bool(bad.any()):
+                n_bad += int(bad.sum())
+                p.grad[bad] = 0.0
+    return n_bad
+
+
+def grad_norm(params) -> float:
+    g = [p.grad.detach().norm() for p in params if p.grad is not None]
+    return float(torch.stack(g).norm()) if g else 0.0
+
+
+class Trainer:
+    """State of one run: model, averages, optimizer, schedulers, data, counters."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+        torch.manual_seed(cfg.seed)
+        self.model = CovarianceNet(cfg.system, cfg.network_config()).to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg)
+        o, s = cfg.optim, cfg.schedule
+        self.total_steps = s.epochs * s.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda k: schedules.get_lr(k, self.total_steps, o.warmup_steps, 1.0,
+                                                       o.min_lr_ratio))
+        self.amp = o.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.ema = AveragedModel(self.model, multi_avg_fn=ema_multi_avg_fn(s.ema_decay))
+        self.swa_start = math.ceil((1 - s.swa_frac) * s.epochs) if s.swa_frac > 0 else None
+        self.swa: AveragedModel | None = None
+        self.swa_scheduler: SWALR | None = None
+        self.data = TrainData(cfg)
+        self.epoch, self.step, self.micro = 0, 0, 0
+        self.best = {"objective": math.inf, "epoch": -1}
+        self.bad_epochs, self.history = 0, []
+
+    # ---------------------------------------------------------------- checkpoints
+    def state(self) -> dict:
+        return {"config": self.cfg.to_json(), "epoch": self.epoch, "step": self.step,
+                "micro": self.micro, "model": self.model.state_dict(),
+                "ema": self.ema.state_dict(),
+                "swa": self.swa.state_dict() if self.swa is not None else None,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "swa_scheduler": (self.swa_scheduler.state_dict()
+                                  if self.swa_scheduler is not None else None),
+                "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state(),
+                "best": dict(self.best), "bad_epochs": self.bad_epochs,
+                "history": list(self.history)}
+
+    def restore(self, path: Path) -> None:
+        st = load_checkpoint(path, self.device)
+        old = TrainConfig.from_json(st["config"]).model_dump(exclude=set(_RESUME_FREE))
+        if old != self.cfg.model_dump(exclude=set(_RESUME_FREE)):
+            raise ValueError(f"cannot resume from {path}: its recipe differs from this one")
+        self.model.load_state_dict(st["model"])
+        self.ema.load_state_dict(st["ema"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        if st["swa"] is not None:
+            self._start_swa()
+            self.swa.load_state_dict(st["swa"])
+            self.swa_scheduler.load_state_dict(st["swa_scheduler"])
+        torch.set_rng_state(st["rng"].cpu())
+        self.epoch, self.step, self.micro = st["epoch"], st["step"], st["micro"]
+        self.best, self.bad_epochs = dict(st["best"]), st["bad_epochs"]
+        self.history = list(st["history"])
+        log.info("resumed from %s at epoch %d (step %d)", path, self.epoch, self.step)
+
+    def _start_swa(self) -> None:
+        s = self.cfg.schedule
+        self.swa = AveragedModel(self.model)
+        self.swa_scheduler = SWALR(self.optimizer, swa_lr=s.swa_lr_ratio * self.cfg.optim.lr,
+                                   anneal_epochs=s.swa_anneal_epochs, anneal_strategy="cos")
+
+    @property
+    def in_swa(self) -> bool:
+        return self.swa_start is not None and self.epoch >= self.swa_start
+
+    # ---------------------------------------------------------------- one step
+    def beta(self) -> float:
+        s = self.cfg.schedule
+        base = schedules.beta_at(self.step / self.total_steps, self.cfg.blend.beta,
+                                 s.beta_warmup_frac)
+        jitter = s.beta_jitter_hpo if s.hpo_mode else s.beta_jitter
+        return schedules.jittered_beta(base, jitter, self.cfg.seed, self.step)
+
+    def loss_config(self) -> LossConfig:
+        s = self.cfg.schedule
+        w = schedules.loss_weights_at(self.epoch, s.epochs, s.weight_schedule,
+                                      s.weight_warmup_epochs, s.weight_final_frac)
+        return replace(self.cfg.loss, **w)
+
+    def batch_losses(self, scenes: SceneBatch, beta: float, loss_cfg: LossConfig) -> LossTerms:
+        """Forward (autocast on CUDA only) and all loss terms (FP32) of a batch."""
+        scenes = scenes.to(self.device)
+        amp = torch.autocast("cuda", dtype=torch.float16) if self.amp \
+            else contextlib.nullcontext()
+        with amp:
+            fwd = forward_blend(self.model, scenes, beta, self.cfg.blend)
+        R_true = scene_true_covariance(scenes, self.cfg.system)  # target only
+        return compute_losses(fwd.out, fwd.R_blend, R_true, scenes, self.cfg.system, loss_cfg)
+
+    def micro_step(self, scenes: SceneBatch, beta: float, loss_cfg: LossConfig) -> LossTerms:
+        """Forward, losses and backward of one micro-batch (gradients accumulate)."""
+        terms = self.batch_losses(scenes, beta, loss_cfg)
+        self.scaler.scale(terms.total / self.cfg.optim.accumulation).backward()
+        return terms
+
+    def optimizer_step(self) -> tuple[float, int, bool]:
+        """unscale -> sanitise -> clip -> finite check -> step -> update -> zero_grad ->
+        scheduler -> EMA. Returns (gradient norm before clipping, non-finite count, taken)."""
+        self.scaler.unscale_(self.optimizer)
+        n_bad = sanitise_gradients(self.model)
+        if n_bad:
+            log.warning("step %d: %d non-finite gradient entries zeroed", self.step, n_bad)
+        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                    self.cfg.optim.grad_clip))
+        taken = math.isfinite(norm)
+        if taken:
+            self.scaler.step(self.optimizer)
+        else:
+            log.warning("step %d: non-finite gradient norm, step skipped", self.step)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not self.in_swa:
+            self.scheduler.step()
+        if taken:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+        return norm, n_bad, taken
+
+    # ---------------------------------------------------------------- one epoch
+    def train_epoch(self, csv_steps: CsvLog) -> EpochStats:
+        s, o = self.cfg.schedule, self.cfg.optim
+        loss_cfg = self.loss_config()
+        stats = EpochStats()
+        self.model.train()
+        with epoch_progress(self.cfg.progress, f"epoch {self.epoch + 1}/{s.epochs}",
+                            s.steps_per_epoch) as advance:
+            for _ in range(s.steps_per_epoch):
+                beta = self.beta()
+                for _ in range(o.accumulation):
+                    terms = self.micro_step(self.data.batch(self.micro, self.epoch), beta,
+                                            loss_cfg)
+                    self.micro += 1
+                    stats.add_terms(terms.as_dict())
+                lr = self.optimizer.param_groups[0]["lr"]
+                norm, n_bad, taken = self.optimizer_step()
+                stats.add_step(norm, n_bad, taken, lr, beta)
+                if self.step % self.cfg.log_every == 0:
+                    csv_steps.write({"step": self.step, "epoch": self.epoch, "lr": lr,
+                                     "beta": beta, "grad_norm": norm, "nonfinite": n_bad,
+                                     **terms.as_dict()})
+                advance(terms.total.item())
+        return stats
+
+    def validate(self, model: torch.nn.Module, scenes: SceneBatch) -> EvalResult:
+        c = self.cfg
+        return evaluate(model, scenes, c.system, c.blend.beta, c.blend, self.loss_config(),
+                        c.music_config(), c.data.val_batch_size, c.evaluation.f1_weight_deg)
+
+
+def _epoch_row(epoch: int, seconds: float, stats: EpochStats, val: EvalResult,
+               in_swa: bool) -> dict:
+    row = {"epoch": epoch + 1, "seconds": seconds, "swa": int(in_swa), **stats.summary()}
+    row.update({f"val_{k}": v for k, v in val.metrics().items()})
+    return row
+
+
+def train(cfg: TrainConfig, resume: bool = False,
+          callback: EpochCallback | None = None) -> dict[str, float]:
+    """Train the learned covariance; return the headline metrics (see module docstring).
+
+    callback(epoch, metrics) runs after every validation (Optuna reports / prunes there by
+    raising). Writes out_dir/{best.pt, last.pt, final.pt, epochs.csv, steps.csv}.
+    """
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tr = Trainer(cfg)
+    if resume:
+        tr.restore(out / "last.pt")
+    val_scenes = validation_set(cfg)
+    log.info("model: %d parameters; %d validation scenes; device %s", tr.model.n_parameters(),
+             len(val_scenes), tr.device)
+    csv_epochs = CsvLog(out / "epochs.csv", append=resume)
+    csv_steps = CsvLog(out / "steps.csv", append=resume)
+    s = cfg.schedule
+    stopped = False
+    while tr.epoch < s.epochs and not stopped:
+        t0 = time.perf_counter()
+        if tr.in_swa and tr.swa is None:
+            tr._start_swa()
+        stats = tr.train_epoch(csv_steps)
+        if tr.in_swa:
+            tr.swa.update_parameters(tr.model)
+            tr.swa_scheduler.step()
+        val = tr.validate(tr.ema.module, val_scenes)
+        row = _epoch_row(tr.epoch, time.perf_counter() - t0, stats, val, tr.in_swa)
+        tr.history.append(row)
+        csv_epochs.write(row)
+        improved = val.objective < tr.best["objective"] - s.min_improvement
+        if improved:
+            tr.best = {"objective": val.objective, "epoch": tr.epoch + 1}
+        tr.bad_epochs = 0 if improved else tr.bad_epochs + 1
+        stopped = tr.bad_epochs >= s.patience
+        tr.epoch += 1
+        state = tr.state()
+        if improved:
+            save_checkpoint(out / "best.pt", state)
+        save_checkpoint(out / "last.pt", state)
+        _log_epoch(row, improved)
+        if callback is not None:
+            callback(tr.epoch, val.metrics())
+    if stopped:
+        log.info("early stop after %d epochs without improvement", s.patience)
+    return _finish(tr, val_scenes, out, stopped)
+
+
+def _log_epoch(row: dict, improved: bool) -> None:
+    log.info("epoch %3d  %5.0fs  loss %.4f  val: angle %.2f deg  K acc %.3f  F1 %.3f  "
+             "nmse %.3f  overlap %.3f  objective %.3f%s", row["epoch"], row["seconds"],
+             row["train_total"], row["val_angle_median_deg"], row["val_K_accuracy"],
+             row["val_f1"], row["val_nmse"], row["val_overlap"], row["val_objective"],
+             "  *best*" if improved else "")
+
+
+def _finish(tr: Trainer, val_scenes: SceneBatch, out: Path, stopped: bool) -> dict[str, float]:
+    """Validate the SWA average (if any), write final.pt, return the headline metrics."""
+    metrics = {"best_objective": tr.best["objective"], "best_epoch": tr.best["epoch"],
+               "epochs_run": tr.epoch, "stopped_early": float(stopped)}
+    secs = [r["seconds"] for r in tr.history]
+    metrics["seconds_per_epoch"] = sum(secs) / len(secs) if secs else math.nan
+    if tr.history:
+        metrics.update({k: v for k, v in tr.history[-1].items() if k.startswith("val_")})
+    if tr.swa is not None:
+        swa_val = tr.validate(tr.swa.module, val_scenes)
+        metrics.update({f"swa_{k}": v for k, v in swa_val.metrics().items()})
+        log.info("SWA average: angle %.2f deg, K acc %.3f, objective %.3f",
+                 swa_val.summary.angle_median_deg, swa_val.summary.K_accuracy,
+                 swa_val.objective)
+    save_checkpoint(out / "final.pt", {**tr.state(), "final_metrics": metrics})
+    return metrics
+
+
+__all__ = ["Trainer", "build_optimizer", "ema_multi_avg_fn",
+           "grad_norm", "sanitise_gradients", "train"]

@@ -1,0 +1,89 @@
+"""Covariance-domain terms: NMSE, orthogonality, cross-term consistency, spectral hinges."""
+
+import math
+
+import pytest
+import torch
+
+from risloc.covariance import normalize_trace
+from risloc.losses import covariance as cov
+from risloc.losses.subspace import steering_columns
+
+
+def test_nmse_zero_at_truth_and_scale_invariant(R_true):
+    assert cov.covariance_nmse(R_true, R_true).abs().max() < 1e-6
+    assert cov.covariance_nmse(3.7 * R_true, R_true).abs().max() < 1e-6
+
+
+def test_nmse_one_at_zero_and_weights(R_true):
+    zero = torch.zeros_like(R_true)
+    assert torch.allclose(cov.covariance_nmse(zero, R_true), torch.ones(len(R_true)), atol=1e-6)
+    # identity has the true (all-one) diagonal and no off-diagonal: diag NMSE 0, off NMSE 1
+    eye = torch.eye(R_true.shape[-1], dtype=R_true.dtype).expand_as(R_true)
+    only_diag = cov.covariance_nmse(eye, R_true, lam_diag=1.0, lam_off=0.0)
+    only_off = cov.covariance_nmse(eye, R_true, lam_diag=0.0, lam_off=1.0)
+    assert only_diag.abs().max() < 1e-5
+    assert torch.allclose(only_off, torch.ones_like(only_off), atol=1e-5)
+    both = cov.covariance_nmse(eye, R_true, lam_diag=1.0, lam_off=3.0)
+    assert torch.allclose(both, torch.full_like(both, 0.75), atol=1e-5)
+    with pytest.raises(ValueError):
+        cov.covariance_nmse(eye, R_true, lam_diag=0.0, lam_off=0.0)
+
+
+def test_nmse_gradient_matches_finite_difference(R_true):
+    torch.manual_seed(0)
+    X = torch.randn(1, 144, 3, dtype=torch.complex128)
+    T = R_true[:1].to(torch.complex128)
+    X.requires_grad_(True)
+    loss = cov.covariance_nmse(X @ X.mH, T).sum()
+    (g,) = torch.autograd.grad(loss, X)
+    d = torch.randn_like(X) * 1e-6
+    with torch.no_grad():
+        fd = cov.covariance_nmse((X + d) @ (X + d).mH, T) - cov.covariance_nmse(
+            (X - d) @ (X - d).mH, T)
+    # directional derivative: Re<g, d> * 2 (Wirtinger convention of torch: grad = dL/d conj)
+    assert torch.allclose(fd.sum() / 2, (g.conj() * d).real.sum(), rtol=1e-4)
+
+
+def test_factor_orthogonality():
+    F = torch.eye(144, 5, dtype=torch.complex64).expand(2, -1, -1)
+    assert cov.factor_orthogonality(F).abs().max() < 1e-7
+    G = F.clone()
+    G[:, :, 1] = G[:, :, 0]  # two equal columns: off = 2 |c|^4, diag = 5 |c|^4
+    assert torch.allclose(cov.factor_orthogonality(G), torch.full((2,), 2 / 5))
+
+
+def test_cross_term_consistency(scenes, system):
+    A = steering_columns(scenes.azimuth, scenes.elevation, scenes.range_m, scenes.mask, system)
+    W = torch.randn(len(scenes), 5, 5, dtype=torch.complex64)
+    assert cov.cross_term_consistency(A @ W, A).max() < 1e-4  # inside the span
+    assert cov.cross_term_consistency(A, A).max() < 1e-4
+    # a vector orthogonal to the span is all outside
+    v = torch.randn(len(scenes), 144, 1, dtype=torch.complex64)
+    v = v - cov.project(A, v, ridge=1e-8)
+    assert torch.allclose(cov.cross_term_consistency(v, A), torch.ones(len(scenes)), atol=1e-3)
+
+
+def test_spectral_hinges_zero_on_truth_and_positive_on_identity(R_true, scenes):
+    K = scenes.K
+    sv = cov.loaded_singular_values(R_true, 1e-3)
+    assert torch.all(sv[:, :-1] >= sv[:, 1:] - 1e-4)  # descending
+    assert torch.allclose(sv.sum(-1), torch.full((len(K),), 144 * (1 + 1e-3)), rtol=1e-4)
+    assert cov.eigengap_hinge(sv, K, 1.0).max() == 0
+    assert cov.subspace_margin(sv, K, 0.6).max() == 0
+    eye = torch.eye(144, dtype=torch.complex64).expand_as(R_true)
+    sv_i = cov.loaded_singular_values(eye, 1e-3)
+    assert torch.allclose(cov.eigengap_hinge(sv_i, K, 1.0), torch.ones(len(K)), atol=1e-4)
+    expect = 0.6 - K.float() / 144
+    assert torch.allclose(cov.subspace_margin(sv_i, K, 0.6), expect, atol=1e-4)
+
+
+def test_spectral_hinges_have_finite_gradients_on_rank_deficient_input(R_true, scenes):
+    """svdvals of the loaded matrix: finite gradients even with repeated zero eigenvalues."""
+    F = torch.randn(len(scenes), 144, 2, dtype=torch.complex64, requires_grad=True)
+    R = normalize_trace(F @ F.mH)  # rank 2 with 142 equal (zero) eigenvalues
+    sv = cov.loaded_singular_values(R, 1e-3)
+    loss = (cov.eigengap_hinge(sv, scenes.K, 50.0) + cov.subspace_margin(sv, scenes.K, 1.0)).sum()
+    (g,) = torch.autograd.grad(loss, F)
+    assert torch.isfinite(torch.view_as_real(g)).all() and g.abs().sum() > 0
+    assert math.isfinite(float(loss.detach()))

@@ -1,0 +1,56 @@
+"""The training recipe: the shipped YAML files, overrides, validation messages."""
+
+from pathlib import Path
+
+import pytest
+
+from risloc.config import ConfigError
+from risloc.training.config import TrainConfig, load_train_config
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.mark.parametrize("name", ["train_default.yaml", "train_tiny.yaml"])
+def test_shipped_recipes_load(name):
+    cfg = load_train_config(ROOT / "configs" / name)
+    assert cfg.schedule.weight_schedule["lam_peak_contrast"][1] == pytest.approx(0.10)
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_overrides_and_field_of_view_follow_scene():
+    cfg = load_train_config(None, ["optim.lr=3e-4", "scene.azimuth_deg=[-40, 40]",
+                                   "model.width=24", "loss.lam_cov_pred=0.1"])
+    assert cfg.optim.lr == pytest.approx(3e-4) and cfg.loss.lam_cov_pred == 0.1
+    assert cfg.network_config().azimuth_deg == (-40, 40) and cfg.network_config().width == 24
+    assert cfg.music_config().azimuth_deg == (-40, 40)
+
+
+@pytest.mark.parametrize("override, field", [
+    ("optim.lr=-1", "optim.lr"), ("schedule.nonsense=1", "schedule.nonsense"),
+    ("model.width=2", "model"), ("scene.K=9", "scene.K"),
+    ("schedule.weight_schedule={lam_bogus: [1, 2, 3]}", "weight_schedule"),
+])
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(ConfigError, match=field.split(".")[-1]):
+        load_train_config(None, [override])
+
+
+def test_snr_curriculum_and_hpo_jitter_reach_the_data_and_beta(tmp_path):
+    from risloc.training.data import TrainData
+    from risloc.training.loop import Trainer
+
+    cfg = load_train_config(None, ["schedule.snr_curriculum=true", "schedule.epochs=10",
+                                   "optim.batch_size=16", "model.width=16",
+                                   "model.dilations=[1]", "model.hidden=16",
+                                   "schedule.hpo_mode=true", f"out_dir={tmp_path}"])
+    early = TrainData(cfg).batch(0, epoch=0).snr_db
+    assert early.min() >= 10.0 - 1e-4 and early.max() <= 20.0 + 1e-4
+    late = TrainData(cfg).batch(0, epoch=9).snr_db
+    assert late.min() < 10.0  # the full range -5..20 dB
+    tr = Trainer(cfg)
+    tr.step = tr.total_steps  # after the warm-up: beta = 0.3 +- 0.02 in HPO mode
+    draws = []
+    for k in range(50):
+        tr.step = tr.total_steps + k
+        draws.append(tr.beta())
+    assert all(0.28 - 1e-9 <= b <= 0.32 + 1e-9 for b in draws)

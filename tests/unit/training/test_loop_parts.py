@@ -1,0 +1,78 @@
+"""Pieces of the loop: gradient sanitising, optimizer wiring, EMA, the no-leak property."""
+
+import math
+
+import pytest
+import torch
+
+from risloc.config import SceneConfig, SystemConfig
+from risloc.losses import LossConfig, compute_losses
+from risloc.model import CovarianceNet, ModelConfig
+from risloc.simulation import SceneBatch, scene_true_covariance, simulate_batch
+from risloc.training.config import load_train_config
+from risloc.training.evaluate import forward_blend
+from risloc.training.loop import build_optimizer, ema_multi_avg_fn, sanitise_gradients
+
+SYSTEM = SystemConfig()
+
+
+def _small():
+    torch.manual_seed(0)
+    return CovarianceNet(SYSTEM, ModelConfig(width=16, dilations=(1,), hidden=16))
+
+
+def test_sanitise_counts_and_zeroes_nonfinite_gradients():
+    lin = torch.nn.Linear(3, 2)
+    lin.weight.grad = torch.tensor([[1.0, math.nan, 2.0], [math.inf, 0.0, -math.inf]])
+    lin.bias.grad = torch.tensor([1.0, 2.0])
+    assert sanitise_gradients(lin) == 3
+    assert torch.isfinite(lin.weight.grad).all() and lin.weight.grad[0, 1] == 0
+    assert sanitise_gradients(lin) == 0
+
+
+def test_optimizer_wiring_covers_every_parameter():
+    model = _small()
+    cfg = load_train_config(None)
+    opt = build_optimizer(model, cfg)
+    wired = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert wired == {id(p) for p in model.parameters() if p.requires_grad}
+    assert opt.param_groups[1]["weight_decay"] == 0.0  # biases, norms, the gate
+
+
+def test_ema_warmup_and_decay():
+    fn = ema_multi_avg_fn(0.9)
+    avg, cur = [torch.zeros(2)], [torch.ones(2)]
+    fn(avg, cur, torch.tensor(0))  # decay min(0.9, 1/10) = 0.1
+    assert torch.allclose(avg[0], torch.full((2,), 0.9))
+    fn(avg, cur, torch.tensor(1000))  # decay 0.9
+    assert torch.allclose(avg[0], torch.full((2,), 0.9 + 0.1 * 0.1))
+
+
+def test_perturbing_R_true_leaves_the_prediction_unchanged():
+    """No leak: R_true is only a target. Perturbing the truth (hence R_true) changes the loss
+    but not one bit of the network output or of R_blend."""
+    model = _small().eval()
+    sc = simulate_batch(3, SYSTEM, SceneConfig(), torch.Generator().manual_seed(2), snr_db=5.0)
+    moved = SceneBatch(**{**sc.__dict__, "azimuth": sc.azimuth + 0.2,
+                          "range_m": sc.range_m * 1.5})
+    R1, R2 = scene_true_covariance(sc, SYSTEM), scene_true_covariance(moved, SYSTEM)
+    assert (R1 - R2).abs().max() > 0.1
+    with torch.no_grad():
+        f1, f2 = forward_blend(model, sc, 0.3), forward_blend(model, moved, 0.3)
+    assert torch.equal(f1.out.R_pred, f2.out.R_pred) and torch.equal(f1.R_blend, f2.R_blend)
+    assert torch.equal(f1.out.K_logits, f2.out.K_logits)
+    # and R_true receives no gradient through the loss: it is detached inside
+    R1g = R1.clone().requires_grad_(True)
+    terms = compute_losses(f1.out, f1.R_blend, R1g, sc, SYSTEM, LossConfig())
+    assert not terms.total.requires_grad or torch.autograd.grad(
+        terms.total, R1g, allow_unused=True)[0] is None
+
+
+def test_forward_blend_rejects_scenes_of_another_system():
+    model = _small()
+    sc = simulate_batch(2, SYSTEM, SceneConfig(), torch.Generator().manual_seed(0))
+    other = CovarianceNet(SystemConfig(N_H=10), ModelConfig(width=16, dilations=(1,),
+                                                             hidden=16))
+    with pytest.raises(ValueError):
+        forward_blend(other, sc, 0.3)
+    assert forward_blend(model, sc, 0.0).R_blend.shape == (2, 144, 144)
