@@ -1,0 +1,75 @@
+"""The learned pipeline rebuilt from a checkpoint of `risloc train`, `localize --method
+learned` and `risloc demo` (with a tiny model trained here; the shipped model is not
+assumed)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from risloc.cli.main import app
+from risloc.config import SceneConfig, SystemConfig
+from risloc.pipeline import Localizer
+from risloc.pipeline.learned import load_learned_pipeline
+from risloc.simulation import simulate_range
+from risloc.training import load_train_config, train
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    train(load_train_config(ROOT / "configs" / "train_tiny.yaml",
+                            [f"out_dir={out}", "progress=false"]))
+    return out / "best.pt"
+
+
+def test_pipeline_rebuilds_from_checkpoint_and_localizes(checkpoint):
+    loc = Localizer.from_checkpoint(checkpoint)
+    assert loc.method == "learned" and loc.system == SystemConfig()
+    sc = simulate_range(0, 3, loc.system, SceneConfig(), split="test", snr_db=10.0)
+    y = sc.y.clone()
+    y[1, 0, 0] = float("inf")
+    res = loc.localize(y, sc.H, sc.codes, sc.snr_db)
+    assert [i for i, _ in res.bad] == [1]
+    est = res.estimates
+    assert est.K[1] == 0 and bool((est.K[[0, 2]] >= 1).all())
+    ok = est.mask[[0, 2]]
+    assert bool(torch.isfinite(est.azimuth[[0, 2]][ok]).all())
+    known = loc.localize(sc.y, sc.H, sc.codes, K=2).estimates
+    assert known.K.tolist() == [2, 2, 2]
+    # inference uses the recipe's blend and MUSIC settings, stored in the checkpoint
+    pipe = load_learned_pipeline(checkpoint)
+    assert pipe.music_cfg.n_azimuth == 41 and 0 <= pipe.beta <= 1
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_learned_pipeline(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    torch.save({"weights": 1}, junk)
+    with pytest.raises(ValueError, match="not a risloc training checkpoint"):
+        load_learned_pipeline(junk)
+
+
+def test_localize_learned_and_demo_cli(tmp_path, checkpoint):
+    f = tmp_path / "s.npz"
+    assert runner.invoke(app, ["simulate", "--n", "3", "--out", str(f), "--split",
+                               "test"]).exit_code == 0
+    res = runner.invoke(app, ["localize", str(f), "--method", "learned", "--checkpoint",
+                              str(checkpoint), "--out", str(tmp_path / "e.csv")])
+    assert res.exit_code == 0, res.output
+    other = tmp_path / "o.npz"
+    runner.invoke(app, ["simulate", "--n", "2", "--out", str(other), "--set", "system.L=8"])
+    res = runner.invoke(app, ["localize", str(other), "--method", "learned", "--checkpoint",
+                              str(checkpoint)])
+    assert res.exit_code == 2 and "differs from the checkpoint" in res.output
+    res = runner.invoke(app, ["demo", "--n", "2", "--snr-db", "10", "--checkpoint",
+                              str(checkpoint), "--out", str(tmp_path / "demo")])
+    assert res.exit_code == 0, res.output
+    assert "learned" in res.output and "classical" in res.output
+    for name in ("metrics.csv", "error_vs_snr.png", "music_spectrum_blend.png"):
+        assert (tmp_path / "demo" / name).exists()
