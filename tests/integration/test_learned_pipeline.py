@@ -73,3 +73,14 @@ def test_localize_learned_and_demo_cli(tmp_path, checkpoint):
     assert "learned" in res.output and "classical" in res.output
     for name in ("metrics.csv", "error_vs_snr.png", "music_spectrum_blend.png"):
         assert (tmp_path / "demo" / name).exists()
+
+
+def test_exported_model_predicts_the_same(tmp_path, checkpoint):
+    from risloc.pipeline.learned import export_model
+
+    slim = export_model(checkpoint, tmp_path / "slim.pt")
+    assert slim.stat().st_size < checkpoint.stat().st_size
+    sc = simulate_range(0, 2, SystemConfig(), SceneConfig(), split="test", snr_db=15.0)
+    a = Localizer.from_checkpoint(checkpoint).localize(sc.y, sc.H, sc.codes).estimates
+    b = Localizer.from_checkpoint(slim).localize(sc.y, sc.H, sc.codes).estimates
+    assert torch.equal(a.K, b.K) and torch.equal(a.azimuth.nan_to_num(), b.azimuth.nan_to_num())

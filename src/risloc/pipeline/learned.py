@@ -76,3 +76,23 @@ def load_learned_pipeline(path: str | Path | None = None, weights: str = "ema",
         raise ValueError(f"{path}: unreadable risloc checkpoint ({err})") from None
     return LearnedPipeline(model, cfg.system, cfg.blend.beta, cfg.blend, cfg.music_config(),
                            nfmle_iterations)
+
+
+INFERENCE_KEYS = ("format_version", "config", "epoch", "step", "ema", "swa", "best", "history")
+
+
+def export_model(src: str | Path, dst: str | Path) -> Path:
+    """Write an inference-only copy of a training checkpoint (config + averaged weights,
+    no optimizer/scheduler/RNG state), atomically. This is how the shipped model is made."""
+    import os
+
+    from risloc.training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(src)
+    slim = {k: state[k] for k in INFERENCE_KEYS if k in state}
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".partial")
+    torch.save(slim, tmp)
+    os.replace(tmp, dst)
+    return dst
