@@ -1,0 +1,137 @@
+"""End-to-end learned pipeline on a held-out default-system test set (issue 5 targets).
+
+    python benchmarks/bench_pipeline.py [--checkpoint PATH] [--n 100] [--threads 2]
+                                        [--out reports/bench/pipeline.json]
+
+Reports per SNR (K unknown, 1..5): median |error| of azimuth, elevation and range beside
+the median sqrt(CRB) (deterministic) of the same paired sources and their ratio, K accuracy
+and F1; the classical localizer's median angle error at 0 dB, K >= 3; throughput at batch
+256 with the per-stage split (network + blend, MUSIC, NF-MLE) and peak memory (ru_maxrss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from risloc.config import RislocConfig
+from risloc.estimators.classical import classical_localize
+from risloc.estimators.music import music
+from risloc.estimators.nfmle import NFMLEConfig, nfmle_refine
+from risloc.evaluation import crb_for_scenes, match_sources, summarize
+from risloc.pipeline.learned import load_learned_pipeline
+from risloc.simulation import simulate_range
+from risloc.training.evaluate import forward_blend
+
+SNRS = (-5.0, 0.0, 5.0, 10.0, 20.0)
+
+
+def _run(pipe, sc, batch=64):
+    parts = []
+    for lo in range(0, len(sc), batch):
+        s = sc[lo:lo + batch]
+        parts.append(pipe.localize(s.y, s.H, s.codes, s.snr_db))
+    from risloc.evaluation.harness import _concat_estimates
+
+    return _concat_estimates(parts)
+
+
+def accuracy(pipe, cfg, n: int) -> list[dict]:
+    rows = []
+    for i, snr in enumerate(SNRS):
+        sc = simulate_range(0, n, cfg.system, cfg.scene, seed=2026, split="test",
+                            stream=500 + i, snr_db=snr)
+        est = _run(pipe, sc)
+        crb = crb_for_scenes(sc, cfg.system)
+        s = summarize(match_sources(est, sc.azimuth, sc.elevation, sc.range_m, sc.K), crb)
+        row = {"snr_db": snr, **asdict(s)}
+        for p, u in (("azimuth", "deg"), ("elevation", "deg"), ("range", "m")):
+            row[f"{p}_ratio_to_crb"] = s.__dict__[f"{p}_median_{u}"] / \
+                s.__dict__[f"crb_{p}_median_{u}"]
+        rows.append(row)
+        print(f"{snr:5.0f} dB  K acc {s.K_accuracy:.3f}  F1 {s.f1:.3f}  "
+              f"az {s.azimuth_median_deg:.3f} ({s.crb_azimuth_median_deg:.3f})  "
+              f"el {s.elevation_median_deg:.3f} ({s.crb_elevation_median_deg:.3f})  "
+              f"r {s.range_median_m:.3f} ({s.crb_range_median_m:.3f}) m   ratios "
+              f"{row['azimuth_ratio_to_crb']:.2f} {row['elevation_ratio_to_crb']:.2f} "
+              f"{row['range_ratio_to_crb']:.2f}", flush=True)
+    return rows
+
+
+def versus_classical(pipe, cfg, n: int) -> dict:
+    out = {}
+    parts = [simulate_range(0, n // 3 + 1, cfg.system, cfg.scene, seed=2026, split="test",
+                            stream=600 + k, snr_db=0.0, K=k) for k in (3, 4, 5)]
+    from risloc.simulation import concat_batches
+
+    sc = concat_batches(parts)
+    learned = _run(pipe, sc)
+    classical = classical_localize(sc.y, sc.H, sc.codes, cfg.system, snr_db=sc.snr_db)
+    for name, est in (("learned", learned), ("classical", classical)):
+        s = summarize(match_sources(est, sc.azimuth, sc.elevation, sc.range_m, sc.K))
+        out[name] = {"angle_median_deg": s.angle_median_deg, "K_accuracy": s.K_accuracy,
+                     "f1": s.f1}
+    out["ratio_classical_over_learned"] = (out["classical"]["angle_median_deg"]
+                                           / out["learned"]["angle_median_deg"])
+    print(f"0 dB, K >= 3 ({len(sc)} scenes): median angle learned "
+          f"{out['learned']['angle_median_deg']:.3f} deg, classical "
+          f"{out['classical']['angle_median_deg']:.3f} deg (ratio "
+          f"{out['ratio_classical_over_learned']:.2f})", flush=True)
+    return out
+
+
+@torch.no_grad()
+def throughput(pipe, cfg, repeats: int) -> dict:
+    sc = simulate_range(0, 256, cfg.system, cfg.scene, seed=2026, split="test", stream=700)
+    nf = NFMLEConfig(iterations=pipe.nfmle_iterations)
+    times = {"network": [], "music": [], "nfmle": [], "total": []}
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        fwd = forward_blend(pipe.model, sc, pipe.beta, pipe.blend_cfg)
+        t1 = time.perf_counter()
+        est = music(fwd.R_blend, fwd.out.K_hat, cfg.system, pipe.music_cfg)
+        t2 = time.perf_counter()
+        if pipe.nfmle_iterations:
+            nfmle_refine(sc.y, sc.H, sc.codes, est, cfg.system, nf)
+        t3 = time.perf_counter()
+        for k, v in (("network", t1 - t0), ("music", t2 - t1), ("nfmle", t3 - t2),
+                     ("total", t3 - t0)):
+            times[k].append(v)
+    med = {k: statistics.median(v[1:]) for k, v in times.items()}  # first run = warm-up
+    res = {"batch": 256, "scenes_per_s": 256 / med["total"],
+           **{f"{k}_s_median": v for k, v in med.items()},
+           "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    print(f"throughput (batch 256): {res['scenes_per_s']:.1f} scenes/s; network "
+          f"{med['network']:.2f} s, MUSIC {med['music']:.2f} s, NF-MLE {med['nfmle']:.2f} s "
+          f"per batch (medians of {repeats}); peak RSS {res['peak_rss_MB']:.0f} MB", flush=True)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--n", type=int, default=100, help="scenes per SNR point")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("reports/bench/pipeline.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    pipe = load_learned_pipeline(args.checkpoint)
+    cfg = RislocConfig()
+    res = {"checkpoint": args.checkpoint or "shipped", "threads": args.threads,
+           "per_snr": accuracy(pipe, cfg, args.n),
+           "vs_classical_0dB_K3plus": versus_classical(pipe, cfg, args.n),
+           "throughput": throughput(pipe, cfg, args.repeats)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
