@@ -92,6 +92,11 @@ def test_resume_continues_exactly(tmp_path):
     assert [r["epoch"] for r in rows] == ["1", "2"]
     with pytest.raises(ValueError, match="differs"):
         train(load_train_config(TINY, [f"out_dir={tmp_path / 'b'}"]), resume=True)
+    # stopping rules may change on resume (they do not alter the trajectory so far)
+    again = train(load_train_config(TINY, [f"out_dir={tmp_path / 'b'}",
+                                           "schedule.steps_per_epoch=2",
+                                           "schedule.patience=9"]), resume=True)
+    assert again["epochs_run"] == 2
 
 
 @pytest.mark.slow

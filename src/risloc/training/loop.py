@@ -37,6 +37,16 @@ log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 _RESUME_FREE = ("progress", "threads", "device", "log_every")
+_RESUME_STOPPING = ("schedule.patience", "schedule.min_improvement")
+
+
+def _comparable(cfg: TrainConfig) -> dict:
+    """The recipe fields that must match for an exact resume (stopping rules may change:
+    they do not alter the trajectory up to the resume point)."""
+    d = cfg.model_dump(exclude=set(_RESUME_FREE))
+    for key in _RESUME_STOPPING:
+        d["schedule"].pop(key.split(".")[1])
+    return d
 
 
 def ema_multi_avg_fn(decay: float):
@@ -122,9 +132,10 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         st = load_checkpoint(path, self.device)
-        old = TrainConfig.from_json(st["config"]).model_dump(exclude=set(_RESUME_FREE))
-        if old != self.cfg.model_dump(exclude=set(_RESUME_FREE)):
-            raise ValueError(f"cannot resume from {path}: its recipe differs from this one")
+        old = _comparable(TrainConfig.from_json(st["config"]))
+        if old != _comparable(self.cfg):
+            raise ValueError(f"cannot resume from {path}: its recipe differs from this one "
+                             f"(only {', '.join(_RESUME_FREE + _RESUME_STOPPING)} may change)")
         self.model.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
         self.optimizer.load_state_dict(st["optimizer"])
@@ -177,6 +188,8 @@ class Trainer:
     def micro_step(self, scenes: SceneBatch, beta: float, loss_cfg: LossConfig) -> LossTerms:
         """Forward, losses and backward of one micro-batch (gradients accumulate)."""
         terms = self.batch_losses(scenes, beta, loss_cfg)
+        if not bool(torch.isfinite(terms.total)):
+            log.warning("step %d: non-finite loss %s", self.step, terms.as_dict())
         self.scaler.scale(terms.total / self.cfg.optim.accumulation).backward()
         return terms
 
