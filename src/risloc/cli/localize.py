@@ -36,13 +36,22 @@ def localize_command(
     scenes: Annotated[Path, typer.Argument(help="Scene file (.h5 / .npz, CONVENTIONS.md).")],
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Estimates CSV.")] = Path(
         "estimates.csv"),
-    method: Annotated[str, typer.Option(help=f"One of {', '.join(METHODS)}.")] = "classical",
+    method: Annotated[str | None, typer.Option(help=(
+        f"One of {', '.join(METHODS)}; default: learned when a model is available (the shipped "
+        "one or --checkpoint), else classical."))] = None,
     checkpoint: Annotated[Path | None, typer.Option(
         help="Trained checkpoint (learned method); default: the shipped model.")] = None,
     K: Annotated[int | None, typer.Option("--K", help="Known number of sources.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
 ) -> None:
     """Localize every scene of a file and write the estimates CSV."""
+    if method is None:
+        from risloc.pipeline.learned import DEFAULT_MODEL
+
+        method = "learned" if checkpoint is not None or DEFAULT_MODEL.exists() else "classical"
+        if method == "classical":
+            console.print("[yellow]no shipped model in this build: using the classical "
+                          "localizer (pass --checkpoint for a trained model)[/]")
     if method not in METHODS:
         raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
     batch, info = read_scenes(scenes)

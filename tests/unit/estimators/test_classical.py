@@ -21,15 +21,6 @@ SYSTEM = SystemConfig()
 SCENE = SceneConfig()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these small batched ops are latency-bound, and with two
-    threads on a shared 2-core machine they run ~10x slower (measured)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def angle_errors_deg(est, b) -> torch.Tensor:
     """Great-circle errors of the Hungarian-paired true sources [deg] (NaN = missed)."""

@@ -19,16 +19,6 @@ from risloc.estimators.order import (
 from risloc.simulation import simulate_range
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these small batched ops are latency-bound, and with two
-    threads on a shared 2-core machine they run ~10x slower (measured)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def array_covariance(K: int, n: int, snr_db: float, batch: int = 8, N: int = 8, seed: int = 0):
     """Sample covariance of n snapshots of a ULA (half wavelength) with K sources."""
     g = torch.Generator().manual_seed(seed)

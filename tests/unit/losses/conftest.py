@@ -3,13 +3,8 @@
 import pytest
 import torch
 
-from risloc.config import SceneConfig, SystemConfig
+from risloc.config import SceneConfig
 from risloc.simulation import scene_true_covariance, simulate_batch
-
-
-@pytest.fixture(scope="module")
-def system() -> SystemConfig:
-    return SystemConfig()
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +17,3 @@ def scenes(system):
 def R_true(scenes, system):
     return scene_true_covariance(scenes, system)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread per test (restored afterwards): on a shared 2-core machine batched
-    LAPACK calls with 2 OpenMP threads were measured 100-600x slower than with one."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
