@@ -2,6 +2,7 @@
 learned` and `risloc demo` (with a tiny model trained here; the shipped model is not
 assumed)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from risloc.pipeline import Localizer
 from risloc.pipeline.learned import load_learned_pipeline
 from risloc.simulation import simulate_range
 from risloc.training import load_train_config, train
+from risloc.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -84,3 +86,16 @@ def test_exported_model_predicts_the_same(tmp_path, checkpoint):
     a = Localizer.from_checkpoint(checkpoint).localize(sc.y, sc.H, sc.codes).estimates
     b = Localizer.from_checkpoint(slim).localize(sc.y, sc.H, sc.codes).estimates
     assert torch.equal(a.K, b.K) and torch.equal(a.azimuth.nan_to_num(), b.azimuth.nan_to_num())
+    card = json.loads(slim.with_suffix(".json").read_text())
+    best = load_checkpoint(checkpoint)
+    assert card["epoch"] == best["epoch"] and card["config"]["system"]["N_H"] == 12
+    row = next(h for h in best["history"] if h["epoch"] == best["epoch"])
+    assert card["validation"]["K_accuracy"] == row["val_K_accuracy"]
+
+
+def test_export_model_cli(tmp_path, checkpoint):
+    res = runner.invoke(app, ["export-model", str(checkpoint), "--out", str(tmp_path / "m.pt")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "m.pt").exists() and (tmp_path / "m.json").exists()
+    res = runner.invoke(app, ["export-model", str(tmp_path / "none.pt")])
+    assert res.exit_code == 2 and "checkpoint not found" in res.output

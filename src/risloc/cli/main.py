@@ -10,6 +10,7 @@ from risloc import __version__
 from risloc.cli.common import setup_logging
 from risloc.cli.demo import demo_command
 from risloc.cli.evaluate import evaluate_command
+from risloc.cli.export import export_command
 from risloc.cli.localize import localize_command
 from risloc.cli.simulate import info_command, simulate_command
 from risloc.cli.train import train_command
@@ -39,6 +40,7 @@ app.command("info")(info_command)
 app.command("evaluate")(evaluate_command)
 app.command("localize")(localize_command)
 app.command("train")(train_command)
+app.command("export-model")(export_command)
 
 if __name__ == "__main__":
     app()

@@ -83,16 +83,40 @@ INFERENCE_KEYS = ("format_version", "config", "epoch", "step", "ema", "swa", "be
 
 def export_model(src: str | Path, dst: str | Path) -> Path:
     """Write an inference-only copy of a training checkpoint (config + averaged weights,
-    no optimizer/scheduler/RNG state), atomically. This is how the shipped model is made."""
-    import os
+    no optimizer/scheduler/RNG state) and its model card ``<dst>.json`` (the validation
+    metrics of the exported epoch, the training history summary), both atomically. This is
+    how the shipped model is made."""
+    import json
 
+    from risloc import __version__
     from risloc.training.checkpoint import load_checkpoint
 
     state = load_checkpoint(src)
     slim = {k: state[k] for k in INFERENCE_KEYS if k in state}
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".partial")
-    torch.save(slim, tmp)
-    os.replace(tmp, dst)
+    _atomic(dst, lambda tmp: torch.save(slim, tmp))
+    history = state.get("history") or []
+    row = next((h for h in history if h.get("epoch") == state["epoch"]), {})
+    card = {
+        "risloc_version": __version__,
+        "exported_from": str(src),
+        "epoch": state["epoch"], "optimizer_steps": state["step"],
+        "epochs_logged": len(history),
+        "seconds_per_epoch_median": (sorted(h["seconds"] for h in history)[len(history) // 2]
+                                     if history else None),
+        "validation": {k[4:]: v for k, v in row.items() if k.startswith("val_")},
+        "config": json.loads(state["config"]) if isinstance(state["config"], str)
+        else state["config"],
+    }
+    _atomic(dst.with_suffix(".json"),
+            lambda tmp: tmp.write_text(json.dumps(card, indent=2, default=str) + "\n"))
     return dst
+
+
+def _atomic(dst: Path, write) -> None:
+    import os
+
+    tmp = dst.with_name(dst.name + ".partial")
+    write(tmp)
+    os.replace(tmp, dst)
