@@ -1,6 +1,7 @@
 """Covariance tools shared by training and inference."""
 
 from risloc.covariance.tools import (
+    abs2,
     back_projection,
     blend,
     hermitise,
@@ -14,6 +15,6 @@ from risloc.covariance.tools import (
 )
 
 __all__ = [
-    "back_projection", "blend", "hermitise", "load_diagonal", "normalize_trace", "operators",
-    "sample_covariance", "shrink", "subspace_overlap", "trace",
+    "abs2", "back_projection", "blend", "hermitise", "load_diagonal", "normalize_trace",
+    "operators", "sample_covariance", "shrink", "subspace_overlap", "trace",
 ]

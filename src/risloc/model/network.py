@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as Fn
 
 from risloc.config import SystemConfig
-from risloc.covariance.tools import back_projection, operators
+from risloc.covariance.tools import abs2, back_projection, operators
 from risloc.estimators.nfmle import NFMLEConfig, lm_solve
 from risloc.physics.steering import steering
 
@@ -170,7 +170,7 @@ class BeamformerBank(nn.Module):
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         B = a.shape[0]
-        S = (a @ self.A_conj_T).abs().square().mean(1)  # (B, G)  mean_l |a(p)^H a_l|^2
+        S = abs2(a @ self.A_conj_T).mean(1)  # (B, G)  mean_l |a(p)^H a_l|^2
         S = S / S.mean(-1, keepdim=True).clamp_min(1e-12)
         S = S.view(B, *self.shape)  # (B, Nr, Ne, Na)
         peak = S / S.amax((-3, -2, -1), keepdim=True)
@@ -222,7 +222,7 @@ class ZoomRefiner(nn.Module):
         B, S, _ = theta.shape
         pts = theta.detach().unsqueeze(-2) + self.stencil  # (B, S, P, 3)
         A = steering(pts[..., 0], pts[..., 1], 1.0 / pts[..., 2].clamp_min(0.02), self.system)
-        spec = (a @ A.reshape(B, -1, A.shape[-1]).conj().mT).abs().square().mean(1)  # (B, S*P)
+        spec = abs2(a @ A.reshape(B, -1, A.shape[-1]).conj().mT).mean(1)  # (B, S*P)
         spec = spec.view(B, S, -1)  # (B, S, P)
         top = spec.amax(-1, keepdim=True).clamp_min(1e-12)
         x = torch.cat([spec / top, torch.log(top), feat.float(), conf.unsqueeze(-1),
@@ -243,7 +243,7 @@ def residual_features(y: torch.Tensor, Phi: torch.Tensor, A: torch.Tensor,
     B, L, M = y.shape
     S = A.shape[-1]
     Bm = Phi @ A.unsqueeze(1)  # (B, L, M, S)  Phi_l A
-    y2 = y.abs().square().sum((-2, -1)).clamp_min(1e-30)  # (B,)
+    y2 = abs2(y).sum((-2, -1)).clamp_min(1e-30)  # (B,)
     res = []
     for k in range(1, S + 1):
         Bk = Bm[..., :k]
@@ -251,7 +251,7 @@ def residual_features(y: torch.Tensor, Phi: torch.Tensor, A: torch.Tensor,
         G = G + 1e-6 * torch.diagonal(G, dim1=-2, dim2=-1).real.sum(-1)[..., None, None] * \
             torch.eye(k, dtype=G.dtype, device=G.device)
         s = torch.linalg.solve(G, Bk.mH @ y.unsqueeze(-1))  # (B, L, k, 1)
-        res.append((y.unsqueeze(-1) - Bk @ s).abs().square().sum((-3, -2, -1)))
+        res.append(abs2(y.unsqueeze(-1) - Bk @ s).sum((-3, -2, -1)))
     r = torch.stack(res, -1).clamp_min(1e-30)  # (B, S)
     rel = torch.log(r / y2.unsqueeze(-1))
     known = torch.isfinite(snr_db) if snr_db is not None else torch.zeros(B, dtype=torch.bool,
@@ -288,7 +288,7 @@ class CovarianceNet(nn.Module):
 
     def _features(self, y, H, codes) -> tuple[torch.Tensor, torch.Tensor]:
         a = back_projection(y, H, codes, self.cfg.bp_alpha)  # (B, L, N)
-        a = a / a.abs().square().mean((-2, -1), keepdim=True).sqrt().clamp_min(1e-20)
+        a = a / abs2(a).mean((-2, -1), keepdim=True).sqrt().clamp_min(1e-20)
         x = self.bank(a)  # (B, 2 Nr, Ne, Na)
         B, _, Ne, Na = x.shape
         ce = torch.linspace(-1, 1, Ne, device=x.device).view(1, 1, Ne, 1).expand(B, 1, Ne, Na)

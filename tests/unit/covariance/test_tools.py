@@ -3,6 +3,7 @@ import torch
 
 from risloc.config import SceneConfig
 from risloc.covariance import (
+    abs2,
     back_projection,
     blend,
     hermitise,
@@ -103,3 +104,13 @@ def test_sample_covariance_shape_errors(system):
     b = simulate_range(0, 2, system, SceneConfig(), split="test")
     with pytest.raises(ValueError, match="y must be"):
         sample_covariance(b.y[:, :, :5], b.H, b.codes)
+
+
+def test_abs2_matches_abs_squared_with_finite_gradient_at_zero():
+    z = torch.randn(50, dtype=torch.complex128)
+    z[0] = 0
+    assert torch.allclose(abs2(z), z.abs().square())
+    assert torch.equal(abs2(torch.tensor([-3.0])), torch.tensor([9.0]))
+    w = z.clone().requires_grad_(True)
+    abs2(w).sum().backward()
+    assert bool(torch.isfinite(torch.view_as_real(w.grad)).all())
