@@ -98,6 +98,7 @@ def export_model(src: str | Path, dst: str | Path) -> Path:
     _atomic(dst, lambda tmp: torch.save(slim, tmp))
     history = state.get("history") or []
     row = next((h for h in history if h.get("epoch") == state["epoch"]), {})
+    cfg = json.loads(state["config"]) if isinstance(state["config"], str) else state["config"]
     card = {
         "risloc_version": __version__,
         "exported_from": str(src),
@@ -105,9 +106,12 @@ def export_model(src: str | Path, dst: str | Path) -> Path:
         "epochs_logged": len(history),
         "seconds_per_epoch_median": (sorted(h["seconds"] for h in history)[len(history) // 2]
                                      if history else None),
+        "validation_set": (
+            f"{cfg['data']['n_val']} scenes of the validation split (seed {cfg['data']['seed']}),"
+            f" SNR uniform in {cfg['scene']['snr_db']} dB, K uniform in 1..K_max; MUSIC on "
+            "R_blend with the network's K, no NF-MLE; EMA weights"),
         "validation": {k[4:]: v for k, v in row.items() if k.startswith("val_")},
-        "config": json.loads(state["config"]) if isinstance(state["config"], str)
-        else state["config"],
+        "config": cfg,
     }
     _atomic(dst.with_suffix(".json"),
             lambda tmp: tmp.write_text(json.dumps(card, indent=2, default=str) + "\n"))
