@@ -48,6 +48,19 @@ def test_pipeline_rebuilds_from_checkpoint_and_localizes(checkpoint):
     assert pipe.music_cfg.n_azimuth == 41 and 0 <= pipe.beta <= 1
 
 
+def test_scene_parallel_localization_equals_serial(checkpoint):
+    sc = simulate_range(0, 40, SystemConfig(), SceneConfig(), split="test", snr_db=10.0)
+    serial = Localizer.from_checkpoint(checkpoint, workers=1).localize(sc.y, sc.H, sc.codes)
+    split = Localizer.from_checkpoint(checkpoint, workers=2).localize(sc.y, sc.H, sc.codes)
+    a, b = serial.estimates, split.estimates
+    assert torch.equal(a.K, b.K)
+    for name in ("azimuth", "elevation", "range_m"):  # equal up to float32 rounding
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-6, atol=0,
+                                   equal_nan=True)
+    with pytest.raises(ValueError, match="workers"):
+        Localizer(SystemConfig(), "classical", workers=0)
+
+
 def test_bad_checkpoints_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_learned_pipeline(tmp_path / "missing.pt")

@@ -11,8 +11,7 @@ import typer
 from rich.table import Table
 
 from risloc.cli.common import console, handle_errors, out, progress
-from risloc.estimators.base import Estimates
-from risloc.evaluation.harness import _concat_estimates
+from risloc.estimators.base import Estimates, concat_estimates
 from risloc.evaluation.metrics import match_sources, summarize_by_snr
 from risloc.io import read_scenes
 from risloc.pipeline import METHODS, Localizer
@@ -83,6 +82,6 @@ def localize_command(
     console.print(f"{len(batch)} scenes in {dt:.1f} s ({len(batch) / dt:.1f} scenes/s); "
                   f"{len(rows)} sources written to {out_path}")
     if info.has_truth:
-        out.print(_metrics_table(_concat_estimates(parts), batch))
+        out.print(_metrics_table(concat_estimates(parts), batch))
     if bad:
         raise typer.Exit(code=1)

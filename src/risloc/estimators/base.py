@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -37,3 +38,20 @@ class Estimates:
 
     def to(self, device) -> Estimates:
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def concat_estimates(parts: list[Estimates]) -> Estimates:
+    """Concatenate the scenes of several Estimates (float32), NaN-padding the slots to the
+    widest part."""
+    if not parts:
+        raise ValueError("concat_estimates needs at least one part")
+    width = max(p.azimuth.shape[-1] for p in parts)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        extra = width - t.shape[-1]
+        t = t.float()
+        return torch.nn.functional.pad(t, (0, extra), value=math.nan) if extra else t
+
+    return Estimates(K=torch.cat([p.K for p in parts]),
+                     **{n: torch.cat([pad(getattr(p, n)) for p in parts])
+                        for n in ("azimuth", "elevation", "range_m", "score")})

@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 
 from risloc.config import RislocConfig, SystemConfig
-from risloc.estimators.base import Estimates
+from risloc.estimators.base import Estimates, concat_estimates
 from risloc.evaluation.crb import CRBResult, crb_for_scenes
 from risloc.evaluation.estimators import get_estimator
 from risloc.evaluation.metrics import match_sources, summarize
+from risloc.parallel import run_in_chunks
 from risloc.simulation import SceneBatch, concat_batches, simulate_range
 
 
@@ -59,29 +60,21 @@ class ResultRow:
 
 def run_estimator(name: str, scenes: SceneBatch, system: SystemConfig, known_K: bool,
                   batch_size: int, advance: Callable[[int], None] | None = None,
-                  checkpoint: str | None = None) -> tuple[Estimates, float]:
-    """Run one estimator over scenes in batches; returns (estimates, seconds)."""
+                  checkpoint: str | None = None, workers: int | None = None
+                  ) -> tuple[Estimates, float]:
+    """Run one estimator over scenes in batches, each batch split over ``workers`` CPU
+    threads (None: one per core; :mod:`risloc.parallel`); returns (estimates, seconds)."""
     fn = get_estimator(name, checkpoint)
     parts, t0 = [], time.perf_counter()
     for lo in range(0, len(scenes), batch_size):
         sc = scenes[lo:lo + batch_size]
-        parts.append(fn(sc, system, sc.K if known_K else None))
+        parts.extend(run_in_chunks(
+            lambda a, b, sc=sc: fn(sc[a:b], system, sc.K[a:b] if known_K else None),
+            len(sc), workers, sc.y.device))
         if advance is not None:
             advance(len(sc))
     seconds = time.perf_counter() - t0
-    return _concat_estimates(parts), seconds
-
-
-def _concat_estimates(parts: list[Estimates]) -> Estimates:
-    width = max(p.azimuth.shape[-1] for p in parts)
-
-    def pad(t: torch.Tensor, value: float) -> torch.Tensor:
-        extra = width - t.shape[-1]
-        return torch.nn.functional.pad(t, (0, extra), value=value) if extra else t
-
-    return Estimates(K=torch.cat([p.K for p in parts]),
-                     **{n: torch.cat([pad(getattr(p, n).float(), math.nan) for p in parts])
-                        for n in ("azimuth", "elevation", "range_m", "score")})
+    return concat_estimates(parts), seconds
 
 
 def _stochastic_noise_var(scenes: SceneBatch, system: SystemConfig) -> torch.Tensor:

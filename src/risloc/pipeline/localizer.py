@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from risloc.config import SystemConfig
-from risloc.estimators.base import Estimates
+from risloc.estimators.base import Estimates, concat_estimates
+from risloc.parallel import run_in_chunks
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +73,26 @@ def _scatter(est: Estimates, ok: torch.Tensor) -> Estimates:
 class Localizer:
     """Localize sources from scene measurements (see module docstring)."""
 
-    def __init__(self, system: SystemConfig, method: str = "classical", model=None):
+    def __init__(self, system: SystemConfig, method: str = "classical", model=None,
+                 workers: int | None = None):
+        """workers: CPU threads a batch is split over (None: one per core; 1: no
+        splitting); see :mod:`risloc.parallel`."""
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if method == "learned" and model is None:
             raise ValueError("the learned method needs a model: use Localizer.from_checkpoint")
-        self.system, self.method, self.model = system, method, model
+        self.system, self.method, self.model, self.workers = system, method, model, workers
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None,
-                        method: str = "learned") -> Localizer:
+    def from_checkpoint(cls, path: str | Path | None = None, method: str = "learned",
+                        workers: int | None = None) -> Localizer:
         """Load a trained pipeline (None = the shipped default model)."""
         from risloc.pipeline.learned import load_learned_pipeline
 
         pipeline = load_learned_pipeline(path)
-        return cls(pipeline.system, method, pipeline)
+        return cls(pipeline.system, method, pipeline, workers)
 
     def _check(self, y, H, codes) -> None:
         s = self.system
@@ -124,8 +130,10 @@ class Localizer:
         args = (y[ok].to(torch.complex64), H[ok].to(torch.complex64),
                 codes[ok].to(torch.complex64), None if snr is None else snr[ok],
                 None if Kt is None else Kt[ok])
-        est = self._run(*args)
-        return LocalizationResult(_scatter(est, ok), bad)
+        parts = run_in_chunks(
+            lambda lo, hi: self._run(*(None if t is None else t[lo:hi] for t in args)),
+            args[0].shape[0], self.workers, y.device)
+        return LocalizationResult(_scatter(concat_estimates(parts), ok), bad)
 
     def _run(self, y, H, codes, snr, K) -> Estimates:
         if self.method == "classical":

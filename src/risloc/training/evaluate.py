@@ -13,7 +13,7 @@ import torch
 from risloc.config import SystemConfig
 from risloc.covariance.tools import blend, load_diagonal, sample_covariance, shrink
 from risloc.covariance.tools import subspace_overlap as overlap_fn
-from risloc.estimators.base import Estimates
+from risloc.estimators.base import Estimates, concat_estimates
 from risloc.estimators.music import MusicConfig, music
 from risloc.evaluation.metrics import Matching, MetricSummary, match_sources, summarize
 from risloc.losses.covariance import covariance_nmse
@@ -96,11 +96,6 @@ def objective_of(summary: MetricSummary, f1_weight_deg: float) -> float:
     return angle + f1_weight_deg * (1.0 - summary.f1)
 
 
-def _concat_estimates(parts: list[Estimates]) -> Estimates:
-    return Estimates(*(torch.cat([getattr(p, f) for p in parts])
-                       for f in ("K", "azimuth", "elevation", "range_m", "score")))
-
-
 @torch.no_grad()
 def evaluate(model: CovarianceNet, scenes: SceneBatch, system: SystemConfig, beta: float,
              blend_cfg: BlendConfig, loss_cfg: LossConfig, music_cfg: MusicConfig,
@@ -125,7 +120,7 @@ def evaluate(model: CovarianceNet, scenes: SceneBatch, system: SystemConfig, bet
         nmse_p.append(covariance_nmse(fwd.out.R_pred, R_true).cpu())
         ovl.append(overlap_fn(fwd.R_blend, R_true, sc.K).cpu())
     model.train(was_training)
-    estimates = _concat_estimates(est)
+    estimates = concat_estimates(est)
     matching = match_sources(estimates, scenes.azimuth, scenes.elevation, scenes.range_m,
                              scenes.K)
     summary = summarize(matching)

@@ -1,0 +1,51 @@
+import threading
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from risloc.parallel import chunk_bounds, default_workers, run_in_chunks, torch_threads
+
+
+@given(n=st.integers(0, 5000), workers=st.integers(1, 16), min_chunk=st.integers(1, 64))
+def test_chunk_bounds_cover_contiguously(n, workers, min_chunk):
+    b = chunk_bounds(n, workers, min_chunk)
+    assert b[0][0] == 0 and b[-1][1] == n
+    assert all(hi == lo2 for (_, hi), (lo2, _) in zip(b, b[1:]))
+    assert 1 <= len(b) <= workers
+    if len(b) > 1:
+        assert min(hi - lo for lo, hi in b) >= min_chunk
+
+
+def test_chunk_bounds_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="workers >= 1"):
+        chunk_bounds(10, 0)
+
+
+def test_run_in_chunks_keeps_order_uses_threads_and_restores_thread_count():
+    before = torch.get_num_threads()
+    seen_threads, seen_torch = set(), set()
+
+    def fn(lo, hi):
+        seen_threads.add(threading.get_ident())
+        seen_torch.add(torch.get_num_threads())
+        return list(range(lo, hi))
+
+    parts = run_in_chunks(fn, 100, workers=4)
+    assert [x for p in parts for x in p] == list(range(100))
+    assert len(parts) == 4 and len(seen_threads) >= 1
+    assert seen_torch == {1}  # one intra-op thread per worker
+    assert torch.get_num_threads() == before
+    assert run_in_chunks(fn, 10, workers=4) == [list(range(10))]  # too small to split
+
+
+def test_torch_threads_restores_on_error():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError), torch_threads(before + 1):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+
+
+def test_default_workers_is_a_small_positive_count():
+    assert 1 <= default_workers() <= 8
