@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from risloc.cli.main import app
 from risloc.config import SceneConfig, SystemConfig
+from risloc.estimators.music import MusicConfig
 from risloc.pipeline import Localizer
 from risloc.pipeline.learned import load_learned_pipeline
 from risloc.simulation import simulate_range
@@ -43,9 +44,15 @@ def test_pipeline_rebuilds_from_checkpoint_and_localizes(checkpoint):
     assert bool(torch.isfinite(est.azimuth[[0, 2]][ok]).all())
     known = loc.localize(sc.y, sc.H, sc.codes, K=2).estimates
     assert known.K.tolist() == [2, 2, 2]
-    # inference uses the recipe's blend and MUSIC settings, stored in the checkpoint
+    # inference uses the recipe's blend and field of view (stored in the checkpoint) on the
+    # package's default MUSIC grid, unless a MUSIC config is given
     pipe = load_learned_pipeline(checkpoint)
-    assert pipe.music_cfg.n_azimuth == 41 and 0 <= pipe.beta <= 1
+    recipe = load_train_config(ROOT / "configs" / "train_tiny.yaml")
+    assert pipe.beta == recipe.blend.beta and pipe.blend_cfg == recipe.blend
+    assert pipe.music_cfg.n_azimuth == MusicConfig().n_azimuth
+    assert pipe.music_cfg.range_m == tuple(recipe.scene.range_m)
+    assert load_learned_pipeline(checkpoint, music=recipe.music_config()).music_cfg \
+        == recipe.music_config()
 
 
 def test_scene_parallel_localization_equals_serial(checkpoint):
