@@ -16,7 +16,8 @@ from risloc.evaluation.harness import SweepSettings, sweep_points
 @handle_errors
 def demo_command(
     n: Annotated[int, typer.Option("--n", min=1, help="Scenes per SNR point.")] = 100,
-    snr_db: Annotated[str, typer.Option("--snr-db", help="SNR points [dB].")] = "-5,0,5,10,20",
+    snr_db: Annotated[str, typer.Option(
+        "--snr-db", help="SNR points in dB, comma-separated.")] = "-5,0,5,10,20",
     checkpoint: Annotated[Path | None, typer.Option(
         help="Learned model (default: the model shipped with the package).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path(

@@ -65,8 +65,9 @@ def evaluate_command(
     estimators: Annotated[str, typer.Option(
         help=f"Comma-separated, from: {', '.join(NAMES)}.")
     ] = "classical,music-samp,music-oracle",
-    snr_db: Annotated[str, typer.Option("--snr-db", help="SNR points [dB] (simulated sweep).")
-                      ] = "-5,0,5,10,20",
+    snr_db: Annotated[str, typer.Option(
+        "--snr-db", help="SNR points in dB, comma-separated (simulated sweep).")
+    ] = "-5,0,5,10,20",
     K: Annotated[str | None, typer.Option("--K", help="K values (simulated sweep); default: "
                                           "K drawn 1..K_max per scene.")] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="Scenes per (SNR, K) point.")] = 100,

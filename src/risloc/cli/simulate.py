@@ -23,7 +23,7 @@ def simulate_command(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Output .h5 or .npz.")] = Path(
         "data/scenes.h5"),
     seed: Annotated[int, typer.Option(min=0, help="Base seed.")] = 0,
-    snr_db: Annotated[float | None, typer.Option(help="Fix the SNR [dB] of every scene.")] = None,
+    snr_db: Annotated[float | None, typer.Option(help="Fix the SNR (dB) of every scene.")] = None,
     K: Annotated[int | None, typer.Option("--K", help="Fix the number of sources.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,

@@ -65,8 +65,9 @@ def inference_music_config(recipe) -> MusicConfig:
 
     The recipe's own grid (``evaluation.n_*``, 81 x 41 x 16 by default) is what training
     validates with; on the validation split (400 scenes at 0/5/10/20 dB, shipped model)
-    the default grid gave the same median errors, K accuracy and F1 (within 0.003) at 1.45x
-    the end-to-end speed, as it does for the oracle (benchmarks/bench_music.py).
+    the default grid gave the same median errors, K accuracy and F1 (within 0.003) and 7 %
+    more scenes/s at batch 256 (benchmarks/bench_inference_grid.py), as it is as accurate
+    for the oracle (benchmarks/bench_music.py).
     """
     d = MusicConfig()
     return replace(recipe.music_config(), n_azimuth=d.n_azimuth, n_elevation=d.n_elevation,
