@@ -14,6 +14,7 @@ from risloc.cli.export import export_command
 from risloc.cli.localize import localize_command
 from risloc.cli.simulate import info_command, simulate_command
 from risloc.cli.train import train_command
+from risloc.cli.tune import tune_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Near-field localization of radio sources through a RIS.")
@@ -41,6 +42,7 @@ app.command("evaluate")(evaluate_command)
 app.command("localize")(localize_command)
 app.command("train")(train_command)
 app.command("export-model")(export_command)
+app.command("tune")(tune_command)
 
 if __name__ == "__main__":
     app()
