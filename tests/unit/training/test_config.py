@@ -10,11 +10,23 @@ from risloc.training.config import TrainConfig, load_train_config
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.mark.parametrize("name", ["train_default.yaml", "train_tiny.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_recipes_load(name):
     cfg = load_train_config(ROOT / "configs" / name)
     assert cfg.schedule.weight_schedule["lam_peak_contrast"][1] == pytest.approx(0.10)
     assert TrainConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_tuned_recipe_is_the_default_plus_the_study_best():
+    import yaml
+
+    tuned = load_train_config(ROOT / "configs" / "train_tuned.yaml")
+    best = yaml.safe_load((ROOT / "benchmarks" / "results" / "tune_best_overrides.yaml"
+                           ).read_text())["overrides"]
+    expect = load_train_config(ROOT / "configs" / "train_default.yaml",
+                               [f"{k}={v:.4g}" for k, v in best.items()]
+                               + ["out_dir=runs/train_tuned"])
+    assert tuned == expect
 
 
 def test_overrides_and_field_of_view_follow_scene():
