@@ -22,7 +22,6 @@ columns beyond each scene's K are zeroed (a column mask, no loop over scenes).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from risloc.estimators.grids import (
     local_maxima_3d,
 )
 from risloc.estimators.refine import NearFieldModel, refine_peaks, valley_directions
+from risloc.parallel import torch_threads
 from risloc.physics.steering import steering
 
 logger = logging.getLogger(__name__)
@@ -156,26 +156,6 @@ def check_inputs(R: torch.Tensor, K: torch.Tensor | int, N: int, M: int | None =
     return K
 
 
-@contextlib.contextmanager
-def _single_threaded():
-    """Run the enclosed torch ops on one intra-op thread, then restore the thread count.
-
-    Batched eigh of small (N = 144) matrices gains nothing from MKL's threaded zheevd,
-    and on a loaded CPU the threaded version was measured 4-15x slower (up to seconds
-    per call on rank-deficient R_true) than one thread. Not safe to nest with other
-    Python threads changing torch.set_num_threads concurrently.
-    """
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def signal_subspace(R: torch.Tensor, K: torch.Tensor, loading: float = 0.0) -> torch.Tensor:
     """Top-K eigenvectors of the Hermitised covariance, column-masked per scene.
 
@@ -187,7 +167,9 @@ def signal_subspace(R: torch.Tensor, K: torch.Tensor, loading: float = 0.0) -> t
     if loading > 0:
         Rh = load_diagonal(Rh, loading)
     if Rh.device.type == "cpu":
-        with _single_threaded():
+        # batched eigh of N = 144 matrices gains nothing from MKL's threaded zheevd, and
+        # on a loaded CPU the threaded one was measured 4-15x slower than one thread
+        with torch_threads(1):
             _, V = torch.linalg.eigh(Rh)  # ascending eigenvalues
     else:
         _, V = torch.linalg.eigh(Rh)

@@ -7,10 +7,8 @@ written as CSV + JSON; plots by :mod:`risloc.evaluation.plots`.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -23,6 +21,7 @@ from risloc.estimators.base import Estimates, concat_estimates
 from risloc.evaluation.crb import CRBResult, crb_for_scenes
 from risloc.evaluation.estimators import get_estimator
 from risloc.evaluation.metrics import match_sources, summarize
+from risloc.io.atomic import write_csv_atomic, write_text_atomic
 from risloc.parallel import run_in_chunks
 from risloc.simulation import SceneBatch, concat_batches, simulate_range
 
@@ -158,23 +157,13 @@ def evaluate_points(points: Iterable[tuple[float, SceneBatch]], system: SystemCo
     return rows
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_results(rows: list[ResultRow], out_dir: Path, meta: dict) -> tuple[Path, Path]:
     """metrics.csv (one row per estimator x SNR x K) and metrics.json (with meta)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     flat = [r.flat() for r in rows]
     keys = list(dict.fromkeys(k for row in flat for k in row))
     csv_path, json_path = out_dir / "metrics.csv", out_dir / "metrics.json"
-    tmp = csv_path.with_name(csv_path.name + ".partial")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(flat)
-    os.replace(tmp, csv_path)
-    _atomic_write(json_path, json.dumps({"meta": meta, "rows": flat}, indent=2, default=str))
+    write_csv_atomic(csv_path, keys, flat)
+    write_text_atomic(json_path, json.dumps({"meta": meta, "rows": flat}, indent=2,
+                                            default=str))
     return csv_path, json_path

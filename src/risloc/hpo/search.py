@@ -18,15 +18,14 @@ auxiliary-position and peak losses. Other recipe fields stay as the base recipe 
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from risloc.io.atomic import write_csv_atomic, write_text_atomic
 from risloc.training.config import TrainConfig, load_train_config
 
 log = logging.getLogger(__name__)
@@ -150,12 +149,7 @@ def write_reports(study, base: TrainConfig, out: Path) -> None:
              **t.params, **t.user_attrs} for t in study.trials]
     cols = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("number", "state",
                                                                            "value"), k))
-    tmp = out / "trials.csv.partial"
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, out / "trials.csv")
+    write_csv_atomic(out / "trials.csv", cols, rows)
     completed = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
     if not completed:
         return
@@ -166,7 +160,6 @@ def write_reports(study, base: TrainConfig, out: Path) -> None:
         params[field] = float(v)
     text = yaml.safe_dump({"trial": best.number, "objective": float(best.value),
                            "overrides": params}, sort_keys=False)
-    tmp = out / "best_overrides.yaml.partial"
-    tmp.write_text("# Best trial of the study; apply with risloc train --set field=value\n"
-                   + text)
-    os.replace(tmp, out / "best_overrides.yaml")
+    write_text_atomic(out / "best_overrides.yaml",
+                      "# Best trial of the study; apply with risloc train --set field=value\n"
+                      + text)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 
 import torch
 
 from risloc.estimators.base import Estimates
+from risloc.io.atomic import write_csv_atomic
 
 COLUMNS = ("scene", "source", "azimuth_deg", "elevation_deg", "range_m", "score")
 
@@ -28,15 +28,7 @@ def estimate_rows(est: Estimates, offset: int = 0) -> list[tuple]:
 
 def write_estimates(path: str | Path, rows: list[tuple]) -> Path:
     """Write the CSV atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(COLUMNS)
-        w.writerows(rows)
-    os.replace(tmp, path)
-    return path
+    return write_csv_atomic(path, COLUMNS, rows)
 
 
 def read_estimates(path: str | Path, n_scenes: int, slots: int) -> Estimates:

@@ -109,13 +109,15 @@ def export_model(src: str | Path, dst: str | Path) -> Path:
     import json
 
     from risloc import __version__
+    from risloc.io.atomic import atomic_path, write_text_atomic
     from risloc.training.checkpoint import load_checkpoint
 
     state = load_checkpoint(src)
     slim = {k: state[k] for k in INFERENCE_KEYS if k in state}
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(dst, lambda tmp: torch.save(slim, tmp))
+    with atomic_path(dst) as tmp:
+        torch.save(slim, tmp)
     history = state.get("history") or []
     row = next((h for h in history if h.get("epoch") == state["epoch"]), {})
     cfg = json.loads(state["config"]) if isinstance(state["config"], str) else state["config"]
@@ -133,14 +135,5 @@ def export_model(src: str | Path, dst: str | Path) -> Path:
         "validation": {k[4:]: v for k, v in row.items() if k.startswith("val_")},
         "config": cfg,
     }
-    _atomic(dst.with_suffix(".json"),
-            lambda tmp: tmp.write_text(json.dumps(card, indent=2, default=str) + "\n"))
+    write_text_atomic(dst.with_suffix(".json"), json.dumps(card, indent=2, default=str) + "\n")
     return dst
-
-
-def _atomic(dst: Path, write) -> None:
-    import os
-
-    tmp = dst.with_name(dst.name + ".partial")
-    write(tmp)
-    os.replace(tmp, dst)
