@@ -107,6 +107,7 @@ def export_model(src: str | Path, dst: str | Path) -> Path:
     metrics of the exported epoch, the training history summary), both atomically. This is
     how the shipped model is made."""
     import json
+    import statistics
 
     from risloc import __version__
     from risloc.io.atomic import atomic_path, write_text_atomic
@@ -115,7 +116,6 @@ def export_model(src: str | Path, dst: str | Path) -> Path:
     state = load_checkpoint(src)
     slim = {k: state[k] for k in INFERENCE_KEYS if k in state}
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dst) as tmp:
         torch.save(slim, tmp)
     history = state.get("history") or []
@@ -126,7 +126,7 @@ def export_model(src: str | Path, dst: str | Path) -> Path:
         "exported_from": str(src),
         "epoch": state["epoch"], "optimizer_steps": state["step"],
         "epochs_logged": len(history),
-        "seconds_per_epoch_median": (sorted(h["seconds"] for h in history)[len(history) // 2]
+        "seconds_per_epoch_median": (statistics.median(h["seconds"] for h in history)
                                      if history else None),
         "validation_set": (
             f"{cfg['data']['n_val']} scenes of the validation split (seed {cfg['data']['seed']}),"
