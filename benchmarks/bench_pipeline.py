@@ -8,7 +8,7 @@ the median sqrt(CRB) (deterministic) of the same paired sources and their ratio,
 and F1; the classical localizer's median angle error at 0 dB, K >= 3; throughput at batch
 256 end to end through the Localizer (the batch split over one worker thread per core,
 risloc.parallel) and the per-stage split of the serial path (network + blend, MUSIC,
-NF-MLE), and peak memory (ru_maxrss).
+order head when the model has one, NF-MLE), and peak memory (ru_maxrss).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from risloc.evaluation import crb_for_scenes, match_sources, summarize
 from risloc.parallel import default_workers
 from risloc.pipeline import Localizer
 from risloc.pipeline.learned import load_learned_pipeline
+from risloc.pipeline.order import order_features, order_statistics
 from risloc.simulation import simulate_range
-from risloc.training.evaluate import forward_blend
 
 SNRS = (-5.0, 0.0, 5.0, 10.0, 20.0)
 
@@ -95,18 +95,27 @@ def versus_classical(pipe, cfg, n: int) -> dict:
 def throughput(pipe, cfg, repeats: int) -> dict:
     sc = simulate_range(0, 256, cfg.system, cfg.scene, seed=2026, split="test", stream=700)
     nf = NFMLEConfig(iterations=pipe.nfmle_iterations)
-    times = {"network": [], "music": [], "nfmle": [], "total": []}
+    times = {"network": [], "music": [], "order": [], "nfmle": [], "total": []}
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
-        fwd = forward_blend(pipe.model, sc, pipe.beta, pipe.blend_cfg)
+        fwd = pipe.forward(sc.y, sc.H, sc.codes, sc.snr_db)
         t1 = time.perf_counter()
-        est = music(fwd.R_blend, fwd.out.K_hat, cfg.system, pipe.music_cfg)
-        t2 = time.perf_counter()
+        if pipe.order_head is not None:  # as LearnedPipeline.localize with K unknown
+            cand = music(fwd.R_blend, torch.full((len(sc),), cfg.system.K_max), cfg.system,
+                         pipe.music_cfg)
+            t2 = time.perf_counter()
+            stats = order_statistics(sc.y, sc.H, sc.codes, cand, cfg.system)
+            feats = order_features(stats, sc.y, fwd.out.K_logits, cand.score, sc.snr_db)
+            est = cand.truncate(pipe.order_head.decide(feats))
+        else:
+            est = music(fwd.R_blend, fwd.out.K_hat, cfg.system, pipe.music_cfg)
+            t2 = time.perf_counter()
+        t3 = time.perf_counter()
         if pipe.nfmle_iterations:
             nfmle_refine(sc.y, sc.H, sc.codes, est, cfg.system, nf)
-        t3 = time.perf_counter()
-        for k, v in (("network", t1 - t0), ("music", t2 - t1), ("nfmle", t3 - t2),
-                     ("total", t3 - t0)):
+        t4 = time.perf_counter()
+        for k, v in (("network", t1 - t0), ("music", t2 - t1), ("order", t3 - t2),
+                     ("nfmle", t4 - t3), ("total", t4 - t0)):
             times[k].append(v)
     med = {k: statistics.median(v[1:]) for k, v in times.items()}  # first run = warm-up
     # end to end as users run it: Localizer, the batch split over one worker per core
@@ -125,7 +134,8 @@ def throughput(pipe, cfg, repeats: int) -> dict:
           f"{res['scenes_per_s']:.1f} scenes/s (median of {repeats})", flush=True)
     print(f"stage split (serial, {torch.get_num_threads()} torch threads, "
           f"{res['scenes_per_s_serial_stages']:.1f} scenes/s): network {med['network']:.2f} s, "
-          f"MUSIC {med['music']:.2f} s, NF-MLE {med['nfmle']:.2f} s per batch; "
+          f"MUSIC {med['music']:.2f} s, order head {med['order']:.2f} s, "
+          f"NF-MLE {med['nfmle']:.2f} s per batch; "
           f"peak RSS {res['peak_rss_MB']:.0f} MB", flush=True)
     return res
 

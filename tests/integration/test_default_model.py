@@ -31,3 +31,18 @@ def test_shipped_model_localizes_high_snr_single_sources():
     assert s.K_accuracy >= 0.9
     assert s.angle_median_deg < 0.5 and s.range_median_m < 0.5
     assert bool(torch.isfinite(est.azimuth[est.mask]).all())
+
+
+def test_shipped_model_decides_K_with_its_order_head():
+    from risloc.pipeline.learned import load_learned_pipeline
+
+    pipe = load_learned_pipeline()
+    assert pipe.order_head is not None, "the shipped model carries an order head"
+    card = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    rows = {r["snr_db"]: r for r in card["order_head"]["per_snr"]}
+    # what `risloc fit-order` measured on the validation split when the head was fitted
+    assert rows[20.0]["K_accuracy_order_head"] >= rows[20.0]["K_accuracy_network_head"]
+    sc = simulate_range(0, 24, pipe.system, SceneConfig(), seed=12, split="test", snr_db=20.0,
+                        K=3)
+    est = pipe.localize(sc.y, sc.H, sc.codes, sc.snr_db)
+    assert float((est.K == 3).float().mean()) >= 0.8

@@ -119,3 +119,35 @@ def test_export_model_cli(tmp_path, checkpoint):
     assert (tmp_path / "m.pt").exists() and (tmp_path / "m.json").exists()
     res = runner.invoke(app, ["export-model", str(tmp_path / "none.pt")])
     assert res.exit_code == 2 and "checkpoint not found" in res.output
+
+
+def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint):
+    from risloc.pipeline.learned import export_model
+
+    slim = export_model(checkpoint, tmp_path / "slim.pt")
+    assert load_learned_pipeline(slim).order_head is None
+    out = tmp_path / "ordered.pt"
+    res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scenes", "128",
+                              "--report-scenes", "8", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert "order head" in res.output
+    pipe = load_learned_pipeline(out)
+    assert pipe.order_head is not None
+    card = json.loads(out.with_suffix(".json").read_text())
+    rows = card["order_head"]["per_snr"]
+    assert len(rows) == 6 and all(0 <= r["K_accuracy_order_head"] <= 1 for r in rows)
+    assert card["epoch"] == json.loads(slim.with_suffix(".json").read_text())["epoch"]
+    # K unknown: the head's decision on the K_max MUSIC candidates is what comes out
+    sc = simulate_range(0, 6, SystemConfig(), SceneConfig(), split="test", snr_db=10.0)
+    with torch.no_grad():
+        fwd = pipe.forward(sc.y, sc.H, sc.codes, sc.snr_db)
+        inputs = pipe.order_inputs(fwd, sc.y, sc.H, sc.codes, sc.snr_db)
+        K_head = torch.minimum(pipe.order_head.decide(inputs.features), inputs.candidates.K)
+    est = pipe.localize(sc.y, sc.H, sc.codes, sc.snr_db)
+    assert torch.equal(est.K, K_head)
+    assert torch.equal(pipe.localize(sc.y, sc.H, sc.codes, K=torch.full((6,), 2)).K,
+                       torch.full((6,), 2))
+    # the same model without an SNR still decides (the head saw SNR-less scenes)
+    assert bool((pipe.localize(sc.y, sc.H, sc.codes).K >= 1).all())
+    res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scenes", "10"])
+    assert res.exit_code == 2 and "n_scenes must be >= 64" in res.output

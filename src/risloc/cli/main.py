@@ -11,6 +11,7 @@ from risloc.cli.common import setup_logging
 from risloc.cli.demo import demo_command
 from risloc.cli.evaluate import evaluate_command
 from risloc.cli.export import export_command
+from risloc.cli.fit_order import fit_order_command
 from risloc.cli.localize import localize_command
 from risloc.cli.simulate import info_command, simulate_command
 from risloc.cli.train import train_command
@@ -42,6 +43,7 @@ app.command("evaluate")(evaluate_command)
 app.command("localize")(localize_command)
 app.command("train")(train_command)
 app.command("export-model")(export_command)
+app.command("fit-order")(fit_order_command)
 app.command("tune")(tune_command)
 
 if __name__ == "__main__":

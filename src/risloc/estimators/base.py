@@ -36,6 +36,16 @@ class Estimates:
     def __getitem__(self, idx) -> Estimates:
         return replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 
+    def truncate(self, K: torch.Tensor) -> Estimates:
+        """The min(K, self.K) first slots of each scene (the strongest, for estimators that
+        sort by score); the rest NaN. K : [B] int64."""
+        K = torch.minimum(K.to(self.K), self.K)
+        slots = torch.arange(self.azimuth.shape[-1], device=self.K.device)
+        keep = slots < K.unsqueeze(-1)
+        nan = torch.tensor(math.nan, dtype=self.azimuth.dtype, device=self.K.device)
+        return Estimates(K, *(torch.where(keep, getattr(self, n), nan)
+                              for n in ("azimuth", "elevation", "range_m", "score")))
+
     def to(self, device) -> Estimates:
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 

@@ -59,15 +59,20 @@ def averaged_weights(state: dict[str, Any], which: str) -> dict[str, torch.Tenso
     return {k[len("module."):]: v for k, v in avg.items() if k.startswith("module.")}
 
 
-def load_model(path: str | Path, weights: str = "ema",
-               map_location: str | torch.device = "cpu") -> tuple[CovarianceNet, TrainConfig]:
-    """Rebuild the trained network of a checkpoint, in eval mode.
+def model_from_state(state: dict[str, Any], weights: str = "ema"
+                     ) -> tuple[CovarianceNet, TrainConfig]:
+    """Rebuild the trained network of a loaded checkpoint, in eval mode.
 
     weights : 'ema' (default, what validation selected), 'swa' or 'raw'.
     """
-    state = load_checkpoint(path, map_location)
     cfg = TrainConfig.from_json(state["config"])
     model = CovarianceNet(cfg.system, cfg.network_config())
     sd = state["model"] if weights == "raw" else averaged_weights(state, weights)
     model.load_state_dict(sd)
     return model.eval(), cfg
+
+
+def load_model(path: str | Path, weights: str = "ema",
+               map_location: str | torch.device = "cpu") -> tuple[CovarianceNet, TrainConfig]:
+    """Rebuild the trained network of a checkpoint file (see :func:`model_from_state`)."""
+    return model_from_state(load_checkpoint(path, map_location), weights)

@@ -1,0 +1,54 @@
+"""`risloc fit-order`: fit the K decision (order head) of a trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from risloc.cli.common import console, handle_errors, out, progress
+
+
+@handle_errors
+def fit_order_command(
+    checkpoint: Annotated[Path, typer.Argument(help=(
+        "Trained model: a training checkpoint or an exported model (export-model)."))],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help=(
+        "Model to write: the checkpoint plus the order head (may be the input itself; "
+        "written atomically). A model card <checkpoint>.json is carried over to "
+        "<out>.json with the head's report."))] = Path("model.pt"),
+    scenes: Annotated[int, typer.Option(help=(
+        "Training-split scenes the head is fitted on (the recipe's scene distribution)."
+        ))] = 16384,
+    unknown_snr: Annotated[float, typer.Option(help=(
+        "Share of those scenes shown without their SNR, so the head also decides for files "
+        "that hold none."))] = 0.25,
+    report_scenes: Annotated[int, typer.Option(help=(
+        "Validation-split scenes per SNR point of the report."))] = 256,
+    workers: Annotated[int | None, typer.Option(help=(
+        "CPU worker threads (default: one per core)."))] = None,
+) -> None:
+    """Fit the order head: a small classifier that decides K from the network's K head and
+    the statistics of K_max MUSIC candidates (risloc.pipeline.order). The network is frozen;
+    scenes come from the training split (a stream the network never trained on). How the
+    shipped model got its head: README, "Reproducing the shipped model"."""
+    from rich.table import Table
+
+    from risloc.pipeline.calibrate import fit_order, n_progress_items
+
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    with progress() as bar:
+        task = bar.add_task("order features", total=n_progress_items(scenes, report_scenes))
+        report = fit_order(checkpoint, out_path, scenes, unknown_snr, report_scenes,
+                           workers=workers, on_batch=lambda n: bar.advance(task, n))
+    table = Table(title=f"K accuracy, validation split ({report_scenes} scenes per SNR, "
+                        "SNR given)")
+    for col in ("SNR [dB]", "network K head", "order head"):
+        table.add_column(col, justify="right")
+    for row in report["per_snr"]:
+        table.add_row(f"{row['snr_db']:g}", f"{row['K_accuracy_network_head']:.3f}",
+                      f"{row['K_accuracy_order_head']:.3f}")
+    out.print(table)
+    console.print(f"wrote {out_path}")
