@@ -18,11 +18,13 @@ log-softmax; ``log`` of the candidates' MUSIC scores; ``[snr known, snr_db / 10]
 R_blend's leading eigenvalues were tried as well and dropped: no change in validation K
 accuracy (two seeds, 0-20 dB), and their eigvalsh cost 12 % of MUSIC's time.
 
-Why it helps (validation split, shipped model, 256 scenes per SNR): at 10 dB the K head
-is right in 0.87 of scenes and this head in 0.93-0.95; the residual test on the same fits
-with the true noise level is at 0.82 (the weakest of 4-5 sources often explains fewer
-nats than the penalty a false alarm needs, while its power is still visible as the share
-of P_y that the k strongest fitted sources leave unexplained).
+Why it helps (validation split, shipped model, 256 scenes per SNR, the report of
+``risloc fit-order``): at 10 dB the K head is right in 0.85 of scenes and this head in
+0.92. The measurement-domain residual test on NF-MLE fits from the same R_blend, with the
+true noise level, was at 0.82 (150 scenes): the weakest of 4-5 sources often explains
+fewer nats than the penalty a false alarm needs, while its power is still visible as the
+share of P_y that the k strongest fitted sources leave unexplained
+(benchmarks/bench_order_genie.py has the per-K numbers).
 """
 
 from __future__ import annotations
