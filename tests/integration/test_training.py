@@ -1,6 +1,7 @@
 """End-to-end training: the CLI command, logs and checkpoints, exact resume, overfitting."""
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -39,8 +40,17 @@ def test_cli_run_writes_logs_and_checkpoints(tmp_path):
     res = CliRunner().invoke(app, ["--config", str(TINY), "--out", str(tmp_path),
                                    "--set", "log_every=1", "--no-progress"])
     assert res.exit_code == 0, res.output
-    for name in ("best.pt", "last.pt", "final.pt", "epochs.csv", "steps.csv", "metrics.json"):
+    for name in ("best.pt", "last.pt", "final.pt", "epochs.csv", "steps.csv", "metrics.json",
+                 "model.pt", "model.json"):
         assert (tmp_path / name).exists(), name
+    # the inference model: the best epoch's weights plus an order head fitted on the
+    # recipe's 64 scenes, with the report in its card
+    from risloc.pipeline.learned import load_learned_pipeline
+
+    assert load_learned_pipeline(tmp_path / "model.pt").order_head is not None
+    card = json.loads((tmp_path / "model.json").read_text())
+    assert card["order_head"]["training_scenes"] == 64
+    assert card["epoch"] == load_checkpoint(tmp_path / "best.pt")["epoch"]
     rows = list(csv.DictReader(open(tmp_path / "epochs.csv")))
     assert len(rows) == 2
     for col in [f"train_{t}" for t in TERMS] + [f"val_loss_{t}" for t in TERMS] + [

@@ -33,8 +33,6 @@ def fit_order_command(
     the statistics of K_max MUSIC candidates (risloc.pipeline.order). The network is frozen;
     scenes come from the training split (a stream the network never trained on). How the
     shipped model got its head: README, "Reproducing the shipped model"."""
-    from rich.table import Table
-
     from risloc.pipeline.calibrate import fit_order, n_progress_items
 
     if not checkpoint.exists():
@@ -43,12 +41,19 @@ def fit_order_command(
         task = bar.add_task("order features", total=n_progress_items(scenes, report_scenes))
         report = fit_order(checkpoint, out_path, scenes, unknown_snr, report_scenes,
                            workers=workers, on_batch=lambda n: bar.advance(task, n))
-    table = Table(title=f"K accuracy, validation split ({report_scenes} scenes per SNR, "
-                        "SNR given)")
+    out.print(report_table(report))
+    console.print(f"wrote {out_path}")
+
+
+def report_table(report: dict):
+    """The validation report of :func:`risloc.pipeline.calibrate.fit_order` as a table."""
+    from rich.table import Table
+
+    n = report["per_snr"][0]["scenes"]
+    table = Table(title=f"K accuracy, validation split ({n} scenes per SNR, SNR given)")
     for col in ("SNR [dB]", "network K head", "order head"):
         table.add_column(col, justify="right")
     for row in report["per_snr"]:
         table.add_row(f"{row['snr_db']:g}", f"{row['K_accuracy_network_head']:.3f}",
                       f"{row['K_accuracy_order_head']:.3f}")
-    out.print(table)
-    console.print(f"wrote {out_path}")
+    return table

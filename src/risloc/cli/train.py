@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from risloc.cli.common import console, handle_errors
+from risloc.cli.common import console, handle_errors, progress
 from risloc.cli.common import out as stdout
+from risloc.io.atomic import write_text_atomic
 from risloc.training.config import load_train_config
 from risloc.training.loop import train
 
@@ -49,7 +50,9 @@ def train_command(
     progress: Annotated[bool, typer.Option(
         "--progress/--no-progress", help="Show a progress bar per epoch.")] = True,
 ) -> None:
-    """Train the learned covariance network; write best.pt, last.pt, final.pt and CSV logs."""
+    """Train the learned covariance network; write best.pt, last.pt, final.pt and CSV logs,
+    then (recipe section `order`, on by default) the inference model model.pt: the best
+    epoch's averaged weights plus its order head, as shipped in the package."""
     overrides = list(set_ or [])
     if out is not None:
         overrides.append(f"out_dir={out}")
@@ -64,5 +67,30 @@ def train_command(
     console.print(f"training -> {cfg.out_dir} ({cfg.schedule.epochs} epochs x "
                   f"{cfg.schedule.steps_per_epoch} steps, batch {cfg.optim.batch_size})")
     metrics = train(cfg, resume=resume)
-    (Path(cfg.out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text_atomic(Path(cfg.out_dir) / "metrics.json", json.dumps(metrics, indent=2))
     stdout.print(_summary_table(metrics, Path(cfg.out_dir)))
+    if cfg.order.scenes > 0:
+        _inference_model(cfg, progress_bar=progress)
+
+
+def _inference_model(cfg, progress_bar: bool) -> Path:
+    """Export <out_dir>/best.pt to <out_dir>/model.pt and fit its order head."""
+    from risloc.cli.fit_order import report_table
+    from risloc.pipeline.calibrate import fit_order, n_progress_items
+    from risloc.pipeline.learned import export_model
+
+    o = cfg.order
+    model = export_model(Path(cfg.out_dir) / "best.pt", Path(cfg.out_dir) / "model.pt")
+    console.print(f"fitting the order head of {model} on {o.scenes} training-split scenes")
+    if progress_bar:
+        with progress() as bar:
+            task = bar.add_task("order features",
+                                total=n_progress_items(o.scenes, o.report_scenes))
+            report = fit_order(model, model, o.scenes, o.unknown_snr, o.report_scenes,
+                               on_batch=lambda n: bar.advance(task, n))
+    else:
+        report = fit_order(model, model, o.scenes, o.unknown_snr, o.report_scenes)
+    stdout.print(report_table(report))
+    console.print(f"inference model (as shipped): {model} and its card "
+                  f"{model.with_suffix('.json')}")
+    return model

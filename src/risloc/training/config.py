@@ -120,6 +120,22 @@ class EvalConfig(_Section):
     f1_weight_deg: float = Field(5.0, ge=0)
 
 
+class OrderStageConfig(_Section):
+    """The order head (risloc.pipeline.order) that `risloc train` fits after training: the
+    run's best checkpoint is exported to <out_dir>/model.pt (the inference model, as
+    shipped) and its head fitted there (risloc.pipeline.calibrate.fit_order)."""
+
+    scenes: int = Field(16384, ge=0, description="training-split scenes (0 = skip this stage)")
+    unknown_snr: float = Field(0.25, ge=0, le=1, description="share shown without SNR")
+    report_scenes: int = Field(256, ge=1, description="validation scenes per SNR of the report")
+
+    @model_validator(mode="after")
+    def _check(self) -> OrderStageConfig:
+        if 0 < self.scenes < 64:
+            raise ValueError(f"order.scenes must be 0 (skip) or >= 64, got {self.scenes}")
+        return self
+
+
 class TrainConfig(_Section):
     """The full training recipe."""
 
@@ -132,6 +148,7 @@ class TrainConfig(_Section):
     schedule: ScheduleConfig = ScheduleConfig()
     data: DataConfig = DataConfig()
     evaluation: EvalConfig = EvalConfig()
+    order: OrderStageConfig = OrderStageConfig()
     out_dir: Path = Path("runs/train")
     seed: int = Field(0, ge=0, description="seed of initialisation and beta jitter")
     threads: int = Field(0, ge=0, description="torch CPU threads (0 = leave as is)")

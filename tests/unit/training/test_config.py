@@ -41,6 +41,7 @@ def test_overrides_and_field_of_view_follow_scene():
     ("optim.lr=-1", "optim.lr"), ("schedule.nonsense=1", "schedule.nonsense"),
     ("model.width=2", "model"), ("scene.K=9", "scene.K"),
     ("schedule.weight_schedule={lam_bogus: [1, 2, 3]}", "weight_schedule"),
+    ("order.scenes=10", "order.scenes"), ("order.unknown_snr=2", "unknown_snr"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.split(".")[-1]):
