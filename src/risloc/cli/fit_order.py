@@ -31,8 +31,10 @@ def fit_order_command(
 ) -> None:
     """Fit the order head: a small classifier that decides K from the network's K head and
     the statistics of K_max MUSIC candidates (risloc.pipeline.order). The network is frozen;
-    scenes come from the training split (a stream the network never trained on). How the
-    shipped model got its head: README, "Reproducing the shipped model"."""
+    scenes come from the training split (a stream the network never trained on). `risloc
+    train` runs this stage itself at the end (recipe section `order`); this command fits or
+    refits the head of an existing model. README: "Shipped model and how to reproduce it".
+    """
     from risloc.pipeline.calibrate import fit_order, n_progress_items
 
     if not checkpoint.exists():
