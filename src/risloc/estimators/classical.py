@@ -36,7 +36,7 @@ from typing import NamedTuple
 import torch
 
 from risloc.config import SystemConfig
-from risloc.covariance.tools import operators
+from risloc.covariance.tools import abs2, operators
 from risloc.estimators.base import Estimates
 from risloc.estimators.grids import grid_steering
 from risloc.estimators.inputs import check_measurements
@@ -111,11 +111,6 @@ def search_grid(system: SystemConfig, config: ClassicalConfig = ClassicalConfig(
     return _Grid(pos.to(device=device, dtype=A.real.dtype), A)
 
 
-def _abs2(x: torch.Tensor) -> torch.Tensor:
-    """|x|^2 without the square root of abs(): [...] complex -> [...] real."""
-    return x.real.square() + x.imag.square()
-
-
 def _grid_columns(Phi: torch.Tensor, A: torch.Tensor, L: int) -> torch.Tensor:
     """b_l(g) = Phi_l a(g) for the whole grid: Phi [B, L*M, N], A [N, G] -> [B, L, M, G].
 
@@ -136,7 +131,7 @@ def _statistic(fit: Fit, Bg: torch.Tensor, gains: torch.Tensor, floor: float) ->
     if k > 0:
         Q, _ = torch.linalg.qr(fit.Bm)  # (B, L, M, k) orthonormal basis of found columns
         W = torch.cat([W, Q], -1)
-    P = _abs2(W.mH @ Bg)  # (B, L, 1+k, G): one pass over the grid columns
+    P = abs2(W.mH @ Bg)  # (B, L, 1+k, G): one pass over the grid columns
     num = P[:, :, 0]  # |r_l^H b_l(g)|^2
     den = gains if k == 0 else torch.maximum(gains - P[:, :, 1:].sum(2), floor * gains)
     return (num / den.clamp_min(1e-30)).sum(1)
@@ -180,9 +175,9 @@ def _greedy(y, H, codes, system, cfg: ClassicalConfig, k_max: int):
     y, H, codes = y.to(cplx), H.to(cplx), codes.to(cplx)
     grid = search_grid(system, cfg, cplx, str(y.device))
     Bg = _grid_columns(operators(H, codes).flatten(1, 2), grid.A, y.shape[1])  # (B, L, M, G)
-    gains = _abs2(Bg).sum(2)  # (B, L, G)
+    gains = abs2(Bg).sum(2)  # (B, L, G)
     B_ = y.shape[0]
-    costs = [_abs2(y).sum((-1, -2))]
+    costs = [abs2(y).sum((-1, -2))]
     theta = torch.zeros(B_, 3, 0, dtype=y.real.dtype, device=y.device)
     thetas = []
     for k in range(k_max):

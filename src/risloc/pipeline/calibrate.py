@@ -30,6 +30,12 @@ REPORT_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0)
 Progress = Callable[[int], None]
 
 
+def _forward_and_features(pipe: LearnedPipeline, scenes, snr_db: torch.Tensor | None):
+    """The network pass and the order features, exactly as the pipeline computes them."""
+    fwd = pipe.forward(scenes.y, scenes.H, scenes.codes, snr_db)
+    return fwd, pipe.order_inputs(fwd, scenes.y, scenes.H, scenes.codes, snr_db).features
+
+
 @torch.no_grad()
 def order_dataset(pipe: LearnedPipeline, scenes, snr_db: torch.Tensor | None,
                   batch: int = 256, workers: int | None = None,
@@ -38,10 +44,8 @@ def order_dataset(pipe: LearnedPipeline, scenes, snr_db: torch.Tensor | None,
     from risloc.parallel import run_in_chunks
 
     def one(lo: int, hi: int) -> torch.Tensor:
-        s = scenes[lo:hi]
-        snr = None if snr_db is None else snr_db[lo:hi]
-        fwd = pipe.forward(s.y, s.H, s.codes, snr)
-        return pipe.order_inputs(fwd, s.y, s.H, s.codes, snr).features
+        return _forward_and_features(pipe, scenes[lo:hi],
+                                     None if snr_db is None else snr_db[lo:hi])[1]
 
     out = []
     for lo in range(0, len(scenes), batch):
@@ -83,9 +87,7 @@ def order_report(pipe: LearnedPipeline, head: OrderHead, recipe, n_per_snr: int,
                             split="validation", stream=REPORT_STREAM + 16 * i, snr_db=snr)
 
         def one(lo: int, hi: int, sc=sc):
-            s = sc[lo:hi]
-            fwd = pipe.forward(s.y, s.H, s.codes, s.snr_db)
-            feats = pipe.order_inputs(fwd, s.y, s.H, s.codes, s.snr_db).features
+            fwd, feats = _forward_and_features(pipe, sc[lo:hi], sc.snr_db[lo:hi])
             return torch.stack([fwd.out.K_hat, head.decide(feats)], 1)
 
         dec = torch.cat(run_in_chunks(one, len(sc), workers))
@@ -106,10 +108,10 @@ def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
     ``<out>.json`` with the report added). Returns the report."""
     from risloc.io.atomic import write_text_atomic
     from risloc.training.checkpoint import load_checkpoint, save_checkpoint
-    from risloc.training.config import TrainConfig
+    from risloc.training.config import MIN_ORDER_SCENES, TrainConfig
 
-    if n_scenes < 64:
-        raise ValueError(f"n_scenes must be >= 64, got {n_scenes}")
+    if n_scenes < MIN_ORDER_SCENES:
+        raise ValueError(f"n_scenes must be >= {MIN_ORDER_SCENES}, got {n_scenes}")
     if not 0.0 <= unknown_snr_fraction <= 1.0:
         raise ValueError(f"unknown_snr_fraction must lie in [0, 1], got {unknown_snr_fraction}")
     checkpoint, out = Path(checkpoint), Path(out)

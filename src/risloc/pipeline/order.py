@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from risloc.config import SystemConfig
+from risloc.covariance.tools import abs2
 from risloc.estimators.base import Estimates
 from risloc.estimators.nfmle import amplitude_fit
 from risloc.physics.steering import steering
@@ -73,14 +74,14 @@ def order_statistics(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                  system, y.dtype)  # (B, K_max, N)
     B = y.shape[0]
     costs = torch.empty(B, K_max + 1, dtype=torch.float64, device=y.device)
-    costs[:, 0] = (y.real.square() + y.imag.square()).sum((-1, -2)).double()
+    costs[:, 0] = abs2(y).sum((-1, -2)).double()
     powers = torch.zeros(B, K_max, K_max, dtype=torch.float32, device=y.device)
     slot = torch.arange(K_max, device=y.device)
     for k in range(1, K_max + 1):  # K_max small solves; the batch is vectorised
         mask = valid & (slot < k)
         fit = amplitude_fit(y, H, codes, A, mask, tikhonov)
         costs[:, k] = fit.cost.double()
-        powers[:, k - 1] = (fit.s.real.square() + fit.s.imag.square()).mean(1).float() * mask
+        powers[:, k - 1] = abs2(fit.s).mean(1).float() * mask
     return OrderStatistics(torch.cummin(costs, 1).values, powers)
 
 
@@ -89,7 +90,7 @@ def order_features(stats: OrderStatistics, y: torch.Tensor, K_logits: torch.Tens
     """[B, n_features(K_max)] float32 (module docstring)."""
     C, P = stats.costs, stats.powers.double()
     K_max = P.shape[-1]
-    p_y = (y.real.square() + y.imag.square()).mean((-1, -2)).double().clamp_min(1e-30)
+    p_y = abs2(y).mean((-1, -2)).double().clamp_min(1e-30)
     k = torch.arange(1, K_max + 1, dtype=torch.float64, device=y.device)
     slot = torch.arange(K_max, device=y.device)
     used = slot.unsqueeze(-1) >= slot  # row k-1 uses slots 0..k-1

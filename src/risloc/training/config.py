@@ -120,6 +120,9 @@ class EvalConfig(_Section):
     f1_weight_deg: float = Field(5.0, ge=0)
 
 
+MIN_ORDER_SCENES = 64  # fewer scenes than this cannot fit the order head's 5-way classifier
+
+
 class OrderStageConfig(_Section):
     """The order head (risloc.pipeline.order) that `risloc train` fits after training: the
     run's best checkpoint is exported to <out_dir>/model.pt (the inference model, as
@@ -131,8 +134,9 @@ class OrderStageConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> OrderStageConfig:
-        if 0 < self.scenes < 64:
-            raise ValueError(f"order.scenes must be 0 (skip) or >= 64, got {self.scenes}")
+        if 0 < self.scenes < MIN_ORDER_SCENES:
+            raise ValueError(f"order.scenes must be 0 (skip) or >= {MIN_ORDER_SCENES}, got "
+                             f"{self.scenes}")
         return self
 
 
