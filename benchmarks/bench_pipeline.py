@@ -9,8 +9,7 @@ and F1; the classical localizer's median angle error at 0 dB, K >= 3 (K unknown,
 diagnostic with the true K given to both); throughput at batch
 256 end to end through the Localizer (the batch split over one worker thread per core,
 risloc.parallel) and the per-stage split of the serial path (network + blend, MUSIC,
-order head when the model has one -- with its joint K_max NF-MLE fit of the
-candidates -- and the final NF-MLE), and peak memory (ru_maxrss).
+order head when the model has one, NF-MLE), and peak memory (ru_maxrss).
 """
 
 from __future__ import annotations
@@ -29,11 +28,12 @@ from risloc.config import RislocConfig
 from risloc.estimators.base import concat_estimates
 from risloc.estimators.classical import classical_localize
 from risloc.estimators.music import music
-from risloc.estimators.nfmle import nfmle_refine
+from risloc.estimators.nfmle import NFMLEConfig, nfmle_refine
 from risloc.evaluation import crb_for_scenes, match_sources, summarize
 from risloc.parallel import default_workers
 from risloc.pipeline import Localizer
 from risloc.pipeline.learned import load_learned_pipeline
+from risloc.pipeline.order import order_features, order_statistics
 from risloc.simulation import simulate_range
 
 SNRS = (-5.0, 0.0, 5.0, 10.0, 20.0)
@@ -109,7 +109,7 @@ def versus_classical(pipe, cfg, n: int) -> dict:
 @torch.no_grad()
 def throughput(pipe, cfg, repeats: int) -> dict:
     sc = simulate_range(0, 256, cfg.system, cfg.scene, seed=2026, split="test", stream=700)
-    nf = pipe.nfmle_config(pipe.nfmle_iterations)
+    nf = NFMLEConfig(iterations=pipe.nfmle_iterations)
     times = {"network": [], "music": [], "order": [], "nfmle": [], "total": []}
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
@@ -119,10 +119,9 @@ def throughput(pipe, cfg, repeats: int) -> dict:
             cand = music(fwd.R_blend, torch.full((len(sc),), cfg.system.K_max), cfg.system,
                          pipe.music_cfg)
             t2 = time.perf_counter()
-            inputs = pipe.candidate_features(cand, fwd.out.K_logits, sc.y, sc.H, sc.codes,
-                                             sc.snr_db)
-            start = inputs.candidates if inputs.polished is None else inputs.polished
-            est = start.truncate(pipe.order_head.decide(inputs.features))
+            stats = order_statistics(sc.y, sc.H, sc.codes, cand, cfg.system)
+            feats = order_features(stats, sc.y, fwd.out.K_logits, cand.score, sc.snr_db)
+            est = cand.truncate(pipe.order_head.decide(feats))
         else:
             est = music(fwd.R_blend, fwd.out.K_hat, cfg.system, pipe.music_cfg)
             t2 = time.perf_counter()

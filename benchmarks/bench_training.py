@@ -10,8 +10,7 @@
     "learned only" repeats MUSIC with the ML refinement layer off (R_pred at the network's
     own slot positions): what the learned part alone achieves.
     "order head" (when the checkpoint holds one, ``risloc fit-order``): MUSIC on R_blend
-    with K_max, K decided by the order head, the K strongest peaks -- the positions are
-    MUSIC's, no NF-MLE (the head's features include a one-step joint NF-MLE fit).
+    with K_max, K decided by the order head, the K strongest peaks -- still no NF-MLE.
     "ML at the truth": a genie reference, not an estimator -- NF-MLE (10 Gauss-Newton
     steps, float64) started at the true positions with the true K. Its median angle error
     is about what any estimator that converges to the maximum-likelihood optimum can reach

@@ -145,17 +145,13 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint):
         K_head = torch.minimum(pipe.order_head.decide(inputs.features), inputs.candidates.K)
     est = pipe.localize(sc.y, sc.H, sc.codes, sc.snr_db)
     assert torch.equal(est.K, K_head)
-    # the head reads a joint K_max NF-MLE fit of the candidates, strongest fitted power first
-    assert pipe.order_head.polish_iterations >= 1 and inputs.polished is not None
-    power = torch.nan_to_num(inputs.polished.score, nan=-1.0)
-    assert bool((power[:, :-1] >= power[:, 1:]).all())
-    assert torch.equal(inputs.polished.K, inputs.candidates.K)
-    # ... but the sources kept are the K strongest MUSIC candidates, polished afterwards
-    from risloc.estimators.nfmle import nfmle_refine
-
-    want = nfmle_refine(sc.y, sc.H, sc.codes, inputs.candidates.truncate(K_head), pipe.system,
-                        pipe.nfmle_config(pipe.nfmle_iterations))
-    assert torch.allclose(est.azimuth, want.azimuth.float(), equal_nan=True)
+    # the head's features do not depend on the units of y (real files have arbitrary ones;
+    # a head reading absolute fitted powers learned the simulator's unit source power)
+    for gain in (10.0, 0.1):
+        with torch.no_grad():
+            other = pipe.order_inputs(pipe.forward(gain * sc.y, sc.H, sc.codes, sc.snr_db),
+                                      gain * sc.y, sc.H, sc.codes, sc.snr_db)
+        assert torch.allclose(other.features, inputs.features, atol=0.05), gain
     assert torch.equal(pipe.localize(sc.y, sc.H, sc.codes, K=torch.full((6,), 2)).K,
                        torch.full((6,), 2))
     # the same model without an SNR still decides (the head saw SNR-less scenes)

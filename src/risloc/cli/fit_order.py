@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from risloc.cli.common import console, handle_errors, out, progress
-from risloc.pipeline.order import POLISH_ITERATIONS
 
 
 @handle_errors
@@ -27,29 +26,23 @@ def fit_order_command(
         "that hold none."))] = 0.25,
     report_scenes: Annotated[int, typer.Option(help=(
         "Validation-split scenes per SNR point of the report."))] = 256,
-    polish: Annotated[int, typer.Option(min=0, help=(
-        "NF-MLE steps of the joint K_max-source fit of the MUSIC candidates before the "
-        "order statistics (0 = read the raw candidates)."))] = POLISH_ITERATIONS,
     workers: Annotated[int | None, typer.Option(help=(
         "CPU worker threads (default: one per core)."))] = None,
 ) -> None:
     """Fit the order head: a small classifier that decides K from the network's K head and
-    the statistics of K_max MUSIC candidates after a short joint NF-MLE fit
-    (risloc.pipeline.order). The network is frozen;
+    the statistics of K_max MUSIC candidates (risloc.pipeline.order). The network is frozen;
     scenes come from the training split (a stream the network never trained on). `risloc
     train` runs this stage itself at the end (recipe section `order`); this command fits or
     refits the head of an existing model. README: "Shipped model and how to reproduce it".
     """
     from risloc.pipeline.calibrate import fit_order, n_progress_items
-    from risloc.pipeline.order import OrderFitConfig
 
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     with progress() as bar:
         task = bar.add_task("order features", total=n_progress_items(scenes, report_scenes))
         report = fit_order(checkpoint, out_path, scenes, unknown_snr, report_scenes,
-                           OrderFitConfig(polish_iterations=polish), workers=workers,
-                           on_batch=lambda n: bar.advance(task, n))
+                           workers=workers, on_batch=lambda n: bar.advance(task, n))
     out.print(report_table(report))
     console.print(f"wrote {out_path}")
 

@@ -78,20 +78,18 @@ def _inference_model(cfg, progress_bar: bool) -> Path:
     from risloc.cli.fit_order import report_table
     from risloc.pipeline.calibrate import fit_order, n_progress_items
     from risloc.pipeline.learned import export_model
-    from risloc.pipeline.order import OrderFitConfig
 
     o = cfg.order
-    fit = OrderFitConfig(polish_iterations=o.polish_iterations)
     model = export_model(Path(cfg.out_dir) / "best.pt", Path(cfg.out_dir) / "model.pt")
     console.print(f"fitting the order head of {model} on {o.scenes} training-split scenes")
     if progress_bar:
         with progress() as bar:
             task = bar.add_task("order features",
                                 total=n_progress_items(o.scenes, o.report_scenes))
-            report = fit_order(model, model, o.scenes, o.unknown_snr, o.report_scenes, fit,
+            report = fit_order(model, model, o.scenes, o.unknown_snr, o.report_scenes,
                                on_batch=lambda n: bar.advance(task, n))
     else:
-        report = fit_order(model, model, o.scenes, o.unknown_snr, o.report_scenes, fit)
+        report = fit_order(model, model, o.scenes, o.unknown_snr, o.report_scenes)
     stdout.print(report_table(report))
     console.print(f"inference model (as shipped): {model} and its card "
                   f"{model.with_suffix('.json')}")

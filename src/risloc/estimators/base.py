@@ -46,12 +46,6 @@ class Estimates:
         return Estimates(K, *(torch.where(keep, getattr(self, n), nan)
                               for n in ("azimuth", "elevation", "range_m", "score")))
 
-    def reorder(self, index: torch.Tensor) -> Estimates:
-        """Slots permuted per scene: slot j of scene b becomes slot index[b, j] of self.
-        index : [B, K_slots] int64 (a permutation per scene; K is unchanged)."""
-        return Estimates(self.K, *(getattr(self, n).gather(1, index)
-                                   for n in ("azimuth", "elevation", "range_m", "score")))
-
     def to(self, device) -> Estimates:
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 

@@ -30,25 +30,22 @@ REPORT_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0)
 Progress = Callable[[int], None]
 
 
-def _forward_and_features(pipe: LearnedPipeline, scenes, snr_db: torch.Tensor | None,
-                          polish_iterations: int):
+def _forward_and_features(pipe: LearnedPipeline, scenes, snr_db: torch.Tensor | None):
     """The network pass and the order features, exactly as the pipeline computes them."""
     fwd = pipe.forward(scenes.y, scenes.H, scenes.codes, snr_db)
-    return fwd, pipe.order_inputs(fwd, scenes.y, scenes.H, scenes.codes, snr_db,
-                                  polish_iterations).features
+    return fwd, pipe.order_inputs(fwd, scenes.y, scenes.H, scenes.codes, snr_db).features
 
 
 @torch.no_grad()
 def order_dataset(pipe: LearnedPipeline, scenes, snr_db: torch.Tensor | None,
-                  polish_iterations: int, batch: int = 256, workers: int | None = None,
+                  batch: int = 256, workers: int | None = None,
                   on_batch: Progress | None = None) -> torch.Tensor:
     """Order features [S, F] of ``scenes`` as the pipeline computes them at inference."""
     from risloc.parallel import run_in_chunks
 
     def one(lo: int, hi: int) -> torch.Tensor:
         return _forward_and_features(pipe, scenes[lo:hi],
-                                     None if snr_db is None else snr_db[lo:hi],
-                                     polish_iterations)[1]
+                                     None if snr_db is None else snr_db[lo:hi])[1]
 
     out = []
     for lo in range(0, len(scenes), batch):
@@ -60,8 +57,7 @@ def order_dataset(pipe: LearnedPipeline, scenes, snr_db: torch.Tensor | None,
 
 
 def training_data(pipe: LearnedPipeline, recipe, n: int, unknown_snr_fraction: float,
-                  polish_iterations: int, workers: int | None = None,
-                  on_batch: Progress | None = None
+                  workers: int | None = None, on_batch: Progress | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features [n, F], K [n]) of n scenes of the recipe's scene distribution, training
     split, ORDER_STREAM, simulated block by block; a random share of them without SNR."""
@@ -73,8 +69,7 @@ def training_data(pipe: LearnedPipeline, recipe, n: int, unknown_snr_fraction: f
                             split="train", stream=ORDER_STREAM)
         hide = torch.rand(len(sc), generator=hide_gen) < unknown_snr_fraction
         snr = torch.where(hide, torch.full_like(sc.snr_db, math.nan), sc.snr_db)
-        feats.append(order_dataset(pipe, sc, snr, polish_iterations, workers=workers,
-                                   on_batch=on_batch))
+        feats.append(order_dataset(pipe, sc, snr, workers=workers, on_batch=on_batch))
         Ks.append(sc.K)
     return torch.cat(feats), torch.cat(Ks)
 
@@ -92,8 +87,7 @@ def order_report(pipe: LearnedPipeline, head: OrderHead, recipe, n_per_snr: int,
                             split="validation", stream=REPORT_STREAM + 16 * i, snr_db=snr)
 
         def one(lo: int, hi: int, sc=sc):
-            fwd, feats = _forward_and_features(pipe, sc[lo:hi], sc.snr_db[lo:hi],
-                                               head.polish_iterations)
+            fwd, feats = _forward_and_features(pipe, sc[lo:hi], sc.snr_db[lo:hi])
             return torch.stack([fwd.out.K_hat, head.decide(feats)], 1)
 
         dec = torch.cat(run_in_chunks(one, len(sc), workers))
@@ -125,8 +119,7 @@ def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
     pipe = load_learned_pipeline(checkpoint)
     recipe = TrainConfig.from_json(state["config"])
     seed = recipe.data.seed
-    feats, K = training_data(pipe, recipe, n_scenes, unknown_snr_fraction,
-                             config.polish_iterations, workers, on_batch)
+    feats, K = training_data(pipe, recipe, n_scenes, unknown_snr_fraction, workers, on_batch)
     head = fit_order_head(feats, K, pipe.system.K_max, config)
     rows = order_report(pipe, head, recipe, n_report, seed, workers, on_batch)
     report = {"training_scenes": n_scenes, "unknown_snr_fraction": unknown_snr_fraction,

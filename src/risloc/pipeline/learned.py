@@ -25,15 +25,11 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.pt"
 
 
 class OrderInputs(NamedTuple):
-    """candidates : MUSIC on R_blend with K = K_max (K_max slots, strongest first);
-    features : [B, F] float32 — the order head's input (:mod:`risloc.pipeline.order`);
-    polished : the candidates after a joint K_max-source NF-MLE fit (same slots, fitted
-    powers as scores; slots sorted by decreasing fitted power, ``candidates`` in the same
-    order), or None when the head reads unpolished candidates."""
+    """candidates : MUSIC on R_blend with K = K_max (K_max slots by decreasing score);
+    features : [B, F] float32 — the order head's input (:mod:`risloc.pipeline.order`)."""
 
     candidates: Estimates
     features: torch.Tensor
-    polished: Estimates | None = None
 
 
 @dataclass
@@ -62,44 +58,15 @@ class LearnedPipeline:
         scenes = SceneBatch(y=y, H=H, codes=codes, snr_db=snr)
         return forward_blend(self.model, scenes, self.beta, self.blend_cfg)
 
-    def nfmle_config(self, iterations: int, double: bool = True) -> NFMLEConfig:
-        """NF-MLE settings of the pipeline: ``iterations`` steps in MUSIC's field of view
-        (``double``: in float64)."""
-        return replace(NFMLEConfig(), iterations=iterations, double=double,
-                       azimuth_deg=self.music_cfg.azimuth_deg,
-                       elevation_deg=self.music_cfg.elevation_deg, range_m=self.music_cfg.range_m)
-
     def order_inputs(self, fwd, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
-                     snr_db: torch.Tensor | None, polish_iterations: int | None = None
-                     ) -> OrderInputs:
-        """K_max MUSIC candidates on R_blend and the order head's features.
-
-        polish_iterations (None: the order head's own setting, 0 without a head): NF-MLE
-        steps of a joint K_max-source fit of the candidates before the order statistics;
-        the slots are then sorted by fitted power and the powers replace the MUSIC scores
-        (:mod:`risloc.pipeline.order`, "Polished candidates")."""
+                     snr_db: torch.Tensor | None) -> OrderInputs:
+        """K_max MUSIC candidates on R_blend and the order head's features."""
         B = y.shape[0]
         cand = music(fwd.R_blend, torch.full((B,), self.system.K_max, device=y.device),
                      self.system, self.music_cfg)
-        return self.candidate_features(cand, fwd.out.K_logits, y, H, codes, snr_db,
-                                       polish_iterations)
-
-    def candidate_features(self, cand: Estimates, K_logits: torch.Tensor, y: torch.Tensor,
-                           H: torch.Tensor, codes: torch.Tensor, snr_db: torch.Tensor | None,
-                           polish_iterations: int | None = None) -> OrderInputs:
-        """The order head's inputs from given K_max candidates (:meth:`order_inputs`)."""
-        if polish_iterations is None:
-            polish_iterations = 0 if self.order_head is None else self.order_head.polish_iterations
-        polished = None
-        if polish_iterations > 0:
-            polished = nfmle_refine(y, H, codes, cand, self.system,
-                                    self.nfmle_config(polish_iterations, double=False))
-            order = torch.nan_to_num(polished.score, nan=-math.inf).argsort(-1, descending=True)
-            polished = polished.reorder(order)
-        fitted = cand if polished is None else polished
-        stats = order_statistics(y, H, codes, fitted, self.system)
-        feats = order_features(stats, y, K_logits, fitted.score, snr_db)
-        return OrderInputs(cand, feats, polished)
+        stats = order_statistics(y, H, codes, cand, self.system)
+        feats = order_features(stats, y, fwd.out.K_logits, cand.score, snr_db)
+        return OrderInputs(cand, feats)
 
     @torch.no_grad()
     def localize(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
@@ -108,11 +75,9 @@ class LearnedPipeline:
         """y [B,L,M], H [B,M,N], codes [B,L,N] complex64; snr_db [B] or None; K [B] or None.
 
         K unknown and an order head present: MUSIC once with K_max, the head picks K, the
-        K strongest candidates are polished (starting from the head's joint K_max fit when
-        it has one; with ``nfmle_iterations == 0`` the MUSIC positions are returned).
-        Otherwise MUSIC with the given K or the K head's. (MUSIC with K_max then the K
-        strongest gave the same validation errors and F1 as MUSIC with the true K,
-        0-20 dB.)"""
+        K strongest candidates are polished. Otherwise MUSIC with the given K or the K
+        head's. (MUSIC with K_max then the K strongest gave the same validation errors
+        and F1 as MUSIC with the true K, 0-20 dB.)"""
         fwd = self.forward(y, H, codes, snr_db)
         if K is None and self.order_head is not None:
             inputs = self.order_inputs(fwd, y, H, codes, snr_db)
@@ -121,8 +86,11 @@ class LearnedPipeline:
             est = music(fwd.R_blend, fwd.out.K_hat if K is None else K, self.system,
                         self.music_cfg)
         if self.nfmle_iterations > 0:
-            est = nfmle_refine(y, H, codes, est, self.system,
-                               self.nfmle_config(self.nfmle_iterations))
+            cfg = replace(NFMLEConfig(), iterations=self.nfmle_iterations,
+                          azimuth_deg=self.music_cfg.azimuth_deg,
+                          elevation_deg=self.music_cfg.elevation_deg,
+                          range_m=self.music_cfg.range_m)
+            est = nfmle_refine(y, H, codes, est, self.system, cfg)
         return Estimates(est.K, *(t.to(torch.float32) for t in
                                   (est.azimuth, est.elevation, est.range_m, est.score)))
 

@@ -18,18 +18,6 @@ log-softmax; ``log`` of the candidates' MUSIC scores; ``[snr known, snr_db / 10]
 R_blend's leading eigenvalues were tried as well and dropped: no change in validation K
 accuracy (two seeds, 0-20 dB), and their eigvalsh cost 12 % of MUSIC's time.
 
-Polished candidates (``polish_iterations``, default :data:`POLISH_ITERATIONS`): before the
-statistics, one float32 NF-MLE step fits all K_max candidates jointly; the slots are sorted
-by fitted power and the fitted powers replace the MUSIC scores. On the validation split
-(heads fitted on 4096 scenes each, 256 report scenes per SNR) this raised K accuracy from
-0.30 / 0.47 / 0.70 / 0.91 to 0.58 / 0.68 / 0.76 / 0.93 at -5 / 0 / 5 / 10 dB (15 and 20 dB
-unchanged at 0.97); 2 or 3 steps, or float64, gave the same within noise, and keeping the
-MUSIC scores with polished positions gave nothing. The sources the pipeline keeps are
-still the K strongest *MUSIC* candidates (polished afterwards by its own NF-MLE): keeping
-the K largest fitted powers instead, or starting the final NF-MLE from the joint K_max
-fit, lowered validation F1 at 10 dB from 0.91 to 0.84 (a spurious slot next to a true
-source can take a large fitted power).
-
 Why it helps (validation split, shipped model, 256 scenes per SNR, the report of
 ``risloc fit-order``): at 10 dB the K head is right in 0.85 of scenes and this head in
 0.92. The measurement-domain residual test on NF-MLE fits from the same R_blend, with the
@@ -55,7 +43,6 @@ from risloc.estimators.nfmle import amplitude_fit
 from risloc.physics.steering import steering
 
 FLOOR = 1e-6
-POLISH_ITERATIONS = 1
 
 
 def n_features(K_max: int) -> int:
@@ -127,14 +114,10 @@ def order_features(stats: OrderStatistics, y: torch.Tensor, K_logits: torch.Tens
 
 
 class OrderHead(nn.Module):
-    """Standardise -> Linear -> GELU -> Linear -> GELU -> Linear to K_max logits.
+    """Standardise -> Linear -> GELU -> Linear -> GELU -> Linear to K_max logits."""
 
-    polish_iterations : NF-MLE steps of the joint K_max-source fit its features were
-    computed after (0: raw MUSIC candidates; heads stored without it are such heads)."""
-
-    def __init__(self, n_in: int, K_max: int, hidden: int = 32, polish_iterations: int = 0):
+    def __init__(self, n_in: int, K_max: int, hidden: int = 32):
         super().__init__()
-        self.polish_iterations = polish_iterations
         self.register_buffer("mean", torch.zeros(n_in))
         self.register_buffer("std", torch.ones(n_in))
         self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, hidden),
@@ -154,13 +137,10 @@ class OrderFitConfig:
     """How the order head is fitted (chosen on the validation split, not the test split).
 
     hidden : MLP width;  epochs : passes over the feature set;  batch, lr, weight_decay :
-    AdamW settings;  seed : initialisation and shuffling;  polish_iterations : NF-MLE
-    steps of the joint K_max fit before the statistics (the caller computes the features
-    with it; the head records it).
+    AdamW settings;  seed : initialisation and shuffling.
     """
 
     hidden: int = 32
-    polish_iterations: int = POLISH_ITERATIONS
     epochs: int = 150
     batch: int = 256
     lr: float = 3e-3
@@ -181,7 +161,7 @@ def fit_order_head(features: torch.Tensor, K: torch.Tensor, K_max: int,
     gen = torch.Generator().manual_seed(config.seed)
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
-        head = OrderHead(features.shape[1], K_max, config.hidden, config.polish_iterations)
+        head = OrderHead(features.shape[1], K_max, config.hidden)
     head.mean.copy_(features.mean(0))
     head.std.copy_(features.std(0).clamp_min(1e-6))
     opt = torch.optim.AdamW(head.parameters(), config.lr, weight_decay=config.weight_decay)
@@ -200,12 +180,10 @@ def fit_order_head(features: torch.Tensor, K: torch.Tensor, K_max: int,
 def order_head_state(head: OrderHead) -> dict:
     """What a model file stores of the head."""
     return {"n_in": head.mean.shape[0], "K_max": head.net[-1].out_features,
-            "hidden": head.hidden, "polish_iterations": head.polish_iterations,
-            "state_dict": head.state_dict()}
+            "hidden": head.hidden, "state_dict": head.state_dict()}
 
 
 def order_head_from_state(state: dict) -> OrderHead:
-    head = OrderHead(state["n_in"], state["K_max"], state["hidden"],
-                     state.get("polish_iterations", 0))
+    head = OrderHead(state["n_in"], state["K_max"], state["hidden"])
     head.load_state_dict(state["state_dict"])
     return head.eval()

@@ -27,7 +27,6 @@ from risloc.config import (
 from risloc.estimators.music import MusicConfig
 from risloc.losses.total import LossConfig
 from risloc.model.network import ModelConfig
-from risloc.pipeline.order import POLISH_ITERATIONS
 
 
 class _Section(BaseModel):
@@ -132,9 +131,6 @@ class OrderStageConfig(_Section):
     scenes: int = Field(16384, ge=0, description="training-split scenes (0 = skip this stage)")
     unknown_snr: float = Field(0.25, ge=0, le=1, description="share shown without SNR")
     report_scenes: int = Field(256, ge=1, description="validation scenes per SNR of the report")
-    polish_iterations: int = Field(POLISH_ITERATIONS, ge=0, description=(
-        "NF-MLE steps of the joint K_max fit of the candidates the head reads (0 = raw MUSIC "
-        "candidates)"))
 
     @model_validator(mode="after")
     def _check(self) -> OrderStageConfig:

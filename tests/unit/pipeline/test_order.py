@@ -71,12 +71,6 @@ def test_fit_order_head_learns_a_separable_rule_reproducibly():
     assert torch.equal(head(X[:10]), again(X[:10]))
     back = order_head_from_state(order_head_state(head))
     assert torch.equal(back(X[:10]), head(X[:10]))
-    assert back.polish_iterations == head.polish_iterations == cfg.polish_iterations
-    polished = fit_order_head(X[:100], K[:100], 5, OrderFitConfig(epochs=1, polish_iterations=4))
-    assert order_head_from_state(order_head_state(polished)).polish_iterations == 4
-    legacy = order_head_state(head)
-    del legacy["polish_iterations"]  # heads stored before candidates were polished
-    assert order_head_from_state(legacy).polish_iterations == 0
 
 
 def test_fit_order_head_rejects_bad_input():
@@ -98,14 +92,3 @@ def test_truncate_keeps_the_strongest_slots():
     assert t.K.tolist() == [2, 1]  # never more than were found
     assert t.azimuth[0, :2].tolist() == [1.0, 2.0] and math.isnan(t.azimuth[0, 2])
     assert math.isnan(t.range_m[1, 1])
-
-
-def test_reorder_permutes_every_field_per_scene():
-    est = Estimates(torch.tensor([2, 3]), torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]),
-                    torch.tensor([[7.0, 8.0, 9.0], [1.0, 2.0, 3.0]]), torch.ones(2, 3),
-                    torch.tensor([[0.1, 0.3, 0.2], [0.5, 0.4, 0.6]]))
-    r = est.reorder(torch.tensor([[1, 0, 2], [2, 0, 1]]))
-    assert r.K.tolist() == [2, 3]
-    assert r.azimuth.tolist() == [[2.0, 1.0, 3.0], [6.0, 4.0, 5.0]]
-    assert r.elevation.tolist() == [[8.0, 7.0, 9.0], [3.0, 1.0, 2.0]]
-    assert torch.equal(r.score, torch.tensor([[0.3, 0.1, 0.2], [0.6, 0.5, 0.4]]))

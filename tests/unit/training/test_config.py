@@ -42,7 +42,6 @@ def test_overrides_and_field_of_view_follow_scene():
     ("model.width=2", "model"), ("scene.K=9", "scene.K"),
     ("schedule.weight_schedule={lam_bogus: [1, 2, 3]}", "weight_schedule"),
     ("order.scenes=10", "order.scenes"), ("order.unknown_snr=2", "unknown_snr"),
-    ("order.polish_iterations=-1", "polish_iterations"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.split(".")[-1]):
