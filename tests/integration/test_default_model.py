@@ -48,17 +48,19 @@ def test_shipped_model_decides_K_with_its_order_head():
     assert float((est.K == 3).float().mean()) >= 0.8
 
 
-def test_both_localizers_ignore_the_units_of_y():
-    """A user's file has arbitrary units: rescaling y must change no decision or position
-    (a K decision that read absolute powers would learn the simulator's unit source power)."""
+def test_both_localizers_ignore_the_units_of_y_and_H():
+    """A user's file has arbitrary units: rescaling y or H must change no decision or
+    position (a K decision that read absolute powers would learn the simulator's unit
+    source power or its channel normalisation)."""
     sc = simulate_range(0, 12, SystemConfig(), SceneConfig(), seed=13, split="test",
                         snr_db=10.0)
     for method in ("learned", "classical"):
         loc = Localizer.from_checkpoint(method=method)
         ref = loc.localize(sc.y, sc.H, sc.codes, sc.snr_db).estimates
-        for gain in (1e3, 1e-3):
-            est = loc.localize(gain * sc.y, sc.H, sc.codes, sc.snr_db).estimates
-            assert torch.equal(est.K, ref.K), (method, gain)
+        for y_gain, H_gain in ((1e3, 1.0), (1e-3, 1.0), (1.0, 1e3), (1.0, 1e-3)):
+            est = loc.localize(y_gain * sc.y, H_gain * sc.H, sc.codes, sc.snr_db).estimates
+            case = (method, y_gain, H_gain)
+            assert torch.equal(est.K, ref.K), case
             for name in ("azimuth", "elevation", "range_m"):  # rad, rad, m
                 assert torch.allclose(getattr(est, name), getattr(ref, name), atol=1e-3,
-                                      equal_nan=True), (method, gain, name)
+                                      equal_nan=True), (*case, name)

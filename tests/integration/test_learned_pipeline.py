@@ -3,6 +3,7 @@ learned` and `risloc demo` (with a tiny model trained here; the shipped model is
 assumed)."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,7 @@ def test_export_model_cli(tmp_path, checkpoint):
     assert res.exit_code == 2 and "checkpoint not found" in res.output
 
 
-def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint):
+def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog):
     from risloc.pipeline.learned import export_model
 
     slim = export_model(checkpoint, tmp_path / "slim.pt")
@@ -145,16 +146,30 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint):
         K_head = torch.minimum(pipe.order_head.decide(inputs.features), inputs.candidates.K)
     est = pipe.localize(sc.y, sc.H, sc.codes, sc.snr_db)
     assert torch.equal(est.K, K_head)
-    # the head's features do not depend on the units of y (real files have arbitrary ones;
-    # a head reading absolute fitted powers learned the simulator's unit source power)
-    for gain in (10.0, 0.1):
+    # the head's features do not depend on the units of y or H (real files have arbitrary
+    # ones; a head reading absolute fitted powers learned the simulator's normalisation)
+    for y_gain, H_gain in ((10.0, 1.0), (0.1, 1.0), (1.0, 10.0), (1.0, 0.1)):
+        y, H = y_gain * sc.y, H_gain * sc.H
         with torch.no_grad():
-            other = pipe.order_inputs(pipe.forward(gain * sc.y, sc.H, sc.codes, sc.snr_db),
-                                      gain * sc.y, sc.H, sc.codes, sc.snr_db)
-        assert torch.allclose(other.features, inputs.features, atol=0.05), gain
+            other = pipe.order_inputs(pipe.forward(y, H, sc.codes, sc.snr_db), y, H, sc.codes,
+                                      sc.snr_db)
+        assert torch.allclose(other.features, inputs.features, atol=0.05), (y_gain, H_gain)
     assert torch.equal(pipe.localize(sc.y, sc.H, sc.codes, K=torch.full((6,), 2)).K,
                        torch.full((6,), 2))
     # the same model without an SNR still decides (the head saw SNR-less scenes)
     assert bool((pipe.localize(sc.y, sc.H, sc.codes).K >= 1).all())
     res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scenes", "10"])
     assert res.exit_code == 2 and "n_scenes must be >= 64" in res.output
+    # a head fitted on the old features (source powers in the units of H) is not used
+    from risloc.training.checkpoint import save_checkpoint
+
+    state = load_checkpoint(out)
+    del state["order_head"]["features"]
+    save_checkpoint(tmp_path / "old_head.pt", state)
+    logger = logging.getLogger("risloc.pipeline.learned")
+    logger.addHandler(caplog.handler)  # the CLI runs above may stop propagation to root
+    try:
+        assert load_learned_pipeline(tmp_path / "old_head.pt").order_head is None
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "older feature set" in caplog.text and "risloc fit-order" in caplog.text

@@ -7,6 +7,7 @@ call, so training and inference cannot drift apart.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,8 +19,16 @@ from risloc.config import SystemConfig
 from risloc.estimators.base import Estimates
 from risloc.estimators.music import MusicConfig, music
 from risloc.estimators.nfmle import NFMLEConfig, nfmle_refine
-from risloc.pipeline.order import OrderHead, order_features, order_head_from_state, order_statistics
+from risloc.pipeline.order import (
+    FEATURES_VERSION,
+    OrderHead,
+    order_features,
+    order_head_from_state,
+    order_statistics,
+)
 from risloc.simulation.scenes import SceneBatch
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.pt"
 
@@ -131,7 +140,13 @@ def load_learned_pipeline(path: str | Path | None = None, weights: str = "ema",
         state = load_checkpoint(path)
         model, cfg = model_from_state(state, weights)
         order = state.get("order_head")
-        head = None if order is None else order_head_from_state(order)
+        head = None
+        if order is not None and order.get("features", 1) != FEATURES_VERSION:
+            log.warning("%s: its order head was fitted on an older feature set (fitted "
+                        "powers in the units of H); the network's K head decides K instead. "
+                        "Refit it: risloc fit-order %s --out %s", path, path, path)
+        elif order is not None:
+            head = order_head_from_state(order)
     except (KeyError, RuntimeError, EOFError) as err:
         raise ValueError(f"{path}: unreadable risloc checkpoint ({err})") from None
     return LearnedPipeline(model, cfg.system, cfg.blend.beta, cfg.blend,

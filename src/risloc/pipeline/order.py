@@ -11,16 +11,22 @@ after the network on simulated training-split scenes (:func:`fit_order_head`,
 ``risloc fit-order``); it is stored in the model file and used by the pipeline whenever
 K is not given.
 
-Features (all scale-invariant, :func:`n_features` = 5 K_max + 2):
+Features (:func:`n_features` = 5 K_max + 2), all unchanged when y or H is rescaled (a
+user's file has arbitrary units; tests check both):
 ``log(C_k / C_0)`` k = 1..K_max; for the k-candidate fit ``log(sum_j p_j / P_y)`` and
-``log(k min_j p_j / P_y)`` (P_y = mean |y|^2, p_j the fitted powers); the K head's
-log-softmax; ``log`` of the candidates' MUSIC scores; ``[snr known, snr_db / 10]``.
+``log(k min_j p_j / P_y)`` (P_y = mean |y|^2, p_j = mean_l |s_lj|^2 ||Phi_l a_j||^2 / M
+the power source j contributes per antenna); the K head's log-softmax; ``log`` of the
+candidates' MUSIC scores; ``[snr known, snr_db / 10]``. Heads stored without
+``features`` = :data:`FEATURES_VERSION` used the source power mean_l |s_lj|^2 alone, which
+scales with 1 / |H|^2: they had learned the simulator's channel normalisation and decided
+wrongly on a file whose H is scaled differently; the pipeline ignores them (with a
+warning) until they are refitted.
 R_blend's leading eigenvalues were tried as well and dropped: no change in validation K
 accuracy (two seeds, 0-20 dB), and their eigvalsh cost 12 % of MUSIC's time.
 
 Why it helps (validation split, shipped model, 256 scenes per SNR, the report of
 ``risloc fit-order``): at 10 dB the K head is right in 0.85 of scenes and this head in
-0.92. The measurement-domain residual test on NF-MLE fits from the same R_blend, with the
+0.91. The measurement-domain residual test on NF-MLE fits from the same R_blend, with the
 true noise level, was at 0.82 (150 scenes): the weakest of 4-5 sources often explains
 fewer nats than the penalty a false alarm needs, while its power is still visible as the
 share of P_y that the k strongest fitted sources leave unexplained
@@ -43,6 +49,7 @@ from risloc.estimators.nfmle import amplitude_fit
 from risloc.physics.steering import steering
 
 FLOOR = 1e-6
+FEATURES_VERSION = 2  # 2: unitless received powers (1: source powers, in channel units)
 
 
 def n_features(K_max: int) -> int:
@@ -53,10 +60,13 @@ def n_features(K_max: int) -> int:
 class OrderStatistics(NamedTuple):
     """costs [B, K_max+1] float64: C_0 = ||y||^2, C_k = residual of the k strongest
     candidates (non-increasing); powers [B, K_max, K_max] float32: row k-1 holds the k
-    fitted powers mean_l |s_lj|^2 of the k-candidate fit (0 elsewhere)."""
+    fitted powers mean_l |s_lj|^2 of the k-candidate fit (0 elsewhere); received
+    [B, K_max, K_max] float32: the same for the power each fitted source contributes per
+    antenna, mean_l |s_lj|^2 ||Phi_l a_j||^2 / M (independent of the units of y and H)."""
 
     costs: torch.Tensor
     powers: torch.Tensor
+    received: torch.Tensor
 
 
 def order_statistics(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
@@ -76,19 +86,23 @@ def order_statistics(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
     costs = torch.empty(B, K_max + 1, dtype=torch.float64, device=y.device)
     costs[:, 0] = abs2(y).sum((-1, -2)).double()
     powers = torch.zeros(B, K_max, K_max, dtype=torch.float32, device=y.device)
+    received = torch.zeros_like(powers)
     slot = torch.arange(K_max, device=y.device)
     for k in range(1, K_max + 1):  # K_max small solves; the batch is vectorised
         mask = valid & (slot < k)
         fit = amplitude_fit(y, H, codes, A, mask, tikhonov)
         costs[:, k] = fit.cost.double()
-        powers[:, k - 1] = abs2(fit.s).mean(1).float() * mask
-    return OrderStatistics(torch.cummin(costs, 1).values, powers)
+        p = abs2(fit.s)  # (B, L, K_max)
+        powers[:, k - 1] = p.mean(1).float() * mask
+        received[:, k - 1] = (p * abs2(fit.Bm).sum(-2)).mean(1).float() * mask / y.shape[-1]
+    return OrderStatistics(torch.cummin(costs, 1).values, powers, received)
 
 
 def order_features(stats: OrderStatistics, y: torch.Tensor, K_logits: torch.Tensor,
                    scores: torch.Tensor, snr_db: torch.Tensor | None) -> torch.Tensor:
     """[B, n_features(K_max)] float32 (module docstring)."""
-    C, P = stats.costs, stats.powers.double()
+    C = stats.costs
+    P = stats.received.double()  # per antenna: comparable with P_y
     K_max = P.shape[-1]
     p_y = abs2(y).mean((-1, -2)).double().clamp_min(1e-30)
     k = torch.arange(1, K_max + 1, dtype=torch.float64, device=y.device)
@@ -180,7 +194,8 @@ def fit_order_head(features: torch.Tensor, K: torch.Tensor, K_max: int,
 def order_head_state(head: OrderHead) -> dict:
     """What a model file stores of the head."""
     return {"n_in": head.mean.shape[0], "K_max": head.net[-1].out_features,
-            "hidden": head.hidden, "state_dict": head.state_dict()}
+            "hidden": head.hidden, "features": FEATURES_VERSION,
+            "state_dict": head.state_dict()}
 
 
 def order_head_from_state(state: dict) -> OrderHead:

@@ -41,6 +41,13 @@ def test_nested_fits_explain_exact_data_and_recover_the_powers(system, exact):
     true_power = sc.symbols[:, :, :3].abs().square().mean(1)
     torch.testing.assert_close(stats.powers[:, 2, :3], true_power.float(), rtol=1e-3, atol=0)
     assert float(stats.powers[:, 2, 3:].abs().max()) == 0.0  # unused slots stay 0
+    # one exact source: the power it contributes per antenna is the measured power
+    one = simulate_range(0, 4, system, SceneConfig(snr_db=(120.0, 120.0)), seed=4,
+                         split="test", K=1)
+    c1 = Estimates(one.K, one.azimuth, one.elevation, one.range_m, torch.ones_like(one.azimuth))
+    s1 = order_statistics(one.y, one.H, one.codes, c1, system)
+    torch.testing.assert_close(s1.received[:, 0, 0], one.y.abs().square().mean((-1, -2)),
+                               rtol=1e-3, atol=0)
 
 
 def test_features_are_finite_scale_invariant_and_flag_the_snr(system, exact):
@@ -52,10 +59,14 @@ def test_features_are_finite_scale_invariant_and_flag_the_snr(system, exact):
     assert bool((f[:, -2] == 1).all()) and torch.allclose(f[:, -1], torch.full((6,), 12.0))
     unknown = order_features(stats, sc.y, logits, cand.score, None)
     assert bool((unknown[:, -2:] == 0).all())
-    # scaling the measurements (and so every cost and power) changes no feature
+    # scaling the measurements (and so every cost and power) changes no feature, nor does
+    # scaling the channel (the fitted source powers scale with 1 / |H|^2)
     stats2 = order_statistics(10 * sc.y, sc.H, sc.codes, cand, system)
     g = order_features(stats2, 10 * sc.y, logits, cand.score, sc.snr_db)
     torch.testing.assert_close(f, g, rtol=0, atol=1e-4)
+    stats3 = order_statistics(sc.y, 1e3 * sc.H, sc.codes, cand, system)
+    h = order_features(stats3, sc.y, logits, cand.score, sc.snr_db)
+    torch.testing.assert_close(f, h, rtol=0, atol=1e-3)
 
 
 def test_fit_order_head_learns_a_separable_rule_reproducibly():
