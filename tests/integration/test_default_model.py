@@ -56,11 +56,12 @@ def test_both_localizers_ignore_the_units_of_y_and_H():
                         snr_db=10.0)
     for method in ("learned", "classical"):
         loc = Localizer.from_checkpoint(method=method)
-        ref = loc.localize(sc.y, sc.H, sc.codes, sc.snr_db).estimates
-        for y_gain, H_gain in ((1e3, 1.0), (1e-3, 1.0), (1.0, 1e3), (1.0, 1e-3)):
-            est = loc.localize(y_gain * sc.y, H_gain * sc.H, sc.codes, sc.snr_db).estimates
-            case = (method, y_gain, H_gain)
-            assert torch.equal(est.K, ref.K), case
-            for name in ("azimuth", "elevation", "range_m"):  # rad, rad, m
-                assert torch.allclose(getattr(est, name), getattr(ref, name), atol=1e-3,
-                                      equal_nan=True), (*case, name)
+        for snr in (sc.snr_db, None):  # None: the SNR-less branches (sigma^2 estimated)
+            ref = loc.localize(sc.y, sc.H, sc.codes, snr).estimates
+            for y_gain, H_gain in ((1e3, 1.0), (1e-3, 1.0), (1.0, 1e3), (1.0, 1e-3)):
+                est = loc.localize(y_gain * sc.y, H_gain * sc.H, sc.codes, snr).estimates
+                case = (method, snr is None, y_gain, H_gain)
+                assert torch.equal(est.K, ref.K), case
+                for name in ("azimuth", "elevation", "range_m"):  # rad, rad, m
+                    assert torch.allclose(getattr(est, name), getattr(ref, name), atol=1e-3,
+                                          equal_nan=True), (*case, name)

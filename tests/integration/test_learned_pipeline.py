@@ -172,4 +172,4 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog):
         assert load_learned_pipeline(tmp_path / "old_head.pt").order_head is None
     finally:
         logger.removeHandler(caplog.handler)
-    assert "older feature set" in caplog.text and "risloc fit-order" in caplog.text
+    assert "order features version 1" in caplog.text and "risloc fit-order" in caplog.text

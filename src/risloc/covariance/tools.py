@@ -123,6 +123,8 @@ def sample_covariance(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
     y : [B, L, M], H : [B, M, N], codes : [B, L, N]  ->  R_samp : [B, N, N]
     """
     a = back_projection(y, H, codes, alpha)  # (B, L, N)
+    # unit RMS first, so that the trace normalisation's eps never binds whatever the units
+    a = a / abs2(a).mean((-2, -1), keepdim=True).sqrt().clamp_min(1e-30)
     R = a.mT @ a.conj() / a.shape[1]  # sum_l a_l a_l^H: (B, N, L) @ (B, L, N)
     return normalize_trace(hermitise(R), N)
 

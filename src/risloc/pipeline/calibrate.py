@@ -116,7 +116,7 @@ def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
         raise ValueError(f"unknown_snr_fraction must lie in [0, 1], got {unknown_snr_fraction}")
     checkpoint, out = Path(checkpoint), Path(out)
     state = load_checkpoint(checkpoint)
-    pipe = load_learned_pipeline(checkpoint)
+    pipe = load_learned_pipeline(checkpoint, order_head=False)
     recipe = TrainConfig.from_json(state["config"])
     seed = recipe.data.seed
     feats, K = training_data(pipe, recipe, n_scenes, unknown_snr_fraction, workers, on_batch)

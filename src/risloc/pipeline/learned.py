@@ -122,12 +122,13 @@ def inference_music_config(recipe) -> MusicConfig:
 
 
 def load_learned_pipeline(path: str | Path | None = None, weights: str = "ema",
-                          nfmle_iterations: int = 3,
-                          music: MusicConfig | None = None) -> LearnedPipeline:
+                          nfmle_iterations: int = 3, music: MusicConfig | None = None,
+                          order_head: bool = True) -> LearnedPipeline:
     """Rebuild the pipeline of a checkpoint (None: the model shipped with the package).
 
     The blend (beta, shrinkage, loading) is always the recipe's, as in training; ``music``
-    overrides the MUSIC settings (None: :func:`inference_music_config`)."""
+    overrides the MUSIC settings (None: :func:`inference_music_config`); ``order_head``
+    False leaves a stored order head out (as when it is being refitted)."""
     from risloc.training.checkpoint import load_checkpoint, model_from_state
 
     path = DEFAULT_MODEL if path is None else Path(path)
@@ -139,12 +140,13 @@ def load_learned_pipeline(path: str | Path | None = None, weights: str = "ema",
     try:
         state = load_checkpoint(path)
         model, cfg = model_from_state(state, weights)
-        order = state.get("order_head")
+        order = state.get("order_head") if order_head else None
         head = None
         if order is not None and order.get("features", 1) != FEATURES_VERSION:
-            log.warning("%s: its order head was fitted on an older feature set (fitted "
-                        "powers in the units of H); the network's K head decides K instead. "
-                        "Refit it: risloc fit-order %s --out %s", path, path, path)
+            log.warning("%s: its order head was fitted on order features version %s, this "
+                        "package computes version %s; the network's K head decides K "
+                        "instead. Refit it: risloc fit-order %s --out %s",
+                        path, order.get("features", 1), FEATURES_VERSION, path, path)
         elif order is not None:
             head = order_head_from_state(order)
     except (KeyError, RuntimeError, EOFError) as err:

@@ -98,6 +98,10 @@ def test_sample_covariance_rank_trace_and_weakness(system):
     ov = subspace_overlap(Rs, scene_true_covariance(b, system), b.K)
     assert 0.05 < float(ov.mean()) < 0.6
     assert torch.allclose(subspace_overlap(Rs, Rs, b.K), torch.ones(32), atol=1e-4)
+    # the units of y and H do not matter, even far from the simulator's (y in uV, H x 1e9)
+    for y_gain, H_gain in ((1e-13, 1.0), (1.0, 1e9), (1e6, 1e-3)):
+        other = sample_covariance(y_gain * b.y, H_gain * b.H, b.codes)
+        assert torch.allclose(other, Rs, atol=1e-4), (y_gain, H_gain)
 
 
 def test_sample_covariance_shape_errors(system):
