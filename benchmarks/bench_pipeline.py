@@ -39,11 +39,11 @@ from risloc.simulation import simulate_range
 SNRS = (-5.0, 0.0, 5.0, 10.0, 20.0)
 
 
-def _run(pipe, sc, batch=64):
+def _run(pipe, sc, batch=64, known_K: bool = False):
     parts = []
     for lo in range(0, len(sc), batch):
         s = sc[lo:lo + batch]
-        parts.append(pipe.localize(s.y, s.H, s.codes, s.snr_db))
+        parts.append(pipe.localize(s.y, s.H, s.codes, s.snr_db, K=s.K if known_K else None))
     return concat_estimates(parts)
 
 
@@ -91,9 +91,7 @@ def versus_classical(pipe, cfg, n: int) -> dict:
     # diagnostic: the same scenes with the true K given to both, so that the errors compare
     # the localization alone (the same number of sources paired per scene)
     known = {}
-    with torch.no_grad():
-        est_l = concat_estimates([pipe.localize(s.y, s.H, s.codes, s.snr_db, K=s.K)
-                                  for s in (sc[lo:lo + 64] for lo in range(0, len(sc), 64))])
+    est_l = _run(pipe, sc, known_K=True)
     est_c = classical_localize(sc.y, sc.H, sc.codes, cfg.system, K=sc.K, snr_db=sc.snr_db)
     for name, est in (("learned", est_l), ("classical", est_c)):
         s = summarize(match_sources(est, sc.azimuth, sc.elevation, sc.range_m, sc.K))
