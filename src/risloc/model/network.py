@@ -346,10 +346,19 @@ class CovarianceNet(nn.Module):
         """y : [B, L, M], H : [B, M, N], codes : [B, L, N] complex; snr_db : [B] (NaN or
         None = unknown)."""
         _check_inputs(y, H, codes, self.system)
-        B, Nr = y.shape[0], self.cfg.n_inv_range
-        a, x = self._features(y, H, codes)
+        # Mixed precision (the trainer's autocast on CUDA) reaches the CNN trunk only: the
+        # physics around it (steering phases, the ML refinement's solves) stays in FP32.
+        fp32 = torch.autocast(y.device.type, enabled=False)
+        with fp32:
+            a, x = self._features(y, H, codes)
         h = self.norm(self.blocks(self.stem(x)))  # (B, W, Ne, Na)
         out = self.head(Fn.gelu(h))  # (B, 4 Nr, Ne, Na)
+        with fp32:
+            return self._decode(y, H, codes, snr_db, a, h.float(), out.float())
+
+    def _decode(self, y, H, codes, snr_db, a, h, out) -> ModelOutput:
+        """Trunk output -> slots, positions, K logits, ML refinement, covariance factor."""
+        B, Nr = y.shape[0], self.cfg.n_inv_range
         heat = out[:, :Nr]  # (B, Nr, Ne, Na)
         offsets = self.cfg.offset_cells * torch.tanh(out[:, Nr:].unflatten(1, (3, Nr)))
         idx, off = self._slots(heat.detach(), offsets)  # (B, S), (B, S, 3)

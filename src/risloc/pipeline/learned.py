@@ -58,12 +58,20 @@ class LearnedPipeline:
     nfmle_iterations: int = 3
     order_head: OrderHead | None = None
 
+    def to(self, device: str | torch.device) -> LearnedPipeline:
+        """Move the network and the order head (in place); inputs must be on ``device``."""
+        self.model.to(device)
+        if self.order_head is not None:
+            self.order_head.to(device)
+        return self
+
     def forward(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                 snr_db: torch.Tensor | None):
         """Network and R_blend (training's ``forward_blend``); snr_db [B] or None."""
         from risloc.training.evaluate import forward_blend
 
-        snr = torch.full((y.shape[0],), math.nan) if snr_db is None else snr_db.float()
+        snr = torch.full((y.shape[0],), math.nan, device=y.device) if snr_db is None \
+            else snr_db.float()
         scenes = SceneBatch(y=y, H=H, codes=codes, snr_db=snr)
         return forward_blend(self.model, scenes, self.beta, self.blend_cfg)
 

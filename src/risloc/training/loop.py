@@ -199,15 +199,20 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         n_bad = sanitise_gradients(self.model)
         if n_bad:
-            log.warning("step %d: %d non-finite gradient entries zeroed", self.step, n_bad)
+            log.warning("step %d: %d non-finite gradient entries zeroed%s", self.step, n_bad,
+                        " (mixed precision: the scaler skips this step and lowers its scale)"
+                        if self.scaler.is_enabled() else "")
         norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                     self.cfg.optim.grad_clip))
         taken = math.isfinite(norm)
+        scale = self.scaler.get_scale()
         if taken:
             self.scaler.step(self.optimizer)
         else:
             log.warning("step %d: non-finite gradient norm, step skipped", self.step)
         self.scaler.update()
+        if self.scaler.get_scale() < scale:  # the scaler saw inf/NaN at unscale: no step
+            taken = False
         self.optimizer.zero_grad(set_to_none=True)
         if not self.in_swa:
             self.scheduler.step()

@@ -114,3 +114,36 @@ def test_ml_refinement_lowers_the_ml_cost_of_the_active_slots(scenes):
     cost = [ml_residual(scenes.y, scenes.H, scenes.codes, o.slot_azimuth, o.slot_elevation,
                         o.slot_range, mask, SYSTEM) for o in (o0, o1)]
     assert torch.all(cost[1] <= cost[0] * (1 + 1e-6))
+
+
+
+def test_mixed_precision_reaches_only_the_cnn_trunk(model, scenes, monkeypatch):
+    # The trainer's autocast (FP16 on CUDA; BF16 is the CPU analogue used here) must leave
+    # the physics in FP32: under CUDA autocast the ML refinement's solve once received
+    # half-precision gradients and training with AMP failed.
+    import risloc.model.network as network
+
+    seen = []
+
+    def spy(fn):
+        def wrapped(*a, **k):
+            seen.append((fn.__name__, torch.is_autocast_enabled("cpu")))
+            return fn(*a, **k)
+        return wrapped
+
+    for name in ("lm_solve", "steering", "residual_features"):
+        monkeypatch.setattr(network, name, spy(getattr(network, name)))
+    args = (scenes.y, scenes.H, scenes.codes, scenes.snr_db)
+    with torch.no_grad():
+        ref = model(*args)
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            amp = model(*args)
+    assert {n for n, _ in seen} >= {"lm_solve", "steering"}
+    assert not any(on for _, on in seen), seen  # physics ran with autocast off
+    assert amp.F.dtype == torch.complex64 and amp.K_logits.dtype == torch.float32
+    assert amp.slot_azimuth.dtype == torch.float32
+    for t in (amp.slot_azimuth, amp.slot_elevation, amp.slot_range, amp.R_pred):
+        assert torch.isfinite(t).all()
+    # the trunk's rounding moves slots by a fraction of a grid cell (4 deg) at most
+    assert (amp.slot_azimuth - ref.slot_azimuth).abs().max() < torch.deg2rad(torch.tensor(4.0))

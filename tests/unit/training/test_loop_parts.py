@@ -1,6 +1,7 @@
 """Pieces of the loop: gradient sanitising, optimizer wiring, EMA, the no-leak property."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from risloc.training.evaluate import forward_blend
 from risloc.training.loop import build_optimizer, ema_multi_avg_fn, sanitise_gradients
 
 SYSTEM = SystemConfig()
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _small():
@@ -76,3 +78,30 @@ def test_forward_blend_rejects_scenes_of_another_system():
     with pytest.raises(ValueError):
         forward_blend(other, sc, 0.3)
     assert forward_blend(model, sc, 0.0).R_blend.shape == (2, 144, 144)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`:UserWarning")
+def test_a_step_the_amp_scaler_skips_is_not_counted_as_taken(tmp_path):
+    # With mixed precision the scaler records inf/NaN at unscale and skips the step, even
+    # though the sanitised gradients look finite afterwards; weights, EMA and the "taken"
+    # count must all say so. (A CPU GradScaler stands in for the CUDA one.)
+    from risloc.training.loop import Trainer
+
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml", [f"out_dir={tmp_path}"])
+    tr = Trainer(cfg)
+    tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    tr.scaler.scale(torch.tensor(1.0))  # as micro_step's scaled backward: the scale exists
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    ema_before = [p.detach().clone() for p in tr.ema.parameters()]
+    for p in tr.model.parameters():
+        p.grad = torch.ones_like(p)
+    next(tr.model.parameters()).grad.view(-1)[0] = math.inf
+    norm, n_bad, taken = tr.optimizer_step()
+    assert n_bad == 1 and math.isfinite(norm) and not taken
+    assert tr.scaler.get_scale() < 2.0 ** 8
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(ema_before, tr.ema.parameters()))
+    for p in tr.model.parameters():  # a clean step is taken
+        p.grad = torch.ones_like(p)
+    assert tr.optimizer_step()[2]
+    assert not all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))

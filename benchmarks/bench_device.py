@@ -1,0 +1,148 @@
+"""Training-step and inference timings on one device (made for a GPU; runs on the CPU too).
+
+(a) Seconds per optimizer step of a recipe at several batch sizes (median of timed steps
+    after one warm-up; the step ends in a host sync, so wall time is GPU time), the time of
+    one validation pass, and a profiler table of the heaviest operators of one step.
+(b) The learned pipeline's stages (network, MUSIC with K_max, order head, NF-MLE) on the
+    shipped model at several batch sizes, each stage closed by a device sync; medians.
+
+    python benchmarks/bench_device.py --device cuda [--batch-sizes 32 128 256] \
+        [--set model.width=64 ...] [--inference-batches 256 2048] [--out result.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from risloc.estimators.music import music
+from risloc.estimators.nfmle import NFMLEConfig, nfmle_refine
+from risloc.pipeline.learned import load_learned_pipeline
+from risloc.pipeline.order import order_features, order_statistics
+from risloc.simulation import simulate_range
+from risloc.training.config import load_train_config
+from risloc.training.data import validation_set
+from risloc.training.loop import Trainer
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_times(cfg, steps: int, profile: bool, validate: bool) -> dict:
+    """Part (a) for one recipe: median seconds per optimizer step (and of one validation
+    pass when ``validate``)."""
+    tr = Trainer(cfg)
+    times = []
+    for k in range(steps + 1):
+        t0 = time.perf_counter()
+        tr.micro_step(tr.data.batch(k, 0), cfg.blend.beta, tr.loss_config())
+        tr.optimizer_step()  # ends in float(grad norm): a host sync
+        if k:
+            times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    data_s = [tr.data.batch(k, 0) for k in range(3)]
+    sim = (time.perf_counter() - t0) / 3
+    res = {"batch_size": cfg.optim.batch_size, "parameters": tr.model.n_parameters(),
+           "seconds_per_step": statistics.median(times), "simulate_batch_s": sim}
+    if validate:
+        val = validation_set(cfg)
+        t0 = time.perf_counter()
+        tr.validate(tr.ema.module, val)
+        _sync(tr.device)
+        res.update(validation_s=time.perf_counter() - t0, n_val=len(val))
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as prof
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                         if tr.device.type == "cuda" else [])
+        with prof(activities=acts) as p:
+            tr.micro_step(data_s[0], cfg.blend.beta, tr.loss_config())
+            tr.optimizer_step()
+        key = "self_cuda_time_total" if tr.device.type == "cuda" else "self_cpu_time_total"
+        res["profile"] = p.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=40)
+    return res
+
+
+@torch.no_grad()
+def inference_times(device: torch.device, batch: int, repeats: int) -> dict:
+    """Part (b): the learned pipeline's stages on ``batch`` test-split scenes."""
+    pipe = load_learned_pipeline().to(device)
+    cfg_sys = pipe.system
+    from risloc.config import SceneConfig
+
+    sc = simulate_range(0, batch, cfg_sys, SceneConfig(), seed=2026, split="test", stream=700,
+                        device=device)
+    nf = NFMLEConfig(iterations=pipe.nfmle_iterations)
+    times = {"network": [], "music": [], "order": [], "nfmle": [], "total": []}
+    K_max = torch.full((batch,), cfg_sys.K_max, device=device)
+    for _ in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        fwd = pipe.forward(sc.y, sc.H, sc.codes, sc.snr_db)
+        _sync(device)
+        t1 = time.perf_counter()
+        cand = music(fwd.R_blend, K_max, cfg_sys, pipe.music_cfg)
+        _sync(device)
+        t2 = time.perf_counter()
+        stats = order_statistics(sc.y, sc.H, sc.codes, cand, cfg_sys)
+        feats = order_features(stats, sc.y, fwd.out.K_logits, cand.score, sc.snr_db)
+        est = cand.truncate(pipe.order_head.decide(feats))
+        _sync(device)
+        t3 = time.perf_counter()
+        nfmle_refine(sc.y, sc.H, sc.codes, est, cfg_sys, nf)
+        _sync(device)
+        t4 = time.perf_counter()
+        for k, v in (("network", t1 - t0), ("music", t2 - t1), ("order", t3 - t2),
+                     ("nfmle", t4 - t3), ("total", t4 - t0)):
+            times[k].append(v)
+    med = {f"{k}_s": statistics.median(v[1:]) for k, v in times.items()}
+    return {"batch": batch, **med, "scenes_per_s": batch / med["total_s"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--config", type=Path, default=Path("configs/train_default.yaml"))
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   help="recipe override section.field=value (repeatable)")
+    p.add_argument("--batch-sizes", type=int, nargs="*", default=[32, 128, 256])
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--inference-batches", type=int, nargs="*", default=[256, 2048])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, default=Path("reports/bench/bench_device.json"))
+    a = p.parse_args()
+    device = torch.device(a.device)
+    info = {"device": str(device), "torch": torch.__version__,
+            "name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "overrides": a.overrides, "training": [], "inference": []}
+    print(info, flush=True)
+    for i, bs in enumerate(a.batch_sizes):
+        cfg = load_train_config(a.config, [*a.overrides, f"device={device.type}",
+                                           f"optim.batch_size={bs}", "progress=false"])
+        row = step_times(cfg, a.steps, profile=not a.no_profile and i == len(a.batch_sizes) - 1,
+                         validate=i == 0)
+        table = row.pop("profile", None)
+        info["training"].append(row)
+        print("train step:", row, flush=True)
+        if table:
+            print(table, flush=True)
+    for bs in a.inference_batches:
+        row = inference_times(device, bs, a.repeats)
+        info["inference"].append(row)
+        print("inference:", row, flush=True)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(info, indent=2))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

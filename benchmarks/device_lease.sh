@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# What ran on the lent GPU machine (README "GPU run"): the CUDA tests, the device timings,
+# then trainings of configs/train_gpu.yaml side by side until a deadline (as many epochs
+# as the measured step time allows), exported for evaluation on the CPU.
+#   OUT=<folder> DEADLINE_S=<seconds from start> RUNS="gpu_w48 [gpu_w64]" \
+#     bash benchmarks/device_lease.sh
+# Needs a CUDA torch; pydantic & co. come as wheels in .whl/ where the machine lacks them.
+set -u
+T0=$(date +%s)
+OUT=${OUT:-reports/device}
+DEADLINE_S=${DEADLINE_S:-500}
+mkdir -p "$OUT"
+LOG="$OUT/lease.log"
+exec > >(tee -a "$LOG") 2>&1
+elapsed() { echo $(( $(date +%s) - T0 )); }
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/src PYTHONUNBUFFERED=1
+nvidia-smi -L; python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__)"
+nproc
+
+echo "== [$(elapsed) s] CUDA tests"
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/integration/test_cuda.py 2>&1 | tail -25
+
+echo "== [$(elapsed) s] device timings (recipe default: AMP on CUDA)"
+timeout 120 python3 benchmarks/bench_device.py --device cuda --batch-sizes 32 128 512 \
+  --inference-batches 256 2048 --out "$OUT/bench_device_amp.json"
+echo "== [$(elapsed) s] device timings (FP32, as the training runs below)"
+timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 128 --no-profile \
+  --set optim.amp=false --inference-batches --out "$OUT/bench_device_fp32.json"
+
+echo "== [$(elapsed) s] trainings: ${RUNS:=gpu_w48}"
+STEP=$(python3 -c "import json; print(json.load(open('$OUT/bench_device_fp32.json'))\
+['training'][0]['seconds_per_step'])" 2>/dev/null || echo 0.25)
+VAL=$(python3 -c "import json; print(json.load(open('$OUT/bench_device_fp32.json'))\
+['training'][0]['validation_s'])" 2>/dev/null || echo 5)
+LEFT=$(( DEADLINE_S - $(elapsed) - 15 ))
+# runs side by side share the GPU: on the first lease two runs took 2.0x the time of one
+N_RUNS=$(echo $RUNS | wc -w)
+EPOCHS=$(python3 -c "print(max(2, int($LEFT / ($N_RUNS * 160 * $STEP + $VAL + 3))))")
+echo "step ${STEP}s at batch 128 (FP32), validation ${VAL}s, ${LEFT}s left -> $EPOCHS epochs"
+mkdir -p runs
+for n in $RUNS; do
+  case $n in
+    gpu_w48) extra=() ;;
+    gpu_w64) extra=(--set model.width=64 --set model.hidden=192) ;;
+  esac
+  python3 -m risloc.training --config configs/train_gpu.yaml --out "runs/$n" \
+    --epochs "$EPOCHS" --no-progress --set order.scenes=0 "${extra[@]}" > "runs/$n.log" 2>&1 &
+  echo $! > "runs/$n.pid"
+done
+while [ "$(elapsed)" -lt "$DEADLINE_S" ]; do
+  alive=0
+  for n in $RUNS; do kill -0 "$(cat runs/$n.pid)" 2>/dev/null && alive=1; done
+  [ $alive = 0 ] && break
+  sleep 5
+done
+for n in $RUNS; do
+  if kill -0 "$(cat runs/$n.pid)" 2>/dev/null; then
+    echo "$n: still running at the deadline, stopped"; kill "$(cat runs/$n.pid)"
+  fi
+done
+sleep 2
+echo "== [$(elapsed) s] export"
+for n in $RUNS; do
+  tail -4 "runs/$n.log"
+  [ -f "runs/$n/best.pt" ] && python3 -c "from risloc.cli.main import app; app()" \
+    export-model "runs/$n/best.pt" --out "runs/$n/model.pt"
+  tar czf "$OUT/$n.tgz" "runs/$n.log" $(cd . && ls runs/$n/{model.pt,model.json,epochs.csv,metrics.json} 2>/dev/null)
+done
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
+echo "== [$(elapsed) s] done"
