@@ -80,7 +80,7 @@ def test_forward_blend_rejects_scenes_of_another_system():
     assert forward_blend(model, sc, 0.0).R_blend.shape == (2, 144, 144)
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`:UserWarning")
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")  # the skipped step
 def test_a_step_the_amp_scaler_skips_is_not_counted_as_taken(tmp_path):
     # With mixed precision the scaler records inf/NaN at unscale and skips the step, even
     # though the sanitised gradients look finite afterwards; weights, EMA and the "taken"
