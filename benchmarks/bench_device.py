@@ -1,8 +1,10 @@
 """Training-step and inference timings on one device (made for a GPU; runs on the CPU too).
 
 (a) Seconds per optimizer step of a recipe at several batch sizes (median of timed steps
-    after one warm-up; the step ends in a host sync, so wall time is GPU time), the time of
-    one validation pass, and a profiler table of the heaviest operators of one step.
+    after three warm-up steps, which also let an AMP scaler settle its scale; a step
+    includes simulating its batch on the CPU, reported alone as simulate_batch_s, and ends
+    in a host sync), the time of one (cold) validation pass at the first batch size, the
+    operator calls of one step and a profiler table of the heaviest operators.
 (b) The learned pipeline's stages (network, MUSIC with K_max, order head, NF-MLE) on the
     shipped model at several batch sizes, each stage closed by a device sync; medians.
 
@@ -39,12 +41,12 @@ def step_times(cfg, steps: int, profile: bool, validate: bool) -> dict:
     """Part (a) for one recipe: median seconds per optimizer step (and of one validation
     pass when ``validate``)."""
     tr = Trainer(cfg)
-    times = []
-    for k in range(steps + 1):
+    times, warmup = [], 3
+    for k in range(steps + warmup):
         t0 = time.perf_counter()
         tr.micro_step(tr.data.batch(k, 0), cfg.blend.beta, tr.loss_config())
         tr.optimizer_step()  # ends in float(grad norm): a host sync
-        if k:
+        if k >= warmup:
             times.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
     data_s = [tr.data.batch(k, 0) for k in range(3)]
@@ -67,6 +69,7 @@ def step_times(cfg, steps: int, profile: bool, validate: bool) -> dict:
             tr.micro_step(data_s[0], cfg.blend.beta, tr.loss_config())
             tr.optimizer_step()
         key = "self_cuda_time_total" if tr.device.type == "cuda" else "self_cpu_time_total"
+        res["operator_calls"] = sum(e.count for e in p.key_averages())
         res["profile"] = p.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=40)
     return res
 

@@ -37,16 +37,19 @@ STEP=$(python3 -c "import json; print(json.load(open('$OUT/bench_device_fp32.jso
 ['training'][0]['seconds_per_step'])" 2>/dev/null || echo 0.25)
 VAL=$(python3 -c "import json; print(json.load(open('$OUT/bench_device_fp32.json'))\
 ['training'][0]['validation_s'])" 2>/dev/null || echo 5)
+SPE=$(python3 -c "from risloc.training.config import load_train_config as f; \
+print(f('configs/train_gpu.yaml', []).schedule.steps_per_epoch)")
 LEFT=$(( DEADLINE_S - $(elapsed) - 15 ))
 # runs side by side share the GPU: on the first lease two runs took 2.0x the time of one
 N_RUNS=$(echo $RUNS | wc -w)
-EPOCHS=$(python3 -c "print(max(2, int($LEFT / ($N_RUNS * 160 * $STEP + $VAL + 3))))")
+EPOCHS=$(python3 -c "print(max(2, int($LEFT / ($N_RUNS * $SPE * $STEP + $VAL + 3))))")
 echo "step ${STEP}s at batch 128 (FP32), validation ${VAL}s, ${LEFT}s left -> $EPOCHS epochs"
 mkdir -p runs
 for n in $RUNS; do
   case $n in
     gpu_w48) extra=() ;;
     gpu_w64) extra=(--set model.width=64 --set model.hidden=192) ;;
+    *) echo "unknown run $n (gpu_w48, gpu_w64)" >&2; continue ;;
   esac
   python3 -m risloc.training --config configs/train_gpu.yaml --out "runs/$n" \
     --epochs "$EPOCHS" --no-progress --set order.scenes=0 "${extra[@]}" > "runs/$n.log" 2>&1 &
@@ -54,18 +57,21 @@ for n in $RUNS; do
 done
 while [ "$(elapsed)" -lt "$DEADLINE_S" ]; do
   alive=0
-  for n in $RUNS; do kill -0 "$(cat runs/$n.pid)" 2>/dev/null && alive=1; done
+  for n in $RUNS; do [ -f runs/$n.pid ] && kill -0 "$(cat runs/$n.pid)" 2>/dev/null && alive=1; done
   [ $alive = 0 ] && break
   sleep 5
 done
 for n in $RUNS; do
-  if kill -0 "$(cat runs/$n.pid)" 2>/dev/null; then
+  if [ -f runs/$n.pid ] && kill -0 "$(cat runs/$n.pid)" 2>/dev/null; then
     echo "$n: still running at the deadline, stopped"; kill "$(cat runs/$n.pid)"
   fi
 done
-sleep 2
+for n in $RUNS; do  # the trainings have exited before their checkpoints are exported
+  [ -f runs/$n.pid ] && while kill -0 "$(cat runs/$n.pid)" 2>/dev/null; do sleep 1; done
+done
 echo "== [$(elapsed) s] export"
 for n in $RUNS; do
+  [ -f "runs/$n.log" ] || continue
   tail -4 "runs/$n.log"
   [ -f "runs/$n/best.pt" ] && python3 -c "from risloc.cli.main import app; app()" \
     export-model "runs/$n/best.pt" --out "runs/$n/model.pt"

@@ -145,5 +145,7 @@ def test_mixed_precision_reaches_only_the_cnn_trunk(model, scenes, monkeypatch):
     assert amp.slot_azimuth.dtype == torch.float32
     for t in (amp.slot_azimuth, amp.slot_elevation, amp.slot_range, amp.R_pred):
         assert torch.isfinite(t).all()
-    # the trunk's rounding moves slots by a fraction of a grid cell (4 deg) at most
-    assert (amp.slot_azimuth - ref.slot_azimuth).abs().max() < torch.deg2rad(torch.tensor(4.0))
+    # autocast did reach the trunk (its heatmap carries BF16 rounding, ~0.5 % here), and
+    # only rounding: the slots picked from the heatmap may flip, so they are not compared
+    gap = (amp.heatmap - ref.heatmap).abs().amax() / ref.heatmap.abs().amax()
+    assert 1e-4 < gap < 5e-2
