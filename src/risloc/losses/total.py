@@ -5,7 +5,7 @@ Terms (weights in LossConfig; a term whose weight is 0 is skipped and reported a
  2 cov_pred        the same NMSE on R_pred alone (the network cannot hide behind R_samp)
  3 ortho           orthogonality of the factor columns
  4 cross           cross-term consistency: F inside the span of the slot steering vectors
- 5 gap             eigengap hinge   } from svdvals of the loaded, Hermitised R_blend
+ 5 gap             eigengap hinge   } from the eigenvalues of the loaded, Hermitised R_blend
  6 margin          subspace margin  }
  7 k_ce            K cross-entropy
  8 aux             slot loss: heatmap focal + offsets at the truth + Hungarian-matched slots
@@ -39,7 +39,7 @@ class LossConfig:
     """Weights (lam_*) and parameters of the loss terms.
 
     spectral_scenes : the terms that factorise an N x N matrix per scene (gap, margin:
-        svdvals; align: eigh; peak_contrast: Cholesky) use the first ``spectral_scenes``
+        eigvalsh; align: eigh; peak_contrast: Cholesky) use the first ``spectral_scenes``
         scenes of a batch (0 = all): on a CPU they cost more than the whole network, and a
         subset gives an unbiased estimate of the batch mean.
     """

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from risloc.covariance import normalize_trace
+from risloc.covariance import hermitise, load_diagonal, normalize_trace
 from risloc.losses import covariance as cov
 from risloc.losses.subspace import steering_columns
 
@@ -87,3 +87,23 @@ def test_spectral_hinges_have_finite_gradients_on_rank_deficient_input(R_true, s
     (g,) = torch.autograd.grad(loss, F)
     assert torch.isfinite(torch.view_as_real(g)).all() and g.abs().sum() > 0
     assert math.isfinite(float(loss.detach()))
+
+
+def test_loaded_singular_values_equal_svdvals_with_the_same_gradient():
+    """eigvalsh of the loaded Hermitian matrix stands in for svdvals (LESSONS.md's choice):
+    same values and same gradient, also with 142 repeated (zero) eigenvalues."""
+    torch.manual_seed(3)
+    F = torch.randn(4, 144, 2, dtype=torch.complex64, requires_grad=True)
+    w = torch.rand(144)
+
+    def via(fn):
+        sv = fn(F @ F.mH)
+        (g,) = torch.autograd.grad((sv * w).sum(), F)
+        return sv.detach(), g
+
+    sv_e, g_e = via(lambda R: cov.loaded_singular_values(R, 1e-3))
+    sv_s, g_s = via(lambda R: torch.linalg.svdvals(
+        load_diagonal(normalize_trace(hermitise(R)), 1e-3)))
+    assert torch.all(sv_e[:, :-1] >= sv_e[:, 1:])
+    assert torch.allclose(sv_e, sv_s, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(g_e, g_s, rtol=1e-3, atol=1e-4 * float(g_s.abs().max()))
