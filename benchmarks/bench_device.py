@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 
 import torch
+from bench_pipeline import stage_split  # sibling script: run as python3 benchmarks/...
 
-from risloc.estimators.music import music
-from risloc.estimators.nfmle import NFMLEConfig, nfmle_refine
+from risloc.config import SceneConfig
 from risloc.pipeline.learned import load_learned_pipeline
-from risloc.pipeline.order import order_features, order_statistics
 from risloc.simulation import simulate_range
 from risloc.training.config import load_train_config
 from risloc.training.data import validation_set
@@ -78,36 +77,11 @@ def step_times(cfg, steps: int, profile: bool, validate: bool) -> dict:
 def inference_times(device: torch.device, batch: int, repeats: int) -> dict:
     """Part (b): the learned pipeline's stages on ``batch`` test-split scenes."""
     pipe = load_learned_pipeline().to(device)
-    cfg_sys = pipe.system
-    from risloc.config import SceneConfig
-
-    sc = simulate_range(0, batch, cfg_sys, SceneConfig(), seed=2026, split="test", stream=700,
-                        device=device)
-    nf = NFMLEConfig(iterations=pipe.nfmle_iterations)
-    times = {"network": [], "music": [], "order": [], "nfmle": [], "total": []}
-    K_max = torch.full((batch,), cfg_sys.K_max, device=device)
-    for _ in range(repeats + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        fwd = pipe.forward(sc.y, sc.H, sc.codes, sc.snr_db)
-        _sync(device)
-        t1 = time.perf_counter()
-        cand = music(fwd.R_blend, K_max, cfg_sys, pipe.music_cfg)
-        _sync(device)
-        t2 = time.perf_counter()
-        stats = order_statistics(sc.y, sc.H, sc.codes, cand, cfg_sys)
-        feats = order_features(stats, sc.y, fwd.out.K_logits, cand.score, sc.snr_db)
-        est = cand.truncate(pipe.order_head.decide(feats))
-        _sync(device)
-        t3 = time.perf_counter()
-        nfmle_refine(sc.y, sc.H, sc.codes, est, cfg_sys, nf)
-        _sync(device)
-        t4 = time.perf_counter()
-        for k, v in (("network", t1 - t0), ("music", t2 - t1), ("order", t3 - t2),
-                     ("nfmle", t4 - t3), ("total", t4 - t0)):
-            times[k].append(v)
-    med = {f"{k}_s": statistics.median(v[1:]) for k, v in times.items()}
-    return {"batch": batch, **med, "scenes_per_s": batch / med["total_s"]}
+    sc = simulate_range(0, batch, pipe.system, SceneConfig(), seed=2026, split="test",
+                        stream=700, device=device)
+    med = stage_split(pipe, sc, repeats, sync=lambda: _sync(device))
+    return {"batch": batch, **{f"{k}_s": v for k, v in med.items()},
+            "scenes_per_s": batch / med["total"]}
 
 
 def main() -> None:

@@ -105,32 +105,47 @@ def versus_classical(pipe, cfg, n: int) -> dict:
 
 
 @torch.no_grad()
-def throughput(pipe, cfg, repeats: int) -> dict:
-    sc = simulate_range(0, 256, cfg.system, cfg.scene, seed=2026, split="test", stream=700)
+def stage_split(pipe, sc, repeats: int, sync=lambda: None) -> dict[str, float]:
+    """Median seconds of the learned pipeline's stages on the scenes ``sc`` (first run =
+    warm-up), as LearnedPipeline.localize runs them with K unknown; ``sync`` closes each
+    stage (a device sync on a GPU)."""
+    system = pipe.system
     nf = NFMLEConfig(iterations=pipe.nfmle_iterations)
     times = {"network": [], "music": [], "order": [], "nfmle": [], "total": []}
     for _ in range(repeats + 1):
+        sync()
         t0 = time.perf_counter()
         fwd = pipe.forward(sc.y, sc.H, sc.codes, sc.snr_db)
+        sync()
         t1 = time.perf_counter()
-        if pipe.order_head is not None:  # as LearnedPipeline.localize with K unknown
-            cand = music(fwd.R_blend, torch.full((len(sc),), cfg.system.K_max), cfg.system,
-                         pipe.music_cfg)
+        if pipe.order_head is not None:
+            cand = music(fwd.R_blend, torch.full((len(sc),), system.K_max, device=sc.y.device),
+                         system, pipe.music_cfg)
+            sync()
             t2 = time.perf_counter()
-            stats = order_statistics(sc.y, sc.H, sc.codes, cand, cfg.system)
+            stats = order_statistics(sc.y, sc.H, sc.codes, cand, system)
             feats = order_features(stats, sc.y, fwd.out.K_logits, cand.score, sc.snr_db)
             est = cand.truncate(pipe.order_head.decide(feats))
         else:
-            est = music(fwd.R_blend, fwd.out.K_hat, cfg.system, pipe.music_cfg)
+            est = music(fwd.R_blend, fwd.out.K_hat, system, pipe.music_cfg)
+            sync()
             t2 = time.perf_counter()
+        sync()
         t3 = time.perf_counter()
         if pipe.nfmle_iterations:
-            nfmle_refine(sc.y, sc.H, sc.codes, est, cfg.system, nf)
+            nfmle_refine(sc.y, sc.H, sc.codes, est, system, nf)
+        sync()
         t4 = time.perf_counter()
         for k, v in (("network", t1 - t0), ("music", t2 - t1), ("order", t3 - t2),
                      ("nfmle", t4 - t3), ("total", t4 - t0)):
             times[k].append(v)
-    med = {k: statistics.median(v[1:]) for k, v in times.items()}  # first run = warm-up
+    return {k: statistics.median(v[1:]) for k, v in times.items()}
+
+
+@torch.no_grad()
+def throughput(pipe, cfg, repeats: int) -> dict:
+    sc = simulate_range(0, 256, cfg.system, cfg.scene, seed=2026, split="test", stream=700)
+    med = stage_split(pipe, sc, repeats)
     # end to end as users run it: Localizer, the batch split over one worker per core
     loc = Localizer(pipe.system, "learned", pipe, workers=None)
     e2e = []
