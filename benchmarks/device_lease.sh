@@ -2,7 +2,7 @@
 # What ran on the lent GPU machine (README "GPU run"): the CUDA tests, the device timings,
 # then trainings of configs/train_gpu.yaml side by side until a deadline (as many epochs
 # as the measured step time allows), exported for evaluation on the CPU.
-#   OUT=<folder> DEADLINE_S=<seconds from start> RUNS="gpu_w48 [gpu_w64]" \
+#   OUT=<folder> DEADLINE_S=<seconds from start> RUNS="gpu_w48 [gpu_w64]" [BATCH=512 LR=3e-3] \
 #     bash benchmarks/device_lease.sh
 # Needs a CUDA torch; pydantic & co. come as wheels in .whl/ where the machine lacks them.
 set -u
@@ -25,16 +25,29 @@ nproc
 echo "== [$(elapsed) s] CUDA tests"
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/integration/test_cuda.py 2>&1 | tail -25
 
+if [ "${BATCH:-128}" = 128 ]; then  # stop 9: the timings of all batch sizes, FP32 training
 echo "== [$(elapsed) s] device timings (recipe default: AMP on CUDA)"
 timeout 120 python3 benchmarks/bench_device.py --device cuda --batch-sizes 32 128 512 \
   --inference-batches 256 2048 --out "$OUT/bench_device_amp.json"
 echo "== [$(elapsed) s] device timings (FP32, as the training runs below)"
 timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 128 --no-profile \
   --set optim.amp=false --inference-batches --out "$OUT/bench_device_fp32.json"
+AMP=false
+else  # stop 10: the training batch only, AMP vs FP32; the faster one trains
+echo "== [$(elapsed) s] device timings at batch $BATCH (AMP, then FP32)"
+timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes "$BATCH" --no-profile \
+  --inference-batches --out "$OUT/bench_device_amp.json"
+timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes "$BATCH" --no-profile \
+  --set optim.amp=false --inference-batches --out "$OUT/bench_device_fp32.json"
+AMP=$(python3 -c "import json; t=lambda f: json.load(open(f))['training'][0]['seconds_per_step']; \
+print(str(t('$OUT/bench_device_amp.json') < t('$OUT/bench_device_fp32.json')).lower())" \
+  2>/dev/null || echo false)
+fi
+BENCH=$([ "$AMP" = true ] && echo amp || echo fp32)
 
-echo "== [$(elapsed) s] trainings: ${RUNS:=gpu_w48}"
-STEP=$(python3 -c "import json; print(json.load(open('$OUT/bench_device_fp32.json'))\
-['training'][0]['seconds_per_step'])" 2>/dev/null || echo 0.25)
+echo "== [$(elapsed) s] trainings: ${RUNS:=gpu_w48} (batch ${BATCH:=128}, lr ${LR:=2e-3}, amp $AMP)"
+STEP=$(python3 -c "import json; print(json.load(open('$OUT/bench_device_$BENCH.json'))\
+['training'][0]['seconds_per_step'])" 2>/dev/null || echo 0.3)
 VAL=$(python3 -c "import json; print(json.load(open('$OUT/bench_device_fp32.json'))\
 ['training'][0]['validation_s'])" 2>/dev/null || echo 5)
 SPE=$(python3 -c "from risloc.training.config import load_train_config as f; \
@@ -42,8 +55,8 @@ print(f('configs/train_gpu.yaml', []).schedule.steps_per_epoch)")
 LEFT=$(( DEADLINE_S - $(elapsed) - 15 ))
 # runs side by side share the GPU: on the first lease two runs took 2.0x the time of one
 N_RUNS=$(echo $RUNS | wc -w)
-EPOCHS=$(python3 -c "print(max(2, int($LEFT / ($N_RUNS * $SPE * $STEP + $VAL + 3))))")
-echo "step ${STEP}s at batch 128 (FP32), validation ${VAL}s, ${LEFT}s left -> $EPOCHS epochs"
+EPOCHS=$(python3 -c "print(max(2, int(0.92 * $LEFT / ($N_RUNS * $SPE * $STEP + $VAL + 3))))")
+echo "step ${STEP}s at batch $BATCH (amp $AMP), validation ${VAL}s, ${LEFT}s left -> $EPOCHS epochs"
 mkdir -p runs
 for n in $RUNS; do
   case $n in
@@ -52,7 +65,8 @@ for n in $RUNS; do
     *) echo "unknown run $n (gpu_w48, gpu_w64)" >&2; continue ;;
   esac
   python3 -m risloc.training --config configs/train_gpu.yaml --out "runs/$n" \
-    --epochs "$EPOCHS" --no-progress --set order.scenes=0 "${extra[@]}" > "runs/$n.log" 2>&1 &
+    --epochs "$EPOCHS" --no-progress --set order.scenes=0 --set optim.batch_size="$BATCH" \
+    --set optim.lr="$LR" --set optim.amp="$AMP" "${extra[@]}" > "runs/$n.log" 2>&1 &
   echo $! > "runs/$n.pid"
 done
 while [ "$(elapsed)" -lt "$DEADLINE_S" ]; do
