@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What ran on the lent GPU machine (README "GPU run"): the CUDA tests, the device timings,
+# What ran on the lent GPU machine (README "GPU runs"): the CUDA tests, the device timings,
 # then trainings of configs/train_gpu.yaml side by side until a deadline (as many epochs
 # as the measured step time allows), exported for evaluation on the CPU.
 #   OUT=<folder> DEADLINE_S=<seconds from start> RUNS="gpu_w48 [gpu_w64]" [BATCH=512 LR=3e-3] \
