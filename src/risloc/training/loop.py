@@ -3,7 +3,9 @@
 Per optimizer step (strict order):
     accumulate micro-batch gradients -> unscale -> sanitise non-finite gradients (counted,
     logged) -> clip -> finite check -> step -> scaler update -> zero_grad -> scheduler
-    (warm-up + cosine, per step; SWALR per epoch once SWA runs) -> EMA update.
+    (warm-up + cosine, per step; SWALR per epoch once SWA runs) -> EMA update. A step that
+    is skipped (non-finite gradient norm, or the AMP scaler found inf/NaN) advances neither
+    the scheduler nor the EMA.
 Per epoch: beta annealed 0 -> blend.beta over the first beta_warmup_frac of training with
 jitter, loss weights by phase (warm-up / main / final), SWA averaging in the final
 fraction, validation of the EMA weights with the end-to-end metric, best / last
@@ -214,9 +216,9 @@ class Trainer:
         if self.scaler.get_scale() < scale:  # the scaler saw inf/NaN at unscale: no step
             taken = False
         self.optimizer.zero_grad(set_to_none=True)
-        if not self.in_swa:
-            self.scheduler.step()
-        if taken:
+        if taken:  # the schedule counts the updates made (and never runs ahead of them)
+            if not self.in_swa:
+                self.scheduler.step()
             self.ema.update_parameters(self.model)
         self.step += 1
         return norm, n_bad, taken

@@ -1,6 +1,7 @@
 """Pieces of the loop: gradient sanitising, optimizer wiring, EMA, the no-leak property."""
 
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -96,13 +97,20 @@ def test_a_step_the_amp_scaler_skips_is_not_counted_as_taken(tmp_path):
     for p in tr.model.parameters():
         p.grad = torch.ones_like(p)
     next(tr.model.parameters()).grad.view(-1)[0] = math.inf
-    norm, n_bad, taken = tr.optimizer_step()
-    assert n_bad == 1 and math.isfinite(norm) and not taken
-    assert tr.scaler.get_scale() < 2.0 ** 8
-    assert all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
-    assert int(tr.ema.n_averaged) == averaged  # the EMA did not count the skipped step
-    for p in tr.model.parameters():  # a clean step is taken
-        p.grad = torch.ones_like(p)
-    assert tr.optimizer_step()[2]
+    scheduled = tr.scheduler.last_epoch
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        norm, n_bad, taken = tr.optimizer_step()
+        assert n_bad == 1 and math.isfinite(norm) and not taken
+        assert tr.scaler.get_scale() < 2.0 ** 8
+        assert all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+        assert int(tr.ema.n_averaged) == averaged  # the EMA did not count the skipped step
+        assert tr.scheduler.last_epoch == scheduled  # nor did the learning-rate schedule
+        for p in tr.model.parameters():  # a clean step is taken
+            p.grad = torch.ones_like(p)
+        assert tr.optimizer_step()[2]
     assert int(tr.ema.n_averaged) == averaged + 1
+    assert tr.scheduler.last_epoch == scheduled + 1
+    # the schedule never stepped before the optimizer (PyTorch's order warning under AMP)
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
     assert not all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
