@@ -85,6 +85,13 @@ class LearnedPipeline:
         feats = order_features(stats, y, fwd.out.K_logits, cand.score, snr_db)
         return OrderInputs(cand, feats)
 
+    def nfmle_config(self) -> NFMLEConfig:
+        """The NF-MLE polish: the checkpoint's iterations, in MUSIC's field-of-view box."""
+        return replace(NFMLEConfig(), iterations=self.nfmle_iterations,
+                       azimuth_deg=self.music_cfg.azimuth_deg,
+                       elevation_deg=self.music_cfg.elevation_deg,
+                       range_m=self.music_cfg.range_m)
+
     @torch.no_grad()
     def localize(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                  snr_db: torch.Tensor | None = None, K: torch.Tensor | None = None
@@ -103,11 +110,7 @@ class LearnedPipeline:
             est = music(fwd.R_blend, fwd.out.K_hat if K is None else K, self.system,
                         self.music_cfg)
         if self.nfmle_iterations > 0:
-            cfg = replace(NFMLEConfig(), iterations=self.nfmle_iterations,
-                          azimuth_deg=self.music_cfg.azimuth_deg,
-                          elevation_deg=self.music_cfg.elevation_deg,
-                          range_m=self.music_cfg.range_m)
-            est = nfmle_refine(y, H, codes, est, self.system, cfg)
+            est = nfmle_refine(y, H, codes, est, self.system, self.nfmle_config())
         return Estimates(est.K, *(t.to(torch.float32) for t in
                                   (est.azimuth, est.elevation, est.range_m, est.score)))
 
