@@ -3,9 +3,10 @@
 After the learned pipeline has chosen K_hat (order head) and polished its sources by
 NF-MLE, two ML order tests on the polished fit:
 
-- add: the strongest point of the residual beamformer sum_l |a(g)^H diag(c_l)^* H^H r_l|^2
-  on a coarse 31 x 16 x 8 grid joins the K_hat sources, all K_hat + 1 are polished again,
-  and the source is kept when it lowers the ML residual by more than ``t`` sigma^2 (nats);
+- add: one greedy step of the classical localizer given the K_hat sources (the grid point
+  of largest OLS statistic T(g), :func:`risloc.estimators.classical.next_source`) joins
+  them, all K_hat + 1 are polished again, and the source is kept when it lowers the ML
+  residual by more than ``t`` sigma^2 (nats);
 - drop: each of the K_hat sources is removed in turn (the rest polished again), and the
   one whose removal costs least is dropped when it costs less than ``t`` nats.
 
@@ -28,14 +29,14 @@ import torch
 
 from risloc.config import SceneConfig
 from risloc.estimators.base import Estimates
-from risloc.estimators.grids import grid_steering
-from risloc.estimators.nfmle import amplitude_fit, nfmle_fit
+from risloc.estimators.classical import next_source
+from risloc.estimators.nfmle import nfmle_fit
 from risloc.estimators.order import noise_var_from_snr
-from risloc.physics import steering
 from risloc.pipeline.learned import load_learned_pipeline
+from risloc.pipeline.order_check import OrderCheckConfig, check_order
 from risloc.simulation import simulate_range
 
-THRESHOLDS = (10.0, 20.0, 30.0, 40.0, 60.0, 80.0)
+THRESHOLDS = (10.0, 20.0, 30.0, 40.0, 60.0, 80.0, 100.0)
 
 
 def with_slots(est: Estimates, slots: int) -> Estimates:
@@ -46,19 +47,6 @@ def with_slots(est: Estimates, slots: int) -> Estimates:
     pad = [torch.cat([t, t.new_full((B, slots - k), math.nan)], 1)
            for t in (est.azimuth, est.elevation, est.range_m, est.score)]
     return Estimates(est.K.clone(), *pad)
-
-
-def residual_peak(sc, est: Estimates, system, music_cfg) -> tuple[torch.Tensor, ...]:
-    """(azimuth, elevation, range) [B] of the residual beamformer's maximum (docstring)."""
-    key = (music_cfg.azimuth_deg, music_cfg.elevation_deg, music_cfg.range_m, 31, 16, 8)
-    grid, A_grid = grid_steering(system, key, sc.y.dtype, str(sc.y.device))  # (N, G)
-    A = steering(torch.nan_to_num(est.azimuth), torch.nan_to_num(est.elevation),
-                 torch.nan_to_num(est.range_m, nan=1.0), system, sc.y.dtype)
-    r = amplitude_fit(sc.y, sc.H, sc.codes, A, est.mask, 1e-6).r  # (B, L, M)
-    Z = sc.codes.conj() * (r @ sc.H.conj())  # (B, L, N): diag(c_l)^* H^H r_l
-    g = (Z @ A_grid.conj()).abs().square().sum(1).argmax(-1)  # (B,)
-    return tuple(t[g].to(est.azimuth.dtype) for t in (grid.azimuth, grid.elevation,
-                                                       grid.range_m))
 
 
 def found(sc, azimuth: torch.Tensor, elevation: torch.Tensor, tol_deg: float = 2.0):
@@ -93,8 +81,9 @@ def run(pipe, sc) -> dict:
     grown = Estimates(torch.where(can, K_hat + 1, K_hat), est.azimuth.clone(),
                       est.elevation.clone(), est.range_m.clone(), est.score.clone())
     slot = K_hat.clamp_max(S.K_max)
-    for field, v in zip(("azimuth", "elevation", "range_m"), residual_peak(sc, est, S,
-                                                                         pipe.music_cfg)):
+    pos = next_source(sc.y, sc.H, sc.codes, est, S).to(est.azimuth.dtype)
+    for field, v in zip(("azimuth", "elevation", "range_m"), (pos[:, 0], pos[:, 1],
+                                                              1.0 / pos[:, 2])):
         getattr(grown, field)[rows[can], slot[can]] = v[can]
     added = nfmle_fit(sc.y, sc.H, sc.codes, grown, S, cfg)
     gain = torch.where(can, (base.cost.double() - added.cost.double()) / sigma2, -math.inf)
@@ -115,6 +104,15 @@ def run(pipe, sc) -> dict:
         loss = torch.where(drop, torch.minimum(loss, (cost - base.cost.double()) / sigma2),
                            loss)
 
+    # the pipeline's check (risloc.pipeline.order_check): add, then swap; on every scene
+    # and on the scenes the order head is unsure of (its default gate)
+    check = pipe.order_check or OrderCheckConfig()
+    unsure = torch.softmax(pipe.order_head(inputs.features), -1).amax(-1) < check.gate
+    polished = base.estimates
+    K_check = {name: check_order(sc.y, sc.H, sc.codes, polished, base.cost, sc.snr_db, S, cfg,
+                                 check, select).K
+               for name, select in (("all", None), ("gated", unsure))}
+
     K = sc.K
     right, under, over = K_hat == K, K_hat < K, K_hat > K
 
@@ -125,6 +123,10 @@ def run(pipe, sc) -> dict:
            "added_hits_missed_source_in_undercounted": share(hit[under & can]),
            "add_nats_right": quartiles(gain[right]), "add_nats_under": quartiles(gain[under]),
            "drop_nats_right": quartiles(loss[right]), "drop_nats_over": quartiles(loss[over])}
+    row["unsure_share"] = share(unsure)
+    row["head_errors_unsure"] = share(unsure[~right]) if bool((~right).any()) else None
+    for name, Kc in K_check.items():
+        row[f"check_{name}"] = [share(Kc == K), share(Kc < K), share(Kc > K)]
     for t in THRESHOLDS:
         K_add = torch.where(gain > t, K_hat + 1, K_hat)
         K_drop = torch.where(loss < t, K_hat - 1, K_hat)
@@ -137,6 +139,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=400, help="validation scenes per SNR")
     p.add_argument("--snrs", type=float, nargs="+", default=[0.0, 10.0])
+    p.add_argument("--start", type=int, default=0, help="first validation scene")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("reports/bench/bench_order_refit.json"))
@@ -145,8 +148,8 @@ def main() -> None:
     pipe = load_learned_pipeline()
     rows = []
     for snr in a.snrs:
-        sc = simulate_range(0, a.n, pipe.system, SceneConfig(), a.seed, "validation",
-                            snr_db=snr)
+        sc = simulate_range(a.start, a.start + a.n, pipe.system, SceneConfig(), a.seed,
+                            "validation", snr_db=snr)
         row = {"snr_db": snr, **run(pipe, sc)}
         rows.append(row)
         print(f"{snr:5.1f} dB: order head K accuracy {row['K_accuracy']:.3f} (under "
@@ -162,8 +165,18 @@ def main() -> None:
             print(f"        threshold {t:4g} nats: add -> K accuracy {ad[0]:.3f} (under "
                   f"{ad[1]:.3f}, over {ad[2]:.3f}); drop -> {dr[0]:.3f} (under {dr[1]:.3f}, "
                   f"over {dr[2]:.3f})")
+        check = pipe.order_check or OrderCheckConfig()
+        for name in ("all", "gated"):
+            c = row[f"check_{name}"]
+            print(f"        the pipeline's check (add > {check.add_nats:g}, swap < "
+                  f"{check.drop_nats:g} nats) on {name} scenes: K accuracy {c[0]:.3f} (under "
+                  f"{c[1]:.3f}, over {c[2]:.3f})" + (
+                      f"; the head is unsure (p < {check.gate:g}) of {row['unsure_share']:.2f}"
+                      f" of the scenes and {row['head_errors_unsure']:.2f} of its errors"
+                      if name == "gated" else ""))
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"n": a.n, "seed": a.seed, "rows": rows}, indent=2))
+    a.out.write_text(json.dumps({"n": a.n, "start": a.start, "seed": a.seed, "rows": rows},
+                                indent=2))
     print(f"wrote {a.out}")
 
 

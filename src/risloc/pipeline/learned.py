@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,7 +18,7 @@ import torch
 from risloc.config import SystemConfig
 from risloc.estimators.base import Estimates
 from risloc.estimators.music import MusicConfig, music
-from risloc.estimators.nfmle import NFMLEConfig, nfmle_refine
+from risloc.estimators.nfmle import NFMLEConfig, nfmle_fit
 from risloc.pipeline.order import (
     FEATURES_VERSION,
     OrderHead,
@@ -26,6 +26,7 @@ from risloc.pipeline.order import (
     order_head_from_state,
     order_statistics,
 )
+from risloc.pipeline.order_check import OrderCheckConfig, check_order
 from risloc.simulation.scenes import SceneBatch
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ class LearnedPipeline:
     nfmle_iterations : Gauss-Newton polish steps after MUSIC (0 = MUSIC only)
     order_head : the K decision fitted after training (``risloc fit-order``); None: the
         network's K head decides
+    order_check : the ML check of the order head's K after the polish
+        (:mod:`risloc.pipeline.order_check`; needs the order head and nfmle_iterations > 0);
+        None: off
     """
 
     model: torch.nn.Module
@@ -57,6 +61,7 @@ class LearnedPipeline:
     music_cfg: MusicConfig
     nfmle_iterations: int = 3
     order_head: OrderHead | None = None
+    order_check: OrderCheckConfig | None = field(default_factory=OrderCheckConfig)
 
     def to(self, device: str | torch.device) -> LearnedPipeline:
         """Move the network and the order head (in place); inputs must be on ``device``."""
@@ -99,18 +104,27 @@ class LearnedPipeline:
         """y [B,L,M], H [B,M,N], codes [B,L,N] complex64; snr_db [B] or None; K [B] or None.
 
         K unknown and an order head present: MUSIC once with K_max, the head picks K, the
-        K strongest candidates are polished. Otherwise MUSIC with the given K or the K
-        head's. (MUSIC with K_max then the K strongest gave the same validation errors
-        and F1 as MUSIC with the true K, 0-20 dB.)"""
+        K strongest candidates are polished, and where the head is unsure the polished fit
+        checks its K (``order_check``). Otherwise MUSIC with the given K or the K head's.
+        (MUSIC with K_max then the K strongest gave the same validation errors and F1 as
+        MUSIC with the true K, 0-20 dB.)"""
         fwd = self.forward(y, H, codes, snr_db)
+        unsure = None
         if K is None and self.order_head is not None:
             inputs = self.order_inputs(fwd, y, H, codes, snr_db)
-            est = inputs.candidates.truncate(self.order_head.decide(inputs.features))
+            prob = torch.softmax(self.order_head(inputs.features), -1)
+            est = inputs.candidates.truncate(prob.argmax(-1) + 1)
+            if self.order_check is not None:
+                unsure = prob.amax(-1) < self.order_check.gate
         else:
             est = music(fwd.R_blend, fwd.out.K_hat if K is None else K, self.system,
                         self.music_cfg)
         if self.nfmle_iterations > 0:
-            est = nfmle_refine(y, H, codes, est, self.system, self.nfmle_config())
+            fit = nfmle_fit(y, H, codes, est, self.system, self.nfmle_config())
+            est = fit.estimates
+            if unsure is not None and bool(unsure.any()):
+                est = check_order(y, H, codes, est, fit.cost, snr_db, self.system,
+                                  self.nfmle_config(), self.order_check, unsure)
         return Estimates(est.K, *(t.to(torch.float32) for t in
                                   (est.azimuth, est.elevation, est.range_m, est.score)))
 

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from risloc.config import SceneConfig, SystemConfig
+from risloc.estimators.base import Estimates
 from risloc.estimators.classical import (
     ClassicalConfig,
     classical_localize,
     greedy_search,
+    next_source,
     search_grid,
 )
 from risloc.evaluation.metrics import match_sources
@@ -46,6 +48,33 @@ def test_three_sources_known_K_are_all_found():
     b40 = simulate_range(0, 6, SYSTEM, SCENE, seed=2, split="test", K=3, snr_db=40.0)
     err40 = angle_errors_deg(classical_localize(b40.y, b40.H, b40.codes, SYSTEM, K=3), b40)
     assert err40.max() < 0.1, err40
+
+
+def _first_two(b, padding: int) -> Estimates:
+    """The first two true sources of each scene as found sources, plus padded slots."""
+    nan = torch.full((len(b), padding), math.nan)
+    return Estimates(torch.full((len(b),), 2), *(torch.cat([t[:, :2], nan], 1) for t in
+                                                 (b.azimuth, b.elevation, b.range_m, b.powers)))
+
+
+def test_next_source_finds_the_one_left_out_given_the_others():
+    # Two of three sources given: the greedy step lands on the third within about one grid
+    # cell (the grid spacing is ~5 deg).
+    b = simulate_range(0, 8, SYSTEM, SCENE, seed=3, split="test", K=3, snr_db=30.0)
+    pos = next_source(b.y, b.H, b.codes, _first_two(b, 2), SYSTEM)
+    assert pos.shape == (8, 3)
+    gap = torch.rad2deg(torch.maximum((pos[:, 0] - b.azimuth[:, 2]).abs(),
+                                      (pos[:, 1] - b.elevation[:, 2]).abs()))
+    assert gap.max() < 6.0, gap
+    with pytest.raises(ValueError, match="found holds 7 scenes"):
+        next_source(b.y, b.H, b.codes, _first_two(b, 2)[:7], SYSTEM)
+
+
+def test_next_source_ignores_padded_slots():
+    # Padded slots are zero columns; their QR directions must not enter the statistic.
+    b = simulate_range(0, 16, SYSTEM, SCENE, seed=4, split="test", K=4, snr_db=0.0)
+    compact = next_source(b.y, b.H, b.codes, _first_two(b, 0), SYSTEM)
+    assert torch.equal(next_source(b.y, b.H, b.codes, _first_two(b, 3), SYSTEM), compact)
 
 
 def test_order_is_estimated_at_20_db():
