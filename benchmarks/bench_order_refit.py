@@ -33,7 +33,7 @@ from risloc.estimators.classical import next_source
 from risloc.estimators.nfmle import nfmle_fit
 from risloc.estimators.order import noise_var_from_snr
 from risloc.pipeline.learned import load_learned_pipeline
-from risloc.pipeline.order_check import OrderCheckConfig, check_order
+from risloc.pipeline.order_check import OrderCheckConfig, check_order, check_selection
 from risloc.simulation import simulate_range
 
 THRESHOLDS = (10.0, 20.0, 30.0, 40.0, 60.0, 80.0, 100.0)
@@ -107,7 +107,8 @@ def run(pipe, sc) -> dict:
     # the pipeline's check (risloc.pipeline.order_check): add, then swap; on every scene
     # and on the scenes the order head is unsure of (its default gate)
     check = pipe.order_check or OrderCheckConfig()
-    unsure = torch.softmax(pipe.order_head(inputs.features), -1).amax(-1) < check.gate
+    unsure = check_selection(torch.softmax(pipe.order_head(inputs.features), -1), sc.snr_db,
+                             check)
     polished = base.estimates
     K_check = {name: check_order(sc.y, sc.H, sc.codes, polished, base.cost, sc.snr_db, S, cfg,
                                  check, select).K
@@ -171,8 +172,9 @@ def main() -> None:
             print(f"        the pipeline's check (add > {check.add_nats:g}, swap < "
                   f"{check.drop_nats:g} nats) on {name} scenes: K accuracy {c[0]:.3f} (under "
                   f"{c[1]:.3f}, over {c[2]:.3f})" + (
-                      f"; the head is unsure (p < {check.gate:g}) of {row['unsure_share']:.2f}"
-                      f" of the scenes and {row['head_errors_unsure']:.2f} of its errors"
+                      f"; checked (head p < {check.gate:g}, SNR >= {check.min_snr_db}): "
+                      f"{row['unsure_share']:.2f} of the scenes, {row['head_errors_unsure']:.2f}"
+                      " of the head's errors"
                       if name == "gated" else ""))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"n": a.n, "start": a.start, "seed": a.seed, "rows": rows},

@@ -28,12 +28,13 @@ from risloc.config import RislocConfig
 from risloc.estimators.base import concat_estimates
 from risloc.estimators.classical import classical_localize
 from risloc.estimators.music import music
-from risloc.estimators.nfmle import NFMLEConfig, nfmle_refine
+from risloc.estimators.nfmle import nfmle_fit
 from risloc.evaluation import crb_for_scenes, match_sources, summarize
 from risloc.parallel import default_workers
 from risloc.pipeline import Localizer
 from risloc.pipeline.learned import load_learned_pipeline
 from risloc.pipeline.order import order_features, order_statistics
+from risloc.pipeline.order_check import check_order, check_selection
 from risloc.simulation import simulate_range
 
 SNRS = (-5.0, 0.0, 5.0, 10.0, 20.0)
@@ -109,36 +110,44 @@ def stage_split(pipe, sc, repeats: int, sync=lambda: None) -> dict[str, float]:
     """Median seconds of the learned pipeline's stages on the scenes ``sc`` (first run =
     warm-up), as LearnedPipeline.localize runs them with K unknown; ``sync`` closes each
     stage (a device sync on a GPU)."""
-    system = pipe.system
-    nf = NFMLEConfig(iterations=pipe.nfmle_iterations)
-    times = {"network": [], "music": [], "order": [], "nfmle": [], "total": []}
+    system, nf = pipe.system, pipe.nfmle_config()
+    names = ("network", "music", "order", "nfmle", "check")
+    times = {k: [] for k in names + ("total",)}
     for _ in range(repeats + 1):
-        sync()
-        t0 = time.perf_counter()
+        stamps: list[float] = []
+
+        def stamp(stamps=stamps):
+            sync()
+            stamps.append(time.perf_counter())
+
+        stamp()
         fwd = pipe.forward(sc.y, sc.H, sc.codes, sc.snr_db)
-        sync()
-        t1 = time.perf_counter()
+        stamp()
+        unsure = None
         if pipe.order_head is not None:
             cand = music(fwd.R_blend, torch.full((len(sc),), system.K_max, device=sc.y.device),
                          system, pipe.music_cfg)
-            sync()
-            t2 = time.perf_counter()
+            stamp()
             stats = order_statistics(sc.y, sc.H, sc.codes, cand, system)
             feats = order_features(stats, sc.y, fwd.out.K_logits, cand.score, sc.snr_db)
-            est = cand.truncate(pipe.order_head.decide(feats))
+            prob = torch.softmax(pipe.order_head(feats), -1)
+            est = cand.truncate(prob.argmax(-1) + 1)
+            if pipe.order_check is not None:
+                unsure = check_selection(prob, sc.snr_db, pipe.order_check)
         else:
             est = music(fwd.R_blend, fwd.out.K_hat, system, pipe.music_cfg)
-            sync()
-            t2 = time.perf_counter()
-        sync()
-        t3 = time.perf_counter()
+            stamp()
+        stamp()
         if pipe.nfmle_iterations:
-            nfmle_refine(sc.y, sc.H, sc.codes, est, system, nf)
-        sync()
-        t4 = time.perf_counter()
-        for k, v in (("network", t1 - t0), ("music", t2 - t1), ("order", t3 - t2),
-                     ("nfmle", t4 - t3), ("total", t4 - t0)):
-            times[k].append(v)
+            fit = nfmle_fit(sc.y, sc.H, sc.codes, est, system, nf)
+        stamp()
+        if pipe.nfmle_iterations and unsure is not None and bool(unsure.any()):
+            check_order(sc.y, sc.H, sc.codes, fit.estimates, fit.cost, sc.snr_db, system, nf,
+                        pipe.order_check, unsure)
+        stamp()
+        for k, a, b in zip(names, stamps, stamps[1:]):
+            times[k].append(b - a)
+        times["total"].append(stamps[-1] - stamps[0])
     return {k: statistics.median(v[1:]) for k, v in times.items()}
 
 
@@ -148,22 +157,28 @@ def throughput(pipe, cfg, repeats: int) -> dict:
     med = stage_split(pipe, sc, repeats)
     # end to end as users run it: Localizer, the batch split over one worker per core
     loc = Localizer(pipe.system, "learned", pipe, workers=None)
-    e2e = []
+    check = pipe.order_check
+    e2e = {True: [], False: []}  # with and without the order check, interleaved
     for _ in range(repeats + 1):
-        t0 = time.perf_counter()
-        loc.localize(sc.y, sc.H, sc.codes, sc.snr_db)
-        e2e.append(time.perf_counter() - t0)
+        for on in (True, False):
+            pipe.order_check = check if on else None
+            t0 = time.perf_counter()
+            loc.localize(sc.y, sc.H, sc.codes, sc.snr_db)
+            e2e[on].append(time.perf_counter() - t0)
+    pipe.order_check = check
     res = {"batch": 256, "workers": default_workers(),
-           "scenes_per_s": 256 / statistics.median(e2e[1:]),
+           "scenes_per_s": 256 / statistics.median(e2e[True][1:]),
+           "scenes_per_s_without_check": 256 / statistics.median(e2e[False][1:]),
            "scenes_per_s_serial_stages": 256 / med["total"],
            **{f"{k}_s_median": v for k, v in med.items()},
            "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     print(f"throughput (batch 256, Localizer, {res['workers']} workers x 1 thread): "
-          f"{res['scenes_per_s']:.1f} scenes/s (median of {repeats})", flush=True)
+          f"{res['scenes_per_s']:.1f} scenes/s (median of {repeats}); without the order check "
+          f"{res['scenes_per_s_without_check']:.1f}", flush=True)
     print(f"stage split (serial, {torch.get_num_threads()} torch threads, "
           f"{res['scenes_per_s_serial_stages']:.1f} scenes/s): network {med['network']:.2f} s, "
           f"MUSIC {med['music']:.2f} s, order head {med['order']:.2f} s, "
-          f"NF-MLE {med['nfmle']:.2f} s per batch; "
+          f"NF-MLE {med['nfmle']:.2f} s, order check {med['check']:.2f} s per batch; "
           f"peak RSS {res['peak_rss_MB']:.0f} MB", flush=True)
     return res
 

@@ -15,6 +15,7 @@ from risloc.config import SceneConfig, SystemConfig
 from risloc.estimators.music import MusicConfig
 from risloc.pipeline import Localizer
 from risloc.pipeline.learned import load_learned_pipeline
+from risloc.pipeline.order_check import check_selection
 from risloc.simulation import simulate_range
 from risloc.training import load_train_config, train
 from risloc.training.checkpoint import load_checkpoint
@@ -145,8 +146,8 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog):
         fwd = pipe.forward(sc.y, sc.H, sc.codes, sc.snr_db)
         inputs = pipe.order_inputs(fwd, sc.y, sc.H, sc.codes, sc.snr_db)
         K_head = torch.minimum(pipe.order_head.decide(inputs.features), inputs.candidates.K)
-        sure = (torch.softmax(pipe.order_head(inputs.features), -1).amax(-1)
-                >= pipe.order_check.gate)
+        sure = ~check_selection(torch.softmax(pipe.order_head(inputs.features), -1),
+                                sc.snr_db, pipe.order_check)
     est = pipe.localize(sc.y, sc.H, sc.codes, sc.snr_db)
     assert torch.equal(est.K[sure], K_head[sure])
     assert bool(((est.K - K_head).abs() <= 1).all())

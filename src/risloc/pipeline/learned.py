@@ -26,7 +26,7 @@ from risloc.pipeline.order import (
     order_head_from_state,
     order_statistics,
 )
-from risloc.pipeline.order_check import OrderCheckConfig, check_order
+from risloc.pipeline.order_check import OrderCheckConfig, check_order, check_selection
 from risloc.simulation.scenes import SceneBatch
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class LearnedPipeline:
             prob = torch.softmax(self.order_head(inputs.features), -1)
             est = inputs.candidates.truncate(prob.argmax(-1) + 1)
             if self.order_check is not None:
-                unsure = prob.amax(-1) < self.order_check.gate
+                unsure = check_selection(prob, snr_db, self.order_check)
         else:
             est = music(fwd.R_blend, fwd.out.K_hat if K is None else K, self.system,
                         self.music_cfg)

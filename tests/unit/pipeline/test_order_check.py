@@ -8,7 +8,7 @@ import torch
 from risloc.config import SceneConfig
 from risloc.estimators.base import Estimates
 from risloc.estimators.nfmle import NFMLEConfig, ml_residual, nfmle_fit
-from risloc.pipeline.order_check import OrderCheckConfig, check_order
+from risloc.pipeline.order_check import OrderCheckConfig, check_order, check_selection
 from risloc.simulation import simulate_range
 
 POLISH = NFMLEConfig(iterations=3)
@@ -99,3 +99,13 @@ def test_bad_settings_and_shapes_raise(scenes, system):
         two = Estimates(est.K, *(t[:, :2] for t in (est.azimuth, est.elevation,
                                                     est.range_m, est.score)))
         check_order(scenes.y, scenes.H, scenes.codes, two, cost, None, system, POLISH)
+
+
+def test_the_selection_gates_on_head_confidence_and_snr():
+    prob = torch.tensor([[0.97, 0.03], [0.6, 0.4], [0.6, 0.4], [0.6, 0.4]])
+    snr = torch.tensor([10.0, 10.0, 0.0, math.nan])
+    cfg = OrderCheckConfig()  # gate 0.95, min_snr_db 5
+    assert check_selection(prob, snr, cfg).tolist() == [False, True, False, True]
+    assert check_selection(prob, None, cfg).tolist() == [False, True, True, True]
+    cfg = OrderCheckConfig(gate=1.0, min_snr_db=None)
+    assert check_selection(prob, snr, cfg).tolist() == [True] * 4
