@@ -1,6 +1,7 @@
 """End-to-end learned pipeline on a held-out default-system test set (issue 5 targets).
 
     python benchmarks/bench_pipeline.py [--checkpoint PATH] [--n 100] [--threads 2]
+                                        [--no-order-check] [--unknown-snr]
                                         [--out reports/bench/pipeline.json]
 
 Reports per SNR (K unknown, 1..5): median |error| of azimuth, elevation and range beside
@@ -8,8 +9,9 @@ the median sqrt(CRB) (deterministic) of the same paired sources and their ratio,
 and F1; the classical localizer's median angle error at 0 dB, K >= 3 (K unknown, and as a
 diagnostic with the true K given to both); throughput at batch
 256 end to end through the Localizer (the batch split over one worker thread per core,
-risloc.parallel) and the per-stage split of the serial path (network + blend, MUSIC,
-order head when the model has one, NF-MLE), and peak memory (ru_maxrss).
+risloc.parallel; with and without the order check, interleaved) and the per-stage split of
+the serial path (network + blend, MUSIC, order head when the model has one, NF-MLE, order
+check), and peak memory (ru_maxrss).
 """
 
 from __future__ import annotations
@@ -40,20 +42,21 @@ from risloc.simulation import simulate_range
 SNRS = (-5.0, 0.0, 5.0, 10.0, 20.0)
 
 
-def _run(pipe, sc, batch=64, known_K: bool = False):
+def _run(pipe, sc, batch=64, known_K: bool = False, known_snr: bool = True):
     parts = []
     for lo in range(0, len(sc), batch):
         s = sc[lo:lo + batch]
-        parts.append(pipe.localize(s.y, s.H, s.codes, s.snr_db, K=s.K if known_K else None))
+        parts.append(pipe.localize(s.y, s.H, s.codes, s.snr_db if known_snr else None,
+                                   K=s.K if known_K else None))
     return concat_estimates(parts)
 
 
-def accuracy(pipe, cfg, n: int) -> list[dict]:
+def accuracy(pipe, cfg, n: int, known_snr: bool = True) -> list[dict]:
     rows = []
     for i, snr in enumerate(SNRS):
         sc = simulate_range(0, n, cfg.system, cfg.scene, seed=2026, split="test",
                             stream=500 + i, snr_db=snr)
-        est = _run(pipe, sc)
+        est = _run(pipe, sc, known_snr=known_snr)
         crb = crb_for_scenes(sc, cfg.system)
         s = summarize(match_sources(est, sc.azimuth, sc.elevation, sc.range_m, sc.K), crb)
         row = {"snr_db": snr, **asdict(s)}
@@ -189,12 +192,26 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="scenes per SNR point")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-order-check", action="store_true",
+                    help="switch the pipeline's order check off (the A/B reference)")
+    ap.add_argument("--unknown-snr", action="store_true",
+                    help="accuracy table only, with the SNR withheld from the pipeline")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/pipeline.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load_learned_pipeline(args.checkpoint)
+    if args.no_order_check:
+        pipe.order_check = None
     cfg = RislocConfig()
+    if args.unknown_snr:
+        res = {"checkpoint": args.checkpoint or "shipped", "snr": "unknown",
+               "order_check": pipe.order_check is not None,
+               "per_snr": accuracy(pipe, cfg, args.n, known_snr=False)}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2))
+        return
     res = {"checkpoint": args.checkpoint or "shipped", "threads": args.threads,
+           "order_check": pipe.order_check is not None,
            "per_snr": accuracy(pipe, cfg, args.n),
            "vs_classical_0dB_K3plus": versus_classical(pipe, cfg, args.n),
            "throughput": throughput(pipe, cfg, args.repeats)}
