@@ -204,6 +204,8 @@ def main() -> None:
         pipe.order_check = None
     cfg = RislocConfig()
     if args.unknown_snr:
+        if args.out == ap.get_default("out"):
+            args.out = args.out.with_name("pipeline_unknown_snr.json")
         res = {"checkpoint": args.checkpoint or "shipped", "snr": "unknown",
                "order_check": pipe.order_check is not None,
                "per_snr": accuracy(pipe, cfg, args.n, known_snr=False)}

@@ -15,7 +15,7 @@ from risloc.config import SceneConfig, SystemConfig
 from risloc.estimators.music import MusicConfig
 from risloc.pipeline import Localizer
 from risloc.pipeline.learned import load_learned_pipeline
-from risloc.pipeline.order_check import check_selection
+from risloc.pipeline.order_check import check_order, check_selection
 from risloc.simulation import simulate_range
 from risloc.training import load_train_config, train
 from risloc.training.checkpoint import load_checkpoint
@@ -123,7 +123,7 @@ def test_export_model_cli(tmp_path, checkpoint):
     assert res.exit_code == 2 and "checkpoint not found" in res.output
 
 
-def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog):
+def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, monkeypatch):
     from risloc.pipeline.learned import export_model
 
     slim = export_model(checkpoint, tmp_path / "slim.pt")
@@ -148,9 +148,22 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog):
         K_head = torch.minimum(pipe.order_head.decide(inputs.features), inputs.candidates.K)
         sure = ~check_selection(torch.softmax(pipe.order_head(inputs.features), -1),
                                 sc.snr_db, pipe.order_check)
+    import risloc.pipeline.learned as learned
+
+    selected = []
+
+    def spy(*args, **kwargs):
+        selected.append(args[-1])
+        return check_order(*args, **kwargs)
+
+    monkeypatch.setattr(learned, "check_order", spy)
     est = pipe.localize(sc.y, sc.H, sc.codes, sc.snr_db)
+    monkeypatch.undo()
+    # the check ran exactly on the unsure scenes (or not at all when there are none)
+    assert [t.tolist() for t in selected] == ([(~sure).tolist()] if bool((~sure).any())
+                                              else [])
     assert torch.equal(est.K[sure], K_head[sure])
-    assert bool(((est.K - K_head).abs() <= 1).all())
+    assert bool(((est.K - K_head >= 0) & (est.K - K_head <= 1)).all())
     check, pipe.order_check = pipe.order_check, None
     assert torch.equal(pipe.localize(sc.y, sc.H, sc.codes, sc.snr_db).K, K_head)
     pipe.order_check = check

@@ -30,13 +30,13 @@ from 0.932 to 0.943 (scenes 0-399) and from 0.924 to 0.944 (scenes 400-1199); 0,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from risloc.config import SystemConfig
 from risloc.estimators.base import Estimates
-from risloc.estimators.classical import next_source
+from risloc.estimators.classical import ClassicalConfig, next_source
 from risloc.estimators.nfmle import NFMLEConfig, nfmle_fit
 from risloc.estimators.order import noise_var_from_snr
 
@@ -68,7 +68,9 @@ def check_selection(probabilities: torch.Tensor, snr_db: torch.Tensor | None,
                     config: OrderCheckConfig) -> torch.Tensor:
     """[B] bool: the scenes to check, from the order head's probabilities [B, K_max] and
     the SNR [B] (NaN = unknown) or None (``config.gate`` and ``config.min_snr_db``)."""
-    select = probabilities.amax(-1) < config.gate
+    top = probabilities.amax(-1)
+    # gate 1.0 means every scene (a float32 softmax can round a sure head to exactly 1.0)
+    select = top < config.gate if config.gate < 1 else torch.ones_like(top, dtype=torch.bool)
     if snr_db is not None and config.min_snr_db is not None:
         snr = snr_db.to(select.device)
         select &= ~torch.isfinite(snr) | (snr >= config.min_snr_db)
@@ -147,11 +149,15 @@ def check_order(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, est: Esti
     if idx.numel() == 0:
         return est
     y_, H_, c_, e = y[idx], H[idx], codes[idx], est[idx]
-    pos = next_source(y_, H_, c_, e, system, shortlist=config.shortlist)
+    search = ClassicalConfig(final=replace(ClassicalConfig().final,  # NF-MLE's box
+                                           azimuth_deg=nfmle.azimuth_deg,
+                                           elevation_deg=nfmle.elevation_deg,
+                                           range_m=nfmle.range_m))
+    pos = next_source(y_, H_, c_, e, system, search, shortlist=config.shortlist)
     added = nfmle_fit(y_, H_, c_, _place(e, e.K, pos), system, nfmle)
     sigma2 = added.cost.double() / (L * (M - added.estimates.K).clamp_min(1))
     if snr_db is not None:
-        snr = snr_db[idx].to(sigma2.device, torch.float64)
+        snr = snr_db.to(idx.device)[idx].to(torch.float64)
         known = torch.isfinite(snr)
         sigma2 = torch.where(known, noise_var_from_snr(y_, torch.where(known, snr, 0.0)),
                              sigma2)

@@ -70,11 +70,23 @@ def test_next_source_finds_the_one_left_out_given_the_others():
         next_source(b.y, b.H, b.codes, _first_two(b, 2)[:7], SYSTEM)
 
 
-def test_next_source_ignores_padded_slots():
+@pytest.mark.parametrize("shortlist", [None, 64])
+def test_next_source_ignores_padded_slots(shortlist):
     # Padded slots are zero columns; their QR directions must not enter the statistic.
     b = simulate_range(0, 16, SYSTEM, SCENE, seed=4, split="test", K=4, snr_db=0.0)
-    compact = next_source(b.y, b.H, b.codes, _first_two(b, 0), SYSTEM)
-    assert torch.equal(next_source(b.y, b.H, b.codes, _first_two(b, 3), SYSTEM), compact)
+    compact = next_source(b.y, b.H, b.codes, _first_two(b, 0), SYSTEM, shortlist=shortlist)
+    padded = next_source(b.y, b.H, b.codes, _first_two(b, 3), SYSTEM, shortlist=shortlist)
+    assert torch.equal(padded, compact)
+
+
+def test_next_source_shortlist_of_the_whole_grid_is_the_full_search():
+    b = simulate_range(0, 8, SYSTEM, SCENE, seed=6, split="test", K=3, snr_db=5.0)
+    G = search_grid(SYSTEM).pos.shape[0]
+    full = next_source(b.y, b.H, b.codes, _first_two(b, 1), SYSTEM)
+    assert torch.equal(next_source(b.y, b.H, b.codes, _first_two(b, 1), SYSTEM,
+                                   shortlist=G), full)
+    with pytest.raises(ValueError, match="shortlist"):
+        next_source(b.y, b.H, b.codes, _first_two(b, 1), SYSTEM, shortlist=0)
 
 
 def test_order_is_estimated_at_20_db():

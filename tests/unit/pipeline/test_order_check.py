@@ -54,9 +54,13 @@ def test_a_missing_source_is_added(scenes, system):
                       POLISH)
     assert out.K.tolist() == [3] * len(scenes)
     assert bool(found_all(scenes, out).all())
-    # with the noise level estimated from the residual instead of the SNR: the same
+    # with the noise level estimated from the residual instead of the SNR, for all scenes
+    # or for some (NaN = unknown): the same
     out2 = check_order(scenes.y, scenes.H, scenes.codes, est, cost, None, system, POLISH)
     assert out2.K.tolist() == [3] * len(scenes)
+    partial = torch.where(torch.arange(len(scenes)) % 2 == 0, scenes.snr_db, math.nan)
+    out3 = check_order(scenes.y, scenes.H, scenes.codes, est, cost, partial, system, POLISH)
+    assert out3.K.tolist() == [3] * len(scenes)
 
 
 def test_a_complete_fit_is_left_alone(scenes, system):
@@ -68,8 +72,9 @@ def test_a_complete_fit_is_left_alone(scenes, system):
 
 
 def test_a_spurious_source_is_swapped_for_the_missing_one(scenes, system):
-    # Two true sources and a spurious one far from all (not polished, so it stays there):
-    # the check adds the third true source and drops the spurious one, K stays 3.
+    # Two true sources and a spurious one far from all (the cost passed is that of this
+    # unpolished fit): the check adds the third true source and drops the spurious one,
+    # K stays 3.
     est = sources(scenes, system.K_max, 2, extra=(55.0, -28.0, 9.0))
     cost = ml_residual(scenes.y, scenes.H, scenes.codes, est.azimuth, est.elevation,
                        est.range_m, est.mask, system)
@@ -107,5 +112,6 @@ def test_the_selection_gates_on_head_confidence_and_snr():
     cfg = OrderCheckConfig()  # gate 0.95, min_snr_db 5
     assert check_selection(prob, snr, cfg).tolist() == [False, True, False, True]
     assert check_selection(prob, None, cfg).tolist() == [False, True, True, True]
-    cfg = OrderCheckConfig(gate=1.0, min_snr_db=None)
-    assert check_selection(prob, snr, cfg).tolist() == [True] * 4
+    cfg = OrderCheckConfig(gate=1.0, min_snr_db=None)  # every scene, a sure one included
+    assert check_selection(torch.tensor([[1.0, 0.0]] + prob[1:].tolist()), snr,
+                           cfg).tolist() == [True] * 4
