@@ -32,11 +32,16 @@ import torch
 
 from risloc.config import SceneConfig
 from risloc.estimators.base import Estimates
-from risloc.estimators.classical import next_source
 from risloc.estimators.nfmle import nfmle_fit
 from risloc.estimators.order import noise_var_from_snr
 from risloc.pipeline.learned import load_learned_pipeline
-from risloc.pipeline.order_check import OrderCheckConfig, check_order, check_selection
+from risloc.pipeline.order_check import (
+    OrderCheckConfig,
+    add_source,
+    cheapest_removal,
+    check_order,
+    check_selection,
+)
 from risloc.simulation import simulate_range
 
 THRESHOLDS = (10.0, 20.0, 30.0, 40.0, 60.0, 80.0, 100.0)
@@ -77,37 +82,24 @@ def run(pipe, sc) -> dict:
     K_hat = picked.K  # the head's K, capped by the candidates MUSIC found (as the pipeline)
     base = nfmle_fit(sc.y, sc.H, sc.codes, with_slots(picked, S.K_max + 1), S, cfg)
     est, sigma2 = base.estimates, noise_var_from_snr(sc.y, sc.snr_db)
-    rows = torch.arange(B)
 
     # add: the pipeline's greedy step (its shortlist) proposes source K_hat + 1
-    can = K_hat < S.K_max
-    grown = Estimates(torch.where(can, K_hat + 1, K_hat), est.azimuth.clone(),
-                      est.elevation.clone(), est.range_m.clone(), est.score.clone())
-    slot = K_hat.clamp_max(S.K_max)
     check = pipe.order_check or OrderCheckConfig()
-    pos = next_source(sc.y, sc.H, sc.codes, est, S, shortlist=check.shortlist)
-    pos = pos.to(est.azimuth.dtype)
-    for field, v in zip(("azimuth", "elevation", "range_m"), (pos[:, 0], pos[:, 1],
-                                                              1.0 / pos[:, 2])):
-        getattr(grown, field)[rows[can], slot[can]] = v[can]
-    added = nfmle_fit(sc.y, sc.H, sc.codes, grown, S, cfg)
-    gain = torch.where(can, (base.cost.double() - added.cost.double()) / sigma2, -math.inf)
-    new_az = added.estimates.azimuth[rows, slot].unsqueeze(-1)
-    new_el = added.estimates.elevation[rows, slot].unsqueeze(-1)
+    can = K_hat < S.K_max
+    i = can.nonzero().squeeze(-1)
+    added = add_source(sc.y[i], sc.H[i], sc.codes[i], est[i], S, cfg, check.shortlist)
+    gain = torch.full((B,), -math.inf, dtype=torch.float64)
+    gain[i] = (base.cost[i].double() - added.cost.double()) / sigma2[i]
+    new_az, new_el = torch.full((B, 1), math.nan), torch.full((B, 1), math.nan)
+    new_az[i, 0] = added.estimates.azimuth[torch.arange(len(i)), K_hat[i]]
+    new_el[i, 0] = added.estimates.elevation[torch.arange(len(i)), K_hat[i]]
     hit = (found(sc, new_az, new_el) & ~found(sc, est.azimuth, est.elevation)).any(-1)
 
     # drop: the source whose removal costs least
     loss = torch.full((B,), math.inf, dtype=torch.float64)
-    for j in range(S.K_max):
-        drop = (K_hat > j) & (K_hat > 1)
-        keep = torch.arange(est.azimuth.shape[1]) != j
-        fields = [torch.where(drop.unsqueeze(-1), torch.cat([t[:, keep], t[:, :1] * math.nan],
-                                                             1), t)
-                  for t in (est.azimuth, est.elevation, est.range_m, est.score)]
-        cost = nfmle_fit(sc.y, sc.H, sc.codes, Estimates(torch.where(drop, K_hat - 1, K_hat),
-                                                         *fields), S, cfg).cost.double()
-        loss = torch.where(drop, torch.minimum(loss, (cost - base.cost.double()) / sigma2),
-                           loss)
+    two = (K_hat > 1).nonzero().squeeze(-1)
+    loss[two] = cheapest_removal(sc.y[two], sc.H[two], sc.codes[two], est[two],
+                                 base.cost[two], sigma2[two], S, cfg)[1]
 
     # the pipeline's check (risloc.pipeline.order_check): add, then swap; on every scene
     # and on the scenes the order head is unsure of (its default gate)

@@ -115,17 +115,33 @@ def _set_rows(est: Estimates, idx: torch.Tensor, new: Estimates) -> Estimates:
     return out
 
 
-def _swap(y, H, codes, grown: Estimates, cost: torch.Tensor, sigma2: torch.Tensor,
-          system: SystemConfig, nfmle: NFMLEConfig, drop_nats: float) -> Estimates:
-    """grown without its cheapest source, where removing it costs < drop_nats sigma^2."""
-    best, best_loss = grown, torch.full_like(sigma2, math.inf)
-    for j in range(int(grown.K.max())):
-        fit = nfmle_fit(y, H, codes, _without(grown, j), system, nfmle)
-        loss = torch.where(j < grown.K, (fit.cost.double() - cost.double()) / sigma2, math.inf)
+def add_source(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, est: Estimates,
+               system: SystemConfig, nfmle: NFMLEConfig, shortlist: int | None):
+    """Step 1 (*add*): the greedy OLS proposal joins est's sources (every scene must have
+    K < its slot count) and NF-MLE polishes all of them; the ``nfmle_fit`` Refinement.
+    The proposals come from a grid over NF-MLE's field-of-view box."""
+    search = ClassicalConfig(final=replace(ClassicalConfig().final,
+                                           azimuth_deg=nfmle.azimuth_deg,
+                                           elevation_deg=nfmle.elevation_deg,
+                                           range_m=nfmle.range_m))
+    pos = next_source(y, H, codes, est, system, search, shortlist=shortlist)
+    return nfmle_fit(y, H, codes, _place(est, est.K, pos), system, nfmle)
+
+
+def cheapest_removal(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, est: Estimates,
+                     cost: torch.Tensor, sigma2: torch.Tensor, system: SystemConfig,
+                     nfmle: NFMLEConfig) -> tuple[Estimates, torch.Tensor]:
+    """Step 2 (*swap*): each of est's sources (K >= 2 per scene) removed in turn and the
+    rest polished again; (the polished fit without the cheapest one, what removing it
+    costs [B] in units of sigma^2 over ``cost``)."""
+    best, best_loss = est, torch.full_like(sigma2, math.inf)
+    for j in range(int(est.K.max())):
+        fit = nfmle_fit(y, H, codes, _without(est, j), system, nfmle)
+        loss = torch.where(j < est.K, (fit.cost.double() - cost.double()) / sigma2, math.inf)
         better = loss < best_loss
         best, best_loss = _where(better, fit.estimates, best), torch.where(better, loss,
                                                                             best_loss)
-    return _where(best_loss < drop_nats, best, grown)
+    return best, best_loss
 
 
 @torch.no_grad()
@@ -149,12 +165,7 @@ def check_order(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, est: Esti
     if idx.numel() == 0:
         return est
     y_, H_, c_, e = y[idx], H[idx], codes[idx], est[idx]
-    search = ClassicalConfig(final=replace(ClassicalConfig().final,  # NF-MLE's box
-                                           azimuth_deg=nfmle.azimuth_deg,
-                                           elevation_deg=nfmle.elevation_deg,
-                                           range_m=nfmle.range_m))
-    pos = next_source(y_, H_, c_, e, system, search, shortlist=config.shortlist)
-    added = nfmle_fit(y_, H_, c_, _place(e, e.K, pos), system, nfmle)
+    added = add_source(y_, H_, c_, e, system, nfmle, config.shortlist)
     sigma2 = added.cost.double() / (L * (M - added.estimates.K).clamp_min(1))
     if snr_db is not None:
         snr = snr_db.to(idx.device)[idx].to(torch.float64)
@@ -165,6 +176,7 @@ def check_order(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, est: Esti
     if not bool(keep.any()):
         return est
     k = keep.nonzero().squeeze(-1)
-    grown = _swap(y_[k], H_[k], c_[k], added.estimates[k], added.cost[k], sigma2[k], system,
-                  nfmle, config.drop_nats)
-    return _set_rows(est, idx[k], grown)
+    grown = added.estimates[k]
+    fewer, loss = cheapest_removal(y_[k], H_[k], c_[k], grown, added.cost[k], sigma2[k],
+                                   system, nfmle)
+    return _set_rows(est, idx[k], _where(loss < config.drop_nats, fewer, grown))
