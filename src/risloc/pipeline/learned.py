@@ -120,11 +120,12 @@ class LearnedPipeline:
             est = music(fwd.R_blend, fwd.out.K_hat if K is None else K, self.system,
                         self.music_cfg)
         if self.nfmle_iterations > 0:
-            fit = nfmle_fit(y, H, codes, est, self.system, self.nfmle_config())
+            polish = self.nfmle_config()
+            fit = nfmle_fit(y, H, codes, est, self.system, polish)
             est = fit.estimates
             if unsure is not None and bool(unsure.any()):
-                est = check_order(y, H, codes, est, fit.cost, snr_db, self.system,
-                                  self.nfmle_config(), self.order_check, unsure)
+                est = check_order(y, H, codes, est, fit.cost, snr_db, self.system, polish,
+                                  self.order_check, unsure)
         return Estimates(est.K, *(t.to(torch.float32) for t in
                                   (est.azimuth, est.elevation, est.range_m, est.score)))
 
