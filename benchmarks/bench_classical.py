@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from risloc.config import SceneConfig, SystemConfig
+from risloc.core.params import Estimates
 from risloc.covariance.tools import sample_covariance
-from risloc.estimators.base import Estimates
 from risloc.estimators.classical import classical_fit
 from risloc.estimators.nfmle import NFMLEConfig, nfmle_refine
 from risloc.estimators.order import aic_order, mdl_order, noise_var_from_snr, residual_order

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 from risloc.config import SceneConfig, SystemConfig
+from risloc.core.params import Estimates
 from risloc.covariance.tools import sample_covariance
-from risloc.estimators.base import Estimates
 from risloc.estimators.music import MusicConfig, music
 from risloc.estimators.ramezani import ramezani_music
 from risloc.evaluation.metrics import match_sources

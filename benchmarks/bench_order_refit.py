@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from risloc.config import SceneConfig
-from risloc.estimators.base import Estimates
+from risloc.core.params import Estimates
 from risloc.estimators.nfmle import nfmle_fit
 from risloc.estimators.order import noise_var_from_snr
 from risloc.pipeline.learned import load_learned_pipeline

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from risloc.config import RislocConfig
-from risloc.estimators.base import concat_estimates
+from risloc.core.params import concat_estimates
 from risloc.estimators.classical import classical_localize
 from risloc.estimators.music import music
 from risloc.estimators.nfmle import nfmle_fit

@@ -63,7 +63,7 @@ def without_refinement(model: CovarianceNet) -> CovarianceNet:
 
 def order_head_summary(pipe, scenes, batch: int = 128):
     """MUSIC on R_blend, K from the order head, no NF-MLE (pipe.nfmle_iterations == 0)."""
-    from risloc.estimators.base import concat_estimates
+    from risloc.core.params import concat_estimates
     from risloc.evaluation.metrics import match_sources
 
     est = concat_estimates([pipe.localize(s.y, s.H, s.codes, s.snr_db)
@@ -74,7 +74,7 @@ def order_head_summary(pipe, scenes, batch: int = 128):
 
 def ml_at_truth(scenes, cfg: TrainConfig):
     """Summary of NF-MLE started at the true positions with the true K (genie reference)."""
-    from risloc.estimators.base import Estimates
+    from risloc.core.params import Estimates
     from risloc.estimators.nfmle import NFMLEConfig, nfmle_refine
     from risloc.evaluation.metrics import match_sources
 

@@ -18,9 +18,11 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -30,6 +32,56 @@ Codebook = Literal["random", "dft", "hadamard"]
 
 class ConfigError(ValueError):
     """A configuration could not be loaded or failed validation."""
+
+
+@dataclass(frozen=True)
+class FieldOfView:
+    """The box sources are sought in — the one definition every estimator, the network and
+    the scene generator share (CONVENTIONS.md, "Field of view").
+
+    azimuth_deg, elevation_deg : (low, high) — [deg], inside (-90, 90)
+    range_m : (low, high) — [m], 0 < low < high
+    """
+
+    azimuth_deg: tuple[float, float] = (-60.0, 60.0)
+    elevation_deg: tuple[float, float] = (-30.0, 30.0)
+    range_m: tuple[float, float] = (0.5, 10.0)
+
+    def __post_init__(self) -> None:
+        for name in ("azimuth_deg", "elevation_deg", "range_m"):
+            lo, hi = (float(v) for v in getattr(self, name))
+            if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+                raise ValueError(f"field of view {name} must be finite (low, high) with low <= "
+                                 f"high, got {getattr(self, name)}")
+            object.__setattr__(self, name, (lo, hi))
+        for name in ("azimuth_deg", "elevation_deg"):
+            lo, hi = getattr(self, name)
+            if not -90 < lo <= hi < 90:
+                raise ValueError(f"field of view {name} must lie inside (-90, 90), got "
+                                 f"{(lo, hi)}")
+        if not 0 < self.range_m[0] < self.range_m[1]:
+            raise ValueError(f"field of view range_m must satisfy 0 < low < high, got "
+                             f"{self.range_m}")
+
+    def bounds(self, dtype: torch.dtype | None = None, device=None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Box of (azimuth [rad], elevation [rad], 1/range [1/m]): (lower, upper), [3] each
+        (float64 unless ``dtype``)."""
+        lo = [math.radians(self.azimuth_deg[0]), math.radians(self.elevation_deg[0]),
+              1.0 / self.range_m[1]]
+        hi = [math.radians(self.azimuth_deg[1]), math.radians(self.elevation_deg[1]),
+              1.0 / self.range_m[0]]
+        dtype = dtype or torch.float64
+        return (torch.tensor(lo, dtype=dtype, device=device),
+                torch.tensor(hi, dtype=dtype, device=device))
+
+    def contains(self, azimuth: torch.Tensor, elevation: torch.Tensor,
+                 range_m: torch.Tensor) -> torch.Tensor:
+        """[...] bool — positions (rad, rad, m) inside the box (boundaries included)."""
+        az, el = torch.rad2deg(azimuth), torch.rad2deg(elevation)
+        return ((az >= self.azimuth_deg[0]) & (az <= self.azimuth_deg[1])
+                & (el >= self.elevation_deg[0]) & (el <= self.elevation_deg[1])
+                & (range_m >= self.range_m[0]) & (range_m <= self.range_m[1]))
 
 
 class _Frozen(BaseModel):
@@ -90,6 +142,10 @@ class SceneConfig(_Frozen):
     min_separation_deg: float = Field(5.0, ge=0)
     snr_db: tuple[float, float] = (-5.0, 20.0)
     K: int | None = Field(None, ge=1, description="fixed source count; None draws U{1..K_max}")
+    power_spread_db: float | tuple[float, float] = Field(
+        0.0, description="source powers: 10 log10 p_k drawn uniformly in [-s/2, s/2] dB per "
+        "source (0 = equal unit powers, CONVENTIONS.md); a pair (lo, hi) draws s per scene "
+        "uniformly in [lo, hi] (training on a mix of spreads)")
     rician_kappa: tuple[float, float] = (0.5, 10.0)
     bs_angle_deg: tuple[float, float] = (-60.0, 60.0)
     codebook: Codebook = "random"
@@ -100,6 +156,14 @@ class SceneConfig(_Frozen):
     @classmethod
     def _interval(cls, v: tuple[float, float], info: Any) -> tuple[float, float]:
         return _check_interval(v, info.field_name)
+
+    @field_validator("power_spread_db")
+    @classmethod
+    def _spread(cls, v: float | tuple[float, float]) -> float | tuple[float, float]:
+        lo, hi = (v, v) if isinstance(v, float | int) else _check_interval(v, "power_spread_db")
+        if not 0 <= lo <= hi <= 60:
+            raise ValueError(f"power_spread_db must lie in [0, 60] dB, got {v}")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> SceneConfig:
@@ -112,6 +176,11 @@ class SceneConfig(_Frozen):
         if self.rician_kappa[0] < 0:
             raise ValueError(f"rician_kappa must be >= 0, got {self.rician_kappa}")
         return self
+
+    @property
+    def fov(self) -> FieldOfView:
+        """The field of view sources are drawn in."""
+        return FieldOfView(self.azimuth_deg, self.elevation_deg, self.range_m)
 
 
 class RislocConfig(_Frozen):

@@ -52,7 +52,7 @@ def test_pipeline_rebuilds_from_checkpoint_and_localizes(checkpoint):
     recipe = load_train_config(ROOT / "configs" / "train_tiny.yaml")
     assert pipe.beta == recipe.blend.beta and pipe.blend_cfg == recipe.blend
     assert pipe.music_cfg.n_azimuth == MusicConfig().n_azimuth
-    assert pipe.music_cfg.range_m == tuple(recipe.scene.range_m)
+    assert pipe.music_cfg.fov == recipe.scene.fov
     assert load_learned_pipeline(checkpoint, music=recipe.music_config()).music_cfg \
         == recipe.music_config()
 

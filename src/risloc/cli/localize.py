@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from risloc.cli.common import console, handle_errors, out, progress
-from risloc.estimators.base import Estimates, concat_estimates
+from risloc.core.params import Estimates, concat_estimates
 from risloc.evaluation.metrics import match_sources, summarize_by_snr
 from risloc.io import read_scenes
 from risloc.pipeline import METHODS, Localizer

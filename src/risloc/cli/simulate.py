@@ -25,13 +25,17 @@ def simulate_command(
     seed: Annotated[int, typer.Option(min=0, help="Base seed.")] = 0,
     snr_db: Annotated[float | None, typer.Option(help="Fix the SNR (dB) of every scene.")] = None,
     K: Annotated[int | None, typer.Option("--K", help="Fix the number of sources.")] = None,
+    power_spread_db: Annotated[float | None, typer.Option(
+        help="Unequal source powers: 10 log10 p_k uniform in [-s/2, s/2] dB per source "
+             "(scene.power_spread_db; default 0 = equal powers).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Simulate scenes (CONVENTIONS.md measurement model) into a scene file."""
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {sorted(SPLITS)}, got {split!r}")
-    cfg = get_config(config, set_)
+    extra = [] if power_spread_db is None else [f"scene.power_spread_db={power_spread_db}"]
+    cfg = get_config(config, (set_ or []) + extra)
     attrs = {"config": cfg.to_json(), "split": split, "seed": seed, "risloc_version": __version__,
              "snr_db_fixed": "none" if snr_db is None else snr_db, "K_fixed": K or 0}
     t0 = time.perf_counter()

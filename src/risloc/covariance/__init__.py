@@ -7,7 +7,6 @@ from risloc.covariance.tools import (
     hermitise,
     load_diagonal,
     normalize_trace,
-    operators,
     sample_covariance,
     shrink,
     subspace_overlap,
@@ -16,5 +15,5 @@ from risloc.covariance.tools import (
 
 __all__ = [
     "abs2", "back_projection", "blend", "hermitise", "load_diagonal", "normalize_trace",
-    "operators", "sample_covariance", "shrink", "subspace_overlap", "trace",
+    "sample_covariance", "shrink", "subspace_overlap", "trace",
 ]

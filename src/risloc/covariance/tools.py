@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from risloc.core.operator import operators
+
 
 def _check_square(R: torch.Tensor, name: str = "R") -> None:
     if R.ndim < 2 or R.shape[-1] != R.shape[-2]:
@@ -70,18 +72,6 @@ def blend(R_pred: torch.Tensor, R_samp: torch.Tensor, beta: float | torch.Tensor
     Rp = normalize_trace(hermitise(R_pred), N)
     Rs = normalize_trace(hermitise(R_samp.detach()), N)
     return normalize_trace(hermitise((1 - beta) * Rp + beta * Rs), N)
-
-
-def operators(H: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """Per-snapshot measurement operators Phi_l = H diag(c_l).
-
-    H : [B, M, N], codes : [B, L, N]  ->  Phi : [B, L, M, N]
-    """
-    if H.ndim != 3 or codes.ndim != 3 or H.shape[0] != codes.shape[0] \
-            or H.shape[-1] != codes.shape[-1]:
-        raise ValueError(f"H must be [B, M, N] and codes [B, L, N]; got {tuple(H.shape)} "
-                         f"and {tuple(codes.shape)}")
-    return H.unsqueeze(1) * codes.unsqueeze(2)
 
 
 def abs2(z: torch.Tensor) -> torch.Tensor:

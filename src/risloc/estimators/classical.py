@@ -30,27 +30,26 @@ and the grid columns b_l(g) are formed once per chunk of scenes.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
 
-from risloc.config import SystemConfig
-from risloc.covariance.tools import abs2, operators
-from risloc.estimators.base import Estimates
+from risloc.config import FieldOfView, SystemConfig
+from risloc.core.checks import check_measurements
+from risloc.core.operator import apply_operator
+from risloc.core.params import Estimates, steering_at
+from risloc.covariance.tools import abs2
 from risloc.estimators.grids import grid_steering
-from risloc.estimators.inputs import check_measurements
 from risloc.estimators.nfmle import (
     Fit,
     NFMLEConfig,
-    _columns,
     amplitude_fit,
     lm_solve,
     nfmle_refine,
     working_dtypes,
 )
 from risloc.estimators.order import noise_var_from_snr, residual_order
-from risloc.physics import steering
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +62,8 @@ class ClassicalConfig:
         (default 24 x 13 x 10 = 3120: every field-of-view point has a grid point with
         |a(g)^H a(p)|^2 >= 0.66 in 99.9 % of draws).
     step : joint NF-MLE run after each greedy addition (few iterations, float32).
-    final : NF-MLE polish of the selected sources (to convergence, float64); its box is
-        also the grid's field of view.
+    final : NF-MLE polish of the selected sources (to convergence, float64); its field of
+        view is also the grid's (:meth:`with_fov` sets it).
     penalty : order-selection penalty per source in units of sigma^2 (see order.py).
     floor : lower clamp of ||P_perp b||^2 / ||b||^2 in T_k (guards the ratio near found
         sources, where numerator and denominator both vanish).
@@ -82,6 +81,14 @@ class ClassicalConfig:
     penalty: float | None = None
     floor: float = 0.05
     chunk: int = 16
+
+    @property
+    def fov(self) -> FieldOfView:
+        return self.final.fov
+
+    def with_fov(self, fov: FieldOfView) -> ClassicalConfig:
+        """This configuration searching ``fov`` (grid, joint steps and final polish)."""
+        return replace(self, step=replace(self.step, fov=fov), final=replace(self.final, fov=fov))
 
     def __post_init__(self) -> None:
         if min(self.grid_azimuth, self.grid_elevation, self.grid_inv_range) < 1:
@@ -105,21 +112,20 @@ def search_grid(system: SystemConfig, config: ClassicalConfig = ClassicalConfig(
                 dtype: torch.dtype = torch.complex64, device: str = "cpu") -> _Grid:
     """The search grid of ``config`` (steering cached by :mod:`risloc.estimators.grids`)."""
     f = config.final
-    key = (f.azimuth_deg, f.elevation_deg, f.range_m, config.grid_azimuth,
+    key = (f.fov.azimuth_deg, f.fov.elevation_deg, f.fov.range_m, config.grid_azimuth,
            config.grid_elevation, config.grid_inv_range)
     grid, A = grid_steering(system, key, dtype, str(device))
     pos = torch.stack([grid.azimuth, grid.elevation, 1.0 / grid.range_m], -1)
     return _Grid(pos.to(device=device, dtype=A.real.dtype), A)
 
 
-def _grid_columns(Phi: torch.Tensor, A: torch.Tensor, L: int) -> torch.Tensor:
-    """b_l(g) = Phi_l a(g) for the whole grid: Phi [B, L*M, N], A [N, G] -> [B, L, M, G].
+def _grid_columns(H: torch.Tensor, codes: torch.Tensor, grid: _Grid) -> torch.Tensor:
+    """b_l(g) = Phi_l a(g) for the whole grid: [B, L, M, G].
 
     Stored once per chunk of scenes (L M G complex numbers, 6.4 MB per scene in complex64)
     so that every later search works in C^M instead of C^N (N / M = 9 times fewer flops).
     """
-    Bg = Phi @ A  # (B, L*M, G)
-    return Bg.view(Phi.shape[0], L, -1, A.shape[-1])
+    return apply_operator(H, codes, grid.A.T)
 
 
 def _statistic(fit: Fit, Bg: torch.Tensor, gains: torch.Tensor, floor: float,
@@ -143,29 +149,25 @@ def _statistic(fit: Fit, Bg: torch.Tensor, gains: torch.Tensor, floor: float,
 
 
 def _search(y, H, codes, theta, grid: _Grid, Bg, gains, system, cfg: ClassicalConfig):
-    """Best grid point given the sources theta [B, 3, k]: positions [B, 3]."""
-    if theta.shape[-1] == 0:
+    """Best grid point given the sources theta [B, k, 3]: positions [B, 3]."""
+    if theta.shape[1] == 0:
         fit = _empty_fit(y)
     else:
-        mask = torch.ones(theta.shape[0], theta.shape[-1], dtype=torch.bool, device=y.device)
-        fit = amplitude_fit(y, H, codes, _steering_rows(theta, system, y.dtype), mask,
+        mask = torch.ones(theta.shape[:2], dtype=torch.bool, device=y.device)
+        fit = amplitude_fit(y, H, codes, steering_at(theta, system, y.dtype), mask,
                             cfg.step.tikhonov)
     return grid.pos[_statistic(fit, Bg, gains, cfg.floor).argmax(-1)]
 
 
-def _steering_rows(theta: torch.Tensor, system: SystemConfig, cplx) -> torch.Tensor:
-    return steering(theta[:, 0], theta[:, 1], 1.0 / theta[:, 2], system, cplx)
-
-
 def _relax(y, H, codes, theta, fit, grid, Bg, gains, system, cfg: ClassicalConfig):
     """One RELAX sweep (Li & Stoica 1996): re-search each source given the others, refine
-    jointly, keep the change where the cost falls. theta [B, 3, k] -> (theta, fit)."""
-    k = theta.shape[-1]
+    jointly, keep the change where the cost falls. theta [B, k, 3] -> (theta, fit)."""
+    k = theta.shape[1]
     mask = torch.ones(theta.shape[0], k, dtype=torch.bool, device=y.device)
     for j in range(k):
-        others = torch.cat([theta[..., :j], theta[..., j + 1:]], -1)
+        others = torch.cat([theta[:, :j], theta[:, j + 1:]], 1)
         cand = theta.clone()
-        cand[..., j] = _search(y, H, codes, others, grid, Bg, gains, system, cfg)
+        cand[:, j] = _search(y, H, codes, others, grid, Bg, gains, system, cfg)
         cand, cfit, _ = lm_solve(y, H, codes, cand, mask, system, cfg.step)
         better = cfit.cost < fit.cost  # (B,)
         theta = torch.where(better.view(-1, 1, 1), cand, theta)
@@ -175,19 +177,19 @@ def _relax(y, H, codes, theta, fit, grid, Bg, gains, system, cfg: ClassicalConfi
 
 
 def _greedy(y, H, codes, system, cfg: ClassicalConfig, k_max: int):
-    """Greedy search + joint refinement; thetas[k] [B, 3, k+1], costs [B, k_max+1]."""
+    """Greedy search + joint refinement; thetas[k] [B, k+1, 3], costs [B, k_max+1]."""
     _, cplx = working_dtypes(cfg.step)
     y, H, codes = y.to(cplx), H.to(cplx), codes.to(cplx)
     grid = search_grid(system, cfg, cplx, str(y.device))
-    Bg = _grid_columns(operators(H, codes).flatten(1, 2), grid.A, y.shape[1])  # (B, L, M, G)
+    Bg = _grid_columns(H, codes, grid)  # (B, L, M, G)
     gains = abs2(Bg).sum(2)  # (B, L, G)
     B_ = y.shape[0]
     costs = [abs2(y).sum((-1, -2))]
-    theta = torch.zeros(B_, 3, 0, dtype=y.real.dtype, device=y.device)
+    theta = torch.zeros(B_, 0, 3, dtype=y.real.dtype, device=y.device)
     thetas = []
     for k in range(k_max):
         new = _search(y, H, codes, theta, grid, Bg, gains, system, cfg)
-        theta = torch.cat([theta, new.unsqueeze(-1)], -1)  # (B, 3, k+1)
+        theta = torch.cat([theta, new.unsqueeze(1)], 1)  # (B, k+1, 3)
         mask = torch.ones(B_, k + 1, dtype=torch.bool, device=y.device)
         theta, fit, _ = lm_solve(y, H, codes, theta, mask, system, cfg.step)
         for _ in range(cfg.relax_sweeps if k > 0 else 0):
@@ -207,7 +209,7 @@ def _empty_fit(y):
 class Greedy(NamedTuple):
     """Nested greedy fits of a batch.
 
-    thetas : list of k_max tensors [B, 3, k] — (az [rad], el [rad], 1/r [1/m]) of k sources
+    thetas : list of k_max tensors [B, k, 3] — (az [rad], el [rad], 1/r [1/m]) of k sources
     costs : [B, k_max + 1] float — residual cost C_k with k sources (C_0 = sum_l ||y_l||^2)
     """
 
@@ -254,17 +256,16 @@ def next_source(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, found: Es
     for i in range(0, y.shape[0], config.chunk):
         sl = slice(i, i + config.chunk)
         yc, Hc, cc, f = y[sl].to(cplx), H[sl].to(cplx), codes[sl].to(cplx), found[sl]
-        A = steering(torch.nan_to_num(f.azimuth), torch.nan_to_num(f.elevation),
-                     torch.nan_to_num(f.range_m, nan=1.0), system, cplx)
+        A = steering_at(f.theta.to(yc.real.dtype), system, cplx, f.mask)
         fit = amplitude_fit(yc, Hc, cc, A, f.mask, config.step.tikhonov)
         if shortlist is None:
-            Bg = _grid_columns(operators(Hc, cc).flatten(1, 2), grid.A, yc.shape[1])
+            Bg = _grid_columns(Hc, cc, grid)
             idx = None
         else:
             Z = cc.conj() * (fit.r @ Hc.conj())  # (b, L, N): diag(c_l)^* H^H r_l
             num = abs2(Z @ grid.A.conj()).sum(1)  # (b, G)
             idx = num.topk(min(shortlist, num.shape[-1]), -1).indices  # (b, P)
-            Bg = _columns(Hc, cc, grid.A.T[idx])  # (b, L, M, P)
+            Bg = apply_operator(Hc, cc, grid.A.T[idx])  # (b, L, M, P)
         T = _statistic(fit, Bg, abs2(Bg).sum(2), config.floor, f.mask)
         best = T.argmax(-1)
         out.append(grid.pos[best if idx is None else idx.gather(-1, best[:, None])[:, 0]])
@@ -285,12 +286,12 @@ def _resolve_K(K, B_: int, system: SystemConfig, device) -> torch.Tensor | None:
 
 
 def _select(thetas: list[torch.Tensor], K: torch.Tensor, k_slots: int) -> torch.Tensor:
-    """theta [B, 3, k_slots]: scene b takes the greedy fit with K_b sources (rest padded)."""
+    """theta [B, k_slots, 3]: scene b takes the greedy fit with K_b sources (rest padded)."""
     B_ = K.shape[0]
-    out = thetas[0].new_full((B_, 3, k_slots), float("nan"))
+    out = thetas[0].new_full((B_, k_slots, 3), float("nan"))
     for k, th in enumerate(thetas, start=1):
         sel = K == k
-        out[sel, :, :k] = th[sel].to(out.dtype)
+        out[sel, :k] = th[sel].to(out.dtype)
     return out
 
 
@@ -322,8 +323,7 @@ def classical_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, system:
     if K_known is None:
         K_known = residual_order(greedy.costs, y.shape[1], y.shape[2], sigma2, config.penalty)
     theta = _select(greedy.thetas, K_known, system.K_max)
-    init = Estimates(K_known, theta[:, 0], theta[:, 1], 1.0 / theta[:, 2],
-                     torch.zeros_like(theta[:, 0]))
+    init = Estimates.from_theta(K_known, theta)
     log.debug("classical: K histogram %s", torch.bincount(K_known).tolist())
     est = nfmle_refine(y, H, codes, init, system, config.final)
     est = Estimates(est.K, *(t.to(torch.float32) for t in

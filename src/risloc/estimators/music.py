@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-from risloc.config import SystemConfig
+from risloc.config import FieldOfView, SystemConfig
+from risloc.core.params import Estimates
 from risloc.covariance.tools import hermitise, load_diagonal, trace
-from risloc.estimators.base import Estimates
 from risloc.estimators.grids import (
     angular_distance_matrix,
     greedy_pick,
@@ -60,8 +60,7 @@ class MusicConfig:
         ~9-13; 61x31x24 0.00 % / ~15; 81x41x16 0.01 % / ~16. With the final
         min_separation_deg 3 the default missed none of 2048 (spherical) + 1024
         (fresnel) scenes. Default 61x31x16; benchmarks/bench_music.py has the table.
-    azimuth_deg, elevation_deg : field of view (low, high) — [deg]
-    range_m : field of view (low, high) — [m]
+    fov : the field of view searched (grid and refinement box)
     min_separation_deg : greedy non-maximum suppression radius (great-circle) — [deg],
         for grid peaks and for the final picks. Below the 5 deg scene separation; 3 deg
         also suppresses spurious flank peaks next to a strong source on noisy
@@ -81,9 +80,7 @@ class MusicConfig:
     n_azimuth: int = 61
     n_elevation: int = 31
     n_range: int = 16
-    azimuth_deg: tuple[float, float] = (-60.0, 60.0)
-    elevation_deg: tuple[float, float] = (-30.0, 30.0)
-    range_m: tuple[float, float] = (0.5, 10.0)
+    fov: FieldOfView = FieldOfView()
     min_separation_deg: float = 3.0
     n_candidates: int = 10
     refine_iterations: int = 6
@@ -95,14 +92,6 @@ class MusicConfig:
         for name in ("n_azimuth", "n_elevation", "n_range"):
             if getattr(self, name) < 2:
                 raise ValueError(f"MusicConfig.{name} must be >= 2, got {getattr(self, name)}")
-        for name, lim in (("azimuth_deg", 90.0), ("elevation_deg", 90.0)):
-            lo, hi = getattr(self, name)
-            if not -lim < lo < hi < lim:
-                raise ValueError(f"MusicConfig.{name} must satisfy -90 < low < high < 90, "
-                                 f"got {(lo, hi)}")
-        if not 0 < self.range_m[0] < self.range_m[1]:
-            raise ValueError(f"MusicConfig.range_m must satisfy 0 < low < high, "
-                             f"got {self.range_m}")
         if self.n_candidates < 1 or self.refine_iterations < 0 or self.chunk < 1:
             raise ValueError("MusicConfig: n_candidates >= 1, refine_iterations >= 0 and "
                              "chunk >= 1 are required")
@@ -113,17 +102,8 @@ class MusicConfig:
     @property
     def grid_key(self) -> tuple:
         """Arguments of grids.near_field_grid."""
-        return (self.azimuth_deg, self.elevation_deg, self.range_m,
+        return (self.fov.azimuth_deg, self.fov.elevation_deg, self.fov.range_m,
                 self.n_azimuth, self.n_elevation, self.n_range)
-
-    @property
-    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Box of the refinement parameters (azimuth, elevation, 1/range): two [3] float64."""
-        lo = [math.radians(self.azimuth_deg[0]), math.radians(self.elevation_deg[0]),
-              1.0 / self.range_m[1]]
-        hi = [math.radians(self.azimuth_deg[1]), math.radians(self.elevation_deg[1]),
-              1.0 / self.range_m[0]]
-        return torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)
 
 
 def check_inputs(R: torch.Tensor, K: torch.Tensor | int, N: int, M: int | None = None
@@ -287,7 +267,7 @@ def _refine_candidates(U: torch.Tensor, K: torch.Tensor, P: torch.Tensor, grid,
     """Grid peaks (+ valley starts) refined: theta [B, C, 3] float64, score [B, C]."""
     n = max(config.n_candidates, int(K.max()))
     theta0, valid = _grid_candidates(P, grid, config, n)
-    lo, hi = config.bounds
+    lo, hi = config.fov.bounds()
     model = NearFieldModel(system)
     ref = refine_peaks(U, theta0, model, lo, hi, config.refine_iterations)
     theta = ref.theta

@@ -42,9 +42,9 @@ from dataclasses import dataclass
 
 import torch
 
-from risloc.config import SystemConfig
+from risloc.config import FieldOfView, SystemConfig
+from risloc.core.params import Estimates
 from risloc.covariance.tools import hermitise
-from risloc.estimators.base import Estimates
 from risloc.estimators.grids import greedy_pick, local_maxima_2d_periodic
 from risloc.estimators.music import (
     NULL_FLOOR,
@@ -62,7 +62,7 @@ class RamezaniConfig:
     subarray : (rows m_v, columns m_h) of each overlapping sub-RIS used for smoothing.
     n_frequency : grid points per axis of the periodic virtual-frequency grid.
     n_range : points of the 1-D range grid (uniform in 1/range).
-    azimuth_deg, elevation_deg : field of view — [deg]; range_m : field of view — [m].
+    fov : the field of view searched.
     min_separation : greedy suppression radius in virtual frequency (cycles/element).
     refine_iterations : Gauss-Newton steps for f and for 1/range.
     """
@@ -70,9 +70,7 @@ class RamezaniConfig:
     subarray: tuple[int, int] = (8, 8)
     n_frequency: int = 64
     n_range: int = 32
-    azimuth_deg: tuple[float, float] = (-60.0, 60.0)
-    elevation_deg: tuple[float, float] = (-30.0, 30.0)
-    range_m: tuple[float, float] = (0.5, 10.0)
+    fov: FieldOfView = FieldOfView()
     min_separation: float = 0.02
     refine_iterations: int = 6
 
@@ -80,9 +78,6 @@ class RamezaniConfig:
         if min(self.subarray) < 2 or self.n_frequency < 4 or self.n_range < 2:
             raise ValueError("RamezaniConfig: subarray >= 2 per axis, n_frequency >= 4 and "
                              "n_range >= 2 are required")
-        if not 0 < self.range_m[0] < self.range_m[1]:
-            raise ValueError(f"RamezaniConfig.range_m must satisfy 0 < low < high, "
-                             f"got {self.range_m}")
 
 
 class VirtualArrayModel:
@@ -158,8 +153,8 @@ def _alias_directions(f: torch.Tensor, system: SystemConfig, config: RamezaniCon
     f : [B, C, 2] -> azimuth, elevation [B, C, A] [rad] and ok [B, C, A] bool (step 4).
     """
     scale = system.wavelength / (2 * system.spacing)  # s per unit of f
-    s_x_max = math.sin(math.radians(max(abs(a) for a in config.azimuth_deg)))
-    s_y_max = math.sin(math.radians(max(abs(e) for e in config.elevation_deg)))
+    s_x_max = math.sin(math.radians(max(abs(a) for a in config.fov.azimuth_deg)))
+    s_y_max = math.sin(math.radians(max(abs(e) for e in config.fov.elevation_deg)))
     n_x, n_y = math.ceil(s_x_max / scale + 0.5), math.ceil(s_y_max / scale + 0.5)
     ix = torch.arange(-n_x, n_x + 1, dtype=f.dtype, device=f.device)
     iy = torch.arange(-n_y, n_y + 1, dtype=f.dtype, device=f.device)
@@ -168,8 +163,8 @@ def _alias_directions(f: torch.Tensor, system: SystemConfig, config: RamezaniCon
     el = torch.asin(s[..., 1].clamp(-1, 1))
     cx = s[..., 0] / torch.cos(el)
     az = torch.asin(cx.clamp(-1, 1))
-    az_lo, az_hi = (math.radians(a) for a in config.azimuth_deg)
-    el_lo, el_hi = (math.radians(e) for e in config.elevation_deg)
+    az_lo, az_hi = (math.radians(a) for a in config.fov.azimuth_deg)
+    el_lo, el_hi = (math.radians(e) for e in config.fov.elevation_deg)
     ok = (s[..., 1].abs() <= 1) & (cx.abs() <= 1) & (az >= az_lo) & (az <= az_hi) \
         & (el >= el_lo) & (el <= el_hi)
     # Keep only as many alias slots as any candidate has valid aliases (<= 2 by default).
@@ -188,7 +183,7 @@ def _range_search(U: torch.Tensor, az: torch.Tensor, el: torch.Tensor, ok: torch
     """
     scan = NearFieldModel(system, torch.complex64)  # the grid scan needs no float64
     U64 = U.to(torch.complex64)
-    inv = torch.linspace(1.0 / config.range_m[1], 1.0 / config.range_m[0], config.n_range,
+    inv = torch.linspace(1.0 / config.fov.range_m[1], 1.0 / config.fov.range_m[0], config.n_range,
                          dtype=torch.float64, device=U.device)
     best_u, best_f = [], []
     for a in range(az.shape[-1]):  # <= 2 alias slots by default; each batched over scenes

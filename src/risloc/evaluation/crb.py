@@ -36,6 +36,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from risloc.config import SystemConfig
+from risloc.core.operator import apply_operator
 from risloc.physics import steering_jacobian
 from risloc.simulation import SceneBatch
 
@@ -119,12 +120,6 @@ def _prepare(azimuth, elevation, range_m, H, codes, noise_var, system: SystemCon
                    torch.where(mask, r, one), H, codes, nv, mask)
 
 
-def _apply_operator(V: torch.Tensor, H: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """Phi_l V^T = H diag(c_l) [v_1 .. v_K']: V [B, K', N] -> [B, L, M, K'] complex128."""
-    x = codes.unsqueeze(2) * V.unsqueeze(1)  # (B, L, K', N)   c_l (.) v_k
-    return (x @ H.mT.unsqueeze(1)).mT  # (B, L, M, K')
-
-
 def _measured_columns(inp: _Inputs, system: SystemConfig):
     """B_l = Phi_l A [B, L, M, K] and D_l = Phi_l [dA/dphi, dA/dtheta, dA/dr] [B, L, M, 3K].
 
@@ -135,7 +130,7 @@ def _measured_columns(inp: _Inputs, system: SystemConfig):
     keep = inp.mask.unsqueeze(-1).to(torch.complex128)  # (B, K, 1)
     A = jac.a * keep
     D = torch.cat([jac.d_azimuth * keep, jac.d_elevation * keep, jac.d_range * keep], dim=1)
-    return _apply_operator(A, inp.H, inp.codes), _apply_operator(D, inp.H, inp.codes)
+    return apply_operator(inp.H, inp.codes, A), apply_operator(inp.H, inp.codes, D)
 
 
 def _scaled_cholesky(J: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:

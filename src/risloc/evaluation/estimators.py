@@ -19,8 +19,8 @@ from collections.abc import Callable
 import torch
 
 from risloc.config import SystemConfig
+from risloc.core.params import Estimates
 from risloc.covariance import sample_covariance
-from risloc.estimators.base import Estimates
 from risloc.simulation import SceneBatch, scene_true_covariance
 
 Estimator = Callable[[SceneBatch, SystemConfig, "torch.Tensor | None"], Estimates]

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from risloc.config import RislocConfig, SystemConfig
-from risloc.estimators.base import Estimates, concat_estimates
+from risloc.core.params import Estimates, concat_estimates
 from risloc.evaluation.crb import CRBResult, crb_for_scenes
 from risloc.evaluation.estimators import get_estimator
 from risloc.evaluation.metrics import match_sources, summarize
@@ -78,13 +78,11 @@ def run_estimator(name: str, scenes: SceneBatch, system: SystemConfig, known_K: 
 
 def _stochastic_noise_var(scenes: SceneBatch, system: SystemConfig) -> torch.Tensor:
     """sigma^2 implied by snr_db for unit-power sources (files carry no noise_var)."""
-    from risloc.covariance import operators
-    from risloc.physics import steering
+    from risloc.core import apply_operator, pack, steering_at
 
-    mask = scenes.mask
-    A = steering(scenes.azimuth.nan_to_num(0), scenes.elevation.nan_to_num(0),
-                 scenes.range_m.nan_to_num(1), system) * mask.unsqueeze(-1)  # (B, K, N)
-    B = operators(scenes.H, scenes.codes) @ A.mT.unsqueeze(1)  # (B, L, M, K)
+    theta = pack(scenes.azimuth, scenes.elevation, scenes.range_m)
+    A = steering_at(theta, system, scenes.H.dtype, scenes.mask)  # (B, K, N)
+    B = apply_operator(scenes.H, scenes.codes, A)  # (B, L, M, K)
     p_sig = B.abs().square().sum((-1, -2, -3)) / (system.L * system.M)
     return p_sig / 10 ** (scenes.snr_db / 10)
 

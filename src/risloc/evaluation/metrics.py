@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from risloc.estimators.base import Estimates
+from risloc.core.params import Estimates
 from risloc.evaluation.crb import CRBResult
 from risloc.physics import angular_separation
 

@@ -22,6 +22,7 @@ import math
 import torch
 
 from risloc.config import SystemConfig
+from risloc.core.params import pack, steering_at
 from risloc.covariance.tools import hermitise, load_diagonal, normalize_trace
 from risloc.losses.covariance import EPS, frob2, gram_solver
 from risloc.physics.steering import steering
@@ -34,12 +35,7 @@ def steering_columns(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: to
     azimuth, elevation : [B, S] — [rad]; range_m : [B, S] — [m] (NaN allowed where masked)
     mask : [B, S] bool  ->  A : [B, N, S] complex64
     """
-    zero, one = torch.zeros_like(azimuth), torch.ones_like(range_m)
-    az = torch.where(mask, azimuth, zero)
-    el = torch.where(mask, elevation, zero)
-    r = torch.where(mask, range_m, one)
-    A = steering(az, el, r, system, torch.complex64)  # (B, S, N)
-    return (A * mask.unsqueeze(-1).to(A.dtype)).mT
+    return steering_at(pack(azimuth, elevation, range_m), system, torch.complex64, mask).mT
 
 
 def gt_subspace_alignment(R: torch.Tensor, A_true: torch.Tensor,

@@ -41,8 +41,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as Fn
 
-from risloc.config import SystemConfig
-from risloc.covariance.tools import abs2, back_projection, operators
+from risloc.config import FieldOfView, SystemConfig
+from risloc.core.operator import apply_operator
+from risloc.covariance.tools import abs2, back_projection
 from risloc.estimators.nfmle import NFMLEConfig, lm_solve
 from risloc.physics.steering import steering
 
@@ -61,7 +62,7 @@ class ModelConfig:
     """Network hyper-parameters (the system comes separately: SystemConfig).
 
     n_azimuth, n_elevation, n_inv_range : candidate grid, uniform in azimuth, elevation
-        and 1/range over the field of view azimuth_deg, elevation_deg [deg], range_m [m]
+        and 1/range over the field of view ``fov`` (a recipe sets it to its scene's)
     bp_alpha : relative Tikhonov weight of the per-snapshot back-projection
     width, dilations : CNN channels and one dilated residual block per entry
     hidden : width of the K head and of the slot MLP
@@ -78,9 +79,7 @@ class ModelConfig:
     n_azimuth: int = 31
     n_elevation: int = 16
     n_inv_range: int = 8
-    azimuth_deg: tuple[float, float] = (-60.0, 60.0)
-    elevation_deg: tuple[float, float] = (-30.0, 30.0)
-    range_m: tuple[float, float] = (0.5, 10.0)
+    fov: FieldOfView = FieldOfView()
     bp_alpha: float = 1.0
     width: int = 48
     dilations: tuple[int, ...] = (1, 2, 4, 2, 1, 1)
@@ -100,8 +99,6 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if min(self.n_azimuth, self.n_elevation, self.n_inv_range) < 2:
             raise ValueError("ModelConfig grid sizes must be >= 2")
-        if not 0 < self.range_m[0] < self.range_m[1]:
-            raise ValueError(f"ModelConfig.range_m must be 0 < low < high, got {self.range_m}")
         if self.width < 8 or self.hidden < 8 or not self.dilations:
             raise ValueError("ModelConfig: width, hidden >= 8 and at least one block")
 
@@ -148,9 +145,10 @@ class ModelOutput:
 
 def candidate_grid(cfg: ModelConfig) -> CandidateGrid:
     """Uniform axes of the candidate grid (float32)."""
-    az = torch.deg2rad(torch.linspace(*cfg.azimuth_deg, cfg.n_azimuth))
-    el = torch.deg2rad(torch.linspace(*cfg.elevation_deg, cfg.n_elevation))
-    inv = torch.linspace(1.0 / cfg.range_m[1], 1.0 / cfg.range_m[0], cfg.n_inv_range)
+    f = cfg.fov
+    az = torch.deg2rad(torch.linspace(*f.azimuth_deg, cfg.n_azimuth))
+    el = torch.deg2rad(torch.linspace(*f.elevation_deg, cfg.n_elevation))
+    inv = torch.linspace(1.0 / f.range_m[1], 1.0 / f.range_m[0], cfg.n_inv_range)
     return CandidateGrid(az, el, inv)
 
 
@@ -230,7 +228,7 @@ class ZoomRefiner(nn.Module):
         return self.bound * torch.tanh(self.mlp(x.to(feat.dtype)).float())  # (B, S, 3)
 
 
-def residual_features(y: torch.Tensor, Phi: torch.Tensor, A: torch.Tensor,
+def residual_features(y: torch.Tensor, Bm: torch.Tensor,
                       snr_db: torch.Tensor | None) -> torch.Tensor:
     """Model-order features: the deterministic-ML residual of the k strongest slots,
 
@@ -238,11 +236,11 @@ def residual_features(y: torch.Tensor, Phi: torch.Tensor, A: torch.Tensor,
 
     as log(r_k / ||y||^2) and, when the SNR is known, log(r_k / ((M - k) L sigma^2)) with
     sigma^2 = ||y||^2 / (L M (1 + snr)) (near 0 once k >= K).
-    y [B, L, M], Phi [B, L, M, N], A [B, N, S] complex -> [B, 2 S + 1] float
+    y [B, L, M], Bm [B, L, M, S] = Phi_l A (the slots' measured columns) complex
+    -> [B, 2 S + 1] float
     """
     B, L, M = y.shape
-    S = A.shape[-1]
-    Bm = Phi @ A.unsqueeze(1)  # (B, L, M, S)  Phi_l A
+    S = Bm.shape[-1]
     y2 = abs2(y).sum((-2, -1)).clamp_min(1e-30)  # (B,)
     res = []
     for k in range(1, S + 1):
@@ -373,7 +371,7 @@ class CovarianceNet(nn.Module):
             0.5 * float(self.grid.inv_range[0]))], -1)
         A = steering(theta[..., 0], theta[..., 1], 1.0 / theta[..., 2], self.system,
                      torch.complex64).mT  # (B, N, S)
-        resid = residual_features(y, operators(H, codes), A.detach(), snr_db) \
+        resid = residual_features(y, apply_operator(H, codes, A.detach().mT), snr_db) \
             if self.cfg.residual_features else None
         K_logits = self._k_logits(h, heat_slots, snr_db, resid).float()
         pos = self._refine(y, H, codes, theta, K_logits)  # (B, S, 3)
@@ -395,11 +393,10 @@ class CovarianceNet(nn.Module):
         c = self.cfg
         mask = torch.arange(theta.shape[1], device=theta.device) < (K_logits.argmax(-1) + 1
                                                                      ).unsqueeze(-1)
-        nf = NFMLEConfig(iterations=c.refine_iterations, double=False, azimuth_deg=c.azimuth_deg,
-                         elevation_deg=c.elevation_deg, range_m=c.range_m)
-        ref, _, _ = lm_solve(y, H, codes, theta.detach().float().mT.contiguous(), mask,
+        nf = NFMLEConfig(iterations=c.refine_iterations, double=False, fov=c.fov)
+        ref, _, _ = lm_solve(y, H, codes, theta.detach().float().contiguous(), mask,
                              self.system, nf)
-        return torch.where(mask.unsqueeze(-1), ref.mT, theta.detach())
+        return torch.where(mask.unsqueeze(-1), ref, theta.detach())
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from risloc.estimators.base import Estimates
+from risloc.core.params import Estimates
 from risloc.io.atomic import write_csv_atomic
 
 COLUMNS = ("scene", "source", "azimuth_deg", "elevation_deg", "range_m", "score")

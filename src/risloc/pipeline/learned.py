@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 
 from risloc.config import SystemConfig
-from risloc.estimators.base import Estimates
+from risloc.core.params import Estimates
 from risloc.estimators.music import MusicConfig, music
 from risloc.estimators.nfmle import NFMLEConfig, nfmle_fit
 from risloc.pipeline.order import (
@@ -93,9 +93,7 @@ class LearnedPipeline:
     def nfmle_config(self) -> NFMLEConfig:
         """The NF-MLE polish: the checkpoint's iterations, in MUSIC's field-of-view box."""
         return replace(NFMLEConfig(), iterations=self.nfmle_iterations,
-                       azimuth_deg=self.music_cfg.azimuth_deg,
-                       elevation_deg=self.music_cfg.elevation_deg,
-                       range_m=self.music_cfg.range_m)
+                       fov=self.music_cfg.fov)
 
     @torch.no_grad()
     def localize(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,

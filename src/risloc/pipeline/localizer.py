@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from risloc.config import SystemConfig
-from risloc.estimators.base import Estimates, concat_estimates
+from risloc.core.params import Estimates, concat_estimates
 from risloc.parallel import run_in_chunks
 
 log = logging.getLogger(__name__)

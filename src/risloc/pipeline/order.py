@@ -43,10 +43,9 @@ import torch
 from torch import nn
 
 from risloc.config import SystemConfig
+from risloc.core.params import Estimates, pack, steering_at
 from risloc.covariance.tools import abs2
-from risloc.estimators.base import Estimates
 from risloc.estimators.nfmle import amplitude_fit
-from risloc.physics.steering import steering
 
 FLOOR = 1e-6
 FEATURES_VERSION = 2  # 2: unitless received powers (1: source powers, in channel units)
@@ -80,8 +79,7 @@ def order_statistics(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
     az, el, r = (t[:, :K_max] for t in (candidates.azimuth, candidates.elevation,
                                         candidates.range_m))
     valid = torch.isfinite(az) & torch.isfinite(el) & torch.isfinite(r)
-    A = steering(torch.nan_to_num(az), torch.nan_to_num(el), torch.nan_to_num(r, nan=1.0),
-                 system, y.dtype)  # (B, K_max, N)
+    A = steering_at(pack(az, el, r), system, y.dtype, valid)  # (B, K_max, N)
     B = y.shape[0]
     costs = torch.empty(B, K_max + 1, dtype=torch.float64, device=y.device)
     costs[:, 0] = abs2(y).sum((-1, -2)).double()

@@ -30,12 +30,12 @@ from 0.932 to 0.943 (scenes 0-399) and from 0.924 to 0.944 (scenes 400-1199); 0,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from risloc.config import SystemConfig
-from risloc.estimators.base import Estimates
+from risloc.core.params import Estimates
 from risloc.estimators.classical import ClassicalConfig, next_source
 from risloc.estimators.nfmle import NFMLEConfig, nfmle_fit
 from risloc.estimators.order import noise_var_from_snr
@@ -120,10 +120,7 @@ def add_source(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, est: Estim
     """Step 1 (*add*): the greedy OLS proposal joins est's sources (every scene must have
     K < its slot count) and NF-MLE polishes all of them; the ``nfmle_fit`` Refinement.
     The proposals come from a grid over NF-MLE's field-of-view box."""
-    search = ClassicalConfig(final=replace(ClassicalConfig().final,
-                                           azimuth_deg=nfmle.azimuth_deg,
-                                           elevation_deg=nfmle.elevation_deg,
-                                           range_m=nfmle.range_m))
+    search = ClassicalConfig().with_fov(nfmle.fov)
     pos = next_source(y, H, codes, est, system, search, shortlist=shortlist)
     return nfmle_fit(y, H, codes, _place(est, est.K, pos), system, nfmle)
 

@@ -120,6 +120,26 @@ def _draw_K(batch: int, K_max: int, scene: SceneConfig, K: int | None,
     return torch.randint(1, K_max + 1, (batch,), generator=generator, device=device)
 
 
+def draw_powers(mask: torch.Tensor, spread_db: float | tuple[float, float],
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Source powers p_k (CONVENTIONS.md): 1 for every real source when the spread s is 0,
+    else 10 log10 p_k ~ U[-s/2, s/2] independently per source; ``spread_db`` = (lo, hi)
+    draws s ~ U[lo, hi] per scene first.
+
+    mask : [B, K_max] bool — real source slots.  Returns [B, K_max] float32, 0 where padded.
+    """
+    lo, hi = (spread_db, spread_db) if isinstance(spread_db, float | int) else spread_db
+    if not 0 <= lo <= hi:
+        raise ValueError(f"power spread must be >= 0 dB, got {spread_db}")
+    powers = mask.to(torch.float32)
+    if hi > 0:  # no draw at 0: equal-power streams stay what they were
+        s = torch.full((mask.shape[0], 1), float(hi), device=mask.device) if lo == hi else \
+            uniform((mask.shape[0], 1), lo, hi, generator, torch.float32, mask.device)
+        db = s * (uniform(mask.shape, 0.0, 1.0, generator, torch.float32, mask.device) - 0.5)
+        powers = powers * 10.0 ** (db / 10.0)
+    return powers
+
+
 def simulate_batch(batch: int, system: SystemConfig, scene: SceneConfig,
                    generator: torch.Generator | None = None,
                    snr_db: float | None = None, K: int | None = None,
@@ -130,21 +150,23 @@ def simulate_batch(batch: int, system: SystemConfig, scene: SceneConfig,
     az, el, rng = draw_sources(batch, system.K_max, scene, generator, real, device)
     slots = torch.arange(system.K_max, device=device)
     mask = slots < Kb.unsqueeze(-1)  # (B, K_max)
-    powers = mask.to(real)  # equal unit power, 0 in padded slots
     H = draw_channel(batch, system, scene, generator, cplx, device)  # (B, M, N)
     codes = draw_codes(batch, system, scene.codebook, scene.code_bits, generator, cplx, device)
     A = steering(az, el, rng, system, cplx)  # (B, K_max, N)
     s = complex_normal((batch, system.L, system.K_max), generator, cplx, device)
-    s = s * powers.sqrt().unsqueeze(1)  # (B, L, K_max)
-    x = codes * (s @ A)  # (B, L, N)   c_l (.) A s_l
-    signal = x @ H.transpose(-1, -2)  # (B, L, M)   H diag(c_l) A s_l
     if snr_db is None:
         snr = uniform(batch, *scene.snr_db, generator, real, device)
     else:
         snr = torch.full((batch,), float(snr_db), dtype=real, device=device)
+    noise = complex_normal((batch, system.L, system.M), generator, cplx, device)
+    # drawn last, so a scene with a power spread keeps the sources, channel, codes, unit
+    # symbols, SNR and unit noise of the same scene with equal powers
+    powers = draw_powers(mask, scene.power_spread_db, generator)  # (B, K_max), 0 if padded
+    s = s * powers.sqrt().unsqueeze(1)  # (B, L, K_max)
+    x = codes * (s @ A)  # (B, L, N)   c_l (.) A s_l
+    signal = x @ H.transpose(-1, -2)  # (B, L, M)   H diag(c_l) A s_l
     p_sig = signal.abs().square().mean(dim=(-1, -2))  # (B,)
     noise_var = p_sig / 10 ** (snr / 10)
-    noise = complex_normal(signal.shape, generator, cplx, device)
     y = signal + noise_var.sqrt().view(-1, 1, 1) * noise
     nan = torch.tensor(float("nan"), dtype=real, device=device)
     return SceneBatch(

@@ -105,6 +105,10 @@ class DataConfig(_Section):
     n_val: int = Field(512, ge=1)
     val_offset: int = Field(0, ge=0, description="first validation-split scene")
     val_batch_size: int = Field(128, ge=1)
+    snr_shown: float = Field(1.0, ge=0, le=1, description=(
+        "share of training scenes whose SNR the network is given (the rest: NaN = unknown); "
+        "0 = never, and the learned pipeline then ignores the SNR (users' files rarely carry "
+        "one). The validation scenes show it only when this is 1"))
 
 
 class EvalConfig(_Section):
@@ -171,23 +175,31 @@ class TrainConfig(_Section):
 
     def network_config(self) -> ModelConfig:
         """ModelConfig with the scene's field of view."""
-        s = self.scene
-        return replace(self.model, azimuth_deg=s.azimuth_deg, elevation_deg=s.elevation_deg,
-                       range_m=s.range_m)
+        return replace(self.model, fov=self.scene.fov)
 
     def music_config(self) -> MusicConfig:
         e, s = self.evaluation, self.scene
         return MusicConfig(n_azimuth=e.n_azimuth, n_elevation=e.n_elevation,
                            n_range=e.n_range, refine_iterations=e.refine_iterations,
-                           azimuth_deg=s.azimuth_deg, elevation_deg=s.elevation_deg,
-                           range_m=s.range_m)
+                           fov=s.fov)
 
     def to_json(self) -> str:
         return self.model_dump_json()
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
-        return validate_train_config(json.loads(text))
+        """A recipe stored in a checkpoint (older formats migrated, :func:`_migrate`)."""
+        return validate_train_config(_migrate(json.loads(text)))
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Recipes stored before the one FieldOfView: their ``model`` section held its own
+    azimuth_deg / elevation_deg / range_m, always replaced by the scene's (dropped here)."""
+    model = data.get("model")
+    if isinstance(model, dict):
+        data = {**data, "model": {k: v for k, v in model.items()
+                                  if k not in ("azimuth_deg", "elevation_deg", "range_m")}}
+    return data
 
 
 def _format(err: ValidationError) -> str:

@@ -9,6 +9,8 @@ exactly the batches it would have seen.
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import replace
 
 import torch
 
@@ -19,6 +21,8 @@ from risloc.training.config import TrainConfig
 from risloc.training.schedules import snr_range_at
 
 log = logging.getLogger(__name__)
+
+SNR_HIDE_STREAM = 900  # train-split stream of the draws that hide a batch's SNRs
 
 
 def _as_float32(scenes: SceneBatch) -> SceneBatch:
@@ -69,13 +73,26 @@ class TrainData:
         return self.scenes[order]
 
     def batch(self, index: int, epoch: int) -> SceneBatch:
-        """Micro-batch ``index`` (global count from the start of the run)."""
-        if self.scenes is not None:
-            return self._from_file(index)
+        """Micro-batch ``index`` (global count from the start of the run), its SNR hidden
+        (NaN) in a seeded share ``1 - data.snr_shown`` of its scenes."""
         d = self.cfg.data
-        gen = block_generator(d.seed, "train", index, d.stream)
-        return simulate_batch(self.cfg.optim.batch_size, self.cfg.system,
-                              self._scene_config(epoch), gen)
+        if self.scenes is not None:
+            scenes = self._from_file(index)
+        else:
+            gen = block_generator(d.seed, "train", index, d.stream)
+            scenes = simulate_batch(self.cfg.optim.batch_size, self.cfg.system,
+                                    self._scene_config(epoch), gen)
+        if d.snr_shown < 1:
+            gen = block_generator(d.seed, "train", index, SNR_HIDE_STREAM)
+            scenes = hide_snr(scenes, torch.rand(len(scenes), generator=gen) >= d.snr_shown)
+        return scenes
+
+
+def hide_snr(scenes: SceneBatch, hide: torch.Tensor | bool = True) -> SceneBatch:
+    """The scenes with snr_db NaN (unknown) where ``hide`` [B] bool (or everywhere)."""
+    hide = torch.as_tensor(hide, device=scenes.snr_db.device).expand(len(scenes))
+    return replace(scenes, snr_db=torch.where(hide, torch.full_like(scenes.snr_db, math.nan),
+                                              scenes.snr_db))
 
 
 def validation_set(cfg: TrainConfig) -> SceneBatch:
@@ -83,9 +100,11 @@ def validation_set(cfg: TrainConfig) -> SceneBatch:
     d = cfg.data
     if d.val_file is not None:
         scenes, _ = read_scenes(d.val_file)
-        return _check_truth(scenes, f"validation file {d.val_file}")
-    return simulate_range(d.val_offset, d.val_offset + d.n_val, cfg.system, cfg.scene,
-                          d.seed, "validation")
+        scenes = _check_truth(scenes, f"validation file {d.val_file}")
+    else:
+        scenes = simulate_range(d.val_offset, d.val_offset + d.n_val, cfg.system, cfg.scene,
+                                d.seed, "validation")
+    return scenes if d.snr_shown == 1 else hide_snr(scenes)
 
 
 def chunks(scenes: SceneBatch, size: int) -> list[SceneBatch]:

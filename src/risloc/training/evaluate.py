@@ -11,9 +11,9 @@ from typing import NamedTuple
 import torch
 
 from risloc.config import SystemConfig
+from risloc.core.params import Estimates, concat_estimates
 from risloc.covariance.tools import blend, load_diagonal, sample_covariance, shrink
 from risloc.covariance.tools import subspace_overlap as overlap_fn
-from risloc.estimators.base import Estimates, concat_estimates
 from risloc.estimators.music import MusicConfig, music
 from risloc.evaluation.metrics import Matching, MetricSummary, match_sources, summarize
 from risloc.losses.covariance import covariance_nmse

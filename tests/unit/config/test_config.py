@@ -47,3 +47,52 @@ def test_json_round_trip():
     cfg = load_config(overrides=["system.wavefront=fresnel", "scene.K=3"])
     assert RislocConfig.from_json(cfg.to_json()) == cfg
     assert SystemConfig.model_validate_json(cfg.system.model_dump_json()) == cfg.system
+
+
+# ---------------------------------------------------------------- the one field of view
+def test_field_of_view_validates_each_axis_and_names_it():
+    from risloc.config import FieldOfView
+
+    for kwargs, name in (({"azimuth_deg": (10.0, -10.0)}, "azimuth_deg"),
+                         ({"elevation_deg": (-95.0, 0.0)}, "elevation_deg"),
+                         ({"range_m": (0.0, 5.0)}, "range_m"),
+                         ({"range_m": (2.0, float("nan"))}, "range_m")):
+        with pytest.raises(ValueError, match=name):
+            FieldOfView(**kwargs)
+
+
+def test_field_of_view_bounds_are_radians_and_inverse_range():
+    import math
+
+    from risloc.config import FieldOfView
+
+    lo, hi = FieldOfView((-30.0, 45.0), (-10.0, 20.0), (0.5, 4.0)).bounds()
+    assert lo.tolist() == pytest.approx([math.radians(-30), math.radians(-10), 0.25])
+    assert hi.tolist() == pytest.approx([math.radians(45), math.radians(20), 2.0])
+
+
+def test_every_estimator_config_and_the_scene_share_the_field_of_view():
+    from risloc.config import FieldOfView, SceneConfig
+    from risloc.estimators.classical import ClassicalConfig
+    from risloc.estimators.music import MusicConfig
+    from risloc.estimators.nfmle import NFMLEConfig
+
+    fov = FieldOfView((-75.0, 75.0), (-20.0, 20.0), (1.0, 8.0))
+    scene = SceneConfig(azimuth_deg=(-75.0, 75.0), elevation_deg=(-20.0, 20.0),
+                        range_m=(1.0, 8.0))
+    assert scene.fov == fov
+    cl = ClassicalConfig().with_fov(fov)
+    assert cl.fov == cl.step.fov == cl.final.fov == fov
+    assert MusicConfig(fov=fov).grid_key[:3] == (fov.azimuth_deg, fov.elevation_deg,
+                                                 fov.range_m)
+    assert NFMLEConfig(fov=fov).fov.bounds()[1][0] > NFMLEConfig().fov.bounds()[1][0]
+
+
+def test_power_spread_is_validated():
+    from risloc.config import SceneConfig
+
+    assert SceneConfig(power_spread_db=12).power_spread_db == 12
+    assert SceneConfig(power_spread_db=(0, 15)).power_spread_db == (0.0, 15.0)
+    for bad in (-1.0, (5.0, 2.0), 61.0):
+        with pytest.raises(ValueError, match="power_spread_db"):
+            SceneConfig(power_spread_db=bad)

@@ -9,7 +9,6 @@ from risloc.covariance import (
     hermitise,
     load_diagonal,
     normalize_trace,
-    operators,
     sample_covariance,
     shrink,
     subspace_overlap,
@@ -63,15 +62,6 @@ def test_blend_endpoints_trace_and_no_grad_into_samp():
     assert torch.allclose(per_scene[2], normalize_trace(Rs.detach())[2])
     with pytest.raises(ValueError, match="differ"):
         blend(Rp, Rs[:, :5, :5], 0.3)
-
-
-def test_operators_shape_and_values(system):
-    b = simulate_range(0, 2, system, SceneConfig(), split="test")
-    Phi = operators(b.H, b.codes)
-    assert Phi.shape == (2, 16, 16, 144)  # the full operator H diag(c_l), not H c_l
-    assert torch.allclose(Phi[1, 5], b.H[1] @ torch.diag(b.codes[1, 5]))
-    with pytest.raises(ValueError):
-        operators(b.H, b.codes[:, :, :10])
 
 
 def test_back_projection_is_tikhonov_least_squares(system):

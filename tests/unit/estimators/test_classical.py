@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from risloc.config import SceneConfig, SystemConfig
-from risloc.estimators.base import Estimates
+from risloc.core.params import Estimates
 from risloc.estimators.classical import (
     ClassicalConfig,
     classical_localize,
@@ -115,7 +115,7 @@ def test_output_layout_and_per_scene_known_K():
 def test_greedy_costs_are_nested_and_decreasing():
     b = simulate_range(0, 4, SYSTEM, SCENE, seed=5, split="test", K=2, snr_db=10.0)
     g = greedy_search(b.y, b.H, b.codes, SYSTEM, 3)
-    assert len(g.thetas) == 3 and g.thetas[2].shape == (4, 3, 3)
+    assert len(g.thetas) == 3 and g.thetas[2].shape == (4, 3, 3) and g.thetas[1].shape == (4, 2, 3)
     assert bool((g.costs[:, 1:] <= g.costs[:, :-1]).all())
     torch.testing.assert_close(g.costs[:, 0], b.y.abs().square().sum((1, 2)).double(),
                                rtol=1e-5, atol=0)

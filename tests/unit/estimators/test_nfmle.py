@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from risloc.config import SceneConfig, SystemConfig
+from risloc.config import FieldOfView, SceneConfig, SystemConfig
+from risloc.core.params import Estimates, pack, steering_at
 from risloc.estimators import nfmle
-from risloc.estimators.base import Estimates
 from risloc.estimators.nfmle import NFMLEConfig, ml_residual, nfmle_fit, nfmle_refine
 from risloc.physics import steering
 from risloc.simulation import simulate_range
@@ -83,41 +83,39 @@ def _fixture_theta(K: int = 3, n: int = 3):
     b = simulate_range(0, n, SYSTEM, SCENE, seed=5, split="test", K=K, snr_db=10.0)
     y = b.y.to(torch.complex128)
     Phi = (b.H.to(torch.complex128), b.codes.to(torch.complex128))  # the operator H diag(c_l)
-    theta = torch.stack([b.azimuth, b.elevation, 1 / b.range_m], 1).double()[..., :K]
+    theta = pack(b.azimuth, b.elevation, b.range_m).double()[:, :K]  # (B, K, 3)
     theta = theta + 0.01  # off the optimum: the residual is not orthogonal to the columns
     return y, Phi, theta, b.mask[:, :K]
 
 
 def _residual(y, Phi, theta, mask, tikhonov=0.0):
-    A = nfmle._steering_uv(theta, SYSTEM, torch.complex128)
+    A = steering_at(theta, SYSTEM, torch.complex128)
     return nfmle.amplitude_fit(y, *Phi, A, mask, tikhonov).r
 
 
 def test_jacobian_matches_finite_differences():
     y, Phi, theta, mask = _fixture_theta()
-    fit = nfmle.amplitude_fit(y, *Phi, nfmle._steering_uv(theta, SYSTEM, torch.complex128),
-                              mask, 0.0)
-    J = nfmle._jacobian(fit, *Phi, theta, mask, SYSTEM)  # (B, L, M, 3K)
-    K = theta.shape[-1]
+    fit = nfmle.amplitude_fit(y, *Phi, steering_at(theta, SYSTEM, torch.complex128), mask, 0.0)
+    J = nfmle._jacobian(fit, *Phi, theta, mask, SYSTEM)  # (B, L, M, 3K), (source, param)
+    K = theta.shape[1]
     for p in range(3):
         for k in range(K):
-            h = 1e-6 if p < 2 else 1e-6 * float(theta[:, 2, k].min())
+            h = 1e-6 if p < 2 else 1e-6 * float(theta[:, k, 2].min())
             e = torch.zeros_like(theta)
-            e[:, p, k] = h
+            e[:, k, p] = h
             fd = (_residual(y, Phi, theta + e, mask) - _residual(y, Phi, theta - e, mask)) / (2 * h)
-            col = J[..., p * K + k]
+            col = J[..., 3 * k + p]
             assert (col - fd).abs().max() < 1e-6 * col.abs().max(), (p, k)
 
 
 def test_jacobian_matches_forward_autograd():
     y, Phi, theta, mask = _fixture_theta()
-    fit = nfmle.amplitude_fit(y, *Phi, nfmle._steering_uv(theta, SYSTEM, torch.complex128),
-                              mask, 0.0)
+    fit = nfmle.amplitude_fit(y, *Phi, steering_at(theta, SYSTEM, torch.complex128), mask, 0.0)
     J = nfmle._jacobian(fit, *Phi, theta, mask, SYSTEM)
-    K = theta.shape[-1]
+    K = theta.shape[1]
     for j in range(3 * K):
         t = torch.zeros_like(theta)
-        t[:, j // K, j % K] = 1.0
+        t[:, j // 3, j % 3] = 1.0
         _, jvp = torch.func.jvp(lambda th: torch.view_as_real(_residual(y, Phi, th, mask)),
                                 (theta,), (t,))
         torch.testing.assert_close(J[..., j], torch.view_as_complex(jvp), rtol=1e-10,
@@ -169,7 +167,7 @@ def test_zero_iterations_returns_the_start_projected_on_the_box():
 def test_estimates_stay_in_the_field_of_view():
     b = simulate_range(0, 6, SYSTEM, SCENE, seed=4, split="test", K=3, snr_db=-5.0)
     start = perturbed_start(b, 10.0, 0.5)
-    cfg = NFMLEConfig(iterations=8, azimuth_deg=(-20.0, 20.0), range_m=(1.0, 4.0))
+    cfg = NFMLEConfig(iterations=8, fov=FieldOfView((-20.0, 20.0), range_m=(1.0, 4.0)))
     out = nfmle_refine(b.y, b.H, b.codes, start, SYSTEM, cfg)
     m = b.mask
     assert bool((out.azimuth[m].abs() <= math.radians(20) + 1e-12).all())
@@ -213,4 +211,4 @@ def test_config_validation():
     with pytest.raises(ValueError):
         NFMLEConfig(tikhonov=-1.0)
     with pytest.raises(ValueError):
-        NFMLEConfig(range_m=(2.0, 1.0))
+        NFMLEConfig(fov=FieldOfView(range_m=(2.0, 1.0)))

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from risloc.config import SceneConfig, SystemConfig
+from risloc.config import FieldOfView, SceneConfig, SystemConfig
 from risloc.estimators.ramezani import (
     RamezaniConfig,
     antidiagonal,
@@ -109,4 +109,4 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="sub-RIS"):
         ramezani_music(R, 4, system, RamezaniConfig(subarray=(2, 2)))
     with pytest.raises(ValueError):
-        RamezaniConfig(range_m=(2.0, 1.0))
+        RamezaniConfig(fov=FieldOfView(range_m=(2.0, 1.0)))

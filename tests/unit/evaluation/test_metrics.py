@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from risloc.estimators.base import Estimates
+from risloc.core.params import Estimates
 from risloc.evaluation.crb import CRBResult
 from risloc.evaluation.metrics import (
     match_sources,

@@ -45,7 +45,7 @@ def test_localizer_rejects_bad_shapes_and_methods(system, scenes):
 
 
 def test_estimates_file_round_trip(tmp_path, scenes):
-    from risloc.estimators.base import Estimates
+    from risloc.core.params import Estimates
 
     nan = math.nan
     est = Estimates(K=torch.tensor([2, 0, 1]),

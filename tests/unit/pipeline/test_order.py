@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from risloc.config import SceneConfig
-from risloc.estimators.base import Estimates
+from risloc.core.params import Estimates
 from risloc.pipeline.order import (
     OrderFitConfig,
     fit_order_head,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from risloc.config import SceneConfig
-from risloc.estimators.base import Estimates
+from risloc.core.params import Estimates
 from risloc.estimators.nfmle import NFMLEConfig, ml_residual, nfmle_fit
 from risloc.pipeline.order_check import OrderCheckConfig, check_order, check_selection
 from risloc.simulation import simulate_range

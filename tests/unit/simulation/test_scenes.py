@@ -114,3 +114,40 @@ def test_fresnel_system_and_other_codebooks():
         b = simulate_batch(5, s, SceneConfig(codebook=book), torch.Generator().manual_seed(0))
         assert b.y.shape == (5, 12, 8) and b.H.shape == (5, 8, 32) and b.codes.shape == (5, 12, 32)
         assert bool(torch.isfinite(b.y).all())
+
+
+def test_power_spread_draws_uniform_db_and_keeps_everything_else(system, scene):
+    """10 log10 p_k ~ U[-s/2, s/2] (CONVENTIONS.md); the spread scene keeps the sources,
+    channel, codes, SNR and noise draws of the equal-power scene with the same seed."""
+    from risloc.simulation import simulate_range
+
+    equal = simulate_range(0, 600, system, scene, seed=4, split="test")
+    spread = simulate_range(0, 600, system, scene.model_copy(update={"power_spread_db": 12.0}),
+                            seed=4, split="test")
+    db = 10 * torch.log10(spread.powers[spread.mask])
+    assert float(db.min()) >= -6.0 and float(db.max()) <= 6.0
+    assert float(db.std()) == pytest.approx(12 / 12**0.5, rel=0.06)  # uniform: s / sqrt(12)
+    assert torch.equal(equal.powers, equal.mask.float())
+    for name in ("K", "H", "codes", "snr_db"):
+        assert torch.equal(getattr(equal, name), getattr(spread, name)), name
+    assert torch.equal(equal.azimuth.nan_to_num(), spread.azimuth.nan_to_num())
+    # symbols s_l ~ CN(0, diag(p)): the unit symbols of the equal-power scene, scaled
+    assert torch.allclose(equal.symbols * spread.powers.sqrt().unsqueeze(1), spread.symbols,
+                          atol=1e-6)
+    # and the SNR realised in the scene is still the requested one
+    A = steering(spread.azimuth.nan_to_num(0), spread.elevation.nan_to_num(0),
+                 spread.range_m.nan_to_num(1), system)
+    signal = (spread.codes * (spread.symbols @ A)) @ spread.H.transpose(-1, -2)
+    realised = 10 * torch.log10(signal.abs().square().mean((-1, -2)) / spread.noise_var)
+    assert torch.allclose(realised, spread.snr_db, atol=1e-3)
+
+
+def test_power_spread_range_draws_a_spread_per_scene(system, scene):
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 2000, system, scene.model_copy(update={"power_spread_db": (0, 15)}),
+                        seed=5)
+    db = 10 * torch.log10(sc.powers)
+    db = torch.where(sc.mask, db, torch.nan)
+    span = (db.nan_to_num(-99).amax(1) - db.nan_to_num(99).amin(1))[sc.K >= 3]
+    assert float(span.max()) <= 15.0 and float(span.min()) < 2.0

@@ -33,8 +33,9 @@ def test_overrides_and_field_of_view_follow_scene():
     cfg = load_train_config(None, ["optim.lr=3e-4", "scene.azimuth_deg=[-40, 40]",
                                    "model.width=24", "loss.lam_cov_pred=0.1"])
     assert cfg.optim.lr == pytest.approx(3e-4) and cfg.loss.lam_cov_pred == 0.1
-    assert cfg.network_config().azimuth_deg == (-40, 40) and cfg.network_config().width == 24
-    assert cfg.music_config().azimuth_deg == (-40, 40)
+    assert cfg.network_config().fov.azimuth_deg == (-40, 40)
+    assert cfg.network_config().width == 24
+    assert cfg.music_config().fov == cfg.scene.fov
 
 
 @pytest.mark.parametrize("override, field", [

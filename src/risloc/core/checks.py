@@ -1,0 +1,167 @@
+"""Input checks: the one path that decides, before any estimator runs, which scenes of a
+batch can be localized (and why not), and the one rule for a missing SNR.
+
+* :func:`check_shapes` — shapes and dtypes of a batch: a ValueError naming the array.
+* :func:`scene_problems` — per scene: non-finite values, an empty measurement (all-zero y),
+  an all-zero channel, codes that are not unit modulus (CONVENTIONS.md). Magnitudes are
+  not a problem: :func:`normalise_scale` rescales y and H per scene first, so only a truly
+  empty scene fails.
+* :func:`check_measurements` — the raising form the estimators call on their inputs.
+* :func:`snr_per_scene` — the SNR of a batch: None, a number or one per scene; NaN marks
+  a scene whose SNR is unknown, and only that scene.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from risloc.config import SystemConfig
+
+CODE_TOLERANCE = 1e-3  # largest | |c| - 1 | accepted for a RIS code entry
+
+
+class SceneCheck(NamedTuple):
+    """ok : [B] bool — scenes the estimators can process; reasons : (scene index, why) for
+    every other scene, in index order."""
+
+    ok: torch.Tensor
+    reasons: tuple[tuple[int, str], ...]
+
+
+def check_shapes(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                 system: SystemConfig | None = None) -> None:
+    """ValueError / TypeError unless y [B, L, M], H [B, M, N], codes [B, L, N] are complex
+    tensors of consistent shapes (and of ``system``'s L, M, N when given)."""
+    for name, t in (("y", y), ("H", H), ("codes", codes)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+        if t.ndim != 3:
+            raise ValueError(f"{name} must be 3-dimensional (scenes first), got shape "
+                             f"{tuple(t.shape)}")
+        if not t.is_complex():
+            raise TypeError(f"{name} must be complex, got {t.dtype}")
+    (B, L, M), N = y.shape, H.shape[-1]
+    if system is not None:
+        for name, got, want in (("L", L, system.L), ("M", M, system.M), ("N", N, system.N)):
+            if got != want:
+                raise ValueError(f"the measurements have {name}={got} but the system has "
+                                 f"{name}={want}")
+    if B == 0:
+        raise ValueError("empty batch: y has no scenes")
+    if tuple(H.shape) != (B, M, N) or tuple(codes.shape) != (B, L, N):
+        raise ValueError(f"shape mismatch: y {tuple(y.shape)} needs H ({B}, {M}, {N}) and "
+                         f"codes ({B}, {L}, {N}); got {tuple(H.shape)}, {tuple(codes.shape)}")
+
+
+def _finite(t: torch.Tensor) -> torch.Tensor:
+    """[B] bool — every entry of the scene finite."""
+    return torch.isfinite(torch.view_as_real(t)).flatten(1).all(1)
+
+
+def _nonzero(t: torch.Tensor) -> torch.Tensor:
+    """[B] bool — some entry of the scene non-zero."""
+    return (torch.view_as_real(t) != 0).flatten(1).any(1)
+
+
+def scene_problems(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor) -> SceneCheck:
+    """Per-scene check of a batch of consistent shape (module docstring)."""
+    finite = {name: _finite(t) for name, t in (("y", y), ("H", H), ("codes", codes))}
+    modulus = codes.abs().to(torch.float64)
+    unit = ((modulus - 1.0).abs() <= CODE_TOLERANCE).flatten(1).all(1)
+    rules = [
+        (~finite["y"] | ~finite["H"] | ~finite["codes"], None),
+        (~_nonzero(y), "all-zero measurements y (nothing received)"),
+        (~_nonzero(H), "all-zero channel H"),
+        (~unit, f"codes are not unit modulus (| |c| - 1 | > {CODE_TOLERANCE:g})"),
+    ]
+    ok = torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
+    why: dict[int, str] = {}
+    for bad, text in rules:
+        bad = bad & ok
+        for i in torch.nonzero(bad).flatten().tolist():
+            why[i] = text or "non-finite values in " + ", ".join(
+                n for n in ("y", "H", "codes") if not bool(finite[n][i]))
+        ok &= ~bad
+    return SceneCheck(ok, tuple(sorted(why.items())))
+
+
+def normalise_scale(y: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """y / rms(y) and H / rms(H) per scene, computed in double precision (complex128 out).
+
+    Every estimator's positions and K are invariant to the units of y and H (tested); this
+    keeps float32 arithmetic away from under- and overflow (y x 1e-30 squared is 0 in
+    float32). Scenes with an all-zero y or H are left as they are.
+    """
+    def unit_rms(t: torch.Tensor) -> torch.Tensor:
+        t = t.to(torch.complex128)
+        scale = torch.view_as_real(t).abs().flatten(1).amax(1)  # pre-scale: no overflow
+        t = t / torch.where(scale > 0, scale, 1.0).view(-1, 1, 1)
+        rms = torch.view_as_real(t).square().flatten(1).mean(1).mul(2).sqrt()
+        return t / torch.where(rms > 0, rms, 1.0).view(-1, 1, 1)
+
+    return unit_rms(y), unit_rms(H)
+
+
+def check_measurements(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                       system: SystemConfig) -> None:
+    """Raise ValueError unless y [B, L, M], H [B, M, N], codes [B, L, N] are consistent
+    (N from ``system``), finite, with non-empty y and H in every scene."""
+    check_shapes(y, H, codes)
+    if H.shape[-1] != system.N:
+        raise ValueError(f"H has N={H.shape[-1]} columns but the system has N={system.N}")
+    finite = _finite(y) & _finite(H) & _finite(codes)
+    if not bool(finite.all()):
+        raise ValueError(f"non-finite values (NaN or inf) in scenes "
+                         f"{torch.nonzero(~finite).flatten()[:10].tolist()}")
+    zero = torch.nonzero(~_nonzero(H)).flatten()
+    if zero.numel():
+        raise ValueError(f"all-zero channel H in scenes {zero[:10].tolist()}")
+
+
+def check_positions(az: torch.Tensor, el: torch.Tensor, r: torch.Tensor, mask: torch.Tensor,
+                    M: int) -> None:
+    """Raise ValueError on bad start positions [B, K] / too many sources (K >= M)."""
+    if not (az.shape == el.shape == r.shape == mask.shape) or az.ndim != 2:
+        raise ValueError(f"positions and mask must share one [B, K] shape; got "
+                         f"{tuple(az.shape)}, {tuple(el.shape)}, {tuple(r.shape)}, "
+                         f"{tuple(mask.shape)}")
+    K = mask.sum(-1)
+    if bool((K >= M).any()):
+        raise ValueError(f"K >= M={M} sources cannot be resolved (got K up to {int(K.max())})")
+    vals = torch.stack([az, el, r])[:, mask]
+    if not bool(torch.isfinite(vals).all()):
+        raise ValueError("start positions of real source slots must be finite")
+    if bool((r[mask] <= 0).any()):
+        raise ValueError("ranges must be positive")
+
+
+def snr_per_scene(snr_db, n_scenes: int, device: torch.device | str | None = None
+                  ) -> torch.Tensor | None:
+    """The one rule for a missing SNR: [B] float32 [dB] with NaN where a scene's SNR is
+    unknown, or None when no scene has one.
+
+    snr_db : None, a number, or B numbers (tensor / array / sequence); a NaN marks that
+        scene's SNR as unknown and leaves the others alone. +-inf is an error.
+    """
+    if snr_db is None:
+        return None
+    if isinstance(snr_db, str | bytes):
+        raise TypeError(f"snr_db must be numeric, got {type(snr_db).__name__}")
+    try:
+        snr = torch.as_tensor(snr_db, dtype=torch.float32, device=device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"snr_db must be numeric, got {type(snr_db).__name__} ({err})") from None
+    if snr.ndim == 0:
+        snr = snr.expand(n_scenes).clone()
+    if snr.shape != (n_scenes,):
+        raise ValueError(f"snr_db must be a number or hold one value per scene ({n_scenes}), "
+                         f"got shape {tuple(snr.shape)}")
+    if bool(torch.isinf(snr).any()):
+        raise ValueError("snr_db holds +-inf; use NaN for a scene whose SNR is unknown")
+    return None if bool(torch.isnan(snr).all()) else snr
+
+
+__all__ = ["CODE_TOLERANCE", "SceneCheck", "check_measurements", "check_positions",
+           "check_shapes", "normalise_scale", "scene_problems", "snr_per_scene"]

@@ -1,0 +1,40 @@
+"""The measurement operator Phi_l = H diag(c_l) (CONVENTIONS.md, "Measurement model").
+
+y_l = Phi_l A s_l + n_l. Every estimator, the network, the losses and the CRB apply the
+operator through these two functions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def operators(H: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Per-snapshot operators Phi_l = H diag(c_l): H [B, M, N], codes [B, L, N] ->
+    Phi [B, L, M, N] (formed explicitly: only where the N-dimensional rows are needed,
+    as in the back-projection; to apply it, :func:`apply_operator` is cheaper)."""
+    if H.ndim != 3 or codes.ndim != 3 or H.shape[0] != codes.shape[0] \
+            or H.shape[-1] != codes.shape[-1]:
+        raise ValueError(f"H must be [B, M, N] and codes [B, L, N]; got {tuple(H.shape)} "
+                         f"and {tuple(codes.shape)}")
+    return H.unsqueeze(1) * codes.unsqueeze(2)
+
+
+def apply_operator(H: torch.Tensor, codes: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """Phi_l v_p = H diag(c_l) v_p for every snapshot l and row v_p of V.
+
+    H : [B, M, N], codes : [B, L, N] complex
+    V : [B, P, N] complex, per scene — or [P, N], shared by the batch (a search grid)
+    Returns [B, L, M, P] complex.
+
+    Per-scene rows are formed as (c_l (.) v_p) H^T in one batched GEMM: reading H once per
+    scene is 3-5x faster than multiplying the stacked operators (memory bound; measured).
+    Shared rows (many of them) go the other way, Phi [B, L*M, N] @ V^T, which never forms
+    the L x P x N products c_l (.) v_p.
+    """
+    B, L, N = codes.shape
+    if V.ndim == 2:
+        P = V.shape[0]
+        return (operators(H, codes).flatten(1, 2) @ V.T).view(B, L, -1, P)  # (B, L, M, P)
+    X = (codes.unsqueeze(2) * V.unsqueeze(1)).view(B, -1, N)  # (B, L*P, N)
+    return (X @ H.mT).view(B, L, V.shape[1], -1).mT  # (B, L, M, P)

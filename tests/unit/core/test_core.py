@@ -1,0 +1,125 @@
+"""The inference core: operator, parameter layout, input checks, the missing-SNR rule."""
+
+import math
+
+import pytest
+import torch
+
+from risloc.config import SceneConfig
+from risloc.core import (
+    Estimates,
+    apply_operator,
+    check_measurements,
+    check_shapes,
+    normalise_scale,
+    operators,
+    pack,
+    scene_problems,
+    snr_per_scene,
+    steering_at,
+    unpack,
+)
+from risloc.physics import steering
+from risloc.simulation import simulate_range
+
+
+@pytest.fixture(scope="module")
+def scenes(system):
+    return simulate_range(0, 4, system, SceneConfig(), split="test")
+
+
+def test_operators_shape_and_values(scenes):
+    b = scenes
+    Phi = operators(b.H, b.codes)
+    assert Phi.shape == (4, 16, 16, 144)  # the full operator H diag(c_l), not H c_l
+    assert torch.allclose(Phi[1, 5], b.H[1] @ torch.diag(b.codes[1, 5]))
+    with pytest.raises(ValueError):
+        operators(b.H, b.codes[:, :, :10])
+
+
+def test_apply_operator_per_scene_and_shared_rows_match_the_explicit_operator(scenes):
+    b = scenes
+    H, c = b.H.to(torch.complex128), b.codes.to(torch.complex128)
+    V = torch.randn(4, 3, 144, dtype=torch.complex128)
+    ref = operators(H, c) @ V.mT.unsqueeze(1)  # (B, L, M, P)
+    assert torch.allclose(apply_operator(H, c, V), ref, atol=1e-12)
+    shared = torch.randn(7, 144, dtype=torch.complex128)
+    ref2 = operators(H, c) @ shared.T
+    assert torch.allclose(apply_operator(H, c, shared), ref2, atol=1e-12)
+    assert apply_operator(H, c, shared).shape == (4, 16, 16, 7)
+
+
+def test_pack_unpack_and_estimates_theta_round_trip(system):
+    az, el, r = torch.tensor([[0.3, -0.2]]), torch.tensor([[0.1, 0.05]]), torch.tensor([[2.0,
+                                                                                         4.0]])
+    theta = pack(az, el, r)
+    assert theta.shape == (1, 2, 3) and theta[0, 1, 2] == pytest.approx(0.25)
+    back = unpack(theta)
+    for a, b in zip(back, (az, el, r), strict=True):
+        assert torch.allclose(a, b)
+    est = Estimates.from_theta(torch.tensor([1]), theta)
+    assert int(est.K) == 1 and math.isnan(float(est.azimuth[0, 1]))
+    assert torch.allclose(est.theta[0, 0], theta[0, 0])
+
+
+def test_steering_at_matches_steering_and_zeroes_masked_nan_slots(system):
+    theta = torch.tensor([[[0.3, 0.1, 0.5], [math.nan, math.nan, math.nan]]],
+                         dtype=torch.float64)
+    mask = torch.tensor([[True, False]])
+    A = steering_at(theta, system, torch.complex128, mask)
+    ref = steering(torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.1, dtype=torch.float64),
+                   torch.tensor(2.0, dtype=torch.float64), system, torch.complex128)
+    assert torch.allclose(A[0, 0], ref) and bool((A[0, 1] == 0).all())
+
+
+def test_check_shapes_names_the_array(system, scenes):
+    b = scenes
+    with pytest.raises(ValueError, match="codes"):
+        check_shapes(b.y, b.H, b.codes[:, :3], system)
+    with pytest.raises(TypeError, match="H must be complex"):
+        check_shapes(b.y, b.H.real, b.codes, system)
+    with pytest.raises(ValueError, match="M=8"):
+        check_shapes(b.y[..., :8], b.H[:, :8], b.codes, system)
+    with pytest.raises(TypeError, match="tensor"):
+        check_shapes(b.y.numpy(), b.H, b.codes, system)
+
+
+def test_scene_problems_reports_each_bad_scene_once_with_its_reason(system, scenes):
+    y, H, c = scenes.y.clone(), scenes.H.clone(), scenes.codes.clone()
+    y[0, 2, 3] = math.nan
+    y[1] = 0
+    c[2, 0, 5] = 0.5  # not unit modulus
+    H[3] = 0
+    check = scene_problems(y, H, c)
+    assert check.ok.tolist() == [False, False, False, False]
+    reasons = dict(check.reasons)
+    assert "non-finite values in y" in reasons[0] and "all-zero measurements" in reasons[1]
+    assert "unit modulus" in reasons[2] and "all-zero channel" in reasons[3]
+    good = scene_problems(scenes.y, scenes.H, scenes.codes)
+    assert bool(good.ok.all()) and good.reasons == ()
+    with pytest.raises(ValueError, match=r"scenes \[3\]"):
+        check_measurements(scenes.y, H, scenes.codes, system)
+
+
+def test_normalise_scale_survives_float32_underflow_and_overflow(scenes):
+    y = scenes.y * 1e-30  # |y|^2 underflows in float32
+    yn, Hn = normalise_scale(y, scenes.H * 1e30)
+    assert yn.dtype == torch.complex128
+    rms = yn.abs().square().mean((-1, -2)).sqrt()
+    assert torch.allclose(rms, torch.ones(4, dtype=torch.float64))
+    assert torch.allclose(yn, normalise_scale(scenes.y, scenes.H)[0], rtol=1e-5)
+    assert torch.isfinite(torch.view_as_real(Hn)).all()
+
+
+def test_snr_rule_nan_means_unknown_in_that_scene_only():
+    assert snr_per_scene(None, 3) is None
+    assert snr_per_scene(10.0, 3).tolist() == [10.0, 10.0, 10.0]
+    part = snr_per_scene([5.0, math.nan, 20.0], 3)
+    assert part[0] == 5 and math.isnan(part[1]) and part[2] == 20
+    assert snr_per_scene([math.nan] * 3, 3) is None
+    with pytest.raises(ValueError, match="one value per scene"):
+        snr_per_scene([1.0, 2.0], 3)
+    with pytest.raises(TypeError, match="numeric"):
+        snr_per_scene("10", 3)
+    with pytest.raises(ValueError, match="inf"):
+        snr_per_scene([1.0, math.inf, 2.0], 3)
