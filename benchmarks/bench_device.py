@@ -5,7 +5,7 @@
     includes simulating its batch on the CPU, reported alone as simulate_batch_s, and ends
     in a host sync), the time of one (cold) validation pass at the first batch size, the
     operator calls of one step and a profiler table of the heaviest operators.
-(b) The learned pipeline's stages (network, MUSIC with K_max, order head, NF-MLE) on the
+(b) The learned pipeline's stages (forward, propose, fit, decide order, polish) on the
     shipped model at several batch sizes, each stage closed by a device sync; medians.
 
     python benchmarks/bench_device.py --device cuda [--batch-sizes 32 128 256] \
@@ -21,11 +21,9 @@ import time
 from pathlib import Path
 
 import torch
-from bench_pipeline import stage_split  # sibling script: run as python3 benchmarks/...
+from bench_pipeline import stage_split, test_batch  # sibling script: python3 benchmarks/...
 
-from risloc.config import SceneConfig
 from risloc.pipeline.learned import load_learned_pipeline
-from risloc.simulation import simulate_range
 from risloc.training.config import load_train_config
 from risloc.training.data import validation_set
 from risloc.training.loop import Trainer
@@ -77,9 +75,8 @@ def step_times(cfg, steps: int, profile: bool, validate: bool) -> dict:
 def inference_times(device: torch.device, batch: int, repeats: int) -> dict:
     """Part (b): the learned pipeline's stages on ``batch`` test-split scenes."""
     pipe = load_learned_pipeline().to(device)
-    sc = simulate_range(0, batch, pipe.system, SceneConfig(), seed=2026, split="test",
-                        stream=700, device=device)
-    med = stage_split(pipe, sc, repeats, sync=lambda: _sync(device))
+    y, H, codes = test_batch(batch, str(device))
+    med = stage_split(pipe, y, H, codes, repeats, sync=lambda: _sync(device))
     return {"batch": batch, **{f"{k}_s": v for k, v in med.items()},
             "scenes_per_s": batch / med["total"]}
 

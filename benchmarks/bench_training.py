@@ -9,8 +9,6 @@
     SNR >= 10 dB.
     "learned only" repeats MUSIC with the ML refinement layer off (R_pred at the network's
     own slot positions): what the learned part alone achieves.
-    "order head" (when the checkpoint holds one, ``risloc fit-order``): MUSIC on R_blend
-    with K_max, K decided by the order head, the K strongest peaks -- still no NF-MLE.
     "ML at the truth": a genie reference, not an estimator -- NF-MLE (10 Gauss-Newton
     steps, float64) started at the true positions with the true K. Its median angle error
     is about what any estimator that converges to the maximum-likelihood optimum can reach
@@ -37,10 +35,10 @@ import torch
 from risloc.covariance.tools import sample_covariance, subspace_overlap
 from risloc.evaluation.crb import crb_for_scenes
 from risloc.evaluation.metrics import summarize
+from risloc.inference.checkpoint import load_checkpoint, load_model
 from risloc.losses.covariance import covariance_nmse
 from risloc.model.network import CovarianceNet
 from risloc.simulation import scene_true_covariance, simulate_range
-from risloc.training.checkpoint import load_checkpoint, load_model
 from risloc.training.config import TrainConfig
 from risloc.training.evaluate import evaluate
 from risloc.training.loop import Trainer
@@ -61,17 +59,6 @@ def without_refinement(model: CovarianceNet) -> CovarianceNet:
     return plain.eval()
 
 
-def order_head_summary(pipe, scenes, batch: int = 128):
-    """MUSIC on R_blend, K from the order head, no NF-MLE (pipe.nfmle_iterations == 0)."""
-    from risloc.core.params import concat_estimates
-    from risloc.evaluation.metrics import match_sources
-
-    est = concat_estimates([pipe.localize(s.y, s.H, s.codes, s.snr_db)
-                            for s in (scenes[i:i + batch] for i in range(0, len(scenes), batch))])
-    return summarize(match_sources(est, scenes.azimuth, scenes.elevation, scenes.range_m,
-                                   scenes.K))
-
-
 def ml_at_truth(scenes, cfg: TrainConfig):
     """Summary of NF-MLE started at the true positions with the true K (genie reference)."""
     from risloc.core.params import Estimates
@@ -87,8 +74,8 @@ def ml_at_truth(scenes, cfg: TrainConfig):
                                    scenes.K))
 
 
-def accuracy(model, cfg: TrainConfig, n: int, seed: int, snrs=SNRS, pipe=None) -> list[dict]:
-    """Part (a): one row per SNR (pipe: a LearnedPipeline with an order head, or None)."""
+def accuracy(model, cfg: TrainConfig, n: int, seed: int, snrs=SNRS) -> list[dict]:
+    """Part (a): one row per SNR."""
     rows, plain = [], without_refinement(model)
     for i, snr in enumerate(snrs):
         scenes = simulate_range(0, n, cfg.system, cfg.scene, seed, "test", stream=20 + i,
@@ -117,10 +104,6 @@ def accuracy(model, cfg: TrainConfig, n: int, seed: int, snrs=SNRS, pipe=None) -
         genie = ml_at_truth(scenes, cfg)
         rows[-1].update({"angle_median_deg_ml_at_truth": genie.angle_median_deg,
                          "f1_ml_at_truth": genie.f1})
-        if pipe is not None:
-            o = order_head_summary(pipe, scenes)
-            rows[-1].update({"angle_median_deg_order_head": o.angle_median_deg,
-                             "K_accuracy_order_head": o.K_accuracy, "f1_order_head": o.f1})
     return rows
 
 
@@ -154,20 +137,15 @@ def print_table(rows: list[dict]) -> None:
     print(" ".join(f"{c[:13]:>13}" for c in cols))  # 13-char headers
     for r in rows:
         print(" ".join(f"{_fmt(r[c]):>13}" for c in cols))
-    if "K_accuracy_order_head" in rows[0]:
-        print("order head (MUSIC on R_blend with K_max, K from the order head, no NF-MLE):")
-        for r in rows:
-            print(f"  {r['snr_db']:5.0f} dB  angle {r['angle_median_deg_order_head']:.3f} deg  "
-                  f"K accuracy {r['K_accuracy_order_head']:.3f}  F1 {r['f1_order_head']:.3f}")
     print("ML at the truth (genie reference: NF-MLE started at the true positions, true K):")
     for r in rows:
         print(f"  {r['snr_db']:5.0f} dB  angle {r['angle_median_deg_ml_at_truth']:.3f} deg  "
               f"F1 {r['f1_ml_at_truth']:.3f}")
 
 
-def targets(rows: list[dict], suffix: str = "") -> dict:
-    angle = all(r[f"angle_median_deg{suffix}"] < 1.0 for r in rows if r["snr_db"] >= 5)
-    kacc = all(r[f"K_accuracy{suffix}"] >= 0.9 for r in rows if r["snr_db"] >= 10)
+def targets(rows: list[dict]) -> dict:
+    angle = all(r["angle_median_deg"] < 1.0 for r in rows if r["snr_db"] >= 5)
+    kacc = all(r["K_accuracy"] >= 0.9 for r in rows if r["snr_db"] >= 10)
     return {"angle_below_1deg_at_5dB_and_above": angle, "K_accuracy_0.9_at_10dB_and_above": kacc}
 
 
@@ -184,28 +162,19 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("reports/bench/bench_training.json"))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    model, cfg = load_model(a.checkpoint, a.weights)
+    model, _ = load_model(a.checkpoint, a.weights)
     state = load_checkpoint(a.checkpoint)
+    cfg = TrainConfig.from_json(state["config"])
     history = state.get("history", [])
     print(f"checkpoint {a.checkpoint} ({a.weights}): epoch {state['epoch']}, "
           f"{model.n_parameters()} parameters")
-    pipe = None
-    if state.get("order_head") is not None:
-        from risloc.pipeline.learned import load_learned_pipeline
-
-        pipe = load_learned_pipeline(a.checkpoint, a.weights, nfmle_iterations=0,
-                                     music=cfg.music_config())
-    rows = accuracy(model, cfg, a.n, a.seed, pipe=pipe)
+    rows = accuracy(model, cfg, a.n, a.seed)
     print_table(rows)
     result = {"checkpoint": str(a.checkpoint), "weights": a.weights, "epoch": state["epoch"],
               "parameters": model.n_parameters(), "rows": rows, "targets": targets(rows),
               "logged_seconds_per_epoch": (statistics.median([h["seconds"] for h in history])
                                            if history else None)}
-    if pipe is not None:
-        result["targets_order_head"] = targets(rows, "_order_head")
     print("targets:", result["targets"])
-    if pipe is not None:
-        print("targets with the order head:", result["targets_order_head"])
     if a.time_steps:
         result["speed"] = [step_time(cfg, t, a.time_steps) for t in a.time_threads]
         for row in result["speed"]:

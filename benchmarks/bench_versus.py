@@ -212,11 +212,18 @@ def main(argv=None) -> None:
     ap.add_argument("--no-known-K", dest="known_K", action="store_false")
     ap.add_argument("--repeats", type=int, default=5, help="timing repeats (0: no timing)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--propose", choices=("music", "slots"), default="slots",
+                    help="the learned pipeline's proposal stage (an ablation: 'music' proposes "
+                         "MUSIC peaks on R_blend instead of the network's slots)")
     ap.add_argument("--classical-cache", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("reports/bench/versus.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     learned = Localizer.from_checkpoint(args.checkpoint)
+    if args.propose == "music":
+        from risloc.pipeline.learned import inference_music_config
+
+        learned.pipeline.music = inference_music_config(learned.pipeline.fov)
     classical = Localizer(learned.system, "classical")
     t0 = time.perf_counter()
     rows = accuracy(learned, classical, args)
@@ -224,6 +231,7 @@ def main(argv=None) -> None:
     targets = check_targets(rows, speed)
     print_targets(targets)
     res = {"command": " ".join(sys.argv), "checkpoint": args.checkpoint or "shipped",
+           "propose": args.propose,
            "split": args.split, "scenes_per_snr": args.n, "power_spread_db": SPREAD_DB,
            "threads": args.threads, "rows": rows, "throughput": speed, "targets": targets,
            "wall_s": time.perf_counter() - t0}

@@ -64,7 +64,7 @@ for n in $RUNS; do
     gpu_w64) extra=(--set model.width=64 --set model.hidden=192) ;;
     *) echo "unknown run $n (gpu_w48, gpu_w64)" >&2; continue ;;
   esac
-  python3 -m risloc.training --config configs/train_gpu.yaml --out "runs/$n" \
+  python3 -m risloc train --config configs/train_gpu.yaml --out "runs/$n" \
     --epochs "$EPOCHS" --no-progress --set order.scenes=0 --set optim.batch_size="$BATCH" \
     --set optim.lr="$LR" --set optim.amp="$AMP" "${extra[@]}" > "runs/$n.log" 2>&1 &
   echo $! > "runs/$n.pid"

@@ -1,6 +1,6 @@
 """Typed, validated configuration of the physical system and of the scene generator.
 
-The defaults are the default system of CONVENTIONS.md (the seeds' system). Every
+The defaults are the default system of docs/conventions.md (the seeds' system). Every
 artifact risloc writes records the configuration it was made with, as JSON
 (`RislocConfig.to_json`).
 
@@ -37,7 +37,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class FieldOfView:
     """The box sources are sought in — the one definition every estimator, the network and
-    the scene generator share (CONVENTIONS.md, "Field of view").
+    the scene generator share (docs/conventions.md, "Field of view").
 
     azimuth_deg, elevation_deg : (low, high) — [deg], inside (-90, 90)
     range_m : (low, high) — [m], 0 < low < high
@@ -101,7 +101,7 @@ class SystemConfig(_Frozen):
     """The physical system: RIS geometry, base station, snapshots, wavefront model.
 
     These are the fields stored as the ``system`` JSON of a scene file.
-    Field names follow CONVENTIONS.md (N_H, N_V, wavelength, spacing, M, L, wavefront).
+    Field names follow docs/conventions.md (N_H, N_V, wavelength, spacing, M, L, wavefront).
     """
 
     N_H: int = Field(12, ge=1, description="RIS columns (along x)")
@@ -144,7 +144,7 @@ class SceneConfig(_Frozen):
     K: int | None = Field(None, ge=1, description="fixed source count; None draws U{1..K_max}")
     power_spread_db: float | tuple[float, float] = Field(
         0.0, description="source powers: 10 log10 p_k drawn uniformly in [-s/2, s/2] dB per "
-        "source (0 = equal unit powers, CONVENTIONS.md); a pair (lo, hi) draws s per scene "
+        "source (0 = equal unit powers, docs/conventions.md); a pair (lo, hi) draws s per scene "
         "uniformly in [lo, hi] (training on a mix of spreads)")
     rician_kappa: tuple[float, float] = (0.5, 10.0)
     bs_angle_deg: tuple[float, float] = (-60.0, 60.0)

@@ -15,10 +15,9 @@ from risloc.config import SceneConfig, SystemConfig
 from risloc.estimators.music import MusicConfig
 from risloc.pipeline import Localizer
 from risloc.pipeline.learned import load_learned_pipeline
-from risloc.pipeline.order_check import check_order, check_selection
 from risloc.simulation import simulate_range
 from risloc.training import load_train_config, train
-from risloc.training.checkpoint import load_checkpoint
+from risloc.inference.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -47,14 +46,32 @@ def test_pipeline_rebuilds_from_checkpoint_and_localizes(checkpoint):
     known = loc.localize(sc.y, sc.H, sc.codes, K=2).estimates
     assert known.K.tolist() == [2, 2, 2]
     # inference uses the recipe's blend and field of view (stored in the checkpoint) on the
-    # package's default MUSIC grid, unless a MUSIC config is given
+    # package's default MUSIC grid; every stage searches that field of view
     pipe = load_learned_pipeline(checkpoint)
     recipe = load_train_config(ROOT / "configs" / "train_tiny.yaml")
-    assert pipe.beta == recipe.blend.beta and pipe.blend_cfg == recipe.blend
-    assert pipe.music_cfg.n_azimuth == MusicConfig().n_azimuth
-    assert pipe.music_cfg.fov == recipe.scene.fov
-    assert load_learned_pipeline(checkpoint, music=recipe.music_config()).music_cfg \
-        == recipe.music_config()
+    assert pipe.recipe.blend == recipe.blend and pipe.fov == recipe.scene.fov
+    assert pipe.music.n_azimuth == MusicConfig().n_azimuth and pipe.music.fov == pipe.fov
+    assert pipe.fit_config.polish.fov == pipe.fit_config.search.fov == pipe.fov
+    assert pipe.polish_config.fov == pipe.fov
+    assert load_learned_pipeline(checkpoint, music=None).music is None
+
+
+def test_stages_compose_to_localize_and_the_slots_can_propose(checkpoint):
+    """localize = forward -> propose -> fit -> decide order -> polish (the named stages)."""
+    pipe = load_learned_pipeline(checkpoint)
+    sc = simulate_range(0, 5, pipe.system, SceneConfig(), split="test", snr_db=15.0)
+    with torch.no_grad():
+        fwd = pipe.forward(sc.y, sc.H, sc.codes)
+        cand = pipe.propose(fwd)
+        assert cand.shape == (5, pipe.system.K_max, 3) and bool(torch.isfinite(cand).all())
+        fit = pipe.fit(sc.y, sc.H, sc.codes, cand)
+        decision = pipe.decide_order(fwd, fit, sc.y)
+        est = pipe.polish(sc.y, sc.H, sc.codes, fit, decision.K)
+    whole = pipe.localize(sc.y, sc.H, sc.codes)
+    assert torch.equal(whole.K, est.K)
+    torch.testing.assert_close(whole.azimuth, est.azimuth.float(), equal_nan=True)
+    slots = load_learned_pipeline(checkpoint, music=None)
+    assert bool((slots.localize(sc.y, sc.H, sc.codes).K >= 1).all())
 
 
 def test_scene_parallel_localization_equals_serial(checkpoint):
@@ -90,7 +107,7 @@ def test_localize_learned_and_demo_cli(tmp_path, checkpoint):
     runner.invoke(app, ["simulate", "--n", "2", "--out", str(other), "--set", "system.L=8"])
     res = runner.invoke(app, ["localize", str(other), "--method", "learned", "--checkpoint",
                               str(checkpoint)])
-    assert res.exit_code == 2 and "differs from the checkpoint" in res.output
+    assert res.exit_code == 2 and "L 8 (model: 16)" in res.output
     res = runner.invoke(app, ["demo", "--n", "2", "--snr-db", "10", "--checkpoint",
                               str(checkpoint), "--out", str(tmp_path / "demo")])
     assert res.exit_code == 0, res.output
@@ -100,7 +117,7 @@ def test_localize_learned_and_demo_cli(tmp_path, checkpoint):
 
 
 def test_exported_model_predicts_the_same(tmp_path, checkpoint):
-    from risloc.pipeline.learned import export_model
+    from risloc.inference.checkpoint import export_model
 
     slim = export_model(checkpoint, tmp_path / "slim.pt")
     assert slim.stat().st_size < checkpoint.stat().st_size
@@ -124,7 +141,7 @@ def test_export_model_cli(tmp_path, checkpoint):
 
 
 def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, monkeypatch):
-    from risloc.pipeline.learned import export_model
+    from risloc.inference.checkpoint import export_model
 
     slim = export_model(checkpoint, tmp_path / "slim.pt")
     assert load_learned_pipeline(slim).order_head is None
@@ -139,50 +156,20 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
     rows = card["order_head"]["per_snr"]
     assert len(rows) == 6 and all(0 <= r["K_accuracy_order_head"] <= 1 for r in rows)
     assert card["epoch"] == json.loads(slim.with_suffix(".json").read_text())["epoch"]
-    # K unknown: the head's decision on the K_max MUSIC candidates is what comes out where
-    # the head is sure; where it is not, the order check may change it by one
+    # K unknown: the head decides K from the nested fits; K given: the caller
     sc = simulate_range(0, 6, SystemConfig(), SceneConfig(), split="test", snr_db=10.0)
     with torch.no_grad():
-        fwd = pipe.forward(sc.y, sc.H, sc.codes, sc.snr_db)
-        inputs = pipe.order_inputs(fwd, sc.y, sc.H, sc.codes, sc.snr_db)
-        K_head = torch.minimum(pipe.order_head.decide(inputs.features), inputs.candidates.K)
-        sure = ~check_selection(torch.softmax(pipe.order_head(inputs.features), -1),
-                                sc.snr_db, pipe.order_check)
-    import risloc.pipeline.learned as learned
-
-    selected = []
-
-    def spy(*args, **kwargs):
-        selected.append(args[-1])
-        return check_order(*args, **kwargs)
-
-    monkeypatch.setattr(learned, "check_order", spy)
-    est = pipe.localize(sc.y, sc.H, sc.codes, sc.snr_db)
-    monkeypatch.undo()
-    # the check ran exactly on the unsure scenes (or not at all when there are none)
-    assert [t.tolist() for t in selected] == ([(~sure).tolist()] if bool((~sure).any())
-                                              else [])
-    assert torch.equal(est.K[sure], K_head[sure])
-    assert bool(((est.K - K_head >= 0) & (est.K - K_head <= 1)).all())
-    check, pipe.order_check = pipe.order_check, None
-    assert torch.equal(pipe.localize(sc.y, sc.H, sc.codes, sc.snr_db).K, K_head)
-    pipe.order_check = check
-    # the head's features do not depend on the units of y or H (real files have arbitrary
-    # ones; a head reading absolute fitted powers learned the simulator's normalisation)
-    for y_gain, H_gain in ((10.0, 1.0), (0.1, 1.0), (1.0, 10.0), (1.0, 0.1)):
-        y, H = y_gain * sc.y, H_gain * sc.H
-        with torch.no_grad():
-            other = pipe.order_inputs(pipe.forward(y, H, sc.codes, sc.snr_db), y, H, sc.codes,
-                                      sc.snr_db)
-        assert torch.allclose(other.features, inputs.features, atol=0.05), (y_gain, H_gain)
+        fwd = pipe.forward(sc.y, sc.H, sc.codes)
+        fit = pipe.fit(sc.y, sc.H, sc.codes, pipe.propose(fwd))
+        decision = pipe.decide_order(fwd, fit, sc.y)
+    assert decision.probabilities.shape == (6, 5)
+    assert torch.equal(pipe.localize(sc.y, sc.H, sc.codes).K, decision.K)
     assert torch.equal(pipe.localize(sc.y, sc.H, sc.codes, K=torch.full((6,), 2)).K,
                        torch.full((6,), 2))
-    # the same model without an SNR still decides (the head saw SNR-less scenes)
-    assert bool((pipe.localize(sc.y, sc.H, sc.codes).K >= 1).all())
     res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scenes", "10"])
     assert res.exit_code == 2 and "n_scenes must be >= 64" in res.output
     # a head fitted on the old features (source powers in the units of H) is not used
-    from risloc.training.checkpoint import save_checkpoint
+    from risloc.inference.checkpoint import save_checkpoint
 
     state = load_checkpoint(out)
     del state["order_head"]["features"]
@@ -194,3 +181,18 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
     finally:
         logger.removeHandler(caplog.handler)
     assert "order features version 1" in caplog.text and "risloc fit-order" in caplog.text
+
+
+def test_the_learned_localizer_never_uses_the_snr(checkpoint):
+    """A network trained without the SNR (the shipped recipe's data.snr_shown 0) is never
+    given it, and the K decision never reads it: K and positions are the same with and
+    without snr_db, and with a wrong one."""
+    recipe = load_train_config(ROOT / "configs" / "train_tiny.yaml")
+    assert recipe.data.snr_shown == 0
+    loc = Localizer.from_checkpoint(checkpoint, workers=1)
+    sc = simulate_range(0, 8, SystemConfig(), SceneConfig(), split="test", snr_db=10.0)
+    ref = loc.localize(sc.y, sc.H, sc.codes).estimates
+    for snr in (sc.snr_db, sc.snr_db + 15.0):
+        est = loc.localize(sc.y, sc.H, sc.codes, snr).estimates
+        assert torch.equal(est.K, ref.K)
+        torch.testing.assert_close(est.azimuth, ref.azimuth, rtol=0, atol=0, equal_nan=True)

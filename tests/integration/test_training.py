@@ -15,7 +15,8 @@ from risloc.config import SceneConfig, SystemConfig
 from risloc.io import write_scenes
 from risloc.losses import TERMS
 from risloc.simulation import simulate_range
-from risloc.training import load_checkpoint, load_train_config, train
+from risloc.inference.checkpoint import load_checkpoint
+from risloc.training import load_train_config, train
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "train_tiny.yaml"

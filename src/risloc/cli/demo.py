@@ -10,7 +10,7 @@ import typer
 from risloc.cli.common import console, handle_errors
 from risloc.cli.evaluate import run_report
 from risloc.config import RislocConfig
-from risloc.evaluation.harness import SweepSettings, sweep_points
+from risloc.experiments.harness import SweepSettings, sweep_points
 
 
 @handle_errors

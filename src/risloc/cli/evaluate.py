@@ -12,8 +12,8 @@ from rich.table import Table
 
 from risloc import __version__
 from risloc.cli.common import ConfigOpt, SetOpt, console, get_config, handle_errors, out, progress
-from risloc.evaluation.estimators import NAMES
-from risloc.evaluation.harness import (
+from risloc.experiments.estimators import NAMES
+from risloc.experiments.harness import (
     ResultRow,
     SweepSettings,
     evaluate_points,
@@ -118,7 +118,7 @@ def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bo
             "risloc_version": __version__, "torch_threads": torch.get_num_threads()}
     csv_path, _ = write_results(rows, out_dir, meta)
     if plots and any(r.K == "all" for r in rows):
-        from risloc.evaluation.plots import plot_error_vs_snr, plot_k_accuracy
+        from risloc.experiments.plots import plot_error_vs_snr, plot_k_accuracy
 
         plot_error_vs_snr(rows, out_dir / "error_vs_snr.png")
         plot_k_accuracy(rows, out_dir / "k_accuracy_vs_snr.png")
@@ -133,7 +133,7 @@ def _spectrum_example(system, settings: SweepSettings, out_dir: Path) -> None:
     from risloc.config import SceneConfig
     from risloc.covariance import sample_covariance
     from risloc.estimators.music import music
-    from risloc.evaluation.plots import plot_spectrum_slice
+    from risloc.experiments.plots import plot_spectrum_slice
     from risloc.simulation import scene_true_covariance, simulate_range
 
     sc = simulate_range(0, 1, system, SceneConfig(), settings.seed, "test", stream=99,
@@ -144,12 +144,10 @@ def _spectrum_example(system, settings: SweepSettings, out_dir: Path) -> None:
             ("samp", sample_covariance(sc.y, sc.H, sc.codes))]
     if "learned" in settings.estimators:
         from risloc.pipeline.learned import load_learned_pipeline
-        from risloc.training.evaluate import forward_blend
 
         pipe = load_learned_pipeline(settings.checkpoint)
         with torch.no_grad():
-            covs.append(("blend", forward_blend(pipe.model, sc, pipe.beta, pipe.blend_cfg
-                                                ).R_blend))
+            covs.append(("blend", pipe.forward(sc.y, sc.H, sc.codes).R_blend))
     for label, R in covs:
         est = music(R, sc.K, system)
         plot_spectrum_slice(R[0], 3, system, r0, out_dir / f"music_spectrum_{label}.png",

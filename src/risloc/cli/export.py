@@ -19,7 +19,8 @@ def export_command(
         "model is src/risloc/models/default.pt."))] = Path("model.pt"),
 ) -> None:
     """Write an inference-only model (config + EMA/SWA weights) and its model card."""
-    from risloc.pipeline.learned import export_model, load_learned_pipeline
+    from risloc.inference.checkpoint import export_model
+    from risloc.pipeline.learned import load_learned_pipeline
 
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")

@@ -21,27 +21,24 @@ def fit_order_command(
     scenes: Annotated[int, typer.Option(help=(
         "Training-split scenes the head is fitted on (the recipe's scene distribution)."
         ))] = 16384,
-    unknown_snr: Annotated[float, typer.Option(help=(
-        "Share of those scenes shown without their SNR, so the head also decides for files "
-        "that hold none."))] = 0.25,
     report_scenes: Annotated[int, typer.Option(help=(
         "Validation-split scenes per SNR point of the report."))] = 256,
     workers: Annotated[int | None, typer.Option(help=(
         "CPU worker threads (default: one per core)."))] = None,
 ) -> None:
-    """Fit the order head: a small classifier that decides K from the network's K head and
-    the statistics of K_max MUSIC candidates (risloc.pipeline.order). The network is frozen;
-    scenes come from the training split (a stream the network never trained on). `risloc
-    train` runs this stage itself at the end (recipe section `order`); this command fits or
-    refits the head of an existing model. README: "Shipped model and how to reproduce it".
-    """
+    """Fit the order head: a small classifier that decides K from the nested ML fits of the
+    pipeline's fit stage and the network's K head (risloc.pipeline.order); it never reads
+    the SNR. The network is frozen; scenes come from the training split (a stream the
+    network never trained on), with the recipe's unequal source powers. `risloc train` runs
+    this stage itself at the end (recipe section `order`); this command fits or refits the
+    head of an existing model (docs/guide.md, "Training")."""
     from risloc.pipeline.calibrate import fit_order, n_progress_items
 
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     with progress() as bar:
         task = bar.add_task("order features", total=n_progress_items(scenes, report_scenes))
-        report = fit_order(checkpoint, out_path, scenes, unknown_snr, report_scenes,
+        report = fit_order(checkpoint, out_path, scenes, report_scenes,
                            workers=workers, on_batch=lambda n: bar.advance(task, n))
     out.print(report_table(report))
     console.print(f"wrote {out_path}")
@@ -52,10 +49,13 @@ def report_table(report: dict):
     from rich.table import Table
 
     n = report["per_snr"][0]["scenes"]
-    table = Table(title=f"K accuracy, validation split ({n} scenes per SNR, SNR given)")
-    for col in ("SNR [dB]", "network K head", "order head"):
+    table = Table(title=f"K accuracy, validation split ({n} scenes per row, SNR not given)")
+    for col in ("SNR [dB]", "power spread [dB]", "K acc residual rule", "K acc order head",
+                "F1 residual rule", "F1 order head"):
         table.add_column(col, justify="right")
     for row in report["per_snr"]:
-        table.add_row(f"{row['snr_db']:g}", f"{row['K_accuracy_network_head']:.3f}",
-                      f"{row['K_accuracy_order_head']:.3f}")
+        table.add_row(f"{row['snr_db']:g}", f"{row['power_spread_db']:g}",
+                      *(f"{row[k]:.3f}" for k in ("K_accuracy_residual_rule",
+                                                  "K_accuracy_order_head", "f1_residual_rule",
+                                                  "f1_order_head")))
     return table

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.table import Table
 
@@ -16,6 +15,7 @@ from risloc.evaluation.metrics import match_sources, summarize_by_snr
 from risloc.io import read_scenes
 from risloc.pipeline import METHODS, Localizer
 from risloc.pipeline.estimates_file import estimate_rows, write_estimates
+from risloc.pipeline.localizer import check_system
 
 
 def _metrics_table(est: Estimates, scenes) -> Table:
@@ -32,7 +32,7 @@ def _metrics_table(est: Estimates, scenes) -> Table:
 
 @handle_errors
 def localize_command(
-    scenes: Annotated[Path, typer.Argument(help="Scene file (.h5 / .npz, CONVENTIONS.md).")],
+    scenes: Annotated[Path, typer.Argument(help="Scene file (.h5 / .npz, docs/conventions.md).")],
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Estimates CSV.")] = Path(
         "estimates.csv"),
     method: Annotated[str | None, typer.Option(help=(
@@ -58,19 +58,20 @@ def localize_command(
         raise ValueError(f"--K must lie in 1..K_max={info.system.K_max}, got {K}")
     if method == "learned":
         loc = Localizer.from_checkpoint(checkpoint)
-        if loc.system != info.system:
-            raise ValueError(f"{scenes}: the file's system {info.system.model_dump()} differs "
-                             f"from the checkpoint's {loc.system.model_dump()}")
+        try:
+            check_system(loc.system, info.system)
+        except ValueError as err:
+            raise ValueError(f"{scenes}: {err}") from None
     else:
         loc = Localizer(info.system, "classical")
-    snr = batch.snr_db if bool(torch.isfinite(batch.snr_db).all()) else None
+    snr = batch.snr_db  # NaN where a scene's SNR is unknown
     parts, rows, bad, t0 = [], [], [], time.perf_counter()
     with progress() as bar:
         task = bar.add_task(f"localizing ({method})", total=len(batch))
         for lo in range(0, len(batch), batch_size):
             hi = min(lo + batch_size, len(batch))
             res = loc.localize(batch.y[lo:hi], batch.H[lo:hi], batch.codes[lo:hi],
-                               None if snr is None else snr[lo:hi], K)
+                               snr[lo:hi], K, system=info.system)
             parts.append(res.estimates)
             rows.extend(estimate_rows(res.estimates, lo))
             bad.extend((lo + i, why) for i, why in res.bad)

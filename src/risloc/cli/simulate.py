@@ -31,7 +31,7 @@ def simulate_command(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Simulate scenes (CONVENTIONS.md measurement model) into a scene file."""
+    """Simulate scenes (docs/conventions.md measurement model) into a scene file."""
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {sorted(SPLITS)}, got {split!r}")
     extra = [] if power_spread_db is None else [f"scene.power_spread_db={power_spread_db}"]

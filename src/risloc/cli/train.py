@@ -76,8 +76,8 @@ def train_command(
 def _inference_model(cfg, progress_bar: bool) -> Path:
     """Export <out_dir>/best.pt to <out_dir>/model.pt and fit its order head."""
     from risloc.cli.fit_order import report_table
+    from risloc.inference.checkpoint import export_model
     from risloc.pipeline.calibrate import fit_order, n_progress_items
-    from risloc.pipeline.learned import export_model
 
     o = cfg.order
     model = export_model(Path(cfg.out_dir) / "best.pt", Path(cfg.out_dir) / "model.pt")
@@ -86,10 +86,10 @@ def _inference_model(cfg, progress_bar: bool) -> Path:
         with progress() as bar:
             task = bar.add_task("order features",
                                 total=n_progress_items(o.scenes, o.report_scenes))
-            report = fit_order(model, model, o.scenes, o.unknown_snr, o.report_scenes,
+            report = fit_order(model, model, o.scenes, o.report_scenes,
                                on_batch=lambda n: bar.advance(task, n))
     else:
-        report = fit_order(model, model, o.scenes, o.unknown_snr, o.report_scenes)
+        report = fit_order(model, model, o.scenes, o.report_scenes)
     stdout.print(report_table(report))
     console.print(f"inference model (as shipped): {model} and its card "
                   f"{model.with_suffix('.json')}")

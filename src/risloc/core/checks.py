@@ -3,7 +3,7 @@ batch can be localized (and why not), and the one rule for a missing SNR.
 
 * :func:`check_shapes` — shapes and dtypes of a batch: a ValueError naming the array.
 * :func:`scene_problems` — per scene: non-finite values, an empty measurement (all-zero y),
-  an all-zero channel, codes that are not unit modulus (CONVENTIONS.md). Magnitudes are
+  an all-zero channel, codes that are not unit modulus (docs/conventions.md). Magnitudes are
   not a problem: :func:`normalise_scale` rescales y and H per scene first, so only a truly
   empty scene fails.
 * :func:`check_measurements` — the raising form the estimators call on their inputs.

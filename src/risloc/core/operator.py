@@ -1,4 +1,4 @@
-"""The measurement operator Phi_l = H diag(c_l) (CONVENTIONS.md, "Measurement model").
+"""The measurement operator Phi_l = H diag(c_l) (docs/conventions.md, "Measurement model").
 
 y_l = Phi_l A s_l + n_l. Every estimator, the network, the losses and the CRB apply the
 operator through these two functions.

@@ -97,7 +97,7 @@ class ClassicalConfig:
             raise ValueError("floor must lie in (0, 1], chunk >= 1, relax_sweeps >= 0")
 
 
-class _Grid(NamedTuple):
+class GreedyGrid(NamedTuple):
     """Search grid in working precision.
 
     pos : [G, 3] real — (azimuth [rad], elevation [rad], 1/range [1/m])
@@ -109,17 +109,17 @@ class _Grid(NamedTuple):
 
 
 def search_grid(system: SystemConfig, config: ClassicalConfig = ClassicalConfig(),
-                dtype: torch.dtype = torch.complex64, device: str = "cpu") -> _Grid:
+                dtype: torch.dtype = torch.complex64, device: str = "cpu") -> GreedyGrid:
     """The search grid of ``config`` (steering cached by :mod:`risloc.estimators.grids`)."""
     f = config.final
     key = (f.fov.azimuth_deg, f.fov.elevation_deg, f.fov.range_m, config.grid_azimuth,
            config.grid_elevation, config.grid_inv_range)
     grid, A = grid_steering(system, key, dtype, str(device))
     pos = torch.stack([grid.azimuth, grid.elevation, 1.0 / grid.range_m], -1)
-    return _Grid(pos.to(device=device, dtype=A.real.dtype), A)
+    return GreedyGrid(pos.to(device=device, dtype=A.real.dtype), A)
 
 
-def _grid_columns(H: torch.Tensor, codes: torch.Tensor, grid: _Grid) -> torch.Tensor:
+def _grid_columns(H: torch.Tensor, codes: torch.Tensor, grid: GreedyGrid) -> torch.Tensor:
     """b_l(g) = Phi_l a(g) for the whole grid: [B, L, M, G].
 
     Stored once per chunk of scenes (L M G complex numbers, 6.4 MB per scene in complex64)
@@ -128,7 +128,7 @@ def _grid_columns(H: torch.Tensor, codes: torch.Tensor, grid: _Grid) -> torch.Te
     return apply_operator(H, codes, grid.A.T)
 
 
-def _statistic(fit: Fit, Bg: torch.Tensor, gains: torch.Tensor, floor: float,
+def ols_statistic(fit: Fit, Bg: torch.Tensor, gains: torch.Tensor, floor: float,
                mask: torch.Tensor | None = None) -> torch.Tensor:
     """OLS statistic T(g): [B, G] (module docstring); ``fit`` holds the found sources.
 
@@ -148,7 +148,7 @@ def _statistic(fit: Fit, Bg: torch.Tensor, gains: torch.Tensor, floor: float,
     return (num / den.clamp_min(1e-30)).sum(1)
 
 
-def _search(y, H, codes, theta, grid: _Grid, Bg, gains, system, cfg: ClassicalConfig):
+def _search(y, H, codes, theta, grid: GreedyGrid, Bg, gains, system, cfg: ClassicalConfig):
     """Best grid point given the sources theta [B, k, 3]: positions [B, 3]."""
     if theta.shape[1] == 0:
         fit = _empty_fit(y)
@@ -156,7 +156,7 @@ def _search(y, H, codes, theta, grid: _Grid, Bg, gains, system, cfg: ClassicalCo
         mask = torch.ones(theta.shape[:2], dtype=torch.bool, device=y.device)
         fit = amplitude_fit(y, H, codes, steering_at(theta, system, y.dtype), mask,
                             cfg.step.tikhonov)
-    return grid.pos[_statistic(fit, Bg, gains, cfg.floor).argmax(-1)]
+    return grid.pos[ols_statistic(fit, Bg, gains, cfg.floor).argmax(-1)]
 
 
 def _relax(y, H, codes, theta, fit, grid, Bg, gains, system, cfg: ClassicalConfig):
@@ -230,19 +230,48 @@ def greedy_search(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, system:
     return Greedy(thetas, torch.cat([p[1] for p in parts]).to(torch.float64))
 
 
+class Proposal(NamedTuple):
+    """theta : [B, 3] (azimuth [rad], elevation [rad], 1/range [1/m]) — the best grid point;
+    gain : [B] — its statistic T, the residual cost it removes (before any refinement)."""
+
+    theta: torch.Tensor
+    gain: torch.Tensor
+
+
+def residual_proposal(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, fit: Fit,
+                      mask: torch.Tensor, grid: GreedyGrid, floor: float,
+                      shortlist: int | None) -> Proposal:
+    """The grid point maximising T(g) (module docstring) given a fit of the found sources;
+    no input checks, the working dtype throughout.
+
+    fit : the amplitude fit of the found sources (fit.Bm: their columns, leading);
+    mask : [B, k] bool, the found columns of fit.Bm (the rest zero, and last)
+    shortlist : None evaluates T on the whole grid. An int evaluates it only at that many
+        grid points of largest numerator sum_l |b_l(g)^H r_l|^2, which needs no grid columns
+        b_l(g): it is sum_l |a(g)^H z_l|^2 with z_l = diag(c_l)^* H^H r_l, M = 16 times
+        fewer flops than forming them.
+    """
+    if shortlist is None:
+        Bg, idx = _grid_columns(H, codes, grid), None
+    else:
+        Z = codes.conj() * (fit.r @ H.conj())  # (B, L, N): diag(c_l)^* H^H r_l
+        num = abs2(Z @ grid.A.conj()).sum(1)  # (B, G)
+        idx = num.topk(min(shortlist, num.shape[-1]), -1).indices  # (B, P)
+        Bg = apply_operator(H, codes, grid.A.T[idx])  # (B, L, M, P)
+    gain, best = ols_statistic(fit, Bg, abs2(Bg).sum(2), floor, mask).max(-1)
+    return Proposal(grid.pos[best if idx is None else idx.gather(-1, best[:, None])[:, 0]],
+                    gain)
+
+
 @torch.no_grad()
 def next_source(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, found: Estimates,
                 system: SystemConfig, config: ClassicalConfig = ClassicalConfig(),
                 shortlist: int | None = None) -> torch.Tensor:
     """One greedy step after given sources: the grid point maximising T(g) (module
-    docstring) given ``found``'s sources, per scene.
+    docstring) given ``found``'s sources, per scene (:func:`residual_proposal`).
 
     y : [B, L, M] complex, H : [B, M, N] complex, codes : [B, L, N] complex
     found : Estimates whose valid slots (``found.mask``, leading) are the sources so far
-    shortlist : None evaluates T on the whole grid. An int evaluates it only at that many
-        grid points of largest numerator sum_l |b_l(g)^H r_l|^2, which needs no grid columns
-        b_l(g): it is sum_l |a(g)^H z_l|^2 with z_l = diag(c_l)^* H^H r_l, M = 16 times
-        fewer flops than forming them.
     Returns [B, 3] (azimuth [rad], elevation [rad], 1/range [1/m]) in the working real dtype.
     """
     check_measurements(y, H, codes, system)
@@ -258,17 +287,8 @@ def next_source(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, found: Es
         yc, Hc, cc, f = y[sl].to(cplx), H[sl].to(cplx), codes[sl].to(cplx), found[sl]
         A = steering_at(f.theta.to(yc.real.dtype), system, cplx, f.mask)
         fit = amplitude_fit(yc, Hc, cc, A, f.mask, config.step.tikhonov)
-        if shortlist is None:
-            Bg = _grid_columns(Hc, cc, grid)
-            idx = None
-        else:
-            Z = cc.conj() * (fit.r @ Hc.conj())  # (b, L, N): diag(c_l)^* H^H r_l
-            num = abs2(Z @ grid.A.conj()).sum(1)  # (b, G)
-            idx = num.topk(min(shortlist, num.shape[-1]), -1).indices  # (b, P)
-            Bg = apply_operator(Hc, cc, grid.A.T[idx])  # (b, L, M, P)
-        T = _statistic(fit, Bg, abs2(Bg).sum(2), config.floor, f.mask)
-        best = T.argmax(-1)
-        out.append(grid.pos[best if idx is None else idx.gather(-1, best[:, None])[:, 0]])
+        out.append(residual_proposal(yc, Hc, cc, fit, f.mask, grid, config.floor,
+                                     shortlist).theta)
     return torch.cat(out)
 
 
@@ -339,7 +359,8 @@ def classical_localize(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
 
     y : [B, L, M] complex, H : [B, M, N] complex, codes : [B, L, N] complex
     K : None (estimate by the residual test), an int or [B] int64 (known counts)
-    snr_db : None, a float or [B] — realised per-antenna SNR [dB]; when given it fixes the
+    snr_db : None, a float or [B] — realised per-antenna SNR [dB] (NaN = unknown in that
+        scene); where given it fixes the
         noise level of the order test, otherwise sigma^2 is estimated from the residuals.
     Returns Estimates with K_max slots: positions (rad, rad, m) as float32, score =
     estimated source power mean_l |s_lk|^2.

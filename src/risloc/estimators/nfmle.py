@@ -1,6 +1,6 @@
 """Near-field deterministic maximum likelihood in the measurement domain (NF-MLE).
 
-Model (CONVENTIONS.md): y_l = B_l(theta) s_l + n_l with B_l = H diag(c_l) A(theta) [M x K].
+Model (docs/conventions.md): y_l = B_l(theta) s_l + n_l with B_l = H diag(c_l) A(theta) [M x K].
 With the symbols s_l as free nuisance parameters the log-likelihood concentrates to the
 variable-projection cost (Golub & Pereyra 1973; Stoica & Nehorai 1990, "deterministic ML")
 

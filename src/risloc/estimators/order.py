@@ -98,14 +98,14 @@ def aic_order(R: torch.Tensor, n_snapshots: int, K_max: int) -> torch.Tensor:
 def noise_var_from_snr(y: torch.Tensor, snr_db: float | torch.Tensor) -> torch.Tensor:
     """sigma^2 = mean |y|^2 / (1 + SNR): E|y|^2 = P_signal + sigma^2 per antenna and snapshot.
 
-    y : [B, L, M] complex;  snr_db : float or [B] — per-antenna SNR [dB]
-    Returns sigma^2 : [B] float64.
+    y : [B, L, M] complex;  snr_db : float or [B] — per-antenna SNR [dB] (NaN = unknown)
+    Returns sigma^2 : [B] float64 (NaN where the SNR is unknown).
     """
     snr = torch.as_tensor(snr_db, dtype=torch.float64, device=y.device)
     if snr.ndim > 1 or (snr.ndim == 1 and snr.shape[0] != y.shape[0]):
         raise ValueError(f"snr_db must be a float or [B={y.shape[0]}], got {tuple(snr.shape)}")
-    if not bool(torch.isfinite(snr).all()):
-        raise ValueError("snr_db must be finite")
+    if bool(torch.isinf(snr).any()):
+        raise ValueError("snr_db must be finite (NaN: unknown)")
     p_y = y.abs().square().to(torch.float64).mean((-1, -2))
     return p_y / (1.0 + 10.0 ** (snr / 10.0))
 
@@ -149,7 +149,8 @@ def residual_order(costs: torch.Tensor, n_snapshots: int, n_antennas: int,
 
     costs : [B, K_max+1] float — C_k = residual of the best k-source fit, k = 0..K_max
     n_snapshots, n_antennas : L, M
-    noise_var : [B] float or None — sigma^2 (None: estimated from the residuals)
+    noise_var : [B] float or None — sigma^2 (None, or NaN in a scene: estimated from the
+        residuals)
     penalty : nats per source (None: :func:`default_penalty`)
     Returns K : [B] int64 in 1..K_max.
     """
@@ -164,6 +165,12 @@ def residual_order(costs: torch.Tensor, n_snapshots: int, n_antennas: int,
     if noise_var is None:
         return _estimate_and_decide(costs, n_snapshots, n_antennas, penalty)
     sigma2 = torch.as_tensor(noise_var, dtype=torch.float64, device=costs.device)
-    if not bool(torch.isfinite(sigma2).all()) or bool((sigma2 <= 0).any()):
-        raise ValueError("noise_var must be finite and positive")
-    return _decide(costs, sigma2.expand(costs.shape[0]), penalty)
+    sigma2 = sigma2.expand(costs.shape[0])
+    known = ~torch.isnan(sigma2)
+    if not bool(torch.isfinite(sigma2[known]).all()) or bool((sigma2[known] <= 0).any()):
+        raise ValueError("noise_var must be finite and positive (NaN: unknown)")
+    decided = _decide(costs, torch.where(known, sigma2, 1.0), penalty)
+    if bool(known.all()):
+        return decided
+    return torch.where(known, decided, _estimate_and_decide(costs, n_snapshots, n_antennas,
+                                                            penalty))

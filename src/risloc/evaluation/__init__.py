@@ -1,6 +1,12 @@
 """Yardsticks: Cramer-Rao bounds, metrics, the evaluation harness and its plots."""
 
-from risloc.evaluation.crb import CRBResult, crb_deterministic, crb_for_scenes, crb_stochastic
+from risloc.evaluation.crb import (
+    CRBResult,
+    crb,
+    crb_deterministic,
+    crb_for_scenes,
+    crb_stochastic,
+)
 from risloc.evaluation.metrics import (
     Matching,
     MetricSummary,
@@ -12,7 +18,7 @@ from risloc.evaluation.metrics import (
 )
 
 __all__ = [
-    "CRBResult", "Matching", "MetricSummary", "crb_deterministic", "crb_for_scenes",
+    "CRBResult", "Matching", "MetricSummary", "crb", "crb_deterministic", "crb_for_scenes",
     "crb_stochastic", "match_sources", "summarize", "summarize_by_K", "summarize_by_snr",
     "summarize_groups",
 ]

@@ -1,6 +1,6 @@
 """Cramer-Rao bounds on (azimuth, elevation, range) for the compressive RIS model.
 
-Model of one scene (CONVENTIONS.md, "Measurement model"):
+Model of one scene (docs/conventions.md, "Measurement model"):
     y_l = B_l s_l + n_l,   B_l = Phi_l A(eta),   Phi_l = H diag(c_l),   n_l ~ CN(0, sigma^2 I_M).
 
 Parameter order of every FIM here: eta = [phi_1..phi_K, theta_1..theta_K, r_1..r_K]
@@ -320,3 +320,59 @@ def crb_for_scenes(scenes: SceneBatch, system: SystemConfig,
             parts.append(crb_stochastic(sc.azimuth, sc.elevation, sc.range_m, powers,
                                         **common))
     return _concat(parts)
+
+
+def _array(name: str, x, dtype: torch.dtype) -> torch.Tensor:
+    import numpy as np
+
+    if x is None:
+        raise TypeError(f"{name} is required")
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return t.to(dtype)
+
+
+def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig, *,
+        powers=1.0, noise_var: float | None = None, snr_db: float | None = None,
+        kind: Literal["stochastic", "deterministic"] = "stochastic",
+        symbols=None) -> dict[str, torch.Tensor]:
+    """Square-root CRB of sources at given positions, for users' arrays.
+
+    H [M, N] or [B, M, N], codes [L, N] or [B, L, N]: complex (NumPy or torch);
+    azimuth_deg, elevation_deg [K] or [B, K] — [deg]; range_m [K] or [B, K] — [m] (NaN
+    pads a batch whose scenes hold fewer sources); powers : a number or [.., K] source
+    powers p_k (stochastic bound); symbols [B, L, K] (deterministic bound only).
+    The noise: ``noise_var`` (sigma^2, per antenna and snapshot) or ``snr_db``, the
+    per-antenna SNR it implies for these sources, codes and channel (docs/conventions.md:
+    (1/(L M)) sum_l E||Phi_l A s_l||^2 / sigma^2). Exactly one of the two.
+    Returns {"azimuth_deg", "elevation_deg", "range_m"}: [B, K] float64 (NaN where padded).
+    """
+    if (noise_var is None) == (snr_db is None):
+        raise ValueError("give exactly one of noise_var and snr_db")
+    H, codes = _array("H", H, torch.complex128), _array("codes", codes, torch.complex128)
+    if H.ndim == 2:
+        H, codes = H.unsqueeze(0), codes.unsqueeze(0)
+    B = H.shape[0]
+    pos = [_array(n, v, torch.float64) for n, v in (("azimuth_deg", azimuth_deg),
+                                                    ("elevation_deg", elevation_deg),
+                                                    ("range_m", range_m))]
+    pos = [p.reshape(B, -1) if p.ndim <= 1 else p for p in pos]
+    az, el, r = torch.deg2rad(pos[0]), torch.deg2rad(pos[1]), pos[2]
+    mask = torch.isfinite(az) & torch.isfinite(el) & torch.isfinite(r)
+    p = torch.as_tensor(powers, dtype=torch.float64).expand_as(az)
+    if noise_var is None:
+        inp = _prepare(az, el, r, H, codes, torch.ones(B, dtype=torch.float64), system, mask)
+        Bm, _ = _measured_columns(inp, system)
+        signal = (Bm.abs().square() * torch.where(mask, p, 0.0).view(B, 1, 1, -1)).sum(
+            (1, 2, 3)) / (codes.shape[1] * H.shape[1])  # E ||Phi_l A s_l||^2 / (L M)
+        sigma2 = signal / 10.0 ** (torch.as_tensor(snr_db, dtype=torch.float64) / 10.0)
+    else:
+        sigma2 = torch.as_tensor(noise_var, dtype=torch.float64).expand(B)
+    if kind == "stochastic":
+        res = crb_stochastic(az, el, r, p, H, codes, sigma2, system, mask)
+    elif symbols is None:
+        raise ValueError("the deterministic bound needs the symbols")
+    else:
+        res = crb_deterministic(az, el, r, _array("symbols", symbols, torch.complex128),
+                                H, codes, sigma2, system, mask)
+    return {"azimuth_deg": torch.rad2deg(res.azimuth),
+            "elevation_deg": torch.rad2deg(res.elevation), "range_m": res.range_m}

@@ -1,4 +1,4 @@
-"""Localization metrics (CONVENTIONS.md, "Metrics").
+"""Localization metrics (docs/conventions.md, "Metrics").
 
 Pairing: per scene, estimated and true sources are paired by the Hungarian algorithm
 (scipy.optimize.linear_sum_assignment) on the cost

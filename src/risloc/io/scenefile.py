@@ -1,4 +1,4 @@
-"""Scene files (CONVENTIONS.md, "Scene file"): HDF5 (.h5) or NumPy (.npz).
+"""Scene files (docs/conventions.md, "Scene file"): HDF5 (.h5) or NumPy (.npz).
 
 | name | dtype | shape | required |
 | y | complex64 | (S, L, M) | yes |

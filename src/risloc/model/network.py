@@ -340,9 +340,11 @@ class CovarianceNet(nn.Module):
         return A * w.unsqueeze(-2).to(A.dtype)  # (B, N, S)
 
     def forward(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
-                snr_db: torch.Tensor | None = None) -> ModelOutput:
+                snr_db: torch.Tensor | None = None, covariance: bool = True) -> ModelOutput:
         """y : [B, L, M], H : [B, M, N], codes : [B, L, N] complex; snr_db : [B] (NaN or
-        None = unknown)."""
+        None = unknown). covariance False skips what only the covariance needs (the ML
+        refinement of the slots, the factor F): R_pred, F and slot_steering are None and
+        the slot positions are the learned ones (the learned pipeline's proposals)."""
         _check_inputs(y, H, codes, self.system)
         # Mixed precision (the trainer's autocast on CUDA) reaches the CNN trunk only: the
         # physics around it (steering phases, the ML refinement's solves) stays in FP32.
@@ -352,9 +354,9 @@ class CovarianceNet(nn.Module):
         h = self.norm(self.blocks(self.stem(x)))  # (B, W, Ne, Na)
         out = self.head(Fn.gelu(h))  # (B, 4 Nr, Ne, Na)
         with fp32:
-            return self._decode(y, H, codes, snr_db, a, h.float(), out.float())
+            return self._decode(y, H, codes, snr_db, a, h.float(), out.float(), covariance)
 
-    def _decode(self, y, H, codes, snr_db, a, h, out) -> ModelOutput:
+    def _decode(self, y, H, codes, snr_db, a, h, out, covariance: bool = True) -> ModelOutput:
         """Trunk output -> slots, positions, K logits, ML refinement, covariance factor."""
         B, Nr = y.shape[0], self.cfg.n_inv_range
         heat = out[:, :Nr]  # (B, Nr, Ne, Na)
@@ -374,6 +376,12 @@ class CovarianceNet(nn.Module):
         resid = residual_features(y, apply_operator(H, codes, A.detach().mT), snr_db) \
             if self.cfg.residual_features else None
         K_logits = self._k_logits(h, heat_slots, snr_db, resid).float()
+        if not covariance:
+            return ModelOutput(F=None, R_pred=None, K_logits=K_logits,
+                               slot_azimuth=theta[..., 0], slot_elevation=theta[..., 1],
+                               slot_range=1.0 / theta[..., 2], learned=theta,
+                               slot_confidence=conf, slot_steering=None, heatmap=heat,
+                               offsets=offsets, grid=self.grid)
         pos = self._refine(y, H, codes, theta, K_logits)  # (B, S, 3)
         if pos is not theta:
             A = steering(pos[..., 0], pos[..., 1], 1.0 / pos[..., 2], self.system,

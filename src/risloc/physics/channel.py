@@ -1,4 +1,4 @@
-"""Base-station <- RIS channel (CONVENTIONS.md, "Default system", Channel).
+"""Base-station <- RIS channel (docs/conventions.md, "Default system", Channel).
 
 H = sqrt(kappa/(kappa+1)) H_los + sqrt(1/(kappa+1)) H_nlos,
 H_los = b(psi) a_ff(phi_b, theta_b)^H   (unit-modulus entries),

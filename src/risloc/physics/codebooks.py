@@ -1,6 +1,6 @@
 """RIS phase codebooks and phase quantisation.
 
-Each scene uses L unit-modulus codes c_l in C^N (CONVENTIONS.md, "Codes"):
+Each scene uses L unit-modulus codes c_l in C^N (docs/conventions.md, "Codes"):
 * "random": iid phases uniform on the 2^b levels 2 pi q / 2^b (default, b = 3);
 * "dft": L distinct beams of the 2-D DFT of the N_V x N_H grid,
   c_n = exp(j 2 pi (h u / N_H + v w / N_V)), quantised to b bits;

@@ -1,4 +1,4 @@
-"""RIS geometry: element positions and source positions (CONVENTIONS.md, "Geometry").
+"""RIS geometry: element positions and source positions (docs/conventions.md, "Geometry").
 
 Element n = v * N_H + h; x_n = (h - (N_H-1)/2) d, y_n = (v - (N_V-1)/2) d, z_n = 0.
 A source at azimuth phi, elevation theta, range r sits at

@@ -1,4 +1,4 @@
-"""Near-field steering vectors and their derivatives (CONVENTIONS.md, "Steering vector").
+"""Near-field steering vectors and their derivatives (docs/conventions.md, "Steering vector").
 
 a_n(phi, theta, r) = exp(-j k0 (d_n - r)) / sqrt(N),   k0 = 2 pi / lambda
 

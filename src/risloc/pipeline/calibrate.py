@@ -1,131 +1,145 @@
 """Fitting the order head of a trained model (``risloc fit-order``).
 
-The network is frozen. Scenes come from the recipe's own scene distribution, training
-split, stream :data:`ORDER_STREAM` (the network trains on stream ``data.stream``, 1 by
-default, so the head never sees a scene the network was fitted on, nor a validation or
-test scene). A share of the scenes is shown to the pipeline without its SNR so the head
-also decides when a user's file has none. The report compares the network's K head with
-the fitted head on fixed-SNR scenes of the validation split (stream
-:data:`REPORT_STREAM`).
+The network is frozen. Scenes come from the recipe's own scene distribution (unequal
+source powers included), training split, stream :data:`ORDER_STREAM` (the network trains
+on stream ``data.stream``, 1 by default, so the head never sees a scene the network was
+fitted on, nor a validation or test scene). The SNR is never shown: the learned pipeline
+does not use it. The report compares the head with the residual rule it replaces on
+fixed-SNR validation scenes (stream :data:`REPORT_STREAM`), equal and spread powers.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from risloc.core.checks import normalise_scale
+from risloc.inference.checkpoint import load_checkpoint, save_checkpoint
+from risloc.io.atomic import write_text_atomic
+from risloc.parallel import run_in_chunks
 from risloc.pipeline.learned import LearnedPipeline, load_learned_pipeline
-from risloc.pipeline.order import OrderFitConfig, OrderHead, fit_order_head, order_head_state
+from risloc.pipeline.order import (
+    MIN_ORDER_SCENES,
+    OrderFitConfig,
+    OrderHead,
+    fit_order_head,
+    nested_detections,
+    order_features,
+    order_head_state,
+)
 from risloc.simulation import simulate_range
-from risloc.simulation.streams import BLOCK, block_generator
+from risloc.simulation.streams import BLOCK
 
 ORDER_STREAM = 2
 REPORT_STREAM = 3
 REPORT_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0)
+REPORT_SPREAD_DB = 12.0
 
 Progress = Callable[[int], None]
 
 
-def _forward_and_features(pipe: LearnedPipeline, scenes, snr_db: torch.Tensor | None):
-    """The network pass and the order features, exactly as the pipeline computes them."""
-    fwd = pipe.forward(scenes.y, scenes.H, scenes.codes, snr_db)
-    return fwd, pipe.order_inputs(fwd, scenes.y, scenes.H, scenes.codes, snr_db).features
+def _stages(pipe: LearnedPipeline, scenes):
+    """forward, propose, fit of the pipeline on the scaled inputs (exactly as the
+    Localizer runs it) and the order features."""
+    y, H = (t.to(torch.complex64) for t in normalise_scale(scenes.y, scenes.H))
+    fwd = pipe.forward(y, H, scenes.codes)
+    fit = pipe.fit(y, H, scenes.codes, pipe.propose(fwd))
+    return fwd, fit, order_features(fit, y, fwd.out.K_logits)
 
 
 @torch.no_grad()
-def order_dataset(pipe: LearnedPipeline, scenes, snr_db: torch.Tensor | None,
-                  batch: int = 256, workers: int | None = None,
-                  on_batch: Progress | None = None) -> torch.Tensor:
-    """Order features [S, F] of ``scenes`` as the pipeline computes them at inference."""
-    from risloc.parallel import run_in_chunks
-
-    def one(lo: int, hi: int) -> torch.Tensor:
-        return _forward_and_features(pipe, scenes[lo:hi],
-                                     None if snr_db is None else snr_db[lo:hi])[1]
-
+def order_dataset(pipe: LearnedPipeline, scenes, batch: int = 256, workers: int | None = None,
+                  on_batch: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Order features [S, F] of ``scenes`` as the pipeline computes them at inference, and
+    the nested sources [S, K_max, 3] of its fit stage."""
     out = []
     for lo in range(0, len(scenes), batch):
         hi = min(lo + batch, len(scenes))
-        out.extend(run_in_chunks(lambda a, b, lo=lo: one(lo + a, lo + b), hi - lo, workers))
+
+        def one(a: int, b: int, lo=lo):
+            _, fit, feats = _stages(pipe, scenes[lo + a:lo + b])
+            return feats, fit.theta
+
+        out.extend(run_in_chunks(one, hi - lo, workers))
         if on_batch is not None:
             on_batch(hi - lo)
-    return torch.cat(out)
+    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 
-def training_data(pipe: LearnedPipeline, recipe, n: int, unknown_snr_fraction: float,
-                  workers: int | None = None, on_batch: Progress | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features [n, F], K [n]) of n scenes of the recipe's scene distribution, training
-    split, ORDER_STREAM, simulated block by block; a random share of them without SNR."""
-    seed = recipe.data.seed
-    hide_gen = block_generator(seed, "train", 0, ORDER_STREAM + 1)
-    feats, Ks = [], []
+def training_data(pipe: LearnedPipeline, n: int, workers: int | None = None,
+                  on_batch: Progress | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(features [n, F], K [n], detections [n, K_max]) of n scenes of the recipe's scene
+    distribution, training split, ORDER_STREAM, simulated block by block."""
+    r = pipe.recipe
+    feats, Ks, dets = [], [], []
     for lo in range(0, n, BLOCK):
-        sc = simulate_range(lo, min(n, lo + BLOCK), pipe.system, recipe.scene, seed=seed,
+        sc = simulate_range(lo, min(n, lo + BLOCK), r.system, r.scene, seed=r.data.seed,
                             split="train", stream=ORDER_STREAM)
-        hide = torch.rand(len(sc), generator=hide_gen) < unknown_snr_fraction
-        snr = torch.where(hide, torch.full_like(sc.snr_db, math.nan), sc.snr_db)
-        feats.append(order_dataset(pipe, sc, snr, workers=workers, on_batch=on_batch))
+        f, theta = order_dataset(pipe, sc, workers=workers, on_batch=on_batch)
+        feats.append(f)
+        dets.append(nested_detections(theta, sc.azimuth, sc.elevation, sc.range_m, sc.K))
         Ks.append(sc.K)
-    return torch.cat(feats), torch.cat(Ks)
+    return torch.cat(feats), torch.cat(Ks), torch.cat(dets)
 
 
 @torch.no_grad()
-def order_report(pipe: LearnedPipeline, head: OrderHead, recipe, n_per_snr: int, seed: int,
+def order_report(pipe: LearnedPipeline, head: OrderHead, n_per_snr: int,
                  workers: int | None = None, on_batch: Progress | None = None) -> list[dict]:
-    """K accuracy of the network's K head and of ``head`` per SNR (SNR given), validation
-    split."""
-    from risloc.parallel import run_in_chunks
+    """K accuracy and F1 (of the nested sources before the last polish) of the residual
+    rule on the nested fits and of ``head``, per SNR, equal and spread powers, validation
+    split, SNR not given."""
+    from risloc.estimators.order import residual_order
 
+    r = pipe.recipe
     rows = []
     for i, snr in enumerate(REPORT_SNRS):
-        sc = simulate_range(0, n_per_snr, pipe.system, recipe.scene, seed=seed,
-                            split="validation", stream=REPORT_STREAM + 16 * i, snr_db=snr)
+        for spread in (0.0, REPORT_SPREAD_DB):
+            scene = r.scene.model_copy(update={"power_spread_db": spread})
+            sc = simulate_range(0, n_per_snr, r.system, scene, seed=r.data.seed,
+                                split="validation", stream=REPORT_STREAM + 16 * i, snr_db=snr)
 
-        def one(lo: int, hi: int, sc=sc):
-            fwd, feats = _forward_and_features(pipe, sc[lo:hi], sc.snr_db[lo:hi])
-            return torch.stack([fwd.out.K_hat, head.decide(feats)], 1)
+            def one(lo: int, hi: int, sc=sc):
+                _, fit, feats = _stages(pipe, sc[lo:hi])
+                rule = residual_order(fit.costs, sc.y.shape[1], sc.y.shape[2])
+                return torch.stack([rule, head.decide(feats)], 1), fit.theta
 
-        dec = torch.cat(run_in_chunks(one, len(sc), workers))
-        rows.append({"snr_db": snr, "scenes": len(sc),
-                     "K_accuracy_network_head": (dec[:, 0] == sc.K).float().mean().item(),
-                     "K_accuracy_order_head": (dec[:, 1] == sc.K).float().mean().item()})
-        if on_batch is not None:
-            on_batch(len(sc))
+            parts = run_in_chunks(one, len(sc), workers)
+            dec, theta = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            det = nested_detections(theta, sc.azimuth, sc.elevation, sc.range_m, sc.K)
+            row = {"snr_db": snr, "power_spread_db": spread, "scenes": len(sc)}
+            for j, name in enumerate(("residual_rule", "order_head")):
+                found = det.gather(1, (dec[:, j] - 1).unsqueeze(1)).sum()
+                row[f"K_accuracy_{name}"] = (dec[:, j] == sc.K).float().mean().item()
+                row[f"f1_{name}"] = float(2 * found / (dec[:, j].sum() + sc.K.sum()))
+            rows.append(row)
+            if on_batch is not None:
+                on_batch(len(sc))
     return rows
 
 
 def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
-              unknown_snr_fraction: float = 0.25, n_report: int = 256,
-              config: OrderFitConfig = OrderFitConfig(), workers: int | None = None,
-              on_batch: Progress | None = None) -> dict:
+              n_report: int = 256, config: OrderFitConfig = OrderFitConfig(),
+              workers: int | None = None, on_batch: Progress | None = None) -> dict:
     """Fit the order head of ``checkpoint`` and write ``out`` (the checkpoint plus the
     head and its report, atomically; a model card ``<checkpoint>.json`` is carried over to
     ``<out>.json`` with the report added). Returns the report."""
-    from risloc.io.atomic import write_text_atomic
-    from risloc.training.checkpoint import load_checkpoint, save_checkpoint
-    from risloc.training.config import MIN_ORDER_SCENES, TrainConfig
-
     if n_scenes < MIN_ORDER_SCENES:
         raise ValueError(f"n_scenes must be >= {MIN_ORDER_SCENES}, got {n_scenes}")
-    if not 0.0 <= unknown_snr_fraction <= 1.0:
-        raise ValueError(f"unknown_snr_fraction must lie in [0, 1], got {unknown_snr_fraction}")
     checkpoint, out = Path(checkpoint), Path(out)
     state = load_checkpoint(checkpoint)
     pipe = load_learned_pipeline(checkpoint, order_head=False)
-    recipe = TrainConfig.from_json(state["config"])
-    seed = recipe.data.seed
-    feats, K = training_data(pipe, recipe, n_scenes, unknown_snr_fraction, workers, on_batch)
-    head = fit_order_head(feats, K, pipe.system.K_max, config)
-    rows = order_report(pipe, head, recipe, n_report, seed, workers, on_batch)
-    report = {"training_scenes": n_scenes, "unknown_snr_fraction": unknown_snr_fraction,
-              "training_split": f"train, stream {ORDER_STREAM}, seed {seed}",
-              "report_split": f"validation, streams {REPORT_STREAM}+16i, seed {seed}, SNR "
-                              "given",
+    feats, K, det = training_data(pipe, n_scenes, workers, on_batch)
+    head = fit_order_head(feats, K, det, pipe.system.K_max, config)
+    rows = order_report(pipe, head, n_report, workers, on_batch)
+    r = pipe.recipe
+    report = {"training_scenes": n_scenes, "snr": "never given",
+              "training_split": f"train, stream {ORDER_STREAM}, seed {r.data.seed}, the "
+                                f"recipe's scenes (power spread {r.scene.power_spread_db} dB)",
+              "report_split": f"validation, streams {REPORT_STREAM}+16i, seed {r.data.seed}",
               "fit": {k: getattr(config, k) for k in config.__dataclass_fields__},
               "per_snr": rows}
     state["order_head"] = order_head_state(head)
@@ -141,5 +155,4 @@ def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
 
 def n_progress_items(n_scenes: int, n_report: int) -> int:
     """Scenes :func:`fit_order` reports through ``on_batch``."""
-    return n_scenes + n_report * len(REPORT_SNRS)
-
+    return n_scenes + 2 * n_report * len(REPORT_SNRS)

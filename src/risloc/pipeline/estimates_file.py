@@ -1,4 +1,4 @@
-"""The estimates file (CONVENTIONS.md): CSV `scene,source,azimuth_deg,elevation_deg,range_m`
+"""The estimates file (docs/conventions.md): CSV `scene,source,azimuth_deg,elevation_deg,range_m`
 (+ `score`), one row per estimated source; written atomically."""
 
 from __future__ import annotations

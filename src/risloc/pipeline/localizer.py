@@ -1,33 +1,51 @@
-"""The localizer users run: scenes in, sources out.
+"""The localizer users run: their scenes in, sources out.
 
-``Localizer(system, method="classical")`` or ``Localizer.from_checkpoint(path)`` (the
-learned pipeline: network -> R_blend -> near-field MUSIC -> NF-MLE polish -> K decision).
-``.localize(y, H, codes, snr_db=None, K=None)`` is batched; a scene with non-finite
-inputs is reported by index in ``LocalizationResult.bad`` and the others are still
-localized.
+``Localizer.from_checkpoint()`` (the learned pipeline of the shipped model, or of a
+checkpoint) or ``Localizer(system, "classical")``. ``.localize(y, H, codes, snr_db=None,
+K=None, system=None)`` takes NumPy arrays or torch tensors, complex64 or complex128, one
+scene ([L, M], [M, N], [L, N]) or a batch ([B, L, M], ...). Before any estimator runs:
+
+* shapes and dtypes are checked (a ValueError / TypeError naming the array);
+* a ``system`` passed with the scenes is checked against the localizer's, floats to a
+  relative 1e-6 (a 1 GHz system written as wavelength c/f passes), naming the field that
+  differs; a smaller K_max is accepted and caps the number of sources reported;
+* every scene is checked (:func:`risloc.core.scene_problems`); a scene that cannot be
+  localized is reported by index in ``LocalizationResult.bad`` with its reason, and the
+  others are still localized;
+* y and H are rescaled per scene (:func:`risloc.core.normalise_scale`): positions and K do
+  not depend on their units, and float32 arithmetic stays clear of under- and overflow;
+* ``snr_db``: None, a number, or one per scene with NaN where unknown
+  (:func:`risloc.core.snr_per_scene`). The learned pipeline does not use it; the classical
+  localizer takes the noise level from it where it is known.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from risloc.config import SystemConfig
+from risloc.config import FieldOfView, SystemConfig
+from risloc.core.checks import check_shapes, normalise_scale, scene_problems, snr_per_scene
 from risloc.core.params import Estimates, concat_estimates
+from risloc.estimators.classical import ClassicalConfig, classical_localize
 from risloc.parallel import run_in_chunks
+from risloc.physics.geometry import source_position
+from risloc.pipeline.learned import LearnedPipeline, load_learned_pipeline
 
 log = logging.getLogger(__name__)
 
 METHODS = ("learned", "classical")
+_REL_TOL = 1e-6
 
 
 @dataclass(frozen=True)
 class LocalizationResult:
-    """Estimates of a batch plus the indices of scenes that could not be localized.
+    """Estimates of a batch plus the scenes that could not be localized.
 
     estimates : Estimates with [B] scenes (bad scenes: K = 0, all slots NaN)
     bad : tuple of (scene index, reason)
@@ -36,108 +54,187 @@ class LocalizationResult:
     estimates: Estimates
     bad: tuple[tuple[int, str], ...] = ()
 
+    def __len__(self) -> int:
+        return len(self.estimates)
 
-def finite_scene_mask(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """[B] bool — scenes whose y, H and codes are all finite and whose channel is non-zero."""
-    ok = torch.isfinite(torch.view_as_real(y)).flatten(1).all(1)
-    ok &= torch.isfinite(torch.view_as_real(H)).flatten(1).all(1)
-    ok &= torch.isfinite(torch.view_as_real(codes)).flatten(1).all(1)
-    ok &= H.abs().flatten(1).amax(1) > 0
-    return ok
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """K [B] and NaN-padded azimuth_deg, elevation_deg, range_m, score [B, K_slots]."""
+        e = self.estimates
+        return {"K": e.K.cpu().numpy(),
+                "azimuth_deg": torch.rad2deg(e.azimuth).cpu().numpy(),
+                "elevation_deg": torch.rad2deg(e.elevation).cpu().numpy(),
+                "range_m": e.range_m.cpu().numpy(), "score": e.score.cpu().numpy()}
+
+    def xyz(self) -> np.ndarray:
+        """Cartesian source positions [B, K_slots, 3] in metres (docs/conventions.md geometry:
+        RIS in the x-y plane, boresight +z), NaN-padded."""
+        e = self.estimates
+        return source_position(e.azimuth.double(), e.elevation.double(),
+                               e.range_m.double()).cpu().numpy()
+
+    def records(self) -> list[dict]:
+        """One dict per estimated source: scene, source, azimuth_deg, elevation_deg,
+        range_m, score (the rows of the estimates CSV)."""
+        arr = self.to_numpy()
+        return [{"scene": b, "source": k, **{n: float(arr[n][b, k]) for n in
+                                            ("azimuth_deg", "elevation_deg", "range_m",
+                                             "score")}}
+                for b in range(len(arr["K"])) for k in range(int(arr["K"][b]))]
 
 
-def _bad_reasons(y, H, codes, ok: torch.Tensor) -> tuple[tuple[int, str], ...]:
+def _as_tensor(name: str, x) -> torch.Tensor:
+    if x is None:
+        raise TypeError(f"{name} is required, got None")
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(x))
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"{name} must be an array of complex numbers ({err})") from None
+    if not t.is_complex():
+        raise TypeError(f"{name} must be complex (complex64 or complex128), got {t.dtype}")
+    return t
+
+
+def _differing_fields(ours: SystemConfig, theirs: SystemConfig) -> list[str]:
     out = []
-    for i in torch.nonzero(~ok).flatten().tolist():
-        parts = [name for name, t in (("y", y[i]), ("H", H[i]), ("codes", codes[i]))
-                 if not bool(torch.isfinite(torch.view_as_real(t)).all())]
-        reason = (f"non-finite values in {', '.join(parts)}" if parts
-                  else "all-zero channel H")
-        out.append((i, reason))
-    return tuple(out)
+    for name, a in ours.model_dump().items():
+        b = getattr(theirs, name)
+        if name == "K_max":
+            continue
+        if isinstance(a, float):
+            if not math.isclose(a, b, rel_tol=_REL_TOL, abs_tol=0.0):
+                out.append(f"{name} {b!r} (model: {a!r})")
+        elif a != b:
+            out.append(f"{name} {b!r} (model: {a!r})")
+    return out
 
 
-def _scatter(est: Estimates, ok: torch.Tensor) -> Estimates:
-    """Place estimates of the good scenes back into a full batch (bad: K=0, NaN)."""
-    B, S = ok.shape[0], est.azimuth.shape[-1]
-    K = torch.zeros(B, dtype=torch.int64, device=ok.device)
-    K[ok] = est.K
-    fields = {}
-    for name in ("azimuth", "elevation", "range_m", "score"):
-        full = torch.full((B, S), math.nan, dtype=torch.float32, device=ok.device)
-        full[ok] = getattr(est, name).to(torch.float32)
-        fields[name] = full
-    return Estimates(K=K, **fields)
+def check_system(ours: SystemConfig, theirs: SystemConfig | dict | None) -> int:
+    """The K_max to report: ValueError naming every field in which ``theirs`` (the scenes'
+    system) differs from ``ours``; K_max may be smaller than ours (it caps K)."""
+    if theirs is None:
+        return ours.K_max
+    if isinstance(theirs, dict):
+        theirs = SystemConfig.model_validate(theirs)
+    bad = _differing_fields(ours, theirs)
+    if bad:
+        raise ValueError("the scenes' system differs from the localizer's: " + "; ".join(bad))
+    if theirs.K_max > ours.K_max:
+        raise ValueError(f"the scenes' K_max={theirs.K_max} exceeds the localizer's "
+                         f"K_max={ours.K_max}")
+    return theirs.K_max
+
+
+def resolve_K(K, n_scenes: int, k_max: int) -> torch.Tensor | None:
+    """Known source counts as [B] int64 in 1..k_max, or None."""
+    if K is None:
+        return None
+    t = torch.as_tensor(np.asarray(K))
+    if t.is_floating_point():
+        if not bool((t == t.round()).all()):
+            raise ValueError(f"K must hold whole numbers, got {t.flatten()[:5].tolist()}")
+    elif t.dtype == torch.bool or t.is_complex() or not t.dtype.is_signed and t.dtype != \
+            torch.uint8:
+        raise TypeError(f"K must be an integer or integers, got {t.dtype}")
+    t = t.to(torch.int64)
+    if t.ndim == 0:
+        t = t.expand(n_scenes).clone()
+    if t.shape != (n_scenes,):
+        raise ValueError(f"K must be a number or hold one value per scene ({n_scenes}), got "
+                         f"shape {tuple(t.shape)}")
+    if bool(((t < 1) | (t > k_max)).any()):
+        raise ValueError(f"K must lie in 1..K_max={k_max}, got {sorted(set(t.tolist()))[:8]}")
+    return t
+
+
+def _scatter(est: Estimates, ok: torch.Tensor, slots: int) -> Estimates:
+    """Estimates of the good scenes placed back into the full batch (bad: K = 0, NaN)."""
+    B = ok.shape[0]
+    K = torch.zeros(B, dtype=torch.int64)
+    K[ok] = est.K.cpu()
+    out = {}
+    for f in fields(Estimates):
+        if f.name == "K":
+            continue
+        full = torch.full((B, slots), math.nan, dtype=torch.float32)
+        part = getattr(est, f.name).float().cpu()[:, :slots]
+        full[ok, :part.shape[1]] = part
+        out[f.name] = full
+    return Estimates(K=K, **out)
 
 
 class Localizer:
-    """Localize sources from scene measurements (see module docstring)."""
+    """Localize sources from scene measurements (module docstring).
 
-    def __init__(self, system: SystemConfig, method: str = "classical", model=None,
-                 workers: int | None = None):
-        """workers: CPU threads a batch is split over (None: one per core; 1: no
-        splitting); see :mod:`risloc.parallel`."""
+    system : the system of the scenes; method : "learned" (needs ``pipeline``) or
+    "classical"; fov : the field of view the classical localizer searches (default: the
+    conventions' -60..60 deg x -30..30 deg x 0.5..10 m; the learned pipeline searches its
+    network's); workers : CPU threads a batch is split over (None: one per core).
+    """
+
+    def __init__(self, system: SystemConfig, method: str = "classical",
+                 pipeline: LearnedPipeline | None = None, workers: int | None = None,
+                 fov: FieldOfView | None = None):
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if method == "learned" and model is None:
-            raise ValueError("the learned method needs a model: use Localizer.from_checkpoint")
-        self.system, self.method, self.model, self.workers = system, method, model, workers
+        if method == "learned" and pipeline is None:
+            raise ValueError("the learned method needs a pipeline: use "
+                             "Localizer.from_checkpoint")
+        if method == "learned" and fov is not None and fov != pipeline.fov:
+            raise ValueError(f"the learned pipeline searches its network's field of view "
+                             f"{pipeline.fov}; it cannot search {fov}")
+        self.system, self.method, self.pipeline, self.workers = system, method, pipeline, workers
+        self.fov = pipeline.fov if method == "learned" else (fov or FieldOfView())
+        self.classical_config = ClassicalConfig().with_fov(self.fov)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None, method: str = "learned",
-                        workers: int | None = None) -> Localizer:
-        """Load a trained pipeline (None = the shipped default model)."""
-        from risloc.pipeline.learned import load_learned_pipeline
-
+    def from_checkpoint(cls, path: str | Path | None = None, workers: int | None = None
+                        ) -> Localizer:
+        """The learned localizer of a checkpoint (None = the shipped default model)."""
         pipeline = load_learned_pipeline(path)
-        return cls(pipeline.system, method, pipeline, workers)
+        return cls(pipeline.system, "learned", pipeline, workers)
 
-    def _check(self, y, H, codes) -> None:
-        s = self.system
-        for name, t, shape in (("y", y, (s.L, s.M)), ("H", H, (s.M, s.N)),
-                               ("codes", codes, (s.L, s.N))):
-            if t.ndim != 3 or tuple(t.shape[1:]) != shape:
-                raise ValueError(f"{name} must be [B, {shape[0]}, {shape[1]}] for this "
-                                 f"system, got {tuple(t.shape)}")
-            if not t.is_complex():
-                raise ValueError(f"{name} must be complex, got {t.dtype}")
-        if not y.shape[0] == H.shape[0] == codes.shape[0]:
-            raise ValueError("y, H and codes must hold the same number of scenes")
+    def localize(self, y, H, codes, snr_db=None, K=None,
+                 system: SystemConfig | dict | None = None) -> LocalizationResult:
+        """Localize one scene or a batch (module docstring).
 
-    def localize(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
-                 snr_db: torch.Tensor | float | None = None,
-                 K: torch.Tensor | int | None = None) -> LocalizationResult:
-        """Localize a batch. y [B,L,M], H [B,M,N], codes [B,L,N] complex; snr_db [B] dB
-        or None (estimated); K None (estimated), int or [B] (known)."""
-        self._check(y, H, codes)
+        y [B, L, M] or [L, M], H [B, M, N] or [M, N], codes [B, L, N] or [L, N]: complex
+        arrays; snr_db : None, a number or [B] (NaN = unknown) [dB]; K : None (estimated),
+        an int or [B] ints (known counts); system : the scenes' system, checked.
+        """
+        y, H, codes = (_as_tensor(n, t) for n, t in (("y", y), ("H", H), ("codes", codes)))
+        if y.ndim == 2 and H.ndim == 2 and codes.ndim == 2:
+            y, H, codes = y.unsqueeze(0), H.unsqueeze(0), codes.unsqueeze(0)
+        check_shapes(y, H, codes, self.system)
+        k_max = check_system(self.system, system)
         B = y.shape[0]
-        ok = finite_scene_mask(y, H, codes)
-        bad = _bad_reasons(y, H, codes, ok)
-        for i, reason in bad:
+        snr = snr_per_scene(snr_db, B)
+        Kt = resolve_K(K, B, k_max)
+        check = scene_problems(y, H, codes)
+        for i, reason in check.reasons:
             log.warning("scene %d skipped: %s", i, reason)
-        snr = None if snr_db is None else torch.as_tensor(snr_db, dtype=torch.float32
-                                                          ).expand(B).clone()
-        if snr is not None and not bool(torch.isfinite(snr).all()):
-            snr = None  # a file with partial SNRs: estimate for all
-        Kt = None if K is None else torch.as_tensor(K, dtype=torch.int64).expand(B).clone()
+        ok = check.ok.cpu()
         if not bool(ok.any()):
-            S = self.system.K_max
-            nan = torch.full((B, S), math.nan)
+            nan = torch.full((B, self.system.K_max), math.nan)
             return LocalizationResult(Estimates(torch.zeros(B, dtype=torch.int64), nan, nan,
-                                                nan, nan), bad)
-        args = (y[ok].to(torch.complex64), H[ok].to(torch.complex64),
-                codes[ok].to(torch.complex64), None if snr is None else snr[ok],
-                None if Kt is None else Kt[ok])
+                                                nan, nan), check.reasons)
+        dev = y.device
+        yn, Hn = normalise_scale(y[ok.to(dev)], H[ok.to(dev)])
+        args = (yn.to(torch.complex64), Hn.to(torch.complex64),
+                codes[ok.to(dev)].to(torch.complex64),
+                None if snr is None else snr[ok], None if Kt is None else Kt[ok])
         parts = run_in_chunks(
-            lambda lo, hi: self._run(*(None if t is None else t[lo:hi] for t in args)),
-            args[0].shape[0], self.workers, y.device)
-        return LocalizationResult(_scatter(concat_estimates(parts), ok), bad)
+            lambda lo, hi: self._run(*(None if t is None else t[lo:hi] for t in args), k_max),
+            args[0].shape[0], self.workers, dev)
+        est = _scatter(concat_estimates([p.to("cpu") for p in parts]), ok, self.system.K_max)
+        return LocalizationResult(est, check.reasons)
 
-    def _run(self, y, H, codes, snr, K) -> Estimates:
+    def _run(self, y, H, codes, snr, K, k_max: int) -> Estimates:
         if self.method == "classical":
-            from risloc.estimators.classical import classical_localize
-
-            return classical_localize(y, H, codes, self.system, K=K, snr_db=snr)
-        return self.model.localize(y, H, codes, snr, K)
+            return classical_localize(y, H, codes, self.system.model_copy(
+                update={"K_max": k_max}), K=K, snr_db=snr, config=self.classical_config)
+        return self.pipeline.localize(y, H, codes, snr, K, k_max=k_max)

@@ -1,4 +1,4 @@
-"""Vectorised scene simulation (CONVENTIONS.md, "Measurement model").
+"""Vectorised scene simulation (docs/conventions.md, "Measurement model").
 
 y_l = H diag(c_l) A s_l + n_l,  s_l ~ CN(0, diag(p)) independent per snapshot,
 n_l ~ CN(0, sigma^2 I_M), sigma^2 set so that the *realised* per-antenna SNR
@@ -122,7 +122,7 @@ def _draw_K(batch: int, K_max: int, scene: SceneConfig, K: int | None,
 
 def draw_powers(mask: torch.Tensor, spread_db: float | tuple[float, float],
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Source powers p_k (CONVENTIONS.md): 1 for every real source when the spread s is 0,
+    """Source powers p_k (docs/conventions.md): 1 for every real source when the spread s is 0,
     else 10 log10 p_k ~ U[-s/2, s/2] independently per source; ``spread_db`` = (lo, hi)
     draws s ~ U[lo, hi] per scene first.
 

@@ -25,8 +25,10 @@ from risloc.config import (
     validate_config,
 )
 from risloc.estimators.music import MusicConfig
+from risloc.inference.recipe import BlendConfig, migrate_recipe
 from risloc.losses.total import LossConfig
 from risloc.model.network import ModelConfig
+from risloc.pipeline.order import MIN_ORDER_SCENES
 
 
 class _Section(BaseModel):
@@ -85,16 +87,6 @@ class ScheduleConfig(_Section):
         return self
 
 
-class BlendConfig(_Section):
-    """R_blend = (1 - beta) R_pred + beta R_samp (``risloc.covariance.blend``), then optional
-    shrinkage and diagonal loading -- identical in training, validation and inference."""
-
-    beta: float = Field(0.30, ge=0, le=1, description="final blend weight of R_samp")
-    shrinkage: float = Field(0.0, ge=0, le=1)
-    loading: float = Field(0.0, ge=0)
-    bp_alpha: float = Field(1e-3, gt=0, description="Tikhonov weight of R_samp")
-
-
 class DataConfig(_Section):
     """Training data (seeded simulator stream or a scene file) and the fixed validation set."""
 
@@ -124,7 +116,6 @@ class EvalConfig(_Section):
     f1_weight_deg: float = Field(5.0, ge=0)
 
 
-MIN_ORDER_SCENES = 64  # fewer scenes than this cannot fit the order head's 5-way classifier
 
 
 class OrderStageConfig(_Section):
@@ -133,7 +124,6 @@ class OrderStageConfig(_Section):
     shipped) and its head fitted there (risloc.pipeline.calibrate.fit_order)."""
 
     scenes: int = Field(16384, ge=0, description="training-split scenes (0 = skip this stage)")
-    unknown_snr: float = Field(0.25, ge=0, le=1, description="share shown without SNR")
     report_scenes: int = Field(256, ge=1, description="validation scenes per SNR of the report")
 
     @model_validator(mode="after")
@@ -189,17 +179,7 @@ class TrainConfig(_Section):
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
         """A recipe stored in a checkpoint (older formats migrated, :func:`_migrate`)."""
-        return validate_train_config(_migrate(json.loads(text)))
-
-
-def _migrate(data: dict[str, Any]) -> dict[str, Any]:
-    """Recipes stored before the one FieldOfView: their ``model`` section held its own
-    azimuth_deg / elevation_deg / range_m, always replaced by the scene's (dropped here)."""
-    model = data.get("model")
-    if isinstance(model, dict):
-        data = {**data, "model": {k: v for k, v in model.items()
-                                  if k not in ("azimuth_deg", "elevation_deg", "range_m")}}
-    return data
+        return validate_train_config(migrate_recipe(json.loads(text)))
 
 
 def _format(err: ValidationError) -> str:

@@ -1,56 +1,26 @@
-"""The forward pass shared by training, validation and inference, and the end-to-end
-validation: near-field MUSIC on R_blend with the predicted K, Hungarian-matched errors.
+"""End-to-end validation during training: the forward pass of
+:func:`risloc.inference.forward_blend` (shared with inference), near-field MUSIC on
+R_blend with the network's K, Hungarian-matched errors, the loss terms.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
 from risloc.config import SystemConfig
 from risloc.core.params import Estimates, concat_estimates
-from risloc.covariance.tools import blend, load_diagonal, sample_covariance, shrink
 from risloc.covariance.tools import subspace_overlap as overlap_fn
 from risloc.estimators.music import MusicConfig, music
 from risloc.evaluation.metrics import Matching, MetricSummary, match_sources, summarize
+from risloc.inference.forward import forward_blend
+from risloc.inference.recipe import BlendConfig
 from risloc.losses.covariance import covariance_nmse
 from risloc.losses.total import LossConfig, compute_losses
-from risloc.model.network import CovarianceNet, ModelOutput
+from risloc.model.network import CovarianceNet
 from risloc.simulation.scenes import SceneBatch, scene_true_covariance
-from risloc.training.config import BlendConfig
-
-
-class Forward(NamedTuple):
-    """out : ModelOutput; R_samp, R_blend : [B, N, N] complex64 (trace N)."""
-
-    out: ModelOutput
-    R_samp: torch.Tensor
-    R_blend: torch.Tensor
-
-
-def forward_blend(model: CovarianceNet, scenes: SceneBatch, beta: float,
-                  blend_cfg: BlendConfig = BlendConfig()) -> Forward:
-    """Network forward pass and the blended covariance -- the one place where R_blend is
-    made, for training, validation and inference alike.
-
-    R_blend = shrink/load(blend(R_pred, R_samp, beta)), R_samp from the measurements
-    (``risloc.covariance.sample_covariance``, detached inside ``blend``).
-    """
-    out = model(scenes.y, scenes.H, scenes.codes, scenes.snr_db)
-    R_samp = sample_covariance(scenes.y, scenes.H, scenes.codes, blend_cfg.bp_alpha)
-    B, N = scenes.y.shape[0], model.system.N
-    # PERMANENT shape assertions at the blend site: they catch shape drift at once.
-    assert out.R_pred.shape == (B, N, N), f"R_pred {tuple(out.R_pred.shape)} != {(B, N, N)}"
-    assert R_samp.shape == (B, N, N), f"R_samp {tuple(R_samp.shape)} != {(B, N, N)}"
-    R_blend = blend(out.R_pred, R_samp, beta, N)
-    if blend_cfg.shrinkage > 0:
-        R_blend = shrink(R_blend, blend_cfg.shrinkage)
-    if blend_cfg.loading > 0:
-        R_blend = load_diagonal(R_blend, blend_cfg.loading)
-    return Forward(out, R_samp, R_blend)
 
 
 @dataclass(frozen=True)
@@ -108,7 +78,7 @@ def evaluate(model: CovarianceNet, scenes: SceneBatch, system: SystemConfig, bet
     est, khat, nmse, nmse_p, ovl = [], [], [], [], []
     for lo in range(0, len(scenes), batch_size):
         sc = scenes[lo:lo + batch_size].to(device)
-        fwd = forward_blend(model, sc, beta, blend_cfg)
+        fwd = forward_blend(model, sc.y, sc.H, sc.codes, sc.snr_db, beta, blend_cfg)
         R_true = scene_true_covariance(sc, system)
         terms = compute_losses(fwd.out, fwd.R_blend, R_true, sc, system, loss_cfg)
         for k, v in terms.as_dict().items():

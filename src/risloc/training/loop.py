@@ -25,14 +25,15 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import SWALR, AveragedModel
 
+from risloc.inference.checkpoint import load_checkpoint, save_checkpoint
+from risloc.inference.forward import forward_blend
 from risloc.losses.total import LossConfig, LossTerms, compute_losses
 from risloc.model.network import CovarianceNet
 from risloc.simulation.scenes import SceneBatch, scene_true_covariance
 from risloc.training import schedules
-from risloc.training.checkpoint import load_checkpoint, save_checkpoint
 from risloc.training.config import TrainConfig
 from risloc.training.data import TrainData, validation_set
-from risloc.training.evaluate import EvalResult, evaluate, forward_blend
+from risloc.training.evaluate import EvalResult, evaluate
 from risloc.training.logs import CsvLog, EpochStats, epoch_progress
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,8 @@ class Trainer:
         amp = torch.autocast("cuda", dtype=torch.float16) if self.amp \
             else contextlib.nullcontext()
         with amp:
-            fwd = forward_blend(self.model, scenes, beta, self.cfg.blend)
+            fwd = forward_blend(self.model, scenes.y, scenes.H, scenes.codes, scenes.snr_db,
+                                beta, self.cfg.blend)
         R_true = scene_true_covariance(scenes, self.cfg.system)  # target only
         return compute_losses(fwd.out, fwd.R_blend, R_true, scenes, self.cfg.system, loss_cfg)
 

@@ -88,4 +88,24 @@ def test_noise_var_from_snr_matches_the_simulator():
     assert est.shape == (64,) and abs(float(ratio.mean()) - 1) < 0.03
     assert float(ratio.std()) < 0.1
     with pytest.raises(ValueError):
-        noise_var_from_snr(b.y, float("nan"))
+        noise_var_from_snr(b.y, float("inf"))
+    # NaN marks an unknown SNR in that scene only: its level is NaN, the others' are kept
+    snr = b.snr_db.clone()
+    snr[3] = float("nan")
+    part = noise_var_from_snr(b.y, snr)
+    assert bool(part[3].isnan()) and torch.equal(part[:3], est[:3])
+
+
+def test_residual_order_with_a_partly_known_noise_level():
+    """NaN in noise_var: that scene's level is estimated, the others use theirs."""
+    gen = torch.Generator().manual_seed(0)
+    costs = torch.sort(torch.rand(6, 6, generator=gen, dtype=torch.float64) * 100, 1,
+                       descending=True).values
+    sigma2 = torch.full((6,), 0.5, dtype=torch.float64)
+    known = residual_order(costs, 16, 16, sigma2)
+    unknown = residual_order(costs, 16, 16)
+    mixed = sigma2.clone()
+    mixed[[1, 4]] = float("nan")
+    both = residual_order(costs, 16, 16, mixed)
+    assert both[[0, 2, 3, 5]].tolist() == known[[0, 2, 3, 5]].tolist()
+    assert both[[1, 4]].tolist() == unknown[[1, 4]].tolist()

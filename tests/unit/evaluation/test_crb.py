@@ -336,3 +336,34 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="singular"):  # elevation of a linear array
         crb_deterministic(_t([[0.2]]), _t([[0.0]]), _t([[2.0]]), s[:, :, :1], H6, c6,
                           _t([0.1]), ula)
+
+
+def test_user_crb_from_an_snr_equals_the_bound_at_the_implied_noise_level(system):
+    """crb(...) for users' arrays: degrees in and out, a single scene or a batch, the noise
+    given as sigma^2 or as the per-antenna SNR it implies (the conventions' definition);
+    at high SNR the bound falls as 1/sqrt(SNR)."""
+    from risloc.evaluation import crb
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 2, system, SceneConfig(), split="test", K=2, snr_db=10.0)
+    az, el = torch.rad2deg(sc.azimuth[:, :2]), torch.rad2deg(sc.elevation[:, :2])
+    r = sc.range_m[:, :2]
+    one = crb(sc.H[0].numpy(), sc.codes[0].numpy(), az[0].numpy(), el[0].numpy(),
+              r[0].numpy(), system, snr_db=10.0)
+    batch = crb(sc.H, sc.codes, az, el, r, system, snr_db=10.0)
+    torch.testing.assert_close(one["azimuth_deg"][0], batch["azimuth_deg"][0])
+    # the noise level the SNR implies: (1/(L M)) sum_l ||Phi_l A||_F^2 / 10 (unit powers)
+    A = steering(sc.azimuth[:1, :2].double(), sc.elevation[:1, :2].double(),
+                 sc.range_m[:1, :2].double(), system, torch.complex128)
+    Bm = (sc.codes[0].to(torch.complex128).unsqueeze(1) * A[0].unsqueeze(0)) @ \
+        sc.H[0].to(torch.complex128).T  # (L, K, M)
+    sigma2 = float(Bm.abs().square().sum() / (system.L * system.M) / 10.0)
+    direct = crb(sc.H[0], sc.codes[0], az[0], el[0], r[0], system, noise_var=sigma2)
+    for k in ("azimuth_deg", "elevation_deg", "range_m"):
+        torch.testing.assert_close(direct[k], one[k], rtol=1e-6, atol=0)
+    hi = crb(sc.H, sc.codes, az, el, r, system, snr_db=40.0)
+    lo = crb(sc.H, sc.codes, az, el, r, system, snr_db=30.0)
+    ratio = hi["azimuth_deg"] / lo["azimuth_deg"]
+    assert torch.allclose(ratio, torch.full_like(ratio, 10 ** -0.5), rtol=0.02)
+    with pytest.raises(ValueError, match="exactly one"):
+        crb(sc.H, sc.codes, az, el, r, system)

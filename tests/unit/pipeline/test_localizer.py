@@ -34,14 +34,79 @@ def test_classical_localizer_finds_sources_and_skips_bad_scenes(system, scenes):
 
 def test_localizer_rejects_bad_shapes_and_methods(system, scenes):
     loc = Localizer(system, "classical")
-    with pytest.raises(ValueError, match="y must be"):
+    with pytest.raises(ValueError, match="M=4"):
         loc.localize(scenes.y[:, :, :4], scenes.H, scenes.codes)
-    with pytest.raises(ValueError, match="complex"):
+    with pytest.raises(ValueError, match="codes"):
+        loc.localize(scenes.y, scenes.H, scenes.codes[:2])
+    with pytest.raises(TypeError, match="y must be complex"):
         loc.localize(scenes.y.real, scenes.H, scenes.codes)
+    with pytest.raises(TypeError, match="H is required"):
+        loc.localize(scenes.y, None, scenes.codes)
     with pytest.raises(ValueError, match="method"):
         Localizer(system, "magic")
-    with pytest.raises(ValueError, match="needs a model"):
+    with pytest.raises(ValueError, match="needs a pipeline"):
         Localizer(system, "learned")
+
+
+def test_numpy_single_scene_and_complex128_give_the_batched_torch_answer(system, scenes):
+    loc = Localizer(system, "classical", workers=1)
+    ref = loc.localize(scenes.y, scenes.H, scenes.codes, K=1).estimates
+    one = loc.localize(scenes.y[1].numpy().astype("complex128"), scenes.H[1].numpy(),
+                       scenes.codes[1].numpy(), K=1)
+    assert len(one) == 1 and int(one.estimates.K[0]) == 1
+    assert abs(float(one.estimates.azimuth[0, 0] - ref.azimuth[1, 0])) < 1e-5
+    rec = one.records()
+    assert rec[0]["scene"] == 0 and rec[0]["source"] == 0
+    assert rec[0]["azimuth_deg"] == pytest.approx(math.degrees(float(ref.azimuth[1, 0])),
+                                                  abs=1e-3)
+    xyz = one.xyz()
+    r = float(ref.range_m[1, 0])
+    assert xyz.shape == (1, system.K_max, 3) and math.isclose(
+        float((xyz[0, 0] ** 2).sum()) ** 0.5, r, rel_tol=1e-5)
+    arr = one.to_numpy()
+    assert arr["K"].tolist() == [1] and math.isnan(arr["range_m"][0, 1])
+
+
+def test_system_is_checked_with_a_tolerance_and_names_the_field(system, scenes):
+    loc = Localizer(system, "classical", workers=1)
+    c = 299_792_458.0
+    same = system.model_copy(update={"wavelength": c / (c / system.wavelength)})
+    loc.localize(scenes.y[:1], scenes.H[:1], scenes.codes[:1], system=same)
+    other = system.model_dump() | {"wavelength": 0.25}
+    with pytest.raises(ValueError, match="wavelength 0.25"):
+        loc.localize(scenes.y[:1], scenes.H[:1], scenes.codes[:1], system=other)
+    fewer = system.model_copy(update={"K_max": 2})
+    res = loc.localize(scenes.y, scenes.H, scenes.codes, system=fewer)
+    assert int(res.estimates.K.max()) <= 2
+    with pytest.raises(ValueError, match="1..K_max=2"):
+        loc.localize(scenes.y, scenes.H, scenes.codes, K=3, system=fewer)
+
+
+def test_K_and_snr_inputs_are_validated(system, scenes):
+    loc = Localizer(system, "classical", workers=1)
+    for K, err in ((2.5, ValueError), (7, ValueError), ([1, 2], ValueError), (0, ValueError)):
+        with pytest.raises(err):
+            loc.localize(scenes.y, scenes.H, scenes.codes, K=K)
+    with pytest.raises(ValueError, match="one value per scene"):
+        loc.localize(scenes.y, scenes.H, scenes.codes, snr_db=[10.0, 20.0])
+    with pytest.raises(TypeError, match="numeric"):
+        loc.localize(scenes.y, scenes.H, scenes.codes, snr_db="20")
+    # a NaN SNR in one scene leaves the others' SNR in use
+    part = scenes.snr_db.clone()
+    part[0] = math.nan
+    a = loc.localize(scenes.y, scenes.H, scenes.codes, snr_db=part).estimates
+    b = loc.localize(scenes.y[1:], scenes.H[1:], scenes.codes[1:], snr_db=scenes.snr_db[1:])
+    assert torch.equal(a.K[1:], b.estimates.K)
+
+
+def test_units_of_y_and_H_do_not_matter_even_at_float32_extremes(system, scenes):
+    loc = Localizer(system, "classical", workers=1)
+    ref = loc.localize(scenes.y, scenes.H, scenes.codes).estimates
+    for y, H in ((scenes.y * 1e-30, scenes.H), (scenes.y, scenes.H * 1e18)):
+        est = loc.localize(y, H, scenes.codes).estimates
+        assert torch.equal(est.K, ref.K)
+        torch.testing.assert_close(est.azimuth, ref.azimuth, atol=1e-4, rtol=0,
+                                   equal_nan=True)
 
 
 def test_estimates_file_round_trip(tmp_path, scenes):

@@ -117,7 +117,7 @@ def test_fresnel_system_and_other_codebooks():
 
 
 def test_power_spread_draws_uniform_db_and_keeps_everything_else(system, scene):
-    """10 log10 p_k ~ U[-s/2, s/2] (CONVENTIONS.md); the spread scene keeps the sources,
+    """10 log10 p_k ~ U[-s/2, s/2] (docs/conventions.md); the spread scene keeps the sources,
     channel, codes, SNR and noise draws of the equal-power scene with the same seed."""
     from risloc.simulation import simulate_range
 

@@ -12,7 +12,7 @@ from risloc.losses import LossConfig, compute_losses
 from risloc.model import CovarianceNet, ModelConfig
 from risloc.simulation import SceneBatch, scene_true_covariance, simulate_batch
 from risloc.training.config import load_train_config
-from risloc.training.evaluate import forward_blend
+from risloc.inference.forward import forward_blend
 from risloc.training.loop import build_optimizer, ema_multi_avg_fn, sanitise_gradients
 
 SYSTEM = SystemConfig()
@@ -61,7 +61,7 @@ def test_perturbing_R_true_leaves_the_prediction_unchanged():
     R1, R2 = scene_true_covariance(sc, SYSTEM), scene_true_covariance(moved, SYSTEM)
     assert (R1 - R2).abs().max() > 0.1
     with torch.no_grad():
-        f1, f2 = forward_blend(model, sc, 0.3), forward_blend(model, moved, 0.3)
+        f1, f2 = (forward_blend(model, s.y, s.H, s.codes, s.snr_db, 0.3) for s in (sc, moved))
     assert torch.equal(f1.out.R_pred, f2.out.R_pred) and torch.equal(f1.R_blend, f2.R_blend)
     assert torch.equal(f1.out.K_logits, f2.out.K_logits)
     # and R_true receives no gradient through the loss: it is detached inside
@@ -77,8 +77,8 @@ def test_forward_blend_rejects_scenes_of_another_system():
     other = CovarianceNet(SystemConfig(N_H=10), ModelConfig(width=16, dilations=(1,),
                                                              hidden=16))
     with pytest.raises(ValueError):
-        forward_blend(other, sc, 0.3)
-    assert forward_blend(model, sc, 0.0).R_blend.shape == (2, 144, 144)
+        forward_blend(other, sc.y, sc.H, sc.codes, sc.snr_db, 0.3)
+    assert forward_blend(model, sc.y, sc.H, sc.codes, None, 0.0).R_blend.shape == (2, 144, 144)
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")  # the skipped step

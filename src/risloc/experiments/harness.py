@@ -2,7 +2,7 @@
 
 Scenes come from the simulator (test split; each (SNR, K) point has its own seed stream)
 or from a user's scene file (grouped by its snr_db, rounded to 1 dB). Results are
-written as CSV + JSON; plots by :mod:`risloc.evaluation.plots`.
+written as CSV + JSON; plots by :mod:`risloc.experiments.plots`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 from risloc.config import RislocConfig, SystemConfig
 from risloc.core.params import Estimates, concat_estimates
 from risloc.evaluation.crb import CRBResult, crb_for_scenes
-from risloc.evaluation.estimators import get_estimator
 from risloc.evaluation.metrics import match_sources, summarize
+from risloc.experiments.estimators import get_estimator
 from risloc.io.atomic import write_csv_atomic, write_text_atomic
 from risloc.parallel import run_in_chunks
 from risloc.simulation import SceneBatch, concat_batches, simulate_range

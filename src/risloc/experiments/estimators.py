@@ -9,7 +9,7 @@ when the order is given to the estimator, else None (the estimator decides K).
 | music-samp+nfmle | the same, polished by NF-MLE | MDL on R_samp |
 | ramezani-samp | Ramezani et al. 2024 modified MUSIC on R_samp | MDL on R_samp |
 | music-oracle | MUSIC on R_true (evaluation-only ceiling) | the true K |
-| learned | network -> R_blend -> MUSIC -> NF-MLE (a checkpoint; default: shipped model) | K head |
+| learned | the learned pipeline (a checkpoint; default: the shipped model) | its order head |
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ def _samp_order(R: torch.Tensor, system: SystemConfig) -> torch.Tensor:
 
 
 def _classical(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None) -> Estimates:
-    from risloc.estimators.classical import classical_localize
+    from risloc.pipeline.localizer import Localizer
 
-    snr = scenes.snr_db if bool(torch.isfinite(scenes.snr_db).all()) else None
-    return classical_localize(scenes.y, scenes.H, scenes.codes, system, K=K, snr_db=snr)
+    loc = Localizer(system, "classical", workers=1)
+    return loc.localize(scenes.y, scenes.H, scenes.codes, scenes.snr_db, K).estimates
 
 
 def _music_samp(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None) -> Estimates:
@@ -82,15 +82,13 @@ ESTIMATORS: dict[str, Estimator] = {
 
 
 def _learned(checkpoint: str | None) -> Estimator:
-    from risloc.pipeline.learned import load_learned_pipeline
+    from risloc.pipeline.localizer import Localizer
 
-    pipeline = load_learned_pipeline(checkpoint)
+    loc = Localizer.from_checkpoint(checkpoint, workers=1)
 
     def run(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None) -> Estimates:
-        if system != pipeline.system:
-            raise ValueError("the scenes' system differs from the checkpoint's system")
-        snr = scenes.snr_db if bool(torch.isfinite(scenes.snr_db).all()) else None
-        return pipeline.localize(scenes.y, scenes.H, scenes.codes, snr, K)
+        return loc.localize(scenes.y, scenes.H, scenes.codes, scenes.snr_db, K,
+                            system=system).estimates
 
     return run
 

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from risloc.config import SystemConfig  # noqa: E402
-from risloc.evaluation.harness import ResultRow  # noqa: E402
+from risloc.experiments.harness import ResultRow  # noqa: E402
 
 _PANELS = (("azimuth_median_deg", "crb_azimuth_median_deg", "azimuth [deg]"),
            ("elevation_median_deg", "crb_elevation_median_deg", "elevation [deg]"),

@@ -1,0 +1,265 @@
+"""Measurement-domain ML fit from candidate positions: polish, repair, nested sets.
+
+The learned pipeline's candidates (the network's slots, MUSIC peaks on its covariance)
+are good starting points but not a fit: they miss sources that a stronger source masks
+(with powers spread over 12 dB, about a third of the weakest sources at 20 dB) and they
+carry spurious ones. This stage turns S candidates into nested maximum-likelihood fits,
+judged by the concentrated likelihood of :mod:`risloc.estimators.nfmle`:
+
+1. **polish** — the S candidates are refined jointly by NF-MLE (a few LM iterations).
+2. **repair** — RELAX-style (Li & Stoica 1996) rounds on the S-source fit: the source
+   whose removal costs least leaves, the classical greedy step
+   (:func:`risloc.estimators.classical.residual_proposal`: the OLS statistic T on a
+   shortlisted grid) proposes a replacement from the residual of the others, and where
+   the replacement removes more residual energy than the source it replaces, the swapped
+   set is polished again and kept if its cost is lower. A source masked by a stronger
+   one stands out in the residual once the stronger one is fitted.
+3. **nested sets** — backward elimination: from the S-source fit the source whose removal
+   costs least is dropped, then the next, down to one. theta[:, :k] is the k-source set
+   and C_k its residual cost (amplitudes refitted, positions of the S-source fit).
+
+The removal cost of source j from a fit with amplitudes s_l and Gram G_l = B_l^H B_l is
+the least-squares downdate sum_l |s_lj|^2 / [G_l^-1]_jj: all S of them from one fit.
+
+Who decides K is not this module's business: it returns the nested costs; the pipeline's
+order stage reads them (:mod:`risloc.pipeline.order`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+import torch
+
+from risloc.config import SystemConfig
+from risloc.core.params import steering_at
+from risloc.covariance.tools import abs2
+from risloc.estimators.classical import (
+    ClassicalConfig,
+    ols_statistic,
+    residual_proposal,
+    search_grid,
+)
+from risloc.estimators.nfmle import Fit, NFMLEConfig, amplitude_fit, lm_solve
+
+
+@dataclass(frozen=True)
+class MLFitConfig:
+    """Settings of :func:`ml_fit`.
+
+    polish : the joint NF-MLE of the candidates and of every repaired set (few LM
+        iterations, float32 is enough: the pipeline polishes the chosen sources last).
+    repairs : repair rounds (0 = none).
+    shortlist : grid points at which the repair's statistic T is evaluated exactly.
+    search : the grid of the repair proposals (and its field of view, which should be the
+        polish's): the classical localizer's.
+    """
+
+    polish: NFMLEConfig = field(default_factory=lambda: NFMLEConfig(
+        iterations=3, double=False, tikhonov=1e-5))
+    repairs: int = 2
+    shortlist: int = 32
+    selection: str = "greedy"
+    gate: bool = False
+    select_iterations: int = 2
+    search: ClassicalConfig = field(default_factory=ClassicalConfig)
+
+    def __post_init__(self) -> None:
+        if self.repairs < 0 or self.shortlist < 1:
+            raise ValueError(f"repairs must be >= 0 and shortlist >= 1, got {self.repairs}, "
+                             f"{self.shortlist}")
+        if self.polish.fov != self.search.fov:
+            raise ValueError("the polish and the repair grid must share one field of view")
+
+
+class MLFit(NamedTuple):
+    """Nested ML fits of a batch (S = number of candidates).
+
+    theta : [B, S, 3] — (azimuth [rad], elevation [rad], 1/range [1/m]) in nested order:
+        theta[:, :k] is the k-source set
+    costs : [B, S + 1] float64 — C_0 = sum_l ||y_l||^2, C_k the residual of the k-source set
+        (non-increasing)
+    received : [B, S] float — power each source contributes per antenna in the S-source
+        fit, mean_l |s_lj|^2 ||Phi_l a_j||^2 / M (units of |y|^2), nested order
+    repaired : [B] int64 — repair rounds that lowered the cost
+    """
+
+    theta: torch.Tensor
+    costs: torch.Tensor
+    received: torch.Tensor
+    repaired: torch.Tensor
+
+
+def removal_gains(fit: Fit, mask: torch.Tensor) -> torch.Tensor:
+    """Residual cost each source's removal adds, sum_l |s_lj|^2 / [G_l^-1]_jj: [B, S]
+    (+inf where mask is False)."""
+    Ginv = torch.linalg.inv(fit.G)  # (B, L, S, S), small
+    d = torch.diagonal(Ginv, dim1=-2, dim2=-1).real.clamp_min(1e-30)  # (B, L, S)
+    gain = (abs2(fit.s) / d).sum(1)
+    return torch.where(mask, gain, torch.full_like(gain, float("inf")))
+
+
+def _fit(y, H, codes, theta, mask, system, cfg: NFMLEConfig) -> Fit:
+    return amplitude_fit(y, H, codes, steering_at(theta, system, y.dtype), mask, cfg.tikhonov)
+
+
+def _last(theta: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """theta with slot j [B] swapped to the last slot."""
+    B, S, _ = theta.shape
+    perm = torch.arange(S, device=theta.device).expand(B, S).clone()
+    rows = torch.arange(B, device=theta.device)
+    perm[rows, j] = S - 1
+    perm[:, S - 1] = j
+    return theta.gather(1, perm.unsqueeze(-1).expand(-1, -1, 3))
+
+
+def _take(new: tuple, old: tuple, where: torch.Tensor) -> tuple:
+    return tuple(torch.where(where.view((-1,) + (1,) * (n.ndim - 1)), n, o)
+                 for n, o in zip(new, old, strict=True))
+
+
+def _repair(y, H, codes, theta, fit, system, config: MLFitConfig, grid):
+    """One repair round (module docstring); returns (theta, fit, improved [B] bool)."""
+    B, S, _ = theta.shape
+    full = torch.ones(B, S, dtype=torch.bool, device=y.device)
+    gains = removal_gains(fit, full)
+    loss, j = gains.min(-1)
+    theta = _last(theta, j)
+    fit = _fit(y, H, codes, theta, full, system, config.polish)  # in theta's new order
+    others = full.clone()
+    others[:, -1] = False
+    rest = _fit(y, H, codes, theta, others, system, config.polish)
+    prop = residual_proposal(y, H, codes, rest, others, grid, config.search.floor,
+                             config.shortlist)
+    improved = torch.zeros(B, dtype=torch.bool, device=y.device)
+    # the swap is refined where it lowers the cost already before refinement
+    todo = ((prop.gain > loss) | (not config.gate)).nonzero().squeeze(-1)
+    if todo.numel():
+        cand = theta[todo].clone()
+        cand[:, -1] = prop.theta[todo].to(cand.dtype)
+        cand, cfit, _ = lm_solve(y[todo], H[todo], codes[todo], cand, full[todo], system,
+                                 config.polish)
+        better = cfit.cost < fit.cost[todo]
+        improved[todo[better]] = True
+        theta[todo] = torch.where(better.view(-1, 1, 1), cand, theta[todo])
+        fit = Fit(*(o.index_put((todo,), torch.where(
+            better.view((-1,) + (1,) * (n.ndim - 1)), n, o[todo]))
+            for n, o in zip(cfit, fit, strict=True)))
+    return theta, fit, improved
+
+
+def _forward(y, H, codes, theta, fit, system, config: MLFitConfig):
+    """Forward selection (orthogonal least squares) among the S fitted sources: theta in
+    nested order and the costs C_0..C_S (module docstring)."""
+    B, S, _ = theta.shape
+    cols = fit.Bm  # (B, L, M, S): the S sources' measured columns
+    gains = abs2(cols).sum(2)  # (B, L, S)
+    rows = torch.arange(B, device=y.device)
+    taken = torch.zeros(B, S, dtype=torch.bool, device=y.device)
+    rank = torch.zeros(B, S, dtype=torch.int64, device=y.device)
+    costs = torch.empty(B, S + 1, dtype=torch.float64, device=y.device)
+    costs[:, 0] = abs2(y).sum((-1, -2)).double()
+    cur = None
+    for k in range(S):
+        if k == 0:
+            T = (abs2(cols.mH @ y.unsqueeze(-1)).squeeze(-1) / gains.clamp_min(1e-30)).sum(1)
+        else:
+            T = ols_statistic(cur, cols, gains, config.search.floor,
+                              torch.ones(B, k, dtype=torch.bool, device=y.device))
+        j = torch.where(taken, torch.full_like(T, -float("inf")), T).argmax(-1)
+        taken[rows, j] = True
+        rank[:, k] = j
+        chosen = theta.gather(1, rank[:, :k + 1].unsqueeze(-1).expand(-1, -1, 3))
+        cur = _fit(y, H, codes, chosen, torch.ones(B, k + 1, dtype=torch.bool,
+                                                   device=y.device), system, config.polish)
+        costs[:, k + 1] = cur.cost.double()
+    nested = theta.gather(1, rank.unsqueeze(-1).expand(-1, -1, 3))
+    return nested, torch.cummin(costs, 1).values, rank
+
+
+def _greedy(y, H, codes, theta, fit, system, config: MLFitConfig):
+    """Forward selection with refinement: the k-th source is the one of the S fitted
+    positions that removes most residual energy given the first k - 1 (OLS), and the k
+    chosen are polished jointly before the next pick, so each nested set is refined as a
+    set of k (a K_max fit's positions are not those of its subsets: a spurious neighbour
+    of a strong source absorbs part of its error and looks like a source on its own)."""
+    B, S, _ = theta.shape
+    dev = y.device
+    pool = theta.clone()
+    cols = fit.Bm  # (B, L, M, S)
+    gains = abs2(cols).sum(2)  # (B, L, S)
+    rows = torch.arange(B, device=dev)
+    taken = torch.zeros(B, S, dtype=torch.bool, device=dev)
+    nested = torch.empty_like(theta)
+    costs = torch.empty(B, S + 1, dtype=torch.float64, device=dev)
+    costs[:, 0] = abs2(y).sum((-1, -2)).double()
+    cur = None
+    for k in range(S):
+        if k == 0:
+            T = (abs2(cols.mH @ y.unsqueeze(-1)).squeeze(-1) / gains.clamp_min(1e-30)).sum(1)
+        else:
+            T = ols_statistic(cur, cols, gains, config.search.floor,
+                              torch.ones(B, k, dtype=torch.bool, device=dev))
+        j = torch.where(taken, torch.full_like(T, -float("inf")), T).argmax(-1)
+        taken[rows, j] = True
+        nested[:, k] = pool[rows, j]
+        mask = torch.ones(B, k + 1, dtype=torch.bool, device=dev)
+        if k == S - 1:  # all S sources: the polished S-source fit itself
+            cur = fit
+        else:
+            th, cur, _ = lm_solve(y, H, codes, nested[:, :k + 1].clone(), mask, system,
+                                  replace(config.polish, iterations=config.select_iterations))
+            nested[:, :k + 1] = th
+        costs[:, k + 1] = cur.cost.double()
+    return nested, torch.cummin(costs, 1).values, None
+
+
+def _nested(y, H, codes, theta, fit, system, config: MLFitConfig):
+    """Backward elimination: theta in nested order and the costs C_0..C_S."""
+    B, S, _ = theta.shape
+    keep = torch.ones(B, S, dtype=torch.bool, device=y.device)
+    rank = torch.zeros(B, S, dtype=torch.int64, device=y.device)  # slot kept k-th
+    costs = torch.empty(B, S + 1, dtype=torch.float64, device=y.device)
+    costs[:, 0] = abs2(y).sum((-1, -2)).double()
+    costs[:, S] = fit.cost.double()
+    rows = torch.arange(B, device=y.device)
+    cur = fit
+    for k in range(S, 1, -1):
+        j = removal_gains(cur, keep).argmin(-1)
+        keep[rows, j] = False
+        rank[:, k - 1] = j
+        cur = _fit(y, H, codes, theta, keep, system, config.polish)
+        costs[:, k - 1] = cur.cost.double()
+    rank[:, 0] = keep.to(torch.int64).argmax(-1)
+    nested = theta.gather(1, rank.unsqueeze(-1).expand(-1, -1, 3))
+    return nested, torch.cummin(costs, 1).values, rank
+
+
+@torch.no_grad()
+def ml_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, start: torch.Tensor,
+           system: SystemConfig, config: MLFitConfig = MLFitConfig()) -> MLFit:
+    """Nested ML fits from S candidate positions per scene (module docstring).
+
+    y : [B, L, M], H : [B, M, N], codes : [B, L, N] complex (of the working dtype of
+        ``config.polish``; no input checks: the pipeline checks its inputs once)
+    start : [B, S, 3] — finite candidate positions (azimuth, elevation, 1/range), S >= 1
+    """
+    B, S, _ = start.shape
+    full = torch.ones(B, S, dtype=torch.bool, device=y.device)
+    theta, fit, _ = lm_solve(y, H, codes, start.to(y.real.dtype).clone(), full, system,
+                             config.polish)
+    grid = search_grid(system, config.search, y.dtype, str(y.device))
+    repaired = torch.zeros(B, dtype=torch.int64, device=y.device)
+    for _ in range(config.repairs if S > 1 else 0):
+        theta, fit, improved = _repair(y, H, codes, theta, fit, system, config, grid)
+        repaired += improved
+    received = (abs2(fit.s) * abs2(fit.Bm).sum(-2)).mean(1) / y.shape[-1]  # (B, S)
+    order = {"forward": _forward, "backward": _nested, "greedy": _greedy}[config.selection]
+    nested, costs, rank = order(y, H, codes, theta, fit, system, config)
+    if rank is None:
+        nf = _fit(y, H, codes, nested, torch.ones(B, S, dtype=torch.bool, device=y.device),
+                  system, config.polish)
+        received = (abs2(nf.s) * abs2(nf.Bm).sum(-2)).mean(1) / y.shape[-1]
+        return MLFit(nested, costs, received, repaired)
+    return MLFit(nested, costs, received.gather(1, rank), repaired)

@@ -1,0 +1,45 @@
+"""The network's forward pass and the blended covariance: one function that training,
+validation and inference all call, so they cannot drift apart."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from risloc.covariance.tools import blend, load_diagonal, sample_covariance, shrink
+from risloc.inference.recipe import BlendConfig
+from risloc.model.network import CovarianceNet, ModelOutput
+
+
+class Forward(NamedTuple):
+    """out : ModelOutput; R_samp, R_blend : [B, N, N] complex64 (trace N), or None where
+    the covariance was not made (the learned pipeline proposing the network's slots)."""
+
+    out: ModelOutput
+    R_samp: torch.Tensor | None
+    R_blend: torch.Tensor | None
+
+
+def forward_blend(model: CovarianceNet, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                  snr_db: torch.Tensor | None, beta: float,
+                  blend_cfg: BlendConfig = BlendConfig()) -> Forward:
+    """Network forward pass and the blended covariance -- the one place where R_blend is
+    made, for training, validation and inference alike.
+
+    R_blend = shrink/load(blend(R_pred, R_samp, beta)), R_samp from the measurements
+    (``risloc.covariance.sample_covariance``, detached inside ``blend``).
+    y [B, L, M], H [B, M, N], codes [B, L, N] complex; snr_db [B] (NaN = unknown) or None.
+    """
+    out = model(y, H, codes, snr_db)
+    R_samp = sample_covariance(y, H, codes, blend_cfg.bp_alpha)
+    B, N = y.shape[0], model.system.N
+    # PERMANENT shape assertions at the blend site: they catch shape drift at once.
+    assert out.R_pred.shape == (B, N, N), f"R_pred {tuple(out.R_pred.shape)} != {(B, N, N)}"
+    assert R_samp.shape == (B, N, N), f"R_samp {tuple(R_samp.shape)} != {(B, N, N)}"
+    R_blend = blend(out.R_pred, R_samp, beta, N)
+    if blend_cfg.shrinkage > 0:
+        R_blend = shrink(R_blend, blend_cfg.shrinkage)
+    if blend_cfg.loading > 0:
+        R_blend = load_diagonal(R_blend, blend_cfg.loading)
+    return Forward(out, R_samp, R_blend)

@@ -1,0 +1,85 @@
+"""What inference needs of a training recipe, read from a checkpoint's stored recipe.
+
+A checkpoint stores its full training recipe (:class:`risloc.training.config.TrainConfig`)
+as JSON. Inference reads only the sections that define the network and how its output
+is used: ``system``, ``scene`` (the field of view), ``model``, ``blend`` and, of ``data``,
+``snr_shown``. The blend settings live here, below training, since training, validation
+and inference make R_blend with the same :func:`risloc.inference.forward.forward_blend`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from risloc.config import ConfigError, FieldOfView, SceneConfig, SystemConfig
+from risloc.model.network import ModelConfig
+
+
+class BlendConfig(BaseModel):
+    """R_blend = (1 - beta) R_pred + beta R_samp (``risloc.covariance.blend``), then optional
+    shrinkage and diagonal loading -- identical in training, validation and inference."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    beta: float = Field(0.30, ge=0, le=1, description="final blend weight of R_samp")
+    shrinkage: float = Field(0.0, ge=0, le=1)
+    loading: float = Field(0.0, ge=0)
+    bp_alpha: float = Field(1e-3, gt=0, description="Tikhonov weight of R_samp")
+
+
+class _DataView(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    snr_shown: float = Field(1.0, ge=0, le=1)
+    seed: int = Field(0, ge=0)
+
+
+class InferenceRecipe(BaseModel):
+    """The inference view of a stored recipe (module docstring)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    system: SystemConfig = SystemConfig()
+    scene: SceneConfig = SceneConfig()
+    model: ModelConfig = ModelConfig()
+    blend: BlendConfig = BlendConfig()
+    data: _DataView = _DataView()
+
+    @property
+    def fov(self) -> FieldOfView:
+        """The field of view the network was trained on (its scene's)."""
+        return self.scene.fov
+
+    @property
+    def reads_snr(self) -> bool:
+        """Whether the network was ever given the SNR in training (else it never is)."""
+        return self.data.snr_shown > 0
+
+    def network_config(self) -> ModelConfig:
+        """ModelConfig with the scene's field of view."""
+        return replace(self.model, fov=self.fov)
+
+    @classmethod
+    def from_json(cls, text: str) -> InferenceRecipe:
+        try:
+            return cls.model_validate(migrate_recipe(json.loads(text)))
+        except (ValidationError, ValueError) as err:
+            raise ConfigError(f"the checkpoint's recipe is invalid: {err}") from None
+
+
+_RETIRED = {"model": ("azimuth_deg", "elevation_deg", "range_m"), "order": ("unknown_snr",)}
+
+
+def migrate_recipe(data: dict[str, Any]) -> dict[str, Any]:
+    """Older stored recipes, read as today's: the ``model`` section's own field of view
+    (always replaced by the scene's) and ``order.unknown_snr`` (the order head no longer
+    reads the SNR) are dropped."""
+    for section, keys in _RETIRED.items():
+        sec = data.get(section)
+        if isinstance(sec, dict):
+            data = {**data, section: {k: v for k, v in sec.items() if k not in keys}}
+    return data
