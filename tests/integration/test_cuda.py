@@ -12,11 +12,10 @@ import torch
 
 from risloc.config import SceneConfig
 from risloc.estimators.classical import classical_localize
+from risloc.inference.checkpoint import load_checkpoint, model_from_state
 from risloc.pipeline.learned import load_learned_pipeline
 from risloc.simulation import simulate_range
-from risloc.inference.checkpoint import load_checkpoint
 from risloc.training import load_train_config, train
-from risloc.inference.checkpoint import model_from_state
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 from risloc.cli.main import app
 from risloc.config import SceneConfig, SystemConfig
 from risloc.estimators.music import MusicConfig
+from risloc.inference.checkpoint import load_checkpoint
 from risloc.pipeline import Localizer
 from risloc.pipeline.learned import load_learned_pipeline
 from risloc.simulation import simulate_range
 from risloc.training import load_train_config, train
-from risloc.inference.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()

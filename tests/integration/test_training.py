@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from risloc.cli.train import train_command
 from risloc.config import SceneConfig, SystemConfig
+from risloc.inference.checkpoint import load_checkpoint
 from risloc.io import write_scenes
 from risloc.losses import TERMS
 from risloc.simulation import simulate_range
-from risloc.inference.checkpoint import load_checkpoint
 from risloc.training import load_train_config, train
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from risloc.config import SceneConfig
+from risloc.inference.checkpoint import load_checkpoint, load_model, save_checkpoint
 from risloc.simulation import simulate_batch
-from risloc.inference.checkpoint import load_checkpoint, load_model
-from risloc.inference.checkpoint import save_checkpoint
 from risloc.training.config import load_train_config
 from risloc.training.loop import Trainer
 

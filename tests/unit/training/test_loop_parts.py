@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from risloc.config import SceneConfig, SystemConfig
+from risloc.inference.forward import forward_blend
 from risloc.losses import LossConfig, compute_losses
 from risloc.model import CovarianceNet, ModelConfig
 from risloc.simulation import SceneBatch, scene_true_covariance, simulate_batch
 from risloc.training.config import load_train_config
-from risloc.inference.forward import forward_blend
 from risloc.training.loop import build_optimizer, ema_multi_avg_fn, sanitise_gradients
 
 SYSTEM = SystemConfig()
