@@ -1,6 +1,7 @@
 """The model shipped inside the package (src/risloc/models/default.pt): it is present,
 loads through the public API, matches the default system, carries its model card, and
-localizes clean single-source scenes of the held-out test split accurately."""
+behaves as users need on held-out test-split scenes: no use of the SNR, unequal powers,
+a known K never hurting, units of y and H irrelevant."""
 
 import json
 
@@ -9,7 +10,8 @@ import torch
 from risloc.config import SceneConfig, SystemConfig
 from risloc.evaluation.metrics import match_sources, summarize
 from risloc.pipeline import Localizer
-from risloc.pipeline.learned import DEFAULT_MODEL
+from risloc.physics import steering
+from risloc.pipeline.learned import DEFAULT_MODEL, load_learned_pipeline
 from risloc.simulation import simulate_range
 
 
@@ -18,7 +20,11 @@ def test_shipped_model_is_packaged_with_its_card():
     assert DEFAULT_MODEL.stat().st_size < 5e6
     card = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
     assert card["config"]["system"] == SystemConfig().model_dump(mode="json")
+    assert card["config"]["data"]["snr_shown"] == 0  # trained without the SNR
+    assert card["config"]["scene"]["power_spread_db"] == [0.0, 15.0]  # and unequal powers
     assert 0.0 < card["validation"]["K_accuracy"] <= 1.0
+    rows = card["order_head"]["per_snr"]
+    assert {(r["snr_db"], r["power_spread_db"]) for r in rows} >= {(20.0, 0.0), (20.0, 12.0)}
 
 
 def test_shipped_model_localizes_high_snr_single_sources():
@@ -26,26 +32,72 @@ def test_shipped_model_localizes_high_snr_single_sources():
     assert loc.method == "learned" and loc.system == SystemConfig()
     sc = simulate_range(0, 16, loc.system, SceneConfig(), seed=11, split="test", snr_db=20.0,
                         K=1)
-    est = loc.localize(sc.y, sc.H, sc.codes, sc.snr_db).estimates
+    est = loc.localize(sc.y, sc.H, sc.codes).estimates
     s = summarize(match_sources(est, sc.azimuth, sc.elevation, sc.range_m, sc.K))
     assert s.K_accuracy >= 0.9
     assert s.angle_median_deg < 0.5 and s.range_median_m < 0.5
     assert bool(torch.isfinite(est.azimuth[est.mask]).all())
 
 
-def test_shipped_model_decides_K_with_its_order_head():
-    from risloc.pipeline.learned import load_learned_pipeline
-
+def test_the_snr_changes_nothing():
+    """Users' files rarely carry an SNR, so the learned localizer never uses it: K and
+    positions are identical with the true SNR, a wrong one, and none (tolerance: exact)."""
     pipe = load_learned_pipeline()
-    assert pipe.order_head is not None, "the shipped model carries an order head"
-    card = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
-    rows = {r["snr_db"]: r for r in card["order_head"]["per_snr"]}
-    # what `risloc fit-order` measured on the validation split when the head was fitted
-    assert rows[20.0]["K_accuracy_order_head"] >= rows[20.0]["K_accuracy_network_head"]
-    sc = simulate_range(0, 24, pipe.system, SceneConfig(), seed=12, split="test", snr_db=20.0,
-                        K=3)
-    est = pipe.localize(sc.y, sc.H, sc.codes, sc.snr_db)
-    assert float((est.K == 3).float().mean()) >= 0.8
+    assert pipe.order_head is not None and not pipe.recipe.reads_snr
+    loc = Localizer(pipe.system, "learned", pipe, workers=1)
+    sc = simulate_range(0, 16, pipe.system, SceneConfig(), seed=12, split="test",
+                        snr_db=10.0)
+    ref = loc.localize(sc.y, sc.H, sc.codes).estimates
+    for snr in (sc.snr_db, sc.snr_db - 8.0):
+        est = loc.localize(sc.y, sc.H, sc.codes, snr).estimates
+        assert torch.equal(est.K, ref.K)
+        assert torch.equal(est.azimuth.nan_to_num(), ref.azimuth.nan_to_num())
+        assert torch.equal(est.range_m.nan_to_num(), ref.range_m.nan_to_num())
+
+
+def test_a_source_10_dB_weaker_than_the_others_is_kept_at_20_dB():
+    """Unequal powers: in 2- and 3-source scenes at 20 dB whose last source is 10 dB below
+    the others, the learned localizer reports every source (within the metrics' gate)."""
+    system = SystemConfig()
+    found = []
+    for K in (2, 3):
+        sc = simulate_range(0, 12, system, SceneConfig(), seed=14, split="test", snr_db=20.0,
+                            K=K)
+        # rescale the symbols so the last source is 10 dB weaker, the SNR still 20 dB
+        p = torch.ones(K)
+        p[-1] = 0.1
+        s = sc.symbols[:, :, :K] * p.sqrt()
+        A = steering(sc.azimuth[:, :K], sc.elevation[:, :K], sc.range_m[:, :K], system)
+        signal = (sc.codes * (s @ A)) @ sc.H.transpose(-1, -2)
+        noise = (sc.y - (sc.codes * (sc.symbols[:, :, :K] @ A)) @ sc.H.transpose(-1, -2))
+        noise = noise / sc.noise_var.sqrt().view(-1, 1, 1)  # unit noise of the scene
+        sigma2 = signal.abs().square().mean((-1, -2)) / 100.0
+        y = signal + sigma2.sqrt().view(-1, 1, 1) * noise
+        est = Localizer.from_checkpoint(workers=1).localize(y, sc.H, sc.codes).estimates
+        m = match_sources(est, sc.azimuth, sc.elevation, sc.range_m, sc.K)
+        found.append(m.detected[:, K - 1])  # the weak source of each scene
+        assert float((est.K == K).float().mean()) >= 0.9
+    assert float(torch.cat(found).float().mean()) >= 0.9
+
+
+def test_knowing_K_never_costs_F1_where_every_source_can_be_found():
+    """Given the true K the learned localizer's F1 is at least its F1 with K estimated
+    (20 dB, powers spread over 12 dB, mixed K: every source can be localized, so saying K
+    can only help; the previous pipeline lost sources when told K). At 10 dB knowing K
+    still finds at least as many sources; its F1 may be lower there, as the classical
+    localizer's is, because a K-th source too weak to place counts as a false alarm."""
+    loc = Localizer.from_checkpoint(workers=1)
+    scene = SceneConfig(power_spread_db=12.0)
+    for snr in (20.0, 10.0):
+        sc = simulate_range(0, 48, loc.system, scene, seed=15, split="test", snr_db=snr)
+        s = {}
+        for known in (False, True):
+            est = loc.localize(sc.y, sc.H, sc.codes, K=sc.K if known else None).estimates
+            s[known] = summarize(match_sources(est, sc.azimuth, sc.elevation, sc.range_m,
+                                               sc.K))
+        assert s[True].n_detected >= s[False].n_detected
+        if snr == 20.0:
+            assert s[True].f1 >= s[False].f1 - 1e-9 and s[True].f1 > 0.95
 
 
 def test_both_localizers_ignore_the_units_of_y_and_H():
@@ -54,14 +106,16 @@ def test_both_localizers_ignore_the_units_of_y_and_H():
     source power or its channel normalisation)."""
     sc = simulate_range(0, 12, SystemConfig(), SceneConfig(), seed=13, split="test",
                         snr_db=10.0)
-    for method in ("learned", "classical"):
-        loc = Localizer.from_checkpoint(method=method)
+    learned = Localizer.from_checkpoint()
+    for loc in (learned, Localizer(learned.system, "classical")):
         for snr in (sc.snr_db, None):  # None: the SNR-less branches (sigma^2 estimated)
             ref = loc.localize(sc.y, sc.H, sc.codes, snr).estimates
             for y_gain, H_gain in ((1e3, 1.0), (1e-3, 1.0), (1.0, 1e3), (1.0, 1e-3)):
                 est = loc.localize(y_gain * sc.y, H_gain * sc.H, sc.codes, snr).estimates
-                case = (method, snr is None, y_gain, H_gain)
+                case = (loc.method, snr is None, y_gain, H_gain)
                 assert torch.equal(est.K, ref.K), case
-                for name in ("azimuth", "elevation", "range_m"):  # rad, rad, m
-                    assert torch.allclose(getattr(est, name), getattr(ref, name), atol=1e-3,
+                # float32 rounding of the rescaled inputs moves an LM iterate a little:
+                # 1 mrad (0.06 deg) and 1 cm, far below the errors at 10 dB (~0.3 deg, 0.3 m)
+                for name, tol in (("azimuth", 1e-3), ("elevation", 1e-3), ("range_m", 1e-2)):
+                    assert torch.allclose(getattr(est, name), getattr(ref, name), atol=tol,
                                           equal_nan=True), (*case, name)

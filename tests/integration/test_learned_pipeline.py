@@ -15,7 +15,7 @@ from risloc.config import SceneConfig, SystemConfig
 from risloc.estimators.music import MusicConfig
 from risloc.inference.checkpoint import load_checkpoint
 from risloc.pipeline import Localizer
-from risloc.pipeline.learned import load_learned_pipeline
+from risloc.pipeline.learned import inference_music_config, load_learned_pipeline
 from risloc.simulation import simulate_range
 from risloc.training import load_train_config, train
 
@@ -50,10 +50,12 @@ def test_pipeline_rebuilds_from_checkpoint_and_localizes(checkpoint):
     pipe = load_learned_pipeline(checkpoint)
     recipe = load_train_config(ROOT / "configs" / "train_tiny.yaml")
     assert pipe.recipe.blend == recipe.blend and pipe.fov == recipe.scene.fov
-    assert pipe.music.n_azimuth == MusicConfig().n_azimuth and pipe.music.fov == pipe.fov
+    assert pipe.music is None  # the network's slots propose
     assert pipe.fit_config.polish.fov == pipe.fit_config.search.fov == pipe.fov
     assert pipe.polish_config.fov == pipe.fov
-    assert load_learned_pipeline(checkpoint, music=None).music is None
+    with_music = load_learned_pipeline(checkpoint, music=inference_music_config(pipe.fov))
+    assert with_music.music.n_azimuth == MusicConfig().n_azimuth
+    assert with_music.music.fov == pipe.fov
 
 
 def test_stages_compose_to_localize_and_the_slots_can_propose(checkpoint):
@@ -70,8 +72,10 @@ def test_stages_compose_to_localize_and_the_slots_can_propose(checkpoint):
     whole = pipe.localize(sc.y, sc.H, sc.codes)
     assert torch.equal(whole.K, est.K)
     torch.testing.assert_close(whole.azimuth, est.azimuth.float(), equal_nan=True)
-    slots = load_learned_pipeline(checkpoint, music=None)
-    assert bool((slots.localize(sc.y, sc.H, sc.codes).K >= 1).all())
+    music = load_learned_pipeline(checkpoint, music=inference_music_config(pipe.fov))
+    with torch.no_grad():
+        assert music.forward(sc.y, sc.H, sc.codes).R_blend.shape == (5, 144, 144)
+    assert bool((music.localize(sc.y, sc.H, sc.codes).K >= 1).all())
 
 
 def test_scene_parallel_localization_equals_serial(checkpoint):
@@ -154,7 +158,7 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
     assert pipe.order_head is not None
     card = json.loads(out.with_suffix(".json").read_text())
     rows = card["order_head"]["per_snr"]
-    assert len(rows) == 6 and all(0 <= r["K_accuracy_order_head"] <= 1 for r in rows)
+    assert len(rows) == 12 and all(0 <= r["K_accuracy_order_head"] <= 1 for r in rows)
     assert card["epoch"] == json.loads(slim.with_suffix(".json").read_text())["epoch"]
     # K unknown: the head decides K from the nested fits; K given: the caller
     sc = simulate_range(0, 6, SystemConfig(), SceneConfig(), split="test", snr_db=10.0)

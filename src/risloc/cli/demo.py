@@ -23,10 +23,15 @@ def demo_command(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path(
         "reports/demo"),
     seed: Annotated[int, typer.Option(min=0)] = 0,
+    power_spread_db: Annotated[float, typer.Option(
+        min=0, help="Source powers spread over this many dB (0: equal powers).")] = 12.0,
+    snr_given: Annotated[bool, typer.Option(
+        "--snr-given/--snr-withheld", help="Tell the localizers the SNR.")] = False,
 ) -> None:
-    """Simulate a default-system test set across SNRs (K unknown, 1..K_max), localize it with
-    the learned pipeline and the classical localizer, and report both beside the CRB
-    (table, metrics.csv/json, PNG plots)."""
+    """Simulate a default-system test set across SNRs (K unknown, 1..K_max; by default as
+    users' data come: unequal source powers, no SNR given), localize it with the learned
+    pipeline and the classical localizer, and report both beside the CRB (table,
+    metrics.csv/json, PNG plots)."""
     from risloc.pipeline.learned import DEFAULT_MODEL
 
     estimators = ("learned", "classical")
@@ -36,7 +41,10 @@ def demo_command(
         estimators = ("classical",)
     snrs = tuple(float(v) for v in snr_db.split(",") if v.strip())
     settings = SweepSettings(estimators=estimators, snr_db=snrs, n_per_point=n, seed=seed,
-                             checkpoint=None if checkpoint is None else str(checkpoint))
+                             checkpoint=None if checkpoint is None else str(checkpoint),
+                             snr_given=snr_given, power_spread_db=power_spread_db)
     cfg = RislocConfig()
     run_report(sweep_points(settings, cfg), cfg.system, settings, out_dir, True,
-               "default system, simulated test split, K unknown", "risloc demo")
+               f"default system, simulated test split, K unknown, powers spread "
+               f"{power_spread_db:g} dB, SNR {'given' if snr_given else 'withheld'}",
+               "risloc demo")

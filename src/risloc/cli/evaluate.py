@@ -12,6 +12,7 @@ from rich.table import Table
 
 from risloc import __version__
 from risloc.cli.common import ConfigOpt, SetOpt, console, get_config, handle_errors, out, progress
+from risloc.evaluation.metrics import EFFICIENT_MEDIAN
 from risloc.experiments.estimators import NAMES
 from risloc.experiments.harness import (
     ResultRow,
@@ -30,17 +31,19 @@ def _fmt(v, digits: int = 3) -> str:
 
 
 def results_table(rows: list[ResultRow], title: str) -> Table:
-    """Rich table of the K='all' rows: each error beside its square-root CRB."""
+    """Rich table of the K='all' rows: each median error beside 0.674 sqrt(CRB), the median
+    error of an efficient estimator (median over the paired sources' bounds)."""
     t = Table(title=title)
-    for col in ("estimator", "SNR dB", "n", "K acc", "F1", "az med° (CRB)", "el med° (CRB)",
-                "range med m (CRB)", "ms/scene"):
+    for col in ("estimator", "SNR dB", "n", "K acc", "F1", "az med° (.67√CRB)",
+                "el med° (.67√CRB)", "range med m (.67√CRB)", "ms/scene"):
         t.add_column(col, justify="right" if col != "estimator" else "left")
     for r in rows:
         if r.K not in ("all", "?"):
             continue
         m = r.metrics
         def pair(a: str, b: str, m=m) -> str:
-            return f"{_fmt(m.get(a))} ({_fmt(m.get(b))})"
+            bound = m.get(b)
+            return f"{_fmt(m.get(a))} ({_fmt(None if bound is None else EFFICIENT_MEDIAN * bound)})"
 
         t.add_row(r.estimator, _fmt(r.snr_db), str(r.n_scenes), _fmt(m.get("K_accuracy")),
                   _fmt(m.get("f1")), pair("azimuth_median_deg", "crb_azimuth_median_deg"),
@@ -71,6 +74,11 @@ def evaluate_command(
     K: Annotated[str | None, typer.Option("--K", help="K values (simulated sweep); default: "
                                           "K drawn 1..K_max per scene.")] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="Scenes per (SNR, K) point.")] = 100,
+    snr_given: Annotated[bool, typer.Option(
+        "--snr-given/--snr-withheld", help="Tell the estimators the SNR (files: when they "
+        "carry one).")] = True,
+    power_spread_db: Annotated[float, typer.Option(
+        min=0, help="Simulated sweep: source powers spread over this many dB.")] = 0.0,
     known_K: Annotated[bool, typer.Option("--known-K/--unknown-K",
                                           help="Give the true K to the estimators.")] = False,
     crb: Annotated[str, typer.Option(help="deterministic | stochastic bound.")] = "deterministic",
@@ -93,7 +101,8 @@ def evaluate_command(
         raise ValueError(f"--crb must be deterministic or stochastic, got {crb!r}")
     settings = SweepSettings(names, _parse_list(snr_db) or (), _parse_list(K, int), n,
                              known_K, seed, batch_size, crb,
-                             None if checkpoint is None else str(checkpoint))
+                             None if checkpoint is None else str(checkpoint), snr_given,
+                             power_spread_db)
     if scenes is not None:
         from risloc.io import read_scenes
 
@@ -143,11 +152,14 @@ def _spectrum_example(system, settings: SweepSettings, out_dir: Path) -> None:
     covs = [("true", scene_true_covariance(sc, system)),
             ("samp", sample_covariance(sc.y, sc.H, sc.codes))]
     if "learned" in settings.estimators:
+        from risloc.inference.forward import forward_blend
         from risloc.pipeline.learned import load_learned_pipeline
 
         pipe = load_learned_pipeline(settings.checkpoint)
+        blend = pipe.recipe.blend
         with torch.no_grad():
-            covs.append(("blend", pipe.forward(sc.y, sc.H, sc.codes).R_blend))
+            covs.append(("blend", forward_blend(pipe.network, sc.y, sc.H, sc.codes, None,
+                                                blend.beta, blend).R_blend))
     for label, R in covs:
         est = music(R, sc.K, system)
         plot_spectrum_slice(R[0], 3, system, r0, out_dir / f"music_spectrum_{label}.png",

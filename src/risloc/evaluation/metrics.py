@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RANGE_WEIGHT_DEG_PER_M = 0.5
 DEFAULT_GATE_DEG = 5.0
+# median |error| of an unbiased Gaussian estimator whose variance is the CRB, per sqrt(CRB)
+# (the median of a half-normal): set medians against 0.6745 sqrt(CRB), RMSE against sqrt(CRB)
+EFFICIENT_MEDIAN = 0.6745
 
 
 @dataclass(frozen=True)

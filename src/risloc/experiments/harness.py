@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -39,6 +39,8 @@ class SweepSettings:
     batch_size: int = 64
     crb: str = "deterministic"
     checkpoint: str | None = None  # for the "learned" estimator (None: the shipped model)
+    snr_given: bool = True  # False: the estimators are not told the SNR (as most files)
+    power_spread_db: float = 0.0  # simulated sweeps: source powers spread over this (dB)
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,9 @@ def _rows_for(name: str, est: Estimates, scenes: SceneBatch, crb: CRBResult | No
 def sweep_points(settings: SweepSettings, cfg: RislocConfig) -> Iterable[tuple[float, SceneBatch]]:
     """Simulated scenes per SNR point (K values concatenated), disjoint seed streams."""
     Ks = settings.K or (None,)
+    scene = cfg.scene.model_copy(update={"power_spread_db": settings.power_spread_db})
     for i, snr in enumerate(settings.snr_db):
-        parts = [simulate_range(0, settings.n_per_point, cfg.system, cfg.scene, settings.seed,
+        parts = [simulate_range(0, settings.n_per_point, cfg.system, scene, settings.seed,
                                 "test", stream=100 + i * 16 + (k or 0), snr_db=snr, K=k)
                  for k in Ks]
         yield snr, concat_batches(parts)
@@ -144,8 +147,10 @@ def evaluate_points(points: Iterable[tuple[float, SceneBatch]], system: SystemCo
             task = None
             if progress is not None:
                 task = progress.add_task(f"{name} @ {snr:g} dB", total=len(scenes))
+            seen = scenes if settings.snr_given else replace(
+                scenes, snr_db=torch.full_like(scenes.snr_db, math.nan))
             est, sec = run_estimator(
-                name, scenes, system, settings.known_K, settings.batch_size,
+                name, seen, system, settings.known_K, settings.batch_size,
                 (lambda n, t=task: progress.advance(t, n)) if task is not None else None,
                 settings.checkpoint)
             if scenes.has_truth:

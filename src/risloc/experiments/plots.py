@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from risloc.config import SystemConfig  # noqa: E402
+from risloc.evaluation.metrics import EFFICIENT_MEDIAN  # noqa: E402
 from risloc.experiments.harness import ResultRow  # noqa: E402
 
 _PANELS = (("azimuth_median_deg", "crb_azimuth_median_deg", "azimuth [deg]"),
@@ -44,7 +45,8 @@ def plot_error_vs_snr(rows: list[ResultRow], path: Path) -> Path:
             ax.semilogy(x, y, "o-", label=name)
         x, y = _series(rows, names[0], crb_key)
         if x:
-            ax.semilogy(x, y, "k--", label="sqrt(CRB) (median)")
+            ax.semilogy(x, [EFFICIENT_MEDIAN * v for v in y], "k--",
+                        label="0.674 sqrt(CRB): median |error| of an efficient estimator")
         ax.set_xlabel("SNR [dB]")
         ax.set_ylabel(f"median |error|, {label}")
         ax.grid(True, which="both", alpha=0.3)

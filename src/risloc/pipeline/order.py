@@ -90,6 +90,7 @@ class OrderHead(nn.Module):
         out = self.net((x - self.mean) / self.std)
         return out[:, :self.K_max], nn.functional.softplus(out[:, self.K_max:])
 
+    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> OrderOutput:
         logits, det = self.raw(x)
         return OrderOutput(torch.softmax(logits, -1), det)

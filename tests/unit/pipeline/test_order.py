@@ -55,30 +55,57 @@ def test_features_do_not_depend_on_the_units_of_y_and_H(system, fitted):
         torch.testing.assert_close(f, g, rtol=0, atol=2e-3)
 
 
-def test_fit_order_head_learns_a_separable_rule_reproducibly():
+def _separable(n: int = 2000):
     gen = torch.Generator().manual_seed(0)
-    K = torch.randint(1, 6, (2000,), generator=gen)
-    X = torch.randn(2000, 8, generator=gen)
+    K = torch.randint(1, 6, (n,), generator=gen)
+    X = torch.randn(n, 8, generator=gen)
     X[:, 3] += 6.0 * K  # the class is readable from one feature (Bayes accuracy 0.995)
+    return X, K
+
+
+def test_fit_order_head_learns_a_separable_rule_reproducibly():
+    X, K = _separable()
+    k = torch.arange(1, 6)
+    found_all = torch.minimum(k, K.unsqueeze(-1)).float()  # every source localizable
     cfg = OrderFitConfig(epochs=20)
-    head = fit_order_head(X[:1500], K[:1500], 5, cfg)
+    head = fit_order_head(X[:1500], K[:1500], found_all[:1500], 5, cfg)
     acc = (head.decide(X[1500:]) == K[1500:]).float().mean().item()
-    assert acc > 0.95
-    again = fit_order_head(X[:1500], K[:1500], 5, cfg)
-    assert torch.equal(head(X[:10]), again(X[:10]))
+    assert acc > 0.95  # where every source is found, the F1 rule reports K
+    out = head(X[1500:])
+    assert torch.allclose(out.probabilities.sum(-1), torch.ones(500))
+    assert float((out.detections - found_all[1500:]).abs().mean()) < 0.2
+    again = fit_order_head(X[:1500], K[:1500], found_all[:1500], 5, cfg)
+    assert torch.equal(head(X[:10]).detections, again(X[:10]).detections)
     back = order_head_from_state(order_head_state(head))
-    assert torch.equal(back(X[:10]), head(X[:10]))
+    assert torch.equal(back(X[:10]).probabilities, head(X[:10]).probabilities)
+    assert back.balance == head.balance
+
+
+def test_the_decision_trades_K_accuracy_for_detections():
+    """Where only the strongest source is ever placed right, the F1-optimal decision
+    (balance 0) reports one source whatever K is; a large balance reports the most probable
+    K; k_max caps both."""
+    X, K = _separable()
+    first_only = torch.ones(len(K), 5)  # one detection whatever k
+    head = fit_order_head(X, K, first_only, 5, OrderFitConfig(epochs=20, balance=0.0))
+    assert bool((head.decide(X[:200]) == 1).all())
+    head.balance = 100.0
+    assert (head.decide(X[:200]) == K[:200]).float().mean() > 0.95
+    assert int(head.decide(X[:200], k_max=2).max()) <= 2
 
 
 def test_fit_order_head_rejects_bad_input():
     X, K = torch.zeros(10, 4), torch.ones(10, dtype=torch.int64)
+    D = torch.ones(10, 5)
     with pytest.raises(ValueError, match="len"):
-        fit_order_head(X, K[:5], 5)
+        fit_order_head(X, K[:5], D, 5)
+    with pytest.raises(ValueError, match="detections"):
+        fit_order_head(X, K, D[:, :3], 5)
     with pytest.raises(ValueError, match="1..5"):
-        fit_order_head(X, K * 6, 5)
+        fit_order_head(X, K * 6, D, 5)
     X[0, 0] = math.nan
     with pytest.raises(ValueError, match="non-finite"):
-        fit_order_head(X, K, 5)
+        fit_order_head(X, K, D, 5)
 
 
 def test_truncate_keeps_the_strongest_slots():
