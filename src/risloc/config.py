@@ -223,9 +223,14 @@ def system_from_json(text: str | None) -> SystemConfig:
     """Parse a scene file's ``system`` JSON (None -> the default system)."""
     if text is None:
         return SystemConfig()
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if not isinstance(text, str):
+        raise ConfigError(f"bad 'system' attribute: expected a JSON string, got "
+                          f"{type(text).__name__}")
     try:
         return SystemConfig.model_validate(json.loads(text))
-    except (ValidationError, json.JSONDecodeError) as err:
+    except (ValidationError, json.JSONDecodeError, TypeError) as err:
         msg = _format_error(err) if isinstance(err, ValidationError) else str(err)
         raise ConfigError(f"bad 'system' attribute: {msg}") from None
 

@@ -33,3 +33,12 @@ def test_simulate_npz_and_errors(tmp_path):
     (tmp_path / "junk.h5").write_bytes(b"junk")
     bad = runner.invoke(app, ["info", str(tmp_path / "junk.h5")])
     assert bad.exit_code == 2 and "not a readable HDF5" in bad.output
+
+
+def test_simulate_refuses_a_nan_snr_and_odd_suffixes(tmp_path):
+    res = runner.invoke(app, ["simulate", "--n", "2", "--out", str(tmp_path / "s.h5"),
+                              "--snr-db", "nan"])
+    assert res.exit_code == 2 and "finite" in res.output
+    res = runner.invoke(app, ["simulate", "--n", "2", "--out", str(tmp_path / "s.txt")])
+    assert res.exit_code == 2 and ".h5 or .npz" in res.output
+    assert list(tmp_path.iterdir()) == []

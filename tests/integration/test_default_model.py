@@ -9,8 +9,8 @@ import torch
 
 from risloc.config import SceneConfig, SystemConfig
 from risloc.evaluation.metrics import match_sources, summarize
-from risloc.pipeline import Localizer
 from risloc.physics import steering
+from risloc.pipeline import Localizer
 from risloc.pipeline.learned import DEFAULT_MODEL, load_learned_pipeline
 from risloc.simulation import simulate_range
 

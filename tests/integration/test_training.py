@@ -92,10 +92,12 @@ def test_resume_continues_exactly(tmp_path):
     assert resumed["val_objective"] == pytest.approx(full["val_objective"])
     rows = list(csv.DictReader(open(tmp_path / "b" / "epochs.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    with pytest.raises(ValueError, match="differs"):
+    with pytest.raises(ValueError, match=r"differs from this one in schedule\.steps_per_epoch"
+                       r": 2 -> 3"):
         train(load_train_config(TINY, [f"out_dir={tmp_path / 'b'}"]), resume=True)
-    # stopping rules may change on resume (they do not alter the trajectory so far)
-    again = train(load_train_config(TINY, [f"out_dir={tmp_path / 'b'}",
+    # stopping rules may change on resume (they do not alter the trajectory so far), and the
+    # output folder may be spelled differently
+    again = train(load_train_config(TINY, [f"out_dir={tmp_path / 'x' / '..' / 'b'}",
                                            "schedule.steps_per_epoch=2",
                                            "schedule.patience=9"]), resume=True)
     assert again["epochs_run"] == 2
@@ -134,3 +136,21 @@ def test_accumulation_and_early_stopping(tmp_path):
     assert metrics["best_epoch"] == 1
     st = load_checkpoint(tmp_path / "last.pt")
     assert st["step"] == 3 and st["micro"] == 6 and st["swa"] is None
+
+
+def test_train_refuses_a_run_folder_unless_resumed_or_overwritten(tmp_path):
+    app = typer.Typer()
+    app.command()(train_command)
+    runner = CliRunner()
+    out = tmp_path / "run"
+    args = ["--config", str(TINY), "--out", str(out), "--set", "schedule.epochs=1",
+            "--set", "schedule.steps_per_epoch=1", "--set", "order.scenes=0", "--no-progress"]
+    assert runner.invoke(app, args).exit_code == 0
+    log_before = (out / "epochs.csv").read_text()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "already holds a run" in res.output
+    assert (out / "epochs.csv").read_text() == log_before  # nothing was touched
+    res = runner.invoke(app, [*args, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, [*args, "--overwrite", "--resume"])
+    assert res.exit_code == 2 and "exclude each other" in res.output

@@ -49,7 +49,7 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, ValueError, FileNotFoundError, OSError) as err:
+        except (ConfigError, ValueError, TypeError, FileNotFoundError, OSError) as err:
             console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True,
                           highlight=False)
             raise typer.Exit(code=2) from None

@@ -22,6 +22,7 @@ from risloc.experiments.harness import (
     sweep_points,
     write_results,
 )
+from risloc.io.atomic import check_writable
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -103,6 +104,8 @@ def evaluate_command(
                              known_K, seed, batch_size, crb,
                              None if checkpoint is None else str(checkpoint), snr_given,
                              power_spread_db)
+    for name in ("metrics.csv", "metrics.json"):
+        check_writable(out_dir / name, [scenes] if scenes is not None else [])
     if scenes is not None:
         from risloc.io import read_scenes
 

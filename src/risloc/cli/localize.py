@@ -13,6 +13,7 @@ from risloc.cli.common import console, handle_errors, out, progress
 from risloc.core.params import Estimates, concat_estimates
 from risloc.evaluation.metrics import match_sources, summarize_by_snr
 from risloc.io import read_scenes
+from risloc.io.atomic import check_writable
 from risloc.pipeline import METHODS, Localizer
 from risloc.pipeline.estimates_file import estimate_rows, write_estimates
 from risloc.pipeline.localizer import check_system
@@ -53,6 +54,7 @@ def localize_command(
                           "localizer (pass --checkpoint for a trained model)[/]")
     if method not in METHODS:
         raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
+    check_writable(out_path, [scenes] + ([checkpoint] if checkpoint is not None else []))
     batch, info = read_scenes(scenes)
     if K is not None and not 1 <= K <= info.system.K_max:
         raise ValueError(f"--K must lie in 1..K_max={info.system.K_max}, got {K}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,7 @@ from rich.table import Table
 
 from risloc import __version__
 from risloc.cli.common import ConfigOpt, SetOpt, console, get_config, handle_errors, out, progress
+from risloc.io.atomic import check_writable
 from risloc.io.scenefile import SceneFileWriter, inspect_scene_file, read_scenes, write_scenes
 from risloc.simulation.streams import BLOCK, SPLITS, simulate_range
 
@@ -34,8 +36,13 @@ def simulate_command(
     """Simulate scenes (docs/conventions.md measurement model) into a scene file."""
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {sorted(SPLITS)}, got {split!r}")
+    if snr_db is not None and not math.isfinite(snr_db):
+        raise ValueError(f"--snr-db must be a finite number, got {snr_db}")
+    if out_path.suffix not in (".h5", ".hdf5", ".npz"):
+        raise ValueError(f"--out must end in .h5 or .npz, got {out_path}")
     extra = [] if power_spread_db is None else [f"scene.power_spread_db={power_spread_db}"]
     cfg = get_config(config, (set_ or []) + extra)
+    check_writable(out_path, [config] if config is not None else [])
     attrs = {"config": cfg.to_json(), "split": split, "seed": seed, "risloc_version": __version__,
              "snr_db_fixed": "none" if snr_db is None else snr_db, "K_fixed": K or 0}
     t0 = time.perf_counter()

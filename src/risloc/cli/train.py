@@ -15,6 +15,8 @@ from risloc.io.atomic import write_text_atomic
 from risloc.training.config import load_train_config
 from risloc.training.loop import train
 
+RUN_FILES = ("best.pt", "last.pt", "final.pt", "epochs.csv", "steps.csv", "metrics.json",
+             "model.pt")
 _HEADLINE = ("best_objective", "best_epoch", "epochs_run", "seconds_per_epoch",
              "val_angle_median_deg", "val_range_median_m", "val_K_accuracy", "val_f1",
              "val_nmse", "val_overlap", "swa_angle_median_deg", "swa_K_accuracy")
@@ -49,6 +51,9 @@ def train_command(
         "--threads", min=0, help="torch CPU threads (0 = leave as is).")] = None,
     progress: Annotated[bool, typer.Option(
         "--progress/--no-progress", help="Show a progress bar per epoch.")] = True,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Start afresh in an output folder that holds a run (its "
+                            "checkpoints and logs are replaced).")] = False,
 ) -> None:
     """Train the learned covariance network; write best.pt, last.pt, final.pt and CSV logs,
     then (recipe section `order`, on by default) the inference model model.pt: the best
@@ -62,8 +67,15 @@ def train_command(
         overrides.append(f"threads={threads}")
     overrides.append(f"progress={str(progress).lower()}")
     cfg = load_train_config(config, overrides)
-    if resume and not (Path(cfg.out_dir) / "last.pt").exists():
-        raise FileNotFoundError(f"--resume: no checkpoint {Path(cfg.out_dir) / 'last.pt'}")
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    run = Path(cfg.out_dir)
+    if resume and not (run / "last.pt").exists():
+        raise FileNotFoundError(f"--resume: no checkpoint {run / 'last.pt'}")
+    held = sorted(p.name for p in run.glob("*") if p.name in RUN_FILES) if run.is_dir() else []
+    if held and not (resume or overwrite):
+        raise ValueError(f"{run} already holds a run ({', '.join(held)}): pass --resume to "
+                         "continue it or --overwrite to start afresh")
     console.print(f"training -> {cfg.out_dir} ({cfg.schedule.epochs} epochs x "
                   f"{cfg.schedule.steps_per_epoch} steps, batch {cfg.optim.batch_size})")
     metrics = train(cfg, resume=resume)

@@ -5,6 +5,8 @@ Imports only :mod:`risloc.config` and :mod:`risloc.physics`.
 """
 
 from risloc.core.checks import (
+    InputError,
+    InputTypeError,
     SceneCheck,
     check_measurements,
     check_positions,
@@ -17,7 +19,8 @@ from risloc.core.operator import apply_operator, operators
 from risloc.core.params import Estimates, concat_estimates, pack, steering_at, unpack
 
 __all__ = [
-    "Estimates", "SceneCheck", "apply_operator", "check_measurements", "check_positions",
-    "check_shapes", "concat_estimates", "normalise_scale", "operators", "pack",
+    "Estimates", "InputError", "InputTypeError", "SceneCheck", "apply_operator",
+    "check_measurements", "check_positions", "check_shapes", "concat_estimates",
+    "normalise_scale", "operators", "pack",
     "scene_problems", "snr_per_scene", "steering_at", "unpack",
 ]

@@ -22,6 +22,14 @@ from risloc.config import SystemConfig
 CODE_TOLERANCE = 1e-3  # largest | |c| - 1 | accepted for a RIS code entry
 
 
+class InputError(ValueError):
+    """Input that risloc cannot use: a wrong shape, value or system (names the problem)."""
+
+
+class InputTypeError(TypeError):
+    """Input of the wrong type: not an array, not complex, not numeric."""
+
+
 class SceneCheck(NamedTuple):
     """ok : [B] bool — scenes the estimators can process; reasons : (scene index, why) for
     every other scene, in index order."""
@@ -36,22 +44,22 @@ def check_shapes(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
     tensors of consistent shapes (and of ``system``'s L, M, N when given)."""
     for name, t in (("y", y), ("H", H), ("codes", codes)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+            raise InputTypeError(f"{name} must be a tensor, got {type(t).__name__}")
         if t.ndim != 3:
-            raise ValueError(f"{name} must be 3-dimensional (scenes first), got shape "
+            raise InputError(f"{name} must be 3-dimensional (scenes first), got shape "
                              f"{tuple(t.shape)}")
         if not t.is_complex():
-            raise TypeError(f"{name} must be complex, got {t.dtype}")
+            raise InputTypeError(f"{name} must be complex, got {t.dtype}")
     (B, L, M), N = y.shape, H.shape[-1]
     if system is not None:
         for name, got, want in (("L", L, system.L), ("M", M, system.M), ("N", N, system.N)):
             if got != want:
-                raise ValueError(f"the measurements have {name}={got} but the system has "
+                raise InputError(f"the measurements have {name}={got} but the system has "
                                  f"{name}={want}")
     if B == 0:
-        raise ValueError("empty batch: y has no scenes")
+        raise InputError("empty batch: y has no scenes")
     if tuple(H.shape) != (B, M, N) or tuple(codes.shape) != (B, L, N):
-        raise ValueError(f"shape mismatch: y {tuple(y.shape)} needs H ({B}, {M}, {N}) and "
+        raise InputError(f"shape mismatch: y {tuple(y.shape)} needs H ({B}, {M}, {N}) and "
                          f"codes ({B}, {L}, {N}); got {tuple(H.shape)}, {tuple(codes.shape)}")
 
 
@@ -110,31 +118,31 @@ def check_measurements(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
     (N from ``system``), finite, with non-empty y and H in every scene."""
     check_shapes(y, H, codes)
     if H.shape[-1] != system.N:
-        raise ValueError(f"H has N={H.shape[-1]} columns but the system has N={system.N}")
+        raise InputError(f"H has N={H.shape[-1]} columns but the system has N={system.N}")
     finite = _finite(y) & _finite(H) & _finite(codes)
     if not bool(finite.all()):
-        raise ValueError(f"non-finite values (NaN or inf) in scenes "
+        raise InputError(f"non-finite values (NaN or inf) in scenes "
                          f"{torch.nonzero(~finite).flatten()[:10].tolist()}")
     zero = torch.nonzero(~_nonzero(H)).flatten()
     if zero.numel():
-        raise ValueError(f"all-zero channel H in scenes {zero[:10].tolist()}")
+        raise InputError(f"all-zero channel H in scenes {zero[:10].tolist()}")
 
 
 def check_positions(az: torch.Tensor, el: torch.Tensor, r: torch.Tensor, mask: torch.Tensor,
                     M: int) -> None:
     """Raise ValueError on bad start positions [B, K] / too many sources (K >= M)."""
     if not (az.shape == el.shape == r.shape == mask.shape) or az.ndim != 2:
-        raise ValueError(f"positions and mask must share one [B, K] shape; got "
+        raise InputError(f"positions and mask must share one [B, K] shape; got "
                          f"{tuple(az.shape)}, {tuple(el.shape)}, {tuple(r.shape)}, "
                          f"{tuple(mask.shape)}")
     K = mask.sum(-1)
     if bool((K >= M).any()):
-        raise ValueError(f"K >= M={M} sources cannot be resolved (got K up to {int(K.max())})")
+        raise InputError(f"K >= M={M} sources cannot be resolved (got K up to {int(K.max())})")
     vals = torch.stack([az, el, r])[:, mask]
     if not bool(torch.isfinite(vals).all()):
-        raise ValueError("start positions of real source slots must be finite")
+        raise InputError("start positions of real source slots must be finite")
     if bool((r[mask] <= 0).any()):
-        raise ValueError("ranges must be positive")
+        raise InputError("ranges must be positive")
 
 
 def snr_per_scene(snr_db, n_scenes: int, device: torch.device | str | None = None
@@ -148,20 +156,22 @@ def snr_per_scene(snr_db, n_scenes: int, device: torch.device | str | None = Non
     if snr_db is None:
         return None
     if isinstance(snr_db, str | bytes):
-        raise TypeError(f"snr_db must be numeric, got {type(snr_db).__name__}")
+        raise InputTypeError(f"snr_db must be numeric, got {type(snr_db).__name__}")
     try:
         snr = torch.as_tensor(snr_db, dtype=torch.float32, device=device)
     except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(f"snr_db must be numeric, got {type(snr_db).__name__} ({err})") from None
+        raise InputTypeError(f"snr_db must be numeric, got {type(snr_db).__name__} "
+                             f"({err})") from None
     if snr.ndim == 0:
         snr = snr.expand(n_scenes).clone()
     if snr.shape != (n_scenes,):
-        raise ValueError(f"snr_db must be a number or hold one value per scene ({n_scenes}), "
+        raise InputError(f"snr_db must be a number or hold one value per scene ({n_scenes}), "
                          f"got shape {tuple(snr.shape)}")
     if bool(torch.isinf(snr).any()):
-        raise ValueError("snr_db holds +-inf; use NaN for a scene whose SNR is unknown")
+        raise InputError("snr_db holds +-inf; use NaN for a scene whose SNR is unknown")
     return None if bool(torch.isnan(snr).all()) else snr
 
 
-__all__ = ["CODE_TOLERANCE", "SceneCheck", "check_measurements", "check_positions",
-           "check_shapes", "normalise_scale", "scene_problems", "snr_per_scene"]
+__all__ = ["CODE_TOLERANCE", "InputError", "InputTypeError", "SceneCheck",
+           "check_measurements", "check_positions", "check_shapes", "normalise_scale",
+           "scene_problems", "snr_per_scene"]

@@ -8,6 +8,7 @@ written as CSV + JSON; plots by :mod:`risloc.experiments.plots`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from risloc.config import RislocConfig, SystemConfig
+from risloc.core.checks import scene_problems
 from risloc.core.params import Estimates, concat_estimates
 from risloc.evaluation.crb import CRBResult, crb_for_scenes
 from risloc.evaluation.metrics import match_sources, summarize
@@ -24,6 +26,8 @@ from risloc.experiments.estimators import get_estimator
 from risloc.io.atomic import write_csv_atomic, write_text_atomic
 from risloc.parallel import run_in_chunks
 from risloc.simulation import SceneBatch, concat_batches, simulate_range
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,15 @@ def evaluate_points(points: Iterable[tuple[float, SceneBatch]], system: SystemCo
     """Run every estimator on every point; ``progress`` is a rich Progress or None."""
     rows: list[ResultRow] = []
     for snr, scenes in points:
+        check = scene_problems(scenes.y, scenes.H, scenes.codes)
+        if check.reasons:  # one check path for every estimator: bad scenes are left out
+            for i, why in check.reasons[:20]:
+                log.warning("scene %d left out: %s", i, why)
+            log.warning("%d of %d scenes left out (reasons above)", len(check.reasons),
+                        len(scenes))
+            scenes = scenes[check.ok]
+            if len(scenes) == 0:
+                continue
         crb = scene_crb(scenes, system, settings.crb)
         for name in settings.estimators:
             task = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +14,7 @@ import torch  # noqa: E402
 from risloc.config import SystemConfig  # noqa: E402
 from risloc.evaluation.metrics import EFFICIENT_MEDIAN  # noqa: E402
 from risloc.experiments.harness import ResultRow  # noqa: E402
+from risloc.io.atomic import atomic_path  # noqa: E402
 
 _PANELS = (("azimuth_median_deg", "crb_azimuth_median_deg", "azimuth [deg]"),
            ("elevation_median_deg", "crb_elevation_median_deg", "elevation [deg]"),
@@ -22,10 +22,9 @@ _PANELS = (("azimuth_median_deg", "crb_azimuth_median_deg", "azimuth [deg]"),
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(path.stem + ".partial.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

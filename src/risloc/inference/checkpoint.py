@@ -9,8 +9,9 @@ evaluation and inference rebuild the network without the recipe file.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
-import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -26,21 +27,23 @@ FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync,
-    os.replace): a crash never leaves a truncated checkpoint behind."""
+    """Write ``state`` to ``path`` atomically (:func:`risloc.io.atomic.atomic_path`): a
+    crash never leaves a truncated checkpoint behind. The file holds a SHA-256 digest of
+    its content, checked on every load."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save({"format_version": FORMAT_VERSION, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    body = {"format_version": FORMAT_VERSION, **state}
+    body.pop("sha256", None)
+    payload = _serialise(body)
+    with atomic_path(path) as tmp:
+        torch.save({"payload": payload, "sha256": hashlib.sha256(payload).hexdigest(),
+                    "format_version": FORMAT_VERSION}, tmp)
     return path
+
+
+def _serialise(state: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
@@ -61,7 +64,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path} is not a risloc training checkpoint (format "
                          f"{FORMAT_VERSION})")
-    return state
+    if "payload" not in state:  # written before checkpoints carried a digest
+        return state
+    payload = state["payload"]
+    if not isinstance(payload, bytes) or hashlib.sha256(payload).hexdigest() != \
+            state.get("sha256"):
+        raise ValueError(f"{path}: damaged checkpoint (its content does not match its "
+                         "SHA-256 digest)")
+    try:
+        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure here is a damaged file
+        raise ValueError(f"{path}: unreadable checkpoint content ({err})") from None
 
 
 def averaged_weights(state: dict[str, Any], which: str) -> dict[str, torch.Tensor]:
@@ -108,9 +121,7 @@ def export_model(src: str | Path, dst: str | Path) -> Path:
     how the shipped model is made."""
     state = load_checkpoint(src)
     slim = {k: state[k] for k in INFERENCE_KEYS if k in state}
-    dst = Path(dst)
-    with atomic_path(dst) as tmp:
-        torch.save(slim, tmp)
+    dst = save_checkpoint(dst, slim)
     history = state.get("history") or []
     row = next((h for h in history if h.get("epoch") == state["epoch"]), {})
     cfg = json.loads(state["config"]) if isinstance(state["config"], str) else state["config"]

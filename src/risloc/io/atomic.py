@@ -1,8 +1,11 @@
-"""Atomic file output: write under a temporary name beside the target, rename when done.
+"""Atomic file output: the one helper every writer uses (scene files, checkpoints, reports,
+estimates, plots).
 
-An interrupted or failed write never leaves a truncated file under the real name (the
-temporary one is removed on error). Scene files and checkpoints have their own writers
-(chunked HDF5, fsync'd torch.save) that follow the same rule.
+Data go to a temporary file beside the target, named uniquely per writer
+(``.<name>.<pid>-<random>.partial``), are flushed to disk (fsync) and renamed over the
+target in one step. An interrupted or failed write never leaves a truncated file under the
+real name, two processes writing the same target never write into one temporary file, and
+temporaries left by a killed writer are removed by the next writer of that target.
 """
 
 from __future__ import annotations
@@ -10,22 +13,65 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+
+SUFFIX = ".partial"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete temporaries of ``path`` left by writers that are no longer running."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*{SUFFIX}*"):
+        pid = tmp.name[len(path.name) + 2:].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def temporary_name(path: str | Path) -> Path:
+    """A fresh temporary path beside ``path`` (same folder, so the rename is atomic); the
+    target's suffix is kept last, for writers that pick a format by it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
+                          f"{path.suffix}")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield ``<path>.partial`` to write to; on success it replaces ``path``."""
+    """Yield a temporary path to write ``path``'s content to; on success it is synced and
+    replaces ``path``; on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
+    remove_stale_temporaries(path)
+    tmp = temporary_name(path)
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -46,3 +92,28 @@ def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Iterable) ->
             w.writerow(header)
         w.writerows(rows)
     return Path(path)
+
+
+def check_writable(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+    """ValueError unless ``path`` can be written and is none of ``inputs`` (checked before
+    any work, so a long run never ends in a failed or destructive write)."""
+    path = Path(path)
+    target = path.resolve()
+    for inp in inputs:
+        if Path(inp).resolve() == target:
+            raise ValueError(f"the output {path} is one of the inputs: it would be replaced")
+    if target.is_dir():
+        raise ValueError(f"the output {path} is a folder")
+    folder = target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create the output folder {folder}: {err}") from None
+    probe = temporary_name(target)
+    try:
+        probe.write_bytes(b"")
+    except OSError as err:
+        raise ValueError(f"the output {path} is not writable: {err}") from None
+    finally:
+        probe.unlink(missing_ok=True)
+    return path

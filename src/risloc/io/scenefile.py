@@ -11,8 +11,9 @@
 The system is a JSON string in the attribute (HDF5) / array (NPZ) ``system``; risloc also
 records the full configuration (``config``), the split, seed and package version.
 
-Writing is atomic: data go to ``<name>.partial`` and are renamed when complete, so an
-interrupted run never leaves a truncated file under the final name.
+Writing is atomic (:mod:`risloc.io.atomic`): data go to a temporary file and are renamed
+when complete, so an interrupted run never leaves a truncated file under the final name,
+and the next run removes the temporary a killed one left.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from risloc.config import ConfigError, SystemConfig, system_from_json
+from risloc.io.atomic import atomic_path, remove_stale_temporaries, temporary_name
 from risloc.simulation.scenes import SceneBatch
 
 REQUIRED = ("y", "H", "codes")
@@ -70,7 +72,7 @@ class SceneFileWriter:
         self.path = Path(path)
         if self.path.suffix not in (".h5", ".hdf5"):
             raise SceneFileError(f"{self.path}: chunked writing needs an .h5 file")
-        self.tmp = self.path.with_name(self.path.name + ".partial")
+        self.tmp = temporary_name(self.path)
         self.n, self.system, self.attrs = n_scenes, system, dict(attrs or {})
         self.with_truth = with_truth
         self._f: h5py.File | None = None
@@ -78,6 +80,7 @@ class SceneFileWriter:
 
     def __enter__(self) -> SceneFileWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.path)
         s, n = self.system, self.n
         f = h5py.File(self.tmp, "w")
         chunk = max(1, min(n, 256))
@@ -117,6 +120,11 @@ class SceneFileWriter:
             if exc_type is None:
                 raise SceneFileError(f"only {self._written} of {self.n} scenes were written")
             return
+        fd = os.open(self.tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(self.tmp, self.path)
 
 
@@ -150,10 +158,8 @@ def write_scenes(path: str | Path, batch: SceneBatch, system: SystemConfig,
         arrays["system"] = np.array(_system_json(system))
         for k, v in (attrs or {}).items():
             arrays[k] = np.array(v if isinstance(v, str) else json.dumps(v))
-        tmp = path.with_name(path.name + ".partial.npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **arrays)
         return path
     with SceneFileWriter(path, len(batch), system, attrs, with_truth=batch.has_truth) as w:
         w.write(0, batch)
@@ -172,7 +178,8 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
             data = {k: z[k] for k in z.files}
         except Exception as err:  # zipfile / ValueError / EOFError on corrupt archives
             raise SceneFileError(f"{path}: not a readable .npz file ({err})") from None
-        attrs = {k: str(data.pop(k)) for k in list(data) if data[k].dtype.kind == "U"}
+        attrs = {k: str(data.pop(k)) for k in list(data)  # attributes: 0-d strings
+                 if data[k].dtype.kind == "U" and data[k].ndim == 0}
         return data, attrs, None
     try:
         f = h5py.File(path, "r")
@@ -180,11 +187,19 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
         raise SceneFileError(f"{path}: not a readable HDF5 file (truncated or corrupt?): "
                              f"{err}") from None
     attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    groups = [k for k in f.keys() if not isinstance(f[k], h5py.Dataset)]
+    if groups:
+        f.close()
+        raise SceneFileError(f"{path}: {groups} must be datasets, found HDF5 group(s)")
     return {k: f[k] for k in f.keys()}, attrs, f
 
 
 def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig) -> tuple[int, int]:
     """Validate names, shapes and dtypes against each other and the system."""
+    if "system" in data:
+        raise SceneFileError(f"{path}: 'system' must be one JSON string (an attribute, or a "
+                             f"0-d string array in .npz), got an array of shape "
+                             f"{tuple(data['system'].shape)}")
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise SceneFileError(f"{path}: missing required dataset(s) {missing}")
@@ -202,6 +217,9 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig) -> tup
     if "snr_db" in data and tuple(data["snr_db"].shape) != (S,):
         raise SceneFileError(f"{path}: 'snr_db' has shape {tuple(data['snr_db'].shape)}, "
                              f"expected ({S},)")
+    if "snr_db" in data and data["snr_db"].dtype.kind not in "fiu":
+        raise SceneFileError(f"{path}: 'snr_db' must be numeric (NaN where unknown), got "
+                             f"{data['snr_db'].dtype}")
     return S, _check_truth(path, data, S, system)
 
 
@@ -220,6 +238,12 @@ def _check_truth(path: Path, data: dict[str, Any], S: int, system: SystemConfig)
         if data[name].ndim != 2 or tuple(data[name].shape) != (S, slots):
             raise SceneFileError(f"{path}: {name!r} must have shape (S, K_max) = ({S}, "
                                  f"{slots}), got {tuple(data[name].shape)}")
+        if data[name].dtype.kind not in "fiu":
+            raise SceneFileError(f"{path}: {name!r} must be numeric, got {data[name].dtype}")
+    K = np.asarray(data["K"][:])
+    if S and (int(K.min()) < 1 or int(K.max()) > slots):
+        raise SceneFileError(f"{path}: 'K' must lie in 1..{slots} (the truth's slots), got "
+                             f"{int(K.min())}..{int(K.max())}")
     return slots
 
 

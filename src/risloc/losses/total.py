@@ -134,7 +134,7 @@ class _Batch:
 
     @functools.cached_property
     def match(self) -> aux.SlotMatch:
-        return aux.match_slots(aux.slot_cost(self.out.slots.float(), self.pts), self.valid)
+        return aux.match_slots(aux.slot_cost(self.out.learned.float(), self.pts), self.valid)
 
     @functools.cached_property
     def sv(self) -> torch.Tensor:
@@ -156,7 +156,7 @@ def _cov_pred(b: _Batch) -> torch.Tensor:
 
 def _aux(b: _Batch) -> torch.Tensor:
     c, o = b.cfg, b.out
-    loss = c.aux_slots * aux.slot_regression(o.slots.float(), b.pts, b.valid, b.match,
+    loss = c.aux_slots * aux.slot_regression(o.learned.float(), b.pts, b.valid, b.match,
                                              c.angle_scale_deg, c.inv_range_scale)
     if c.aux_heatmap > 0:
         loss = loss + c.aux_heatmap * aux.heatmap_focal(o.heatmap, o.grid, b.pts, b.valid)

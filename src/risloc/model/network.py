@@ -108,6 +108,7 @@ class ModelOutput:
     """Everything the network predicts for B scenes (S = K_max slots, N RIS elements).
 
     F : [B, N, S] complex64 — covariance factor; R_pred = F F^H : [B, N, N] complex64
+        (both None, and slot_steering too, from ``forward(..., covariance=False)``)
     K_logits : [B, K_max] float — logits of K = 1..K_max
     slot_azimuth, slot_elevation : [B, S] float — [rad]; slot_range : [B, S] — [m]: the
         positions F is built at (ML-refined for the K_hat strongest slots)
@@ -136,11 +137,6 @@ class ModelOutput:
     def K_hat(self) -> torch.Tensor:
         """[B] int64 — most likely number of sources."""
         return self.K_logits.argmax(-1) + 1
-
-    @property
-    def slots(self) -> torch.Tensor:
-        """[B, S, 3] — the learned (azimuth [rad], elevation [rad], 1/range [1/m])."""
-        return self.learned
 
 
 def candidate_grid(cfg: ModelConfig) -> CandidateGrid:

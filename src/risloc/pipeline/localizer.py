@@ -30,7 +30,14 @@ import numpy as np
 import torch
 
 from risloc.config import FieldOfView, SystemConfig
-from risloc.core.checks import check_shapes, normalise_scale, scene_problems, snr_per_scene
+from risloc.core.checks import (
+    InputError,
+    InputTypeError,
+    check_shapes,
+    normalise_scale,
+    scene_problems,
+    snr_per_scene,
+)
 from risloc.core.params import Estimates, concat_estimates
 from risloc.estimators.classical import ClassicalConfig, classical_localize
 from risloc.parallel import run_in_chunks
@@ -84,16 +91,18 @@ class LocalizationResult:
 
 def _as_tensor(name: str, x) -> torch.Tensor:
     if x is None:
-        raise TypeError(f"{name} is required, got None")
+        raise InputTypeError(f"{name} is required, got None")
     if isinstance(x, torch.Tensor):
         t = x
     else:
         try:
             t = torch.as_tensor(np.asarray(x))
         except (TypeError, ValueError, RuntimeError) as err:
-            raise TypeError(f"{name} must be an array of complex numbers ({err})") from None
+            raise InputTypeError(f"{name} must be an array of complex numbers "
+                                 f"({err})") from None
     if not t.is_complex():
-        raise TypeError(f"{name} must be complex (complex64 or complex128), got {t.dtype}")
+        raise InputTypeError(f"{name} must be complex (complex64 or complex128), got "
+                             f"{t.dtype}")
     return t
 
 
@@ -120,9 +129,9 @@ def check_system(ours: SystemConfig, theirs: SystemConfig | dict | None) -> int:
         theirs = SystemConfig.model_validate(theirs)
     bad = _differing_fields(ours, theirs)
     if bad:
-        raise ValueError("the scenes' system differs from the localizer's: " + "; ".join(bad))
+        raise InputError("the scenes' system differs from the localizer's: " + "; ".join(bad))
     if theirs.K_max > ours.K_max:
-        raise ValueError(f"the scenes' K_max={theirs.K_max} exceeds the localizer's "
+        raise InputError(f"the scenes' K_max={theirs.K_max} exceeds the localizer's "
                          f"K_max={ours.K_max}")
     return theirs.K_max
 
@@ -134,18 +143,18 @@ def resolve_K(K, n_scenes: int, k_max: int) -> torch.Tensor | None:
     t = torch.as_tensor(np.asarray(K))
     if t.is_floating_point():
         if not bool((t == t.round()).all()):
-            raise ValueError(f"K must hold whole numbers, got {t.flatten()[:5].tolist()}")
+            raise InputError(f"K must hold whole numbers, got {t.flatten()[:5].tolist()}")
     elif t.dtype == torch.bool or t.is_complex() or not t.dtype.is_signed and t.dtype != \
             torch.uint8:
-        raise TypeError(f"K must be an integer or integers, got {t.dtype}")
+        raise InputTypeError(f"K must be an integer or integers, got {t.dtype}")
     t = t.to(torch.int64)
     if t.ndim == 0:
         t = t.expand(n_scenes).clone()
     if t.shape != (n_scenes,):
-        raise ValueError(f"K must be a number or hold one value per scene ({n_scenes}), got "
+        raise InputError(f"K must be a number or hold one value per scene ({n_scenes}), got "
                          f"shape {tuple(t.shape)}")
     if bool(((t < 1) | (t > k_max)).any()):
-        raise ValueError(f"K must lie in 1..K_max={k_max}, got {sorted(set(t.tolist()))[:8]}")
+        raise InputError(f"K must lie in 1..K_max={k_max}, got {sorted(set(t.tolist()))[:8]}")
     return t
 
 
@@ -178,14 +187,14 @@ class Localizer:
                  pipeline: LearnedPipeline | None = None, workers: int | None = None,
                  fov: FieldOfView | None = None):
         if workers is not None and workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
+            raise InputError(f"workers must be >= 1, got {workers}")
         if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+            raise InputError(f"method must be one of {METHODS}, got {method!r}")
         if method == "learned" and pipeline is None:
-            raise ValueError("the learned method needs a pipeline: use "
+            raise InputError("the learned method needs a pipeline: use "
                              "Localizer.from_checkpoint")
         if method == "learned" and fov is not None and fov != pipeline.fov:
-            raise ValueError(f"the learned pipeline searches its network's field of view "
+            raise InputError(f"the learned pipeline searches its network's field of view "
                              f"{pipeline.fov}; it cannot search {fov}")
         self.system, self.method, self.pipeline, self.workers = system, method, pipeline, workers
         self.fov = pipeline.fov if method == "learned" else (fov or FieldOfView())

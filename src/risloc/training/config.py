@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from risloc.config import (
     ConfigError,
-    RislocConfig,
     SceneConfig,
     SystemConfig,
     parse_overrides,
@@ -159,9 +158,6 @@ class TrainConfig(_Section):
         validate_config({"system": self.system.model_dump(), "scene": self.scene.model_dump()})
         return self
 
-    @property
-    def risloc_config(self) -> RislocConfig:
-        return RislocConfig(system=self.system, scene=self.scene)
 
     def network_config(self) -> ModelConfig:
         """ModelConfig with the scene's field of view."""

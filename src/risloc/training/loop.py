@@ -39,17 +39,31 @@ from risloc.training.logs import CsvLog, EpochStats, epoch_progress
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-_RESUME_FREE = ("progress", "threads", "device", "log_every")
+_RESUME_FREE = ("progress", "threads", "device", "log_every", "out_dir")
 _RESUME_STOPPING = ("schedule.patience", "schedule.min_improvement")
 
 
 def _comparable(cfg: TrainConfig) -> dict:
     """The recipe fields that must match for an exact resume (stopping rules may change:
-    they do not alter the trajectory up to the resume point)."""
-    d = cfg.model_dump(exclude=set(_RESUME_FREE))
+    they do not alter the trajectory up to the resume point; nor does the output folder,
+    however it is spelled, or if the run was moved)."""
+    d = cfg.model_dump(mode="json", exclude=set(_RESUME_FREE))
     for key in _RESUME_STOPPING:
         d["schedule"].pop(key.split(".")[1])
     return d
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'section.field: old -> new' for every differing leaf."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, name + ".")
+        elif a != b:
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
 
 
 def ema_multi_avg_fn(decay: float):
@@ -135,10 +149,12 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         st = load_checkpoint(path, self.device)
-        old = _comparable(TrainConfig.from_json(st["config"]))
-        if old != _comparable(self.cfg):
-            raise ValueError(f"cannot resume from {path}: its recipe differs from this one "
-                             f"(only {', '.join(_RESUME_FREE + _RESUME_STOPPING)} may change)")
+        diff = _differences(_comparable(TrainConfig.from_json(st["config"])),
+                            _comparable(self.cfg))
+        if diff:
+            raise ValueError(f"cannot resume from {path}: its recipe differs from this one in "
+                             f"{'; '.join(diff[:6])} (only "
+                             f"{', '.join(_RESUME_FREE + _RESUME_STOPPING)} may change)")
         self.model.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
         self.optimizer.load_state_dict(st["optimizer"])

@@ -24,3 +24,62 @@ def test_csv_from_sequences_and_dicts(tmp_path):
     b = write_csv_atomic(tmp_path / "b.csv", ["x", "y"], [{"x": 1, "y": 2}, {"x": 3, "y": 4}])
     assert a.read_text().splitlines() == b.read_text().splitlines() == ["x,y", "1,2", "3,4"]
     assert write_csv_atomic(tmp_path / "c.csv", ["x"], []).read_text().splitlines() == ["x"]
+
+
+def test_two_concurrent_writers_never_mix_their_lines(tmp_path):
+    """Each writer has its own temporary file: the target is always one writer's whole
+    content (the fixed '.partial' name of earlier versions let two writers interleave)."""
+    import multiprocessing as mp
+
+    target = tmp_path / "report.txt"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_write_many, args=(target, tag)) for tag in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    lines = target.read_text().splitlines()
+    assert len(lines) == 2000 and len(set(lines)) == 1  # one writer's 2000 equal lines
+    assert [p.name for p in tmp_path.iterdir()] == ["report.txt"]
+
+
+def _write_many(target, tag: str) -> None:
+    for _ in range(30):
+        write_text_atomic(target, (tag * 40 + "\n") * 2000)
+
+
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next(tmp_path):
+    from risloc.io.atomic import remove_stale_temporaries
+
+    target = tmp_path / "scenes.h5"
+    stale = tmp_path / f".scenes.h5.{2 ** 22 + 12345}-deadbeef.partial.h5"  # no such pid
+    stale.write_bytes(b"half")
+    mine = tmp_path / f".scenes.h5.{__import__('os').getpid()}-cafe.partial.h5"
+    mine.write_bytes(b"in use")
+    assert remove_stale_temporaries(target) == [stale]
+    assert mine.exists() and not stale.exists()
+
+
+def test_check_writable_refuses_inputs_folders_and_unwritable_places(tmp_path):
+    from risloc.io.atomic import check_writable
+
+    inp = tmp_path / "same.h5"
+    inp.write_bytes(b"x")
+    with pytest.raises(ValueError, match="one of the inputs"):
+        check_writable(tmp_path / "." / "same.h5", [inp])
+    with pytest.raises(ValueError, match="is a folder"):
+        check_writable(tmp_path, [])
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        import os
+
+        if os.geteuid() != 0:  # root writes anywhere
+            with pytest.raises(ValueError, match="not writable"):
+                check_writable(locked / "out.csv")
+    finally:
+        locked.chmod(0o700)
+    assert check_writable(tmp_path / "new" / "out.csv").name == "out.csv"
+    assert list((tmp_path / "new").iterdir()) == []  # the probe leaves nothing

@@ -110,3 +110,25 @@ def test_dataset(tmp_path, batch, system):
     assert torch.equal(first.y, batch.y[:8])
     with pytest.raises(IndexError):
         ds[50]
+
+
+def test_odd_attributes_and_datasets_are_clean_errors(tmp_path, batch, system):
+    import h5py
+
+    arr = batch_to_arrays(batch, system.K_max)
+    path = write_scenes(tmp_path / "s.h5", batch, system)
+    with h5py.File(path, "a") as f:
+        f.attrs["system"] = 42  # not a JSON string
+    with pytest.raises(SceneFileError, match="expected a JSON string"):
+        read_scenes(path)
+    with pytest.raises(SceneFileError, match="'snr_db' must be numeric"):
+        read_scenes(_npz(tmp_path, **dict(arr, snr_db=np.array(["10"] * len(batch)))))
+    grp = tmp_path / "g.h5"
+    with h5py.File(grp, "w") as f:
+        f.create_group("y")
+        f["H"], f["codes"] = arr["H"], arr["codes"]
+    with pytest.raises(SceneFileError, match="must be datasets"):
+        read_scenes(grp)
+    bad_K = dict(arr, K=np.full(len(batch), 7, dtype=np.int32))
+    with pytest.raises(SceneFileError, match="'K' must lie in"):
+        read_scenes(_npz(tmp_path, **bad_K))

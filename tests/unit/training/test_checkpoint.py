@@ -48,3 +48,16 @@ def test_trainer_state_rebuilds_the_model(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="swa"):
         load_model(tmp_path / "last.pt", "swa")
+
+
+def test_a_flipped_bit_is_an_error_not_a_silent_model(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", {"w": torch.arange(1000.0), "config": "{}"})
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    (tmp_path / "d.pt").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="damaged|unreadable"):
+        load_checkpoint(tmp_path / "d.pt")
+    (tmp_path / "t.pt").write_bytes(path.read_bytes()[:500])  # truncated
+    with pytest.raises(ValueError, match="unreadable"):
+        load_checkpoint(tmp_path / "t.pt")
+    assert torch.equal(load_checkpoint(path)["w"], torch.arange(1000.0))
