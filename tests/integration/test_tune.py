@@ -1,25 +1,35 @@
-"""`risloc tune` on the tiny recipe: trials train, the study resumes from its SQLite
-database, pruning stops a trial's training, and the best trial comes back as overrides."""
+"""`risloc tune` on the tiny recipe: trials train, the study resumes, pruning stops a
+trial's training, workers share one study (SQLite here; PostgreSQL when CI provides a
+server through RISLOC_TEST_POSTGRES), a killed worker's trial is failed and re-run, and
+the best trial closes the loop through `risloc train --overrides`."""
 
 import csv
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from risloc.cli.main import app
-from risloc.hpo import TuneSettings, tune
+from risloc.hpo import TuneSettings, open_study, tune
 from risloc.hpo.search import _objective
 from risloc.training import load_train_config
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "train_tiny.yaml")
 runner = CliRunner()
+FAST = ("--set", "schedule.steps_per_epoch=1", "--set", "data.n_val=8")
 
 
 def test_study_runs_resumes_and_reports(tmp_path):
-    s = TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=2, epochs=1, seed=3)
+    s = TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=2, epochs=1, seed=3,
+                     warmup_epochs=0)
     study = tune(s)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert (tmp_path / "study.db").exists()
@@ -42,18 +52,80 @@ class _PruneAll(optuna.pruners.BasePruner):
 
 
 def test_pruned_trial_stops_training_after_the_reporting_epoch(tmp_path):
+    from risloc.hpo import load_space
+    from risloc.hpo.search import DEFAULT_SPACE
+
     s = TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=1, epochs=2)
+    base = load_train_config(TINY)
     study = optuna.create_study(pruner=_PruneAll())
-    study.optimize(_objective(s, load_train_config(TINY)), n_trials=1)
+    study.optimize(_objective(s, base, load_space(DEFAULT_SPACE, base)), n_trials=1)
     assert study.trials[0].state == optuna.trial.TrialState.PRUNED
     epochs = list(csv.DictReader((tmp_path / "trial_0000" / "epochs.csv").open()))
     assert len(epochs) == 1  # the second epoch never ran
 
 
-def test_tune_cli(tmp_path):
+def test_tune_cli_and_train_overrides_close_the_loop(tmp_path):
     res = runner.invoke(app, ["tune", "--config", TINY, "--trials", "1", "--epochs", "1",
-                              "--out", str(tmp_path)])
+                              "--out", str(tmp_path / "t"), *FAST])
     assert res.exit_code == 0, res.output
-    assert "best trial as recipe overrides" in res.output
+    best = tmp_path / "t" / "best_overrides.yaml"
+    assert "best trial" in res.output and best.exists()
+    res = runner.invoke(app, ["train", "--config", TINY, "--overrides", str(best), "--out",
+                              str(tmp_path / "r"), "--set", "schedule.epochs=1",
+                              "--set", "order.scenes=0", "--no-progress", *FAST])
+    assert res.exit_code == 0, res.output
+    from risloc.inference.checkpoint import load_checkpoint
+    from risloc.training.config import TrainConfig
+
+    cfg = TrainConfig.from_json(load_checkpoint(tmp_path / "r" / "last.pt")["config"])
+    beta = yaml.safe_load(best.read_text())["overrides"]["blend.beta"]
+    assert cfg.blend.beta == pytest.approx(beta)
     res = runner.invoke(app, ["tune", "--config", str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2
+
+
+def _storages(tmp_path):
+    urls = [f"sqlite:///{tmp_path / 'shared.db'}"]
+    if os.environ.get("RISLOC_TEST_POSTGRES"):
+        urls.append(os.environ["RISLOC_TEST_POSTGRES"])
+    return urls
+
+
+def _worker(url: str, name: str, out: Path, trials: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "risloc", "tune", "--config", TINY, "--trials", str(trials),
+           "--epochs", "2", "--out", str(out), "--storage", url, "--study-name", name,
+           "--heartbeat", "1", "--warmup-epochs", "0", *FAST]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(tmp_path):
+    for url in _storages(tmp_path):
+        name = f"shared-{os.getpid()}-{time.time_ns()}"
+        a = _worker(url, name, tmp_path / "a", 4)
+        s = TuneSettings(config=TINY, out_dir=str(tmp_path), storage=url, study_name=name,
+                         heartbeat_s=1, grace_s=3)
+        deadline = time.time() + 120
+        while time.time() < deadline:  # kill worker a in the middle of a trial
+            time.sleep(0.5)
+            try:
+                study = open_study(s)
+            except Exception:  # the study is not created yet
+                continue
+            if any(t.state.name == "RUNNING" for t in study.trials):
+                break
+        a.send_signal(signal.SIGKILL)
+        a.wait()
+        b = _worker(url, name, tmp_path / "b", 4)
+        c = _worker(url, name, tmp_path / "c", 4)
+        assert b.wait(300) == 0 and c.wait(300) == 0
+        trials = open_study(s).trials
+        states = [t.state.name for t in trials]
+        finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+        assert len(finished) >= 4, states  # the budget is the study's, over all workers
+        assert len(finished) <= 5, states  # at most one more (two workers finishing at once)
+        assert "RUNNING" not in states and "FAIL" in states, states  # a's trial: failed
+        retried = [t for t in trials if "failed_trial" in t.system_attrs]
+        assert retried, "the killed worker's trial was queued again"
+        params = [tuple(sorted(t.params.items())) for t in finished]
+        assert len(set(params)) == len(params)  # no trial ran twice

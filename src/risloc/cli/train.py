@@ -22,6 +22,22 @@ _HEADLINE = ("best_objective", "best_epoch", "epochs_run", "seconds_per_epoch",
              "val_nmse", "val_overlap", "swa_angle_median_deg", "swa_K_accuracy")
 
 
+def read_overrides(path: Path | None) -> list[str]:
+    """``section.field=value`` strings of an overrides YAML (a mapping, or one under the key
+    'overrides' as risloc tune writes it)."""
+    if path is None:
+        return []
+    if not path.exists():
+        raise FileNotFoundError(f"overrides file not found: {path}")
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    data = data.get("overrides", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of recipe fields to values")
+    return [f"{k}={json.dumps(v)}" for k, v in data.items()]
+
+
 def _summary_table(metrics: dict[str, float], out_dir: Path) -> Table:
     table = Table(title=f"training finished: {out_dir}")
     table.add_column("metric")
@@ -51,6 +67,10 @@ def train_command(
         "--threads", min=0, help="torch CPU threads (0 = leave as is).")] = None,
     progress: Annotated[bool, typer.Option(
         "--progress/--no-progress", help="Show a progress bar per epoch.")] = True,
+    overrides_file: Annotated[Path | None, typer.Option(
+        "--overrides", help="YAML of recipe overrides (e.g. best_overrides.yaml of "
+                            "risloc tune: its 'overrides' mapping), applied before --set.",
+        dir_okay=False)] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Start afresh in an output folder that holds a run (its "
                             "checkpoints and logs are replaced).")] = False,
@@ -58,7 +78,7 @@ def train_command(
     """Train the learned covariance network; write best.pt, last.pt, final.pt and CSV logs,
     then (recipe section `order`, on by default) the inference model model.pt: the best
     epoch's averaged weights plus its order head, as shipped in the package."""
-    overrides = list(set_ or [])
+    overrides = [*read_overrides(overrides_file), *(set_ or [])]
     if out is not None:
         overrides.append(f"out_dir={out}")
     if epochs is not None:

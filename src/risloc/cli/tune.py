@@ -1,4 +1,4 @@
-"""`risloc tune`: Optuna search over the training recipe (resumable, SQLite storage)."""
+"""`risloc tune`: Optuna search over the training recipe (resumable, shared by workers)."""
 
 from __future__ import annotations
 
@@ -17,19 +17,35 @@ def tune_command(
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="Base training recipe (YAML/TOML).", dir_okay=False)] = None,
     trials: Annotated[int, typer.Option(
-        "--trials", min=1, help="Finished trials wanted in the study (resumes to this).")] = 20,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs per trial.")] = 3,
+        "--trials", min=1, help="Finished trials wanted in the study, over all workers "
+                                "(resumes to this).")] = 20,
+    epochs: Annotated[int, typer.Option(
+        "--epochs", min=1, help="Epochs per trial (each schedule phase scales with it).")] = 10,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a base recipe field for every trial: section.field=value "
                       "(repeatable), e.g. --set schedule.steps_per_epoch=80.")] = None,
     out: Annotated[Path, typer.Option(
-        "--out", "-o", help="Study folder: study.db, trial runs, trials.csv, "
-                            "best_overrides.yaml.")] = Path("runs/tune"),
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the TPE sampler.")] = 0,
+        "--out", "-o", help="Study folder: trial runs, trials.csv, best_overrides.yaml (and "
+                            "study.db unless --storage).")] = Path("runs/tune"),
+    storage: Annotated[str | None, typer.Option(
+        help="SQLAlchemy URL of the study, shared by every worker, e.g. "
+             "postgresql://user@host/db (default: sqlite in --out).")] = None,
+    study_name: Annotated[str, typer.Option(help="Study name in the storage.")] = "risloc",
+    space: Annotated[Path | None, typer.Option(
+        help="Search-space YAML (default: risloc/hpo/search_space.yaml).")] = None,
+    seed: Annotated[int, typer.Option(
+        min=0, help="Base seed of the TPE sampler (each worker adds its own offset).")] = 0,
+    startup_trials: Annotated[int, typer.Option(
+        min=0, help="MedianPruner: trials before any is pruned.")] = 6,
+    warmup_epochs: Annotated[int, typer.Option(
+        min=0, help="MedianPruner: epochs of a trial before it may be pruned.")] = 8,
+    heartbeat: Annotated[int, typer.Option(
+        min=1, help="Seconds between a running trial's heartbeats; a trial silent for 3x "
+                    "this is failed and re-queued.")] = 60,
 ) -> None:
-    """Search learning rate, weight decay, blend beta and loss weights with Optuna (TPE +
-    median pruning on the per-epoch validation objective). Rerun the same command to
-    resume an interrupted study."""
+    """Search the training recipe with Optuna (multivariate TPE, median pruning on the
+    per-epoch validation objective). Start the same command on any number of machines
+    with one --storage and --study-name to share the work; rerun it to resume."""
     try:
         import optuna  # noqa: F401
     except ModuleNotFoundError:
@@ -38,18 +54,27 @@ def tune_command(
     from risloc.hpo import TuneSettings, tune
 
     settings = TuneSettings(config=None if config is None else str(config),
-                            overrides=tuple(set_ or ()), out_dir=str(out), n_trials=trials,
-                            epochs=epochs, seed=seed)
-    console.print(f"tuning -> {out} ({trials} trials x {epochs} epochs)")
-    study = tune(settings, progress=True)
-    table = Table(title=f"study {out / 'study.db'}")
-    for col in ("trial", "state", "objective", *study.trials[0].params):
+                            overrides=tuple(set_ or ()), out_dir=str(out), storage=storage,
+                            space=None if space is None else str(space), n_trials=trials,
+                            epochs=epochs, seed=seed, study_name=study_name,
+                            startup_trials=startup_trials, warmup_epochs=warmup_epochs,
+                            heartbeat_s=heartbeat, grace_s=3 * heartbeat)
+    console.print(f"tuning -> {settings.storage_url} study {study_name!r} ({trials} trials x "
+                  f"{epochs} epochs)")
+    study = tune(settings)
+    table = Table(title=f"study {study_name!r}")
+    names = sorted({k for t in study.trials for k in t.params})
+    for col in ("trial", "state", "objective", *names):
         table.add_column(col, justify="right")
     for t in study.trials:
         table.add_row(str(t.number), t.state.name,
                       "" if t.value is None else f"{t.value:.4g}",
-                      *(f"{v:.3g}" for v in t.params.values()))
+                      *(_fmt(t.params.get(n)) for n in names))
     stdout.print(table)
     best = out / "best_overrides.yaml"
     if best.exists():
-        console.print(f"best trial as recipe overrides: {best}")
+        console.print(f"best trial: {best} (risloc train --config <recipe> --overrides {best})")
+
+
+def _fmt(v) -> str:
+    return "" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))

@@ -1,44 +1,43 @@
 """Optuna search over the training recipe: ``tune(settings) -> study``.
 
 Each trial is one call of :func:`risloc.training.train` on the base recipe plus the
-trial's overrides, in HPO mode (smaller beta jitter), for a few epochs. The objective is
-the recipe's end-to-end validation objective (median angle error + a weighted F1 miss,
-MUSIC on R_blend, on the fixed validation set): the same number that selects best.pt.
-After every epoch the trial reports it to Optuna, and a median pruner stops trials that
-fall behind (the training loop's callback raises ``optuna.TrialPruned``).
+trial's values, in HPO mode (smaller beta jitter). The objective is the recipe's
+end-to-end validation objective (median angle error + a weighted F1 miss, MUSIC on
+R_blend, on the fixed validation set): the number that selects best.pt. After every epoch
+the trial reports it, and a median pruner stops trials that fall behind (the training
+loop's callback raises ``optuna.TrialPruned``). The schedule of a trial (warm-up, loss
+weight phases, SWA) is a fraction of its epochs, so a trial of any length passes through
+every phase; ``--epochs`` should leave each phase at least one epoch.
 
-The study lives in an SQLite database (SQLAlchemy storage) in the output folder, so an
-interrupted search resumes where it stopped: rerunning the same command counts the
-finished trials and runs only the missing ones. The test split is never touched.
+Scale-out: the study lives in any SQLAlchemy database (``--storage``; default an SQLite
+file in the output folder). Any number of workers on any machines run the same command
+against one storage and study name; each draws from its own seed (the base seed plus a
+per-process offset), the study stops at ``n_trials`` finished trials in total, and a
+worker that dies mid-trial stops sending heartbeats: after ``grace_s`` its trial is marked
+failed and queued again for another worker. The test split is never touched.
 
-The search space follows the design notes (seeds): learning rate on a log scale around
-the recipe's, weight decay, the final blend weight beta and the weights of the K,
-auxiliary-position and peak losses. Other recipe fields stay as the base recipe says.
+The search space is a YAML file (:mod:`risloc.hpo.space`; the default ships as
+``risloc/hpo/search_space.yaml``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from risloc.hpo.space import Dimension, load_space
 from risloc.io.atomic import write_csv_atomic, write_text_atomic
 from risloc.training.config import TrainConfig, load_train_config
 
 log = logging.getLogger(__name__)
 
-# name -> (recipe field, low, high, log scale); "lr" is relative to the base recipe's.
-SEARCH_SPACE: dict[str, tuple[str, float, float, bool]] = {
-    "lr_factor": ("optim.lr", 0.25, 4.0, True),
-    "weight_decay": ("optim.weight_decay", 1e-5, 1e-3, True),
-    "beta": ("blend.beta", 0.1, 0.5, False),
-    "lam_K": ("loss.lam_K", 0.2, 1.0, True),
-    "lam_aux": ("loss.lam_aux", 0.3, 2.0, True),
-    "lam_peak": ("loss.lam_peak", 0.2, 1.0, True),
-}
+DEFAULT_SPACE = Path(__file__).resolve().parent / "search_space.yaml"
 
 
 @dataclass(frozen=True)
@@ -47,54 +46,60 @@ class TuneSettings:
 
     config : base recipe file (None = the package defaults)
     overrides : extra ``section.field=value`` overrides applied to every trial
-    out_dir : study database, per-trial run folders, trials.csv, best_overrides.yaml
-    n_trials : finished (complete or pruned) trials wanted in the study in total
+    out_dir : per-trial run folders, trials.csv, best_overrides.yaml (and the default
+        SQLite study)
+    storage : SQLAlchemy URL of the study (None: sqlite in out_dir)
+    space : search-space YAML file (None: the package's risloc/hpo/search_space.yaml)
+    n_trials : finished (complete or pruned) trials wanted in the study, over all workers
     epochs : training epochs per trial
-    seed : seed of the TPE sampler
+    seed : base seed of the TPE sampler (each worker adds its own offset)
+    startup_trials / warmup_epochs : MedianPruner(n_startup_trials, n_warmup_steps)
+    heartbeat_s / grace_s : a running trial beats every heartbeat_s; one silent for
+        grace_s is failed and re-queued (RDB storages)
     """
 
     config: str | None
     overrides: tuple[str, ...] = ()
     out_dir: str = "runs/tune"
+    storage: str | None = None
+    space: str | None = None
     n_trials: int = 20
-    epochs: int = 3
+    epochs: int = 10
     seed: int = 0
     study_name: str = "risloc"
-    startup_trials: int = 4  # trials before the pruner may prune
-    warmup_epochs: int = 1  # epochs of a trial before it may be pruned
+    startup_trials: int = 6
+    warmup_epochs: int = 8
+    heartbeat_s: int = 60
+    grace_s: int = 180
 
     def __post_init__(self) -> None:
         if self.n_trials < 1 or self.epochs < 1:
             raise ValueError(f"n_trials and epochs must be >= 1, got {self.n_trials}, "
                              f"{self.epochs}")
+        if not 0 < self.heartbeat_s < self.grace_s:
+            raise ValueError(f"need 0 < heartbeat_s < grace_s, got {self.heartbeat_s}, "
+                             f"{self.grace_s}")
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{Path(self.out_dir) / 'study.db'}"
 
 
-def suggest_overrides(trial, base: TrainConfig) -> list[str]:
-    """The trial's recipe overrides (``section.field=value``) from :data:`SEARCH_SPACE`."""
-    out = []
-    for name, (field, lo, hi, log_scale) in SEARCH_SPACE.items():
-        v = trial.suggest_float(name, lo, hi, log=log_scale)
-        if name == "lr_factor":
-            v *= base.optim.lr
-        out.append(f"{field}={v!r}")
-    return out
-
-
-def _trial_config(settings: TuneSettings, trial_overrides: list[str], number: int
-                  ) -> TrainConfig:
+def _trial_config(settings: TuneSettings, values: list[str], number: int) -> TrainConfig:
     run_dir = Path(settings.out_dir) / f"trial_{number:04d}"
     return load_train_config(settings.config, [
-        *settings.overrides, *trial_overrides, f"schedule.epochs={settings.epochs}",
+        *settings.overrides, *values, f"schedule.epochs={settings.epochs}",
         "schedule.hpo_mode=true", f"out_dir={run_dir}", "progress=false"])
 
 
-def _objective(settings: TuneSettings, base: TrainConfig):
+def _objective(settings: TuneSettings, base: TrainConfig, space: tuple[Dimension, ...]):
     import optuna
 
     from risloc.training import train
 
     def objective(trial: optuna.Trial) -> float:
-        cfg = _trial_config(settings, suggest_overrides(trial, base), trial.number)
+        values = [f"{d.field}={d.suggest(trial, base)!r}" for d in space]
+        cfg = _trial_config(settings, values, trial.number)
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             value = metrics["objective"]
@@ -111,40 +116,68 @@ def _objective(settings: TuneSettings, base: TrainConfig):
     return objective
 
 
-def _finished(study) -> int:
+def worker_seed(seed: int) -> int:
+    """The sampler seed of this process: workers sharing a study draw different trials."""
+    return (seed * 1_000_003 + os.getpid()) % (2**31 - 1)
+
+
+def _stale_trial_retry() -> dict:
+    """RDBStorage's argument that fails a trial whose worker stopped beating and queues it
+    again (Optuna >= 4.9 names it heartbeat_stale_trial_callback)."""
+    from optuna import storages
+
+    if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):
+        return {"heartbeat_stale_trial_callback":
+                storages.RetryHeartbeatStaleTrialCallback(max_retry=2)}
+    return {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=2)}
+
+
+def open_study(settings: TuneSettings):
+    """Create or load the study (any SQLAlchemy URL), with heartbeats, multivariate TPE and
+    the median pruner."""
     import optuna
+    from optuna.storages import RDBStorage
 
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return sum(t.state in done for t in study.trials)
-
-
-def tune(settings: TuneSettings, progress: bool = False):
-    """Run (or resume) the study until it holds ``n_trials`` finished trials; write
-    trials.csv and, once a trial has completed, best_overrides.yaml. Returns the study."""
-    import optuna
-
-    base = load_train_config(settings.config, list(settings.overrides))
-    out = Path(settings.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(
-        study_name=settings.study_name, storage=f"sqlite:///{out / 'study.db'}",
-        load_if_exists=True, direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=settings.seed),
+    Path(settings.out_dir).mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # multivariate/group/liar: "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=worker_seed(settings.seed), multivariate=True,
+                                             group=True, constant_liar=True)
+        storage = RDBStorage(settings.storage_url, heartbeat_interval=settings.heartbeat_s,
+                             grace_period=settings.grace_s, **_stale_trial_retry())
+    return optuna.create_study(
+        study_name=settings.study_name, storage=storage, load_if_exists=True,
+        direction="minimize", sampler=sampler,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials,
                                            n_warmup_steps=settings.warmup_epochs))
-    missing = settings.n_trials - _finished(study)
-    if missing > 0:
-        log.info("study %s: %d finished trials, running %d more", settings.study_name,
-                 settings.n_trials - missing, missing)
-        study.optimize(_objective(settings, base), n_trials=missing,
-                       show_progress_bar=progress, gc_after_trial=True)
-    write_reports(study, base, out)
+
+
+def tune(settings: TuneSettings):
+    """Work on the study until it holds ``n_trials`` finished trials (all workers counted);
+    write trials.csv and, once a trial has completed, best_overrides.yaml. Returns it."""
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    base = load_train_config(settings.config, list(settings.overrides))
+    space = load_space(settings.space or DEFAULT_SPACE, base)
+    study = open_study(settings)
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    budget = MaxTrialsCallback(settings.n_trials, states=done)
+    finished = sum(t.state in done for t in study.trials)
+    if finished < settings.n_trials:
+        log.info("study %s: %d finished trials of %d", settings.study_name, finished,
+                 settings.n_trials)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study.optimize(_objective(settings, base, space), callbacks=[budget],
+                       gc_after_trial=True, catch=(FloatingPointError,))
+    write_reports(study, base, space, Path(settings.out_dir))
     return study
 
 
-def write_reports(study, base: TrainConfig, out: Path) -> None:
-    """trials.csv (every trial) and best_overrides.yaml (the best completed trial as
-    recipe overrides), each written atomically."""
+def write_reports(study, base: TrainConfig, space: tuple[Dimension, ...], out: Path) -> None:
+    """trials.csv (every trial) and best_overrides.yaml (the best completed trial as recipe
+    overrides, for ``risloc train --overrides``), each written atomically."""
     rows = [{"number": t.number, "state": t.state.name, "value": t.value,
              **t.params, **t.user_attrs} for t in study.trials]
     cols = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("number", "state",
@@ -154,12 +187,10 @@ def write_reports(study, base: TrainConfig, out: Path) -> None:
     if not completed:
         return
     best = min(completed, key=lambda t: t.value)
-    params = {}
-    for name, (field, *_rest) in SEARCH_SPACE.items():
-        v = best.params[name] * (base.optim.lr if name == "lr_factor" else 1.0)
-        params[field] = float(v)
+    params = {d.field: d.value(best.params, base) for d in space if d.field in best.params}
+    params = {k: (float(v) if isinstance(v, float) else v) for k, v in params.items()}
     text = yaml.safe_dump({"trial": best.number, "objective": float(best.value),
                            "overrides": params}, sort_keys=False)
     write_text_atomic(out / "best_overrides.yaml",
-                      "# Best trial of the study; apply with risloc train --set field=value\n"
-                      + text)
+                      "# Best trial of the study: risloc train --config <recipe> --overrides "
+                      "this file\n" + text)

@@ -1,0 +1,85 @@
+"""The search space of ``risloc tune``, declared in a YAML file the user can edit
+(``configs/search_space.yaml``): one entry per recipe field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from risloc.config import ConfigError
+from risloc.training.config import TrainConfig, load_train_config
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched recipe field: a float range (log scale, optionally relative to the base
+    recipe's value) or a list of choices."""
+
+    field: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    relative: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.field
+
+    def suggest(self, trial, base: TrainConfig) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.field, list(self.choices))
+        v = trial.suggest_float(self.field, self.low, self.high, log=self.log)
+        return v * _get(base, self.field) if self.relative else v
+
+    def value(self, params: dict[str, Any], base: TrainConfig) -> Any:
+        """The recipe value a trial's parameters mean."""
+        v = params[self.field]
+        return v * _get(base, self.field) if self.relative else v
+
+
+def _get(cfg: TrainConfig, field: str) -> Any:
+    node: Any = cfg
+    for part in field.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def load_space(path: str | Path, base: TrainConfig | None = None) -> tuple[Dimension, ...]:
+    """Read and check a search-space file: ConfigError naming the entry on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"search space file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{path}: expected a mapping of recipe fields to ranges")
+    base = base or load_train_config(None)
+    dims = []
+    for field, spec in data.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}: {field}: expected a mapping, got {spec!r}")
+        unknown = set(spec) - {"low", "high", "log", "relative", "choices"}
+        if unknown:
+            raise ConfigError(f"{path}: {field}: unknown keys {sorted(unknown)}")
+        try:
+            _get(base, field)
+        except AttributeError:
+            raise ConfigError(f"{path}: {field} is not a recipe field") from None
+        if "choices" in spec:
+            if not isinstance(spec["choices"], list) or not spec["choices"]:
+                raise ConfigError(f"{path}: {field}: choices must be a non-empty list")
+            dim = Dimension(field, choices=tuple(spec["choices"]))
+        else:
+            try:
+                lo, hi = float(spec["low"]), float(spec["high"])
+            except (KeyError, TypeError, ValueError):
+                raise ConfigError(f"{path}: {field}: needs numeric low and high") from None
+            if not lo < hi or (spec.get("log") and lo <= 0):
+                raise ConfigError(f"{path}: {field}: need low < high (and low > 0 on a log "
+                                  f"scale), got {lo}, {hi}")
+            dim = Dimension(field, lo, hi, bool(spec.get("log")), bool(spec.get("relative")))
+        dims.append(dim)
+    return tuple(dims)
