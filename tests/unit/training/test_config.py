@@ -21,7 +21,7 @@ def test_tuned_recipe_is_the_default_plus_the_study_best():
     import yaml
 
     tuned = load_train_config(ROOT / "configs" / "train_tuned.yaml")
-    best = yaml.safe_load((ROOT / "benchmarks" / "results" / "tune_best_overrides.yaml"
+    best = yaml.safe_load((ROOT / "benchmarks" / "results" / "archive" / "tune_best_overrides.yaml"
                            ).read_text())["overrides"]
     expect = load_train_config(ROOT / "configs" / "train_default.yaml",
                                [f"{k}={v:.4g}" for k, v in best.items()]
