@@ -10,13 +10,16 @@ judged by the concentrated likelihood of :mod:`risloc.estimators.nfmle`:
 2. **repair** — RELAX-style (Li & Stoica 1996) rounds on the S-source fit: the source
    whose removal costs least leaves, the classical greedy step
    (:func:`risloc.estimators.classical.residual_proposal`: the OLS statistic T on a
-   shortlisted grid) proposes a replacement from the residual of the others, and where
-   the replacement removes more residual energy than the source it replaces, the swapped
-   set is polished again and kept if its cost is lower. A source masked by a stronger
+   shortlisted grid) proposes a replacement from the residual of the others, the swapped
+   set is polished, and it is kept where its cost is lower. A source masked by a stronger
    one stands out in the residual once the stronger one is fitted.
-3. **nested sets** — backward elimination: from the S-source fit the source whose removal
-   costs least is dropped, then the next, down to one. theta[:, :k] is the k-source set
-   and C_k its residual cost (amplitudes refitted, positions of the S-source fit).
+3. **nested sets** — forward selection with refinement among the S fitted positions: the
+   k-th source is the one that removes most residual energy given the first k - 1 (the
+   OLS statistic), and the k chosen are polished jointly before the next pick. A K_max
+   fit's positions are not those of its subsets (a spurious neighbour of a strong source
+   absorbs part of its error and looks like a source on its own: backward elimination
+   from the S-source fit kept such a neighbour instead of a weak true source).
+   theta[:, :k] is the k-source set (positions of the last polished set), C_k its cost.
 
 The removal cost of source j from a fit with amplitudes s_l and Gram G_l = B_l^H B_l is
 the least-squares downdate sum_l |s_lj|^2 / [G_l^-1]_jj: all S of them from one fit.
@@ -60,8 +63,6 @@ class MLFitConfig:
         iterations=3, double=False, tikhonov=1e-5))
     repairs: int = 2
     shortlist: int = 32
-    selection: str = "greedy"
-    gate: bool = False
     select_iterations: int = 2
     search: ClassicalConfig = field(default_factory=ClassicalConfig)
 
@@ -123,62 +124,25 @@ def _repair(y, H, codes, theta, fit, system, config: MLFitConfig, grid):
     """One repair round (module docstring); returns (theta, fit, improved [B] bool)."""
     B, S, _ = theta.shape
     full = torch.ones(B, S, dtype=torch.bool, device=y.device)
-    gains = removal_gains(fit, full)
-    loss, j = gains.min(-1)
-    theta = _last(theta, j)
+    theta = _last(theta, removal_gains(fit, full).argmin(-1))
     fit = _fit(y, H, codes, theta, full, system, config.polish)  # in theta's new order
     others = full.clone()
     others[:, -1] = False
     rest = _fit(y, H, codes, theta, others, system, config.polish)
     prop = residual_proposal(y, H, codes, rest, others, grid, config.search.floor,
                              config.shortlist)
-    improved = torch.zeros(B, dtype=torch.bool, device=y.device)
-    # the swap is refined where it lowers the cost already before refinement
-    todo = ((prop.gain > loss) | (not config.gate)).nonzero().squeeze(-1)
-    if todo.numel():
-        cand = theta[todo].clone()
-        cand[:, -1] = prop.theta[todo].to(cand.dtype)
-        cand, cfit, _ = lm_solve(y[todo], H[todo], codes[todo], cand, full[todo], system,
-                                 config.polish)
-        better = cfit.cost < fit.cost[todo]
-        improved[todo[better]] = True
-        theta[todo] = torch.where(better.view(-1, 1, 1), cand, theta[todo])
-        fit = Fit(*(o.index_put((todo,), torch.where(
-            better.view((-1,) + (1,) * (n.ndim - 1)), n, o[todo]))
-            for n, o in zip(cfit, fit, strict=True)))
-    return theta, fit, improved
+    cand = theta.clone()
+    cand[:, -1] = prop.theta.to(cand.dtype)
+    # every swap is refined: keeping only those that lower the cost before refinement
+    # lost weak sources (validation split, powers spread over 12 dB)
+    cand, cfit, _ = lm_solve(y, H, codes, cand, full, system, config.polish)
+    better = cfit.cost < fit.cost
+    theta = torch.where(better.view(-1, 1, 1), cand, theta)
+    fit = Fit(*_take(tuple(cfit), tuple(fit), better))
+    return theta, fit, better
 
 
-def _forward(y, H, codes, theta, fit, system, config: MLFitConfig):
-    """Forward selection (orthogonal least squares) among the S fitted sources: theta in
-    nested order and the costs C_0..C_S (module docstring)."""
-    B, S, _ = theta.shape
-    cols = fit.Bm  # (B, L, M, S): the S sources' measured columns
-    gains = abs2(cols).sum(2)  # (B, L, S)
-    rows = torch.arange(B, device=y.device)
-    taken = torch.zeros(B, S, dtype=torch.bool, device=y.device)
-    rank = torch.zeros(B, S, dtype=torch.int64, device=y.device)
-    costs = torch.empty(B, S + 1, dtype=torch.float64, device=y.device)
-    costs[:, 0] = abs2(y).sum((-1, -2)).double()
-    cur = None
-    for k in range(S):
-        if k == 0:
-            T = (abs2(cols.mH @ y.unsqueeze(-1)).squeeze(-1) / gains.clamp_min(1e-30)).sum(1)
-        else:
-            T = ols_statistic(cur, cols, gains, config.search.floor,
-                              torch.ones(B, k, dtype=torch.bool, device=y.device))
-        j = torch.where(taken, torch.full_like(T, -float("inf")), T).argmax(-1)
-        taken[rows, j] = True
-        rank[:, k] = j
-        chosen = theta.gather(1, rank[:, :k + 1].unsqueeze(-1).expand(-1, -1, 3))
-        cur = _fit(y, H, codes, chosen, torch.ones(B, k + 1, dtype=torch.bool,
-                                                   device=y.device), system, config.polish)
-        costs[:, k + 1] = cur.cost.double()
-    nested = theta.gather(1, rank.unsqueeze(-1).expand(-1, -1, 3))
-    return nested, torch.cummin(costs, 1).values, rank
-
-
-def _greedy(y, H, codes, theta, fit, system, config: MLFitConfig):
+def _nested(y, H, codes, theta, fit, system, config: MLFitConfig):
     """Forward selection with refinement: the k-th source is the one of the S fitted
     positions that removes most residual energy given the first k - 1 (OLS), and the k
     chosen are polished jointly before the next pick, so each nested set is refined as a
@@ -212,28 +176,7 @@ def _greedy(y, H, codes, theta, fit, system, config: MLFitConfig):
                                   replace(config.polish, iterations=config.select_iterations))
             nested[:, :k + 1] = th
         costs[:, k + 1] = cur.cost.double()
-    return nested, torch.cummin(costs, 1).values, None
-
-
-def _nested(y, H, codes, theta, fit, system, config: MLFitConfig):
-    """Backward elimination: theta in nested order and the costs C_0..C_S."""
-    B, S, _ = theta.shape
-    keep = torch.ones(B, S, dtype=torch.bool, device=y.device)
-    rank = torch.zeros(B, S, dtype=torch.int64, device=y.device)  # slot kept k-th
-    costs = torch.empty(B, S + 1, dtype=torch.float64, device=y.device)
-    costs[:, 0] = abs2(y).sum((-1, -2)).double()
-    costs[:, S] = fit.cost.double()
-    rows = torch.arange(B, device=y.device)
-    cur = fit
-    for k in range(S, 1, -1):
-        j = removal_gains(cur, keep).argmin(-1)
-        keep[rows, j] = False
-        rank[:, k - 1] = j
-        cur = _fit(y, H, codes, theta, keep, system, config.polish)
-        costs[:, k - 1] = cur.cost.double()
-    rank[:, 0] = keep.to(torch.int64).argmax(-1)
-    nested = theta.gather(1, rank.unsqueeze(-1).expand(-1, -1, 3))
-    return nested, torch.cummin(costs, 1).values, rank
+    return nested, torch.cummin(costs, 1).values
 
 
 @torch.no_grad()
@@ -254,12 +197,8 @@ def ml_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, start: torch.T
     for _ in range(config.repairs if S > 1 else 0):
         theta, fit, improved = _repair(y, H, codes, theta, fit, system, config, grid)
         repaired += improved
-    received = (abs2(fit.s) * abs2(fit.Bm).sum(-2)).mean(1) / y.shape[-1]  # (B, S)
-    order = {"forward": _forward, "backward": _nested, "greedy": _greedy}[config.selection]
-    nested, costs, rank = order(y, H, codes, theta, fit, system, config)
-    if rank is None:
-        nf = _fit(y, H, codes, nested, torch.ones(B, S, dtype=torch.bool, device=y.device),
-                  system, config.polish)
-        received = (abs2(nf.s) * abs2(nf.Bm).sum(-2)).mean(1) / y.shape[-1]
-        return MLFit(nested, costs, received, repaired)
-    return MLFit(nested, costs, received.gather(1, rank), repaired)
+    nested, costs = _nested(y, H, codes, theta, fit, system, config)
+    nf = _fit(y, H, codes, nested, torch.ones(B, S, dtype=torch.bool, device=y.device),
+              system, config.polish)
+    received = (abs2(nf.s) * abs2(nf.Bm).sum(-2)).mean(1) / y.shape[-1]
+    return MLFit(nested, costs, received, repaired)
