@@ -90,8 +90,8 @@ def test_wrong_arrays_are_typed_errors(name, how):
 @given(st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True),
                  st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=4),
                  st.text(max_size=3)),
-       st.one_of(st.none(), st.integers(-2, 8), st.floats(-1, 7), st.lists(st.integers(0, 6),
-                                                                          max_size=4)))
+       st.one_of(st.none(), st.integers(-2, 8), st.floats(-1, 7), st.text(max_size=2),
+                 st.lists(st.integers(0, 6), max_size=4)))
 def test_snr_and_K_are_used_or_refused_cleanly(snr, K):
     loc = Localizer(SYSTEM, "classical", workers=1)
     try:

@@ -140,7 +140,11 @@ def resolve_K(K, n_scenes: int, k_max: int) -> torch.Tensor | None:
     """Known source counts as [B] int64 in 1..k_max, or None."""
     if K is None:
         return None
-    t = torch.as_tensor(np.asarray(K))
+    try:
+        t = torch.as_tensor(np.asarray(K))
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InputTypeError(f"K must be an integer or integers, got {type(K).__name__} "
+                             f"({err})") from None
     if t.is_floating_point():
         if not bool((t == t.round()).all()):
             raise InputError(f"K must hold whole numbers, got {t.flatten()[:5].tolist()}")
