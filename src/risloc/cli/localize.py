@@ -1,27 +1,30 @@
-"""`risloc localize`: a scene file in, the estimates CSV out."""
+"""`risloc localize`: scene files in, the estimates CSV out — streamed and resumable."""
 
 from __future__ import annotations
 
+import glob
 import time
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.table import Table
 
 from risloc.cli.common import console, handle_errors, out, progress
 from risloc.core.params import Estimates, concat_estimates
 from risloc.evaluation.metrics import match_sources, summarize_by_snr
-from risloc.io import read_scenes
 from risloc.io.atomic import check_writable
+from risloc.io.scenefile import inspect_scene_file, iter_scene_chunks
 from risloc.pipeline import METHODS, Localizer
-from risloc.pipeline.estimates_file import estimate_rows, write_estimates
+from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream, estimate_rows
 from risloc.pipeline.localizer import check_system
+from risloc.simulation.streams import concat_batches
 
 
 def _metrics_table(est: Estimates, scenes) -> Table:
     m = match_sources(est, scenes.azimuth, scenes.elevation, scenes.range_m, scenes.K)
-    t = Table(title="metrics against the file's truth")
+    t = Table(title="metrics against the files' truth")
     for col in ("SNR dB", "scenes", "K acc", "F1", "az med°", "el med°", "range med m"):
         t.add_column(col, justify="right")
     for snr, s in summarize_by_snr(m, scenes.snr_db.nan_to_num(0.0)).items():
@@ -31,20 +34,18 @@ def _metrics_table(est: Estimates, scenes) -> Table:
     return t
 
 
-@handle_errors
-def localize_command(
-    scenes: Annotated[Path, typer.Argument(help="Scene file (.h5 / .npz, docs/conventions.md).")],
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="Estimates CSV.")] = Path(
-        "estimates.csv"),
-    method: Annotated[str | None, typer.Option(help=(
-        f"One of {', '.join(METHODS)}; default: learned when a model is available (the shipped "
-        "one or --checkpoint), else classical."))] = None,
-    checkpoint: Annotated[Path | None, typer.Option(
-        help="Trained checkpoint (learned method); default: the shipped model.")] = None,
-    K: Annotated[int | None, typer.Option("--K", help="Known number of sources.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 256,
-) -> None:
-    """Localize every scene of a file and write the estimates CSV."""
+def expand_inputs(patterns: list[str]) -> list[Path]:
+    """Paths of the scene files: each argument a path or a glob pattern, in order, once."""
+    paths: list[Path] = []
+    for p in patterns:
+        hits = [Path(p)] if Path(p).exists() else [Path(h) for h in sorted(glob.glob(p))]
+        if not hits:
+            raise FileNotFoundError(f"no scene file matches {p}")
+        paths += [h for h in hits if h not in paths]
+    return paths
+
+
+def _localizer(method: str | None, checkpoint: Path | None, system, device: str) -> Localizer:
     if method is None:
         from risloc.pipeline.learned import DEFAULT_MODEL
 
@@ -54,37 +55,96 @@ def localize_command(
                           "localizer (pass --checkpoint for a trained model)[/]")
     if method not in METHODS:
         raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
-    check_writable(out_path, [scenes] + ([checkpoint] if checkpoint is not None else []))
-    batch, info = read_scenes(scenes)
-    if K is not None and not 1 <= K <= info.system.K_max:
-        raise ValueError(f"--K must lie in 1..K_max={info.system.K_max}, got {K}")
-    if method == "learned":
-        loc = Localizer.from_checkpoint(checkpoint)
+    if method == "classical":
+        return Localizer(system, "classical")
+    loc = Localizer.from_checkpoint(checkpoint)
+    loc.pipeline.to(device)
+    return loc
+
+
+@handle_errors
+def localize_command(
+    scenes: Annotated[list[str], typer.Argument(help=(
+        "Scene files (.h5 / .npz, docs/conventions.md) or glob patterns ('data/*.h5')."))],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Estimates CSV.")] = Path(
+        "estimates.csv"),
+    method: Annotated[str | None, typer.Option(help=(
+        f"One of {', '.join(METHODS)}; default: learned when a model is available (the shipped "
+        "one or --checkpoint), else classical."))] = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="Trained checkpoint (learned method); default: the shipped model.")] = None,
+    K: Annotated[int | None, typer.Option("--K", help="Known number of sources.")] = None,
+    start: Annotated[int, typer.Option(min=0, help="First scene of each file.")] = 0,
+    stop: Annotated[int | None, typer.Option(
+        min=0, help="Stop before this scene of each file (default: its end).")] = None,
+    batch_size: Annotated[int, typer.Option(
+        min=1, help="Scenes read and localized at a time (memory does not grow with the "
+                    "number of scenes of an HDF5 file).")] = 256,
+    device: Annotated[str, typer.Option(help="cpu or cuda (the learned pipeline).")] = "cpu",
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted run into the same --out (its finished "
+                         "scenes are not redone).")] = False,
+) -> None:
+    """Localize every scene of one or more files and write the estimates CSV, chunk by
+    chunk (<out>.part while running, renamed to <out> when complete; --resume after a kill
+    continues where it stopped). Bad scenes are reported by index and skipped; exit code 1
+    when any was. With several files a `file` column (the index in the argument list)
+    follows the conventions' columns."""
+    if method is not None and method not in METHODS:
+        raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
+    paths = expand_inputs(scenes)
+    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+        raise ValueError(f"--device must be cpu or cuda (and CUDA present), got {device!r}")
+    check_writable(out_path, [*paths, *([checkpoint] if checkpoint is not None else [])])
+    infos = [inspect_scene_file(p) for p in paths]
+    system = infos[0].system
+    for p, info in zip(paths[1:], infos[1:], strict=True):
         try:
-            check_system(loc.system, info.system)
+            check_system(system, info.system)
         except ValueError as err:
-            raise ValueError(f"{scenes}: {err}") from None
-    else:
-        loc = Localizer(info.system, "classical")
-    snr = batch.snr_db  # NaN where a scene's SNR is unknown
-    parts, rows, bad, t0 = [], [], [], time.perf_counter()
+            raise ValueError(f"{p}: its system differs from {paths[0]}'s: {err}") from None
+    if K is not None and not 1 <= K <= system.K_max:
+        raise ValueError(f"--K must lie in 1..K_max={system.K_max}, got {K}")
+    loc = _localizer(method, checkpoint, system, device)
+    try:
+        check_system(loc.system, system)
+    except ValueError as err:
+        raise ValueError(f"{paths[0]}: {err}") from None
+    many = len(paths) > 1
+    settings = {"inputs": [str(p.resolve()) for p in paths], "method": loc.method,
+                "checkpoint": None if checkpoint is None else str(checkpoint.resolve()),
+                "K": K, "start": start, "stop": stop}
+    stream = EstimatesStream(out_path, settings, COLUMNS + (("file",) if many else ()),
+                             resume)
+    ranges = [(start, info.n_scenes if stop is None else min(stop, info.n_scenes))
+              for info in infos]
+    total = sum(max(0, hi - lo) for lo, hi in ranges)
+    done_before = sum(min(stream.done.get(str(i), lo), hi) - lo
+                      for i, (lo, hi) in enumerate(ranges) if str(i) in stream.done)
+    parts, truth, bad, n_new, t0 = [], [], [], 0, time.perf_counter()
     with progress() as bar:
-        task = bar.add_task(f"localizing ({method})", total=len(batch))
-        for lo in range(0, len(batch), batch_size):
-            hi = min(lo + batch_size, len(batch))
-            res = loc.localize(batch.y[lo:hi], batch.H[lo:hi], batch.codes[lo:hi],
-                               snr[lo:hi], K, system=info.system)
-            parts.append(res.estimates)
-            rows.extend(estimate_rows(res.estimates, lo))
-            bad.extend((lo + i, why) for i, why in res.bad)
-            bar.advance(task, hi - lo)
+        task = bar.add_task(f"localizing ({loc.method})", total=total, completed=done_before)
+        for i, (path, (lo, hi)) in enumerate(zip(paths, ranges, strict=True)):
+            first = max(lo, stream.done.get(str(i), lo))
+            for at, batch in iter_scene_chunks(path, first, hi, batch_size):
+                res = loc.localize(*(t.to(device) for t in (batch.y, batch.H, batch.codes)),
+                                   batch.snr_db, K, system=system)
+                rows = estimate_rows(res.estimates, at)
+                stream.append(str(i), at + len(batch),
+                              [(*r, i) for r in rows] if many else rows)
+                bad.extend((f"{path}:" if many else "", at + j, why) for j, why in res.bad)
+                if batch.has_truth and not resume:
+                    parts.append(res.estimates)
+                    truth.append(batch)
+                n_new += len(batch)
+                bar.advance(task, len(batch))
     dt = time.perf_counter() - t0
-    write_estimates(out_path, rows)
-    for i, why in bad:
-        console.print(f"[yellow]scene {i} not localized:[/] {why}")
-    console.print(f"{len(batch)} scenes in {dt:.1f} s ({len(batch) / dt:.1f} scenes/s); "
-                  f"{len(rows)} sources written to {out_path}")
-    if info.has_truth:
-        out.print(_metrics_table(concat_estimates(parts), batch))
+    stream.finish()
+    for where, j, why in bad:
+        console.print(f"[yellow]scene {where}{j} not localized:[/] {why}")
+    console.print(f"{n_new} scenes in {dt:.1f} s ({n_new / max(dt, 1e-9):.1f} scenes/s); "
+                  f"estimates of {total} scenes in {out_path}")
+    if parts and len(truth) and sum(len(t) for t in truth) == total:
+        out.print(_metrics_table(concat_estimates(parts), concat_batches(truth)))
     if bad:
         raise typer.Exit(code=1)

@@ -304,3 +304,31 @@ def read_scenes(path: str | Path, start: int = 0, stop: int | None = None
         if handle is not None:
             handle.close()
     return _to_batch(arrays), info
+
+
+def iter_scene_chunks(path: str | Path, start: int = 0, stop: int | None = None,
+                      size: int = 256):
+    """Yield (first scene index, SceneBatch) chunks of scenes start..stop-1, reading each
+    chunk from disk as it goes (HDF5: memory flat in the number of scenes; NPZ archives are
+    read whole once, so use HDF5 for large files)."""
+    if size < 1:
+        raise SceneFileError(f"chunk size must be >= 1, got {size}")
+    path = Path(path)
+    info = inspect_scene_file(path)
+    stop = info.n_scenes if stop is None else min(stop, info.n_scenes)
+    if not 0 <= start <= stop:
+        raise SceneFileError(f"{path}: bad scene range {start}..{stop} of {info.n_scenes}")
+    data, _, handle = _open(path)
+    try:
+        names = [k for k in data if k in (*REQUIRED, "snr_db", "K", *TRUTH)]
+        for lo in range(start, stop, size):
+            hi = min(lo + size, stop)
+            try:
+                arrays = {k: np.asarray(data[k][lo:hi]) for k in names}
+            except OSError as err:
+                raise SceneFileError(f"{path}: read failed at scenes {lo}..{hi} (truncated "
+                                     f"or corrupt?): {err}") from None
+            yield lo, _to_batch(arrays)
+    finally:
+        if handle is not None:
+            handle.close()

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
 from pathlib import Path
 
 import torch
 
 from risloc.core.params import Estimates
-from risloc.io.atomic import write_csv_atomic
+from risloc.io.atomic import write_csv_atomic, write_text_atomic
 
 COLUMNS = ("scene", "source", "azimuth_deg", "elevation_deg", "range_m", "score")
 
@@ -45,3 +47,62 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int) -> Estimates:
             vals["range_m"][b, s] = float(row["range_m"])
             vals["score"][b, s] = float(row.get("score") or "nan")
     return Estimates(K=K, **vals)
+
+
+class EstimatesStream:
+    """The estimates CSV written as scenes are localized, resumable after a kill.
+
+    Rows go to ``<out>.part`` (appended, fsync'd chunk by chunk); after each chunk a progress
+    record ``<out>.progress.json`` (written atomically) holds the settings, how many
+    scenes of each input are done and the size of the .part file at that point. On
+    completion the .part file is renamed to ``out``: the final name only ever holds a
+    complete file. ``resume=True`` continues from the record (the .part file is cut back
+    to the last finished chunk); a record of other settings is an error naming them.
+    """
+
+    def __init__(self, out: str | Path, settings: dict, columns: tuple[str, ...],
+                 resume: bool = False):
+        self.out = Path(out)
+        self.part = self.out.with_name(self.out.name + ".part")
+        self.record = self.out.with_name(self.out.name + ".progress.json")
+        self.settings, self.columns = settings, columns
+        self.done: dict[str, int] = {}
+        if resume and self.record.exists():
+            rec = json.loads(self.record.read_text())
+            diff = [k for k in set(rec["settings"]) | set(settings)
+                    if rec["settings"].get(k) != settings.get(k)]
+            if diff:
+                raise ValueError(f"cannot resume {self.out}: its run had other settings "
+                                 f"({', '.join(sorted(diff))})")
+            self.done = {k: int(v) for k, v in rec["done"].items()}
+            with self.part.open("r+b") as f:  # drop rows of a chunk cut off by the kill
+                f.truncate(int(rec["bytes"]))
+        elif self.record.exists():
+            raise ValueError(f"{self.out}: an interrupted run left {self.part.name}; pass "
+                             f"--resume to continue it, or delete {self.record.name} and "
+                             f"{self.part.name} to start afresh")
+        else:
+            self.part.parent.mkdir(parents=True, exist_ok=True)
+            with self.part.open("w", newline="") as f:
+                csv.writer(f).writerow(columns)
+            self._commit()
+
+    def _commit(self) -> None:
+        write_text_atomic(self.record, json.dumps({
+            "settings": self.settings, "done": self.done,
+            "bytes": self.part.stat().st_size}) + "\n")
+
+    def append(self, key: str, next_scene: int, rows: list[tuple]) -> None:
+        """Rows of a finished chunk of input ``key``, whose scenes before ``next_scene``
+        are now all done."""
+        with self.part.open("a", newline="") as f:
+            csv.writer(f).writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        self.done[key] = next_scene
+        self._commit()
+
+    def finish(self) -> Path:
+        os.replace(self.part, self.out)
+        self.record.unlink(missing_ok=True)
+        return self.out
