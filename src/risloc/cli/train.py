@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -93,12 +94,15 @@ def train_command(
     if resume and not (run / "last.pt").exists():
         raise FileNotFoundError(f"--resume: no checkpoint {run / 'last.pt'}")
     held = sorted(p.name for p in run.glob("*") if p.name in RUN_FILES) if run.is_dir() else []
-    if held and not (resume or overwrite):
+    first_rank = int(os.environ.get("RANK", "0")) == 0  # data-parallel: rank 0 checks
+    if held and not (resume or overwrite) and first_rank:
         raise ValueError(f"{run} already holds a run ({', '.join(held)}): pass --resume to "
                          "continue it or --overwrite to start afresh")
     console.print(f"training -> {cfg.out_dir} ({cfg.schedule.epochs} epochs x "
                   f"{cfg.schedule.steps_per_epoch} steps, batch {cfg.optim.batch_size})")
     metrics = train(cfg, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # data-parallel: rank 0 writes and reports
+        return
     write_text_atomic(Path(cfg.out_dir) / "metrics.json", json.dumps(metrics, indent=2))
     stdout.print(_summary_table(metrics, Path(cfg.out_dir)))
     if cfg.order.scenes > 0:

@@ -33,7 +33,7 @@ def forward_blend(model: CovarianceNet, y: torch.Tensor, H: torch.Tensor, codes:
     """
     out = model(y, H, codes, snr_db)
     R_samp = sample_covariance(y, H, codes, blend_cfg.bp_alpha)
-    B, N = y.shape[0], model.system.N
+    B, N = y.shape[0], getattr(model, "module", model).system.N  # model or its DDP wrapper
     # PERMANENT shape assertions at the blend site: they catch shape drift at once.
     assert out.R_pred.shape == (B, N, N), f"R_pred {tuple(out.R_pred.shape)} != {(B, N, N)}"
     assert R_samp.shape == (B, N, N), f"R_samp {tuple(R_samp.shape)} != {(B, N, N)}"

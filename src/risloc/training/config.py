@@ -96,6 +96,10 @@ class DataConfig(_Section):
     n_val: int = Field(512, ge=1)
     val_offset: int = Field(0, ge=0, description="first validation-split scene")
     val_batch_size: int = Field(128, ge=1)
+    shards: int = Field(1, ge=1, description=(
+        "shards of every global batch, each from its own seeded stream (batch_size / "
+        "shards scenes); data-parallel training with N processes needs shards = N, and one "
+        "process with the same shards follows the same trajectory"))
     snr_shown: float = Field(1.0, ge=0, le=1, description=(
         "share of training scenes whose SNR the network is given (the rest: NaN = unknown); "
         "0 = never, and the learned pipeline then ignores the SNR (users' files rarely carry "

@@ -16,7 +16,7 @@ import torch
 
 from risloc.io.scenefile import read_scenes
 from risloc.simulation.scenes import SceneBatch, simulate_batch
-from risloc.simulation.streams import block_generator, simulate_range
+from risloc.simulation.streams import block_generator, concat_batches, simulate_range
 from risloc.training.config import TrainConfig
 from risloc.training.schedules import snr_range_at
 
@@ -43,10 +43,23 @@ def _check_truth(scenes: SceneBatch, what: str) -> SceneBatch:
 
 
 class TrainData:
-    """Source of training micro-batches (simulator stream or scene file)."""
+    """Source of training micro-batches (simulator stream or scene file).
 
-    def __init__(self, cfg: TrainConfig):
+    With ``data.shards`` S > 1 the global micro-batch i is S shards of batch_size / S
+    scenes, shard r simulated from its own generator (block i * S + r of the stream);
+    ``shards_here`` picks the ones this process trains on (all of them in one process,
+    shard r in rank r of S data-parallel processes).
+    """
+
+    def __init__(self, cfg: TrainConfig, shards_here: tuple[int, ...] | None = None):
         self.cfg = cfg
+        S = cfg.data.shards
+        if cfg.optim.batch_size % S:
+            raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must be a multiple of "
+                             f"data.shards={S}")
+        if S > 1 and cfg.data.train_file is not None:
+            raise ValueError("data.shards > 1 needs simulated training data (no train_file)")
+        self.shards_here = tuple(range(S)) if shards_here is None else shards_here
         self.scenes = None
         if cfg.data.train_file is not None:
             scenes, _ = read_scenes(cfg.data.train_file)
@@ -77,15 +90,27 @@ class TrainData:
         (NaN) in a seeded share ``1 - data.snr_shown`` of its scenes."""
         d = self.cfg.data
         if self.scenes is not None:
-            scenes = self._from_file(index)
-        else:
+            return self._hide(self._from_file(index), index)
+        if d.shards == 1:  # one generator per batch (the streams of unsharded recipes)
             gen = block_generator(d.seed, "train", index, d.stream)
             scenes = simulate_batch(self.cfg.optim.batch_size, self.cfg.system,
                                     self._scene_config(epoch), gen)
-        if d.snr_shown < 1:
-            gen = block_generator(d.seed, "train", index, SNR_HIDE_STREAM)
-            scenes = hide_snr(scenes, torch.rand(len(scenes), generator=gen) >= d.snr_shown)
-        return scenes
+            return self._hide(scenes, index)
+        size = self.cfg.optim.batch_size // d.shards
+        parts = []
+        for r in self.shards_here:
+            block = index * d.shards + r
+            gen = block_generator(d.seed, "train", block, d.stream)
+            parts.append(self._hide(simulate_batch(size, self.cfg.system,
+                                                   self._scene_config(epoch), gen), block))
+        return concat_batches(parts)
+
+    def _hide(self, scenes: SceneBatch, block: int) -> SceneBatch:
+        d = self.cfg.data
+        if d.snr_shown >= 1:
+            return scenes
+        gen = block_generator(d.seed, "train", block, SNR_HIDE_STREAM)
+        return hide_snr(scenes, torch.rand(len(scenes), generator=gen) >= d.snr_shown)
 
 
 def hide_snr(scenes: SceneBatch, hide: torch.Tensor | bool = True) -> SceneBatch:

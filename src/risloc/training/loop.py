@@ -30,7 +30,7 @@ from risloc.inference.forward import forward_blend
 from risloc.losses.total import LossConfig, LossTerms, compute_losses
 from risloc.model.network import CovarianceNet
 from risloc.simulation.scenes import SceneBatch, scene_true_covariance
-from risloc.training import schedules
+from risloc.training import distributed, schedules
 from risloc.training.config import TrainConfig
 from risloc.training.data import TrainData, validation_set
 from risloc.training.evaluate import EvalResult, evaluate
@@ -114,8 +114,19 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
         self.device = torch.device("cuda" if use_cuda else "cpu")
+        world = distributed.world_size()
+        if world > 1 and cfg.data.shards != world:
+            raise ValueError(f"{world} processes need data.shards = {world} (got "
+                             f"{cfg.data.shards}): each trains on its shard of every global "
+                             "batch")
+        self.dist = distributed.setup(self.device)
+        if self.dist.active and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         torch.manual_seed(cfg.seed)
         self.model = CovarianceNet(cfg.system, cfg.network_config()).to(self.device)
+        # the module trained through: DDP averages the gradients of the ranks' shards
+        self.net = torch.nn.parallel.DistributedDataParallel(self.model) \
+            if self.dist.active else self.model
         self.optimizer = build_optimizer(self.model, cfg)
         o, s = cfg.optim, cfg.schedule
         self.total_steps = s.epochs * s.steps_per_epoch
@@ -128,7 +139,7 @@ class Trainer:
         self.swa_start = math.ceil((1 - s.swa_frac) * s.epochs) if s.swa_frac > 0 else None
         self.swa: AveragedModel | None = None
         self.swa_scheduler: SWALR | None = None
-        self.data = TrainData(cfg)
+        self.data = TrainData(cfg, (self.dist.rank,) if self.dist.active else None)
         self.epoch, self.step, self.micro = 0, 0, 0
         self.best = {"objective": math.inf, "epoch": -1}
         self.bad_epochs, self.history = 0, []
@@ -200,7 +211,7 @@ class Trainer:
         amp = torch.autocast("cuda", dtype=torch.float16) if self.amp \
             else contextlib.nullcontext()
         with amp:
-            fwd = forward_blend(self.model, scenes.y, scenes.H, scenes.codes, scenes.snr_db,
+            fwd = forward_blend(self.net, scenes.y, scenes.H, scenes.codes, scenes.snr_db,
                                 beta, self.cfg.blend)
         R_true = scene_true_covariance(scenes, self.cfg.system)  # target only
         return compute_losses(fwd.out, fwd.R_blend, R_true, scenes, self.cfg.system, loss_cfg)
@@ -242,7 +253,7 @@ class Trainer:
         return norm, n_bad, taken
 
     # ---------------------------------------------------------------- one epoch
-    def train_epoch(self, csv_steps: CsvLog) -> EpochStats:
+    def train_epoch(self, csv_steps: CsvLog | None) -> EpochStats:
         s, o = self.cfg.schedule, self.cfg.optim
         loss_cfg = self.loss_config()
         stats = EpochStats()
@@ -259,7 +270,7 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 norm, n_bad, taken = self.optimizer_step()
                 stats.add_step(norm, n_bad, taken, lr, beta)
-                if self.step % self.cfg.log_every == 0:
+                if self.step % self.cfg.log_every == 0 and csv_steps is not None:
                     csv_steps.write({"step": self.step, "epoch": self.epoch, "lr": lr,
                                      "beta": beta, "grad_norm": norm, "nonfinite": n_bad,
                                      **terms.as_dict()})
@@ -292,10 +303,11 @@ def train(cfg: TrainConfig, resume: bool = False,
     if resume:
         tr.restore(out / "last.pt")
     val_scenes = validation_set(cfg)
-    log.info("model: %d parameters; %d validation scenes; device %s", tr.model.n_parameters(),
-             len(val_scenes), tr.device)
-    csv_epochs = CsvLog(out / "epochs.csv", append=resume)
-    csv_steps = CsvLog(out / "steps.csv", append=resume)
+    log.info("model: %d parameters; %d validation scenes; device %s; %d process(es)",
+             tr.model.n_parameters(), len(val_scenes), tr.device, tr.dist.world)
+    main = tr.dist.main  # rank 0 alone writes checkpoints and logs
+    csv_epochs = CsvLog(out / "epochs.csv", append=resume) if main else None
+    csv_steps = CsvLog(out / "steps.csv", append=resume) if main else None
     s = cfg.schedule
     stopped = False
     while tr.epoch < s.epochs and not stopped:
@@ -309,18 +321,21 @@ def train(cfg: TrainConfig, resume: bool = False,
         val = tr.validate(tr.ema.module, val_scenes)
         row = _epoch_row(tr.epoch, time.perf_counter() - t0, stats, val, tr.in_swa)
         tr.history.append(row)
-        csv_epochs.write(row)
+        if main:
+            csv_epochs.write(row)
         improved = val.objective < tr.best["objective"] - s.min_improvement
         if improved:
             tr.best = {"objective": val.objective, "epoch": tr.epoch + 1}
         tr.bad_epochs = 0 if improved else tr.bad_epochs + 1
         stopped = tr.bad_epochs >= s.patience
         tr.epoch += 1
-        state = tr.state()
-        if improved:
-            save_checkpoint(out / "best.pt", state)
-        save_checkpoint(out / "last.pt", state)
-        _log_epoch(row, improved)
+        if main:
+            state = tr.state()
+            if improved:
+                save_checkpoint(out / "best.pt", state)
+            save_checkpoint(out / "last.pt", state)
+            _log_epoch(row, improved)
+        distributed.barrier(tr.dist)
         if callback is not None:
             callback(tr.epoch, val.metrics())
     if stopped:
@@ -350,7 +365,14 @@ def _finish(tr: Trainer, val_scenes: SceneBatch, out: Path, stopped: bool) -> di
         log.info("SWA average: angle %.2f deg, K acc %.3f, objective %.3f",
                  swa_val.summary.angle_median_deg, swa_val.summary.K_accuracy,
                  swa_val.objective)
-    save_checkpoint(out / "final.pt", {**tr.state(), "final_metrics": metrics})
+    digests = distributed.all_digests(tr.model, tr.dist)
+    metrics["processes"] = tr.dist.world
+    metrics["ranks_identical"] = float(len(set(digests)) == 1)
+    if tr.dist.main:
+        save_checkpoint(out / "final.pt", {**tr.state(), "final_metrics": metrics})
+    distributed.barrier(tr.dist)
+    if len(set(digests)) != 1:
+        log.error("the ranks' weights differ: %s", digests)
     return metrics
 
 
