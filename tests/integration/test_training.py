@@ -184,9 +184,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
         if a[k].is_floating_point():
             torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5, msg=k)
     with pytest.raises(ValueError, match="data.shards = 2"):
-        from risloc.training.loop import Trainer
-
         import os
+
+        from risloc.training.loop import Trainer
 
         os.environ.update(WORLD_SIZE="2")
         try:
