@@ -10,6 +10,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from risloc.cli.plot_run import plot_run_command
 from risloc.cli.train import train_command
 from risloc.config import SceneConfig, SystemConfig
 from risloc.inference.checkpoint import load_checkpoint
@@ -70,6 +71,15 @@ def test_cli_run_writes_logs_and_checkpoints(tmp_path):
                                     "progress=false"]).to_json() == st["config"]
     bad = CliRunner().invoke(app, ["--config", str(TINY), "--set", "optim.lr=-1"])
     assert bad.exit_code == 2 and "lr" in bad.output
+    # `risloc plot-run` draws the run's curves; a folder without epochs.csv is refused
+    plot = typer.Typer()
+    plot.command()(plot_run_command)
+    res = CliRunner().invoke(plot, [str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    png = (tmp_path / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    res = CliRunner().invoke(plot, [str(tmp_path / "ckpt")])
+    assert res.exit_code != 0 and "epochs.csv" in res.output
 
 
 def test_resume_continues_exactly(tmp_path):

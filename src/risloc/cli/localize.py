@@ -135,7 +135,7 @@ def localize_command(
                 bad.extend((f"{path}:" if many else "", at + j, why) for j, why in res.bad)
                 if batch.has_truth and not resume:
                     parts.append(res.estimates)
-                    truth.append(batch)
+                    truth.append(batch.truth_only())
                 n_new += len(batch)
                 bar.advance(task, len(batch))
     dt = time.perf_counter() - t0

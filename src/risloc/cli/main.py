@@ -13,6 +13,7 @@ from risloc.cli.evaluate import evaluate_command
 from risloc.cli.export import export_command
 from risloc.cli.fit_order import fit_order_command
 from risloc.cli.localize import localize_command
+from risloc.cli.plot_run import plot_run_command
 from risloc.cli.simulate import info_command, simulate_command
 from risloc.cli.train import train_command
 from risloc.cli.tune import tune_command
@@ -45,6 +46,7 @@ app.command("train")(train_command)
 app.command("export-model")(export_command)
 app.command("fit-order")(fit_order_command)
 app.command("tune")(tune_command)
+app.command("plot-run")(plot_run_command)
 
 if __name__ == "__main__":
     app()

@@ -97,3 +97,59 @@ def plot_spectrum_slice(R: torch.Tensor, K: int, system: SystemConfig, range_m: 
     ax.set_title(title or f"MUSIC spectrum slice at r = {range_m:.2f} m")
     ax.legend(loc="upper right", fontsize=8)
     return _save(fig, path)
+
+
+def plot_run(run_dir: Path, path: Path) -> Path:
+    """Training curves of a run folder (epochs.csv, steps.csv): the training loss per
+    logged step and per epoch, the validation objective and its parts, learning rate and
+    blend weight."""
+    import csv
+
+    def read(name: str) -> list[dict[str, float]]:
+        f = run_dir / name
+        if not f.exists():
+            return []
+        with f.open() as fh:
+            return [{k: float(v) for k, v in row.items() if v not in ("", None)}
+                    for row in csv.DictReader(fh)]
+
+    epochs, steps = read("epochs.csv"), read("steps.csv")
+    if not epochs:
+        raise FileNotFoundError(f"{run_dir}: no epochs.csv (not a risloc run folder?)")
+    e = [r["epoch"] for r in epochs]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7))
+    ax = axes[0, 0]
+    if steps:
+        ax.plot([r["step"] for r in steps], [r["total"] for r in steps], lw=0.8,
+                label="train (logged steps)")
+    spe = steps[-1]["step"] / max(1, steps[-1]["epoch"] + 1) if steps else 1
+    ax.plot([x * spe for x in e], [r["train_total"] for r in epochs], "o-",
+            label="train (epoch mean)")
+    ax.set_xlabel("optimizer step")
+    ax.set_title("training loss")
+    ax.legend(fontsize=8)
+    ax = axes[0, 1]
+    ax.plot(e, [r["val_objective"] for r in epochs], "o-", label="objective")
+    ax.plot(e, [r["val_angle_median_deg"] for r in epochs], "s-", label="angle median [deg]")
+    ax.set_title("validation (lower is better)")
+    ax.legend(fontsize=8)
+    ax = axes[1, 0]
+    for key, label in (("val_K_accuracy", "K accuracy"), ("val_f1", "F1"),
+                       ("val_overlap", "subspace overlap"), ("val_nmse", "NMSE R_blend")):
+        ax.plot(e, [r.get(key, math.nan) for r in epochs], "o-", label=label)
+    ax.set_title("validation")
+    ax.set_xlabel("epoch")
+    ax.legend(fontsize=8)
+    ax = axes[1, 1]
+    ax.plot(e, [r["lr"] for r in epochs], "o-", label="learning rate")
+    ax.set_yscale("log")
+    ax2 = ax.twinx()
+    ax2.plot(e, [r["beta"] for r in epochs], "s--", color="C1", label="blend beta")
+    ax.set_title("schedule")
+    ax.set_xlabel("epoch")
+    ax.legend(loc="upper left", fontsize=8)
+    ax2.legend(loc="upper right", fontsize=8)
+    for a in axes.flat:
+        a.grid(True, alpha=0.3)
+    fig.suptitle(f"risloc run {run_dir}")
+    return _save(fig, path)

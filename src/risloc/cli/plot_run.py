@@ -1,0 +1,24 @@
+"""`risloc plot-run RUN`: the training curves of a run folder as a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from risloc.cli.common import console, handle_errors
+
+
+@handle_errors
+def plot_run_command(
+    run: Annotated[Path, typer.Argument(help="Run folder of `risloc train` (epochs.csv).")],
+    out_path: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="PNG to write (default: <run>/curves.png).")] = None,
+) -> None:
+    """Draw a run's training curves: loss per step and epoch, the validation objective,
+    K accuracy, F1, subspace overlap and NMSE per epoch, learning rate and blend beta."""
+    from risloc.experiments.plots import plot_run
+
+    path = plot_run(run, out_path or run / "curves.png")
+    console.print(f"wrote {path}")
