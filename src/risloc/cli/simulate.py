@@ -30,10 +30,15 @@ def simulate_command(
     power_spread_db: Annotated[float | None, typer.Option(
         help="Unequal source powers: 10 log10 p_k uniform in [-s/2, s/2] dB per source "
              "(scene.power_spread_db; default 0 = equal powers).")] = None,
+    shard: Annotated[str | None, typer.Option(help=(
+        "i/n: write only shard i (0-based) of n equal, disjoint slices of the --n scenes; "
+        "the shards of one command line, in order, hold exactly the scenes of the unsharded "
+        "file, so n machines can each write one."), metavar="i/n")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Simulate scenes (docs/conventions.md measurement model) into a scene file."""
+    lo, hi = parse_shard(shard, n)
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {sorted(SPLITS)}, got {split!r}")
     if snr_db is not None and not math.isfinite(snr_db):
@@ -45,27 +50,46 @@ def simulate_command(
     check_writable(out_path, [config] if config is not None else [])
     attrs = {"config": cfg.to_json(), "split": split, "seed": seed, "risloc_version": __version__,
              "snr_db_fixed": "none" if snr_db is None else snr_db, "K_fixed": K or 0}
+    if shard is not None:
+        attrs.update(shard=shard, first_scene=lo, n_total=n)
     t0 = time.perf_counter()
     if out_path.suffix == ".npz":
-        batch = simulate_range(0, n, cfg.system, cfg.scene, seed, split, snr_db=snr_db, K=K)
+        batch = simulate_range(lo, hi, cfg.system, cfg.scene, seed, split, snr_db=snr_db, K=K)
         write_scenes(out_path, batch, cfg.system, attrs)
     else:
-        _simulate_h5(out_path, n, cfg, split, seed, snr_db, K, attrs)
+        _simulate_h5(out_path, lo, hi, cfg, split, seed, snr_db, K, attrs)
     dt = time.perf_counter() - t0
     size = out_path.stat().st_size / 1e6
-    console.print(f"wrote {n} scenes to {out_path} ({size:.1f} MB) in {dt:.1f} s "
-                  f"({n / dt:,.0f} scenes/s, {size / dt:.1f} MB/s)")
+    console.print(f"wrote {hi - lo} scenes to {out_path} ({size:.1f} MB) in {dt:.1f} s "
+                  f"({(hi - lo) / dt:,.0f} scenes/s, {size / dt:.1f} MB/s)"
+                  + ("" if shard is None else f"; shard {shard}: scenes {lo}..{hi - 1} of {n}"))
     _print_summary(out_path)
 
 
-def _simulate_h5(path, n, cfg, split, seed, snr_db, K, attrs) -> None:
+def parse_shard(shard: str | None, n: int) -> tuple[int, int]:
+    """Scenes lo..hi-1 of shard "i/n_shards" (0-based i) of n scenes: contiguous slices
+    whose sizes differ by at most one."""
+    if shard is None:
+        return 0, n
+    try:
+        i, k = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must be i/n with integers, e.g. 0/4, got {shard!r}") from None
+    if not (k >= 1 and 0 <= i < k):
+        raise ValueError(f"--shard i/n needs n >= 1 and 0 <= i < n, got {shard!r}")
+    if k > n:
+        raise ValueError(f"--shard {shard}: more shards than the {n} scenes of --n")
+    return i * n // k, (i + 1) * n // k
+
+
+def _simulate_h5(path, start, stop, cfg, split, seed, snr_db, K, attrs) -> None:
     chunk = 4 * BLOCK
-    with SceneFileWriter(path, n, cfg.system, attrs) as writer, progress() as bar:
-        task = bar.add_task(f"simulating {split}", total=n)
-        for lo in range(0, n, chunk):
-            hi = min(lo + chunk, n)
-            writer.write(lo, simulate_range(lo, hi, cfg.system, cfg.scene, seed, split,
-                                            snr_db=snr_db, K=K))
+    with SceneFileWriter(path, stop - start, cfg.system, attrs) as writer, progress() as bar:
+        task = bar.add_task(f"simulating {split}", total=stop - start)
+        for lo in range(start, stop, chunk):
+            hi = min(lo + chunk, stop)
+            writer.write(lo - start, simulate_range(lo, hi, cfg.system, cfg.scene, seed, split,
+                                                    snr_db=snr_db, K=K))
             bar.advance(task, hi - lo)
 
 
@@ -91,7 +115,7 @@ def _print_summary(path: Path) -> None:
             table.add_row("range (m)", f"{np.nanmin(r):.2f} .. {np.nanmax(r):.2f}")
         if info.n_scenes > 4096:
             table.add_row("(statistics)", "over the first 4096 scenes")
-    for key in ("split", "seed", "risloc_version"):
+    for key in ("split", "seed", "shard", "first_scene", "risloc_version"):
         if key in info.attrs:
             table.add_row(key, str(info.attrs[key]))
     out.print(table)
