@@ -41,7 +41,8 @@ class LossConfig:
     spectral_scenes : the terms that factorise an N x N matrix per scene (gap, margin:
         eigvalsh; align: eigh; peak_contrast: Cholesky) use the first ``spectral_scenes``
         scenes of a batch (0 = all): on a CPU they cost more than the whole network, and a
-        subset gives an unbiased estimate of the batch mean.
+        subset gives an unbiased estimate of the batch mean. In training with S shards it
+        counts the global batch: each shard gives spectral_scenes / S (training.loop).
     """
 
     lam_cov: float = 1.0

@@ -99,7 +99,8 @@ class DataConfig(_Section):
     shards: int = Field(1, ge=1, description=(
         "shards of every global batch, each from its own seeded stream (batch_size / "
         "shards scenes); data-parallel training with N processes needs shards = N, and one "
-        "process with the same shards follows the same trajectory"))
+        "process with the same shards follows the same trajectory; loss.spectral_scenes "
+        "counts scenes of the global batch, spectral_scenes / shards from each shard"))
     snr_shown: float = Field(1.0, ge=0, le=1, description=(
         "share of training scenes whose SNR the network is given (the rest: NaN = unknown); "
         "0 = never, and the learned pipeline then ignores the SNR (users' files rarely carry "
@@ -160,6 +161,10 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         validate_config({"system": self.system.model_dump(), "scene": self.scene.model_dump()})
+        S, n = self.data.shards, self.loss.spectral_scenes
+        if S > 1 and n % S:
+            raise ValueError(f"loss.spectral_scenes={n} must be a multiple of data.shards={S} "
+                             "(each shard factorises its equal share of them)")
         return self
 
 

@@ -48,7 +48,8 @@ class TrainData:
     With ``data.shards`` S > 1 the global micro-batch i is S shards of batch_size / S
     scenes, shard r simulated from its own generator (block i * S + r of the stream);
     ``shards_here`` picks the ones this process trains on (all of them in one process,
-    shard r in rank r of S data-parallel processes).
+    shard r in rank r of S data-parallel processes); several shards in one process come
+    interleaved (scene 0 of each shard, then scene 1, ...).
     """
 
     def __init__(self, cfg: TrainConfig, shards_here: tuple[int, ...] | None = None):
@@ -103,7 +104,13 @@ class TrainData:
             gen = block_generator(d.seed, "train", block, d.stream)
             parts.append(self._hide(simulate_batch(size, self.cfg.system,
                                                    self._scene_config(epoch), gen), block))
-        return concat_batches(parts)
+        if len(parts) == 1:
+            return parts[0]
+        # interleaved (scene j of every shard, then j + 1): the first n scenes of the batch
+        # are the first n / S of each shard, the scenes a rank of S processes factorises
+        # for loss.spectral_scenes = n (Trainer.loss_config)
+        return concat_batches(parts)[torch.arange(size * len(parts)).view(len(parts), size)
+                                     .T.reshape(-1)]
 
     def _hide(self, scenes: SceneBatch, block: int) -> SceneBatch:
         d = self.cfg.data

@@ -203,6 +203,8 @@ class Trainer:
         s = self.cfg.schedule
         w = schedules.loss_weights_at(self.epoch, s.epochs, s.weight_schedule,
                                       s.weight_warmup_epochs, s.weight_final_frac)
+        if self.dist.world > 1:  # spectral_scenes counts the global batch: this rank's share
+            w["spectral_scenes"] = self.cfg.loss.spectral_scenes // self.dist.world
         return replace(self.cfg.loss, **w)
 
     def batch_losses(self, scenes: SceneBatch, beta: float, loss_cfg: LossConfig) -> LossTerms:

@@ -43,6 +43,7 @@ def test_overrides_and_field_of_view_follow_scene():
     ("model.width=2", "model"), ("scene.K=9", "scene.K"),
     ("schedule.weight_schedule={lam_bogus: [1, 2, 3]}", "weight_schedule"),
     ("order.scenes=10", "order.scenes"), ("order.unknown_snr=2", "unknown_snr"),
+    ("data.shards=3", "spectral_scenes"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.split(".")[-1]):

@@ -32,3 +32,14 @@ def test_file_batches_visit_every_scene_once_per_pass(tmp_path):
     assert not torch.equal(data.batch(2, 0).y, data.batch(0, 0).y)  # reshuffled next pass
     val = validation_set(cfg)
     assert len(val) == 10 and val.azimuth.dtype == torch.float32
+
+
+def test_sharded_batches_interleave_the_ranks_shards():
+    """One process with data.shards 2 trains on both ranks' shards, interleaved, so the
+    first n scenes (the spectral terms' share) are the first n / 2 of each rank's."""
+    cfg = load_train_config(None, ["optim.batch_size=6", "data.shards=2",
+                                   "loss.spectral_scenes=2"])
+    both = TrainData(cfg).batch(5, epoch=0)
+    ranks = [TrainData(cfg, shards_here=(r,)).batch(5, epoch=0) for r in (0, 1)]
+    assert torch.equal(both.y[0::2], ranks[0].y) and torch.equal(both.y[1::2], ranks[1].y)
+    assert not torch.equal(ranks[0].y, ranks[1].y)
