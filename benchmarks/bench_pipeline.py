@@ -2,13 +2,20 @@
 
     python benchmarks/bench_pipeline.py [--checkpoint PATH] [--batch 256] [--repeats 5]
                                         [--threads 2] [--out reports/bench/pipeline.json]
+                                        [--rss-batches 256 1024]
 
 (a) End to end as users run it: :class:`risloc.pipeline.Localizer` on one batch of
     test-split scenes (SNR withheld, K unknown, SNR uniform in -5..20 dB, equal powers),
-    the batch split over one worker thread per core; learned and classical interleaved,
-    median of ``--repeats`` after a warm-up. Peak RSS of the process.
+    the batch split over one worker thread per core, in passes of at most 64 scenes (the
+    default ``chunk``) and, for comparison in the same run, in one pass per worker
+    (``chunk=None``, the behaviour before passes existed); all four interleaved, median of
+    ``--repeats`` after a warm-up. The two learned settings' outputs are compared (K
+    agreement, largest position difference).
 (b) The stages of ``LearnedPipeline.localize`` (forward, propose, fit, decide order,
     polish) on the serial path, timed through its ``on_stage`` hook (no copy of the method).
+(c) Peak RSS of a fresh process during one call localizing ``--rss-batches`` scenes, with
+    and without passes (the peak is reset after the scenes are simulated: Linux
+    /proc/self/clear_refs).
 Accuracy is measured by ``benchmarks/bench_versus.py``.
 """
 
@@ -18,6 +25,8 @@ import argparse
 import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +34,7 @@ import torch
 
 from risloc.config import RislocConfig
 from risloc.core.checks import normalise_scale
+from risloc.parallel import MAX_CHUNK
 from risloc.pipeline import Localizer
 from risloc.pipeline.learned import STAGES, load_learned_pipeline
 from risloc.simulation import simulate_range
@@ -58,18 +68,65 @@ def stage_split(pipe, y, H, codes, repeats: int, sync=lambda: None) -> dict[str,
     return {k: statistics.median(v[1:]) for k, v in times.items()}
 
 
-def end_to_end(learned: Localizer, classical: Localizer, y, H, codes, repeats: int) -> dict:
-    runs = {"learned": [], "classical": []}
+def end_to_end(localizers: dict[str, Localizer], y, H, codes, repeats: int
+               ) -> tuple[dict, dict]:
+    """Scenes/s of each localizer (interleaved, median after a warm-up) and its results."""
+    runs: dict[str, list[float]] = {k: [] for k in localizers}
+    results = {}
     for _ in range(repeats + 1):
-        for name, loc in (("learned", learned), ("classical", classical)):
+        for name, loc in localizers.items():
             t0 = time.perf_counter()
-            loc.localize(y, H, codes)
+            results[name] = loc.localize(y, H, codes).estimates
             runs[name].append(time.perf_counter() - t0)
     n = y.shape[0]
     out = {f"{k}_scenes_per_s": n / statistics.median(v[1:]) for k, v in runs.items()}
-    out["speedup"] = out["learned_scenes_per_s"] / out["classical_scenes_per_s"]
     out["runs_s"] = runs
-    return out
+    return out, results
+
+
+def agreement(a, b) -> dict:
+    """K agreement and the largest position difference where K agrees."""
+    same = a.K == b.K
+    d = {"K_identical": float(same.float().mean())}
+    for name, scale in (("azimuth", 57.29577951308232), ("elevation", 57.29577951308232),
+                        ("range_m", 1.0)):
+        diff = (getattr(a, name) - getattr(b, name)).abs()[same] * scale
+        d[f"max_{name}_diff"] = float(diff.nan_to_num(0.0).max()) if diff.numel() else 0.0
+    return d
+
+
+_RSS_CHILD = """
+import sys
+sys.path.insert(0, {here!r})
+from bench_pipeline import test_batch
+from risloc.pipeline import Localizer
+y, H, codes = test_batch({batch})
+loc = Localizer.from_checkpoint({checkpoint!r})
+loc.chunk = {chunk}
+loc.localize(y[:8], H[:8], codes[:8])  # warm-up: lazy imports, caches
+
+
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith(("VmHWM", "VmRSS")):
+            yield float(line.split()[1]) / 1024
+
+
+open("/proc/self/clear_refs", "w").write("5")  # peak RSS := current RSS
+before = min(hwm())
+loc.localize(y, H, codes)
+print(before, max(hwm()))
+"""
+
+
+def peak_rss(batch: int, chunk: int | None, checkpoint: str | None) -> dict:
+    """Peak RSS [MB] of a fresh process before and after localizing ``batch`` scenes."""
+    code = _RSS_CHILD.format(here=str(Path(__file__).parent), batch=batch, chunk=chunk,
+                             checkpoint=checkpoint)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return {"batch": batch, "chunk": chunk, "before_MB": float(out[0]),
+            "peak_MB": float(out[1])}
 
 
 def main() -> None:
@@ -79,25 +136,49 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("reports/bench/pipeline.json"))
+    ap.add_argument("--rss-batches", type=int, nargs="*", default=[256, 1024])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load_learned_pipeline(args.checkpoint)
     y, H, codes = test_batch(args.batch)
-    learned = Localizer(pipe.system, "learned", pipe)
-    classical = Localizer(pipe.system, "classical")
-    e2e = end_to_end(learned, classical, y, H, codes, args.repeats)
+    locs = {"learned": Localizer(pipe.system, "learned", pipe),
+            "learned_one_pass": Localizer(pipe.system, "learned", pipe, chunk=None),
+            "classical": Localizer(pipe.system, "classical"),
+            "classical_one_pass": Localizer(pipe.system, "classical", chunk=None)}
+    e2e, results = end_to_end(locs, y, H, codes, args.repeats)
+    rate = {k: e2e[f"{k}_scenes_per_s"] for k in locs}
+    e2e["speedup"] = rate["learned"] / rate["classical"]
+    e2e["passes_gain_learned"] = rate["learned"] / rate["learned_one_pass"]
+    e2e["passes_gain_classical"] = rate["classical"] / rate["classical_one_pass"]
+    e2e["agreement_learned"] = agreement(results["learned"], results["learned_one_pass"])
+    e2e["agreement_classical"] = agreement(results["classical"],
+                                           results["classical_one_pass"])
     print(f"end to end (batch {args.batch}, Localizer, one worker per core, median of "
-          f"{args.repeats}): learned {e2e['learned_scenes_per_s']:.1f} scenes/s, classical "
-          f"{e2e['classical_scenes_per_s']:.1f} scenes/s, ratio {e2e['speedup']:.2f}",
-          flush=True)
+          f"{args.repeats}, scenes/s): " + ", ".join(f"{k} {v:.1f}" for k, v in rate.items())
+          + f"; learned/classical {e2e['speedup']:.2f}; passes of <= {MAX_CHUNK} scenes vs "
+          f"one pass "
+          f"per worker: learned {e2e['passes_gain_learned']:.2f}x, classical "
+          f"{e2e['passes_gain_classical']:.2f}x", flush=True)
+    for k in ("learned", "classical"):
+        a = e2e[f"agreement_{k}"]
+        print(f"  {k} outputs, passes vs one pass: K identical {a['K_identical']:.4f}, max "
+              f"diff az {a['max_azimuth_diff']:.2e} deg, el {a['max_elevation_diff']:.2e} "
+              f"deg, range {a['max_range_m_diff']:.2e} m", flush=True)
     stages = stage_split(pipe, y, H, codes, args.repeats)
     print(f"stages (serial, {torch.get_num_threads()} torch threads, batch {args.batch}): "
           + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()), flush=True)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS {rss:.0f} MB")
+    print(f"peak RSS of this process {rss:.0f} MB")
+    rss_runs = [peak_rss(b, c, args.checkpoint) for b in args.rss_batches
+                for c in (MAX_CHUNK, None)]
+    for r in rss_runs:
+        print(f"  learned Localizer, fresh process, {r['batch']} scenes in one call, "
+              f"{'passes of <= ' + str(r['chunk']) if r['chunk'] else 'one pass per worker'}"
+              f": peak RSS {r['peak_MB']:.0f} MB (before the call {r['before_MB']:.0f} MB)",
+              flush=True)
     res = {"checkpoint": args.checkpoint or "shipped", "batch": args.batch,
            "threads": args.threads, "end_to_end": e2e, "stages_s": stages,
-           "peak_rss_MB": rss}
+           "peak_rss_MB": rss, "rss_by_batch": rss_runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
 

@@ -4,8 +4,9 @@ Every estimator in risloc treats the scenes of a batch independently, and much o
 time goes into small batched LAPACK calls (eigh, solves) and elementwise ops that gain
 little from torch's intra-op threads. Splitting a batch into contiguous chunks run by
 ``workers`` Python threads (torch releases the GIL inside its kernels), each with one
-intra-op thread, uses the cores better: on the 2-core benchmark machine the learned
-pipeline went from 55 to 88 scenes/s (batch 256; benchmarks/bench_pipeline.py).
+intra-op thread, uses the cores better (benchmarks/bench_pipeline.py measures it). Chunks
+of at most ``max_chunk`` scenes keep each pass's working set in cache and the memory
+flat in the batch size; the threads take them one after another.
 
 The torch intra-op thread count is process-global: :func:`run_in_chunks` sets it to one
 for its duration and restores it afterwards, so do not call it concurrently from several
@@ -25,6 +26,8 @@ import torch
 T = TypeVar("T")
 
 MIN_CHUNK = 16  # scenes per worker below which splitting costs more than it gains
+MAX_CHUNK = 64  # scenes per pass of the Localizer on CPU: memory flat in the batch size, at
+#                 the throughput of one pass per worker (benchmarks/bench_pipeline.py)
 
 
 def default_workers() -> int:
@@ -50,24 +53,32 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def chunk_bounds(n: int, workers: int, min_chunk: int = MIN_CHUNK) -> list[tuple[int, int]]:
-    """Contiguous [lo, hi) ranges covering 0..n: at most ``workers`` of them, each of at
-    least ``min_chunk`` items (one range when n is small)."""
-    if n < 0 or workers < 1 or min_chunk < 1:
-        raise ValueError(f"need n >= 0, workers >= 1, min_chunk >= 1; got {n}, {workers}, "
-                         f"{min_chunk}")
+def chunk_bounds(n: int, workers: int, min_chunk: int = MIN_CHUNK,
+                 max_chunk: int | None = None) -> list[tuple[int, int]]:
+    """Contiguous [lo, hi) ranges of near-equal size covering 0..n: one per worker, each of
+    at least ``min_chunk`` items (one range when n is small); with ``max_chunk``, as many
+    more as keep every range within max_chunk items."""
+    if n < 0 or workers < 1 or min_chunk < 1 or (max_chunk is not None and max_chunk < 1):
+        raise ValueError(f"need n >= 0, workers >= 1, min_chunk >= 1, max_chunk >= 1; got "
+                         f"{n}, {workers}, {min_chunk}, {max_chunk}")
     k = max(1, min(workers, n // min_chunk))
+    if max_chunk is not None:
+        k = max(k, -(-n // max_chunk))
     edges = [round(i * n / k) for i in range(k + 1)]
     return [(edges[i], edges[i + 1]) for i in range(k)]
 
 
 def run_in_chunks(fn: Callable[[int, int], T], n: int, workers: int | None = None,
-                  device: torch.device | str = "cpu") -> list[T]:
-    """[fn(lo, hi) for each chunk of 0..n], run by ``workers`` threads on CPU (None: one per
-    available core); in order. On other devices, or with one chunk, fn(0, n) runs inline."""
+                  device: torch.device | str = "cpu", max_chunk: int | None = None) -> list[T]:
+    """[fn(lo, hi) for each chunk of 0..n (:func:`chunk_bounds`)], in order, run by
+    ``workers`` threads on CPU (None: one per available core), each taking the next chunk
+    when it is done with one. On other devices, or with one chunk, fn(0, n) runs inline
+    (a GPU wants large batches: ``max_chunk`` applies on CPU only)."""
     workers = default_workers() if workers is None else workers
-    bounds = chunk_bounds(n, workers)
-    if len(bounds) == 1 or torch.device(device).type != "cpu":
+    if torch.device(device).type != "cpu":
         return [fn(0, n)]
-    with torch_threads(1), ThreadPoolExecutor(len(bounds)) as pool:
+    bounds = chunk_bounds(n, workers, max_chunk=max_chunk)
+    if len(bounds) == 1:
+        return [fn(0, n)]
+    with torch_threads(1), ThreadPoolExecutor(min(workers, len(bounds))) as pool:
         return list(pool.map(lambda b: fn(*b), bounds))

@@ -24,7 +24,7 @@ from risloc.evaluation.crb import CRBResult, crb_for_scenes
 from risloc.evaluation.metrics import match_sources, summarize
 from risloc.experiments.estimators import get_estimator
 from risloc.io.atomic import write_csv_atomic, write_text_atomic
-from risloc.parallel import run_in_chunks
+from risloc.parallel import MAX_CHUNK, run_in_chunks
 from risloc.simulation import SceneBatch, concat_batches, simulate_range
 
 log = logging.getLogger(__name__)
@@ -67,15 +67,17 @@ def run_estimator(name: str, scenes: SceneBatch, system: SystemConfig, known_K: 
                   batch_size: int, advance: Callable[[int], None] | None = None,
                   checkpoint: str | None = None, workers: int | None = None
                   ) -> tuple[Estimates, float]:
-    """Run one estimator over scenes in batches, each batch split over ``workers`` CPU
-    threads (None: one per core; :mod:`risloc.parallel`); returns (estimates, seconds)."""
+    """Run one estimator over scenes in batches, each batch split into passes of at most
+    MAX_CHUNK scenes run by ``workers`` CPU threads (None: one per core; as the
+    :class:`risloc.pipeline.Localizer` does; :mod:`risloc.parallel`); returns (estimates,
+    seconds)."""
     fn = get_estimator(name, checkpoint)
     parts, t0 = [], time.perf_counter()
     for lo in range(0, len(scenes), batch_size):
         sc = scenes[lo:lo + batch_size]
         parts.extend(run_in_chunks(
             lambda a, b, sc=sc: fn(sc[a:b], system, sc.K[a:b] if known_K else None),
-            len(sc), workers, sc.y.device))
+            len(sc), workers, sc.y.device, MAX_CHUNK))
         if advance is not None:
             advance(len(sc))
     seconds = time.perf_counter() - t0

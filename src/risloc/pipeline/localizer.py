@@ -40,7 +40,7 @@ from risloc.core.checks import (
 )
 from risloc.core.params import Estimates, concat_estimates
 from risloc.estimators.classical import ClassicalConfig, classical_localize
-from risloc.parallel import run_in_chunks
+from risloc.parallel import MAX_CHUNK, run_in_chunks
 from risloc.physics.geometry import source_position
 from risloc.pipeline.learned import LearnedPipeline, load_learned_pipeline
 
@@ -184,14 +184,17 @@ class Localizer:
     system : the system of the scenes; method : "learned" (needs ``pipeline``) or
     "classical"; fov : the field of view the classical localizer searches (default: the
     conventions' -60..60 deg x -30..30 deg x 0.5..10 m; the learned pipeline searches its
-    network's); workers : CPU threads a batch is split over (None: one per core).
+    network's); workers : CPU threads a batch is split over (None: one per core); chunk :
+    scenes per pass on CPU (None: one pass per worker; memory grows with the batch).
     """
 
     def __init__(self, system: SystemConfig, method: str = "classical",
                  pipeline: LearnedPipeline | None = None, workers: int | None = None,
-                 fov: FieldOfView | None = None):
+                 fov: FieldOfView | None = None, chunk: int | None = MAX_CHUNK):
         if workers is not None and workers < 1:
             raise InputError(f"workers must be >= 1, got {workers}")
+        if chunk is not None and chunk < 1:
+            raise InputError(f"chunk must be >= 1 or None, got {chunk}")
         if method not in METHODS:
             raise InputError(f"method must be one of {METHODS}, got {method!r}")
         if method == "learned" and pipeline is None:
@@ -201,6 +204,7 @@ class Localizer:
             raise InputError(f"the learned pipeline searches its network's field of view "
                              f"{pipeline.fov}; it cannot search {fov}")
         self.system, self.method, self.pipeline, self.workers = system, method, pipeline, workers
+        self.chunk = chunk
         self.fov = pipeline.fov if method == "learned" else (fov or FieldOfView())
         self.classical_config = ClassicalConfig().with_fov(self.fov)
 
@@ -242,7 +246,7 @@ class Localizer:
                 None if snr is None else snr[ok], None if Kt is None else Kt[ok])
         parts = run_in_chunks(
             lambda lo, hi: self._run(*(None if t is None else t[lo:hi] for t in args), k_max),
-            args[0].shape[0], self.workers, dev)
+            args[0].shape[0], self.workers, dev, self.chunk)
         est = _scatter(concat_estimates([p.to("cpu") for p in parts]), ok, self.system.K_max)
         return LocalizationResult(est, check.reasons)
 

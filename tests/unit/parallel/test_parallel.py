@@ -18,9 +18,36 @@ def test_chunk_bounds_cover_contiguously(n, workers, min_chunk):
         assert min(hi - lo for lo, hi in b) >= min_chunk
 
 
+@given(n=st.integers(1, 5000), workers=st.integers(1, 16), max_chunk=st.integers(1, 300))
+def test_chunk_bounds_with_max_chunk_cap_every_range(n, workers, max_chunk):
+    b = chunk_bounds(n, workers, max_chunk=max_chunk)
+    assert b[0][0] == 0 and b[-1][1] == n
+    assert all(hi == lo2 for (_, hi), (lo2, _) in zip(b, b[1:]))
+    sizes = [hi - lo for lo, hi in b]
+    assert max(sizes) <= max_chunk and max(sizes) - min(sizes) <= 1  # near-equal
+    assert len(b) == max(-(-n // max_chunk), len(chunk_bounds(n, workers)))
+
+
 def test_chunk_bounds_rejects_bad_arguments():
     with pytest.raises(ValueError, match="workers >= 1"):
         chunk_bounds(10, 0)
+    with pytest.raises(ValueError, match="max_chunk >= 1"):
+        chunk_bounds(10, 2, max_chunk=0)
+
+
+def test_run_in_chunks_with_max_chunk_runs_every_pass_in_order_on_the_workers():
+    seen_threads = set()
+
+    def fn(lo, hi):
+        seen_threads.add(threading.get_ident())
+        return list(range(lo, hi))
+
+    parts = run_in_chunks(fn, 100, workers=2, max_chunk=16)
+    assert [x for p in parts for x in p] == list(range(100))
+    assert len(parts) == 7 and max(len(p) for p in parts) <= 16
+    assert 1 <= len(seen_threads) <= 2
+    assert run_in_chunks(fn, 100, workers=2, device="meta", max_chunk=16) == [
+        list(range(100))]  # not on CPU: one pass
 
 
 def test_run_in_chunks_keeps_order_uses_threads_and_restores_thread_count():
