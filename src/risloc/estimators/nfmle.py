@@ -139,15 +139,17 @@ def _jacobian(fit: Fit, H, codes, theta, mask, system) -> torch.Tensor:
     return -E + fit.Bm @ torch.linalg.solve(fit.G, rhs)
 
 
-def _normal_equations(J: torch.Tensor, r: torch.Tensor, free: torch.Tensor):
+def _normal_equations(J: torch.Tensor, r: torch.Tensor, theta, mask, lo, hi):
     """J^T J [B, P, P] and J^T r [B, P] of the real-stacked system, restricted to the free
-    parameters free [B, P] (the others get an identity row and a zero gradient: no step).
+    parameters (:func:`_free_parameters`; the others get an identity row and a zero
+    gradient: no step).
 
     Real stacking (Re, Im as rows) because a complex GEMM with a tiny output is slow here.
     """
     Jr = torch.view_as_real(J).transpose(-1, -2).flatten(1, -2)  # (B, 2LM, P)
     rr = torch.view_as_real(r).flatten(1)  # (B, 2LM)
-    g = (Jr.mT @ rr.unsqueeze(-1)).squeeze(-1)
+    g = (Jr.mT @ rr.unsqueeze(-1)).squeeze(-1)  # with every real parameter free
+    free = _free_parameters(theta, g, mask, lo, hi)
     Jr = Jr * free.unsqueeze(1)
     return Jr.mT @ Jr + torch.diag_embed((~free).to(Jr.dtype)), g * free
 
@@ -197,8 +199,7 @@ def _lm_iteration(state, y, H, codes, mask, system, cfg, lo, hi):
     theta, fit, mu = state
     B_, K, _ = theta.shape
     J = _jacobian(fit, H, codes, theta, mask, system)
-    _, g = _normal_equations(J, fit.r, mask.repeat_interleave(3, 1))
-    JtJ, g = _normal_equations(J, fit.r, _free_parameters(theta, g, mask, lo, hi))
+    JtJ, g = _normal_equations(J, fit.r, theta, mask, lo, hi)
     dJ = torch.diagonal(JtJ, dim1=-2, dim2=-1).clamp_min(1e-30)
     start, mu = theta, mu.clone()
     state = (theta.clone(), Fit(*(t.clone() for t in fit)))
