@@ -82,13 +82,24 @@ def test_scene_parallel_localization_equals_serial(checkpoint):
     sc = simulate_range(0, 40, SystemConfig(), SceneConfig(), split="test", snr_db=10.0)
     serial = Localizer.from_checkpoint(checkpoint, workers=1).localize(sc.y, sc.H, sc.codes)
     split = Localizer.from_checkpoint(checkpoint, workers=2).localize(sc.y, sc.H, sc.codes)
+    passes = Localizer.from_checkpoint(checkpoint, workers=2)
+    passes.chunk = 16  # 3 passes of 13-14 scenes taken in turn by 2 workers
     a, b = serial.estimates, split.estimates
     assert torch.equal(a.K, b.K)
     for name in ("azimuth", "elevation", "range_m"):  # equal up to float32 rounding
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-6, atol=0,
                                    equal_nan=True)
+    # other pass sizes change the GEMM blocking: float32 rounding that the LM iterations'
+    # accept/reject decisions can amplify (measured: 1.9e-4 rad, 8.8 mm), never K
+    c = passes.localize(sc.y, sc.H, sc.codes).estimates
+    assert torch.equal(a.K, c.K)
+    for name, tol in (("azimuth", 1e-3), ("elevation", 1e-3), ("range_m", 0.05)):
+        torch.testing.assert_close(getattr(a, name), getattr(c, name), rtol=0, atol=tol,
+                                   equal_nan=True)
     with pytest.raises(ValueError, match="workers"):
         Localizer(SystemConfig(), "classical", workers=0)
+    with pytest.raises(ValueError, match="chunk"):
+        Localizer(SystemConfig(), "classical", chunk=0)
 
 
 def test_bad_checkpoints_give_clear_errors(tmp_path):
