@@ -4,9 +4,9 @@ Every estimator in risloc treats the scenes of a batch independently, and much o
 time goes into small batched LAPACK calls (eigh, solves) and elementwise ops that gain
 little from torch's intra-op threads. Splitting a batch into contiguous chunks run by
 ``workers`` Python threads (torch releases the GIL inside its kernels), each with one
-intra-op thread, uses the cores better (benchmarks/bench_pipeline.py measures it). Chunks
-of at most ``max_chunk`` scenes keep each pass's working set in cache and the memory
-flat in the batch size; the threads take them one after another.
+intra-op thread, uses the cores better (benchmarks/bench_pipeline.py measures it). With
+``max_chunk`` a large batch becomes many passes of at most that many scenes, which the
+threads take one after another: memory stays flat in the batch size.
 
 The torch intra-op thread count is process-global: :func:`run_in_chunks` sets it to one
 for its duration and restores it afterwards, so do not call it concurrently from several
