@@ -46,6 +46,26 @@ def test_study_runs_resumes_and_reports(tmp_path):
     assert cfg.blend.beta == best["overrides"]["blend.beta"]
 
 
+def test_baseline_trial_is_the_base_recipe_and_is_reported(tmp_path):
+    space = tmp_path / "space.yaml"  # the default space has no batch 8, the tiny recipe's
+    space.write_text("optim.lr: {low: 0.5, high: 2.0, log: true, relative: true}\n"
+                     "blend.beta: {low: 0.1, high: 0.5}\n")
+    s = TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=2, epochs=1, seed=3,
+                     warmup_epochs=0, baseline=True, space=str(space))
+    study = tune(s)
+    first = study.trials[0]
+    assert first.user_attrs.get("baseline") is True
+    assert not any(t.user_attrs.get("baseline") for t in study.trials[1:])
+    base = load_train_config(TINY)
+    assert first.params["optim.lr"] == 1.0 and first.params["blend.beta"] == base.blend.beta
+    report = yaml.safe_load((tmp_path / "best_overrides.yaml").read_text())
+    assert report["baseline_trial"] == 0 and report["baseline_objective"] == first.value
+    # resuming does not queue the baseline again
+    study = tune(TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=3, epochs=1,
+                              seed=3, baseline=True, space=str(space)))
+    assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
+
+
 class _PruneAll(optuna.pruners.BasePruner):
     def prune(self, study, trial) -> bool:
         return True

@@ -42,6 +42,10 @@ def tune_command(
     heartbeat: Annotated[int, typer.Option(
         min=1, help="Seconds between a running trial's heartbeats; a trial silent for 3x "
                     "this is failed and re-queued.")] = 60,
+    baseline: Annotated[bool, typer.Option(
+        "--baseline", help="Queue the base recipe itself as a trial (once per study): the "
+                           "best trial is then read against the untuned recipe trained with "
+                           "the same budget (best_overrides.yaml: baseline_objective).")] = False,
 ) -> None:
     """Search the training recipe with Optuna (multivariate TPE, median pruning on the
     per-epoch validation objective). Start the same command on any number of machines
@@ -58,7 +62,8 @@ def tune_command(
                             space=None if space is None else str(space), n_trials=trials,
                             epochs=epochs, seed=seed, study_name=study_name,
                             startup_trials=startup_trials, warmup_epochs=warmup_epochs,
-                            heartbeat_s=heartbeat, grace_s=3 * heartbeat)
+                            heartbeat_s=heartbeat, grace_s=3 * heartbeat,
+                            baseline=baseline)
     console.print(f"tuning -> {settings.storage_url} study {study_name!r} ({trials} trials x "
                   f"{epochs} epochs)")
     study = tune(settings)

@@ -54,6 +54,8 @@ class TuneSettings:
     epochs : training epochs per trial
     seed : base seed of the TPE sampler (each worker adds its own offset)
     startup_trials / warmup_epochs : MedianPruner(n_startup_trials, n_warmup_steps)
+    baseline : queue the base recipe itself as a trial (once per study), so the study's
+        best is read against the untuned recipe trained with the same budget
     heartbeat_s / grace_s : a running trial beats every heartbeat_s; one silent for
         grace_s is failed and re-queued (RDB storages)
     """
@@ -71,6 +73,7 @@ class TuneSettings:
     warmup_epochs: int = 8
     heartbeat_s: int = 60
     grace_s: int = 180
+    baseline: bool = False
 
     def __post_init__(self) -> None:
         if self.n_trials < 1 or self.epochs < 1:
@@ -162,6 +165,9 @@ def tune(settings: TuneSettings):
     base = load_train_config(settings.config, list(settings.overrides))
     space = load_space(settings.space or DEFAULT_SPACE, base)
     study = open_study(settings)
+    if settings.baseline and not any(t.user_attrs.get("baseline") for t in study.trials):
+        study.enqueue_trial({d.field: d.base_param(base) for d in space},
+                            user_attrs={"baseline": True}, skip_if_exists=True)
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     budget = MaxTrialsCallback(settings.n_trials, states=done)
     finished = sum(t.state in done for t in study.trials)
@@ -189,8 +195,12 @@ def write_reports(study, base: TrainConfig, space: tuple[Dimension, ...], out: P
     best = min(completed, key=lambda t: t.value)
     params = {d.field: d.value(best.params, base) for d in space if d.field in best.params}
     params = {k: (float(v) if isinstance(v, float) else v) for k, v in params.items()}
-    text = yaml.safe_dump({"trial": best.number, "objective": float(best.value),
-                           "overrides": params}, sort_keys=False)
+    report = {"trial": best.number, "objective": float(best.value)}
+    baseline = [t for t in completed if t.user_attrs.get("baseline")]
+    if baseline:  # the untuned recipe with the same budget, for comparison
+        report["baseline_trial"] = baseline[0].number
+        report["baseline_objective"] = float(baseline[0].value)
+    text = yaml.safe_dump({**report, "overrides": params}, sort_keys=False)
     write_text_atomic(out / "best_overrides.yaml",
                       "# Best trial of the study: risloc train --config <recipe> --overrides "
                       "this file\n" + text)

@@ -35,6 +35,18 @@ class Dimension:
         v = trial.suggest_float(self.field, self.low, self.high, log=self.log)
         return v * _get(base, self.field) if self.relative else v
 
+    def base_param(self, base: TrainConfig) -> Any:
+        """The trial parameter that reproduces the base recipe's value (1.0 on a relative
+        scale); ConfigError when the space does not contain it."""
+        v = 1.0 if self.relative else _get(base, self.field)
+        inside = v in self.choices if self.choices is not None else self.low <= v <= self.high
+        if not inside:
+            span = self.choices if self.choices is not None else (self.low, self.high)
+            raise ConfigError(f"the base recipe's {self.field}={_get(base, self.field)!r} "
+                              f"lies outside the search space {span}: widen the space or "
+                              "run without the baseline trial")
+        return v
+
     def value(self, params: dict[str, Any], base: TrainConfig) -> Any:
         """The recipe value a trial's parameters mean."""
         v = params[self.field]

@@ -20,6 +20,19 @@ def test_default_space_suggests_valid_recipes_with_a_relative_lr():
     assert cfg.optim.batch_size == params["optim.batch_size"]
 
 
+def test_base_params_reproduce_the_base_recipe_or_name_the_field_outside(tmp_path):
+    base = load_train_config(None, ["optim.lr=2e-3", "optim.batch_size=64"])
+    space = load_space(DEFAULT_SPACE, base)
+    params = {d.field: d.base_param(base) for d in space}
+    assert params["optim.lr"] == 1.0  # relative to the recipe's
+    assert params["optim.batch_size"] == 64
+    values = [f"{d.field}={d.suggest(optuna.trial.FixedTrial(params), base)!r}" for d in space]
+    assert load_train_config(None, ["optim.lr=2e-3", "optim.batch_size=64", *values]) == base
+    outside = load_train_config(None, ["optim.batch_size=48"])
+    with pytest.raises(ConfigError, match="optim.batch_size=48 lies outside"):
+        [d.base_param(outside) for d in load_space(DEFAULT_SPACE, outside)]
+
+
 def test_space_files_are_checked_entry_by_entry(tmp_path):
     for text, msg in (("optim.nope: {low: 1, high: 2}", "not a recipe field"),
                       ("optim.lr: {low: 2, high: 1}", "low < high"),
