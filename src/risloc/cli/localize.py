@@ -12,22 +12,24 @@ import typer
 from rich.table import Table
 
 from risloc.cli.common import console, handle_errors, out, progress
-from risloc.core.params import Estimates, concat_estimates
-from risloc.evaluation.metrics import match_sources, summarize_by_snr
+from risloc.evaluation.metrics import (
+    Matching,
+    concat_matchings,
+    match_sources,
+    summarize_by_snr,
+)
 from risloc.io.atomic import check_writable
 from risloc.io.scenefile import inspect_scene_file, iter_scene_chunks
 from risloc.pipeline import METHODS, Localizer
 from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream, estimate_rows
 from risloc.pipeline.localizer import check_system
-from risloc.simulation.streams import concat_batches
 
 
-def _metrics_table(est: Estimates, scenes) -> Table:
-    m = match_sources(est, scenes.azimuth, scenes.elevation, scenes.range_m, scenes.K)
+def _metrics_table(m: Matching, snr_db: torch.Tensor) -> Table:
     t = Table(title="metrics against the files' truth")
     for col in ("SNR dB", "scenes", "K acc", "F1", "az med°", "el med°", "range med m"):
         t.add_column(col, justify="right")
-    for snr, s in summarize_by_snr(m, scenes.snr_db.nan_to_num(0.0)).items():
+    for snr, s in summarize_by_snr(m, snr_db.nan_to_num(0.0)).items():
         t.add_row(f"{snr:g}", str(s.n_scenes), f"{s.K_accuracy:.3f}", f"{s.f1:.3f}",
                   f"{s.azimuth_median_deg:.3g}", f"{s.elevation_median_deg:.3g}",
                   f"{s.range_median_m:.3g}")
@@ -121,7 +123,8 @@ def localize_command(
     total = sum(max(0, hi - lo) for lo, hi in ranges)
     done_before = sum(min(stream.done.get(str(i), lo), hi) - lo
                       for i, (lo, hi) in enumerate(ranges) if str(i) in stream.done)
-    parts, truth, bad, n_new, t0 = [], [], [], 0, time.perf_counter()
+    # scored chunk by chunk as it goes: a run keeps ~0.5 KB per scene, not its scenes
+    matched, snrs, bad, n_new, t0 = [], [], [], 0, time.perf_counter()
     with progress() as bar:
         task = bar.add_task(f"localizing ({loc.method})", total=total, completed=done_before)
         for i, (path, (lo, hi)) in enumerate(zip(paths, ranges, strict=True)):
@@ -134,8 +137,9 @@ def localize_command(
                               [(*r, i) for r in rows] if many else rows)
                 bad.extend((f"{path}:" if many else "", at + j, why) for j, why in res.bad)
                 if batch.has_truth and not resume:
-                    parts.append(res.estimates)
-                    truth.append(batch.truth_only())
+                    matched.append(match_sources(res.estimates, batch.azimuth,
+                                                 batch.elevation, batch.range_m, batch.K))
+                    snrs.append(batch.snr_db)
                 n_new += len(batch)
                 bar.advance(task, len(batch))
     dt = time.perf_counter() - t0
@@ -144,7 +148,7 @@ def localize_command(
         console.print(f"[yellow]scene {where}{j} not localized:[/] {why}")
     console.print(f"{n_new} scenes in {dt:.1f} s ({n_new / max(dt, 1e-9):.1f} scenes/s); "
                   f"estimates of {total} scenes in {out_path}")
-    if parts and len(truth) and sum(len(t) for t in truth) == total:
-        out.print(_metrics_table(concat_estimates(parts), concat_batches(truth)))
+    if matched and sum(len(m) for m in matched) == total:
+        out.print(_metrics_table(concat_matchings(matched), torch.cat(snrs)))
     if bad:
         raise typer.Exit(code=1)

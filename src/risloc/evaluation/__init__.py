@@ -10,6 +10,7 @@ from risloc.evaluation.crb import (
 from risloc.evaluation.metrics import (
     Matching,
     MetricSummary,
+    concat_matchings,
     match_sources,
     summarize,
     summarize_by_K,
@@ -18,7 +19,7 @@ from risloc.evaluation.metrics import (
 )
 
 __all__ = [
-    "CRBResult", "Matching", "MetricSummary", "crb", "crb_deterministic", "crb_for_scenes",
-    "crb_stochastic", "match_sources", "summarize", "summarize_by_K", "summarize_by_snr",
-    "summarize_groups",
+    "CRBResult", "Matching", "MetricSummary", "concat_matchings", "crb", "crb_deterministic",
+    "crb_for_scenes", "crb_stochastic", "match_sources", "summarize", "summarize_by_K",
+    "summarize_by_snr", "summarize_groups",
 ]

@@ -101,6 +101,17 @@ class Matching:
         return self.est_mask & ~used
 
 
+def concat_matchings(parts: list[Matching]) -> Matching:
+    """Matchings of consecutive batches as one (same slots and gate): a long run matches
+    each chunk as it goes and keeps only this, a few hundred bytes per scene."""
+    if not parts:
+        raise ValueError("no matchings to concatenate")
+    if len({p.gate_deg for p in parts}) > 1:
+        raise ValueError("matchings with different gates cannot be concatenated")
+    return replace(parts[0], **{f.name: torch.cat([getattr(p, f.name) for p in parts])
+                                for f in fields(Matching) if f.name != "gate_deg"})
+
+
 def _slot_mask(K: torch.Tensor, slots: int, what: str) -> torch.Tensor:
     if K.dim() != 1 or ((K < 0) | (K > slots)).any():
         raise ValueError(f"{what} K must be [B] with 0 <= K <= {slots} slots")

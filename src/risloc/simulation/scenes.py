@@ -72,13 +72,6 @@ class SceneBatch:
         return replace(self, **{f.name: (None if getattr(self, f.name) is None
                                          else fn(getattr(self, f.name))) for f in fields(self)})
 
-    def truth_only(self) -> SceneBatch:
-        """This batch without its measurements (y, H, codes emptied, truth kept): what a
-        long run keeps per chunk to score its estimates at the end."""
-        B = len(self)
-        return replace(self, y=self.y.new_empty(B, 0, 0), H=self.H.new_empty(B, 0, 0),
-                       codes=self.codes.new_empty(B, 0, 0), symbols=None)
-
     def to(self, device: torch.device | str) -> SceneBatch:
         return self._map(lambda t: t.to(device))
 

@@ -6,6 +6,7 @@ import torch
 from risloc.core.params import Estimates
 from risloc.evaluation.crb import CRBResult
 from risloc.evaluation.metrics import (
+    concat_matchings,
     match_sources,
     summarize,
     summarize_by_K,
@@ -158,3 +159,17 @@ def test_grouping_by_snr_and_K():
     assert by_K[2].n_detected == 1 and by_K[2].azimuth_median_deg == pytest.approx(3.0)
     by_snr = summarize_by_snr(m, torch.tensor([-5.2, 10.1]), bin_db=5.0)
     assert sorted(by_snr) == [-5.0, 10.0] and by_snr[-5.0] == by_K[3]
+
+
+def test_matching_chunk_by_chunk_equals_matching_all_at_once():
+    est = _est([3, 2], [[-40.0, 10.0, 35.0], [0.0, 26.0, NAN]],
+               [[5.0, -10.0, 20.0], [0.0, 3.0, NAN]], [[1.0, 4.0, 8.0], [2.0, 6.0, NAN]])
+    whole = match_sources(est, *TRUTH)
+    chunks = concat_matchings([match_sources(est[i:i + 1], *(t[i:i + 1] for t in TRUTH))
+                               for i in range(2)])
+    for name in ("est_index", "K_true", "K_est", "truth_mask", "est_mask"):
+        assert torch.equal(getattr(chunks, name), getattr(whole, name)), name
+    torch.testing.assert_close(chunks.angle_error, whole.angle_error, equal_nan=True)
+    assert summarize(chunks) == summarize(whole)
+    with pytest.raises(ValueError, match="no matchings"):
+        concat_matchings([])

@@ -151,12 +151,3 @@ def test_power_spread_range_draws_a_spread_per_scene(system, scene):
     db = torch.where(sc.mask, db, torch.nan)
     span = (db.nan_to_num(-99).amax(1) - db.nan_to_num(99).amin(1))[sc.K >= 3]
     assert float(span.max()) <= 15.0 and float(span.min()) < 2.0
-
-
-def test_truth_only_keeps_truth_and_frees_the_measurements(system, scene):
-    b = simulate_range(0, 40, system, scene, seed=2, split="test")
-    t = b.truth_only()
-    assert len(t) == 40 and t.has_truth
-    for name in ("K", "azimuth", "elevation", "range_m", "powers", "snr_db", "noise_var"):
-        assert getattr(t, name) is getattr(b, name), name
-    assert t.y.numel() == t.H.numel() == t.codes.numel() == 0 and t.symbols is None
