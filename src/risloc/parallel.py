@@ -72,13 +72,14 @@ def run_in_chunks(fn: Callable[[int, int], T], n: int, workers: int | None = Non
                   device: torch.device | str = "cpu", max_chunk: int | None = None) -> list[T]:
     """[fn(lo, hi) for each chunk of 0..n (:func:`chunk_bounds`)], in order, run by
     ``workers`` threads on CPU (None: one per available core), each taking the next chunk
-    when it is done with one. On other devices, or with one chunk, fn(0, n) runs inline
-    (a GPU wants large batches: ``max_chunk`` applies on CPU only)."""
+    when it is done with one. With one worker the chunks run inline, one after another;
+    on other devices fn(0, n) runs inline (a GPU wants large batches: ``max_chunk``
+    applies on CPU only)."""
     workers = default_workers() if workers is None else workers
     if torch.device(device).type != "cpu":
         return [fn(0, n)]
     bounds = chunk_bounds(n, workers, max_chunk=max_chunk)
-    if len(bounds) == 1:
-        return [fn(0, n)]
+    if workers == 1 or len(bounds) == 1:  # inline, with the caller's torch threads
+        return [fn(lo, hi) for lo, hi in bounds]
     with torch_threads(1), ThreadPoolExecutor(min(workers, len(bounds))) as pool:
         return list(pool.map(lambda b: fn(*b), bounds))
