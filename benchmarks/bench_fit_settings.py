@@ -1,12 +1,15 @@
-"""Does the learned pipeline's fit stage find more weak sources with more repair rounds or
-a longer shortlist? Validation split only (a choice, not a result).
+"""Does the learned pipeline find more weak sources with more repair rounds, a longer
+shortlist, or repair rounds on the chosen sources? Validation split only (a choice, not a
+result).
 
     python benchmarks/bench_fit_settings.py [--n 400] [--snrs 0 5 10 15 20]
-                                            [--out reports/bench/fit_settings.json]
+        [--variants fit|chosen] [--out reports/bench/fit_settings.json]
 
 Per SNR, equal powers and powers spread over 12 dB, SNR withheld, K unknown and known:
-K accuracy, F1, median azimuth error and seconds of the shipped pipeline with its fit
-stage at (repairs, shortlist) = (2, 32) (the default), (3, 32), (4, 32) and (2, 64).
+K accuracy, F1, median azimuth error and seconds of the shipped pipeline with
+``--variants fit``: its fit stage at (repairs, shortlist) = (2, 32) (the default), (3, 32),
+(4, 32) and (2, 64); ``--variants chosen``: 0, 1 (the default) or 2 repair rounds on the
+K chosen sources before the last NF-MLE (``LearnedPipeline.chosen_repairs``).
 """
 
 from __future__ import annotations
@@ -21,22 +24,29 @@ import bench_versus as bv
 
 from risloc.pipeline import Localizer
 
-VARIANTS = {"repairs 2, shortlist 32": {"repairs": 2, "shortlist": 32},
-            "repairs 3, shortlist 32": {"repairs": 3, "shortlist": 32},
-            "repairs 4, shortlist 32": {"repairs": 4, "shortlist": 32},
-            "repairs 2, shortlist 64": {"repairs": 2, "shortlist": 64}}
+# name: (fit-stage settings, repair rounds on the chosen sources)
+VARIANTS = {
+    "fit": {"repairs 2, shortlist 32": ({"repairs": 2, "shortlist": 32}, 1),
+            "repairs 3, shortlist 32": ({"repairs": 3, "shortlist": 32}, 1),
+            "repairs 4, shortlist 32": ({"repairs": 4, "shortlist": 32}, 1),
+            "repairs 2, shortlist 64": ({"repairs": 2, "shortlist": 64}, 1)},
+    "chosen": {"chosen repairs 0": ({}, 0), "chosen repairs 1": ({}, 1),
+               "chosen repairs 2": ({}, 2)},
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--snrs", type=float, nargs="+", default=[0.0, 5.0, 10.0, 15.0, 20.0])
+    ap.add_argument("--variants", choices=sorted(VARIANTS), default="fit")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/fit_settings.json"))
     args = ap.parse_args()
     locs = {}
-    for name, kw in VARIANTS.items():
+    for name, (kw, chosen) in VARIANTS[args.variants].items():
         loc = Localizer.from_checkpoint()
         loc.pipeline.fit_config = replace(loc.pipeline.fit_config, **kw)
+        loc.pipeline.chosen_repairs = chosen
         locs[name] = loc
     rows = []
     for i, snr in enumerate(args.snrs):
@@ -54,7 +64,8 @@ def main() -> None:
                                 f"az {row[n]['azimuth_median_deg']:.3f}" for n in locs),
                       flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"n": args.n, "split": "validation", "rows": rows},
+    args.out.write_text(json.dumps({"n": args.n, "split": "validation", "variants": args.variants,
+                                    "rows": rows},
                                    indent=2) + "\n")
 
 

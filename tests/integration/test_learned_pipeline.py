@@ -4,6 +4,7 @@ assumed)."""
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,18 @@ def test_stages_compose_to_localize_and_the_slots_can_propose(checkpoint):
     with torch.no_grad():
         assert music.forward(sc.y, sc.H, sc.codes).R_blend.shape == (5, 144, 144)
     assert bool((music.localize(sc.y, sc.H, sc.codes).K >= 1).all())
+    # the chosen set is repaired only when K is given: K decided, nothing changes
+    plain = replace(pipe, chosen_repairs=0)
+    assert torch.equal(plain.localize(sc.y, sc.H, sc.codes).azimuth.nan_to_num(9),
+                       whole.azimuth.nan_to_num(9))
+    K = torch.full((5,), 3)
+    with torch.no_grad():
+        repaired = pipe.polish(sc.y, sc.H, sc.codes, fit, K, repair=True)
+        unrepaired = pipe.polish(sc.y, sc.H, sc.codes, fit, K)
+    assert torch.equal(pipe.localize(sc.y, sc.H, sc.codes, K=K).azimuth.nan_to_num(9),
+                       repaired.azimuth.float().nan_to_num(9))
+    assert torch.equal(plain.localize(sc.y, sc.H, sc.codes, K=K).azimuth.nan_to_num(9),
+                       unrepaired.azimuth.float().nan_to_num(9))
 
 
 def test_scene_parallel_localization_equals_serial(checkpoint):

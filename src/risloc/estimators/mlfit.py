@@ -105,13 +105,13 @@ def _fit(y, H, codes, theta, mask, system, cfg: NFMLEConfig) -> Fit:
     return amplitude_fit(y, H, codes, steering_at(theta, system, y.dtype), mask, cfg.tikhonov)
 
 
-def _last(theta: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-    """theta with slot j [B] swapped to the last slot."""
+def _swap(theta: torch.Tensor, j: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """theta with slots j [B] and k [B] exchanged (an involution)."""
     B, S, _ = theta.shape
     perm = torch.arange(S, device=theta.device).expand(B, S).clone()
     rows = torch.arange(B, device=theta.device)
-    perm[rows, j] = S - 1
-    perm[:, S - 1] = j
+    perm[rows, j] = k
+    perm[rows, k] = j
     return theta.gather(1, perm.unsqueeze(-1).expand(-1, -1, 3))
 
 
@@ -120,26 +120,50 @@ def _take(new: tuple, old: tuple, where: torch.Tensor) -> tuple:
                  for n, o in zip(new, old, strict=True))
 
 
-def _repair(y, H, codes, theta, fit, system, config: MLFitConfig, grid):
-    """One repair round (module docstring); returns (theta, fit, improved [B] bool)."""
+def _repair(y, H, codes, theta, fit, K, system, config: MLFitConfig, grid):
+    """One repair round (module docstring) on each scene's first K [B] sources (fit: their
+    amplitude fit); returns (theta, fit, improved [B] bool). The weakest source moves to
+    slot K - 1, so the others stay leading as the OLS statistic needs."""
     B, S, _ = theta.shape
-    full = torch.ones(B, S, dtype=torch.bool, device=y.device)
-    theta = _last(theta, removal_gains(fit, full).argmin(-1))
-    fit = _fit(y, H, codes, theta, full, system, config.polish)  # in theta's new order
-    others = full.clone()
-    others[:, -1] = False
+    slots = torch.arange(S, device=y.device)
+    mask = slots < K[:, None]
+    last = K - 1
+    theta = _swap(theta, removal_gains(fit, mask).argmin(-1), last)
+    fit = _fit(y, H, codes, theta, mask, system, config.polish)  # in theta's new order
+    others = mask & (slots != last[:, None])
     rest = _fit(y, H, codes, theta, others, system, config.polish)
     prop = residual_proposal(y, H, codes, rest, others, grid, config.search.floor,
                              config.shortlist)
     cand = theta.clone()
-    cand[:, -1] = prop.theta.to(cand.dtype)
+    cand[torch.arange(B, device=y.device), last] = prop.theta.to(cand.dtype)
     # every swap is refined: keeping only those that lower the cost before refinement
     # lost weak sources (validation split, powers spread over 12 dB)
-    cand, cfit, _ = lm_solve(y, H, codes, cand, full, system, config.polish)
+    cand, cfit, _ = lm_solve(y, H, codes, cand, mask, system, config.polish)
     better = cfit.cost < fit.cost
     theta = torch.where(better.view(-1, 1, 1), cand, theta)
     fit = Fit(*_take(tuple(cfit), tuple(fit), better))
     return theta, fit, better
+
+
+@torch.no_grad()
+def repair_chosen(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, theta: torch.Tensor,
+                  K: torch.Tensor, system: SystemConfig, config: MLFitConfig = MLFitConfig(),
+                  rounds: int = 1) -> torch.Tensor:
+    """Repair rounds (module docstring) on the sources finally chosen: each scene's first
+    K [B] of theta [B, S, 3]. The rounds of :func:`ml_fit` work on all S candidates, where
+    spurious ones can absorb a weak source's energy; on the chosen set the residual of the
+    others shows it. Returns theta [B, S, 3] (the first K of each scene possibly changed,
+    their order too; the rest as given)."""
+    if rounds < 0:
+        raise ValueError(f"rounds must be >= 0, got {rounds}")
+    K = K.to(device=y.device, dtype=torch.int64).clamp(1, theta.shape[1])
+    theta = theta.to(y.real.dtype).clone()
+    mask = torch.arange(theta.shape[1], device=y.device) < K[:, None]
+    fit = _fit(y, H, codes, theta, mask, system, config.polish)
+    grid = search_grid(system, config.search, y.dtype, str(y.device))
+    for _ in range(rounds):
+        theta, fit, _ = _repair(y, H, codes, theta, fit, K, system, config, grid)
+    return theta
 
 
 def _nested(y, H, codes, theta, fit, system, config: MLFitConfig):
@@ -194,8 +218,9 @@ def ml_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, start: torch.T
                              config.polish)
     grid = search_grid(system, config.search, y.dtype, str(y.device))
     repaired = torch.zeros(B, dtype=torch.int64, device=y.device)
+    all_S = torch.full((B,), S, dtype=torch.int64, device=y.device)
     for _ in range(config.repairs if S > 1 else 0):
-        theta, fit, improved = _repair(y, H, codes, theta, fit, system, config, grid)
+        theta, fit, improved = _repair(y, H, codes, theta, fit, all_S, system, config, grid)
         repaired += improved
     nested, costs = _nested(y, H, codes, theta, fit, system, config)
     nf = _fit(y, H, codes, nested, torch.ones(B, S, dtype=torch.bool, device=y.device),
