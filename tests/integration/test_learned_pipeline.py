@@ -89,6 +89,11 @@ def test_stages_compose_to_localize_and_the_slots_can_propose(checkpoint):
                        repaired.azimuth.float().nan_to_num(9))
     assert torch.equal(plain.localize(sc.y, sc.H, sc.codes, K=K).azimuth.nan_to_num(9),
                        unrepaired.azimuth.float().nan_to_num(9))
+    # repair_decided: the head's K gets the same repair
+    with torch.no_grad():
+        decided = pipe.polish(sc.y, sc.H, sc.codes, fit, decision.K, repair=True)
+    assert torch.equal(replace(pipe, repair_decided=True).localize(sc.y, sc.H, sc.codes)
+                       .azimuth.nan_to_num(9), decided.azimuth.float().nan_to_num(9))
 
 
 def test_scene_parallel_localization_equals_serial(checkpoint):
