@@ -27,6 +27,7 @@ from pathlib import Path
 
 import bench_versus as bv
 
+from risloc.io.atomic import write_text_atomic
 from risloc.pipeline import Localizer
 
 # name: (fit-stage settings, repair rounds on the chosen sources, with K decided too)
@@ -69,10 +70,8 @@ def main() -> None:
                       + "".join(f" | {n}: K {row[n]['K_accuracy']:.3f} F1 {row[n]['f1']:.3f} "
                                 f"az {row[n]['azimuth_median_deg']:.3f}" for n in locs),
                       flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"n": args.n, "split": "validation", "variants": args.variants,
-                                    "rows": rows},
-                                   indent=2) + "\n")
+    result = {"n": args.n, "split": "validation", "variants": args.variants, "rows": rows}
+    write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from risloc.core.params import Estimates, steering_at  # noqa: E402
 from risloc.estimators.classical import ClassicalConfig  # noqa: E402
 from risloc.estimators.nfmle import amplitude_fit  # noqa: E402
 from risloc.evaluation import match_sources, summarize  # noqa: E402
+from risloc.io.atomic import write_text_atomic  # noqa: E402
 from risloc.pipeline import Localizer  # noqa: E402
 
 
@@ -100,10 +101,9 @@ def main() -> None:
                   f"classical cost lower / higher in {r['classical_lower_cost']:3d} / "
                   f"{r['classical_higher_cost']:3d} scenes  {r['seconds']:6.1f} s", flush=True)
         rows.append({"known_K": known, "results": results})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"split": "validation", "n": args.n, "snr_db": args.snr,
-                                    "power_spread_db": args.spread, "rows": rows},
-                                   indent=2) + "\n")
+    result = {"split": "validation", "n": args.n, "snr_db": args.snr,
+              "power_spread_db": args.spread, "rows": rows}
+    write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

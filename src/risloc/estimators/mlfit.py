@@ -12,7 +12,9 @@ judged by the concentrated likelihood of :mod:`risloc.estimators.nfmle`:
    (:func:`risloc.estimators.classical.residual_proposal`: the OLS statistic T on a
    shortlisted grid) proposes a replacement from the residual of the others, the swapped
    set is polished, and it is kept where its cost is lower. A source masked by a stronger
-   one stands out in the residual once the stronger one is fitted.
+   one stands out in the residual once the stronger one is fitted. :func:`repair_chosen`
+   runs the same rounds on the K sources finally chosen (the pipeline's polish stage, with
+   K given).
 3. **nested sets** — forward selection with refinement among the S fitted positions: the
    k-th source is the one that removes most residual energy given the first k - 1 (the
    OLS statistic), and the k chosen are polished jointly before the next pick. A K_max
@@ -156,7 +158,11 @@ def repair_chosen(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, theta: 
     their order too; the rest as given)."""
     if rounds < 0:
         raise ValueError(f"rounds must be >= 0, got {rounds}")
-    K = K.to(device=y.device, dtype=torch.int64).clamp(1, theta.shape[1])
+    K = K.to(device=y.device, dtype=torch.int64)
+    if K.shape != theta.shape[:1] or bool(((K < 1) | (K > theta.shape[1])).any()):
+        raise ValueError(f"K must be [B]={theta.shape[0]} counts in 1..{theta.shape[1]} (the "
+                         f"slots of theta), got shape {tuple(K.shape)}, values "
+                         f"{K.unique().tolist()}")
     theta = theta.to(y.real.dtype).clone()
     mask = torch.arange(theta.shape[1], device=y.device) < K[:, None]
     fit = _fit(y, H, codes, theta, mask, system, config.polish)

@@ -114,6 +114,8 @@ def test_repair_of_the_chosen_set_finds_the_missing_source_and_keeps_the_rest(sy
     assert torch.equal(repair_chosen(y, H, c, start, K, system, cfg, rounds=0), start)
     with pytest.raises(ValueError, match="rounds"):
         repair_chosen(y, H, c, start, K, system, cfg, rounds=-1)
+    with pytest.raises(ValueError, match="K must be"):
+        repair_chosen(y, H, c, start, K + 3, system, cfg)
 
 
 def test_config_checks():
