@@ -2,7 +2,7 @@
 
     python benchmarks/bench_pipeline.py [--checkpoint PATH] [--batch 256] [--repeats 5]
                                         [--threads 2] [--out reports/bench/pipeline.json]
-                                        [--rss-batches 256 1024]
+                                        [--rss-batches 256 1024] [--known-K]
 
 (a) End to end as users run it: :class:`risloc.pipeline.Localizer` on one batch of
     test-split scenes (SNR withheld, K unknown, SNR uniform in -5..20 dB, equal powers),
@@ -16,6 +16,8 @@
 (c) Peak RSS of a fresh process during one call localizing ``--rss-batches`` scenes, with
     and without passes (the peak is reset after the scenes are simulated: Linux
     /proc/self/clear_refs).
+``--known-K`` gives both localizers the true K of each scene (the learned pipeline then also
+repairs the chosen sources; ``LearnedPipeline.chosen_repairs``) in (a) and (b).
 Accuracy is measured by ``benchmarks/bench_versus.py``.
 """
 
@@ -34,24 +36,30 @@ import torch
 
 from risloc.config import RislocConfig
 from risloc.core.checks import normalise_scale
+from risloc.io.atomic import write_text_atomic
 from risloc.parallel import MAX_CHUNK
 from risloc.pipeline import Localizer
 from risloc.pipeline.learned import STAGES, load_learned_pipeline
 from risloc.simulation import simulate_range
 
 
-def test_batch(n: int, device: str = "cpu"):
+def test_scenes(n: int, device: str = "cpu"):
     cfg = RislocConfig()
-    sc = simulate_range(0, n, cfg.system, cfg.scene, seed=2026, split="test", stream=700,
-                        device=device)
+    return simulate_range(0, n, cfg.system, cfg.scene, seed=2026, split="test", stream=700,
+                          device=device)
+
+
+def test_batch(n: int, device: str = "cpu"):
+    sc = test_scenes(n, device)
     y, H = normalise_scale(sc.y, sc.H)  # as the Localizer feeds the pipeline
     return y.to(torch.complex64), H.to(torch.complex64), sc.codes
 
 
 @torch.no_grad()
-def stage_split(pipe, y, H, codes, repeats: int, sync=lambda: None) -> dict[str, float]:
+def stage_split(pipe, y, H, codes, repeats: int, sync=lambda: None, K=None
+                ) -> dict[str, float]:
     """Median seconds of each stage of ``pipe.localize`` (first run = warm-up); ``sync``
-    closes each stage (a device sync on a GPU)."""
+    closes each stage (a device sync on a GPU); K [B] known counts or None."""
     times: dict[str, list[float]] = {k: [] for k in (*STAGES, "total")}
     for _ in range(repeats + 1):
         sync()
@@ -61,22 +69,23 @@ def stage_split(pipe, y, H, codes, repeats: int, sync=lambda: None) -> dict[str,
             sync()
             stamps.append((name, time.perf_counter()))
 
-        pipe.localize(y, H, codes, on_stage=mark)
+        pipe.localize(y, H, codes, K=K, on_stage=mark)
         for (_, t0), (name, t1) in zip(stamps, stamps[1:]):
             times[name].append(t1 - t0)
         times["total"].append(stamps[-1][1] - stamps[0][1])
     return {k: statistics.median(v[1:]) for k, v in times.items()}
 
 
-def end_to_end(localizers: dict[str, Localizer], y, H, codes, repeats: int
+def end_to_end(localizers: dict[str, Localizer], y, H, codes, repeats: int, K=None
                ) -> tuple[dict, dict]:
-    """Scenes/s of each localizer (interleaved, median after a warm-up) and its results."""
+    """Scenes/s of each localizer (interleaved, median after a warm-up) and its results;
+    K [B] known counts or None."""
     runs: dict[str, list[float]] = {k: [] for k in localizers}
     results = {}
     for _ in range(repeats + 1):
         for name, loc in localizers.items():
             t0 = time.perf_counter()
-            results[name] = loc.localize(y, H, codes).estimates
+            results[name] = loc.localize(y, H, codes, K=K).estimates
             runs[name].append(time.perf_counter() - t0)
     n = y.shape[0]
     out = {f"{k}_scenes_per_s": n / statistics.median(v[1:]) for k, v in runs.items()}
@@ -137,15 +146,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("reports/bench/pipeline.json"))
     ap.add_argument("--rss-batches", type=int, nargs="*", default=[256, 1024])
+    ap.add_argument("--known-K", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load_learned_pipeline(args.checkpoint)
     y, H, codes = test_batch(args.batch)
+    K = test_scenes(args.batch).K if args.known_K else None
     locs = {"learned": Localizer(pipe.system, "learned", pipe),
             "learned_one_pass": Localizer(pipe.system, "learned", pipe, chunk=None),
             "classical": Localizer(pipe.system, "classical"),
             "classical_one_pass": Localizer(pipe.system, "classical", chunk=None)}
-    e2e, results = end_to_end(locs, y, H, codes, args.repeats)
+    e2e, results = end_to_end(locs, y, H, codes, args.repeats, K)
     rate = {k: e2e[f"{k}_scenes_per_s"] for k in locs}
     e2e["speedup"] = rate["learned"] / rate["classical"]
     e2e["passes_gain_learned"] = rate["learned"] / rate["learned_one_pass"]
@@ -153,7 +164,8 @@ def main() -> None:
     e2e["agreement_learned"] = agreement(results["learned"], results["learned_one_pass"])
     e2e["agreement_classical"] = agreement(results["classical"],
                                            results["classical_one_pass"])
-    print(f"end to end (batch {args.batch}, Localizer, one worker per core, median of "
+    print(f"end to end (batch {args.batch}, K {'given' if args.known_K else 'unknown'}, "
+          f"Localizer, one worker per core, median of "
           f"{args.repeats}, scenes/s): " + ", ".join(f"{k} {v:.1f}" for k, v in rate.items())
           + f"; learned/classical {e2e['speedup']:.2f}; passes of <= {MAX_CHUNK} scenes vs "
           f"one pass "
@@ -164,7 +176,7 @@ def main() -> None:
         print(f"  {k} outputs, passes vs one pass: K identical {a['K_identical']:.4f}, max "
               f"diff az {a['max_azimuth_diff']:.2e} deg, el {a['max_elevation_diff']:.2e} "
               f"deg, range {a['max_range_m_diff']:.2e} m", flush=True)
-    stages = stage_split(pipe, y, H, codes, args.repeats)
+    stages = stage_split(pipe, y, H, codes, args.repeats, K=K)
     print(f"stages (serial, {torch.get_num_threads()} torch threads, batch {args.batch}): "
           + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()), flush=True)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -177,10 +189,10 @@ def main() -> None:
               f": peak RSS {r['peak_MB']:.0f} MB (before the call {r['before_MB']:.0f} MB)",
               flush=True)
     res = {"checkpoint": args.checkpoint or "shipped", "batch": args.batch,
+           "known_K": args.known_K,
            "threads": args.threads, "end_to_end": e2e, "stages_s": stages,
            "peak_rss_MB": rss, "rss_by_batch": rss_runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(res, indent=2) + "\n")
 
 
 if __name__ == "__main__":
