@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_versus as bv  # noqa: E402
 
 from risloc.core.params import Estimates, steering_at  # noqa: E402
-from risloc.estimators.classical import ClassicalConfig  # noqa: E402
 from risloc.estimators.nfmle import amplitude_fit  # noqa: E402
 from risloc.evaluation import match_sources, summarize  # noqa: E402
 from risloc.io.atomic import write_text_atomic  # noqa: E402
@@ -52,9 +51,7 @@ def relative_cost(est: Estimates, sc, system) -> torch.Tensor:
     return fit.cost / y.abs().square().sum((-1, -2))
 
 
-def variants(K_max: int) -> dict[str, Localizer]:
-    grid = ClassicalConfig()
-    whole = grid.grid_azimuth * grid.grid_elevation * grid.grid_inv_range
+def variants() -> dict[str, Localizer]:
     out = {}
     for name in ("no chosen repair", "shipped", "exhaustive"):
         loc = Localizer.from_checkpoint()
@@ -62,7 +59,9 @@ def variants(K_max: int) -> dict[str, Localizer]:
         if name == "no chosen repair":
             pipe.chosen_repairs = 0
         elif name == "exhaustive":
-            pipe.chosen_repairs, pipe.repair_decided = K_max, True
+            grid = pipe.fit_config.search
+            whole = grid.grid_azimuth * grid.grid_elevation * grid.grid_inv_range
+            pipe.chosen_repairs, pipe.repair_decided = pipe.system.K_max, True
             pipe.fit_config = replace(pipe.fit_config, shortlist=whole)
         out[name] = loc
     return out
@@ -76,7 +75,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("reports/bench/search_gap.json"))
     args = ap.parse_args()
     sc = bv.scenes_at("validation", args.n, args.snr, args.spread, 1)
-    learned = variants(Localizer.from_checkpoint().system.K_max)
+    learned = variants()
     system = learned["shipped"].system
     classical = Localizer(system, "classical")
     rows = []
