@@ -37,6 +37,7 @@ from typer.testing import CliRunner
 from risloc.cli.main import app
 from risloc.config import ConfigError, SceneConfig, SystemConfig
 from risloc.core.checks import InputError, InputTypeError
+from risloc.io.faults import FAULTS, FIELDS, damaged
 from risloc.io.scenefile import SceneFileError, batch_to_arrays
 from risloc.pipeline import Localizer
 from risloc.simulation import simulate_range
@@ -97,23 +98,7 @@ def array_case(rng, base: dict, loc: Localizer) -> str:
 
 
 def file_case(rng, base: dict, folder: Path) -> str:
-    arrays = dict(base)
-    field = pick(rng, ["y", "H", "codes", "snr_db", "K", "azimuth_deg", "system"])
-    how = pick(rng, ["drop", "transpose", "real", "string", "truncate", "nan"])
-    a = arrays[field]
-    if how == "drop":
-        arrays.pop(field)
-    elif how == "transpose" and a.ndim >= 2:
-        arrays[field] = np.swapaxes(a, -1, -2)
-    elif how == "real" and a.dtype.kind == "c":
-        arrays[field] = a.real
-    elif how == "string":
-        arrays[field] = np.array(["x"] * max(1, a.size)) if field != "system" else \
-            np.array("{not json")
-    elif how == "truncate" and a.ndim >= 1:
-        arrays[field] = a[:1]
-    elif how == "nan" and a.dtype.kind in "fc":
-        arrays[field] = a * np.nan
+    arrays = damaged(base, pick(rng, list(FIELDS)), pick(rng, list(FAULTS)))
     path = folder / f"case{int(rng.integers(1 << 30))}.npz"
     np.savez(path, **arrays)
     before = path.read_bytes()

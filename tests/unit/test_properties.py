@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from risloc.config import ConfigError, SceneConfig, SystemConfig, load_config
 from risloc.core.checks import InputError, InputTypeError
+from risloc.io.faults import FAULTS, FIELDS, damaged
 from risloc.io.scenefile import SceneFileError, batch_to_arrays, read_scenes
 from risloc.pipeline import Localizer
 from risloc.simulation import simulate_range
@@ -105,25 +106,11 @@ def test_snr_and_K_are_used_or_refused_cleanly(snr, K):
 
 
 @SETTINGS
-@given(st.sampled_from(["y", "H", "codes", "snr_db", "K", "azimuth_deg", "system"]),
-       st.sampled_from(["drop", "transpose", "real", "string", "truncate", "nan"]))
+@given(st.sampled_from(FIELDS), st.sampled_from(FAULTS))
 def test_damaged_scene_files_are_clean_errors_or_read(tmp_path_factory, field, how):
     arrays = batch_to_arrays(BASE, SYSTEM.K_max)
     arrays["system"] = np.array(SYSTEM.model_dump_json())
-    a = arrays[field]
-    if how == "drop":
-        arrays.pop(field)
-    elif how == "transpose" and a.ndim >= 2:
-        arrays[field] = np.swapaxes(a, -1, -2)
-    elif how == "real" and a.dtype.kind == "c":
-        arrays[field] = a.real
-    elif how == "string":
-        arrays[field] = np.array(["x"] * max(1, a.size)) if field != "system" else \
-            np.array("{not json")
-    elif how == "truncate" and a.ndim >= 1:
-        arrays[field] = a[:1]
-    elif how == "nan" and a.dtype.kind in "fc":
-        arrays[field] = a * np.nan
+    arrays = damaged(arrays, field, how)
     path = tmp_path_factory.mktemp("f") / "s.npz"
     np.savez(path, **arrays)
     try:
