@@ -12,9 +12,12 @@ powers only; sources, channel, codes, symbols' phases and noise are shared):
 
 For each condition and SNR (K unknown, uniform in 1..5; and, unless ``--no-known-K``, with
 the true K given to both localizers): K accuracy, F1, median |error| of azimuth,
-elevation, range, and the learned/classical ratio of each median. Both localizers run
-through :class:`risloc.pipeline.Localizer` (the batch split over one worker per core).
-Throughput of both is timed in the same run, interleaved, on one 256-scene batch (SNR
+elevation, range, and the learned/classical ratio of each median. Each localizer's medians
+are over the true sources it pairs with an estimate, so a localizer that reports more weak
+sources takes harder ones into its median; the ratio over the true sources *both* pair
+(``ratio_common``) compares the two on the same sources and is printed beside it. Both
+localizers run through :class:`risloc.pipeline.Localizer` (the batch split over one worker
+per core). Throughput of both is timed in the same run, interleaved, on one 256-scene batch (SNR
 withheld, equal powers, SNR uniform in -5..20 dB), median of ``--repeats``.
 
 At the end the targets of the issue on the learned localizer are checked and printed.
@@ -99,8 +102,12 @@ def classical_estimates(loc, sc, key: dict, cache: Path | None, snr_given, known
     return est, False
 
 
-def _summary(est: Estimates, sc) -> dict:
-    s = summarize(match_sources(est, sc.azimuth, sc.elevation, sc.range_m, sc.K))
+def _matching(est: Estimates, sc):
+    return match_sources(est, sc.azimuth, sc.elevation, sc.range_m, sc.K)
+
+
+def _summary(matching) -> dict:
+    s = summarize(matching)
     return {"K_accuracy": s.K_accuracy, "f1": s.f1, "azimuth_median_deg": s.azimuth_median_deg,
             "elevation_median_deg": s.elevation_median_deg, "range_median_m": s.range_median_m,
             "n_detected": s.n_detected, "n_false_alarms": s.n_false_alarms,
@@ -108,6 +115,19 @@ def _summary(est: Estimates, sc) -> dict:
 
 
 MEDIANS = ("azimuth_median_deg", "elevation_median_deg", "range_median_m")
+ERRORS = ("azimuth_error", "elevation_error", "range_error")
+
+
+def common_ratio(learned, classical) -> dict:
+    """learned / classical median |error| over the true sources both pair with an estimate
+    (the same sources for both; keys of :data:`MEDIANS`, plus ``n`` such sources)."""
+    both = learned.paired & classical.paired
+    out: dict = {"n": int(both.sum())}
+    for key, err in zip(MEDIANS, ERRORS, strict=True):
+        lm, cm = (float(torch.quantile(getattr(m, err)[both].abs(), 0.5)) if both.any()
+                  else math.nan for m in (learned, classical))
+        out[key] = lm / cm if cm > 0 else math.nan
+    return out
 
 
 def accuracy(learned, classical, args) -> list[dict]:
@@ -123,24 +143,28 @@ def accuracy(learned, classical, args) -> list[dict]:
                     est_c, cached = classical_estimates(classical, sc, key,
                                                         args.classical_cache, snr_given,
                                                         known_K)
+                    m_l, m_c = _matching(est_l, sc), _matching(est_c, sc)
                     row = {"snr_db": snr, "snr_given": snr_given, "power_spread_db": spread,
                            "known_K": known_K, "scenes": len(sc),
-                           "learned": _summary(est_l, sc), "classical": _summary(est_c, sc),
+                           "learned": _summary(m_l), "classical": _summary(m_c),
                            "classical_from_cache": cached}
                     row["ratio"] = {m: row["learned"][m] / row["classical"][m] for m in MEDIANS}
+                    row["ratio_common"] = common_ratio(m_l, m_c)
                     rows.append(row)
                     print_row(row)
     return rows
 
 
 def print_row(r: dict) -> None:
-    lr, cl, q = r["learned"], r["classical"], r["ratio"]
+    lr, cl, q, c = r["learned"], r["classical"], r["ratio"], r["ratio_common"]
     print(f"{r['snr_db']:5.0f} dB  {condition_name(r['snr_given'], r['power_spread_db']):42s}"
           f" {'K known' if r['known_K'] else 'K unknown':9s}  K acc {lr['K_accuracy']:.3f} / "
           f"{cl['K_accuracy']:.3f}  F1 {lr['f1']:.3f} / {cl['f1']:.3f}  median ratio az "
           f"{q['azimuth_median_deg']:.2f} el {q['elevation_median_deg']:.2f} r "
           f"{q['range_median_m']:.2f}  (az {lr['azimuth_median_deg']:.3f} / "
-          f"{cl['azimuth_median_deg']:.3f} deg)", flush=True)
+          f"{cl['azimuth_median_deg']:.3f} deg)  on sources both pair "
+          f"{c['azimuth_median_deg']:.2f} {c['elevation_median_deg']:.2f} "
+          f"{c['range_median_m']:.2f}", flush=True)
 
 
 @torch.no_grad()
@@ -185,7 +209,8 @@ def check_targets(rows: list[dict], speed: dict | None) -> list[dict]:
                 lr["K_accuracy"] >= given["learned"]["K_accuracy"] - 0.02)
         out.append({"snr_db": snr, "condition": condition_name(r["snr_given"],
                                                                r["power_spread_db"]),
-                    "known_K": r["known_K"], "checks": checks})
+                    "known_K": r["known_K"], "checks": checks,
+                    "ratio_common": r["ratio_common"]})
     if speed is not None:
         out.append({"condition": "throughput", "checks": {">= 5x classical":
                                                            speed["speedup"] >= 5.0}})
@@ -200,7 +225,12 @@ def print_targets(targets: list[dict]) -> None:
         where = t["condition"] if "snr_db" not in t else (
             f"{t['snr_db']:.0f} dB, {t['condition']}, "
             f"{'K known' if t['known_K'] else 'K unknown'}")
-        print(f"  missed: {k}  ({where})")
+        note = ""
+        if k.startswith("medians"):
+            c = t["ratio_common"]
+            note = ("  [on the true sources both pair: " +
+                    " ".join(f"{m.split('_')[0][:2]} {c[m]:.2f}" for m in MEDIANS) + "]")
+        print(f"  missed: {k}  ({where}){note}")
 
 
 def main(argv=None) -> None:
