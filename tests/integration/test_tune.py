@@ -4,6 +4,7 @@ server through RISLOC_TEST_POSTGRES), a killed worker's trial is failed and re-r
 the best trial closes the loop through `risloc train --overrides`."""
 
 import csv
+import datetime
 import os
 import signal
 import subprocess
@@ -126,16 +127,23 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(tmp_path)
         s = TuneSettings(config=TINY, out_dir=str(tmp_path), storage=url, study_name=name,
                          heartbeat_s=1, grace_s=3)
         deadline = time.time() + 120
-        while time.time() < deadline:  # kill worker a in the middle of a trial
-            time.sleep(0.5)
+        # kill worker a in the middle of a trial that has sent a heartbeat: Optuna never
+        # fails a RUNNING trial without one (a worker killed between creating a trial and
+        # its first beat, a few milliseconds, leaves it RUNNING), so the kill waits until
+        # the trial has run for a second (the heartbeat thread starts with the trial)
+        while time.time() < deadline:
+            time.sleep(0.2)
             try:
                 study = open_study(s)
             except Exception:  # the study is not created yet
                 continue
-            if any(t.state.name == "RUNNING" for t in study.trials):
+            now = datetime.datetime.now()
+            if any(t.state.name == "RUNNING" and t.datetime_start is not None
+                   and (now - t.datetime_start).total_seconds() >= 1.0 for t in study.trials):
                 break
         a.send_signal(signal.SIGKILL)
         a.wait()
+        time.sleep(s.grace_s)  # a's trial is stale by the time the others look
         b = _worker(url, name, tmp_path / "b", 4)
         c = _worker(url, name, tmp_path / "c", 4)
         assert b.wait(300) == 0 and c.wait(300) == 0
