@@ -45,6 +45,7 @@ import torch
 from risloc.config import RislocConfig
 from risloc.core.params import Estimates
 from risloc.evaluation import match_sources, summarize
+from risloc.io.atomic import write_text_atomic
 from risloc.pipeline import Localizer
 from risloc.simulation import simulate_range
 
@@ -265,8 +266,7 @@ def main(argv=None) -> None:
            "split": args.split, "scenes_per_snr": args.n, "power_spread_db": SPREAD_DB,
            "threads": args.threads, "rows": rows, "throughput": speed, "targets": targets,
            "wall_s": time.perf_counter() - t0}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2, default=lambda x: None if isinstance(
+    write_text_atomic(args.out, json.dumps(res, indent=2, default=lambda x: None if isinstance(
         x, float) and math.isnan(x) else str(x)) + "\n")
 
 
