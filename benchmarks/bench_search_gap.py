@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import replace
@@ -85,9 +84,9 @@ def main() -> None:
             t0 = time.perf_counter()
             est = bv.localize(loc, sc, False, known)
             seconds = time.perf_counter() - t0
-            m = match_sources(est, sc.azimuth, sc.elevation, sc.range_m, sc.K)
-            detected = int((m.angle_error <= math.radians(m.gate_deg)).sum())
-            results[name] = {"f1": summarize(m).f1, "detections": detected,
+            summary = summarize(match_sources(est, sc.azimuth, sc.elevation, sc.range_m, sc.K))
+            detected = summary.n_detected
+            results[name] = {"f1": summary.f1, "detections": detected,
                              "false_alarms": int(est.K.sum()) - detected,
                              "seconds": seconds, "cost": relative_cost(est, sc, system)}
         c = results["classical"]["cost"]
