@@ -27,14 +27,20 @@ def apply_operator(H: torch.Tensor, codes: torch.Tensor, V: torch.Tensor) -> tor
     V : [B, P, N] complex, per scene — or [P, N], shared by the batch (a search grid)
     Returns [B, L, M, P] complex.
 
-    Per-scene rows are formed as (c_l (.) v_p) H^T in one batched GEMM: reading H once per
-    scene is 3-5x faster than multiplying the stacked operators (memory bound; measured).
-    Shared rows (many of them) go the other way, Phi [B, L*M, N] @ V^T, which never forms
-    the L x P x N products c_l (.) v_p.
+    Per-scene rows go through whichever intermediate is smaller: for P <= M the products
+    c_l (.) v_p [B, L*P, N] times H^T in one batched GEMM (reading H once per scene is 3-5x
+    faster than multiplying the stacked operators at P = 5: memory bound, measured); for
+    P > M the stacked operators [B, L*M, N] times V^T (3.6x faster at P = 32, M = 16:
+    the L P N products no longer fit the caches; ``benchmarks/bench_roofline.py``).
+    Shared rows (many of them) always go the second way.
     """
     B, L, N = codes.shape
+    M = H.shape[-2]
     if V.ndim == 2:
         P = V.shape[0]
         return (operators(H, codes).flatten(1, 2) @ V.T).view(B, L, -1, P)  # (B, L, M, P)
+    P = V.shape[1]
+    if P > M:
+        return (operators(H, codes).flatten(1, 2) @ V.mT).view(B, L, M, P)
     X = (codes.unsqueeze(2) * V.unsqueeze(1)).view(B, -1, N)  # (B, L*P, N)
-    return (X @ H.mT).view(B, L, V.shape[1], -1).mT  # (B, L, M, P)
+    return (X @ H.mT).view(B, L, P, -1).mT  # (B, L, M, P)

@@ -40,9 +40,11 @@ def test_operators_shape_and_values(scenes):
 def test_apply_operator_per_scene_and_shared_rows_match_the_explicit_operator(scenes):
     b = scenes
     H, c = b.H.to(torch.complex128), b.codes.to(torch.complex128)
-    V = torch.randn(4, 3, 144, dtype=torch.complex128)
-    ref = operators(H, c) @ V.mT.unsqueeze(1)  # (B, L, M, P)
-    assert torch.allclose(apply_operator(H, c, V), ref, atol=1e-12)
+    for P in (3, 16, 17, 40):  # both routes: P <= M and P > M (M = 16)
+        V = torch.randn(4, P, 144, dtype=torch.complex128)
+        ref = operators(H, c) @ V.mT.unsqueeze(1)  # (B, L, M, P)
+        assert apply_operator(H, c, V).shape == (4, 16, 16, P)
+        assert torch.allclose(apply_operator(H, c, V), ref, atol=1e-12)
     shared = torch.randn(7, 144, dtype=torch.complex128)
     ref2 = operators(H, c) @ shared.T
     assert torch.allclose(apply_operator(H, c, shared), ref2, atol=1e-12)
