@@ -17,6 +17,9 @@ beside the measured roof of one core.
   the classical localizer on the same scenes as one stage.
 * **Fixed cost**: the torch operations one pass dispatches and the time of a pass of one
   scene (what a pass costs whatever its size: Python and dispatch overhead).
+* **Page faults**: minor page faults of the process during each stage (median over the
+  timed runs): each is a page of memory the kernel hands out afresh, i.e. temporaries the
+  allocator took from and gave back to the system instead of reusing.
 * **Operator routes**: :func:`risloc.core.apply_operator` on per-scene rows both ways
   (c_l (.) v_p times H^T, or the stacked operators times V^T) for P = 5, 15, 32 rows, the
   measurement behind its choice of route.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -114,21 +118,29 @@ def stage_costs(pipe, y, H, codes, repeats: int) -> dict[str, dict]:
 
         pipe.localize(y, H, codes, on_stage=count)
     times: dict[str, list[float]] = {k: [] for k in STAGES}
+    faults: dict[str, list[int]] = {k: [] for k in STAGES}
+
+    def stamp() -> tuple[float, int]:
+        return time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
     for i in range(repeats + 1):
-        stamps = [time.perf_counter()]
-        pipe.localize(y, H, codes, on_stage=lambda name, s=stamps: s.append(time.perf_counter()))
+        stamps = [stamp()]
+        pipe.localize(y, H, codes, on_stage=lambda name, s=stamps: s.append(stamp()))
         if i:  # the first run is a warm-up
-            for name, t0, t1 in zip(STAGES, stamps, stamps[1:]):
+            for name, (t0, f0), (t1, f1) in zip(STAGES, stamps, stamps[1:]):
                 times[name].append(t1 - t0)
-    return {k: {"flops": flops[k], "ops": ops[k], "seconds": statistics.median(times[k])}
-            for k in STAGES}
+                faults[name].append(f1 - f0)
+    return {k: {"flops": flops[k], "ops": ops[k], "seconds": statistics.median(times[k]),
+                "page_faults": statistics.median(faults[k])} for k in STAGES}
 
 
 def classical_cost(system, y, H, codes, repeats: int) -> dict:
     with CountFlops() as counter:
         classical_localize(y, H, codes, system)
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     sec = _median_time(lambda: classical_localize(y, H, codes, system), repeats)
-    return {"flops": counter.flops, "ops": counter.ops, "seconds": sec}
+    flt = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / (repeats + 1)
+    return {"flops": counter.flops, "ops": counter.ops, "seconds": sec, "page_faults": flt}
 
 
 def main() -> None:
@@ -146,19 +158,19 @@ def main() -> None:
     y, H, codes = test_batch(args.chunk)
     rows = stage_costs(pipe, y, H, codes, args.repeats)
     rows["learned (all)"] = {k: sum(v[k] for v in rows.values())
-                             for k in ("flops", "ops", "seconds")}
+                             for k in ("flops", "ops", "seconds", "page_faults")}
     rows["classical (all)"] = classical_cost(pipe.system, y, H, codes, args.repeats)
     n = args.chunk
     print(f"\none thread, passes of {n} test-split scenes (median of {args.repeats}); "
           "counted FLOPs: matrix products and convolutions (complex x4)")
     print(f"{'stage':<16} {'MFLOP/scene':>12} {'ms/scene':>9} {'GFLOP/s':>8} "
-          f"{'% of cgemm roof':>16} {'torch ops/pass':>15}")
+          f"{'% of cgemm roof':>16} {'torch ops/pass':>15} {'page faults/pass':>17}")
     for name, v in rows.items():
         gf = v["flops"] / v["seconds"] / 1e9 if v["seconds"] > 0 else 0.0
         v.update(mflop_per_scene=v["flops"] / n / 1e6, ms_per_scene=1e3 * v["seconds"] / n,
                  gflops=gf, pct_roof=100 * gf / r["cgemm_GFLOPs"])
         print(f"{name:<16} {v['mflop_per_scene']:>12.1f} {v['ms_per_scene']:>9.2f} "
-              f"{gf:>8.1f} {v['pct_roof']:>15.0f}% {v['ops']:>15,}")
+              f"{gf:>8.1f} {v['pct_roof']:>15.0f}% {v['ops']:>15,} {v['page_faults']:>17,.0f}")
     one = _median_time(lambda: pipe.localize(y[:1], H[:1], codes[:1]), args.repeats)
     print(f"\nfixed cost: a pass of one scene takes {1e3 * one:.1f} ms "
           f"({100 * one / rows['learned (all)']['seconds']:.0f} % of a pass of {n})")

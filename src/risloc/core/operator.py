@@ -30,7 +30,7 @@ def apply_operator(H: torch.Tensor, codes: torch.Tensor, V: torch.Tensor) -> tor
     Per-scene rows go through whichever intermediate is smaller: for P <= M the products
     c_l (.) v_p [B, L*P, N] times H^T in one batched GEMM (reading H once per scene is 3-5x
     faster than multiplying the stacked operators at P = 5: memory bound, measured); for
-    P > M the stacked operators [B, L*M, N] times V^T (3.6x faster at P = 32, M = 16:
+    P > M the stacked operators [B, L*M, N] times V^T (2.4-2.7x faster at P = 32, M = 16:
     the L P N products no longer fit the caches; ``benchmarks/bench_roofline.py``).
     Shared rows (many of them) always go the second way.
     """
