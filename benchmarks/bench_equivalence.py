@@ -31,7 +31,7 @@ from bench_versus import SPREAD_DB, localize, scenes_at  # noqa: E402
 from risloc.config import RislocConfig  # noqa: E402
 from risloc.core.params import Estimates  # noqa: E402
 from risloc.evaluation import match_sources, summarize  # noqa: E402
-from risloc.io.atomic import write_text_atomic  # noqa: E402
+from risloc.io.atomic import atomic_path, write_text_atomic  # noqa: E402
 from risloc.pipeline import Localizer  # noqa: E402
 
 SNRS = (0.0, 5.0, 10.0, 20.0)
@@ -121,12 +121,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.save:
         res = run(args.methods, args.n)
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"n": args.n, "revision": _revision(),
-                    "runs": {k: asdict(v["estimates"]) for k, v in res.items()}}, args.save)
+        with atomic_path(args.save) as tmp:
+            torch.save({"n": args.n, "revision": _revision(),
+                        "runs": {k: asdict(v["estimates"]) for k, v in res.items()}}, tmp)
         print(f"saved {', '.join(res)} ({args.n} scenes x {2 * len(SNRS)} conditions) of "
               f"{_revision()} to {args.save}")
         return
+    if not args.against.is_file():
+        raise SystemExit(f"no reference estimates at {args.against}: make them with --save on "
+                         "the code to compare against")
     ref = torch.load(args.against)
     methods = sorted({k.split(",")[0] for k in ref["runs"]} & set(args.methods))
     res = run(methods, ref["n"])
