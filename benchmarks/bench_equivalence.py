@@ -48,31 +48,25 @@ def _scenes(n: int):
             yield f"{snr:g} dB, spread {spread:g}", scenes_at("test", n, snr, spread, i)
 
 
-def run(methods, n: int) -> dict[str, dict[str, Estimates]]:
-    """Estimates per (method, K mode) over all conditions, concatenated."""
+def run(methods, n: int) -> tuple[dict[str, Estimates], dict[str, torch.Tensor]]:
+    """Estimates per (method, K mode) over all conditions, concatenated, and the truth of
+    the same scenes (K, azimuth, elevation, range_m)."""
     locs = {"learned": Localizer.from_checkpoint(),
             "classical": Localizer(RislocConfig().system, "classical")}
-    out: dict[str, dict[str, list]] = {}
+    est: dict[str, list[Estimates]] = {}
+    scenes = []
     for label, sc in _scenes(n):
+        scenes.append(sc)
         for m in methods:
             for known in (False, True):
-                key = f"{m}, K {'given' if known else 'unknown'}"
-                out.setdefault(key, {"est": [], "truth": []})
-                out[key]["est"].append(localize(locs[m], sc, False, known))
-                out[key]["truth"].append(sc)
+                est.setdefault(f"{m}, K {'given' if known else 'unknown'}", []).append(
+                    localize(locs[m], sc, False, known))
         print(f"  {label}: done", flush=True)
-    res = {}
-    for key, v in out.items():
-        res[key] = {"estimates": Estimates(*(torch.cat([getattr(e, f) for e in v["est"]])
-                                             for f in ("K", "azimuth", "elevation", "range_m",
-                                                       "score")))}
-    return res
-
-
-def _truth(n: int):
-    parts = [sc for _, sc in _scenes(n)]
-    return {f: torch.cat([getattr(p, f) for p in parts])
-            for f in ("K", "azimuth", "elevation", "range_m")}
+    fields = ("K", "azimuth", "elevation", "range_m", "score")
+    res = {k: Estimates(*(torch.cat([getattr(e, f) for e in v]) for f in fields))
+           for k, v in est.items()}
+    truth = {f: torch.cat([getattr(sc, f) for sc in scenes]) for f in fields[:4]}
+    return res, truth
 
 
 def _accuracy(est: Estimates, truth) -> dict:
@@ -120,10 +114,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("reports/bench/equivalence.json"))
     args = ap.parse_args()
     if args.save:
-        res = run(args.methods, args.n)
+        res, _ = run(args.methods, args.n)
         with atomic_path(args.save) as tmp:
             torch.save({"n": args.n, "revision": _revision(),
-                        "runs": {k: asdict(v["estimates"]) for k, v in res.items()}}, tmp)
+                        "runs": {k: asdict(v) for k, v in res.items()}}, tmp)
         print(f"saved {', '.join(res)} ({args.n} scenes x {2 * len(SNRS)} conditions) of "
               f"{_revision()} to {args.save}")
         return
@@ -132,14 +126,13 @@ def main() -> None:
                          "the code to compare against")
     ref = torch.load(args.against)
     methods = sorted({k.split(",")[0] for k in ref["runs"]} & set(args.methods))
-    res = run(methods, ref["n"])
-    truth = _truth(ref["n"])
+    res, truth = run(methods, ref["n"])
     rows = {}
     print(f"\n{ref['revision']} -> {_revision()}: {ref['n']} test scenes x {2 * len(SNRS)} "
           f"conditions (SNR {', '.join(f'{s:g}' for s in SNRS)} dB; equal / spread powers; "
           "SNR withheld)")
     for key, v in res.items():
-        r = compare(Estimates(**ref["runs"][key]), v["estimates"], truth)
+        r = compare(Estimates(**ref["runs"][key]), v, truth)
         rows[key] = r
         a, b, q = r["before"], r["after"], r["median_ratio"]
         print(f"{key:22s} K identical {r['K_identical']:.4f}  position change max "
