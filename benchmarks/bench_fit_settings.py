@@ -1,9 +1,9 @@
 """Does the learned pipeline find more weak sources with more repair rounds, a longer
-shortlist, or repair rounds on the chosen sources? Validation split only (a choice, not a
-result).
+shortlist, or repair rounds on the chosen sources? And what does it lose with less work?
+Validation split only (a choice, not a result).
 
     python benchmarks/bench_fit_settings.py [--n 400] [--snrs 0 5 10 15 20]
-        [--variants fit|chosen] [--out reports/bench/fit_settings.json]
+        [--variants fit|chosen|cheaper] [--out reports/bench/fit_settings.json]
 
 Per SNR, equal powers and powers spread over 12 dB, SNR withheld, K unknown and known:
 K accuracy, F1, median azimuth error and seconds of the shipped pipeline with
@@ -14,7 +14,16 @@ K accuracy, F1, median azimuth error and seconds of the shipped pipeline with
 * ``--variants chosen``: 0, 1 (the default) or 2 repair rounds on the K chosen sources
   before the last NF-MLE (``LearnedPipeline.chosen_repairs``), with K given and with K
   decided by the order head (``repair_decided``; the shipped pipeline repairs with K given
-  only; ``fit_settings_chosen.txt``).
+  only; ``fit_settings_chosen.txt``);
+* ``--variants cheaper``: the pipeline as shipped before 2026-12-02 (3 LM iterations in the
+  fit stage's polish, 5 in the last polish; printed as "shipped" in
+  ``fit_settings_cheaper.txt``, which that version of this script wrote) beside ones doing
+  less: one repair round instead of two, one LM iteration per nested set instead of two,
+  2 LM iterations in the fit stage's polish, 3 in the last polish (the order head is the
+  one of the model loaded); and the last two together, the defaults since (``--only "fit
+  LM 3, last polish 5" "fit LM 2, last polish 3"``; ``fit_settings_combined.txt``).
+Each variant's seconds are summed over the cells and printed at the end (the variants run
+one after another on each cell's scenes, so the machine's drift reaches them alike).
 """
 
 from __future__ import annotations
@@ -30,14 +39,22 @@ import bench_versus as bv
 from risloc.io.atomic import write_text_atomic
 from risloc.pipeline import Localizer
 
-# name: (fit-stage settings, repair rounds on the chosen sources, with K decided too)
+# name: (fit-stage settings, repair rounds on the chosen sources, with K decided too,
+#        LM iterations of the fit stage's polish, of the last polish; None: the default)
 VARIANTS = {
-    "fit": {"repairs 2, shortlist 32": ({"repairs": 2, "shortlist": 32}, 0, False),
-            "repairs 3, shortlist 32": ({"repairs": 3, "shortlist": 32}, 0, False),
-            "repairs 4, shortlist 32": ({"repairs": 4, "shortlist": 32}, 0, False),
-            "repairs 2, shortlist 64": ({"repairs": 2, "shortlist": 64}, 0, False)},
-    "chosen": {"chosen repairs 0": ({}, 0, True), "chosen repairs 1": ({}, 1, True),
-               "chosen repairs 2": ({}, 2, True)},
+    "fit": {"repairs 2, shortlist 32": ({"repairs": 2, "shortlist": 32}, 0, False, None, None),
+            "repairs 3, shortlist 32": ({"repairs": 3, "shortlist": 32}, 0, False, None, None),
+            "repairs 4, shortlist 32": ({"repairs": 4, "shortlist": 32}, 0, False, None, None),
+            "repairs 2, shortlist 64": ({"repairs": 2, "shortlist": 64}, 0, False, None, None)},
+    "chosen": {"chosen repairs 0": ({}, 0, True, None, None),
+               "chosen repairs 1": ({}, 1, True, None, None),
+               "chosen repairs 2": ({}, 2, True, None, None)},
+    "cheaper": {"fit LM 3, last polish 5": ({}, 1, False, 3, 5),
+                "repairs 1": ({"repairs": 1}, 1, False, 3, 5),
+                "nested LM 1": ({"select_iterations": 1}, 1, False, 3, 5),
+                "fit LM 2": ({}, 1, False, 2, 5),
+                "last polish 3": ({}, 1, False, 3, 3),
+                "fit LM 2, last polish 3": ({}, 1, False, 2, 3)},
 }
 
 
@@ -46,12 +63,26 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--snrs", type=float, nargs="+", default=[0.0, 5.0, 10.0, 15.0, 20.0])
     ap.add_argument("--variants", choices=sorted(VARIANTS), default="fit")
+    ap.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                    help="run only these variants of the group (names as printed)")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/fit_settings.json"))
     args = ap.parse_args()
+    group = VARIANTS[args.variants]
+    unknown = set(args.only or ()) - set(group)
+    if unknown:
+        ap.error(f"--only: no variant {sorted(unknown)} in {args.variants!r}: {sorted(group)}")
     locs = {}
-    for name, (kw, chosen, decided) in VARIANTS[args.variants].items():
+    for name, (kw, chosen, decided, fit_lm, last_lm) in group.items():
+        if args.only is not None and name not in args.only:
+            continue
         loc = Localizer.from_checkpoint()
-        loc.pipeline.fit_config = replace(loc.pipeline.fit_config, **kw)
+        fit = loc.pipeline.fit_config
+        if fit_lm is not None:
+            kw = {**kw, "polish": replace(fit.polish, iterations=fit_lm)}
+        loc.pipeline.fit_config = replace(fit, **kw)
+        if last_lm is not None:
+            loc.pipeline.polish_config = replace(loc.pipeline.polish_config,
+                                                 iterations=last_lm)
         loc.pipeline.chosen_repairs = chosen
         loc.pipeline.repair_decided = decided
         locs[name] = loc
@@ -63,14 +94,17 @@ def main() -> None:
                 row = {"snr_db": snr, "power_spread_db": spread, "known_K": known}
                 for name, loc in locs.items():
                     t0 = time.perf_counter()
-                    row[name] = bv._summary(bv.localize(loc, sc, False, known), sc)
+                    row[name] = bv._summary(bv._matching(bv.localize(loc, sc, False, known), sc))
                     row[name]["seconds"] = time.perf_counter() - t0
                 rows.append(row)
                 print(f"{snr:4.0f} dB spread {spread:4.0f} {'K known  ' if known else 'K unknown'}"
                       + "".join(f" | {n}: K {row[n]['K_accuracy']:.3f} F1 {row[n]['f1']:.3f} "
                                 f"az {row[n]['azimuth_median_deg']:.3f}" for n in locs),
                       flush=True)
-    result = {"n": args.n, "split": "validation", "variants": args.variants, "rows": rows}
+    total = {n: sum(r[n]["seconds"] for r in rows) for n in locs}
+    print("seconds, all cells: " + ", ".join(f"{n} {t:.0f}" for n, t in total.items()))
+    result = {"n": args.n, "split": "validation", "variants": args.variants, "rows": rows,
+              "seconds": total}
     write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
 
 
