@@ -26,11 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_versus import SEED, SNRS, SPREAD_DB, scenes_at  # noqa: E402
 
-from risloc.core.checks import normalise_scale  # noqa: E402
 from risloc.estimators.order import residual_order  # noqa: E402
 from risloc.parallel import run_in_chunks  # noqa: E402
+from risloc.pipeline.calibrate import order_stages  # noqa: E402
 from risloc.pipeline.learned import load_learned_pipeline  # noqa: E402
-from risloc.pipeline.order import nested_detections, order_features  # noqa: E402
+from risloc.pipeline.order import nested_detections  # noqa: E402
 
 
 def pooled_f1(K: torch.Tensor, D: torch.Tensor, K_true: torch.Tensor) -> float:
@@ -51,13 +51,9 @@ def genie_K(D: torch.Tensor, K_true: torch.Tensor, rounds: int = 20) -> torch.Te
 @torch.no_grad()
 def run(pipe, sc):
     def one(a: int, b: int):
-        s = sc[a:b]
-        y, H = (t.to(torch.complex64) for t in normalise_scale(s.y, s.H))
-        fwd = pipe.forward(y, H, s.codes)
-        fit = pipe.fit(y, H, s.codes, pipe.propose(fwd))
-        feats = order_features(fit, y, fwd.out.K_logits)
-        return (pipe.order_head.decide(feats), residual_order(fit.costs, y.shape[1],
-                                                               y.shape[2]), fit.theta)
+        _, fit, feats = order_stages(pipe, sc[a:b])
+        return (pipe.order_head.decide(feats), residual_order(fit.costs, sc.y.shape[1],
+                                                               sc.y.shape[2]), fit.theta)
     parts = run_in_chunks(one, len(sc))
     return [torch.cat([p[i] for p in parts]) for i in range(3)]
 

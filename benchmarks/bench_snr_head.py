@@ -39,14 +39,13 @@ from risloc.core.checks import normalise_scale  # noqa: E402
 from risloc.estimators.order import noise_var_from_snr, residual_order  # noqa: E402
 from risloc.io.atomic import write_text_atomic  # noqa: E402
 from risloc.parallel import run_in_chunks  # noqa: E402
-from risloc.pipeline.calibrate import ORDER_STREAM  # noqa: E402
+from risloc.pipeline.calibrate import ORDER_STREAM, order_stages  # noqa: E402
 from risloc.pipeline.learned import load_learned_pipeline  # noqa: E402
 from risloc.pipeline.order import (  # noqa: E402
     FLOOR,
     OrderFitConfig,
     fit_order_head,
     nested_detections,
-    order_features,
 )
 from risloc.simulation import simulate_range  # noqa: E402
 from risloc.simulation.streams import BLOCK  # noqa: E402
@@ -64,11 +63,8 @@ def noise_blocks(costs: torch.Tensor, y: torch.Tensor, sigma2: torch.Tensor) -> 
 def stages(pipe, sc, snr_db: torch.Tensor):
     """(shipped features, features + noise blocks, nested theta, nested costs, sigma^2)."""
     def one(a: int, b: int):
-        s = sc[a:b]
-        y, H = (t.to(torch.complex64) for t in normalise_scale(s.y, s.H))
-        fwd = pipe.forward(y, H, s.codes)
-        fit = pipe.fit(y, H, s.codes, pipe.propose(fwd))
-        f = order_features(fit, y, fwd.out.K_logits)
+        _, fit, f = order_stages(pipe, sc[a:b])
+        y = normalise_scale(sc.y[a:b], sc.H[a:b])[0]  # the units of fit.costs
         s2 = noise_var_from_snr(y, snr_db[a:b])
         return f, torch.cat([f, noise_blocks(fit.costs, y, s2)], -1), fit.theta, fit.costs, s2
     parts = run_in_chunks(one, len(sc))

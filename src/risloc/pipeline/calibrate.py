@@ -41,9 +41,9 @@ REPORT_SPREAD_DB = 12.0
 Progress = Callable[[int], None]
 
 
-def _stages(pipe: LearnedPipeline, scenes):
+def order_stages(pipe: LearnedPipeline, scenes):
     """forward, propose, fit of the pipeline on the scaled inputs (exactly as the
-    Localizer runs it) and the order features."""
+    Localizer runs it) and the order features: (Forward, MLFit, features [B, F])."""
     y, H = (t.to(torch.complex64) for t in normalise_scale(scenes.y, scenes.H))
     fwd = pipe.forward(y, H, scenes.codes)
     fit = pipe.fit(y, H, scenes.codes, pipe.propose(fwd))
@@ -60,7 +60,7 @@ def order_dataset(pipe: LearnedPipeline, scenes, batch: int = 256, workers: int 
         hi = min(lo + batch, len(scenes))
 
         def one(a: int, b: int, lo=lo):
-            _, fit, feats = _stages(pipe, scenes[lo + a:lo + b])
+            _, fit, feats = order_stages(pipe, scenes[lo + a:lo + b])
             return feats, fit.theta
 
         out.extend(run_in_chunks(one, hi - lo, workers))
@@ -103,7 +103,7 @@ def order_report(pipe: LearnedPipeline, head: OrderHead, n_per_snr: int,
                                 split="validation", stream=REPORT_STREAM + 16 * i, snr_db=snr)
 
             def one(lo: int, hi: int, sc=sc):
-                _, fit, feats = _stages(pipe, sc[lo:hi])
+                _, fit, feats = order_stages(pipe, sc[lo:hi])
                 rule = residual_order(fit.costs, sc.y.shape[1], sc.y.shape[2])
                 return torch.stack([rule, head.decide(feats)], 1), fit.theta
 
