@@ -147,3 +147,32 @@ def test_bad_inputs_raise():
         classical_localize(b.y, b.H, b.codes, SYSTEM, K=torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError):
         ClassicalConfig(floor=0.0)
+
+
+def test_relax_skips_only_the_refinement_of_a_source_found_again(monkeypatch):
+    """RELAX re-searches that find the same source are not refined (same_source): fewer
+    refinements, and the nested fits end where refining every re-search ends them, or
+    within the little a skipped refinement would have gained."""
+    import risloc.estimators.classical as classical
+
+    b = simulate_range(0, 12, SYSTEM, SCENE, seed=7, split="test", K=3, snr_db=15.0)
+    refined = []
+    lm_solve = classical.lm_solve
+
+    def counting(y, *args, **kwargs):
+        refined.append(y.shape[0])
+        return lm_solve(y, *args, **kwargs)
+
+    monkeypatch.setattr(classical, "lm_solve", counting)
+    runs = {}
+    for same in (None, ClassicalConfig().same_source):
+        refined.clear()
+        runs[same] = (greedy_search(b.y, b.H, b.codes, SYSTEM, 3,
+                                    ClassicalConfig(same_source=same)), sum(refined))
+    (every, n_every), (skip, n_skip) = runs[None], runs[ClassicalConfig().same_source]
+    assert n_skip < 0.8 * n_every, (n_skip, n_every)
+    rel = (skip.costs - every.costs) / every.costs
+    assert rel.abs().max() < 0.02 and (rel.abs() < 1e-3).float().mean() > 0.9, rel
+    for th_skip, th_every in zip(skip.thetas, every.thetas, strict=True):
+        close = (th_skip[..., :2] - th_every[..., :2]).abs().amax((-1, -2)) < math.radians(0.2)
+        assert close.float().mean() > 0.9, close
