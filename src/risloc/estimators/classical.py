@@ -182,19 +182,19 @@ def _relax(y, H, codes, theta, fit, grid, Bg, gains, system, cfg: ClassicalConfi
     for j in range(k):
         others = torch.cat([theta[:, :j], theta[:, j + 1:]], 1)
         new = _search(y, H, codes, others, grid, Bg, gains, system, cfg)  # (B, 3)
-        if cfg.same_source is None:
-            idx = torch.arange(theta.shape[0], device=y.device)
-        else:
+        idx = None  # the scenes whose re-search is refined (None: all, without a copy)
+        if cfg.same_source is not None:
             a = steering_at(torch.stack([new, theta[:, j]], 1), system, y.dtype)  # (B, 2, N)
-            overlap = abs2((a[:, 0].conj() * a[:, 1]).sum(-1))
-            idx = (overlap < cfg.same_source).nonzero().flatten()
-            if idx.numel() == 0:
+            moved = abs2((a[:, 0].conj() * a[:, 1]).sum(-1)) < cfg.same_source
+            if not bool(moved.any()):
                 continue
-        cand = theta[idx].clone()
-        cand[:, j] = new[idx]
-        cand, cfit, _ = lm_solve(y[idx], H[idx], codes[idx], cand, mask[idx], system, cfg.step)
-        better = cfit.cost < fit.cost[idx]
-        acc = idx[better]
+            idx = None if bool(moved.all()) else moved.nonzero().flatten()
+        sub = (lambda t: t) if idx is None else (lambda t, idx=idx: t[idx])  # noqa: E731
+        cand = sub(theta).clone()
+        cand[:, j] = sub(new)
+        cand, cfit, _ = lm_solve(sub(y), sub(H), sub(codes), cand, sub(mask), system, cfg.step)
+        better = cfit.cost < sub(fit.cost)
+        acc = better if idx is None else idx[better]
         theta[acc] = cand[better]
         for old, new_ in zip(fit, cfit, strict=True):
             old[acc] = new_[better]
