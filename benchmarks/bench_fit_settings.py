@@ -3,7 +3,7 @@ shortlist, or repair rounds on the chosen sources? And what does it lose with le
 Validation split only (a choice, not a result).
 
     python benchmarks/bench_fit_settings.py [--n 400] [--snrs 0 5 10 15 20]
-        [--variants fit|chosen|cheaper] [--out reports/bench/fit_settings.json]
+        [--variants fit|chosen|cheaper|precision] [--out reports/bench/fit_settings.json]
 
 Per SNR, equal powers and powers spread over 12 dB, SNR withheld, K unknown and known:
 K accuracy, F1, median azimuth error and seconds of the shipped pipeline with
@@ -21,7 +21,11 @@ K accuracy, F1, median azimuth error and seconds of the shipped pipeline with
   less: one repair round instead of two, one LM iteration per nested set instead of two,
   2 LM iterations in the fit stage's polish, 3 in the last polish (the order head is the
   one of the model loaded); and the last two together, the defaults since (``--only "fit
-  LM 3, last polish 5" "fit LM 2, last polish 3"``; ``fit_settings_combined.txt``).
+  LM 3, last polish 5" "fit LM 2, last polish 3"``; ``fit_settings_combined.txt``);
+* ``--variants precision``: the products that rank the repair's shortlist and form the
+  network's beamformer spectrum in complex64 (as before 2026-12-02), the shortlist's in
+  bfloat16 (the default since, where the hardware runs bfloat16 natively), and both in
+  bfloat16 (``BeamformerBank.bf16``, not the default; ``fit_settings_precision.txt``).
 Each variant's seconds are summed over the cells and printed at the end (the variants run
 one after another on each cell's scenes, so the machine's drift reaches them alike).
 """
@@ -40,21 +44,30 @@ from risloc.io.atomic import write_text_atomic
 from risloc.pipeline import Localizer
 
 # name: (fit-stage settings, repair rounds on the chosen sources, with K decided too,
-#        LM iterations of the fit stage's polish, of the last polish; None: the default)
+#        LM iterations of the fit stage's polish, of the last polish; None: the default;
+#        the beamformer bank in bfloat16: None = the default)
 VARIANTS = {
-    "fit": {"repairs 2, shortlist 32": ({"repairs": 2, "shortlist": 32}, 0, False, None, None),
-            "repairs 3, shortlist 32": ({"repairs": 3, "shortlist": 32}, 0, False, None, None),
-            "repairs 4, shortlist 32": ({"repairs": 4, "shortlist": 32}, 0, False, None, None),
-            "repairs 2, shortlist 64": ({"repairs": 2, "shortlist": 64}, 0, False, None, None)},
-    "chosen": {"chosen repairs 0": ({}, 0, True, None, None),
-               "chosen repairs 1": ({}, 1, True, None, None),
-               "chosen repairs 2": ({}, 2, True, None, None)},
-    "cheaper": {"fit LM 3, last polish 5": ({}, 1, False, 3, 5),
-                "repairs 1": ({"repairs": 1}, 1, False, 3, 5),
-                "nested LM 1": ({"select_iterations": 1}, 1, False, 3, 5),
-                "fit LM 2": ({}, 1, False, 2, 5),
-                "last polish 3": ({}, 1, False, 3, 3),
-                "fit LM 2, last polish 3": ({}, 1, False, 2, 3)},
+    "fit": {"repairs 2, shortlist 32": ({"repairs": 2, "shortlist": 32}, 0, False, None, None,
+                                        None),
+            "repairs 3, shortlist 32": ({"repairs": 3, "shortlist": 32}, 0, False, None, None,
+                                        None),
+            "repairs 4, shortlist 32": ({"repairs": 4, "shortlist": 32}, 0, False, None, None,
+                                        None),
+            "repairs 2, shortlist 64": ({"repairs": 2, "shortlist": 64}, 0, False, None, None,
+                                        None)},
+    "chosen": {"chosen repairs 0": ({}, 0, True, None, None, None),
+               "chosen repairs 1": ({}, 1, True, None, None, None),
+               "chosen repairs 2": ({}, 2, True, None, None, None)},
+    "cheaper": {"fit LM 3, last polish 5": ({}, 1, False, 3, 5, None),
+                "repairs 1": ({"repairs": 1}, 1, False, 3, 5, None),
+                "nested LM 1": ({"select_iterations": 1}, 1, False, 3, 5, None),
+                "fit LM 2": ({}, 1, False, 2, 5, None),
+                "last polish 3": ({}, 1, False, 3, 3, None),
+                "fit LM 2, last polish 3": ({}, 1, False, 2, 3, None)},
+    "precision": {"complex64": ({"shortlist_bf16": False}, 1, False, None, None, False),
+                  "bfloat16 shortlist": ({"shortlist_bf16": True}, 1, False, None, None, False),
+                  "bfloat16 shortlist and bank": ({"shortlist_bf16": True}, 1, False, None,
+                                                  None, True)},
 }
 
 
@@ -72,7 +85,7 @@ def main() -> None:
     if unknown:
         ap.error(f"--only: no variant {sorted(unknown)} in {args.variants!r}: {sorted(group)}")
     locs = {}
-    for name, (kw, chosen, decided, fit_lm, last_lm) in group.items():
+    for name, (kw, chosen, decided, fit_lm, last_lm, bank_bf16) in group.items():
         if args.only is not None and name not in args.only:
             continue
         loc = Localizer.from_checkpoint()
@@ -85,6 +98,8 @@ def main() -> None:
                                                  iterations=last_lm)
         loc.pipeline.chosen_repairs = chosen
         loc.pipeline.repair_decided = decided
+        if bank_bf16 is not None:
+            loc.pipeline.network.bank.bf16 = bank_bf16
         locs[name] = loc
     rows = []
     for i, snr in enumerate(args.snrs):

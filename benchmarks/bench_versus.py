@@ -20,7 +20,9 @@ localizers run through :class:`risloc.pipeline.Localizer` (the batch split over 
 per core). Throughput of both is timed in the same run, interleaved, on one 256-scene batch (SNR
 withheld, equal powers, SNR uniform in -5..20 dB), median of ``--repeats``.
 
-At the end the targets of the issue on the learned localizer are checked and printed.
+At the end the targets of the issue on the learned localizer are checked and printed, and
+the tables of docs/results.md are written beside the JSON (``<out>.md``, one table per
+condition).
 
 ``--classical-cache DIR`` stores the classical estimates (they do not depend on the
 model) and reuses them in later runs, for development only: its runs say so in the JSON,
@@ -234,6 +236,33 @@ def print_targets(targets: list[dict]) -> None:
         print(f"  missed: {k}  ({where}){note}")
 
 
+def markdown_tables(rows: list[dict]) -> str:
+    """One markdown table per (K mode, condition), as in docs/results.md."""
+    head = ("| SNR dB | K acc learned / classical | F1 learned / classical | median az ° learned "
+            "/ classical | median ratio az / el / r | on sources both pair az / el / r |\n"
+            "| ---: | ---: | ---: | ---: | ---: | ---: |")
+    out = []
+    for known_K in (False, True):
+        for spread, snr_given in [(0.0, False), (0.0, True), (SPREAD_DB, False),
+                                  (SPREAD_DB, True)]:
+            sel = [r for r in rows if (r["known_K"], r["power_spread_db"], r["snr_given"])
+                   == (known_K, spread, snr_given)]
+            if not sel:
+                continue
+            out += [f"#### K {'known' if known_K else 'unknown'}, "
+                    f"{condition_name(snr_given, spread)}", "", head]
+            for r in sorted(sel, key=lambda r: r["snr_db"]):
+                lr, cl = r["learned"], r["classical"]
+                kacc = "—" if known_K else f"{lr['K_accuracy']:.3f} / {cl['K_accuracy']:.3f}"
+                ratios = [" / ".join(f"{q[m]:.2f}" for m in MEDIANS)
+                          for q in (r["ratio"], r["ratio_common"])]
+                out.append(f"| {r['snr_db']:.0f} | {kacc} | {lr['f1']:.3f} / {cl['f1']:.3f} | "
+                           f"{lr['azimuth_median_deg']:.3g} / {cl['azimuth_median_deg']:.3g} | "
+                           f"{ratios[0]} | {ratios[1]} |")
+            out.append("")
+    return "\n".join(out)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="learned model (default: shipped)")
@@ -268,6 +297,7 @@ def main(argv=None) -> None:
            "wall_s": time.perf_counter() - t0}
     write_text_atomic(args.out, json.dumps(res, indent=2, default=lambda x: None if isinstance(
         x, float) and math.isnan(x) else str(x)) + "\n")
+    write_text_atomic(args.out.with_suffix(".md"), markdown_tables(rows))
 
 
 if __name__ == "__main__":

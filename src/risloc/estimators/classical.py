@@ -46,7 +46,7 @@ from risloc.core.checks import check_measurements
 from risloc.core.operator import apply_operator
 from risloc.core.params import Estimates, steering_at
 from risloc.covariance.tools import abs2
-from risloc.estimators.grids import grid_steering
+from risloc.estimators.grids import conj_steering_bf16, grid_power, grid_steering, native_bf16
 from risloc.estimators.nfmle import (
     Fit,
     NFMLEConfig,
@@ -115,21 +115,29 @@ class GreedyGrid(NamedTuple):
 
     pos : [G, 3] real — (azimuth [rad], elevation [rad], 1/range [1/m])
     A : [N, G] complex — column g = a(g)
+    A_bf16 : [2N, 2G] bfloat16 real form of A^* for the shortlist's ranking
+        (:func:`risloc.estimators.grids.grid_power`), or None (complex products)
     """
 
     pos: torch.Tensor
     A: torch.Tensor
+    A_bf16: torch.Tensor | None = None
 
 
 def search_grid(system: SystemConfig, config: ClassicalConfig = ClassicalConfig(),
-                dtype: torch.dtype = torch.complex64, device: str = "cpu") -> GreedyGrid:
-    """The search grid of ``config`` (steering cached by :mod:`risloc.estimators.grids`)."""
+                dtype: torch.dtype = torch.complex64, device: str = "cpu",
+                bf16: bool = False) -> GreedyGrid:
+    """The search grid of ``config`` (steering cached by :mod:`risloc.estimators.grids`);
+    ``bf16`` adds the bfloat16 form of its steering for shortlist rankings where ``device``
+    runs bfloat16 products natively."""
     f = config.final
     key = (f.fov.azimuth_deg, f.fov.elevation_deg, f.fov.range_m, config.grid_azimuth,
            config.grid_elevation, config.grid_inv_range)
     grid, A = grid_steering(system, key, dtype, str(device))
     pos = torch.stack([grid.azimuth, grid.elevation, 1.0 / grid.range_m], -1)
-    return GreedyGrid(pos.to(device=device, dtype=A.real.dtype), A)
+    A_bf16 = conj_steering_bf16(system, key, str(device)) \
+        if bf16 and native_bf16(device) else None
+    return GreedyGrid(pos.to(device=device, dtype=A.real.dtype), A, A_bf16)
 
 
 def _grid_columns(H: torch.Tensor, codes: torch.Tensor, grid: GreedyGrid) -> torch.Tensor:
@@ -274,13 +282,14 @@ def residual_proposal(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, fit
     shortlist : None evaluates T on the whole grid. An int evaluates it only at that many
         grid points of largest numerator sum_l |b_l(g)^H r_l|^2, which needs no grid columns
         b_l(g): it is sum_l |a(g)^H z_l|^2 with z_l = diag(c_l)^* H^H r_l, M = 16 times
-        fewer flops than forming them.
+        fewer flops than forming them (in bfloat16 where ``grid`` carries its bfloat16
+        form: a ranking only, T is then evaluated exactly on the shortlist).
     """
     if shortlist is None:
         Bg, idx = _grid_columns(H, codes, grid), None
     else:
         Z = codes.conj() * (fit.r @ H.conj())  # (B, L, N): diag(c_l)^* H^H r_l
-        num = abs2(Z @ grid.A.conj()).sum(1)  # (B, G)
+        num = grid_power(Z, grid.A, grid.A_bf16)  # (B, G)
         idx = num.topk(min(shortlist, num.shape[-1]), -1).indices  # (B, P)
         Bg = apply_operator(H, codes, grid.A.T[idx])  # (B, L, M, P)
     gain, best = ols_statistic(fit, Bg, abs2(Bg).sum(2), floor, mask).max(-1)

@@ -8,6 +8,12 @@ vectors are computed once per (system, grid, dtype, device) and cached.
 Peak picking is greedy non-maximum suppression: repeatedly take the strongest remaining
 candidate and discard candidates closer than a minimum great-circle angle to it,
 vectorised over the batch (the only loop is over the <= a handful of picks).
+
+The beamformer power sum_l |z_l^H a(g)|^2 on a whole grid (:func:`grid_power`: the
+network's beamformer bank, the shortlist of the ML fit's repair) can run in bfloat16 where
+only a ranking or a spectrum is needed: on hardware that runs bfloat16 products natively
+(CPUs with AVX-512 BF16 or AMX, recent GPUs) that is about 2x faster than complex64, at a
+relative error of a few 1e-3.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from risloc.config import SystemConfig
+from risloc.covariance.tools import abs2
 from risloc.physics.geometry import angular_separation
 from risloc.physics.steering import steering
 
@@ -68,6 +75,42 @@ def grid_steering(system: SystemConfig, grid_key: tuple, dtype: torch.dtype,
     A = steering(grid.azimuth.to(device), grid.elevation.to(device), grid.range_m.to(device),
                  system, dtype)  # (G, N)
     return grid, A.T.contiguous()
+
+
+@functools.lru_cache(maxsize=8)
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether bfloat16 matrix products run natively on ``device`` (elsewhere they are
+    emulated and slower than complex64)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() \
+        and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def conj_bf16(A: torch.Tensor) -> torch.Tensor:
+    """[2N, 2G] bfloat16 real form of A^* for A [N, G] complex: [Re z, Im z] @ it =
+    [Re(z A^*), Im(z A^*)] for rows z [N] (the operand of :func:`grid_power`)."""
+    return torch.cat([torch.cat([A.real, -A.imag], 1),
+                      torch.cat([A.imag, A.real], 1)]).to(torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=4)
+def conj_steering_bf16(system: SystemConfig, grid_key: tuple, device: str) -> torch.Tensor:
+    """:func:`conj_bf16` of the grid steering of :func:`grid_steering` (cached)."""
+    return conj_bf16(grid_steering(system, grid_key, torch.complex64, device)[1])
+
+
+def grid_power(Z: torch.Tensor, A: torch.Tensor, A_bf16: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """sum_l |z_l^T a(g)^*|^2 over the rows z_l of Z [..., L, N] (complex), for every grid
+    column a(g) of A [N, G]: [..., G] real. With A_bf16 (:func:`conj_bf16` of A) the
+    product runs in bfloat16: relative error a few 1e-3, for rankings and spectra, not for
+    fits."""
+    if A_bf16 is None:
+        return abs2(Z @ A.conj()).sum(-2)
+    out = torch.cat([Z.real, Z.imag], -1).to(torch.bfloat16) @ A_bf16  # (..., L, 2G)
+    return out.to(Z.real.dtype).square_().unflatten(-1, (2, -1)).sum((-3, -2))
 
 
 def _max3(P: torch.Tensor, dim: int) -> torch.Tensor:

@@ -149,3 +149,24 @@ def test_mixed_precision_reaches_only_the_cnn_trunk(model, scenes, monkeypatch):
     # only rounding: the slots picked from the heatmap may flip, so they are not compared
     gap = (amp.heatmap - ref.heatmap).abs().amax() / ref.heatmap.abs().amax()
     assert 1e-4 < gap < 5e-2
+
+
+def test_beamformer_bank_in_bfloat16_only_on_request_in_eval_mode_and_close(model, scenes,
+                                                                              monkeypatch):
+    import risloc.model.network as network
+
+    monkeypatch.setattr(network, "native_bf16", lambda device: True)  # emulated elsewhere
+    bank = model.bank
+    a = scenes.y.new_empty(3, SYSTEM.L, SYSTEM.N).normal_(generator=torch.Generator()
+                                                          .manual_seed(1))
+    exact = bank(a)
+    monkeypatch.setattr(bank, "bf16", True)
+    fast = bank(a)
+    bank.train()
+    try:
+        assert torch.equal(bank(a), exact)  # training sees the complex64 spectrum
+    finally:
+        bank.eval()
+    assert not torch.equal(fast, exact)
+    log_spectrum = slice(0, model.cfg.n_inv_range)
+    assert (fast[:, log_spectrum] - exact[:, log_spectrum]).abs().max() < 2e-2
