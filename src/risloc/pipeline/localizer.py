@@ -240,13 +240,22 @@ class Localizer:
             return LocalizationResult(Estimates(torch.zeros(B, dtype=torch.int64), nan, nan,
                                                 nan, nan), check.reasons)
         dev = y.device
-        yn, Hn = normalise_scale(y[ok.to(dev)], H[ok.to(dev)])
-        args = (yn.to(torch.complex64), Hn.to(torch.complex64),
-                codes[ok.to(dev)].to(torch.complex64),
-                None if snr is None else snr[ok], None if Kt is None else Kt[ok])
-        parts = run_in_chunks(
-            lambda lo, hi: self._run(*(None if t is None else t[lo:hi] for t in args), k_max),
-            args[0].shape[0], self.workers, dev, self.chunk)
+        keep = None if bool(ok.all()) else ok.nonzero().flatten()  # None: every scene
+        snr = snr if snr is None or keep is None else snr[keep]
+        Kt = Kt if Kt is None or keep is None else Kt[keep]
+
+        def run(lo: int, hi: int) -> Estimates:
+            # scaled and converted per pass (per scene, so as for the whole batch): memory
+            # does not grow with the batch beyond the caller's arrays
+            rows = slice(lo, hi) if keep is None else keep[lo:hi].to(dev)
+            yn, Hn = normalise_scale(y[rows], H[rows])
+            return self._run(yn.to(torch.complex64), Hn.to(torch.complex64),
+                             codes[rows].to(torch.complex64),
+                             None if snr is None else snr[lo:hi],
+                             None if Kt is None else Kt[lo:hi], k_max)
+
+        parts = run_in_chunks(run, B if keep is None else keep.numel(), self.workers, dev,
+                              self.chunk)
         est = _scatter(concat_estimates([p.to("cpu") for p in parts]), ok, self.system.K_max)
         return LocalizationResult(est, check.reasons)
 
