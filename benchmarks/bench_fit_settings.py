@@ -37,37 +37,43 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import bench_versus as bv
 
 from risloc.io.atomic import write_text_atomic
 from risloc.pipeline import Localizer
 
-# name: (fit-stage settings, repair rounds on the chosen sources, with K decided too,
-#        LM iterations of the fit stage's polish, of the last polish; None: the default;
-#        the beamformer bank in bfloat16: None = the default)
+
+class Variant(NamedTuple):
+    """One setting of the learned pipeline (None: the model's default)."""
+
+    fit: dict  # MLFitConfig fields
+    chosen: int = 1  # repair rounds on the chosen sources (LearnedPipeline.chosen_repairs)
+    decided: bool = False  # ... also when the order head decides K (repair_decided)
+    fit_lm: int | None = None  # LM iterations of the fit stage's polish
+    last_lm: int | None = None  # LM iterations of the last polish
+    bank_bf16: bool | None = None  # the network's beamformer bank in bfloat16
+
+
 VARIANTS = {
-    "fit": {"repairs 2, shortlist 32": ({"repairs": 2, "shortlist": 32}, 0, False, None, None,
-                                        None),
-            "repairs 3, shortlist 32": ({"repairs": 3, "shortlist": 32}, 0, False, None, None,
-                                        None),
-            "repairs 4, shortlist 32": ({"repairs": 4, "shortlist": 32}, 0, False, None, None,
-                                        None),
-            "repairs 2, shortlist 64": ({"repairs": 2, "shortlist": 64}, 0, False, None, None,
-                                        None)},
-    "chosen": {"chosen repairs 0": ({}, 0, True, None, None, None),
-               "chosen repairs 1": ({}, 1, True, None, None, None),
-               "chosen repairs 2": ({}, 2, True, None, None, None)},
-    "cheaper": {"fit LM 3, last polish 5": ({}, 1, False, 3, 5, None),
-                "repairs 1": ({"repairs": 1}, 1, False, 3, 5, None),
-                "nested LM 1": ({"select_iterations": 1}, 1, False, 3, 5, None),
-                "fit LM 2": ({}, 1, False, 2, 5, None),
-                "last polish 3": ({}, 1, False, 3, 3, None),
-                "fit LM 2, last polish 3": ({}, 1, False, 2, 3, None)},
-    "precision": {"complex64": ({"shortlist_bf16": False}, 1, False, None, None, False),
-                  "bfloat16 shortlist": ({"shortlist_bf16": True}, 1, False, None, None, False),
-                  "bfloat16 shortlist and bank": ({"shortlist_bf16": True}, 1, False, None,
-                                                  None, True)},
+    "fit": {"repairs 2, shortlist 32": Variant({"repairs": 2, "shortlist": 32}, 0),
+            "repairs 3, shortlist 32": Variant({"repairs": 3, "shortlist": 32}, 0),
+            "repairs 4, shortlist 32": Variant({"repairs": 4, "shortlist": 32}, 0),
+            "repairs 2, shortlist 64": Variant({"repairs": 2, "shortlist": 64}, 0)},
+    "chosen": {"chosen repairs 0": Variant({}, 0, True),
+               "chosen repairs 1": Variant({}, 1, True),
+               "chosen repairs 2": Variant({}, 2, True)},
+    "cheaper": {"fit LM 3, last polish 5": Variant({}, fit_lm=3, last_lm=5),
+                "repairs 1": Variant({"repairs": 1}, fit_lm=3, last_lm=5),
+                "nested LM 1": Variant({"select_iterations": 1}, fit_lm=3, last_lm=5),
+                "fit LM 2": Variant({}, fit_lm=2, last_lm=5),
+                "last polish 3": Variant({}, fit_lm=3, last_lm=3),
+                "fit LM 2, last polish 3": Variant({}, fit_lm=2, last_lm=3)},
+    "precision": {"complex64": Variant({"shortlist_bf16": False}, bank_bf16=False),
+                  "bfloat16 shortlist": Variant({"shortlist_bf16": True}, bank_bf16=False),
+                  "bfloat16 shortlist and bank": Variant({"shortlist_bf16": True},
+                                                         bank_bf16=True)},
 }
 
 
