@@ -94,3 +94,21 @@ def test_several_files_ranges_and_a_resume_after_a_kill(tmp_path):
     assert not (tmp_path / "res.csv.part").exists() and not record.exists()
     res = runner.invoke(app, ["localize", str(tmp_path / "none*.h5")])
     assert res.exit_code == 2 and "no scene file matches" in res.output
+
+
+def test_no_bf16_ranks_the_shortlist_in_complex64(tmp_path, monkeypatch):
+    import risloc.estimators.mlfit as mlfit
+
+    seen = []
+    real = mlfit.search_grid
+    monkeypatch.setattr(mlfit, "search_grid",
+                        lambda *a, **k: seen.append(a[4]) or real(*a, **k))
+    f = tmp_path / "s.h5"
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(f), "--snr-db", "10",
+                               "--split", "test"]).exit_code == 0
+    for flag, want in (("--no-bf16", False), ("--bf16", True)):
+        seen.clear()
+        res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / f"{want}.csv"),
+                                  flag])
+        assert res.exit_code == 0, res.output
+        assert seen and set(seen) == {want}

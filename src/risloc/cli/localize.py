@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -47,7 +48,8 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
     return paths
 
 
-def _localizer(method: str | None, checkpoint: Path | None, system, device: str) -> Localizer:
+def _localizer(method: str | None, checkpoint: Path | None, system, device: str,
+               bf16: bool = True) -> Localizer:
     if method is None:
         from risloc.pipeline.learned import DEFAULT_MODEL
 
@@ -61,6 +63,7 @@ def _localizer(method: str | None, checkpoint: Path | None, system, device: str)
         return Localizer(system, "classical")
     loc = Localizer.from_checkpoint(checkpoint)
     loc.pipeline.to(device)
+    loc.pipeline.fit_config = replace(loc.pipeline.fit_config, shortlist_bf16=bf16)
     return loc
 
 
@@ -86,6 +89,11 @@ def localize_command(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run into the same --out (its finished "
                          "scenes are not redone).")] = False,
+    bf16: Annotated[bool, typer.Option(
+        "--bf16/--no-bf16", help="Learned method: rank the repair shortlist in bfloat16 where "
+                                 "the hardware runs it natively (7 % faster; K as with "
+                                 "--no-bf16 in 99.8 % of test scenes). --no-bf16: outputs "
+                                 "that do not depend on the CPU's bfloat16 support.")] = True,
 ) -> None:
     """Localize every scene of one or more files and write the estimates CSV, chunk by
     chunk (<out>.part while running, renamed to <out> when complete; --resume after a kill
@@ -107,7 +115,7 @@ def localize_command(
             raise ValueError(f"{p}: its system differs from {paths[0]}'s: {err}") from None
     if K is not None and not 1 <= K <= system.K_max:
         raise ValueError(f"--K must lie in 1..K_max={system.K_max}, got {K}")
-    loc = _localizer(method, checkpoint, system, device)
+    loc = _localizer(method, checkpoint, system, device, bf16)
     try:
         check_system(loc.system, system)
     except ValueError as err:
@@ -115,7 +123,8 @@ def localize_command(
     many = len(paths) > 1
     settings = {"inputs": [str(p.resolve()) for p in paths], "method": loc.method,
                 "checkpoint": None if checkpoint is None else str(checkpoint.resolve()),
-                "K": K, "start": start, "stop": stop}
+                "K": K, "start": start, "stop": stop,
+                "bf16": bf16 if loc.method == "learned" else None}
     stream = EstimatesStream(out_path, settings, COLUMNS + (("file",) if many else ()),
                              resume)
     ranges = [(start, info.n_scenes if stop is None else min(stop, info.n_scenes))
