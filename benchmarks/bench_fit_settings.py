@@ -3,10 +3,11 @@ shortlist, or repair rounds on the chosen sources? And what does it lose with le
 Validation split only (a choice, not a result).
 
     python benchmarks/bench_fit_settings.py [--n 400] [--snrs 0 5 10 15 20]
-        [--variants fit|chosen|cheaper|precision] [--out reports/bench/fit_settings.json]
+        [--variants fit|chosen|cheaper|precision|polish]
+        [--out reports/bench/fit_settings.json]
 
 Per SNR, equal powers and powers spread over 12 dB, SNR withheld, K unknown and known:
-K accuracy, F1, median azimuth error and seconds of the shipped pipeline with
+K accuracy, F1, median azimuth, elevation and range errors and seconds of the shipped pipeline with
 
 * ``--variants fit``: its fit stage at (repairs, shortlist) = (2, 32) (the default),
   (3, 32), (4, 32) and (2, 64), without the repair of the chosen sources (as measured
@@ -25,7 +26,11 @@ K accuracy, F1, median azimuth error and seconds of the shipped pipeline with
 * ``--variants precision``: the products that rank the repair's shortlist and form the
   network's beamformer spectrum in complex64 (as before 2026-12-02), the shortlist's in
   bfloat16 (the default since, where the hardware runs bfloat16 natively), and both in
-  bfloat16 (``BeamformerBank.bf16``, not the default; ``fit_settings_precision.txt``).
+  bfloat16 (``BeamformerBank.bf16``, not the default; ``fit_settings_precision.txt``);
+* ``--variants polish``: the last polish with 3 LM iterations (the default before
+  2026-12-02), 5, up to 5 with converged scenes dropping out (relative cost decrease
+  below 1e-4 in an iteration: the default since) and to convergence in float64 (up to 30,
+  as the classical localizer's last polish; ``fit_settings_polish.txt``).
 Each variant's seconds are summed over the cells and printed at the end (the variants run
 one after another on each cell's scenes, so the machine's drift reaches them alike).
 """
@@ -54,6 +59,7 @@ class Variant(NamedTuple):
     fit_lm: int | None = None  # LM iterations of the fit stage's polish
     last_lm: int | None = None  # LM iterations of the last polish
     bank_bf16: bool | None = None  # the network's beamformer bank in bfloat16
+    last: dict | None = None  # NFMLEConfig fields of the last polish (after last_lm)
 
 
 VARIANTS = {
@@ -74,6 +80,13 @@ VARIANTS = {
                   "bfloat16 shortlist": Variant({"shortlist_bf16": True}, bank_bf16=False),
                   "bfloat16 shortlist and bank": Variant({"shortlist_bf16": True},
                                                          bank_bf16=True)},
+    "polish": {"last polish 3": Variant({}, last={"iterations": 3}),
+               "last polish 5": Variant({}, last={"iterations": 5}),
+               "last polish up to 5, tol 1e-4": Variant({}, last={
+                   "iterations": None, "max_iterations": 5, "tolerance": 1e-4}),
+               "last polish converged, float64": Variant({}, last={
+                   "iterations": None, "max_iterations": 30, "tolerance": 1e-8,
+                   "double": True})},
 }
 
 
@@ -91,7 +104,7 @@ def main() -> None:
     if unknown:
         ap.error(f"--only: no variant {sorted(unknown)} in {args.variants!r}: {sorted(group)}")
     locs = {}
-    for name, (kw, chosen, decided, fit_lm, last_lm, bank_bf16) in group.items():
+    for name, (kw, chosen, decided, fit_lm, last_lm, bank_bf16, last) in group.items():
         if args.only is not None and name not in args.only:
             continue
         loc = Localizer.from_checkpoint()
@@ -102,6 +115,8 @@ def main() -> None:
         if last_lm is not None:
             loc.pipeline.polish_config = replace(loc.pipeline.polish_config,
                                                  iterations=last_lm)
+        if last is not None:
+            loc.pipeline.polish_config = replace(loc.pipeline.polish_config, **last)
         loc.pipeline.chosen_repairs = chosen
         loc.pipeline.repair_decided = decided
         if bank_bf16 is not None:
@@ -120,7 +135,9 @@ def main() -> None:
                 rows.append(row)
                 print(f"{snr:4.0f} dB spread {spread:4.0f} {'K known  ' if known else 'K unknown'}"
                       + "".join(f" | {n}: K {row[n]['K_accuracy']:.3f} F1 {row[n]['f1']:.3f} "
-                                f"az {row[n]['azimuth_median_deg']:.3f}" for n in locs),
+                                f"az {row[n]['azimuth_median_deg']:.3f} "
+                                f"el {row[n]['elevation_median_deg']:.3f} "
+                                f"r {row[n]['range_median_m']:.3f}" for n in locs),
                       flush=True)
     total = {n: sum(r[n]["seconds"] for r in rows) for n in locs}
     print("seconds, all cells: " + ", ".join(f"{n} {t:.0f}" for n, t in total.items()))

@@ -12,6 +12,7 @@ from risloc.evaluation.metrics import (
     MetricSummary,
     concat_matchings,
     match_sources,
+    paired_bootstrap_se,
     summarize,
     summarize_by_K,
     summarize_by_snr,
@@ -20,6 +21,6 @@ from risloc.evaluation.metrics import (
 
 __all__ = [
     "CRBResult", "Matching", "MetricSummary", "concat_matchings", "crb", "crb_deterministic",
-    "crb_for_scenes", "crb_stochastic", "match_sources", "summarize", "summarize_by_K",
-    "summarize_by_snr", "summarize_groups",
+    "crb_for_scenes", "crb_stochastic", "match_sources", "paired_bootstrap_se", "summarize",
+    "summarize_by_K", "summarize_by_snr", "summarize_groups",
 ]

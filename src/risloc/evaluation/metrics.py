@@ -310,3 +310,68 @@ def summarize_by_snr(matching: Matching, snr_db: torch.Tensor, crb: CRBResult | 
 def summarize_by_K(matching: Matching, crb: CRBResult | None = None) -> dict[int, MetricSummary]:
     """Summaries per true number of sources."""
     return summarize_groups(matching, matching.K_true, crb)
+
+
+_MEDIAN_ERRORS = (("azimuth", "azimuth_error"), ("elevation", "elevation_error"),
+                  ("range", "range_error"))
+
+
+def _weighted_lower_median(values: torch.Tensor, owner: torch.Tensor,
+                           weights: torch.Tensor) -> torch.Tensor:
+    """Lower median of ``values`` [n] (each belonging to scene owner [n]) under each row of
+    scene weights [R, B] (a value counts as often as its scene was drawn): [R]."""
+    order = torch.argsort(values)
+    cw = weights[:, owner[order]].cumsum(-1).double()  # (R, n)
+    k = torch.searchsorted(cw, 0.5 * cw[:, -1:]).clamp_max(len(values) - 1).squeeze(-1)
+    med = values[order][k].double()
+    return torch.where(cw[:, -1] > 0, med, math.nan)  # NaN: none of their scenes drawn
+
+
+def paired_bootstrap_se(a: Matching, b: Matching, reps: int = 1000,
+                        seed: int = 0) -> dict[str, float]:
+    """Standard errors of the differences between two estimators run on the same scenes.
+
+    The scenes are the independent units: each of ``reps`` resamples draws B scenes with
+    replacement (Efron & Tibshirani 1993, ch. 6) and evaluates both matchings on the same
+    draw, so what the two share (the scenes' difficulty) cancels. Returns the bootstrap
+    standard deviations of
+
+    * ``f1_diff``, ``K_accuracy_diff``: a - b (pooled F1 = 2 detections / (true +
+      estimated sources), as :func:`summarize`);
+    * ``<azimuth|elevation|range>_median_ratio``: median |error| of a over its pairs /
+      that of b over its pairs;
+    * ``..._median_ratio_common``: the same over the true sources both pair.
+
+    Medians are lower medians of the resampled values (a ratio's spread, not its value:
+    take point estimates from :func:`summarize`). NaN where a resample has no pair.
+    """
+    if len(a) != len(b) or a.truth_mask.shape != b.truth_mask.shape:
+        raise ValueError("the two matchings must cover the same scenes and true slots, got "
+                         f"{tuple(a.truth_mask.shape)} and {tuple(b.truth_mask.shape)}")
+    if reps < 2:
+        raise ValueError(f"reps must be >= 2, got {reps}")
+    n = len(a)
+    g = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, n, (reps, n), generator=g)
+    W = torch.zeros(reps, n, dtype=torch.float64).scatter_add_(
+        1, draws, torch.ones(reps, n, dtype=torch.float64))  # (R, B) times each scene drawn
+
+    def per_scene(m: Matching) -> tuple[torch.Tensor, torch.Tensor]:
+        f1 = 2 * (W @ m.detected.sum(-1).double()) / (
+            W @ (m.truth_mask.sum(-1) + m.est_mask.sum(-1)).double()).clamp_min(1e-300)
+        return f1, W @ (m.K_est == m.K_true).double() / n
+
+    (f1_a, k_a), (f1_b, k_b) = per_scene(a), per_scene(b)
+    out = {"f1_diff": f1_a - f1_b, "K_accuracy_diff": k_a - k_b}
+    owner = torch.arange(n).unsqueeze(-1).expand_as(a.truth_mask)
+    both = a.paired & b.paired
+    for name, field in _MEDIAN_ERRORS:
+        ea, eb = getattr(a, field).abs(), getattr(b, field).abs()
+        for suffix, ma, mb in (("", a.paired, b.paired), ("_common", both, both)):
+            if not (ma.any() and mb.any()):
+                out[f"{name}_median_ratio{suffix}"] = torch.full((reps,), math.nan)
+                continue
+            out[f"{name}_median_ratio{suffix}"] = (
+                _weighted_lower_median(ea[ma], owner[ma], W)
+                / _weighted_lower_median(eb[mb], owner[mb], W))
+    return {k: float(v.double().std()) for k, v in out.items()}

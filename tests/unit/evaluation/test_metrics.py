@@ -8,6 +8,7 @@ from risloc.evaluation.crb import CRBResult
 from risloc.evaluation.metrics import (
     concat_matchings,
     match_sources,
+    paired_bootstrap_se,
     summarize,
     summarize_by_K,
     summarize_by_snr,
@@ -173,3 +174,85 @@ def test_matching_chunk_by_chunk_equals_matching_all_at_once():
     assert summarize(chunks) == summarize(whole)
     with pytest.raises(ValueError, match="no matchings"):
         concat_matchings([])
+
+
+def _noisy(truth, K_est, sigma_deg, gen):
+    """Estimates near the truth: K_est [B] sources, the first ones at the true positions plus
+    Gaussian noise, extra ones far from any source (false alarms)."""
+    az, el, r, _ = truth
+    B, Kt = az.shape
+    slots = int(K_est.max())
+    pad = lambda t, v: torch.cat([t, torch.full((B, slots - Kt), v, dtype=t.dtype)], 1)[:, :slots]  # noqa: E731
+    noise = lambda: rad(sigma_deg) * torch.randn(B, slots, generator=gen, dtype=torch.float64)  # noqa: E731
+    keep = torch.arange(slots) < K_est.unsqueeze(-1)
+    nan = torch.tensor(NAN, dtype=torch.float64)
+    e_az = torch.where(keep, pad(az, rad(-55.0)) + noise(), nan)
+    e_el = torch.where(keep, pad(el, rad(-40.0)) + noise(), nan)
+    e_r = torch.where(keep, pad(r, 9.0) * (1 + 0.05 * noise()), nan)
+    return Estimates(K=K_est, azimuth=e_az, elevation=e_el, range_m=e_r,
+                     score=torch.ones_like(e_az))
+
+
+def _random_truth(B, gen):
+    az = rad(30.0) * torch.tensor([-1.0, 1.0], dtype=torch.float64).repeat(B, 1)
+    az = az + rad(5.0) * torch.rand(B, 2, generator=gen, dtype=torch.float64)
+    el = rad(10.0) * torch.rand(B, 2, generator=gen, dtype=torch.float64)
+    r = 1.0 + 5.0 * torch.rand(B, 2, generator=gen, dtype=torch.float64)
+    return az, el, r, torch.full((B,), 2)
+
+
+def test_paired_bootstrap_of_one_estimator_against_itself_has_no_spread():
+    gen = torch.Generator().manual_seed(1)
+    truth = _random_truth(50, gen)
+    m = match_sources(_noisy(truth, torch.randint(1, 4, (50,), generator=gen), 1.0, gen),
+                      *truth)
+    se = paired_bootstrap_se(m, m, reps=200)
+    assert set(se) >= {"f1_diff", "K_accuracy_diff", "azimuth_median_ratio",
+                       "range_median_ratio_common"}
+    assert all(v == 0.0 for v in se.values()), se
+
+
+def test_paired_bootstrap_se_of_k_accuracy_is_the_binomial_one():
+    """a always right, b wrong on a random third: K accuracy difference = mean of a 0/1
+    variable, whose standard error is sqrt(p (1 - p) / n)."""
+    gen = torch.Generator().manual_seed(2)
+    n = 600
+    truth = _random_truth(n, gen)
+    wrong = torch.rand(n, generator=gen) < 1 / 3
+    a = match_sources(_noisy(truth, torch.full((n,), 2), 0.5, gen), *truth)
+    b = match_sources(_noisy(truth, torch.where(wrong, 3, 2), 0.5, gen), *truth)
+    p = wrong.double().mean()
+    se = paired_bootstrap_se(a, b, reps=4000, seed=3)
+    assert se["K_accuracy_diff"] == pytest.approx(float((p * (1 - p) / n).sqrt()), rel=0.06)
+
+
+def test_paired_bootstrap_equals_explicit_resampling():
+    """The weighted (vectorised) statistics are those of resampled scene lists: the same
+    draws, pooled F1 by summarize(), lower medians of the repeated errors."""
+    gen = torch.Generator().manual_seed(4)
+    n, reps, seed = 40, 30, 5
+    truth = _random_truth(n, gen)
+    a = match_sources(_noisy(truth, torch.randint(1, 4, (n,), generator=gen), 1.0, gen), *truth)
+    b = match_sources(_noisy(truth, torch.randint(1, 4, (n,), generator=gen), 2.0, gen), *truth)
+    draws = torch.randint(0, n, (reps, n), generator=torch.Generator().manual_seed(seed))
+
+    def lower_median(x):
+        return x.sort().values[(x.numel() - 1) // 2]
+
+    f1, ratio, common = [], [], []
+    for d in draws:
+        ra, rb = a[d], b[d]
+        f1.append(summarize(ra).f1 - summarize(rb).f1)
+        ratio.append(lower_median(ra.range_error[ra.paired].abs())
+                     / lower_median(rb.range_error[rb.paired].abs()))
+        both = ra.paired & rb.paired
+        common.append(lower_median(ra.azimuth_error[both].abs())
+                      / lower_median(rb.azimuth_error[both].abs()))
+    se = paired_bootstrap_se(a, b, reps=reps, seed=seed)
+    f1 = torch.tensor(f1, dtype=torch.float64)
+    assert se["f1_diff"] == pytest.approx(float(f1.std()), rel=1e-9)
+    assert se["range_median_ratio"] == pytest.approx(float(torch.stack(ratio).std()), rel=1e-9)
+    assert se["azimuth_median_ratio_common"] == pytest.approx(
+        float(torch.stack(common).std()), rel=1e-9)
+    with pytest.raises(ValueError, match="same scenes"):
+        paired_bootstrap_se(a, b[:10])
