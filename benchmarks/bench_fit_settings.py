@@ -27,10 +27,10 @@ K accuracy, F1, median azimuth, elevation and range errors and seconds of the sh
   network's beamformer spectrum in complex64 (as before 2026-12-02), the shortlist's in
   bfloat16 (the default since, where the hardware runs bfloat16 natively), and both in
   bfloat16 (``BeamformerBank.bf16``, not the default; ``fit_settings_precision.txt``);
-* ``--variants polish``: the last polish with 3 LM iterations (the default before
-  2026-12-02), 5, up to 5 with converged scenes dropping out (relative cost decrease
-  below 1e-4 in an iteration: the default since) and to convergence in float64 (up to 30,
-  as the classical localizer's last polish; ``fit_settings_polish.txt``).
+* ``--variants polish``: the last polish with 3 LM iterations (the default), 5, up to 5
+  with converged scenes dropping out (relative cost decrease below 1e-4 in an iteration)
+  and to convergence in float64 (up to 30, as the classical localizer's last polish;
+  ``fit_settings_polish.txt``: none lowers the medians, the default stays).
 Each variant's seconds are summed over the cells and printed at the end (the variants run
 one after another on each cell's scenes, so the machine's drift reaches them alike).
 """

@@ -137,7 +137,7 @@ def common_ratio(learned, classical) -> dict:
 
 def accuracy(learned, classical, args) -> list[dict]:
     rows = []
-    for i, snr in enumerate(args.snrs):
+    for i, snr in enumerate(args.snrs):  # the i-th SNR listed gets the i-th scene stream
         for spread in (0.0, SPREAD_DB):
             sc = scenes_at(args.split, args.n, snr, spread, i)
             learned_given = {}
@@ -249,7 +249,7 @@ def missed_targets(targets: list[dict]) -> list[str]:
             note = ""
             margin, se = t.get("margins", {}).get(k, (None, None))
             if margin is not None:
-                note = f"; short by {-margin:.3f}" + (
+                note = f"; short by {-margin:.4f}" + (
                     f" (SE {se:.3f}: {-margin / se:.1f} SE)" if se else "")
             if k.startswith("medians"):
                 c = t["ratio_common"]
