@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 
 import pytest
 from typer.testing import CliRunner
@@ -27,6 +28,14 @@ def test_evaluate_simulated_sweep(tmp_path):
     for r in oracle:  # the ceiling: exact covariance, known K
         assert float(r["angle_median_deg"]) < 0.02 and float(r["range_median_m"]) < 0.01
         assert float(r["f1"]) == 1.0 and float(r["crb_azimuth_median_deg"]) > 0
+    samp = [r for r in rows if r["estimator"] == "music-samp" and r["K"] == "all"]
+    for r in samp:  # paired standard errors against the first estimator
+        assert r["reference"] == "music-oracle" and float(r["se_f1_diff"]) >= 0
+        assert float(r["se_K_accuracy_diff"]) == 0.0  # K given to both: no difference
+        # a ratio to the oracle's exact (zero) median errors is undefined
+        assert math.isnan(float(r["se_azimuth_median_ratio"]))
+    assert all(r["reference"] == "" for r in oracle)
+    assert "standard error of the difference to music-oracle" in " ".join(res.output.split())
     for name in ("error_vs_snr.png", "k_accuracy_vs_snr.png", "music_spectrum_true.png"):
         assert (out / name).stat().st_size > 10_000
     meta = json.loads((out / "metrics.json").read_text())["meta"]

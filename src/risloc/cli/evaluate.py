@@ -34,7 +34,10 @@ def _fmt(v, digits: int = 3) -> str:
 def results_table(rows: list[ResultRow], title: str) -> Table:
     """Rich table of the K='all' rows: each median error beside 0.674 sqrt(CRB), the median
     error of an efficient estimator (median over the paired sources' bounds)."""
-    t = Table(title=title)
+    refs = {r.metrics["reference"] for r in rows if "reference" in r.metrics}
+    t = Table(title=title, caption=(
+        f"(±x): standard error of the difference to {', '.join(sorted(refs))} on the same "
+        "scenes (paired bootstrap)") if refs else None)
     for col in ("estimator", "SNR dB", "n", "K acc", "F1", "az med° (.67√CRB)",
                 "el med° (.67√CRB)", "range med m (.67√CRB)", "ms/scene"):
         t.add_column(col, justify="right" if col != "estimator" else "left")
@@ -46,8 +49,12 @@ def results_table(rows: list[ResultRow], title: str) -> Table:
             bound = m.get(b)
             return f"{_fmt(m.get(a))} ({_fmt(None if bound is None else EFFICIENT_MEDIAN * bound)})"
 
-        t.add_row(r.estimator, _fmt(r.snr_db), str(r.n_scenes), _fmt(m.get("K_accuracy")),
-                  _fmt(m.get("f1")), pair("azimuth_median_deg", "crb_azimuth_median_deg"),
+        def with_se(a: str, m=m) -> str:
+            se = m.get(f"se_{a}_diff")
+            return _fmt(m.get(a)) + ("" if se is None else f" (±{_fmt(se, 2)})")
+
+        t.add_row(r.estimator, _fmt(r.snr_db), str(r.n_scenes), with_se("K_accuracy"),
+                  with_se("f1"), pair("azimuth_median_deg", "crb_azimuth_median_deg"),
                   pair("elevation_median_deg", "crb_elevation_median_deg"),
                   pair("range_median_m", "crb_range_median_m"), f"{r.ms_per_scene:.1f}")
     return t

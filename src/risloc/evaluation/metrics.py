@@ -312,6 +312,7 @@ def summarize_by_K(matching: Matching, crb: CRBResult | None = None) -> dict[int
     return summarize_groups(matching, matching.K_true, crb)
 
 
+_BOOTSTRAP_CHUNK = 100  # resamples per pass of paired_bootstrap_se
 _MEDIAN_ERRORS = (("azimuth", "azimuth_error"), ("elevation", "elevation_error"),
                   ("range", "range_error"))
 
@@ -352,26 +353,27 @@ def paired_bootstrap_se(a: Matching, b: Matching, reps: int = 1000,
         raise ValueError(f"reps must be >= 2, got {reps}")
     n = len(a)
     g = torch.Generator().manual_seed(seed)
-    draws = torch.randint(0, n, (reps, n), generator=g)
-    W = torch.zeros(reps, n, dtype=torch.float64).scatter_add_(
-        1, draws, torch.ones(reps, n, dtype=torch.float64))  # (R, B) times each scene drawn
-
-    def per_scene(m: Matching) -> tuple[torch.Tensor, torch.Tensor]:
-        f1 = 2 * (W @ m.detected.sum(-1).double()) / (
-            W @ (m.truth_mask.sum(-1) + m.est_mask.sum(-1)).double()).clamp_min(1e-300)
-        return f1, W @ (m.K_est == m.K_true).double() / n
-
-    (f1_a, k_a), (f1_b, k_b) = per_scene(a), per_scene(b)
-    out = {"f1_diff": f1_a - f1_b, "K_accuracy_diff": k_a - k_b}
     owner = torch.arange(n).unsqueeze(-1).expand_as(a.truth_mask)
     both = a.paired & b.paired
+    counts = [(m.detected.sum(-1).double(), (m.truth_mask.sum(-1) + m.est_mask.sum(-1)).double(),
+               (m.K_est == m.K_true).double()) for m in (a, b)]
+    medians = []  # (key, |errors| of a, owners, |errors| of b, owners)
     for name, field in _MEDIAN_ERRORS:
         ea, eb = getattr(a, field).abs(), getattr(b, field).abs()
         for suffix, ma, mb in (("", a.paired, b.paired), ("_common", both, both)):
-            if not (ma.any() and mb.any()):
-                out[f"{name}_median_ratio{suffix}"] = torch.full((reps,), math.nan)
-                continue
-            out[f"{name}_median_ratio{suffix}"] = (
-                _weighted_lower_median(ea[ma], owner[ma], W)
-                / _weighted_lower_median(eb[mb], owner[mb], W))
-    return {k: float(v.double().std()) for k, v in out.items()}
+            medians.append((f"{name}_median_ratio{suffix}", ea[ma], owner[ma], eb[mb], owner[mb]))
+    out: dict[str, list[torch.Tensor]] = {}
+    for lo in range(0, reps, _BOOTSTRAP_CHUNK):  # bounded memory on large scene sets
+        r = min(_BOOTSTRAP_CHUNK, reps - lo)
+        draws = torch.randint(0, n, (r, n), generator=g)
+        W = torch.zeros(r, n, dtype=torch.float64).scatter_add_(
+            1, draws, torch.ones(r, n, dtype=torch.float64))  # (r, B) times each scene drawn
+        (d_a, t_a, k_a), (d_b, t_b, k_b) = ((W @ d, W @ t, W @ k / n) for d, t, k in counts)
+        f1 = [2 * d / t.clamp_min(1e-300) for d, t in ((d_a, t_a), (d_b, t_b))]
+        out.setdefault("f1_diff", []).append(f1[0] - f1[1])
+        out.setdefault("K_accuracy_diff", []).append(k_a - k_b)
+        for key, ea, oa, eb, ob in medians:
+            ratio = (torch.full((r,), math.nan, dtype=torch.float64) if not (len(ea) and len(eb))
+                     else _weighted_lower_median(ea, oa, W) / _weighted_lower_median(eb, ob, W))
+            out.setdefault(key, []).append(ratio)
+    return {k: float(torch.cat(v).std()) for k, v in out.items()}

@@ -21,7 +21,7 @@ from risloc.config import RislocConfig, SystemConfig
 from risloc.core.checks import scene_problems
 from risloc.core.params import Estimates, concat_estimates
 from risloc.evaluation.crb import CRBResult, crb_for_scenes
-from risloc.evaluation.metrics import match_sources, summarize
+from risloc.evaluation.metrics import Matching, match_sources, paired_bootstrap_se, summarize
 from risloc.experiments.estimators import get_estimator
 from risloc.io.atomic import write_csv_atomic, write_text_atomic
 from risloc.parallel import MAX_CHUNK, run_in_chunks
@@ -108,11 +108,11 @@ def scene_crb(scenes: SceneBatch, system: SystemConfig, kind: str) -> CRBResult 
     return crb_for_scenes(sc, system, "stochastic")
 
 
-def _rows_for(name: str, est: Estimates, scenes: SceneBatch, crb: CRBResult | None,
-              seconds: float, snr_db: float, by_K: bool) -> list[ResultRow]:
-    m = match_sources(est, scenes.azimuth, scenes.elevation, scenes.range_m, scenes.K)
+def _rows_for(name: str, m: Matching, scenes: SceneBatch, crb: CRBResult | None,
+              seconds: float, snr_db: float, by_K: bool, extra: dict) -> list[ResultRow]:
+    """The K = "all" row (its metrics plus ``extra``) and, if by_K, one row per true K."""
     ms = 1000 * seconds / max(len(scenes), 1)
-    rows = [ResultRow(name, snr_db, "all", len(scenes), ms, asdict(summarize(m, crb)))]
+    rows = [ResultRow(name, snr_db, "all", len(scenes), ms, asdict(summarize(m, crb)) | extra)]
     if by_K:
         for k in torch.unique(scenes.K).tolist():
             sel = scenes.K == k
@@ -145,7 +145,12 @@ def file_points(scenes: SceneBatch) -> Iterable[tuple[float, SceneBatch]]:
 
 def evaluate_points(points: Iterable[tuple[float, SceneBatch]], system: SystemConfig,
                     settings: SweepSettings, progress=None) -> list[ResultRow]:
-    """Run every estimator on every point; ``progress`` is a rich Progress or None."""
+    """Run every estimator on every point; ``progress`` is a rich Progress or None.
+
+    With the truth known, the first estimator is the reference: every other one's K = "all"
+    row also holds ``reference`` and the standard errors of its differences to it on the
+    same scenes (``se_f1_diff``, ``se_K_accuracy_diff``, ``se_<coordinate>_median_ratio``,
+    ...; :func:`risloc.evaluation.metrics.paired_bootstrap_se`)."""
     rows: list[ResultRow] = []
     for snr, scenes in points:
         check = scene_problems(scenes.y, scenes.H, scenes.codes)
@@ -158,6 +163,7 @@ def evaluate_points(points: Iterable[tuple[float, SceneBatch]], system: SystemCo
             if len(scenes) == 0:
                 continue
         crb = scene_crb(scenes, system, settings.crb)
+        reference = None  # (name, matching) of the first estimator: the others' SEs are paired
         for name in settings.estimators:
             task = None
             if progress is not None:
@@ -169,7 +175,13 @@ def evaluate_points(points: Iterable[tuple[float, SceneBatch]], system: SystemCo
                 (lambda n, t=task: progress.advance(t, n)) if task is not None else None,
                 settings.checkpoint)
             if scenes.has_truth:
-                rows.extend(_rows_for(name, est, scenes, crb, sec, snr, by_K=True))
+                m = match_sources(est, scenes.azimuth, scenes.elevation, scenes.range_m,
+                                  scenes.K)
+                reference = reference or (name, m)
+                extra = {} if reference[0] == name else {
+                    "reference": reference[0],
+                    **{f"se_{k}": v for k, v in paired_bootstrap_se(m, reference[1]).items()}}
+                rows.extend(_rows_for(name, m, scenes, crb, sec, snr, by_K=True, extra=extra))
             else:
                 rows.append(ResultRow(name, snr, "?", len(scenes), 1000 * sec / len(scenes)))
     return rows
