@@ -1,6 +1,7 @@
 """Would the SNR help the learned pipeline's K decision? An order head that reads it.
 
-    python benchmarks/bench_snr_head.py [--train 8192] [--n 400]
+    python benchmarks/bench_snr_head.py [--train 8192] [--n 400] [--split validation]
+                                        [--snrs 0 5 10 15 20]
                                         [--out reports/bench/snr_head.json]
 
 The learned pipeline decides K without the SNR (:mod:`risloc.pipeline.order`); the
@@ -18,8 +19,10 @@ the shipped head's settings:
 and compares them, with the SNR given, on the validation scenes of ``bench_versus.py``
 (SNR >= 0 dB, equal and spread powers, K unknown) with the shipped head and with the
 classical penalised-likelihood rule fed the known sigma^2, all on the same nested fits.
-K accuracy and F1 of the nested sources before the last polish. Validation only: a
-question, not a result.
+K accuracy and F1 of the nested sources before the last polish. On the validation split
+(the default) a question, not a result; ``--split test`` measures what such decisions
+reach on the test scenes of ``bench_versus.py`` (``--n 2000 --snrs 5 10``: the scenes of
+its ``versus_n2000`` run), a bound for the K-accuracy targets, not a choice.
 """
 
 from __future__ import annotations
@@ -74,7 +77,12 @@ def stages(pipe, sc, snr_db: torch.Tensor):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=8192, help="training scenes of the heads")
-    ap.add_argument("--n", type=int, default=400, help="validation scenes per SNR")
+    ap.add_argument("--n", type=int, default=400, help="scenes per SNR")
+    ap.add_argument("--split", choices=("validation", "test"), default="validation")
+    ap.add_argument("--snrs", type=float, nargs="+", default=None,
+                    help="SNRs (default: those >= 0 dB of bench_versus's run, each with its "
+                         "scene stream there); as in bench_versus, the i-th SNR listed gets "
+                         "the i-th scene stream")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/snr_head.json"))
     args = ap.parse_args()
     pipe = load_learned_pipeline()
@@ -96,12 +104,12 @@ def main() -> None:
                                                     OrderFitConfig(balance=b))
              for b in (0.25, 0.1)}
     rows = []
-    print(f"{'SNR':>4} {'spread':>6} | K accuracy / F1 with the SNR given, validation")
-    for i, snr in enumerate(SNRS):
-        if snr < 0:
-            continue
+    print(f"{'SNR':>4} {'spread':>6} | K accuracy / F1 with the SNR given, {args.split}")
+    cells = (list(enumerate(args.snrs)) if args.snrs is not None
+             else [(i, snr) for i, snr in enumerate(SNRS) if snr >= 0])
+    for i, snr in cells:
         for spread in (0.0, SPREAD_DB):
-            sc = scenes_at("validation", args.n, snr, spread, i)
+            sc = scenes_at(args.split, args.n, snr, spread, i)
             f, x, theta, costs, s2 = stages(pipe, sc, torch.full((len(sc),), float(snr)))
             D = nested_detections(theta, sc.azimuth, sc.elevation, sc.range_m, sc.K)
             decisions = {"shipped head": pipe.order_head.decide(f),
@@ -118,7 +126,7 @@ def main() -> None:
                 f"{n}: {row[n]['K_accuracy']:.3f} / {row[n]['f1']:.3f}" for n in decisions),
                 flush=True)
     write_text_atomic(args.out, json.dumps({"train": args.train, "n": args.n,
-                                            "split": "validation", "rows": rows}, indent=2)
+                                            "split": args.split, "rows": rows}, indent=2)
                       + "\n")
 
 
