@@ -369,7 +369,8 @@ def paired_bootstrap_se(a: Matching, b: Matching, reps: int = 1000,
         W = torch.zeros(r, n, dtype=torch.float64).scatter_add_(
             1, draws, torch.ones(r, n, dtype=torch.float64))  # (r, B) times each scene drawn
         (d_a, t_a, k_a), (d_b, t_b, k_b) = ((W @ d, W @ t, W @ k / n) for d, t, k in counts)
-        f1 = [2 * d / t.clamp_min(1e-300) for d, t in ((d_a, t_a), (d_b, t_b))]
+        f1 = [torch.where(t > 0, 2 * d / t.clamp_min(1), 1.0)  # 1 with nothing, as summarize
+              for d, t in ((d_a, t_a), (d_b, t_b))]
         out.setdefault("f1_diff", []).append(f1[0] - f1[1])
         out.setdefault("K_accuracy_diff", []).append(k_a - k_b)
         for key, ea, oa, eb, ob in medians:
