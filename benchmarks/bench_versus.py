@@ -265,11 +265,11 @@ def print_targets(targets: list[dict]) -> None:
     print(f"\ntargets: {n - len(lines)} of {n} met")
     for line in lines:
         print("  " + line)
-    se = [(t["margins"][k]) for t in targets for k, ok in t["checks"].items()
-          if not ok and t.get("margins", {}).get(k, (0, None))[1]]
-    if se:
-        print(f"  of these, {sum(-m < 2 * s for m, s in se)} of {len(se)} within 2 standard "
-              "errors of their threshold")
+    misses = [t["margins"][k] for t in targets for k, ok in t["checks"].items()
+              if not ok and t.get("margins", {}).get(k, (0, None))[1]]  # (margin, SE)
+    if misses:
+        print(f"  of these, {sum(-m < 2 * se for m, se in misses)} of {len(misses)} within 2 "
+              "standard errors of their threshold")
 
 
 def markdown_tables(rows: list[dict]) -> str:
