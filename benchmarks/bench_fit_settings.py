@@ -3,7 +3,7 @@ shortlist, or repair rounds on the chosen sources? And what does it lose with le
 Validation split only (a choice, not a result).
 
     python benchmarks/bench_fit_settings.py [--n 400] [--snrs 0 5 10 15 20]
-        [--variants fit|chosen|cheaper|precision|polish]
+        [--variants fit|chosen|cheaper|precision|polish|shortlist]
         [--out reports/bench/fit_settings.json]
 
 Per SNR, equal powers and powers spread over 12 dB, SNR withheld, K unknown and known:
@@ -30,7 +30,10 @@ K accuracy, F1, median azimuth, elevation and range errors and seconds of the sh
 * ``--variants polish``: the last polish with 3 LM iterations (the default), 5, up to 5
   with converged scenes dropping out (relative cost decrease below 1e-4 in an iteration)
   and to convergence in float64 (up to 30, as the classical localizer's last polish;
-  ``fit_settings_polish.txt``: none lowers the medians, the default stays).
+  ``fit_settings_polish.txt``: none lowers the medians, the default stays);
+* ``--variants shortlist``: the repair's shortlist of 32 grid points (the default) against
+  128, and 128 with 3 or 4 repair rounds that move on to the next-weakest source after a
+  round that failed (``MLFitConfig.next_on_failure``; ``fit_settings_shortlist.txt``).
 Each variant's seconds are summed over the cells and printed at the end (the variants run
 one after another on each cell's scenes, so the machine's drift reaches them alike).
 """
@@ -87,6 +90,12 @@ VARIANTS = {
                "last polish converged, float64": Variant({}, last={
                    "iterations": None, "max_iterations": 30, "tolerance": 1e-8,
                    "double": True})},
+    "shortlist": {"shortlist 32": Variant({}),
+                  "shortlist 128": Variant({"shortlist": 128}),
+                  "shortlist 128, next on failure, repairs 3": Variant(
+                      {"shortlist": 128, "next_on_failure": True, "repairs": 3}),
+                  "shortlist 128, next on failure, repairs 4": Variant(
+                      {"shortlist": 128, "next_on_failure": True, "repairs": 4})},
 }
 
 

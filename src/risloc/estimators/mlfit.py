@@ -58,6 +58,8 @@ class MLFitConfig:
         iterations, as accurate as 3 on the validation split and 13 % faster:
         ``benchmarks/bench_fit_settings.py --variants cheaper``).
     repairs : repair rounds (0 = none).
+    next_on_failure : after a round that did not lower a scene's cost, its next round tries
+        the next-weakest source (the same source would fail again); False repeats it.
     shortlist : grid points at which the repair's statistic T is evaluated exactly.
     shortlist_bf16 : rank the grid for the shortlist with bfloat16 products where the
         hardware runs them natively (2x faster there; the shortlist is a ranking, T on it
@@ -69,6 +71,7 @@ class MLFitConfig:
     polish: NFMLEConfig = field(default_factory=lambda: NFMLEConfig(
         iterations=2, double=False, tikhonov=1e-5))
     repairs: int = 2
+    next_on_failure: bool = False
     shortlist: int = 32
     shortlist_bf16: bool = True
     select_iterations: int = 2
@@ -128,15 +131,21 @@ def _take(new: tuple, old: tuple, where: torch.Tensor) -> tuple:
                  for n, o in zip(new, old, strict=True))
 
 
-def _repair(y, H, codes, theta, fit, K, system, config: MLFitConfig, grid):
+def _repair(y, H, codes, theta, fit, K, system, config: MLFitConfig, grid, rank=None):
     """One repair round (module docstring) on each scene's first K [B] sources (fit: their
-    amplitude fit); returns (theta, fit, improved [B] bool). The weakest source moves to
-    slot K - 1, so the others stay leading as the OLS statistic needs."""
+    amplitude fit); returns (theta, fit, improved [B] bool). The source of rank ``rank``
+    [B] (0 = the weakest; None: the weakest everywhere) by removal gain moves to slot
+    K - 1, so the others stay leading as the OLS statistic needs."""
     B, S, _ = theta.shape
     slots = torch.arange(S, device=y.device)
     mask = slots < K[:, None]
     last = K - 1
-    theta = _swap(theta, removal_gains(fit, mask).argmin(-1), last)
+    gains = removal_gains(fit, mask)
+    if rank is None:
+        pick = gains.argmin(-1)
+    else:
+        pick = gains.argsort(-1).gather(1, torch.minimum(rank, last)[:, None])[:, 0]
+    theta = _swap(theta, pick, last)
     fit = _fit(y, H, codes, theta, mask, system, config.polish)  # in theta's new order
     others = mask & (slots != last[:, None])
     rest = _fit(y, H, codes, theta, others, system, config.polish)
@@ -231,9 +240,14 @@ def ml_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, start: torch.T
     grid = search_grid(system, config.search, y.dtype, str(y.device), config.shortlist_bf16)
     repaired = torch.zeros(B, dtype=torch.int64, device=y.device)
     all_S = torch.full((B,), S, dtype=torch.int64, device=y.device)
+    rank = torch.zeros(B, dtype=torch.int64, device=y.device) \
+        if config.next_on_failure else None
     for _ in range(config.repairs if S > 1 else 0):
-        theta, fit, improved = _repair(y, H, codes, theta, fit, all_S, system, config, grid)
+        theta, fit, improved = _repair(y, H, codes, theta, fit, all_S, system, config, grid,
+                                       rank)
         repaired += improved
+        if rank is not None:
+            rank = torch.where(improved, 0, rank + 1)
     nested, costs = _nested(y, H, codes, theta, fit, system, config)
     nf = _fit(y, H, codes, nested, torch.ones(B, S, dtype=torch.bool, device=y.device),
               system, config.polish)

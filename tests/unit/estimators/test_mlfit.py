@@ -1,13 +1,21 @@
 """The ML-fit stage (risloc.estimators.mlfit): polish, repair, nested sets."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from risloc.config import SceneConfig
 from risloc.core.params import pack, steering_at
-from risloc.estimators.mlfit import MLFitConfig, ml_fit, removal_gains, repair_chosen
+from risloc.estimators.classical import search_grid
+from risloc.estimators.mlfit import (
+    MLFitConfig,
+    _repair,
+    ml_fit,
+    removal_gains,
+    repair_chosen,
+)
 from risloc.estimators.nfmle import NFMLEConfig, amplitude_fit
 from risloc.physics import angular_separation
 from risloc.simulation import simulate_range
@@ -85,6 +93,35 @@ def test_repair_finds_a_source_the_candidates_miss(system):
     assert float(found.max()) < 0.05 and int((miss > 1.0).sum()) >= 4
     assert bool((repaired.repaired >= 1).all())
     assert bool((repaired.costs[:, -1] < without.costs[:, -1]).all())
+
+
+def test_next_on_failure_moves_on_to_the_next_weakest_source(system):
+    """With ``next_on_failure`` a round after a failed one repairs the next-weakest source
+    (a repeat of the weakest would fail again): the rank picks the source of that removal
+    gain, and the repair scenario above is still solved."""
+    sc = simulate_range(0, 6, system, EXACT, seed=5, split="test", K=3)
+    y, H, c = (t.to(torch.complex128) for t in (sc.y, sc.H, sc.codes))
+    start = torch.cat([_truth(sc, 3)[:, :2], _junk(6, 3, seed=1)], 1)
+    polish = NFMLEConfig(iterations=4, tikhonov=0.0)
+    cfg = MLFitConfig(polish=polish, repairs=3, next_on_failure=True)
+    fit = amplitude_fit(y, H, c, steering_at(start, system, y.dtype),
+                        torch.ones(6, 5, dtype=torch.bool), 0.0)
+    order = removal_gains(fit, torch.ones(6, 5, dtype=torch.bool)).argsort(-1)
+    all_S = torch.full((6,), 5)
+    grid = search_grid(system, cfg.search, y.dtype)
+    for rank in (0, 1, 4):
+        moved = _repair(y, H, c, start, fit, all_S, system,
+                        replace(cfg, polish=replace(polish, iterations=0)), grid,
+                        torch.full((6,), rank))[0]
+        # a failed round keeps the set, the chosen source now last; a kept one replaces it
+        kept = (moved[:, :4, None, :] == start[:, None, :, :]).all(-1).any(-1).all(-1)
+        gone = ~(moved[:, :, None, :] == start[:, None, :, :]).all(-1).any(-2)
+        picked = order[:, rank]
+        assert bool(kept.all())
+        for b in range(6):
+            assert torch.equal(moved[b, 4], start[b, picked[b]]) or bool(gone[b, picked[b]])
+    out = ml_fit(y, H, c, start, system, cfg)
+    assert float(_nearest_deg(out.theta, sc, 3)[:, 2].max()) < 0.05
 
 
 def test_repair_of_the_chosen_set_finds_the_missing_source_and_keeps_the_rest(system):
