@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_order_genie import pooled_f1  # noqa: E402
+from bench_snr_head import order_training_set  # noqa: E402
 from bench_versus import SPREAD_DB, scenes_at  # noqa: E402
 
 from risloc.core.checks import normalise_scale  # noqa: E402
@@ -49,15 +50,12 @@ from risloc.estimators.classical import greedy_search  # noqa: E402
 from risloc.estimators.order import noise_var_from_snr, residual_order  # noqa: E402
 from risloc.io.atomic import write_text_atomic  # noqa: E402
 from risloc.parallel import run_in_chunks  # noqa: E402
-from risloc.pipeline.calibrate import ORDER_STREAM  # noqa: E402
 from risloc.pipeline.learned import load_learned_pipeline  # noqa: E402
 from risloc.pipeline.order import (  # noqa: E402
     fit_order_head,
     nested_detections,
     order_features,
 )
-from risloc.simulation import simulate_range  # noqa: E402
-from risloc.simulation.streams import BLOCK  # noqa: E402
 
 WORSE = 1.01  # a learned cost above this times the classical one is a worse optimum
 
@@ -163,19 +161,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("reports/bench/fit_gap.json"))
     args = ap.parse_args()
     pipe = load_learned_pipeline()
-    r = pipe.recipe
     heads = {}
     for name, fn in FITS.items():
-        feats, Ks, dets = [], [], []
-        for lo in range(0, args.train, BLOCK):
-            sc = simulate_range(lo, min(args.train, lo + BLOCK), r.system, r.scene,
-                                seed=r.data.seed, split="train", stream=ORDER_STREAM)
-            f, theta, *_ = stages(pipe, sc, fn)
-            feats.append(f)
-            Ks.append(sc.K)
-            dets.append(nested_detections(theta, sc.azimuth, sc.elevation, sc.range_m, sc.K))
-        heads[name] = fit_order_head(torch.cat(feats), torch.cat(Ks), torch.cat(dets),
-                                     pipe.system.K_max)
+        (feats,), Ks, dets = order_training_set(
+            pipe, args.train, lambda sc, fn=fn: stages(pipe, sc, fn)[:2])
+        heads[name] = fit_order_head(feats, Ks, dets, pipe.system.K_max)
         print(f"{name}: order head refitted on {args.train} training scenes", flush=True)
     rows = []
     for i, snr in enumerate(args.snrs):

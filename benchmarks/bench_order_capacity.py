@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_order_genie import pooled_f1  # noqa: E402
+from bench_snr_head import order_training_set  # noqa: E402
 from bench_versus import SPREAD_DB, scenes_at  # noqa: E402
 
 from risloc.core.checks import normalise_scale  # noqa: E402
@@ -43,15 +43,13 @@ from risloc.estimators.grids import grid_power  # noqa: E402
 from risloc.estimators.nfmle import amplitude_fit  # noqa: E402
 from risloc.io.atomic import write_text_atomic  # noqa: E402
 from risloc.parallel import run_in_chunks  # noqa: E402
-from risloc.pipeline.calibrate import ORDER_STREAM, order_stages  # noqa: E402
+from risloc.pipeline.calibrate import order_stages  # noqa: E402
 from risloc.pipeline.learned import load_learned_pipeline  # noqa: E402
 from risloc.pipeline.order import (  # noqa: E402
     OrderFitConfig,
     fit_order_head,
     nested_detections,
 )
-from risloc.simulation import simulate_range  # noqa: E402
-from risloc.simulation.streams import BLOCK  # noqa: E402
 
 SNRS = (0.0, 5.0, 10.0, 15.0, 20.0)
 
@@ -95,20 +93,7 @@ def main() -> None:
     if args.train < 16384:
         ap.error("--train must be >= 16384 (the control is refitted on 16,384 scenes)")
     pipe = load_learned_pipeline()
-    r = pipe.recipe
-    t0 = time.perf_counter()
-    F, X, Ks, Ds = [], [], [], []
-    for lo in range(0, args.train, BLOCK):
-        sc = simulate_range(lo, min(args.train, lo + BLOCK), r.system, r.scene,
-                            seed=r.data.seed, split="train", stream=ORDER_STREAM)
-        f, x, theta = features(pipe, sc)
-        F.append(f)
-        X.append(x)
-        Ks.append(sc.K)
-        Ds.append(nested_detections(theta, sc.azimuth, sc.elevation, sc.range_m, sc.K))
-        print(f"training features: {min(args.train, lo + BLOCK)} of {args.train} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    F, X, Ks, Ds = map(torch.cat, (F, X, Ks, Ds))
+    (F, X), Ks, Ds = order_training_set(pipe, args.train, lambda sc: features(pipe, sc))
     K_max, half = pipe.system.K_max, 16384
     heads = {
         "16k": (fit_order_head(F[:half], Ks[:half], Ds[:half], K_max), False),

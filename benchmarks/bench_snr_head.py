@@ -74,6 +74,24 @@ def stages(pipe, sc, snr_db: torch.Tensor):
     return [torch.cat([p[i] for p in parts]) for i in range(5)]
 
 
+def order_training_set(pipe, n: int, run):
+    """The order head's training scenes (training split, its own stream, the recipe's scene
+    distribution), ``n`` of them, block by block: ``run(scenes)`` returns tensors [B, ...]
+    and, last, the nested sources [B, K_max, 3]. Returns (the tensors, each concatenated),
+    K [n] and the detections [n, K_max] of the nested sources."""
+    r = pipe.recipe
+    outs, Ks, dets = [], [], []
+    for lo in range(0, n, BLOCK):
+        sc = simulate_range(lo, min(n, lo + BLOCK), r.system, r.scene, seed=r.data.seed,
+                            split="train", stream=ORDER_STREAM)
+        *tensors, theta = run(sc)
+        outs.append(tensors)
+        Ks.append(sc.K)
+        dets.append(nested_detections(theta, sc.azimuth, sc.elevation, sc.range_m, sc.K))
+        print(f"training features: {min(n, lo + BLOCK)} of {n}", flush=True)
+    return [torch.cat(t) for t in zip(*outs, strict=True)], torch.cat(Ks), torch.cat(dets)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=8192, help="training scenes of the heads")
@@ -86,18 +104,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("reports/bench/snr_head.json"))
     args = ap.parse_args()
     pipe = load_learned_pipeline()
-    r = pipe.recipe
-    feats, ext, Ks, dets = [], [], [], []
-    for lo in range(0, args.train, BLOCK):
-        sc = simulate_range(lo, min(args.train, lo + BLOCK), r.system, r.scene,
-                            seed=r.data.seed, split="train", stream=ORDER_STREAM)
-        f, x, theta, _, _ = stages(pipe, sc, sc.snr_db)
-        feats.append(f)
-        ext.append(x)
-        Ks.append(sc.K)
-        dets.append(nested_detections(theta, sc.azimuth, sc.elevation, sc.range_m, sc.K))
-        print(f"training features: {min(args.train, lo + BLOCK)} of {args.train}", flush=True)
-    feats, ext, Ks, dets = map(torch.cat, (feats, ext, Ks, dets))
+    (feats, ext), Ks, dets = order_training_set(
+        pipe, args.train, lambda sc: stages(pipe, sc, sc.snr_db)[:3])
     K_max = pipe.system.K_max
     refit = fit_order_head(feats, Ks, dets, K_max)
     heads = {f"snr (balance {b:g})": fit_order_head(ext, Ks, dets, K_max,
