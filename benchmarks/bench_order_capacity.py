@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_order_genie import pooled_f1  # noqa: E402
-from bench_snr_head import order_training_set  # noqa: E402
+from bench_snr_head import decision_row, order_training_set  # noqa: E402
 from bench_versus import SPREAD_DB, scenes_at  # noqa: E402
 
 from risloc.core.checks import normalise_scale  # noqa: E402
@@ -111,14 +110,7 @@ def main() -> None:
             decisions = {"shipped": pipe.order_head.decide(f),
                          **{name: h.decide(torch.cat([f, x], -1) if extra else f)
                             for name, (h, extra) in heads.items()}}
-            row = {"snr_db": snr, "power_spread_db": spread, "scenes": len(sc)}
-            for name, K in decisions.items():
-                row[name] = {"K_accuracy": float((K == sc.K).float().mean()),
-                             "f1": pooled_f1(K, D, sc.K)}
-            rows.append(row)
-            print(f"{snr:4.0f} {spread:6.0f} | " + " | ".join(
-                f"{n}: {row[n]['K_accuracy']:.3f} / {row[n]['f1']:.3f}" for n in decisions),
-                flush=True)
+            rows.append(decision_row(snr, spread, sc, decisions, D))
     write_text_atomic(args.out, json.dumps({"train": args.train, "n": args.n, "rows": rows},
                                            indent=2) + "\n")
 

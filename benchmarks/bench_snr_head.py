@@ -92,6 +92,19 @@ def order_training_set(pipe, n: int, run):
     return [torch.cat(t) for t in zip(*outs, strict=True)], torch.cat(Ks), torch.cat(dets)
 
 
+def decision_row(snr: float, spread: float, sc, decisions: dict, D: torch.Tensor) -> dict:
+    """K accuracy and F1 of each decision (name -> K [B]) on scenes ``sc`` with nested
+    detections D [B, K_max], printed as one line."""
+    row = {"snr_db": snr, "power_spread_db": spread, "scenes": len(sc)}
+    for name, K in decisions.items():
+        row[name] = {"K_accuracy": float((K == sc.K).float().mean()),
+                     "f1": pooled_f1(K, D, sc.K)}
+    print(f"{snr:4.0f} {spread:6.0f} | " + " | ".join(
+        f"{n}: {row[n]['K_accuracy']:.3f} / {row[n]['f1']:.3f}" for n in decisions),
+        flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=8192, help="training scenes of the heads")
@@ -125,14 +138,7 @@ def main() -> None:
                          **{name: h.decide(x) for name, h in heads.items()},
                          "rule, sigma^2 known": residual_order(costs, sc.y.shape[1],
                                                                sc.y.shape[2], s2)}
-            row = {"snr_db": snr, "power_spread_db": spread, "scenes": len(sc)}
-            for name, K in decisions.items():
-                row[name] = {"K_accuracy": float((K == sc.K).float().mean()),
-                             "f1": pooled_f1(K, D, sc.K)}
-            rows.append(row)
-            print(f"{snr:4.0f} {spread:6.0f} | " + " | ".join(
-                f"{n}: {row[n]['K_accuracy']:.3f} / {row[n]['f1']:.3f}" for n in decisions),
-                flush=True)
+            rows.append(decision_row(snr, spread, sc, decisions, D))
     write_text_atomic(args.out, json.dumps({"train": args.train, "n": args.n,
                                             "split": args.split, "rows": rows}, indent=2)
                       + "\n")
