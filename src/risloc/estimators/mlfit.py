@@ -134,7 +134,7 @@ def _take(new: tuple, old: tuple, where: torch.Tensor) -> tuple:
 def _repair(y, H, codes, theta, fit, K, system, config: MLFitConfig, grid, rank=None):
     """One repair round (module docstring) on each scene's first K [B] sources (fit: their
     amplitude fit); returns (theta, fit, improved [B] bool). The source of rank ``rank``
-    [B] (0 = the weakest; None: the weakest everywhere) by removal gain moves to slot
+    [B] modulo K (0 = the weakest; None: the weakest everywhere) by removal gain moves to slot
     K - 1, so the others stay leading as the OLS statistic needs."""
     B, S, _ = theta.shape
     slots = torch.arange(S, device=y.device)
@@ -144,7 +144,7 @@ def _repair(y, H, codes, theta, fit, K, system, config: MLFitConfig, grid, rank=
     if rank is None:
         pick = gains.argmin(-1)
     else:
-        pick = gains.argsort(-1).gather(1, torch.minimum(rank, last)[:, None])[:, 0]
+        pick = gains.argsort(-1).gather(1, (rank % K)[:, None])[:, 0]
     theta = _swap(theta, pick, last)
     fit = _fit(y, H, codes, theta, mask, system, config.polish)  # in theta's new order
     others = mask & (slots != last[:, None])
