@@ -86,20 +86,9 @@ def pair_repair(y, H, codes, theta, fit, system, config: mlfit.MLFitConfig, grid
 
 def fit_with_pair(y, H, codes, start, system, config: mlfit.MLFitConfig) -> mlfit.MLFit:
     """:func:`risloc.estimators.mlfit.ml_fit` with a pair round after its repair rounds."""
-    B, S, _ = start.shape
-    full = torch.ones(B, S, dtype=torch.bool, device=y.device)
-    theta, fit, _ = mlfit.lm_solve(y, H, codes, start.to(y.real.dtype).clone(), full, system,
-                                   config.polish)
-    grid = mlfit.search_grid(system, config.search, y.dtype, str(y.device),
-                             config.shortlist_bf16)
-    all_S = torch.full((B,), S, dtype=torch.int64, device=y.device)
-    for _ in range(config.repairs):
-        theta, fit, _ = mlfit._repair(y, H, codes, theta, fit, all_S, system, config, grid)
+    theta, fit, grid, repaired = mlfit.polish_and_repair(y, H, codes, start, system, config)
     theta, fit = pair_repair(y, H, codes, theta, fit, system, config, grid)
-    nested, costs = mlfit._nested(y, H, codes, theta, fit, system, config)
-    nf = mlfit._fit(y, H, codes, nested, full, system, config.polish)
-    received = (mlfit.abs2(nf.s) * mlfit.abs2(nf.Bm).sum(-2)).mean(1) / y.shape[-1]
-    return mlfit.MLFit(nested, costs, received, torch.zeros(B, dtype=torch.int64))
+    return mlfit.nested_fit(y, H, codes, theta, fit, repaired, system, config)
 
 
 FITS = {"shipped": mlfit.ml_fit, "pair repair": fit_with_pair}

@@ -233,6 +233,13 @@ def ml_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, start: torch.T
         ``config.polish``; no input checks: the pipeline checks its inputs once)
     start : [B, S, 3] — finite candidate positions (azimuth, elevation, 1/range), S >= 1
     """
+    theta, fit, _, repaired = polish_and_repair(y, H, codes, start, system, config)
+    return nested_fit(y, H, codes, theta, fit, repaired, system, config)
+
+
+def polish_and_repair(y, H, codes, start, system: SystemConfig, config: MLFitConfig):
+    """Steps 1-2 of :func:`ml_fit`: (theta [B, S, 3], its Fit, the repair grid, repaired
+    [B] rounds that lowered the cost)."""
     B, S, _ = start.shape
     full = torch.ones(B, S, dtype=torch.bool, device=y.device)
     theta, fit, _ = lm_solve(y, H, codes, start.to(y.real.dtype).clone(), full, system,
@@ -248,6 +255,14 @@ def ml_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, start: torch.T
         repaired += improved
         if rank is not None:
             rank = torch.where(improved, 0, rank + 1)
+    return theta, fit, grid, repaired
+
+
+def nested_fit(y, H, codes, theta, fit, repaired, system: SystemConfig,
+               config: MLFitConfig) -> MLFit:
+    """Step 3 of :func:`ml_fit` on the S-source fit (theta, fit): the nested sets, their
+    costs and the power each source contributes."""
+    B, S, _ = theta.shape
     nested, costs = _nested(y, H, codes, theta, fit, system, config)
     nf = _fit(y, H, codes, nested, torch.ones(B, S, dtype=torch.bool, device=y.device),
               system, config.polish)
