@@ -273,28 +273,61 @@ class Proposal(NamedTuple):
 
 def residual_proposal(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, fit: Fit,
                       mask: torch.Tensor, grid: GreedyGrid, floor: float,
-                      shortlist: int | None) -> Proposal:
+                      shortlist: int | None, gains: torch.Tensor | None = None) -> Proposal:
     """The grid point maximising T(g) (module docstring) given a fit of the found sources;
     no input checks, the working dtype throughout.
 
     fit : the amplitude fit of the found sources (fit.Bm: their columns, leading);
     mask : [B, k] bool, the found columns of fit.Bm (the rest zero, and last)
     shortlist : None evaluates T on the whole grid. An int evaluates it only at that many
-        grid points of largest numerator sum_l |b_l(g)^H r_l|^2, which needs no grid columns
-        b_l(g): it is sum_l |a(g)^H z_l|^2 with z_l = diag(c_l)^* H^H r_l, M = 16 times
-        fewer flops than forming them (in bfloat16 where ``grid`` carries its bfloat16
-        form: a ranking only, T is then evaluated exactly on the shortlist).
+        grid points of largest sum_l |b_l(g)^H r_l|^2 / g_l(g), which needs no grid columns
+        b_l(g): the numerators are |a(g)^H z_l|^2 with z_l = diag(c_l)^* H^H r_l, M = 16
+        times fewer flops than forming the columns, and g_l(g) approximates the gains
+        ||b_l(g)||^2 from H's dominant singular direction (:func:`snapshot_gains`); both
+        in bfloat16 where ``grid`` carries its bfloat16 form (a ranking only: T is then
+        evaluated exactly on the shortlist).
+    gains : :func:`snapshot_gains` of (H, codes, grid) when the caller has them (they do
+        not depend on the fit: rounds on the same scenes compute them once), else None.
     """
     if shortlist is None:
         Bg, idx = _grid_columns(H, codes, grid), None
     else:
         Z = codes.conj() * (fit.r @ H.conj())  # (B, L, N): diag(c_l)^* H^H r_l
-        num = grid_power(Z, grid.A, grid.A_bf16)  # (B, G)
-        idx = num.topk(min(shortlist, num.shape[-1]), -1).indices  # (B, P)
+        num = grid_power(Z, grid.A, grid.A_bf16, per_row=True)  # (B, L, G)
+        if gains is None:
+            gains = snapshot_gains(H, codes, grid)
+        score = (num / gains).sum(1)  # (B, G)
+        idx = score.topk(min(shortlist, score.shape[-1]), -1).indices  # (B, P)
         Bg = apply_operator(H, codes, grid.A.T[idx])  # (B, L, M, P)
     gain, best = ols_statistic(fit, Bg, abs2(Bg).sum(2), floor, mask).max(-1)
     return Proposal(grid.pos[best if idx is None else idx.gather(-1, best[:, None])[:, 0]],
                     gain)
+
+
+def snapshot_gains(H: torch.Tensor, codes: torch.Tensor, grid: GreedyGrid) -> torch.Tensor:
+    """Approximate gains ||Phi_l a(g)||^2 of every grid point and snapshot: [B, L, G] > 0.
+
+    With H = sum_i s_i u_i v_i^H, ||H diag(c_l) a||^2 = sum_i s_i^2 |v_i^H diag(c_l) a|^2.
+    The dominant term (the line-of-sight part of the channel) is kept exactly and the
+    others by their mean over directions, |v_i^H x|^2 ~ ||x||^2 / N:
+
+        g_l(g) = s_1^2 |v_1^H diag(c_l) a(g)|^2 + (||H||_F^2 - s_1^2) ||c_l||^2 / N^2
+
+    (unit-norm a with equal moduli). The residual proposals rank the grid by the OLS
+    numerator over these gains: ranked by the numerator alone, codebooks whose snapshots
+    are beams (DFT, Hadamard) put the shortlist where the gains are large rather than where
+    a source is (``benchmarks/bench_corners.py``). One grid product per scene, in bfloat16
+    where ``grid`` carries its bfloat16 form.
+    """
+    N = H.shape[-1]
+    lam, U = torch.linalg.eigh(H @ H.mH)  # (B, M), ascending: s_i^2 and u_i
+    s2 = lam[:, -1].clamp_min(0)  # (B,)
+    v = (U[:, :, -1:].mH @ H).squeeze(1) / s2.sqrt().clamp_min(1e-30).unsqueeze(-1)  # v_1^H
+    # v_1^H diag(c_l) a = w_l^T a with w_l = v_1^* (.) c_l; grid_power(conj(w_l)) = |w_l^T a|^2
+    lead = grid_power((v.unsqueeze(1) * codes).conj(), grid.A, grid.A_bf16, per_row=True)
+    rest = (abs2(H).sum((-2, -1)) - s2).clamp_min(0)  # (B,)
+    iso = rest.unsqueeze(-1) * abs2(codes).sum(-1) / N**2  # (B, L)
+    return (s2[:, None, None] * lead + iso.unsqueeze(-1)).clamp_min(1e-30)
 
 
 @torch.no_grad()

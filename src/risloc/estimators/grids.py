@@ -101,16 +101,18 @@ def conj_steering_bf16(system: SystemConfig, grid_key: tuple, device: str) -> to
     return conj_bf16(grid_steering(system, grid_key, torch.complex64, device)[1])
 
 
-def grid_power(Z: torch.Tensor, A: torch.Tensor, A_bf16: torch.Tensor | None = None
-               ) -> torch.Tensor:
+def grid_power(Z: torch.Tensor, A: torch.Tensor, A_bf16: torch.Tensor | None = None,
+               per_row: bool = False) -> torch.Tensor:
     """sum_l |z_l^T a(g)^*|^2 over the rows z_l of Z [..., L, N] (complex), for every grid
-    column a(g) of A [N, G]: [..., G] real. With A_bf16 (:func:`conj_bf16` of A) the
-    product runs in bfloat16: relative error a few 1e-3, for rankings and spectra, not for
-    fits."""
+    column a(g) of A [N, G]: [..., G] real; ``per_row`` keeps the terms apart: [..., L, G].
+    With A_bf16 (:func:`conj_bf16` of A) the product runs in bfloat16: relative error a few
+    1e-3, for rankings and spectra, not for fits."""
     if A_bf16 is None:
-        return abs2(Z @ A.conj()).sum(-2)
+        P = abs2(Z @ A.conj())
+        return P if per_row else P.sum(-2)
     out = torch.cat([Z.real, Z.imag], -1).to(torch.bfloat16) @ A_bf16  # (..., L, 2G)
-    return out.to(Z.real.dtype).square_().unflatten(-1, (2, -1)).sum((-3, -2))
+    P = out.to(Z.real.dtype).square_().unflatten(-1, (2, -1))  # (..., L, 2, G)
+    return P.sum(-2) if per_row else P.sum((-3, -2))
 
 
 def _max3(P: torch.Tensor, dim: int) -> torch.Tensor:

@@ -45,6 +45,7 @@ from risloc.estimators.classical import (
     ols_statistic,
     residual_proposal,
     search_grid,
+    snapshot_gains,
 )
 from risloc.estimators.nfmle import Fit, NFMLEConfig, amplitude_fit, lm_solve
 
@@ -131,26 +132,28 @@ def _take(new: tuple, old: tuple, where: torch.Tensor) -> tuple:
                  for n, o in zip(new, old, strict=True))
 
 
-def _repair(y, H, codes, theta, fit, K, system, config: MLFitConfig, grid, rank=None):
+def _repair(y, H, codes, theta, fit, K, system, config: MLFitConfig, grid, rank=None,
+            gains=None):
     """One repair round (module docstring) on each scene's first K [B] sources (fit: their
-    amplitude fit); returns (theta, fit, improved [B] bool). The source of rank ``rank``
+    amplitude fit); gains: :func:`snapshot_gains` of the scenes (the shortlist's ranking;
+    None computes them); returns (theta, fit, improved [B] bool). The source of rank ``rank``
     [B] modulo K (0 = the weakest; None: the weakest everywhere) by removal gain moves to slot
     K - 1, so the others stay leading as the OLS statistic needs."""
     B, S, _ = theta.shape
     slots = torch.arange(S, device=y.device)
     mask = slots < K[:, None]
     last = K - 1
-    gains = removal_gains(fit, mask)
+    removal = removal_gains(fit, mask)
     if rank is None:
-        pick = gains.argmin(-1)
+        pick = removal.argmin(-1)
     else:
-        pick = gains.argsort(-1).gather(1, (rank % K)[:, None])[:, 0]
+        pick = removal.argsort(-1).gather(1, (rank % K)[:, None])[:, 0]
     theta = _swap(theta, pick, last)
     fit = _fit(y, H, codes, theta, mask, system, config.polish)  # in theta's new order
     others = mask & (slots != last[:, None])
     rest = _fit(y, H, codes, theta, others, system, config.polish)
     prop = residual_proposal(y, H, codes, rest, others, grid, config.search.floor,
-                             config.shortlist)
+                             config.shortlist, gains)
     cand = theta.clone()
     cand[torch.arange(B, device=y.device), last] = prop.theta.to(cand.dtype)
     # every swap is refined: keeping only those that lower the cost before refinement
@@ -182,8 +185,9 @@ def repair_chosen(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, theta: 
     mask = torch.arange(theta.shape[1], device=y.device) < K[:, None]
     fit = _fit(y, H, codes, theta, mask, system, config.polish)
     grid = search_grid(system, config.search, y.dtype, str(y.device), config.shortlist_bf16)
+    gains = snapshot_gains(H, codes, grid) if rounds > 0 else None
     for _ in range(rounds):
-        theta, fit, _ = _repair(y, H, codes, theta, fit, K, system, config, grid)
+        theta, fit, _ = _repair(y, H, codes, theta, fit, K, system, config, grid, gains=gains)
     return theta
 
 
@@ -239,7 +243,8 @@ def ml_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, start: torch.T
 
 def polish_and_repair(y, H, codes, start, system: SystemConfig, config: MLFitConfig):
     """Steps 1-2 of :func:`ml_fit`: (theta [B, S, 3], its Fit, the repair grid, repaired
-    [B] rounds that lowered the cost)."""
+    [B] rounds that lowered the cost). The grid's :func:`snapshot_gains` are formed once
+    for all rounds."""
     B, S, _ = start.shape
     full = torch.ones(B, S, dtype=torch.bool, device=y.device)
     theta, fit, _ = lm_solve(y, H, codes, start.to(y.real.dtype).clone(), full, system,
@@ -249,9 +254,11 @@ def polish_and_repair(y, H, codes, start, system: SystemConfig, config: MLFitCon
     all_S = torch.full((B,), S, dtype=torch.int64, device=y.device)
     rank = torch.zeros(B, dtype=torch.int64, device=y.device) \
         if config.next_on_failure else None
-    for _ in range(config.repairs if S > 1 else 0):
+    rounds = config.repairs if S > 1 else 0
+    gains = snapshot_gains(H, codes, grid) if rounds > 0 else None
+    for _ in range(rounds):
         theta, fit, improved = _repair(y, H, codes, theta, fit, all_S, system, config, grid,
-                                       rank)
+                                       rank, gains)
         repaired += improved
         if rank is not None:
             rank = torch.where(improved, 0, rank + 1)
