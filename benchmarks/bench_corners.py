@@ -174,7 +174,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(corners)), corners)
     axes[0].invert_yaxis()
-    axes[1].legend(title="SNR (withheld)", loc="lower right")
+    axes[1].legend(title="SNR (withheld)", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle("Learned vs classical localizer by kind of scene (SNR withheld, K unknown)")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
