@@ -290,7 +290,8 @@ def residual_proposal(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, fit
         other's failure (``benchmarks/bench_corners.py``): with DFT or Hadamard codes, whose
         snapshots are beams, the numerator alone ranks where the gains are large, not where
         a source is; in a near line-of-sight channel (Rician factor 10-100) the columns are
-        nearly parallel and the gain-weighted ranking is flat.
+        nearly parallel and the gain-weighted ranking is flat. A point in both halves is
+        evaluated twice (the first is kept on a tie).
     gains : :func:`snapshot_gains` of (H, codes, grid) when the caller has them (they do
         not depend on the fit: rounds on the same scenes compute them once), else None.
     """

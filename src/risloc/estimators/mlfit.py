@@ -61,7 +61,9 @@ class MLFitConfig:
     repairs : repair rounds (0 = none).
     next_on_failure : after a round that did not lower a scene's cost, its next round tries
         the next-weakest source (the same source would fail again); False repeats it.
-    shortlist : grid points at which the repair's statistic T is evaluated exactly.
+    shortlist : grid points at which the repair's statistic T is evaluated exactly (half
+        ranked by the OLS numerator over the approximate gains, half by the numerator:
+        :func:`risloc.estimators.classical.residual_proposal`).
     shortlist_bf16 : rank the grid for the shortlist with bfloat16 products where the
         hardware runs them natively (2x faster there; the shortlist is a ranking, T on it
         stays exact).
