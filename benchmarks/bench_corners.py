@@ -76,9 +76,9 @@ F1_TOL, K_TOL, MEDIAN_MAX = 0.01, 0.01, 1.05
 def corner_scenes(name: str, split: str, n: int, snr: float, stream: int):
     cfg = RislocConfig()
     update, K = CORNERS[name]
-    scene = cfg.scene.model_copy(update=update)
-    return simulate_range(0, n, cfg.system, type(scene).model_validate(scene.model_dump()),
-                          seed=SEED[split], split=split, stream=stream, snr_db=snr, K=K)
+    scene = cfg.scene.model_validate({**cfg.scene.model_dump(), **update})  # validated
+    return simulate_range(0, n, cfg.system, scene, seed=SEED[split], split=split,
+                          stream=stream, snr_db=snr, K=K)
 
 
 def run(loc: Localizer, sc) -> tuple[Estimates, float]:
