@@ -183,6 +183,44 @@ class SceneConfig(_Frozen):
         return FieldOfView(self.azimuth_deg, self.elevation_deg, self.range_m)
 
 
+class SceneKind(_Frozen):
+    """One kind of scene in a mixture (``data.scene_mix`` of a training recipe): a share of
+    the scenes, drawn with some fields of the base scene replaced."""
+
+    name: str = ""
+    share: float = Field(gt=0, lt=1, description="share of the scenes drawn of this kind")
+    scene: dict[str, Any] = Field(default_factory=dict, description=(
+        "SceneConfig fields that replace the base scene's, e.g. {'range_m': [0.5, 1.5]}"))
+
+
+Mixture = tuple[tuple[float, SceneConfig], ...]
+
+
+def scene_mixture(scene: SceneConfig, kinds: tuple[SceneKind, ...] | list[SceneKind] = ()
+                  ) -> Mixture:
+    """``((share, SceneConfig), ...)``: the base ``scene`` with the share the kinds leave,
+    then every kind (the base scene with its fields replaced). A kind must keep its sources
+    inside the base scene's field of view (the network's grid follows it)."""
+    out, rest = [], 1.0
+    for i, kind in enumerate(kinds):
+        what = f"scene_mix[{i}]" + (f" ({kind.name})" if kind.name else "")
+        try:
+            sc = SceneConfig.model_validate({**scene.model_dump(), **kind.scene})
+        except ValidationError as err:
+            raise ValueError(f"{what}: {_format_error(err)}") from None
+        for field in ("azimuth_deg", "elevation_deg", "range_m"):
+            (lo, hi), (blo, bhi) = getattr(sc, field), getattr(scene, field)
+            if lo < blo or hi > bhi:
+                raise ValueError(f"{what}: {field} {(lo, hi)} leaves the base scene's "
+                                 f"field of view {(blo, bhi)}")
+        out.append((kind.share, sc))
+        rest -= kind.share
+    if rest <= 1e-9:
+        raise ValueError(f"the scene_mix shares sum to {1 - rest:g}; they must leave a share "
+                         "for the base scene (sum < 1)")
+    return ((rest, scene), *out)
+
+
 class RislocConfig(_Frozen):
     """Top-level configuration: the system plus the scene generator."""
 

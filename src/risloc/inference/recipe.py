@@ -3,8 +3,9 @@
 A checkpoint stores its full training recipe (:class:`risloc.training.config.TrainConfig`)
 as JSON. Inference reads only the sections that define the network and how its output
 is used: ``system``, ``scene`` (the field of view), ``model``, ``blend`` and, of ``data``,
-``snr_shown``. The blend settings live here, below training, since training, validation
-and inference make R_blend with the same :func:`risloc.inference.forward.forward_blend`.
+``snr_shown`` and ``scene_mix`` (the scenes the order head is fitted on). The blend
+settings live here, below training, since training, validation and inference make R_blend
+with the same :func:`risloc.inference.forward.forward_blend`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from risloc.config import ConfigError, FieldOfView, SceneConfig, SystemConfig
+from risloc.config import (
+    ConfigError,
+    FieldOfView,
+    Mixture,
+    SceneConfig,
+    SceneKind,
+    SystemConfig,
+    scene_mixture,
+)
 from risloc.model.network import ModelConfig
 
 
@@ -36,6 +45,7 @@ class _DataView(BaseModel):
 
     snr_shown: float = Field(1.0, ge=0, le=1)
     seed: int = Field(0, ge=0)
+    scene_mix: tuple[SceneKind, ...] = ()
 
 
 class InferenceRecipe(BaseModel):
@@ -62,6 +72,12 @@ class InferenceRecipe(BaseModel):
     def network_config(self) -> ModelConfig:
         """ModelConfig with the scene's field of view."""
         return replace(self.model, fov=self.fov)
+
+    def scenes(self) -> SceneConfig | Mixture:
+        """The scenes the network was trained on: its scene, or the mixture of
+        ``data.scene_mix`` (:meth:`risloc.training.config.TrainConfig.scenes`)."""
+        return scene_mixture(self.scene, self.data.scene_mix) if self.data.scene_mix \
+            else self.scene
 
     @classmethod
     def from_json(cls, text: str) -> InferenceRecipe:

@@ -73,11 +73,12 @@ def training_data(pipe: LearnedPipeline, n: int, workers: int | None = None,
                   on_batch: Progress | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(features [n, F], K [n], detections [n, K_max]) of n scenes of the recipe's scene
-    distribution, training split, ORDER_STREAM, simulated block by block."""
+    distribution (its mixture, with ``data.scene_mix``), training split, ORDER_STREAM,
+    simulated block by block."""
     r = pipe.recipe
     feats, Ks, dets = [], [], []
     for lo in range(0, n, BLOCK):
-        sc = simulate_range(lo, min(n, lo + BLOCK), r.system, r.scene, seed=r.data.seed,
+        sc = simulate_range(lo, min(n, lo + BLOCK), r.system, r.scenes(), seed=r.data.seed,
                             split="train", stream=ORDER_STREAM)
         f, theta = order_dataset(pipe, sc, workers=workers, on_batch=on_batch)
         feats.append(f)

@@ -13,11 +13,13 @@ from risloc.simulation.streams import (
     block_generator,
     concat_batches,
     scene_stream,
+    simulate_mixture,
     simulate_range,
 )
 
 __all__ = [
     "BLOCK", "SPLITS", "SceneBatch", "block_generator", "concat_batches", "draw_sources",
-    "scene_stream", "scene_true_covariance", "simulate_batch", "simulate_range",
+    "scene_stream", "scene_true_covariance", "simulate_batch", "simulate_mixture",
+    "simulate_range",
     "true_covariance",
 ]

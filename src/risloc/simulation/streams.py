@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from risloc.config import SceneConfig, SystemConfig
+from risloc.config import Mixture, SceneConfig, SystemConfig
 from risloc.simulation.scenes import SceneBatch, simulate_batch
 
 BLOCK = 1024
@@ -34,17 +34,39 @@ def block_generator(seed: int, split: str, block: int, stream: int = 0,
     return gen
 
 
-def simulate_range(start: int, stop: int, system: SystemConfig, scene: SceneConfig,
+def simulate_mixture(batch: int, system: SystemConfig, scene: SceneConfig | Mixture,
+                     generator: torch.Generator | None = None, snr_db: float | None = None,
+                     K: int | None = None,
+                     device: torch.device | str | None = None) -> SceneBatch:
+    """``batch`` scenes of one scene config (then exactly :func:`simulate_batch`) or of a
+    mixture (:func:`risloc.config.scene_mixture`): each scene's kind is drawn by its
+    share, then each kind's scenes are simulated in turn and put back in the drawn order."""
+    if isinstance(scene, SceneConfig):
+        return simulate_batch(batch, system, scene, generator, snr_db, K, device)
+    shares = torch.tensor([share for share, _ in scene], dtype=torch.float64,
+                          device=generator.device if generator is not None else device)
+    kind = torch.multinomial(shares, batch, replacement=True, generator=generator)
+    parts, where = [], []
+    for c, (_, sc) in enumerate(scene):  # a handful of kinds
+        idx = (kind == c).nonzero().squeeze(1)
+        if len(idx):
+            parts.append(simulate_batch(len(idx), system, sc, generator, snr_db, K, device))
+            where.append(idx)
+    return concat_batches(parts)[torch.argsort(torch.cat(where))]
+
+
+def simulate_range(start: int, stop: int, system: SystemConfig, scene: SceneConfig | Mixture,
                    seed: int = 0, split: str = "train", stream: int = 0,
                    snr_db: float | None = None, K: int | None = None,
                    device: torch.device | str | None = None) -> SceneBatch:
-    """Scenes ``start .. stop-1`` of a split (any range; blocks are cut as needed)."""
+    """Scenes ``start .. stop-1`` of a split (any range; blocks are cut as needed) of one
+    scene config or a mixture (:func:`simulate_mixture`)."""
     if not 0 <= start <= stop:
         raise ValueError(f"bad scene range {start}..{stop}")
     parts = []
     for b in range(start // BLOCK, (stop + BLOCK - 1) // BLOCK):
         gen = block_generator(seed, split, b, stream, device)
-        blk = simulate_batch(BLOCK, system, scene, gen, snr_db=snr_db, K=K, device=device)
+        blk = simulate_mixture(BLOCK, system, scene, gen, snr_db=snr_db, K=K, device=device)
         lo, hi = max(start - b * BLOCK, 0), min(stop - b * BLOCK, BLOCK)
         parts.append(blk[lo:hi])
     return concat_batches(parts)

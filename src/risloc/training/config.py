@@ -17,10 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from risloc.config import (
     ConfigError,
+    Mixture,
     SceneConfig,
+    SceneKind,
     SystemConfig,
     parse_overrides,
     read_config_file,
+    scene_mixture,
     validate_config,
 )
 from risloc.estimators.music import MusicConfig
@@ -105,6 +108,10 @@ class DataConfig(_Section):
         "share of training scenes whose SNR the network is given (the rest: NaN = unknown); "
         "0 = never, and the learned pipeline then ignores the SNR (users' files rarely carry "
         "one). The validation scenes show it only when this is 1"))
+    scene_mix: tuple[SceneKind, ...] = Field((), description=(
+        "other kinds of scene in the training, validation and order-head scenes, each a "
+        "share of them drawn with some `scene` fields replaced (dense patches, near "
+        "sources, other codebooks, ...); the base `scene` takes the rest"))
 
 
 class EvalConfig(_Section):
@@ -165,7 +172,14 @@ class TrainConfig(_Section):
         if S > 1 and n % S:
             raise ValueError(f"loss.spectral_scenes={n} must be a multiple of data.shards={S} "
                              "(each shard factorises its equal share of them)")
+        self.scenes()  # the mixture's kinds are valid scenes inside the field of view
         return self
+
+    def scenes(self, scene: SceneConfig | None = None) -> SceneConfig | Mixture:
+        """The scene distribution: ``scene`` (default: the recipe's) or, with
+        ``data.scene_mix``, the mixture of it and the other kinds."""
+        scene = self.scene if scene is None else scene
+        return scene_mixture(scene, self.data.scene_mix) if self.data.scene_mix else scene
 
 
     def network_config(self) -> ModelConfig:

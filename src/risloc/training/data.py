@@ -15,8 +15,13 @@ from dataclasses import replace
 import torch
 
 from risloc.io.scenefile import read_scenes
-from risloc.simulation.scenes import SceneBatch, simulate_batch
-from risloc.simulation.streams import block_generator, concat_batches, simulate_range
+from risloc.simulation.scenes import SceneBatch
+from risloc.simulation.streams import (
+    block_generator,
+    concat_batches,
+    simulate_mixture,
+    simulate_range,
+)
 from risloc.training.config import TrainConfig
 from risloc.training.schedules import snr_range_at
 
@@ -68,12 +73,13 @@ class TrainData:
             log.info("training on %d scenes from %s", len(self.scenes), cfg.data.train_file)
 
     def _scene_config(self, epoch: int):
+        """The epoch's scene distribution (a mixture with ``data.scene_mix``)."""
         s, sch = self.cfg.scene, self.cfg.schedule
         if not sch.snr_curriculum:
-            return s
+            return self.cfg.scenes()
         snr = snr_range_at(epoch, sch.epochs, s.snr_db, sch.curriculum_start_db,
                            sch.curriculum_frac)
-        return s.model_copy(update={"snr_db": snr})
+        return self.cfg.scenes(s.model_copy(update={"snr_db": snr}))
 
     def _from_file(self, index: int) -> SceneBatch:
         n, bs, seed = len(self.scenes), self.cfg.optim.batch_size, self.cfg.data.seed
@@ -94,16 +100,16 @@ class TrainData:
             return self._hide(self._from_file(index), index)
         if d.shards == 1:  # one generator per batch (the streams of unsharded recipes)
             gen = block_generator(d.seed, "train", index, d.stream)
-            scenes = simulate_batch(self.cfg.optim.batch_size, self.cfg.system,
-                                    self._scene_config(epoch), gen)
+            scenes = simulate_mixture(self.cfg.optim.batch_size, self.cfg.system,
+                                      self._scene_config(epoch), gen)
             return self._hide(scenes, index)
         size = self.cfg.optim.batch_size // d.shards
         parts = []
         for r in self.shards_here:
             block = index * d.shards + r
             gen = block_generator(d.seed, "train", block, d.stream)
-            parts.append(self._hide(simulate_batch(size, self.cfg.system,
-                                                   self._scene_config(epoch), gen), block))
+            parts.append(self._hide(simulate_mixture(size, self.cfg.system,
+                                                     self._scene_config(epoch), gen), block))
         if len(parts) == 1:
             return parts[0]
         # interleaved (scene j of every shard, then j + 1): the first n scenes of the batch
@@ -134,8 +140,8 @@ def validation_set(cfg: TrainConfig) -> SceneBatch:
         scenes, _ = read_scenes(d.val_file)
         scenes = _check_truth(scenes, f"validation file {d.val_file}")
     else:
-        scenes = simulate_range(d.val_offset, d.val_offset + d.n_val, cfg.system, cfg.scene,
-                                d.seed, "validation")
+        scenes = simulate_range(d.val_offset, d.val_offset + d.n_val, cfg.system,
+                                cfg.scenes(), d.seed, "validation")
     return scenes if d.snr_shown == 1 else hide_snr(scenes)
 
 

@@ -3,12 +3,13 @@ import math
 import pytest
 import torch
 
-from risloc.config import SceneConfig, SystemConfig
+from risloc.config import SceneConfig, SceneKind, SystemConfig, scene_mixture
 from risloc.physics import angular_separation, steering
 from risloc.simulation import (
     block_generator,
     scene_true_covariance,
     simulate_batch,
+    simulate_mixture,
     simulate_range,
 )
 
@@ -151,3 +152,43 @@ def test_power_spread_range_draws_a_spread_per_scene(system, scene):
     db = torch.where(sc.mask, db, torch.nan)
     span = (db.nan_to_num(-99).amax(1) - db.nan_to_num(99).amin(1))[sc.K >= 3]
     assert float(span.max()) <= 15.0 and float(span.min()) < 2.0
+
+
+def test_mixture_draws_each_kind_by_its_share_in_its_region(system, scene):
+    """Two kinds in corners the base scene rarely fills (P < 0.01 per source): the share of
+    scenes with every source in a kind's corner is the kind's share."""
+    mix = scene_mixture(scene, [
+        SceneKind(name="a", share=0.3, scene={"azimuth_deg": (40, 60), "range_m": (0.5, 1)}),
+        SceneKind(name="b", share=0.2, scene={"azimuth_deg": (-60, -40), "range_m": (9, 10),
+                                              "codebook": "dft"})])
+    assert [round(s, 6) for s, _ in mix] == [0.5, 0.3, 0.2] and mix[0][1] == scene
+    sc = simulate_range(0, 2000, system, mix, seed=4)
+    az, rng = torch.rad2deg(sc.azimuth), sc.range_m
+
+    def every(ok):
+        return torch.where(sc.mask, ok, True).all(1)
+
+    in_a = every((az >= 40) & (rng <= 1))
+    in_b = every((az <= -40) & (rng >= 9))
+    assert abs(in_a.float().mean() - 0.3) < 0.04 and abs(in_b.float().mean() - 0.2) < 0.04
+    # kind b's scenes carry DFT codes, whose first element is 1 in every code (a random
+    # code's is 1 with probability 1/8, so in all 16 codes of a scene with (1/8)^16)
+    dft_like = (sc.codes[:, :, 0] - 1).abs().amax(1) < 1e-5
+    assert dft_like[in_b].float().mean() > 0.9 and dft_like[~in_a & ~in_b].float().mean() < 0.1
+    again = simulate_range(1000, 1500, system, mix, seed=4)  # block-cut invariant, seeded
+    assert torch.equal(again.y, sc.y[1000:1500])
+    gen = block_generator(0, "train", 0)
+    assert torch.equal(simulate_mixture(8, system, scene, gen).y,
+                       simulate_batch(8, system, scene, block_generator(0, "train", 0)).y)
+
+
+@pytest.mark.parametrize("kinds, message", [
+    ([SceneKind(share=0.6), SceneKind(share=0.4)], "sum to 1"),
+    ([SceneKind(share=0.1, scene={"range_m": (0.2, 1)})], "range_m"),
+    ([SceneKind(share=0.1, scene={"codebok": "dft"})], "codebok"),
+    ([SceneKind(name="x", share=0.1, scene={"azimuth_deg": (50, 70)})], "scene_mix[0] (x)"),
+])
+def test_mixture_errors_name_the_kind_and_field(scene, kinds, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")
+                       .replace(")", r"\)")):
+        scene_mixture(scene, kinds)
