@@ -2,6 +2,7 @@
 
     python benchmarks/bench_corners.py [--n 300] [--snrs 5 10 20] [--split test]
                                        [--corners NAME ...] [--checkpoint PATH]
+                                       [--classical-cache DIR]
                                        [--out reports/bench/corners.json]
 
 ``bench_versus.py`` varies what users' files leave out (the SNR) and the source powers;
@@ -29,7 +30,11 @@ localizer's F1 and K accuracy are >= the classical ones - 0.01 and its common me
 checks on the default scenes). Each corner and SNR draws its own scene stream of the
 split (streams 900 and up; ``bench_versus.py`` uses 800 and up). Writes the JSON, a
 Markdown table beside it (``<out>.md``) and a plot of the F1 and K-accuracy differences
-with +-2 SE (``<out>.png``).
+with +-2 SE (``<out>.png``). ``--classical-cache DIR`` keeps the classical estimates and
+seconds per cell (keyed by the cell and a digest of the classical code, as in
+``bench_versus.py``), so comparing several learned models costs one classical pass; a
+cell whose classical side came from the cache says so (``classical_from_cache``), and its
+speed ratio is then against the cached run's seconds.
 """
 
 from __future__ import annotations
@@ -39,12 +44,13 @@ import json
 import math
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_versus import MEDIANS, SEED, common_ratio  # noqa: E402
+from bench_versus import MEDIANS, SEED, _classical_key, common_ratio  # noqa: E402
 
 from risloc.config import RislocConfig  # noqa: E402
 from risloc.core.params import Estimates  # noqa: E402
@@ -91,10 +97,29 @@ def run(loc: Localizer, sc) -> tuple[Estimates, float]:
                        for f in ("K", "azimuth", "elevation", "range_m", "score"))), seconds
 
 
+def classical_run(loc: Localizer, sc, key: str, cache: Path | None
+                  ) -> tuple[Estimates, float, bool]:
+    """run() of the classical localizer, or its cached estimates and seconds."""
+    if cache is None:
+        return *run(loc, sc), False
+    path = cache / f"corners_{key}_{_classical_key()}.pt"
+    if path.exists():
+        d = torch.load(path)
+        return Estimates(**d["estimates"]), d["seconds"], True
+    est, seconds = run(loc, sc)
+    cache.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save({"estimates": asdict(est), "seconds": seconds}, tmp)
+    return est, seconds, False
+
+
 def cell(learned: Localizer, classical: Localizer, name: str, snr: float, stream: int,
          args) -> dict:
     sc = corner_scenes(name, args.split, args.n, snr, stream)
-    (est_l, t_l), (est_c, t_c) = run(learned, sc), run(classical, sc)
+    est_l, t_l = run(learned, sc)
+    key = "".join(c if c.isalnum() else "-" for c in f"{name}_{snr:g}dB_{args.split}"
+                  f"_n{args.n}_s{stream}")
+    est_c, t_c, cached = classical_run(classical, sc, key, args.classical_cache)
     m_l, m_c = (match_sources(e, sc.azimuth, sc.elevation, sc.range_m, sc.K)
                 for e in (est_l, est_c))
     s_l, s_c = summarize(m_l), summarize(m_c)
@@ -104,7 +129,7 @@ def cell(learned: Localizer, classical: Localizer, name: str, snr: float, stream
            "learned": {"K_accuracy": s_l.K_accuracy, "f1": s_l.f1, "seconds": t_l},
            "classical": {"K_accuracy": s_c.K_accuracy, "f1": s_c.f1, "seconds": t_c},
            "ratio": {m: getattr(s_l, m) / getattr(s_c, m) for m in MEDIANS},
-           "ratio_common": common, "se": se}
+           "ratio_common": common, "se": se, "classical_from_cache": cached}
     worst = max(MEDIANS, key=lambda m: common[m] if math.isfinite(common[m]) else -1.0)
     row["margins"] = {
         "F1 >= classical - 0.01": (s_l.f1 - s_c.f1 + F1_TOL, se["f1_diff"]),
@@ -188,6 +213,8 @@ def main(argv=None) -> None:
     ap.add_argument("--split", choices=sorted(SEED), default="test")
     ap.add_argument("--corners", nargs="+", choices=list(CORNERS), default=list(CORNERS))
     ap.add_argument("--checkpoint", default=None, help="learned model (default: shipped)")
+    ap.add_argument("--classical-cache", type=Path, default=None,
+                    help="keep / reuse the classical estimates here (module docstring)")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/corners.json"))
     args = ap.parse_args(argv)
     if args.n < 1:

@@ -86,9 +86,10 @@ def pair_repair(y, H, codes, theta, fit, system, config: mlfit.MLFitConfig, grid
 
 def fit_with_pair(y, H, codes, start, system, config: mlfit.MLFitConfig) -> mlfit.MLFit:
     """:func:`risloc.estimators.mlfit.ml_fit` with a pair round after its repair rounds."""
-    theta, fit, grid, repaired = mlfit.polish_and_repair(y, H, codes, start, system, config)
+    theta, fit, grid, repaired, gains = mlfit.polish_and_repair(y, H, codes, start, system,
+                                                                config)
     theta, fit = pair_repair(y, H, codes, theta, fit, system, config, grid)
-    return mlfit.nested_fit(y, H, codes, theta, fit, repaired, system, config)
+    return mlfit.nested_fit(y, H, codes, theta, fit, repaired, system, config, grid, gains)
 
 
 FITS = {"shipped": mlfit.ml_fit, "pair repair": fit_with_pair}

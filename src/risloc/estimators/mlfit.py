@@ -67,6 +67,14 @@ class MLFitConfig:
     shortlist_bf16 : rank the grid for the shortlist with bfloat16 products where the
         hardware runs them natively (2x faster there; the shortlist is a ranking, T on it
         stays exact).
+    greedy_nested : the nested selection's greedy step (:func:`_nested`): from the second
+        pick on, the repair grid's residual proposal is taken where it removes more energy
+        than the best remaining fitted position plus ``greedy_margin`` L sigma^2 (sigma^2
+        estimated from the S-source fit's residual; L sigma^2 is the energy noise alone
+        leaves in a grid cell on average). Margins 0 / 0.5 / 1 / 2 on the validation split
+        (``benchmarks/results/greedy_margin.txt``): 0 loses F1 at 5 dB where the fitted
+        positions hold weak true sources that a noise peak on the grid outbids; 1 keeps
+        those and closes a third to a half of the dense, near and edge gaps.
     search : the grid of the repair proposals (and its field of view, which should be the
         polish's): the classical localizer's.
     """
@@ -78,6 +86,8 @@ class MLFitConfig:
     shortlist: int = 32
     shortlist_bf16: bool = True
     select_iterations: int = 2
+    greedy_nested: bool = True
+    greedy_margin: float = 1.0
     search: ClassicalConfig = field(default_factory=ClassicalConfig)
 
     def __post_init__(self) -> None:
@@ -193,12 +203,17 @@ def repair_chosen(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, theta: 
     return theta
 
 
-def _nested(y, H, codes, theta, fit, system, config: MLFitConfig):
+def _nested(y, H, codes, theta, fit, system, config: MLFitConfig, grid=None, grid_gains=None):
     """Forward selection with refinement: the k-th source is the one of the S fitted
     positions that removes most residual energy given the first k - 1 (OLS), and the k
     chosen are polished jointly before the next pick, so each nested set is refined as a
     set of k (a K_max fit's positions are not those of its subsets: a spurious neighbour
-    of a strong source absorbs part of its error and looks like a source on its own)."""
+    of a strong source absorbs part of its error and looks like a source on its own).
+    With ``config.greedy_nested`` (and the repair ``grid`` and its ``grid_gains``) the
+    classical greedy step competes from k = 2 on: the residual proposal on the grid is
+    taken where it removes more energy than the best remaining fitted position (the
+    S-source fit can miss a source that dense neighbours or a 25 dB stronger source hide,
+    and then no subset of it holds the source)."""
     B, S, _ = theta.shape
     dev = y.device
     pool = theta.clone()
@@ -210,17 +225,29 @@ def _nested(y, H, codes, theta, fit, system, config: MLFitConfig):
     costs = torch.empty(B, S + 1, dtype=torch.float64, device=dev)
     costs[:, 0] = abs2(y).sum((-1, -2)).double()
     cur = None
+    greedy = config.greedy_nested and grid is not None
+    proposed = torch.zeros(B, dtype=torch.bool, device=dev)  # a proposal was taken
+    # L sigma^2 = C_S / (M - S), sigma^2 = C_S / (L (M - S)) estimated from the S-source fit
+    margin = config.greedy_margin * fit.cost / max(y.shape[2] - S, 1)
     for k in range(S):
+        found = torch.ones(B, k, dtype=torch.bool, device=dev)
         if k == 0:
             T = (abs2(cols.mH @ y.unsqueeze(-1)).squeeze(-1) / gains.clamp_min(1e-30)).sum(1)
         else:
-            T = ols_statistic(cur, cols, gains, config.search.floor,
-                              torch.ones(B, k, dtype=torch.bool, device=dev))
-        j = torch.where(taken, torch.full_like(T, -float("inf")), T).argmax(-1)
-        taken[rows, j] = True
-        nested[:, k] = pool[rows, j]
+            T = ols_statistic(cur, cols, gains, config.search.floor, found)
+        T_best, j = torch.where(taken, torch.full_like(T, -float("inf")), T).max(-1)
+        pick = pool[rows, j]
+        if greedy and k > 0:
+            prop = residual_proposal(y, H, codes, cur, found, grid, config.search.floor,
+                                     config.shortlist, grid_gains)
+            grid_wins = prop.gain > T_best + margin
+            pick = torch.where(grid_wins[:, None], prop.theta.to(pick.dtype), pick)
+            proposed |= grid_wins
+            j = torch.where(grid_wins, -1, j)
+        taken[rows[j >= 0], j[j >= 0]] = True
+        nested[:, k] = pick
         mask = torch.ones(B, k + 1, dtype=torch.bool, device=dev)
-        if k == S - 1:  # all S sources: the polished S-source fit itself
+        if k == S - 1 and not bool(proposed.any()):  # the polished S-source fit itself
             cur = fit
         else:
             th, cur, _ = lm_solve(y, H, codes, nested[:, :k + 1].clone(), mask, system,
@@ -239,14 +266,14 @@ def ml_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, start: torch.T
         ``config.polish``; no input checks: the pipeline checks its inputs once)
     start : [B, S, 3] — finite candidate positions (azimuth, elevation, 1/range), S >= 1
     """
-    theta, fit, _, repaired = polish_and_repair(y, H, codes, start, system, config)
-    return nested_fit(y, H, codes, theta, fit, repaired, system, config)
+    theta, fit, grid, repaired, gains = polish_and_repair(y, H, codes, start, system, config)
+    return nested_fit(y, H, codes, theta, fit, repaired, system, config, grid, gains)
 
 
 def polish_and_repair(y, H, codes, start, system: SystemConfig, config: MLFitConfig):
     """Steps 1-2 of :func:`ml_fit`: (theta [B, S, 3], its Fit, the repair grid, repaired
-    [B] rounds that lowered the cost). The grid's :func:`snapshot_gains` are formed once
-    for all rounds."""
+    [B] rounds that lowered the cost, the grid's :func:`snapshot_gains` or None). The gains
+    are formed once for all rounds (and the nested selection's greedy steps)."""
     B, S, _ = start.shape
     full = torch.ones(B, S, dtype=torch.bool, device=y.device)
     theta, fit, _ = lm_solve(y, H, codes, start.to(y.real.dtype).clone(), full, system,
@@ -257,22 +284,24 @@ def polish_and_repair(y, H, codes, start, system: SystemConfig, config: MLFitCon
     rank = torch.zeros(B, dtype=torch.int64, device=y.device) \
         if config.next_on_failure else None
     rounds = config.repairs if S > 1 else 0
-    gains = snapshot_gains(H, codes, grid) if rounds > 0 else None
+    gains = snapshot_gains(H, codes, grid) \
+        if rounds > 0 or (config.greedy_nested and S > 1) else None
     for _ in range(rounds):
         theta, fit, improved = _repair(y, H, codes, theta, fit, all_S, system, config, grid,
                                        rank, gains)
         repaired += improved
         if rank is not None:
             rank = torch.where(improved, 0, rank + 1)
-    return theta, fit, grid, repaired
+    return theta, fit, grid, repaired, gains
 
 
 def nested_fit(y, H, codes, theta, fit, repaired, system: SystemConfig,
-               config: MLFitConfig) -> MLFit:
+               config: MLFitConfig, grid=None, gains=None) -> MLFit:
     """Step 3 of :func:`ml_fit` on the S-source fit (theta, fit): the nested sets, their
-    costs and the power each source contributes."""
+    costs and the power each source contributes (the greedy steps of the selection need
+    the repair grid and its gains, :func:`polish_and_repair`)."""
     B, S, _ = theta.shape
-    nested, costs = _nested(y, H, codes, theta, fit, system, config)
+    nested, costs = _nested(y, H, codes, theta, fit, system, config, grid, gains)
     nf = _fit(y, H, codes, nested, torch.ones(B, S, dtype=torch.bool, device=y.device),
               system, config.polish)
     received = (abs2(nf.s) * abs2(nf.Bm).sum(-2)).mean(1) / y.shape[-1]
