@@ -211,10 +211,10 @@ def _nested(y, H, codes, theta, fit, system, config: MLFitConfig, grid=None, gri
     set of k (a K_max fit's positions are not those of its subsets: a spurious neighbour
     of a strong source absorbs part of its error and looks like a source on its own).
     With ``config.greedy_nested`` (and the repair ``grid`` and its ``grid_gains``) the
-    classical greedy step competes from k = 2 on: the residual proposal on the grid is
-    taken where it removes more energy than the best remaining fitted position (the
-    S-source fit can miss a source that dense neighbours or a 25 dB stronger source hide,
-    and then no subset of it holds the source)."""
+    classical greedy step competes from the second pick on: the residual proposal on the
+    grid is taken where it removes more energy than the best remaining fitted position by
+    ``config.greedy_margin`` L sigma^2 (the S-source fit can miss a source that dense
+    neighbours or a 25 dB stronger source hide, and then no subset of it holds it)."""
     B, S, _ = theta.shape
     dev = y.device
     pool = theta.clone()
