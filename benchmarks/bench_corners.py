@@ -2,7 +2,7 @@
 
     python benchmarks/bench_corners.py [--n 300] [--snrs 5 10 20] [--split test]
                                        [--corners NAME ...] [--checkpoint PATH]
-                                       [--classical-cache DIR]
+                                       [--classical-cache DIR] [--no-order-head]
                                        [--out reports/bench/corners.json]
 
 ``bench_versus.py`` varies what users' files leave out (the SNR) and the source powers;
@@ -213,6 +213,9 @@ def main(argv=None) -> None:
     ap.add_argument("--split", choices=sorted(SEED), default="test")
     ap.add_argument("--corners", nargs="+", choices=list(CORNERS), default=list(CORNERS))
     ap.add_argument("--checkpoint", default=None, help="learned model (default: shipped)")
+    ap.add_argument("--no-order-head", action="store_true",
+                    help="the learned localizer decides K by the residual rule (the "
+                         "classical localizer's, on its own nested fits) instead of its head")
     ap.add_argument("--classical-cache", type=Path, default=None,
                     help="keep / reuse the classical estimates here (module docstring)")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/corners.json"))
@@ -220,6 +223,8 @@ def main(argv=None) -> None:
     if args.n < 1:
         ap.error("--n must be >= 1")
     learned = Localizer.from_checkpoint(args.checkpoint)
+    if args.no_order_head:
+        learned.pipeline.order_head = None  # LearnedPipeline.decide_order: the residual rule
     classical = Localizer(RislocConfig().system, "classical")
     rows = []
     t0 = time.perf_counter()
