@@ -172,7 +172,11 @@ class TrainConfig(_Section):
         if S > 1 and n % S:
             raise ValueError(f"loss.spectral_scenes={n} must be a multiple of data.shards={S} "
                              "(each shard factorises its equal share of them)")
-        self.scenes()  # the mixture's kinds are valid scenes inside the field of view
+        # the mixture's kinds: valid scenes inside the field of view (scene_mixture), K too
+        for _, sc in self.scenes()[1:] if self.data.scene_mix else ():
+            if sc.K is not None and sc.K > self.system.K_max:
+                raise ValueError(f"a scene_mix kind fixes K={sc.K} above system.K_max="
+                                 f"{self.system.K_max}")
         return self
 
     def scenes(self, scene: SceneConfig | None = None) -> SceneConfig | Mixture:
