@@ -87,6 +87,17 @@ def corner_scenes(name: str, split: str, n: int, snr: float, stream: int):
                           stream=stream, snr_db=snr, K=K)
 
 
+def cell_stream(name: str, snr_index: int) -> int:
+    """The scene stream of a corner and the index of its SNR in the run's list."""
+    return STREAM + 10 * list(CORNERS).index(name) + snr_index
+
+
+def cell_key(name: str, snr: float, split: str, n: int, stream: int) -> str:
+    """A cell's key in the classical cache (safe as a file name)."""
+    return "".join(c if c.isalnum() else "-" for c in f"{name}_{snr:g}dB_{split}_n{n}"
+                   f"_s{stream}")
+
+
 def run(loc: Localizer, sc) -> tuple[Estimates, float]:
     """Estimates with the SNR withheld and K unknown, and the seconds it took."""
     t0 = time.perf_counter()
@@ -117,9 +128,9 @@ def cell(learned: Localizer, classical: Localizer, name: str, snr: float, stream
          args) -> dict:
     sc = corner_scenes(name, args.split, args.n, snr, stream)
     est_l, t_l = run(learned, sc)
-    key = "".join(c if c.isalnum() else "-" for c in f"{name}_{snr:g}dB_{args.split}"
-                  f"_n{args.n}_s{stream}")
-    est_c, t_c, cached = classical_run(classical, sc, key, args.classical_cache)
+    est_c, t_c, cached = classical_run(classical, sc,
+                                       cell_key(name, snr, args.split, args.n, stream),
+                                       args.classical_cache)
     m_l, m_c = (match_sources(e, sc.azimuth, sc.elevation, sc.range_m, sc.K)
                 for e in (est_l, est_c))
     s_l, s_c = summarize(m_l), summarize(m_c)
@@ -228,11 +239,11 @@ def main(argv=None) -> None:
     classical = Localizer(RislocConfig().system, "classical")
     rows = []
     t0 = time.perf_counter()
-    for ci, name in enumerate(CORNERS):
+    for name in CORNERS:
         if name not in args.corners:
             continue
         for si, snr in enumerate(args.snrs):
-            rows.append(cell(learned, classical, name, snr, STREAM + 10 * ci + si, args))
+            rows.append(cell(learned, classical, name, snr, cell_stream(name, si), args))
             print_row(rows[-1])
     n_cells = len(rows)
     n_met = sum(all(m >= 0 for m, _ in r["margins"].values()) for r in rows)

@@ -38,13 +38,11 @@ CELLS = [("default", 5), ("default", 10), ("K = 5", 5), ("dense", 5), ("dense", 
 N, SPLIT, SNRS = 200, "validation", (5.0, 10.0, 20.0)
 
 
-def scenes_and_classical(corner: str, snr: float, cache: Path | None):
-    stream = bc.STREAM + 10 * list(bc.CORNERS).index(corner) + SNRS.index(snr)
+def scenes_and_classical(classical: Localizer, corner: str, snr: float, cache: Path | None):
+    stream = bc.cell_stream(corner, SNRS.index(snr))
     sc = bc.corner_scenes(corner, SPLIT, N, snr, stream)
-    key = "".join(c if c.isalnum() else "-" for c in f"{corner}_{snr:g}dB_{SPLIT}_n{N}"
-                  f"_s{stream}")
-    classical = Localizer(bc.RislocConfig().system, "classical")
-    est, _, _ = bc.classical_run(classical, sc, key, cache)
+    est, _, _ = bc.classical_run(classical, sc, bc.cell_key(corner, snr, SPLIT, N, stream),
+                                 cache)
     return sc, summarize(match_sources(est, sc.azimuth, sc.elevation, sc.range_m, sc.K))
 
 
@@ -55,7 +53,8 @@ def main(argv=None) -> None:
     ap.add_argument("--classical-cache", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("reports/bench/greedy_margin.txt"))
     args = ap.parse_args(argv)
-    ref = {c: scenes_and_classical(*c, args.classical_cache) for c in CELLS}
+    classical = Localizer(bc.RislocConfig().system, "classical")
+    ref = {c: scenes_and_classical(classical, *c, args.classical_cache) for c in CELLS}
     loc = Localizer.from_checkpoint(args.checkpoint)
     pipe, base = loc.pipeline, loc.pipeline.fit_config
     diff: dict[str, dict] = {}
