@@ -105,6 +105,31 @@ def test_tune_cli_and_train_overrides_close_the_loop(tmp_path):
     assert res.exit_code == 2
 
 
+def test_a_worker_whose_trial_was_failed_as_stale_goes_on(tmp_path, monkeypatch):
+    """Another worker fails a running trial whose heartbeats come late (a loaded machine)
+    and queues it again; Optuna then refuses to record it in the worker that ran it
+    (ValueError "Cannot tell a FAIL trial"). That worker goes on with the next trials
+    instead of exiting; any other ValueError still ends it."""
+    real = optuna.Study.optimize
+    calls = []
+
+    def optimize(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("Cannot tell a FAIL trial.")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.Study, "optimize", optimize)
+    s = TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=1, epochs=1,
+                     warmup_epochs=0)
+    study = tune(s)
+    assert len(calls) == 2 and [t.state.name for t in study.trials] == ["COMPLETE"]
+    monkeypatch.setattr(optuna.Study, "optimize",
+                        lambda self, *a, **k: (_ for _ in ()).throw(ValueError("other")))
+    with pytest.raises(ValueError, match="other"):
+        tune(TuneSettings(config=TINY, out_dir=str(tmp_path / "b"), n_trials=1, epochs=1))
+
+
 def _storages(tmp_path):
     urls = [f"sqlite:///{tmp_path / 'shared.db'}"]
     if os.environ.get("RISLOC_TEST_POSTGRES"):

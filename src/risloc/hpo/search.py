@@ -175,8 +175,19 @@ def tune(settings: TuneSettings):
         log.info("study %s: %d finished trials of %d", settings.study_name, finished,
                  settings.n_trials)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(_objective(settings, base, space), callbacks=[budget],
-                       gc_after_trial=True, catch=(FloatingPointError,))
+        objective = _objective(settings, base, space)
+        while sum(t.state in done for t in study.trials) < settings.n_trials:
+            try:
+                study.optimize(objective, callbacks=[budget], gc_after_trial=True,
+                               catch=(FloatingPointError,))
+            except ValueError as err:
+                # another worker failed this worker's running trial as stale (its
+                # heartbeats came later than grace_s, e.g. on a loaded machine) and queued
+                # it again; Optuna then refuses to record it here: go on with the next
+                if not str(err).startswith("Cannot tell a FAIL trial"):
+                    raise
+                log.warning("a trial of this worker was failed as stale by another worker "
+                            "(late heartbeats) and queued again; going on")
     write_reports(study, base, space, Path(settings.out_dir))
     return study
 
