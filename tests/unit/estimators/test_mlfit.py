@@ -118,6 +118,25 @@ def test_greedy_nested_step_finds_a_source_no_candidate_holds(system):
     assert bool((on.costs[:, 1:] <= on.costs[:, :-1]).all())
 
 
+def test_nested_repairs_put_a_missed_source_into_the_nested_set(system):
+    """The same scenes, no repair rounds on the S-source fit and no greedy step: a repair
+    round on each nested set of 2 or more (``nested_repairs``) puts the third source into
+    the 3-source set, which then explains the data; without it the set is two sources and
+    junk (the test above)."""
+    sc = simulate_range(0, 6, system, EXACT, seed=5, split="test", K=3)
+    y, H, c = (t.to(torch.complex128) for t in (sc.y, sc.H, sc.codes))
+    start = torch.cat([_truth(sc, 3)[:, :2], _junk(6, 3, seed=1)], 1)
+    cfg = MLFitConfig(polish=NFMLEConfig(iterations=4, tikhonov=0.0), repairs=0,
+                      select_iterations=4, greedy_nested=False, nested_repairs=1)
+    on = ml_fit(y, H, c, start, system, cfg)
+    found = (_nearest_deg(on.theta[:, :3], sc, 3) < 0.05).all(1)
+    assert int(found.sum()) >= 5  # 6 of 6 measured
+    assert bool((on.costs[found, 3] < 1e-6 * on.costs[found, 0]).all())
+    assert bool((on.costs[:, 1:] <= on.costs[:, :-1]).all())
+    with pytest.raises(ValueError, match="nested_repairs"):
+        MLFitConfig(nested_repairs=-1)
+
+
 def test_next_on_failure_moves_on_to_the_next_weakest_source(system):
     """With ``next_on_failure`` a round after a failed one repairs the next-weakest source
     (a repeat of the weakest would fail again): the rank picks the source of that removal
