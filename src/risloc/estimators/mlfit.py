@@ -81,8 +81,9 @@ class MLFitConfig:
         (0 = none; an option, off by default). The S-source fit's positions can miss a
         source that no subset then holds (at 10-20 dB in dense scenes, with DFT codes, in
         near line-of-sight channels); a round on the k-set itself finds it on the residual
-        of the others. One round per set with ``repairs`` 1 and ``greedy_nested`` off costs
-        about 6 % more time than the default (``benchmarks/bench_nested_sets.py``).
+        of the others. One round per set takes 1.37x the learned localizer's time; with
+        ``repairs`` 1 and ``greedy_nested`` off, 1.01-1.06x, keeping part of the gain
+        (``benchmarks/bench_nested_sets.py``, docs/results.md).
     search : the grid of the repair proposals (and its field of view, which should be the
         polish's): the classical localizer's.
     """
@@ -212,13 +213,14 @@ def repair_chosen(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, theta: 
     return theta
 
 
-def _repair_set(y, H, codes, theta, system, config: MLFitConfig, grid, gains):
-    """``config.nested_repairs`` repair rounds on the set theta [B, k, 3] (all k real):
-    (theta, its Fit), the theta in the Fit's column order."""
+def _repair_set(y, H, codes, theta, fit, system, config: MLFitConfig, grid, gains):
+    """``config.nested_repairs`` repair rounds on the set theta [B, k, 3] (all k real) with
+    its Fit (None: computed here): (theta, its Fit), theta in the Fit's column order."""
     B, k, _ = theta.shape
     theta = theta.clone()
-    fit = _fit(y, H, codes, theta, torch.ones(B, k, dtype=torch.bool, device=y.device), system,
-               config.polish)
+    if fit is None:
+        fit = _fit(y, H, codes, theta, torch.ones(B, k, dtype=torch.bool, device=y.device),
+                   system, config.polish)
     full = torch.full((B,), k, dtype=torch.int64, device=y.device)
     for _ in range(config.nested_repairs):
         theta, fit, _ = _repair(y, H, codes, theta, fit, full, system, config, grid,
@@ -277,8 +279,10 @@ def _nested(y, H, codes, theta, fit, system, config: MLFitConfig, grid=None, gri
                                   replace(config.polish, iterations=config.select_iterations))
             nested[:, :k + 1] = th
         if k > 0 and config.nested_repairs and grid is not None:
-            nested[:, :k + 1], cur = _repair_set(y, H, codes, nested[:, :k + 1], system,
-                                                 config, grid, grid_gains)
+            in_order = cur is not fit  # the S-source fit's columns are in the pool's order
+            nested[:, :k + 1], cur = _repair_set(y, H, codes, nested[:, :k + 1],
+                                                 cur if in_order else None, system, config,
+                                                 grid, grid_gains)
         costs[:, k + 1] = cur.cost.double()
     return nested, torch.cummin(costs, 1).values
 
