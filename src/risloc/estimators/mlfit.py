@@ -22,7 +22,8 @@ judged by the concentrated likelihood of :mod:`risloc.estimators.nfmle`:
    absorbs part of its error and looks like a source on its own: backward elimination
    from the S-source fit kept such a neighbour instead of a weak true source).
    theta[:, :k] is the k-source set (positions of the last polished set), C_k its cost.
-   Optionally (``MLFitConfig.nested_repairs``) each set of 2 or more is repaired as in 2.
+   Each set of 2 or more is then repaired as in 2 (``MLFitConfig.nested_repairs``): the
+   S-source fit can miss a source that no subset of it holds.
 
 The removal cost of source j from a fit with amplitudes s_l and Gram G_l = B_l^H B_l is
 the least-squares downdate sum_l |s_lj|^2 / [G_l^-1]_jj: all S of them from one fit.
@@ -59,7 +60,8 @@ class MLFitConfig:
         iterations, float32 is enough: the pipeline polishes the chosen sources last; 2
         iterations, as accurate as 3 on the validation split and 13 % faster:
         ``benchmarks/bench_fit_settings.py --variants cheaper``).
-    repairs : repair rounds (0 = none).
+    repairs : repair rounds on the S-source fit (0 = none; 1 since the nested sets are
+        repaired too, below: 2 with them cost 13 % more time for 1 more corner cell).
     next_on_failure : after a round that did not lower a scene's cost, its next round tries
         the next-weakest source (the same source would fail again); False repeats it.
     shortlist : grid points at which the repair's statistic T is evaluated exactly (half
@@ -68,7 +70,9 @@ class MLFitConfig:
     shortlist_bf16 : rank the grid for the shortlist with bfloat16 products where the
         hardware runs them natively (2x faster there; the shortlist is a ranking, T on it
         stays exact).
-    greedy_nested : the nested selection's greedy step (:func:`_nested`): from the second
+    greedy_nested : (off; the default from 117c700 until the nested repairs, which find
+        more of what it found at the same cost) the nested selection's greedy step
+        (:func:`_nested`): from the second
         pick on, the repair grid's residual proposal is taken where it removes more energy
         than the best remaining fitted position plus ``greedy_margin`` L sigma^2 (sigma^2
         estimated from the S-source fit's residual; L sigma^2 is the energy noise alone
@@ -78,26 +82,28 @@ class MLFitConfig:
         those and narrows the F1 gap to the classical localizer on dense sources (5 and
         10 dB) and at the azimuth edge (10 dB) by about a third, little elsewhere.
     nested_repairs : repair rounds on each nested set of 2 or more sources after its polish
-        (0 = none; an option, off by default). The S-source fit's positions can miss a
-        source that no subset then holds (at 10-20 dB in dense scenes, with DFT codes, in
-        near line-of-sight channels); a round on the k-set itself finds it on the residual
-        of the others. One round per set takes 1.37x the learned localizer's time; with
-        ``repairs`` 1 and ``greedy_nested`` off, 1.01-1.06x, keeping part of the gain
-        (``benchmarks/bench_nested_sets.py``, docs/results.md).
+        (0 = none). The S-source fit's positions can miss a source that no subset then
+        holds (at 10-20 dB in dense scenes, with DFT codes, in near line-of-sight
+        channels); a round on the k-set itself finds it on the residual of the others.
+        Chosen on the validation split (``benchmarks/bench_nested_sets.py``,
+        ``benchmarks/bench_fit_variants.py``, docs/results.md): with ``repairs`` 1 and no
+        greedy step about the time of the fit stage before (1.01-1.06x the learned
+        localizer's), 26 instead of 23 of the 36 corner cells; with 2 repairs 27 at
+        1.15x, with the greedy step kept too 27 at 1.33-1.37x.
     search : the grid of the repair proposals (and its field of view, which should be the
         polish's): the classical localizer's.
     """
 
     polish: NFMLEConfig = field(default_factory=lambda: NFMLEConfig(
         iterations=2, double=False, tikhonov=1e-5))
-    repairs: int = 2
+    repairs: int = 1
     next_on_failure: bool = False
     shortlist: int = 32
     shortlist_bf16: bool = True
     select_iterations: int = 2
-    greedy_nested: bool = True
+    greedy_nested: bool = False
     greedy_margin: float = 1.0
-    nested_repairs: int = 0
+    nested_repairs: int = 1
     search: ClassicalConfig = field(default_factory=ClassicalConfig)
 
     def __post_init__(self) -> None:

@@ -74,7 +74,8 @@ def inference_music_config(fov: FieldOfView) -> MusicConfig:
 
 
 def default_fit_config(fov: FieldOfView) -> MLFitConfig:
-    """The fit stage over ``fov``: 2-iteration float32 polish, 2 repair rounds."""
+    """The fit stage over ``fov``: 2-iteration float32 polish, a repair round on the
+    S-source fit and one on each nested set (:class:`MLFitConfig`)."""
     base = MLFitConfig()
     return replace(base, polish=replace(base.polish, fov=fov),
                    search=ClassicalConfig().with_fov(fov))

@@ -85,11 +85,10 @@ def test_repair_finds_a_source_the_candidates_miss(system):
     sc = simulate_range(0, 6, system, EXACT, seed=5, split="test", K=3)
     y, H, c = (t.to(torch.complex128) for t in (sc.y, sc.H, sc.codes))
     start = torch.cat([_truth(sc, 3)[:, :2], _junk(6, 3, seed=1)], 1)
-    polish = NFMLEConfig(iterations=4, tikhonov=0.0)  # the repair alone: no greedy steps
-    without = ml_fit(y, H, c, start, system, MLFitConfig(polish=polish, repairs=0,
-                                                         greedy_nested=False))
-    repaired = ml_fit(y, H, c, start, system, MLFitConfig(polish=polish, repairs=2,
-                                                          greedy_nested=False))
+    polish = NFMLEConfig(iterations=4, tikhonov=0.0)  # the repair alone: no nested steps
+    alone = MLFitConfig(polish=polish, greedy_nested=False, nested_repairs=0)
+    without = ml_fit(y, H, c, start, system, replace(alone, repairs=0))
+    repaired = ml_fit(y, H, c, start, system, replace(alone, repairs=2))
     miss = _nearest_deg(without.theta, sc, 3)[:, 2]
     found = _nearest_deg(repaired.theta, sc, 3)[:, 2]
     assert float(found.max()) < 0.05 and int((miss > 1.0).sum()) >= 4
@@ -106,7 +105,7 @@ def test_greedy_nested_step_finds_a_source_no_candidate_holds(system):
     y, H, c = (t.to(torch.complex128) for t in (sc.y, sc.H, sc.codes))
     start = torch.cat([_truth(sc, 3)[:, :2], _junk(6, 3, seed=1)], 1)
     cfg = MLFitConfig(polish=NFMLEConfig(iterations=4, tikhonov=0.0), repairs=0,
-                      select_iterations=4)
+                      select_iterations=4, greedy_nested=True, nested_repairs=0)
     off = ml_fit(y, H, c, start, system, replace(cfg, greedy_nested=False))
     on = ml_fit(y, H, c, start, system, cfg)
     assert int((_nearest_deg(off.theta[:, :3], sc, 3)[:, 2] > 1.0).sum()) >= 4
