@@ -20,20 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_corners as bc  # noqa: E402
+from bench_greedy_margin import SNRS, refit_order_head, scenes_and_classical  # noqa: E402
 from bench_nested_sets import parse_variant  # noqa: E402
 
 from risloc.evaluation import match_sources, summarize  # noqa: E402
 from risloc.io.atomic import write_text_atomic  # noqa: E402
 from risloc.pipeline import Localizer  # noqa: E402
-from risloc.pipeline.calibrate import training_data  # noqa: E402
-from risloc.pipeline.order import fit_order_head  # noqa: E402
-
-SNRS, N, SPLIT = (5.0, 10.0, 20.0), 200, "validation"
 
 
 def main(argv=None) -> None:
@@ -47,16 +43,8 @@ def main(argv=None) -> None:
     loc = Localizer.from_checkpoint(args.checkpoint)
     pipe = loc.pipeline
     variants = dict(parse_variant(v, pipe.fit_config) for v in args.variants)
-    cells = {}
-    for corner in bc.CORNERS:
-        for i, snr in enumerate(SNRS):
-            stream = bc.cell_stream(corner, i)
-            sc = bc.corner_scenes(corner, SPLIT, N, snr, stream)
-            est, _, _ = bc.classical_run(classical, sc, bc.cell_key(corner, snr, SPLIT, N,
-                                                                     stream),
-                                         args.classical_cache)
-            cells[(corner, snr)] = (sc, summarize(match_sources(est, sc.azimuth, sc.elevation,
-                                                                sc.range_m, sc.K)))
+    cells = {(corner, snr): scenes_and_classical(classical, corner, snr, args.classical_cache)
+             for corner in bc.CORNERS for snr in SNRS}
     lines, rows = [], []
 
     def say(text: str) -> None:
@@ -65,10 +53,7 @@ def main(argv=None) -> None:
 
     for name, cfg in variants.items():
         pipe.fit_config = cfg
-        t0 = time.perf_counter()
-        feats, K, det = training_data(pipe, 16384)
-        pipe.order_head = fit_order_head(feats, K, det, pipe.system.K_max)
-        say(f"{name}: order head refitted in {time.perf_counter() - t0:.0f} s")
+        say(f"{name}: order head refitted in {refit_order_head(pipe):.0f} s")
         met = []
         for (corner, snr), (sc, cl) in cells.items():
             est, _ = bc.run(loc, sc)
