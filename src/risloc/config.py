@@ -196,6 +196,23 @@ class SceneKind(_Frozen):
 Mixture = tuple[tuple[float, SceneConfig], ...]
 
 
+def replace_scene_fields(scene: SceneConfig, fields: dict[str, Any], what: str = "scene"
+                         ) -> SceneConfig:
+    """``scene`` with the SceneConfig ``fields`` replaced, validated; its sources must stay
+    inside ``scene``'s field of view (the network's grid follows it). ``what`` names the
+    fields' origin in errors."""
+    try:
+        sc = SceneConfig.model_validate({**scene.model_dump(), **fields})
+    except ValidationError as err:
+        raise ValueError(f"{what}: {_format_error(err)}") from None
+    for field in ("azimuth_deg", "elevation_deg", "range_m"):
+        (lo, hi), (blo, bhi) = getattr(sc, field), getattr(scene, field)
+        if lo < blo or hi > bhi:
+            raise ValueError(f"{what}: {field} {(lo, hi)} leaves the base scene's "
+                             f"field of view {(blo, bhi)}")
+    return sc
+
+
 def scene_mixture(scene: SceneConfig, kinds: tuple[SceneKind, ...] | list[SceneKind] = ()
                   ) -> Mixture:
     """``((share, SceneConfig), ...)``: the base ``scene`` with the share the kinds leave,
@@ -204,16 +221,7 @@ def scene_mixture(scene: SceneConfig, kinds: tuple[SceneKind, ...] | list[SceneK
     out, rest = [], 1.0
     for i, kind in enumerate(kinds):
         what = f"scene_mix[{i}]" + (f" ({kind.name})" if kind.name else "")
-        try:
-            sc = SceneConfig.model_validate({**scene.model_dump(), **kind.scene})
-        except ValidationError as err:
-            raise ValueError(f"{what}: {_format_error(err)}") from None
-        for field in ("azimuth_deg", "elevation_deg", "range_m"):
-            (lo, hi), (blo, bhi) = getattr(sc, field), getattr(scene, field)
-            if lo < blo or hi > bhi:
-                raise ValueError(f"{what}: {field} {(lo, hi)} leaves the base scene's "
-                                 f"field of view {(blo, bhi)}")
-        out.append((kind.share, sc))
+        out.append((kind.share, replace_scene_fields(scene, kind.scene, what)))
         rest -= kind.share
     if rest <= 1e-9:
         raise ValueError(f"the scene_mix shares sum to {1 - rest:g}; they must leave a share "

@@ -187,12 +187,15 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
     assert load_learned_pipeline(slim).order_head is None
     out = tmp_path / "ordered.pt"
     res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scenes", "128",
-                              "--report-scenes", "8", "--workers", "1"])
+                              "--report-scenes", "8", "--workers", "1",
+                              "--scene", "power_spread_db=[0, 25]"])
     assert res.exit_code == 0, res.output
     assert "order head" in res.output
     pipe = load_learned_pipeline(out)
     assert pipe.order_head is not None
     card = json.loads(out.with_suffix(".json").read_text())
+    assert card["order_head"]["scene"] == {"power_spread_db": [0, 25]}
+    assert "(0, 25) dB" in card["order_head"]["training_split"]
     rows = card["order_head"]["per_snr"]
     assert len(rows) == 12 and all(0 <= r["K_accuracy_order_head"] <= 1 for r in rows)
     assert card["epoch"] == json.loads(slim.with_suffix(".json").read_text())["epoch"]
@@ -208,6 +211,10 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
                        torch.full((6,), 2))
     res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scenes", "10"])
     assert res.exit_code == 2 and "n_scenes must be >= 64" in res.output
+    for bad, says in (("colour=3", "colour"), ("power_spread_db", "FIELD=VALUE"),
+                      ("range_m=[0.1, 20]", "leaves the base scene's field of view")):
+        res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scene", bad])
+        assert res.exit_code == 2 and says in res.output, (bad, res.output)
     # a head fitted on the old features (source powers in the units of H) is not used
     from risloc.inference.checkpoint import save_checkpoint
 

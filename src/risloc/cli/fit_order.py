@@ -25,6 +25,10 @@ def fit_order_command(
         "Validation-split scenes per SNR point of the report."))] = 256,
     workers: Annotated[int | None, typer.Option(help=(
         "CPU worker threads (default: one per core)."))] = None,
+    scene: Annotated[list[str] | None, typer.Option("--scene", help=(
+        "FIELD=VALUE (repeatable): a scene field replaced in the recipe's scene distribution "
+        "for the head's training scenes, e.g. --scene 'power_spread_db=[0, 25]' (the "
+        "shipped head's). Values are YAML."))] = None,
 ) -> None:
     """Fit the order head: a small classifier that decides K from the nested ML fits of the
     pipeline's fit stage and the network's K head (risloc.pipeline.order); it never reads
@@ -36,12 +40,27 @@ def fit_order_command(
 
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    fields = scene_fields(scene or [])
     with progress() as bar:
         task = bar.add_task("order features", total=n_progress_items(scenes, report_scenes))
-        report = fit_order(checkpoint, out_path, scenes, report_scenes,
-                           workers=workers, on_batch=lambda n: bar.advance(task, n))
+        report = fit_order(checkpoint, out_path, scenes, report_scenes, workers=workers,
+                           on_batch=lambda n: bar.advance(task, n), scene=fields)
     out.print(report_table(report))
     console.print(f"wrote {out_path}")
+
+
+def scene_fields(items: list[str]) -> dict:
+    """``["power_spread_db=[0, 25]"]`` -> ``{"power_spread_db": [0, 25]}`` (YAML values)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--scene {item!r} must look like FIELD=VALUE, e.g. "
+                             "'power_spread_db=[0, 25]'")
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
 
 
 def report_table(report: dict):

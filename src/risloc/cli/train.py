@@ -123,9 +123,9 @@ def _inference_model(cfg, progress_bar: bool) -> Path:
             task = bar.add_task("order features",
                                 total=n_progress_items(o.scenes, o.report_scenes))
             report = fit_order(model, model, o.scenes, o.report_scenes,
-                               on_batch=lambda n: bar.advance(task, n))
+                               on_batch=lambda n: bar.advance(task, n), scene=o.scene)
     else:
-        report = fit_order(model, model, o.scenes, o.report_scenes)
+        report = fit_order(model, model, o.scenes, o.report_scenes, scene=o.scene)
     stdout.print(report_table(report))
     console.print(f"inference model (as shipped): {model} and its card "
                   f"{model.with_suffix('.json')}")

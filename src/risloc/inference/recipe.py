@@ -73,11 +73,12 @@ class InferenceRecipe(BaseModel):
         """ModelConfig with the scene's field of view."""
         return replace(self.model, fov=self.fov)
 
-    def scenes(self) -> SceneConfig | Mixture:
-        """The scenes the network was trained on: its scene, or the mixture of
-        ``data.scene_mix`` (:meth:`risloc.training.config.TrainConfig.scenes`)."""
-        return scene_mixture(self.scene, self.data.scene_mix) if self.data.scene_mix \
-            else self.scene
+    def scenes(self, scene: SceneConfig | None = None) -> SceneConfig | Mixture:
+        """The scenes the network was trained on: ``scene`` (default: the recipe's), or the
+        mixture of it and ``data.scene_mix``
+        (:meth:`risloc.training.config.TrainConfig.scenes`)."""
+        scene = self.scene if scene is None else scene
+        return scene_mixture(scene, self.data.scene_mix) if self.data.scene_mix else scene
 
     @classmethod
     def from_json(cls, text: str) -> InferenceRecipe:

@@ -1,11 +1,13 @@
 """Fitting the order head of a trained model (``risloc fit-order``).
 
 The network is frozen. Scenes come from the recipe's own scene distribution (unequal
-source powers included), training split, stream :data:`ORDER_STREAM` (the network trains
-on stream ``data.stream``, 1 by default, so the head never sees a scene the network was
-fitted on, nor a validation or test scene). The SNR is never shown: the learned pipeline
-does not use it. The report compares the head with the residual rule it replaces on
-fixed-SNR validation scenes (stream :data:`REPORT_STREAM`), equal and spread powers.
+source powers included), with some of its fields replaced where asked (``scene``: e.g.
+powers spread wider than the network trained on), training split, stream
+:data:`ORDER_STREAM` (the network trains on stream ``data.stream``, 1 by default, so the
+head never sees a scene the network was fitted on, nor a validation or test scene). The
+SNR is never shown: the learned pipeline does not use it. The report compares the head
+with the residual rule it replaces on fixed-SNR validation scenes (stream
+:data:`REPORT_STREAM`), equal and spread powers.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from risloc.config import Mixture, SceneConfig, replace_scene_fields
 from risloc.core.checks import normalise_scale
 from risloc.inference.checkpoint import load_checkpoint, save_checkpoint
 from risloc.io.atomic import write_text_atomic
@@ -69,16 +72,24 @@ def order_dataset(pipe: LearnedPipeline, scenes, batch: int = 256, workers: int 
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 
-def training_data(pipe: LearnedPipeline, n: int, workers: int | None = None,
-                  on_batch: Progress | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(features [n, F], K [n], detections [n, K_max]) of n scenes of the recipe's scene
-    distribution (its mixture, with ``data.scene_mix``), training split, ORDER_STREAM,
-    simulated block by block."""
+def order_scenes(pipe: LearnedPipeline, scene: dict | None = None) -> SceneConfig | Mixture:
+    """The head's scene distribution: the recipe's (its mixture, with ``data.scene_mix``)
+    with the SceneConfig fields in ``scene`` replaced in the base scene (and so in every
+    kind of the mixture that does not set them itself)."""
     r = pipe.recipe
+    return r.scenes(replace_scene_fields(r.scene, scene or {}, "order scene"))
+
+
+def training_data(pipe: LearnedPipeline, n: int, workers: int | None = None,
+                  on_batch: Progress | None = None, scene: dict | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(features [n, F], K [n], detections [n, K_max]) of n scenes of
+    :func:`order_scenes`, training split, ORDER_STREAM, simulated block by block."""
+    r = pipe.recipe
+    scenes = order_scenes(pipe, scene)
     feats, Ks, dets = [], [], []
     for lo in range(0, n, BLOCK):
-        sc = simulate_range(lo, min(n, lo + BLOCK), r.system, r.scenes(), seed=r.data.seed,
+        sc = simulate_range(lo, min(n, lo + BLOCK), r.system, scenes, seed=r.data.seed,
                             split="train", stream=ORDER_STREAM)
         f, theta = order_dataset(pipe, sc, workers=workers, on_batch=on_batch)
         feats.append(f)
@@ -124,22 +135,29 @@ def order_report(pipe: LearnedPipeline, head: OrderHead, n_per_snr: int,
 
 def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
               n_report: int = 256, config: OrderFitConfig = OrderFitConfig(),
-              workers: int | None = None, on_batch: Progress | None = None) -> dict:
+              workers: int | None = None, on_batch: Progress | None = None,
+              scene: dict | None = None) -> dict:
     """Fit the order head of ``checkpoint`` and write ``out`` (the checkpoint plus the
     head and its report, atomically; a model card ``<checkpoint>.json`` is carried over to
-    ``<out>.json`` with the report added). Returns the report."""
+    ``<out>.json`` with the report added). ``scene``: SceneConfig fields replaced in the
+    recipe's scene distribution for the head's training scenes (:func:`order_scenes`;
+    None: the recipe's). Returns the report."""
     if n_scenes < MIN_ORDER_SCENES:
         raise ValueError(f"n_scenes must be >= {MIN_ORDER_SCENES}, got {n_scenes}")
     checkpoint, out = Path(checkpoint), Path(out)
     state = load_checkpoint(checkpoint)
     pipe = load_learned_pipeline(checkpoint, order_head=False)
-    feats, K, det = training_data(pipe, n_scenes, workers, on_batch)
+    order_scenes(pipe, scene)  # bad fields fail before the long part
+    feats, K, det = training_data(pipe, n_scenes, workers, on_batch, scene)
     head = fit_order_head(feats, K, det, pipe.system.K_max, config)
     rows = order_report(pipe, head, n_report, workers, on_batch)
     r = pipe.recipe
+    spread = (scene or {}).get("power_spread_db", r.scene.power_spread_db)
     report = {"training_scenes": n_scenes, "snr": "never given",
               "training_split": f"train, stream {ORDER_STREAM}, seed {r.data.seed}, the "
-                                f"recipe's scenes (power spread {r.scene.power_spread_db} dB)",
+                                f"recipe's scenes (power spread {tuple(spread)} dB)"
+                                + (f" with {scene}" if scene else ""),
+              "scene": dict(scene or {}),
               "report_split": f"validation, streams {REPORT_STREAM}+16i, seed {r.data.seed}",
               "fit": {k: getattr(config, k) for k in config.__dataclass_fields__},
               "per_snr": rows}

@@ -23,6 +23,7 @@ from risloc.config import (
     SystemConfig,
     parse_overrides,
     read_config_file,
+    replace_scene_fields,
     scene_mixture,
     validate_config,
 )
@@ -136,6 +137,10 @@ class OrderStageConfig(_Section):
 
     scenes: int = Field(16384, ge=0, description="training-split scenes (0 = skip this stage)")
     report_scenes: int = Field(256, ge=1, description="validation scenes per SNR of the report")
+    scene: dict[str, Any] = Field(default_factory=dict, description=(
+        "SceneConfig fields replaced in the recipe's scene distribution for the head's "
+        "training scenes, e.g. {power_spread_db: [0, 25]} (powers spread wider than the "
+        "network trained on teach the head to keep weak sources); empty: the recipe's"))
 
     @model_validator(mode="after")
     def _check(self) -> OrderStageConfig:
@@ -172,6 +177,7 @@ class TrainConfig(_Section):
         if S > 1 and n % S:
             raise ValueError(f"loss.spectral_scenes={n} must be a multiple of data.shards={S} "
                              "(each shard factorises its equal share of them)")
+        replace_scene_fields(self.scene, self.order.scene, "order.scene")  # fail before training
         # the mixture's kinds: valid scenes inside the field of view (scene_mixture), K too
         for _, sc in self.scenes()[1:] if self.data.scene_mix else ():
             if sc.K is not None and sc.K > self.system.K_max:

@@ -116,3 +116,24 @@ def test_truncate_keeps_the_strongest_slots():
     assert t.K.tolist() == [2, 1]  # never more than were found
     assert t.azimuth[0, :2].tolist() == [1.0, 2.0] and math.isnan(t.azimuth[0, 2])
     assert math.isnan(t.range_m[1, 1])
+
+
+def test_the_heads_scenes_replace_fields_in_the_recipes_mixture():
+    from types import SimpleNamespace
+
+    from risloc.config import SceneKind
+    from risloc.inference.recipe import InferenceRecipe
+    from risloc.pipeline.calibrate import order_scenes
+
+    recipe = InferenceRecipe(scene=SceneConfig(power_spread_db=(0.0, 15.0)), data={
+        "scene_mix": (SceneKind(name="near", share=0.25, scene={"range_m": (0.5, 1.5)}),
+                      SceneKind(name="equal", share=0.25, scene={"power_spread_db": (0, 0)}))})
+    pipe = SimpleNamespace(recipe=recipe)
+    assert order_scenes(pipe) == recipe.scenes()
+    mix = order_scenes(pipe, {"power_spread_db": [0, 25]})
+    assert [share for share, _ in mix] == [0.5, 0.25, 0.25]
+    # the base scene and the kinds that do not set the field get it; the others keep theirs
+    assert [sc.power_spread_db for _, sc in mix] == [(0, 25), (0, 25), (0, 0)]
+    assert mix[1][1].range_m == (0.5, 1.5)
+    with pytest.raises(ValueError, match="order scene.*bogus"):
+        order_scenes(pipe, {"bogus": 1})

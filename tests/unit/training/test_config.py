@@ -44,6 +44,9 @@ def test_overrides_and_field_of_view_follow_scene():
     ("schedule.weight_schedule={lam_bogus: [1, 2, 3]}", "weight_schedule"),
     ("order.scenes=10", "order.scenes"), ("order.unknown_snr=2", "unknown_snr"),
     ("data.shards=3", "spectral_scenes"),
+    ("order.scene={colour: 3}", "order.scene"),
+    ("order.scene={range_m: [0.1, 20]}", "field of view"),
+    ("order.scene={power_spread_db: [5, 1]}", "power_spread_db"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.split(".")[-1]):
