@@ -50,17 +50,15 @@ def fit_order_command(
 
 
 def scene_fields(items: list[str]) -> dict:
-    """``["power_spread_db=[0, 25]"]`` -> ``{"power_spread_db": [0, 25]}`` (YAML values)."""
-    import yaml
+    """``["power_spread_db=[0, 25]"]`` -> ``{"power_spread_db": [0, 25]}`` (YAML values, as
+    the dotted overrides of :func:`risloc.config.parse_overrides`)."""
+    from risloc.config import parse_overrides
 
-    out = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        if not item.partition("=")[0].strip() or "=" not in item:
             raise ValueError(f"--scene {item!r} must look like FIELD=VALUE, e.g. "
                              "'power_spread_db=[0, 25]'")
-        out[key.strip()] = yaml.safe_load(raw)
-    return out
+    return parse_overrides(items)
 
 
 def report_table(report: dict):
