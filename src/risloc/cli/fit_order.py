@@ -55,7 +55,8 @@ def scene_fields(items: list[str]) -> dict:
     from risloc.config import parse_overrides
 
     for item in items:
-        if not item.partition("=")[0].strip() or "=" not in item:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip():
             raise ValueError(f"--scene {item!r} must look like FIELD=VALUE, e.g. "
                              "'power_spread_db=[0, 25]'")
     return parse_overrides(items)

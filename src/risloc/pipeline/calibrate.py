@@ -81,12 +81,13 @@ def order_scenes(pipe: LearnedPipeline, scene: dict | None = None) -> SceneConfi
 
 
 def training_data(pipe: LearnedPipeline, n: int, workers: int | None = None,
-                  on_batch: Progress | None = None, scene: dict | None = None
+                  on_batch: Progress | None = None,
+                  scenes: SceneConfig | Mixture | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(features [n, F], K [n], detections [n, K_max]) of n scenes of
-    :func:`order_scenes`, training split, ORDER_STREAM, simulated block by block."""
+    """(features [n, F], K [n], detections [n, K_max]) of n scenes of ``scenes`` (None: the
+    recipe's; :func:`order_scenes`), training split, ORDER_STREAM, simulated block by block."""
     r = pipe.recipe
-    scenes = order_scenes(pipe, scene)
+    scenes = r.scenes() if scenes is None else scenes
     feats, Ks, dets = [], [], []
     for lo in range(0, n, BLOCK):
         sc = simulate_range(lo, min(n, lo + BLOCK), r.system, scenes, seed=r.data.seed,
@@ -147,8 +148,8 @@ def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
     checkpoint, out = Path(checkpoint), Path(out)
     state = load_checkpoint(checkpoint)
     pipe = load_learned_pipeline(checkpoint, order_head=False)
-    order_scenes(pipe, scene)  # bad fields fail before the long part
-    feats, K, det = training_data(pipe, n_scenes, workers, on_batch, scene)
+    scenes = order_scenes(pipe, scene)  # bad fields fail before the long part
+    feats, K, det = training_data(pipe, n_scenes, workers, on_batch, scenes)
     head = fit_order_head(feats, K, det, pipe.system.K_max, config)
     rows = order_report(pipe, head, n_report, workers, on_batch)
     r = pipe.recipe
