@@ -6,7 +6,8 @@
 
 For each variant (``MLFitConfig`` fields as in ``bench_nested_sets.py``; ``base`` is the
 fit stage of this package) the order head of the model is refitted on the fit stage it
-will read (16,384 training-split scenes, as ``risloc fit-order``; 3-4 min on 2 cores), then
+will read (16,384 training-split scenes of the distribution the model's head was fitted on,
+as ``risloc fit-order``, with its ``--scene``; 3-10 min on 2 cores), then
 the learned localizer runs on all 36 cells of ``bench_corners.py`` on the **validation**
 split (200 scenes each, SNR withheld, K unknown; 2 min). A cell counts as met when the
 learned F1 and K accuracy are >= the classical ones - 0.01 on the same scenes
@@ -28,8 +29,10 @@ from bench_greedy_margin import SNRS, refit_order_head, scenes_and_classical  # 
 from bench_nested_sets import parse_variant  # noqa: E402
 
 from risloc.evaluation import match_sources, summarize  # noqa: E402
+from risloc.inference.checkpoint import load_checkpoint  # noqa: E402
 from risloc.io.atomic import write_text_atomic  # noqa: E402
 from risloc.pipeline import Localizer  # noqa: E402
+from risloc.pipeline.learned import DEFAULT_MODEL  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -42,6 +45,10 @@ def main(argv=None) -> None:
     classical = Localizer(bc.RislocConfig().system, "classical")
     loc = Localizer.from_checkpoint(args.checkpoint)
     pipe = loc.pipeline
+    # the head is refitted on the scenes the model's head was fitted on (risloc fit-order
+    # --scene, recorded in its report)
+    report = load_checkpoint(args.checkpoint or DEFAULT_MODEL).get("order_report") or {}
+    scene = report.get("scene") or None
     variants = dict(parse_variant(v, pipe.fit_config) for v in args.variants)
     cells = {(corner, snr): scenes_and_classical(classical, corner, snr, args.classical_cache)
              for corner in bc.CORNERS for snr in SNRS}
@@ -53,7 +60,8 @@ def main(argv=None) -> None:
 
     for name, cfg in variants.items():
         pipe.fit_config = cfg
-        say(f"{name}: order head refitted in {refit_order_head(pipe):.0f} s")
+        say(f"{name}: order head refitted in {refit_order_head(pipe, scene):.0f} s "
+            f"(scenes: the recipe's{f' with {scene}' if scene else ''})")
         met = []
         for (corner, snr), (sc, cl) in cells.items():
             est, _ = bc.run(loc, sc)

@@ -30,7 +30,7 @@ import bench_corners as bc  # noqa: E402
 from risloc.evaluation import match_sources, summarize  # noqa: E402
 from risloc.io.atomic import write_text_atomic  # noqa: E402
 from risloc.pipeline import Localizer  # noqa: E402
-from risloc.pipeline.calibrate import training_data  # noqa: E402
+from risloc.pipeline.calibrate import order_scenes, training_data  # noqa: E402
 from risloc.pipeline.order import fit_order_head  # noqa: E402
 
 CELLS = [("default", 5), ("default", 10), ("K = 5", 5), ("dense", 5), ("dense", 10),
@@ -47,11 +47,12 @@ def scenes_and_classical(classical: Localizer, corner: str, snr: float, cache: P
     return sc, summarize(match_sources(est, sc.azimuth, sc.elevation, sc.range_m, sc.K))
 
 
-def refit_order_head(pipe) -> float:
+def refit_order_head(pipe, scene: dict | None = None) -> float:
     """Refit the pipeline's order head on the fit stage it now has (16,384 training-split
-    scenes, as ``risloc fit-order``); returns the seconds it took."""
+    scenes, as ``risloc fit-order``; ``scene``: its ``--scene`` fields, None the recipe's
+    scenes); returns the seconds it took."""
     t0 = time.perf_counter()
-    feats, K, det = training_data(pipe, 16384)
+    feats, K, det = training_data(pipe, 16384, scenes=order_scenes(pipe, scene))
     pipe.order_head = fit_order_head(feats, K, det, pipe.system.K_max)
     return time.perf_counter() - t0
 

@@ -273,7 +273,8 @@ class Proposal(NamedTuple):
 
 def residual_proposal(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, fit: Fit,
                       mask: torch.Tensor, grid: GreedyGrid, floor: float,
-                      shortlist: int | None, gains: torch.Tensor | None = None) -> Proposal:
+                      shortlist: int | None, gains: torch.Tensor | None = None,
+                      found: torch.Tensor | None = None) -> Proposal:
     """The grid point maximising T(g) (module docstring) given a fit of the found sources;
     no input checks, the working dtype throughout.
 
@@ -294,6 +295,16 @@ def residual_proposal(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, fit
         evaluated twice (the first is kept on a tie).
     gains : :func:`snapshot_gains` of (H, codes, grid) when the caller has them (they do
         not depend on the fit: rounds on the same scenes compute them once), else None.
+    found : steering rows [B, k, N] of the found sources (zero rows where ``mask`` is
+        False; those slots last), or None. Given, the gain-weighted half ranks by
+        sum_l n_l(g) / g_l(g) / max(1 - ||Q^H a(g)||^2, floor), Q an orthonormal basis of
+        the found steering vectors: T's projected denominator ||P_perp_l b_l(g)||^2 with
+        Phi_l^H Phi_l taken as a multiple of I (one more grid product of k rows). The
+        projection shrinks the numerator of a point beside a found source as much as its
+        denominator; without it such a point (a source 2-3 deg from a found one) falls
+        out of the shortlist, and the fit stage missed dense sources and sources at the
+        azimuth edge that the whole grid finds (``benchmarks/bench_fit_variants.py``,
+        docs/results.md).
     """
     if shortlist is None or shortlist >= grid.pos.shape[0]:
         Bg, idx = _grid_columns(H, codes, grid), None
@@ -302,7 +313,13 @@ def residual_proposal(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, fit
         num = grid_power(Z, grid.A, grid.A_bf16, per_row=True)  # (B, L, G)
         if gains is None:
             gains = snapshot_gains(H, codes, grid)
-        idx = torch.cat([(num / gains).sum(1).topk((shortlist + 1) // 2, -1).indices,
+        weighted = (num / gains).sum(1)
+        if found is not None:  # the share of a(g) outside the found steering vectors' span
+            Q, _ = torch.linalg.qr(found.mT)  # (B, N, k); masked columns are the last ones
+            Q = Q * mask.to(Q.real.dtype).unsqueeze(1)
+            weighted = weighted / (1 - grid_power(Q.mT.contiguous(), grid.A, grid.A_bf16)
+                                   ).clamp_min(floor)
+        idx = torch.cat([weighted.topk((shortlist + 1) // 2, -1).indices,
                          num.sum(1).topk(shortlist // 2, -1).indices], -1)  # (B, P)
         Bg = apply_operator(H, codes, grid.A.T[idx])  # (B, L, M, P)
     gain, best = ols_statistic(fit, Bg, abs2(Bg).sum(2), floor, mask).max(-1)
