@@ -195,7 +195,8 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
     assert pipe.order_head is not None
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["order_head"]["scene"] == {"power_spread_db": [0, 25]}
-    assert "(0, 25) dB" in card["order_head"]["training_split"]
+    assert card["order_head"]["training_split"].endswith(
+        "the recipe's scenes with {'power_spread_db': [0, 25]}")
     rows = card["order_head"]["per_snr"]
     assert len(rows) == 12 and all(0 <= r["K_accuracy_order_head"] <= 1 for r in rows)
     assert card["epoch"] == json.loads(slim.with_suffix(".json").read_text())["epoch"]

@@ -153,11 +153,12 @@ def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
     head = fit_order_head(feats, K, det, pipe.system.K_max, config)
     rows = order_report(pipe, head, n_report, workers, on_batch)
     r = pipe.recipe
-    spread = (scene or {}).get("power_spread_db", r.scene.power_spread_db)
+    scenes_note = f"with {scene}" if scene else ""
+    if "power_spread_db" not in (scene or {}):
+        scenes_note = f"(power spread {tuple(r.scene.power_spread_db)} dB) {scenes_note}"
     report = {"training_scenes": n_scenes, "snr": "never given",
               "training_split": f"train, stream {ORDER_STREAM}, seed {r.data.seed}, the "
-                                f"recipe's scenes (power spread {tuple(spread)} dB)"
-                                + (f" with {scene}" if scene else ""),
+                                f"recipe's scenes {scenes_note}".rstrip(),
               "scene": dict(scene or {}),
               "report_split": f"validation, streams {REPORT_STREAM}+16i, seed {r.data.seed}",
               "fit": {k: getattr(config, k) for k in config.__dataclass_fields__},
