@@ -76,7 +76,8 @@ class MLFitConfig:
         one is not ranked out. Chosen on the validation split
         (``benchmarks/bench_fit_variants.py``, heads refitted): 29 of 36 corner cells with
         F1 and K accuracy >= classical - 0.01 instead of 26 (dense 10 dB, edge 5 and 10 dB,
-        DFT 20 dB newly met); projecting the numerator half too: 28.
+        DFT 20 dB newly met; near 10 dB newly missed); projecting the numerator half too:
+        28. The learned localizer's time: 0.978x in ``benchmarks/bench_ab.py`` (noise).
     greedy_nested : (off; the default from 117c700 until the nested repairs, which find
         more of what it found at the same cost) the nested selection's greedy step
         (:func:`_nested`): from the second
