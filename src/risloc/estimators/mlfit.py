@@ -186,11 +186,11 @@ def _repair(y, H, codes, theta, fit, K, system, config: MLFitConfig, grid, rank=
     else:
         pick = removal.argsort(-1).gather(1, (rank % K)[:, None])[:, 0]
     theta = _swap(theta, pick, last)
-    fit = _fit(y, H, codes, theta, mask, system, config.polish)  # in theta's new order
+    A = steering_at(theta, system, y.dtype)  # in theta's new order
+    fit = amplitude_fit(y, H, codes, A, mask, config.polish.tikhonov)
     others = mask & (slots != last[:, None])
-    rest = _fit(y, H, codes, theta, others, system, config.polish)
-    found = steering_at(theta, system, y.dtype, others) if config.shortlist_projection \
-        else None
+    rest = amplitude_fit(y, H, codes, A, others, config.polish.tikhonov)
+    found = torch.where(others.unsqueeze(-1), A, 0) if config.shortlist_projection else None
     prop = residual_proposal(y, H, codes, rest, others, grid, config.search.floor,
                              config.shortlist, gains, found)
     cand = theta.clone()
