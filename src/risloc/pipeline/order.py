@@ -16,9 +16,12 @@ uses it) or the source powers' scale:
 
 It is a two-layer MLP with two outputs per k: the probability that K = k, and the
 expected number of true sources found when the first k nested sources are reported
-(:meth:`OrderHead.decide` turns both into K). Maximising K accuracy and maximising F1 are
-different decisions where sources are weak: at 0 dB the most probable K often reports
-weak sources whose fits are wrong (measured on the validation split; docs/results.md).
+(:meth:`OrderHead.decide` turns both into K); five of them, fitted from five seeds, with
+their outputs averaged: a single MLP's decisions moved the validation split's corner cells
+by up to 5 of 36 with its seed alone, the average of five by 2 (docs/results.md).
+Maximising K accuracy and maximising F1 are different decisions where sources are weak: at
+0 dB the most probable K often reports weak sources whose fits are wrong (measured on the
+validation split; docs/results.md).
 The head is fitted after the network on simulated training-split scenes of the recipe's
 scene distribution (unequal powers included): :func:`fit_order_head`, ``risloc
 fit-order``. Heads stored with another ``features`` version than :data:`FEATURES_VERSION`
@@ -73,27 +76,41 @@ class OrderOutput(NamedTuple):
     detections: torch.Tensor
 
 
-class OrderHead(nn.Module):
-    """Standardise -> Linear -> GELU -> Linear -> GELU -> Linear to 2 K_max outputs: the
-    logits of K and the expected detections of reporting k sources (module docstring)."""
+def _member(n_in: int, hidden: int, K_max: int) -> nn.Sequential:
+    """One member of the head: Linear -> GELU -> Linear -> GELU -> Linear to 2 K_max."""
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, hidden),
+                         nn.GELU(), nn.Linear(hidden, 2 * K_max))
 
-    def __init__(self, n_in: int, K_max: int, hidden: int = 64, balance: float = 0.25):
+
+class OrderHead(nn.Module):
+    """Standardise, then ``members`` two-layer MLPs (:func:`_member`) fitted from different
+    seeds, each with 2 K_max outputs: the logits of K and the expected detections of
+    reporting k sources (module docstring). The members' probabilities and detections are
+    averaged: one MLP's decisions depend on its seed (module docstring)."""
+
+    def __init__(self, n_in: int, K_max: int, hidden: int = 64, balance: float = 0.25,
+                 members: int = 1):
         super().__init__()
+        if members < 1:
+            raise ValueError(f"members must be >= 1, got {members}")
         self.register_buffer("mean", torch.zeros(n_in))
         self.register_buffer("std", torch.ones(n_in))
-        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, hidden),
-                                 nn.GELU(), nn.Linear(hidden, 2 * K_max))
+        self.nets = nn.ModuleList(_member(n_in, hidden, K_max) for _ in range(members))
         self.hidden, self.K_max, self.balance = hidden, K_max, balance
 
-    def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K logits [B, K_max], expected detections [B, K_max] >= 0)."""
-        out = self.net((x - self.mean) / self.std)
+    def raw(self, x: torch.Tensor, member: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """One member's (K logits [B, K_max], expected detections [B, K_max] >= 0)."""
+        out = self.nets[member]((x - self.mean) / self.std)
         return out[:, :self.K_max], nn.functional.softplus(out[:, self.K_max:])
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> OrderOutput:
-        logits, det = self.raw(x)
-        return OrderOutput(torch.softmax(logits, -1), det)
+        """The members' mean probabilities and detections."""
+        P = det = 0
+        for i in range(len(self.nets)):
+            logits, d = self.raw(x, i)
+            P, det = P + torch.softmax(logits, -1), det + d
+        return OrderOutput(P / len(self.nets), det / len(self.nets))
 
     def decide(self, x: torch.Tensor, k_max: int | None = None) -> torch.Tensor:
         """K in 1..k_max [B] int64: the number of nested sources that maximises the expected
@@ -121,8 +138,10 @@ class OrderFitConfig:
     """How the order head is fitted (chosen on the validation split, not the test split).
 
     hidden : MLP width;  epochs : passes over the feature set;  batch, lr, weight_decay :
-    AdamW settings;  seed : initialisation and shuffling;  balance : of the decision rule
-    (:meth:`OrderHead.decide`).
+    AdamW settings;  seed : initialisation and shuffling of the first member (member i:
+    seed + i);  balance : of the decision rule (:meth:`OrderHead.decide`);  members : MLPs
+    averaged (one MLP's validation cells moved by up to 5 of 36 with its seed; five
+    averaged by 2; docs/results.md).
     """
 
     hidden: int = 64
@@ -132,6 +151,7 @@ class OrderFitConfig:
     weight_decay: float = 1e-2
     seed: int = 0
     balance: float = 0.25
+    members: int = 5
 
 
 def fit_order_head(features: torch.Tensor, K: torch.Tensor, detections: torch.Tensor,
@@ -151,24 +171,28 @@ def fit_order_head(features: torch.Tensor, K: torch.Tensor, detections: torch.Te
     if int(K.min()) < 1 or int(K.max()) > K_max:
         raise ValueError(f"K must lie in 1..{K_max}")
     features, detections = features.detach(), detections.detach().float()
-    gen = torch.Generator().manual_seed(config.seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(config.seed)
-        head = OrderHead(features.shape[1], K_max, config.hidden, config.balance)
+    head = OrderHead(features.shape[1], K_max, config.hidden, config.balance, config.members)
     head.mean.copy_(features.mean(0))
     head.std.copy_(features.std(0).clamp_min(1e-6))
-    opt = torch.optim.AdamW(head.parameters(), config.lr, weight_decay=config.weight_decay)
     target = K.to(torch.int64) - 1
-    for _ in range(config.epochs):
-        perm = torch.randperm(features.shape[0], generator=gen)
-        for lo in range(0, features.shape[0], config.batch):
-            idx = perm[lo:lo + config.batch]
-            logits, det = head.raw(features[idx])
-            loss = nn.functional.cross_entropy(logits, target[idx]) + \
-                nn.functional.mse_loss(det, detections[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    for i in range(config.members):
+        seed = config.seed + i
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            head.nets[i] = _member(features.shape[1], config.hidden, K_max)
+        gen = torch.Generator().manual_seed(seed)
+        opt = torch.optim.AdamW(head.nets[i].parameters(), config.lr,
+                                weight_decay=config.weight_decay)
+        for _ in range(config.epochs):
+            perm = torch.randperm(features.shape[0], generator=gen)
+            for lo in range(0, features.shape[0], config.batch):
+                idx = perm[lo:lo + config.batch]
+                logits, det = head.raw(features[idx], i)
+                loss = nn.functional.cross_entropy(logits, target[idx]) + \
+                    nn.functional.mse_loss(det, detections[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
     return head.eval()
 
 
@@ -188,11 +212,16 @@ def nested_detections(theta: torch.Tensor, azimuth: torch.Tensor, elevation: tor
 def order_head_state(head: OrderHead) -> dict:
     """What a model file stores of the head."""
     return {"n_in": head.mean.shape[0], "K_max": head.K_max, "hidden": head.hidden,
-            "balance": head.balance, "features": FEATURES_VERSION,
+            "balance": head.balance, "members": len(head.nets), "features": FEATURES_VERSION,
             "state_dict": head.state_dict()}
 
 
 def order_head_from_state(state: dict) -> OrderHead:
-    head = OrderHead(state["n_in"], state["K_max"], state["hidden"], state["balance"])
-    head.load_state_dict(state["state_dict"])
+    """The head stored by :func:`order_head_state` (heads stored before members existed
+    are one MLP under ``net.``)."""
+    members = state.get("members", 1)
+    head = OrderHead(state["n_in"], state["K_max"], state["hidden"], state["balance"], members)
+    weights = {k.replace("net.", "nets.0.", 1) if k.startswith("net.") else k: v
+               for k, v in state["state_dict"].items()}
+    head.load_state_dict(weights)
     return head.eval()

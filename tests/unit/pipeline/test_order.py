@@ -10,6 +10,7 @@ from risloc.core.params import Estimates, pack
 from risloc.estimators.mlfit import MLFitConfig, ml_fit
 from risloc.pipeline.order import (
     OrderFitConfig,
+    OrderHead,
     fit_order_head,
     n_features,
     order_features,
@@ -79,6 +80,33 @@ def test_fit_order_head_learns_a_separable_rule_reproducibly():
     back = order_head_from_state(order_head_state(head))
     assert torch.equal(back(X[:10]).probabilities, head(X[:10]).probabilities)
     assert back.balance == head.balance
+
+
+def test_the_head_averages_its_members_and_loads_single_mlp_files():
+    """The members are fitted from seeds seed, seed + 1, ...: member i of a five-member head
+    is the one-member head of seed i, and the head's outputs are the members' means. A file
+    written before members existed (one MLP under ``net.``) loads as a one-member head."""
+    X, K = _separable()
+    found_all = torch.minimum(torch.arange(1, 6), K.unsqueeze(-1)).float()
+    cfg = OrderFitConfig(epochs=2, members=3)
+    head = fit_order_head(X[:600], K[:600], found_all[:600], 5, cfg)
+    singles = [fit_order_head(X[:600], K[:600], found_all[:600], 5,
+                              OrderFitConfig(epochs=2, members=1, seed=i)) for i in range(3)]
+    outs = [s(X[600:700]) for s in singles]
+    assert all(torch.equal(head.raw(X[:5], i)[0], singles[i].raw(X[:5])[0]) for i in range(3))
+    out = head(X[600:700])
+    assert torch.allclose(out.probabilities, sum(o.probabilities for o in outs) / 3)
+    assert torch.allclose(out.detections, sum(o.detections for o in outs) / 3)
+    assert not torch.allclose(outs[0].probabilities, outs[1].probabilities)  # seeds differ
+    old = order_head_state(singles[0])
+    old.pop("members")
+    old["state_dict"] = {k.replace("nets.0.", "net.", 1): v
+                         for k, v in old["state_dict"].items()}
+    back = order_head_from_state(old)
+    assert len(back.nets) == 1
+    assert torch.equal(back(X[:10]).probabilities, singles[0](X[:10]).probabilities)
+    with pytest.raises(ValueError, match="members"):
+        OrderHead(8, 5, members=0)
 
 
 def test_the_decision_trades_K_accuracy_for_detections():
