@@ -1,7 +1,10 @@
-"""Throughput of the code as it is against an earlier revision, interleaved in one run.
+"""Throughput of the code as it is against an earlier revision (or against itself with
+extra environment variables), interleaved in one run.
 
-    python benchmarks/bench_ab.py --base REV [--methods learned classical] [--batch 256]
+    python benchmarks/bench_ab.py --base REV [--env NAME=VALUE ...]
+                                  [--methods learned classical] [--batch 256]
                                   [--rounds 3] [--repeats 2] [--out reports/bench/ab.json]
+    python benchmarks/bench_ab.py --env THP_MEM_ALLOC_ENABLE=1   # the same code, two settings
 
 The issue on speed asks for ratios to today's code measured in the same run, because this
 machine's speed drifts by several per cent between runs. ``--base`` is checked out into a
@@ -9,14 +12,18 @@ temporary git worktree; each round runs, for each method, one fresh process on t
 and one on the working tree (same scenes, saved once: test split, SNR withheld, SNR uniform
 in -5..20 dB, equal powers, K unknown), each timing ``Localizer.localize`` ``--repeats``
 times after a warm-up with the default workers and passes. Printed: the median scenes/s of
-each side over all its timings, and their ratio. Outputs are compared by
-``bench_equivalence.py``, not here.
+each side over all its timings, and their ratio, with the kernel CPU seconds and minor page
+faults of each side's timed runs (medians per process). ``--env`` sets variables in the
+"now" side's processes only (the "base" side runs without them); without ``--base`` both
+sides run the working tree, so the variables are the only difference. Outputs are compared
+by ``bench_equivalence.py``, not here.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -33,7 +40,7 @@ from risloc.io.atomic import write_text_atomic  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 _CHILD = """
-import json, sys, time
+import json, resource, sys, time
 sys.path.insert(0, {src!r})
 import torch
 import risloc
@@ -45,25 +52,45 @@ loc = (Localizer.from_checkpoint() if {method!r} == "learned"
        else Localizer(RislocConfig().system, "classical"))
 loc.localize(d["y"], d["H"], d["codes"])  # warm-up
 ts = []
+r0 = resource.getrusage(resource.RUSAGE_SELF)
 for _ in range({repeats}):
     t0 = time.perf_counter()
     loc.localize(d["y"], d["H"], d["codes"])
     ts.append(time.perf_counter() - t0)
-print(json.dumps(ts))
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({{"times": ts, "sys_s": r1.ru_stime - r0.ru_stime,
+                  "minflt": r1.ru_minflt - r0.ru_minflt}}))
 """
 
 
-def _time(src: Path, scenes: Path, method: str, repeats: int) -> list[float]:
+def _time(src: Path, scenes: Path, method: str, repeats: int, env: dict[str, str]) -> dict:
+    """One fresh process's timings of ``method`` (its seconds per run, kernel seconds and
+    minor faults over the timed runs) with the package at ``src`` and environment ``env``."""
     code = _CHILD.format(src=str(src), scenes=str(scenes), method=method, repeats=repeats)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env)
     if out.returncode:
         raise SystemExit(f"timing {method} with {src} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    """NAME=VALUE strings as a dict (a clear error for anything else)."""
+    out = {}
+    for p in pairs:
+        name, sep, value = p.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--env takes NAME=VALUE, got {p!r}")
+        out[name] = value
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", required=True, help="git revision to compare against")
+    ap.add_argument("--base", help="git revision to compare against (default: the working "
+                    "tree itself, with --env the only difference)")
+    ap.add_argument("--env", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="environment variables of the 'now' side only")
     ap.add_argument("--methods", nargs="+", default=["learned", "classical"],
                     choices=["learned", "classical"])
     ap.add_argument("--batch", type=int, default=256)
@@ -71,37 +98,52 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("reports/bench/ab.json"))
     args = ap.parse_args()
+    extra = _env_pairs(args.env)
+    if args.base is None and not extra:
+        raise SystemExit("give --base REV, --env NAME=VALUE or both")
+    base_env = {k: v for k, v in os.environ.items() if k not in extra}
+    envs = {"base": base_env, "now": {**base_env, **extra}}
     with tempfile.TemporaryDirectory(prefix="risloc-ab-") as tmp:
         tmp = Path(tmp)
         tree = tmp / "base"
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), args.base],
-                       cwd=ROOT, check=True)
+        if args.base is not None:
+            subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), args.base],
+                           cwd=ROOT, check=True)
         try:
             sc = test_scenes(args.batch)
             scenes = tmp / "scenes.pt"
             torch.save({"y": sc.y, "H": sc.H, "codes": sc.codes}, scenes)
-            sides = {"base": tree / "src", "now": ROOT / "src"}
-            times = {m: {s: [] for s in sides} for m in args.methods}
+            sides = {"base": ROOT / "src" if args.base is None else tree / "src",
+                     "now": ROOT / "src"}
+            runs = {m: {s: [] for s in sides} for m in args.methods}
             for r in range(args.rounds):
                 for m in args.methods:
                     for side, src in sides.items():
-                        times[m][side] += _time(src, scenes, m, args.repeats)
+                        runs[m][side].append(_time(src, scenes, m, args.repeats, envs[side]))
                 print(f"  round {r + 1} of {args.rounds} done", flush=True)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
-                           check=False)
-    rev = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=ROOT,
-                         capture_output=True, text=True).stdout.strip()
-    out = {"base": rev, "batch": args.batch, "threads": torch.get_num_threads(),
-           "methods": {}}
+            if args.base is not None:
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
+                               check=False)
+    rev = "working tree" if args.base is None else subprocess.run(
+        ["git", "rev-parse", "--short", args.base], cwd=ROOT, capture_output=True,
+        text=True).stdout.strip()
+    out = {"base": rev, "env": extra, "batch": args.batch,
+           "threads": torch.get_num_threads(), "methods": {}}
     print(f"\nbatch {args.batch}, {args.rounds} rounds x {args.repeats} timings per side, "
+          f"fresh processes, interleaved; now = base + {extra}" if extra else
+          f"\nbatch {args.batch}, {args.rounds} rounds x {args.repeats} timings per side, "
           "fresh processes, interleaved")
-    for m, t in times.items():
+    for m, per_side in runs.items():
+        t = {s: [x for run in v for x in run["times"]] for s, v in per_side.items()}
         rate = {s: args.batch / statistics.median(v) for s, v in t.items()}
+        sys_s = {s: statistics.median(run["sys_s"] for run in v) for s, v in per_side.items()}
+        faults = {s: statistics.median(run["minflt"] for run in v) for s, v in per_side.items()}
         out["methods"][m] = {"scenes_per_s": rate, "ratio": rate["now"] / rate["base"],
-                             "runs_s": t}
+                             "runs_s": t, "sys_s": sys_s, "minor_faults": faults}
         print(f"{m:10s} base ({rev}) {rate['base']:7.1f} scenes/s   now {rate['now']:7.1f} "
-              f"scenes/s   ratio {rate['now'] / rate['base']:.3f}")
+              f"scenes/s   ratio {rate['now'] / rate['base']:.3f}   kernel s {sys_s['base']:.1f}"
+              f" / {sys_s['now']:.1f}, minor faults {faults['base']:.0f} / {faults['now']:.0f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, json.dumps(out, indent=2) + "\n")
 

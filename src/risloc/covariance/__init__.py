@@ -2,6 +2,7 @@
 
 from risloc.covariance.tools import (
     abs2,
+    abs2_,
     back_projection,
     blend,
     hermitise,
@@ -14,6 +15,6 @@ from risloc.covariance.tools import (
 )
 
 __all__ = [
-    "abs2", "back_projection", "blend", "hermitise", "load_diagonal", "normalize_trace",
+    "abs2", "abs2_", "back_projection", "blend", "hermitise", "load_diagonal", "normalize_trace",
     "sample_covariance", "shrink", "subspace_overlap", "trace",
 ]

@@ -45,7 +45,7 @@ from risloc.config import FieldOfView, SystemConfig
 from risloc.core.checks import check_measurements
 from risloc.core.operator import apply_operator
 from risloc.core.params import Estimates, steering_at
-from risloc.covariance.tools import abs2
+from risloc.covariance.tools import abs2, abs2_
 from risloc.estimators.grids import conj_steering_bf16, grid_power, grid_steering, native_bf16
 from risloc.estimators.nfmle import (
     Fit,
@@ -163,7 +163,7 @@ def ols_statistic(fit: Fit, Bg: torch.Tensor, gains: torch.Tensor, floor: float,
         if mask is not None:  # QR completes zero columns with arbitrary directions: drop them
             Q = Q * mask.to(Q.real.dtype).view(mask.shape[0], 1, 1, -1)
         W = torch.cat([W, Q], -1)
-    P = abs2(W.mH @ Bg)  # (B, L, 1+k, G): one pass over the grid columns
+    P = abs2_(W.mH @ Bg)  # (B, L, 1+k, G): one pass over the grid columns
     num = P[:, :, 0]  # |r_l^H b_l(g)|^2
     den = gains if k == 0 else torch.maximum(gains - P[:, :, 1:].sum(2), floor * gains)
     return (num / den.clamp_min(1e-30)).sum(1)

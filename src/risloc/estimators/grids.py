@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from risloc.config import SystemConfig
-from risloc.covariance.tools import abs2
+from risloc.covariance.tools import abs2_
 from risloc.physics.geometry import angular_separation
 from risloc.physics.steering import steering
 
@@ -108,7 +108,7 @@ def grid_power(Z: torch.Tensor, A: torch.Tensor, A_bf16: torch.Tensor | None = N
     With A_bf16 (:func:`conj_bf16` of A) the product runs in bfloat16: relative error a few
     1e-3, for rankings and spectra, not for fits."""
     if A_bf16 is None:
-        P = abs2(Z @ A.conj())
+        P = abs2_(Z @ A.conj())
         return P if per_row else P.sum(-2)
     out = torch.cat([Z.real, Z.imag], -1).to(torch.bfloat16) @ A_bf16  # (..., L, 2G)
     P = out.to(Z.real.dtype).square_().unflatten(-1, (2, -1))  # (..., L, 2, G)

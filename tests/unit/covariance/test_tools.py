@@ -4,6 +4,7 @@ import torch
 from risloc.config import SceneConfig
 from risloc.covariance import (
     abs2,
+    abs2_,
     back_projection,
     blend,
     hermitise,
@@ -108,3 +109,21 @@ def test_abs2_matches_abs_squared_with_finite_gradient_at_zero():
     w = z.clone().requires_grad_(True)
     abs2(w).sum().backward()
     assert bool(torch.isfinite(torch.view_as_real(w.grad)).all())
+
+
+def test_abs2_in_place_equals_abs2_bit_for_bit_and_keeps_gradients_and_conjugates():
+    a = torch.randn(8, 3, 40, dtype=torch.complex64)
+    b = torch.randn(8, 40, 500, dtype=torch.complex64)
+    ref = abs2(a @ b)
+    tmp = a @ b
+    orig = tmp.clone()
+    out = abs2_(tmp)
+    assert torch.equal(out, ref) and out.dtype == torch.float32 and out.is_contiguous()
+    assert torch.equal(tmp.real, orig.real.square())  # squared in its own storage
+    w = (a @ b).requires_grad_(True)  # needs a gradient: abs2, w untouched
+    abs2_(w).sum().backward()
+    assert torch.allclose(w.grad, 2 * w.detach())
+    c = (a @ b).conj()  # a lazy conjugate: abs2, its storage untouched
+    kept = c.resolve_conj().clone()
+    assert torch.equal(abs2_(c), ref) and torch.equal(c.resolve_conj(), kept)
+    assert torch.equal(abs2_(torch.tensor([-3.0])), torch.tensor([9.0]))
