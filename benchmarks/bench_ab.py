@@ -131,9 +131,7 @@ def main() -> None:
     out = {"base": rev, "env": extra, "batch": args.batch,
            "threads": torch.get_num_threads(), "methods": {}}
     print(f"\nbatch {args.batch}, {args.rounds} rounds x {args.repeats} timings per side, "
-          f"fresh processes, interleaved; now = base + {extra}" if extra else
-          f"\nbatch {args.batch}, {args.rounds} rounds x {args.repeats} timings per side, "
-          "fresh processes, interleaved")
+          "fresh processes, interleaved" + (f"; now = base + {extra}" if extra else ""))
     for m, per_side in runs.items():
         t = {s: [x for run in v for x in run["times"]] for s, v in per_side.items()}
         rate = {s: args.batch / statistics.median(v) for s, v in t.items()}
