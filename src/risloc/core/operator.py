@@ -20,7 +20,8 @@ def operators(H: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     return H.unsqueeze(1) * codes.unsqueeze(2)
 
 
-def apply_operator(H: torch.Tensor, codes: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+def apply_operator(H: torch.Tensor, codes: torch.Tensor, V: torch.Tensor,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     """Phi_l v_p = H diag(c_l) v_p for every snapshot l and row v_p of V.
 
     H : [B, M, N], codes : [B, L, N] complex
@@ -32,13 +33,18 @@ def apply_operator(H: torch.Tensor, codes: torch.Tensor, V: torch.Tensor) -> tor
     faster than multiplying the stacked operators at P = 5: memory bound, measured); for
     P > M the stacked operators [B, L*M, N] times V^T (2.4-2.7x faster at P = 32, M = 16:
     the L P N products no longer fit the caches; ``benchmarks/bench_roofline.py``).
-    Shared rows (many of them) always go the second way.
+    Shared rows (many of them) always go the second way; ``out`` ([B, L * M, P] contiguous,
+    shared rows only) then receives the product: a caller that applies the operator to a
+    large grid chunk after chunk reuses one buffer instead of mapping a fresh one each time.
     """
     B, L, N = codes.shape
     M = H.shape[-2]
     if V.ndim == 2:
         P = V.shape[0]
-        return (operators(H, codes).flatten(1, 2) @ V.T).view(B, L, -1, P)  # (B, L, M, P)
+        prod = torch.matmul(operators(H, codes).flatten(1, 2), V.T, out=out)
+        return prod.view(B, L, -1, P)  # (B, L, M, P)
+    if out is not None:
+        raise ValueError("apply_operator: out is supported for shared rows V [P, N] only")
     P = V.shape[1]
     if P > M:
         return (operators(H, codes).flatten(1, 2) @ V.mT).view(B, L, M, P)

@@ -36,6 +36,7 @@ and the grid columns b_l(g) are formed once per chunk of scenes.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -140,21 +141,65 @@ def search_grid(system: SystemConfig, config: ClassicalConfig = ClassicalConfig(
     return GreedyGrid(pos.to(device=device, dtype=A.real.dtype), A, A_bf16)
 
 
-def _grid_columns(H: torch.Tensor, codes: torch.Tensor, grid: GreedyGrid) -> torch.Tensor:
+class _Buffers:
+    """Storage that every chunk of one :func:`greedy_search` reuses: the grid columns (102 MB
+    per chunk of 16 scenes) and the OLS products (up to 32 MB). Freed buffers above glibc's
+    32 MB limit are unmapped, so each new one is mapped afresh and every 4 kB page of it
+    costs a fault on first touch; in the VMs this was measured on that made the products
+    take 4x their time in isolation (``benchmarks/bench_profile.py``)."""
+
+    def __init__(self) -> None:
+        self._store: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A contiguous [shape] tensor of ``like``'s dtype and device (contents undefined),
+        the leading part of the buffer ``name`` (grown when too small)."""
+        n = math.prod(shape)
+        buf = self._store.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype \
+                or buf.device != like.device:
+            buf = self._store[name] = torch.empty(n, dtype=like.dtype, device=like.device)
+        return buf[:n].view(shape)
+
+
+def _grid_columns(H: torch.Tensor, codes: torch.Tensor, grid: GreedyGrid,
+                  buffers: _Buffers | None = None) -> torch.Tensor:
     """b_l(g) = Phi_l a(g) for the whole grid: [B, L, M, G].
 
     Stored once per chunk of scenes (L M G complex numbers, 6.4 MB per scene in complex64)
-    so that every later search works in C^M instead of C^N (N / M = 9 times fewer flops).
+    so that every later search works in C^M instead of C^N (N / M = 9 times fewer flops);
+    in ``buffers``' storage where given.
     """
-    return apply_operator(H, codes, grid.A.T)
+    B_, L, _ = codes.shape
+    out = None if buffers is None else buffers.take(
+        "columns", (B_, L * H.shape[-2], grid.A.shape[-1]), H)
+    return apply_operator(H, codes, grid.A.T, out=out)
+
+
+def _column_gains(Bg: torch.Tensor, buffers: _Buffers, block: int = 256) -> torch.Tensor:
+    """gains [B, L, G] = ||b_l(g)||^2 of grid columns Bg [B, L, M, G] (:func:`abs2` summed
+    over M), ``block`` grid points at a time through two reused buffers (instead of abs2's
+    three temporaries of half Bg's size, freshly mapped). The same values bit for bit where
+    ``block`` is a multiple of 64 (the sum's vector lanes then fall where they fall over the
+    whole grid; a block of 100 moved some by an ulp, measured)."""
+    B_, L, M, G = Bg.shape
+    gains = Bg.new_empty((B_, L, G), dtype=Bg.real.dtype)
+    for g in range(0, G, block):
+        z = torch.view_as_real(Bg[..., g:g + block])  # (B, L, M, b, 2)
+        sq = torch.mul(z, z, out=buffers.take("squares", z.shape, z))
+        s = torch.add(sq[..., 0], sq[..., 1], out=buffers.take("moduli", sq.shape[:-1], sq))
+        gains[..., g:g + block] = s.sum(2)
+    return gains
 
 
 def ols_statistic(fit: Fit, Bg: torch.Tensor, gains: torch.Tensor, floor: float,
-               mask: torch.Tensor | None = None) -> torch.Tensor:
+                  mask: torch.Tensor | None = None, buffers: _Buffers | None = None
+                  ) -> torch.Tensor:
     """OLS statistic T(g): [B, G] (module docstring); ``fit`` holds the found sources.
 
     Bg : [B, L, M, G] grid columns b_l(g);  gains : [B, L, G] = ||b_l(g)||^2
     mask : [B, k] bool or None — the found columns of fit.Bm (the rest zero, and last)
+    buffers : storage for the products [B, L, 1+k, G], or None
     """
     W = fit.r.unsqueeze(-1)  # (B, L, M, 1)
     k = fit.Bm.shape[-1] if floor < 1 else 0
@@ -163,13 +208,26 @@ def ols_statistic(fit: Fit, Bg: torch.Tensor, gains: torch.Tensor, floor: float,
         if mask is not None:  # QR completes zero columns with arbitrary directions: drop them
             Q = Q * mask.to(Q.real.dtype).view(mask.shape[0], 1, 1, -1)
         W = torch.cat([W, Q], -1)
-    P = abs2_(W.mH @ Bg)  # (B, L, 1+k, G): one pass over the grid columns
-    num = P[:, :, 0]  # |r_l^H b_l(g)|^2
-    den = gains if k == 0 else torch.maximum(gains - P[:, :, 1:].sum(2), floor * gains)
-    return (num / den.clamp_min(1e-30)).sum(1)
+    def take(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
+        return None if buffers is None else buffers.take(name, shape, like)
+
+    shape = Bg.shape[:2] + (W.shape[-1], Bg.shape[-1])  # (B, L, 1+k, G)
+    P = abs2_(torch.matmul(W.mH, Bg, out=take("products", shape, Bg)),
+              out=take("moduli", shape, gains))  # one pass over the grid columns
+    # T = sum_l |r_l^H b_l|^2 / max(gains - sum_j |q_j^H b_l|^2, floor gains), in place
+    if k == 0:
+        den = torch.clamp_min(gains, 1e-30, out=take("den", gains.shape, gains))
+    else:
+        den = torch.sum(P[:, :, 1:], 2, out=take("den", gains.shape, gains))
+        torch.sub(gains, den, out=den)
+        torch.maximum(den, torch.mul(gains, floor, out=take("floor", gains.shape, gains)),
+                      out=den)
+        den.clamp_min_(1e-30)
+    return torch.div(P[:, :, 0], den, out=den).sum(1)
 
 
-def _search(y, H, codes, theta, grid: GreedyGrid, Bg, gains, system, cfg: ClassicalConfig):
+def _search(y, H, codes, theta, grid: GreedyGrid, Bg, gains, system, cfg: ClassicalConfig,
+            buffers: _Buffers | None = None):
     """Best grid point given the sources theta [B, k, 3]: positions [B, 3]."""
     if theta.shape[1] == 0:
         fit = _empty_fit(y)
@@ -177,10 +235,11 @@ def _search(y, H, codes, theta, grid: GreedyGrid, Bg, gains, system, cfg: Classi
         mask = torch.ones(theta.shape[:2], dtype=torch.bool, device=y.device)
         fit = amplitude_fit(y, H, codes, steering_at(theta, system, y.dtype), mask,
                             cfg.step.tikhonov)
-    return grid.pos[ols_statistic(fit, Bg, gains, cfg.floor).argmax(-1)]
+    return grid.pos[ols_statistic(fit, Bg, gains, cfg.floor, buffers=buffers).argmax(-1)]
 
 
-def _relax(y, H, codes, theta, fit, grid, Bg, gains, system, cfg: ClassicalConfig):
+def _relax(y, H, codes, theta, fit, grid, Bg, gains, system, cfg: ClassicalConfig,
+           buffers: _Buffers | None = None):
     """One RELAX sweep (Li & Stoica 1996): re-search each source given the others, refine
     jointly, keep the change where the cost falls; a re-search that finds the same source
     (``cfg.same_source``) is not refined. theta [B, k, 3] -> (theta, fit)."""
@@ -189,7 +248,7 @@ def _relax(y, H, codes, theta, fit, grid, Bg, gains, system, cfg: ClassicalConfi
     mask = torch.ones(theta.shape[0], k, dtype=torch.bool, device=y.device)
     for j in range(k):
         others = torch.cat([theta[:, :j], theta[:, j + 1:]], 1)
-        new = _search(y, H, codes, others, grid, Bg, gains, system, cfg)  # (B, 3)
+        new = _search(y, H, codes, others, grid, Bg, gains, system, cfg, buffers)  # (B, 3)
         idx = None  # the scenes whose re-search is refined (None: all, without a copy)
         if cfg.same_source is not None:
             a = steering_at(torch.stack([new, theta[:, j]], 1), system, y.dtype)  # (B, 2, N)
@@ -209,24 +268,26 @@ def _relax(y, H, codes, theta, fit, grid, Bg, gains, system, cfg: ClassicalConfi
     return theta, fit
 
 
-def _greedy(y, H, codes, system, cfg: ClassicalConfig, k_max: int):
+def _greedy(y, H, codes, system, cfg: ClassicalConfig, k_max: int,
+            buffers: _Buffers | None = None):
     """Greedy search + joint refinement; thetas[k] [B, k+1, 3], costs [B, k_max+1]."""
     _, cplx = working_dtypes(cfg.step)
     y, H, codes = y.to(cplx), H.to(cplx), codes.to(cplx)
     grid = search_grid(system, cfg, cplx, str(y.device))
-    Bg = _grid_columns(H, codes, grid)  # (B, L, M, G)
-    gains = abs2(Bg).sum(2)  # (B, L, G)
+    Bg = _grid_columns(H, codes, grid, buffers)  # (B, L, M, G)
+    gains = _column_gains(Bg, buffers or _Buffers())  # (B, L, G)
     B_ = y.shape[0]
     costs = [abs2(y).sum((-1, -2))]
     theta = torch.zeros(B_, 0, 3, dtype=y.real.dtype, device=y.device)
     thetas = []
     for k in range(k_max):
-        new = _search(y, H, codes, theta, grid, Bg, gains, system, cfg)
+        new = _search(y, H, codes, theta, grid, Bg, gains, system, cfg, buffers)
         theta = torch.cat([theta, new.unsqueeze(1)], 1)  # (B, k+1, 3)
         mask = torch.ones(B_, k + 1, dtype=torch.bool, device=y.device)
         theta, fit, _ = lm_solve(y, H, codes, theta, mask, system, cfg.step)
         for _ in range(cfg.relax_sweeps if k > 0 else 0):
-            theta, fit = _relax(y, H, codes, theta, fit, grid, Bg, gains, system, cfg)
+            theta, fit = _relax(y, H, codes, theta, fit, grid, Bg, gains, system, cfg,
+                                buffers)
         thetas.append(theta)
         costs.append(fit.cost)
     return thetas, torch.stack(costs, -1)
@@ -256,8 +317,9 @@ def greedy_search(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, system:
 
     y : [B, L, M] complex, H : [B, M, N] complex, codes : [B, L, N] complex
     """
+    buffers = _Buffers()  # shared by the chunks
     parts = [_greedy(y[i:i + config.chunk], H[i:i + config.chunk],
-                     codes[i:i + config.chunk], system, config, k_max)
+                     codes[i:i + config.chunk], system, config, k_max, buffers)
              for i in range(0, y.shape[0], config.chunk)]
     thetas = [torch.cat([p[0][k] for p in parts]) for k in range(k_max)]
     return Greedy(thetas, torch.cat([p[1] for p in parts]).to(torch.float64))

@@ -49,6 +49,11 @@ def test_apply_operator_per_scene_and_shared_rows_match_the_explicit_operator(sc
     ref2 = operators(H, c) @ shared.T
     assert torch.allclose(apply_operator(H, c, shared), ref2, atol=1e-12)
     assert apply_operator(H, c, shared).shape == (4, 16, 16, 7)
+    buf = torch.empty(4, 16 * 16, 7, dtype=torch.complex128)
+    into = apply_operator(H, c, shared, out=buf)  # the product lands in the caller's buffer
+    assert into.data_ptr() == buf.data_ptr() and torch.equal(into, apply_operator(H, c, shared))
+    with pytest.raises(ValueError, match="shared rows"):
+        apply_operator(H, c, torch.randn(4, 3, 144, dtype=torch.complex128), out=buf)
 
 
 def test_pack_unpack_and_estimates_theta_round_trip(system):

@@ -127,3 +127,6 @@ def test_abs2_in_place_equals_abs2_bit_for_bit_and_keeps_gradients_and_conjugate
     kept = c.resolve_conj().clone()
     assert torch.equal(abs2_(c), ref) and torch.equal(c.resolve_conj(), kept)
     assert torch.equal(abs2_(torch.tensor([-3.0])), torch.tensor([9.0]))
+    buf = torch.empty(8, 3, 500)
+    into = abs2_(a @ b, out=buf)  # into the caller's buffer
+    assert into.data_ptr() == buf.data_ptr() and torch.equal(into, ref)

@@ -128,6 +128,33 @@ def test_greedy_costs_are_nested_and_decreasing():
                                rtol=1e-5, atol=0)
 
 
+def test_buffers_shared_by_chunks_and_searches_change_no_bit():
+    # greedy_search reuses one set of buffers for every chunk (the last one smaller) and
+    # every search; run chunk by chunk with fresh buffers it must give the same bits
+    b = simulate_range(0, 7, SYSTEM, SCENE, seed=6, split="test", K=2, snr_db=10.0)
+    cfg = ClassicalConfig(chunk=3)
+    shared = greedy_search(b.y, b.H, b.codes, SYSTEM, 3, cfg)
+    for i in range(0, 7, 3):
+        alone = greedy_search(b.y[i:i + 3], b.H[i:i + 3], b.codes[i:i + 3], SYSTEM, 3, cfg)
+        assert torch.equal(alone.costs, shared.costs[i:i + 3])
+        for k in range(3):
+            assert torch.equal(alone.thetas[k], shared.thetas[k][i:i + 3])
+    # the statistic itself: with buffers (reused from a larger call) as without
+    y, H, codes = (t.to(torch.complex64) for t in (b.y, b.H, b.codes))
+    grid = search_grid(SYSTEM)
+    Bg = classical._grid_columns(H, codes, grid)
+    gains = abs2(Bg).sum(2)
+    buffers = classical._Buffers()
+    for k in (2, 0, 1):
+        A = steering_at(pack(b.azimuth[:, :k], b.elevation[:, :k], b.range_m[:, :k]).float(),
+                        SYSTEM, torch.complex64)
+        fit = amplitude_fit(y, H, codes, A, torch.ones(7, k, dtype=torch.bool), 1e-5) \
+            if k else classical._empty_fit(y)
+        assert torch.equal(classical.ols_statistic(fit, Bg, gains, 0.05, buffers=buffers),
+                           classical.ols_statistic(fit, Bg, gains, 0.05))
+    assert torch.equal(classical._column_gains(Bg, buffers, block=128), gains)
+
+
 def test_grid_covers_the_field_of_view():
     grid = search_grid(SYSTEM)
     assert grid.pos.shape == (24 * 13 * 10, 3) and grid.A.shape == (SYSTEM.N, 3120)
