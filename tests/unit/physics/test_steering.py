@@ -107,6 +107,18 @@ def test_jacobian_matches_autograd(system):
     assert abs(float(g[2][0]) - float(jac.d_range[0, n].real)) < 1e-9
 
 
+def test_cached_elements_first_made_in_inference_mode_still_carry_gradients():
+    s = SystemConfig(spacing=0.0625)  # a system no other test caches
+    az, el, r = _params(3, seed=4)
+    with torch.inference_mode():
+        first = steering(az, el, r, s, torch.complex128)
+    az.requires_grad_()
+    a = steering(az, el, r, s, torch.complex128)
+    assert torch.equal(a.detach(), first)
+    (g,) = torch.autograd.grad(a.real.sum(), az)  # inference tensors here would raise
+    assert bool(torch.isfinite(g).all())
+
+
 def test_bad_dtype_and_wavefront(system):
     z = torch.zeros(1)
     with pytest.raises(TypeError):
