@@ -227,7 +227,7 @@ def ols_statistic(fit: Fit, Bg: torch.Tensor, gains: torch.Tensor, floor: float,
 
 
 def _search(y, H, codes, theta, grid: GreedyGrid, Bg, gains, system, cfg: ClassicalConfig,
-            buffers: _Buffers | None = None):
+            buffers: _Buffers):
     """Best grid point given the sources theta [B, k, 3]: positions [B, 3]."""
     if theta.shape[1] == 0:
         fit = _empty_fit(y)
@@ -239,7 +239,7 @@ def _search(y, H, codes, theta, grid: GreedyGrid, Bg, gains, system, cfg: Classi
 
 
 def _relax(y, H, codes, theta, fit, grid, Bg, gains, system, cfg: ClassicalConfig,
-           buffers: _Buffers | None = None):
+           buffers: _Buffers):
     """One RELAX sweep (Li & Stoica 1996): re-search each source given the others, refine
     jointly, keep the change where the cost falls; a re-search that finds the same source
     (``cfg.same_source``) is not refined. theta [B, k, 3] -> (theta, fit)."""
@@ -268,14 +268,13 @@ def _relax(y, H, codes, theta, fit, grid, Bg, gains, system, cfg: ClassicalConfi
     return theta, fit
 
 
-def _greedy(y, H, codes, system, cfg: ClassicalConfig, k_max: int,
-            buffers: _Buffers | None = None):
+def _greedy(y, H, codes, system, cfg: ClassicalConfig, k_max: int, buffers: _Buffers):
     """Greedy search + joint refinement; thetas[k] [B, k+1, 3], costs [B, k_max+1]."""
     _, cplx = working_dtypes(cfg.step)
     y, H, codes = y.to(cplx), H.to(cplx), codes.to(cplx)
     grid = search_grid(system, cfg, cplx, str(y.device))
     Bg = _grid_columns(H, codes, grid, buffers)  # (B, L, M, G)
-    gains = _column_gains(Bg, buffers or _Buffers())  # (B, L, G)
+    gains = _column_gains(Bg, buffers)  # (B, L, G)
     B_ = y.shape[0]
     costs = [abs2(y).sum((-1, -2))]
     theta = torch.zeros(B_, 0, 3, dtype=y.real.dtype, device=y.device)
