@@ -14,6 +14,11 @@ One thread, ``--scenes`` test-split scenes (as ``bench_roofline.py``):
 * **Classical chunk size**: the classical localizer with 16 (the default), 32 and 64 scenes
   per pass, interleaved, median of ``--repeats``; the largest position difference to the
   default and whether K is identical.
+* **By operation** (``--ops N``, 0 = off): the N PyTorch operations of largest self time in
+  one more run of each, by input shapes (``torch.profiler``): where a product takes several
+  times what it takes in isolation, or an elementwise step over a few MB takes
+  milliseconds, the time goes to fresh buffers, not arithmetic (how the classical
+  localizer's buffers were found, docs/results.md "Speed").
 """
 
 from __future__ import annotations
@@ -102,10 +107,26 @@ def chunk_sweep(pipe, y, H, codes, repeats: int, chunks=(16, 32, 64)) -> dict:
             for c in chunks}
 
 
+def by_operation(run: Callable[[], object], n: int) -> list[dict]:
+    """The ``n`` operations of largest self CPU time in one run of ``run`` (after the
+    warm-ups above), grouped by name and input shapes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        run()
+    rows = sorted(prof.key_averages(group_by_input_shape=True),
+                  key=lambda e: -e.self_cpu_time_total)[:n]
+    return [{"op": e.key, "shapes": str(e.input_shapes), "calls": e.count,
+             "self_s": e.self_cpu_time_total / 1e6,
+             "ms_per_call": e.self_cpu_time_total / 1e3 / max(e.count, 1)} for e in rows]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ops", type=int, default=12,
+                    help="operations of largest self time to list per part (0: none)")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/profile.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -114,14 +135,17 @@ def main() -> None:
     codes = codes.to(torch.complex64)
     with torch.no_grad():
         starts = pipe.propose(pipe.forward(y, H, codes))
-        report = {
-            "scenes": args.scenes, "threads": 1,
-            "fit stage": by_function(mlfit, lambda: pipe.fit(y, H, codes, starts),
-                                     args.repeats),
-            "classical": by_function(classical, lambda: classical.classical_localize(
-                y, H, codes, pipe.system,
-                config=classical.ClassicalConfig().with_fov(pipe.fov)), args.repeats),
-            "classical chunk": chunk_sweep(pipe, y, H, codes, args.repeats)}
+        runs = {"fit stage": (mlfit, lambda: pipe.fit(y, H, codes, starts)),
+                "classical": (classical, lambda: classical.classical_localize(
+                    y, H, codes, pipe.system,
+                    config=classical.ClassicalConfig().with_fov(pipe.fov)))}
+        report = {"scenes": args.scenes, "threads": 1}
+        report.update({part: by_function(module, run, args.repeats)
+                       for part, (module, run) in runs.items()})
+        report["classical chunk"] = chunk_sweep(pipe, y, H, codes, args.repeats)
+        if args.ops > 0:
+            report["operations"] = {part: by_operation(run, args.ops)
+                                    for part, (_, run) in runs.items()}
     for part in ("fit stage", "classical"):
         r = report[part]
         print(f"{part}: {r['total_s']:.3f} s per {args.scenes} scenes (inclusive, shares "
@@ -132,6 +156,11 @@ def main() -> None:
     for c, v in report["classical chunk"].items():
         print(f"  chunk {c:3d}: {v['s']:.2f} s, K identical {v['K_identical']}, largest "
               f"azimuth difference {v['max_azimuth_difference_rad']:.1e} rad")
+    for part, rows in report.get("operations", {}).items():
+        print(f"{part}: operations of largest self time (one run, profiler overhead included)")
+        for r in rows:
+            print(f"  {r['self_s']:6.3f} s {r['calls']:6d} x {r['ms_per_call']:8.3f} ms  "
+                  f"{r['op']:22s} {r['shapes'][:70]}")
     write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
 
 
