@@ -11,9 +11,9 @@ One thread, ``--scenes`` test-split scenes (as ``bench_roofline.py``):
   :mod:`risloc.estimators.classical`, each wrapped for the timed runs (calls nested in
   another timed function count in both: the shares overlap), median of ``--repeats`` after
   a warm-up, with the share of the whole.
-* **Classical chunk size**: the classical localizer with 16 (the default), 32 and 64 scenes
-  per pass, interleaved, median of ``--repeats``; the largest position difference to the
-  default and whether K is identical.
+* **Classical chunk size**: the classical localizer with 16, 32 (the default) and 64 scenes
+  per pass, interleaved, median of ``--repeats``; the largest position difference to 16
+  scenes per pass and whether K is identical.
 * **By operation** (``--ops N``, 0 = off): the N PyTorch operations of largest self time in
   one more run of each, by input shapes (``torch.profiler``): where a product takes several
   times what it takes in isolation, or an elementwise step over a few MB takes
