@@ -147,7 +147,7 @@ def search_grid(system: SystemConfig, config: ClassicalConfig = ClassicalConfig(
 
 class _Buffers:
     """Storage that every chunk of one :func:`greedy_search` reuses: the grid columns (6.4 MB
-    per scene, 204 MB per chunk of 32) and the OLS products (2 MB per scene and row of the
+    per scene, 204 MB per chunk of 32) and the OLS products (0.4 MB per scene and row of the
     statistic, up to 64 MB per chunk of 32 with 5 sources found). Freed buffers above glibc's
     32 MB limit are unmapped, so each new one is mapped afresh and every 4 kB page of it
     costs a fault on first touch; in the VMs this was measured on that made the products
