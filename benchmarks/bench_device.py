@@ -7,9 +7,17 @@
     operator calls of one step and a profiler table of the heaviest operators.
 (b) The learned pipeline's stages (forward, propose, fit, decide order, polish) on the
     shipped model at several batch sizes, each stage closed by a device sync; medians.
+(c) ``--classical-batches``: the classical localizer and the learned pipeline end to end
+    (no stage syncs) on the same scenes, interleaved, medians, with their K agreement.
+(d) On CUDA, at the first inference batch: the host synchronisations of one call
+    (``torch.cuda.set_sync_debug_mode``: each synchronising operation warns; counted by
+    the line of risloc that caused it), and at the last inference batch a profiler table
+    of the heaviest CUDA kernels with the share of the wall time the GPU was busy (a low
+    share: launch- or host-bound).
 
     python benchmarks/bench_device.py --device cuda [--batch-sizes 32 128 256] \
-        [--set model.width=64 ...] [--inference-batches 256 2048] [--out result.json]
+        [--set model.width=64 ...] [--inference-batches 256 2048] \
+        [--classical-batches 256] [--no-diagnostics] [--out result.json]
 """
 
 from __future__ import annotations
@@ -18,11 +26,15 @@ import argparse
 import json
 import statistics
 import time
+import traceback
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import torch
 from bench_pipeline import stage_split, test_batch  # sibling script: python3 benchmarks/...
 
+from risloc.estimators.classical import classical_localize
 from risloc.pipeline.learned import load_learned_pipeline
 from risloc.training.config import load_train_config
 from risloc.training.data import validation_set
@@ -81,6 +93,70 @@ def inference_times(device: torch.device, batch: int, repeats: int) -> dict:
             "scenes_per_s": batch / med["total"]}
 
 
+@torch.no_grad()
+def versus_classical(device: torch.device, batch: int, repeats: int) -> dict:
+    """Part (c): both localizers end to end on the same ``batch`` scenes, interleaved."""
+    pipe = load_learned_pipeline().to(device)
+    y, H, codes = test_batch(batch, str(device))
+    runs: dict[str, list[float]] = {"learned": [], "classical": []}
+    out = {}
+    for _ in range(repeats + 1):
+        for name in runs:
+            _sync(device)
+            t0 = time.perf_counter()
+            out[name] = (pipe.localize(y, H, codes) if name == "learned"
+                         else classical_localize(y, H, codes, pipe.system))
+            _sync(device)
+            runs[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v[1:]) for k, v in runs.items()}
+    return {"batch": batch, **{f"{k}_scenes_per_s": batch / v for k, v in med.items()},
+            "learned_over_classical": med["classical"] / med["learned"],
+            "K_agreement": float((out["learned"].K == out["classical"].K).float().mean())}
+
+
+@torch.no_grad()
+def host_syncs(device: torch.device, batch: int) -> dict:
+    """Part (d): the synchronising operations of one learned call (after a warm-up call),
+    by the risloc source line that issued them."""
+    pipe = load_learned_pipeline().to(device)
+    y, H, codes = test_batch(batch, str(device))
+    pipe.localize(y, H, codes)
+    where: Counter[str] = Counter()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe.localize(y, H, codes)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for w in caught:
+        where[f"{Path(w.filename).name}:{w.lineno}"] += 1
+    return {"batch": batch, "syncs": sum(where.values()), "by_line": dict(where.most_common())}
+
+
+@torch.no_grad()
+def kernel_profile(device: torch.device, batch: int, rows: int = 20) -> dict:
+    """Part (d): one profiled learned call: the heaviest kernels and the GPU-busy share."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+
+    pipe = load_learned_pipeline().to(device)
+    y, H, codes = test_batch(batch, str(device))
+    pipe.localize(y, H, codes)
+    _sync(device)
+    t0 = time.perf_counter()
+    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        pipe.localize(y, H, codes)
+        _sync(device)
+    wall = time.perf_counter() - t0
+    ka = p.key_averages()
+    busy = sum(e.self_device_time_total for e in ka) / 1e6
+    return {"batch": batch, "wall_s": wall, "gpu_busy_s": busy, "busy_share": busy / wall,
+            "kernel_launches": sum(e.count for e in ka if e.self_device_time_total > 0),
+            "table": ka.table(sort_by="self_cuda_time_total", row_limit=rows,
+                              max_name_column_width=50)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda")
@@ -91,6 +167,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--inference-batches", type=int, nargs="*", default=[256, 2048])
+    p.add_argument("--classical-batches", type=int, nargs="*", default=[])
+    p.add_argument("--no-diagnostics", action="store_true",
+                   help="leave out part (d): the host syncs and the kernel profile")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("reports/bench/bench_device.json"))
     a = p.parse_args()
@@ -113,6 +192,21 @@ def main() -> None:
         row = inference_times(device, bs, a.repeats)
         info["inference"].append(row)
         print("inference:", row, flush=True)
+    for bs in a.classical_batches:
+        row = versus_classical(device, bs, a.repeats)
+        info.setdefault("versus_classical", []).append(row)
+        print("versus classical:", row, flush=True)
+    if device.type == "cuda" and a.inference_batches and not a.no_diagnostics:
+        for part, fn in (("host_syncs", lambda: host_syncs(device, a.inference_batches[0])),
+                         ("kernels", lambda: kernel_profile(device, a.inference_batches[-1]))):
+            try:  # diagnostics: a failure here must not cost the timings above
+                info[part] = fn()
+            except Exception:  # noqa: BLE001
+                info[part] = {"error": traceback.format_exc()}
+            table = info[part].pop("table", None)
+            print(f"{part}:", info[part], flush=True)
+            if table:
+                print(table, flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(info, indent=2))
     print(f"wrote {a.out}")

@@ -8,6 +8,7 @@ from risloc.covariance.tools import (
     hermitise,
     load_diagonal,
     normalize_trace,
+    orthonormal_basis,
     sample_covariance,
     shrink,
     subspace_overlap,
@@ -16,5 +17,5 @@ from risloc.covariance.tools import (
 
 __all__ = [
     "abs2", "abs2_", "back_projection", "blend", "hermitise", "load_diagonal", "normalize_trace",
-    "sample_covariance", "shrink", "subspace_overlap", "trace",
+    "orthonormal_basis", "sample_covariance", "shrink", "subspace_overlap", "trace",
 ]

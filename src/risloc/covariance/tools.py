@@ -94,6 +94,48 @@ def abs2_(z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     return torch.add(r[..., 0], r[..., 1], out=out)
 
 
+def orthonormal_basis(A: torch.Tensor) -> torch.Tensor:
+    """Q [..., n, k] with orthonormal columns, column j spanning what A's column j [..., n, k]
+    adds to the columns before it (a thin QR's Q up to a unit phase per column); a column
+    that adds nothing (zero, or dependent on the earlier ones to within 10 ulp of its norm)
+    gives a zero column, so zero-padded columns drop out of any projection.
+
+    On the CPU, LAPACK's QR (4x faster than the steps below on [512, 8, 5]), with its
+    columns of zero R_jj zeroed; where such a column is followed by one that is kept, the
+    QR would have given the later one's share along an arbitrary direction, so that batch
+    goes the other way. Elsewhere :func:`_gram_schmidt`, because torch.linalg.qr on CUDA
+    factors a batch one matrix at a time (the fit stage made 38,144 cuSOLVER calls per 256
+    scenes on an H200: 86 % of its time). The two agree to rounding (tests/unit/covariance).
+    """
+    tol = 10 * torch.finfo(A.real.dtype).eps
+    if A.device.type != "cpu":
+        return _gram_schmidt(A, tol)
+    Q, R = torch.linalg.qr(A)
+    keep = torch.diagonal(R, dim1=-2, dim2=-1).abs() > tol * torch.linalg.vector_norm(A, dim=-2)
+    if bool((keep[..., 1:] & ~keep[..., :-1]).any()):  # a dropped column before a kept one
+        return _gram_schmidt(A, tol)
+    return Q * keep.unsqueeze(-2)
+
+
+def _gram_schmidt(A: torch.Tensor, tol: float) -> torch.Tensor:
+    """:func:`orthonormal_basis` by classical Gram-Schmidt with one reorthogonalisation
+    (CGS2: orthonormal to working precision, Giraud et al., Numer. Math. 2005), batched over
+    the leading dimensions in k steps (up to a unit phase per column, the QR's Q)."""
+    cols: list[torch.Tensor] = []
+    for j in range(A.shape[-1]):
+        a = A[..., j:j + 1]
+        v = a
+        if cols:
+            Q = torch.cat(cols, -1)
+            for _ in range(2):
+                v = v - Q @ (Q.mH @ v)
+        norm = torch.linalg.vector_norm(v, dim=-2, keepdim=True)
+        keep = norm > tol * torch.linalg.vector_norm(a, dim=-2, keepdim=True)
+        cols.append(torch.where(keep, v / norm.clamp_min(torch.finfo(norm.dtype).tiny),
+                                v.new_zeros(())))
+    return torch.cat(cols, -1) if cols else A
+
+
 def back_projection(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                     alpha: float = 1e-3) -> torch.Tensor:
     """Per-snapshot Tikhonov least squares a_l = (Phi_l^H Phi_l + alpha' I)^-1 Phi_l^H y_l.

@@ -46,7 +46,7 @@ from risloc.config import FieldOfView, SystemConfig
 from risloc.core.checks import check_measurements
 from risloc.core.operator import apply_operator
 from risloc.core.params import Estimates, steering_at
-from risloc.covariance.tools import abs2, abs2_
+from risloc.covariance.tools import abs2, abs2_, orthonormal_basis
 from risloc.estimators.grids import conj_steering_bf16, grid_power, grid_steering, native_bf16
 from risloc.estimators.nfmle import (
     Fit,
@@ -209,8 +209,8 @@ def ols_statistic(fit: Fit, Bg: torch.Tensor, gains: torch.Tensor, floor: float,
     W = fit.r.unsqueeze(-1)  # (B, L, M, 1)
     k = fit.Bm.shape[-1] if floor < 1 else 0
     if k > 0:
-        Q, _ = torch.linalg.qr(fit.Bm)  # (B, L, M, k) orthonormal basis of found columns
-        if mask is not None:  # QR completes zero columns with arbitrary directions: drop them
+        Q = orthonormal_basis(fit.Bm)  # (B, L, M, k) orthonormal basis of found columns
+        if mask is not None:  # the masked columns are the last ones: drop their directions
             Q = Q * mask.to(Q.real.dtype).view(mask.shape[0], 1, 1, -1)
         W = torch.cat([W, Q], -1)
     def take(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
@@ -381,7 +381,7 @@ def residual_proposal(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, fit
             gains = snapshot_gains(H, codes, grid)
         weighted = (num / gains).sum(1)
         if found is not None:  # the share of a(g) outside the found steering vectors' span
-            Q, _ = torch.linalg.qr(found.mT)  # (B, N, k); masked columns are the last ones
+            Q = orthonormal_basis(found.mT)  # (B, N, k); masked columns are the last ones
             Q = Q * mask.to(Q.real.dtype).unsqueeze(1)
             weighted = weighted / (1 - grid_power(Q.mT.contiguous(), grid.A, grid.A_bf16)
                                    ).clamp_min(floor)

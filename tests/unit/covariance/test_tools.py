@@ -10,11 +10,13 @@ from risloc.covariance import (
     hermitise,
     load_diagonal,
     normalize_trace,
+    orthonormal_basis,
     sample_covariance,
     shrink,
     subspace_overlap,
     trace,
 )
+from risloc.covariance.tools import _gram_schmidt
 from risloc.simulation import scene_true_covariance, simulate_range
 
 
@@ -130,3 +132,36 @@ def test_abs2_in_place_equals_abs2_bit_for_bit_and_keeps_gradients_and_conjugate
     buf = torch.empty(8, 3, 500)
     into = abs2_(a @ b, out=buf)  # into the caller's buffer
     assert into.data_ptr() == buf.data_ptr() and torch.equal(into, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("repeated", [False, True])
+def test_orthonormal_basis_spans_the_columns_and_zeroes_the_ones_that_add_nothing(dtype,
+                                                                                 repeated):
+    """Both routes (LAPACK QR on the CPU, Gram-Schmidt on other devices, run here on the
+    CPU) give orthonormal columns spanning A's, column j from A's first j + 1, and zero
+    columns for zero (padded, last) or repeated ones (a source found twice: not last, where
+    the CPU route hands the batch to Gram-Schmidt)."""
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(64, 9, 5, generator=g, dtype=dtype)
+    keep = torch.ones(64, 5, dtype=torch.bool)
+    A[:8, :, 4] = 0
+    keep[:8, 4] = False
+    if repeated:
+        A[8:16, :, 3] = 2j * A[8:16, :, 1]
+        keep[8:16, 3] = False
+    tol = 10 * torch.finfo(A.real.dtype).eps
+    eps = 50 * torch.finfo(A.real.dtype).eps
+    routes = [orthonormal_basis(A), _gram_schmidt(A, tol)]
+    for Q in routes:
+        assert Q.transpose(-1, -2)[~keep].abs().amax() == 0
+        assert (Q.mH @ Q - torch.diag_embed(keep.to(dtype))).abs().amax() < eps
+        for j in range(5):  # the span of A's first j + 1 columns: P_j A_j = A_j
+            P = Q[..., : j + 1] @ Q[..., : j + 1].mH
+            Aj = A[..., : j + 1]
+            assert ((P @ Aj - Aj).abs().amax() / Aj.abs().amax()) < eps
+    # the same projectors (the columns may differ by a unit phase)
+    P0, P1 = (Q @ Q.mH for Q in routes)
+    assert (P0 - P1).abs().amax() < eps
+    if not repeated:  # the CPU route is the QR's Q, bit for bit
+        assert torch.equal(routes[0], torch.linalg.qr(A)[0] * keep.unsqueeze(-2))

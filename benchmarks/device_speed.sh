@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Issue 16's GPU check, as run on a lent GPU machine (docs/results.md "Speed"): the CUDA
+# tests, then bench_device.py: a training step at batch 512 (AMP and FP32), the learned
+# pipeline's stages at several batches, both localizers end to end on the same scenes,
+# the host syncs of one call and the heaviest kernels.
+#   OUT=<folder> [INFER="256 2048 8192"] bash benchmarks/device_speed.sh
+# Needs a CUDA torch; pydantic & co. come as wheels in .whl/ where the machine lacks them.
+set -u
+T0=$(date +%s)
+OUT=${OUT:-reports/device}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/speed.log") 2>&1
+elapsed() { echo $(( $(date +%s) - T0 )); }
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/src PYTHONUNBUFFERED=1
+nvidia-smi -L; python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__)"
+echo "== [$(elapsed) s] CUDA tests"
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/integration/test_cuda.py 2>&1 | tail -15
+echo "== [$(elapsed) s] training step at 512 (AMP), inference, versus classical, syncs, kernels"
+timeout 240 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 5 \
+  --inference-batches ${INFER:-256 2048 8192} --classical-batches 256 \
+  --out "$OUT/bench_device_amp.json"
+echo "== [$(elapsed) s] training step at 512 (FP32)"
+timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 5 \
+  --no-profile --set optim.amp=false --inference-batches --out "$OUT/bench_device_fp32.json"
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
+echo "== [$(elapsed) s] done"
