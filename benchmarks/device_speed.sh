@@ -3,7 +3,7 @@
 # tests, then bench_device.py: a training step at batch 512 (AMP and FP32), the learned
 # pipeline's stages at several batches, both localizers end to end on the same scenes,
 # the host syncs of one call and the heaviest kernels.
-#   OUT=<folder> [INFER="256 2048 8192"] bash benchmarks/device_speed.sh
+#   OUT=<folder> [INFER="256 2048 8192 16384"] bash benchmarks/device_speed.sh
 # Needs a CUDA torch; pydantic & co. come as wheels in .whl/ where the machine lacks them.
 set -u
 T0=$(date +%s)
@@ -22,7 +22,7 @@ echo "== [$(elapsed) s] CUDA tests"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/integration/test_cuda.py 2>&1 | tail -15
 echo "== [$(elapsed) s] training step at 512 (AMP), inference, versus classical, syncs, kernels"
 timeout 240 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 5 \
-  --inference-batches ${INFER:-256 2048 8192} --classical-batches 256 \
+  --inference-batches ${INFER:-256 2048 8192 16384} --classical-batches 128 \
   --out "$OUT/bench_device_amp.json"
 echo "== [$(elapsed) s] training step at 512 (FP32)"
 timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 5 \

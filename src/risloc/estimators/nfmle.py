@@ -62,7 +62,10 @@ class NFMLEConfig:
     fov : the field-of-view box the estimates are projected onto.
     double : work in float64/complex128. float32 is ~1.7x faster and reaches 1.4e-5 deg
         on exact data (float64: exact to the float32 output), ample for noisy data.
-    chunk : scenes per batched pass (bounds memory, ~1 MB per scene).
+    chunk : scenes per batched pass on the CPU (bounds memory, ~1 MB per scene).
+    device_chunk : scenes per pass on other devices: a GPU's time goes to launching the
+        loop's small operations, whatever the batch (on an H200, 8192 scenes in passes of
+        256 spent 1.23 s in the polish, 68 % of the pipeline).
     """
 
     iterations: int | None = 10
@@ -74,12 +77,15 @@ class NFMLEConfig:
     fov: FieldOfView = FieldOfView()
     double: bool = True
     chunk: int = 256
+    device_chunk: int = 8192
 
     def __post_init__(self) -> None:
         if self.iterations is not None and self.iterations < 0:
             raise ValueError(f"iterations must be >= 0 or None, got {self.iterations}")
-        if self.tikhonov < 0 or self.damping <= 0 or self.retries < 1 or self.chunk < 1:
-            raise ValueError("tikhonov must be >= 0, damping > 0, retries >= 1, chunk >= 1")
+        if self.tikhonov < 0 or self.damping <= 0 or self.retries < 1 or min(
+                self.chunk, self.device_chunk) < 1:
+            raise ValueError("tikhonov must be >= 0, damping > 0, retries >= 1, chunk >= 1, "
+                             "device_chunk >= 1")
 
 
 class Fit(NamedTuple):
@@ -321,11 +327,11 @@ def nfmle_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, init: Estim
         raise ValueError(f"init holds {len(init)} scenes for {y.shape[0]} measurements")
     mask = init.mask
     check_positions(init.azimuth, init.elevation, init.range_m, mask, y.shape[-1])
-    outs = [_refine_chunk(y[i:i + config.chunk], H[i:i + config.chunk],
-                          codes[i:i + config.chunk], init.azimuth[i:i + config.chunk],
-                          init.elevation[i:i + config.chunk], init.range_m[i:i + config.chunk],
-                          mask[i:i + config.chunk], system, config)
-            for i in range(0, len(init), config.chunk)]
+    n = config.chunk if y.device.type == "cpu" else config.device_chunk
+    outs = [_refine_chunk(y[i:i + n], H[i:i + n], codes[i:i + n], init.azimuth[i:i + n],
+                          init.elevation[i:i + n], init.range_m[i:i + n], mask[i:i + n],
+                          system, config)
+            for i in range(0, len(init), n)]
     theta = torch.cat([o[0] for o in outs])
     s = torch.cat([o[1].s for o in outs])
     cost = torch.cat([o[1].cost for o in outs])
