@@ -82,9 +82,11 @@ def localize_command(
     start: Annotated[int, typer.Option(min=0, help="First scene of each file.")] = 0,
     stop: Annotated[int | None, typer.Option(
         min=0, help="Stop before this scene of each file (default: its end).")] = None,
-    batch_size: Annotated[int, typer.Option(
+    batch_size: Annotated[int | None, typer.Option(
         min=1, help="Scenes read and localized at a time (memory does not grow with the "
-                    "number of scenes of an HDF5 file).")] = 256,
+                    "number of scenes of an HDF5 file); default 256 on the CPU, 8192 on "
+                    "CUDA (a GPU's time per batch hardly grows with it: 872 scenes/s at "
+                    "256, 8,514 at 8192 on an H200).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda (the learned pipeline).")] = "cpu",
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run into the same --out (its finished "
@@ -105,6 +107,8 @@ def localize_command(
     paths = expand_inputs(scenes)
     if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
         raise ValueError(f"--device must be cpu or cuda (and CUDA present), got {device!r}")
+    if batch_size is None:
+        batch_size = 8192 if device == "cuda" else 256
     check_writable(out_path, [*paths, *([checkpoint] if checkpoint is not None else [])])
     infos = [inspect_scene_file(p) for p in paths]
     system = infos[0].system
