@@ -65,7 +65,7 @@ class NFMLEConfig:
     chunk : scenes per batched pass on the CPU (bounds memory, ~1 MB per scene).
     device_chunk : scenes per pass on other devices: a GPU's time goes to launching the
         loop's small operations, whatever the batch (on an H200, 8192 scenes in passes of
-        256 spent 1.23 s in the polish, 68 % of the pipeline).
+        256 spent 1.23 s in the polish, 64 % of the pipeline).
     """
 
     iterations: int | None = 10
