@@ -204,3 +204,14 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
             Trainer(load_train_config(TINY, [f"out_dir={tmp_path / 'x'}"]))
         finally:
             del os.environ["WORLD_SIZE"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_train_device_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    from risloc.cli.main import app
+
+    res = CliRunner().invoke(app, ["train", "--config", str(TINY), "--out", str(tmp_path),
+                                   "--device", "cuda", "--no-progress"])
+    assert res.exit_code == 2 and "sees no CUDA GPU" in res.output
+    res = CliRunner().invoke(app, ["train", "--config", str(TINY), "--device", "tpu"])
+    assert res.exit_code == 2 and "device" in res.output

@@ -64,6 +64,9 @@ def train_command(
         "--out", "-o", help="Output folder (checkpoints, CSV logs); overrides out_dir.")] = None,
     epochs: Annotated[int | None, typer.Option(
         "--epochs", min=1, help="Override schedule.epochs.")] = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="auto, cpu or cuda; overrides the recipe's device (auto: CUDA "
+                         "when present).")] = None,
     threads: Annotated[int | None, typer.Option(
         "--threads", min=0, help="torch CPU threads (0 = leave as is).")] = None,
     progress: Annotated[bool, typer.Option(
@@ -84,6 +87,8 @@ def train_command(
         overrides.append(f"out_dir={out}")
     if epochs is not None:
         overrides.append(f"schedule.epochs={epochs}")
+    if device is not None:
+        overrides.append(f"device={device}")
     if threads is not None:
         overrides.append(f"threads={threads}")
     overrides.append(f"progress={str(progress).lower()}")

@@ -112,6 +112,9 @@ class Trainer:
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device=cuda, but torch {torch.__version__} sees no CUDA GPU "
+                             "(a CPU-only wheel, or no driver): use device=auto or cpu")
         use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
         self.device = torch.device("cuda" if use_cuda else "cpu")
         world = distributed.world_size()
