@@ -105,7 +105,8 @@ def orthonormal_basis(A: torch.Tensor) -> torch.Tensor:
     QR would have given the later one's share along an arbitrary direction, so that batch
     goes the other way. Elsewhere :func:`_gram_schmidt`, because torch.linalg.qr on CUDA
     factors a batch one matrix at a time (the fit stage made 38,144 cuSOLVER calls per 256
-    scenes on an H200: 86 % of a profiled call's host time). The two agree to rounding (tests/unit/covariance).
+    scenes on an H200: 86 % of a profiled call's host time). The two agree to rounding
+    (tests/unit/covariance).
     """
     tol = 10 * torch.finfo(A.real.dtype).eps
     if A.device.type != "cpu":
