@@ -8,6 +8,10 @@ intra-op thread, uses the cores better (benchmarks/bench_pipeline.py measures it
 ``max_chunk`` a large batch becomes many passes of at most that many scenes, which the
 threads take one after another: memory stays flat in the batch size.
 
+On a GPU the batch runs in one pass; where it does not fit in the device's memory, it is
+halved until it does (:func:`run_in_chunks`): each scene's result does not depend on the
+others of its pass.
+
 The torch intra-op thread count is process-global: :func:`run_in_chunks` sets it to one
 for its duration and restores it afterwards, so do not call it concurrently from several
 of your own threads with different thread settings.
@@ -16,6 +20,7 @@ of your own threads with different thread settings.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +29,7 @@ from typing import TypeVar
 import torch
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 MIN_CHUNK = 16  # scenes per worker below which splitting costs more than it gains
 MAX_CHUNK = 64  # scenes per pass of the Localizer on CPU: memory flat in the batch size, at
@@ -74,12 +80,28 @@ def run_in_chunks(fn: Callable[[int, int], T], n: int, workers: int | None = Non
     ``workers`` threads on CPU (None: one per available core), each taking the next chunk
     when it is done with one. With one worker the chunks run inline, one after another;
     on other devices fn(0, n) runs inline (a GPU wants large batches: ``max_chunk``
-    applies on CPU only)."""
+    applies on CPU only) and is halved where it runs out of the device's memory."""
     workers = default_workers() if workers is None else workers
     if torch.device(device).type != "cpu":
-        return [fn(0, n)]
+        return _halving(fn, 0, n)
     bounds = chunk_bounds(n, workers, max_chunk=max_chunk)
     if workers == 1 or len(bounds) == 1:  # inline, with the caller's torch threads
         return [fn(lo, hi) for lo, hi in bounds]
     with torch_threads(1), ThreadPoolExecutor(min(workers, len(bounds))) as pool:
         return list(pool.map(lambda b: fn(*b), bounds))
+
+
+def _halving(fn: Callable[[int, int], T], lo: int, hi: int) -> list[T]:
+    """[fn(lo, hi)], or the results of its halves (recursively, in order) where fn runs out
+    of device memory; one scene that does not fit re-raises the error."""
+    try:
+        return [fn(lo, hi)]
+    except torch.cuda.OutOfMemoryError:
+        if hi - lo <= 1:
+            raise
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    mid = (lo + hi) // 2
+    log.warning("out of device memory localizing %d scenes at once: in passes of %d",
+                hi - lo, mid - lo)
+    return _halving(fn, lo, mid) + _halving(fn, mid, hi)

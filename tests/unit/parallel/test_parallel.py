@@ -76,3 +76,27 @@ def test_torch_threads_restores_on_error():
 
 def test_default_workers_is_a_small_positive_count():
     assert 1 <= default_workers() <= 8
+
+
+def test_off_the_cpu_one_pass_halved_while_out_of_device_memory(caplog):
+    """A GPU gets the whole batch; where a pass runs out of device memory it is halved
+    (results in order, covering every scene once); one scene that does not fit raises."""
+    calls = []
+
+    def fn(lo, hi):
+        calls.append((lo, hi))
+        if hi - lo > 5:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8 GiB")
+        return (lo, hi)
+
+    assert run_in_chunks(fn, 4, device="meta") == [(0, 4)]
+    parts = run_in_chunks(fn, 23, device="meta")
+    assert [lo for lo, _ in parts] == [0, *[hi for _, hi in parts[:-1]]] and parts[-1][1] == 23
+    assert all(hi - lo <= 5 for lo, hi in parts) and calls[1] == (0, 23)
+    assert "out of device memory localizing 23 scenes" in caplog.text
+
+    def never(lo, hi):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        run_in_chunks(never, 3, device="meta")
