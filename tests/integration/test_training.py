@@ -83,9 +83,12 @@ def test_cli_run_writes_logs_and_checkpoints(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    base = [f"out_dir={tmp_path / 'a'}", "schedule.steps_per_epoch=2"]
+    """... and the run with the next batch simulated ahead in a thread (prefetch) follows
+    the same trajectory bit for bit."""
+    base = [f"out_dir={tmp_path / 'a'}", "schedule.steps_per_epoch=2", "prefetch=false"]
     full = train(load_train_config(TINY, base))
-    cfg_b = load_train_config(TINY, [f"out_dir={tmp_path / 'b'}", "schedule.steps_per_epoch=2"])
+    cfg_b = load_train_config(TINY, [f"out_dir={tmp_path / 'b'}", "schedule.steps_per_epoch=2",
+                                     "prefetch=true"])
 
     def stop_after_first(epoch, metrics):
         if epoch == 1:

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
+from typing import TypeVar
 
 import torch
 
@@ -26,6 +30,7 @@ from risloc.training.config import TrainConfig
 from risloc.training.schedules import snr_range_at
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SNR_HIDE_STREAM = 900  # train-split stream of the draws that hide a batch's SNRs
 
@@ -124,6 +129,24 @@ class TrainData:
             return scenes
         gen = block_generator(d.seed, "train", block, SNR_HIDE_STREAM)
         return hide_snr(scenes, torch.rand(len(scenes), generator=gen) >= d.snr_shown)
+
+
+def prefetched(fetch: Callable[[int], T], indices: range, ahead: bool) -> Iterator[T]:
+    """fetch(i) for each i of ``indices`` in order; with ``ahead`` the next one is computed
+    in a background thread while the caller works on the current one (torch releases the
+    GIL in its kernels). fetch must not depend on shared state the caller changes: the
+    batches are functions of their index (seeded generators), so they are the same."""
+    if not ahead:
+        yield from map(fetch, indices)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="risloc-data") as pool:
+        pending: deque[Future[T]] = deque()
+        for i in indices:
+            pending.append(pool.submit(fetch, i))
+            if len(pending) > 1:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def hide_snr(scenes: SceneBatch, hide: torch.Tensor | bool = True) -> SceneBatch:

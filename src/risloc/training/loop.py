@@ -15,6 +15,7 @@ checkpoints (atomic), CSV logs, early stopping.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -32,14 +33,14 @@ from risloc.model.network import CovarianceNet
 from risloc.simulation.scenes import SceneBatch, scene_true_covariance
 from risloc.training import distributed, schedules
 from risloc.training.config import TrainConfig
-from risloc.training.data import TrainData, validation_set
+from risloc.training.data import TrainData, prefetched, validation_set
 from risloc.training.evaluate import EvalResult, evaluate
 from risloc.training.logs import CsvLog, EpochStats, epoch_progress
 
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-_RESUME_FREE = ("progress", "threads", "device", "log_every", "out_dir")
+_RESUME_FREE = ("progress", "threads", "device", "prefetch", "log_every", "out_dir")
 _RESUME_STOPPING = ("schedule.patience", "schedule.min_improvement")
 
 
@@ -263,13 +264,17 @@ class Trainer:
         loss_cfg = self.loss_config()
         stats = EpochStats()
         self.model.train()
-        with epoch_progress(self.cfg.progress, f"epoch {self.epoch + 1}/{s.epochs}",
-                            s.steps_per_epoch) as advance:
+        ahead = self.device.type == "cuda" if self.cfg.prefetch is None else self.cfg.prefetch
+        n = s.steps_per_epoch * o.accumulation
+        batches = prefetched(functools.partial(self.data.batch, epoch=self.epoch),
+                             range(self.micro, self.micro + n), ahead)
+        with contextlib.closing(batches), epoch_progress(
+                self.cfg.progress, f"epoch {self.epoch + 1}/{s.epochs}",
+                s.steps_per_epoch) as advance:
             for _ in range(s.steps_per_epoch):
                 beta = self.beta()
                 for _ in range(o.accumulation):
-                    terms = self.micro_step(self.data.batch(self.micro, self.epoch), beta,
-                                            loss_cfg)
+                    terms = self.micro_step(next(batches), beta, loss_cfg)
                     self.micro += 1
                     stats.add_terms(terms.as_dict())
                 lr = self.optimizer.param_groups[0]["lr"]

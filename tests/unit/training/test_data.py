@@ -1,12 +1,13 @@
 """Training batches: identical to the simulator's scene_stream; file batches cover the file."""
 
+import pytest
 import torch
 
 from risloc.config import SceneConfig, SystemConfig
 from risloc.io import write_scenes
 from risloc.simulation import scene_stream, simulate_range
 from risloc.training.config import load_train_config
-from risloc.training.data import TrainData, validation_set
+from risloc.training.data import TrainData, prefetched, validation_set
 
 
 def test_stream_batches_are_scene_stream_batches():
@@ -70,3 +71,24 @@ def test_scene_mix_reaches_training_validation_and_the_stored_recipe():
         load_train_config(None, ["data.scene_mix=[{share: 0.5, scene: {range_m: [0.1, 1]}}]"])
     with pytest.raises(ConfigError, match="K=7 above system.K_max=5"):
         load_train_config(None, ["data.scene_mix=[{share: 0.5, scene: {K: 7}}]"])
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_prefetched_gives_every_batch_once_in_order(ahead):
+    """With ``ahead`` one fetch runs in a thread while the caller holds the previous batch;
+    closing early leaves no fetch behind."""
+    import threading
+
+    threads = []
+
+    def fetch(i):
+        threads.append(threading.current_thread().name)
+        return torch.full((2,), float(i))
+
+    got = list(prefetched(fetch, range(3, 9), ahead))
+    assert [int(t[0]) for t in got] == list(range(3, 9))
+    assert all(n.startswith("risloc-data") for n in threads) == ahead
+    it = prefetched(fetch, range(100), ahead)
+    assert int(next(it)[0]) == 0
+    it.close()
+    assert len(threads) <= 6 + 2  # at most the next one was fetched ahead
