@@ -67,6 +67,39 @@ def test_cost_history_is_monotone_and_decreases():
     assert bool((h[-1] < h[0]).all())
 
 
+def test_an_lm_acceptance_step_neither_indexes_by_mask_nor_checks_errors():
+    """The amplitude solve and the acceptance of candidates use no operation that waits
+    for a GPU (boolean-mask indexing: aten::nonzero; linalg.solve's singularity check),
+    and accept exactly the candidates that lower the cost, in place."""
+    from torch.profiler import ProfilerActivity, profile
+
+    b = simulate_range(0, 6, SYSTEM, SCENE, seed=3, split="test", K=2, snr_db=10.0)
+    cfg = NFMLEConfig()
+    y, H, codes = (t.to(torch.complex128) for t in (b.y, b.H, b.codes))
+    start = perturbed_start(b)
+    theta = nfmle._start(start.azimuth, start.elevation, start.range_m, b.mask, cfg,
+                         torch.float64)
+    fit = nfmle.amplitude_fit(y, H, codes, steering_at(theta, SYSTEM, y.dtype), b.mask,
+                              cfg.tikhonov)
+    cand = nfmle._start(b.azimuth, b.elevation, b.range_m, b.mask, cfg, torch.float64)
+    cand[2:4] = theta[2:4] + 0.2  # scenes 2 and 3: worse than their start, rejected
+    idx = torch.tensor([0, 2, 3, 5])
+    state = (theta.clone(), nfmle.Fit(*(t.clone() for t in fit)))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        ok = nfmle._try(idx, cand[idx], state, y, H, codes, b.mask, SYSTEM, cfg, 6)
+    ops = {e.key for e in prof.key_averages()}
+    assert not ops & {"aten::nonzero", "aten::_linalg_check_errors"}, ops
+    cfit = nfmle.amplitude_fit(y[idx], H[idx], codes[idx], steering_at(cand[idx], SYSTEM,
+                               y.dtype), b.mask[idx], cfg.tikhonov)
+    assert torch.equal(ok, cfit.cost < fit.cost[idx]) and ok.tolist() == [True, False, False, True]
+    expect = theta.clone()
+    expect[idx[ok]] = cand[idx][ok]
+    assert torch.equal(state[0], expect)
+    assert torch.equal(state[1].cost[idx], torch.where(ok, cfit.cost, fit.cost[idx]))
+    rest = torch.tensor([1, 4])
+    assert torch.equal(state[1].Bm[rest], fit.Bm[rest])
+
+
 def test_cost_at_truth_is_zero_on_exact_data():
     b, y, H, codes = exact_scenes(4, 4)
     energy = y.abs().square().sum((1, 2))
