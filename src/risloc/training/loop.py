@@ -90,14 +90,17 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
 
 
 def sanitise_gradients(model: torch.nn.Module) -> int:
-    """Zero non-finite gradient entries; return how many there were (never silent)."""
-    n_bad = 0
-    for p in model.parameters():
-        if p.grad is not None:
-            bad = ~torch.isfinite(p.grad)
-            if bool(bad.any()):
-                n_bad += int(bad.sum())
-                p.grad[bad] = 0.0
+    """Zero non-finite gradient entries; return how many there were (never silent).
+
+    One count over all gradients, read once: a read per parameter waited for the GPU 49
+    times per step (the shipped model's parameter tensors)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0
+    n_bad = int(torch.stack([(~torch.isfinite(g)).sum() for g in grads]).sum())
+    if n_bad:
+        for g in grads:
+            torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
     return n_bad
 
 
