@@ -9,18 +9,7 @@ set -u
 T0=$(date +%s)
 OUT=${OUT:-reports/device}
 DEADLINE_S=${DEADLINE_S:-500}
-mkdir -p "$OUT"
-LOG="$OUT/lease.log"
-exec > >(tee -a "$LOG") 2>&1
-elapsed() { echo $(( $(date +%s) - T0 )); }
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/src PYTHONUNBUFFERED=1
-nvidia-smi -L; python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__)"
-nproc
+. benchmarks/device_env.sh lease.log
 
 echo "== [$(elapsed) s] CUDA tests"
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/integration/test_cuda.py 2>&1 | tail -25

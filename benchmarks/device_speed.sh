@@ -8,16 +8,7 @@
 set -u
 T0=$(date +%s)
 OUT=${OUT:-reports/device}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/speed.log") 2>&1
-elapsed() { echo $(( $(date +%s) - T0 )); }
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/src PYTHONUNBUFFERED=1
-nvidia-smi -L; python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__)"
+. benchmarks/device_env.sh speed.log
 echo "== [$(elapsed) s] CUDA tests"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/integration/test_cuda.py 2>&1 | tail -15
 echo "== [$(elapsed) s] training step at 512 (AMP), inference, versus classical, syncs, kernels"
