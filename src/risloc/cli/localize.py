@@ -87,7 +87,7 @@ def localize_command(
                     "number of scenes of an HDF5 file); default 256 on the CPU, 8192 on "
                     "CUDA (a GPU's time per batch hardly grows with it: 872 scenes/s at "
                     "256, 8,514 at 8192 on an H200).")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda (the learned pipeline).")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu or cuda (either method).")] = "cpu",
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run into the same --out (its finished "
                          "scenes are not redone).")] = False,
