@@ -225,8 +225,8 @@ def _lm_iteration(state, y, H, codes, mask, system, cfg, lo, hi):
         lhs = sub(JtJ) + torch.diag_embed(sub(mu).unsqueeze(-1) * sub(dJ))
         step = -_solve(lhs, sub(g).unsqueeze(-1)).squeeze(-1).view(-1, K, 3)
         ok = _try(todo, clamp(sub(start) + step), state, y, H, codes, mask, system, cfg, B_)
-        steps[todo[ok]] = step[ok]
-        mu[todo[ok]] = mu[todo[ok]] * _DAMP_DOWN
+        steps[todo] = torch.where(ok.view(-1, 1, 1), step, steps[todo])  # no mask indexing
+        mu[todo] = torch.where(ok, mu[todo] * _DAMP_DOWN, mu[todo])
         todo = todo[~ok]
         mu[todo] = mu[todo] * _DAMP_UP
         if todo.numel() == 0:
