@@ -9,9 +9,10 @@ extra environment variables), interleaved in one run.
 The issue on speed asks for ratios to today's code measured in the same run, because this
 machine's speed drifts by several per cent between runs. ``--base`` is checked out into a
 temporary git worktree; each round runs, for each method, one fresh process on the base
-and one on the working tree (same scenes, saved once: test split, SNR withheld, SNR uniform
-in -5..20 dB, equal powers, K unknown), each timing ``Localizer.localize`` ``--repeats``
-times after a warm-up with the default workers and passes. Printed: the median scenes/s of
+and one on the working tree, in an order that alternates by round (same scenes, saved
+once: test split, SNR withheld, SNR uniform in -5..20 dB, equal powers, K unknown), each
+timing ``Localizer.localize`` ``--repeats`` times after a warm-up with the default workers
+and passes. Printed: the median scenes/s of
 each side over all its timings, and their ratio, with the kernel CPU seconds and minor page
 faults of each side's timed runs (medians per process). ``--env`` sets variables in the
 "now" side's processes only (the "base" side runs without them); without ``--base`` both
@@ -117,9 +118,10 @@ def main() -> None:
                      "now": ROOT / "src"}
             runs = {m: {s: [] for s in sides} for m in args.methods}
             for r in range(args.rounds):
-                for m in args.methods:
-                    for side, src in sides.items():
-                        runs[m][side].append(_time(src, scenes, m, args.repeats, envs[side]))
+                for m in args.methods:  # the sides' order alternates by round
+                    for side in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+                        runs[m][side].append(_time(sides[side], scenes, m, args.repeats,
+                                                   envs[side]))
                 print(f"  round {r + 1} of {args.rounds} done", flush=True)
         finally:
             if args.base is not None:
