@@ -210,7 +210,7 @@ def ols_statistic(fit: Fit, Bg: torch.Tensor, gains: torch.Tensor, floor: float,
     k = fit.Bm.shape[-1] if floor < 1 else 0
     if k > 0:
         Q = orthonormal_basis(fit.Bm)  # (B, L, M, k) orthonormal basis of found columns
-        if mask is not None:  # the masked columns are the last ones: drop their directions
+        if mask is not None:  # masked columns: zero (so already zero in Q) and last
             Q = Q * mask.to(Q.real.dtype).view(mask.shape[0], 1, 1, -1)
         W = torch.cat([W, Q], -1)
     def take(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
@@ -381,7 +381,7 @@ def residual_proposal(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, fit
             gains = snapshot_gains(H, codes, grid)
         weighted = (num / gains).sum(1)
         if found is not None:  # the share of a(g) outside the found steering vectors' span
-            Q = orthonormal_basis(found.mT)  # (B, N, k); masked columns are the last ones
+            Q = orthonormal_basis(found.mT)  # (B, N, k); masked rows: zero (zero in Q), last
             Q = Q * mask.to(Q.real.dtype).unsqueeze(1)
             weighted = weighted / (1 - grid_power(Q.mT.contiguous(), grid.A, grid.A_bf16)
                                    ).clamp_min(floor)
