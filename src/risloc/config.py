@@ -16,6 +16,7 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -32,6 +33,14 @@ Codebook = Literal["random", "dft", "hadamard"]
 
 class ConfigError(ValueError):
     """A configuration could not be loaded or failed validation."""
+
+
+@functools.lru_cache(maxsize=64)
+def _box(lo: tuple[float, ...], hi: tuple[float, ...], dtype: torch.dtype, device: str
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tensors of :meth:`FieldOfView.bounds` (cached)."""
+    return (torch.tensor(lo, dtype=dtype, device=device),
+            torch.tensor(hi, dtype=dtype, device=device))
 
 
 @dataclass(frozen=True)
@@ -66,14 +75,14 @@ class FieldOfView:
     def bounds(self, dtype: torch.dtype | None = None, device=None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Box of (azimuth [rad], elevation [rad], 1/range [1/m]): (lower, upper), [3] each
-        (float64 unless ``dtype``)."""
-        lo = [math.radians(self.azimuth_deg[0]), math.radians(self.elevation_deg[0]),
-              1.0 / self.range_m[1]]
-        hi = [math.radians(self.azimuth_deg[1]), math.radians(self.elevation_deg[1]),
-              1.0 / self.range_m[0]]
-        dtype = dtype or torch.float64
-        return (torch.tensor(lo, dtype=dtype, device=device),
-                torch.tensor(hi, dtype=dtype, device=device))
+        (float64 unless ``dtype``). Cached per dtype and device, so not to be changed in
+        place: built from Python numbers on a GPU, each pair is a copy the host waits for
+        (24 per learned call, counted on an H200)."""
+        lo = (math.radians(self.azimuth_deg[0]), math.radians(self.elevation_deg[0]),
+              1.0 / self.range_m[1])
+        hi = (math.radians(self.azimuth_deg[1]), math.radians(self.elevation_deg[1]),
+              1.0 / self.range_m[0])
+        return _box(lo, hi, dtype or torch.float64, str(torch.device(device or "cpu")))
 
     def contains(self, azimuth: torch.Tensor, elevation: torch.Tensor,
                  range_m: torch.Tensor) -> torch.Tensor:

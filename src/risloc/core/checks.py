@@ -120,12 +120,13 @@ def check_measurements(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
     if H.shape[-1] != system.N:
         raise InputError(f"H has N={H.shape[-1]} columns but the system has N={system.N}")
     finite = _finite(y) & _finite(H) & _finite(codes)
+    empty = ~_nonzero(H)
+    if not bool((empty | ~finite).any()):  # the one read of the device on good input
+        return
     if not bool(finite.all()):
         raise InputError(f"non-finite values (NaN or inf) in scenes "
                          f"{torch.nonzero(~finite).flatten()[:10].tolist()}")
-    zero = torch.nonzero(~_nonzero(H)).flatten()
-    if zero.numel():
-        raise InputError(f"all-zero channel H in scenes {zero[:10].tolist()}")
+    raise InputError(f"all-zero channel H in scenes {torch.nonzero(empty).flatten()[:10].tolist()}")
 
 
 def check_positions(az: torch.Tensor, el: torch.Tensor, r: torch.Tensor, mask: torch.Tensor,
@@ -136,12 +137,14 @@ def check_positions(az: torch.Tensor, el: torch.Tensor, r: torch.Tensor, mask: t
                          f"{tuple(az.shape)}, {tuple(el.shape)}, {tuple(r.shape)}, "
                          f"{tuple(mask.shape)}")
     K = mask.sum(-1)
-    if bool((K >= M).any()):
+    finite = torch.isfinite(torch.stack([az, el, r])).all(0)
+    bad = torch.stack([(K >= M).any(), (mask & ~finite).any(),
+                       (mask & (r <= 0)).any()]).tolist()  # one read of the device
+    if bad[0]:
         raise InputError(f"K >= M={M} sources cannot be resolved (got K up to {int(K.max())})")
-    vals = torch.stack([az, el, r])[:, mask]
-    if not bool(torch.isfinite(vals).all()):
+    if bad[1]:
         raise InputError("start positions of real source slots must be finite")
-    if bool((r[mask] <= 0).any()):
+    if bad[2]:
         raise InputError("ranges must be positive")
 
 

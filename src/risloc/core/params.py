@@ -81,10 +81,9 @@ class Estimates:
         [B, S] or None (zeros); fields cast to ``dtype`` (default: theta's)."""
         keep = torch.arange(theta.shape[1], device=theta.device) < K.unsqueeze(-1)
         dtype = dtype or theta.dtype
-        nan = torch.tensor(math.nan, dtype=dtype, device=theta.device)
         score = torch.zeros_like(theta[..., 0]) if score is None else score
         az, el, r = unpack(theta)
-        return cls(K.to(torch.int64), *(torch.where(keep, t.to(dtype), nan)
+        return cls(K.to(torch.int64), *(torch.where(keep, t.to(dtype), math.nan)
                                          for t in (az, el, r, score)))
 
     def __getitem__(self, idx) -> Estimates:
@@ -96,8 +95,7 @@ class Estimates:
         K = torch.minimum(K.to(self.K), self.K)
         slots = torch.arange(self.azimuth.shape[-1], device=self.K.device)
         keep = slots < K.unsqueeze(-1)
-        nan = torch.tensor(math.nan, dtype=self.azimuth.dtype, device=self.K.device)
-        return Estimates(K, *(torch.where(keep, getattr(self, n), nan)
+        return Estimates(K, *(torch.where(keep, getattr(self, n), math.nan)
                               for n in ("azimuth", "elevation", "range_m", "score")))
 
     def to(self, device) -> Estimates:

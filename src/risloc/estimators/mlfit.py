@@ -144,7 +144,7 @@ class MLFit(NamedTuple):
 def removal_gains(fit: Fit, mask: torch.Tensor) -> torch.Tensor:
     """Residual cost each source's removal adds, sum_l |s_lj|^2 / [G_l^-1]_jj: [B, S]
     (+inf where mask is False)."""
-    Ginv = torch.linalg.inv(fit.G)  # (B, L, S, S), small
+    Ginv = torch.linalg.inv_ex(fit.G)[0]  # (B, L, S, S), small, loaded: no singularity check
     d = torch.diagonal(Ginv, dim1=-2, dim2=-1).real.clamp_min(1e-30)  # (B, L, S)
     gain = (abs2(fit.s) / d).sum(1)
     return torch.where(mask, gain, torch.full_like(gain, float("inf")))
@@ -286,10 +286,10 @@ def _nested(y, H, codes, theta, fit, system, config: MLFitConfig, grid=None, gri
             pick = torch.where(grid_wins[:, None], prop.theta.to(pick.dtype), pick)
             proposed |= grid_wins
             j = torch.where(grid_wins, -1, j)
-        taken[rows[j >= 0], j[j >= 0]] = True
+        taken |= torch.arange(S, device=dev) == j.unsqueeze(-1)  # j = -1: nothing taken
         nested[:, k] = pick
         mask = torch.ones(B, k + 1, dtype=torch.bool, device=dev)
-        if k == S - 1 and not bool(proposed.any()):  # the polished S-source fit itself
+        if k == S - 1 and not (greedy and bool(proposed.any())):  # the S-source fit itself
             cur = fit
         else:
             th, cur, _ = lm_solve(y, H, codes, nested[:, :k + 1].clone(), mask, system,

@@ -41,6 +41,7 @@ from risloc.config import FieldOfView, SystemConfig
 from risloc.core.checks import check_measurements, check_positions
 from risloc.core.operator import apply_operator
 from risloc.core.params import Estimates, pack, steering_at
+from risloc.covariance.tools import solve_loaded
 from risloc.physics import steering_jacobian
 
 log = logging.getLogger(__name__)
@@ -105,13 +106,6 @@ class Fit(NamedTuple):
     G: torch.Tensor
 
 
-def _solve(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """A^-1 B for the loaded (positive definite) systems of this module: the same LU solve as
-    torch.linalg.solve without its check for singular matrices, which on a GPU waits for
-    the device (host synchronisations, 173 per learned call of 256 scenes on an H200)."""
-    return torch.linalg.solve_ex(A, B)[0]
-
-
 def amplitude_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, A: torch.Tensor,
                   mask: torch.Tensor, tikhonov: float) -> Fit:
     """Tikhonov amplitude solve and residual.
@@ -128,7 +122,7 @@ def amplitude_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, A: torc
     pad = (~mask).to(G.real.dtype).unsqueeze(1)  # (B, 1, K): identity on padded slots
     diag = lam.unsqueeze(-1) + pad * tr.mean(-1, keepdim=True).clamp_min(1e-30).unsqueeze(-1)
     G = G + torch.diag_embed(diag.to(G.dtype))
-    s = _solve(G, Bm.mH @ y.unsqueeze(-1)).squeeze(-1)  # (B, L, K)
+    s = solve_loaded(G, Bm.mH @ y.unsqueeze(-1)).squeeze(-1)  # (B, L, K)
     r = y - (Bm @ s.unsqueeze(-1)).squeeze(-1)  # (B, L, M)
     cost = (r.real.square() + r.imag.square()).sum((-1, -2))  # (B,)
     return Fit(cost, r, s, Bm, G)
@@ -147,9 +141,9 @@ def _jacobian(fit: Fit, H, codes, theta, mask, system) -> torch.Tensor:
     src = torch.arange(3 * K, device=theta.device) // 3
     E = D * fit.s[..., src].unsqueeze(-2)  # (B, L, M, 3K)   dB_j s
     w = (D.conj() * fit.r.unsqueeze(-1)).sum(-2)  # (B, L, 3K)   (dB_j)^H r as a scalar
-    onehot = torch.nn.functional.one_hot(src, K).T.to(D.dtype)  # (K, 3K)
+    onehot = (torch.arange(K, device=src.device).unsqueeze(1) == src).to(D.dtype)  # (K, 3K)
     rhs = fit.Bm.mH @ E - onehot * w.unsqueeze(-2)  # (B, L, K, 3K)
-    return -E + fit.Bm @ _solve(fit.G, rhs)
+    return -E + fit.Bm @ solve_loaded(fit.G, rhs)
 
 
 def _normal_equations(J: torch.Tensor, r: torch.Tensor, theta, mask, lo, hi):
@@ -223,7 +217,7 @@ def _lm_iteration(state, y, H, codes, mask, system, cfg, lo, hi):
     for _ in range(cfg.retries):
         sub = functools.partial(_rows, idx=None if todo.numel() == B_ else todo)
         lhs = sub(JtJ) + torch.diag_embed(sub(mu).unsqueeze(-1) * sub(dJ))
-        step = -_solve(lhs, sub(g).unsqueeze(-1)).squeeze(-1).view(-1, K, 3)
+        step = -solve_loaded(lhs, sub(g).unsqueeze(-1)).squeeze(-1).view(-1, K, 3)
         ok = _try(todo, clamp(sub(start) + step), state, y, H, codes, mask, system, cfg, B_)
         steps[todo] = torch.where(ok.view(-1, 1, 1), step, steps[todo])  # no mask indexing
         mu[todo] = torch.where(ok, mu[todo] * _DAMP_DOWN, mu[todo])
@@ -347,7 +341,7 @@ def nfmle_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, init: Estim
     history = torch.cat([torch.cat([o[2], o[2][-1:].expand(steps - o[2].shape[0], -1)])
                          for o in outs], dim=1)
     out_dtype = init.azimuth.dtype
-    nan = torch.tensor(float("nan"), dtype=out_dtype, device=theta.device)
+    nan = float("nan")
     est = Estimates(
         K=init.K.clone(),
         azimuth=torch.where(mask, theta[..., 0].to(out_dtype), nan),

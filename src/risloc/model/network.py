@@ -43,7 +43,7 @@ import torch.nn.functional as Fn
 
 from risloc.config import FieldOfView, SystemConfig
 from risloc.core.operator import apply_operator
-from risloc.covariance.tools import abs2, back_projection
+from risloc.covariance.tools import abs2, back_projection, solve_loaded
 from risloc.estimators.grids import conj_bf16, grid_power, native_bf16
 from risloc.estimators.nfmle import NFMLEConfig, lm_solve
 from risloc.physics.steering import steering
@@ -255,7 +255,7 @@ def residual_features(y: torch.Tensor, Bm: torch.Tensor,
         G = Bk.mH @ Bk  # (B, L, k, k)
         G = G + 1e-6 * torch.diagonal(G, dim1=-2, dim2=-1).real.sum(-1)[..., None, None] * \
             torch.eye(k, dtype=G.dtype, device=G.device)
-        s = torch.linalg.solve(G, Bk.mH @ y.unsqueeze(-1))  # (B, L, k, 1)
+        s = solve_loaded(G, Bk.mH @ y.unsqueeze(-1))  # (B, L, k, 1)
         res.append(abs2(y.unsqueeze(-1) - Bk @ s).sum((-3, -2, -1)))
     r = torch.stack(res, -1).clamp_min(1e-30)  # (B, S)
     rel = torch.log(r / y2.unsqueeze(-1))
@@ -277,6 +277,8 @@ class CovarianceNet(nn.Module):
         super().__init__()
         self.system, self.cfg = system, cfg
         self.grid = candidate_grid(cfg)
+        self._axes: dict[torch.device, list[torch.Tensor]] = {}  # the grid's axes per device
+        self._min_inv_range = 0.5 * float(self.grid.inv_range[0])  # slots' 1/range floor
         self.bank = BeamformerBank(self.grid, system)
         Nr, W, S = cfg.n_inv_range, cfg.width, system.K_max
         self.stem = nn.Conv2d(2 * Nr + 2, W, 3, padding=1)
@@ -313,7 +315,10 @@ class CovarianceNet(nn.Module):
         """Cell index + offset -> (azimuth, elevation [rad], 1/range [1/m]): [B, S, 3]."""
         g = self.grid
         Ne, Na = len(g.elevation), len(g.azimuth)
-        axes = [ax.to(off.device) for ax in (g.azimuth, g.elevation, g.inv_range)]
+        axes = self._axes.get(off.device)
+        if axes is None:  # copied once per device, not on every call (a GPU waits for it)
+            axes = self._axes[off.device] = [ax.to(off.device) for ax in
+                                             (g.azimuth, g.elevation, g.inv_range)]
         cells = (idx % Na, (idx // Na) % Ne, idx // (Ne * Na))
         return torch.stack([ax[c] + off[..., i] * (ax[1] - ax[0])
                             for i, (ax, c) in enumerate(zip(axes, cells, strict=True))], -1)
@@ -377,7 +382,7 @@ class CovarianceNet(nn.Module):
         if self.zoom is not None:
             theta = theta + self.zoom(a, theta, feat, conf)
         theta = torch.cat([theta[..., :2], theta[..., 2:].clamp_min(
-            0.5 * float(self.grid.inv_range[0]))], -1)
+            self._min_inv_range)], -1)
         A = steering(theta[..., 0], theta[..., 1], 1.0 / theta[..., 2], self.system,
                      torch.complex64).mT  # (B, N, S)
         resid = residual_features(y, apply_operator(H, codes, A.detach().mT), snr_db) \
@@ -429,7 +434,10 @@ def _check_inputs(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                              f"{tuple(t.shape)}")
         if not torch.is_complex(t):
             raise ValueError(f"{name} must be complex, got {t.dtype}")
-        if not bool(torch.isfinite(torch.view_as_real(t)).all()):
+    bad = torch.stack([*(~torch.isfinite(torch.view_as_real(t)).all() for t in (y, H, codes)),
+                       (H.abs().amax((-2, -1)) == 0).any()]).tolist()  # one read of the device
+    for name, flag in zip(want, bad, strict=False):
+        if flag:
             raise ValueError(f"{name} contains non-finite values")
-    if bool((H.abs().amax((-2, -1)) == 0).any()):
+    if bad[-1]:
         raise ValueError("H is all zero in at least one scene")

@@ -145,7 +145,7 @@ def steering_jacobian(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: t
     az, el, r = azimuth.to(real), elevation.to(real), range_m.to(real)
     a = steering(az, el, r, system, dtype, wavefront)
     grads = _path_difference_grad(az, el, r, system, wavefront)
-    mjk = torch.tensor(-1j * system.k0, dtype=dtype, device=a.device)
+    mjk = -1j * system.k0  # a Python scalar: no tensor from host data (a copy on a GPU)
     return SteeringJacobian(a, *(mjk * g * a for g in grads))
 
 
