@@ -17,7 +17,8 @@
 
     python benchmarks/bench_device.py --device cuda [--batch-sizes 32 128 256] \
         [--set model.width=64 ...] [--inference-batches 256 2048] \
-        [--classical-batches 256] [--no-diagnostics] [--out result.json]
+        [--classical-batches 256] [--no-diagnostics] [--lm-route auto|masked|shrinking]
+        [--out result.json]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 import torch
 from bench_pipeline import stage_split, test_batch  # sibling script: python3 benchmarks/...
 
+from risloc.estimators import nfmle
 from risloc.estimators.classical import classical_localize
 from risloc.pipeline.learned import load_learned_pipeline
 from risloc.training.config import load_train_config
@@ -178,11 +180,15 @@ def main() -> None:
     p.add_argument("--classical-batches", type=int, nargs="*", default=[])
     p.add_argument("--no-diagnostics", action="store_true",
                    help="leave out part (d): the host syncs and the kernel profile")
+    p.add_argument("--lm-route", choices=("auto", "masked", "shrinking"), default="auto",
+                   help="the LM loop's route (NFMLEConfig.masked; auto: masked off the CPU)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("reports/bench/bench_device.json"))
     a = p.parse_args()
     device = torch.device(a.device)
-    info = {"device": str(device), "torch": torch.__version__,
+    if a.lm_route != "auto":
+        nfmle.masked_route = lambda cfg, dev: a.lm_route == "masked"
+    info = {"device": str(device), "torch": torch.__version__, "lm_route": a.lm_route,
             "name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "overrides": a.overrides, "training": [], "inference": []}
     print(info, flush=True)

@@ -2,7 +2,7 @@
 # Issue 16's GPU check, as run on a lent GPU machine (docs/results.md "Speed"): the CUDA
 # tests, then bench_device.py: a training step at batch 512 (AMP and FP32), the learned
 # pipeline's stages at several batches, both localizers end to end on the same scenes,
-# the host syncs of one call and the heaviest kernels.
+# the host syncs of one call and the heaviest kernels; the LM loop's two routes compared.
 #   OUT=<folder> [INFER="256 2048 8192 16384"] bash benchmarks/device_speed.sh
 # Needs a CUDA torch; pydantic & co. come as wheels in .whl/ where the machine lacks them.
 set -u
@@ -15,6 +15,9 @@ echo "== [$(elapsed) s] training step at 512 (AMP), inference, versus classical,
 timeout 240 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 5 \
   --inference-batches ${INFER:-256 2048 8192 16384} --classical-batches 128 \
   --out "$OUT/bench_device_amp.json"
+echo "== [$(elapsed) s] the LM loop's shrinking sets instead of the masked route (host syncs)"
+timeout 120 python3 benchmarks/bench_device.py --device cuda --batch-sizes --no-diagnostics \
+  --inference-batches 2048 16384 --lm-route shrinking --out "$OUT/bench_device_shrinking.json"
 echo "== [$(elapsed) s] training step at 512 (FP32)"
 timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 5 \
   --no-profile --set optim.amp=false --inference-batches --out "$OUT/bench_device_fp32.json"

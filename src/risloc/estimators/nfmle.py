@@ -67,6 +67,12 @@ class NFMLEConfig:
     device_chunk : scenes per pass on other devices: a GPU's time goes to launching the
         loop's small operations, whatever the batch (on an H200, 8192 scenes in passes of
         256 spent 1.23 s in the polish, 64 % of the pipeline).
+    masked : the LM retries and step doublings evaluate every scene and accept where it is
+        still pending, instead of evaluating the shrinking set of pending scenes (the same
+        estimates: tested). No host synchronisation then (a shrinking set's size is read by
+        the host: 118 per learned call of 256 scenes), at the cost of evaluating scenes
+        that are done: None = masked off the CPU (where the time goes to launching
+        operations, not to their size), not on it (where it goes to arithmetic).
     """
 
     iterations: int | None = 10
@@ -79,6 +85,7 @@ class NFMLEConfig:
     double: bool = True
     chunk: int = 256
     device_chunk: int = 8192
+    masked: bool | None = None
 
     def __post_init__(self) -> None:
         if self.iterations is not None and self.iterations < 0:
@@ -195,6 +202,24 @@ def _try(idx, cand, state, y, H, codes, mask, system, cfg, B_):
     return ok
 
 
+def _try_masked(sel, cand, state, y, H, codes, mask, system, cfg):
+    """:func:`_try` on every scene: evaluate candidates cand [B, K, 3]; accept where ``sel``
+    [B] and the cost falls (in place). Returns the accepted mask [B]."""
+    theta, fit = state
+    cfit = amplitude_fit(y, H, codes, steering_at(cand, system, y.dtype), mask, cfg.tikhonov)
+    ok = sel & (cfit.cost < fit.cost)
+    theta.copy_(torch.where(ok.view(-1, 1, 1), cand, theta))
+    for old, new in zip(fit, cfit, strict=True):
+        old.copy_(torch.where(ok.view(-1, *(1,) * (new.dim() - 1)), new, old))
+    return ok
+
+
+def masked_route(cfg: NFMLEConfig, device: torch.device) -> bool:
+    """Whether the LM iterations of ``cfg`` run masked on ``device``
+    (:attr:`NFMLEConfig.masked`)."""
+    return device.type != "cpu" if cfg.masked is None else cfg.masked
+
+
 def _lm_iteration(state, y, H, codes, mask, system, cfg, lo, hi):
     """One LM iteration; returns the new (theta, fit, mu).
 
@@ -202,7 +227,9 @@ def _lm_iteration(state, y, H, codes, mask, system, cfg, lo, hi):
     only the scenes still without an accepted step. An accepted step is then doubled while
     that keeps lowering the cost (up to 8x): Gauss-Newton converges only linearly where
     the residual is large (low SNR, weakly identified ranges) and takes many short steps
-    along the same valley; the doubling shortens that crawl to a few iterations.
+    along the same valley; the doubling shortens that crawl to a few iterations. On the
+    masked route (:func:`masked_route`) every retry and doubling evaluates all scenes and
+    accepts where the scene is still pending: the same results, no shrinking sets.
     """
     theta, fit, mu = state
     B_, K, _ = theta.shape
@@ -213,6 +240,22 @@ def _lm_iteration(state, y, H, codes, mask, system, cfg, lo, hi):
     state = (theta.clone(), Fit(*(t.clone() for t in fit)))
     steps = torch.zeros_like(theta)
     clamp = lambda t: torch.maximum(torch.minimum(t, hi), lo)  # noqa: E731
+    if masked_route(cfg, theta.device):  # no set that shrinks: nothing waits for the device
+        pending = torch.ones(B_, dtype=torch.bool, device=theta.device)
+        for _ in range(cfg.retries):
+            lhs = JtJ + torch.diag_embed(mu.unsqueeze(-1) * dJ)
+            step = -solve_loaded(lhs, g.unsqueeze(-1)).squeeze(-1).view(-1, K, 3)
+            ok = _try_masked(pending, clamp(start + step), state, y, H, codes, mask, system,
+                             cfg)
+            steps = torch.where(ok.view(-1, 1, 1), step, steps)
+            mu = torch.where(ok, mu * _DAMP_DOWN, mu)
+            pending = pending & ~ok
+            mu = torch.where(pending, mu * _DAMP_UP, mu)
+        grow = (steps != 0).flatten(1).any(-1)
+        for scale in (2.0, 4.0, 8.0):
+            grow = _try_masked(grow, clamp(start + scale * steps), state, y, H, codes, mask,
+                               system, cfg)
+        return state[0], state[1], mu.clamp(1e-12, _DAMP_MAX)
     todo = torch.arange(B_, device=theta.device)  # scenes without an accepted step yet
     for _ in range(cfg.retries):
         sub = functools.partial(_rows, idx=None if todo.numel() == B_ else todo)
@@ -322,13 +365,18 @@ class Refinement(NamedTuple):
 
 
 def nfmle_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, init: Estimates,
-              system: SystemConfig, config: NFMLEConfig = NFMLEConfig()) -> Refinement:
-    """NF-MLE refinement with diagnostics (cost and its history); see :func:`nfmle_refine`."""
-    check_measurements(y, H, codes, system)
+              system: SystemConfig, config: NFMLEConfig = NFMLEConfig(),
+              check: bool = True) -> Refinement:
+    """NF-MLE refinement with diagnostics (cost and its history); see :func:`nfmle_refine`.
+    check False skips the checks of the measurements and start positions (for callers
+    that made them: they read the device, a GPU's host waits for them)."""
+    if check:
+        check_measurements(y, H, codes, system)
     if len(init) != y.shape[0]:
         raise ValueError(f"init holds {len(init)} scenes for {y.shape[0]} measurements")
     mask = init.mask
-    check_positions(init.azimuth, init.elevation, init.range_m, mask, y.shape[-1])
+    if check:
+        check_positions(init.azimuth, init.elevation, init.range_m, mask, y.shape[-1])
     n = config.chunk if y.device.type == "cpu" else config.device_chunk
     outs = [_refine_chunk(y[i:i + n], H[i:i + n], codes[i:i + n], init.azimuth[i:i + n],
                           init.elevation[i:i + n], init.range_m[i:i + n], mask[i:i + n],

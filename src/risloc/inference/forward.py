@@ -23,15 +23,16 @@ class Forward(NamedTuple):
 
 def forward_blend(model: CovarianceNet, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                   snr_db: torch.Tensor | None, beta: float,
-                  blend_cfg: BlendConfig = BlendConfig()) -> Forward:
+                  blend_cfg: BlendConfig = BlendConfig(), check: bool = True) -> Forward:
     """Network forward pass and the blended covariance -- the one place where R_blend is
     made, for training, validation and inference alike.
 
     R_blend = shrink/load(blend(R_pred, R_samp, beta)), R_samp from the measurements
     (``risloc.covariance.sample_covariance``, detached inside ``blend``).
-    y [B, L, M], H [B, M, N], codes [B, L, N] complex; snr_db [B] (NaN = unknown) or None.
+    y [B, L, M], H [B, M, N], codes [B, L, N] complex; snr_db [B] (NaN = unknown) or None;
+    check False: the inputs were checked by the caller (the network's ``check``).
     """
-    out = model(y, H, codes, snr_db)
+    out = model(y, H, codes, snr_db, check=check)
     R_samp = sample_covariance(y, H, codes, blend_cfg.bp_alpha)
     B, N = y.shape[0], getattr(model, "module", model).system.N  # model or its DDP wrapper
     # PERMANENT shape assertions at the blend site: they catch shape drift at once.

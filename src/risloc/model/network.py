@@ -352,12 +352,16 @@ class CovarianceNet(nn.Module):
         return A * w.unsqueeze(-2).to(A.dtype)  # (B, N, S)
 
     def forward(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
-                snr_db: torch.Tensor | None = None, covariance: bool = True) -> ModelOutput:
+                snr_db: torch.Tensor | None = None, covariance: bool = True,
+                check: bool = True) -> ModelOutput:
         """y : [B, L, M], H : [B, M, N], codes : [B, L, N] complex; snr_db : [B] (NaN or
         None = unknown). covariance False skips what only the covariance needs (the ML
         refinement of the slots, the factor F): R_pred, F and slot_steering are None and
-        the slot positions are the learned ones (the learned pipeline's proposals)."""
-        _check_inputs(y, H, codes, self.system)
+        the slot positions are the learned ones (the learned pipeline's proposals).
+        check False skips the input checks (for callers that checked them: the checks read
+        the device, a GPU's host waits for them)."""
+        if check:
+            _check_inputs(y, H, codes, self.system)
         # Mixed precision (the trainer's autocast on CUDA) reaches the CNN trunk only: the
         # physics around it (steering phases, the ML refinement's solves) stays in FP32.
         fp32 = torch.autocast(y.device.type, enabled=False)

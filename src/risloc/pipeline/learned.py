@@ -136,9 +136,10 @@ class LearnedPipeline:
         (``recipe.reads_snr``)."""
         snr = snr_db.float() if snr_db is not None and self.recipe.reads_snr else None
         if self.music is None:  # the slots propose: no covariance needed
-            return Forward(self.network(y, H, codes, snr, covariance=False), None, None)
+            return Forward(self.network(y, H, codes, snr, covariance=False, check=False),
+                           None, None)
         return forward_blend(self.network, y, H, codes, snr, self.recipe.blend.beta,
-                             self.recipe.blend)
+                             self.recipe.blend, check=False)
 
     def propose(self, fwd: Forward) -> torch.Tensor:
         """Stage 2: candidates [B, K_max, 3] (azimuth, elevation, 1/range), all finite."""
@@ -178,7 +179,8 @@ class LearnedPipeline:
             theta = repair_chosen(y, H, codes, theta, K, self.system, self.fit_config,
                                   self.chosen_repairs)
         init = Estimates.from_theta(K, theta)
-        return nfmle_fit(y, H, codes, init, self.system, self.polish_config).estimates
+        return nfmle_fit(y, H, codes, init, self.system, self.polish_config,
+                         check=False).estimates
 
     @torch.no_grad()
     def localize(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
