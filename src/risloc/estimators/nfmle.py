@@ -67,12 +67,14 @@ class NFMLEConfig:
     device_chunk : scenes per pass on other devices: a GPU's time goes to launching the
         loop's small operations, whatever the batch (on an H200, 8192 scenes in passes of
         256 spent 1.23 s in the polish, 64 % of the pipeline).
-    masked : the LM retries and step doublings evaluate every scene and accept where it is
-        still pending, instead of evaluating the shrinking set of pending scenes (the same
-        estimates: tested). No host synchronisation then (a shrinking set's size is read by
-        the host: 118 per learned call of 256 scenes), at the cost of evaluating scenes
-        that are done: None = masked off the CPU (where the time goes to launching
-        operations, not to their size), not on it (where it goes to arithmetic).
+    masked : evaluate all of an LM iteration's retries, then all its step doublings, at
+        once for every scene (:func:`_masked_tries`) instead of one after another on the
+        shrinking set of pending scenes (the same estimates: tested). Nothing waits for the
+        device then (the shrinking sets' sizes are read by the host: 118 times per learned
+        call of 256 scenes), and two amplitude fits run per iteration instead of up to
+        seven, each on several times the batch. None = masked off the CPU (where the time
+        goes to launching operations, not to their size), not on it (where it goes to
+        arithmetic).
     """
 
     iterations: int | None = 10
@@ -202,16 +204,62 @@ def _try(idx, cand, state, y, H, codes, mask, system, cfg, B_):
     return ok
 
 
-def _try_masked(sel, cand, state, y, H, codes, mask, system, cfg):
-    """:func:`_try` on every scene: evaluate candidates cand [B, K, 3]; accept where ``sel``
-    [B] and the cost falls (in place). Returns the accepted mask [B]."""
-    theta, fit = state
-    cfit = amplitude_fit(y, H, codes, steering_at(cand, system, y.dtype), mask, cfg.tikhonov)
-    ok = sel & (cfit.cost < fit.cost)
-    theta.copy_(torch.where(ok.view(-1, 1, 1), cand, theta))
-    for old, new in zip(fit, cfit, strict=True):
-        old.copy_(torch.where(ok.view(-1, *(1,) * (new.dim() - 1)), new, old))
-    return ok
+def _stacked_fits(cands, y, H, codes, mask, system, cfg) -> Fit:
+    """Amplitude fits of T candidate sets per scene, cands [T, B, K, 3], in one batch of
+    T B scenes: a Fit whose fields have the leading dims [T, B]."""
+    T, B = cands.shape[:2]
+    rep = lambda t: t.unsqueeze(0).expand(T, *t.shape).reshape(T * B, *t.shape[1:])  # noqa: E731
+    fit = amplitude_fit(rep(y), rep(H), rep(codes),
+                        steering_at(cands.flatten(0, 1), system, y.dtype), rep(mask),
+                        cfg.tikhonov)
+    return Fit(*(t.view(T, B, *t.shape[1:]) for t in fit))
+
+
+def _take_fit(fits: Fit, idx: torch.Tensor, old: Fit, where: torch.Tensor) -> Fit:
+    """Per scene b the fit fits[idx[b], b] where ``where`` [B], else old's."""
+    rows = torch.arange(idx.shape[0], device=idx.device)
+    return Fit(*(torch.where(where.view(-1, *(1,) * (o.dim() - 1)), f[idx, rows], o)
+                 for f, o in zip(fits, old, strict=True)))
+
+
+def _masked_tries(start, fit, mu, JtJ, dJ, g, y, H, codes, mask, system, cfg, clamp):
+    """The retries and step doublings of :func:`_lm_iteration` for all scenes at once:
+    the candidates of the cfg.retries dampings (mu, 10 mu, ...) in one batch, the first
+    that lowers the cost accepted (what the retries one after another accept: a pending
+    scene's cost does not change between them); then the doublings 2x, 4x, 8x of the
+    accepted step in one batch, accepted in a chain while each lowers the cost of the one
+    before. Two amplitude fits of several times the batch instead of up to seven, and no
+    set that shrinks, so nothing waits for the device. Returns (theta, fit, mu)."""
+    B, K, _ = start.shape
+    R = cfg.retries
+    mus = [mu]
+    for _ in range(R - 1):  # the damping of retry r, multiplied up as the retries do
+        mus.append(mus[-1] * _DAMP_UP)
+    damp = torch.stack(mus)  # (R, B)
+    lhs = JtJ + torch.diag_embed(damp.unsqueeze(-1) * dJ)  # (R, B, P, P)
+    step = -solve_loaded(lhs, g.unsqueeze(-1).expand(R, *g.shape, 1)).squeeze(-1)
+    step = step.view(R, B, K, 3)
+    fits = _stacked_fits(clamp(start + step), y, H, codes, mask, system, cfg)
+    lower = fits.cost < fit.cost  # (R, B)
+    first = lower.to(torch.uint8).argmax(0)  # the first retry that lowers the cost
+    ok = lower.any(0)
+    rows = torch.arange(B, device=start.device)
+    steps = torch.where(ok.view(-1, 1, 1), step[first, rows], 0.0)
+    fit = _take_fit(fits, first, fit, ok)
+    mu = torch.where(ok, damp[first, rows] * _DAMP_DOWN, damp[-1] * _DAMP_UP)
+    scales = start.new_full((3,), 2.0).cumprod(0)  # 2, 4, 8 (not from host data)
+    grown = _stacked_fits(clamp(start + scales.view(-1, 1, 1, 1) * steps), y, H, codes, mask,
+                          system, cfg)
+    chain = ok & (steps != 0).flatten(1).any(-1)
+    prev, n = fit.cost, torch.zeros(B, dtype=torch.int64, device=start.device)
+    for c in grown.cost:  # accepted while each doubling lowers the cost of the one before
+        chain = chain & (c < prev)
+        n, prev = n + chain, c
+    fit = _take_fit(grown, (n - 1).clamp_min(0), fit, n > 0)
+    theta = torch.where(ok.view(-1, 1, 1), clamp(start + steps), start)
+    doubled = clamp(start + scales[(n - 1).clamp_min(0)].view(-1, 1, 1) * steps)
+    theta = torch.where((n > 0).view(-1, 1, 1), doubled, theta)
+    return theta, fit, mu.clamp(1e-12, _DAMP_MAX)
 
 
 def masked_route(cfg: NFMLEConfig, device: torch.device) -> bool:
@@ -228,8 +276,8 @@ def _lm_iteration(state, y, H, codes, mask, system, cfg, lo, hi):
     that keeps lowering the cost (up to 8x): Gauss-Newton converges only linearly where
     the residual is large (low SNR, weakly identified ranges) and takes many short steps
     along the same valley; the doubling shortens that crawl to a few iterations. On the
-    masked route (:func:`masked_route`) every retry and doubling evaluates all scenes and
-    accepts where the scene is still pending: the same results, no shrinking sets.
+    masked route (:func:`masked_route`) all retries, then all doublings, are evaluated at
+    once for every scene (:func:`_masked_tries`): the same results, no shrinking sets.
     """
     theta, fit, mu = state
     B_, K, _ = theta.shape
@@ -241,21 +289,8 @@ def _lm_iteration(state, y, H, codes, mask, system, cfg, lo, hi):
     steps = torch.zeros_like(theta)
     clamp = lambda t: torch.maximum(torch.minimum(t, hi), lo)  # noqa: E731
     if masked_route(cfg, theta.device):  # no set that shrinks: nothing waits for the device
-        pending = torch.ones(B_, dtype=torch.bool, device=theta.device)
-        for _ in range(cfg.retries):
-            lhs = JtJ + torch.diag_embed(mu.unsqueeze(-1) * dJ)
-            step = -solve_loaded(lhs, g.unsqueeze(-1)).squeeze(-1).view(-1, K, 3)
-            ok = _try_masked(pending, clamp(start + step), state, y, H, codes, mask, system,
-                             cfg)
-            steps = torch.where(ok.view(-1, 1, 1), step, steps)
-            mu = torch.where(ok, mu * _DAMP_DOWN, mu)
-            pending = pending & ~ok
-            mu = torch.where(pending, mu * _DAMP_UP, mu)
-        grow = (steps != 0).flatten(1).any(-1)
-        for scale in (2.0, 4.0, 8.0):
-            grow = _try_masked(grow, clamp(start + scale * steps), state, y, H, codes, mask,
-                               system, cfg)
-        return state[0], state[1], mu.clamp(1e-12, _DAMP_MAX)
+        return _masked_tries(start, fit, mu, JtJ, dJ, g, y, H, codes, mask, system, cfg,
+                             clamp)
     todo = torch.arange(B_, device=theta.device)  # scenes without an accepted step yet
     for _ in range(cfg.retries):
         sub = functools.partial(_rows, idx=None if todo.numel() == B_ else todo)
