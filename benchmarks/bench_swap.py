@@ -2,7 +2,7 @@
 implementation is swapped in and out of the module that calls it, interleaved (the order
 alternating by round), so that nothing else differs between the two sides.
 
-    python benchmarks/bench_swap.py --change orthonormal|lm-sync [--scenes 256]
+    python benchmarks/bench_swap.py --change orthonormal|lm-sync|lm-route [--scenes 256]
                                     [--rounds 5] [--method learned|classical]
 
 Changes (this session's, on the H200's account; their outputs are bit-identical on the
@@ -12,6 +12,8 @@ CPU, ``bench_equivalence.py``):
   :func:`risloc.covariance.tools.orthonormal_basis` in the OLS statistic and the shortlist.
 * ``lm-sync``: the LM acceptance by boolean-mask indexing and ``torch.linalg.solve``
   (before 1f7abae) against selections and ``solve_ex`` (:mod:`risloc.estimators.nfmle`).
+* ``lm-route``: not a change of the CPU path but its alternative: the LM loop's masked route
+  (``NFMLEConfig.masked``, a GPU's default) as "old" against the CPU's route as "new".
 
 Prints each side's seconds per call of ``Localizer.localize`` (default workers and passes;
 test split, SNR withheld, K unknown) and the median ratio old / new after the first round.
@@ -61,7 +63,8 @@ def try_masked(idx, cand, state, y, H, codes, mask, system, cfg, B_):
 
 CHANGES = {  # name: (module, {attribute: old implementation})
     "orthonormal": (classical, {"orthonormal_basis": qr_basis}),
-    "lm-sync": (nfmle, {"_solve": solve_checked, "_try": try_masked}),
+    "lm-sync": (nfmle, {"solve_loaded": solve_checked, "_try": try_masked}),
+    "lm-route": (nfmle, {"masked_route": lambda cfg, device: True}),
 }
 
 

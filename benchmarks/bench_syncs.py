@@ -8,7 +8,9 @@ On CUDA, ``bench_device.py`` counts the host synchronisations of a call with
 ``torch.cuda.set_sync_debug_mode``; that needs a GPU. This counts the operations of one call
 that would synchronise there as PyTorch dispatches them, on any device
 (:class:`risloc.core.syncs.SyncCounter`: what it counts and what it cannot see), by the line
-of risloc that issued each one, and the tensors built from host data apart. With ``--device
+of risloc that issued each one, and the tensors built from host data apart; and all its
+operations that are not views (a GPU's host launches about as many kernels: its work where
+the call is launch-bound). With ``--device
 cuda`` it runs the debug mode as well and prints both (the debug mode is the measurement).
 Checked against the H200's count of 90a8322 (``device_h200_base_diag.json``): 1,144
 operations + 54 tensors from host data here, 1,184 syncs there
@@ -29,17 +31,27 @@ from risloc.core.syncs import SyncCounter
 from risloc.estimators import nfmle
 from risloc.estimators.classical import classical_localize
 from risloc.io.atomic import write_text_atomic
-from risloc.pipeline.learned import load_learned_pipeline
+from risloc.pipeline.learned import STAGES, load_learned_pipeline
 
 
 def count(run) -> dict:
-    """Synchronising operations of ``run()`` (one call, after a warm-up call)."""
-    run()
+    """Synchronising operations of ``run(on_stage)`` (one call, after a warm-up call);
+    on_stage(name) is called at the end of each stage (the operations by stage)."""
+    run(None)
     with SyncCounter() as counter:
-        run()
+        order = list(STAGES)
+        counter.part = order[0]
+
+        def next_stage(name: str) -> None:
+            i = order.index(name)
+            counter.part = order[i + 1] if i + 1 < len(order) else "after"
+
+        run(next_stage)
     by_line = counter.by_line()
     cpu_route = sum(v for k, v in by_line.items() if k.endswith("(CPU route)"))
-    return {"syncs": counter.total, "cpu_route": cpu_route, "by_line": dict(by_line.most_common()),
+    return {"syncs": counter.total, "cpu_route": cpu_route, "operations": counter.operations,
+            "operations_by_stage": dict(counter.by_part),
+            "by_line": dict(by_line.most_common()),
             "by_line_and_op": dict(counter.syncs.most_common()),
             "from_host": sum(counter.from_host.values()),
             "from_host_by_line": dict(counter.from_host.most_common())}
@@ -78,8 +90,12 @@ def main() -> None:
     torch.manual_seed(0)
     pipe = load_learned_pipeline().to(a.device)
     y, H, codes = test_batch(a.batch, a.device)
-    run = (lambda: pipe.localize(y, H, codes)) if a.method == "learned" else \
-        (lambda: classical_localize(y, H, codes, pipe.system))
+    if a.method == "learned":
+        def run(on_stage=None):
+            return pipe.localize(y, H, codes, on_stage=on_stage)
+    else:
+        def run(on_stage=None):
+            return classical_localize(y, H, codes, pipe.system)
     default_route = nfmle.masked_route
     out = {"batch": a.batch, "device": a.device, "method": a.method, "route": a.route,
            "torch": torch.__version__}
@@ -103,7 +119,8 @@ def main() -> None:
     print(f"{a.method}, {a.batch} scenes on {a.device} ({a.route} LM route): {d['syncs']} "
           "synchronising operations "
           f"dispatched ({d['cpu_route']} of them on the CPU's route only), {d['from_host']} "
-          "tensors from host data")
+          f"tensors from host data; {d['operations']} operations that are not views"
+          + (f", by stage {d['operations_by_stage']}" if a.method == "learned" else ""))
     for line, n in list(d["by_line_and_op"].items())[:30]:
         print(f"  {n:6d}  {line}")
     if "debug_mode" in out:

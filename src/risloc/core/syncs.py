@@ -67,15 +67,24 @@ class SyncCounter(TorchDispatchMode):
     """Counts, while active, the operations that would wait for a GPU (module docstring).
 
     syncs : Counter of "file:line op" -> count;  from_host : Counter of "file:line" -> count
+    operations : all dispatched operations that are not views (on a GPU, roughly the kernels
+        the host launches: its work where a call is bound by launching, not by arithmetic);
+        ``by_part`` splits them by the label in ``part`` when they ran (set it between parts)
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.syncs: Counter[str] = Counter()
         self.from_host: Counter[str] = Counter()
+        self.operations = 0
+        self.part = ""
+        self.by_part: Counter[str] = Counter()
         self._tolist = None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.operations += 1
+            self.by_part[self.part] += 1
         if _waits(func, args, kwargs):
             self.syncs[f"{_origin()} {func.overloadpacket._qualified_op_name}"] += 1
         elif func.overloadpacket._qualified_op_name == "aten::lift_fresh":
