@@ -39,7 +39,9 @@ def steering_at(theta: torch.Tensor, system: SystemConfig, dtype: torch.dtype,
     """
     if mask is None:
         return steering(theta[..., 0], theta[..., 1], 1.0 / theta[..., 2], system, dtype)
-    safe = torch.where(mask.unsqueeze(-1), theta, theta.new_tensor([0.0, 0.0, 1.0]))
+    m = mask.unsqueeze(-1)  # padded slots at (0, 0, 1/r = 1): no tensor from host data
+    safe = torch.cat([torch.where(m, theta[..., :2], 0.0), torch.where(m, theta[..., 2:], 1.0)],
+                     -1)
     A = steering(safe[..., 0], safe[..., 1], 1.0 / safe[..., 2], system, dtype)
     return A * mask.unsqueeze(-1).to(A.dtype)
 

@@ -187,7 +187,7 @@ def offset_at_truth(offsets: torch.Tensor, grid: CandidateGrid, truth: torch.Ten
     sizes = (len(grid.inv_range), len(grid.elevation), len(grid.azimuth))
     flat = torch.stack([idx // (sizes[1] * sizes[2]), (idx // sizes[2]) % sizes[1],
                         idx % sizes[2]], -1).to(truth.dtype)  # (i_r, i_e, i_a)
-    target = (_cell_coordinates(grid, truth) - flat)[..., [2, 1, 0]]  # (B, T, 3) az, el, r
+    target = (_cell_coordinates(grid, truth) - flat).flip(-1)  # (B, T, 3) az, el, r
     pred = offsets.reshape(B, 3, -1).gather(2, idx.unsqueeze(1).expand(-1, 3, -1)).mT
     target = torch.where(valid.unsqueeze(-1), target, pred.detach())
     h = F.huber_loss(pred, target, reduction="none", delta=0.5).sum(-1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from risloc.covariance.tools import hermitise, load_diagonal, normalize_trace
+from risloc.covariance.tools import hermitise, load_diagonal, normalize_trace, solve_loaded
 
 EPS = 1e-12
 
@@ -79,7 +79,7 @@ def gram_solver(A: torch.Tensor, ridge: float):
     eye = torch.eye(S, dtype=G.dtype, device=G.device)
     scale = (torch.diagonal(G, dim1=-2, dim2=-1).real.sum(-1) / S).clamp_min(EPS)
     G = G + (ridge * scale).view(-1, 1, 1).to(G.dtype) * eye
-    return lambda x: torch.linalg.solve(G, x)
+    return lambda x: (solve_loaded if ridge > 0 else torch.linalg.solve)(G, x)
 
 
 def project(A: torch.Tensor, X: torch.Tensor, ridge: float = 1e-4) -> torch.Tensor:
