@@ -32,6 +32,8 @@ from risloc.estimators import nfmle
 from risloc.estimators.classical import classical_localize
 from risloc.io.atomic import write_text_atomic
 from risloc.pipeline.learned import STAGES, load_learned_pipeline
+from risloc.training.config import load_train_config
+from risloc.training.loop import Trainer
 
 
 def count(run) -> dict:
@@ -57,6 +59,23 @@ def count(run) -> dict:
             "from_host_by_line": dict(counter.from_host.most_common())}
 
 
+def training_step(device: str, batch: int):
+    """run() taking one optimizer step of the default recipe on one fixed batch."""
+    cfg = load_train_config(Path(__file__).parents[1] / "configs" / "train_default.yaml",
+                            [f"device={torch.device(device).type}",
+                             f"optim.batch_size={batch}", "progress=false"])
+    tr = Trainer(cfg)
+    scenes = tr.data.batch(0, 0)
+
+    def run(on_stage=None):
+        with torch.enable_grad():  # main() runs without gradients
+            tr.micro_step(scenes, cfg.blend.beta, tr.loss_config())
+            return tr.optimizer_step()
+
+    run()
+    return run
+
+
 def debug_mode_count(run) -> dict:
     """On CUDA: the syncs ``torch.cuda.set_sync_debug_mode`` reports for ``run()``."""
     import warnings
@@ -80,7 +99,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--method", choices=("learned", "classical"), default="learned")
+    ap.add_argument("--method", choices=("learned", "classical", "training"), default="learned",
+                    help="training: one step of the default recipe at --batch (micro-batch, "
+                         "backward, optimizer step) after two warm-up steps")
     ap.add_argument("--route", choices=("auto", "masked", "shrinking"), default="auto",
                     help="the LM loop's route (NFMLEConfig.masked): auto = the device's "
                          "default; masked on the CPU runs a GPU's route there, and its "
@@ -93,6 +114,8 @@ def main() -> None:
     if a.method == "learned":
         def run(on_stage=None):
             return pipe.localize(y, H, codes, on_stage=on_stage)
+    elif a.method == "training":
+        run = training_step(a.device, a.batch)
     else:
         def run(on_stage=None):
             return classical_localize(y, H, codes, pipe.system)
@@ -104,7 +127,9 @@ def main() -> None:
         nfmle.masked_route = lambda cfg, device: a.route == "masked"
     try:
         out["dispatched"] = count(run)
-        if a.route != "auto":
+        if a.method != "learned":  # stages are the learned call's
+            del out["dispatched"]["operations_by_stage"]
+        if a.route != "auto" and a.method != "training":
             est = run()
             same = {f: bool(torch.equal(getattr(est, f).nan_to_num(), getattr(
                 reference, f).nan_to_num())) for f in ("K", "azimuth", "elevation", "range_m")}
