@@ -244,3 +244,31 @@ def test_the_learned_localizer_never_uses_the_snr(checkpoint):
         est = loc.localize(sc.y, sc.H, sc.codes, snr).estimates
         assert torch.equal(est.K, ref.K)
         torch.testing.assert_close(est.azimuth, ref.azimuth, rtol=0, atol=0, equal_nan=True)
+
+
+def test_the_gpu_route_of_the_lm_loop_answers_as_the_cpu_route_without_waiting(monkeypatch):
+    """The LM loop's masked route (a GPU's default, NFMLEConfig.masked) run on the CPU:
+    the shipped learned localizer dispatches no operation that would make a GPU's host
+    wait (risloc.core.syncs; LAPACK's QR branch is the CPU's own) and gives the CPU route's
+    K and positions (bit for bit on the machine this was written on; the tolerance leaves
+    room for GEMM rounding that depends on the batch's layout). CI has no GPU: this keeps
+    the GPU's route tested."""
+    from risloc.core.checks import normalise_scale
+    from risloc.core.syncs import SyncCounter
+    from risloc.estimators import nfmle
+
+    pipe = load_learned_pipeline()
+    sc = simulate_range(0, 24, SystemConfig(), SceneConfig(power_spread_db=12.0),
+                        split="test", seed=11)
+    y, H = (t.to(torch.complex64) for t in normalise_scale(sc.y, sc.H))
+    codes = sc.codes.to(torch.complex64)
+    ref = pipe.localize(y, H, codes)
+    monkeypatch.setattr(nfmle, "masked_route", lambda cfg, device: True)
+    with SyncCounter() as counter:
+        est = pipe.localize(y, H, codes)
+    assert {k: n for k, n in counter.syncs.items() if "(CPU route)" not in k} == {}
+    assert sum(counter.from_host.values()) == 0
+    assert torch.equal(est.K, ref.K)
+    for f, atol in (("azimuth", 2e-4), ("elevation", 2e-4), ("range_m", 2e-3)):
+        torch.testing.assert_close(getattr(est, f), getattr(ref, f), rtol=0, atol=atol,
+                                   equal_nan=True)
