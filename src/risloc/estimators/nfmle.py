@@ -284,13 +284,13 @@ def _lm_iteration(state, y, H, codes, mask, system, cfg, lo, hi):
     J = _jacobian(fit, H, codes, theta, mask, system)
     JtJ, g = _normal_equations(J, fit.r, theta, mask, lo, hi)
     dJ = torch.diagonal(JtJ, dim1=-2, dim2=-1).clamp_min(1e-30)
-    start, mu = theta, mu.clone()
-    state = (theta.clone(), Fit(*(t.clone() for t in fit)))
-    steps = torch.zeros_like(theta)
     clamp = lambda t: torch.maximum(torch.minimum(t, hi), lo)  # noqa: E731
     if masked_route(cfg, theta.device):  # no set that shrinks: nothing waits for the device
-        return _masked_tries(start, fit, mu, JtJ, dJ, g, y, H, codes, mask, system, cfg,
+        return _masked_tries(theta, fit, mu, JtJ, dJ, g, y, H, codes, mask, system, cfg,
                              clamp)
+    start, mu = theta, mu.clone()  # the shrinking sets update copies in place
+    state = (theta.clone(), Fit(*(t.clone() for t in fit)))
+    steps = torch.zeros_like(theta)
     todo = torch.arange(B_, device=theta.device)  # scenes without an accepted step yet
     for _ in range(cfg.retries):
         sub = functools.partial(_rows, idx=None if todo.numel() == B_ else todo)
