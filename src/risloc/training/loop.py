@@ -313,6 +313,16 @@ def train(cfg: TrainConfig, resume: bool = False,
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tr = Trainer(cfg)
+    try:
+        return _run(tr, out, resume, callback)
+    finally:  # leave the process group before exit (gloo's threads then exit cleanly)
+        distributed.teardown(tr.dist)
+
+
+def _run(tr: Trainer, out: Path, resume: bool,
+         callback: EpochCallback | None) -> dict[str, float]:
+    """The epochs of :func:`train` and its final validation."""
+    cfg = tr.cfg
     if resume:
         tr.restore(out / "last.pt")
     val_scenes = validation_set(cfg)
