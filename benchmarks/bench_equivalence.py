@@ -1,7 +1,7 @@
 """Does a speed change keep the outputs? Estimates of this code against saved ones.
 
     python benchmarks/bench_equivalence.py --save REF.pt [--n 64] [--methods learned classical]
-    python benchmarks/bench_equivalence.py --against REF.pt [--out reports/bench/equivalence.json]
+    python benchmarks/bench_equivalence.py --against REF.pt [--lm-route masked] [--out ...]
 
 The issue on speed accepts a change when, on the test split, K is identical on >= 99.5 % of
 the scenes and the median errors (against the truth) move by at most 1 %. This script holds
@@ -30,6 +30,7 @@ from bench_versus import SPREAD_DB, localize, scenes_at  # noqa: E402
 
 from risloc.config import RislocConfig  # noqa: E402
 from risloc.core.params import Estimates  # noqa: E402
+from risloc.estimators import nfmle  # noqa: E402
 from risloc.evaluation import match_sources, summarize  # noqa: E402
 from risloc.io.atomic import atomic_path, write_text_atomic  # noqa: E402
 from risloc.pipeline import Localizer  # noqa: E402
@@ -112,7 +113,12 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["learned", "classical"],
                     choices=["learned", "classical"])
     ap.add_argument("--out", type=Path, default=Path("reports/bench/equivalence.json"))
+    ap.add_argument("--lm-route", choices=["auto", "masked", "shrinking"], default="auto",
+                    help="the NF-MLE LM loop's route (NFMLEConfig.masked; auto: the "
+                         "device's own, the shrinking one on the CPU)")
     args = ap.parse_args()
+    if args.lm_route != "auto":
+        nfmle.masked_route = lambda cfg, device: args.lm_route == "masked"
     if args.save:
         res, _ = run(args.methods, args.n)
         with atomic_path(args.save) as tmp:
@@ -128,7 +134,8 @@ def main() -> None:
     methods = sorted({k.split(",")[0] for k in ref["runs"]} & set(args.methods))
     res, truth = run(methods, ref["n"])
     rows = {}
-    print(f"\n{ref['revision']} -> {_revision()}: {ref['n']} test scenes x {2 * len(SNRS)} "
+    route = "" if args.lm_route == "auto" else f" ({args.lm_route} LM route)"
+    print(f"\n{ref['revision']} -> {_revision()}{route}: {ref['n']} test scenes x {2 * len(SNRS)} "
           f"conditions (SNR {', '.join(f'{s:g}' for s in SNRS)} dB; equal / spread powers; "
           "SNR withheld)")
     for key, v in res.items():
@@ -143,6 +150,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, json.dumps({"reference": ref["revision"],
                                             "revision": _revision(), "n": ref["n"],
+                                            "lm_route": args.lm_route,
                                             "rows": rows}, indent=2) + "\n")
 
 

@@ -35,6 +35,8 @@ from risloc.pipeline.learned import STAGES, load_learned_pipeline
 from risloc.training.config import load_train_config
 from risloc.training.loop import Trainer
 
+DEG = 57.29577951308232
+
 
 def count(run) -> dict:
     """Synchronising operations of ``run(on_stage)`` (one call, after a warm-up call);
@@ -134,8 +136,14 @@ def main() -> None:
             same = {f: bool(torch.equal(getattr(est, f).nan_to_num(), getattr(
                 reference, f).nan_to_num())) for f in ("K", "azimuth", "elevation", "range_m")}
             out["same_estimates_as_auto_route"] = same
+            both = (est.K == reference.K).unsqueeze(-1) & est.mask
+            moved = {f: float((getattr(est, f) - getattr(reference, f)).abs()[both].max())
+                     if both.any() else 0.0 for f in ("azimuth", "elevation", "range_m")}
+            out["largest_position_change_where_K_agrees"] = moved
             print(f"estimates of the {a.route} route bit for bit those of the device's "
-                  f"default route: {same}")
+                  f"default route: {same}; largest change where K agrees: az "
+                  f"{moved['azimuth'] * DEG:.2g} deg, el {moved['elevation'] * DEG:.2g} deg, "
+                  f"range {moved['range_m']:.2g} m")
     finally:
         nfmle.masked_route = default_route
     if a.device.startswith("cuda"):

@@ -123,12 +123,18 @@ def amplitude_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, A: torc
     A : [B, K, N] complex — steering rows;  mask : [B, K] bool
     """
     A = torch.where(mask.unsqueeze(-1), A, A.new_zeros(()))
-    Bm = apply_operator(H, codes, A)  # (B, L, M, K)
-    G = Bm.mH @ Bm  # (B, L, K, K)
+    return _fit_operator(y, apply_operator(H, codes, A), mask, tikhonov)
+
+
+def _fit_operator(y: torch.Tensor, Bm: torch.Tensor, mask: torch.Tensor,
+                  tikhonov: float) -> Fit:
+    """:func:`amplitude_fit` given the operator columns Bm [..., B, L, M, K] (zero columns
+    in padded slots); y [B, L, M] and mask [B, K] broadcast over Bm's leading dims."""
+    G = Bm.mH @ Bm  # (..., B, L, K, K)
     nk = mask.sum(-1).clamp_min(1).to(G.real.dtype)  # (B,)
-    tr = torch.diagonal(G, dim1=-2, dim2=-1).real.sum(-1)  # (B, L)
+    tr = torch.diagonal(G, dim1=-2, dim2=-1).real.sum(-1)  # (..., B, L)
     lam = tikhonov * tr / nk.unsqueeze(-1)
-    pad = (~mask).to(G.real.dtype).unsqueeze(1)  # (B, 1, K): identity on padded slots
+    pad = (~mask).to(G.real.dtype).unsqueeze(-2)  # (B, 1, K): identity on padded slots
     diag = lam.unsqueeze(-1) + pad * tr.mean(-1, keepdim=True).clamp_min(1e-30).unsqueeze(-1)
     G = G + torch.diag_embed(diag.to(G.dtype))
     s = solve_loaded(G, Bm.mH @ y.unsqueeze(-1)).squeeze(-1)  # (B, L, K)
@@ -205,14 +211,17 @@ def _try(idx, cand, state, y, H, codes, mask, system, cfg, B_):
 
 
 def _stacked_fits(cands, y, H, codes, mask, system, cfg) -> Fit:
-    """Amplitude fits of T candidate sets per scene, cands [T, B, K, 3], in one batch of
-    T B scenes: a Fit whose fields have the leading dims [T, B]."""
-    T, B = cands.shape[:2]
-    rep = lambda t: t.unsqueeze(0).expand(T, *t.shape).reshape(T * B, *t.shape[1:])  # noqa: E731
-    fit = amplitude_fit(rep(y), rep(H), rep(codes),
-                        steering_at(cands.flatten(0, 1), system, y.dtype), rep(mask),
-                        cfg.tikhonov)
-    return Fit(*(t.view(T, B, *t.shape[1:]) for t in fit))
+    """Amplitude fits of T candidate sets per scene, cands [T, B, K, 3]: a Fit whose
+    fields have the leading dims [T, B]. The T K candidate sources of a scene go through
+    its operator as the rows of one product (H and the codes are read once, not copied T
+    times; at T K > M the operators' product, the cheaper way there:
+    :func:`risloc.core.operator.apply_operator`)."""
+    T, B, K, _ = cands.shape
+    A = steering_at(cands.flatten(0, 1), system, y.dtype).view(T, B, K, -1)
+    A = torch.where(mask.unsqueeze(-1), A, A.new_zeros(()))
+    Bm = apply_operator(H, codes, A.transpose(0, 1).reshape(B, T * K, -1))  # (B, L, M, T K)
+    Bm = Bm.unflatten(-1, (T, K)).permute(3, 0, 1, 2, 4).contiguous()  # (T, B, L, M, K)
+    return _fit_operator(y, Bm, mask, cfg.tikhonov)
 
 
 def _take_fit(fits: Fit, idx: torch.Tensor, old: Fit, where: torch.Tensor) -> Fit:
