@@ -42,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as Fn
 
 from risloc.config import FieldOfView, SystemConfig
+from risloc.core.checks import check_measurements, check_shapes
 from risloc.core.operator import apply_operator
 from risloc.covariance.tools import abs2, back_projection, solve_loaded
 from risloc.estimators.grids import conj_bf16, grid_power, native_bf16
@@ -361,7 +362,8 @@ class CovarianceNet(nn.Module):
         check False skips the input checks (for callers that checked them: the checks read
         the device, a GPU's host waits for them)."""
         if check:
-            _check_inputs(y, H, codes, self.system)
+            check_shapes(y, H, codes, self.system)  # and L, M as the system's
+            check_measurements(y, H, codes, self.system)
         # Mixed precision (the trainer's autocast on CUDA) reaches the CNN trunk only: the
         # physics around it (steering phases, the ML refinement's solves) stays in FP32.
         fp32 = torch.autocast(y.device.type, enabled=False)
@@ -424,24 +426,3 @@ class CovarianceNet(nn.Module):
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-
-def _check_inputs(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
-                  system: SystemConfig) -> None:
-    """ValueError naming the problem for wrong shapes, non-finite values or a zero channel."""
-    B = y.shape[0] if y.ndim == 3 else -1
-    want = {"y": (y, (B, system.L, system.M)), "H": (H, (B, system.M, system.N)),
-            "codes": (codes, (B, system.L, system.N))}
-    for name, (t, shape) in want.items():
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape} for this system, got "
-                             f"{tuple(t.shape)}")
-        if not torch.is_complex(t):
-            raise ValueError(f"{name} must be complex, got {t.dtype}")
-    bad = torch.stack([*(~torch.isfinite(torch.view_as_real(t)).all() for t in (y, H, codes)),
-                       (H.abs().amax((-2, -1)) == 0).any()]).tolist()  # one read of the device
-    for name, flag in zip(want, bad, strict=False):
-        if flag:
-            raise ValueError(f"{name} contains non-finite values")
-    if bad[-1]:
-        raise ValueError("H is all zero in at least one scene")

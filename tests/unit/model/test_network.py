@@ -80,11 +80,13 @@ def test_unknown_snr_and_bad_inputs(model, scenes):
     y_nan[0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
         model(y_nan, scenes.H, scenes.codes)
-    with pytest.raises(ValueError, match="shape"):
-        model(scenes.y[:, :-1], scenes.H, scenes.codes)
-    with pytest.raises(ValueError, match="all zero"):
+    with pytest.raises(ValueError, match="have L=15 but the system has L=16"):
+        model(scenes.y[:, :-1], scenes.H, scenes.codes[:, :-1])
+    with pytest.raises(ValueError, match="shape mismatch"):
+        model(scenes.y, scenes.H[:2], scenes.codes)
+    with pytest.raises(ValueError, match="all-zero channel H in scenes \\[0, 1, 2\\]"):
         model(scenes.y, torch.zeros_like(scenes.H), scenes.codes)
-    with pytest.raises(ValueError, match="complex"):
+    with pytest.raises(TypeError, match="y must be complex"):
         model(scenes.y.real, scenes.H, scenes.codes)
     with pytest.raises(ValueError):
         ModelConfig(n_azimuth=1)
