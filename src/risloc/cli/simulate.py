@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -13,9 +14,11 @@ from rich.table import Table
 
 from risloc import __version__
 from risloc.cli.common import ConfigOpt, SetOpt, console, get_config, handle_errors, out, progress
+from risloc.config import RislocConfig
 from risloc.io.atomic import check_writable
 from risloc.io.scenefile import SceneFileWriter, inspect_scene_file, read_scenes, write_scenes
 from risloc.simulation.streams import BLOCK, SPLITS, simulate_range
+from risloc.training.config import load_train_config
 
 
 @handle_errors
@@ -34,6 +37,11 @@ def simulate_command(
         "i/n: write only shard i (0-based) of n equal, disjoint slices of the --n scenes; "
         "the shards of one command line, in order, hold exactly the scenes of the unsharded "
         "file, so n machines can each write one."), metavar="i/n")] = None,
+    recipe: Annotated[Path | None, typer.Option(help=(
+        "Draw the scenes as this training recipe (YAML / TOML) draws them: its system and "
+        "scene, and the kinds of its data.scene_mix in their shares (configs/train_mix.yaml: "
+        "dense patches, near sources, other codebooks, ...). Instead of --config; --set then "
+        "sets the recipe's fields (scene.snr_db=..., data.scene_mix=[])."))] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -46,18 +54,31 @@ def simulate_command(
     if out_path.suffix not in (".h5", ".hdf5", ".npz"):
         raise ValueError(f"--out must end in .h5 or .npz, got {out_path}")
     extra = [] if power_spread_db is None else [f"scene.power_spread_db={power_spread_db}"]
-    cfg = get_config(config, (set_ or []) + extra)
-    check_writable(out_path, [config] if config is not None else [])
+    if recipe is not None and config is not None:
+        raise ValueError("--recipe and --config exclude each other (a recipe holds the system "
+                         "and the scene)")
+    mix: list[dict] = []
+    if recipe is not None:
+        train_cfg = load_train_config(recipe, (set_ or []) + extra)
+        cfg = RislocConfig(system=train_cfg.system, scene=train_cfg.scene)
+        scenes = train_cfg.scenes()
+        mix = [kind.model_dump() for kind in train_cfg.data.scene_mix]
+    else:
+        cfg = get_config(config, (set_ or []) + extra)
+        scenes = cfg.scene
+    check_writable(out_path, [p for p in (config, recipe) if p is not None])
     attrs = {"config": cfg.to_json(), "split": split, "seed": seed, "risloc_version": __version__,
              "snr_db_fixed": "none" if snr_db is None else snr_db, "K_fixed": K or 0}
+    if mix:  # the file's `config` holds the base scene; the kinds replace some of its fields
+        attrs["scene_mix"] = json.dumps(mix)
     if shard is not None:
         attrs.update(shard=shard, first_scene=lo, n_total=n)
     t0 = time.perf_counter()
     if out_path.suffix == ".npz":
-        batch = simulate_range(lo, hi, cfg.system, cfg.scene, seed, split, snr_db=snr_db, K=K)
+        batch = simulate_range(lo, hi, cfg.system, scenes, seed, split, snr_db=snr_db, K=K)
         write_scenes(out_path, batch, cfg.system, attrs)
     else:
-        _simulate_h5(out_path, lo, hi, cfg, split, seed, snr_db, K, attrs)
+        _simulate_h5(out_path, lo, hi, cfg.system, scenes, split, seed, snr_db, K, attrs)
     dt = time.perf_counter() - t0
     size = out_path.stat().st_size / 1e6
     console.print(f"wrote {hi - lo} scenes to {out_path} ({size:.1f} MB) in {dt:.1f} s "
@@ -82,13 +103,13 @@ def parse_shard(shard: str | None, n: int) -> tuple[int, int]:
     return i * n // k, (i + 1) * n // k
 
 
-def _simulate_h5(path, start, stop, cfg, split, seed, snr_db, K, attrs) -> None:
+def _simulate_h5(path, start, stop, system, scenes, split, seed, snr_db, K, attrs) -> None:
     chunk = 4 * BLOCK
-    with SceneFileWriter(path, stop - start, cfg.system, attrs) as writer, progress() as bar:
+    with SceneFileWriter(path, stop - start, system, attrs) as writer, progress() as bar:
         task = bar.add_task(f"simulating {split}", total=stop - start)
         for lo in range(start, stop, chunk):
             hi = min(lo + chunk, stop)
-            writer.write(lo - start, simulate_range(lo, hi, cfg.system, cfg.scene, seed, split,
+            writer.write(lo - start, simulate_range(lo, hi, system, scenes, seed, split,
                                                     snr_db=snr_db, K=K))
             bar.advance(task, hi - lo)
 
@@ -115,6 +136,10 @@ def _print_summary(path: Path) -> None:
             table.add_row("range (m)", f"{np.nanmin(r):.2f} .. {np.nanmax(r):.2f}")
         if info.n_scenes > 4096:
             table.add_row("(statistics)", "over the first 4096 scenes")
+    if "scene_mix" in info.attrs:
+        kinds = json.loads(info.attrs["scene_mix"])
+        table.add_row("scene kinds", ", ".join(f"{k['name'] or 'unnamed'} {k['share']:.0%}"
+                                               for k in kinds) + " (the base scene the rest)")
     for key in ("split", "seed", "shard", "first_scene", "risloc_version"):
         if key in info.attrs:
             table.add_row(key, str(info.attrs[key]))
