@@ -77,12 +77,22 @@ def ema_multi_avg_fn(decay: float):
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; no weight decay on biases, norms and scalars. Asserts every trainable
-    parameter is wired into exactly one group."""
+    parameter is wired into exactly one group.
+
+    The fused implementation (one kernel per group and step; step counts on the device)
+    where the parameters live on the CPU or a CUDA GPU: PyTorch's default there is a loop
+    over the parameter tensors on the CPU (6 operations each, 294 per step for the shipped
+    network, and a read of each step count) and a handful of multi-tensor kernels on CUDA,
+    where the AMP scaler then reads its inf/NaN flag before the step; the fused step takes
+    the flag on the device. Same update up to rounding (tested)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     o = cfg.optim
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                for p in (*decay, *rest))
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=o.lr, betas=o.betas)
+                             {"params": rest, "weight_decay": 0.0}], lr=o.lr, betas=o.betas,
+                            fused=fused or None)
     wired = [id(p) for g in opt.param_groups for p in g["params"]]
     missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in wired]
     assert not missing and len(wired) == len(set(wired)), f"optimizer wiring: {missing[:8]}"
@@ -102,6 +112,31 @@ def sanitise_gradients(model: torch.nn.Module) -> int:
         for g in grads:
             torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
     return n_bad
+
+
+def clip_gradients(model: torch.nn.Module, max_norm: float) -> tuple[float, int]:
+    """Sanitise, then clip the gradients to the total 2-norm ``max_norm``; returns (the
+    norm before clipping, the count of non-finite entries zeroed).
+
+    One read of the device on a clean step: the total norm (foreach: a few kernels for
+    all the parameter tensors on a GPU) is finite exactly when no entry is non-finite (or
+    the squares overflow, which the sanitised path then reports as a non-finite norm);
+    only otherwise are the entries counted and zeroed (:func:`sanitise_gradients`) and the
+    norm taken again. The same gradients and norm as sanitising, then
+    ``clip_grad_norm_``, without the 5 operations per parameter tensor of a finite check
+    on every step."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0, 0
+    grads = [p.grad for p in params]
+    total = torch.nn.utils.get_total_norm(grads)
+    norm, n_bad = float(total), 0
+    if not math.isfinite(norm):
+        n_bad = sanitise_gradients(model)
+        total = torch.nn.utils.get_total_norm(grads)
+        norm = float(total)
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return norm, n_bad
 
 
 def grad_norm(params) -> float:
@@ -237,13 +272,11 @@ class Trainer:
         """unscale -> sanitise -> clip -> finite check -> step -> update -> zero_grad ->
         scheduler -> EMA. Returns (gradient norm before clipping, non-finite count, taken)."""
         self.scaler.unscale_(self.optimizer)
-        n_bad = sanitise_gradients(self.model)
+        norm, n_bad = clip_gradients(self.model, self.cfg.optim.grad_clip)
         if n_bad:
             log.warning("step %d: %d non-finite gradient entries zeroed%s", self.step, n_bad,
                         " (mixed precision: the scaler skips this step and lowers its scale)"
                         if self.scaler.is_enabled() else "")
-        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                    self.cfg.optim.grad_clip))
         taken = math.isfinite(norm)
         scale = self.scaler.get_scale()
         if taken:
@@ -399,5 +432,5 @@ def _finish(tr: Trainer, val_scenes: SceneBatch, out: Path, stopped: bool) -> di
     return metrics
 
 
-__all__ = ["Trainer", "build_optimizer", "ema_multi_avg_fn",
+__all__ = ["Trainer", "build_optimizer", "clip_gradients", "ema_multi_avg_fn",
            "grad_norm", "sanitise_gradients", "train"]

@@ -13,7 +13,12 @@ from risloc.losses import LossConfig, compute_losses
 from risloc.model import CovarianceNet, ModelConfig
 from risloc.simulation import SceneBatch, scene_true_covariance, simulate_batch
 from risloc.training.config import load_train_config
-from risloc.training.loop import build_optimizer, ema_multi_avg_fn, sanitise_gradients
+from risloc.training.loop import (
+    build_optimizer,
+    clip_gradients,
+    ema_multi_avg_fn,
+    sanitise_gradients,
+)
 
 SYSTEM = SystemConfig()
 ROOT = Path(__file__).resolve().parents[3]
@@ -38,6 +43,32 @@ def test_sanitise_counts_and_zeroes_nonfinite_gradients():
     assert sanitise_gradients(torch.nn.Linear(2, 2)) == 0  # no gradients yet
 
 
+@pytest.mark.parametrize("bad", [None, math.nan, math.inf, 3e30])
+def test_clip_gradients_is_sanitise_then_clip_grad_norm(bad):
+    """clip_gradients (one device read on a clean step) leaves the gradients, norm and
+    count that sanitise_gradients followed by clip_grad_norm_ leave: clean gradients, a
+    NaN, an inf, and finite entries whose squares overflow float32 (a non-finite norm,
+    nothing zeroed)."""
+    gen = torch.Generator().manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)) for _ in "ab"]
+    nets[1].load_state_dict(nets[0].state_dict())
+    grads = [torch.randn(p.shape, generator=gen) for p in nets[0].parameters()]
+    if bad is not None:
+        grads[2].view(-1)[1] = bad
+    for net in nets:
+        for p, g in zip(net.parameters(), grads, strict=True):
+            p.grad = g.clone()
+    norm, n_bad = clip_gradients(nets[0], 0.5)
+    n_ref = sanitise_gradients(nets[1])
+    ref = float(torch.nn.utils.clip_grad_norm_(nets[1].parameters(), 0.5))
+    assert n_bad == n_ref == (1 if bad in (math.nan, math.inf) else 0)
+    assert norm == ref or (math.isnan(norm) and math.isnan(ref))
+    assert math.isfinite(norm) == (bad is None or bad != 3e30)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, equal_nan=True)
+    assert clip_gradients(torch.nn.Linear(2, 2), 1.0) == (0.0, 0)  # no gradients yet
+
+
 def test_optimizer_wiring_covers_every_parameter():
     model = _small()
     cfg = load_train_config(None)
@@ -45,6 +76,31 @@ def test_optimizer_wiring_covers_every_parameter():
     wired = {id(p) for g in opt.param_groups for p in g["params"]}
     assert wired == {id(p) for p in model.parameters() if p.requires_grad}
     assert opt.param_groups[1]["weight_decay"] == 0.0  # biases, norms, the gate
+
+
+def test_the_fused_optimizer_steps_as_the_plain_one():
+    """build_optimizer's fused AdamW (on the CPU here) moves the weights as PyTorch's
+    per-tensor AdamW with the same groups does, over 5 steps, to float32 rounding."""
+    models = [_small() for _ in "ab"]
+    models[1].load_state_dict(models[0].state_dict())
+    start = [q.detach().clone() for q in models[0].parameters()]
+    cfg = load_train_config(None, ["optim.lr=0.01"])
+    fused = build_optimizer(models[0], cfg)
+    assert fused.param_groups[0]["fused"]
+    plain = torch.optim.AdamW([{**g, "params": list(p)} for g, p in zip(
+        [{"weight_decay": g["weight_decay"]} for g in fused.param_groups],
+        [[q for q in models[1].parameters() if (q.ndim >= 2) == (i == 0)] for i in (0, 1)],
+        strict=True)], lr=0.01, betas=cfg.optim.betas, foreach=False)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        grads = [torch.randn(q.shape, generator=gen) for q in models[0].parameters()]
+        for m, opt in zip(models, (fused, plain), strict=True):
+            for q, g in zip(m.parameters(), grads, strict=True):
+                q.grad = g.clone()
+            opt.step()
+    for a, b, c in zip(models[0].parameters(), models[1].parameters(), start, strict=True):
+        assert (a - c).abs().max() > 1e-3  # it moved (5 steps of about lr = 0.01)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_ema_warmup_and_decay():
