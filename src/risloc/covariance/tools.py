@@ -5,6 +5,9 @@ All functions are batched over leading dimensions; matrices are [..., N, N] comp
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import torch
 
 from risloc.core.operator import operators
@@ -168,6 +171,20 @@ def back_projection(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
     return (phi.mH @ z).squeeze(-1)
 
 
+def unit_snapshots(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                   alpha: float = 1e-3) -> torch.Tensor:
+    """The back-projected snapshots a_l (:func:`back_projection`) at unit RMS per scene,
+    so that the trace normalisation's eps never binds whatever the units: [B, L, N]."""
+    a = back_projection(y, H, codes, alpha)  # (B, L, N)
+    return a / abs2(a).mean((-2, -1), keepdim=True).sqrt().clamp_min(1e-30)
+
+
+def snapshot_covariance(a: torch.Tensor, N: int | None = None) -> torch.Tensor:
+    """(1/L) sum_l a_l a_l^H of snapshots a [B, L, N], Hermitised, trace N: [B, N, N]."""
+    R = a.mT @ a.conj() / a.shape[1]  # sum_l a_l a_l^H: (B, N, L) @ (B, L, N)
+    return normalize_trace(hermitise(R), N)
+
+
 def sample_covariance(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                       alpha: float = 1e-3, N: int | None = None) -> torch.Tensor:
     """R_samp = (1/L) sum_l a_l a_l^H of the back-projected snapshots, trace N.
@@ -177,11 +194,64 @@ def sample_covariance(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
 
     y : [B, L, M], H : [B, M, N], codes : [B, L, N]  ->  R_samp : [B, N, N]
     """
-    a = back_projection(y, H, codes, alpha)  # (B, L, N)
-    # unit RMS first, so that the trace normalisation's eps never binds whatever the units
-    a = a / abs2(a).mean((-2, -1), keepdim=True).sqrt().clamp_min(1e-30)
-    R = a.mT @ a.conj() / a.shape[1]  # sum_l a_l a_l^H: (B, N, L) @ (B, L, N)
-    return normalize_trace(hermitise(R), N)
+    return snapshot_covariance(unit_snapshots(y, H, codes, alpha), N)
+
+
+class LowRank(NamedTuple):
+    """R = c I + W W^H, a covariance of rank r < N plus a multiple of the identity, kept
+    as its factor: c : [B] real, W : [B, N, r] complex. R_blend is one (R_pred = F F^H
+    with S columns, R_samp of rank L, shrinkage and loading add multiples of I), so its
+    eigenvalues are c + those of the r x r matrix W^H W and c (N - r times), its top
+    eigenvectors W v / |W v| for the top eigenvectors v of W^H W, and R^-1 a follows from
+    an r x r Cholesky (Woodbury): 21 x 21 factorisations instead of 144 x 144 ones."""
+
+    c: torch.Tensor
+    W: torch.Tensor
+
+    def first(self, n: int) -> LowRank:
+        """The first n scenes."""
+        return LowRank(self.c[:n], self.W[:n])
+
+    def trace(self) -> torch.Tensor:
+        """[B]: N c + ||W||_F^2."""
+        return self.W.shape[-2] * self.c + abs2(self.W).sum((-2, -1))
+
+    def dense(self) -> torch.Tensor:
+        """[B, N, N] (for tests and checks)."""
+        eye = torch.eye(self.W.shape[-2], dtype=self.W.dtype, device=self.W.device)
+        return self.c.view(-1, 1, 1).to(self.W.dtype) * eye + self.W @ self.W.mH
+
+    def scaled_to_trace(self, N: int | None = None, eps: float = 1e-12) -> LowRank:
+        """:func:`normalize_trace` of R."""
+        N = self.W.shape[-2] if N is None else N
+        s = N / self.trace().clamp_min(eps)
+        return LowRank(self.c * s, self.W * s.sqrt().view(-1, 1, 1).to(self.W.dtype))
+
+    def shrunk(self, a: float) -> LowRank:
+        """:func:`shrink`: (1 - a) R + a tr(R)/N I."""
+        mu = self.trace() / self.W.shape[-2]
+        return LowRank((1 - a) * self.c + a * mu, self.W * math.sqrt(1 - a))
+
+    def loaded(self, eps: float) -> LowRank:
+        """:func:`load_diagonal`: R + eps tr(R)/N I."""
+        return LowRank(self.c + eps * self.trace() / self.W.shape[-2], self.W)
+
+
+def blend_factor(F: torch.Tensor, a: torch.Tensor, beta: float | torch.Tensor,
+                 N: int | None = None) -> LowRank:
+    """:func:`blend` of R_pred = F F^H and R_samp = :func:`snapshot_covariance` (a), as
+    the factor W = [sqrt(1 - beta) F / |F|, sqrt(beta) a^T / |a|] sqrt(N) (c = 0), a
+    detached as in :func:`blend`. F : [B, N, S], a : [B, L, N] -> W : [B, N, S + L]."""
+    N = F.shape[-2] if N is None else N
+    a = a.detach().mT
+    unit = lambda X: X * (N / abs2(X).sum((-2, -1), keepdim=True).clamp_min(1e-12)).sqrt()  # noqa: E731
+    if isinstance(beta, torch.Tensor):  # per scene [B] (or a scalar tensor)
+        beta = beta.to(F.real.dtype).reshape(-1, 1, 1)
+        wp, ws = (1 - beta).sqrt().to(F.dtype), beta.sqrt().to(F.dtype)
+    else:  # a number: no tensor from host data
+        wp, ws = math.sqrt(1 - beta), math.sqrt(beta)
+    W = torch.cat([unit(F) * wp, unit(a) * ws], -1)
+    return LowRank(W.new_zeros(W.shape[0], dtype=W.real.dtype), W).scaled_to_trace(N)
 
 
 def subspace_overlap(R_est: torch.Tensor, R_ref: torch.Tensor, K: torch.Tensor) -> torch.Tensor:

@@ -7,18 +7,29 @@ from typing import NamedTuple
 
 import torch
 
-from risloc.covariance.tools import blend, load_diagonal, sample_covariance, shrink
+from risloc.covariance.tools import (
+    LowRank,
+    blend,
+    blend_factor,
+    load_diagonal,
+    shrink,
+    snapshot_covariance,
+    unit_snapshots,
+)
 from risloc.inference.recipe import BlendConfig
 from risloc.model.network import CovarianceNet, ModelOutput
 
 
 class Forward(NamedTuple):
     """out : ModelOutput; R_samp, R_blend : [B, N, N] complex64 (trace N), or None where
-    the covariance was not made (the learned pipeline proposing the network's slots)."""
+    the covariance was not made (the learned pipeline proposing the network's slots);
+    factor : R_blend as c I + W W^H (:class:`risloc.covariance.LowRank`, W [B, N, S + L]),
+    which the loss terms that factorise R_blend use (21 x 21 instead of 144 x 144)."""
 
     out: ModelOutput
     R_samp: torch.Tensor | None
     R_blend: torch.Tensor | None
+    factor: LowRank | None = None
 
 
 def forward_blend(model: CovarianceNet, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
@@ -33,14 +44,18 @@ def forward_blend(model: CovarianceNet, y: torch.Tensor, H: torch.Tensor, codes:
     check False: the inputs were checked by the caller (the network's ``check``).
     """
     out = model(y, H, codes, snr_db, check=check)
-    R_samp = sample_covariance(y, H, codes, blend_cfg.bp_alpha)
+    a = unit_snapshots(y, H, codes, blend_cfg.bp_alpha)
+    R_samp = snapshot_covariance(a)  # risloc.covariance.sample_covariance
     B, N = y.shape[0], getattr(model, "module", model).system.N  # model or its DDP wrapper
     # PERMANENT shape assertions at the blend site: they catch shape drift at once.
     assert out.R_pred.shape == (B, N, N), f"R_pred {tuple(out.R_pred.shape)} != {(B, N, N)}"
     assert R_samp.shape == (B, N, N), f"R_samp {tuple(R_samp.shape)} != {(B, N, N)}"
     R_blend = blend(out.R_pred, R_samp, beta, N)
+    factor = blend_factor(out.F, a, beta, N)
     if blend_cfg.shrinkage > 0:
         R_blend = shrink(R_blend, blend_cfg.shrinkage)
+        factor = factor.shrunk(blend_cfg.shrinkage)
     if blend_cfg.loading > 0:
         R_blend = load_diagonal(R_blend, blend_cfg.loading)
-    return Forward(out, R_samp, R_blend)
+        factor = factor.loaded(blend_cfg.loading)
+    return Forward(out, R_samp, R_blend, factor)

@@ -23,7 +23,7 @@ import torch
 
 from risloc.config import SystemConfig
 from risloc.core.params import pack, steering_at
-from risloc.covariance.tools import hermitise, load_diagonal, normalize_trace
+from risloc.covariance.tools import LowRank, hermitise, load_diagonal, normalize_trace
 from risloc.losses.covariance import EPS, frob2, gram_solver
 from risloc.physics.steering import steering
 
@@ -58,16 +58,24 @@ def gt_subspace_alignment(R: torch.Tensor, A_true: torch.Tensor,
     return (r2 - 2 * t1 + t2).clamp_min(0.0) / (r2 + EPS)
 
 
-def top_subspace(R: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+def top_subspace(R: torch.Tensor | LowRank, K: torch.Tensor) -> torch.Tensor:
     """Top-K eigenvectors of the Hermitised R, without gradient, zero columns beyond K.
+    Given R as c I + W W^H (:class:`LowRank`): W v / |W v| for the top eigenvectors v of
+    the r x r W^H W (a column of a zero eigenvalue, which has no direction, is 0).
 
-    R : [B, N, N] complex; K : [B] int64  ->  U : [B, N, max K] complex
+    R : [B, N, N] complex or LowRank; K : [B] int64  ->  U : [B, N, max K] complex
     """
     with torch.no_grad():
-        _, V = torch.linalg.eigh(hermitise(R.detach()))  # ascending
         Kc = int(K.max())
-        U = V[..., -Kc:].flip(-1)
-        keep = torch.arange(Kc, device=R.device) < K.unsqueeze(-1)
+        if isinstance(R, LowRank):
+            W = R.W.detach()
+            _, V = torch.linalg.eigh(hermitise(W.mH @ W))  # ascending
+            U = W @ V[..., -Kc:].flip(-1)
+            U = U / torch.linalg.vector_norm(U, dim=-2, keepdim=True).clamp_min(EPS)
+        else:
+            _, V = torch.linalg.eigh(hermitise(R.detach()))  # ascending
+            U = V[..., -Kc:].flip(-1)
+        keep = torch.arange(Kc, device=K.device) < K.unsqueeze(-1)
         return U * keep.unsqueeze(-2).to(U.dtype)
 
 
@@ -86,14 +94,27 @@ def predicted_subspace_alignment(R: torch.Tensor, K: torch.Tensor, A_slots: torc
     return (weight * dist).sum(-1) / weight.sum(-1).clamp_min(EPS)
 
 
-def capon_spectrum(R: torch.Tensor, A: torch.Tensor, loading: float = 1e-2) -> torch.Tensor:
+def capon_spectrum(R: torch.Tensor | LowRank, A: torch.Tensor,
+                   loading: float = 1e-2) -> torch.Tensor:
     """Capon pseudo-spectrum 1 / (a^H R_l^-1 a) at given steering vectors.
 
-    R_l = trace-N Hermitised R + loading I (full rank), solved by Cholesky.
-    R : [B, N, N] complex; A : [B, N, P] complex  ->  [B, P] float
+    R_l = trace-N Hermitised R + loading I (full rank), solved by Cholesky. Given R as
+    c I + W W^H (:class:`LowRank`), by Woodbury with the r x r Cholesky of
+    G = c I + W^H W: a^H R_l^-1 a = (|a|^2 - |L^-1 W^H a|^2) / c, in double precision
+    (the difference cancels where a lies in the signal subspace).
+    R : [B, N, N] complex or LowRank; A : [B, N, P] complex  ->  [B, P] float
     """
     if loading <= 0:
         raise ValueError("capon_spectrum needs a positive loading (R may be rank-deficient)")
+    if isinstance(R, LowRank):
+        lr = R.scaled_to_trace().loaded(loading)
+        W, A2 = lr.W.to(torch.complex128), A.to(torch.complex128)
+        c = lr.c.to(torch.float64)
+        G = W.mH @ W + torch.diag_embed(c.unsqueeze(-1).expand(-1, W.shape[-1])).to(W.dtype)
+        X = torch.linalg.solve_triangular(torch.linalg.cholesky(G), W.mH @ A2, upper=False)
+        q = ((A2.real.square() + A2.imag.square()).sum(-2)
+             - (X.real.square() + X.imag.square()).sum(-2)) / c.unsqueeze(-1)
+        return (1.0 / q.clamp_min(EPS)).to(A.real.dtype)
     Rl = load_diagonal(normalize_trace(hermitise(R)), loading)
     L = torch.linalg.cholesky(Rl)
     X = torch.linalg.solve_triangular(L, A, upper=False)  # L^-1 a: a^H R^-1 a = ||L^-1 a||^2

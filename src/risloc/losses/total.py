@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from risloc.config import SystemConfig
+from risloc.covariance.tools import LowRank
 from risloc.losses import auxiliary as aux
 from risloc.losses import covariance as cov
 from risloc.losses import subspace as sub
@@ -127,11 +128,14 @@ class _Batch:
     """Inputs of the terms, with the shared pieces (matching, singular values) computed
     once on first use."""
 
-    def __init__(self, out: ModelOutput, R_blend, R_true, scenes, system, cfg: LossConfig):
+    def __init__(self, out: ModelOutput, R_blend, R_true, scenes, system, cfg: LossConfig,
+                 factor: LowRank | None = None):
         self.out, self.R_blend, self.R_true, self.system, self.cfg = (out, R_blend, R_true,
                                                                        system, cfg)
         self.pts, self.valid, self.K = truth_of(scenes)
         self.n = cfg.spectral_scenes or R_blend.shape[0]  # scenes of the N x N factorisations
+        # what the factorising terms read: R_blend's factor where given (r x r instead)
+        self.spectral = R_blend[:self.n] if factor is None else factor.first(self.n)
 
     @functools.cached_property
     def match(self) -> aux.SlotMatch:
@@ -139,7 +143,7 @@ class _Batch:
 
     @functools.cached_property
     def sv(self) -> torch.Tensor:
-        return cov.loaded_singular_values(self.R_blend[:self.n], self.cfg.svd_loading)
+        return cov.loaded_singular_values(self.spectral, self.cfg.svd_loading)
 
     def steering(self, pts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return sub.steering_columns(pts[..., 0], pts[..., 1], 1.0 / pts[..., 2].clamp_min(1e-6),
@@ -170,13 +174,13 @@ def _aux(b: _Batch) -> torch.Tensor:
 def _align(b: _Batch) -> torch.Tensor:
     n, lp = b.n, b.out.learned[:b.n]
     A = b.steering(lp, torch.ones_like(b.valid[:n]))
-    return sub.predicted_subspace_alignment(b.R_blend[:n], b.K[:n], A,
+    return sub.predicted_subspace_alignment(b.spectral, b.K[:n], A,
                                             b.match.matched[:n].float())
 
 
 def _peak_contrast(b: _Batch) -> torch.Tensor:
     n, p, c = b.n, b.pts[:b.n], b.cfg
-    return sub.peak_contrast(b.R_blend[:n], p[..., 0], p[..., 1], 1.0 / p[..., 2].clamp_min(1e-6),
+    return sub.peak_contrast(b.spectral, p[..., 0], p[..., 1], 1.0 / p[..., 2].clamp_min(1e-6),
                              b.valid[:n], b.system, c.contrast_delta_deg,
                              c.contrast_delta_inv_range, c.capon_loading)
 
@@ -201,19 +205,23 @@ _TERM_FUNCTIONS = {
 
 def compute_losses(out: ModelOutput, R_blend: torch.Tensor, R_true: torch.Tensor,
                    scenes: SceneBatch, system: SystemConfig,
-                   cfg: LossConfig = LossConfig()) -> LossTerms:
+                   cfg: LossConfig = LossConfig(), factor: LowRank | None = None) -> LossTerms:
     """All loss terms of a batch and their weighted sum.
 
     out : the network's ModelOutput; R_blend : [B, N, N] complex — the blended covariance
     (``risloc.covariance.blend``); R_true : [B, N, N] — target only; scenes : the batch's
-    truth (K, positions).
+    truth (K, positions); factor : R_blend as c I + W W^H (``Forward.factor``): the terms
+    that factorise R_blend (gap, margin, align, peak_contrast) then factorise r x r
+    matrices, with the same values and gradients to rounding (tested).
     """
     B, N = R_blend.shape[0], system.N
     if R_blend.shape != (B, N, N) or R_true.shape != (B, N, N):
         raise ValueError(f"R_blend {tuple(R_blend.shape)} and R_true {tuple(R_true.shape)} "
                          f"must be [B, {N}, {N}]")
     R_blend, R_true = R_blend.to(torch.complex64), R_true.to(torch.complex64).detach()
-    batch = _Batch(out, R_blend, R_true, scenes, system, cfg)
+    if factor is not None:
+        factor = LowRank(factor.c.float(), factor.W.to(torch.complex64))
+    batch = _Batch(out, R_blend, R_true, scenes, system, cfg, factor)
     per_scene = {t: _TERM_FUNCTIONS[t](batch) for t in TERMS if getattr(cfg, WEIGHTS[t]) > 0}
     nan = torch.full((), math.nan, device=R_blend.device)
     means = {t: per_scene[t].mean() if t in per_scene else nan for t in TERMS}

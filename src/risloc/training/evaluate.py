@@ -80,7 +80,7 @@ def evaluate(model: CovarianceNet, scenes: SceneBatch, system: SystemConfig, bet
         sc = scenes[lo:lo + batch_size].to(device)
         fwd = forward_blend(model, sc.y, sc.H, sc.codes, sc.snr_db, beta, blend_cfg)
         R_true = scene_true_covariance(sc, system)
-        terms = compute_losses(fwd.out, fwd.R_blend, R_true, sc, system, loss_cfg)
+        terms = compute_losses(fwd.out, fwd.R_blend, R_true, sc, system, loss_cfg, fwd.factor)
         for k, v in terms.as_dict().items():
             sums[k] = sums.get(k, 0.0) + v * len(sc)
         K_hat = fwd.out.K_hat

@@ -258,7 +258,8 @@ class Trainer:
             fwd = forward_blend(self.net, scenes.y, scenes.H, scenes.codes, scenes.snr_db,
                                 beta, self.cfg.blend)
         R_true = scene_true_covariance(scenes, self.cfg.system)  # target only
-        return compute_losses(fwd.out, fwd.R_blend, R_true, scenes, self.cfg.system, loss_cfg)
+        return compute_losses(fwd.out, fwd.R_blend, R_true, scenes, self.cfg.system, loss_cfg,
+                              fwd.factor)
 
     def micro_step(self, scenes: SceneBatch, beta: float, loss_cfg: LossConfig) -> LossTerms:
         """Forward, losses and backward of one micro-batch (gradients accumulate)."""

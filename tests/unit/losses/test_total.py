@@ -97,3 +97,39 @@ def test_zero_weight_term_is_skipped_and_reported_nan(model):
         LossConfig(lam_cov=-1.0)
     with pytest.raises(ValueError):
         compute_losses(out, out.R_pred[:, :10, :10], R_true, scenes, SYSTEM, cfg)
+
+
+@pytest.mark.parametrize("blend_cfg", [(0.0, 0.0), (0.1, 1e-2)])
+def test_the_factor_of_r_blend_gives_the_dense_terms_and_gradients(model, blend_cfg):
+    """forward_blend's factor c I + W W^H is R_blend; the terms that factorise R_blend
+    (gap, margin, align, peak_contrast) computed on it by r x r factorisations equal the
+    dense N x N ones, and so do their gradients (float32 rounding), with hinges active,
+    per-scene betas, shrinkage and loading, K = 1..5."""
+    from risloc.inference.forward import forward_blend
+    from risloc.inference.recipe import BlendConfig
+
+    scenes = simulate_batch(6, SYSTEM, SceneConfig(), torch.Generator().manual_seed(3),
+                            snr_db=5.0)
+    cfg = BlendConfig(shrinkage=blend_cfg[0], loading=blend_cfg[1])
+    beta = torch.tensor([0.0, 0.2, 0.5, 0.3, 1.0, 0.1])
+    fwd = forward_blend(model, scenes.y, scenes.H, scenes.codes, scenes.snr_db, beta, cfg)
+    torch.testing.assert_close(fwd.factor.dense(), fwd.R_blend, rtol=0, atol=2e-6)
+    R_true = scene_true_covariance(scenes, SYSTEM)
+    loss = replace(ACTIVE, spectral_scenes=4)
+    dense = compute_losses(fwd.out, fwd.R_blend, R_true, scenes, SYSTEM, loss)
+    low = compute_losses(fwd.out, fwd.R_blend, R_true, scenes, SYSTEM, loss, fwd.factor)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for name in ("gap", "margin", "align", "peak_contrast"):
+        a, b = getattr(dense, name), getattr(low, name)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+        ga = torch.autograd.grad(a, params, retain_graph=True, allow_unused=True)
+        gb = torch.autograd.grad(b, params, retain_graph=True, allow_unused=True)
+        scale = max(float(g.abs().max()) for g in ga if g is not None)
+        assert scale > 0, name
+        for x, y in zip(ga, gb, strict=True):
+            assert (x is None) == (y is None), name
+            if x is not None:
+                torch.testing.assert_close(y, x, rtol=0, atol=2e-3 * scale, msg=name)
+    for name in set(TERMS) - {"gap", "margin", "align", "peak_contrast"}:  # not the factor's
+        torch.testing.assert_close(getattr(low, name), getattr(dense, name), rtol=0, atol=0,
+                                   equal_nan=True, msg=name)
