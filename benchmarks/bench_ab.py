@@ -2,7 +2,7 @@
 extra environment variables), interleaved in one run.
 
     python benchmarks/bench_ab.py --base REV [--env NAME=VALUE ...]
-                                  [--methods learned classical] [--batch 256]
+                                  [--methods learned classical training] [--batch 256]
                                   [--rounds 3] [--repeats 2] [--out reports/bench/ab.json]
     python benchmarks/bench_ab.py --env THP_MEM_ALLOC_ENABLE=1   # the same code, two settings
 
@@ -17,7 +17,9 @@ each side over all its timings, and their ratio, with the kernel CPU seconds and
 faults of each side's timed runs (medians per process). ``--env`` sets variables in the
 "now" side's processes only (the "base" side runs without them); without ``--base`` both
 sides run the working tree, so the variables are the only difference. Outputs are compared
-by ``bench_equivalence.py``, not here.
+by ``bench_equivalence.py``, not here. ``--methods training`` times optimizer steps
+(micro-batch, backward, step) of the default recipe on one fixed batch of its own size, on
+its one thread (the recipe file of the working tree on both sides).
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_pipeline import test_scenes  # noqa: E402
 
 from risloc.io.atomic import write_text_atomic  # noqa: E402
+from risloc.training.config import load_train_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "configs" / "train_default.yaml"  # --methods training: its steps, both sides
 
 _CHILD = """
 import json, resource, sys, time
@@ -48,15 +52,32 @@ import risloc
 assert risloc.__file__.startswith({src!r}), risloc.__file__
 from risloc.config import RislocConfig
 from risloc.pipeline import Localizer
-d = torch.load({scenes!r})
-loc = (Localizer.from_checkpoint() if {method!r} == "learned"
-       else Localizer(RislocConfig().system, "classical"))
-loc.localize(d["y"], d["H"], d["codes"])  # warm-up
+if {method!r} == "training":  # optimizer steps of the default recipe on one fixed batch
+    import tempfile
+    from risloc.training.config import load_train_config
+    from risloc.training.loop import Trainer
+    cfg = load_train_config({recipe!r}, ["device=cpu", "progress=false",
+                                         "out_dir=" + tempfile.mkdtemp()])
+    torch.set_num_threads(cfg.threads or torch.get_num_threads())
+    tr = Trainer(cfg)
+    batch = tr.data.batch(0, 0)
+    def run():
+        with torch.enable_grad():
+            tr.micro_step(batch, cfg.blend.beta, tr.loss_config())
+            tr.optimizer_step()
+else:
+    d = torch.load({scenes!r})
+    loc = (Localizer.from_checkpoint() if {method!r} == "learned"
+           else Localizer(RislocConfig().system, "classical"))
+    def run():
+        loc.localize(d["y"], d["H"], d["codes"])
+run()  # warm-up
+run()
 ts = []
 r0 = resource.getrusage(resource.RUSAGE_SELF)
 for _ in range({repeats}):
     t0 = time.perf_counter()
-    loc.localize(d["y"], d["H"], d["codes"])
+    run()
     ts.append(time.perf_counter() - t0)
 r1 = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({{"times": ts, "sys_s": r1.ru_stime - r0.ru_stime,
@@ -67,7 +88,8 @@ print(json.dumps({{"times": ts, "sys_s": r1.ru_stime - r0.ru_stime,
 def _time(src: Path, scenes: Path, method: str, repeats: int, env: dict[str, str]) -> dict:
     """One fresh process's timings of ``method`` (its seconds per run, kernel seconds and
     minor faults over the timed runs) with the package at ``src`` and environment ``env``."""
-    code = _CHILD.format(src=str(src), scenes=str(scenes), method=method, repeats=repeats)
+    code = _CHILD.format(src=str(src), scenes=str(scenes), method=method, repeats=repeats,
+                         recipe=str(RECIPE))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env)
     if out.returncode:
@@ -93,7 +115,9 @@ def main() -> None:
     ap.add_argument("--env", nargs="+", default=[], metavar="NAME=VALUE",
                     help="environment variables of the 'now' side only")
     ap.add_argument("--methods", nargs="+", default=["learned", "classical"],
-                    choices=["learned", "classical"])
+                    choices=["learned", "classical", "training"],
+                    help="training: optimizer steps of configs/train_default.yaml (its "
+                         "batch and threads; 'scenes/s' = its batch / step seconds)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=2)
@@ -132,11 +156,14 @@ def main() -> None:
         text=True).stdout.strip()
     out = {"base": rev, "env": extra, "batch": args.batch,
            "threads": torch.get_num_threads(), "methods": {}}
-    print(f"\nbatch {args.batch}, {args.rounds} rounds x {args.repeats} timings per side, "
+    print(f"\nbatch {args.batch}" + (" (training: the recipe's)" if "training" in runs else "")
+          + f", {args.rounds} rounds x {args.repeats} timings per side, "
           "fresh processes, interleaved" + (f"; now = base + {extra}" if extra else ""))
     for m, per_side in runs.items():
         t = {s: [x for run in v for x in run["times"]] for s, v in per_side.items()}
-        rate = {s: args.batch / statistics.median(v) for s, v in t.items()}
+        n = (load_train_config(RECIPE).optim.batch_size if m == "training"
+             else args.batch)  # scenes per timed run
+        rate = {s: n / statistics.median(v) for s, v in t.items()}
         sys_s = {s: statistics.median(run["sys_s"] for run in v) for s, v in per_side.items()}
         faults = {s: statistics.median(run["minflt"] for run in v) for s, v in per_side.items()}
         out["methods"][m] = {"scenes_per_s": rate, "ratio": rate["now"] / rate["base"],

@@ -240,8 +240,9 @@ class LowRank(NamedTuple):
 def blend_factor(F: torch.Tensor, a: torch.Tensor, beta: float | torch.Tensor,
                  N: int | None = None) -> LowRank:
     """:func:`blend` of R_pred = F F^H and R_samp = :func:`snapshot_covariance` (a), as
-    the factor W = [sqrt(1 - beta) F / |F|, sqrt(beta) a^T / |a|] sqrt(N) (c = 0), a
-    detached as in :func:`blend`. F : [B, N, S], a : [B, L, N] -> W : [B, N, S + L]."""
+    the factor W = [sqrt(1 - beta) F / |F|, sqrt(beta) a^T / |a|] sqrt(N) (c = 0), scaled
+    to trace N as blend's last step does, a detached as in :func:`blend`.
+    F : [B, N, S], a : [B, L, N] -> W : [B, N, S + L]."""
     N = F.shape[-2] if N is None else N
     a = a.detach().mT
     unit = lambda X: X * (N / abs2(X).sum((-2, -1), keepdim=True).clamp_min(1e-12)).sqrt()  # noqa: E731
