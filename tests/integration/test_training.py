@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -186,13 +187,20 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     one = subprocess.run([sys.executable, "-m", "risloc", *args, "--out",
                           str(tmp_path / "one")], capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", "-m", "risloc", *args, "--out",
-                          str(tmp_path / "two")], capture_output=True, text=True, env=env)
+    for attempt in range(2):  # once more only if a rank was killed by a signal (below)
+        two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              "--nproc_per_node=2", "-m", "risloc", *args, "--out",
+                              str(tmp_path / f"two{attempt}")], capture_output=True, text=True,
+                             env=env)
+        # a rank aborted (SIGABRT) in about 1 of 30 runs of this 2-process gloo job on the
+        # 2-core CI machine, in neither rank's Python code; any other failure fails at once
+        if two.returncode == 0 or not re.search(r"Signal \d+ \(SIG\w+\) received", two.stderr):
+            break
     assert two.returncode == 0, two.stderr[-2000:]
-    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / f"two{attempt}" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["ranks_identical"] == 1.0
-    a, b = _weights(tmp_path / "one" / "last.pt"), _weights(tmp_path / "two" / "last.pt")
+    a, b = (_weights(tmp_path / "one" / "last.pt"),
+            _weights(tmp_path / f"two{attempt}" / "last.pt"))
     assert a.keys() == b.keys()
     for k in a:
         if a[k].is_floating_point():
