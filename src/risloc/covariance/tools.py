@@ -238,12 +238,15 @@ class LowRank(NamedTuple):
 
 
 def blend_factor(F: torch.Tensor, a: torch.Tensor, beta: float | torch.Tensor,
-                 N: int | None = None) -> LowRank:
+                 N: int | None = None) -> LowRank | None:
     """:func:`blend` of R_pred = F F^H and R_samp = :func:`snapshot_covariance` (a), as
     the factor W = [sqrt(1 - beta) F / |F|, sqrt(beta) a^T / |a|] sqrt(N) (c = 0), scaled
     to trace N as blend's last step does, a detached as in :func:`blend`.
-    F : [B, N, S], a : [B, L, N] -> W : [B, N, S + L]."""
+    F : [B, N, S], a : [B, L, N] -> W : [B, N, S + L]; None where S + L >= N (a small
+    RIS: the factor would be no smaller than R, whose dense terms then apply)."""
     N = F.shape[-2] if N is None else N
+    if F.shape[-1] + a.shape[-2] >= F.shape[-2]:
+        return None
     a = a.detach().mT
     unit = lambda X: X * (N / abs2(X).sum((-2, -1), keepdim=True).clamp_min(1e-12)).sqrt()  # noqa: E731
     if isinstance(beta, torch.Tensor):  # per scene [B] (or a scalar tensor)

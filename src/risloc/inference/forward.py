@@ -24,7 +24,8 @@ class Forward(NamedTuple):
     """out : ModelOutput; R_samp, R_blend : [B, N, N] complex64 (trace N), or None where
     the covariance was not made (the learned pipeline proposing the network's slots);
     factor : R_blend as c I + W W^H (:class:`risloc.covariance.LowRank`, W [B, N, S + L]),
-    which the loss terms that factorise R_blend use (21 x 21 instead of 144 x 144)."""
+    which the loss terms that factorise R_blend use (21 x 21 instead of 144 x 144); None
+    where S + L >= N."""
 
     out: ModelOutput
     R_samp: torch.Tensor | None
@@ -51,11 +52,11 @@ def forward_blend(model: CovarianceNet, y: torch.Tensor, H: torch.Tensor, codes:
     assert out.R_pred.shape == (B, N, N), f"R_pred {tuple(out.R_pred.shape)} != {(B, N, N)}"
     assert R_samp.shape == (B, N, N), f"R_samp {tuple(R_samp.shape)} != {(B, N, N)}"
     R_blend = blend(out.R_pred, R_samp, beta, N)
-    factor = blend_factor(out.F, a, beta, N)
+    factor = blend_factor(out.F, a, beta, N)  # None for a small RIS (S + L >= N)
     if blend_cfg.shrinkage > 0:
         R_blend = shrink(R_blend, blend_cfg.shrinkage)
-        factor = factor.shrunk(blend_cfg.shrinkage)
+        factor = None if factor is None else factor.shrunk(blend_cfg.shrinkage)
     if blend_cfg.loading > 0:
         R_blend = load_diagonal(R_blend, blend_cfg.loading)
-        factor = factor.loaded(blend_cfg.loading)
+        factor = None if factor is None else factor.loaded(blend_cfg.loading)
     return Forward(out, R_samp, R_blend, factor)

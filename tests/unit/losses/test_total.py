@@ -133,3 +133,14 @@ def test_the_factor_of_r_blend_gives_the_dense_terms_and_gradients(model, blend_
     for name in set(TERMS) - {"gap", "margin", "align", "peak_contrast"}:  # not the factor's
         torch.testing.assert_close(getattr(low, name), getattr(dense, name), rtol=0, atol=0,
                                    equal_nan=True, msg=name)
+
+
+def test_no_factor_for_a_small_ris():
+    """blend_factor gives None where S + L >= N (a 4 x 4 RIS with 16 snapshots and 5
+    slots: compute_losses then factorises the dense R_blend), a factor below that."""
+    from risloc.covariance import blend_factor
+
+    F, a = torch.ones(2, 16, 5, dtype=torch.complex64), torch.ones(2, 16, 16,
+                                                                   dtype=torch.complex64)
+    assert blend_factor(F, a, 0.3) is None
+    assert blend_factor(F, a[:, :10], 0.3).W.shape == (2, 16, 15)
