@@ -3,8 +3,10 @@
 (a) Seconds per optimizer step of a recipe at several batch sizes (median of timed steps
     after three warm-up steps, which also let an AMP scaler settle its scale; a step
     includes simulating its batch on the CPU, reported alone as simulate_batch_s, and ends
-    in a host sync), the time of one (cold) validation pass at the first batch size, the
-    operator calls of one step and a profiler table of the heaviest operators.
+    in a host sync; then the same on batches simulated before, and as an epoch of training
+    runs them, simulating ahead in a thread), the time of one (cold) validation pass at the
+    first batch size, the operator calls of one step and a profiler table of the heaviest
+    operators.
 (b) The learned pipeline's stages (forward, propose, fit, decide order, polish) on the
     shipped model at several batch sizes, each stage closed by a device sync; medians.
 (c) ``--classical-batches``: the classical localizer and the learned pipeline end to end
@@ -14,6 +16,8 @@
     the line of risloc that caused it), and at the last inference batch a profiler table
     of the heaviest CUDA kernels with the GPU's busy time over an unprofiled call's wall
     time (a low share: launch- or host-bound).
+(e) ``--graph-batches`` on CUDA, an experiment: the learned call captured as a CUDA graph
+    and replayed (the host's launches gone), against the eager call.
 
     python benchmarks/bench_device.py --device cuda [--batch-sizes 32 128 256] \
         [--set model.width=64 ...] [--inference-batches 256 2048] \
@@ -50,7 +54,12 @@ def _sync(device: torch.device) -> None:
 
 def step_times(cfg, steps: int, profile: bool, validate: bool) -> dict:
     """Part (a) for one recipe: median seconds per optimizer step (and of one validation
-    pass when ``validate``)."""
+    pass when ``validate``): with its batch simulated in line (seconds_per_step), on batches
+    simulated before (step_on_ready_batch_s), and as training runs them
+    (epoch_s_per_step: ``Trainer.train_epoch`` of ``steps`` steps after a warm-up epoch,
+    the next batch simulated in a background thread while the device works)."""
+    cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(
+        update={"steps_per_epoch": steps})})
     tr = Trainer(cfg)
     times, warmup = [], 3
     for k in range(steps + warmup):
@@ -62,8 +71,21 @@ def step_times(cfg, steps: int, profile: bool, validate: bool) -> dict:
     t0 = time.perf_counter()
     data_s = [tr.data.batch(k, 0) for k in range(3)]
     sim = (time.perf_counter() - t0) / 3
+    ready = []
+    for k in range(steps):
+        t0 = time.perf_counter()
+        tr.micro_step(data_s[k % 3], cfg.blend.beta, tr.loss_config())
+        tr.optimizer_step()
+        ready.append(time.perf_counter() - t0)
+    tr.train_epoch(None)  # warm-up: the prefetching thread's first batch is not ahead
+    _sync(tr.device)
+    t0 = time.perf_counter()
+    tr.train_epoch(None)
+    _sync(tr.device)
     res = {"batch_size": cfg.optim.batch_size, "parameters": tr.model.n_parameters(),
-           "seconds_per_step": statistics.median(times), "simulate_batch_s": sim}
+           "seconds_per_step": statistics.median(times), "simulate_batch_s": sim,
+           "step_on_ready_batch_s": statistics.median(ready),
+           "epoch_s_per_step": (time.perf_counter() - t0) / steps}
     if validate:
         val = validation_set(cfg)
         t0 = time.perf_counter()
@@ -167,6 +189,44 @@ def kernel_profile(device: torch.device, batch: int, rows: int = 20) -> dict:
                               max_name_column_width=50)}
 
 
+@torch.no_grad()
+def graph_replay(device: torch.device, batch: int, repeats: int) -> dict:
+    """Part (e), an experiment: one learned call captured as a CUDA graph (possible only if
+    the call neither synchronises nor copies from the host), replayed on the same input
+    buffers; its estimates against the eager call's, and the medians of both times."""
+    pipe = load_learned_pipeline().to(device)
+    y, H, codes = test_batch(batch, str(device))
+    eager = pipe.localize(y, H, codes)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph wants
+        for _ in range(2):
+            pipe.localize(y, H, codes)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = pipe.localize(y, H, codes)
+    times: dict[str, list[float]] = {"eager": [], "graph": []}
+    for _ in range(repeats + 1):
+        for name in times:
+            _sync(device)
+            t0 = time.perf_counter()
+            if name == "graph":
+                graph.replay()
+            else:
+                eager = pipe.localize(y, H, codes)
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    both = (eager.K == captured.K).unsqueeze(-1) & eager.mask
+    moved = max(float((getattr(eager, f) - getattr(captured, f)).abs()[both].max())
+                if both.any() else 0.0 for f in ("azimuth", "elevation"))
+    med = {k: statistics.median(v[1:]) for k, v in times.items()}
+    return {"batch": batch, "eager_scenes_per_s": batch / med["eager"],
+            "graph_scenes_per_s": batch / med["graph"],
+            "K_identical": float((eager.K == captured.K).float().mean()),
+            "largest_angle_change_deg": moved * 57.29577951308232}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda")
@@ -182,6 +242,8 @@ def main() -> None:
                    help="leave out part (d): the host syncs and the kernel profile")
     p.add_argument("--lm-route", choices=("auto", "masked", "shrinking"), default="auto",
                    help="the LM loop's route (NFMLEConfig.masked; auto: masked off the CPU)")
+    p.add_argument("--graph-batches", type=int, nargs="*", default=[],
+                   help="part (e) on CUDA: the learned call replayed as a CUDA graph")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("reports/bench/bench_device.json"))
     a = p.parse_args()
@@ -221,6 +283,13 @@ def main() -> None:
             print(f"{part}:", info[part], flush=True)
             if table:
                 print(table, flush=True)
+    for bs in a.graph_batches if device.type == "cuda" else []:
+        try:  # an experiment: a call that cannot be captured reports why
+            row = graph_replay(device, bs, a.repeats)
+        except Exception:  # noqa: BLE001
+            row = {"batch": bs, "error": traceback.format_exc(limit=6)}
+        info.setdefault("cuda_graph", []).append(row)
+        print("cuda graph:", row, flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(info, indent=2))
     print(f"wrote {a.out}")

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Issue 16's GPU check, as run on a lent GPU machine (docs/results.md "Speed"): the CUDA
-# tests, then bench_device.py: a training step at batch 512 (AMP and FP32), the learned
-# pipeline's stages at several batches, both localizers end to end on the same scenes,
-# the host syncs of one call and the heaviest kernels; the LM loop's two routes compared.
+# tests, then bench_device.py: a training step at batch 512 (AMP and FP32; in line, on a
+# ready batch, in an epoch), the learned pipeline's stages at several batches, both
+# localizers end to end on the same scenes, the host syncs of one call and the heaviest
+# kernels (at the largest batch and at 2,048), the call replayed as a CUDA graph; the LM
+# loop's two routes compared.
 #   OUT=<folder> [INFER="256 2048 8192 16384"] bash benchmarks/device_speed.sh
 # Needs a CUDA torch; pydantic & co. come as wheels in .whl/ where the machine lacks them.
 set -u
@@ -11,10 +13,13 @@ OUT=${OUT:-reports/device}
 . benchmarks/device_env.sh speed.log
 echo "== [$(elapsed) s] CUDA tests"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/integration/test_cuda.py 2>&1 | tail -15
-echo "== [$(elapsed) s] training step at 512 (AMP), inference, versus classical, syncs, kernels"
-timeout 240 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 5 \
+echo "== [$(elapsed) s] training step at 512 (AMP), inference, versus classical, syncs, kernels, graphs"
+timeout 240 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 8 \
   --inference-batches ${INFER:-256 2048 8192 16384} --classical-batches 128 \
-  --out "$OUT/bench_device_amp.json"
+  --graph-batches 2048 16384 --out "$OUT/bench_device_amp.json"
+echo "== [$(elapsed) s] host syncs and kernels at 2048"
+timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes \
+  --inference-batches 2048 --out "$OUT/bench_device_2048.json"
 echo "== [$(elapsed) s] the LM loop's shrinking sets instead of the masked route (host syncs)"
 timeout 120 python3 benchmarks/bench_device.py --device cuda --batch-sizes --no-diagnostics \
   --inference-batches 2048 16384 --lm-route shrinking --out "$OUT/bench_device_shrinking.json"

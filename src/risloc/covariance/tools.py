@@ -147,6 +147,39 @@ def _gram_schmidt(A: torch.Tensor, tol: float) -> torch.Tensor:
     return torch.cat(cols, -1) if cols else A
 
 
+def leading_eigenpair(G: torch.Tensor, squarings: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest eigenvalue [...] and a unit eigenvector [..., n] of Hermitian PSD G
+    [..., n, n] (the eigenvector up to a unit phase).
+
+    On the CPU, torch.linalg.eigh. Elsewhere by repeated squaring, because eigh there reads
+    its LAPACK info on the host (a GPU's host waits for it): P = G / tr G squared
+    ``squarings`` times, renormalised to unit trace each time, tends to the projector u u^H
+    onto the leading eigenvector (its error shrinks as (lambda_2 / lambda_1)^(2^squarings));
+    u is P's column of largest diagonal, normalised, and the eigenvalue u^H G u. Where the
+    two largest eigenvalues (nearly) coincide, u is a unit vector of their eigenspace and the
+    value lies between them; the two routes then differ by more than rounding.
+    """
+    _check_square(G, "G")
+    if G.device.type == "cpu":
+        lam, U = torch.linalg.eigh(G)
+        return lam[..., -1], U[..., -1]
+    return _eigenpair_by_squaring(G, squarings)
+
+
+def _eigenpair_by_squaring(G: torch.Tensor, squarings: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`leading_eigenpair` off the CPU (its docstring): no host synchronisation."""
+    tiny = torch.finfo(G.real.dtype).tiny
+    P = G / trace(G).clamp_min(tiny)[..., None, None]
+    for _ in range(squarings):
+        P = P @ P
+        P = P / trace(P).clamp_min(tiny)[..., None, None]
+    j = torch.diagonal(P, dim1=-2, dim2=-1).real.argmax(-1, keepdim=True)  # [..., 1]
+    u = P.gather(-1, j.unsqueeze(-2).expand(*P.shape[:-1], 1)).squeeze(-1)
+    u = u / torch.linalg.vector_norm(u, dim=-1, keepdim=True).clamp_min(tiny)
+    lam = (u.conj().unsqueeze(-2) @ G @ u.unsqueeze(-1)).real[..., 0, 0]
+    return lam, u
+
+
 def back_projection(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                     alpha: float = 1e-3) -> torch.Tensor:
     """Per-snapshot Tikhonov least squares a_l = (Phi_l^H Phi_l + alpha' I)^-1 Phi_l^H y_l.

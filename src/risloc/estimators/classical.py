@@ -46,8 +46,14 @@ from risloc.config import FieldOfView, SystemConfig
 from risloc.core.checks import check_measurements
 from risloc.core.operator import apply_operator
 from risloc.core.params import Estimates, steering_at
-from risloc.covariance.tools import abs2, abs2_, orthonormal_basis
-from risloc.estimators.grids import conj_steering_bf16, grid_power, grid_steering, native_bf16
+from risloc.covariance.tools import abs2, abs2_, leading_eigenpair, orthonormal_basis
+from risloc.estimators.grids import (
+    conj_steering_bf16,
+    grid_positions,
+    grid_power,
+    grid_steering,
+    native_bf16,
+)
 from risloc.estimators.nfmle import (
     Fit,
     NFMLEConfig,
@@ -138,11 +144,10 @@ def search_grid(system: SystemConfig, config: ClassicalConfig = ClassicalConfig(
     f = config.final
     key = (f.fov.azimuth_deg, f.fov.elevation_deg, f.fov.range_m, config.grid_azimuth,
            config.grid_elevation, config.grid_inv_range)
-    grid, A = grid_steering(system, key, dtype, str(device))
-    pos = torch.stack([grid.azimuth, grid.elevation, 1.0 / grid.range_m], -1)
+    _, A = grid_steering(system, key, dtype, str(device))
     A_bf16 = conj_steering_bf16(system, key, str(device)) \
         if bf16 and native_bf16(device) else None
-    return GreedyGrid(pos.to(device=device, dtype=A.real.dtype), A, A_bf16)
+    return GreedyGrid(grid_positions(key, A.real.dtype, str(device)), A, A_bf16)
 
 
 class _Buffers:
@@ -407,9 +412,9 @@ def snapshot_gains(H: torch.Tensor, codes: torch.Tensor, grid: GreedyGrid) -> to
     scene, in bfloat16 where ``grid`` carries its bfloat16 form.
     """
     N = H.shape[-1]
-    lam, U = torch.linalg.eigh(H @ H.mH)  # (B, M), ascending: s_i^2 and u_i
-    s2 = lam[:, -1].clamp_min(0)  # (B,)
-    v = (U[:, :, -1:].mH @ H).squeeze(1) / s2.sqrt().clamp_min(1e-30).unsqueeze(-1)  # v_1^H
+    s2, u = leading_eigenpair(H @ H.mH)  # s_1^2 (B,) and u_1 (B, M)
+    s2 = s2.clamp_min(0)
+    v = (u.conj().unsqueeze(1) @ H).squeeze(1) / s2.sqrt().clamp_min(1e-30).unsqueeze(-1)  # v_1^H
     # v_1^H diag(c_l) a = w_l^T a with w_l = v_1^* (.) c_l; grid_power(conj(w_l)) = |w_l^T a|^2
     lead = grid_power((v.unsqueeze(1) * codes).conj(), grid.A, grid.A_bf16, per_row=True)
     rest = (abs2(H).sum((-2, -1)) - s2).clamp_min(0)  # (B,)

@@ -77,6 +77,16 @@ def grid_steering(system: SystemConfig, grid_key: tuple, dtype: torch.dtype,
     return grid, A.T.contiguous()
 
 
+@functools.lru_cache(maxsize=4)
+def grid_positions(grid_key: tuple, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """Cached [G, 3] (azimuth [rad], elevation [rad], 1/range [1/m]) of the grid of
+    ``grid_key`` (:func:`grid_steering`) as real ``dtype`` on ``device``: built once, so a
+    call copies nothing from the host (a copy that makes a GPU's host wait)."""
+    grid = near_field_grid(*grid_key)
+    pos = torch.stack([grid.azimuth, grid.elevation, 1.0 / grid.range_m], -1)
+    return pos.to(device=device, dtype=dtype)
+
+
 @functools.lru_cache(maxsize=8)
 def native_bf16(device: str | torch.device) -> bool:
     """Whether bfloat16 matrix products run natively on ``device`` (elsewhere they are

@@ -16,7 +16,7 @@ from risloc.covariance import (
     subspace_overlap,
     trace,
 )
-from risloc.covariance.tools import _gram_schmidt
+from risloc.covariance.tools import _eigenpair_by_squaring, _gram_schmidt, leading_eigenpair
 from risloc.simulation import scene_true_covariance, simulate_range
 
 
@@ -165,3 +165,30 @@ def test_orthonormal_basis_spans_the_columns_and_zeroes_the_ones_that_add_nothin
     assert (P0 - P1).abs().amax() < eps
     if not repeated:  # the CPU route is the QR's Q, bit for bit
         assert torch.equal(routes[0], torch.linalg.qr(A)[0] * keep.unsqueeze(-2))
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_leading_eigenpair_both_routes_match_eigh(dtype):
+    """eigh on the CPU, repeated squaring elsewhere (run here on the CPU): the largest
+    eigenvalue and its eigenvector (up to a phase) of channel Gram matrices H H^H, to
+    rounding where the eigenvalues are apart (ratio up to 0.99 here); with two equal top
+    eigenvalues the squaring's vector lies in their eigenspace and its value is theirs."""
+    g = torch.Generator().manual_seed(4)
+    H = torch.randn(256, 8, 144, generator=g, dtype=dtype)
+    G = H @ H.mH
+    lam, U = torch.linalg.eigh(G)
+    assert float((lam[:, -2] / lam[:, -1]).max()) > 0.95  # some hard cases among them
+    eps = 100 * torch.finfo(lam.dtype).eps
+    for value, u in (leading_eigenpair(G), _eigenpair_by_squaring(G, 12)):
+        assert ((value - lam[:, -1]).abs() / lam[:, -1]).max() < eps
+        assert (1 - (u.conj() * U[:, :, -1]).sum(-1).abs()).abs().max() < 10 * eps
+        assert (torch.linalg.vector_norm(u, dim=-1) - 1).abs().max() < eps
+    # a double top eigenvalue: diag(3, 3, 1) in a random unitary basis
+    Q = torch.linalg.qr(torch.randn(16, 3, 3, generator=g, dtype=dtype))[0]
+    D = torch.tensor([3.0, 3.0, 1.0], dtype=lam.dtype).to(dtype)
+    G2 = Q @ torch.diag_embed(D) @ Q.mH
+    value, u = _eigenpair_by_squaring(G2, 12)
+    assert ((value - 3).abs() < 1e3 * eps).all()
+    top = Q[:, :, :2]
+    assert (torch.linalg.vector_norm(top.mH @ u.unsqueeze(-1), dim=(-2, -1)) - 1).abs().max() \
+        < 10 * eps
