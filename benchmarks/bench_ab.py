@@ -19,7 +19,9 @@ faults of each side's timed runs (medians per process). ``--env`` sets variables
 sides run the working tree, so the variables are the only difference. Outputs are compared
 by ``bench_equivalence.py``, not here. ``--methods training`` times optimizer steps
 (micro-batch, backward, step) of the default recipe on one fixed batch of its own size, on
-its one thread (the recipe file of the working tree on both sides).
+its one thread (the recipe file of the working tree on both sides); ``--methods simulate``
+draws the recipe's training batches of ``--batch`` scenes (a GPU's training step waits for
+them where the device is faster than their simulation).
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ if {method!r} == "training":  # optimizer steps of the default recipe on one fix
         with torch.enable_grad():
             tr.micro_step(batch, cfg.blend.beta, tr.loss_config())
             tr.optimizer_step()
+elif {method!r} == "simulate":  # the default recipe's training batches, {batch} scenes
+    from risloc.training.config import load_train_config
+    from risloc.training.data import TrainData
+    data = TrainData(load_train_config({recipe!r}, ["optim.batch_size={batch}"]))
+    index = iter(range(10**6))
+    def run():
+        data.batch(next(index), 0)
 else:
     d = torch.load({scenes!r})
     loc = (Localizer.from_checkpoint() if {method!r} == "learned"
@@ -85,11 +94,12 @@ print(json.dumps({{"times": ts, "sys_s": r1.ru_stime - r0.ru_stime,
 """
 
 
-def _time(src: Path, scenes: Path, method: str, repeats: int, env: dict[str, str]) -> dict:
+def _time(src: Path, scenes: Path, method: str, repeats: int, env: dict[str, str],
+          batch: int) -> dict:
     """One fresh process's timings of ``method`` (its seconds per run, kernel seconds and
     minor faults over the timed runs) with the package at ``src`` and environment ``env``."""
     code = _CHILD.format(src=str(src), scenes=str(scenes), method=method, repeats=repeats,
-                         recipe=str(RECIPE))
+                         recipe=str(RECIPE), batch=batch)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env)
     if out.returncode:
@@ -115,9 +125,10 @@ def main() -> None:
     ap.add_argument("--env", nargs="+", default=[], metavar="NAME=VALUE",
                     help="environment variables of the 'now' side only")
     ap.add_argument("--methods", nargs="+", default=["learned", "classical"],
-                    choices=["learned", "classical", "training"],
+                    choices=["learned", "classical", "training", "simulate"],
                     help="training: optimizer steps of configs/train_default.yaml (its "
-                         "batch and threads; 'scenes/s' = its batch / step seconds)")
+                         "batch and threads; 'scenes/s' = its batch / step seconds); "
+                         "simulate: drawing its training batches of --batch scenes")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=2)
@@ -145,7 +156,7 @@ def main() -> None:
                 for m in args.methods:  # the sides' order alternates by round
                     for side in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
                         runs[m][side].append(_time(sides[side], scenes, m, args.repeats,
-                                                   envs[side]))
+                                                   envs[side], args.batch))
                 print(f"  round {r + 1} of {args.rounds} done", flush=True)
         finally:
             if args.base is not None:

@@ -38,7 +38,8 @@ def rician_channel(kappa: torch.Tensor, bs_angle: torch.Tensor, ris_azimuth: tor
     h_nlos = complex_normal((kappa.shape[0], system.M, system.N), generator, dtype,
                             kappa.device)
     k = kappa.to(h_los.real.dtype).view(-1, 1, 1)
-    return torch.sqrt(k / (k + 1)) * h_los + torch.sqrt(1 / (k + 1)) * h_nlos
+    # sqrt(k / (k + 1)) h_los + sqrt(1 / (k + 1)) h_nlos, in the buffers already there
+    return h_los.mul_(torch.sqrt(k / (k + 1))).add_(h_nlos.mul_(torch.sqrt(1 / (k + 1))))
 
 
 def draw_channel(batch: int, system: SystemConfig, scene: SceneConfig,

@@ -22,4 +22,4 @@ def complex_normal(shape: tuple[int, ...], generator: torch.Generator | None,
     """Circularly-symmetric CN(0, 1) samples (unit variance: E|z|^2 = 1)."""
     real = torch.float64 if dtype == torch.complex128 else torch.float32
     z = torch.randn((*shape, 2), generator=generator, dtype=real, device=device)
-    return torch.view_as_complex(z * (1.0 / math.sqrt(2.0)))
+    return torch.view_as_complex(z.mul_(1.0 / math.sqrt(2.0)))  # in place: no second buffer

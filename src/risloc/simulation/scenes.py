@@ -163,7 +163,8 @@ def simulate_batch(batch: int, system: SystemConfig, scene: SceneConfig,
     # symbols, SNR and unit noise of the same scene with equal powers
     powers = draw_powers(mask, scene.power_spread_db, generator)  # (B, K_max), 0 if padded
     s = s * powers.sqrt().unsqueeze(1)  # (B, L, K_max)
-    x = codes * (s @ A)  # (B, L, N)   c_l (.) A s_l
+    sA = s @ A
+    x = torch.mul(codes, sA, out=sA)  # (B, L, N)   c_l (.) A s_l
     signal = x @ H.transpose(-1, -2)  # (B, L, M)   H diag(c_l) A s_l
     p_sig = signal.abs().square().mean(dim=(-1, -2))  # (B,)
     noise_var = p_sig / 10 ** (snr / 10)

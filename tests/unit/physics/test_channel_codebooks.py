@@ -32,6 +32,17 @@ def test_random_codes_levels(system):
     assert len(torch.unique(steps.round() % 8)) == 8
 
 
+@pytest.mark.parametrize("bits", [1, 2, 3, 5])
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_random_codes_are_each_entrys_phase_bit_for_bit(system, bits, dtype):
+    """The looked-up phases equal exp(i 2 pi q / 2^bits) computed entry by entry from the
+    same draws q (the scenes of a seed do not change with the lookup)."""
+    c = draw_codes(37, system, "random", bits, torch.Generator().manual_seed(bits), dtype)
+    q = torch.randint(0, 2**bits, c.shape, generator=torch.Generator().manual_seed(bits))
+    q = q.to(torch.float64 if dtype == torch.complex128 else torch.float32)
+    assert torch.equal(c, torch.polar(torch.ones_like(q), q * (2 * math.pi / 2**bits)))
+
+
 def test_dft_and_hadamard_codes(system):
     g = torch.Generator().manual_seed(2)
     c = draw_codes(3, system, "dft", 8, g, torch.complex128)
