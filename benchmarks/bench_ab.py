@@ -19,7 +19,9 @@ faults of each side's timed runs (medians per process). ``--env`` sets variables
 sides run the working tree, so the variables are the only difference. Outputs are compared
 by ``bench_equivalence.py``, not here. ``--methods training`` times optimizer steps
 (micro-batch, backward, step) of the default recipe on one fixed batch of its own size, on
-its one thread (the recipe file of the working tree on both sides); ``--methods simulate``
+its one thread (the recipe file of the working tree on both sides); ``--methods
+validation`` its validation pass (MUSIC on R_blend, the subspace overlap, the loss terms)
+with the shipped model on its validation scenes; ``--methods simulate``
 draws the recipe's training batches of ``--batch`` scenes (a GPU's training step waits for
 them where the device is faster than their simulation).
 """
@@ -67,6 +69,20 @@ if {method!r} == "training":  # optimizer steps of the default recipe on one fix
         with torch.enable_grad():
             tr.micro_step(batch, cfg.blend.beta, tr.loss_config())
             tr.optimizer_step()
+elif {method!r} == "validation":  # the recipe's validation pass on the shipped model
+    import tempfile
+    from risloc.inference.checkpoint import load_model
+    from risloc.pipeline.learned import DEFAULT_MODEL
+    from risloc.training.config import load_train_config
+    from risloc.training.data import validation_set
+    from risloc.training.loop import Trainer
+    cfg = load_train_config({recipe!r}, ["device=cpu", "progress=false",
+                                         "out_dir=" + tempfile.mkdtemp()])
+    torch.set_num_threads(cfg.threads or torch.get_num_threads())
+    tr, val = Trainer(cfg), validation_set(cfg)
+    model = load_model(DEFAULT_MODEL)[0]
+    def run():
+        tr.validate(model, val)
 elif {method!r} == "simulate":  # the default recipe's training batches, {batch} scenes
     from risloc.training.config import load_train_config
     from risloc.training.data import TrainData
@@ -125,9 +141,10 @@ def main() -> None:
     ap.add_argument("--env", nargs="+", default=[], metavar="NAME=VALUE",
                     help="environment variables of the 'now' side only")
     ap.add_argument("--methods", nargs="+", default=["learned", "classical"],
-                    choices=["learned", "classical", "training", "simulate"],
+                    choices=["learned", "classical", "training", "validation", "simulate"],
                     help="training: optimizer steps of configs/train_default.yaml (its "
                          "batch and threads; 'scenes/s' = its batch / step seconds); "
+                         "validation: its validation pass on the shipped model; "
                          "simulate: drawing its training batches of --batch scenes")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
@@ -172,8 +189,8 @@ def main() -> None:
           "fresh processes, interleaved" + (f"; now = base + {extra}" if extra else ""))
     for m, per_side in runs.items():
         t = {s: [x for run in v for x in run["times"]] for s, v in per_side.items()}
-        n = (load_train_config(RECIPE).optim.batch_size if m == "training"
-             else args.batch)  # scenes per timed run
+        n = {"training": load_train_config(RECIPE).optim.batch_size,  # scenes per timed run
+             "validation": load_train_config(RECIPE).data.n_val}.get(m, args.batch)
         rate = {s: n / statistics.median(v) for s, v in t.items()}
         sys_s = {s: statistics.median(run["sys_s"] for run in v) for s, v in per_side.items()}
         faults = {s: statistics.median(run["minflt"] for run in v) for s, v in per_side.items()}

@@ -291,18 +291,35 @@ def blend_factor(F: torch.Tensor, a: torch.Tensor, beta: float | torch.Tensor,
     return LowRank(W.new_zeros(W.shape[0], dtype=W.real.dtype), W).scaled_to_trace(N)
 
 
-def subspace_overlap(R_est: torch.Tensor, R_ref: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """Top-K subspace overlap ||U_ref^H U_est||_F^2 / K in [0, 1] (evaluation only).
+def top_eigenvectors(R: torch.Tensor | LowRank, K: torch.Tensor) -> torch.Tensor:
+    """Top-K eigenvectors of the Hermitised R, without gradient, zero columns beyond K.
+    Given R as c I + W W^H (:class:`LowRank`): W v / |W v| for the top eigenvectors v of
+    the r x r W^H W (a column of a zero eigenvalue, which has no direction, is 0).
 
-    K : [B] int. Uses eigh without gradients.
+    R : [B, N, N] complex or LowRank; K : [B] int64  ->  U : [B, N, max K] complex
     """
     with torch.no_grad():
-        _, U_e = torch.linalg.eigh(hermitise(R_est))
-        _, U_r = torch.linalg.eigh(hermitise(R_ref))
-        N = R_est.shape[-1]
-        cols = torch.arange(N, device=R_est.device)
-        sel = (cols >= N - K.view(-1, 1)).to(U_e.dtype).unsqueeze(-2)  # top-K columns
-        G = (U_r * sel).mH @ (U_e * sel)
-        return G.abs().square().sum((-1, -2)) / K.to(G.real.dtype)
+        Kc = int(K.max())
+        if isinstance(R, LowRank):
+            W = R.W.detach()
+            _, V = torch.linalg.eigh(hermitise(W.mH @ W))  # ascending
+            U = W @ V[..., -Kc:].flip(-1)
+            U = U / torch.linalg.vector_norm(U, dim=-2, keepdim=True).clamp_min(1e-12)
+        else:
+            _, V = torch.linalg.eigh(hermitise(R.detach()))  # ascending
+            U = V[..., -Kc:].flip(-1)
+        keep = torch.arange(Kc, device=K.device) < K.unsqueeze(-1)
+        return U * keep.unsqueeze(-2).to(U.dtype)
+
+
+def subspace_overlap(R_est: torch.Tensor | LowRank, R_ref: torch.Tensor | LowRank,
+                     K: torch.Tensor) -> torch.Tensor:
+    """Top-K subspace overlap ||U_ref^H U_est||_F^2 / K in [0, 1] (evaluation only).
+
+    K : [B] int. Either matrix may come as its :class:`LowRank` factor (the eigenvectors
+    of an r x r matrix instead of an N x N one: :func:`top_eigenvectors`).
+    """
+    G = top_eigenvectors(R_ref, K).mH @ top_eigenvectors(R_est, K)
+    return G.abs().square().sum((-1, -2)) / K.to(G.real.dtype)
 
 

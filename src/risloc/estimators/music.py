@@ -30,7 +30,7 @@ import torch
 
 from risloc.config import FieldOfView, SystemConfig
 from risloc.core.params import Estimates
-from risloc.covariance.tools import hermitise, load_diagonal, trace
+from risloc.covariance.tools import LowRank, hermitise, load_diagonal, top_eigenvectors, trace
 from risloc.estimators.grids import (
     angular_distance_matrix,
     greedy_pick,
@@ -106,29 +106,38 @@ class MusicConfig:
                 self.n_azimuth, self.n_elevation, self.n_range)
 
 
-def check_inputs(R: torch.Tensor, K: torch.Tensor | int, N: int, M: int | None = None
-                 ) -> torch.Tensor:
+def check_inputs(R: torch.Tensor | LowRank, K: torch.Tensor | int, N: int,
+                 M: int | None = None) -> torch.Tensor:
     """Validate a covariance batch and its source counts; return K as [B] int64.
 
-    R : [B, N, N] complex; K : [B] int or an int. Raises ValueError on a wrong shape,
-    non-finite or all-zero R, or K outside 1 <= K < min(M, N).
+    R : [B, N, N] complex, or its :class:`LowRank` factor (W [B, N, r]); K : [B] int or
+    an int. Raises ValueError on a wrong shape, non-finite or all-zero R, or K outside
+    1 <= K < min(M, N).
     """
-    if R.ndim != 3 or R.shape[-1] != R.shape[-2]:
+    low_rank = isinstance(R, LowRank)
+    X = R.W if low_rank else R
+    if low_rank and X.ndim != 3:
+        raise ValueError(f"the factor W must be [B, N, r], got shape {tuple(X.shape)}")
+    if not low_rank and (R.ndim != 3 or R.shape[-1] != R.shape[-2]):
         raise ValueError(f"R must be [B, N, N], got shape {tuple(R.shape)}")
-    if R.shape[-1] != N:
-        raise ValueError(f"R is {R.shape[-1]} x {R.shape[-1]} but the system has N={N}")
-    if not torch.is_complex(R):
-        raise ValueError(f"R must be complex, got {R.dtype}")
-    if not bool(torch.isfinite(torch.view_as_real(R)).all()):
+    if X.shape[-2] != N:
+        raise ValueError(f"R is {X.shape[-2]} x {X.shape[-2]} but the system has N={N}")
+    if not torch.is_complex(X):
+        raise ValueError(f"R must be complex, got {X.dtype}")
+    finite = torch.isfinite(torch.view_as_real(X)).all()
+    if low_rank:
+        finite = finite & torch.isfinite(R.c).all()
+    if not bool(finite):
         raise ValueError("R contains non-finite values (NaN or inf)")
-    if bool((trace(R) <= 0).any()):
+    if bool(((R.trace() if low_rank else trace(R)) <= 0).any()):
         raise ValueError("R has a non-positive trace (all-zero covariance?)")
-    K = torch.as_tensor(K, device=R.device)
+    B = X.shape[0]
+    K = torch.as_tensor(K, device=X.device)
     if K.is_floating_point() or K.is_complex():
         raise ValueError(f"K must be integer, got {K.dtype}")
-    K = K.to(torch.int64).expand(R.shape[0]) if K.ndim == 0 else K.to(torch.int64)
-    if K.shape != (R.shape[0],):
-        raise ValueError(f"K must be [B]={R.shape[0]} or a scalar, got shape {tuple(K.shape)}")
+    K = K.to(torch.int64).expand(B) if K.ndim == 0 else K.to(torch.int64)
+    if K.shape != (B,):
+        raise ValueError(f"K must be [B]={B} or a scalar, got shape {tuple(K.shape)}")
     limit = min(M, N) if M is not None else N
     if bool(((K < 1) | (K >= limit)).any()):
         raise ValueError(f"every K must satisfy 1 <= K < {limit} (M={M}, N={N}); "
@@ -136,13 +145,18 @@ def check_inputs(R: torch.Tensor, K: torch.Tensor | int, N: int, M: int | None =
     return K
 
 
-def signal_subspace(R: torch.Tensor, K: torch.Tensor, loading: float = 0.0) -> torch.Tensor:
+def signal_subspace(R: torch.Tensor | LowRank, K: torch.Tensor,
+                    loading: float = 0.0) -> torch.Tensor:
     """Top-K eigenvectors of the Hermitised covariance, column-masked per scene.
 
-    R : [B, N, N] complex; K : [B] int64
+    R : [B, N, N] complex, or its :class:`LowRank` factor (then from the r x r
+    eigenproblem, :func:`top_eigenvectors`; loading adds a multiple of I, which moves no
+    eigenvector); K : [B] int64
     Returns U_s : [B, N, max(K)] complex, columns by decreasing eigenvalue, column k
     zeroed where k >= K (so U_s U_s^H is each scene's own rank-K projector).
     """
+    if isinstance(R, LowRank):
+        return top_eigenvectors(R, K)
     Rh = hermitise(R)
     if loading > 0:
         Rh = load_diagonal(Rh, loading)
@@ -281,11 +295,12 @@ def _refine_candidates(U: torch.Tensor, K: torch.Tensor, P: torch.Tensor, grid,
 
 
 @torch.no_grad()
-def music(R: torch.Tensor, K: torch.Tensor | int, system: SystemConfig,
+def music(R: torch.Tensor | LowRank, K: torch.Tensor | int, system: SystemConfig,
           config: MusicConfig = MusicConfig()) -> Estimates:
     """Near-field MUSIC with grid search and Gauss-Newton refinement.
 
-    R : [B, N, N] complex — RIS-domain covariance (any scale; Hermitised here)
+    R : [B, N, N] complex — RIS-domain covariance (any scale; Hermitised here), or its
+        :class:`LowRank` factor (the same subspace from an r x r eigenproblem)
     K : [B] int64 (or int) — number of sources per scene, 1 <= K < min(M, N)
     Returns Estimates with max(K_max, max K) slots, sorted by decreasing score; azimuth,
     elevation [rad] and range_m [m] in R's real dtype, score = pseudo-spectrum
@@ -294,12 +309,12 @@ def music(R: torch.Tensor, K: torch.Tensor | int, system: SystemConfig,
     """
     K = check_inputs(R, K, system.N, system.M)
     U = signal_subspace(R, K, config.loading)  # (B, N, Kc)
-    grid, A = grid_steering(system, config.grid_key, torch.complex64, str(R.device))
+    grid, A = grid_steering(system, config.grid_key, torch.complex64, str(U.device))
     P = grid_spectrum(U, K, A, config.chunk)  # (B, G)
     theta, score = _refine_candidates(U, K, P, grid, system, config)
     n_slots = max(system.K_max, int(K.max()))
     est = assemble_estimates(theta, score, K, n_slots,
-                             math.radians(config.min_separation_deg), R.real.dtype)
+                             math.radians(config.min_separation_deg), U.real.dtype)
     if bool((est.K < K).any()):
         logger.warning("MUSIC found fewer separated peaks than K in %d scene(s)",
                        int((est.K < K).sum()))

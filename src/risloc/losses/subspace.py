@@ -23,7 +23,13 @@ import torch
 
 from risloc.config import SystemConfig
 from risloc.core.params import pack, steering_at
-from risloc.covariance.tools import LowRank, hermitise, load_diagonal, normalize_trace
+from risloc.covariance.tools import (
+    LowRank,
+    hermitise,
+    load_diagonal,
+    normalize_trace,
+    top_eigenvectors,
+)
 from risloc.losses.covariance import EPS, frob2, gram_solver
 from risloc.physics.steering import steering
 
@@ -58,27 +64,6 @@ def gt_subspace_alignment(R: torch.Tensor, A_true: torch.Tensor,
     return (r2 - 2 * t1 + t2).clamp_min(0.0) / (r2 + EPS)
 
 
-def top_subspace(R: torch.Tensor | LowRank, K: torch.Tensor) -> torch.Tensor:
-    """Top-K eigenvectors of the Hermitised R, without gradient, zero columns beyond K.
-    Given R as c I + W W^H (:class:`LowRank`): W v / |W v| for the top eigenvectors v of
-    the r x r W^H W (a column of a zero eigenvalue, which has no direction, is 0).
-
-    R : [B, N, N] complex or LowRank; K : [B] int64  ->  U : [B, N, max K] complex
-    """
-    with torch.no_grad():
-        Kc = int(K.max())
-        if isinstance(R, LowRank):
-            W = R.W.detach()
-            _, V = torch.linalg.eigh(hermitise(W.mH @ W))  # ascending
-            U = W @ V[..., -Kc:].flip(-1)
-            U = U / torch.linalg.vector_norm(U, dim=-2, keepdim=True).clamp_min(EPS)
-        else:
-            _, V = torch.linalg.eigh(hermitise(R.detach()))  # ascending
-            U = V[..., -Kc:].flip(-1)
-        keep = torch.arange(Kc, device=K.device) < K.unsqueeze(-1)
-        return U * keep.unsqueeze(-2).to(U.dtype)
-
-
 def predicted_subspace_alignment(R: torch.Tensor, K: torch.Tensor, A_slots: torch.Tensor,
                                  weight: torch.Tensor) -> torch.Tensor:
     """Weighted mean over slots of 1 - ||U_K^H a_s||^2 (a_s unit norm): predicted steering
@@ -87,7 +72,7 @@ def predicted_subspace_alignment(R: torch.Tensor, K: torch.Tensor, A_slots: torc
     R : [B, N, N]; K : [B] int64; A_slots : [B, N, S] complex unit columns;
     weight : [B, S] float >= 0 (e.g. 1 for slots matched to a true source)  ->  [B] float
     """
-    U = top_subspace(R, K)  # (B, N, Kc)
+    U = top_eigenvectors(R, K)  # (B, N, Kc)
     c = U.mH @ A_slots  # (B, Kc, S)
     inside = (c.real.square() + c.imag.square()).sum(-2)  # (B, S)
     dist = (1.0 - inside).clamp_min(0.0)

@@ -6,6 +6,7 @@ from risloc.simulation.scenes import (
     scene_true_covariance,
     simulate_batch,
     true_covariance,
+    true_covariance_factor,
 )
 from risloc.simulation.streams import (
     BLOCK,
@@ -20,6 +21,5 @@ from risloc.simulation.streams import (
 __all__ = [
     "BLOCK", "SPLITS", "SceneBatch", "block_generator", "concat_batches", "draw_sources",
     "scene_stream", "scene_true_covariance", "simulate_batch", "simulate_mixture",
-    "simulate_range",
-    "true_covariance",
+    "simulate_range", "true_covariance", "true_covariance_factor",
 ]

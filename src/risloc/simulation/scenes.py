@@ -185,23 +185,46 @@ def true_covariance(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: tor
     azimuth, elevation, range_m, powers : [B, K_max] (NaN slots must have power 0)
     Returns R : [B, N, N] complex.
     """
-    valid = powers > 0
-    zero = torch.zeros((), dtype=azimuth.dtype, device=azimuth.device)
-    one = torch.ones((), dtype=azimuth.dtype, device=azimuth.device)
-    A = steering(torch.where(valid, azimuth, zero), torch.where(valid, elevation, zero),
-                 torch.where(valid, range_m, one), system, dtype)  # (B, K, N)
-    p = powers.to(A.real.dtype)
+    A, p = _source_steering(azimuth, elevation, range_m, powers, system, dtype)
     # A holds steering vectors as rows, so the column matrix is A^T and A^H = conj(A).
     R = (A.transpose(-1, -2) * p.unsqueeze(-2)) @ A.conj()  # (B, N, N) = A diag(p) A^H
     trace = p.sum(-1).clamp_min(torch.finfo(p.dtype).tiny)  # ||a_k|| = 1 => tr = sum p
     return R * (system.N / trace).view(-1, 1, 1)
 
 
+def true_covariance_factor(scenes: SceneBatch, system: SystemConfig,
+                           dtype: torch.dtype = torch.complex64) -> torch.Tensor:
+    """W [B, N, K_max] with W W^H = :func:`scene_true_covariance` (to rounding): column k
+    = sqrt(p_k N / sum p) a_k, zero in padded slots. Its top-K eigenvectors come from a
+    K_max x K_max eigenproblem instead of an N x N one (validation's subspace overlap)."""
+    A, p = _source_steering(scenes.azimuth, scenes.elevation, scenes.range_m,
+                            _true_powers(scenes), system, dtype)
+    scale = p * system.N / p.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
+    return A.transpose(-1, -2) * scale.sqrt().unsqueeze(-2).to(dtype)
+
+
 def scene_true_covariance(scenes: SceneBatch, system: SystemConfig,
                           dtype: torch.dtype = torch.complex64) -> torch.Tensor:
     """R_true of a SceneBatch that carries truth: [B, N, N]."""
+    return true_covariance(scenes.azimuth, scenes.elevation, scenes.range_m,
+                           _true_powers(scenes), system, dtype)
+
+
+def _true_powers(scenes: SceneBatch) -> torch.Tensor:
+    """The scenes' source powers (1 in each source slot where the file has none)."""
     if not scenes.has_truth:
         raise ValueError("R_true needs the truth (K and source positions)")
-    powers = scenes.powers if scenes.powers is not None else scenes.mask.to(torch.float32)
-    return true_covariance(scenes.azimuth, scenes.elevation, scenes.range_m, powers, system,
-                           dtype)
+    return scenes.powers if scenes.powers is not None else scenes.mask.to(torch.float32)
+
+
+def _source_steering(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: torch.Tensor,
+                     powers: torch.Tensor, system: SystemConfig, dtype: torch.dtype
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steering rows A [B, K, N] of the slots (a finite stand-in position where the power
+    is 0, whose row the power then zeroes) and the powers p [B, K] in A's real dtype."""
+    valid = powers > 0
+    zero = torch.zeros((), dtype=azimuth.dtype, device=azimuth.device)
+    one = torch.ones((), dtype=azimuth.dtype, device=azimuth.device)
+    A = steering(torch.where(valid, azimuth, zero), torch.where(valid, elevation, zero),
+                 torch.where(valid, range_m, one), system, dtype)  # (B, K, N)
+    return A, powers.to(A.real.dtype)

@@ -1,6 +1,7 @@
 """End-to-end validation during training: the forward pass of
 :func:`risloc.inference.forward_blend` (shared with inference), near-field MUSIC on
-R_blend with the network's K, Hungarian-matched errors, the loss terms.
+R_blend with the network's K, Hungarian-matched errors, the loss terms. Subspaces (MUSIC's,
+the overlap's) come from R_blend's and R_true's low-rank factors where R_blend has one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 
 from risloc.config import SystemConfig
 from risloc.core.params import Estimates, concat_estimates
+from risloc.covariance.tools import LowRank
 from risloc.covariance.tools import subspace_overlap as overlap_fn
 from risloc.estimators.music import MusicConfig, music
 from risloc.evaluation.metrics import Matching, MetricSummary, match_sources, summarize
@@ -20,7 +22,7 @@ from risloc.inference.recipe import BlendConfig
 from risloc.losses.covariance import covariance_nmse
 from risloc.losses.total import LossConfig, compute_losses
 from risloc.model.network import CovarianceNet
-from risloc.simulation.scenes import SceneBatch, scene_true_covariance
+from risloc.simulation.scenes import SceneBatch, scene_true_covariance, true_covariance_factor
 
 
 @dataclass(frozen=True)
@@ -84,11 +86,15 @@ def evaluate(model: CovarianceNet, scenes: SceneBatch, system: SystemConfig, bet
         for k, v in terms.as_dict().items():
             sums[k] = sums.get(k, 0.0) + v * len(sc)
         K_hat = fwd.out.K_hat
-        est.append(music(fwd.R_blend, K_hat, system, music_cfg).to("cpu"))
+        # subspaces from the factors where R_blend has one (r x r eigenproblems, not N x N)
+        R_blend = fwd.R_blend if fwd.factor is None else fwd.factor
+        est.append(music(R_blend, K_hat, system, music_cfg).to("cpu"))
         khat.append(K_hat.cpu())
         nmse.append(covariance_nmse(fwd.R_blend, R_true).cpu())
         nmse_p.append(covariance_nmse(fwd.out.R_pred, R_true).cpu())
-        ovl.append(overlap_fn(fwd.R_blend, R_true, sc.K).cpu())
+        W_true = true_covariance_factor(sc, system)
+        true_factor = LowRank(W_true.new_zeros(len(sc), dtype=W_true.real.dtype), W_true)
+        ovl.append(overlap_fn(R_blend, true_factor, sc.K).cpu())
     model.train(was_training)
     estimates = concat_estimates(est)
     matching = match_sources(estimates, scenes.azimuth, scenes.elevation, scenes.range_m,

@@ -16,8 +16,14 @@ from risloc.covariance import (
     subspace_overlap,
     trace,
 )
-from risloc.covariance.tools import _eigenpair_by_squaring, _gram_schmidt, leading_eigenpair
-from risloc.simulation import scene_true_covariance, simulate_range
+from risloc.covariance.tools import (
+    LowRank,
+    _eigenpair_by_squaring,
+    _gram_schmidt,
+    blend_factor,
+    leading_eigenpair,
+)
+from risloc.simulation import scene_true_covariance, simulate_range, true_covariance_factor
 
 
 def _rand_psd(B=3, N=6, seed=0):
@@ -95,6 +101,24 @@ def test_sample_covariance_rank_trace_and_weakness(system):
     for y_gain, H_gain in ((1e-13, 1.0), (1.0, 1e9), (1e6, 1e-3)):
         other = sample_covariance(y_gain * b.y, H_gain * b.H, b.codes)
         assert torch.allclose(other, Rs, atol=1e-4), (y_gain, H_gain)
+
+
+def test_subspace_overlap_of_factors_equals_the_dense_one(system):
+    """R_true as its K_max-column factor and R_samp (L back-projected snapshots) as c I +
+    W W^H give the overlap of the dense matrices; the factor of R_true reproduces it."""
+    b = simulate_range(0, 32, system, SceneConfig(snr_db=(10.0, 10.0)), split="test")
+    W_true = true_covariance_factor(b, system)
+    R_true = scene_true_covariance(b, system)
+    assert (W_true @ W_true.mH - R_true).abs().max() < 1e-5 * R_true.abs().max()
+    a = back_projection(b.y, b.H, b.codes)
+    F = torch.zeros(32, system.N, 1, dtype=torch.complex64)  # beta = 1: R_samp alone
+    Rs = sample_covariance(b.y, b.H, b.codes)
+    factor = blend_factor(F, a, 1.0).loaded(0.01)
+    true = LowRank(torch.zeros(32), W_true)
+    dense = subspace_overlap(load_diagonal(Rs, 0.01), R_true, b.K)
+    for est, ref in ((factor, true), (factor, R_true), (load_diagonal(Rs, 0.01), true)):
+        assert (subspace_overlap(est, ref, b.K) - dense).abs().max() < 1e-4
+    assert 0.05 < float(dense.mean()) < 0.6
 
 
 def test_sample_covariance_shape_errors(system):
