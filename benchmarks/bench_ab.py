@@ -184,7 +184,8 @@ def main() -> None:
         text=True).stdout.strip()
     out = {"base": rev, "env": extra, "batch": args.batch,
            "threads": torch.get_num_threads(), "methods": {}}
-    print(f"\nbatch {args.batch}" + (" (training: the recipe's)" if "training" in runs else "")
+    own = sorted({"training", "validation"} & runs.keys())
+    print(f"\nbatch {args.batch}" + (f" ({' and '.join(own)}: the recipe's)" if own else "")
           + f", {args.rounds} rounds x {args.repeats} timings per side, "
           "fresh processes, interleaved" + (f"; now = base + {extra}" if extra else ""))
     for m, per_side in runs.items():
