@@ -36,8 +36,8 @@ def _diag_mask(N: int, device) -> torch.Tensor:
     return torch.eye(N, dtype=torch.bool, device=device)
 
 
-def covariance_nmse(R_est: torch.Tensor, R_true: torch.Tensor, lam_diag: float = 1.0,
-                    lam_off: float = 1.0) -> torch.Tensor:
+def covariance_nmse(R_est: torch.Tensor | LowRank, R_true: torch.Tensor | LowRank,
+                    lam_diag: float = 1.0, lam_off: float = 1.0) -> torch.Tensor:
     """Scale-invariant NMSE, diagonal and off-diagonal weighted separately.
 
     Both matrices are Hermitised and scaled to trace N first, so the loss depends on shape
@@ -49,12 +49,16 @@ def covariance_nmse(R_est: torch.Tensor, R_true: torch.Tensor, lam_diag: float =
     It is 0 exactly at R_est = c R_true (c > 0) and 1 at R_est = 0 (a similarity would
     have a floor near 1, LESSONS.md).
 
-    R_est, R_true : [B, N, N] complex  ->  [B] float
+    R_est, R_true : [B, N, N] complex, or :class:`LowRank` factors (both factored: the same
+        value from r x r products, :func:`_factored_nmse`)  ->  [B] float
     """
-    if R_est.shape != R_true.shape:
-        raise ValueError(f"R_est {tuple(R_est.shape)} and R_true {tuple(R_true.shape)} differ")
     if lam_diag < 0 or lam_off < 0 or lam_diag + lam_off <= 0:
         raise ValueError("covariance_nmse weights must be >= 0 and not both 0")
+    if isinstance(R_est, LowRank) and isinstance(R_true, LowRank):
+        return _factored_nmse(R_est, R_true, lam_diag, lam_off)
+    R_est, R_true = (R.dense() if isinstance(R, LowRank) else R for R in (R_est, R_true))
+    if R_est.shape != R_true.shape:
+        raise ValueError(f"R_est {tuple(R_est.shape)} and R_true {tuple(R_true.shape)} differ")
     est = normalize_trace(hermitise(R_est))
     tru = normalize_trace(hermitise(R_true))
     E2 = (est - tru).real.square() + (est - tru).imag.square()  # (B, N, N)
@@ -64,6 +68,24 @@ def covariance_nmse(R_est: torch.Tensor, R_true: torch.Tensor, lam_diag: float =
     t_d, t_o = (T2 * d).sum((-2, -1)), (T2 * ~d).sum((-2, -1))
     nmse = lam_diag * e_d / (t_d + EPS) + lam_off * e_o / (t_o + EPS)
     return nmse / (lam_diag + lam_off)
+
+
+def _factored_nmse(R_est: LowRank, R_true: LowRank, lam_diag: float,
+                   lam_off: float) -> torch.Tensor:
+    """:func:`covariance_nmse` of two factored matrices from r x r products: ||E||^2 =
+    ||est||^2 + ||tru||^2 - 2 tr(est tru), the diagonals directly, the off-diagonal parts
+    as the rest (the [B] sums in float64: a difference of nearly equal numbers when the
+    estimate is close)."""
+    N = R_est.W.shape[-2]
+    est, tru = R_est.scaled_to_trace(N), R_true.scaled_to_trace(N)
+    d_e, d_t = est.diagonal(), tru.diagonal()
+    e_d = (d_e - d_t).square().sum(-1).double()
+    t_d = d_t.square().sum(-1).double()
+    t_all = tru.frob2().double()
+    e_all = est.frob2().double() + t_all - 2 * est.inner(tru).double()
+    e_o, t_o = (e_all - e_d).clamp_min(0.0), (t_all - t_d).clamp_min(0.0)
+    nmse = lam_diag * e_d / (t_d + EPS) + lam_off * e_o / (t_o + EPS)
+    return (nmse / (lam_diag + lam_off)).to(R_est.W.real.dtype)
 
 
 def factor_orthogonality(F: torch.Tensor) -> torch.Tensor:

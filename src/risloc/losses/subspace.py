@@ -44,23 +44,25 @@ def steering_columns(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: to
     return steering_at(pack(azimuth, elevation, range_m), system, torch.complex64, mask).mT
 
 
-def gt_subspace_alignment(R: torch.Tensor, A_true: torch.Tensor,
+def gt_subspace_alignment(R: torch.Tensor | LowRank, A_true: torch.Tensor,
                           ridge: float = 1e-4) -> torch.Tensor:
     """||P_perp R P_perp||_F^2 / ||R||_F^2 with P = A (A^H A)^-1 A^H from the true steering.
 
     0 exactly when the range of R lies in span(A_true) (e.g. R = R_true). For Hermitian R,
     with G = A^H A, C = R A and M = A^H R A (all K-column, K x K solves only):
         ||P_perp R P_perp||^2 = ||R||^2 - 2 tr(G^-1 C^H C) + tr((G^-1 M)^2).
-    R : [B, N, N] complex; A_true : [B, N, K_max] complex (zero columns for absent sources)
-    -> [B] float
+    R : [B, N, N] complex, or its :class:`LowRank` factor (then C and ||R||^2 from r-column
+    products); A_true : [B, N, K_max] complex (zero columns for absent sources) -> [B] float
     """
-    Rh = hermitise(R)
+    if isinstance(R, LowRank):
+        C, r2 = R.matmul(A_true), R.frob2()
+    else:
+        Rh = hermitise(R)
+        C, r2 = Rh @ A_true, frob2(Rh)  # (B, N, K), (B,)
     solve = gram_solver(A_true, ridge)
-    C = Rh @ A_true  # (B, N, K)
     GM = solve(A_true.mH @ C)  # (B, K, K)  G^-1 M
     t1 = torch.diagonal(solve(C.mH @ C), dim1=-2, dim2=-1).real.sum(-1)
     t2 = torch.diagonal(GM @ GM, dim1=-2, dim2=-1).real.sum(-1)
-    r2 = frob2(Rh)
     return (r2 - 2 * t1 + t2).clamp_min(0.0) / (r2 + EPS)
 
 

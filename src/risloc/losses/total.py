@@ -134,7 +134,9 @@ class _Batch:
                                                                        system, cfg)
         self.pts, self.valid, self.K = truth_of(scenes)
         self.n = cfg.spectral_scenes or R_blend.shape[0]  # scenes of the N x N factorisations
-        # what the factorising terms read: R_blend's factor where given (r x r instead)
+        self.factor = factor
+        # R_blend as the terms read it: its factor where given (r x r products instead)
+        self.blend = R_blend if factor is None else factor
         self.spectral = R_blend[:self.n] if factor is None else factor.first(self.n)
 
     @functools.cached_property
@@ -151,11 +153,13 @@ class _Batch:
 
 
 def _cov(b: _Batch) -> torch.Tensor:
-    return cov.covariance_nmse(b.R_blend, b.R_true, b.cfg.cov_diag_weight, b.cfg.cov_off_weight)
+    return cov.covariance_nmse(b.blend, b.R_true, b.cfg.cov_diag_weight, b.cfg.cov_off_weight)
 
 
 def _cov_pred(b: _Batch) -> torch.Tensor:
-    return cov.covariance_nmse(b.out.R_pred, b.R_true, b.cfg.cov_diag_weight,
+    R_pred = b.out.R_pred if b.factor is None else \
+        LowRank(b.out.F.real.new_zeros(b.out.F.shape[0]), b.out.F.to(torch.complex64))
+    return cov.covariance_nmse(R_pred, b.R_true, b.cfg.cov_diag_weight,
                                b.cfg.cov_off_weight)
 
 
@@ -198,7 +202,7 @@ _TERM_FUNCTIONS = {
                                          b.out.slot_confidence, b.pts[..., 0], b.pts[..., 1],
                                          b.valid),
     "align": _align,
-    "subspace_align": lambda b: sub.gt_subspace_alignment(b.R_blend, b.steering(b.pts, b.valid)),
+    "subspace_align": lambda b: sub.gt_subspace_alignment(b.blend, b.steering(b.pts, b.valid)),
     "peak_contrast": _peak_contrast,
 }
 
@@ -209,16 +213,26 @@ def compute_losses(out: ModelOutput, R_blend: torch.Tensor, R_true: torch.Tensor
     """All loss terms of a batch and their weighted sum.
 
     out : the network's ModelOutput; R_blend : [B, N, N] complex — the blended covariance
-    (``risloc.covariance.blend``); R_true : [B, N, N] — target only; scenes : the batch's
-    truth (K, positions); factor : R_blend as c I + W W^H (``Forward.factor``): the terms
-    that factorise R_blend (gap, margin, align, peak_contrast) then factorise r x r
-    matrices, with the same values and gradients to rounding (tested).
+    (``risloc.covariance.blend``); R_true : [B, N, N] — target only — or its LowRank factor
+    (``simulation.true_covariance_factor``); scenes : the batch's truth (K, positions);
+    factor : R_blend as c I + W W^H (``Forward.factor``): every term that reads R_blend then
+    works on r x r products (the factorisations of gap, margin, align and peak_contrast;
+    subspace_align; with R_true's factor the NMSE of R_blend and of R_pred = F F^H), with
+    the same values and gradients to rounding (tested).
     """
     B, N = R_blend.shape[0], system.N
-    if R_blend.shape != (B, N, N) or R_true.shape != (B, N, N):
-        raise ValueError(f"R_blend {tuple(R_blend.shape)} and R_true {tuple(R_true.shape)} "
+    if isinstance(R_true, LowRank):  # its factor: the NMSE terms from r x r products too
+        R_true = LowRank(R_true.c.float().detach(), R_true.W.to(torch.complex64).detach())
+        if factor is None:
+            R_true = R_true.dense()
+    else:
+        R_true = R_true.to(torch.complex64).detach()
+    true_shape = tuple(R_true.W.shape[:2]) + (N,) if isinstance(R_true, LowRank) \
+        else tuple(R_true.shape)
+    if R_blend.shape != (B, N, N) or true_shape != (B, N, N):
+        raise ValueError(f"R_blend {tuple(R_blend.shape)} and R_true {true_shape} "
                          f"must be [B, {N}, {N}]")
-    R_blend, R_true = R_blend.to(torch.complex64), R_true.to(torch.complex64).detach()
+    R_blend = R_blend.to(torch.complex64)
     if factor is not None:
         factor = LowRank(factor.c.float(), factor.W.to(torch.complex64))
     batch = _Batch(out, R_blend, R_true, scenes, system, cfg, factor)

@@ -68,6 +68,16 @@ def objective_of(summary: MetricSummary, f1_weight_deg: float) -> float:
     return angle + f1_weight_deg * (1.0 - summary.f1)
 
 
+def true_target(scenes: SceneBatch, system: SystemConfig, factored: bool
+                ) -> torch.Tensor | LowRank:
+    """R_true of scenes with truth: its factor (LowRank, K_max columns) where ``factored``
+    (the loss terms and metrics then work on r x r products), else the N x N matrix."""
+    if not factored:
+        return scene_true_covariance(scenes, system)
+    W = true_covariance_factor(scenes, system)
+    return LowRank(W.real.new_zeros(W.shape[0]), W)
+
+
 @torch.no_grad()
 def evaluate(model: CovarianceNet, scenes: SceneBatch, system: SystemConfig, beta: float,
              blend_cfg: BlendConfig, loss_cfg: LossConfig, music_cfg: MusicConfig,
@@ -81,20 +91,22 @@ def evaluate(model: CovarianceNet, scenes: SceneBatch, system: SystemConfig, bet
     for lo in range(0, len(scenes), batch_size):
         sc = scenes[lo:lo + batch_size].to(device)
         fwd = forward_blend(model, sc.y, sc.H, sc.codes, sc.snr_db, beta, blend_cfg)
-        R_true = scene_true_covariance(sc, system)
+        R_true = true_target(sc, system, fwd.factor is not None)
         terms = compute_losses(fwd.out, fwd.R_blend, R_true, sc, system, loss_cfg, fwd.factor)
         for k, v in terms.as_dict().items():
             sums[k] = sums.get(k, 0.0) + v * len(sc)
         K_hat = fwd.out.K_hat
-        # subspaces from the factors where R_blend has one (r x r eigenproblems, not N x N)
-        R_blend = fwd.R_blend if fwd.factor is None else fwd.factor
+        # the factors where R_blend has one (r x r products and eigenproblems, not N x N)
+        if fwd.factor is None:
+            R_blend, R_pred = fwd.R_blend, fwd.out.R_pred
+        else:
+            F = fwd.out.F.to(torch.complex64)
+            R_blend, R_pred = fwd.factor, LowRank(F.real.new_zeros(len(sc)), F)
         est.append(music(R_blend, K_hat, system, music_cfg).to("cpu"))
         khat.append(K_hat.cpu())
-        nmse.append(covariance_nmse(fwd.R_blend, R_true).cpu())
-        nmse_p.append(covariance_nmse(fwd.out.R_pred, R_true).cpu())
-        W_true = true_covariance_factor(sc, system)
-        true_factor = LowRank(W_true.new_zeros(len(sc), dtype=W_true.real.dtype), W_true)
-        ovl.append(overlap_fn(R_blend, true_factor, sc.K).cpu())
+        nmse.append(covariance_nmse(R_blend, R_true).cpu())
+        nmse_p.append(covariance_nmse(R_pred, R_true).cpu())
+        ovl.append(overlap_fn(R_blend, R_true, sc.K).cpu())
     model.train(was_training)
     estimates = concat_estimates(est)
     matching = match_sources(estimates, scenes.azimuth, scenes.elevation, scenes.range_m,

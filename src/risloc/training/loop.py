@@ -30,11 +30,11 @@ from risloc.inference.checkpoint import load_checkpoint, save_checkpoint
 from risloc.inference.forward import forward_blend
 from risloc.losses.total import LossConfig, LossTerms, compute_losses
 from risloc.model.network import CovarianceNet
-from risloc.simulation.scenes import SceneBatch, scene_true_covariance
+from risloc.simulation.scenes import SceneBatch
 from risloc.training import distributed, schedules
 from risloc.training.config import TrainConfig
 from risloc.training.data import TrainData, prefetched, validation_set
-from risloc.training.evaluate import EvalResult, evaluate
+from risloc.training.evaluate import EvalResult, evaluate, true_target
 from risloc.training.logs import CsvLog, EpochStats, epoch_progress
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class Trainer:
         with amp:
             fwd = forward_blend(self.net, scenes.y, scenes.H, scenes.codes, scenes.snr_db,
                                 beta, self.cfg.blend)
-        R_true = scene_true_covariance(scenes, self.cfg.system)  # target only
+        R_true = true_target(scenes, self.cfg.system, fwd.factor is not None)  # target only
         return compute_losses(fwd.out, fwd.R_blend, R_true, scenes, self.cfg.system, loss_cfg,
                               fwd.factor)
 

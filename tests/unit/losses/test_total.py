@@ -9,11 +9,12 @@ import torch
 
 from risloc.config import SceneConfig, SystemConfig
 from risloc.covariance import blend, sample_covariance
+from risloc.covariance.tools import LowRank
 from risloc.losses import TERMS, LossConfig, compute_losses
 from risloc.losses.auxiliary import nearest_cells
 from risloc.losses.subspace import steering_columns
 from risloc.model import CovarianceNet, ModelConfig, ModelOutput
-from risloc.simulation import scene_true_covariance, simulate_batch
+from risloc.simulation import scene_true_covariance, simulate_batch, true_covariance_factor
 
 SYSTEM = SystemConfig()
 # hinges made active so that their gradient is not trivially zero
@@ -101,9 +102,10 @@ def test_zero_weight_term_is_skipped_and_reported_nan(model):
 
 @pytest.mark.parametrize("blend_cfg", [(0.0, 0.0), (0.1, 1e-2)])
 def test_the_factor_of_r_blend_gives_the_dense_terms_and_gradients(model, blend_cfg):
-    """forward_blend's factor c I + W W^H is R_blend; the terms that factorise R_blend
-    (gap, margin, align, peak_contrast) computed on it by r x r factorisations equal the
-    dense N x N ones, and so do their gradients (float32 rounding), with hinges active,
+    """forward_blend's factor c I + W W^H is R_blend; the terms that read R_blend (gap,
+    margin, align, peak_contrast by r x r factorisations, subspace_align by r-column
+    products) and, with R_true's factor, the NMSE of R_blend and of R_pred = F F^H, equal
+    the dense N x N ones, and so do their gradients (float32 rounding), with hinges active,
     per-scene betas, shrinkage and loading, K = 1..5."""
     from risloc.inference.forward import forward_blend
     from risloc.inference.recipe import BlendConfig
@@ -117,9 +119,12 @@ def test_the_factor_of_r_blend_gives_the_dense_terms_and_gradients(model, blend_
     R_true = scene_true_covariance(scenes, SYSTEM)
     loss = replace(ACTIVE, spectral_scenes=4)
     dense = compute_losses(fwd.out, fwd.R_blend, R_true, scenes, SYSTEM, loss)
-    low = compute_losses(fwd.out, fwd.R_blend, R_true, scenes, SYSTEM, loss, fwd.factor)
+    W_true = true_covariance_factor(scenes, SYSTEM)
+    low = compute_losses(fwd.out, fwd.R_blend, LowRank(torch.zeros(6), W_true), scenes,
+                         SYSTEM, loss, fwd.factor)
     params = [p for p in model.parameters() if p.requires_grad]
-    for name in ("gap", "margin", "align", "peak_contrast"):
+    factored = ("gap", "margin", "align", "peak_contrast", "subspace_align", "cov", "cov_pred")
+    for name in factored:
         a, b = getattr(dense, name), getattr(low, name)
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
         ga = torch.autograd.grad(a, params, retain_graph=True, allow_unused=True)
@@ -130,7 +135,7 @@ def test_the_factor_of_r_blend_gives_the_dense_terms_and_gradients(model, blend_
             assert (x is None) == (y is None), name
             if x is not None:
                 torch.testing.assert_close(y, x, rtol=0, atol=2e-3 * scale, msg=name)
-    for name in set(TERMS) - {"gap", "margin", "align", "peak_contrast"}:  # not the factor's
+    for name in set(TERMS) - set(factored):  # not the factor's
         torch.testing.assert_close(getattr(low, name), getattr(dense, name), rtol=0, atol=0,
                                    equal_nan=True, msg=name)
 
