@@ -133,10 +133,10 @@ class _Batch:
         self.out, self.R_blend, self.R_true, self.system, self.cfg = (out, R_blend, R_true,
                                                                        system, cfg)
         self.pts, self.valid, self.K = truth_of(scenes)
-        self.n = cfg.spectral_scenes or R_blend.shape[0]  # scenes of the N x N factorisations
         self.factor = factor
         # R_blend as the terms read it: its factor where given (r x r products instead)
         self.blend = R_blend if factor is None else factor
+        self.n = cfg.spectral_scenes or len(out.K_logits)  # scenes of the factorisations
         self.spectral = R_blend[:self.n] if factor is None else factor.first(self.n)
 
     @functools.cached_property
@@ -207,20 +207,23 @@ _TERM_FUNCTIONS = {
 }
 
 
-def compute_losses(out: ModelOutput, R_blend: torch.Tensor, R_true: torch.Tensor,
-                   scenes: SceneBatch, system: SystemConfig,
+def compute_losses(out: ModelOutput, R_blend: torch.Tensor | None,
+                   R_true: torch.Tensor | LowRank, scenes: SceneBatch, system: SystemConfig,
                    cfg: LossConfig = LossConfig(), factor: LowRank | None = None) -> LossTerms:
     """All loss terms of a batch and their weighted sum.
 
     out : the network's ModelOutput; R_blend : [B, N, N] complex — the blended covariance
-    (``risloc.covariance.blend``); R_true : [B, N, N] — target only — or its LowRank factor
-    (``simulation.true_covariance_factor``); scenes : the batch's truth (K, positions);
+    (``risloc.covariance.blend``), or None with ``factor`` given; R_true : [B, N, N] —
+    target only — or its LowRank factor (``simulation.true_covariance_factor``); scenes :
+    the batch's truth (K, positions);
     factor : R_blend as c I + W W^H (``Forward.factor``): every term that reads R_blend then
     works on r x r products (the factorisations of gap, margin, align and peak_contrast;
     subspace_align; with R_true's factor the NMSE of R_blend and of R_pred = F F^H), with
     the same values and gradients to rounding (tested).
     """
-    B, N = R_blend.shape[0], system.N
+    if R_blend is None and factor is None:
+        raise ValueError("compute_losses needs R_blend or its factor")
+    B, N = (factor.W if R_blend is None else R_blend).shape[0], system.N
     if isinstance(R_true, LowRank):  # its factor: the NMSE terms from r x r products too
         R_true = LowRank(R_true.c.float().detach(), R_true.W.to(torch.complex64).detach())
         if factor is None:
@@ -229,15 +232,16 @@ def compute_losses(out: ModelOutput, R_blend: torch.Tensor, R_true: torch.Tensor
         R_true = R_true.to(torch.complex64).detach()
     true_shape = tuple(R_true.W.shape[:2]) + (N,) if isinstance(R_true, LowRank) \
         else tuple(R_true.shape)
-    if R_blend.shape != (B, N, N) or true_shape != (B, N, N):
-        raise ValueError(f"R_blend {tuple(R_blend.shape)} and R_true {true_shape} "
+    blend_shape = tuple(factor.W.shape[:2]) + (N,) if R_blend is None else tuple(R_blend.shape)
+    if blend_shape != (B, N, N) or true_shape != (B, N, N):
+        raise ValueError(f"R_blend {blend_shape} and R_true {true_shape} "
                          f"must be [B, {N}, {N}]")
-    R_blend = R_blend.to(torch.complex64)
+    R_blend = None if R_blend is None else R_blend.to(torch.complex64)
     if factor is not None:
         factor = LowRank(factor.c.float(), factor.W.to(torch.complex64))
     batch = _Batch(out, R_blend, R_true, scenes, system, cfg, factor)
     per_scene = {t: _TERM_FUNCTIONS[t](batch) for t in TERMS if getattr(cfg, WEIGHTS[t]) > 0}
-    nan = torch.full((), math.nan, device=R_blend.device)
+    nan = torch.full((), math.nan, device=out.K_logits.device)
     means = {t: per_scene[t].mean() if t in per_scene else nan for t in TERMS}
     total = sum(getattr(cfg, WEIGHTS[t]) * means[t] for t in per_scene)
     return LossTerms(**means, total=total)

@@ -90,7 +90,8 @@ def evaluate(model: CovarianceNet, scenes: SceneBatch, system: SystemConfig, bet
     est, khat, nmse, nmse_p, ovl = [], [], [], [], []
     for lo in range(0, len(scenes), batch_size):
         sc = scenes[lo:lo + batch_size].to(device)
-        fwd = forward_blend(model, sc.y, sc.H, sc.codes, sc.snr_db, beta, blend_cfg)
+        fwd = forward_blend(model, sc.y, sc.H, sc.codes, sc.snr_db, beta, blend_cfg,
+                            dense=False)
         R_true = true_target(sc, system, fwd.factor is not None)
         terms = compute_losses(fwd.out, fwd.R_blend, R_true, sc, system, loss_cfg, fwd.factor)
         for k, v in terms.as_dict().items():

@@ -256,7 +256,7 @@ class Trainer:
             else contextlib.nullcontext()
         with amp:
             fwd = forward_blend(self.net, scenes.y, scenes.H, scenes.codes, scenes.snr_db,
-                                beta, self.cfg.blend)
+                                beta, self.cfg.blend, dense=False)
         R_true = true_target(scenes, self.cfg.system, fwd.factor is not None)  # target only
         return compute_losses(fwd.out, fwd.R_blend, R_true, scenes, self.cfg.system, loss_cfg,
                               fwd.factor)

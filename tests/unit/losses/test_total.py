@@ -138,6 +138,16 @@ def test_the_factor_of_r_blend_gives_the_dense_terms_and_gradients(model, blend_
     for name in set(TERMS) - set(factored):  # not the factor's
         torch.testing.assert_close(getattr(low, name), getattr(dense, name), rtol=0, atol=0,
                                    equal_nan=True, msg=name)
+    # training's forward: the factor alone (no N x N matrix made), the same terms bit for bit
+    lean = forward_blend(model, scenes.y, scenes.H, scenes.codes, scenes.snr_db, beta, cfg,
+                         dense=False)
+    assert lean.R_blend is None and lean.R_samp is None
+    torch.testing.assert_close(lean.factor.W, fwd.factor.W, rtol=0, atol=0)
+    only = compute_losses(lean.out, None, LowRank(torch.zeros(6), W_true), scenes, SYSTEM,
+                          loss, lean.factor)
+    for name in TERMS:
+        torch.testing.assert_close(getattr(only, name), getattr(low, name), rtol=0, atol=0,
+                                   equal_nan=True, msg=name)
 
 
 def test_no_factor_for_a_small_ris():
