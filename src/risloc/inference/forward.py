@@ -52,7 +52,7 @@ def forward_blend(model: CovarianceNet, y: torch.Tensor, H: torch.Tensor, codes:
     a = unit_snapshots(y, H, codes, blend_cfg.bp_alpha)
     B, N = y.shape[0], getattr(model, "module", model).system.N  # model or its DDP wrapper
     # PERMANENT shape assertions at the blend site: they catch shape drift at once.
-    assert out.R_pred.shape == (B, N, N), f"R_pred {tuple(out.R_pred.shape)} != {(B, N, N)}"
+    assert out.F.shape[:2] == (B, N), f"F {tuple(out.F.shape)} != {(B, N, '*')}"
     assert a.shape[0] == B and a.shape[-1] == N, f"snapshots {tuple(a.shape)} != {(B, '*', N)}"
     factor = blend_factor(out.F, a, beta, N)  # None for a small RIS (S + L >= N)
     if factor is not None:
@@ -63,6 +63,7 @@ def forward_blend(model: CovarianceNet, y: torch.Tensor, H: torch.Tensor, codes:
         if not dense:
             return Forward(out, None, None, factor)
     R_samp = snapshot_covariance(a)  # risloc.covariance.sample_covariance
+    assert out.R_pred.shape == (B, N, N), f"R_pred {tuple(out.R_pred.shape)} != {(B, N, N)}"
     assert R_samp.shape == (B, N, N), f"R_samp {tuple(R_samp.shape)} != {(B, N, N)}"
     R_blend = blend(out.R_pred, R_samp, beta, N)
     if blend_cfg.shrinkage > 0:

@@ -33,6 +33,7 @@ R_true is never an input.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -123,7 +124,6 @@ class ModelOutput:
     """
 
     F: torch.Tensor
-    R_pred: torch.Tensor
     K_logits: torch.Tensor
     slot_azimuth: torch.Tensor
     slot_elevation: torch.Tensor
@@ -134,6 +134,12 @@ class ModelOutput:
     heatmap: torch.Tensor
     offsets: torch.Tensor
     grid: CandidateGrid
+
+    @functools.cached_property
+    def R_pred(self) -> torch.Tensor | None:
+        """F F^H : [B, N, N] complex64 (None without F), made on first use: training and
+        validation read only F (as a factor), inference's dense blend reads R_pred."""
+        return None if self.F is None else self.F @ self.F.mH
 
     @property
     def K_hat(self) -> torch.Tensor:
@@ -395,7 +401,7 @@ class CovarianceNet(nn.Module):
             if self.cfg.residual_features else None
         K_logits = self._k_logits(h, heat_slots, snr_db, resid).float()
         if not covariance:
-            return ModelOutput(F=None, R_pred=None, K_logits=K_logits,
+            return ModelOutput(F=None, K_logits=K_logits,
                                slot_azimuth=theta[..., 0], slot_elevation=theta[..., 1],
                                slot_range=1.0 / theta[..., 2], learned=theta,
                                slot_confidence=conf, slot_steering=None, heatmap=heat,
@@ -405,7 +411,7 @@ class CovarianceNet(nn.Module):
             A = steering(pos[..., 0], pos[..., 1], 1.0 / pos[..., 2], self.system,
                          torch.complex64).mT  # (B, N, S)
         F = self._factor(feat, A, conf, K_logits)
-        return ModelOutput(F=F, R_pred=F @ F.mH, K_logits=K_logits, slot_azimuth=pos[..., 0],
+        return ModelOutput(F=F, K_logits=K_logits, slot_azimuth=pos[..., 0],
                            slot_elevation=pos[..., 1], slot_range=1.0 / pos[..., 2],
                            learned=theta, slot_confidence=conf, slot_steering=A, heatmap=heat,
                            offsets=offsets, grid=self.grid)

@@ -65,7 +65,7 @@ def _perfect_output(scenes, N) -> ModelOutput:
     F = A * (N / scenes.K.float()).sqrt().view(-1, 1, 1).to(A.dtype)
     ones = torch.ones_like(scenes.azimuth)
     pts = torch.where(mask.unsqueeze(-1), pts, torch.tensor([0.0, 0.0, 1.0]))
-    return ModelOutput(F=F, R_pred=F @ F.mH, K_logits=logits,
+    return ModelOutput(F=F, K_logits=logits,
                        slot_azimuth=torch.where(mask, scenes.azimuth, 0 * ones),
                        slot_elevation=torch.where(mask, scenes.elevation, 0 * ones),
                        slot_range=torch.where(mask, scenes.range_m, ones), learned=pts,
