@@ -269,10 +269,6 @@ class LowRank(NamedTuple):
         """:func:`load_diagonal`: R + eps tr(R)/N I."""
         return LowRank(self.c + eps * self.trace() / self.W.shape[-2], self.W)
 
-    def diagonal(self) -> torch.Tensor:
-        """[B, N] real: c + sum_j |W_ij|^2."""
-        return self.c.unsqueeze(-1) + abs2(self.W).sum(-1)
-
     def inner(self, other: LowRank) -> torch.Tensor:
         """[B] real: tr(R R') of two Hermitian factored matrices (R' = d I + V V^H), the
         Frobenius inner product: N c d + c |V|^2 + d |W|^2 + |W^H V|^2 (r x r' products)."""

@@ -16,6 +16,7 @@ import torch
 
 from risloc.covariance.tools import (
     LowRank,
+    abs2,
     hermitise,
     load_diagonal,
     normalize_trace,
@@ -72,20 +73,33 @@ def covariance_nmse(R_est: torch.Tensor | LowRank, R_true: torch.Tensor | LowRan
 
 def _factored_nmse(R_est: LowRank, R_true: LowRank, lam_diag: float,
                    lam_off: float) -> torch.Tensor:
-    """:func:`covariance_nmse` of two factored matrices from r x r products: ||E||^2 =
-    ||est||^2 + ||tru||^2 - 2 tr(est tru), the diagonals directly, the off-diagonal parts
-    as the rest (the [B] sums in float64: a difference of nearly equal numbers when the
-    estimate is close)."""
-    N = R_est.W.shape[-2]
-    est, tru = R_est.scaled_to_trace(N), R_true.scaled_to_trace(N)
-    d_e, d_t = est.diagonal(), tru.diagonal()
-    e_d = (d_e - d_t).square().sum(-1).double()
-    t_d = d_t.square().sum(-1).double()
-    t_all = tru.frob2().double()
-    e_all = est.frob2().double() + t_all - 2 * est.inner(tru).double()
+    """:func:`covariance_nmse` of c I + W W^H against d I + V V^H from one Gram matrix of
+    [W, V] (r + k columns): each scaled to trace N (factors s, t), the diagonals directly,
+    ||E||^2 = s^2 ||est||^2 + t^2 ||tru||^2 - 2 s t tr(est tru) with ||est||^2 = N c^2 +
+    2 c |W|^2 + |W^H W|^2, tr(est tru) = N c d + c |V|^2 + d |W|^2 + |W^H V|^2, the
+    off-diagonal parts as the rest. Its rounding: about 1e-7 of ||tru||^2 (that of the
+    Gram's entries), so about 1e-7 of the NMSE's unit.
+    """
+    W, V, r = R_est.W, R_true.W, R_est.W.shape[-1]
+    N = W.shape[-2]
+    X = torch.cat([W, V.to(W.dtype)], -1)  # (B, N, r + k)
+    G2 = abs2(X.mH @ X)
+    rows = abs2(X)
+    dW, dV = rows[..., :r].sum(-1), rows[..., r:].sum(-1)  # (B, N): diagonals of W W^H, V V^H
+    wW, wV = dW.sum(-1), dV.sum(-1)  # |W|^2, |V|^2
+    gWW, gVV = G2[..., :r, :r].sum((-2, -1)), G2[..., r:, r:].sum((-2, -1))
+    gWV = G2[..., :r, r:].sum((-2, -1))
+    c, d = R_est.c, R_true.c
+    s, t = N / (N * c + wW).clamp_min(EPS), N / (N * d + wV).clamp_min(EPS)
+    diag_e, diag_t = s.unsqueeze(-1) * (c.unsqueeze(-1) + dW), t.unsqueeze(-1) * (
+        d.unsqueeze(-1) + dV)
+    e_d, t_d = (diag_e - diag_t).square().sum(-1), diag_t.square().sum(-1)
+    t_all = t * t * (N * d * d + 2 * d * wV + gVV)
+    e_all = (s * s * (N * c * c + 2 * c * wW + gWW) + t_all
+             - 2 * s * t * (N * c * d + c * wV + d * wW + gWV))
     e_o, t_o = (e_all - e_d).clamp_min(0.0), (t_all - t_d).clamp_min(0.0)
     nmse = lam_diag * e_d / (t_d + EPS) + lam_off * e_o / (t_o + EPS)
-    return (nmse / (lam_diag + lam_off)).to(R_est.W.real.dtype)
+    return nmse / (lam_diag + lam_off)
 
 
 def factor_orthogonality(F: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,35 @@ def test_nmse_gradient_matches_finite_difference(R_true):
     assert torch.allclose(fd.sum() / 2, (g.conj() * d).real.sum(), rtol=1e-4)
 
 
+def test_nmse_of_factors_equals_the_dense_one(scenes, system, R_true):
+    """c I + W W^H against R_true's factor (from one Gram matrix of [W, V]): the dense
+    NMSE for any weights, 0 at any multiple of the truth, 1 at c I + 0 with lam_off only,
+    and the dense gradient."""
+    from risloc.covariance.tools import LowRank
+    from risloc.simulation import true_covariance_factor
+
+    V = true_covariance_factor(scenes, system).to(torch.complex128)
+    true = LowRank(torch.zeros(6, dtype=torch.float64), V)
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn(6, 144, 7, generator=g, dtype=torch.complex128).requires_grad_(True)
+    c = torch.rand(6, generator=g, dtype=torch.float64) * 3
+    for lam in ((1.0, 1.0), (2.0, 0.5), (0.0, 1.0)):
+        low = cov.covariance_nmse(LowRank(c, W), true, *lam)
+        dense = cov.covariance_nmse(LowRank(c, W).dense(), true.dense(), *lam)
+        torch.testing.assert_close(low, dense, rtol=1e-10, atol=0)
+        (gl,) = torch.autograd.grad(low.sum(), W)
+        (gd,) = torch.autograd.grad(dense.sum(), W)
+        torch.testing.assert_close(gl, gd, rtol=0, atol=1e-10 * float(gd.abs().max()))
+    zero = torch.zeros(6, dtype=torch.float64)
+    assert cov.covariance_nmse(LowRank(zero, 2.5 * V), true).abs().max() < 1e-12
+    only_off = cov.covariance_nmse(LowRank(c + 1, 0 * V), true, lam_diag=0.0, lam_off=1.0)
+    torch.testing.assert_close(only_off, torch.ones(6, dtype=torch.float64))
+    single = true_covariance_factor(scenes, system)  # float32: the training dtype
+    near = cov.covariance_nmse(LowRank(torch.zeros(6), 1.3 * single),
+                               LowRank(torch.zeros(6), single))
+    assert near.abs().max() < 1e-5
+
+
 def test_factor_orthogonality():
     F = torch.eye(144, 5, dtype=torch.complex64).expand(2, -1, -1)
     assert cov.factor_orthogonality(F).abs().max() < 1e-7
