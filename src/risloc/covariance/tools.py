@@ -269,17 +269,11 @@ class LowRank(NamedTuple):
         """:func:`load_diagonal`: R + eps tr(R)/N I."""
         return LowRank(self.c + eps * self.trace() / self.W.shape[-2], self.W)
 
-    def inner(self, other: LowRank) -> torch.Tensor:
-        """[B] real: tr(R R') of two Hermitian factored matrices (R' = d I + V V^H), the
-        Frobenius inner product: N c d + c |V|^2 + d |W|^2 + |W^H V|^2 (r x r' products)."""
-        N = self.W.shape[-2]
-        WV = self.W.mH @ other.W
-        return (N * self.c * other.c + self.c * abs2(other.W).sum((-2, -1))
-                + other.c * abs2(self.W).sum((-2, -1)) + abs2(WV).sum((-2, -1)))
-
     def frob2(self) -> torch.Tensor:
-        """[B] real: ||R||_F^2 = N c^2 + 2 c |W|^2 + |W^H W|^2."""
-        return self.inner(self)
+        """[B] real: ||R||_F^2 = N c^2 + 2 c |W|^2 + |W^H W|^2 (an r x r product)."""
+        N = self.W.shape[-2]
+        return (N * self.c.square() + 2 * self.c * abs2(self.W).sum((-2, -1))
+                + abs2(self.W.mH @ self.W).sum((-2, -1)))
 
     def matmul(self, A: torch.Tensor) -> torch.Tensor:
         """R A = c A + W (W^H A) for A [B, N, k]."""
