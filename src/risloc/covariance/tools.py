@@ -241,6 +241,11 @@ class LowRank(NamedTuple):
     c: torch.Tensor
     W: torch.Tensor
 
+    @classmethod
+    def of(cls, W: torch.Tensor) -> LowRank:
+        """W W^H (c = 0): R_pred = F F^H, R_true from its factor."""
+        return cls(W.real.new_zeros(W.shape[0]), W)
+
     def first(self, n: int) -> LowRank:
         """The first n scenes."""
         return LowRank(self.c[:n], self.W[:n])

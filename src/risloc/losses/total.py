@@ -157,8 +157,7 @@ def _cov(b: _Batch) -> torch.Tensor:
 
 
 def _cov_pred(b: _Batch) -> torch.Tensor:
-    R_pred = b.out.R_pred if b.factor is None else \
-        LowRank(b.out.F.real.new_zeros(b.out.F.shape[0]), b.out.F.to(torch.complex64))
+    R_pred = b.out.R_pred if b.factor is None else LowRank.of(b.out.F.to(torch.complex64))
     return cov.covariance_nmse(R_pred, b.R_true, b.cfg.cov_diag_weight,
                                b.cfg.cov_off_weight)
 
@@ -230,9 +229,10 @@ def compute_losses(out: ModelOutput, R_blend: torch.Tensor | None,
             R_true = R_true.dense()
     else:
         R_true = R_true.to(torch.complex64).detach()
-    true_shape = tuple(R_true.W.shape[:2]) + (N,) if isinstance(R_true, LowRank) \
-        else tuple(R_true.shape)
-    blend_shape = tuple(factor.W.shape[:2]) + (N,) if R_blend is None else tuple(R_blend.shape)
+    def shape(R):  # a factor W [B, N, r] as the [B, N, N] matrix it stands for
+        return (*R.W.shape[:2], N) if isinstance(R, LowRank) else tuple(R.shape)
+
+    blend_shape, true_shape = shape(factor if R_blend is None else R_blend), shape(R_true)
     if blend_shape != (B, N, N) or true_shape != (B, N, N):
         raise ValueError(f"R_blend {blend_shape} and R_true {true_shape} "
                          f"must be [B, {N}, {N}]")

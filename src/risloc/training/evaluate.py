@@ -74,8 +74,7 @@ def true_target(scenes: SceneBatch, system: SystemConfig, factored: bool
     (the loss terms and metrics then work on r x r products), else the N x N matrix."""
     if not factored:
         return scene_true_covariance(scenes, system)
-    W = true_covariance_factor(scenes, system)
-    return LowRank(W.real.new_zeros(W.shape[0]), W)
+    return LowRank.of(true_covariance_factor(scenes, system))
 
 
 @torch.no_grad()
@@ -101,8 +100,7 @@ def evaluate(model: CovarianceNet, scenes: SceneBatch, system: SystemConfig, bet
         if fwd.factor is None:
             R_blend, R_pred = fwd.R_blend, fwd.out.R_pred
         else:
-            F = fwd.out.F.to(torch.complex64)
-            R_blend, R_pred = fwd.factor, LowRank(F.real.new_zeros(len(sc)), F)
+            R_blend, R_pred = fwd.factor, LowRank.of(fwd.out.F.to(torch.complex64))
         est.append(music(R_blend, K_hat, system, music_cfg).to("cpu"))
         khat.append(K_hat.cpu())
         nmse.append(covariance_nmse(R_blend, R_true).cpu())
