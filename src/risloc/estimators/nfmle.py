@@ -13,7 +13,7 @@ with the exact variable-projection Jacobian (lam_l held fixed):
 
     dr_l = -(I - B_l G_l^-1 B_l^H) dB_l s_l - B_l G_l^-1 dB_l^H r_l,   G_l = B_l^H B_l + lam_l I,
 
-built from the analytic steering derivatives of :func:`risloc.physics.steering_jacobian`.
+built from the analytic steering derivatives of :func:`risloc.physics.steering_derivatives`.
 Analytic rather than autograd: one batched pass gives all 3K columns; forward-mode
 autograd (torch.func.jvp over the 3K directions) gives the same matrix (to ~1e-14 at
 tikhonov = 0, checked in the tests) about 10x slower (64 scenes, K = 5, one thread:
@@ -42,7 +42,7 @@ from risloc.core.checks import check_measurements, check_positions
 from risloc.core.operator import apply_operator
 from risloc.core.params import Estimates, pack, steering_at
 from risloc.covariance.tools import solve_loaded
-from risloc.physics import steering_jacobian
+from risloc.physics import steering_derivatives
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +147,9 @@ def _jacobian(fit: Fit, H, codes, theta, mask, system) -> torch.Tensor:
     """Exact variable-projection Jacobian dr/dtheta: [B, L, M, 3K] complex (see module doc),
     columns in theta's flattened (source, parameter) order."""
     B_, K, _ = theta.shape
-    rng = 1.0 / theta[..., 2]
-    jac = steering_jacobian(theta[..., 0], theta[..., 1], rng, system, fit.r.dtype)
-    d_u = jac.d_range * (-(rng**2)).unsqueeze(-1)  # dr/du = -r^2
-    dA = torch.stack([jac.d_azimuth, jac.d_elevation, d_u], dim=2).view(B_, 3 * K, -1)
+    _, dA = steering_derivatives(theta[..., 0], theta[..., 1], 1.0 / theta[..., 2], system,
+                                 fit.r.dtype, inverse_range=True)  # (B, K, 3, N)
+    dA = dA.view(B_, 3 * K, -1)
     dA = torch.where(mask.repeat_interleave(3, 1).unsqueeze(-1), dA, dA.new_zeros(()))
     D = apply_operator(H, codes, dA)  # (B, L, M, 3K)   H diag(c_l) da_j, source-major
     src = torch.arange(3 * K, device=theta.device) // 3

@@ -22,7 +22,7 @@ from typing import NamedTuple, Protocol
 import torch
 
 from risloc.config import SystemConfig
-from risloc.physics.steering import steering, steering_jacobian
+from risloc.physics.steering import steering, steering_derivatives
 
 _FRACTIONS = (1.0, 0.5, 0.2)
 _MARQUARDT = 1e-6
@@ -55,10 +55,9 @@ class NearFieldModel:
 
     def jacobian(self, theta: torch.Tensor) -> torch.Tensor:
         az, el, u = theta.unbind(-1)
-        r = 1.0 / u
-        jac = steering_jacobian(az, el, r, self.system, torch.complex128)
-        d_u = -(r * r).unsqueeze(-1) * jac.d_range  # da/du = -r^2 da/dr
-        return torch.stack([jac.a, jac.d_azimuth, jac.d_elevation, d_u], dim=-2)
+        a, D = steering_derivatives(az, el, 1.0 / u, self.system, torch.complex128,
+                                    inverse_range=True)
+        return torch.cat([a.unsqueeze(-2), D], dim=-2)
 
 
 class Refined(NamedTuple):

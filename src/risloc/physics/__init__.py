@@ -13,6 +13,7 @@ from risloc.physics.steering import (
     far_field_response,
     path_difference,
     steering,
+    steering_derivatives,
     steering_jacobian,
     ula_response,
 )
@@ -20,5 +21,6 @@ from risloc.physics.steering import (
 __all__ = [
     "SteeringJacobian", "angular_separation", "direction", "draw_channel", "draw_codes",
     "element_positions", "far_field_response", "path_difference", "quantize_phase",
-    "rician_channel", "source_position", "steering", "steering_jacobian", "ula_response",
+    "rician_channel", "source_position", "steering", "steering_derivatives", "steering_jacobian",
+    "ula_response",
 ]

@@ -57,19 +57,35 @@ def path_difference(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: tor
     delta : [..., N], real — [m]
     """
     wavefront = wavefront or system.wavefront
-    pos, norm2 = _elements(system, azimuth.dtype, azimuth.device)  # (N, 3), (N,)
-    x, y = pos[:, 0], pos[:, 1]
-    az, el, r = azimuth.unsqueeze(-1), elevation.unsqueeze(-1), range_m.unsqueeze(-1)
     if wavefront == "fresnel":
+        pos, norm2 = _elements(system, azimuth.dtype, azimuth.device)  # (N, 3), (N,)
+        x, y = pos[:, 0], pos[:, 1]
+        az, el, r = azimuth.unsqueeze(-1), elevation.unsqueeze(-1), range_m.unsqueeze(-1)
         return -x * torch.sin(az) * torch.cos(el) - y * torch.sin(el) + norm2 / (2 * r)
     if wavefront != "spherical":
         raise ValueError(f"unknown wavefront model {wavefront!r}")
+    q, d, _ = _spherical(azimuth, elevation, range_m, system)
+    return q / (d + range_m.unsqueeze(-1))
+
+
+def _spherical(azimuth, elevation, range_m, system):
+    """q = |e_n|^2 - 2 p.e_n and the distance d_n = |p - e_n| [..., N], and the source's
+    position p [..., 3]: delta_n = d_n - r = q / (d_n + r)."""
+    pos, norm2 = _elements(system, azimuth.dtype, azimuth.device)  # (N, 3), (N,)
+    r = range_m.unsqueeze(-1)
     p = source_position(azimuth, elevation, range_m)  # (..., 3)
     # |e_n|^2 - 2 p.e_n with p.e_n as one small matmul: 5 passes over [..., N] instead of 10
     # (3x faster on the network's 64 x 375 stencil points, measured)
     q = torch.add(norm2, p[..., :2] @ pos[:, :2].T, alpha=-2)  # (..., N)
-    d = torch.sqrt((q + r**2).clamp_min(0.0))
-    return q / (d + r)
+    return q, torch.sqrt((q + r**2).clamp_min(0.0)), p
+
+
+def _phasor(delta: torch.Tensor, system: SystemConfig) -> torch.Tensor:
+    """exp(-j k0 delta) / sqrt(N), the steering vector of the path differences delta."""
+    phase = -system.k0 * delta
+    scale = 1.0 / math.sqrt(system.N)
+    # complex(cos, sin) is 1.3-1.8x faster than torch.polar on CPU (measured)
+    return torch.complex(torch.cos(phase) * scale, torch.sin(phase) * scale)
 
 
 def steering(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: torch.Tensor,
@@ -88,12 +104,8 @@ def steering(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: torch.Tens
     a : [..., N], complex
     """
     real = _real_dtype(dtype)
-    delta = path_difference(azimuth.to(real), elevation.to(real), range_m.to(real),
-                            system, wavefront)
-    phase = -system.k0 * delta
-    scale = 1.0 / math.sqrt(system.N)
-    # complex(cos, sin) is 1.3-1.8x faster than torch.polar on CPU (measured)
-    return torch.complex(torch.cos(phase) * scale, torch.sin(phase) * scale)
+    return _phasor(path_difference(azimuth.to(real), elevation.to(real), range_m.to(real),
+                                   system, wavefront), system)
 
 
 class SteeringJacobian(NamedTuple):
@@ -110,43 +122,63 @@ class SteeringJacobian(NamedTuple):
     d_range: torch.Tensor
 
 
-def _path_difference_grad(azimuth, elevation, range_m, system, wavefront):
-    """Analytic d(d_n - r)/d(phi, theta, r): three tensors [..., N]."""
-    pos, norm2 = _elements(system, azimuth.dtype, azimuth.device)
-    x, y = pos[:, 0], pos[:, 1]
-    az, el, r = azimuth.unsqueeze(-1), elevation.unsqueeze(-1), range_m.unsqueeze(-1)
-    sa, ca, se, ce = torch.sin(az), torch.cos(az), torch.sin(el), torch.cos(el)
-    if wavefront == "fresnel":
-        g_az = -x * ca * ce
-        g_el = x * sa * se - y * ce
-        g_r = -norm2 / (2 * r**2)
-        return g_az, g_el, g_r.expand_as(g_az)
-    # spherical: d_n = |p - e_n|, grad_p d_n = (p - e_n) / d_n
-    px, py, pz = r * ce * sa, r * se, r * ce * ca
-    dx, dy, dz = px - x, py - y, pz
-    d = torch.sqrt(dx**2 + dy**2 + dz**2)
-    # dp/dphi = r (ce ca, 0, -ce sa); dp/dtheta = r (-se sa, ce, -se ca); dp/dr = u
-    g_az = r * ce * (dx * ca - dz * sa) / d
-    g_el = r * (-dx * se * sa + dy * ce - dz * se * ca) / d
-    g_r = (dx * ce * sa + dy * se + dz * ce * ca) / d - 1.0
-    return g_az, g_el, g_r
+def steering_derivatives(azimuth: torch.Tensor, elevation: torch.Tensor,
+                         range_m: torch.Tensor, system: SystemConfig,
+                         dtype: torch.dtype = torch.complex64, wavefront: str | None = None,
+                         inverse_range: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steering vectors a [..., N] (those of :func:`steering`, bit for bit) and their
+    derivatives D [..., 3, N] w.r.t. (azimuth, elevation, range), or (azimuth, elevation,
+    1/range) with ``inverse_range`` (the estimators' parameter: d/du = -r^2 d/dr).
+
+    d a_n / d xi = -j k0 (d delta_n / d xi) a_n, delta_n = d_n - r. Spherical wavefront:
+    with p the source's position and u = p / r, grad_p d_n = (p - e_n) / d_n, and p is
+    orthogonal to dp/dphi and dp/dtheta, so
+
+        d delta_n / dphi   = -x_n p_z / d_n
+        d delta_n / dtheta = r (x_n sin(theta) sin(phi) - y_n cos(theta)) / d_n
+        d delta_n / dr     = (r - u.e_n) / d_n - 1
+
+    each linear in (x_n, y_n) over d_n: one small product for all three (no cancellation
+    of the larger terms of (p - e_n).dp that are orthogonal to p). Fresnel: the
+    derivatives of its second-order phase.
+    """
+    wavefront = wavefront or system.wavefront
+    real = _real_dtype(dtype)
+    az, el, r = azimuth.to(real), elevation.to(real), range_m.to(real)
+    pos, norm2 = _elements(system, real, az.device)
+    zero = torch.zeros_like(r)
+    s_r = -r * r if inverse_range else torch.ones_like(r)  # the range row's factor: dr/du
+    sa, se, ce = torch.sin(az), torch.sin(el), torch.cos(el)
+    if wavefront == "spherical":
+        q, d, p = _spherical(az, el, r, system)
+        a = _phasor(q / (d + r.unsqueeze(-1)), system)
+        # rows (phi, theta, r): coefficients of (x_n, y_n) and a constant over d_n, then a
+        # constant; the range row times s_r
+        coef = torch.stack([torch.stack([-p[..., 2], zero], -1),
+                            torch.stack([p[..., 1] * sa, -r * ce], -1),
+                            p[..., :2] * (-s_r / r).unsqueeze(-1)], -2)  # (..., 3, 2)
+        over_d = coef @ pos[:, :2].T + torch.stack([zero, zero, r * s_r], -1).unsqueeze(-1)
+        grad = torch.addcdiv(torch.stack([zero, zero, -s_r], -1).unsqueeze(-1), over_d,
+                             d.unsqueeze(-2))  # (..., 3, N)
+    elif wavefront == "fresnel":
+        a = steering(az, el, r, system, dtype, wavefront)
+        coef = torch.stack([torch.stack([-torch.cos(az) * ce, zero], -1),
+                            torch.stack([sa * se, -ce], -1)], -2)  # (..., 2, 2)
+        g_r = norm2 * (-s_r / (2 * r * r)).unsqueeze(-1)  # (..., N)
+        grad = torch.cat([coef @ pos[:, :2].T, g_r.unsqueeze(-2)], -2)
+    else:
+        raise ValueError(f"unknown wavefront model {wavefront!r}")
+    mjk = -1j * system.k0  # a Python scalar: no tensor from host data (a copy on a GPU)
+    return a, grad * (mjk * a).unsqueeze(-2)
 
 
 def steering_jacobian(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: torch.Tensor,
                       system: SystemConfig, dtype: torch.dtype = torch.complex64,
                       wavefront: str | None = None) -> SteeringJacobian:
-    """Steering vectors and analytic derivatives w.r.t. (azimuth, elevation, range).
-
-    d a_n / d xi = -j k0 (d delta_n / d xi) a_n, with delta_n = d_n - r.
-    Shapes as in :func:`steering`.
-    """
-    wavefront = wavefront or system.wavefront
-    real = _real_dtype(dtype)
-    az, el, r = azimuth.to(real), elevation.to(real), range_m.to(real)
-    a = steering(az, el, r, system, dtype, wavefront)
-    grads = _path_difference_grad(az, el, r, system, wavefront)
-    mjk = -1j * system.k0  # a Python scalar: no tensor from host data (a copy on a GPU)
-    return SteeringJacobian(a, *(mjk * g * a for g in grads))
+    """Steering vectors and analytic derivatives w.r.t. (azimuth, elevation, range)
+    (:func:`steering_derivatives`). Shapes as in :func:`steering`."""
+    a, D = steering_derivatives(azimuth, elevation, range_m, system, dtype, wavefront)
+    return SteeringJacobian(a, *D.unbind(-2))
 
 
 def far_field_response(azimuth: torch.Tensor, elevation: torch.Tensor, system: SystemConfig,

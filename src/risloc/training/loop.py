@@ -99,6 +99,23 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     return opt
 
 
+_IMPLEMENTATION = ("fused", "foreach", "capturable")
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """``opt.load_state_dict(state)`` keeping ``opt``'s own implementation (fused, foreach,
+    capturable) rather than the saved one's: a checkpoint written before the fused AdamW
+    (or on another device) carries ``fused=None`` and step counts on the CPU, and PyTorch
+    would restore both, resuming with the per-tensor loop. With the flags carried over,
+    the load moves the step counts where the fused step needs them (float32, on the
+    parameters' device). Same update to rounding (tested)."""
+    if len(state["param_groups"]) == len(opt.param_groups):  # else PyTorch names the mismatch
+        state = {**state, "param_groups": [
+            {**saved, **{k: now[k] for k in _IMPLEMENTATION if k in now}}
+            for saved, now in zip(state["param_groups"], opt.param_groups, strict=True)]}
+    opt.load_state_dict(state)
+
+
 def sanitise_gradients(model: torch.nn.Module) -> int:
     """Zero non-finite gradient entries; return how many there were (never silent).
 
@@ -210,7 +227,7 @@ class Trainer:
                              f"{', '.join(_RESUME_FREE + _RESUME_STOPPING)} may change)")
         self.model.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
-        self.optimizer.load_state_dict(st["optimizer"])
+        load_optimizer_state(self.optimizer, st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.scaler.load_state_dict(st["scaler"])
         if st["swa"] is not None:

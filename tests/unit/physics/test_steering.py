@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from risloc.config import SystemConfig
-from risloc.physics import element_positions, steering, steering_jacobian
+from risloc.physics import (
+    element_positions,
+    steering,
+    steering_derivatives,
+    steering_jacobian,
+)
 
 
 def _params(n, seed=0, dtype=torch.float64):
@@ -94,6 +99,28 @@ def test_jacobian_matches_finite_differences(system, wavefront):
         analytic = getattr(jac, name)
         rel = (fd - analytic).norm(dim=-1) / analytic.norm(dim=-1)
         assert float(rel.max()) < 1e-6, name
+
+
+@pytest.mark.parametrize("wavefront", ["spherical", "fresnel"])
+def test_derivatives_per_inverse_range(system, wavefront):
+    """steering_derivatives(inverse_range=True): the steering vectors of ``steering`` bit
+    for bit (complex64 and complex128), and rows d/dphi, d/dtheta, d/du with u = 1/range
+    against central finite differences in u (the estimators' parameter)."""
+    az, el, r = _params(16, seed=5)
+    for dtype in (torch.complex64, torch.complex128):
+        a, _ = steering_derivatives(az, el, r, system, dtype, wavefront, inverse_range=True)
+        assert torch.equal(a, steering(az, el, r, system, dtype, wavefront))
+    a, D = steering_derivatives(az, el, r, system, torch.complex128, wavefront,
+                                inverse_range=True)
+    assert D.shape == (16, 3, 144)
+    u, h = 1.0 / r, 1e-7
+    pairs = [((az + h, el, r), (az - h, el, r)), ((az, el + h, r), (az, el - h, r)),
+             ((az, el, 1 / (u + h)), (az, el, 1 / (u - h)))]
+    for i, (plus, minus) in enumerate(pairs):
+        fd = (steering(*plus, system, torch.complex128, wavefront)
+              - steering(*minus, system, torch.complex128, wavefront)) / (2 * h)
+        rel = (fd - D[:, i]).norm(dim=-1) / D[:, i].norm(dim=-1)
+        assert float(rel.max()) < 1e-6, i
 
 
 def test_jacobian_matches_autograd(system):

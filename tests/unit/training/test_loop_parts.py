@@ -1,5 +1,6 @@
 """Pieces of the loop: gradient sanitising, optimizer wiring, EMA, the no-leak property."""
 
+import copy
 import math
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from risloc.training.loop import (
     build_optimizer,
     clip_gradients,
     ema_multi_avg_fn,
+    load_optimizer_state,
     sanitise_gradients,
 )
 
@@ -101,6 +103,48 @@ def test_the_fused_optimizer_steps_as_the_plain_one():
     for a, b, c in zip(models[0].parameters(), models[1].parameters(), start, strict=True):
         assert (a - c).abs().max() > 1e-3  # it moved (5 steps of about lr = 0.01)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_plain_optimizer_state_resumes_fused():
+    """A checkpoint of the per-tensor AdamW (fused=None, step counts on the CPU, as written
+    before the fused one) resumes with the fused step, continuing as the plain optimizer
+    does to float32 rounding; PyTorch's own load would have restored the plain loop."""
+    models = [_small() for _ in "abc"]
+    for m in models[1:]:
+        m.load_state_dict(models[0].state_dict())
+    cfg = load_train_config(None, ["optim.lr=0.01"])
+    gen = torch.Generator().manual_seed(2)
+
+    def steps(model, opt, n, seed):
+        gen.manual_seed(seed)
+        for _ in range(n):
+            for q in model.parameters():
+                q.grad = torch.randn(q.shape, generator=gen)
+            opt.step()
+
+    old = build_optimizer(models[0], cfg)
+    for g in old.param_groups:  # what the optimizer of an old checkpoint was
+        g["fused"] = None
+    steps(models[0], old, 3, seed=3)
+    saved = copy.deepcopy(old.state_dict())  # as read from a file: its own tensors
+    assert saved["param_groups"][0]["fused"] is None
+    models[1].load_state_dict(models[0].state_dict())
+    resumed = build_optimizer(models[1], cfg)
+    load_optimizer_state(resumed, copy.deepcopy(saved))
+    assert all(g["fused"] for g in resumed.param_groups)
+    assert all(s["step"].dtype == torch.float32 for s in resumed.state.values())
+    plain = build_optimizer(models[2], cfg)
+    plain.load_state_dict(copy.deepcopy(saved))  # PyTorch's load: the saved one comes back
+    assert plain.param_groups[0]["fused"] is None
+    models[2].load_state_dict(models[0].state_dict())
+    steps(models[1], resumed, 3, seed=4)
+    steps(models[2], plain, 3, seed=4)
+    for a, b, c in zip(models[1].parameters(), models[2].parameters(), models[0].parameters(),
+                       strict=True):
+        assert (a - c).abs().max() > 1e-3  # it moved on from the checkpoint
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="parameter groups"):
+        load_optimizer_state(resumed, {**saved, "param_groups": saved["param_groups"][:1]})
 
 
 def test_ema_warmup_and_decay():
