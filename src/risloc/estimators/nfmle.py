@@ -136,10 +136,10 @@ def _fit_operator(y: torch.Tensor, Bm: torch.Tensor, mask: torch.Tensor,
     lam = tikhonov * tr / nk.unsqueeze(-1)
     pad = (~mask).to(G.real.dtype).unsqueeze(-2)  # (B, 1, K): identity on padded slots
     diag = lam.unsqueeze(-1) + pad * tr.mean(-1, keepdim=True).clamp_min(1e-30).unsqueeze(-1)
-    G = G + torch.diag_embed(diag.to(G.dtype))
+    G.diagonal(dim1=-2, dim2=-1).add_(diag)  # G is this call's own: one op, not three
     s = solve_loaded(G, Bm.mH @ y.unsqueeze(-1)).squeeze(-1)  # (B, L, K)
     r = y - (Bm @ s.unsqueeze(-1)).squeeze(-1)  # (B, L, M)
-    cost = (r.real.square() + r.imag.square()).sum((-1, -2))  # (B,)
+    cost = torch.view_as_real(r).square().sum(-1).sum((-1, -2))  # (B,): |r|^2 as re^2 + im^2
     return Fit(cost, r, s, Bm, G)
 
 
@@ -149,14 +149,13 @@ def _jacobian(fit: Fit, H, codes, theta, mask, system) -> torch.Tensor:
     B_, K, _ = theta.shape
     _, dA = steering_derivatives(theta[..., 0], theta[..., 1], 1.0 / theta[..., 2], system,
                                  fit.r.dtype, inverse_range=True)  # (B, K, 3, N)
-    dA = dA.view(B_, 3 * K, -1)
-    dA = torch.where(mask.repeat_interleave(3, 1).unsqueeze(-1), dA, dA.new_zeros(()))
+    dA = torch.where(mask[..., None, None], dA, dA.new_zeros(())).view(B_, 3 * K, -1)
     D = apply_operator(H, codes, dA)  # (B, L, M, 3K)   H diag(c_l) da_j, source-major
-    src = torch.arange(3 * K, device=theta.device) // 3
-    E = D * fit.s[..., src].unsqueeze(-2)  # (B, L, M, 3K)   dB_j s
+    L, M = D.shape[1:3]
+    E = (D.view(B_, L, M, K, 3) * fit.s[:, :, None, :, None]).view(D.shape)  # dB_j s
     w = (D.conj() * fit.r.unsqueeze(-1)).sum(-2)  # (B, L, 3K)   (dB_j)^H r as a scalar
-    onehot = (torch.arange(K, device=src.device).unsqueeze(1) == src).to(D.dtype)  # (K, 3K)
-    rhs = fit.Bm.mH @ E - onehot * w.unsqueeze(-2)  # (B, L, K, 3K)
+    rhs = fit.Bm.mH @ E  # (B, L, K, 3K); minus w_j in source j's row: its (k, k) blocks
+    rhs.view(B_, L, K, K, 3).diagonal(dim1=2, dim2=3).sub_(w.view(B_, L, K, 3).mT)
     return -E + fit.Bm @ solve_loaded(fit.G, rhs)
 
 
@@ -180,12 +179,10 @@ def _free_parameters(theta, g, mask, lo, hi) -> torch.Tensor:
     Bertsekas 1982): a parameter on its bound whose descent direction -g points outward
     stays fixed, so the step of the others is not computed for a move that cannot happen.
     The gradient g [B, 3K] is evaluated with every real parameter free."""
-    th = theta.flatten(1)  # (B, 3K) in (source, parameter) order
-    K = theta.shape[1]
-    lo_, hi_ = lo.repeat(K), hi.repeat(K)
-    tol = 1e-12 * (hi_ - lo_)
-    active = ((th <= lo_ + tol) & (g > 0)) | ((th >= hi_ - tol) & (g < 0))
-    return mask.repeat_interleave(3, 1) & ~active
+    tol = 1e-12 * (hi - lo)  # (3,), against theta [B, K, 3]; g in its (source, parameter) order
+    g = g.view(theta.shape)
+    active = ((theta <= lo + tol) & (g > 0)) | ((theta >= hi - tol) & (g < 0))
+    return (mask.unsqueeze(-1) & ~active).flatten(1)
 
 
 def _rows(t: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
@@ -216,9 +213,10 @@ def _stacked_fits(cands, y, H, codes, mask, system, cfg) -> Fit:
     times; at T K > M the operators' product, the cheaper way there:
     :func:`risloc.core.operator.apply_operator`)."""
     T, B, K, _ = cands.shape
-    A = steering_at(cands.flatten(0, 1), system, y.dtype).view(T, B, K, -1)
-    A = torch.where(mask.unsqueeze(-1), A, A.new_zeros(()))
-    Bm = apply_operator(H, codes, A.transpose(0, 1).reshape(B, T * K, -1))  # (B, L, M, T K)
+    # the small candidates laid out scene-major, so the steering rows are (B, T K, N) as made
+    A = steering_at(cands.transpose(0, 1).contiguous(), system, y.dtype)  # (B, T, K, N)
+    A = torch.where(mask.unsqueeze(1).unsqueeze(-1), A, A.new_zeros(()))
+    Bm = apply_operator(H, codes, A.view(B, T * K, -1))  # (B, L, M, T K)
     Bm = Bm.unflatten(-1, (T, K)).permute(3, 0, 1, 2, 4).contiguous()  # (T, B, L, M, K)
     return _fit_operator(y, Bm, mask, cfg.tikhonov)
 
@@ -292,7 +290,7 @@ def _lm_iteration(state, y, H, codes, mask, system, cfg, lo, hi):
     J = _jacobian(fit, H, codes, theta, mask, system)
     JtJ, g = _normal_equations(J, fit.r, theta, mask, lo, hi)
     dJ = torch.diagonal(JtJ, dim1=-2, dim2=-1).clamp_min(1e-30)
-    clamp = lambda t: torch.maximum(torch.minimum(t, hi), lo)  # noqa: E731
+    clamp = lambda t: torch.clamp(t, lo, hi)  # noqa: E731
     if masked_route(cfg, theta.device):  # no set that shrinks: nothing waits for the device
         return _masked_tries(theta, fit, mu, JtJ, dJ, g, y, H, codes, mask, system, cfg,
                              clamp)
@@ -360,7 +358,7 @@ def lm_solve(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, theta: torch
     history [T+1, B].
     """
     lo, hi = config.fov.bounds(theta.dtype, theta.device)
-    theta = torch.maximum(torch.minimum(theta, hi), lo)
+    theta = torch.clamp(theta, lo, hi)
     fit = amplitude_fit(y, H, codes, steering_at(theta, system, y.dtype), mask,
                         config.tikhonov)
     mu = torch.full_like(fit.cost, config.damping)
@@ -368,13 +366,17 @@ def lm_solve(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, theta: torch
     n_iter = config.max_iterations if config.iterations is None else config.iterations
     active = torch.arange(theta.shape[0], device=theta.device)  # scenes still iterating
     for _ in range(n_iter):
-        sub = functools.partial(_rows, idx=None if active.numel() == theta.shape[0] else active)
-        prev = fit.cost[active]
+        whole = active.numel() == theta.shape[0]
+        sub = functools.partial(_rows, idx=None if whole else active)
+        prev = sub(fit.cost)
         th, ft, m = _lm_iteration((sub(theta), Fit(*map(sub, fit)), sub(mu)), sub(y), sub(H),
                                   sub(codes), sub(mask), system, config, lo, hi)
-        theta[active], mu[active] = th, m
-        for old, new in zip(fit, ft, strict=True):
-            old[active] = new
+        if whole:  # the iteration's own tensors: no copy into the old ones
+            theta, fit, mu = th, ft, m
+        else:
+            theta[active], mu[active] = th, m
+            for old, new in zip(fit, ft, strict=True):
+                old[active] = new
         history.append(fit.cost.clone())
         if config.iterations is None:  # converged scenes stop; the others go on
             done = (prev - ft.cost <= config.tolerance * prev.clamp_min(1e-300)) | (m >= _DAMP_MAX)
