@@ -16,8 +16,9 @@
     the line of risloc that caused it), and at the last inference batch a profiler table
     of the heaviest CUDA kernels with the GPU's busy time over an unprofiled call's wall
     time (a low share: launch- or host-bound).
-(e) ``--graph-batches`` on CUDA, an experiment: the learned call captured as a CUDA graph
-    and replayed (the host's launches gone), against the eager call.
+(e) ``--graph-batches`` on CUDA: the learned call captured as a CUDA graph and replayed
+    (``risloc.pipeline.graphs.GraphedLocalize``: the host's launches gone), against the
+    eager call, interleaved.
 
     python benchmarks/bench_device.py --device cuda [--batch-sizes 32 128 256] \
         [--set model.width=64 ...] [--inference-batches 256 2048] \
@@ -41,6 +42,7 @@ from bench_pipeline import stage_split, test_batch  # sibling script: python3 be
 
 from risloc.estimators import nfmle
 from risloc.estimators.classical import classical_localize
+from risloc.pipeline.graphs import GraphedLocalize
 from risloc.pipeline.learned import load_learned_pipeline
 from risloc.training.config import load_train_config
 from risloc.training.data import validation_set
@@ -191,38 +193,39 @@ def kernel_profile(device: torch.device, batch: int, rows: int = 20) -> dict:
 
 @torch.no_grad()
 def graph_replay(device: torch.device, batch: int, repeats: int) -> dict:
-    """Part (e), an experiment: one learned call captured as a CUDA graph (possible only if
-    the call neither synchronises nor copies from the host), replayed on the same input
-    buffers; its estimates against the eager call's, and the medians of both times."""
+    """Part (e): :class:`GraphedLocalize` (the learned call captured as a CUDA graph once,
+    then replayed: inputs copied in, estimates copied out) against the eager call on the
+    same ``batch`` test scenes, interleaved; medians of ``repeats`` after one round, the
+    one-off capture's time, and the estimates' agreement."""
     pipe = load_learned_pipeline().to(device)
     y, H, codes = test_batch(batch, str(device))
-    eager = pipe.localize(y, H, codes)
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph wants
-        for _ in range(2):
-            pipe.localize(y, H, codes)
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = pipe.localize(y, H, codes)
+    graphed = GraphedLocalize(pipe, batch)
+    _sync(device)
+    t0 = time.perf_counter()
+    captured = graphed(y, H, codes)
+    _sync(device)
+    first_call = time.perf_counter() - t0
     times: dict[str, list[float]] = {"eager": [], "graph": []}
     for _ in range(repeats + 1):
-        for name in times:
+        for name, call in (("eager", pipe.localize), ("graph", graphed)):
             _sync(device)
             t0 = time.perf_counter()
-            if name == "graph":
-                graph.replay()
-            else:
-                eager = pipe.localize(y, H, codes)
+            out = call(y, H, codes)
             _sync(device)
             times[name].append(time.perf_counter() - t0)
+            if name == "eager":
+                eager = out
+            else:
+                captured = out
     both = (eager.K == captured.K).unsqueeze(-1) & eager.mask
     moved = max(float((getattr(eager, f) - getattr(captured, f)).abs()[both].max())
                 if both.any() else 0.0 for f in ("azimuth", "elevation"))
     med = {k: statistics.median(v[1:]) for k, v in times.items()}
     return {"batch": batch, "eager_scenes_per_s": batch / med["eager"],
-            "graph_scenes_per_s": batch / med["graph"],
+            "graph_scenes_per_s": batch / med["graph"], "speedup": med["eager"] / med["graph"],
+            "eager_s": times["eager"][1:], "graph_s": times["graph"][1:],
+            "capture_call_s": first_call,
+            "captured": all(c is not None for c in graphed._captures.values()),
             "K_identical": float((eager.K == captured.K).float().mean()),
             "largest_angle_change_deg": moved * 57.29577951308232}
 
@@ -284,7 +287,7 @@ def main() -> None:
             if table:
                 print(table, flush=True)
     for bs in a.graph_batches if device.type == "cuda" else []:
-        try:  # an experiment: a call that cannot be captured reports why
+        try:  # a call that cannot be captured reports why
             row = graph_replay(device, bs, a.repeats)
         except Exception:  # noqa: BLE001
             row = {"batch": bs, "error": traceback.format_exc(limit=6)}

@@ -5,7 +5,7 @@
 # localizers end to end on the same scenes, the host syncs of one call and the heaviest
 # kernels (at the largest batch and at 2,048), the call replayed as a CUDA graph; the LM
 # loop's two routes compared.
-#   OUT=<folder> [INFER="256 2048 8192 16384"] bash benchmarks/device_speed.sh
+#   OUT=<folder> [INFER="256 2048 8192 16384"] [GRAPHS="1024 2048 4096 8192 16384"] bash benchmarks/device_speed.sh
 # Needs a CUDA torch; pydantic & co. come as wheels in .whl/ where the machine lacks them.
 set -u
 T0=$(date +%s)
@@ -14,9 +14,9 @@ OUT=${OUT:-reports/device}
 echo "== [$(elapsed) s] CUDA tests"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/integration/test_cuda.py 2>&1 | tail -15
 echo "== [$(elapsed) s] training step at 512 (AMP), inference, versus classical, syncs, kernels, graphs"
-timeout 240 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 8 \
+timeout 300 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 20 \
   --inference-batches ${INFER:-256 2048 8192 16384} --classical-batches 128 \
-  --graph-batches 2048 16384 --out "$OUT/bench_device_amp.json"
+  --graph-batches ${GRAPHS:-1024 2048 4096 8192 16384} --repeats 5 --out "$OUT/bench_device_amp.json"
 echo "== [$(elapsed) s] host syncs and kernels at 2048"
 timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes \
   --inference-batches 2048 --out "$OUT/bench_device_2048.json"
@@ -24,7 +24,7 @@ echo "== [$(elapsed) s] the LM loop's shrinking sets instead of the masked route
 timeout 120 python3 benchmarks/bench_device.py --device cuda --batch-sizes --no-diagnostics \
   --inference-batches 2048 16384 --lm-route shrinking --out "$OUT/bench_device_shrinking.json"
 echo "== [$(elapsed) s] training step at 512 (FP32)"
-timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 5 \
+timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 20 \
   --no-profile --set optim.amp=false --inference-batches --out "$OUT/bench_device_fp32.json"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 echo "== [$(elapsed) s] done"

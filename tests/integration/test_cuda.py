@@ -13,6 +13,7 @@ import torch
 from risloc.config import SceneConfig
 from risloc.estimators.classical import classical_localize
 from risloc.inference.checkpoint import load_checkpoint, model_from_state
+from risloc.pipeline.graphs import GraphedLocalize
 from risloc.pipeline.learned import load_learned_pipeline
 from risloc.simulation import simulate_range
 from risloc.training import load_train_config, train
@@ -23,10 +24,16 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "train_tiny.yaml"
 
 
+def _angle_gaps_deg(a, b) -> torch.Tensor:
+    """|difference| in azimuth and elevation [deg] of every valid slot, flattened."""
+    both = a.mask & b.mask
+    d = torch.stack([(a.azimuth - b.azimuth)[both], (a.elevation - b.elevation)[both]])
+    return torch.rad2deg(d.abs()).flatten()
+
+
 def _angle_gap_deg(a, b) -> torch.Tensor:
     """Largest |difference| in azimuth or elevation [deg] over the valid slots."""
-    d = torch.stack([(a.azimuth - b.azimuth).abs(), (a.elevation - b.elevation).abs()])
-    return torch.rad2deg(d.nan_to_num(0.0)).amax()
+    return _angle_gaps_deg(a, b).amax()
 
 
 def test_training_on_cuda_with_amp_gives_a_cpu_loadable_model(tmp_path):
@@ -70,7 +77,34 @@ def test_learned_localizer_on_cuda_matches_cpu(known_snr):
     gpu = gpu.to("cpu")
     same = gpu.K == cpu.K
     assert int(same.sum()) >= 30  # a marginal K decision may flip on float rounding
-    assert _angle_gap_deg(gpu[same], cpu[same]) < 0.01
+    # The LM iterations stop where float32 no longer sees the cost fall, so rounding moves a
+    # stop along a flat cost: on these scenes the CPU's own two LM routes (masked and
+    # shrinking) differ by 4e-6 deg in the median and up to 0.0075 deg (stop 41). A wrong
+    # path on the GPU moves the bulk of the sources, and by far more.
+    gaps = _angle_gaps_deg(gpu[same], cpu[same])
+    assert gaps.median() < 1e-3 and gaps.amax() < 0.05
+
+
+@pytest.mark.parametrize("given", ["nothing", "snr", "K"])
+def test_graphed_localize_replays_the_eager_call(given):
+    pipe = load_learned_pipeline().to("cuda")
+    sc = simulate_range(0, 40, pipe.system, SceneConfig(), 0, "validation", snr_db=15.0)
+    y, H, codes = (t.cuda() for t in (sc.y, sc.H, sc.codes))
+    kw = {"snr": {"snr_db": sc.snr_db.cuda()}, "K": {"K": sc.K.cuda()}}.get(given, {})
+    graphed = GraphedLocalize(pipe, batch=16)  # passes 16 + 16 + (8 + 8 copies)
+    first = graphed(y, H, codes, **kw)
+    assert len(graphed._captures) == 1  # one layout: the last pass is padded to 16 too
+    assert all(c is not None for c in graphed._captures.values())  # captured, not eager
+    kept = first.to("cpu")
+    eager = pipe.localize(y, H, codes, **kw).to("cpu")
+    same = kept.K == eager.K
+    assert int(same.sum()) >= 36
+    gaps = _angle_gaps_deg(kept[same], eager[same])  # other pass sizes: rounding differs
+    assert gaps.median() < 1e-3 and gaps.amax() < 0.05
+    flipped = {k: v.flip(0) for k, v in kw.items()}
+    graphed(y.flip(0), H.flip(0), codes.flip(0), **flipped)  # replays the same graphs
+    assert torch.equal(first.K.cpu(), kept.K)  # an earlier result is the caller's own
+    assert torch.equal(first.azimuth.cpu().nan_to_num(9.0), kept.azimuth.nan_to_num(9.0))
 
 
 def test_classical_localizer_on_cuda_matches_cpu():
@@ -82,10 +116,11 @@ def test_classical_localizer_on_cuda_matches_cpu():
     assert _angle_gap_deg(gpu.to("cpu"), cpu) < 0.01
 
 
-@pytest.mark.parametrize("method", ["learned", "classical"])
+@pytest.mark.parametrize("method", ["learned", "learned --graphs", "classical"])
 def test_localize_cli_on_cuda_matches_the_cpu(tmp_path, method):
     """The user's path: `risloc localize --device cuda` (the Localizer, a file's scenes read
-    8192 at a time) against the CPU on the same file."""
+    8192 at a time; with --graphs 16 at a time, each batch a CUDA graph's replay) against
+    the CPU on the same file."""
     from typer.testing import CliRunner
 
     from risloc.cli.main import app
@@ -98,10 +133,12 @@ def test_localize_cli_on_cuda_matches_the_cpu(tmp_path, method):
     est = {}
     for device in ("cpu", "cuda"):
         out = tmp_path / f"{device}.csv"
+        graphs = ["--graphs", "--batch-size", "16"] if method.endswith("graphs") else []
         res = runner.invoke(app, ["localize", str(f), "--out", str(out), "--device", device,
-                                  "--method", method])
+                                  "--method", method.split()[0], *graphs])
         assert res.exit_code == 0, res.output
         est[device] = read_estimates(out, 24, 5)
     same = est["cuda"].K == est["cpu"].K
     assert int(same.sum()) >= 22  # a marginal K decision may flip on float rounding
-    assert _angle_gap_deg(est["cuda"][same], est["cpu"][same]) < 0.01
+    gaps = _angle_gaps_deg(est["cuda"][same], est["cpu"][same])  # as in the tests above
+    assert gaps.median() < 1e-3 and gaps.amax() < (0.01 if method == "classical" else 0.05)

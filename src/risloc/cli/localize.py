@@ -49,7 +49,7 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
 
 
 def _localizer(method: str | None, checkpoint: Path | None, system, device: str,
-               bf16: bool = True) -> Localizer:
+               bf16: bool = True, graph_batch: int | None = None) -> Localizer:
     if method is None:
         from risloc.pipeline.learned import DEFAULT_MODEL
 
@@ -61,7 +61,7 @@ def _localizer(method: str | None, checkpoint: Path | None, system, device: str,
         raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
     if method == "classical":
         return Localizer(system, "classical")
-    loc = Localizer.from_checkpoint(checkpoint)
+    loc = Localizer.from_checkpoint(checkpoint, graph_batch=graph_batch)
     loc.pipeline.to(device)
     loc.pipeline.fit_config = replace(loc.pipeline.fit_config, shortlist_bf16=bf16)
     return loc
@@ -96,6 +96,12 @@ def localize_command(
                                  "the hardware runs it natively (7 % faster; K as with "
                                  "--no-bf16 in 99.8 % of test scenes). --no-bf16: outputs "
                                  "that do not depend on the CPU's bfloat16 support.")] = True,
+    graphs: Annotated[bool, typer.Option(
+        "--graphs/--no-graphs", help="Learned method on CUDA: capture the call on "
+                                     "--batch-size scenes once as a CUDA graph and replay it "
+                                     "for every batch (the last one padded); for many "
+                                     "batches, where the host's kernel launches bound the "
+                                     "call (docs/results.md).")] = False,
 ) -> None:
     """Localize every scene of one or more files and write the estimates CSV, chunk by
     chunk (<out>.part while running, renamed to <out> when complete; --resume after a kill
@@ -119,7 +125,11 @@ def localize_command(
             raise ValueError(f"{p}: its system differs from {paths[0]}'s: {err}") from None
     if K is not None and not 1 <= K <= system.K_max:
         raise ValueError(f"--K must lie in 1..K_max={system.K_max}, got {K}")
-    loc = _localizer(method, checkpoint, system, device, bf16)
+    ranges = [(start, info.n_scenes if stop is None else min(stop, info.n_scenes))
+              for info in infos]
+    longest = max(hi - lo for lo, hi in ranges)  # a graph of no more scenes than are read
+    loc = _localizer(method, checkpoint, system, device, bf16,
+                     max(1, min(batch_size, longest)) if graphs and device == "cuda" else None)
     try:
         check_system(loc.system, system)
     except ValueError as err:
@@ -131,8 +141,6 @@ def localize_command(
                 "bf16": bf16 if loc.method == "learned" else None}
     stream = EstimatesStream(out_path, settings, COLUMNS + (("file",) if many else ()),
                              resume)
-    ranges = [(start, info.n_scenes if stop is None else min(stop, info.n_scenes))
-              for info in infos]
     total = sum(max(0, hi - lo) for lo, hi in ranges)
     done_before = sum(min(stream.done.get(str(i), lo), hi) - lo
                       for i, (lo, hi) in enumerate(ranges) if str(i) in stream.done)

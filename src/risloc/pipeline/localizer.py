@@ -42,6 +42,7 @@ from risloc.core.params import Estimates, concat_estimates
 from risloc.estimators.classical import ClassicalConfig, classical_localize
 from risloc.parallel import MAX_CHUNK, run_in_chunks
 from risloc.physics.geometry import source_position
+from risloc.pipeline.graphs import GraphedLocalize
 from risloc.pipeline.learned import LearnedPipeline, load_learned_pipeline
 
 log = logging.getLogger(__name__)
@@ -185,16 +186,22 @@ class Localizer:
     "classical"; fov : the field of view the classical localizer searches (default: the
     conventions' -60..60 deg x -30..30 deg x 0.5..10 m; the learned pipeline searches its
     network's); workers : CPU threads a batch is split over (None: one per core); chunk :
-    scenes per pass on CPU (None: one pass per worker; memory grows with the batch).
+    scenes per pass on CPU (None: one pass per worker; memory grows with the batch);
+    graph_batch : learned method on CUDA: run the scenes in passes of this many, each the
+    replay of a captured CUDA graph (:class:`risloc.pipeline.graphs.GraphedLocalize`;
+    None: eager calls; ignored on the CPU).
     """
 
     def __init__(self, system: SystemConfig, method: str = "classical",
                  pipeline: LearnedPipeline | None = None, workers: int | None = None,
-                 fov: FieldOfView | None = None, chunk: int | None = MAX_CHUNK):
+                 fov: FieldOfView | None = None, chunk: int | None = MAX_CHUNK,
+                 graph_batch: int | None = None):
         if workers is not None and workers < 1:
             raise InputError(f"workers must be >= 1, got {workers}")
         if chunk is not None and chunk < 1:
             raise InputError(f"chunk must be >= 1 or None, got {chunk}")
+        if graph_batch is not None and graph_batch < 1:
+            raise InputError(f"graph_batch must be >= 1 or None, got {graph_batch}")
         if method not in METHODS:
             raise InputError(f"method must be one of {METHODS}, got {method!r}")
         if method == "learned" and pipeline is None:
@@ -207,13 +214,15 @@ class Localizer:
         self.chunk = chunk
         self.fov = pipeline.fov if method == "learned" else (fov or FieldOfView())
         self.classical_config = ClassicalConfig().with_fov(self.fov)
+        self.graphed = (GraphedLocalize(pipeline, graph_batch)
+                        if method == "learned" and graph_batch is not None else None)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None, workers: int | None = None
-                        ) -> Localizer:
+    def from_checkpoint(cls, path: str | Path | None = None, workers: int | None = None,
+                        graph_batch: int | None = None) -> Localizer:
         """The learned localizer of a checkpoint (None = the shipped default model)."""
         pipeline = load_learned_pipeline(path)
-        return cls(pipeline.system, "learned", pipeline, workers)
+        return cls(pipeline.system, "learned", pipeline, workers, graph_batch=graph_batch)
 
     def localize(self, y, H, codes, snr_db=None, K=None,
                  system: SystemConfig | dict | None = None) -> LocalizationResult:
@@ -263,4 +272,6 @@ class Localizer:
         if self.method == "classical":
             return classical_localize(y, H, codes, self.system.model_copy(
                 update={"K_max": k_max}), K=K, snr_db=snr, config=self.classical_config)
+        if self.graphed is not None and y.device.type == "cuda":
+            return self.graphed(y, H, codes, snr, K, k_max=k_max)
         return self.pipeline.localize(y, H, codes, snr, K, k_max=k_max)

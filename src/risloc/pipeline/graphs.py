@@ -1,0 +1,106 @@
+"""The learned call replayed as a CUDA graph, in passes of a fixed number of scenes.
+
+On a GPU at a few thousand scenes the learned call is bound by the host launching its
+~11,000 kernels, not by the arithmetic (docs/results.md "Speed"). The call does not
+synchronise with the host, so it can be captured once as a CUDA graph
+(:class:`torch.cuda.CUDAGraph`) and replayed: the kernels are then launched by the driver
+in one go. A graph is fixed to its input shapes, so the scenes run in passes of exactly
+``batch`` scenes, the last one padded with copies of its last scene (each scene's
+estimates depend on that scene only; the copies' are dropped).
+
+A capture is made per input layout (shapes, whether an SNR or K is given, k_max, device)
+and kept; it costs a few eager calls once, so graphs pay only where the same pass size is
+met again and again: a file read in chunks, a stream of batches. Off CUDA the passes run
+eagerly (what the tests on the CPU check); a layout whose capture fails (an operation that
+synchronises with the host) runs eagerly as well, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from risloc.core.params import Estimates, concat_estimates
+from risloc.pipeline.learned import LearnedPipeline
+
+log = logging.getLogger(__name__)
+
+WARMUP = 2  # eager calls on a side stream before a capture, as torch.cuda.graph wants
+
+
+@dataclass
+class _Capture:
+    graph: torch.cuda.CUDAGraph
+    inputs: tuple[torch.Tensor | None, ...]  # y, H, codes, snr_db, K: the replayed buffers
+    output: Estimates
+
+
+class GraphedLocalize:
+    """``pipeline.localize`` in passes of ``batch`` scenes, each a CUDA graph's replay.
+
+    Call it as :meth:`LearnedPipeline.localize` (y [B,L,M], H [B,M,N], codes [B,L,N]
+    complex64 on one device; snr_db [B] or None; K [B] or None; k_max). Returns the same
+    Estimates, owned by the caller (copied out of the graph's buffers).
+    """
+
+    def __init__(self, pipeline: LearnedPipeline, batch: int = 2048):
+        if batch < 1:
+            raise ValueError(f"the graph's batch must be >= 1, got {batch}")
+        self.pipeline, self.batch = pipeline, batch
+        self._captures: dict[tuple, _Capture | None] = {}  # None: capture failed, eager
+
+    def __call__(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                 snr_db: torch.Tensor | None = None, K: torch.Tensor | None = None,
+                 k_max: int | None = None) -> Estimates:
+        B = y.shape[0]
+        parts = []
+        for lo in range(0, B, self.batch):
+            rows = _padded_rows(lo, min(lo + self.batch, B), self.batch, y.device)
+            args = tuple(None if t is None else t[rows] for t in (y, H, codes, snr_db, K))
+            parts.append(self._pass(args, k_max)[:min(self.batch, B - lo)])
+        return parts[0] if len(parts) == 1 else concat_estimates(parts)
+
+    def _pass(self, args: tuple[torch.Tensor | None, ...], k_max: int | None) -> Estimates:
+        if args[0].device.type != "cuda":
+            return self.pipeline.localize(*args, k_max=k_max)
+        key = (*(None if t is None else (tuple(t.shape), t.dtype) for t in args), k_max,
+               args[0].device)
+        if key not in self._captures:
+            self._captures[key] = self._capture(args, k_max)
+        cap = self._captures[key]
+        if cap is None:
+            return self.pipeline.localize(*args, k_max=k_max)
+        for buf, t in zip(cap.inputs, args, strict=True):
+            if buf is not None:
+                buf.copy_(t)
+        cap.graph.replay()
+        out = cap.output
+        return replace(out, **{f.name: getattr(out, f.name).clone() for f in fields(out)})
+
+    def _capture(self, args: tuple[torch.Tensor | None, ...], k_max: int | None
+                 ) -> _Capture | None:
+        device = args[0].device
+        inputs = tuple(None if t is None else t.clone() for t in args)
+        try:
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP):
+                    self.pipeline.localize(*inputs, k_max=k_max)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                output = self.pipeline.localize(*inputs, k_max=k_max)
+        except RuntimeError as err:  # an operation the capture does not allow
+            log.warning("the learned call on %d scenes could not be captured as a CUDA "
+                        "graph (%s); it runs eagerly", args[0].shape[0], err)
+            torch.cuda.synchronize(device)
+            return None
+        return _Capture(graph, inputs, output)
+
+
+def _padded_rows(lo: int, hi: int, size: int, device: torch.device) -> torch.Tensor:
+    """Indices lo..hi-1, then hi-1 repeated up to ``size`` entries."""
+    return torch.arange(lo, lo + size, device=device).clamp_max(hi - 1)

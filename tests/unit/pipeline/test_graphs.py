@@ -1,0 +1,44 @@
+"""GraphedLocalize's passes of a fixed size (the CUDA capture itself: tests/integration/
+test_cuda.py, on a GPU)."""
+
+import pytest
+import torch
+
+from risloc.config import SceneConfig
+from risloc.core.checks import InputError
+from risloc.pipeline import Localizer
+from risloc.pipeline.graphs import GraphedLocalize, _padded_rows
+from risloc.pipeline.learned import load_learned_pipeline
+from risloc.simulation import simulate_range
+
+
+def test_padded_rows_repeat_the_last_scene():
+    assert _padded_rows(8, 11, 8, torch.device("cpu")).tolist() == [8, 9, 10, 10, 10, 10, 10,
+                                                                      10]
+    assert _padded_rows(0, 4, 4, torch.device("cpu")).tolist() == [0, 1, 2, 3]
+
+
+def test_passes_of_a_fixed_size_give_the_whole_call_estimates():
+    pipe = load_learned_pipeline()
+    sc = simulate_range(0, 11, pipe.system, SceneConfig(), 0, "test", snr_db=10.0)
+    whole = pipe.localize(sc.y, sc.H, sc.codes)
+    passes = GraphedLocalize(pipe, batch=4)(sc.y, sc.H, sc.codes)  # 4 + 4 + (3 + 1 copy)
+    assert len(passes) == 11
+    assert torch.equal(passes.K, whole.K)
+    # equal to float32 rounding (the thread count changes the reductions' order)
+    for f, atol, rtol in (("azimuth", 1e-5, 0), ("elevation", 1e-5, 0), ("range_m", 0, 1e-4)):
+        a, b = getattr(passes, f), getattr(whole, f)
+        assert torch.equal(a.isnan(), b.isnan())
+        assert torch.allclose(a.nan_to_num(0.0), b.nan_to_num(0.0), atol=atol, rtol=rtol)
+    known = GraphedLocalize(pipe, batch=8)(sc.y, sc.H, sc.codes, K=sc.K)
+    assert torch.equal(known.K, sc.K)
+
+
+def test_graph_batch_is_validated():
+    pipe = load_learned_pipeline()
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        GraphedLocalize(pipe, batch=0)
+    with pytest.raises(InputError, match="graph_batch"):
+        Localizer(pipe.system, "learned", pipe, graph_batch=0)
+    assert Localizer(pipe.system, "learned", pipe, graph_batch=64).graphed.batch == 64
+    assert Localizer(pipe.system, "classical", graph_batch=64).graphed is None
