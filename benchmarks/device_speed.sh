@@ -4,7 +4,8 @@
 # ready batch, in an epoch), the learned pipeline's stages at several batches, both
 # localizers end to end on the same scenes, the host syncs of one call and the heaviest
 # kernels (at the largest batch and at 2,048), the call replayed as a CUDA graph; the LM
-# loop's two routes compared.
+# loop's two routes compared; the training step's epoch with the next batch simulated in a
+# worker process.
 #   OUT=<folder> [INFER="256 2048 8192 16384"] [GRAPHS="1024 2048 4096 8192 16384"] bash benchmarks/device_speed.sh
 # Needs a CUDA torch; pydantic & co. come as wheels in .whl/ where the machine lacks them.
 set -u
@@ -22,9 +23,15 @@ timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes \
   --inference-batches 2048 --out "$OUT/bench_device_2048.json"
 echo "== [$(elapsed) s] the LM loop's shrinking sets instead of the masked route (host syncs)"
 timeout 120 python3 benchmarks/bench_device.py --device cuda --batch-sizes --no-diagnostics \
-  --inference-batches 2048 16384 --lm-route shrinking --out "$OUT/bench_device_shrinking.json"
+  --inference-batches 2048 8192 16384 --lm-route shrinking --out "$OUT/bench_device_shrinking.json"
 echo "== [$(elapsed) s] training step at 512 (FP32)"
 timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 20 \
   --no-profile --set optim.amp=false --inference-batches --out "$OUT/bench_device_fp32.json"
+echo "== [$(elapsed) s] training step at 512, the next batch simulated in a worker process (AMP, FP32)"
+timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 20 \
+  --no-profile --set prefetch=process --inference-batches --out "$OUT/bench_device_process.json"
+timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 20 \
+  --no-profile --set optim.amp=false --set prefetch=process --inference-batches \
+  --out "$OUT/bench_device_fp32_process.json"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 echo "== [$(elapsed) s] done"

@@ -83,13 +83,14 @@ def test_cli_run_writes_logs_and_checkpoints(tmp_path):
     assert res.exit_code != 0 and "epochs.csv" in res.output
 
 
-def test_resume_continues_exactly(tmp_path):
-    """... and the run with the next batch simulated ahead in a thread (prefetch) follows
-    the same trajectory bit for bit."""
+@pytest.mark.parametrize("ahead", ["true", "process"])
+def test_resume_continues_exactly(tmp_path, ahead):
+    """... and the run with the next batch simulated ahead (prefetch: in a thread, in a
+    worker process) follows the same trajectory bit for bit."""
     base = [f"out_dir={tmp_path / 'a'}", "schedule.steps_per_epoch=2", "prefetch=false"]
     full = train(load_train_config(TINY, base))
     cfg_b = load_train_config(TINY, [f"out_dir={tmp_path / 'b'}", "schedule.steps_per_epoch=2",
-                                     "prefetch=true"])
+                                     f"prefetch={ahead}"])
 
     def stop_after_first(epoch, metrics):
         if epoch == 1:

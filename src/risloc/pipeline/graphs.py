@@ -55,6 +55,8 @@ class GraphedLocalize:
                  snr_db: torch.Tensor | None = None, K: torch.Tensor | None = None,
                  k_max: int | None = None) -> Estimates:
         B = y.shape[0]
+        if B == 0:
+            return self.pipeline.localize(y, H, codes, snr_db, K, k_max=k_max)
         parts = []
         for lo in range(0, B, self.batch):
             rows = _padded_rows(lo, min(lo + self.batch, B), self.batch, y.device)

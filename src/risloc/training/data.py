@@ -131,13 +131,40 @@ class TrainData:
         return hide_snr(scenes, torch.rand(len(scenes), generator=gen) >= d.snr_shown)
 
 
-def prefetched(fetch: Callable[[int], T], indices: range, ahead: bool) -> Iterator[T]:
-    """fetch(i) for each i of ``indices`` in order; with ``ahead`` the next one is computed
-    in a background thread while the caller works on the current one (torch releases the
-    GIL in its kernels). fetch must not depend on shared state the caller changes: the
-    batches are functions of their index (seeded generators), so they are the same."""
+class _Fetches(torch.utils.data.Dataset):
+    """fetch(indices[j]) as item j (the process route of :func:`prefetched`)."""
+
+    def __init__(self, fetch: Callable[[int], T], indices: range):
+        self.fetch, self.indices = fetch, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> T:
+        return self.fetch(self.indices[j])
+
+
+def prefetched(fetch: Callable[[int], T], indices: range, ahead: bool | str) -> Iterator[T]:
+    """fetch(i) for each i of ``indices`` in order. With ``ahead`` True (or "thread") the
+    next one is computed in a background thread while the caller works on the current one
+    (torch releases the GIL in its kernels, not in the Python between them); with
+    "process", up to two ahead in a worker process (a DataLoader worker forked from this
+    one: fetch is inherited, not pickled; the results come back through shared memory),
+    which shares no interpreter with the caller. fetch must not depend on shared state the
+    caller changes: the batches are functions of their index (seeded generators), so they
+    are the same."""
     if not ahead:
         yield from map(fetch, indices)
+        return
+    if ahead == "process":
+        loader = torch.utils.data.DataLoader(
+            _Fetches(fetch, indices), batch_size=None, num_workers=1, prefetch_factor=2,
+            multiprocessing_context="fork")
+        it = iter(loader)
+        try:
+            yield from it
+        finally:
+            del it  # the worker stops with its iterator, also when the caller stops early
         return
     with ThreadPoolExecutor(1, thread_name_prefix="risloc-data") as pool:
         pending: deque[Future[T]] = deque()

@@ -1,5 +1,7 @@
 """Training batches: identical to the simulator's scene_stream; file batches cover the file."""
 
+from dataclasses import fields
+
 import pytest
 import torch
 
@@ -71,6 +73,27 @@ def test_scene_mix_reaches_training_validation_and_the_stored_recipe():
         load_train_config(None, ["data.scene_mix=[{share: 0.5, scene: {range_m: [0.1, 1]}}]"])
     with pytest.raises(ConfigError, match="K=7 above system.K_max=5"):
         load_train_config(None, ["data.scene_mix=[{share: 0.5, scene: {K: 7}}]"])
+
+
+def test_prefetched_in_a_process_gives_the_same_scene_batches():
+    """The process route: the batches of a worker process are the in-line ones, field for
+    field, and stopping early stops the worker."""
+    import os
+
+    cfg = load_train_config(None, ["optim.batch_size=8", "data.snr_shown=0.5"])
+    data = TrainData(cfg)
+    got = list(prefetched(lambda i: (os.getpid(), data.batch(i, 0)), range(2, 5), "process"))
+    assert all(pid != os.getpid() for pid, _ in got)
+    for i, (_, b) in zip(range(2, 5), got, strict=True):
+        want = data.batch(i, 0)
+        assert bool(b.snr_db.isnan().any())  # the hidden SNRs came through as well
+        for f in fields(want):
+            if getattr(want, f.name) is not None:
+                torch.testing.assert_close(getattr(b, f.name), getattr(want, f.name),
+                                           rtol=0, atol=0, equal_nan=True, msg=f.name)
+    it = prefetched(lambda i: torch.full((2,), float(i)), range(100), "process")
+    assert int(next(it)[0]) == 0
+    it.close()
 
 
 @pytest.mark.parametrize("ahead", [False, True])
