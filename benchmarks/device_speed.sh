@@ -4,8 +4,8 @@
 # ready batch, in an epoch), the learned pipeline's stages at several batches, both
 # localizers end to end on the same scenes, the host syncs of one call and the heaviest
 # kernels (at the largest batch and at 2,048), the call replayed as a CUDA graph; the LM
-# loop's two routes compared; the training step's epoch with the next batch simulated in a
-# worker process.
+# loop's two routes compared; the training step with the next batch simulated in a worker
+# process, and with the network's ML refinement replayed from CUDA graphs.
 #   OUT=<folder> [INFER="256 2048 8192 16384"] [GRAPHS="1024 2048 4096 8192 16384"] bash benchmarks/device_speed.sh
 # Needs a CUDA torch; pydantic & co. come as wheels in .whl/ where the machine lacks them.
 set -u
@@ -33,5 +33,11 @@ timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --
 timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 20 \
   --no-profile --set optim.amp=false --set prefetch=process --inference-batches \
   --out "$OUT/bench_device_fp32_process.json"
+echo "== [$(elapsed) s] training step at 512, the slots' ML refinement replayed from CUDA graphs (AMP, FP32)"
+timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 20 \
+  --no-profile --set cuda_graphs=true --inference-batches --out "$OUT/bench_device_graphs.json"
+timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 20 \
+  --no-profile --set optim.amp=false --set cuda_graphs=true --inference-batches \
+  --out "$OUT/bench_device_fp32_graphs.json"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 echo "== [$(elapsed) s] done"

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from risloc.config import SceneConfig
+from risloc.core.graphs import GraphCache
 from risloc.estimators.classical import classical_localize
 from risloc.inference.checkpoint import load_checkpoint, model_from_state
+from risloc.model import CovarianceNet
 from risloc.pipeline.graphs import GraphedLocalize
 from risloc.pipeline.learned import load_learned_pipeline
 from risloc.simulation import simulate_range
@@ -93,8 +95,7 @@ def test_graphed_localize_replays_the_eager_call(given):
     kw = {"snr": {"snr_db": sc.snr_db.cuda()}, "K": {"K": sc.K.cuda()}}.get(given, {})
     graphed = GraphedLocalize(pipe, batch=16)  # passes 16 + 16 + (8 + 8 copies)
     first = graphed(y, H, codes, **kw)
-    assert len(graphed._captures) == 1  # one layout: the last pass is padded to 16 too
-    assert all(c is not None for c in graphed._captures.values())  # captured, not eager
+    assert len(graphed.graphs) == 1  # captured (not eager), one layout: all passes of 16
     kept = first.to("cpu")
     eager = pipe.localize(y, H, codes, **kw).to("cpu")
     same = kept.K == eager.K
@@ -105,6 +106,45 @@ def test_graphed_localize_replays_the_eager_call(given):
     graphed(y.flip(0), H.flip(0), codes.flip(0), **flipped)  # replays the same graphs
     assert torch.equal(first.K.cpu(), kept.K)  # an earlier result is the caller's own
     assert torch.equal(first.azimuth.cpu().nan_to_num(9.0), kept.azimuth.nan_to_num(9.0))
+
+
+def test_graph_cache_replays_copies_out_and_falls_back(caplog):
+    cache = GraphCache("test")
+    x, y = torch.randn(5, device="cuda"), torch.randn(5, device="cuda")
+
+    def fn(a, b):
+        return (a * b).sin() + a, a - b
+
+    first = cache(fn, (x, y))
+    assert len(cache) == 1
+    kept = tuple(t.clone() for t in first)
+    second = cache(fn, (y, x))  # the same graph, other inputs
+    assert len(cache) == 1
+    for got, want in zip((*first, *second), (*fn(x, y), *fn(y, x)), strict=True):
+        assert torch.equal(got, want)
+    assert all(torch.equal(a, b) for a, b in zip(first, kept, strict=True))
+    syncs = GraphCache("syncing")
+    assert float(syncs(lambda a: a * float(a.sum()), (x,))[0]) == float(x[0] * x.sum())
+    assert len(syncs) == 0 and "called directly" in caplog.text
+
+
+def test_training_with_the_refinement_replayed_from_graphs(tmp_path):
+    """cuda_graphs: the network's forward in training gives what it gives without, and a
+    run trains."""
+    cfg = load_train_config(TINY, [f"out_dir={tmp_path}", "device=cuda", "cuda_graphs=true"])
+    sc = simulate_range(0, 16, cfg.system, cfg.scene, 0, "validation")
+    y, H, codes, snr = (t.cuda() for t in (sc.y, sc.H, sc.codes, sc.snr_db))
+    model = CovarianceNet(cfg.system, cfg.network_config()).cuda().train()
+    direct = model(y, H, codes, snr)
+    model.refine_graphs = GraphCache("refinement")
+    for _ in range(2):  # the capture's call, then a replay
+        graphed = model(y, H, codes, snr)
+        assert len(model.refine_graphs) == 1
+        torch.testing.assert_close(graphed.slot_azimuth, direct.slot_azimuth)
+        torch.testing.assert_close(graphed.slot_range, direct.slot_range)
+        torch.testing.assert_close(graphed.R_pred, direct.R_pred)
+    metrics = train(cfg)
+    assert math.isfinite(metrics["best_objective"])
 
 
 def test_classical_localizer_on_cuda_matches_cpu():

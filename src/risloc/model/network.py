@@ -44,6 +44,7 @@ import torch.nn.functional as Fn
 
 from risloc.config import FieldOfView, SystemConfig
 from risloc.core.checks import check_measurements, check_shapes
+from risloc.core.graphs import GraphCache
 from risloc.core.operator import apply_operator
 from risloc.covariance.tools import abs2, back_projection, solve_loaded
 from risloc.estimators.grids import conj_bf16, grid_power, native_bf16
@@ -286,6 +287,9 @@ class CovarianceNet(nn.Module):
         self.grid = candidate_grid(cfg)
         self._axes: dict[torch.device, list[torch.Tensor]] = {}  # the grid's axes per device
         self._min_inv_range = 0.5 * float(self.grid.inv_range[0])  # slots' 1/range floor
+        # the ML refinement replayed from CUDA graphs (set by the trainer: TrainConfig
+        # cuda_graphs); None calls it directly
+        self.refine_graphs: GraphCache | None = None
         self.bank = BeamformerBank(self.grid, system)
         Nr, W, S = cfg.n_inv_range, cfg.width, system.K_max
         self.stem = nn.Conv2d(2 * Nr + 2, W, 3, padding=1)
@@ -426,8 +430,13 @@ class CovarianceNet(nn.Module):
         mask = torch.arange(theta.shape[1], device=theta.device) < (K_logits.argmax(-1) + 1
                                                                      ).unsqueeze(-1)
         nf = NFMLEConfig(iterations=c.refine_iterations, double=False, fov=c.fov)
-        ref, _, _ = lm_solve(y, H, codes, theta.detach().float().contiguous(), mask,
-                             self.system, nf)
+        args = (y, H, codes, theta.detach().float().contiguous(), mask)
+
+        def solve(*a: torch.Tensor) -> torch.Tensor:
+            return lm_solve(*a, self.system, nf)[0]
+
+        ref = solve(*args) if self.refine_graphs is None else self.refine_graphs(
+            solve, args, key=(repr(nf), repr(self.system)))
         return torch.where(mask.unsqueeze(-1), ref, theta.detach())
 
     def n_parameters(self) -> int:

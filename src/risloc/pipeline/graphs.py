@@ -9,32 +9,22 @@ in one go. A graph is fixed to its input shapes, so the scenes run in passes of 
 estimates depend on that scene only; the copies' are dropped).
 
 A capture is made per input layout (shapes, whether an SNR or K is given, k_max, device)
-and kept; it costs a few eager calls once, so graphs pay only where the same pass size is
-met again and again: a file read in chunks, a stream of batches. Off CUDA the passes run
-eagerly (what the tests on the CPU check); a layout whose capture fails (an operation that
-synchronises with the host) runs eagerly as well, with a warning.
+and kept (:class:`risloc.core.graphs.GraphCache`); it costs a few eager calls once, so
+graphs pay only where the same pass size is met again and again: a file read in chunks, a
+stream of batches. Off CUDA the passes run eagerly (what the tests on the CPU check); a
+layout whose capture fails (an operation that synchronises with the host) runs eagerly as
+well, with a warning.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields
 
 import torch
 
+from risloc.core.graphs import GraphCache
 from risloc.core.params import Estimates, concat_estimates
 from risloc.pipeline.learned import LearnedPipeline
-
-log = logging.getLogger(__name__)
-
-WARMUP = 2  # eager calls on a side stream before a capture, as torch.cuda.graph wants
-
-
-@dataclass
-class _Capture:
-    graph: torch.cuda.CUDAGraph
-    inputs: tuple[torch.Tensor | None, ...]  # y, H, codes, snr_db, K: the replayed buffers
-    output: Estimates
 
 
 class GraphedLocalize:
@@ -49,7 +39,7 @@ class GraphedLocalize:
         if batch < 1:
             raise ValueError(f"the graph's batch must be >= 1, got {batch}")
         self.pipeline, self.batch = pipeline, batch
-        self._captures: dict[tuple, _Capture | None] = {}  # None: capture failed, eager
+        self.graphs = GraphCache(f"the learned call on {batch} scenes")
 
     def __call__(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                  snr_db: torch.Tensor | None = None, K: torch.Tensor | None = None,
@@ -65,42 +55,11 @@ class GraphedLocalize:
         return parts[0] if len(parts) == 1 else concat_estimates(parts)
 
     def _pass(self, args: tuple[torch.Tensor | None, ...], k_max: int | None) -> Estimates:
-        if args[0].device.type != "cuda":
-            return self.pipeline.localize(*args, k_max=k_max)
-        key = (*(None if t is None else (tuple(t.shape), t.dtype) for t in args), k_max,
-               args[0].device)
-        if key not in self._captures:
-            self._captures[key] = self._capture(args, k_max)
-        cap = self._captures[key]
-        if cap is None:
-            return self.pipeline.localize(*args, k_max=k_max)
-        for buf, t in zip(cap.inputs, args, strict=True):
-            if buf is not None:
-                buf.copy_(t)
-        cap.graph.replay()
-        out = cap.output
-        return replace(out, **{f.name: getattr(out, f.name).clone() for f in fields(out)})
+        def call(*a: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+            est = self.pipeline.localize(*a, k_max=k_max)
+            return tuple(getattr(est, f.name) for f in fields(est))
 
-    def _capture(self, args: tuple[torch.Tensor | None, ...], k_max: int | None
-                 ) -> _Capture | None:
-        device = args[0].device
-        inputs = tuple(None if t is None else t.clone() for t in args)
-        try:
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP):
-                    self.pipeline.localize(*inputs, k_max=k_max)
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                output = self.pipeline.localize(*inputs, k_max=k_max)
-        except RuntimeError as err:  # an operation the capture does not allow
-            log.warning("the learned call on %d scenes could not be captured as a CUDA "
-                        "graph (%s); it runs eagerly", args[0].shape[0], err)
-            torch.cuda.synchronize(device)
-            return None
-        return _Capture(graph, inputs, output)
+        return Estimates(*self.graphs(call, args, key=k_max))
 
 
 def _padded_rows(lo: int, hi: int, size: int, device: torch.device) -> torch.Tensor:

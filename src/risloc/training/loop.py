@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import SWALR, AveragedModel
 
+from risloc.core.graphs import GraphCache
 from risloc.inference.checkpoint import load_checkpoint, save_checkpoint
 from risloc.inference.forward import forward_blend
 from risloc.losses.total import LossConfig, LossTerms, compute_losses
@@ -40,7 +41,8 @@ from risloc.training.logs import CsvLog, EpochStats, epoch_progress
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-_RESUME_FREE = ("progress", "threads", "device", "prefetch", "log_every", "out_dir")
+_RESUME_FREE = ("progress", "threads", "device", "prefetch", "cuda_graphs", "log_every",
+                "out_dir")
 _RESUME_STOPPING = ("schedule.patience", "schedule.min_improvement")
 
 
@@ -183,6 +185,8 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         torch.manual_seed(cfg.seed)
         self.model = CovarianceNet(cfg.system, cfg.network_config()).to(self.device)
+        if cfg.cuda_graphs and self.device.type == "cuda":  # shared by the EMA / SWA copies
+            self.model.refine_graphs = GraphCache("the slots' ML refinement")
         # the module trained through: DDP averages the gradients of the ranks' shards
         self.net = torch.nn.parallel.DistributedDataParallel(self.model) \
             if self.dist.active else self.model

@@ -1,0 +1,49 @@
+"""GraphCache off CUDA (a direct call) and as a model's attribute (the CUDA replays
+themselves: tests/integration/test_cuda.py, on a GPU)."""
+
+import copy
+
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+from risloc.config import SceneConfig, SystemConfig
+from risloc.core.graphs import GraphCache
+from risloc.model import CovarianceNet, ModelConfig
+from risloc.simulation import simulate_batch
+
+
+def test_off_cuda_the_call_is_direct():
+    cache = GraphCache("test")
+    calls = []
+
+    def fn(x, none, y):
+        calls.append(1)
+        assert none is None
+        return x + y, x * y
+
+    x, y = torch.arange(3.0), torch.ones(3)
+    s, p = cache(fn, (x, None, y), key="k")
+    assert torch.equal(s, x + 1) and torch.equal(p, x) and len(calls) == 1 and len(cache) == 0
+
+
+def test_copies_of_a_model_share_its_cache():
+    m = CovarianceNet(SystemConfig(), ModelConfig(width=8, hidden=8))
+    m.refine_graphs = GraphCache("refinement")
+    assert copy.deepcopy(m).refine_graphs is m.refine_graphs
+    assert AveragedModel(m).module.refine_graphs is m.refine_graphs
+    assert all("refine" not in k for k in m.state_dict())  # not model state
+
+
+def test_the_refinement_through_the_cache_is_the_refinement():
+    torch.manual_seed(0)
+    system = SystemConfig()
+    m = CovarianceNet(system, ModelConfig(width=8, hidden=8)).eval()
+    sc = simulate_batch(4, system, SceneConfig(snr_db=(15.0, 15.0)), torch.Generator()
+                        .manual_seed(1))
+    with torch.no_grad():
+        direct = m(sc.y, sc.H, sc.codes, sc.snr_db)
+        m.refine_graphs = GraphCache("refinement")
+        cached = m(sc.y, sc.H, sc.codes, sc.snr_db)
+    assert torch.equal(direct.slot_azimuth, cached.slot_azimuth)
+    assert torch.equal(direct.slot_range, cached.slot_range)
+    assert not torch.equal(direct.slot_azimuth, direct.learned[..., 0])  # it did refine
