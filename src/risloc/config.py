@@ -35,7 +35,7 @@ class ConfigError(ValueError):
     """A configuration could not be loaded or failed validation."""
 
 
-@functools.lru_cache(maxsize=64)
+@functools.cache  # never evicted: CUDA graphs read it by address
 def _box(lo: tuple[float, ...], hi: tuple[float, ...], dtype: torch.dtype, device: str
          ) -> tuple[torch.Tensor, torch.Tensor]:
     """The tensors of :meth:`FieldOfView.bounds` (cached)."""

@@ -7,8 +7,15 @@ then launches all its kernels at once. A graph is fixed to its input tensors' sh
 dtypes and device, and reads them from buffers of its own, so :class:`GraphCache` keeps
 one capture per layout (and caller's key), copies each call's inputs into its buffers,
 replays, and copies the outputs out (the next replay overwrites the graph's). Off CUDA it
-simply calls. A layout whose capture fails (an operation that synchronises or that capture
-forbids) is called directly from then on, with one warning.
+simply calls.
+
+Before a capture, the second of its warm-up calls runs with synchronisations raising
+(``torch.cuda.set_sync_debug_mode``); a call that synchronises is then called directly
+for that layout, with one warning, and is never captured: in torch <= 2.11 a capture that
+fails leaves the memory allocator believing a capture is still under way (pytorch#180395).
+A capture that fails for another reason turns graphs off for the rest of the process.
+Graphs read cached device tensors (the grids' steering, the elements' positions) by
+address: the caches that feed them never evict (``functools.cache``).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-WARMUP = 2  # direct calls on a side stream before a capture, as torch.cuda.graph wants
+_DISABLED = False  # set when a capture failed: no more captures in this process
 
 Inputs = tuple[torch.Tensor | None, ...]
 
@@ -60,46 +67,75 @@ class GraphCache:
 
     def __call__(self, fn: Callable[..., Any], args: Inputs, key: Hashable = None):
         device = next(t.device for t in args if t is not None)
-        if device.type != "cuda":
+        if device.type != "cuda" or _DISABLED:
             return fn(*args)
-        layout = (key, device, *(None if t is None else (tuple(t.shape), t.dtype)
-                                 for t in args))
+        layout = (key, device, torch.is_grad_enabled(), torch.is_autocast_enabled("cuda"),
+                  *(None if t is None else (tuple(t.shape), t.dtype) for t in args))
         if layout not in self._captures:
             self._captures[layout] = self._capture(fn, args, device)
         cap = self._captures[layout]
-        if cap is None:
+        if cap is None or _DISABLED:
             return fn(*args)
-        for buf, t in zip(cap.inputs, args, strict=True):
-            if buf is not None:
-                buf.copy_(t)
-        cap.graph.replay()
-        if isinstance(cap.output, torch.Tensor):
-            return cap.output.clone()
-        return tuple(t.clone() for t in cap.output)
+        with torch.cuda.device(device):
+            for buf, t in zip(cap.inputs, args, strict=True):
+                if buf is not None:
+                    buf.copy_(t)
+            cap.graph.replay()
+            if isinstance(cap.output, torch.Tensor):
+                return cap.output.clone()
+            return tuple(t.clone() for t in cap.output)
 
     def _capture(self, fn: Callable[..., Any], args: Inputs, device: torch.device
                  ) -> _Capture | None:
-        inputs = tuple(None if t is None else t.clone() for t in args)
-        try:
+        global _DISABLED
+        shapes = [None if t is None else tuple(t.shape) for t in args]
+        with torch.cuda.device(device):  # the current device: that of the streams below
+            inputs = tuple(None if t is None else t.clone() for t in args)
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
-                for _ in range(WARMUP):
-                    fn(*inputs)
-            torch.cuda.current_stream(device).wait_stream(side)
+                fn(*inputs)  # fills the caches the call reads (from host data)
+                if _synchronises(fn, inputs):
+                    log.warning("%s: the call on inputs of shapes %s waits for the host; "
+                                "called directly, not replayed from a CUDA graph",
+                                self.name, shapes)
+                    return None
+            current = torch.cuda.current_stream(device)
+            current.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            # thread_local: another thread's CUDA calls (none are expected) do not void it
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                output = fn(*inputs)
-        except RuntimeError as err:  # an operation the capture does not allow
-            log.warning("%s: no CUDA graph for inputs of shapes %s (%s); called directly",
-                        self.name, [None if t is None else tuple(t.shape) for t in args],
-                        str(err).splitlines()[0] if str(err) else type(err).__name__)
-            torch.cuda.synchronize(device)
-            return None
+            try:
+                with torch.cuda.graph(graph, stream=torch.cuda.Stream(device),
+                                      capture_error_mode="thread_local"):
+                    output = fn(*inputs)
+            except RuntimeError as err:  # after the check above: not expected
+                torch.cuda.set_stream(current)  # a failed capture_end leaves its stream set
+                torch.cuda.synchronize(device)
+                _DISABLED = True
+                cause = err.__context__ or err
+                log.warning("%s: the CUDA graph capture on inputs of shapes %s failed (%s); "
+                            "CUDA graphs are off for the rest of this process",
+                            self.name, shapes, str(cause).splitlines()[0] if str(cause)
+                            else type(cause).__name__)
+                return None
         if not (isinstance(output, torch.Tensor) or (
                 isinstance(output, tuple) and all(isinstance(t, torch.Tensor)
                                                   for t in output))):
             raise TypeError(f"{self.name}: a graphed call returns a tensor or a tuple of "
                             f"tensors, not {type(output).__name__}")
         return _Capture(graph, inputs, output)
+
+
+def _synchronises(fn: Callable[..., Any], inputs: Inputs) -> bool:
+    """Whether fn(*inputs) runs an operation that waits for the device (the sync debug
+    mode raises on it: torch's own check, which finds what a capture would fail on)."""
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn(*inputs)
+    except RuntimeError as err:
+        if "synchroniz" not in str(err):
+            raise
+        return True
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+    return False

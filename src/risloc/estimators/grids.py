@@ -62,7 +62,7 @@ def near_field_grid(azimuth_deg: tuple[float, float], elevation_deg: tuple[float
                       (n_azimuth, n_elevation, n_range))
 
 
-@functools.lru_cache(maxsize=4)
+@functools.cache  # never evicted: CUDA graphs read it by address
 def grid_steering(system: SystemConfig, grid_key: tuple, dtype: torch.dtype,
                   device: str) -> tuple[SearchGrid, torch.Tensor]:
     """Cached grid and its steering matrix.
@@ -77,7 +77,7 @@ def grid_steering(system: SystemConfig, grid_key: tuple, dtype: torch.dtype,
     return grid, A.T.contiguous()
 
 
-@functools.lru_cache(maxsize=4)
+@functools.cache  # never evicted: CUDA graphs read it by address
 def grid_positions(grid_key: tuple, dtype: torch.dtype, device: str) -> torch.Tensor:
     """Cached [G, 3] (azimuth [rad], elevation [rad], 1/range [1/m]) of the grid of
     ``grid_key`` (:func:`grid_steering`) as real ``dtype`` on ``device``: built once, so a
@@ -105,7 +105,7 @@ def conj_bf16(A: torch.Tensor) -> torch.Tensor:
                       torch.cat([A.imag, A.real], 1)]).to(torch.bfloat16)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.cache  # never evicted: CUDA graphs read it by address
 def conj_steering_bf16(system: SystemConfig, grid_key: tuple, device: str) -> torch.Tensor:
     """:func:`conj_bf16` of the grid steering of :func:`grid_steering` (cached)."""
     return conj_bf16(grid_steering(system, grid_key, torch.complex64, device)[1])

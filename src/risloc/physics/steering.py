@@ -31,7 +31,7 @@ def _real_dtype(dtype: torch.dtype) -> torch.dtype:
     return _REAL[dtype]
 
 
-@functools.lru_cache(maxsize=32)
+@functools.cache  # never evicted: CUDA graphs read it by address
 def _elements(system: SystemConfig, dtype: torch.dtype, device: torch.device
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Element positions [N, 3] and |e_n|^2 = x_n^2 + y_n^2 [N], cached: the LM loops of
