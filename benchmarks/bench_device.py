@@ -19,6 +19,8 @@
 (e) ``--graph-batches`` on CUDA: the learned call captured as a CUDA graph and replayed
     (``risloc.pipeline.graphs.GraphedLocalize``: the host's launches gone), against the
     eager call, interleaved.
+(f) ``--localizer-batches``: the user's path, ``Localizer.localize`` on 8 host-held
+    batches of each size, with ``graph_batch`` and without (on the CPU both are eager).
 
     python benchmarks/bench_device.py --device cuda [--batch-sizes 32 128 256] \
         [--set model.width=64 ...] [--inference-batches 256 2048] \
@@ -38,10 +40,13 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from bench_pipeline import stage_split, test_batch  # sibling script: python3 benchmarks/...
+
+# sibling script: python3 benchmarks/...
+from bench_pipeline import stage_split, test_batch, test_scenes
 
 from risloc.estimators import nfmle
 from risloc.estimators.classical import classical_localize
+from risloc.pipeline import Localizer
 from risloc.pipeline.graphs import GraphedLocalize
 from risloc.pipeline.learned import load_learned_pipeline
 from risloc.training.config import load_train_config
@@ -230,6 +235,35 @@ def graph_replay(device: torch.device, batch: int, repeats: int) -> dict:
             "largest_angle_change_deg": moved * 57.29577951308232}
 
 
+@torch.no_grad()
+def localizer_stream(device: torch.device, batch: int, passes: int, repeats: int) -> dict:
+    """Part (f): the user's path, :class:`risloc.pipeline.Localizer` on ``passes`` batches
+    of ``batch`` test scenes held on the host (each copied to the device, checked, scaled,
+    localized, its estimates copied back, as ``risloc localize`` does), with
+    ``graph_batch=batch`` (CUDA graphs) and without, interleaved; medians."""
+    sc = test_scenes(batch * passes, "cpu")
+    locs = {"eager": Localizer.from_checkpoint(), "graph": Localizer.from_checkpoint(
+        graph_batch=batch)}
+    for loc in locs.values():
+        loc.pipeline.to(device)
+    times: dict[str, list[float]] = {k: [] for k in locs}
+    K: dict[str, torch.Tensor] = {}
+    for _ in range(repeats + 1):
+        for name, loc in locs.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            K[name] = torch.cat([loc.localize(*(t[i:i + batch].to(device) for t in (
+                sc.y, sc.H, sc.codes))).estimates.K for i in range(0, len(sc), batch)])
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v[1:]) for k, v in times.items()}
+    return {"batch": batch, "passes": passes,
+            **{f"{k}_scenes_per_s": batch * passes / v for k, v in med.items()},
+            "speedup": med["eager"] / med["graph"], "first_round_s": {
+                k: v[0] for k, v in times.items()},
+            "K_identical": float((K["eager"] == K["graph"]).float().mean())}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda")
@@ -247,6 +281,9 @@ def main() -> None:
                    help="the LM loop's route (NFMLEConfig.masked; auto: masked off the CPU)")
     p.add_argument("--graph-batches", type=int, nargs="*", default=[],
                    help="part (e) on CUDA: the learned call replayed as a CUDA graph")
+    p.add_argument("--localizer-batches", type=int, nargs="*", default=[],
+                   help="part (f): the Localizer on host-held batches, with and without "
+                        "CUDA graphs (8 batches of each size)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("reports/bench/bench_device.json"))
     a = p.parse_args()
@@ -293,6 +330,13 @@ def main() -> None:
             row = {"batch": bs, "error": traceback.format_exc(limit=6)}
         info.setdefault("cuda_graph", []).append(row)
         print("cuda graph:", row, flush=True)
+    for bs in a.localizer_batches:
+        try:
+            row = localizer_stream(device, bs, 8, a.repeats)
+        except Exception:  # noqa: BLE001
+            row = {"batch": bs, "error": traceback.format_exc(limit=6)}
+        info.setdefault("localizer", []).append(row)
+        print("localizer:", row, flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(info, indent=2))
     print(f"wrote {a.out}")

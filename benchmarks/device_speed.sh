@@ -3,7 +3,8 @@
 # tests, then bench_device.py: a training step at batch 512 (AMP and FP32; in line, on a
 # ready batch, in an epoch), the learned pipeline's stages at several batches, both
 # localizers end to end on the same scenes, the host syncs of one call and the heaviest
-# kernels (at the largest batch and at 2,048), the call replayed as a CUDA graph; the LM
+# kernels (at the largest batch and at 2,048), the call replayed as a CUDA graph (and the
+# Localizer with graphs on host-held batches, the user's path); the LM
 # loop's two routes compared; the training step with the next batch simulated in a worker
 # process, and with the network's ML refinement replayed from CUDA graphs.
 #   OUT=<folder> [INFER="256 2048 8192 16384"] [GRAPHS="1024 2048 4096 8192 16384"] bash benchmarks/device_speed.sh
@@ -18,9 +19,9 @@ echo "== [$(elapsed) s] training step at 512 (AMP), inference, versus classical,
 timeout 300 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 20 \
   --inference-batches ${INFER:-256 2048 8192 16384} --classical-batches 128 \
   --graph-batches ${GRAPHS:-1024 2048 4096 8192 16384} --repeats 5 --out "$OUT/bench_device_amp.json"
-echo "== [$(elapsed) s] host syncs and kernels at 2048"
-timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes \
-  --inference-batches 2048 --out "$OUT/bench_device_2048.json"
+echo "== [$(elapsed) s] host syncs and kernels at 2048; the Localizer on 8 x 2048 host-held scenes, with and without graphs"
+timeout 150 python3 benchmarks/bench_device.py --device cuda --batch-sizes \
+  --inference-batches 2048 --localizer-batches 2048 --repeats 3 --out "$OUT/bench_device_2048.json"
 echo "== [$(elapsed) s] the LM loop's shrinking sets instead of the masked route (host syncs)"
 timeout 120 python3 benchmarks/bench_device.py --device cuda --batch-sizes --no-diagnostics \
   --inference-batches 2048 8192 16384 --lm-route shrinking --out "$OUT/bench_device_shrinking.json"
