@@ -25,20 +25,16 @@ timeout 150 python3 benchmarks/bench_device.py --device cuda --batch-sizes \
 echo "== [$(elapsed) s] the LM loop's shrinking sets instead of the masked route (host syncs)"
 timeout 120 python3 benchmarks/bench_device.py --device cuda --batch-sizes --no-diagnostics \
   --inference-batches 2048 8192 16384 --lm-route shrinking --out "$OUT/bench_device_shrinking.json"
-echo "== [$(elapsed) s] training step at 512 (FP32)"
-timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 20 \
-  --no-profile --set optim.amp=false --inference-batches --out "$OUT/bench_device_fp32.json"
-echo "== [$(elapsed) s] training step at 512, the next batch simulated in a worker process (AMP, FP32)"
-timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 20 \
-  --no-profile --set prefetch=process --inference-batches --out "$OUT/bench_device_process.json"
-timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 20 \
-  --no-profile --set optim.amp=false --set prefetch=process --inference-batches \
-  --out "$OUT/bench_device_fp32_process.json"
-echo "== [$(elapsed) s] training step at 512, the slots' ML refinement replayed from CUDA graphs (AMP, FP32)"
-timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 20 \
-  --no-profile --set cuda_graphs=true --inference-batches --out "$OUT/bench_device_graphs.json"
-timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 20 \
-  --no-profile --set optim.amp=false --set cuda_graphs=true --inference-batches \
-  --out "$OUT/bench_device_fp32_graphs.json"
+# a training step at 512 in FP32, then both precisions with the next batch simulated in a
+# worker process, and with the slots' ML refinement replayed from CUDA graphs
+for variant in "fp32 optim.amp=false" "process prefetch=process" \
+               "fp32_process optim.amp=false prefetch=process" "graphs cuda_graphs=true" \
+               "fp32_graphs optim.amp=false cuda_graphs=true"; do
+  set -- $variant
+  name=$1; shift
+  echo "== [$(elapsed) s] training step at 512: $*"
+  timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 20 \
+    --no-profile ${@/#/--set } --inference-batches --out "$OUT/bench_device_$name.json"
+done
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 echo "== [$(elapsed) s] done"
