@@ -95,13 +95,13 @@ class GraphCache:
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 fn(*inputs)  # fills the caches the call reads (from host data)
-                if _synchronises(fn, inputs):
-                    log.warning("%s: the call on inputs of shapes %s waits for the host; "
-                                "called directly, not replayed from a CUDA graph",
-                                self.name, shapes)
-                    return None
+                waits = _synchronises(fn, inputs)
             current = torch.cuda.current_stream(device)
-            current.wait_stream(side)
+            current.wait_stream(side)  # before the side stream's buffers are freed
+            if waits:
+                log.warning("%s: the call on inputs of shapes %s waits for the host; called "
+                            "directly, not replayed from a CUDA graph", self.name, shapes)
+                return None
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph, stream=torch.cuda.Stream(device),

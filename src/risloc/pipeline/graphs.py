@@ -1,7 +1,8 @@
 """The learned call replayed as a CUDA graph, in passes of a fixed number of scenes.
 
-On a GPU at a few thousand scenes the learned call is bound by the host launching its
-~11,000 kernels, not by the arithmetic (docs/results.md "Speed"). The call does not
+On a GPU at a few thousand scenes the learned call launches ~11,000 kernels, most of them
+small: the host's launches and the gaps between kernels take a share of its time
+(docs/results.md "Speed"; 1.14x at 2,048 scenes on an H200). The call does not
 synchronise with the host, so it can be captured once as a CUDA graph
 (:class:`torch.cuda.CUDAGraph`) and replayed: the kernels are then launched by the driver
 in one go. A graph is fixed to its input shapes, so the scenes run in passes of exactly
