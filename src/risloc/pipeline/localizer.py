@@ -189,7 +189,8 @@ class Localizer:
     scenes per pass on CPU (None: one pass per worker; memory grows with the batch);
     graph_batch : learned method on CUDA: run the scenes in passes of this many, each the
     replay of a captured CUDA graph (:class:`risloc.pipeline.graphs.GraphedLocalize`;
-    None: eager calls; ignored on the CPU).
+    None: eager calls; ignored on the CPU). A pass that does not fit in the device's
+    memory is an error then, not halved: choose a smaller graph_batch.
     """
 
     def __init__(self, system: SystemConfig, method: str = "classical",
