@@ -49,10 +49,12 @@ def setup(device: torch.device) -> Distributed:
     world = world_size()
     if world <= 1:
         return Distributed()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":  # NCCL's collectives and "cuda" tensors: this rank's own GPU
+        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size(),
-                       int(os.environ.get("LOCAL_RANK", "0")))
+    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def barrier(d: Distributed) -> None:
