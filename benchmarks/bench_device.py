@@ -21,6 +21,8 @@
     eager call, interleaved.
 (f) ``--localizer-batches``: the user's path, ``Localizer.localize`` on 8 host-held
     batches of each size, with ``graph_batch`` and without (on the CPU both are eager).
+(g) ``--step-ab``: training steps on ready batches of AMP and FP32, with and without the
+    refinement's CUDA graphs, interleaved step by step in one process; medians.
 
     python benchmarks/bench_device.py --device cuda [--batch-sizes 32 128 256] \
         [--set model.width=64 ...] [--inference-batches 256 2048] \
@@ -112,6 +114,35 @@ def step_times(cfg, steps: int, profile: bool, validate: bool) -> dict:
         res["operator_calls"] = sum(e.count for e in p.key_averages())
         res["profile"] = p.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=40)
     return res
+
+
+STEP_VARIANTS = {"amp": [], "fp32": ["optim.amp=false"], "amp_graphs": ["cuda_graphs=true"],
+                 "fp32_graphs": ["optim.amp=false", "cuda_graphs=true"]}
+
+
+def step_ab(config: Path, overrides: list[str], device: torch.device, batch: int,
+            steps: int) -> dict:
+    """Part (g): a training step of each recipe variant of :data:`STEP_VARIANTS` on the same
+    ready batches, the variants interleaved step by step in one process (so a change of
+    the machine's state hits all of them alike); medians after three warm-up steps each
+    (the graphs' captures among them). On the CPU, AMP is off in every variant."""
+    trainers = {}
+    for name, extra in STEP_VARIANTS.items():
+        cfg = load_train_config(config, [*overrides, *extra, f"device={device.type}",
+                                         f"optim.batch_size={batch}", "progress=false"])
+        trainers[name] = Trainer(cfg)
+    first = next(iter(trainers.values()))
+    ready = [first.data.batch(k, 0) for k in range(3)]
+    times: dict[str, list[float]] = {k: [] for k in trainers}
+    for k in range(steps + 3):
+        for name, tr in trainers.items():
+            t0 = time.perf_counter()
+            tr.micro_step(ready[k % 3], tr.cfg.blend.beta, tr.loss_config())
+            tr.optimizer_step()  # ends in float(grad norm): a host sync
+            if k >= 3:
+                times[name].append(time.perf_counter() - t0)
+    return {"batch_size": batch, "steps": steps,
+            **{f"{k}_step_s": statistics.median(v) for k, v in times.items()}}
 
 
 @torch.no_grad()
@@ -284,6 +315,9 @@ def main() -> None:
     p.add_argument("--localizer-batches", type=int, nargs="*", default=[],
                    help="part (f): the Localizer on host-held batches, with and without "
                         "CUDA graphs (8 batches of each size)")
+    p.add_argument("--step-ab", type=int, nargs="*", default=[],
+                   help="part (g): at these batch sizes, training steps of AMP / FP32, with "
+                        "and without cuda_graphs, interleaved in one process (--steps each)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("reports/bench/bench_device.json"))
     a = p.parse_args()
@@ -304,6 +338,10 @@ def main() -> None:
         print("train step:", row, flush=True)
         if table:
             print(table, flush=True)
+    for bs in a.step_ab:
+        row = step_ab(a.config, a.overrides, device, bs, a.steps)
+        info.setdefault("step_ab", []).append(row)
+        print("step a/b:", row, flush=True)
     for bs in a.inference_batches:
         row = inference_times(device, bs, a.repeats)
         info["inference"].append(row)

@@ -25,6 +25,9 @@ timeout 150 python3 benchmarks/bench_device.py --device cuda --batch-sizes \
 echo "== [$(elapsed) s] the LM loop's shrinking sets instead of the masked route (host syncs)"
 timeout 120 python3 benchmarks/bench_device.py --device cuda --batch-sizes --no-diagnostics \
   --inference-batches 2048 8192 16384 --lm-route shrinking --out "$OUT/bench_device_shrinking.json"
+echo "== [$(elapsed) s] training steps at 512: AMP / FP32, with and without the refinement's graphs, interleaved"
+timeout 120 python3 benchmarks/bench_device.py --device cuda --batch-sizes --inference-batches \
+  --step-ab 512 --steps 20 --out "$OUT/bench_device_step_ab.json"
 # a training step at 512 in FP32, then both precisions with the next batch simulated in a
 # worker process, and with the slots' ML refinement replayed from CUDA graphs
 for variant in "fp32 optim.amp=false" "process prefetch=process" \
