@@ -13,6 +13,7 @@ set -u
 T0=$(date +%s)
 OUT=${OUT:-reports/device}
 . benchmarks/device_env.sh speed.log
+df -h /dev/shm | tail -1  # prefetch=process passes its batches through shared memory
 echo "== [$(elapsed) s] CUDA tests"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/integration/test_cuda.py 2>&1 | tail -15
 echo "== [$(elapsed) s] training step at 512 (AMP), inference, versus classical, syncs, kernels, graphs"

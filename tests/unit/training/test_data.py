@@ -1,5 +1,6 @@
 """Training batches: identical to the simulator's scene_stream; file batches cover the file."""
 
+import multiprocessing
 from dataclasses import fields
 
 import pytest
@@ -91,9 +92,12 @@ def test_prefetched_in_a_process_gives_the_same_scene_batches():
             if getattr(want, f.name) is not None:
                 torch.testing.assert_close(getattr(b, f.name), getattr(want, f.name),
                                            rtol=0, atol=0, equal_nan=True, msg=f.name)
+    rng = torch.get_rng_state()
     it = prefetched(lambda i: torch.full((2,), float(i)), range(100), "process")
     assert int(next(it)[0]) == 0
     it.close()
+    assert not multiprocessing.active_children()  # the workers stopped with it
+    assert torch.equal(torch.get_rng_state(), rng)  # the global RNG as the other routes
 
 
 @pytest.mark.parametrize("ahead", [False, True])
