@@ -16,6 +16,12 @@ def test_localize_file_writes_csv_and_metrics(tmp_path):
     assert "metrics against the files' truth" in res.output
     est = read_estimates(out, 3, 5)
     assert est.K.tolist() == [1, 1, 1]
+    # --graphs is for CUDA: on the CPU it says so and changes nothing
+    res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "g.csv"), "--K",
+                              "1", "--graphs"])
+    assert res.exit_code == 0 and "CUDA only: ignored" in res.output, res.output
+    assert read_estimates(tmp_path / "g.csv", 3, 5).azimuth.nan_to_num(9).equal(
+        est.azimuth.nan_to_num(9))
 
 
 def test_localize_bad_inputs(tmp_path):
