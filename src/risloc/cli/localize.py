@@ -125,14 +125,15 @@ def localize_command(
             raise ValueError(f"{p}: its system differs from {paths[0]}'s: {err}") from None
     if K is not None and not 1 <= K <= system.K_max:
         raise ValueError(f"--K must lie in 1..K_max={system.K_max}, got {K}")
-    if graphs and (device != "cuda" or method == "classical"):
-        console.print("[yellow]--graphs applies to the learned method on CUDA only: "
-                      "ignored[/]")
     ranges = [(start, info.n_scenes if stop is None else min(stop, info.n_scenes))
               for info in infos]
-    longest = max(hi - lo for lo, hi in ranges)  # a graph of no more scenes than are read
-    loc = _localizer(method, checkpoint, system, device, bf16,
-                     max(1, min(batch_size, longest)) if graphs and device == "cuda" else None)
+    graph_batch = None  # a graph of no more scenes than are read at a time
+    if graphs and device == "cuda" and method != "classical":
+        graph_batch = max(1, min(batch_size, max(hi - lo for lo, hi in ranges)))
+    elif graphs:
+        console.print("[yellow]--graphs applies to the learned method on CUDA only: "
+                      "ignored[/]")
+    loc = _localizer(method, checkpoint, system, device, bf16, graph_batch)
     try:
         check_system(loc.system, system)
     except ValueError as err:

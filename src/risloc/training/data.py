@@ -156,9 +156,8 @@ def prefetched(fetch: Callable[[int], T], indices: range, ahead: bool | str) -> 
     "process", up to two ahead in two worker processes (DataLoader workers forked from
     this one: fetch is inherited, not pickled; the results come back through shared
     memory, about 20 MB per batch of 512 default scenes), which share no interpreter with
-    the caller. fetch must not depend on shared state the
-    caller changes: the batches are functions of their index (seeded generators), so they
-    are the same."""
+    the caller. fetch must not depend on shared state the caller changes: the batches are
+    functions of their index (seeded generators), so they are the same."""
     if not ahead:
         yield from map(fetch, indices)
         return
