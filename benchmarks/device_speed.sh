@@ -41,4 +41,6 @@ for variant in "fp32 optim.amp=false" "process prefetch=process" \
     --no-profile ${@/#/--set } --inference-batches --out "$OUT/bench_device_$name.json"
 done
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
+# the lent machine returns at most 8 files from $OUT: the JSONs travel as one archive
+(cd "$OUT" && tar -czf bench_device_json.tgz --remove-files bench_device_*.json)
 echo "== [$(elapsed) s] done"

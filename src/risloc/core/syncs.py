@@ -39,7 +39,8 @@ ALWAYS = frozenset({"aten._local_scalar_dense", "aten.nonzero", "aten.masked_sel
                     "aten.unique_consecutive"})
 BOOL_INDEXED = frozenset({"aten.index", "aten.index_put_", "aten._index_put_impl_",
                           "aten.index_put"})
-CPU_ROUTE = frozenset({"orthonormal_basis"})  # their synchronising branch: the CPU's only
+# functions whose synchronising branch only the CPU takes
+CPU_ROUTE = frozenset({"orthonormal_basis", "_check_host_counts"})
 
 
 def _origin() -> str:

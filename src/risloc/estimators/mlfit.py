@@ -215,11 +215,10 @@ def repair_chosen(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, theta: 
     their order too; the rest as given)."""
     if rounds < 0:
         raise ValueError(f"rounds must be >= 0, got {rounds}")
+    if K.shape != theta.shape[:1]:
+        raise ValueError(f"K must be [B]={theta.shape[0]} counts, got shape {tuple(K.shape)}")
+    _check_host_counts(K, theta.shape[1])
     K = K.to(device=y.device, dtype=torch.int64)
-    if K.shape != theta.shape[:1] or bool(((K < 1) | (K > theta.shape[1])).any()):
-        raise ValueError(f"K must be [B]={theta.shape[0]} counts in 1..{theta.shape[1]} (the "
-                         f"slots of theta), got shape {tuple(K.shape)}, values "
-                         f"{K.unique().tolist()}")
     theta = theta.to(y.real.dtype).clone()
     mask = torch.arange(theta.shape[1], device=y.device) < K[:, None]
     fit = _fit(y, H, codes, theta, mask, system, config.polish)
@@ -228,6 +227,16 @@ def repair_chosen(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, theta: 
     for _ in range(rounds):
         theta, fit, _ = _repair(y, H, codes, theta, fit, K, system, config, grid, gains=gains)
     return theta
+
+
+def _check_host_counts(K: torch.Tensor, slots: int) -> None:
+    """K's values in 1..slots, checked where K is on the host. On a GPU the check would wait
+    for it, and a call captured as a CUDA graph cannot: the Localizer checks a caller's K on
+    the host (resolve_K), and the pipeline's own decisions lie in range. (Tagged a CPU
+    route in risloc.core.syncs.)"""
+    if K.device.type == "cpu" and bool(((K < 1) | (K > slots)).any()):
+        raise ValueError(f"K must be counts in 1..{slots} (the slots of theta), got values "
+                         f"{K.unique().tolist()}")
 
 
 def _repair_set(y, H, codes, theta, fit, system, config: MLFitConfig, grid, gains):

@@ -32,9 +32,9 @@ class GraphedLocalize:
     """``pipeline.localize`` in passes of ``batch`` scenes, each a CUDA graph's replay.
 
     Call it as :meth:`LearnedPipeline.localize` (y [B,L,M], H [B,M,N], codes [B,L,N]
-    complex64 on one device; snr_db [B] or None; K [B] or None; k_max). Returns the same
-    Estimates, owned by the caller (copied out of the graph's buffers). A captured call
-    is the pipeline as it was then (its settings, its network's tensors): make another
+    complex64 on one device; snr_db [B] or None and K [B] or None, on any device; k_max).
+    Returns the same Estimates, owned by the caller (copied out of the graph's buffers). A
+    captured call is the pipeline as it was then (its settings, its network's tensors): make another
     GraphedLocalize after changing the settings or replacing the network.
     """
 
@@ -53,7 +53,8 @@ class GraphedLocalize:
         parts = []
         for lo in range(0, B, self.batch):
             rows = _padded_rows(lo, min(lo + self.batch, B), self.batch, y.device)
-            args = tuple(None if t is None else t[rows] for t in (y, H, codes, snr_db, K))
+            args = tuple(None if t is None else t.to(y.device)[rows]  # snr_db, K: any device
+                         for t in (y, H, codes, snr_db, K))
             parts.append(self._pass(args, k_max)[:min(self.batch, B - lo)])
         return parts[0] if len(parts) == 1 else concat_estimates(parts)
 
