@@ -273,9 +273,11 @@ def test_the_gpu_route_of_the_lm_loop_answers_as_the_cpu_route_without_waiting(m
     assert {k: n for k, n in counter.syncs.items() if "(CPU route)" not in k} == {}
     assert sum(counter.from_host.values()) == 0
     assert torch.equal(est.K, ref.K)
-    for f, worst in (("azimuth", 1e-3), ("elevation", 1e-3), ("range_m", 5e-2)):
+    # float32 LM stops move along a flat cost with rounding: here up to 1e-3 deg and 2 mm
+    # with K decided, 0.014 deg and 1.7 cm with K given (its repair round's LM runs add
+    # stops); the medians are 3e-6 deg and 3e-6 m either way
+    bounds = (1e-3, 1e-3, 5e-2) if given_K else (2e-4, 2e-4, 5e-3)
+    for f, worst in zip(("azimuth", "elevation", "range_m"), bounds, strict=True):
         gap = (getattr(est, f) - getattr(ref, f)).abs()
-        # float32 LM stops move along a flat cost with rounding (here, with K given, up to
-        # 0.014 deg and 1.7 cm; medians 3e-6 deg, 3e-6 m): the bulk agrees to rounding
         assert gap.nanmedian() < worst / 100 and gap.nan_to_num(0).amax() < worst
         assert torch.equal(gap.isnan(), getattr(ref, f).isnan())

@@ -34,8 +34,8 @@ class GraphedLocalize:
     Call it as :meth:`LearnedPipeline.localize` (y [B,L,M], H [B,M,N], codes [B,L,N]
     complex64 on one device; snr_db [B] or None and K [B] or None, on any device; k_max).
     Returns the same Estimates, owned by the caller (copied out of the graph's buffers). A
-    captured call is the pipeline as it was then (its settings, its network's tensors): make another
-    GraphedLocalize after changing the settings or replacing the network.
+    captured call is the pipeline as it was then (its settings, its network's tensors):
+    make another GraphedLocalize after changing the settings or replacing the network.
     """
 
     def __init__(self, pipeline: LearnedPipeline, batch: int = 2048):
