@@ -5,8 +5,8 @@
 # localizers end to end on the same scenes, the host syncs of one call and the heaviest
 # kernels (at the largest batch and at 2,048), the call replayed as a CUDA graph (and the
 # Localizer with graphs on host-held batches, the user's path); the LM
-# loop's two routes compared; the training step in FP32 and without the network's ML
-# refinement replayed from CUDA graphs.
+# loop's two routes compared; the training step in FP32, without the network's ML
+# refinement replayed from CUDA graphs, and with its batches' physics on the GPU.
 #   OUT=<folder> [INFER="256 2048 8192 16384"] [GRAPHS="1024 2048 4096 8192 16384"] bash benchmarks/device_speed.sh
 # Needs a CUDA torch; pydantic & co. come as wheels in .whl/ where the machine lacks them.
 set -u
@@ -32,13 +32,17 @@ timeout 120 python3 benchmarks/bench_device.py --device cuda --batch-sizes --inf
   --step-ab 512 --steps 20 --out "$OUT/bench_device_step_ab.json"
 # a training step at 512 in FP32, and without the slots' ML refinement replayed from CUDA
 # graphs (on by default since the fourth lease; prefetch=process was not faster there)
-for variant in "fp32 optim.amp=false" "nographs cuda_graphs=false"; do
+for variant in "fp32 optim.amp=false" "nographs cuda_graphs=false" \
+               "simdev simulate_on=device"; do
   set -- $variant
   name=$1; shift
   echo "== [$(elapsed) s] training step at 512: $*"
   timeout 60 python3 benchmarks/bench_device.py --device cuda --batch-sizes 512 --steps 20 \
     --no-profile ${@/#/--set } --inference-batches --out "$OUT/bench_device_$name.json"
 done
+echo "== [$(elapsed) s] a training batch of 512: on the host, its draws alone, its physics on the GPU"
+timeout 60 python3 benchmarks/bench_simulate.py --n 2048 --repeats 3 --device cuda \
+  --out "$OUT/bench_device_simulate.json"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 # the lent machine returns at most 8 files from $OUT: the JSONs travel as one archive
 (cd "$OUT" && tar -czf bench_device_json.tgz --remove-files bench_device_*.json)

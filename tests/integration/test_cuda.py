@@ -156,6 +156,27 @@ def test_training_with_the_refinement_replayed_from_graphs(tmp_path):
     assert math.isfinite(metrics["best_objective"])
 
 
+def test_training_batches_computed_on_the_gpu_are_the_host_ones(tmp_path):
+    """simulate_on=device: the batches' draws on the host, their physics on the GPU: the
+    host's batches up to float32 rounding (K, positions and codes exactly); a run trains."""
+    from dataclasses import fields
+
+    from risloc.training.data import TrainData
+
+    cfg = load_train_config(TINY, [f"out_dir={tmp_path}", "device=cuda",
+                                   "simulate_on=device"])
+    host, gpu = TrainData(cfg).batch(2, 0), TrainData(cfg, compute="cuda").batch(2, 0)
+    assert gpu.y.device.type == "cuda"
+    for f in fields(host):
+        want, got = getattr(host, f.name), getattr(gpu, f.name)
+        if want is None:
+            continue
+        exact = f.name in ("K", "azimuth", "elevation", "range_m", "codes", "powers", "snr_db")
+        torch.testing.assert_close(got.cpu(), want, rtol=0 if exact else 1e-4,
+                                   atol=0 if exact else 1e-5, equal_nan=True, msg=f.name)
+    assert math.isfinite(train(cfg)["best_objective"])
+
+
 def test_classical_localizer_on_cuda_matches_cpu():
     system = load_learned_pipeline().system
     sc = simulate_range(0, 16, system, SceneConfig(), 0, "validation", snr_db=15.0)

@@ -64,19 +64,45 @@ def draw_codes(batch: int, system: SystemConfig, codebook: str = "random", bits:
     -------
     codes : [B, L, N], complex, unit modulus
     """
-    shape = (batch, system.L, system.N)
+    index = draw_code_indices(batch, system, codebook, bits, generator, device)
+    return codes_at(index, system, codebook, bits, dtype)
+
+
+def draw_code_indices(batch: int, system: SystemConfig, codebook: str = "random",
+                      bits: int = 3, generator: torch.Generator | None = None,
+                      device: torch.device | str | None = None) -> torch.Tensor:
+    """The random part of :func:`draw_codes`: the phase levels q [B, L, N] of "random"
+    codes, or the codebook's rows [B, L] of "dft" and "hadamard" ones (int64)."""
+    if codebook == "random":
+        return torch.randint(0, 2**bits, (batch, system.L, system.N), generator=generator,
+                             device=device)
+    return _distinct_rows(batch, system.L, _codebook_rows(system, codebook), generator, device)
+
+
+def codes_at(index: torch.Tensor, system: SystemConfig, codebook: str = "random",
+             bits: int = 3, dtype: torch.dtype = torch.complex64) -> torch.Tensor:
+    """The codes [B, L, N] of :func:`draw_code_indices`' ``index``, on its device. The
+    phases / codebook are computed on the CPU (a few entries; the same values whatever
+    the device) and looked up."""
     if codebook == "random":
         real = torch.float64 if dtype == torch.complex128 else torch.float32
-        q = torch.randint(0, 2**bits, shape, generator=generator, device=device)
         # the 2^bits phases exp(i 2 pi q / 2^bits) computed once and looked up (the same
         # values as computing each entry's, 8x faster on the CPU: tests/unit/physics)
-        phase = torch.arange(2**bits, device=device).to(real) * (2 * math.pi / 2**bits)
-        return torch.polar(torch.ones_like(phase), phase)[q]
+        phase = torch.arange(2**bits).to(real) * (2 * math.pi / 2**bits)
+        return torch.polar(torch.ones_like(phase), phase).to(index.device)[index]
     if codebook == "dft":
-        book = quantize_phase(_dft_codebook(system, dtype, device), bits)
+        book = quantize_phase(_dft_codebook(system, dtype, "cpu"), bits)
     elif codebook == "hadamard":
-        book = _hadamard_codebook(system.N, dtype, device)
+        book = _hadamard_codebook(system.N, dtype, "cpu")
     else:
         raise ValueError(f"unknown codebook {codebook!r}; expected random, dft or hadamard")
-    idx = _distinct_rows(batch, system.L, book.shape[0], generator, device)
-    return book[idx]
+    return book.to(index.device)[index]
+
+
+def _codebook_rows(system: SystemConfig, codebook: str) -> int:
+    """Distinct codes of a codebook ("dft" or "hadamard")."""
+    if codebook == "dft":
+        return system.N
+    if codebook == "hadamard":
+        return 1 << max(0, math.ceil(math.log2(system.N)))
+    raise ValueError(f"unknown codebook {codebook!r}; expected random, dft or hadamard")

@@ -16,8 +16,8 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from risloc.config import SceneConfig, SystemConfig
-from risloc.physics.channel import draw_channel
-from risloc.physics.codebooks import draw_codes
+from risloc.physics.channel import ChannelDraws, draw_channel_params, rician_channel
+from risloc.physics.codebooks import codes_at, draw_code_indices
 from risloc.physics.geometry import angular_separation
 from risloc.physics.rng import complex_normal, uniform
 from risloc.physics.steering import steering
@@ -140,19 +140,55 @@ def draw_powers(mask: torch.Tensor, spread_db: float | tuple[float, float],
     return powers
 
 
+@dataclass(frozen=True)
+class SceneDraws:
+    """The random draws of a batch of scenes (:func:`draw_scenes`), before the physics that
+    turns them into measurements (:func:`synthesize`): K [B]; azimuth, elevation, range_m
+    [B, K_max] (every slot drawn); the channel's draws; the codes' indices
+    (:func:`risloc.physics.codebooks.draw_code_indices`); unit symbols [B, L, K_max]; SNR
+    [B] dB; unit noise [B, L, M]; powers [B, K_max] (0 where padded)."""
+
+    K: torch.Tensor
+    azimuth: torch.Tensor
+    elevation: torch.Tensor
+    range_m: torch.Tensor
+    channel: ChannelDraws
+    code_index: torch.Tensor
+    symbols: torch.Tensor
+    snr_db: torch.Tensor
+    noise: torch.Tensor
+    powers: torch.Tensor
+
+    def to(self, device: torch.device | str) -> SceneDraws:
+        return SceneDraws(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
 def simulate_batch(batch: int, system: SystemConfig, scene: SceneConfig,
                    generator: torch.Generator | None = None,
                    snr_db: float | None = None, K: int | None = None,
-                   device: torch.device | str | None = None) -> SceneBatch:
-    """Simulate ``batch`` scenes (complex64). ``snr_db`` / ``K`` fix those values."""
+                   device: torch.device | str | None = None,
+                   compute: torch.device | str | None = None) -> SceneBatch:
+    """Simulate ``batch`` scenes (complex64). ``snr_db`` / ``K`` fix those values. The
+    random draws are made on ``device`` (the generator's), the physics on ``compute``
+    (default: the same): a GPU's training draws its batches on the host, so that they are
+    the scenes of their seeds, and computes them where it trains."""
+    return synthesize(draw_scenes(batch, system, scene, generator, snr_db, K, device), system,
+                      scene, compute)
+
+
+def draw_scenes(batch: int, system: SystemConfig, scene: SceneConfig,
+                generator: torch.Generator | None = None, snr_db: float | None = None,
+                K: int | None = None, device: torch.device | str | None = None) -> SceneDraws:
+    """The random part of :func:`simulate_batch`: every draw of its scenes, in its order
+    (the scenes of a seed are fixed by this order)."""
     real, cplx = torch.float32, torch.complex64
     Kb = _draw_K(batch, system.K_max, scene, K, generator, device)
     az, el, rng = draw_sources(batch, system.K_max, scene, generator, real, device)
     slots = torch.arange(system.K_max, device=device)
     mask = slots < Kb.unsqueeze(-1)  # (B, K_max)
-    H = draw_channel(batch, system, scene, generator, cplx, device)  # (B, M, N)
-    codes = draw_codes(batch, system, scene.codebook, scene.code_bits, generator, cplx, device)
-    A = steering(az, el, rng, system, cplx)  # (B, K_max, N)
+    channel = draw_channel_params(batch, system, scene, generator, cplx, device)
+    code_index = draw_code_indices(batch, system, scene.codebook, scene.code_bits, generator,
+                                   device)
     s = complex_normal((batch, system.L, system.K_max), generator, cplx, device)
     if snr_db is None:
         snr = uniform(batch, *scene.snr_db, generator, real, device)
@@ -162,18 +198,34 @@ def simulate_batch(batch: int, system: SystemConfig, scene: SceneConfig,
     # drawn last, so a scene with a power spread keeps the sources, channel, codes, unit
     # symbols, SNR and unit noise of the same scene with equal powers
     powers = draw_powers(mask, scene.power_spread_db, generator)  # (B, K_max), 0 if padded
-    s = s * powers.sqrt().unsqueeze(1)  # (B, L, K_max)
+    return SceneDraws(Kb, az, el, rng, channel, code_index, s, snr, noise, powers)
+
+
+def synthesize(draws: SceneDraws, system: SystemConfig, scene: SceneConfig,
+               device: torch.device | str | None = None) -> SceneBatch:
+    """The scenes of ``draws`` (the measurement model, module docstring), computed on
+    ``device`` (default: the draws')."""
+    d = draws if device is None else draws.to(device)
+    dev, real, cplx = d.K.device, torch.float32, torch.complex64
+    mask = torch.arange(system.K_max, device=dev) < d.K.unsqueeze(-1)  # (B, K_max)
+    c = d.channel
+    H = rician_channel(c.kappa, c.bs_angle, c.ris_azimuth, c.ris_elevation, system,
+                       dtype=cplx, nlos=c.nlos)  # (B, M, N)
+    codes = codes_at(d.code_index, system, scene.codebook, scene.code_bits, cplx)
+    A = steering(d.azimuth, d.elevation, d.range_m, system, cplx)  # (B, K_max, N)
+    s = d.symbols * d.powers.sqrt().unsqueeze(1)  # (B, L, K_max)
     sA = s @ A
     x = torch.mul(codes, sA, out=sA)  # (B, L, N)   c_l (.) A s_l
     signal = x @ H.transpose(-1, -2)  # (B, L, M)   H diag(c_l) A s_l
     p_sig = signal.abs().square().mean(dim=(-1, -2))  # (B,)
-    noise_var = p_sig / 10 ** (snr / 10)
-    y = signal + noise_var.sqrt().view(-1, 1, 1) * noise
-    nan = torch.tensor(float("nan"), dtype=real, device=device)
+    noise_var = p_sig / 10 ** (d.snr_db / 10)
+    y = signal + noise_var.sqrt().view(-1, 1, 1) * d.noise
+    nan = torch.tensor(float("nan"), dtype=real, device=dev)
     return SceneBatch(
-        y=y, H=H, codes=codes, snr_db=snr, K=Kb,
-        azimuth=torch.where(mask, az, nan), elevation=torch.where(mask, el, nan),
-        range_m=torch.where(mask, rng, nan), powers=powers, noise_var=noise_var, symbols=s,
+        y=y, H=H, codes=codes, snr_db=d.snr_db, K=d.K,
+        azimuth=torch.where(mask, d.azimuth, nan), elevation=torch.where(mask, d.elevation, nan),
+        range_m=torch.where(mask, d.range_m, nan), powers=d.powers, noise_var=noise_var,
+        symbols=s,
     )
 
 

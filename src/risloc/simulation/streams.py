@@ -36,13 +36,14 @@ def block_generator(seed: int, split: str, block: int, stream: int = 0,
 
 def simulate_mixture(batch: int, system: SystemConfig, scene: SceneConfig | Mixture,
                      generator: torch.Generator | None = None, snr_db: float | None = None,
-                     K: int | None = None,
-                     device: torch.device | str | None = None) -> SceneBatch:
+                     K: int | None = None, device: torch.device | str | None = None,
+                     compute: torch.device | str | None = None) -> SceneBatch:
     """``batch`` scenes of one scene config (then exactly :func:`simulate_batch`) or of a
     mixture (:func:`risloc.config.scene_mixture`): each scene's kind is drawn by its
-    share, then each kind's scenes are simulated in turn and put back in the drawn order."""
+    share, then each kind's scenes are simulated in turn and put back in the drawn order.
+    Drawn on ``device``, computed on ``compute`` (:func:`simulate_batch`)."""
     if isinstance(scene, SceneConfig):
-        return simulate_batch(batch, system, scene, generator, snr_db, K, device)
+        return simulate_batch(batch, system, scene, generator, snr_db, K, device, compute)
     shares = torch.tensor([share for share, _ in scene], dtype=torch.float64,
                           device=generator.device if generator is not None else device)
     kind = torch.multinomial(shares, batch, replacement=True, generator=generator)
@@ -50,9 +51,11 @@ def simulate_mixture(batch: int, system: SystemConfig, scene: SceneConfig | Mixt
     for c, (_, sc) in enumerate(scene):  # a handful of kinds
         idx = (kind == c).nonzero().squeeze(1)
         if len(idx):
-            parts.append(simulate_batch(len(idx), system, sc, generator, snr_db, K, device))
+            parts.append(simulate_batch(len(idx), system, sc, generator, snr_db, K, device,
+                                        compute))
             where.append(idx)
-    return concat_batches(parts)[torch.argsort(torch.cat(where))]
+    order = torch.argsort(torch.cat(where))
+    return concat_batches(parts)[order.to(parts[0].y.device)]
 
 
 def simulate_range(start: int, stop: int, system: SystemConfig, scene: SceneConfig | Mixture,

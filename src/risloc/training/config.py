@@ -177,6 +177,12 @@ class TrainConfig(_Section):
         "training step's kernel launches) from CUDA graphs captured once per batch shape: "
         "a step of 512 on a ready batch took 0.080 s with, 0.106 s without on an H200 "
         "(benchmarks/device_speed.sh); no effect on the CPU"))
+    simulate_on: Literal["host", "device"] = Field("host", description=(
+        "where the physics of simulated training batches runs: host, or the training "
+        "device (on CUDA: the draws stay on the host, so the batches are the scenes of "
+        "their seeds up to float rounding, and the host keeps only the draws: 35-52 % of "
+        "the time of a batch of 512 on one CPU thread, benchmarks/bench_simulate.py); an "
+        "experiment for a GPU lease; not with prefetch=process (CUDA in forked workers)"))
     progress: bool = True
     log_every: int = Field(20, ge=1, description="optimizer steps between step-log rows")
 
@@ -187,6 +193,9 @@ class TrainConfig(_Section):
         if S > 1 and n % S:
             raise ValueError(f"loss.spectral_scenes={n} must be a multiple of data.shards={S} "
                              "(each shard factorises its equal share of them)")
+        if self.simulate_on == "device" and self.prefetch == "process":
+            raise ValueError("simulate_on=device cannot run in prefetch=process's workers "
+                             "(CUDA does not survive a fork): use prefetch=thread")
         replace_scene_fields(self.scene, self.order.scene, "order.scene")  # fail before training
         # the mixture's kinds: valid scenes inside the field of view (scene_mixture), K too
         for _, sc in self.scenes()[1:] if self.data.scene_mix else ():

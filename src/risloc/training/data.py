@@ -60,11 +60,13 @@ class TrainData:
     scenes, shard r simulated from its own generator (block i * S + r of the stream);
     ``shards_here`` picks the ones this process trains on (all of them in one process,
     shard r in rank r of S data-parallel processes); several shards in one process come
-    interleaved (scene 0 of each shard, then scene 1, ...).
+    interleaved (scene 0 of each shard, then scene 1, ...). Simulated batches are drawn on
+    the host and computed on ``compute`` (None: the host; TrainConfig.simulate_on).
     """
 
-    def __init__(self, cfg: TrainConfig, shards_here: tuple[int, ...] | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: TrainConfig, shards_here: tuple[int, ...] | None = None,
+                 compute: torch.device | str | None = None):
+        self.cfg, self.compute = cfg, compute
         S = cfg.data.shards
         if cfg.optim.batch_size % S:
             raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must be a multiple of "
@@ -107,7 +109,7 @@ class TrainData:
         if d.shards == 1:  # one generator per batch (the streams of unsharded recipes)
             gen = block_generator(d.seed, "train", index, d.stream)
             scenes = simulate_mixture(self.cfg.optim.batch_size, self.cfg.system,
-                                      self._scene_config(epoch), gen)
+                                      self._scene_config(epoch), gen, compute=self.compute)
             return self._hide(scenes, index)
         size = self.cfg.optim.batch_size // d.shards
         parts = []
@@ -115,7 +117,8 @@ class TrainData:
             block = index * d.shards + r
             gen = block_generator(d.seed, "train", block, d.stream)
             parts.append(self._hide(simulate_mixture(size, self.cfg.system,
-                                                     self._scene_config(epoch), gen), block))
+                                                     self._scene_config(epoch), gen,
+                                                     compute=self.compute), block))
         if len(parts) == 1:
             return parts[0]
         # interleaved (scene j of every shard, then j + 1): the first n scenes of the batch

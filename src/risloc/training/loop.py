@@ -41,8 +41,8 @@ from risloc.training.logs import CsvLog, EpochStats, epoch_progress
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-_RESUME_FREE = ("progress", "threads", "device", "prefetch", "cuda_graphs", "log_every",
-                "out_dir")
+_RESUME_FREE = ("progress", "threads", "device", "prefetch", "cuda_graphs", "simulate_on",
+                "log_every", "out_dir")
 _RESUME_STOPPING = ("schedule.patience", "schedule.min_improvement")
 
 
@@ -202,7 +202,8 @@ class Trainer:
         self.swa_start = math.ceil((1 - s.swa_frac) * s.epochs) if s.swa_frac > 0 else None
         self.swa: AveragedModel | None = None
         self.swa_scheduler: SWALR | None = None
-        self.data = TrainData(cfg, (self.dist.rank,) if self.dist.active else None)
+        self.data = TrainData(cfg, (self.dist.rank,) if self.dist.active else None,
+                              compute=self.device if cfg.simulate_on == "device" else None)
         self.epoch, self.step, self.micro = 0, 0, 0
         self.best = {"objective": math.inf, "epoch": -1}
         self.bad_epochs, self.history = 0, []

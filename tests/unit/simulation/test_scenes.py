@@ -192,3 +192,34 @@ def test_mixture_errors_name_the_kind_and_field(scene, kinds, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")
                        .replace(")", r"\)")):
         scene_mixture(scene, kinds)
+
+
+@pytest.mark.parametrize("scene", [SceneConfig(power_spread_db=(0.0, 15.0)),
+                                   SceneConfig(codebook="dft"),
+                                   SceneConfig(codebook="hadamard", K=2)])
+def test_draws_then_physics_are_the_simulated_scenes_on_the_compute_device(system, scene):
+    """simulate_batch = synthesize(draw_scenes(...)): the same scenes bit for bit, the draws
+    left as they were (reusable); with ``compute`` the physics runs there (the meta device
+    stands in for a GPU on the CPU: every field lands on it)."""
+    from dataclasses import fields
+
+    from risloc.simulation.scenes import draw_scenes, synthesize
+
+    def gen():
+        return torch.Generator().manual_seed(5)
+
+    ref = simulate_batch(48, system, scene, gen(), snr_db=7.0)
+    draws = draw_scenes(48, system, scene, gen(), snr_db=7.0)
+    kept = {f.name: getattr(draws, f.name) for f in fields(draws) if f.name != "channel"}
+    kept = {k: v.clone() for k, v in kept.items()}
+    for got in (synthesize(draws, system, scene), synthesize(draws, system, scene),
+                simulate_batch(48, system, scene, gen(), snr_db=7.0, compute="cpu")):
+        for f in fields(ref):
+            torch.testing.assert_close(getattr(got, f.name), getattr(ref, f.name), rtol=0,
+                                       atol=0, equal_nan=True, msg=f.name)
+    assert all(torch.equal(getattr(draws, k), v) for k, v in kept.items())
+    on_meta = simulate_batch(48, system, scene, gen(), compute="meta")
+    assert {getattr(on_meta, f.name).device.type for f in fields(on_meta)} == {"meta"}
+    mixed = simulate_mixture(48, system, scene_mixture(scene, [SceneKind(
+        share=0.5, scene={"range_m": (0.5, 0.6)})]), gen(), compute="meta")
+    assert mixed.y.device.type == "meta" and mixed.y.shape == ref.y.shape

@@ -119,3 +119,24 @@ def test_prefetched_gives_every_batch_once_in_order(ahead):
     assert int(next(it)[0]) == 0
     it.close()
     assert len(threads) <= 6 + 2  # at most the next one was fetched ahead
+
+
+def test_batches_computed_on_another_device_are_the_host_ones():
+    """TrainData(compute=...) (TrainConfig.simulate_on=device): the same draws, the
+    physics on ``compute``; on the CPU bit for bit the host's batches, and every field on
+    the compute device (the meta device stands in for a GPU), with hidden SNRs and shards
+    too; prefetch=process cannot take it (CUDA in forked workers)."""
+    from risloc.config import ConfigError
+
+    cfg = load_train_config(None, ["optim.batch_size=8", "data.snr_shown=0.5",
+                                   "data.shards=2", "loss.spectral_scenes=4"])
+    host, cpu = TrainData(cfg).batch(3, 0), TrainData(cfg, compute="cpu").batch(3, 0)
+    for f in fields(host):
+        if getattr(host, f.name) is not None:
+            torch.testing.assert_close(getattr(cpu, f.name), getattr(host, f.name), rtol=0,
+                                       atol=0, equal_nan=True, msg=f.name)
+    meta = TrainData(cfg, compute="meta").batch(3, 0)
+    assert {getattr(meta, f.name).device.type for f in fields(meta)
+            if getattr(meta, f.name) is not None} == {"meta"}
+    with pytest.raises(ConfigError, match="simulate_on=device"):
+        load_train_config(None, ["simulate_on=device", "prefetch=process"])
