@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -105,3 +105,25 @@ def _halving(fn: Callable[[int, int], T], lo: int, hi: int) -> list[T]:
     log.warning("out of device memory localizing %d scenes at once: in passes of %d",
                 hi - lo, mid - lo)
     return _halving(fn, lo, mid) + _halving(fn, mid, hi)
+
+
+def read_ahead(items: Iterable[T], name: str = "risloc-ahead") -> Iterator[T]:
+    """The items of ``items`` in order, each next one produced in a background thread while
+    the caller works on the current one: a file's next chunk read while this one is
+    localized, the next training batch simulated while this one trains (torch releases the
+    GIL in its kernels; reading 16,384 scenes of a file in a thread here overlapped a
+    loop of small torch operations almost fully). An error of the producer is raised where its
+    item would have come; when the caller stops early, the item under way is finished and
+    ``items`` closed (a generator's files with it). ``name`` prefixes the thread's name."""
+    it = iter(items)
+    end = object()
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix=name) as pool:
+            upcoming = pool.submit(next, it, end)
+            while (item := upcoming.result()) is not end:
+                upcoming = pool.submit(next, it, end)
+                yield item
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()

@@ -11,15 +11,14 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import TypeVar
 
 import torch
 
 from risloc.io.scenefile import read_scenes
+from risloc.parallel import read_ahead
 from risloc.simulation.scenes import SceneBatch
 from risloc.simulation.streams import (
     block_generator,
@@ -183,14 +182,7 @@ def prefetched(fetch: Callable[[int], T], indices: range, ahead: bool | str) -> 
         finally:  # at once, also when the caller stops early or a fetch raised
             it._shutdown_workers()
         return
-    with ThreadPoolExecutor(1, thread_name_prefix="risloc-data") as pool:
-        pending: deque[Future[T]] = deque()
-        for i in indices:
-            pending.append(pool.submit(fetch, i))
-            if len(pending) > 1:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    yield from read_ahead(map(fetch, indices), "risloc-data")
 
 
 def hide_snr(scenes: SceneBatch, hide: torch.Tensor | bool = True) -> SceneBatch:

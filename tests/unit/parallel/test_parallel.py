@@ -5,7 +5,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from risloc.parallel import chunk_bounds, default_workers, run_in_chunks, torch_threads
+from risloc.parallel import (
+    chunk_bounds,
+    default_workers,
+    read_ahead,
+    run_in_chunks,
+    torch_threads,
+)
 
 
 @given(n=st.integers(0, 5000), workers=st.integers(1, 16), min_chunk=st.integers(1, 64))
@@ -100,3 +106,42 @@ def test_off_the_cpu_one_pass_halved_while_out_of_device_memory(caplog):
 
     with pytest.raises(torch.cuda.OutOfMemoryError):
         run_in_chunks(never, 3, device="meta")
+
+
+def test_read_ahead_produces_the_next_item_in_a_thread_in_order():
+    """Items in order, each made in another thread while the caller holds the previous one
+    (one ahead, never more); a producer's error comes where its item would have; stopping
+    early closes the source."""
+    import time
+
+    made: list[tuple[int, str]] = []
+
+    def source(n, fail_at=None):
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise RuntimeError(f"item {i} failed")
+                made.append((i, threading.current_thread().name))
+                yield i
+        finally:
+            made.append(("closed", ""))
+
+    it = read_ahead(source(5))
+    assert next(it) == 0
+    deadline = time.monotonic() + 5
+    while len(made) < 2 and time.monotonic() < deadline:  # the next one is made meanwhile
+        time.sleep(0.01)
+    time.sleep(0.05)  # and no further
+    assert [m[0] for m in made] == [0, 1]
+    assert list(it) == [1, 2, 3, 4] and made[-1] == ("closed", "")
+    assert all(name.startswith("risloc-ahead") for i, name in made if i != "closed")
+    made.clear()
+    it = read_ahead(source(5, fail_at=2))
+    assert next(it) == 0 and next(it) == 1
+    with pytest.raises(RuntimeError, match="item 2 failed"):
+        next(it)
+    made.clear()
+    it = read_ahead(source(100))
+    assert next(it) == 0
+    it.close()
+    assert made[-1] == ("closed", "") and len(made) <= 3  # 0, 1 under way, closed
