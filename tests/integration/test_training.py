@@ -83,14 +83,16 @@ def test_cli_run_writes_logs_and_checkpoints(tmp_path):
     assert res.exit_code != 0 and "epochs.csv" in res.output
 
 
-@pytest.mark.parametrize("ahead", ["true", "process"])
+@pytest.mark.parametrize("ahead", ["prefetch=true", "prefetch=process",
+                                   "prefetch=true simulate_on=device"])
 def test_resume_continues_exactly(tmp_path, ahead):
     """... and the run with the next batch simulated ahead (prefetch: in a thread, in a
-    worker process) follows the same trajectory bit for bit."""
+    worker process; or only its draws made ahead, simulate_on=device, the physics on the
+    training device: the CPU here) follows the same trajectory bit for bit."""
     base = [f"out_dir={tmp_path / 'a'}", "schedule.steps_per_epoch=2", "prefetch=false"]
     full = train(load_train_config(TINY, base))
     cfg_b = load_train_config(TINY, [f"out_dir={tmp_path / 'b'}", "schedule.steps_per_epoch=2",
-                                     f"prefetch={ahead}"])
+                                     *ahead.split()])
 
     def stop_after_first(epoch, metrics):
         if epoch == 1:

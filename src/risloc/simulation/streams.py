@@ -10,12 +10,19 @@ Scenes are generated in blocks of ``BLOCK`` scenes. Block ``b`` of split ``s`` a
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from risloc.config import Mixture, SceneConfig, SystemConfig
-from risloc.simulation.scenes import SceneBatch, simulate_batch
+from risloc.simulation.scenes import (
+    SceneBatch,
+    SceneDraws,
+    draw_scenes,
+    simulate_batch,
+    synthesize,
+)
 
 BLOCK = 1024
 SPLITS = {"train": 0, "validation": 1, "test": 2}
@@ -34,6 +41,16 @@ def block_generator(seed: int, split: str, block: int, stream: int = 0,
     return gen
 
 
+@dataclass(frozen=True)
+class MixtureDraws:
+    """The draws of :func:`simulate_mixture`: each kind's scene config with its scenes'
+    draws, and the order that puts the kinds' scenes back where they were drawn (None:
+    one kind)."""
+
+    kinds: list[tuple[SceneConfig, SceneDraws]]
+    order: torch.Tensor | None
+
+
 def simulate_mixture(batch: int, system: SystemConfig, scene: SceneConfig | Mixture,
                      generator: torch.Generator | None = None, snr_db: float | None = None,
                      K: int | None = None, device: torch.device | str | None = None,
@@ -42,20 +59,37 @@ def simulate_mixture(batch: int, system: SystemConfig, scene: SceneConfig | Mixt
     mixture (:func:`risloc.config.scene_mixture`): each scene's kind is drawn by its
     share, then each kind's scenes are simulated in turn and put back in the drawn order.
     Drawn on ``device``, computed on ``compute`` (:func:`simulate_batch`)."""
+    return synthesize_mixture(draw_mixture(batch, system, scene, generator, snr_db, K, device),
+                              system, compute)
+
+
+def draw_mixture(batch: int, system: SystemConfig, scene: SceneConfig | Mixture,
+                 generator: torch.Generator | None = None, snr_db: float | None = None,
+                 K: int | None = None,
+                 device: torch.device | str | None = None) -> MixtureDraws:
+    """The random part of :func:`simulate_mixture` (its draws, in its order)."""
     if isinstance(scene, SceneConfig):
-        return simulate_batch(batch, system, scene, generator, snr_db, K, device, compute)
+        return MixtureDraws([(scene, draw_scenes(batch, system, scene, generator, snr_db, K,
+                                                 device))], None)
     shares = torch.tensor([share for share, _ in scene], dtype=torch.float64,
                           device=generator.device if generator is not None else device)
     kind = torch.multinomial(shares, batch, replacement=True, generator=generator)
-    parts, where = [], []
+    kinds, where = [], []
     for c, (_, sc) in enumerate(scene):  # a handful of kinds
         idx = (kind == c).nonzero().squeeze(1)
         if len(idx):
-            parts.append(simulate_batch(len(idx), system, sc, generator, snr_db, K, device,
-                                        compute))
+            kinds.append((sc, draw_scenes(len(idx), system, sc, generator, snr_db, K, device)))
             where.append(idx)
-    order = torch.argsort(torch.cat(where))
-    return concat_batches(parts)[order.to(parts[0].y.device)]
+    return MixtureDraws(kinds, torch.argsort(torch.cat(where)))
+
+
+def synthesize_mixture(draws: MixtureDraws, system: SystemConfig,
+                       device: torch.device | str | None = None) -> SceneBatch:
+    """The scenes of ``draws``, computed on ``device`` (default: the draws')."""
+    parts = [synthesize(d, system, sc, device) for sc, d in draws.kinds]
+    if draws.order is None:
+        return parts[0]
+    return concat_batches(parts)[draws.order.to(parts[0].y.device)]
 
 
 def simulate_range(start: int, stop: int, system: SystemConfig, scene: SceneConfig | Mixture,

@@ -179,10 +179,11 @@ class TrainConfig(_Section):
         "(benchmarks/device_speed.sh); no effect on the CPU"))
     simulate_on: Literal["host", "device"] = Field("host", description=(
         "where the physics of simulated training batches runs: host, or the training "
-        "device (on CUDA: the draws stay on the host, so the batches are the scenes of "
-        "their seeds up to float rounding, and the host keeps only the draws: 35-52 % of "
-        "the time of a batch of 512 on one CPU thread, benchmarks/bench_simulate.py); an "
-        "experiment for a GPU lease; not with prefetch=process (CUDA in forked workers)"))
+        "device, in the training thread; the draws stay on the host (the batches are the "
+        "scenes of their seeds up to float rounding) and are all the prefetching thread "
+        "makes: 35-52 % of the time of a batch of 512 on one CPU thread "
+        "(benchmarks/bench_simulate.py); an experiment for a GPU lease; not with "
+        "prefetch=process (CUDA in forked workers)"))
     progress: bool = True
     log_every: int = Field(20, ge=1, description="optimizer steps between step-log rows")
 

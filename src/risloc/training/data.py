@@ -21,10 +21,12 @@ from risloc.io.scenefile import read_scenes
 from risloc.parallel import read_ahead
 from risloc.simulation.scenes import SceneBatch
 from risloc.simulation.streams import (
+    MixtureDraws,
     block_generator,
     concat_batches,
-    simulate_mixture,
+    draw_mixture,
     simulate_range,
+    synthesize_mixture,
 )
 from risloc.training.config import TrainConfig
 from risloc.training.schedules import snr_range_at
@@ -102,27 +104,36 @@ class TrainData:
     def batch(self, index: int, epoch: int) -> SceneBatch:
         """Micro-batch ``index`` (global count from the start of the run), its SNR hidden
         (NaN) in a seeded share ``1 - data.snr_shown`` of its scenes."""
+        return self.finish(self.draw(index, epoch))
+
+    def draw(self, index: int, epoch: int) -> SceneBatch | list[tuple[MixtureDraws, int]]:
+        """The host's part of :meth:`batch`: a file's batch whole; a simulated one's draws,
+        per shard with its block (what :meth:`finish` turns into the batch on
+        ``compute``). A prefetching thread runs this part alone where ``compute`` is a
+        GPU: a thread's copies to the GPU would meet the sync check of a CUDA graph's
+        capture in the training step (torch's sync debug mode is process-wide)."""
         d = self.cfg.data
         if self.scenes is not None:
             return self._hide(self._from_file(index), index)
-        if d.shards == 1:  # one generator per batch (the streams of unsharded recipes)
-            gen = block_generator(d.seed, "train", index, d.stream)
-            scenes = simulate_mixture(self.cfg.optim.batch_size, self.cfg.system,
-                                      self._scene_config(epoch), gen, compute=self.compute)
-            return self._hide(scenes, index)
         size = self.cfg.optim.batch_size // d.shards
-        parts = []
-        for r in self.shards_here:
-            block = index * d.shards + r
-            gen = block_generator(d.seed, "train", block, d.stream)
-            parts.append(self._hide(simulate_mixture(size, self.cfg.system,
-                                                     self._scene_config(epoch), gen,
-                                                     compute=self.compute), block))
+        # one generator per batch (the streams of unsharded recipes), else per shard
+        blocks = [index] if d.shards == 1 else [index * d.shards + r for r in self.shards_here]
+        return [(draw_mixture(size, self.cfg.system, self._scene_config(epoch),
+                              block_generator(d.seed, "train", block, d.stream)), block)
+                for block in blocks]
+
+    def finish(self, drawn: SceneBatch | list[tuple[MixtureDraws, int]]) -> SceneBatch:
+        """The batch of :meth:`draw`'s result, computed on ``compute``."""
+        if isinstance(drawn, SceneBatch):
+            return drawn
+        parts = [self._hide(synthesize_mixture(m, self.cfg.system, self.compute), block)
+                 for m, block in drawn]
         if len(parts) == 1:
             return parts[0]
         # interleaved (scene j of every shard, then j + 1): the first n scenes of the batch
         # are the first n / S of each shard, the scenes a rank of S processes factorises
         # for loss.spectral_scenes = n (Trainer.loss_config)
+        size = len(parts[0])
         return concat_batches(parts)[torch.arange(size * len(parts)).view(len(parts), size)
                                      .T.reshape(-1)]
 

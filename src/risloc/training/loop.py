@@ -325,7 +325,10 @@ class Trainer:
         self.model.train()
         ahead = self.device.type == "cuda" if self.cfg.prefetch is None else self.cfg.prefetch
         n = s.steps_per_epoch * o.accumulation
-        batches = prefetched(functools.partial(self.data.batch, epoch=self.epoch),
+        # with simulate_on=device only the draws are made ahead; their physics runs here,
+        # on the training device (TrainData.draw; finish passes a whole batch through)
+        fetch = self.data.batch if self.data.compute is None else self.data.draw
+        batches = prefetched(functools.partial(fetch, epoch=self.epoch),
                              range(self.micro, self.micro + n), ahead)
         with contextlib.closing(batches), epoch_progress(
                 self.cfg.progress, f"epoch {self.epoch + 1}/{s.epochs}",
@@ -333,7 +336,7 @@ class Trainer:
             for _ in range(s.steps_per_epoch):
                 beta = self.beta()
                 for _ in range(o.accumulation):
-                    terms = self.micro_step(next(batches), beta, loss_cfg)
+                    terms = self.micro_step(self.data.finish(next(batches)), beta, loss_cfg)
                     self.micro += 1
                     stats.add_terms(terms.as_dict())
                 lr = self.optimizer.param_groups[0]["lr"]
