@@ -46,8 +46,13 @@ def _dft_codebook(system: SystemConfig, dtype: torch.dtype, device) -> torch.Ten
     return beams.to(dtype)
 
 
+def _hadamard_order(N: int) -> int:
+    """The order 2^ceil(log2 N) of the Sylvester Hadamard matrix of N-entry codes."""
+    return 1 << max(0, math.ceil(math.log2(N)))
+
+
 def _hadamard_codebook(N: int, dtype: torch.dtype, device) -> torch.Tensor:
-    order = 1 << max(0, math.ceil(math.log2(N)))
+    order = _hadamard_order(N)
     Hm = torch.ones((1, 1), dtype=torch.float64, device=device)
     while Hm.shape[0] < order:
         Hm = torch.cat([torch.cat([Hm, Hm], 1), torch.cat([Hm, -Hm], 1)], 0)
@@ -104,5 +109,5 @@ def _codebook_rows(system: SystemConfig, codebook: str) -> int:
     if codebook == "dft":
         return system.N
     if codebook == "hadamard":
-        return 1 << max(0, math.ceil(math.log2(system.N)))
+        return _hadamard_order(system.N)
     raise ValueError(f"unknown codebook {codebook!r}; expected random, dft or hadamard")
