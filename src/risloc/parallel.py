@@ -114,9 +114,14 @@ def read_ahead(items: Iterable[T], name: str = "risloc-ahead") -> Iterator[T]:
     GIL in its kernels; reading 16,384 scenes of a file in a thread here overlapped a
     loop of small torch operations almost fully). An error of the producer is raised where its
     item would have come; when the caller stops early, the item under way is finished and
-    ``items`` closed (a generator's files with it). ``name`` prefixes the thread's name."""
+    ``items`` closed (a generator's files with it). Where that wait is itself interrupted
+    (a second Ctrl-C), ``items`` is left to its thread, which finishes the item under way,
+    and to the garbage collector: closing a generator another thread is running would add
+    a "generator already executing" error to the interrupt. ``name`` prefixes the thread's
+    name."""
     it = iter(items)
     end = object()
+    upcoming = None
     try:
         with ThreadPoolExecutor(1, thread_name_prefix=name) as pool:
             upcoming = pool.submit(next, it, end)
@@ -125,5 +130,5 @@ def read_ahead(items: Iterable[T], name: str = "risloc-ahead") -> Iterator[T]:
                 yield item
     finally:
         close = getattr(it, "close", None)
-        if close is not None:
+        if close is not None and (upcoming is None or upcoming.done()):
             close()

@@ -1,4 +1,5 @@
 import threading
+import time
 
 import pytest
 import torch
@@ -112,8 +113,6 @@ def test_read_ahead_produces_the_next_item_in_a_thread_in_order():
     """Items in order, each made in another thread while the caller holds the previous one
     (one ahead, never more); a producer's error comes where its item would have; stopping
     early closes the source."""
-    import time
-
     made: list[tuple[int, str]] = []
 
     def source(n, fail_at=None):
@@ -145,3 +144,41 @@ def test_read_ahead_produces_the_next_item_in_a_thread_in_order():
     assert next(it) == 0
     it.close()
     assert made[-1] == ("closed", "") and len(made) <= 3  # 0, 1 under way, closed
+
+
+def test_read_ahead_interrupted_while_waiting_for_its_thread_raises_the_interrupt_alone(
+        monkeypatch):
+    """A second Ctrl-C while read_ahead waits for the item under way (the pool's shutdown)
+    raises KeyboardInterrupt, not "generator already executing" from closing the source
+    its thread is still running; the thread finishes the item."""
+    import concurrent.futures
+
+    release, started = threading.Event(), threading.Event()
+    made = []
+
+    def source():
+        yield 0
+        started.set()
+        release.wait(5)  # item 1 is slow: the caller stops while it is being made
+        made.append(1)
+        yield 1
+
+    def interrupted_shutdown(self, wait=True, **kwargs):
+        if wait:
+            raise KeyboardInterrupt  # the second Ctrl-C, during the wait
+        return original(self, wait=wait, **kwargs)
+
+    original = concurrent.futures.ThreadPoolExecutor.shutdown
+    it = read_ahead(source())
+    assert next(it) == 0
+    assert started.wait(5)
+    monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "shutdown", interrupted_shutdown)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        it.throw(KeyboardInterrupt)  # the first Ctrl-C, where the caller holds item 0
+    assert not isinstance(caught.value.__context__, ValueError)
+    monkeypatch.undo()
+    release.set()
+    deadline = time.monotonic() + 5
+    while not made and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert made == [1]
