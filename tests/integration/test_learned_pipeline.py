@@ -82,9 +82,13 @@ def test_stages_compose_to_localize_and_the_slots_can_propose(checkpoint):
     assert torch.equal(plain.localize(sc.y, sc.H, sc.codes).azimuth.nan_to_num(9),
                        whole.azimuth.nan_to_num(9))
     K = torch.full((5,), 3)
-    with torch.no_grad():
-        repaired = pipe.polish(sc.y, sc.H, sc.codes, fit, K, repair=True)
-        unrepaired = pipe.polish(sc.y, sc.H, sc.codes, fit, K)
+    with torch.no_grad():  # K given: the fit stage and the repair with known_K_margin
+        fit_K = pipe.fit(sc.y, sc.H, sc.codes, cand, known=True)
+        repaired = pipe.polish(sc.y, sc.H, sc.codes, fit_K, K, repair=True, known=True)
+        unrepaired = pipe.polish(sc.y, sc.H, sc.codes, fit_K, K)
+        no_margin = replace(pipe, known_K_margin=0.0)
+        torch.testing.assert_close(no_margin.fit(sc.y, sc.H, sc.codes, cand, known=True).theta,
+                                   fit.theta, rtol=0, atol=0)
     assert torch.equal(pipe.localize(sc.y, sc.H, sc.codes, K=K).azimuth.nan_to_num(9),
                        repaired.azimuth.float().nan_to_num(9))
     assert torch.equal(plain.localize(sc.y, sc.H, sc.codes, K=K).azimuth.nan_to_num(9),

@@ -98,6 +98,13 @@ class MLFitConfig:
         greedy step about the time of the fit stage before (1.01-1.06x the learned
         localizer's), 26 instead of 23 of the 36 corner cells; with 2 repairs 27 at
         1.15x, with the greedy step kept too 27 at 1.33-1.37x.
+    repair_margin : a repair's swap is kept where it lowers the cost C by more than this
+        many times L sigma^2, the energy one more source removes from noise alone on
+        average, sigma^2 estimated from the current fit of K sources (C / (L (M - K))); 0
+        keeps every swap that lowers the cost. Where sources are weak a noise peak on the
+        grid lowers the cost a little too, and the swap loses a true source the network
+        proposed. The pipeline sets it where the caller gives K
+        (``LearnedPipeline.known_K_margin``).
     search : the grid of the repair proposals (and its field of view, which should be the
         polish's): the classical localizer's.
     """
@@ -113,12 +120,15 @@ class MLFitConfig:
     greedy_nested: bool = False
     greedy_margin: float = 1.0
     nested_repairs: int = 1
+    repair_margin: float = 0.0
     search: ClassicalConfig = field(default_factory=ClassicalConfig)
 
     def __post_init__(self) -> None:
         if self.repairs < 0 or self.nested_repairs < 0 or self.shortlist < 1:
             raise ValueError(f"repairs and nested_repairs must be >= 0 and shortlist >= 1, got "
                              f"{self.repairs}, {self.nested_repairs}, {self.shortlist}")
+        if not self.repair_margin >= 0:
+            raise ValueError(f"repair_margin must be >= 0, got {self.repair_margin}")
         if self.polish.fov != self.search.fov:
             raise ValueError("the polish and the repair grid must share one field of view")
 
@@ -198,7 +208,10 @@ def _repair(y, H, codes, theta, fit, K, system, config: MLFitConfig, grid, rank=
     # every swap is refined: keeping only those that lower the cost before refinement
     # lost weak sources (validation split, powers spread over 12 dB)
     cand, cfit, _ = lm_solve(y, H, codes, cand, mask, system, config.polish)
-    better = cfit.cost < fit.cost
+    threshold = fit.cost
+    if config.repair_margin:  # C - margin L sigma^2, sigma^2 = C / (L (M - K))
+        threshold = fit.cost * (1 - config.repair_margin / (y.shape[2] - K).clamp_min(1))
+    better = cfit.cost < threshold
     theta = torch.where(better.view(-1, 1, 1), cand, theta)
     fit = Fit(*_take(tuple(cfit), tuple(fit), better))
     return theta, fit, better

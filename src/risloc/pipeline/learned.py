@@ -101,6 +101,11 @@ class LearnedPipeline:
         gives K (:func:`risloc.estimators.mlfit.repair_chosen`; 0 = none)
     repair_decided : run them when the order head decides K too (off: on the validation
         split that lowered F1 at 0-5 dB and cost 25 % more time)
+    known_K_margin : ``MLFitConfig.repair_margin`` of the fit stage and of those rounds when
+        the caller gives K. Chosen on the validation split, K given (docs/results.md, "The
+        K decision"): 0.5 against 0 raised F1 by 0.011-0.021 at 0-5 dB and moved it by
+        -0.003 to +0.002 at 10-20 dB in two sets of 400 scenes per cell. Not where the
+        order head decides K: it was fitted on the nested fits without a margin.
     """
 
     network: CovarianceNet
@@ -111,6 +116,7 @@ class LearnedPipeline:
     order_head: OrderHead | None = None
     chosen_repairs: int = 1
     repair_decided: bool = False
+    known_K_margin: float = 0.5
 
     @property
     def system(self) -> SystemConfig:
@@ -153,9 +159,15 @@ class LearnedPipeline:
         return torch.where(torch.isfinite(peaks), peaks.to(slots.dtype), slots)
 
     def fit(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
-            candidates: torch.Tensor) -> MLFit:
-        """Stage 3: nested ML fits from the candidates (:func:`ml_fit`)."""
-        return ml_fit(y, H, codes, candidates, self.system, self.fit_config)
+            candidates: torch.Tensor, known: bool = False) -> MLFit:
+        """Stage 3: nested ML fits from the candidates (:func:`ml_fit`); ``known``: the
+        caller gives K (the repairs' margin is then ``known_K_margin``)."""
+        return ml_fit(y, H, codes, candidates, self.system, self._fit_config(known))
+
+    def _fit_config(self, known: bool) -> MLFitConfig:
+        if not known or self.known_K_margin == self.fit_config.repair_margin:
+            return self.fit_config
+        return replace(self.fit_config, repair_margin=self.known_K_margin)
 
     def decide_order(self, fwd: Forward, fit: MLFit, y: torch.Tensor,
                      K: torch.Tensor | None = None, k_max: int | None = None) -> OrderDecision:
@@ -171,12 +183,13 @@ class LearnedPipeline:
         return OrderDecision(self.order_head.decide(x, k_max), self.order_head(x).probabilities)
 
     def polish(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, fit: MLFit,
-               K: torch.Tensor, repair: bool = False) -> Estimates:
+               K: torch.Tensor, repair: bool = False, known: bool = False) -> Estimates:
         """Stage 5: NF-MLE of the first K [B] sources of the nested fit, after
-        ``chosen_repairs`` repair rounds on them if ``repair`` (K given by the caller)."""
+        ``chosen_repairs`` repair rounds on them if ``repair``; ``known``: K given by the
+        caller (as for :meth:`fit`)."""
         theta = fit.theta
         if repair and self.chosen_repairs > 0:
-            theta = repair_chosen(y, H, codes, theta, K, self.system, self.fit_config,
+            theta = repair_chosen(y, H, codes, theta, K, self.system, self._fit_config(known),
                                   self.chosen_repairs)
         init = Estimates.from_theta(K, theta)
         return nfmle_fit(y, H, codes, init, self.system, self.polish_config,
@@ -197,12 +210,13 @@ class LearnedPipeline:
         done("forward")
         candidates = self.propose(fwd)
         done("propose")
-        fit = self.fit(y, H, codes, candidates)
+        known = K is not None
+        fit = self.fit(y, H, codes, candidates, known)
         done("fit")
         decision = self.decide_order(fwd, fit, y, K, k_max)
         done("decide order")
-        repair = K is not None or self.repair_decided
-        est = self.polish(y, H, codes, fit, decision.K, repair=repair).float()
+        est = self.polish(y, H, codes, fit, decision.K, repair=known or self.repair_decided,
+                          known=known).float()
         done("polish")
         return est
 

@@ -16,7 +16,7 @@ from risloc.estimators.mlfit import (
     removal_gains,
     repair_chosen,
 )
-from risloc.estimators.nfmle import NFMLEConfig, amplitude_fit
+from risloc.estimators.nfmle import NFMLEConfig, amplitude_fit, lm_solve
 from risloc.physics import angular_separation
 from risloc.simulation import simulate_range
 
@@ -134,6 +134,39 @@ def test_nested_repairs_put_a_missed_source_into_the_nested_set(system):
     assert bool((on.costs[:, 1:] <= on.costs[:, :-1]).all())
     with pytest.raises(ValueError, match="nested_repairs"):
         MLFitConfig(nested_repairs=-1)
+
+
+def test_repair_margin_keeps_only_swaps_that_lower_the_cost_by_margin_L_sigma2(system):
+    """With ``repair_margin`` m a swap is kept where its cost is below C (1 - m / (M - K)),
+    C the cost before (C - m L sigma^2, sigma^2 = C / (L (M - K))): on noisy scenes, the
+    swaps kept are exactly those of m = 0 that clear it; a source the candidates miss still
+    clears it (the exact-data repair scenario)."""
+    sc = simulate_range(0, 32, system, SceneConfig(snr_db=(3.0, 8.0)), seed=4, split="test",
+                        K=3)
+    cfg = MLFitConfig()
+    full = torch.ones(32, 5, dtype=torch.bool)
+    start, fit, _ = lm_solve(sc.y, sc.H, sc.codes,  # the 3 sources and 2 junk slots, polished
+                             torch.cat([_truth(sc, 3), _junk(32, 2, seed=4)], 1).float(),
+                             full, system, cfg.polish)
+    grid = search_grid(system, cfg.search, sc.y.dtype)
+    all_S = torch.full((32,), 5)
+    _, after, kept = _repair(sc.y, sc.H, sc.codes, start, fit, all_S, system, cfg, grid)
+    counts = [int(kept.sum())]
+    for m in (0.5, 1.0):
+        _, _, kept_m = _repair(sc.y, sc.H, sc.codes, start, fit, all_S, system,
+                               replace(cfg, repair_margin=m), grid)
+        assert torch.equal(kept_m, kept & (after.cost < fit.cost * (1 - m / (16 - 5))))
+        counts.append(int(kept_m.sum()))
+    assert counts[0] > counts[1] > counts[2] > 0  # measured: 32, 29, 21
+    exact = simulate_range(0, 6, system, EXACT, seed=5, split="test", K=3)
+    y, H, c = (t.to(torch.complex128) for t in (exact.y, exact.H, exact.codes))
+    begin = torch.cat([_truth(exact, 3)[:, :2], _junk(6, 3, seed=1)], 1)
+    out = ml_fit(y, H, c, begin, system, MLFitConfig(
+        polish=NFMLEConfig(iterations=4, tikhonov=0.0), nested_repairs=0, repairs=2,
+        repair_margin=0.5))
+    assert float(_nearest_deg(out.theta, exact, 3)[:, 2].max()) < 0.05
+    with pytest.raises(ValueError, match="repair_margin"):
+        MLFitConfig(repair_margin=-0.1)
 
 
 def test_next_on_failure_moves_on_to_the_next_weakest_source(system):

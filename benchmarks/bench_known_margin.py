@@ -1,0 +1,130 @@
+"""The repairs' margin where the caller gives K (``LearnedPipeline.known_K_margin``):
+chosen on the validation split, checked in the corners, then measured on the test split.
+
+    python benchmarks/bench_known_margin.py validation [--n 400] [--margins 0 0.25 0.5 0.75]
+        [--cells 0:12 5:0 5:12 10:0 10:12 15:12 20:12] [--stream 10] [--unknown]
+        [--out reports/bench/known_margin.json] (every mode)
+    python benchmarks/bench_known_margin.py corners [--n 300] [--snrs 5 10]
+    python benchmarks/bench_known_margin.py test --against benchmarks/results/versus.json
+        [--n 400] [--snrs -5 0 5 10 15 20] [--out reports/bench/known_margin.json]
+
+A repair round (:mod:`risloc.estimators.mlfit`) swaps a source for the best grid point of
+the residual and keeps the swap where the cost falls. With a margin m it must fall by more
+than m L sigma^2 (sigma^2 estimated from the current fit), the energy one more source
+removes from noise alone: at 0-5 dB a noise peak lowers the cost a little too, and the swap
+then loses a true source that the network proposed.
+
+* ``validation``: F1 (and K accuracy) of the learned localizer with each margin, K given
+  (``--unknown``: K decided by the shipped order head, which was fitted without a margin),
+  400 validation scenes per cell "SNR:spread", stream ``--stream`` + cell index.
+* ``corners``: K given, 300 validation scenes per corner of ``bench_corners.py`` and SNR,
+  margins 0 and 0.5.
+* ``test``: K given, the test scenes of a ``bench_versus.py`` run (its scene streams), the
+  learned localizer with margins 0 and 0.5 against the classical rows of that run's JSON
+  (the classical localizer is not rerun: it has no margin). A full ``bench_versus.py``
+  run gives the targets and their standard errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import bench_corners as bc
+import bench_versus as bv
+
+from risloc.io.atomic import write_text_atomic
+from risloc.pipeline import Localizer
+
+
+def _score(loc: Localizer, sc, known: bool) -> dict:
+    return bv._summary(bv._matching(bv.localize(loc, sc, False, known), sc))
+
+
+def _fmt(s: dict) -> str:
+    return (f"K {s['K_accuracy']:.3f} F1 {s['f1']:.3f} az {s['azimuth_median_deg']:.3f} "
+            f"el {s['elevation_median_deg']:.3f} r {s['range_median_m']:.3f}")
+
+
+def validation(loc: Localizer, args) -> list[dict]:
+    rows = []
+    for i, cell in enumerate(args.cells):
+        snr, spread = (float(v) for v in cell.split(":"))
+        sc = bv.scenes_at("validation", args.n, snr, spread, args.stream + i)
+        row = {"snr_db": snr, "power_spread_db": spread, "known_K": not args.unknown}
+        for m in args.margins:
+            loc.pipeline.known_K_margin = m
+            loc.pipeline.fit_config = replace(loc.pipeline.fit_config, repair_margin=(
+                m if args.unknown else 0.0))  # K decided: the margin set on the fit stage
+            row[f"margin {m:g}"] = _score(loc, sc, not args.unknown)
+        rows.append(row)
+        print(f"{snr:4.0f} dB spread {spread:4.0f}: " + " | ".join(
+            f"m={m:g} {_fmt(row[f'margin {m:g}'])}" for m in args.margins), flush=True)
+    return rows
+
+
+def corners(loc: Localizer, args) -> list[dict]:
+    rows = []
+    for name in bc.CORNERS:
+        for j, snr in enumerate(args.snrs):
+            sc = bc.corner_scenes(name, "validation", args.n, snr, bc.cell_stream(name, j))
+            row = {"corner": name, "snr_db": snr}
+            for m in (0.0, 0.5):
+                loc.pipeline.known_K_margin = m
+                row[f"margin {m:g}"] = _score(loc, sc, True)
+            rows.append(row)
+            print(f"{name:>12} {snr:4.0f} dB: m=0 {_fmt(row['margin 0'])} | m=0.5 "
+                  f"{_fmt(row['margin 0.5'])}", flush=True)
+    return rows
+
+
+def test(loc: Localizer, args) -> list[dict]:
+    ref = json.loads(args.against.read_text())
+    streams = sorted({r["snr_db"] for r in ref["rows"]})  # bench_versus: stream per SNR index
+    rows = []
+    for snr in args.snrs:
+        for spread in (0.0, bv.SPREAD_DB):
+            sc = bv.scenes_at("test", args.n, snr, spread, streams.index(snr))
+            row = {"snr_db": snr, "power_spread_db": spread, "classical": {
+                r["snr_given"]: r["classical"] for r in ref["rows"] if r["snr_db"] == snr
+                and r["power_spread_db"] == spread and r["known_K"]}}
+            for m in (0.0, 0.5):
+                loc.pipeline.known_K_margin = m
+                row[f"margin {m:g}"] = _score(loc, sc, True)
+            rows.append(row)
+            cl = row["classical"]
+            print(f"{snr:4.0f} dB spread {spread:4.0f}: m=0 {_fmt(row['margin 0'])} | m=0.5 "
+                  f"{_fmt(row['margin 0.5'])} | classical, SNR withheld "
+                  f"{_fmt(cl[False])}, F1 given {cl[True]['f1']:.3f}", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("mode", choices=("validation", "corners", "test"))
+    ap.add_argument("--n", type=int, default=None,
+                    help="scenes per cell (400; corners: 300)")
+    ap.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
+    ap.add_argument("--cells", nargs="+",
+                    default=["0:12", "5:0", "5:12", "10:0", "10:12", "15:12", "20:12"])
+    ap.add_argument("--stream", type=int, default=10)
+    ap.add_argument("--unknown", action="store_true", help="K decided by the order head")
+    ap.add_argument("--snrs", type=float, nargs="+", default=None)
+    ap.add_argument("--against", type=Path, default=Path("benchmarks/results/versus.json"))
+    ap.add_argument("--out", type=Path, default=Path("reports/bench/known_margin.json"))
+    args = ap.parse_args()
+    if args.n is None:
+        args.n = 300 if args.mode == "corners" else 400
+    if args.snrs is None:
+        args.snrs = [5.0, 10.0] if args.mode == "corners" else list(bv.SNRS)
+    loc = Localizer.from_checkpoint()
+    rows = {"validation": validation, "corners": corners, "test": test}[args.mode](loc, args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out, json.dumps({"mode": args.mode, "n": args.n, "rows": rows},
+                                           indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
