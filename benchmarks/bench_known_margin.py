@@ -7,6 +7,8 @@ chosen on the validation split, checked in the corners, then measured on the tes
     python benchmarks/bench_known_margin.py corners [--n 300] [--snrs 5 10]
     python benchmarks/bench_known_margin.py test --against benchmarks/results/versus.json
         [--n 400] [--snrs -5 0 5 10 15 20] [--out reports/bench/known_margin.json]
+    python benchmarks/bench_known_margin.py heads --checkpoints A.pt B.pt [--n 400]
+        [--snrs -5 0 5 10 15 20] [--stream 40] [--corners]
 
 A repair round (:mod:`risloc.estimators.mlfit`) swaps a source for the best grid point of
 the residual and keeps the swap where the cost falls. With a margin m it must fall by more
@@ -23,6 +25,10 @@ then loses a true source that the network proposed.
   learned localizer with margins 0 and 0.5 against the classical rows of that run's JSON
   (the classical localizer is not rerun: it has no margin). A full ``bench_versus.py``
   run gives the targets and their standard errors.
+* ``heads``: K decided by the order head, the learned localizers of several checkpoints
+  (each runs its fit stage with the margin its head was fitted on, ``risloc fit-order
+  --margin``), on the same validation scenes: per SNR with equal and spread powers, stream
+  ``--stream`` + cell index (``--corners``: the corners of ``bench_corners.py`` instead).
 """
 
 from __future__ import annotations
@@ -101,9 +107,32 @@ def test(loc: Localizer, args) -> list[dict]:
     return rows
 
 
+def heads(_, args) -> list[dict]:
+    locs = {str(p): Localizer.from_checkpoint(p) for p in args.checkpoints}
+    if args.corners:
+        cells = [(f"{name} {snr:g} dB", lambda name=name, j=j, snr=snr: bc.corner_scenes(
+            name, "validation", args.n, snr, bc.cell_stream(name, j)))
+            for name in bc.CORNERS for j, snr in enumerate(args.snrs)]
+    else:
+        cells = [(f"{snr:g} dB spread {spread:g}", lambda i=i, snr=snr, spread=spread:
+                  bv.scenes_at("validation", args.n, snr, spread, args.stream + i))
+                 for i, (snr, spread) in enumerate(
+                     (snr, spread) for snr in args.snrs for spread in (0.0, bv.SPREAD_DB))]
+    rows = []
+    for name, make in cells:
+        sc = make()
+        row = {"cell": name}
+        for path, loc in locs.items():
+            row[path] = _score(loc, sc, False)
+        rows.append(row)
+        print(f"{name:>22}: " + " | ".join(
+            f"{Path(p).stem} {_fmt(row[p])}" for p in locs), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=("validation", "corners", "test"))
+    ap.add_argument("mode", choices=("validation", "corners", "test", "heads"))
     ap.add_argument("--n", type=int, default=None,
                     help="scenes per cell (400; corners: 300)")
     ap.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
@@ -114,13 +143,17 @@ def main() -> None:
     ap.add_argument("--snrs", type=float, nargs="+", default=None)
     ap.add_argument("--against", type=Path, default=Path("benchmarks/results/versus.json"))
     ap.add_argument("--out", type=Path, default=Path("reports/bench/known_margin.json"))
+    ap.add_argument("--checkpoints", type=Path, nargs="+", default=[None],
+                    help="heads: models to compare (default: the shipped one)")
+    ap.add_argument("--corners", action="store_true", help="heads: the corner cells")
     args = ap.parse_args()
     if args.n is None:
-        args.n = 300 if args.mode == "corners" else 400
+        args.n = 300 if args.mode == "corners" or args.corners else 400
     if args.snrs is None:
-        args.snrs = [5.0, 10.0] if args.mode == "corners" else list(bv.SNRS)
-    loc = Localizer.from_checkpoint()
-    rows = {"validation": validation, "corners": corners, "test": test}[args.mode](loc, args)
+        args.snrs = [5.0, 10.0] if args.mode == "corners" or args.corners else list(bv.SNRS)
+    loc = None if args.mode == "heads" else Localizer.from_checkpoint()
+    rows = {"validation": validation, "corners": corners, "test": test,
+            "heads": heads}[args.mode](loc, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, json.dumps({"mode": args.mode, "n": args.n, "rows": rows},
                                            indent=1, default=str) + "\n")

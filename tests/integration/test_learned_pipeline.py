@@ -192,12 +192,16 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
     out = tmp_path / "ordered.pt"
     res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scenes", "128",
                               "--report-scenes", "8", "--workers", "1",
-                              "--scene", "power_spread_db=[0, 25]"])
+                              "--scene", "power_spread_db=[0, 25]", "--margin", "0.5"])
     assert res.exit_code == 0, res.output
     assert "order head" in res.output
     pipe = load_learned_pipeline(out)
     assert pipe.order_head is not None
+    # the head reads the fits of the fit stage it was fitted on: its margin comes with it
+    assert pipe.fit_config.repair_margin == 0.5
+    assert load_learned_pipeline(slim).fit_config.repair_margin == 0.0
     card = json.loads(out.with_suffix(".json").read_text())
+    assert card["order_head"]["repair_margin"] == 0.5
     assert card["order_head"]["scene"] == {"power_spread_db": [0, 25]}
     assert card["order_head"]["training_split"].endswith(
         "the recipe's scenes with {'power_spread_db': [0, 25]}")
@@ -216,6 +220,8 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
                        torch.full((6,), 2))
     res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scenes", "10"])
     assert res.exit_code == 2 and "n_scenes must be >= 64" in res.output
+    res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--margin", "-1"])
+    assert res.exit_code == 2 and "repair_margin must be >= 0" in res.output
     for bad, says in (("colour=3", "colour"), ("power_spread_db", "FIELD=VALUE"),
                       ("range_m=[0.1, 20]", "leaves the base scene's field of view")):
         res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scene", bad])
@@ -224,6 +230,10 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
     from risloc.inference.checkpoint import save_checkpoint
 
     state = load_checkpoint(out)
+    del state["order_head"]["repair_margin"]  # heads stored before margins: fitted with 0
+    save_checkpoint(tmp_path / "head_without_margin.pt", state)
+    unmarked = load_learned_pipeline(tmp_path / "head_without_margin.pt")
+    assert unmarked.order_head is not None and unmarked.fit_config.repair_margin == 0.0
     del state["order_head"]["features"]
     save_checkpoint(tmp_path / "old_head.pt", state)
     logger = logging.getLogger("risloc.pipeline.learned")

@@ -29,6 +29,10 @@ def fit_order_command(
         "FIELD=VALUE (repeatable): a scene field replaced in the recipe's scene distribution "
         "for the head's training scenes, e.g. --scene 'power_spread_db=[0, 25]' (the "
         "shipped head's). Values are YAML."))] = None,
+    margin: Annotated[float, typer.Option(help=(
+        "Repairs' margin of the fit stage the head reads (MLFitConfig.repair_margin, in "
+        "units of L sigma^2), stored with the head: the pipeline runs its fit stage with it "
+        "where the head decides K."))] = 0.0,
 ) -> None:
     """Fit the order head: a small classifier that decides K from the nested ML fits of the
     pipeline's fit stage and the network's K head (risloc.pipeline.order); it never reads
@@ -44,7 +48,8 @@ def fit_order_command(
     with progress() as bar:
         task = bar.add_task("order features", total=n_progress_items(scenes, report_scenes))
         report = fit_order(checkpoint, out_path, scenes, report_scenes, workers=workers,
-                           on_batch=lambda n: bar.advance(task, n), scene=fields)
+                           on_batch=lambda n: bar.advance(task, n), scene=fields,
+                           margin=margin)
     out.print(report_table(report))
     console.print(f"wrote {out_path}")
 

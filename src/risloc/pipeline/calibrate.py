@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -137,17 +138,20 @@ def order_report(pipe: LearnedPipeline, head: OrderHead, n_per_snr: int,
 def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
               n_report: int = 256, config: OrderFitConfig = OrderFitConfig(),
               workers: int | None = None, on_batch: Progress | None = None,
-              scene: dict | None = None) -> dict:
+              scene: dict | None = None, margin: float = 0.0) -> dict:
     """Fit the order head of ``checkpoint`` and write ``out`` (the checkpoint plus the
     head and its report, atomically; a model card ``<checkpoint>.json`` is carried over to
     ``<out>.json`` with the report added). ``scene``: SceneConfig fields replaced in the
     recipe's scene distribution for the head's training scenes (:func:`order_scenes`;
-    None: the recipe's). Returns the report."""
+    None: the recipe's). ``margin``: the repairs' margin of the fit stage the head reads
+    (``MLFitConfig.repair_margin``), stored with the head: the pipeline that loads it
+    runs its fit stage with that margin where the head decides K. Returns the report."""
     if n_scenes < MIN_ORDER_SCENES:
         raise ValueError(f"n_scenes must be >= {MIN_ORDER_SCENES}, got {n_scenes}")
     checkpoint, out = Path(checkpoint), Path(out)
     state = load_checkpoint(checkpoint)
     pipe = load_learned_pipeline(checkpoint, order_head=False)
+    pipe.fit_config = replace(pipe.fit_config, repair_margin=margin)  # checks margin >= 0
     scenes = order_scenes(pipe, scene)  # bad fields fail before the long part
     feats, K, det = training_data(pipe, n_scenes, workers, on_batch, scenes)
     head = fit_order_head(feats, K, det, pipe.system.K_max, config)
@@ -162,8 +166,9 @@ def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
               "scene": dict(scene or {}),
               "report_split": f"validation, streams {REPORT_STREAM}+16i, seed {r.data.seed}",
               "fit": {k: getattr(config, k) for k in config.__dataclass_fields__},
+              "repair_margin": margin,
               "per_snr": rows}
-    state["order_head"] = order_head_state(head)
+    state["order_head"] = order_head_state(head, margin)
     state["order_report"] = report
     save_checkpoint(out, state)
     card_src = checkpoint.with_suffix(".json")

@@ -241,8 +241,12 @@ def load_learned_pipeline(path: str | Path | None = None, weights: str = "ema",
     network, recipe = model_from_state(state, weights)
     head = _stored_head(state, path) if order_head else None
     fov = recipe.fov
+    fit_config = default_fit_config(fov)
+    if head is not None:  # the head reads the nested fits of the fit stage it was fitted on
+        fit_config = replace(fit_config,
+                             repair_margin=state["order_head"].get("repair_margin", 0.0))
     return LearnedPipeline(network, recipe, None if music == "default" else music,
-                           default_fit_config(fov), default_polish(fov), head)
+                           fit_config, default_polish(fov), head)
 
 
 def _stored_head(state: dict, path: Path) -> OrderHead | None:

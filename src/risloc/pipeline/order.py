@@ -209,11 +209,12 @@ def nested_detections(theta: torch.Tensor, azimuth: torch.Tensor, elevation: tor
     return out
 
 
-def order_head_state(head: OrderHead) -> dict:
-    """What a model file stores of the head."""
+def order_head_state(head: OrderHead, repair_margin: float = 0.0) -> dict:
+    """What a model file stores of the head; ``repair_margin``: that of the fit stage whose
+    nested fits it was fitted on (``MLFitConfig.repair_margin``)."""
     return {"n_in": head.mean.shape[0], "K_max": head.K_max, "hidden": head.hidden,
             "balance": head.balance, "members": len(head.nets), "features": FEATURES_VERSION,
-            "state_dict": head.state_dict()}
+            "repair_margin": float(repair_margin), "state_dict": head.state_dict()}
 
 
 def order_head_from_state(state: dict) -> OrderHead:
