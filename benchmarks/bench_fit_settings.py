@@ -3,7 +3,7 @@ shortlist, or repair rounds on the chosen sources? And what does it lose with le
 Validation split only (a choice, not a result).
 
     python benchmarks/bench_fit_settings.py [--n 400] [--snrs 0 5 10 15 20]
-        [--variants fit|chosen|cheaper|precision|polish|shortlist]
+        [--variants fit|chosen|cheaper|precision|polish|shortlist|search] [--corner NAME]
         [--out reports/bench/fit_settings.json]
 
 Per SNR, equal powers and powers spread over 12 dB, SNR withheld, K unknown and known:
@@ -33,7 +33,15 @@ K accuracy, F1, median azimuth, elevation and range errors and seconds of the sh
   ``fit_settings_polish.txt``: none lowers the medians, the default stays);
 * ``--variants shortlist``: the repair's shortlist of 32 grid points (the default) against
   128, and 128 with 3 or 4 repair rounds that move on to the next-weakest source after a
-  round that failed (``MLFitConfig.next_on_failure``; ``fit_settings_shortlist.txt``).
+  round that failed (``MLFitConfig.next_on_failure``; ``fit_settings_shortlist.txt``);
+* ``--variants search``: more search or polish, each alone: the last polish to convergence
+  in float64, 2 repair rounds on the chosen sources, 3 repair rounds in the fit stage, a
+  shortlist of 96, 2 repair rounds on each nested set, the greedy nested selection (for
+  the near-source corner, ``--corner near``: does the learned localizer fall short of the
+  classical one there for want of search? ``fit_settings_search_near.txt``).
+
+``--corner NAME``: the scenes of a corner of ``bench_corners.py`` (validation split, its
+streams by the SNR's index in ``--snrs``) instead of equal and spread powers.
 Each variant's seconds are summed over the cells and printed at the end (the variants run
 one after another on each cell's scenes, so the machine's drift reaches them alike).
 """
@@ -47,6 +55,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
+import bench_corners as bc
 import bench_versus as bv
 
 from risloc.io.atomic import write_text_atomic
@@ -96,6 +105,15 @@ VARIANTS = {
                       {"shortlist": 128, "next_on_failure": True, "repairs": 3}),
                   "shortlist 128, next on failure, repairs 4": Variant(
                       {"shortlist": 128, "next_on_failure": True, "repairs": 4})},
+    "search": {"shipped": Variant({}),
+               "last polish converged, float64": Variant({}, last={
+                   "iterations": None, "max_iterations": 30, "tolerance": 1e-8,
+                   "double": True}),
+               "chosen repairs 2": Variant({}, 2),
+               "repairs 3": Variant({"repairs": 3}),
+               "shortlist 96": Variant({"shortlist": 96}),
+               "nested repairs 2": Variant({"nested_repairs": 2}),
+               "greedy nested": Variant({"greedy_nested": True})},
 }
 
 
@@ -106,6 +124,8 @@ def main() -> None:
     ap.add_argument("--variants", choices=sorted(VARIANTS), default="fit")
     ap.add_argument("--only", nargs="+", default=None, metavar="NAME",
                     help="run only these variants of the group (names as printed)")
+    ap.add_argument("--corner", choices=list(bc.CORNERS), default=None,
+                    help="a corner of bench_corners.py instead of equal and spread powers")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/fit_settings.json"))
     args = ap.parse_args()
     group = VARIANTS[args.variants]
@@ -133,8 +153,12 @@ def main() -> None:
         locs[name] = loc
     rows = []
     for i, snr in enumerate(args.snrs):
-        for spread in (0.0, bv.SPREAD_DB):
-            sc = bv.scenes_at("validation", args.n, snr, spread, i)
+        for spread in (0.0, bv.SPREAD_DB) if args.corner is None else (None,):
+            if args.corner is None:
+                sc = bv.scenes_at("validation", args.n, snr, spread, i)
+            else:
+                sc = bc.corner_scenes(args.corner, "validation", args.n, snr,
+                                      bc.cell_stream(args.corner, i))
             for known in (False, True):
                 row = {"snr_db": snr, "power_spread_db": spread, "known_K": known}
                 for name, loc in locs.items():
@@ -142,7 +166,8 @@ def main() -> None:
                     row[name] = bv._summary(bv._matching(bv.localize(loc, sc, False, known), sc))
                     row[name]["seconds"] = time.perf_counter() - t0
                 rows.append(row)
-                print(f"{snr:4.0f} dB spread {spread:4.0f} {'K known  ' if known else 'K unknown'}"
+                kind = args.corner if spread is None else f"spread {spread:4.0f}"
+                print(f"{snr:4.0f} dB {kind} {'K known  ' if known else 'K unknown'}"
                       + "".join(f" | {n}: K {row[n]['K_accuracy']:.3f} F1 {row[n]['f1']:.3f} "
                                 f"az {row[n]['azimuth_median_deg']:.3f} "
                                 f"el {row[n]['elevation_median_deg']:.3f} "
@@ -150,7 +175,8 @@ def main() -> None:
                       flush=True)
     total = {n: sum(r[n]["seconds"] for r in rows) for n in locs}
     print("seconds, all cells: " + ", ".join(f"{n} {t:.0f}" for n, t in total.items()))
-    result = {"n": args.n, "split": "validation", "variants": args.variants, "rows": rows,
+    result = {"n": args.n, "split": "validation", "variants": args.variants,
+              "corner": args.corner, "rows": rows,
               "seconds": total}
     write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
 

@@ -8,7 +8,8 @@ chosen on the validation split, checked in the corners, then measured on the tes
     python benchmarks/bench_known_margin.py test --against benchmarks/results/versus.json
         [--n 400] [--snrs -5 0 5 10 15 20] [--out reports/bench/known_margin.json]
     python benchmarks/bench_known_margin.py heads --checkpoints A.pt B.pt [--n 400]
-        [--snrs -5 0 5 10 15 20] [--stream 40] [--corners]
+        [--snrs -5 0 5 10 15 20] [--stream 10] [--corners]
+    python benchmarks/bench_known_margin.py stages [--n 300]
 
 A repair round (:mod:`risloc.estimators.mlfit`) swaps a source for the best grid point of
 the residual and keeps the swap where the cost falls. With a margin m it must fall by more
@@ -29,6 +30,11 @@ then loses a true source that the network proposed.
   (each runs its fit stage with the margin its head was fitted on, ``risloc fit-order
   --margin``), on the same validation scenes: per SNR with equal and spread powers, stream
   ``--stream`` + cell index (``--corners``: the corners of ``bench_corners.py`` instead).
+* ``stages``: K given, the margin 0.5 in no stage, in both, in the fit stage only and in
+  the repair of the chosen sources only, on the near-source corner and the default one at
+  5 dB (300 validation scenes each, the ``corners`` scenes) and on 400 validation scenes
+  with equal powers at 5 dB (the ``validation`` mode's cell 5:0, stream ``--stream`` + 1)
+  and at 0 dB (stream ``--stream`` + 70).
 """
 
 from __future__ import annotations
@@ -40,7 +46,10 @@ from pathlib import Path
 
 import bench_corners as bc
 import bench_versus as bv
+import torch
 
+from risloc.core.checks import normalise_scale
+from risloc.core.params import Estimates
 from risloc.io.atomic import write_text_atomic
 from risloc.pipeline import Localizer
 
@@ -130,9 +139,49 @@ def heads(_, args) -> list[dict]:
     return rows
 
 
+STAGE_VARIANTS = {"none": (False, False), "both": (True, True), "fit only": (True, False),
+                  "chosen only": (False, True)}  # margin in (fit stage, chosen repairs)
+
+
+@torch.no_grad()
+def _stages_score(pipe, sc, fit_known: bool, chosen_known: bool) -> dict:
+    """K given; the stages run one by one as LearnedPipeline.localize runs them, with the
+    margin (``known``) set per stage."""
+    parts = []
+    for lo in range(0, len(sc), bv.BATCH):
+        s = sc[lo:lo + bv.BATCH]
+        y, H = (t.to(torch.complex64) for t in normalise_scale(s.y, s.H))
+        fwd = pipe.forward(y, H, s.codes)
+        fit = pipe.fit(y, H, s.codes, pipe.propose(fwd), known=fit_known)
+        parts.append(pipe.polish(y, H, s.codes, fit, s.K, repair=True,
+                                 known=chosen_known).float())
+    est = Estimates(*(torch.cat([getattr(p, f) for p in parts])
+                      for f in ("K", "azimuth", "elevation", "range_m", "score")))
+    return bv._summary(bv._matching(est, sc))
+
+
+def stages(loc: Localizer, args) -> list[dict]:
+    pipe = loc.pipeline
+    pipe.known_K_margin = 0.5
+    cells = [(f"{name} 5 dB", bc.corner_scenes(name, "validation", args.n, 5.0,
+                                               bc.cell_stream(name, 0)))
+             for name in ("near", "default")]
+    cells += [(f"validation {snr:g} dB equal", bv.scenes_at("validation", 400, snr, 0.0,
+                                                            args.stream + i))
+              for i, snr in ((1, 5.0), (70, 0.0))]
+    rows = []
+    for name, sc in cells:
+        row = {"cell": name, **{v: _stages_score(pipe, sc, *flags)
+                                for v, flags in STAGE_VARIANTS.items()}}
+        rows.append(row)
+        print(f"{name:>26}: " + " | ".join(f"{v} F1 {row[v]['f1']:.3f}"
+                                           for v in STAGE_VARIANTS), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=("validation", "corners", "test", "heads"))
+    ap.add_argument("mode", choices=("validation", "corners", "test", "heads", "stages"))
     ap.add_argument("--n", type=int, default=None,
                     help="scenes per cell (400; corners: 300)")
     ap.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
@@ -148,12 +197,12 @@ def main() -> None:
     ap.add_argument("--corners", action="store_true", help="heads: the corner cells")
     args = ap.parse_args()
     if args.n is None:
-        args.n = 300 if args.mode == "corners" or args.corners else 400
+        args.n = 300 if args.mode in ("corners", "stages") or args.corners else 400
     if args.snrs is None:
         args.snrs = [5.0, 10.0] if args.mode == "corners" or args.corners else list(bv.SNRS)
     loc = None if args.mode == "heads" else Localizer.from_checkpoint()
     rows = {"validation": validation, "corners": corners, "test": test,
-            "heads": heads}[args.mode](loc, args)
+            "heads": heads, "stages": stages}[args.mode](loc, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, json.dumps({"mode": args.mode, "n": args.n, "rows": rows},
                                            indent=1, default=str) + "\n")

@@ -1,7 +1,7 @@
 """How much F1 the likelihood itself allows with K known: a maximum-likelihood genie. Test split.
 
     python benchmarks/bench_ml_genie.py [--n 400] [--snrs 0 5 10] [--classical-cache DIR]
-                                        [--out reports/bench/ml_genie.json]
+                                        [--corner NAME] [--out reports/bench/ml_genie.json]
 
 On ``bench_versus.py``'s test scenes (the same scenes, SNR withheld, the true K given), per
 SNR with equal and spread powers, four answers:
@@ -22,7 +22,9 @@ Both localizers end in an ML polish and the learned one judges its candidates by
 likelihood, so the ML genie's margin over the classical F1 is about what the issue's
 "F1 >= classical + 0.05 at 0 and 5 dB" can ask of them with K given; more needs an
 estimator that prefers a less likely answer. ``--classical-cache`` reuses the classical
-estimates that ``bench_versus.py --classical-cache`` stored (same key).
+estimates that ``bench_versus.py --classical-cache`` stored (same key). ``--corner NAME``:
+instead, a corner of ``bench_corners.py`` (its scenes, validation split, ``--n`` per SNR;
+no cache).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+import bench_corners as bc  # noqa: E402
 import bench_versus as bv  # noqa: E402
 from bench_search_gap import relative_cost  # noqa: E402
 
@@ -77,12 +80,17 @@ def run(args) -> list[dict]:
     for i, snr in enumerate(bv.SNRS):
         if snr not in args.snrs:
             continue
-        for spread in (0.0, bv.SPREAD_DB):
-            sc = bv.scenes_at("test", args.n, snr, spread, i)
+        for spread in (0.0, bv.SPREAD_DB) if args.corner is None else (None,):
+            if args.corner is None:
+                sc = bv.scenes_at("test", args.n, snr, spread, i)
+            else:  # the corner's scenes at this SNR, as bench_corners.py draws them
+                sc = bc.corner_scenes(args.corner, "validation", args.n, snr,
+                                      bc.cell_stream(args.corner, args.snrs.index(snr)))
             key = {"split": "test", "n": args.n, "snr": snr, "spread": spread, "given": 0,
                    "knownK": 1}
-            est_c, cached = bv.classical_estimates(classical, sc, key, args.classical_cache,
-                                                   False, True)
+            est_c, cached = bv.classical_estimates(
+                classical, sc, key, args.classical_cache if args.corner is None else None,
+                False, True)
             est_l = bv.localize(learned, sc, False, True)
             est_t = ml_from_truth(sc, system)
             fits = [est_c, est_l, est_t]
@@ -96,7 +104,9 @@ def run(args) -> list[dict]:
                                       enumerate(("classical", "learned", "ML from truth"))}}
             rows.append(row)
             f, d = row["f1"], row["deepest_scenes"]
-            print(f"{snr:4.0f} dB  {'equal powers' if spread == 0 else f'spread {spread:g} dB':15s}"
+            kind = (args.corner if spread is None else "equal powers" if spread == 0
+                    else f"spread {spread:g} dB")
+            print(f"{snr:4.0f} dB  {kind:15s}"
                   f"  F1 classical {f['classical']:.3f}  learned {f['learned']:.3f}  "
                   f"ML from truth {f['ML from truth']:.3f}  ML genie {f['ML genie']:.3f} "
                   f"(classical + 0.05 = {f['classical'] + 0.05:.3f})  deepest fit: "
@@ -113,6 +123,8 @@ def main(argv=None) -> None:
                     choices=bv.SNRS, metavar="DB")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--classical-cache", type=Path, default=None)
+    ap.add_argument("--corner", choices=list(bc.CORNERS), default=None,
+                    help="a corner of bench_corners.py instead (validation split)")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/ml_genie.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -104,7 +104,9 @@ class MLFitConfig:
         keeps every swap that lowers the cost. Where sources are weak a noise peak on the
         grid lowers the cost a little too, and the swap loses a true source the network
         proposed. The pipeline sets it where the caller gives K
-        (``LearnedPipeline.known_K_margin``).
+        (``LearnedPipeline.known_K_margin``) and, where its order head decides K, to the
+        margin the head was fitted on (``risloc fit-order --margin``; 0 for the shipped
+        head).
     search : the grid of the repair proposals (and its field of view, which should be the
         polish's): the classical localizer's.
     """

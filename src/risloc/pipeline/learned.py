@@ -104,8 +104,11 @@ class LearnedPipeline:
     known_K_margin : ``MLFitConfig.repair_margin`` of the fit stage and of those rounds when
         the caller gives K. Chosen on the validation split, K given (docs/results.md, "The
         K decision"): 0.5 against 0 raised F1 by 0.011-0.021 at 0-5 dB and moved it by
-        -0.003 to +0.002 at 10-20 dB in two sets of 400 scenes per cell. Not where the
-        order head decides K: it was fitted on the nested fits without a margin.
+        -0.003 to +0.002 at 10-20 dB in two sets of 400 scenes per cell. Where the order
+        head decides K, the fit stage runs with ``fit_config.repair_margin``: the margin
+        the head was fitted on, stored with it (``risloc fit-order --margin``; the shipped
+        head's is 0: one refitted with 0.5 gained F1 at 5 dB but lost it with near sources,
+        docs/results.md, "The K decision").
     """
 
     network: CovarianceNet
