@@ -131,10 +131,15 @@ def test_the_factor_of_r_blend_gives_the_dense_terms_and_gradients(model, blend_
         gb = torch.autograd.grad(b, params, retain_graph=True, allow_unused=True)
         scale = max(float(g.abs().max()) for g in ga if g is not None)
         assert scale > 0, name
+        # the peak contrast's gradient sums terms that cancel: float32 rounding left up to
+        # 5e-3 of its largest element between the two paths on an AVX-512 CPU with 2
+        # threads (2.1e-3 with one; under 2e-3 on the CPUs before); a wrong gradient is off
+        # by O(1) of it
+        tol = 1e-2 if name == "peak_contrast" else 2e-3
         for x, y in zip(ga, gb, strict=True):
             assert (x is None) == (y is None), name
             if x is not None:
-                torch.testing.assert_close(y, x, rtol=0, atol=2e-3 * scale, msg=name)
+                torch.testing.assert_close(y, x, rtol=0, atol=tol * scale, msg=name)
     for name in set(TERMS) - set(factored):  # not the factor's
         torch.testing.assert_close(getattr(low, name), getattr(dense, name), rtol=0, atol=0,
                                    equal_nan=True, msg=name)
