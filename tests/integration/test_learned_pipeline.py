@@ -17,6 +17,7 @@ from risloc.estimators.music import MusicConfig
 from risloc.inference.checkpoint import load_checkpoint
 from risloc.pipeline import Localizer
 from risloc.pipeline.learned import inference_music_config, load_learned_pipeline
+from risloc.pipeline.order import order_features
 from risloc.simulation import simulate_range
 from risloc.training import load_train_config, train
 
@@ -215,6 +216,22 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
         fit = pipe.fit(sc.y, sc.H, sc.codes, pipe.propose(fwd))
         decision = pipe.decide_order(fwd, fit, sc.y)
     assert decision.probabilities.shape == (6, 5)
+    # where the scene's estimated SNR is below low_snr_db the head decides with balance
+    # low_snr_balance (the F1-optimal rule), elsewhere with its own
+    x = order_features(fit, sc.y, fwd.out.K_logits)
+    assert torch.equal(decision.K, pipe.order_head.decide(x))  # 10 dB: above 0.5 dB
+    seen = []
+    decide = pipe.order_head.decide
+    monkeypatch.setattr(pipe.order_head, "decide", lambda x, k_max=None, balance=None:
+                        seen.append(balance) or decide(x, k_max, balance))
+    pipe.decide_order(fwd, fit, sc.y)
+    pipe.low_snr_db, pipe.low_snr_balance = 1e3, 50.0
+    assert torch.equal(pipe.decide_order(fwd, fit, sc.y).K,
+                       decide(x, balance=torch.full((6,), 50.0)))
+    torch.testing.assert_close(seen[0], torch.full((6,), pipe.order_head.balance))
+    torch.testing.assert_close(seen[1], torch.full((6,), 50.0))
+    pipe.low_snr_db, pipe.low_snr_balance = 0.5, 0.0
+    monkeypatch.undo()
     assert torch.equal(pipe.localize(sc.y, sc.H, sc.codes).K, decision.K)
     assert torch.equal(pipe.localize(sc.y, sc.H, sc.codes, K=torch.full((6,), 2)).K,
                        torch.full((6,), 2))

@@ -11,6 +11,7 @@ from risloc.estimators.mlfit import MLFitConfig, ml_fit
 from risloc.pipeline.order import (
     OrderFitConfig,
     OrderHead,
+    estimated_snr_db,
     fit_order_head,
     n_features,
     order_features,
@@ -120,6 +121,31 @@ def test_the_decision_trades_K_accuracy_for_detections():
     head.balance = 100.0
     assert (head.decide(X[:200]) == K[:200]).float().mean() > 0.95
     assert int(head.decide(X[:200], k_max=2).max()) <= 2
+    # a balance per scene decides each scene as that scene's balance alone would
+    per_scene = torch.where(torch.arange(200) % 2 == 0, 0.0, 100.0)
+    mixed = head.decide(X[:200], balance=per_scene)
+    head.balance = 0.0
+    assert torch.equal(mixed[0::2], head.decide(X[:200])[0::2])
+    head.balance = 100.0
+    assert torch.equal(mixed[1::2], head.decide(X[:200])[1::2])
+
+
+def test_the_snr_estimated_from_the_nested_costs(system, fitted):
+    """p_y / sigma^2 - 1 in dB, with p_y = C_0 / (L M) and sigma^2 = C_S / (L (M - S)):
+    exact on costs built from a known level, and near the truth on 10 dB scenes fitted
+    from their true sources: above it by 0.8-1.5 dB (the 2 junk slots take some noise)."""
+    L, M, S = 16, 16, 5
+    p_y = torch.tensor([2.0, 11.0, 1.0 + 1e-3], dtype=torch.float64)
+    sigma2 = torch.ones(3, dtype=torch.float64)
+    costs = torch.zeros(3, S + 1, dtype=torch.float64)
+    costs[:, 0], costs[:, S] = L * M * p_y, L * (M - S) * sigma2
+    torch.testing.assert_close(estimated_snr_db(costs, L, M),
+                               torch.tensor([0.0, 10.0, -30.0], dtype=torch.float64))
+    costs[:, S] = 0.0  # a perfect fit: a large finite SNR, not inf or NaN
+    assert bool(torch.isfinite(estimated_snr_db(costs, L, M)).all())
+    sc, _, _, fit = fitted
+    est = estimated_snr_db(fit.costs, sc.y.shape[1], sc.y.shape[2])
+    assert bool(((est > 9.5) & (est < 12.0)).all()), est
 
 
 def test_fit_order_head_rejects_bad_input():
