@@ -104,7 +104,8 @@ def training_data(pipe: LearnedPipeline, n: int, workers: int | None = None,
 def order_report(pipe: LearnedPipeline, head: OrderHead, n_per_snr: int,
                  workers: int | None = None, on_batch: Progress | None = None) -> list[dict]:
     """K accuracy and F1 (of the nested sources before the last polish) of the residual
-    rule on the nested fits and of ``head``, per SNR, equal and spread powers, validation
+    rule on the nested fits and of ``head`` (deciding as the pipeline would, with
+    :meth:`LearnedPipeline.head_balance`), per SNR, equal and spread powers, validation
     split, SNR not given."""
     from risloc.estimators.order import residual_order
 
@@ -119,7 +120,8 @@ def order_report(pipe: LearnedPipeline, head: OrderHead, n_per_snr: int,
             def one(lo: int, hi: int, sc=sc):
                 _, fit, feats = order_stages(pipe, sc[lo:hi])
                 rule = residual_order(fit.costs, sc.y.shape[1], sc.y.shape[2])
-                return torch.stack([rule, head.decide(feats)], 1), fit.theta
+                decided = head.decide(feats, balance=pipe.head_balance(fit, sc.y[lo:hi], head))
+                return torch.stack([rule, decided], 1), fit.theta
 
             parts = run_in_chunks(one, len(sc), workers)
             dec, theta = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

@@ -193,12 +193,18 @@ class LearnedPipeline:
             return OrderDecision(residual_order(fit.costs[:, :k_max + 1], y.shape[1],
                                                 y.shape[2]), None)
         x = order_features(fit, y, fwd.out.K_logits)
-        balance = None
-        if self.low_snr_db is not None:  # the F1-optimal rule where the data say very weak
-            low = estimated_snr_db(fit.costs, y.shape[1], y.shape[2]) < self.low_snr_db
-            balance = torch.where(low, self.low_snr_balance, self.order_head.balance)
-        return OrderDecision(self.order_head.decide(x, k_max, balance),
+        return OrderDecision(self.order_head.decide(x, k_max,
+                                                    self.head_balance(fit, y, self.order_head)),
                              self.order_head(x).probabilities)
+
+    def head_balance(self, fit: MLFit, y: torch.Tensor, head: OrderHead) -> torch.Tensor | None:
+        """``head``'s balance per scene [B]: ``low_snr_balance`` where the SNR estimated from
+        the scene's nested fits is below ``low_snr_db``, the head's own elsewhere (None:
+        the head's own everywhere, as when ``low_snr_db`` is None)."""
+        if self.low_snr_db is None:
+            return None
+        low = estimated_snr_db(fit.costs, y.shape[1], y.shape[2]) < self.low_snr_db
+        return torch.where(low, self.low_snr_balance, head.balance)
 
     def polish(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, fit: MLFit,
                K: torch.Tensor, repair: bool = False, known: bool = False) -> Estimates:
