@@ -54,9 +54,16 @@ def estimated_snr_db(costs: torch.Tensor, n_snapshots: int, n_antennas: int) -> 
     +0.1 dB (5 to 95 %), 0 dB 1.2 to 3.1 dB, 5 dB 5.2 to 7.2 dB.
     costs : [B, S+1] (:class:`risloc.estimators.mlfit.MLFit`); returns [B] float64."""
     C = costs.double()
-    S = C.shape[1] - 1
-    ratio = (n_antennas - S) / n_antennas * C[:, 0] / C[:, S].clamp_min(1e-300)
-    return 10 * torch.log10((ratio - 1).clamp_min(1e-12))
+    p_y = C[:, 0] / (n_snapshots * n_antennas)
+    return 10 * torch.log10((p_y / residual_noise(C, n_snapshots, n_antennas) - 1
+                             ).clamp_min(1e-12))
+
+
+def residual_noise(costs: torch.Tensor, n_snapshots: int, n_antennas: int) -> torch.Tensor:
+    """sigma^2 [B] = C_S / (L (M - S)), the noise level the S-source fit leaves (costs
+    [B, S+1]; clamped above 0): the order features' unit and the SNR estimate's noise."""
+    S = costs.shape[1] - 1
+    return (costs[:, S] / (n_snapshots * (n_antennas - S))).clamp_min(1e-300)
 
 
 def n_features(K_max: int) -> int:
@@ -68,8 +75,7 @@ def order_features(fit: MLFit, y: torch.Tensor, K_logits: torch.Tensor) -> torch
     """[B, n_features(K_max)] float32 (module docstring); y [B, L, M], K_logits [B, K_max]."""
     C = fit.costs.double()  # (B, S+1)
     B, L, M = y.shape
-    S = C.shape[1] - 1
-    sigma2 = (C[:, S] / (L * (M - S))).clamp_min(1e-300).unsqueeze(-1)
+    sigma2 = residual_noise(C, L, M).unsqueeze(-1)
     p_y = abs2(y).mean((-1, -2)).double().clamp_min(1e-300).unsqueeze(-1)
 
     def lg(t):
