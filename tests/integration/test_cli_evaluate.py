@@ -61,3 +61,30 @@ def test_evaluate_user_file_with_stochastic_crb(tmp_path):
 def test_evaluate_bad_arguments(tmp_path, args, msg):
     res = runner.invoke(app, ["evaluate", "--n", "2", "--out", str(tmp_path), *args])
     assert res.exit_code == 2 and msg in res.output
+
+
+def test_evaluate_user_file_groups_by_snr_bins_and_keeps_scenes_without_snr(tmp_path):
+    import h5py
+    import numpy as np
+
+    f = tmp_path / "s.h5"
+    assert runner.invoke(app, ["simulate", "--n", "8", "--out", str(f), "--K", "1",
+                               "--split", "test"]).exit_code == 0
+    with h5py.File(f, "a") as h:  # SNR in two bins, and missing in three scenes
+        h["snr_db"][:] = np.array([9.0, 11.0, 10.4, 19.0, 21.0, np.nan, np.nan, np.nan],
+                                  dtype=np.float32)
+    res = runner.invoke(app, ["evaluate", str(f), "--out", str(tmp_path / "r"),
+                              "--no-plots"])
+    assert res.exit_code == 0, res.output
+    rows = [r for r in _rows(tmp_path / "r" / "metrics.csv") if r["K"] == "all"]
+    # the default estimators: the learned localizer first (the reference), the classical one
+    assert [r["estimator"] for r in rows][:2] == ["learned", "classical"]
+    learned = {r["snr_db"]: int(r["n_scenes"]) for r in rows if r["estimator"] == "learned"}
+    assert learned == {"10.1": 3, "20.0": 2, "nan": 3}  # labels: the bins' mean SNRs
+    assert "unknown" in res.output
+    res = runner.invoke(app, ["evaluate", str(f), "--out", str(tmp_path / "r1"),
+                              "--no-plots", "--estimators", "classical", "--snr-bin-db", "1"])
+    assert res.exit_code == 0, res.output
+    rows = _rows(tmp_path / "r1" / "metrics.csv")
+    assert sum(int(r["n_scenes"]) for r in rows if r["K"] == "all") == 8
+    assert {r["snr_db"] for r in rows} == {"9.0", "10.4", "11.0", "19.0", "21.0", "nan"}

@@ -118,3 +118,21 @@ def test_no_bf16_ranks_the_shortlist_in_complex64(tmp_path, monkeypatch):
                                   flag])
         assert res.exit_code == 0, res.output
         assert seen and set(seen) == {want}
+
+
+def test_localize_metrics_name_scenes_without_an_snr_unknown(tmp_path):
+    import h5py
+    import numpy as np
+
+    f = tmp_path / "s.h5"
+    assert runner.invoke(app, ["simulate", "--n", "4", "--out", str(f), "--snr-db", "20",
+                               "--K", "1", "--split", "test"]).exit_code == 0
+    with h5py.File(f, "a") as h:
+        h["snr_db"][:2] = np.nan
+    res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "e.csv"),
+                              "--method", "classical"])
+    assert res.exit_code == 0, res.output
+    table = res.output[res.output.index("metrics against"):]
+    lines = {line.split()[1]: line.split()[3] for line in table.splitlines()
+             if line.startswith("│")}  # SNR label -> scenes
+    assert lines == {"20": "2", "unknown": "2", "all": "4"}, table

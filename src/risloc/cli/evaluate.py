@@ -53,7 +53,8 @@ def results_table(rows: list[ResultRow], title: str) -> Table:
             se = m.get(f"se_{a}_diff")
             return _fmt(m.get(a)) + ("" if se is None else f" (±{_fmt(se, 2)})")
 
-        t.add_row(r.estimator, _fmt(r.snr_db), str(r.n_scenes), with_se("K_accuracy"),
+        snr = "unknown" if math.isnan(r.snr_db) else _fmt(r.snr_db)
+        t.add_row(r.estimator, snr, str(r.n_scenes), with_se("K_accuracy"),
                   with_se("f1"), pair("azimuth_median_deg", "crb_azimuth_median_deg"),
                   pair("elevation_median_deg", "crb_elevation_median_deg"),
                   pair("range_median_m", "crb_range_median_m"), f"{r.ms_per_scene:.1f}")
@@ -74,8 +75,8 @@ def evaluate_command(
     scenes: Annotated[Path | None, typer.Argument(
         help="Scene file (.h5/.npz) to evaluate; omit to simulate a test sweep.")] = None,
     estimators: Annotated[str, typer.Option(
-        help=f"Comma-separated, from: {', '.join(NAMES)}.")
-    ] = "classical,music-samp,music-oracle",
+        help=f"Comma-separated, from: {', '.join(NAMES)}; the first is the reference of the "
+        "standard errors.")] = "learned,classical",
     snr_db: Annotated[str, typer.Option(
         "--snr-db", help="SNR points in dB, comma-separated (simulated sweep).")
     ] = "-5,0,5,10,20",
@@ -89,6 +90,10 @@ def evaluate_command(
         min=0, help="Simulated sweep: source powers spread over this many dB.")] = 0.0,
     known_K: Annotated[bool, typer.Option("--known-K/--unknown-K",
                                           help="Give the true K to the estimators.")] = False,
+    snr_bin_db: Annotated[float, typer.Option(
+        "--snr-bin-db", min=0.01, help="Scene file: group its scenes into SNR bins this wide "
+        "[dB], each row labelled with the mean SNR of its scenes; scenes without an SNR are "
+        "one group, 'unknown'.")] = 5.0,
     crb: Annotated[str, typer.Option(help="deterministic | stochastic bound.")] = "deterministic",
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     seed: Annotated[int, typer.Option(min=0)] = 0,
@@ -117,7 +122,7 @@ def evaluate_command(
         from risloc.io import read_scenes
 
         batch, info = read_scenes(scenes)
-        system, points = info.system, list(file_points(batch))
+        system, points = info.system, list(file_points(batch, snr_bin_db))
         if settings.known_K and not info.has_truth:
             raise ValueError("--known-K needs a scene file with the truth (K)")
         source = str(scenes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +18,8 @@ from risloc.evaluation.metrics import (
     Matching,
     concat_matchings,
     match_sources,
-    summarize_by_snr,
+    snr_groups,
+    summarize,
 )
 from risloc.io.atomic import check_writable
 from risloc.io.scenefile import inspect_scene_file, iter_scene_chunks
@@ -27,14 +29,22 @@ from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream, estimate_ro
 from risloc.pipeline.localizer import check_system
 
 
-def _metrics_table(m: Matching, snr_db: torch.Tensor) -> Table:
+def _metrics_table(m: Matching, snr_db: torch.Tensor, bin_db: float) -> Table:
+    """Metrics per SNR bin (:func:`risloc.evaluation.metrics.snr_groups`: labelled by the
+    mean SNR of its scenes; scenes without an SNR as "unknown"), and over all scenes
+    where there is more than one bin."""
     t = Table(title="metrics against the files' truth")
     for col in ("SNR dB", "scenes", "K acc", "F1", "az med°", "el med°", "range med m"):
         t.add_column(col, justify="right")
-    for snr, s in summarize_by_snr(m, snr_db.nan_to_num(0.0)).items():
-        t.add_row(f"{snr:g}", str(s.n_scenes), f"{s.K_accuracy:.3f}", f"{s.f1:.3f}",
-                  f"{s.azimuth_median_deg:.3g}", f"{s.elevation_median_deg:.3g}",
-                  f"{s.range_median_m:.3g}")
+    groups = snr_groups(snr_db, bin_db)
+    if len(groups) > 1:
+        groups.append(("all", torch.ones_like(groups[0][1])))
+    for label, sel in groups:
+        s = summarize(m[sel])
+        t.add_row(label if isinstance(label, str) else (
+            "unknown" if math.isnan(label) else f"{label:g}"), str(s.n_scenes),
+            f"{s.K_accuracy:.3f}", f"{s.f1:.3f}", f"{s.azimuth_median_deg:.3g}",
+            f"{s.elevation_median_deg:.3g}", f"{s.range_median_m:.3g}")
     return t
 
 
@@ -103,6 +113,10 @@ def localize_command(
                                      "for every batch (the last one padded); for many "
                                      "batches, where the host's kernel launches bound the "
                                      "call (docs/results.md).")] = False,
+    snr_bin_db: Annotated[float, typer.Option(
+        "--snr-bin-db", min=0.01, help="Where the files carry the truth: the metrics table's "
+        "SNR bins [dB], each row labelled with the mean SNR of its scenes; scenes without "
+        "an SNR are one row, 'unknown'.")] = 5.0,
 ) -> None:
     """Localize every scene of one or more files and write the estimates CSV, chunk by
     chunk (<out>.part while running, renamed to <out> when complete; --resume after a kill
@@ -177,6 +191,6 @@ def localize_command(
     console.print(f"{n_new} scenes in {dt:.1f} s ({n_new / max(dt, 1e-9):.1f} scenes/s); "
                   f"estimates of {total} scenes in {out_path}")
     if matched and sum(len(m) for m in matched) == total:
-        out.print(_metrics_table(concat_matchings(matched), torch.cat(snrs)))
+        out.print(_metrics_table(concat_matchings(matched), torch.cat(snrs), snr_bin_db))
     if bad:
         raise typer.Exit(code=1)

@@ -13,6 +13,7 @@ from risloc.evaluation.metrics import (
     concat_matchings,
     match_sources,
     paired_bootstrap_se,
+    snr_groups,
     summarize,
     summarize_by_K,
     summarize_by_snr,
@@ -22,5 +23,5 @@ from risloc.evaluation.metrics import (
 __all__ = [
     "CRBResult", "Matching", "MetricSummary", "concat_matchings", "crb", "crb_deterministic",
     "crb_for_scenes", "crb_stochastic", "match_sources", "paired_bootstrap_se", "summarize",
-    "summarize_by_K", "summarize_by_snr", "summarize_groups",
+    "snr_groups", "summarize_by_K", "summarize_by_snr", "summarize_groups",
 ]

@@ -292,22 +292,51 @@ def summarize(matching: Matching, crb: CRBResult | None = None) -> MetricSummary
 
 def summarize_groups(matching: Matching, groups: torch.Tensor,
                      crb: CRBResult | None = None) -> dict[float | int, MetricSummary]:
-    """One summary per distinct value of ``groups`` [B] (sorted keys)."""
+    """One summary per distinct value of ``groups`` [B] (sorted keys); scenes whose group is
+    NaN (an unknown SNR) are one group of their own, keyed ``math.nan``, last."""
     if groups.shape != (len(matching),):
         raise ValueError(f"groups must be [B={len(matching)}], got {tuple(groups.shape)}")
-    out = {}
-    for key in torch.unique(groups).tolist():
+    unknown = torch.isnan(groups) if groups.is_floating_point() else torch.zeros_like(
+        groups, dtype=torch.bool)
+    out: dict[float | int, MetricSummary] = {}
+    for key in torch.unique(groups[~unknown]).tolist():
         sel = groups == key
         out[key] = summarize(matching[sel], crb[sel] if crb is not None else None)
+    if bool(unknown.any()):
+        out[math.nan] = summarize(matching[unknown], crb[unknown] if crb is not None else None)
     return out
 
 
 def summarize_by_snr(matching: Matching, snr_db: torch.Tensor, crb: CRBResult | None = None,
                      bin_db: float = 1.0) -> dict[float, MetricSummary]:
     """Summaries per SNR bin: key = round(snr_db / bin_db) * bin_db [dB] (exact for test
-    sets simulated at fixed SNR values that are multiples of ``bin_db``)."""
+    sets simulated at fixed SNR values that are multiples of ``bin_db``); scenes without
+    an SNR (NaN) under the key ``math.nan``, last."""
     return summarize_groups(matching, torch.round(snr_db.to(torch.float64) / bin_db) * bin_db,
                             crb)
+
+
+def snr_groups(snr_db: torch.Tensor, bin_db: float = 5.0) -> list[tuple[float, torch.Tensor]]:
+    """Scenes grouped by SNR for a results table: [(label, mask [B] bool)], no scene left out.
+
+    Bins of ``bin_db`` dB centred on its multiples (round(snr_db / bin_db) * bin_db), in
+    increasing order, each labelled with the mean SNR of its scenes rounded to 0.1 dB (a
+    file at a fixed -2 dB reads -2, not the bin's 0; a file simulated at multiples of
+    ``bin_db`` reads them exactly). Scenes without an SNR (NaN, as most measurement files)
+    form one last group labelled NaN.
+    """
+    if not bin_db > 0:
+        raise ValueError(f"the SNR bin must be > 0 dB, got {bin_db}")
+    snr = snr_db.to(torch.float64)
+    unknown = torch.isnan(snr)
+    key = torch.round(snr / bin_db)
+    groups = []
+    for k in torch.unique(key[~unknown]).tolist():
+        sel = key == k
+        groups.append((round(float(snr[sel].mean()), 1) + 0.0, sel))  # + 0.0: no -0
+    if bool(unknown.any()):
+        groups.append((math.nan, unknown))
+    return groups
 
 
 def summarize_by_K(matching: Matching, crb: CRBResult | None = None) -> dict[int, MetricSummary]:

@@ -1,7 +1,7 @@
 """Evaluation harness: estimators x SNR sweep (x K), metrics beside the CRB.
 
 Scenes come from the simulator (test split; each (SNR, K) point has its own seed stream)
-or from a user's scene file (grouped by its snr_db, rounded to 1 dB). Results are
+or from a user's scene file (grouped by its snr_db in bins, :func:`file_points`). Results are
 written as CSV + JSON; plots by :mod:`risloc.experiments.plots`.
 """
 
@@ -21,7 +21,13 @@ from risloc.config import RislocConfig, SystemConfig
 from risloc.core.checks import scene_problems
 from risloc.core.params import Estimates, concat_estimates
 from risloc.evaluation.crb import CRBResult, crb_for_scenes
-from risloc.evaluation.metrics import Matching, match_sources, paired_bootstrap_se, summarize
+from risloc.evaluation.metrics import (
+    Matching,
+    match_sources,
+    paired_bootstrap_se,
+    snr_groups,
+    summarize,
+)
 from risloc.experiments.estimators import get_estimator
 from risloc.io.atomic import write_csv_atomic, write_text_atomic
 from risloc.parallel import MAX_CHUNK, run_in_chunks
@@ -34,7 +40,7 @@ log = logging.getLogger(__name__)
 class SweepSettings:
     """What `risloc evaluate` runs."""
 
-    estimators: tuple[str, ...] = ("classical", "music-samp", "music-oracle")
+    estimators: tuple[str, ...] = ("learned", "classical")
     snr_db: tuple[float, ...] = (-5.0, 0.0, 5.0, 10.0, 20.0)
     K: tuple[int, ...] | None = None  # None: K drawn 1..K_max per scene
     n_per_point: int = 100
@@ -132,15 +138,12 @@ def sweep_points(settings: SweepSettings, cfg: RislocConfig) -> Iterable[tuple[f
         yield snr, concat_batches(parts)
 
 
-def file_points(scenes: SceneBatch) -> Iterable[tuple[float, SceneBatch]]:
-    """A user's file grouped by snr_db rounded to 1 dB (NaN: one group)."""
-    snr = scenes.snr_db
-    if not bool(torch.isfinite(snr).any()):
-        yield math.nan, scenes
-        return
-    key = torch.round(snr)
-    for v in torch.unique(key[torch.isfinite(key)]).tolist():
-        yield float(v), scenes[key == v]
+def file_points(scenes: SceneBatch, bin_db: float = 5.0) -> Iterable[tuple[float, SceneBatch]]:
+    """A user's file grouped by SNR (:func:`risloc.evaluation.metrics.snr_groups`): bins of
+    ``bin_db`` dB, each labelled with the mean SNR of its scenes; the scenes without an SNR
+    as one last group labelled NaN. No scene is left out."""
+    for label, sel in snr_groups(scenes.snr_db, bin_db):
+        yield label, scenes[sel]
 
 
 def evaluate_points(points: Iterable[tuple[float, SceneBatch]], system: SystemConfig,
@@ -167,7 +170,8 @@ def evaluate_points(points: Iterable[tuple[float, SceneBatch]], system: SystemCo
         for name in settings.estimators:
             task = None
             if progress is not None:
-                task = progress.add_task(f"{name} @ {snr:g} dB", total=len(scenes))
+                where = "unknown SNR" if math.isnan(snr) else f"{snr:g} dB"
+                task = progress.add_task(f"{name} @ {where}", total=len(scenes))
             seen = scenes if settings.snr_given else replace(
                 scenes, snr_db=torch.full_like(scenes.snr_db, math.nan))
             est, sec = run_estimator(

@@ -9,6 +9,7 @@ from risloc.evaluation.metrics import (
     concat_matchings,
     match_sources,
     paired_bootstrap_se,
+    snr_groups,
     summarize,
     summarize_by_K,
     summarize_by_snr,
@@ -160,6 +161,26 @@ def test_grouping_by_snr_and_K():
     assert by_K[2].n_detected == 1 and by_K[2].azimuth_median_deg == pytest.approx(3.0)
     by_snr = summarize_by_snr(m, torch.tensor([-5.2, 10.1]), bin_db=5.0)
     assert sorted(by_snr) == [-5.0, 10.0] and by_snr[-5.0] == by_K[3]
+    # a scene without an SNR is its own group, not dropped and not another SNR's
+    by_snr = summarize_by_snr(m, torch.tensor([NAN, 10.1]), bin_db=5.0)
+    assert list(by_snr)[0] == 10.0 and math.isnan(list(by_snr)[1])
+    assert by_snr[math.nan] == by_K[3] and by_snr[10.0] == by_K[2]
+
+
+def test_snr_groups_keep_every_scene_and_label_bins_by_their_mean():
+    snr = torch.tensor([-2.0, -2.0, 3.0, 6.5, NAN, 12.4, NAN, 0.1])
+    groups = snr_groups(snr, bin_db=5.0)
+    labels = [g[0] for g in groups]
+    assert labels[:-1] == [-1.3, 4.8, 12.4] and math.isnan(labels[-1])  # -2,-2,0.1 | 3,6.5
+    masks = torch.stack([g[1] for g in groups])
+    assert masks.sum(0).tolist() == [1] * len(snr)  # every scene in exactly one group
+    assert masks[-1].tolist() == torch.isnan(snr).tolist()
+    # a file at one fixed SNR reads it exactly, whatever the bin
+    assert [g[0] for g in snr_groups(torch.full((3,), -2.0), 5.0)] == [-2.0]
+    assert [g[0] for g in snr_groups(torch.tensor([-0.01, 0.02]), 5.0)] == [0.0]
+    assert str(snr_groups(torch.tensor([-0.04]), 5.0)[0][0]) == "0.0"  # not -0.0
+    with pytest.raises(ValueError, match="bin"):
+        snr_groups(snr, 0.0)
 
 
 def test_matching_chunk_by_chunk_equals_matching_all_at_once():
