@@ -136,3 +136,16 @@ def test_localize_metrics_name_scenes_without_an_snr_unknown(tmp_path):
     lines = {line.split()[1]: line.split()[3] for line in table.splitlines()
              if line.startswith("│")}  # SNR label -> scenes
     assert lines == {"20": "2", "unknown": "2", "all": "4"}, table
+
+
+def test_localize_names_the_way_out_for_a_system_the_model_was_not_trained_for(tmp_path):
+    f = tmp_path / "s.h5"
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(f), "--K", "1",
+                               "--set", "system.N_H=8", "--split", "test"]).exit_code == 0
+    res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "e.csv")])
+    assert res.exit_code == 2, res.output
+    msg = " ".join(res.output.split())
+    assert "N_H 8 (model: 12)" in msg and "--method classical" in msg
+    res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "e.csv"),
+                              "--method", "classical"])
+    assert res.exit_code == 0, res.output

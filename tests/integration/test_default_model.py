@@ -5,6 +5,7 @@ a known K never hurting, units of y and H irrelevant."""
 
 import json
 
+import pytest
 import torch
 
 from risloc.config import SceneConfig, SystemConfig
@@ -37,6 +38,18 @@ def test_shipped_model_localizes_high_snr_single_sources():
     assert s.K_accuracy >= 0.9
     assert s.angle_median_deg < 0.5 and s.range_median_m < 0.5
     assert bool(torch.isfinite(est.azimuth[est.mask]).all())
+
+
+def test_a_system_the_model_was_not_trained_for_is_named_whole_with_the_way_out():
+    loc = Localizer.from_checkpoint()
+    other = SystemConfig(N_H=8, N_V=8, L=24)
+    sc = simulate_range(0, 2, other, SceneConfig(), seed=11, split="test", snr_db=20.0, K=1)
+    with pytest.raises(ValueError) as err:  # every field, not the first shape it implies
+        loc.localize(sc.y, sc.H, sc.codes, system=other)
+    msg = str(err.value)
+    assert "N_H 8 (model: 12)" in msg and "L 24 (model: 16)" in msg and "'classical'" in msg
+    res = Localizer(other, "classical", workers=1).localize(sc.y, sc.H, sc.codes)
+    assert res.estimates.K.tolist() == [1, 1]
 
 
 def test_the_snr_changes_nothing():

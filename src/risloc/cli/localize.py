@@ -151,8 +151,10 @@ def localize_command(
     loc = _localizer(method, checkpoint, system, device, bf16, graph_batch)
     try:
         check_system(loc.system, system)
-    except ValueError as err:
-        raise ValueError(f"{paths[0]}: {err}") from None
+    except ValueError as err:  # a model serves the system it was trained for
+        raise ValueError(f"{paths[0]}: {err} (the classical localizer takes any system: "
+                         "--method classical; or train a model for this one: risloc train)"
+                         ) from None
     many = len(paths) > 1
     settings = {"inputs": [str(p.resolve()) for p in paths], "method": loc.method,
                 "checkpoint": None if checkpoint is None else str(checkpoint.resolve()),

@@ -236,8 +236,15 @@ class Localizer:
         y, H, codes = (_as_tensor(n, t) for n, t in (("y", y), ("H", H), ("codes", codes)))
         if y.ndim == 2 and H.ndim == 2 and codes.ndim == 2:
             y, H, codes = y.unsqueeze(0), H.unsqueeze(0), codes.unsqueeze(0)
+        try:  # the whole difference named before the shapes it implies are checked
+            k_max = check_system(self.system, system)
+        except InputError as err:
+            if self.method != "learned":
+                raise
+            raise InputError(f"{err} (a model serves the system it was trained for; the "
+                             "classical localizer takes any: Localizer(system, "
+                             "'classical'))") from None
         check_shapes(y, H, codes, self.system)
-        k_max = check_system(self.system, system)
         B = y.shape[0]
         snr = snr_per_scene(snr_db, B)
         Kt = resolve_K(K, B, k_max)
