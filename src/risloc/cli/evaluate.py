@@ -125,6 +125,10 @@ def evaluate_command(
         system, points = info.system, list(file_points(batch, snr_bin_db))
         if settings.known_K and not info.has_truth:
             raise ValueError("--known-K needs a scene file with the truth (K)")
+        if not info.has_truth:
+            console.print(f"[yellow]{scenes} carries no truth (K and positions): only the "
+                          "estimators' time per scene can be measured; `risloc localize` "
+                          "writes their estimates[/]")
         source = str(scenes)
     else:
         cfg = get_config(config, set_)
