@@ -20,6 +20,26 @@ def test_simulate_writes_file_with_config(tmp_path):
     assert res.exit_code == 0 and "300" in res.output
 
 
+def test_info_checks_every_scene_and_counts_truth_outside_the_field_of_view(tmp_path):
+    out = tmp_path / "t.h5"
+    assert runner.invoke(app, ["simulate", "--n", "6", "--out", str(out), "--K", "2",
+                               "--split", "test"]).exit_code == 0
+    res = runner.invoke(app, ["info", str(out)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.replace("│", " ").split())
+    assert "every scene can be localized" in text and "0 of 12 sources" in text
+    with h5py.File(out, "a") as f:  # scene 4: codes off the unit circle; a source at 75 deg
+        f["codes"][4] = 2 * f["codes"][4]
+        az = f["azimuth_deg"][:]
+        az[1, 1] = 75.0
+        f["azimuth_deg"][:] = az
+    res = runner.invoke(app, ["info", str(out)])
+    assert res.exit_code == 1, res.output  # a check, usable in scripts
+    text = " ".join(res.output.replace("│", " ").split())
+    assert "1 of 6 scenes cannot be localized: scene 4: codes are not unit modulus" in text
+    assert "1 of 12 sources" in text
+
+
 def test_simulate_npz_and_errors(tmp_path):
     out = tmp_path / "t.npz"
     assert runner.invoke(app, ["simulate", "--n", "20", "--out", str(out)]).exit_code == 0

@@ -14,9 +14,16 @@ from rich.table import Table
 
 from risloc import __version__
 from risloc.cli.common import ConfigOpt, SetOpt, console, get_config, handle_errors, out, progress
-from risloc.config import RislocConfig
+from risloc.config import FieldOfView, RislocConfig
+from risloc.core.checks import scene_problems
 from risloc.io.atomic import check_writable
-from risloc.io.scenefile import SceneFileWriter, inspect_scene_file, read_scenes, write_scenes
+from risloc.io.scenefile import (
+    SceneFileWriter,
+    inspect_scene_file,
+    iter_scene_chunks,
+    read_scenes,
+    write_scenes,
+)
 from risloc.simulation.streams import BLOCK, SPLITS, simulate_range
 from risloc.training.config import load_train_config
 
@@ -114,7 +121,35 @@ def _simulate_h5(path, start, stop, system, scenes, split, seed, snr_db, K, attr
             bar.advance(task, hi - lo)
 
 
-def _print_summary(path: Path) -> None:
+def _check_scenes(path: Path, n_scenes: int) -> tuple[list[tuple[int, str]], int, int]:
+    """Every scene of a file checked as the localizers check theirs
+    (:func:`risloc.core.checks.scene_problems`), chunk by chunk: ([(scene, reason)], true
+    sources outside the default field of view, true sources)."""
+    fov = FieldOfView()
+    bad: list[tuple[int, str]] = []
+    outside = n_true = 0
+    with progress() as bar:
+        task = bar.add_task("checking every scene", total=n_scenes)
+        for at, batch in iter_scene_chunks(path, size=1024):
+            bad += [(at + i, why) for i, why in
+                    scene_problems(batch.y, batch.H, batch.codes).reasons]
+            if batch.has_truth:
+                inside = batch.mask.clone()
+                for name, (lo, hi), to_unit in (("azimuth", fov.azimuth_deg, math.degrees),
+                                                ("elevation", fov.elevation_deg, math.degrees),
+                                                ("range_m", fov.range_m, float)):
+                    v = getattr(batch, name) * to_unit(1.0)  # the file's units
+                    tol = 1e-6 * max(1.0, abs(lo), abs(hi))  # its float32 degrees, round trip
+                    inside &= (v >= lo - tol) & (v <= hi + tol)  # NaN where a source is: outside
+                outside += int((batch.mask & ~inside).sum())
+                n_true += int(batch.mask.sum())
+            bar.advance(task, len(batch))
+    return bad, outside, n_true
+
+
+def _print_summary(path: Path, check: bool = False) -> bool:
+    """Print what a scene file holds; with ``check`` every scene is checked too. Returns
+    whether every scene can be localized (True without ``check``)."""
     info = inspect_scene_file(path)
     s = info.system
     table = Table(title=f"{path}", show_header=True)
@@ -143,10 +178,28 @@ def _print_summary(path: Path) -> None:
     for key in ("split", "seed", "shard", "first_scene", "risloc_version"):
         if key in info.attrs:
             table.add_row(key, str(info.attrs[key]))
+    bad: list[tuple[int, str]] = []
+    if check and info.n_scenes:
+        bad, outside, n_true = _check_scenes(path, info.n_scenes)
+        table.add_row("scene checks", "every scene can be localized" if not bad else
+                      f"{len(bad)} of {info.n_scenes} scenes cannot be localized: " + "; ".join(
+                          f"scene {i}: {why}" for i, why in bad[:5]) + ("; ..." if len(bad) > 5
+                                                                         else ""))
+        if n_true:
+            f = FieldOfView()
+            table.add_row("truth outside the field of view",
+                          f"{outside} of {n_true} sources (azimuth {f.azimuth_deg[0]:g}.."
+                          f"{f.azimuth_deg[1]:g} deg, elevation {f.elevation_deg[0]:g}.."
+                          f"{f.elevation_deg[1]:g} deg, range {f.range_m[0]:g}..{f.range_m[1]:g}"
+                          " m: where the localizers search)")
     out.print(table)
+    return not bad
 
 
 @handle_errors
 def info_command(path: Annotated[Path, typer.Argument(help="Scene file (.h5 / .npz).")]) -> None:
-    """Validate a scene file and print what it holds."""
-    _print_summary(path)
+    """Validate a scene file and print what it holds; every scene is checked as the
+    localizers check theirs (exit code 1 when any cannot be localized), and true sources
+    outside the field of view the localizers search are counted."""
+    if not _print_summary(path, check=True):
+        raise typer.Exit(code=1)
