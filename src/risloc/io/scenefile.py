@@ -194,6 +194,22 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
     return {k: f[k] for k in f.keys()}, attrs, f
 
 
+def _real_imag_pair(dtype: np.dtype) -> bool:
+    """A compound of two float fields named real and imag: how MATLAB (v7.3 .mat, h5create)
+    stores complex arrays in HDF5."""
+    return dtype.names is not None and set(dtype.names) == {"real", "imag"} and all(
+        dtype[n].kind == "f" for n in ("real", "imag"))
+
+
+def _as_complex(a: np.ndarray) -> np.ndarray:
+    """``a`` as a complex array (a real/imag compound, :func:`_real_imag_pair`, joined)."""
+    if _real_imag_pair(a.dtype):
+        out = np.empty(a.shape, np.complex64)
+        out.real, out.imag = a["real"], a["imag"]
+        return out
+    return a
+
+
 def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig) -> tuple[int, int]:
     """Validate names, shapes and dtypes against each other and the system."""
     if "system" in data:
@@ -207,11 +223,16 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig) -> tup
     s = system
     expect = {"y": (S, s.L, s.M), "H": (S, s.M, s.N), "codes": (S, s.L, s.N)}
     for name, shape in expect.items():
-        if tuple(data[name].shape) != shape:
+        got = tuple(data[name].shape)
+        if got != shape:
+            flipped = got[::-1] == (got[-1], s.L, s.M) if name == "y" else False
             raise SceneFileError(
-                f"{path}: dataset {name!r} has shape {tuple(data[name].shape)}, expected "
-                f"{shape} for S={S} scenes and the file's system (L={s.L}, M={s.M}, N={s.N})")
-        if data[name].dtype.kind != "c":
+                f"{path}: dataset {name!r} has shape {got}, expected {shape} for S={S} "
+                f"scenes and the file's system (L={s.L}, M={s.M}, N={s.N})" + (
+                    " (its axes reversed: MATLAB writes arrays with their dimensions in "
+                    "reverse order; permute them, e.g. permute(y, [3 2 1]), before saving)"
+                    if flipped else ""))
+        if data[name].dtype.kind != "c" and not _real_imag_pair(data[name].dtype):
             raise SceneFileError(f"{path}: dataset {name!r} must be complex, "
                                  f"got {data[name].dtype}")
     if "snr_db" in data and tuple(data["snr_db"].shape) != (S,):
@@ -264,7 +285,8 @@ def inspect_scene_file(path: str | Path) -> SceneFileInfo:
 
 
 def _to_batch(arrays: dict[str, np.ndarray]) -> SceneBatch:
-    t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    t = {k: torch.from_numpy(np.ascontiguousarray(_as_complex(v) if k in REQUIRED else v))
+         for k, v in arrays.items()}
     cplx = {k: t[k].to(torch.complex64) for k in REQUIRED}
     S = cplx["y"].shape[0]
     snr = t["snr_db"].float() if "snr_db" in t else torch.full((S,), math.nan)

@@ -89,6 +89,30 @@ def test_mismatched_shapes_dtypes_system_refused(tmp_path, batch, system):
         read_scenes(_npz(tmp_path, **dict(arr, snr_db=arr["snr_db"][:3])))
 
 
+def test_matlab_complex_compounds_are_read_and_reversed_axes_named(tmp_path, batch, system):
+    """MATLAB (v7.3 .mat, h5create) stores complex arrays as a compound of float fields
+    real and imag, and every array with its dimensions in reverse order."""
+    arr = batch_to_arrays(batch, system.K_max)
+    pair = np.dtype([("real", "<f8"), ("imag", "<f8")])
+    path = tmp_path / "matlab.h5"
+    with h5py.File(path, "w") as f:
+        for k in ("y", "H", "codes"):
+            c = np.empty(arr[k].shape, pair)
+            c["real"], c["imag"] = arr[k].real, arr[k].imag
+            f[k] = c
+        f["snr_db"] = arr["snr_db"]
+    back, info = read_scenes(path)
+    assert info.n_scenes == 50 and not info.has_truth
+    assert torch.equal(back.y, batch.y) and torch.equal(back.H, batch.H)
+    assert torch.equal(back.codes, batch.codes) and back.y.dtype == torch.complex64
+    reversed_y = np.ascontiguousarray(arr["y"].transpose(2, 1, 0))
+    with pytest.raises(SceneFileError, match=r"axes reversed: MATLAB"):
+        read_scenes(_npz(tmp_path, **dict(arr, y=reversed_y)))
+    with pytest.raises(SceneFileError, match="must be complex"):  # other compounds are not
+        other = np.zeros(arr["y"].shape, [("re", "<f4"), ("im", "<f4")])
+        read_scenes(_npz(tmp_path, **dict(arr, y=other)))
+
+
 def test_user_file_without_optional_fields(tmp_path, batch, system):
     arr = batch_to_arrays(batch, system.K_max)
     back, info = read_scenes(_npz(tmp_path, y=arr["y"], H=arr["H"], codes=arr["codes"]))
