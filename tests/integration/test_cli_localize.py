@@ -53,6 +53,7 @@ def test_localize_never_replaces_its_input_and_skips_bad_scenes(tmp_path):
                               "--K", "1"])
     assert res.exit_code == 1, res.output  # done, but a scene could not be localized
     assert "scene 2 not localized: all-zero measurements" in res.output
+    assert "1 scene not localized is counted: K = 0" in " ".join(res.output.split())
     est = read_estimates(out, 4, 5)
     assert est.K.tolist() == [1, 1, 0, 1]  # the tiny scene is localized, not lost
 

@@ -29,11 +29,15 @@ from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream, estimate_ro
 from risloc.pipeline.localizer import check_system
 
 
-def _metrics_table(m: Matching, snr_db: torch.Tensor, bin_db: float) -> Table:
+def _metrics_table(m: Matching, snr_db: torch.Tensor, bin_db: float, n_bad: int = 0) -> Table:
     """Metrics per SNR bin (:func:`risloc.evaluation.metrics.snr_groups`: labelled by the
     mean SNR of its scenes; scenes without an SNR as "unknown"), and over all scenes
-    where there is more than one bin."""
-    t = Table(title="metrics against the files' truth")
+    where there is more than one bin; ``n_bad`` scenes could not be localized (their
+    sources count as missed, which the caption says)."""
+    t = Table(title="metrics against the files' truth", caption=(
+        f"{n_bad} scene not localized is counted: K = 0, its sources missed" if n_bad == 1
+        else f"{n_bad} scenes not localized are counted: K = 0, their sources missed"
+        ) if n_bad else None)
     for col in ("SNR dB", "scenes", "K acc", "F1", "az med°", "el med°", "range med m"):
         t.add_column(col, justify="right")
     groups = snr_groups(snr_db, bin_db)
@@ -193,6 +197,7 @@ def localize_command(
     console.print(f"{n_new} scenes in {dt:.1f} s ({n_new / max(dt, 1e-9):.1f} scenes/s); "
                   f"estimates of {total} scenes in {out_path}")
     if matched and sum(len(m) for m in matched) == total:
-        out.print(_metrics_table(concat_matchings(matched), torch.cat(snrs), snr_bin_db))
+        out.print(_metrics_table(concat_matchings(matched), torch.cat(snrs), snr_bin_db,
+                                 len(bad)))
     if bad:
         raise typer.Exit(code=1)
