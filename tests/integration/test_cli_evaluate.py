@@ -82,6 +82,10 @@ def test_evaluate_user_file_groups_by_snr_bins_and_keeps_scenes_without_snr(tmp_
     learned = {r["snr_db"]: int(r["n_scenes"]) for r in rows if r["estimator"] == "learned"}
     assert learned == {"10.1": 3, "20.0": 2, "nan": 3}  # labels: the bins' mean SNRs
     assert "unknown" in res.output
+    pooled = [r for r in _rows(tmp_path / "r" / "metrics.csv") if r["K"] == "file"]
+    assert [(r["estimator"], int(r["n_scenes"])) for r in pooled] == [("learned", 8),
+                                                                      ("classical", 8)]
+    assert pooled[1]["reference"] == "learned" and float(pooled[1]["se_f1_diff"]) >= 0
     res = runner.invoke(app, ["evaluate", str(f), "--out", str(tmp_path / "r1"),
                               "--no-plots", "--estimators", "classical", "--snr-bin-db", "1"])
     assert res.exit_code == 0, res.output

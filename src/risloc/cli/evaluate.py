@@ -42,7 +42,7 @@ def results_table(rows: list[ResultRow], title: str) -> Table:
                 "el med° (.67√CRB)", "range med m (.67√CRB)", "ms/scene"):
         t.add_column(col, justify="right" if col != "estimator" else "left")
     for r in rows:
-        if r.K not in ("all", "?"):
+        if r.K not in ("all", "?", "file"):
             continue
         m = r.metrics
         def pair(a: str, b: str, m=m) -> str:
@@ -53,7 +53,7 @@ def results_table(rows: list[ResultRow], title: str) -> Table:
             se = m.get(f"se_{a}_diff")
             return _fmt(m.get(a)) + ("" if se is None else f" (±{_fmt(se, 2)})")
 
-        snr = "unknown" if math.isnan(r.snr_db) else _fmt(r.snr_db)
+        snr = "all" if r.K == "file" else "unknown" if math.isnan(r.snr_db) else _fmt(r.snr_db)
         t.add_row(r.estimator, snr, str(r.n_scenes), with_se("K_accuracy"),
                   with_se("f1"), pair("azimuth_median_deg", "crb_azimuth_median_deg"),
                   pair("elevation_median_deg", "crb_elevation_median_deg"),
@@ -133,14 +133,16 @@ def evaluate_command(
     else:
         cfg = get_config(config, set_)
         system, points, source = cfg.system, sweep_points(settings, cfg), "simulated test split"
-    run_report(points, system, settings, out_dir, plots, source)
+    run_report(points, system, settings, out_dir, plots, source, pooled=scenes is not None)
 
 
 def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bool,
-               source: str, title: str = "risloc evaluate") -> list[ResultRow]:
-    """Evaluate, print the table, write CSV/JSON and (optionally) the PNG plots."""
+               source: str, title: str = "risloc evaluate", pooled: bool = False
+               ) -> list[ResultRow]:
+    """Evaluate, print the table, write CSV/JSON and (optionally) the PNG plots; ``pooled``
+    adds rows over all scenes (a file's SNR groups: :func:`evaluate_points`)."""
     with progress() as bar:
-        rows = evaluate_points(points, system, settings, bar)
+        rows = evaluate_points(points, system, settings, bar, pooled)
     out.print(results_table(rows, f"{title} — {source}"))
     meta = {"settings": settings.__dict__, "source": source, "system": system.model_dump(),
             "risloc_version": __version__, "torch_threads": torch.get_num_threads()}

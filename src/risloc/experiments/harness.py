@@ -23,6 +23,7 @@ from risloc.core.params import Estimates, concat_estimates
 from risloc.evaluation.crb import CRBResult, crb_for_scenes
 from risloc.evaluation.metrics import (
     Matching,
+    concat_matchings,
     match_sources,
     paired_bootstrap_se,
     snr_groups,
@@ -59,7 +60,7 @@ class ResultRow:
 
     estimator: str
     snr_db: float
-    K: str  # "1".."5" or "all"
+    K: str  # "1".."5", "all", "?" (no truth) or "file" (every scene of a file: pooled)
     n_scenes: int
     ms_per_scene: float
     metrics: dict = field(default_factory=dict)
@@ -147,14 +148,19 @@ def file_points(scenes: SceneBatch, bin_db: float = 5.0) -> Iterable[tuple[float
 
 
 def evaluate_points(points: Iterable[tuple[float, SceneBatch]], system: SystemConfig,
-                    settings: SweepSettings, progress=None) -> list[ResultRow]:
+                    settings: SweepSettings, progress=None,
+                    pooled: bool = False) -> list[ResultRow]:
     """Run every estimator on every point; ``progress`` is a rich Progress or None.
 
     With the truth known, the first estimator is the reference: every other one's K = "all"
     row also holds ``reference`` and the standard errors of its differences to it on the
     same scenes (``se_f1_diff``, ``se_K_accuracy_diff``, ``se_<coordinate>_median_ratio``,
-    ...; :func:`risloc.evaluation.metrics.paired_bootstrap_se`)."""
+    ...; :func:`risloc.evaluation.metrics.paired_bootstrap_se`). ``pooled`` (a file's SNR
+    groups) adds, where there is more than one point, a row per estimator over every
+    scene, K = "file" and SNR NaN (no CRB: its scenes' SNRs differ or are unknown)."""
     rows: list[ResultRow] = []
+    kept: dict[str, tuple[list[Matching], list[float]]] = {}  # per estimator, for pooling
+    n_points = 0
     for snr, scenes in points:
         check = scene_problems(scenes.y, scenes.H, scenes.codes)
         if check.reasons:  # one check path for every estimator: bad scenes are left out
@@ -165,6 +171,7 @@ def evaluate_points(points: Iterable[tuple[float, SceneBatch]], system: SystemCo
             scenes = scenes[check.ok]
             if len(scenes) == 0:
                 continue
+        n_points += 1
         crb = scene_crb(scenes, system, settings.crb)
         reference = None  # (name, matching) of the first estimator: the others' SEs are paired
         for name in settings.estimators:
@@ -186,8 +193,30 @@ def evaluate_points(points: Iterable[tuple[float, SceneBatch]], system: SystemCo
                     "reference": reference[0],
                     **{f"se_{k}": v for k, v in paired_bootstrap_se(m, reference[1]).items()}}
                 rows.extend(_rows_for(name, m, scenes, crb, sec, snr, by_K=True, extra=extra))
+                parts, seconds = kept.setdefault(name, ([], []))
+                parts.append(m)
+                seconds.append(sec)
             else:
                 rows.append(ResultRow(name, snr, "?", len(scenes), 1000 * sec / len(scenes)))
+    if pooled and n_points > 1 and kept:
+        rows.extend(_pooled_rows(kept))
+    return rows
+
+
+def _pooled_rows(kept: dict[str, tuple[list[Matching], list[float]]]) -> list[ResultRow]:
+    """One K = "file" row per estimator over all its points' scenes, the first estimator the
+    reference of the paired standard errors (as in each point's rows)."""
+    names = list(kept)
+    whole = {n: concat_matchings(kept[n][0]) for n in names}
+    rows = []
+    for name in names:
+        m = whole[name]
+        extra = {} if name == names[0] else {
+            "reference": names[0],
+            **{f"se_{k}": v for k, v in paired_bootstrap_se(m, whole[names[0]]).items()}}
+        rows.append(ResultRow(name, math.nan, "file", len(m),
+                              1000 * sum(kept[name][1]) / max(len(m), 1),
+                              asdict(summarize(m)) | extra))
     return rows
 
 
