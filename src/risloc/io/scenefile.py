@@ -232,6 +232,8 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig) -> tup
                     " (its axes reversed: MATLAB writes arrays with their dimensions in "
                     "reverse order; permute them, e.g. permute(y, [3 2 1]), before saving)"
                     if flipped else ""))
+        if name == "codes" and data[name].dtype.kind in "fiu":
+            continue  # real codes (a 1-bit RIS's +-1) are complex codes with zero phase or pi
         if data[name].dtype.kind != "c" and not _real_imag_pair(data[name].dtype):
             raise SceneFileError(f"{path}: dataset {name!r} must be complex, "
                                  f"got {data[name].dtype}")

@@ -113,6 +113,17 @@ def test_matlab_complex_compounds_are_read_and_reversed_axes_named(tmp_path, bat
         read_scenes(_npz(tmp_path, **dict(arr, y=other)))
 
 
+def test_real_codes_of_a_1_bit_ris_are_read_as_complex(tmp_path, batch, system):
+    arr = batch_to_arrays(batch, system.K_max)
+    signs = np.where(np.random.default_rng(0).random(arr["codes"].shape) < 0.5, -1, 1)
+    for dtype in (np.float32, np.int8):
+        back, _ = read_scenes(_npz(tmp_path, **dict(arr, codes=signs.astype(dtype))))
+        assert back.codes.dtype == torch.complex64
+        assert torch.equal(back.codes, torch.from_numpy(signs).to(torch.complex64))
+    with pytest.raises(SceneFileError, match="'y' must be complex"):  # y and H stay complex
+        read_scenes(_npz(tmp_path, **dict(arr, y=arr["y"].real.copy())))
+
+
 def test_user_file_without_optional_fields(tmp_path, batch, system):
     arr = batch_to_arrays(batch, system.K_max)
     back, info = read_scenes(_npz(tmp_path, y=arr["y"], H=arr["H"], codes=arr["codes"]))
