@@ -1,3 +1,4 @@
+import pytest
 from typer.testing import CliRunner
 
 from risloc.cli.main import app
@@ -69,10 +70,15 @@ def test_several_files_ranges_and_a_resume_after_a_kill(tmp_path):
         assert runner.invoke(app, ["simulate", "--n", "40", "--out", str(tmp_path / name),
                                    "--snr-db", "15", "--split", "test",
                                    "--seed", seed]).exit_code == 0
+    import h5py
+
+    with h5py.File(tmp_path / "a.h5", "a") as f:  # scene 3 cannot be localized
+        f["y"][3] = 0
     full = tmp_path / "full.csv"
     res = runner.invoke(app, ["localize", str(tmp_path / "*.h5"), "--out", str(full),
                               "--method", "classical", "--batch-size", "8", "--stop", "24"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # done, one scene named
+    assert "a.h5:3 not localized: all-zero measurements" in " ".join(res.output.split())
     lines = full.read_text().splitlines()
     assert lines[0] == "scene,source,azimuth_deg,elevation_deg,range_m,score,file"
     scenes = {(int(r.split(",")[6]), int(r.split(",")[0])) for r in lines[1:]}
@@ -96,7 +102,10 @@ def test_several_files_ranges_and_a_resume_after_a_kill(tmp_path):
     res = runner.invoke(app, ["localize", str(tmp_path / "*.h5"), "--out", str(part),
                               "--method", "classical", "--batch-size", "8", "--stop", "24",
                               "--resume"])
-    assert res.exit_code == 0, res.output
+    # the scene that failed before the kill is still named (the progress record keeps it)
+    assert res.exit_code == 1, res.output
+    assert "a.h5:3 not localized: all-zero measurements" in " ".join(res.output.split())
+    assert "no metrics after a resume" in res.output
     assert part.read_text() == full.read_text()
     assert not (tmp_path / "res.csv.part").exists() and not record.exists()
     res = runner.invoke(app, ["localize", str(tmp_path / "none*.h5")])
@@ -150,3 +159,47 @@ def test_localize_names_the_way_out_for_a_system_the_model_was_not_trained_for(t
     res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "e.csv"),
                               "--method", "classical"])
     assert res.exit_code == 0, res.output
+
+
+def test_unusable_truth_ranges_and_files_of_other_k_max(tmp_path):
+    import h5py
+    import numpy as np
+
+    f, g = tmp_path / "f.h5", tmp_path / "g.h5"
+    assert runner.invoke(app, ["simulate", "--n", "6", "--out", str(f), "--snr-db", "20",
+                               "--K", "2", "--split", "test"]).exit_code == 0
+    assert runner.invoke(app, ["simulate", "--n", "4", "--out", str(g), "--snr-db", "20",
+                               "--K", "1", "--set", "system.K_max=2", "--split",
+                               "test"]).exit_code == 0
+    with h5py.File(f, "a") as h:  # NaN where a true source should be: no score, still a file
+        az = h["azimuth_deg"][:]
+        az[4, 1] = np.nan
+        h["azimuth_deg"][:] = az
+    out = tmp_path / "e.csv"
+    res = runner.invoke(app, ["localize", str(f), "--out", str(out), "--method", "classical"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "the truth of 1 scene(s) cannot be scored (scene 4: a non-finite true position" in text
+    assert "metrics against" not in text and read_estimates(out, 6, 5).K.tolist() == [2] * 6
+    # a range past the file: an error before anything is written (no run to resume)
+    res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "r.csv"),
+                              "--start", "9"])
+    assert res.exit_code == 2 and "select no scene range of its 6 scenes" in res.output
+    assert list(tmp_path.glob("r.csv*")) == []
+    # files of another K_max: each file's scenes capped by its own, metrics over both
+    res = runner.invoke(app, ["localize", str(f), str(g), "--out", str(tmp_path / "fg.csv"),
+                              "--method", "classical"])
+    assert res.exit_code == 0, res.output
+    rows = [r.split(",") for r in (tmp_path / "fg.csv").read_text().splitlines()[1:]]
+    per_scene = {}
+    for r in rows:
+        per_scene[(r[6], r[0])] = per_scene.get((r[6], r[0]), 0) + 1
+    assert max(n for (file, _), n in per_scene.items() if file == "1") <= 2
+    assert "(metrics over the 4 of 10 scenes whose file carries usable truth)" in " ".join(
+        res.output.split())
+    with pytest.raises(ValueError, match="estimates of 2 input files"):
+        read_estimates(tmp_path / "fg.csv", 6, 5)  # scenes of both files would mix
+    assert read_estimates(tmp_path / "fg.csv", 4, 5, file=1).K.tolist() == [1, 1, 1, 1]
+    assert read_estimates(tmp_path / "fg.csv", 6, 5, file=0).K.tolist() == [2] * 6
+    with pytest.raises(ValueError, match="names scene 4, source 0; expected scenes 0..3"):
+        read_estimates(tmp_path / "fg.csv", 4, 5, file=0)

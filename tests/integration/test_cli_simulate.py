@@ -38,6 +38,16 @@ def test_info_checks_every_scene_and_counts_truth_outside_the_field_of_view(tmp_
     text = " ".join(res.output.replace("│", " ").split())
     assert "1 of 6 scenes cannot be localized: scene 4: codes are not unit modulus" in text
     assert "1 of 12 sources" in text
+    with h5py.File(out, "a") as f:  # truth that cannot be scored: named, exit code 1
+        az = f["azimuth_deg"][:]
+        az[0, 0] = float("nan")
+        f["azimuth_deg"][:] = az
+        del f.attrs["system"]
+    res = runner.invoke(app, ["info", str(out)])
+    assert res.exit_code == 1, res.output
+    text = " ".join(res.output.replace("│", " ").split())
+    assert "the truth of 1 scene(s) cannot be scored: scene 0: a non-finite true position" in text
+    assert "(assumed: the file has no system attribute)" in text
 
 
 def test_simulate_npz_and_errors(tmp_path):

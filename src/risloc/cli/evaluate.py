@@ -159,16 +159,18 @@ def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bo
 
 
 def _spectrum_example(system, settings: SweepSettings, out_dir: Path) -> None:
-    """One MUSIC spectrum slice (R_true and R_samp) of a 3-source test scene at 10 dB."""
+    """One MUSIC spectrum slice (R_true and R_samp) of a test scene of 3 sources (K_max if
+    fewer) at 10 dB."""
     from risloc.config import SceneConfig
     from risloc.covariance import sample_covariance
     from risloc.estimators.music import music
     from risloc.experiments.plots import plot_spectrum_slice
     from risloc.simulation import scene_true_covariance, simulate_range
 
+    k = min(3, system.K_max)
     sc = simulate_range(0, 1, system, SceneConfig(), settings.seed, "test", stream=99,
-                        snr_db=10.0, K=3)
-    truth = (sc.azimuth[0, :3].tolist(), sc.elevation[0, :3].tolist())
+                        snr_db=10.0, K=k)
+    truth = (sc.azimuth[0, :k].tolist(), sc.elevation[0, :k].tolist())
     r0 = float(sc.range_m[0, 0])
     covs = [("true", scene_true_covariance(sc, system)),
             ("samp", sample_covariance(sc.y, sc.H, sc.codes))]
@@ -183,7 +185,7 @@ def _spectrum_example(system, settings: SweepSettings, out_dir: Path) -> None:
                                                 blend.beta, blend).R_blend))
     for label, R in covs:
         est = music(R, sc.K, system)
-        plot_spectrum_slice(R[0], 3, system, r0, out_dir / f"music_spectrum_{label}.png",
-                            truth, (est.azimuth[0, :3].tolist(), est.elevation[0, :3].tolist()),
-                            f"MUSIC on R_{label}, K = 3, slice at the range of source 1 "
+        plot_spectrum_slice(R[0], k, system, r0, out_dir / f"music_spectrum_{label}.png",
+                            truth, (est.azimuth[0, :k].tolist(), est.elevation[0, :k].tolist()),
+                            f"MUSIC on R_{label}, K = {k}, slice at the range of source 1 "
                             f"({r0:.2f} m)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import math
 import time
 from dataclasses import replace
@@ -136,14 +137,21 @@ def localize_command(
         batch_size = 8192 if device == "cuda" else 256
     check_writable(out_path, [*paths, *([checkpoint] if checkpoint is not None else [])])
     infos = [inspect_scene_file(p) for p in paths]
-    system = infos[0].system
     for p, info in zip(paths[1:], infos[1:], strict=True):
-        try:
-            check_system(system, info.system)
+        try:  # K_max may differ between files: each file's caps its own scenes
+            check_system(infos[0].system.model_copy(update={"K_max": info.system.K_max}),
+                         info.system)
         except ValueError as err:
             raise ValueError(f"{p}: its system differs from {paths[0]}'s: {err}") from None
-    if K is not None and not 1 <= K <= system.K_max:
-        raise ValueError(f"--K must lie in 1..K_max={system.K_max}, got {K}")
+    # the localizer's K_max: the largest of the files' (each file's scenes capped by theirs)
+    system = infos[0].system.model_copy(update={"K_max": max(i.system.K_max for i in infos)})
+    k_cap = min(i.system.K_max for i in infos)
+    if K is not None and not 1 <= K <= k_cap:
+        raise ValueError(f"--K must lie in 1..K_max={k_cap}, got {K}")
+    for p, info in zip(paths, infos, strict=True):  # ranges checked before anything is written
+        if start > info.n_scenes or (stop is not None and stop < start):
+            raise ValueError(f"{p}: --start {start} / --stop {stop} select no scene range of "
+                             f"its {info.n_scenes} scenes")
     ranges = [(start, info.n_scenes if stop is None else min(stop, info.n_scenes))
               for info in infos]
     graph_batch = None  # a graph of no more scenes than are read at a time
@@ -153,12 +161,19 @@ def localize_command(
         console.print("[yellow]--graphs applies to the learned method on CUDA only: "
                       "ignored[/]")
     loc = _localizer(method, checkpoint, system, device, bf16, graph_batch)
-    try:
-        check_system(loc.system, system)
-    except ValueError as err:  # a model serves the system it was trained for
-        raise ValueError(f"{paths[0]}: {err} (the classical localizer takes any system: "
-                         "--method classical; or train a model for this one: risloc train)"
-                         ) from None
+    for p, info in zip(paths, infos, strict=True):
+        try:
+            check_system(loc.system, info.system)
+        except ValueError as err:  # a model serves the system it was trained for
+            raise ValueError(f"{p}: {err} (the classical localizer takes any system: "
+                             "--method classical; or train a model for this one: risloc "
+                             "train)") from None
+    for p, info in zip(paths, infos, strict=True):
+        if info.n_truth_problems:
+            i, why = info.truth_problems[0]
+            console.print(f"[yellow]{p}: the truth of {info.n_truth_problems} scene(s) cannot "
+                          f"be scored (scene {i}: {why}; `risloc info` lists them): its "
+                          "scenes are localized, not scored[/]")
     many = len(paths) > 1
     settings = {"inputs": [str(p.resolve()) for p in paths], "method": loc.method,
                 "checkpoint": None if checkpoint is None else str(checkpoint.resolve()),
@@ -170,34 +185,54 @@ def localize_command(
     done_before = sum(min(stream.done.get(str(i), lo), hi) - lo
                       for i, (lo, hi) in enumerate(ranges) if str(i) in stream.done)
     # scored chunk by chunk as it goes: a run keeps ~0.5 KB per scene, not its scenes
-    matched, snrs, bad, n_new, t0 = [], [], [], 0, time.perf_counter()
-    with progress() as bar:
-        task = bar.add_task(f"localizing ({loc.method})", total=total, completed=done_before)
-        for i, (path, (lo, hi)) in enumerate(zip(paths, ranges, strict=True)):
-            first = max(lo, stream.done.get(str(i), lo))
-            # the next chunk read while this one is localized: reading 8,192 scenes takes
-            # 0.1-0.7 s on the CPU of docs/results.md, localizing them on an H200 ~0.7 s
-            for at, batch in read_ahead(iter_scene_chunks(path, first, hi, batch_size)):
-                res = loc.localize(*(t.to(device) for t in (batch.y, batch.H, batch.codes)),
-                                   batch.snr_db, K, system=system)
-                rows = estimate_rows(res.estimates, at)
-                stream.append(str(i), at + len(batch),
-                              [(*r, i) for r in rows] if many else rows)
-                bad.extend((f"{path}:" if many else "", at + j, why) for j, why in res.bad)
-                if batch.has_truth and not resume:
-                    matched.append(match_sources(res.estimates, batch.azimuth,
-                                                 batch.elevation, batch.range_m, batch.K))
-                    snrs.append(batch.snr_db)
-                n_new += len(batch)
-                bar.advance(task, len(batch))
+    matched, snrs, n_new, t0 = [], [], 0, time.perf_counter()
+    quiet = logging.getLogger("risloc.pipeline.localizer")  # bad scenes: named below, by
+    level = quiet.level                                     # their index in the file
+    quiet.setLevel(logging.ERROR)
+    try:
+        with progress() as bar:
+            task = bar.add_task(f"localizing ({loc.method})", total=total,
+                                completed=done_before)
+            for i, (path, info, (lo, hi)) in enumerate(zip(paths, infos, ranges, strict=True)):
+                first = max(lo, stream.done.get(str(i), lo))
+                scored = info.has_truth and not info.n_truth_problems
+                # the next chunk read while this one is localized: reading 8,192 scenes
+                # takes 0.1-0.7 s on the CPU of docs/results.md, localizing them on an H200
+                # ~0.7 s
+                for at, batch in read_ahead(iter_scene_chunks(path, first, hi, batch_size,
+                                                              truth=scored)):
+                    res = loc.localize(*(t.to(device) for t in (batch.y, batch.H,
+                                                                 batch.codes)),
+                                       batch.snr_db, K, system=info.system)
+                    rows = estimate_rows(res.estimates, at)
+                    stream.append(str(i), at + len(batch),
+                                  [(*r, i) for r in rows] if many else rows,
+                                  [(f"{path}:" if many else "", at + j, why)
+                                   for j, why in res.bad])
+                    if scored and done_before == 0:
+                        matched.append(match_sources(res.estimates, batch.azimuth,
+                                                     batch.elevation, batch.range_m, batch.K))
+                        snrs.append(batch.snr_db)
+                    n_new += len(batch)
+                    bar.advance(task, len(batch))
+    finally:
+        quiet.setLevel(level)
     dt = time.perf_counter() - t0
+    bad = stream.bad  # of this run and of the run it resumed
     stream.finish()
     for where, j, why in bad:
         console.print(f"[yellow]scene {where}{j} not localized:[/] {why}")
     console.print(f"{n_new} scenes in {dt:.1f} s ({n_new / max(dt, 1e-9):.1f} scenes/s); "
                   f"estimates of {total} scenes in {out_path}")
-    if matched and sum(len(m) for m in matched) == total:
+    if matched:
+        scored_n = sum(len(m) for m in matched)
         out.print(_metrics_table(concat_matchings(matched), torch.cat(snrs), snr_bin_db,
-                                 len(bad)))
+                                 len(bad) if scored_n == total else 0))
+        if scored_n < total:
+            console.print(f"(metrics over the {scored_n} of {total} scenes whose file carries "
+                          "usable truth)")
+    elif done_before:
+        console.print("(no metrics after a resume: the scenes localized before it are not "
+                      "scored again)")
     if bad:
         raise typer.Exit(code=1)

@@ -121,16 +121,17 @@ def _simulate_h5(path, start, stop, system, scenes, split, seed, snr_db, K, attr
             bar.advance(task, hi - lo)
 
 
-def _check_scenes(path: Path, n_scenes: int) -> tuple[list[tuple[int, str]], int, int]:
+def _check_scenes(path: Path, n_scenes: int, truth: bool
+                  ) -> tuple[list[tuple[int, str]], int, int]:
     """Every scene of a file checked as the localizers check theirs
     (:func:`risloc.core.checks.scene_problems`), chunk by chunk: ([(scene, reason)], true
-    sources outside the default field of view, true sources)."""
+    sources outside the default field of view, true sources; with ``truth``)."""
     fov = FieldOfView()
     bad: list[tuple[int, str]] = []
     outside = n_true = 0
     with progress() as bar:
         task = bar.add_task("checking every scene", total=n_scenes)
-        for at, batch in iter_scene_chunks(path, size=1024):
+        for at, batch in iter_scene_chunks(path, size=1024, truth=truth):
             bad += [(at + i, why) for i, why in
                     scene_problems(batch.y, batch.H, batch.codes).reasons]
             if batch.has_truth:
@@ -157,9 +158,12 @@ def _print_summary(path: Path, check: bool = False) -> bool:
     table.add_column("value")
     table.add_row("scenes", f"{info.n_scenes}")
     table.add_row("system", f"RIS {s.N_H}x{s.N_V} (N={s.N}), M={s.M}, L={s.L}, "
-                            f"lambda={s.wavelength} m, d={s.spacing} m, {s.wavefront}")
+                            f"lambda={s.wavelength} m, d={s.spacing} m, {s.wavefront}, "
+                            f"K_max={s.K_max}" + (" (assumed: the file has no system "
+                                                  "attribute)" if info.system_assumed else ""))
     if info.n_scenes:
-        batch, _ = read_scenes(path, 0, min(info.n_scenes, 4096))
+        batch, _ = read_scenes(path, 0, min(info.n_scenes, 4096),
+                               truth=not info.n_truth_problems)
         snr = batch.snr_db.numpy()
         if np.isfinite(snr).any():
             table.add_row("SNR (dB)", f"{np.nanmin(snr):.1f} .. {np.nanmax(snr):.1f} "
@@ -179,8 +183,14 @@ def _print_summary(path: Path, check: bool = False) -> bool:
         if key in info.attrs:
             table.add_row(key, str(info.attrs[key]))
     bad: list[tuple[int, str]] = []
+    if check and info.n_truth_problems:
+        table.add_row("truth checks", f"the truth of {info.n_truth_problems} scene(s) cannot "
+                      "be scored: " + "; ".join(f"scene {i}: {why}" for i, why in
+                                                info.truth_problems[:5])
+                      + ("; ..." if info.n_truth_problems > 5 else ""))
     if check and info.n_scenes:
-        bad, outside, n_true = _check_scenes(path, info.n_scenes)
+        bad, outside, n_true = _check_scenes(path, info.n_scenes,
+                                             info.has_truth and not info.n_truth_problems)
         table.add_row("scene checks", "every scene can be localized" if not bad else
                       f"{len(bad)} of {info.n_scenes} scenes cannot be localized: " + "; ".join(
                           f"scene {i}: {why}" for i, why in bad[:5]) + ("; ..." if len(bad) > 5
@@ -193,13 +203,14 @@ def _print_summary(path: Path, check: bool = False) -> bool:
                           f"{f.elevation_deg[1]:g} deg, range {f.range_m[0]:g}..{f.range_m[1]:g}"
                           " m: where the localizers search)")
     out.print(table)
-    return not bad
+    return not bad and not (check and info.n_truth_problems)
 
 
 @handle_errors
 def info_command(path: Annotated[Path, typer.Argument(help="Scene file (.h5 / .npz).")]) -> None:
     """Validate a scene file and print what it holds; every scene is checked as the
-    localizers check theirs (exit code 1 when any cannot be localized), and true sources
-    outside the field of view the localizers search are counted."""
+    localizers check theirs and its truth for scoring (exit code 1 when a scene cannot be
+    localized or its truth cannot be scored), and true sources outside the field of view
+    the localizers search are counted."""
     if not _print_summary(path, check=True):
         raise typer.Exit(code=1)

@@ -101,13 +101,23 @@ class Matching:
 
 
 def concat_matchings(parts: list[Matching]) -> Matching:
-    """Matchings of consecutive batches as one (same slots and gate): a long run matches
-    each chunk as it goes and keeps only this, a few hundred bytes per scene."""
+    """Matchings of consecutive batches as one (same gate): a long run matches each chunk as
+    it goes and keeps only this, a few hundred bytes per scene. Parts with fewer true or
+    estimate slots (files of another K_max) are padded as empty slots."""
     if not parts:
         raise ValueError("no matchings to concatenate")
     if len({p.gate_deg for p in parts}) > 1:
         raise ValueError("matchings with different gates cannot be concatenated")
-    return replace(parts[0], **{f.name: torch.cat([getattr(p, f.name) for p in parts])
+
+    def cat(ts: list[torch.Tensor]) -> torch.Tensor:
+        width = max(t.shape[-1] for t in ts) if ts[0].dim() == 2 else None
+        if width is not None:  # empty slots: False, -1 (no estimate), NaN
+            fill = {torch.bool: False, torch.int64: -1}.get(ts[0].dtype, math.nan)
+            ts = [torch.nn.functional.pad(t, (0, width - t.shape[-1]), value=fill)
+                  if t.shape[-1] < width else t for t in ts]
+        return torch.cat(ts)
+
+    return replace(parts[0], **{f.name: cat([getattr(p, f.name) for p in parts])
                                 for f in fields(Matching) if f.name != "gate_deg"})
 
 

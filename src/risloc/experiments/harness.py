@@ -139,18 +139,22 @@ def sweep_points(settings: SweepSettings, cfg: RislocConfig) -> Iterable[tuple[f
         yield snr, concat_batches(parts)
 
 
-def file_points(scenes: SceneBatch, bin_db: float = 5.0) -> Iterable[tuple[float, SceneBatch]]:
+def file_points(scenes: SceneBatch, bin_db: float = 5.0
+                ) -> Iterable[tuple[float, SceneBatch, torch.Tensor]]:
     """A user's file grouped by SNR (:func:`risloc.evaluation.metrics.snr_groups`): bins of
     ``bin_db`` dB, each labelled with the mean SNR of its scenes; the scenes without an SNR
-    as one last group labelled NaN. No scene is left out."""
+    as one last group labelled NaN. No scene is left out. Yields (label, scenes, their
+    indices in the file)."""
     for label, sel in snr_groups(scenes.snr_db, bin_db):
-        yield label, scenes[sel]
+        yield label, scenes[sel], sel.nonzero().flatten()
 
 
-def evaluate_points(points: Iterable[tuple[float, SceneBatch]], system: SystemConfig,
+def evaluate_points(points: Iterable[tuple], system: SystemConfig,
                     settings: SweepSettings, progress=None,
                     pooled: bool = False) -> list[ResultRow]:
-    """Run every estimator on every point; ``progress`` is a rich Progress or None.
+    """Run every estimator on every point, (label, scenes) or (label, scenes, their indices
+    in a file: :func:`file_points`, for the scenes left out); ``progress`` is a rich
+    Progress or None.
 
     With the truth known, the first estimator is the reference: every other one's K = "all"
     row also holds ``reference`` and the standard errors of its differences to it on the
@@ -161,11 +165,11 @@ def evaluate_points(points: Iterable[tuple[float, SceneBatch]], system: SystemCo
     rows: list[ResultRow] = []
     kept: dict[str, tuple[list[Matching], list[float]]] = {}  # per estimator, for pooling
     n_points = 0
-    for snr, scenes in points:
+    for snr, scenes, *where in points:  # where: the scenes' indices in a file, if given
         check = scene_problems(scenes.y, scenes.H, scenes.codes)
         if check.reasons:  # one check path for every estimator: bad scenes are left out
             for i, why in check.reasons[:20]:
-                log.warning("scene %d left out: %s", i, why)
+                log.warning("scene %d left out: %s", int(where[0][i]) if where else i, why)
             log.warning("%d of %d scenes left out (reasons above)", len(check.reasons),
                         len(scenes))
             scenes = scenes[check.ok]

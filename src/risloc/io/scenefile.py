@@ -56,6 +56,13 @@ class SceneFileInfo:
     has_snr: bool
     K_slots: int
     attrs: dict[str, Any]
+    truth_problems: tuple[tuple[int, str], ...] = ()  # (scene, reason): at most TRUTH_LISTED
+    n_truth_problems: int = 0  # scenes whose truth cannot be scored (all of them)
+
+    @property
+    def system_assumed(self) -> bool:
+        """The file has no ``system`` attribute: the default system is assumed."""
+        return "system" not in self.attrs
 
 
 # ----------------------------------------------------------------------------- writing
@@ -175,11 +182,18 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
     if path.suffix == ".npz":
         try:
             z = np.load(path, allow_pickle=False)
-            data = {k: z[k] for k in z.files}
+            data = {}
+            for k in z.files:
+                try:
+                    data[k] = z[k]
+                except ValueError:  # an object array: not ours unless a name we read
+                    if k in (*REQUIRED, "snr_db", "K", *TRUTH, "system"):
+                        raise
         except Exception as err:  # zipfile / ValueError / EOFError on corrupt archives
             raise SceneFileError(f"{path}: not a readable .npz file ({err})") from None
-        attrs = {k: str(data.pop(k)) for k in list(data)  # attributes: 0-d strings
-                 if data[k].dtype.kind == "U" and data[k].ndim == 0}
+        attrs = {k: (data.pop(k).item().decode("utf-8", "replace") if data[k].dtype.kind == "S"
+                     else str(data.pop(k)))  # attributes: 0-d strings (or bytes)
+                 for k in list(data) if data[k].dtype.kind in "US" and data[k].ndim == 0}
         return data, attrs, None
     try:
         f = h5py.File(path, "r")
@@ -187,11 +201,12 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
         raise SceneFileError(f"{path}: not a readable HDF5 file (truncated or corrupt?): "
                              f"{err}") from None
     attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    groups = [k for k in f.keys() if not isinstance(f[k], h5py.Dataset)]
+    names = (*REQUIRED, "snr_db", "K", *TRUTH)  # other groups (MATLAB's #refs#) are not ours
+    groups = [k for k in f.keys() if k in names and not isinstance(f[k], h5py.Dataset)]
     if groups:
         f.close()
         raise SceneFileError(f"{path}: {groups} must be datasets, found HDF5 group(s)")
-    return {k: f[k] for k in f.keys()}, attrs, f
+    return {k: f[k] for k in f.keys() if isinstance(f[k], h5py.Dataset)}, attrs, f
 
 
 def _real_imag_pair(dtype: np.dtype) -> bool:
@@ -243,7 +258,39 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig) -> tup
     if "snr_db" in data and data["snr_db"].dtype.kind not in "fiu":
         raise SceneFileError(f"{path}: 'snr_db' must be numeric (NaN where unknown), got "
                              f"{data['snr_db'].dtype}")
+    if "snr_db" in data and S:
+        inf = np.flatnonzero(np.isinf(np.asarray(data["snr_db"][:], dtype=np.float64)))
+        if inf.size:
+            raise SceneFileError(f"{path}: 'snr_db' is infinite in {inf.size} scene(s) "
+                                 f"{_listed(inf)}; write NaN where the SNR is unknown")
     return S, _check_truth(path, data, S, system)
+
+
+TRUTH_LISTED = 20  # scenes with unusable truth named by SceneFileInfo (all are counted)
+
+
+def _listed(idx: np.ndarray, n: int = 10) -> str:
+    """Scene indices for a message: the first n, then how many more."""
+    head = ", ".join(str(int(i)) for i in idx[:n])
+    return f"[{head}{f', ... ({idx.size - n} more)' if idx.size > n else ''}]"
+
+
+def truth_problems(K: np.ndarray, azimuth_deg: np.ndarray, elevation_deg: np.ndarray,
+                   range_m: np.ndarray) -> list[tuple[int, str]]:
+    """(scene, reason) for every scene whose truth cannot be scored: K outside 1..slots
+    (the conventions' K in 1..K_max; a noise-only K = 0 scene included), a non-finite
+    position or a range <= 0 in one of its first K slots."""
+    S, slots = azimuth_deg.shape
+    K = K.astype(np.int64)
+    real = np.arange(slots) < np.clip(K, 0, slots)[:, None]
+    finite = np.isfinite(azimuth_deg) & np.isfinite(elevation_deg) & np.isfinite(range_m)
+    bad_pos = (real & ~finite).any(1)
+    bad_range = (real & finite & ~(np.nan_to_num(range_m, nan=1.0) > 0)).any(1)
+    out = []
+    for i in np.flatnonzero((K < 1) | (K > slots) | bad_pos | bad_range):
+        out.append((int(i), f"K = {K[i]} outside 1..{slots}" if not 1 <= K[i] <= slots
+                    else "a non-finite true position" if bad_pos[i] else "a true range <= 0"))
+    return out
 
 
 def _check_truth(path: Path, data: dict[str, Any], S: int, system: SystemConfig) -> int:
@@ -258,15 +305,15 @@ def _check_truth(path: Path, data: dict[str, Any], S: int, system: SystemConfig)
                              f"{data['K'].dtype} {tuple(data['K'].shape)}")
     slots = data["azimuth_deg"].shape[-1] if data["azimuth_deg"].ndim == 2 else -1
     for name in TRUTH:
-        if data[name].ndim != 2 or tuple(data[name].shape) != (S, slots):
-            raise SceneFileError(f"{path}: {name!r} must have shape (S, K_max) = ({S}, "
-                                 f"{slots}), got {tuple(data[name].shape)}")
+        got = tuple(data[name].shape)
+        if data[name].ndim != 2 or got != (S, slots):
+            raise SceneFileError(
+                f"{path}: {name!r} must have shape (S, K_max) with S = {S} scenes (and the "
+                f"same K_max in azimuth_deg, elevation_deg and range_m), got {got}" + (
+                    " (its axes reversed, as MATLAB writes arrays: permute it before "
+                    "saving)" if len(got) == 2 and got[1] == S and got[0] != S else ""))
         if data[name].dtype.kind not in "fiu":
             raise SceneFileError(f"{path}: {name!r} must be numeric, got {data[name].dtype}")
-    K = np.asarray(data["K"][:])
-    if S and (int(K.min()) < 1 or int(K.max()) > slots):
-        raise SceneFileError(f"{path}: 'K' must lie in 1..{slots} (the truth's slots), got "
-                             f"{int(K.min())}..{int(K.max())}")
     return slots
 
 
@@ -280,7 +327,10 @@ def inspect_scene_file(path: str | Path) -> SceneFileInfo:
         except ConfigError as err:
             raise SceneFileError(f"{path}: {err}") from None
         S, slots = _check_layout(path, data, system)
-        return SceneFileInfo(path, S, system, slots > 0, "snr_db" in data, slots, attrs)
+        problems = truth_problems(*(np.asarray(data[k][:]) for k in ("K", *TRUTH))) \
+            if slots > 0 and S else []
+        return SceneFileInfo(path, S, system, slots > 0, "snr_db" in data, slots, attrs,
+                             tuple(problems[:TRUTH_LISTED]), len(problems))
     finally:
         if handle is not None:
             handle.close()
@@ -308,20 +358,33 @@ def _to_batch(arrays: dict[str, np.ndarray]) -> SceneBatch:
     return SceneBatch(y=cplx["y"], H=cplx["H"], codes=cplx["codes"], snr_db=snr, **truth)
 
 
-def read_scenes(path: str | Path, start: int = 0, stop: int | None = None
-                ) -> tuple[SceneBatch, SceneFileInfo]:
+def _names(info: SceneFileInfo, truth: bool) -> tuple[str, ...]:
+    """The datasets to read: the truth's only where ``truth`` (then it must be usable)."""
+    if truth and info.n_truth_problems:
+        listed = "; ".join(f"scene {i}: {why}" for i, why in info.truth_problems[:3])
+        raise SceneFileError(
+            f"{info.path}: the truth of {info.n_truth_problems} scene(s) cannot be scored "
+            f"({listed}{'; ...' if info.n_truth_problems > 3 else ''}); `risloc localize` "
+            "still localizes the file, `risloc info` lists them")
+    return (*REQUIRED, "snr_db") + (("K", *TRUTH) if truth else ())
+
+
+def read_scenes(path: str | Path, start: int = 0, stop: int | None = None,
+                truth: bool = True) -> tuple[SceneBatch, SceneFileInfo]:
     """Load scenes ``start .. stop-1`` of a file as a SceneBatch (angles in radians).
 
-    Missing snr_db is returned as NaN (to be estimated downstream).
+    Missing snr_db is returned as NaN (to be estimated downstream). ``truth``: read the
+    truth, which must then be usable in every scene of the file (SceneFileError naming the
+    scenes otherwise: :func:`truth_problems`); False reads the measurements only.
     """
     info = inspect_scene_file(path)
+    names = _names(info, truth)
     stop = info.n_scenes if stop is None else min(stop, info.n_scenes)
     if not 0 <= start <= stop:
         raise SceneFileError(f"{path}: bad scene range {start}..{stop}")
     data, _, handle = _open(Path(path))
     try:
-        arrays = {k: np.asarray(v[start:stop]) for k, v in data.items()
-                  if k in (*REQUIRED, "snr_db", "K", *TRUTH)}
+        arrays = {k: np.asarray(v[start:stop]) for k, v in data.items() if k in names}
     except OSError as err:
         raise SceneFileError(f"{path}: read failed (truncated or corrupt?): {err}") from None
     finally:
@@ -331,20 +394,21 @@ def read_scenes(path: str | Path, start: int = 0, stop: int | None = None
 
 
 def iter_scene_chunks(path: str | Path, start: int = 0, stop: int | None = None,
-                      size: int = 256):
+                      size: int = 256, truth: bool = True):
     """Yield (first scene index, SceneBatch) chunks of scenes start..stop-1, reading each
     chunk from disk as it goes (HDF5: memory flat in the number of scenes; NPZ archives are
-    read whole once, so use HDF5 for large files)."""
+    read whole once, so use HDF5 for large files); ``truth`` as :func:`read_scenes`."""
     if size < 1:
         raise SceneFileError(f"chunk size must be >= 1, got {size}")
     path = Path(path)
     info = inspect_scene_file(path)
+    wanted = _names(info, truth)
     stop = info.n_scenes if stop is None else min(stop, info.n_scenes)
     if not 0 <= start <= stop:
         raise SceneFileError(f"{path}: bad scene range {start}..{stop} of {info.n_scenes}")
     data, _, handle = _open(path)
     try:
-        names = [k for k in data if k in (*REQUIRED, "snr_db", "K", *TRUTH)]
+        names = [k for k in data if k in wanted]
         for lo in range(start, stop, size):
             hi = min(lo + size, stop)
             try:

@@ -33,19 +33,38 @@ def write_estimates(path: str | Path, rows: list[tuple]) -> Path:
     return write_csv_atomic(path, COLUMNS, rows)
 
 
-def read_estimates(path: str | Path, n_scenes: int, slots: int) -> Estimates:
-    """Read an estimates CSV back into Estimates with ``slots`` NaN-padded slots."""
+def read_estimates(path: str | Path, n_scenes: int, slots: int,
+                   file: int | None = None) -> Estimates:
+    """Read an estimates CSV back into Estimates with ``slots`` NaN-padded slots.
+
+    A CSV of several input files (`risloc localize a.h5 b.h5`: a ``file`` column, the
+    index in its argument list) holds several scenes of each index: ``file`` picks one
+    (needed where it holds more than one)."""
     K = torch.zeros(n_scenes, dtype=torch.int64)
     vals = {n: torch.full((n_scenes, slots), math.nan) for n in
             ("azimuth", "elevation", "range_m", "score")}
     with Path(path).open() as f:
-        for row in csv.DictReader(f):
-            b, s = int(row["scene"]), int(row["source"])
-            K[b] = max(int(K[b]), s + 1)
-            vals["azimuth"][b, s] = math.radians(float(row["azimuth_deg"]))
-            vals["elevation"][b, s] = math.radians(float(row["elevation_deg"]))
-            vals["range_m"][b, s] = float(row["range_m"])
-            vals["score"][b, s] = float(row.get("score") or "nan")
+        rows = list(csv.DictReader(f))
+    files = {r["file"] for r in rows} if rows and "file" in rows[0] else set()
+    if file is None and len(files) > 1:
+        raise ValueError(f"{path} holds the estimates of {len(files)} input files (its `file` "
+                         "column): pass file= the index of one")
+    if file is not None:
+        if not files and file != 0:
+            raise ValueError(f"{path} holds the estimates of one input file (no `file` "
+                             f"column), not of file {file}")
+        rows = [r for r in rows if not files or int(r["file"]) == file]
+    for row in rows:
+        b, s = int(row["scene"]), int(row["source"])
+        if not (0 <= b < n_scenes and 0 <= s < slots):
+            raise ValueError(f"{path}: a row names scene {b}, source {s}; expected scenes "
+                             f"0..{n_scenes - 1} and sources 0..{slots - 1} (n_scenes, "
+                             f"slots)")
+        K[b] = max(int(K[b]), s + 1)
+        vals["azimuth"][b, s] = math.radians(float(row["azimuth_deg"]))
+        vals["elevation"][b, s] = math.radians(float(row["elevation_deg"]))
+        vals["range_m"][b, s] = float(row["range_m"])
+        vals["score"][b, s] = float(row.get("score") or "nan")
     return Estimates(K=K, **vals)
 
 
@@ -67,6 +86,7 @@ class EstimatesStream:
         self.record = self.out.with_name(self.out.name + ".progress.json")
         self.settings, self.columns = settings, columns
         self.done: dict[str, int] = {}
+        self.bad: list[tuple] = []  # (where, scene, reason) of scenes not localized
         if resume and self.record.exists():
             rec = json.loads(self.record.read_text())
             diff = [k for k in set(rec["settings"]) | set(settings)
@@ -75,6 +95,7 @@ class EstimatesStream:
                 raise ValueError(f"cannot resume {self.out}: its run had other settings "
                                  f"({', '.join(sorted(diff))})")
             self.done = {k: int(v) for k, v in rec["done"].items()}
+            self.bad = [tuple(b) for b in rec.get("bad", [])]
             with self.part.open("r+b") as f:  # drop rows of a chunk cut off by the kill
                 f.truncate(int(rec["bytes"]))
         elif self.record.exists():
@@ -89,17 +110,20 @@ class EstimatesStream:
 
     def _commit(self) -> None:
         write_text_atomic(self.record, json.dumps({
-            "settings": self.settings, "done": self.done,
+            "settings": self.settings, "done": self.done, "bad": self.bad,
             "bytes": self.part.stat().st_size}) + "\n")
 
-    def append(self, key: str, next_scene: int, rows: list[tuple]) -> None:
+    def append(self, key: str, next_scene: int, rows: list[tuple],
+               bad: list[tuple] = ()) -> None:
         """Rows of a finished chunk of input ``key``, whose scenes before ``next_scene``
-        are now all done."""
+        are now all done; ``bad``: its scenes not localized ((where, scene, reason); kept
+        in the progress record, so a resumed run still names them)."""
         with self.part.open("a", newline="") as f:
             csv.writer(f).writerows(rows)
             f.flush()
             os.fsync(f.fileno())
         self.done[key] = next_scene
+        self.bad.extend(tuple(b) for b in bad)
         self._commit()
 
     def finish(self) -> Path:

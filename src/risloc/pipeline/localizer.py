@@ -101,6 +101,8 @@ def _as_tensor(name: str, x) -> torch.Tensor:
         except (TypeError, ValueError, RuntimeError) as err:
             raise InputTypeError(f"{name} must be an array of complex numbers "
                                  f"({err})") from None
+    if name == "codes" and not t.is_complex() and t.dtype != torch.bool:
+        return t.to(torch.complex64)  # real codes: a 1-bit RIS's +-1 (as scene files allow)
     if not t.is_complex():
         raise InputTypeError(f"{name} must be complex (complex64 or complex128), got "
                              f"{t.dtype}")
@@ -243,7 +245,8 @@ class Localizer:
                 raise
             raise InputError(f"{err} (a model serves the system it was trained for; the "
                              "classical localizer takes any: Localizer(system, "
-                             "'classical'))") from None
+                             "'classical'), in the CLI --method or --estimators "
+                             "classical)") from None
         check_shapes(y, H, codes, self.system)
         B = y.shape[0]
         snr = snr_per_scene(snr_db, B)

@@ -193,6 +193,12 @@ def test_matching_chunk_by_chunk_equals_matching_all_at_once():
         assert torch.equal(getattr(chunks, name), getattr(whole, name)), name
     torch.testing.assert_close(chunks.angle_error, whole.angle_error, equal_nan=True)
     assert summarize(chunks) == summarize(whole)
+    # files of another K_max: a part with fewer true and estimate slots is padded
+    narrow = match_sources(_est([2], [[0.0, 26.0]], [[0.0, 3.0]], [[2.0, 6.0]]),
+                           *(t[1:2, :2] if t.dim() == 2 else t[1:2] for t in TRUTH))
+    mixed = concat_matchings([match_sources(est[:1], *(t[:1] for t in TRUTH)), narrow])
+    assert mixed.truth_mask.shape == (2, 3) and mixed.est_index[1, 2] == -1
+    assert summarize(mixed) == summarize(whole)
     with pytest.raises(ValueError, match="no matchings"):
         concat_matchings([])
 

@@ -7,7 +7,7 @@ import torch
 
 from risloc.config import SceneConfig, SystemConfig
 from risloc.io import SceneDataset, SceneFileError, SceneFileWriter, read_scenes, write_scenes
-from risloc.io.scenefile import batch_to_arrays
+from risloc.io.scenefile import batch_to_arrays, inspect_scene_file, iter_scene_chunks
 from risloc.simulation import simulate_range
 
 
@@ -165,5 +165,45 @@ def test_odd_attributes_and_datasets_are_clean_errors(tmp_path, batch, system):
     with pytest.raises(SceneFileError, match="must be datasets"):
         read_scenes(grp)
     bad_K = dict(arr, K=np.full(len(batch), 7, dtype=np.int32))
-    with pytest.raises(SceneFileError, match="'K' must lie in"):
+    with pytest.raises(SceneFileError, match=r"truth of 50 scene\(s\) cannot be scored "
+                                             r"\(scene 0: K = 7 outside 1..5"):
         read_scenes(_npz(tmp_path, **bad_K))
+
+
+def test_unusable_truth_is_named_and_the_measurements_still_read(tmp_path, batch, system):
+    """Truth that cannot be scored (NaN where a source should be, a range <= 0, K = 0 of a
+    noise-only scene) makes reading the truth an error naming the scenes; the measurements
+    still read (what `risloc localize` needs). An infinite SNR, other groups and object
+    arrays."""
+    import h5py
+
+    arr = batch_to_arrays(batch, system.K_max)
+    az, r, K = arr["azimuth_deg"].copy(), arr["range_m"].copy(), arr["K"].copy()
+    az[5, 0], r[7, 0], K[9] = np.nan, -1.0, 0
+    az[8, int(K[8])] = np.nan  # beyond K: padding, not a problem
+    path = _npz(tmp_path, **dict(arr, azimuth_deg=az, range_m=r, K=K))
+    info = inspect_scene_file(path)
+    assert info.has_truth and info.n_truth_problems == 3
+    assert info.truth_problems == ((5, "a non-finite true position"), (7, "a true range <= 0"),
+                                   (9, "K = 0 outside 1..5"))
+    with pytest.raises(SceneFileError, match=r"truth of 3 scene\(s\) cannot be scored"):
+        read_scenes(path)
+    back, _ = read_scenes(path, truth=False)
+    assert back.K is None and torch.equal(back.y, batch.y)
+    chunks = list(iter_scene_chunks(path, size=20, truth=False))
+    assert [len(c) for _, c in chunks] == [20, 20, 10] and chunks[0][1].K is None
+    snr = arr["snr_db"].copy()
+    snr[[3, 4]] = np.inf
+    with pytest.raises(SceneFileError, match=r"infinite in 2 scene\(s\) \[3, 4\]; write NaN"):
+        inspect_scene_file(_npz(tmp_path, **dict(arr, snr_db=snr)))
+    h5 = write_scenes(tmp_path / "extra.h5", batch, system)
+    with h5py.File(h5, "a") as f:  # MATLAB v7.3 files hold a group #refs#: not ours
+        f.create_group("#refs#")["x"] = np.zeros(3)
+    assert read_scenes(h5)[1].n_scenes == 50
+    z = tmp_path / "obj.npz"
+    np.savez(z, **arr, notes=np.array([{"a": 1}], dtype=object))  # an unrelated object array
+    assert read_scenes(z)[1].n_scenes == 50
+    other = SystemConfig(K_max=4)  # the system as 0-d bytes (numpy's S dtype), not str
+    zb = _npz(tmp_path, **dict(arr, system=np.array(other.model_dump_json().encode())))
+    assert inspect_scene_file(zb).system == other and not inspect_scene_file(zb).system_assumed
+    assert inspect_scene_file(z).system_assumed  # no system: the default is assumed
