@@ -108,6 +108,19 @@ def test_several_files_ranges_and_a_resume_after_a_kill(tmp_path):
     assert "no metrics after a resume" in res.output
     assert part.read_text() == full.read_text()
     assert not (tmp_path / "res.csv.part").exists() and not record.exists()
+    # a resume into a run whose input was written anew meanwhile is refused
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not (record.exists() and '"0": 16' in record.read_text()):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    os.utime(tmp_path / "b.h5")  # rewritten (its modification time moves)
+    res = runner.invoke(app, ["localize", str(tmp_path / "*.h5"), "--out", str(part),
+                              "--method", "classical", "--batch-size", "8", "--stop", "24",
+                              "--resume"])
+    assert res.exit_code == 2 and "other settings (input_versions)" in res.output, res.output
     res = runner.invoke(app, ["localize", str(tmp_path / "none*.h5")])
     assert res.exit_code == 2 and "no scene file matches" in res.output
 

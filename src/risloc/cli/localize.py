@@ -175,7 +175,10 @@ def localize_command(
                           f"be scored (scene {i}: {why}; `risloc info` lists them): its "
                           "scenes are localized, not scored[/]")
     many = len(paths) > 1
-    settings = {"inputs": [str(p.resolve()) for p in paths], "method": loc.method,
+    settings = {"inputs": [str(p.resolve()) for p in paths],
+                # a file written anew under the same name is another input: no resume into it
+                "input_versions": [[p.stat().st_size, p.stat().st_mtime_ns] for p in paths],
+                "method": loc.method,
                 "checkpoint": None if checkpoint is None else str(checkpoint.resolve()),
                 "K": K, "start": start, "stop": stop,
                 "bf16": bf16 if loc.method == "learned" else None}
