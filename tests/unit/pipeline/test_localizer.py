@@ -126,3 +126,15 @@ def test_estimates_file_round_trip(tmp_path, scenes):
     assert back.K[10:].tolist() == [2, 0, 1]
     assert torch.allclose(back.azimuth[10:].nan_to_num(9), est.azimuth.nan_to_num(9), atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["e.csv"]
+
+
+def test_real_codes_of_a_1_bit_ris_are_complex_codes(system, scenes):
+    signs = torch.where(scenes.codes.real >= 0, 1.0, -1.0)  # +-1, float32
+    loc = Localizer(system, "classical", workers=1)
+    a = loc.localize(scenes.y[:2], scenes.H[:2], signs[:2].numpy(), K=1).estimates
+    b = loc.localize(scenes.y[:2], scenes.H[:2], signs[:2].to(torch.complex64), K=1).estimates
+    for name in ("azimuth", "elevation", "range_m"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=0,
+                                   equal_nan=True)
+    with pytest.raises(TypeError, match="y must be complex"):  # y and H stay complex
+        loc.localize(scenes.y.real, scenes.H, scenes.codes)
