@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from risloc.io.scenefile import SceneFileInfo, inspect_scene_file, read_scenes
+from risloc.io.scenefile import SceneFileInfo, check_truth, inspect_scene_file, read_scenes
 from risloc.simulation.scenes import SceneBatch
 from risloc.simulation.streams import concat_batches
 
@@ -21,6 +21,7 @@ class SceneDataset(Dataset):
     def __init__(self, path: str | Path, in_memory: bool | None = None):
         self.path = Path(path)
         self.info: SceneFileInfo = inspect_scene_file(self.path)
+        check_truth(self.info)  # unusable truth: an error now, not at the first batch
         in_memory = self.path.suffix == ".npz" if in_memory is None else in_memory
         self._cache: SceneBatch | None = read_scenes(self.path)[0] if in_memory else None
 

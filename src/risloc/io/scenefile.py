@@ -358,14 +358,21 @@ def _to_batch(arrays: dict[str, np.ndarray]) -> SceneBatch:
     return SceneBatch(y=cplx["y"], H=cplx["H"], codes=cplx["codes"], snr_db=snr, **truth)
 
 
-def _names(info: SceneFileInfo, truth: bool) -> tuple[str, ...]:
-    """The datasets to read: the truth's only where ``truth`` (then it must be usable)."""
-    if truth and info.n_truth_problems:
+def check_truth(info: SceneFileInfo) -> None:
+    """SceneFileError naming the scenes where a file's truth cannot be scored
+    (:func:`truth_problems`); nothing where it can or where there is none."""
+    if info.n_truth_problems:
         listed = "; ".join(f"scene {i}: {why}" for i, why in info.truth_problems[:3])
         raise SceneFileError(
             f"{info.path}: the truth of {info.n_truth_problems} scene(s) cannot be scored "
             f"({listed}{'; ...' if info.n_truth_problems > 3 else ''}); `risloc localize` "
             "still localizes the file, `risloc info` lists them")
+
+
+def _names(info: SceneFileInfo, truth: bool) -> tuple[str, ...]:
+    """The datasets to read: the truth's only where ``truth`` (then it must be usable)."""
+    if truth:
+        check_truth(info)
     return (*REQUIRED, "snr_db") + (("K", *TRUTH) if truth else ())
 
 

@@ -188,6 +188,8 @@ def test_unusable_truth_is_named_and_the_measurements_still_read(tmp_path, batch
                                    (9, "K = 0 outside 1..5"))
     with pytest.raises(SceneFileError, match=r"truth of 3 scene\(s\) cannot be scored"):
         read_scenes(path)
+    with pytest.raises(SceneFileError, match=r"truth of 3 scene\(s\)"):
+        SceneDataset(path)  # training from it: an error before the first batch
     back, _ = read_scenes(path, truth=False)
     assert back.K is None and torch.equal(back.y, batch.y)
     chunks = list(iter_scene_chunks(path, size=20, truth=False))
