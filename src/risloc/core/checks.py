@@ -1,6 +1,8 @@
 """Input checks: the one path that decides, before any estimator runs, which scenes of a
 batch can be localized (and why not), and the one rule for a missing SNR.
 
+* :func:`as_tensor` — a user's array (NumPy or torch, any memory layout or byte order) as a
+  contiguous tensor in native byte order, or an InputTypeError naming it.
 * :func:`check_shapes` — shapes and dtypes of a batch: a ValueError naming the array.
 * :func:`scene_problems` — per scene: non-finite values, an empty measurement (all-zero y),
   an all-zero channel, codes that are not unit modulus (docs/conventions.md). Magnitudes are
@@ -36,6 +38,25 @@ class SceneCheck(NamedTuple):
 
     ok: torch.Tensor
     reasons: tuple[tuple[int, str], ...]
+
+
+def as_tensor(name: str, x) -> torch.Tensor:
+    """``x`` as a contiguous torch tensor in native byte order. Users' arrays come as they
+    come: Fortran order from ``scipy.io.loadmat``, transposed or flipped views, big-endian
+    from another machine's file; inside, reshapes assume a contiguous layout."""
+    if x is None:
+        raise InputTypeError(f"{name} is required, got None")
+    if isinstance(x, torch.Tensor):
+        return x.contiguous()
+    import numpy as np
+
+    try:
+        a = np.asarray(x)
+        if a.dtype.byteorder not in "=|":
+            a = a.astype(a.dtype.newbyteorder("="))
+        return torch.from_numpy(np.ascontiguousarray(a))
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InputTypeError(f"{name} must be a numeric array ({err})") from None
 
 
 def check_shapes(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,

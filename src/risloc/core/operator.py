@@ -48,5 +48,5 @@ def apply_operator(H: torch.Tensor, codes: torch.Tensor, V: torch.Tensor,
     P = V.shape[1]
     if P > M:
         return (operators(H, codes).flatten(1, 2) @ V.mT).view(B, L, M, P)
-    X = (codes.unsqueeze(2) * V.unsqueeze(1)).view(B, -1, N)  # (B, L*P, N)
+    X = (codes.unsqueeze(2) * V.unsqueeze(1)).reshape(B, -1, N)  # (B, L*P, N)
     return (X @ H.mT).view(B, L, P, -1).mT  # (B, L, M, P)

@@ -36,6 +36,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from risloc.config import SystemConfig
+from risloc.core.checks import as_tensor
 from risloc.core.operator import apply_operator
 from risloc.physics import steering_jacobian
 from risloc.simulation import SceneBatch
@@ -323,12 +324,7 @@ def crb_for_scenes(scenes: SceneBatch, system: SystemConfig,
 
 
 def _array(name: str, x, dtype: torch.dtype) -> torch.Tensor:
-    import numpy as np
-
-    if x is None:
-        raise TypeError(f"{name} is required")
-    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    return t.to(dtype)
+    return as_tensor(name, x).to(dtype)
 
 
 def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig, *,
@@ -339,8 +335,10 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig, *,
 
     H [M, N] or [B, M, N], codes [L, N] or [B, L, N]: complex (NumPy or torch);
     azimuth_deg, elevation_deg [K] or [B, K] — [deg]; range_m [K] or [B, K] — [m] (NaN
-    pads a batch whose scenes hold fewer sources); powers : a number or [.., K] source
-    powers p_k (stochastic bound); symbols [B, L, K] (deterministic bound only).
+    pads a batch whose scenes hold fewer sources; [K] with a batch: the same sources in
+    every scene); powers : a number or [.., K] source powers p_k (stochastic bound);
+    symbols [B, L, K] or one scene's [L, K] (deterministic bound only). Any memory layout
+    and byte order (``scipy.io.loadmat``'s Fortran order included).
     The noise: ``noise_var`` (sigma^2, per antenna and snapshot) or ``snr_db``, the
     per-antenna SNR it implies for these sources, codes and channel (docs/conventions.md:
     (1/(L M)) sum_l E||Phi_l A s_l||^2 / sigma^2). Exactly one of the two.
@@ -348,6 +346,11 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig, *,
     """
     if (noise_var is None) == (snr_db is None):
         raise ValueError("give exactly one of noise_var and snr_db")
+    if kind not in ("stochastic", "deterministic"):
+        raise ValueError(f"kind must be 'stochastic' or 'deterministic', got {kind!r}")
+    if not isinstance(system, SystemConfig):
+        raise TypeError(f"system must be a risloc.config.SystemConfig, got "
+                        f"{type(system).__name__} (SystemConfig(**values) makes one)")
     H, codes = _array("H", H, torch.complex128), _array("codes", codes, torch.complex128)
     if H.ndim == 2:
         H, codes = H.unsqueeze(0), codes.unsqueeze(0)
@@ -355,7 +358,7 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig, *,
     pos = [_array(n, v, torch.float64) for n, v in (("azimuth_deg", azimuth_deg),
                                                     ("elevation_deg", elevation_deg),
                                                     ("range_m", range_m))]
-    pos = [p.reshape(B, -1) if p.ndim <= 1 else p for p in pos]
+    pos = [p.reshape(1, -1).expand(B, -1) if p.ndim <= 1 else p for p in pos]  # shared [K]
     az, el, r = torch.deg2rad(pos[0]), torch.deg2rad(pos[1]), pos[2]
     mask = torch.isfinite(az) & torch.isfinite(el) & torch.isfinite(r)
     p = torch.as_tensor(powers, dtype=torch.float64).expand_as(az)
@@ -372,7 +375,8 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig, *,
     elif symbols is None:
         raise ValueError("the deterministic bound needs the symbols")
     else:
-        res = crb_deterministic(az, el, r, _array("symbols", symbols, torch.complex128),
-                                H, codes, sigma2, system, mask)
+        sym = _array("symbols", symbols, torch.complex128)
+        sym = sym.unsqueeze(0) if sym.ndim == 2 else sym  # one scene's [L, K]
+        res = crb_deterministic(az, el, r, sym, H, codes, sigma2, system, mask)
     return {"azimuth_deg": torch.rad2deg(res.azimuth),
             "elevation_deg": torch.rad2deg(res.elevation), "range_m": res.range_m}

@@ -33,6 +33,7 @@ from risloc.config import FieldOfView, SystemConfig
 from risloc.core.checks import (
     InputError,
     InputTypeError,
+    as_tensor,
     check_shapes,
     normalise_scale,
     scene_problems,
@@ -91,16 +92,7 @@ class LocalizationResult:
 
 
 def _as_tensor(name: str, x) -> torch.Tensor:
-    if x is None:
-        raise InputTypeError(f"{name} is required, got None")
-    if isinstance(x, torch.Tensor):
-        t = x
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(x))
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise InputTypeError(f"{name} must be an array of complex numbers "
-                                 f"({err})") from None
+    t = as_tensor(name, x)
     if name == "codes" and not t.is_complex() and t.dtype != torch.bool:
         return t.to(torch.complex64)  # real codes: a 1-bit RIS's +-1 (as scene files allow)
     if not t.is_complex():

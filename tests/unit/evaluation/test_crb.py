@@ -367,3 +367,35 @@ def test_user_crb_from_an_snr_equals_the_bound_at_the_implied_noise_level(system
     assert torch.allclose(ratio, torch.full_like(ratio, 10 ** -0.5), rtol=0.02)
     with pytest.raises(ValueError, match="exactly one"):
         crb(sc.H, sc.codes, az, el, r, system)
+
+
+def test_user_crb_takes_any_layout_shared_positions_and_one_scenes_symbols(system):
+    """Fortran-order and big-endian arrays give the same bound; [K] positions with a batch
+    are the same sources in every scene; a single scene's symbols may be [L, K]."""
+    import numpy as np
+
+    from risloc.evaluation import crb
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 2, system, SceneConfig(), split="test", K=2, snr_db=10.0)
+    geo = ([10.0, -20.0], [5.0, 3.0], [3.0, 4.0])
+    ref = crb(sc.H[0], sc.codes[0], *geo, system, snr_db=10.0)
+    H0, c0 = sc.H[0].numpy(), sc.codes[0].numpy()
+    for H, c in ((np.asfortranarray(H0), np.asfortranarray(c0)),
+                 (H0.astype(H0.dtype.newbyteorder(">")), c0.T.copy().T)):
+        got = crb(H, c, *geo, system, snr_db=10.0)
+        torch.testing.assert_close(got["range_m"], ref["range_m"], rtol=1e-12, atol=0)
+    both = crb(sc.H, sc.codes, *geo, system, snr_db=10.0)
+    assert both["azimuth_deg"].shape == (2, 2)
+    torch.testing.assert_close(both["azimuth_deg"][:1], ref["azimuth_deg"])
+    sym = torch.randn(system.L, 2, dtype=torch.complex128, generator=torch.Generator()
+                      .manual_seed(0))
+    one = crb(sc.H[0], sc.codes[0], *geo, system, noise_var=0.1, kind="deterministic",
+              symbols=sym)
+    batched = crb(sc.H[:1], sc.codes[:1], *([v] for v in geo), system, noise_var=0.1,
+                  kind="deterministic", symbols=sym.unsqueeze(0))
+    torch.testing.assert_close(one["range_m"], batched["range_m"])
+    with pytest.raises(ValueError, match="kind must be"):
+        crb(sc.H, sc.codes, *geo, system, snr_db=10.0, kind="stochastc")
+    with pytest.raises(TypeError, match="SystemConfig"):
+        crb(sc.H, sc.codes, *geo, system.model_dump(), snr_db=10.0)

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -138,3 +139,24 @@ def test_real_codes_of_a_1_bit_ris_are_complex_codes(system, scenes):
                                    equal_nan=True)
     with pytest.raises(TypeError, match="y must be complex"):  # y and H stay complex
         loc.localize(scenes.y.real, scenes.H, scenes.codes)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "transposed view", "big-endian"])
+def test_any_memory_layout_or_byte_order_gives_the_same_answer(system, scenes, layout):
+    """Arrays as users have them: scipy.io.loadmat returns Fortran order, a transposed
+    torch view is not contiguous, a file from another machine may be big-endian."""
+    def as_user(t):
+        a = t[:2].numpy()
+        if layout == "fortran":
+            return np.asfortranarray(a)
+        if layout == "big-endian":
+            return a.astype(a.dtype.newbyteorder(">"))
+        return t[:2].mT.contiguous().mT
+
+    loc = Localizer(system, "classical", workers=1)
+    ref = loc.localize(scenes.y[:2], scenes.H[:2], scenes.codes[:2], K=1).estimates
+    got = loc.localize(*(as_user(t) for t in (scenes.y, scenes.H, scenes.codes)),
+                       K=1).estimates
+    for name in ("azimuth", "elevation", "range_m"):
+        torch.testing.assert_close(getattr(got, name), getattr(ref, name), rtol=0, atol=0,
+                                   equal_nan=True)
