@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from risloc.config import ConfigError, SystemConfig, system_from_json
+from risloc.core.checks import as_tensor
 from risloc.io.atomic import atomic_path, remove_stale_temporaries, temporary_name
 from risloc.simulation.scenes import SceneBatch
 
@@ -337,7 +338,7 @@ def inspect_scene_file(path: str | Path) -> SceneFileInfo:
 
 
 def _to_batch(arrays: dict[str, np.ndarray]) -> SceneBatch:
-    t = {k: torch.from_numpy(np.ascontiguousarray(_as_complex(v) if k in REQUIRED else v))
+    t = {k: as_tensor(k, _as_complex(v) if k in REQUIRED else v)  # big-endian files too
          for k, v in arrays.items()}
     cplx = {k: t[k].to(torch.complex64) for k in REQUIRED}
     S = cplx["y"].shape[0]

@@ -113,6 +113,22 @@ def test_matlab_complex_compounds_are_read_and_reversed_axes_named(tmp_path, bat
         read_scenes(_npz(tmp_path, **dict(arr, y=other)))
 
 
+def test_a_big_endian_file_reads_as_the_native_one(tmp_path, batch, system):
+    """Files written on a big-endian machine (or by tools that choose that order)."""
+    arr = batch_to_arrays(batch, system.K_max)
+    path = tmp_path / "big.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["system"] = system.model_dump_json()
+        for k, v in arr.items():
+            f[k] = v.astype(v.dtype.newbyteorder(">"))
+    assert h5py.File(path)["y"].dtype.byteorder == ">"
+    back, info = read_scenes(path)
+    assert info.has_truth and torch.equal(back.y, batch.y) and torch.equal(back.K, batch.K)
+    torch.testing.assert_close(back.range_m.float(), batch.range_m, equal_nan=True)
+    (_, chunk), = iter_scene_chunks(path, 0, 5, size=5)
+    assert torch.equal(chunk.codes, batch.codes[:5])
+
+
 def test_real_codes_of_a_1_bit_ris_are_read_as_complex(tmp_path, batch, system):
     arr = batch_to_arrays(batch, system.K_max)
     signs = np.where(np.random.default_rng(0).random(arr["codes"].shape) < 0.5, -1, 1)
