@@ -95,8 +95,12 @@ class DataConfig(_Section):
 
     seed: int = Field(0, ge=0)
     stream: int = Field(1, ge=0, description="scene_stream index of the training stream")
-    train_file: Path | None = None
-    val_file: Path | None = None
+    train_file: Path | None = Field(None, description=(
+        "train on this scene file's scenes (truth required; its system must be the "
+        "recipe's) instead of the simulator; the order head is still fitted on simulated "
+        "scenes of `scene` (order.*)"))
+    val_file: Path | None = Field(None, description=(
+        "validate on this scene file's scenes (as train_file) instead of n_val simulated"))
     n_val: int = Field(512, ge=1)
     val_offset: int = Field(0, ge=0, description="first validation-split scene")
     val_batch_size: int = Field(128, ge=1)

@@ -17,8 +17,10 @@ from typing import TypeVar
 
 import torch
 
+from risloc.core.checks import InputError, scene_problems
 from risloc.io.scenefile import read_scenes
 from risloc.parallel import read_ahead
+from risloc.pipeline.localizer import check_system
 from risloc.simulation.scenes import SceneBatch
 from risloc.simulation.streams import (
     MixtureDraws,
@@ -48,9 +50,28 @@ def _as_float32(scenes: SceneBatch) -> SceneBatch:
                       symbols=scenes.symbols)
 
 
-def _check_truth(scenes: SceneBatch, what: str) -> SceneBatch:
+def read_training_file(path, cfg: TrainConfig, what: str) -> SceneBatch:
+    """A training or validation file's scenes, checked up front: the truth present, the
+    file's system that of the recipe (every differing field named), and every scene one
+    the localizers can take (ValueError naming the first bad scenes), so that a run never
+    stops mid-epoch on a scene it could have refused at the start."""
+    scenes, info = read_scenes(path)
+    where = f"{what} {path}"
     if not scenes.has_truth:
-        raise ValueError(f"{what} must carry the truth (K, azimuth, elevation, range)")
+        raise ValueError(f"{where} must carry the truth (K, azimuth, elevation, range)")
+    if info.system_assumed:
+        log.warning("%s has no system attribute: taken to be the recipe's", where)
+    else:
+        try:
+            check_system(cfg.system, info.system)
+        except InputError as err:
+            raise ValueError(f"{where}: {err} (the recipe's system is `system.*`)") from None
+    bad = scene_problems(scenes.y, scenes.H, scenes.codes).reasons
+    if bad:
+        listed = "; ".join(f"scene {i}: {why}" for i, why in bad[:3])
+        raise ValueError(f"{where}: {len(bad)} scene(s) cannot be trained on ({listed}"
+                         f"{'; ...' if len(bad) > 3 else ''}); `risloc info {path}` lists "
+                         "them")
     return _as_float32(scenes)
 
 
@@ -77,8 +98,7 @@ class TrainData:
         self.shards_here = tuple(range(S)) if shards_here is None else shards_here
         self.scenes = None
         if cfg.data.train_file is not None:
-            scenes, _ = read_scenes(cfg.data.train_file)
-            self.scenes = _check_truth(scenes, f"training file {cfg.data.train_file}")
+            self.scenes = read_training_file(cfg.data.train_file, cfg, "training file")
             log.info("training on %d scenes from %s", len(self.scenes), cfg.data.train_file)
 
     def _scene_config(self, epoch: int):
@@ -207,8 +227,7 @@ def validation_set(cfg: TrainConfig) -> SceneBatch:
     """The fixed validation scenes: a file, or scenes val_offset.. of the validation split."""
     d = cfg.data
     if d.val_file is not None:
-        scenes, _ = read_scenes(d.val_file)
-        scenes = _check_truth(scenes, f"validation file {d.val_file}")
+        scenes = read_training_file(d.val_file, cfg, "validation file")
     else:
         scenes = simulate_range(d.val_offset, d.val_offset + d.n_val, cfg.system,
                                 cfg.scenes(), d.seed, "validation")

@@ -1,7 +1,8 @@
 """Training batches: identical to the simulator's scene_stream; file batches cover the file."""
 
+import math
 import multiprocessing
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 import torch
@@ -140,3 +141,21 @@ def test_batches_computed_on_another_device_are_the_host_ones():
             if getattr(meta, f.name) is not None} == {"meta"}
     with pytest.raises(ConfigError, match="simulate_on=device"):
         load_train_config(None, ["simulate_on=device", "prefetch=process"])
+
+
+def test_a_training_file_is_checked_before_the_first_step(tmp_path):
+    """A file of another system, or with a scene the localizers refuse, is named when the
+    data is set up, not as a batch index mid-epoch."""
+    system = SystemConfig()
+    scenes = simulate_range(0, 6, system, SceneConfig(), seed=1, split="train")
+    other = system.model_copy(update={"wavelength": 0.5})
+    write_scenes(tmp_path / "other.h5", scenes, other)
+    cfg = load_train_config(None, [f"data.train_file={tmp_path / 'other.h5'}"])
+    with pytest.raises(ValueError, match=r"training file .*other.h5.*wavelength"):
+        TrainData(cfg)
+    bad = scenes.y.clone()
+    bad[4, 0, 0] = complex(math.nan, 0.0)
+    write_scenes(tmp_path / "nan.h5", replace(scenes, y=bad), system)
+    cfg = load_train_config(None, [f"data.val_file={tmp_path / 'nan.h5'}"])
+    with pytest.raises(ValueError, match=r"validation file .*1 scene\(s\).*scene 4: non-finite"):
+        validation_set(cfg)
