@@ -167,8 +167,11 @@ def test_train_refuses_a_run_folder_unless_resumed_or_overwritten(tmp_path):
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and "already holds a run" in res.output
     assert (out / "epochs.csv").read_text() == log_before  # nothing was touched
+    (out / "model.pt").write_bytes(b"an earlier run's model")
     res = runner.invoke(app, [*args, "--overwrite"])
     assert res.exit_code == 0, res.output
+    assert not (out / "model.pt").exists()  # this run fits no order head: no stale model
+    assert (out / "epochs.csv").exists()
     res = runner.invoke(app, [*args, "--overwrite", "--resume"])
     assert res.exit_code == 2 and "exclude each other" in res.output
 

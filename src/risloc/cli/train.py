@@ -17,7 +17,7 @@ from risloc.training.config import load_train_config
 from risloc.training.loop import train
 
 RUN_FILES = ("best.pt", "last.pt", "final.pt", "epochs.csv", "steps.csv", "metrics.json",
-             "model.pt")
+             "model.pt", "model.json")
 _HEADLINE = ("best_objective", "best_epoch", "epochs_run", "seconds_per_epoch",
              "val_angle_median_deg", "val_range_median_m", "val_K_accuracy", "val_f1",
              "val_nmse", "val_overlap", "swa_angle_median_deg", "swa_K_accuracy")
@@ -77,7 +77,7 @@ def train_command(
         dir_okay=False)] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Start afresh in an output folder that holds a run (its "
-                            "checkpoints and logs are replaced).")] = False,
+                            "checkpoints, logs and model are deleted first).")] = False,
 ) -> None:
     """Train the learned covariance network; write best.pt, last.pt, final.pt and CSV logs,
     then (recipe section `order`, on by default) the inference model model.pt: the best
@@ -103,6 +103,9 @@ def train_command(
     if held and not (resume or overwrite) and first_rank:
         raise ValueError(f"{run} already holds a run ({', '.join(held)}): pass --resume to "
                          "continue it or --overwrite to start afresh")
+    if overwrite and first_rank:  # afresh: no file of the old run is left to be mistaken
+        for name in held:  # for this one's (a model.pt where this run fits no order head)
+            (run / name).unlink()
     console.print(f"training -> {cfg.out_dir} ({cfg.schedule.epochs} epochs x "
                   f"{cfg.schedule.steps_per_epoch} steps, batch {cfg.optim.batch_size})")
     metrics = train(cfg, resume=resume)
