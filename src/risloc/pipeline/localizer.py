@@ -143,8 +143,7 @@ def resolve_K(K, n_scenes: int, k_max: int) -> torch.Tensor | None:
     if t.is_floating_point():
         if not bool((t == t.round()).all()):
             raise InputError(f"K must hold whole numbers, got {t.flatten()[:5].tolist()}")
-    elif t.dtype == torch.bool or t.is_complex() or not t.dtype.is_signed and t.dtype != \
-            torch.uint8:
+    elif t.dtype == torch.bool or t.is_complex():  # integers of any width and sign pass
         raise InputTypeError(f"K must be an integer or integers, got {t.dtype}")
     t = t.to(torch.int64)
     if t.ndim == 0:

@@ -88,6 +88,11 @@ def test_K_and_snr_inputs_are_validated(system, scenes):
     for K, err in ((2.5, ValueError), (7, ValueError), ([1, 2], ValueError), (0, ValueError)):
         with pytest.raises(err):
             loc.localize(scenes.y, scenes.H, scenes.codes, K=K)
+    for dtype in (np.uint16, np.uint32, np.uint64, np.int8):  # counts as files store them
+        known = loc.localize(scenes.y, scenes.H, scenes.codes, K=np.ones(4, dtype))
+        assert known.estimates.K.tolist() == [1, 1, 1, 1]
+    with pytest.raises(TypeError, match="integer"):
+        loc.localize(scenes.y, scenes.H, scenes.codes, K=np.ones(4, bool))
     with pytest.raises(ValueError, match="one value per scene"):
         loc.localize(scenes.y, scenes.H, scenes.codes, snr_db=[10.0, 20.0])
     with pytest.raises(TypeError, match="numeric"):
