@@ -235,8 +235,10 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
     assert torch.equal(pipe.localize(sc.y, sc.H, sc.codes).K, decision.K)
     assert torch.equal(pipe.localize(sc.y, sc.H, sc.codes, K=torch.full((6,), 2)).K,
                        torch.full((6,), 2))
-    res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scenes", "10"])
-    assert res.exit_code == 2 and "n_scenes must be >= 64" in res.output
+    for opt, value, says in (("--scenes", "10", "64"), ("--report-scenes", "0", "1"),
+                             ("--workers", "0", "1")):
+        res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), opt, value])
+        assert res.exit_code == 2 and opt in res.output and says in res.output, res.output
     res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--margin", "-1"])
     assert res.exit_code == 2 and "repair_margin must be >= 0" in res.output
     for bad, says in (("colour=3", "colour"), ("power_spread_db", "FIELD=VALUE"),

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from risloc.cli.common import console, handle_errors, out, progress
+from risloc.pipeline.order import MIN_ORDER_SCENES
 
 
 @handle_errors
@@ -18,12 +19,12 @@ def fit_order_command(
         "Model to write: the checkpoint plus the order head (may be the input itself; "
         "written atomically). A model card <checkpoint>.json is carried over to "
         "<out>.json with the head's report."))] = Path("model.pt"),
-    scenes: Annotated[int, typer.Option(help=(
+    scenes: Annotated[int, typer.Option(min=MIN_ORDER_SCENES, help=(
         "Training-split scenes the head is fitted on (the recipe's scene distribution)."
         ))] = 16384,
-    report_scenes: Annotated[int, typer.Option(help=(
+    report_scenes: Annotated[int, typer.Option(min=1, help=(
         "Validation-split scenes per SNR point of the report."))] = 256,
-    workers: Annotated[int | None, typer.Option(help=(
+    workers: Annotated[int | None, typer.Option(min=1, help=(
         "CPU worker threads (default: one per core)."))] = None,
     scene: Annotated[list[str] | None, typer.Option("--scene", help=(
         "FIELD=VALUE (repeatable): a scene field replaced in the recipe's scene distribution "
