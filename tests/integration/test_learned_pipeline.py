@@ -209,6 +209,8 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
     rows = card["order_head"]["per_snr"]
     assert len(rows) == 12 and all(0 <= r["K_accuracy_order_head"] <= 1 for r in rows)
     assert card["epoch"] == json.loads(slim.with_suffix(".json").read_text())["epoch"]
+    again = export_model(out, tmp_path / "again.pt")  # exporting a model keeps its head's report
+    assert json.loads(again.with_suffix(".json").read_text())["order_head"] == card["order_head"]
     # K unknown: the head decides K from the nested fits; K given: the caller
     sc = simulate_range(0, 6, SystemConfig(), SceneConfig(), split="test", snr_db=10.0)
     with torch.no_grad():

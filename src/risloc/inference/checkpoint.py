@@ -139,5 +139,7 @@ def export_model(src: str | Path, dst: str | Path) -> Path:
         "validation": {k[4:]: v for k, v in row.items() if k.startswith("val_")},
         "config": cfg,
     }
+    if state.get("order_report") is not None:  # a model with its order head (fit-order)
+        card["order_head"] = state["order_report"]
     write_text_atomic(dst.with_suffix(".json"), json.dumps(card, indent=2, default=str) + "\n")
     return dst
