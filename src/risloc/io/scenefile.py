@@ -79,7 +79,11 @@ class SceneFileWriter:
                  attrs: dict[str, Any] | None = None, with_truth: bool = True):
         self.path = Path(path)
         if self.path.suffix not in (".h5", ".hdf5"):
-            raise SceneFileError(f"{self.path}: chunked writing needs an .h5 file")
+            raise SceneFileError(f"{self.path}: scene files are written as .h5 / .hdf5 "
+                                 "(HDF5; MATLAB reads them with h5read) or, whole "
+                                 f"(write_scenes), .npz; got {self.path.name!r}")
+        if n_scenes < 1:
+            raise SceneFileError(f"{self.path}: nothing to write (0 scenes)")
         self.tmp = temporary_name(self.path)
         self.n, self.system, self.attrs = n_scenes, system, dict(attrs or {})
         self.with_truth = with_truth
@@ -161,6 +165,8 @@ def write_scenes(path: str | Path, batch: SceneBatch, system: SystemConfig,
                  attrs: dict[str, Any] | None = None) -> Path:
     """Write a whole SceneBatch to .h5 or .npz, atomically."""
     path = Path(path)
+    if len(batch) == 0:
+        raise SceneFileError(f"{path}: nothing to write (0 scenes)")
     if path.suffix == ".npz":
         arrays = batch_to_arrays(batch, system.K_max)
         arrays["system"] = np.array(_system_json(system))

@@ -57,6 +57,8 @@ def read_training_file(path, cfg: TrainConfig, what: str) -> SceneBatch:
     stops mid-epoch on a scene it could have refused at the start."""
     scenes, info = read_scenes(path)
     where = f"{what} {path}"
+    if len(scenes) == 0:
+        raise ValueError(f"{where} holds no scenes")
     if not scenes.has_truth:
         raise ValueError(f"{where} must carry the truth (K, azimuth, elevation, range)")
     if info.system_assumed:

@@ -225,3 +225,12 @@ def test_unusable_truth_is_named_and_the_measurements_still_read(tmp_path, batch
     zb = _npz(tmp_path, **dict(arr, system=np.array(other.model_dump_json().encode())))
     assert inspect_scene_file(zb).system == other and not inspect_scene_file(zb).system_assumed
     assert inspect_scene_file(z).system_assumed  # no system: the default is assumed
+
+
+def test_writing_names_a_wrong_suffix_and_refuses_an_empty_batch(tmp_path, batch, system):
+    with pytest.raises(SceneFileError, match=r"\.h5 / \.hdf5 .* \.npz; got 'x\.mat'"):
+        write_scenes(tmp_path / "x.mat", batch, system)
+    for ext in ("h5", "npz"):
+        with pytest.raises(SceneFileError, match=r"nothing to write \(0 scenes\)"):
+            write_scenes(tmp_path / f"e.{ext}", batch[:0], system)
+    assert not list(tmp_path.iterdir())
