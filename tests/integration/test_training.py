@@ -19,6 +19,7 @@ from risloc.io import write_scenes
 from risloc.losses import TERMS
 from risloc.simulation import simulate_range
 from risloc.training import load_train_config, train
+from risloc.training.logs import CsvLog
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "train_tiny.yaml"
@@ -92,7 +93,7 @@ def test_resume_continues_exactly(tmp_path, ahead):
     base = [f"out_dir={tmp_path / 'a'}", "schedule.steps_per_epoch=2", "prefetch=false"]
     full = train(load_train_config(TINY, base))
     cfg_b = load_train_config(TINY, [f"out_dir={tmp_path / 'b'}", "schedule.steps_per_epoch=2",
-                                     *ahead.split()])
+                                     "log_every=1", *ahead.split()])
 
     def stop_after_first(epoch, metrics):
         if epoch == 1:
@@ -101,6 +102,9 @@ def test_resume_continues_exactly(tmp_path, ahead):
     with pytest.raises(_Stop):
         train(cfg_b, callback=stop_after_first)
     assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1
+    for name, row in (("steps.csv", {"step": 3, "epoch": 1}), ("epochs.csv", {"epoch": 2})):
+        log = CsvLog(tmp_path / "b" / name, append=True)  # what a run killed in epoch 2 left
+        log.write(row)
     resumed = train(cfg_b, resume=True)
     wa, wb = _weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt")
     assert wa.keys() == wb.keys()
@@ -109,6 +113,10 @@ def test_resume_continues_exactly(tmp_path, ahead):
     assert resumed["val_objective"] == pytest.approx(full["val_objective"])
     rows = list(csv.DictReader(open(tmp_path / "b" / "epochs.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert math.isfinite(float(rows[1]["val_f1"]))  # the resumed run's row, not the stale one
+    steps = list(csv.DictReader(open(tmp_path / "b" / "steps.csv")))
+    assert [r["step"] for r in steps] == ["1", "2", "3", "4"]
+    assert steps[2]["lr"] != ""
     with pytest.raises(ValueError, match=r"differs from this one in schedule\.steps_per_epoch"
                        r": 2 -> 3"):
         train(load_train_config(TINY, [f"out_dir={tmp_path / 'b'}"]), resume=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,16 +20,31 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from risloc.io.atomic import write_text_atomic
+
 
 class CsvLog:
-    """Append rows (dicts) to a CSV file; the header is the keys of the first row."""
+    """Append rows (dicts) to a CSV file; the header is the keys of the first row.
 
-    def __init__(self, path: Path, append: bool = False):
+    ``append``: continue an existing file (a resumed run), keeping only its rows for which
+    ``keep(row)`` holds (row values are strings): the rows a killed run wrote after its
+    last checkpoint are written again when the resumed run redoes that work."""
+
+    def __init__(self, path: Path, append: bool = False,
+                 keep: Callable[[dict[str, str]], bool] | None = None):
         self.path = Path(path)
         self.fields: list[str] | None = None
         if append and self.path.exists():
             with open(self.path, newline="") as fh:
-                self.fields = next(csv.reader(fh), None)
+                reader = csv.DictReader(fh)
+                rows = list(reader)
+                self.fields = list(reader.fieldnames) if reader.fieldnames else None
+            if keep is not None and self.fields and not all(keep(r) for r in rows):
+                buf = io.StringIO()
+                w = csv.DictWriter(buf, fieldnames=self.fields)
+                w.writeheader()
+                w.writerows(r for r in rows if keep(r))
+                write_text_atomic(self.path, buf.getvalue())
         elif self.path.exists():
             self.path.unlink()
 

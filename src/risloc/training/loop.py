@@ -388,8 +388,11 @@ def _run(tr: Trainer, out: Path, resume: bool,
     log.info("model: %d parameters; %d validation scenes; device %s; %d process(es)",
              tr.model.n_parameters(), len(val_scenes), tr.device, tr.dist.world)
     main = tr.dist.main  # rank 0 alone writes checkpoints and logs
-    csv_epochs = CsvLog(out / "epochs.csv", append=resume) if main else None
-    csv_steps = CsvLog(out / "steps.csv", append=resume) if main else None
+    # a resumed run redoes the work after its checkpoint: its rows are dropped first
+    csv_epochs = CsvLog(out / "epochs.csv", append=resume,
+                        keep=lambda r: int(r["epoch"]) <= tr.epoch) if main else None
+    csv_steps = CsvLog(out / "steps.csv", append=resume,
+                       keep=lambda r: int(r["step"]) <= tr.step) if main else None
     s = cfg.schedule
     stopped = False
     while tr.epoch < s.epochs and not stopped:
