@@ -120,12 +120,29 @@ def test_resume_continues_exactly(tmp_path, ahead):
     with pytest.raises(ValueError, match=r"differs from this one in schedule\.steps_per_epoch"
                        r": 2 -> 3"):
         train(load_train_config(TINY, [f"out_dir={tmp_path / 'b'}"]), resume=True)
-    # stopping rules may change on resume (they do not alter the trajectory so far), and the
-    # output folder may be spelled differently
+    # stopping rules may change on resume (they do not alter the trajectory so far), the
+    # output folder may be spelled differently; the order stage after training may change
     again = train(load_train_config(TINY, [f"out_dir={tmp_path / 'x' / '..' / 'b'}",
-                                           "schedule.steps_per_epoch=2",
+                                           "schedule.steps_per_epoch=2", "order.scenes=0",
                                            "schedule.patience=9"]), resume=True)
     assert again["epochs_run"] == 2
+
+
+def test_resume_refuses_a_training_file_rewritten_since_the_checkpoint(tmp_path):
+    import os
+
+    system = SystemConfig()
+    path = tmp_path / "scenes.h5"
+    write_scenes(path, simulate_range(0, 16, system, SceneConfig(), seed=0, split="train"),
+                 system)
+    cfg = load_train_config(TINY, [f"data.train_file={path}", f"out_dir={tmp_path / 'run'}",
+                                   "schedule.epochs=1", "schedule.steps_per_epoch=1"])
+    train(cfg)
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten a second later
+    with pytest.raises(ValueError, match=r"data\.train_file .*scenes\.h5 changed since the "
+                                         "checkpoint"):
+        train(cfg, resume=True)
 
 
 @pytest.mark.slow

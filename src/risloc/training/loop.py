@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 _RESUME_FREE = ("progress", "threads", "device", "prefetch", "cuda_graphs", "simulate_on",
-                "log_every", "out_dir")
+                "log_every", "out_dir", "order")  # order: the stage after training
 _RESUME_STOPPING = ("schedule.patience", "schedule.min_improvement")
 
 
@@ -54,6 +54,18 @@ def _comparable(cfg: TrainConfig) -> dict:
     for key in _RESUME_STOPPING:
         d["schedule"].pop(key.split(".")[1])
     return d
+
+
+def _data_stamps(cfg: TrainConfig) -> dict[str, list[int]]:
+    """[size, mtime_ns] of the recipe's scene files: one rewritten since a checkpoint would
+    not continue the same run."""
+    out = {}
+    for name in ("train_file", "val_file"):
+        path = getattr(cfg.data, name)
+        if path is not None:
+            st = Path(path).stat()
+            out[name] = [st.st_size, st.st_mtime_ns]
+    return out
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -220,7 +232,7 @@ class Trainer:
                                   if self.swa_scheduler is not None else None),
                 "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state(),
                 "best": dict(self.best), "bad_epochs": self.bad_epochs,
-                "history": list(self.history)}
+                "history": list(self.history), "data_files": _data_stamps(self.cfg)}
 
     def restore(self, path: Path) -> None:
         st = load_checkpoint(path, self.device)
@@ -230,6 +242,13 @@ class Trainer:
             raise ValueError(f"cannot resume from {path}: its recipe differs from this one in "
                              f"{'; '.join(diff[:6])} (only "
                              f"{', '.join(_RESUME_FREE + _RESUME_STOPPING)} may change)")
+        now = _data_stamps(self.cfg)
+        changed = [f"data.{k} {getattr(self.cfg.data, k)}" for k, v in
+                   (st.get("data_files") or {}).items() if now.get(k) != v]
+        if changed:
+            raise ValueError(f"cannot resume from {path}: {', '.join(changed)} changed since "
+                             "the checkpoint (size or modification time), so the run would "
+                             "not continue as it began; --overwrite starts afresh")
         self.model.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
         load_optimizer_state(self.optimizer, st["optimizer"])
