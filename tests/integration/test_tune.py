@@ -45,6 +45,11 @@ def test_study_runs_resumes_and_reports(tmp_path):
     assert best["objective"] == min(t.value for t in study.trials)
     cfg = load_train_config(TINY, [f"{k}={v}" for k, v in best["overrides"].items()])
     assert cfg.blend.beta == best["overrides"]["blend.beta"]
+    # another study would number its trials from 0 too: its runs need their own folder
+    with pytest.raises(ValueError, match=r"holds the runs of study 'risloc'.*not 'other'"):
+        tune(TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=1, epochs=1,
+                          study_name="other"))
+    assert len(list(tmp_path.glob("trial_*"))) == 3
 
 
 def test_baseline_trial_is_the_base_recipe_and_is_reported(tmp_path):

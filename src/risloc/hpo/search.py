@@ -22,6 +22,7 @@ The search space is a YAML file (:mod:`risloc.hpo.space`; the default ships as
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -155,6 +156,32 @@ def open_study(settings: TuneSettings):
                                            n_warmup_steps=settings.warmup_epochs))
 
 
+STUDY_MARK = "study.json"  # the study an output folder's trial runs and reports belong to
+
+
+def claim_folder(settings: TuneSettings) -> None:
+    """Mark ``out_dir`` as the folder of this study, or refuse one that belongs to another:
+    studies number their trials from 0, so two studies in one folder would overwrite each
+    other's trial runs (trial_0000, ...) and reports."""
+    from sqlalchemy.engine import make_url
+
+    out = Path(settings.out_dir)
+    mark = {"study_name": settings.study_name,
+            "storage": make_url(settings.storage_url).render_as_string(hide_password=True)}
+    if settings.storage is None:  # the folder's own SQLite file, however out_dir is spelled
+        mark["storage"] = "sqlite:///<out_dir>/study.db"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / STUDY_MARK
+    if path.exists():
+        held = json.loads(path.read_text())
+        if held != mark:
+            raise ValueError(f"{out} holds the runs of study {held['study_name']!r} "
+                             f"({held['storage']}), not {mark['study_name']!r} "
+                             f"({mark['storage']}): give this study its own --out")
+        return
+    write_text_atomic(path, json.dumps(mark, indent=2) + "\n")
+
+
 def tune(settings: TuneSettings):
     """Work on the study until it holds ``n_trials`` finished trials (all workers counted);
     write trials.csv and, once a trial has completed, best_overrides.yaml. Returns it."""
@@ -164,6 +191,7 @@ def tune(settings: TuneSettings):
 
     base = load_train_config(settings.config, list(settings.overrides))
     space = load_space(settings.space or DEFAULT_SPACE, base)
+    claim_folder(settings)
     study = open_study(settings)
     if settings.baseline and not any(t.user_attrs.get("baseline") for t in study.trials):
         study.enqueue_trial({d.field: d.base_param(base) for d in space},
