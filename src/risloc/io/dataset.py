@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from risloc.io.scenefile import SceneFileInfo, check_truth, inspect_scene_file, read_scenes
+from risloc.io.scenefile import (
+    SceneFileInfo,
+    SceneReader,
+    check_truth,
+    inspect_scene_file,
+    read_scenes,
+)
 from risloc.simulation.scenes import SceneBatch
 from risloc.simulation.streams import concat_batches
 
@@ -24,6 +31,21 @@ class SceneDataset(Dataset):
         check_truth(self.info)  # unusable truth: an error now, not at the first batch
         in_memory = self.path.suffix == ".npz" if in_memory is None else in_memory
         self._cache: SceneBatch | None = read_scenes(self.path)[0] if in_memory else None
+        self._reader: tuple[int, SceneReader] | None = None  # (pid, reader): per process
+
+    def _read(self, lo: int, hi: int) -> SceneBatch:
+        """Scenes lo..hi-1 through this process's open file (a DataLoader's worker opens its
+        own: an HDF5 handle does not survive a fork)."""
+        if self._reader is None or self._reader[0] != os.getpid():
+            self._reader = (os.getpid(), SceneReader(self.path))
+        return self._reader[1].read(lo, hi)
+
+    def __getstate__(self) -> dict:  # to spawned workers: without the open file
+        return {**self.__dict__, "_reader": None}
+
+    def __del__(self) -> None:
+        if getattr(self, "_reader", None) is not None and self._reader[0] == os.getpid():
+            self._reader[1].close()
 
     @property
     def system(self):
@@ -38,15 +60,14 @@ class SceneDataset(Dataset):
         i = i % len(self)
         if self._cache is not None:
             return self._cache[i:i + 1]
-        return read_scenes(self.path, i, i + 1)[0]
+        return self._read(i, i + 1)
 
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None):
         """Yield contiguous SceneBatches of ``batch_size`` scenes."""
         stop = len(self) if stop is None else min(stop, len(self))
         for lo in range(start, stop, batch_size):
             hi = min(lo + batch_size, stop)
-            yield self._cache[lo:hi] if self._cache is not None else \
-                read_scenes(self.path, lo, hi)[0]
+            yield self._cache[lo:hi] if self._cache is not None else self._read(lo, hi)
 
 
 def collate_scenes(items: list[SceneBatch]) -> SceneBatch:

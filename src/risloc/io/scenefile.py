@@ -383,54 +383,68 @@ def _names(info: SceneFileInfo, truth: bool) -> tuple[str, ...]:
     return (*REQUIRED, "snr_db") + (("K", *TRUTH) if truth else ())
 
 
+class SceneReader:
+    """A scene file held open: checked once (:func:`inspect_scene_file`), then read by
+    slices. ``truth``: read the truth, which must then be usable in every scene of the
+    file (SceneFileError naming the scenes otherwise: :func:`truth_problems`); False reads
+    the measurements only.
+
+    >>> with SceneReader(path) as r:
+    ...     first = r.read(0, 256)
+    """
+
+    def __init__(self, path: str | Path, truth: bool = True):
+        self.path = Path(path)
+        self.info = inspect_scene_file(self.path)
+        wanted = _names(self.info, truth)
+        self._data, _, self._handle = _open(self.path)
+        self._names = [k for k in self._data if k in wanted]
+
+    def read(self, start: int = 0, stop: int | None = None) -> SceneBatch:
+        """Scenes ``start .. stop-1`` (stop None or past the end: to the end), angles in
+        radians; a missing snr_db is NaN (to be estimated downstream)."""
+        n = self.info.n_scenes
+        stop = n if stop is None else min(stop, n)
+        if not 0 <= start <= stop:
+            raise SceneFileError(f"{self.path}: bad scene range {start}..{stop} of {n}")
+        try:
+            arrays = {k: np.asarray(self._data[k][start:stop]) for k in self._names}
+        except OSError as err:
+            raise SceneFileError(f"{self.path}: read failed at scenes {start}..{stop} "
+                                 f"(truncated or corrupt?): {err}") from None
+        return _to_batch(arrays)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> SceneReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def read_scenes(path: str | Path, start: int = 0, stop: int | None = None,
                 truth: bool = True) -> tuple[SceneBatch, SceneFileInfo]:
-    """Load scenes ``start .. stop-1`` of a file as a SceneBatch (angles in radians).
-
-    Missing snr_db is returned as NaN (to be estimated downstream). ``truth``: read the
-    truth, which must then be usable in every scene of the file (SceneFileError naming the
-    scenes otherwise: :func:`truth_problems`); False reads the measurements only.
-    """
-    info = inspect_scene_file(path)
-    names = _names(info, truth)
-    stop = info.n_scenes if stop is None else min(stop, info.n_scenes)
-    if not 0 <= start <= stop:
-        raise SceneFileError(f"{path}: bad scene range {start}..{stop}")
-    data, _, handle = _open(Path(path))
-    try:
-        arrays = {k: np.asarray(v[start:stop]) for k, v in data.items() if k in names}
-    except OSError as err:
-        raise SceneFileError(f"{path}: read failed (truncated or corrupt?): {err}") from None
-    finally:
-        if handle is not None:
-            handle.close()
-    return _to_batch(arrays), info
+    """Load scenes ``start .. stop-1`` of a file as a SceneBatch (angles in radians), and
+    what the file holds; ``truth`` as :class:`SceneReader`."""
+    with SceneReader(path, truth) as reader:
+        return reader.read(start, stop), reader.info
 
 
 def iter_scene_chunks(path: str | Path, start: int = 0, stop: int | None = None,
                       size: int = 256, truth: bool = True):
     """Yield (first scene index, SceneBatch) chunks of scenes start..stop-1, reading each
     chunk from disk as it goes (HDF5: memory flat in the number of scenes; NPZ archives are
-    read whole once, so use HDF5 for large files); ``truth`` as :func:`read_scenes`."""
+    read whole once, so use HDF5 for large files); ``truth`` as :class:`SceneReader`."""
     if size < 1:
         raise SceneFileError(f"chunk size must be >= 1, got {size}")
-    path = Path(path)
-    info = inspect_scene_file(path)
-    wanted = _names(info, truth)
-    stop = info.n_scenes if stop is None else min(stop, info.n_scenes)
-    if not 0 <= start <= stop:
-        raise SceneFileError(f"{path}: bad scene range {start}..{stop} of {info.n_scenes}")
-    data, _, handle = _open(path)
-    try:
-        names = [k for k in data if k in wanted]
+    with SceneReader(path, truth) as reader:
+        stop = reader.info.n_scenes if stop is None else min(stop, reader.info.n_scenes)
+        if not 0 <= start <= stop:
+            raise SceneFileError(f"{path}: bad scene range {start}..{stop} of "
+                                 f"{reader.info.n_scenes}")
         for lo in range(start, stop, size):
-            hi = min(lo + size, stop)
-            try:
-                arrays = {k: np.asarray(data[k][lo:hi]) for k in names}
-            except OSError as err:
-                raise SceneFileError(f"{path}: read failed at scenes {lo}..{hi} (truncated "
-                                     f"or corrupt?): {err}") from None
-            yield lo, _to_batch(arrays)
-    finally:
-        if handle is not None:
-            handle.close()
+            yield lo, reader.read(lo, min(lo + size, stop))

@@ -161,6 +161,14 @@ def test_dataset(tmp_path, batch, system):
     assert torch.equal(first.y, batch.y[:8])
     with pytest.raises(IndexError):
         ds[50]
+    # worker processes open the file for themselves (the parent's handle is open here)
+    workers = torch.utils.data.DataLoader(ds, batch_size=10, num_workers=2,
+                                          collate_fn=loader.collate_fn)
+    assert torch.equal(torch.cat([b.y for b in workers]), batch.y)
+    import pickle
+
+    again = pickle.loads(pickle.dumps(ds))  # as a spawned worker receives it
+    assert again._reader is None and torch.equal(again[3].codes[0], batch.codes[3])
 
 
 def test_odd_attributes_and_datasets_are_clean_errors(tmp_path, batch, system):
