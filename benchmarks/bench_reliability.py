@@ -5,7 +5,8 @@
 
 (a) ``--cases`` generated cases (seeded): a scene batch with one array of one scene
     scaled, filled or poisoned (NaN, inf, 0, 1e30, 1e-30, 1e-45) or given a wrong dtype or
-    shape, an SNR / K of a wrong kind, or a scene file with a dataset dropped, transposed,
+    shape or another memory layout (Fortran order, big-endian, a negative-stride view), an
+    SNR / K of a wrong kind, or a scene file with a dataset dropped, transposed,
     made real, made text, truncated or NaN. Each goes through ``Localizer.localize``
     (classical; the learned one shares the input path) or ``risloc localize`` on the file.
     Outcomes: a clean typed error, a per-scene report, a normal result; counted against
@@ -63,7 +64,7 @@ def expected_bad(arrays: dict) -> set[int]:
 def array_case(rng, base: dict, loc: Localizer) -> str:
     arrays = {k: v.copy() for k, v in base.items()}
     name = pick(rng, ["y", "H", "codes"])
-    kind = pick(rng, ["scale", "fill", "one", "dtype", "shape", "snr", "K"])
+    kind = pick(rng, ["scale", "fill", "one", "dtype", "shape", "layout", "snr", "K"])
     b = int(rng.integers(0, 3))
     snr, K = None, None
     with np.errstate(all="ignore"):
@@ -76,13 +77,17 @@ def array_case(rng, base: dict, loc: Localizer) -> str:
         elif kind == "dtype":
             arrays[name] = pick(rng, [arrays[name].real, arrays[name].real.astype(int),
                                        arrays[name].astype(object), None])
+        elif kind == "layout":  # as loadmat, a transposing caller or another machine give it
+            a = arrays[name]
+            arrays[name] = pick(rng, [np.asfortranarray(a), a.astype(a.dtype.newbyteorder(">")),
+                                      np.flip(np.flip(a, -1).copy(), -1)])
         elif kind == "shape":
             arrays[name] = pick(rng, [arrays[name][:, :3], arrays[name][0, 0],
                                        arrays[name][None]])
         elif kind == "snr":
             snr = pick(rng, [math.nan, math.inf, "10", [1.0, 2.0], [5.0, math.nan, 20.0]])
         else:
-            K = pick(rng, [0, 2.5, 7, [1, 2], "2", -1, 3])
+            K = pick(rng, [0, 2.5, 7, [1, 2], "2", -1, 3, np.full(3, 2, np.uint16)])
     try:
         res = loc.localize(arrays["y"], arrays["H"], arrays["codes"], snr_db=snr, K=K)
     except CLEAN:
