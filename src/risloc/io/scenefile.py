@@ -232,7 +232,8 @@ def _as_complex(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig) -> tuple[int, int]:
+def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
+                  assumed: bool = False) -> tuple[int, int]:
     """Validate names, shapes and dtypes against each other and the system."""
     if "system" in data:
         raise SceneFileError(f"{path}: 'system' must be one JSON string (an attribute, or a "
@@ -251,6 +252,9 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig) -> tup
             raise SceneFileError(
                 f"{path}: dataset {name!r} has shape {got}, expected {shape} for S={S} "
                 f"scenes and the file's system (L={s.L}, M={s.M}, N={s.N})" + (
+                    "; the file has no 'system' attribute, so the default system was "
+                    "assumed: store the system's JSON as the attribute 'system' (h5) or a "
+                    "0-d string 'system' (npz), docs/conventions.md" if assumed else "") + (
                     " (its axes reversed: MATLAB writes arrays with their dimensions in "
                     "reverse order; permute them, e.g. permute(y, [3 2 1]), before saving)"
                     if flipped else ""))
@@ -333,7 +337,7 @@ def inspect_scene_file(path: str | Path) -> SceneFileInfo:
             system = system_from_json(attrs.get("system"))
         except ConfigError as err:
             raise SceneFileError(f"{path}: {err}") from None
-        S, slots = _check_layout(path, data, system)
+        S, slots = _check_layout(path, data, system, assumed="system" not in attrs)
         problems = truth_problems(*(np.asarray(data[k][:]) for k in ("K", *TRUTH))) \
             if slots > 0 and S else []
         return SceneFileInfo(path, S, system, slots > 0, "snr_db" in data, slots, attrs,

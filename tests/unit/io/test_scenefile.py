@@ -242,3 +242,12 @@ def test_writing_names_a_wrong_suffix_and_refuses_an_empty_batch(tmp_path, batch
         with pytest.raises(SceneFileError, match=r"nothing to write \(0 scenes\)"):
             write_scenes(tmp_path / f"e.{ext}", batch[:0], system)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_file_without_a_system_of_another_size_says_the_default_was_assumed(tmp_path):
+    other = SystemConfig(L=8)
+    arr = batch_to_arrays(simulate_range(0, 3, other, SceneConfig(), seed=0, split="test"),
+                          other.K_max)
+    with pytest.raises(SceneFileError, match=r"expected \(3, 16, 16\).*no 'system' attribute, "
+                                             "so the default system was assumed"):
+        read_scenes(_npz(tmp_path, **arr))
