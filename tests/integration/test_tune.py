@@ -151,9 +151,10 @@ def _worker(url: str, name: str, out: Path, trials: int) -> subprocess.Popen:
 
 
 def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(tmp_path):
-    for url in _storages(tmp_path):
+    for i, url in enumerate(_storages(tmp_path)):
         name = f"shared-{os.getpid()}-{time.time_ns()}"
-        a = _worker(url, name, tmp_path / "a", 4)
+        runs = tmp_path / f"storage{i}"  # a folder per study (study.json)
+        a = _worker(url, name, runs / "a", 4)
         s = TuneSettings(config=TINY, out_dir=str(tmp_path), storage=url, study_name=name,
                          heartbeat_s=1, grace_s=3)
         deadline = time.time() + 120
@@ -174,8 +175,8 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(tmp_path)
         a.send_signal(signal.SIGKILL)
         a.wait()
         time.sleep(s.grace_s)  # a's trial is stale by the time the others look
-        b = _worker(url, name, tmp_path / "b", 4)
-        c = _worker(url, name, tmp_path / "c", 4)
+        b = _worker(url, name, runs / "b", 4)
+        c = _worker(url, name, runs / "c", 4)
         assert b.wait(300) == 0 and c.wait(300) == 0
         trials = open_study(s).trials
         states = [t.state.name for t in trials]
