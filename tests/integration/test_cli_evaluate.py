@@ -92,3 +92,16 @@ def test_evaluate_user_file_groups_by_snr_bins_and_keeps_scenes_without_snr(tmp_
     rows = _rows(tmp_path / "r1" / "metrics.csv")
     assert sum(int(r["n_scenes"]) for r in rows if r["K"] == "all") == 8
     assert {r["snr_db"] for r in rows} == {"9.0", "10.4", "11.0", "19.0", "21.0", "nan"}
+
+
+@pytest.mark.parametrize("args, says", [
+    (["demo", "--snr-db", "10,x"], "--snr-db: expected comma-separated numbers, got '10,x'"),
+    (["demo", "--snr-db", ","], "--snr-db: no values given"),
+    (["evaluate", "--snr-db", ""], "--snr-db: no values given"),
+    (["evaluate", "--K", "1.5"], "--K: expected comma-separated whole numbers"),
+    (["evaluate", "--estimators", ","], "--estimators: none given"),
+])
+def test_list_options_name_the_option_and_refuse_empty_lists(tmp_path, args, says):
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and says in res.output, res.output
+    assert not (tmp_path / "r").exists()  # nothing written for an empty sweep

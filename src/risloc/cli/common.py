@@ -57,6 +57,21 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def parse_numbers(text: str, option: str, kind: type = float,
+                  allow_empty: bool = False) -> tuple:
+    """``"-5,0,5"`` -> ``(-5.0, 0.0, 5.0)``; a ValueError naming ``option`` for a value
+    that is not a number of that kind, or for no value at all (unless ``allow_empty``)."""
+    parts = [v.strip() for v in text.split(",") if v.strip()]
+    try:
+        values = tuple(kind(v) for v in parts)
+    except ValueError:
+        what = "whole numbers" if kind is int else "numbers"
+        raise ValueError(f"{option}: expected comma-separated {what}, got {text!r}") from None
+    if not values and not allow_empty:
+        raise ValueError(f"{option}: no values given")
+    return values
+
+
 def get_config(config: Path | None, overrides: list[str] | None) -> RislocConfig:
     return load_config(config, overrides)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from risloc.cli.common import console, handle_errors
+from risloc.cli.common import console, handle_errors, parse_numbers
 from risloc.cli.evaluate import run_report
 from risloc.config import RislocConfig
 from risloc.experiments.harness import SweepSettings, sweep_points
@@ -39,7 +39,7 @@ def demo_command(
         console.print("[yellow]no shipped model in this build: running the classical "
                       "localizer only (pass --checkpoint to add a trained model)[/]")
         estimators = ("classical",)
-    snrs = tuple(float(v) for v in snr_db.split(",") if v.strip())
+    snrs = parse_numbers(snr_db, "--snr-db")
     settings = SweepSettings(estimators=estimators, snr_db=snrs, n_per_point=n, seed=seed,
                              checkpoint=None if checkpoint is None else str(checkpoint),
                              snr_given=snr_given, power_spread_db=power_spread_db)

@@ -11,7 +11,16 @@ import typer
 from rich.table import Table
 
 from risloc import __version__
-from risloc.cli.common import ConfigOpt, SetOpt, console, get_config, handle_errors, out, progress
+from risloc.cli.common import (
+    ConfigOpt,
+    SetOpt,
+    console,
+    get_config,
+    handle_errors,
+    out,
+    parse_numbers,
+    progress,
+)
 from risloc.evaluation.metrics import EFFICIENT_MEDIAN
 from risloc.experiments.estimators import NAMES
 from risloc.experiments.harness import (
@@ -61,15 +70,6 @@ def results_table(rows: list[ResultRow], title: str) -> Table:
     return t
 
 
-def _parse_list(text: str | None, kind=float) -> tuple | None:
-    if text is None:
-        return None
-    try:
-        return tuple(kind(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"expected a comma-separated list of numbers, got {text!r}") from None
-
-
 @handle_errors
 def evaluate_command(
     scenes: Annotated[Path | None, typer.Argument(
@@ -107,12 +107,16 @@ def evaluate_command(
 ) -> None:
     """Evaluate estimators on a scene file or a simulated SNR sweep; table, CSV/JSON, PNGs."""
     names = tuple(s.strip() for s in estimators.split(",") if s.strip())
+    if not names:
+        raise ValueError(f"--estimators: none given; choose from {sorted(NAMES)}")
     for name in names:
         if name not in NAMES:
             raise ValueError(f"unknown estimator {name!r}; choose from {sorted(NAMES)}")
     if crb not in ("deterministic", "stochastic"):
         raise ValueError(f"--crb must be deterministic or stochastic, got {crb!r}")
-    settings = SweepSettings(names, _parse_list(snr_db) or (), _parse_list(K, int), n,
+    snrs = parse_numbers(snr_db, "--snr-db", allow_empty=scenes is not None)  # files: unused
+    Ks = None if K is None else parse_numbers(K, "--K", int)
+    settings = SweepSettings(names, snrs, Ks, n,
                              known_K, seed, batch_size, crb,
                              None if checkpoint is None else str(checkpoint), snr_given,
                              power_spread_db)
