@@ -183,6 +183,13 @@ def test_export_model_cli(tmp_path, checkpoint):
     assert (tmp_path / "m.pt").exists() and (tmp_path / "m.json").exists()
     res = runner.invoke(app, ["export-model", str(tmp_path / "none.pt")])
     assert res.exit_code == 2 and "checkpoint not found" in res.output
+    before = checkpoint.read_bytes()
+    res = runner.invoke(app, ["export-model", str(checkpoint), "--out", str(checkpoint)])
+    assert res.exit_code == 2 and "is one of the inputs" in res.output
+    assert checkpoint.read_bytes() == before  # the training checkpoint is untouched
+    res = runner.invoke(app, ["export-model", str(checkpoint), "--out", str(tmp_path / "m2.json")])
+    assert res.exit_code == 2 and "cannot end in .json" in res.output
+    assert not (tmp_path / "m2.json").exists()
 
 
 def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, monkeypatch):

@@ -13,7 +13,10 @@ from risloc.cli.common import console, handle_errors
 
 @handle_errors
 def export_command(
-    checkpoint: Annotated[Path, typer.Argument(help="Training checkpoint (best.pt / final.pt).")],
+    checkpoint: Annotated[Path, typer.Argument(help=(
+        "Training checkpoint (best.pt / final.pt), or the output of `risloc fit-order`: a "
+        "run's own checkpoints have no order head, so fit one first (or after export) for "
+        "the K decision the shipped model uses."))],
     out_path: Annotated[Path, typer.Option("--out", "-o", help=(
         "Inference model to write; its model card goes beside it as .json. The shipped "
         "model is src/risloc/models/default.pt."))] = Path("model.pt"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 import json
 import statistics
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 import risloc
 from risloc.inference.recipe import InferenceRecipe
-from risloc.io.atomic import atomic_path, write_text_atomic
+from risloc.io.atomic import atomic_path, check_writable, write_text_atomic
 from risloc.model.network import CovarianceNet
 
 FORMAT_VERSION = 1
@@ -57,8 +58,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged file
-        raise ValueError(f"{path}: unreadable checkpoint ({type(err).__name__}: "
+    except pickle.UnpicklingError:  # weights_only refused an object: not one of ours
+        raise ValueError(f"{path} is not a risloc checkpoint: it holds Python objects other "
+                         "than tensors and plain values, and is not loaded (for safety)"
+                         ) from None
+    except Exception as err:  # torch raises many types for a damaged or foreign file
+        raise ValueError(f"{path} is not a risloc checkpoint, or is damaged (torch cannot read "
+                         "it: "
+                         f"{type(err).__name__}: "
                          f"{str(err).splitlines()[0][:200] if str(err) else 'no detail'})"
                          ) from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
@@ -119,6 +126,12 @@ def export_model(src: str | Path, dst: str | Path) -> Path:
     no optimizer/scheduler/RNG state) and its model card ``<dst>.json`` (the validation
     metrics of the exported epoch, the training history summary), both atomically. This is
     how the shipped model is made."""
+    dst, card_path = Path(dst), Path(dst).with_suffix(".json")
+    if dst.suffix == ".json":
+        raise ValueError(f"the model file {dst} cannot end in .json: its model card is written "
+                         "beside it as <name>.json (use e.g. model.pt)")
+    check_writable(dst, inputs=[src])
+    check_writable(card_path, inputs=[src])
     state = load_checkpoint(src)
     slim = {k: state[k] for k in INFERENCE_KEYS if k in state}
     dst = save_checkpoint(dst, slim)
@@ -141,5 +154,5 @@ def export_model(src: str | Path, dst: str | Path) -> Path:
     }
     if state.get("order_report") is not None:  # a model with its order head (fit-order)
         card["order_head"] = state["order_report"]
-    write_text_atomic(dst.with_suffix(".json"), json.dumps(card, indent=2, default=str) + "\n")
+    write_text_atomic(card_path, json.dumps(card, indent=2, default=str) + "\n")
     return dst

@@ -1,5 +1,6 @@
 """Atomic checkpoints, round trip, and rebuilding the model for inference."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,6 +27,14 @@ def test_bad_checkpoints(tmp_path):
     torch.save({"x": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a risloc"):
         load_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "text.pt").write_text("hello\n")
+    with pytest.raises(ValueError, match="text.pt is not a risloc checkpoint, or is damaged"):
+        load_checkpoint(tmp_path / "text.pt")
+    torch.save({"a": np.zeros(3)}, tmp_path / "numpy.pt")  # weights_only refuses it
+    with pytest.raises(ValueError, match="numpy.pt is not a risloc checkpoint: it holds Python"
+                       ) as err:
+        load_checkpoint(tmp_path / "numpy.pt")
+    assert "weights_only" not in str(err.value)
 
 
 def test_trainer_state_rebuilds_the_model(tmp_path):
@@ -58,6 +67,6 @@ def test_a_flipped_bit_is_an_error_not_a_silent_model(tmp_path):
     with pytest.raises(ValueError, match="damaged|unreadable"):
         load_checkpoint(tmp_path / "d.pt")
     (tmp_path / "t.pt").write_bytes(path.read_bytes()[:500])  # truncated
-    with pytest.raises(ValueError, match="unreadable"):
+    with pytest.raises(ValueError, match="t.pt is not a risloc checkpoint, or is damaged"):
         load_checkpoint(tmp_path / "t.pt")
     assert torch.equal(load_checkpoint(path)["w"], torch.arange(1000.0))
