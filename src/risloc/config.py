@@ -19,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
 import functools
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -93,8 +94,24 @@ class FieldOfView:
                 & (range_m >= self.range_m[0]) & (range_m <= self.range_m[1]))
 
 
-class _Frozen(BaseModel):
+class ConfigSection(BaseModel):
+    """A section of a configuration: immutable, unknown fields refused, and a YAML boolean
+    refused where a number is expected (pydantic would read ``K: true`` as 1)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None and \
+                        "bool" not in str(field.annotation):
+                    kind = getattr(field.annotation, "__name__", str(field.annotation))
+                    raise ValueError(f"{name}: expected {kind}, got the boolean "
+                                     f"{str(value).lower()}")
+        return data
 
 
 def _check_interval(v: tuple[float, float], name: str) -> tuple[float, float]:
@@ -106,7 +123,7 @@ def _check_interval(v: tuple[float, float], name: str) -> tuple[float, float]:
     return (float(lo), float(hi))
 
 
-class SystemConfig(_Frozen):
+class SystemConfig(ConfigSection):
     """The physical system: RIS geometry, base station, snapshots, wavefront model.
 
     These are the fields stored as the ``system`` JSON of a scene file.
@@ -142,7 +159,7 @@ class SystemConfig(_Frozen):
         return self
 
 
-class SceneConfig(_Frozen):
+class SceneConfig(ConfigSection):
     """How scenes are drawn: field of view, separation, SNR, channel, codebook."""
 
     azimuth_deg: tuple[float, float] = (-60.0, 60.0)
@@ -192,7 +209,7 @@ class SceneConfig(_Frozen):
         return FieldOfView(self.azimuth_deg, self.elevation_deg, self.range_m)
 
 
-class SceneKind(_Frozen):
+class SceneKind(ConfigSection):
     """One kind of scene in a mixture (``data.scene_mix`` of a training recipe): a share of
     the scenes, drawn with some fields of the base scene replaced."""
 
@@ -238,7 +255,7 @@ def scene_mixture(scene: SceneConfig, kinds: tuple[SceneKind, ...] | list[SceneK
     return ((rest, scene), *out)
 
 
-class RislocConfig(_Frozen):
+class RislocConfig(ConfigSection):
     """Top-level configuration: the system plus the scene generator."""
 
     system: SystemConfig = SystemConfig()
@@ -307,7 +324,15 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.field=value")
         key, raw = item.split("=", 1)
-        _set_dotted(out, key.strip(), yaml.safe_load(raw))
+        if not raw.strip():
+            raise ConfigError(f"override {item!r} has no value (write section.field=value; "
+                              "null, if you mean none)")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML "
+                              f"({_first_line(err)})") from None
+        _set_dotted(out, key.strip(), value)
     return out
 
 
@@ -323,27 +348,38 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
-    if path.suffix == ".toml":
-        data = tomllib.loads(text)
-    elif path.suffix in (".yaml", ".yml"):
-        data = yaml.safe_load(text) or {}
-    else:
+    if path.suffix not in (".toml", ".yaml", ".yml"):
         raise ConfigError(f"config file {path} must end in .yaml, .yml or .toml")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text) or {}
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        kind = "TOML" if path.suffix == ".toml" else "YAML"
+        raise ConfigError(f"config file {path} is not valid {kind}: {_first_line(err)}"
+                          ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at top level")
     return data
 
 
+def _first_line(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return text[:300] if text else type(err).__name__
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                section: str | None = None) -> RislocConfig:
+                ignored: Collection[str] = ()) -> RislocConfig:
     """Load a configuration file (optional) and apply dotted overrides.
 
-    ``section`` picks a sub-mapping of the file (e.g. recipes that also hold training keys
-    keep the system under their top level).
+    The file's 'system' and 'scene' sections are read; top-level keys named in ``ignored``
+    (e.g. the other sections of a training recipe) are skipped, and any other key is a
+    ConfigError naming it, so that a misspelt section is not silently dropped.
     """
     data = read_config_file(path) if path is not None else {}
-    if section is not None:
-        data = data.get(section, {})
+    unknown = sorted(str(k) for k in data if k not in ("system", "scene", *ignored))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown top-level key(s) "
+                          f"{', '.join(map(repr, unknown))} (a config holds 'system' and "
+                          "'scene' sections)")
     data = {k: v for k, v in data.items() if k in ("system", "scene")}
     return validate_config(_merge(data, parse_overrides(overrides)))

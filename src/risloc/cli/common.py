@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -60,20 +61,30 @@ def handle_errors(fn: F) -> F:
 def parse_numbers(text: str, option: str, kind: type = float,
                   allow_empty: bool = False) -> tuple:
     """``"-5,0,5"`` -> ``(-5.0, 0.0, 5.0)``; a ValueError naming ``option`` for a value
-    that is not a number of that kind, or for no value at all (unless ``allow_empty``)."""
+    that is not a finite number of that kind, a value given twice, or no value at all
+    (unless ``allow_empty``)."""
     parts = [v.strip() for v in text.split(",") if v.strip()]
+    what = "whole numbers" if kind is int else "finite numbers"
     try:
         values = tuple(kind(v) for v in parts)
     except ValueError:
-        what = "whole numbers" if kind is int else "numbers"
         raise ValueError(f"{option}: expected comma-separated {what}, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{option}: expected comma-separated {what}, got {text!r}")
+    if len(set(values)) < len(values):
+        twice = next(v for i, v in enumerate(values) if v in values[:i])
+        raise ValueError(f"{option}: {twice:g} is given twice")
     if not values and not allow_empty:
         raise ValueError(f"{option}: no values given")
     return values
 
 
 def get_config(config: Path | None, overrides: list[str] | None) -> RislocConfig:
-    return load_config(config, overrides)
+    """The system and scene of ``--config`` / ``--set``; a training recipe may be given as
+    the config (its other sections are skipped, an unknown one is an error)."""
+    from risloc.training.config import TrainConfig
+
+    return load_config(config, overrides, ignored=TrainConfig.model_fields)
 
 
 def progress() -> Progress:

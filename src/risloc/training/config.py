@@ -13,10 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from risloc.config import (
     ConfigError,
+    ConfigSection,
     Mixture,
     SceneConfig,
     SceneKind,
@@ -34,11 +35,7 @@ from risloc.model.network import ModelConfig
 from risloc.pipeline.order import MIN_ORDER_SCENES
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class OptimConfig(_Section):
+class OptimConfig(ConfigSection):
     """AdamW, warm-up + cosine learning rate (per optimizer step), clipping, accumulation."""
 
     lr: float = Field(1e-3, gt=0)
@@ -52,7 +49,7 @@ class OptimConfig(_Section):
     amp: bool = Field(True, description="mixed precision; only ever enabled on CUDA")
 
 
-class ScheduleConfig(_Section):
+class ScheduleConfig(ConfigSection):
     """Epochs, beta annealing (0 -> blend.beta), loss-weight phases, EMA / SWA, early
     stopping, SNR curriculum.
 
@@ -90,7 +87,7 @@ class ScheduleConfig(_Section):
         return self
 
 
-class DataConfig(_Section):
+class DataConfig(ConfigSection):
     """Training data (seeded simulator stream or a scene file) and the fixed validation set."""
 
     seed: int = Field(0, ge=0)
@@ -119,7 +116,7 @@ class DataConfig(_Section):
         "sources, other codebooks, ...); the base `scene` takes the rest"))
 
 
-class EvalConfig(_Section):
+class EvalConfig(ConfigSection):
     """End-to-end validation: near-field MUSIC on R_blend with the predicted K.
 
     objective = median angle error [deg] + f1_weight_deg (1 - F1)  (lower is better)
@@ -134,7 +131,7 @@ class EvalConfig(_Section):
 
 
 
-class OrderStageConfig(_Section):
+class OrderStageConfig(ConfigSection):
     """The order head (risloc.pipeline.order) that `risloc train` fits after training: the
     run's best checkpoint is exported to <out_dir>/model.pt (the inference model, as
     shipped) and its head fitted there (risloc.pipeline.calibrate.fit_order)."""
@@ -154,7 +151,7 @@ class OrderStageConfig(_Section):
         return self
 
 
-class TrainConfig(_Section):
+class TrainConfig(ConfigSection):
     """The full training recipe."""
 
     system: SystemConfig = SystemConfig()

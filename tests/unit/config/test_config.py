@@ -43,6 +43,27 @@ def test_yaml_toml_and_overrides(tmp_path):
         load_config(overrides=["scene.K=6"])
 
 
+def test_unreadable_files_and_values_are_named(tmp_path):
+    (tmp_path / "typo.yaml").write_text("scenes:\n  K: 2\nsystem:\n  L: 32\n")
+    with pytest.raises(ConfigError, match="typo.yaml: unknown top-level key\\(s\\) 'scenes'"):
+        load_config(tmp_path / "typo.yaml")
+    (tmp_path / "recipe.yaml").write_text("system:\n  L: 32\nmodel:\n  width: 8\n")
+    assert load_config(tmp_path / "recipe.yaml", ignored=["model"]).system.L == 32
+    (tmp_path / "bad.yaml").write_text("system: [L: 32\n")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "bad.toml").write_text("[system\nL = 32\n")
+    with pytest.raises(ConfigError, match="bad.toml is not valid TOML"):
+        load_config(tmp_path / "bad.toml")
+    with pytest.raises(ConfigError, match=r"override 'scene.snr_db=\[0, 10': the value is not valid YAML"):
+        load_config(overrides=["scene.snr_db=[0, 10"])
+    with pytest.raises(ConfigError, match="override 'scene.K=' has no value"):
+        load_config(overrides=["scene.K="])
+    assert load_config(overrides=["scene.K=null"]).scene.K is None
+    with pytest.raises(ConfigError, match=r"K: expected int \| None, got the boolean true"):
+        load_config(overrides=["scene.K=true"])  # pydantic alone would read it as K = 1
+
+
 def test_json_round_trip():
     cfg = load_config(overrides=["system.wavefront=fresnel", "scene.K=3"])
     assert RislocConfig.from_json(cfg.to_json()) == cfg
