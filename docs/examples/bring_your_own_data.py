@@ -8,6 +8,7 @@ Here a file of them is first written with NumPy, as your own recording code woul
 """
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -47,3 +48,5 @@ k = int(est["K"][0])
 bound = crb(data["H"][0], data["codes"][0], est["azimuth_deg"][0, :k],
             est["elevation_deg"][0, :k], est["range_m"][0, :k], their_system, snr_db=15.0)
 print("sqrt(CRB) azimuth [deg]:", np.round(bound["azimuth_deg"].numpy()[0], 3).tolist())
+
+shutil.rmtree(path.parent)  # the stand-in recording's temporary folder

@@ -95,7 +95,12 @@ def test_evaluate_user_file_groups_by_snr_bins_and_keeps_scenes_without_snr(tmp_
 
 
 @pytest.mark.parametrize("args, says", [
-    (["demo", "--snr-db", "10,x"], "--snr-db: expected comma-separated numbers, got '10,x'"),
+    (["demo", "--snr-db", "10,x"], "--snr-db: expected comma-separated finite numbers, got "
+                                    "'10,x'"),
+    (["demo", "--snr-db", "nan"], "--snr-db: expected comma-separated finite numbers"),
+    (["demo", "--snr-db", "0,inf"], "--snr-db: expected comma-separated finite numbers"),
+    (["demo", "--snr-db", "0,10,10"], "--snr-db: 10 is given twice"),
+    (["evaluate", "--K", "2,2"], "--K: 2 is given twice"),
     (["demo", "--snr-db", ","], "--snr-db: no values given"),
     (["evaluate", "--snr-db", ""], "--snr-db: no values given"),
     (["evaluate", "--K", "1.5"], "--K: expected comma-separated whole numbers"),
@@ -105,3 +110,11 @@ def test_list_options_name_the_option_and_refuse_empty_lists(tmp_path, args, say
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and says in res.output, res.output
     assert not (tmp_path / "r").exists()  # nothing written for an empty sweep
+
+
+def test_demo_refuses_an_unwritable_report_folder_before_the_sweep(tmp_path):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    res = runner.invoke(app, ["demo", "--n", "500", "--out", str(tmp_path / "taken")])
+    assert res.exit_code == 2 and "cannot create the output folder" in res.output
+    assert "SNR" not in res.output  # refused before any scene was localized
+

@@ -1,3 +1,5 @@
+import json
+
 import h5py
 from typer.testing import CliRunner
 
@@ -72,6 +74,25 @@ def test_simulate_refuses_a_nan_snr_and_odd_suffixes(tmp_path):
     res = runner.invoke(app, ["simulate", "--n", "2", "--out", str(tmp_path / "s.txt")])
     assert res.exit_code == 2 and ".h5 or .npz" in res.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_simulate_keeps_an_existing_file_and_names_a_bad_K(tmp_path):
+    out = tmp_path / "s.npz"
+    assert runner.invoke(app, ["simulate", "--n", "3", "--out", str(out), "--K", "2"]
+                         ).exit_code == 0
+    batch, info = read_scenes(out)
+    assert batch.K.tolist() == [2, 2, 2]
+    assert json.loads(info.attrs["config"])["scene"]["K"] == 2  # the config records --K
+    before = out.read_bytes()
+    res = runner.invoke(app, ["simulate", "--n", "5", "--out", str(out)])
+    assert res.exit_code == 2 and "exists: pass --overwrite" in res.output
+    assert out.read_bytes() == before
+    res = runner.invoke(app, ["simulate", "--n", "5", "--out", str(out), "--overwrite"])
+    assert res.exit_code == 0 and read_scenes(out)[1].n_scenes == 5
+    res = runner.invoke(app, ["simulate", "--n", "5", "--out", str(tmp_path / "k.h5"),
+                              "--K", "9"])
+    assert res.exit_code == 2 and "--K 9: the number of sources must be 1..5" in res.output
+    assert not (tmp_path / "k.h5").exists()
 
 
 def test_shards_are_disjoint_reproducible_slices_of_the_unsharded_file(tmp_path):

@@ -84,6 +84,19 @@ def test_cli_run_writes_logs_and_checkpoints(tmp_path):
     assert res.exit_code != 0 and "epochs.csv" in res.output
 
 
+def test_plot_run_names_what_is_wrong_with_a_run_folder(tmp_path):
+    plot = typer.Typer()
+    plot.command()(plot_run_command)
+    (tmp_path / "epochs.csv").write_text("epoch,val_objective\n0,1.5\n")
+    res = CliRunner().invoke(plot, [str(tmp_path)])
+    assert res.exit_code == 2 and "lacks the column(s) train_total" in res.output
+    (tmp_path / "epochs.csv").write_text(
+        "epoch,train_total,val_objective,val_angle_median_deg,lr,beta\n")
+    res = CliRunner().invoke(plot, [str(tmp_path)])
+    assert res.exit_code == 2 and "epochs.csv has no rows yet" in res.output
+    assert not (tmp_path / "curves.png").exists()
+
+
 @pytest.mark.parametrize("ahead", ["prefetch=true", "prefetch=process",
                                    "prefetch=true simulate_on=device"])
 def test_resume_continues_exactly(tmp_path, ahead):

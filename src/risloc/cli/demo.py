@@ -11,6 +11,7 @@ from risloc.cli.common import console, handle_errors, parse_numbers
 from risloc.cli.evaluate import run_report
 from risloc.config import RislocConfig
 from risloc.experiments.harness import SweepSettings, sweep_points
+from risloc.io.atomic import check_writable
 
 
 @handle_errors
@@ -22,7 +23,7 @@ def demo_command(
         help="Learned model (default: the model shipped with the package).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path(
         "reports/demo"),
-    seed: Annotated[int, typer.Option(min=0)] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the simulated test scenes.")] = 0,
     power_spread_db: Annotated[float, typer.Option(
         min=0, help="Source powers spread over this many dB (0: equal powers).")] = 12.0,
     snr_given: Annotated[bool, typer.Option(
@@ -40,6 +41,8 @@ def demo_command(
                       "localizer only (pass --checkpoint to add a trained model)[/]")
         estimators = ("classical",)
     snrs = parse_numbers(snr_db, "--snr-db")
+    for name in ("metrics.csv", "metrics.json"):  # before the sweep, not after it
+        check_writable(out_dir / name)
     settings = SweepSettings(estimators=estimators, snr_db=snrs, n_per_point=n, seed=seed,
                              checkpoint=None if checkpoint is None else str(checkpoint),
                              snr_given=snr_given, power_spread_db=power_spread_db)

@@ -39,7 +39,8 @@ def simulate_command(
     K: Annotated[int | None, typer.Option("--K", help="Fix the number of sources.")] = None,
     power_spread_db: Annotated[float | None, typer.Option(
         help="Unequal source powers: 10 log10 p_k uniform in [-s/2, s/2] dB per source "
-             "(scene.power_spread_db; default 0 = equal powers).")] = None,
+             "(sets scene.power_spread_db; default: the config's or recipe's, 0 = equal "
+             "powers).")] = None,
     shard: Annotated[str | None, typer.Option(help=(
         "i/n: write only shard i (0-based) of n equal, disjoint slices of the --n scenes; "
         "the shards of one command line, in order, hold exactly the scenes of the unsharded "
@@ -49,6 +50,8 @@ def simulate_command(
         "scene, and the kinds of its data.scene_mix in their shares (configs/train_mix.yaml: "
         "dense patches, near sources, other codebooks, ...). Instead of --config; --set then "
         "sets the recipe's fields (scene.snr_db=..., data.scene_mix=[])."))] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace --out when it exists (refused otherwise).")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -73,7 +76,14 @@ def simulate_command(
     else:
         cfg = get_config(config, (set_ or []) + extra)
         scenes = cfg.scene
+    if K is not None and not 1 <= K <= cfg.system.K_max:
+        raise ValueError(f"--K {K}: the number of sources must be 1..{cfg.system.K_max} "
+                         "(system.K_max)")
+    if K is not None:  # recorded in the file's config as well as in K_fixed
+        cfg = RislocConfig(system=cfg.system, scene=cfg.scene.model_copy(update={"K": K}))
     check_writable(out_path, [p for p in (config, recipe) if p is not None])
+    if out_path.exists() and not overwrite:
+        raise ValueError(f"{out_path} exists: pass --overwrite to replace it")
     attrs = {"config": cfg.to_json(), "split": split, "seed": seed, "risloc_version": __version__,
              "snr_db_fixed": "none" if snr_db is None else snr_db, "K_fixed": K or 0}
     if mix:  # the file's `config` holds the base scene; the kinds replace some of its fields

@@ -105,17 +105,29 @@ def plot_run(run_dir: Path, path: Path) -> Path:
     blend weight."""
     import csv
 
-    def read(name: str) -> list[dict[str, float]]:
+    def read(name: str, needed: tuple[str, ...]) -> list[dict[str, float]]:
         f = run_dir / name
         if not f.exists():
             return []
         with f.open() as fh:
-            return [{k: float(v) for k, v in row.items() if v not in ("", None)}
-                    for row in csv.DictReader(fh)]
+            reader = csv.DictReader(fh)
+            missing = [c for c in needed if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{f} lacks the column(s) {', '.join(missing)} (not written "
+                                 "by risloc train?)")
+            try:
+                return [{k: float(v) for k, v in row.items() if v not in ("", None)}
+                        for row in reader]
+            except ValueError as err:
+                raise ValueError(f"{f}: line {reader.line_num}: {err}") from None
 
-    epochs, steps = read("epochs.csv"), read("steps.csv")
-    if not epochs:
+    if not (run_dir / "epochs.csv").exists():
         raise FileNotFoundError(f"{run_dir}: no epochs.csv (not a risloc run folder?)")
+    epochs = read("epochs.csv", ("epoch", "train_total", "val_objective", "val_angle_median_deg",
+                                 "lr", "beta"))
+    steps = read("steps.csv", ("epoch", "step", "total"))
+    if not epochs:
+        raise ValueError(f"{run_dir}: epochs.csv has no rows yet (no epoch has finished)")
     e = [r["epoch"] for r in epochs]
     fig, axes = plt.subplots(2, 2, figsize=(12, 7))
     ax = axes[0, 0]
