@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import h5py
 from typer.testing import CliRunner
@@ -152,3 +153,17 @@ def test_simulate_draws_a_recipes_scene_mixture(tmp_path):
     res = runner.invoke(app, ["simulate", "--n", "4", "--recipe", str(recipe), "--config",
                               str(recipe), "--out", str(tmp_path / "x.h5")])
     assert res.exit_code == 2 and "exclude each other" in res.output
+
+
+def test_config_may_be_a_recipe_but_a_misspelt_section_is_named(tmp_path):
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "train_tiny.yaml"
+    res = runner.invoke(app, ["simulate", "--n", "2", "--out", str(tmp_path / "a.npz"),
+                              "--config", str(recipe)])
+    assert res.exit_code == 0, res.output
+    (tmp_path / "typo.yaml").write_text("system:\n  L: 8\nscenes:\n  K: 2\n")
+    res = runner.invoke(app, ["simulate", "--n", "2", "--out", str(tmp_path / "b.npz"),
+                              "--config", str(tmp_path / "typo.yaml")])
+    assert res.exit_code == 2 and "unknown top-level key(s) 'scenes'" in res.output
+    res = runner.invoke(app, ["simulate", "--n", "2", "--out", str(tmp_path / "b.npz"),
+                              "--set", "scene.snr_db=[0, 10"])
+    assert res.exit_code == 2 and "not valid YAML" in res.output
