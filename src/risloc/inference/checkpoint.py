@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import pickle
 import json
+import pickle
 import statistics
 from pathlib import Path
 from typing import Any

@@ -55,7 +55,8 @@ def test_unreadable_files_and_values_are_named(tmp_path):
     (tmp_path / "bad.toml").write_text("[system\nL = 32\n")
     with pytest.raises(ConfigError, match="bad.toml is not valid TOML"):
         load_config(tmp_path / "bad.toml")
-    with pytest.raises(ConfigError, match=r"override 'scene.snr_db=\[0, 10': the value is not valid YAML"):
+    with pytest.raises(ConfigError,
+                       match=r"override 'scene.snr_db=\[0, 10': the value is not valid YAML"):
         load_config(overrides=["scene.snr_db=[0, 10"])
     with pytest.raises(ConfigError, match="override 'scene.K=' has no value"):
         load_config(overrides=["scene.K="])
