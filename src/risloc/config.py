@@ -291,6 +291,15 @@ def validate_config(data: dict[str, Any]) -> RislocConfig:
         raise ConfigError(_format_error(err)) from None
 
 
+def validate_system(data: Any) -> SystemConfig:
+    """A SystemConfig from a dict of its fields; ConfigError naming each invalid field."""
+    try:
+        return SystemConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err).replace("invalid configuration",
+                                                     "invalid system")) from None
+
+
 def system_from_json(text: str | None) -> SystemConfig:
     """Parse a scene file's ``system`` JSON (None -> the default system)."""
     if text is None:

@@ -6,9 +6,11 @@ K=None, system=None)`` takes NumPy arrays or torch tensors, complex64 or complex
 scene ([L, M], [M, N], [L, N]) or a batch ([B, L, M], ...). Before any estimator runs:
 
 * shapes and dtypes are checked (a ValueError / TypeError naming the array);
-* a ``system`` passed with the scenes is checked against the localizer's, floats to a
-  relative 1e-6 (a 1 GHz system written as wavelength c/f passes), naming the field that
-  differs; a smaller K_max is accepted and caps the number of sources reported;
+* a ``system`` passed with the scenes (a SystemConfig, a dict of its fields, or its JSON
+  text as scene files store it) is checked against the localizer's, floats to a relative
+  1e-6 (rounding, such as 0.1 * 3 for 0.3, passes; the wavelength of 1 GHz with the physical
+  c, 0.29979 m, is another system than the conventions' 0.3 m and is refused), naming the
+  field that differs; a smaller K_max is accepted and caps the number of sources reported;
 * every scene is checked (:func:`risloc.core.scene_problems`); a scene that cannot be
   localized is reported by index in ``LocalizationResult.bad`` with its reason, and the
   others are still localized;
@@ -29,7 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from risloc.config import FieldOfView, SystemConfig
+from risloc.config import (
+    ConfigError,
+    FieldOfView,
+    SystemConfig,
+    system_from_json,
+    validate_system,
+)
 from risloc.core.checks import (
     InputError,
     InputTypeError,
@@ -67,12 +75,14 @@ class LocalizationResult:
         return len(self.estimates)
 
     def to_numpy(self) -> dict[str, np.ndarray]:
-        """K [B] and NaN-padded azimuth_deg, elevation_deg, range_m, score [B, K_slots]."""
+        """K [B] and NaN-padded azimuth_deg, elevation_deg, range_m, score [B, K_slots]:
+        copies, so editing them leaves the result as it is."""
         e = self.estimates
-        return {"K": e.K.cpu().numpy(),
+        return {"K": e.K.cpu().numpy().copy(),
                 "azimuth_deg": torch.rad2deg(e.azimuth).cpu().numpy(),
                 "elevation_deg": torch.rad2deg(e.elevation).cpu().numpy(),
-                "range_m": e.range_m.cpu().numpy(), "score": e.score.cpu().numpy()}
+                "range_m": e.range_m.cpu().numpy().copy(),
+                "score": e.score.cpu().numpy().copy()}
 
     def xyz(self) -> np.ndarray:
         """Cartesian source positions [B, K_slots, 3] in metres (docs/conventions.md geometry:
@@ -115,13 +125,32 @@ def _differing_fields(ours: SystemConfig, theirs: SystemConfig) -> list[str]:
     return out
 
 
-def check_system(ours: SystemConfig, theirs: SystemConfig | dict | None) -> int:
+def as_system(system, name: str = "system") -> SystemConfig:
+    """A SystemConfig from itself, a dict of its fields, or its JSON text (a str, bytes or
+    0-d NumPy array, as ``np.load`` returns a scene file's ``system``); TypeError for any
+    other type, ValueError naming the fields of an invalid one."""
+    if isinstance(system, SystemConfig):
+        return system
+    if isinstance(system, np.ndarray) and system.ndim == 0:
+        system = system.item()
+    try:
+        if isinstance(system, dict):
+            return validate_system(system)
+        if isinstance(system, str | bytes):
+            return system_from_json(system)
+    except ConfigError as err:
+        raise InputError(f"{name}: {err}") from None
+    raise InputTypeError(f"{name} must be a SystemConfig, a dict of its fields or its JSON "
+                         f"text, got {type(system).__name__}")
+
+
+def check_system(ours: SystemConfig, theirs: SystemConfig | dict | str | None) -> int:
     """The K_max to report: ValueError naming every field in which ``theirs`` (the scenes'
-    system) differs from ``ours``; K_max may be smaller than ours (it caps K)."""
+    system, in any form :func:`as_system` takes) differs from ``ours``; K_max may be smaller
+    than ours (it caps K)."""
     if theirs is None:
         return ours.K_max
-    if isinstance(theirs, dict):
-        theirs = SystemConfig.model_validate(theirs)
+    theirs = as_system(theirs, "the scenes' system")
     bad = _differing_fields(ours, theirs)
     if bad:
         raise InputError("the scenes' system differs from the localizer's: " + "; ".join(bad))
@@ -196,6 +225,7 @@ class Localizer:
             raise InputError(f"chunk must be >= 1 or None, got {chunk}")
         if graph_batch is not None and graph_batch < 1:
             raise InputError(f"graph_batch must be >= 1 or None, got {graph_batch}")
+        system = as_system(system)
         if method not in METHODS:
             raise InputError(f"method must be one of {METHODS}, got {method!r}")
         if method == "learned" and pipeline is None:
@@ -227,8 +257,13 @@ class Localizer:
         an int or [B] ints (known counts); system : the scenes' system, checked.
         """
         y, H, codes = (_as_tensor(n, t) for n, t in (("y", y), ("H", H), ("codes", codes)))
-        if y.ndim == 2 and H.ndim == 2 and codes.ndim == 2:
+        dims = (y.ndim, H.ndim, codes.ndim)
+        if dims == (2, 2, 2):
             y, H, codes = y.unsqueeze(0), H.unsqueeze(0), codes.unsqueeze(0)
+        elif 2 in dims and set(dims) <= {2, 3}:
+            raise InputError(f"y, H and codes have {dims[0]}, {dims[1]} and {dims[2]} "
+                             "dimensions: give one scene (all 2-dimensional: [L, M], [M, N], "
+                             "[L, N]) or a batch (all 3-dimensional, scenes first), not a mix")
         try:  # the whole difference named before the shapes it implies are checked
             k_max = check_system(self.system, system)
         except InputError as err:
@@ -247,9 +282,9 @@ class Localizer:
             log.warning("scene %d skipped: %s", i, reason)
         ok = check.ok.cpu()
         if not bool(ok.any()):
-            nan = torch.full((B, self.system.K_max), math.nan)
-            return LocalizationResult(Estimates(torch.zeros(B, dtype=torch.int64), nan, nan,
-                                                nan, nan), check.reasons)
+            nan = [torch.full((B, self.system.K_max), math.nan) for _ in range(4)]
+            return LocalizationResult(Estimates(torch.zeros(B, dtype=torch.int64), *nan),
+                                      check.reasons)
         dev = y.device
         keep = None if bool(ok.all()) else ok.nonzero().flatten()  # None: every scene
         snr = snr if snr is None or keep is None else snr[keep]

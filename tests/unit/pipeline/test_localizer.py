@@ -83,6 +83,47 @@ def test_system_is_checked_with_a_tolerance_and_names_the_field(system, scenes):
         loc.localize(scenes.y, scenes.H, scenes.codes, K=3, system=fewer)
 
 
+def test_system_in_any_form_a_file_stores_it_and_a_clear_error_otherwise(system, scenes):
+    import json
+
+    text = json.dumps(system.model_dump())
+    a = Localizer(system, "classical", workers=1)
+    ref = a.localize(scenes.y[:1], scenes.H[:1], scenes.codes[:1], K=1).estimates
+    for form in (text, text.encode(), np.array(text), system.model_dump()):  # np.load: 0-d
+        got = a.localize(scenes.y[:1], scenes.H[:1], scenes.codes[:1], K=1, system=form)
+        assert torch.equal(got.estimates.azimuth.nan_to_num(), ref.azimuth.nan_to_num())
+    b = Localizer(system.model_dump(), "classical", workers=1)  # a dict: the same localizer
+    assert b.system == system
+    with pytest.raises(TypeError, match="system must be a SystemConfig, a dict"):
+        Localizer(42, "classical")
+    with pytest.raises(TypeError, match="must be a SystemConfig, a dict of its fields"):
+        a.localize(scenes.y[:1], scenes.H[:1], scenes.codes[:1], system=[1, 2])
+    with pytest.raises(ValueError, match="invalid system: M: "):
+        a.localize(scenes.y[:1], scenes.H[:1], scenes.codes[:1], system={"M": -1})
+
+
+def test_a_single_scene_mixed_with_a_batch_is_named(system, scenes):
+    loc = Localizer(system, "classical", workers=1)
+    with pytest.raises(ValueError, match="have 2, 3 and 3 dimensions: give one scene"):
+        loc.localize(scenes.y[0], scenes.H, scenes.codes)
+
+
+def test_results_handed_out_are_copies(system, scenes):
+    y = scenes.y.clone()
+    y[1] = math.nan
+    res = Localizer(system, "classical", workers=1).localize(y[:2], scenes.H[:2],
+                                                            scenes.codes[:2], K=1)
+    before = res.records()
+    arr = res.to_numpy()
+    for name in arr:
+        arr[name][...] = 0
+    assert res.records() == before and int(res.estimates.K[0]) == 1
+    dead = Localizer(system, "classical", workers=1).localize(y[1:2], scenes.H[1:2],
+                                                              scenes.codes[1:2])
+    dead.estimates.range_m[0, 0] = 5.0  # every scene bad: the fields are separate tensors
+    assert math.isnan(float(dead.estimates.azimuth[0, 0]))
+
+
 def test_K_and_snr_inputs_are_validated(system, scenes):
     loc = Localizer(system, "classical", workers=1)
     for K, err in ((2.5, ValueError), (7, ValueError), ([1, 2], ValueError), (0, ValueError)):
