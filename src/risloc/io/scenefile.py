@@ -117,6 +117,7 @@ class SceneFileWriter:
         stop = start + len(batch)
         if stop > self.n:
             raise SceneFileError(f"writing scenes {start}..{stop} past the end ({self.n})")
+        check_batch(batch, self.system, self.path)
         arrays = batch_to_arrays(batch, self.system.K_max)
         for name, arr in arrays.items():
             if name in f:
@@ -140,6 +141,22 @@ class SceneFileWriter:
         os.replace(self.tmp, self.path)
 
 
+def check_batch(batch: SceneBatch, system: SystemConfig, path: Path) -> None:
+    """SceneFileError unless the scenes' shapes and source counts fit ``system`` (so that a
+    file is never written that its readers refuse)."""
+    B, s = len(batch), system
+    for name, t, want in (("y", batch.y, (B, s.L, s.M)), ("H", batch.H, (B, s.M, s.N)),
+                          ("codes", batch.codes, (B, s.L, s.N))):
+        if tuple(t.shape) != want:
+            raise SceneFileError(
+                f"{path}: the scenes' {name} has shape {tuple(t.shape)}, but the system "
+                f"given (L={s.L}, M={s.M}, N={s.N}) needs {want}: pass the system the "
+                "scenes were taken with")
+    if batch.has_truth and B and int(batch.K.max()) > s.K_max:
+        raise SceneFileError(f"{path}: a scene has K={int(batch.K.max())} sources, more "
+                             f"than the system's K_max={s.K_max}")
+
+
 def batch_to_arrays(batch: SceneBatch, K_max: int) -> dict[str, np.ndarray]:
     """The file datasets of a SceneBatch as NumPy arrays (degrees at the file edge)."""
     out = {
@@ -154,7 +171,7 @@ def batch_to_arrays(batch: SceneBatch, K_max: int) -> dict[str, np.ndarray]:
                              ("elevation_deg", batch.elevation, True),
                              ("range_m", batch.range_m, False)):
             arr = t.detach().cpu().numpy().astype(np.float64)
-            arr = np.degrees(arr) if deg else arr
+            arr = (np.degrees(arr) if deg else arr)[:, :K_max]  # slots past K_max: unused
             pad = np.full((arr.shape[0], K_max), np.nan)
             pad[:, :arr.shape[1]] = arr
             out[name] = pad.astype(np.float32)
@@ -167,6 +184,7 @@ def write_scenes(path: str | Path, batch: SceneBatch, system: SystemConfig,
     path = Path(path)
     if len(batch) == 0:
         raise SceneFileError(f"{path}: nothing to write (0 scenes)")
+    check_batch(batch, system, path)
     if path.suffix == ".npz":
         arrays = batch_to_arrays(batch, system.K_max)
         arrays["system"] = np.array(_system_json(system))

@@ -244,6 +244,20 @@ def test_writing_names_a_wrong_suffix_and_refuses_an_empty_batch(tmp_path, batch
     assert not list(tmp_path.iterdir())
 
 
+def test_scenes_that_do_not_fit_the_system_given_are_not_written(tmp_path, batch, system):
+    for ext in ("h5", "npz"):
+        with pytest.raises(SceneFileError, match=r"y has shape \(50, 16, 16\), but the system "
+                           r"given \(L=16, M=8, N=144\) needs \(50, 16, 8\)"):
+            write_scenes(tmp_path / f"m.{ext}", batch, system.model_copy(update={"M": 8}))
+        few = system.model_copy(update={"K_max": 3})
+        with pytest.raises(SceneFileError, match="K=5 sources, more than the system's K_max=3"):
+            write_scenes(tmp_path / f"k.{ext}", batch, few)
+        small = batch[batch.K <= 3]  # fits K_max = 3: its unused slots are dropped
+        back, info = read_scenes(write_scenes(tmp_path / f"ok.{ext}", small, few))
+        assert info.system.K_max == 3 and torch.equal(back.K, small.K)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.h5", "ok.npz"]
+
+
 def test_a_file_without_a_system_of_another_size_says_the_default_was_assumed(tmp_path):
     other = SystemConfig(L=8)
     arr = batch_to_arrays(simulate_range(0, 3, other, SceneConfig(), seed=0, split="test"),
