@@ -8,6 +8,7 @@ from risloc.core.checks import (
     InputError,
     InputTypeError,
     SceneCheck,
+    as_system,
     check_measurements,
     check_positions,
     check_shapes,
@@ -19,7 +20,7 @@ from risloc.core.operator import apply_operator, operators
 from risloc.core.params import Estimates, concat_estimates, pack, steering_at, unpack
 
 __all__ = [
-    "Estimates", "InputError", "InputTypeError", "SceneCheck", "apply_operator",
+    "Estimates", "InputError", "InputTypeError", "SceneCheck", "apply_operator", "as_system",
     "check_measurements", "check_positions", "check_shapes", "concat_estimates",
     "normalise_scale", "operators", "pack",
     "scene_problems", "snr_per_scene", "steering_at", "unpack",

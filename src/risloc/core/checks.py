@@ -15,11 +15,12 @@ batch can be localized (and why not), and the one rule for a missing SNR.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
-from risloc.config import SystemConfig
+from risloc.config import ConfigError, SystemConfig, system_from_json, validate_system
 
 CODE_TOLERANCE = 1e-3  # largest | |c| - 1 | accepted for a RIS code entry
 
@@ -199,3 +200,22 @@ def snr_per_scene(snr_db, n_scenes: int, device: torch.device | str | None = Non
 __all__ = ["CODE_TOLERANCE", "InputError", "InputTypeError", "SceneCheck",
            "check_measurements", "check_positions", "check_shapes", "normalise_scale",
            "scene_problems", "snr_per_scene"]
+
+
+def as_system(system: Any, name: str = "system") -> SystemConfig:
+    """A SystemConfig from itself, a dict of its fields, or its JSON text (a str, bytes or
+    0-d NumPy array, as ``np.load`` returns a scene file's ``system``); TypeError for any
+    other type, ValueError naming the fields of an invalid one."""
+    if isinstance(system, SystemConfig):
+        return system
+    if isinstance(system, np.ndarray) and system.ndim == 0:
+        system = system.item()
+    try:
+        if isinstance(system, dict):
+            return validate_system(system)
+        if isinstance(system, str | bytes):
+            return system_from_json(system)
+    except ConfigError as err:
+        raise InputError(f"{name}: {err}") from None
+    raise InputTypeError(f"{name} must be a SystemConfig, a dict of its fields or its JSON "
+                         f"text, got {type(system).__name__}")

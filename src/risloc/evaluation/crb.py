@@ -36,7 +36,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from risloc.config import SystemConfig
-from risloc.core.checks import as_tensor
+from risloc.core.checks import as_system, as_tensor
 from risloc.core.operator import apply_operator
 from risloc.physics import steering_jacobian
 from risloc.simulation import SceneBatch
@@ -327,7 +327,7 @@ def _array(name: str, x, dtype: torch.dtype) -> torch.Tensor:
     return as_tensor(name, x).to(dtype)
 
 
-def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig, *,
+def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | dict | str, *,
         powers=1.0, noise_var: float | None = None, snr_db: float | None = None,
         kind: Literal["stochastic", "deterministic"] = "stochastic",
         symbols=None) -> dict[str, torch.Tensor]:
@@ -342,15 +342,15 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig, *,
     The noise: ``noise_var`` (sigma^2, per antenna and snapshot) or ``snr_db``, the
     per-antenna SNR it implies for these sources, codes and channel (docs/conventions.md:
     (1/(L M)) sum_l E||Phi_l A s_l||^2 / sigma^2). Exactly one of the two.
-    Returns {"azimuth_deg", "elevation_deg", "range_m"}: [B, K] float64 (NaN where padded).
+    system : a SystemConfig, a dict of its fields or its JSON text (as scene files store it).
+    Returns {"azimuth_deg", "elevation_deg", "range_m"}: [B, K] float64 (NaN where padded;
+    a scene without sources, all NaN as localizers report it, is NaN throughout).
     """
     if (noise_var is None) == (snr_db is None):
         raise ValueError("give exactly one of noise_var and snr_db")
     if kind not in ("stochastic", "deterministic"):
         raise ValueError(f"kind must be 'stochastic' or 'deterministic', got {kind!r}")
-    if not isinstance(system, SystemConfig):
-        raise TypeError(f"system must be a risloc.config.SystemConfig, got "
-                        f"{type(system).__name__} (SystemConfig(**values) makes one)")
+    system = as_system(system)
     H, codes = _array("H", H, torch.complex128), _array("codes", codes, torch.complex128)
     if H.ndim == 2:
         H, codes = H.unsqueeze(0), codes.unsqueeze(0)
@@ -359,6 +359,19 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig, *,
                                                     ("elevation_deg", elevation_deg),
                                                     ("range_m", range_m))]
     pos = [p.reshape(1, -1).expand(B, -1) if p.ndim <= 1 else p for p in pos]  # shared [K]
+    shapes = {tuple(p.shape) for p in pos}
+    if len(shapes) > 1 or pos[0].ndim != 2 or pos[0].shape[0] != B:
+        raise ValueError(f"azimuth_deg, elevation_deg and range_m must each be [K] or [B, K] "
+                         f"with the B = {B} scenes of H; got shapes "
+                         f"{[tuple(p.shape) for p in pos]}")
+    for name, value in (("snr_db", snr_db), ("noise_var", noise_var)):
+        given = None if value is None else _array(name, value, torch.float64)
+        if given is not None and given.numel() not in (1, B):
+            raise ValueError(f"{name} must be one number or one per scene ({B}), got shape "
+                             f"{tuple(given.shape)}")
+    if pos[0].shape[1] == 0:  # no source in any scene: nothing to bound
+        empty = torch.empty(B, 0, dtype=torch.float64)
+        return {"azimuth_deg": empty, "elevation_deg": empty.clone(), "range_m": empty.clone()}
     az, el, r = torch.deg2rad(pos[0]), torch.deg2rad(pos[1]), pos[2]
     mask = torch.isfinite(az) & torch.isfinite(el) & torch.isfinite(r)
     p = torch.as_tensor(powers, dtype=torch.float64).expand_as(az)
@@ -367,9 +380,12 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig, *,
         Bm, _ = _measured_columns(inp, system)
         signal = (Bm.abs().square() * torch.where(mask, p, 0.0).view(B, 1, 1, -1)).sum(
             (1, 2, 3)) / (codes.shape[1] * H.shape[1])  # E ||Phi_l A s_l||^2 / (L M)
-        sigma2 = signal / 10.0 ** (torch.as_tensor(snr_db, dtype=torch.float64) / 10.0)
+        sigma2 = signal / 10.0 ** (_array("snr_db", snr_db, torch.float64).reshape(-1) / 10.0)
+        # a scene without sources has no signal to set the noise by: its bound is NaN
+        # whatever sigma^2, so any positive value will do
+        sigma2 = torch.where(mask.any(1), sigma2, 1.0)
     else:
-        sigma2 = torch.as_tensor(noise_var, dtype=torch.float64).expand(B)
+        sigma2 = _array("noise_var", noise_var, torch.float64).reshape(-1).expand(B)
     if kind == "stochastic":
         res = crb_stochastic(az, el, r, p, H, codes, sigma2, system, mask)
     elif symbols is None:

@@ -31,16 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from risloc.config import (
-    ConfigError,
-    FieldOfView,
-    SystemConfig,
-    system_from_json,
-    validate_system,
-)
+from risloc.config import FieldOfView, SystemConfig
 from risloc.core.checks import (
     InputError,
     InputTypeError,
+    as_system,
     as_tensor,
     check_shapes,
     normalise_scale,
@@ -123,25 +118,6 @@ def _differing_fields(ours: SystemConfig, theirs: SystemConfig) -> list[str]:
         elif a != b:
             out.append(f"{name} {b!r} (model: {a!r})")
     return out
-
-
-def as_system(system, name: str = "system") -> SystemConfig:
-    """A SystemConfig from itself, a dict of its fields, or its JSON text (a str, bytes or
-    0-d NumPy array, as ``np.load`` returns a scene file's ``system``); TypeError for any
-    other type, ValueError naming the fields of an invalid one."""
-    if isinstance(system, SystemConfig):
-        return system
-    if isinstance(system, np.ndarray) and system.ndim == 0:
-        system = system.item()
-    try:
-        if isinstance(system, dict):
-            return validate_system(system)
-        if isinstance(system, str | bytes):
-            return system_from_json(system)
-    except ConfigError as err:
-        raise InputError(f"{name}: {err}") from None
-    raise InputTypeError(f"{name} must be a SystemConfig, a dict of its fields or its JSON "
-                         f"text, got {type(system).__name__}")
 
 
 def check_system(ours: SystemConfig, theirs: SystemConfig | dict | str | None) -> int:

@@ -398,4 +398,32 @@ def test_user_crb_takes_any_layout_shared_positions_and_one_scenes_symbols(syste
     with pytest.raises(ValueError, match="kind must be"):
         crb(sc.H, sc.codes, *geo, system, snr_db=10.0, kind="stochastc")
     with pytest.raises(TypeError, match="SystemConfig"):
-        crb(sc.H, sc.codes, *geo, system.model_dump(), snr_db=10.0)
+        crb(sc.H, sc.codes, *geo, 42, snr_db=10.0)
+    as_dict = crb(sc.H, sc.codes, *geo, system.model_dump(), snr_db=10.0)
+    torch.testing.assert_close(as_dict["range_m"], both["range_m"], rtol=0, atol=0)
+
+
+def test_user_crb_of_scenes_without_sources_and_per_scene_noise(system):
+    """A scene the localizer left empty (K = 0, NaN positions) has a NaN bound, with the
+    noise given as an SNR too; no sources at all is an empty bound; a per-scene SNR or
+    noise of the wrong length is named."""
+    from risloc.evaluation import crb
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 3, system, SceneConfig(), split="test", K=1, snr_db=10.0)
+    nan = float("nan")
+    az, el, r = [[10.0], [nan], [-5.0]], [[0.0], [nan], [3.0]], [[3.0], [nan], [4.0]]
+    got = crb(sc.H, sc.codes, az, el, r, system, snr_db=15.0)
+    assert torch.isnan(got["azimuth_deg"][1]).all()
+    assert torch.isfinite(got["azimuth_deg"][[0, 2]]).all()
+    alone = crb(sc.H[2], sc.codes[2], [-5.0], [3.0], [4.0], system, snr_db=15.0)
+    torch.testing.assert_close(got["range_m"][2], alone["range_m"][0], rtol=1e-12, atol=0)
+    per_scene = crb(sc.H, sc.codes, az, el, r, system, snr_db=[15.0, 0.0, 15.0])
+    torch.testing.assert_close(per_scene["range_m"], got["range_m"], equal_nan=True)
+    none = crb(sc.H[0], sc.codes[0], [], [], [], system, snr_db=15.0)
+    assert none["azimuth_deg"].shape == (1, 0)
+    for key in ("snr_db", "noise_var"):
+        with pytest.raises(ValueError, match=f"{key} must be one number or one per scene"):
+            crb(sc.H, sc.codes, az, el, r, system, **{key: [1.0, 2.0]})
+    with pytest.raises(ValueError, match="with the B = 3 scenes of H"):
+        crb(sc.H, sc.codes, az[:2], el[:2], r[:2], system, snr_db=15.0)
