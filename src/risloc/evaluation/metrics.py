@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 import torch
 
+from risloc.core.checks import as_tensor
 from risloc.core.params import Estimates
 from risloc.evaluation.crb import CRBResult
 from risloc.physics import angular_separation
@@ -172,7 +173,10 @@ def match_sources(est: Estimates, truth_azimuth: torch.Tensor, truth_elevation: 
     range_weight_deg_per_m : weight w of the range term [deg/m]
     gate_deg : detection gate on the great-circle angle error [deg]
     """
-    t_az, t_el, t_r = (t.to(torch.float64) for t in (truth_azimuth, truth_elevation, truth_range))
+    t_az, t_el, t_r = (as_tensor(name, t).to(torch.float64) for name, t in (
+        ("truth_azimuth", truth_azimuth), ("truth_elevation", truth_elevation),
+        ("truth_range", truth_range)))
+    truth_K = as_tensor("truth_K", truth_K)
     if t_el.shape != t_az.shape or t_r.shape != t_az.shape or t_az.dim() != 2:
         raise ValueError("truth azimuth, elevation and range must all be [B, K_max]")
     if len(est) != t_az.shape[0] or truth_K.shape != (t_az.shape[0],):
@@ -304,6 +308,7 @@ def summarize_groups(matching: Matching, groups: torch.Tensor,
                      crb: CRBResult | None = None) -> dict[float | int, MetricSummary]:
     """One summary per distinct value of ``groups`` [B] (sorted keys); scenes whose group is
     NaN (an unknown SNR) are one group of their own, keyed ``math.nan``, last."""
+    groups = as_tensor("groups", groups)
     if groups.shape != (len(matching),):
         raise ValueError(f"groups must be [B={len(matching)}], got {tuple(groups.shape)}")
     unknown = torch.isnan(groups) if groups.is_floating_point() else torch.zeros_like(
@@ -322,8 +327,8 @@ def summarize_by_snr(matching: Matching, snr_db: torch.Tensor, crb: CRBResult | 
     """Summaries per SNR bin: key = round(snr_db / bin_db) * bin_db [dB] (exact for test
     sets simulated at fixed SNR values that are multiples of ``bin_db``); scenes without
     an SNR (NaN) under the key ``math.nan``, last."""
-    return summarize_groups(matching, torch.round(snr_db.to(torch.float64) / bin_db) * bin_db,
-                            crb)
+    snr = as_tensor("snr_db", snr_db).to(torch.float64)
+    return summarize_groups(matching, torch.round(snr / bin_db) * bin_db, crb)
 
 
 def snr_groups(snr_db: torch.Tensor, bin_db: float = 5.0) -> list[tuple[float, torch.Tensor]]:
@@ -337,7 +342,7 @@ def snr_groups(snr_db: torch.Tensor, bin_db: float = 5.0) -> list[tuple[float, t
     """
     if not bin_db > 0:
         raise ValueError(f"the SNR bin must be > 0 dB, got {bin_db}")
-    snr = snr_db.to(torch.float64)
+    snr = as_tensor("snr_db", snr_db).to(torch.float64)
     unknown = torch.isnan(snr)
     key = torch.round(snr / bin_db)
     groups = []

@@ -167,6 +167,21 @@ def test_grouping_by_snr_and_K():
     assert by_snr[math.nan] == by_K[3] and by_snr[10.0] == by_K[2]
 
 
+
+def test_truth_and_snr_as_numpy_arrays_or_lists_give_the_same_metrics():
+    import numpy as np
+
+    est = _est([3, 2], [[-40.0, 10.0, 35.0], [0.0, 26.0, NAN]],
+               [[5.0, -10.0, 20.0], [0.0, 3.0, NAN]], [[1.0, 4.0, 8.0], [2.0, 6.0, NAN]])
+    ref = match_sources(est, *TRUTH)
+    got = match_sources(est, *(t.numpy() for t in TRUTH[:3]), TRUTH[3].tolist())
+    assert torch.equal(got.est_index, ref.est_index) and summarize(got) == summarize(ref)
+    assert summarize_by_snr(got, np.array([-5.2, 10.1]), bin_db=5.0) == \
+        summarize_by_snr(ref, torch.tensor([-5.2, 10.1]), bin_db=5.0)
+    assert [label for label, _ in snr_groups(np.array([-5.2, 10.1]))] == \
+        [label for label, _ in snr_groups(torch.tensor([-5.2, 10.1]))]
+
+
 def test_snr_groups_keep_every_scene_and_label_bins_by_their_mean():
     snr = torch.tensor([-2.0, -2.0, 3.0, 6.5, NAN, 12.4, NAN, 0.1])
     groups = snr_groups(snr, bin_db=5.0)
