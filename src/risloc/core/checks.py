@@ -49,8 +49,6 @@ def as_tensor(name: str, x) -> torch.Tensor:
         raise InputTypeError(f"{name} is required, got None")
     if isinstance(x, torch.Tensor):
         return x.contiguous()
-    import numpy as np
-
     try:
         a = np.asarray(x)
         if a.dtype.byteorder not in "=|":
@@ -96,7 +94,10 @@ def _nonzero(t: torch.Tensor) -> torch.Tensor:
 
 
 def scene_problems(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor) -> SceneCheck:
-    """Per-scene check of a batch of consistent shape (module docstring)."""
+    """Per-scene check of a batch (module docstring): y [B, L, M], H [B, M, N], codes
+    [B, L, N] complex tensors of consistent shapes (:func:`check_shapes`, which names what
+    is wrong otherwise)."""
+    check_shapes(y, H, codes)
     finite = {name: _finite(t) for name, t in (("y", y), ("H", H), ("codes", codes))}
     modulus = codes.abs().to(torch.float64)
     unit = ((modulus - 1.0).abs() <= CODE_TOLERANCE).flatten(1).all(1)
@@ -122,8 +123,15 @@ def normalise_scale(y: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, tor
 
     Every estimator's positions and K are invariant to the units of y and H (tested); this
     keeps float32 arithmetic away from under- and overflow (y x 1e-30 squared is 0 in
-    float32). Scenes with an all-zero y or H are left as they are.
+    float32). Scenes with an all-zero y or H are left as they are. y [B, L, M] and
+    H [B, M, N] (a batch, scenes first: one scene is y[None], H[None]).
     """
+    y, H = as_tensor("y", y), as_tensor("H", H)
+    if y.ndim != 3 or H.ndim != 3 or y.shape[0] != H.shape[0]:
+        raise InputError(f"y and H must be batches of the same scenes, [B, L, M] and "
+                         f"[B, M, N]; got {tuple(y.shape)} and {tuple(H.shape)} (one scene: "
+                         "y[None], H[None])")
+
     def unit_rms(t: torch.Tensor) -> torch.Tensor:
         t = t.to(torch.complex128)
         scale = torch.view_as_real(t).abs().flatten(1).amax(1)  # pre-scale: no overflow

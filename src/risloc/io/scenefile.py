@@ -425,6 +425,13 @@ class SceneReader:
     def read(self, start: int = 0, stop: int | None = None) -> SceneBatch:
         """Scenes ``start .. stop-1`` (stop None or past the end: to the end), angles in
         radians; a missing snr_db is NaN (to be estimated downstream)."""
+        if self._data is None:
+            raise SceneFileError(f"{self.path}: the reader is closed")
+        for name, value in (("start", start), ("stop", stop)):
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, int | np.integer)):
+                raise SceneFileError(f"{self.path}: {name} must be a whole number of scenes, "
+                                     f"got {value!r}")
         n = self.info.n_scenes
         stop = n if stop is None else min(stop, n)
         if not 0 <= start <= stop:
@@ -437,9 +444,11 @@ class SceneReader:
         return _to_batch(arrays)
 
     def close(self) -> None:
+        """Release the file; reading afterwards is an error (for every format alike)."""
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+        self._data = None
 
     def __enter__(self) -> SceneReader:
         return self

@@ -116,6 +116,16 @@ def test_normalise_scale_survives_float32_underflow_and_overflow(scenes):
     assert torch.allclose(rms, torch.ones(4, dtype=torch.float64))
     assert torch.allclose(yn, normalise_scale(scenes.y, scenes.H)[0], rtol=1e-5)
     assert torch.isfinite(torch.view_as_real(Hn)).all()
+    again = normalise_scale(scenes.y.numpy(), scenes.H.numpy())  # NumPy arrays: the same
+    assert torch.equal(again[0], normalise_scale(scenes.y, scenes.H)[0])
+
+
+def test_one_scene_given_where_a_batch_is_expected_is_named(scenes):
+    """A single scene's 2-D arrays would broadcast into nonsense (16 'scenes')."""
+    with pytest.raises(ValueError, match=r"must be batches of the same scenes.*y\[None\]"):
+        normalise_scale(scenes.y[0], scenes.H[0])
+    with pytest.raises(ValueError, match="y must be 3-dimensional"):
+        scene_problems(scenes.y[0], scenes.H[0], scenes.codes[0])
 
 
 def test_snr_rule_nan_means_unknown_in_that_scene_only():

@@ -258,6 +258,20 @@ def test_scenes_that_do_not_fit_the_system_given_are_not_written(tmp_path, batch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.h5", "ok.npz"]
 
 
+def test_a_closed_reader_and_fractional_indices_are_named(tmp_path, batch, system):
+    from risloc.io import SceneReader
+
+    for ext in ("h5", "npz"):
+        path = write_scenes(tmp_path / f"s.{ext}", batch[:4], system)
+        reader = SceneReader(path)
+        assert len(reader.read(np.int64(1), 3)) == 2
+        with pytest.raises(SceneFileError, match="stop must be a whole number of scenes"):
+            reader.read(0, 2.0)
+        reader.close()
+        with pytest.raises(SceneFileError, match="the reader is closed"):
+            reader.read(0, 2)
+
+
 def test_a_file_without_a_system_of_another_size_says_the_default_was_assumed(tmp_path):
     other = SystemConfig(L=8)
     arr = batch_to_arrays(simulate_range(0, 3, other, SceneConfig(), seed=0, split="test"),
