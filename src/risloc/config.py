@@ -345,10 +345,12 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_nested(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra``, section by section (nested dicts merged, not replaced)."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (merge_nested(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict)
+                  else v)
     return out
 
 
@@ -391,4 +393,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                           f"{', '.join(map(repr, unknown))} (a config holds 'system' and "
                           "'scene' sections)")
     data = {k: v for k, v in data.items() if k in ("system", "scene")}
-    return validate_config(_merge(data, parse_overrides(overrides)))
+    return validate_config(merge_nested(data, parse_overrides(overrides)))

@@ -22,6 +22,7 @@ from risloc.config import (
     SceneConfig,
     SceneKind,
     SystemConfig,
+    merge_nested,
     parse_overrides,
     read_config_file,
     replace_scene_fields,
@@ -247,15 +248,8 @@ def validate_train_config(data: dict[str, Any]) -> TrainConfig:
         raise ConfigError(msg) from None
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_train_config(path: str | Path | None = None,
                       overrides: list[str] | None = None) -> TrainConfig:
     """Read a recipe (YAML / TOML; None = defaults) and apply dotted overrides."""
     data = read_config_file(path) if path is not None else {}
-    return validate_train_config(_merge(data, parse_overrides(overrides)))
+    return validate_train_config(merge_nested(data, parse_overrides(overrides)))
