@@ -6,7 +6,7 @@
 (a) ``--cases`` generated cases (seeded): a scene batch with one array of one scene
     scaled, filled or poisoned (NaN, inf, 0, 1e30, 1e-30, 1e-45) or given a wrong dtype or
     shape or another memory layout (Fortran order, big-endian, a negative-stride view), an
-    SNR / K of a wrong kind, or a scene file with a dataset dropped, transposed,
+    SNR / K / system of a wrong kind, or a scene file with a dataset dropped, transposed,
     made real, made text, truncated or NaN. Each goes through ``Localizer.localize``
     (classical; the learned one shares the input path) or ``risloc localize`` on the file.
     Outcomes: a clean typed error, a per-scene report, a normal result; counted against
@@ -64,9 +64,10 @@ def expected_bad(arrays: dict) -> set[int]:
 def array_case(rng, base: dict, loc: Localizer) -> str:
     arrays = {k: v.copy() for k, v in base.items()}
     name = pick(rng, ["y", "H", "codes"])
-    kind = pick(rng, ["scale", "fill", "one", "dtype", "shape", "layout", "snr", "K"])
+    kind = pick(rng, ["scale", "fill", "one", "dtype", "shape", "layout", "snr", "K",
+                      "system"])
     b = int(rng.integers(0, 3))
-    snr, K = None, None
+    snr, K, system = None, None, None
     with np.errstate(all="ignore"):
         if kind == "scale":
             arrays[name][b] = arrays[name][b] * pick(rng, VALUES)
@@ -86,10 +87,16 @@ def array_case(rng, base: dict, loc: Localizer) -> str:
                                        arrays[name][None]])
         elif kind == "snr":
             snr = pick(rng, [math.nan, math.inf, "10", [1.0, 2.0], [5.0, math.nan, 20.0]])
-        else:
+        elif kind == "K":
             K = pick(rng, [0, 2.5, 7, [1, 2], "2", -1, 3, np.full(3, 2, np.uint16)])
+        else:  # the forms a file stores a system in, and wrong ones
+            text = SYSTEM.model_dump_json()
+            system = pick(rng, [text, text.encode(), np.array(text), SYSTEM.model_dump(),
+                                {**SYSTEM.model_dump(), "wavelength": 299_792_458 / 1e9},
+                                {"M": -1}, "{not json", 42, np.zeros(3)])
     try:
-        res = loc.localize(arrays["y"], arrays["H"], arrays["codes"], snr_db=snr, K=K)
+        res = loc.localize(arrays["y"], arrays["H"], arrays["codes"], snr_db=snr, K=K,
+                           system=system)
     except CLEAN:
         return "clean error"
     except Exception as err:  # noqa: BLE001 - counted, that is the point
@@ -138,6 +145,8 @@ def kills(folder: Path, rounds: int = 3) -> dict:
 
 @torch.no_grad()
 def stress(n: int) -> dict:
+    if n == 0:
+        return {}
     sc = simulate_range(0, n, SYSTEM, SceneConfig(power_spread_db=12.0), seed=9,
                         split="test", snr_db=-10.0)
     out = {}

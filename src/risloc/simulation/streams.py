@@ -100,6 +100,8 @@ def simulate_range(start: int, stop: int, system: SystemConfig, scene: SceneConf
     scene config or a mixture (:func:`simulate_mixture`)."""
     if not 0 <= start <= stop:
         raise ValueError(f"bad scene range {start}..{stop}")
+    if start == stop:
+        raise ValueError(f"empty scene range {start}..{stop}: no scenes to simulate")
     parts = []
     for b in range(start // BLOCK, (stop + BLOCK - 1) // BLOCK):
         gen = block_generator(seed, split, b, stream, device)

@@ -243,3 +243,10 @@ def test_the_scenes_of_a_seed_stay_what_they_were():
                                atol=0)
     torch.testing.assert_close(sc.codes[0, 0, :3].angle(),
                                torch.tensor([-math.pi / 4, -math.pi / 2, 3 * math.pi / 4]))
+
+
+def test_an_empty_or_reversed_scene_range_is_named(system, scene):
+    with pytest.raises(ValueError, match="empty scene range 5..5"):
+        simulate_range(5, 5, system, scene)
+    with pytest.raises(ValueError, match="bad scene range 5..2"):
+        simulate_range(5, 2, system, scene)
