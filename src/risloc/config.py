@@ -95,10 +95,11 @@ class FieldOfView:
 
 
 class ConfigSection(BaseModel):
-    """A section of a configuration: immutable, unknown fields refused, and a YAML boolean
-    refused where a number is expected (pydantic would read ``K: true`` as 1)."""
+    """A section of a configuration: immutable, unknown fields refused, a YAML boolean
+    refused where a number is expected (pydantic would read ``K: true`` as 1), and so are
+    ``.inf`` / ``.nan`` (no setting of risloc is infinite)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

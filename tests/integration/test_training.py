@@ -47,6 +47,7 @@ def test_cli_run_writes_logs_and_checkpoints(tmp_path):
     for name in ("best.pt", "last.pt", "final.pt", "epochs.csv", "steps.csv", "metrics.json",
                  "model.pt", "model.json"):
         assert (tmp_path / name).exists(), name
+    assert not (tmp_path / "model-without-order-head.pt").exists()  # a stage, removed
     # the inference model: the best epoch's weights plus an order head fitted on the
     # recipe's 64 scenes, with the report in its card
     from risloc.pipeline.learned import load_learned_pipeline
@@ -73,6 +74,8 @@ def test_cli_run_writes_logs_and_checkpoints(tmp_path):
                                     "progress=false"]).to_json() == st["config"]
     bad = CliRunner().invoke(app, ["--config", str(TINY), "--set", "optim.lr=-1"])
     assert bad.exit_code == 2 and "lr" in bad.output
+    bad = CliRunner().invoke(app, ["--config", str(TINY), "--set", "optim.lr=.inf"])
+    assert bad.exit_code == 2 and "optim.lr: Input should be a finite number" in bad.output
     # `risloc plot-run` draws the run's curves; a folder without epochs.csv is refused
     plot = typer.Typer()
     plot.command()(plot_run_command)
@@ -212,6 +215,30 @@ def test_train_refuses_a_run_folder_unless_resumed_or_overwritten(tmp_path):
     assert (out / "epochs.csv").exists()
     res = runner.invoke(app, [*args, "--overwrite", "--resume"])
     assert res.exit_code == 2 and "exclude each other" in res.output
+    # a new run that cannot start (its data file is missing) leaves the old one whole
+    held = {p.name: p.read_bytes() for p in out.iterdir()}
+    res = runner.invoke(app, [*args, "--overwrite", "--set",
+                              f"data.val_file={tmp_path / 'missing.h5'}"])
+    assert res.exit_code == 2 and "missing.h5" in res.output, res.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == held
+    # malformed overrides YAML: named, not a traceback
+    bad = tmp_path / "best_overrides.yaml"
+    bad.write_text("overrides: {optim.lr: [1e-3\n")
+    res = runner.invoke(app, [*args, "--overwrite", "--overrides", str(bad)])
+    assert res.exit_code == 2 and "is not valid YAML" in res.output, res.output
+
+
+def test_a_resumed_run_that_stopped_early_stays_stopped(tmp_path):
+    over = [f"out_dir={tmp_path}", "schedule.steps_per_epoch=1", "schedule.epochs=6",
+            "schedule.patience=2", "schedule.min_improvement=1e3", "schedule.swa_frac=0",
+            "progress=false"]
+    assert train(load_train_config(TINY, over))["epochs_run"] == 3
+    metrics = train(load_train_config(TINY, over), resume=True)
+    assert metrics["stopped_early"] == 1.0 and metrics["epochs_run"] == 3
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3  # no step more
+    # raising the patience lets it go on
+    metrics = train(load_train_config(TINY, [*over, "schedule.patience=3"]), resume=True)
+    assert metrics["epochs_run"] == 4
 
 
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):

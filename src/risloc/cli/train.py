@@ -12,12 +12,15 @@ from rich.table import Table
 
 from risloc.cli.common import console, handle_errors, progress
 from risloc.cli.common import out as stdout
+from risloc.config import read_config_file
 from risloc.io.atomic import write_text_atomic
 from risloc.training.config import load_train_config
 from risloc.training.loop import train
 
+# the exported network before its order head is fitted: model.pt appears only with its head
+HEADLESS = "model-without-order-head.pt"
 RUN_FILES = ("best.pt", "last.pt", "final.pt", "epochs.csv", "steps.csv", "metrics.json",
-             "model.pt", "model.json")
+             "model.pt", "model.json", HEADLESS, Path(HEADLESS).with_suffix(".json").name)
 _HEADLINE = ("best_objective", "best_epoch", "epochs_run", "seconds_per_epoch",
              "val_angle_median_deg", "val_range_median_m", "val_K_accuracy", "val_f1",
              "val_nmse", "val_overlap", "swa_angle_median_deg", "swa_K_accuracy")
@@ -25,15 +28,13 @@ _HEADLINE = ("best_objective", "best_epoch", "epochs_run", "seconds_per_epoch",
 
 def read_overrides(path: Path | None) -> list[str]:
     """``section.field=value`` strings of an overrides YAML (a mapping, or one under the key
-    'overrides' as risloc tune writes it)."""
+    'overrides' as risloc tune writes it), or of the same in TOML."""
     if path is None:
         return []
     if not path.exists():
         raise FileNotFoundError(f"overrides file not found: {path}")
-    import yaml
-
-    data = yaml.safe_load(path.read_text()) or {}
-    data = data.get("overrides", data) if isinstance(data, dict) else data
+    data = read_config_file(path)  # names a file that is not YAML / TOML
+    data = data.get("overrides", data)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of recipe fields to values")
     return [f"{k}={json.dumps(v)}" for k, v in data.items()]
@@ -69,8 +70,10 @@ def train_command(
                          "when present).")] = None,
     threads: Annotated[int | None, typer.Option(
         "--threads", min=0, help="torch CPU threads (0 = leave as is).")] = None,
-    progress: Annotated[bool, typer.Option(
-        "--progress/--no-progress", help="Show a progress bar per epoch.")] = True,
+    progress: Annotated[bool | None, typer.Option(
+        "--progress/--no-progress", help="Show a progress bar per epoch (default: the "
+                                         "recipe's progress, on unless it says false).",
+        show_default=False)] = None,
     overrides_file: Annotated[Path | None, typer.Option(
         "--overrides", help="YAML of recipe overrides (e.g. best_overrides.yaml of "
                             "risloc tune: its 'overrides' mapping), applied before --set.",
@@ -91,7 +94,8 @@ def train_command(
         overrides.append(f"device={device}")
     if threads is not None:
         overrides.append(f"threads={threads}")
-    overrides.append(f"progress={str(progress).lower()}")
+    if progress is not None:
+        overrides.append(f"progress={str(progress).lower()}")
     cfg = load_train_config(config, overrides)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
@@ -103,37 +107,45 @@ def train_command(
     if held and not (resume or overwrite) and first_rank:
         raise ValueError(f"{run} already holds a run ({', '.join(held)}): pass --resume to "
                          "continue it or --overwrite to start afresh")
-    if overwrite and first_rank:  # afresh: no file of the old run is left to be mistaken
+
+    def clear_old_run() -> None:  # afresh: no file of the old run is left to be mistaken
         for name in held:  # for this one's (a model.pt where this run fits no order head)
-            (run / name).unlink()
+            (run / name).unlink(missing_ok=True)
+
     console.print(f"training -> {cfg.out_dir} ({cfg.schedule.epochs} epochs x "
                   f"{cfg.schedule.steps_per_epoch} steps, batch {cfg.optim.batch_size})")
-    metrics = train(cfg, resume=resume)
+    # the old run goes only once this one is set up and checked (train's on_start)
+    metrics = train(cfg, resume=resume,
+                    on_start=clear_old_run if overwrite and first_rank else None)
     if int(os.environ.get("RANK", "0")) != 0:  # data-parallel: rank 0 writes and reports
         return
     write_text_atomic(Path(cfg.out_dir) / "metrics.json", json.dumps(metrics, indent=2))
     stdout.print(_summary_table(metrics, Path(cfg.out_dir)))
     if cfg.order.scenes > 0:
-        _inference_model(cfg, progress_bar=progress)
+        _inference_model(cfg, progress_bar=cfg.progress)
 
 
 def _inference_model(cfg, progress_bar: bool) -> Path:
-    """Export <out_dir>/best.pt to <out_dir>/model.pt and fit its order head."""
+    """Export <out_dir>/best.pt and fit its order head into <out_dir>/model.pt (written only
+    when the head is fitted: a run stopped in between leaves no model.pt without its head)."""
     from risloc.cli.fit_order import report_table
     from risloc.inference.checkpoint import export_model
     from risloc.pipeline.calibrate import fit_order, n_progress_items
 
     o = cfg.order
-    model = export_model(Path(cfg.out_dir) / "best.pt", Path(cfg.out_dir) / "model.pt")
+    run = Path(cfg.out_dir)
+    headless, model = export_model(run / "best.pt", run / HEADLESS), run / "model.pt"
     console.print(f"fitting the order head of {model} on {o.scenes} training-split scenes")
     if progress_bar:
         with progress() as bar:
             task = bar.add_task("order features",
                                 total=n_progress_items(o.scenes, o.report_scenes))
-            report = fit_order(model, model, o.scenes, o.report_scenes,
+            report = fit_order(headless, model, o.scenes, o.report_scenes,
                                on_batch=lambda n: bar.advance(task, n), scene=o.scene)
     else:
-        report = fit_order(model, model, o.scenes, o.report_scenes, scene=o.scene)
+        report = fit_order(headless, model, o.scenes, o.report_scenes, scene=o.scene)
+    headless.unlink()
+    headless.with_suffix(".json").unlink(missing_ok=True)
     stdout.print(report_table(report))
     console.print(f"inference model (as shipped): {model} and its card "
                   f"{model.with_suffix('.json')}")

@@ -382,23 +382,27 @@ def _epoch_row(epoch: int, seconds: float, stats: EpochStats, val: EvalResult,
 
 
 def train(cfg: TrainConfig, resume: bool = False,
-          callback: EpochCallback | None = None) -> dict[str, float]:
+          callback: EpochCallback | None = None,
+          on_start: Callable[[], None] | None = None) -> dict[str, float]:
     """Train the learned covariance; return the headline metrics (see module docstring).
 
     callback(epoch, metrics) runs after every validation (Optuna reports / prunes there by
-    raising). Writes out_dir/{best.pt, last.pt, final.pt, epochs.csv, steps.csv}.
+    raising). on_start() runs once everything the run needs is built and checked (device,
+    data files, validation set, the checkpoint resumed from) and before it writes anything:
+    ``risloc train --overwrite`` deletes the old run there, so a run that cannot start leaves
+    it whole. Writes out_dir/{best.pt, last.pt, final.pt, epochs.csv, steps.csv}.
     """
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tr = Trainer(cfg)
     try:
-        return _run(tr, out, resume, callback)
+        return _run(tr, out, resume, callback, on_start)
     finally:  # leave the process group before exit (gloo's threads then exit cleanly)
         distributed.teardown(tr.dist)
 
 
-def _run(tr: Trainer, out: Path, resume: bool,
-         callback: EpochCallback | None) -> dict[str, float]:
+def _run(tr: Trainer, out: Path, resume: bool, callback: EpochCallback | None,
+         on_start: Callable[[], None] | None) -> dict[str, float]:
     """The epochs of :func:`train` and its final validation."""
     cfg = tr.cfg
     if resume:
@@ -407,13 +411,20 @@ def _run(tr: Trainer, out: Path, resume: bool,
     log.info("model: %d parameters; %d validation scenes; device %s; %d process(es)",
              tr.model.n_parameters(), len(val_scenes), tr.device, tr.dist.world)
     main = tr.dist.main  # rank 0 alone writes checkpoints and logs
+    if on_start is not None:
+        on_start()
     # a resumed run redoes the work after its checkpoint: its rows are dropped first
     csv_epochs = CsvLog(out / "epochs.csv", append=resume,
                         keep=lambda r: int(r["epoch"]) <= tr.epoch) if main else None
     csv_steps = CsvLog(out / "steps.csv", append=resume,
                        keep=lambda r: int(r["step"]) <= tr.step) if main else None
     s = cfg.schedule
-    stopped = False
+    # a resumed run that had stopped early stays stopped (unless schedule.patience was raised)
+    stopped = tr.bad_epochs >= s.patience
+    if stopped and tr.epoch < s.epochs:
+        log.info("the run stopped early at epoch %d (%d epochs without improvement, "
+                 "schedule.patience %d): raise schedule.patience to train on", tr.epoch,
+                 tr.bad_epochs, s.patience)
     while tr.epoch < s.epochs and not stopped:
         t0 = time.perf_counter()
         if tr.in_swa and tr.swa is None:

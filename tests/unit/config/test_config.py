@@ -63,6 +63,8 @@ def test_unreadable_files_and_values_are_named(tmp_path):
     assert load_config(overrides=["scene.K=null"]).scene.K is None
     with pytest.raises(ConfigError, match=r"K: expected int \| None, got the boolean true"):
         load_config(overrides=["scene.K=true"])  # pydantic alone would read it as K = 1
+    with pytest.raises(ConfigError, match="system.wavelength: Input should be a finite number"):
+        load_config(overrides=["system.wavelength=.inf"])
 
 
 def test_json_round_trip():
