@@ -6,6 +6,7 @@ the best trial closes the loop through `risloc train --overrides`."""
 import csv
 import datetime
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -70,6 +71,23 @@ def test_baseline_trial_is_the_base_recipe_and_is_reported(tmp_path):
     study = tune(TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=3, epochs=1,
                               seed=3, baseline=True, space=str(space)))
     assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
+    # trials.csv: the recipe's lr of each trial, and its multiple of the base lr
+    rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
+    for row, t in zip(rows, study.trials, strict=True):
+        assert float(row["optim.lr (x base)"]) == t.params["optim.lr"]
+        assert float(row["optim.lr"]) == pytest.approx(t.params["optim.lr"] * base.optim.lr)
+    # the study's trials are of this recipe, epochs and space: another is refused (its
+    # multiples of another base lr would mix in, and best_overrides.yaml be wrong)
+    for change, named in ((dict(overrides=("optim.lr=0.5",)), r"optim.lr: [\d.e-]+ -> 0.5"),
+                          (dict(epochs=2), "schedule.epochs: 1 -> 2"),
+                          (dict(space=None), r"\(the search space\)")):
+        kw = dict(config=TINY, out_dir=str(tmp_path), n_trials=4, epochs=1, seed=3,
+                  space=str(space)) | change
+        with pytest.raises(ValueError, match="holds trials of another recipe or search space"
+                           ) as err:
+            tune(TuneSettings(**kw))
+        assert re.search(named, str(err.value)), err.value
+    assert len(open_study(TuneSettings(config=TINY, out_dir=str(tmp_path))).trials) == 3
 
 
 class _PruneAll(optuna.pruners.BasePruner):

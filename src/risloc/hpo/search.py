@@ -22,6 +22,7 @@ The search space is a YAML file (:mod:`risloc.hpo.space`; the default ships as
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ import yaml
 
 from risloc.hpo.space import Dimension, load_space
 from risloc.io.atomic import write_csv_atomic, write_text_atomic
-from risloc.training.config import TrainConfig, load_train_config
+from risloc.training.config import TrainConfig, differences, load_train_config, trajectory
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,31 @@ def claim_folder(settings: TuneSettings) -> None:
     write_text_atomic(path, json.dumps(mark, indent=2) + "\n")
 
 
+STUDY_RECIPE = "risloc_trials"  # the study's user attribute: what every trial of it trains
+
+
+def check_study_recipe(study, settings: TuneSettings, space: tuple[Dimension, ...]) -> None:
+    """Record in the study what its trials train (the base recipe with its epochs, and the
+    search space), or refuse to add trials of another: a relative dimension's parameter is
+    a multiple of the base recipe's value, so trials of two recipes in one study mix up
+    their results and best_overrides.yaml would apply a multiplier to the wrong base."""
+    mine = {"recipe": trajectory(_trial_config(settings, [], 0)),
+            "space": [dataclasses.asdict(d) for d in space]}
+    mine = json.loads(json.dumps(mine))  # tuples as lists, as the storage returns them
+    held = study.user_attrs.get(STUDY_RECIPE)
+    if held is None:
+        study.set_user_attr(STUDY_RECIPE, mine)
+        return
+    diff = differences(held["recipe"], mine["recipe"])
+    if held["space"] != mine["space"]:
+        diff.append("the search space")
+    if diff:
+        raise ValueError(f"study {settings.study_name!r} ({settings.storage_url}) holds trials "
+                         f"of another recipe or search space ({'; '.join(diff[:6])}): run it "
+                         "with the recipe, --epochs and --space it began with, or start a "
+                         "new study (--study-name, --out)")
+
+
 def tune(settings: TuneSettings):
     """Work on the study until it holds ``n_trials`` finished trials (all workers counted);
     write trials.csv and, once a trial has completed, best_overrides.yaml. Returns it."""
@@ -193,6 +219,7 @@ def tune(settings: TuneSettings):
     space = load_space(settings.space or DEFAULT_SPACE, base)
     claim_folder(settings)
     study = open_study(settings)
+    check_study_recipe(study, settings, space)
     if settings.baseline and not any(t.user_attrs.get("baseline") for t in study.trials):
         study.enqueue_trial({d.field: d.base_param(base) for d in space},
                             user_attrs={"baseline": True}, skip_if_exists=True)
@@ -221,10 +248,21 @@ def tune(settings: TuneSettings):
 
 
 def write_reports(study, base: TrainConfig, space: tuple[Dimension, ...], out: Path) -> None:
-    """trials.csv (every trial) and best_overrides.yaml (the best completed trial as recipe
-    overrides, for ``risloc train --overrides``), each written atomically."""
+    """trials.csv (every trial, with the recipe value of each searched field, and for a
+    relative field its multiple of the base value as '<field> (x base)') and
+    best_overrides.yaml (the best completed trial as recipe overrides, for ``risloc train
+    --overrides``), each written atomically."""
+    def searched(params: dict) -> dict:
+        row = {}
+        for d in space:
+            if d.field in params:
+                row[d.field] = d.value(params, base)
+                if d.relative:
+                    row[f"{d.field} (x base)"] = params[d.field]
+        return row
+
     rows = [{"number": t.number, "state": t.state.name, "value": t.value,
-             **t.params, **t.user_attrs} for t in study.trials]
+             **searched(t.params), **t.user_attrs} for t in study.trials]
     cols = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("number", "state",
                                                                            "value"), k))
     write_csv_atomic(out / "trials.csv", cols, rows)

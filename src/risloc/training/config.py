@@ -233,6 +233,38 @@ class TrainConfig(ConfigSection):
         return validate_train_config(migrate_recipe(json.loads(text)))
 
 
+#: top-level recipe fields that do not change what a run computes: how and where it runs,
+#: where it writes, and the order head fitted after it
+RUN_FREE = ("progress", "threads", "device", "prefetch", "cuda_graphs", "simulate_on",
+            "log_every", "out_dir", "order")
+#: the stopping rule: it ends a run, without changing its trajectory up to that point
+STOPPING_FIELDS = ("schedule.patience", "schedule.min_improvement")
+
+
+def trajectory(cfg: TrainConfig, stopping: bool = True) -> dict[str, Any]:
+    """The recipe's fields that decide what a run computes (JSON-like; without RUN_FREE, and
+    without the stopping rule unless ``stopping``): two runs, or a resumed run and its
+    checkpoint, or the trials of one study, must agree on them."""
+    d = cfg.model_dump(mode="json", exclude=set(RUN_FREE))
+    if not stopping:
+        for key in STOPPING_FIELDS:
+            d["schedule"].pop(key.split(".")[1])
+    return d
+
+
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'section.field: old -> new' for every differing leaf of two nested dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, name + ".")
+        elif a != b:
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
+
+
 def _format(err: ValidationError) -> str:
     parts = [f"{'.'.join(str(p) for p in e['loc']) or '<config>'}: {e['msg']}"
              for e in err.errors()]

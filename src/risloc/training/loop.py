@@ -33,7 +33,13 @@ from risloc.losses.total import LossConfig, LossTerms, compute_losses
 from risloc.model.network import CovarianceNet
 from risloc.simulation.scenes import SceneBatch
 from risloc.training import distributed, schedules
-from risloc.training.config import TrainConfig
+from risloc.training.config import (
+    RUN_FREE,
+    STOPPING_FIELDS,
+    TrainConfig,
+    differences,
+    trajectory,
+)
 from risloc.training.data import TrainData, prefetched, validation_set
 from risloc.training.evaluate import EvalResult, evaluate, true_target
 from risloc.training.logs import CsvLog, EpochStats, epoch_progress
@@ -41,21 +47,6 @@ from risloc.training.logs import CsvLog, EpochStats, epoch_progress
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-_RESUME_FREE = ("progress", "threads", "device", "prefetch", "cuda_graphs", "simulate_on",
-                "log_every", "out_dir", "order")  # order: the stage after training
-_RESUME_STOPPING = ("schedule.patience", "schedule.min_improvement")
-
-
-def _comparable(cfg: TrainConfig) -> dict:
-    """The recipe fields that must match for an exact resume (stopping rules may change:
-    they do not alter the trajectory up to the resume point; nor does the output folder,
-    however it is spelled, or if the run was moved)."""
-    d = cfg.model_dump(mode="json", exclude=set(_RESUME_FREE))
-    for key in _RESUME_STOPPING:
-        d["schedule"].pop(key.split(".")[1])
-    return d
-
-
 def _data_stamps(cfg: TrainConfig) -> dict[str, list[int]]:
     """[size, mtime_ns] of the recipe's scene files: one rewritten since a checkpoint would
     not continue the same run."""
@@ -65,19 +56,6 @@ def _data_stamps(cfg: TrainConfig) -> dict[str, list[int]]:
         if path is not None:
             st = Path(path).stat()
             out[name] = [st.st_size, st.st_mtime_ns]
-    return out
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """'section.field: old -> new' for every differing leaf."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        name = f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, name + ".")
-        elif a != b:
-            out.append(f"{name}: {a!r} -> {b!r}")
     return out
 
 
@@ -236,12 +214,12 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         st = load_checkpoint(path, self.device)
-        diff = _differences(_comparable(TrainConfig.from_json(st["config"])),
-                            _comparable(self.cfg))
+        diff = differences(trajectory(TrainConfig.from_json(st["config"]), stopping=False),
+                           trajectory(self.cfg, stopping=False))
         if diff:
             raise ValueError(f"cannot resume from {path}: its recipe differs from this one in "
                              f"{'; '.join(diff[:6])} (only "
-                             f"{', '.join(_RESUME_FREE + _RESUME_STOPPING)} may change)")
+                             f"{', '.join(RUN_FREE + STOPPING_FIELDS)} may change)")
         now = _data_stamps(self.cfg)
         changed = [f"data.{k} {getattr(self.cfg.data, k)}" for k, v in
                    (st.get("data_files") or {}).items() if now.get(k) != v]
