@@ -46,6 +46,19 @@ def test_localize_never_replaces_its_input_and_skips_bad_scenes(tmp_path):
                               "--method", "classical"])
     assert res.exit_code == 2 and "one of the inputs" in res.output
     assert f.read_bytes() == before
+    # nor any other file that is not an estimates CSV, given as --out by a slip
+    other = tmp_path / "other.h5"
+    other.write_bytes(before)
+    res = runner.invoke(app, ["localize", str(f), "--out", str(other)])
+    assert res.exit_code == 2 and "ending in .csv" in res.output
+    notes = tmp_path / "notes.csv"
+    notes.write_text("date,what\n2026-12-01,measured\n")
+    res = runner.invoke(app, ["localize", str(f), "--out", str(notes)])
+    assert res.exit_code == 2 and "is not an estimates CSV" in res.output
+    assert other.read_bytes() == before and notes.read_text().startswith("date,what")
+    # a run stopped after its rename, before removing its progress record: no trace of it
+    # stops the next run (it said 'pass --resume', and --resume found no .part)
+    (tmp_path / "est.csv.progress.json").write_text('{"settings": {}, "done": {}}')
     with h5py.File(f, "a") as h:  # one empty scene, one scene x 1e-30 (float32 underflow)
         h["y"][2] = np.zeros_like(h["y"][2])
         h["y"][3] = h["y"][3] * 1e-30

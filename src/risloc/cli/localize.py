@@ -26,7 +26,12 @@ from risloc.io.atomic import check_writable
 from risloc.io.scenefile import inspect_scene_file, iter_scene_chunks
 from risloc.parallel import read_ahead
 from risloc.pipeline import METHODS, Localizer
-from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream, estimate_rows
+from risloc.pipeline.estimates_file import (
+    COLUMNS,
+    EstimatesStream,
+    check_estimates_target,
+    estimate_rows,
+)
 from risloc.pipeline.localizer import check_system
 
 
@@ -136,6 +141,7 @@ def localize_command(
     if batch_size is None:
         batch_size = 8192 if device == "cuda" else 256
     check_writable(out_path, [*paths, *([checkpoint] if checkpoint is not None else [])])
+    check_estimates_target(out_path)
     infos = [inspect_scene_file(p) for p in paths]
     for p, info in zip(paths[1:], infos[1:], strict=True):
         try:  # K_max may differ between files: each file's caps its own scenes

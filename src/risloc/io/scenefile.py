@@ -305,13 +305,15 @@ def _listed(idx: np.ndarray, n: int = 10) -> str:
 
 
 def truth_problems(K: np.ndarray, azimuth_deg: np.ndarray, elevation_deg: np.ndarray,
-                   range_m: np.ndarray) -> list[tuple[int, str]]:
-    """(scene, reason) for every scene whose truth cannot be scored: K outside 1..slots
-    (the conventions' K in 1..K_max; a noise-only K = 0 scene included), a non-finite
-    position or a range <= 0 in one of its first K slots."""
-    S, slots = azimuth_deg.shape
+                   range_m: np.ndarray, k_max: int | None = None) -> list[tuple[int, str]]:
+    """(scene, reason) for every scene whose truth cannot be scored: K outside 1..K_max
+    (the conventions' range: the system's ``k_max`` and the truth arrays' slots, the
+    smaller; a noise-only K = 0 scene included), a non-finite position or a range <= 0 in
+    one of its first K slots."""
+    S, width = azimuth_deg.shape
+    slots = width if k_max is None else min(width, k_max)
     K = K.astype(np.int64)
-    real = np.arange(slots) < np.clip(K, 0, slots)[:, None]
+    real = np.arange(width) < np.clip(K, 0, slots)[:, None]
     finite = np.isfinite(azimuth_deg) & np.isfinite(elevation_deg) & np.isfinite(range_m)
     bad_pos = (real & ~finite).any(1)
     bad_range = (real & finite & ~(np.nan_to_num(range_m, nan=1.0) > 0)).any(1)
@@ -329,9 +331,16 @@ def _check_truth(path: Path, data: dict[str, Any], S: int, system: SystemConfig)
     if len(present) != 4:
         raise SceneFileError(f"{path}: truth datasets must come together (K, azimuth_deg, "
                              f"elevation_deg, range_m); found only {present}")
-    if tuple(data["K"].shape) != (S,) or data["K"].dtype.kind not in "iu":
+    if tuple(data["K"].shape) != (S,) or data["K"].dtype.kind not in "iuf":
         raise SceneFileError(f"{path}: 'K' must be integer of shape ({S},), got "
                              f"{data['K'].dtype} {tuple(data['K'].shape)}")
+    if data["K"].dtype.kind == "f" and S:  # MATLAB stores whole numbers as doubles
+        K = np.asarray(data["K"][:], dtype=np.float64)
+        odd = np.flatnonzero(~(np.isfinite(K) & (K == np.round(K))))
+        if odd.size:
+            raise SceneFileError(f"{path}: 'K' must hold whole numbers (it is "
+                                 f"{data['K'].dtype}, read as integers), got "
+                                 f"{K[odd[0]]:g} in scene(s) {_listed(odd)}")
     slots = data["azimuth_deg"].shape[-1] if data["azimuth_deg"].ndim == 2 else -1
     for name in TRUTH:
         got = tuple(data[name].shape)
@@ -356,8 +365,8 @@ def inspect_scene_file(path: str | Path) -> SceneFileInfo:
         except ConfigError as err:
             raise SceneFileError(f"{path}: {err}") from None
         S, slots = _check_layout(path, data, system, assumed="system" not in attrs)
-        problems = truth_problems(*(np.asarray(data[k][:]) for k in ("K", *TRUTH))) \
-            if slots > 0 and S else []
+        problems = truth_problems(*(np.asarray(data[k][:]) for k in ("K", *TRUTH)),
+                                  k_max=system.K_max) if slots > 0 and S else []
         return SceneFileInfo(path, S, system, slots > 0, "snr_db" in data, slots, attrs,
                              tuple(problems[:TRUTH_LISTED]), len(problems))
     finally:

@@ -68,6 +68,25 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int,
     return Estimates(K=K, **vals)
 
 
+def check_estimates_target(path: str | Path) -> None:
+    """Refuse an estimates destination that is not a .csv name, or that holds a file other
+    than an estimates CSV (a scene file given as --out by a slip would be lost); an earlier
+    estimates CSV may be replaced."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        raise ValueError(f"--out {path}: the estimates are a CSV file; give a name ending in "
+                         ".csv")
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder; give the estimates file's name")
+    if path.exists():
+        with path.open("rb") as f:
+            head = f.readline(200)
+        if not head.startswith(",".join(COLUMNS[:5]).encode()):
+            raise ValueError(f"--out {path} exists and is not an estimates CSV (it does not "
+                             f"begin with the header {','.join(COLUMNS[:5])}): it is left "
+                             "as it is; give another --out, or delete it first")
+
+
 class EstimatesStream:
     """The estimates CSV written as scenes are localized, resumable after a kill.
 
@@ -87,6 +106,10 @@ class EstimatesStream:
         self.settings, self.columns = settings, columns
         self.done: dict[str, int] = {}
         self.bad: list[tuple] = []  # (where, scene, reason) of scenes not localized
+        if self.record.exists() and not self.part.exists():
+            # a run stopped between renaming its finished .part to out and removing its
+            # record (finish): the record is of a complete run, and nothing is left to resume
+            self.record.unlink()
         if resume and self.record.exists():
             rec = json.loads(self.record.read_text())
             diff = [k for k in set(rec["settings"]) | set(settings)

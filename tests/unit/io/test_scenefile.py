@@ -192,6 +192,23 @@ def test_odd_attributes_and_datasets_are_clean_errors(tmp_path, batch, system):
     with pytest.raises(SceneFileError, match=r"truth of 50 scene\(s\) cannot be scored "
                                              r"\(scene 0: K = 7 outside 1..5"):
         read_scenes(_npz(tmp_path, **bad_K))
+    # truth arrays wider than the system's K_max: K is still capped by K_max
+    wide = {k: np.pad(arr[k], ((0, 0), (0, 3)), constant_values=np.nan)
+            for k in ("azimuth_deg", "elevation_deg", "range_m")}
+    K6 = arr["K"].copy()
+    K6[4] = 6
+    wide["azimuth_deg"][4, :6] = wide["elevation_deg"][4, :6] = 1.0
+    wide["range_m"][4, :6] = 2.0
+    info = inspect_scene_file(_npz(tmp_path, **dict(arr, **wide, K=K6)))
+    assert info.truth_problems == ((4, "K = 6 outside 1..5"),)
+    # K as MATLAB writes it (double): whole numbers read as integers, others are named
+    path = _npz(tmp_path, **dict(arr, K=arr["K"].astype(np.float64)))
+    assert torch.equal(read_scenes(path)[0].K, batch.K)
+    Kf = arr["K"].astype(np.float64)
+    Kf[[2, 3]] = 1.5, np.nan
+    with pytest.raises(SceneFileError, match=r"'K' must hold whole numbers .* got 1.5 in "
+                                             r"scene\(s\) \[2, 3\]"):
+        inspect_scene_file(_npz(tmp_path, **dict(arr, K=Kf)))
 
 
 def test_unusable_truth_is_named_and_the_measurements_still_read(tmp_path, batch, system):
