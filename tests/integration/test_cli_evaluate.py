@@ -92,6 +92,21 @@ def test_evaluate_user_file_groups_by_snr_bins_and_keeps_scenes_without_snr(tmp_
     rows = _rows(tmp_path / "r1" / "metrics.csv")
     assert sum(int(r["n_scenes"]) for r in rows if r["K"] == "all") == 8
     assert {r["snr_db"] for r in rows} == {"9.0", "10.4", "11.0", "19.0", "21.0", "nan"}
+    # a scene no estimator can localize is left out of every row, and counted
+    with h5py.File(f, "a") as h:
+        h["y"][3] = 0
+    res = runner.invoke(app, ["evaluate", str(f), "--out", str(tmp_path / "r2"),
+                              "--no-plots", "--estimators", "classical,music-samp"])
+    assert res.exit_code == 0, res.output
+    rows = _rows(tmp_path / "r2" / "metrics.csv")
+    cells = {(r["estimator"], r["snr_db"], r["K"]): r for r in rows}
+    for name in ("classical", "music-samp"):
+        assert int(cells[name, "20.0", "all"]["n_scenes"]) == 1
+        assert int(cells[name, "20.0", "all"]["scenes_left_out"]) == 1
+        assert int(cells[name, "nan", "file"]["n_scenes"]) == 7
+        assert int(cells[name, "nan", "file"]["scenes_left_out"]) == 1
+    assert "1 scene(s) with all-zero or non-finite measurements are left out" in \
+        " ".join(res.output.split())
 
 
 @pytest.mark.parametrize("args, says", [

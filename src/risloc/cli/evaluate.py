@@ -44,9 +44,14 @@ def results_table(rows: list[ResultRow], title: str) -> Table:
     """Rich table of the K='all' rows: each median error beside 0.674 sqrt(CRB), the median
     error of an efficient estimator (median over the paired sources' bounds)."""
     refs = {r.metrics["reference"] for r in rows if "reference" in r.metrics}
-    t = Table(title=title, caption=(
-        f"(±x): standard error of the difference to {', '.join(sorted(refs))} on the same "
-        "scenes (paired bootstrap)") if refs else None)
+    first = rows[0].estimator if rows else None  # each point's left-out scenes, counted once
+    left = sum(r.metrics.get("scenes_left_out", 0) for r in rows
+               if r.estimator == first and r.K in ("all", "?"))
+    notes = ([f"(±x): standard error of the difference to {', '.join(sorted(refs))} on the "
+              "same scenes (paired bootstrap)"] if refs else []) + (
+        [f"{left} scene(s) with all-zero or non-finite measurements are left out of every "
+         "estimator's row (risloc localize counts them as missed)"] if left else [])
+    t = Table(title=title, caption="\n".join(notes) or None)
     for col in ("estimator", "SNR dB", "n", "K acc", "F1", "az med° (.67√CRB)",
                 "el med° (.67√CRB)", "range med m (.67√CRB)", "ms/scene"):
         t.add_column(col, justify="right" if col != "estimator" else "left")

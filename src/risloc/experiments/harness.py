@@ -161,8 +161,14 @@ def evaluate_points(points: Iterable[tuple], system: SystemConfig,
     same scenes (``se_f1_diff``, ``se_K_accuracy_diff``, ``se_<coordinate>_median_ratio``,
     ...; :func:`risloc.evaluation.metrics.paired_bootstrap_se`). ``pooled`` (a file's SNR
     groups) adds, where there is more than one point, a row per estimator over every
-    scene, K = "file" and SNR NaN (no CRB: its scenes' SNRs differ or are unknown)."""
+    scene, K = "file" and SNR NaN (no CRB: its scenes' SNRs differ or are unknown).
+
+    Scenes no estimator can localize (:func:`risloc.core.scene_problems`: all-zero or
+    non-finite measurements) are left out of every estimator's metrics and counted as
+    ``scenes_left_out`` in the K = "all" / "?" / "file" rows (``risloc localize`` counts them
+    as scenes whose sources are all missed)."""
     rows: list[ResultRow] = []
+    left_total = 0
     kept: dict[str, tuple[list[Matching], list[float]]] = {}  # per estimator, for pooling
     n_points = 0
     for snr, scenes, *where in points:  # where: the scenes' indices in a file, if given
@@ -173,8 +179,10 @@ def evaluate_points(points: Iterable[tuple], system: SystemConfig,
             log.warning("%d of %d scenes left out (reasons above)", len(check.reasons),
                         len(scenes))
             scenes = scenes[check.ok]
-            if len(scenes) == 0:
-                continue
+        left = {"scenes_left_out": len(check.reasons)}
+        left_total += len(check.reasons)
+        if len(scenes) == 0:
+            continue
         n_points += 1
         crb = scene_crb(scenes, system, settings.crb)
         reference = None  # (name, matching) of the first estimator: the others' SEs are paired
@@ -193,21 +201,23 @@ def evaluate_points(points: Iterable[tuple], system: SystemConfig,
                 m = match_sources(est, scenes.azimuth, scenes.elevation, scenes.range_m,
                                   scenes.K)
                 reference = reference or (name, m)
-                extra = {} if reference[0] == name else {
-                    "reference": reference[0],
+                extra = left if reference[0] == name else {
+                    "reference": reference[0], **left,
                     **{f"se_{k}": v for k, v in paired_bootstrap_se(m, reference[1]).items()}}
                 rows.extend(_rows_for(name, m, scenes, crb, sec, snr, by_K=True, extra=extra))
                 parts, seconds = kept.setdefault(name, ([], []))
                 parts.append(m)
                 seconds.append(sec)
             else:
-                rows.append(ResultRow(name, snr, "?", len(scenes), 1000 * sec / len(scenes)))
+                rows.append(ResultRow(name, snr, "?", len(scenes), 1000 * sec / len(scenes),
+                                      dict(left)))
     if pooled and n_points > 1 and kept:
-        rows.extend(_pooled_rows(kept))
+        rows.extend(_pooled_rows(kept, left_total))
     return rows
 
 
-def _pooled_rows(kept: dict[str, tuple[list[Matching], list[float]]]) -> list[ResultRow]:
+def _pooled_rows(kept: dict[str, tuple[list[Matching], list[float]]], left_out: int
+                 ) -> list[ResultRow]:
     """One K = "file" row per estimator over all its points' scenes, the first estimator the
     reference of the paired standard errors (as in each point's rows)."""
     names = list(kept)
@@ -215,8 +225,8 @@ def _pooled_rows(kept: dict[str, tuple[list[Matching], list[float]]]) -> list[Re
     rows = []
     for name in names:
         m = whole[name]
-        extra = {} if name == names[0] else {
-            "reference": names[0],
+        extra = {"scenes_left_out": left_out} if name == names[0] else {
+            "reference": names[0], "scenes_left_out": left_out,
             **{f"se_{k}": v for k, v in paired_bootstrap_se(m, whole[names[0]]).items()}}
         rows.append(ResultRow(name, math.nan, "file", len(m),
                               1000 * sum(kept[name][1]) / max(len(m), 1),
