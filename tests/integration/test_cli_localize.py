@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -72,7 +74,7 @@ def test_localize_never_replaces_its_input_and_skips_bad_scenes(tmp_path):
     assert est.K.tolist() == [1, 1, 0, 1]  # the tiny scene is localized, not lost
 
 
-def test_several_files_ranges_and_a_resume_after_a_kill(tmp_path):
+def test_several_files_ranges_and_a_resume_after_a_kill(tmp_path, monkeypatch):
     import os
     import signal
     import subprocess
@@ -134,6 +136,12 @@ def test_several_files_ranges_and_a_resume_after_a_kill(tmp_path):
                               "--method", "classical", "--batch-size", "8", "--stop", "24",
                               "--resume"])
     assert res.exit_code == 2 and "other settings (input_versions)" in res.output, res.output
+    # one file named twice (relative and absolute, by a pattern too) is localized once
+    from risloc.cli.localize import expand_inputs
+
+    monkeypatch.chdir(tmp_path)
+    assert expand_inputs(["a.h5", str(tmp_path / "a.h5"), "./*.h5"]) == [Path("a.h5"),
+                                                                         Path("b.h5")]
     res = runner.invoke(app, ["localize", str(tmp_path / "none*.h5")])
     assert res.exit_code == 2 and "no scene file matches" in res.output
 
@@ -229,3 +237,14 @@ def test_unusable_truth_ranges_and_files_of_other_k_max(tmp_path):
     assert read_estimates(tmp_path / "fg.csv", 6, 5, file=0).K.tolist() == [2] * 6
     with pytest.raises(ValueError, match="names scene 4, source 0; expected scenes 0..3"):
         read_estimates(tmp_path / "fg.csv", 4, 5, file=0)
+    # a scene not localized in the scored file is counted in its metrics (and said so), one
+    # in the unscored file is not
+    for path in (f, g):
+        with h5py.File(path, "a") as h:
+            h["y"][1] = 0
+    res = runner.invoke(app, ["localize", str(f), str(g), "--out", str(tmp_path / "z.csv"),
+                              "--method", "classical"])
+    assert res.exit_code == 1, res.output
+    text = " ".join(res.output.split())
+    assert "f.h5:1 not localized" in text and "g.h5:1 not localized" in text
+    assert "1 scene not localized is counted: K = 0, its sources missed" in text

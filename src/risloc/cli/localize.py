@@ -59,13 +59,18 @@ def _metrics_table(m: Matching, snr_db: torch.Tensor, bin_db: float, n_bad: int 
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
-    """Paths of the scene files: each argument a path or a glob pattern, in order, once."""
+    """Paths of the scene files: each argument a path or a glob pattern, in order, each file
+    once (however it is spelled: relative, absolute, through a link)."""
     paths: list[Path] = []
+    seen: set[Path] = set()
     for p in patterns:
         hits = [Path(p)] if Path(p).exists() else [Path(h) for h in sorted(glob.glob(p))]
         if not hits:
             raise FileNotFoundError(f"no scene file matches {p}")
-        paths += [h for h in hits if h not in paths]
+        for h in hits:
+            if h.resolve() not in seen:
+                seen.add(h.resolve())
+                paths.append(h)
     return paths
 
 
@@ -195,6 +200,7 @@ def localize_command(
                       for i, (lo, hi) in enumerate(ranges) if str(i) in stream.done)
     # scored chunk by chunk as it goes: a run keeps ~0.5 KB per scene, not its scenes
     matched, snrs, n_new, t0 = [], [], 0, time.perf_counter()
+    bad_scored = 0  # scenes not localized among those scored (counted as missed)
     quiet = logging.getLogger("risloc.pipeline.localizer")  # bad scenes: named below, by
     level = quiet.level                                     # their index in the file
     quiet.setLevel(logging.ERROR)
@@ -222,6 +228,7 @@ def localize_command(
                         matched.append(match_sources(res.estimates, batch.azimuth,
                                                      batch.elevation, batch.range_m, batch.K))
                         snrs.append(batch.snr_db)
+                        bad_scored += len(res.bad)
                     n_new += len(batch)
                     bar.advance(task, len(batch))
     finally:
@@ -236,7 +243,7 @@ def localize_command(
     if matched:
         scored_n = sum(len(m) for m in matched)
         out.print(_metrics_table(concat_matchings(matched), torch.cat(snrs), snr_bin_db,
-                                 len(bad) if scored_n == total else 0))
+                                 bad_scored))
         if scored_n < total:
             console.print(f"(metrics over the {scored_n} of {total} scenes whose file carries "
                           "usable truth)")

@@ -262,20 +262,25 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
         raise SceneFileError(f"{path}: missing required dataset(s) {missing}")
     S = data["y"].shape[0] if data["y"].ndim else 0
     s = system
-    expect = {"y": (S, s.L, s.M), "H": (S, s.M, s.N), "codes": (S, s.L, s.N)}
-    for name, shape in expect.items():
+    dims = {"y": (s.L, s.M), "H": (s.M, s.N), "codes": (s.L, s.N)}  # after the scene axis
+    for name, tail in dims.items():
         got = tuple(data[name].shape)
+        if len(got) == 3 and got[1:] != tail and got[::-1] == (got[-1], *tail):
+            raise SceneFileError(
+                f"{path}: dataset {name!r} has shape {got}, its axes reversed: "
+                f"{got[::-1]} = (S, {'L' if name != 'H' else 'M'}, "
+                f"{'M' if name == 'y' else 'N'}) is expected. MATLAB writes arrays with "
+                f"their dimensions in reverse order: permute them before saving, e.g. "
+                f"permute({name}, [3 2 1])")
+    for name, tail in dims.items():
+        shape, got = (S, *tail), tuple(data[name].shape)
         if got != shape:
-            flipped = got[::-1] == (got[-1], s.L, s.M) if name == "y" else False
             raise SceneFileError(
                 f"{path}: dataset {name!r} has shape {got}, expected {shape} for S={S} "
                 f"scenes and the file's system (L={s.L}, M={s.M}, N={s.N})" + (
                     "; the file has no 'system' attribute, so the default system was "
                     "assumed: store the system's JSON as the attribute 'system' (h5) or a "
-                    "0-d string 'system' (npz), docs/conventions.md" if assumed else "") + (
-                    " (its axes reversed: MATLAB writes arrays with their dimensions in "
-                    "reverse order; permute them, e.g. permute(y, [3 2 1]), before saving)"
-                    if flipped else ""))
+                    "0-d string 'system' (npz), docs/conventions.md" if assumed else ""))
         if name == "codes" and data[name].dtype.kind in "fiu":
             continue  # real codes (a 1-bit RIS's +-1) are complex codes with zero phase or pi
         if data[name].dtype.kind != "c" and not _real_imag_pair(data[name].dtype):

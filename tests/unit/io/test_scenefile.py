@@ -105,9 +105,12 @@ def test_matlab_complex_compounds_are_read_and_reversed_axes_named(tmp_path, bat
     assert info.n_scenes == 50 and not info.has_truth
     assert torch.equal(back.y, batch.y) and torch.equal(back.H, batch.H)
     assert torch.equal(back.codes, batch.codes) and back.y.dtype == torch.complex64
-    reversed_y = np.ascontiguousarray(arr["y"].transpose(2, 1, 0))
-    with pytest.raises(SceneFileError, match=r"axes reversed: MATLAB"):
-        read_scenes(_npz(tmp_path, **dict(arr, y=reversed_y)))
+    for name in ("y", "H", "codes"):  # each named as reversed, with the shape it should have
+        rev = np.ascontiguousarray(arr[name].transpose(2, 1, 0))
+        with pytest.raises(SceneFileError, match=rf"'{name}' has shape \({rev.shape[0]}, "
+                           rf"\d+, 50\), its axes reversed: \(50, .*MATLAB.*"
+                           rf"permute\({name}, \[3 2 1\]\)$"):
+            read_scenes(_npz(tmp_path, **dict(arr, **{name: rev})))
     with pytest.raises(SceneFileError, match="must be complex"):  # other compounds are not
         other = np.zeros(arr["y"].shape, [("re", "<f4"), ("im", "<f4")])
         read_scenes(_npz(tmp_path, **dict(arr, y=other)))
