@@ -187,9 +187,28 @@ def test_export_model_cli(tmp_path, checkpoint):
     res = runner.invoke(app, ["export-model", str(checkpoint), "--out", str(checkpoint)])
     assert res.exit_code == 2 and "is one of the inputs" in res.output
     assert checkpoint.read_bytes() == before  # the training checkpoint is untouched
-    res = runner.invoke(app, ["export-model", str(checkpoint), "--out", str(tmp_path / "m2.json")])
-    assert res.exit_code == 2 and "cannot end in .json" in res.output
-    assert not (tmp_path / "m2.json").exists()
+    for name in ("m2.json", "m2.JSON", "m", "m.v2"):  # the card would be the model, or m.json
+        res = runner.invoke(app, ["export-model", str(checkpoint), "--out",
+                                  str(tmp_path / name)])
+        assert res.exit_code == 2 and "must end in .pt (or .pth)" in res.output, name
+        assert not (tmp_path / name).exists()
+    # a checkpoint that does not make a model replaces nothing: the good model stays
+    from risloc.inference.checkpoint import save_checkpoint
+
+    good = {p: (tmp_path / p).read_bytes() for p in ("m.pt", "m.json")}
+    state = load_checkpoint(checkpoint)
+    del state["ema"]
+    save_checkpoint(tmp_path / "no_ema.pt", state)
+    res = runner.invoke(app, ["export-model", str(tmp_path / "no_ema.pt"), "--out",
+                              str(tmp_path / "m.pt")])
+    assert res.exit_code == 2 and "holds no 'ema' weights" in res.output
+    assert {p: (tmp_path / p).read_bytes() for p in good} == good
+    assert not list(tmp_path.glob(".m.pt*"))  # no temporary left
+    # the card of a model exported to "m.pt" from "m.pth" would be the input's card
+    (tmp_path / "m.pth").write_bytes(checkpoint.read_bytes())
+    res = runner.invoke(app, ["export-model", str(tmp_path / "m.pth"), "--out",
+                              str(tmp_path / "m.pt")])
+    assert res.exit_code == 2 and "the card of the input" in res.output
 
 
 def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, monkeypatch):
@@ -250,6 +269,19 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
         assert res.exit_code == 2 and opt in res.output and says in res.output, res.output
     res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--margin", "-1"])
     assert res.exit_code == 2 and "repair_margin must be >= 0" in res.output
+    # outputs that would lose the model or another model's card are refused before the fit
+    (tmp_path / "folder.pt").mkdir()
+    for bad, says in (("o.json", "must end in .pt"), ("slim", "must end in .pt"),
+                      ("folder.pt", "is a folder")):
+        res = runner.invoke(app, ["fit-order", str(slim), "--out", str(tmp_path / bad)])
+        assert res.exit_code == 2 and says in res.output, (bad, res.output)
+        assert "order features" not in res.output  # no fitting began
+    # a model without a card fitted onto a name with an older card: that card goes
+    (tmp_path / "bare.pt").write_bytes(slim.read_bytes())
+    res = runner.invoke(app, ["fit-order", str(tmp_path / "bare.pt"), "--out", str(out),
+                              "--scenes", "64", "--report-scenes", "1", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert not out.with_suffix(".json").exists()
     for bad, says in (("colour=3", "colour"), ("power_spread_db", "FIELD=VALUE"),
                       ("range_m=[0.1, 20]", "leaves the base scene's field of view")):
         res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scene", bad])

@@ -85,6 +85,11 @@ def test_cli_run_writes_logs_and_checkpoints(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     res = CliRunner().invoke(plot, [str(tmp_path / "ckpt")])
     assert res.exit_code != 0 and "epochs.csv" in res.output
+    log = (tmp_path / "epochs.csv").read_bytes()
+    for bad in ("epochs.csv", "curves.pdf"):  # the run's own log is never drawn over
+        res = CliRunner().invoke(plot, [str(tmp_path), "--out", str(tmp_path / bad)])
+        assert res.exit_code == 2 and "ending in .png" in res.output, res.output
+    assert (tmp_path / "epochs.csv").read_bytes() == log
 
 
 def test_plot_run_names_what_is_wrong_with_a_run_folder(tmp_path):

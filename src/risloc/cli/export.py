@@ -18,20 +18,27 @@ def export_command(
         "run's own checkpoints have no order head, so fit one first (or after export) for "
         "the K decision the shipped model uses."))],
     out_path: Annotated[Path, typer.Option("--out", "-o", help=(
-        "Inference model to write; its model card goes beside it as .json. The shipped "
-        "model is src/risloc/models/default.pt."))] = Path("model.pt"),
+        "Inference model to write (.pt); its model card goes beside it as .json. Written "
+        "and loaded under a temporary name first: a checkpoint that does not make a "
+        "working model replaces nothing. The shipped model is "
+        "src/risloc/models/default.pt."))] = Path("model.pt"),
 ) -> None:
     """Write an inference-only model (config + EMA/SWA weights) and its model card."""
-    from risloc.inference.checkpoint import export_model
+    from risloc.inference.checkpoint import export_model, model_card_path
     from risloc.pipeline.learned import load_learned_pipeline
 
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    dst = export_model(checkpoint, out_path)
-    load_learned_pipeline(dst)  # refuse to report success on a model that does not load
-    card = json.loads(dst.with_suffix(".json").read_text())
+    # the written model must load as a pipeline before it replaces anything at --out
+    dst = export_model(checkpoint, out_path, verify=load_learned_pipeline)
+    card = json.loads(model_card_path(dst).read_text())
     val = card["validation"]
     console.print(f"wrote {dst} ({dst.stat().st_size / 1e6:.2f} MB) and its card "
-                  f"{dst.with_suffix('.json')}: epoch {card['epoch']}, validation angle median "
-                  f"{val.get('angle_median_deg', float('nan')):.3g} deg, K accuracy "
-                  f"{val.get('K_accuracy', float('nan')):.3f}")
+                  f"{model_card_path(dst)}: epoch {card['epoch']}, validation angle median "
+                  f"{_number(val.get('angle_median_deg'), '.3g')} deg, K accuracy "
+                  f"{_number(val.get('K_accuracy'), '.3f')}")
+
+
+def _number(v, spec: str) -> str:
+    """A card's metric for the summary line ('-' where the checkpoint has none)."""
+    return format(v, spec) if isinstance(v, int | float) else "-"

@@ -16,9 +16,10 @@ def fit_order_command(
     checkpoint: Annotated[Path, typer.Argument(help=(
         "Trained model: a training checkpoint or an exported model (export-model)."))],
     out_path: Annotated[Path, typer.Option("--out", "-o", help=(
-        "Model to write: the checkpoint plus the order head (may be the input itself; "
+        "Model to write (.pt): the checkpoint plus the order head (may be the input itself; "
         "written atomically). A model card <checkpoint>.json is carried over to "
-        "<out>.json with the head's report."))] = Path("model.pt"),
+        "<out>.json with the head's report (an older <out>.json is removed where the "
+        "checkpoint has none)."))] = Path("model.pt"),
     scenes: Annotated[int, typer.Option(min=MIN_ORDER_SCENES, help=(
         "Training-split scenes the head is fitted on (the recipe's scene distribution)."
         ))] = 16384,
@@ -41,10 +42,12 @@ def fit_order_command(
     network never trained on), with the recipe's unequal source powers. `risloc train` runs
     this stage itself at the end (recipe section `order`); this command fits or refits the
     head of an existing model (docs/guide.md, "Training")."""
+    from risloc.inference.checkpoint import check_model_target
     from risloc.pipeline.calibrate import fit_order, n_progress_items
 
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    check_model_target(out_path, checkpoint, in_place=True)
     fields = scene_fields(scene or [])
     with progress() as bar:
         task = bar.add_task("order features", total=n_progress_items(scenes, report_scenes))

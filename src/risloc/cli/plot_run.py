@@ -19,6 +19,12 @@ def plot_run_command(
     """Draw a run's training curves: loss per step and epoch, the validation objective,
     K accuracy, F1, subspace overlap and NMSE per epoch, learning rate and blend beta."""
     from risloc.experiments.plots import plot_run
+    from risloc.io.atomic import check_writable
 
-    path = plot_run(run, out_path or run / "curves.png")
+    target = out_path or run / "curves.png"
+    if target.suffix.lower() != ".png":
+        raise ValueError(f"--out {target}: the curves are drawn as a PNG; give a name ending "
+                         "in .png")
+    check_writable(target, inputs=[run / "epochs.csv", run / "steps.csv"])
+    path = plot_run(run, target)
     console.print(f"wrote {path}")

@@ -129,7 +129,7 @@ def _inference_model(cfg, progress_bar: bool) -> Path:
     """Export <out_dir>/best.pt and fit its order head into <out_dir>/model.pt (written only
     when the head is fitted: a run stopped in between leaves no model.pt without its head)."""
     from risloc.cli.fit_order import report_table
-    from risloc.inference.checkpoint import export_model
+    from risloc.inference.checkpoint import export_model, model_card_path
     from risloc.pipeline.calibrate import fit_order, n_progress_items
 
     o = cfg.order
@@ -145,8 +145,8 @@ def _inference_model(cfg, progress_bar: bool) -> Path:
     else:
         report = fit_order(headless, model, o.scenes, o.report_scenes, scene=o.scene)
     headless.unlink()
-    headless.with_suffix(".json").unlink(missing_ok=True)
+    model_card_path(headless).unlink(missing_ok=True)
     stdout.print(report_table(report))
     console.print(f"inference model (as shipped): {model} and its card "
-                  f"{model.with_suffix('.json')}")
+                  f"{model_card_path(model)}")
     return model

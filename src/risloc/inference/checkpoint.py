@@ -14,6 +14,7 @@ import io
 import json
 import pickle
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,38 +122,71 @@ INFERENCE_KEYS = ("format_version", "config", "epoch", "step", "ema", "swa", "be
                   "order_head", "order_report")
 
 
-def export_model(src: str | Path, dst: str | Path) -> Path:
+MODEL_SUFFIXES = (".pt", ".pth")
+
+
+def model_card_path(model: str | Path) -> Path:
+    """The model card of a model file: ``model.pt`` -> ``model.json``."""
+    return Path(model).with_suffix(".json")
+
+
+def check_model_target(dst: str | Path, src: str | Path, in_place: bool = False) -> Path:
+    """ValueError unless ``dst`` may receive a model made from ``src`` and its card
+    (:func:`model_card_path`) may be written beside it, checked before any work: ``dst``
+    ends in .pt / .pth (so its card is not itself, nor the card of another model it would
+    be mistaken for), is not ``src`` (unless ``in_place``), and its card is not ``src``'s
+    card (unless in place) nor ``src``."""
+    dst, src = Path(dst), Path(src)
+    if dst.suffix.lower() not in MODEL_SUFFIXES:
+        raise ValueError(f"the model file {dst} must end in .pt (or .pth): its model card "
+                         f"is written beside it as <name>.json")
+    same = dst.resolve() == src.resolve()
+    check_writable(dst, inputs=[] if in_place else [src])
+    card, src_card = model_card_path(dst), model_card_path(src)
+    if not same and card.resolve() == src_card.resolve():
+        raise ValueError(f"the model card of {dst} would be {card}, the card of the input "
+                         f"{src}: give the new model another name")
+    check_writable(card, inputs=[src])
+    return dst
+
+
+def export_model(src: str | Path, dst: str | Path,
+                 verify: Callable[[Path], object] | None = None) -> Path:
     """Write an inference-only copy of a training checkpoint (config + averaged weights,
     no optimizer/scheduler/RNG state) and its model card ``<dst>.json`` (the validation
     metrics of the exported epoch, the training history summary), both atomically. This is
-    how the shipped model is made."""
-    dst, card_path = Path(dst), Path(dst).with_suffix(".json")
-    if dst.suffix == ".json":
-        raise ValueError(f"the model file {dst} cannot end in .json: its model card is written "
-                         "beside it as <name>.json (use e.g. model.pt)")
-    check_writable(dst, inputs=[src])
-    check_writable(card_path, inputs=[src])
+    how the shipped model is made. ``verify(path)`` (e.g. loading it as a pipeline) runs on
+    the written model before it takes ``dst``'s name: a model that fails it replaces
+    nothing."""
+    dst = check_model_target(dst, src)
+    card_path = model_card_path(dst)
     state = load_checkpoint(src)
     slim = {k: state[k] for k in INFERENCE_KEYS if k in state}
-    dst = save_checkpoint(dst, slim)
+    model_from_state(slim)  # names what is missing (e.g. the EMA weights) before any write
     history = state.get("history") or []
-    row = next((h for h in history if h.get("epoch") == state["epoch"]), {})
+    row = next((h for h in history if h.get("epoch") == state.get("epoch")), {})
     cfg = json.loads(state["config"]) if isinstance(state["config"], str) else state["config"]
+    data, scene = cfg.get("data", {}), cfg.get("scene", {})
     card = {
         "risloc_version": risloc.__version__,
         "exported_from": str(src),
-        "epoch": state["epoch"], "optimizer_steps": state["step"],
+        "epoch": state.get("epoch"), "optimizer_steps": state.get("step"),
         "epochs_logged": len(history),
         "seconds_per_epoch_median": (statistics.median(h["seconds"] for h in history)
-                                     if history else None),
+                                     if history and all("seconds" in h for h in history)
+                                     else None),
         "validation_set": (
-            f"{cfg['data']['n_val']} scenes of the validation split (seed {cfg['data']['seed']}),"
-            f" SNR uniform in {cfg['scene']['snr_db']} dB, K uniform in 1..K_max; MUSIC on "
+            f"{data.get('n_val')} scenes of the validation split (seed {data.get('seed')}), "
+            f"SNR uniform in {scene.get('snr_db')} dB, K uniform in 1..K_max; MUSIC on "
             "R_blend with the network's K, no NF-MLE; EMA weights"),
         "validation": {k[4:]: v for k, v in row.items() if k.startswith("val_")},
         "config": cfg,
     }
     if state.get("order_report") is not None:  # a model with its order head (fit-order)
         card["order_head"] = state["order_report"]
+    with atomic_path(dst) as tmp:  # checked under a temporary name, then renamed
+        save_checkpoint(tmp, slim)
+        if verify is not None:
+            verify(tmp)
     write_text_atomic(card_path, json.dumps(card, indent=2, default=str) + "\n")
     return dst

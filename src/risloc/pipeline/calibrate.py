@@ -21,7 +21,12 @@ import torch
 
 from risloc.config import Mixture, SceneConfig, replace_scene_fields
 from risloc.core.checks import normalise_scale
-from risloc.inference.checkpoint import load_checkpoint, save_checkpoint
+from risloc.inference.checkpoint import (
+    check_model_target,
+    load_checkpoint,
+    model_card_path,
+    save_checkpoint,
+)
 from risloc.io.atomic import write_text_atomic
 from risloc.parallel import run_in_chunks
 from risloc.pipeline.learned import LearnedPipeline, load_learned_pipeline
@@ -151,6 +156,7 @@ def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
     if n_scenes < MIN_ORDER_SCENES:
         raise ValueError(f"n_scenes must be >= {MIN_ORDER_SCENES}, got {n_scenes}")
     checkpoint, out = Path(checkpoint), Path(out)
+    check_model_target(out, checkpoint, in_place=True)  # before the long part
     state = load_checkpoint(checkpoint)
     pipe = load_learned_pipeline(checkpoint, order_head=False)
     pipe.fit_config = replace(pipe.fit_config, repair_margin=margin)  # checks margin >= 0
@@ -172,12 +178,14 @@ def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
               "per_snr": rows}
     state["order_head"] = order_head_state(head, margin)
     state["order_report"] = report
+    card_src, card_dst = model_card_path(checkpoint), model_card_path(out)
+    card = json.loads(card_src.read_text()) if card_src.exists() else None
     save_checkpoint(out, state)
-    card_src = checkpoint.with_suffix(".json")
-    if card_src.exists():
-        card = json.loads(card_src.read_text())
+    if card is not None:
         card["order_head"] = report
-        write_text_atomic(out.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
+        write_text_atomic(card_dst, json.dumps(card, indent=2) + "\n")
+    elif card_dst.exists():  # an older model's card: it would describe another head
+        card_dst.unlink()
     return report
 
 
