@@ -42,6 +42,24 @@ def test_evaluate_simulated_sweep(tmp_path):
     assert meta["settings"]["known_K"] is True
 
 
+def test_evaluate_file_without_truth_times_only_and_refuses_the_oracle(tmp_path):
+    import numpy as np
+
+    f = tmp_path / "s.npz"
+    assert runner.invoke(app, ["simulate", "--n", "4", "--out", str(f), "--K", "1",
+                               "--split", "test"]).exit_code == 0
+    bare = tmp_path / "bare.npz"
+    with np.load(f) as z:
+        np.savez(bare, **{k: z[k] for k in ("y", "H", "codes", "system")})
+    res = runner.invoke(app, ["evaluate", str(bare), "--estimators", "music-samp,music-oracle",
+                              "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "music-oracle needs a scene file with the truth" in res.output
+    res = runner.invoke(app, ["evaluate", str(bare), "--estimators", "music-samp",
+                              "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert "PNG plots" not in res.output and not list((tmp_path / "r").glob("*.png"))
+
+
 def test_evaluate_user_file_with_stochastic_crb(tmp_path):
     f = tmp_path / "s.npz"
     assert runner.invoke(app, ["simulate", "--n", "8", "--out", str(f), "--snr-db", "15",
@@ -107,6 +125,23 @@ def test_evaluate_user_file_groups_by_snr_bins_and_keeps_scenes_without_snr(tmp_
         assert int(cells[name, "nan", "file"]["scenes_left_out"]) == 1
     assert "1 scene(s) with all-zero or non-finite measurements are left out" in \
         " ".join(res.output.split())
+    # a whole bin left out is still counted in the note; a file of no usable scene is an
+    # error, not an empty report
+    with h5py.File(f, "a") as h:
+        h["y"][4] = 0  # with scene 3: the 20 dB bin is gone
+    res = runner.invoke(app, ["evaluate", str(f), "--out", str(tmp_path / "r3"),
+                              "--no-plots", "--estimators", "music-samp"])
+    assert res.exit_code == 0, res.output
+    assert "2 scene(s) with all-zero" in " ".join(res.output.split())
+    with h5py.File(f, "a") as h:
+        h["y"][:] = 0
+    res = runner.invoke(app, ["evaluate", str(f), "--out", str(tmp_path / "r4"),
+                              "--estimators", "music-samp"])
+    assert res.exit_code == 2 and "no scene can be evaluated (all 8 have" in res.output
+    assert not (tmp_path / "r4" / "metrics.csv").exists()
+    # an estimator named twice would count every scene twice in the pooled row
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "music-samp,music-samp"])
+    assert res.exit_code == 2 and "music-samp is given twice" in res.output
 
 
 @pytest.mark.parametrize("args, says", [

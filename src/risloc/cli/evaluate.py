@@ -21,8 +21,9 @@ from risloc.cli.common import (
     parse_numbers,
     progress,
 )
+from risloc.core import scene_problems
 from risloc.evaluation.metrics import EFFICIENT_MEDIAN
-from risloc.experiments.estimators import NAMES
+from risloc.experiments.estimators import NAMES, NEEDS_TRUTH
 from risloc.experiments.harness import (
     ResultRow,
     SweepSettings,
@@ -40,13 +41,11 @@ def _fmt(v, digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
-def results_table(rows: list[ResultRow], title: str) -> Table:
+def results_table(rows: list[ResultRow], title: str, left: int = 0) -> Table:
     """Rich table of the K='all' rows: each median error beside 0.674 sqrt(CRB), the median
-    error of an efficient estimator (median over the paired sources' bounds)."""
+    error of an efficient estimator (median over the paired sources' bounds); ``left``
+    scenes could not be evaluated (a note says so)."""
     refs = {r.metrics["reference"] for r in rows if "reference" in r.metrics}
-    first = rows[0].estimator if rows else None  # each point's left-out scenes, counted once
-    left = sum(r.metrics.get("scenes_left_out", 0) for r in rows
-               if r.estimator == first and r.K in ("all", "?"))
     notes = ([f"(±x): standard error of the difference to {', '.join(sorted(refs))} on the "
               "same scenes (paired bootstrap)"] if refs else []) + (
         [f"{left} scene(s) with all-zero or non-finite measurements are left out of every "
@@ -114,9 +113,11 @@ def evaluate_command(
     names = tuple(s.strip() for s in estimators.split(",") if s.strip())
     if not names:
         raise ValueError(f"--estimators: none given; choose from {sorted(NAMES)}")
-    for name in names:
+    for i, name in enumerate(names):
         if name not in NAMES:
             raise ValueError(f"unknown estimator {name!r}; choose from {sorted(NAMES)}")
+        if name in names[:i]:
+            raise ValueError(f"--estimators: {name} is given twice")
     if crb not in ("deterministic", "stochastic"):
         raise ValueError(f"--crb must be deterministic or stochastic, got {crb!r}")
     snrs = parse_numbers(snr_db, "--snr-db", allow_empty=scenes is not None)  # files: unused
@@ -131,9 +132,18 @@ def evaluate_command(
         from risloc.io import read_scenes
 
         batch, info = read_scenes(scenes)
-        system, points = info.system, list(file_points(batch, snr_bin_db))
         if settings.known_K and not info.has_truth:
             raise ValueError("--known-K needs a scene file with the truth (K)")
+        for name in names:
+            if name in NEEDS_TRUTH and not info.has_truth:
+                raise ValueError(f"{name} needs a scene file with the truth (it runs on the "
+                                 "true covariance)")
+        left = len(scene_problems(batch.y, batch.H, batch.codes).reasons)
+        if left == len(batch):
+            raise ValueError(f"{scenes}: no scene can be evaluated (" + (
+                "the file holds none)" if not left else f"all {left} have all-zero or "
+                "non-finite measurements; `risloc info` names them)"))
+        system, points = info.system, list(file_points(batch, snr_bin_db))
         if not info.has_truth:
             console.print(f"[yellow]{scenes} carries no truth (K and positions): only the "
                           "estimators' time per scene can be measured; `risloc localize` "
@@ -142,21 +152,25 @@ def evaluate_command(
     else:
         cfg = get_config(config, set_)
         system, points, source = cfg.system, sweep_points(settings, cfg), "simulated test split"
-    run_report(points, system, settings, out_dir, plots, source, pooled=scenes is not None)
+        left = 0
+    run_report(points, system, settings, out_dir, plots, source, pooled=scenes is not None,
+               left=left)
 
 
 def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bool,
-               source: str, title: str = "risloc evaluate", pooled: bool = False
-               ) -> list[ResultRow]:
+               source: str, title: str = "risloc evaluate", pooled: bool = False,
+               left: int = 0) -> list[ResultRow]:
     """Evaluate, print the table, write CSV/JSON and (optionally) the PNG plots; ``pooled``
-    adds rows over all scenes (a file's SNR groups: :func:`evaluate_points`)."""
+    adds rows over all scenes (a file's SNR groups: :func:`evaluate_points`); ``left``:
+    scenes that cannot be evaluated (left out of every row; the table says so)."""
     with progress() as bar:
         rows = evaluate_points(points, system, settings, bar, pooled)
-    out.print(results_table(rows, f"{title} — {source}"))
+    out.print(results_table(rows, f"{title} — {source}", left))
     meta = {"settings": settings.__dict__, "source": source, "system": system.model_dump(),
             "risloc_version": __version__, "torch_threads": torch.get_num_threads()}
     csv_path, _ = write_results(rows, out_dir, meta)
-    if plots and any(r.K == "all" for r in rows):
+    plots = plots and any(r.K == "all" for r in rows)  # plots need the truth
+    if plots:
         from risloc.experiments.plots import plot_error_vs_snr, plot_k_accuracy
 
         plot_error_vs_snr(rows, out_dir / "error_vs_snr.png")

@@ -72,6 +72,8 @@ def _music_oracle(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | No
     return music(R, scenes.K if K is None else K, system)
 
 
+NEEDS_TRUTH = ("music-oracle",)  # estimators that read the true scene, not only y, H, codes
+
 ESTIMATORS: dict[str, Estimator] = {
     "classical": _classical,
     "music-samp": _music_samp,
