@@ -85,10 +85,10 @@ class SceneFileWriter:
         if n_scenes < 1:
             raise SceneFileError(f"{self.path}: nothing to write (0 scenes)")
         self.tmp = temporary_name(self.path)
-        self.n, self.system, self.attrs = n_scenes, system, dict(attrs or {})
+        self.n, self.system, self.attrs = n_scenes, system, _check_attrs(attrs, self.path)
         self.with_truth = with_truth
         self._f: h5py.File | None = None
-        self._written = 0
+        self._covered = np.zeros(n_scenes, dtype=bool)  # scenes written so far
 
     def __enter__(self) -> SceneFileWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,7 @@ class SceneFileWriter:
                 f.create_dataset(name, (n, s.K_max), np.float32)
         f.attrs["system"] = _system_json(s)
         for k, v in self.attrs.items():
-            f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
+            f.attrs[k] = v if isinstance(v, int | float | str) else json.dumps(v, default=_plain)
         self._f = f
         return self
 
@@ -114,24 +114,37 @@ class SceneFileWriter:
         f = self._f
         if f is None:
             raise RuntimeError("SceneFileWriter.write outside its 'with' block")
+        if isinstance(start, bool) or not isinstance(start, int | np.integer) or start < 0:
+            raise SceneFileError(f"{self.path}: start must be a scene index >= 0, got "
+                                 f"{start!r}")
         stop = start + len(batch)
         if stop > self.n:
             raise SceneFileError(f"writing scenes {start}..{stop} past the end ({self.n})")
+        if self._covered[start:stop].any():
+            again = np.flatnonzero(self._covered[start:stop]) + start
+            raise SceneFileError(f"{self.path}: scene(s) {_listed(again)} were written "
+                                 "already (each scene is written once)")
+        if self.with_truth and not batch.has_truth:
+            raise SceneFileError(f"{self.path}: the scenes carry no truth, but the writer "
+                                 "stores it (open it with with_truth=False)")
         check_batch(batch, self.system, self.path)
         arrays = batch_to_arrays(batch, self.system.K_max)
         for name, arr in arrays.items():
             if name in f:
                 f[name][start:stop] = arr
-        self._written += len(batch)
+        self._covered[start:stop] = True
 
     def __exit__(self, exc_type, exc, tb) -> None:
         f, self._f = self._f, None
         if f is not None:
             f.close()
-        if exc_type is not None or self._written != self.n:
+        if exc_type is not None or not self._covered.all():
             self.tmp.unlink(missing_ok=True)
             if exc_type is None:
-                raise SceneFileError(f"only {self._written} of {self.n} scenes were written")
+                missing = np.flatnonzero(~self._covered)
+                raise SceneFileError(f"{self.path}: only {self.n - missing.size} of {self.n} "
+                                     f"scenes were written (missing: {_listed(missing)}); "
+                                     "nothing was saved")
             return
         fd = os.open(self.tmp, os.O_RDONLY)
         try:
@@ -155,6 +168,40 @@ def check_batch(batch: SceneBatch, system: SystemConfig, path: Path) -> None:
     if batch.has_truth and B and int(batch.K.max()) > s.K_max:
         raise SceneFileError(f"{path}: a scene has K={int(batch.K.max())} sources, more "
                              f"than the system's K_max={s.K_max}")
+    inf = np.flatnonzero(np.isinf(batch.snr_db.detach().cpu().numpy()))
+    if inf.size:
+        raise SceneFileError(f"{path}: snr_db is infinite in scene(s) {_listed(inf)} "
+                             "(noise-free scenes?): a file stores a finite SNR, or NaN where "
+                             "it is unknown")
+    if batch.has_truth and B:
+        arrays = batch_to_arrays(batch, s.K_max)
+        bad = truth_problems(*(arrays[k] for k in ("K", *TRUTH)), k_max=s.K_max)
+        if bad:
+            raise SceneFileError(f"{path}: the truth of {len(bad)} scene(s) cannot be scored "
+                                 f"(scene {bad[0][0]}: {bad[0][1]}), so readers would refuse "
+                                 "the file; write such scenes without truth")
+
+
+def _plain(v: Any) -> Any:
+    """JSON for the NumPy values inside an attribute (a dict of np.int64, an array)."""
+    if isinstance(v, np.generic | np.ndarray):
+        return v.tolist()
+    raise TypeError(f"an attribute value of type {type(v).__name__} cannot be stored as JSON")
+
+
+RESERVED_ATTRS = ("system", *REQUIRED, "snr_db", "K", *TRUTH)
+
+
+def _check_attrs(attrs: dict[str, Any] | None, path: Path) -> dict[str, Any]:
+    """A file's extra attributes: NumPy scalars as Python numbers, names that are not the
+    file's own (an .npz stores attributes beside its datasets; 'system' is the system)."""
+    out = {}
+    for k, v in (attrs or {}).items():
+        if k in RESERVED_ATTRS:
+            raise SceneFileError(f"{path}: the attribute name {k!r} is the file's own "
+                                 f"(one of {', '.join(RESERVED_ATTRS)}); choose another")
+        out[k] = v.item() if isinstance(v, np.generic) else v
+    return out
 
 
 def batch_to_arrays(batch: SceneBatch, K_max: int) -> dict[str, np.ndarray]:
@@ -188,8 +235,8 @@ def write_scenes(path: str | Path, batch: SceneBatch, system: SystemConfig,
     if path.suffix == ".npz":
         arrays = batch_to_arrays(batch, system.K_max)
         arrays["system"] = np.array(_system_json(system))
-        for k, v in (attrs or {}).items():
-            arrays[k] = np.array(v if isinstance(v, str) else json.dumps(v))
+        for k, v in _check_attrs(attrs, path).items():
+            arrays[k] = np.array(v if isinstance(v, str) else json.dumps(v, default=_plain))
         with atomic_path(path) as tmp:
             np.savez(tmp, **arrays)
         return path

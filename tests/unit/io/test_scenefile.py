@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import math
 
 import h5py
 import numpy as np
@@ -44,10 +46,27 @@ def test_interrupted_write_leaves_no_file(tmp_path, batch, system):
             w.write(0, batch)
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(SceneFileError, match="only 50 of 100"):
+    with pytest.raises(SceneFileError, match=r"only 50 of 100 .* \(missing: \[50, 51"):
         with SceneFileWriter(target, 100, system) as w:
             w.write(0, batch)
     assert list(tmp_path.iterdir()) == []
+    # the same scenes twice (a slip for write(50, ...)) would leave scenes 50..99 zero
+    with pytest.raises(SceneFileError, match=r"scene\(s\) \[0, 1, 2.*were written already"):
+        with SceneFileWriter(target, 100, system) as w:
+            w.write(0, batch)
+            w.write(0, batch)
+    for start in (-1, 1.0, True):
+        with pytest.raises(SceneFileError, match="start must be a scene index >= 0"):
+            with SceneFileWriter(target, 100, system) as w:
+                w.write(start, batch)
+    bare = dataclasses.replace(batch, K=None, azimuth=None, elevation=None, range_m=None,
+                               powers=None)
+    with pytest.raises(SceneFileError, match="carry no truth, but the writer stores it"):
+        with SceneFileWriter(target, 50, system) as w:
+            w.write(0, bare)
+    with SceneFileWriter(target, 50, system, with_truth=False) as w:
+        w.write(0, bare)
+    assert not read_scenes(target)[1].has_truth
 
 
 def test_truncated_and_garbage_files_refused(tmp_path, batch, system):
@@ -276,6 +295,25 @@ def test_scenes_that_do_not_fit_the_system_given_are_not_written(tmp_path, batch
         back, info = read_scenes(write_scenes(tmp_path / f"ok.{ext}", small, few))
         assert info.system.K_max == 3 and torch.equal(back.K, small.K)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.h5", "ok.npz"]
+    # what readers refuse is not written: an infinite SNR, truth that cannot be scored,
+    # attribute names of the file's own; NumPy values in attributes are stored
+    for ext in ("h5", "npz"):
+        snr = batch.snr_db.clone()
+        snr[2] = math.inf
+        with pytest.raises(SceneFileError, match=r"snr_db is infinite in scene\(s\) \[2\]"):
+            write_scenes(tmp_path / f"i.{ext}", dataclasses.replace(batch, snr_db=snr), system)
+        K = batch.K.clone()
+        K[3] = 0
+        with pytest.raises(SceneFileError, match=r"scene 3: K = 0 outside 1..5"):
+            write_scenes(tmp_path / f"z.{ext}", dataclasses.replace(batch, K=K), system)
+        with pytest.raises(SceneFileError, match="'snr_db' is the file's own"):
+            write_scenes(tmp_path / f"a.{ext}", batch, system, {"snr_db": "hello"})
+        path = write_scenes(tmp_path / f"n.{ext}", batch[:2], system,
+                            {"seed": np.int64(3), "grid": {"n": np.arange(2)}})
+        info = inspect_scene_file(path)
+        assert int(info.attrs["seed"]) == 3 and json.loads(str(info.attrs["grid"])) == {
+            "n": [0, 1]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n.h5", "n.npz", "ok.h5", "ok.npz"]
 
 
 def test_a_closed_reader_and_fractional_indices_are_named(tmp_path, batch, system):
