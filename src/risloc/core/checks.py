@@ -42,18 +42,20 @@ class SceneCheck(NamedTuple):
 
 
 def as_tensor(name: str, x) -> torch.Tensor:
-    """``x`` as a contiguous torch tensor in native byte order. Users' arrays come as they
-    come: Fortran order from ``scipy.io.loadmat``, transposed or flipped views, big-endian
-    from another machine's file; inside, reshapes assume a contiguous layout."""
+    """``x`` as a contiguous torch tensor in native byte order, outside any autograd graph
+    (data, not parameters). Users' arrays come as they come: Fortran order from
+    ``scipy.io.loadmat``, transposed or flipped views, big-endian from another machine's
+    file, tensors that require grad; inside, reshapes assume a contiguous layout."""
     if x is None:
         raise InputTypeError(f"{name} is required, got None")
     if isinstance(x, torch.Tensor):
-        return x.contiguous()
+        return x.detach().contiguous()
     try:
         a = np.asarray(x)
         if a.dtype.byteorder not in "=|":
             a = a.astype(a.dtype.newbyteorder("="))
-        return torch.from_numpy(np.ascontiguousarray(a))
+        # (np.ascontiguousarray would make a 0-d array, a number, 1-d)
+        return torch.from_numpy(a if a.flags.c_contiguous else np.ascontiguousarray(a))
     except (TypeError, ValueError, RuntimeError) as err:
         raise InputTypeError(f"{name} must be a numeric array ({err})") from None
 
@@ -190,8 +192,11 @@ def snr_per_scene(snr_db, n_scenes: int, device: torch.device | str | None = Non
         return None
     if isinstance(snr_db, str | bytes):
         raise InputTypeError(f"snr_db must be numeric, got {type(snr_db).__name__}")
-    try:
-        snr = torch.as_tensor(snr_db, dtype=torch.float32, device=device)
+    try:  # any byte order or layout, as the measurements (as_tensor)
+        snr = as_tensor("snr_db", snr_db)
+        if snr.is_complex() or snr.dtype == torch.bool:
+            raise TypeError(f"dtype {snr.dtype}")
+        snr = snr.to(device=device, dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError) as err:
         raise InputTypeError(f"snr_db must be numeric, got {type(snr_db).__name__} "
                              f"({err})") from None

@@ -138,6 +138,23 @@ def test_K_and_snr_inputs_are_validated(system, scenes):
         loc.localize(scenes.y, scenes.H, scenes.codes, snr_db=[10.0, 20.0])
     with pytest.raises(TypeError, match="numeric"):
         loc.localize(scenes.y, scenes.H, scenes.codes, snr_db="20")
+    for K, says in ((1e20, r"got \[1e\+20\]"), (math.inf, r"got \[inf\]"),
+                    (math.nan, "whole numbers")):  # named as given, not as an int64 wrap
+        with pytest.raises(ValueError, match=says):
+            loc.localize(scenes.y, scenes.H, scenes.codes, K=K)
+    # K and the SNR as a big-endian file stores them, or from an autograd graph; inputs
+    # that require grad (the classical localizer's out= matmuls refused them)
+    ref = loc.localize(scenes.y, scenes.H, scenes.codes, K=np.full(4, 2),
+                       snr_db=scenes.snr_db.numpy()).estimates
+    got = loc.localize(scenes.y.clone().requires_grad_(True), scenes.H, scenes.codes,
+                       K=np.full(4, 2, ">i4"), snr_db=scenes.snr_db.numpy().astype(">f4")
+                       ).estimates
+    assert torch.equal(got.K, ref.K)
+    torch.testing.assert_close(got.azimuth, ref.azimuth, rtol=0, atol=0, equal_nan=True)
+    got = loc.localize(scenes.y, scenes.H, scenes.codes,
+                       K=torch.full((4,), 2.0, requires_grad=True),
+                       snr_db=scenes.snr_db.clone().requires_grad_(True)).estimates
+    torch.testing.assert_close(got.azimuth, ref.azimuth, rtol=0, atol=0, equal_nan=True)
     # a NaN SNR in one scene leaves the others' SNR in use
     part = scenes.snr_db.clone()
     part[0] = math.nan
