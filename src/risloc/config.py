@@ -134,7 +134,9 @@ class SystemConfig(ConfigSection):
     N_H: int = Field(12, ge=1, description="RIS columns (along x)")
     N_V: int = Field(12, ge=1, description="RIS rows (along y)")
     wavelength: float = Field(0.3, gt=0, description="carrier wavelength [m]")
-    spacing: float = Field(0.15, gt=0, description="element spacing d [m] (default lambda/2)")
+    spacing: float = Field(0.15, gt=0, description=(
+        "element spacing d [m]; default lambda/2 (of the wavelength given, where only the "
+        "wavelength is)"))
     M: int = Field(16, ge=1, description="base-station antennas")
     L: int = Field(16, ge=1, description="snapshots (RIS codes) per scene")
     wavefront: Wavefront = "spherical"
@@ -149,6 +151,18 @@ class SystemConfig(ConfigSection):
     def k0(self) -> float:
         """Wavenumber 2 pi / lambda [rad/m]."""
         return 2.0 * math.pi / self.wavelength
+
+    @model_validator(mode="before")
+    @classmethod
+    def _half_wavelength(cls, data: Any) -> Any:
+        """docs/conventions.md: d = lambda/2 unless given, for any wavelength given."""
+        if not isinstance(data, dict) or "spacing" in data:
+            return data
+        lam = data.get("wavelength")
+        if isinstance(lam, int | float) and not isinstance(lam, bool) and \
+                math.isfinite(lam) and lam > 0:  # (a bad wavelength: its own error)
+            data = {**data, "spacing": lam / 2}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> SystemConfig:

@@ -376,11 +376,19 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
     mask = torch.isfinite(az) & torch.isfinite(el) & torch.isfinite(r)
     p = torch.as_tensor(powers, dtype=torch.float64).expand_as(az)
     if noise_var is None:
+        snr = _array("snr_db", snr_db, torch.float64).reshape(-1)
+        if not bool(torch.isfinite(snr).all()):
+            raise ValueError("snr_db must be finite: the bound needs the noise level (a NaN "
+                             "SNR is 'unknown'; give it, or noise_var)")
+        # given the SNR, the bound does not depend on the units of H: scaled to a peak of 1,
+        # H of any scale (1e-170 .. 1e170 in complex128) gives no over- or underflow
+        peak = H.abs().amax((1, 2), keepdim=True)
+        H = H / torch.where(peak > 0, peak, 1.0)
         inp = _prepare(az, el, r, H, codes, torch.ones(B, dtype=torch.float64), system, mask)
         Bm, _ = _measured_columns(inp, system)
         signal = (Bm.abs().square() * torch.where(mask, p, 0.0).view(B, 1, 1, -1)).sum(
             (1, 2, 3)) / (codes.shape[1] * H.shape[1])  # E ||Phi_l A s_l||^2 / (L M)
-        sigma2 = signal / 10.0 ** (_array("snr_db", snr_db, torch.float64).reshape(-1) / 10.0)
+        sigma2 = signal / 10.0 ** (snr / 10.0)
         # a scene without sources has no signal to set the noise by: its bound is NaN
         # whatever sigma^2, so any positive value will do
         sigma2 = torch.where(mask.any(1), sigma2, 1.0)

@@ -114,6 +114,9 @@ def _draw_K(batch: int, K_max: int, scene: SceneConfig, K: int | None,
             generator: torch.Generator | None, device) -> torch.Tensor:
     fixed = K if K is not None else scene.K
     if fixed is not None:
+        if isinstance(fixed, bool) or not float(fixed).is_integer():
+            raise ValueError(f"K must be a whole number of sources, got {fixed!r}")
+        fixed = int(fixed)
         if not 1 <= fixed <= K_max:
             raise ValueError(f"K={fixed} must lie in 1..K_max={K_max}")
         return torch.full((batch,), fixed, dtype=torch.int64, device=device)
@@ -193,6 +196,8 @@ def draw_scenes(batch: int, system: SystemConfig, scene: SceneConfig,
     if snr_db is None:
         snr = uniform(batch, *scene.snr_db, generator, real, device)
     else:
+        if not math.isfinite(float(snr_db)):  # (NaN: 'unknown' to localizers, not a level)
+            raise ValueError(f"snr_db must be a finite level in dB to simulate, got {snr_db}")
         snr = torch.full((batch,), float(snr_db), dtype=real, device=device)
     noise = complex_normal((batch, system.L, system.M), generator, cplx, device)
     # drawn last, so a scene with a power spread keeps the sources, channel, codes, unit

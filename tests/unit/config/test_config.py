@@ -67,6 +67,16 @@ def test_unreadable_files_and_values_are_named(tmp_path):
         load_config(overrides=["system.wavelength=.inf"])
 
 
+def test_spacing_defaults_to_half_the_wavelength_given():
+    """docs/conventions.md: d = lambda/2 by default, for the wavelength given (a system of
+    another band with the default spacing would have grating lobes)."""
+    assert SystemConfig().spacing == 0.15
+    assert SystemConfig(wavelength=0.1).spacing == 0.05
+    assert SystemConfig(wavelength=0.1, spacing=0.2).spacing == 0.2
+    assert load_config(overrides=["system.wavelength=0.02"]).system.spacing == 0.01
+    assert SystemConfig.model_validate_json('{"wavelength": 0.5}').spacing == 0.25
+
+
 def test_json_round_trip():
     cfg = load_config(overrides=["system.wavefront=fresnel", "scene.K=3"])
     assert RislocConfig.from_json(cfg.to_json()) == cfg

@@ -367,6 +367,14 @@ def test_user_crb_from_an_snr_equals_the_bound_at_the_implied_noise_level(system
     assert torch.allclose(ratio, torch.full_like(ratio, 10 ** -0.5), rtol=0.02)
     with pytest.raises(ValueError, match="exactly one"):
         crb(sc.H, sc.codes, az, el, r, system)
+    # given the SNR, the units of H do not matter, at any scale complex128 holds
+    H = sc.H.to(torch.complex128)
+    for f in (1e170, 1e-170):
+        scaled = crb(H * f, sc.codes, az, el, r, system, snr_db=10.0)
+        for k in ("azimuth_deg", "elevation_deg", "range_m"):
+            torch.testing.assert_close(scaled[k], batch[k], rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="snr_db must be finite"):
+        crb(sc.H, sc.codes, az, el, r, system, snr_db=math.nan)
 
 
 def test_user_crb_takes_any_layout_shared_positions_and_one_scenes_symbols(system):

@@ -250,3 +250,15 @@ def test_an_empty_or_reversed_scene_range_is_named(system, scene):
         simulate_range(5, 5, system, scene)
     with pytest.raises(ValueError, match="bad scene range 5..2"):
         simulate_range(5, 2, system, scene)
+
+
+def test_an_snr_that_is_no_level_and_a_fractional_K_are_named(system, scene):
+    """NaN means 'unknown' to the localizers: simulated with it, every y was NaN; K = 2.5
+    was simulated as 2."""
+    for snr in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="snr_db must be a finite level in dB"):
+            simulate_range(0, 2, system, scene, snr_db=snr)
+    for K in (2.5, True):
+        with pytest.raises(ValueError, match="K must be a whole number of sources"):
+            simulate_range(0, 2, system, scene, K=K)
+    assert simulate_range(0, 2, system, scene, K=2.0).K.tolist() == [2, 2]
