@@ -150,6 +150,11 @@ def test_simulate_draws_a_recipes_scene_mixture(tmp_path):
         assert json.loads(f.attrs["config"])["scene"]["K"] == 3
     res = runner.invoke(app, ["info", str(out)])
     assert res.exit_code == 0 and "near 50%" in res.output
+    for odd in ('[{"x": 1}]', '{"a": 1}', '[{"name": null, "share": "x"}]', "not json"):
+        with h5py.File(out, "a") as f:  # an attribute written by another tool
+            f.attrs["scene_mix"] = odd
+        res = runner.invoke(app, ["info", str(out)])
+        assert res.exit_code == 0 and "not a list of kinds" in res.output, (odd, res.output)
     res = runner.invoke(app, ["simulate", "--n", "4", "--recipe", str(recipe), "--config",
                               str(recipe), "--out", str(tmp_path / "x.h5")])
     assert res.exit_code == 2 and "exclude each other" in res.output

@@ -186,9 +186,7 @@ def _print_summary(path: Path, check: bool = False) -> bool:
         if info.n_scenes > 4096:
             table.add_row("(statistics)", "over the first 4096 scenes")
     if "scene_mix" in info.attrs:
-        kinds = json.loads(info.attrs["scene_mix"])
-        table.add_row("scene kinds", ", ".join(f"{k['name'] or 'unnamed'} {k['share']:.0%}"
-                                               for k in kinds) + " (the base scene the rest)")
+        table.add_row("scene kinds", _scene_kinds(info.attrs["scene_mix"]))
     for key in ("split", "seed", "shard", "first_scene", "risloc_version"):
         if key in info.attrs:
             table.add_row(key, str(info.attrs[key]))
@@ -224,3 +222,14 @@ def info_command(path: Annotated[Path, typer.Argument(help="Scene file (.h5 / .n
     the localizers search are counted."""
     if not _print_summary(path, check=True):
         raise typer.Exit(code=1)
+
+
+def _scene_kinds(text) -> str:
+    """The file's scene_mix attribute (risloc simulate --recipe) in words; an attribute
+    that is not that is shown as it is, not an error (the measurements are still fine)."""
+    try:
+        kinds = json.loads(text)
+        return ", ".join(f"{k.get('name') or 'unnamed'} {float(k['share']):.0%}"
+                         for k in kinds) + " (the base scene the rest)"
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return f"(not a list of kinds, as risloc simulate writes it): {str(text)[:200]}"
