@@ -50,6 +50,27 @@ def _as_float32(scenes: SceneBatch) -> SceneBatch:
                       symbols=scenes.symbols)
 
 
+def _to_slots(scenes: SceneBatch, k_max: int) -> SceneBatch:
+    """The truth in the recipe's K_max slots: a file of a smaller K_max, or truth arrays
+    wider than their K (NaN beyond it), padded with NaN or cut (its K <= both, as
+    :func:`risloc.io.scenefile.truth_problems` checked)."""
+    width = scenes.azimuth.shape[1]
+    if width == k_max:
+        return scenes
+
+    def fit(t, fill):
+        if t is None:
+            return None
+        if width > k_max:
+            return t[:, :k_max].contiguous()
+        return torch.nn.functional.pad(t, (0, k_max - width), value=fill)
+
+    return replace(scenes, azimuth=fit(scenes.azimuth, math.nan),
+                   elevation=fit(scenes.elevation, math.nan),
+                   range_m=fit(scenes.range_m, math.nan), powers=fit(scenes.powers, 0.0),
+                   symbols=None if scenes.symbols is None else fit(scenes.symbols, 0.0))
+
+
 def read_training_file(path, cfg: TrainConfig, what: str) -> SceneBatch:
     """A training or validation file's scenes, checked up front: the truth present, the
     file's system that of the recipe (every differing field named), and every scene one
@@ -74,7 +95,10 @@ def read_training_file(path, cfg: TrainConfig, what: str) -> SceneBatch:
         raise ValueError(f"{where}: {len(bad)} scene(s) cannot be trained on ({listed}"
                          f"{'; ...' if len(bad) > 3 else ''}); `risloc info {path}` lists "
                          "them")
-    return _as_float32(scenes)
+    if int(scenes.K.max()) > cfg.system.K_max:  # (a file without a system attribute)
+        raise ValueError(f"{where}: a scene has K={int(scenes.K.max())} sources, more than "
+                         f"the recipe's system.K_max={cfg.system.K_max}")
+    return _as_float32(_to_slots(scenes, cfg.system.K_max))
 
 
 class TrainData:

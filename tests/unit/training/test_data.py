@@ -159,3 +159,30 @@ def test_a_training_file_is_checked_before_the_first_step(tmp_path):
     cfg = load_train_config(None, [f"data.val_file={tmp_path / 'nan.h5'}"])
     with pytest.raises(ValueError, match=r"validation file .*1 scene\(s\).*scene 4: non-finite"):
         validation_set(cfg)
+
+
+def test_file_truth_is_fitted_to_the_recipes_slots(tmp_path):
+    """A file of a smaller K_max (truth 2 slots wide) or with truth arrays wider than
+    K_max (NaN beyond K) trains in the recipe's K_max slots (the losses' shapes: a
+    traceback in the first step before)."""
+    import numpy as np
+
+    from risloc.io.scenefile import batch_to_arrays
+
+    small = SystemConfig(K_max=2)
+    scenes = simulate_range(0, 6, small, SceneConfig(K=2), seed=1, split="train")
+    write_scenes(tmp_path / "k2.h5", scenes, small)
+    cfg = load_train_config(None, [f"data.train_file={tmp_path / 'k2.h5'}",
+                                   "optim.batch_size=3"])
+    batch = TrainData(cfg).batch(0, 0)
+    assert batch.azimuth.shape == (3, 5) and bool(batch.azimuth[:, 2:].isnan().all())
+    assert batch.powers[:, 2:].abs().sum() == 0
+    system = SystemConfig()
+    arr = batch_to_arrays(simulate_range(0, 6, system, SceneConfig(), seed=1,
+                                         split="train"), 5)
+    for k in ("azimuth_deg", "elevation_deg", "range_m"):
+        arr[k] = np.pad(arr[k], ((0, 0), (0, 2)), constant_values=np.nan)
+    np.savez(tmp_path / "wide.npz", **arr, system=np.array(system.model_dump_json()))
+    cfg = load_train_config(None, [f"data.val_file={tmp_path / 'wide.npz'}"])
+    val = validation_set(cfg)
+    assert val.azimuth.shape == (6, 5) and torch.equal(val.K, torch.as_tensor(arr["K"]).long())
