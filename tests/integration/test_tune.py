@@ -206,3 +206,23 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(tmp_path)
         assert retried, "the killed worker's trial was queued again"
         params = [tuple(sorted(t.params.items())) for t in finished]
         assert len(set(params)) == len(params)  # no trial ran twice
+
+
+def test_a_storage_that_cannot_be_opened_is_named_and_claims_no_folder(tmp_path):
+    out = tmp_path / "t"
+    for url, says in (("notaurl", "is not an SQLAlchemy URL"),
+                      ("sqlite:///", "in-memory SQLite study"),
+                      (f"sqlite:///{tmp_path / 'missing' / 'dir' / 'x.db'}",
+                       "cannot open the study storage sqlite:///")):
+        res = runner.invoke(app, ["tune", "--config", TINY, "--trials", "1", "--epochs", "1",
+                                  "--out", str(out), "--storage", url, *FAST])
+        assert res.exit_code == 2 and says in " ".join(res.output.split()), (url, res.output)
+        assert not (out / "study.json").exists()  # the folder is free for a right --storage
+    # the guide's bare postgresql:// takes the installed driver of the `postgres` extra
+    import importlib.util
+
+    url = TuneSettings(config=None, storage="postgresql://u:p@host/db").storage_url
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+        assert url == "postgresql+psycopg2://u:p@host/db"
+    else:
+        assert url.endswith("://u:p@host/db")

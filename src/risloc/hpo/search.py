@@ -87,7 +87,17 @@ class TuneSettings:
 
     @property
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{Path(self.out_dir) / 'study.db'}"
+        """The study's SQLAlchemy URL: a bare postgresql:// takes the driver of the
+        `postgres` extra (psycopg2) where psycopg 3, SQLAlchemy 2.1's default, is absent."""
+        url = self.storage or f"sqlite:///{Path(self.out_dir) / 'study.db'}"
+        scheme, sep, rest = url.partition("://")
+        if sep and scheme in ("postgresql", "postgres"):
+            import importlib.util
+
+            if importlib.util.find_spec("psycopg") is None and \
+                    importlib.util.find_spec("psycopg2") is not None:
+                url = f"postgresql+psycopg2://{rest}"
+        return url
 
 
 def _trial_config(settings: TuneSettings, values: list[str], number: int) -> TrainConfig:
@@ -141,34 +151,59 @@ def open_study(settings: TuneSettings):
     """Create or load the study (any SQLAlchemy URL), with heartbeats, multivariate TPE and
     the median pruner."""
     import optuna
+    import sqlalchemy.exc
     from optuna.storages import RDBStorage
+    from sqlalchemy.engine import make_url
 
     Path(settings.out_dir).mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # multivariate/group/liar: "experimental" in Optuna
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=worker_seed(settings.seed), multivariate=True,
-                                             group=True, constant_liar=True)
-        storage = RDBStorage(settings.storage_url, heartbeat_interval=settings.heartbeat_s,
-                             grace_period=settings.grace_s, **_stale_trial_retry())
-    return optuna.create_study(
-        study_name=settings.study_name, storage=storage, load_if_exists=True,
-        direction="minimize", sampler=sampler,
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials,
-                                           n_warmup_steps=settings.warmup_epochs))
+    url = settings.storage_url
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise ValueError(f"--storage {url!r} is not an SQLAlchemy URL (e.g. "
+                         "sqlite:///runs/tune/study.db or postgresql://user:pass@host/db)"
+                         ) from None
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ValueError(f"--storage {shown}: an in-memory SQLite study ends with this "
+                         "process and no other worker sees it; give a file, e.g. "
+                         "sqlite:///runs/tune/study.db")
+    try:
+        with warnings.catch_warnings():  # multivariate/group/liar: "experimental" in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(seed=worker_seed(settings.seed),
+                                                 multivariate=True, group=True,
+                                                 constant_liar=True)
+            storage = RDBStorage(url, heartbeat_interval=settings.heartbeat_s,
+                                 grace_period=settings.grace_s, **_stale_trial_retry())
+        return optuna.create_study(
+            study_name=settings.study_name, storage=storage, load_if_exists=True,
+            direction="minimize", sampler=sampler,
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials,
+                                               n_warmup_steps=settings.warmup_epochs))
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:
+        first = " ".join(str(err).split())[:300]
+        raise ValueError(f"cannot open the study storage {shown}: {first}") from None
 
 
 STUDY_MARK = "study.json"  # the study an output folder's trial runs and reports belong to
 
 
-def claim_folder(settings: TuneSettings) -> None:
+def claim_folder(settings: TuneSettings, write: bool = True) -> None:
     """Mark ``out_dir`` as the folder of this study, or refuse one that belongs to another:
     studies number their trials from 0, so two studies in one folder would overwrite each
-    other's trial runs (trial_0000, ...) and reports."""
+    other's trial runs (trial_0000, ...) and reports. ``write=False`` only checks (before
+    the storage is opened: a storage that cannot be opened claims no folder)."""
     from sqlalchemy.engine import make_url
 
     out = Path(settings.out_dir)
-    mark = {"study_name": settings.study_name,
-            "storage": make_url(settings.storage_url).render_as_string(hide_password=True)}
+    from sqlalchemy.exc import ArgumentError
+
+    try:  # the URL as given (a malformed one: open_study names it)
+        shown = make_url(settings.storage_url).render_as_string(hide_password=True)
+    except ArgumentError:
+        shown = str(settings.storage)
+    mark = {"study_name": settings.study_name, "storage": shown}
     if settings.storage is None:  # the folder's own SQLite file, however out_dir is spelled
         mark["storage"] = "sqlite:///<out_dir>/study.db"
     out.mkdir(parents=True, exist_ok=True)
@@ -180,7 +215,8 @@ def claim_folder(settings: TuneSettings) -> None:
                              f"({held['storage']}), not {mark['study_name']!r} "
                              f"({mark['storage']}): give this study its own --out")
         return
-    write_text_atomic(path, json.dumps(mark, indent=2) + "\n")
+    if write:
+        write_text_atomic(path, json.dumps(mark, indent=2) + "\n")
 
 
 STUDY_RECIPE = "risloc_trials"  # the study's user attribute: what every trial of it trains
@@ -217,9 +253,10 @@ def tune(settings: TuneSettings):
 
     base = load_train_config(settings.config, list(settings.overrides))
     space = load_space(settings.space or DEFAULT_SPACE, base)
-    claim_folder(settings)
+    claim_folder(settings, write=False)
     study = open_study(settings)
     check_study_recipe(study, settings, space)
+    claim_folder(settings)
     if settings.baseline and not any(t.user_attrs.get("baseline") for t in study.trials):
         study.enqueue_trial({d.field: d.base_param(base) for d in space},
                             user_attrs={"baseline": True}, skip_if_exists=True)

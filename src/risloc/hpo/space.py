@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
-from risloc.config import ConfigError
-from risloc.training.config import TrainConfig, load_train_config
+from risloc.config import ConfigError, merge_nested, parse_overrides
+from risloc.training.config import TrainConfig, load_train_config, validate_train_config
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,11 @@ def load_space(path: str | Path, base: TrainConfig | None = None) -> tuple[Dimen
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"search space file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"search space file {path} is not valid YAML: "
+                          f"{' '.join(str(err).split())[:300]}") from None
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{path}: expected a mapping of recipe fields to ranges")
     base = base or load_train_config(None)
@@ -76,10 +82,16 @@ def load_space(path: str | Path, base: TrainConfig | None = None) -> tuple[Dimen
         unknown = set(spec) - {"low", "high", "log", "relative", "choices"}
         if unknown:
             raise ConfigError(f"{path}: {field}: unknown keys {sorted(unknown)}")
+        if field in SET_BY_TUNE:
+            raise ConfigError(f"{path}: {field} is set by risloc tune itself (--epochs, the "
+                              "trial's folder, HPO mode), so it cannot be searched")
         try:
-            _get(base, field)
+            current = _get(base, field)
         except AttributeError:
             raise ConfigError(f"{path}: {field} is not a recipe field") from None
+        if isinstance(current, BaseModel) or isinstance(current, dict):
+            raise ConfigError(f"{path}: {field} is a section of the recipe; search its "
+                              "fields (e.g. optim.lr)")
         if "choices" in spec:
             if not isinstance(spec["choices"], list) or not spec["choices"]:
                 raise ConfigError(f"{path}: {field}: choices must be a non-empty list")
@@ -89,9 +101,35 @@ def load_space(path: str | Path, base: TrainConfig | None = None) -> tuple[Dimen
                 lo, hi = float(spec["low"]), float(spec["high"])
             except (KeyError, TypeError, ValueError):
                 raise ConfigError(f"{path}: {field}: needs numeric low and high") from None
-            if not lo < hi or (spec.get("log") and lo <= 0):
-                raise ConfigError(f"{path}: {field}: need low < high (and low > 0 on a log "
-                                  f"scale), got {lo}, {hi}")
+            if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi or (
+                    spec.get("log") and lo <= 0):
+                raise ConfigError(f"{path}: {field}: need finite low < high (and low > 0 on "
+                                  f"a log scale), got {lo}, {hi}")
+            if isinstance(current, int) and not isinstance(current, bool):
+                raise ConfigError(f"{path}: {field} is a whole number: give it choices (a "
+                                  "range draws fractions)")
+            if spec.get("relative") and not isinstance(current, float):
+                raise ConfigError(f"{path}: {field}: relative ranges multiply a float field; "
+                                  f"the recipe's {field} is {current!r}")
             dim = Dimension(field, lo, hi, bool(spec.get("log")), bool(spec.get("relative")))
+        for value in _extremes(dim, base):  # every trial's recipe validates
+            try:
+                validate_train_config(merge_nested(base.model_dump(),
+                                                   parse_overrides([f"{field}={value!r}"])))
+            except ConfigError as err:
+                raise ConfigError(f"{path}: {field}={value!r} makes no valid recipe: "
+                                  f"{err}") from None
         dims.append(dim)
     return tuple(dims)
+
+
+# recipe fields every trial's config sets (risloc.hpo.search._trial_config)
+SET_BY_TUNE = ("schedule.epochs", "schedule.hpo_mode", "out_dir", "progress")
+
+
+def _extremes(dim: Dimension, base: TrainConfig) -> list[Any]:
+    """The values a dimension can give a trial's recipe at its ends (every choice)."""
+    if dim.choices is not None:
+        return list(dim.choices)
+    scale = _get(base, dim.field) if dim.relative else 1.0
+    return [dim.low * scale, dim.high * scale]

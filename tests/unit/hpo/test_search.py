@@ -39,7 +39,15 @@ def test_space_files_are_checked_entry_by_entry(tmp_path):
                       ("optim.lr: {low: 0, high: 1, log: true}", "low > 0"),
                       ("optim.lr: {choices: []}", "non-empty"),
                       ("optim.lr: {low: 1, high: 2, step: 3}", "unknown keys"),
-                      ("- a list", "mapping")):
+                      ("- a list", "mapping"),
+                      ("optim.lr: {low: 0.5, high: [2", "is not valid YAML"),
+                      ("optim.lr: {low: 0.5, high: .inf, log: true}", "finite low < high"),
+                      ("schedule.epochs: {choices: [3, 4]}", "set by risloc tune itself"),
+                      ("optim: {low: 0.5, high: 2}", "is a section"),
+                      ("optim.batch_size: {low: 0.5, high: 2, relative: true}",
+                       "whole number: give it choices"),
+                      ("optim.lr: {low: -1, high: 1}", r"optim.lr=-1.0 makes no valid recipe"),
+                      ("blend.beta: {choices: [0.2, 7]}", "blend.beta=7 makes no valid")):
         p = tmp_path / "s.yaml"
         p.write_text(text)
         with pytest.raises(ConfigError, match=msg):
@@ -53,6 +61,5 @@ def test_settings_and_worker_seeds():
         TuneSettings(config=None, heartbeat_s=10, grace_s=5)
     s = TuneSettings(config=None, out_dir="runs/x")
     assert s.storage_url.startswith("sqlite:///") and s.storage_url.endswith("study.db")
-    assert TuneSettings(config=None, storage="postgresql://u@h/db").storage_url == \
-        "postgresql://u@h/db"
+    assert TuneSettings(config=None, storage="mysql://u@h/db").storage_url == "mysql://u@h/db"
     assert worker_seed(0) == worker_seed(0) and 0 <= worker_seed(7) < 2**31
