@@ -226,6 +226,9 @@ def test_train_refuses_a_run_folder_unless_resumed_or_overwritten(tmp_path):
                               f"data.val_file={tmp_path / 'missing.h5'}"])
     assert res.exit_code == 2 and "missing.h5" in res.output, res.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == held
+    (tmp_path / "afile").write_text("notes")
+    res = runner.invoke(app, [*args[:2], "--out", str(tmp_path / "afile"), *args[4:]])
+    assert res.exit_code == 2 and "the output folder" in res.output and "is a file" in res.output
     # malformed overrides YAML: named, not a traceback
     bad = tmp_path / "best_overrides.yaml"
     bad.write_text("overrides: {optim.lr: [1e-3\n")

@@ -100,6 +100,8 @@ def train_command(
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     run = Path(cfg.out_dir)
+    if run.exists() and not run.is_dir():
+        raise ValueError(f"the output folder {run} is a file")
     if resume and not (run / "last.pt").exists():
         raise FileNotFoundError(f"--resume: no checkpoint {run / 'last.pt'}")
     held = sorted(p.name for p in run.glob("*") if p.name in RUN_FILES) if run.is_dir() else []

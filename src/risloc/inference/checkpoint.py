@@ -57,6 +57,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a checkpoint")
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # torch files are zip archives
+        raise ValueError(f"{path} is not a risloc checkpoint (not a file torch writes"
+                         f"{': it is empty' if not head else ''})")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:  # weights_only refused an object: not one of ours

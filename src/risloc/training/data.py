@@ -253,6 +253,10 @@ def validation_set(cfg: TrainConfig) -> SceneBatch:
     """The fixed validation scenes: a file, or scenes val_offset.. of the validation split."""
     d = cfg.data
     if d.val_file is not None:
+        if d.train_file is not None and d.val_file.resolve() == d.train_file.resolve():
+            log.warning("data.val_file is data.train_file (%s): the epochs are chosen on "
+                        "the training scenes, so the validation numbers flatter the model",
+                        d.val_file)
         scenes = read_training_file(d.val_file, cfg, "validation file")
     else:
         scenes = simulate_range(d.val_offset, d.val_offset + d.n_val, cfg.system,

@@ -27,9 +27,13 @@ def test_bad_checkpoints(tmp_path):
     torch.save({"x": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a risloc"):
         load_checkpoint(tmp_path / "other.pt")
-    (tmp_path / "text.pt").write_text("hello\n")
-    with pytest.raises(ValueError, match="text.pt is not a risloc checkpoint, or is damaged"):
-        load_checkpoint(tmp_path / "text.pt")
+    for text in ("hello\n", "garbage\n", ""):  # "garbage" read as pickled objects once
+        (tmp_path / "text.pt").write_text(text)
+        with pytest.raises(ValueError, match=r"text.pt is not a risloc checkpoint \(not a "
+                                             r"file torch writes"):
+            load_checkpoint(tmp_path / "text.pt")
+    with pytest.raises(ValueError, match="is a folder"):
+        load_checkpoint(tmp_path)
     torch.save({"a": np.zeros(3)}, tmp_path / "numpy.pt")  # weights_only refuses it
     with pytest.raises(ValueError, match="numpy.pt is not a risloc checkpoint: it holds Python"
                        ) as err:

@@ -23,7 +23,7 @@ def test_stream_batches_are_scene_stream_batches():
         assert torch.equal(data.batch(i, epoch=0).y, ref.y)
 
 
-def test_file_batches_visit_every_scene_once_per_pass(tmp_path):
+def test_file_batches_visit_every_scene_once_per_pass(tmp_path, caplog):
     system = SystemConfig()
     path = tmp_path / "s.npz"
     scenes = simulate_range(0, 10, system, SceneConfig(), seed=1, split="train")
@@ -35,8 +35,10 @@ def test_file_batches_visit_every_scene_once_per_pass(tmp_path):
     key = lambda y: sorted(y[:, 0, 0].real.tolist())  # noqa: E731
     assert key(seen) == key(scenes.y)
     assert not torch.equal(data.batch(2, 0).y, data.batch(0, 0).y)  # reshuffled next pass
-    val = validation_set(cfg)
+    with caplog.at_level("WARNING", logger="risloc.training.data"):
+        val = validation_set(cfg)
     assert len(val) == 10 and val.azimuth.dtype == torch.float32
+    assert "data.val_file is data.train_file" in caplog.text  # the same file: said so
 
 
 def test_sharded_batches_interleave_the_ranks_shards():
