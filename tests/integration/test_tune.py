@@ -218,6 +218,11 @@ def test_a_storage_that_cannot_be_opened_is_named_and_claims_no_folder(tmp_path)
                                   "--out", str(out), "--storage", url, *FAST])
         assert res.exit_code == 2 and says in " ".join(res.output.split()), (url, res.output)
         assert not (out / "study.json").exists()  # the folder is free for a right --storage
+    # --baseline with a recipe outside the space: refused before a study records it
+    res = runner.invoke(app, ["tune", "--config", TINY, "--trials", "1", "--epochs", "1",
+                              "--out", str(out), "--baseline", *FAST])
+    assert res.exit_code == 2 and "lies outside the search space" in res.output
+    assert not (out / "study.json").exists() and not (out / "study.db").exists()
     # the guide's bare postgresql:// takes the installed driver of the `postgres` extra
     import importlib.util
 

@@ -253,12 +253,14 @@ def tune(settings: TuneSettings):
 
     base = load_train_config(settings.config, list(settings.overrides))
     space = load_space(settings.space or DEFAULT_SPACE, base)
+    # the base recipe inside the space (--baseline), checked before any study is touched
+    baseline = {d.field: d.base_param(base) for d in space} if settings.baseline else None
     claim_folder(settings, write=False)
     study = open_study(settings)
     check_study_recipe(study, settings, space)
     claim_folder(settings)
-    if settings.baseline and not any(t.user_attrs.get("baseline") for t in study.trials):
-        study.enqueue_trial({d.field: d.base_param(base) for d in space},
+    if baseline is not None and not any(t.user_attrs.get("baseline") for t in study.trials):
+        study.enqueue_trial(baseline,
                             user_attrs={"baseline": True}, skip_if_exists=True)
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     budget = MaxTrialsCallback(settings.n_trials, states=done)
