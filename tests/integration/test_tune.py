@@ -164,8 +164,14 @@ def _worker(url: str, name: str, out: Path, trials: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "risloc", "tune", "--config", TINY, "--trials", str(trials),
            "--epochs", "2", "--out", str(out), "--storage", url, "--study-name", name,
            "--heartbeat", "1", "--warmup-epochs", "0", *FAST]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out.parent.mkdir(parents=True, exist_ok=True)  # its output, shown if it fails
+    with open(out.parent / f"{out.name}.log", "w") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _tail(runs: Path, name: str) -> str:
+    return (runs / f"{name}.log").read_text()[-3000:]
 
 
 def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(tmp_path):
@@ -195,7 +201,8 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_rerun(tmp_path)
         time.sleep(s.grace_s)  # a's trial is stale by the time the others look
         b = _worker(url, name, runs / "b", 4)
         c = _worker(url, name, runs / "c", 4)
-        assert b.wait(300) == 0 and c.wait(300) == 0
+        assert b.wait(300) == 0, _tail(runs, "b")
+        assert c.wait(300) == 0, _tail(runs, "c")
         trials = open_study(s).trials
         states = [t.state.name for t in trials]
         finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
