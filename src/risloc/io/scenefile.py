@@ -174,8 +174,7 @@ def check_batch(batch: SceneBatch, system: SystemConfig, path: Path) -> None:
                              "(noise-free scenes?): a file stores a finite SNR, or NaN where "
                              "it is unknown")
     if batch.has_truth and B:
-        arrays = batch_to_arrays(batch, s.K_max)
-        bad = truth_problems(*(arrays[k] for k in ("K", *TRUTH)), k_max=s.K_max)
+        bad = truth_problems(*_truth_arrays(batch, s.K_max).values(), k_max=s.K_max)
         if bad:
             raise SceneFileError(f"{path}: the truth of {len(bad)} scene(s) cannot be scored "
                                  f"(scene {bad[0][0]}: {bad[0][1]}), so readers would refuse "
@@ -213,15 +212,21 @@ def batch_to_arrays(batch: SceneBatch, K_max: int) -> dict[str, np.ndarray]:
         "snr_db": batch.snr_db.detach().cpu().numpy().astype(np.float32),
     }
     if batch.has_truth:
-        out["K"] = batch.K.cpu().numpy().astype(np.int32)
-        for name, t, deg in (("azimuth_deg", batch.azimuth, True),
-                             ("elevation_deg", batch.elevation, True),
-                             ("range_m", batch.range_m, False)):
-            arr = t.detach().cpu().numpy().astype(np.float64)
-            arr = (np.degrees(arr) if deg else arr)[:, :K_max]  # slots past K_max: unused
-            pad = np.full((arr.shape[0], K_max), np.nan)
-            pad[:, :arr.shape[1]] = arr
-            out[name] = pad.astype(np.float32)
+        out.update(_truth_arrays(batch, K_max))
+    return out
+
+
+def _truth_arrays(batch: SceneBatch, K_max: int) -> dict[str, np.ndarray]:
+    """The truth datasets of a batch with truth: K, then TRUTH in K_max slots (degrees)."""
+    out = {"K": batch.K.cpu().numpy().astype(np.int32)}
+    for name, t, deg in (("azimuth_deg", batch.azimuth, True),
+                         ("elevation_deg", batch.elevation, True),
+                         ("range_m", batch.range_m, False)):
+        arr = t.detach().cpu().numpy().astype(np.float64)
+        arr = (np.degrees(arr) if deg else arr)[:, :K_max]  # slots past K_max: unused
+        pad = np.full((arr.shape[0], K_max), np.nan)
+        pad[:, :arr.shape[1]] = arr
+        out[name] = pad.astype(np.float32)
     return out
 
 

@@ -62,7 +62,7 @@ def _to_slots(scenes: SceneBatch, k_max: int) -> SceneBatch:
         if t is None:
             return None
         if width > k_max:
-            return t[:, :k_max].contiguous()
+            return t[..., :k_max].contiguous()
         return torch.nn.functional.pad(t, (0, k_max - width), value=fill)
 
     return replace(scenes, azimuth=fit(scenes.azimuth, math.nan),
