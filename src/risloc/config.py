@@ -374,13 +374,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
-    if path.suffix not in (".toml", ".yaml", ".yml"):
+    toml = path.suffix.lower() == ".toml"
+    if not toml and path.suffix.lower() not in (".yaml", ".yml"):
         raise ConfigError(f"config file {path} must end in .yaml, .yml or .toml")
     try:
         text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text) or {}
+        data = tomllib.loads(text) if toml else yaml.safe_load(text) or {}
     except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        kind = "TOML" if path.suffix == ".toml" else "YAML"
+        kind = "TOML" if toml else "YAML"
         raise ConfigError(f"config file {path} is not valid {kind}: {_first_line(err)}"
                           ) from None
     if not isinstance(data, dict):

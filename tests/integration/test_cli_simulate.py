@@ -75,6 +75,12 @@ def test_simulate_refuses_a_nan_snr_and_odd_suffixes(tmp_path):
     res = runner.invoke(app, ["simulate", "--n", "2", "--out", str(tmp_path / "s.txt")])
     assert res.exit_code == 2 and ".h5 or .npz" in res.output
     assert list(tmp_path.iterdir()) == []
+    # the suffix's case does not matter: DATA.NPZ is a NumPy archive, DATA.H5 HDF5
+    for name in ("UP.NPZ", "UP.H5"):
+        res = runner.invoke(app, ["simulate", "--n", "3", "--out", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+        assert read_scenes(tmp_path / name)[1].n_scenes == 3
+    assert (tmp_path / "UP.NPZ").read_bytes()[:2] == b"PK"  # a zip archive, not HDF5
 
 
 def test_simulate_keeps_an_existing_file_and_names_a_bad_K(tmp_path):

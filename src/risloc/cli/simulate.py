@@ -18,8 +18,10 @@ from risloc.config import FieldOfView, RislocConfig
 from risloc.core.checks import scene_problems
 from risloc.io.atomic import check_writable
 from risloc.io.scenefile import (
+    H5_SUFFIXES,
     SceneFileWriter,
     inspect_scene_file,
+    is_npz,
     iter_scene_chunks,
     read_scenes,
     write_scenes,
@@ -61,7 +63,7 @@ def simulate_command(
         raise ValueError(f"--split must be one of {sorted(SPLITS)}, got {split!r}")
     if snr_db is not None and not math.isfinite(snr_db):
         raise ValueError(f"--snr-db must be a finite number, got {snr_db}")
-    if out_path.suffix not in (".h5", ".hdf5", ".npz"):
+    if out_path.suffix.lower() not in (*H5_SUFFIXES, ".npz"):
         raise ValueError(f"--out must end in .h5 or .npz, got {out_path}")
     extra = [] if power_spread_db is None else [f"scene.power_spread_db={power_spread_db}"]
     if recipe is not None and config is not None:
@@ -91,7 +93,7 @@ def simulate_command(
     if shard is not None:
         attrs.update(shard=shard, first_scene=lo, n_total=n)
     t0 = time.perf_counter()
-    if out_path.suffix == ".npz":
+    if is_npz(out_path):
         batch = simulate_range(lo, hi, cfg.system, scenes, seed, split, snr_db=snr_db, K=K)
         write_scenes(out_path, batch, cfg.system, attrs)
     else:

@@ -12,6 +12,7 @@ from risloc.io.scenefile import (
     SceneReader,
     check_truth,
     inspect_scene_file,
+    is_npz,
     read_scenes,
 )
 from risloc.simulation.scenes import SceneBatch
@@ -29,7 +30,7 @@ class SceneDataset(Dataset):
         self.path = Path(path)
         self.info: SceneFileInfo = inspect_scene_file(self.path)
         check_truth(self.info)  # unusable truth: an error now, not at the first batch
-        in_memory = self.path.suffix == ".npz" if in_memory is None else in_memory
+        in_memory = is_npz(self.path) if in_memory is None else in_memory
         self._cache: SceneBatch | None = read_scenes(self.path)[0] if in_memory else None
         self._reader: tuple[int, SceneReader] | None = None  # (pid, reader): per process
 

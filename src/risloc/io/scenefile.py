@@ -38,6 +38,15 @@ REQUIRED = ("y", "H", "codes")
 TRUTH = ("azimuth_deg", "elevation_deg", "range_m")
 
 
+H5_SUFFIXES = (".h5", ".hdf5")  # compared case-insensitively (a file named DATA.H5 is HDF5)
+
+
+def is_npz(path: str | Path) -> bool:
+    """Whether ``path`` names a NumPy .npz scene file (any case); every other name is read
+    as HDF5."""
+    return Path(path).suffix.lower() == ".npz"
+
+
 class SceneFileError(ValueError):
     """A scene file is unreadable or inconsistent."""
 
@@ -78,7 +87,7 @@ class SceneFileWriter:
     def __init__(self, path: str | Path, n_scenes: int, system: SystemConfig,
                  attrs: dict[str, Any] | None = None, with_truth: bool = True):
         self.path = Path(path)
-        if self.path.suffix not in (".h5", ".hdf5"):
+        if self.path.suffix.lower() not in H5_SUFFIXES:
             raise SceneFileError(f"{self.path}: scene files are written as .h5 / .hdf5 "
                                  "(HDF5; MATLAB reads them with h5read) or, whole "
                                  f"(write_scenes), .npz; got {self.path.name!r}")
@@ -237,13 +246,13 @@ def write_scenes(path: str | Path, batch: SceneBatch, system: SystemConfig,
     if len(batch) == 0:
         raise SceneFileError(f"{path}: nothing to write (0 scenes)")
     check_batch(batch, system, path)
-    if path.suffix == ".npz":
+    if is_npz(path):
         arrays = batch_to_arrays(batch, system.K_max)
         arrays["system"] = np.array(_system_json(system))
         for k, v in _check_attrs(attrs, path).items():
             arrays[k] = np.array(v if isinstance(v, str) else json.dumps(v, default=_plain))
-        with atomic_path(path) as tmp:
-            np.savez(tmp, **arrays)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)  # a file object: savez appends .npz to a name (UP.NPZ)
         return path
     with SceneFileWriter(path, len(batch), system, attrs, with_truth=batch.has_truth) as w:
         w.write(0, batch)
@@ -256,7 +265,7 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """Return (datasets, attrs, handle) for .h5 / .npz; datasets are lazy for HDF5."""
     if not path.exists():
         raise SceneFileError(f"{path}: no such file")
-    if path.suffix == ".npz":
+    if is_npz(path):
         try:
             z = np.load(path, allow_pickle=False)
             data = {}

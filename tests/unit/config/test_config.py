@@ -35,6 +35,8 @@ def test_yaml_toml_and_overrides(tmp_path):
     assert cfg.system.L == 32 and cfg.scene.K == 2 and cfg.scene.snr_db == (0, 10)
     (tmp_path / "c.toml").write_text("[system]\nM = 8\nK_max = 3\n")
     assert load_config(tmp_path / "c.toml").system.M == 8
+    (tmp_path / "C.TOML").write_text("[system]\nM = 8\nK_max = 3\n")  # any case
+    assert load_config(tmp_path / "C.TOML").system.M == 8
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="must look like"):
