@@ -110,9 +110,11 @@ def test_evaluate_user_file_groups_by_snr_bins_and_keeps_scenes_without_snr(tmp_
     rows = _rows(tmp_path / "r1" / "metrics.csv")
     assert sum(int(r["n_scenes"]) for r in rows if r["K"] == "all") == 8
     assert {r["snr_db"] for r in rows} == {"9.0", "10.4", "11.0", "19.0", "21.0", "nan"}
-    # a scene no estimator can localize is left out of every row, and counted
+    # a scene no estimator can localize is left out of every row, and counted; so is a
+    # scene whose truth cannot be scored (a noise-only K = 0 capture): the others are scored
     with h5py.File(f, "a") as h:
         h["y"][3] = 0
+        h["K"][0] = 0
     res = runner.invoke(app, ["evaluate", str(f), "--out", str(tmp_path / "r2"),
                               "--no-plots", "--estimators", "classical,music-samp"])
     assert res.exit_code == 0, res.output
@@ -121,10 +123,13 @@ def test_evaluate_user_file_groups_by_snr_bins_and_keeps_scenes_without_snr(tmp_
     for name in ("classical", "music-samp"):
         assert int(cells[name, "20.0", "all"]["n_scenes"]) == 1
         assert int(cells[name, "20.0", "all"]["scenes_left_out"]) == 1
-        assert int(cells[name, "nan", "file"]["n_scenes"]) == 7
-        assert int(cells[name, "nan", "file"]["scenes_left_out"]) == 1
-    assert "1 scene(s) with all-zero or non-finite measurements are left out" in \
-        " ".join(res.output.split())
+        assert int(cells[name, "10.1", "all"]["n_scenes"]) == 2
+        assert int(cells[name, "10.1", "all"]["scenes_left_out"]) == 1
+        assert int(cells[name, "nan", "file"]["n_scenes"]) == 6
+        assert int(cells[name, "nan", "file"]["scenes_left_out"]) == 2
+    assert "2 scene(s) are left out of every estimator's row" in " ".join(res.output.split())
+    with h5py.File(f, "a") as h:
+        h["K"][0] = 1
     # a whole bin left out is still counted in the note; a file of no usable scene is an
     # error, not an empty report
     with h5py.File(f, "a") as h:
@@ -132,7 +137,7 @@ def test_evaluate_user_file_groups_by_snr_bins_and_keeps_scenes_without_snr(tmp_
     res = runner.invoke(app, ["evaluate", str(f), "--out", str(tmp_path / "r3"),
                               "--no-plots", "--estimators", "music-samp"])
     assert res.exit_code == 0, res.output
-    assert "2 scene(s) with all-zero" in " ".join(res.output.split())
+    assert "2 scene(s) are left out" in " ".join(res.output.split())
     with h5py.File(f, "a") as h:
         h["y"][:] = 0
     res = runner.invoke(app, ["evaluate", str(f), "--out", str(tmp_path / "r4"),

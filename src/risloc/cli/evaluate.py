@@ -21,7 +21,6 @@ from risloc.cli.common import (
     parse_numbers,
     progress,
 )
-from risloc.core import scene_problems
 from risloc.evaluation.metrics import EFFICIENT_MEDIAN
 from risloc.experiments.estimators import NAMES, NEEDS_TRUTH
 from risloc.experiments.harness import (
@@ -29,6 +28,7 @@ from risloc.experiments.harness import (
     SweepSettings,
     evaluate_points,
     file_points,
+    left_out,
     sweep_points,
     write_results,
 )
@@ -48,8 +48,9 @@ def results_table(rows: list[ResultRow], title: str, left: int = 0) -> Table:
     refs = {r.metrics["reference"] for r in rows if "reference" in r.metrics}
     notes = ([f"(±x): standard error of the difference to {', '.join(sorted(refs))} on the "
               "same scenes (paired bootstrap)"] if refs else []) + (
-        [f"{left} scene(s) with all-zero or non-finite measurements are left out of every "
-         "estimator's row (risloc localize counts them as missed)"] if left else [])
+        [f"{left} scene(s) are left out of every estimator's row: measurements that "
+         "cannot be localized (all-zero or non-finite; risloc localize counts them as "
+         "missed) or truth that cannot be scored; `risloc info` names them"] if left else [])
     t = Table(title=title, caption="\n".join(notes) or None)
     for col in ("estimator", "SNR dB", "n", "K acc", "F1", "az med° (.67√CRB)",
                 "el med° (.67√CRB)", "range med m (.67√CRB)", "ms/scene"):
@@ -131,18 +132,19 @@ def evaluate_command(
     if scenes is not None:
         from risloc.io import read_scenes
 
-        batch, info = read_scenes(scenes)
+        batch, info = read_scenes(scenes, truth="unchecked")  # unscorable scenes: left out
         if settings.known_K and not info.has_truth:
             raise ValueError("--known-K needs a scene file with the truth (K)")
         for name in names:
             if name in NEEDS_TRUTH and not info.has_truth:
                 raise ValueError(f"{name} needs a scene file with the truth (it runs on the "
                                  "true covariance)")
-        left = len(scene_problems(batch.y, batch.H, batch.codes).reasons)
+        left = len(left_out(batch, info.system)[0])
         if left == len(batch):
             raise ValueError(f"{scenes}: no scene can be evaluated (" + (
                 "the file holds none)" if not left else f"all {left} have all-zero or "
-                "non-finite measurements; `risloc info` names them)"))
+                "non-finite measurements or truth that cannot be scored; `risloc info` "
+                "names them)"))
         system, points = info.system, list(file_points(batch, snr_bin_db))
         if not info.has_truth:
             console.print(f"[yellow]{scenes} carries no truth (K and positions): only the "

@@ -31,6 +31,7 @@ from risloc.evaluation.metrics import (
 )
 from risloc.experiments.estimators import get_estimator
 from risloc.io.atomic import write_csv_atomic, write_text_atomic
+from risloc.io.scenefile import truth_problems
 from risloc.parallel import MAX_CHUNK, run_in_chunks
 from risloc.simulation import SceneBatch, concat_batches, simulate_range
 
@@ -172,15 +173,14 @@ def evaluate_points(points: Iterable[tuple], system: SystemConfig,
     kept: dict[str, tuple[list[Matching], list[float]]] = {}  # per estimator, for pooling
     n_points = 0
     for snr, scenes, *where in points:  # where: the scenes' indices in a file, if given
-        check = scene_problems(scenes.y, scenes.H, scenes.codes)
-        if check.reasons:  # one check path for every estimator: bad scenes are left out
-            for i, why in check.reasons[:20]:
+        reasons, ok = left_out(scenes, system)
+        if reasons:  # one check path for every estimator: bad scenes are left out
+            for i, why in reasons[:20]:
                 log.warning("scene %d left out: %s", int(where[0][i]) if where else i, why)
-            log.warning("%d of %d scenes left out (reasons above)", len(check.reasons),
-                        len(scenes))
-            scenes = scenes[check.ok]
-        left = {"scenes_left_out": len(check.reasons)}
-        left_total += len(check.reasons)
+            log.warning("%d of %d scenes left out (reasons above)", len(reasons), len(scenes))
+            scenes = scenes[ok]
+        left = {"scenes_left_out": len(reasons)}
+        left_total += len(reasons)
         if len(scenes) == 0:
             continue
         n_points += 1
@@ -214,6 +214,25 @@ def evaluate_points(points: Iterable[tuple], system: SystemConfig,
     if pooled and n_points > 1 and kept:
         rows.extend(_pooled_rows(kept, left_total))
     return rows
+
+
+def left_out(scenes: SceneBatch, system: SystemConfig
+              ) -> tuple[list[tuple[int, str]], torch.Tensor]:
+    """(scene, reason) for the scenes of a point that cannot be evaluated, and the mask of
+    the others: measurements no estimator can localize (:func:`risloc.core.scene_problems`)
+    or truth that cannot be scored (a file read with ``truth="unchecked"``:
+    :func:`risloc.io.scenefile.truth_problems`)."""
+    check = scene_problems(scenes.y, scenes.H, scenes.codes)
+    ok = check.ok.clone()
+    reasons = list(check.reasons)
+    if scenes.has_truth:
+        arrays = [t.numpy() for t in (scenes.K, scenes.azimuth, scenes.elevation,
+                                      scenes.range_m)]
+        for i, why in truth_problems(*arrays, k_max=system.K_max):
+            if ok[i]:
+                ok[i] = False
+                reasons.append((i, f"truth that cannot be scored ({why})"))
+    return sorted(reasons), ok
 
 
 def _pooled_rows(kept: dict[str, tuple[list[Matching], list[float]]], left_out: int

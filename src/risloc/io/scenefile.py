@@ -473,9 +473,12 @@ def check_truth(info: SceneFileInfo) -> None:
             "still localizes the file, `risloc info` lists them")
 
 
-def _names(info: SceneFileInfo, truth: bool) -> tuple[str, ...]:
-    """The datasets to read: the truth's only where ``truth`` (then it must be usable)."""
-    if truth:
+def _names(info: SceneFileInfo, truth: bool | str) -> tuple[str, ...]:
+    """The datasets to read: the truth's only where ``truth`` (then it must be usable,
+    unless ``truth`` is "unchecked")."""
+    if truth not in (True, False, "unchecked"):
+        raise ValueError(f"truth must be True, False or 'unchecked', got {truth!r}")
+    if truth is True:
         check_truth(info)
     return (*REQUIRED, "snr_db") + (("K", *TRUTH) if truth else ())
 
@@ -484,13 +487,14 @@ class SceneReader:
     """A scene file held open: checked once (:func:`inspect_scene_file`), then read by
     slices. ``truth``: read the truth, which must then be usable in every scene of the
     file (SceneFileError naming the scenes otherwise: :func:`truth_problems`); False reads
-    the measurements only.
+    the measurements only; "unchecked" reads the truth as it is (:func:`truth_problems`
+    names the scenes it cannot score).
 
     >>> with SceneReader(path) as r:
     ...     first = r.read(0, 256)
     """
 
-    def __init__(self, path: str | Path, truth: bool = True):
+    def __init__(self, path: str | Path, truth: bool | str = True):
         self.path = Path(path)
         self.info = inspect_scene_file(self.path)
         wanted = _names(self.info, truth)
@@ -533,7 +537,7 @@ class SceneReader:
 
 
 def read_scenes(path: str | Path, start: int = 0, stop: int | None = None,
-                truth: bool = True) -> tuple[SceneBatch, SceneFileInfo]:
+                truth: bool | str = True) -> tuple[SceneBatch, SceneFileInfo]:
     """Load scenes ``start .. stop-1`` of a file as a SceneBatch (angles in radians), and
     what the file holds; ``truth`` as :class:`SceneReader`."""
     with SceneReader(path, truth) as reader:
