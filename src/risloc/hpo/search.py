@@ -147,6 +147,24 @@ def _stale_trial_retry() -> dict:
     return {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=2)}
 
 
+SQLITE_ENGINE = {"connect_args": {"timeout": 120.0, "isolation_level": None}}
+
+
+def serialize_sqlite(engine) -> None:
+    """Make every transaction on an SQLite study take the write lock when it begins (BEGIN
+    IMMEDIATE; engine made with :data:`SQLITE_ENGINE`: the driver's own deferred BEGIN off,
+    a busy worker waits up to 2 minutes). SQLite has no SELECT ... FOR UPDATE, and Python's
+    driver begins a transaction only at its first write, so two workers that read a trial's
+    state at once both updated it: both failed a dead worker's trial and each queued a copy
+    (the same trial ran twice), or both took the same queued trial (the SQLAlchemy recipe
+    for SQLite transactions, "Serializable isolation / Savepoints / Transactional DDL")."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def open_study(settings: TuneSettings):
     """Create or load the study (any SQLAlchemy URL), with heartbeats, multivariate TPE and
     the median pruner."""
@@ -174,8 +192,12 @@ def open_study(settings: TuneSettings):
             sampler = optuna.samplers.TPESampler(seed=worker_seed(settings.seed),
                                                  multivariate=True, group=True,
                                                  constant_liar=True)
+            sqlite = parsed.get_backend_name() == "sqlite"
             storage = RDBStorage(url, heartbeat_interval=settings.heartbeat_s,
-                                 grace_period=settings.grace_s, **_stale_trial_retry())
+                                 grace_period=settings.grace_s, **_stale_trial_retry(),
+                                 engine_kwargs=SQLITE_ENGINE if sqlite else None)
+            if sqlite:
+                serialize_sqlite(storage.engine)
         return optuna.create_study(
             study_name=settings.study_name, storage=storage, load_if_exists=True,
             direction="minimize", sampler=sampler,

@@ -63,3 +63,43 @@ def test_settings_and_worker_seeds():
     assert s.storage_url.startswith("sqlite:///") and s.storage_url.endswith("study.db")
     assert TuneSettings(config=None, storage="mysql://u@h/db").storage_url == "mysql://u@h/db"
     assert worker_seed(0) == worker_seed(0) and 0 <= worker_seed(7) < 2**31
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used",
+                            "ignore::optuna.exceptions.ExperimentalWarning")
+def test_two_workers_failing_a_dead_workers_trial_queue_it_once(tmp_path):
+    """SQLite has no SELECT ... FOR UPDATE: two workers that read a dead worker's trial at
+    once both failed it and each queued a copy, so the same trial ran twice (seen in the
+    multi-worker test of `risloc tune`). Here the two workers' reads are forced to overlap:
+    each waits after reading the trial until the other has read it too, or 2 s."""
+    import threading
+    import time
+
+    from sqlalchemy import event
+
+    from risloc.hpo import open_study
+
+    s = TuneSettings(config=None, out_dir=str(tmp_path), heartbeat_s=1, grace_s=2)
+    dead = open_study(s)
+    trial = dead.ask()
+    dead._storage.record_heartbeat(trial._trial_id)
+    time.sleep(3.5)  # the trial's worker is silent past the grace period: it is stale
+    barrier = threading.Barrier(2, timeout=2)
+    workers = [open_study(s) for _ in range(2)]  # each with its own engine
+    for w in workers:
+        @event.listens_for(w._storage._backend.engine, "after_cursor_execute")
+        def _overlap(conn, cursor, statement, *args):
+            if statement.lstrip().startswith("SELECT") and "trials.trial_id = " in statement \
+                    and "trial_heartbeats" not in statement:
+                try:
+                    barrier.wait()
+                except threading.BrokenBarrierError:  # the other worker waits for the lock
+                    pass
+    threads = [threading.Thread(target=optuna.storages.fail_stale_trials, args=(w,))
+               for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    states = [t.state.name for t in dead.get_trials()]
+    assert states == ["FAIL", "WAITING"], states  # queued again once
