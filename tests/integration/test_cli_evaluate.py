@@ -40,6 +40,11 @@ def test_evaluate_simulated_sweep(tmp_path):
         assert (out / name).stat().st_size > 10_000
     meta = json.loads((out / "metrics.json").read_text())["meta"]
     assert meta["settings"]["known_K"] is True
+    # the folder reused without plots: none of the earlier run's is left beside the results
+    res = runner.invoke(app, ["evaluate", "--estimators", "music-samp", "--snr-db", "20",
+                              "--K", "1", "--n", "2", "--no-plots", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert not list(out.glob("*.png"))
 
 
 def test_evaluate_file_without_truth_times_only_and_refuses_the_oracle(tmp_path):

@@ -35,6 +35,10 @@ from risloc.experiments.harness import (
 from risloc.io.atomic import check_writable
 
 
+PLOTS = ("error_vs_snr.png", "k_accuracy_vs_snr.png",
+         *(f"music_spectrum_{label}.png" for label in ("true", "samp", "blend")))
+
+
 def _fmt(v, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -172,6 +176,8 @@ def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bo
             "risloc_version": __version__, "torch_threads": torch.get_num_threads()}
     csv_path, _ = write_results(rows, out_dir, meta)
     plots = plots and any(r.K == "all" for r in rows)  # plots need the truth
+    for name in PLOTS:  # a reused folder: no plot of an earlier run beside these results
+        (out_dir / name).unlink(missing_ok=True)
     if plots:
         from risloc.experiments.plots import plot_error_vs_snr, plot_k_accuracy
 
