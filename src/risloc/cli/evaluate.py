@@ -150,7 +150,11 @@ def evaluate_command(
                 "non-finite measurements or truth that cannot be scored; `risloc info` "
                 "names them)"))
         system, points = info.system, list(file_points(batch, snr_bin_db))
-        if not info.has_truth:
+        if info.has_truth:
+            console.print("the bound beside the errors: the stochastic CRB for equal source "
+                          "powers at each scene's SNR (a file carries neither symbols nor "
+                          "powers; none where a scene has no SNR)")
+        else:
             console.print(f"[yellow]{scenes} carries no truth (K and positions): only the "
                           "estimators' time per scene can be measured; `risloc localize` "
                           "writes their estimates[/]")

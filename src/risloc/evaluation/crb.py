@@ -296,6 +296,33 @@ def _concat(parts: list[CRBResult]) -> CRBResult:
                         for f in fields(CRBResult)})
 
 
+def noise_var_for_snr(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: torch.Tensor,
+                      H: torch.Tensor, codes: torch.Tensor, snr_db: torch.Tensor,
+                      system: SystemConfig, mask: torch.Tensor | None = None,
+                      powers: torch.Tensor | None = None,
+                      symbols: torch.Tensor | None = None) -> torch.Tensor:
+    """sigma^2 [B] that gives each scene the per-antenna SNR ``snr_db`` (a number or [B];
+    docs/conventions.md: (1/(L M)) sum_l ||H diag(c_l) A s_l||^2 / sigma^2): the realised
+    signal where the ``symbols`` s_l [B, L, K] are given, else its expectation for
+    uncorrelated sources of ``powers`` [B, K] (1 each by default). Positions [B, K] in
+    radians and metres, H [B, M, N], codes [B, L, N]. A scene without sources has no signal
+    to set the noise by: its sigma^2 is 1 (its bound is NaN whatever sigma^2)."""
+    B = azimuth.shape[0]
+    inp = _prepare(azimuth, elevation, range_m, H, codes, torch.ones(B, dtype=torch.float64),
+                   system, mask)
+    Bm, _ = _measured_columns(inp, system)  # Phi_l A [B, L, M, K], padded columns zero
+    if symbols is not None:
+        y = torch.einsum("blmk,blk->blm", Bm, symbols.to(torch.complex128))
+        signal = y.abs().square().sum((1, 2))
+    else:
+        p = torch.ones_like(inp.azimuth) if powers is None else powers.to(torch.float64)
+        signal = (Bm.abs().square() * torch.where(inp.mask, p, 0.0).unsqueeze(1).unsqueeze(1)
+                  ).sum((1, 2, 3))
+    signal = signal / (Bm.shape[1] * Bm.shape[2])
+    snr = torch.as_tensor(snr_db, dtype=torch.float64).reshape(-1)
+    return torch.where(inp.mask.any(1), signal / 10.0 ** (snr / 10.0), 1.0)
+
+
 def crb_for_scenes(scenes: SceneBatch, system: SystemConfig,
                    kind: Literal["deterministic", "stochastic"] = "deterministic",
                    known: tuple[str, ...] = (), chunk_size: int = 64) -> CRBResult:
@@ -325,6 +352,11 @@ def crb_for_scenes(scenes: SceneBatch, system: SystemConfig,
 
 def _array(name: str, x, dtype: torch.dtype) -> torch.Tensor:
     return as_tensor(name, x).to(dtype)
+
+
+def _symbols(symbols) -> torch.Tensor:
+    sym = _array("symbols", symbols, torch.complex128)
+    return sym.unsqueeze(0) if sym.ndim == 2 else sym  # one scene's [L, K]
 
 
 def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | dict | str, *,
@@ -384,14 +416,8 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
         # H of any scale (1e-170 .. 1e170 in complex128) gives no over- or underflow
         peak = H.abs().amax((1, 2), keepdim=True)
         H = H / torch.where(peak > 0, peak, 1.0)
-        inp = _prepare(az, el, r, H, codes, torch.ones(B, dtype=torch.float64), system, mask)
-        Bm, _ = _measured_columns(inp, system)
-        signal = (Bm.abs().square() * torch.where(mask, p, 0.0).view(B, 1, 1, -1)).sum(
-            (1, 2, 3)) / (codes.shape[1] * H.shape[1])  # E ||Phi_l A s_l||^2 / (L M)
-        sigma2 = signal / 10.0 ** (snr / 10.0)
-        # a scene without sources has no signal to set the noise by: its bound is NaN
-        # whatever sigma^2, so any positive value will do
-        sigma2 = torch.where(mask.any(1), sigma2, 1.0)
+        sym = None if kind == "stochastic" or symbols is None else _symbols(symbols)
+        sigma2 = noise_var_for_snr(az, el, r, H, codes, snr, system, mask, p, sym)
     else:
         sigma2 = _array("noise_var", noise_var, torch.float64).reshape(-1).expand(B)
     if kind == "stochastic":
@@ -399,8 +425,6 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
     elif symbols is None:
         raise ValueError("the deterministic bound needs the symbols")
     else:
-        sym = _array("symbols", symbols, torch.complex128)
-        sym = sym.unsqueeze(0) if sym.ndim == 2 else sym  # one scene's [L, K]
-        res = crb_deterministic(az, el, r, sym, H, codes, sigma2, system, mask)
+        res = crb_deterministic(az, el, r, _symbols(symbols), H, codes, sigma2, system, mask)
     return {"azimuth_deg": torch.rad2deg(res.azimuth),
             "elevation_deg": torch.rad2deg(res.elevation), "range_m": res.range_m}

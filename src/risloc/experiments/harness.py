@@ -20,7 +20,7 @@ import torch
 from risloc.config import RislocConfig, SystemConfig
 from risloc.core.checks import scene_problems
 from risloc.core.params import Estimates, concat_estimates
-from risloc.evaluation.crb import CRBResult, crb_for_scenes
+from risloc.evaluation.crb import CRBResult, crb_for_scenes, noise_var_for_snr
 from risloc.evaluation.metrics import (
     Matching,
     concat_matchings,
@@ -92,28 +92,22 @@ def run_estimator(name: str, scenes: SceneBatch, system: SystemConfig, known_K: 
     return concat_estimates(parts), seconds
 
 
-def _stochastic_noise_var(scenes: SceneBatch, system: SystemConfig) -> torch.Tensor:
-    """sigma^2 implied by snr_db for unit-power sources (files carry no noise_var)."""
-    from risloc.core import apply_operator, pack, steering_at
-
-    theta = pack(scenes.azimuth, scenes.elevation, scenes.range_m)
-    A = steering_at(theta, system, scenes.H.dtype, scenes.mask)  # (B, K, N)
-    B = apply_operator(scenes.H, scenes.codes, A)  # (B, L, M, K)
-    p_sig = B.abs().square().sum((-1, -2, -3)) / (system.L * system.M)
-    return p_sig / 10 ** (scenes.snr_db / 10)
-
-
 def scene_crb(scenes: SceneBatch, system: SystemConfig, kind: str) -> CRBResult | None:
-    """CRB of scenes with truth; the stochastic bound when symbols are unknown (files)."""
-    if not scenes.has_truth or not bool(torch.isfinite(scenes.snr_db).all()):
+    """CRB of scenes with truth. Simulated scenes (their noise_var, powers and symbols
+    known): ``kind``, for their true powers and noise. A file's scenes carry neither symbols
+    nor powers: the stochastic bound for equal unit powers, with the noise that gives each
+    scene its SNR (:func:`risloc.evaluation.crb.noise_var_for_snr`); None without an SNR."""
+    if not scenes.has_truth:
         return None
-    if kind == "deterministic" and scenes.symbols is not None and scenes.noise_var is not None:
-        return crb_for_scenes(scenes, system, "deterministic")
-    from dataclasses import replace
-
-    sc = replace(scenes, noise_var=_stochastic_noise_var(scenes, system),
-                 powers=scenes.mask.float())
-    return crb_for_scenes(sc, system, "stochastic")
+    if scenes.noise_var is not None:
+        return crb_for_scenes(scenes, system, kind if scenes.symbols is not None
+                              else "stochastic")
+    if not bool(torch.isfinite(scenes.snr_db).all()):
+        return None
+    sigma2 = noise_var_for_snr(scenes.azimuth, scenes.elevation, scenes.range_m, scenes.H,
+                               scenes.codes, scenes.snr_db, system, scenes.mask)
+    return crb_for_scenes(replace(scenes, noise_var=sigma2, powers=None), system,
+                          "stochastic")
 
 
 def _rows_for(name: str, m: Matching, scenes: SceneBatch, crb: CRBResult | None,

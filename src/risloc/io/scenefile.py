@@ -447,7 +447,7 @@ def _to_batch(arrays: dict[str, np.ndarray]) -> SceneBatch:
     S = cplx["y"].shape[0]
     snr = t["snr_db"].float() if "snr_db" in t else torch.full((S,), math.nan)
     truth: dict[str, torch.Tensor | None] = dict.fromkeys(
-        ("K", "azimuth", "elevation", "range_m", "powers"))
+        ("K", "azimuth", "elevation", "range_m"))  # files carry no source powers: None
     if "K" in t:
         K = t["K"].long()
         slots = torch.arange(t["azimuth_deg"].shape[-1])
@@ -455,7 +455,7 @@ def _to_batch(arrays: dict[str, np.ndarray]) -> SceneBatch:
         nan = torch.tensor(math.nan, dtype=torch.float64)
         # float64 radians so that writing the batch back reproduces the file bit for bit
         truth.update(
-            K=K, powers=mask.float(),
+            K=K,
             azimuth=torch.where(mask, torch.deg2rad(t["azimuth_deg"].double()), nan),
             elevation=torch.where(mask, torch.deg2rad(t["elevation_deg"].double()), nan),
             range_m=torch.where(mask, t["range_m"].double(), nan))

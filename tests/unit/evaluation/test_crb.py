@@ -5,6 +5,7 @@ central finite differences of ``steering`` (not ``steering_jacobian``).
 """
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -435,3 +436,62 @@ def test_user_crb_of_scenes_without_sources_and_per_scene_noise(system):
             crb(sc.H, sc.codes, az, el, r, system, **{key: [1.0, 2.0]})
     with pytest.raises(ValueError, match="with the B = 3 scenes of H"):
         crb(sc.H, sc.codes, az[:2], el[:2], r[:2], system, snr_db=15.0)
+
+
+def test_user_deterministic_crb_at_an_snr_is_that_of_the_realised_signal(system):
+    """Given the symbols and the SNR, sigma^2 comes from the realised signal with those
+    symbols (the conventions' SNR): symbols 10x stronger at the same SNR are the same
+    scene, the same bound (sigma^2 from the powers made it 10x tighter: 20 dB more)."""
+    from risloc.evaluation import crb
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 1, system, SceneConfig(), split="test", K=2, snr_db=10.0)
+    geo = ([10.0, -20.0], [5.0, -5.0], [2.0, 4.0])
+    sym = torch.randn(system.L, 2, dtype=torch.complex128,
+                      generator=torch.Generator().manual_seed(1))
+    one, ten = (crb(sc.H[0], sc.codes[0], *geo, system, snr_db=10.0, kind="deterministic",
+                    symbols=sym * k) for k in (1.0, 10.0))
+    for key in one:
+        torch.testing.assert_close(ten[key], one[key], rtol=1e-9, atol=0)
+    # and the noise it takes is the realised signal's over the SNR
+    A = steering(_t(np.radians(geo[0])), _t(np.radians(geo[1])), _t(geo[2]), system,
+                 torch.complex128)  # (K, N)
+    H, c = sc.H[0].to(torch.complex128), sc.codes[0].to(torch.complex128)
+    y = torch.stack([H @ (c[l] * (A.T @ sym[l])) for l in range(system.L)])  # (L, M)
+    sigma2 = float(y.abs().square().sum() / (system.L * system.M) / 10.0)
+    direct = crb(H, c, *geo, system, noise_var=sigma2, kind="deterministic", symbols=sym)
+    for key in one:
+        torch.testing.assert_close(direct[key], one[key], rtol=1e-6, atol=0)
+
+
+def test_evaluate_bounds_simulated_scenes_at_their_powers_and_files_at_equal_ones(system,
+                                                                                 tmp_path):
+    """The harness's bound: simulated scenes (powers spread) at their true powers and
+    noise, the stochastic one too; a file's scenes (no powers, no symbols) the stochastic
+    bound for equal powers at each scene's SNR, as crb(...) gives it from the SNR."""
+    from risloc.evaluation import crb
+    from risloc.experiments.harness import scene_crb
+    from risloc.io import read_scenes, write_scenes
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 6, system, SceneConfig(power_spread_db=20.0), split="test", K=3,
+                        snr_db=10.0)
+    for kind in ("deterministic", "stochastic"):
+        got = scene_crb(sc, system, kind)
+        ref = crb_for_scenes(sc, system, kind)
+        torch.testing.assert_close(got.azimuth, ref.azimuth, rtol=0, atol=0, equal_nan=True)
+    # against equal powers, the weakest source's bound loosens more than the strongest's
+    ratio = (scene_crb(sc, system, "stochastic").azimuth[:, :3]
+             / crb_for_scenes(replace(sc, powers=None), system, "stochastic").azimuth[:, :3])
+    rows = torch.arange(6)
+    assert bool((ratio[rows, sc.powers[:, :3].argmin(1)]
+                 > 1.5 * ratio[rows, sc.powers[:, :3].argmax(1)]).all())
+    write_scenes(tmp_path / "s.h5", sc, system)
+    back, _ = read_scenes(tmp_path / "s.h5")
+    assert back.powers is None  # a file carries no source powers
+    got = scene_crb(back, system, "deterministic")
+    deg = crb(back.H, back.codes, torch.rad2deg(back.azimuth[:, :3]),
+              torch.rad2deg(back.elevation[:, :3]), back.range_m[:, :3], system,
+              snr_db=back.snr_db, kind="stochastic")
+    torch.testing.assert_close(torch.rad2deg(got.azimuth[:, :3]), deg["azimuth_deg"],
+                               rtol=1e-5, atol=0)
