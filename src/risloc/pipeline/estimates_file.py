@@ -53,18 +53,39 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int,
         if not files and file != 0:
             raise ValueError(f"{path} holds the estimates of one input file (no `file` "
                              f"column), not of file {file}")
-        rows = [r for r in rows if not files or int(r["file"]) == file]
-    for row in rows:
-        b, s = int(row["scene"]), int(row["source"])
+    lines = [(line, r) for line, r in enumerate(rows, start=2)  # line 1: the header
+             if file is None or not files or int(r["file"]) == file]
+    missing = [c for c in COLUMNS[:5] if rows and c not in rows[0]]
+    if missing:
+        raise ValueError(f"{path}: no column {missing} (an estimates CSV has "
+                         f"{', '.join(COLUMNS)})")
+    seen: dict[tuple[int, int], int] = {}  # (scene, source) -> its row's line
+    for line, row in lines:
+        try:
+            b, s = int(row["scene"]), int(row["source"])
+            values = [float(row[c]) for c in COLUMNS[2:5]]
+            score = float(row.get("score") or "nan")
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}, line {line}: scene and source must be whole numbers "
+                             f"and the position numbers, got {dict(row)}") from None
         if not (0 <= b < n_scenes and 0 <= s < slots):
             raise ValueError(f"{path}: a row names scene {b}, source {s}; expected scenes "
                              f"0..{n_scenes - 1} and sources 0..{slots - 1} (n_scenes, "
                              f"slots)")
+        if (b, s) in seen:
+            raise ValueError(f"{path}, line {line}: scene {b}, source {s} again (first on "
+                             f"line {seen[b, s]})")
+        seen[b, s] = line
         K[b] = max(int(K[b]), s + 1)
-        vals["azimuth"][b, s] = math.radians(float(row["azimuth_deg"]))
-        vals["elevation"][b, s] = math.radians(float(row["elevation_deg"]))
-        vals["range_m"][b, s] = float(row["range_m"])
-        vals["score"][b, s] = float(row.get("score") or "nan")
+        vals["azimuth"][b, s] = math.radians(values[0])
+        vals["elevation"][b, s] = math.radians(values[1])
+        vals["range_m"][b, s] = values[2]
+        vals["score"][b, s] = score
+    for b in torch.nonzero(K).flatten().tolist():
+        gap = [s for s in range(int(K[b])) if (b, s) not in seen]
+        if gap:
+            raise ValueError(f"{path}: scene {b} has source {int(K[b]) - 1} but no source "
+                             f"{gap[0]} (a scene's sources are numbered 0, 1, ...)")
     return Estimates(K=K, **vals)
 
 

@@ -190,6 +190,23 @@ def test_estimates_file_round_trip(tmp_path, scenes):
     assert back.K[10:].tolist() == [2, 0, 1]
     assert torch.allclose(back.azimuth[10:].nan_to_num(9), est.azimuth.nan_to_num(9), atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["e.csv"]
+    # a user's hand-made CSV: a repeated source, a gap in a scene's sources, a bad number,
+    # a missing column are named, not read as something else
+    head = "scene,source,azimuth_deg,elevation_deg,range_m\n"
+    for body, says in (("0,0,10,0,2\n0,0,20,0,3\n", r"line 3: scene 0, source 0 again "
+                                                       r"\(first on line 2\)"),
+                       ("0,0,10,0,2\n0,2,20,0,3\n", "scene 0 has source 2 but no source 1"),
+                       ("0,0,ten,0,2\n", "line 2: scene and source must be whole numbers"),
+                       ("", None)):
+        (tmp_path / "u.csv").write_text(head + body)
+        if says is None:
+            assert read_estimates(tmp_path / "u.csv", 2, 3).K.tolist() == [0, 0]
+            continue
+        with pytest.raises(ValueError, match=says):
+            read_estimates(tmp_path / "u.csv", 2, 3)
+    (tmp_path / "u.csv").write_text("scene,source,azimuth_deg,range_m\n0,0,10,2\n")
+    with pytest.raises(ValueError, match=r"no column \['elevation_deg'\]"):
+        read_estimates(tmp_path / "u.csv", 2, 3)
 
 
 def test_real_codes_of_a_1_bit_ris_are_complex_codes(system, scenes):
