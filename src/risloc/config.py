@@ -177,9 +177,9 @@ class SystemConfig(ConfigSection):
 class SceneConfig(ConfigSection):
     """How scenes are drawn: field of view, separation, SNR, channel, codebook."""
 
-    azimuth_deg: tuple[float, float] = (-60.0, 60.0)
-    elevation_deg: tuple[float, float] = (-30.0, 30.0)
-    range_m: tuple[float, float] = (0.5, 10.0)
+    azimuth_deg: tuple[float, float] = FieldOfView.azimuth_deg  # the estimators' by default
+    elevation_deg: tuple[float, float] = FieldOfView.elevation_deg
+    range_m: tuple[float, float] = FieldOfView.range_m
     min_separation_deg: float = Field(5.0, ge=0)
     snr_db: tuple[float, float] = (-5.0, 20.0)
     K: int | None = Field(None, ge=1, description="fixed source count; None draws U{1..K_max}")
