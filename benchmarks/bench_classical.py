@@ -112,10 +112,11 @@ def classical_blind(n: int, seed: int) -> tuple[list[dict], list[dict], float]:
 
 def _print_table(title: str, rows: list[dict], cols: list[str]) -> None:
     print(f"\n{title}")
-    print("  ".join(f"{c:>12.12s}" for c in cols))
+    width = [max(12, len(c)) for c in cols]  # whole column names: two began alike
+    print("  ".join(f"{c:>{w}s}" for c, w in zip(cols, width, strict=True)))
     for r in rows:
-        print("  ".join(f"{r[c]:12.4g}" if isinstance(r[c], float) else f"{r[c]!s:>12.12s}"
-                        for c in cols))
+        print("  ".join(f"{r[c]:{w}.4g}" if isinstance(r[c], float) else f"{r[c]!s:>{w}s}"
+                        for c, w in zip(cols, width, strict=True)))
 
 
 def main() -> None:

@@ -148,17 +148,20 @@ def print_tables(grid_rows: list[dict], samp_rows: list[dict], threads: list[int
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scenes", type=int, default=384)
+    p.add_argument("--scenes", type=int, default=None, help="default 384 (--quick: 128)")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=None, help="default 5 (--quick: 3)")
     p.add_argument("--threads", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2],
                    help="comma-separated thread counts to time (accuracy runs use 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="128 scenes, 3 repeats")
+    p.add_argument("--quick", action="store_true",
+                   help="128 scenes, 3 repeats, unless --scenes / --repeats say otherwise")
     p.add_argument("--out", type=Path, default=Path("reports/bench/bench_music.json"))
     args = p.parse_args()
-    if args.quick:
-        args.scenes, args.repeats = 128, 3
+    if args.scenes is None:
+        args.scenes = 128 if args.quick else 384
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 5
     torch.set_num_threads(1)  # accuracy runs; timings set their own thread counts
     scenes = simulate_range(0, args.scenes, SYSTEM, SCENE, seed=args.seed, split="test")
     R = scene_true_covariance(scenes, SYSTEM)

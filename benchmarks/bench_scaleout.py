@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs=2, default=(10, 40))
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--storage", default=None)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/scaleout.json")
+    ap.add_argument("--out", type=Path, default=Path("reports/bench/scaleout.json"))
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         train = bench_training(Path(tmp), tuple(a.steps), a.threads)

@@ -141,6 +141,8 @@ def common_ratio(learned, classical) -> dict:
 
 def accuracy(learned, classical, args) -> list[dict]:
     rows = []
+    print("each pair: learned / classical; median ratios: learned over classical",
+          flush=True)
     for i, snr in enumerate(args.snrs):  # the i-th SNR listed gets the i-th scene stream
         for spread in (0.0, SPREAD_DB):
             sc = scenes_at(args.split, args.n, snr, spread, i)
