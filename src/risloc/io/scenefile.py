@@ -94,7 +94,8 @@ class SceneFileWriter:
         if n_scenes < 1:
             raise SceneFileError(f"{self.path}: nothing to write (0 scenes)")
         self.tmp = temporary_name(self.path)
-        self.n, self.system, self.attrs = n_scenes, system, _check_attrs(attrs, self.path)
+        self.n, self.system = n_scenes, system
+        self.attrs = _check_attrs(attrs, self.path, system)
         self.with_truth = with_truth
         self._f: h5py.File | None = None
         self._covered = np.zeros(n_scenes, dtype=bool)  # scenes written so far
@@ -200,11 +201,23 @@ def _plain(v: Any) -> Any:
 RESERVED_ATTRS = ("system", *REQUIRED, "snr_db", "K", *TRUTH)
 
 
-def _check_attrs(attrs: dict[str, Any] | None, path: Path) -> dict[str, Any]:
+def _check_attrs(attrs: dict[str, Any] | None, path: Path,
+                 system: SystemConfig) -> dict[str, Any]:
     """A file's extra attributes: NumPy scalars as Python numbers, names that are not the
-    file's own (an .npz stores attributes beside its datasets; 'system' is the system)."""
+    file's own (an .npz stores attributes beside its datasets; 'system' is the system:
+    one equal to ``system``, as a read file's ``info.attrs`` holds it, is dropped)."""
     out = {}
     for k, v in (attrs or {}).items():
+        if k == "system":
+            try:
+                same = system_from_json(v) == system
+            except ConfigError:
+                same = False
+            if same:
+                continue
+            raise SceneFileError(f"{path}: the attribute 'system' is the file's own and "
+                                 "describes another system than the one written; leave it "
+                                 "out (the system argument is stored)")
         if k in RESERVED_ATTRS:
             raise SceneFileError(f"{path}: the attribute name {k!r} is the file's own "
                                  f"(one of {', '.join(RESERVED_ATTRS)}); choose another")
@@ -249,7 +262,7 @@ def write_scenes(path: str | Path, batch: SceneBatch, system: SystemConfig,
     if is_npz(path):
         arrays = batch_to_arrays(batch, system.K_max)
         arrays["system"] = np.array(_system_json(system))
-        for k, v in _check_attrs(attrs, path).items():
+        for k, v in _check_attrs(attrs, path, system).items():
             arrays[k] = np.array(v if isinstance(v, str) else json.dumps(v, default=_plain))
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)  # a file object: savez appends .npz to a name (UP.NPZ)
@@ -303,11 +316,38 @@ def _real_imag_pair(dtype: np.dtype) -> bool:
 
 
 def _as_complex(a: np.ndarray) -> np.ndarray:
-    """``a`` as a complex array (a real/imag compound, :func:`_real_imag_pair`, joined)."""
+    """``a`` as a complex array (a real/imag compound, :func:`_real_imag_pair`, joined in
+    its own precision)."""
     if _real_imag_pair(a.dtype):
-        out = np.empty(a.shape, np.complex64)
+        wide = max(a.dtype["real"].itemsize, a.dtype["imag"].itemsize) > 4
+        out = np.empty(a.shape, np.complex128 if wide else np.complex64)
         out.real, out.imag = a["real"], a["imag"]
         return out
+    return a
+
+
+# a scene's y or H stored wider than complex64 whose peak |value| lies outside this range
+# is scaled by a power of two (exact) before the cast: beyond it complex64 overflows to inf
+# or loses digits to zero. The units of y and H do not matter (each is rescaled per scene
+# downstream); scenes inside the range are cast as they are, bit for bit.
+COMPLEX64_SAFE = (2.0 ** -100, 2.0 ** 100)
+
+
+def _to_complex64(a: np.ndarray) -> np.ndarray:
+    """[S, ...] complex array as complex64, each scene of a wider one scaled by a power of
+    two where its values would not survive the cast (:data:`COMPLEX64_SAFE`)."""
+    a = _as_complex(a)
+    if a.dtype.itemsize <= 8 or a.ndim == 0 or a.size == 0:
+        return a
+    with np.errstate(invalid="ignore"):
+        mag = np.abs(a).reshape(a.shape[0], -1)
+        peak = np.where(np.isfinite(mag), mag, 0.0).max(1)
+    lo, hi = COMPLEX64_SAFE
+    odd = (peak > 0) & ((peak < lo) | (peak > hi))
+    if odd.any():
+        a = a.copy()
+        shift = -np.round(np.log2(peak[odd]))
+        a[odd] *= np.exp2(shift).reshape(-1, *([1] * (a.ndim - 1)))
     return a
 
 
@@ -333,6 +373,13 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
                 f"{'M' if name == 'y' else 'N'}) is expected. MATLAB writes arrays with "
                 f"their dimensions in reverse order: permute them before saving, e.g. "
                 f"permute({name}, [3 2 1])")
+    axes = {"y": "L, M", "H": "M, N", "codes": "L, N"}
+    for name, tail in dims.items():
+        if tuple(data[name].shape) == tail:
+            raise SceneFileError(
+                f"{path}: dataset {name!r} has shape {tail}: one scene without its scene "
+                f"axis. Files hold S scenes, (S, {axes[name]}): store one scene with a "
+                f"leading axis of length 1 ({name}[None] in NumPy)")
     for name, tail in dims.items():
         shape, got = (S, *tail), tuple(data[name].shape)
         if got != shape:
@@ -378,14 +425,16 @@ def truth_problems(K: np.ndarray, azimuth_deg: np.ndarray, elevation_deg: np.nda
     one of its first K slots."""
     S, width = azimuth_deg.shape
     slots = width if k_max is None else min(width, k_max)
-    K = K.astype(np.int64)
+    unknown = np.isnan(K) if K.dtype.kind == "f" else np.zeros(K.shape, bool)
+    K = np.where(unknown, 0, K).astype(np.int64)  # a NaN K (MATLAB's unknown): unscorable
     real = np.arange(width) < np.clip(K, 0, slots)[:, None]
     finite = np.isfinite(azimuth_deg) & np.isfinite(elevation_deg) & np.isfinite(range_m)
     bad_pos = (real & ~finite).any(1)
     bad_range = (real & finite & ~(np.nan_to_num(range_m, nan=1.0) > 0)).any(1)
     out = []
     for i in np.flatnonzero((K < 1) | (K > slots) | bad_pos | bad_range):
-        out.append((int(i), f"K = {K[i]} outside 1..{slots}" if not 1 <= K[i] <= slots
+        out.append((int(i), "K unknown (NaN)" if unknown[i] else
+                    f"K = {K[i]} outside 1..{slots}" if not 1 <= K[i] <= slots
                     else "a non-finite true position" if bad_pos[i] else "a true range <= 0"))
     return out
 
@@ -402,10 +451,10 @@ def _check_truth(path: Path, data: dict[str, Any], S: int, system: SystemConfig)
                              f"{data['K'].dtype} {tuple(data['K'].shape)}")
     if data["K"].dtype.kind == "f" and S:  # MATLAB stores whole numbers as doubles
         K = np.asarray(data["K"][:], dtype=np.float64)
-        odd = np.flatnonzero(~(np.isfinite(K) & (K == np.round(K))))
+        odd = np.flatnonzero(np.isinf(K) | (np.isfinite(K) & (K != np.round(K))))
         if odd.size:
             raise SceneFileError(f"{path}: 'K' must hold whole numbers (it is "
-                                 f"{data['K'].dtype}, read as integers), got "
+                                 f"{data['K'].dtype}, read as integers; NaN where unknown), got "
                                  f"{K[odd[0]]:g} in scene(s) {_listed(odd)}")
     slots = data["azimuth_deg"].shape[-1] if data["azimuth_deg"].ndim == 2 else -1
     for name in TRUTH:
@@ -441,7 +490,7 @@ def inspect_scene_file(path: str | Path) -> SceneFileInfo:
 
 
 def _to_batch(arrays: dict[str, np.ndarray]) -> SceneBatch:
-    t = {k: as_tensor(k, _as_complex(v) if k in REQUIRED else v)  # big-endian files too
+    t = {k: as_tensor(k, _to_complex64(v) if k in REQUIRED else v)  # big-endian files too
          for k, v in arrays.items()}
     cplx = {k: t[k].to(torch.complex64) for k in REQUIRED}
     S = cplx["y"].shape[0]
@@ -449,7 +498,7 @@ def _to_batch(arrays: dict[str, np.ndarray]) -> SceneBatch:
     truth: dict[str, torch.Tensor | None] = dict.fromkeys(
         ("K", "azimuth", "elevation", "range_m"))  # files carry no source powers: None
     if "K" in t:
-        K = t["K"].long()
+        K = t["K"].nan_to_num(0).long()  # a NaN K: no source to score (truth_problems)
         slots = torch.arange(t["azimuth_deg"].shape[-1])
         mask = slots < K.unsqueeze(-1)
         nan = torch.tensor(math.nan, dtype=torch.float64)

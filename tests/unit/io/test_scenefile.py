@@ -135,6 +135,40 @@ def test_matlab_complex_compounds_are_read_and_reversed_axes_named(tmp_path, bat
         read_scenes(_npz(tmp_path, **dict(arr, y=other)))
 
 
+def test_wide_files_of_any_units_read_and_one_scene_needs_its_axis(tmp_path, batch, system):
+    """complex128 (or MATLAB float64 pairs) y and H of any units: scenes whose values
+    complex64 cannot hold (1e50: inf; 1e-50: zero) are scaled by a power of two before the
+    cast, and localize as the file in ordinary units does; scenes it can hold are cast as
+    they are. A single scene saved without its scene axis is named as such."""
+    from risloc.pipeline import Localizer
+
+    arr = batch_to_arrays(batch[:4], system.K_max)
+    plain = write_scenes(tmp_path / "plain.h5", batch[:4], system)
+    pair = np.dtype([("real", "<f8"), ("imag", "<f8")])
+    scale = np.array([1e50, 1e-50, 1.0, 3.0]).reshape(4, 1, 1)
+    with h5py.File(tmp_path / "wide.h5", "w") as f:
+        f.attrs["system"] = system.model_dump_json()
+        f["y"] = arr["y"].astype(np.complex128) * scale
+        H = arr["H"].astype(np.complex128) * scale[::-1]
+        c = np.empty(H.shape, pair)
+        c["real"], c["imag"] = H.real, H.imag  # MATLAB's complex double
+        f["H"], f["codes"] = c, arr["codes"]
+    back, _ = read_scenes(tmp_path / "wide.h5")
+    assert bool(torch.isfinite(torch.view_as_real(back.y)).all())
+    assert bool((back.y.abs().amax((1, 2)) > 0).all())
+    assert torch.equal(back.y[2], batch.y[2]) and torch.equal(back.H[1], batch.H[1] * 1.0)
+    loc = Localizer(system, "classical")
+    got = loc.localize(back.y, back.H, back.codes).estimates
+    ref = loc.localize(*(read_scenes(plain)[0].__getattribute__(k) for k in ("y", "H", "codes"))
+                       ).estimates
+    assert torch.equal(got.K, ref.K)
+    torch.testing.assert_close(got.azimuth, ref.azimuth, atol=1e-4, rtol=0, equal_nan=True)
+    one = {k: arr[k][0] for k in ("y", "H", "codes")}
+    with pytest.raises(SceneFileError, match=r"'y' has shape \(16, 16\): one scene without "
+                       r"its scene axis.*\(S, L, M\).*y\[None\]"):
+        read_scenes(_npz(tmp_path, **one))
+
+
 def test_a_big_endian_file_reads_as_the_native_one(tmp_path, batch, system):
     """Files written on a big-endian machine (or by tools that choose that order)."""
     arr = batch_to_arrays(batch, system.K_max)
@@ -227,10 +261,16 @@ def test_odd_attributes_and_datasets_are_clean_errors(tmp_path, batch, system):
     path = _npz(tmp_path, **dict(arr, K=arr["K"].astype(np.float64)))
     assert torch.equal(read_scenes(path)[0].K, batch.K)
     Kf = arr["K"].astype(np.float64)
-    Kf[[2, 3]] = 1.5, np.nan
+    Kf[[2, 3]] = 1.5, np.inf
     with pytest.raises(SceneFileError, match=r"'K' must hold whole numbers .* got 1.5 in "
                                              r"scene\(s\) \[2, 3\]"):
         inspect_scene_file(_npz(tmp_path, **dict(arr, K=Kf)))
+    # NaN, MATLAB's "unknown": that scene's truth cannot be scored, the file still reads
+    Kf[[2, 3]] = arr["K"][2], np.nan
+    path = _npz(tmp_path, **dict(arr, K=Kf))
+    assert inspect_scene_file(path).truth_problems == ((3, "K unknown (NaN)"),)
+    back, _ = read_scenes(path, truth="unchecked")
+    assert back.K[3] == 0 and torch.equal(back.K[4:], batch.K[4:])
 
 
 def test_unusable_truth_is_named_and_the_measurements_still_read(tmp_path, batch, system):
@@ -313,6 +353,14 @@ def test_scenes_that_do_not_fit_the_system_given_are_not_written(tmp_path, batch
         info = inspect_scene_file(path)
         assert int(info.attrs["seed"]) == 3 and json.loads(str(info.attrs["grid"])) == {
             "n": [0, 1]}
+        # a file copied with the attributes it was read with (its 'system' among them)
+        back, info = read_scenes(path)
+        copy = write_scenes(tmp_path / f"copy.{ext}", back, info.system, info.attrs)
+        assert int(inspect_scene_file(copy).attrs["seed"]) == 3
+        copy.unlink()
+        with pytest.raises(SceneFileError, match="describes another system"):
+            write_scenes(tmp_path / f"b.{ext}", back, info.system,
+                         {"system": SystemConfig(M=8, K_max=3).model_dump_json()})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n.h5", "n.npz", "ok.h5", "ok.npz"]
 
 
