@@ -86,12 +86,17 @@ class FieldOfView:
         return _box(lo, hi, dtype or torch.float64, str(torch.device(device or "cpu")))
 
     def contains(self, azimuth: torch.Tensor, elevation: torch.Tensor,
-                 range_m: torch.Tensor) -> torch.Tensor:
-        """[...] bool — positions (rad, rad, m) inside the box (boundaries included)."""
-        az, el = torch.rad2deg(azimuth), torch.rad2deg(elevation)
-        return ((az >= self.azimuth_deg[0]) & (az <= self.azimuth_deg[1])
-                & (el >= self.elevation_deg[0]) & (el <= self.elevation_deg[1])
-                & (range_m >= self.range_m[0]) & (range_m <= self.range_m[1]))
+                 range_m: torch.Tensor, rtol: float = 0.0) -> torch.Tensor:
+        """[...] bool — positions (rad, rad, m) inside the box (boundaries included; NaN:
+        outside); ``rtol`` widens each side by rtol max(1, |low|, |high|) in its unit (1e-6:
+        a file's float32 degrees, read back, on the boundary are inside)."""
+        inside = torch.ones(azimuth.shape, dtype=torch.bool, device=azimuth.device)
+        for v, (lo, hi) in ((torch.rad2deg(azimuth), self.azimuth_deg),
+                            (torch.rad2deg(elevation), self.elevation_deg),
+                            (range_m, self.range_m)):
+            tol = rtol * max(1.0, abs(lo), abs(hi))
+            inside &= (v >= lo - tol) & (v <= hi + tol)
+        return inside
 
 
 class ConfigSection(BaseModel):

@@ -25,6 +25,17 @@ def test_localize_file_writes_csv_and_metrics(tmp_path):
     assert res.exit_code == 0 and "CUDA only: ignored" in res.output, res.output
     assert read_estimates(tmp_path / "g.csv", 3, 5).azimuth.nan_to_num(9).equal(
         est.azimuth.nan_to_num(9))
+    assert "outside the field of view" not in res.output
+    # truth in other units (ranges in mm): scored, and said to be where no one searches
+    import h5py
+
+    with h5py.File(f, "a") as h:
+        h["range_m"][:] = h["range_m"][:] * 1000
+    res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "mm.csv"), "--K",
+                              "1"])
+    assert res.exit_code == 0, res.output
+    assert "3 true source(s) of the scored scenes lie outside the field of view" in \
+        " ".join(res.output.split())
 
 
 def test_localize_bad_inputs(tmp_path):

@@ -34,7 +34,6 @@ from risloc.experiments.harness import (
 )
 from risloc.io.atomic import check_writable
 
-
 PLOTS = ("error_vs_snr.png", "k_accuracy_vs_snr.png",
          *(f"music_spectrum_{label}.png" for label in ("true", "samp", "blend")))
 

@@ -23,7 +23,7 @@ from risloc.evaluation.metrics import (
     summarize,
 )
 from risloc.io.atomic import check_writable
-from risloc.io.scenefile import inspect_scene_file, iter_scene_chunks
+from risloc.io.scenefile import count_outside, inspect_scene_file, iter_scene_chunks
 from risloc.parallel import read_ahead
 from risloc.pipeline import METHODS, Localizer
 from risloc.pipeline.estimates_file import (
@@ -201,6 +201,7 @@ def localize_command(
     # scored chunk by chunk as it goes: a run keeps ~0.5 KB per scene, not its scenes
     matched, snrs, n_new, t0 = [], [], 0, time.perf_counter()
     bad_scored = 0  # scenes not localized among those scored (counted as missed)
+    outside = 0  # true sources of the scored scenes outside the field of view searched
     quiet = logging.getLogger("risloc.pipeline.localizer")  # bad scenes: named below, by
     level = quiet.level                                     # their index in the file
     quiet.setLevel(logging.ERROR)
@@ -227,6 +228,7 @@ def localize_command(
                     if scored and done_before == 0:
                         matched.append(match_sources(res.estimates, batch.azimuth,
                                                      batch.elevation, batch.range_m, batch.K))
+                        outside += count_outside(batch, loc.fov)
                         snrs.append(batch.snr_db)
                         bad_scored += len(res.bad)
                     n_new += len(batch)
@@ -247,6 +249,14 @@ def localize_command(
         if scored_n < total:
             console.print(f"(metrics over the {scored_n} of {total} scenes whose file carries "
                           "usable truth)")
+        if outside:
+            f = loc.fov
+            console.print(f"[yellow]{outside} true source(s) of the scored scenes lie outside "
+                          f"the field of view the localizer searches (azimuth "
+                          f"{f.azimuth_deg[0]:g}..{f.azimuth_deg[1]:g} deg, elevation "
+                          f"{f.elevation_deg[0]:g}..{f.elevation_deg[1]:g} deg, range "
+                          f"{f.range_m[0]:g}..{f.range_m[1]:g} m): it cannot find them "
+                          "(truth in other units? `risloc info` counts them)[/]")
     elif done_before:
         console.print("(no metrics after a resume: the scenes localized before it are not "
                       "scored again)")

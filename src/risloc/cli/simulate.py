@@ -20,6 +20,7 @@ from risloc.io.atomic import check_writable
 from risloc.io.scenefile import (
     H5_SUFFIXES,
     SceneFileWriter,
+    count_outside,
     inspect_scene_file,
     is_npz,
     iter_scene_chunks,
@@ -147,14 +148,7 @@ def _check_scenes(path: Path, n_scenes: int, truth: bool
             bad += [(at + i, why) for i, why in
                     scene_problems(batch.y, batch.H, batch.codes).reasons]
             if batch.has_truth:
-                inside = batch.mask.clone()
-                for name, (lo, hi), to_unit in (("azimuth", fov.azimuth_deg, math.degrees),
-                                                ("elevation", fov.elevation_deg, math.degrees),
-                                                ("range_m", fov.range_m, float)):
-                    v = getattr(batch, name) * to_unit(1.0)  # the file's units
-                    tol = 1e-6 * max(1.0, abs(lo), abs(hi))  # its float32 degrees, round trip
-                    inside &= (v >= lo - tol) & (v <= hi + tol)  # NaN where a source is: outside
-                outside += int((batch.mask & ~inside).sum())
+                outside += count_outside(batch, fov)
                 n_true += int(batch.mask.sum())
             bar.advance(task, len(batch))
     return bad, outside, n_true

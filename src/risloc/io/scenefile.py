@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 import torch
 
-from risloc.config import ConfigError, SystemConfig, system_from_json
+from risloc.config import ConfigError, FieldOfView, SystemConfig, system_from_json
 from risloc.core.checks import as_tensor
 from risloc.io.atomic import atomic_path, remove_stale_temporaries, temporary_name
 from risloc.simulation.scenes import SceneBatch
@@ -415,6 +415,13 @@ def _listed(idx: np.ndarray, n: int = 10) -> str:
     """Scene indices for a message: the first n, then how many more."""
     head = ", ".join(str(int(i)) for i in idx[:n])
     return f"[{head}{f', ... ({idx.size - n} more)' if idx.size > n else ''}]"
+
+
+def count_outside(batch: SceneBatch, fov: FieldOfView) -> int:
+    """True sources of a file's batch outside the field of view (NaN where a source is:
+    outside; a file's float32 degrees on the boundary: inside)."""
+    inside = fov.contains(batch.azimuth, batch.elevation, batch.range_m, rtol=1e-6)
+    return int((batch.mask & ~inside).sum())
 
 
 def truth_problems(K: np.ndarray, azimuth_deg: np.ndarray, elevation_deg: np.ndarray,
