@@ -148,6 +148,14 @@ def test_evaluate_user_file_groups_by_snr_bins_and_keeps_scenes_without_snr(tmp_
     res = runner.invoke(app, ["evaluate", str(f), "--out", str(tmp_path / "r4"),
                               "--estimators", "music-samp"])
     assert res.exit_code == 2 and "no scene can be evaluated (all 8 have" in res.output
+    import numpy as np
+
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, **{k: np.zeros((0, *shape), np.complex64) for k, shape in
+                       (("y", (16, 16)), ("H", (16, 144)), ("codes", (16, 144)))})
+    res = runner.invoke(app, ["evaluate", str(empty), "--estimators", "music-samp"])
+    assert res.exit_code == 2 and "empty.npz: no scene can be evaluated (the file holds " \
+        "none)" in " ".join(res.output.split()), res.output
     assert not (tmp_path / "r4" / "metrics.csv").exists()
     # an estimator named twice would count every scene twice in the pooled row
     res = runner.invoke(app, ["evaluate", str(f), "--estimators", "music-samp,music-samp"])

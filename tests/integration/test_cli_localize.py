@@ -146,7 +146,8 @@ def test_several_files_ranges_and_a_resume_after_a_kill(tmp_path, monkeypatch):
     res = runner.invoke(app, ["localize", str(tmp_path / "*.h5"), "--out", str(part),
                               "--method", "classical", "--batch-size", "8", "--stop", "24",
                               "--resume"])
-    assert res.exit_code == 2 and "other settings (input_versions)" in res.output, res.output
+    assert res.exit_code == 2 and "an input file was written anew since" in \
+        " ".join(res.output.split()), res.output
     # one file named twice (relative and absolute, by a pattern too) is localized once
     from risloc.cli.localize import expand_inputs
 
@@ -259,3 +260,32 @@ def test_unusable_truth_ranges_and_files_of_other_k_max(tmp_path):
     text = " ".join(res.output.split())
     assert "f.h5:1 not localized" in text and "g.h5:1 not localized" in text
     assert "1 scene not localized is counted: K = 0, its sources missed" in text
+
+
+def test_an_interrupted_run_says_how_to_go_on_and_a_resume_of_nothing_says_so(tmp_path,
+                                                                               monkeypatch):
+    from risloc.pipeline import Localizer
+
+    f = tmp_path / "s.h5"
+    assert runner.invoke(app, ["simulate", "--n", "24", "--out", str(f)]).exit_code == 0
+    out = tmp_path / "e.csv"
+    args = ["localize", str(f), "--out", str(out), "--method", "classical", "--batch-size",
+            "8"]
+    real, calls = Localizer.localize, []
+
+    def ctrl_c_at_the_second_chunk(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Localizer, "localize", ctrl_c_at_the_second_chunk)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 130
+    assert "interrupted: the scenes localized so far are kept" in " ".join(res.output.split())
+    monkeypatch.setattr(Localizer, "localize", real)
+    res = runner.invoke(app, [*args, "--resume"])
+    assert res.exit_code == 0 and "no interrupted run" not in res.output, res.output
+    assert read_estimates(out, 24, 5).K.gt(0).all()
+    res = runner.invoke(app, [*args, "--resume"])  # finished: nothing to continue
+    assert res.exit_code == 0 and "no interrupted run of" in " ".join(res.output.split())

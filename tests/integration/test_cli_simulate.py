@@ -40,7 +40,11 @@ def test_info_checks_every_scene_and_counts_truth_outside_the_field_of_view(tmp_
     assert res.exit_code == 1, res.output  # a check, usable in scripts
     text = " ".join(res.output.replace("│", " ").split())
     assert "1 of 6 scenes cannot be localized: scene 4: codes are not unit modulus" in text
-    assert "1 of 12 sources" in text
+    assert "1 of 12 sources" in text and "unknown (NaN)" not in text
+    with h5py.File(out, "a") as f:  # the SNR unknown in two scenes: counted
+        f["snr_db"][[0, 2]] = float("nan")
+    res = runner.invoke(app, ["info", str(out)])
+    assert "unknown (NaN) in 2 scene(s)" in " ".join(res.output.replace("│", " ").split())
     with h5py.File(out, "a") as f:  # truth that cannot be scored: named, exit code 1
         az = f["azimuth_deg"][:]
         az[0, 0] = float("nan")

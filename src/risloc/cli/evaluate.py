@@ -142,7 +142,7 @@ def evaluate_command(
             if name in NEEDS_TRUTH and not info.has_truth:
                 raise ValueError(f"{name} needs a scene file with the truth (it runs on the "
                                  "true covariance)")
-        left = len(left_out(batch, info.system)[0])
+        left = len(left_out(batch, info.system)[0]) if len(batch) else 0
         if left == len(batch):
             raise ValueError(f"{scenes}: no scene can be evaluated (" + (
                 "the file holds none)" if not left else f"all {left} have all-zero or "

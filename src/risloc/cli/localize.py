@@ -195,6 +195,9 @@ def localize_command(
                 "bf16": bf16 if loc.method == "learned" else None}
     stream = EstimatesStream(out_path, settings, COLUMNS + (("file",) if many else ()),
                              resume)
+    if resume and not stream.resumed:
+        console.print(f"(--resume: no interrupted run of {out_path} to continue; localizing "
+                      "from the start)")
     total = sum(max(0, hi - lo) for lo, hi in ranges)
     done_before = sum(min(stream.done.get(str(i), lo), hi) - lo
                       for i, (lo, hi) in enumerate(ranges) if str(i) in stream.done)
@@ -233,6 +236,10 @@ def localize_command(
                         bad_scored += len(res.bad)
                     n_new += len(batch)
                     bar.advance(task, len(batch))
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted: the scenes localized so far are kept; the same "
+                      f"command with --resume continues into {out_path}[/]")
+        raise typer.Exit(code=130) from None
     finally:
         quiet.setLevel(level)
     dt = time.perf_counter() - t0

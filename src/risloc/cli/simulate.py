@@ -171,9 +171,14 @@ def _print_summary(path: Path, check: bool = False) -> bool:
         batch, _ = read_scenes(path, 0, min(info.n_scenes, 4096),
                                truth=not info.n_truth_problems)
         snr = batch.snr_db.numpy()
+        unknown = int(np.isnan(snr).sum())
         if np.isfinite(snr).any():
             table.add_row("SNR (dB)", f"{np.nanmin(snr):.1f} .. {np.nanmax(snr):.1f} "
-                                      f"(mean {np.nanmean(snr):.1f})")
+                                      f"(mean {np.nanmean(snr):.1f})" + (
+                                          f"; unknown (NaN) in {unknown} scene(s)"
+                                          if unknown else ""))
+        elif unknown:
+            table.add_row("SNR (dB)", "unknown (none given)")
         if batch.has_truth:
             counts = np.bincount(batch.K.numpy(), minlength=s.K_max + 1)[1:]
             table.add_row("K histogram", "  ".join(f"{k + 1}:{c}" for k, c in enumerate(counts)))

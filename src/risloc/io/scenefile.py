@@ -279,6 +279,7 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
     if not path.exists():
         raise SceneFileError(f"{path}: no such file")
     if is_npz(path):
+        pickled: list[str] = []
         try:
             z = np.load(path, allow_pickle=False)
             data = {}
@@ -287,9 +288,14 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
                     data[k] = z[k]
                 except ValueError:  # an object array: not ours unless a name we read
                     if k in (*REQUIRED, "snr_db", "K", *TRUTH, "system"):
-                        raise
+                        pickled.append(k)
         except Exception as err:  # zipfile / ValueError / EOFError on corrupt archives
             raise SceneFileError(f"{path}: not a readable .npz file ({err})") from None
+        if pickled:
+            raise SceneFileError(
+                f"{path}: {pickled} stored as pickled Python objects, which are not loaded "
+                "(loading a pickle runs code); store arrays as numbers and the system as "
+                "its JSON text, np.array(json.dumps(system)) (docs/conventions.md)")
         attrs = {k: (data.pop(k).item().decode("utf-8", "replace") if data[k].dtype.kind == "S"
                      else str(data.pop(k)))  # attributes: 0-d strings (or bytes)
                  for k in list(data) if data[k].dtype.kind in "US" and data[k].ndim == 0}

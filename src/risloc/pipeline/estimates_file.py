@@ -108,6 +108,15 @@ def check_estimates_target(path: str | Path) -> None:
                              "as it is; give another --out, or delete it first")
 
 
+SETTING_NAMES = {  # the settings of a run, as a refused resume names them
+    "inputs": "other input files",
+    "input_versions": "an input file was written anew since (its size or modification "
+                      "time differs)",
+    "method": "another --method", "checkpoint": "another --checkpoint", "K": "another --K",
+    "start": "another --start", "stop": "another --stop", "bf16": "another --bf16/--no-bf16",
+}
+
+
 class EstimatesStream:
     """The estimates CSV written as scenes are localized, resumable after a kill.
 
@@ -127,6 +136,7 @@ class EstimatesStream:
         self.settings, self.columns = settings, columns
         self.done: dict[str, int] = {}
         self.bad: list[tuple] = []  # (where, scene, reason) of scenes not localized
+        self.resumed = False  # whether an interrupted run is continued
         if self.record.exists() and not self.part.exists():
             # a run stopped between renaming its finished .part to out and removing its
             # record (finish): the record is of a complete run, and nothing is left to resume
@@ -136,9 +146,10 @@ class EstimatesStream:
             diff = [k for k in set(rec["settings"]) | set(settings)
                     if rec["settings"].get(k) != settings.get(k)]
             if diff:
-                raise ValueError(f"cannot resume {self.out}: its run had other settings "
-                                 f"({', '.join(sorted(diff))})")
+                raise ValueError(f"cannot resume {self.out}: its run had other settings: "
+                                 + "; ".join(SETTING_NAMES.get(k, k) for k in sorted(diff)))
             self.done = {k: int(v) for k, v in rec["done"].items()}
+            self.resumed = True
             self.bad = [tuple(b) for b in rec.get("bad", [])]
             with self.part.open("r+b") as f:  # drop rows of a chunk cut off by the kill
                 f.truncate(int(rec["bytes"]))

@@ -308,6 +308,11 @@ def test_unusable_truth_is_named_and_the_measurements_still_read(tmp_path, batch
     z = tmp_path / "obj.npz"
     np.savez(z, **arr, notes=np.array([{"a": 1}], dtype=object))  # an unrelated object array
     assert read_scenes(z)[1].n_scenes == 50
+    pickled = tmp_path / "pickled.npz"  # older code pickled the system
+    np.savez(pickled, **arr, system=np.array({"M": 16}, dtype=object))
+    with pytest.raises(SceneFileError, match=r"\['system'\] stored as pickled Python "
+                       r"objects.*JSON text"):
+        read_scenes(pickled)
     other = SystemConfig(K_max=4)  # the system as 0-d bytes (numpy's S dtype), not str
     zb = _npz(tmp_path, **dict(arr, system=np.array(other.model_dump_json().encode())))
     assert inspect_scene_file(zb).system == other and not inspect_scene_file(zb).system_assumed
