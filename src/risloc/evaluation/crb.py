@@ -407,6 +407,7 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
     az, el, r = torch.deg2rad(pos[0]), torch.deg2rad(pos[1]), pos[2]
     mask = torch.isfinite(az) & torch.isfinite(el) & torch.isfinite(r)
     p = torch.as_tensor(powers, dtype=torch.float64).expand_as(az)
+    sym = None if kind == "stochastic" or symbols is None else _symbols(symbols)
     if noise_var is None:
         snr = _array("snr_db", snr_db, torch.float64).reshape(-1)
         if not bool(torch.isfinite(snr).all()):
@@ -416,7 +417,6 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
         # H of any scale (1e-170 .. 1e170 in complex128) gives no over- or underflow
         peak = H.abs().amax((1, 2), keepdim=True)
         H = H / torch.where(peak > 0, peak, 1.0)
-        sym = None if kind == "stochastic" or symbols is None else _symbols(symbols)
         sigma2 = noise_var_for_snr(az, el, r, H, codes, snr, system, mask, p, sym)
     else:
         sigma2 = _array("noise_var", noise_var, torch.float64).reshape(-1).expand(B)
@@ -425,6 +425,6 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
     elif symbols is None:
         raise ValueError("the deterministic bound needs the symbols")
     else:
-        res = crb_deterministic(az, el, r, _symbols(symbols), H, codes, sigma2, system, mask)
+        res = crb_deterministic(az, el, r, sym, H, codes, sigma2, system, mask)
     return {"azimuth_deg": torch.rad2deg(res.azimuth),
             "elevation_deg": torch.rad2deg(res.elevation), "range_m": res.range_m}
