@@ -305,3 +305,33 @@ def test_train_device_cuda_without_a_gpu_is_a_clear_error(tmp_path):
     assert res.exit_code == 2 and "sees no CUDA GPU" in res.output
     res = CliRunner().invoke(app, ["train", "--config", str(TINY), "--device", "tpu"])
     assert res.exit_code == 2 and "device" in res.output
+
+
+def test_a_diverging_run_stops_with_a_message_and_a_diverging_trial_is_pruned(tmp_path):
+    """lr = 1e3: every step's gradients are NaN from the second on. Zeroing them and
+    stepping on trained a garbage model that ended 'as shipped' with exit code 0; now ten
+    such steps in a row stop the run (one line, exit code 2). lr = 1e5: the loss's eigh
+    fails on the diverged weights (a LinAlgError traceback before). A tune trial that
+    diverges is pruned, and the worker goes on."""
+    from risloc.cli.main import app
+
+    fast = ["--set", "schedule.steps_per_epoch=12", "--set", "data.n_val=16", "--set",
+            "order.scenes=0", "--no-progress"]
+    for lr, says in (("1e3", r"10 optimizer steps in a row had non-finite gradients"),
+                     ("1e5", r"the loss's eigendecomposition failed")):
+        res = CliRunner().invoke(app, ["train", "-c", str(TINY), "--epochs", "2", *fast,
+                                       "--set", f"optim.lr={lr}", "--out",
+                                       str(tmp_path / lr)])
+        assert res.exit_code == 2, res.output
+        text = " ".join(res.output.split())
+        assert re.search(says, text) and "lower optim.lr" in text, text
+        assert not (tmp_path / lr / "model.pt").exists()
+    from risloc.hpo import TuneSettings, tune
+
+    space = tmp_path / "space.yaml"
+    space.write_text("blend.beta: {low: 0.1, high: 0.5}\n")
+    study = tune(TuneSettings(config=str(TINY), out_dir=str(tmp_path / "tune"), n_trials=1,
+                              epochs=2, space=str(space), warmup_epochs=0,
+                              overrides=("optim.lr=1e3", "schedule.steps_per_epoch=12",
+                                         "data.n_val=16")))
+    assert [t.state.name for t in study.trials] == ["PRUNED"]

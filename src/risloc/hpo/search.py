@@ -111,6 +111,7 @@ def _objective(settings: TuneSettings, base: TrainConfig, space: tuple[Dimension
     import optuna
 
     from risloc.training import train
+    from risloc.training.loop import DivergedError
 
     def objective(trial: optuna.Trial) -> float:
         values = [f"{d.field}={d.suggest(trial, base)!r}" for d in space]
@@ -122,7 +123,11 @@ def _objective(settings: TuneSettings, base: TrainConfig, space: tuple[Dimension
             if trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {epoch}: objective {value:.3f}")
 
-        result = train(cfg, callback=report)
+        try:
+            result = train(cfg, callback=report)
+        except DivergedError as err:  # a searched learning rate too high: that trial only
+            log.warning("trial %d pruned: %s", trial.number, err)
+            raise optuna.TrialPruned(f"diverged: {err}") from None
         for key in ("best_epoch", "val_K_accuracy", "val_angle_median_deg"):
             if key in result:
                 trial.set_user_attr(key, float(result[key]))

@@ -5,7 +5,9 @@ Per optimizer step (strict order):
     logged) -> clip -> finite check -> step -> scaler update -> zero_grad -> scheduler
     (warm-up + cosine, per step; SWALR per epoch once SWA runs) -> EMA update. A step that
     is skipped (non-finite gradient norm, or the AMP scaler found inf/NaN) advances neither
-    the scheduler nor the EMA.
+    the scheduler nor the EMA. Ten steps in a row with non-finite gradients (50 with mixed
+    precision, whose scaler overflows while it settles), or a loss that cannot be computed
+    from the weights, stop the run as diverged (DivergedError, a one-line message).
 Per epoch: beta annealed 0 -> blend.beta over the first beta_warmup_frac of training with
 jitter, loss weights by phase (warm-up / main / final), SWA averaging in the final
 fraction, validation of the EMA weights with the end-to-end metric, best / last
@@ -123,6 +125,18 @@ def sanitise_gradients(model: torch.nn.Module) -> int:
     return n_bad
 
 
+# optimizer steps in a row with non-finite gradients that stop a run as diverged: a stray
+# NaN batch is zeroed and stepped over, a run whose every step is NaN is not trained on;
+# mixed precision overflows for a few steps in a row while its scaler settles (2^16 -> )
+DIVERGED_STEPS, DIVERGED_STEPS_AMP = 10, 50
+LOWER_LR = "; lower optim.lr (or optim.grad_clip), or resume from an earlier checkpoint"
+
+
+class DivergedError(ValueError):
+    """The training diverged (non-finite gradients step after step, or a loss that cannot
+    be computed from the weights): the run stops with this message, not a traceback."""
+
+
 def clip_gradients(model: torch.nn.Module, max_norm: float) -> tuple[float, int]:
     """Sanitise, then clip the gradients to the total 2-norm ``max_norm``; returns (the
     norm before clipping, the count of non-finite entries zeroed).
@@ -195,6 +209,7 @@ class Trainer:
         self.data = TrainData(cfg, (self.dist.rank,) if self.dist.active else None,
                               compute=self.device if cfg.simulate_on == "device" else None)
         self.epoch, self.step, self.micro = 0, 0, 0
+        self.bad_in_a_row = 0  # optimizer steps in a row whose gradients held NaN / inf
         self.best = {"objective": math.inf, "epoch": -1}
         self.bad_epochs, self.history = 0, []
 
@@ -282,7 +297,12 @@ class Trainer:
 
     def micro_step(self, scenes: SceneBatch, beta: float, loss_cfg: LossConfig) -> LossTerms:
         """Forward, losses and backward of one micro-batch (gradients accumulate)."""
-        terms = self.batch_losses(scenes, beta, loss_cfg)
+        try:
+            terms = self.batch_losses(scenes, beta, loss_cfg)
+        except torch.linalg.LinAlgError as err:  # eigh of a covariance of diverged weights
+            raise DivergedError(f"step {self.step}: the loss's eigendecomposition failed "
+                                f"({' '.join(str(err).split())[:120]}): the weights have "
+                                f"diverged{LOWER_LR}") from None
         if not bool(torch.isfinite(terms.total)):
             log.warning("step %d: non-finite loss %s", self.step, terms.as_dict())
         self.scaler.scale(terms.total / self.cfg.optim.accumulation).backward()
@@ -297,6 +317,13 @@ class Trainer:
             log.warning("step %d: %d non-finite gradient entries zeroed%s", self.step, n_bad,
                         " (mixed precision: the scaler skips this step and lowers its scale)"
                         if self.scaler.is_enabled() else "")
+        # gradients are the same on every process (all-reduced): so is this decision
+        self.bad_in_a_row = self.bad_in_a_row + 1 if n_bad else 0
+        limit = DIVERGED_STEPS_AMP if self.scaler.is_enabled() else DIVERGED_STEPS
+        if self.bad_in_a_row >= limit:
+            raise DivergedError(f"step {self.step}: {limit} optimizer steps in a row had "
+                                f"non-finite gradients (the last: {n_bad} entries): the "
+                                f"training has diverged{LOWER_LR}")
         taken = math.isfinite(norm)
         scale = self.scaler.get_scale()
         if taken:
