@@ -335,3 +335,18 @@ def test_a_diverging_run_stops_with_a_message_and_a_diverging_trial_is_pruned(tm
                               overrides=("optim.lr=1e3", "schedule.steps_per_epoch=12",
                                          "data.n_val=16")))
     assert [t.state.name for t in study.trials] == ["PRUNED"]
+
+
+def test_an_interrupted_training_says_how_to_continue(tmp_path, monkeypatch):
+    import risloc.cli.train as cli_train
+    from risloc.cli.main import app
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_train, "train", ctrl_c)
+    res = CliRunner().invoke(app, ["train", "-c", str(TINY), "--out", str(tmp_path / "r"),
+                                   "--no-progress"])
+    assert res.exit_code == 130
+    assert "interrupted: the same command with --resume continues" in \
+        " ".join(res.output.split())

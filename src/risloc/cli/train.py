@@ -117,8 +117,13 @@ def train_command(
     console.print(f"training -> {cfg.out_dir} ({cfg.schedule.epochs} epochs x "
                   f"{cfg.schedule.steps_per_epoch} steps, batch {cfg.optim.batch_size})")
     # the old run goes only once this one is set up and checked (train's on_start)
-    metrics = train(cfg, resume=resume,
-                    on_start=clear_old_run if overwrite and first_rank else None)
+    try:
+        metrics = train(cfg, resume=resume,
+                        on_start=clear_old_run if overwrite and first_rank else None)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted: the same command with --resume continues "
+                      f"from {cfg.out_dir}/last.pt (the last finished epoch)[/]")
+        raise typer.Exit(code=130) from None
     if int(os.environ.get("RANK", "0")) != 0:  # data-parallel: rank 0 writes and reports
         return
     write_text_atomic(Path(cfg.out_dir) / "metrics.json", json.dumps(metrics, indent=2))
