@@ -238,3 +238,9 @@ def test_a_storage_that_cannot_be_opened_is_named_and_claims_no_folder(tmp_path)
         assert url == "postgresql+psycopg2://u:p@host/db"
     else:
         assert url.endswith("://u:p@host/db")
+
+
+def test_without_optuna_the_hint_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed
+    res = runner.invoke(app, ["tune", "--config", TINY])
+    assert res.exit_code == 2 and "pip install 'risloc[hpo]'" in res.output, res.output

@@ -53,7 +53,8 @@ def tune_command(
     try:
         import optuna  # noqa: F401
     except ModuleNotFoundError:
-        console.print("[red]error:[/] risloc tune needs Optuna: pip install 'risloc[hpo]'")
+        console.print("[red]error:[/] risloc tune needs Optuna: pip install "
+                      "'risloc\\[hpo]'")  # \[: a literal bracket, not rich markup
         raise typer.Exit(code=2) from None
     from risloc.hpo import TuneSettings, tune
 
