@@ -127,7 +127,8 @@ def sanitise_gradients(model: torch.nn.Module) -> int:
 
 # optimizer steps in a row with non-finite gradients that stop a run as diverged: a stray
 # NaN batch is zeroed and stepped over, a run whose every step is NaN is not trained on;
-# mixed precision overflows for a few steps in a row while its scaler settles (2^16 -> )
+# mixed precision overflows for a few steps in a row while its scaler settles (its scale
+# halves from 2^16 at each overflow)
 DIVERGED_STEPS, DIVERGED_STEPS_AMP = 10, 50
 LOWER_LR = "; lower optim.lr (or optim.grad_clip), or resume from an earlier checkpoint"
 
