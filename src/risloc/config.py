@@ -374,6 +374,28 @@ def merge_nested(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# the recipes shipped in the package (risloc/recipes/*.yaml; configs/ in the repository)
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes shipped in the package, e.g. 'train_default'."""
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def recipe_path(recipe: str | Path) -> Path:
+    """The file of a recipe given as a path or as the name of a shipped one
+    ('train_default'); ConfigError lists the shipped names when neither exists."""
+    path = Path(recipe)
+    if path.exists():
+        return path
+    shipped = RECIPES / f"{path.name}.yaml"
+    if str(recipe) == path.name and not path.suffix and shipped.exists():
+        return shipped
+    raise ConfigError(f"config file not found: {recipe} (the shipped recipes, named without "
+                      f"a path: {', '.join(shipped_recipes())})")
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (.yaml/.yml) or TOML (.toml) file into a dict."""
     path = Path(path)
@@ -407,7 +429,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     (e.g. the other sections of a training recipe) are skipped, and any other key is a
     ConfigError naming it, so that a misspelt section is not silently dropped.
     """
-    data = read_config_file(path) if path is not None else {}
+    data = read_config_file(recipe_path(path)) if path is not None else {}
     unknown = sorted(str(k) for k in data if k not in ("system", "scene", *ignored))
     if unknown:
         raise ConfigError(f"config file {path}: unknown top-level key(s) "

@@ -29,7 +29,8 @@ console = Console(stderr=True)
 out = Console(width=None if Console().is_terminal else 150)
 
 ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", "-c", help="YAML/TOML file with 'system' and 'scene' sections.",
+    "--config", "-c", help="YAML/TOML file with 'system' and 'scene' sections (or a "
+                           "training recipe: a file or a shipped recipe's name).",
     exists=False, dir_okay=False)]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a config field: section.field=value (repeatable), "
@@ -56,6 +57,15 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def refuse_existing(path: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """ValueError when the file ``path`` exists and --overwrite was not given (an input
+    rewritten in place, one of ``inputs``, is allowed; a folder is left to the writer's
+    checks, which name it)."""
+    in_place = any(path.resolve() == p.resolve() for p in inputs)
+    if path.exists() and not path.is_dir() and not overwrite and not in_place:
+        raise ValueError(f"{path} exists: pass --overwrite to replace it")
 
 
 def parse_numbers(text: str, option: str, kind: type = float,

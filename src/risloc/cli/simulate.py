@@ -13,7 +13,16 @@ import typer
 from rich.table import Table
 
 from risloc import __version__
-from risloc.cli.common import ConfigOpt, SetOpt, console, get_config, handle_errors, out, progress
+from risloc.cli.common import (
+    ConfigOpt,
+    SetOpt,
+    console,
+    get_config,
+    handle_errors,
+    out,
+    progress,
+    refuse_existing,
+)
 from risloc.config import FieldOfView, RislocConfig
 from risloc.core.checks import scene_problems
 from risloc.io.atomic import check_writable
@@ -49,8 +58,9 @@ def simulate_command(
         "the shards of one command line, in order, hold exactly the scenes of the unsharded "
         "file, so n machines can each write one."), metavar="i/n")] = None,
     recipe: Annotated[Path | None, typer.Option(help=(
-        "Draw the scenes as this training recipe (YAML / TOML) draws them: its system and "
-        "scene, and the kinds of its data.scene_mix in their shares (configs/train_mix.yaml: "
+        "Draw the scenes as this training recipe (a YAML / TOML file or a shipped recipe's "
+        "name) draws them: its system and scene, and the kinds of its data.scene_mix in "
+        "their shares (train_mix: "
         "dense patches, near sources, other codebooks, ...). Instead of --config; --set then "
         "sets the recipe's fields (scene.snr_db=..., data.scene_mix=[])."))] = None,
     overwrite: Annotated[bool, typer.Option(
@@ -85,8 +95,7 @@ def simulate_command(
     if K is not None:  # recorded in the file's config as well as in K_fixed
         cfg = RislocConfig(system=cfg.system, scene=cfg.scene.model_copy(update={"K": K}))
     check_writable(out_path, [p for p in (config, recipe) if p is not None])
-    if out_path.exists() and not overwrite:
-        raise ValueError(f"{out_path} exists: pass --overwrite to replace it")
+    refuse_existing(out_path, overwrite)
     attrs = {"config": cfg.to_json(), "split": split, "seed": seed, "risloc_version": __version__,
              "snr_db_fixed": "none" if snr_db is None else snr_db, "K_fixed": K or 0}
     if mix:  # the file's `config` holds the base scene; the kinds replace some of its fields

@@ -14,8 +14,9 @@ from risloc.cli.common import out as stdout
 
 @handle_errors
 def tune_command(
-    config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="Base training recipe (YAML/TOML).", dir_okay=False)] = None,
+    config: Annotated[Path, typer.Option(
+        "--config", "-c", help="Base training recipe: a YAML/TOML file or a shipped "
+                               "recipe's name.", dir_okay=False)] = Path("train_default"),
     trials: Annotated[int, typer.Option(
         "--trials", min=1, help="Finished trials wanted in the study, over all workers "
                                 "(resumes to this).")] = 20,
@@ -58,7 +59,7 @@ def tune_command(
         raise typer.Exit(code=2) from None
     from risloc.hpo import TuneSettings, tune
 
-    settings = TuneSettings(config=None if config is None else str(config),
+    settings = TuneSettings(config=str(config),
                             overrides=tuple(set_ or ()), out_dir=str(out), storage=storage,
                             space=None if space is None else str(space), n_trials=trials,
                             epochs=epochs, seed=seed, study_name=study_name,
@@ -79,7 +80,8 @@ def tune_command(
     stdout.print(table)
     best = out / "best_overrides.yaml"
     if best.exists():
-        console.print(f"best trial: {best} (risloc train --config <recipe> --overrides {best})")
+        console.print(f"best trial: {best} (risloc train --config {config} --overrides "
+                      f"{best})")
 
 
 def _fmt(v) -> str:

@@ -46,7 +46,7 @@ DEFAULT_SPACE = Path(__file__).resolve().parent / "search_space.yaml"
 class TuneSettings:
     """What ``risloc tune`` runs.
 
-    config : base recipe file (None = the package defaults)
+    config : base recipe, a file or a shipped recipe's name (None = the built-in defaults)
     overrides : extra ``section.field=value`` overrides applied to every trial
     out_dir : per-trial run folders, trials.csv, best_overrides.yaml (and the default
         SQLite study)
@@ -309,11 +309,12 @@ def tune(settings: TuneSettings):
                     raise
                 log.warning("a trial of this worker was failed as stale by another worker "
                             "(late heartbeats) and queued again; going on")
-    write_reports(study, base, space, Path(settings.out_dir))
+    write_reports(study, base, space, Path(settings.out_dir), settings.config)
     return study
 
 
-def write_reports(study, base: TrainConfig, space: tuple[Dimension, ...], out: Path) -> None:
+def write_reports(study, base: TrainConfig, space: tuple[Dimension, ...], out: Path,
+                  recipe: str | None = None) -> None:
     """trials.csv (every trial, with the recipe value of each searched field, and for a
     relative field its multiple of the base value as '<field> (x base)') and
     best_overrides.yaml (the best completed trial as recipe overrides, for ``risloc train
@@ -345,5 +346,5 @@ def write_reports(study, base: TrainConfig, space: tuple[Dimension, ...], out: P
         report["baseline_objective"] = float(baseline[0].value)
     text = yaml.safe_dump({**report, "overrides": params}, sort_keys=False)
     write_text_atomic(out / "best_overrides.yaml",
-                      "# Best trial of the study: risloc train --config <recipe> --overrides "
-                      "this file\n" + text)
+                      "# Best trial of the study: risloc train --config "
+                      f"{recipe or '<recipe>'} --overrides this file\n" + text)

@@ -1,5 +1,5 @@
 """The search space of ``risloc tune``, declared in a YAML file the user can edit
-(``configs/search_space.yaml``): one entry per recipe field."""
+(``risloc/hpo/search_space.yaml``): one entry per recipe field."""
 
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ from risloc.config import (
     merge_nested,
     parse_overrides,
     read_config_file,
+    recipe_path,
     replace_scene_fields,
     scene_mixture,
     validate_config,
@@ -228,9 +229,11 @@ class TrainConfig(ConfigSection):
         return self.model_dump_json()
 
     @classmethod
-    def from_json(cls, text: str) -> TrainConfig:
-        """A recipe stored in a checkpoint (older formats migrated, :func:`_migrate`)."""
-        return validate_train_config(migrate_recipe(json.loads(text)))
+    def from_json(cls, text: str, overrides: list[str] | None = None) -> TrainConfig:
+        """A recipe stored in a checkpoint (older formats migrated, :func:`_migrate`), with
+        dotted overrides applied."""
+        return validate_train_config(merge_nested(migrate_recipe(json.loads(text)),
+                                                  parse_overrides(overrides)))
 
 
 #: top-level recipe fields that do not change what a run computes: how and where it runs,
@@ -282,6 +285,18 @@ def validate_train_config(data: dict[str, Any]) -> TrainConfig:
 
 def load_train_config(path: str | Path | None = None,
                       overrides: list[str] | None = None) -> TrainConfig:
-    """Read a recipe (YAML / TOML; None = defaults) and apply dotted overrides."""
-    data = read_config_file(path) if path is not None else {}
-    return validate_train_config(merge_nested(data, parse_overrides(overrides)))
+    """Read a recipe (a YAML / TOML file, or a shipped recipe's name such as 'train_default';
+    None = the built-in defaults) and apply dotted overrides."""
+    data = read_config_file(recipe_path(path)) if path is not None else {}
+    data = merge_nested(data, parse_overrides(overrides))
+    cfg = validate_train_config(data)
+    scheduled = cfg.schedule.weight_schedule
+    clash = sorted(k for k in data.get("loss") or {} if k in scheduled)
+    if clash:  # the schedule would replace the value set each epoch, silently
+        k = clash[0]
+        raise ConfigError(
+            f"loss.{k} is set, but schedule.weight_schedule sets it every epoch "
+            f"({', '.join(f'{v:g}' for v in scheduled[k])} in the warm-up, main and final "
+            f"phases): set the schedule instead, e.g. --set "
+            f"'schedule.weight_schedule.{k}=[0, 0, 0]'")
+    return cfg

@@ -17,6 +17,27 @@ def test_shipped_recipes_load(name):
     assert TrainConfig.from_json(cfg.to_json()) == cfg
 
 
+def test_a_shipped_recipe_is_named_without_a_path_from_any_folder(tmp_path, monkeypatch):
+    """The recipes live in the package (risloc/recipes, package data of the wheel; configs/
+    of the repository links there), so `--config train_default` works after pip install."""
+    from risloc.config import RECIPES, load_config, recipe_path, shipped_recipes
+
+    assert (ROOT / "configs").resolve() == RECIPES.resolve()
+    assert shipped_recipes() == sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    assert load_train_config("train_tiny") == load_train_config(RECIPES / "train_tiny.yaml")
+    assert load_config("train_default", ignored=TrainConfig.model_fields).scene.power_spread_db \
+        == (0.0, 15.0)
+    for missing in ("train_nope", "configs/train_default.yaml", "train_tiny.yaml"):
+        with pytest.raises(ConfigError, match=r"config file not found: .*shipped recipes, "
+                                              r"named without a path: train_default, "):
+            load_train_config(missing)
+    (tmp_path / "train_tiny").write_text("schedule: {epochs: 3}\n")  # a file comes first,
+    with pytest.raises(ConfigError, match="must end in .yaml"):  # and is read as a file
+        load_train_config("train_tiny")
+    assert recipe_path("train_tiny") == Path("train_tiny")
+
+
 def test_tuned_recipe_is_the_default_plus_the_study_best():
     import yaml
 
@@ -27,6 +48,22 @@ def test_tuned_recipe_is_the_default_plus_the_study_best():
                                [f"{k}={v:.4g}" for k, v in best.items()]
                                + ["out_dir=runs/train_tuned"])
     assert tuned == expect
+
+
+def test_a_loss_weight_the_schedule_sets_cannot_be_set_in_loss():
+    """--set loss.lam_peak_contrast=0 used to be replaced by the weight schedule every
+    epoch, silently: the ablation the user asked for never ran."""
+    with pytest.raises(ConfigError, match=r"loss.lam_peak_contrast is set, but "
+                       r"schedule.weight_schedule sets it every epoch \(0.05, 0.1, 0.12 .*"
+                       r"schedule.weight_schedule.lam_peak_contrast=\[0, 0, 0\]"):
+        load_train_config("train_default", ["loss.lam_peak_contrast=0"])
+    cfg = load_train_config("train_default",
+                            ["schedule.weight_schedule.lam_peak_contrast=[0, 0, 0]"])
+    assert cfg.schedule.weight_schedule == {"lam_subspace_align": (0.02, 0.05, 0.07),
+                                            "lam_peak_contrast": (0.0, 0.0, 0.0)}
+    assert load_train_config(None, ["loss.lam_peak=0"]).loss.lam_peak == 0  # not scheduled
+    cfg = load_train_config(None, ["schedule.weight_schedule={}", "loss.lam_peak_contrast=0"])
+    assert cfg.loss.lam_peak_contrast == 0  # unscheduled, it is the loss's own
 
 
 def test_overrides_and_field_of_view_follow_scene():
