@@ -76,7 +76,8 @@ echo "== [$(elapsed) s] export"
 for n in $RUNS; do
   [ -f "runs/$n.log" ] || continue
   tail -4 "runs/$n.log"
-  [ -f "runs/$n/best.pt" ] && python3 -c "from risloc.cli.main import app; app()" \
+  # a finished run wrote model.pt with its order head; export only a stopped one's best.pt
+  [ -f "runs/$n/best.pt" ] && [ ! -f "runs/$n/model.pt" ] && python3 -c "from risloc.cli.main import app; app()" \
     export-model "runs/$n/best.pt" --out "runs/$n/model.pt"
   tar czf "$OUT/$n.tgz" "runs/$n.log" $(cd . && ls runs/$n/{model.pt,model.json,epochs.csv,metrics.json} 2>/dev/null)
 done

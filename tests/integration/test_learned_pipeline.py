@@ -199,15 +199,18 @@ def test_export_model_cli(tmp_path, checkpoint):
     state = load_checkpoint(checkpoint)
     del state["ema"]
     save_checkpoint(tmp_path / "no_ema.pt", state)
+    res = runner.invoke(app, ["export-model", str(checkpoint), "--out", str(tmp_path / "m.pt")])
+    assert res.exit_code == 2 and "exists: pass --overwrite" in res.output  # not silently
+    assert {p: (tmp_path / p).read_bytes() for p in good} == good
     res = runner.invoke(app, ["export-model", str(tmp_path / "no_ema.pt"), "--out",
-                              str(tmp_path / "m.pt")])
+                              str(tmp_path / "m.pt"), "--overwrite"])
     assert res.exit_code == 2 and "holds no 'ema' weights" in res.output
     assert {p: (tmp_path / p).read_bytes() for p in good} == good
     assert not list(tmp_path.glob(".m.pt*"))  # no temporary left
     # the card of a model exported to "m.pt" from "m.pth" would be the input's card
     (tmp_path / "m.pth").write_bytes(checkpoint.read_bytes())
     res = runner.invoke(app, ["export-model", str(tmp_path / "m.pth"), "--out",
-                              str(tmp_path / "m.pt")])
+                              str(tmp_path / "m.pt"), "--overwrite"])
     assert res.exit_code == 2 and "the card of the input" in res.output
 
 
@@ -267,7 +270,12 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
                              ("--workers", "0", "1")):
         res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), opt, value])
         assert res.exit_code == 2 and opt in res.output and says in res.output, res.output
-    res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--margin", "-1"])
+    before = out.read_bytes()  # another model at --out is replaced only with --overwrite
+    res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out)])
+    assert res.exit_code == 2 and "exists: pass --overwrite" in res.output
+    assert out.read_bytes() == before and "order features" not in res.output
+    res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--margin", "-1",
+                              "--overwrite"])
     assert res.exit_code == 2 and "repair_margin must be >= 0" in res.output
     # outputs that would lose the model or another model's card are refused before the fit
     (tmp_path / "folder.pt").mkdir()
@@ -279,12 +287,14 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
     # a model without a card fitted onto a name with an older card: that card goes
     (tmp_path / "bare.pt").write_bytes(slim.read_bytes())
     res = runner.invoke(app, ["fit-order", str(tmp_path / "bare.pt"), "--out", str(out),
-                              "--scenes", "64", "--report-scenes", "1", "--workers", "1"])
+                              "--scenes", "64", "--report-scenes", "1", "--workers", "1",
+                              "--overwrite"])
     assert res.exit_code == 0, res.output
     assert not out.with_suffix(".json").exists()
     for bad, says in (("colour=3", "colour"), ("power_spread_db", "FIELD=VALUE"),
                       ("range_m=[0.1, 20]", "leaves the base scene's field of view")):
-        res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scene", bad])
+        res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scene", bad,
+                                  "--overwrite"])
         assert res.exit_code == 2 and says in res.output, (bad, res.output)
     # a head fitted on the old features (source powers in the units of H) is not used
     from risloc.inference.checkpoint import save_checkpoint

@@ -236,6 +236,41 @@ def test_train_refuses_a_run_folder_unless_resumed_or_overwritten(tmp_path):
     assert res.exit_code == 2 and "is not valid YAML" in res.output, res.output
 
 
+def test_train_without_a_recipe_uses_the_shipped_one_or_on_resume_the_runs_own(
+        tmp_path, monkeypatch):
+    app = typer.Typer()
+    app.command()(train_command)
+    runner = CliRunner()
+    out = tmp_path / "run"
+    fast = ["--set", "schedule.steps_per_epoch=1", "--set", "order.scenes=0", "--no-progress"]
+
+    def stop(epoch, metrics):
+        raise _Stop
+
+    with pytest.raises(_Stop):  # killed after its first epoch of two
+        train(load_train_config(TINY, [f"out_dir={out}", "schedule.steps_per_epoch=1",
+                                       "schedule.epochs=2", "progress=false"]), callback=stop)
+    # no --config on --resume: the recipe stored in last.pt (the default one differs)
+    res = runner.invoke(app, ["--resume", "--out", str(out), *fast])
+    assert res.exit_code == 0, res.output
+    assert f"recipe: the one stored in {out / 'last.pt'}" in " ".join(res.output.split())
+    assert len(list(csv.DictReader(open(out / "epochs.csv")))) == 2
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
+    res = runner.invoke(app, ["--resume", "--out", str(tmp_path / "none"), *fast])
+    assert res.exit_code == 2 and "--resume: no checkpoint" in res.output
+    # no --config, no --resume: the shipped train_default (said), not the built-in defaults
+    import risloc.cli.train as cli_train
+
+    seen = []
+    monkeypatch.setattr(cli_train, "train", lambda cfg, **kw: seen.append(cfg) or {})
+    res = runner.invoke(app, ["--out", str(tmp_path / "new"), "--set", "order.scenes=0",
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "recipe: train_default (shipped" in res.output
+    assert seen == [load_train_config("train_default", [
+        "order.scenes=0", f"out_dir={tmp_path / 'new'}", "progress=false"])]
+
+
 def test_a_resumed_run_that_stopped_early_stays_stopped(tmp_path):
     over = [f"out_dir={tmp_path}", "schedule.steps_per_epoch=1", "schedule.epochs=6",
             "schedule.patience=2", "schedule.min_improvement=1e3", "schedule.swa_frac=0",
@@ -344,9 +379,25 @@ def test_an_interrupted_training_says_how_to_continue(tmp_path, monkeypatch):
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
+    def says(*extra):
+        res = CliRunner().invoke(app, ["train", "-c", str(TINY), "--out", str(run),
+                                       "--no-progress", *extra])
+        assert res.exit_code == 130
+        return " ".join(res.output.split())
+
+    run = tmp_path / "r"
     monkeypatch.setattr(cli_train, "train", ctrl_c)
-    res = CliRunner().invoke(app, ["train", "-c", str(TINY), "--out", str(tmp_path / "r"),
-                                   "--no-progress"])
-    assert res.exit_code == 130
-    assert "interrupted: the same command with --resume continues" in \
-        " ".join(res.output.split())
+    # before the first epoch: no checkpoint, so --resume would be refused; it says so
+    assert "interrupted before this run's first epoch finished: nothing of it to resume; " \
+           "the same command starts afresh" in says()
+
+    def ctrl_c_after_an_epoch(cfg, **kwargs):
+        run.mkdir()
+        (run / "last.pt").write_bytes(b"this run's checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_train, "train", ctrl_c_after_an_epoch)
+    assert "interrupted: the same command with --resume continues" in says()
+    monkeypatch.setattr(cli_train, "train", ctrl_c)  # --overwrite: the last.pt is the old run's
+    assert "nothing of it to resume; the same command with --overwrite starts afresh" \
+        in says("--overwrite")

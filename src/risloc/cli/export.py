@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from risloc.cli.common import console, handle_errors
+from risloc.cli.common import console, handle_errors, refuse_existing
 
 
 @handle_errors
@@ -22,6 +22,8 @@ def export_command(
         "and loaded under a temporary name first: a checkpoint that does not make a "
         "working model replaces nothing. The shipped model is "
         "src/risloc/models/default.pt."))] = Path("model.pt"),
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace --out when it exists (refused otherwise).")] = False,
 ) -> None:
     """Write an inference-only model (config + EMA/SWA weights) and its model card."""
     from risloc.inference.checkpoint import export_model, model_card_path
@@ -29,6 +31,7 @@ def export_command(
 
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    refuse_existing(out_path, overwrite, inputs=(checkpoint,))  # itself: named below
     # the written model must load as a pipeline before it replaces anything at --out
     dst = export_model(checkpoint, out_path, verify=load_learned_pipeline)
     card = json.loads(model_card_path(dst).read_text())

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from risloc.cli.common import console, handle_errors, out, progress
+from risloc.cli.common import console, handle_errors, out, progress, refuse_existing
 from risloc.pipeline.order import MIN_ORDER_SCENES
 
 
@@ -35,6 +35,9 @@ def fit_order_command(
         "Repairs' margin of the fit stage the head reads (MLFitConfig.repair_margin, in "
         "units of L sigma^2), stored with the head: the pipeline runs its fit stage with it "
         "where the head decides K."))] = 0.0,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace --out when it exists and is not the input itself "
+                            "(refused otherwise).")] = False,
 ) -> None:
     """Fit the order head: a small classifier that decides K from the nested ML fits of the
     pipeline's fit stage and the network's K head (risloc.pipeline.order); it never reads
@@ -47,6 +50,7 @@ def fit_order_command(
 
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    refuse_existing(out_path, overwrite, inputs=(checkpoint,))
     check_model_target(out_path, checkpoint, in_place=True)
     fields = scene_fields(scene or [])
     with progress() as bar:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -12,14 +13,16 @@ from rich.table import Table
 
 from risloc.cli.common import console, handle_errors, progress
 from risloc.cli.common import out as stdout
-from risloc.config import read_config_file
+from risloc.config import read_config_file, shipped_recipes
 from risloc.io.atomic import write_text_atomic
-from risloc.training.config import load_train_config
+from risloc.training.config import TrainConfig, load_train_config
 from risloc.training.loop import train
 
+DEFAULT_RECIPE = "train_default"  # the shipped recipe of `risloc train` without --config
 # the exported network before its order head is fitted: model.pt appears only with its head
 HEADLESS = "model-without-order-head.pt"
 RUN_FILES = ("best.pt", "last.pt", "final.pt", "epochs.csv", "steps.csv", "metrics.json",
+             "curves.png",
              "model.pt", "model.json", HEADLESS, Path(HEADLESS).with_suffix(".json").name)
 _HEADLINE = ("best_objective", "best_epoch", "epochs_run", "seconds_per_epoch",
              "val_angle_median_deg", "val_range_median_m", "val_K_accuracy", "val_f1",
@@ -40,6 +43,26 @@ def read_overrides(path: Path | None) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in data.items()]
 
 
+def _recipe(config: Path | None, overrides: list[str], resume: bool,
+            out: Path | None) -> TrainConfig:
+    """The run's recipe: --config's; without it, on --resume the one stored in the run's
+    last.pt, else the shipped train_default (each with the overrides applied)."""
+    if config is not None:
+        return load_train_config(config, overrides)
+    if not resume:
+        console.print(f"recipe: {DEFAULT_RECIPE} (shipped; --config names another)")
+        return load_train_config(DEFAULT_RECIPE, overrides)
+    last = (out or Path(load_train_config(DEFAULT_RECIPE).out_dir)) / "last.pt"
+    if not last.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint {last}"
+                                f"{'' if out else ' (--out names the run folder)'}")
+    from risloc.inference.checkpoint import load_checkpoint
+
+    console.print(f"recipe: the one stored in {last}")
+    return TrainConfig.from_json(load_checkpoint(last)["config"],
+                                 [*overrides, f"out_dir={last.parent}"])
+
+
 def _summary_table(metrics: dict[str, float], out_dir: Path) -> Table:
     table = Table(title=f"training finished: {out_dir}")
     table.add_column("metric")
@@ -54,8 +77,9 @@ def _summary_table(metrics: dict[str, float], out_dir: Path) -> Table:
 @handle_errors
 def train_command(
     config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="Training recipe (YAML/TOML), e.g. configs/train_default.yaml.",
-        dir_okay=False)] = None,
+        "--config", "-c", help="Training recipe: a YAML/TOML file or a shipped recipe's "
+        f"name ({', '.join(shipped_recipes())}). Default: train_default, or with --resume "
+        "the recipe stored in the run's last.pt.", dir_okay=False, show_default=False)] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue exactly from <out>/last.pt.")] = False,
     set_: Annotated[list[str] | None, typer.Option(
@@ -96,7 +120,7 @@ def train_command(
         overrides.append(f"threads={threads}")
     if progress is not None:
         overrides.append(f"progress={str(progress).lower()}")
-    cfg = load_train_config(config, overrides)
+    cfg = _recipe(config, overrides, resume, out)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     run = Path(cfg.out_dir)
@@ -117,12 +141,21 @@ def train_command(
     console.print(f"training -> {cfg.out_dir} ({cfg.schedule.epochs} epochs x "
                   f"{cfg.schedule.steps_per_epoch} steps, batch {cfg.optim.batch_size})")
     # the old run goes only once this one is set up and checked (train's on_start)
+    started = time.time()
     try:
         metrics = train(cfg, resume=resume,
                         on_start=clear_old_run if overwrite and first_rank else None)
     except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted: the same command with --resume continues "
-                      f"from {cfg.out_dir}/last.pt (the last finished epoch)[/]")
+        last = run / "last.pt"
+        if last.exists() and (resume or last.stat().st_mtime >= started):
+            console.print(f"[yellow]interrupted: the same command with --resume continues "
+                          f"from {last} (the last finished epoch)[/]")
+        else:  # no epoch of this run finished: a last.pt there is an older run's
+            again = "with --overwrite " if any(p.name in RUN_FILES for p in run.glob("*")) \
+                else ""
+            console.print(f"[yellow]interrupted before this run's first epoch finished: "
+                          f"nothing of it to resume; the same command {again}starts "
+                          f"afresh[/]")
         raise typer.Exit(code=130) from None
     if int(os.environ.get("RANK", "0")) != 0:  # data-parallel: rank 0 writes and reports
         return

@@ -62,17 +62,20 @@ class CsvLog:
 @dataclass
 class EpochStats:
     """Running means of the loss terms (over all micro-batches of an epoch, not the last
-    one), gradient norms, non-finite gradient counts and skipped steps."""
+    one; a NaN / inf term is left out of its mean and the non-finite totals are counted),
+    gradient norms, non-finite gradient counts and skipped steps."""
 
     sums: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     norms: list[float] = field(default_factory=list)
     nonfinite: int = 0
     skipped: int = 0
+    bad_losses: int = 0  # micro-batches whose total loss was NaN / inf (left out of the means)
     lr: float = math.nan
     beta: float = math.nan
 
     def add_terms(self, terms: dict[str, float]) -> None:
+        self.bad_losses += int(not math.isfinite(terms.get("total", 0.0)))
         for k, v in terms.items():
             if math.isfinite(v):
                 self.sums[k] = self.sums.get(k, 0.0) + v
@@ -94,7 +97,8 @@ class EpochStats:
         out.update(lr=self.lr, beta=self.beta, grad_norm_mean=(sum(finite) / len(finite)
                                                                if finite else math.nan),
                    grad_norm_max=max(finite) if finite else math.nan,
-                   nonfinite_grads=self.nonfinite, skipped_steps=self.skipped)
+                   nonfinite_grads=self.nonfinite, skipped_steps=self.skipped,
+                   nonfinite_losses=self.bad_losses)
         return out
 
 

@@ -20,8 +20,10 @@ import contextlib
 import functools
 import logging
 import math
+import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,6 +47,17 @@ from risloc.training.config import (
 from risloc.training.data import TrainData, prefetched, validation_set
 from risloc.training.evaluate import EvalResult, evaluate, true_target
 from risloc.training.logs import CsvLog, EpochStats, epoch_progress
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs go unlocked
+    fcntl = None
+
+LOCK_FILE = ".lock"  # held by the run writing to a folder (run_folder_lock)
+
+
+class RunFolderInUse(OSError):
+    """Another training run is writing to the output folder."""
 
 log = logging.getLogger(__name__)
 
@@ -400,11 +413,43 @@ def train(cfg: TrainConfig, resume: bool = False,
     """
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tr = Trainer(cfg)
-    try:
-        return _run(tr, out, resume, callback, on_start)
-    finally:  # leave the process group before exit (gloo's threads then exit cleanly)
-        distributed.teardown(tr.dist)
+    first = int(os.environ.get("RANK", "0")) == 0  # data-parallel: rank 0 holds the folder
+    with run_folder_lock(out) if first else contextlib.nullcontext():
+        tr = Trainer(cfg)
+        try:
+            return _run(tr, out, resume, callback, on_start)
+        finally:  # leave the process group before exit (gloo's threads then exit cleanly)
+            distributed.teardown(tr.dist)
+
+
+@contextlib.contextmanager
+def run_folder_lock(out: Path) -> Iterator[None]:
+    """Hold <out>/.lock while a run writes there: a second run into the same folder (two
+    ``--resume`` at once would interleave their logs and checkpoints) stops with an error
+    naming the first's process. The operating system releases the lock when the process
+    ends, however it ends; where fcntl is missing (Windows) there is no lock."""
+    if fcntl is None:
+        yield
+        return
+    path = out / LOCK_FILE
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise RunFolderInUse(f"{out} is in use by another training run ({holder}): wait "
+                               "for it to finish or stop it, or choose another --out"
+                               ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()  # the lock itself goes with the file's closing
 
 
 def _run(tr: Trainer, out: Path, resume: bool, callback: EpochCallback | None,
@@ -470,6 +515,9 @@ def _log_epoch(row: dict, improved: bool) -> None:
              row["train_total"], row["val_angle_median_deg"], row["val_K_accuracy"],
              row["val_f1"], row["val_nmse"], row["val_overlap"], row["val_objective"],
              "  *best*" if improved else "")
+    if row.get("nonfinite_losses"):
+        log.warning("epoch %d: %d micro-batches had a non-finite loss; the epoch's train "
+                    "losses leave them out", row["epoch"], row["nonfinite_losses"])
 
 
 def _finish(tr: Trainer, val_scenes: SceneBatch, out: Path, stopped: bool) -> dict[str, float]:

@@ -219,3 +219,53 @@ def test_a_step_the_amp_scaler_skips_is_not_counted_as_taken(tmp_path):
     # the schedule never stepped before the optimizer (PyTorch's order warning under AMP)
     assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
     assert not all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+
+
+def test_epoch_stats_count_the_non_finite_losses_they_leave_out():
+    from risloc.training.logs import EpochStats
+
+    stats = EpochStats()
+    for total in (1.0, math.nan, 3.0, math.inf):
+        stats.add_terms({"total": total, "cov": 0.5})
+    row = stats.summary()
+    assert row["train_total"] == 2.0 and row["train_cov"] == 0.5
+    assert row["nonfinite_losses"] == 2
+
+
+def test_a_run_folder_is_held_by_one_run_at_a_time(tmp_path):
+    """Two runs into one folder (two --resume at once) would interleave their logs and
+    checkpoints; the second stops, naming the first. A killed holder frees the folder."""
+    import subprocess
+    import sys
+    import time
+
+    from risloc.training.loop import RunFolderInUse, run_folder_lock, train
+
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml",
+                            [f"out_dir={tmp_path}", "progress=false"])
+    with run_folder_lock(tmp_path):
+        with pytest.raises(RunFolderInUse, match=rf"{tmp_path} is in use by another training "
+                                                 rf"run \(pid \d+ on "):
+            train(cfg)
+    assert not (tmp_path / "epochs.csv").exists()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from "
+         "risloc.training.loop import run_folder_lock as lock\n"
+         f"with lock(Path({str(tmp_path)!r})):\n print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunFolderInUse, match=f"pid {holder.pid} "), \
+                run_folder_lock(tmp_path):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    for _ in range(50):  # the operating system releases the lock of a killed process
+        try:
+            with run_folder_lock(tmp_path):
+                break
+        except RunFolderInUse:
+            time.sleep(0.1)
+    else:
+        pytest.fail("the killed holder's lock was not released")
