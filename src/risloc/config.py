@@ -157,20 +157,12 @@ class SystemConfig(ConfigSection):
         """Wavenumber 2 pi / lambda [rad/m]."""
         return 2.0 * math.pi / self.wavelength
 
-    @model_validator(mode="before")
-    @classmethod
-    def _half_wavelength(cls, data: Any) -> Any:
-        """docs/conventions.md: d = lambda/2 unless given, for any wavelength given."""
-        if not isinstance(data, dict) or "spacing" in data:
-            return data
-        lam = data.get("wavelength")
-        if isinstance(lam, int | float) and not isinstance(lam, bool) and \
-                math.isfinite(lam) and lam > 0:  # (a bad wavelength: its own error)
-            data = {**data, "spacing": lam / 2}
-        return data
-
     @model_validator(mode="after")
     def _check(self) -> SystemConfig:
+        # docs/conventions.md: d = lambda/2 unless given, for a wavelength given in any form
+        # pydantic takes (a NumPy float read from a file, a string): read after validation
+        if "spacing" not in self.model_fields_set:
+            object.__setattr__(self, "spacing", self.wavelength / 2)
         if self.K_max >= self.M:
             raise ValueError(
                 f"K_max={self.K_max} must be smaller than M={self.M}: "
@@ -320,6 +312,15 @@ def validate_system(data: Any) -> SystemConfig:
                                                      "invalid system")) from None
 
 
+def validate_scene(data: Any) -> SceneConfig:
+    """A SceneConfig from a dict of its fields; ConfigError naming each invalid field."""
+    try:
+        return SceneConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err).replace("invalid configuration",
+                                                     "invalid scene")) from None
+
+
 def system_from_json(text: str | None) -> SystemConfig:
     """Parse a scene file's ``system`` JSON (None -> the default system)."""
     if text is None:
@@ -349,6 +350,9 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
     """Turn ``["scene.K=3", "system.L=32"]`` into a nested dict."""
     out: dict[str, Any] = {}
+    if isinstance(overrides, str):  # iterated, it would be read character by character
+        raise ConfigError(f"overrides must be a list of section.field=value strings, got "
+                          f"the string {overrides!r} (write [{overrides!r}])")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.field=value")
@@ -434,6 +438,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if unknown:
         raise ConfigError(f"config file {path}: unknown top-level key(s) "
                           f"{', '.join(map(repr, unknown))} (a config holds 'system' and "
-                          "'scene' sections)")
+                          "'scene' sections; a training recipe's are read by "
+                          "risloc.training.load_train_config, or here with "
+                          "ignored=TrainConfig.model_fields)")
     data = {k: v for k, v in data.items() if k in ("system", "scene")}
     return validate_config(merge_nested(data, parse_overrides(overrides)))

@@ -73,6 +73,11 @@ def check_shapes(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
         if not t.is_complex():
             raise InputTypeError(f"{name} must be complex, got {t.dtype}")
     (B, L, M), N = y.shape, H.shape[-1]
+    L_codes, M_H = codes.shape[1], H.shape[1]
+    if (L, M) != (L_codes, M_H) and (M, L) == (L_codes, M_H):  # L == M: cannot be seen
+        raise InputError(f"y {tuple(y.shape)} looks transposed: codes have L={L_codes} "
+                         f"snapshots and H M={M_H} antennas, so y must be [B, L, M] "
+                         f"(snapshots first), e.g. y.transpose(-1, -2)")
     if system is not None:
         for name, got, want in (("L", L, system.L), ("M", M, system.M), ("N", N, system.N)):
             if got != want:

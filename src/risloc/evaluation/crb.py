@@ -279,7 +279,13 @@ def crb_stochastic(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: torc
     eye = torch.eye(R.shape[-1], dtype=R.dtype, device=R.device)
     R = R + inp.noise_var.view(-1, 1, 1, 1) * eye
     dR, valid = _covariance_derivatives(Bm, Dm, p, inp.mask, source_covariance)
-    W = torch.cholesky_inverse(torch.linalg.cholesky(R))  # (B, L, M, M)   R_l^-1
+    chol_R, info = torch.linalg.cholesky_ex(R)
+    if (info != 0).any():
+        raise ValueError(f"the measurement covariance is singular in float64 in scenes "
+                         f"{_bad_scenes((info != 0).any(-1))}: the noise is too weak against "
+                         "the sources (an SNR above ~100 dB) for the stochastic bound to be "
+                         "computed")
+    W = torch.cholesky_inverse(chol_R)  # (B, L, M, M)   R_l^-1
     WdR = W.unsqueeze(2) @ dR  # (B, L, P, M, M)
     J = torch.einsum("blpij,blqji->bpq", WdR, WdR).real  # (B, P, P)
     n_eta = 3 * inp.mask.shape[-1]
@@ -383,9 +389,21 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
     if kind not in ("stochastic", "deterministic"):
         raise ValueError(f"kind must be 'stochastic' or 'deterministic', got {kind!r}")
     system = as_system(system)
-    H, codes = _array("H", H, torch.complex128), _array("codes", codes, torch.complex128)
-    if H.ndim == 2:
-        H, codes = H.unsqueeze(0), codes.unsqueeze(0)
+    H, codes = as_tensor("H", H), as_tensor("codes", codes)
+    if not torch.is_complex(H):
+        raise ValueError(f"H must be complex (the channel's amplitude and phase), got "
+                         f"{H.dtype}")
+    H, codes = H.to(torch.complex128), codes.to(torch.complex128)
+    H, codes = (t.unsqueeze(0) if t.ndim == 2 else t for t in (H, codes))  # one scene's
+    for name, t, rows, what in (("H", H, system.M, "M"), ("codes", codes, system.L, "L")):
+        if t.ndim != 3 or t.shape[0] != H.shape[0] or t.shape[1:] != (rows, system.N):
+            raise ValueError(f"{name} must be [{what}={rows}, N={system.N}] or [B, {what}, N] "
+                             f"for the system given (B = {H.shape[0]} scenes of H), got "
+                             f"{tuple(t.shape)}")
+    if not bool(torch.isclose(codes.abs(), torch.ones((), dtype=torch.float64),
+                              atol=1e-3).all()):
+        raise ValueError("codes must lie on the unit circle (|c| = 1, phase-only RIS "
+                         "elements; docs/conventions.md)")
     B = H.shape[0]
     pos = [_array(n, v, torch.float64) for n, v in (("azimuth_deg", azimuth_deg),
                                                     ("elevation_deg", elevation_deg),
@@ -405,9 +423,26 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
         empty = torch.empty(B, 0, dtype=torch.float64)
         return {"azimuth_deg": empty, "elevation_deg": empty.clone(), "range_m": empty.clone()}
     az, el, r = torch.deg2rad(pos[0]), torch.deg2rad(pos[1]), pos[2]
-    mask = torch.isfinite(az) & torch.isfinite(el) & torch.isfinite(r)
-    p = torch.as_tensor(powers, dtype=torch.float64).expand_as(az)
+    finite = torch.stack([torch.isfinite(t) for t in (az, el, r)])
+    mask = finite.all(0)  # a padded slot is NaN in all three coordinates
+    partial = finite.any(0) & ~mask
+    if partial.any():
+        b, k = torch.nonzero(partial)[0].tolist()
+        raise ValueError(f"scene {b}, source {k}: azimuth, elevation and range are NaN only "
+                         "in part; a source needs all three finite (a padded slot: all NaN)")
+    p = _array("powers", powers, torch.float64)
+    try:
+        p = p.expand_as(az)
+    except RuntimeError:
+        raise ValueError(f"powers must be one number, [K] or [B, K] for the {tuple(az.shape)} "
+                         f"sources, got shape {tuple(p.shape)}") from None
+    if not bool((torch.isfinite(p) & (p > 0))[mask].all()):
+        raise ValueError("powers must be finite and positive for every source")
     sym = None if kind == "stochastic" or symbols is None else _symbols(symbols)
+    if sym is not None and (sym.ndim != 3 or sym.shape[0] not in (1, B)
+                            or sym.shape[1:] != (system.L, az.shape[1])):
+        raise ValueError(f"symbols must be [L={system.L}, K={az.shape[1]}] or [B, L, K], got "
+                         f"{tuple(sym.shape)}")
     if noise_var is None:
         snr = _array("snr_db", snr_db, torch.float64).reshape(-1)
         if not bool(torch.isfinite(snr).all()):

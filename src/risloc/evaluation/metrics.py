@@ -125,6 +125,8 @@ def concat_matchings(parts: list[Matching]) -> Matching:
 def _slot_mask(K: torch.Tensor, slots: int, what: str) -> torch.Tensor:
     if K.dim() != 1 or ((K < 0) | (K > slots)).any():
         raise ValueError(f"{what} K must be [B] with 0 <= K <= {slots} slots")
+    if K.is_floating_point() and not bool((K == K.round()).all()):  # 2.5 sources
+        raise ValueError(f"{what} K must be whole numbers of sources, got {K.tolist()[:10]}")
     return torch.arange(slots, device=K.device) < K.unsqueeze(-1)
 
 
@@ -179,8 +181,11 @@ def match_sources(est: Estimates, truth_azimuth: torch.Tensor, truth_elevation: 
     truth_K = as_tensor("truth_K", truth_K)
     if t_el.shape != t_az.shape or t_r.shape != t_az.shape or t_az.dim() != 2:
         raise ValueError("truth azimuth, elevation and range must all be [B, K_max]")
-    if len(est) != t_az.shape[0] or truth_K.shape != (t_az.shape[0],):
+    if len(est) != t_az.shape[0]:
         raise ValueError(f"{len(est)} estimated scenes for {t_az.shape[0]} true scenes")
+    if truth_K.shape != (t_az.shape[0],):
+        raise ValueError(f"truth_K must be [B] with the B = {t_az.shape[0]} true scenes, got "
+                         f"shape {tuple(truth_K.shape)}")
     truth_mask = _slot_mask(truth_K, t_az.shape[-1], "truth")
     est_mask = _slot_mask(est.K, est.azimuth.shape[-1], "estimated")
     _check_finite(truth_mask, "true", t_az, t_el, t_r)

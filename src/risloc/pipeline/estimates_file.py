@@ -29,7 +29,10 @@ def estimate_rows(est: Estimates, offset: int = 0) -> list[tuple]:
 
 
 def write_estimates(path: str | Path, rows: list[tuple]) -> Path:
-    """Write the CSV atomically (temporary name, then rename)."""
+    """Write the CSV atomically (temporary name, then rename). ValueError, before anything
+    is written, for a name not ending in .csv or a file there that is not an estimates
+    CSV (:func:`check_estimates_target`)."""
+    check_estimates_target(path, what="the estimates file")
     return write_csv_atomic(path, COLUMNS, rows)
 
 
@@ -89,23 +92,23 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int,
     return Estimates(K=K, **vals)
 
 
-def check_estimates_target(path: str | Path) -> None:
-    """Refuse an estimates destination that is not a .csv name, or that holds a file other
-    than an estimates CSV (a scene file given as --out by a slip would be lost); an earlier
-    estimates CSV may be replaced."""
+def check_estimates_target(path: str | Path, what: str = "--out") -> None:
+    """Refuse an estimates destination (``what`` names it in the message) that is not a
+    .csv name, or that holds a file other than an estimates CSV (a scene file given as
+    --out by a slip would be lost); an earlier estimates CSV may be replaced."""
     path = Path(path)
     if path.suffix.lower() != ".csv":
-        raise ValueError(f"--out {path}: the estimates are a CSV file; give a name ending in "
-                         ".csv")
+        raise ValueError(f"{what} {path}: the estimates are a CSV file; give a name ending "
+                         "in .csv")
     if path.is_dir():
-        raise ValueError(f"--out {path} is a folder; give the estimates file's name")
+        raise ValueError(f"{what} {path} is a folder; give the estimates file's name")
     if path.exists():
         with path.open("rb") as f:
             head = f.readline(200)
         if not head.startswith(",".join(COLUMNS[:5]).encode()):
-            raise ValueError(f"--out {path} exists and is not an estimates CSV (it does not "
+            raise ValueError(f"{what} {path} exists and is not an estimates CSV (it does not "
                              f"begin with the header {','.join(COLUMNS[:5])}): it is left "
-                             "as it is; give another --out, or delete it first")
+                             f"as it is; give another name, or delete it first")
 
 
 SETTING_NAMES = {  # the settings of a run, as a refused resume names them

@@ -262,7 +262,7 @@ class Localizer:
             log.warning("scene %d skipped: %s", i, reason)
         ok = check.ok.cpu()
         if not bool(ok.any()):
-            nan = [torch.full((B, self.system.K_max), math.nan) for _ in range(4)]
+            nan = [torch.full((B, k_max), math.nan) for _ in range(4)]
             return LocalizationResult(Estimates(torch.zeros(B, dtype=torch.int64), *nan),
                                       check.reasons)
         dev = y.device
@@ -282,7 +282,8 @@ class Localizer:
 
         parts = run_in_chunks(run, B if keep is None else keep.numel(), self.workers, dev,
                               self.chunk)
-        est = _scatter(concat_estimates([p.to("cpu") for p in parts]), ok, self.system.K_max)
+        # the slots of the scenes' system: K_max of them (a smaller K_max caps K)
+        est = _scatter(concat_estimates([p.to("cpu") for p in parts]), ok, k_max)
         return LocalizationResult(est, check.reasons)
 
     def _run(self, y, H, codes, snr, K, k_max: int) -> Estimates:

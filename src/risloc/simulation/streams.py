@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from risloc.config import Mixture, SceneConfig, SystemConfig
+from risloc.config import Mixture, SceneConfig, SystemConfig, validate_scene, validate_system
 from risloc.simulation.scenes import (
     SceneBatch,
     SceneDraws,
@@ -97,7 +97,14 @@ def simulate_range(start: int, stop: int, system: SystemConfig, scene: SceneConf
                    snr_db: float | None = None, K: int | None = None,
                    device: torch.device | str | None = None) -> SceneBatch:
     """Scenes ``start .. stop-1`` of a split (any range; blocks are cut as needed) of one
-    scene config or a mixture (:func:`simulate_mixture`)."""
+    scene config or a mixture (:func:`simulate_mixture`). ``system`` and ``scene`` may be
+    dicts of their fields (``scene`` None: the default scene); ``snr_db`` and ``K``, one
+    number fixing it in every scene."""
+    system, scene = _as_configs(system, scene)
+    for name, value in (("snr_db", snr_db), ("K", K)):
+        if value is not None and np.ndim(value) != 0:
+            raise TypeError(f"{name} must be one number, fixed in every scene (or None: "
+                            f"drawn from the scene's range), got {type(value).__name__}")
     if not 0 <= start <= stop:
         raise ValueError(f"bad scene range {start}..{stop}")
     if start == stop:
@@ -109,6 +116,21 @@ def simulate_range(start: int, stop: int, system: SystemConfig, scene: SceneConf
         lo, hi = max(start - b * BLOCK, 0), min(stop - b * BLOCK, BLOCK)
         parts.append(blk[lo:hi])
     return concat_batches(parts)
+
+
+def _as_configs(system, scene) -> tuple[SystemConfig, SceneConfig | Mixture]:
+    """The system and scene of :func:`simulate_range` from themselves or dicts."""
+    if isinstance(system, dict):
+        system = validate_system(system)
+    if not isinstance(system, SystemConfig):
+        raise TypeError(f"system must be a SystemConfig or a dict of its fields, got "
+                        f"{type(system).__name__}")
+    if scene is None or isinstance(scene, dict):
+        scene = validate_scene(scene or {})
+    if not isinstance(scene, SceneConfig | tuple):  # a Mixture: ((share, scene), ...)
+        raise TypeError(f"scene must be a SceneConfig, a dict of its fields or a Mixture, got "
+                        f"{type(scene).__name__}")
+    return system, scene
 
 
 def concat_batches(parts: list[SceneBatch]) -> SceneBatch:

@@ -67,6 +67,10 @@ def test_unreadable_files_and_values_are_named(tmp_path):
         load_config(overrides=["scene.K=true"])  # pydantic alone would read it as K = 1
     with pytest.raises(ConfigError, match="system.wavelength: Input should be a finite number"):
         load_config(overrides=["system.wavelength=.inf"])
+    with pytest.raises(ConfigError, match=r"overrides must be a list .*\(write \['system.M=8'\]"):
+        load_config(overrides="system.M=8")
+    with pytest.raises(ConfigError, match="unknown top-level key.*load_train_config"):
+        load_config("train_default")
 
 
 def test_spacing_defaults_to_half_the_wavelength_given():
@@ -77,6 +81,11 @@ def test_spacing_defaults_to_half_the_wavelength_given():
     assert SystemConfig(wavelength=0.1, spacing=0.2).spacing == 0.2
     assert load_config(overrides=["system.wavelength=0.02"]).system.spacing == 0.01
     assert SystemConfig.model_validate_json('{"wavelength": 0.5}').spacing == 0.25
+    # a wavelength in any form pydantic takes (it kept 0.15 m for all of these: wrong CRBs)
+    import numpy as np
+
+    for lam in (np.float32(0.6), np.float64(0.6), "0.6", np.int64(1)):
+        assert SystemConfig(wavelength=lam).spacing == pytest.approx(float(lam) / 2), lam
 
 
 def test_json_round_trip():

@@ -89,6 +89,12 @@ def test_check_shapes_names_the_array(system, scenes):
         check_shapes(b.y[..., :8], b.H[:, :8], b.codes, system)
     with pytest.raises(TypeError, match="tensor"):
         check_shapes(b.y.numpy(), b.H, b.codes, system)
+    # y [B, M, L] where L != M: named as transposed (it read as a system of another L)
+    y, c = b.y[:, :8], b.codes[:, :8]
+    with pytest.raises(ValueError, match=r"y \(\d+, 16, 8\) looks transposed: codes have "
+                                         r"L=8 snapshots and H M=16 antennas"):
+        check_shapes(y.transpose(1, 2), b.H, c, system.model_copy(update={"L": 8}))
+    check_shapes(y, b.H, c)
 
 
 def test_scene_problems_reports_each_bad_scene_once_with_its_reason(system, scenes):

@@ -438,6 +438,45 @@ def test_user_crb_of_scenes_without_sources_and_per_scene_noise(system):
         crb(sc.H, sc.codes, az[:2], el[:2], r[:2], system, snr_db=15.0)
 
 
+def test_user_crb_names_bad_inputs_instead_of_a_wrong_bound_or_a_traceback(system):
+    """Found by an API review: a NaN in one coordinate dropped the source (the others'
+    bounds changed), bad powers were blamed on noise_var or gave torch's broadcast errors,
+    powers requiring grad leaked into the result, codes off the unit circle, real H and
+    arrays of another system's L or M were taken, and a 150 dB SNR gave a LinAlgError."""
+    from risloc.evaluation import crb
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 2, system, SceneConfig(), split="test", K=2, snr_db=10.0)
+    H, c = sc.H[0], sc.codes[0]
+    az, el, r = [10.0, -20.0], [0.0, 5.0], [3.0, 5.0]
+    nan = float("nan")
+    for kw, says in (
+            ({"elevation_deg": [0.0, nan]}, "scene 0, source 1: azimuth, elevation and "
+                                            "range are NaN only in part"),
+            ({"powers": -1.0}, "powers must be finite and positive"),
+            ({"powers": [1.0, nan]}, "powers must be finite and positive"),
+            ({"powers": [1.0, 1.0, 1.0]}, r"powers must be one number, \[K\] or \[B, K\]"),
+            ({"codes": 2 * c}, "codes must lie on the unit circle"),
+            ({"codes": 0 * c}, "codes must lie on the unit circle"),
+            ({"H": H.real}, "H must be complex"),
+            ({"H": H[:8]}, r"H must be \[M=16, N=144\] or \[B, M, N\] .* got \(1, 8, 144\)"),
+            ({"codes": sc.codes}, r"codes must be .* \(B = 1 scenes of H\), got \(2, 16, 144\)"),
+            ({"kind": "deterministic", "symbols": torch.ones(16, 3, dtype=torch.complex64)},
+             r"symbols must be \[L=16, K=2\] or \[B, L, K\], got \(1, 16, 3\)"),
+            ({"snr_db": 150.0}, "singular in float64 .*an SNR above ~100 dB")):
+        args = {"H": H, "codes": c, "azimuth_deg": az, "elevation_deg": el, "range_m": r,
+                "snr_db": 10.0, **kw}
+        with pytest.raises(ValueError, match=says):
+            crb(args.pop("H"), args.pop("codes"), args.pop("azimuth_deg"),
+                args.pop("elevation_deg"), args.pop("range_m"), system, **args)
+    p = torch.ones(2, requires_grad=True)
+    got = crb(H, c, az, el, r, system, snr_db=10.0, powers=p)
+    assert not got["range_m"].requires_grad
+    assert torch.equal(got["range_m"], crb(H, c, az, el, r, system, snr_db=10.0)["range_m"])
+    assert torch.isfinite(crb(H, c.real.sign() + 0j, az, el, r, system,  # 1-bit codes
+                              snr_db=10.0)["range_m"]).all()
+
+
 def test_user_deterministic_crb_at_an_snr_is_that_of_the_realised_signal(system):
     """Given the symbols and the SNR, sigma^2 comes from the realised signal with those
     symbols (the conventions' SNR): symbols 10x stronger at the same SNR are the same

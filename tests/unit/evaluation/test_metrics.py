@@ -104,6 +104,17 @@ def test_azimuth_difference_is_wrap_free():
     assert m.detected.all()
 
 
+def test_a_wrong_truth_K_is_named():
+    est = _est([1, 1], [[0.0], [5.0]], [[0.0], [0.0]], [[2.0], [2.0]])
+    az, el, r, K = _truth([1, 1], [[0.0], [5.0]], [[0.0], [0.0]], [[2.0], [2.0]])
+    with pytest.raises(ValueError, match=r"truth_K must be \[B\] with the B = 2 true scenes, "
+                                         r"got shape \(1,\)"):
+        match_sources(est, az, el, r, K[:1])
+    with pytest.raises(ValueError, match="truth K must be whole numbers of sources"):
+        match_sources(est, az, el, r, torch.tensor([1.0, 0.5]))
+    assert match_sources(est, az, el, r, torch.tensor([1.0, 1.0])).detected.all()
+
+
 def test_nan_padding_and_empty_scenes():
     est = _est([0, 1], [[NAN, NAN], [NAN, NAN]], [[NAN, NAN], [NAN, NAN]],
                [[NAN, NAN], [NAN, NAN]])

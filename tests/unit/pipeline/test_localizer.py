@@ -79,6 +79,8 @@ def test_system_is_checked_with_a_tolerance_and_names_the_field(system, scenes):
     fewer = system.model_copy(update={"K_max": 2})
     res = loc.localize(scenes.y, scenes.H, scenes.codes, system=fewer)
     assert int(res.estimates.K.max()) <= 2
+    arrays = res.to_numpy()  # [S, K_max] of the scenes' system, as documented
+    assert arrays["azimuth_deg"].shape == (len(scenes.y), 2) and res.xyz().shape[1] == 2
     with pytest.raises(ValueError, match="1..K_max=2"):
         loc.localize(scenes.y, scenes.H, scenes.codes, K=3, system=fewer)
 
@@ -190,6 +192,16 @@ def test_estimates_file_round_trip(tmp_path, scenes):
     assert back.K[10:].tolist() == [2, 0, 1]
     assert torch.allclose(back.azimuth[10:].nan_to_num(9), est.azimuth.nan_to_num(9), atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["e.csv"]
+    assert write_estimates(path, estimate_rows(est)) == path  # an estimates CSV: replaced
+    # any other file is kept (a scene file given by a slip was overwritten with a CSV)
+    (tmp_path / "scenes.h5").write_bytes(b"\x89HDF\r\n\x1a\n a scene file")
+    for name, says in (("scenes.h5", "give a name ending in .csv"),
+                       ("notes.csv", "exists and is not an estimates CSV")):
+        (tmp_path / "notes.csv").write_text("my notes\n")
+        before = (tmp_path / name).read_bytes()
+        with pytest.raises(ValueError, match=f"the estimates file .*{name}.*{says}"):
+            write_estimates(tmp_path / name, estimate_rows(est))
+        assert (tmp_path / name).read_bytes() == before
     # a user's hand-made CSV: a repeated source, a gap in a scene's sources, a bad number,
     # a missing column are named, not read as something else
     head = "scene,source,azimuth_deg,elevation_deg,range_m\n"

@@ -262,3 +262,23 @@ def test_an_snr_that_is_no_level_and_a_fractional_K_are_named(system, scene):
         with pytest.raises(ValueError, match="K must be a whole number of sources"):
             simulate_range(0, 2, system, scene, K=K)
     assert simulate_range(0, 2, system, scene, K=2.0).K.tolist() == [2, 2]
+
+
+def test_the_system_and_scene_may_be_dicts_and_a_list_is_no_fixed_value(system, scene):
+    """As Localizer and crb take a dict system; a dict scene gave 'not enough values to
+    unpack' and a list of SNRs a float() TypeError."""
+    from risloc.config import ConfigError
+
+    small = simulate_range(0, 3, {"M": 8, "K_max": 3}, {"K": 2})
+    same = simulate_range(0, 3, SystemConfig(M=8, K_max=3), SceneConfig(K=2))
+    assert torch.equal(small.y, same.y) and small.K.tolist() == [2, 2, 2]
+    assert torch.equal(simulate_range(0, 2, system, None).y,
+                       simulate_range(0, 2, system, SceneConfig()).y)
+    for kw in ({"snr_db": [0.0, 10.0]}, {"K": [1, 2]}):
+        with pytest.raises(TypeError, match=f"{next(iter(kw))} must be one number, fixed in "
+                                            "every scene"):
+            simulate_range(0, 2, system, scene, **kw)
+    with pytest.raises(ConfigError, match="invalid scene: colour"):
+        simulate_range(0, 2, system, {"colour": 3})
+    with pytest.raises(TypeError, match="scene must be a SceneConfig, a dict"):
+        simulate_range(0, 2, system, "near")
