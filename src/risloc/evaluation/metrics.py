@@ -168,13 +168,14 @@ def match_sources(est: Estimates, truth_azimuth: torch.Tensor, truth_elevation: 
 
     Parameters
     ----------
-    est : Estimates with [B, Ke] slots — [rad], [m]
+    est : Estimates with [B, Ke] slots — [rad], [m] (or a LocalizationResult, its estimates)
     truth_azimuth, truth_elevation : [B, Kt] float — [rad], padded beyond truth_K
     truth_range : [B, Kt] float — [m]
     truth_K : [B] int
     range_weight_deg_per_m : weight w of the range term [deg/m]
     gate_deg : detection gate on the great-circle angle error [deg]
     """
+    est = getattr(est, "estimates", est)  # a Localizer's LocalizationResult
     t_az, t_el, t_r = (as_tensor(name, t).to(torch.float64) for name, t in (
         ("truth_azimuth", truth_azimuth), ("truth_elevation", truth_elevation),
         ("truth_range", truth_range)))
@@ -281,8 +282,23 @@ def _crb_fields(matching: Matching, crb: CRBResult) -> dict[str, float]:
     return out
 
 
-def summarize(matching: Matching, crb: CRBResult | None = None) -> MetricSummary:
-    """Summarise a matching (module docstring); ``crb`` [B, Kt] on the true slots."""
+def _as_crb(crb) -> CRBResult | None:
+    """A CRBResult from itself or the dict of :func:`risloc.evaluation.crb` (degrees)."""
+    if crb is None or isinstance(crb, CRBResult):
+        return crb
+    keys = ("azimuth_deg", "elevation_deg", "range_m")
+    if not (isinstance(crb, dict) and all(k in crb for k in keys)):
+        raise TypeError(f"crb must be a CRBResult or the dict risloc.evaluation.crb returns "
+                        f"({', '.join(keys)}), got {type(crb).__name__}")
+    az, el, r = (as_tensor(k, crb[k]).to(torch.float64) for k in keys)
+    return CRBResult(azimuth=torch.deg2rad(az), elevation=torch.deg2rad(el), range_m=r,
+                     fim=torch.zeros(az.shape[0], 0, 0, dtype=torch.float64))
+
+
+def summarize(matching: Matching, crb: CRBResult | dict | None = None) -> MetricSummary:
+    """Summarise a matching (module docstring); ``crb`` [B, Kt] on the true slots (a
+    CRBResult, or the dict of :func:`risloc.evaluation.crb`)."""
+    crb = _as_crb(crb)
     p = matching.paired
     n_true, n_est = int(matching.truth_mask.sum()), int(matching.est_mask.sum())
     n_det = int(matching.detected.sum())
@@ -310,9 +326,10 @@ def summarize(matching: Matching, crb: CRBResult | None = None) -> MetricSummary
 
 
 def summarize_groups(matching: Matching, groups: torch.Tensor,
-                     crb: CRBResult | None = None) -> dict[float | int, MetricSummary]:
+                     crb: CRBResult | dict | None = None) -> dict[float | int, MetricSummary]:
     """One summary per distinct value of ``groups`` [B] (sorted keys); scenes whose group is
     NaN (an unknown SNR) are one group of their own, keyed ``math.nan``, last."""
+    crb = _as_crb(crb)
     groups = as_tensor("groups", groups)
     if groups.shape != (len(matching),):
         raise ValueError(f"groups must be [B={len(matching)}], got {tuple(groups.shape)}")

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -113,6 +114,9 @@ def test_a_wrong_truth_K_is_named():
     with pytest.raises(ValueError, match="truth K must be whole numbers of sources"):
         match_sources(est, az, el, r, torch.tensor([1.0, 0.5]))
     assert match_sources(est, az, el, r, torch.tensor([1.0, 1.0])).detected.all()
+    from risloc.pipeline import LocalizationResult  # a Localizer's result: its estimates
+
+    assert match_sources(LocalizationResult(est), az, el, r, K).detected.all()
 
 
 def test_nan_padding_and_empty_scenes():
@@ -151,6 +155,13 @@ def test_hand_computed_median_and_rmse_with_crb():
     assert s.crb_elevation_median_deg == pytest.approx(0.0)
     assert s.crb_angle_rms_deg == pytest.approx(math.sqrt((1 + 4 + 9 + 16 + 4) / 4))
     assert s.crb_range_median_m == pytest.approx(0.5) and s.crb_range_rms_m == pytest.approx(0.5)
+    # the dict of the users' crb() (degrees) is taken as well (it was an AttributeError)
+    as_dict = {"azimuth_deg": crb.azimuth.rad2deg(), "elevation_deg": crb.elevation.rad2deg(),
+               "range_m": crb.range_m}
+    got = dataclasses.asdict(summarize(match_sources(est, *truth), as_dict))
+    assert got == pytest.approx(dataclasses.asdict(s), nan_ok=True)
+    with pytest.raises(TypeError, match="crb must be a CRBResult or the dict"):
+        summarize(match_sources(est, *truth), {"azimuth": crb.azimuth})
 
 
 def test_range_term_breaks_angular_ties():
