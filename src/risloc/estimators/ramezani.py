@@ -53,6 +53,7 @@ from risloc.estimators.music import (
     signal_subspace,
 )
 from risloc.estimators.refine import NearFieldModel, null_spectrum, refine_peaks
+from risloc.physics import angles_from_direction
 
 
 @dataclass(frozen=True)
@@ -160,13 +161,10 @@ def _alias_directions(f: torch.Tensor, system: SystemConfig, config: RamezaniCon
     iy = torch.arange(-n_y, n_y + 1, dtype=f.dtype, device=f.device)
     off = torch.stack(torch.meshgrid(ix, iy, indexing="ij"), -1).reshape(-1, 2)  # (A, 2)
     s = (f.unsqueeze(-2) + off) * scale  # (B, C, A, 2)
-    el = torch.asin(s[..., 1].clamp(-1, 1))
-    cx = s[..., 0] / torch.cos(el)
-    az = torch.asin(cx.clamp(-1, 1))
+    az, el, ok = angles_from_direction(s[..., 0], s[..., 1])
     az_lo, az_hi = (math.radians(a) for a in config.fov.azimuth_deg)
     el_lo, el_hi = (math.radians(e) for e in config.fov.elevation_deg)
-    ok = (s[..., 1].abs() <= 1) & (cx.abs() <= 1) & (az >= az_lo) & (az <= az_hi) \
-        & (el >= el_lo) & (el <= el_hi)
+    ok = ok & (az >= az_lo) & (az <= az_hi) & (el >= el_lo) & (el <= el_hi)
     # Keep only as many alias slots as any candidate has valid aliases (<= 2 by default).
     n_keep = max(int(ok.sum(-1).max()), 1)
     _, keep = ok.to(torch.int8).topk(n_keep, dim=-1)

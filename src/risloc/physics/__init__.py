@@ -3,6 +3,7 @@
 from risloc.physics.channel import draw_channel, rician_channel
 from risloc.physics.codebooks import draw_codes, quantize_phase
 from risloc.physics.geometry import (
+    angles_from_direction,
     angular_separation,
     direction,
     element_positions,
@@ -19,7 +20,8 @@ from risloc.physics.steering import (
 )
 
 __all__ = [
-    "SteeringJacobian", "angular_separation", "direction", "draw_channel", "draw_codes",
+    "SteeringJacobian", "angles_from_direction", "angular_separation", "direction",
+    "draw_channel", "draw_codes",
     "element_positions", "far_field_response", "path_difference", "quantize_phase",
     "rician_channel", "source_position", "steering", "steering_derivatives", "steering_jacobian",
     "ula_response",

@@ -35,6 +35,18 @@ def direction(azimuth: torch.Tensor, elevation: torch.Tensor) -> torch.Tensor:
                        dim=-1)
 
 
+def angles_from_direction(u_x: torch.Tensor, u_y: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inverse of :func:`direction` on the front half-space (u_z >= 0): azimuth and
+    elevation [rad] of the direction with components u_x, u_y, and a bool mask where such a
+    direction exists (|u_y| <= 1 and |u_x| <= cos(elevation)); elsewhere the angles are
+    those of the clamped components."""
+    elevation = torch.asin(u_y.clamp(-1, 1))
+    cx = u_x / torch.cos(elevation)  # sin(azimuth)
+    azimuth = torch.asin(cx.clamp(-1, 1))
+    return azimuth, elevation, (u_y.abs() <= 1) & (cx.abs() <= 1)
+
+
 def source_position(azimuth: torch.Tensor, elevation: torch.Tensor,
                     range_m: torch.Tensor) -> torch.Tensor:
     """Cartesian position of sources: [..., 3] — [m]. Angles in radians."""

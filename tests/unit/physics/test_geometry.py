@@ -46,3 +46,19 @@ def test_angular_separation_matches_arccos():
     cos = (torch.sin(el[0]) * torch.sin(el[1])
            + torch.cos(el[0]) * torch.cos(el[1]) * torch.cos(az[0] - az[1]))
     assert torch.allclose(sep, torch.arccos(cos.clamp(-1, 1)), atol=1e-10)
+
+
+def test_angles_from_direction_inverts_direction_on_the_front_half_space():
+    from risloc.physics import angles_from_direction, direction
+
+    g = torch.Generator().manual_seed(0)
+    az = (torch.rand(200, generator=g, dtype=torch.float64) - 0.5) * math.pi * 0.999
+    el = (torch.rand(200, generator=g, dtype=torch.float64) - 0.5) * math.pi * 0.999
+    u = direction(az, el)
+    got_az, got_el, ok = angles_from_direction(u[:, 0], u[:, 1])
+    assert ok.all()
+    torch.testing.assert_close(got_az, az, rtol=0, atol=1e-9)
+    torch.testing.assert_close(got_el, el, rtol=0, atol=1e-9)
+    # no direction has these components (|u_x| > cos(el), or |u_y| > 1): flagged
+    _, _, ok = angles_from_direction(torch.tensor([0.9, 0.0]), torch.tensor([0.6, 1.2]))
+    assert ok.tolist() == [False, False]
