@@ -90,6 +90,28 @@ def test_baseline_trial_is_the_base_recipe_and_is_reported(tmp_path):
     assert len(open_study(TuneSettings(config=TINY, out_dir=str(tmp_path))).trials) == 3
 
 
+def test_a_study_refuses_a_scene_file_whose_contents_changed(tmp_path):
+    """Workers may read their own copies of a scene file (mtimes differ between machines);
+    a copy holding other scenes would mix trials of two data sets into one study."""
+    from risloc.config import SceneConfig, SystemConfig
+    from risloc.io import write_scenes
+    from risloc.simulation import simulate_range
+
+    val = tmp_path / "val.h5"
+    write_scenes(val, simulate_range(0, 8, SystemConfig(), SceneConfig(), split="validation"),
+                 SystemConfig())
+    kw = dict(config=TINY, out_dir=str(tmp_path / "study"), epochs=1, seed=3,
+              overrides=("schedule.steps_per_epoch=1", f"data.val_file={val}"))
+    assert len(tune(TuneSettings(n_trials=1, **kw)).trials) == 1
+    val.write_bytes(val.read_bytes())  # a copy with the same scenes: taken
+    assert len(tune(TuneSettings(n_trials=2, **kw)).trials) == 2
+    write_scenes(val, simulate_range(8, 16, SystemConfig(), SceneConfig(), split="validation"),
+                 SystemConfig())
+    with pytest.raises(ValueError, match=r"another recipe or search space \(the contents "
+                                         r"of data.val_file\)"):
+        tune(TuneSettings(n_trials=3, **kw))
+
+
 class _PruneAll(optuna.pruners.BasePruner):
     def prune(self, study, trial) -> bool:
         return True

@@ -23,6 +23,7 @@ The search space is a YAML file (:mod:`risloc.hpo.space`; the default ships as
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -249,13 +250,30 @@ def claim_folder(settings: TuneSettings, write: bool = True) -> None:
 STUDY_RECIPE = "risloc_trials"  # the study's user attribute: what every trial of it trains
 
 
+def _data_digests(cfg: TrainConfig) -> dict[str, str]:
+    """SHA-256 of the recipe's scene files (data.train_file, data.val_file): the workers of
+    a study may read their own copies, on other machines, but every copy must hold the
+    same scenes."""
+    out = {}
+    for name in ("train_file", "val_file"):
+        path = getattr(cfg.data, name)
+        if path is not None:
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            out[name] = digest.hexdigest()
+    return out
+
+
 def check_study_recipe(study, settings: TuneSettings, space: tuple[Dimension, ...]) -> None:
     """Record in the study what its trials train (the base recipe with its epochs, and the
     search space), or refuse to add trials of another: a relative dimension's parameter is
     a multiple of the base recipe's value, so trials of two recipes in one study mix up
     their results and best_overrides.yaml would apply a multiplier to the wrong base."""
-    mine = {"recipe": trajectory(_trial_config(settings, [], 0)),
-            "space": [dataclasses.asdict(d) for d in space]}
+    cfg = _trial_config(settings, [], 0)
+    mine = {"recipe": trajectory(cfg), "space": [dataclasses.asdict(d) for d in space],
+            "data": _data_digests(cfg)}
     mine = json.loads(json.dumps(mine))  # tuples as lists, as the storage returns them
     held = study.user_attrs.get(STUDY_RECIPE)
     if held is None:
@@ -264,6 +282,9 @@ def check_study_recipe(study, settings: TuneSettings, space: tuple[Dimension, ..
     diff = differences(held["recipe"], mine["recipe"])
     if held["space"] != mine["space"]:
         diff.append("the search space")
+    for name, digest in (held.get("data") or {}).items():  # (older studies: no digests)
+        if mine["data"].get(name) not in (None, digest):
+            diff.append(f"the contents of data.{name}")
     if diff:
         raise ValueError(f"study {settings.study_name!r} ({settings.storage_url}) holds trials "
                          f"of another recipe or search space ({'; '.join(diff[:6])}): run it "
