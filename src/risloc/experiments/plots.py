@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 
 from risloc.config import SystemConfig  # noqa: E402
@@ -129,7 +130,7 @@ def plot_run(run_dir: Path, path: Path) -> Path:
     if not epochs:
         raise ValueError(f"{run_dir}: epochs.csv has no rows yet (no epoch has finished)")
     e = [r["epoch"] for r in epochs]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 7))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7), layout="constrained")
     ax = axes[0, 0]
     if steps:
         ax.plot([r["step"] for r in steps], [r["total"] for r in steps], lw=0.8,
@@ -137,13 +138,14 @@ def plot_run(run_dir: Path, path: Path) -> Path:
     spe = steps[-1]["step"] / max(1, steps[-1]["epoch"] + 1) if steps else 1
     ax.plot([x * spe for x in e], [r["train_total"] for r in epochs], "o-",
             label="train (epoch mean)")
-    ax.set_xlabel("optimizer step")
+    ax.set_xlabel("optimizer step" if steps else "epoch")  # (no step logged: epochs)
     ax.set_title("training loss")
     ax.legend(fontsize=8)
     ax = axes[0, 1]
     ax.plot(e, [r["val_objective"] for r in epochs], "o-", label="objective")
     ax.plot(e, [r["val_angle_median_deg"] for r in epochs], "s-", label="angle median [deg]")
     ax.set_title("validation (lower is better)")
+    ax.set_xlabel("epoch")
     ax.legend(fontsize=8)
     ax = axes[1, 0]
     for key, label in (("val_K_accuracy", "K accuracy"), ("val_f1", "F1"),
@@ -163,5 +165,6 @@ def plot_run(run_dir: Path, path: Path) -> Path:
     ax2.legend(loc="upper right", fontsize=8)
     for a in axes.flat:
         a.grid(True, alpha=0.3)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs (and steps) are whole
     fig.suptitle(f"risloc run {run_dir}")
     return _save(fig, path)
