@@ -9,8 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from risloc.config import SystemConfig  # noqa: E402
 from risloc.evaluation.metrics import EFFICIENT_MEDIAN  # noqa: E402
