@@ -287,38 +287,35 @@ class RislocConfig(ConfigSection):
         return validate_config(json.loads(text))
 
 
-def _format_error(err: ValidationError) -> str:
+def _format_error(err: ValidationError, what: str = "configuration") -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<config>"
         parts.append(f"{loc}: {e['msg']}")
-    return "invalid configuration: " + "; ".join(parts)
+    return f"invalid {what}: " + "; ".join(parts)
+
+
+def _validate(model: type[BaseModel], data: Any, what: str):
+    """``model`` from a dict of its fields; ConfigError naming each invalid field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, what)) from None
 
 
 def validate_config(data: dict[str, Any]) -> RislocConfig:
     """Validate a nested dict; raise ConfigError naming the offending field."""
-    try:
-        return RislocConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err)) from None
+    return _validate(RislocConfig, data, "configuration")
 
 
 def validate_system(data: Any) -> SystemConfig:
     """A SystemConfig from a dict of its fields; ConfigError naming each invalid field."""
-    try:
-        return SystemConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err).replace("invalid configuration",
-                                                     "invalid system")) from None
+    return _validate(SystemConfig, data, "system")
 
 
 def validate_scene(data: Any) -> SceneConfig:
     """A SceneConfig from a dict of its fields; ConfigError naming each invalid field."""
-    try:
-        return SceneConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err).replace("invalid configuration",
-                                                     "invalid scene")) from None
+    return _validate(SceneConfig, data, "scene")
 
 
 def system_from_json(text: str | None) -> SystemConfig:
