@@ -144,8 +144,9 @@ def _scaled_cholesky(J: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Te
     bad = bad | (info != 0)
     if bad.any():
         raise ValueError(f"{what} is singular in scenes {_bad_scenes(bad)}: a parameter is not "
-                         "identifiable (coincident sources, zero symbols, or e.g. the elevation "
-                         "of a linear array: declare it with known=('elevation',))")
+                         "identifiable (coincident sources, zero symbols, e.g. the elevation "
+                         "of a linear array: declare it with known=('elevation',)) or the "
+                         "noise is too weak for float64 (an SNR above ~100 dB)")
     return chol, scale
 
 
