@@ -440,10 +440,9 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
     if not bool((torch.isfinite(p) & (p > 0))[mask].all()):
         raise ValueError("powers must be finite and positive for every source")
     sym = None if kind == "stochastic" or symbols is None else _symbols(symbols)
-    if sym is not None and (sym.ndim != 3 or sym.shape[0] not in (1, B)
-                            or sym.shape[1:] != (system.L, az.shape[1])):
-        raise ValueError(f"symbols must be [L={system.L}, K={az.shape[1]}] or [B, L, K], got "
-                         f"{tuple(sym.shape)}")
+    if sym is not None and (sym.ndim != 3 or sym.shape != (B, system.L, az.shape[1])):
+        raise ValueError(f"symbols must be [L={system.L}, K={az.shape[1]}] (one scene) or "
+                         f"[B={B}, L, K], got {tuple(sym.shape)}")
     if noise_var is None:
         snr = _array("snr_db", snr_db, torch.float64).reshape(-1)
         if not bool(torch.isfinite(snr).all()):

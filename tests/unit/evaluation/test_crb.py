@@ -462,7 +462,8 @@ def test_user_crb_names_bad_inputs_instead_of_a_wrong_bound_or_a_traceback(syste
             ({"H": H[:8]}, r"H must be \[M=16, N=144\] or \[B, M, N\] .* got \(1, 8, 144\)"),
             ({"codes": sc.codes}, r"codes must be .* \(B = 1 scenes of H\), got \(2, 16, 144\)"),
             ({"kind": "deterministic", "symbols": torch.ones(16, 3, dtype=torch.complex64)},
-             r"symbols must be \[L=16, K=2\] or \[B, L, K\], got \(1, 16, 3\)"),
+             r"symbols must be \[L=16, K=2\] \(one scene\) or \[B=1, L, K\], got "
+             r"\(1, 16, 3\)"),
             ({"snr_db": 150.0}, "singular in float64 .*an SNR above ~100 dB")):
         args = {"H": H, "codes": c, "azimuth_deg": az, "elevation_deg": el, "range_m": r,
                 "snr_db": 10.0, **kw}
