@@ -237,9 +237,13 @@ def localize_command(
                     n_new += len(batch)
                     bar.advance(task, len(batch))
     except KeyboardInterrupt:
+        stream.close()
         console.print(f"[yellow]interrupted: the scenes localized so far are kept; the same "
                       f"command with --resume continues into {out_path}[/]")
         raise typer.Exit(code=130) from None
+    except BaseException:
+        stream.close()  # (its lock; the finished chunks stay for --resume)
+        raise
     finally:
         quiet.setLevel(level)
     dt = time.perf_counter() - t0

@@ -19,6 +19,25 @@ from pathlib import Path
 
 SUFFIX = ".partial"
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks (try_lock always succeeds)
+    fcntl = None
+
+
+def try_lock(fh) -> bool:
+    """Take an exclusive advisory lock on the open file ``fh`` without waiting: False when
+    another process (or another open file of this one) holds it. The operating system
+    releases it when the file is closed or the process ends, however it ends. Where fcntl
+    is missing (Windows) it always succeeds: files go unlocked."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
 
 def _pid_alive(pid: int) -> bool:
     try:

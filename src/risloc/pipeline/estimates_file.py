@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from risloc.core.params import Estimates
-from risloc.io.atomic import write_csv_atomic, write_text_atomic
+from risloc.io.atomic import try_lock, write_csv_atomic, write_text_atomic
 
 COLUMNS = ("scene", "source", "azimuth_deg", "elevation_deg", "range_m", "score")
 
@@ -129,6 +129,10 @@ class EstimatesStream:
     completion the .part file is renamed to ``out``: the final name only ever holds a
     complete file. ``resume=True`` continues from the record (the .part file is cut back
     to the last finished chunk); a record of other settings is an error naming them.
+    The .part file is locked while a stream writes it (:func:`try_lock`): a second run
+    into the same ``out`` (a --resume beside a running one would duplicate its rows) is
+    refused. ``finish`` or ``close`` releases it (and the end of the process, however it
+    ends).
     """
 
     def __init__(self, out: str | Path, settings: dict, columns: tuple[str, ...],
@@ -144,8 +148,23 @@ class EstimatesStream:
             # a run stopped between renaming its finished .part to out and removing its
             # record (finish): the record is of a complete run, and nothing is left to resume
             self.record.unlink()
+        self.part.parent.mkdir(parents=True, exist_ok=True)
+        self._held = self.part.open("ab")  # (creates it where no run left one)
+        if not try_lock(self._held):
+            self.close()
+            raise ValueError(f"{self.out} is being written by another run ({self.part.name} "
+                             "is locked): wait for it to finish, or give another --out")
+        try:
+            self._open(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, resume: bool) -> None:
+        """Continue the interrupted run (resume) or start the .part file afresh."""
         if resume and self.record.exists():
             rec = json.loads(self.record.read_text())
+            settings = self.settings
             diff = [k for k in set(rec["settings"]) | set(settings)
                     if rec["settings"].get(k) != settings.get(k)]
             if diff:
@@ -161,9 +180,8 @@ class EstimatesStream:
                              f"--resume to continue it, or delete {self.record.name} and "
                              f"{self.part.name} to start afresh")
         else:
-            self.part.parent.mkdir(parents=True, exist_ok=True)
             with self.part.open("w", newline="") as f:
-                csv.writer(f).writerow(columns)
+                csv.writer(f).writerow(self.columns)
             self._commit()
 
     def _commit(self) -> None:
@@ -187,4 +205,15 @@ class EstimatesStream:
     def finish(self) -> Path:
         os.replace(self.part, self.out)
         self.record.unlink(missing_ok=True)
+        self.close()
         return self.out
+
+    def close(self) -> None:
+        """Release the .part file's lock (an interrupted stream: --resume continues it)."""
+        self._held.close()
+
+    def __enter__(self) -> EstimatesStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -33,6 +33,7 @@ from torch.optim.swa_utils import SWALR, AveragedModel
 from risloc.core.graphs import GraphCache
 from risloc.inference.checkpoint import load_checkpoint, save_checkpoint
 from risloc.inference.forward import forward_blend
+from risloc.io.atomic import try_lock
 from risloc.losses.total import LossConfig, LossTerms, compute_losses
 from risloc.model.network import CovarianceNet
 from risloc.simulation.scenes import SceneBatch
@@ -47,11 +48,6 @@ from risloc.training.config import (
 from risloc.training.data import TrainData, prefetched, validation_set
 from risloc.training.evaluate import EvalResult, evaluate, true_target
 from risloc.training.logs import CsvLog, EpochStats, epoch_progress
-
-try:
-    import fcntl
-except ImportError:  # Windows: runs go unlocked
-    fcntl = None
 
 LOCK_FILE = ".lock"  # held by the run writing to a folder (run_folder_lock)
 
@@ -427,15 +423,9 @@ def run_folder_lock(out: Path) -> Iterator[None]:
     """Hold <out>/.lock while a run writes there: a second run into the same folder (two
     ``--resume`` at once would interleave their logs and checkpoints) stops with an error
     naming the first's process. The operating system releases the lock when the process
-    ends, however it ends; where fcntl is missing (Windows) there is no lock."""
-    if fcntl is None:
-        yield
-        return
-    path = out / LOCK_FILE
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+    ends, however it ends (:func:`risloc.io.atomic.try_lock`; none on Windows)."""
+    with open(out / LOCK_FILE, "a+") as fh:
+        if not try_lock(fh):
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             raise RunFolderInUse(f"{out} is in use by another training run ({holder}): wait "

@@ -175,6 +175,28 @@ def test_units_of_y_and_H_do_not_matter_even_at_float32_extremes(system, scenes)
                                    equal_nan=True)
 
 
+def test_one_run_at_a_time_writes_an_estimates_stream(tmp_path):
+    """A second `risloc localize` into a running one's --out (with --resume, it appended the
+    same chunks again) is refused while the first holds its .part file; once the first
+    stops, --resume continues it."""
+    from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream
+
+    out, settings = tmp_path / "est.csv", {"inputs": ["a.h5"]}
+    first = EstimatesStream(out, settings, COLUMNS)
+    first.append("0", 4, [(0, 0, 1.0, 2.0, 3.0, 0.5)])
+    for resume in (True, False):
+        with pytest.raises(ValueError, match=r"est.csv is being written by another run "
+                                             r"\(est.csv.part is locked\)"):
+            EstimatesStream(out, settings, COLUMNS, resume=resume)
+    first.close()  # e.g. killed
+    with EstimatesStream(out, settings, COLUMNS, resume=True) as again:
+        assert again.resumed and again.done == {"0": 4}
+        again.append("0", 8, [(5, 0, 1.0, 2.0, 3.0, 0.5)])
+        again.finish()
+    assert [r.split(",")[0] for r in out.read_text().splitlines()[1:]] == ["0", "5"]
+    EstimatesStream(out, settings, COLUMNS).finish()  # released: the next run may start
+
+
 def test_estimates_file_round_trip(tmp_path, scenes):
     from risloc.core.params import Estimates
 
