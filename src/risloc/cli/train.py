@@ -14,7 +14,7 @@ from rich.table import Table
 from risloc.cli.common import console, handle_errors, progress
 from risloc.cli.common import out as stdout
 from risloc.config import read_config_file, shipped_recipes
-from risloc.io.atomic import write_text_atomic
+from risloc.io.atomic import check_output_folder, write_text_atomic
 from risloc.training.config import TrainConfig, load_train_config
 from risloc.training.loop import train
 
@@ -124,8 +124,7 @@ def train_command(
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     run = Path(cfg.out_dir)
-    if run.exists() and not run.is_dir():
-        raise ValueError(f"the output folder {run} is a file")
+    check_output_folder(run, what=f"the output folder {run}")
     if resume and not (run / "last.pt").exists():
         raise FileNotFoundError(f"--resume: no checkpoint {run / 'last.pt'}")
     held = sorted(p.name for p in run.glob("*") if p.name in RUN_FILES) if run.is_dir() else []

@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from risloc.hpo.space import Dimension, load_space
-from risloc.io.atomic import write_csv_atomic, write_text_atomic
+from risloc.io.atomic import check_output_folder, write_csv_atomic, write_text_atomic
 from risloc.training.config import TrainConfig, differences, load_train_config, trajectory
 
 log = logging.getLogger(__name__)
@@ -299,6 +299,7 @@ def tune(settings: TuneSettings):
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
+    check_output_folder(settings.out_dir, what=f"the study folder {settings.out_dir}")
     base = load_train_config(settings.config, list(settings.overrides))
     space = load_space(settings.space or DEFAULT_SPACE, base)
     # the base recipe inside the space (--baseline), checked before any study is touched

@@ -113,6 +113,17 @@ def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Iterable) ->
     return Path(path)
 
 
+def check_output_folder(folder: str | Path, what: str | None = None) -> None:
+    """ValueError when ``folder``, or the nearest of its parents that exists, is a file
+    (mkdir would say "[Errno 17] File exists" or "Not a directory")."""
+    folder = Path(folder).absolute()
+    above = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if above is not None and not above.is_dir():
+        where = "is" if above == folder else f"lies under {above}, which is"
+        raise ValueError(f"{what or f'the output folder {folder}'} {where} a file, not a "
+                         "folder")
+
+
 def check_writable(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     """ValueError unless ``path`` can be written and is none of ``inputs`` (checked before
     any work, so a long run never ends in a failed or destructive write)."""
@@ -124,6 +135,7 @@ def check_writable(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     if target.is_dir():
         raise ValueError(f"the output {path} is a folder")
     folder = target.parent
+    check_output_folder(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:

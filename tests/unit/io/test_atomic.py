@@ -70,6 +70,9 @@ def test_check_writable_refuses_inputs_folders_and_unwritable_places(tmp_path):
         check_writable(tmp_path / "." / "same.h5", [inp])
     with pytest.raises(ValueError, match="is a folder"):
         check_writable(tmp_path, [])
+    for below in (inp / "out.csv", inp / "sub" / "out.csv"):  # a file where a folder goes
+        with pytest.raises(ValueError, match="same.h5(, which)? is a file, not a folder"):
+            check_writable(below)
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
