@@ -62,7 +62,7 @@ from risloc.estimators.nfmle import (
     nfmle_refine,
     working_dtypes,
 )
-from risloc.estimators.order import noise_var_from_snr, residual_order
+from risloc.estimators.order import noise_var_from_snr, residual_order, snr_disagreement
 
 log = logging.getLogger(__name__)
 
@@ -487,6 +487,27 @@ class ClassicalResult(NamedTuple):
     noise_var: torch.Tensor | None
 
 
+_SNR_WARNED: list[bool] = []  # whether _check_snr has warned in this process
+
+
+def _check_snr(costs: torch.Tensor, y: torch.Tensor, sigma2: torch.Tensor, snr_db) -> None:
+    """Warn where a given SNR disagrees with the data by more than 10 dB: the K decision
+    trusts it (a linear SNR passed as snr_db gives K_max sources)."""
+    off, implied = snr_disagreement(costs, y.shape[1], y.shape[2],
+                                    sigma2.expand(costs.shape[0]))
+    if bool(off.any()):
+        i = int(torch.nonzero(off)[0])
+        given = torch.as_tensor(snr_db, dtype=torch.float64).expand(costs.shape[0])[i]
+        level = logging.DEBUG if _SNR_WARNED else logging.WARNING  # said once per process
+        _SNR_WARNED.append(True)  # (a file's chunks would each say it again)
+        log.log(level, "the SNR given for %d of %d scenes disagrees with their data by more "
+                    "than 10 dB (scene %d: %.1f dB given, its residual implies about %.1f "
+                    "dB); K is decided with the SNR given: a linear SNR passed as snr_db? "
+                    "(docs/conventions.md defines it; leave it out and the classical "
+                    "localizer estimates the noise)", int(off.sum()), costs.shape[0], i,
+                    float(given), float(implied[i]))
+
+
 def classical_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, system: SystemConfig,
                   K: int | torch.Tensor | None = None,
                   snr_db: float | torch.Tensor | None = None,
@@ -500,6 +521,8 @@ def classical_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, system:
     greedy = greedy_search(y, H, codes, system, k_max, config)
     sigma2 = None if snr_db is None else noise_var_from_snr(y, snr_db)
     if K_known is None:
+        if sigma2 is not None:
+            _check_snr(greedy.costs, y, sigma2, snr_db)
         K_known = residual_order(greedy.costs, y.shape[1], y.shape[2], sigma2, config.penalty)
     theta = _select(greedy.thetas, K_known, system.K_max)
     init = Estimates.from_theta(K_known, theta)
