@@ -183,6 +183,6 @@ def test_list_options_name_the_option_and_refuse_empty_lists(tmp_path, args, say
 def test_demo_refuses_an_unwritable_report_folder_before_the_sweep(tmp_path):
     (tmp_path / "taken").write_text("a file, not a folder")
     res = runner.invoke(app, ["demo", "--n", "500", "--out", str(tmp_path / "taken")])
-    assert res.exit_code == 2 and "cannot create the output folder" in res.output
+    assert res.exit_code == 2 and "taken is a file, not a folder" in res.output
     assert "SNR" not in res.output  # refused before any scene was localized
 
