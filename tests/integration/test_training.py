@@ -258,6 +258,12 @@ def test_train_without_a_recipe_uses_the_shipped_one_or_on_resume_the_runs_own(
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
     res = runner.invoke(app, ["--resume", "--out", str(tmp_path / "none"), *fast])
     assert res.exit_code == 2 and "--resume: no checkpoint" in res.output
+    # the folder named by --set out_dir (or --overrides) is the one resumed, not the
+    # default recipe's; --overwrite with --resume is named before any folder is read
+    res = runner.invoke(app, ["--resume", "--set", f"out_dir={out}", *fast])
+    assert res.exit_code == 0 and f"stored in {out / 'last.pt'}" in " ".join(res.output.split())
+    res = runner.invoke(app, ["--resume", "--overwrite", *fast])
+    assert res.exit_code == 2 and "--resume and --overwrite exclude each other" in res.output
     # no --config, no --resume: the shipped train_default (said), not the built-in defaults
     import risloc.cli.train as cli_train
 
@@ -269,6 +275,30 @@ def test_train_without_a_recipe_uses_the_shipped_one_or_on_resume_the_runs_own(
     assert "recipe: train_default (shipped" in res.output
     assert seen == [load_train_config("train_default", [
         "order.scenes=0", f"out_dir={tmp_path / 'new'}", "progress=false"])]
+
+
+def test_the_run_holds_its_folder_until_its_model_is_written(tmp_path, monkeypatch):
+    """The order head is fitted after training, from best.pt: a second run's --overwrite
+    in that window deleted the files it was reading."""
+    import risloc.cli.train as cli_train
+    from risloc.training.loop import RunFolderInUse, run_folder_lock
+
+    seen = []
+
+    def fit_while_holding(cfg, progress_bar):
+        with pytest.raises(RunFolderInUse), run_folder_lock(Path(cfg.out_dir)):
+            pass
+        seen.append(Path(cfg.out_dir))
+
+    monkeypatch.setattr(cli_train, "_inference_model", fit_while_holding)
+    app = typer.Typer()
+    app.command()(train_command)
+    res = CliRunner().invoke(app, ["-c", str(TINY), "--out", str(tmp_path / "r"), "--epochs",
+                                   "1", "--set", "schedule.steps_per_epoch=1", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert seen == [tmp_path / "r"]
+    with run_folder_lock(tmp_path / "r"):  # and lets it go when done
+        pass
 
 
 def test_a_resumed_run_that_stopped_early_stays_stopped(tmp_path):
@@ -392,7 +422,7 @@ def test_an_interrupted_training_says_how_to_continue(tmp_path, monkeypatch):
            "the same command starts afresh" in says()
 
     def ctrl_c_after_an_epoch(cfg, **kwargs):
-        run.mkdir()
+        run.mkdir(exist_ok=True)
         (run / "last.pt").write_bytes(b"this run's checkpoint")
         raise KeyboardInterrupt
 

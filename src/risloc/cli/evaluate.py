@@ -99,8 +99,8 @@ def evaluate_command(
     known_K: Annotated[bool, typer.Option("--known-K/--unknown-K",
                                           help="Give the true K to the estimators.")] = False,
     snr_bin_db: Annotated[float, typer.Option(
-        "--snr-bin-db", min=0.01, help="Scene file: group its scenes into SNR bins this wide "
-        "[dB], each row labelled with the mean SNR of its scenes; scenes without an SNR are "
+        "--snr-bin-db", min=0.01, help="Scene file: group its scenes into SNR bins this many dB "
+        "wide, each row labelled with the mean SNR of its scenes; scenes without an SNR are "
         "one group, 'unknown'.")] = 5.0,
     crb: Annotated[str, typer.Option(help="deterministic | stochastic bound.")] = "deterministic",
     batch_size: Annotated[int, typer.Option(min=1)] = 64,

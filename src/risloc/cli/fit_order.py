@@ -81,7 +81,7 @@ def report_table(report: dict):
 
     n = report["per_snr"][0]["scenes"]
     table = Table(title=f"K accuracy, validation split ({n} scenes per row, SNR not given)")
-    for col in ("SNR [dB]", "power spread [dB]", "K acc residual rule", "K acc order head",
+    for col in ("SNR (dB)", "power spread (dB)", "K acc residual rule", "K acc order head",
                 "F1 residual rule", "F1 order head"):
         table.add_column(col, justify="right")
     for row in report["per_snr"]:

@@ -130,7 +130,7 @@ def localize_command(
                                      "call (docs/results.md).")] = False,
     snr_bin_db: Annotated[float, typer.Option(
         "--snr-bin-db", min=0.01, help="Where the files carry the truth: the metrics table's "
-        "SNR bins [dB], each row labelled with the mean SNR of its scenes; scenes without "
+        "SNR bins, in dB, each row labelled with the mean SNR of its scenes; scenes without "
         "an SNR are one row, 'unknown'.")] = 5.0,
 ) -> None:
     """Localize every scene of one or more files and write the estimates CSV, chunk by
@@ -141,8 +141,11 @@ def localize_command(
     if method is not None and method not in METHODS:
         raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
     paths = expand_inputs(scenes)
-    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
-        raise ValueError(f"--device must be cpu or cuda (and CUDA present), got {device!r}")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device cuda, but torch {torch.__version__} sees no CUDA GPU (a "
+                         "CPU-only wheel, or no driver): use --device cpu")
     if batch_size is None:
         batch_size = 8192 if device == "cuda" else 256
     check_writable(out_path, [*paths, *([checkpoint] if checkpoint is not None else [])])

@@ -25,6 +25,8 @@ def plot_run_command(
     if target.suffix.lower() != ".png":
         raise ValueError(f"--out {target}: the curves are drawn as a PNG; give a name ending "
                          "in .png")
+    if not (run / "epochs.csv").exists():  # (before check_writable makes a folder)
+        raise FileNotFoundError(f"{run}: no epochs.csv (not a risloc run folder?)")
     check_writable(target, inputs=[run / "epochs.csv", run / "steps.csv"])
     path = plot_run(run, target)
     console.print(f"wrote {path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -13,10 +14,10 @@ from rich.table import Table
 
 from risloc.cli.common import console, handle_errors, progress
 from risloc.cli.common import out as stdout
-from risloc.config import read_config_file, shipped_recipes
+from risloc.config import parse_overrides, read_config_file, shipped_recipes
 from risloc.io.atomic import check_output_folder, write_text_atomic
 from risloc.training.config import TrainConfig, load_train_config
-from risloc.training.loop import train
+from risloc.training.loop import run_folder_lock, train
 
 DEFAULT_RECIPE = "train_default"  # the shipped recipe of `risloc train` without --config
 # the exported network before its order head is fitted: model.pt appears only with its head
@@ -43,8 +44,7 @@ def read_overrides(path: Path | None) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in data.items()]
 
 
-def _recipe(config: Path | None, overrides: list[str], resume: bool,
-            out: Path | None) -> TrainConfig:
+def _recipe(config: Path | None, overrides: list[str], resume: bool) -> TrainConfig:
     """The run's recipe: --config's; without it, on --resume the one stored in the run's
     last.pt, else the shipped train_default (each with the overrides applied)."""
     if config is not None:
@@ -52,10 +52,13 @@ def _recipe(config: Path | None, overrides: list[str], resume: bool,
     if not resume:
         console.print(f"recipe: {DEFAULT_RECIPE} (shipped; --config names another)")
         return load_train_config(DEFAULT_RECIPE, overrides)
-    last = (out or Path(load_train_config(DEFAULT_RECIPE).out_dir)) / "last.pt"
+    given = parse_overrides(overrides).get("out_dir")  # --out, or --set / --overrides
+    folder = Path(given) if given is not None else Path(
+        load_train_config(DEFAULT_RECIPE).out_dir)
+    last = folder / "last.pt"
     if not last.exists():
         raise FileNotFoundError(f"--resume: no checkpoint {last}"
-                                f"{'' if out else ' (--out names the run folder)'}")
+                                f"{'' if given is not None else ' (--out names the run folder)'}")
     from risloc.inference.checkpoint import load_checkpoint
 
     console.print(f"recipe: the one stored in {last}")
@@ -103,8 +106,10 @@ def train_command(
                             "risloc tune: its 'overrides' mapping), applied before --set.",
         dir_okay=False)] = None,
     overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Start afresh in an output folder that holds a run (its "
-                            "checkpoints, logs and model are deleted first).")] = False,
+        "--overwrite", help="Start afresh in an output folder that holds a run: its "
+                            "checkpoints, logs and model are deleted once the new run has "
+                            "started (its data, device and recipe checked), so a run that "
+                            "cannot start leaves the old one whole.")] = False,
 ) -> None:
     """Train the learned covariance network; write best.pt, last.pt, final.pt and CSV logs,
     then (recipe section `order`, on by default) the inference model model.pt: the best
@@ -120,15 +125,25 @@ def train_command(
         overrides.append(f"threads={threads}")
     if progress is not None:
         overrides.append(f"progress={str(progress).lower()}")
-    cfg = _recipe(config, overrides, resume, out)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
+    cfg = _recipe(config, overrides, resume)
     run = Path(cfg.out_dir)
     check_output_folder(run, what=f"the output folder {run}")
     if resume and not (run / "last.pt").exists():
         raise FileNotFoundError(f"--resume: no checkpoint {run / 'last.pt'}")
-    held = sorted(p.name for p in run.glob("*") if p.name in RUN_FILES) if run.is_dir() else []
     first_rank = int(os.environ.get("RANK", "0")) == 0  # data-parallel: rank 0 checks
+    if first_rank:  # the folder is this run's until its model is written
+        run.mkdir(parents=True, exist_ok=True)
+    with run_folder_lock(run) if first_rank else contextlib.nullcontext():
+        _train_in_folder(cfg, run, resume, overwrite, first_rank)
+
+
+def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
+                     first_rank: bool) -> None:
+    """The run of :func:`train_command` once it holds its folder: train, then the
+    inference model."""
+    held = sorted(p.name for p in run.glob("*") if p.name in RUN_FILES) if run.is_dir() else []
     if held and not (resume or overwrite) and first_rank:
         raise ValueError(f"{run} already holds a run ({', '.join(held)}): pass --resume to "
                          "continue it or --overwrite to start afresh")
@@ -142,7 +157,7 @@ def train_command(
     # the old run goes only once this one is set up and checked (train's on_start)
     started = time.time()
     try:
-        metrics = train(cfg, resume=resume,
+        metrics = train(cfg, resume=resume, lock=False,  # (held here, model.pt included)
                         on_start=clear_old_run if overwrite and first_rank else None)
     except KeyboardInterrupt:
         last = run / "last.pt"
@@ -156,10 +171,10 @@ def train_command(
                           f"nothing of it to resume; the same command {again}starts "
                           f"afresh[/]")
         raise typer.Exit(code=130) from None
-    if int(os.environ.get("RANK", "0")) != 0:  # data-parallel: rank 0 writes and reports
+    if not first_rank:  # data-parallel: rank 0 writes and reports
         return
-    write_text_atomic(Path(cfg.out_dir) / "metrics.json", json.dumps(metrics, indent=2))
-    stdout.print(_summary_table(metrics, Path(cfg.out_dir)))
+    write_text_atomic(run / "metrics.json", json.dumps(metrics, indent=2))
+    stdout.print(_summary_table(metrics, run))
     if cfg.order.scenes > 0:
         _inference_model(cfg, progress_bar=cfg.progress)
 

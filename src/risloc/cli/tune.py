@@ -58,6 +58,7 @@ def tune_command(
                       "'risloc\\[hpo]'")  # \[: a literal bracket, not rich markup
         raise typer.Exit(code=2) from None
     from risloc.hpo import TuneSettings, tune
+    from risloc.hpo.search import relative_fields
 
     settings = TuneSettings(config=str(config),
                             overrides=tuple(set_ or ()), out_dir=str(out), storage=storage,
@@ -71,8 +72,9 @@ def tune_command(
     study = tune(settings)
     table = Table(title=f"study {study_name!r}")
     names = sorted({k for t in study.trials for k in t.params})
+    relative = relative_fields(settings)  # their parameters: multiples of the recipe's value
     for col in ("trial", "state", "objective", *names):
-        table.add_column(col, justify="right")
+        table.add_column(f"{col} (x base)" if col in relative else col, justify="right")
     for t in study.trials:
         table.add_row(str(t.number), t.state.name,
                       "" if t.value is None else f"{t.value:.4g}",

@@ -394,13 +394,16 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
     if not torch.is_complex(H):
         raise ValueError(f"H must be complex (the channel's amplitude and phase), got "
                          f"{H.dtype}")
+    shapes = {"H": tuple(H.shape), "codes": tuple(codes.shape)}
+    if H.ndim == 2 and codes.ndim == 2:  # one scene
+        H, codes = H.unsqueeze(0), codes.unsqueeze(0)
     H, codes = H.to(torch.complex128), codes.to(torch.complex128)
-    H, codes = (t.unsqueeze(0) if t.ndim == 2 else t for t in (H, codes))  # one scene's
-    for name, t, rows, what in (("H", H, system.M, "M"), ("codes", codes, system.L, "L")):
-        if t.ndim != 3 or t.shape[0] != H.shape[0] or t.shape[1:] != (rows, system.N):
-            raise ValueError(f"{name} must be [{what}={rows}, N={system.N}] or [B, {what}, N] "
-                             f"for the system given (B = {H.shape[0]} scenes of H), got "
-                             f"{tuple(t.shape)}")
+    want = {"H": (H.shape[0], system.M, system.N), "codes": (H.shape[0], system.L, system.N)}
+    if (tuple(H.shape), tuple(codes.shape)) != (want["H"], want["codes"]):
+        raise ValueError(f"H and codes must be one scene's [M, N] and [L, N] or a batch's "
+                         f"[B, M, N] and [B, L, N], of the system given (M={system.M}, "
+                         f"L={system.L}, N={system.N}); got {shapes['H']} and "
+                         f"{shapes['codes']}")
     if not bool(torch.isclose(codes.abs(), torch.ones((), dtype=torch.float64),
                               atol=1e-3).all()):
         raise ValueError("codes must lie on the unit circle (|c| = 1, phase-only RIS "

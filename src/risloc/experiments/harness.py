@@ -171,7 +171,9 @@ def evaluate_points(points: Iterable[tuple], system: SystemConfig,
         if reasons:  # one check path for every estimator: bad scenes are left out
             for i, why in reasons[:20]:
                 log.warning("scene %d left out: %s", int(where[0][i]) if where else i, why)
-            log.warning("%d of %d scenes left out (reasons above)", len(reasons), len(scenes))
+            log.warning("%d of the %d scenes%s left out (reasons above)", len(reasons),
+                        len(scenes), f" of the {snr:g} dB bin" if where and not
+                        math.isnan(snr) else " without an SNR" if where else "")
             scenes = scenes[ok]
         left = {"scenes_left_out": len(reasons)}
         left_total += len(reasons)

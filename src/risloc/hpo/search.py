@@ -179,7 +179,8 @@ def open_study(settings: TuneSettings):
     from optuna.storages import RDBStorage
     from sqlalchemy.engine import make_url
 
-    Path(settings.out_dir).mkdir(parents=True, exist_ok=True)
+    if settings.storage is None:  # the folder's own study.db (another storage: the folder
+        Path(settings.out_dir).mkdir(parents=True, exist_ok=True)  # comes with the claim)
     url = settings.storage_url
     try:
         parsed = make_url(url)
@@ -234,7 +235,8 @@ def claim_folder(settings: TuneSettings, write: bool = True) -> None:
     mark = {"study_name": settings.study_name, "storage": shown}
     if settings.storage is None:  # the folder's own SQLite file, however out_dir is spelled
         mark["storage"] = "sqlite:///<out_dir>/study.db"
-    out.mkdir(parents=True, exist_ok=True)
+    if write:  # (a check makes no folder: a study that cannot open leaves none behind)
+        out.mkdir(parents=True, exist_ok=True)
     path = out / STUDY_MARK
     if path.exists():
         held = json.loads(path.read_text())
@@ -290,6 +292,12 @@ def check_study_recipe(study, settings: TuneSettings, space: tuple[Dimension, ..
                          f"of another recipe or search space ({'; '.join(diff[:6])}): run it "
                          "with the recipe, --epochs and --space it began with, or start a "
                          "new study (--study-name, --out)")
+
+
+def relative_fields(settings: TuneSettings) -> set[str]:
+    """The searched fields whose parameter is a multiple of the base recipe's value."""
+    base = load_train_config(settings.config, list(settings.overrides))
+    return {d.field for d in load_space(settings.space or DEFAULT_SPACE, base) if d.relative}
 
 
 def tune(settings: TuneSettings):

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import os
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 SUFFIX = ".partial"
+log = logging.getLogger(__name__)
 
 try:
     import fcntl
@@ -29,13 +31,17 @@ def try_lock(fh) -> bool:
     """Take an exclusive advisory lock on the open file ``fh`` without waiting: False when
     another process (or another open file of this one) holds it. The operating system
     releases it when the file is closed or the process ends, however it ends. Where fcntl
-    is missing (Windows) it always succeeds: files go unlocked."""
+    is missing (Windows) or the filesystem has no locks it succeeds (with a warning in the
+    latter case): files go unlocked."""
     if fcntl is None:
         return True
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:  # held
         return False
+    except OSError as err:  # a filesystem without locks (NFS without lockd, Lustre, ...)
+        log.warning("%s cannot be locked on its filesystem (%s): it goes unlocked, so two "
+                    "runs into it at once would not be refused", fh.name, err)
     return True
 
 

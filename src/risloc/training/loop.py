@@ -398,19 +398,20 @@ def _epoch_row(epoch: int, seconds: float, stats: EpochStats, val: EvalResult,
 
 def train(cfg: TrainConfig, resume: bool = False,
           callback: EpochCallback | None = None,
-          on_start: Callable[[], None] | None = None) -> dict[str, float]:
+          on_start: Callable[[], None] | None = None, lock: bool = True) -> dict[str, float]:
     """Train the learned covariance; return the headline metrics (see module docstring).
 
     callback(epoch, metrics) runs after every validation (Optuna reports / prunes there by
     raising). on_start() runs once everything the run needs is built and checked (device,
     data files, validation set, the checkpoint resumed from) and before it writes anything:
     ``risloc train --overwrite`` deletes the old run there, so a run that cannot start leaves
-    it whole. Writes out_dir/{best.pt, last.pt, final.pt, epochs.csv, steps.csv}.
+    it whole. Writes out_dir/{best.pt, last.pt, final.pt, epochs.csv, steps.csv}, holding
+    the folder (:func:`run_folder_lock`) unless ``lock=False`` (a caller that holds it).
     """
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     first = int(os.environ.get("RANK", "0")) == 0  # data-parallel: rank 0 holds the folder
-    with run_folder_lock(out) if first else contextlib.nullcontext():
+    with run_folder_lock(out) if first and lock else contextlib.nullcontext():
         tr = Trainer(cfg)
         try:
             return _run(tr, out, resume, callback, on_start)

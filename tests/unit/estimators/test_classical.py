@@ -117,13 +117,13 @@ def test_an_snr_far_from_the_data_is_warned_of(caplog, monkeypatch):
     for snr in (b.snr_db, None, torch.full((6,), math.nan)):
         classical_localize(b.y, b.H, b.codes, SYSTEM, snr_db=snr)
     assert not caplog.records
-    for snr, says in ((10 ** 1.5, "31.6 dB given"), (-20.0, "-20.0 dB given")):
+    for snr, says in ((10 ** 1.5, "e.g. 31.6 dB given"), (-20.0, "e.g. -20.0 dB given")):
         monkeypatch.setattr(classical, "_SNR_WARNED", [])  # once per process: a fresh one
         classical_localize(b.y, b.H, b.codes, SYSTEM, snr_db=snr)
         text = caplog.records[-1].getMessage()
         assert "the SNR given for 6 of 6 scenes disagrees with their data by more than 10 dB" \
             in text and says in text and "a linear SNR passed as snr_db?" in text, text
-        implied = float(text.split("its residual implies about ")[1].split(" dB")[0])
+        implied = float(text.split("the residual implies about ")[1].split(" dB")[0])
         assert abs(implied - 15.0) < 3.0  # the data's own SNR
     n = len(caplog.records)  # said once: the next chunk of a file does not say it again
     classical_localize(b.y, b.H, b.codes, SYSTEM, snr_db=-20.0)

@@ -459,8 +459,11 @@ def test_user_crb_names_bad_inputs_instead_of_a_wrong_bound_or_a_traceback(syste
             ({"codes": 2 * c}, "codes must lie on the unit circle"),
             ({"codes": 0 * c}, "codes must lie on the unit circle"),
             ({"H": H.real}, "H must be complex"),
-            ({"H": H[:8]}, r"H must be \[M=16, N=144\] or \[B, M, N\] .* got \(1, 8, 144\)"),
-            ({"codes": sc.codes}, r"codes must be .* \(B = 1 scenes of H\), got \(2, 16, 144\)"),
+            ({"H": H[:8]}, r"of the system given \(M=16, L=16, N=144\); got \(8, 144\) and "
+                           r"\(16, 144\)"),
+            ({"codes": sc.codes}, r"one scene's \[M, N\] and \[L, N\] or a batch's "
+                                  r"\[B, M, N\] and \[B, L, N\].*got \(16, 144\) and "
+                                  r"\(2, 16, 144\)"),
             ({"kind": "deterministic", "symbols": torch.ones(16, 3, dtype=torch.complex64)},
              r"symbols must be \[L=16, K=2\] \(one scene\) or \[B=1, L, K\], got "
              r"\(1, 16, 3\)"),

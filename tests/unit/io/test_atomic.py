@@ -86,3 +86,21 @@ def test_check_writable_refuses_inputs_folders_and_unwritable_places(tmp_path):
         locked.chmod(0o700)
     assert check_writable(tmp_path / "new" / "out.csv").name == "out.csv"
     assert list((tmp_path / "new").iterdir()) == []  # the probe leaves nothing
+
+
+def test_try_lock_refuses_a_held_file_and_goes_unlocked_where_the_filesystem_has_none(
+        tmp_path, monkeypatch, caplog):
+    import errno
+
+    from risloc.io import atomic
+
+    with open(tmp_path / "f", "a") as a, open(tmp_path / "f", "a") as b:
+        assert atomic.try_lock(a) and not atomic.try_lock(b)  # held by the first
+
+    def no_locks(fh, op):  # NFS without lockd: every lock fails, none is held
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(atomic.fcntl, "flock", no_locks)
+    with open(tmp_path / "g", "a") as c:
+        assert atomic.try_lock(c)
+    assert "cannot be locked on its filesystem" in caplog.text
