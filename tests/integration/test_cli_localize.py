@@ -45,6 +45,13 @@ def test_localize_bad_inputs(tmp_path):
     res = runner.invoke(app, ["localize", str(tmp_path / "junk.h5"), "--method", "x"])
     assert res.exit_code == 2 and "--method" in res.output
     assert not (tmp_path / "estimates.csv").exists()
+    res = runner.invoke(app, ["localize", str(tmp_path / "junk.h5"), "--device", "tpu"])
+    assert res.exit_code == 2 and "--device must be cpu or cuda, got 'tpu'" in res.output
+    import torch
+
+    if not torch.cuda.is_available():  # says why, not 'must be cpu or cuda ... got cuda'
+        res = runner.invoke(app, ["localize", str(tmp_path / "junk.h5"), "--device", "cuda"])
+        assert res.exit_code == 2 and "sees no CUDA GPU" in " ".join(res.output.split())
 
 
 def test_localize_never_replaces_its_input_and_skips_bad_scenes(tmp_path):

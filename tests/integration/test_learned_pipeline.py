@@ -225,6 +225,7 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
                               "--scene", "power_spread_db=[0, 25]", "--margin", "0.5"])
     assert res.exit_code == 0, res.output
     assert "order head" in res.output
+    assert "SNR (dB)" in res.output  # (rich read '[dB]' as markup and dropped it)
     pipe = load_learned_pipeline(out)
     assert pipe.order_head is not None
     # the head reads the fits of the fit stage it was fitted on: its margin comes with it

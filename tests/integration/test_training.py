@@ -103,6 +103,9 @@ def test_plot_run_names_what_is_wrong_with_a_run_folder(tmp_path):
     res = CliRunner().invoke(plot, [str(tmp_path)])
     assert res.exit_code == 2 and "epochs.csv has no rows yet" in res.output
     assert not (tmp_path / "curves.png").exists()
+    res = CliRunner().invoke(plot, [str(tmp_path / "no_run")])
+    assert res.exit_code == 2 and "no epochs.csv" in res.output
+    assert not (tmp_path / "no_run").exists()  # (a folder was made for its curves.png)
 
 
 @pytest.mark.parametrize("ahead", ["prefetch=true", "prefetch=process",

@@ -136,6 +136,8 @@ def test_tune_cli_and_train_overrides_close_the_loop(tmp_path):
     assert res.exit_code == 0, res.output
     best = tmp_path / "t" / "best_overrides.yaml"
     assert "best trial" in res.output and best.exists()
+    assert "(x" in res.output and "base)" in res.output  # optim.lr: a multiple, not the rate
+    assert f"# Best trial of the study: risloc train --config {TINY} " in best.read_text()
     res = runner.invoke(app, ["train", "--config", TINY, "--overrides", str(best), "--out",
                               str(tmp_path / "r"), "--set", "schedule.epochs=1",
                               "--set", "order.scenes=0", "--no-progress", *FAST])
@@ -247,6 +249,7 @@ def test_a_storage_that_cannot_be_opened_is_named_and_claims_no_folder(tmp_path)
                                   "--out", str(out), "--storage", url, *FAST])
         assert res.exit_code == 2 and says in " ".join(res.output.split()), (url, res.output)
         assert not (out / "study.json").exists()  # the folder is free for a right --storage
+        assert not out.exists(), url  # nor any folder made for a storage that cannot open
     # --baseline with a recipe outside the space: refused before a study records it
     res = runner.invoke(app, ["tune", "--config", TINY, "--trials", "1", "--epochs", "1",
                               "--out", str(out), "--baseline", *FAST])
