@@ -1,6 +1,6 @@
 """`python -m risloc ...`: the `risloc` command (also under torchrun: `torchrun -m risloc`)."""
 
-from risloc.cli.main import app
+from risloc.cli.entry import main
 
 if __name__ == "__main__":
-    app(prog_name="risloc")
+    main()

@@ -229,6 +229,16 @@ def test_train_refuses_a_run_folder_unless_resumed_or_overwritten(tmp_path):
                               f"data.val_file={tmp_path / 'missing.h5'}"])
     assert res.exit_code == 2 and "missing.h5" in res.output, res.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == held
+    # killed after its first epoch's log row and before its checkpoint: only --overwrite
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "epochs.csv").write_text("epoch\n1\n")
+    res = runner.invoke(app, [*args[:2], "--out", str(early), *args[4:]])
+    assert res.exit_code == 2 and "stopped before its first checkpoint, so there is nothing " \
+        "to resume: --overwrite starts afresh" in " ".join(res.output.split())
+    res = runner.invoke(app, [*args[:2], "--out", str(early), *args[4:], "--resume"])
+    assert res.exit_code == 2 and "--overwrite, not --resume, starts it afresh" in \
+        " ".join(res.output.split())
     (tmp_path / "afile").write_text("notes")
     res = runner.invoke(app, [*args[:2], "--out", str(tmp_path / "afile"), *args[4:]])
     assert res.exit_code == 2 and "the output folder" in res.output and "is a file" in res.output
@@ -434,3 +444,15 @@ def test_an_interrupted_training_says_how_to_continue(tmp_path, monkeypatch):
     monkeypatch.setattr(cli_train, "train", ctrl_c)  # --overwrite: the last.pt is the old run's
     assert "nothing of it to resume; the same command with --overwrite starts afresh" \
         in says("--overwrite")
+    # during the order head's fit, after the training: --resume fits it
+    monkeypatch.setattr(cli_train, "train", lambda cfg, **kw: {})
+    monkeypatch.setattr(cli_train, "_inference_model", ctrl_c)
+    assert "interrupted while fitting the order head: the training is complete, model.pt is " \
+           "not written; the same command with --resume fits it" in says("--overwrite")
+    # other commands: one line, exit code 130, no traceback
+    import risloc.cli.simulate as cli_simulate
+
+    monkeypatch.setattr(cli_simulate, "simulate_range", ctrl_c)
+    res = CliRunner().invoke(app, ["simulate", "--n", "4", "--out", str(tmp_path / "s.h5")])
+    assert res.exit_code == 130 and "interrupted: every output is written whole or not at " \
+        "all" in " ".join(res.output.split()) and not (tmp_path / "s.h5").exists()

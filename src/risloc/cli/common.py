@@ -55,6 +55,10 @@ def handle_errors(fn: F) -> F:
             console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True,
                           highlight=False)
             raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:  # (train and localize say how to continue themselves)
+            console.print("[yellow]interrupted: every output is written whole or not at "
+                          "all, so none is half-written[/]")
+            raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -244,6 +244,11 @@ def localize_command(
         console.print(f"[yellow]interrupted: the scenes localized so far are kept; the same "
                       f"command with --resume continues into {out_path}[/]")
         raise typer.Exit(code=130) from None
+    except OSError as err:  # a full disk, a file gone: the finished chunks stay
+        stream.close()
+        raise OSError(f"{err} (while localizing into {out_path}): the scenes localized so "
+                      "far are kept; once this is fixed, the same command with --resume "
+                      "continues") from None
     except BaseException:
         stream.close()  # (its lock; the finished chunks stay for --resume)
         raise

@@ -131,10 +131,16 @@ def train_command(
     run = Path(cfg.out_dir)
     check_output_folder(run, what=f"the output folder {run}")
     if resume and not (run / "last.pt").exists():
-        raise FileNotFoundError(f"--resume: no checkpoint {run / 'last.pt'}")
+        stopped = run.is_dir() and any(p.name in RUN_FILES for p in run.glob("*"))
+        raise FileNotFoundError(f"--resume: no checkpoint {run / 'last.pt'}" + (
+            " (the run stopped before its first checkpoint: --overwrite, not --resume, "
+            "starts it afresh)" if stopped else ""))
     first_rank = int(os.environ.get("RANK", "0")) == 0  # data-parallel: rank 0 checks
     if first_rank:  # the folder is this run's until its model is written
-        run.mkdir(parents=True, exist_ok=True)
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OSError(f"cannot create the output folder {run}: {err.strerror}") from None
     with run_folder_lock(run) if first_rank else contextlib.nullcontext():
         _train_in_folder(cfg, run, resume, overwrite, first_rank)
 
@@ -145,8 +151,10 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
     inference model."""
     held = sorted(p.name for p in run.glob("*") if p.name in RUN_FILES) if run.is_dir() else []
     if held and not (resume or overwrite) and first_rank:
-        raise ValueError(f"{run} already holds a run ({', '.join(held)}): pass --resume to "
-                         "continue it or --overwrite to start afresh")
+        how = ("pass --resume to continue it or --overwrite to start afresh"
+               if "last.pt" in held else "it stopped before its first checkpoint, so there "
+               "is nothing to resume: --overwrite starts afresh")
+        raise ValueError(f"{run} already holds a run ({', '.join(held)}): {how}")
 
     def clear_old_run() -> None:  # afresh: no file of the old run is left to be mistaken
         for name in held:  # for this one's (a model.pt where this run fits no order head)
@@ -176,7 +184,14 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
     write_text_atomic(run / "metrics.json", json.dumps(metrics, indent=2))
     stdout.print(_summary_table(metrics, run))
     if cfg.order.scenes > 0:
-        _inference_model(cfg, progress_bar=cfg.progress)
+        try:
+            _inference_model(cfg, progress_bar=cfg.progress)
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted while fitting the order head: the training "
+                          f"is complete, model.pt is not written; the same command with "
+                          f"--resume fits it (or: risloc fit-order {run / 'best.pt'} --out "
+                          f"{run / 'model.pt'})[/]")
+            raise typer.Exit(code=130) from None
 
 
 def _inference_model(cfg, progress_bar: bool) -> Path:

@@ -36,9 +36,13 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     body = {"format_version": FORMAT_VERSION, **state}
     body.pop("sha256", None)
     payload = _serialise(body)
-    with atomic_path(path) as tmp:
-        torch.save({"payload": payload, "sha256": hashlib.sha256(payload).hexdigest(),
-                    "format_version": FORMAT_VERSION}, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save({"payload": payload, "sha256": hashlib.sha256(payload).hexdigest(),
+                        "format_version": FORMAT_VERSION}, tmp)
+    except RuntimeError as err:  # torch's writer: "[enforce fail ...] unexpected pos ..."
+        raise OSError(f"cannot write the checkpoint {path} ({len(payload) / 1e6:.1f} MB; is "
+                      f"the disk full?): {' '.join(str(err).split())[:200]}") from None
     return path
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,7 +106,22 @@ class SceneFileWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.path)
         s, n = self.system, self.n
-        f = h5py.File(self.tmp, "w")
+        need = n * 8 * (s.L * s.M + s.M * s.N + s.L * s.N + 4 * s.K_max + 2)  # complex64
+        free = shutil.disk_usage(self.path.parent).free
+        if need > free:  # (HDF5 may crash the process on a full disk, not raise)
+            raise SceneFileError(f"{self.path}: {n} scenes need about {need / 1e6:.0f} MB, "
+                                 f"and {self.path.parent} has {free / 1e6:.0f} MB free")
+        self._f = h5py.File(self.tmp, "w")
+        try:
+            self._layout()
+        except BaseException:  # nothing left behind (a full disk, a bad attribute)
+            self.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def _layout(self) -> None:
+        """The file's datasets and attributes (the scenes come with :meth:`write`)."""
+        f, s, n = self._f, self.system, self.n
         chunk = max(1, min(n, 256))
         f.create_dataset("y", (n, s.L, s.M), np.complex64, chunks=(chunk, s.L, s.M))
         f.create_dataset("H", (n, s.M, s.N), np.complex64, chunks=(chunk, s.M, s.N))
@@ -117,8 +134,6 @@ class SceneFileWriter:
         f.attrs["system"] = _system_json(s)
         for k, v in self.attrs.items():
             f.attrs[k] = v if isinstance(v, int | float | str) else json.dumps(v, default=_plain)
-        self._f = f
-        return self
 
     def write(self, start: int, batch: SceneBatch) -> None:
         f = self._f
@@ -146,8 +161,12 @@ class SceneFileWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         f, self._f = self._f, None
-        if f is not None:
-            f.close()
+        try:
+            if f is not None:
+                f.close()
+        except BaseException:  # (a full disk fails at the close's flush)
+            self.tmp.unlink(missing_ok=True)
+            raise
         if exc_type is not None or not self._covered.all():
             self.tmp.unlink(missing_ok=True)
             if exc_type is None:

@@ -390,3 +390,31 @@ def test_a_file_without_a_system_of_another_size_says_the_default_was_assumed(tm
     with pytest.raises(SceneFileError, match=r"expected \(3, 16, 16\).*no 'system' attribute, "
                                              "so the default system was assumed"):
         read_scenes(_npz(tmp_path, **arr))
+
+
+def test_a_file_the_disk_cannot_hold_is_refused_before_hdf5_writes_it(tmp_path, batch, system,
+                                                                       monkeypatch):
+    """HDF5 crashed the process (exit 139) on a full disk, leaving its temporary file; the
+    space a file needs is now checked first, and a failure while laying it out removes it."""
+    import collections
+
+    import risloc.io.scenefile as scenefile
+
+    good = tmp_path / "s.h5"
+    write_scenes(good, batch, system)
+    before = good.read_bytes()
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(scenefile.shutil, "disk_usage", lambda p: usage(10**9, 10**9, 10**4))
+    with pytest.raises(SceneFileError, match=r"s.h5: \d+ scenes need about \d+ MB, and .* has "
+                                             r"0 MB free"):
+        write_scenes(good, batch, system)
+    assert good.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]
+    monkeypatch.undo()
+
+    def fail(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SceneFileWriter, "_layout", fail)
+    with pytest.raises(OSError, match="No space left"):
+        write_scenes(tmp_path / "t.h5", batch, system)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]  # no temporary left

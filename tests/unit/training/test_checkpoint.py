@@ -1,5 +1,7 @@
 """Atomic checkpoints, round trip, and rebuilding the model for inference."""
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -74,3 +76,26 @@ def test_a_flipped_bit_is_an_error_not_a_silent_model(tmp_path):
     with pytest.raises(ValueError, match="t.pt is not a risloc checkpoint, or is damaged"):
         load_checkpoint(tmp_path / "t.pt")
     assert torch.equal(load_checkpoint(path)["w"], torch.arange(1000.0))
+
+
+def test_a_checkpoint_the_disk_cannot_hold_is_an_os_error_naming_it(tmp_path, monkeypatch):
+    """torch's writer raises RuntimeError('[enforce fail ...] unexpected pos') on a full
+    disk: it reached users as a traceback; now an OSError (the CLI's one-line error)."""
+    import risloc.inference.checkpoint as checkpoint
+
+    real = torch.save
+
+    def full(obj, f):  # the serialisation in memory works; the write to the disk fails
+        if not isinstance(f, io.BytesIO):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos "
+                               "128 vs 0")
+        real(obj, f)
+
+    save_checkpoint(tmp_path / "c.pt", {"w": torch.ones(3)})
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(OSError, match=r"cannot write the checkpoint .*c.pt \(.* MB; is the disk "
+                                      r"full\?\): \[enforce fail"):
+        save_checkpoint(tmp_path / "c.pt", {"w": torch.zeros(3)})
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(tmp_path / "c.pt")["w"], torch.ones(3))  # the old one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
