@@ -214,6 +214,28 @@ def test_export_model_cli(tmp_path, checkpoint):
     assert res.exit_code == 2 and "the card of the input" in res.output
 
 
+def test_a_model_is_never_left_beside_the_card_of_the_one_it_replaced(tmp_path, checkpoint,
+                                                                      monkeypatch):
+    """A kill between the model's rename and its card's left the new model with the old
+    card (another epoch, another head); now the old card goes first."""
+    import risloc.inference.checkpoint as ckpt
+    from risloc.inference.checkpoint import export_model
+
+    export_model(checkpoint, tmp_path / "m.pt")
+    assert (tmp_path / "m.json").exists()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "write_text_atomic", killed)  # killed before the new card
+    with pytest.raises(KeyboardInterrupt):
+        export_model(tmp_path / "m.pt", tmp_path / "m2.pt")
+    (tmp_path / "m2.json").write_text("{}")  # an older card at the target
+    with pytest.raises(KeyboardInterrupt):
+        export_model(checkpoint, tmp_path / "m2.pt")
+    assert (tmp_path / "m2.pt").exists() and not (tmp_path / "m2.json").exists()
+
+
 def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, monkeypatch):
     from risloc.inference.checkpoint import export_model
 

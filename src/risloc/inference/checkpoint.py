@@ -199,5 +199,8 @@ def export_model(src: str | Path, dst: str | Path,
         save_checkpoint(tmp, slim)
         if verify is not None:
             verify(tmp)
+        # a kill between the two renames leaves a model without a card, never one beside
+        # the card of the model it replaced
+        card_path.unlink(missing_ok=True)
     write_text_atomic(card_path, json.dumps(card, indent=2, default=str) + "\n")
     return dst

@@ -180,13 +180,19 @@ def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
     state["order_report"] = report
     card_src, card_dst = model_card_path(checkpoint), model_card_path(out)
     card = json.loads(card_src.read_text()) if card_src.exists() else None
-    save_checkpoint(out, state)
+    old_card = card_dst.read_text() if card_dst.exists() else None
+    card_dst.unlink(missing_ok=True)  # a kill before the new card: no card, not a wrong one
+    try:
+        save_checkpoint(out, state)
+    except BaseException:  # the model at out is unchanged: so is its card
+        if old_card is not None:
+            write_text_atomic(card_dst, old_card)
+        raise
     if card is not None:
         card["order_head"] = report
         write_text_atomic(card_dst, json.dumps(card, indent=2) + "\n")
-    elif card_dst.exists():  # an older model's card: it would describe another head
-        card_dst.unlink()
-    return report
+    return report  # (without a card of its own, out has none: an older one would describe
+    # another head)
 
 
 def n_progress_items(n_scenes: int, n_report: int) -> int:
