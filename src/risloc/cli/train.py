@@ -15,7 +15,7 @@ from rich.table import Table
 from risloc.cli.common import console, handle_errors, progress
 from risloc.cli.common import out as stdout
 from risloc.config import parse_overrides, read_config_file, shipped_recipes
-from risloc.io.atomic import check_output_folder, write_text_atomic
+from risloc.io.atomic import check_output_folder, make_output_folder, write_text_atomic
 from risloc.training.config import TrainConfig, load_train_config
 from risloc.training.loop import run_folder_lock, train
 
@@ -137,10 +137,7 @@ def train_command(
             "starts it afresh)" if stopped else ""))
     first_rank = int(os.environ.get("RANK", "0")) == 0  # data-parallel: rank 0 checks
     if first_rank:  # the folder is this run's until its model is written
-        try:
-            run.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise OSError(f"cannot create the output folder {run}: {err.strerror}") from None
+        make_output_folder(run)
     with run_folder_lock(run) if first_rank else contextlib.nullcontext():
         _train_in_folder(cfg, run, resume, overwrite, first_rank)
 

@@ -130,6 +130,18 @@ def check_output_folder(folder: str | Path, what: str | None = None) -> None:
                          "folder")
 
 
+def make_output_folder(folder: str | Path) -> Path:
+    """Create ``folder`` (and its parents); ValueError naming it where it cannot be: a file
+    in its place (:func:`check_output_folder`), no permission, ..."""
+    folder = Path(folder)
+    check_output_folder(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create the output folder {folder}: {err}") from None
+    return folder
+
+
 def check_writable(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     """ValueError unless ``path`` can be written and is none of ``inputs`` (checked before
     any work, so a long run never ends in a failed or destructive write)."""
@@ -140,12 +152,7 @@ def check_writable(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
             raise ValueError(f"the output {path} is one of the inputs: it would be replaced")
     if target.is_dir():
         raise ValueError(f"the output {path} is a folder")
-    folder = target.parent
-    check_output_folder(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"cannot create the output folder {folder}: {err}") from None
+    make_output_folder(target.parent)
     probe = temporary_name(target)
     try:
         probe.write_bytes(b"")
