@@ -74,6 +74,15 @@ def test_evaluate_user_file_with_stochastic_crb(tmp_path):
     assert res.exit_code == 0, res.output
     rows = _rows(tmp_path / "r" / "metrics.csv")
     assert rows[0]["snr_db"] == "15.0" and float(rows[0]["crb_range_median_m"]) > 0
+    # metrics.json records the bound used and no setting of a simulated sweep
+    settings = json.loads((tmp_path / "r" / "metrics.json").read_text())["meta"]["settings"]
+    assert settings["crb"] == "stochastic" and settings["known_K"] is True
+    assert not {"snr_db", "K", "n_per_point", "power_spread_db"} & set(settings)
+    # a file carries no symbols: the deterministic bound is refused, not silently replaced
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "music-oracle", "--crb",
+                              "deterministic", "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 2 and "--crb deterministic needs the sources' symbols" in res.output
+    assert not (tmp_path / "r2").exists()
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -296,3 +296,31 @@ def test_an_interrupted_run_says_how_to_go_on_and_a_resume_of_nothing_says_so(tm
     assert read_estimates(out, 24, 5).K.gt(0).all()
     res = runner.invoke(app, [*args, "--resume"])  # finished: nothing to continue
     assert res.exit_code == 0 and "no interrupted run of" in " ".join(res.output.split())
+
+
+def test_truth_without_K_is_scored_and_K_without_positions_is_named(tmp_path):
+    """docs/conventions.md lists K and the true positions as separate optional datasets."""
+    import h5py
+
+    f = tmp_path / "f.h5"
+    assert runner.invoke(app, ["simulate", "--n", "4", "--out", str(f), "--snr-db", "25",
+                               "--K", "2", "--split", "test"]).exit_code == 0
+    with h5py.File(f, "a") as h:
+        del h["K"]  # positions only: K follows from their NaN padding
+    res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "a.csv"),
+                              "--method", "classical"])
+    assert res.exit_code == 0, res.output
+    assert "metrics against" in " ".join(res.output.split())
+    with h5py.File(f, "a") as h:
+        for name in ("azimuth_deg", "elevation_deg", "range_m"):
+            del h[name]
+        h["K"] = [2, 2, 2, 2]  # a count without positions: localized, not scored, and said
+    res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "b.csv"),
+                              "--method", "classical"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "'K' without true positions (azimuth_deg, elevation_deg, range_m) is not used" in text
+    assert "metrics against" not in text and read_estimates(tmp_path / "b.csv", 4, 5).K.tolist() \
+        == [2] * 4
+    res = runner.invoke(app, ["info", str(f)])
+    assert res.exit_code == 0 and "'K' without true positions" in " ".join(res.output.split())

@@ -86,7 +86,8 @@ def test_wrong_arrays_are_typed_errors(name, how):
         return
     if name == "codes" and how in ("float32", "int64"):  # real codes are taken (a 1-bit
         # RIS's +-1); these, the real parts of unit-modulus ones, are not: every scene named
-        assert len(res.bad) == len(res) and all("unit modulus" in r for _, r in res.bad)
+        assert len(res.bad) == len(res) and all("codes are real and not +-1" in r
+                                                for _, r in res.bad)
         return
     assert how == "list"  # a nested list of complex numbers is a valid array
 

@@ -102,7 +102,9 @@ def evaluate_command(
         "--snr-bin-db", min=0.01, help="Scene file: group its scenes into SNR bins this many dB "
         "wide, each row labelled with the mean SNR of its scenes; scenes without an SNR are "
         "one group, 'unknown'.")] = 5.0,
-    crb: Annotated[str, typer.Option(help="deterministic | stochastic bound.")] = "deterministic",
+    crb: Annotated[str | None, typer.Option(
+        help="deterministic | stochastic bound (default: deterministic for a simulated sweep; "
+        "a scene file carries no source symbols: stochastic, the only one for it).")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path(
@@ -122,8 +124,13 @@ def evaluate_command(
             raise ValueError(f"unknown estimator {name!r}; choose from {sorted(NAMES)}")
         if name in names[:i]:
             raise ValueError(f"--estimators: {name} is given twice")
-    if crb not in ("deterministic", "stochastic"):
+    if crb not in (None, "deterministic", "stochastic"):
         raise ValueError(f"--crb must be deterministic or stochastic, got {crb!r}")
+    if scenes is not None and crb == "deterministic":
+        raise ValueError("--crb deterministic needs the sources' symbols, which a scene file "
+                         "does not carry: its bound is the stochastic CRB (--crb stochastic, "
+                         "the default for a file)")
+    crb = crb or ("stochastic" if scenes is not None else "deterministic")
     snrs = parse_numbers(snr_db, "--snr-db", allow_empty=scenes is not None)  # files: unused
     Ks = None if K is None else parse_numbers(K, "--K", int)
     settings = SweepSettings(names, snrs, Ks, n,
@@ -136,6 +143,8 @@ def evaluate_command(
         from risloc.io import read_scenes
 
         batch, info = read_scenes(scenes, truth="unchecked")  # unscorable scenes: left out
+        for note in info.notes:
+            console.print(f"[yellow]{scenes}: {note}[/]")
         if settings.known_K and not info.has_truth:
             raise ValueError("--known-K needs a scene file with the truth (K)")
         for name in names:
@@ -154,7 +163,7 @@ def evaluate_command(
                           "powers at each scene's SNR (a file carries neither symbols nor "
                           "powers; none where a scene has no SNR)")
         else:
-            console.print(f"[yellow]{scenes} carries no truth (K and positions): only the "
+            console.print(f"[yellow]{scenes} carries no true positions: only the "
                           "estimators' time per scene can be measured; `risloc localize` "
                           "writes their estimates[/]")
         source = str(scenes)
@@ -166,6 +175,9 @@ def evaluate_command(
                left=left)
 
 
+SWEEP_ONLY = ("snr_db", "K", "n_per_point", "power_spread_db")  # SweepSettings of a simulation
+
+
 def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bool,
                source: str, title: str = "risloc evaluate", pooled: bool = False,
                left: int = 0) -> list[ResultRow]:
@@ -175,7 +187,11 @@ def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bo
     with progress() as bar:
         rows = evaluate_points(points, system, settings, bar, pooled)
     out.print(results_table(rows, f"{title} — {source}", left))
-    meta = {"settings": settings.__dict__, "source": source, "system": system.model_dump(),
+    used = dict(settings.__dict__)
+    if pooled:  # a file's scenes: the sweep's own settings do not apply
+        for key in SWEEP_ONLY:
+            used.pop(key)
+    meta = {"settings": used, "source": source, "system": system.model_dump(),
             "risloc_version": __version__, "torch_threads": torch.get_num_threads()}
     csv_path, _ = write_results(rows, out_dir, meta)
     plots = plots and any(r.K == "all" for r in rows)  # plots need the truth

@@ -183,6 +183,8 @@ def localize_command(
                              "--method classical; or train a model for this one: risloc "
                              "train)") from None
     for p, info in zip(paths, infos, strict=True):
+        for note in info.notes:
+            console.print(f"[yellow]{p}: {note}[/]")
         if info.n_truth_problems:
             i, why = info.truth_problems[0]
             console.print(f"[yellow]{p}: the truth of {info.n_truth_problems} scene(s) cannot "
@@ -259,8 +261,8 @@ def localize_command(
     stream.finish()
     for where, j, why in bad:
         console.print(f"[yellow]scene {where}{j} not localized:[/] {why}")
-    console.print(f"{n_new} scenes in {dt:.1f} s ({n_new / max(dt, 1e-9):.1f} scenes/s); "
-                  f"estimates of {total} scenes in {out_path}")
+    console.print(f"{n_new} scene{'s' * (n_new != 1)} in {dt:.1f} s ({n_new / max(dt, 1e-9):.1f} "
+                  f"scenes/s); estimates of {total} scene{'s' * (total != 1)} in {out_path}")
     if matched:
         scored_n = sum(len(m) for m in matched)
         out.print(_metrics_table(concat_matchings(matched), torch.cat(snrs), snr_bin_db,

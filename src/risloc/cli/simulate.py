@@ -200,6 +200,8 @@ def _print_summary(path: Path, check: bool = False) -> bool:
     for key in ("split", "seed", "shard", "first_scene", "risloc_version"):
         if key in info.attrs:
             table.add_row(key, str(info.attrs[key]))
+    for note in info.notes:
+        table.add_row("note", note)
     bad: list[tuple[int, str]] = []
     if check and info.n_truth_problems:
         table.add_row("truth checks", f"the truth of {info.n_truth_problems} scene(s) cannot "

@@ -54,6 +54,8 @@ def as_tensor(name: str, x) -> torch.Tensor:
         a = np.asarray(x)
         if a.dtype.byteorder not in "=|":
             a = a.astype(a.dtype.newbyteorder("="))
+        if a.dtype.kind in "fc" and a.dtype.itemsize > (8 if a.dtype.kind == "f" else 16):
+            a = a.astype(np.float64 if a.dtype.kind == "f" else np.complex128)  # long double
         # (np.ascontiguousarray would make a 0-d array, a number, 1-d)
         return torch.from_numpy(a if a.flags.c_contiguous else np.ascontiguousarray(a))
     except (TypeError, ValueError, RuntimeError) as err:
@@ -112,6 +114,8 @@ def scene_problems(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor) -> Sce
         (~finite["y"] | ~finite["H"] | ~finite["codes"], None),
         (~_nonzero(y), "all-zero measurements y (nothing received)"),
         (~_nonzero(H), "all-zero channel H"),
+        (~unit & (codes.imag == 0).flatten(1).all(1),
+         "codes are real and not +-1 (phases? store the codes themselves, exp(1j * phase))"),
         (~unit, f"codes are not unit modulus (| |c| - 1 | > {CODE_TOLERANCE:g})"),
     ]
     ok = torch.ones(y.shape[0], dtype=torch.bool, device=y.device)

@@ -70,6 +70,7 @@ class SceneFileInfo:
     attrs: dict[str, Any]
     truth_problems: tuple[tuple[int, str], ...] = ()  # (scene, reason): at most TRUTH_LISTED
     n_truth_problems: int = 0  # scenes whose truth cannot be scored (all of them)
+    notes: tuple[str, ...] = ()  # what the file holds that is not used, and why
 
     @property
     def system_assumed(self) -> bool:
@@ -377,11 +378,14 @@ def _to_complex64(a: np.ndarray) -> np.ndarray:
 
 
 def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
-                  assumed: bool = False) -> tuple[int, int]:
-    """Validate names, shapes and dtypes against each other and the system."""
+                  assumed: bool = False) -> tuple[int, int, tuple[str, ...]]:
+    """Validate names, shapes and dtypes against each other and the system: (S, the truth's
+    slots (0: no usable truth), notes on what is not used, :func:`_check_truth`)."""
     if "system" in data:
-        raise SceneFileError(f"{path}: 'system' must be one JSON string (an attribute, or a "
-                             f"0-d string array in .npz), got an array of shape "
+        where = ("a 0-d string array, np.array(json_text)" if is_npz(path) else
+                 "the file attribute 'system' (f.attrs['system'] = json_text), not a dataset")
+        raise SceneFileError(f"{path}: 'system' must be one JSON string, stored as {where}; "
+                             f"got {'an array' if is_npz(path) else 'a dataset'} of shape "
                              f"{tuple(data['system'].shape)}")
     missing = [k for k in REQUIRED if k not in data]
     if missing:
@@ -430,7 +434,7 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
         if inf.size:
             raise SceneFileError(f"{path}: 'snr_db' is infinite in {inf.size} scene(s) "
                                  f"{_listed(inf)}; write NaN where the SNR is unknown")
-    return S, _check_truth(path, data, S, system)
+    return S, *_check_truth(path, data, S, system)
 
 
 TRUTH_LISTED = 20  # scenes with unusable truth named by SceneFileInfo (all are counted)
@@ -467,27 +471,43 @@ def truth_problems(K: np.ndarray, azimuth_deg: np.ndarray, elevation_deg: np.nda
     for i in np.flatnonzero((K < 1) | (K > slots) | bad_pos | bad_range):
         out.append((int(i), "K unknown (NaN)" if unknown[i] else
                     f"K = {K[i]} outside 1..{slots}" if not 1 <= K[i] <= slots
-                    else "a non-finite true position" if bad_pos[i] else "a true range <= 0"))
+                    else f"a non-finite true position among its K = {K[i]} sources"
+                    if bad_pos[i] else "a true range <= 0"))
     return out
 
 
-def _check_truth(path: Path, data: dict[str, Any], S: int, system: SystemConfig) -> int:
-    present = [k for k in ("K", *TRUTH) if k in data]
-    if not present:
-        return 0
-    if len(present) != 4:
-        raise SceneFileError(f"{path}: truth datasets must come together (K, azimuth_deg, "
-                             f"elevation_deg, range_m); found only {present}")
-    if tuple(data["K"].shape) != (S,) or data["K"].dtype.kind not in "iuf":
-        raise SceneFileError(f"{path}: 'K' must be integer of shape ({S},), got "
-                             f"{data['K'].dtype} {tuple(data['K'].shape)}")
-    if data["K"].dtype.kind == "f" and S:  # MATLAB stores whole numbers as doubles
-        K = np.asarray(data["K"][:], dtype=np.float64)
-        odd = np.flatnonzero(np.isinf(K) | (np.isfinite(K) & (K != np.round(K))))
-        if odd.size:
-            raise SceneFileError(f"{path}: 'K' must hold whole numbers (it is "
-                                 f"{data['K'].dtype}, read as integers; NaN where unknown), got "
-                                 f"{K[odd[0]]:g} in scene(s) {_listed(odd)}")
+def derived_K(azimuth_deg: np.ndarray, elevation_deg: np.ndarray,
+              range_m: np.ndarray) -> np.ndarray:
+    """The true K [S] of a file whose truth has positions but no ``K``: the slots up to the
+    last one holding a number (the positions are NaN-padded, docs/conventions.md), so a NaN
+    among them is named by :func:`truth_problems`, not dropped; a scene without any: 0."""
+    held = np.isfinite(azimuth_deg) | np.isfinite(elevation_deg) | np.isfinite(range_m)
+    width = held.shape[-1]
+    return np.where(held.any(-1), width - np.argmax(held[..., ::-1], -1), 0).astype(np.int64)
+
+
+def _file_truth(data: dict[str, Any], start: int = 0, stop: int | None = None
+                  ) -> dict[str, np.ndarray]:
+    """The truth datasets of scenes start..stop-1 with K (derived where the file has
+    positions only, :func:`derived_K`)."""
+    out = {k: np.asarray(data[k][start:stop]) for k in TRUTH}
+    out["K"] = np.asarray(data["K"][start:stop]) if "K" in data else derived_K(*out.values())
+    return out
+
+
+def _check_truth(path: Path, data: dict[str, Any], S: int, system: SystemConfig
+                 ) -> tuple[int, tuple[str, ...]]:
+    """(the truth arrays' slots, 0 where the file has no usable truth; notes)."""
+    positions = [k for k in TRUTH if k in data]
+    if not positions:
+        note = (f"'K' without true positions ({', '.join(TRUTH)}) is not used: the scenes "
+                "are localized, not scored",) if "K" in data else ()
+        return 0, note
+    if len(positions) != len(TRUTH):
+        raise SceneFileError(f"{path}: the true positions must come together ("
+                             f"{', '.join(TRUTH)}); found only {positions}")
+    if "K" in data:  # else K follows from the NaN padding (derived_K)
+        _check_K(path, data["K"], S)
     slots = data["azimuth_deg"].shape[-1] if data["azimuth_deg"].ndim == 2 else -1
     for name in TRUTH:
         got = tuple(data[name].shape)
@@ -499,7 +519,20 @@ def _check_truth(path: Path, data: dict[str, Any], S: int, system: SystemConfig)
                     "saving)" if len(got) == 2 and got[1] == S and got[0] != S else ""))
         if data[name].dtype.kind not in "fiu":
             raise SceneFileError(f"{path}: {name!r} must be numeric, got {data[name].dtype}")
-    return slots
+    return slots, ()
+
+
+def _check_K(path: Path, K_data: Any, S: int) -> None:
+    if tuple(K_data.shape) != (S,) or K_data.dtype.kind not in "iuf":
+        raise SceneFileError(f"{path}: 'K' must be integer of shape ({S},), got "
+                             f"{K_data.dtype} {tuple(K_data.shape)}")
+    if K_data.dtype.kind == "f" and S:  # MATLAB stores whole numbers as doubles
+        K = np.asarray(K_data[:], dtype=np.float64)
+        odd = np.flatnonzero(np.isinf(K) | (np.isfinite(K) & (K != np.round(K))))
+        if odd.size:
+            raise SceneFileError(f"{path}: 'K' must hold whole numbers (it is "
+                                 f"{K_data.dtype}, read as integers; NaN where unknown), got "
+                                 f"{K[odd[0]]:g} in scene(s) {_listed(odd)}")
 
 
 def inspect_scene_file(path: str | Path) -> SceneFileInfo:
@@ -511,11 +544,14 @@ def inspect_scene_file(path: str | Path) -> SceneFileInfo:
             system = system_from_json(attrs.get("system"))
         except ConfigError as err:
             raise SceneFileError(f"{path}: {err}") from None
-        S, slots = _check_layout(path, data, system, assumed="system" not in attrs)
-        problems = truth_problems(*(np.asarray(data[k][:]) for k in ("K", *TRUTH)),
-                                  k_max=system.K_max) if slots > 0 and S else []
+        S, slots, notes = _check_layout(path, data, system, assumed="system" not in attrs)
+        if slots > 0 and S:
+            t = _file_truth(data)
+            problems = truth_problems(t["K"], *(t[k] for k in TRUTH), k_max=system.K_max)
+        else:
+            problems = []
         return SceneFileInfo(path, S, system, slots > 0, "snr_db" in data, slots, attrs,
-                             tuple(problems[:TRUTH_LISTED]), len(problems))
+                             tuple(problems[:TRUTH_LISTED]), len(problems), notes)
     finally:
         if handle is not None:
             handle.close()
@@ -561,7 +597,7 @@ def _names(info: SceneFileInfo, truth: bool | str) -> tuple[str, ...]:
         raise ValueError(f"truth must be True, False or 'unchecked', got {truth!r}")
     if truth is True:
         check_truth(info)
-    return (*REQUIRED, "snr_db") + (("K", *TRUTH) if truth else ())
+    return (*REQUIRED, "snr_db") + (("K", *TRUTH) if truth and info.has_truth else ())
 
 
 class SceneReader:
@@ -597,7 +633,10 @@ class SceneReader:
         if not 0 <= start <= stop:
             raise SceneFileError(f"{self.path}: bad scene range {start}..{stop} of {n}")
         try:
-            arrays = {k: np.asarray(self._data[k][start:stop]) for k in self._names}
+            arrays = {k: np.asarray(self._data[k][start:stop]) for k in self._names
+                      if k not in ("K", *TRUTH)}
+            if "azimuth_deg" in self._names:
+                arrays.update(_file_truth(self._data, start, stop))
         except OSError as err:
             raise SceneFileError(f"{self.path}: read failed at scenes {start}..{stop} "
                                  f"(truncated or corrupt?): {err}") from None

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,6 +113,11 @@ def test_scene_problems_reports_each_bad_scene_once_with_its_reason(system, scen
     assert bool(good.ok.all()) and good.reasons == ()
     with pytest.raises(ValueError, match=r"scenes \[3\]"):
         check_measurements(scenes.y, H, scenes.codes, system)
+    # phases stored where the codes belong: said so; real +-1 codes (a 1-bit RIS) are codes
+    phases = torch.complex(torch.rand(c.shape) * 6.28, torch.zeros(c.shape))
+    assert "phases? store the codes themselves" in dict(scene_problems(y, H, phases).reasons)[2]
+    signs = torch.complex(torch.randint(0, 2, c.shape) * 2.0 - 1, torch.zeros(c.shape))
+    assert bool(scene_problems(scenes.y, scenes.H, signs).ok.all())
 
 
 def test_normalise_scale_survives_float32_underflow_and_overflow(scenes):
@@ -146,3 +152,12 @@ def test_snr_rule_nan_means_unknown_in_that_scene_only():
         snr_per_scene("10", 3)
     with pytest.raises(ValueError, match="inf"):
         snr_per_scene([1.0, math.inf, 2.0], 3)
+
+
+def test_long_double_arrays_are_read_in_double_precision():
+    """NumPy's float128 / complex256 (an HDF5 file of long doubles) have no torch dtype."""
+    from risloc.core.checks import as_tensor
+
+    z = (np.arange(6) + 1j * np.arange(6)).reshape(2, 3)
+    assert torch.equal(as_tensor("y", z.astype(np.clongdouble)), torch.from_numpy(z))
+    assert as_tensor("snr_db", np.ones(3, np.longdouble)).dtype == torch.float64

@@ -102,8 +102,9 @@ def test_mismatched_shapes_dtypes_system_refused(tmp_path, batch, system):
         read_scenes(_npz(tmp_path, **dict(arr, system=np.array(other))))
     with pytest.raises(SceneFileError, match="bad 'system'"):
         read_scenes(_npz(tmp_path, **dict(arr, system=np.array('{"M": -3}'))))
-    with pytest.raises(SceneFileError, match="truth datasets"):
-        read_scenes(_npz(tmp_path, **{k: v for k, v in arr.items() if k != "K"}))
+    with pytest.raises(SceneFileError, match="true positions must come together.*found only "
+                                             r"\['azimuth_deg', 'elevation_deg'\]"):
+        read_scenes(_npz(tmp_path, **{k: v for k, v in arr.items() if k != "range_m"}))
     with pytest.raises(SceneFileError, match="snr_db"):
         read_scenes(_npz(tmp_path, **dict(arr, snr_db=arr["snr_db"][:3])))
 
@@ -287,7 +288,8 @@ def test_unusable_truth_is_named_and_the_measurements_still_read(tmp_path, batch
     path = _npz(tmp_path, **dict(arr, azimuth_deg=az, range_m=r, K=K))
     info = inspect_scene_file(path)
     assert info.has_truth and info.n_truth_problems == 3
-    assert info.truth_problems == ((5, "a non-finite true position"), (7, "a true range <= 0"),
+    assert info.truth_problems == ((5, f"a non-finite true position among its K = {K[5]} "
+                                       "sources"), (7, "a true range <= 0"),
                                    (9, "K = 0 outside 1..5"))
     with pytest.raises(SceneFileError, match=r"truth of 3 scene\(s\) cannot be scored"):
         read_scenes(path)
@@ -418,3 +420,41 @@ def test_a_file_the_disk_cannot_hold_is_refused_before_hdf5_writes_it(tmp_path, 
     with pytest.raises(OSError, match="No space left"):
         write_scenes(tmp_path / "t.h5", batch, system)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]  # no temporary left
+
+
+def test_the_truth_fields_are_optional_one_by_one(tmp_path, batch, system):
+    """docs/conventions.md lists K and the positions as separate optional datasets: positions
+    without K give K by their NaN padding (a NaN inside a scene's sources is named, not
+    dropped); K without positions is noted and not used (the scenes are localized)."""
+    arr = batch_to_arrays(batch, system.K_max)
+    no_K = {k: v for k, v in arr.items() if k != "K"}
+    back, info = read_scenes(_npz(tmp_path, **no_K))
+    assert info.has_truth and info.n_truth_problems == 0 and not info.notes
+    assert torch.equal(back.K, batch.K)
+    for name in ("azimuth", "elevation", "range_m"):
+        assert torch.equal(getattr(back, name).isnan(), getattr(batch, name).isnan())
+    holed = {k: v.copy() for k, v in no_K.items()}
+    i = int(np.flatnonzero(arr["K"] >= 2)[0])
+    holed["range_m"][i, 0] = np.nan  # the first of two or more sources
+    info = inspect_scene_file(_npz(tmp_path, **holed))
+    assert info.truth_problems == ((i, f"a non-finite true position among its K = "
+                                       f"{arr['K'][i]} sources"),)
+    only_K = {k: v for k, v in arr.items() if k not in ("azimuth_deg", "elevation_deg",
+                                                          "range_m")}
+    back, info = read_scenes(_npz(tmp_path, **only_K))
+    assert not info.has_truth and back.K is None and "'K' without true positions" in info.notes[0]
+    assert torch.equal(back.y, batch.y)
+
+
+def test_system_stored_as_a_dataset_says_how_to_store_it(tmp_path, batch, system):
+    path = write_scenes(tmp_path / "s.h5", batch[:2], system)
+    with h5py.File(path, "a") as f:
+        f["system"] = f.attrs.pop("system")
+    with pytest.raises(SceneFileError, match=r"stored as the file attribute 'system' "
+                                             r"\(f.attrs\['system'\] = json_text\), not a "
+                                             r"dataset; got a dataset of shape \(\)"):
+        read_scenes(path)
+    arr = batch_to_arrays(batch[:2], system.K_max)
+    with pytest.raises(SceneFileError, match=r"a 0-d string array, np.array\(json_text\); "
+                                             r"got an array of shape \(1,\)"):
+        read_scenes(_npz(tmp_path, **dict(arr, system=np.array([system.model_dump_json()]))))
