@@ -23,7 +23,13 @@ from risloc.evaluation.metrics import (
     summarize,
 )
 from risloc.io.atomic import check_writable
-from risloc.io.scenefile import count_outside, inspect_scene_file, iter_scene_chunks
+from risloc.io.scenefile import (
+    count_outside,
+    inspect_scene_file,
+    iter_scene_chunks,
+    radians_hint,
+    widest_true_angle,
+)
 from risloc.parallel import read_ahead
 from risloc.pipeline import METHODS, Localizer
 from risloc.pipeline.estimates_file import (
@@ -210,6 +216,7 @@ def localize_command(
     matched, snrs, n_new, t0 = [], [], 0, time.perf_counter()
     bad_scored = 0  # scenes not localized among those scored (counted as missed)
     outside = 0  # true sources of the scored scenes outside the field of view searched
+    n_true, widest = 0, 0.0  # true sources scored and their widest angle (radians_hint)
     quiet = logging.getLogger("risloc.pipeline.localizer")  # bad scenes: named below, by
     level = quiet.level                                     # their index in the file
     quiet.setLevel(logging.ERROR)
@@ -237,6 +244,8 @@ def localize_command(
                         matched.append(match_sources(res.estimates, batch.azimuth,
                                                      batch.elevation, batch.range_m, batch.K))
                         outside += count_outside(batch, loc.fov)
+                        n, w = widest_true_angle(batch)
+                        n_true, widest = n_true + n, max(widest, w)
                         snrs.append(batch.snr_db)
                         bad_scored += len(res.bad)
                     n_new += len(batch)
@@ -270,6 +279,8 @@ def localize_command(
         if scored_n < total:
             console.print(f"(metrics over the {scored_n} of {total} scenes whose file carries "
                           "usable truth)")
+        if radians_hint(n_true, widest):
+            console.print(f"[yellow]{radians_hint(n_true, widest)}[/]")
         if outside:
             f = loc.fov
             console.print(f"[yellow]{outside} true source(s) of the scored scenes lie outside "

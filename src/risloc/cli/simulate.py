@@ -33,7 +33,9 @@ from risloc.io.scenefile import (
     inspect_scene_file,
     is_npz,
     iter_scene_chunks,
+    radians_hint,
     read_scenes,
+    widest_true_angle,
     write_scenes,
 )
 from risloc.simulation.streams import BLOCK, SPLITS, simulate_range
@@ -144,13 +146,15 @@ def _simulate_h5(path, start, stop, system, scenes, split, seed, snr_db, K, attr
 
 
 def _check_scenes(path: Path, n_scenes: int, truth: bool
-                  ) -> tuple[list[tuple[int, str]], int, int]:
+                  ) -> tuple[list[tuple[int, str]], int, int, float]:
     """Every scene of a file checked as the localizers check theirs
     (:func:`risloc.core.checks.scene_problems`), chunk by chunk: ([(scene, reason)], true
-    sources outside the default field of view, true sources; with ``truth``)."""
+    sources outside the default field of view, true sources, their widest angle in degrees;
+    with ``truth``)."""
     fov = FieldOfView()
     bad: list[tuple[int, str]] = []
     outside = n_true = 0
+    widest = 0.0
     with progress() as bar:
         task = bar.add_task("checking every scene", total=n_scenes)
         for at, batch in iter_scene_chunks(path, size=1024, truth=truth):
@@ -158,9 +162,10 @@ def _check_scenes(path: Path, n_scenes: int, truth: bool
                     scene_problems(batch.y, batch.H, batch.codes).reasons]
             if batch.has_truth:
                 outside += count_outside(batch, fov)
-                n_true += int(batch.mask.sum())
+                n, w = widest_true_angle(batch)
+                n_true, widest = n_true + n, max(widest, w)
             bar.advance(task, len(batch))
-    return bad, outside, n_true
+    return bad, outside, n_true, widest
 
 
 def _print_summary(path: Path, check: bool = False) -> bool:
@@ -209,8 +214,8 @@ def _print_summary(path: Path, check: bool = False) -> bool:
                                                 info.truth_problems[:5])
                       + ("; ..." if info.n_truth_problems > 5 else ""))
     if check and info.n_scenes:
-        bad, outside, n_true = _check_scenes(path, info.n_scenes,
-                                             info.has_truth and not info.n_truth_problems)
+        bad, outside, n_true, widest = _check_scenes(
+            path, info.n_scenes, info.has_truth and not info.n_truth_problems)
         table.add_row("scene checks", "every scene can be localized" if not bad else
                       f"{len(bad)} of {info.n_scenes} scenes cannot be localized: " + "; ".join(
                           f"scene {i}: {why}" for i, why in bad[:5]) + ("; ..." if len(bad) > 5
@@ -222,6 +227,8 @@ def _print_summary(path: Path, check: bool = False) -> bool:
                           f"{f.azimuth_deg[1]:g} deg, elevation {f.elevation_deg[0]:g}.."
                           f"{f.elevation_deg[1]:g} deg, range {f.range_m[0]:g}..{f.range_m[1]:g}"
                           " m: where the localizers search)")
+        if radians_hint(n_true, widest):
+            table.add_row("truth units", radians_hint(n_true, widest))
     out.print(table)
     return not bad and not (check and info.n_truth_problems)
 

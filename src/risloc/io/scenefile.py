@@ -453,6 +453,30 @@ def count_outside(batch: SceneBatch, fov: FieldOfView) -> int:
     return int((batch.mask & ~inside).sum())
 
 
+RADIANS_SUSPECT = (5, math.pi / 2)  # true sources, and the widest |angle| in "degrees"
+
+
+def widest_true_angle(batch: SceneBatch) -> tuple[int, float]:
+    """(true sources, the largest |azimuth| or |elevation| among them in degrees) of a
+    file's batch: every angle of many sources within +-pi/2 "degrees" reads as radians
+    stored where the conventions ask for degrees (:data:`RADIANS_SUSPECT`)."""
+    m = batch.mask
+    if not bool(m.any()):
+        return 0, 0.0
+    widest = torch.maximum(batch.azimuth[m].abs(), batch.elevation[m].abs()).max()
+    return int(m.sum()), math.degrees(float(widest))
+
+
+def radians_hint(n_sources: int, widest_deg: float) -> str:
+    """A warning where a file's true angles look like radians (:func:`widest_true_angle`),
+    else ''."""
+    if n_sources >= RADIANS_SUSPECT[0] and widest_deg <= RADIANS_SUSPECT[1]:
+        return (f"the true angles of all {n_sources} sources lie within +-{widest_deg:.2f} "
+                "deg: radians stored as degrees? (scene files hold degrees, "
+                "docs/conventions.md)")
+    return ""
+
+
 def truth_problems(K: np.ndarray, azimuth_deg: np.ndarray, elevation_deg: np.ndarray,
                    range_m: np.ndarray, k_max: int | None = None) -> list[tuple[int, str]]:
     """(scene, reason) for every scene whose truth cannot be scored: K outside 1..K_max
