@@ -244,7 +244,8 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
     out = tmp_path / "ordered.pt"
     res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scenes", "128",
                               "--report-scenes", "8", "--workers", "1",
-                              "--scene", "power_spread_db=[0, 25]", "--margin", "0.5"])
+                              "--scene", "power_spread_db=[0, 25]", "--margin", "0.5",
+                              "--no-mix"])
     assert res.exit_code == 0, res.output
     assert "order head" in res.output
     assert "SNR (dB)" in res.output  # (rich read '[dB]' as markup and dropped it)
@@ -256,6 +257,7 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["order_head"]["repair_margin"] == 0.5
     assert card["order_head"]["scene"] == {"power_spread_db": [0, 25]}
+    assert card["order_head"]["scene_mix"] is False  # (this recipe has no mixture to leave)
     assert card["order_head"]["training_split"].endswith(
         "the recipe's scenes with {'power_spread_db': [0, 25]}")
     rows = card["order_head"]["per_snr"]

@@ -35,6 +35,9 @@ def fit_order_command(
         "Repairs' margin of the fit stage the head reads (MLFitConfig.repair_margin, in "
         "units of L sigma^2), stored with the head: the pipeline runs its fit stage with it "
         "where the head decides K."))] = 0.0,
+    mix: Annotated[bool, typer.Option("--mix/--no-mix", help=(
+        "Draw the head's scenes from the recipe's data.scene_mix too (--no-mix: its base "
+        "scene alone, the recipe's order.scene_mix false)."))] = True,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace --out when it exists and is not the input itself "
                             "(refused otherwise).")] = False,
@@ -57,7 +60,7 @@ def fit_order_command(
         task = bar.add_task("order features", total=n_progress_items(scenes, report_scenes))
         report = fit_order(checkpoint, out_path, scenes, report_scenes, workers=workers,
                            on_batch=lambda n: bar.advance(task, n), scene=fields,
-                           margin=margin)
+                           margin=margin, mix=mix)
     out.print(report_table(report))
     console.print(f"wrote {out_path}")
 

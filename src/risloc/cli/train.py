@@ -207,9 +207,11 @@ def _inference_model(cfg, progress_bar: bool) -> Path:
             task = bar.add_task("order features",
                                 total=n_progress_items(o.scenes, o.report_scenes))
             report = fit_order(headless, model, o.scenes, o.report_scenes,
-                               on_batch=lambda n: bar.advance(task, n), scene=o.scene)
+                               on_batch=lambda n: bar.advance(task, n), scene=o.scene,
+                               mix=o.scene_mix)
     else:
-        report = fit_order(headless, model, o.scenes, o.report_scenes, scene=o.scene)
+        report = fit_order(headless, model, o.scenes, o.report_scenes, scene=o.scene,
+                           mix=o.scene_mix)
     headless.unlink()
     model_card_path(headless).unlink(missing_ok=True)
     stdout.print(report_table(report))

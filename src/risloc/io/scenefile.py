@@ -511,7 +511,7 @@ def derived_K(azimuth_deg: np.ndarray, elevation_deg: np.ndarray,
 
 
 def _file_truth(data: dict[str, Any], start: int = 0, stop: int | None = None
-                  ) -> dict[str, np.ndarray]:
+                ) -> dict[str, np.ndarray]:
     """The truth datasets of scenes start..stop-1 with K (derived where the file has
     positions only, :func:`derived_K`)."""
     out = {k: np.asarray(data[k][start:stop]) for k in TRUTH}

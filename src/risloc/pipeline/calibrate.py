@@ -78,12 +78,15 @@ def order_dataset(pipe: LearnedPipeline, scenes, batch: int = 256, workers: int 
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 
-def order_scenes(pipe: LearnedPipeline, scene: dict | None = None) -> SceneConfig | Mixture:
-    """The head's scene distribution: the recipe's (its mixture, with ``data.scene_mix``)
-    with the SceneConfig fields in ``scene`` replaced in the base scene (and so in every
-    kind of the mixture that does not set them itself)."""
+def order_scenes(pipe: LearnedPipeline, scene: dict | None = None, mix: bool = True
+                 ) -> SceneConfig | Mixture:
+    """The head's scene distribution: the recipe's (its mixture, with ``data.scene_mix``;
+    ``mix`` False: its base scene alone) with the SceneConfig fields in ``scene`` replaced
+    in the base scene (and so in every kind of the mixture that does not set them
+    itself)."""
     r = pipe.recipe
-    return r.scenes(replace_scene_fields(r.scene, scene or {}, "order scene"))
+    base = replace_scene_fields(r.scene, scene or {}, "order scene")
+    return r.scenes(base) if mix else base
 
 
 def training_data(pipe: LearnedPipeline, n: int, workers: int | None = None,
@@ -145,12 +148,14 @@ def order_report(pipe: LearnedPipeline, head: OrderHead, n_per_snr: int,
 def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
               n_report: int = 256, config: OrderFitConfig = OrderFitConfig(),
               workers: int | None = None, on_batch: Progress | None = None,
-              scene: dict | None = None, margin: float = 0.0) -> dict:
+              scene: dict | None = None, margin: float = 0.0, mix: bool = True) -> dict:
     """Fit the order head of ``checkpoint`` and write ``out`` (the checkpoint plus the
     head and its report, atomically; a model card ``<checkpoint>.json`` is carried over to
     ``<out>.json`` with the report added). ``scene``: SceneConfig fields replaced in the
     recipe's scene distribution for the head's training scenes (:func:`order_scenes`;
-    None: the recipe's). ``margin``: the repairs' margin of the fit stage the head reads
+    None: the recipe's); ``mix`` False fits it on the base scene alone, without the
+    recipe's ``data.scene_mix`` kinds (a network trained on a mixture, its head fitted for
+    the scenes users have most). ``margin``: the repairs' margin of the fit stage the head reads
     (``MLFitConfig.repair_margin``), stored with the head: the pipeline that loads it
     runs its fit stage with that margin where the head decides K. Returns the report."""
     if n_scenes < MIN_ORDER_SCENES:
@@ -160,7 +165,7 @@ def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
     state = load_checkpoint(checkpoint)
     pipe = load_learned_pipeline(checkpoint, order_head=False)
     pipe.fit_config = replace(pipe.fit_config, repair_margin=margin)  # checks margin >= 0
-    scenes = order_scenes(pipe, scene)  # bad fields fail before the long part
+    scenes = order_scenes(pipe, scene, mix)  # bad fields fail before the long part
     feats, K, det = training_data(pipe, n_scenes, workers, on_batch, scenes)
     head = fit_order_head(feats, K, det, pipe.system.K_max, config)
     rows = order_report(pipe, head, n_report, workers, on_batch)
@@ -168,10 +173,12 @@ def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
     scenes_note = f"with {scene}" if scene else ""
     if "power_spread_db" not in (scene or {}):
         scenes_note = f"(power spread {tuple(r.scene.power_spread_db)} dB) {scenes_note}"
+    if r.data.scene_mix and not mix:
+        scenes_note = f"{scenes_note} without its scene_mix kinds".lstrip()
     report = {"training_scenes": n_scenes, "snr": "never given",
               "training_split": f"train, stream {ORDER_STREAM}, seed {r.data.seed}, the "
                                 f"recipe's scenes {scenes_note}".rstrip(),
-              "scene": dict(scene or {}),
+              "scene": dict(scene or {}), "scene_mix": mix,
               "report_split": f"validation, streams {REPORT_STREAM}+16i, seed {r.data.seed}",
               "fit": {k: getattr(config, k) for k in config.__dataclass_fields__},
               "repair_margin": margin,

@@ -144,6 +144,9 @@ class OrderStageConfig(ConfigSection):
         "SceneConfig fields replaced in the recipe's scene distribution for the head's "
         "training scenes, e.g. {power_spread_db: [0, 25]} (powers spread wider than the "
         "network trained on teach the head to keep weak sources); empty: the recipe's"))
+    scene_mix: bool = Field(True, description=(
+        "the head's scenes follow data.scene_mix; false: the base scene alone (a network "
+        "trained on a mixture, its K decision fitted for the scenes users have most)"))
 
     @model_validator(mode="after")
     def _check(self) -> OrderStageConfig:

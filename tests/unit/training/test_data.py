@@ -73,6 +73,18 @@ def test_scene_mix_reaches_training_validation_and_the_stored_recipe():
     near = lambda s: torch.where(s.mask, s.range_m <= 0.6, True).all(1).float().mean()  # noqa: E731
     assert 0.35 < near(batch) < 0.7 and 0.35 < near(validation_set(cfg)) < 0.7
     assert InferenceRecipe.from_json(cfg.to_json()).scenes() == scenes
+    # the order head's scenes: the mixture, or the base scene alone (order.scene_mix false)
+    from types import SimpleNamespace
+
+    from risloc.config import SceneConfig
+    from risloc.pipeline.calibrate import order_scenes
+
+    pipe = SimpleNamespace(recipe=InferenceRecipe.from_json(cfg.to_json()))
+    assert cfg.order.scene_mix and order_scenes(pipe) == scenes
+    base = order_scenes(pipe, {"power_spread_db": [0, 25]}, mix=False)
+    assert isinstance(base, SceneConfig) and base.range_m == cfg.scene.range_m
+    assert base.power_spread_db == (0, 25)
+    assert not load_train_config(None, [*mix, "order.scene_mix=false"]).order.scene_mix
     with pytest.raises(ConfigError, match="range_m"):
         load_train_config(None, ["data.scene_mix=[{share: 0.5, scene: {range_m: [0.1, 1]}}]"])
     with pytest.raises(ConfigError, match="K=7 above system.K_max=5"):
