@@ -72,6 +72,7 @@ def test_evaluate_user_file_with_stochastic_crb(tmp_path):
     res = runner.invoke(app, ["evaluate", str(f), "--estimators", "music-oracle", "--known-K",
                               "--out", str(tmp_path / "r"), "--no-plots"])
     assert res.exit_code == 0, res.output
+    assert "not used for a scene file" not in res.output
     rows = _rows(tmp_path / "r" / "metrics.csv")
     assert rows[0]["snr_db"] == "15.0" and float(rows[0]["crb_range_median_m"]) > 0
     # metrics.json records the bound used and no setting of a simulated sweep
@@ -83,6 +84,12 @@ def test_evaluate_user_file_with_stochastic_crb(tmp_path):
                               "deterministic", "--out", str(tmp_path / "r2")])
     assert res.exit_code == 2 and "--crb deterministic needs the sources' symbols" in res.output
     assert not (tmp_path / "r2").exists()
+    # a simulated sweep's options are said to be unused for a file, not silently dropped
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "music-oracle", "--known-K",
+                              "--K", "3", "--n", "5", "--no-plots", "--out", str(tmp_path / "r3")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0
+    assert "--K, --n set a simulated sweep: not used for a scene file" in text
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -324,6 +324,10 @@ def test_truth_without_K_is_scored_and_K_without_positions_is_named(tmp_path):
         == [2] * 4
     res = runner.invoke(app, ["info", str(f)])
     assert res.exit_code == 0 and "'K' without true positions" in " ".join(res.output.split())
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "classical", "--known-K",
+                              "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 2 and "--known-K needs a scene file with the truth: true " \
+        "positions" in " ".join(res.output.split())
 
 
 def test_true_angles_in_radians_are_suspected(tmp_path):
@@ -331,7 +335,7 @@ def test_true_angles_in_radians_are_suspected(tmp_path):
     import numpy as np
 
     f = tmp_path / "f.h5"
-    assert runner.invoke(app, ["simulate", "--n", "4", "--out", str(f), "--snr-db", "25",
+    assert runner.invoke(app, ["simulate", "--n", "12", "--out", str(f), "--snr-db", "25",
                                "--K", "2", "--split", "test"]).exit_code == 0
     res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "a.csv"),
                               "--method", "classical"])
@@ -342,7 +346,12 @@ def test_true_angles_in_radians_are_suspected(tmp_path):
     res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "b.csv"),
                               "--method", "classical"])
     text = " ".join(res.output.split())
-    assert res.exit_code == 0 and "true angles of all 8 sources lie within" in text
+    assert res.exit_code == 0 and "true angles of all 24 sources lie within" in text
     assert "radians stored as degrees?" in text
     res = runner.invoke(app, ["info", str(f)])
     assert "radians stored as degrees?" in " ".join(res.output.split())
+    with h5py.File(f, "a") as h:  # degrees, every source within 0.2 deg of boresight
+        for name in ("azimuth_deg", "elevation_deg"):
+            h[name][:] = h[name][:] / 5
+    res = runner.invoke(app, ["info", str(f)])
+    assert "radians stored as degrees?" not in " ".join(res.output.split())

@@ -78,6 +78,9 @@ def results_table(rows: list[ResultRow], title: str, left: int = 0) -> Table:
     return t
 
 
+SWEEP_SNRS, SWEEP_N = "-5,0,5,10,20", 100  # the simulated sweep's defaults
+
+
 @handle_errors
 def evaluate_command(
     scenes: Annotated[Path | None, typer.Argument(
@@ -87,10 +90,10 @@ def evaluate_command(
         "standard errors.")] = "learned,classical",
     snr_db: Annotated[str, typer.Option(
         "--snr-db", help="SNR points in dB, comma-separated (simulated sweep).")
-    ] = "-5,0,5,10,20",
+    ] = SWEEP_SNRS,
     K: Annotated[str | None, typer.Option("--K", help="K values (simulated sweep); default: "
                                           "K drawn 1..K_max per scene.")] = None,
-    n: Annotated[int, typer.Option("--n", min=1, help="Scenes per (SNR, K) point.")] = 100,
+    n: Annotated[int, typer.Option("--n", min=1, help="Scenes per (SNR, K) point.")] = SWEEP_N,
     snr_given: Annotated[bool, typer.Option(
         "--snr-given/--snr-withheld", help="Tell the estimators the SNR (files: when they "
         "carry one).")] = True,
@@ -146,7 +149,15 @@ def evaluate_command(
         for note in info.notes:
             console.print(f"[yellow]{scenes}: {note}[/]")
         if settings.known_K and not info.has_truth:
-            raise ValueError("--known-K needs a scene file with the truth (K)")
+            raise ValueError("--known-K needs a scene file with the truth: true positions "
+                             "(azimuth_deg, elevation_deg, range_m), with K or NaN-padded")
+        ignored = [opt for opt, given in (("--snr-db", snr_db != SWEEP_SNRS),
+                                          ("--K", K is not None), ("--n", n != SWEEP_N),
+                                          ("--power-spread-db", power_spread_db != 0))
+                   if given]
+        if ignored:
+            console.print(f"[yellow]{', '.join(ignored)} set a simulated sweep: not used for "
+                          f"a scene file (its own scenes, SNRs and K)[/]")
         for name in names:
             if name in NEEDS_TRUTH and not info.has_truth:
                 raise ValueError(f"{name} needs a scene file with the truth (it runs on the "

@@ -15,6 +15,7 @@ batch can be localized (and why not), and the one rule for a missing SNR.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -110,12 +111,20 @@ def scene_problems(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor) -> Sce
     finite = {name: _finite(t) for name, t in (("y", y), ("H", H), ("codes", codes))}
     modulus = codes.abs().to(torch.float64)
     unit = ((modulus - 1.0).abs() <= CODE_TOLERANCE).flatten(1).all(1)
+    real = (codes.imag == 0).flatten(1).all(1)
+    bits = ((codes.real == 0) | (codes.real == 1)).flatten(1).all(1)
     rules = [
         (~finite["y"] | ~finite["H"] | ~finite["codes"], None),
         (~_nonzero(y), "all-zero measurements y (nothing received)"),
         (~_nonzero(H), "all-zero channel H"),
-        (~unit & (codes.imag == 0).flatten(1).all(1),
-         "codes are real and not +-1 (phases? store the codes themselves, exp(1j * phase))"),
+        (~unit & real & bits,
+         "codes of 0 and 1 (bits? a 1-bit RIS's codes are 1 - 2 b, +-1)"),
+        (~unit & real & (codes.real.abs() > 2 * math.pi + 1e-6).flatten(1).any(1),
+         "codes are real and beyond 2 pi (phases in degrees? store the codes themselves, "
+         "exp(1j * np.deg2rad(phase)))"),
+        (~unit & real,
+         "codes are real and not +-1 (phases? store the codes themselves, exp(1j * phase), "
+         "phase in radians)"),
         (~unit, f"codes are not unit modulus (| |c| - 1 | > {CODE_TOLERANCE:g})"),
     ]
     ok = torch.ones(y.shape[0], dtype=torch.bool, device=y.device)

@@ -453,13 +453,15 @@ def count_outside(batch: SceneBatch, fov: FieldOfView) -> int:
     return int((batch.mask & ~inside).sum())
 
 
-RADIANS_SUSPECT = (5, math.pi / 2)  # true sources, and the widest |angle| in "degrees"
+RADIANS_SUSPECT = (20, 0.3, math.pi / 2)  # true sources, and the widest |angle| in "degrees"
+#   between these two: radians of the default field of view (azimuth +-60 deg = +-1.05 rad)
 
 
 def widest_true_angle(batch: SceneBatch) -> tuple[int, float]:
     """(true sources, the largest |azimuth| or |elevation| among them in degrees) of a
-    file's batch: every angle of many sources within +-pi/2 "degrees" reads as radians
-    stored where the conventions ask for degrees (:data:`RADIANS_SUSPECT`)."""
+    file's batch: every angle of many sources within +-pi/2 "degrees", and not all at
+    boresight, reads as radians stored where the conventions ask for degrees
+    (:data:`RADIANS_SUSPECT`)."""
     m = batch.mask
     if not bool(m.any()):
         return 0, 0.0
@@ -470,7 +472,8 @@ def widest_true_angle(batch: SceneBatch) -> tuple[int, float]:
 def radians_hint(n_sources: int, widest_deg: float) -> str:
     """A warning where a file's true angles look like radians (:func:`widest_true_angle`),
     else ''."""
-    if n_sources >= RADIANS_SUSPECT[0] and widest_deg <= RADIANS_SUSPECT[1]:
+    least, low, high = RADIANS_SUSPECT
+    if n_sources >= least and low <= widest_deg <= high:
         return (f"the true angles of all {n_sources} sources lie within +-{widest_deg:.2f} "
                 "deg: radians stored as degrees? (scene files hold degrees, "
                 "docs/conventions.md)")
@@ -507,6 +510,8 @@ def derived_K(azimuth_deg: np.ndarray, elevation_deg: np.ndarray,
     among them is named by :func:`truth_problems`, not dropped; a scene without any: 0."""
     held = np.isfinite(azimuth_deg) | np.isfinite(elevation_deg) | np.isfinite(range_m)
     width = held.shape[-1]
+    if width == 0:
+        return np.zeros(held.shape[:-1], np.int64)
     return np.where(held.any(-1), width - np.argmax(held[..., ::-1], -1), 0).astype(np.int64)
 
 
@@ -532,6 +537,9 @@ def _check_truth(path: Path, data: dict[str, Any], S: int, system: SystemConfig
                              f"{', '.join(TRUTH)}); found only {positions}")
     if "K" in data:  # else K follows from the NaN padding (derived_K)
         _check_K(path, data["K"], S)
+    elif any(data[k].dtype.kind in "iu" for k in TRUTH):
+        return 0, ("true positions stored as integers without 'K' are not used: integers "
+                   "hold no NaN padding to count the sources by; store K too",)
     slots = data["azimuth_deg"].shape[-1] if data["azimuth_deg"].ndim == 2 else -1
     for name in TRUTH:
         got = tuple(data[name].shape)
@@ -543,6 +551,8 @@ def _check_truth(path: Path, data: dict[str, Any], S: int, system: SystemConfig
                     "saving)" if len(got) == 2 and got[1] == S and got[0] != S else ""))
         if data[name].dtype.kind not in "fiu":
             raise SceneFileError(f"{path}: {name!r} must be numeric, got {data[name].dtype}")
+    if slots == 0:
+        return 0, ("true positions of width 0 hold no source: the truth is not used",)
     return slots, ()
 
 
@@ -569,11 +579,13 @@ def inspect_scene_file(path: str | Path) -> SceneFileInfo:
         except ConfigError as err:
             raise SceneFileError(f"{path}: {err}") from None
         S, slots, notes = _check_layout(path, data, system, assumed="system" not in attrs)
+        problems = []
         if slots > 0 and S:
             t = _file_truth(data)
             problems = truth_problems(t["K"], *(t[k] for k in TRUTH), k_max=system.K_max)
-        else:
-            problems = []
+            if "K" not in data:  # the reasons name a K the file does not hold: say whence
+                problems = [(i, f"{why} (K counted by the NaN padding of the positions: pad "
+                             "with NaN or store K)") for i, why in problems]
         return SceneFileInfo(path, S, system, slots > 0, "snr_db" in data, slots, attrs,
                              tuple(problems[:TRUTH_LISTED]), len(problems), notes)
     finally:

@@ -438,7 +438,19 @@ def test_the_truth_fields_are_optional_one_by_one(tmp_path, batch, system):
     holed["range_m"][i, 0] = np.nan  # the first of two or more sources
     info = inspect_scene_file(_npz(tmp_path, **holed))
     assert info.truth_problems == ((i, f"a non-finite true position among its K = "
-                                       f"{arr['K'][i]} sources"),)
+                                       f"{arr['K'][i]} sources (K counted by the NaN padding "
+                                       "of the positions: pad with NaN or store K)"),)
+    ints = {k: np.nan_to_num(v).astype(np.int32) if k in ("azimuth_deg", "elevation_deg",
+                                                           "range_m") else v
+            for k, v in no_K.items()}  # integers hold no NaN: no K to count
+    info = inspect_scene_file(_npz(tmp_path, **ints))
+    assert not info.has_truth and "store K too" in info.notes[0]
+    empty = dict(arr, **{k: arr[k][:, :0] for k in ("azimuth_deg", "elevation_deg",
+                                                     "range_m")})
+    info = inspect_scene_file(_npz(tmp_path, **empty))
+    assert not info.has_truth and "width 0" in info.notes[0]
+    from risloc.io.scenefile import derived_K
+    assert derived_K(*(np.zeros((3, 0)),) * 3).tolist() == [0, 0, 0]
     only_K = {k: v for k, v in arr.items() if k not in ("azimuth_deg", "elevation_deg",
                                                           "range_m")}
     back, info = read_scenes(_npz(tmp_path, **only_K))
