@@ -279,8 +279,9 @@ def localize_command(
         if scored_n < total:
             console.print(f"(metrics over the {scored_n} of {total} scenes whose file carries "
                           "usable truth)")
-        if radians_hint(n_true, widest):
-            console.print(f"[yellow]{radians_hint(n_true, widest)}[/]")
+        hint = radians_hint(n_true, widest)
+        if hint:
+            console.print(f"[yellow]{hint}[/]")
         if outside:
             f = loc.fov
             console.print(f"[yellow]{outside} true source(s) of the scored scenes lie outside "

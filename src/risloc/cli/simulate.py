@@ -227,8 +227,9 @@ def _print_summary(path: Path, check: bool = False) -> bool:
                           f"{f.azimuth_deg[1]:g} deg, elevation {f.elevation_deg[0]:g}.."
                           f"{f.elevation_deg[1]:g} deg, range {f.range_m[0]:g}..{f.range_m[1]:g}"
                           " m: where the localizers search)")
-        if radians_hint(n_true, widest):
-            table.add_row("truth units", radians_hint(n_true, widest))
+        hint = radians_hint(n_true, widest)
+        if hint:
+            table.add_row("truth units", hint)
     out.print(table)
     return not bad and not (check and info.n_truth_problems)
 
