@@ -310,7 +310,8 @@ def test_truth_without_K_is_scored_and_K_without_positions_is_named(tmp_path):
     res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "a.csv"),
                               "--method", "classical"])
     assert res.exit_code == 0, res.output
-    assert "metrics against" in " ".join(res.output.split())
+    text = " ".join(res.output.split())
+    assert "metrics against" in text and "K is counted by the NaN padding" in text
     with h5py.File(f, "a") as h:
         for name in ("azimuth_deg", "elevation_deg", "range_m"):
             del h[name]

@@ -70,7 +70,7 @@ class SceneFileInfo:
     attrs: dict[str, Any]
     truth_problems: tuple[tuple[int, str], ...] = ()  # (scene, reason): at most TRUTH_LISTED
     n_truth_problems: int = 0  # scenes whose truth cannot be scored (all of them)
-    notes: tuple[str, ...] = ()  # what the file holds that is not used, and why
+    notes: tuple[str, ...] = ()  # how its truth is read where not as written, or not used
 
     @property
     def system_assumed(self) -> bool:
@@ -553,6 +553,9 @@ def _check_truth(path: Path, data: dict[str, Any], S: int, system: SystemConfig
             raise SceneFileError(f"{path}: {name!r} must be numeric, got {data[name].dtype}")
     if slots == 0:
         return 0, ("true positions of width 0 hold no source: the truth is not used",)
+    if "K" not in data:
+        return slots, ("no 'K': each scene's K is counted by the NaN padding of its true "
+                       "positions",)
     return slots, ()
 
 
