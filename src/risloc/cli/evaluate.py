@@ -78,7 +78,9 @@ def results_table(rows: list[ResultRow], title: str, left: int = 0) -> Table:
     return t
 
 
-SWEEP_SNRS, SWEEP_N = "-5,0,5,10,20", 100  # the simulated sweep's defaults
+# the simulated sweep's defaults, as options (their home: SweepSettings)
+SWEEP_SNRS = ",".join(f"{x:g}" for x in SweepSettings().snr_db)
+SWEEP_N = SweepSettings().n_per_point
 
 
 @handle_errors
