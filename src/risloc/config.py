@@ -242,7 +242,8 @@ def replace_scene_fields(scene: SceneConfig, fields: dict[str, Any], what: str =
     try:
         sc = SceneConfig.model_validate({**scene.model_dump(), **fields})
     except ValidationError as err:
-        raise ValueError(f"{what}: {_format_error(err)}") from None
+        raise ValueError(f"{what}: {format_validation_error(err, model=SceneConfig)}"
+                         ) from None
     for field in ("azimuth_deg", "elevation_deg", "range_m"):
         (lo, hi), (blo, bhi) = getattr(sc, field), getattr(scene, field)
         if lo < blo or hi > bhi:
@@ -287,12 +288,41 @@ class RislocConfig(ConfigSection):
         return validate_config(json.loads(text))
 
 
-def _format_error(err: ValidationError, what: str = "configuration") -> str:
+def format_validation_error(err: ValidationError, what: str = "configuration",
+                            model: type[BaseModel] | None = None) -> str:
+    """One line naming each invalid field of ``model`` (the validated class), with a hint
+    where pydantic's words leave the fix unsaid: a pair given as one number, a field
+    unknown where it was given (another section's, or a typo of one here)."""
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<config>"
-        parts.append(f"{loc}: {e['msg']}")
+        hint = ""
+        if e["type"] == "tuple_type":
+            hint = f" (a list such as {loc}=[lo, hi])"
+        elif e["type"] == "extra_forbidden" and model is not None:
+            hint = _where_it_belongs(model, [str(p) for p in e["loc"]])
+        parts.append(f"{loc}: {e['msg']}{hint}")
     return f"invalid {what}: " + "; ".join(parts)
+
+
+def _where_it_belongs(model: type[BaseModel], loc: list[str]) -> str:
+    """' (did you mean section.name?)' for a field unknown at ``loc`` of ``model``: the
+    same name in a section below that level, or a close spelling at that level."""
+    import difflib
+
+    for part in loc[:-1]:  # the section the unknown name was given in
+        sub = model.model_fields.get(part)
+        kind = None if sub is None else sub.annotation
+        if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
+            return ""
+        model = kind
+    name, prefix = loc[-1], "".join(f"{p}." for p in loc[:-1])
+    inside = [f"{prefix}{section}.{name}" for section, f in model.model_fields.items()
+              if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+              and name in f.annotation.model_fields]
+    close = [prefix + c for c in difflib.get_close_matches(name, list(model.model_fields), 1)]
+    guess = inside or close
+    return f" (did you mean {' or '.join(guess)}?)" if guess else ""
 
 
 def _validate(model: type[BaseModel], data: Any, what: str):
@@ -300,7 +330,7 @@ def _validate(model: type[BaseModel], data: Any, what: str):
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, what)) from None
+        raise ConfigError(format_validation_error(err, what, model)) from None
 
 
 def validate_config(data: dict[str, Any]) -> RislocConfig:
@@ -330,7 +360,8 @@ def system_from_json(text: str | None) -> SystemConfig:
     try:
         return SystemConfig.model_validate(json.loads(text))
     except (ValidationError, json.JSONDecodeError, TypeError) as err:
-        msg = _format_error(err) if isinstance(err, ValidationError) else str(err)
+        msg = (format_validation_error(err, model=SystemConfig)
+               if isinstance(err, ValidationError) else str(err))
         raise ConfigError(f"bad 'system' attribute: {msg}") from None
 
 

@@ -45,6 +45,17 @@ def test_evaluate_simulated_sweep(tmp_path):
                               "--K", "1", "--n", "2", "--no-plots", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert not list(out.glob("*.png"))
+    header = next(line for line in res.output.splitlines() if line.startswith("┃ estimator"))
+    assert "K" not in [c.strip() for c in header.split("┃")]  # one K swept: no K column
+    # several K: each true K's row under the pooled one, in a K column
+    res = runner.invoke(app, ["evaluate", "--estimators", "music-samp", "--snr-db", "20",
+                              "--K", "1,2", "--n", "2", "--no-plots", "--known-K",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    table = [line.split("│")[1:4] for line in res.output.splitlines()
+             if line.startswith("│ music-samp")]
+    assert [[c.strip() for c in row] for row in table] == [
+        ["music-samp", "20", "all"], ["music-samp", "20", "1"], ["music-samp", "20", "2"]]
 
 
 def test_evaluate_file_without_truth_times_only_and_refuses_the_oracle(tmp_path):

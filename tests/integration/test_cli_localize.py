@@ -88,6 +88,8 @@ def test_localize_never_replaces_its_input_and_skips_bad_scenes(tmp_path):
     assert res.exit_code == 1, res.output  # done, but a scene could not be localized
     assert "scene 2 not localized: all-zero measurements" in res.output
     assert "1 scene not localized is counted: K = 0" in " ".join(res.output.split())
+    assert f"estimates of 3 scenes in {out} (1 not localized, above)" in \
+        " ".join(res.output.split())  # the CSV holds rows of 3 of the 4 scenes
     est = read_estimates(out, 4, 5)
     assert est.K.tolist() == [1, 1, 0, 1]  # the tiny scene is localized, not lost
 

@@ -240,7 +240,12 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
     from risloc.inference.checkpoint import export_model
 
     slim = export_model(checkpoint, tmp_path / "slim.pt")
+    caplog.set_level("WARNING", logger="risloc.pipeline.learned")
     assert load_learned_pipeline(slim).order_head is None
+    # a model without its head is named: its K is not decided as a finished model's is
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "has no order head: K is decided by the classical residual " \
+        "rule" in said[0] and f"risloc fit-order {slim}" in said[0], said
     out = tmp_path / "ordered.pt"
     res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scenes", "128",
                               "--report-scenes", "8", "--workers", "1",

@@ -269,3 +269,4 @@ def test_without_optuna_the_hint_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed
     res = runner.invoke(app, ["tune", "--config", TINY])
     assert res.exit_code == 2 and "pip install 'risloc[hpo]'" in res.output, res.output
+    assert "from a clone of the repository: pip install -e '.[hpo]'" in res.output

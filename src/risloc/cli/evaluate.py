@@ -44,8 +44,10 @@ def _fmt(v, digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
-def results_table(rows: list[ResultRow], title: str, left: int = 0) -> Table:
-    """Rich table of the K='all' rows: each median error beside 0.674 sqrt(CRB), the median
+def results_table(rows: list[ResultRow], title: str, left: int = 0,
+                  per_K: bool = False) -> Table:
+    """Rich table of the K='all' rows (and, ``per_K``, of each true K's under them in a K
+    column: a sweep of several K): each median error beside 0.674 sqrt(CRB), the median
     error of an efficient estimator (median over the paired sources' bounds); ``left``
     scenes could not be evaluated (a note says so)."""
     refs = {r.metrics["reference"] for r in rows if "reference" in r.metrics}
@@ -55,11 +57,12 @@ def results_table(rows: list[ResultRow], title: str, left: int = 0) -> Table:
          "cannot be localized (all-zero or non-finite; risloc localize counts them as "
          "missed) or truth that cannot be scored; `risloc info` names them"] if left else [])
     t = Table(title=title, caption="\n".join(notes) or None)
-    for col in ("estimator", "SNR dB", "n", "K acc", "F1", "az med° (.67√CRB)",
-                "el med° (.67√CRB)", "range med m (.67√CRB)", "ms/scene"):
+    for col in ("estimator", "SNR dB", *(("K",) if per_K else ()), "n", "K acc", "F1",
+                "az med° (.67√CRB)", "el med° (.67√CRB)", "range med m (.67√CRB)",
+                "ms/scene"):
         t.add_column(col, justify="right" if col != "estimator" else "left")
     for r in rows:
-        if r.K not in ("all", "?", "file"):
+        if r.K not in ("all", "?", "file") and not per_K:
             continue
         m = r.metrics
         def pair(a: str, b: str, m=m) -> str:
@@ -71,7 +74,8 @@ def results_table(rows: list[ResultRow], title: str, left: int = 0) -> Table:
             return _fmt(m.get(a)) + ("" if se is None else f" (±{_fmt(se, 2)})")
 
         snr = "all" if r.K == "file" else "unknown" if math.isnan(r.snr_db) else _fmt(r.snr_db)
-        t.add_row(r.estimator, snr, str(r.n_scenes), with_se("K_accuracy"),
+        t.add_row(r.estimator, snr, *((r.K,) if per_K else ()), str(r.n_scenes),
+                  with_se("K_accuracy"),
                   with_se("f1"), pair("azimuth_median_deg", "crb_azimuth_median_deg"),
                   pair("elevation_median_deg", "crb_elevation_median_deg"),
                   pair("range_median_m", "crb_range_median_m"), f"{r.ms_per_scene:.1f}")
@@ -199,7 +203,8 @@ def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bo
     scenes that cannot be evaluated (left out of every row; the table says so)."""
     with progress() as bar:
         rows = evaluate_points(points, system, settings, bar, pooled)
-    out.print(results_table(rows, f"{title} — {source}", left))
+    per_K = not pooled and settings.K is not None and len(settings.K) > 1
+    out.print(results_table(rows, f"{title} — {source}", left, per_K))
     used = dict(settings.__dict__)
     if pooled:  # a file's scenes: the sweep's own settings do not apply
         for key in SWEEP_ONLY:

@@ -270,8 +270,10 @@ def localize_command(
     stream.finish()
     for where, j, why in bad:
         console.print(f"[yellow]scene {where}{j} not localized:[/] {why}")
+    done = total - len(bad)  # a scene not localized has no row
     console.print(f"{n_new} scene{'s' * (n_new != 1)} in {dt:.1f} s ({n_new / max(dt, 1e-9):.1f} "
-                  f"scenes/s); estimates of {total} scene{'s' * (total != 1)} in {out_path}")
+                  f"scenes/s); estimates of {done} scene{'s' * (done != 1)} in {out_path}"
+                  + (f" ({len(bad)} not localized, above)" if bad else ""))
     if matched:
         scored_n = sum(len(m) for m in matched)
         out.print(_metrics_table(concat_matchings(matched), torch.cat(snrs), snr_bin_db,

@@ -55,7 +55,8 @@ def tune_command(
         import optuna  # noqa: F401
     except ModuleNotFoundError:
         console.print("[red]error:[/] risloc tune needs Optuna: pip install "
-                      "'risloc\\[hpo]'")  # \[: a literal bracket, not rich markup
+                      "'risloc\\[hpo]' (from a clone of the repository: pip install -e "
+                      "'.\\[hpo]')", soft_wrap=True)  # \[: a bracket, not rich markup
         raise typer.Exit(code=2) from None
     from risloc.hpo import TuneSettings, tune
     from risloc.hpo.search import relative_fields

@@ -298,6 +298,9 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """Return (datasets, attrs, handle) for .h5 / .npz; datasets are lazy for HDF5."""
     if not path.exists():
         raise SceneFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise SceneFileError(f"{path}: a folder, not a scene file (name the .h5 / .npz files "
+                             f"in it, or a pattern such as '{path / '*.h5'}')")
     if is_npz(path):
         pickled: list[str] = []
         try:
@@ -324,7 +327,7 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
         f = h5py.File(path, "r")
     except OSError as err:
         raise SceneFileError(f"{path}: not a readable HDF5 file (truncated or corrupt?): "
-                             f"{err}") from None
+                             f"{' '.join(str(err).split())}") from None  # one line
     attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
     names = (*REQUIRED, "snr_db", "K", *TRUTH)  # other groups (MATLAB's #refs#) are not ours
     groups = [k for k in f.keys() if k in names and not isinstance(f[k], h5py.Dataset)]

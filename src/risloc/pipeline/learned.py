@@ -264,6 +264,10 @@ def load_learned_pipeline(path: str | Path | None = None, weights: str = "ema",
     state = load_checkpoint(path)
     network, recipe = model_from_state(state, weights)
     head = _stored_head(state, path) if order_head else None
+    if order_head and "order_head" not in state:
+        log.warning("%s has no order head: K is decided by the classical residual rule, not "
+                    "as by a finished model (risloc fit-order %s --out MODEL.pt fits one; "
+                    "`risloc train` does so itself)", path, path)
     fov = recipe.fov
     fit_config = default_fit_config(fov)
     if head is not None:  # the head reads the nested fits of the fit stage it was fitted on

@@ -100,9 +100,9 @@ def _as_tensor(name: str, x) -> torch.Tensor:
     t = as_tensor(name, x)
     if name == "codes" and not t.is_complex() and t.dtype != torch.bool:
         return t.to(torch.complex64)  # real codes: a 1-bit RIS's +-1 (as scene files allow)
-    if not t.is_complex():
-        raise InputTypeError(f"{name} must be complex (complex64 or complex128), got "
-                             f"{t.dtype}")
+    if not t.is_complex():  # named as the caller's array names it (a NumPy dtype for NumPy)
+        got = x.dtype if isinstance(x, (np.ndarray, torch.Tensor)) else t.dtype
+        raise InputTypeError(f"{name} must be complex (complex64 or complex128), got {got}")
     return t
 
 

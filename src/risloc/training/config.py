@@ -22,6 +22,7 @@ from risloc.config import (
     SceneConfig,
     SceneKind,
     SystemConfig,
+    format_validation_error,
     merge_nested,
     parse_overrides,
     read_config_file,
@@ -271,18 +272,13 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _format(err: ValidationError) -> str:
-    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<config>'}: {e['msg']}"
-             for e in err.errors()]
-    return "invalid training configuration: " + "; ".join(parts)
-
-
 def validate_train_config(data: dict[str, Any]) -> TrainConfig:
     """Validate a nested dict; ConfigError names the offending field."""
     try:
         return TrainConfig.model_validate(data)
     except (ValidationError, ValueError) as err:
-        msg = _format(err) if isinstance(err, ValidationError) else str(err)
+        msg = (format_validation_error(err, "training configuration", TrainConfig)
+               if isinstance(err, ValidationError) else str(err))
         raise ConfigError(msg) from None
 
 

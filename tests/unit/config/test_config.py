@@ -29,6 +29,30 @@ def test_invalid_values_name_the_field(override, field):
         load_config(overrides=[override])
 
 
+@pytest.mark.parametrize("override,says", [
+    ("scene.snr_db=5", "scene.snr_db: Input should be a valid tuple (a list such as "
+                       "scene.snr_db=[lo, hi])"),
+    ("snr_db=5", "snr_db: Extra inputs are not permitted (did you mean scene.snr_db?)"),
+    ("scene.snr=[0, 5]", "scene.snr: Extra inputs are not permitted (did you mean "
+                         "scene.snr_db?)"),
+    ("system.zzz=1", "system.zzz: Extra inputs are not permitted"),
+])
+def test_invalid_fields_say_how_to_write_them(override, says):
+    """pydantic's own words leave the fix unsaid for a pair given as one number and a field
+    given in the wrong section (or misspelt)."""
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert str(err.value) == f"invalid configuration: {says}"
+
+
+def test_training_fields_say_where_they_belong():
+    from risloc.training import load_train_config
+
+    with pytest.raises(ConfigError, match=r"lr: Extra inputs are not permitted \(did you "
+                                          r"mean optim\.lr\?\)"):
+        load_train_config("train_tiny", ["lr=1"])
+
+
 def test_yaml_toml_and_overrides(tmp_path):
     (tmp_path / "c.yaml").write_text("system:\n  L: 32\nscene:\n  K: 2\n")
     cfg = load_config(tmp_path / "c.yaml", ["scene.snr_db=[0, 10]"])

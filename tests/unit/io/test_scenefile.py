@@ -73,13 +73,17 @@ def test_truncated_and_garbage_files_refused(tmp_path, batch, system):
     path = write_scenes(tmp_path / "s.h5", batch, system)
     data = path.read_bytes()
     (tmp_path / "trunc.h5").write_bytes(data[: len(data) // 3])
-    with pytest.raises(SceneFileError, match="truncated or corrupt"):
+    with pytest.raises(SceneFileError, match="truncated or corrupt") as err:
         read_scenes(tmp_path / "trunc.h5")
+    assert "\n" not in str(err.value)  # h5py's message spans lines; the CLI says one
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(SceneFileError, match="not a readable .npz"):
         read_scenes(tmp_path / "junk.npz")
     with pytest.raises(SceneFileError, match="no such file"):
         read_scenes(tmp_path / "missing.h5")
+    (tmp_path / "runs.h5").mkdir()  # a folder is not called corrupt
+    with pytest.raises(SceneFileError, match="runs.h5: a folder, not a scene file"):
+        read_scenes(tmp_path / "runs.h5")
 
 
 def _npz(tmp_path, **arrays):

@@ -39,8 +39,10 @@ def test_localizer_rejects_bad_shapes_and_methods(system, scenes):
         loc.localize(scenes.y[:, :, :4], scenes.H, scenes.codes)
     with pytest.raises(ValueError, match="codes"):
         loc.localize(scenes.y, scenes.H, scenes.codes[:2])
-    with pytest.raises(TypeError, match="y must be complex"):
+    with pytest.raises(TypeError, match="y must be complex .*got torch.float32"):
         loc.localize(scenes.y.real, scenes.H, scenes.codes)
+    with pytest.raises(TypeError, match="y must be complex .*got float32$"):  # NumPy's name
+        loc.localize(scenes.y.real.numpy(), scenes.H.numpy(), scenes.codes.numpy())
     with pytest.raises(TypeError, match="H is required"):
         loc.localize(scenes.y, None, scenes.codes)
     with pytest.raises(ValueError, match="method"):
