@@ -81,7 +81,7 @@ def main(argv=None) -> None:
     head = f"{'cell':<24} {'SNR':>5}  {points}  flagged"
     print(head)
     lines.append(head)
-    cells = [("spread 0-25 dB, K 1..5", s, None) for s in SNRS]
+    cells = [(f"spread 0-25 dB, K 1..{cfg.system.K_max}", s, None) for s in SNRS]
     cells += [(f"{c}, K = {cfg.system.K_max}", s, c) for c in CHECKED_CORNERS for s in CORNER_SNRS]
     for index, (name, snr, corner) in enumerate(cells):
         update = {"power_spread_db": (0.0, 25.0)} if corner is None else CORNERS[corner][0]

@@ -291,37 +291,79 @@ class RislocConfig(ConfigSection):
 def format_validation_error(err: ValidationError, what: str = "configuration",
                             model: type[BaseModel] | None = None) -> str:
     """One line naming each invalid field of ``model`` (the validated class), with a hint
-    where pydantic's words leave the fix unsaid: a pair given as one number, a field
-    unknown where it was given (another section's, or a typo of one here)."""
+    where pydantic's words leave the fix unsaid: a pair field given one value, a field
+    unknown where it was given (another section's, or a misspelling)."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<config>"
+        loc = [str(p) for p in e["loc"]]
         hint = ""
-        if e["type"] == "tuple_type":
-            hint = f" (a list such as {loc}=[lo, hi])"
-        elif e["type"] == "extra_forbidden" and model is not None:
-            hint = _where_it_belongs(model, [str(p) for p in e["loc"]])
-        parts.append(f"{loc}: {e['msg']}{hint}")
+        if model is not None:
+            path, kind = _field_at(model, loc)
+            if e["type"] == "tuple_type" and _is_pair(kind):
+                hint = f" (a pair: {'.'.join(path)}=[lo, hi])"
+            elif e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+                hint = _where_it_belongs(model, loc, isinstance(e.get("input"), dict))
+        parts.append(f"{'.'.join(loc) or '<config>'}: {e['msg']}{hint}")
     return f"invalid {what}: " + "; ".join(parts)
 
 
-def _where_it_belongs(model: type[BaseModel], loc: list[str]) -> str:
-    """' (did you mean section.name?)' for a field unknown at ``loc`` of ``model``: the
-    same name in a section below that level, or a close spelling at that level."""
+def _sections(kind: Any) -> dict[str, Any]:
+    """Field name -> annotation of a pydantic model or dataclass ({} for anything else)."""
+    import dataclasses
+
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return {n: f.annotation for n, f in kind.model_fields.items()}
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        import typing
+
+        hints = typing.get_type_hints(kind)
+        return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(kind)}
+    return {}
+
+
+def _field_at(model: type, loc: list[str]) -> tuple[list[str], Any]:
+    """(the field path, its annotation) that ``loc`` of an error reaches in ``model``,
+    sections followed down; pydantic's extra parts (union members, list indices) dropped."""
+    path, kind = [], model
+    for part in loc:
+        fields = _sections(kind)
+        if part not in fields:
+            break
+        path.append(part)
+        kind = fields[part]
+    return path, kind
+
+
+def _is_pair(kind: Any) -> bool:
+    import typing
+
+    args = typing.get_args(kind)  # (not tuple[X, ...]: any length)
+    return typing.get_origin(kind) is tuple and len(args) == 2 and Ellipsis not in args
+
+
+def _where_it_belongs(model: type, loc: list[str], is_section: bool) -> str:
+    """' (did you mean a.b?)' for the unknown field at ``loc`` of ``model``: a field of that
+    name anywhere in the configuration, else a close spelling where it was given (a
+    section's name only where a section of values was given)."""
     import difflib
 
-    for part in loc[:-1]:  # the section the unknown name was given in
-        sub = model.model_fields.get(part)
-        kind = None if sub is None else sub.annotation
-        if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
-            return ""
-        model = kind
-    name, prefix = loc[-1], "".join(f"{p}." for p in loc[:-1])
-    inside = [f"{prefix}{section}.{name}" for section, f in model.model_fields.items()
-              if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
-              and name in f.annotation.model_fields]
-    close = [prefix + c for c in difflib.get_close_matches(name, list(model.model_fields), 1)]
-    guess = inside or close
+    name, (where, kind) = loc[-1], _field_at(model, loc[:-1])
+
+    def leaves(kind: Any, prefix: list[str], depth: int) -> dict[str, bool]:
+        out = {}
+        for n, k in _sections(kind).items():
+            out[".".join([*prefix, n])] = bool(_sections(k))  # path -> is a section
+            if depth and _sections(k):
+                out.update(leaves(k, [*prefix, n], depth - 1))
+        return out
+
+    everywhere = leaves(model, [], 2)
+    same = [p for p, sec in everywhere.items()
+            if p.rsplit(".", 1)[-1] == name and sec == is_section
+            and p != ".".join([*where, name])]
+    here = [n for n, k in _sections(kind).items() if bool(_sections(k)) == is_section]
+    close = [".".join([*where, c]) for c in difflib.get_close_matches(name, here, 1)]
+    guess = same or close
     return f" (did you mean {' or '.join(guess)}?)" if guess else ""
 
 

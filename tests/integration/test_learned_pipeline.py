@@ -177,9 +177,16 @@ def test_exported_model_predicts_the_same(tmp_path, checkpoint):
     assert card["validation"]["K_accuracy"] == row["val_K_accuracy"]
 
 
-def test_export_model_cli(tmp_path, checkpoint):
-    res = runner.invoke(app, ["export-model", str(checkpoint), "--out", str(tmp_path / "m.pt")])
+def test_export_model_cli(tmp_path, checkpoint, caplog):
+    logger = logging.getLogger("risloc.pipeline.learned")
+    logger.addHandler(caplog.handler)  # (the CLI's logging setup may stop propagation)
+    try:
+        res = runner.invoke(app, ["export-model", str(checkpoint), "--out",
+                                  str(tmp_path / "m.pt")])
+    finally:
+        logger.removeHandler(caplog.handler)
     assert res.exit_code == 0, res.output
+    assert "has no order head" not in caplog.text  # a run's checkpoint has none yet
     assert (tmp_path / "m.pt").exists() and (tmp_path / "m.json").exists()
     res = runner.invoke(app, ["export-model", str(tmp_path / "none.pt")])
     assert res.exit_code == 2 and "checkpoint not found" in res.output
@@ -243,6 +250,7 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
     caplog.set_level("WARNING", logger="risloc.pipeline.learned")
     assert load_learned_pipeline(slim).order_head is None
     # a model without its head is named: its K is not decided as a finished model's is
+    load_learned_pipeline(slim)  # said once per checkpoint (evaluate loads it per SNR)
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "has no order head: K is decided by the classical residual " \
         "rule" in said[0] and f"risloc fit-order {slim}" in said[0], said

@@ -33,7 +33,9 @@ def export_command(
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     refuse_existing(out_path, overwrite, inputs=(checkpoint,))  # itself: named below
     # the written model must load as a pipeline before it replaces anything at --out
-    dst = export_model(checkpoint, out_path, verify=load_learned_pipeline)
+    # (a run's checkpoint has no order head yet: not worth a warning here)
+    dst = export_model(checkpoint, out_path,
+                       verify=lambda p: load_learned_pipeline(p, warn_headless=False))
     card = json.loads(model_card_path(dst).read_text())
     val = card["validation"]
     console.print(f"wrote {dst} ({dst.stat().st_size / 1e6:.2f} MB) and its card "

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.pt"
 STAGES = ("forward", "propose", "fit", "decide order", "polish")
+_HEADLESS: set[Path] = set()  # checkpoints said to have no order head (load_learned_pipeline)
 
 
 class OrderDecision(NamedTuple):
@@ -247,13 +248,15 @@ class LearnedPipeline:
 
 def load_learned_pipeline(path: str | Path | None = None, weights: str = "ema",
                           music: MusicConfig | None | str = "default",
-                          order_head: bool = True) -> LearnedPipeline:
+                          order_head: bool = True, warn_headless: bool = True
+                          ) -> LearnedPipeline:
     """Rebuild the pipeline of a checkpoint (None: the model shipped with the package).
 
     music : the proposal stage: "default" or None, the network's slots; a MusicConfig
         (e.g. :func:`inference_music_config`), MUSIC peaks on R_blend (an ablation,
         ``benchmarks/bench_versus.py --propose music``); order_head False leaves a stored
-        head out (as when refitting it).
+        head out (as when refitting it); warn_headless: say (once per checkpoint and
+        process) that one without a head decides K by the residual rule.
     """
     path = DEFAULT_MODEL if path is None else Path(path)
     if not path.exists():
@@ -264,7 +267,8 @@ def load_learned_pipeline(path: str | Path | None = None, weights: str = "ema",
     state = load_checkpoint(path)
     network, recipe = model_from_state(state, weights)
     head = _stored_head(state, path) if order_head else None
-    if order_head and "order_head" not in state:
+    if order_head and warn_headless and "order_head" not in state and path not in _HEADLESS:
+        _HEADLESS.add(path)  # (evaluate loads it once per SNR point)
         log.warning("%s has no order head: K is decided by the classical residual rule, not "
                     "as by a finished model (risloc fit-order %s --out MODEL.pt fits one; "
                     "`risloc train` does so itself)", path, path)

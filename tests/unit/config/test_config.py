@@ -30,12 +30,16 @@ def test_invalid_values_name_the_field(override, field):
 
 
 @pytest.mark.parametrize("override,says", [
-    ("scene.snr_db=5", "scene.snr_db: Input should be a valid tuple (a list such as "
+    ("scene.snr_db=5", "scene.snr_db: Input should be a valid tuple (a pair: "
                        "scene.snr_db=[lo, hi])"),
     ("snr_db=5", "snr_db: Extra inputs are not permitted (did you mean scene.snr_db?)"),
     ("scene.snr=[0, 5]", "scene.snr: Extra inputs are not permitted (did you mean "
                          "scene.snr_db?)"),
+    ("scene.K_max=3", "scene.K_max: Extra inputs are not permitted (did you mean "
+                      "system.K_max?)"),  # another section's field
+    ("sytem={L: 4}", "sytem: Extra inputs are not permitted (did you mean system?)"),
     ("system.zzz=1", "system.zzz: Extra inputs are not permitted"),
+    ("seed=1", "seed: Extra inputs are not permitted"),  # not "scene": a value, no section
 ])
 def test_invalid_fields_say_how_to_write_them(override, says):
     """pydantic's own words leave the fix unsaid for a pair given as one number and a field
@@ -45,12 +49,25 @@ def test_invalid_fields_say_how_to_write_them(override, says):
     assert str(err.value) == f"invalid configuration: {says}"
 
 
-def test_training_fields_say_where_they_belong():
+def test_no_pair_hint_where_one_number_is_valid_too():
+    with pytest.raises(ConfigError) as err:  # power_spread_db: a number or a pair
+        load_config(overrides=["scene.power_spread_db=foo"])
+    assert "[lo, hi]" not in str(err.value)
+
+
+@pytest.mark.parametrize("override,says", [
+    ("lr=1", "lr: Extra inputs are not permitted (did you mean optim.lr?)"),
+    ("loss.lam_gapp=1", "loss.lam_gapp: Unexpected keyword argument (did you mean "
+                        "loss.lam_gap?)"),  # a dataclass section
+    ("lam_gap=1", "lam_gap: Extra inputs are not permitted (did you mean loss.lam_gap?)"),
+    ("data.scene_mix=5", "data.scene_mix: Input should be a valid tuple"),  # a list of kinds
+])
+def test_training_fields_say_where_they_belong(override, says):
     from risloc.training import load_train_config
 
-    with pytest.raises(ConfigError, match=r"lr: Extra inputs are not permitted \(did you "
-                                          r"mean optim\.lr\?\)"):
-        load_train_config("train_tiny", ["lr=1"])
+    with pytest.raises(ConfigError) as err:
+        load_train_config("train_tiny", [override])
+    assert str(err.value) == f"invalid training configuration: {says}"
 
 
 def test_yaml_toml_and_overrides(tmp_path):
