@@ -36,8 +36,8 @@ from bench_corners import CORNERS  # noqa: E402
 from bench_versus import SEED  # noqa: E402
 
 from risloc.config import RislocConfig  # noqa: E402
-from risloc.estimators.classical import classical_fit  # noqa: E402
-from risloc.estimators.order import residual_noise_level  # noqa: E402
+from risloc.estimators.classical import ClassicalConfig, greedy_search  # noqa: E402
+from risloc.estimators.order import noise_var_from_snr, residual_noise_level  # noqa: E402
 from risloc.io.atomic import write_text_atomic  # noqa: E402
 from risloc.simulation import simulate_range  # noqa: E402
 
@@ -54,10 +54,13 @@ def offsets_db(sc, system) -> torch.Tensor:
     out = []
     for i in range(0, sc.y.shape[0], BATCH):
         part = sc[i:i + BATCH]
-        res = classical_fit(part.y, part.H, part.codes, system, snr_db=part.snr_db)
-        level = residual_noise_level(res.costs[:, -1], res.costs.shape[-1] - 1,
-                                     part.y.shape[1], part.y.shape[2])
-        out.append(10 * torch.log10(res.noise_var / level))
+        # the check's own inputs (classical_fit): the greedy search's nested costs and the
+        # noise level of the SNR given (its final polish does not enter the check)
+        costs = greedy_search(part.y, part.H, part.codes, system, system.K_max,
+                              ClassicalConfig()).costs
+        level = residual_noise_level(costs[:, -1], system.K_max, part.y.shape[1],
+                                     part.y.shape[2])
+        out.append(10 * torch.log10(noise_var_from_snr(part.y, part.snr_db) / level))
     return torch.cat(out)
 
 
