@@ -16,9 +16,12 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
+import dataclasses
+import difflib
 import functools
 import json
 import math
+import typing
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,13 +312,9 @@ def format_validation_error(err: ValidationError, what: str = "configuration",
 
 def _sections(kind: Any) -> dict[str, Any]:
     """Field name -> annotation of a pydantic model or dataclass ({} for anything else)."""
-    import dataclasses
-
     if isinstance(kind, type) and issubclass(kind, BaseModel):
         return {n: f.annotation for n, f in kind.model_fields.items()}
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
-        import typing
-
         hints = typing.get_type_hints(kind)
         return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(kind)}
     return {}
@@ -335,8 +334,6 @@ def _field_at(model: type, loc: list[str]) -> tuple[list[str], Any]:
 
 
 def _is_pair(kind: Any) -> bool:
-    import typing
-
     args = typing.get_args(kind)  # (not tuple[X, ...]: any length)
     return typing.get_origin(kind) is tuple and len(args) == 2 and Ellipsis not in args
 
@@ -345,8 +342,6 @@ def _where_it_belongs(model: type, loc: list[str], is_section: bool) -> str:
     """' (did you mean a.b?)' for the unknown field at ``loc`` of ``model``: a field of that
     name anywhere in the configuration, else a close spelling where it was given (a
     section's name only where a section of values was given)."""
-    import difflib
-
     name, (where, kind) = loc[-1], _field_at(model, loc[:-1])
 
     def leaves(kind: Any, prefix: list[str], depth: int) -> dict[str, bool]:
