@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_corners import CORNERS  # noqa: E402
 from bench_versus import SEED  # noqa: E402
 
-from risloc.config import RislocConfig  # noqa: E402
+from risloc.config import RislocConfig, replace_scene_fields  # noqa: E402
 from risloc.estimators.classical import ClassicalConfig, greedy_search  # noqa: E402
 from risloc.estimators.order import noise_var_from_snr, residual_noise_level  # noqa: E402
 from risloc.io.atomic import write_text_atomic  # noqa: E402
@@ -88,7 +88,7 @@ def main(argv=None) -> None:
     cells += [(f"{c}, K = {cfg.system.K_max}", s, c) for c in CHECKED_CORNERS for s in CORNER_SNRS]
     for index, (name, snr, corner) in enumerate(cells):
         update = {"power_spread_db": (0.0, 25.0)} if corner is None else CORNERS[corner][0]
-        scene = cfg.scene.model_validate({**cfg.scene.model_dump(), **update})
+        scene = replace_scene_fields(cfg.scene, update, name)
         sc = simulate_range(0, args.n, cfg.system, scene, seed=SEED[args.split],
                             split=args.split, stream=STREAM + index, snr_db=snr,
                             K=None if corner is None else cfg.system.K_max)
