@@ -199,6 +199,8 @@ def match_sources(est: Estimates, truth_azimuth: torch.Tensor, truth_elevation: 
                                       truth_mask.cpu().numpy())).to(t_az.device)
     paired = idx >= 0
     take = idx.clamp_min(0)
+    if est.azimuth.shape[-1] == 0:  # no estimate slots: nothing to gather, nothing paired
+        e_fill = [torch.zeros(len(est), 1, dtype=torch.float64, device=t_az.device)] * 3
     e_az, e_el, e_r = (torch.gather(v, 1, take) for v in e_fill)  # (B, Kt) paired estimates
     nan = torch.full_like(t_az, float("nan"))
     d_az = torch.remainder(e_az - t_fill[0] + math.pi, 2 * math.pi) - math.pi
@@ -260,7 +262,17 @@ def _median_abs_and_rms(x: torch.Tensor, scale: float = 1.0) -> tuple[float, flo
     if x.numel() == 0:
         return math.nan, math.nan
     x = x.to(torch.float64) * scale
-    return float(torch.quantile(x.abs(), 0.5)), float(x.square().mean().sqrt())
+    return midpoint_median(x.abs()), float(x.square().mean().sqrt())
+
+
+def midpoint_median(x: torch.Tensor) -> float:
+    """Median of a non-empty 1-D tensor, the midpoint of the two middle values for an even
+    count (as ``np.median``); any size (``torch.quantile`` refuses more than 2^24 values, the
+    pairs of about 5.6 million scenes)."""
+    n = x.numel()
+    lo = torch.kthvalue(x, (n + 1) // 2).values
+    hi = torch.kthvalue(x, n // 2 + 1).values if n % 2 == 0 else lo
+    return float((lo + hi) / 2)
 
 
 def _crb_fields(matching: Matching, crb: CRBResult) -> dict[str, float]:

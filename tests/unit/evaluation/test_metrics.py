@@ -1,6 +1,7 @@
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ from risloc.evaluation.crb import CRBResult
 from risloc.evaluation.metrics import (
     concat_matchings,
     match_sources,
+    midpoint_median,
     paired_bootstrap_se,
     snr_groups,
     summarize,
@@ -320,3 +322,28 @@ def test_paired_bootstrap_equals_explicit_resampling():
         float(torch.stack(common).std()), rel=1e-9)
     with pytest.raises(ValueError, match="same scenes"):
         paired_bootstrap_se(a, b[:10])
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 10])
+def test_midpoint_median_is_numpy_s(n):
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    assert midpoint_median(x) == pytest.approx(float(np.median(x.numpy())), abs=1e-15)
+
+
+def test_median_of_more_than_two_to_the_24_values():
+    """torch.quantile refuses more than 2^24 values: the pairs of ~5.6 million scenes, which
+    `risloc localize` scores in one table (a review crashed it so)."""
+    n = 2**24 + 2
+    x = torch.arange(n, dtype=torch.float64).flip(0)
+    assert midpoint_median(x) == (n - 1) / 2
+
+
+def test_estimates_without_slots_miss_every_source():
+    """A CSV with no rows reads back as Estimates with zero slots (read_estimates(.., 0))."""
+    empty = Estimates(K=torch.zeros(2, dtype=torch.int64), azimuth=torch.zeros(2, 0),
+                      elevation=torch.zeros(2, 0), range_m=torch.zeros(2, 0),
+                      score=torch.zeros(2, 0))
+    m = match_sources(empty, *TRUTH)
+    s = summarize(m)
+    assert (s.n_true, s.n_estimated, s.n_detected, s.f1) == (5, 0, 0, 0.0)
+    assert s.K_accuracy == 0.0 and math.isnan(s.azimuth_median_deg)
