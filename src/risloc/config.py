@@ -160,6 +160,12 @@ class SystemConfig(ConfigSection):
         """Wavenumber 2 pi / lambda [rad/m]."""
         return 2.0 * math.pi / self.wavelength
 
+    def describe(self) -> str:
+        """One line for people: 'RIS 12x12 (N=144), M=16, L=16, lambda=0.3 m, ...'."""
+        return (f"RIS {self.N_H}x{self.N_V} (N={self.N}), M={self.M}, L={self.L}, "
+                f"lambda={self.wavelength} m, d={self.spacing} m, {self.wavefront}, "
+                f"K_max={self.K_max}")
+
     @model_validator(mode="after")
     def _check(self) -> SystemConfig:
         # docs/conventions.md: d = lambda/2 unless given, for a wavelength given in any form
@@ -422,6 +428,8 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.field=value")
         key, raw = item.split("=", 1)
+        if not key.strip():
+            raise ConfigError(f"override {item!r} names no field (write section.field=value)")
         if not raw.strip():
             raise ConfigError(f"override {item!r} has no value (write section.field=value; "
                               "null, if you mean none)")

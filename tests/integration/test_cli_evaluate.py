@@ -213,3 +213,28 @@ def test_demo_refuses_an_unwritable_report_folder_before_the_sweep(tmp_path):
     assert res.exit_code == 2 and "taken is a file, not a folder" in res.output
     assert "SNR" not in res.output  # refused before any scene was localized
 
+
+
+def test_a_sweep_runs_on_the_model_s_own_system_unless_one_is_named(tmp_path):
+    """A review: `evaluate --checkpoint` of a model trained for another system simulated the
+    default system and failed mid-sweep; `demo` had no way out at all."""
+    from risloc.inference.checkpoint import save_checkpoint
+    from risloc.training import Trainer, load_train_config
+
+    cfg = load_train_config(None, ["system.N_H=8", "system.N_V=8", "model.width=16",
+                                   "model.dilations=[1]", "model.hidden=16",
+                                   f"out_dir={tmp_path}"])
+    model = save_checkpoint(tmp_path / "n8.pt", Trainer(cfg).state())
+    base = ["--checkpoint", str(model), "--n", "2", "--snr-db", "20", "--no-plots"]
+    res = runner.invoke(app, ["evaluate", *base, "--out", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+    assert "simulating the scenes on" in res.output and "RIS 8x8 (N=64)" in res.output
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["meta"]["system"][
+        "N_H"] == 8
+    res = runner.invoke(app, ["demo", "--checkpoint", str(model), "--n", "2", "--snr-db", "20",
+                              "--out", str(tmp_path / "d")])
+    assert res.exit_code == 0 and "the model's system" in res.output, res.output
+    # a system named by the caller is the caller's: refused, every differing field named
+    res = runner.invoke(app, ["evaluate", *base, "--set", "system.N_V=12", "--out",
+                              str(tmp_path / "e2")])
+    assert res.exit_code == 2 and "N_V 12 (model: 8)" in res.output, res.output

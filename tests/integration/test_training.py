@@ -18,7 +18,7 @@ from risloc.inference.checkpoint import load_checkpoint
 from risloc.io import write_scenes
 from risloc.losses import TERMS
 from risloc.simulation import simulate_range
-from risloc.training import load_train_config, train
+from risloc.training import TrainConfig, load_train_config, train
 from risloc.training.logs import CsvLog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,6 +169,36 @@ def test_resume_refuses_a_training_file_rewritten_since_the_checkpoint(tmp_path)
         train(cfg, resume=True)
 
 
+def test_a_run_on_a_relative_scene_file_resumes_from_any_folder(tmp_path, monkeypatch):
+    """A review: `train --set data.train_file=tr.h5` resumed from another folder looked for
+    tr.h5 there, and naming the file by its full path was refused as another recipe."""
+    system = SystemConfig()
+    (tmp_path / "sub").mkdir()
+    write_scenes(tmp_path / "tr.h5",
+                 simulate_range(0, 16, system, SceneConfig(), seed=0, split="train"), system)
+    monkeypatch.chdir(tmp_path)
+    app = typer.Typer()
+    app.command()(train_command)
+    args = ["--config", str(TINY), "--set", "data.train_file=tr.h5", "--set",
+            "schedule.epochs=2", "--set", "schedule.steps_per_epoch=1", "--set",
+            "order.scenes=0", "--out", str(tmp_path / "run")]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    stored = TrainConfig.from_json(load_checkpoint(tmp_path / "run" / "last.pt")["config"])
+    assert stored.data.train_file == tmp_path / "tr.h5"  # kept absolute
+    monkeypatch.chdir(tmp_path / "sub")
+    res = CliRunner().invoke(app, ["--resume", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    # the same file by another path is the same run (compared by size and time)
+    cfg = load_train_config(TINY, ["data.train_file=../sub/../tr.h5", f"out_dir={tmp_path}/run",
+                                   "schedule.epochs=2", "schedule.steps_per_epoch=1",
+                                   "order.scenes=0"])
+    assert cfg.data.train_file != stored.data.train_file
+    assert train(cfg, resume=True)["epochs_run"] == 2
+    with pytest.raises(ValueError, match=r"training file .*gone\.h5 not found \(the recipe's "
+                                         r"data\.train_file"):
+        train(load_train_config(TINY, ["data.train_file=gone.h5", f"out_dir={tmp_path}/new"]))
+
+
 @pytest.mark.slow
 def test_overfits_a_small_fixed_set(tmp_path):
     """CI-sized overfit (the full-size check is benchmarks/overfit.py): 32 scenes at 15-20 dB,
@@ -229,6 +259,10 @@ def test_train_refuses_a_run_folder_unless_resumed_or_overwritten(tmp_path):
                               f"data.val_file={tmp_path / 'missing.h5'}"])
     assert res.exit_code == 2 and "missing.h5" in res.output, res.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == held
+    # and into a new folder it leaves no empty folder behind (a review found one with .lock)
+    res = runner.invoke(app, [*args[:2], "--out", str(tmp_path / "new" / "run"), *args[4:],
+                              "--set", f"data.val_file={tmp_path / 'missing.h5'}"])
+    assert res.exit_code == 2 and not (tmp_path / "new" / "run").exists(), res.output
     # killed after its first epoch's log row and before its checkpoint: only --overwrite
     early = tmp_path / "early"
     early.mkdir()

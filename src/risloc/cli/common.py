@@ -101,6 +101,25 @@ def get_config(config: Path | None, overrides: list[str] | None) -> RislocConfig
     return load_config(config, overrides, ignored=TrainConfig.model_fields)
 
 
+def sweep_config(config: Path | None, overrides: list[str] | None,
+                 checkpoint: Path | None) -> RislocConfig:
+    """The config of a simulated sweep: :func:`get_config`, on ``checkpoint``'s own system
+    where the caller named none (no ``--config``, no ``--set system.*``); a model serves
+    only the system it was trained for (said when it is not the default one)."""
+    named = config is not None or any(o.strip().startswith("system.") for o in overrides or [])
+    if checkpoint is None or named:
+        return get_config(config, overrides)
+    from risloc.inference.checkpoint import load_checkpoint
+    from risloc.inference.recipe import InferenceRecipe
+
+    system = InferenceRecipe.from_json(load_checkpoint(checkpoint)["config"]).system
+    own = [f"system.{k}={v}" for k, v in system.model_dump(mode="json").items()]
+    cfg = get_config(None, own + list(overrides or []))
+    if cfg.system != get_config(None, None).system:
+        console.print(f"simulating the scenes on {checkpoint}'s system ({system.describe()})")
+    return cfg
+
+
 def progress() -> Progress:
     return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                     MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),

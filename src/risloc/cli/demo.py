@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from risloc.cli.common import console, handle_errors, parse_numbers
+from risloc.cli.common import console, handle_errors, parse_numbers, sweep_config
 from risloc.cli.evaluate import run_report
 from risloc.config import RislocConfig
 from risloc.experiments.harness import SweepSettings, sweep_points
@@ -46,8 +46,9 @@ def demo_command(
     settings = SweepSettings(estimators=estimators, snr_db=snrs, n_per_point=n, seed=seed,
                              checkpoint=None if checkpoint is None else str(checkpoint),
                              snr_given=snr_given, power_spread_db=power_spread_db)
-    cfg = RislocConfig()
+    cfg = sweep_config(None, None, checkpoint)
+    whose = "default" if cfg.system == RislocConfig().system else "the model's"
     run_report(sweep_points(settings, cfg), cfg.system, settings, out_dir, True,
-               f"default system, simulated test split, K unknown, powers spread "
+               f"{whose} system, simulated test split, K unknown, powers spread "
                f"{power_spread_db:g} dB, SNR {'given' if snr_given else 'withheld'}",
                "risloc demo")

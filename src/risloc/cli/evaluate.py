@@ -15,11 +15,11 @@ from risloc.cli.common import (
     ConfigOpt,
     SetOpt,
     console,
-    get_config,
     handle_errors,
     out,
     parse_numbers,
     progress,
+    sweep_config,
 )
 from risloc.evaluation.metrics import EFFICIENT_MEDIAN
 from risloc.experiments.estimators import NAMES, NEEDS_TRUTH
@@ -185,7 +185,7 @@ def evaluate_command(
                           "writes their estimates[/]")
         source = str(scenes)
     else:
-        cfg = get_config(config, set_)
+        cfg = sweep_config(config, set_, checkpoint if "learned" in names else None)
         system, points, source = cfg.system, sweep_points(settings, cfg), "simulated test split"
         left = 0
     run_report(points, system, settings, out_dir, plots, source, pooled=scenes is not None,

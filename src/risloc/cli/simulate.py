@@ -177,10 +177,8 @@ def _print_summary(path: Path, check: bool = False) -> bool:
     table.add_column("field")
     table.add_column("value")
     table.add_row("scenes", f"{info.n_scenes}")
-    table.add_row("system", f"RIS {s.N_H}x{s.N_V} (N={s.N}), M={s.M}, L={s.L}, "
-                            f"lambda={s.wavelength} m, d={s.spacing} m, {s.wavefront}, "
-                            f"K_max={s.K_max}" + (" (assumed: the file has no system "
-                                                  "attribute)" if info.system_assumed else ""))
+    table.add_row("system", s.describe() + (" (assumed: the file has no system attribute)"
+                                            if info.system_assumed else ""))
     if info.n_scenes:
         batch, _ = read_scenes(path, 0, min(info.n_scenes, 4096),
                                truth=not info.n_truth_problems)

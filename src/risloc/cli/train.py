@@ -17,7 +17,7 @@ from risloc.cli.common import out as stdout
 from risloc.config import parse_overrides, read_config_file, shipped_recipes
 from risloc.io.atomic import check_output_folder, make_output_folder, write_text_atomic
 from risloc.training.config import TrainConfig, load_train_config
-from risloc.training.loop import run_folder_lock, train
+from risloc.training.loop import LOCK_FILE, run_folder_lock, train
 
 DEFAULT_RECIPE = "train_default"  # the shipped recipe of `risloc train` without --config
 # the exported network before its order head is fitted: model.pt appears only with its head
@@ -136,10 +136,23 @@ def train_command(
             " (the run stopped before its first checkpoint: --overwrite, not --resume, "
             "starts it afresh)" if stopped else ""))
     first_rank = int(os.environ.get("RANK", "0")) == 0  # data-parallel: rank 0 checks
+    created = first_rank and not run.exists()
     if first_rank:  # the folder is this run's until its model is written
         make_output_folder(run)
-    with run_folder_lock(run) if first_rank else contextlib.nullcontext():
-        _train_in_folder(cfg, run, resume, overwrite, first_rank)
+    try:
+        with run_folder_lock(run) if first_rank else contextlib.nullcontext():
+            _train_in_folder(cfg, run, resume, overwrite, first_rank)
+    except BaseException:
+        if created:  # a run that failed to start leaves no empty folder behind
+            _remove_if_unused(run)
+        raise
+
+
+def _remove_if_unused(run: Path) -> None:
+    """Remove the folder ``run`` if it holds nothing but the lock file."""
+    if {p.name for p in run.iterdir()} <= {LOCK_FILE}:
+        (run / LOCK_FILE).unlink(missing_ok=True)
+        run.rmdir()
 
 
 def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,

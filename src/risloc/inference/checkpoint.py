@@ -14,6 +14,7 @@ import io
 import json
 import pickle
 import statistics
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     if head != b"PK\x03\x04":  # torch files are zip archives
         raise ValueError(f"{path} is not a risloc checkpoint (not a file torch writes"
                          f"{': it is empty' if not head else ''})")
+    if not zipfile.is_zipfile(path):  # a zip archive's directory is at its end
+        raise ValueError(f"{path} is a truncated checkpoint (its end is missing: an "
+                         "incomplete copy or download?)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:  # weights_only refused an object: not one of ours
@@ -78,7 +82,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
         raise ValueError(f"{path} is not a risloc checkpoint, or is damaged (torch cannot read "
                          "it: "
                          f"{type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:200] if str(err) else 'no detail'})"
+                         f"{_first_line(str(err)) or 'no detail'})"
                          ) from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path} is not a risloc training checkpoint (format "
@@ -94,6 +98,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
         return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here is a damaged file
         raise ValueError(f"{path}: unreadable checkpoint content ({err})") from None
+
+
+def _first_line(text: str, width: int = 200) -> str:
+    """The first line of ``text``, shortened to ``width`` characters with an ellipsis."""
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= width else line[:width - 3].rstrip() + "..."
 
 
 def averaged_weights(state: dict[str, Any], which: str) -> dict[str, torch.Tensor]:

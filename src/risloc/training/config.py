@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from risloc.config import (
     ConfigError,
@@ -101,6 +101,13 @@ class DataConfig(ConfigSection):
         "scenes of `scene` (order.*)"))
     val_file: Path | None = Field(None, description=(
         "validate on this scene file's scenes (as train_file) instead of n_val simulated"))
+
+    @field_validator("train_file", "val_file")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        """Relative paths are taken from the current folder and kept absolute, so a run
+        resumes, and its model card names its data, from any folder."""
+        return None if path is None else path.expanduser().absolute()
     n_val: int = Field(512, ge=1)
     val_offset: int = Field(0, ge=0, description="first validation-split scene")
     val_batch_size: int = Field(128, ge=1)

@@ -13,6 +13,7 @@ import math
 import multiprocessing
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -76,8 +77,12 @@ def read_training_file(path, cfg: TrainConfig, what: str) -> SceneBatch:
     file's system that of the recipe (every differing field named), and every scene one
     the localizers can take (ValueError naming the first bad scenes), so that a run never
     stops mid-epoch on a scene it could have refused at the start."""
-    scenes, info = read_scenes(path)
     where = f"{what} {path}"
+    if not Path(path).exists():
+        field = "data.val_file" if what.startswith("validation") else "data.train_file"
+        raise ValueError(f"{where} not found (the recipe's {field}; relative paths are taken "
+                         "from the current folder)")
+    scenes, info = read_scenes(path)
     if len(scenes) == 0:
         raise ValueError(f"{where} holds no scenes")
     if not scenes.has_truth:

@@ -103,6 +103,8 @@ def test_unreadable_files_and_values_are_named(tmp_path):
         load_config(overrides=["scene.snr_db=[0, 10"])
     with pytest.raises(ConfigError, match="override 'scene.K=' has no value"):
         load_config(overrides=["scene.K="])
+    with pytest.raises(ConfigError, match="override ' =3' names no field"):
+        load_config(overrides=[" =3"])  # was "<config>: Extra inputs are not permitted"
     assert load_config(overrides=["scene.K=null"]).scene.K is None
     with pytest.raises(ConfigError, match=r"K: expected int \| None, got the boolean true"):
         load_config(overrides=["scene.K=true"])  # pydantic alone would read it as K = 1

@@ -73,7 +73,8 @@ def test_a_flipped_bit_is_an_error_not_a_silent_model(tmp_path):
     with pytest.raises(ValueError, match="damaged|unreadable"):
         load_checkpoint(tmp_path / "d.pt")
     (tmp_path / "t.pt").write_bytes(path.read_bytes()[:500])  # truncated
-    with pytest.raises(ValueError, match="t.pt is not a risloc checkpoint, or is damaged"):
+    with pytest.raises(ValueError, match=r"t.pt is a truncated checkpoint \(its end is "
+                                         "missing"):
         load_checkpoint(tmp_path / "t.pt")
     assert torch.equal(load_checkpoint(path)["w"], torch.arange(1000.0))
 
@@ -99,3 +100,11 @@ def test_a_checkpoint_the_disk_cannot_hold_is_an_os_error_naming_it(tmp_path, mo
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(tmp_path / "c.pt")["w"], torch.ones(3))  # the old one
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+def test_torch_s_long_messages_are_cut_with_an_ellipsis():
+    from risloc.inference.checkpoint import _first_line
+
+    assert _first_line("short\nsecond") == "short"
+    cut = _first_line("word " * 100)
+    assert len(cut) == 200 and cut.endswith("...") and cut.startswith("word word")
