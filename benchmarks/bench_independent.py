@@ -17,6 +17,9 @@ writes (atomically) one table with the issue's targets judged per row:
   classical + 0.05; at >= 5 dB median azimuth / elevation / range errors <= 1.05x;
 * K given: the same F1 and median targets.
 
+The medians are judged as the issue writes them, each localizer's over the true sources *it*
+pairs; the ratio over the sources both pair (the same sources) is printed beside them.
+
 The time per scene, over each condition's scenes, is each localizer's inside ``risloc
 evaluate`` (one after the other on the same scenes, all threads): a same-run figure, but not
 interleaved, and per SNR group too few seconds to compare; ``bench_versus.py`` measures speed.
@@ -77,6 +80,8 @@ def table_rows(name: str, metrics: dict) -> list[dict]:
     for snr in sorted({s for _, s in by}):
         ln, cl = by[("learned", snr)], by[("classical", snr)]
         ratios = [ln[c] / cl[c] if cl[c] > 0 else math.nan for c in COORDS]
+        # evaluate's common ratios are the classical row's over the reference (learned)
+        common = [1 / cl[f"{c.split('_')[0]}_median_ratio_common"] for c in COORDS]
         targets = {}
         if snr >= 0:
             targets["F1 >= classical - 0.01"] = ln["f1"] >= cl["f1"] - 0.01
@@ -91,6 +96,7 @@ def table_rows(name: str, metrics: dict) -> list[dict]:
             "K_accuracy": [ln["K_accuracy"], cl["K_accuracy"]], "se_K_accuracy_diff":
             cl["se_K_accuracy_diff"], "f1": [ln["f1"], cl["f1"]],
             "se_f1_diff": cl["se_f1_diff"], "median_ratio": dict(zip(COORDS, ratios)),
+            "median_ratio_common": dict(zip(COORDS, common)),
             "se_median_ratio": {c: cl[f"se_{c.split('_')[0]}_median_ratio"] for c in COORDS},
             "ms_per_scene": [ln["ms_per_scene"], cl["ms_per_scene"]], "targets": targets})
     return rows
@@ -98,18 +104,21 @@ def table_rows(name: str, metrics: dict) -> list[dict]:
 
 def format_rows(rows: list[dict]) -> str:
     head = (f"{'condition':22} {'SNR':>4} {'n':>4} | {'K acc L / C (SE)':>22} | "
-            f"{'F1 L / C (SE)':>22} | {'median ratio az el r':>20} | targets")
+            f"{'F1 L / C (SE)':>22} | {'median ratio az el r':>20} | "
+            f"{'on both pairs':>14} | targets")
     out = [head, "-" * len(head)]
     for r in rows:
         (kl, kc), (fl, fc) = r["K_accuracy"], r["f1"]
-        ratios = " ".join(f"{v:.2f}" for v in r["median_ratio"].values())
+        ratios, common = (" ".join(f"{v:.2f}" for v in r[k].values())
+                          for k in ("median_ratio", "median_ratio_common"))
         missed = [t for t, ok in r["targets"].items() if not ok]
         verdict = ("met" if not missed else "MISSED: " + "; ".join(missed)) \
             if r["targets"] else "-"
         out.append(
             f"{r['condition']:22} {r['snr_db']:4.0f} {r['n']:4d} | "
             f"{kl:.3f} / {kc:.3f} ({r['se_K_accuracy_diff']:.3f}) | "
-            f"{fl:.3f} / {fc:.3f} ({r['se_f1_diff']:.3f}) | {ratios:>20} | {verdict}")
+            f"{fl:.3f} / {fc:.3f} ({r['se_f1_diff']:.3f}) | {ratios:>20} | {common:>14} | "
+            f"{verdict}")
     judged = [ok for r in rows for ok in r["targets"].values()]
     out.append(f"targets met: {sum(judged)} of {len(judged)}")
     out.append("time per scene over each condition's scenes, learned / classical (one after "

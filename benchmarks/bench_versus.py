@@ -52,7 +52,12 @@ import torch
 
 from risloc.config import RislocConfig
 from risloc.core.params import Estimates
-from risloc.evaluation import match_sources, paired_bootstrap_se, summarize
+from risloc.evaluation import (
+    common_median_ratios,
+    match_sources,
+    paired_bootstrap_se,
+    summarize,
+)
 from risloc.io.atomic import write_text_atomic
 from risloc.pipeline import Localizer
 from risloc.simulation import simulate_range
@@ -124,18 +129,15 @@ def _summary(matching) -> dict:
 
 
 MEDIANS = ("azimuth_median_deg", "elevation_median_deg", "range_median_m")
-ERRORS = ("azimuth_error", "elevation_error", "range_error")
 
 
 def common_ratio(learned, classical) -> dict:
     """learned / classical median |error| over the true sources both pair with an estimate
     (the same sources for both; keys of :data:`MEDIANS`, plus ``n`` such sources)."""
-    both = learned.paired & classical.paired
-    out: dict = {"n": int(both.sum())}
-    for key, err in zip(MEDIANS, ERRORS, strict=True):
-        lm, cm = (float(torch.quantile(getattr(m, err)[both].abs(), 0.5)) if both.any()
-                  else math.nan for m in (learned, classical))
-        out[key] = lm / cm if cm > 0 else math.nan
+    ratios = common_median_ratios(learned, classical)
+    out: dict = {"n": int((learned.paired & classical.paired).sum())}
+    for key in MEDIANS:
+        out[key] = ratios[f"{key.split('_')[0]}_median_ratio_common"]
     return out
 
 

@@ -10,6 +10,7 @@ from risloc.evaluation.crb import (
 from risloc.evaluation.metrics import (
     Matching,
     MetricSummary,
+    common_median_ratios,
     concat_matchings,
     match_sources,
     paired_bootstrap_se,
@@ -21,7 +22,8 @@ from risloc.evaluation.metrics import (
 )
 
 __all__ = [
-    "CRBResult", "Matching", "MetricSummary", "concat_matchings", "crb", "crb_deterministic",
+    "CRBResult", "Matching", "MetricSummary", "common_median_ratios", "concat_matchings", "crb",
+    "crb_deterministic",
     "crb_for_scenes", "crb_stochastic", "match_sources", "paired_bootstrap_se", "summarize",
     "snr_groups", "summarize_by_K", "summarize_by_snr", "summarize_groups",
 ]

@@ -409,6 +409,23 @@ def _weighted_lower_median(values: torch.Tensor, owner: torch.Tensor,
     return torch.where(cw[:, -1] > 0, med, math.nan)  # NaN: none of their scenes drawn
 
 
+def common_median_ratios(a: Matching, b: Matching) -> dict[str, float]:
+    """Median |error| of ``a`` over that of ``b`` on the true sources both pair with an
+    estimate (the same sources for both, unlike the ratio of each one's own medians):
+    ``<azimuth|elevation|range>_median_ratio_common``; NaN where no source is paired by both
+    or b's median is 0."""
+    if a.truth_mask.shape != b.truth_mask.shape:
+        raise ValueError("the two matchings must cover the same scenes and true slots, got "
+                         f"{tuple(a.truth_mask.shape)} and {tuple(b.truth_mask.shape)}")
+    both = a.paired & b.paired
+    out = {}
+    for name, field in _MEDIAN_ERRORS:
+        ma, mb = (midpoint_median(getattr(m, field)[both].abs()) if both.any() else math.nan
+                  for m in (a, b))
+        out[f"{name}_median_ratio_common"] = ma / mb if mb > 0 else math.nan
+    return out
+
+
 def paired_bootstrap_se(a: Matching, b: Matching, reps: int = 1000,
                         seed: int = 0) -> dict[str, float]:
     """Standard errors of the differences between two estimators run on the same scenes.

@@ -23,6 +23,7 @@ from risloc.core.params import Estimates, concat_estimates
 from risloc.evaluation.crb import CRBResult, crb_for_scenes, noise_var_for_snr
 from risloc.evaluation.metrics import (
     Matching,
+    common_median_ratios,
     concat_matchings,
     match_sources,
     paired_bootstrap_se,
@@ -154,7 +155,9 @@ def evaluate_points(points: Iterable[tuple], system: SystemConfig,
     With the truth known, the first estimator is the reference: every other one's K = "all"
     row also holds ``reference`` and the standard errors of its differences to it on the
     same scenes (``se_f1_diff``, ``se_K_accuracy_diff``, ``se_<coordinate>_median_ratio``,
-    ...; :func:`risloc.evaluation.metrics.paired_bootstrap_se`). ``pooled`` (a file's SNR
+    ...; :func:`risloc.evaluation.metrics.paired_bootstrap_se`) and its medians over the
+    reference's on the true sources both pair (``<coordinate>_median_ratio_common``,
+    :func:`risloc.evaluation.metrics.common_median_ratios`). ``pooled`` (a file's SNR
     groups) adds, where there is more than one point, a row per estimator over every
     scene, K = "file" and SNR NaN (no CRB: its scenes' SNRs differ or are unknown).
 
@@ -198,7 +201,7 @@ def evaluate_points(points: Iterable[tuple], system: SystemConfig,
                                   scenes.K)
                 reference = reference or (name, m)
                 extra = left if reference[0] == name else {
-                    "reference": reference[0], **left,
+                    "reference": reference[0], **left, **common_median_ratios(m, reference[1]),
                     **{f"se_{k}": v for k, v in paired_bootstrap_se(m, reference[1]).items()}}
                 rows.extend(_rows_for(name, m, scenes, crb, sec, snr, by_K=True, extra=extra))
                 parts, seconds = kept.setdefault(name, ([], []))
@@ -242,6 +245,7 @@ def _pooled_rows(kept: dict[str, tuple[list[Matching], list[float]]], left_out: 
         m = whole[name]
         extra = {"scenes_left_out": left_out} if name == names[0] else {
             "reference": names[0], "scenes_left_out": left_out,
+            **common_median_ratios(m, whole[names[0]]),
             **{f"se_{k}": v for k, v in paired_bootstrap_se(m, whole[names[0]]).items()}}
         rows.append(ResultRow(name, math.nan, "file", len(m),
                               1000 * sum(kept[name][1]) / max(len(m), 1),

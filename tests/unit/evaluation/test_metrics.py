@@ -8,6 +8,7 @@ import torch
 from risloc.core.params import Estimates
 from risloc.evaluation.crb import CRBResult
 from risloc.evaluation.metrics import (
+    common_median_ratios,
     concat_matchings,
     match_sources,
     midpoint_median,
@@ -347,3 +348,18 @@ def test_estimates_without_slots_miss_every_source():
     s = summarize(m)
     assert (s.n_true, s.n_estimated, s.n_detected, s.f1) == (5, 0, 0, 0.0)
     assert s.K_accuracy == 0.0 and math.isnan(s.azimuth_median_deg)
+
+
+def test_common_median_ratios_compare_the_sources_both_pair():
+    # a: every true source, 1 deg off in azimuth; b: only scene 0's three, 2 deg off in
+    # azimuth and 0.5 m in range
+    a = _est([3, 2], [[-39.0, 11.0, 36.0], [1.0, 21.0, NAN]],
+             [[5.0, -10.0, 20.0], [0.0, 3.0, NAN]], [[1.0, 4.0, 8.0], [2.0, 6.0, NAN]])
+    b = _est([3, 0], [[-38.0, 12.0, 37.0], [NAN] * 3], [[5.0, -10.0, 20.0], [NAN] * 3],
+             [[1.5, 4.5, 8.5], [NAN] * 3])
+    ma, mb = match_sources(a, *TRUTH), match_sources(b, *TRUTH)
+    r = common_median_ratios(ma, mb)
+    assert r["azimuth_median_ratio_common"] == pytest.approx(0.5)
+    assert math.isnan(r["elevation_median_ratio_common"])  # b's median is 0
+    assert r["range_median_ratio_common"] == pytest.approx(0.0)
+    assert common_median_ratios(mb, ma)["azimuth_median_ratio_common"] == pytest.approx(2.0)
