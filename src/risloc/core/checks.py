@@ -15,7 +15,9 @@ batch can be localized (and why not), and the one rule for a missing SNR.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -50,7 +52,11 @@ def as_tensor(name: str, x) -> torch.Tensor:
     if x is None:
         raise InputTypeError(f"{name} is required, got None")
     if isinstance(x, torch.Tensor):
-        return x.detach().contiguous()
+        if x.layout != torch.strided:
+            raise InputTypeError(f"{name} must be a dense array, got a {x.layout} tensor "
+                                 "(.to_dense() makes one)")
+        # (a lazily conjugated or negated view, as x.conj() gives, made a plain tensor)
+        return x.detach().resolve_conj().resolve_neg().contiguous()
     try:
         a = np.asarray(x)
         if a.dtype.byteorder not in "=|":
@@ -233,6 +239,34 @@ __all__ = ["CODE_TOLERANCE", "InputError", "InputTypeError", "SceneCheck",
            "scene_problems", "snr_per_scene"]
 
 
+def same_device(**tensors: torch.Tensor) -> torch.device:
+    """The one device of ``tensors`` (InputError naming each one's where they differ, or
+    where it is the 'meta' device, which holds shapes but no values)."""
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        raise InputError("the inputs must be on one device, got " + ", ".join(
+            f"{name} on {dev}" for name, dev in devices.items()))
+    dev = next(iter(devices.values()))
+    if dev.type == "meta":
+        raise InputError("the inputs are on the 'meta' device, which holds shapes but no "
+                         "values: give the arrays themselves")
+    return dev
+
+
+@contextlib.contextmanager
+def float32_default() -> Iterator[None]:
+    """Torch's default dtype float32 inside: the package builds its constants (grids,
+    stencils, network buffers) in the default dtype, and a caller's
+    ``torch.set_default_dtype(torch.float64)`` would make them float64 beside float32
+    weights. (Process-wide state: set by the caller's thread around the whole call.)"""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
 def as_system(system: Any, name: str = "system") -> SystemConfig:
     """A SystemConfig from itself, a dict of its fields, or its JSON text (a str, bytes or
     0-d NumPy array, as ``np.load`` returns a scene file's ``system``); TypeError for any
@@ -245,6 +279,9 @@ def as_system(system: Any, name: str = "system") -> SystemConfig:
         if isinstance(system, dict):
             return validate_system(system)
         if isinstance(system, str | bytes):
+            if system.lstrip()[:1] not in ("{", b"{"):  # e.g. Localizer("classical")
+                raise InputTypeError(f"{name} must be a SystemConfig, a dict of its fields "
+                                     f"or its JSON text, got the string {system!r:.40}")
             return system_from_json(system)
     except ConfigError as err:
         raise InputError(f"{name}: {err}") from None

@@ -392,7 +392,7 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
     system = as_system(system)
     H, codes = as_tensor("H", H), as_tensor("codes", codes)
     if not torch.is_complex(H):
-        raise ValueError(f"H must be complex (the channel's amplitude and phase), got "
+        raise TypeError(f"H must be complex (the channel's amplitude and phase), got "
                          f"{H.dtype}")
     shapes = {"H": tuple(H.shape), "codes": tuple(codes.shape)}
     if H.ndim == 2 and codes.ndim == 2:  # one scene

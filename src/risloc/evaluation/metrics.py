@@ -176,6 +176,10 @@ def match_sources(est: Estimates, truth_azimuth: torch.Tensor, truth_elevation: 
     gate_deg : detection gate on the great-circle angle error [deg]
     """
     est = getattr(est, "estimates", est)  # a Localizer's LocalizationResult
+    if not isinstance(est, Estimates):
+        raise TypeError(f"est must be Estimates or a LocalizationResult, got "
+                        f"{type(est).__name__}" + (" (to_numpy()'s dict: pass the result "
+                                                   "itself)" if isinstance(est, dict) else ""))
     t_az, t_el, t_r = (as_tensor(name, t).to(torch.float64) for name, t in (
         ("truth_azimuth", truth_azimuth), ("truth_elevation", truth_elevation),
         ("truth_range", truth_range)))

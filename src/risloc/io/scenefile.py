@@ -23,7 +23,7 @@ import math
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from risloc.config import ConfigError, FieldOfView, SystemConfig, system_from_json
-from risloc.core.checks import as_tensor
+from risloc.core.checks import as_system, as_tensor
 from risloc.io.atomic import atomic_path, remove_stale_temporaries, temporary_name
 from risloc.simulation.scenes import SceneBatch
 
@@ -272,10 +272,14 @@ def _truth_arrays(batch: SceneBatch, K_max: int) -> dict[str, np.ndarray]:
     return out
 
 
-def write_scenes(path: str | Path, batch: SceneBatch, system: SystemConfig,
+def write_scenes(path: str | Path, batch: SceneBatch, system: SystemConfig | dict | str,
                  attrs: dict[str, Any] | None = None) -> Path:
-    """Write a whole SceneBatch to .h5 or .npz, atomically."""
+    """Write a whole SceneBatch to .h5 or .npz, atomically (its fields torch tensors or any
+    arrays; the system as :func:`risloc.core.checks.as_system` takes it)."""
     path = Path(path)
+    system = as_system(system)
+    batch = SceneBatch(**{f.name: None if getattr(batch, f.name) is None else
+                          as_tensor(f.name, getattr(batch, f.name)) for f in fields(batch)})
     if len(batch) == 0:
         raise SceneFileError(f"{path}: nothing to write (0 scenes)")
     check_batch(batch, system, path)

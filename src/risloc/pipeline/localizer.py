@@ -38,7 +38,9 @@ from risloc.core.checks import (
     as_system,
     as_tensor,
     check_shapes,
+    float32_default,
     normalise_scale,
+    same_device,
     scene_problems,
     snr_per_scene,
 )
@@ -225,7 +227,8 @@ class Localizer:
     def from_checkpoint(cls, path: str | Path | None = None, workers: int | None = None,
                         graph_batch: int | None = None) -> Localizer:
         """The learned localizer of a checkpoint (None = the shipped default model)."""
-        pipeline = load_learned_pipeline(path)
+        with float32_default():
+            pipeline = load_learned_pipeline(path)
         return cls(pipeline.system, "learned", pipeline, workers, graph_batch=graph_batch)
 
     def localize(self, y, H, codes, snr_db=None, K=None,
@@ -237,6 +240,11 @@ class Localizer:
         an int or [B] ints (known counts); system : the scenes' system, checked.
         """
         y, H, codes = (_as_tensor(n, t) for n, t in (("y", y), ("H", H), ("codes", codes)))
+        same_device(y=y, H=H, codes=codes)
+        with float32_default():
+            return self._localize(y, H, codes, snr_db, K, system)
+
+    def _localize(self, y, H, codes, snr_db, K, system) -> LocalizationResult:
         dims = (y.ndim, H.ndim, codes.ndim)
         if dims == (2, 2, 2):
             y, H, codes = y.unsqueeze(0), H.unsqueeze(0), codes.unsqueeze(0)

@@ -458,7 +458,6 @@ def test_user_crb_names_bad_inputs_instead_of_a_wrong_bound_or_a_traceback(syste
             ({"powers": [1.0, 1.0, 1.0]}, r"powers must be one number, \[K\] or \[B, K\]"),
             ({"codes": 2 * c}, "codes must lie on the unit circle"),
             ({"codes": 0 * c}, "codes must lie on the unit circle"),
-            ({"H": H.real}, "H must be complex"),
             ({"H": H[:8]}, r"of the system given \(M=16, L=16, N=144\); got \(8, 144\) and "
                            r"\(16, 144\)"),
             ({"codes": sc.codes}, r"one scene's \[M, N\] and \[L, N\] or a batch's "
@@ -473,6 +472,8 @@ def test_user_crb_names_bad_inputs_instead_of_a_wrong_bound_or_a_traceback(syste
         with pytest.raises(ValueError, match=says):
             crb(args.pop("H"), args.pop("codes"), args.pop("azimuth_deg"),
                 args.pop("elevation_deg"), args.pop("range_m"), system, **args)
+    with pytest.raises(TypeError, match="H must be complex"):  # as the guide says
+        crb(H.real, c, az, el, r, system, snr_db=10.0)
     p = torch.ones(2, requires_grad=True)
     got = crb(H, c, az, el, r, system, snr_db=10.0, powers=p)
     assert not got["range_m"].requires_grad

@@ -476,3 +476,16 @@ def test_system_stored_as_a_dataset_says_how_to_store_it(tmp_path, batch, system
     with pytest.raises(SceneFileError, match=r"a 0-d string array, np.array\(json_text\); "
                                              r"got an array of shape \(1,\)"):
         read_scenes(_npz(tmp_path, **dict(arr, system=np.array([system.model_dump_json()]))))
+
+
+def test_write_scenes_takes_a_user_s_arrays_and_a_system_dict(tmp_path, batch, system):
+    """A review: a system dict (as localize and crb take) and NumPy fields (users' own
+    scenes) were tracebacks, and so was a tensor with torch's lazy conjugate bit."""
+    from risloc.simulation import SceneBatch
+
+    mine = SceneBatch(y=batch.y.numpy(), H=batch.H.conj().resolve_conj().conj(),
+                      codes=batch.codes.numpy(), snr_db=batch.snr_db.tolist())
+    path = write_scenes(tmp_path / "mine.h5", mine, system.model_dump())
+    got, info = read_scenes(path)
+    assert info.system == system and torch.equal(got.H, batch.H)
+    assert torch.equal(got.y, batch.y) and not info.has_truth

@@ -257,7 +257,7 @@ def test_real_codes_of_a_1_bit_ris_are_complex_codes(system, scenes):
         loc.localize(scenes.y.real, scenes.H, scenes.codes)
 
 
-@pytest.mark.parametrize("layout", ["fortran", "transposed view", "big-endian"])
+@pytest.mark.parametrize("layout", ["fortran", "transposed view", "big-endian", "lazy conj"])
 def test_any_memory_layout_or_byte_order_gives_the_same_answer(system, scenes, layout):
     """Arrays as users have them: scipy.io.loadmat returns Fortran order, a transposed
     torch view is not contiguous, a file from another machine may be big-endian."""
@@ -267,6 +267,8 @@ def test_any_memory_layout_or_byte_order_gives_the_same_answer(system, scenes, l
             return np.asfortranarray(a)
         if layout == "big-endian":
             return a.astype(a.dtype.newbyteorder(">"))
+        if layout == "lazy conj":  # a view with torch's conjugate bit (a review crashed it)
+            return t[:2].conj().resolve_conj().conj()
         return t[:2].mT.contiguous().mT
 
     loc = Localizer(system, "classical", workers=1)
@@ -276,3 +278,40 @@ def test_any_memory_layout_or_byte_order_gives_the_same_answer(system, scenes, l
     for name in ("azimuth", "elevation", "range_m"):
         torch.testing.assert_close(getattr(got, name), getattr(ref, name), rtol=0, atol=0,
                                    equal_nan=True)
+
+
+def test_inputs_on_two_devices_or_the_meta_device_are_named(system, scenes):
+    loc = Localizer(system, "classical", workers=1)
+    with pytest.raises(ValueError, match="one device, got y on meta, H on cpu, codes on cpu"):
+        loc.localize(scenes.y.to("meta"), scenes.H, scenes.codes)
+    with pytest.raises(ValueError, match="'meta' device, which holds shapes but no values"):
+        loc.localize(*(t.to("meta") for t in (scenes.y, scenes.H, scenes.codes)))
+    with pytest.raises(TypeError, match="y must be a dense array, got a torch.sparse_coo"):
+        loc.localize(scenes.y.to_sparse(), scenes.H, scenes.codes)
+
+
+def test_a_float64_default_dtype_changes_nothing(system, scenes):
+    """A notebook's torch.set_default_dtype(torch.float64) broke the learned localizer (its
+    constants were made float64 beside float32 weights; a review found it)."""
+    ref = Localizer.from_checkpoint(workers=1).localize(scenes.y, scenes.H, scenes.codes)
+    torch.set_default_dtype(torch.float64)
+    try:
+        loc = Localizer.from_checkpoint(workers=1)
+        got = loc.localize(scenes.y, scenes.H, scenes.codes)
+        assert torch.get_default_dtype() == torch.float64  # the caller's, given back
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert torch.equal(got.estimates.K, ref.estimates.K)
+    torch.testing.assert_close(got.estimates.azimuth, ref.estimates.azimuth, equal_nan=True)
+
+
+def test_arguments_in_the_wrong_place_are_named(system, scenes):
+    with pytest.raises(TypeError, match="system must be a SystemConfig.*got the string "
+                                        "'classical'"):
+        Localizer("classical")  # the method where the system goes
+    res = Localizer(system, "classical", workers=1).localize(scenes.y[:1], scenes.H[:1],
+                                                             scenes.codes[:1], K=1)
+    with pytest.raises(TypeError, match=r"est must be Estimates or a LocalizationResult, got "
+                                        r"dict \(to_numpy\(\)'s dict"):
+        match_sources(res.to_numpy(), scenes.azimuth[:1], scenes.elevation[:1],
+                      scenes.range_m[:1], scenes.K[:1])
