@@ -132,9 +132,12 @@ def test_pruned_trial_stops_training_after_the_reporting_epoch(tmp_path):
 
 def test_tune_cli_and_train_overrides_close_the_loop(tmp_path):
     res = runner.invoke(app, ["tune", "--config", TINY, "--trials", "1", "--epochs", "1",
-                              "--out", str(tmp_path / "t"), *FAST])
+                              "--out", str(tmp_path / "t"), *FAST, "--set", "model.hidden=24"])
     assert res.exit_code == 0, res.output
     best = tmp_path / "t" / "best_overrides.yaml"
+    # the --set values every trial ran with come with it (a review: they were left out, so
+    # `train --overrides` trained another model than the one tuned)
+    assert yaml.safe_load(best.read_text())["overrides"]["model.hidden"] == 24
     assert "best trial" in res.output and best.exists()
     assert "(x" in res.output and "base)" in res.output  # optim.lr: a multiple, not the rate
     assert f"# Best trial of the study: risloc train --config {TINY} " in best.read_text()
@@ -147,7 +150,7 @@ def test_tune_cli_and_train_overrides_close_the_loop(tmp_path):
 
     cfg = TrainConfig.from_json(load_checkpoint(tmp_path / "r" / "last.pt")["config"])
     beta = yaml.safe_load(best.read_text())["overrides"]["blend.beta"]
-    assert cfg.blend.beta == pytest.approx(beta)
+    assert cfg.blend.beta == pytest.approx(beta) and cfg.model.hidden == 24
     res = runner.invoke(app, ["tune", "--config", str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2
 
@@ -270,3 +273,21 @@ def test_without_optuna_the_hint_names_the_extra(monkeypatch):
     res = runner.invoke(app, ["tune", "--config", TINY])
     assert res.exit_code == 2 and "pip install 'risloc[hpo]'" in res.output, res.output
     assert "from a clone of the repository: pip install -e '.[hpo]'" in res.output
+
+
+def test_a_killed_worker_s_trial_is_failed_when_the_budget_is_already_spent(tmp_path):
+    """A review: a worker killed mid-trial and started again within the grace period
+    finished the budget, and its dead trial stayed RUNNING forever (Optuna fails stale
+    trials only when a next trial starts)."""
+    s = TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=1, epochs=1,
+                     overrides=("schedule.steps_per_epoch=1", "data.n_val=8"),
+                     heartbeat_s=1, grace_s=2)
+    tune(s)
+    study = open_study(s)
+    dead = study.ask()  # a trial whose worker died: heartbeats that stop
+    study._storage.record_heartbeat(dead._trial_id)
+    time.sleep(3)
+    states = {t.number: t.state.name for t in tune(s).trials}
+    assert states[0] == "COMPLETE" and states[dead.number] == "FAIL", states
+    rows = {r["number"]: r["state"] for r in csv.DictReader((tmp_path / "trials.csv").open())}
+    assert rows[str(dead.number)] == "FAIL"

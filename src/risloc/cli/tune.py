@@ -68,7 +68,7 @@ def tune_command(
                             startup_trials=startup_trials, warmup_epochs=warmup_epochs,
                             heartbeat_s=heartbeat, grace_s=3 * heartbeat,
                             baseline=baseline)
-    console.print(f"tuning -> {settings.storage_url} study {study_name!r} ({trials} trials x "
+    console.print(f"tuning -> {settings.storage_shown} study {study_name!r} ({trials} trials x "
                   f"{epochs} epochs)")
     study = tune(settings)
     table = Table(title=f"study {study_name!r}")

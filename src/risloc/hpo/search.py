@@ -31,12 +31,19 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from risloc.hpo.space import Dimension, load_space
 from risloc.io.atomic import check_output_folder, write_csv_atomic, write_text_atomic
-from risloc.training.config import TrainConfig, differences, load_train_config, trajectory
+from risloc.training.config import (
+    RUN_FREE,
+    TrainConfig,
+    differences,
+    load_train_config,
+    trajectory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +106,28 @@ class TuneSettings:
                     importlib.util.find_spec("psycopg2") is not None:
                 url = f"postgresql+psycopg2://{rest}"
         return url
+
+    @property
+    def storage_shown(self) -> str:
+        """:attr:`storage_url` as it may be printed: its password hidden."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            return make_url(self.storage_url).render_as_string(hide_password=True)
+        except ArgumentError:  # (open_study names a malformed URL)
+            return "<the --storage URL>"
+
+    def fixed_overrides(self) -> dict[str, Any]:
+        """The ``--set`` values every trial ran with, as recipe overrides (the fields that
+        only say how and where a run goes left out): the best trial's recipe needs them."""
+        fixed = {}
+        for item in self.overrides:
+            key, _, raw = item.partition("=")
+            key = key.strip()
+            if key.split(".")[0] not in RUN_FREE:
+                fixed[key] = yaml.safe_load(raw)
+        return fixed
 
 
 def _trial_config(settings: TuneSettings, values: list[str], number: int) -> TrainConfig:
@@ -288,7 +317,7 @@ def check_study_recipe(study, settings: TuneSettings, space: tuple[Dimension, ..
         if mine["data"].get(name) not in (None, digest):
             diff.append(f"the contents of data.{name}")
     if diff:
-        raise ValueError(f"study {settings.study_name!r} ({settings.storage_url}) holds trials "
+        raise ValueError(f"study {settings.study_name!r} ({settings.storage_shown}) holds trials "
                          f"of another recipe or search space ({'; '.join(diff[:6])}): run it "
                          "with the recipe, --epochs and --space it began with, or start a "
                          "new study (--study-name, --out)")
@@ -319,6 +348,9 @@ def tune(settings: TuneSettings):
     if baseline is not None and not any(t.user_attrs.get("baseline") for t in study.trials):
         study.enqueue_trial(baseline,
                             user_attrs={"baseline": True}, skip_if_exists=True)
+    # trials of a killed worker whose heartbeats stopped are failed here too, not only when
+    # a next trial starts: a study whose budget is spent starts none
+    optuna.storages.fail_stale_trials(study)
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     budget = MaxTrialsCallback(settings.n_trials, states=done)
     finished = sum(t.state in done for t in study.trials)
@@ -326,6 +358,7 @@ def tune(settings: TuneSettings):
         log.info("study %s: %d finished trials of %d", settings.study_name, finished,
                  settings.n_trials)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.get_logger("optuna").addFilter(_no_interrupt_report)
         objective = _objective(settings, base, space)
         while sum(t.state in done for t in study.trials) < settings.n_trials:
             try:
@@ -339,16 +372,25 @@ def tune(settings: TuneSettings):
                     raise
                 log.warning("a trial of this worker was failed as stale by another worker "
                             "(late heartbeats) and queued again; going on")
-    write_reports(study, base, space, Path(settings.out_dir), settings.config)
+    optuna.storages.fail_stale_trials(study)
+    write_reports(study, base, space, Path(settings.out_dir), settings.config,
+                  settings.fixed_overrides())
     return study
 
 
+def _no_interrupt_report(record: logging.LogRecord) -> bool:
+    """Optuna reports a trial ended by Ctrl-C with its whole traceback; the CLI says it in
+    one line (False drops the record)."""
+    return "KeyboardInterrupt" not in record.getMessage()
+
+
 def write_reports(study, base: TrainConfig, space: tuple[Dimension, ...], out: Path,
-                  recipe: str | None = None) -> None:
+                  recipe: str | None = None, fixed: dict[str, Any] | None = None) -> None:
     """trials.csv (every trial, with the recipe value of each searched field, and for a
     relative field its multiple of the base value as '<field> (x base)') and
     best_overrides.yaml (the best completed trial as recipe overrides, for ``risloc train
-    --overrides``), each written atomically."""
+    --overrides``: the ``fixed`` values every trial ran with, then the searched ones), each
+    written atomically."""
     def searched(params: dict) -> dict:
         row = {}
         for d in space:
@@ -374,7 +416,8 @@ def write_reports(study, base: TrainConfig, space: tuple[Dimension, ...], out: P
     if baseline:  # the untuned recipe with the same budget, for comparison
         report["baseline_trial"] = baseline[0].number
         report["baseline_objective"] = float(baseline[0].value)
-    text = yaml.safe_dump({**report, "overrides": params}, sort_keys=False)
+    text = yaml.safe_dump({**report, "overrides": {**(fixed or {}), **params}},
+                          sort_keys=False)
     write_text_atomic(out / "best_overrides.yaml",
                       "# Best trial of the study: risloc train --config "
                       f"{recipe or '<recipe>'} --overrides this file\n" + text)

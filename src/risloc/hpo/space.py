@@ -111,6 +111,10 @@ def load_space(path: str | Path, base: TrainConfig | None = None) -> tuple[Dimen
             if spec.get("relative") and not isinstance(current, float):
                 raise ConfigError(f"{path}: {field}: relative ranges multiply a float field; "
                                   f"the recipe's {field} is {current!r}")
+            for flag in ("log", "relative"):
+                if not isinstance(spec.get(flag, False), bool):
+                    raise ConfigError(f"{path}: {field}: {flag} must be true or false, got "
+                                      f"{spec[flag]!r}")
             dim = Dimension(field, lo, hi, bool(spec.get("log")), bool(spec.get("relative")))
         for value in _extremes(dim, base):  # every trial's recipe validates
             try:

@@ -47,7 +47,10 @@ def test_space_files_are_checked_entry_by_entry(tmp_path):
                       ("optim.batch_size: {low: 0.5, high: 2, relative: true}",
                        "whole number: give it choices"),
                       ("optim.lr: {low: -1, high: 1}", r"optim.lr=-1.0 makes no valid recipe"),
-                      ("blend.beta: {choices: [0.2, 7]}", "blend.beta=7 makes no valid")):
+                      ("blend.beta: {choices: [0.2, 7]}", "blend.beta=7 makes no valid"),
+                      # a quoted "no" was read as true (a review found it)
+                      ('optim.lr: {low: 0.5, high: 2, log: "no"}',
+                       "log must be true or false, got 'no'")):
         p = tmp_path / "s.yaml"
         p.write_text(text)
         with pytest.raises(ConfigError, match=msg):
@@ -103,3 +106,20 @@ def test_two_workers_failing_a_dead_workers_trial_queue_it_once(tmp_path):
         t.join(30)
     states = [t.state.name for t in dead.get_trials()]
     assert states == ["FAIL", "WAITING"], states  # queued again once
+
+
+def test_what_tune_prints_hides_the_password_and_a_ctrl_c_traceback():
+    import logging
+
+    from risloc.hpo.search import _no_interrupt_report
+
+    s = TuneSettings(config="train_tiny", storage="postgresql+psycopg2://u:S3cret@db/risloc",
+                     overrides=("model.hidden=24", "threads=1", "optim.lr=0.001"))
+    assert "S3cret" not in s.storage_shown and "u:***@db/risloc" in s.storage_shown
+    assert s.fixed_overrides() == {"model.hidden": 24, "optim.lr": 1e-3}  # not how it runs
+
+    def record(msg):
+        return logging.LogRecord("optuna", logging.WARNING, "", 0, msg, None, None)
+
+    assert not _no_interrupt_report(record("Trial 0 failed ... error: KeyboardInterrupt()."))
+    assert _no_interrupt_report(record("Trial 0 failed ... error: FloatingPointError()."))
