@@ -160,9 +160,9 @@ def localize_command(
     for p, info in zip(paths[1:], infos[1:], strict=True):
         try:  # K_max may differ between files: each file's caps its own scenes
             check_system(infos[0].system.model_copy(update={"K_max": info.system.K_max}),
-                         info.system)
+                         info.system, "first file")
         except ValueError as err:
-            raise ValueError(f"{p}: its system differs from {paths[0]}'s: {err}") from None
+            raise ValueError(f"{p}, against the first file {paths[0]}: {err}") from None
     # the localizer's K_max: the largest of the files' (each file's scenes capped by theirs)
     system = infos[0].system.model_copy(update={"K_max": max(i.system.K_max for i in infos)})
     k_cap = min(i.system.K_max for i in infos)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def _as_tensor(name: str, x) -> torch.Tensor:
     return t
 
 
-def _differing_fields(ours: SystemConfig, theirs: SystemConfig) -> list[str]:
+def _differing_fields(ours: SystemConfig, theirs: SystemConfig, whose: str) -> list[str]:
     out = []
     for name, a in ours.model_dump().items():
         b = getattr(theirs, name)
@@ -116,22 +117,23 @@ def _differing_fields(ours: SystemConfig, theirs: SystemConfig) -> list[str]:
             continue
         if isinstance(a, float):
             if not math.isclose(a, b, rel_tol=_REL_TOL, abs_tol=0.0):
-                out.append(f"{name} {b!r} (model: {a!r})")
+                out.append(f"{name} {b!r} ({whose}: {a!r})")
         elif a != b:
-            out.append(f"{name} {b!r} (model: {a!r})")
+            out.append(f"{name} {b!r} ({whose}: {a!r})")
     return out
 
 
-def check_system(ours: SystemConfig, theirs: SystemConfig | dict | str | None) -> int:
+def check_system(ours: SystemConfig, theirs: SystemConfig | dict | str | None,
+                 whose: str = "model") -> int:
     """The K_max to report: ValueError naming every field in which ``theirs`` (the scenes'
-    system, in any form :func:`as_system` takes) differs from ``ours``; K_max may be smaller
-    than ours (it caps K)."""
+    system, in any form :func:`as_system` takes) differs from ``ours`` (``whose``: what
+    holds it, as the message names it); K_max may be smaller than ours (it caps K)."""
     if theirs is None:
         return ours.K_max
     theirs = as_system(theirs, "the scenes' system")
-    bad = _differing_fields(ours, theirs)
+    bad = _differing_fields(ours, theirs, whose)
     if bad:
-        raise InputError("the scenes' system differs from the localizer's: " + "; ".join(bad))
+        raise InputError(f"the scenes' system differs from the {whose}'s: " + "; ".join(bad))
     if theirs.K_max > ours.K_max:
         raise InputError(f"the scenes' K_max={theirs.K_max} exceeds the localizer's "
                          f"K_max={ours.K_max}")
@@ -201,6 +203,12 @@ class Localizer:
                  pipeline: LearnedPipeline | None = None, workers: int | None = None,
                  fov: FieldOfView | None = None, chunk: int | None = MAX_CHUNK,
                  graph_batch: int | None = None):
+        for name, value in (("workers", workers), ("chunk", chunk),
+                            ("graph_batch", graph_batch)):
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, numbers.Integral)):
+                raise InputTypeError(f"{name} must be a whole number or None, got "
+                                     f"{type(value).__name__} {value!r}")
         if workers is not None and workers < 1:
             raise InputError(f"workers must be >= 1, got {workers}")
         if chunk is not None and chunk < 1:
@@ -253,7 +261,8 @@ class Localizer:
                              "dimensions: give one scene (all 2-dimensional: [L, M], [M, N], "
                              "[L, N]) or a batch (all 3-dimensional, scenes first), not a mix")
         try:  # the whole difference named before the shapes it implies are checked
-            k_max = check_system(self.system, system)
+            k_max = check_system(self.system, system,
+                                 "model" if self.method == "learned" else "localizer")
         except InputError as err:
             if self.method != "learned":
                 raise

@@ -91,7 +91,7 @@ def read_training_file(path, cfg: TrainConfig, what: str) -> SceneBatch:
         log.warning("%s has no system attribute: taken to be the recipe's", where)
     else:
         try:
-            check_system(cfg.system, info.system)
+            check_system(cfg.system, info.system, "recipe")
         except InputError as err:
             raise ValueError(f"{where}: {err} (the recipe's system is `system.*`)") from None
     bad = scene_problems(scenes.y, scenes.H, scenes.codes).reasons

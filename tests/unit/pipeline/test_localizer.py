@@ -315,3 +315,14 @@ def test_arguments_in_the_wrong_place_are_named(system, scenes):
                                         r"dict \(to_numpy\(\)'s dict"):
         match_sources(res.to_numpy(), scenes.azimuth[:1], scenes.elevation[:1],
                       scenes.range_m[:1], scenes.K[:1])
+
+
+def test_the_classical_localizer_s_system_is_not_called_a_model_s(system, scenes):
+    other = {**system.model_dump(), "wavelength": 0.25}
+    with pytest.raises(ValueError, match=r"differs from the localizer's: wavelength 0.25 "
+                                         r"\(localizer: 0.3\)"):
+        Localizer(system, "classical", workers=1).localize(scenes.y, scenes.H, scenes.codes,
+                                                           system=other)
+
+    with pytest.raises(TypeError, match="chunk must be a whole number or None, got str '64'"):
+        Localizer(system, "classical", chunk="64")
