@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from risloc.hpo.space import Dimension, load_space
+from risloc.hpo.space import SET_BY_TUNE, Dimension, load_space
 from risloc.io.atomic import check_output_folder, write_csv_atomic, write_text_atomic
 from risloc.training.config import (
     RUN_FREE,
@@ -92,6 +92,11 @@ class TuneSettings:
         if not 0 < self.heartbeat_s < self.grace_s:
             raise ValueError(f"need 0 < heartbeat_s < grace_s, got {self.heartbeat_s}, "
                              f"{self.grace_s}")
+        for item in self.overrides:  # (tune's own values would silently win)
+            if item.partition("=")[0].strip() in SET_BY_TUNE:
+                raise ValueError(f"--set {item}: risloc tune sets "
+                                 f"{item.partition('=')[0].strip()} itself (schedule.epochs: "
+                                 "--epochs; out_dir: --out)")
 
     @property
     def storage_url(self) -> str:
