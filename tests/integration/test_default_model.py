@@ -137,3 +137,12 @@ def test_both_localizers_ignore_the_units_of_y_and_H():
                                        ("range_m", 1e-2, 3e-3)):
                     assert torch.allclose(getattr(est, name), getattr(ref, name), rtol=rel,
                                           atol=tol, equal_nan=True), (*case, name)
+
+
+def test_scenes_of_another_shape_without_their_system_are_named_with_the_way_out():
+    """A review: L and M both differing named only L, and no way out."""
+    other = SystemConfig(M=8, L=12)
+    sc = simulate_range(0, 2, other, SceneConfig(), seed=11, split="test", snr_db=20.0, K=1)
+    with pytest.raises(ValueError, match=r"have L=12 \(the system's: 16\), M=8 \(the "
+                                         r"system's: 16\): .*Localizer\(system, 'classical'\)"):
+        Localizer.from_checkpoint().localize(sc.y, sc.H, sc.codes)

@@ -88,10 +88,10 @@ def check_shapes(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                          f"snapshots and H M={M_H} antennas, so y must be [B, L, M] "
                          f"(snapshots first), e.g. y.transpose(-1, -2)")
     if system is not None:
-        for name, got, want in (("L", L, system.L), ("M", M, system.M), ("N", N, system.N)):
-            if got != want:
-                raise InputError(f"the measurements have {name}={got} but the system has "
-                                 f"{name}={want}")
+        bad = [f"{name}={got} (the system's: {want})" for name, got, want in
+               (("L", L, system.L), ("M", M, system.M), ("N", N, system.N)) if got != want]
+        if bad:
+            raise InputError(f"the measurements have {', '.join(bad)}")
     if B == 0:
         raise InputError("empty batch: y has no scenes")
     if tuple(H.shape) != (B, M, N) or tuple(codes.shape) != (B, L, N):

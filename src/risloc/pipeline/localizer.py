@@ -270,7 +270,14 @@ class Localizer:
                              "classical localizer takes any: Localizer(system, "
                              "'classical'), in the CLI --method or --estimators "
                              "classical)") from None
-        check_shapes(y, H, codes, self.system)
+        try:
+            check_shapes(y, H, codes, self.system)
+        except InputError as err:
+            if self.method != "learned" or "the measurements have" not in str(err):
+                raise
+            raise InputError(f"{err}: scenes of another system than the model's (a model "
+                             "serves the system it was trained for; the classical localizer "
+                             "takes any: Localizer(system, 'classical'))") from None
         B = y.shape[0]
         snr = snr_per_scene(snr_db, B)
         Kt = resolve_K(K, B, k_max)

@@ -80,7 +80,7 @@ def test_unknown_snr_and_bad_inputs(model, scenes):
     y_nan[0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
         model(y_nan, scenes.H, scenes.codes)
-    with pytest.raises(ValueError, match="have L=15 but the system has L=16"):
+    with pytest.raises(ValueError, match=r"have L=15 \(the system.s: 16\)"):
         model(scenes.y[:, :-1], scenes.H, scenes.codes[:, :-1])
     with pytest.raises(ValueError, match="shape mismatch"):
         model(scenes.y, scenes.H[:2], scenes.codes)
