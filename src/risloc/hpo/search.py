@@ -355,7 +355,7 @@ def tune(settings: TuneSettings):
                             user_attrs={"baseline": True}, skip_if_exists=True)
     # trials of a killed worker whose heartbeats stopped are failed here too, not only when
     # a next trial starts: a study whose budget is spent starts none
-    optuna.storages.fail_stale_trials(study)
+    _fail_stale_trials(study)
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     budget = MaxTrialsCallback(settings.n_trials, states=done)
     finished = sum(t.state in done for t in study.trials)
@@ -377,10 +377,20 @@ def tune(settings: TuneSettings):
                     raise
                 log.warning("a trial of this worker was failed as stale by another worker "
                             "(late heartbeats) and queued again; going on")
-    optuna.storages.fail_stale_trials(study)
+    _fail_stale_trials(study)
     write_reports(study, base, space, Path(settings.out_dir), settings.config,
                   settings.fixed_overrides())
     return study
+
+
+def _fail_stale_trials(study) -> None:
+    """Optuna's ``fail_stale_trials`` (heartbeats older than the grace period), without its
+    "experimental" warning (stable since Optuna 2.9)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def _no_interrupt_report(record: logging.LogRecord) -> bool:
