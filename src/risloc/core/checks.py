@@ -260,6 +260,9 @@ def float32_default() -> Iterator[None]:
     ``torch.set_default_dtype(torch.float64)`` would make them float64 beside float32
     weights. (Process-wide state: set by the caller's thread around the whole call.)"""
     old = torch.get_default_dtype()
+    if old == torch.float32:  # the usual case: nothing process-wide is touched
+        yield
+        return
     torch.set_default_dtype(torch.float32)
     try:
         yield
