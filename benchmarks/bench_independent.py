@@ -81,7 +81,8 @@ def table_rows(name: str, metrics: dict) -> list[dict]:
         ln, cl = by[("learned", snr)], by[("classical", snr)]
         ratios = [ln[c] / cl[c] if cl[c] > 0 else math.nan for c in COORDS]
         # evaluate's common ratios are the classical row's over the reference (learned)
-        common = [1 / cl[f"{c.split('_')[0]}_median_ratio_common"] for c in COORDS]
+        common = [1 / v if (v := cl[f"{c.split('_')[0]}_median_ratio_common"]) > 0
+                  else math.nan for c in COORDS]
         targets = {}
         if snr >= 0:
             targets["F1 >= classical - 0.01"] = ln["f1"] >= cl["f1"] - 0.01

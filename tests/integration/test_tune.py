@@ -105,11 +105,17 @@ def test_a_study_refuses_a_scene_file_whose_contents_changed(tmp_path):
     assert len(tune(TuneSettings(n_trials=1, **kw)).trials) == 1
     val.write_bytes(val.read_bytes())  # a copy with the same scenes: taken
     assert len(tune(TuneSettings(n_trials=2, **kw)).trials) == 2
+    # ... also where the worker names it by another path (another folder or machine)
+    (tmp_path / "elsewhere").mkdir()
+    copy = tmp_path / "elsewhere" / "v.h5"
+    copy.write_bytes(val.read_bytes())
+    other = {**kw, "overrides": ("schedule.steps_per_epoch=1", f"data.val_file={copy}")}
+    assert len(tune(TuneSettings(n_trials=3, **other)).trials) == 3
     write_scenes(val, simulate_range(8, 16, SystemConfig(), SceneConfig(), split="validation"),
                  SystemConfig())
     with pytest.raises(ValueError, match=r"another recipe or search space \(the contents "
                                          r"of data.val_file\)"):
-        tune(TuneSettings(n_trials=3, **kw))
+        tune(TuneSettings(n_trials=4, **kw))
 
 
 class _PruneAll(optuna.pruners.BasePruner):

@@ -17,7 +17,7 @@ from risloc.cli.common import out as stdout
 from risloc.config import parse_overrides, read_config_file, shipped_recipes
 from risloc.io.atomic import check_output_folder, make_output_folder, write_text_atomic
 from risloc.training.config import TrainConfig, load_train_config
-from risloc.training.loop import LOCK_FILE, run_folder_lock, train
+from risloc.training.loop import LOCK_FILE, RunFolderInUse, run_folder_lock, train
 
 DEFAULT_RECIPE = "train_default"  # the shipped recipe of `risloc train` without --config
 # the exported network before its order head is fitted: model.pt appears only with its head
@@ -142,8 +142,10 @@ def train_command(
     try:
         with run_folder_lock(run) if first_rank else contextlib.nullcontext():
             _train_in_folder(cfg, run, resume, overwrite, first_rank)
-    except BaseException:
-        if created:  # a run that failed to start leaves no empty folder behind
+    except BaseException as err:
+        # a run that failed to start leaves no empty folder behind (one that lost the folder
+        # to another run starting at once leaves it to that run)
+        if created and not isinstance(err, RunFolderInUse):
             _remove_if_unused(run)
         raise
 

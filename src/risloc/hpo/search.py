@@ -23,6 +23,7 @@ The search space is a YAML file (:mod:`risloc.hpo.space`; the default ships as
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -93,10 +94,11 @@ class TuneSettings:
             raise ValueError(f"need 0 < heartbeat_s < grace_s, got {self.heartbeat_s}, "
                              f"{self.grace_s}")
         for item in self.overrides:  # (tune's own values would silently win)
-            if item.partition("=")[0].strip() in SET_BY_TUNE:
-                raise ValueError(f"--set {item}: risloc tune sets "
-                                 f"{item.partition('=')[0].strip()} itself (schedule.epochs: "
-                                 "--epochs; out_dir: --out)")
+            key = item.partition("=")[0].strip()
+            if key in SET_BY_TUNE and key != "progress":
+                how = {"schedule.epochs": ": use --epochs", "out_dir": ": use --out"}
+                raise ValueError(f"--set {item}: risloc tune sets {key} itself"
+                                 f"{how.get(key, '')}")
 
     @property
     def storage_url(self) -> str:
@@ -124,14 +126,15 @@ class TuneSettings:
             return "<the --storage URL>"
 
     def fixed_overrides(self) -> dict[str, Any]:
-        """The ``--set`` values every trial ran with, as recipe overrides (the fields that
-        only say how and where a run goes left out): the best trial's recipe needs them."""
+        """The ``--set`` values every trial ran with, as recipe overrides read from the
+        recipe they made (a relative scene file's path absolute), the fields that only say
+        how and where a run goes left out: the best trial's recipe needs them."""
+        recipe = load_train_config(self.config, list(self.overrides)).model_dump(mode="json")
         fixed = {}
         for item in self.overrides:
-            key, _, raw = item.partition("=")
-            key = key.strip()
+            key = item.partition("=")[0].strip()
             if key.split(".")[0] not in RUN_FREE:
-                fixed[key] = yaml.safe_load(raw)
+                fixed[key] = functools.reduce(lambda d, part: d[part], key.split("."), recipe)
         return fixed
 
 
@@ -257,16 +260,8 @@ def claim_folder(settings: TuneSettings, write: bool = True) -> None:
     studies number their trials from 0, so two studies in one folder would overwrite each
     other's trial runs (trial_0000, ...) and reports. ``write=False`` only checks (before
     the storage is opened: a storage that cannot be opened claims no folder)."""
-    from sqlalchemy.engine import make_url
-
     out = Path(settings.out_dir)
-    from sqlalchemy.exc import ArgumentError
-
-    try:  # the URL as given (a malformed one: open_study names it)
-        shown = make_url(settings.storage_url).render_as_string(hide_password=True)
-    except ArgumentError:
-        shown = str(settings.storage)
-    mark = {"study_name": settings.study_name, "storage": shown}
+    mark = {"study_name": settings.study_name, "storage": settings.storage_shown}
     if settings.storage is None:  # the folder's own SQLite file, however out_dir is spelled
         mark["storage"] = "sqlite:///<out_dir>/study.db"
     if write:  # (a check makes no folder: a study that cannot open leaves none behind)
@@ -315,7 +310,11 @@ def check_study_recipe(study, settings: TuneSettings, space: tuple[Dimension, ..
     if held is None:
         study.set_user_attr(STUDY_RECIPE, mine)
         return
-    diff = differences(held["recipe"], mine["recipe"])
+    recipe = held["recipe"]  # a study from before the files read "given": their paths
+    if held.get("data"):     # (its contents are compared by the digests below)
+        recipe = {**recipe, "data": {**recipe["data"], **{
+            k: "given" for k in held["data"] if recipe["data"].get(k) is not None}}}
+    diff = differences(recipe, mine["recipe"])
     if held["space"] != mine["space"]:
         diff.append("the search space")
     for name, digest in (held.get("data") or {}).items():  # (older studies: no digests)
@@ -363,20 +362,27 @@ def tune(settings: TuneSettings):
         log.info("study %s: %d finished trials of %d", settings.study_name, finished,
                  settings.n_trials)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        optuna.logging.get_logger("optuna").addFilter(_no_interrupt_report)
+        # (Optuna's records come from child loggers: a filter acts on the handlers)
+        handlers = logging.getLogger("optuna").handlers
+        for h in handlers:
+            h.addFilter(_no_interrupt_report)
         objective = _objective(settings, base, space)
-        while sum(t.state in done for t in study.trials) < settings.n_trials:
-            try:
-                study.optimize(objective, callbacks=[budget], gc_after_trial=True,
-                               catch=(FloatingPointError,))
-            except ValueError as err:
-                # another worker failed this worker's running trial as stale (its
-                # heartbeats came later than grace_s, e.g. on a loaded machine) and queued
-                # it again; Optuna then refuses to record it here: go on with the next
-                if not str(err).startswith("Cannot tell a FAIL trial"):
-                    raise
-                log.warning("a trial of this worker was failed as stale by another worker "
-                            "(late heartbeats) and queued again; going on")
+        try:
+            while sum(t.state in done for t in study.trials) < settings.n_trials:
+                try:
+                    study.optimize(objective, callbacks=[budget], gc_after_trial=True,
+                                   catch=(FloatingPointError,))
+                except ValueError as err:
+                    # another worker failed this worker's running trial as stale (its
+                    # heartbeats came later than grace_s, e.g. on a loaded machine) and
+                    # queued it again; Optuna then refuses to record it here: go on
+                    if not str(err).startswith("Cannot tell a FAIL trial"):
+                        raise
+                    log.warning("a trial of this worker was failed as stale by another "
+                                "worker (late heartbeats) and queued again; going on")
+        finally:
+            for h in handlers:
+                h.removeFilter(_no_interrupt_report)
     _fail_stale_trials(study)
     write_reports(study, base, space, Path(settings.out_dir), settings.config,
                   settings.fixed_overrides())

@@ -35,6 +35,7 @@ from typing import NamedTuple
 import torch
 
 from risloc.config import FieldOfView, SystemConfig
+from risloc.core.checks import float32_default
 from risloc.core.params import Estimates
 from risloc.estimators.classical import ClassicalConfig
 from risloc.estimators.mlfit import MLFit, MLFitConfig, ml_fit, repair_chosen
@@ -221,6 +222,7 @@ class LearnedPipeline:
                          check=False).estimates
 
     @torch.no_grad()
+    @float32_default()
     def localize(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                  snr_db: torch.Tensor | None = None, K: torch.Tensor | None = None,
                  k_max: int | None = None,
@@ -258,6 +260,11 @@ def load_learned_pipeline(path: str | Path | None = None, weights: str = "ema",
         head out (as when refitting it); warn_headless: say (once per checkpoint and
         process) that one without a head decides K by the residual rule.
     """
+    with float32_default():  # (a caller's float64 default would make float64 layers)
+        return _load_learned_pipeline(path, weights, music, order_head, warn_headless)
+
+
+def _load_learned_pipeline(path, weights, music, order_head, warn_headless) -> LearnedPipeline:
     path = DEFAULT_MODEL if path is None else Path(path)
     if not path.exists():
         raise FileNotFoundError(

@@ -235,8 +235,7 @@ class Localizer:
     def from_checkpoint(cls, path: str | Path | None = None, workers: int | None = None,
                         graph_batch: int | None = None) -> Localizer:
         """The learned localizer of a checkpoint (None = the shipped default model)."""
-        with float32_default():
-            pipeline = load_learned_pipeline(path)
+        pipeline = load_learned_pipeline(path)
         return cls(pipeline.system, "learned", pipeline, workers, graph_batch=graph_batch)
 
     def localize(self, y, H, codes, snr_db=None, K=None,

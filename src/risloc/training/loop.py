@@ -70,16 +70,6 @@ def _data_stamps(cfg: TrainConfig) -> dict[str, list[int]]:
     return out
 
 
-def _files_as_given(trajectory: dict) -> dict:
-    """A trajectory whose scene files read "given" instead of their paths: on resume the
-    files are compared by size and modification time (:func:`_data_stamps`), so the same
-    file named by another path (moved with the run, a checkpoint that stored it relative)
-    is the same run."""
-    data = trajectory["data"]
-    return {**trajectory, "data": {**data, **{k: "given" for k in ("train_file", "val_file")
-                                              if data.get(k) is not None}}}
-
-
 def ema_multi_avg_fn(decay: float):
     """EMA update with the usual warm-up: decay_t = min(decay, (1 + t) / (10 + t))."""
     def fn(avg: list[torch.Tensor], cur: list[torch.Tensor], n: torch.Tensor) -> None:
@@ -249,9 +239,8 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         st = load_checkpoint(path, self.device)
-        diff = differences(_files_as_given(trajectory(TrainConfig.from_json(st["config"]),
-                                                      stopping=False)),
-                           _files_as_given(trajectory(self.cfg, stopping=False)))
+        diff = differences(trajectory(TrainConfig.from_json(st["config"]), stopping=False),
+                           trajectory(self.cfg, stopping=False))
         if diff:
             raise ValueError(f"cannot resume from {path}: its recipe differs from this one in "
                              f"{'; '.join(diff[:6])} (only "

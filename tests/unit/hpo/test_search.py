@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import optuna
 import pytest
 
@@ -117,6 +119,10 @@ def test_what_tune_prints_hides_the_password_and_a_ctrl_c_traceback():
                      overrides=("model.hidden=24", "threads=1", "optim.lr=0.001"))
     assert "S3cret" not in s.storage_shown and "u:***@db/risloc" in s.storage_shown
     assert s.fixed_overrides() == {"model.hidden": 24, "optim.lr": 1e-3}  # not how it runs
+    rel = TuneSettings(config="train_tiny", overrides=("data.val_file=v.h5",
+                                                       "scene.snr_db=[0, 10]"))
+    assert rel.fixed_overrides() == {"data.val_file": str(Path("v.h5").absolute()),
+                                     "scene.snr_db": [0.0, 10.0]}  # (YAML-ready values)
 
     def record(msg):
         return logging.LogRecord("optuna", logging.WARNING, "", 0, msg, None, None)
@@ -125,5 +131,6 @@ def test_what_tune_prints_hides_the_password_and_a_ctrl_c_traceback():
     assert _no_interrupt_report(record("Trial 0 failed ... error: FloatingPointError()."))
 
     with pytest.raises(ValueError, match=r"--set schedule.epochs=7: risloc tune sets "
-                                         r"schedule.epochs itself \(schedule.epochs: --epochs"):
+                                         r"schedule.epochs itself: use --epochs"):
         TuneSettings(config="train_tiny", overrides=("schedule.epochs=7",))
+    TuneSettings(config="train_tiny", overrides=("progress=false",))  # harmless: taken
