@@ -72,16 +72,18 @@ def _to_slots(scenes: SceneBatch, k_max: int) -> SceneBatch:
                    symbols=None if scenes.symbols is None else fit(scenes.symbols, 0.0))
 
 
-def read_training_file(path, cfg: TrainConfig, what: str) -> SceneBatch:
-    """A training or validation file's scenes, checked up front: the truth present, the
-    file's system that of the recipe (every differing field named), and every scene one
-    the localizers can take (ValueError naming the first bad scenes), so that a run never
-    stops mid-epoch on a scene it could have refused at the start."""
+def read_training_file(cfg: TrainConfig, field: str) -> SceneBatch:
+    """The scenes of the recipe's ``data.<field>`` ("train_file" or "val_file"), checked up
+    front: the truth present, the file's system that of the recipe (every differing field
+    named), and every scene one the localizers can take (ValueError naming the first bad
+    scenes), so that a run never stops mid-epoch on a scene it could have refused at the
+    start."""
+    path = getattr(cfg.data, field)
+    what = {"train_file": "training file", "val_file": "validation file"}[field]
     where = f"{what} {path}"
     if not Path(path).exists():
-        field = "data.val_file" if what.startswith("validation") else "data.train_file"
-        raise ValueError(f"{where} not found (the recipe's {field}; relative paths are taken "
-                         "from the current folder)")
+        raise ValueError(f"{where} not found (the recipe's data.{field}; relative paths are "
+                         "taken from the current folder)")
     scenes, info = read_scenes(path)
     if len(scenes) == 0:
         raise ValueError(f"{where} holds no scenes")
@@ -129,7 +131,7 @@ class TrainData:
         self.shards_here = tuple(range(S)) if shards_here is None else shards_here
         self.scenes = None
         if cfg.data.train_file is not None:
-            self.scenes = read_training_file(cfg.data.train_file, cfg, "training file")
+            self.scenes = read_training_file(cfg, "train_file")
             log.info("training on %d scenes from %s", len(self.scenes), cfg.data.train_file)
 
     def _scene_config(self, epoch: int):
@@ -262,7 +264,7 @@ def validation_set(cfg: TrainConfig) -> SceneBatch:
             log.warning("data.val_file is data.train_file (%s): the epochs are chosen on "
                         "the training scenes, so the validation numbers flatter the model",
                         d.val_file)
-        scenes = read_training_file(d.val_file, cfg, "validation file")
+        scenes = read_training_file(cfg, "val_file")
     else:
         scenes = simulate_range(d.val_offset, d.val_offset + d.n_val, cfg.system,
                                 cfg.scenes(), d.seed, "validation")
