@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -235,7 +236,11 @@ def test_unusable_truth_ranges_and_files_of_other_k_max(tmp_path):
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert "the truth of 1 scene(s) cannot be scored (scene 4: a non-finite true position" in text
-    assert "metrics against" not in text and read_estimates(out, 6, 5).K.tolist() == [2] * 6
+    assert "they are localized and left out of the metrics" in text
+    assert read_estimates(out, 6, 5).K.tolist() == [2] * 6
+    # the other five are scored (as `risloc evaluate` does): a row of 5 scenes at 20 dB
+    assert "metrics against" in text and "(metrics over the 5 of 6 scenes" in text
+    assert re.search(r"20\s*│\s*5\s*│\s*1\.000\s*│\s*1\.000", res.output), res.output
     # a range past the file: an error before anything is written (no run to resume)
     res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "r.csv"),
                               "--start", "9"])
@@ -250,7 +255,7 @@ def test_unusable_truth_ranges_and_files_of_other_k_max(tmp_path):
     for r in rows:
         per_scene[(r[6], r[0])] = per_scene.get((r[6], r[0]), 0) + 1
     assert max(n for (file, _), n in per_scene.items() if file == "1") <= 2
-    assert "(metrics over the 4 of 10 scenes whose file carries usable truth)" in " ".join(
+    assert "(metrics over the 9 of 10 scenes whose file carries usable truth)" in " ".join(
         res.output.split())
     with pytest.raises(ValueError, match="estimates of 2 input files"):
         read_estimates(tmp_path / "fg.csv", 6, 5)  # scenes of both files would mix
@@ -258,16 +263,16 @@ def test_unusable_truth_ranges_and_files_of_other_k_max(tmp_path):
     assert read_estimates(tmp_path / "fg.csv", 6, 5, file=0).K.tolist() == [2] * 6
     with pytest.raises(ValueError, match="names scene 4, source 0; expected scenes 0..3"):
         read_estimates(tmp_path / "fg.csv", 4, 5, file=0)
-    # a scene not localized in the scored file is counted in its metrics (and said so), one
-    # in the unscored file is not
-    for path in (f, g):
+    # a scene not localized among the scored ones is counted in the metrics (and said so),
+    # one whose truth cannot be scored is not
+    for path, scene in ((f, 4), (g, 1)):
         with h5py.File(path, "a") as h:
-            h["y"][1] = 0
+            h["y"][scene] = 0
     res = runner.invoke(app, ["localize", str(f), str(g), "--out", str(tmp_path / "z.csv"),
                               "--method", "classical"])
     assert res.exit_code == 1, res.output
     text = " ".join(res.output.split())
-    assert "f.h5:1 not localized" in text and "g.h5:1 not localized" in text
+    assert "f.h5:4 not localized" in text and "g.h5:1 not localized" in text
     assert "1 scene not localized is counted: K = 0, its sources missed" in text
 
 

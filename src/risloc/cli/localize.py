@@ -28,6 +28,7 @@ from risloc.io.scenefile import (
     inspect_scene_file,
     iter_scene_chunks,
     radians_hint,
+    truth_problems,
     widest_true_angle,
 )
 from risloc.parallel import read_ahead
@@ -39,6 +40,17 @@ from risloc.pipeline.estimates_file import (
     estimate_rows,
 )
 from risloc.pipeline.localizer import check_system
+from risloc.simulation.scenes import SceneBatch
+
+
+def _scorable(batch: SceneBatch, k_max: int) -> torch.Tensor:
+    """[B] bool: the scenes of a chunk whose truth can be scored (:func:`truth_problems`; a
+    file read with ``truth="unchecked"``), as `risloc evaluate` leaves the others out."""
+    keep = torch.ones(len(batch), dtype=torch.bool)
+    arrays = [t.numpy() for t in (batch.K, batch.azimuth, batch.elevation, batch.range_m)]
+    for i, _ in truth_problems(*arrays, k_max=k_max):
+        keep[i] = False
+    return keep
 
 
 def _metrics_table(m: Matching, snr_db: torch.Tensor, bin_db: float, n_bad: int = 0) -> Table:
@@ -194,8 +206,8 @@ def localize_command(
         if info.n_truth_problems:
             i, why = info.truth_problems[0]
             console.print(f"[yellow]{p}: the truth of {info.n_truth_problems} scene(s) cannot "
-                          f"be scored (scene {i}: {why}; `risloc info` lists them): its "
-                          "scenes are localized, not scored[/]")
+                          f"be scored (scene {i}: {why}; `risloc info` lists them): "
+                          "they are localized and left out of the metrics[/]")
     many = len(paths) > 1
     settings = {"inputs": [str(p.resolve()) for p in paths],
                 # a file written anew under the same name is another input: no resume into it
@@ -226,12 +238,13 @@ def localize_command(
                                 completed=done_before)
             for i, (path, info, (lo, hi)) in enumerate(zip(paths, infos, ranges, strict=True)):
                 first = max(lo, stream.done.get(str(i), lo))
-                scored = info.has_truth and not info.n_truth_problems
+                scored = info.has_truth  # (less the scenes whose truth cannot be scored)
+                truth = (True if not info.n_truth_problems else "unchecked") if scored else False
                 # the next chunk read while this one is localized: reading 8,192 scenes
                 # takes 0.1-0.7 s on the CPU of docs/results.md, localizing them on an H200
                 # ~0.7 s
                 for at, batch in read_ahead(iter_scene_chunks(path, first, hi, batch_size,
-                                                              truth=scored)):
+                                                              truth=truth)):
                     res = loc.localize(*(t.to(device) for t in (batch.y, batch.H,
                                                                  batch.codes)),
                                        batch.snr_db, K, system=info.system)
@@ -241,13 +254,17 @@ def localize_command(
                                   [(f"{path}:" if many else "", at + j, why)
                                    for j, why in res.bad])
                     if scored and done_before == 0:
-                        matched.append(match_sources(res.estimates, batch.azimuth,
-                                                     batch.elevation, batch.range_m, batch.K))
-                        outside += count_outside(batch, loc.fov)
-                        n, w = widest_true_angle(batch)
+                        keep = _scorable(batch, info.system.K_max)
+                        est, part = res.estimates, batch
+                        if not keep.all():
+                            est, part = est[keep.to(est.K.device)], batch[keep]
+                        matched.append(match_sources(est, part.azimuth, part.elevation,
+                                                     part.range_m, part.K))
+                        outside += count_outside(part, loc.fov)
+                        n, w = widest_true_angle(part)
                         n_true, widest = n_true + n, max(widest, w)
-                        snrs.append(batch.snr_db)
-                        bad_scored += len(res.bad)
+                        snrs.append(part.snr_db)
+                        bad_scored += sum(bool(keep[j]) for j, _ in res.bad)
                     n_new += len(batch)
                     bar.advance(task, len(batch))
     except KeyboardInterrupt:
