@@ -241,6 +241,18 @@ def test_unusable_truth_ranges_and_files_of_other_k_max(tmp_path):
     # the other five are scored (as `risloc evaluate` does): a row of 5 scenes at 20 dB
     assert "metrics against" in text and "(metrics over the 5 of 6 scenes" in text
     assert re.search(r"20\s*│\s*5\s*│\s*1\.000\s*│\s*1\.000", res.output), res.output
+    # refused runs leave no folder behind: a name not ending in .csv, a file not readable
+    res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "n1" / "s" / "e.txt")])
+    assert res.exit_code == 2 and ".csv" in res.output
+    (tmp_path / "bad.h5").write_bytes(b"not hdf5")
+    res = runner.invoke(app, ["localize", str(tmp_path / "bad.h5"), "--out",
+                              str(tmp_path / "n2" / "e.csv")])
+    assert res.exit_code == 2 and "not a readable HDF5 file" in res.output
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "bad.h5"), "--out",
+                              str(tmp_path / "n3" / "report")])
+    assert res.exit_code == 2 and "not a readable HDF5 file" in res.output
+    assert not any((tmp_path / n).exists() for n in ("n1", "n2", "n3"))
+    (tmp_path / "bad.h5").unlink()
     # a range past the file: an error before anything is written (no run to resume)
     res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "r.csv"),
                               "--start", "9"])

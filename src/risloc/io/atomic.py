@@ -144,7 +144,8 @@ def make_output_folder(folder: str | Path) -> Path:
 
 def check_writable(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     """ValueError unless ``path`` can be written and is none of ``inputs`` (checked before
-    any work, so a long run never ends in a failed or destructive write)."""
+    any work, so a long run never ends in a failed or destructive write). Creates nothing: a
+    folder still missing is made by the writer, so a run refused later leaves none behind."""
     path = Path(path)
     target = path.resolve()
     for inp in inputs:
@@ -152,7 +153,13 @@ def check_writable(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
             raise ValueError(f"the output {path} is one of the inputs: it would be replaced")
     if target.is_dir():
         raise ValueError(f"the output {path} is a folder")
-    make_output_folder(target.parent)
+    check_output_folder(target.parent)
+    if not target.parent.exists():  # the writer creates it under the nearest that exists
+        above = next(p for p in target.parent.parents if p.exists())
+        if not os.access(above, os.W_OK | os.X_OK):
+            raise ValueError(f"the output {path} is not writable: no permission to create "
+                             f"folders in {above}")
+        return path
     probe = temporary_name(target)
     try:
         probe.write_bytes(b"")

@@ -82,10 +82,15 @@ def test_check_writable_refuses_inputs_folders_and_unwritable_places(tmp_path):
         if os.geteuid() != 0:  # root writes anywhere
             with pytest.raises(ValueError, match="not writable"):
                 check_writable(locked / "out.csv")
+            with pytest.raises(ValueError, match="no permission to create folders in"):
+                check_writable(locked / "sub" / "out.csv")
     finally:
         locked.chmod(0o700)
-    assert check_writable(tmp_path / "new" / "out.csv").name == "out.csv"
-    assert list((tmp_path / "new").iterdir()) == []  # the probe leaves nothing
+    assert check_writable(tmp_path / "out.csv").name == "out.csv"
+    assert check_writable(tmp_path / "new" / "sub" / "out.csv").name == "out.csv"
+    # the probe leaves nothing, and no folder is made (the writer makes it: a run refused
+    # after this check leaves none behind)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked", "same.h5"]
 
 
 def test_try_lock_refuses_a_held_file_and_goes_unlocked_where_the_filesystem_has_none(
