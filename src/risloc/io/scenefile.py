@@ -332,13 +332,68 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
     except OSError as err:
         raise SceneFileError(f"{path}: not a readable HDF5 file (truncated or corrupt?): "
                              f"{' '.join(str(err).split())}") from None  # one line
-    attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    names = (*REQUIRED, "snr_db", "K", *TRUTH)  # other groups (MATLAB's #refs#) are not ours
-    groups = [k for k in f.keys() if k in names and not isinstance(f[k], h5py.Dataset)]
-    if groups:
+    try:
+        return _h5_datasets(path, f), _h5_attrs(f), f
+    except BaseException:
         f.close()
+        raise
+
+
+def _h5_attrs(f: h5py.File) -> dict[str, Any]:
+    """The file's attributes, bytes as text (a comment in another encoding than UTF-8 reads
+    with its odd characters replaced: only ``system`` is ours, and JSON is UTF-8)."""
+    return {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
+            for k, v in f.attrs.items()}
+
+
+def _h5_datasets(path: Path, f: h5py.File) -> dict[str, h5py.Dataset]:
+    """The contract's datasets of an open file (lazy). Other entries (MATLAB's #refs#, a
+    link to raw data left behind) are not opened; SceneFileError naming the entry for one of
+    ours that is a group, a broken link, an empty (null) dataspace or compressed with a
+    filter this HDF5 library lacks."""
+    out, groups = {}, []
+    for k in (*REQUIRED, "snr_db", "K", *TRUTH, "system"):  # (a 'system' dataset: refused)
+        if f.get(k, getlink=True) is None:
+            continue
+        try:
+            ds = f[k]
+        except KeyError:  # a soft or external link to nothing
+            raise SceneFileError(f"{path}: {k!r} is a link to something missing (an "
+                                 "external file or object not found)") from None
+        if not isinstance(ds, h5py.Dataset):
+            groups.append(k)
+            continue
+        if ds.shape is None:
+            raise SceneFileError(f"{path}: dataset {k!r} is empty (an HDF5 null dataspace): "
+                                 "store one entry per scene" + (
+                                     "" if k in REQUIRED else ", or leave it out"))
+        _check_filters(path, k, ds)
+        out[k] = ds
+    if groups:
         raise SceneFileError(f"{path}: {groups} must be datasets, found HDF5 group(s)")
-    return {k: f[k] for k in f.keys() if isinstance(f[k], h5py.Dataset)}, attrs, f
+    return out
+
+
+def _check_filters(path: Path, name: str, ds: h5py.Dataset) -> None:
+    """SceneFileError naming a dataset compressed with a filter this HDF5 library cannot
+    decode (Blosc, Zstd, ...: the plugins of the ``hdf5plugin`` package, used where it is
+    installed)."""
+    plist = ds.id.get_create_plist()
+    for i in range(plist.get_nfilters()):
+        code, _, _, name_b = plist.get_filter(i)
+        if h5py.h5z.filter_avail(code):
+            continue
+        try:  # registers its filters with HDF5 on import
+            import hdf5plugin  # noqa: F401
+        except ImportError:
+            pass
+        if not h5py.h5z.filter_avail(code):
+            label = name_b.decode("utf-8", "replace") if isinstance(name_b, bytes) else name_b
+            raise SceneFileError(
+                f"{path}: dataset {name!r} is compressed with HDF5 filter {code}"
+                f"{f' ({label})' if label else ''}, "
+                "which this HDF5 library cannot decode: `pip install hdf5plugin` (read "
+                "where it is installed), or store it uncompressed or with gzip")
 
 
 def _real_imag_pair(dtype: np.dtype) -> bool:

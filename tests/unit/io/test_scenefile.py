@@ -489,3 +489,39 @@ def test_write_scenes_takes_a_user_s_arrays_and_a_system_dict(tmp_path, batch, s
     got, info = read_scenes(path)
     assert info.system == system and torch.equal(got.H, batch.H)
     assert torch.equal(got.y, batch.y) and not info.has_truth
+
+
+def test_entries_not_ours_are_not_opened_and_ours_that_cannot_be_read_are_named(
+        tmp_path, batch, system):
+    """A user's HDF5 file with extras we never read (a dangling link to raw data, a comment
+    in Latin-1) reads; one of ours behind a broken link, in a null dataspace or behind a
+    filter HDF5 lacks is named, file and dataset."""
+    path = write_scenes(tmp_path / "s.h5", batch[:3], system)
+    with h5py.File(path, "a") as f:
+        f["raw"] = h5py.ExternalLink("missing_raw.h5", "/data")
+        f["notes"] = h5py.SoftLink("/nowhere")
+        f.attrs["comment"] = np.bytes_("Messung Büro".encode("latin-1"))
+    back, _ = read_scenes(path)
+    assert torch.equal(back.y, batch[:3].y)
+    with h5py.File(path, "a") as f:
+        del f["snr_db"]
+        f["snr_db"] = h5py.SoftLink("/nowhere")
+    with pytest.raises(SceneFileError, match=r"s.h5: 'snr_db' is a link to something missing"):
+        read_scenes(path)
+    with h5py.File(path, "a") as f:
+        del f["snr_db"]
+        f["snr_db"] = h5py.Empty("f8")
+    with pytest.raises(SceneFileError, match=r"s.h5: dataset 'snr_db' is empty \(an HDF5 null "
+                                             r"dataspace\): store one entry per scene, or "
+                                             r"leave it out"):
+        read_scenes(path)
+    with h5py.File(path, "a") as f:  # a chunk as Blosc (filter 32001) would store it
+        del f["snr_db"]
+        a = batch[:3].snr_db.numpy().astype(np.float64)
+        d = f.create_dataset("snr_db", shape=a.shape, dtype=a.dtype, chunks=a.shape,
+                             compression=32001, allow_unknown_filter=True)
+        d.id.write_direct_chunk((0,), a.tobytes(), filter_mask=0)
+    if not h5py.h5z.filter_avail(32001):
+        with pytest.raises(SceneFileError, match=r"dataset 'snr_db' is compressed with HDF5 "
+                                                 r"filter 32001.*pip install hdf5plugin"):
+            read_scenes(path)
