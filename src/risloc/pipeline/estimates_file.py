@@ -46,8 +46,12 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int,
     K = torch.zeros(n_scenes, dtype=torch.int64)
     vals = {n: torch.full((n_scenes, slots), math.nan) for n in
             ("azimuth", "elevation", "range_m", "score")}
-    with Path(path).open() as f:
-        rows = list(csv.DictReader(f))
+    with Path(path).open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows, header = list(reader), reader.fieldnames
+    if not header:
+        raise ValueError(f"{path} is empty: an estimates CSV starts with its header "
+                         f"{','.join(COLUMNS)}")
     files = {r["file"] for r in rows} if rows and "file" in rows[0] else set()
     if file is None and len(files) > 1:
         raise ValueError(f"{path} holds the estimates of {len(files)} input files (its `file` "
@@ -58,7 +62,7 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int,
                              f"column), not of file {file}")
     lines = [(line, r) for line, r in enumerate(rows, start=2)  # line 1: the header
              if file is None or not files or int(r["file"]) == file]
-    missing = [c for c in COLUMNS[:5] if rows and c not in rows[0]]
+    missing = [c for c in COLUMNS[:5] if c not in header]
     if missing:
         raise ValueError(f"{path}: no column {missing} (an estimates CSV has "
                          f"{', '.join(COLUMNS)})")
@@ -71,6 +75,9 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int,
         except (TypeError, ValueError):
             raise ValueError(f"{path}, line {line}: scene and source must be whole numbers "
                              f"and the position numbers, got {dict(row)}") from None
+        if not all(map(math.isfinite, values)) or values[2] <= 0:
+            raise ValueError(f"{path}, line {line}: positions must be finite numbers and the "
+                             f"range > 0, got {dict(row)} (a scene with no source has no row)")
         if not (0 <= b < n_scenes and 0 <= s < slots):
             raise ValueError(f"{path}: a row names scene {b}, source {s}; expected scenes "
                              f"0..{n_scenes - 1} and sources 0..{slots - 1} (n_scenes, "

@@ -233,6 +233,9 @@ def test_estimates_file_round_trip(tmp_path, scenes):
                                                        r"\(first on line 2\)"),
                        ("0,0,10,0,2\n0,2,20,0,3\n", "scene 0 has source 2 but no source 1"),
                        ("0,0,ten,0,2\n", "line 2: scene and source must be whole numbers"),
+                       ("0,0,nan,0,2\n", "line 2: positions must be finite numbers"),
+                       ("0,0,10,0,inf\n", "line 2: positions must be finite numbers"),
+                       ("0,0,10,0,-2\n", r"line 2: .*and the range > 0"),
                        ("", None)):
         (tmp_path / "u.csv").write_text(head + body)
         if says is None:
@@ -240,8 +243,14 @@ def test_estimates_file_round_trip(tmp_path, scenes):
             continue
         with pytest.raises(ValueError, match=says):
             read_estimates(tmp_path / "u.csv", 2, 3)
-    (tmp_path / "u.csv").write_text("scene,source,azimuth_deg,range_m\n0,0,10,2\n")
-    with pytest.raises(ValueError, match=r"no column \['elevation_deg'\]"):
+    for text in ("scene,source,azimuth_deg,range_m\n0,0,10,2\n",
+                 "scene,source,azimuth_deg,range_m\n"):  # with rows or without
+        (tmp_path / "u.csv").write_text(text)
+        with pytest.raises(ValueError, match=r"no column \['elevation_deg'\]"):
+            read_estimates(tmp_path / "u.csv", 2, 3)
+    (tmp_path / "u.csv").write_text("")  # not "no source anywhere": an empty file
+    with pytest.raises(ValueError, match="u.csv is empty: an estimates CSV starts with its "
+                                         "header scene,source,"):
         read_estimates(tmp_path / "u.csv", 2, 3)
 
 
