@@ -123,6 +123,19 @@ class ConfigSection(BaseModel):
         return data
 
 
+SNR_LIMIT_DB = 300.0  # |SNR| beyond: noise 1e-30 of the signal's power, below float32's range
+
+
+def check_snr_db(value: float, name: str = "snr_db") -> float:
+    """``value`` if a finite SNR within +-:data:`SNR_LIMIT_DB`, else ValueError naming
+    ``name`` (beyond it the noise power underflows float32: no estimator or bound can use
+    it)."""
+    if not (math.isfinite(value) and abs(value) <= SNR_LIMIT_DB):
+        raise ValueError(f"{name} must be a finite SNR within +-{SNR_LIMIT_DB:g} dB (the noise "
+                         f"power beyond underflows float32), got {value:g}")
+    return value
+
+
 def _check_interval(v: tuple[float, float], name: str) -> tuple[float, float]:
     lo, hi = v
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -202,7 +215,11 @@ class SceneConfig(ConfigSection):
                      "rician_kappa", "bs_angle_deg")
     @classmethod
     def _interval(cls, v: tuple[float, float], info: Any) -> tuple[float, float]:
-        return _check_interval(v, info.field_name)
+        v = _check_interval(v, info.field_name)
+        if info.field_name == "snr_db":
+            for x in v:
+                check_snr_db(x, "snr_db")
+        return v
 
     @field_validator("power_spread_db")
     @classmethod

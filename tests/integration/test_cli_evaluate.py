@@ -238,3 +238,17 @@ def test_a_sweep_runs_on_the_model_s_own_system_unless_one_is_named(tmp_path):
     res = runner.invoke(app, ["evaluate", *base, "--set", "system.N_V=12", "--out",
                               str(tmp_path / "e2")])
     assert res.exit_code == 2 and "N_V 12 (model: 8)" in res.output, res.output
+
+
+def test_an_snr_beyond_what_float32_noise_can_hold_is_named_by_its_option(tmp_path):
+    """--snr-db 400 ended in 'noise_var must be finite and positive', naming neither."""
+    for cmd in (["evaluate", "--estimators", "classical"], ["demo"], ["simulate"]):
+        res = runner.invoke(app, [*cmd, "--snr-db", "400", "--n", "1", "--out",
+                                  str(tmp_path / ("x.h5" if cmd == ["simulate"] else "r"))])
+        assert res.exit_code == 2, res.output
+        assert "--snr-db must be a finite SNR within +-300 dB" in " ".join(res.output.split())
+    res = runner.invoke(app, ["simulate", "--n", "1", "--out", str(tmp_path / "x.h5"), "--set",
+                              "scene.snr_db=[0, 400]"])
+    assert res.exit_code == 2 and "snr_db must be a finite SNR within +-300 dB" in " ".join(
+        res.output.split())
+    assert not list(tmp_path.iterdir())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Annotated
@@ -23,7 +22,7 @@ from risloc.cli.common import (
     progress,
     refuse_existing,
 )
-from risloc.config import FieldOfView, RislocConfig
+from risloc.config import FieldOfView, RislocConfig, check_snr_db
 from risloc.core.checks import scene_problems
 from risloc.io.atomic import check_writable
 from risloc.io.scenefile import (
@@ -74,8 +73,8 @@ def simulate_command(
     lo, hi = parse_shard(shard, n)
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {sorted(SPLITS)}, got {split!r}")
-    if snr_db is not None and not math.isfinite(snr_db):
-        raise ValueError(f"--snr-db must be a finite number, got {snr_db}")
+    if snr_db is not None:
+        check_snr_db(snr_db, "--snr-db")
     if out_path.suffix.lower() not in (*H5_SUFFIXES, ".npz"):
         raise ValueError(f"--out must end in .h5 or .npz, got {out_path}")
     extra = [] if power_spread_db is None else [f"scene.power_spread_db={power_spread_db}"]

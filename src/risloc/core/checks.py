@@ -23,7 +23,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from risloc.config import ConfigError, SystemConfig, system_from_json, validate_system
+from risloc.config import (
+    SNR_LIMIT_DB,
+    ConfigError,
+    SystemConfig,
+    system_from_json,
+    validate_system,
+)
 
 CODE_TOLERANCE = 1e-3  # largest | |c| - 1 | accepted for a RIS code entry
 
@@ -231,6 +237,11 @@ def snr_per_scene(snr_db, n_scenes: int, device: torch.device | str | None = Non
                          f"got shape {tuple(snr.shape)}")
     if bool(torch.isinf(snr).any()):
         raise InputError("snr_db holds +-inf; use NaN for a scene whose SNR is unknown")
+    beyond = torch.nonzero(snr.abs() > SNR_LIMIT_DB).flatten()
+    if beyond.numel():
+        raise InputError(f"snr_db must lie within +-{SNR_LIMIT_DB:g} dB (the noise power beyond "
+                         f"underflows float32), got {float(snr[beyond[0]]):g} in scene "
+                         f"{int(beyond[0])}; use NaN for a scene whose SNR is unknown")
     return None if bool(torch.isnan(snr).all()) else snr
 
 

@@ -31,7 +31,13 @@ import h5py
 import numpy as np
 import torch
 
-from risloc.config import ConfigError, FieldOfView, SystemConfig, system_from_json
+from risloc.config import (
+    SNR_LIMIT_DB,
+    ConfigError,
+    FieldOfView,
+    SystemConfig,
+    system_from_json,
+)
 from risloc.core.checks import as_system, as_tensor
 from risloc.io.atomic import atomic_path, remove_stale_temporaries, temporary_name
 from risloc.simulation.scenes import SceneBatch
@@ -198,11 +204,11 @@ def check_batch(batch: SceneBatch, system: SystemConfig, path: Path) -> None:
     if batch.has_truth and B and int(batch.K.max()) > s.K_max:
         raise SceneFileError(f"{path}: a scene has K={int(batch.K.max())} sources, more "
                              f"than the system's K_max={s.K_max}")
-    inf = np.flatnonzero(np.isinf(batch.snr_db.detach().cpu().numpy()))
+    inf = np.flatnonzero(np.abs(batch.snr_db.detach().cpu().numpy()) > SNR_LIMIT_DB)
     if inf.size:
-        raise SceneFileError(f"{path}: snr_db is infinite in scene(s) {_listed(inf)} "
-                             "(noise-free scenes?): a file stores a finite SNR, or NaN where "
-                             "it is unknown")
+        raise SceneFileError(f"{path}: snr_db is infinite or beyond +-{SNR_LIMIT_DB:g} dB in "
+                             f"scene(s) {_listed(inf)} (noise-free scenes?): a file stores a "
+                             "finite SNR, or NaN where it is unknown")
     if batch.has_truth and B:
         bad = truth_problems(*_truth_arrays(batch, s.K_max).values(), k_max=s.K_max)
         if bad:
@@ -492,10 +498,12 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
         raise SceneFileError(f"{path}: 'snr_db' must be numeric (NaN where unknown), got "
                              f"{data['snr_db'].dtype}")
     if "snr_db" in data and S:
-        inf = np.flatnonzero(np.isinf(np.asarray(data["snr_db"][:], dtype=np.float64)))
+        inf = np.flatnonzero(np.abs(np.asarray(data["snr_db"][:], dtype=np.float64))
+                             > SNR_LIMIT_DB)
         if inf.size:
-            raise SceneFileError(f"{path}: 'snr_db' is infinite in {inf.size} scene(s) "
-                                 f"{_listed(inf)}; write NaN where the SNR is unknown")
+            raise SceneFileError(f"{path}: 'snr_db' is infinite or beyond +-{SNR_LIMIT_DB:g} "
+                                 f"dB in {inf.size} scene(s) {_listed(inf)}; write NaN where "
+                                 "the SNR is unknown")
     return S, *_check_truth(path, data, S, system)
 
 

@@ -156,6 +156,11 @@ def test_snr_rule_nan_means_unknown_in_that_scene_only():
         snr_per_scene("10", 3)
     with pytest.raises(ValueError, match="inf"):
         snr_per_scene([1.0, math.inf, 2.0], 3)
+    # 1e4 dB: 10^(-1000) underflows, and the classical order rule was told noise_var = 0
+    with pytest.raises(ValueError, match=r"snr_db must lie within \+-300 dB .* got 10000 in "
+                                         r"scene 1"):
+        snr_per_scene([1.0, 1e4, 2.0], 3)
+    assert snr_per_scene([-300.0, 300.0, 0.0], 3).tolist() == [-300.0, 300.0, 0.0]
 
 
 def test_long_double_arrays_are_read_in_double_precision():

@@ -304,8 +304,9 @@ def test_unusable_truth_is_named_and_the_measurements_still_read(tmp_path, batch
     chunks = list(iter_scene_chunks(path, size=20, truth=False))
     assert [len(c) for _, c in chunks] == [20, 20, 10] and chunks[0][1].K is None
     snr = arr["snr_db"].copy()
-    snr[[3, 4]] = np.inf
-    with pytest.raises(SceneFileError, match=r"infinite in 2 scene\(s\) \[3, 4\]; write NaN"):
+    snr[[3, 4]] = np.inf, 1e4  # 1e4 dB: a noise power float32 cannot hold
+    with pytest.raises(SceneFileError, match=r"infinite or beyond \+-300 dB in 2 scene\(s\) "
+                                             r"\[3, 4\]; write NaN"):
         inspect_scene_file(_npz(tmp_path, **dict(arr, snr_db=snr)))
     h5 = write_scenes(tmp_path / "extra.h5", batch, system)
     with h5py.File(h5, "a") as f:  # MATLAB v7.3 files hold a group #refs#: not ours
@@ -351,7 +352,9 @@ def test_scenes_that_do_not_fit_the_system_given_are_not_written(tmp_path, batch
     for ext in ("h5", "npz"):
         snr = batch.snr_db.clone()
         snr[2] = math.inf
-        with pytest.raises(SceneFileError, match=r"snr_db is infinite in scene\(s\) \[2\]"):
+        snr[4] = -400.0
+        with pytest.raises(SceneFileError, match=r"snr_db is infinite or beyond \+-300 dB in "
+                                                 r"scene\(s\) \[2, 4\]"):
             write_scenes(tmp_path / f"i.{ext}", dataclasses.replace(batch, snr_db=snr), system)
         K = batch.K.clone()
         K[3] = 0
