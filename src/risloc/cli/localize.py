@@ -129,8 +129,8 @@ def localize_command(
     batch_size: Annotated[int | None, typer.Option(
         min=1, help="Scenes read and localized at a time (memory does not grow with the "
                     "number of scenes of an HDF5 file); default 256 on the CPU, 8192 on "
-                    "CUDA (a GPU's time per batch hardly grows with it: 872 scenes/s at "
-                    "256, 8,514 at 8192 on an H200).")] = None,
+                    "CUDA (a GPU's time per batch hardly grows with it: 624-1,350 scenes/s "
+                    "at 256, 11,256-11,338 at 8192 on an H200, docs/results.md).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda (either method).")] = "cpu",
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run into the same --out (its finished "

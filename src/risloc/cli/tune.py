@@ -19,7 +19,8 @@ def tune_command(
                                "recipe's name.", dir_okay=False)] = Path("train_default"),
     trials: Annotated[int, typer.Option(
         "--trials", min=1, help="Finished trials wanted in the study, over all workers "
-                                "(resumes to this).")] = 20,
+                                "(resumes to this; trials running when it is reached still "
+                                "finish).")] = 20,
     epochs: Annotated[int, typer.Option(
         "--epochs", min=1, help="Epochs per trial (each schedule phase scales with it).")] = 10,
     set_: Annotated[list[str] | None, typer.Option(
