@@ -388,6 +388,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
         if two.returncode == 0 or not re.search(r"Signal \d+ \(SIG\w+\) received", two.stderr):
             break
     assert two.returncode == 0, two.stderr[-2000:]
+    # rank 0 reports; rank 1's lines (its "training ->", its log's SWA line) are left out
+    assert one.stderr.count("training -> ") == 1
+    assert two.stderr.count("training -> ") == 1, two.stderr[-2000:]
     metrics = json.loads((tmp_path / f"two{attempt}" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["ranks_identical"] == 1.0
     a, b = (_weights(tmp_path / "one" / "last.pt"),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -114,6 +116,32 @@ def train_command(
     """Train the learned covariance network; write best.pt, last.pt, final.pt and CSV logs,
     then (recipe section `order`, on by default) the inference model model.pt: the best
     epoch's averaged weights plus its order head, as shipped in the package."""
+    with _rank_zero_reports():  # data-parallel: one process's lines, not one per rank
+        _train(config, set_, out, epochs, device, threads, resume, progress, overrides_file,
+               overwrite)
+
+
+@contextlib.contextmanager
+def _rank_zero_reports() -> Iterator[None]:
+    """On a data-parallel process other than rank 0 (torchrun's RANK), no console lines or
+    log records below warnings while it runs: rank 0 reports; errors still print (they are
+    printed after this, by handle_errors)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        yield
+        return
+    logger = logging.getLogger("risloc")
+    level, quiet = logger.level, console.quiet
+    logger.setLevel(logging.WARNING)
+    console.quiet = True
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        console.quiet = quiet
+
+
+def _train(config, set_, out, epochs, device, threads, resume, progress, overrides_file,
+           overwrite) -> None:
     overrides = [*read_overrides(overrides_file), *(set_ or [])]
     if out is not None:
         overrides.append(f"out_dir={out}")
