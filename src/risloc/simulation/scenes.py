@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from risloc.config import SNR_LIMIT_DB, SceneConfig, SystemConfig
+from risloc.config import SceneConfig, SystemConfig, check_snr_db
 from risloc.physics.channel import ChannelDraws, draw_channel_params, rician_channel
 from risloc.physics.codebooks import codes_at, draw_code_indices
 from risloc.physics.geometry import angular_separation
@@ -196,10 +196,7 @@ def draw_scenes(batch: int, system: SystemConfig, scene: SceneConfig,
     if snr_db is None:
         snr = uniform(batch, *scene.snr_db, generator, real, device)
     else:
-        x = float(snr_db)  # (NaN: 'unknown' to localizers, not a level)
-        if not (math.isfinite(x) and abs(x) <= SNR_LIMIT_DB):
-            raise ValueError(f"snr_db must be a finite level in dB within +-{SNR_LIMIT_DB:g} to "
-                             f"simulate, got {snr_db}")
+        check_snr_db(float(snr_db), "snr_db")  # (NaN: 'unknown' to localizers, not a level)
         snr = torch.full((batch,), float(snr_db), dtype=real, device=device)
     noise = complex_normal((batch, system.L, system.M), generator, cplx, device)
     # drawn last, so a scene with a power spread keeps the sources, channel, codes, unit

@@ -256,7 +256,7 @@ def test_an_snr_that_is_no_level_and_a_fractional_K_are_named(system, scene):
     """NaN means 'unknown' to the localizers: simulated with it, every y was NaN; K = 2.5
     was simulated as 2."""
     for snr in (math.nan, math.inf, 1e4):
-        with pytest.raises(ValueError, match="snr_db must be a finite level in dB"):
+        with pytest.raises(ValueError, match="snr_db must be a finite SNR within"):
             simulate_range(0, 2, system, scene, snr_db=snr)
     for K in (2.5, True):
         with pytest.raises(ValueError, match="K must be a whole number of sources"):
