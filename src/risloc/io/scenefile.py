@@ -213,8 +213,10 @@ def check_batch(batch: SceneBatch, system: SystemConfig, path: Path) -> None:
         bad = truth_problems(*_truth_arrays(batch, s.K_max).values(), k_max=s.K_max)
         if bad:
             raise SceneFileError(f"{path}: the truth of {len(bad)} scene(s) cannot be scored "
-                                 f"(scene {bad[0][0]}: {bad[0][1]}), so readers would refuse "
-                                 "the file; write such scenes without truth")
+                                 f"(scene {bad[0][0]}: {bad[0][1]}): outside the contract, "
+                                 "read_scenes and training refuse such a file (localize and "
+                                 "evaluate leave those scenes out of their metrics); write "
+                                 "such scenes without truth")
 
 
 def _plain(v: Any) -> Any:
