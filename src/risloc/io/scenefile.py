@@ -654,6 +654,10 @@ def inspect_scene_file(path: str | Path) -> SceneFileInfo:
         except ConfigError as err:
             raise SceneFileError(f"{path}: {err}") from None
         S, slots, notes = _check_layout(path, data, system, assumed="system" not in attrs)
+        if "system" not in attrs:  # the scenes fit it, but fitting says nothing of lambda or d
+            notes = (*notes, f"no 'system' attribute: the default system was assumed "
+                     f"({system.describe()}); if the scenes were taken with another, store "
+                     "its JSON as the attribute 'system' (docs/conventions.md)")
         problems = []
         if slots > 0 and S:
             t = _file_truth(data)

@@ -437,8 +437,14 @@ def test_the_truth_fields_are_optional_one_by_one(tmp_path, batch, system):
     no_K = {k: v for k, v in arr.items() if k != "K"}
     back, info = read_scenes(_npz(tmp_path, **no_K))
     assert info.has_truth and info.n_truth_problems == 0
-    assert info.notes == ("no 'K': each scene's K is counted by the NaN padding of its true "
-                          "positions",)
+    assert info.notes[0] == ("no 'K': each scene's K is counted by the NaN padding of its "
+                             "true positions")
+    # a file without its system: read with the default one, and said (its wavelength and
+    # spacing cannot be checked against the data)
+    assert info.notes[1].startswith("no 'system' attribute: the default system was assumed "
+                                    "(RIS 12x12 (N=144)")
+    assert not any("'system'" in n for n in inspect_scene_file(
+        write_scenes(tmp_path / "w.h5", batch[:2], system)).notes)
     assert torch.equal(back.K, batch.K)
     for name in ("azimuth", "elevation", "range_m"):
         assert torch.equal(getattr(back, name).isnan(), getattr(batch, name).isnan())
