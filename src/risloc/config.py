@@ -123,16 +123,17 @@ class ConfigSection(BaseModel):
         return data
 
 
-SNR_LIMIT_DB = 300.0  # |SNR| beyond: noise 1e-30 of the signal's power, below float32's range
+SNR_LIMIT_DB = 300.0  # a round bound below ~380 dB, where 10^(-SNR/10) leaves float32's range
 
 
 def check_snr_db(value: float, name: str = "snr_db") -> float:
     """``value`` if a finite SNR within +-:data:`SNR_LIMIT_DB`, else ValueError naming
-    ``name`` (beyond it the noise power underflows float32: no estimator or bound can use
-    it)."""
+    ``name`` (no SNR means more; beyond about +-380 dB the noise-to-signal power ratio leaves
+    float32's range, and 1e4 dB crashed the classical localizer)."""
     if not (math.isfinite(value) and abs(value) <= SNR_LIMIT_DB):
-        raise ValueError(f"{name} must be a finite SNR within +-{SNR_LIMIT_DB:g} dB (the noise "
-                         f"power beyond underflows float32), got {value:g}")
+        raise ValueError(f"{name} must be a finite SNR within +-{SNR_LIMIT_DB:g} dB (beyond "
+                         f"about +-380 dB the noise-to-signal power ratio leaves float32's "
+                         f"range), got {value:g}")
     return value
 
 

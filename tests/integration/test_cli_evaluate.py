@@ -246,9 +246,15 @@ def test_an_snr_beyond_what_float32_noise_can_hold_is_named_by_its_option(tmp_pa
         res = runner.invoke(app, [*cmd, "--snr-db", "400", "--n", "1", "--out",
                                   str(tmp_path / ("x.h5" if cmd == ["simulate"] else "r"))])
         assert res.exit_code == 2, res.output
-        assert "--snr-db must be a finite SNR within +-300 dB" in " ".join(res.output.split())
+        assert "--snr-db must be a finite SNR within +-300 dB (beyond about +-380 dB" in " ".join(res.output.split())
     res = runner.invoke(app, ["simulate", "--n", "1", "--out", str(tmp_path / "x.h5"), "--set",
                               "scene.snr_db=[0, 400]"])
     assert res.exit_code == 2 and "snr_db must be a finite SNR within +-300 dB" in " ".join(
         res.output.split())
     assert not list(tmp_path.iterdir())
+    # a scene file: --snr-db is not used, so not checked (said to be unused)
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(tmp_path / "f.h5"),
+                               "--split", "test"]).exit_code == 0
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "f.h5"), "--estimators", "classical",
+                              "--snr-db", "400", "--no-plots", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0 and "not used for a scene file" in " ".join(res.output.split())

@@ -241,6 +241,12 @@ def test_unusable_truth_ranges_and_files_of_other_k_max(tmp_path):
     # the other five are scored (as `risloc evaluate` does): a row of 5 scenes at 20 dB
     assert "metrics against" in text and "(metrics over the 5 of 6 scenes" in text
     assert re.search(r"20\s*│\s*5\s*│\s*1\.000\s*│\s*1\.000", res.output), res.output
+    # only that scene chosen: no metrics (not a table without rows)
+    res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "e4.csv"), "--method",
+                              "classical", "--start", "4", "--stop", "5"])
+    assert res.exit_code == 0, res.output
+    assert "metrics against" not in res.output and "(no metrics: no scene localized has " \
+        "truth that can be scored)" in " ".join(res.output.split())
     # refused runs leave no folder behind: a name not ending in .csv, a file not readable
     res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "n1" / "s" / "e.txt")])
     assert res.exit_code == 2 and ".csv" in res.output
@@ -267,7 +273,7 @@ def test_unusable_truth_ranges_and_files_of_other_k_max(tmp_path):
     for r in rows:
         per_scene[(r[6], r[0])] = per_scene.get((r[6], r[0]), 0) + 1
     assert max(n for (file, _), n in per_scene.items() if file == "1") <= 2
-    assert "(metrics over the 9 of 10 scenes whose file carries usable truth)" in " ".join(
+    assert "(metrics over the 9 of 10 scenes with truth that can be scored)" in " ".join(
         res.output.split())
     with pytest.raises(ValueError, match="estimates of 2 input files"):
         read_estimates(tmp_path / "fg.csv", 6, 5)  # scenes of both files would mix

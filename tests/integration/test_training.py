@@ -493,3 +493,27 @@ def test_an_interrupted_training_says_how_to_continue(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["simulate", "--n", "4", "--out", str(tmp_path / "s.h5")])
     assert res.exit_code == 130 and "interrupted: every output is written whole or not at " \
         "all" in " ".join(res.output.split()) and not (tmp_path / "s.h5").exists()
+
+
+def test_a_rank_other_than_0_prints_its_warnings_and_errors_only(monkeypatch, capsys):
+    """Under torchrun rank 0 reports; the others' console lines and info logs are left out,
+    their warnings and errors are not (a non-finite loss on one rank only)."""
+    import logging
+
+    from risloc.cli.common import console, setup_logging
+    from risloc.cli.train import _rank_zero_reports
+
+    setup_logging(False)
+    log = logging.getLogger("risloc.training.loop")
+    for rank, shown in (("1", ("warned", "failed")), ("0", ("said", "info", "warned", "failed"))):
+        monkeypatch.setenv("RANK", rank)
+        with _rank_zero_reports():
+            console.print("said")
+            log.info("info")
+            log.warning("warned")
+            log.error("failed")
+        text = capsys.readouterr().err
+        for word in ("said", "info", "warned", "failed"):
+            assert (word in text) == (word in shown), (rank, word, text)
+    console.print("after")  # the console is itself again
+    assert "after" in capsys.readouterr().err

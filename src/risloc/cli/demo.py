@@ -9,7 +9,7 @@ import typer
 
 from risloc.cli.common import console, handle_errors, parse_numbers, sweep_config
 from risloc.cli.evaluate import run_report
-from risloc.config import RislocConfig
+from risloc.config import RislocConfig, check_snr_db
 from risloc.experiments.harness import SweepSettings, sweep_points
 from risloc.io.atomic import check_writable
 
@@ -41,6 +41,8 @@ def demo_command(
                       "localizer only (pass --checkpoint to add a trained model)[/]")
         estimators = ("classical",)
     snrs = parse_numbers(snr_db, "--snr-db")
+    for snr in snrs:
+        check_snr_db(snr, "--snr-db")
     for name in ("metrics.csv", "metrics.json"):  # before the sweep, not after it
         check_writable(out_dir / name)
     settings = SweepSettings(estimators=estimators, snr_db=snrs, n_per_point=n, seed=seed,

@@ -21,6 +21,7 @@ from risloc.cli.common import (
     progress,
     sweep_config,
 )
+from risloc.config import check_snr_db
 from risloc.evaluation.metrics import EFFICIENT_MEDIAN
 from risloc.experiments.estimators import NAMES, NEEDS_TRUTH
 from risloc.experiments.harness import (
@@ -141,6 +142,8 @@ def evaluate_command(
                          "the default for a file)")
     crb = crb or ("stochastic" if scenes is not None else "deterministic")
     snrs = parse_numbers(snr_db, "--snr-db", allow_empty=scenes is not None)  # files: unused
+    for snr in snrs if scenes is None else ():
+        check_snr_db(snr, "--snr-db")
     Ks = None if K is None else parse_numbers(K, "--K", int)
     settings = SweepSettings(names, snrs, Ks, n,
                              known_K, seed, batch_size, crb,

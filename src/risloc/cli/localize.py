@@ -291,13 +291,15 @@ def localize_command(
     console.print(f"{n_new} scene{'s' * (n_new != 1)} in {dt:.1f} s ({n_new / max(dt, 1e-9):.1f} "
                   f"scenes/s); estimates of {done} scene{'s' * (done != 1)} in {out_path}"
                   + (f" ({len(bad)} not localized, above)" if bad else ""))
-    if matched:
-        scored_n = sum(len(m) for m in matched)
+    scored_n = sum(len(m) for m in matched)
+    if matched and not scored_n:
+        console.print("(no metrics: no scene localized has truth that can be scored)")
+    elif matched:
         out.print(_metrics_table(concat_matchings(matched), torch.cat(snrs), snr_bin_db,
                                  bad_scored))
         if scored_n < total:
-            console.print(f"(metrics over the {scored_n} of {total} scenes whose file carries "
-                          "usable truth)")
+            console.print(f"(metrics over the {scored_n} of {total} scenes with truth that can "
+                          "be scored)")
         hint = radians_hint(n_true, widest)
         if hint:
             console.print(f"[yellow]{hint}[/]")

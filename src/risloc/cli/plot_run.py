@@ -25,7 +25,7 @@ def plot_run_command(
     if target.suffix.lower() != ".png":
         raise ValueError(f"--out {target}: the curves are drawn as a PNG; give a name ending "
                          "in .png")
-    if not (run / "epochs.csv").exists():  # (before check_writable makes a folder)
+    if not (run / "epochs.csv").exists():  # (named before the write check)
         raise FileNotFoundError(f"{run}: no epochs.csv (not a risloc run folder?)")
     check_writable(target, inputs=[run / "epochs.csv", run / "steps.csv"])
     path = plot_run(run, target)

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.logging import RichHandler
 from rich.table import Table
 
 from risloc.cli.common import console, handle_errors, progress
@@ -123,21 +125,27 @@ def train_command(
 
 @contextlib.contextmanager
 def _rank_zero_reports() -> Iterator[None]:
-    """On a data-parallel process other than rank 0 (torchrun's RANK), no console lines or
-    log records below warnings while it runs: rank 0 reports; errors still print (they are
+    """On a data-parallel process other than rank 0 (torchrun's RANK), no console lines and
+    no log records below warnings while it runs: rank 0 reports. Its warnings and errors
+    still print, the log's through a console of their own (errors leaving the command are
     printed after this, by handle_errors)."""
     if int(os.environ.get("RANK", "0")) == 0:
         yield
         return
-    logger = logging.getLogger("risloc")
-    level, quiet = logger.level, console.quiet
-    logger.setLevel(logging.WARNING)
-    console.quiet = True
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, RichHandler)]
+    saved = [(h, h.console, h.level) for h in handlers]
+    loud = Console(stderr=True)
+    for h in handlers:
+        h.console = loud
+        h.setLevel(logging.WARNING)
+    quiet, console.quiet = console.quiet, True
     try:
         yield
     finally:
-        logger.setLevel(level)
         console.quiet = quiet
+        for h, c, level in saved:
+            h.console = c
+            h.setLevel(level)
 
 
 def _train(config, set_, out, epochs, device, threads, resume, progress, overrides_file,

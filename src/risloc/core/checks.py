@@ -239,9 +239,11 @@ def snr_per_scene(snr_db, n_scenes: int, device: torch.device | str | None = Non
         raise InputError("snr_db holds +-inf; use NaN for a scene whose SNR is unknown")
     beyond = torch.nonzero(snr.abs() > SNR_LIMIT_DB).flatten()
     if beyond.numel():
-        raise InputError(f"snr_db must lie within +-{SNR_LIMIT_DB:g} dB (the noise power beyond "
-                         f"underflows float32), got {float(snr[beyond[0]]):g} in scene "
-                         f"{int(beyond[0])}; use NaN for a scene whose SNR is unknown")
+        i = int(beyond[0])
+        raise InputError(f"snr_db must lie within +-{SNR_LIMIT_DB:g} dB (beyond about +-380 dB "
+                         "the noise-to-signal power ratio leaves float32's range), got "
+                         f"{float(snr[i]):g} in scene {i}; use NaN for a scene whose SNR is "
+                         "unknown")
     return None if bool(torch.isnan(snr).all()) else snr
 
 

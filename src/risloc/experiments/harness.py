@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from risloc.config import RislocConfig, SystemConfig, check_snr_db
+from risloc.config import RislocConfig, SystemConfig
 from risloc.core.checks import scene_problems
 from risloc.core.params import Estimates, concat_estimates
 from risloc.evaluation.crb import CRBResult, crb_for_scenes, noise_var_for_snr
@@ -54,10 +54,6 @@ class SweepSettings:
     checkpoint: str | None = None  # for the "learned" estimator (None: the shipped model)
     snr_given: bool = True  # False: the estimators are not told the SNR (as most files)
     power_spread_db: float = 0.0  # simulated sweeps: source powers spread over this (dB)
-
-    def __post_init__(self) -> None:
-        for snr in self.snr_db:
-            check_snr_db(snr, "--snr-db")
 
 
 @dataclass(frozen=True)

@@ -369,7 +369,8 @@ def _h5_datasets(path: Path, f: h5py.File) -> dict[str, h5py.Dataset]:
             raise SceneFileError(f"{path}: {k!r} is a link to something missing (an "
                                  "external file or object not found)") from None
         if not isinstance(ds, h5py.Dataset):
-            groups.append(k)
+            if k != "system":  # (a group of the user's own metadata is not ours)
+                groups.append(k)
             continue
         if ds.shape is None:
             raise SceneFileError(f"{path}: dataset {k!r} is empty (an HDF5 null dataspace): "

@@ -524,13 +524,17 @@ def test_entries_not_ours_are_not_opened_and_ours_that_cannot_be_read_are_named(
                                              r"dataspace\): store one entry per scene, or "
                                              r"leave it out"):
         read_scenes(path)
-    with h5py.File(path, "a") as f:  # a chunk as Blosc (filter 32001) would store it
-        del f["snr_db"]
+    with h5py.File(path, "a") as f:  # a filter no library provides (as Blosc's 32001 where
+        del f["snr_db"]                # hdf5plugin is missing)
         a = batch[:3].snr_db.numpy().astype(np.float64)
         d = f.create_dataset("snr_db", shape=a.shape, dtype=a.dtype, chunks=a.shape,
-                             compression=32001, allow_unknown_filter=True)
+                             compression=65000, allow_unknown_filter=True)
         d.id.write_direct_chunk((0,), a.tobytes(), filter_mask=0)
-    if not h5py.h5z.filter_avail(32001):
-        with pytest.raises(SceneFileError, match=r"dataset 'snr_db' is compressed with HDF5 "
-                                                 r"filter 32001.*pip install hdf5plugin"):
-            read_scenes(path)
+    with pytest.raises(SceneFileError, match=r"dataset 'snr_db' is compressed with HDF5 "
+                                             r"filter 65000.*pip install hdf5plugin"):
+        read_scenes(path)
+    # a group of the user's own named 'system' beside the attribute: not ours, not read
+    path = write_scenes(tmp_path / "g.h5", batch[:2], system)
+    with h5py.File(path, "a") as f:
+        f.create_group("system")["operator"] = np.bytes_("lab B")
+    assert torch.equal(read_scenes(path)[0].y, batch[:2].y)
