@@ -246,7 +246,8 @@ def test_an_snr_beyond_what_float32_noise_can_hold_is_named_by_its_option(tmp_pa
         res = runner.invoke(app, [*cmd, "--snr-db", "400", "--n", "1", "--out",
                                   str(tmp_path / ("x.h5" if cmd == ["simulate"] else "r"))])
         assert res.exit_code == 2, res.output
-        assert "--snr-db must be a finite SNR within +-300 dB (beyond about +-380 dB" in " ".join(res.output.split())
+        assert "--snr-db must be a finite SNR within +-300 dB (beyond about +-380 dB" in " ".join(
+            res.output.split())
     res = runner.invoke(app, ["simulate", "--n", "1", "--out", str(tmp_path / "x.h5"), "--set",
                               "scene.snr_db=[0, 400]"])
     assert res.exit_code == 2 and "snr_db must be a finite SNR within +-300 dB" in " ".join(
