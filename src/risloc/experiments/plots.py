@@ -38,7 +38,7 @@ def _series(rows: list[ResultRow], estimator: str, key: str) -> tuple[list[float
 def plot_error_vs_snr(rows: list[ResultRow], path: Path) -> Path:
     """Median absolute error per parameter vs SNR, one line per estimator, CRB dashed."""
     names = list(dict.fromkeys(r.estimator for r in rows))
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), layout="constrained")
     for ax, (key, crb_key, label) in zip(axes, _PANELS):
         for name in names:
             x, y = _series(rows, name, key)
@@ -50,8 +50,10 @@ def plot_error_vs_snr(rows: list[ResultRow], path: Path) -> Path:
         ax.set_xlabel("SNR [dB]")
         ax.set_ylabel(f"median |error|, {label}")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
     fig.suptitle("Localization error vs SNR (Hungarian-paired sources)")
+    # one legend below the panels: inside one, it hid the low-SNR points it sat on
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
+               ncols=len(names) + 1, fontsize=8, frameon=False)
     return _save(fig, path)
 
 
