@@ -35,6 +35,17 @@ def _series(rows: list[ResultRow], estimator: str, key: str) -> tuple[list[float
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def _legend_below(ax, *more) -> None:
+    """One legend of ``ax``'s lines (and those of ``more`` axes sharing it) below its x
+    label: inside the panel it hid the points it sat on."""
+    handles, labels = ax.get_legend_handles_labels()
+    for other in more:
+        h, lab = other.get_legend_handles_labels()
+        handles, labels = handles + h, labels + lab
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.17),
+              ncols=min(len(labels), 4), fontsize=8, frameon=False)
+
+
 def plot_error_vs_snr(rows: list[ResultRow], path: Path) -> Path:
     """Median absolute error per parameter vs SNR, one line per estimator, CRB dashed."""
     names = list(dict.fromkeys(r.estimator for r in rows))
@@ -142,29 +153,30 @@ def plot_run(run_dir: Path, path: Path) -> Path:
             label="train (epoch mean)")
     ax.set_xlabel("optimizer step" if steps else "epoch")  # (no step logged: epochs)
     ax.set_title("training loss")
-    ax.legend(fontsize=8)
+    _legend_below(ax)
     ax = axes[0, 1]
     ax.plot(e, [r["val_objective"] for r in epochs], "o-", label="objective")
     ax.plot(e, [r["val_angle_median_deg"] for r in epochs], "s-", label="angle median [deg]")
     ax.set_title("validation (lower is better)")
     ax.set_xlabel("epoch")
-    ax.legend(fontsize=8)
+    _legend_below(ax)
     ax = axes[1, 0]
     for key, label in (("val_K_accuracy", "K accuracy"), ("val_f1", "F1"),
                        ("val_overlap", "subspace overlap"), ("val_nmse", "NMSE R_blend")):
         ax.plot(e, [r.get(key, math.nan) for r in epochs], "o-", label=label)
     ax.set_title("validation")
     ax.set_xlabel("epoch")
-    ax.legend(fontsize=8)
+    _legend_below(ax)
     ax = axes[1, 1]
     ax.plot(e, [r["lr"] for r in epochs], "o-", label="learning rate")
     ax.set_yscale("log")
     ax2 = ax.twinx()
     ax2.plot(e, [r["beta"] for r in epochs], "s--", color="C1", label="blend beta")
     ax.set_title("schedule")
+    ax.set_ylabel("learning rate")
+    ax2.set_ylabel("blend beta")
     ax.set_xlabel("epoch")
-    ax.legend(loc="upper left", fontsize=8)
-    ax2.legend(loc="upper right", fontsize=8)
+    _legend_below(ax, ax2)
     for a in axes.flat:
         a.grid(True, alpha=0.3)
         a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs (and steps) are whole
