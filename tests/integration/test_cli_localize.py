@@ -381,3 +381,31 @@ def test_true_angles_in_radians_are_suspected(tmp_path):
             h[name][:] = h[name][:] / 5
     res = runner.invoke(app, ["info", str(f)])
     assert "radians stored as degrees?" not in " ".join(res.output.split())
+
+
+def test_scenes_unreadable_part_way_keep_the_finished_chunks_and_say_how_to_go_on(tmp_path):
+    """A damaged compressed chunk in the middle of a file: the error names the scenes, the
+    chunks before it stay for --resume, and the message says what --resume can and cannot
+    do (a repaired file is another input)."""
+    import h5py
+
+    f, out = tmp_path / "s.h5", tmp_path / "e.csv"
+    assert runner.invoke(app, ["simulate", "--n", "12", "--out", str(f), "--split",
+                               "test"]).exit_code == 0
+    with h5py.File(f, "a") as h:
+        y = h["y"][:]
+        del h["y"]
+        h.create_dataset("y", data=y, chunks=(4, *y.shape[1:]), compression="gzip")
+    with h5py.File(f, "r") as h:
+        at = h["y"].id.get_chunk_info(2).byte_offset  # scenes 8..11
+    with open(f, "r+b") as fh:
+        fh.seek(at + 10)
+        fh.write(b"\0" * 64)
+    res = runner.invoke(app, ["localize", str(f), "--out", str(out), "--method", "classical",
+                              "--batch-size", "4"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "read failed at scenes 8..12" in text, res.output
+    assert "the scenes localized before it are kept" in text and "--resume" in text
+    assert not out.exists()
+    rows = (tmp_path / "e.csv.part").read_text().splitlines()[1:]
+    assert {int(r.split(",")[0]) for r in rows} == set(range(8))

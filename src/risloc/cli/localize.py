@@ -24,6 +24,7 @@ from risloc.evaluation.metrics import (
 )
 from risloc.io.atomic import check_writable
 from risloc.io.scenefile import (
+    SceneFileError,
     count_outside,
     inspect_scene_file,
     iter_scene_chunks,
@@ -277,6 +278,13 @@ def localize_command(
         raise OSError(f"{err} (while localizing into {out_path}): the scenes localized so "
                       "far are kept; once this is fixed, the same command with --resume "
                       "continues") from None
+    except SceneFileError as err:  # scenes unreadable part-way (a damaged chunk)
+        stream.close()
+        raise SceneFileError(
+            f"{err}; the scenes localized before it are kept: where the failure was passing "
+            "(a network file system), the same command with --resume continues from them; a "
+            "file repaired or written anew is another input, which a run starts afresh "
+            "(--stop / --start leave unreadable scenes out)") from None
     except BaseException:
         stream.close()  # (its lock; the finished chunks stay for --resume)
         raise
