@@ -54,7 +54,8 @@ def test_info_checks_every_scene_and_counts_truth_outside_the_field_of_view(tmp_
     assert res.exit_code == 1, res.output
     text = " ".join(res.output.replace("│", " ").split())
     assert "the truth of 1 scene(s) cannot be scored: scene 0: a non-finite true position" in text
-    assert "(assumed: the file has no system attribute)" in text
+    assert "(assumed: see the note)" in text and "no 'system' attribute: the default system " \
+        "was assumed" in text
 
 
 def test_simulate_npz_and_errors(tmp_path):

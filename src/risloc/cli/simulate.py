@@ -176,7 +176,7 @@ def _print_summary(path: Path, check: bool = False) -> bool:
     table.add_column("field")
     table.add_column("value")
     table.add_row("scenes", f"{info.n_scenes}")
-    table.add_row("system", s.describe() + (" (assumed: the file has no system attribute)"
+    table.add_row("system", s.describe() + (" (assumed: see the note)"
                                             if info.system_assumed else ""))
     if info.n_scenes:
         batch, _ = read_scenes(path, 0, min(info.n_scenes, 4096),
