@@ -25,11 +25,11 @@ from risloc.evaluation.metrics import (
 from risloc.io.atomic import check_writable
 from risloc.io.scenefile import (
     SceneFileError,
+    batch_truth_problems,
     count_outside,
     inspect_scene_file,
     iter_scene_chunks,
     radians_hint,
-    truth_problems,
     widest_true_angle,
 )
 from risloc.parallel import read_ahead
@@ -45,12 +45,10 @@ from risloc.simulation.scenes import SceneBatch
 
 
 def _scorable(batch: SceneBatch, k_max: int) -> torch.Tensor:
-    """[B] bool: the scenes of a chunk whose truth can be scored (:func:`truth_problems`; a
-    file read with ``truth="unchecked"``), as `risloc evaluate` leaves the others out."""
+    """[B] bool: the scenes of a chunk whose truth can be scored (a file read with
+    ``truth="unchecked"``), as `risloc evaluate` leaves the others out."""
     keep = torch.ones(len(batch), dtype=torch.bool)
-    arrays = [t.numpy() for t in (batch.K, batch.azimuth, batch.elevation, batch.range_m)]
-    for i, _ in truth_problems(*arrays, k_max=k_max):
-        keep[i] = False
+    keep[[i for i, _ in batch_truth_problems(batch, k_max)]] = False
     return keep
 
 

@@ -32,7 +32,7 @@ from risloc.evaluation.metrics import (
 )
 from risloc.experiments.estimators import get_estimator
 from risloc.io.atomic import write_csv_atomic, write_text_atomic
-from risloc.io.scenefile import truth_problems
+from risloc.io.scenefile import batch_truth_problems
 from risloc.parallel import MAX_CHUNK, run_in_chunks
 from risloc.simulation import SceneBatch, concat_batches, simulate_range
 
@@ -220,14 +220,12 @@ def left_out(scenes: SceneBatch, system: SystemConfig
     """(scene, reason) for the scenes of a point that cannot be evaluated, and the mask of
     the others: measurements no estimator can localize (:func:`risloc.core.scene_problems`)
     or truth that cannot be scored (a file read with ``truth="unchecked"``:
-    :func:`risloc.io.scenefile.truth_problems`)."""
+    :func:`risloc.io.scenefile.batch_truth_problems`)."""
     check = scene_problems(scenes.y, scenes.H, scenes.codes)
     ok = check.ok.clone()
     reasons = list(check.reasons)
     if scenes.has_truth:
-        arrays = [t.numpy() for t in (scenes.K, scenes.azimuth, scenes.elevation,
-                                      scenes.range_m)]
-        for i, why in truth_problems(*arrays, k_max=system.K_max):
+        for i, why in batch_truth_problems(scenes, system.K_max):
             if ok[i]:
                 ok[i] = False
                 reasons.append((i, f"truth that cannot be scored ({why})"))

@@ -576,6 +576,14 @@ def truth_problems(K: np.ndarray, azimuth_deg: np.ndarray, elevation_deg: np.nda
     return out
 
 
+def batch_truth_problems(batch: SceneBatch, k_max: int) -> list[tuple[int, str]]:
+    """:func:`truth_problems` of a batch with truth (a file read with ``truth="unchecked"``;
+    its radians do as well as degrees: the checks are of counts, finiteness and sign)."""
+    return truth_problems(*(t.detach().cpu().numpy() for t in
+                            (batch.K, batch.azimuth, batch.elevation, batch.range_m)),
+                          k_max=k_max)
+
+
 def derived_K(azimuth_deg: np.ndarray, elevation_deg: np.ndarray,
               range_m: np.ndarray) -> np.ndarray:
     """The true K [S] of a file whose truth has positions but no ``K``: the slots up to the
