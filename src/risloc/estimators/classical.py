@@ -28,7 +28,9 @@ changed K in 1.1 % of the scenes.
 
 The model order is then chosen from the nested residual costs C_0 >= C_1 >= ...
 (:func:`risloc.estimators.order.residual_order`) and the chosen fit is polished by
-NF-MLE to convergence. The grid is uniform in sin(azimuth), elevation and 1/range over
+NF-MLE to convergence; a pair of sources that cancel (two nearly collinear columns fitting
+noise with amplitudes far above the scene's) then loses one member to a fresh search
+(:func:`separate_cancelling`). The grid is uniform in sin(azimuth), elevation and 1/range over
 the NF-MLE field of view; its steering vectors are cached (:mod:`risloc.estimators.grids`)
 and the grid columns b_l(g) are formed once per chunk of scenes.
 """
@@ -57,9 +59,11 @@ from risloc.estimators.grids import (
 from risloc.estimators.nfmle import (
     Fit,
     NFMLEConfig,
+    Refinement,
     amplitude_fit,
     lm_solve,
-    nfmle_refine,
+    nfmle_fit,
+    source_energy,
     working_dtypes,
 )
 from risloc.estimators.order import noise_var_from_snr, residual_order, snr_disagreement
@@ -527,7 +531,8 @@ def classical_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, system:
     theta = _select(greedy.thetas, K_known, system.K_max)
     init = Estimates.from_theta(K_known, theta)
     log.debug("classical: K histogram %s", torch.bincount(K_known).tolist())
-    est = nfmle_refine(y, H, codes, init, system, config.final)
+    refined = nfmle_fit(y, H, codes, init, system, config.final)
+    est = separate_cancelling(y, H, codes, refined, system, config.final, config)
     est = Estimates(est.K, *(t.to(torch.float32) for t in
                              (est.azimuth, est.elevation, est.range_m, est.score)))
     return ClassicalResult(est, greedy.costs, sigma2)
@@ -548,3 +553,98 @@ def classical_localize(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
     estimated source power mean_l |s_lk|^2.
     """
     return classical_fit(y, H, codes, system, K, snr_db, config).estimates
+
+
+CANCELLING_RATIO = 2.0
+"""A source whose fitted energy sum_l |s_lk|^2 ||b_lk||^2 exceeds this many times the
+scene's received energy sum_l ||y_l||^2 is one of a cancelling pair (module
+:func:`separate_cancelling`)."""
+
+
+def cancelling_sources(energy: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                       ratio: float = CANCELLING_RATIO) -> torch.Tensor:
+    """[B, K] bool: the sources whose fitted energy (energy [B, K]:
+    :func:`risloc.estimators.nfmle.source_energy`) exceeds ``ratio`` times the received
+    energy of their scene (y [B, L, M]; mask [B, K] the real slots). One source can explain
+    at most about all of it; more needs another that cancels the excess."""
+    return mask & (energy > ratio * abs2(y).sum((-1, -2)).to(energy.dtype).unsqueeze(-1))
+
+
+@torch.no_grad()
+def separate_cancelling(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                        refined: Refinement, system: SystemConfig, polish: NFMLEConfig,
+                        config: ClassicalConfig = ClassicalConfig(),
+                        ratio: float = CANCELLING_RATIO) -> Estimates:
+    """Replace one member of each cancelling pair of sources by a fresh one; no input checks.
+
+    Two nearly collinear steering vectors can fit noise as a pair of large amplitudes that
+    cancel: two estimates a fraction of a degree apart whose powers (``score``) are
+    hundreds of times the scene's, mostly where K is given at low SNR and the last sources
+    are lost in the noise (``benchmarks/bench_twin_sources.py``). Such a pair is the
+    deterministic ML fit of those K sources, but not a source the data show. In the scenes
+    with a source flagged by :func:`cancelling_sources` (most have none, and keep their
+    estimates bit for bit) the pair's member most collinear with the strongest flagged
+    source is dropped, the other K - 1 are polished by NF-MLE (``polish``), a new source is
+    taken where the matched field of their residual, sum_l |b_l(g)^H r_l|^2 / ||b_l(g)||^2,
+    peaks on the search grid of ``config`` (a residual is orthogonal to the found columns,
+    so the pair's lobe does not draw it back), and all K are polished. Where that polish
+    forms a cancelling pair again, the K - 1 polished sources and the grid point are kept.
+    K is unchanged.
+
+    refined : the final NF-MLE (:func:`risloc.estimators.nfmle.nfmle_fit` with ``polish``)
+    Returns its Estimates, the replaced scenes' sources in a new order.
+    """
+    est, mask = refined.estimates, refined.estimates.mask
+    idx = cancelling_sources(refined.energy, y, mask, ratio).any(-1).nonzero().flatten()
+    if idx.numel() == 0:
+        return est
+    real, cplx = working_dtypes(polish)
+    theta = est.theta.to(real)
+    yc, Hc, cc = y[idx].to(cplx), H[idx].to(cplx), codes[idx].to(cplx)
+    log.debug("%d of %d scenes hold a cancelling pair of sources", idx.numel(), len(est))
+    energy, cfg = refined.energy[idx].to(real), config.with_fov(polish.fov)
+    parts = torch.arange(idx.numel(), device=idx.device).split(cfg.chunk)  # bounds memory
+    theta_out = torch.cat([_separate(yc[i], Hc[i], cc[i], theta[idx[i]], mask[idx[i]],
+                                     est.K[idx[i]], energy[i], system, polish, cfg, ratio)
+                           for i in parts])
+    final = amplitude_fit(yc, Hc, cc, steering_at(theta_out, system, cplx, mask[idx]),
+                          mask[idx], polish.tikhonov)
+    part = Estimates.from_theta(est.K[idx], theta_out, abs2(final.s).mean(1),
+                                dtype=est.azimuth.dtype)
+    out = [t.clone() for t in (est.azimuth, est.elevation, est.range_m, est.score)]
+    for dst, src in zip(out, (part.azimuth, part.elevation, part.range_m, part.score),
+                        strict=True):
+        dst[idx] = src
+    return Estimates(est.K, *out)
+
+
+def _separate(y, H, codes, theta, mask, K, energy, system, polish: NFMLEConfig,
+              config: ClassicalConfig, ratio: float) -> torch.Tensor:
+    """:func:`separate_cancelling` on scenes that each hold a cancelling pair, in the working
+    dtype: theta [b, S, 3] -> [b, S, 3] (the K [b] sources leading, padding at the box's
+    centre); energy [b, S] the sources' fitted energies."""
+    real, cplx = theta.dtype, y.dtype
+    slots = torch.arange(theta.shape[1], device=theta.device)
+    first = torch.where(mask, energy, -1.0).argmax(-1)  # the strongest flagged source
+    A = steering_at(theta, system, cplx, mask)  # (b, S, N), unit norm
+    lead = A.gather(1, first.view(-1, 1, 1).expand(-1, 1, A.shape[-1]))
+    overlap = abs2((A.conj() * lead).sum(-1))  # (b, S)
+    overlap = torch.where(mask & (slots != first.unsqueeze(-1)), overlap, -1.0)
+    drop = overlap.argmax(-1)  # its partner: the most collinear other source
+    # the K - 1 kept sources first, then the dropped slot (the new source's place), padding
+    key = (slots == drop.unsqueeze(-1)).to(torch.int8) + 2 * (~mask).to(torch.int8)
+    theta = theta.gather(1, torch.argsort(key, stable=True, dim=-1).unsqueeze(-1).expand(-1, -1, 3))
+    kept, full = slots < (K - 1).unsqueeze(-1), slots < K.unsqueeze(-1)
+    lo, hi = polish.fov.bounds(real, theta.device)
+    theta = torch.where(kept.unsqueeze(-1), theta, 0.5 * (lo + hi))
+    theta, kfit, _ = lm_solve(y, H, codes, theta, kept, system, polish)
+    grid = search_grid(system, config, cplx, str(y.device))
+    # floor 1: the plain matched field of the residual (no 1 / ||P_perp b||^2 boost)
+    new = residual_proposal(y, H, codes, kfit, kept, grid, 1.0, None).theta
+    theta = theta.clone()
+    theta[torch.arange(theta.shape[0], device=theta.device), K - 1] = new.to(real)
+    both, bfit, _ = lm_solve(y, H, codes, theta, full, system, polish)
+    again = cancelling_sources(source_energy(bfit), y, full, ratio).any(-1)
+    log.debug("separate_cancelling: %d of %d scenes keep the new source unpolished",
+              int(again.sum()), theta.shape[0])
+    return torch.where(again.view(-1, 1, 1), theta, both)

@@ -402,11 +402,20 @@ class Refinement(NamedTuple):
     estimates : Estimates — refined positions, score = estimated source power mean_l |s_lk|^2
     cost : [B] float — final residual cost
     history : [T+1, B] float — cost before the first and after every iteration
+    energy : [B, K_slots] float — each source's fitted energy (:func:`source_energy`; 0 in
+        padded slots)
     """
 
     estimates: Estimates
     cost: torch.Tensor
     history: torch.Tensor
+    energy: torch.Tensor
+
+
+def source_energy(fit: Fit) -> torch.Tensor:
+    """[B, K]: the energy sum_l |s_lk|^2 ||b_lk||^2 each source of ``fit`` explains alone
+    (0 in padded slots, whose columns are zero)."""
+    return (fit.s.abs().square() * fit.Bm.abs().square().sum(-2)).sum(1)
 
 
 def nfmle_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, init: Estimates,
@@ -430,6 +439,7 @@ def nfmle_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, init: Estim
     theta = torch.cat([o[0] for o in outs])
     s = torch.cat([o[1].s for o in outs])
     cost = torch.cat([o[1].cost for o in outs])
+    energy = torch.cat([source_energy(o[1]) for o in outs])
     steps = max(o[2].shape[0] for o in outs)  # chunks may converge after different counts
     history = torch.cat([torch.cat([o[2], o[2][-1:].expand(steps - o[2].shape[0], -1)])
                          for o in outs], dim=1)
@@ -442,7 +452,7 @@ def nfmle_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, init: Estim
         range_m=torch.where(mask, (1.0 / theta[..., 2]).to(out_dtype), nan),
         score=torch.where(mask, s.abs().square().mean(1).to(out_dtype), nan),
     )
-    return Refinement(est, cost, history)
+    return Refinement(est, cost, history, energy)
 
 
 def nfmle_refine(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, init: Estimates,

@@ -19,7 +19,10 @@
    residual where that lowers the cost; among all K_max candidates a spurious one can
    absorb a weak source's energy). With K decided it is left out: on the validation split
    it lowered F1 at 0-5 dB (noise peaks lower the cost too) and the order head reads the
-   fits without it (``benchmarks/bench_fit_settings.py --variants chosen``).
+   fits without it (``benchmarks/bench_fit_settings.py --variants chosen``). Then, as in
+   the classical localizer, a pair of sources that cancel (each explaining more than twice
+   the scene's energy) loses one member to a fresh search
+   (:func:`risloc.estimators.classical.separate_cancelling`).
 
 Everything is rebuilt from the checkpoint (:func:`load_learned_pipeline`).
 """
@@ -37,7 +40,7 @@ import torch
 from risloc.config import FieldOfView, SystemConfig
 from risloc.core.checks import float32_default
 from risloc.core.params import Estimates
-from risloc.estimators.classical import ClassicalConfig
+from risloc.estimators.classical import ClassicalConfig, separate_cancelling
 from risloc.estimators.mlfit import MLFit, MLFitConfig, ml_fit, repair_chosen
 from risloc.estimators.music import MusicConfig, music
 from risloc.estimators.nfmle import NFMLEConfig, nfmle_fit
@@ -218,8 +221,8 @@ class LearnedPipeline:
             theta = repair_chosen(y, H, codes, theta, K, self.system, self._fit_config(known),
                                   self.chosen_repairs)
         init = Estimates.from_theta(K, theta)
-        return nfmle_fit(y, H, codes, init, self.system, self.polish_config,
-                         check=False).estimates
+        refined = nfmle_fit(y, H, codes, init, self.system, self.polish_config, check=False)
+        return separate_cancelling(y, H, codes, refined, self.system, self.polish_config)
 
     @torch.no_grad()
     @float32_default()
