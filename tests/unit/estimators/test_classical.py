@@ -362,6 +362,32 @@ def test_a_cancelling_pair_is_split_and_its_member_sent_to_the_missing_source():
         assert torch.equal(getattr(est, name)[~flagged], getattr(ref.estimates, name)[~flagged])
 
 
+def test_the_device_route_treats_the_largest_excesses_without_counting_them(monkeypatch):
+    # The route that never waits for a GPU treats a fixed share of the batch, the scenes of
+    # largest excess: the same answer where it covers every flagged scene, and with a share
+    # of one scene only the worst one's.
+    from risloc.core.syncs import SyncCounter
+    from risloc.estimators import nfmle
+
+    b = simulate_range(0, 12, SYSTEM, SCENE, seed=13, split="test", K=3, snr_db=30.0)
+    cfg = ClassicalConfig()
+    ref = nfmle_fit(b.y, b.H, b.codes, _with_pair(b, 0.3), SYSTEM, cfg.final)
+    host = separate_cancelling(b.y, b.H, b.codes, ref, SYSTEM, cfg.final, cfg)
+    flagged = cancelling_sources(ref.energy, b.y, ref.estimates.mask).any(-1)
+    monkeypatch.setattr(nfmle, "masked_route", lambda cfg, device: True)
+    monkeypatch.setattr(classical, "DEVICE_SHARE", 4)  # 3 of the 12 scenes
+    assert 2 <= flagged.sum() <= 3
+    with SyncCounter() as counter:
+        device = separate_cancelling(b.y, b.H, b.codes, ref, SYSTEM, cfg.final, cfg)
+    assert not [k for k in counter.syncs if "classical.py" in k], counter.syncs
+    torch.testing.assert_close(device.azimuth, host.azimuth, equal_nan=True)
+    monkeypatch.setattr(classical, "DEVICE_SHARE", 12)  # one scene
+    one = separate_cancelling(b.y, b.H, b.codes, ref, SYSTEM, cfg.final, cfg)
+    changed = (one.azimuth != ref.estimates.azimuth).any(-1)
+    worst = (ref.energy / abs2(b.y).sum((-1, -2)).double().unsqueeze(-1)).amax(-1).argmax()
+    assert changed.nonzero().flatten().tolist() == [int(worst)]
+
+
 def test_scenes_without_a_cancelling_pair_keep_their_estimates():
     b = simulate_range(0, 16, SYSTEM, SCENE, seed=14, split="test", snr_db=10.0)
     cfg = ClassicalConfig()
