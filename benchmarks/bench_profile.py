@@ -42,7 +42,7 @@ from risloc.pipeline.learned import load_learned_pipeline
 FUNCTIONS = {
     mlfit: ("lm_solve", "_repair", "residual_proposal", "_nested", "_fit", "removal_gains"),
     classical: ("_relax", "_search", "ols_statistic", "lm_solve", "_grid_columns",
-                "nfmle_refine"),
+                "nfmle_fit", "separate_cancelling"),
 }
 
 

@@ -533,7 +533,7 @@ def classical_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, system:
     init = Estimates.from_theta(K_known, theta)
     log.debug("classical: K histogram %s", torch.bincount(K_known).tolist())
     refined = nfmle_fit(y, H, codes, init, system, config.final)
-    est = separate_cancelling(y, H, codes, refined, system, config.final, config)
+    est = separate_cancelling(y, H, codes, refined, system, config.final, config, host=True)
     est = Estimates(est.K, *(t.to(torch.float32) for t in
                              (est.azimuth, est.elevation, est.range_m, est.score)))
     return ClassicalResult(est, greedy.costs, sigma2)
@@ -561,9 +561,10 @@ CANCELLING_RATIO = 2.0
 scene's received energy sum_l ||y_l||^2 is one of a cancelling pair
 (:func:`separate_cancelling`)."""
 
-DEVICE_SHARE = 16
+DEVICE_SHARE = 32
 """On the route that never waits for the device, :func:`separate_cancelling` treats one
-scene in this many of a batch (the largest excesses)."""
+scene in this many of a batch (the largest excesses), in one pass (its grid columns take
+6.4 MB per treated scene: 410 MB at 2,048 scenes)."""
 
 
 def cancelling_sources(energy: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
@@ -579,7 +580,7 @@ def cancelling_sources(energy: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
 def separate_cancelling(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                         refined: Refinement, system: SystemConfig, polish: NFMLEConfig,
                         config: ClassicalConfig = ClassicalConfig(),
-                        ratio: float = CANCELLING_RATIO) -> Estimates:
+                        ratio: float = CANCELLING_RATIO, host: bool | None = None) -> Estimates:
     """Replace one member of each cancelling pair of sources by a fresh one; no input checks.
 
     Two nearly collinear steering vectors can fit noise as a pair of large amplitudes that
@@ -596,12 +597,15 @@ def separate_cancelling(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
     forms a cancelling pair again, the K - 1 polished sources and the grid point are kept.
     K is unchanged.
 
-    On the route of the LM loop that never waits for the device
-    (:func:`risloc.estimators.nfmle.masked_route`, a GPU's default) the scenes to treat are
-    not counted on the host: the one in :data:`DEVICE_SHARE` of the batch (at least one)
-    with the largest excess is treated, and kept where flagged; a batch with more flagged
-    scenes keeps the rest as they are (measured: at most 7 scenes in 512 flagged, K given
-    at -5..5 dB; docs/results.md, "Reliability").
+    host : count the flagged scenes on the host (the classical localizer, which waits for
+        the device anyway) or not: None counts them unless the LM loop takes the route that
+        never waits for the device (:func:`risloc.estimators.nfmle.masked_route`, a GPU's
+        default: the learned call is captured as a CUDA graph there). Without counting, the
+        one scene in :data:`DEVICE_SHARE` of the batch (at least one) with the largest
+        excess is treated in one pass, and kept where flagged; a batch with more flagged
+        scenes keeps the rest as they are (measured: at most 7 scenes in 512 flagged, K given
+        at -5..5 dB; docs/results.md, "Reliability"). A scene equal to the one before it (the
+        padding of a graph's last pass) is not treated twice.
 
     refined : the final NF-MLE (:func:`risloc.estimators.nfmle.nfmle_fit` with ``polish``)
     Returns its Estimates, the replaced scenes' sources in a new order.
@@ -610,13 +614,16 @@ def separate_cancelling(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
     if len(est) == 0:
         return est
     flagged = cancelling_sources(refined.energy, y, mask, ratio).any(-1)  # (B,)
-    if nfmle.masked_route(polish, y.device):  # a fixed share, chosen without reading the device
+    if host is False or (host is None and nfmle.masked_route(polish, y.device)):
+        # a fixed share, chosen without reading the device; a repeated scene ranks last
         received = abs2(y).sum((-1, -2)).to(refined.energy.dtype).unsqueeze(-1)
-        excess = torch.where(mask, refined.energy / received, 0.0).amax(-1)
+        excess = torch.where(mask, refined.energy / received, 0.0).amax(-1).nan_to_num(0.0)
+        repeat = torch.cat([flagged[:1] & False, (y[1:] == y[:-1]).flatten(1).all(-1)])
+        excess = torch.where(repeat, -1.0, excess)
         idx = excess.topk(min(len(est), -(-len(est) // DEVICE_SHARE))).indices
-        take = flagged[idx]
+        take, chunk = flagged[idx], len(est)
     else:
-        idx, take = flagged.nonzero().flatten(), None
+        idx, take, chunk = flagged.nonzero().flatten(), None, config.chunk
         if idx.numel() == 0:
             return est
         log.debug("%d of %d scenes hold a cancelling pair of sources", idx.numel(), len(est))
@@ -624,7 +631,7 @@ def separate_cancelling(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
     theta = est.theta.to(real)[idx]
     yc, Hc, cc = y[idx].to(cplx), H[idx].to(cplx), codes[idx].to(cplx)
     energy, cfg = refined.energy[idx].to(real), config.with_fov(polish.fov)
-    parts = torch.arange(idx.numel(), device=idx.device).split(cfg.chunk)  # bounds memory
+    parts = torch.arange(idx.numel(), device=idx.device).split(chunk)  # bounds memory
     theta_out = torch.cat([_separate(yc[i], Hc[i], cc[i], theta[i], mask[idx][i],
                                      est.K[idx][i], energy[i], system, polish, cfg, ratio)
                            for i in parts])
@@ -656,16 +663,21 @@ def _separate(y, H, codes, theta, mask, K, energy, system, polish: NFMLEConfig,
     drop = overlap.argmax(-1)  # its partner: the most collinear other source
     # the K - 1 kept sources first, then the dropped slot (the new source's place), padding
     key = (slots == drop.unsqueeze(-1)).to(torch.int8) + 2 * (~mask).to(torch.int8)
-    theta = theta.gather(1, torch.argsort(key, stable=True, dim=-1).unsqueeze(-1).expand(-1, -1, 3))
+    order = torch.argsort(key, stable=True, dim=-1)
+    theta = theta.gather(1, order.unsqueeze(-1).expand(-1, -1, 3))
     kept, full = slots < (K - 1).unsqueeze(-1), slots < K.unsqueeze(-1)
     lo, hi = polish.fov.bounds(real, theta.device)
     theta = torch.where(kept.unsqueeze(-1), theta, 0.5 * (lo + hi))
-    theta, kfit, _ = lm_solve(y, H, codes, theta, kept, system, polish)
-    grid = search_grid(system, config, cplx, str(y.device))
-    # floor 1: the plain matched field of the residual (no 1 / ||P_perp b||^2 boost)
-    new = residual_proposal(y, H, codes, kfit, kept, grid, 1.0, None).theta
+    theta, _, _ = lm_solve(y, H, codes, theta, kept, system, polish)
+    # the residual's matched field (floor 1: no 1 / ||P_perp b||^2 boost) in complex64 on
+    # the greedy search's grid: an argmax, in half the memory of complex128's grid columns
+    y32, H32, c32 = (t.to(torch.complex64) for t in (y, H, codes))
+    kfit = amplitude_fit(y32, H32, c32, steering_at(theta.float(), system, torch.complex64),
+                         kept, polish.tikhonov)
+    grid = search_grid(system, config, torch.complex64, str(y.device))
+    new = residual_proposal(y32, H32, c32, kfit, kept, grid, 1.0, None).theta
     theta = theta.clone()
-    theta[torch.arange(theta.shape[0], device=theta.device), K - 1] = new.to(real)
+    theta[torch.arange(theta.shape[0], device=theta.device), (K - 1).clamp_min(0)] = new.to(real)
     both, bfit, _ = lm_solve(y, H, codes, theta, full, system, polish)
     again = cancelling_sources(source_energy(bfit), y, full, ratio).any(-1)
     return torch.where(again.view(-1, 1, 1), theta, both)
