@@ -618,7 +618,8 @@ def separate_cancelling(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
         # a fixed share, chosen without reading the device; a repeated scene ranks last
         received = abs2(y).sum((-1, -2)).to(refined.energy.dtype).unsqueeze(-1)
         excess = torch.where(mask, refined.energy / received, 0.0).amax(-1).nan_to_num(0.0)
-        repeat = torch.cat([flagged[:1] & False, (y[1:] == y[:-1]).flatten(1).all(-1)])
+        repeat = torch.cat([torch.zeros_like(flagged[:1]),
+                            (y[1:] == y[:-1]).flatten(1).all(-1)])
         excess = torch.where(repeat, -1.0, excess)
         idx = excess.topk(min(len(est), -(-len(est) // DEVICE_SHARE))).indices
         take, chunk = flagged[idx], len(est)
@@ -628,17 +629,15 @@ def separate_cancelling(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
             return est
         log.debug("%d of %d scenes hold a cancelling pair of sources", idx.numel(), len(est))
     real, cplx = working_dtypes(polish)
-    theta = est.theta.to(real)[idx]
+    theta, m, K = est.theta.to(real)[idx], mask[idx], est.K[idx]
     yc, Hc, cc = y[idx].to(cplx), H[idx].to(cplx), codes[idx].to(cplx)
     energy, cfg = refined.energy[idx].to(real), config.with_fov(polish.fov)
     parts = torch.arange(idx.numel(), device=idx.device).split(chunk)  # bounds memory
-    theta_out = torch.cat([_separate(yc[i], Hc[i], cc[i], theta[i], mask[idx][i],
-                                     est.K[idx][i], energy[i], system, polish, cfg, ratio)
-                           for i in parts])
-    final = amplitude_fit(yc, Hc, cc, steering_at(theta_out, system, cplx, mask[idx]),
-                          mask[idx], polish.tikhonov)
-    part = Estimates.from_theta(est.K[idx], theta_out, abs2(final.s).mean(1),
-                                dtype=est.azimuth.dtype)
+    theta_out = torch.cat([_separate(yc[i], Hc[i], cc[i], theta[i], m[i], K[i], energy[i],
+                                     system, polish, cfg, ratio) for i in parts])
+    final = amplitude_fit(yc, Hc, cc, steering_at(theta_out, system, cplx, m), m,
+                          polish.tikhonov)
+    part = Estimates.from_theta(K, theta_out, abs2(final.s).mean(1), dtype=est.azimuth.dtype)
     out = []
     for name in ("azimuth", "elevation", "range_m", "score"):
         old, new = getattr(est, name), getattr(part, name)
