@@ -39,6 +39,7 @@ from torch import nn
 from risloc.core.params import Estimates
 from risloc.covariance.tools import abs2
 from risloc.estimators.mlfit import MLFit
+from risloc.estimators.order import noise_floor
 from risloc.evaluation.metrics import match_sources
 
 FLOOR = 1e-6
@@ -61,9 +62,12 @@ def estimated_snr_db(costs: torch.Tensor, n_snapshots: int, n_antennas: int) -> 
 
 def residual_noise(costs: torch.Tensor, n_snapshots: int, n_antennas: int) -> torch.Tensor:
     """sigma^2 [B] = C_S / (L (M - S)), the noise level the S-source fit leaves (costs
-    [B, S+1]; clamped above 0): the order features' unit and the SNR estimate's noise."""
+    [B, S+1]), at least :func:`risloc.estimators.order.noise_floor` (noise-free data leave
+    the fits' float32 rounding, which an extra source always "explains") and above 0: the
+    order features' unit and the SNR estimate's noise."""
     S = costs.shape[1] - 1
-    return (costs[:, S] / (n_snapshots * (n_antennas - S))).clamp_min(1e-300)
+    level = costs[:, S].double() / (n_snapshots * (n_antennas - S))
+    return torch.maximum(level, noise_floor(costs, n_snapshots, n_antennas)).clamp_min(1e-300)
 
 
 def n_features(K_max: int) -> int:

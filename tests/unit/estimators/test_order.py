@@ -9,12 +9,16 @@ import pytest
 import torch
 
 from risloc.config import SceneConfig, SystemConfig
+from risloc.estimators import order
 from risloc.estimators.order import (
+    NOISE_FLOOR_DB,
     aic_order,
     default_penalty,
     mdl_order,
+    noise_floor,
     noise_var_from_snr,
     residual_order,
+    snr_disagreement,
 )
 from risloc.simulation import simulate_range
 
@@ -109,3 +113,34 @@ def test_residual_order_with_a_partly_known_noise_level():
     both = residual_order(costs, 16, 16, mixed)
     assert both[[0, 2, 3, 5]].tolist() == known[[0, 2, 3, 5]].tolist()
     assert both[[1, 4]].tolist() == unknown[[1, 4]].tolist()
+
+
+def test_a_residual_below_the_noise_floor_adds_no_source():
+    # Noise-free data: three sources, then the fits' float32 rounding (1e-9 .. 1e-10 of C_0)
+    # that each extra source lowers by a third. Read as noise, that rounding asks for K_max;
+    # floored 40 dB below the received power, it asks for the three sources.
+    L, M = 16, 16
+    costs = torch.tensor([[1.0, 0.4, 0.1, 1e-9, 6e-10, 4e-10]], dtype=torch.float64)
+    assert int(residual_order(costs, L, M)) == 3
+    assert int(residual_order(costs, L, M, torch.tensor([1e-12]))) == 3  # a 110 dB SNR
+    floor = noise_floor(costs, L, M)
+    assert floor.item() == pytest.approx(1.0 / (L * M) * 10 ** (-NOISE_FLOOR_DB / 10))
+    # where the noise lies above the floor nothing changes: the floor off gives the same K
+    noisy = synthetic_costs(3, 0.7)
+    for sigma2 in (None, torch.tensor([0.7])):
+        with_floor = residual_order(noisy, L, M, sigma2)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(order, "NOISE_FLOOR_DB", 1e4)  # floor at ~0
+            assert torch.equal(residual_order(noisy, L, M, sigma2), with_floor)
+            assert int(residual_order(costs, L, M)) == 5  # what the rounding asked for
+
+
+def test_the_snr_check_does_not_judge_below_the_noise_floor():
+    # noise-free data given 100 dB: both levels below the floor, never off; given 20 dB,
+    # the data leave far less than that noise: off
+    costs = torch.tensor([[1.0, 0.4, 0.1, 1e-9, 6e-10, 4e-10]], dtype=torch.float64)
+    p_y = 1.0 / (16 * 16)
+    off, implied = snr_disagreement(costs, 16, 16, torch.tensor([p_y * 1e-10]))
+    assert not off.any() and implied.item() > 60
+    off, _ = snr_disagreement(costs, 16, 16, torch.tensor([p_y * 1e-2]))
+    assert off.all()
