@@ -52,7 +52,8 @@ def estimated_snr_db(costs: torch.Tensor, n_snapshots: int, n_antennas: int) -> 
     read): p_y / sigma^2 - 1 (docs/conventions.md) with p_y = C_0 / (L M) and sigma^2 =
     C_S / (L (M - S)) the level the S-source fit leaves. Biased up where sources are weak
     (the S-source fit takes some noise): on 256 validation scenes a true -5 dB read -1.7 to
-    +0.1 dB (5 to 95 %), 0 dB 1.2 to 3.1 dB, 5 dB 5.2 to 7.2 dB.
+    +0.1 dB (5 to 95 %), 0 dB 1.2 to 3.1 dB, 5 dB 5.2 to 7.2 dB. At most about 40 dB (the
+    noise floor of :func:`residual_noise`).
     costs : [B, S+1] (:class:`risloc.estimators.mlfit.MLFit`); returns [B] float64."""
     C = costs.double()
     p_y = C[:, 0] / (n_snapshots * n_antennas)

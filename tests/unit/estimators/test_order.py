@@ -136,11 +136,15 @@ def test_a_residual_below_the_noise_floor_adds_no_source():
 
 
 def test_the_snr_check_does_not_judge_below_the_noise_floor():
-    # noise-free data given 100 dB: both levels below the floor, never off; given 20 dB,
-    # the data leave far less than that noise: off
+    # noise-free data (a residual ~84 dB below) given 60 dB: both levels below the floor,
+    # never off, though 24 dB apart (off with the floor at ~0); given 20 dB, the data leave
+    # far less than that noise: off
     costs = torch.tensor([[1.0, 0.4, 0.1, 1e-9, 6e-10, 4e-10]], dtype=torch.float64)
     p_y = 1.0 / (16 * 16)
-    off, implied = snr_disagreement(costs, 16, 16, torch.tensor([p_y * 1e-10]))
-    assert not off.any() and implied.item() > 60
+    off, implied = snr_disagreement(costs, 16, 16, torch.tensor([p_y * 1e-6]))
+    assert not off.any() and implied.item() > 80
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(order, "NOISE_FLOOR_DB", 1e4)  # floor at ~0
+        assert snr_disagreement(costs, 16, 16, torch.tensor([p_y * 1e-6]))[0].all()
     off, _ = snr_disagreement(costs, 16, 16, torch.tensor([p_y * 1e-2]))
     assert off.all()
