@@ -152,10 +152,10 @@ def test_scenes_of_another_shape_without_their_system_are_named_with_the_way_out
 def test_noise_free_scenes_get_their_true_count(snr_db):
     # Above ~60 dB the nested fits' residual is their own float32 rounding, not noise; read as
     # noise it asked for one source too many (8-14 of 40 validation scenes, learned; 10-14
-    # with the SNR given, classical; here 6-7 and 5-6 of 24). The K decisions floor the noise 40 dB below the
-    # received power (risloc.estimators.order.NOISE_FLOOR_DB). One scene here keeps one too
-    # many in the learned localizer from 60 dB up: its nested 3-source fit stops 0.02 deg
-    # from a source (not rounding), and a fourth source splits it.
+    # with the SNR given, classical; here 6-7 and 5-6 of 24). The K decisions floor the
+    # noise 40 dB below the received power (risloc.estimators.order.NOISE_FLOOR_DB). One
+    # scene here keeps one too many in the learned localizer from 60 dB up: its nested
+    # 3-source fit stops 0.02 deg from a source (not rounding), and a fourth source splits it.
     sc = simulate_range(0, 24, SystemConfig(), SceneConfig(power_spread_db=6.0), split="test",
                         seed=21, snr_db=snr_db)
     learned = Localizer.from_checkpoint(workers=1).localize(sc.y, sc.H, sc.codes).estimates

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import math
@@ -46,7 +47,7 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int,
     K = torch.zeros(n_scenes, dtype=torch.int64)
     vals = {n: torch.full((n_scenes, slots), math.nan) for n in
             ("azimuth", "elevation", "range_m", "score")}
-    with Path(path).open(newline="") as f:
+    with Path(path).open(newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM too
         reader = csv.DictReader(f)
         rows, header = list(reader), reader.fieldnames
     if not header:
@@ -111,7 +112,7 @@ def check_estimates_target(path: str | Path, what: str = "--out") -> None:
         raise ValueError(f"{what} {path} is a folder; give the estimates file's name")
     if path.exists():
         with path.open("rb") as f:
-            head = f.readline(200)
+            head = f.readline(200).removeprefix(codecs.BOM_UTF8)
         if not head.startswith(",".join(COLUMNS[:5]).encode()):
             raise ValueError(f"{what} {path} exists and is not an estimates CSV (it does not "
                              f"begin with the header {','.join(COLUMNS[:5])}): it is left "

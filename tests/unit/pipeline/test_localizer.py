@@ -1,3 +1,4 @@
+import codecs
 import math
 
 import numpy as np
@@ -248,6 +249,12 @@ def test_estimates_file_round_trip(tmp_path, scenes):
         (tmp_path / "u.csv").write_text(text)
         with pytest.raises(ValueError, match=r"no column \['elevation_deg'\]"):
             read_estimates(tmp_path / "u.csv", 2, 3)
+    # saved from a spreadsheet: a UTF-8 byte-order mark before the header, CRLF line ends
+    (tmp_path / "x.csv").write_bytes(codecs.BOM_UTF8 + b"scene,source,azimuth_deg,"
+                                     b"elevation_deg,range_m\r\n1,0,10,-5,2.5\r\n")
+    x = read_estimates(tmp_path / "x.csv", 2, 3)
+    assert x.K.tolist() == [0, 1] and math.degrees(x.azimuth[1, 0]) == pytest.approx(10)
+    assert write_estimates(tmp_path / "x.csv", estimate_rows(est)) == tmp_path / "x.csv"
     (tmp_path / "u.csv").write_text("")  # not "no source anywhere": an empty file
     with pytest.raises(ValueError, match="u.csv is empty: an estimates CSV starts with its "
                                          "header scene,source,"):
