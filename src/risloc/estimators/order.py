@@ -124,9 +124,9 @@ noise by more than 10 dB); at 40-50 dB they were measured unchanged."""
 
 def noise_floor(costs: torch.Tensor, n_snapshots: int, n_antennas: int) -> torch.Tensor:
     """[B] float64: C_0 / (L M) 10^(-NOISE_FLOOR_DB / 10), the lowest noise level a K
-    decision reads (costs [B, K_max+1], C_0 = sum_l ||y_l||^2)."""
-    return costs[:, 0].to(torch.float64) / (n_snapshots * n_antennas) \
-        * 10 ** (-NOISE_FLOOR_DB / 10)
+    decision reads, and above 0 (costs [B, K_max+1], C_0 = sum_l ||y_l||^2)."""
+    return (costs[:, 0].to(torch.float64) / (n_snapshots * n_antennas)
+            * 10 ** (-NOISE_FLOOR_DB / 10)).clamp_min(1e-300)
 
 
 def _decide(costs: torch.Tensor, sigma2: torch.Tensor, penalty: float,
@@ -153,7 +153,7 @@ def default_penalty(n_snapshots: int) -> float:
 def _estimate_and_decide(costs: torch.Tensor, L: int, M: int, penalty: float) -> torch.Tensor:
     """Unknown sigma^2: the smallest K' whose noise level C_K' / (L (M - K') - 1.5 K') makes
     the penalised rule choose K' itself; if none is self-consistent, the K_max level's K."""
-    k_max, floor = costs.shape[-1] - 1, noise_floor(costs, L, M).clamp_min(1e-300)
+    k_max, floor = costs.shape[-1] - 1, noise_floor(costs, L, M)
     decisions = []
     for kp in range(1, k_max + 1):
         sigma2 = residual_noise_level(costs[:, kp], kp, L, M)

@@ -64,11 +64,11 @@ def estimated_snr_db(costs: torch.Tensor, n_snapshots: int, n_antennas: int) -> 
 def residual_noise(costs: torch.Tensor, n_snapshots: int, n_antennas: int) -> torch.Tensor:
     """sigma^2 [B] = C_S / (L (M - S)), the noise level the S-source fit leaves (costs
     [B, S+1]), at least :func:`risloc.estimators.order.noise_floor` (noise-free data leave
-    the fits' float32 rounding, which an extra source always "explains") and above 0: the
+    the fits' float32 rounding, which an extra source always "explains"; above 0): the
     order features' unit and the SNR estimate's noise."""
     S = costs.shape[1] - 1
     level = costs[:, S].double() / (n_snapshots * (n_antennas - S))
-    return torch.maximum(level, noise_floor(costs, n_snapshots, n_antennas)).clamp_min(1e-300)
+    return torch.maximum(level, noise_floor(costs, n_snapshots, n_antennas))
 
 
 def n_features(K_max: int) -> int:
