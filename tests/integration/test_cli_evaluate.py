@@ -2,6 +2,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -101,6 +102,26 @@ def test_evaluate_user_file_with_stochastic_crb(tmp_path):
     text = " ".join(res.output.split())
     assert res.exit_code == 0
     assert "--K, --n set a simulated sweep: not used for a scene file" in text
+
+
+def test_a_scene_whose_bound_cannot_be_computed_leaves_the_metrics_without_it(tmp_path):
+    # a review: one true source written twice (scene 5) made the FIM singular and aborted
+    # the whole run, naming a scene of the bound's chunk instead of the file's
+    f = tmp_path / "s.npz"
+    assert runner.invoke(app, ["simulate", "--n", "8", "--out", str(f), "--snr-db", "15",
+                               "--K", "2", "--split", "test"]).exit_code == 0
+    data = dict(np.load(f))
+    for key in ("azimuth_deg", "elevation_deg", "range_m"):
+        data[key][5, 1] = data[key][5, 0]
+    np.savez(f, **data)
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "music-oracle", "--known-K",
+                              "--out", str(tmp_path / "r"), "--no-plots"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert "no CRB beside the metrics at 15 dB" in text and "singular in scene(s) [5]" in text
+    rows = _rows(tmp_path / "r" / "metrics.csv")
+    assert rows[0]["n_scenes"] == "8" and float(rows[0]["f1"]) > 0.9
+    assert rows[0]["crb_range_median_m"] == ""
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -81,6 +81,22 @@ def _bad_scenes(bad: torch.Tensor) -> list[int]:
     return torch.nonzero(bad).flatten()[:10].tolist()
 
 
+class SingularFIMError(ValueError):
+    """A Fisher information matrix or measurement covariance that float64 cannot factor.
+
+    what : the matrix;  scenes : the batch indices where it fails (the first 10);
+    why : the likely causes;  how : how it was factored (e.g. " in float64"), or ""."""
+
+    def __init__(self, what: str, scenes: list[int], why: str, how: str = ""):
+        super().__init__(f"{what} is singular{how} in scenes {scenes}: {why}")
+        self.what, self.scenes, self.why, self.how = what, scenes, why, how
+
+    def shifted(self, offset: int) -> SingularFIMError:
+        """The same error with the scene indices of a batch that starts at ``offset``."""
+        return SingularFIMError(self.what, [i + offset for i in self.scenes], self.why,
+                                self.how)
+
+
 def _prepare(azimuth, elevation, range_m, H, codes, noise_var, system: SystemConfig,
              mask) -> _Inputs:
     """Validate shapes and values; move everything to float64 / complex128."""
@@ -143,10 +159,10 @@ def _scaled_cholesky(J: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Te
     chol, info = torch.linalg.cholesky_ex(J * scale.unsqueeze(-1) * scale.unsqueeze(-2))
     bad = bad | (info != 0)
     if bad.any():
-        raise ValueError(f"{what} is singular in scenes {_bad_scenes(bad)}: a parameter is not "
-                         "identifiable (coincident sources, zero symbols, e.g. the elevation "
-                         "of a linear array: declare it with known=('elevation',)) or the "
-                         "noise is too weak for float64 (an SNR above ~100 dB)")
+        raise SingularFIMError(what, _bad_scenes(bad), "a parameter is not identifiable "
+                               "(coincident sources, zero symbols, e.g. the elevation of a "
+                               "linear array: declare it with known=('elevation',)) or the "
+                               "noise is too weak for float64 (an SNR above ~100 dB)")
     return chol, scale
 
 
@@ -211,8 +227,9 @@ def crb_deterministic(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: t
     gram = Bm.mH @ Bm + torch.diag_embed((~inp.mask).to(Bm.dtype)).unsqueeze(1)  # (B, L, K, K)
     chol, info = torch.linalg.cholesky_ex(gram)
     if (info != 0).any():
-        raise ValueError("measured steering columns are linearly dependent in scenes "
-                         f"{_bad_scenes((info != 0).any(-1))} (coincident sources?)")
+        raise SingularFIMError("the Gram matrix of the measured steering columns",
+                               _bad_scenes((info != 0).any(-1)),
+                               "the columns are linearly dependent (coincident sources?)")
     perp_D = Dm - Bm @ torch.cholesky_solve(Bm.mH @ Dm, chol)  # (B, L, M, 3K)  P_perp D_l
     Q = Dm.mH @ perp_D  # (B, L, 3K, 3K)
     s3 = s.repeat(1, 1, 3)  # (B, L, 3K)
@@ -282,10 +299,9 @@ def crb_stochastic(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: torc
     dR, valid = _covariance_derivatives(Bm, Dm, p, inp.mask, source_covariance)
     chol_R, info = torch.linalg.cholesky_ex(R)
     if (info != 0).any():
-        raise ValueError(f"the measurement covariance is singular in float64 in scenes "
-                         f"{_bad_scenes((info != 0).any(-1))}: the noise is too weak against "
-                         "the sources (an SNR above ~100 dB) for the stochastic bound to be "
-                         "computed")
+        raise SingularFIMError("the measurement covariance", _bad_scenes((info != 0).any(-1)),
+                               "the noise is too weak against the sources (an SNR above ~100 "
+                               "dB) for the stochastic bound to be computed", " in float64")
     W = torch.cholesky_inverse(chol_R)  # (B, L, M, M)   R_l^-1
     WdR = W.unsqueeze(2) @ dR  # (B, L, P, M, M)
     J = torch.einsum("blpij,blqji->bpq", WdR, WdR).real  # (B, P, P)
@@ -347,13 +363,16 @@ def crb_for_scenes(scenes: SceneBatch, system: SystemConfig,
         sc = scenes[lo:lo + chunk_size]
         common = dict(H=sc.H, codes=sc.codes, noise_var=sc.noise_var, system=system,
                       mask=sc.mask, known=known)
-        if kind == "deterministic":
-            parts.append(crb_deterministic(sc.azimuth, sc.elevation, sc.range_m, sc.symbols,
-                                           **common))
-        else:
-            powers = sc.powers if sc.powers is not None else sc.mask.to(torch.float64)
-            parts.append(crb_stochastic(sc.azimuth, sc.elevation, sc.range_m, powers,
-                                        **common))
+        try:
+            if kind == "deterministic":
+                parts.append(crb_deterministic(sc.azimuth, sc.elevation, sc.range_m,
+                                               sc.symbols, **common))
+            else:
+                powers = sc.powers if sc.powers is not None else sc.mask.to(torch.float64)
+                parts.append(crb_stochastic(sc.azimuth, sc.elevation, sc.range_m, powers,
+                                            **common))
+        except SingularFIMError as err:  # name the scenes of the whole batch, not the chunk
+            raise err.shifted(lo) from None
     return _concat(parts)
 
 

@@ -20,7 +20,12 @@ import torch
 from risloc.config import RislocConfig, SystemConfig
 from risloc.core.checks import scene_problems
 from risloc.core.params import Estimates, concat_estimates
-from risloc.evaluation.crb import CRBResult, crb_for_scenes, noise_var_for_snr
+from risloc.evaluation.crb import (
+    CRBResult,
+    SingularFIMError,
+    crb_for_scenes,
+    noise_var_for_snr,
+)
 from risloc.evaluation.metrics import (
     Matching,
     common_median_ratios,
@@ -97,7 +102,8 @@ def scene_crb(scenes: SceneBatch, system: SystemConfig, kind: str) -> CRBResult 
     """CRB of scenes with truth. Simulated scenes (their noise_var, powers and symbols
     known): ``kind``, for their true powers and noise. A file's scenes carry neither symbols
     nor powers: the stochastic bound for equal unit powers, with the noise that gives each
-    scene its SNR (:func:`risloc.evaluation.crb.noise_var_for_snr`); None without an SNR."""
+    scene its SNR (:func:`risloc.evaluation.crb.noise_var_for_snr`); None without an SNR.
+    SingularFIMError where the bound cannot be computed in some scene."""
     if not scenes.has_truth:
         return None
     if scenes.noise_var is not None:
@@ -183,7 +189,14 @@ def evaluate_points(points: Iterable[tuple], system: SystemConfig,
         if len(scenes) == 0:
             continue
         n_points += 1
-        crb = scene_crb(scenes, system, settings.crb)
+        try:
+            crb = scene_crb(scenes, system, settings.crb)
+        except SingularFIMError as err:  # e.g. two true sources at one place, or > 100 dB
+            index = where[0][ok] if where else torch.arange(len(scenes))
+            log.warning("no CRB beside the metrics%s: the %s is singular in scene(s) %s: %s",
+                        f" at {snr:g} dB" if not math.isnan(snr) else "", err.what,
+                        [int(index[i]) for i in err.scenes], err.why)
+            crb = None
         reference = None  # (name, matching) of the first estimator: the others' SEs are paired
         for name in settings.estimators:
             task = None

@@ -12,7 +12,12 @@ import pytest
 import torch
 
 from risloc.config import SceneConfig, SystemConfig
-from risloc.evaluation.crb import crb_deterministic, crb_for_scenes, crb_stochastic
+from risloc.evaluation.crb import (
+    SingularFIMError,
+    crb_deterministic,
+    crb_for_scenes,
+    crb_stochastic,
+)
 from risloc.physics import steering
 from risloc.simulation import simulate_batch
 
@@ -311,6 +316,16 @@ def test_crb_for_scenes_padded_slots_are_nan(system):
     res = crb_for_scenes(scenes, system)
     assert torch.isnan(res.azimuth[:, 2:]).all() and torch.isfinite(res.azimuth[:, :2]).all()
     assert (res.fim[:, 2:5] == 0).all()
+
+
+def test_a_singular_scene_is_named_by_its_index_in_the_batch(system):
+    # the bound is computed in chunks; the error names the batch's scene, not the chunk's
+    scenes = simulate_batch(6, system, SceneConfig(), torch.Generator().manual_seed(7), K=2)
+    for name in ("azimuth", "elevation", "range_m"):
+        getattr(scenes, name)[5, 1] = getattr(scenes, name)[5, 0]  # one source twice
+    with pytest.raises(SingularFIMError, match=r"singular in scenes \[5\]") as err:
+        crb_for_scenes(scenes, system, chunk_size=4)
+    assert err.value.scenes == [5] and isinstance(err.value, ValueError)
 
 
 def test_bad_inputs_raise():
