@@ -408,6 +408,9 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
         raise ValueError("give exactly one of noise_var and snr_db")
     if kind not in ("stochastic", "deterministic"):
         raise ValueError(f"kind must be 'stochastic' or 'deterministic', got {kind!r}")
+    if kind == "stochastic" and symbols is not None:
+        raise ValueError("symbols are read by the deterministic bound only: pass "
+                         "kind='deterministic' (the stochastic bound takes powers=)")
     system = as_system(system)
     H, codes = as_tensor("H", H), as_tensor("codes", codes)
     if not torch.is_complex(H):

@@ -365,8 +365,10 @@ def summarize_by_snr(matching: Matching, snr_db: torch.Tensor, crb: CRBResult | 
     """Summaries per SNR bin: key = round(snr_db / bin_db) * bin_db [dB] (exact for test
     sets simulated at fixed SNR values that are multiples of ``bin_db``); scenes without
     an SNR (NaN) under the key ``math.nan``, last."""
+    if not bin_db > 0:
+        raise ValueError(f"the SNR bin must be > 0 dB, got {bin_db}")
     snr = as_tensor("snr_db", snr_db).to(torch.float64)
-    return summarize_groups(matching, torch.round(snr / bin_db) * bin_db, crb)
+    return summarize_groups(matching, torch.round(snr / bin_db) * bin_db + 0.0, crb)
 
 
 def snr_groups(snr_db: torch.Tensor, bin_db: float = 5.0) -> list[tuple[float, torch.Tensor]]:
@@ -446,7 +448,9 @@ def paired_bootstrap_se(a: Matching, b: Matching, reps: int = 1000,
     * ``..._median_ratio_common``: the same over the true sources both pair.
 
     Medians are lower medians of the resampled values (a ratio's spread, not its value:
-    take point estimates from :func:`summarize`). NaN where a resample has no pair.
+    take point estimates from :func:`summarize`). NaN where a resample has no pair, and
+    everywhere with fewer than two scenes (every resample of one scene is that scene: a
+    spread of 0 would read as certainty).
     """
     if len(a) != len(b) or a.truth_mask.shape != b.truth_mask.shape:
         raise ValueError("the two matchings must cover the same scenes and true slots, got "
@@ -479,4 +483,4 @@ def paired_bootstrap_se(a: Matching, b: Matching, reps: int = 1000,
             ratio = (torch.full((r,), math.nan, dtype=torch.float64) if not (len(ea) and len(eb))
                      else _weighted_lower_median(ea, oa, W) / _weighted_lower_median(eb, ob, W))
             out.setdefault(key, []).append(ratio)
-    return {k: float(torch.cat(v).std()) for k, v in out.items()}
+    return {k: float(torch.cat(v).std()) if n > 1 else math.nan for k, v in out.items()}

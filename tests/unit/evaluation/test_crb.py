@@ -421,6 +421,9 @@ def test_user_crb_takes_any_layout_shared_positions_and_one_scenes_symbols(syste
     torch.testing.assert_close(one["range_m"], batched["range_m"])
     with pytest.raises(ValueError, match="kind must be"):
         crb(sc.H, sc.codes, *geo, system, snr_db=10.0, kind="stochastc")
+    # symbols given to the (default) stochastic bound were silently unused
+    with pytest.raises(ValueError, match="symbols are read by the deterministic bound only"):
+        crb(sc.H[0], sc.codes[0], *geo, system, noise_var=0.1, symbols=sym)
     with pytest.raises(TypeError, match="SystemConfig"):
         crb(sc.H, sc.codes, *geo, 42, snr_db=10.0)
     as_dict = crb(sc.H, sc.codes, *geo, system.model_dump(), snr_db=10.0)

@@ -279,6 +279,22 @@ def test_paired_bootstrap_of_one_estimator_against_itself_has_no_spread():
     assert all(v == 0.0 for v in se.values()), se
 
 
+def test_one_scene_has_no_standard_error_and_the_snr_bin_must_be_positive():
+    # a review: one scene gave standard errors of 0 ("1 (±0)"); a bin of 0 dB put every
+    # scene under "unknown SNR", and a scene at -1 dB was keyed -0.0
+    est = _est([3, 2], [[-40.0, 10.0, 35.0], [1.0, 20.0, NAN]],
+               [[5.0, -10.0, 20.0], [0.0, 3.0, NAN]], [[1.0, 4.0, 8.0], [2.0, 6.0, NAN]])
+    m = match_sources(est, *TRUTH)
+    se = paired_bootstrap_se(m[:1], m[:1])
+    assert se and all(math.isnan(v) for v in se.values()), se
+    assert paired_bootstrap_se(m, m)["f1_diff"] == 0.0  # two scenes: a spread (here none)
+    for bad in (0.0, -5.0, NAN):
+        with pytest.raises(ValueError, match="the SNR bin must be > 0 dB"):
+            summarize_by_snr(m, torch.tensor([10.0, 12.0]), bin_db=bad)
+    keys = list(summarize_by_snr(m, torch.tensor([-1.0, 12.0]), bin_db=5.0))
+    assert keys == [0.0, 10.0] and math.copysign(1.0, keys[0]) == 1.0
+
+
 def test_paired_bootstrap_se_of_k_accuracy_is_the_binomial_one():
     """a always right, b wrong on a random third: K accuracy difference = mean of a 0/1
     variable, whose standard error is sqrt(p (1 - p) / n)."""
