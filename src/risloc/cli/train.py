@@ -237,7 +237,7 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted while fitting the order head: the training "
                           f"is complete, model.pt is not written; the same command with "
-                          f"--resume fits it (or: risloc fit-order {run / 'best.pt'} --out "
+                          f"--resume fits it (or: risloc fit-order {run / HEADLESS} --out "
                           f"{run / 'model.pt'})[/]")
             raise typer.Exit(code=130) from None
 

@@ -42,6 +42,7 @@ from risloc.training.config import (
     RUN_FREE,
     TrainConfig,
     differences,
+    listed,
     load_train_config,
     trajectory,
 )
@@ -322,7 +323,7 @@ def check_study_recipe(study, settings: TuneSettings, space: tuple[Dimension, ..
             diff.append(f"the contents of data.{name}")
     if diff:
         raise ValueError(f"study {settings.study_name!r} ({settings.storage_shown}) holds trials "
-                         f"of another recipe or search space ({'; '.join(diff[:6])}): run it "
+                         f"of another recipe or search space ({listed(diff)}): run it "
                          "with the recipe, --epochs and --space it began with, or start a "
                          "new study (--study-name, --out)")
 

@@ -285,6 +285,12 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def listed(diff: list[str], n: int = 6) -> str:
+    """The first ``n`` of :func:`differences`' lines joined, with how many more there are."""
+    more = f"; and {len(diff) - n} more" if len(diff) > n else ""
+    return "; ".join(diff[:n]) + more
+
+
 def validate_train_config(data: dict[str, Any]) -> TrainConfig:
     """Validate a nested dict; ConfigError names the offending field."""
     try:

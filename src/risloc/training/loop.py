@@ -43,6 +43,7 @@ from risloc.training.config import (
     STOPPING_FIELDS,
     TrainConfig,
     differences,
+    listed,
     trajectory,
 )
 from risloc.training.data import TrainData, prefetched, validation_set
@@ -239,11 +240,15 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         st = load_checkpoint(path, self.device)
+        if not {"model", "optimizer", "epoch"} <= set(st):
+            raise ValueError(f"cannot resume from {path}: it is an inference model (what "
+                             "export-model and fit-order write), not a training checkpoint; "
+                             "--overwrite starts the run afresh")
         diff = differences(trajectory(TrainConfig.from_json(st["config"]), stopping=False),
                            trajectory(self.cfg, stopping=False))
         if diff:
             raise ValueError(f"cannot resume from {path}: its recipe differs from this one in "
-                             f"{'; '.join(diff[:6])} (only "
+                             f"{listed(diff)} (only "
                              f"{', '.join(RUN_FREE + STOPPING_FIELDS)} may change)")
         now = _data_stamps(self.cfg)
         changed = [f"data.{k} {getattr(self.cfg.data, k)}" for k, v in

@@ -109,3 +109,14 @@ def test_snr_curriculum_and_hpo_jitter_reach_the_data_and_beta(tmp_path):
         tr.step = tr.total_steps + k
         draws.append(tr.beta())
     assert all(0.28 - 1e-9 <= b <= 0.32 + 1e-9 for b in draws)
+
+
+def test_a_long_list_of_recipe_differences_says_how_many_it_leaves_out():
+    from risloc.training.config import differences, listed
+
+    old = {"system": {f"f{i}": i for i in range(8)}}
+    new = {"system": {f"f{i}": i + 1 for i in range(8)}}
+    diff = differences(old, new)
+    assert len(diff) == 8 and diff[0] == "system.f0: 0 -> 1"
+    assert listed(diff).endswith("system.f5: 5 -> 6; and 2 more")
+    assert listed(diff[:6]) == "; ".join(diff[:6])
