@@ -282,6 +282,15 @@ def test_train_refuses_a_run_folder_unless_resumed_or_overwritten(tmp_path):
     res = runner.invoke(app, [*args[:2], "--out", str(early), *args[4:], "--resume"])
     assert res.exit_code == 2 and "--overwrite, not --resume, starts it afresh" in \
         " ".join(res.output.split())
+    # ... unless a run is still writing it (in its first epoch): that run is named (a review:
+    # "stopped before its first checkpoint", whose --overwrite was then refused as in use)
+    from risloc.training.loop import run_folder_lock
+
+    with run_folder_lock(early):
+        res = runner.invoke(app, [*args[:2], "--out", str(early), *args[4:], "--resume"])
+    said = " ".join(res.output.split())
+    assert res.exit_code != 0 and "in use by another training run" in said, said
+    assert "stopped before" not in said
     (tmp_path / "afile").write_text("notes")
     res = runner.invoke(app, [*args[:2], "--out", str(tmp_path / "afile"), *args[4:]])
     assert res.exit_code == 2 and "the output folder" in res.output and "is a file" in res.output

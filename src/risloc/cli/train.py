@@ -166,17 +166,19 @@ def _train(config, set_, out, epochs, device, threads, resume, progress, overrid
     cfg = _recipe(config, overrides, resume)
     run = Path(cfg.out_dir)
     check_output_folder(run, what=f"the output folder {run}")
-    if resume and not (run / "last.pt").exists():
-        stopped = run.is_dir() and any(p.name in RUN_FILES for p in run.glob("*"))
-        raise FileNotFoundError(f"--resume: no checkpoint {run / 'last.pt'}" + (
-            " (the run stopped before its first checkpoint: --overwrite, not --resume, "
-            "starts it afresh)" if stopped else ""))
     first_rank = int(os.environ.get("RANK", "0")) == 0  # data-parallel: rank 0 checks
     created = first_rank and not run.exists()
     if first_rank:  # the folder is this run's until its model is written
         make_output_folder(run)
     try:
         with run_folder_lock(run) if first_rank else contextlib.nullcontext():
+            # checked under the lock: a run still writing the folder is named as such, not
+            # as one that stopped before its first checkpoint
+            if resume and not (run / "last.pt").exists():
+                stopped = any(p.name in RUN_FILES for p in run.glob("*"))
+                raise FileNotFoundError(f"--resume: no checkpoint {run / 'last.pt'}" + (
+                    " (the run stopped before its first checkpoint: --overwrite, not "
+                    "--resume, starts it afresh)" if stopped else ""))
             _train_in_folder(cfg, run, resume, overwrite, first_rank)
     except BaseException as err:
         # a run that failed to start leaves no empty folder behind (one that lost the folder
