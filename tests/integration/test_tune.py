@@ -47,9 +47,11 @@ def test_study_runs_resumes_and_reports(tmp_path):
     cfg = load_train_config(TINY, [f"{k}={v}" for k, v in best["overrides"].items()])
     assert cfg.blend.beta == best["overrides"]["blend.beta"]
     # another study would number its trials from 0 too: its runs need their own folder
-    with pytest.raises(ValueError, match=r"holds the runs of study 'risloc'.*not 'other'"):
+    with pytest.raises(ValueError, match=r"holds the runs of study 'risloc'.*not 'other'") \
+            as err:
         tune(TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=1, epochs=1,
                           study_name="other"))
+    assert f"({tmp_path / 'study.db'})" in str(err.value) and "<out_dir>" not in str(err.value)
     assert len(list(tmp_path.glob("trial_*"))) == 3
 
 

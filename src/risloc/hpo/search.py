@@ -271,9 +271,14 @@ def claim_folder(settings: TuneSettings, write: bool = True) -> None:
     if path.exists():
         held = json.loads(path.read_text())
         if held != mark:
+            own = f"{out / 'study.db'}"  # the mark's placeholder, as the user sees the folder
+
+            def shown(storage: str) -> str:
+                return storage.replace("sqlite:///<out_dir>/study.db", own)
+
             raise ValueError(f"{out} holds the runs of study {held['study_name']!r} "
-                             f"({held['storage']}), not {mark['study_name']!r} "
-                             f"({mark['storage']}): give this study its own --out")
+                             f"({shown(held['storage'])}), not {mark['study_name']!r} "
+                             f"({shown(mark['storage'])}): give this study its own --out")
         return
     if write:
         write_text_atomic(path, json.dumps(mark, indent=2) + "\n")
