@@ -53,6 +53,8 @@ def fit_order_command(
 
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    if not margin >= 0:  # (MLFitConfig would name its own field, repair_margin)
+        raise ValueError(f"--margin must be >= 0, got {margin}")
     refuse_existing(out_path, overwrite, inputs=(checkpoint,))
     check_model_target(out_path, checkpoint, in_place=True)
     fields = scene_fields(scene or [])
