@@ -241,7 +241,10 @@ def test_train_refuses_a_run_folder_unless_resumed_or_overwritten(tmp_path):
     out = tmp_path / "run"
     args = ["--config", str(TINY), "--out", str(out), "--set", "schedule.epochs=1",
             "--set", "schedule.steps_per_epoch=1", "--set", "order.scenes=0", "--no-progress"]
-    assert runner.invoke(app, args).exit_code == 0
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0
+    # a run without an order head says why it wrote no model.pt (a review: silently)
+    assert "order.scenes = 0: no order head fitted, so no" in " ".join(res.output.split())
     log_before = (out / "epochs.csv").read_text()
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and "already holds a run" in res.output

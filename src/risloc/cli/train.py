@@ -233,7 +233,11 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
         return
     write_text_atomic(run / "metrics.json", json.dumps(metrics, indent=2))
     stdout.print(_summary_table(metrics, run))
-    if cfg.order.scenes > 0:
+    if cfg.order.scenes == 0:
+        console.print(f"order.scenes = 0: no order head fitted, so no {run / 'model.pt'} "
+                      f"(risloc export-model {run / 'best.pt'}, then risloc fit-order on "
+                      f"what it writes, make one)")
+    else:
         try:
             _inference_model(cfg, progress_bar=cfg.progress)
         except KeyboardInterrupt:
