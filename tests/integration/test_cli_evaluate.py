@@ -124,6 +124,29 @@ def test_a_scene_whose_bound_cannot_be_computed_leaves_the_metrics_without_it(tm
     assert rows[0]["crb_range_median_m"] == ""
 
 
+def test_truth_in_other_units_is_named_as_localize_names_it(tmp_path):
+    # a review: truth stored in radians, or ranges 30x too far, read as the localizers'
+    # failure (F1 0.008) without a word, where `risloc localize` and `info` warn
+    f = tmp_path / "s.npz"
+    assert runner.invoke(app, ["simulate", "--n", "12", "--out", str(f), "--snr-db", "15",
+                               "--K", "2", "--split", "test"]).exit_code == 0
+    data = dict(np.load(f))
+    radians = {k: np.deg2rad(data[k]) for k in ("azimuth_deg", "elevation_deg")}
+    far = {"range_m": data["range_m"] * 30}
+    for i, (change, says) in enumerate(((radians, "radians stored as degrees?"),
+                                        (far, "lie outside the field of view the localizers "
+                                              "search"))):
+        np.savez(tmp_path / f"bad{i}.npz", **(data | change))
+        res = runner.invoke(app, ["evaluate", str(tmp_path / f"bad{i}.npz"), "--estimators",
+                                  "music-oracle", "--known-K", "--out", str(tmp_path / f"r{i}"),
+                                  "--no-plots"])
+        assert res.exit_code == 0 and says in " ".join(res.output.split()), res.output
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "music-oracle", "--known-K",
+                              "--out", str(tmp_path / "ok"), "--no-plots"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0 and "radians stored" not in text and "lie outside" not in text
+
+
 @pytest.mark.parametrize("args,msg", [
     (["--estimators", "magic"], "unknown estimator"),
     (["--snr-db", "a,b"], "comma-separated"),

@@ -152,7 +152,14 @@ def evaluate_command(
     for name in ("metrics.csv", "metrics.json"):
         check_writable(out_dir / name, [scenes] if scenes is not None else [])
     if scenes is not None:
+        from risloc.config import FieldOfView
         from risloc.io import read_scenes
+        from risloc.io.scenefile import (
+            count_outside,
+            outside_hint,
+            radians_hint,
+            widest_true_angle,
+        )
 
         batch, info = read_scenes(scenes, truth="unchecked")  # unscorable scenes: left out
         for note in info.notes:
@@ -182,6 +189,11 @@ def evaluate_command(
             console.print("the bound beside the errors: the stochastic CRB for equal source "
                           "powers at each scene's SNR (a file carries neither symbols nor "
                           "powers; none where a scene has no SNR)")
+            # truth in other units reads as a localizer's failure: say so, as localize does
+            for hint in (radians_hint(*widest_true_angle(batch)),
+                         outside_hint(count_outside(batch, FieldOfView()), FieldOfView())):
+                if hint:
+                    console.print(f"[yellow]{scenes}: {hint}[/]")
         else:
             console.print(f"[yellow]{scenes} carries no true positions: only the "
                           "estimators' time per scene can be measured; `risloc localize` "

@@ -29,6 +29,7 @@ from risloc.io.scenefile import (
     count_outside,
     inspect_scene_file,
     iter_scene_chunks,
+    outside_hint,
     radians_hint,
     widest_true_angle,
 )
@@ -309,14 +310,9 @@ def localize_command(
         hint = radians_hint(n_true, widest)
         if hint:
             console.print(f"[yellow]{hint}[/]")
-        if outside:
-            f = loc.fov
-            console.print(f"[yellow]{outside} true source(s) of the scored scenes lie outside "
-                          f"the field of view the localizer searches (azimuth "
-                          f"{f.azimuth_deg[0]:g}..{f.azimuth_deg[1]:g} deg, elevation "
-                          f"{f.elevation_deg[0]:g}..{f.elevation_deg[1]:g} deg, range "
-                          f"{f.range_m[0]:g}..{f.range_m[1]:g} m): it cannot find them "
-                          "(truth in other units? `risloc info` counts them)[/]")
+        hint = outside_hint(outside, loc.fov, " of the scored scenes")
+        if hint:
+            console.print(f"[yellow]{hint}[/]")
     elif done_before:
         console.print("(no metrics after a resume: the scenes localized before it are not "
                       "scored again)")
