@@ -299,3 +299,17 @@ def test_a_killed_worker_s_trial_is_failed_when_the_budget_is_already_spent(tmp_
     assert states[0] == "COMPLETE" and states[dead.number] == "FAIL", states
     rows = {r["number"]: r["state"] for r in csv.DictReader((tmp_path / "trials.csv").open())}
     assert rows[str(dead.number)] == "FAIL"
+
+
+def test_ctrl_c_says_that_the_same_command_continues_the_study(tmp_path, monkeypatch):
+    # a review: an interrupted tune said only that outputs are whole, not how to go on
+    import risloc.hpo as hpo
+
+    def ctrl_c(settings):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hpo, "tune", ctrl_c)
+    res = runner.invoke(app, ["tune", "--config", TINY, "--out", str(tmp_path / "t"),
+                              "--trials", "2", "--epochs", "1"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 130 and "the same command continues it" in text, res.output

@@ -71,7 +71,13 @@ def tune_command(
                             baseline=baseline)
     console.print(f"tuning -> {settings.storage_shown} study {study_name!r} ({trials} trials x "
                   f"{epochs} epochs)")
-    study = tune(settings)
+    try:
+        study = tune(settings)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted: the study keeps its finished trials (the one "
+                      f"interrupted is recorded as failed); the same command continues it "
+                      f"in {out}[/]")
+        raise typer.Exit(code=130) from None
     table = Table(title=f"study {study_name!r}")
     names = sorted({k for t in study.trials for k in t.params})
     relative = relative_fields(settings)  # their parameters: multiples of the recipe's value
