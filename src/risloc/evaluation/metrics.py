@@ -218,6 +218,11 @@ def match_sources(est: Estimates, truth_azimuth: torch.Tensor, truth_elevation: 
         K_true=truth_K.to(torch.int64), K_est=est.K.to(torch.int64), gate_deg=gate_deg)
 
 
+_MEDIAN_ERRORS = (("azimuth", "azimuth_error"), ("elevation", "elevation_error"),
+                  ("range", "range_error"))
+EFFICIENT_MEDIAN = 0.6745  # median |e| / sigma of a zero-mean Gaussian error
+
+
 @dataclass(frozen=True)
 class MetricSummary:
     """Metrics of a set of scenes; errors over paired sources, bounds over the same sources.
@@ -226,7 +231,11 @@ class MetricSummary:
     misses (unpaired true sources), false alarms (unpaired estimates).
     Errors: median absolute error and RMSE — azimuth, elevation, great-circle angle [deg],
     range [m]; NaN when there is no pair.
-    Bounds (None without a CRB): median and RMS of the square-root CRB, same units.
+    Bounds (None without a CRB): median and RMS of the square-root CRB, same units; and per
+    coordinate the median over paired sources of |error| / sqrt(CRB), over 0.6745
+    (``<coordinate>_median_over_bound``: about 1 for an efficient unbiased estimator).
+    The median error against 0.6745 times the median bound is biased where the bound varies
+    between sources (for the range by 0.75x on 60 test scenes at 20 dB); this ratio is not.
     """
 
     n_scenes: int
@@ -256,6 +265,9 @@ class MetricSummary:
     crb_angle_rms_deg: float | None = None
     crb_range_median_m: float | None = None
     crb_range_rms_m: float | None = None
+    azimuth_median_over_bound: float | None = None
+    elevation_median_over_bound: float | None = None
+    range_median_over_bound: float | None = None
 
     def as_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
@@ -295,6 +307,11 @@ def _crb_fields(matching: Matching, crb: CRBResult) -> dict[str, float]:
         unit = "m" if name == "range" else "deg"
         out[f"crb_{name}_median_{unit}"], out[f"crb_{name}_rms_{unit}"] = \
             _median_abs_and_rms(values, scale)
+    for name, field in _MEDIAN_ERRORS:  # each source against its own bound
+        bound = getattr(crb, "range_m" if name == "range" else name)[p]
+        known = bound > 0  # (0: a parameter declared known has no error to weigh)
+        ratio = getattr(matching, field)[p][known].abs() / bound[known]
+        out[f"{name}_median_over_bound"] = _median_abs_and_rms(ratio)[0] / EFFICIENT_MEDIAN
     return out
 
 
@@ -400,8 +417,6 @@ def summarize_by_K(matching: Matching, crb: CRBResult | None = None) -> dict[int
 
 
 _BOOTSTRAP_CHUNK = 100  # resamples per pass of paired_bootstrap_se
-_MEDIAN_ERRORS = (("azimuth", "azimuth_error"), ("elevation", "elevation_error"),
-                  ("range", "range_error"))
 
 
 def _weighted_lower_median(values: torch.Tensor, owner: torch.Tensor,

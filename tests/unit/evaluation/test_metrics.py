@@ -158,6 +158,11 @@ def test_hand_computed_median_and_rmse_with_crb():
     assert s.crb_elevation_median_deg == pytest.approx(0.0)
     assert s.crb_angle_rms_deg == pytest.approx(math.sqrt((1 + 4 + 9 + 16 + 4) / 4))
     assert s.crb_range_median_m == pytest.approx(0.5) and s.crb_range_rms_m == pytest.approx(0.5)
+    # each source against its own bound: |error| / sqrt(CRB) = 1, 1, 1, 1 (azimuth) and
+    # 0.2, 0.4, 0.6, 0.8 (range), medians over 0.6745; the elevation's known (0) bounds skipped
+    assert s.azimuth_median_over_bound == pytest.approx(1 / 0.6745)
+    assert s.range_median_over_bound == pytest.approx(0.5 / 0.6745)
+    assert s.elevation_median_over_bound == pytest.approx(0.0)
     # the dict of the users' crb() (degrees) is taken as well (it was an AttributeError)
     as_dict = {"azimuth_deg": crb.azimuth.rad2deg(), "elevation_deg": crb.elevation.rad2deg(),
                "range_m": crb.range_m}
@@ -266,6 +271,25 @@ def _random_truth(B, gen):
     el = rad(10.0) * torch.rand(B, 2, generator=gen, dtype=torch.float64)
     r = 1.0 + 5.0 * torch.rand(B, 2, generator=gen, dtype=torch.float64)
     return az, el, r, torch.full((B,), 2)
+
+
+def test_an_efficient_estimator_reads_1_against_each_source_s_bound():
+    # errors drawn at each source's own bound, the bounds varying 100x between sources (as
+    # the range's do): the per-source median reads ~1, while the median error against
+    # 0.6745 x the median bound reads well below it (a review of stop 55: 0.75 for range)
+    gen = torch.Generator().manual_seed(5)
+    B = 2000
+    truth = _random_truth(B, gen)
+    bound = 10 ** (2 * torch.rand(B, 2, generator=gen, dtype=torch.float64) - 3)  # [m]
+    r = truth[2] + bound * torch.randn(B, 2, generator=gen, dtype=torch.float64)
+    est = Estimates(K=truth[3], azimuth=truth[0].clone(), elevation=truth[1].clone(),
+                    range_m=r, score=torch.ones_like(r))
+    small = torch.full((B, 2), 1e-3, dtype=torch.float64)
+    crb = CRBResult(azimuth=small, elevation=small, range_m=bound,
+                    fim=torch.zeros(B, 6, 6, dtype=torch.float64))
+    s = summarize(match_sources(est, *truth), crb)
+    assert s.range_median_over_bound == pytest.approx(1.0, abs=0.05)
+    assert s.range_median_m / (0.6745 * s.crb_range_median_m) < 0.9  # (0.85 here)
 
 
 def test_paired_bootstrap_of_one_estimator_against_itself_has_no_spread():
