@@ -20,8 +20,8 @@
    absorb a weak source's energy). With K decided it is left out: on the validation split
    it lowered F1 at 0-5 dB (noise peaks lower the cost too) and the order head reads the
    fits without it (``benchmarks/bench_fit_settings.py --variants chosen``). Then, as in
-   the classical localizer, a pair of sources that cancel (each explaining more than twice
-   the scene's energy) loses one member to a fresh search
+   the classical localizer, a pair of sources that cancel (one of them explaining more than
+   twice the scene's energy) loses one member to a fresh search
    (:func:`risloc.estimators.classical.separate_cancelling`).
 
 Everything is rebuilt from the checkpoint (:func:`load_learned_pipeline`).
