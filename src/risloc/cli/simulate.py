@@ -29,6 +29,7 @@ from risloc.io.scenefile import (
     H5_SUFFIXES,
     SceneFileWriter,
     count_outside,
+    fov_text,
     inspect_scene_file,
     is_npz,
     iter_scene_chunks,
@@ -218,12 +219,9 @@ def _print_summary(path: Path, check: bool = False) -> bool:
                           f"scene {i}: {why}" for i, why in bad[:5]) + ("; ..." if len(bad) > 5
                                                                          else ""))
         if n_true:
-            f = FieldOfView()
             table.add_row("truth outside the field of view",
-                          f"{outside} of {n_true} sources (azimuth {f.azimuth_deg[0]:g}.."
-                          f"{f.azimuth_deg[1]:g} deg, elevation {f.elevation_deg[0]:g}.."
-                          f"{f.elevation_deg[1]:g} deg, range {f.range_m[0]:g}..{f.range_m[1]:g}"
-                          " m: where the localizers search)")
+                          f"{outside} of {n_true} sources ({fov_text(FieldOfView())}: where "
+                          "the localizers search)")
         hint = radians_hint(n_true, widest)
         if hint:
             table.add_row("truth units", hint)

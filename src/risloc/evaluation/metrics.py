@@ -377,13 +377,17 @@ def summarize_groups(matching: Matching, groups: torch.Tensor,
     return out
 
 
+def _check_bin(bin_db: float) -> None:
+    if not bin_db > 0:
+        raise ValueError(f"the SNR bin must be > 0 dB, got {bin_db}")
+
+
 def summarize_by_snr(matching: Matching, snr_db: torch.Tensor, crb: CRBResult | None = None,
                      bin_db: float = 1.0) -> dict[float, MetricSummary]:
     """Summaries per SNR bin: key = round(snr_db / bin_db) * bin_db [dB] (exact for test
     sets simulated at fixed SNR values that are multiples of ``bin_db``); scenes without
     an SNR (NaN) under the key ``math.nan``, last."""
-    if not bin_db > 0:
-        raise ValueError(f"the SNR bin must be > 0 dB, got {bin_db}")
+    _check_bin(bin_db)
     snr = as_tensor("snr_db", snr_db).to(torch.float64)
     return summarize_groups(matching, torch.round(snr / bin_db) * bin_db + 0.0, crb)
 
@@ -397,8 +401,7 @@ def snr_groups(snr_db: torch.Tensor, bin_db: float = 5.0) -> list[tuple[float, t
     ``bin_db`` reads them exactly). Scenes without an SNR (NaN, as most measurement files)
     form one last group labelled NaN.
     """
-    if not bin_db > 0:
-        raise ValueError(f"the SNR bin must be > 0 dB, got {bin_db}")
+    _check_bin(bin_db)
     snr = as_tensor("snr_db", snr_db).to(torch.float64)
     unknown = torch.isnan(snr)
     key = torch.round(snr / bin_db)

@@ -526,17 +526,21 @@ def count_outside(batch: SceneBatch, fov: FieldOfView) -> int:
     return int((batch.mask & ~inside).sum())
 
 
+def fov_text(f: FieldOfView) -> str:
+    """'azimuth a..b deg, elevation c..d deg, range e..f m': a field of view in messages."""
+    return (f"azimuth {f.azimuth_deg[0]:g}..{f.azimuth_deg[1]:g} deg, elevation "
+            f"{f.elevation_deg[0]:g}..{f.elevation_deg[1]:g} deg, range {f.range_m[0]:g}.."
+            f"{f.range_m[1]:g} m")
+
+
 def outside_hint(outside: int, fov: FieldOfView, whose: str = "") -> str:
     """A warning where ``outside`` true sources (:func:`count_outside`) lie outside the
     field of view ``fov`` that the localizers search, else ''; ``whose`` qualifies them."""
     if not outside:
         return ""
-    f = fov
     return (f"{outside} true source(s){whose} lie outside the field of view the localizers "
-            f"search (azimuth {f.azimuth_deg[0]:g}..{f.azimuth_deg[1]:g} deg, elevation "
-            f"{f.elevation_deg[0]:g}..{f.elevation_deg[1]:g} deg, range {f.range_m[0]:g}.."
-            f"{f.range_m[1]:g} m): they cannot find them (truth in other units? `risloc info` "
-            "counts them)")
+            f"search ({fov_text(fov)}): they cannot find them (truth in other units? `risloc "
+            "info` counts them)")
 
 
 RADIANS_SUSPECT = (20, 0.3, math.pi / 2)  # true sources, and the widest |angle| in "degrees"
