@@ -130,11 +130,20 @@ def _slot_mask(K: torch.Tensor, slots: int, what: str) -> torch.Tensor:
     return torch.arange(slots, device=K.device) < K.unsqueeze(-1)
 
 
-def _check_finite(mask: torch.Tensor, what: str, *values: torch.Tensor) -> None:
-    ok = torch.stack([torch.isfinite(v) | ~mask for v in values]).all(0)
+def _check_positions(mask: torch.Tensor, what: str, azimuth: torch.Tensor,
+                     elevation: torch.Tensor, range_m: torch.Tensor) -> None:
+    """Finite positions in the real slots, elevations within +-pi/2 (degrees passed for
+    radians, the likeliest slip, read as elevations far beyond it)."""
+    ok = torch.stack([torch.isfinite(v) | ~mask for v in (azimuth, elevation, range_m)]).all(0)
     if not ok.all():
         bad = torch.nonzero(~ok.all(-1)).flatten()[:10].tolist()
         raise ValueError(f"non-finite {what} positions in real slots, scenes {bad}")
+    steep = mask & (elevation.abs() > math.pi / 2 * (1 + 1e-6))
+    if steep.any():
+        bad = torch.nonzero(steep.any(-1)).flatten()[:10].tolist()
+        worst = float(elevation[steep].abs().max())
+        raise ValueError(f"{what} elevations beyond +-pi/2 rad (up to {worst:.4g}) in scenes "
+                         f"{bad}: angles are radians here (degrees? torch.deg2rad)")
 
 
 def _costs(e_az, e_el, e_r, t_az, t_el, t_r, weight: float) -> torch.Tensor:
@@ -175,6 +184,11 @@ def match_sources(est: Estimates, truth_azimuth: torch.Tensor, truth_elevation: 
     range_weight_deg_per_m : weight w of the range term [deg/m]
     gate_deg : detection gate on the great-circle angle error [deg]
     """
+    if not range_weight_deg_per_m >= 0 or math.isinf(range_weight_deg_per_m):
+        raise ValueError(f"range_weight_deg_per_m must be finite and >= 0, got "
+                         f"{range_weight_deg_per_m}")
+    if not gate_deg > 0:  # (inf: every pair a detection)
+        raise ValueError(f"gate_deg must be > 0 [deg], got {gate_deg}")
     est = getattr(est, "estimates", est)  # a Localizer's LocalizationResult
     if not isinstance(est, Estimates):
         raise TypeError(f"est must be Estimates or a LocalizationResult, got "
@@ -193,8 +207,8 @@ def match_sources(est: Estimates, truth_azimuth: torch.Tensor, truth_elevation: 
                          f"shape {tuple(truth_K.shape)}")
     truth_mask = _slot_mask(truth_K, t_az.shape[-1], "truth")
     est_mask = _slot_mask(est.K, est.azimuth.shape[-1], "estimated")
-    _check_finite(truth_mask, "true", t_az, t_el, t_r)
-    _check_finite(est_mask, "estimated", est.azimuth, est.elevation, est.range_m)
+    _check_positions(truth_mask, "true", t_az, t_el, t_r)
+    _check_positions(est_mask, "estimated", est.azimuth, est.elevation, est.range_m)
     e_fill = [torch.where(est_mask, t.to(torch.float64), torch.zeros((), dtype=torch.float64))
               for t in (est.azimuth, est.elevation, est.range_m)]
     t_fill = [torch.where(truth_mask, t, torch.zeros_like(t)) for t in (t_az, t_el, t_r)]

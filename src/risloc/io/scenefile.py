@@ -571,11 +571,14 @@ def radians_hint(n_sources: int, widest_deg: float) -> str:
 
 
 def truth_problems(K: np.ndarray, azimuth_deg: np.ndarray, elevation_deg: np.ndarray,
-                   range_m: np.ndarray, k_max: int | None = None) -> list[tuple[int, str]]:
+                   range_m: np.ndarray, k_max: int | None = None,
+                   right_angle: float = 90.0) -> list[tuple[int, str]]:
     """(scene, reason) for every scene whose truth cannot be scored: K outside 1..K_max
     (the conventions' range: the system's ``k_max`` and the truth arrays' slots, the
-    smaller; a noise-only K = 0 scene included), a non-finite position or a range <= 0 in
-    one of its first K slots."""
+    smaller; a noise-only K = 0 scene included), a non-finite position, a range <= 0 or an
+    elevation beyond +-90 deg (a point behind the RIS, or radians taken for degrees the
+    other way round) in one of its first K slots. ``right_angle``: 90 deg in the angles'
+    unit (pi / 2 for radians)."""
     S, width = azimuth_deg.shape
     slots = width if k_max is None else min(width, k_max)
     unknown = np.isnan(K) if K.dtype.kind == "f" else np.zeros(K.shape, bool)
@@ -584,21 +587,24 @@ def truth_problems(K: np.ndarray, azimuth_deg: np.ndarray, elevation_deg: np.nda
     finite = np.isfinite(azimuth_deg) & np.isfinite(elevation_deg) & np.isfinite(range_m)
     bad_pos = (real & ~finite).any(1)
     bad_range = (real & finite & ~(np.nan_to_num(range_m, nan=1.0) > 0)).any(1)
+    steep = real & finite & (np.abs(np.nan_to_num(elevation_deg)) > right_angle * (1 + 1e-6))
+    bad_el = steep.any(1)
     out = []
-    for i in np.flatnonzero((K < 1) | (K > slots) | bad_pos | bad_range):
+    for i in np.flatnonzero((K < 1) | (K > slots) | bad_pos | bad_range | bad_el):
         out.append((int(i), "K unknown (NaN)" if unknown[i] else
                     f"K = {K[i]} outside 1..{slots}" if not 1 <= K[i] <= slots
                     else f"a non-finite true position among its K = {K[i]} sources"
-                    if bad_pos[i] else "a true range <= 0"))
+                    if bad_pos[i] else "a true range <= 0" if bad_range[i]
+                    else "a true elevation beyond +-90 deg"))
     return out
 
 
 def batch_truth_problems(batch: SceneBatch, k_max: int) -> list[tuple[int, str]]:
     """:func:`truth_problems` of a batch with truth (a file read with ``truth="unchecked"``;
-    its radians do as well as degrees: the checks are of counts, finiteness and sign)."""
+    its angles in radians)."""
     return truth_problems(*(t.detach().cpu().numpy() for t in
                             (batch.K, batch.azimuth, batch.elevation, batch.range_m)),
-                          k_max=k_max)
+                          k_max=k_max, right_angle=math.pi / 2)
 
 
 def derived_K(azimuth_deg: np.ndarray, elevation_deg: np.ndarray,

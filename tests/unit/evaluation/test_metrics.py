@@ -122,6 +122,29 @@ def test_a_wrong_truth_K_is_named():
     assert match_sources(LocalizationResult(est), az, el, r, K).detected.all()
 
 
+def test_degrees_for_radians_and_impossible_settings_are_named():
+    """Angles in degrees passed where radians belong read as elevations far beyond
+    +-pi/2: an error naming the scenes, for truth and estimates; a gate <= 0 or a
+    negative range weight would score nothing or pair at random."""
+    est = _est([1, 1], [[0.0], [5.0]], [[0.0], [40.0]], [[2.0], [2.0]])
+    az, el, r, K = _truth([1, 1], [[0.0], [5.0]], [[0.0], [40.0]], [[2.0], [2.0]])
+    with pytest.raises(ValueError, match=r"true elevations beyond \+-pi/2 rad \(up to 40\) in "
+                                         r"scenes \[1\]: angles are radians here"):
+        match_sources(est, az, el.rad2deg(), r, K)
+    with pytest.raises(ValueError, match=r"estimated elevations beyond \+-pi/2 rad"):
+        match_sources(dataclasses.replace(est, elevation=est.elevation.rad2deg()), az, el, r, K)
+    straight_up = torch.full_like(el, math.pi / 2)  # the limit itself is a direction
+    assert match_sources(est, az, straight_up, r, K).paired.all()
+    for gate in (0.0, -1.0, NAN):
+        with pytest.raises(ValueError, match="gate_deg must be > 0"):
+            match_sources(est, az, el, r, K, gate_deg=gate)
+    for w in (-0.5, NAN, math.inf):
+        with pytest.raises(ValueError, match="range_weight_deg_per_m must be finite and >= 0"):
+            match_sources(est, az, el, r, K, range_weight_deg_per_m=w)
+    assert match_sources(est, az, el, r, K, gate_deg=math.inf,
+                         range_weight_deg_per_m=0.0).detected.all()
+
+
 def test_nan_padding_and_empty_scenes():
     est = _est([0, 1], [[NAN, NAN], [NAN, NAN]], [[NAN, NAN], [NAN, NAN]],
                [[NAN, NAN], [NAN, NAN]])

@@ -9,7 +9,12 @@ import torch
 
 from risloc.config import SceneConfig, SystemConfig
 from risloc.io import SceneDataset, SceneFileError, SceneFileWriter, read_scenes, write_scenes
-from risloc.io.scenefile import batch_to_arrays, inspect_scene_file, iter_scene_chunks
+from risloc.io.scenefile import (
+    batch_to_arrays,
+    batch_truth_problems,
+    inspect_scene_file,
+    iter_scene_chunks,
+)
 from risloc.simulation import simulate_range
 
 
@@ -287,17 +292,22 @@ def test_unusable_truth_is_named_and_the_measurements_still_read(tmp_path, batch
 
     arr = batch_to_arrays(batch, system.K_max)
     az, r, K = arr["azimuth_deg"].copy(), arr["range_m"].copy(), arr["K"].copy()
-    az[5, 0], r[7, 0], K[9] = np.nan, -1.0, 0
+    el = arr["elevation_deg"].copy()
+    az[5, 0], r[7, 0], K[9], el[6, 0] = np.nan, -1.0, 0, 120.0
     az[8, int(K[8])] = np.nan  # beyond K: padding, not a problem
-    path = _npz(tmp_path, **dict(arr, azimuth_deg=az, range_m=r, K=K))
+    az[4, 0] = 300.0  # an azimuth in 0..360: the same direction, scored
+    el[3, 0] = -90.0  # straight down, at the limit: scored
+    path = _npz(tmp_path, **dict(arr, azimuth_deg=az, elevation_deg=el, range_m=r, K=K))
     info = inspect_scene_file(path)
-    assert info.has_truth and info.n_truth_problems == 3
+    assert info.has_truth and info.n_truth_problems == 4
     assert info.truth_problems == ((5, f"a non-finite true position among its K = {K[5]} "
-                                       "sources"), (7, "a true range <= 0"),
-                                   (9, "K = 0 outside 1..5"))
-    with pytest.raises(SceneFileError, match=r"truth of 3 scene\(s\) cannot be scored"):
+                                       "sources"), (6, "a true elevation beyond +-90 deg"),
+                                   (7, "a true range <= 0"), (9, "K = 0 outside 1..5"))
+    unchecked, _ = read_scenes(path, truth="unchecked")  # the same scenes, in radians
+    assert batch_truth_problems(unchecked, system.K_max) == list(info.truth_problems)
+    with pytest.raises(SceneFileError, match=r"truth of 4 scene\(s\) cannot be scored"):
         read_scenes(path)
-    with pytest.raises(SceneFileError, match=r"truth of 3 scene\(s\)"):
+    with pytest.raises(SceneFileError, match=r"truth of 4 scene\(s\)"):
         SceneDataset(path)  # training from it: an error before the first batch
     back, _ = read_scenes(path, truth=False)
     assert back.K is None and torch.equal(back.y, batch.y)
