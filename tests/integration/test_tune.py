@@ -188,6 +188,50 @@ def test_a_worker_whose_trial_was_failed_as_stale_goes_on(tmp_path, monkeypatch)
         tune(TuneSettings(config=TINY, out_dir=str(tmp_path / "b"), n_trials=1, epochs=1))
 
 
+def test_a_trial_stopped_by_ctrl_c_is_continued_from_its_last_epoch(tmp_path, monkeypatch):
+    """Ctrl-C during trial 0's second epoch: the trial is recorded as failed and marked
+    interrupted; the next tune queues its parameters again and the copy resumes trial 0's
+    run from the checkpoint of its first epoch, in trial 0's folder (one epoch redone, not
+    two), once."""
+    import risloc.training as training
+
+    real = training.train
+    calls = []
+
+    def interrupted(cfg, resume=False, callback=None, **kw):
+        def stop(epoch, metrics):
+            callback(epoch, metrics)
+            raise KeyboardInterrupt
+
+        calls.append((Path(cfg.out_dir).name, resume))
+        return real(cfg, resume=resume, callback=stop, **kw)
+
+    s = TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=1, epochs=2, seed=3,
+                     warmup_epochs=0, overrides=("schedule.steps_per_epoch=1", "data.n_val=8"))
+    monkeypatch.setattr(training, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tune(s)
+    first = open_study(s).trials[0]
+    assert first.state.name == "FAIL" and first.user_attrs["interrupted"]
+    epochs = tmp_path / "trial_0000" / "epochs.csv"
+    assert len(list(csv.DictReader(epochs.open()))) == 1
+
+    def spy(cfg, resume=False, **kw):
+        calls.append((Path(cfg.out_dir).name, resume))
+        return real(cfg, resume=resume, **kw)
+
+    monkeypatch.setattr(training, "train", spy)
+    study = tune(s)
+    assert calls == [("trial_0000", False), ("trial_0000", True)]
+    again = study.trials[1]
+    assert again.state.name == "COMPLETE" and again.params == first.params
+    assert again.user_attrs["continues"] == 0 and again.user_attrs["run"] == 0
+    assert [r["epoch"] for r in csv.DictReader(epochs.open())] == ["1", "2"]
+    assert not (tmp_path / "trial_0001").exists()
+    tune(TuneSettings(**{**s.__dict__, "n_trials": 2}))  # continued once, not again
+    assert [t.user_attrs.get("continues") for t in open_study(s).trials] == [None, 0, None]
+
+
 def _storages(tmp_path):
     urls = [f"sqlite:///{tmp_path / 'shared.db'}"]
     if os.environ.get("RISLOC_TEST_POSTGRES"):

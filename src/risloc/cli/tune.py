@@ -74,9 +74,9 @@ def tune_command(
     try:
         study = tune(settings)
     except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted: the study keeps its finished trials (the one "
-                      f"interrupted is recorded as failed); the same command continues it "
-                      f"in {out}[/]")
+        console.print(f"[yellow]interrupted: the study keeps its finished trials; the same "
+                      f"command continues it in {out}, the interrupted trial from its last "
+                      "finished epoch[/]")
         raise typer.Exit(code=130) from None
     table = Table(title=f"study {study_name!r}")
     names = sorted({k for t in study.trials for k in t.params})

@@ -154,7 +154,10 @@ def _objective(settings: TuneSettings, base: TrainConfig, space: tuple[Dimension
 
     def objective(trial: optuna.Trial) -> float:
         values = [f"{d.field}={d.suggest(trial, base)!r}" for d in space]
-        cfg = _trial_config(settings, values, trial.number)
+        # a trial that continues an interrupted one trains on in that one's run folder
+        run = trial.user_attrs.get(CONTINUES_RUN, trial.number)
+        cfg = _trial_config(settings, values, run)
+        resume = run != trial.number and (Path(cfg.out_dir) / "last.pt").exists()
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             value = metrics["objective"]
@@ -163,16 +166,46 @@ def _objective(settings: TuneSettings, base: TrainConfig, space: tuple[Dimension
                 raise optuna.TrialPruned(f"epoch {epoch}: objective {value:.3f}")
 
         try:
-            result = train(cfg, callback=report)
+            result = train(cfg, resume=resume, callback=report)
         except DivergedError as err:  # a searched learning rate too high: that trial only
             log.warning("trial %d pruned: %s", trial.number, err)
             raise optuna.TrialPruned(f"diverged: {err}") from None
+        except KeyboardInterrupt:  # Ctrl-C: the next tune queues it again (requeue_interrupted)
+            trial.set_user_attr(INTERRUPTED, True)
+            raise
         for key in ("best_epoch", "val_K_accuracy", "val_angle_median_deg"):
             if key in result:
                 trial.set_user_attr(key, float(result[key]))
         return float(result["best_objective"])
 
     return objective
+
+
+INTERRUPTED = "interrupted"  # a trial's user attribute: it was stopped by Ctrl-C
+CONTINUES = "continues"  # ... it continues that interrupted trial's number
+CONTINUES_RUN = "run"  # ... in the run folder of this trial number (trial_<run>)
+
+
+def requeue_interrupted(study) -> list[int]:
+    """Queue again, with the same parameters, every trial stopped by Ctrl-C that no trial
+    continues yet; the copy resumes the interrupted run from its last finished epoch (in
+    its folder), so an interrupted study loses at most one epoch. Returns their numbers.
+    (Two workers that start at the same moment may both queue one: the second copy then
+    finds the run folder held, and fails; the study goes on.)"""
+    from optuna.trial import TrialState
+
+    continued = {t.user_attrs.get(CONTINUES) for t in study.trials}
+    queued = []
+    for t in study.trials:
+        if (t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED)
+                and t.number not in continued):
+            attrs = {CONTINUES: t.number, CONTINUES_RUN: t.user_attrs.get(CONTINUES_RUN,
+                                                                          t.number)}
+            if t.user_attrs.get("baseline"):
+                attrs["baseline"] = True
+            study.enqueue_trial(t.params, user_attrs=attrs)
+            queued.append(t.number)
+    return queued
 
 
 def worker_seed(seed: int) -> int:
@@ -346,6 +379,8 @@ def tune(settings: TuneSettings):
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
+    from risloc.training.loop import RunFolderInUse
+
     check_output_folder(settings.out_dir, what=f"the study folder {settings.out_dir}")
     base = load_train_config(settings.config, list(settings.overrides))
     space = load_space(settings.space or DEFAULT_SPACE, base)
@@ -367,6 +402,8 @@ def tune(settings: TuneSettings):
     if finished < settings.n_trials:
         log.info("study %s: %d finished trials of %d", settings.study_name, finished,
                  settings.n_trials)
+        for number in requeue_interrupted(study):
+            log.info("trial %d was interrupted: queued again, to continue its run", number)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # (Optuna's records come from child loggers: a filter acts on the handlers)
         handlers = logging.getLogger("optuna").handlers
@@ -377,7 +414,7 @@ def tune(settings: TuneSettings):
             while sum(t.state in done for t in study.trials) < settings.n_trials:
                 try:
                     study.optimize(objective, callbacks=[budget], gc_after_trial=True,
-                                   catch=(FloatingPointError,))
+                                   catch=(FloatingPointError, RunFolderInUse))
                 except ValueError as err:
                     # another worker failed this worker's running trial as stale (its
                     # heartbeats came later than grace_s, e.g. on a loaded machine) and
