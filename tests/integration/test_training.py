@@ -72,6 +72,19 @@ def test_cli_run_writes_logs_and_checkpoints(tmp_path):
     assert st["epoch"] == 2 and st["step"] == 6
     assert load_train_config(TINY, [f"out_dir={tmp_path}", "log_every=1",
                                     "progress=false"]).to_json() == st["config"]
+    # the finished run resumed again: its inference model is current, kept (a review: the
+    # order head was fitted anew on every --resume); other order settings fit it anew
+    model = (tmp_path / "model.pt").read_bytes()
+    again = ["--config", str(TINY), "--out", str(tmp_path), "--set", "log_every=1",
+             "--no-progress", "--resume"]
+    res = CliRunner().invoke(app, again)
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "is already the inference model of" in said, said
+    assert (tmp_path / "model.pt").read_bytes() == model
+    res = CliRunner().invoke(app, [*again, "--set", "order.scenes=80"])
+    assert res.exit_code == 0 and "fitting the order head" in " ".join(res.output.split())
+    assert json.loads((tmp_path / "model.json").read_text())["order_head"][
+        "training_scenes"] == 80
     bad = CliRunner().invoke(app, ["--config", str(TINY), "--set", "optim.lr=-1"])
     assert bad.exit_code == 2 and "lr" in bad.output
     bad = CliRunner().invoke(app, ["--config", str(TINY), "--set", "optim.lr=.inf"])

@@ -237,6 +237,10 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
         console.print(f"order.scenes = 0: no order head fitted, so no {run / 'model.pt'} "
                       f"(risloc export-model {run / 'best.pt'}, then risloc fit-order on "
                       f"what it writes, make one)")
+    elif resume and _model_is_current(cfg):
+        console.print(f"{run / 'model.pt'} is already the inference model of {run / 'best.pt'}, "
+                      "its order head fitted with this recipe's order settings: kept (delete "
+                      "it to fit the head again)")
     else:
         try:
             _inference_model(cfg, progress_bar=cfg.progress)
@@ -246,6 +250,24 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
                           f"--resume fits it (or: risloc fit-order {run / HEADLESS} --out "
                           f"{run / 'model.pt'})[/]")
             raise typer.Exit(code=130) from None
+
+
+def _model_is_current(cfg: TrainConfig) -> bool:
+    """Whether <out_dir>/model.pt holds best.pt's epoch and an order head fitted with the
+    recipe's order settings (a finished run resumed again: nothing to fit anew)."""
+    from risloc.inference.checkpoint import load_checkpoint
+
+    run = Path(cfg.out_dir)
+    try:
+        model, best = load_checkpoint(run / "model.pt"), load_checkpoint(run / "best.pt")
+    except (FileNotFoundError, ValueError):
+        return False
+    report, o = model.get("order_report") or {}, cfg.order
+    return (model.get("order_head") is not None
+            and all(model.get(k) == best.get(k) for k in ("epoch", "step", "config"))
+            and report.get("training_scenes") == o.scenes
+            and report.get("scene") == dict(o.scene) and report.get("scene_mix") == o.scene_mix
+            and len(report.get("per_snr") or ()) > 0)
 
 
 def _inference_model(cfg, progress_bar: bool) -> Path:
