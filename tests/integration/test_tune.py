@@ -303,6 +303,7 @@ def test_a_storage_that_cannot_be_opened_is_named_and_claims_no_folder(tmp_path)
         res = runner.invoke(app, ["tune", "--config", TINY, "--trials", "1", "--epochs", "1",
                                   "--out", str(out), "--storage", url, *FAST])
         assert res.exit_code == 2 and says in " ".join(res.output.split()), (url, res.output)
+        assert "<the --storage URL>" not in res.output  # (a banner before the error said so)
         assert not (out / "study.json").exists()  # the folder is free for a right --storage
         assert not out.exists(), url  # nor any folder made for a storage that cannot open
     # --baseline with a recipe outside the space: refused before a study records it

@@ -94,6 +94,16 @@ class TuneSettings:
         if not 0 < self.heartbeat_s < self.grace_s:
             raise ValueError(f"need 0 < heartbeat_s < grace_s, got {self.heartbeat_s}, "
                              f"{self.grace_s}")
+        if self.storage is not None:  # named before anything prints or opens the storage
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                make_url(self.storage_url)
+            except ArgumentError:
+                raise ValueError(f"--storage {self.storage!r} is not an SQLAlchemy URL (e.g. "
+                                 "sqlite:///runs/tune/study.db or "
+                                 "postgresql://user:pass@host/db)") from None
         for item in self.overrides:  # (tune's own values would silently win)
             key = item.partition("=")[0].strip()
             if key in SET_BY_TUNE and key != "progress":
@@ -119,12 +129,8 @@ class TuneSettings:
     def storage_shown(self) -> str:
         """:attr:`storage_url` as it may be printed: its password hidden."""
         from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
 
-        try:
-            return make_url(self.storage_url).render_as_string(hide_password=True)
-        except ArgumentError:  # (open_study names a malformed URL)
-            return "<the --storage URL>"
+        return make_url(self.storage_url).render_as_string(hide_password=True)
 
     def fixed_overrides(self) -> dict[str, Any]:
         """The ``--set`` values every trial ran with, as recipe overrides read from the
@@ -253,12 +259,7 @@ def open_study(settings: TuneSettings):
     if settings.storage is None:  # the folder's own study.db (another storage: the folder
         Path(settings.out_dir).mkdir(parents=True, exist_ok=True)  # comes with the claim)
     url = settings.storage_url
-    try:
-        parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise ValueError(f"--storage {url!r} is not an SQLAlchemy URL (e.g. "
-                         "sqlite:///runs/tune/study.db or postgresql://user:pass@host/db)"
-                         ) from None
+    parsed = make_url(url)  # (a malformed URL: named by TuneSettings)
     shown = parsed.render_as_string(hide_password=True)
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise ValueError(f"--storage {shown}: an in-memory SQLite study ends with this "
