@@ -147,6 +147,57 @@ def test_truth_in_other_units_is_named_as_localize_names_it(tmp_path):
     assert res.exit_code == 0 and "radians stored" not in text and "lie outside" not in text
 
 
+def _estimates_csv(path, az, el, r, K, skip=()):
+    with open(path, "w") as f:
+        f.write("scene,source,azimuth_deg,elevation_deg,range_m\n")
+        for b in range(len(K)):
+            for s in range(int(K[b]) if b not in skip else 0):
+                row = (float(v[b, s]) for v in (az, el, r))
+                f.write(f"{b},{s}," + ",".join(map(repr, row)) + "\n")
+
+
+def test_estimates_made_elsewhere_are_scored_beside_the_estimators(tmp_path):
+    """--estimates: a user's own method's CSV scored on the file's scenes beside the
+    estimators, with the paired standard errors against the first; the truth itself
+    written as estimates scores perfectly, one scene left empty costs its sources."""
+    f = tmp_path / "s.npz"
+    assert runner.invoke(app, ["simulate", "--n", "12", "--out", str(f), "--snr-db", "15",
+                               "--K", "2", "--split", "test"]).exit_code == 0
+    t = np.load(f)
+    truth = (t["azimuth_deg"], t["elevation_deg"], t["range_m"], t["K"])
+    _estimates_csv(tmp_path / "exact.csv", *truth)
+    _estimates_csv(tmp_path / "gappy.csv", *truth, skip={3})
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "music-oracle", "--known-K",
+                              "--estimates", str(tmp_path / "exact.csv"), "--estimates",
+                              str(tmp_path / "gappy.csv"), "--out", str(tmp_path / "r"),
+                              "--no-plots"])
+    assert res.exit_code == 0, res.output
+    rows = {r["estimator"]: r for r in _rows(tmp_path / "r" / "metrics.csv") if r["K"] == "all"}
+    assert list(rows) == ["music-oracle", "exact", "gappy"]
+    exact, gappy = rows["exact"], rows["gappy"]
+    assert float(exact["f1"]) == 1.0 and float(exact["K_accuracy"]) == 1.0
+    assert float(exact["angle_median_deg"]) < 1e-4 and math.isnan(float(exact["ms_per_scene"]))
+    assert float(gappy["K_accuracy"]) == pytest.approx(11 / 12)
+    assert int(gappy["n_missed"]) == 2 and exact["reference"] == "music-oracle"
+    assert float(gappy["se_K_accuracy_diff"]) > 0
+    settings = json.loads((tmp_path / "r" / "metrics.json").read_text())["meta"]["settings"]
+    assert [g["name"] for g in settings["given"]] == ["exact", "gappy"]
+    # alone (--estimators none), and what cannot be scored is named
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "none", "--estimates",
+                              str(tmp_path / "exact.csv"), "--out", str(tmp_path / "r1"),
+                              "--no-plots"])
+    assert res.exit_code == 0 and [(r["estimator"], r["K"]) for r in _rows(
+        tmp_path / "r1" / "metrics.csv")] == [("exact", "all"), ("exact", "2")]
+    (tmp_path / "classical.csv").write_text((tmp_path / "exact.csv").read_text())
+    for args, says in (
+            ([str(f), "--estimates", str(tmp_path / "classical.csv"), "--estimators",
+              "classical"], "its name 'classical' is taken (by an estimator)"),
+            ([str(f), "--estimates", str(tmp_path / "nothere.csv")], "no such file"),
+            (["--estimates", str(tmp_path / "exact.csv")], "give the scene file")):
+        res = runner.invoke(app, ["evaluate", *args, "--out", str(tmp_path / "r2")])
+        assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output
+
+
 @pytest.mark.parametrize("args,msg", [
     (["--estimators", "magic"], "unknown estimator"),
     (["--snr-db", "a,b"], "comma-separated"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -75,11 +76,12 @@ def results_table(rows: list[ResultRow], title: str, left: int = 0,
             return _fmt(m.get(a)) + ("" if se is None else f" (±{_fmt(se, 2)})")
 
         snr = "all" if r.K == "file" else "unknown" if math.isnan(r.snr_db) else _fmt(r.snr_db)
+        ms = "-" if math.isnan(r.ms_per_scene) else f"{r.ms_per_scene:.1f}"  # (made elsewhere)
         t.add_row(r.estimator, snr, *((r.K,) if per_K else ()), str(r.n_scenes),
                   with_se("K_accuracy"),
                   with_se("f1"), pair("azimuth_median_deg", "crb_azimuth_median_deg"),
                   pair("elevation_median_deg", "crb_elevation_median_deg"),
-                  pair("range_median_m", "crb_range_median_m"), f"{r.ms_per_scene:.1f}")
+                  pair("range_median_m", "crb_range_median_m"), ms)
     return t
 
 
@@ -122,18 +124,34 @@ def evaluate_command(
     plots: Annotated[bool, typer.Option("--plots/--no-plots")] = True,
     checkpoint: Annotated[Path | None, typer.Option(
         help="Checkpoint of the 'learned' estimator (default: the shipped model).")] = None,
+    estimates: Annotated[list[Path] | None, typer.Option(
+        "--estimates", help="Scene file: an estimates CSV of its scenes made elsewhere (your "
+        "own method's; the format `risloc localize` writes), scored beside the estimators "
+        "and named by its file name; repeatable. --estimators none scores these alone.")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Evaluate estimators on a scene file or a simulated SNR sweep; table, CSV/JSON, PNGs."""
     names = tuple(s.strip() for s in estimators.split(",") if s.strip())
-    if not names:
+    if names == ("none",) and estimates:
+        names = ()
+    elif not names:
         raise ValueError(f"--estimators: none given; choose from {sorted(NAMES)}")
     for i, name in enumerate(names):
         if name not in NAMES:
             raise ValueError(f"unknown estimator {name!r}; choose from {sorted(NAMES)}")
         if name in names[:i]:
             raise ValueError(f"--estimators: {name} is given twice")
+    if estimates and scenes is None:
+        raise ValueError("--estimates scores estimates of a scene file's scenes: give the "
+                         "scene file")
+    given_names = [p.stem for p in estimates or ()]
+    for i, name in enumerate(given_names):
+        if name in names or name in given_names[:i]:
+            raise ValueError(f"--estimates {estimates[i]}: its name {name!r} is taken (by "
+                             f"{'an estimator' if name in names else 'another --estimates'});"
+                             " rename the file")
     if crb not in (None, "deterministic", "stochastic"):
         raise ValueError(f"--crb must be deterministic or stochastic, got {crb!r}")
     if scenes is not None and crb == "deterministic":
@@ -184,6 +202,8 @@ def evaluate_command(
                 "the file holds none)" if not left else f"all {left} have all-zero or "
                 "non-finite measurements or truth that cannot be scored; `risloc info` "
                 "names them)"))
+        if estimates:
+            settings = _with_given(settings, estimates, len(batch), info)
         system, points = info.system, list(file_points(batch, snr_bin_db))
         if info.has_truth:
             console.print("the bound beside the errors: the stochastic CRB for equal source "
@@ -210,6 +230,27 @@ def evaluate_command(
 SWEEP_ONLY = ("snr_db", "K", "n_per_point", "power_spread_db")  # SweepSettings of a simulation
 
 
+def _with_given(settings: SweepSettings, paths: list[Path], n_scenes: int,
+                info) -> SweepSettings:
+    """``settings`` with the estimates CSVs of a scene file's scenes to score (read with
+    as many slots as their widest scene)."""
+    from risloc.experiments.harness import GivenEstimates
+    from risloc.pipeline import read_estimates
+
+    if not info.has_truth:
+        raise ValueError(f"--estimates: {info.path} carries no true positions to score "
+                         "estimates against")
+    given = []
+    for path in paths:
+        if not path.is_file():
+            raise ValueError(f"--estimates {path}: no such file")
+        given.append(GivenEstimates(path.stem, str(path), read_estimates(path, n_scenes)))
+    if settings.known_K or not settings.snr_given:
+        console.print("[yellow]--known-K / --snr-withheld concern the estimators run here; "
+                      "the estimates of --estimates are scored as they are[/]")
+    return replace(settings, given=tuple(given))
+
+
 def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bool,
                source: str, title: str = "risloc evaluate", pooled: bool = False,
                left: int = 0) -> list[ResultRow]:
@@ -220,7 +261,7 @@ def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bo
         rows = evaluate_points(points, system, settings, bar, pooled)
     per_K = not pooled and settings.K is not None and len(settings.K) > 1
     out.print(results_table(rows, f"{title} — {source}", left, per_K))
-    used = dict(settings.__dict__)
+    used = settings.meta()
     if pooled:  # a file's scenes: the sweep's own settings do not apply
         for key in SWEEP_ONLY:
             used.pop(key)

@@ -45,8 +45,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class GivenEstimates:
+    """Estimates made elsewhere, e.g. by a user's own method (an estimates CSV read with
+    :func:`risloc.pipeline.read_estimates`), scored beside the estimators as ``name``:
+    one per scene of the scene file evaluated."""
+
+    name: str
+    path: str
+    estimates: Estimates
+
+
+@dataclass(frozen=True)
 class SweepSettings:
-    """What `risloc evaluate` runs."""
+    """What `risloc evaluate` runs (``given``: estimates of a scene file's scenes made
+    elsewhere, scored after the estimators; no time per scene)."""
 
     estimators: tuple[str, ...] = ("learned", "classical")
     snr_db: tuple[float, ...] = (-5.0, 0.0, 5.0, 10.0, 20.0)
@@ -59,6 +71,15 @@ class SweepSettings:
     checkpoint: str | None = None  # for the "learned" estimator (None: the shipped model)
     snr_given: bool = True  # False: the estimators are not told the SNR (as most files)
     power_spread_db: float = 0.0  # simulated sweeps: source powers spread over this (dB)
+    given: tuple[GivenEstimates, ...] = ()
+
+    def meta(self) -> dict:
+        """The settings as the report's JSON records them (the estimates given: their
+        names and files)."""
+        used = {k: v for k, v in self.__dict__.items() if k != "given"}
+        if self.given:
+            used["given"] = [{"name": g.name, "path": g.path} for g in self.given]
+        return used
 
 
 @dataclass(frozen=True)
@@ -198,17 +219,14 @@ def evaluate_points(points: Iterable[tuple], system: SystemConfig,
                         [int(index[i]) for i in err.scenes], err.why)
             crb = None
         reference = None  # (name, matching) of the first estimator: the others' SEs are paired
-        for name in settings.estimators:
-            task = None
-            if progress is not None:
-                where = "unknown SNR" if math.isnan(snr) else f"{snr:g} dB"
-                task = progress.add_task(f"{name} @ {where}", total=len(scenes))
-            seen = scenes if settings.snr_given else replace(
-                scenes, snr_db=torch.full_like(scenes.snr_db, math.nan))
-            est, sec = run_estimator(
-                name, seen, system, settings.known_K, settings.batch_size,
-                (lambda n, t=task: progress.advance(t, n)) if task is not None else None,
-                settings.checkpoint)
+        given = {g.name: g.estimates for g in settings.given}
+        if given and not where:
+            raise ValueError("estimates made elsewhere are scored on a scene file's scenes")
+        for name in (*settings.estimators, *given):
+            if name in given:  # (the file's scenes of this point, the bad ones left out)
+                est, sec = given[name][where[0][ok]], math.nan
+            else:
+                est, sec = _run_point(name, scenes, system, settings, progress, snr)
             if scenes.has_truth:
                 m = match_sources(est, scenes.azimuth, scenes.elevation, scenes.range_m,
                                   scenes.K)
@@ -226,6 +244,22 @@ def evaluate_points(points: Iterable[tuple], system: SystemConfig,
     if pooled and n_points > 1 and kept:
         rows.extend(_pooled_rows(kept, left_total))
     return rows
+
+
+def _run_point(name: str, scenes: SceneBatch, system: SystemConfig, settings: SweepSettings,
+               progress, snr: float) -> tuple[Estimates, float]:
+    """One estimator on one point's scenes (the SNR withheld unless ``snr_given``), with
+    its progress bar; (estimates, seconds)."""
+    task = None
+    if progress is not None:
+        label = "unknown SNR" if math.isnan(snr) else f"{snr:g} dB"
+        task = progress.add_task(f"{name} @ {label}", total=len(scenes))
+    seen = scenes if settings.snr_given else replace(
+        scenes, snr_db=torch.full_like(scenes.snr_db, math.nan))
+    return run_estimator(
+        name, seen, system, settings.known_K, settings.batch_size,
+        (lambda n, t=task: progress.advance(t, n)) if task is not None else None,
+        settings.checkpoint)
 
 
 def left_out(scenes: SceneBatch, system: SystemConfig

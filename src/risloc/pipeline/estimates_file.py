@@ -37,16 +37,14 @@ def write_estimates(path: str | Path, rows: list[tuple]) -> Path:
     return write_csv_atomic(path, COLUMNS, rows)
 
 
-def read_estimates(path: str | Path, n_scenes: int, slots: int,
+def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
                    file: int | None = None) -> Estimates:
-    """Read an estimates CSV back into Estimates with ``slots`` NaN-padded slots.
+    """Read an estimates CSV back into Estimates with ``slots`` NaN-padded slots (None: as
+    many as the scene with the most sources, at least 1).
 
     A CSV of several input files (`risloc localize a.h5 b.h5`: a ``file`` column, the
     index in its argument list) holds several scenes of each index: ``file`` picks one
     (needed where it holds more than one)."""
-    K = torch.zeros(n_scenes, dtype=torch.int64)
-    vals = {n: torch.full((n_scenes, slots), math.nan) for n in
-            ("azimuth", "elevation", "range_m", "score")}
     with Path(path).open(newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM too
         reader = csv.DictReader(f)
         rows, header = list(reader), reader.fieldnames
@@ -67,7 +65,7 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int,
     if missing:
         raise ValueError(f"{path}: no column {missing} (an estimates CSV has "
                          f"{', '.join(COLUMNS)})")
-    seen: dict[tuple[int, int], int] = {}  # (scene, source) -> its row's line
+    parsed = []
     for line, row in lines:
         try:
             b, s = int(row["scene"]), int(row["source"])
@@ -79,6 +77,14 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int,
         if not all(map(math.isfinite, values)) or values[2] <= 0:
             raise ValueError(f"{path}, line {line}: positions must be finite numbers and the "
                              f"range > 0, got {dict(row)} (a scene with no source has no row)")
+        parsed.append((line, b, s, values, score))
+    if slots is None:
+        slots = max([1, *(s + 1 for _, _, s, _, _ in parsed)])
+    K = torch.zeros(n_scenes, dtype=torch.int64)
+    vals = {n: torch.full((n_scenes, slots), math.nan) for n in
+            ("azimuth", "elevation", "range_m", "score")}
+    seen: dict[tuple[int, int], int] = {}  # (scene, source) -> its row's line
+    for line, b, s, values, score in parsed:
         if not (0 <= b < n_scenes and 0 <= s < slots):
             raise ValueError(f"{path}: a row names scene {b}, source {s}; expected scenes "
                              f"0..{n_scenes - 1} and sources 0..{slots - 1} (n_scenes, "
