@@ -188,12 +188,35 @@ def test_estimates_made_elsewhere_are_scored_beside_the_estimators(tmp_path):
                               "--no-plots"])
     assert res.exit_code == 0 and [(r["estimator"], r["K"]) for r in _rows(
         tmp_path / "r1" / "metrics.csv")] == [("exact", "all"), ("exact", "2")]
+    # a CSV of part of the file: the scenes without a row are named; --start/--stop score
+    # that part alone
+    _estimates_csv(tmp_path / "part.csv", *truth, skip=set(range(8)))
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "none", "--estimates",
+                              str(tmp_path / "part.csv"), "--out", str(tmp_path / "r3"),
+                              "--no-plots"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "8 of the 12 scenes evaluated have true sources but no row " \
+        "[0, 1, 2, 3, 4, 5, 6, 7]" in said, said
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "none", "--estimates",
+                              str(tmp_path / "part.csv"), "--out", str(tmp_path / "r3"),
+                              "--no-plots", "--start", "8"])
+    part = _rows(tmp_path / "r3" / "metrics.csv")[0]
+    assert res.exit_code == 0 and "no row" not in res.output
+    assert (part["n_scenes"], float(part["f1"])) == ("4", 1.0)
+    several = tmp_path / "several.csv"  # localize a.h5 b.h5: one CSV, a `file` column
+    several.write_text("file,scene,source,azimuth_deg,elevation_deg,range_m\n"
+                       "0,0,0,1,1,2\n1,0,0,1,1,2\n")
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "none", "--estimates",
+                              str(several), "--out", str(tmp_path / "r4")])
+    assert res.exit_code == 2 and "holds the estimates of 2 input files of `risloc localize`" \
+        in " ".join(res.output.split()) and "file=" not in res.output
     (tmp_path / "classical.csv").write_text((tmp_path / "exact.csv").read_text())
     for args, says in (
             ([str(f), "--estimates", str(tmp_path / "classical.csv"), "--estimators",
               "classical"], "its name 'classical' is taken (by an estimator)"),
             ([str(f), "--estimates", str(tmp_path / "nothere.csv")], "no such file"),
-            (["--estimates", str(tmp_path / "exact.csv")], "give the scene file")):
+            (["--estimates", str(tmp_path / "exact.csv")], "give the scene file"),
+            ([str(f), "--start", "13"], "select no scene range of the 12 scenes")):
         res = runner.invoke(app, ["evaluate", *args, "--out", str(tmp_path / "r2")])
         assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output
 

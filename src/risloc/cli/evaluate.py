@@ -124,6 +124,9 @@ def evaluate_command(
     plots: Annotated[bool, typer.Option("--plots/--no-plots")] = True,
     checkpoint: Annotated[Path | None, typer.Option(
         help="Checkpoint of the 'learned' estimator (default: the shipped model).")] = None,
+    start: Annotated[int, typer.Option(min=0, help="Scene file: first scene evaluated.")] = 0,
+    stop: Annotated[int | None, typer.Option(
+        min=0, help="Scene file: stop before this scene (default: its end).")] = None,
     estimates: Annotated[list[Path] | None, typer.Option(
         "--estimates", help="Scene file: an estimates CSV of its scenes made elsewhere (your "
         "own method's; the format `risloc localize` writes), scored beside the estimators "
@@ -143,9 +146,6 @@ def evaluate_command(
             raise ValueError(f"unknown estimator {name!r}; choose from {sorted(NAMES)}")
         if name in names[:i]:
             raise ValueError(f"--estimators: {name} is given twice")
-    if estimates and scenes is None:
-        raise ValueError("--estimates scores estimates of a scene file's scenes: give the "
-                         "scene file")
     given_names = [p.stem for p in estimates or ()]
     for i, name in enumerate(given_names):
         if name in names or name in given_names[:i]:
@@ -167,6 +167,9 @@ def evaluate_command(
                              known_K, seed, batch_size, crb,
                              None if checkpoint is None else str(checkpoint), snr_given,
                              power_spread_db)
+    if scenes is None and (start or stop is not None or estimates):
+        raise ValueError("--start / --stop / --estimates concern a scene file's scenes: give "
+                         "the scene file")
     for name in ("metrics.csv", "metrics.json"):
         check_writable(out_dir / name, [scenes] if scenes is not None else [])
     if scenes is not None:
@@ -196,15 +199,20 @@ def evaluate_command(
             if name in NEEDS_TRUTH and not info.has_truth:
                 raise ValueError(f"{name} needs a scene file with the truth (it runs on the "
                                  "true covariance)")
+        if start > len(batch) or (stop is not None and stop < start):
+            raise ValueError(f"--start {start} / --stop {stop} select no scene range of the "
+                             f"{len(batch)} scenes of {scenes}")
+        n_file, batch = len(batch), batch[start:stop]
         left = len(left_out(batch, info.system)[0]) if len(batch) else 0
         if left == len(batch):
             raise ValueError(f"{scenes}: no scene can be evaluated (" + (
-                "the file holds none)" if not left else f"all {left} have all-zero or "
-                "non-finite measurements or truth that cannot be scored; `risloc info` "
-                "names them)"))
+                "none selected)" if n_file and not left else "the file holds none)" if not left
+                else f"all {left} have all-zero or non-finite measurements or truth that "
+                "cannot be scored; `risloc info` names them)"))
         if estimates:
-            settings = _with_given(settings, estimates, len(batch), info)
-        system, points = info.system, list(file_points(batch, snr_bin_db))
+            settings = _with_given(settings, estimates, n_file, info)
+            _say_scenes_without_rows(settings, batch, start)
+        system, points = info.system, list(file_points(batch, snr_bin_db, offset=start))
         if info.has_truth:
             console.print("the bound beside the errors: the stochastic CRB for equal source "
                           "powers at each scene's SNR (a file carries neither symbols nor "
@@ -218,7 +226,8 @@ def evaluate_command(
             console.print(f"[yellow]{scenes} carries no true positions: only the "
                           "estimators' time per scene can be measured; `risloc localize` "
                           "writes their estimates[/]")
-        source = str(scenes)
+        source = str(scenes) if (start, stop) == (0, None) else \
+            f"{scenes}, scenes {start}..{start + len(batch) - 1}"
     else:
         cfg = sweep_config(config, set_, checkpoint if "learned" in names else None)
         system, points, source = cfg.system, sweep_points(settings, cfg), "simulated test split"
@@ -228,6 +237,24 @@ def evaluate_command(
 
 
 SWEEP_ONLY = ("snr_db", "K", "n_per_point", "power_spread_db")  # SweepSettings of a simulation
+
+
+def _say_scenes_without_rows(settings: SweepSettings, batch, start: int) -> None:
+    """Warn where an estimates CSV has no row for scenes with true sources: they count as
+    scenes where nothing was found, which is wrong for a CSV of part of the file."""
+    import numpy as np
+
+    from risloc.io.scenefile import listed_scenes
+
+    for g in settings.given:
+        K = g.estimates.K[start:start + len(batch)]
+        empty = np.flatnonzero(((K == 0) & (batch.K > 0)).numpy()) + start
+        if empty.size:
+            console.print(f"[yellow]--estimates {g.path}: {empty.size} of the {len(batch)} "
+                          f"scenes evaluated have true sources but no row "
+                          f"{listed_scenes(empty)}; they count as scenes where no source was "
+                          "found (for the estimates of part of the file, `risloc localize "
+                          "--start/--stop`, evaluate that part: the same --start/--stop)[/]")
 
 
 def _with_given(settings: SweepSettings, paths: list[Path], n_scenes: int,
@@ -240,11 +267,20 @@ def _with_given(settings: SweepSettings, paths: list[Path], n_scenes: int,
     if not info.has_truth:
         raise ValueError(f"--estimates: {info.path} carries no true positions to score "
                          "estimates against")
+    from risloc.pipeline.estimates_file import SeveralFilesError
+
     given = []
     for path in paths:
-        if not path.is_file():
+        if not path.exists():
             raise ValueError(f"--estimates {path}: no such file")
-        given.append(GivenEstimates(path.stem, str(path), read_estimates(path, n_scenes)))
+        try:
+            est = read_estimates(path, n_scenes)
+        except SeveralFilesError as err:
+            raise ValueError(f"--estimates {path} holds the estimates of {err.n_files} input "
+                             "files of `risloc localize` (its `file` column); give the CSV of "
+                             f"{info.path} alone (localize it on its own, or keep the rows "
+                             "of its file index)") from None
+        given.append(GivenEstimates(path.stem, str(path), est))
     if settings.known_K or not settings.snr_given:
         console.print("[yellow]--known-K / --snr-withheld concern the estimators run here; "
                       "the estimates of --estimates are scored as they are[/]")

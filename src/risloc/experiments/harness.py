@@ -162,14 +162,14 @@ def sweep_points(settings: SweepSettings, cfg: RislocConfig) -> Iterable[tuple[f
         yield snr, concat_batches(parts)
 
 
-def file_points(scenes: SceneBatch, bin_db: float = 5.0
+def file_points(scenes: SceneBatch, bin_db: float = 5.0, offset: int = 0
                 ) -> Iterable[tuple[float, SceneBatch, torch.Tensor]]:
     """A user's file grouped by SNR (:func:`risloc.evaluation.metrics.snr_groups`): bins of
     ``bin_db`` dB, each labelled with the mean SNR of its scenes; the scenes without an SNR
     as one last group labelled NaN. No scene is left out. Yields (label, scenes, their
-    indices in the file)."""
+    indices in the file: ``offset`` + their index in ``scenes``, a slice from there)."""
     for label, sel in snr_groups(scenes.snr_db, bin_db):
-        yield label, scenes[sel], sel.nonzero().flatten()
+        yield label, scenes[sel], sel.nonzero().flatten() + offset
 
 
 def evaluate_points(points: Iterable[tuple], system: SystemConfig,

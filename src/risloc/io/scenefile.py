@@ -154,7 +154,7 @@ class SceneFileWriter:
             raise SceneFileError(f"writing scenes {start}..{stop} past the end ({self.n})")
         if self._covered[start:stop].any():
             again = np.flatnonzero(self._covered[start:stop]) + start
-            raise SceneFileError(f"{self.path}: scene(s) {_listed(again)} were written "
+            raise SceneFileError(f"{self.path}: scene(s) {listed_scenes(again)} were written "
                                  "already (each scene is written once)")
         if self.with_truth and not batch.has_truth:
             raise SceneFileError(f"{self.path}: the scenes carry no truth, but the writer "
@@ -179,7 +179,7 @@ class SceneFileWriter:
             if exc_type is None:
                 missing = np.flatnonzero(~self._covered)
                 raise SceneFileError(f"{self.path}: only {self.n - missing.size} of {self.n} "
-                                     f"scenes were written (missing: {_listed(missing)}); "
+                                     f"scenes were written (missing: {listed_scenes(missing)}); "
                                      "nothing was saved")
             return
         fd = os.open(self.tmp, os.O_RDONLY)
@@ -207,7 +207,7 @@ def check_batch(batch: SceneBatch, system: SystemConfig, path: Path) -> None:
     inf = np.flatnonzero(np.abs(batch.snr_db.detach().cpu().numpy()) > SNR_LIMIT_DB)
     if inf.size:
         raise SceneFileError(f"{path}: snr_db is infinite or beyond +-{SNR_LIMIT_DB:g} dB in "
-                             f"scene(s) {_listed(inf)} (noise-free scenes?): a file stores a "
+                             f"scene(s) {listed_scenes(inf)} (noise-free scenes?): a file stores a "
                              "finite SNR, or NaN where it is unknown")
     if batch.has_truth and B:
         bad = truth_problems(*_truth_arrays(batch, s.K_max).values(), k_max=s.K_max)
@@ -505,7 +505,7 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
                              > SNR_LIMIT_DB)
         if inf.size:
             raise SceneFileError(f"{path}: 'snr_db' is infinite or beyond +-{SNR_LIMIT_DB:g} "
-                                 f"dB in {inf.size} scene(s) {_listed(inf)}; write NaN where "
+                                 f"dB in {inf.size} scene(s) {listed_scenes(inf)}; write NaN where "
                                  "the SNR is unknown")
     return S, *_check_truth(path, data, S, system)
 
@@ -513,7 +513,7 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
 TRUTH_LISTED = 20  # scenes with unusable truth named by SceneFileInfo (all are counted)
 
 
-def _listed(idx: np.ndarray, n: int = 10) -> str:
+def listed_scenes(idx: np.ndarray, n: int = 10) -> str:
     """Scene indices for a message: the first n, then how many more."""
     head = ", ".join(str(int(i)) for i in idx[:n])
     return f"[{head}{f', ... ({idx.size - n} more)' if idx.size > n else ''}]"
@@ -673,7 +673,7 @@ def _check_K(path: Path, K_data: Any, S: int) -> None:
         if odd.size:
             raise SceneFileError(f"{path}: 'K' must hold whole numbers (it is "
                                  f"{K_data.dtype}, read as integers; NaN where unknown), got "
-                                 f"{K[odd[0]]:g} in scene(s) {_listed(odd)}")
+                                 f"{K[odd[0]]:g} in scene(s) {listed_scenes(odd)}")
 
 
 def inspect_scene_file(path: str | Path) -> SceneFileInfo:

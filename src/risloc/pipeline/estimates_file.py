@@ -29,12 +29,49 @@ def estimate_rows(est: Estimates, offset: int = 0) -> list[tuple]:
     return rows
 
 
-def write_estimates(path: str | Path, rows: list[tuple]) -> Path:
-    """Write the CSV atomically (temporary name, then rename). ValueError, before anything
-    is written, for a name not ending in .csv or a file there that is not an estimates
-    CSV (:func:`check_estimates_target`)."""
+def write_estimates(path: str | Path, rows: list[tuple] | Estimates) -> Path:
+    """Write the CSV atomically (temporary name, then rename): rows of
+    :func:`estimate_rows`, or Estimates (a Localizer's result too) whose first scene is
+    scene 0. ValueError, before anything is written, for a name not ending in .csv or a
+    file there that is not an estimates CSV (:func:`check_estimates_target`); TypeError
+    for rows that are not sequences of the columns."""
+    est = getattr(rows, "estimates", rows)  # a LocalizationResult: its estimates
+    if isinstance(est, Estimates):
+        rows = estimate_rows(est)
+    rows = list(rows)
+    bad = next((r for r in rows if not isinstance(r, tuple | list) or
+                not len(COLUMNS) - 1 <= len(r) <= len(COLUMNS)), None)
+    if bad is not None:
+        raise TypeError(f"write_estimates takes Estimates or rows of ({', '.join(COLUMNS)}) "
+                        f"(estimate_rows makes them), got a row {bad!r:.80}")
     check_estimates_target(path, what="the estimates file")
     return write_csv_atomic(path, COLUMNS, rows)
+
+
+class SeveralFilesError(ValueError):
+    """An estimates CSV of several input files read without choosing one (``file``)."""
+
+    def __init__(self, path: Path, n_files: int):
+        self.n_files = n_files
+        super().__init__(f"{path} holds the estimates of {n_files} input files (its `file` "
+                         "column): pass file= the index of one")
+
+
+def _header(path: Path, fieldnames: list[str] | None) -> list[str]:
+    """The CSV's column names, a spreadsheet's stray spaces and capitals forgiven; a
+    ValueError naming what is missing (and a ';'-separated file as such)."""
+    if not fieldnames:
+        raise ValueError(f"{path} is empty: an estimates CSV starts with its header "
+                         f"{','.join(COLUMNS)}")
+    known = (*COLUMNS, "file")
+    names = [n.strip().lower() if n.strip().lower() in known else n for n in fieldnames]
+    missing = [c for c in COLUMNS[:5] if c not in names]
+    if missing:
+        hint = " (its header is separated by ';': an estimates CSV is comma-separated)" if \
+            len(names) == 1 and ";" in names[0] else ""
+        raise ValueError(f"{path}: no column {missing} (an estimates CSV has "
+                         f"{', '.join(COLUMNS)}){hint}")
+    return names
 
 
 def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
@@ -45,26 +82,27 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
     A CSV of several input files (`risloc localize a.h5 b.h5`: a ``file`` column, the
     index in its argument list) holds several scenes of each index: ``file`` picks one
     (needed where it holds more than one)."""
-    with Path(path).open(newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM too
-        reader = csv.DictReader(f)
-        rows, header = list(reader), reader.fieldnames
-    if not header:
-        raise ValueError(f"{path} is empty: an estimates CSV starts with its header "
-                         f"{','.join(COLUMNS)}")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an estimates CSV")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM too
+            reader = csv.DictReader(f)
+            reader.fieldnames = _header(path, reader.fieldnames)
+            rows = list(reader)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a text CSV in UTF-8 (byte {err.start}: {err.reason}): "
+                         "an estimates CSV, not a scene file or a spreadsheet's own format"
+                         ) from None
     files = {r["file"] for r in rows} if rows and "file" in rows[0] else set()
     if file is None and len(files) > 1:
-        raise ValueError(f"{path} holds the estimates of {len(files)} input files (its `file` "
-                         "column): pass file= the index of one")
+        raise SeveralFilesError(path, len(files))
     if file is not None:
         if not files and file != 0:
             raise ValueError(f"{path} holds the estimates of one input file (no `file` "
                              f"column), not of file {file}")
     lines = [(line, r) for line, r in enumerate(rows, start=2)  # line 1: the header
              if file is None or not files or int(r["file"]) == file]
-    missing = [c for c in COLUMNS[:5] if c not in header]
-    if missing:
-        raise ValueError(f"{path}: no column {missing} (an estimates CSV has "
-                         f"{', '.join(COLUMNS)})")
     parsed = []
     for line, row in lines:
         try:
@@ -86,9 +124,9 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
     seen: dict[tuple[int, int], int] = {}  # (scene, source) -> its row's line
     for line, b, s, values, score in parsed:
         if not (0 <= b < n_scenes and 0 <= s < slots):
-            raise ValueError(f"{path}: a row names scene {b}, source {s}; expected scenes "
-                             f"0..{n_scenes - 1} and sources 0..{slots - 1} (n_scenes, "
-                             f"slots)")
+            raise ValueError(f"{path}, line {line}: scene {b}, source {s}; expected scenes "
+                             f"0..{n_scenes - 1} (the {n_scenes} scenes of the scene file) "
+                             f"and sources 0..{slots - 1}")
         if (b, s) in seen:
             raise ValueError(f"{path}, line {line}: scene {b}, source {s} again (first on "
                              f"line {seen[b, s]})")
@@ -102,7 +140,8 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
         gap = [s for s in range(int(K[b])) if (b, s) not in seen]
         if gap:
             raise ValueError(f"{path}: scene {b} has source {int(K[b]) - 1} but no source "
-                             f"{gap[0]} (a scene's sources are numbered 0, 1, ...)")
+                             f"{gap[0]} (a scene's sources are numbered 0, 1, ... without a "
+                             "gap: renumber them where rows were dropped, e.g. by score)")
     return Estimates(K=K, **vals)
 
 

@@ -232,7 +232,8 @@ def test_estimates_file_round_trip(tmp_path, scenes):
     head = "scene,source,azimuth_deg,elevation_deg,range_m\n"
     for body, says in (("0,0,10,0,2\n0,0,20,0,3\n", r"line 3: scene 0, source 0 again "
                                                        r"\(first on line 2\)"),
-                       ("0,0,10,0,2\n0,2,20,0,3\n", "scene 0 has source 2 but no source 1"),
+                       ("0,0,10,0,2\n0,2,20,0,3\n", "scene 0 has source 2 but no source 1 .* "
+                                                     "renumber them where rows were dropped"),
                        ("0,0,ten,0,2\n", "line 2: scene and source must be whole numbers"),
                        ("0,0,nan,0,2\n", "line 2: positions must be finite numbers"),
                        ("0,0,10,0,inf\n", "line 2: positions must be finite numbers"),
@@ -244,6 +245,27 @@ def test_estimates_file_round_trip(tmp_path, scenes):
             continue
         with pytest.raises(ValueError, match=says):
             read_estimates(tmp_path / "u.csv", 2, 3)
+    # a spreadsheet's header: stray spaces and capitals forgiven; ';' separators named
+    (tmp_path / "u.csv").write_text(" Scene,SOURCE ,azimuth_deg,elevation_deg,range_m ,note\n"
+                                    "1,0,10,0,2,x\n1,1,20,0,3,y\n")
+    assert read_estimates(tmp_path / "u.csv", 2).K.tolist() == [0, 2]  # slots: the widest
+    (tmp_path / "u.csv").write_text("scene;source;azimuth_deg;elevation_deg;range_m\n")
+    with pytest.raises(ValueError, match="separated by ';': an estimates CSV is comma-sep"):
+        read_estimates(tmp_path / "u.csv", 2, 3)
+    # a scene file by a slip, a folder: named, not a codec error or IsADirectoryError
+    with pytest.raises(ValueError, match=r"scenes.h5 is not a text CSV in UTF-8 \(byte 0"):
+        read_estimates(tmp_path / "scenes.h5", 2, 3)
+    with pytest.raises(ValueError, match="is a folder, not an estimates CSV"):
+        read_estimates(tmp_path, 2, 3)
+    # Estimates (or a LocalizationResult) written as they are; anything else refused before
+    # a file is written (a review: Estimates gave blank lines that read back as K = 0)
+    from risloc.pipeline import LocalizationResult
+
+    write_estimates(tmp_path / "w.csv", LocalizationResult(est))
+    assert read_estimates(tmp_path / "w.csv", 3, 2).K.tolist() == est.K.tolist()
+    with pytest.raises(TypeError, match="write_estimates takes Estimates or rows"):
+        write_estimates(tmp_path / "w2.csv", est.K)
+    assert not (tmp_path / "w2.csv").exists()
     for text in ("scene,source,azimuth_deg,range_m\n0,0,10,2\n",
                  "scene,source,azimuth_deg,range_m\n"):  # with rows or without
         (tmp_path / "u.csv").write_text(text)
