@@ -91,10 +91,12 @@ class FieldOfView:
     def contains(self, azimuth: torch.Tensor, elevation: torch.Tensor,
                  range_m: torch.Tensor, rtol: float = 0.0) -> torch.Tensor:
         """[...] bool — positions (rad, rad, m) inside the box (boundaries included; NaN:
-        outside); ``rtol`` widens each side by rtol max(1, |low|, |high|) in its unit (1e-6:
-        a file's float32 degrees, read back, on the boundary are inside)."""
+        outside; an azimuth taken modulo 360 deg, as the metrics pair it: 300 deg is -60
+        deg); ``rtol`` widens each side by rtol max(1, |low|, |high|) in its unit (1e-6: a
+        file's float32 degrees, read back, on the boundary are inside)."""
         inside = torch.ones(azimuth.shape, dtype=torch.bool, device=azimuth.device)
-        for v, (lo, hi) in ((torch.rad2deg(azimuth), self.azimuth_deg),
+        wrapped = torch.remainder(torch.rad2deg(azimuth) + 180.0, 360.0) - 180.0
+        for v, (lo, hi) in ((wrapped, self.azimuth_deg),
                             (torch.rad2deg(elevation), self.elevation_deg),
                             (range_m, self.range_m)):
             tol = rtol * max(1.0, abs(lo), abs(hi))

@@ -48,12 +48,16 @@ def test_info_checks_every_scene_and_counts_truth_outside_the_field_of_view(tmp_
     with h5py.File(out, "a") as f:  # truth that cannot be scored: named, exit code 1
         az = f["azimuth_deg"][:]
         az[0, 0] = float("nan")
+        az[2, 0] = az[2, 0] % 360 + 360  # an azimuth in 360..720: the same direction, inside
         f["azimuth_deg"][:] = az
         del f.attrs["system"]
     res = runner.invoke(app, ["info", str(out)])
     assert res.exit_code == 1, res.output
     text = " ".join(res.output.replace("│", " ").split())
     assert "the truth of 1 scene(s) cannot be scored: scene 0: a non-finite true position" in text
+    # ... and the others' summary is kept (a review: one bad scene dropped all of it)
+    assert "K histogram 1:0 2:5 3:0 4:0 5:0 (the 5 scenes whose truth can be scored)" in text
+    assert "1 of 10 sources" in text
     assert "(assumed: see the note)" in text and "no 'system' attribute: the default system " \
         "was assumed" in text
 

@@ -35,6 +35,7 @@ from risloc.io.scenefile import (
     iter_scene_chunks,
     radians_hint,
     read_scenes,
+    scorable_truth,
     widest_true_angle,
     write_scenes,
 )
@@ -145,24 +146,25 @@ def _simulate_h5(path, start, stop, system, scenes, split, seed, snr_db, K, attr
             bar.advance(task, hi - lo)
 
 
-def _check_scenes(path: Path, n_scenes: int, truth: bool
+def _check_scenes(path: Path, n_scenes: int, truth: bool, k_max: int
                   ) -> tuple[list[tuple[int, str]], int, int, float]:
     """Every scene of a file checked as the localizers check theirs
     (:func:`risloc.core.checks.scene_problems`), chunk by chunk: ([(scene, reason)], true
     sources outside the default field of view, true sources, their widest angle in degrees;
-    with ``truth``)."""
+    with ``truth``, over the scenes whose truth can be scored)."""
     fov = FieldOfView()
     bad: list[tuple[int, str]] = []
     outside = n_true = 0
     widest = 0.0
     with progress() as bar:
         task = bar.add_task("checking every scene", total=n_scenes)
-        for at, batch in iter_scene_chunks(path, size=1024, truth=truth):
+        for at, batch in iter_scene_chunks(path, size=1024, truth=truth and "unchecked"):
             bad += [(at + i, why) for i, why in
                     scene_problems(batch.y, batch.H, batch.codes).reasons]
-            if batch.has_truth:
-                outside += count_outside(batch, fov)
-                n, w = widest_true_angle(batch)
+            if batch.has_truth:  # (over the scenes whose truth can be scored)
+                scored = scorable_truth(batch, k_max)
+                outside += count_outside(scored, fov)
+                n, w = widest_true_angle(scored)
                 n_true, widest = n_true + n, max(widest, w)
             bar.advance(task, len(batch))
     return bad, outside, n_true, widest
@@ -181,7 +183,7 @@ def _print_summary(path: Path, check: bool = False) -> bool:
                                             if info.system_assumed else ""))
     if info.n_scenes:
         batch, _ = read_scenes(path, 0, min(info.n_scenes, 4096),
-                               truth=not info.n_truth_problems)
+                               truth="unchecked" if info.has_truth else False)
         snr = batch.snr_db.numpy()
         unknown = int(np.isnan(snr).sum())
         if np.isfinite(snr).any():
@@ -191,10 +193,13 @@ def _print_summary(path: Path, check: bool = False) -> bool:
                                           if unknown else ""))
         elif unknown:
             table.add_row("SNR (dB)", "unknown (none given)")
-        if batch.has_truth:
-            counts = np.bincount(batch.K.numpy(), minlength=s.K_max + 1)[1:]
-            table.add_row("K histogram", "  ".join(f"{k + 1}:{c}" for k, c in enumerate(counts)))
-            r = batch.range_m.numpy()
+        scored = scorable_truth(batch, s.K_max) if batch.has_truth else batch
+        if scored.has_truth and len(scored):
+            counts = np.bincount(scored.K.numpy(), minlength=s.K_max + 1)[1:]
+            table.add_row("K histogram", "  ".join(f"{k + 1}:{c}" for k, c in enumerate(counts))
+                          + (f" (the {len(scored)} scenes whose truth can be scored)"
+                             if len(scored) < len(batch) else ""))
+            r = scored.range_m.numpy()
             table.add_row("range (m)", f"{np.nanmin(r):.2f} .. {np.nanmax(r):.2f}")
         if info.n_scenes > 4096:
             table.add_row("(statistics)", "over the first 4096 scenes")
@@ -212,8 +217,8 @@ def _print_summary(path: Path, check: bool = False) -> bool:
                                                 info.truth_problems[:5])
                       + ("; ..." if info.n_truth_problems > 5 else ""))
     if check and info.n_scenes:
-        bad, outside, n_true, widest = _check_scenes(
-            path, info.n_scenes, info.has_truth and not info.n_truth_problems)
+        bad, outside, n_true, widest = _check_scenes(path, info.n_scenes, info.has_truth,
+                                                     s.K_max)
         table.add_row("scene checks", "every scene can be localized" if not bad else
                       f"{len(bad)} of {info.n_scenes} scenes cannot be localized: " + "; ".join(
                           f"scene {i}: {why}" for i, why in bad[:5]) + ("; ..." if len(bad) > 5

@@ -607,6 +607,14 @@ def batch_truth_problems(batch: SceneBatch, k_max: int) -> list[tuple[int, str]]
                           k_max=k_max, right_angle=math.pi / 2)
 
 
+def scorable_truth(batch: SceneBatch, k_max: int) -> SceneBatch:
+    """The scenes of a batch with truth (read with ``truth="unchecked"``) whose truth can
+    be scored (:func:`batch_truth_problems` names the others)."""
+    keep = torch.ones(len(batch), dtype=torch.bool)
+    keep[[i for i, _ in batch_truth_problems(batch, k_max)]] = False
+    return batch if bool(keep.all()) else batch[keep]
+
+
 def derived_K(azimuth_deg: np.ndarray, elevation_deg: np.ndarray,
               range_m: np.ndarray) -> np.ndarray:
     """The true K [S] of a file whose truth has positions but no ``K``: the slots up to the
