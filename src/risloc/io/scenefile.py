@@ -636,6 +636,25 @@ def _file_truth(data: dict[str, Any], start: int = 0, stop: int | None = None
     return out
 
 
+def _positions_beyond_K(t: dict[str, np.ndarray]) -> tuple[str, ...]:
+    """A note where a file's K leaves out slots that hold a source (a finite position with
+    a range > 0; zeros or NaN are padding): those sources are not scored, and estimates of
+    them count as false alarms."""
+    Kf = np.asarray(t["K"], dtype=np.float64)
+    K = np.nan_to_num(Kf, nan=np.inf).clip(max=t["range_m"].shape[-1]).astype(np.int64)
+    beyond = np.arange(t["range_m"].shape[-1]) >= K[:, None]  # (a NaN K: truth_problems)
+    held = beyond & np.isfinite(t["azimuth_deg"]) & np.isfinite(t["elevation_deg"]) & \
+        (np.nan_to_num(t["range_m"], nan=0.0) > 0)
+    scenes = np.flatnonzero(held.any(-1))
+    if not scenes.size:
+        return ()
+    i = int(scenes[0])
+    return (f"K is smaller than the sources stored in {scenes.size} scene(s) "
+            f"{listed_scenes(scenes)} (scene {i}: K = {K[i]}, a source in slot "
+            f"{int(np.flatnonzero(held[i])[0])}): only the first K are scored, so estimates "
+            "of the others count as false alarms; pad unused slots with NaN, or correct K",)
+
+
 def _check_truth(path: Path, data: dict[str, Any], S: int, system: SystemConfig
                  ) -> tuple[int, tuple[str, ...]]:
     """(the truth arrays' slots, 0 where the file has no usable truth; notes)."""
@@ -705,6 +724,8 @@ def inspect_scene_file(path: str | Path) -> SceneFileInfo:
             if "K" not in data:  # the reasons name a K the file does not hold: say whence
                 problems = [(i, f"{why} (K counted by the NaN padding of the positions: pad "
                              "with NaN or store K)") for i, why in problems]
+            else:
+                notes = (*notes, *_positions_beyond_K(t))
         return SceneFileInfo(path, S, system, slots > 0, "snr_db" in data, slots, attrs,
                              tuple(problems[:TRUTH_LISTED]), len(problems), notes)
     finally:

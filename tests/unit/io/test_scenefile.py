@@ -283,6 +283,25 @@ def test_odd_attributes_and_datasets_are_clean_errors(tmp_path, batch, system):
     assert back.K[3] == 0 and torch.equal(back.K[4:], batch.K[4:])
 
 
+def test_a_K_that_leaves_stored_sources_out_is_noted(tmp_path, batch, system):
+    """K = 1 where the positions hold more sources: the file reads (zero padding with K is
+    legitimate), but a note says the others are not scored (a review: silently believed)."""
+    arr = batch_to_arrays(batch, system.K_max)
+    assert not any("K is smaller" in n for n in inspect_scene_file(_npz(tmp_path, **arr)).notes)
+    zeros = {k: np.nan_to_num(arr[k]) for k in ("azimuth_deg", "elevation_deg", "range_m")}
+    assert not any("K is smaller" in n for n in inspect_scene_file(
+        _npz(tmp_path, **dict(arr, **zeros))).notes)  # zeros beyond K: padding
+    many = np.flatnonzero(arr["K"] >= 2)
+    K1 = arr["K"].copy()
+    K1[many[:3]] = 1
+    note = [n for n in inspect_scene_file(_npz(tmp_path, **dict(arr, K=K1))).notes
+            if "K is smaller" in n]
+    assert note == [f"K is smaller than the sources stored in 3 scene(s) "
+                    f"{[int(i) for i in many[:3]]} (scene {many[0]}: K = 1, a source in slot 1): "
+                    "only the first K are scored, so estimates of the others count as false "
+                    "alarms; pad unused slots with NaN, or correct K"]
+
+
 def test_unusable_truth_is_named_and_the_measurements_still_read(tmp_path, batch, system):
     """Truth that cannot be scored (NaN where a source should be, a range <= 0, K = 0 of a
     noise-only scene) makes reading the truth an error naming the scenes; the measurements
