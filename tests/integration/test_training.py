@@ -121,6 +121,22 @@ def test_plot_run_names_what_is_wrong_with_a_run_folder(tmp_path):
     assert not (tmp_path / "no_run").exists()  # (a folder was made for its curves.png)
 
 
+def test_the_metrics_are_the_best_epoch_s(tmp_path):
+    """The headline metrics (metrics.json, the summary table, a tune trial's attributes)
+    describe best.pt, the epoch model.pt is made of, not the last one (a review: the last
+    epoch's angle beside the best epoch's number)."""
+    cfg = load_train_config(TINY, [f"out_dir={tmp_path}", "schedule.steps_per_epoch=1",
+                                   "schedule.epochs=3", "schedule.min_improvement=1e9"])
+    metrics = train(cfg)  # only the first epoch counts as an improvement: best epoch 1
+    rows = list(csv.DictReader(open(tmp_path / "epochs.csv")))
+    assert metrics["best_epoch"] == 1 and len(rows) == 3
+    for key in ("val_objective", "val_angle_median_deg", "val_K_accuracy", "val_f1"):
+        assert metrics[key] == pytest.approx(float(rows[0][key])), key
+    assert metrics["val_objective"] == pytest.approx(metrics["best_objective"])
+    assert metrics["last_val_objective"] == pytest.approx(float(rows[2]["val_objective"]))
+    assert metrics["last_val_objective"] != pytest.approx(metrics["val_objective"])
+
+
 @pytest.mark.parametrize("ahead", ["prefetch=true", "prefetch=process",
                                    "prefetch=true simulate_on=device"])
 def test_resume_continues_exactly(tmp_path, ahead):

@@ -517,13 +517,17 @@ def _log_epoch(row: dict, improved: bool) -> None:
 
 
 def _finish(tr: Trainer, val_scenes: SceneBatch, out: Path, stopped: bool) -> dict[str, float]:
-    """Validate the SWA average (if any), write final.pt, return the headline metrics."""
+    """Validate the SWA average (if any), write final.pt, return the headline metrics: the
+    best epoch's objective and its validation metrics (``val_*``: those of best.pt, the
+    weights model.pt is made of), the last epoch's objective, the SWA average's."""
     metrics = {"best_objective": tr.best["objective"], "best_epoch": tr.best["epoch"],
                "epochs_run": tr.epoch, "stopped_early": float(stopped)}
     secs = [r["seconds"] for r in tr.history]
     metrics["seconds_per_epoch"] = sum(secs) / len(secs) if secs else math.nan
     if tr.history:
-        metrics.update({k: v for k, v in tr.history[-1].items() if k.startswith("val_")})
+        best = next((r for r in tr.history if r["epoch"] == tr.best["epoch"]), tr.history[-1])
+        metrics.update({k: v for k, v in best.items() if k.startswith("val_")})
+        metrics["last_val_objective"] = tr.history[-1]["val_objective"]
     if tr.swa is not None:
         swa_val = tr.validate(tr.swa.module, val_scenes)
         metrics.update({f"swa_{k}": v for k, v in swa_val.metrics().items()})
