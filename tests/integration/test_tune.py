@@ -90,6 +90,13 @@ def test_baseline_trial_is_the_base_recipe_and_is_reported(tmp_path):
             tune(TuneSettings(**kw))
         assert re.search(named, str(err.value)), err.value
     assert len(open_study(TuneSettings(config=TINY, out_dir=str(tmp_path))).trials) == 3
+    # a --set of a searched field would be replaced by each trial's value: refused (a
+    # review: silently ignored); a relative field's --set is the base it multiplies
+    with pytest.raises(ValueError, match=r"--set blend.beta=0.9: blend.beta is searched \(.*"
+                                         r"space.yaml\), so each trial's value would replace"):
+        tune(TuneSettings(config=TINY, out_dir=str(tmp_path / "b"), n_trials=1, epochs=1,
+                          space=str(space), overrides=("blend.beta=0.9",)))
+    assert not (tmp_path / "b").exists()
 
 
 def test_a_study_refuses_a_scene_file_whose_contents_changed(tmp_path):

@@ -385,6 +385,15 @@ def tune(settings: TuneSettings):
     check_output_folder(settings.out_dir, what=f"the study folder {settings.out_dir}")
     base = load_train_config(settings.config, list(settings.overrides))
     space = load_space(settings.space or DEFAULT_SPACE, base)
+    # (a relative field's --set is its base value, which the trials multiply)
+    searched = {d.field for d in space if not d.relative}
+    for item in settings.overrides:  # (the trials' values come after --set, and win)
+        key = item.partition("=")[0].strip()
+        if key in searched:
+            where = settings.space or "the default search space"
+            raise ValueError(f"--set {item}: {key} is searched ({where}), so each trial's "
+                             "value would replace yours; to fix it, give --space a space "
+                             "without it")
     # the base recipe inside the space (--baseline), checked before any study is touched
     baseline = {d.field: d.base_param(base) for d in space} if settings.baseline else None
     claim_folder(settings, write=False)
