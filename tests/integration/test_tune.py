@@ -42,6 +42,11 @@ def test_study_runs_resumes_and_reports(tmp_path):
     assert len(study.trials) == 3
     rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
     assert [r["number"] for r in rows] == ["0", "1", "2"]
+    # the folder's own study.db named by --storage is the same study (a review: refused as
+    # another storage), however it is spelled
+    for url in (f"sqlite:///{tmp_path / 'study.db'}", f"sqlite:///{tmp_path}/./study.db"):
+        assert len(tune(TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=3, epochs=1,
+                                     seed=3, storage=url)).trials) == 3
     best = yaml.safe_load((tmp_path / "best_overrides.yaml").read_text())
     assert best["objective"] == min(t.value for t in study.trials)
     cfg = load_train_config(TINY, [f"{k}={v}" for k, v in best["overrides"].items()])
@@ -306,7 +311,8 @@ def test_a_storage_that_cannot_be_opened_is_named_and_claims_no_folder(tmp_path)
     for url, says in (("notaurl", "is not an SQLAlchemy URL"),
                       ("sqlite:///", "in-memory SQLite study"),
                       (f"sqlite:///{tmp_path / 'missing' / 'dir' / 'x.db'}",
-                       "cannot open the study storage sqlite:///")):
+                       f"cannot open the study storage sqlite:///{tmp_path / 'missing'}/dir/"
+                       f"x.db: the folder {tmp_path / 'missing' / 'dir'} does not exist")):
         res = runner.invoke(app, ["tune", "--config", TINY, "--trials", "1", "--epochs", "1",
                                   "--out", str(out), "--storage", url, *FAST])
         assert res.exit_code == 2 and says in " ".join(res.output.split()), (url, res.output)

@@ -126,6 +126,24 @@ class TuneSettings:
         return url
 
     @property
+    def sqlite_file(self) -> Path | None:
+        """The SQLite file of the study, resolved (the folder's own study.db without
+        --storage); None for another database."""
+        if self.storage is None:
+            return (Path(self.out_dir) / "study.db").resolve()
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.storage_url)
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        return Path(url.database).resolve()
+
+    @property
+    def own_db(self) -> bool:
+        """Whether the study is the output folder's own study.db (by default, or named)."""
+        return self.sqlite_file == (Path(self.out_dir) / "study.db").resolve()
+
+    @property
     def storage_shown(self) -> str:
         """:attr:`storage_url` as it may be printed: its password hidden."""
         from sqlalchemy.engine import make_url
@@ -256,8 +274,11 @@ def open_study(settings: TuneSettings):
     from optuna.storages import RDBStorage
     from sqlalchemy.engine import make_url
 
-    if settings.storage is None:  # the folder's own study.db (another storage: the folder
-        Path(settings.out_dir).mkdir(parents=True, exist_ok=True)  # comes with the claim)
+    if settings.own_db:  # the folder's own study.db (another storage: the folder comes with
+        Path(settings.out_dir).mkdir(parents=True, exist_ok=True)  # the claim)
+    elif settings.sqlite_file is not None and not settings.sqlite_file.parent.is_dir():
+        raise ValueError(f"cannot open the study storage {settings.storage_shown}: the folder "
+                         f"{settings.sqlite_file.parent} does not exist")
     url = settings.storage_url
     parsed = make_url(url)  # (a malformed URL: named by TuneSettings)
     shown = parsed.render_as_string(hide_password=True)
@@ -297,8 +318,10 @@ def claim_folder(settings: TuneSettings, write: bool = True) -> None:
     the storage is opened: a storage that cannot be opened claims no folder)."""
     out = Path(settings.out_dir)
     mark = {"study_name": settings.study_name, "storage": settings.storage_shown}
-    if settings.storage is None:  # the folder's own SQLite file, however out_dir is spelled
+    if settings.own_db:  # the folder's own SQLite file, however out_dir or it is spelled
         mark["storage"] = "sqlite:///<out_dir>/study.db"
+    elif settings.sqlite_file is not None:  # another SQLite file, however it is spelled
+        mark["storage"] = f"sqlite:///{settings.sqlite_file}"
     if write:  # (a check makes no folder: a study that cannot open leaves none behind)
         out.mkdir(parents=True, exist_ok=True)
     path = out / STUDY_MARK
