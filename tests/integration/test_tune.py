@@ -244,6 +244,28 @@ def test_a_trial_stopped_by_ctrl_c_is_continued_from_its_last_epoch(tmp_path, mo
     assert [t.user_attrs.get("continues") for t in open_study(s).trials] == [None, 0, None]
 
 
+def test_a_worker_stopped_by_sigterm_leaves_its_trial_to_be_continued(tmp_path):
+    """kill / a batch system's preemption (SIGTERM) ends a trial as Ctrl-C does: marked
+    interrupted, exit code 130, and the next tune continues it from its last epoch (a
+    review: it stayed RUNNING until its heartbeats went stale, then ran again from
+    scratch)."""
+    out = tmp_path / "t"
+    cmd = [sys.executable, "-m", "risloc", "tune", "--config", TINY, "--trials", "1",
+           "--epochs", "30", "--out", str(out), "--warmup-epochs", "0", *FAST]
+    worker = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    last = out / "trial_0000" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and worker.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    worker.send_signal(signal.SIGTERM)
+    said = " ".join(worker.communicate(timeout=60)[0].split())
+    assert worker.returncode == 130 and "interrupted: the study keeps its finished" in said, said
+    s = TuneSettings(config=TINY, out_dir=str(out), n_trials=1, epochs=30)
+    first = open_study(s).trials[0]
+    assert first.state.name == "FAIL" and first.user_attrs["interrupted"]
+
+
 def _storages(tmp_path):
     urls = [f"sqlite:///{tmp_path / 'shared.db'}"]
     if os.environ.get("RISLOC_TEST_POSTGRES"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -71,6 +72,10 @@ def tune_command(
                             baseline=baseline)
     console.print(f"tuning -> {settings.storage_shown} study {study_name!r} ({trials} trials x "
                   f"{epochs} epochs)")
+    # SIGTERM (kill, a batch system's preemption) ends a trial as Ctrl-C does: the next tune
+    # continues it from its last finished epoch (killed otherwise: failed once its heartbeats
+    # stop, and run again from its first)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         study = tune(settings)
     except KeyboardInterrupt:
@@ -78,6 +83,8 @@ def tune_command(
                       f"command continues it in {out}, the interrupted trial from its last "
                       "finished epoch[/]")
         raise typer.Exit(code=130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     table = Table(title=f"study {study_name!r}")
     names = sorted({k for t in study.trials for k in t.params})
     relative = relative_fields(settings)  # their parameters: multiples of the recipe's value
@@ -92,6 +99,10 @@ def tune_command(
     if best.exists():
         console.print(f"best trial: {best} (risloc train --config {config} --overrides "
                       f"{best})")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _fmt(v) -> str:
