@@ -240,6 +240,8 @@ def test_a_trial_stopped_by_ctrl_c_is_continued_from_its_last_epoch(tmp_path, mo
     assert again.user_attrs["continues"] == 0 and again.user_attrs["run"] == 0
     assert [r["epoch"] for r in csv.DictReader(epochs.open())] == ["1", "2"]
     assert not (tmp_path / "trial_0001").exists()
+    best = yaml.safe_load((tmp_path / "best_overrides.yaml").read_text())
+    assert (best["trial"], best["run"]) == (1, "trial_0000")  # where its best.pt is
     tune(TuneSettings(**{**s.__dict__, "n_trials": 2}))  # continued once, not again
     assert [t.user_attrs.get("continues") for t in open_study(s).trials] == [None, 0, None]
 

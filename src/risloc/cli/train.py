@@ -234,9 +234,10 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
     write_text_atomic(run / "metrics.json", json.dumps(metrics, indent=2))
     stdout.print(_summary_table(metrics, run))
     if cfg.order.scenes == 0:
-        console.print(f"order.scenes = 0: no order head fitted, so no {run / 'model.pt'} "
-                      f"(risloc export-model {run / 'best.pt'}, then risloc fit-order on "
-                      f"what it writes, make one)")
+        held = (f"the {run / 'model.pt'} there, fitted earlier, is left as it was" if
+                (run / "model.pt").exists() else f"so no {run / 'model.pt'}")
+        console.print(f"order.scenes = 0: no order head fitted, {held} (risloc export-model "
+                      f"{run / 'best.pt'}, then risloc fit-order on what it writes, make one)")
     elif resume and _model_is_current(cfg):
         console.print(f"{run / 'model.pt'} is already the inference model of {run / 'best.pt'}, "
                       "its order head fitted with this recipe's order settings: kept (delete "

@@ -508,7 +508,9 @@ def write_reports(study, base: TrainConfig, space: tuple[Dimension, ...], out: P
     best = min(completed, key=lambda t: t.value)
     params = {d.field: d.value(best.params, base) for d in space if d.field in best.params}
     params = {k: (float(v) if isinstance(v, float) else v) for k, v in params.items()}
-    report = {"trial": best.number, "objective": float(best.value)}
+    # (its run folder: a trial that continued an interrupted one trained in that one's)
+    report = {"trial": best.number, "objective": float(best.value),
+              "run": f"trial_{best.user_attrs.get(CONTINUES_RUN, best.number):04d}"}
     baseline = [t for t in completed if t.user_attrs.get("baseline")]
     if baseline:  # the untuned recipe with the same budget, for comparison
         report["baseline_trial"] = baseline[0].number
