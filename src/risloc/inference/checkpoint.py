@@ -84,7 +84,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
                          f"{type(err).__name__}: "
                          f"{_first_line(str(err)) or 'no detail'})"
                          ) from None
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+    version = state.get("format_version") if isinstance(state, dict) else None
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise ValueError(f"{path} was written by a newer risloc (checkpoint format {version}; "
+                         f"this version, {risloc.__version__}, reads format {FORMAT_VERSION}): "
+                         "upgrade risloc to read it")
+    if version != FORMAT_VERSION:
         raise ValueError(f"{path} is not a risloc training checkpoint (format "
                          f"{FORMAT_VERSION})")
     if "payload" not in state:  # written before checkpoints carried a digest
