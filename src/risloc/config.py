@@ -21,6 +21,7 @@ import difflib
 import functools
 import json
 import math
+import re
 import typing
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -271,6 +272,9 @@ def replace_scene_fields(scene: SceneConfig, fields: dict[str, Any], what: str =
     try:
         sc = SceneConfig.model_validate({**scene.model_dump(), **fields})
     except ValidationError as err:
+        if "." in what or what.isidentifier():  # a recipe's field: its fields named from it
+            raise ValueError(format_validation_error(err, "scene", SceneConfig, prefix=what)
+                             ) from None
         raise ValueError(f"{what}: {format_validation_error(err, model=SceneConfig)}"
                          ) from None
     for field in ("azimuth_deg", "elevation_deg", "range_m"):
@@ -318,10 +322,11 @@ class RislocConfig(ConfigSection):
 
 
 def format_validation_error(err: ValidationError, what: str = "configuration",
-                            model: type[BaseModel] | None = None) -> str:
+                            model: type[BaseModel] | None = None, prefix: str = "") -> str:
     """One line naming each invalid field of ``model`` (the validated class), with a hint
     where pydantic's words leave the fix unsaid: a pair field given one value, a field
-    unknown where it was given (another section's, or a misspelling)."""
+    unknown where it was given (another section's, or a misspelling). ``prefix``: where
+    ``model`` sits in a larger configuration (its fields named from there)."""
     parts = []
     for e in err.errors():
         loc = [str(p) for p in e["loc"]]
@@ -332,7 +337,12 @@ def format_validation_error(err: ValidationError, what: str = "configuration",
                 hint = f" (a pair: {'.'.join(path)}=[lo, hi])"
             elif e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
                 hint = _where_it_belongs(model, loc, isinstance(e.get("input"), dict))
-        parts.append(f"{'.'.join(loc) or '<config>'}: {e['msg']}{hint}")
+        msg = e["msg"]
+        if e["type"] == "value_error":  # a validator's own words, without pydantic's "Value
+            inner = e.get("ctx", {}).get("error")  # error, " or a nested check's heading
+            msg = re.sub(r"^invalid [a-z ]+: ", "", str(inner) if inner is not None else msg)
+        name = ".".join([prefix, *loc] if prefix else loc)
+        parts.append(f"{name}: {msg}{hint}" if name else f"{msg}{hint}")
     return f"invalid {what}: " + "; ".join(parts)
 
 

@@ -86,8 +86,20 @@ def test_overrides_and_field_of_view_follow_scene():
     ("order.scene={power_spread_db: [5, 1]}", "power_spread_db"),
 ])
 def test_bad_values_name_the_field(override, field):
-    with pytest.raises(ConfigError, match=field.split(".")[-1]):
+    with pytest.raises(ConfigError, match=field.split(".")[-1]) as err:
         load_train_config(None, [override])
+    assert "Value error" not in str(err.value) and "<config>" not in str(err.value)
+
+
+def test_a_check_across_sections_and_a_nested_field_read_once():
+    # a review: "<config>: Value error, invalid configuration: <config>: Value error, ..."
+    with pytest.raises(ConfigError) as err:
+        load_train_config(None, ["scene.K=9"])
+    assert str(err.value) == "invalid training configuration: scene.K=9 exceeds system.K_max=5"
+    with pytest.raises(ConfigError) as err:
+        load_train_config(None, ["order.scene.colour=3"])
+    assert str(err.value) == ("invalid training configuration: order.scene.colour: Extra "
+                              "inputs are not permitted")
 
 
 def test_snr_curriculum_and_hpo_jitter_reach_the_data_and_beta(tmp_path):
