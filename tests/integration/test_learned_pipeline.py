@@ -369,6 +369,12 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
         res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scene", bad,
                                   "--overwrite"])
         assert res.exit_code == 2 and says in res.output, (bad, res.output)
+        assert "order features" not in res.output  # (a review: an empty bar first)
+    (tmp_path / "junk.pt").write_text("junk")
+    res = runner.invoke(app, ["fit-order", str(tmp_path / "junk.pt"), "--out", str(out),
+                              "--overwrite"])
+    assert res.exit_code == 2 and "not a risloc checkpoint" in res.output
+    assert "order features" not in res.output
     # a head fitted on the old features (source powers in the units of H) is not used
     from risloc.inference.checkpoint import save_checkpoint
 

@@ -49,7 +49,8 @@ def fit_order_command(
     this stage itself at the end (recipe section `order`); this command fits or refits the
     head of an existing model (docs/guide.md, "Training")."""
     from risloc.inference.checkpoint import check_model_target
-    from risloc.pipeline.calibrate import fit_order, n_progress_items
+    from risloc.pipeline.calibrate import fit_order, n_progress_items, order_scenes
+    from risloc.pipeline.learned import load_learned_pipeline
 
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
@@ -58,6 +59,8 @@ def fit_order_command(
     refuse_existing(out_path, overwrite, inputs=(checkpoint,))
     check_model_target(out_path, checkpoint, in_place=True)
     fields = scene_fields(scene or [])
+    # the model and --scene checked before the progress bar (fit_order reads them again)
+    order_scenes(load_learned_pipeline(checkpoint, order_head=False), fields, mix)
     with progress() as bar:
         task = bar.add_task("order features", total=n_progress_items(scenes, report_scenes))
         report = fit_order(checkpoint, out_path, scenes, report_scenes, workers=workers,
