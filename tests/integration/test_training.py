@@ -117,8 +117,17 @@ def test_plot_run_names_what_is_wrong_with_a_run_folder(tmp_path):
     assert res.exit_code == 2 and "epochs.csv has no rows yet" in res.output
     assert not (tmp_path / "curves.png").exists()
     res = CliRunner().invoke(plot, [str(tmp_path / "no_run")])
-    assert res.exit_code == 2 and "no epochs.csv" in res.output
+    assert res.exit_code == 2 and "no_run: no such folder" in " ".join(res.output.split())
     assert not (tmp_path / "no_run").exists()  # (a folder was made for its curves.png)
+    first = tmp_path / "first"  # stopped in its first epoch: its steps only (a review:
+    first.mkdir()               # "not a risloc run folder?")
+    (first / "steps.csv").write_text("step,epoch,total\n1,0,2.0\n")
+    res = CliRunner().invoke(plot, [str(first)])
+    assert res.exit_code == 2 and "no epoch of this run has finished yet" in " ".join(
+        res.output.split())
+    (tmp_path / "other").mkdir()
+    res = CliRunner().invoke(plot, [str(tmp_path / "other")])
+    assert res.exit_code == 2 and "not a risloc run folder?" in res.output
 
 
 def test_the_metrics_are_the_best_epoch_s(tmp_path):

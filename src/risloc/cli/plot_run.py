@@ -25,8 +25,13 @@ def plot_run_command(
     if target.suffix.lower() != ".png":
         raise ValueError(f"--out {target}: the curves are drawn as a PNG; give a name ending "
                          "in .png")
-    if not (run / "epochs.csv").exists():  # (named before the write check)
-        raise FileNotFoundError(f"{run}: no epochs.csv (not a risloc run folder?)")
+    if not run.is_dir():  # (named before the write check)
+        raise FileNotFoundError(f"{run}: no such folder" if not run.exists() else
+                                f"{run} is a file: give the run's folder")
+    if not (run / "epochs.csv").exists():
+        raise FileNotFoundError(f"{run}: no epochs.csv: " + (
+            "no epoch of this run has finished yet" if (run / "steps.csv").exists() or
+            (run / ".lock").exists() else "not a risloc run folder?"))
     check_writable(target, inputs=[run / "epochs.csv", run / "steps.csv"])
     path = plot_run(run, target)
     console.print(f"wrote {path}")
