@@ -110,9 +110,9 @@ def epoch_progress(enabled: bool, description: str, total: int
         yield lambda loss: None
         return
     bar = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                   MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+                   MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
                    transient=True)
     with bar:
-        task = bar.add_task(description, total=total, loss=math.nan)
-        yield lambda loss: bar.update(task, advance=1, loss=loss)
+        task = bar.add_task(description, total=total, loss="-")  # (none before a step)
+        yield lambda loss: bar.update(task, advance=1, loss=f"{loss:.4f}")
