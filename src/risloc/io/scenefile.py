@@ -464,8 +464,17 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
     S = data["y"].shape[0] if data["y"].ndim else 0
     s = system
     dims = {"y": (s.L, s.M), "H": (s.M, s.N), "codes": (s.L, s.N)}  # after the scene axis
+    shapes = {name: tuple(data[name].shape) for name in dims}
+    last = {got[-1] for got in shapes.values() if len(got) == 3}
+    if len(last) == 1 and all(len(got) == 3 and got[:2] == dims[name] and got[1:] != dims[name]
+                              for name, got in shapes.items()):  # every one: (.., .., S)
+        held = ", ".join(f"{n} {g}" for n, g in shapes.items())
+        raise SceneFileError(
+            f"{path}: the scene axis comes last ({held}): files hold it first, (S, L, M), "
+            "(S, M, N), (S, L, N): np.moveaxis(x, -1, 0) in NumPy, permute(x, [3 1 2]) in "
+            "MATLAB")
     for name, tail in dims.items():
-        got = tuple(data[name].shape)
+        got = shapes[name]
         if len(got) == 3 and got[1:] != tail and got[::-1] == (got[-1], *tail):
             raise SceneFileError(
                 f"{path}: dataset {name!r} has shape {got}, its axes reversed: "
@@ -482,6 +491,11 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
                 f"leading axis of length 1 ({name}[None] in NumPy)")
     for name, tail in dims.items():
         shape, got = (S, *tail), tuple(data[name].shape)
+        if got == (*shape, 2) and data[name].dtype.kind in "fiu":
+            raise SceneFileError(
+                f"{path}: dataset {name!r} has shape {got}: real and imaginary parts on a "
+                f"last axis of 2? Files hold complex values, {shape}: {name}[..., 0] + 1j * "
+                f"{name}[..., 1] in NumPy (complex64)")
         if got != shape:
             raise SceneFileError(
                 f"{path}: dataset {name!r} has shape {got}, expected {shape} for S={S} "

@@ -143,6 +143,17 @@ def test_matlab_complex_compounds_are_read_and_reversed_axes_named(tmp_path, bat
     with pytest.raises(SceneFileError, match="must be complex"):  # other compounds are not
         other = np.zeros(arr["y"].shape, [("re", "<f4"), ("im", "<f4")])
         read_scenes(_npz(tmp_path, **dict(arr, y=other)))
+    # every dataset stacked scenes-last (y (L, M, S) reads like a reversed (M, L, S) where
+    # L = M: H tells; a review: "reversed", whose fix transposed every y)
+    last = {k: np.moveaxis(arr[k], 0, -1) for k in ("y", "H", "codes")}
+    with pytest.raises(SceneFileError, match=r"the scene axis comes last \(y \(16, 16, 50\), "
+                                             r"H \(16, 144, 50\).*np.moveaxis\(x, -1, 0\)"):
+        read_scenes(_npz(tmp_path, **dict(arr, **last)))
+    # real and imaginary parts on a last axis of 2 (a review: a note on the system instead)
+    pairs = np.stack([arr["y"].real, arr["y"].imag], -1)
+    with pytest.raises(SceneFileError, match=r"'y' has shape \(50, 16, 16, 2\): real and "
+                                             r"imaginary parts on a last axis of 2\?"):
+        read_scenes(_npz(tmp_path, **dict(arr, y=pairs)))
 
 
 def test_wide_files_of_any_units_read_and_one_scene_needs_its_axis(tmp_path, batch, system):
