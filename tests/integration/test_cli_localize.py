@@ -275,11 +275,13 @@ def test_unusable_truth_ranges_and_files_of_other_k_max(tmp_path):
     assert max(n for (file, _), n in per_scene.items() if file == "1") <= 2
     assert "(metrics over the 9 of 10 scenes with truth that can be scored)" in " ".join(
         res.output.split())
+    assert f"the `file` column of the estimates: 0 = {f}, 1 = {g}" in " ".join(
+        res.output.split())
     with pytest.raises(ValueError, match="estimates of 2 input files"):
         read_estimates(tmp_path / "fg.csv", 6, 5)  # scenes of both files would mix
     assert read_estimates(tmp_path / "fg.csv", 4, 5, file=1).K.tolist() == [1, 1, 1, 1]
     assert read_estimates(tmp_path / "fg.csv", 6, 5, file=0).K.tolist() == [2] * 6
-    with pytest.raises(ValueError, match="names scene 4, source 0; expected scenes 0..3"):
+    with pytest.raises(ValueError, match="scene 4, source 0; expected scenes 0..3 "):
         read_estimates(tmp_path / "fg.csv", 4, 5, file=0)
     # a scene not localized among the scored ones is counted in the metrics (and said so),
     # one whose truth cannot be scored is not

@@ -209,6 +209,9 @@ def localize_command(
                           f"be scored (scene {i}: {why}; `risloc info` lists them): "
                           "they are localized and left out of the metrics[/]")
     many = len(paths) > 1
+    if many:  # (a glob's files too: the CSV holds only their indices)
+        console.print("the `file` column of the estimates: " + ", ".join(
+            f"{i} = {p}" for i, p in enumerate(paths)))
     settings = {"inputs": [str(p.resolve()) for p in paths],
                 # a file written anew under the same name is another input: no resume into it
                 "input_versions": [[p.stat().st_size, p.stat().st_mtime_ns] for p in paths],
