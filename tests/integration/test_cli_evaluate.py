@@ -244,6 +244,8 @@ def test_evaluate_user_file_groups_by_snr_bins_and_keeps_scenes_without_snr(tmp_
     res = runner.invoke(app, ["evaluate", str(f), "--out", str(tmp_path / "r"),
                               "--no-plots"])
     assert res.exit_code == 0, res.output
+    assert "all: the scenes of every SNR group together, without a bound (their SNRs differ)" \
+        in " ".join(res.output.split())  # (a review: its "(-)" unexplained)
     rows = [r for r in _rows(tmp_path / "r" / "metrics.csv") if r["K"] == "all"]
     # the default estimators: the learned localizer first (the reference), the classical one
     assert [r["estimator"] for r in rows][:2] == ["learned", "classical"]

@@ -317,7 +317,9 @@ def localize_command(
         if hint:
             console.print(f"[yellow]{hint}[/]")
     elif done_before:
+        how = (f"; `risloc evaluate {paths[0]} --estimators none --estimates {out_path}` "
+               "scores them all" if not many and (start, stop) == (0, None) else "")
         console.print("(no metrics after a resume: the scenes localized before it are not "
-                      "scored again)")
+                      f"scored again{how})")
     if bad:
         raise typer.Exit(code=1)
