@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -14,6 +15,8 @@ import torch
 
 from risloc.core.params import Estimates
 from risloc.io.atomic import try_lock, write_csv_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ("scene", "source", "azimuth_deg", "elevation_deg", "range_m", "score")
 
@@ -101,6 +104,10 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
         if not files and file != 0:
             raise ValueError(f"{path} holds the estimates of one input file (no `file` "
                              f"column), not of file {file}")
+        if files and str(file) not in files:  # (a file with no estimate at all: no rows)
+            indices = sorted(files, key=lambda f: (len(f), f))
+            log.warning("%s has no row of file %d (its files with rows: %s): none of its "
+                        "scenes has an estimate", path, file, ", ".join(indices))
     lines = [(line, r) for line, r in enumerate(rows, start=2)  # line 1: the header
              if file is None or not files or int(r["file"]) == file]
     parsed = []

@@ -200,6 +200,15 @@ def test_one_run_at_a_time_writes_an_estimates_stream(tmp_path):
     EstimatesStream(out, settings, COLUMNS).finish()  # released: the next run may start
 
 
+def test_a_file_index_without_rows_is_said(tmp_path, caplog):
+    (tmp_path / "m.csv").write_text("scene,source,azimuth_deg,elevation_deg,range_m,file\n"
+                                    "0,0,1,1,2,0\n0,0,1,1,2,1\n")
+    assert read_estimates(tmp_path / "m.csv", 2, 1, file=1).K.tolist() == [1, 0]
+    assert not caplog.records
+    assert read_estimates(tmp_path / "m.csv", 2, 1, file=5).K.tolist() == [0, 0]
+    assert "has no row of file 5 (its files with rows: 0, 1)" in caplog.text
+
+
 def test_estimates_file_round_trip(tmp_path, scenes):
     from risloc.core.params import Estimates
 
