@@ -57,7 +57,8 @@ def results_table(rows: list[ResultRow], title: str, left: int = 0,
               "same scenes (paired bootstrap)"] if refs else []) + (
         [f"{left} scene(s) are left out of every estimator's row: measurements that "
          "cannot be localized (all-zero or non-finite values, codes off the unit circle; "
-         "risloc localize counts them as missed) or truth that cannot be scored; `risloc info` names them"] if left else []) + (
+         "risloc localize counts them as missed) or truth that cannot be scored; "
+         "`risloc info` names them"] if left else []) + (
         ["all: the scenes of every SNR group together, without a bound (their SNRs differ)"]
         if any(r.K == "file" for r in rows) else [])
     t = Table(title=title, caption="\n".join(notes) or None)
