@@ -89,7 +89,9 @@ def tune_command(
     names = sorted({k for t in study.trials for k in t.params})
     relative = relative_fields(settings)  # their parameters: multiples of the recipe's value
     for col in ("trial", "state", "objective", *names):
-        table.add_column(f"{col} (x base)" if col in relative else col, justify="right")
+        # a field's section on a line of its own: narrow columns keep the names apart
+        head = col.replace(".", ".\n", 1) + (" (x base)" if col in relative else "")
+        table.add_column(head, justify="right")
     for t in study.trials:
         table.add_row(str(t.number), t.state.name,
                       "" if t.value is None else f"{t.value:.4g}",
