@@ -205,15 +205,16 @@ def _objective(settings: TuneSettings, base: TrainConfig, space: tuple[Dimension
     return objective
 
 
-INTERRUPTED = "interrupted"  # a trial's user attribute: it was stopped by Ctrl-C
+INTERRUPTED = "interrupted"  # a trial's user attribute: stopped by Ctrl-C (or SIGTERM, the CLI)
 CONTINUES = "continues"  # ... it continues that interrupted trial's number
 CONTINUES_RUN = "run"  # ... in the run folder of this trial number (trial_<run>)
 
 
 def requeue_interrupted(study) -> list[int]:
-    """Queue again, with the same parameters, every trial stopped by Ctrl-C that no trial
-    continues yet; the copy resumes the interrupted run from its last finished epoch (in
-    its folder), so an interrupted study loses at most one epoch. Returns their numbers.
+    """Queue again, with the same parameters, every trial stopped by Ctrl-C (or SIGTERM: the
+    CLI takes it as Ctrl-C) that no trial continues yet; the copy resumes the interrupted
+    run from its last finished epoch (in its folder), so an interrupted study loses at most
+    one epoch. Returns their numbers.
     (Two workers that start at the same moment may both queue one: the second copy then
     finds the run folder held, and fails; the study goes on.)"""
     from optuna.trial import TrialState
