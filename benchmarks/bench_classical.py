@@ -28,6 +28,7 @@ from risloc.estimators.classical import classical_fit
 from risloc.estimators.nfmle import NFMLEConfig, nfmle_refine
 from risloc.estimators.order import aic_order, mdl_order, noise_var_from_snr, residual_order
 from risloc.evaluation.metrics import match_sources, summarize
+from risloc.io.atomic import write_text_atomic
 from risloc.simulation import simulate_range
 
 SYSTEM, SCENE = SystemConfig(), SceneConfig()
@@ -151,7 +152,7 @@ def main() -> None:
            "nfmle_vs_crb": a, "classical": b, "classical_scenes_per_s": rate, "order": c}
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
+    write_text_atomic(path, json.dumps(out, indent=1))
     print(f"\nwrote {path} ({out['seconds']:.0f} s)")
 
 

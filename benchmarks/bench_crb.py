@@ -16,6 +16,7 @@ import torch
 
 from risloc.config import RislocConfig
 from risloc.evaluation.crb import crb_for_scenes
+from risloc.io.atomic import write_text_atomic
 from risloc.simulation import simulate_range
 
 
@@ -37,7 +38,7 @@ def main() -> None:
         res[kind] = 1000 * statistics.median(ts) / len(sc)
         print(f"{kind:>13} CRB: {res[kind]:.2f} ms/scene (batch 256, 1 thread)", flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=2))
+    write_text_atomic(a.out, json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from bench_pipeline import stage_split, test_batch, test_scenes
 
 from risloc.estimators import nfmle
 from risloc.estimators.classical import classical_localize
+from risloc.io.atomic import write_text_atomic
 from risloc.pipeline import Localizer
 from risloc.pipeline.graphs import GraphedLocalize
 from risloc.pipeline.learned import load_learned_pipeline
@@ -378,7 +379,7 @@ def main() -> None:
         info.setdefault("localizer", []).append(row)
         print("localizer:", row, flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(info, indent=2))
+    write_text_atomic(a.out, json.dumps(info, indent=2))
     print(f"wrote {a.out}")
 
 

@@ -136,7 +136,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=400, help="scenes per SNR")
     ap.add_argument("--work", type=Path, default=Path("reports/independent"))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/independent.json"))
+    ap.add_argument("--out", type=Path, default=Path("reports/bench/independent.json"))
     ap.add_argument("--kappa", default="0.5,10", help="Rician factor range of the channels")
     ap.add_argument("--conditions", nargs="+", default=list(CONDITIONS),
                     choices=list(CONDITIONS))

@@ -37,6 +37,7 @@ from risloc.covariance.tools import sample_covariance
 from risloc.estimators.music import MusicConfig, music
 from risloc.estimators.ramezani import ramezani_music
 from risloc.evaluation.metrics import match_sources
+from risloc.io.atomic import write_text_atomic
 from risloc.simulation import SceneBatch, scene_true_covariance, simulate_range
 
 SYSTEM, SCENE = SystemConfig(), SceneConfig()
@@ -183,7 +184,7 @@ def main() -> None:
            "angle_unit": "deg (great-circle)", "range_unit": "m",
            "notes": "timings on a shared CPU (see load_average); medians over repeats"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
+    write_text_atomic(args.out, json.dumps(out, indent=2))
     print(f"\nwrote {args.out}")
 
 

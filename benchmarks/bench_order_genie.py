@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_versus import SEED, SNRS, SPREAD_DB, scenes_at  # noqa: E402
 
 from risloc.estimators.order import residual_order  # noqa: E402
+from risloc.io.atomic import write_text_atomic
 from risloc.parallel import run_in_chunks  # noqa: E402
 from risloc.pipeline.calibrate import order_stages  # noqa: E402
 from risloc.pipeline.learned import load_learned_pipeline  # noqa: E402
@@ -85,7 +86,7 @@ def main() -> None:
                   f"{row['K_accuracy_head']:.3f} {row['K_accuracy_rule']:.3f} "
                   f"{row['K_accuracy_genie']:.3f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"split": args.split, "rows": rows}, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps({"split": args.split, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

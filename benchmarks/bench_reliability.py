@@ -38,6 +38,7 @@ from typer.testing import CliRunner
 from risloc.cli.main import app
 from risloc.config import ConfigError, SceneConfig, SystemConfig
 from risloc.core.checks import InputError, InputTypeError
+from risloc.io.atomic import write_text_atomic
 from risloc.io.faults import FAULTS, FIELDS, damaged
 from risloc.io.scenefile import SceneFileError, batch_to_arrays
 from risloc.pipeline import Localizer
@@ -195,7 +196,7 @@ def main() -> None:
            "kills": killed, "stress_-10dB": stress(args.stress)}
     print(json.dumps(res, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(res, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import torch
 from risloc import __version__
 from risloc.config import RislocConfig
 from risloc.io import SceneFileWriter
+from risloc.io.atomic import write_text_atomic
 from risloc.simulation import BLOCK, simulate_range
 from risloc.simulation.scenes import draw_scenes, simulate_batch
 from risloc.simulation.streams import block_generator
@@ -109,7 +110,7 @@ def main() -> None:
                  f"{tb['host_draws_device_physics_s'] * 1e3:.1f} ms"
                  if args.device != "cpu" else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2))
+    write_text_atomic(args.out, json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

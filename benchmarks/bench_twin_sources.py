@@ -44,7 +44,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--seed", type=int, default=31)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/twin_sources.json"))
+    ap.add_argument("--out", type=Path, default=Path("reports/bench/twin_sources.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     system = SystemConfig()

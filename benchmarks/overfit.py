@@ -18,6 +18,7 @@ from pathlib import Path
 
 from risloc.config import SceneConfig, SystemConfig
 from risloc.io import write_scenes
+from risloc.io.atomic import write_text_atomic
 from risloc.simulation import simulate_range
 from risloc.training import load_train_config, train
 
@@ -76,7 +77,7 @@ def main() -> None:
     print(f"passed={res['passed']} after {res['epochs']} epochs ({res['seconds']:.0f} s): "
           f"{res['final']}")
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=2))
+    write_text_atomic(a.out, json.dumps(res, indent=2))
     print(f"wrote {a.out}")
 
 
