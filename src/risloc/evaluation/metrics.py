@@ -398,18 +398,26 @@ def _check_bin(bin_db: float) -> None:
 
 def summarize_by_snr(matching: Matching, snr_db: torch.Tensor, crb: CRBResult | None = None,
                      bin_db: float = 1.0) -> dict[float, MetricSummary]:
-    """Summaries per SNR bin: key = round(snr_db / bin_db) * bin_db [dB] (exact for test
+    """Summaries per SNR bin: key = the nearest multiple of ``bin_db`` [dB] (halfway: the
+    upper one; exact for test
     sets simulated at fixed SNR values that are multiples of ``bin_db``); scenes without
     an SNR (NaN) under the key ``math.nan``, last."""
     _check_bin(bin_db)
     snr = as_tensor("snr_db", snr_db).to(torch.float64)
-    return summarize_groups(matching, torch.round(snr / bin_db) * bin_db + 0.0, crb)
+    return summarize_groups(matching, _bin_of(snr, bin_db) * bin_db + 0.0, crb)
+
+
+def _bin_of(snr: torch.Tensor, bin_db: float) -> torch.Tensor:
+    """The index of each SNR's bin of ``bin_db`` dB centred on its multiples, a value
+    halfway between two centres in the upper one (torch.round rounds halves to even:
+    2.5 dB and 7.5 dB fell into the bins of 0 and 10 dB, the 5 dB bin left empty)."""
+    return torch.floor(snr / bin_db + 0.5)
 
 
 def snr_groups(snr_db: torch.Tensor, bin_db: float = 5.0) -> list[tuple[float, torch.Tensor]]:
     """Scenes grouped by SNR for a results table: [(label, mask [B] bool)], no scene left out.
 
-    Bins of ``bin_db`` dB centred on its multiples (round(snr_db / bin_db) * bin_db), in
+    Bins of ``bin_db`` dB centred on its multiples (a value halfway in the upper one), in
     increasing order, each labelled with the mean SNR of its scenes rounded to 0.1 dB (a
     file at a fixed -2 dB reads -2, not the bin's 0; a file simulated at multiples of
     ``bin_db`` reads them exactly). Scenes without an SNR (NaN, as most measurement files)
@@ -418,7 +426,7 @@ def snr_groups(snr_db: torch.Tensor, bin_db: float = 5.0) -> list[tuple[float, t
     _check_bin(bin_db)
     snr = as_tensor("snr_db", snr_db).to(torch.float64)
     unknown = torch.isnan(snr)
-    key = torch.round(snr / bin_db)
+    key = _bin_of(snr, bin_db)
     groups = []
     for k in torch.unique(key[~unknown]).tolist():
         sel = key == k

@@ -249,6 +249,16 @@ def test_snr_groups_keep_every_scene_and_label_bins_by_their_mean():
     assert str(snr_groups(torch.tensor([-0.04]), 5.0)[0][0]) == "0.0"  # not -0.0
     with pytest.raises(ValueError, match="bin"):
         snr_groups(snr, 0.0)
+    # a sweep in steps of half a bin: each value halfway in the upper bin, every bin used
+    # (a review: round-half-to-even put 2.5 and 7.5 dB in the 0 and 10 dB bins)
+    halves = torch.tensor([-2.5, 2.5, 7.5, 12.5, 17.5, 22.5]).repeat_interleave(2)
+    assert [g[0] for g in snr_groups(halves, 5.0)] == [-2.5, 2.5, 7.5, 12.5, 17.5, 22.5]
+    by_snr = summarize_by_snr(match_sources(_est([1] * 2, [[0.0]] * 2, [[0.0]] * 2,
+                                                 [[2.0]] * 2),
+                                            *_truth([1] * 2, [[0.0]] * 2, [[0.0]] * 2,
+                                                    [[2.0]] * 2)),
+                              torch.tensor([1.5, 2.5]))
+    assert sorted(by_snr) == [2.0, 3.0]
 
 
 def test_matching_chunk_by_chunk_equals_matching_all_at_once():
