@@ -93,9 +93,10 @@ class SceneFileWriter:
     ...     w.write(0, batch0); w.write(len(batch0), batch1)
     """
 
-    def __init__(self, path: str | Path, n_scenes: int, system: SystemConfig,
+    def __init__(self, path: str | Path, n_scenes: int, system: SystemConfig | dict | str,
                  attrs: dict[str, Any] | None = None, with_truth: bool = True):
         self.path = Path(path)
+        system = as_system(system)  # (a dict or JSON text, as write_scenes takes it)
         if self.path.suffix.lower() not in H5_SUFFIXES:
             raise SceneFileError(f"{self.path}: scene files are written as .h5 / .hdf5 "
                                  "(HDF5; MATLAB reads them with h5read) or, whole "
@@ -143,6 +144,7 @@ class SceneFileWriter:
             f.attrs[k] = v if isinstance(v, int | float | str) else json.dumps(v, default=_plain)
 
     def write(self, start: int, batch: SceneBatch) -> None:
+        """Scenes ``start .. start + len(batch) - 1`` (fields torch tensors or any arrays)."""
         f = self._f
         if f is None:
             raise RuntimeError("SceneFileWriter.write outside its 'with' block")
@@ -159,6 +161,7 @@ class SceneFileWriter:
         if self.with_truth and not batch.has_truth:
             raise SceneFileError(f"{self.path}: the scenes carry no truth, but the writer "
                                  "stores it (open it with with_truth=False)")
+        batch = _as_tensors(batch)
         check_batch(batch, self.system, self.path)
         arrays = batch_to_arrays(batch, self.system.K_max)
         for name, arr in arrays.items():
@@ -280,14 +283,19 @@ def _truth_arrays(batch: SceneBatch, K_max: int) -> dict[str, np.ndarray]:
     return out
 
 
+def _as_tensors(batch: SceneBatch) -> SceneBatch:
+    """The batch with every field a torch tensor (NumPy arrays, lists: as they come)."""
+    return SceneBatch(**{f.name: None if getattr(batch, f.name) is None else
+                         as_tensor(f.name, getattr(batch, f.name)) for f in fields(batch)})
+
+
 def write_scenes(path: str | Path, batch: SceneBatch, system: SystemConfig | dict | str,
                  attrs: dict[str, Any] | None = None) -> Path:
     """Write a whole SceneBatch to .h5 or .npz, atomically (its fields torch tensors or any
     arrays; the system as :func:`risloc.core.checks.as_system` takes it)."""
     path = Path(path)
     system = as_system(system)
-    batch = SceneBatch(**{f.name: None if getattr(batch, f.name) is None else
-                          as_tensor(f.name, getattr(batch, f.name)) for f in fields(batch)})
+    batch = _as_tensors(batch)
     if len(batch) == 0:
         raise SceneFileError(f"{path}: nothing to write (0 scenes)")
     check_batch(batch, system, path)

@@ -44,6 +44,19 @@ def test_records_configuration(tmp_path, batch, system):
         assert f.attrs["config"] == '{"a": 1}'
 
 
+def test_the_chunk_writer_takes_what_write_scenes_takes(tmp_path, batch, system):
+    """A system as a dict, a batch of NumPy arrays (a review: AttributeErrors from inside)."""
+    from dataclasses import fields
+
+    as_numpy = type(batch)(**{f.name: None if getattr(batch, f.name) is None else
+                              getattr(batch, f.name).numpy() for f in fields(batch)})
+    with SceneFileWriter(tmp_path / "w.h5", len(batch), system.model_dump()) as w:
+        w.write(0, as_numpy[:20])
+        w.write(20, batch[20:])
+    back, _ = read_scenes(tmp_path / "w.h5")
+    assert torch.equal(back.y, batch.y) and torch.equal(back.K, batch.K)
+
+
 def test_interrupted_write_leaves_no_file(tmp_path, batch, system):
     target = tmp_path / "s.h5"
     with pytest.raises(RuntimeError):
