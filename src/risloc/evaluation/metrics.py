@@ -75,6 +75,12 @@ class Matching:
         return self.K_true.shape[0]
 
     def __getitem__(self, idx) -> Matching:
+        """The scenes ``idx`` selects (a slice, a mask, indices); one index: that scene
+        alone, as a matching of one scene (its batch axis kept)."""
+        if isinstance(idx, int | np.integer) and not isinstance(idx, bool):
+            if not -len(self) <= idx < len(self):
+                raise IndexError(f"scene {idx} of a matching of {len(self)} scenes")
+            idx = slice(idx % len(self), idx % len(self) + 1)
         return replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self)
                                 if f.name != "gate_deg"})
 

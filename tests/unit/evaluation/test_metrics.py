@@ -261,6 +261,17 @@ def test_snr_groups_keep_every_scene_and_label_bins_by_their_mean():
     assert sorted(by_snr) == [2.0, 3.0]
 
 
+def test_one_scene_of_a_matching_is_a_matching_of_one_scene():
+    # a review: m[0] dropped the batch axis, and summarize raised IndexError
+    m = match_sources(_est([3, 2], [[35.0, -40.0, 10.0], [20.0, 0.0, NAN]],
+                           [[20.0, 5.0, -10.0], [3.0, 0.0, NAN]],
+                           [[8.0, 1.0, 4.0], [6.0, 2.0, NAN]]), *TRUTH)
+    assert len(m[1]) == 1 and summarize(m[1]) == summarize(m[1:2])
+    assert summarize(m[-2]) == summarize(m[0:1])
+    with pytest.raises(IndexError, match="scene 2 of a matching of 2 scenes"):
+        m[2]
+
+
 def test_matching_chunk_by_chunk_equals_matching_all_at_once():
     est = _est([3, 2], [[-40.0, 10.0, 35.0], [0.0, 26.0, NAN]],
                [[5.0, -10.0, 20.0], [0.0, 3.0, NAN]], [[1.0, 4.0, 8.0], [2.0, 6.0, NAN]])
