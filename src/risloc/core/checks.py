@@ -210,6 +210,14 @@ def check_positions(az: torch.Tensor, el: torch.Tensor, r: torch.Tensor, mask: t
         raise InputError("ranges must be positive")
 
 
+
+def matlab_vector(t: torch.Tensor, n: int) -> torch.Tensor:
+    """A row (1, n) or column (n, 1) of n values, as scipy.io.loadmat returns MATLAB's
+    vectors, read as the vector (n,); anything else as it is."""
+    if t.ndim == 2 and t.numel() == n and 1 in t.shape:
+        return t.reshape(n)
+    return t
+
 def snr_per_scene(snr_db, n_scenes: int, device: torch.device | str | None = None
                   ) -> torch.Tensor | None:
     """The one rule for a missing SNR: [B] float32 [dB] with NaN where a scene's SNR is
@@ -232,6 +240,7 @@ def snr_per_scene(snr_db, n_scenes: int, device: torch.device | str | None = Non
                              f"({err})") from None
     if snr.ndim == 0:
         snr = snr.expand(n_scenes).clone()
+    snr = matlab_vector(snr, n_scenes)
     if snr.shape != (n_scenes,):
         raise InputError(f"snr_db must be a number or hold one value per scene ({n_scenes}), "
                          f"got shape {tuple(snr.shape)}")

@@ -40,6 +40,7 @@ from risloc.core.checks import (
     as_tensor,
     check_shapes,
     float32_default,
+    matlab_vector,
     normalise_scale,
     same_device,
     scene_problems,
@@ -160,6 +161,7 @@ def resolve_K(K, n_scenes: int, k_max: int) -> torch.Tensor | None:
         t = t.to(torch.int64)  # (torch compares no unsigned type but uint8)
     if t.ndim == 0:
         t = t.expand(n_scenes).clone()
+    t = matlab_vector(t, n_scenes)
     if t.shape != (n_scenes,):
         raise InputError(f"K must be a number or hold one value per scene ({n_scenes}), got "
                          f"shape {tuple(t.shape)}")

@@ -141,6 +141,14 @@ def test_K_and_snr_inputs_are_validated(system, scenes):
         loc.localize(scenes.y, scenes.H, scenes.codes, K=np.ones(4, bool))
     with pytest.raises(ValueError, match="one value per scene"):
         loc.localize(scenes.y, scenes.H, scenes.codes, snr_db=[10.0, 20.0])
+    # MATLAB's vectors as scipy.io.loadmat returns them, (1, S) or (S, 1): the vector (a
+    # review: refused, where the README says loadmat's arrays go in as they come)
+    as_vector = loc.localize(scenes.y, scenes.H, scenes.codes, K=np.ones(4)[None, :],
+                             snr_db=np.full((4, 1), 10.0))
+    plain = loc.localize(scenes.y, scenes.H, scenes.codes, K=1, snr_db=10.0)
+    assert as_vector.records() == plain.records()
+    with pytest.raises(ValueError, match=r"one value per scene \(4\), got shape \(2, 2\)"):
+        loc.localize(scenes.y, scenes.H, scenes.codes, K=np.ones((2, 2)))
     with pytest.raises(TypeError, match="numeric"):
         loc.localize(scenes.y, scenes.H, scenes.codes, snr_db="20")
     for K, says in ((1e20, r"got \[1e\+20\]"), (math.inf, r"got \[inf\]"),
