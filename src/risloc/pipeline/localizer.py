@@ -193,7 +193,7 @@ class Localizer:
     system : the system of the scenes; method : "learned" (needs ``pipeline``) or
     "classical"; fov : the field of view the classical localizer searches (default: the
     conventions' -60..60 deg x -30..30 deg x 0.5..10 m; the learned pipeline searches its
-    network's); workers : CPU threads a batch is split over (None: one per core); chunk :
+    network's); workers : CPU threads a batch is split over (None: one per core, at most 8); chunk :
     scenes per pass on CPU (None: one pass per worker; memory grows with the batch);
     graph_batch : learned method on CUDA: run the scenes in passes of this many, each the
     replay of a captured CUDA graph (:class:`risloc.pipeline.graphs.GraphedLocalize`;
