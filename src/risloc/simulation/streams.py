@@ -93,7 +93,8 @@ def synthesize_mixture(draws: MixtureDraws, system: SystemConfig,
 
 
 def simulate_range(start: int, stop: int, system: SystemConfig,
-                   scene: SceneConfig | Mixture | None = None, seed: int = 0, split: str = "train", stream: int = 0,
+                   scene: SceneConfig | Mixture | None = None, seed: int = 0,
+                   split: str = "train", stream: int = 0,
                    snr_db: float | None = None, K: int | None = None,
                    device: torch.device | str | None = None) -> SceneBatch:
     """Scenes ``start .. stop-1`` of a split (any range; blocks are cut as needed) of one
