@@ -224,7 +224,7 @@ def test_a_trial_stopped_by_ctrl_c_is_continued_from_its_last_epoch(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         tune(s)
     first = open_study(s).trials[0]
-    assert first.state.name == "FAIL" and first.user_attrs["interrupted"]
+    assert first.state.name == "FAIL" and first.user_attrs["interrupted"] == 0  # its number
     epochs = tmp_path / "trial_0000" / "epochs.csv"
     assert len(list(csv.DictReader(epochs.open()))) == 1
 
@@ -246,6 +246,36 @@ def test_a_trial_stopped_by_ctrl_c_is_continued_from_its_last_epoch(tmp_path, mo
     assert [t.user_attrs.get("continues") for t in open_study(s).trials] == [None, 0, None]
 
 
+def test_a_continuation_that_cannot_resume_starts_afresh_and_runs_once(tmp_path, monkeypatch):
+    """A review: a continued trial whose checkpoint refused the resume (here a damaged
+    last.pt; a data file copied anew does the same) ended the worker with a traceback and
+    lost the interrupted trial; and two copies queued by two workers both ran."""
+    import risloc.training as training
+
+    real = training.train
+
+    def interrupted(cfg, resume=False, callback=None, **kw):
+        def stop(epoch, metrics):
+            raise KeyboardInterrupt
+
+        return real(cfg, resume=resume, callback=stop, **kw)
+
+    s = TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=2, epochs=2, seed=3,
+                     warmup_epochs=0, overrides=("schedule.steps_per_epoch=1", "data.n_val=8"))
+    monkeypatch.setattr(training, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tune(s)
+    monkeypatch.setattr(training, "train", real)
+    (tmp_path / "trial_0000" / "last.pt").write_bytes(b"damaged")
+    study = open_study(s)  # two workers starting at once: two copies of the continuation
+    for _ in range(2):
+        study.enqueue_trial(study.trials[0].params, user_attrs={"continues": 0, "run": 0})
+    states = [(t.state.name, t.user_attrs.get("run")) for t in tune(s).trials]
+    # the first copy trains afresh in its own folder; the second fails as a duplicate
+    assert states[:3] == [("FAIL", None), ("COMPLETE", 1), ("FAIL", 0)], states
+    assert (tmp_path / "trial_0001" / "best.pt").exists()
+
+
 def test_a_worker_stopped_by_sigterm_leaves_its_trial_to_be_continued(tmp_path):
     """kill / a batch system's preemption (SIGTERM) ends a trial as Ctrl-C does: marked
     interrupted, exit code 130, and the next tune continues it from its last epoch (a
@@ -265,7 +295,7 @@ def test_a_worker_stopped_by_sigterm_leaves_its_trial_to_be_continued(tmp_path):
     assert worker.returncode == 130 and "interrupted: the study keeps its finished" in said, said
     s = TuneSettings(config=TINY, out_dir=str(out), n_trials=1, epochs=30)
     first = open_study(s).trials[0]
-    assert first.state.name == "FAIL" and first.user_attrs["interrupted"]
+    assert first.state.name == "FAIL" and first.user_attrs["interrupted"] == 0
 
 
 def _storages(tmp_path):

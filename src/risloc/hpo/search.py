@@ -174,12 +174,14 @@ def _objective(settings: TuneSettings, base: TrainConfig, space: tuple[Dimension
     import optuna
 
     from risloc.training import train
-    from risloc.training.loop import DivergedError
+    from risloc.training.loop import DivergedError, ResumeRefused
 
     def objective(trial: optuna.Trial) -> float:
         values = [f"{d.field}={d.suggest(trial, base)!r}" for d in space]
         # a trial that continues an interrupted one trains on in that one's run folder
         run = trial.user_attrs.get(CONTINUES_RUN, trial.number)
+        if run != trial.number:
+            _check_single_continuation(trial)
         cfg = _trial_config(settings, values, run)
         resume = run != trial.number and (Path(cfg.out_dir) / "last.pt").exists()
 
@@ -190,12 +192,19 @@ def _objective(settings: TuneSettings, base: TrainConfig, space: tuple[Dimension
                 raise optuna.TrialPruned(f"epoch {epoch}: objective {value:.3f}")
 
         try:
-            result = train(cfg, resume=resume, callback=report)
+            try:
+                result = train(cfg, resume=resume, callback=report)
+            except ResumeRefused as err:  # e.g. its data file copied anew: start afresh
+                log.warning("trial %d cannot continue trial %d's run (%s): it trains from its "
+                            "first epoch in trial_%04d", trial.number,
+                            trial.user_attrs[CONTINUES], err, trial.number)
+                trial.set_user_attr(CONTINUES_RUN, trial.number)
+                result = train(_trial_config(settings, values, trial.number), callback=report)
         except DivergedError as err:  # a searched learning rate too high: that trial only
             log.warning("trial %d pruned: %s", trial.number, err)
             raise optuna.TrialPruned(f"diverged: {err}") from None
         except KeyboardInterrupt:  # Ctrl-C: the next tune queues it again (requeue_interrupted)
-            trial.set_user_attr(INTERRUPTED, True)
+            trial.set_user_attr(INTERRUPTED, trial.number)
             raise
         for key in ("best_epoch", "val_K_accuracy", "val_angle_median_deg"):
             if key in result:
@@ -205,9 +214,30 @@ def _objective(settings: TuneSettings, base: TrainConfig, space: tuple[Dimension
     return objective
 
 
-INTERRUPTED = "interrupted"  # a trial's user attribute: stopped by Ctrl-C (or SIGTERM, the CLI)
-CONTINUES = "continues"  # ... it continues that interrupted trial's number
-CONTINUES_RUN = "run"  # ... in the run folder of this trial number (trial_<run>)
+# a trial's user attributes: INTERRUPTED, its own number where Ctrl-C (or SIGTERM, in the CLI)
+# stopped it (a number, not True: Optuna's retry of a stale trial copies the attributes);
+# CONTINUES, the interrupted trial it continues, in the run folder of trial CONTINUES_RUN
+INTERRUPTED = "interrupted"
+CONTINUES = "continues"
+CONTINUES_RUN = "run"
+
+
+class DuplicateContinuation(RuntimeError):
+    """A second copy of one interrupted trial's continuation (two workers queued one each):
+    it fails, the first goes on."""
+
+
+def _check_single_continuation(trial) -> None:
+    """DuplicateContinuation where a trial queued before this one continues the same
+    interrupted trial and is running or has finished (a failed one, e.g. its worker dead,
+    leaves the work to this one)."""
+    from optuna.trial import TrialState
+
+    mine = trial.user_attrs.get(CONTINUES)
+    for t in trial.study.get_trials(deepcopy=False):
+        if (t.number < trial.number and t.user_attrs.get(CONTINUES) == mine
+                and t.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)):
+            raise DuplicateContinuation(f"trial {t.number} continues trial {mine} already")
 
 
 def requeue_interrupted(study) -> list[int]:
@@ -215,14 +245,14 @@ def requeue_interrupted(study) -> list[int]:
     CLI takes it as Ctrl-C) that no trial continues yet; the copy resumes the interrupted
     run from its last finished epoch (in its folder), so an interrupted study loses at most
     one epoch. Returns their numbers.
-    (Two workers that start at the same moment may both queue one: the second copy then
-    finds the run folder held, and fails; the study goes on.)"""
+    (Two workers that start at the same moment may both queue one: the second copy to start
+    fails, :class:`DuplicateContinuation`; the study goes on.)"""
     from optuna.trial import TrialState
 
     continued = {t.user_attrs.get(CONTINUES) for t in study.trials}
     queued = []
     for t in study.trials:
-        if (t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED)
+        if (t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED) == t.number
                 and t.number not in continued):
             attrs = {CONTINUES: t.number, CONTINUES_RUN: t.user_attrs.get(CONTINUES_RUN,
                                                                           t.number)}
@@ -448,7 +478,8 @@ def tune(settings: TuneSettings):
             while sum(t.state in done for t in study.trials) < settings.n_trials:
                 try:
                     study.optimize(objective, callbacks=[budget], gc_after_trial=True,
-                                   catch=(FloatingPointError, RunFolderInUse))
+                                   catch=(FloatingPointError, RunFolderInUse,
+                                          DuplicateContinuation))
                 except ValueError as err:
                     # another worker failed this worker's running trial as stale (its
                     # heartbeats came later than grace_s, e.g. on a loaded machine) and

@@ -53,6 +53,10 @@ from risloc.training.logs import CsvLog, EpochStats, epoch_progress
 LOCK_FILE = ".lock"  # held by the run writing to a folder (run_folder_lock)
 
 
+class ResumeRefused(ValueError):
+    """A run that cannot continue from its checkpoint (Trainer.restore says why)."""
+
+
 class RunFolderInUse(OSError):
     """Another training run is writing to the output folder."""
 
@@ -239,22 +243,27 @@ class Trainer:
                 "history": list(self.history), "data_files": _data_stamps(self.cfg)}
 
     def restore(self, path: Path) -> None:
-        st = load_checkpoint(path, self.device)
+        """The state of the checkpoint ``path``; ResumeRefused where the run cannot go on
+        from it (not a training checkpoint, another recipe, its data files changed)."""
+        try:
+            st = load_checkpoint(path, self.device)
+        except ValueError as err:
+            raise ResumeRefused(f"cannot resume: {err}") from None
         if not {"model", "optimizer", "epoch"} <= set(st):
-            raise ValueError(f"cannot resume from {path}: it is an inference model (what "
+            raise ResumeRefused(f"cannot resume from {path}: it is an inference model (what "
                              "export-model and fit-order write), not a training checkpoint; "
                              "--overwrite starts the run afresh")
         diff = differences(trajectory(TrainConfig.from_json(st["config"]), stopping=False),
                            trajectory(self.cfg, stopping=False))
         if diff:
-            raise ValueError(f"cannot resume from {path}: its recipe differs from this one in "
+            raise ResumeRefused(f"cannot resume from {path}: its recipe differs from this one in "
                              f"{listed(diff)} (only "
                              f"{', '.join(RUN_FREE + STOPPING_FIELDS)} may change)")
         now = _data_stamps(self.cfg)
         changed = [f"data.{k} {getattr(self.cfg.data, k)}" for k, v in
                    (st.get("data_files") or {}).items() if now.get(k) != v]
         if changed:
-            raise ValueError(f"cannot resume from {path}: {', '.join(changed)} changed since "
+            raise ResumeRefused(f"cannot resume from {path}: {', '.join(changed)} changed since "
                              "the checkpoint (size or modification time), so the run would "
                              "not continue as it began; --overwrite starts afresh")
         self.model.load_state_dict(st["model"])
