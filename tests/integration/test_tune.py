@@ -5,6 +5,7 @@ the best trial closes the loop through `risloc train --overrides`."""
 
 import csv
 import datetime
+import json
 import os
 import re
 import signal
@@ -47,6 +48,12 @@ def test_study_runs_resumes_and_reports(tmp_path):
     for url in (f"sqlite:///{tmp_path / 'study.db'}", f"sqlite:///{tmp_path}/./study.db"):
         assert len(tune(TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=3, epochs=1,
                                      seed=3, storage=url)).trials) == 3
+    # a folder marked by an earlier version (the URL as typed) is still this study's
+    mark = tmp_path / "study.json"
+    mark.write_text(json.dumps({"study_name": "risloc",
+                                "storage": f"sqlite:///{tmp_path}/./study.db"}))
+    assert len(tune(TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=3, epochs=1,
+                                 seed=3)).trials) == 3
     best = yaml.safe_load((tmp_path / "best_overrides.yaml").read_text())
     assert best["objective"] == min(t.value for t in study.trials)
     cfg = load_train_config(TINY, [f"{k}={v}" for k, v in best["overrides"].items()])

@@ -131,12 +131,7 @@ class TuneSettings:
         --storage); None for another database."""
         if self.storage is None:
             return (Path(self.out_dir) / "study.db").resolve()
-        from sqlalchemy.engine import make_url
-
-        url = make_url(self.storage_url)
-        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-            return None
-        return Path(url.database).resolve()
+        return _sqlite_path(self.storage_url)
 
     @property
     def own_db(self) -> bool:
@@ -342,27 +337,53 @@ def open_study(settings: TuneSettings):
 STUDY_MARK = "study.json"  # the study an output folder's trial runs and reports belong to
 
 
+OWN_DB = "sqlite:///<out_dir>/study.db"  # a folder's mark of its own study.db
+
+
+def _storage_mark(storage: str, out: Path) -> str:
+    """A study's storage as a folder's mark records it: the folder's own study.db as
+    :data:`OWN_DB` and another SQLite file by its resolved path, however either is spelled;
+    another database's URL as shown (its password hidden)."""
+    db = None if storage == OWN_DB else _sqlite_path(storage)
+    if db is None:
+        return storage
+    return OWN_DB if db == (out / "study.db").resolve() else f"sqlite:///{db}"
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The resolved file of an SQLite URL; None for another database (or no URL)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).resolve()
+
+
 def claim_folder(settings: TuneSettings, write: bool = True) -> None:
     """Mark ``out_dir`` as the folder of this study, or refuse one that belongs to another:
     studies number their trials from 0, so two studies in one folder would overwrite each
     other's trial runs (trial_0000, ...) and reports. ``write=False`` only checks (before
     the storage is opened: a storage that cannot be opened claims no folder)."""
     out = Path(settings.out_dir)
-    mark = {"study_name": settings.study_name, "storage": settings.storage_shown}
-    if settings.own_db:  # the folder's own SQLite file, however out_dir or it is spelled
-        mark["storage"] = "sqlite:///<out_dir>/study.db"
-    elif settings.sqlite_file is not None:  # another SQLite file, however it is spelled
-        mark["storage"] = f"sqlite:///{settings.sqlite_file}"
+    mark = {"study_name": settings.study_name,
+            "storage": _storage_mark(settings.storage_shown, out)}
     if write:  # (a check makes no folder: a study that cannot open leaves none behind)
         out.mkdir(parents=True, exist_ok=True)
     path = out / STUDY_MARK
     if path.exists():
         held = json.loads(path.read_text())
+        if isinstance(held.get("storage"), str):  # (a mark of an earlier version: as typed)
+            held = {**held, "storage": _storage_mark(held["storage"], out)}
         if held != mark:
             own = f"{out / 'study.db'}"  # the mark's placeholder, as the user sees the folder
 
             def shown(storage: str) -> str:
-                return storage.replace("sqlite:///<out_dir>/study.db", own)
+                return storage.replace(OWN_DB, own)
 
             raise ValueError(f"{out} holds the runs of study {held['study_name']!r} "
                              f"({shown(held['storage'])}), not {mark['study_name']!r} "
