@@ -122,33 +122,40 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
         if not all(map(math.isfinite, values)) or values[2] <= 0:
             raise ValueError(f"{path}, line {line}: positions must be finite numbers and the "
                              f"range > 0, got {dict(row)} (a scene with no source has no row)")
+        if abs(values[1]) > 90:  # (a zenith angle, or radians the other way round)
+            raise ValueError(f"{path}, line {line}: elevation_deg {values[1]:g} lies beyond "
+                             "+-90 deg (an elevation, docs/conventions.md: not a zenith "
+                             "angle)")
         parsed.append((line, b, s, values, score))
-    if slots is None:
-        slots = max([1, *(s + 1 for _, _, s, _, _ in parsed)])
-    K = torch.zeros(n_scenes, dtype=torch.int64)
-    vals = {n: torch.full((n_scenes, slots), math.nan) for n in
-            ("azimuth", "elevation", "range_m", "score")}
     seen: dict[tuple[int, int], int] = {}  # (scene, source) -> its row's line
-    for line, b, s, values, score in parsed:
-        if not (0 <= b < n_scenes and 0 <= s < slots):
+    width: dict[int, int] = {}  # scene -> its sources
+    for line, b, s, _, _ in parsed:  # (checked before any memory is taken for them)
+        if not (0 <= b < n_scenes and 0 <= s < (math.inf if slots is None else slots)):
             raise ValueError(f"{path}, line {line}: scene {b}, source {s}; expected scenes "
                              f"0..{n_scenes - 1} (the {n_scenes} scenes of the scene file) "
-                             f"and sources 0..{slots - 1}")
+                             "and sources 0, 1, ..." + ("" if slots is None else
+                                                        f" up to {slots - 1}"))
         if (b, s) in seen:
             raise ValueError(f"{path}, line {line}: scene {b}, source {s} again (first on "
                              f"line {seen[b, s]})")
         seen[b, s] = line
+        width[b] = max(width.get(b, 0), s + 1)
+    for b, k in width.items():
+        gap = [s for s in range(k) if (b, s) not in seen]
+        if gap:
+            raise ValueError(f"{path}: scene {b} has source {k - 1} but no source "
+                             f"{gap[0]} (a scene's sources are numbered 0, 1, ... without a "
+                             "gap: renumber them where rows were dropped, e.g. by score)")
+    slots = max([1, *width.values()]) if slots is None else slots
+    K = torch.zeros(n_scenes, dtype=torch.int64)
+    vals = {n: torch.full((n_scenes, slots), math.nan) for n in
+            ("azimuth", "elevation", "range_m", "score")}
+    for _, b, s, values, score in parsed:
         K[b] = max(int(K[b]), s + 1)
         vals["azimuth"][b, s] = math.radians(values[0])
         vals["elevation"][b, s] = math.radians(values[1])
         vals["range_m"][b, s] = values[2]
         vals["score"][b, s] = score
-    for b in torch.nonzero(K).flatten().tolist():
-        gap = [s for s in range(int(K[b])) if (b, s) not in seen]
-        if gap:
-            raise ValueError(f"{path}: scene {b} has source {int(K[b]) - 1} but no source "
-                             f"{gap[0]} (a scene's sources are numbered 0, 1, ... without a "
-                             "gap: renumber them where rows were dropped, e.g. by score)")
     return Estimates(K=K, **vals)
 
 

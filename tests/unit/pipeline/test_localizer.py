@@ -255,6 +255,10 @@ def test_estimates_file_round_trip(tmp_path, scenes):
                        ("0,0,nan,0,2\n", "line 2: positions must be finite numbers"),
                        ("0,0,10,0,inf\n", "line 2: positions must be finite numbers"),
                        ("0,0,10,0,-2\n", r"line 2: .*and the range > 0"),
+                       ("0,0,10,95,2\n", r"line 2: elevation_deg 95 lies beyond \+-90 deg"),
+                       ("0,3000000,10,0,2\n", "scene 0, source 3000000; expected scenes "
+                                               r"0..1 \(the 2 scenes of the scene file\) and "
+                                               r"sources 0, 1, ... up to 2"),
                        ("", None)):
         (tmp_path / "u.csv").write_text(head + body)
         if says is None:
@@ -262,6 +266,10 @@ def test_estimates_file_round_trip(tmp_path, scenes):
             continue
         with pytest.raises(ValueError, match=says):
             read_estimates(tmp_path / "u.csv", 2, 3)
+    # slots taken from the file: a stray source number is named before memory is taken
+    (tmp_path / "u.csv").write_text(head + "0,3000000,10,0,2\n")
+    with pytest.raises(ValueError, match="scene 0 has source 3000000 but no source 0"):
+        read_estimates(tmp_path / "u.csv", 2)
     # a spreadsheet's header: stray spaces and capitals forgiven; ';' separators named
     (tmp_path / "u.csv").write_text(" Scene,SOURCE ,azimuth_deg,elevation_deg,range_m ,note\n"
                                     "1,0,10,0,2,x\n1,1,20,0,3,y\n")
