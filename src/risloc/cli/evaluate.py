@@ -214,7 +214,7 @@ def evaluate_command(
                 "cannot be scored; `risloc info` names them)"))
         if estimates:
             settings = _with_given(settings, estimates, n_file, info)
-            _say_scenes_without_rows(settings, batch, start)
+            _say_scenes_without_rows(settings, batch, start, info.system)
         system, points = info.system, list(file_points(batch, snr_bin_db, offset=start))
         if info.has_truth:
             console.print("the bound beside the errors: the stochastic CRB for equal source "
@@ -242,19 +242,22 @@ def evaluate_command(
 SWEEP_ONLY = ("snr_db", "K", "n_per_point", "power_spread_db")  # SweepSettings of a simulation
 
 
-def _say_scenes_without_rows(settings: SweepSettings, batch, start: int) -> None:
-    """Warn where an estimates CSV has no row for scenes with true sources: they count as
-    scenes where nothing was found, which is wrong for a CSV of part of the file."""
+def _say_scenes_without_rows(settings: SweepSettings, batch, start: int, system) -> None:
+    """Warn where an estimates CSV has no row for scenes with true sources (those that
+    are evaluated): they count as scenes where nothing was found, which is wrong for a CSV
+    of part of the file."""
     import numpy as np
 
     from risloc.io.scenefile import listed_scenes
 
+    evaluated = left_out(batch, system)[1]
     for g in settings.given:
         K = g.estimates.K[start:start + len(batch)]
-        empty = np.flatnonzero(((K == 0) & (batch.K > 0)).numpy()) + start
+        empty = np.flatnonzero(((K == 0) & (batch.K > 0) & evaluated).numpy()) + start
         if empty.size:
-            console.print(f"[yellow]--estimates {g.path}: {empty.size} of the {len(batch)} "
-                          f"scenes evaluated have true sources but no row "
+            console.print(f"[yellow]--estimates {g.path}: {empty.size} of the "
+                          f"{int(evaluated.sum())} scenes evaluated have true sources but no "
+                          f"estimate (no row) "
                           f"{listed_scenes(empty)}; they count as scenes where no source was "
                           "found (for the estimates of part of the file, `risloc localize "
                           "--start/--stop`, evaluate that part: the same --start/--stop)[/]")
