@@ -317,8 +317,10 @@ def localize_command(
         if hint:
             console.print(f"[yellow]{hint}[/]")
     elif done_before:
-        how = (f"; `risloc evaluate {paths[0]} --estimators none --estimates {out_path}` "
-               "scores them all" if not many and (start, stop) == (0, None) else "")
+        span = "".join(f" --{k} {v}" for k, v in (("start", start), ("stop", stop))
+                       if v not in (0, None))
+        how = (f"; `risloc evaluate {paths[0]}{span} --estimators none --estimates "
+               f"{out_path}` scores them all" if not many and infos[0].has_truth else "")
         console.print("(no metrics after a resume: the scenes localized before it are not "
                       f"scored again{how})")
     if bad:
