@@ -234,8 +234,11 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
     write_text_atomic(run / "metrics.json", json.dumps(metrics, indent=2))
     stdout.print(_summary_table(metrics, run))
     if cfg.order.scenes == 0:
-        held = (f"the {run / 'model.pt'} there, fitted earlier, is left as it was" if
-                (run / "model.pt").exists() else f"so no {run / 'model.pt'}")
+        held = f"so no {run / 'model.pt'}"
+        if (run / "model.pt").exists():
+            held = (f"the {run / 'model.pt'} there, fitted earlier, is left as it was" + (
+                "" if _same_epoch(run / "model.pt", run / "best.pt") else
+                " (of another epoch than best.pt's now)"))
         console.print(f"order.scenes = 0: no order head fitted, {held} (risloc export-model "
                       f"{run / 'best.pt'}, then risloc fit-order on what it writes, make one)")
     elif resume and _model_is_current(cfg):
@@ -253,22 +256,32 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
             raise typer.Exit(code=130) from None
 
 
+def _same_epoch(model: Path, best: Path) -> bool:
+    """Whether an inference model holds the training checkpoint's epoch (and recipe)."""
+    from risloc.inference.checkpoint import load_checkpoint
+
+    try:
+        a, b = load_checkpoint(model), load_checkpoint(best)
+    except (FileNotFoundError, ValueError):
+        return False
+    return all(a.get(k) == b.get(k) for k in ("epoch", "step", "config"))
+
+
 def _model_is_current(cfg: TrainConfig) -> bool:
     """Whether <out_dir>/model.pt holds best.pt's epoch and an order head fitted with the
     recipe's order settings (a finished run resumed again: nothing to fit anew)."""
     from risloc.inference.checkpoint import load_checkpoint
 
     run = Path(cfg.out_dir)
-    try:
-        model, best = load_checkpoint(run / "model.pt"), load_checkpoint(run / "best.pt")
-    except (FileNotFoundError, ValueError):
+    if not _same_epoch(run / "model.pt", run / "best.pt"):
         return False
+    model = load_checkpoint(run / "model.pt")
     report, o = model.get("order_report") or {}, cfg.order
     return (model.get("order_head") is not None
-            and all(model.get(k) == best.get(k) for k in ("epoch", "step", "config"))
             and report.get("training_scenes") == o.scenes
             and report.get("scene") == dict(o.scene) and report.get("scene_mix") == o.scene_mix
-            and len(report.get("per_snr") or ()) > 0)
+            and len(report.get("per_snr") or ()) > 0
+            and all(r.get("scenes") == o.report_scenes for r in report["per_snr"]))
 
 
 def _inference_model(cfg, progress_bar: bool) -> Path:
