@@ -83,8 +83,8 @@ def tune_command(
                       f"command continues it in {out}, the interrupted trial from its last "
                       "finished epoch[/]")
         raise typer.Exit(code=130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # (None: a handler installed from C, which Python cannot put back)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     table = Table(title=f"study {study_name!r}")
     names = sorted({k for t in study.trials for k in t.params})
     relative = relative_fields(settings)  # their parameters: multiples of the recipe's value
