@@ -25,12 +25,12 @@ from risloc.evaluation.metrics import (
 from risloc.io.atomic import check_writable
 from risloc.io.scenefile import (
     SceneFileError,
-    batch_truth_problems,
     count_outside,
     inspect_scene_file,
     iter_scene_chunks,
     outside_hint,
     radians_hint,
+    scorable_mask,
     widest_true_angle,
 )
 from risloc.parallel import read_ahead
@@ -42,15 +42,6 @@ from risloc.pipeline.estimates_file import (
     estimate_rows,
 )
 from risloc.pipeline.localizer import check_system
-from risloc.simulation.scenes import SceneBatch
-
-
-def _scorable(batch: SceneBatch, k_max: int) -> torch.Tensor:
-    """[B] bool: the scenes of a chunk whose truth can be scored (a file read with
-    ``truth="unchecked"``), as `risloc evaluate` leaves the others out."""
-    keep = torch.ones(len(batch), dtype=torch.bool)
-    keep[[i for i, _ in batch_truth_problems(batch, k_max)]] = False
-    return keep
 
 
 def _metrics_table(m: Matching, snr_db: torch.Tensor, bin_db: float, n_bad: int = 0) -> Table:
@@ -257,7 +248,7 @@ def localize_command(
                                   [(f"{path}:" if many else "", at + j, why)
                                    for j, why in res.bad])
                     if scored and done_before == 0:
-                        keep = _scorable(batch, info.system.K_max)
+                        keep = scorable_mask(batch, info.system.K_max)
                         est, part = res.estimates, batch
                         if not keep.all():
                             est, part = est[keep.to(est.K.device)], batch[keep]

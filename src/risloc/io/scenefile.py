@@ -629,11 +629,17 @@ def batch_truth_problems(batch: SceneBatch, k_max: int) -> list[tuple[int, str]]
                           k_max=k_max, right_angle=math.pi / 2)
 
 
-def scorable_truth(batch: SceneBatch, k_max: int) -> SceneBatch:
-    """The scenes of a batch with truth (read with ``truth="unchecked"``) whose truth can
-    be scored (:func:`batch_truth_problems` names the others)."""
+def scorable_mask(batch: SceneBatch, k_max: int) -> torch.Tensor:
+    """[B] bool: the scenes of a batch with truth (read with ``truth="unchecked"``) whose
+    truth can be scored (:func:`batch_truth_problems` names the others)."""
     keep = torch.ones(len(batch), dtype=torch.bool)
     keep[[i for i, _ in batch_truth_problems(batch, k_max)]] = False
+    return keep
+
+
+def scorable_truth(batch: SceneBatch, k_max: int) -> SceneBatch:
+    """The scenes of :func:`scorable_mask`."""
+    keep = scorable_mask(batch, k_max)
     return batch if bool(keep.all()) else batch[keep]
 
 
