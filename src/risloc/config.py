@@ -292,7 +292,7 @@ def scene_mixture(scene: SceneConfig, kinds: tuple[SceneKind, ...] | list[SceneK
     inside the base scene's field of view (the network's grid follows it)."""
     out, rest = [], 1.0
     for i, kind in enumerate(kinds):
-        what = f"scene_mix[{i}]" + (f" ({kind.name})" if kind.name else "")
+        what = f"data.scene_mix[{i}].scene"  # (named as the recipe holds it)
         out.append((kind.share, replace_scene_fields(scene, kind.scene, what)))
         rest -= kind.share
     if rest <= 1e-9:

@@ -186,7 +186,8 @@ def test_mixture_draws_each_kind_by_its_share_in_its_region(system, scene):
     ([SceneKind(share=0.6), SceneKind(share=0.4)], "sum to 1"),
     ([SceneKind(share=0.1, scene={"range_m": (0.2, 1)})], "range_m"),
     ([SceneKind(share=0.1, scene={"codebok": "dft"})], "codebok"),
-    ([SceneKind(name="x", share=0.1, scene={"azimuth_deg": (50, 70)})], "scene_mix[0] (x)"),
+    ([SceneKind(name="x", share=0.1, scene={"azimuth_deg": (50, 70)})],
+     "data.scene_mix[0].scene: azimuth_deg"),
 ])
 def test_mixture_errors_name_the_kind_and_field(scene, kinds, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")
