@@ -210,13 +210,13 @@ def check_positions(az: torch.Tensor, el: torch.Tensor, r: torch.Tensor, mask: t
         raise InputError("ranges must be positive")
 
 
-
 def matlab_vector(t: torch.Tensor, n: int) -> torch.Tensor:
     """A row (1, n) or column (n, 1) of n values, as scipy.io.loadmat returns MATLAB's
     vectors, read as the vector (n,); anything else as it is."""
     if t.ndim == 2 and t.numel() == n and 1 in t.shape:
         return t.reshape(n)
     return t
+
 
 def snr_per_scene(snr_db, n_scenes: int, device: torch.device | str | None = None
                   ) -> torch.Tensor | None:
