@@ -324,6 +324,8 @@ def open_study(settings: TuneSettings):
                                  engine_kwargs=SQLITE_ENGINE if sqlite else None)
             if sqlite:
                 serialize_sqlite(storage.engine)
+        # (its info lines, "A new study created in RDB ...", in its own format: not ours)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         return optuna.create_study(
             study_name=settings.study_name, storage=storage, load_if_exists=True,
             direction="minimize", sampler=sampler,
@@ -451,7 +453,6 @@ def relative_fields(settings: TuneSettings) -> set[str]:
 def tune(settings: TuneSettings):
     """Work on the study until it holds ``n_trials`` finished trials (all workers counted);
     write trials.csv and, once a trial has completed, best_overrides.yaml. Returns it."""
-    import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
@@ -489,7 +490,6 @@ def tune(settings: TuneSettings):
                  settings.n_trials)
         for number in requeue_interrupted(study):
             log.info("trial %d was interrupted: queued again, to continue its run", number)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         # (Optuna's records come from child loggers: a filter acts on the handlers)
         handlers = logging.getLogger("optuna").handlers
         for h in handlers:
