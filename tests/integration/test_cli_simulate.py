@@ -187,3 +187,13 @@ def test_config_may_be_a_recipe_but_a_misspelt_section_is_named(tmp_path):
     res = runner.invoke(app, ["simulate", "--n", "2", "--out", str(tmp_path / "b.npz"),
                               "--set", "scene.snr_db=[0, 10"])
     assert res.exit_code == 2 and "not valid YAML" in res.output
+
+
+def test_every_command_s_help_is_whole_paragraphs():
+    """A review: the docstrings' source line breaks, kept by rich's help, broke sentences
+    mid-line in `risloc --help`."""
+    for cmd in app.registered_commands:
+        paragraphs = cmd.help.split("\n\n")
+        assert all(p and "\n" not in p for p in paragraphs), cmd.name
+    res = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert "localize it with the learned pipeline" in res.output  # (was: "learned" \n "pipeline")

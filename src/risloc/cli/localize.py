@@ -145,8 +145,8 @@ def localize_command(
     """Localize every scene of one or more files and write the estimates CSV, chunk by
     chunk (<out>.part while running, renamed to <out> when complete; --resume after a kill
     continues where it stopped). Bad scenes are reported by index and skipped; exit code 1
-    when any was. With several files a `file` column (the index in the argument list)
-    follows the conventions' columns."""
+    when any was. With several files a `file` column (each file's index in the list the
+    arguments expand to, printed at the start) follows the conventions' columns."""
     if method is not None and method not in METHODS:
         raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
     paths = expand_inputs(scenes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated
 
 import typer
@@ -37,16 +38,19 @@ def main(
     setup_logging(verbose)
 
 
-app.command("demo")(demo_command)
-app.command("simulate")(simulate_command)
-app.command("info")(info_command)
-app.command("evaluate")(evaluate_command)
-app.command("localize")(localize_command)
-app.command("train")(train_command)
-app.command("export-model")(export_command)
-app.command("fit-order")(fit_order_command)
-app.command("tune")(tune_command)
-app.command("plot-run")(plot_run_command)
+def _help(command) -> str:
+    """A command's docstring as its help: each paragraph one line, for the terminal to wrap
+    (the source's line breaks, kept by rich's help, broke sentences mid-line)."""
+    text = inspect.getdoc(command) or ""
+    return "\n\n".join(" ".join(p.split()) for p in text.split("\n\n"))
+
+
+for name, command in (("demo", demo_command), ("simulate", simulate_command),
+                      ("info", info_command), ("evaluate", evaluate_command),
+                      ("localize", localize_command), ("train", train_command),
+                      ("export-model", export_command), ("fit-order", fit_order_command),
+                      ("tune", tune_command), ("plot-run", plot_run_command)):
+    app.command(name, help=_help(command))(command)
 
 if __name__ == "__main__":
     app()
