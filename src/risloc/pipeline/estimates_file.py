@@ -128,7 +128,7 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
                              "angle)")
         parsed.append((line, b, s, values, score))
     seen: dict[tuple[int, int], int] = {}  # (scene, source) -> its row's line
-    width: dict[int, int] = {}  # scene -> its sources
+    sources: dict[int, list[int]] = {}  # scene -> its source numbers
     for line, b, s, _, _ in parsed:  # (checked before any memory is taken for them)
         if not (0 <= b < n_scenes and 0 <= s < (math.inf if slots is None else slots)):
             raise ValueError(f"{path}, line {line}: scene {b}, source {s}; expected scenes "
@@ -139,14 +139,15 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
             raise ValueError(f"{path}, line {line}: scene {b}, source {s} again (first on "
                              f"line {seen[b, s]})")
         seen[b, s] = line
-        width[b] = max(width.get(b, 0), s + 1)
-    for b, k in width.items():
-        gap = [s for s in range(k) if (b, s) not in seen]
-        if gap:
-            raise ValueError(f"{path}: scene {b} has source {k - 1} but no source "
-                             f"{gap[0]} (a scene's sources are numbered 0, 1, ... without a "
+        sources.setdefault(b, []).append(s)
+    for b, numbers in sources.items():  # (in the rows' count, not the largest number's)
+        numbers.sort()
+        gap = next((i for i, s in enumerate(numbers) if s != i), None)
+        if gap is not None:
+            raise ValueError(f"{path}: scene {b} has source {numbers[-1]} but no source "
+                             f"{gap} (a scene's sources are numbered 0, 1, ... without a "
                              "gap: renumber them where rows were dropped, e.g. by score)")
-    slots = max([1, *width.values()]) if slots is None else slots
+    slots = max([1, *(len(n) for n in sources.values())]) if slots is None else slots
     K = torch.zeros(n_scenes, dtype=torch.int64)
     vals = {n: torch.full((n_scenes, slots), math.nan) for n in
             ("azimuth", "elevation", "range_m", "score")}

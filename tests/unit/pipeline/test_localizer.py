@@ -267,9 +267,9 @@ def test_estimates_file_round_trip(tmp_path, scenes):
         with pytest.raises(ValueError, match=says):
             read_estimates(tmp_path / "u.csv", 2, 3)
     # slots taken from the file: a stray source number is named before memory is taken
-    (tmp_path / "u.csv").write_text(head + "0,3000000,10,0,2\n")
-    with pytest.raises(ValueError, match="scene 0 has source 3000000 but no source 0"):
-        read_estimates(tmp_path / "u.csv", 2)
+    (tmp_path / "u.csv").write_text(head + "0,1000000000000,10,0,2\n")  # (a list of the
+    with pytest.raises(ValueError, match="scene 0 has source 1000000000000 but no source 0"):
+        read_estimates(tmp_path / "u.csv", 2)  # sources missing would not fit in memory)
     # a spreadsheet's header: stray spaces and capitals forgiven; ';' separators named
     (tmp_path / "u.csv").write_text(" Scene,SOURCE ,azimuth_deg,elevation_deg,range_m ,note\n"
                                     "1,0,10,0,2,x\n1,1,20,0,3,y\n")
