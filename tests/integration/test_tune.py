@@ -231,7 +231,8 @@ def test_a_trial_stopped_by_ctrl_c_is_continued_from_its_last_epoch(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         tune(s)
     first = open_study(s).trials[0]
-    assert first.state.name == "FAIL" and first.user_attrs["interrupted"] == 0  # its number
+    assert first.state.name == "FAIL" and first.user_attrs["interrupted"] is True
+    assert first.user_attrs["interrupted_trial"] == 0  # its number (a stale retry copies it)
     epochs = tmp_path / "trial_0000" / "epochs.csv"
     assert len(list(csv.DictReader(epochs.open()))) == 1
 
@@ -302,7 +303,7 @@ def test_a_worker_stopped_by_sigterm_leaves_its_trial_to_be_continued(tmp_path):
     assert worker.returncode == 130 and "interrupted: the study keeps its finished" in said, said
     s = TuneSettings(config=TINY, out_dir=str(out), n_trials=1, epochs=30)
     first = open_study(s).trials[0]
-    assert first.state.name == "FAIL" and first.user_attrs["interrupted"] == 0
+    assert first.state.name == "FAIL" and first.user_attrs["interrupted_trial"] == 0
 
 
 def _storages(tmp_path):

@@ -199,7 +199,8 @@ def _objective(settings: TuneSettings, base: TrainConfig, space: tuple[Dimension
             log.warning("trial %d pruned: %s", trial.number, err)
             raise optuna.TrialPruned(f"diverged: {err}") from None
         except KeyboardInterrupt:  # Ctrl-C: the next tune queues it again (requeue_interrupted)
-            trial.set_user_attr(INTERRUPTED, trial.number)
+            trial.set_user_attr(INTERRUPTED_TRIAL, trial.number)
+            trial.set_user_attr(INTERRUPTED, True)
             raise
         for key in ("best_epoch", "val_K_accuracy", "val_angle_median_deg"):
             if key in result:
@@ -209,10 +210,12 @@ def _objective(settings: TuneSettings, base: TrainConfig, space: tuple[Dimension
     return objective
 
 
-# a trial's user attributes: INTERRUPTED, its own number where Ctrl-C (or SIGTERM, in the CLI)
-# stopped it (a number, not True: Optuna's retry of a stale trial copies the attributes);
-# CONTINUES, the interrupted trial it continues, in the run folder of trial CONTINUES_RUN
+# a trial's user attributes: INTERRUPTED (True) and INTERRUPTED_TRIAL (its own number) where
+# Ctrl-C (or SIGTERM, in the CLI) stopped it (the number tells it from Optuna's retry of a
+# stale trial, which copies the attributes); CONTINUES, the interrupted trial it continues,
+# in the run folder of trial CONTINUES_RUN
 INTERRUPTED = "interrupted"
+INTERRUPTED_TRIAL = "interrupted_trial"
 CONTINUES = "continues"
 CONTINUES_RUN = "run"
 
@@ -232,6 +235,8 @@ def _check_single_continuation(trial) -> None:
     for t in trial.study.get_trials(deepcopy=False):
         if (t.number < trial.number and t.user_attrs.get(CONTINUES) == mine
                 and t.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)):
+            log.info("trial %d: trial %d continues trial %d already (two workers queued it); "
+                     "this copy stops", trial.number, t.number, mine)
             raise DuplicateContinuation(f"trial {t.number} continues trial {mine} already")
 
 
@@ -247,7 +252,7 @@ def requeue_interrupted(study) -> list[int]:
     continued = {t.user_attrs.get(CONTINUES) for t in study.trials}
     queued = []
     for t in study.trials:
-        if (t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED) == t.number
+        if (t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED_TRIAL) == t.number
                 and t.number not in continued):
             attrs = {CONTINUES: t.number, CONTINUES_RUN: t.user_attrs.get(CONTINUES_RUN,
                                                                           t.number)}
@@ -529,9 +534,10 @@ def _fail_stale_trials(study) -> None:
 
 
 def _no_interrupt_report(record: logging.LogRecord) -> bool:
-    """Optuna reports a trial ended by Ctrl-C with its whole traceback; the CLI says it in
-    one line (False drops the record)."""
-    return "KeyboardInterrupt" not in record.getMessage()
+    """Optuna reports a trial ended by Ctrl-C, or a duplicate continuation's, with its whole
+    traceback; the CLI and the log say it in one line (False drops the record)."""
+    text = record.getMessage()
+    return "KeyboardInterrupt" not in text and "DuplicateContinuation" not in text
 
 
 def write_reports(study, base: TrainConfig, space: tuple[Dimension, ...], out: Path,

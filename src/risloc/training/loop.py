@@ -253,7 +253,12 @@ class Trainer:
             raise ResumeRefused(f"cannot resume from {path}: it is an inference model (what "
                              "export-model and fit-order write), not a training checkpoint; "
                              "--overwrite starts the run afresh")
-        diff = differences(trajectory(TrainConfig.from_json(st["config"]), stopping=False),
+        try:
+            held = TrainConfig.from_json(st["config"])
+        except (KeyError, ValueError) as err:  # (ConfigError is a ValueError)
+            raise ResumeRefused(f"cannot resume from {path}: its recipe cannot be read "
+                                f"({err})") from None
+        diff = differences(trajectory(held, stopping=False),
                            trajectory(self.cfg, stopping=False))
         if diff:
             raise ResumeRefused(f"cannot resume from {path}: its recipe differs from this one in "

@@ -129,6 +129,7 @@ def test_what_tune_prints_hides_the_password_and_a_ctrl_c_traceback():
 
     assert not _no_interrupt_report(record("Trial 0 failed ... error: KeyboardInterrupt()."))
     assert _no_interrupt_report(record("Trial 0 failed ... error: FloatingPointError()."))
+    assert not _no_interrupt_report(record("Trial 2 failed ... DuplicateContinuation(...)"))
 
     with pytest.raises(ValueError, match=r"--set schedule.epochs=7: risloc tune sets "
                                          r"schedule.epochs itself: use --epochs"):
