@@ -115,7 +115,12 @@ class TuneSettings:
     def storage_url(self) -> str:
         """The study's SQLAlchemy URL: a bare postgresql:// takes the driver of the
         `postgres` extra (psycopg2) where psycopg 3, SQLAlchemy 2.1's default, is absent."""
-        url = self.storage or f"sqlite:///{Path(self.out_dir) / 'study.db'}"
+        if self.storage is None:  # (quoted: a folder named "a%20b" or "q?x" is that folder)
+            from sqlalchemy.engine import URL
+
+            return URL.create("sqlite", database=str(Path(self.out_dir) / "study.db")
+                              ).render_as_string(hide_password=False)
+        url = self.storage
         scheme, sep, rest = url.partition("://")
         if sep and scheme in ("postgresql", "postgres"):
             import importlib.util
@@ -378,7 +383,7 @@ def claim_folder(settings: TuneSettings, write: bool = True) -> None:
     the storage is opened: a storage that cannot be opened claims no folder)."""
     out = Path(settings.out_dir)
     mark = {"study_name": settings.study_name,
-            "storage": _storage_mark(settings.storage_shown, out)}
+            "storage": OWN_DB if settings.own_db else _storage_mark(settings.storage_shown, out)}
     if write:  # (a check makes no folder: a study that cannot open leaves none behind)
         out.mkdir(parents=True, exist_ok=True)
     path = out / STUDY_MARK

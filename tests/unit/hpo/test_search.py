@@ -135,3 +135,14 @@ def test_what_tune_prints_hides_the_password_and_a_ctrl_c_traceback():
                                          r"schedule.epochs itself: use --epochs"):
         TuneSettings(config="train_tiny", overrides=("schedule.epochs=7",))
     TuneSettings(config="train_tiny", overrides=("progress=false",))  # harmless: taken
+
+
+def test_the_folder_s_own_study_is_found_whatever_its_name_holds(tmp_path):
+    """A review: the default URL was an f-string, so a folder named "a%20b" put the study in
+    "a b" and one named "q?x" in the file "q"."""
+    from sqlalchemy.engine import make_url
+
+    for name in ("a%20b", "q?x", "plain"):
+        s = TuneSettings(config="train_tiny", out_dir=str(tmp_path / name))
+        assert make_url(s.storage_url).database == str(tmp_path / name / "study.db")
+        assert s.own_db
