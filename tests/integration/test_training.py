@@ -85,6 +85,9 @@ def test_cli_run_writes_logs_and_checkpoints(tmp_path):
     assert res.exit_code == 0 and "fitting the order head" in " ".join(res.output.split())
     assert json.loads((tmp_path / "model.json").read_text())["order_head"][
         "training_scenes"] == 80
+    res = CliRunner().invoke(app, [*again, "--set", "order.scenes=80", "--set",
+                                   "order.report_scenes=3"])  # the report's size counts too
+    assert res.exit_code == 0 and "fitting the order head" in " ".join(res.output.split())
     bad = CliRunner().invoke(app, ["--config", str(TINY), "--set", "optim.lr=-1"])
     assert bad.exit_code == 2 and "lr" in bad.output
     bad = CliRunner().invoke(app, ["--config", str(TINY), "--set", "optim.lr=.inf"])

@@ -206,7 +206,8 @@ def evaluate_command(
             raise ValueError(f"--start {start} / --stop {stop} select no scene range of the "
                              f"{len(batch)} scenes of {scenes}")
         n_file, batch = len(batch), batch[start:stop]
-        left = len(left_out(batch, info.system)[0]) if len(batch) else 0
+        reasons, evaluated = left_out(batch, info.system) if len(batch) else ([], None)
+        left = len(reasons)
         if left == len(batch):
             raise ValueError(f"{scenes}: no scene can be evaluated (" + (
                 "none selected)" if n_file and not left else "the file holds none)" if not left
@@ -214,7 +215,7 @@ def evaluate_command(
                 "cannot be scored; `risloc info` names them)"))
         if estimates:
             settings = _with_given(settings, estimates, n_file, info)
-            _say_scenes_without_rows(settings, batch, start, info.system)
+            _say_scenes_without_rows(settings, batch, start, evaluated)
         system, points = info.system, list(file_points(batch, snr_bin_db, offset=start))
         if info.has_truth:
             console.print("the bound beside the errors: the stochastic CRB for equal source "
@@ -242,15 +243,15 @@ def evaluate_command(
 SWEEP_ONLY = ("snr_db", "K", "n_per_point", "power_spread_db")  # SweepSettings of a simulation
 
 
-def _say_scenes_without_rows(settings: SweepSettings, batch, start: int, system) -> None:
+def _say_scenes_without_rows(settings: SweepSettings, batch, start: int,
+                             evaluated: torch.Tensor) -> None:
     """Warn where an estimates CSV has no row for scenes with true sources (those that
     are evaluated): they count as scenes where nothing was found, which is wrong for a CSV
-    of part of the file."""
+    of part of the file (``evaluated``: the mask of :func:`left_out`)."""
     import numpy as np
 
     from risloc.io.scenefile import listed_scenes
 
-    evaluated = left_out(batch, system)[1]
     for g in settings.given:
         K = g.estimates.K[start:start + len(batch)]
         empty = np.flatnonzero(((K == 0) & (batch.K > 0) & evaluated).numpy()) + start

@@ -116,6 +116,38 @@ class ClassicalConfig:
         """This configuration searching ``fov`` (grid, joint steps and final polish)."""
         return replace(self, step=replace(self.step, fov=fov), final=replace(self.final, fov=fov))
 
+    def for_system(self, system: SystemConfig) -> ClassicalConfig:
+        """This configuration with its grid as dense for ``system`` and its field of view as
+        the defaults are for the default system (12 x 12 elements at lambda / 2: an aperture
+        of 6 wavelengths a side) and field of view: a beam narrows with the aperture in
+        wavelengths, so the points along sin(az), el and 1/r grow with it (1/r with the wider
+        side) and with the span searched; never fewer. The passes hold fewer scenes where a
+        scene's grid columns grow (N x grid points). The default system and field of view:
+        this configuration, unchanged. (A 24 x 24 RIS with the default grid found 29 % of
+        the field of view within the grid's coverage, and missed sources at 30 dB.)"""
+        ref, fov = FieldOfView(), self.fov
+
+        def span(box, f=lambda v: v):
+            return f(box[1]) - f(box[0])
+
+        sin_deg = lambda v: math.sin(math.radians(v))  # noqa: E731
+        inv = lambda v: 1.0 / v  # noqa: E731
+        wide = (system.N_H * system.spacing / system.wavelength / 6.0,
+                system.N_V * system.spacing / system.wavelength / 6.0)
+        grow = (max(1.0, wide[0] * span(fov.azimuth_deg, sin_deg)
+                    / span(ref.azimuth_deg, sin_deg)),
+                max(1.0, wide[1] * span(fov.elevation_deg) / span(ref.elevation_deg)),
+                max(1.0, max(wide) * -span(fov.range_m, inv) / -span(ref.range_m, inv)))
+        sizes = (math.ceil(self.grid_azimuth * grow[0] - 1e-9),
+                 math.ceil(self.grid_elevation * grow[1] - 1e-9),
+                 math.ceil(self.grid_inv_range * grow[2] - 1e-9))
+        if sizes == (self.grid_azimuth, self.grid_elevation, self.grid_inv_range):
+            return self
+        columns = system.N * math.prod(sizes) / (144 * self.grid_azimuth * self.grid_elevation
+                                                 * self.grid_inv_range)
+        return replace(self, grid_azimuth=sizes[0], grid_elevation=sizes[1],
+                       grid_inv_range=sizes[2], chunk=max(1, int(self.chunk / max(1.0, columns))))
+
     def __post_init__(self) -> None:
         if min(self.grid_azimuth, self.grid_elevation, self.grid_inv_range) < 1:
             raise ValueError("grid sizes must be >= 1")

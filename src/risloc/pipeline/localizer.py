@@ -229,7 +229,8 @@ class Localizer:
         self.system, self.method, self.pipeline, self.workers = system, method, pipeline, workers
         self.chunk = chunk
         self.fov = pipeline.fov if method == "learned" else (fov or FieldOfView())
-        self.classical_config = ClassicalConfig().with_fov(self.fov)
+        # (its grid as dense for this system and field of view as the default's for theirs)
+        self.classical_config = ClassicalConfig().with_fov(self.fov).for_system(self.system)
         self.graphed = (GraphedLocalize(pipeline, graph_batch)
                         if method == "learned" and graph_batch is not None else None)
 

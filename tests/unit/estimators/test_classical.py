@@ -190,6 +190,28 @@ def test_grid_covers_the_field_of_view():
                                                                             abs_tol=1e-6)
 
 
+def test_the_grid_grows_with_the_aperture_and_finds_every_source_of_a_larger_ris():
+    """A review: the default grid (24 x 13 x 10, for 12 x 12 elements at lambda/2) covered
+    29 % of the field of view of a 24 x 24 RIS, and the localizer missed sources at 30 dB.
+    The default system and field of view keep it exactly."""
+    from risloc.config import FieldOfView
+    from risloc.evaluation import match_sources, summarize
+    from risloc.pipeline import Localizer
+
+    base = classical.ClassicalConfig()
+    assert base.with_fov(FieldOfView()).for_system(SystemConfig()) == base
+    assert base.for_system(SystemConfig(N_H=8, N_V=6, M=8)) == base  # smaller: never fewer
+    big = SystemConfig(N_H=24, N_V=24)
+    grown = base.for_system(big)
+    assert (grown.grid_azimuth, grown.grid_elevation, grown.grid_inv_range) == (48, 26, 20)
+    assert grown.chunk == 1  # 32 x the grid columns per scene: one scene a pass
+    loc = Localizer(big, "classical", workers=1)
+    assert loc.classical_config.grid_azimuth == 48
+    sc = simulate_range(0, 20, big, SCENE, seed=3, split="test", snr_db=30.0, K=3)
+    est = loc.localize(sc.y, sc.H, sc.codes, K=sc.K).estimates
+    assert summarize(match_sources(est, sc.azimuth, sc.elevation, sc.range_m, sc.K)).f1 == 1.0
+
+
 def test_bf16_shortlist_ranking_proposes_what_the_exact_one_does(monkeypatch):
     """The grid power in bfloat16 (the ML fit's shortlist ranking) is within 1 % of the
     exact one, and the proposal for a second source given the first is the same grid point."""
