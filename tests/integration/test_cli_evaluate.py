@@ -389,3 +389,17 @@ def test_an_snr_beyond_what_float32_noise_can_hold_is_named_by_its_option(tmp_pa
     res = runner.invoke(app, ["evaluate", str(tmp_path / "f.h5"), "--estimators", "classical",
                               "--snr-db", "400", "--no-plots", "--out", str(tmp_path / "r")])
     assert res.exit_code == 0 and "not used for a scene file" in " ".join(res.output.split())
+
+
+def test_a_sweep_drawn_beyond_the_field_of_view_searched_says_so(tmp_path):
+    """A review: --set scene.* drew sources the estimators never search, F1 0, no word."""
+    res = runner.invoke(app, ["evaluate", "--set", "scene.range_m=[12, 20]", "--estimators",
+                              "music-oracle", "--snr-db", "20", "--K", "1", "--n", "2",
+                              "--out", str(tmp_path / "r"), "--no-plots"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "range 12..20 m, beyond the field of view the estimators " \
+        "search" in said, said
+    res = runner.invoke(app, ["evaluate", "--estimators", "music-oracle", "--snr-db", "20",
+                              "--K", "1", "--n", "2", "--out", str(tmp_path / "r2"),
+                              "--no-plots"])
+    assert res.exit_code == 0 and "beyond the field of view" not in res.output

@@ -234,6 +234,7 @@ def evaluate_command(
             f"{scenes}, scenes {start}..{start + len(batch) - 1}"
     else:
         cfg = sweep_config(config, set_, checkpoint if "learned" in names else None)
+        _say_scenes_beyond_the_search(cfg.scene.fov)
         system, points, source = cfg.system, sweep_points(settings, cfg), "simulated test split"
         left = 0
     run_report(points, system, settings, out_dir, plots, source, pooled=scenes is not None,
@@ -241,6 +242,21 @@ def evaluate_command(
 
 
 SWEEP_ONLY = ("snr_db", "K", "n_per_point", "power_spread_db")  # SweepSettings of a simulation
+
+
+def _say_scenes_beyond_the_search(drawn) -> None:
+    """Warn where a sweep's scenes (``--set scene.*``) are drawn beyond the field of view
+    the estimators search (the default one): sources there cannot be found."""
+    from risloc.config import FieldOfView
+    from risloc.io.scenefile import fov_text
+
+    searched = FieldOfView()
+    if any(d[0] < s[0] or d[1] > s[1] for d, s in (
+            (drawn.azimuth_deg, searched.azimuth_deg),
+            (drawn.elevation_deg, searched.elevation_deg), (drawn.range_m, searched.range_m))):
+        console.print(f"[yellow]the scenes are drawn in {fov_text(drawn)}, beyond the field of "
+                      f"view the estimators search ({fov_text(searched)}): sources outside it "
+                      "cannot be found (the Python API's Localizer takes fov=)[/]")
 
 
 def _say_scenes_without_rows(settings: SweepSettings, batch, start: int,
