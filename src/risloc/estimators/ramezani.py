@@ -38,7 +38,7 @@ than the 5 deg scene separation. This is a baseline, not the project's estimator
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -79,6 +79,13 @@ class RamezaniConfig:
         if min(self.subarray) < 2 or self.n_frequency < 4 or self.n_range < 2:
             raise ValueError("RamezaniConfig: subarray >= 2 per axis, n_frequency >= 4 and "
                              "n_range >= 2 are required")
+
+    def for_system(self, system: SystemConfig) -> RamezaniConfig:
+        """This configuration with sub-RISs of two thirds of each side of ``system``'s RIS
+        (at least 2), as the default 8 x 8 is of the default 12 x 12 one (unchanged there):
+        the smoothing needs sub-RISs that fit, and as many of them as sources."""
+        sub = tuple(max(2, round(2 * n / 3)) for n in (system.N_V, system.N_H))
+        return self if sub == self.subarray else replace(self, subarray=sub)
 
 
 class VirtualArrayModel:
@@ -215,6 +222,9 @@ def ramezani_music(R: torch.Tensor, K: torch.Tensor | int, system: SystemConfig,
     """
     K = check_inputs(R, K, system.N, system.M)
     m_v, m_h = config.subarray
+    if m_v > system.N_V or m_h > system.N_H:
+        raise ValueError(f"subarray {config.subarray} exceeds the ({system.N_V}, "
+                         f"{system.N_H}) RIS (RamezaniConfig.for_system sizes it)")
     windows = (system.N_V - m_v + 1) * (system.N_H - m_h + 1)
     if int(K.max()) >= m_v * m_h or int(K.max()) > windows:
         raise ValueError(f"K={int(K.max())} needs a sub-RIS of more than K elements and at "

@@ -57,10 +57,11 @@ def _music_samp_nfmle(scenes: SceneBatch, system: SystemConfig,
 
 def _ramezani_samp(scenes: SceneBatch, system: SystemConfig,
                    K: torch.Tensor | None) -> Estimates:
-    from risloc.estimators.ramezani import ramezani_music
+    from risloc.estimators.ramezani import RamezaniConfig, ramezani_music
 
     R = sample_covariance(scenes.y, scenes.H, scenes.codes)
-    return ramezani_music(R, K if K is not None else _samp_order(R, system), system)
+    return ramezani_music(R, K if K is not None else _samp_order(R, system), system,
+                          RamezaniConfig().for_system(system))
 
 
 def _music_oracle(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None) -> Estimates:

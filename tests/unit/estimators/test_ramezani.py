@@ -110,3 +110,17 @@ def test_bad_input_raises():
         ramezani_music(R, 4, system, RamezaniConfig(subarray=(2, 2)))
     with pytest.raises(ValueError):
         RamezaniConfig(fov=FieldOfView(range_m=(2.0, 1.0)))
+
+
+def test_the_sub_ris_is_sized_for_the_system():
+    """A review: the 8 x 8 sub-RIS, fixed, refused every RIS narrower than 8 (with a negative
+    count of sub-RISs in the message), and evaluate lost its other estimators' results."""
+    base = RamezaniConfig()
+    assert base.for_system(SystemConfig()) is base  # 8 x 8 of 12 x 12, as before
+    small = SystemConfig(N_H=8, N_V=6, M=8, L=24, K_max=3)
+    assert base.for_system(small).subarray == (4, 5)
+    R = torch.eye(small.N, dtype=torch.complex64).expand(2, -1, -1)
+    with pytest.raises(ValueError, match=r"subarray \(8, 8\) exceeds the \(6, 8\) RIS"):
+        ramezani_music(R, 2, small)
+    est = ramezani_music(R, 2, small, base.for_system(small))
+    assert est.K.tolist() == [2, 2]
