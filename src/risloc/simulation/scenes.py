@@ -106,7 +106,8 @@ def draw_sources(batch: int, K_max: int, scene: SceneConfig,
         else:
             raise ValueError(
                 f"could not place {K_max} sources {scene.min_separation_deg} deg apart in the "
-                "field of view; widen the field of view or lower min_separation_deg")
+                f"field of view (every scene draws K_max = {K_max} positions, whatever its "
+                "K); widen the field of view or lower scene.min_separation_deg")
     return az, el, rng
 
 

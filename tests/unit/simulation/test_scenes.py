@@ -105,6 +105,9 @@ def test_bad_split_and_impossible_separation(system):
     tight = SceneConfig(azimuth_deg=(0, 1), elevation_deg=(0, 1), min_separation_deg=5)
     with pytest.raises(ValueError, match="could not place"):
         simulate_batch(4, system, tight, torch.Generator().manual_seed(0), K=5)
+    # a fixed K of 1 still draws K_max positions: said (a review: "5 sources" for K = 1)
+    with pytest.raises(ValueError, match=r"every scene draws K_max = 5 positions, whatever"):
+        simulate_batch(4, system, tight, torch.Generator().manual_seed(0), K=1)
     with pytest.raises(ValueError, match="K=9"):
         simulate_batch(4, system, SceneConfig(), torch.Generator().manual_seed(0), K=9)
 
