@@ -207,6 +207,31 @@ def test_a_worker_whose_trial_was_failed_as_stale_goes_on(tmp_path, monkeypatch)
         tune(TuneSettings(config=TINY, out_dir=str(tmp_path / "b"), n_trials=1, epochs=1))
 
 
+def _ctrl_c_after_the_first_epoch(tmp_path, monkeypatch, n_trials: int, calls=None):
+    """tune (2 epochs a trial) stopped by Ctrl-C once trial 0's first epoch is reported;
+    (its settings, the real risloc.training.train), ``calls`` given the (run folder,
+    resume) of each train."""
+    import risloc.training as training
+
+    real = training.train
+
+    def interrupted(cfg, resume=False, callback=None, **kw):
+        def stop(epoch, metrics):
+            callback(epoch, metrics)
+            raise KeyboardInterrupt
+
+        if calls is not None:
+            calls.append((Path(cfg.out_dir).name, resume))
+        return real(cfg, resume=resume, callback=stop, **kw)
+
+    s = TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=n_trials, epochs=2, seed=3,
+                     warmup_epochs=0, overrides=("schedule.steps_per_epoch=1", "data.n_val=8"))
+    monkeypatch.setattr(training, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tune(s)
+    return s, real
+
+
 def test_a_trial_stopped_by_ctrl_c_is_continued_from_its_last_epoch(tmp_path, monkeypatch):
     """Ctrl-C during trial 0's second epoch: the trial is recorded as failed and marked
     interrupted; the next tune queues its parameters again and the copy resumes trial 0's
@@ -214,22 +239,8 @@ def test_a_trial_stopped_by_ctrl_c_is_continued_from_its_last_epoch(tmp_path, mo
     two), once."""
     import risloc.training as training
 
-    real = training.train
     calls = []
-
-    def interrupted(cfg, resume=False, callback=None, **kw):
-        def stop(epoch, metrics):
-            callback(epoch, metrics)
-            raise KeyboardInterrupt
-
-        calls.append((Path(cfg.out_dir).name, resume))
-        return real(cfg, resume=resume, callback=stop, **kw)
-
-    s = TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=1, epochs=2, seed=3,
-                     warmup_epochs=0, overrides=("schedule.steps_per_epoch=1", "data.n_val=8"))
-    monkeypatch.setattr(training, "train", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        tune(s)
+    s, real = _ctrl_c_after_the_first_epoch(tmp_path, monkeypatch, 1, calls)
     first = open_study(s).trials[0]
     assert first.state.name == "FAIL" and first.user_attrs["interrupted"] is True
     assert first.user_attrs["interrupted_trial"] == 0  # its number (a stale retry copies it)
@@ -260,19 +271,7 @@ def test_a_continuation_that_cannot_resume_starts_afresh_and_runs_once(tmp_path,
     lost the interrupted trial; and two copies queued by two workers both ran."""
     import risloc.training as training
 
-    real = training.train
-
-    def interrupted(cfg, resume=False, callback=None, **kw):
-        def stop(epoch, metrics):
-            raise KeyboardInterrupt
-
-        return real(cfg, resume=resume, callback=stop, **kw)
-
-    s = TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=2, epochs=2, seed=3,
-                     warmup_epochs=0, overrides=("schedule.steps_per_epoch=1", "data.n_val=8"))
-    monkeypatch.setattr(training, "train", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        tune(s)
+    s, real = _ctrl_c_after_the_first_epoch(tmp_path, monkeypatch, 2)
     monkeypatch.setattr(training, "train", real)
     (tmp_path / "trial_0000" / "last.pt").write_bytes(b"damaged")
     study = open_study(s)  # two workers starting at once: two copies of the continuation
