@@ -274,8 +274,8 @@ def _say_scenes_without_rows(settings: SweepSettings, batch, start: int,
         if empty.size:
             console.print(f"[yellow]--estimates {g.path}: {empty.size} of the "
                           f"{int(evaluated.sum())} scenes evaluated have true sources but no "
-                          f"estimate (no row) "
-                          f"{listed_scenes(empty)}; they count as scenes where no source was "
+                          f"estimate (no row) {listed_scenes(empty)}; they count as scenes "
+                          "where no source was "
                           "found (for the estimates of part of the file, `risloc localize "
                           "--start/--stop`, evaluate that part: the same --start/--stop)[/]")
 
@@ -285,13 +285,11 @@ def _with_given(settings: SweepSettings, paths: list[Path], n_scenes: int,
     """``settings`` with the estimates CSVs of a scene file's scenes to score (read with
     as many slots as their widest scene)."""
     from risloc.experiments.harness import GivenEstimates
-    from risloc.pipeline import read_estimates
+    from risloc.pipeline.estimates_file import SeveralFilesError, read_estimates
 
     if not info.has_truth:
         raise ValueError(f"--estimates: {info.path} carries no true positions to score "
                          "estimates against")
-    from risloc.pipeline.estimates_file import SeveralFilesError
-
     given = []
     for path in paths:
         if not path.exists():

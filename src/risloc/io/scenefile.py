@@ -598,8 +598,8 @@ def truth_problems(K: np.ndarray, azimuth_deg: np.ndarray, elevation_deg: np.nda
     """(scene, reason) for every scene whose truth cannot be scored: K outside 1..K_max
     (the conventions' range: the system's ``k_max`` and the truth arrays' slots, the
     smaller; a noise-only K = 0 scene included), a non-finite position, a range <= 0 or an
-    elevation beyond +-90 deg (a point behind the RIS, or radians taken for degrees the
-    other way round) in one of its first K slots. ``right_angle``: 90 deg in the angles'
+    elevation beyond +-90 deg (not an elevation: a zenith angle, or another convention) in
+    one of its first K slots. ``right_angle``: 90 deg in the angles'
     unit (pi / 2 for radians)."""
     S, width = azimuth_deg.shape
     slots = width if k_max is None else min(width, k_max)
