@@ -205,6 +205,10 @@ def test_the_grid_grows_with_the_aperture_and_finds_every_source_of_a_larger_ris
     grown = base.for_system(big)
     assert (grown.grid_azimuth, grown.grid_elevation, grown.grid_inv_range) == (48, 26, 20)
     assert grown.chunk == 1  # 32 x the grid columns per scene: one scene a pass
+    # a spurious source is the best of 8 x the cells: the order penalty grows with them
+    assert grown.penalty == pytest.approx(40 + 4 * (math.sqrt(2 * math.log(8e3))
+                                                    - math.sqrt(2 * math.log(1e3))))
+    assert base.penalty is None  # (the default system: default_penalty(L), as before)
     loc = Localizer(big, "classical", workers=1)
     assert loc.classical_config.grid_azimuth == 48
     sc = simulate_range(0, 20, big, SCENE, seed=3, split="test", snr_db=30.0, K=3)
