@@ -431,7 +431,13 @@ def system_from_json(text: str | None) -> SystemConfig:
         raise ConfigError(f"bad 'system' attribute: expected a JSON string, got "
                           f"{type(text).__name__}")
     try:
-        return SystemConfig.model_validate(json.loads(text))
+        data = json.loads(text)
+        if isinstance(data, dict) and "K_max" not in data and isinstance(data.get("M"), int) \
+                and 2 <= data["M"] <= SystemConfig().K_max:
+            # the contract's keys alone (no K_max, risloc's own): the most sources M antennas
+            # can tell, M - 1, where the default K_max would not fit
+            data = {**data, "K_max": data["M"] - 1}
+        return SystemConfig.model_validate(data)
     except (ValidationError, json.JSONDecodeError, TypeError) as err:
         msg = (format_validation_error(err, model=SystemConfig)
                if isinstance(err, ValidationError) else str(err))

@@ -184,3 +184,16 @@ def test_power_spread_is_validated():
     for bad in (-1.0, (5.0, 2.0), 61.0):
         with pytest.raises(ValueError, match="power_spread_db"):
             SceneConfig(power_spread_db=bad)
+
+
+def test_a_file_s_system_of_the_contract_s_keys_alone_reads_with_few_antennas():
+    """A review: the conventions' keys (no K_max, risloc's own) with M <= 5 were refused,
+    "K_max=5 must be smaller than M=4"; the file's K_max is then M - 1."""
+    from risloc.config import system_from_json
+
+    contract = ('{"N_H": 4, "N_V": 4, "wavelength": 0.3, "spacing": 0.15, "M": 4, "L": 8, '
+                '"wavefront": "spherical"}')
+    assert system_from_json(contract).K_max == 3
+    assert system_from_json('{"M": 16}').K_max == 5  # room for the default: kept
+    with pytest.raises(ConfigError, match="K_max=5 must be smaller than M=4"):
+        system_from_json('{"M": 4, "K_max": 5}')  # a K_max given is the file's
