@@ -237,7 +237,7 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
         held = f"so no {run / 'model.pt'}"
         if (run / "model.pt").exists():
             held = (f"the {run / 'model.pt'} there, fitted earlier, is left as it was" + (
-                "" if _same_epoch(run / "model.pt", run / "best.pt") else
+                "" if _model_of_best_epoch(run) is not None else
                 " (of another epoch than best.pt's now)"))
         console.print(f"order.scenes = 0: no order head fitted, {held} (risloc export-model "
                       f"{run / 'best.pt'}, then risloc fit-order on what it writes, make one)")
@@ -256,26 +256,25 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
             raise typer.Exit(code=130) from None
 
 
-def _same_epoch(model: Path, best: Path) -> bool:
-    """Whether an inference model holds the training checkpoint's epoch (and recipe)."""
+def _model_of_best_epoch(run: Path) -> dict | None:
+    """<run>/model.pt's state where it holds best.pt's epoch (and recipe); else None (one
+    of them absent or unreadable, or another epoch)."""
     from risloc.inference.checkpoint import load_checkpoint
 
     try:
-        a, b = load_checkpoint(model), load_checkpoint(best)
+        model, best = load_checkpoint(run / "model.pt"), load_checkpoint(run / "best.pt")
     except (FileNotFoundError, ValueError):
-        return False
-    return all(a.get(k) == b.get(k) for k in ("epoch", "step", "config"))
+        return None
+    same = all(model.get(k) == best.get(k) for k in ("epoch", "step", "config"))
+    return model if same else None
 
 
 def _model_is_current(cfg: TrainConfig) -> bool:
     """Whether <out_dir>/model.pt holds best.pt's epoch and an order head fitted with the
     recipe's order settings (a finished run resumed again: nothing to fit anew)."""
-    from risloc.inference.checkpoint import load_checkpoint
-
-    run = Path(cfg.out_dir)
-    if not _same_epoch(run / "model.pt", run / "best.pt"):
+    model = _model_of_best_epoch(Path(cfg.out_dir))
+    if model is None:
         return False
-    model = load_checkpoint(run / "model.pt")
     report, o = model.get("order_report") or {}, cfg.order
     return (model.get("order_head") is not None
             and report.get("training_scenes") == o.scenes

@@ -136,19 +136,16 @@ class ClassicalConfig:
         The default system and field of view: this configuration, unchanged. (A 24 x 24 RIS
         with the default grid found 29 % of the field of view within the grid's coverage,
         and missed sources at 30 dB.)"""
-        ref, fov = FieldOfView(), self.fov
+        def spans(f: FieldOfView) -> tuple[float, float, float]:  # along sin(az), el, 1/r
+            (a0, a1), (e0, e1), (r0, r1) = f.azimuth_deg, f.elevation_deg, f.range_m
+            return (math.sin(math.radians(a1)) - math.sin(math.radians(a0)), e1 - e0,
+                    1 / r0 - 1 / r1)
 
-        def span(box, f=lambda v: v):
-            return f(box[1]) - f(box[0])
-
-        sin_deg = lambda v: math.sin(math.radians(v))  # noqa: E731
-        inv = lambda v: 1.0 / v  # noqa: E731
         wide = (system.N_H * system.spacing / system.wavelength / 6.0,
                 system.N_V * system.spacing / system.wavelength / 6.0)
-        grow = (max(1.0, wide[0] * span(fov.azimuth_deg, sin_deg)
-                    / span(ref.azimuth_deg, sin_deg)),
-                max(1.0, wide[1] * span(fov.elevation_deg) / span(ref.elevation_deg)),
-                max(1.0, max(wide) * -span(fov.range_m, inv) / -span(ref.range_m, inv)))
+        (sa, se, sr), (ra, re, rr) = spans(self.fov), spans(FieldOfView())
+        grow = (max(1.0, wide[0] * sa / ra), max(1.0, wide[1] * se / re),
+                max(1.0, max(wide) * sr / rr))
         sizes = (math.ceil(self.grid_azimuth * grow[0] - 1e-9),
                  math.ceil(self.grid_elevation * grow[1] - 1e-9),
                  math.ceil(self.grid_inv_range * grow[2] - 1e-9))
