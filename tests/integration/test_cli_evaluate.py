@@ -39,8 +39,13 @@ def test_evaluate_simulated_sweep(tmp_path):
     assert "standard error of the difference to music-oracle" in " ".join(res.output.split())
     for name in ("error_vs_snr.png", "k_accuracy_vs_snr.png", "music_spectrum_true.png"):
         assert (out / name).stat().st_size > 10_000
-    meta = json.loads((out / "metrics.json").read_text())["meta"]
-    assert meta["settings"]["known_K"] is True
+    def refuse(constant):  # strict JSON: no NaN / Infinity, which jq or JavaScript refuse
+        raise ValueError(constant)
+    report = json.loads((out / "metrics.json").read_text(), parse_constant=refuse)
+    assert report["meta"]["settings"]["known_K"] is True
+    ratio = [r["se_azimuth_median_ratio"] for r in report["rows"]
+             if r["estimator"] == "music-samp" and r["K"] == "all"]
+    assert ratio and all(v is None for v in ratio)  # NaN in the CSV, null in the JSON
     # the folder reused without plots: none of the earlier run's is left beside the results
     res = runner.invoke(app, ["evaluate", "--estimators", "music-samp", "--snr-db", "20",
                               "--K", "1", "--n", "2", "--no-plots", "--out", str(out)])

@@ -269,7 +269,7 @@ def test_a_model_is_never_left_beside_the_card_of_the_one_it_replaced(tmp_path, 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ckpt, "write_text_atomic", killed)  # killed before the new card
+    monkeypatch.setattr(ckpt, "write_json_atomic", killed)  # killed before the new card
     with pytest.raises(KeyboardInterrupt):
         export_model(tmp_path / "m.pt", tmp_path / "m2.pt")
     (tmp_path / "m2.json").write_text("{}")  # an older card at the target

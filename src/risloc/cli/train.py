@@ -19,7 +19,11 @@ from rich.table import Table
 from risloc.cli.common import console, handle_errors, progress
 from risloc.cli.common import out as stdout
 from risloc.config import parse_overrides, read_config_file, shipped_recipes
-from risloc.io.atomic import check_output_folder, make_output_folder, write_text_atomic
+from risloc.io.atomic import (
+    check_output_folder,
+    make_output_folder,
+    write_json_atomic,
+)
 from risloc.training.config import TrainConfig, load_train_config
 from risloc.training.loop import LOCK_FILE, RunFolderInUse, run_folder_lock, train
 
@@ -231,7 +235,7 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
         raise typer.Exit(code=130) from None
     if not first_rank:  # data-parallel: rank 0 writes and reports
         return
-    write_text_atomic(run / "metrics.json", json.dumps(metrics, indent=2))
+    write_json_atomic(run / "metrics.json", metrics)
     stdout.print(_summary_table(metrics, run))
     if cfg.order.scenes == 0:
         held = f"so no {run / 'model.pt'}"

@@ -7,7 +7,6 @@ written as CSV + JSON; plots by :mod:`risloc.experiments.plots`.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -36,7 +35,7 @@ from risloc.evaluation.metrics import (
     summarize,
 )
 from risloc.experiments.estimators import get_estimator
-from risloc.io.atomic import write_csv_atomic, write_text_atomic
+from risloc.io.atomic import write_csv_atomic, write_json_atomic
 from risloc.io.scenefile import batch_truth_problems
 from risloc.parallel import MAX_CHUNK, run_in_chunks
 from risloc.simulation import SceneBatch, concat_batches, simulate_range
@@ -305,6 +304,5 @@ def write_results(rows: list[ResultRow], out_dir: Path, meta: dict) -> tuple[Pat
     keys = list(dict.fromkeys(k for row in flat for k in row))
     csv_path, json_path = out_dir / "metrics.csv", out_dir / "metrics.json"
     write_csv_atomic(csv_path, keys, flat)
-    write_text_atomic(json_path, json.dumps({"meta": meta, "rows": flat}, indent=2,
-                                            default=str))
+    write_json_atomic(json_path, {"meta": meta, "rows": flat}, default=str)
     return csv_path, json_path

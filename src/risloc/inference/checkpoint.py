@@ -23,7 +23,7 @@ import torch
 
 import risloc
 from risloc.inference.recipe import InferenceRecipe
-from risloc.io.atomic import atomic_path, check_writable, write_text_atomic
+from risloc.io.atomic import atomic_path, check_writable, write_json_atomic
 from risloc.model.network import CovarianceNet
 
 FORMAT_VERSION = 1
@@ -217,5 +217,5 @@ def export_model(src: str | Path, dst: str | Path,
         # a kill between the two renames leaves a model without a card, never one beside
         # the card of the model it replaced
         card_path.unlink(missing_ok=True)
-    write_text_atomic(card_path, json.dumps(card, indent=2, default=str) + "\n")
+    write_json_atomic(card_path, card, default=str)
     return dst

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import logging
+import math
 import os
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
@@ -103,6 +105,28 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def _finite_or_none(obj):
+    """``obj`` with every non-finite float (NaN, +-inf; NumPy's too) as None, recursively
+    through dicts, lists and tuples."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):  # (np.float64 is a float)
+        return None
+    if hasattr(obj, "dtype") and getattr(obj, "ndim", None) == 0:  # NumPy / torch scalars
+        return _finite_or_none(obj.item())
+    return obj
+
+
+def write_json_atomic(path: str | Path, obj, default=None) -> Path:
+    """``obj`` as strict JSON (indented, a final newline): NaN and infinities, which
+    Python's json writes as the non-standard ``NaN`` / ``Infinity`` that jq, JavaScript and
+    other strict readers refuse, are written as ``null``."""
+    text = json.dumps(_finite_or_none(obj), indent=2, default=default, allow_nan=False)
+    return write_text_atomic(path, text + "\n")
 
 
 def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Iterable) -> Path:

@@ -27,7 +27,7 @@ from risloc.inference.checkpoint import (
     model_card_path,
     save_checkpoint,
 )
-from risloc.io.atomic import write_text_atomic
+from risloc.io.atomic import write_json_atomic, write_text_atomic
 from risloc.parallel import run_in_chunks
 from risloc.pipeline.learned import LearnedPipeline, load_learned_pipeline
 from risloc.pipeline.order import (
@@ -197,7 +197,7 @@ def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
         raise
     if card is not None:
         card["order_head"] = report
-        write_text_atomic(card_dst, json.dumps(card, indent=2) + "\n")
+        write_json_atomic(card_dst, card)
     return report  # (without a card of its own, out has none: an older one would describe
     # another head)
 

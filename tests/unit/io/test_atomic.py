@@ -1,6 +1,10 @@
+import json
+import math
+
+import numpy as np
 import pytest
 
-from risloc.io.atomic import atomic_path, write_csv_atomic, write_text_atomic
+from risloc.io.atomic import atomic_path, write_csv_atomic, write_json_atomic, write_text_atomic
 
 
 def test_failed_write_leaves_neither_target_nor_temporary(tmp_path):
@@ -109,3 +113,17 @@ def test_try_lock_refuses_a_held_file_and_goes_unlocked_where_the_filesystem_has
     with open(tmp_path / "g", "a") as c:
         assert atomic.try_lock(c)
     assert "cannot be locked on its filesystem" in caplog.text
+
+
+def test_json_is_strict_with_non_finite_numbers_as_null(tmp_path):
+    path = write_json_atomic(tmp_path / "m.json", {
+        "a": math.nan, "b": [1.5, math.inf, (np.float32("nan"), np.float64(-np.inf))],
+        "c": {"d": np.float32(0.25), "e": 3, "f": None, "g": True}, "p": tmp_path},
+        default=str)
+
+    def refuse(constant):
+        raise ValueError(constant)
+    got = json.loads(path.read_text(), parse_constant=refuse)
+    assert got == {"a": None, "b": [1.5, None, [None, None]],
+                   "c": {"d": 0.25, "e": 3, "f": None, "g": True}, "p": str(tmp_path)}
+    assert path.read_text().endswith("}\n")
