@@ -12,7 +12,7 @@ works). Invalid values fail at load with a message naming the field.
 from __future__ import annotations
 
 try:  # Python >= 3.11
-    import tomllib
+    import tomllib  # novm (the except below is 3.10's)
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
