@@ -583,3 +583,37 @@ def test_a_rank_other_than_0_prints_its_warnings_and_errors_only(monkeypatch, ca
             assert (word in text) == (word in shown), (rank, word, text)
     console.print("after")  # the console is itself again
     assert "after" in capsys.readouterr().err
+
+
+def test_a_run_begun_without_amp_resumes_where_amp_is_on(tmp_path, monkeypatch):
+    """A run begun on the CPU (AMP off: its GradScaler's state is empty) resumed on a GPU
+    (device is free to change; AMP on there) starts the scaler afresh. Before, GradScaler's
+    load_state_dict raised "The source state dict is empty" (a traceback). The GPU's enabled
+    scaler is emulated here: one constructed enabled on a machine without CUDA disables
+    itself."""
+    import risloc.training.loop as loop
+
+    cfg = load_train_config(TINY, [f"out_dir={tmp_path}", "schedule.steps_per_epoch=1",
+                                   "optim.amp=true"])
+
+    def stop_after_first(epoch, metrics):
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        train(cfg, callback=stop_after_first)
+    assert load_checkpoint(tmp_path / "last.pt")["scaler"] == {}  # AMP off on the CPU
+    loaded = []
+
+    class EnabledScaler(torch.amp.GradScaler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._enabled = True  # as on a GPU with optim.amp
+
+        def load_state_dict(self, state):
+            loaded.append(state)
+            super().load_state_dict(state)
+
+    monkeypatch.setattr(loop.torch.amp, "GradScaler", EnabledScaler)
+    tr = loop.Trainer(cfg)
+    tr.restore(tmp_path / "last.pt")
+    assert tr.epoch == 1 and tr.scaler.is_enabled() and loaded == []

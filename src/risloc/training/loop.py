@@ -275,7 +275,8 @@ class Trainer:
         self.ema.load_state_dict(st["ema"])
         load_optimizer_state(self.optimizer, st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
-        self.scaler.load_state_dict(st["scaler"])
+        if st["scaler"]:  # (empty from a run begun without AMP, e.g. on the CPU: the
+            self.scaler.load_state_dict(st["scaler"])  # scaler starts afresh, as it would)
         if st["swa"] is not None:
             self._start_swa()
             self.swa.load_state_dict(st["swa"])
