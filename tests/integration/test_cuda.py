@@ -212,3 +212,29 @@ def test_localize_cli_on_cuda_matches_the_cpu(tmp_path, method):
     assert int(same.sum()) >= 22  # a marginal K decision may flip on float rounding
     gaps = _angle_gaps_deg(est["cuda"][same], est["cpu"][same])  # as in the tests above
     assert gaps.median() < 1e-3 and gaps.amax() < (0.01 if method == "classical" else 0.05)
+
+
+def test_a_model_that_reads_the_snr_localizes_a_files_snr_on_cuda(tmp_path):
+    """A model trained with the SNR shown (data.snr_shown > 0, TrainConfig's default) is
+    given a file's SNR, read on the host, while its inputs are on the GPU. Before, the
+    network met a CPU SNR beside CUDA inputs ("Expected all tensors to be on the same
+    device"); the shipped model reads no SNR, so the tests above never passed one."""
+    from typer.testing import CliRunner
+
+    from risloc.cli.main import app
+    from risloc.pipeline import read_estimates
+
+    cfg = load_train_config(TINY, [f"out_dir={tmp_path / 'run'}", "data.snr_shown=1.0",
+                                   "order.scenes=0", "device=cpu"])
+    train(cfg)
+    runner = CliRunner()
+    f = tmp_path / "s.h5"
+    assert runner.invoke(app, ["simulate", "--n", "8", "--out", str(f), "--snr-db", "15",
+                               "--split", "test"]).exit_code == 0
+    for device in ("cpu", "cuda"):
+        res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / f"{device}.csv"),
+                                  "--device", device, "--checkpoint",
+                                  str(tmp_path / "run" / "best.pt")])
+        assert res.exit_code == 0, res.output
+    cpu, gpu = (read_estimates(tmp_path / f"{d}.csv", 8, 5) for d in ("cpu", "cuda"))
+    assert int((cpu.K == gpu.K).sum()) >= 7

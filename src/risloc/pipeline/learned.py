@@ -157,8 +157,9 @@ class LearnedPipeline:
         """Stage 1: the network, and R_blend when MUSIC proposes (otherwise the network's
         covariance part is skipped and R_samp, R_blend are None). snr_db [B] (NaN =
         unknown) reaches the network only if it was trained with the SNR
-        (``recipe.reads_snr``)."""
-        snr = snr_db.float() if snr_db is not None and self.recipe.reads_snr else None
+        (``recipe.reads_snr``), on y's device (a file's SNR is read on the host)."""
+        snr = snr_db.to(y.device, torch.float32) if snr_db is not None \
+            and self.recipe.reads_snr else None
         if self.music is None:  # the slots propose: no covariance needed
             return Forward(self.network(y, H, codes, snr, covariance=False, check=False),
                            None, None)
