@@ -92,8 +92,8 @@ def native_bf16(device: str | torch.device) -> bool:
     """Whether bfloat16 matrix products run natively on ``device`` (elsewhere they are
     emulated and slower than complex64)."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # Ampere (8.0) and later; is_bf16_supported() also counts
+        return torch.cuda.get_device_capability(device) >= (8, 0)  # emulation (V100, T4)
     return device.type == "cpu" and torch.backends.mkldnn.is_available() \
         and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 

@@ -433,3 +433,25 @@ def test_scenes_without_a_cancelling_pair_keep_their_estimates():
         b.K, pack(b.azimuth, b.elevation, b.range_m)), SYSTEM, cfg.final)
     assert not cancelling_sources(ref.energy, b.y, ref.estimates.mask).any()
     assert separate_cancelling(b.y, b.H, b.codes, ref, SYSTEM, cfg.final) is ref.estimates
+
+
+@pytest.mark.parametrize(("capability", "native"), [((7, 0), False), ((7, 5), False),
+                                                    ((8, 0), True), ((9, 0), True)])
+def test_bf16_counts_as_native_on_gpus_from_ampere_only(monkeypatch, capability, native):
+    """A V100 (7.0) or T4 (7.5) emulates bfloat16 (torch.cuda.is_bf16_supported() says True
+    there, counting the emulation): the shortlist stays complex64 on them."""
+    from risloc.estimators import grids
+
+    asked = []
+
+    def capability_of(device):
+        asked.append(torch.device(device))
+        return capability
+
+    monkeypatch.setattr(grids.torch.cuda, "get_device_capability", capability_of)
+    grids.native_bf16.cache_clear()
+    try:
+        assert grids.native_bf16("cuda:1") is native
+        assert asked == [torch.device("cuda:1")]  # the tensors' GPU, not the current one
+    finally:
+        grids.native_bf16.cache_clear()
