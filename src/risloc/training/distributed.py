@@ -6,7 +6,8 @@ CUDA. Each global batch is ``data.shards`` = N shards simulated from disjoint se
 streams (:class:`risloc.training.data.TrainData`); rank r trains on shard r and DDP
 averages the gradients, so N processes follow the trajectory of one process with the same
 recipe (``data.shards`` N) up to floating-point reduction order. Every rank validates
-(the weights are identical, so are the decisions); rank 0 alone writes checkpoints and logs.
+(the weights are identical); the decisions taken from it are rank 0's
+(:func:`main_value`); rank 0 alone writes checkpoints and logs.
 Multi-node: the same command on each node with ``--nnodes``, ``--node_rank`` and
 ``--rdzv_endpoint`` / ``--master_addr`` of torchrun.
 """
@@ -60,6 +61,19 @@ def setup(device: torch.device) -> Distributed:
 def barrier(d: Distributed) -> None:
     if d.active:
         dist.barrier()
+
+
+def main_value(d: Distributed, value: float) -> float:
+    """Rank 0's ``value`` on every rank (``value`` itself when not distributed): the
+    decisions every rank takes from its own validation (a better epoch, early stopping)
+    are taken from rank 0's, so ranks whose validations differ in the last bits (GPU
+    kernels need not be deterministic) never part ways, one leaving the loop while the
+    others wait in a collective."""
+    if not d.active:
+        return value
+    held: list[float | None] = [float(value)]
+    dist.broadcast_object_list(held, src=0)
+    return float(held[0])
 
 
 def weights_digest(model: torch.nn.Module) -> str:

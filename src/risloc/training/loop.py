@@ -500,9 +500,10 @@ def _run(tr: Trainer, out: Path, resume: bool, callback: EpochCallback | None,
         tr.history.append(row)
         if main:
             csv_epochs.write(row)
-        improved = val.objective < tr.best["objective"] - s.min_improvement
+        objective = distributed.main_value(tr.dist, val.objective)  # one decision for all
+        improved = objective < tr.best["objective"] - s.min_improvement
         if improved:
-            tr.best = {"objective": val.objective, "epoch": tr.epoch + 1}
+            tr.best = {"objective": objective, "epoch": tr.epoch + 1}
         tr.bad_epochs = 0 if improved else tr.bad_epochs + 1
         stopped = tr.bad_epochs >= s.patience
         tr.epoch += 1
