@@ -209,6 +209,7 @@ class Trainer:
         # the module trained through: DDP averages the gradients of the ranks' shards
         self.net = torch.nn.parallel.DistributedDataParallel(self.model) \
             if self.dist.active else self.model
+        self.touch_all = _may_skip_a_term(cfg)
         self.optimizer = build_optimizer(self.model, cfg)
         o, s = cfg.optim, cfg.schedule
         self.total_steps = s.epochs * s.steps_per_epoch
@@ -335,7 +336,10 @@ class Trainer:
                                 f"diverged{LOWER_LR}") from None
         if not bool(torch.isfinite(terms.total)):
             log.warning("step %d: non-finite loss %s", self.step, terms.as_dict())
-        self.scaler.scale(terms.total / self.cfg.optim.accumulation).backward()
+        total = terms.total
+        if self.touch_all:  # (_may_skip_a_term)
+            total = total + 0.0 * sum(p.sum() for p in self.model.parameters())
+        self.scaler.scale(total / self.cfg.optim.accumulation).backward()
         return terms
 
     def optimizer_step(self) -> tuple[float, int, bool]:
@@ -407,6 +411,20 @@ class Trainer:
         c = self.cfg
         return evaluate(model, scenes, c.system, c.blend.beta, c.blend, self.loss_config(),
                         c.music_config(), c.data.val_batch_size, c.evaluation.f1_weight_deg)
+
+
+def _may_skip_a_term(cfg: TrainConfig) -> bool:
+    """Whether a loss weight is 0 in some epoch: its term is then skipped, and parameters
+    only it reaches (the zoom refiner's, through the aux, peak and align terms) would get
+    no gradient, which DistributedDataParallel refuses ("Expected to have finished
+    reduction in the prior iteration"; find_unused_parameters does not help, the zoom's
+    outputs being returned). Such runs add 0 x the parameters' sum to the loss, in one
+    process too, so both follow one trajectory: every parameter gets a gradient, zero
+    where no term reaches it (AdamW then decays it as it decays the others)."""
+    weights = [v for k, v in vars(cfg.loss).items()
+               if k.startswith("lam_") and k not in cfg.schedule.weight_schedule]
+    phases = [w for values in cfg.schedule.weight_schedule.values() for w in values]
+    return any(w == 0 for w in weights + phases)
 
 
 def _epoch_row(epoch: int, seconds: float, stats: EpochStats, val: EvalResult,
