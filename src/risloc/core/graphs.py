@@ -110,6 +110,9 @@ class GraphCache:
             except RuntimeError as err:  # after the check above: not expected
                 torch.cuda.set_stream(current)  # a failed capture_end leaves its stream set
                 torch.cuda.synchronize(device)
+                for oom in (err, err.__context__):  # too large a call, not a broken capture:
+                    if isinstance(oom, torch.cuda.OutOfMemoryError):  # graphs stay on
+                        raise oom from None
                 _DISABLED = True
                 cause = err.__context__ or err
                 log.warning("%s: the CUDA graph capture on inputs of shapes %s failed (%s); "

@@ -317,5 +317,18 @@ class Localizer:
             return classical_localize(y, H, codes, self.system.model_copy(
                 update={"K_max": k_max}), K=K, snr_db=snr, config=self.classical_config)
         if self.graphed is not None and y.device.type == "cuda":
-            return self.graphed(y, H, codes, snr, K, k_max=k_max)
+            return self._replayed(y, H, codes, snr, K, k_max)
         return self.pipeline.localize(y, H, codes, snr, K, k_max=k_max)
+
+    def _replayed(self, y, H, codes, snr, K, k_max: int) -> Estimates:
+        """The graphed call. Its passes are padded to graph_batch scenes, so one that runs
+        out of memory is not retried on halves (as eager passes are: each half would be
+        padded back to the same size); an error that says what to change instead."""
+        try:
+            return self.graphed(y, H, codes, snr, K, k_max=k_max)
+        except torch.cuda.OutOfMemoryError:
+            raise InputError(
+                f"a CUDA graph of the learned call on {self.graphed.batch} scenes does not fit "
+                "in the GPU's memory: choose a smaller graph_batch (risloc localize --graphs: "
+                "a smaller --batch-size), or none (eager passes, halved where they do not "
+                "fit)") from None

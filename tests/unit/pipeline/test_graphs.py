@@ -42,3 +42,24 @@ def test_graph_batch_is_validated():
         Localizer(pipe.system, "learned", pipe, graph_batch=0)
     assert Localizer(pipe.system, "learned", pipe, graph_batch=64).graphed.batch == 64
     assert Localizer(pipe.system, "classical", graph_batch=64).graphed is None
+
+
+def test_a_graphed_pass_out_of_memory_is_one_error_not_futile_halves(monkeypatch):
+    """Graphed passes are padded to graph_batch: halving one that ran out of memory would
+    pad each half back to the same size (about 14 retries, each logged). It is one error
+    naming graph_batch; the halving of eager passes (parallel._halving) is left as it is."""
+    pipe = load_learned_pipeline()
+    loc = Localizer(pipe.system, "learned", pipe, graph_batch=2048)
+    calls = []
+
+    def out_of_memory(*args, **kwargs):
+        calls.append(1)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+
+    monkeypatch.setattr(loc, "graphed", type("G", (), {"batch": 2048,
+                                                      "__call__": out_of_memory})())
+    sc = simulate_range(0, 2, pipe.system, SceneConfig(), 0, "test", snr_db=10.0)
+    with pytest.raises(InputError, match=r"a CUDA graph of the learned call on 2048 scenes "
+                                         r"does not fit .* choose a smaller graph_batch"):
+        loc._replayed(sc.y, sc.H, sc.codes, None, None, 5)
+    assert calls == [1]
