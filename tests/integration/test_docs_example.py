@@ -72,3 +72,28 @@ def test_the_docs_links_resolve():
             elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
                 broken.append(f"{page.name}: {target} (no such heading)")
     assert not broken, broken
+
+
+def test_every_command_option_is_in_the_guide_and_its_table_rows_render():
+    """Each option of each command (or its negation) appears in docs/guide.md, and each
+    row of the guide's command table has its 3 cell borders: an unescaped | inside a cell
+    (`--crb deterministic|stochastic` was one) cut the evaluate row where it stood."""
+    import re
+
+    import click
+    import typer
+
+    from risloc.cli.main import app
+
+    guide = (ROOT / "docs" / "guide.md").read_text()
+    group = typer.main.get_command(app)
+    commands = [("risloc", group), *group.commands.items()]
+    missing = [f"{name} {p.opts[0]}" for name, command in commands for p in command.params
+               if isinstance(p, click.Option) and not any(
+                   re.search(re.escape(o) + r"(?![\w-])", guide)
+                   for o in p.opts + p.secondary_opts if o.startswith("--"))]
+    assert not missing, f"options not in docs/guide.md: {missing}"
+    rows = [line for line in guide.splitlines() if line.startswith("| `risloc ")]
+    assert len(rows) >= len(group.commands) - 1
+    assert all(len(re.findall(r"(?<!\\)\|", row)) == 3 for row in rows), \
+        [row[:40] for row in rows if len(re.findall(r"(?<!\\)\|", row)) != 3]
