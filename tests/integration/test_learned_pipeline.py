@@ -254,6 +254,17 @@ def test_export_model_cli(tmp_path, checkpoint, caplog):
     res = runner.invoke(app, ["export-model", str(tmp_path / "m.pth"), "--out",
                               str(tmp_path / "m.pt"), "--overwrite"])
     assert res.exit_code == 2 and "the card of the input" in res.output
+    # a file of the user's where the card would go is replaced only with --overwrite
+    (tmp_path / "notes.json").write_text('{"my": "notes"}')
+    res = runner.invoke(app, ["export-model", str(checkpoint), "--out",
+                              str(tmp_path / "notes.pt")])
+    assert res.exit_code == 2 and "notes.json exists and would be replaced by the model " \
+        "card of" in " ".join(res.output.split()), res.output
+    assert (tmp_path / "notes.json").read_text() == '{"my": "notes"}'
+    assert not (tmp_path / "notes.pt").exists()
+    res = runner.invoke(app, ["export-model", str(checkpoint), "--out",
+                              str(tmp_path / "notes.pt"), "--overwrite"])
+    assert res.exit_code == 0 and "validation" in (tmp_path / "notes.json").read_text()
 
 
 def test_a_model_is_never_left_beside_the_card_of_the_one_it_replaced(tmp_path, checkpoint,
@@ -347,6 +358,11 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
     res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out)])
     assert res.exit_code == 2 and "exists: pass --overwrite" in res.output
     assert out.read_bytes() == before and "order features" not in res.output
+    (tmp_path / "notes.json").write_text("mine")  # nor a file of the user's at its card
+    res = runner.invoke(app, ["fit-order", str(slim), "--out", str(tmp_path / "notes.pt")])
+    assert res.exit_code == 2 and "notes.json exists" in res.output, res.output
+    assert (tmp_path / "notes.json").read_text() == "mine" and "order features" not in \
+        res.output
     res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--margin", "-1",
                               "--overwrite"])
     assert res.exit_code == 2 and "--margin must be >= 0, got -1.0" in res.output, res.output

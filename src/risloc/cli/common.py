@@ -72,6 +72,23 @@ def refuse_existing(path: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) 
         raise ValueError(f"{path} exists: pass --overwrite to replace it")
 
 
+def refuse_existing_model(path: Path, overwrite: bool, source: Path) -> None:
+    """:func:`refuse_existing` for a model written from ``source`` and for its model card
+    beside it (``<name>.json``), which may be a file of the user's where no model is: both
+    are replaced only with --overwrite, or where the model is ``source`` rewritten in
+    place (its card then updated)."""
+    from risloc.inference.checkpoint import MODEL_SUFFIXES, model_card_path
+
+    refuse_existing(path, overwrite, inputs=(source,))
+    card = model_card_path(path)
+    in_place = path.resolve() == source.resolve()
+    if path.suffix.lower() not in MODEL_SUFFIXES:  # (the writer names that first)
+        return
+    if card.is_file() and not overwrite and not in_place:
+        raise ValueError(f"{card} exists and would be replaced by the model card of {path}: "
+                         "pass --overwrite to replace it, or choose another --out")
+
+
 def parse_numbers(text: str, option: str, kind: type = float,
                   allow_empty: bool = False) -> tuple:
     """``"-5,0,5"`` -> ``(-5.0, 0.0, 5.0)``; a ValueError naming ``option`` for a value

@@ -8,30 +8,34 @@ from typing import Annotated
 
 import typer
 
-from risloc.cli.common import console, handle_errors, refuse_existing
+from risloc.cli.common import console, handle_errors, refuse_existing_model
 
 
 @handle_errors
 def export_command(
     checkpoint: Annotated[Path, typer.Argument(help=(
-        "Training checkpoint (best.pt / final.pt), or the output of `risloc fit-order`: a "
-        "run's own checkpoints have no order head, so fit one first (or after export) for "
-        "the K decision the shipped model uses."))],
+        "A run's model.pt (with the order head `risloc train` fits at its end), a training "
+        "checkpoint (best.pt / last.pt / final.pt: no order head, so fit one with `risloc "
+        "fit-order`, before or after export, for the K decision the shipped model uses), "
+        "or the output of `risloc fit-order`."))],
     out_path: Annotated[Path, typer.Option("--out", "-o", help=(
         "Inference model to write (.pt); its model card goes beside it as .json. Written "
         "and loaded under a temporary name first: a checkpoint that does not make a "
         "working model replaces nothing. The shipped model is "
         "src/risloc/models/default.pt."))] = Path("model.pt"),
     overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace --out when it exists (refused otherwise).")] = False,
+        "--overwrite", help="Replace --out, and a file where its model card goes, when "
+                            "they exist (refused otherwise).")] = False,
 ) -> None:
-    """Write an inference-only model (config + EMA/SWA weights) and its model card."""
+    """Write an inference-only model (config, EMA and SWA weights, order head) and its model
+    card. Loading uses the EMA weights (the ones validation selected; in Python
+    load_learned_pipeline(path, weights="swa") takes the SWA average)."""
     from risloc.inference.checkpoint import export_model, model_card_path
     from risloc.pipeline.learned import load_learned_pipeline
 
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    refuse_existing(out_path, overwrite, inputs=(checkpoint,))  # itself: named below
+    refuse_existing_model(out_path, overwrite, checkpoint)  # itself: named below
     # the written model must load as a pipeline before it replaces anything at --out
     # (a run's checkpoint has no order head yet: not worth a warning here)
     dst = export_model(checkpoint, out_path,

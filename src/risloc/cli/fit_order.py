@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from risloc.cli.common import console, handle_errors, out, progress, refuse_existing
+from risloc.cli.common import console, handle_errors, out, progress, refuse_existing_model
 from risloc.pipeline.order import MIN_ORDER_SCENES
 
 
@@ -39,8 +39,9 @@ def fit_order_command(
         "Draw the head's scenes from the recipe's data.scene_mix too (--no-mix: its base "
         "scene alone, the recipe's order.scene_mix false)."))] = True,
     overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace --out when it exists and is not the input itself "
-                            "(refused otherwise).")] = False,
+        "--overwrite", help="Replace --out (and a file where its model card goes) when "
+                            "it exists and is not the input itself (refused otherwise).")
+    ] = False,
 ) -> None:
     """Fit the order head: a small classifier that decides K from the nested ML fits of the
     pipeline's fit stage and the network's K head (risloc.pipeline.order); it never reads
@@ -56,7 +57,7 @@ def fit_order_command(
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     if not margin >= 0:  # (MLFitConfig would name its own field, repair_margin)
         raise ValueError(f"--margin must be >= 0, got {margin}")
-    refuse_existing(out_path, overwrite, inputs=(checkpoint,))
+    refuse_existing_model(out_path, overwrite, checkpoint)
     check_model_target(out_path, checkpoint, in_place=True)
     fields = scene_fields(scene or [])
     # the model and --scene checked before the progress bar (fit_order reads them again)
