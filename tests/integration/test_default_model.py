@@ -40,6 +40,21 @@ def test_shipped_model_localizes_high_snr_single_sources():
     assert bool(torch.isfinite(est.azimuth[est.mask]).all())
 
 
+def test_a_smaller_K_max_caps_the_count_it_does_not_replace_it():
+    """Scenes of 4 sources at 20 dB given as a system of K_max = 2: each reports 2 sources,
+    all true ones. Before, the order head decided over 1..2 alone and 6 of these 16 scenes
+    reported one source (it holds K <= 2 all but impossible for them)."""
+    loc = Localizer.from_checkpoint()
+    sc = simulate_range(0, 16, loc.system, SceneConfig(), seed=0, split="test", snr_db=20.0,
+                        K=4)
+    assert loc.localize(sc.y, sc.H, sc.codes).estimates.K.tolist() == [4] * 16
+    capped = loc.localize(sc.y, sc.H, sc.codes, system=SystemConfig(K_max=2)).estimates
+    assert capped.K.tolist() == [2] * 16
+    m = match_sources(capped, sc.azimuth, sc.elevation, sc.range_m, sc.K)
+    s = summarize(m)  # both reported are true sources (within the 5 deg gate; 2-source
+    assert s.n_detected == 32 and s.n_false_alarms == 0  # fits of 4 sources: ~1 deg off)
+
+
 def test_a_system_the_model_was_not_trained_for_is_named_whole_with_the_way_out():
     loc = Localizer.from_checkpoint()
     other = SystemConfig(N_H=8, N_V=8, L=24)

@@ -147,18 +147,20 @@ class OrderHead(nn.Module):
         (k + E[K]) the scene's attainable F1. Reporting a source pays when it is found with
         probability above F / 2 (the F1-optimal rule); ``balance`` > 0 leans toward the most
         probable K (K accuracy). balance -> infinity is argmax P(K = k). ``balance``: [B]
-        per scene, or None for the head's own (``self.balance``)."""
+        per scene, or None for the head's own (``self.balance``). ``k_max`` below the head's
+        caps the decision over all its K (scenes of a system with a smaller K_max): deciding
+        over 1..k_max alone, a scene the head holds to have more sources than k_max fell to
+        K = 1, its log P(K = k) for every k <= k_max being as small as it is."""
         out = self.forward(x)
         balance = self.balance if balance is None else \
             balance.to(out.detections.dtype).reshape(-1, 1)
-        k_max = self.K_max if k_max is None else k_max
-        P, det = out.probabilities[:, :k_max], out.detections[:, :k_max]
-        k = torch.arange(1, k_max + 1, dtype=det.dtype, device=det.device)
-        expected_K = (out.probabilities * torch.arange(1, self.K_max + 1, dtype=det.dtype,
-                                                       device=det.device)).sum(-1, True)
+        P, det = out.probabilities, out.detections
+        k = torch.arange(1, self.K_max + 1, dtype=det.dtype, device=det.device)
+        expected_K = (P * k).sum(-1, True)
         F = (2 * det / (k + expected_K)).amax(-1, keepdim=True)
         score = 2 * det - F * k + balance * torch.log(P.clamp_min(1e-9))
-        return score.argmax(-1) + 1
+        K = score.argmax(-1) + 1
+        return K if k_max is None else K.clamp_max(k_max)
 
 
 @dataclass(frozen=True)
