@@ -267,6 +267,39 @@ def test_export_model_cli(tmp_path, checkpoint, caplog):
     assert res.exit_code == 0 and "validation" in (tmp_path / "notes.json").read_text()
 
 
+def test_the_card_says_what_the_model_was_validated_on_and_errors_name_the_input(
+        tmp_path, checkpoint):
+    """The card's validation set follows the recipe (a file, the power spread, the SNR
+    shown; before, a file's validation was described as simulated scenes), its source is an
+    absolute path, and a checkpoint that fails the check after writing is named in the
+    error, not the temporary file it was checked as."""
+    from risloc.inference.checkpoint import export_model, save_checkpoint
+    from risloc.pipeline.order import FEATURES_VERSION
+
+    export_model(checkpoint, tmp_path / "m.pt")
+    card = json.loads((tmp_path / "m.json").read_text())
+    assert card["validation_set"].startswith("16 scenes of the validation split (seed 0, "
+                                             "from scene 0): SNR uniform in [5.0, 20.0] dB")
+    assert "source powers spread over [0.0, 15.0] dB" in card["validation_set"]
+    assert "the SNR shown to the network in a share 0.0" in card["validation_set"]
+    assert card["exported_from"] == str(checkpoint.resolve())
+    state = load_checkpoint(checkpoint)
+    cfg = json.loads(state["config"])
+    cfg["data"]["val_file"] = "data/val.h5"
+    state["config"] = json.dumps(cfg)
+    save_checkpoint(tmp_path / "vf.pt", state)
+    export_model(tmp_path / "vf.pt", tmp_path / "vf_model.pt")
+    card = json.loads((tmp_path / "vf_model.json").read_text())
+    assert card["validation_set"].startswith("the scenes of the file data/val.h5;")
+    state = load_checkpoint(checkpoint)
+    state["order_head"] = {"features": FEATURES_VERSION, "broken": 1}
+    save_checkpoint(tmp_path / "bad.pt", state)
+    with pytest.raises(ValueError) as err:
+        export_model(tmp_path / "bad.pt", tmp_path / "m2.pt", verify=load_learned_pipeline)
+    assert str(tmp_path / "bad.pt") in str(err.value) and ".partial" not in str(err.value)
+    assert not (tmp_path / "m2.pt").exists()
+
+
 def test_a_model_is_never_left_beside_the_card_of_the_one_it_replaced(tmp_path, checkpoint,
                                                                       monkeypatch):
     """A kill between the model's rename and its card's left the new model with the old

@@ -176,6 +176,21 @@ def check_model_target(dst: str | Path, src: str | Path, in_place: bool = False)
     return dst
 
 
+def _validation_text(data: dict, scene: dict) -> str:
+    """What a recipe validated on, for the model card (its ``data`` and ``scene``)."""
+    how = "; MUSIC on R_blend with the network's K, no NF-MLE; EMA weights"
+    if data.get("val_file"):
+        return f"the scenes of the file {data['val_file']}{how}"
+    spread = scene.get("power_spread_db")
+    n = len(data.get("scene_mix") or ())
+    kinds = f", mixed with the {n} kind{'s' * (n > 1)} of data.scene_mix" if n else ""
+    k = f"K = {scene['K']}" if scene.get("K") is not None else "K uniform in 1..K_max"
+    return (f"{data.get('n_val')} scenes of the validation split (seed {data.get('seed')}"
+            f", from scene {data.get('val_offset', 0)}): SNR uniform in {scene.get('snr_db')}"
+            f" dB, {k}, source powers spread over {spread} dB{kinds}; the SNR shown to the "
+            f"network in a share {data.get('snr_shown')} of them{how}")
+
+
 def export_model(src: str | Path, dst: str | Path,
                  verify: Callable[[Path], object] | None = None) -> Path:
     """Write an inference-only copy of a training checkpoint (config + averaged weights,
@@ -195,16 +210,13 @@ def export_model(src: str | Path, dst: str | Path,
     data, scene = cfg.get("data", {}), cfg.get("scene", {})
     card = {
         "risloc_version": risloc.__version__,
-        "exported_from": str(src),
+        "exported_from": str(Path(src).resolve()),
         "epoch": state.get("epoch"), "optimizer_steps": state.get("step"),
         "epochs_logged": len(history),
         "seconds_per_epoch_median": (statistics.median(h["seconds"] for h in history)
                                      if history and all("seconds" in h for h in history)
                                      else None),
-        "validation_set": (
-            f"{data.get('n_val')} scenes of the validation split (seed {data.get('seed')}), "
-            f"SNR uniform in {scene.get('snr_db')} dB, K uniform in 1..K_max; MUSIC on "
-            "R_blend with the network's K, no NF-MLE; EMA weights"),
+        "validation_set": _validation_text(data, scene),
         "validation": {k[4:]: v for k, v in row.items() if k.startswith("val_")},
         "config": cfg,
     }
@@ -213,7 +225,10 @@ def export_model(src: str | Path, dst: str | Path,
     with atomic_path(dst) as tmp:  # checked under a temporary name, then renamed
         save_checkpoint(tmp, slim)
         if verify is not None:
-            verify(tmp)
+            try:
+                verify(tmp)
+            except ValueError as err:  # named by the input, not the temporary written
+                raise ValueError(str(err).replace(str(tmp), str(src))) from None
         # a kill between the two renames leaves a model without a card, never one beside
         # the card of the model it replaced
         card_path.unlink(missing_ok=True)
