@@ -190,7 +190,8 @@ def test_estimates_made_elsewhere_are_scored_beside_the_estimators(tmp_path):
     # alone (--estimators none), and what cannot be scored is named
     res = runner.invoke(app, ["evaluate", str(f), "--estimators", "none", "--estimates",
                               str(tmp_path / "exact.csv"), "--out", str(tmp_path / "r1"),
-                              "--no-plots"])
+                              "--no-plots", "--checkpoint", str(tmp_path / "nope.pt")])
+    assert "nope.pt is not used" in " ".join(res.output.split())  # no learned estimator
     assert res.exit_code == 0 and [(r["estimator"], r["K"]) for r in _rows(
         tmp_path / "r1" / "metrics.csv")] == [("exact", "all"), ("exact", "2")]
     # a CSV of part of the file: the scenes without a row are named; --start/--stop score

@@ -85,8 +85,9 @@ def test_localize_never_replaces_its_input_and_skips_bad_scenes(tmp_path):
         h["y"][3] = h["y"][3] * 1e-30
     out = tmp_path / "est.csv"
     res = runner.invoke(app, ["localize", str(f), "--out", str(out), "--method", "classical",
-                              "--K", "1"])
+                              "--K", "1", "--checkpoint", "nope.pt"])
     assert res.exit_code == 1, res.output  # done, but a scene could not be localized
+    assert "nope.pt is not used by --method classical" in " ".join(res.output.split())
     assert "scene 2 not localized: all-zero measurements" in res.output
     assert "1 scene not localized is counted: K = 0" in " ".join(res.output.split())
     assert f"estimates of 3 scenes in {out} (1 not localized, above)" in \

@@ -170,6 +170,10 @@ def evaluate_command(
                              known_K, seed, batch_size, crb,
                              None if checkpoint is None else str(checkpoint), snr_given,
                              power_spread_db)
+    if checkpoint is not None and "learned" not in names:
+        console.print(f"[yellow]--checkpoint is the learned estimator's model, and learned "
+                      f"is not among --estimators ({', '.join(names) or 'none'}): "
+                      f"{checkpoint} is not used[/]")
     if scenes is None and (start or stop is not None or estimates):
         raise ValueError("--start / --stop / --estimates concern a scene file's scenes: give "
                          "the scene file")

@@ -95,6 +95,9 @@ def _localizer(method: str | None, checkpoint: Path | None, system, device: str,
     if method not in METHODS:
         raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
     if method == "classical":
+        if checkpoint is not None:
+            console.print(f"[yellow]--checkpoint is the learned method's model: {checkpoint} "
+                          "is not used by --method classical[/]")
         return Localizer(system, "classical")
     loc = Localizer.from_checkpoint(checkpoint, graph_batch=graph_batch)
     loc.pipeline.to(device)
