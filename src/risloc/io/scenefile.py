@@ -321,6 +321,10 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
     if path.is_dir():
         raise SceneFileError(f"{path}: a folder, not a scene file (name the .h5 / .npz files "
                              f"in it, or a pattern such as '{path / '*.h5'}')")
+    if path.suffix.lower() in (".pt", ".pth"):  # (torch's files are zip archives too)
+        raise SceneFileError(f"{path}: a model or checkpoint file, not a scene file (.h5 / "
+                             f".npz); a risloc model's system, recipe and validation are "
+                             f"in its model card, {path.with_suffix('.json').name} beside it")
     if is_npz(path):
         pickled: list[str] = []
         try:
