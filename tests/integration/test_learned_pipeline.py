@@ -167,8 +167,13 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
         load_learned_pipeline(tmp_path / "missing.pt")
     junk = tmp_path / "junk.pt"
     torch.save({"weights": 1}, junk)
-    with pytest.raises(ValueError, match="not a risloc training checkpoint"):
+    with pytest.raises(ValueError, match=r"junk.pt is a torch file but not a risloc checkpoint "
+                                         r"\(risloc writes .* in format 1"):
         load_learned_pipeline(junk)
+    (tmp_path / "model.json").write_text("{}")  # the card given for its model
+    with pytest.raises(ValueError, match="it is a model card, give the model beside it, "
+                                         "model.pt"):
+        load_learned_pipeline(tmp_path / "model.json")
     newer = tmp_path / "newer.pt"  # from a later risloc: said so, not "not a checkpoint"
     torch.save({"format_version": 99}, newer)
     with pytest.raises(ValueError, match=r"written by a newer risloc \(checkpoint format 99; "
@@ -339,6 +344,8 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
                               "--scene", "power_spread_db=[0, 25]", "--margin", "0.5",
                               "--no-mix"])
     assert res.exit_code == 0, res.output
+    assert f"wrote {out} and its card {out.with_suffix('.json')}" in " ".join(
+        res.output.split())
     assert "order head" in res.output
     assert "SNR (dB)" in res.output  # (rich read '[dB]' as markup and dropped it)
     pipe = load_learned_pipeline(out)
@@ -413,6 +420,7 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
                               "--overwrite"])
     assert res.exit_code == 0, res.output
     assert not out.with_suffix(".json").exists()
+    assert "(no model card: its input had none)" in " ".join(res.output.split())
     for bad, says in (("colour=3", "colour"), ("power_spread_db", "FIELD=VALUE"),
                       ("range_m=[0.1, 20]", "leaves the base scene's field of view")):
         res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--scene", bad,

@@ -29,10 +29,10 @@ def demo_command(
     snr_given: Annotated[bool, typer.Option(
         "--snr-given/--snr-withheld", help="Tell the localizers the SNR.")] = False,
 ) -> None:
-    """Simulate a default-system test set across SNRs (K unknown, 1..K_max; by default as
-    users' data come: unequal source powers, no SNR given), localize it with the learned
-    pipeline and the classical localizer, and report both beside the CRB (table,
-    metrics.csv/json, PNG plots)."""
+    """Simulate a test set across SNRs on the default system (with --checkpoint, on its
+    model's system), K unknown, 1..K_max, by default as users' data come (unequal source
+    powers, no SNR given); localize it with the learned pipeline and the classical
+    localizer, and report both beside the CRB (table, metrics.csv/json, PNG plots)."""
     from risloc.pipeline.learned import DEFAULT_MODEL
 
     estimators = ("learned", "classical")

@@ -68,7 +68,11 @@ def fit_order_command(
                            on_batch=lambda n: bar.advance(task, n), scene=fields,
                            margin=margin, mix=mix)
     out.print(report_table(report))
-    console.print(f"wrote {out_path}")
+    from risloc.inference.checkpoint import model_card_path
+
+    card = model_card_path(out_path)
+    console.print(f"wrote {out_path}" + (f" and its card {card}" if card.exists() else
+                                         " (no model card: its input had none)"))
 
 
 def scene_fields(items: list[str]) -> dict:

@@ -67,8 +67,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     with path.open("rb") as f:
         head = f.read(4)
     if head != b"PK\x03\x04":  # torch files are zip archives
+        card = (f": it is a model card, give the model beside it, "
+                f"{path.with_suffix('.pt').name}" if path.suffix.lower() == ".json" else "")
         raise ValueError(f"{path} is not a risloc checkpoint (not a file torch writes"
-                         f"{': it is empty' if not head else ''})")
+                         f"{': it is empty' if not head else card})")
     if not zipfile.is_zipfile(path):  # a zip archive's directory is at its end
         raise ValueError(f"{path} is a truncated checkpoint (its end is missing: an "
                          "incomplete copy or download?)")
@@ -90,8 +92,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
                          f"this version, {risloc.__version__}, reads format {FORMAT_VERSION}): "
                          "upgrade risloc to read it")
     if version != FORMAT_VERSION:
-        raise ValueError(f"{path} is not a risloc training checkpoint (format "
-                         f"{FORMAT_VERSION})")
+        raise ValueError(f"{path} is a torch file but not a risloc checkpoint (risloc "
+                         f"writes its checkpoints and models in format {FORMAT_VERSION}, with "
+                         "'format_version' among their keys)")
     if "payload" not in state:  # written before checkpoints carried a digest
         return state
     payload = state["payload"]
