@@ -370,10 +370,18 @@ def test_a_sweep_runs_on_the_model_s_own_system_unless_one_is_named(tmp_path):
     res = runner.invoke(app, ["demo", "--checkpoint", str(model), "--n", "2", "--snr-db", "20",
                               "--out", str(tmp_path / "d")])
     assert res.exit_code == 0 and "the model's system" in res.output, res.output
-    # a system named by the caller is the caller's: refused, every differing field named
+    # --set system.* changes the model's system (before, the default one's: N_H, M and L
+    # were named too): refused up front, the field that differs named
     res = runner.invoke(app, ["evaluate", *base, "--set", "system.N_V=12", "--out",
                               str(tmp_path / "e2")])
-    assert res.exit_code == 2 and "N_V 12 (model: 8)" in res.output, res.output
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "system differs from the model's: N_V 12 (model: 8):" in said
+    assert "N_H" not in said and "drop --checkpoint" in said and not (tmp_path / "e2").exists()
+    res = runner.invoke(app, ["evaluate", *base, "--set", "system.K_max=2", "--out",
+                              str(tmp_path / "e3")])  # a smaller K_max caps K: accepted
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "e3" / "metrics.json").read_text())["meta"]["system"][
+        "N_H"] == 8
 
 
 def test_an_snr_beyond_what_float32_noise_can_hold_is_named_by_its_option(tmp_path):

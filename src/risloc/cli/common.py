@@ -121,17 +121,28 @@ def get_config(config: Path | None, overrides: list[str] | None) -> RislocConfig
 def sweep_config(config: Path | None, overrides: list[str] | None,
                  checkpoint: Path | None) -> RislocConfig:
     """The config of a simulated sweep: :func:`get_config`, on ``checkpoint``'s own system
-    where the caller named none (no ``--config``, no ``--set system.*``); a model serves
-    only the system it was trained for (said when it is not the default one)."""
-    named = config is not None or any(o.strip().startswith("system.") for o in overrides or [])
-    if checkpoint is None or named:
-        return get_config(config, overrides)
+    unless ``--config`` names one (``--set system.*`` changes fields of the model's system);
+    a model serves only the system it was trained for: a sweep on another is refused here,
+    naming the fields that differ, before any scene is simulated (said when the model's is
+    not the default one)."""
+    if checkpoint is None or config is not None:
+        cfg = get_config(config, overrides)
+        if checkpoint is None:
+            return cfg
     from risloc.inference.checkpoint import load_checkpoint
     from risloc.inference.recipe import InferenceRecipe
+    from risloc.pipeline.localizer import check_system
 
     system = InferenceRecipe.from_json(load_checkpoint(checkpoint)["config"]).system
-    own = [f"system.{k}={v}" for k, v in system.model_dump(mode="json").items()]
-    cfg = get_config(None, own + list(overrides or []))
+    if config is None:
+        own = [f"system.{k}={v}" for k, v in system.model_dump(mode="json").items()]
+        cfg = get_config(None, own + list(overrides or []))
+    try:
+        check_system(system, cfg.system)
+    except ValueError as err:
+        raise ValueError(f"{checkpoint}: {err}: a model serves the system it was trained for (drop "
+                         "--checkpoint and 'learned' from --estimators to evaluate the "
+                         "others on this system)") from None
     if cfg.system != get_config(None, None).system:
         console.print(f"simulating the scenes on {checkpoint}'s system ({system.describe()})")
     return cfg
