@@ -239,6 +239,10 @@ def test_export_model_cli(tmp_path, checkpoint, caplog):
                                   str(tmp_path / name)])
         assert res.exit_code == 2 and "must end in .pt (or .pth)" in res.output, name
         assert not (tmp_path / name).exists()
+    (tmp_path / "ex").mkdir()  # a folder: named as one, with the way out
+    res = runner.invoke(app, ["export-model", str(checkpoint), "--out", str(tmp_path / "ex")])
+    assert res.exit_code == 2 and "is a folder: name the model file to write in it" in \
+        " ".join(res.output.split()), res.output
     # a checkpoint that does not make a model replaces nothing: the good model stays
     from risloc.inference.checkpoint import save_checkpoint
 

@@ -166,6 +166,9 @@ def check_model_target(dst: str | Path, src: str | Path, in_place: bool = False)
     be mistaken for), is not ``src`` (unless ``in_place``), and its card is not ``src``'s
     card (unless in place) nor ``src``."""
     dst, src = Path(dst), Path(src)
+    if dst.is_dir():
+        raise ValueError(f"{dst} is a folder: name the model file to write in it, e.g. "
+                         f"{dst / 'model.pt'}")
     if dst.suffix.lower() not in MODEL_SUFFIXES:
         raise ValueError(f"the model file {dst} must end in .pt (or .pth): its model card "
                          f"is written beside it as <name>.json")
