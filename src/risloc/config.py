@@ -412,8 +412,19 @@ def validate_config(data: dict[str, Any]) -> RislocConfig:
 
 
 def validate_system(data: Any) -> SystemConfig:
-    """A SystemConfig from a dict of its fields; ConfigError naming each invalid field."""
-    return _validate(SystemConfig, data, "system")
+    """A SystemConfig from a dict of its fields (K_max as :func:`system_from_json` reads
+    it where the dict has none); ConfigError naming each invalid field."""
+    return _validate(SystemConfig, _with_K_max(data), "system")
+
+
+def _with_K_max(data: Any) -> Any:
+    """A system's fields with K_max = M - 1 where they are the contract's keys alone (no
+    K_max, risloc's own) and the default K_max would not fit M antennas: the most sources
+    M antennas can tell."""
+    if isinstance(data, dict) and "K_max" not in data and isinstance(data.get("M"), int) \
+            and 2 <= data["M"] <= SystemConfig().K_max:
+        return {**data, "K_max": data["M"] - 1}
+    return data
 
 
 def validate_scene(data: Any) -> SceneConfig:
@@ -431,13 +442,7 @@ def system_from_json(text: str | None) -> SystemConfig:
         raise ConfigError(f"bad 'system' attribute: expected a JSON string, got "
                           f"{type(text).__name__}")
     try:
-        data = json.loads(text)
-        if isinstance(data, dict) and "K_max" not in data and isinstance(data.get("M"), int) \
-                and 2 <= data["M"] <= SystemConfig().K_max:
-            # the contract's keys alone (no K_max, risloc's own): the most sources M antennas
-            # can tell, M - 1, where the default K_max would not fit
-            data = {**data, "K_max": data["M"] - 1}
-        return SystemConfig.model_validate(data)
+        return SystemConfig.model_validate(_with_K_max(json.loads(text)))
     except (ValidationError, json.JSONDecodeError, TypeError) as err:
         msg = (format_validation_error(err, model=SystemConfig)
                if isinstance(err, ValidationError) else str(err))

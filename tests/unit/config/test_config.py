@@ -197,3 +197,12 @@ def test_a_file_s_system_of_the_contract_s_keys_alone_reads_with_few_antennas():
     assert system_from_json('{"M": 16}').K_max == 5  # room for the default: kept
     with pytest.raises(ConfigError, match="K_max=5 must be smaller than M=4"):
         system_from_json('{"M": 4, "K_max": 5}')  # a K_max given is the file's
+    # the same system as a dict (Localizer.localize(system=...), crb, simulate_range) reads
+    # the same (a review: the dict was refused where its JSON text was read)
+    import json
+
+    from risloc.config import validate_system
+    from risloc.core.checks import as_system
+
+    assert as_system(json.loads(contract)) == system_from_json(contract)
+    assert validate_system({"M": 4}).K_max == 3 and validate_system({"M": 16}).K_max == 5
