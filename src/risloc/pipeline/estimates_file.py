@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import math
+import numbers
 import os
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def write_estimates(path: str | Path, rows: list[tuple] | Estimates) -> Path:
     for rows that are not sequences of the columns."""
     est = getattr(rows, "estimates", rows)  # a LocalizationResult: its estimates
     if isinstance(est, Estimates):
+        _check_writable_estimates(est)
         rows = estimate_rows(est)
     rows = list(rows)
     bad = next((r for r in rows if not isinstance(r, tuple | list) or
@@ -49,6 +51,28 @@ def write_estimates(path: str | Path, rows: list[tuple] | Estimates) -> Path:
                         f"(estimate_rows makes them), got a row {bad!r:.80}")
     check_estimates_target(path, what="the estimates file")
     return write_csv_atomic(path, COLUMNS, rows)
+
+
+def _check_writable_estimates(est: Estimates) -> None:
+    """ValueError naming the first scene whose estimates the CSV could not hold so that
+    :func:`read_estimates` reads them back: K beyond its slots, a position of a reported
+    source that is not finite, a range that rounds to 0 at the CSV's 6 decimals."""
+    slots = est.azimuth.shape[-1]
+    over = (est.K > slots).nonzero().flatten()
+    if over.numel():
+        b = int(over[0])
+        raise ValueError(f"scene {b}: K = {int(est.K[b])} sources but {slots} slots of "
+                         "positions")
+    valid = est.mask
+    bad = valid & ~(torch.isfinite(est.azimuth) & torch.isfinite(est.elevation)
+                    & torch.isfinite(est.range_m) & (est.range_m >= 1e-6))
+    if bool(bad.any()):
+        b, s = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"scene {b}, source {s}: its position must be finite numbers and its "
+                         f"range at least 1e-6 m (the CSV's 6 decimals), got azimuth "
+                         f"{float(est.azimuth[b, s]):g} rad, elevation "
+                         f"{float(est.elevation[b, s]):g} rad, range "
+                         f"{float(est.range_m[b, s]):g} m (a scene with no source: K = 0)")
 
 
 class SeveralFilesError(ValueError):
@@ -97,19 +121,33 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
         raise ValueError(f"{path} is not a text CSV in UTF-8 (byte {err.start}: {err.reason}): "
                          "an estimates CSV, not a scene file or a spreadsheet's own format"
                          ) from None
-    files = {r["file"] for r in rows} if rows and "file" in rows[0] else set()
+    if slots is not None and (isinstance(slots, bool) or not isinstance(
+            slots, numbers.Integral) or slots < 1):
+        raise ValueError(f"slots must be a whole number >= 1 or None, got {slots!r}")
+    if file is not None and (isinstance(file, bool) or not isinstance(file, numbers.Integral)
+                             or file < 0):
+        raise ValueError(f"file must be the index (0, 1, ...) of an input file, got {file!r}")
+    several = "file" in reader.fieldnames  # a CSV of several input files
+    of_file = [_file_index(path, line, r) for line, r in enumerate(rows, start=2)] \
+        if several else [0] * len(rows)
+    files = sorted(set(of_file))
     if file is None and len(files) > 1:
         raise SeveralFilesError(path, len(files))
+    if file is None and files and files != [0]:  # file 0's scenes all without a row?
+        raise ValueError(f"{path} holds the estimates of several input files (its `file` "
+                         f"column) and rows of file {files[0]} alone: pass file= the index "
+                         "of the one you mean")
     if file is not None:
-        if not files and file != 0:
+        if not several and file != 0:
             raise ValueError(f"{path} holds the estimates of one input file (no `file` "
                              f"column), not of file {file}")
-        if files and str(file) not in files:  # (a file with no estimate at all: no rows)
-            indices = sorted(files, key=lambda f: (len(f), f))
+        if several and file not in files:  # (a file with no estimate at all: no rows)
             log.warning("%s has no row of file %d (its files with rows: %s): none of its "
-                        "scenes has an estimate", path, file, ", ".join(indices))
-    lines = [(line, r) for line, r in enumerate(rows, start=2)  # line 1: the header
-             if file is None or not files or int(r["file"]) == file]
+                        "scenes has an estimate", path, file,
+                        ", ".join(map(str, files)) or "none")
+    file = 0 if file is None else file
+    lines = [(line, r) for line, r, f in zip(range(2, len(rows) + 2), rows, of_file,
+                                             strict=True) if f == file]  # line 1: the header
     parsed = []
     for line, row in lines:
         try:
@@ -140,11 +178,11 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
                              f"line {seen[b, s]})")
         seen[b, s] = line
         sources.setdefault(b, []).append(s)
-    for b, numbers in sources.items():  # (in the rows' count, not the largest number's)
-        numbers.sort()
-        gap = next((i for i, s in enumerate(numbers) if s != i), None)
+    for b, given in sources.items():  # (in the rows' count, not the largest number's)
+        given.sort()
+        gap = next((i for i, s in enumerate(given) if s != i), None)
         if gap is not None:
-            raise ValueError(f"{path}: scene {b} has source {numbers[-1]} but no source "
+            raise ValueError(f"{path}: scene {b} has source {given[-1]} but no source "
                              f"{gap} (a scene's sources are numbered 0, 1, ... without a "
                              "gap: renumber them where rows were dropped, e.g. by score)")
     slots = max([1, *(len(n) for n in sources.values())]) if slots is None else slots
@@ -158,6 +196,18 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
         vals["range_m"][b, s] = values[2]
         vals["score"][b, s] = score
     return Estimates(K=K, **vals)
+
+
+def _file_index(path: Path, line: int, row: dict) -> int:
+    """A row's ``file`` cell as a whole number (spaces forgiven)."""
+    try:
+        index = int((row.get("file") or "").strip())
+    except ValueError:
+        index = -1
+    if index < 0:
+        raise ValueError(f"{path}, line {line}: file must be the index (0, 1, ...) of an "
+                         f"input file, got {row.get('file')!r}")
+    return index
 
 
 def check_estimates_target(path: str | Path, what: str = "--out") -> None:

@@ -215,6 +215,27 @@ def test_a_file_index_without_rows_is_said(tmp_path, caplog):
     assert not caplog.records
     assert read_estimates(tmp_path / "m.csv", 2, 1, file=5).K.tolist() == [0, 0]
     assert "has no row of file 5 (its files with rows: 0, 1)" in caplog.text
+    # rows of one file, not file 0 (every scene of file 0 failed): which is meant is asked,
+    # not file 1's estimates returned as the file's (a review)
+    head = "scene,source,azimuth_deg,elevation_deg,range_m,score,file\n"
+    (tmp_path / "one.csv").write_text(head + "0,0,10,0,1,1, 1\n")
+    with pytest.raises(ValueError, match="rows of file 1 alone: pass file= the index"):
+        read_estimates(tmp_path / "one.csv", 2)
+    caplog.clear()
+    assert read_estimates(tmp_path / "one.csv", 2, file=1).K.tolist() == [1, 0]
+    assert not caplog.records  # " 1" is file 1 (it was warned missing, then read)
+    (tmp_path / "none.csv").write_text(head)  # a file column, no rows: no file is "wrong"
+    assert read_estimates(tmp_path / "none.csv", 2, file=1).K.tolist() == [0, 0]
+    for bad in (True, -1, 1.5):
+        with pytest.raises(ValueError, match=f"file must be the index .*got {bad!r}"):
+            read_estimates(tmp_path / "m.csv", 2, file=bad)
+    for bad in (0, -1, 2.0):
+        with pytest.raises(ValueError, match=f"slots must be a whole number >= 1 or None, "
+                                             f"got {bad!r}"):
+            read_estimates(tmp_path / "m.csv", 2, bad, file=0)
+    (tmp_path / "x.csv").write_text(head + "0,0,10,0,1,1,b\n")
+    with pytest.raises(ValueError, match="line 2: file must be the index .* got 'b'"):
+        read_estimates(tmp_path / "x.csv", 2)
 
 
 def test_estimates_file_round_trip(tmp_path, scenes):
@@ -291,6 +312,18 @@ def test_estimates_file_round_trip(tmp_path, scenes):
     with pytest.raises(TypeError, match="write_estimates takes Estimates or rows"):
         write_estimates(tmp_path / "w2.csv", est.K)
     assert not (tmp_path / "w2.csv").exists()
+    # Estimates the CSV could not give back are refused, naming the scene (a review: NaN
+    # written as 'nan', a range below 5e-7 m as 0.000000, K beyond the slots an IndexError)
+    for field, value, says in (("azimuth", nan, "scene 2, source 0: its position must be "
+                                                "finite"),
+                               ("range_m", 1e-7, "scene 2, source 0: .*range at least 1e-6"),
+                               ("K", 3, "scene 2: K = 3 sources but 2 slots")):
+        bad = Estimates(**{f: getattr(est, f).clone() for f in ("K", "azimuth", "elevation",
+                                                                "range_m", "score")})
+        getattr(bad, field)[(2,) if field == "K" else (2, 0)] = value
+        with pytest.raises(ValueError, match=says):
+            write_estimates(tmp_path / "w3.csv", bad)
+        assert not (tmp_path / "w3.csv").exists()
     for text in ("scene,source,azimuth_deg,range_m\n0,0,10,2\n",
                  "scene,source,azimuth_deg,range_m\n"):  # with rows or without
         (tmp_path / "u.csv").write_text(text)
