@@ -29,6 +29,29 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+#: one colour and marker per estimator, the same in every plot whatever the order given
+_STYLES = {"learned": ("C0", "o", "-"), "classical": ("C1", "s", "--"),
+           "music-samp": ("C2", "^", "-."), "music-samp+nfmle": ("C3", "v", ":"),
+           "ramezani-samp": ("C4", "D", "-."), "music-oracle": ("C5", "P", ":")}
+_OTHERS = (("C6", "X", "-"), ("C7", "*", "--"), ("C8", "h", "-."), ("C9", "p", ":"))
+
+
+def _style(name: str, names: list[str]) -> dict:
+    """Line keywords of ``name``: its own (estimators), else by its place among the others
+    (estimates made elsewhere); differing markers and dashes keep equal curves visible."""
+    others = [n for n in names if n not in _STYLES]
+    colour, marker, dash = _STYLES.get(name) or _OTHERS[others.index(name) % len(_OTHERS)]
+    return {"color": colour, "marker": marker, "linestyle": dash, "markerfacecolor": "none",
+            "label": name}
+
+
+def _snr_ticks(ax, rows: list[ResultRow]) -> None:
+    """x ticks at the SNRs evaluated (where few enough to read)."""
+    snrs = sorted({r.snr_db for r in rows if r.K == "all" and not math.isnan(r.snr_db)})
+    if 1 < len(snrs) <= 12:
+        ax.set_xticks(snrs, [f"{v:.3g}" for v in snrs])
+
+
 def _series(rows: list[ResultRow], estimator: str, key: str) -> tuple[list[float], list[float]]:
     pts = sorted((r.snr_db, r.metrics.get(key)) for r in rows
                  if r.estimator == estimator and r.K == "all" and r.metrics.get(key) is not None)
@@ -46,41 +69,55 @@ def _legend_below(ax, *more) -> None:
               ncols=min(len(labels), 4), fontsize=8, frameon=False)
 
 
-def plot_error_vs_snr(rows: list[ResultRow], path: Path) -> Path:
-    """Median absolute error per parameter vs SNR, one line per estimator, CRB dashed."""
+def plot_error_vs_snr(rows: list[ResultRow], path: Path, subtitle: str = "") -> Path:
+    """Median absolute error per parameter vs SNR, one line per estimator, CRB dashed;
+    ``subtitle`` says what the points are (scenes, what the estimators were told)."""
     names = list(dict.fromkeys(r.estimator for r in rows))
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), layout="constrained")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.6), layout="constrained")
     for ax, (key, crb_key, label) in zip(axes, _PANELS):
         for name in names:
             x, y = _series(rows, name, key)
-            ax.semilogy(x, y, "o-", label=name)
+            ax.semilogy(x, y, **_style(name, names))
         x, y = _series(rows, names[0], crb_key)
         if x:
             ax.semilogy(x, [EFFICIENT_MEDIAN * v for v in y], "k--",
-                        label="0.674 sqrt(CRB): median |error| of an efficient estimator")
+                        label="0.674 x median sqrt(CRB)")
         ax.set_xlabel("SNR [dB]")
         ax.set_ylabel(f"median |error|, {label}")
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle("Localization error vs SNR (Hungarian-paired sources)")
+        _snr_ticks(ax, rows)
+    note = (f"\ndashed: 0.674 x the median sqrt(CRB) over {names[0]}'s paired sources, an "
+            "efficient estimator's median |error| where every source has the same bound (it "
+            "reads low where they differ;\nmetrics.csv's <coordinate>_median_over_bound is the "
+            "per-source ratio, about 1 for an efficient estimator)"
+            if any(r.metrics.get(c) is not None for r in rows for _, c, _ in _PANELS) else "")
+    fig.suptitle("Localization error vs SNR (Hungarian-paired sources)"
+                 + (f"\n{subtitle}" if subtitle else "") + note, fontsize=9.5)
     # one legend below the panels: inside one, it hid the low-SNR points it sat on
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
                ncols=len(names) + 1, fontsize=8, frameon=False)
     return _save(fig, path)
 
 
-def plot_k_accuracy(rows: list[ResultRow], path: Path) -> Path:
-    """K accuracy and detection F1 vs SNR."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name in dict.fromkeys(r.estimator for r in rows):
+def plot_k_accuracy(rows: list[ResultRow], path: Path, subtitle: str = "") -> Path:
+    """K accuracy and detection F1 (a reported source within the 5 deg gate of a true
+    one) vs SNR."""
+    names = list(dict.fromkeys(r.estimator for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), layout="constrained")
+    for name in names:
         for ax, key in zip(axes, ("K_accuracy", "f1")):
             x, y = _series(rows, name, key)
-            ax.plot(x, y, "o-", label=name)
-    for ax, title in zip(axes, ("K accuracy", "detection F1")):
+            ax.plot(x, y, **_style(name, names))
+    for ax, title in zip(axes, ("K accuracy", "detection F1 (5 deg gate)")):
         ax.set_xlabel("SNR [dB]")
         ax.set_title(title)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8)
+        _snr_ticks(ax, rows)
+    if subtitle:
+        fig.suptitle(subtitle, fontsize=10)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
+               ncols=len(names), fontsize=8, frameon=False)
     return _save(fig, path)
 
 

@@ -1,0 +1,47 @@
+"""The evaluation plots say what they show: each estimator keeps its colour and marker
+whatever the order it is given in, and the titles carry the run's conditions."""
+
+import math
+
+import pytest
+
+from risloc.experiments import plots
+from risloc.experiments.harness import ResultRow
+
+
+def _rows(order):
+    rows = []
+    for name in order:
+        for snr in (0.0, 10.0, 20.0):
+            m = {"azimuth_median_deg": 1 / (1 + snr), "elevation_median_deg": 0.5,
+                 "range_median_m": 0.2, "crb_azimuth_median_deg": 0.5,
+                 "crb_elevation_median_deg": 0.4, "crb_range_median_m": 0.1,
+                 "K_accuracy": 0.9, "f1": 0.95}  # equal curves: told apart by their styles
+            rows.append(ResultRow(name, snr, "all", 8, 10.0, m))
+    return rows
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    kept = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: kept.append(fig) or path)
+    return kept
+
+
+@pytest.mark.parametrize("plot", [plots.plot_error_vs_snr, plots.plot_k_accuracy])
+def test_an_estimator_keeps_its_style_and_the_title_says_what_ran(figures, tmp_path, plot):
+    styles = []
+    for order in (["learned", "classical", "mine"], ["mine", "classical", "learned"]):
+        plot(_rows(order), tmp_path / "p.png", "a file; K unknown, SNR withheld")
+        lines = {ln.get_label(): (ln.get_color(), ln.get_marker(), ln.get_linestyle())
+                 for ln in figures[-1].axes[0].get_lines()}
+        styles.append({k: lines[k] for k in ("learned", "classical", "mine")})
+        title = figures[-1].get_suptitle()
+        assert "K unknown, SNR withheld" in title
+    assert styles[0] == styles[1]  # the order given changes nothing
+    assert len({s[1:] for s in styles[0].values()}) == 3  # equal curves stay visible
+    ticks = [t for t in figures[-1].axes[0].get_xticks()]
+    assert ticks == [0.0, 10.0, 20.0]  # at the SNRs evaluated
+    if plot is plots.plot_error_vs_snr:
+        assert "mine's paired sources" in title and "median_over_bound" in title
+        assert not math.isnan(figures[-1].axes[0].get_lines()[-1].get_ydata()[0])
