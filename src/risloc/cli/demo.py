@@ -51,6 +51,4 @@ def demo_command(
     cfg = sweep_config(None, None, checkpoint)
     whose = "default" if cfg.system == RislocConfig().system else "the model's"
     run_report(sweep_points(settings, cfg), cfg.system, settings, out_dir, True,
-               f"{whose} system, simulated test split, K unknown, powers spread "
-               f"{power_spread_db:g} dB, SNR {'given' if snr_given else 'withheld'}",
-               "risloc demo")
+               f"{whose} system, simulated test split", "risloc demo")

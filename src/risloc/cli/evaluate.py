@@ -322,7 +322,8 @@ def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bo
     with progress() as bar:
         rows = evaluate_points(points, system, settings, bar, pooled)
     per_K = not pooled and settings.K is not None and len(settings.K) > 1
-    out.print(results_table(rows, f"{title} — {source}", left, per_K))
+    what = _plot_subtitle(settings, source, pooled)  # the scenes, what was told, the bound
+    out.print(results_table(rows, f"{title} — {what}", left, per_K))
     used = settings.meta()
     if pooled:  # a file's scenes: the sweep's own settings do not apply
         for key in SWEEP_ONLY:
@@ -336,7 +337,6 @@ def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bo
     if plots:
         from risloc.experiments.plots import plot_error_vs_snr, plot_k_accuracy
 
-        what = _plot_subtitle(settings, source, pooled)
         plot_error_vs_snr(rows, out_dir / "error_vs_snr.png", what)
         plot_k_accuracy(rows, out_dir / "k_accuracy_vs_snr.png", what)
         _spectrum_example(system, settings, out_dir)
