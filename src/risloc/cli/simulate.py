@@ -28,6 +28,7 @@ from risloc.io.atomic import check_writable
 from risloc.io.scenefile import (
     H5_SUFFIXES,
     SceneFileWriter,
+    check_room,
     count_outside,
     fov_text,
     inspect_scene_file,
@@ -107,6 +108,7 @@ def simulate_command(
         attrs.update(shard=shard, first_scene=lo, n_total=n)
     t0 = time.perf_counter()
     if is_npz(out_path):
+        check_room(out_path, hi - lo, cfg.system)  # (an .h5's writer checks its own)
         batch = simulate_range(lo, hi, cfg.system, scenes, seed, split, snr_db=snr_db, K=K)
         write_scenes(out_path, batch, cfg.system, attrs)
     else:

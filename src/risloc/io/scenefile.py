@@ -86,6 +86,44 @@ class SceneFileInfo:
 
 # ----------------------------------------------------------------------------- writing
 
+def scene_file_bytes(n: int, system: SystemConfig) -> int:
+    """About the bytes of ``n`` scenes of ``system`` in a scene file (complex64)."""
+    s = system
+    return n * 8 * (s.L * s.M + s.M * s.N + s.L * s.N + 4 * s.K_max + 2)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can give without swapping (Linux's MemAvailable); None
+    where it cannot be told."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_room(path: Path, n: int, system: SystemConfig, built: bool = False) -> None:
+    """SceneFileError before any work where ``n`` scenes will not fit: on the disk of
+    ``path``'s folder, and for an .npz not yet ``built`` (simulated whole in memory, then
+    copied as written), in the memory available."""
+    path = Path(path)
+    need = scene_file_bytes(n, system)
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise SceneFileError(f"{path}: {n} scenes need about {need / 1e6:.0f} MB, and "
+                             f"{folder} has {free / 1e6:.0f} MB free")
+    memory = available_memory()
+    if is_npz(path) and not built and memory is not None and 3 * need > memory:  # 2.7x
+        raise SceneFileError(f"{path}: an .npz is built whole in memory: {n} scenes need "
+                             f"about {3 * need / 1e6:.0f} MB of it, and {memory / 1e6:.0f} MB "
+                             "are available; write an .h5 (written chunk by chunk) or fewer "
+                             "scenes (--shard splits them over files)")
+
+
 class SceneFileWriter:
     """Write scenes to an HDF5 file in chunks, atomically.
 
@@ -113,12 +151,7 @@ class SceneFileWriter:
     def __enter__(self) -> SceneFileWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.path)
-        s, n = self.system, self.n
-        need = n * 8 * (s.L * s.M + s.M * s.N + s.L * s.N + 4 * s.K_max + 2)  # complex64
-        free = shutil.disk_usage(self.path.parent).free
-        if need > free:  # (HDF5 may crash the process on a full disk, not raise)
-            raise SceneFileError(f"{self.path}: {n} scenes need about {need / 1e6:.0f} MB, "
-                                 f"and {self.path.parent} has {free / 1e6:.0f} MB free")
+        check_room(self.path, self.n, self.system)  # (HDF5 may crash on a full disk)
         self._f = h5py.File(self.tmp, "w")
         try:
             self._layout()
@@ -300,6 +333,7 @@ def write_scenes(path: str | Path, batch: SceneBatch, system: SystemConfig | dic
         raise SceneFileError(f"{path}: nothing to write (0 scenes)")
     check_batch(batch, system, path)
     if is_npz(path):
+        check_room(path, len(batch), system, built=True)  # the disk ("No space left")
         arrays = batch_to_arrays(batch, system.K_max)
         arrays["system"] = np.array(_system_json(system))
         for k, v in _check_attrs(attrs, path, system).items():

@@ -595,3 +595,32 @@ def test_entries_not_ours_are_not_opened_and_ours_that_cannot_be_read_are_named(
     with h5py.File(path, "a") as f:
         f.create_group("system")["operator"] = np.bytes_("lab B")
     assert torch.equal(read_scenes(path)[0].y, batch[:2].y)
+
+
+def test_room_for_a_file_is_checked_before_any_work(tmp_path, monkeypatch):
+    """A review: `simulate --out huge.npz` grew past 5.8 GB of memory (an .npz is built
+    whole), and on a full disk said only '[Errno 28] No space left on device'."""
+    import collections
+
+    from risloc.io import scenefile
+
+    system = SystemConfig()
+    one = scenefile.scene_file_bytes(1, system)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(scenefile.shutil, "disk_usage", lambda p: usage(0, 0, 10 * one))
+    monkeypatch.setattr(scenefile, "available_memory", lambda: 100 * one)
+    for name in ("a.h5", "a.npz"):
+        scenefile.check_room(tmp_path / "new" / name, 10, system)  # fits (folder made later)
+        with pytest.raises(SceneFileError, match=rf"{name}: 11 scenes need about .* MB free"):
+            scenefile.check_room(tmp_path / name, 11, system)
+    monkeypatch.setattr(scenefile.shutil, "disk_usage", lambda p: usage(0, 0, 1000 * one))
+    scenefile.check_room(tmp_path / "a.h5", 40, system)  # written chunk by chunk
+    scenefile.check_room(tmp_path / "a.npz", 40, system, built=True)  # already in memory
+    with pytest.raises(SceneFileError, match="an .npz is built whole in memory: 40 scenes "
+                                             "need about .* write an .h5"):
+        scenefile.check_room(tmp_path / "a.npz", 40, system)
+    batch = simulate_range(0, 11, system, SceneConfig(), split="test")
+    monkeypatch.setattr(scenefile.shutil, "disk_usage", lambda p: usage(0, 0, 10 * one))
+    with pytest.raises(SceneFileError, match="a.npz: 11 scenes need about"):
+        write_scenes(tmp_path / "a.npz", batch, system)
+    assert not list(tmp_path.glob("*a.npz*"))
