@@ -187,8 +187,10 @@ def check_writable(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     probe = temporary_name(target)
     try:
         probe.write_bytes(b"")
-    except OSError as err:
-        raise ValueError(f"the output {path} is not writable: {err}") from None
+    except OSError as err:  # (its strerror: the message without the probe's own name)
+        raise ValueError(f"the output {path} is not writable: {err.strerror or err}"
+                         ) from None
     finally:
-        probe.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only file system refuses this too
+            probe.unlink(missing_ok=True)
     return path

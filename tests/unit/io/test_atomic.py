@@ -97,6 +97,25 @@ def test_check_writable_refuses_inputs_folders_and_unwritable_places(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["locked", "same.h5"]
 
 
+def test_a_read_only_file_system_is_named_not_the_probe(tmp_path, monkeypatch):
+    """A review on a read-only mount: the error named the probe's temporary name, raised by
+    its removal in a finally (EROFS even for a file that is not there)."""
+    import errno
+    from pathlib import Path
+
+    from risloc.io.atomic import check_writable
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(ValueError) as err:
+        check_writable(tmp_path / "e.csv")
+    assert str(err.value) == f"the output {tmp_path / 'e.csv'} is not writable: Read-only " \
+        "file system"
+
+
 def test_try_lock_refuses_a_held_file_and_goes_unlocked_where_the_filesystem_has_none(
         tmp_path, monkeypatch, caplog):
     import errno
