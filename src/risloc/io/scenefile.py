@@ -384,6 +384,12 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
     try:
         f = h5py.File(path, "r")
     except OSError as err:
+        with open(path, "rb") as fh:
+            if fh.read(10) == b"MATLAB 5.0":  # MATLAB's default format is not HDF5
+                raise SceneFileError(
+                    f"{path}: a MATLAB v5/v7 .mat file, which is not HDF5: save it with "
+                    "save(..., '-v7.3') (HDF5), or write an .npz (docs/conventions.md)"
+                    ) from None
         raise SceneFileError(f"{path}: not a readable HDF5 file (truncated or corrupt?): "
                              f"{' '.join(str(err).split())}") from None  # one line
     try:

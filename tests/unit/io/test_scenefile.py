@@ -102,6 +102,10 @@ def test_truncated_and_garbage_files_refused(tmp_path, batch, system):
     (tmp_path / "runs.h5").mkdir()  # a folder is not called corrupt
     with pytest.raises(SceneFileError, match="runs.h5: a folder, not a scene file"):
         read_scenes(tmp_path / "runs.h5")
+    (tmp_path / "v5.mat").write_bytes(b"MATLAB 5.0 MAT-file, Platform: GLNXA64" + bytes(100))
+    with pytest.raises(SceneFileError, match=r"v5.mat: a MATLAB v5/v7 .mat file, which is not "
+                                             r"HDF5: save it with save\(..., '-v7.3'\)"):
+        read_scenes(tmp_path / "v5.mat")  # MATLAB's default: not called corrupt either
     (tmp_path / "model.pt").write_bytes(b"PK\x03\x04")  # a model is not called corrupt
     with pytest.raises(SceneFileError, match="model.pt: a model or checkpoint file, not a "
                                              "scene file .* model card, model.json beside"):
