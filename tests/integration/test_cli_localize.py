@@ -414,8 +414,10 @@ def test_scenes_unreadable_part_way_keep_the_finished_chunks_and_say_how_to_go_o
     assert {int(r.split(",")[0]) for r in rows} == set(range(8))
 
 
-def test_ctrl_c_ends_the_command_with_130_and_its_message(tmp_path):
-    """A real SIGINT to `python -m risloc localize`: exit code 130, the resume hint, the
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_ends_the_command_with_130_and_its_message(tmp_path, signame):
+    """A real SIGINT (Ctrl-C) or SIGTERM (kill, a batch system's preemption: before, exit
+    143 and not a word) to `python -m risloc localize`: exit code 130, the resume hint, the
     finished chunks kept. The process ends without the interpreter's teardown, where
     torch's thread pools aborted it about 1 time in 6 (exit 134, 'terminate called without
     an active exception'; cli/entry.py)."""
@@ -435,7 +437,7 @@ def test_ctrl_c_ends_the_command_with_130_and_its_message(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (record.exists() and '"0": 8' in record.read_text()):
         time.sleep(0.05)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(getattr(signal, signame))
     said, _ = p.communicate(timeout=120)
     assert p.returncode == 130, said[-2000:]
     assert "interrupted: the scenes localized so far are kept" in " ".join(said.split())

@@ -1,5 +1,8 @@
 """The `risloc` command's entry point: a Ctrl-C while the command's modules (torch among
-them) are still being imported ends it quietly, as one during the command does.
+them) are still being imported ends it quietly, as one during the command does. SIGTERM
+(`kill`, a batch system's preemption) ends every command as Ctrl-C does: its message, its
+outputs closed and kept (`risloc localize --resume`, `risloc train --resume`, a tune trial
+continued from its last epoch), no temporary file left, exit code 130.
 
 An interrupted command (exit code 130: its outputs closed, what it keeps written, its
 message printed) ends without the interpreter's teardown. There, torch's thread pools were
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 INTERRUPTED = 130
@@ -23,12 +27,17 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app(prog_name="risloc")
     except SystemExit as done:
         if done.code == INTERRUPTED:
             exit_now(INTERRUPTED)
         raise
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def exit_now(code: int) -> None:

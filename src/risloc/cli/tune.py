@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -72,10 +71,9 @@ def tune_command(
                             baseline=baseline)
     console.print(f"tuning -> {settings.storage_shown} study {study_name!r} ({trials} trials x "
                   f"{epochs} epochs)")
-    # SIGTERM (kill, a batch system's preemption) ends a trial as Ctrl-C does: the next tune
-    # continues it from its last finished epoch (killed otherwise: failed once its heartbeats
-    # stop, and run again from its first)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM (kill, a batch system's preemption) ends a trial as Ctrl-C does (cli/entry.py):
+    # the next tune continues it from its last finished epoch (killed otherwise: failed once
+    # its heartbeats stop, and run again from its first)
     try:
         study = tune(settings)
     except KeyboardInterrupt:
@@ -83,8 +81,6 @@ def tune_command(
                       f"command continues it in {out}, the interrupted trial from its last "
                       "finished epoch[/]")
         raise typer.Exit(code=130) from None
-    finally:  # (None: a handler installed from C, which Python cannot put back)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     table = Table(title=f"study {study_name!r}")
     names = sorted({k for t in study.trials for k in t.params})
     relative = relative_fields(settings)  # their parameters: multiples of the recipe's value
@@ -101,10 +97,6 @@ def tune_command(
     if best.exists():
         console.print(f"best trial: {best} (risloc train --config {config} --overrides "
                       f"{best})")
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def _fmt(v) -> str:
