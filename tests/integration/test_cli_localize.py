@@ -159,6 +159,8 @@ def test_several_files_ranges_and_a_resume_after_a_kill(tmp_path, monkeypatch):
                               "--resume"])
     assert res.exit_code == 2 and "an input file was written anew since" in \
         " ".join(res.output.split()), res.output
+    assert "To start afresh, delete res.csv.progress.json and res.csv.part" in \
+        " ".join(res.output.split())  # the way out, as the refusal without --resume says
     # one file named twice (relative and absolute, by a pattern too) is localized once
     from risloc.cli.localize import expand_inputs
 
@@ -167,6 +169,8 @@ def test_several_files_ranges_and_a_resume_after_a_kill(tmp_path, monkeypatch):
                                                                          Path("b.h5")]
     res = runner.invoke(app, ["localize", str(tmp_path / "none*.h5")])
     assert res.exit_code == 2 and "no scene file matches" in res.output
+    res = runner.invoke(app, ["localize", str(tmp_path / "none.h5")])  # a plain path
+    assert res.exit_code == 2 and "none.h5: no such file" in res.output
 
 
 def test_no_bf16_ranks_the_shortlist_in_complex64(tmp_path, monkeypatch):
@@ -263,7 +267,8 @@ def test_unusable_truth_ranges_and_files_of_other_k_max(tmp_path):
     # a range past the file: an error before anything is written (no run to resume)
     res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "r.csv"),
                               "--start", "9"])
-    assert res.exit_code == 2 and "select no scene range of its 6 scenes" in res.output
+    assert res.exit_code == 2 and "--start 9 selects no scene range of its 6 scenes" in \
+        res.output  # (not "--stop None")
     assert list(tmp_path.glob("r.csv*")) == []
     # files of another K_max: each file's scenes capped by its own, metrics over both
     res = runner.invoke(app, ["localize", str(f), str(g), "--out", str(tmp_path / "fg.csv"),

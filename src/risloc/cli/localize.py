@@ -76,7 +76,8 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
     for p in patterns:
         hits = [Path(p)] if Path(p).exists() else [Path(h) for h in sorted(glob.glob(p))]
         if not hits:
-            raise FileNotFoundError(f"no scene file matches {p}")
+            raise FileNotFoundError(f"no scene file matches {p}" if glob.has_magic(p) else
+                                    f"{p}: no such file")
         for h in hits:
             if h.resolve() not in seen:
                 seen.add(h.resolve())
@@ -177,7 +178,8 @@ def localize_command(
         raise ValueError(f"--K must lie in 1..K_max={k_cap}, got {K}")
     for p, info in zip(paths, infos, strict=True):  # ranges checked before anything is written
         if start > info.n_scenes or (stop is not None and stop < start):
-            raise ValueError(f"{p}: --start {start} / --stop {stop} select no scene range of "
+            chosen = f"--start {start}" + ("" if stop is None else f" / --stop {stop}")
+            raise ValueError(f"{p}: {chosen} select{'s' * (stop is None)} no scene range of "
                              f"its {info.n_scenes} scenes")
     ranges = [(start, info.n_scenes if stop is None else min(stop, info.n_scenes))
               for info in infos]

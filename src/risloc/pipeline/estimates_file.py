@@ -287,7 +287,9 @@ class EstimatesStream:
                     if rec["settings"].get(k) != settings.get(k)]
             if diff:
                 raise ValueError(f"cannot resume {self.out}: its run had other settings: "
-                                 + "; ".join(SETTING_NAMES.get(k, k) for k in sorted(diff)))
+                                 + "; ".join(SETTING_NAMES.get(k, k) for k in sorted(diff))
+                                 + f". To start afresh, delete {self.record.name} and "
+                                 f"{self.part.name} (the earlier run's scenes)")
             self.done = {k: int(v) for k, v in rec["done"].items()}
             self.resumed = True
             self.bad = [tuple(b) for b in rec.get("bad", [])]
