@@ -329,6 +329,13 @@ def test_an_interrupted_run_says_how_to_go_on_and_a_resume_of_nothing_says_so(tm
     assert read_estimates(out, 24, 5).K.gt(0).all()
     res = runner.invoke(app, [*args, "--resume"])  # finished: nothing to continue
     assert res.exit_code == 0 and "no interrupted run of" in " ".join(res.output.split())
+    # interrupted again over that complete CSV: it is named as the earlier run's
+    calls.clear()
+    monkeypatch.setattr(Localizer, "localize", ctrl_c_at_the_second_chunk)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 130, res.output
+    assert f"({out} there now is an earlier run's, replaced when this one completes)" in \
+        " ".join(res.output.split())
 
 
 def test_truth_without_K_is_scored_and_K_without_positions_is_named(tmp_path):

@@ -273,8 +273,10 @@ def localize_command(
                         bar.advance(task, len(batch))
     except KeyboardInterrupt:
         stream.close()
+        older = (f" ({out_path} there now is an earlier run's, replaced when this one "
+                 "completes)") if out_path.exists() else ""
         console.print(f"[yellow]interrupted: the scenes localized so far are kept; the same "
-                      f"command with --resume continues into {out_path}[/]")
+                      f"command with --resume continues into {out_path}{older}[/]")
         raise typer.Exit(code=130) from None
     except OSError as err:  # a full disk, a file gone: the finished chunks stay
         stream.close()
