@@ -486,3 +486,37 @@ def test_the_entry_point_ends_an_interrupted_command_at_once(monkeypatch, capsys
     with pytest.raises(SystemExit) as done:  # any other end: as it was
         entry.main()
     assert done.value.code == 2 and ended == [130]
+
+
+def test_the_snr_of_a_file_can_be_withheld(tmp_path, monkeypatch):
+    """--snr-withheld localizes a file as if it carried no SNR (users' files rarely do); a
+    resume with the other choice is refused (a review: localize always passed it)."""
+    from risloc.pipeline import Localizer
+
+    f = tmp_path / "s.h5"
+    assert runner.invoke(app, ["simulate", "--n", "8", "--out", str(f), "--snr-db", "10",
+                               "--split", "test"]).exit_code == 0
+    real, told = Localizer.localize, []
+
+    def spy(self, y, H, codes, snr_db=None, *a, **k):
+        told.append(snr_db)
+        return real(self, y, H, codes, snr_db, *a, **k)
+
+    monkeypatch.setattr(Localizer, "localize", spy)
+    base = ["localize", str(f), "--method", "classical", "--batch-size", "4"]
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "given.csv")])
+    assert res.exit_code == 0 and all(float(s.min()) == 10.0 for s in told), res.output
+    told.clear()
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "w.csv"), "--snr-withheld"])
+    assert res.exit_code == 0 and told == [None, None], res.output
+    (tmp_path / "w.csv").unlink()
+
+    def ctrl_c(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Localizer, "localize", ctrl_c)
+    assert runner.invoke(app, [*base, "--out", str(tmp_path / "w.csv"),
+                               "--snr-withheld"]).exit_code == 130
+    monkeypatch.setattr(Localizer, "localize", real)
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "w.csv"), "--resume"])
+    assert res.exit_code == 2 and "another --snr-given/--snr-withheld" in res.output

@@ -142,6 +142,11 @@ def localize_command(
                                      "for every batch (the last one padded); for many "
                                      "batches, where the host's kernel launches bound the "
                                      "call (docs/results.md).")] = False,
+    snr_given: Annotated[bool, typer.Option(
+        "--snr-given/--snr-withheld", help="Pass a file's snr_db to the localizer (the "
+        "classical one takes its noise level from it; the shipped learned model reads none). "
+        "--snr-withheld: as if the file carried none (as most measurement files do); the "
+        "metrics' SNR bins still use it.")] = True,
     snr_bin_db: Annotated[float, typer.Option(
         "--snr-bin-db", min=0.01, help="Where the files carry the truth: the metrics table's "
         "SNR bins, in dB, each row labelled with the mean SNR of its scenes; scenes without "
@@ -215,7 +220,8 @@ def localize_command(
                 "method": loc.method,
                 "checkpoint": None if checkpoint is None else str(checkpoint.resolve()),
                 "K": K, "start": start, "stop": stop,
-                "bf16": bf16 if loc.method == "learned" else None}
+                "bf16": bf16 if loc.method == "learned" else None,
+                **({} if snr_given else {"snr_given": False})}  # (a record before it: given)
     stream = EstimatesStream(out_path, settings, COLUMNS + (("file",) if many else ()),
                              resume)
     if resume and not stream.resumed:
@@ -251,7 +257,8 @@ def localize_command(
                     for at, batch in chunks:
                         res = loc.localize(*(t.to(device) for t in (batch.y, batch.H,
                                                                      batch.codes)),
-                                           batch.snr_db, K, system=info.system)
+                                           batch.snr_db if snr_given else None, K,
+                                           system=info.system)
                         rows = estimate_rows(res.estimates, at)
                         stream.append(str(i), at + len(batch),
                                       [(*r, i) for r in rows] if many else rows,
