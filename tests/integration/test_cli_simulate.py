@@ -31,6 +31,8 @@ def test_info_checks_every_scene_and_counts_truth_outside_the_field_of_view(tmp_
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.replace("│", " ").split())
     assert "every scene can be localized" in text and "0 of 12 sources" in text
+    assert "simulated with SNR uniform in [-5.0, 20.0] dB, K = 2, source powers spread " \
+        "over 0.0 dB" in text  # (a review: what it was drawn with went unsaid)
     with h5py.File(out, "a") as f:  # scene 4: codes off the unit circle; a source at 75 deg
         f["codes"][4] = 2 * f["codes"][4]
         az = f["azimuth_deg"][:]

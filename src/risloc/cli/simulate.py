@@ -207,6 +207,9 @@ def _print_summary(path: Path, check: bool = False) -> bool:
             table.add_row("(statistics)", "over the first 4096 scenes")
     if "scene_mix" in info.attrs:
         table.add_row("scene kinds", _scene_kinds(info.attrs["scene_mix"]))
+    drawn = _drawn_with(info.attrs)
+    if drawn:
+        table.add_row("simulated with", drawn)
     for key in ("split", "seed", "shard", "first_scene", "risloc_version"):
         if key in info.attrs:
             table.add_row(key, str(info.attrs[key]))
@@ -234,6 +237,20 @@ def _print_summary(path: Path, check: bool = False) -> bool:
             table.add_row("truth units", hint)
     out.print(table)
     return not bad and not (check and info.n_truth_problems)
+
+
+def _drawn_with(attrs: dict) -> str:
+    """What `risloc simulate` drew a file's scenes with (its attributes), or ''."""
+    try:
+        scene = json.loads(attrs["config"])["scene"]
+    except (KeyError, TypeError, ValueError):
+        return ""
+    fixed_snr, fixed_K = attrs.get("snr_db_fixed"), attrs.get("K_fixed")
+    snr = (f"SNR {fixed_snr} dB" if fixed_snr not in (None, "none") else
+           f"SNR uniform in {scene.get('snr_db')} dB")
+    K = f"K = {fixed_K}" if fixed_K not in (None, 0, "0") else "K uniform in 1..K_max"
+    return (f"{snr}, {K}, source powers spread over {scene.get('power_spread_db')} dB, "
+            f"Rician factor in {scene.get('rician_kappa')}")
 
 
 @handle_errors
