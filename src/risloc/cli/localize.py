@@ -130,7 +130,8 @@ def localize_command(
     device: Annotated[str, typer.Option(help="cpu or cuda (either method).")] = "cpu",
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run into the same --out (its finished "
-                         "scenes are not redone).")] = False,
+                         "scenes are not redone). Keep --batch-size: positions depend on "
+                         "the passes' sizes in float32's last digits (1e-6 deg).")] = False,
     bf16: Annotated[bool, typer.Option(
         "--bf16/--no-bf16", help="Learned method: rank the repair shortlist in bfloat16 where "
                                  "the hardware runs it natively (7 % faster; K as with "
