@@ -85,8 +85,9 @@ def check_shapes(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
         if t.ndim != 3:
             raise InputError(f"{name} must be 3-dimensional (scenes first), got shape "
                              f"{tuple(t.shape)}")
-        if not t.is_complex():
-            raise InputTypeError(f"{name} must be complex, got {t.dtype}")
+        if t.dtype not in (torch.complex64, torch.complex128):  # (complex32: half precision)
+            raise InputTypeError(f"{name} must be complex (complex64 or complex128), got "
+                                 f"{t.dtype}")
     (B, L, M), N = y.shape, H.shape[-1]
     L_codes, M_H = codes.shape[1], H.shape[1]
     if (L, M) != (L_codes, M_H) and (M, L) == (L_codes, M_H):  # L == M: cannot be seen

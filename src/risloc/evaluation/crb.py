@@ -456,6 +456,12 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
         b, k = torch.nonzero(partial)[0].tolist()
         raise ValueError(f"scene {b}, source {k}: azimuth, elevation and range are NaN only "
                          "in part; a source needs all three finite (a padded slot: all NaN)")
+    beyond = mask & ((pos[1].abs() > 90) | (r <= 0))
+    if beyond.any():
+        b, k = torch.nonzero(beyond)[0].tolist()
+        raise ValueError(f"scene {b}, source {k}: elevation {float(pos[1][b, k]):g} deg, range "
+                         f"{float(r[b, k]):g} m; an elevation lies within +-90 deg and a range "
+                         "is > 0 (docs/conventions.md: not a zenith angle, degrees not radians)")
     p = _array("powers", powers, torch.float64)
     try:
         p = p.expand_as(az)

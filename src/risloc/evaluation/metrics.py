@@ -504,6 +504,10 @@ def paired_bootstrap_se(a: Matching, b: Matching, reps: int = 1000,
     if reps < 2:
         raise ValueError(f"reps must be >= 2, got {reps}")
     n = len(a)
+    if n < 2:  # (no scene at all: nothing to draw from)
+        return {k: math.nan for k in ("f1_diff", "K_accuracy_diff", *(
+            f"{name}_median_ratio{suffix}" for name, _ in _MEDIAN_ERRORS
+            for suffix in ("", "_common")))}
     g = torch.Generator().manual_seed(seed)
     owner = torch.arange(n).unsqueeze(-1).expand_as(a.truth_mask)
     both = a.paired & b.paired
@@ -529,4 +533,4 @@ def paired_bootstrap_se(a: Matching, b: Matching, reps: int = 1000,
             ratio = (torch.full((r,), math.nan, dtype=torch.float64) if not (len(ea) and len(eb))
                      else _weighted_lower_median(ea, oa, W) / _weighted_lower_median(eb, ob, W))
             out.setdefault(key, []).append(ratio)
-    return {k: float(torch.cat(v).std()) if n > 1 else math.nan for k, v in out.items()}
+    return {k: float(torch.cat(v).std()) for k, v in out.items()}

@@ -471,6 +471,9 @@ def test_user_crb_names_bad_inputs_instead_of_a_wrong_bound_or_a_traceback(syste
     for kw, says in (
             ({"elevation_deg": [0.0, nan]}, "scene 0, source 1: azimuth, elevation and "
                                             "range are NaN only in part"),
+            ({"elevation_deg": [0.0, 95.0]}, r"scene 0, source 1: elevation 95 deg, range .* "
+                                             r"an elevation lies within \+-90 deg"),
+            ({"range_m": [2.0, -1.0]}, r"scene 0, source 1: .*range -1 m; .*a range is > 0"),
             ({"powers": -1.0}, "powers must be finite and positive"),
             ({"powers": [1.0, nan]}, "powers must be finite and positive"),
             ({"powers": [1.0, 1.0, 1.0]}, r"powers must be one number, \[K\] or \[B, K\]"),

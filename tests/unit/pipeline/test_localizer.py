@@ -1,5 +1,6 @@
 import codecs
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -44,6 +45,10 @@ def test_localizer_rejects_bad_shapes_and_methods(system, scenes):
         loc.localize(scenes.y.real, scenes.H, scenes.codes)
     with pytest.raises(TypeError, match="y must be complex .*got float32$"):  # NumPy's name
         loc.localize(scenes.y.real.numpy(), scenes.H.numpy(), scenes.codes.numpy())
+    with pytest.raises(TypeError, match=r"y must be complex \(complex64 or complex128\), got "
+                                        "torch.complex32"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch: "ComplexHalf support is experimental")
+        loc.localize(*(t.to(torch.complex32) for t in (scenes.y, scenes.H, scenes.codes)))
     with pytest.raises(TypeError, match="H is required"):
         loc.localize(scenes.y, None, scenes.codes)
     with pytest.raises(ValueError, match="method"):
