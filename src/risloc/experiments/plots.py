@@ -192,21 +192,34 @@ def plot_run(run_dir: Path, path: Path) -> Path:
     ax.set_title("training loss")
     _legend_below(ax)
     ax = axes[0, 1]
-    ax.plot(e, [r["val_objective"] for r in epochs], "o-", label="objective")
-    ax.plot(e, [r["val_angle_median_deg"] for r in epochs], "s-", label="angle median [deg]")
+    ax.plot(e, [r["val_objective"] for r in epochs], "o-", label="objective (left)")
+    ax.set_ylabel("objective")
+    right = ax.twinx()  # (its own units)
+    right.plot(e, [r["val_angle_median_deg"] for r in epochs], "s--", color="C1",
+               label="angle median [deg] (right)")
+    if all("val_range_median_m" in r for r in epochs):
+        right.plot(e, [r["val_range_median_m"] for r in epochs], "^:", color="C2",
+                   label="range median [m] (right)")
+    right.set_ylabel("median error")
     ax.set_title("validation (lower is better)")
     ax.set_xlabel("epoch")
-    _legend_below(ax)
+    _legend_below(ax, right)
     ax = axes[1, 0]
     for key, label in (("val_K_accuracy", "K accuracy"), ("val_f1", "F1"),
-                       ("val_overlap", "subspace overlap"), ("val_nmse", "NMSE R_blend")):
+                       ("val_overlap", "subspace overlap"), ("val_nmse", "NMSE R_blend (lower "
+                                                                         "is better)")):
         ax.plot(e, [r.get(key, math.nan) for r in epochs], "o-", label=label)
-    ax.set_title("validation")
+    ax.set_ylim(bottom=0)
+    ax.set_title("validation (higher is better, but NMSE)")
     ax.set_xlabel("epoch")
     _legend_below(ax)
     ax = axes[1, 1]
-    ax.plot(e, [r["lr"] for r in epochs], "o-", label="learning rate")
-    ax.set_yscale("log")
+    lr = [r["lr"] for r in epochs]
+    ax.plot(e, lr, "o-", label="learning rate")
+    if max(lr) > 10 * min(lr) > 0:  # decades: log; within one, its labels crowd or vanish
+        ax.set_yscale("log")
+    else:
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     ax2 = ax.twinx()
     ax2.plot(e, [r["beta"] for r in epochs], "s--", color="C1", label="blend beta")
     ax.set_title("schedule")
@@ -214,8 +227,15 @@ def plot_run(run_dir: Path, path: Path) -> Path:
     ax2.set_ylabel("blend beta")
     ax.set_xlabel("epoch")
     _legend_below(ax, ax2)
+    best = min(epochs, key=lambda r: r["val_objective"])["epoch"]  # (as train chooses it)
+    swa = [r["epoch"] for r in epochs if r.get("swa")]
+    for a in (axes[0, 1], axes[1, 0], axes[1, 1]):  # the epoch panels
+        a.axvline(best, color="grey", ls=":", lw=1)
+        if swa:
+            a.axvspan(min(swa) - 0.5, max(swa) + 0.5, color="grey", alpha=0.08, lw=0)
     for a in axes.flat:
         a.grid(True, alpha=0.3)
         a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs (and steps) are whole
-    fig.suptitle(f"risloc run {run_dir}")
+    fig.suptitle(f"risloc run {run_dir}: dotted, the best epoch ({best:.0f}, lowest validation "
+                 "objective)" + ("; shaded, the SWA epochs" if swa else ""))
     return _save(fig, path)

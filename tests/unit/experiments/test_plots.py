@@ -45,3 +45,28 @@ def test_an_estimator_keeps_its_style_and_the_title_says_what_ran(figures, tmp_p
     if plot is plots.plot_error_vs_snr:
         assert "mine's paired sources" in title and "median_over_bound" in title
         assert not math.isnan(figures[-1].axes[0].get_lines()[-1].get_ydata()[0])
+
+
+def test_the_run_curves_mark_the_best_epoch_and_give_each_unit_its_axis(figures, tmp_path):
+    """A review: the objective and the angle median shared one unlabelled axis, the range
+    median was not drawn, the best epoch and the SWA epochs were not marked."""
+    import csv
+
+    rows = [{"epoch": k, "train_total": 5 - k / 2, "val_objective": o, "val_angle_median_deg": a,
+             "val_range_median_m": 0.5, "lr": 2e-3 / k, "beta": 0.3, "swa": int(k >= 3),
+             "val_K_accuracy": 0.5, "val_f1": 0.6}
+            for k, o, a in ((1, 9.0, 3.0), (2, 4.0, 1.0), (3, 5.0, 1.5), (4, 6.0, 2.0))]
+    with (tmp_path / "epochs.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    plots.plot_run(tmp_path, tmp_path / "curves.png")
+    fig = figures[-1]
+    assert "the best epoch (2, lowest validation objective); shaded, the SWA epochs" in \
+        fig.get_suptitle()
+    objective, errors = fig.axes[1], fig.axes[-2]  # (the twin axes come last)
+    assert [ln.get_label() for ln in objective.get_lines()][:1] == ["objective (left)"]
+    assert {ln.get_label() for ln in errors.get_lines()} == {
+        "angle median [deg] (right)", "range median [m] (right)"}
+    marks = [ln for ln in objective.get_lines() if ln.get_linestyle() == ":"]
+    assert marks and list(marks[0].get_xdata()) == [2, 2]  # the best epoch's line
