@@ -290,16 +290,18 @@ def test_the_card_says_what_the_model_was_validated_on_and_errors_name_the_input
     assert card["validation_set"].startswith("16 scenes of the validation split (seed 0, "
                                              "from scene 0): SNR uniform in [5.0, 20.0] dB")
     assert "source powers spread over [0.0, 15.0] dB" in card["validation_set"]
-    assert "the SNR shown to the network in a share 0.0" in card["validation_set"]
+    assert "; the SNR withheld from the network;" in card["validation_set"]  # snr_shown 0
     assert card["exported_from"] == str(checkpoint.resolve())
     state = load_checkpoint(checkpoint)
     cfg = json.loads(state["config"])
     cfg["data"]["val_file"] = "data/val.h5"
+    cfg["data"]["snr_shown"] = 0.5  # shown in a share of training scenes, to no validation one
     state["config"] = json.dumps(cfg)
     save_checkpoint(tmp_path / "vf.pt", state)
     export_model(tmp_path / "vf.pt", tmp_path / "vf_model.pt")
     card = json.loads((tmp_path / "vf_model.json").read_text())
-    assert card["validation_set"].startswith("the scenes of the file data/val.h5;")
+    assert card["validation_set"].startswith("the scenes of the file data/val.h5; the SNR "
+                                             "withheld from the network;")
     state = load_checkpoint(checkpoint)
     state["order_head"] = {"features": FEATURES_VERSION, "broken": 1}
     save_checkpoint(tmp_path / "bad.pt", state)

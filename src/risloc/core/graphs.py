@@ -13,7 +13,10 @@ Before a capture, the second of its warm-up calls runs with synchronisations rai
 (``torch.cuda.set_sync_debug_mode``); a call that synchronises is then called directly
 for that layout, with one warning, and is never captured: in torch <= 2.11 a capture that
 fails leaves the memory allocator believing a capture is still under way (pytorch#180395).
-A capture that fails for another reason turns graphs off for the rest of the process.
+A capture that fails for another reason turns graphs off for the rest of the process, the
+call running eagerly (training's refinement), except where the cache was made with
+``raise_oom`` and the capture itself ran out of memory: that error is raised (the
+localizer's graphs of a fixed batch, which only a smaller batch can fix).
 Graphs read cached device tensors (the grids' steering, the elements' positions) by
 address: the caches that feed them never evict (``functools.cache``).
 """
@@ -54,8 +57,8 @@ class GraphCache:
     functions of their inputs only.
     """
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, raise_oom: bool = False):
+        self.name, self.raise_oom = name, raise_oom
         self._captures: dict[Hashable, _Capture | None] = {}  # None: capture failed
 
     def __deepcopy__(self, memo: dict) -> GraphCache:
@@ -110,9 +113,8 @@ class GraphCache:
             except RuntimeError as err:  # after the check above: not expected
                 torch.cuda.set_stream(current)  # a failed capture_end leaves its stream set
                 torch.cuda.synchronize(device)
-                for oom in (err, err.__context__):  # too large a call, not a broken capture:
-                    if isinstance(oom, torch.cuda.OutOfMemoryError):  # graphs stay on
-                        raise oom from None
+                if self.raise_oom and isinstance(err, torch.cuda.OutOfMemoryError):
+                    raise  # too large a call (a clean failure: not a broken capture's end)
                 _DISABLED = True
                 cause = err.__context__ or err
                 log.warning("%s: the CUDA graph capture on inputs of shapes %s failed (%s); "

@@ -184,7 +184,9 @@ def check_model_target(dst: str | Path, src: str | Path, in_place: bool = False)
 
 def _validation_text(data: dict, scene: dict) -> str:
     """What a recipe validated on, for the model card (its ``data`` and ``scene``)."""
-    how = "; MUSIC on R_blend with the network's K, no NF-MLE; EMA weights"
+    shown = data.get("snr_shown", 1.0) == 1  # (validation_set: shown to all or to none)
+    how = (f"; the SNR {'shown to the network' if shown else 'withheld from the network'}; "
+           "MUSIC on R_blend with the network's K, no NF-MLE; EMA weights")
     if data.get("val_file"):
         return f"the scenes of the file {data['val_file']}{how}"
     spread = scene.get("power_spread_db")
@@ -193,8 +195,7 @@ def _validation_text(data: dict, scene: dict) -> str:
     k = f"K = {scene['K']}" if scene.get("K") is not None else "K uniform in 1..K_max"
     return (f"{data.get('n_val')} scenes of the validation split (seed {data.get('seed')}"
             f", from scene {data.get('val_offset', 0)}): SNR uniform in {scene.get('snr_db')}"
-            f" dB, {k}, source powers spread over {spread} dB{kinds}; the SNR shown to the "
-            f"network in a share {data.get('snr_shown')} of them{how}")
+            f" dB, {k}, source powers spread over {spread} dB{kinds}{how}")
 
 
 def export_model(src: str | Path, dst: str | Path,

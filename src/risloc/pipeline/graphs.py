@@ -42,7 +42,7 @@ class GraphedLocalize:
         if batch < 1:
             raise ValueError(f"the graph's batch must be >= 1, got {batch}")
         self.pipeline, self.batch = pipeline, batch
-        self.graphs = GraphCache(f"the learned call on {batch} scenes")
+        self.graphs = GraphCache(f"the learned call on {batch} scenes", raise_oom=True)
 
     def __call__(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                  snr_db: torch.Tensor | None = None, K: torch.Tensor | None = None,

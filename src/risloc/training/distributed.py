@@ -17,9 +17,12 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,17 +66,18 @@ def barrier(d: Distributed) -> None:
         dist.barrier()
 
 
-def main_value(d: Distributed, value: float) -> float:
-    """Rank 0's ``value`` on every rank (``value`` itself when not distributed): the
-    decisions every rank takes from its own validation (a better epoch, early stopping)
-    are taken from rank 0's, so ranks whose validations differ in the last bits (GPU
-    kernels need not be deterministic) never part ways, one leaving the loop while the
-    others wait in a collective."""
+def main_value(d: Distributed, value: T) -> T:
+    """Rank 0's ``value`` (any picklable object: a number, a dict of metrics) on every rank
+    (``value`` itself when not distributed): the decisions every rank takes from its own
+    validation (a better epoch, early stopping, a pruning callback) are taken from rank
+    0's, so ranks whose validations differ in the last bits (GPU kernels need not be
+    deterministic) never part ways, one leaving the loop while the others wait in a
+    collective."""
     if not d.active:
         return value
-    held: list[float | None] = [float(value)]
+    held: list[Any] = [value]
     dist.broadcast_object_list(held, src=0)
-    return float(held[0])
+    return held[0]
 
 
 def weights_digest(model: torch.nn.Module) -> str:

@@ -420,7 +420,9 @@ def _may_skip_a_term(cfg: TrainConfig) -> bool:
     reduction in the prior iteration"; find_unused_parameters does not help, the zoom's
     outputs being returned). Such runs add 0 x the parameters' sum to the loss, in one
     process too, so both follow one trajectory: every parameter gets a gradient, zero
-    where no term reaches it (AdamW then decays it as it decays the others)."""
+    where no term reaches it (AdamW then decays it as it decays the others, and a weight
+    scheduled down to 0 leaves its parameters moving on their Adam momentum a while; a
+    single-process run of such a recipe begun before this rule resumes under it)."""
     weights = [v for k, v in vars(cfg.loss).items()
                if k.startswith("lam_") and k not in cfg.schedule.weight_schedule]
     phases = [w for values in cfg.schedule.weight_schedule.values() for w in values]
@@ -518,7 +520,8 @@ def _run(tr: Trainer, out: Path, resume: bool, callback: EpochCallback | None,
         tr.history.append(row)
         if main:
             csv_epochs.write(row)
-        objective = distributed.main_value(tr.dist, val.objective)  # one decision for all
+        shared = distributed.main_value(tr.dist, val.metrics())  # rank 0's: one decision
+        objective = shared["objective"]
         improved = objective < tr.best["objective"] - s.min_improvement
         if improved:
             tr.best = {"objective": objective, "epoch": tr.epoch + 1}
@@ -532,8 +535,8 @@ def _run(tr: Trainer, out: Path, resume: bool, callback: EpochCallback | None,
             save_checkpoint(out / "last.pt", state)
             _log_epoch(row, improved)
         distributed.barrier(tr.dist)
-        if callback is not None:
-            callback(tr.epoch, val.metrics())
+        if callback is not None:  # (a pruning callback decides as every rank: on rank 0's)
+            callback(tr.epoch, shared)
     if stopped:
         log.info("early stop after %d epochs without improvement", s.patience)
     return _finish(tr, val_scenes, out, stopped)

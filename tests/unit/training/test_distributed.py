@@ -46,3 +46,63 @@ def test_every_rank_decides_from_rank_0s_validation(tmp_path):
     mp.spawn(_rank_value, args=(f"file://{tmp_path}/init", str(tmp_path)), nprocs=2)
     assert [torch.load(tmp_path / f"{r}.pt") for r in (0, 1)] == [0.5, 0.5]
     assert distributed.main_value(distributed.Distributed(), 0.25) == 0.25
+
+
+def _rank_trains(rank: int, port: int, out: str) -> None:
+    """One rank of a 2-process run whose validations disagree: rank 0's objective falls
+    every epoch, rank 1's rises (patience 1 would stop rank 1 after its second epoch)."""
+    import dataclasses
+    import os
+
+    from risloc.training import load_train_config, train
+    from risloc.training.loop import Trainer
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    real, seen = Trainer.validate, []
+
+    def disagreeing(self, model, scenes):
+        seen.append(1)
+        got = real(self, model, scenes)
+        return dataclasses.replace(got, objective=10.0 + (1 if rank else -1) * len(seen))
+
+    Trainer.validate = disagreeing
+    cfg = load_train_config(_tiny(), [
+        f"out_dir={out}", "data.shards=2", "schedule.epochs=3", "schedule.steps_per_epoch=1",
+        "schedule.patience=1", "order.scenes=0", "threads=1", "data.n_val=4",
+        "data.val_batch_size=4", "schedule.swa_frac=0"])
+    metrics = train(cfg)
+    torch.save(metrics["epochs_run"], f"{out}/epochs_{rank}.pt")
+
+
+def _tiny():
+    from pathlib import Path
+
+    import risloc
+
+    return Path(risloc.__file__).parent / "recipes" / "train_tiny.yaml"
+
+
+def test_ranks_whose_validations_disagree_decide_alike(tmp_path):
+    """Two gloo ranks whose validation objectives part ways (as GPU kernels may make them in
+    the last bits) take rank 0's decisions: both train the same 3 epochs. Each deciding on
+    its own, rank 1 stopped after its second epoch and rank 0 waited in the third's
+    all-reduce until the process group timed out."""
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.spawn(_rank_trains, args=(port, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.time() + 240
+    try:
+        while not ctx.join(timeout=1):
+            assert time.time() < deadline, "the ranks hang: they decided apart"
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    assert [torch.load(tmp_path / f"epochs_{r}.pt") for r in (0, 1)] == [3, 3]
