@@ -133,10 +133,14 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
     files = sorted(set(of_file))
     if file is None and len(files) > 1:
         raise SeveralFilesError(path, len(files))
-    if file is None and files and files != [0]:  # file 0's scenes all without a row?
-        raise ValueError(f"{path} holds the estimates of several input files (its `file` "
-                         f"column) and rows of file {files[0]} alone: pass file= the index "
-                         "of the one you mean")
+    if file is None and files and files != [0]:
+        # one file's rows kept from a CSV of several (as `risloc evaluate --estimates`
+        # advises), or every scene of file 0 without a row: said, then read as these rows
+        log.warning("%s has a `file` column (a CSV of several input files) and rows of file "
+                    "%d alone: read as the estimates of the scene file they are scored "
+                    "against (pass file=%d to say so, or drop the column)", path, files[0],
+                    files[0])
+        file = files[0]
     if file is not None:
         if not several and file != 0:
             raise ValueError(f"{path} holds the estimates of one input file (no `file` "
@@ -201,8 +205,9 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
 def _file_index(path: Path, line: int, row: dict) -> int:
     """A row's ``file`` cell as a whole number (spaces forgiven)."""
     try:
-        index = int((row.get("file") or "").strip())
-    except ValueError:
+        value = float((row.get("file") or "").strip())  # (a spreadsheet's 1.0 too)
+        index = int(value) if value.is_integer() else -1
+    except (ValueError, OverflowError):
         index = -1
     if index < 0:
         raise ValueError(f"{path}, line {line}: file must be the index (0, 1, ...) of an "

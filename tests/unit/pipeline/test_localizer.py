@@ -220,15 +220,17 @@ def test_a_file_index_without_rows_is_said(tmp_path, caplog):
     assert not caplog.records
     assert read_estimates(tmp_path / "m.csv", 2, 1, file=5).K.tolist() == [0, 0]
     assert "has no row of file 5 (its files with rows: 0, 1)" in caplog.text
-    # rows of one file, not file 0 (every scene of file 0 failed): which is meant is asked,
-    # not file 1's estimates returned as the file's (a review)
+    # rows of one file, not file 0 (one file's rows kept, as evaluate advises; or every
+    # scene of file 0 failed): read, and said (a review: read silently as the file's)
     head = "scene,source,azimuth_deg,elevation_deg,range_m,score,file\n"
-    (tmp_path / "one.csv").write_text(head + "0,0,10,0,1,1, 1\n")
-    with pytest.raises(ValueError, match="rows of file 1 alone: pass file= the index"):
-        read_estimates(tmp_path / "one.csv", 2)
+    (tmp_path / "one.csv").write_text(head + "0,0,10,0,1,1, 1.0\n")  # (a spreadsheet's)
+    caplog.clear()
+    assert read_estimates(tmp_path / "one.csv", 2).K.tolist() == [1, 0]
+    assert "has a `file` column (a CSV of several input files) and rows of file 1 alone" \
+        in caplog.text
     caplog.clear()
     assert read_estimates(tmp_path / "one.csv", 2, file=1).K.tolist() == [1, 0]
-    assert not caplog.records  # " 1" is file 1 (it was warned missing, then read)
+    assert not caplog.records  # " 1.0" is file 1 (" 1" was warned missing, then read)
     (tmp_path / "none.csv").write_text(head)  # a file column, no rows: no file is "wrong"
     assert read_estimates(tmp_path / "none.csv", 2, file=1).K.tolist() == [0, 0]
     for bad in (True, -1, 1.5):
@@ -238,9 +240,10 @@ def test_a_file_index_without_rows_is_said(tmp_path, caplog):
         with pytest.raises(ValueError, match=f"slots must be a whole number >= 1 or None, "
                                              f"got {bad!r}"):
             read_estimates(tmp_path / "m.csv", 2, bad, file=0)
-    (tmp_path / "x.csv").write_text(head + "0,0,10,0,1,1,b\n")
-    with pytest.raises(ValueError, match="line 2: file must be the index .* got 'b'"):
-        read_estimates(tmp_path / "x.csv", 2)
+    for bad in ("b", "1.5", "-1"):
+        (tmp_path / "x.csv").write_text(head + f"0,0,10,0,1,1,{bad}\n")
+        with pytest.raises(ValueError, match=f"line 2: file must be the index .* got '{bad}'"):
+            read_estimates(tmp_path / "x.csv", 2)
 
 
 def test_estimates_file_round_trip(tmp_path, scenes):
