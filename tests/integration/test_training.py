@@ -621,3 +621,37 @@ def test_a_run_begun_without_amp_resumes_where_amp_is_on(tmp_path, monkeypatch):
     tr = loop.Trainer(cfg)
     tr.restore(tmp_path / "last.pt")
     assert tr.epoch == 1 and tr.scaler.is_enabled() and loaded == []
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_job_ends_training_with_its_message(tmp_path, signame):
+    """A batch system's preemption or a terminal's Ctrl-C signals the whole process group,
+    the DataLoader workers of prefetch=process too. Before, SIGTERM killed them and their
+    deaths raised 'DataLoader worker ... is killed by signal' in the parent: a traceback,
+    exit 1 (a review). Now: the interrupted run's message, exit 130, last.pt kept."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "risloc", "train", "--config", str(TINY), "--out", str(out),
+         "--epochs", "50", "--no-progress", "--set", "prefetch=process", "--set",
+         "data.n_val=8", "--set", "order.scenes=0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 150
+    while not (out / "last.pt").exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # (into the next epoch, its workers running)
+    os.killpg(p.pid, getattr(signal, signame))
+    try:
+        said, _ = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, said[-2000:]
+    assert "interrupted: the same command with --resume continues" in " ".join(said.split())
+    assert "Traceback" not in said and (out / "last.pt").exists()

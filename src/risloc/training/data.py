@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -239,7 +240,8 @@ def prefetched(fetch: Callable[[int], T], indices: range, ahead: bool | str) -> 
         loader = torch.utils.data.DataLoader(
             _Fetches(fetch, indices), batch_size=None, num_workers=2, prefetch_factor=1,
             multiprocessing_context="fork", collate_fn=_as_is,
-            generator=torch.Generator().manual_seed(0))
+            generator=torch.Generator().manual_seed(0),
+            worker_init_fn=_leave_signals_to_the_parent)
         it = iter(loader)
         try:
             yield from it
@@ -247,6 +249,16 @@ def prefetched(fetch: Callable[[int], T], indices: range, ahead: bool | str) -> 
             it._shutdown_workers()
         return
     yield from read_ahead(map(fetch, indices), "risloc-data")
+
+
+def _leave_signals_to_the_parent(worker: int) -> None:
+    """A worker ignores Ctrl-C and SIGTERM sent to the whole process group (a terminal, a
+    batch system's preemption): the parent, interrupted, shuts it down. Killed by them,
+    the worker's death raised "DataLoader worker ... is killed by signal" in the parent,
+    a traceback instead of the interrupted run's message. (It still ends with the parent:
+    the DataLoader's watchdog.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def hide_snr(scenes: SceneBatch, hide: torch.Tensor | bool = True) -> SceneBatch:
