@@ -69,7 +69,10 @@ def run_condition(name: str, data: Path) -> dict:
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
-    return json.loads((report / "metrics.json").read_text())
+    metrics = json.loads((report / "metrics.json").read_text())
+    for row in metrics["rows"]:  # (strict JSON: null where a number is undefined, as NaN)
+        row.update({k: math.nan for k, v in row.items() if v is None})
+    return metrics
 
 
 def table_rows(name: str, metrics: dict) -> list[dict]:

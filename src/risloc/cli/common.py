@@ -144,7 +144,9 @@ def sweep_config(config: Path | None, overrides: list[str] | None,
                          "--checkpoint and 'learned' from --estimators to evaluate the "
                          "others on this system)") from None
     if cfg.system != get_config(None, None).system:
-        console.print(f"simulating the scenes on {checkpoint}'s system ({system.describe()})")
+        changed = "" if cfg.system == system else ", changed by --set"
+        console.print(f"simulating the scenes on {checkpoint}'s system{changed} "
+                      f"({cfg.system.describe()})")
     return cfg
 
 

@@ -37,7 +37,8 @@ def main() -> None:
 
 
 def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once (a
+    raise KeyboardInterrupt  # torchrun rank blocked in a collective does not get to this)
 
 
 def exit_now(code: int) -> None:

@@ -51,6 +51,3 @@ for name, command in (("demo", demo_command), ("simulate", simulate_command),
                       ("export-model", export_command), ("fit-order", fit_order_command),
                       ("tune", tune_command), ("plot-run", plot_run_command)):
     app.command(name, help=_help(command))(command)
-
-if __name__ == "__main__":
-    app()
