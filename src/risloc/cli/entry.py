@@ -2,7 +2,9 @@
 them) are still being imported ends it quietly, as one during the command does. SIGTERM
 (`kill`, a batch system's preemption) ends every command as Ctrl-C does: its message, its
 outputs closed and kept (`risloc localize --resume`, `risloc train --resume`, a tune trial
-continued from its last epoch), no temporary file left, exit code 130.
+continued from its last epoch), no temporary file left, exit code 130; a second SIGTERM
+ends it at once (the default action: a rank of torchrun blocked in a collective never
+reaches the handler of the first).
 
 An interrupted command (exit code 130: its outputs closed, what it keeps written, its
 message printed) ends without the interpreter's teardown. There, torch's thread pools were

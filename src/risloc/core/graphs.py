@@ -15,8 +15,9 @@ for that layout, with one warning, and is never captured: in torch <= 2.11 a cap
 fails leaves the memory allocator believing a capture is still under way (pytorch#180395).
 A capture that fails for another reason turns graphs off for the rest of the process, the
 call running eagerly (training's refinement), except where the cache was made with
-``raise_oom`` and the capture itself ran out of memory: that error is raised (the
-localizer's graphs of a fixed batch, which only a smaller batch can fix).
+``raise_oom`` and the capture itself ran out of memory, cleanly: that error is raised (the
+localizer's graphs of a fixed batch, which only a smaller batch can fix). A capture whose
+end failed, even for want of memory, turns graphs off (the allocator's state above).
 Graphs read cached device tensors (the grids' steering, the elements' positions) by
 address: the caches that feed them never evict (``functools.cache``).
 """

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
-import signal
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -247,18 +247,21 @@ def prefetched(fetch: Callable[[int], T], indices: range, ahead: bool | str) -> 
             yield from it
         finally:  # at once, also when the caller stops early or a fetch raised
             it._shutdown_workers()
+            for worker in getattr(it, "_workers", ()):  # (one stuck past terminate())
+                if worker.is_alive():
+                    worker.kill()
         return
     yield from read_ahead(map(fetch, indices), "risloc-data")
 
 
 def _leave_signals_to_the_parent(worker: int) -> None:
-    """A worker ignores Ctrl-C and SIGTERM sent to the whole process group (a terminal, a
-    batch system's preemption): the parent, interrupted, shuts it down. Killed by them,
-    the worker's death raised "DataLoader worker ... is killed by signal" in the parent,
-    a traceback instead of the interrupted run's message. (It still ends with the parent:
-    the DataLoader's watchdog.)"""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """A worker leaves the parent's process group, so Ctrl-C and SIGTERM sent to the whole
+    group (a terminal, a batch system's preemption) reach the parent alone, which,
+    interrupted, shuts the worker down. Killed by them, the worker's death raised
+    "DataLoader worker ... is killed by signal" in the parent: a traceback instead of the
+    interrupted run's message. Its own signals stay as they were, so the DataLoader's
+    terminate() of a worker that does not leave still ends it."""
+    os.setpgid(0, 0)
 
 
 def hide_snr(scenes: SceneBatch, hide: torch.Tensor | bool = True) -> SceneBatch:

@@ -71,8 +71,9 @@ def _rank_trains(rank: int, port: int, out: str) -> None:
         f"out_dir={out}", "data.shards=2", "schedule.epochs=3", "schedule.steps_per_epoch=1",
         "schedule.patience=1", "order.scenes=0", "threads=1", "data.n_val=4",
         "data.val_batch_size=4", "schedule.swa_frac=0"])
-    metrics = train(cfg)
-    torch.save(metrics["epochs_run"], f"{out}/epochs_{rank}.pt")
+    told = []  # what a pruning callback is told each epoch
+    metrics = train(cfg, callback=lambda epoch, m: told.append(m["objective"]))
+    torch.save((metrics["epochs_run"], told), f"{out}/epochs_{rank}.pt")
 
 
 def _tiny():
@@ -85,9 +86,10 @@ def _tiny():
 
 def test_ranks_whose_validations_disagree_decide_alike(tmp_path):
     """Two gloo ranks whose validation objectives part ways (as GPU kernels may make them in
-    the last bits) take rank 0's decisions: both train the same 3 epochs. Each deciding on
-    its own, rank 1 stopped after its second epoch and rank 0 waited in the third's
-    all-reduce until the process group timed out."""
+    the last bits) take rank 0's decisions: both train the same 3 epochs, and a pruning
+    callback is told rank 0's metrics on both. Each deciding on its own, rank 1 stopped
+    after its second epoch and rank 0 waited in the third's all-reduce until the process
+    group timed out."""
     import socket
     import time
 
@@ -105,4 +107,7 @@ def test_ranks_whose_validations_disagree_decide_alike(tmp_path):
         for p in ctx.processes:
             if p.is_alive():
                 p.kill()
-    assert [torch.load(tmp_path / f"epochs_{r}.pt") for r in (0, 1)] == [3, 3]
+    (epochs_0, told_0), (epochs_1, told_1) = (torch.load(tmp_path / f"epochs_{r}.pt")
+                                              for r in (0, 1))
+    assert epochs_0 == epochs_1 == 3
+    assert told_0 == told_1 == [9.0, 8.0, 7.0]  # rank 0's objectives, told to both
