@@ -194,6 +194,17 @@ def test_estimates_made_elsewhere_are_scored_beside_the_estimators(tmp_path):
     assert "nope.pt is not used" in " ".join(res.output.split())  # no learned estimator
     assert res.exit_code == 0 and [(r["estimator"], r["K"]) for r in _rows(
         tmp_path / "r1" / "metrics.csv")] == [("exact", "all"), ("exact", "2")]
+    # file 1's rows kept from localize's CSV of two files (as the refusal of a CSV of
+    # several files advises): scored, and said (a review: refused once)
+    lines = (tmp_path / "exact.csv").read_text().splitlines()
+    (tmp_path / "kept.csv").write_text("\n".join([lines[0] + ",file"] + [
+        f"{line},1" for line in lines[1:]]) + "\n")
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "none", "--estimates",
+                              str(tmp_path / "kept.csv"), "--out", str(tmp_path / "rk"),
+                              "--no-plots"])
+    assert res.exit_code == 0 and "rows of file 1 alone of a CSV of several files: scored " \
+        "as the estimates of" in " ".join(res.output.split()), res.output
+    assert float(_rows(tmp_path / "rk" / "metrics.csv")[0]["f1"]) == 1.0
     # a CSV of part of the file: the scenes without a row are named; --start/--stop score
     # that part alone
     _estimates_csv(tmp_path / "part.csv", *truth, skip=set(range(8)))

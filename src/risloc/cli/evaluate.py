@@ -290,7 +290,11 @@ def _with_given(settings: SweepSettings, paths: list[Path], n_scenes: int,
     """``settings`` with the estimates CSVs of a scene file's scenes to score (read with
     as many slots as their widest scene)."""
     from risloc.experiments.harness import GivenEstimates
-    from risloc.pipeline.estimates_file import SeveralFilesError, read_estimates
+    from risloc.pipeline.estimates_file import (
+        OneFileOfSeveralError,
+        SeveralFilesError,
+        read_estimates,
+    )
 
     if not info.has_truth:
         raise ValueError(f"--estimates: {info.path} carries no true positions to score "
@@ -301,6 +305,10 @@ def _with_given(settings: SweepSettings, paths: list[Path], n_scenes: int,
             raise ValueError(f"--estimates {path}: no such file")
         try:
             est = read_estimates(path, n_scenes)
+        except OneFileOfSeveralError as err:  # (one file's rows kept, as advised below)
+            console.print(f"[yellow]--estimates {path}: rows of file {err.index} alone of a "
+                          f"CSV of several files: scored as the estimates of {info.path}[/]")
+            est = read_estimates(path, n_scenes, file=err.index)
         except SeveralFilesError as err:
             raise ValueError(f"--estimates {path} holds the estimates of {err.n_files} input "
                              "files of `risloc localize` (its `file` column); give the CSV of "

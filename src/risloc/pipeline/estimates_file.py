@@ -84,6 +84,17 @@ class SeveralFilesError(ValueError):
                          "column): pass file= the index of one")
 
 
+class OneFileOfSeveralError(ValueError):
+    """An estimates CSV with a ``file`` column whose rows are all of one file other than
+    0, read without choosing one: that file's rows kept, or file 0 without any row?"""
+
+    def __init__(self, path: Path, index: int):
+        self.index = index
+        super().__init__(f"{path} has a `file` column (a CSV of several input files) and "
+                         f"rows of file {index} alone: pass file={index} to read them (or "
+                         "file=0 for the first file, none of whose scenes then has a row)")
+
+
 def _header(path: Path, fieldnames: list[str] | None) -> list[str]:
     """The CSV's column names, a spreadsheet's stray spaces and capitals forgiven; a
     ValueError naming what is missing (and a ';'-separated file as such)."""
@@ -134,13 +145,9 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
     if file is None and len(files) > 1:
         raise SeveralFilesError(path, len(files))
     if file is None and files and files != [0]:
-        # one file's rows kept from a CSV of several (as `risloc evaluate --estimates`
-        # advises), or every scene of file 0 without a row: said, then read as these rows
-        log.warning("%s has a `file` column (a CSV of several input files) and rows of file "
-                    "%d alone: read as the estimates of the scene file they are scored "
-                    "against (pass file=%d to say so, or drop the column)", path, files[0],
-                    files[0])
-        file = files[0]
+        # one file's rows kept from a CSV of several, or every scene of file 0 without a
+        # row: which is meant is the caller's to say (evaluate --estimates reads the rows)
+        raise OneFileOfSeveralError(path, files[0])
     if file is not None:
         if not several and file != 0:
             raise ValueError(f"{path} holds the estimates of one input file (no `file` "

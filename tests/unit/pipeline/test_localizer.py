@@ -221,13 +221,12 @@ def test_a_file_index_without_rows_is_said(tmp_path, caplog):
     assert read_estimates(tmp_path / "m.csv", 2, 1, file=5).K.tolist() == [0, 0]
     assert "has no row of file 5 (its files with rows: 0, 1)" in caplog.text
     # rows of one file, not file 0 (one file's rows kept, as evaluate advises; or every
-    # scene of file 0 failed): read, and said (a review: read silently as the file's)
+    # scene of file 0 failed): the caller says which (a review: read silently as the
+    # file's); evaluate --estimates reads the rows, saying so
     head = "scene,source,azimuth_deg,elevation_deg,range_m,score,file\n"
     (tmp_path / "one.csv").write_text(head + "0,0,10,0,1,1, 1.0\n")  # (a spreadsheet's)
-    caplog.clear()
-    assert read_estimates(tmp_path / "one.csv", 2).K.tolist() == [1, 0]
-    assert "has a `file` column (a CSV of several input files) and rows of file 1 alone" \
-        in caplog.text
+    with pytest.raises(ValueError, match="rows of file 1 alone: pass file=1 to read them"):
+        read_estimates(tmp_path / "one.csv", 2)
     caplog.clear()
     assert read_estimates(tmp_path / "one.csv", 2, file=1).K.tolist() == [1, 0]
     assert not caplog.records  # " 1.0" is file 1 (" 1" was warned missing, then read)
