@@ -39,8 +39,9 @@ def main() -> None:
 
 
 def _interrupt(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once (a
-    raise KeyboardInterrupt  # torchrun rank blocked in a collective does not get to this)
+    """SIGTERM as Ctrl-C; a second one ends the process at once (the default action)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise KeyboardInterrupt
 
 
 def exit_now(code: int) -> None:
