@@ -37,6 +37,8 @@ def test_evaluate_simulated_sweep(tmp_path):
         assert math.isnan(float(r["se_azimuth_median_ratio"]))
     assert all(r["reference"] == "" for r in oracle)
     assert "standard error of the difference to music-oracle" in " ".join(res.output.split())
+    assert "medians over each estimator's own paired sources (metrics.csv: n_paired of " \
+        "n_true; *_median_ratio_common" in " ".join(res.output.split())  # (a review)
     for name in ("error_vs_snr.png", "k_accuracy_vs_snr.png", "music_spectrum_true.png"):
         assert (out / name).stat().st_size > 10_000
     def refuse(constant):  # strict JSON: no NaN / Infinity, which jq or JavaScript refuse

@@ -61,6 +61,10 @@ def results_table(rows: list[ResultRow], title: str, left: int = 0,
          "`risloc info` names them"] if left else []) + (
         ["all: the scenes of every SNR group together, without a bound (their SNRs differ)"]
         if any(r.K == "file" for r in rows) else [])
+    if any(r.metrics.get("n_paired") is not None for r in rows):
+        notes.append("medians over each estimator's own paired sources (metrics.csv: n_paired "
+                     "of n_true" + ("; *_median_ratio_common: over the sources both pair)"
+                                    if refs else ")"))
     t = Table(title=title, caption="\n".join(notes) or None)
     for col in ("estimator", "SNR dB", *(("K",) if per_K else ()), "n", "K acc", "F1",
                 "az med° (.67√CRB)", "el med° (.67√CRB)", "range med m (.67√CRB)",
