@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -48,6 +49,11 @@ class SceneCheck(NamedTuple):
 
     ok: torch.Tensor
     reasons: tuple[tuple[int, str], ...]
+
+
+def is_whole(value) -> bool:
+    """Whether ``value`` is a whole number (Python's or NumPy's int), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def as_tensor(name: str, x) -> torch.Tensor:

@@ -8,12 +8,12 @@ import csv
 import json
 import logging
 import math
-import numbers
 import os
 from pathlib import Path
 
 import torch
 
+from risloc.core.checks import is_whole
 from risloc.core.params import Estimates
 from risloc.io.atomic import try_lock, write_csv_atomic, write_text_atomic
 
@@ -120,6 +120,10 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
     A CSV of several input files (`risloc localize a.h5 b.h5`: a ``file`` column, the
     index in its argument list) holds several scenes of each index: ``file`` picks one
     (needed where it holds more than one)."""
+    if slots is not None and not (is_whole(slots) and slots >= 1):
+        raise ValueError(f"slots must be a whole number >= 1 or None, got {slots!r}")
+    if file is not None and not (is_whole(file) and file >= 0):
+        raise ValueError(f"file must be the index (0, 1, ...) of an input file, got {file!r}")
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not an estimates CSV")
@@ -132,12 +136,6 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
         raise ValueError(f"{path} is not a text CSV in UTF-8 (byte {err.start}: {err.reason}): "
                          "an estimates CSV, not a scene file or a spreadsheet's own format"
                          ) from None
-    if slots is not None and (isinstance(slots, bool) or not isinstance(
-            slots, numbers.Integral) or slots < 1):
-        raise ValueError(f"slots must be a whole number >= 1 or None, got {slots!r}")
-    if file is not None and (isinstance(file, bool) or not isinstance(file, numbers.Integral)
-                             or file < 0):
-        raise ValueError(f"file must be the index (0, 1, ...) of an input file, got {file!r}")
     several = "file" in reader.fieldnames  # a CSV of several input files
     of_file = [_file_index(path, line, r) for line, r in enumerate(rows, start=2)] \
         if several else [0] * len(rows)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from risloc.core.checks import (
     as_tensor,
     check_shapes,
     float32_default,
+    is_whole,
     matlab_vector,
     normalise_scale,
     same_device,
@@ -207,8 +207,7 @@ class Localizer:
                  graph_batch: int | None = None):
         for name, value in (("workers", workers), ("chunk", chunk),
                             ("graph_batch", graph_batch)):
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, numbers.Integral)):
+            if value is not None and not is_whole(value):
                 raise InputTypeError(f"{name} must be a whole number or None, got "
                                      f"{type(value).__name__} {value!r}")
         if workers is not None and workers < 1:
