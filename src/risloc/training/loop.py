@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import math
 import os
@@ -228,6 +229,17 @@ class Trainer:
         self.bad_in_a_row = 0  # optimizer steps in a row whose gradients held NaN / inf
         self.best = {"objective": math.inf, "epoch": -1}
         self.bad_epochs, self.history = 0, []
+
+    def leave_group(self) -> None:
+        """Leave the process group now, while the interpreter is whole. The DDP wrapper
+        holds the group (its reducer does), so destroy_process_group alone left gloo's
+        group alive, with the Trainer (a reference cycle) until exit: destroyed during the
+        interpreter's finalisation, its threads aborted the process now and then ("terminate
+        called without an active exception", SIGABRT) after a finished run."""
+        if self.net is not self.model:
+            self.net = self.model
+            gc.collect()  # (DDP's own reference cycles, if any)
+        distributed.teardown(self.dist)
 
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> dict:
@@ -455,8 +467,8 @@ def train(cfg: TrainConfig, resume: bool = False,
         tr = Trainer(cfg)
         try:
             return _run(tr, out, resume, callback, on_start)
-        finally:  # leave the process group before exit (gloo's threads then exit cleanly)
-            distributed.teardown(tr.dist)
+        finally:
+            tr.leave_group()
 
 
 @contextlib.contextmanager
