@@ -4,7 +4,8 @@ estimates, plots).
 Data go to a temporary file beside the target, named uniquely per writer
 (``.<name>.<pid>-<random>.partial``), are flushed to disk (fsync) and renamed over the
 target in one step. An interrupted or failed write never leaves a truncated file under the
-real name, two processes writing the same target never write into one temporary file, and
+real name (the folder is synced after the rename, so a power loss does not undo it
+either), two processes writing the same target never write into one temporary file, and
 temporaries left by a killed writer are removed by the next writer of that target.
 """
 
@@ -85,6 +86,16 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_folder(path: Path) -> None:
+    """Sync the folder ``path``'s entries (a rename into it), so that after a power loss or
+    an operating system crash the new name is there, not only its data; where a folder
+    cannot be opened or synced (Windows, some network filesystems) nothing happens."""
+    try:
+        _fsync(path)
+    except OSError:
+        pass
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s content to; on success it is synced and
@@ -97,6 +108,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,9 @@ class CsvLog:
 
     ``append``: continue an existing file (a resumed run), keeping only its rows for which
     ``keep(row)`` holds (row values are strings): the rows a killed run wrote after its
-    last checkpoint are written again when the resumed run redoes that work."""
+    last checkpoint are written again when the resumed run redoes that work. Each row is
+    synced to disk as it is written, so the checkpoint written after it never covers
+    epochs whose rows a power loss took (a resumed run would miss them)."""
 
     def __init__(self, path: Path, append: bool = False,
                  keep: Callable[[dict[str, str]], bool] | None = None):
@@ -57,6 +60,8 @@ class CsvLog:
             if new:
                 w.writeheader()
             w.writerow(row)
+            fh.flush()  # on disk before the checkpoint that follows it: a power loss or
+            os.fsync(fh.fileno())  # a crash of the system never leaves a resumed run's rows
 
 
 @dataclass
