@@ -283,6 +283,71 @@ def test_a_continuation_that_cannot_resume_starts_afresh_and_runs_once(tmp_path,
     assert (tmp_path / "trial_0001" / "best.pt").exists()
 
 
+def test_optuna_s_copy_of_a_killed_worker_s_trial_resumes_its_run(tmp_path, monkeypatch):
+    """A review: the copy Optuna queues of a trial whose worker died (SIGKILL, the
+    out-of-memory killer: its heartbeats stopped) trained from its first epoch in a new
+    folder, the dead trial's epochs thrown away. It now resumes that trial's run from its
+    last finished epoch; where the dead trial's worker is in fact alive and holds the
+    folder (late heartbeats), the copy trains afresh in its own."""
+    import warnings
+
+    import risloc.training as training
+    from risloc.training.loop import run_folder_lock
+
+    real = training.train
+
+    def killed(cfg, resume=False, callback=None, **kw):  # the worker dies after epoch 1
+        def stop(epoch, metrics):
+            callback(epoch, metrics)
+            raise RuntimeError("worker killed")
+
+        return real(cfg, resume=resume, callback=stop, **kw)
+
+    s = TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=1, epochs=2, seed=3,
+                     warmup_epochs=0, overrides=("schedule.steps_per_epoch=1", "data.n_val=8"))
+    monkeypatch.setattr(training, "train", killed)
+    with pytest.raises(RuntimeError, match="worker killed"):
+        tune(s)
+    calls = []
+
+    def spy(cfg, resume=False, **kw):
+        calls.append((Path(cfg.out_dir).name, resume))
+        return real(cfg, resume=resume, **kw)
+
+    monkeypatch.setattr(training, "train", spy)
+
+    def retry_stale(study):  # what the storage does with a trial whose heartbeats stopped
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)(study,
+                                                                          study.trials[-1])
+
+    retry_stale(open_study(s))
+    study = tune(s)
+    assert calls == [("trial_0000", True)]
+    dead, copy = study.trials
+    assert dead.state.name == "FAIL" and copy.state.name == "COMPLETE"
+    assert copy.params == dead.params
+    assert copy.user_attrs["continues"] == 0 and copy.user_attrs["run"] == 0
+    epochs = tmp_path / "trial_0000" / "epochs.csv"
+    assert [r["epoch"] for r in csv.DictReader(epochs.open())] == ["1", "2"]
+    assert not (tmp_path / "trial_0001").exists()
+    best = yaml.safe_load((tmp_path / "best_overrides.yaml").read_text())
+    assert (best["trial"], best["run"]) == (1, "trial_0000")
+
+    # the dead trial's worker alive after all, training in its folder: the copy starts afresh
+    monkeypatch.setattr(training, "train", killed)
+    with pytest.raises(RuntimeError, match="worker killed"):
+        tune(TuneSettings(**{**s.__dict__, "n_trials": 2}))
+    retry_stale(open_study(s))
+    calls.clear()
+    monkeypatch.setattr(training, "train", spy)
+    with run_folder_lock(tmp_path / "trial_0002"):
+        study = tune(TuneSettings(**{**s.__dict__, "n_trials": 2}))
+    assert calls == [("trial_0002", True), ("trial_0003", False)]
+    assert study.trials[3].state.name == "COMPLETE" and study.trials[3].user_attrs["run"] == 3
+
+
 def test_a_worker_stopped_by_sigterm_leaves_its_trial_to_be_continued(tmp_path):
     """kill / a batch system's preemption (SIGTERM) ends a trial as Ctrl-C does: marked
     interrupted, exit code 130, and the next tune continues it from its last epoch (a

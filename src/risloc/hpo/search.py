@@ -14,7 +14,8 @@ file in the output folder). Any number of workers on any machines run the same c
 against one storage and study name; each draws from its own seed (the base seed plus a
 per-process offset), the study stops at ``n_trials`` finished trials in total, and a
 worker that dies mid-trial stops sending heartbeats: after ``grace_s`` its trial is marked
-failed and queued again for another worker. The test split is never touched.
+failed and queued again for another worker, which resumes its run from its last finished
+epoch. The test split is never touched.
 
 The search space is a YAML file (:mod:`risloc.hpo.space`; the default ships as
 ``risloc/hpo/search_space.yaml``).
@@ -174,12 +175,13 @@ def _objective(settings: TuneSettings, base: TrainConfig, space: tuple[Dimension
     import optuna
 
     from risloc.training import train
-    from risloc.training.loop import DivergedError, ResumeRefused
+    from risloc.training.loop import DivergedError, ResumeRefused, RunFolderInUse
 
     def objective(trial: optuna.Trial) -> float:
         values = [f"{d.field}={d.suggest(trial, base)!r}" for d in space]
-        # a trial that continues an interrupted one trains on in that one's run folder
-        run = trial.user_attrs.get(CONTINUES_RUN, trial.number)
+        # a trial that continues an interrupted one, or Optuna's copy of one whose worker
+        # died, trains on in that one's run folder
+        run = _continued_run(trial)
         if run != trial.number:
             _check_single_continuation(trial)
         cfg = _trial_config(settings, values, run)
@@ -194,7 +196,9 @@ def _objective(settings: TuneSettings, base: TrainConfig, space: tuple[Dimension
         try:
             try:
                 result = train(cfg, resume=resume, callback=report)
-            except ResumeRefused as err:  # e.g. its data file copied anew: start afresh
+            except (ResumeRefused, RunFolderInUse) as err:
+                # its data file copied anew; or the worker of a trial failed as stale is
+                # alive (late heartbeats) and trains there still: start afresh
                 log.warning("trial %d cannot continue trial %d's run (%s): it trains from its "
                             "first epoch in trial_%04d", trial.number,
                             trial.user_attrs[CONTINUES], err, trial.number)
@@ -223,6 +227,26 @@ INTERRUPTED = "interrupted"
 INTERRUPTED_TRIAL = "interrupted_trial"
 CONTINUES = "continues"
 CONTINUES_RUN = "run"
+
+
+def _continued_run(trial) -> int:
+    """The trial whose run folder ``trial`` trains in: its own; an interrupted trial's
+    (CONTINUES_RUN, set by :func:`requeue_interrupted`); or, for Optuna's copy of a trial
+    failed as stale (its worker killed outright: SIGKILL, the out-of-memory killer, a lost
+    machine), the folder that trial trained in, so the copy resumes from its last finished
+    epoch instead of its first. The copy's CONTINUES and CONTINUES_RUN are set here, for
+    trials.csv, best_overrides.yaml and a copy of this copy."""
+    run = trial.user_attrs.get(CONTINUES_RUN)
+    if run is not None:
+        return run
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False)
+                  if t.number == trial.number)
+    failed = frozen.system_attrs.get("retry_history")  # Optuna's retries: oldest first
+    if failed:
+        run = failed[0]  # (the first: each copy since trained in its folder)
+        trial.set_user_attr(CONTINUES, failed[-1])
+        trial.set_user_attr(CONTINUES_RUN, run)
+    return trial.number if run is None else run
 
 
 class DuplicateContinuation(RuntimeError):
