@@ -159,8 +159,16 @@ def test_several_files_ranges_and_a_resume_after_a_kill(tmp_path, monkeypatch):
                               "--resume"])
     assert res.exit_code == 2 and "an input file was written anew since" in \
         " ".join(res.output.split()), res.output
-    assert "To start afresh, delete res.csv.progress.json and res.csv.part" in \
-        " ".join(res.output.split())  # the way out, as the refusal without --resume says
+    assert "To start afresh, discarding the earlier run's scenes, pass --restart" in \
+        " ".join(res.output.split())  # the way out (a review: files to delete by hand)
+    again = ["localize", str(tmp_path / "*.h5"), "--out", str(part), "--method", "classical",
+             "--batch-size", "8", "--stop", "24", "--restart"]
+    res = runner.invoke(app, [*again, "--resume"])
+    assert res.exit_code == 2 and "give one" in res.output
+    assert (tmp_path / "res.csv.part").exists()  # (refused before anything was touched)
+    res = runner.invoke(app, again)
+    assert res.exit_code == 1 and "interrupted run's rows of" in res.output, res.output
+    assert part.read_text() == full.read_text() and not record.exists()
     # one file named twice (relative and absolute, by a pattern too) is localized once
     from risloc.cli.localize import expand_inputs
 

@@ -132,6 +132,9 @@ def localize_command(
         "--resume", help="Continue an interrupted run into the same --out (its finished "
                          "scenes are not redone). Keep --batch-size: positions depend on "
                          "the passes' sizes in float32's last digits (1e-6 deg).")] = False,
+    restart: Annotated[bool, typer.Option(
+        "--restart", help="Discard what an interrupted run into the same --out left (its "
+                          ".part and .progress.json files) and start afresh.")] = False,
     bf16: Annotated[bool, typer.Option(
         "--bf16/--no-bf16", help="Learned method: rank the repair shortlist in bfloat16 where "
                                  "the hardware runs it natively (7 % faster; K as with "
@@ -160,6 +163,9 @@ def localize_command(
     arguments expand to, printed at the start) follows the conventions' columns."""
     if method is not None and method not in METHODS:
         raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
+    if resume and restart:
+        raise ValueError("--resume continues an interrupted run and --restart discards it: "
+                         "give one")
     paths = expand_inputs(scenes)
     if device not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu or cuda, got {device!r}")
@@ -224,10 +230,12 @@ def localize_command(
                 "bf16": bf16 if loc.method == "learned" else None,
                 **({} if snr_given else {"snr_given": False})}  # (a record before it: given)
     stream = EstimatesStream(out_path, settings, COLUMNS + (("file",) if many else ()),
-                             resume)
+                             resume, restart)
     if resume and not stream.resumed:
         console.print(f"(--resume: no interrupted run of {out_path} to continue; localizing "
                       "from the start)")
+    if stream.discarded:
+        console.print(f"(--restart: the interrupted run's rows of {out_path} discarded)")
     total = sum(max(0, hi - lo) for lo, hi in ranges)
     done_before = sum(min(stream.done.get(str(i), lo), hi) - lo
                       for i, (lo, hi) in enumerate(ranges) if str(i) in stream.done)

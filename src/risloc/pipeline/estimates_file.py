@@ -258,6 +258,8 @@ class EstimatesStream:
     completion the .part file is renamed to ``out``: the final name only ever holds a
     complete file. ``resume=True`` continues from the record (the .part file is cut back
     to the last finished chunk); a record of other settings is an error naming them.
+    ``restart=True`` discards an interrupted run's record and rows and starts afresh;
+    without either, an interrupted run's files are an error that names both ways.
     The .part file is locked while a stream writes it (:func:`try_lock`): a second run
     into the same ``out`` (a --resume beside a running one would duplicate its rows) is
     refused. ``finish`` or ``close`` releases it (and the end of the process, however it
@@ -265,7 +267,10 @@ class EstimatesStream:
     """
 
     def __init__(self, out: str | Path, settings: dict, columns: tuple[str, ...],
-                 resume: bool = False):
+                 resume: bool = False, restart: bool = False):
+        if resume and restart:
+            raise ValueError("resume (continue an interrupted run) and restart (discard it) "
+                             "exclude each other")
         self.out = Path(out)
         self.part = self.out.with_name(self.out.name + ".part")
         self.record = self.out.with_name(self.out.name + ".progress.json")
@@ -273,6 +278,7 @@ class EstimatesStream:
         self.done: dict[str, int] = {}
         self.bad: list[tuple] = []  # (where, scene, reason) of scenes not localized
         self.resumed = False  # whether an interrupted run is continued
+        self.discarded = False  # whether an interrupted run's rows were dropped (restart)
         if self.record.exists() and not self.part.exists():
             # a run stopped between renaming its finished .part to out and removing its
             # record (finish): the record is of a complete run, and nothing is left to resume
@@ -284,13 +290,14 @@ class EstimatesStream:
             raise ValueError(f"{self.out} is being written by another run ({self.part.name} "
                              "is locked): wait for it to finish, or give another --out")
         try:
-            self._open(resume)
+            self._open(resume, restart)
         except BaseException:
             self.close()
             raise
 
-    def _open(self, resume: bool) -> None:
+    def _open(self, resume: bool, restart: bool) -> None:
         """Continue the interrupted run (resume) or start the .part file afresh."""
+        self.discarded = restart and self.record.exists()
         if resume and self.record.exists():
             rec = json.loads(self.record.read_text())
             settings = self.settings
@@ -299,17 +306,17 @@ class EstimatesStream:
             if diff:
                 raise ValueError(f"cannot resume {self.out}: its run had other settings: "
                                  + "; ".join(SETTING_NAMES.get(k, k) for k in sorted(diff))
-                                 + f". To start afresh, delete {self.record.name} and "
-                                 f"{self.part.name} (the earlier run's scenes)")
+                                 + ". To start afresh, discarding the earlier run's "
+                                 "scenes, pass --restart")
             self.done = {k: int(v) for k, v in rec["done"].items()}
             self.resumed = True
             self.bad = [tuple(b) for b in rec.get("bad", [])]
             with self.part.open("r+b") as f:  # drop rows of a chunk cut off by the kill
                 f.truncate(int(rec["bytes"]))
-        elif self.record.exists():
+        elif self.record.exists() and not restart:
             raise ValueError(f"{self.out}: an interrupted run left {self.part.name}; pass "
-                             f"--resume to continue it, or delete {self.record.name} and "
-                             f"{self.part.name} to start afresh")
+                             "--resume to continue it, or --restart to discard it and start "
+                             "afresh")
         else:
             with self.part.open("w", newline="") as f:
                 csv.writer(f).writerow(self.columns)
