@@ -24,7 +24,9 @@ from rich.progress import (
 
 from risloc.config import ConfigError, RislocConfig, load_config
 
-console = Console(stderr=True)
+# Messages are never broken into lines of the terminal's width by rich (the terminal wraps
+# them): a path or command in one stays whole, to copy (and to find in a log).
+console = Console(stderr=True, soft_wrap=True)
 # Tables stay readable when stdout is a file or pipe (rich would fall back to 80 columns).
 out = Console(width=None if Console().is_terminal else 150)
 
@@ -52,8 +54,7 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (ConfigError, ValueError, TypeError, FileNotFoundError, OSError) as err:
-            console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True,
-                          highlight=False)
+            console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:  # (train and localize say how to continue themselves)
             console.print("[yellow]interrupted: every output is written whole or not at "

@@ -57,7 +57,7 @@ def tune_command(
     except ModuleNotFoundError:
         console.print("[red]error:[/] risloc tune needs Optuna: pip install "
                       "'risloc\\[hpo]' (from a clone of the repository: pip install -e "
-                      "'.\\[hpo]')", soft_wrap=True)  # \[: a bracket, not rich markup
+                      "'.\\[hpo]')")  # \[: a bracket, not rich markup
         raise typer.Exit(code=2) from None
     from risloc.hpo import TuneSettings, tune
     from risloc.hpo.search import relative_fields
