@@ -12,6 +12,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -242,8 +243,18 @@ def prefetched(fetch: Callable[[int], T], indices: range, ahead: bool | str) -> 
             multiprocessing_context="fork", collate_fn=_as_is,
             generator=torch.Generator().manual_seed(0),
             worker_init_fn=_leave_signals_to_the_parent)
-        it = iter(loader)
+        # the workers are forked with SIGINT/SIGTERM blocked: a signal to the whole group
+        # during the fork neither kills a worker that has not left the group yet nor is
+        # swallowed in the parent (raised inside os.fork's at-fork hooks, it was lost)
+        group_signals = {signal.SIGINT, signal.SIGTERM}
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, group_signals)
         try:
+            it = iter(loader)
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+            raise
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)  # a pending one is raised here
             yield from it
         finally:  # at once, also when the caller stops early or a fetch raised
             it._shutdown_workers()
@@ -262,6 +273,9 @@ def _leave_signals_to_the_parent(worker: int) -> None:
     interrupted run's message. Its own signals stay as they were, so the DataLoader's
     terminate() of a worker that does not leave still ends it."""
     os.setpgid(0, 0)
+    for s in (signal.SIGINT, signal.SIGTERM):  # one sent to the group before it left: dropped
+        signal.signal(s, signal.signal(s, signal.SIG_IGN))  # (SIG_IGN discards a pending one)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def hide_snr(scenes: SceneBatch, hide: torch.Tensor | bool = True) -> SceneBatch:
