@@ -464,9 +464,13 @@ def test_ctrl_c_ends_the_command_with_130_and_its_message(tmp_path, signame):
     assert (tmp_path / "e.csv.part").exists() and not out.exists()
 
 
-def test_the_entry_point_ends_an_interrupted_command_at_once(monkeypatch, capsys):
+def test_the_entry_point_ends_an_interrupted_command_at_once(monkeypatch, capsys, request):
+    import signal
+
     from risloc.cli import entry, main
 
+    saved = signal.getsignal(signal.SIGTERM)  # entry.main installs its own: put pytest's back
+    request.addfinalizer(lambda: signal.signal(signal.SIGTERM, saved))
     ended = []
 
     class Ended(Exception):

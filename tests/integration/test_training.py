@@ -440,27 +440,24 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, terms
             "--set", "schedule.epochs=1", "--set", "schedule.steps_per_epoch=3",
             "--set", "order.scenes=0", "--set", "loss.spectral_scenes=4",
             "--set", "threads=1", *(a for o in off for a in ("--set", o))]
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    # (torchrun's log folders go to the test's temporary folder, not /tmp)
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     one = subprocess.run([sys.executable, "-m", "risloc", *args, "--out",
                           str(tmp_path / "one")], capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr[-2000:]
-    for attempt in range(2):  # once more only if a rank was killed by a signal (below)
-        two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                              "--nproc_per_node=2", "-m", "risloc", *args, "--out",
-                              str(tmp_path / f"two{attempt}")], capture_output=True, text=True,
-                             env=env)
-        # a rank aborted (SIGABRT) in about 1 of 30 runs of this 2-process gloo job on the
-        # 2-core CI machine, in neither rank's Python code; any other failure fails at once
-        if two.returncode == 0 or not re.search(r"Signal \d+ \(SIG\w+\) received", two.stderr):
-            break
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", "-m", "risloc", *args, "--out",
+                          str(tmp_path / "two")], capture_output=True, text=True, env=env)
+    # (a rank aborted, SIGABRT, in about 1 of 30 runs until train() freed the DDP wrapper,
+    # which held gloo's process group into the interpreter's finalisation)
     assert two.returncode == 0, two.stderr[-2000:]
     # rank 0 reports; rank 1's lines (its "training ->", its log's SWA line) are left out
     assert one.stderr.count("training -> ") == 1
     assert two.stderr.count("training -> ") == 1, two.stderr[-2000:]
-    metrics = json.loads((tmp_path / f"two{attempt}" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["ranks_identical"] == 1.0
     a, b = (_weights(tmp_path / "one" / "last.pt"),
-            _weights(tmp_path / f"two{attempt}" / "last.pt"))
+            _weights(tmp_path / "two" / "last.pt"))
     assert a.keys() == b.keys()
     for k in a:
         if a[k].is_floating_point():
