@@ -499,6 +499,27 @@ def test_the_entry_point_ends_an_interrupted_command_at_once(monkeypatch, capsys
         entry.main()
     assert done.value.code == 2 and ended == [130]
 
+    # SIGTERM is taken as Ctrl-C while the command's modules import (a second and more; a
+    # review: a SIGTERM then ended the command without a word, exit code 143)
+    import types
+
+    handler_then = []
+
+    def importing(name):  # `from risloc.cli.main import app` reading the module
+        if name != "app" or handler_then:
+            raise AttributeError(name)
+        handler_then.append(signal.getsignal(signal.SIGTERM))
+        raise KeyboardInterrupt  # (what the handler raises)
+
+    still_importing = types.ModuleType("risloc.cli.main")
+    still_importing.__getattr__ = importing
+    signal.signal(signal.SIGTERM, saved)
+    monkeypatch.setitem(__import__("sys").modules, "risloc.cli.main", still_importing)
+    with pytest.raises(SystemExit) as done:
+        entry.main()
+    assert done.value.code == 130 and "interrupted" in capsys.readouterr().err
+    assert handler_then == [entry._interrupt]
+
 
 def test_the_snr_of_a_file_can_be_withheld(tmp_path, monkeypatch):
     """--snr-withheld localizes a file as if it carried no SNR (users' files rarely do); a

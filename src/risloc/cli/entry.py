@@ -1,5 +1,6 @@
-"""The `risloc` command's entry point: a Ctrl-C while the command's modules (torch among
-them) are still being imported ends it quietly, as one during the command does. SIGTERM
+"""The `risloc` command's entry point: a Ctrl-C or SIGTERM while the command's modules
+(torch among them) are still being imported ends it quietly, as one during the command
+does. SIGTERM
 (`kill`, a batch system's preemption) ends every command as Ctrl-C does: its message, its
 outputs closed and kept (`risloc localize --resume`, `risloc train --resume`, a tune trial
 continued from its last epoch), no temporary file left, exit code 130; a second SIGTERM
@@ -24,12 +25,12 @@ INTERRUPTED = 130
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)  # (before the imports: they take seconds)
     try:
         from risloc.cli.main import app
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED)
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app(prog_name="risloc")
     except SystemExit as done:
