@@ -227,15 +227,42 @@ def plot_run(run_dir: Path, path: Path) -> Path:
     ax2.set_ylabel("blend beta")
     ax.set_xlabel("epoch")
     _legend_below(ax, ax2)
-    best = min(epochs, key=lambda r: r["val_objective"])["epoch"]  # (as train chooses it)
+    best = _best_epoch(run_dir, epochs)
     swa = [r["epoch"] for r in epochs if r.get("swa")]
     for a in (axes[0, 1], axes[1, 0], axes[1, 1]):  # the epoch panels
-        a.axvline(best, color="grey", ls=":", lw=1)
+        if best is not None:
+            a.axvline(best, color="grey", ls=":", lw=1)
         if swa:
             a.axvspan(min(swa) - 0.5, max(swa) + 0.5, color="grey", alpha=0.08, lw=0)
     for a in axes.flat:
         a.grid(True, alpha=0.3)
         a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs (and steps) are whole
-    fig.suptitle(f"risloc run {run_dir}: dotted, the best epoch ({best:.0f}, lowest validation "
-                 "objective)" + ("; shaded, the SWA epochs" if swa else ""))
+    marks = ([f"dotted, the best epoch ({best}, as training chose it)"] if best is not None
+             else []) + (["shaded, the SWA epochs"] if swa else [])
+    fig.suptitle(f"risloc run {run_dir}" + (": " + "; ".join(marks) if marks else ""))
     return _save(fig, path)
+
+
+def _best_epoch(run_dir: Path, epochs: list[dict[str, float]]) -> int | None:
+    """The epoch training chose (best.pt's): metrics.json's best_epoch (a finished run), else
+    last.pt's record (a run under way or stopped), else the first epoch of the lowest finite
+    validation objective (training's rule without schedule.min_improvement); None where no
+    objective is finite. The lowest objective alone was not it: a NaN first epoch stayed
+    min()'s answer, and min_improvement > 0 keeps an earlier epoch."""
+    import json
+
+    from risloc.inference.checkpoint import load_checkpoint
+
+    try:
+        best = json.loads((run_dir / "metrics.json").read_text()).get("best_epoch")
+    except (OSError, ValueError, AttributeError):
+        best = None
+    if best is None and (run_dir / "last.pt").exists():
+        try:
+            best = load_checkpoint(run_dir / "last.pt").get("best", {}).get("epoch")
+        except (OSError, ValueError, AttributeError):
+            best = None
+    if isinstance(best, int | float) and best >= 1:
+        return int(best)
+    finite = [r for r in epochs if math.isfinite(r["val_objective"])]
+    return int(min(finite, key=lambda r: r["val_objective"])["epoch"]) if finite else None

@@ -62,7 +62,7 @@ def test_the_run_curves_mark_the_best_epoch_and_give_each_unit_its_axis(figures,
         w.writerows(rows)
     plots.plot_run(tmp_path, tmp_path / "curves.png")
     fig = figures[-1]
-    assert "the best epoch (2, lowest validation objective); shaded, the SWA epochs" in \
+    assert "the best epoch (2, as training chose it); shaded, the SWA epochs" in \
         fig.get_suptitle()
     objective, errors = fig.axes[1], fig.axes[-2]  # (the twin axes come last)
     assert [ln.get_label() for ln in objective.get_lines()][:1] == ["objective (left)"]
@@ -70,3 +70,40 @@ def test_the_run_curves_mark_the_best_epoch_and_give_each_unit_its_axis(figures,
         "angle median [deg] (right)", "range median [m] (right)"}
     marks = [ln for ln in objective.get_lines() if ln.get_linestyle() == ":"]
     assert marks and list(marks[0].get_xdata()) == [2, 2]  # the best epoch's line
+
+
+def test_the_run_curves_mark_the_epoch_training_chose(figures, tmp_path):
+    """A review: the lowest objective was marked, a NaN first epoch included (min() keeps
+    it), where training (with schedule.min_improvement) may keep another: the run's record
+    decides (metrics.json, else last.pt), then the lowest finite objective."""
+    import csv
+    import json
+
+    from risloc.inference.checkpoint import save_checkpoint
+
+    rows = [{"epoch": k, "train_total": 1.0, "val_objective": o, "val_angle_median_deg": 1.0,
+             "lr": 1e-3, "beta": 0.3} for k, o in ((1, math.nan), (2, 4.0), (3, 3.9))]
+    with (tmp_path / "epochs.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+    def marked() -> str:
+        plots.plot_run(tmp_path, tmp_path / "curves.png")
+        return figures[-1].get_suptitle()
+
+    assert "the best epoch (3, as training chose it)" in marked()  # NaN is no epoch's best
+    save_checkpoint(tmp_path / "last.pt", {"best": {"objective": 4.0, "epoch": 2}})
+    assert "the best epoch (2," in marked()  # 3.9 did not improve by min_improvement
+    (tmp_path / "metrics.json").write_text(json.dumps({"best_epoch": 1}))
+    assert "the best epoch (1," in marked()
+    (tmp_path / "metrics.json").unlink()
+    (tmp_path / "last.pt").unlink()
+    for r in rows:
+        r["val_objective"] = math.nan
+    with (tmp_path / "epochs.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert "best epoch" not in marked()  # no finite objective: no epoch is marked
+
