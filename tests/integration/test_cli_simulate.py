@@ -33,6 +33,11 @@ def test_info_checks_every_scene_and_counts_truth_outside_the_field_of_view(tmp_
     assert "every scene can be localized" in text and "0 of 12 sources" in text
     assert "simulated with SNR uniform in [-5.0, 20.0] dB, K = 2, source powers spread " \
         "over 0.0 dB" in text  # (a review: what it was drawn with went unsaid)
+    fixed = tmp_path / "k3.h5"  # K fixed by the scene config, not --K (a review: 'uniform')
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(fixed), "--set",
+                               "scene.K=3"]).exit_code == 0
+    res = runner.invoke(app, ["info", str(fixed)])
+    assert ", K = 3," in " ".join(res.output.replace("│", " ").split()), res.output
     with h5py.File(out, "a") as f:  # scene 4: codes off the unit circle; a source at 75 deg
         f["codes"][4] = 2 * f["codes"][4]
         az = f["azimuth_deg"][:]

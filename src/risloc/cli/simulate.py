@@ -248,6 +248,8 @@ def _drawn_with(attrs: dict) -> str:
     fixed_snr, fixed_K = attrs.get("snr_db_fixed"), attrs.get("K_fixed")
     snr = (f"SNR {fixed_snr} dB" if fixed_snr not in (None, "none") else
            f"SNR uniform in {scene.get('snr_db')} dB")
+    if fixed_K in (None, 0, "0"):  # (--K sets it; a recipe's scene.K too)
+        fixed_K = scene.get("K")
     K = f"K = {fixed_K}" if fixed_K not in (None, 0, "0") else "K uniform in 1..K_max"
     return (f"{snr}, {K}, source powers spread over {scene.get('power_spread_db')} dB, "
             f"Rician factor in {scene.get('rician_kappa')}")
