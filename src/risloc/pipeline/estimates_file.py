@@ -26,6 +26,7 @@ def estimate_rows(est: Estimates, offset: int = 0) -> list[tuple]:
     """Rows of the estimates CSV for a batch whose first scene has index ``offset``."""
     rows = []
     az, el = torch.rad2deg(est.azimuth.double()), torch.rad2deg(est.elevation.double())
+    el = el.clamp(-90.0, 90.0)  # (float32's pi / 2 is 90.0000025 deg: read back, beyond 90)
     for b, k in enumerate(est.K.tolist()):
         for s in range(k):
             rows.append((offset + b, s, f"{float(az[b, s]):.6f}", f"{float(el[b, s]):.6f}",
@@ -56,7 +57,9 @@ def write_estimates(path: str | Path, rows: list[tuple] | Estimates) -> Path:
 def _check_writable_estimates(est: Estimates) -> None:
     """ValueError naming the first scene whose estimates the CSV could not hold so that
     :func:`read_estimates` reads them back: K beyond its slots, a position of a reported
-    source that is not finite, a range that rounds to 0 at the CSV's 6 decimals."""
+    source that is not finite, a range that rounds to 0 at the CSV's 6 decimals, an
+    elevation beyond +-90 deg by more than float32's rounding of pi / 2 (that much is written
+    as +-90)."""
     slots = est.azimuth.shape[-1]
     over = (est.K > slots).nonzero().flatten()
     if over.numel():
@@ -65,11 +68,13 @@ def _check_writable_estimates(est: Estimates) -> None:
                          "positions")
     valid = est.mask
     bad = valid & ~(torch.isfinite(est.azimuth) & torch.isfinite(est.elevation)
-                    & torch.isfinite(est.range_m) & (est.range_m >= 1e-6))
+                    & torch.isfinite(est.range_m) & (est.range_m >= 1e-6)
+                    & (torch.rad2deg(est.elevation.double()).abs() <= 90.0 + 1e-5))
     if bool(bad.any()):
         b, s = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"scene {b}, source {s}: its position must be finite numbers and its "
-                         f"range at least 1e-6 m (the CSV's 6 decimals), got azimuth "
+        raise ValueError(f"scene {b}, source {s}: its position must be finite numbers, its "
+                         "elevation within +-pi / 2 and its range at least 1e-6 m (the CSV's "
+                         "6 decimals), got azimuth "
                          f"{float(est.azimuth[b, s]):g} rad, elevation "
                          f"{float(est.elevation[b, s]):g} rad, range "
                          f"{float(est.range_m[b, s]):g} m (a scene with no source: K = 0)")
@@ -170,7 +175,7 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
             raise ValueError(f"{path}, line {line}: positions must be finite numbers and the "
                              f"range > 0, got {dict(row)} (a scene with no source has no row)")
         if abs(values[1]) > 90:  # (a zenith angle, or radians the other way round)
-            raise ValueError(f"{path}, line {line}: elevation_deg {values[1]:g} lies beyond "
+            raise ValueError(f"{path}, line {line}: elevation_deg {values[1]:.10g} lies beyond "
                              "+-90 deg (an elevation, docs/conventions.md: not a zenith "
                              "angle)")
         parsed.append((line, b, s, values, score))

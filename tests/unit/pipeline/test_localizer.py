@@ -324,6 +324,7 @@ def test_estimates_file_round_trip(tmp_path, scenes):
     for field, value, says in (("azimuth", nan, "scene 2, source 0: its position must be "
                                                 "finite"),
                                ("range_m", 1e-7, "scene 2, source 0: .*range at least 1e-6"),
+                               ("elevation", 1.7, "scene 2, source 0: .*within \\+-pi / 2"),
                                ("K", 3, "scene 2: K = 3 sources but 2 slots")):
         bad = Estimates(**{f: getattr(est, f).clone() for f in ("K", "azimuth", "elevation",
                                                                 "range_m", "score")})
@@ -331,6 +332,14 @@ def test_estimates_file_round_trip(tmp_path, scenes):
         with pytest.raises(ValueError, match=says):
             write_estimates(tmp_path / "w3.csv", bad)
         assert not (tmp_path / "w3.csv").exists()
+    # the zenith in float32 (90.0000025 deg) is written as 90, which reads back (a review)
+    zenith = Estimates(**{f: getattr(est, f).clone() for f in ("K", "azimuth", "elevation",
+                                                               "range_m", "score")})
+    zenith.elevation[2, 0] = torch.tensor(math.pi / 2, dtype=torch.float32)
+    write_estimates(tmp_path / "z.csv", zenith)
+    assert ",90.000000," in (tmp_path / "z.csv").read_text()
+    assert read_estimates(tmp_path / "z.csv", 3, 2).elevation[2, 0] == pytest.approx(
+        math.pi / 2)
     for text in ("scene,source,azimuth_deg,range_m\n0,0,10,2\n",
                  "scene,source,azimuth_deg,range_m\n"):  # with rows or without
         (tmp_path / "u.csv").write_text(text)
