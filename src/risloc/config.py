@@ -21,6 +21,7 @@ import difflib
 import functools
 import json
 import math
+import numbers
 import re
 import typing
 from collections.abc import Collection
@@ -421,9 +422,10 @@ def _with_K_max(data: Any) -> Any:
     """A system's fields with K_max = M - 1 where they are the contract's keys alone (no
     K_max, risloc's own) and the default K_max would not fit M antennas: the most sources
     M antennas can tell."""
-    if isinstance(data, dict) and "K_max" not in data and isinstance(data.get("M"), int) \
-            and 2 <= data["M"] <= SystemConfig().K_max:
-        return {**data, "K_max": data["M"] - 1}
+    M = data.get("M") if isinstance(data, dict) else None  # (NumPy's integers too)
+    if isinstance(M, numbers.Integral) and not isinstance(M, bool) and "K_max" not in data \
+            and 2 <= M <= SystemConfig().K_max:
+        return {**data, "K_max": int(M) - 1}
     return data
 
 

@@ -206,3 +206,6 @@ def test_a_file_s_system_of_the_contract_s_keys_alone_reads_with_few_antennas():
 
     assert as_system(json.loads(contract)) == system_from_json(contract)
     assert validate_system({"M": 4}).K_max == 3 and validate_system({"M": 16}).K_max == 5
+    import numpy as np  # M read from an array (a review: NumPy's int64 was refused)
+
+    assert validate_system({"M": np.int64(4)}).K_max == 3
