@@ -199,9 +199,11 @@ def _objective(settings: TuneSettings, base: TrainConfig, space: tuple[Dimension
             except (ResumeRefused, RunFolderInUse) as err:
                 # its data file copied anew; or the worker of a trial failed as stale is
                 # alive (late heartbeats) and trains there still: start afresh
+                if run == trial.number:  # (its own folder: nothing to start afresh from)
+                    raise
                 log.warning("trial %d cannot continue trial %d's run (%s): it trains from its "
                             "first epoch in trial_%04d", trial.number,
-                            trial.user_attrs[CONTINUES], err, trial.number)
+                            trial.user_attrs.get(CONTINUES, run), err, trial.number)
                 trial.set_user_attr(CONTINUES_RUN, trial.number)
                 result = train(_trial_config(settings, values, trial.number), callback=report)
         except DivergedError as err:  # a searched learning rate too high: that trial only
@@ -234,8 +236,9 @@ def _continued_run(trial) -> int:
     (CONTINUES_RUN, set by :func:`requeue_interrupted`); or, for Optuna's copy of a trial
     failed as stale (its worker killed outright: SIGKILL, the out-of-memory killer, a lost
     machine), the folder that trial trained in, so the copy resumes from its last finished
-    epoch instead of its first. The copy's CONTINUES and CONTINUES_RUN are set here, for
-    trials.csv, best_overrides.yaml and a copy of this copy."""
+    epoch instead of its first. The first copy's CONTINUES and CONTINUES_RUN are set here,
+    for trials.csv and best_overrides.yaml; a copy of a copy inherits them (Optuna copies
+    the user attributes), so it names the first trial it continues."""
     run = trial.user_attrs.get(CONTINUES_RUN)
     if run is not None:
         return run
