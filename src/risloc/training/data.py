@@ -8,6 +8,7 @@ exactly the batches it would have seen.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import multiprocessing
@@ -271,11 +272,28 @@ def _leave_signals_to_the_parent(worker: int) -> None:
     interrupted, shuts the worker down. Killed by them, the worker's death raised
     "DataLoader worker ... is killed by signal" in the parent: a traceback instead of the
     interrupted run's message. Its own signals stay as they were, so the DataLoader's
-    terminate() of a worker that does not leave still ends it."""
+    terminate() of a worker that does not leave still ends it. Out of the group, a SIGKILL
+    to the whole group (torchrun's escalation, a container's stop) would miss it: on Linux
+    it is killed as its parent dies (prctl PR_SET_PDEATHSIG; the DataLoader's own check of
+    its parent took up to 5 s)."""
+    _die_with_the_parent()
     os.setpgid(0, 0)
     for s in (signal.SIGINT, signal.SIGTERM):  # one sent to the group before it left: dropped
         signal.signal(s, signal.signal(s, signal.SIG_IGN))  # (SIG_IGN discards a pending one)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _die_with_the_parent() -> None:
+    """SIGKILL to this process when the thread that forked it ends (Linux; elsewhere
+    nothing), and at once where the parent has already gone."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        set_death_signal = libc.prctl
+    except (OSError, AttributeError):  # not Linux
+        return
+    if set_death_signal(1, int(signal.SIGKILL)) == 0 and os.getppid() != parent:
+        os._exit(1)  # (PR_SET_PDEATHSIG = 1; the parent died before it was set)
 
 
 def hide_snr(scenes: SceneBatch, hide: torch.Tensor | bool = True) -> SceneBatch:

@@ -2,6 +2,7 @@
 
 import math
 import multiprocessing
+import sys
 from dataclasses import fields, replace
 
 import pytest
@@ -156,6 +157,43 @@ def test_a_signal_to_the_job_while_the_workers_are_forked_is_neither_lost_nor_fa
     assert p.returncode == 0 and p.stdout.split() == ["interrupted"], p.stdout + p.stderr
     assert "Traceback" not in p.stderr, p.stderr
 
+
+_PARENT_KILLED = """
+import multiprocessing, os, signal, sys, time
+import torch
+from risloc.training import data
+
+batches = data.prefetched(lambda i: torch.full((2,), float(i)), range(100), "process")
+next(batches)
+print(" ".join(str(w.pid) for w in multiprocessing.active_children()), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # the whole job killed; the workers out of its group
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_the_workers_die_with_their_parent():
+    """A review: out of the parent's process group, the workers outlived a SIGKILL to the
+    group (torchrun's escalation, a container's stop) by up to 5 s, until the DataLoader's
+    own check of its parent; they now die with it."""
+    import subprocess
+    import time
+
+    p = subprocess.Popen([sys.executable, "-c", _PARENT_KILLED], stdout=subprocess.PIPE,
+                         text=True)  # (the workers hold its pipe: read a line, not to its end)
+    workers = [int(w) for w in p.stdout.readline().split()]
+    assert p.wait(timeout=120) == -9 and len(workers) == 2, workers
+    t0 = time.perf_counter()
+    p.stdout.close()
+
+    def alive(pid: int) -> bool:  # (a zombie has ended: its state Z)
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    while any(map(alive, workers)) and time.perf_counter() - t0 < 10:
+        time.sleep(0.02)
+    assert time.perf_counter() - t0 < 1.0, "the workers outlived their parent"
 
 @pytest.mark.parametrize("ahead", [False, True])
 def test_prefetched_gives_every_batch_once_in_order(ahead):
