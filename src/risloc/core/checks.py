@@ -100,6 +100,11 @@ def check_shapes(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
         raise InputError(f"y {tuple(y.shape)} looks transposed: codes have L={L_codes} "
                          f"snapshots and H M={M_H} antennas, so y must be [B, L, M] "
                          f"(snapshots first), e.g. y.transpose(-1, -2)")
+    N_codes = codes.shape[2]
+    if tuple(H.shape[1:]) == (N_codes, M) and M != N_codes:  # (M == N: cannot be seen)
+        raise InputError(f"H {tuple(H.shape)} looks transposed: y has M={M} antennas and the "
+                         f"codes N={N_codes} elements, so H must be [B, M, N] (antennas "
+                         f"first), e.g. H.transpose(-1, -2)")
     if system is not None:
         bad = [f"{name}={got} (the system's: {want})" for name, got, want in
                (("L", L, system.L), ("M", M, system.M), ("N", N, system.N)) if got != want]

@@ -96,6 +96,11 @@ def test_check_shapes_names_the_array(system, scenes):
                                          r"L=8 snapshots and H M=16 antennas"):
         check_shapes(y.transpose(1, 2), b.H, c, system.model_copy(update={"L": 8}))
     check_shapes(y, b.H, c)
+    # H [B, N, M]: named as transposed (a review: "the measurements have N=16", a system)
+    for given in (system, None):
+        with pytest.raises(ValueError, match=r"H \(\d+, 144, 16\) looks transposed: y has "
+                                             r"M=16 antennas and the codes N=144 elements"):
+            check_shapes(b.y, b.H.transpose(1, 2), b.codes, given)
 
 
 def test_scene_problems_reports_each_bad_scene_once_with_its_reason(system, scenes):
