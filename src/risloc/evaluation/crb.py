@@ -160,9 +160,10 @@ def _scaled_cholesky(J: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Te
     bad = bad | (info != 0)
     if bad.any():
         raise SingularFIMError(what, _bad_scenes(bad), "a parameter is not identifiable "
-                               "(coincident sources, zero symbols, e.g. the elevation of a "
-                               "linear array: declare it with known=('elevation',)) or the "
-                               "noise is too weak for float64 (an SNR above ~100 dB)")
+                               "(coincident sources, zero symbols; or one to declare with "
+                               "known=(...): the elevation of a linear array, the azimuth of "
+                               "a source at +-90 deg elevation) or the noise is too weak for "
+                               "float64 (an SNR above ~100 dB)")
     return chol, scale
 
 
@@ -388,7 +389,7 @@ def _symbols(symbols) -> torch.Tensor:
 def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | dict | str, *,
         powers=1.0, noise_var: float | None = None, snr_db: float | None = None,
         kind: Literal["stochastic", "deterministic"] = "stochastic",
-        symbols=None) -> dict[str, torch.Tensor]:
+        symbols=None, known: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """Square-root CRB of sources at given positions, for users' arrays.
 
     H [M, N] or [B, M, N], codes [L, N] or [B, L, N]: complex (NumPy or torch);
@@ -401,6 +402,8 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
     per-antenna SNR it implies for these sources, codes and channel (docs/conventions.md:
     (1/(L M)) sum_l E||Phi_l A s_l||^2 / sigma^2). Exactly one of the two.
     system : a SystemConfig, a dict of its fields or its JSON text (as scene files store it).
+    known : coordinates among "azimuth", "elevation", "range" taken as known (their bound 0;
+    the others' bound given them): one the array cannot tell, e.g. a linear array's elevation.
     Returns {"azimuth_deg", "elevation_deg", "range_m"}: [B, K] float64 (NaN where padded;
     a scene without sources, all NaN as localizers report it, is NaN throughout).
     """
@@ -487,10 +490,11 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
     else:
         sigma2 = _array("noise_var", noise_var, torch.float64).reshape(-1).expand(B)
     if kind == "stochastic":
-        res = crb_stochastic(az, el, r, p, H, codes, sigma2, system, mask)
+        res = crb_stochastic(az, el, r, p, H, codes, sigma2, system, mask, known=tuple(known))
     elif symbols is None:
         raise ValueError("the deterministic bound needs the symbols")
     else:
-        res = crb_deterministic(az, el, r, sym, H, codes, sigma2, system, mask)
+        res = crb_deterministic(az, el, r, sym, H, codes, sigma2, system, mask,
+                                known=tuple(known))
     return {"azimuth_deg": torch.rad2deg(res.azimuth),
             "elevation_deg": torch.rad2deg(res.elevation), "range_m": res.range_m}

@@ -560,3 +560,31 @@ def test_evaluate_bounds_simulated_scenes_at_their_powers_and_files_at_equal_one
               snr_db=back.snr_db, kind="stochastic")
     torch.testing.assert_close(torch.rad2deg(got.azimuth[:, :3]), deg["azimuth_deg"],
                                rtol=1e-5, atol=0)
+
+
+def test_user_crb_takes_a_coordinate_as_known_as_its_error_advises(system):
+    """A review: the singular-FIM error advised known=(...), which crb() did not take. A
+    source at the zenith has no azimuth to tell: singular, unless the azimuth is known; the
+    bound given a known coordinate is the one crb_stochastic gives with it known."""
+    from risloc.evaluation import crb
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 1, system, SceneConfig(), split="test", K=1, snr_db=10.0)
+    H, c = sc.H[0], sc.codes[0]
+    with pytest.raises(SingularFIMError, match=r"known=\(\.\.\.\).*the azimuth of a source"):
+        crb(H, c, [10.0], [90.0], [3.0], system, snr_db=10.0)
+    zenith = crb(H, c, [10.0], [90.0], [3.0], system, snr_db=10.0, known=("azimuth",))
+    assert zenith["azimuth_deg"].item() == 0.0
+    assert 0 < zenith["elevation_deg"].item() < 10 and 0 < zenith["range_m"].item()
+    free = crb(H, c, [10.0], [20.0], [3.0], system, noise_var=0.1)
+    given_range = crb(H, c, [10.0], [20.0], [3.0], system, noise_var=0.1, known=("range",))
+    assert given_range["range_m"].item() == 0.0
+    assert given_range["azimuth_deg"].item() <= free["azimuth_deg"].item()  # (more known)
+    want = crb_stochastic(torch.deg2rad(torch.tensor([[10.0]], dtype=torch.float64)),
+                          torch.deg2rad(torch.tensor([[20.0]], dtype=torch.float64)),
+                          torch.tensor([[3.0]], dtype=torch.float64),
+                          torch.ones(1, 1, dtype=torch.float64), H[None].to(torch.complex128),
+                          c[None].to(torch.complex128), torch.tensor([0.1], dtype=torch.float64),
+                          system, known=("range",))
+    assert given_range["azimuth_deg"].item() == pytest.approx(
+        math.degrees(want.azimuth.item()), rel=1e-12)
