@@ -232,7 +232,9 @@ class LearnedPipeline:
                  k_max: int | None = None,
                  on_stage: Callable[[str], None] | None = None) -> Estimates:
         """All stages. y [B,L,M], H [B,M,N], codes [B,L,N] complex64 (checked and scaled
-        by the caller, :class:`risloc.pipeline.Localizer`); snr_db [B] or None; K [B] (known
+        by the caller, :class:`risloc.pipeline.Localizer`: this checks nothing, so that it
+        never waits for a GPU; another system's scenes, a NaN or unscaled units give wrong
+        estimates, not an error); snr_db [B] or None; K [B] (known
         counts) or None; k_max caps the decided K; on_stage(name) is called after each
         stage (:data:`STAGES`; benchmarks time them with it). Returns Estimates with K_max
         slots (float32; score = estimated source power mean_l |s_lk|^2)."""
