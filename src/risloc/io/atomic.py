@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 SUFFIX = ".partial"
@@ -141,17 +141,23 @@ def write_json_atomic(path: str | Path, obj, default=None) -> Path:
     return write_text_atomic(path, text + "\n")
 
 
-def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Iterable) -> Path:
-    """CSV with a header; rows are sequences (in header order) or dicts keyed by it."""
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        rows = list(rows)
-        if rows and isinstance(rows[0], dict):
-            w = csv.DictWriter(f, fieldnames=list(header))
-            w.writeheader()
-        else:
-            w = csv.writer(f)
-            w.writerow(header)
-        w.writerows(rows)
+def write_csv_atomic(path: str | Path, header: Sequence[str], rows: Iterable,
+                     check: Callable[[Path], None] | None = None) -> Path:
+    """CSV with a header; rows are sequences (in header order) or dicts keyed by it.
+    ``check(written)``, where given, reads the written file before it takes its name: an
+    error there leaves nothing (and an earlier file of the name as it was)."""
+    with atomic_path(path) as tmp:
+        with tmp.open("w", newline="") as f:
+            rows = list(rows)
+            if rows and isinstance(rows[0], dict):
+                w = csv.DictWriter(f, fieldnames=list(header))
+                w.writeheader()
+            else:
+                w = csv.writer(f)
+                w.writerow(header)
+            w.writerows(rows)
+        if check is not None:
+            check(tmp)
     return Path(path)
 
 

@@ -39,9 +39,12 @@ def write_estimates(path: str | Path, rows: list[tuple] | Estimates) -> Path:
     :func:`estimate_rows`, or Estimates (a Localizer's result too) whose first scene is
     scene 0. ValueError, before anything is written, for a name not ending in .csv or a
     file there that is not an estimates CSV (:func:`check_estimates_target`); TypeError
-    for rows that are not sequences of the columns."""
+    for rows that are not sequences of the columns; ValueError, nothing written, for
+    Estimates or rows that :func:`read_estimates` would not read back (rows are read back
+    from the written file before it takes its name)."""
     est = getattr(rows, "estimates", rows)  # a LocalizationResult: its estimates
-    if isinstance(est, Estimates):
+    checked = isinstance(est, Estimates)
+    if checked:
         _check_writable_estimates(est)
         rows = estimate_rows(est)
     rows = list(rows)
@@ -51,7 +54,16 @@ def write_estimates(path: str | Path, rows: list[tuple] | Estimates) -> Path:
         raise TypeError(f"write_estimates takes Estimates or rows of ({', '.join(COLUMNS)}) "
                         f"(estimate_rows makes them), got a row {bad!r:.80}")
     check_estimates_target(path, what="the estimates file")
-    return write_csv_atomic(path, COLUMNS, rows)
+
+    def reads_back(written: Path) -> None:
+        scenes = [r[0] for r in rows if is_whole(r[0]) or str(r[0]).isdigit()]
+        try:
+            read_estimates(written, 1 + max((int(s) for s in scenes), default=0))
+        except ValueError as err:  # named by the target, not the temporary
+            raise ValueError(f"write_estimates: {err}".replace(str(written), str(path))
+                             ) from None
+
+    return write_csv_atomic(path, COLUMNS, rows, check=None if checked else reads_back)
 
 
 def _check_writable_estimates(est: Estimates) -> None:

@@ -332,6 +332,17 @@ def test_estimates_file_round_trip(tmp_path, scenes):
         with pytest.raises(ValueError, match=says):
             write_estimates(tmp_path / "w3.csv", bad)
         assert not (tmp_path / "w3.csv").exists()
+    # rows the CSV reader would refuse are refused before the file takes its name, named by
+    # it (a review: written, then refused on reading)
+    for rows, says in (([(0, 0, 10.0, 95.0, 3.0)], "elevation_deg 95 lies beyond"),
+                       ([(0, 0, 10.0, 5.0, -3.0)], "range"),
+                       ([(0, 1, 10.0, 5.0, 3.0)], "source 1 but no source 0"),
+                       ([(0, 0, 10.0, 5.0, 3.0)] * 2, "source 0 again"),
+                       ([("a", "b", "c", "d", "e")], "whole numbers")):
+        with pytest.raises(ValueError, match=says) as err:
+            write_estimates(tmp_path / "w4.csv", rows)
+        assert str(tmp_path / "w4.csv") in str(err.value) and ".partial" not in str(err.value)
+        assert not (tmp_path / "w4.csv").exists() and not list(tmp_path.glob(".w4.csv*"))
     # the zenith in float32 (90.0000025 deg) is written as 90, which reads back (a review)
     zenith = Estimates(**{f: getattr(est, f).clone() for f in ("K", "azimuth", "elevation",
                                                                "range_m", "score")})
