@@ -396,6 +396,24 @@ def test_writing_names_a_wrong_suffix_and_refuses_an_empty_batch(tmp_path, batch
     assert not list(tmp_path.iterdir())
 
 
+
+def test_complex128_scenes_beyond_complex64_s_range_are_refused_not_written_as_inf_or_0(
+        tmp_path, batch, system):
+    """A review: y of 1e-50 (or 1e50) in complex128 was written as 0 (inf) without a word,
+    then read back as all-zero (non-finite) scenes; the scenes are now named. Within range,
+    complex128 scenes are written as complex64 (as before)."""
+    for scale, shown in ((1e-50, "1e-50"), (1e50, r"1e\+50")):
+        far = dataclasses.replace(batch, y=batch.y.to(torch.complex128).clone())
+        far.y[1] *= scale / float(far.y[1].abs().max())
+        for ext in ("h5", "npz"):
+            with pytest.raises(SceneFileError, match=rf"y of scene\(s\) \[1\] lies beyond "
+                                                     rf"complex64's range.*\|y\| {shown}"):
+                write_scenes(tmp_path / f"f.{ext}", far, system)
+    assert not list(tmp_path.iterdir())
+    near = dataclasses.replace(batch, H=batch.H.to(torch.complex128) * 1e-20)
+    back = read_scenes(write_scenes(tmp_path / "n.h5", near, system))[0]
+    torch.testing.assert_close(back.H, (batch.H.to(torch.complex128) * 1e-20).to(torch.complex64))
+
 def test_scenes_that_do_not_fit_the_system_given_are_not_written(tmp_path, batch, system):
     for ext in ("h5", "npz"):
         with pytest.raises(SceneFileError, match=r"y has shape \(50, 16, 16\), but the system "
