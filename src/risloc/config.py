@@ -64,7 +64,11 @@ class FieldOfView:
 
     def __post_init__(self) -> None:
         for name in ("azimuth_deg", "elevation_deg", "range_m"):
-            lo, hi = (float(v) for v in getattr(self, name))
+            try:
+                lo, hi = (float(v) for v in getattr(self, name))
+            except (TypeError, ValueError):  # not a pair of numbers
+                raise ValueError(f"field of view {name} must be (low, high), two numbers, got "
+                                 f"{getattr(self, name)!r}") from None
             if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
                 raise ValueError(f"field of view {name} must be finite (low, high) with low <= "
                                  f"high, got {getattr(self, name)}")

@@ -217,6 +217,15 @@ class Localizer:
         if graph_batch is not None and graph_batch < 1:
             raise InputError(f"graph_batch must be >= 1 or None, got {graph_batch}")
         system = as_system(system)
+        if isinstance(fov, dict):  # (as the system may be)
+            unknown = set(fov) - {"azimuth_deg", "elevation_deg", "range_m"}
+            if unknown:
+                raise InputError(f"fov: unknown field(s) {sorted(unknown)}; a field of view "
+                                 "has azimuth_deg, elevation_deg and range_m")
+            fov = FieldOfView(**fov)
+        elif fov is not None and not isinstance(fov, FieldOfView):
+            raise InputTypeError(f"fov must be a FieldOfView, a dict of its fields or None, "
+                                 f"got {type(fov).__name__}")
         if method not in METHODS:
             raise InputError(f"method must be one of {METHODS}, got {method!r}")
         if method == "learned" and pipeline is None:

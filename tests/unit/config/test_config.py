@@ -144,7 +144,9 @@ def test_field_of_view_validates_each_axis_and_names_it():
     for kwargs, name in (({"azimuth_deg": (10.0, -10.0)}, "azimuth_deg"),
                          ({"elevation_deg": (-95.0, 0.0)}, "elevation_deg"),
                          ({"range_m": (0.0, 5.0)}, "range_m"),
-                         ({"range_m": (2.0, float("nan"))}, "range_m")):
+                         ({"range_m": (2.0, float("nan"))}, "range_m"),
+                         ({"azimuth_deg": (-60, 60, 0)}, r"azimuth_deg must be \(low, high\)"),
+                         ({"range_m": 5.0}, r"range_m must be \(low, high\), two numbers")):
         with pytest.raises(ValueError, match=name):
             FieldOfView(**kwargs)
 

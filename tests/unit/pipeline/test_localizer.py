@@ -55,6 +55,15 @@ def test_localizer_rejects_bad_shapes_and_methods(system, scenes):
         Localizer(system, "magic")
     with pytest.raises(ValueError, match="needs a pipeline"):
         Localizer(system, "learned")
+    # the field of view as a dict, as the system may be (a review: AttributeError)
+    from risloc.config import FieldOfView
+
+    narrow = {"azimuth_deg": (-30.0, 30.0), "elevation_deg": (-10.0, 10.0), "range_m": (1, 5)}
+    assert Localizer(system, "classical", fov=narrow).fov == FieldOfView(**narrow)
+    with pytest.raises(ValueError, match=r"fov: unknown field\(s\) \['azimuth'\]"):
+        Localizer(system, "classical", fov={"azimuth": (-30, 30)})
+    with pytest.raises(TypeError, match="fov must be a FieldOfView, a dict"):
+        Localizer(system, "classical", fov=(-30, 30))
 
 
 def test_numpy_single_scene_and_complex128_give_the_batched_torch_answer(system, scenes):
