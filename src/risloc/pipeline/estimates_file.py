@@ -137,6 +137,10 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
     A CSV of several input files (`risloc localize a.h5 b.h5`: a ``file`` column, the
     index in its argument list) holds several scenes of each index: ``file`` picks one
     (needed where it holds more than one)."""
+    if not (is_whole(n_scenes) and n_scenes >= 0):
+        raise ValueError(f"n_scenes must be the number of scenes of the scene file (a whole "
+                         f"number >= 0), got {n_scenes!r}")
+    n_scenes = int(n_scenes)
     if slots is not None and not (is_whole(slots) and slots >= 1):
         raise ValueError(f"slots must be a whole number >= 1 or None, got {slots!r}")
     if file is not None and not (is_whole(file) and file >= 0):
@@ -194,11 +198,14 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
     seen: dict[tuple[int, int], int] = {}  # (scene, source) -> its row's line
     sources: dict[int, list[int]] = {}  # scene -> its source numbers
     for line, b, s, _, _ in parsed:  # (checked before any memory is taken for them)
-        if not (0 <= b < n_scenes and 0 <= s < (math.inf if slots is None else slots)):
+        if slots is not None and 0 <= b < n_scenes and s >= slots:
+            raise ValueError(f"{path}, line {line}: scene {b} has a source {s}, beyond the "
+                             f"{slots} slot(s) asked for (slots=): give slots >= {s + 1}, or "
+                             "None for as many as the widest scene")
+        if not (0 <= b < n_scenes and 0 <= s):
             raise ValueError(f"{path}, line {line}: scene {b}, source {s}; expected scenes "
                              f"0..{n_scenes - 1} (the {n_scenes} scenes of the scene file) "
-                             "and sources 0, 1, ..." + ("" if slots is None else
-                                                        f" up to {slots - 1}"))
+                             "and sources 0, 1, ...")
         if (b, s) in seen:
             raise ValueError(f"{path}, line {line}: scene {b}, source {s} again (first on "
                              f"line {seen[b, s]})")

@@ -293,9 +293,11 @@ def test_estimates_file_round_trip(tmp_path, scenes):
                        ("0,0,10,0,inf\n", "line 2: positions must be finite numbers"),
                        ("0,0,10,0,-2\n", r"line 2: .*and the range > 0"),
                        ("0,0,10,95,2\n", r"line 2: elevation_deg 95 lies beyond \+-90 deg"),
-                       ("0,3000000,10,0,2\n", "scene 0, source 3000000; expected scenes "
-                                               r"0..1 \(the 2 scenes of the scene file\) and "
-                                               r"sources 0, 1, ... up to 2"),
+                       ("0,3000000,10,0,2\n", r"line 2: scene 0 has a source 3000000, "
+                                               r"beyond the 3 slot\(s\) asked for \(slots=\): "
+                                               r"give slots >= 3000001"),
+                       ("2,0,10,0,2\n", "scene 2, source 0; expected scenes "
+                                         r"0..1 \(the 2 scenes of the scene file\)"),
                        ("", None)):
         (tmp_path / "u.csv").write_text(head + body)
         if says is None:
@@ -303,6 +305,14 @@ def test_estimates_file_round_trip(tmp_path, scenes):
             continue
         with pytest.raises(ValueError, match=says):
             read_estimates(tmp_path / "u.csv", 2, 3)
+    for n, says in ((np.int64(3), None), (3.0, r"whole number >= 0\), got 3.0"),
+                    (None, "n_scenes must be the number of scenes"),
+                    (-1, r"a whole number >= 0\), got -1")):  # (a review: torch's errors)
+        if says is None:
+            assert read_estimates(tmp_path / "u.csv", n, 3).K.tolist() == [0, 0, 0]
+        else:
+            with pytest.raises(ValueError, match=says):
+                read_estimates(tmp_path / "u.csv", n, 3)
     # slots taken from the file: a stray source number is named before memory is taken
     (tmp_path / "u.csv").write_text(head + "0,1000000000000,10,0,2\n")  # (a list of the
     with pytest.raises(ValueError, match="scene 0 has source 1000000000000 but no source 0"):
