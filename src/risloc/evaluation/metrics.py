@@ -358,6 +358,8 @@ def summarize(matching: Matching, crb: CRBResult | dict | None = None) -> Metric
     precision = n_det / n_est if n_est else 1.0
     recall = n_det / n_true if n_true else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    if len(matching) == 0:  # no scene: nothing measured (not a perfect score beside a NaN)
+        precision = recall = f1 = math.nan
     if not p.any():
         log.warning("no paired sources among %d scenes: errors are NaN", len(matching))
     deg = math.degrees(1.0)

@@ -357,6 +357,10 @@ def test_one_scene_has_no_standard_error_and_the_snr_bin_must_be_positive():
     assert se and all(math.isnan(v) for v in se.values()), se
     none = paired_bootstrap_se(m[:0], m[:0])  # no scene: the same NaNs, not a torch error
     assert none.keys() == se.keys() and all(math.isnan(v) for v in none.values())
+    empty = summarize(m[:0])  # no scene: F1 NaN beside K accuracy's (a review: F1 1.0)
+    assert all(math.isnan(getattr(empty, k)) for k in ("f1", "precision", "recall",
+                                                         "K_accuracy"))
+    assert summarize(m[:1]).f1 == summarize(m[:1]).f1  # (one scene: a number)
     assert paired_bootstrap_se(m, m)["f1_diff"] == 0.0  # two scenes: a spread (here none)
     for bad in (0.0, -5.0, NAN):
         with pytest.raises(ValueError, match="the SNR bin must be > 0 dB"):
