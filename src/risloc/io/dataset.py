@@ -73,6 +73,8 @@ class SceneDataset(Dataset):
 
 def collate_scenes(items: list[SceneBatch]) -> SceneBatch:
     """DataLoader collate function: concatenate one-scene batches."""
+    if not items:
+        raise ValueError("collate_scenes: no scenes to collate (an empty list)")
     return concat_batches(items)
 
 

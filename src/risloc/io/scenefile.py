@@ -331,6 +331,10 @@ def _truth_arrays(batch: SceneBatch, K_max: int) -> dict[str, np.ndarray]:
 
 def _as_tensors(batch: SceneBatch) -> SceneBatch:
     """The batch with every field a torch tensor (NumPy arrays, lists: as they come)."""
+    if not isinstance(batch, SceneBatch):
+        raise TypeError(f"the scenes must be a SceneBatch (risloc.simulation.SceneBatch(y=, "
+                        f"H=, codes=, snr_db=, ...): angles in radians, not the file's "
+                        f"degrees), got {type(batch).__name__}")
     return SceneBatch(**{f.name: None if getattr(batch, f.name) is None else
                          as_tensor(f.name, getattr(batch, f.name)) for f in fields(batch)})
 

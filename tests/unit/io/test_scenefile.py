@@ -393,6 +393,13 @@ def test_writing_names_a_wrong_suffix_and_refuses_an_empty_batch(tmp_path, batch
     for ext in ("h5", "npz"):
         with pytest.raises(SceneFileError, match=r"nothing to write \(0 scenes\)"):
             write_scenes(tmp_path / f"e.{ext}", batch[:0], system)
+    with pytest.raises(TypeError, match="must be a SceneBatch .*radians.*got dict"):
+        write_scenes(tmp_path / "d.h5", {"y": batch.y, "H": batch.H, "codes": batch.codes},
+                     system)  # (a review: "must be called with a dataclass")
+    from risloc.io.dataset import collate_scenes
+
+    with pytest.raises(ValueError, match="no scenes to collate"):
+        collate_scenes([])
     assert not list(tmp_path.iterdir())
 
 
