@@ -9,6 +9,7 @@ exactly the batches it would have seen.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import math
 import multiprocessing
@@ -243,7 +244,8 @@ def prefetched(fetch: Callable[[int], T], indices: range, ahead: bool | str) -> 
             _Fetches(fetch, indices), batch_size=None, num_workers=2, prefetch_factor=1,
             multiprocessing_context="fork", collate_fn=_as_is,
             generator=torch.Generator().manual_seed(0),
-            worker_init_fn=_leave_signals_to_the_parent)
+            worker_init_fn=functools.partial(_leave_signals_to_the_parent,
+                                             parent=os.getpid()))
         # the workers are forked with SIGINT/SIGTERM blocked: a signal to the whole group
         # during the fork neither kills a worker that has not left the group yet nor is
         # swallowed in the parent (raised inside os.fork's at-fork hooks, it was lost)
@@ -266,7 +268,7 @@ def prefetched(fetch: Callable[[int], T], indices: range, ahead: bool | str) -> 
     yield from read_ahead(map(fetch, indices), "risloc-data")
 
 
-def _leave_signals_to_the_parent(worker: int) -> None:
+def _leave_signals_to_the_parent(worker: int, parent: int | None = None) -> None:
     """A worker leaves the parent's process group, so Ctrl-C and SIGTERM sent to the whole
     group (a terminal, a batch system's preemption) reach the parent alone, which,
     interrupted, shuts the worker down. Killed by them, the worker's death raised
@@ -275,25 +277,31 @@ def _leave_signals_to_the_parent(worker: int) -> None:
     terminate() of a worker that does not leave still ends it. Out of the group, a SIGKILL
     to the whole group (torchrun's escalation, a container's stop) would miss it: on Linux
     it is killed as its parent dies (prctl PR_SET_PDEATHSIG; the DataLoader's own check of
-    its parent took up to 5 s)."""
-    _die_with_the_parent()
+    its parent took up to 5 s). ``parent``: the parent's pid, read before the fork (read
+    here, a parent already dead would read as the process that adopted the worker)."""
+    _die_with_the_parent(os.getppid() if parent is None else parent)
     os.setpgid(0, 0)
-    for s in (signal.SIGINT, signal.SIGTERM):  # one sent to the group before it left: dropped
-        signal.signal(s, signal.signal(s, signal.SIG_IGN))  # (SIG_IGN discards a pending one)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    group = {signal.SIGINT, signal.SIGTERM}
+    take = getattr(signal, "sigtimedwait", None)  # (not on macOS)
+    for s in signal.sigpending() & group:  # sent to the group before it left: taken, unheard
+        if take is not None:  # its handlers (torch's own included) left as they were
+            take({s}, 0)
+        else:  # (SIG_IGN discards a pending signal; the handler Python knows put back)
+            signal.signal(s, signal.signal(s, signal.SIG_IGN))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, group)
 
 
-def _die_with_the_parent() -> None:
+def _die_with_the_parent(parent: int) -> None:
     """SIGKILL to this process when the thread that forked it ends (Linux; elsewhere
-    nothing), and at once where the parent has already gone."""
-    parent = os.getppid()
+    nothing), and an exit at once where the parent (its pid) has already gone."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         set_death_signal = libc.prctl
     except (OSError, AttributeError):  # not Linux
         return
-    if set_death_signal(1, int(signal.SIGKILL)) == 0 and os.getppid() != parent:
-        os._exit(1)  # (PR_SET_PDEATHSIG = 1; the parent died before it was set)
+    set_death_signal(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:  # the parent died before it was set
+        os._exit(1)
 
 
 def hide_snr(scenes: SceneBatch, hide: torch.Tensor | bool = True) -> SceneBatch:

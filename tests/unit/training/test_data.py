@@ -125,9 +125,9 @@ def interrupt(signum, frame):
     raise KeyboardInterrupt
 signal.signal(signal.SIGTERM, interrupt)  # as risloc's CLI takes SIGTERM
 leave = data._leave_signals_to_the_parent
-def slow_to_leave(worker):  # the window between a worker's fork and its leaving the group
+def slow_to_leave(worker, **kwargs):  # the window between a fork and leaving the group
     time.sleep(1.0)
-    leave(worker)
+    leave(worker, **kwargs)
 data._leave_signals_to_the_parent = slow_to_leave
 sent = []
 def preempted():  # a batch system's preemption, to the whole job, as a worker is forked
