@@ -15,7 +15,7 @@ import torch
 
 from risloc.core.checks import is_whole
 from risloc.core.params import Estimates
-from risloc.io.atomic import try_lock, write_csv_atomic, write_text_atomic
+from risloc.io.atomic import fsync_folder, try_lock, write_csv_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +322,9 @@ class EstimatesStream:
     def _open(self, resume: bool, restart: bool) -> None:
         """Continue the interrupted run (resume) or start the .part file afresh."""
         self.discarded = restart and self.record.exists()
+        if self.discarded:  # the record first: killed before the .part file is cut, a
+            self.record.unlink()  # --resume then finds nothing to resume, not old counts
+            fsync_folder(self.record.parent)
         if resume and self.record.exists():
             rec = json.loads(self.record.read_text())
             settings = self.settings
