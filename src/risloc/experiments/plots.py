@@ -244,22 +244,25 @@ def plot_run(run_dir: Path, path: Path) -> Path:
 
 
 def _best_epoch(run_dir: Path, epochs: list[dict[str, float]]) -> int | None:
-    """The epoch training chose (best.pt's): metrics.json's best_epoch (a finished run), else
-    last.pt's record (a run under way or stopped), else the first epoch of the lowest finite
-    validation objective (training's rule without schedule.min_improvement); None where no
-    objective is finite. The lowest objective alone was not it: a NaN first epoch stayed
-    min()'s answer, and min_improvement > 0 keeps an earlier epoch."""
+    """The epoch training chose (best.pt's): last.pt's record (written every epoch; a run
+    resumed for more epochs leaves the first run's metrics.json behind), else metrics.json's
+    best_epoch, else the first epoch of the lowest finite validation objective (training's
+    rule without schedule.min_improvement); None where no objective is finite. The lowest
+    objective alone was not it: a NaN first epoch stayed min()'s answer, and
+    min_improvement > 0 keeps an earlier epoch."""
     import json
 
     from risloc.inference.checkpoint import load_checkpoint
 
-    try:
-        best = json.loads((run_dir / "metrics.json").read_text()).get("best_epoch")
-    except (OSError, ValueError, AttributeError):
-        best = None
-    if best is None and (run_dir / "last.pt").exists():
+    best = None
+    if (run_dir / "last.pt").exists():
         try:
             best = load_checkpoint(run_dir / "last.pt").get("best", {}).get("epoch")
+        except (OSError, ValueError, AttributeError):
+            best = None
+    if best is None:
+        try:
+            best = json.loads((run_dir / "metrics.json").read_text()).get("best_epoch")
         except (OSError, ValueError, AttributeError):
             best = None
     if isinstance(best, int | float) and best >= 1:
