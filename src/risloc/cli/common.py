@@ -24,8 +24,9 @@ from rich.progress import (
 
 from risloc.config import ConfigError, RislocConfig, load_config
 
-# Messages are never broken into lines of the terminal's width by rich (the terminal wraps
-# them): a path or command in one stays whole, to copy (and to find in a log).
+# Printed messages are never broken into lines of the terminal's width by rich (the
+# terminal wraps them): a path or command in one stays whole, to copy (log lines, through
+# rich's logging handler, are laid out by it).
 console = Console(stderr=True, soft_wrap=True)
 # Tables stay readable when stdout is a file or pipe (rich would fall back to 80 columns).
 out = Console(width=None if Console().is_terminal else 150)

@@ -247,7 +247,7 @@ def _continued_run(trial) -> int:
     failed = frozen.system_attrs.get("retry_history")  # Optuna's retries: oldest first
     if failed:
         run = failed[0]  # (the first: each copy since trained in its folder)
-        trial.set_user_attr(CONTINUES, failed[-1])
+        trial.set_user_attr(CONTINUES, run)
         trial.set_user_attr(CONTINUES_RUN, run)
     return trial.number if run is None else run
 
