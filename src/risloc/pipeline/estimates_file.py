@@ -55,10 +55,13 @@ def write_estimates(path: str | Path, rows: list[tuple] | Estimates) -> Path:
                         f"(estimate_rows makes them), got a row {bad!r:.80}")
     check_estimates_target(path, what="the estimates file")
 
-    def reads_back(written: Path) -> None:
-        scenes = [r[0] for r in rows if is_whole(r[0]) or str(r[0]).isdigit()]
+    def reads_back(written: Path) -> None:  # as read_estimates reads it, no memory taken
         try:
-            read_estimates(written, 1 + max((int(s) for s in scenes), default=0))
+            with written.open(newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                reader.fieldnames = _header(written, reader.fieldnames)
+                lines = list(enumerate(reader, start=2))
+            _check_numbering(written, _parse_rows(written, lines), None, None)
         except ValueError as err:  # named by the target, not the temporary
             raise ValueError(f"write_estimates: {err}".replace(str(written), str(path))
                              ) from None
@@ -178,6 +181,24 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
     file = 0 if file is None else file
     lines = [(line, r) for line, r, f in zip(range(2, len(rows) + 2), rows, of_file,
                                              strict=True) if f == file]  # line 1: the header
+    parsed = _parse_rows(path, lines)
+    sources = _check_numbering(path, parsed, n_scenes, slots)
+    slots = max([1, *(len(n) for n in sources.values())]) if slots is None else slots
+    K = torch.zeros(n_scenes, dtype=torch.int64)
+    vals = {n: torch.full((n_scenes, slots), math.nan) for n in
+            ("azimuth", "elevation", "range_m", "score")}
+    for _, b, s, values, score in parsed:
+        K[b] = max(int(K[b]), s + 1)
+        vals["azimuth"][b, s] = math.radians(values[0])
+        vals["elevation"][b, s] = math.radians(values[1])
+        vals["range_m"][b, s] = values[2]
+        vals["score"][b, s] = score
+    return Estimates(K=K, **vals)
+
+
+def _parse_rows(path: Path, lines: list[tuple[int, dict]]) -> list[tuple]:
+    """(line, scene, source, [az, el, range], score) of each (line, row) of the CSV;
+    ValueError naming the line of a cell that is not a number or a position out of bounds."""
     parsed = []
     for line, row in lines:
         try:
@@ -195,17 +216,27 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
                              "+-90 deg (an elevation, docs/conventions.md: not a zenith "
                              "angle)")
         parsed.append((line, b, s, values, score))
+    return parsed
+
+
+def _check_numbering(path: Path, parsed: list[tuple], n_scenes: int | None,
+                     slots: int | None) -> dict[int, list[int]]:
+    """Each scene's source numbers (scene -> sorted numbers) of parsed rows, checked
+    before any memory is taken for them: scenes within n_scenes (None: any >= 0), sources
+    within slots (None: any), no source twice, none missing below the largest."""
     seen: dict[tuple[int, int], int] = {}  # (scene, source) -> its row's line
     sources: dict[int, list[int]] = {}  # scene -> its source numbers
-    for line, b, s, _, _ in parsed:  # (checked before any memory is taken for them)
-        if slots is not None and 0 <= b < n_scenes and s >= slots:
+    within = math.inf if n_scenes is None else n_scenes
+    for line, b, s, _, _ in parsed:
+        if slots is not None and 0 <= b < within and s >= slots:
             raise ValueError(f"{path}, line {line}: scene {b} has a source {s}, beyond the "
                              f"{slots} slot(s) asked for (slots=): give slots >= {s + 1}, or "
                              "None for as many as the widest scene")
-        if not (0 <= b < n_scenes and 0 <= s):
-            raise ValueError(f"{path}, line {line}: scene {b}, source {s}; expected scenes "
-                             f"0..{n_scenes - 1} (the {n_scenes} scenes of the scene file) "
-                             "and sources 0, 1, ...")
+        if not (0 <= b < within and 0 <= s):
+            raise ValueError(f"{path}, line {line}: scene {b}, source {s}; expected " + (
+                "scenes and sources numbered 0, 1, ..." if n_scenes is None else
+                f"scenes 0..{n_scenes - 1} (the {n_scenes} scenes of the scene file) and "
+                "sources 0, 1, ..."))
         if (b, s) in seen:
             raise ValueError(f"{path}, line {line}: scene {b}, source {s} again (first on "
                              f"line {seen[b, s]})")
@@ -218,17 +249,7 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
             raise ValueError(f"{path}: scene {b} has source {given[-1]} but no source "
                              f"{gap} (a scene's sources are numbered 0, 1, ... without a "
                              "gap: renumber them where rows were dropped, e.g. by score)")
-    slots = max([1, *(len(n) for n in sources.values())]) if slots is None else slots
-    K = torch.zeros(n_scenes, dtype=torch.int64)
-    vals = {n: torch.full((n_scenes, slots), math.nan) for n in
-            ("azimuth", "elevation", "range_m", "score")}
-    for _, b, s, values, score in parsed:
-        K[b] = max(int(K[b]), s + 1)
-        vals["azimuth"][b, s] = math.radians(values[0])
-        vals["elevation"][b, s] = math.radians(values[1])
-        vals["range_m"][b, s] = values[2]
-        vals["score"][b, s] = score
-    return Estimates(K=K, **vals)
+    return sources
 
 
 def _file_index(path: Path, line: int, row: dict) -> int:

@@ -381,6 +381,14 @@ def test_estimates_file_round_trip(tmp_path, scenes):
             write_estimates(tmp_path / "w4.csv", rows)
         assert str(tmp_path / "w4.csv") in str(err.value) and ".partial" not in str(err.value)
         assert not (tmp_path / "w4.csv").exists() and not list(tmp_path.glob(".w4.csv*"))
+    with pytest.raises(ValueError, match="scene -1, source 0; expected scenes and sources "
+                                         "numbered 0, 1"):
+        write_estimates(tmp_path / "w4.csv", [(-1, 0, 10.0, 5.0, 3.0)])
+    # checked without taking memory by the scene numbers: a row of scene 10^10, and cells
+    # the reader takes (' 3'), are written (a review: 80 GB asked for)
+    write_estimates(tmp_path / "w5.csv", [(10**10, 0, 1.0, 2.0, 3.0, 1.0),
+                                          (" 3", 0, 1.0, 2.0, 3.0, 1.0)])
+    assert (tmp_path / "w5.csv").read_text().splitlines()[1].startswith("10000000000,0,")
     # the zenith in float32 (90.0000025 deg) is written as 90, which reads back (a review)
     zenith = Estimates(**{f: getattr(est, f).clone() for f in ("K", "azimuth", "elevation",
                                                                "range_m", "score")})
