@@ -65,6 +65,8 @@ class FieldOfView:
     def __post_init__(self) -> None:
         for name in ("azimuth_deg", "elevation_deg", "range_m"):
             try:
+                if isinstance(getattr(self, name), str | bytes):  # ("12": not (1, 2))
+                    raise TypeError
                 lo, hi = (float(v) for v in getattr(self, name))
             except (TypeError, ValueError):  # not a pair of numbers
                 raise ValueError(f"field of view {name} must be (low, high), two numbers, got "

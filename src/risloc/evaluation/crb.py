@@ -409,6 +409,7 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
     """
     if (noise_var is None) == (snr_db is None):
         raise ValueError("give exactly one of noise_var and snr_db")
+    known = (known,) if isinstance(known, str) else tuple(known)  # ("elevation": one name)
     if kind not in ("stochastic", "deterministic"):
         raise ValueError(f"kind must be 'stochastic' or 'deterministic', got {kind!r}")
     if kind == "stochastic" and symbols is not None:

@@ -240,14 +240,17 @@ def check_batch(batch: SceneBatch, system: SystemConfig, path: Path) -> None:
     f32 = torch.finfo(torch.float32)
     for name, t in (("y", batch.y), ("H", batch.H)):  # a file holds complex64
         if t.dtype == torch.complex128 and B:
-            peak = t.detach().abs().amax(dim=(1, 2)).cpu()
-            off = torch.isfinite(peak) & ((peak > f32.max) | ((peak > 0) & (peak < f32.tiny)))
+            parts = torch.view_as_real(t.detach()).abs()  # (each part is a float32)
+            parts = torch.where(torch.isfinite(parts), parts, 0.0).flatten(1)  # (NaN: not here)
+            peak = parts.amax(1).cpu()
+            off = (peak > f32.max) | ((peak > 0) & (peak < f32.tiny))
             if bool(off.any()):
                 idx = off.nonzero().flatten().numpy()
                 raise SceneFileError(
                     f"{path}: {name} of scene(s) {listed_scenes(idx)} lies beyond complex64's "
-                    f"range, which scene files store (largest |{name}| {float(peak[idx[0]]):.3g}"
-                    f"): it would be written as inf or 0; scale those scenes' y and H first "
+                    f"range, which scene files store (largest real or imaginary part "
+                    f"{float(peak[idx[0]]):.3g}): it would be written as inf, or as 0 and "
+                    "subnormal numbers of fewer digits; scale those scenes' y and H first "
                     "(positions and K do not depend on their units; the localizers take them "
                     "as they are)")
     if batch.has_truth and B and int(batch.K.max()) > s.K_max:

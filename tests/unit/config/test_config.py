@@ -146,7 +146,8 @@ def test_field_of_view_validates_each_axis_and_names_it():
                          ({"range_m": (0.0, 5.0)}, "range_m"),
                          ({"range_m": (2.0, float("nan"))}, "range_m"),
                          ({"azimuth_deg": (-60, 60, 0)}, r"azimuth_deg must be \(low, high\)"),
-                         ({"range_m": 5.0}, r"range_m must be \(low, high\), two numbers")):
+                         ({"range_m": 5.0}, r"range_m must be \(low, high\), two numbers"),
+                         ({"azimuth_deg": "12"}, r"azimuth_deg must be \(low, high\)")):
         with pytest.raises(ValueError, match=name):
             FieldOfView(**kwargs)
 

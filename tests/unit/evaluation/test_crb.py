@@ -575,6 +575,8 @@ def test_user_crb_takes_a_coordinate_as_known_as_its_error_advises(system):
         crb(H, c, [10.0], [90.0], [3.0], system, snr_db=10.0)
     zenith = crb(H, c, [10.0], [90.0], [3.0], system, snr_db=10.0, known=("azimuth",))
     assert zenith["azimuth_deg"].item() == 0.0
+    one_name = crb(H, c, [10.0], [90.0], [3.0], system, snr_db=10.0, known="azimuth")
+    assert all(torch.equal(one_name[k], zenith[k]) for k in zenith)  # (not 'a', 'z', ...)
     assert 0 < zenith["elevation_deg"].item() < 10 and 0 < zenith["range_m"].item()
     free = crb(H, c, [10.0], [20.0], [3.0], system, noise_var=0.1)
     given_range = crb(H, c, [10.0], [20.0], [3.0], system, noise_var=0.1, known=("range",))
