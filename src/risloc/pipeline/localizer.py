@@ -244,10 +244,13 @@ class Localizer:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, workers: int | None = None,
-                        graph_batch: int | None = None) -> Localizer:
-        """The learned localizer of a checkpoint (None = the shipped default model)."""
+                        graph_batch: int | None = None, chunk: int | None = MAX_CHUNK
+                        ) -> Localizer:
+        """The learned localizer of a checkpoint (None = the shipped default model); the
+        other arguments as the constructor's."""
         pipeline = load_learned_pipeline(path)
-        return cls(pipeline.system, "learned", pipeline, workers, graph_batch=graph_batch)
+        return cls(pipeline.system, "learned", pipeline, workers, chunk=chunk,
+                   graph_batch=graph_batch)
 
     def localize(self, y, H, codes, snr_db=None, K=None,
                  system: SystemConfig | dict | None = None) -> LocalizationResult:

@@ -472,6 +472,8 @@ def test_a_float64_default_dtype_changes_nothing(system, scenes):
         torch.set_default_dtype(torch.float32)
     assert torch.equal(got.estimates.K, ref.estimates.K)
     torch.testing.assert_close(got.estimates.azimuth, ref.estimates.azimuth, equal_nan=True)
+    # from_checkpoint takes the constructor's chunk too (a review: a TypeError)
+    assert Localizer.from_checkpoint(workers=1, chunk=16).chunk == 16
 
 
 def test_arguments_in_the_wrong_place_are_named(system, scenes):
