@@ -491,11 +491,10 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
     else:
         sigma2 = _array("noise_var", noise_var, torch.float64).reshape(-1).expand(B)
     if kind == "stochastic":
-        res = crb_stochastic(az, el, r, p, H, codes, sigma2, system, mask, known=tuple(known))
+        res = crb_stochastic(az, el, r, p, H, codes, sigma2, system, mask, known=known)
     elif symbols is None:
         raise ValueError("the deterministic bound needs the symbols")
     else:
-        res = crb_deterministic(az, el, r, sym, H, codes, sigma2, system, mask,
-                                known=tuple(known))
+        res = crb_deterministic(az, el, r, sym, H, codes, sigma2, system, mask, known=known)
     return {"azimuth_deg": torch.rad2deg(res.azimuth),
             "elevation_deg": torch.rad2deg(res.elevation), "range_m": res.range_m}

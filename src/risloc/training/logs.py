@@ -60,8 +60,8 @@ class CsvLog:
             if new:
                 w.writeheader()
             w.writerow(row)
-            fh.flush()  # on disk before the checkpoint that follows it: a power loss or
-            os.fsync(fh.fileno())  # a crash of the system never leaves a resumed run's rows
+            fh.flush()  # on disk before the checkpoint that follows it (class docstring)
+            os.fsync(fh.fileno())
 
 
 @dataclass
