@@ -73,7 +73,7 @@ def tune_command(
                   f"{epochs} epochs)")
     # SIGTERM (kill, a batch system's preemption) ends a trial as Ctrl-C does (cli/entry.py):
     # the next tune continues it from its last finished epoch (killed otherwise: failed once
-    # its heartbeats stop, and run again from its first)
+    # its heartbeats stop, and its copy continues it as well, where it sees its folder)
     try:
         study = tune(settings)
     except KeyboardInterrupt:
