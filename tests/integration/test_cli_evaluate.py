@@ -430,3 +430,38 @@ def test_a_sweep_drawn_beyond_the_field_of_view_searched_says_so(tmp_path):
                               "--K", "1", "--n", "2", "--out", str(tmp_path / "r2"),
                               "--no-plots"])
     assert res.exit_code == 0 and "beyond the field of view" not in res.output
+
+
+def test_titles_say_what_ran_and_plots_leave_out_no_scene_silently(tmp_path, monkeypatch):
+    """A review: several K gave "8 scenes per SNR" for 16, a fixed K went unsaid, SNR labels
+    were cut to 3 digits (10.25 and 10.35 as 10.2 and 10.3), estimates scored as they are
+    were titled "K unknown, SNR given", and the plots left the scenes without an SNR out
+    without a word (without any SNR: empty axes)."""
+    import h5py
+    import numpy as np
+
+    from risloc.cli.evaluate import _plot_subtitle, results_table
+    from risloc.experiments.harness import ResultRow, SweepSettings
+
+    two_K = _plot_subtitle(SweepSettings(K=(1, 3), n_per_point=8), "simulated", False)
+    assert "16 scenes per SNR (8 of each K = 1, 3)" in two_K
+    assert "8 scenes per SNR, K = 3," in _plot_subtitle(SweepSettings(K=(3,), n_per_point=8),
+                                                       "simulated", False)
+    given = _plot_subtitle(SweepSettings(estimators=()), "f.h5", True)
+    assert "the estimates given (--estimates), scored as they are" in given
+    assert "K unknown" not in given
+    rows = [ResultRow("classical", snr, "all", 2, 1.0, {"K_accuracy": 1.0, "f1": 1.0})
+            for snr in (10.25, 10.35)]
+    table = results_table(rows, "t")
+    assert list(table.columns[1].cells) == ["10.25", "10.35"]
+    # a file without any SNR: the table, no empty plots
+    f = tmp_path / "s.h5"
+    assert runner.invoke(app, ["simulate", "--n", "4", "--out", str(f), "--K", "1",
+                               "--split", "test"]).exit_code == 0
+    with h5py.File(f, "a") as h:
+        h["snr_db"][:] = np.nan
+    res = runner.invoke(app, ["evaluate", str(f), "--out", str(tmp_path / "r"),
+                              "--estimators", "classical"])
+    assert res.exit_code == 0, res.output
+    assert "unknown" in res.output and "PNG plots" not in res.output
+    assert not list((tmp_path / "r").glob("*.png"))

@@ -82,7 +82,8 @@ def results_table(rows: list[ResultRow], title: str, left: int = 0,
             se = m.get(f"se_{a}_diff")
             return _fmt(m.get(a)) + ("" if se is None else f" (±{_fmt(se, 2)})")
 
-        snr = "all" if r.K == "file" else "unknown" if math.isnan(r.snr_db) else _fmt(r.snr_db)
+        snr = "all" if r.K == "file" else "unknown" if math.isnan(r.snr_db) else \
+            f"{r.snr_db:g}"  # (as the CSV: 10.25 and 10.35 two rows, not 10.2 and 10.3)
         ms = "-" if math.isnan(r.ms_per_scene) or r.K not in ("all", "?", "file") else \
             f"{r.ms_per_scene:.1f}"  # (made elsewhere; a true K's rows: timed with the rest)
         t.add_row(r.estimator, snr, *((r.K,) if per_K else ()), str(r.n_scenes),
@@ -343,7 +344,11 @@ def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bo
     meta = {"settings": used, "source": source, "system": system.model_dump(),
             "risloc_version": __version__, "torch_threads": torch.get_num_threads()}
     csv_path, _ = write_results(rows, out_dir, meta)
-    plots = plots and any(r.K == "all" for r in rows)  # plots need the truth
+    # plots need the truth, and an SNR (their x): scenes without one are in the table only
+    plots = plots and any(r.K == "all" and not math.isnan(r.snr_db) for r in rows)
+    unknown = {r.n_scenes for r in rows if r.K == "all" and math.isnan(r.snr_db)}
+    if unknown:
+        what += f" (the {max(unknown)} scenes without an SNR: in the table only)"
     for name in PLOTS:  # a reused folder: no plot of an earlier run beside these results
         (out_dir / name).unlink(missing_ok=True)
     if plots:
@@ -359,12 +364,17 @@ def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bo
 
 def _plot_subtitle(settings: SweepSettings, source: str, pooled: bool) -> str:
     """What a plot's points are: the scenes, what the estimators were told, the bound."""
+    Ks = settings.K or ()
     scenes = (f"{source}, its scenes grouped by SNR (x: a group's mean SNR)" if pooled else
-              f"{source}, {settings.n_per_point} scenes per SNR" + (
+              f"{source}, {settings.n_per_point * max(1, len(Ks))} scenes per SNR" + (
+                  f" ({settings.n_per_point} of each K = {', '.join(map(str, Ks))})"
+                  if len(Ks) > 1 else f", K = {Ks[0]}" if Ks else "") + (
                   f", source powers spread over {settings.power_spread_db:g} dB"
                   if settings.power_spread_db else ", equal source powers"))
     told = (f"K {'given' if settings.known_K else 'unknown'}, "
             f"SNR {'given' if settings.snr_given else 'withheld'}")
+    if not settings.estimators:  # --estimators none: estimates made elsewhere, as they are
+        told = "the estimates given (--estimates), scored as they are"
     return f"{scenes}; {told}; {settings.crb} CRB"
 
 

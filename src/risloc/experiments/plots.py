@@ -49,7 +49,7 @@ def _snr_ticks(ax, rows: list[ResultRow]) -> None:
     """x ticks at the SNRs evaluated (where few enough to read)."""
     snrs = sorted({r.snr_db for r in rows if r.K == "all" and not math.isnan(r.snr_db)})
     if 1 < len(snrs) <= 12:
-        ax.set_xticks(snrs, [f"{v:.3g}" for v in snrs])
+        ax.set_xticks(snrs, [f"{v:g}" for v in snrs])
 
 
 def _series(rows: list[ResultRow], estimator: str, key: str) -> tuple[list[float], list[float]]:
