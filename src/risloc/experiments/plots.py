@@ -154,23 +154,28 @@ def plot_run(run_dir: Path, path: Path) -> Path:
     """Training curves of a run folder (epochs.csv, steps.csv): the training loss per
     logged step and per epoch, the validation objective and its parts, learning rate and
     blend weight."""
-    import csv
+    from risloc.training.logs import read_log
 
     def read(name: str, needed: tuple[str, ...]) -> list[dict[str, float]]:
         f = run_dir / name
         if not f.exists():
             return []
-        with f.open() as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in needed if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{f} lacks the column(s) {', '.join(missing)} (not written "
-                                 "by risloc train?)")
+        fields, rows, _ = read_log(f)  # (a row cut off by a kill: left out)
+        missing = [c for c in needed if c not in fields]
+        if missing:
+            raise ValueError(f"{f} lacks the column(s) {', '.join(missing)} (not written "
+                             "by risloc train?)")
+        out = []
+        for line, row in enumerate(rows, start=2):
             try:
-                return [{k: float(v) for k, v in row.items() if v not in ("", None)}
-                        for row in reader]
-            except ValueError as err:
-                raise ValueError(f"{f}: line {reader.line_num}: {err}") from None
+                got = {k: float(v) for k, v in row.items() if v not in ("", None)}
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{f}: line {line}: {err}") from None
+            lacking = [c for c in needed if c not in got]  # (a line of too few cells)
+            if lacking:
+                raise ValueError(f"{f}: line {line} lacks {', '.join(lacking)}")
+            out.append(got)
+        return out
 
     if not (run_dir / "epochs.csv").exists():
         raise FileNotFoundError(f"{run_dir}: no epochs.csv (not a risloc run folder?)")

@@ -38,15 +38,13 @@ class CsvLog:
         self.path = Path(path)
         self.fields: list[str] | None = None
         if append and self.path.exists():
-            with open(self.path, newline="") as fh:
-                reader = csv.DictReader(fh)
-                rows = list(reader)
-                self.fields = list(reader.fieldnames) if reader.fieldnames else None
-            if keep is not None and self.fields and not all(keep(r) for r in rows):
+            fields, rows, cut = read_log(self.path)
+            self.fields = fields or None
+            if self.fields and (cut or keep is not None and not all(keep(r) for r in rows)):
                 buf = io.StringIO()
                 w = csv.DictWriter(buf, fieldnames=self.fields)
                 w.writeheader()
-                w.writerows(r for r in rows if keep(r))
+                w.writerows(r for r in rows if keep is None or keep(r))
                 write_text_atomic(self.path, buf.getvalue())
         elif self.path.exists():
             self.path.unlink()
@@ -62,6 +60,19 @@ class CsvLog:
             w.writerow(row)
             fh.flush()  # on disk before the checkpoint that follows it (class docstring)
             os.fsync(fh.fileno())
+
+
+def read_log(path: Path) -> tuple[list[str], list[dict[str, str]], bool]:
+    """(columns, rows, cut) of a CSV log: a last row without its line end, which a run
+    killed (or a power loss) while writing it leaves, is not a row (cut: True)."""
+    with open(path, newline="") as fh:  # (line ends as written)
+        text = fh.read()
+    cut = bool(text) and not text.endswith("\n")
+    if cut:
+        text = text[:text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = list(reader)
+    return list(reader.fieldnames or []), rows, cut
 
 
 @dataclass

@@ -107,3 +107,17 @@ def test_the_run_curves_mark_the_epoch_training_chose(figures, tmp_path):
         w.writerows(rows)
     assert "best epoch" not in marked()  # no finite objective: no epoch is marked
 
+
+def test_the_run_curves_leave_out_a_row_cut_off_by_a_kill(figures, tmp_path):
+    """A review: a cut-off last row of epochs.csv (a run killed while writing it) gave a
+    KeyError traceback; a line of too few cells elsewhere is named."""
+    head = "epoch,train_total,val_objective,val_angle_median_deg,lr,beta\r\n"
+    whole = "1,1.0,4.0,2.0,0.001,0.3\r\n2,0.9,3.0,1.5,0.001,0.3\r\n"
+    (tmp_path / "epochs.csv").write_bytes((head + whole + "3,0.8,2.").encode())
+    plots.plot_run(tmp_path, tmp_path / "curves.png")
+    objective = figures[-1].axes[1].get_lines()[0]
+    assert list(objective.get_xdata()) == [1.0, 2.0]
+    (tmp_path / "epochs.csv").write_bytes((head + "1,1.0\r\n" + whole).encode())
+    with pytest.raises(ValueError, match=r"epochs.csv: line 2 lacks val_objective"):
+        plots.plot_run(tmp_path, tmp_path / "curves.png")
+
