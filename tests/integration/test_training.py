@@ -367,6 +367,11 @@ def test_train_without_a_recipe_uses_the_shipped_one_or_on_resume_the_runs_own(
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
     res = runner.invoke(app, ["--resume", "--out", str(tmp_path / "none"), *fast])
     assert res.exit_code == 2 and "--resume: no checkpoint" in res.output
+    (tmp_path / "empty").mkdir()  # a folder of the user's, with a recipe: the way out said
+    res = runner.invoke(app, ["--config", str(TINY), "--resume", "--out",
+                              str(tmp_path / "empty"), *fast])
+    assert res.exit_code == 2 and "no run here to continue: without --resume a new run " \
+        "starts" in " ".join(res.output.split()), res.output
     # the folder named by --set out_dir (or --overrides) is the one resumed, not the
     # default recipe's; --overwrite with --resume is named before any folder is read
     res = runner.invoke(app, ["--resume", "--set", f"out_dir={out}", *fast])

@@ -182,7 +182,8 @@ def _train(config, set_, out, epochs, device, threads, resume, progress, overrid
                 stopped = any(p.name in RUN_FILES for p in run.glob("*"))
                 raise FileNotFoundError(f"--resume: no checkpoint {run / 'last.pt'}" + (
                     " (the run stopped before its first checkpoint: --overwrite, not "
-                    "--resume, starts it afresh)" if stopped else ""))
+                    "--resume, starts it afresh)" if stopped else
+                    " (no run here to continue: without --resume a new run starts)"))
             _train_in_folder(cfg, run, resume, overwrite, first_rank)
     except BaseException as err:
         # a run that failed to start leaves no empty folder behind (one that lost the folder

@@ -377,8 +377,9 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
                              f"in it, or a pattern such as '{path / '*.h5'}')")
     if path.suffix.lower() in (".pt", ".pth"):  # (torch's files are zip archives too)
         raise SceneFileError(f"{path}: a model or checkpoint file, not a scene file (.h5 / "
-                             f".npz); a risloc model's system, recipe and validation are "
-                             f"in its model card, {path.with_suffix('.json').name} beside it")
+                             f".npz); an exported model's system, recipe and validation are in "
+                             f"its model card ({path.with_suffix('.json').name} beside it); a "
+                             f"training checkpoint has none: risloc export-model writes one")
     if is_npz(path):
         pickled: list[str] = []
         try:
@@ -401,6 +402,9 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
                      else str(data.pop(k)))  # attributes: 0-d strings (or bytes)
                  for k in list(data) if data[k].dtype.kind in "US" and data[k].ndim == 0}
         return data, attrs, None
+    if path.suffix.lower() in (".csv", ".json", ".yaml", ".yml", ".toml", ".txt", ".png"):
+        raise SceneFileError(f"{path}: a {path.suffix.lower()[1:]} file, not a scene file (.h5 / "
+                             ".npz, docs/conventions.md)")
     try:
         f = h5py.File(path, "r")
     except OSError as err:

@@ -107,9 +107,15 @@ def test_truncated_and_garbage_files_refused(tmp_path, batch, system):
                                              r"HDF5: save it with save\(..., '-v7.3'\)"):
         read_scenes(tmp_path / "v5.mat")  # MATLAB's default: not called corrupt either
     (tmp_path / "model.pt").write_bytes(b"PK\x03\x04")  # a model is not called corrupt
-    with pytest.raises(SceneFileError, match="model.pt: a model or checkpoint file, not a "
-                                             "scene file .* model card, model.json beside"):
+    with pytest.raises(SceneFileError, match=r"model.pt: a model or checkpoint file, not a "
+                                             r"scene file .* model card \(model.json beside "
+                                             r"it\); a training checkpoint has none"):
         read_scenes(tmp_path / "model.pt")
+    for name in ("epochs.csv", "metrics.json"):  # a run's files are not called corrupt
+        (tmp_path / name).write_text("epoch\n1\n")
+        with pytest.raises(SceneFileError, match=rf"{name}: a {name[-4:].strip('.')} file, "
+                                                 r"not a scene file \(.h5 / .npz"):
+            read_scenes(tmp_path / name)
 
 
 def _npz(tmp_path, **arrays):
