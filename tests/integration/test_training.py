@@ -667,3 +667,22 @@ def test_a_signal_to_the_whole_job_ends_training_with_its_message(tmp_path):
     time.sleep(1)
     assert not [w for w in running if os.path.exists(f"/proc/{w}")
                 and "Z" not in open(f"/proc/{w}/stat").read().split()[2]]
+
+
+def test_the_fit_order_hint_fits_the_head_as_the_recipe_does():
+    """A review: the fit-order command train prints (Ctrl-C in the order stage, or
+    order.scenes = 0) left out the recipe's order settings, so it fitted another head than
+    the recipe's (the shipped recipe's powers spread over 0-25 dB)."""
+    import shlex
+
+    from risloc.cli.fit_order import scene_fields
+    from risloc.cli.train import _fit_order_options
+
+    cfg = load_train_config("train_default", ["order.scene_mix=false"])
+    words = shlex.split(_fit_order_options(cfg))
+    assert words[:4] == ["--scenes", str(cfg.order.scenes), "--report-scenes",
+                         str(cfg.order.report_scenes)]
+    scenes = [words[i + 1] for i, w in enumerate(words) if w == "--scene"]
+    assert scene_fields(scenes) == cfg.order.scene == {"power_spread_db": [0, 25]}
+    assert words[-1] == "--no-mix"
+    assert "--no-mix" not in _fit_order_options(load_train_config("train_default", []))

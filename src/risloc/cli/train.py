@@ -245,7 +245,8 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
                 "" if _model_of_best_epoch(run) is not None else
                 " (of another epoch than best.pt's now)"))
         console.print(f"order.scenes = 0: no order head fitted, {held} (risloc export-model "
-                      f"{run / 'best.pt'}, then risloc fit-order on what it writes, make one)")
+                      f"{run / 'best.pt'}, then risloc fit-order on what it writes, make one: "
+                      f"{_fit_order_options(cfg, 16384)} for this recipe's other settings)")
     elif resume and _model_is_current(cfg):
         console.print(f"{run / 'model.pt'} is already the inference model of {run / 'best.pt'}, "
                       "its order head fitted with this recipe's order settings: kept (delete "
@@ -257,7 +258,7 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
             console.print(f"[yellow]interrupted while fitting the order head: the training "
                           f"is complete, model.pt is not written; the same command with "
                           f"--resume fits it (or: risloc fit-order {run / HEADLESS} --out "
-                          f"{run / 'model.pt'})[/]")
+                          f"{run / 'model.pt'} {_fit_order_options(cfg)})[/]")
             raise typer.Exit(code=130) from None
 
 
@@ -286,6 +287,19 @@ def _model_is_current(cfg: TrainConfig) -> bool:
             and report.get("scene") == dict(o.scene) and report.get("scene_mix") == o.scene_mix
             and len(report.get("per_snr") or ()) > 0
             and all(r.get("scenes") == o.report_scenes for r in report["per_snr"]))
+
+
+def _fit_order_options(cfg: TrainConfig, scenes: int | None = None) -> str:
+    """The `risloc fit-order` options that fit the head as the recipe's order section does
+    (``scenes`` in place of its count, 0 where it skips the stage)."""
+    import json
+    import shlex
+
+    o = cfg.order
+    opts = [f"--scenes {o.scenes if scenes is None else scenes}",
+            f"--report-scenes {o.report_scenes}"]
+    opts += [f"--scene {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in o.scene.items()]
+    return " ".join(opts + ([] if o.scene_mix else ["--no-mix"]))
 
 
 def _inference_model(cfg, progress_bar: bool) -> Path:
