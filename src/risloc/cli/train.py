@@ -24,7 +24,7 @@ from risloc.io.atomic import (
     make_output_folder,
     write_json_atomic,
 )
-from risloc.training.config import TrainConfig, load_train_config
+from risloc.training.config import OrderStageConfig, TrainConfig, load_train_config
 from risloc.training.loop import LOCK_FILE, RunFolderInUse, run_folder_lock, train
 
 DEFAULT_RECIPE = "train_default"  # the shipped recipe of `risloc train` without --config
@@ -246,7 +246,8 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
                 " (of another epoch than best.pt's now)"))
         console.print(f"order.scenes = 0: no order head fitted, {held} (risloc export-model "
                       f"{run / 'best.pt'}, then risloc fit-order on what it writes, make one: "
-                      f"{_fit_order_options(cfg, 16384)} for this recipe's other settings)")
+                      f"{_fit_order_options(cfg, OrderStageConfig().scenes)} for this "
+                      "recipe's other settings)")
     elif resume and _model_is_current(cfg):
         console.print(f"{run / 'model.pt'} is already the inference model of {run / 'best.pt'}, "
                       "its order head fitted with this recipe's order settings: kept (delete "
@@ -291,7 +292,7 @@ def _model_is_current(cfg: TrainConfig) -> bool:
 
 def _fit_order_options(cfg: TrainConfig, scenes: int | None = None) -> str:
     """The `risloc fit-order` options that fit the head as the recipe's order section does
-    (``scenes`` in place of its count, 0 where it skips the stage)."""
+    (``scenes`` in place of its count: the default where it skips the stage)."""
     import json
     import shlex
 

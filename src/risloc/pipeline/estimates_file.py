@@ -57,10 +57,7 @@ def write_estimates(path: str | Path, rows: list[tuple] | Estimates) -> Path:
 
     def reads_back(written: Path) -> None:  # as read_estimates reads it, no memory taken
         try:
-            with written.open(newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                reader.fieldnames = _header(written, reader.fieldnames)
-                lines = list(enumerate(reader, start=2))
+            lines = list(enumerate(_csv_rows(written)[1], start=2))
             _check_numbering(written, _parse_rows(written, lines), None, None)
         except ValueError as err:  # named by the target, not the temporary
             raise ValueError(f"write_estimates: {err}".replace(str(written), str(path))
@@ -151,16 +148,8 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not an estimates CSV")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM too
-            reader = csv.DictReader(f)
-            reader.fieldnames = _header(path, reader.fieldnames)
-            rows = list(reader)
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not a text CSV in UTF-8 (byte {err.start}: {err.reason}): "
-                         "an estimates CSV, not a scene file or a spreadsheet's own format"
-                         ) from None
-    several = "file" in reader.fieldnames  # a CSV of several input files
+    fieldnames, rows = _csv_rows(path)
+    several = "file" in fieldnames  # a CSV of several input files
     of_file = [_file_index(path, line, r) for line, r in enumerate(rows, start=2)] \
         if several else [0] * len(rows)
     files = sorted(set(of_file))
@@ -194,6 +183,20 @@ def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
         vals["range_m"][b, s] = values[2]
         vals["score"][b, s] = score
     return Estimates(K=K, **vals)
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header (its names made the contract's, :func:`_header`) and rows of an estimates
+    CSV."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM too
+            reader = csv.DictReader(f)
+            reader.fieldnames = _header(path, reader.fieldnames)
+            return list(reader.fieldnames), list(reader)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a text CSV in UTF-8 (byte {err.start}: {err.reason}): "
+                         "an estimates CSV, not a scene file or a spreadsheet's own format"
+                         ) from None
 
 
 def _parse_rows(path: Path, lines: list[tuple[int, dict]]) -> list[tuple]:
