@@ -271,6 +271,13 @@ class SceneKind(ConfigSection):
 Mixture = tuple[tuple[float, SceneConfig], ...]
 
 
+def check_scene_K(scene: SceneConfig, K_max: int, what: str = "scene") -> None:
+    """Refuse a ``scene`` that fixes more sources than the system's ``K_max`` (a SceneConfig
+    alone does not know its system); ``what`` names the scene in the error."""
+    if scene.K is not None and scene.K > K_max:
+        raise ValueError(f"{what}.K={scene.K} exceeds system.K_max={K_max}")
+
+
 def replace_scene_fields(scene: SceneConfig, fields: dict[str, Any], what: str = "scene"
                          ) -> SceneConfig:
     """``scene`` with the SceneConfig ``fields`` replaced, validated; its sources must stay
@@ -316,8 +323,7 @@ class RislocConfig(ConfigSection):
 
     @model_validator(mode="after")
     def _check(self) -> RislocConfig:
-        if self.scene.K is not None and self.scene.K > self.system.K_max:
-            raise ValueError(f"scene.K={self.scene.K} exceeds system.K_max={self.system.K_max}")
+        check_scene_K(self.scene, self.system.K_max)
         return self
 
     def to_json(self) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from risloc.config import Mixture, SceneConfig, replace_scene_fields
+from risloc.config import Mixture, SceneConfig, check_scene_K, replace_scene_fields
 from risloc.core.checks import normalise_scale
 from risloc.inference.checkpoint import (
     check_model_target,
@@ -86,6 +86,7 @@ def order_scenes(pipe: LearnedPipeline, scene: dict | None = None, mix: bool = T
     itself)."""
     r = pipe.recipe
     base = replace_scene_fields(r.scene, scene or {}, "order scene")
+    check_scene_K(base, r.system.K_max, "order scene")
     return r.scenes(base) if mix else base
 
 

@@ -22,6 +22,7 @@ from risloc.config import (
     SceneConfig,
     SceneKind,
     SystemConfig,
+    check_scene_K,
     format_validation_error,
     merge_nested,
     parse_overrides,
@@ -211,12 +212,12 @@ class TrainConfig(ConfigSection):
         if self.simulate_on == "device" and self.prefetch == "process":
             raise ValueError("simulate_on=device cannot run in prefetch=process's workers "
                              "(CUDA does not survive a fork): use prefetch=thread")
-        replace_scene_fields(self.scene, self.order.scene, "order.scene")  # fail before training
-        # the mixture's kinds: valid scenes inside the field of view (scene_mixture), K too
-        for _, sc in self.scenes()[1:] if self.data.scene_mix else ():
-            if sc.K is not None and sc.K > self.system.K_max:
-                raise ValueError(f"a scene_mix kind fixes K={sc.K} above system.K_max="
-                                 f"{self.system.K_max}")
+        # fail before training: the order stage's scene, the mixture's kinds (valid scenes
+        # inside the field of view, scene_mixture), each K within the system's
+        check_scene_K(replace_scene_fields(self.scene, self.order.scene, "order.scene"),
+                      self.system.K_max, "order.scene")
+        for i, (_, sc) in enumerate(self.scenes()[1:] if self.data.scene_mix else ()):
+            check_scene_K(sc, self.system.K_max, f"data.scene_mix[{i}].scene")
         return self
 
     def scenes(self, scene: SceneConfig | None = None) -> SceneConfig | Mixture:

@@ -191,3 +191,6 @@ def test_the_heads_scenes_replace_fields_in_the_recipes_mixture():
     assert mix[1][1].range_m == (0.5, 1.5)
     with pytest.raises(ValueError, match="order scene.*bogus"):
         order_scenes(pipe, {"bogus": 1})
+    # K beyond the model's system: refused here, before fit-order's progress bar (a review)
+    with pytest.raises(ValueError, match=r"order scene\.K=9 exceeds system\.K_max=5"):
+        order_scenes(pipe, {"K": 9})

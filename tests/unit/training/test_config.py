@@ -84,6 +84,7 @@ def test_overrides_and_field_of_view_follow_scene():
     ("order.scene={colour: 3}", "order.scene"),
     ("order.scene={range_m: [0.1, 20]}", "field of view"),
     ("order.scene={power_spread_db: [5, 1]}", "power_spread_db"),
+    ("order.scene={K: 9}", "order.scene.K=9 exceeds system.K_max=5"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.split(".")[-1]) as err:
