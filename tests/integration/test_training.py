@@ -391,6 +391,35 @@ def test_train_without_a_recipe_uses_the_shipped_one_or_on_resume_the_runs_own(
         "order.scenes=0", f"out_dir={tmp_path / 'new'}", "progress=false"])]
 
 
+def test_a_folder_that_refuses_writes_is_named_before_any_setup(tmp_path, monkeypatch):
+    """A review: --overwrite into an immutable folder (chattr +i, which refuses even root)
+    built the model and the validation set, then failed with a bare "[Errno 1] Operation
+    not permitted: 'run/best.pt'"."""
+    import shutil
+    import subprocess
+
+    import risloc.cli.train as cli_train
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"an earlier run's")
+    if shutil.which("chattr") is None or subprocess.run(
+            ["chattr", "+i", str(out)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    monkeypatch.setattr(cli_train, "train", lambda *a, **k: pytest.fail("setup began"))
+    app = typer.Typer()
+    app.command()(train_command)
+    try:
+        res = CliRunner().invoke(app, ["-c", str(TINY), "--out", str(out), "--epochs", "1",
+                                       "--overwrite", "--no-progress"])
+    finally:
+        subprocess.run(["chattr", "-i", str(out)], check=True)
+    assert res.exit_code == 2
+    assert f"the output folder {out} is not writable: Operation not permitted" in \
+        " ".join(res.output.split())
+    assert sorted(p.name for p in out.iterdir()) == ["last.pt"]
+
+
 def test_the_run_holds_its_folder_until_its_model_is_written(tmp_path, monkeypatch):
     """The order head is fitted after training, from best.pt: a second run's --overwrite
     in that window deleted the files it was reading."""

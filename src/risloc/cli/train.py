@@ -20,6 +20,7 @@ from risloc.cli.common import console, handle_errors, progress
 from risloc.cli.common import out as stdout
 from risloc.config import parse_overrides, read_config_file, shipped_recipes
 from risloc.io.atomic import (
+    check_folder_writable,
     check_output_folder,
     make_output_folder,
     write_json_atomic,
@@ -174,6 +175,7 @@ def _train(config, set_, out, epochs, device, threads, resume, progress, overrid
     created = first_rank and not run.exists()
     if first_rank:  # the folder is this run's until its model is written
         make_output_folder(run)
+        check_folder_writable(run)  # (before any setup; root is refused by chattr +i alone)
     try:
         with run_folder_lock(run) if first_rank else contextlib.nullcontext():
             # checked under the lock: a run still writing the folder is named as such, not

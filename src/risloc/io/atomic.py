@@ -202,13 +202,26 @@ def check_writable(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
             raise ValueError(f"the output {path} is not writable: no permission to create "
                              f"folders in {above}")
         return path
+    _probe_write(target, f"the output {path}")
+    return path
+
+
+def check_folder_writable(folder: str | Path, what: str | None = None) -> None:
+    """ValueError unless files can be created and removed in the existing ``folder`` (a
+    read-only or immutable folder, no permission), before a long run starts there."""
+    folder = Path(folder)
+    _probe_write(folder / ".probe", what or f"the output folder {folder}")
+
+
+def _probe_write(target: Path, what: str) -> None:
+    """Create and remove a temporary file beside ``target``; ValueError naming ``what``
+    where the folder refuses either."""
     probe = temporary_name(target)
     try:
         probe.write_bytes(b"")
+        probe.unlink()
     except OSError as err:  # (its strerror: the message without the probe's own name)
-        raise ValueError(f"the output {path} is not writable: {err.strerror or err}"
-                         ) from None
+        raise ValueError(f"{what} is not writable: {err.strerror or err}") from None
     finally:
         with contextlib.suppress(OSError):  # a read-only file system refuses this too
             probe.unlink(missing_ok=True)
-    return path

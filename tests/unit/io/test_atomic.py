@@ -103,7 +103,7 @@ def test_a_read_only_file_system_is_named_not_the_probe(tmp_path, monkeypatch):
     import errno
     from pathlib import Path
 
-    from risloc.io.atomic import check_writable
+    from risloc.io.atomic import check_folder_writable, check_writable
 
     def read_only(self, *args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(self))
@@ -113,6 +113,11 @@ def test_a_read_only_file_system_is_named_not_the_probe(tmp_path, monkeypatch):
     with pytest.raises(ValueError) as err:
         check_writable(tmp_path / "e.csv")
     assert str(err.value) == f"the output {tmp_path / 'e.csv'} is not writable: Read-only " \
+        "file system"
+    # a run's folder (risloc train): named as a folder
+    with pytest.raises(ValueError) as err:
+        check_folder_writable(tmp_path)
+    assert str(err.value) == f"the output folder {tmp_path} is not writable: Read-only " \
         "file system"
 
 
