@@ -292,6 +292,12 @@ def test_the_card_says_what_the_model_was_validated_on_and_errors_name_the_input
     assert "source powers spread over [0.0, 15.0] dB" in card["validation_set"]
     assert "; the SNR withheld from the network;" in card["validation_set"]  # snr_shown 0
     assert card["exported_from"] == str(checkpoint.resolve())
+    # a re-export names the training checkpoint, not the intermediate copy (a review)
+    export_model(tmp_path / "m.pt", tmp_path / "again.pt")
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["exported_from"] == str(checkpoint.resolve())
+    assert {k: v for k, v in again.items() if k != "exported_from"} == \
+        {k: v for k, v in card.items() if k != "exported_from"}
     state = load_checkpoint(checkpoint)
     cfg = json.loads(state["config"])
     cfg["data"]["val_file"] = "data/val.h5"

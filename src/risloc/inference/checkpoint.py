@@ -198,6 +198,20 @@ def _validation_text(data: dict, scene: dict) -> str:
             f" dB, {k}, source powers spread over {spread} dB{kinds}{how}")
 
 
+def _origin(src: str | Path, state: dict) -> str:
+    """The training checkpoint a model comes from: ``src`` itself, or where ``src`` is an
+    exported model (no training state), the origin its card records (a re-export names the
+    training run, not the intermediate copy)."""
+    here = str(Path(src).resolve())
+    if not set(state) <= set(INFERENCE_KEYS):
+        return here
+    try:
+        origin = json.loads(model_card_path(src).read_text()).get("exported_from")
+    except (OSError, ValueError, AttributeError):  # no card, or not one
+        return here
+    return origin if isinstance(origin, str) and origin else here
+
+
 def export_model(src: str | Path, dst: str | Path,
                  verify: Callable[[Path], object] | None = None) -> Path:
     """Write an inference-only copy of a training checkpoint (config + averaged weights,
@@ -217,7 +231,7 @@ def export_model(src: str | Path, dst: str | Path,
     data, scene = cfg.get("data", {}), cfg.get("scene", {})
     card = {
         "risloc_version": risloc.__version__,
-        "exported_from": str(Path(src).resolve()),
+        "exported_from": _origin(src, state),
         "epoch": state.get("epoch"), "optimizer_steps": state.get("step"),
         "epochs_logged": len(history),
         "seconds_per_epoch_median": (statistics.median(h["seconds"] for h in history)
