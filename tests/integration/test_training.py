@@ -620,6 +620,22 @@ def test_a_rank_other_than_0_prints_its_warnings_and_errors_only(monkeypatch, ca
     assert "after" in capsys.readouterr().err
 
 
+def test_log_records_to_a_file_or_pipe_are_one_line_each(capsys):
+    """A review: rich's log handler laid records out in 80 columns wherever stderr went, so
+    a training log redirected to a file broke every long line in two."""
+    import logging
+
+    from risloc.cli.common import setup_logging
+
+    setup_logging(False)  # (stderr is captured here: not a terminal)
+    words = " ".join(f"word{i}" for i in range(40))  # ~280 characters
+    logging.getLogger("risloc.training.loop").info("model: %s", words)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].endswith(f"INFO    model: {words}"), lines
+    logging.getLogger("risloc.training.loop").debug("not at INFO")
+    assert capsys.readouterr().err == ""
+
+
 def test_a_run_begun_without_amp_resumes_where_amp_is_on(tmp_path, monkeypatch):
     """A run begun on the CPU (AMP off: its GradScaler's state is empty) resumed on a GPU
     (device is free to change; AMP on there) starts the scaler afresh. Before, GradScaler's

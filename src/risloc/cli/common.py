@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -26,7 +27,7 @@ from risloc.config import ConfigError, RislocConfig, load_config
 
 # Printed messages are never broken into lines of the terminal's width by rich (the
 # terminal wraps them): a path or command in one stays whole, to copy (log lines, through
-# rich's logging handler, are laid out by it).
+# rich's logging handler on a terminal, are laid out by it; setup_logging).
 console = Console(stderr=True, soft_wrap=True)
 # Tables stay readable when stdout is a file or pipe (rich would fall back to 80 columns).
 out = Console(width=None if Console().is_terminal else 150)
@@ -42,9 +43,30 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 F = TypeVar("F", bound=Callable)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Log records as plain lines on the sys.stderr of the moment (as the console writes)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # (StreamHandler sets it; the current stderr is used)
+        pass
+
+
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+    """Log records through rich on a terminal; to a file or pipe (a training run's log, CI)
+    one plain line each, never broken at rich's 80 columns."""
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s",
+                                               "%Y-%m-%d %H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler],
+                        force=True)
 
 
 def handle_errors(fn: F) -> F:

@@ -137,11 +137,12 @@ def _rank_zero_reports() -> Iterator[None]:
     if int(os.environ.get("RANK", "0")) == 0:
         yield
         return
-    handlers = [h for h in logging.getLogger().handlers if isinstance(h, RichHandler)]
-    saved = [(h, h.console, h.level) for h in handlers]
+    handlers = logging.getLogger().handlers
+    saved = [(h, getattr(h, "console", None), h.level) for h in handlers]
     loud = Console(stderr=True)
     for h in handlers:
-        h.console = loud
+        if isinstance(h, RichHandler):  # (its console is quieted below)
+            h.console = loud
         h.setLevel(logging.WARNING)
     quiet, console.quiet = console.quiet, True
     try:
@@ -149,7 +150,8 @@ def _rank_zero_reports() -> Iterator[None]:
     finally:
         console.quiet = quiet
         for h, c, level in saved:
-            h.console = c
+            if isinstance(h, RichHandler):
+                h.console = c
             h.setLevel(level)
 
 
