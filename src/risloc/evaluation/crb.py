@@ -378,7 +378,10 @@ def crb_for_scenes(scenes: SceneBatch, system: SystemConfig,
 
 
 def _array(name: str, x, dtype: torch.dtype) -> torch.Tensor:
-    return as_tensor(name, x).to(dtype)
+    t = as_tensor(name, x)
+    if t.is_complex() and not dtype.is_complex:  # (torch would drop the imaginary part)
+        raise TypeError(f"{name} must be real, got {str(t.dtype).removeprefix('torch.')}")
+    return t.to(dtype)
 
 
 def _symbols(symbols) -> torch.Tensor:

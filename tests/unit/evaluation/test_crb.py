@@ -495,6 +495,11 @@ def test_user_crb_names_bad_inputs_instead_of_a_wrong_bound_or_a_traceback(syste
                 args.pop("elevation_deg"), args.pop("range_m"), system, **args)
     with pytest.raises(TypeError, match="H must be complex"):  # as the guide says
         crb(H.real, c, az, el, r, system, snr_db=10.0)
+    # a complex coordinate or power: refused, not cast to its real part with a warning
+    with pytest.raises(TypeError, match="azimuth_deg must be real, got complex128"):
+        crb(H, c, [10 + 1j, -20.0], el, r, system, snr_db=10.0)
+    with pytest.raises(TypeError, match="powers must be real, got complex64"):
+        crb(H, c, az, el, r, system, snr_db=10.0, powers=torch.ones(2, dtype=torch.complex64))
     p = torch.ones(2, requires_grad=True)
     got = crb(H, c, az, el, r, system, snr_db=10.0, powers=p)
     assert not got["range_m"].requires_grad
