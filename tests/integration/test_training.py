@@ -264,11 +264,21 @@ def test_overfits_a_small_fixed_set(tmp_path):
 
 
 def test_accumulation_and_early_stopping(tmp_path):
+    from risloc.config import ConfigError
+
+    # the Python API's misuse (a review): a recipe's name, a dict with a bad field
+    with pytest.raises(TypeError, match="got str .*load_train_config"):
+        train(str(TINY))
+    bad = load_train_config(TINY, [f"out_dir={tmp_path / 'never'}"]).model_dump()
+    bad["schedule"]["patience"] = -1
+    with pytest.raises(ConfigError, match="schedule.patience"):
+        train(bad)
+    assert not (tmp_path / "never").exists()
     cfg = load_train_config(TINY, [f"out_dir={tmp_path}", "optim.accumulation=2",
                                    "schedule.steps_per_epoch=1", "schedule.epochs=4",
                                    "schedule.patience=2", "schedule.min_improvement=1e3",
                                    "schedule.swa_frac=0"])
-    metrics = train(cfg)
+    metrics = train(cfg.model_dump())  # a dict of the fields, as a TrainConfig
     assert metrics["stopped_early"] == 1.0 and metrics["epochs_run"] == 3
     assert metrics["best_epoch"] == 1
     st = load_checkpoint(tmp_path / "last.pt")

@@ -46,6 +46,7 @@ from risloc.training.config import (
     differences,
     listed,
     trajectory,
+    validate_train_config,
 )
 from risloc.training.data import TrainData, prefetched, validation_set
 from risloc.training.evaluate import EvalResult, evaluate, true_target
@@ -458,8 +459,16 @@ def train(cfg: TrainConfig, resume: bool = False,
     data files, validation set, the checkpoint resumed from) and before it writes anything:
     ``risloc train --overwrite`` deletes the old run there, so a run that cannot start leaves
     it whole. Writes out_dir/{best.pt, last.pt, final.pt, epochs.csv, steps.csv}, holding
-    the folder (:func:`run_folder_lock`) unless ``lock=False`` (a caller that holds it).
+    the folder (:func:`run_folder_lock`) unless ``lock=False`` (a caller that holds it); a
+    run already there is replaced unless ``resume`` (``risloc train`` refuses one without
+    --resume or --overwrite). ``cfg``: a TrainConfig, or a dict of its fields.
     """
+    if isinstance(cfg, dict):
+        cfg = validate_train_config(cfg)
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig or a dict of its fields, got "
+                        f"{type(cfg).__name__} (a recipe's name or file: "
+                        "risloc.training.load_train_config(recipe, overrides))")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     first = int(os.environ.get("RANK", "0")) == 0  # data-parallel: rank 0 holds the folder
