@@ -528,6 +528,30 @@ def recipe_path(recipe: str | Path) -> Path:
                       f"a path: {', '.join(shipped_recipes())})")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader refusing a key given twice in one mapping (plain YAML keeps the
+    last, silently: a recipe or search space would not be what its file reads)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                again = key in seen
+            except TypeError:  # an unhashable key: the base loader names it
+                break
+            if again:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a key repeated in a mapping."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (.yaml/.yml) or TOML (.toml) file into a dict."""
     path = Path(path)
@@ -538,7 +562,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} must end in .yaml, .yml or .toml")
     try:
         text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text) if toml else yaml.safe_load(text) or {}
+        data = tomllib.loads(text) if toml else load_yaml(text) or {}
     except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         kind = "TOML" if toml else "YAML"
         raise ConfigError(f"config file {path} is not valid {kind}: {_first_line(err)}"

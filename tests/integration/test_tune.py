@@ -94,14 +94,19 @@ def test_baseline_trial_is_the_base_recipe_and_is_reported(tmp_path):
     # multiples of another base lr would mix in, and best_overrides.yaml be wrong)
     for change, named in ((dict(overrides=("optim.lr=0.5",)), r"optim.lr: [\d.e-]+ -> 0.5"),
                           (dict(epochs=2), "schedule.epochs: 1 -> 2"),
-                          (dict(space=None), r"\(the search space\)")):
+                          (dict(space=None), r"\(the search space's evaluation\.n_range, "
+                                             r".*optim\.lr, optim\.weight_decay\)")):
         kw = dict(config=TINY, out_dir=str(tmp_path), n_trials=4, epochs=1, seed=3,
                   space=str(space)) | change
         with pytest.raises(ValueError, match="holds trials of another recipe or search space"
                            ) as err:
             tune(TuneSettings(**kw))
-        assert re.search(named, str(err.value)), err.value
+        assert re.search(named, str(err.value)), str(err.value)
     assert len(open_study(TuneSettings(config=TINY, out_dir=str(tmp_path))).trials) == 3
+    # the same space with its entries in another order is that space (a review: refused)
+    space.write_text("\n".join(reversed(space.read_text().strip().splitlines())) + "\n")
+    tune(TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=3, epochs=1, seed=3,
+                      space=str(space)))
     # a --set of a searched field would be replaced by each trial's value: refused (a
     # review: silently ignored); a relative field's --set is the base it multiplies
     with pytest.raises(ValueError, match=r"--set blend.beta=0.9: blend.beta is searched \(.*"
@@ -447,6 +452,30 @@ def test_a_storage_that_cannot_be_opened_is_named_and_claims_no_folder(tmp_path)
         assert "<the --storage URL>" not in res.output  # (a banner before the error said so)
         assert not (out / "study.json").exists()  # the folder is free for a right --storage
         assert not out.exists(), url  # nor any folder made for a storage that cannot open
+    # another program's SQLite database (a review: a traceback after claiming the folder,
+    # Optuna's tables added to it); a study of that name that maximizes
+    import sqlite3
+
+    import optuna
+
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as con:
+        con.execute("create table trials(x int)")
+    con.close()
+    before = other.read_bytes()
+    optuna.create_study(study_name="m", storage=f"sqlite:///{tmp_path / 'max.db'}",
+                        direction="maximize")
+    for url, name, says in (
+            (f"sqlite:///{other}", "risloc", f"the study storage sqlite:///{other} holds tables "
+             "of another program (trials, no Optuna version_info)"),
+            (f"sqlite:///{tmp_path / 'max.db'}", "m", "study 'm' (sqlite:///"
+             f"{tmp_path / 'max.db'}) maximizes its objective; risloc tune minimizes")):
+        res = runner.invoke(app, ["tune", "--config", TINY, "--trials", "1", "--epochs", "1",
+                                  "--out", str(out), "--storage", url, "--study-name", name,
+                                  *FAST])
+        assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output
+        assert not out.exists()
+    assert other.read_bytes() == before
     # --baseline with a recipe outside the space: refused before a study records it
     res = runner.invoke(app, ["tune", "--config", TINY, "--trials", "1", "--epochs", "1",
                               "--out", str(out), "--baseline", *FAST])

@@ -36,7 +36,8 @@ def tune_command(
     space: Annotated[Path | None, typer.Option(
         help="Search-space YAML (default: risloc/hpo/search_space.yaml).")] = None,
     seed: Annotated[int, typer.Option(
-        min=0, help="Base seed of the TPE sampler (each worker adds its own offset).")] = 0,
+        min=0, help="Base seed of the TPE sampler (each trial adds its trial number: one "
+                    "worker with the same seed draws the same trials).")] = 0,
     startup_trials: Annotated[int, typer.Option(
         min=0, help="MedianPruner: trials before any is pruned.")] = 6,
     warmup_epochs: Annotated[int, typer.Option(

@@ -11,8 +11,9 @@ every phase; ``--epochs`` should leave each phase at least one epoch.
 
 Scale-out: the study lives in any SQLAlchemy database (``--storage``; default an SQLite
 file in the output folder). Any number of workers on any machines run the same command
-against one storage and study name; each draws from its own seed (the base seed plus a
-per-process offset), the study stops at ``n_trials`` finished trials in total, and a
+against one storage and study name; each trial is drawn with a seed made of the base
+seed and its trial number (:func:`trial_seed`: workers draw different trials, a study run
+again by one worker draws the same), the study stops at ``n_trials`` finished trials in total, and a
 worker that dies mid-trial stops sending heartbeats: after ``grace_s`` its trial is marked
 failed and queued again for another worker, which resumes its run from its last finished
 epoch. The test split is never touched.
@@ -29,7 +30,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from risloc.hpo.space import SET_BY_TUNE, Dimension, load_space
+from risloc.hpo.space import SET_BY_TUNE, Dimension, load_space, override
 from risloc.io.atomic import check_output_folder, write_csv_atomic, write_text_atomic
 from risloc.training.config import (
     RUN_FREE,
@@ -65,7 +65,7 @@ class TuneSettings:
     space : search-space YAML file (None: the package's risloc/hpo/search_space.yaml)
     n_trials : finished (complete or pruned) trials wanted in the study, over all workers
     epochs : training epochs per trial
-    seed : base seed of the TPE sampler (each worker adds its own offset)
+    seed : base seed of the TPE sampler (each trial adds its number: :func:`trial_seed`)
     startup_trials / warmup_epochs : MedianPruner(n_startup_trials, n_warmup_steps)
     baseline : queue the base recipe itself as a trial (once per study), so the study's
         best is read against the untuned recipe trained with the same budget
@@ -105,12 +105,16 @@ class TuneSettings:
                 raise ValueError(f"--storage {self.storage!r} is not an SQLAlchemy URL (e.g. "
                                  "sqlite:///runs/tune/study.db or "
                                  "postgresql://user:pass@host/db)") from None
+        if isinstance(self.overrides, str):  # (iterated, read character by character)
+            raise TypeError(f"overrides must be a tuple of section.field=value strings, got "
+                            f"the string {self.overrides!r} (write ({self.overrides!r},))")
         for item in self.overrides:  # (tune's own values would silently win)
-            key = item.partition("=")[0].strip()
-            if key in SET_BY_TUNE and key != "progress":
-                how = {"schedule.epochs": ": use --epochs", "out_dir": ": use --out"}
-                raise ValueError(f"--set {item}: risloc tune sets {key} itself"
-                                 f"{how.get(key, '')}")
+            for key in set_fields(item):
+                if key in SET_BY_TUNE and item.replace(" ", "") != "progress=false":
+                    how = {"schedule.epochs": ": use --epochs", "out_dir": ": use --out",
+                           "progress": ": trials never show progress bars"}
+                    raise ValueError(f"--set {item}: risloc tune sets {key} itself"
+                                     f"{how.get(key, '')}")
 
     @property
     def storage_url(self) -> str:
@@ -164,6 +168,22 @@ class TuneSettings:
         return fixed
 
 
+def set_fields(item: str) -> list[str]:
+    """The dotted recipe fields an override sets: ``optim.lr=1e-3`` sets optim.lr, and
+    ``optim={lr: 1e-3, batch_size: 32}`` (a section's mapping) each field it holds."""
+    from risloc.config import parse_overrides
+
+    def leaves(node: Any, prefix: str) -> list[str]:
+        if isinstance(node, dict) and node:
+            return [f for k, v in node.items() for f in leaves(v, f"{prefix}.{k}")]
+        return [prefix]
+
+    if "=" not in item:  # (named by the recipe's own reading)
+        return [item.strip()]
+    parsed = parse_overrides([item])
+    return [f for k, v in parsed.items() for f in leaves(v, k)]
+
+
 def _trial_config(settings: TuneSettings, values: list[str], number: int) -> TrainConfig:
     run_dir = Path(settings.out_dir) / f"trial_{number:04d}"
     return load_train_config(settings.config, [
@@ -178,7 +198,7 @@ def _objective(settings: TuneSettings, base: TrainConfig, space: tuple[Dimension
     from risloc.training.loop import DivergedError, ResumeRefused, RunFolderInUse
 
     def objective(trial: optuna.Trial) -> float:
-        values = [f"{d.field}={d.suggest(trial, base)!r}" for d in space]
+        values = [override(d.field, d.suggest(trial, base)) for d in space]
         # a trial that continues an interrupted one, or Optuna's copy of one whose worker
         # died, trains on in that one's run folder
         run = _continued_run(trial)
@@ -295,9 +315,55 @@ def requeue_interrupted(study) -> list[int]:
     return queued
 
 
-def worker_seed(seed: int) -> int:
-    """The sampler seed of this process: workers sharing a study draw different trials."""
-    return (seed * 1_000_003 + os.getpid()) % (2**31 - 1)
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed of trial ``number``: a study's trials are numbered by its storage,
+    once each, so workers sharing it draw different trials, and one worker that runs a
+    study again with the same seed draws the same ones."""
+    return (seed * 1_000_003 + number) % (2**31 - 1)
+
+
+def _tpe(seed: int):
+    """The study's sampler: multivariate TPE with the constant liar (workers' running
+    trials count as bad ones), seeded."""
+    import optuna
+
+    with warnings.catch_warnings():  # multivariate/group/liar: "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                          constant_liar=True)
+
+
+def trial_seeded_sampler(seed: int):
+    """A sampler that draws each trial as a TPE sampler seeded by :func:`trial_seed` (TPE
+    keeps no state between trials but its random generator; a generator seeded per process
+    made no study reproducible)."""
+    from optuna.samplers import BaseSampler
+
+    class TrialSeeded(BaseSampler):
+        def __init__(self) -> None:
+            self._tpe = _tpe(seed)
+
+        def before_trial(self, study, trial) -> None:  # (first of a trial's calls)
+            self._tpe = _tpe(trial_seed(seed, trial.number))
+            self._tpe.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self._tpe.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self._tpe.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self._tpe.sample_independent(study, trial, param_name,
+                                                param_distribution)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self._tpe.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            self._tpe.reseed_rng()
+
+    return TrialSeeded()
 
 
 def _stale_trial_retry() -> dict:
@@ -350,11 +416,9 @@ def open_study(settings: TuneSettings):
                          "process and no other worker sees it; give a file, e.g. "
                          "sqlite:///runs/tune/study.db")
     try:
-        with warnings.catch_warnings():  # multivariate/group/liar: "experimental" in Optuna
+        _check_foreign_tables(url, shown)
+        with warnings.catch_warnings():  # "experimental" in Optuna
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(seed=worker_seed(settings.seed),
-                                                 multivariate=True, group=True,
-                                                 constant_liar=True)
             sqlite = parsed.get_backend_name() == "sqlite"
             storage = RDBStorage(url, heartbeat_interval=settings.heartbeat_s,
                                  grace_period=settings.grace_s, **_stale_trial_retry(),
@@ -363,14 +427,47 @@ def open_study(settings: TuneSettings):
                 serialize_sqlite(storage.engine)
         # (its info lines, "A new study created in RDB ...", in its own format: not ours)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        return optuna.create_study(
+        study = optuna.create_study(
             study_name=settings.study_name, storage=storage, load_if_exists=True,
-            direction="minimize", sampler=sampler,
+            direction="minimize", sampler=trial_seeded_sampler(settings.seed),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials,
                                                n_warmup_steps=settings.warmup_epochs))
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:
         first = " ".join(str(err).split())[:300]
         raise ValueError(f"cannot open the study storage {shown}: {first}") from None
+    # (create_study loads a study of that name as it is, whatever its direction)
+    if study.directions != [optuna.study.StudyDirection.MINIMIZE]:
+        held = (f"has {len(study.directions)} objectives" if len(study.directions) > 1
+                else "maximizes its objective")
+        raise ValueError(f"study {settings.study_name!r} ({shown}) {held}; risloc tune "
+                         "minimizes its one validation objective: give this search another "
+                         "--study-name")
+    return study
+
+
+# the tables of an Optuna storage that another program's database may also name
+_OPTUNA_TABLES = {"studies", "study_directions", "study_user_attributes",
+                  "study_system_attributes", "trials", "trial_params", "trial_values",
+                  "trial_user_attributes", "trial_system_attributes",
+                  "trial_intermediate_values", "trial_heartbeats", "version_info"}
+
+
+def _check_foreign_tables(url: str, shown: str) -> None:
+    """ValueError where the database holds tables named as Optuna's but no Optuna storage
+    (another program's database): Optuna would add its own tables beside them and fail on
+    theirs."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            tables = set(sqlalchemy.inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+    if tables & _OPTUNA_TABLES and "version_info" not in tables:
+        raise ValueError(f"the study storage {shown} holds tables of another program "
+                         f"({', '.join(sorted(tables & _OPTUNA_TABLES))}, no Optuna "
+                         "version_info): give Optuna a database of its own")
 
 
 STUDY_MARK = "study.json"  # the study an output folder's trial runs and reports belong to
@@ -469,8 +566,11 @@ def check_study_recipe(study, settings: TuneSettings, space: tuple[Dimension, ..
         recipe = {**recipe, "data": {**recipe["data"], **{
             k: "given" for k in held["data"] if recipe["data"].get(k) is not None}}}
     diff = differences(recipe, mine["recipe"])
-    if held["space"] != mine["space"]:
-        diff.append("the search space")
+    spaces = [{d["field"]: d for d in space} for space in (held["space"], mine["space"])]
+    if spaces[0] != spaces[1]:  # (entries in another order: the same space)
+        fields = sorted(f for f in spaces[0].keys() | spaces[1].keys()
+                        if spaces[0].get(f) != spaces[1].get(f))
+        diff.append(f"the search space's {', '.join(fields)}")
     for name, digest in (held.get("data") or {}).items():  # (older studies: no digests)
         if mine["data"].get(name) not in (None, digest):
             diff.append(f"the contents of data.{name}")
@@ -501,14 +601,16 @@ def tune(settings: TuneSettings):
     # (a relative field's --set is its base value, which the trials multiply)
     searched = {d.field for d in space if not d.relative}
     for item in settings.overrides:  # (the trials' values come after --set, and win)
-        key = item.partition("=")[0].strip()
-        if key in searched:
+        for key in set(set_fields(item)) & searched:
             where = settings.space or "the default search space"
             raise ValueError(f"--set {item}: {key} is searched ({where}), so each trial's "
                              "value would replace yours; to fix it, give --space a space "
                              "without it")
     # the base recipe inside the space (--baseline), checked before any study is touched
     baseline = {d.field: d.base_param(base) for d in space} if settings.baseline else None
+    if settings.warmup_epochs >= settings.epochs:
+        log.warning("--warmup-epochs %d is not below --epochs %d: no trial will be pruned",
+                    settings.warmup_epochs, settings.epochs)
     claim_folder(settings, write=False)
     study = open_study(settings)
     check_study_recipe(study, settings, space)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +12,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from risloc.config import ConfigError, merge_nested, parse_overrides
-from risloc.training.config import TrainConfig, load_train_config, validate_train_config
+from risloc.config import ConfigError, load_yaml, merge_nested, parse_overrides
+from risloc.training.config import (
+    TrainConfig,
+    load_train_config,
+    scheduled_message,
+    validate_train_config,
+)
 
 
 @dataclass(frozen=True)
@@ -67,8 +73,10 @@ def load_space(path: str | Path, base: TrainConfig | None = None) -> tuple[Dimen
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"search space file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"the search space {path} is a folder, not a YAML file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"search space file {path} is not valid YAML: "
                           f"{' '.join(str(err).split())[:300]}") from None
@@ -93,9 +101,17 @@ def load_space(path: str | Path, base: TrainConfig | None = None) -> tuple[Dimen
             raise ConfigError(f"{path}: {field} is a section of the recipe; search its "
                               "fields (e.g. optim.lr)")
         if "choices" in spec:
-            if not isinstance(spec["choices"], list) or not spec["choices"]:
+            ranged = sorted(set(spec) - {"choices"})
+            if ranged:  # (they would be dropped: a relative choice taken as the value)
+                raise ConfigError(f"{path}: {field}: choices are the values themselves; "
+                                  f"{', '.join(ranged)} belong to a range (low, high)")
+            choices = spec["choices"]
+            if not isinstance(choices, list) or not choices:
                 raise ConfigError(f"{path}: {field}: choices must be a non-empty list")
-            dim = Dimension(field, choices=tuple(spec["choices"]))
+            if any(choices.index(c) != i for i, c in enumerate(choices)):
+                raise ConfigError(f"{path}: {field}: a choice is listed twice in {choices} "
+                                  "(it would be drawn twice as often)")
+            dim = Dimension(field, choices=tuple(choices))
         else:
             try:
                 lo, hi = float(spec["low"]), float(spec["high"])
@@ -116,15 +132,25 @@ def load_space(path: str | Path, base: TrainConfig | None = None) -> tuple[Dimen
                     raise ConfigError(f"{path}: {field}: {flag} must be true or false, got "
                                       f"{spec[flag]!r}")
             dim = Dimension(field, lo, hi, bool(spec.get("log")), bool(spec.get("relative")))
+        scheduled = base.schedule.weight_schedule
+        if field.startswith("loss.") and field[5:] in scheduled:
+            raise ConfigError(f"{path}: {field}: {scheduled_message(field[5:], scheduled)}, "
+                              "so it cannot be searched")
         for value in _extremes(dim, base):  # every trial's recipe validates
             try:
                 validate_train_config(merge_nested(base.model_dump(),
-                                                   parse_overrides([f"{field}={value!r}"])))
+                                                   parse_overrides([override(field, value)])))
             except ConfigError as err:
                 raise ConfigError(f"{path}: {field}={value!r} makes no valid recipe: "
                                   f"{err}") from None
         dims.append(dim)
     return tuple(dims)
+
+
+def override(field: str, value: Any) -> str:
+    """The recipe override ``field=value`` that gives ``field`` exactly ``value`` (read back
+    as YAML: None as null, not the string 'None')."""
+    return f"{field}={json.dumps(value)}"
 
 
 # recipe fields every trial's config sets (risloc.hpo.search._trial_config)

@@ -313,9 +313,14 @@ def load_train_config(path: str | Path | None = None,
     clash = sorted(k for k in data.get("loss") or {} if k in scheduled)
     if clash:  # the schedule would replace the value set each epoch, silently
         k = clash[0]
-        raise ConfigError(
-            f"loss.{k} is set, but schedule.weight_schedule sets it every epoch "
-            f"({', '.join(f'{v:g}' for v in scheduled[k])} in the warm-up, main and final "
-            f"phases): set the schedule instead, e.g. --set "
-            f"'schedule.weight_schedule.{k}=[0, 0, 0]'")
+        raise ConfigError(f"loss.{k} is set, but {scheduled_message(k, scheduled)}: set the "
+                          f"schedule instead, e.g. --set "
+                          f"'schedule.weight_schedule.{k}=[0, 0, 0]'")
     return cfg
+
+
+def scheduled_message(term: str, scheduled: dict[str, Any]) -> str:
+    """Why a loss weight that schedule.weight_schedule sets cannot be set (or searched)."""
+    return (f"schedule.weight_schedule sets it every epoch "
+            f"({', '.join(f'{v:g}' for v in scheduled[term])} in the warm-up, main and final "
+            "phases)")

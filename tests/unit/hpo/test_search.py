@@ -5,7 +5,8 @@ import pytest
 
 from risloc.config import ConfigError
 from risloc.hpo import TuneSettings, load_space
-from risloc.hpo.search import DEFAULT_SPACE, worker_seed
+from risloc.hpo.search import DEFAULT_SPACE, trial_seed, trial_seeded_sampler
+from risloc.hpo.space import override
 from risloc.training import load_train_config
 
 
@@ -15,7 +16,8 @@ def test_default_space_suggests_valid_recipes_with_a_relative_lr():
     fields = {d.field for d in space}
     assert {"optim.lr", "optim.batch_size", "model.refine_iterations"} <= fields
     params = {d.field: (d.choices[-1] if d.choices else d.low) for d in space}
-    values = [f"{d.field}={d.suggest(optuna.trial.FixedTrial(params), base)!r}" for d in space]
+    values = [override(d.field, d.suggest(optuna.trial.FixedTrial(params), base))
+              for d in space]
     cfg = load_train_config(None, values)
     lr = next(d for d in space if d.field == "optim.lr")
     assert cfg.optim.lr == pytest.approx(2e-3 * lr.low)
@@ -28,7 +30,8 @@ def test_base_params_reproduce_the_base_recipe_or_name_the_field_outside(tmp_pat
     params = {d.field: d.base_param(base) for d in space}
     assert params["optim.lr"] == 1.0  # relative to the recipe's
     assert params["optim.batch_size"] == 64
-    values = [f"{d.field}={d.suggest(optuna.trial.FixedTrial(params), base)!r}" for d in space]
+    values = [override(d.field, d.suggest(optuna.trial.FixedTrial(params), base))
+              for d in space]
     assert load_train_config(None, ["optim.lr=2e-3", "optim.batch_size=64", *values]) == base
     outside = load_train_config(None, ["optim.batch_size=48"])
     with pytest.raises(ConfigError, match="optim.batch_size=48 lies outside"):
@@ -52,14 +55,38 @@ def test_space_files_are_checked_entry_by_entry(tmp_path):
                       ("blend.beta: {choices: [0.2, 7]}", "blend.beta=7 makes no valid"),
                       # a quoted "no" was read as true (a review found it)
                       ('optim.lr: {low: 0.5, high: 2, log: "no"}',
-                       "log must be true or false, got 'no'")):
+                       "log must be true or false, got 'no'"),
+                      # a review: these were taken, silently read otherwise
+                      ("optim.lr: {choices: [0.5, 2], relative: true}",  # lr = 2, absolute
+                       "choices are the values themselves; relative belong to a range"),
+                      ("optim.batch_size: {choices: [16, 16, 32]}", "a choice is listed twice"),
+                      ("blend.beta: {low: 0.1, high: 0.3}\nblend.beta: {low: 0.2, high: 0.4}",
+                       "the key 'blend.beta' is given twice"),
+                      ("loss.lam_peak_contrast: {low: 0.05, high: 0.2}",  # failed its trial
+                       "loss.lam_peak_contrast: schedule.weight_schedule sets it every epoch "
+                       r"\(.*\), so it cannot be searched")):
         p = tmp_path / "s.yaml"
         p.write_text(text)
         with pytest.raises(ConfigError, match=msg):
             load_space(p)
+    with pytest.raises(ConfigError, match="is a folder, not a YAML file"):
+        load_space(tmp_path)
 
 
-def test_settings_and_worker_seeds():
+def test_a_null_choice_reaches_the_recipe_as_none(tmp_path):
+    """A review: values went to the recipe as their repr, read back as YAML: None became
+    the string 'None' (a trial then looked for the validation file ./None)."""
+    p = tmp_path / "s.yaml"
+    p.write_text("scene.K: {choices: [null, 2]}\nprefetch: {choices: [thread, process]}\n")
+    space = load_space(p)
+    for K in (None, 2):
+        params = {"scene.K": K, "prefetch": "process"}
+        cfg = load_train_config(None, [override(d.field, d.suggest(
+            optuna.trial.FixedTrial(params), load_train_config(None))) for d in space])
+        assert cfg.scene.K == K and cfg.prefetch == "process"
+
+
+def test_settings_and_trial_seeds():
     with pytest.raises(ValueError, match="n_trials"):
         TuneSettings(config=None, n_trials=0)
     with pytest.raises(ValueError, match="heartbeat"):
@@ -67,7 +94,37 @@ def test_settings_and_worker_seeds():
     s = TuneSettings(config=None, out_dir="runs/x")
     assert s.storage_url.startswith("sqlite:///") and s.storage_url.endswith("study.db")
     assert TuneSettings(config=None, storage="mysql://u@h/db").storage_url == "mysql://u@h/db"
-    assert worker_seed(0) == worker_seed(0) and 0 <= worker_seed(7) < 2**31
+    assert trial_seed(0, 3) == trial_seed(0, 3) != trial_seed(0, 4)
+    assert 0 <= trial_seed(7, 10**12) < 2**31
+    with pytest.raises(TypeError, match=r"the string 'optim.lr=1e-3' \(write \("):
+        TuneSettings(config=None, overrides="optim.lr=1e-3")
+    # a section's mapping sets its fields: tune's own are refused in that form too (a review)
+    with pytest.raises(ValueError, match="sets schedule.epochs itself: use --epochs"):
+        TuneSettings(config=None, overrides=('schedule={"epochs": 3}',))
+    with pytest.raises(ValueError, match="trials never show progress bars"):
+        TuneSettings(config=None, overrides=("progress=true",))
+
+
+def test_one_worker_with_one_seed_draws_the_same_trials_and_workers_different_ones():
+    """A review: the sampler was seeded with the base seed plus the process id, so no study
+    could be drawn again; now each trial's draw is seeded by its number."""
+    def draws(seed: int, n: int = 12) -> list[tuple[float, int]]:
+        study = optuna.create_study(sampler=trial_seeded_sampler(seed))
+        study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_int("n", 0, 9) / 10,
+                       n_trials=n)
+        return [(t.params["x"], t.params["n"]) for t in study.trials]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    first = draws(3)
+    assert draws(3) == first  # beyond TPE's 10 startup trials too
+    assert draws(4) != first
+    assert len(set(first)) == len(first)
+    # two workers of one study (one process here, as two machines' workers with one pid)
+    storage = optuna.storages.InMemoryStorage()
+    workers = [optuna.create_study(storage=storage, study_name="s", load_if_exists=True,
+                                   sampler=trial_seeded_sampler(3)) for _ in range(2)]
+    asked = [w.ask() for w in workers]
+    assert asked[0].suggest_float("x", 0, 1) != asked[1].suggest_float("x", 0, 1)
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used",
