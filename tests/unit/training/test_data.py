@@ -88,7 +88,8 @@ def test_scene_mix_reaches_training_validation_and_the_stored_recipe():
     assert not load_train_config(None, [*mix, "order.scene_mix=false"]).order.scene_mix
     with pytest.raises(ConfigError, match="range_m"):
         load_train_config(None, ["data.scene_mix=[{share: 0.5, scene: {range_m: [0.1, 1]}}]"])
-    with pytest.raises(ConfigError, match=r"data\.scene_mix\[0\]\.scene\.K=7 exceeds system\.K_max=5"):
+    with pytest.raises(ConfigError,
+                       match=r"data\.scene_mix\[0\]\.scene\.K=7 exceeds system\.K_max=5"):
         load_train_config(None, ["data.scene_mix=[{share: 0.5, scene: {K: 7}}]"])
 
 
