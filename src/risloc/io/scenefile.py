@@ -173,8 +173,9 @@ class SceneFileWriter:
             for name in TRUTH:
                 f.create_dataset(name, (n, s.K_max), np.float32)
         f.attrs["system"] = _system_json(s)
-        for k, v in self.attrs.items():
-            f.attrs[k] = v if isinstance(v, int | float | str) else json.dumps(v, default=_plain)
+        for k, v in self.attrs.items():  # (an int beyond 64 bits, e.g. a seed: as text)
+            native = isinstance(v, float | str) or (isinstance(v, int) and -2**63 <= v < 2**64)
+            f.attrs[k] = v if native else json.dumps(v, default=_plain)
 
     def write(self, start: int, batch: SceneBatch) -> None:
         """Scenes ``start .. start + len(batch) - 1`` (fields torch tensors or any arrays)."""
