@@ -116,7 +116,15 @@ def simulate_range(start: int, stop: int, system: SystemConfig,
         blk = simulate_mixture(BLOCK, system, scene, gen, snr_db=snr_db, K=K, device=device)
         lo, hi = max(start - b * BLOCK, 0), min(stop - b * BLOCK, BLOCK)
         parts.append(blk[lo:hi])
-    return concat_batches(parts)
+    out = concat_batches(parts)
+    bad = ~(torch.isfinite(torch.view_as_real(out.y)).flatten(1).all(1)
+            & torch.isfinite(torch.view_as_real(out.H)).flatten(1).all(1))
+    if bool(bad.any()):  # (a value of the configuration beyond float32's reach)
+        raise ValueError(f"the simulated measurements are not finite in {int(bad.sum())} of "
+                         f"{len(out)} scenes: a value of the system or scene configuration "
+                         "leaves float32's range (e.g. a Rician factor near 1e38, a "
+                         "wavelength of 1e-40 m)")
+    return out
 
 
 def _as_configs(system, scene) -> tuple[SystemConfig, SceneConfig | Mixture]:
