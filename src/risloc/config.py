@@ -205,7 +205,12 @@ class SystemConfig(ConfigSection):
 
 
 class SceneConfig(ConfigSection):
-    """How scenes are drawn: field of view, separation, SNR, channel, codebook."""
+    """How scenes are drawn: field of view, separation, SNR, channel, codebook.
+
+    The field of view (azimuth_deg, elevation_deg) holds the sources and, as
+    docs/conventions.md draws it, the base station's direction from the RIS (phi_b,
+    theta_b of the channel's line-of-sight part): a narrower one narrows both. bs_angle_deg
+    is the angle psi of the RIS seen from the base station's array."""
 
     azimuth_deg: tuple[float, float] = FieldOfView.azimuth_deg  # the estimators' by default
     elevation_deg: tuple[float, float] = FieldOfView.elevation_deg
