@@ -108,6 +108,9 @@ def test_simulate_refuses_a_nan_snr_and_odd_suffixes(tmp_path):
                                       "--set", bad])
             assert res.exit_code == 2 and "the simulated measurements are not finite in 2 " \
                 "of 2 scenes" in " ".join(res.output.split()), (bad, res.output)
+    # a count beyond any disk: named as such (a review: numpy's ArrayMemoryError traceback)
+    res = runner.invoke(app, ["simulate", "--n", str(10**11), "--out", str(tmp_path / "s.h5")])
+    assert res.exit_code == 2 and f"{10**11} scenes need about" in res.output, res.output
     assert list(tmp_path.iterdir()) == []
     # the suffix's case does not matter: DATA.NPZ is a NumPy archive, DATA.H5 HDF5
     for name in ("UP.NPZ", "UP.H5"):

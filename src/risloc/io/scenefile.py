@@ -146,12 +146,13 @@ class SceneFileWriter:
         self.attrs = _check_attrs(attrs, self.path, system)
         self.with_truth = with_truth
         self._f: h5py.File | None = None
-        self._covered = np.zeros(n_scenes, dtype=bool)  # scenes written so far
+        self._covered = np.zeros(0, dtype=bool)  # scenes written so far (sized on entry)
 
     def __enter__(self) -> SceneFileWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.path)
         check_room(self.path, self.n, self.system)  # (HDF5 may crash on a full disk)
+        self._covered = np.zeros(self.n, dtype=bool)  # (after the check: n may be absurd)
         self._f = h5py.File(self.tmp, "w")
         try:
             self._layout()
