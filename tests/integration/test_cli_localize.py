@@ -553,3 +553,10 @@ def test_the_snr_of_a_file_can_be_withheld(tmp_path, monkeypatch):
     monkeypatch.setattr(Localizer, "localize", real)
     res = runner.invoke(app, [*base, "--out", str(tmp_path / "w.csv"), "--resume"])
     assert res.exit_code == 2 and "another --snr-given/--snr-withheld" in res.output
+    # another method: named alone, not with the learned method's own settings (a review:
+    # "another --bf16/--no-bf16", which the user never changed)
+    learned = ["localize", str(f), "--method", "learned", "--batch-size", "4", "--out",
+               str(tmp_path / "w.csv"), "--snr-withheld", "--resume"]
+    res = runner.invoke(app, learned)
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "other settings: another --method." in text, text

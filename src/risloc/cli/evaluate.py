@@ -105,7 +105,7 @@ def evaluate_command(
         help="Scene file (.h5/.npz) to evaluate; omit to simulate a test sweep.")] = None,
     estimators: Annotated[str, typer.Option(
         help=f"Comma-separated, from: {', '.join(NAMES)}; the first is the reference of the "
-        "standard errors.")] = "learned,classical",
+        "standard errors; none, with --estimates, scores those alone.")] = "learned,classical",
     snr_db: Annotated[str, typer.Option(
         "--snr-db", help="SNR points in dB, comma-separated (simulated sweep).")
     ] = SWEEP_SNRS,
@@ -126,11 +126,12 @@ def evaluate_command(
     crb: Annotated[str | None, typer.Option(
         help="deterministic | stochastic bound (default: deterministic for a simulated sweep; "
         "a scene file carries no source symbols: stochastic, the only one for it).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    seed: Annotated[int, typer.Option(min=0)] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Scenes per localizer pass.")] = 64,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the simulated sweep.")] = 0,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path(
         "reports/evaluate"),
-    plots: Annotated[bool, typer.Option("--plots/--no-plots")] = True,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots",
+                                        help="Write the PNG plots beside the table.")] = True,
     checkpoint: Annotated[Path | None, typer.Option(
         help="Checkpoint of the 'learned' estimator (default: the shipped model).")] = None,
     start: Annotated[int, typer.Option(min=0, help="Scene file: first scene evaluated.")] = 0,

@@ -24,7 +24,8 @@ def fit_order_command(
         "Training-split scenes the head is fitted on (the recipe's scene distribution)."
         ))] = 16384,
     report_scenes: Annotated[int, typer.Option(min=1, help=(
-        "Validation-split scenes per SNR point of the report."))] = 256,
+        "Validation-split scenes per row of the report (an SNR with equal or spread "
+        "powers)."))] = 256,
     workers: Annotated[int | None, typer.Option(min=1, help=(
         "CPU worker threads (default: one per core)."))] = None,
     scene: Annotated[list[str] | None, typer.Option("--scene", help=(
@@ -45,10 +46,10 @@ def fit_order_command(
 ) -> None:
     """Fit the order head: a small classifier that decides K from the nested ML fits of the
     pipeline's fit stage and the network's K head (risloc.pipeline.order); it never reads
-    the SNR. The network is frozen; scenes come from the training split (a stream the
-    network never trained on), with the recipe's unequal source powers. `risloc train` runs
+    the SNR. The network is frozen; scenes come from the training split (its own stream of
+    it, scenes the network never saw), with the recipe's unequal source powers. `risloc train` runs
     this stage itself at the end (recipe section `order`); this command fits or refits the
-    head of an existing model (docs/guide.md, "Training")."""
+    head of an existing model (docs/guide.md, "Training the model")."""
     from risloc.inference.checkpoint import check_model_target
     from risloc.pipeline.calibrate import fit_order, n_progress_items, order_scenes
     from risloc.pipeline.learned import load_learned_pipeline

@@ -17,7 +17,8 @@ def plot_run_command(
         "--out", "-o", help="PNG to write (default: <run>/curves.png).")] = None,
 ) -> None:
     """Draw a run's training curves: loss per step and epoch, the validation objective,
-    K accuracy, F1, subspace overlap and NMSE per epoch, learning rate and blend beta."""
+    K accuracy, F1, median angle and range errors, subspace overlap and NMSE per epoch,
+    learning rate and blend beta."""
     from risloc.experiments.plots import plot_run
     from risloc.io.atomic import check_writable
 

@@ -120,9 +120,10 @@ def train_command(
                             "started (its data, device and recipe checked), so a run that "
                             "cannot start leaves the old one whole.")] = False,
 ) -> None:
-    """Train the learned covariance network; write best.pt, last.pt, final.pt and CSV logs,
-    then (recipe section `order`, on by default) the inference model model.pt: the best
-    epoch's averaged weights plus its order head, as shipped in the package."""
+    """Train the learned covariance network; write best.pt, last.pt, final.pt, CSV logs and
+    metrics.json, then (recipe section `order`, on by default) the inference model
+    model.pt: the best epoch's averaged weights plus its order head, as shipped in the
+    package."""
     with _rank_zero_reports():  # data-parallel: one process's lines, not one per rank
         _train(config, set_, out, epochs, device, threads, resume, progress, overrides_file,
                overwrite)

@@ -578,7 +578,8 @@ def check_study_recipe(study, settings: TuneSettings, space: tuple[Dimension, ..
         raise ValueError(f"study {settings.study_name!r} ({settings.storage_shown}) holds trials "
                          f"of another recipe or search space ({listed(diff)}): run it "
                          "with the recipe, --epochs and --space it began with, or start a "
-                         "new study (--study-name, --out)")
+                         "new study in another --out (and, in a shared --storage, under "
+                         "another --study-name)")
 
 
 def relative_fields(settings: TuneSettings) -> set[str]:

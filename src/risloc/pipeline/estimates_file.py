@@ -354,6 +354,8 @@ class EstimatesStream:
             settings = self.settings
             diff = [k for k in set(rec["settings"]) | set(settings)
                     if rec["settings"].get(k) != settings.get(k)]
+            if "method" in diff:  # (the learned method's own settings follow from it)
+                diff = [k for k in diff if k not in ("bf16", "checkpoint")]
             if diff:
                 raise ValueError(f"cannot resume {self.out}: its run had other settings: "
                                  + "; ".join(SETTING_NAMES.get(k, k) for k in sorted(diff))
