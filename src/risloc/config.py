@@ -169,7 +169,7 @@ class SystemConfig(ConfigSection):
     spacing: float = Field(0.15, gt=0, description=(
         "element spacing d [m]; default lambda/2 (of the wavelength given, where only the "
         "wavelength is)"))
-    M: int = Field(16, ge=1, description="base-station antennas")
+    M: int = Field(16, ge=2, description="base-station antennas (K < M sources)")
     L: int = Field(16, ge=1, description="snapshots (RIS codes) per scene")
     wavefront: Wavefront = "spherical"
     K_max: int = Field(5, ge=1, description="largest number of sources")

@@ -212,3 +212,7 @@ def test_a_file_s_system_of_the_contract_s_keys_alone_reads_with_few_antennas():
     import numpy as np  # M read from an array (a review: NumPy's int64 was refused)
 
     assert validate_system({"M": np.int64(4)}).K_max == 3
+    # one antenna: named as too few (a review: "K_max=5 must be smaller than M=1", which no
+    # K_max can be)
+    with pytest.raises(ConfigError, match="M: Input should be greater than or equal to 2"):
+        validate_system({"M": 1})
