@@ -187,6 +187,19 @@ def _scatter(est: Estimates, ok: torch.Tensor, slots: int) -> Estimates:
     return Estimates(K=K, **out)
 
 
+def _warn_few_antennas(system: SystemConfig) -> None:
+    """Warn where the classical localizer's greedy search loses sources: K within 2 of M
+    (a residual of M - K dimensions per snapshot; noise-free measurements in the guide)."""
+    M, k_max = system.M, system.K_max
+    lost = [f"most of the scenes with K = M - 1 = {M - 1}"] if k_max >= M - 1 else []
+    if M >= 6 and k_max >= M - 2:
+        lost.insert(0, f"about a third of the scenes with K = M - 2 = {M - 2}")
+    if lost:
+        log.warning("%d base-station antennas and up to K_max = %d sources: the classical "
+                    "localizer misses sources in %s (docs/guide.md, 'The two localizers')",
+                    M, k_max, " and ".join(lost))
+
+
 class Localizer:
     """Localize sources from scene measurements (module docstring).
 
@@ -239,6 +252,8 @@ class Localizer:
         self.fov = pipeline.fov if method == "learned" else (fov or FieldOfView())
         # (its grid as dense for this system and field of view as the default's for theirs)
         self.classical_config = ClassicalConfig().with_fov(self.fov).for_system(self.system)
+        if method == "classical":
+            _warn_few_antennas(system)
         self.graphed = (GraphedLocalize(pipeline, graph_batch)
                         if method == "learned" and graph_batch is not None else None)
 
