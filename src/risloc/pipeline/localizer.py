@@ -187,9 +187,10 @@ def _scatter(est: Estimates, ok: torch.Tensor, slots: int) -> Estimates:
     return Estimates(K=K, **out)
 
 
-def _warn_few_antennas(system: SystemConfig) -> None:
+def _warn_system_limits(system: SystemConfig) -> None:
     """Warn where the classical localizer's greedy search loses sources: K within 2 of M
-    (a residual of M - K dimensions per snapshot; noise-free measurements in the guide)."""
+    (a residual of M - K dimensions per snapshot; noise-free measurements in the guide), and
+    where a linear RIS cannot tell both angles."""
     M, k_max = system.M, system.K_max
     lost = [f"most of the scenes with K = M - 1 = {M - 1}"] if k_max >= M - 1 else []
     if M >= 6 and k_max >= M - 2:
@@ -198,6 +199,11 @@ def _warn_few_antennas(system: SystemConfig) -> None:
         log.warning("%d base-station antennas and up to K_max = %d sources: the classical "
                     "localizer misses sources in %s (docs/guide.md, 'The two localizers')",
                     M, k_max, " and ".join(lost))
+    if 1 in (system.N_H, system.N_V):
+        log.warning("a linear RIS (%d x %d elements) tells one angle of a source, its angle "
+                    "to the line, and its range: azimuth and elevation themselves come back "
+                    "arbitrary along that cone (risloc.evaluation.crb names the bound "
+                    "singular: take a coordinate as known)", system.N_H, system.N_V)
 
 
 class Localizer:
@@ -253,7 +259,7 @@ class Localizer:
         # (its grid as dense for this system and field of view as the default's for theirs)
         self.classical_config = ClassicalConfig().with_fov(self.fov).for_system(self.system)
         if method == "classical":
-            _warn_few_antennas(system)
+            _warn_system_limits(system)
         self.graphed = (GraphedLocalize(pipeline, graph_batch)
                         if method == "learned" and graph_batch is not None else None)
 

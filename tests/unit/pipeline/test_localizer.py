@@ -499,10 +499,10 @@ def test_the_classical_localizer_s_system_is_not_called_a_model_s(system, scenes
         Localizer(system, "classical", chunk="64")
 
 
-def test_a_system_with_few_antennas_for_its_sources_is_warned_of(caplog):
+def test_a_system_with_few_antennas_for_its_sources_or_a_linear_ris_is_warned_of(caplog):
     """A review (stop 59): on noise-free scenes the classical localizer missed sources in
     10-15 of 16 scenes with K = M - 1 and about a third with K = M - 2 (M >= 6); 0-1 of 16
-    with M - K >= 3 (docs/guide.md)."""
+    with M - K >= 3 (docs/guide.md); a linear RIS gave arbitrary angles along a cone."""
     import logging
 
     from risloc.pipeline import Localizer
@@ -518,6 +518,10 @@ def test_a_system_with_few_antennas_for_its_sources_is_warned_of(caplog):
            "K = M - 1 = 5" in said[(6,)]
     assert said[(8,)] == said[(16,)] == ""  # K_max 5: 3 or more below M
     assert "K = M - 2 = 6" in said[(8, 6)] and "M - 1" not in said[(8, 6)]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
+        Localizer({"N_H": 1, "N_V": 12}, "classical")  # azimuth arbitrary, in the review
+    assert "a linear RIS (1 x 12 elements) tells one angle" in caplog.text
 
 
 def test_the_classical_localizer_recovers_exact_scenes_of_a_small_array():
