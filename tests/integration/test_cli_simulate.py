@@ -193,6 +193,12 @@ def test_simulate_draws_a_recipes_scene_mixture(tmp_path):
         assert json.loads(f.attrs["config"])["scene"]["K"] == 3
     res = runner.invoke(app, ["info", str(out)])
     assert res.exit_code == 0 and "near 50%" in res.output
+    # the recipe as --config: its system and scene alone, and said so (a review: silently)
+    res = runner.invoke(app, ["simulate", "--n", "2", "--config", str(recipe), "--out",
+                              str(tmp_path / "base.h5")])
+    assert res.exit_code == 0 and "its data.scene_mix kinds are not drawn; --recipe" in \
+        " ".join(res.output.split()), res.output
+    assert bool((read_scenes(tmp_path / "base.h5")[0].K == 3).all())
     for odd in ('[{"x": 1}]', '{"a": 1}', '[{"name": null, "share": "x"}]', "not json"):
         with h5py.File(out, "a") as f:  # an attribute written by another tool
             f.attrs["scene_mix"] = odd

@@ -22,7 +22,13 @@ from risloc.cli.common import (
     progress,
     refuse_existing,
 )
-from risloc.config import FieldOfView, RislocConfig, check_snr_db
+from risloc.config import (
+    FieldOfView,
+    RislocConfig,
+    check_snr_db,
+    read_config_file,
+    recipe_path,
+)
 from risloc.core.checks import scene_problems
 from risloc.io.atomic import check_writable
 from risloc.io.scenefile import (
@@ -93,6 +99,11 @@ def simulate_command(
     else:
         cfg = get_config(config, (set_ or []) + extra)
         scenes = cfg.scene
+        if config is not None and (read_config_file(recipe_path(config)).get("data") or {}
+                                   ).get("scene_mix"):
+            console.print(f"[yellow]note:[/] {config} is read as a config (its system and "
+                          "scene): its data.scene_mix kinds are not drawn; --recipe "
+                          f"{config} draws them")
     if K is not None and not 1 <= K <= cfg.system.K_max:
         raise ValueError(f"--K {K}: the number of sources must be 1..{cfg.system.K_max} "
                          "(system.K_max)")
