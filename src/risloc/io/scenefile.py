@@ -743,7 +743,7 @@ def _positions_beyond_K(t: dict[str, np.ndarray]) -> tuple[str, ...]:
     beyond = np.arange(t["range_m"].shape[-1]) >= K[:, None]  # (a NaN K: truth_problems)
     held = beyond & np.isfinite(t["azimuth_deg"]) & np.isfinite(t["elevation_deg"]) & \
         (np.nan_to_num(t["range_m"], nan=0.0) > 0)
-    scenes = np.flatnonzero(held.any(-1))
+    scenes = np.flatnonzero(held.any(-1) & (K > 0))  # (K = 0: truth that is not scored)
     if not scenes.size:
         return ()
     i = int(scenes[0])

@@ -338,6 +338,13 @@ def test_a_K_that_leaves_stored_sources_out_is_noted(tmp_path, batch, system):
                     f"{[int(i) for i in many[:3]]} (scene {many[0]}: K = 1, a source in slot 1): "
                     "only the first K are scored, so estimates of the others count as false "
                     "alarms; pad unused slots with NaN, or correct K"]
+    # K = 0 with positions stored: truth that cannot be scored (named as such), not this
+    # note as well (a review: two contradicting messages for one scene)
+    K0 = arr["K"].copy()
+    K0[many[0]] = 0
+    info = inspect_scene_file(_npz(tmp_path, **dict(arr, K=K0)))
+    assert not any("K is smaller" in n for n in info.notes)
+    assert [s for s, _ in info.truth_problems] == [int(many[0])]
 
 
 def test_unusable_truth_is_named_and_the_measurements_still_read(tmp_path, batch, system):
