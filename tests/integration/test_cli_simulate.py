@@ -33,12 +33,21 @@ def test_info_checks_every_scene_and_counts_truth_outside_the_field_of_view(tmp_
     text = " ".join(res.output.replace("│", " ").split())
     assert "every scene can be localized" in text and "0 of 12 sources" in text
     assert "simulated with SNR uniform in [-5.0, 20.0] dB, K = 2, source powers spread " \
-        "over 0.0 dB" in text  # (a review: what it was drawn with went unsaid)
+        "over 0.0 dB, Rician factor in [0.5, 10.0], random codes of 3-bit phases, azimuth " \
+        "[-60.0, 60.0] deg, elevation [-30.0, 30.0] deg, range [0.5, 10.0] m, sources >= " \
+        "5.0 deg apart" in text  # (reviews: what it was drawn with went unsaid)
     fixed = tmp_path / "k3.h5"  # K fixed by the scene config, not --K (a review: 'uniform')
     assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(fixed), "--set",
                                "scene.K=3"]).exit_code == 0
     res = runner.invoke(app, ["info", str(fixed)])
     assert ", K = 3," in " ".join(res.output.replace("│", " ").split()), res.output
+    drawn = tmp_path / "d.h5"  # a spread drawn per scene; another codebook
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(drawn), "--set",
+                               "scene.power_spread_db=[0, 25]", "--set",
+                               "scene.codebook=hadamard"]).exit_code == 0
+    text = " ".join(runner.invoke(app, ["info", str(drawn)]).output.replace("│", " ").split())
+    assert "source powers spread over s dB, s uniform per scene in [0.0, 25.0]" in text
+    assert ", hadamard codes, " in text
     with h5py.File(out, "a") as f:  # scene 4: codes off the unit circle; a source at 75 deg
         f["codes"][4] = 2 * f["codes"][4]
         az = f["azimuth_deg"][:]

@@ -262,8 +262,18 @@ def _drawn_with(attrs: dict) -> str:
     if fixed_K in (None, 0, "0"):  # (--K sets it; a recipe's scene.K too)
         fixed_K = scene.get("K")
     K = f"K = {fixed_K}" if fixed_K not in (None, 0, "0") else "K uniform in 1..K_max"
-    return (f"{snr}, {K}, source powers spread over {scene.get('power_spread_db')} dB, "
-            f"Rician factor in {scene.get('rician_kappa')}")
+    spread = scene.get("power_spread_db")
+    spread = (f"spread over s dB, s uniform per scene in {spread}"
+              if isinstance(spread, list) and spread[0] != spread[1] else
+              f"spread over {spread[0] if isinstance(spread, list) else spread} dB")
+    codes = (f"{scene.get('codebook')} codes" if scene.get("codebook") == "hadamard" else
+             f"{scene.get('codebook')} codes of {scene.get('code_bits')}-bit phases")
+    fov = (f"azimuth {scene.get('azimuth_deg')} deg, elevation {scene.get('elevation_deg')} "
+           f"deg, range {scene.get('range_m')} m")
+    return (("the base scene: " if attrs.get("scene_mix") else "")
+            + f"{snr}, {K}, source powers {spread}, Rician factor in "
+            f"{scene.get('rician_kappa')}, {codes}, {fov}, sources >= "
+            f"{scene.get('min_separation_deg')} deg apart")
 
 
 @handle_errors
