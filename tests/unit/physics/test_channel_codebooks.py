@@ -62,3 +62,39 @@ def test_quantize_phase():
     assert torch.allclose(torch.angle(q) % (2 * math.pi),
                           torch.tensor([0.0, math.pi / 2, math.pi / 2, math.pi, math.pi]) %
                           (2 * math.pi), atol=1e-6)
+
+
+def test_the_line_of_sight_channel_is_the_conventions_entry_by_entry():
+    """H_los[m, n] = b_m(psi) conj(a_ff_n(phi_b, theta_b)) written out from
+    docs/conventions.md, element by element, on a non-square RIS with a spacing other than
+    lambda/2 (a review: only a regression snapshot pinned these phases; a wrong sign or
+    factor 2 in either response passed every other test)."""
+    from risloc.physics.codebooks import codes_at
+
+    system = SystemConfig(N_H=5, N_V=3, M=4, L=4, wavelength=0.3, spacing=0.12, K_max=3)
+    psi, phi, theta = 0.41, -0.73, 0.29
+    H = rician_channel(torch.tensor([1.0]), torch.tensor([psi]), torch.tensor([phi]),
+                       torch.tensor([theta]), system, dtype=torch.complex128,
+                       nlos=torch.zeros(1, 4, 15, dtype=torch.complex128))[0]
+    k0, d = 2 * math.pi / 0.3, 0.12
+    want = torch.zeros(4, 15, dtype=torch.complex128)
+    for m in range(4):
+        b = complex(math.cos(math.pi * (m - 1.5) * math.sin(psi)),
+                    math.sin(math.pi * (m - 1.5) * math.sin(psi)))
+        for v in range(3):
+            for h in range(5):
+                x, y = (h - 2) * d, (v - 1) * d
+                a = k0 * (x * math.sin(phi) * math.cos(theta) + y * math.sin(theta))
+                want[m, v * 5 + h] = b * complex(math.cos(a), -math.sin(a))
+    # kappa = 1: the line-of-sight part weighs sqrt(1/2)
+    assert torch.allclose(H, want * math.sqrt(0.5), atol=1e-12)
+    # the DFT codebook on the same non-square grid: beam w * N_H + u has entries
+    # exp(j 2 pi (h u / N_H + v w / N_V)) at element v * N_H + h (16-bit phases)
+    book = codes_at(torch.arange(15).view(1, 15), system, "dft", 16, torch.complex128)[0]
+    for w in range(3):
+        for u in range(5):
+            for v in range(3):
+                for h in range(5):
+                    p = 2 * math.pi * (h * u / 5 + v * w / 3)
+                    got = complex(book[w * 5 + u, v * 5 + h])
+                    assert abs(got - complex(math.cos(p), math.sin(p))) < 1e-4
