@@ -240,7 +240,6 @@ def match_sources(est: Estimates, truth_azimuth: torch.Tensor, truth_elevation: 
 
 _MEDIAN_ERRORS = (("azimuth", "azimuth_error"), ("elevation", "elevation_error"),
                   ("range", "range_error"))
-EFFICIENT_MEDIAN = 0.6745  # median |e| / sigma of a zero-mean Gaussian error
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,35 @@ def test_miss_and_false_alarm_are_counted():
     assert s.f1 == pytest.approx(3 / 5) and s.K_accuracy == 0.0
 
 
+def test_precision_and_recall_with_more_estimates_than_sources():
+    """Two true sources, three estimates, both sources detected: precision 2/3, recall 1
+    (a mutation review: every other test had as many estimates as sources)."""
+    est = _est([3], [[-20.0, 20.0, 50.0]], [[0.0, 5.0, -10.0]], [[2.0, 3.0, 4.0]])
+    s = summarize(match_sources(est, *_truth([2], [[-20.5, 20.5]], [[0.0, 5.0]],
+                                             [[2.0, 3.0]])))
+    assert (s.n_true, s.n_estimated, s.n_detected) == (2, 3, 2)
+    assert s.precision == pytest.approx(2 / 3) and s.recall == 1.0
+    assert s.f1 == pytest.approx(2 * (2 / 3) / (2 / 3 + 1))
+
+
+def test_the_angle_bound_weighs_the_azimuth_bound_by_the_elevation():
+    """The great-circle angle's bound: sqrt(cos^2(el) CRB_az + CRB_el); a source at 60 deg
+    elevation with a 2 deg azimuth bound and no elevation error has a 1 deg angle bound (a
+    mutation review: every source sat on the horizon, where cos = 1)."""
+    from scipy.stats import norm
+
+    est = _est([1], [[10.0]], [[60.0]], [[3.0]])
+    crb = CRBResult(azimuth=torch.deg2rad(torch.tensor([[2.0]], dtype=torch.float64)),
+                    elevation=torch.zeros(1, 1, dtype=torch.float64),
+                    range_m=torch.full((1, 1), 0.1, dtype=torch.float64),
+                    fim=torch.zeros(1, 3, 3))
+    s = summarize(match_sources(est, *_truth([1], [[10.5]], [[60.0]], [[3.0]])), crb)
+    assert s.crb_angle_median_deg == pytest.approx(1.0)
+    assert s.crb_azimuth_median_deg == pytest.approx(2.0)
+    # |error| / sqrt(CRB) = 0.25 in azimuth, over the median of a half-normal, norm.ppf(0.75)
+    assert s.azimuth_median_over_bound == pytest.approx(0.25 / norm.ppf(0.75), rel=1e-4)
+
+
 def test_azimuth_difference_is_wrap_free():
     # 179 deg is 2 deg clockwise of -179 deg: error -2 deg, not 358 deg (and vice versa)
     est = _est([1, 1], [[179.0], [-179.0]], [[0.0], [0.0]], [[3.0], [3.0]])
@@ -360,7 +389,7 @@ def test_one_scene_has_no_standard_error_and_the_snr_bin_must_be_positive():
     empty = summarize(m[:0])  # no scene: F1 NaN beside K accuracy's (a review: F1 1.0)
     assert all(math.isnan(getattr(empty, k)) for k in ("f1", "precision", "recall",
                                                          "K_accuracy"))
-    assert summarize(m[:1]).f1 == summarize(m[:1]).f1  # (one scene: a number)
+    assert math.isfinite(summarize(m[:1]).f1)  # (one scene: a number)
     assert paired_bootstrap_se(m, m)["f1_diff"] == 0.0  # two scenes: a spread (here none)
     for bad in (0.0, -5.0, NAN):
         with pytest.raises(ValueError, match="the SNR bin must be > 0 dB"):
