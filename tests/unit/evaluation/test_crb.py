@@ -595,3 +595,24 @@ def test_user_crb_takes_a_coordinate_as_known_as_its_error_advises(system):
                           system, known=("range",))
     assert given_range["azimuth_deg"].item() == pytest.approx(
         math.degrees(want.azimuth.item()), rel=1e-12)
+
+
+def test_the_noise_of_an_snr_weighs_each_source_by_its_power(system):
+    """sigma^2 = (1/(L M)) sum_l sum_k p_k ||H diag(c_l) a_k||^2 / 10^(SNR/10) for
+    uncorrelated sources of unequal powers (docs/conventions.md), written out here (a
+    mutation review: every test had unit powers, so p_k^2 for p_k passed)."""
+    from risloc.evaluation.crb import noise_var_for_snr
+
+    g = torch.Generator().manual_seed(3)
+    H = torch.randn(1, system.M, system.N, dtype=torch.complex128, generator=g)
+    codes = torch.polar(torch.ones(1, system.L, system.N, dtype=torch.float64),
+                        torch.rand(1, system.L, system.N, dtype=torch.float64, generator=g) * 6)
+    az, el, r = (torch.tensor([[0.3, -0.5]], dtype=torch.float64),
+                 torch.tensor([[0.1, 0.2]], dtype=torch.float64),
+                 torch.tensor([[2.0, 6.0]], dtype=torch.float64))
+    p = torch.tensor([[1.0, 4.0]], dtype=torch.float64)
+    a = steering(az, el, r, system, torch.complex128)[0]  # (K, N)
+    signal = sum(float(p[0, k]) * float((H[0] @ (codes[0, l] * a[k])).abs().square().sum())
+                 for l in range(system.L) for k in range(2)) / (system.L * system.M)
+    got = noise_var_for_snr(az, el, r, H, codes, torch.tensor([7.0]), system, powers=p)
+    assert float(got[0]) == pytest.approx(signal / 10 ** 0.7, rel=1e-10)
