@@ -286,3 +286,28 @@ def test_the_system_and_scene_may_be_dicts_and_a_list_is_no_fixed_value(system, 
         simulate_range(0, 2, system, {"colour": 3})
     with pytest.raises(TypeError, match="scene must be a SceneConfig, a dict"):
         simulate_range(0, 2, system, "near")
+
+
+def test_the_true_covariance_weighs_each_source_by_its_power(system):
+    """R_true = N A diag(p) A^H / sum(p), entry by entry with unequal powers and a padded
+    slot, and its factor W W^H the same (a mutation review: every test drew equal powers,
+    so sqrt(p) for p passed)."""
+    from risloc.simulation.scenes import SceneBatch, true_covariance, true_covariance_factor
+
+    nan = float("nan")
+    az = torch.tensor([[0.3, -0.4, nan]], dtype=torch.float64)
+    el = torch.tensor([[0.1, -0.2, nan]], dtype=torch.float64)
+    r = torch.tensor([[1.5, 4.0, nan]], dtype=torch.float64)
+    p = torch.tensor([[1.0, 9.0, 0.0]], dtype=torch.float64)
+    a = steering(az[:, :2], el[:, :2], r[:, :2], system, torch.complex128)[0]  # (2, N)
+    want = sum(float(p[0, k]) * torch.outer(a[k], a[k].conj()) for k in range(2))
+    want = want * system.N / 10.0
+    R = true_covariance(az, el, r, p, system, torch.complex128)[0]
+    assert torch.allclose(R, want, atol=1e-12)
+    scenes = SceneBatch(y=torch.zeros(1, system.L, system.M, dtype=torch.complex64),
+                        H=torch.zeros(1, system.M, system.N, dtype=torch.complex64),
+                        codes=torch.ones(1, system.L, system.N, dtype=torch.complex64),
+                        snr_db=torch.zeros(1), K=torch.tensor([2]), azimuth=az.float(),
+                        elevation=el.float(), range_m=r.float(), powers=p.float())
+    W = true_covariance_factor(scenes, system, torch.complex128)[0]
+    assert torch.allclose(W @ W.mH, want, atol=1e-5)
