@@ -194,7 +194,9 @@ def test_the_workers_die_with_their_parent():
 
     while any(map(alive, workers)) and time.perf_counter() - t0 < 10:
         time.sleep(0.02)
-    assert time.perf_counter() - t0 < 1.0, "the workers outlived their parent"
+    # (SIGKILL at the parent's death takes milliseconds; the DataLoader's own check of its
+    # parent, every 5 s, is what a missing death signal leaves; 2.5 s spares a loaded CI)
+    assert time.perf_counter() - t0 < 2.5, "the workers outlived their parent"
 
 @pytest.mark.parametrize("ahead", [False, True])
 def test_prefetched_gives_every_batch_once_in_order(ahead):
