@@ -92,6 +92,9 @@ class TuneSettings:
         if self.n_trials < 1 or self.epochs < 1:
             raise ValueError(f"n_trials and epochs must be >= 1, got {self.n_trials}, "
                              f"{self.epochs}")
+        if self.startup_trials < 0 or self.warmup_epochs < 0:
+            raise ValueError(f"startup_trials and warmup_epochs must be >= 0, got "
+                             f"{self.startup_trials}, {self.warmup_epochs}")
         if not 0 < self.heartbeat_s < self.grace_s:
             raise ValueError(f"need 0 < heartbeat_s < grace_s, got {self.heartbeat_s}, "
                              f"{self.grace_s}")

@@ -91,6 +91,8 @@ def test_settings_and_trial_seeds():
         TuneSettings(config=None, n_trials=0)
     with pytest.raises(ValueError, match="heartbeat"):
         TuneSettings(config=None, heartbeat_s=10, grace_s=5)
+    with pytest.raises(ValueError, match="startup_trials and warmup_epochs must be >= 0"):
+        TuneSettings(config=None, startup_trials=-1)  # (a review: after study.db was made)
     s = TuneSettings(config=None, out_dir="runs/x")
     assert s.storage_url.startswith("sqlite:///") and s.storage_url.endswith("study.db")
     assert TuneSettings(config=None, storage="mysql://u@h/db").storage_url == "mysql://u@h/db"
