@@ -494,7 +494,7 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} has no value (write section.field=value; "
                               "null, if you mean none)")
         try:
-            value = yaml.safe_load(raw)
+            value = load_yaml(raw)
         except yaml.YAMLError as err:
             raise ConfigError(f"override {item!r}: the value is not valid YAML "
                               f"({_first_line(err)})") from None
@@ -539,7 +539,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         seen: set = set()
-        for key_node, _ in node.value:
+        for key_node, _ in node.value:  # the keys written in this mapping: a merged one
+            if key_node.tag == "tag:yaml.org,2002:merge":  # (<<: *base) may be overridden
+                continue
             key = self.construct_object(key_node, deep=True)
             try:
                 again = key in seen

@@ -178,8 +178,9 @@ def _train(config, set_, out, epochs, device, threads, resume, progress, overrid
     created = first_rank and not run.exists()
     if first_rank:  # the folder is this run's until its model is written
         make_output_folder(run)
-        check_folder_writable(run)  # (before any setup; root is refused by chattr +i alone)
     try:
+        if first_rank:  # (before any setup; root is refused by chattr +i alone)
+            check_folder_writable(run)
         with run_folder_lock(run) if first_rank else contextlib.nullcontext():
             # checked under the lock: a run still writing the folder is named as such, not
             # as one that stopped before its first checkpoint

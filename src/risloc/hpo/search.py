@@ -113,7 +113,7 @@ class TuneSettings:
                             f"the string {self.overrides!r} (write ({self.overrides!r},))")
         for item in self.overrides:  # (tune's own values would silently win)
             for key in set_fields(item):
-                if key in SET_BY_TUNE and item.replace(" ", "") != "progress=false":
+                if key in SET_BY_TUNE and not _progress_off(item):
                     how = {"schedule.epochs": ": use --epochs", "out_dir": ": use --out",
                            "progress": ": trials never show progress bars"}
                     raise ValueError(f"--set {item}: risloc tune sets {key} itself"
@@ -169,6 +169,17 @@ class TuneSettings:
             if key.split(".")[0] not in RUN_FREE:
                 fixed[key] = functools.reduce(lambda d, part: d[part], key.split("."), recipe)
         return fixed
+
+
+def _progress_off(item: str) -> bool:
+    """Whether an override is progress=false (in any spelling YAML reads as false): what
+    every trial runs with, so harmless."""
+    from risloc.config import ConfigError, parse_overrides
+
+    try:
+        return parse_overrides([item]) == {"progress": False}
+    except ConfigError:
+        return False
 
 
 def set_fields(item: str) -> list[str]:
@@ -461,7 +472,8 @@ def _check_foreign_tables(url: str, shown: str) -> None:
     theirs."""
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(url)
+    sqlite = sqlalchemy.engine.make_url(url).get_backend_name() == "sqlite"
+    engine = sqlalchemy.create_engine(url, **(SQLITE_ENGINE if sqlite else {}))
     try:
         with engine.connect() as conn:
             tables = set(sqlalchemy.inspect(conn).get_table_names())
@@ -612,9 +624,11 @@ def tune(settings: TuneSettings):
                              "without it")
     # the base recipe inside the space (--baseline), checked before any study is touched
     baseline = {d.field: d.base_param(base) for d in space} if settings.baseline else None
-    if settings.warmup_epochs >= settings.epochs:
-        log.warning("--warmup-epochs %d is not below --epochs %d: no trial will be pruned",
-                    settings.warmup_epochs, settings.epochs)
+    if settings.warmup_epochs >= settings.epochs:  # (epochs report as steps 1..epochs)
+        log.warning("--warmup-epochs %d %s --epochs %d: %s", settings.warmup_epochs,
+                    "equals" if settings.warmup_epochs == settings.epochs else "exceeds",
+                    settings.epochs, "a trial is pruned only after its last epoch"
+                    if settings.warmup_epochs == settings.epochs else "no trial is pruned")
     claim_folder(settings, write=False)
     study = open_study(settings)
     check_study_recipe(study, settings, space)

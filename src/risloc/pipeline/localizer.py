@@ -187,10 +187,16 @@ def _scatter(est: Estimates, ok: torch.Tensor, slots: int) -> Estimates:
     return Estimates(K=K, **out)
 
 
+_WARNED: list[SystemConfig] = []  # the systems warned of in this process
+
+
 def _warn_system_limits(system: SystemConfig) -> None:
     """Warn where the classical localizer's greedy search loses sources: K within 2 of M
     (a residual of M - K dimensions per snapshot; noise-free measurements in the guide), and
     where a linear RIS cannot tell both angles."""
+    if system in _WARNED:  # (once per system: evaluate builds a Localizer per chunk)
+        return
+    _WARNED.append(system)
     M, k_max = system.M, system.K_max
     lost = [f"most of the scenes with K = M - 1 = {M - 1}"] if k_max >= M - 1 else []
     if M >= 6 and k_max >= M - 2:

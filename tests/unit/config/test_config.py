@@ -216,3 +216,19 @@ def test_a_file_s_system_of_the_contract_s_keys_alone_reads_with_few_antennas():
     # K_max can be)
     with pytest.raises(ConfigError, match="M: Input should be greater than or equal to 2"):
         validate_system({"M": 1})
+
+
+def test_a_key_given_twice_is_refused_and_a_merged_one_may_be_overridden(tmp_path):
+    """YAML keeps the last of a repeated key, silently; recipes, search spaces and --set
+    values refuse it (a review), while a merge (<<: *base) followed by its own value of a
+    merged key stays what YAML means (a review of that change: merges were refused)."""
+    from risloc.config import load_yaml, parse_overrides, read_config_file
+
+    p = tmp_path / "r.yaml"
+    p.write_text("scene: {snr_db: [0, 10], snr_db: [5, 5]}\n")
+    with pytest.raises(ConfigError, match="the key 'snr_db' is given twice"):
+        read_config_file(p)
+    with pytest.raises(ConfigError, match="the key 'lr' is given twice"):
+        parse_overrides(["optim={lr: 1, lr: 2}"])
+    text = "base: &b {x: 1, y: 2}\nmine:\n  <<: *b\n  y: 3\n"
+    assert load_yaml(text) == {"base": {"x": 1, "y": 2}, "mine": {"x": 1, "y": 3}}

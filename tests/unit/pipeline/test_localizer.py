@@ -499,14 +499,17 @@ def test_the_classical_localizer_s_system_is_not_called_a_model_s(system, scenes
         Localizer(system, "classical", chunk="64")
 
 
-def test_a_system_with_few_antennas_for_its_sources_or_a_linear_ris_is_warned_of(caplog):
+def test_a_system_with_few_antennas_for_its_sources_or_a_linear_ris_is_warned_of(
+        caplog, monkeypatch):
     """A review (stop 59): on noise-free scenes the classical localizer missed sources in
     10-15 of 16 scenes with K = M - 1 and about a third with K = M - 2 (M >= 6); 0-1 of 16
     with M - K >= 3 (docs/guide.md); a linear RIS gave arbitrary angles along a cone."""
     import logging
 
+    import risloc.pipeline.localizer as localizer
     from risloc.pipeline import Localizer
 
+    monkeypatch.setattr(localizer, "_WARNED", [])
     said = {}
     for system in ({"M": 4}, {"M": 6}, {"M": 8}, {"M": 8, "K_max": 6}, {"M": 16}):
         caplog.clear()
@@ -522,6 +525,11 @@ def test_a_system_with_few_antennas_for_its_sources_or_a_linear_ris_is_warned_of
     with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
         Localizer({"N_H": 1, "N_V": 12}, "classical")  # azimuth arbitrary, in the review
     assert "a linear RIS (1 x 12 elements) tells one angle" in caplog.text
+    caplog.clear()  # once per system (evaluate builds a Localizer per chunk: a review)
+    with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
+        Localizer({"N_H": 1, "N_V": 12}, "classical")
+        Localizer({"M": 6}, "classical")
+    assert caplog.text == ""
 
 
 def test_the_classical_localizer_recovers_exact_scenes_of_a_small_array():
