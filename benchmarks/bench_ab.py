@@ -136,8 +136,9 @@ def _env_pairs(pairs: list[str]) -> dict[str, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", help="git revision to compare against (default: the working "
-                    "tree itself, with --env the only difference)")
+    ap.add_argument("--base", help="git revision to compare against (without it, the "
+                    "working tree against itself, --env then the only difference: give "
+                    "--base, --env or both)")
     ap.add_argument("--env", nargs="+", default=[], metavar="NAME=VALUE",
                     help="environment variables of the 'now' side only")
     ap.add_argument("--methods", nargs="+", default=["learned", "classical"],

@@ -97,6 +97,10 @@ def corners(loc: Localizer, args) -> list[dict]:
 
 def test(loc: Localizer, args) -> list[dict]:
     ref = json.loads(args.against.read_text())
+    if ref.get("scenes_per_snr") != args.n:  # (the classical numbers are the file's)
+        raise SystemExit(f"--n {args.n}: {args.against} scored {ref.get('scenes_per_snr')} "
+                         "scenes per SNR; give the same --n, so both sides score the same "
+                         "scenes")
     streams = sorted({r["snr_db"] for r in ref["rows"]})  # bench_versus: stream per SNR index
     rows = []
     for snr in args.snrs:

@@ -65,6 +65,10 @@ def bench_training(tmp: Path, steps: tuple[int, int], threads: int) -> list[dict
         walls = [_run(_train_cmd(tmp / f"train{procs}_{th}_{s}", s, th, procs), th)
                  for s in steps]
         sec = (walls[1] - walls[0]) / (steps[1] - steps[0])
+        if sec <= 0:  # (the runs' fixed costs vary more than the steps between them take)
+            raise SystemExit(f"train {label}: {steps[1] - steps[0]} more steps took "
+                             f"{walls[1] - walls[0]:+.2f} s: the timing noise exceeds them; "
+                             "give --steps farther apart")
         rows.append({"setting": label, "threads": th, "processes": procs,
                      "wall_s": walls, "seconds_per_step": sec,
                      "scenes_per_s": 32 / sec})

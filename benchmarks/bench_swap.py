@@ -72,9 +72,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--change", choices=sorted(CHANGES), required=True)
     ap.add_argument("--scenes", type=int, default=256)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="timed rounds per side (>= 2: the first is a warm-up, left out)")
     ap.add_argument("--method", choices=("learned", "classical"), default="learned")
     a = ap.parse_args()
+    if a.rounds < 2:
+        ap.error("--rounds must be >= 2 (the first round is a warm-up, left out)")
     module, old = CHANGES[a.change]
     sides = {"old": old, "new": {k: getattr(module, k) for k in old}}
     sc = test_scenes(a.scenes)
