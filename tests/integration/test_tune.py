@@ -498,6 +498,7 @@ def test_without_optuna_the_hint_names_the_extra(monkeypatch):
     assert "from a clone of the repository: pip install -e '.[hpo]'" in res.output
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
 def test_a_killed_worker_s_trial_is_failed_when_the_budget_is_already_spent(tmp_path):
     """A review: a worker killed mid-trial and started again within the grace period
     finished the budget, and its dead trial stayed RUNNING forever (Optuna fails stale
