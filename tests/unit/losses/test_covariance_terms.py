@@ -136,3 +136,17 @@ def test_loaded_singular_values_equal_svdvals_with_the_same_gradient():
     assert torch.all(sv_e[:, :-1] >= sv_e[:, 1:])
     assert torch.allclose(sv_e, sv_s, rtol=1e-4, atol=1e-5)
     assert torch.allclose(g_e, g_s, rtol=1e-3, atol=1e-4 * float(g_s.abs().max()))
+
+
+def test_spectral_hinges_on_a_hand_made_spectrum():
+    """relu(m - (s_K - s_{K+1}) / mean s) and relu(t - sum_{i<=K} s_i / sum s) on a
+    spectrum with distinct steps, by hand (a mutation review: s_{K+1} for s_K passed, as
+    the truth's and the identity's spectra have s_{K+1} = s_{K+2})."""
+    sv = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0], [4.0, 3.0, 2.0, 1.0, 0.0]])  # mean 2
+    K = torch.tensor([1, 2])
+    # gaps (4 - 3) / 2 = 0.5 and (3 - 2) / 2 = 0.5; margin 2
+    assert cov.eigengap_hinge(sv, K, 2.0).tolist() == [1.5, 1.5]
+    sv2 = torch.tensor([[8.0, 1.0, 0.5, 0.5, 0.0], [8.0, 1.0, 0.5, 0.5, 0.0]])  # mean 2
+    assert cov.eigengap_hinge(sv2, K, 4.0).tolist() == [0.5, 3.75]  # 3.5 and 0.25
+    # top energy 8 / 10 and 9 / 10 against 0.95
+    assert torch.allclose(cov.subspace_margin(sv2, K, 0.95), torch.tensor([0.15, 0.05]))

@@ -2,11 +2,13 @@
 
 import math
 
+import pytest
 import torch
 
 from risloc.covariance import normalize_trace
 from risloc.losses import subspace as sub
 from risloc.losses.covariance import frob2, project
+from risloc.physics import steering
 
 
 def _A(scenes, system):
@@ -65,3 +67,71 @@ def test_peak_contrast_gradient_finite_on_rank_deficient_covariance(scenes, syst
     (g,) = torch.autograd.grad(loss, F)
     assert math.isfinite(float(loss.detach()))
     assert torch.isfinite(torch.view_as_real(g)).all() and g.abs().sum() > 0
+
+
+def test_gt_alignment_is_the_explicit_projector_with_close_sources_and_low_rank_r():
+    """||P_perp R P_perp||^2 / ||R||^2 with P = A (A^H A)^-1 A^H formed explicitly, in
+    float64, for two nearly collinear columns and a rank-3 R, where the tr((G^-1 M)^2) term
+    matters (a mutation review: GM @ GM.mH for GM @ GM passed the float32 check above)."""
+    g = torch.Generator().manual_seed(4)
+
+    def cn(*shape):
+        return torch.randn(*shape, dtype=torch.complex128, generator=g)
+
+    a1 = cn(2, 8, 1)
+    A = torch.cat([a1, a1 + 0.3 * cn(2, 8, 1)], -1)  # (B, N, K): |cos| about 0.95
+    W = torch.cat([A, cn(2, 8, 1)], -1) @ cn(2, 3, 3)  # rank 3, partly inside span(A)
+    R = W @ W.mH
+    P = A @ torch.linalg.solve(A.mH @ A, A.mH)
+    Pp = torch.eye(8, dtype=torch.complex128) - P
+    want = frob2(Pp @ R @ Pp) / frob2(R)
+    got = sub.gt_subspace_alignment(R, A, ridge=0.0)
+    assert torch.allclose(got, want, rtol=1e-9) and float(want.min()) > 0.01
+
+
+def test_predicted_alignment_is_the_weighted_mean_of_the_slots_distances(scenes, system,
+                                                                         R_true):
+    """sum_s w_s (1 - ||U_K^H a_s||^2) / sum_s w_s with uneven and zero weights (a mutation
+    review: dividing by the slot count passed, as every test weighed slots alike)."""
+    far = sub.steering_columns(torch.full_like(scenes.azimuth, 1.2).nan_to_num(),
+                               torch.full_like(scenes.elevation, -0.5), torch.ones_like(
+                                   scenes.range_m), torch.ones_like(scenes.mask), system)
+    ones = torch.ones_like(scenes.mask, dtype=torch.float32)
+    dist = torch.stack([sub.predicted_subspace_alignment(R_true, scenes.K, far[..., s:s + 1],
+                                                         ones[:, :1])
+                        for s in range(far.shape[-1])], -1)  # each slot alone: (B, S)
+    w = torch.zeros_like(ones)
+    w[:, 0], w[:, 2] = 3.0, 1.0
+    want = (3 * dist[:, 0] + dist[:, 2]) / 4
+    assert torch.allclose(sub.predicted_subspace_alignment(R_true, scenes.K, far, w), want,
+                          atol=1e-6)
+
+
+def test_peak_contrast_is_the_mean_spectrum_of_the_six_neighbours_over_the_source(
+        scenes, system, R_true):
+    """The neighbours are +-delta in azimuth, in elevation and in 1/range (exactly), and the
+    contrast the mean of their Capon spectrum over the source's, averaged over the sources;
+    built here point by point (a mutation review: +delta twice, or the largest neighbour
+    for the mean, passed the bounds 'flat -> 1, sharp < 0.05')."""
+    d, dr = math.radians(3.0), 0.2
+    offs = sub.neighbour_offsets(d, dr)
+    assert torch.equal(offs, torch.tensor([[d, 0, 0], [0, d, 0], [0, 0, dr], [-d, 0, 0],
+                                           [0, -d, 0], [0, 0, -dr]], dtype=offs.dtype))
+    R = 30 * torch.eye(144, dtype=torch.complex64) + R_true  # a peak of finite contrast
+    b = 0
+    k = int(scenes.K[b])
+    ratios = []
+    for s in range(k):
+        az, el, r = (float(v[b, s]) for v in (scenes.azimuth, scenes.elevation,
+                                              scenes.range_m))
+        pts = [(az, el, 1 / r), (az + d, el, 1 / r), (az, el + d, 1 / r),
+               (az, el, 1 / r + dr), (az - d, el, 1 / r), (az, el - d, 1 / r),
+               (az, el, max(1 / r - dr, 0.02))]
+        a = steering(torch.tensor([p[0] for p in pts]), torch.tensor([p[1] for p in pts]),
+                     torch.tensor([1 / p[2] for p in pts]), system, torch.complex64)
+        P = sub.capon_spectrum(R[b:b + 1], a.T.unsqueeze(0))[0]
+        ratios.append(float(P[1:].mean() / P[0]))
+    got = sub.peak_contrast(R[b:b + 1], scenes.azimuth[b:b + 1], scenes.elevation[b:b + 1],
+                            scenes.range_m[b:b + 1], scenes.mask[b:b + 1], system)
+    assert float(got) == pytest.approx(sum(ratios) / k, rel=1e-4)
+    assert 0.05 < float(got) < 0.95  # (neither bound of the test above)
