@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
@@ -80,3 +81,56 @@ def test_k_cross_entropy():
     K = torch.tensor([1, 5, 3, 2])
     assert torch.allclose(aux.k_cross_entropy(logits, K),
                           F.cross_entropy(logits, K - 1, reduction="none"))
+
+
+def test_slot_regression_is_the_huber_loss_of_each_coordinate_in_its_units():
+    """One slot off by 0.5 deg in elevation alone: Huber(0.5 / angle_scale) over the 3
+    coordinates; 0.02 1/m off in 1/range: Huber(0.02 / inv_range_scale) / 3 (a mutation
+    review: the elevation divided by the range's scale passed the zero-at-truth test)."""
+    truth = torch.tensor([[[0.2, 0.1, 0.5]]], dtype=torch.float64)
+    match = aux.SlotMatch(slot=torch.tensor([[0]]), matched=torch.tensor([[True]]))
+    valid = torch.tensor([[True]])
+
+    def huber(x):
+        return 0.5 * x * x if abs(x) <= 1 else abs(x) - 0.5
+
+    el = truth + torch.tensor([0.0, math.radians(0.5), 0.0], dtype=torch.float64)
+    got = aux.slot_regression(el, truth, valid, match, angle_scale_deg=1.0,
+                              inv_range_scale=0.05)
+    assert float(got) == pytest.approx(huber(0.5) / 3, rel=1e-9)
+    inv = truth + torch.tensor([0.0, 0.0, 0.02], dtype=torch.float64)
+    got = aux.slot_regression(inv, truth, valid, match, angle_scale_deg=1.0,
+                              inv_range_scale=0.05)
+    assert float(got) == pytest.approx(huber(0.4) / 3, rel=1e-9)
+
+
+def test_heatmap_focal_matches_a_cell_by_cell_loop_with_overlapping_sources():
+    """CenterNet's focal loss written cell by cell: two sources 1.4 cells apart, whose
+    Gaussians overlap, soften each negative by the larger of the two, (1 - max)^beta (a
+    mutation review: their sum passed, with sources far apart)."""
+    grid = candidate_grid(ModelConfig())
+    ax = [grid.inv_range, grid.elevation, grid.azimuth]
+    # (az, el, 1/r) of two sources: cells (2, 3, 4) and (2, 3, 5.4)
+    pts = [(float(grid.azimuth[4]), float(grid.elevation[3]), float(grid.inv_range[2])),
+           (float(grid.azimuth[5] + 0.4 * (grid.azimuth[6] - grid.azimuth[5])),
+            float(grid.elevation[3]), float(grid.inv_range[2]))]
+    truth = torch.tensor([pts], dtype=torch.float32)
+    valid = torch.tensor([[True, True]])
+    shape = tuple(len(a) for a in ax)
+    logits = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0))
+    got = float(aux.heatmap_focal(logits, grid, truth, valid, sigma_cells=1.0))
+    centres = [(2.0, 3.0, 4.0), (2.0, 3.0, 5.4)]
+    peaks = {(2, 3, 4), (2, 3, 5)}  # nearest cells
+    total = 0.0
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            for k in range(shape[2]):
+                x = float(logits[0, i, j, k])
+                p = 1 / (1 + math.exp(-x))
+                if (i, j, k) in peaks:
+                    total += -(1 - p) ** 2 * math.log(p)
+                else:
+                    soft = max(math.exp(-((i - a) ** 2 + (j - b) ** 2 + (k - c) ** 2) / 2)
+                               for a, b, c in centres)
+                    total += -(1 - soft) ** 4 * p ** 2 * math.log(1 - p)
+    assert got == pytest.approx(total / 2, rel=1e-4)
