@@ -22,6 +22,7 @@ from risloc.covariance.tools import (
     _gram_schmidt,
     blend_factor,
     leading_eigenpair,
+    snapshot_covariance,
 )
 from risloc.simulation import scene_true_covariance, simulate_range, true_covariance_factor
 
@@ -216,3 +217,16 @@ def test_leading_eigenpair_both_routes_match_eigh(dtype):
     top = Q[:, :, :2]
     assert (torch.linalg.vector_norm(top.mH @ u.unsqueeze(-1), dim=(-2, -1)) - 1).abs().max() \
         < 10 * eps
+
+
+@pytest.mark.parametrize("beta", [0.3, torch.tensor([0.3, 0.7])])
+def test_the_blend_factor_is_the_blend_of_its_parts(beta):
+    """W W^H of blend_factor(F, a, beta) equals blend(F F^H, snapshot_covariance(a), beta)
+    for a number and for per-scene betas (a mutation review: the number's branch could
+    weigh by 1 - beta instead of its square root unseen)."""
+    g = torch.Generator().manual_seed(8)
+    F = torch.randn(2, 40, 3, dtype=torch.complex128, generator=g)
+    a = torch.randn(2, 6, 40, dtype=torch.complex128, generator=g)
+    got = blend_factor(F, a, beta).dense()
+    want = blend(F @ F.mH, snapshot_covariance(a), beta)
+    assert torch.allclose(got, want, atol=1e-10)
