@@ -245,8 +245,11 @@ def test_bad_inputs_raise():
         classical_localize(b.y, b.H[:, :, :100], b.codes, SYSTEM)
     with pytest.raises(ValueError, match="all-zero channel"):
         classical_localize(b.y, torch.zeros_like(b.H), b.codes, SYSTEM)
-    with pytest.raises(ValueError, match="K must lie"):
-        classical_localize(b.y, b.H, b.codes, SYSTEM, K=SYSTEM.M)
+    with pytest.raises(ValueError, match="K must lie in 1..K_max=5, got \\[6\\]"):
+        classical_localize(b.y, b.H, b.codes, SYSTEM, K=SYSTEM.K_max + 1)  # (the bound)
+    with pytest.raises(ValueError, match="K must lie in 1..K_max=5, got \\[0\\]"):
+        classical_localize(b.y, b.H, b.codes, SYSTEM, K=0)
+    assert classical_localize(b.y, b.H, b.codes, SYSTEM, K=SYSTEM.K_max).K.tolist() == [5, 5]
     with pytest.raises(ValueError, match="K must be"):
         classical_localize(b.y, b.H, b.codes, SYSTEM, K=torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError):

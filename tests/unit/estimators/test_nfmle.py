@@ -248,6 +248,18 @@ def test_bad_inputs_raise():
     bad.azimuth[0, 0] = float("nan")
     with pytest.raises(ValueError, match="finite"):
         nfmle_refine(b.y, b.H, b.codes, bad, SYSTEM)
+    for r in (0.0, -1.0):  # a range of exactly 0 too (a mutation review: r < 0 passed)
+        at = Estimates(start.K, start.azimuth, start.elevation, start.range_m.clone(),
+                       start.score)
+        at.range_m[1, 0] = r
+        with pytest.raises(ValueError, match="ranges must be positive"):
+            nfmle_refine(b.y, b.H, b.codes, at, SYSTEM)
+    # K = M - 1 is taken, K = M refused (the bound itself)
+    edge = Estimates(torch.full((2,), 15), *(torch.zeros(2, 15) for _ in range(2)),
+                     torch.ones(2, 15), torch.zeros(2, 15))
+    from risloc.core.checks import check_positions
+
+    check_positions(edge.azimuth, edge.elevation, edge.range_m, edge.mask, SYSTEM.M)
 
 
 def test_config_validation():
