@@ -233,3 +233,8 @@ def test_grid_helpers():
     picks = greedy_pick(vals, (pos.unsqueeze(-1) - pos.unsqueeze(-2)).abs(), 3, 1.0)
     assert picks.index[0, :2].tolist() == [0, 2] and picks.valid[0].tolist() == [True, True,
                                                                                   False]
+    # "closer than min_distance" suppressed: a candidate exactly that far is kept (a
+    # mutation review: <= passed)
+    pos = torch.tensor([[0.0, 1.0, 0.5, 9.0]])
+    picks = greedy_pick(vals, (pos.unsqueeze(-1) - pos.unsqueeze(-2)).abs(), 2, 1.0)
+    assert picks.index[0].tolist() == [0, 1] and picks.valid[0].tolist() == [True, True]
