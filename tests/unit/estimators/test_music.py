@@ -238,3 +238,39 @@ def test_grid_helpers():
     pos = torch.tensor([[0.0, 1.0, 0.5, 9.0]])
     picks = greedy_pick(vals, (pos.unsqueeze(-1) - pos.unsqueeze(-2)).abs(), 2, 1.0)
     assert picks.index[0].tolist() == [0, 1] and picks.valid[0].tolist() == [True, True]
+
+
+def test_the_grid_spectrum_is_the_music_spectrum_at_the_grid_points():
+    """grid_spectrum's chunked GEMMs give music_spectrum's values at the grid points (a
+    mutation review: a wrong scale of the grid's spectrum changed no peak, and nothing
+    read its values)."""
+    from risloc.estimators.music import grid_spectrum
+    from risloc.physics import steering
+
+    system = SystemConfig()
+    grid = near_field_grid((-60.0, 60.0), (-30.0, 30.0), (0.5, 10.0), 7, 5, 4)
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(3, 144, 20, dtype=torch.complex128, generator=g)
+    R, K = X @ X.mH, torch.tensor([1, 3, 3])
+    U = signal_subspace(R, K)
+    A_grid = steering(grid.azimuth, grid.elevation, grid.range_m, system, torch.complex128).T
+    got = grid_spectrum(U, K, A_grid, chunk=50)
+    want = music_spectrum(R, K, system, grid.azimuth, grid.elevation, grid.range_m)
+    assert torch.allclose(got, want, rtol=1e-9)
+
+
+def test_grid_candidates_reach_past_peaks_crowded_around_the_strongest():
+    """Four local maxima in one direction (at four ranges) and a weaker one 40 deg away:
+    with two picks the second is the weaker one, which only a candidate list longer than
+    the picks holds (a mutation review: the n strongest peaks alone passed)."""
+    from risloc.estimators.music import _grid_candidates
+
+    grid = near_field_grid((-60.0, 60.0), (-30.0, 30.0), (0.5, 10.0), 20, 3, 8)
+    P = torch.zeros(1, 20, 3, 8, dtype=torch.float64)
+    for r, v in zip((0, 2, 4, 6), (10.0, 9.0, 8.0, 7.0)):
+        P[0, 10, 1, r] = v
+    P[0, 2, 1, 3] = 5.0
+    theta, valid = _grid_candidates(P.view(1, -1), grid, MusicConfig(), 2)
+    assert valid.tolist() == [[True, True]]
+    az = grid.azimuth.view(20, 3, 8)
+    assert theta[0, :, 0].tolist() == [float(az[10, 1, 0]), float(az[2, 1, 3])]
