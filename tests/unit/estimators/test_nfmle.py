@@ -67,6 +67,22 @@ def test_cost_history_is_monotone_and_decreases():
     assert bool((h[-1] < h[0]).all())
 
 
+def test_convergence_does_not_depend_on_the_units_of_y():
+    """Run to convergence, y scaled by 1e3 or 1e-3 stops after the same iterations at the
+    same positions: the stopping test is relative to the cost (a mutation review: an
+    absolute tolerance passed every test, all at unit scale)."""
+    b = simulate_range(0, 4, SYSTEM, SCENE, seed=3, split="test", K=2, snr_db=15.0)
+    start = perturbed_start(b, 2.0, 0.2)
+    cfg = NFMLEConfig(iterations=None)
+    fits = [nfmle_fit(b.y * s, b.H, b.codes, start, SYSTEM, cfg) for s in (1.0, 1e3, 1e-3)]
+    assert len({f.history.shape[0] for f in fits}) == 1 and fits[0].history.shape[0] > 2
+    for f in fits[1:]:
+        for name in ("azimuth", "elevation", "range_m"):
+            torch.testing.assert_close(getattr(f.estimates, name),
+                                       getattr(fits[0].estimates, name), rtol=1e-6,
+                                       atol=1e-9, equal_nan=True)
+
+
 def test_an_lm_acceptance_step_neither_indexes_by_mask_nor_checks_errors():
     """The amplitude solve and the acceptance of candidates use no operation that waits
     for a GPU (boolean-mask indexing: aten::nonzero; linalg.solve's singularity check),
