@@ -458,3 +458,39 @@ def test_bf16_counts_as_native_on_gpus_from_ampere_only(monkeypatch, capability,
         assert asked == [torch.device("cuda:1")]  # the tensors' GPU, not the current one
     finally:
         grids.native_bf16.cache_clear()
+
+
+def test_the_ols_statistic_is_its_formula_with_the_floor_beside_a_found_source():
+    """T(g) = sum_l |r_l^H b_l|^2 / max(||b_l||^2 - ||Q_l^H b_l||^2, floor ||b_l||^2), Q_l
+    an orthonormal basis of the found columns, written out with NumPy on a grid whose
+    first point lies almost in their span, where the floor decides (a mutation review:
+    the floor switched off passed)."""
+    import numpy as np
+
+    from risloc.estimators.nfmle import Fit
+
+    rng = np.random.default_rng(5)
+    B, L, M, k, G = 2, 3, 6, 2, 4
+
+    def cn(*shape):
+        return rng.normal(size=shape) + 1j * rng.normal(size=shape)
+
+    Bm, r = cn(B, L, M, k), cn(B, L, M)
+    Bg = cn(B, L, M, G)
+    Bg[..., 0] = Bm[..., 0] + 1e-3 * cn(B, L, M)  # beside a found source
+    floor = 0.05
+    want = np.zeros((B, G))
+    for b in range(B):
+        for l in range(L):
+            Q = np.linalg.qr(Bm[b, l])[0]
+            for g in range(G):
+                col = Bg[b, l, :, g]
+                gain = np.vdot(col, col).real
+                den = max(gain - np.sum(np.abs(Q.conj().T @ col) ** 2), floor * gain)
+                want[b, g] += abs(np.vdot(r[b, l], col)) ** 2 / den
+    t = torch.from_numpy
+    fit = Fit(torch.zeros(B, dtype=torch.float64), t(r), torch.zeros(B, L, k,
+              dtype=torch.complex128), t(Bm), torch.zeros(B, L, k, k, dtype=torch.complex128))
+    gains = t(np.sum(np.abs(Bg) ** 2, axis=2))
+    got = classical.ols_statistic(fit, t(Bg).clone(), gains.clone(), floor)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-8)
