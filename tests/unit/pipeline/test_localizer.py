@@ -554,3 +554,52 @@ def test_the_classical_localizer_recovers_exact_scenes_of_a_small_array():
         assert float(sep.amin(-1).rad2deg().max()) < 1e-2
         err = (sc.range_m[:, :4, None] - est.range_m[:, None, :4]).abs().amin(-1)
         assert float(err.max()) < 1e-2
+
+
+def test_chunks_read_their_own_scenes_k_and_snr(system):
+    """Per-scene K and SNR go with their scenes through chunks and past a bad scene: each
+    scene's estimates equal those of localizing it alone (a mutation review: every chunk
+    reading the first chunk's K, and the SNR left unaligned after a bad scene, passed)."""
+    from risloc.pipeline.localizer import resolve_K
+
+    sc = simulate_range(0, 5, system, SceneConfig(), seed=6, split="test", K=3)
+    y = sc.y.clone()
+    y[0, 0, 0] = float("inf")  # scene 0 bad: the others shift in the batch
+    K = torch.tensor([1, 2, 3, 1, 2])
+    snr = torch.tensor([5.0, 0.0, 20.0, -3.0, 12.0])
+    loc = Localizer(system, "classical", workers=1, chunk=2)
+    res = loc.localize(y, sc.H, sc.codes, snr_db=snr, K=K)
+    assert res.estimates.K.tolist() == [0, 2, 3, 1, 2]
+    alone = Localizer(system, "classical", workers=1)
+    for i in range(1, 5):
+        one = alone.localize(sc.y[i:i + 1], sc.H[i:i + 1], sc.codes[i:i + 1],
+                             snr_db=snr[i:i + 1], K=K[i:i + 1]).estimates
+        torch.testing.assert_close(res.estimates.azimuth[i], one.azimuth[0], equal_nan=True,
+                                   rtol=0, atol=1e-4)
+    # K unknown: the SNR sets the order test's noise level (told -20 dB, a 25 dB scene
+    # would read as noise; told 40 dB, a 0 dB one as sources)
+    told = torch.tensor([0.0, -20.0, 40.0, -20.0, 40.0])
+    res = loc.localize(y, sc.H, sc.codes, snr_db=told)
+    for i in range(1, 5):
+        one = alone.localize(sc.y[i:i + 1], sc.H[i:i + 1], sc.codes[i:i + 1],
+                             snr_db=told[i:i + 1]).estimates
+        assert int(res.estimates.K[i]) == int(one.K[0]), i
+        torch.testing.assert_close(res.estimates.azimuth[i], one.azimuth[0], equal_nan=True,
+                                   rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="K must lie in 1..K_max=2"):
+        resolve_K(3, 4, 2)  # (the bound itself, before any estimator sees it)
+    assert resolve_K(2, 3, 2).tolist() == [2, 2, 2]
+
+
+def test_a_learned_localizer_searches_its_networks_field_of_view_only():
+    """Another field of view is refused for the learned method, and its polish searches the
+    network's (a mutation review: the check dropped, or the polish's field of view left at
+    the default, passed with the default field of view)."""
+    from risloc.config import FieldOfView
+    from risloc.pipeline.learned import default_polish
+
+    narrow = FieldOfView(range_m=(1.0, 5.0))
+    assert default_polish(narrow).fov == narrow
+    loc = Localizer.from_checkpoint()
+    with pytest.raises(ValueError, match="cannot search"):
+        Localizer(loc.system, "learned", loc.pipeline, fov=narrow)
