@@ -81,6 +81,11 @@ def test_the_snr_changes_nothing():
         assert torch.equal(est.K, ref.K)
         assert torch.equal(est.azimuth.nan_to_num(), ref.azimuth.nan_to_num())
         assert torch.equal(est.range_m.nan_to_num(), ref.range_m.nan_to_num())
+    # nor does the network see it: its outputs are the same bit for bit (a mutation review:
+    # the SNR passed to the network changed its K logits but no final answer here)
+    with torch.no_grad():
+        out = [pipe.forward(sc.y, sc.H, sc.codes, snr).out for snr in (None, sc.snr_db - 8.0)]
+    assert torch.equal(out[0].K_logits, out[1].K_logits)
 
 
 def test_a_source_10_dB_weaker_than_the_others_is_kept_at_20_dB():
