@@ -81,6 +81,11 @@ def test_fit_order_head_learns_a_separable_rule_reproducibly():
     back = order_head_from_state(order_head_state(head))
     assert torch.equal(back(X[:10]).probabilities, head(X[:10]).probabilities)
     assert back.balance == head.balance
+    # the features are standardised by the training set's moments, kept in the state (a
+    # mutation review: the scale left at 1 passed, the separable features being O(1))
+    for h in (head, back):
+        assert torch.allclose(h.mean, X[:1500].mean(0)) and torch.allclose(
+            h.std, X[:1500].std(0).clamp_min(1e-6))
 
 
 def test_the_head_averages_its_members_and_loads_single_mlp_files():
