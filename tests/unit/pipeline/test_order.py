@@ -199,3 +199,21 @@ def test_the_heads_scenes_replace_fields_in_the_recipes_mixture():
     # K beyond the model's system: refused here, before fit-order's progress bar (a review)
     with pytest.raises(ValueError, match=r"order scene\.K=9 exceeds system\.K_max=5"):
         order_scenes(pipe, {"K": 9})
+
+
+def test_nested_detections_count_the_true_sources_among_the_first_k():
+    """The true sources first, then far-off ones: reporting the first k detects min(k, K)
+    (a mutation review: no test called it)."""
+    from risloc.pipeline.order import nested_detections
+
+    nan = float("nan")
+    az = torch.tensor([[0.1, -0.3, nan, nan], [0.5, nan, nan, nan]], dtype=torch.float64)
+    el = torch.tensor([[0.0, 0.2, nan, nan], [-0.1, nan, nan, nan]], dtype=torch.float64)
+    r = torch.tensor([[2.0, 4.0, nan, nan], [3.0, nan, nan, nan]], dtype=torch.float64)
+    K = torch.tensor([2, 1])
+    far = torch.tensor([-1.0, -0.5, 0.3])  # 50+ deg from every true source
+    theta = torch.stack([torch.stack([torch.tensor([0.1, 0.0, 0.5]),
+                                      torch.tensor([-0.3, 0.2, 0.25]), far, far]),
+                         torch.stack([torch.tensor([0.5, -0.1, 1 / 3]), far, far, far])])
+    got = nested_detections(theta, az, el, r, K)
+    assert got.tolist() == [[1, 2, 2, 2], [1, 1, 1, 1]]
