@@ -221,7 +221,8 @@ class Trainer:
         self.amp = o.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_multi_avg_fn(s.ema_decay))
-        self.swa_start = math.ceil((1 - s.swa_frac) * s.epochs) if s.swa_frac > 0 else None
+        self.swa_start = schedules.final_start(s.swa_frac, s.epochs) if s.swa_frac > 0 \
+            else None
         self.swa: AveragedModel | None = None
         self.swa_scheduler: SWALR | None = None
         self.data = TrainData(cfg, (self.dist.rank,) if self.dist.active else None,

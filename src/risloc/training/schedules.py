@@ -39,12 +39,19 @@ def jittered_beta(beta: float, jitter: float, seed: int, step: int) -> float:
     return min(max(beta + jitter * (2.0 * u - 1.0), 0.0), 1.0)
 
 
+def final_start(final_frac: float, epochs: int) -> int:
+    """The first epoch (0-based) of the last ``final_frac`` of ``epochs``: ceil((1 - f) E),
+    the product rounded first (0.7 of 10 epochs is 3.0000000000000004 in floating point,
+    whose ceiling, 4, would leave 6 final epochs, not 7)."""
+    return math.ceil(round((1.0 - final_frac) * epochs, 9))
+
+
 def phase_of(epoch: int, epochs: int, warmup_epochs: int, final_frac: float) -> int:
     """0 = warm-up (epoch < warmup_epochs), 2 = final (last final_frac of the epochs),
     1 = main."""
     if epoch < warmup_epochs:
         return 0
-    if final_frac > 0 and epoch >= math.ceil((1.0 - final_frac) * epochs):
+    if final_frac > 0 and epoch >= final_start(final_frac, epochs):
         return 2
     return 1
 

@@ -15,6 +15,8 @@ def test_lr_warmup_then_cosine():
     assert lrs[55] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
     assert lrs[100] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
     assert all(a >= b - 1e-12 for a, b in zip(lrs[10:100], lrs[11:101], strict=True))
+    # a base rate other than 1: the floor is min_lr_ratio of it (a mutation review)
+    assert s.get_lr(200, 100, 10, 2.0, 0.1) == pytest.approx(0.2)
 
 
 def test_beta_anneal_and_jitter():
@@ -37,9 +39,29 @@ def test_loss_weight_phases():
                                                        "lam_peak_contrast": 0.05}
     assert s.loss_weights_at(5, 10, sched, 2, 0.2)["lam_peak_contrast"] == 0.10
     assert s.loss_weights_at(9, 10, sched, 2, 0.2)["lam_subspace_align"] == 0.07
+    # the final phase starts at ceil((1 - f) E): 7.5 -> epoch 8 (a mutation review: int
+    # passed); 0.7 of 10 epochs is 7 of them, though (1 - 0.7) * 10 = 3.0000000000000004
+    assert [s.phase_of(e, 10, 0, 0.25) for e in (7, 8)] == [1, 2]
+    assert [s.phase_of(e, 10, 0, 0.7) for e in (2, 3)] == [1, 2]
+    assert s.final_start(0.7, 10) == 3 and s.final_start(0.25, 10) == 8
 
 
 def test_snr_curriculum():
     assert s.snr_range_at(0, 10, (-5, 20), (10, 20), 0.3) == (10, 20)
     assert s.snr_range_at(3, 10, (-5, 20), (10, 20), 0.3) == pytest.approx((-5, 20))
     assert s.snr_range_at(5, 10, (-5, 20), (10, 20), 0.0) == (-5, 20)
+
+
+def test_the_validation_objective_is_the_angle_plus_the_weighted_f1_miss():
+    """angle median + w (1 - F1) [deg]; inf where nothing was paired (a mutation review: the
+    F1 term's sign or its complement could change unseen)."""
+    from types import SimpleNamespace
+
+    from risloc.training.evaluate import objective_of
+
+    def summary(angle, f1):
+        return SimpleNamespace(angle_median_deg=angle, f1=f1)
+
+    assert objective_of(summary(2.0, 0.8), 5.0) == pytest.approx(3.0)
+    assert objective_of(summary(2.0, 1.0), 5.0) == 2.0
+    assert objective_of(summary(float("nan"), 0.0), 5.0) == math.inf
