@@ -94,6 +94,14 @@ def test_zero_weight_term_is_skipped_and_reported_nan(model):
     terms = compute_losses(out, out.R_pred, R_true, scenes, SYSTEM, cfg)
     assert math.isnan(float(terms.peak_contrast)) and math.isnan(float(terms.gap))
     assert torch.isfinite(terms.total)
+    # the total is each term's mean times its weight (a mutation review: the unweighted sum
+    # passed), the skipped terms left out
+    from risloc.losses.total import TERMS, WEIGHTS
+
+    want = sum(getattr(cfg, WEIGHTS[t]) * getattr(terms, t) for t in TERMS
+               if getattr(cfg, WEIGHTS[t]) > 0)
+    assert float(terms.total.detach()) == pytest.approx(float(want.detach()), rel=1e-6)
+    assert any(getattr(cfg, WEIGHTS[t]) not in (0.0, 1.0) for t in TERMS)
     with pytest.raises(ValueError):
         LossConfig(lam_cov=-1.0)
     with pytest.raises(ValueError):
