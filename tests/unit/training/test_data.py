@@ -283,3 +283,12 @@ def test_file_truth_is_fitted_to_the_recipes_slots(tmp_path):
     cfg = load_train_config(None, [f"data.val_file={tmp_path / 'wide.npz'}"])
     val = validation_set(cfg)
     assert val.azimuth.shape == (6, 5) and torch.equal(val.K, torch.as_tensor(arr["K"]).long())
+
+
+def test_the_snr_is_shown_in_the_share_of_scenes_snr_shown_says():
+    """data.snr_shown is the share of training scenes whose SNR the network sees: 0.25 of
+    512 scenes shown, 0 none, 1 all (a mutation review: hiding the complement passed)."""
+    for share, lo, hi in ((0.25, 0.19, 0.31), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)):
+        cfg = load_train_config(None, ["optim.batch_size=512", f"data.snr_shown={share}"])
+        shown = (~TrainData(cfg).batch(0, 0).snr_db.isnan()).double().mean().item()
+        assert lo <= shown <= hi, (share, shown)
