@@ -283,6 +283,9 @@ def test_accumulation_and_early_stopping(tmp_path):
     assert metrics["best_epoch"] == 1
     st = load_checkpoint(tmp_path / "last.pt")
     assert st["step"] == 3 and st["micro"] == 6 and st["swa"] is None
+    # the rate schedule advances once per optimizer step, not per micro-batch (a mutation
+    # review: per micro-batch passed)
+    assert st["scheduler"]["last_epoch"] == st["step"]
 
 
 def test_train_refuses_a_run_folder_unless_resumed_or_overwritten(tmp_path):
