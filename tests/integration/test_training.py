@@ -70,6 +70,10 @@ def test_cli_run_writes_logs_and_checkpoints(tmp_path):
                 "epoch", "step", "rng", "config", "history"):
         assert st[key] is not None, key
     assert st["epoch"] == 2 and st["step"] == 6
+    # SWA from the second epoch: the cosine schedule stopped after the first's 3 steps and
+    # SWALR set the rate since (a mutation review: the schedule stepping on passed)
+    assert st["scheduler"]["last_epoch"] == 3
+    assert st["swa_scheduler"] is not None and st["swa"]["n_averaged"] == 1
     assert load_train_config(TINY, [f"out_dir={tmp_path}", "log_every=1",
                                     "progress=false"]).to_json() == st["config"]
     # the finished run resumed again: its inference model is current, kept (a review: the
