@@ -198,3 +198,34 @@ def test_the_implied_snr_is_the_signal_over_the_residual_noise_level():
     off, implied = snr_disagreement(costs, L, M, given, margin_db=5.0)
     assert implied.tolist() == pytest.approx([0.0, 10.0, 20.0], abs=1e-6)
     assert off.tolist() == [False, True, False]
+
+
+def test_the_residual_rule_takes_the_smallest_self_consistent_order():
+    """Unknown sigma^2: K' = 1..K_max each give a noise level C_K' / (L (M - K') - 1.5 K');
+    the rule is the smallest K' that the penalised argmin then chooses itself, else the
+    K_max level's choice. Written out here with plain Python on random nested costs, many
+    with two or more self-consistent orders (a mutation review: the largest passed)."""
+    from risloc.estimators.order import _estimate_and_decide
+
+    L, M, pen = 16, 16, default_penalty(16)
+    g = torch.Generator().manual_seed(9)
+    drops = torch.rand(400, 5, generator=g, dtype=torch.float64) ** 3 * 3000
+    costs = torch.cat([torch.full((400, 1), 8000.0, dtype=torch.float64),
+                       8000.0 - drops.cumsum(-1).clamp_max(7990.0)], -1)
+    floor = noise_floor(costs, L, M)
+    several = 0
+
+    def choice(c, s2, lowest):
+        s2 = max(s2, lowest)
+        crit = [c[k] / s2 + pen * k for k in range(1, 6)]
+        return 1 + crit.index(min(crit))
+
+    for b in range(400):
+        c = costs[b].tolist()
+        chosen = [choice(c, c[kp] / (L * (M - kp) - 1.5 * kp), float(floor[b]))
+                  for kp in range(1, 6)]
+        consistent = [kp for kp in range(1, 6) if chosen[kp - 1] == kp]
+        several += len(consistent) > 1
+        want = consistent[0] if consistent else chosen[-1]
+        assert int(_estimate_and_decide(costs[b:b + 1], L, M, pen)[0]) == want, b
+    assert several > 10
