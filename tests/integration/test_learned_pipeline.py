@@ -513,3 +513,15 @@ def test_the_gpu_route_of_the_lm_loop_answers_as_the_cpu_route_without_waiting(m
         gap = (getattr(est, f) - getattr(ref, f)).abs()
         assert gap.nanmedian() < worst / 100 and gap.nan_to_num(0).amax() < worst
         assert torch.equal(gap.isnan(), getattr(ref, f).isnan())
+
+
+def test_a_smaller_k_max_caps_a_headless_models_residual_rule(checkpoint):
+    """A model without its order head decides K by the residual rule on the nested fits;
+    a system passed with K_max = 2 caps it there too (a mutation review: the rule read every
+    nested cost, and only the classical localizer's cap was tested)."""
+    loc = Localizer.from_checkpoint(checkpoint, workers=1)
+    assert loc.pipeline.order_head is None
+    sc = simulate_range(0, 4, loc.system, SceneConfig(), split="test", snr_db=25.0, K=5)
+    full = loc.localize(sc.y, sc.H, sc.codes).estimates
+    capped = loc.localize(sc.y, sc.H, sc.codes, system=SystemConfig(K_max=2)).estimates
+    assert int(full.K.max()) > 2 and int(capped.K.max()) <= 2
