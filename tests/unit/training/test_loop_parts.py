@@ -269,3 +269,24 @@ def test_a_run_folder_is_held_by_one_run_at_a_time(tmp_path):
             time.sleep(0.1)
     else:
         pytest.fail("the killed holder's lock was not released")
+
+
+def test_two_accumulated_micro_batches_make_one_batch_s_gradient(tmp_path):
+    """With accumulation 2, two micro-steps on the same scenes leave the gradient one
+    micro-step leaves with accumulation 1: each adds loss / accumulation (a mutation review:
+    the undivided loss passed, AdamW being nearly blind to the gradient's scale)."""
+    from risloc.training.loop import Trainer
+
+    grads = {}
+    for acc in (1, 2):
+        cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml",
+                                [f"out_dir={tmp_path}", f"optim.accumulation={acc}"])
+        tr = Trainer(cfg)
+        scenes = tr.data.batch(0, 0)
+        loss_cfg, beta = tr.loss_config(), tr.beta()
+        for _ in range(acc):
+            tr.micro_step(scenes, beta, loss_cfg)
+        grads[acc] = [p.grad.clone() for p in tr.model.parameters() if p.grad is not None]
+    assert grads[1] and len(grads[1]) == len(grads[2])
+    for a, b in zip(grads[1], grads[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
