@@ -290,3 +290,20 @@ def test_two_accumulated_micro_batches_make_one_batch_s_gradient(tmp_path):
     assert grads[1] and len(grads[1]) == len(grads[2])
     for a, b in zip(grads[1], grads[2], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_each_epoch_trains_with_its_phase_s_loss_weights(tmp_path):
+    """Epoch e (0-based) trains with the weights of phase_of(e): the warm-up's in epoch 0,
+    the main phase's until the final fifth, then the final's (a mutation review: the next
+    epoch's weights passed)."""
+    from risloc.training.loop import Trainer
+
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml",
+                            [f"out_dir={tmp_path}", "schedule.epochs=10"])
+    tr = Trainer(cfg)
+    sched = cfg.schedule.weight_schedule
+    assert sched
+    for epoch, phase in ((0, 0), (1, 1), (7, 1), (8, 2), (9, 2)):
+        tr.epoch = epoch
+        got = tr.loss_config()
+        assert {t: getattr(got, t) for t in sched} == {t: v[phase] for t, v in sched.items()}
