@@ -748,3 +748,23 @@ def test_the_fit_order_hint_fits_the_head_as_the_recipe_does():
     assert scene_fields(scenes) == cfg.order.scene == {"power_spread_db": [0, 25]}
     assert words[-1] == "--no-mix"
     assert "--no-mix" not in _fit_order_options(load_train_config("train_default", []))
+
+
+def test_an_epoch_is_validated_on_its_ema_weights(tmp_path):
+    """The epoch's validation objective is the EMA weights' (as stored in last.pt) on the
+    validation set with the recipe's beta, recomputed here (a mutation review: validating
+    the live weights passed)."""
+    from risloc.training.data import validation_set
+    from risloc.training.loop import Trainer
+
+    cfg = load_train_config(TINY, [f"out_dir={tmp_path}", "schedule.epochs=1",
+                                   "schedule.swa_frac=0", "order.scenes=0",
+                                   "progress=false"])
+    train(cfg)
+    tr = Trainer(cfg)
+    tr.restore(tmp_path / "last.pt")
+    st = load_checkpoint(tmp_path / "last.pt")
+    val = tr.validate(tr.ema.module, validation_set(cfg))
+    assert val.objective == pytest.approx(st["history"][-1]["val_objective"], rel=1e-6)
+    live = tr.validate(tr.model, validation_set(cfg))
+    assert live.objective != pytest.approx(val.objective, rel=1e-6)  # (the test can tell)
