@@ -768,3 +768,24 @@ def test_an_epoch_is_validated_on_its_ema_weights(tmp_path):
     assert val.objective == pytest.approx(st["history"][-1]["val_objective"], rel=1e-6)
     live = tr.validate(tr.model, validation_set(cfg))
     assert live.objective != pytest.approx(val.objective, rel=1e-6)  # (the test can tell)
+
+
+def test_the_swa_weights_are_the_mean_of_the_epochs_it_averaged(tmp_path):
+    """SWA over the last 0.75 of 4 epochs averages the weights at the end of epochs 2, 3
+    and 4 equally (a mutation review: with one averaged epoch, a wrong running mean passed)."""
+    snaps = []
+
+    def keep(epoch, metrics):  # last.pt holds the epoch's weights when this runs
+        snaps.append(load_checkpoint(tmp_path / "last.pt")["model"])
+
+    cfg = load_train_config(TINY, [f"out_dir={tmp_path}", "schedule.epochs=4",
+                                   "schedule.swa_frac=0.75", "order.scenes=0",
+                                   "progress=false"])
+    train(cfg, callback=keep)
+    swa = load_checkpoint(tmp_path / "last.pt")["swa"]
+    assert len(snaps) == 4 and int(swa["n_averaged"]) == 3
+    for name, value in snaps[-1].items():
+        if value.is_floating_point():
+            mean = sum(s[name].double() for s in snaps[1:]) / 3
+            torch.testing.assert_close(swa[f"module.{name}"].double(), mean, rtol=1e-5,
+                                       atol=1e-6)
