@@ -676,6 +676,7 @@ def test_a_run_begun_without_amp_resumes_where_amp_is_on(tmp_path, monkeypatch):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self._enabled = True  # as on a GPU with optim.amp
+            self._scale = self._growth_tracker = None  # (made at the first scaling)
 
         def load_state_dict(self, state):
             loaded.append(state)
@@ -685,6 +686,15 @@ def test_a_run_begun_without_amp_resumes_where_amp_is_on(tmp_path, monkeypatch):
     tr = loop.Trainer(cfg)
     tr.restore(tmp_path / "last.pt")
     assert tr.epoch == 1 and tr.scaler.is_enabled() and loaded == []
+    # a run begun with AMP resumes its scaler: the scale it had reached is restored (a
+    # mutation review: a scaler never restored passed, every CPU run's being empty)
+    st = load_checkpoint(tmp_path / "last.pt")
+    st["scaler"] = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                    "growth_interval": 2000, "_growth_tracker": 0}  # (a GradScaler's keys)
+    loop.save_checkpoint(tmp_path / "last.pt", st)
+    again = loop.Trainer(cfg)
+    again.restore(tmp_path / "last.pt")
+    assert len(loaded) == 1 and again.scaler.get_scale() == 1024.0
 
 
 def test_a_signal_to_the_whole_job_ends_training_with_its_message(tmp_path):
