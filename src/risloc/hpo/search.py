@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from risloc.config import ConfigError, parse_overrides
 from risloc.hpo.space import SET_BY_TUNE, Dimension, load_space, override
 from risloc.io.atomic import check_output_folder, write_csv_atomic, write_text_atomic
 from risloc.training.config import (
@@ -174,8 +175,6 @@ class TuneSettings:
 def _progress_off(item: str) -> bool:
     """Whether an override is progress=false (in any spelling YAML reads as false): what
     every trial runs with, so harmless."""
-    from risloc.config import ConfigError, parse_overrides
-
     try:
         return parse_overrides([item]) == {"progress": False}
     except ConfigError:
@@ -185,8 +184,6 @@ def _progress_off(item: str) -> bool:
 def set_fields(item: str) -> list[str]:
     """The dotted recipe fields an override sets: ``optim.lr=1e-3`` sets optim.lr, and
     ``optim={lr: 1e-3, batch_size: 32}`` (a section's mapping) each field it holds."""
-    from risloc.config import parse_overrides
-
     def leaves(node: Any, prefix: str) -> list[str]:
         if isinstance(node, dict) and node:
             return [f for k, v in node.items() for f in leaves(v, f"{prefix}.{k}")]
