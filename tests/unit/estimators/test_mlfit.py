@@ -115,6 +115,11 @@ def test_greedy_nested_step_finds_a_source_no_candidate_holds(system):
     assert int(found.sum()) >= 5
     assert bool((on.costs[found, 3] < 1e-6 * on.costs[found, 0]).all())
     assert bool((on.costs[:, 1:] <= on.costs[:, :-1]).all())
+    # a proposal must beat the fitted candidates by the margin: one no proposal can
+    # clear leaves the fitted candidates' nested sets
+    never = ml_fit(y, H, c, start, system, replace(cfg, greedy_margin=1e9))
+    torch.testing.assert_close(never.theta, off.theta)
+    torch.testing.assert_close(never.costs, off.costs)
 
 
 def test_nested_repairs_put_a_missed_source_into_the_nested_set(system):
