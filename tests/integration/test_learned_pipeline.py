@@ -21,6 +21,7 @@ from risloc.estimators.music import MusicConfig
 from risloc.estimators.nfmle import nfmle_fit
 from risloc.evaluation.metrics import match_sources
 from risloc.inference.checkpoint import load_checkpoint
+from risloc.inference.forward import forward_blend
 from risloc.pipeline import Localizer
 from risloc.pipeline.learned import inference_music_config, load_learned_pipeline
 from risloc.pipeline.order import order_features
@@ -82,7 +83,16 @@ def test_stages_compose_to_localize_and_the_slots_can_propose(checkpoint):
     torch.testing.assert_close(whole.azimuth, est.azimuth.float(), equal_nan=True)
     music = load_learned_pipeline(checkpoint, music=inference_music_config(pipe.fov))
     with torch.no_grad():
-        assert music.forward(sc.y, sc.H, sc.codes).R_blend.shape == (5, 144, 144)
+        R_blend = music.forward(sc.y, sc.H, sc.codes).R_blend
+        assert R_blend.shape == (5, 144, 144)
+        # the recipe's beta, blend and loading (a mutation review: beta 0 or 1 passed)
+        blend = pipe.recipe.blend
+        assert 0 < blend.beta < 1
+        ref = forward_blend(pipe.network, sc.y, sc.H, sc.codes, None, blend.beta, blend)
+        torch.testing.assert_close(R_blend, ref.R_blend)
+        for other in (0.0, 1.0):
+            far = forward_blend(pipe.network, sc.y, sc.H, sc.codes, None, other, blend)
+            assert float((far.R_blend - R_blend).abs().max()) > 1e-3 * float(R_blend.abs().max())
     assert bool((music.localize(sc.y, sc.H, sc.codes).K >= 1).all())
     # the chosen set is repaired only when K is given: K decided, nothing changes
     plain = replace(pipe, chosen_repairs=0)
