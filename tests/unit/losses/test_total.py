@@ -11,6 +11,7 @@ from risloc.config import SceneConfig, SystemConfig
 from risloc.covariance import blend, sample_covariance
 from risloc.covariance.tools import LowRank
 from risloc.losses import TERMS, LossConfig, compute_losses
+from risloc.losses.total import WEIGHTS
 from risloc.losses.auxiliary import nearest_cells
 from risloc.losses.subspace import steering_columns
 from risloc.model import CovarianceNet, ModelConfig, ModelOutput
@@ -172,3 +173,20 @@ def test_no_factor_for_a_small_ris():
                                                                    dtype=torch.complex64)
     assert blend_factor(F, a, 0.3) is None
     assert blend_factor(F, a[:, :10], 0.3).W.shape == (2, 16, 15)
+
+
+def test_the_cross_term_moves_the_factor_not_the_slots(model):
+    """cross_term_consistency pulls F towards the slots' steering vectors, never the slots
+    towards F (their steering is detached: a mutation review found the detach untested)."""
+    scenes = simulate_batch(3, SYSTEM, SceneConfig(), torch.Generator().manual_seed(4),
+                            snr_db=10.0)
+    out = model(scenes.y, scenes.H, scenes.codes, scenes.snr_db)
+    F = out.F.detach().requires_grad_()
+    A = out.slot_steering.detach().requires_grad_()
+    leaf = replace(out, F=F, slot_steering=A)
+    cfg = replace(LossConfig(), **{WEIGHTS[t]: 0.0 for t in TERMS if t not in ("cross", "cov")})
+    terms = compute_losses(leaf, leaf.R_pred, scene_true_covariance(scenes, SYSTEM), scenes,
+                           SYSTEM, cfg)
+    gF, gA = torch.autograd.grad(terms.cross, [F, A], allow_unused=True)
+    assert gF is not None and float(gF.abs().max()) > 0
+    assert gA is None or float(gA.abs().max()) == 0.0
