@@ -11,9 +11,9 @@ from risloc.config import SceneConfig, SystemConfig
 from risloc.covariance import blend, sample_covariance
 from risloc.covariance.tools import LowRank
 from risloc.losses import TERMS, LossConfig, compute_losses
-from risloc.losses.total import WEIGHTS
 from risloc.losses.auxiliary import nearest_cells
 from risloc.losses.subspace import steering_columns
+from risloc.losses.total import WEIGHTS
 from risloc.model import CovarianceNet, ModelConfig, ModelOutput
 from risloc.simulation import scene_true_covariance, simulate_batch, true_covariance_factor
 
@@ -97,8 +97,6 @@ def test_zero_weight_term_is_skipped_and_reported_nan(model):
     assert torch.isfinite(terms.total)
     # the total is each term's mean times its weight (a mutation review: the unweighted sum
     # passed), the skipped terms left out
-    from risloc.losses.total import TERMS, WEIGHTS
-
     want = sum(getattr(cfg, WEIGHTS[t]) * getattr(terms, t) for t in TERMS
                if getattr(cfg, WEIGHTS[t]) > 0)
     assert float(terms.total.detach()) == pytest.approx(float(want.detach()), rel=1e-6)
