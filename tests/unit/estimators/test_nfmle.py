@@ -338,3 +338,23 @@ def test_stacked_fits_are_the_amplitude_fits_of_each_candidate_set():
                                   cfg.tikhonov)
         for name, got, want in zip(one._fields, (f[t] for f in fits), one, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_a_bound_holds_a_parameter_only_where_descent_points_outward():
+    """The projected-Newton active set: a parameter on its lower (upper) bound is fixed
+    where -g points below (above) it, free where descent leads back inside; interior and
+    real-slot parameters are free whatever g, padded slots never (a mutation review: the
+    active set was checked only through the localizers)."""
+    lo = torch.tensor([-1.0, -0.5, 0.1], dtype=torch.float64)
+    hi = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
+    theta = torch.tensor([[[-1.0, 0.5, 1.0],   # az on lo, el on hi, 1/r inside
+                           [1.0, -0.5, 0.1],   # az on hi, el on lo, 1/r on lo
+                           [0.0, 0.0, 2.0]]],  # padded slot
+                         dtype=torch.float64)
+    mask = torch.tensor([[True, True, False]])
+    g = torch.tensor([[1.0, -1.0, 1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    free = nfmle._free_parameters(theta, g, mask, lo, hi)
+    want = [[False, False, True, False, False, False, False, False, False]]
+    assert free.tolist() == want
+    assert nfmle._free_parameters(theta, -g, mask, lo, hi).tolist() == \
+        [[True, True, True, True, True, True, False, False, False]]
