@@ -693,8 +693,10 @@ def test_a_run_begun_without_amp_resumes_where_amp_is_on(tmp_path, monkeypatch):
                     "growth_interval": 2000, "_growth_tracker": 0}  # (a GradScaler's keys)
     loop.save_checkpoint(tmp_path / "last.pt", st)
     again = loop.Trainer(cfg)
+    torch.manual_seed(12345)  # the global generator elsewhere: the checkpoint's comes back
     again.restore(tmp_path / "last.pt")
     assert len(loaded) == 1 and again.scaler.get_scale() == 1024.0
+    assert torch.equal(torch.get_rng_state(), st["rng"])
 
 
 def test_a_signal_to_the_whole_job_ends_training_with_its_message(tmp_path):
