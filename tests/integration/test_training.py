@@ -764,9 +764,10 @@ def test_the_fit_order_hint_fits_the_head_as_the_recipe_does():
 
 def test_an_epoch_is_validated_on_its_ema_weights(tmp_path):
     """The epoch's validation objective is the EMA weights' (as stored in last.pt) on the
-    validation set with the recipe's beta, recomputed here (a mutation review: validating
-    the live weights passed)."""
+    validation set with the recipe's beta, recomputed here (mutation reviews: validating
+    the live weights, or at the step's jittered beta, passed)."""
     from risloc.training.data import validation_set
+    from risloc.training.evaluate import evaluate
     from risloc.training.loop import Trainer
 
     cfg = load_train_config(TINY, [f"out_dir={tmp_path}", "schedule.epochs=1",
@@ -776,7 +777,10 @@ def test_an_epoch_is_validated_on_its_ema_weights(tmp_path):
     tr = Trainer(cfg)
     tr.restore(tmp_path / "last.pt")
     st = load_checkpoint(tmp_path / "last.pt")
-    val = tr.validate(tr.ema.module, validation_set(cfg))
+    val = evaluate(tr.ema.module, validation_set(cfg), cfg.system, cfg.blend.beta, cfg.blend,
+                   tr.loss_config(), cfg.music_config(), cfg.data.val_batch_size,
+                   cfg.evaluation.f1_weight_deg)  # the recipe's beta, not the step's
+    assert tr.beta() != cfg.blend.beta  # (the step's beta is jittered: the test can tell)
     assert val.objective == pytest.approx(st["history"][-1]["val_objective"], rel=1e-6)
     live = tr.validate(tr.model, validation_set(cfg))
     assert live.objective != pytest.approx(val.objective, rel=1e-6)  # (the test can tell)
