@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -526,10 +527,24 @@ def _to_complex64(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _held(data: dict[str, Any], attrs: dict[str, Any], handle: Any) -> str:
+    """What a file holds at its root, for a message: its entries' names (an HDF5 group's
+    marked as one), the first 20."""
+    if handle is None:
+        names = sorted({*data, *attrs})
+    else:
+        names = [f"{k} (a group)" if isinstance(handle.get(k), h5py.Group) else k
+                 for k in sorted(handle.keys())]
+    more = f", ... ({len(names) - 20} more)" if len(names) > 20 else ""
+    return f"[{', '.join(names[:20])}{more}]" if names else "nothing"
+
+
 def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
-                  assumed: bool = False) -> tuple[int, int, tuple[str, ...]]:
+                  assumed: bool = False, held: Callable[[], str] | None = None
+                  ) -> tuple[int, int, tuple[str, ...]]:
     """Validate names, shapes and dtypes against each other and the system: (S, the truth's
-    slots (0: no usable truth), notes on what is not used, :func:`_check_truth`)."""
+    slots (0: no usable truth), notes on what is not used, :func:`_check_truth`); what
+    ``held`` says (:func:`_held`) is named where a required dataset is missing."""
     if "system" in data:
         where = ("a 0-d string array, np.array(json_text)" if is_npz(path) else
                  "the file attribute 'system' (f.attrs['system'] = json_text), not a dataset")
@@ -538,7 +553,10 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
                              f"{tuple(data['system'].shape)}")
     missing = [k for k in REQUIRED if k not in data]
     if missing:
-        raise SceneFileError(f"{path}: missing required dataset(s) {missing}")
+        raise SceneFileError(
+            f"{path}: missing required dataset(s) {missing}" + (
+                f"; it holds {held()}: files hold y, H and codes as complex datasets at "
+                "their root, under these names (docs/conventions.md)" if held else ""))
     S = data["y"].shape[0] if data["y"].ndim else 0
     s = system
     dims = {"y": (s.L, s.M), "H": (s.M, s.N), "codes": (s.L, s.N)}  # after the scene axis
@@ -562,7 +580,22 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
                 f"permute({name}, [3 2 1])")
     axes = {"y": "L, M", "H": "M, N", "codes": "L, N"}
     for name, tail in dims.items():
-        if tuple(data[name].shape) == tail:
+        got = shapes[name]
+        one = got == tail or (len(got) == 3 and got == (1, *tail))
+        if name != "y" and len(shapes["y"]) == 3 and S > 1 and one:
+            raise SceneFileError(
+                f"{path}: dataset {name!r} has shape {got}: the same {name} for all {S} "
+                "scenes? "
+                f"Files hold one per scene, ({S}, {axes[name]}): repeat it, "
+                f"np.broadcast_to({name}.reshape({', '.join(map(str, tail))}), ({S}, "
+                f"{', '.join(map(str, tail))})) in NumPy")
+        if name != "y" and shapes["y"] == (S, *dims["y"]) and tail[0] != tail[1] \
+                and got == (S, *tail[::-1]):
+            raise SceneFileError(
+                f"{path}: dataset {name!r} has shape {got}, its last two axes swapped: "
+                f"({S}, {axes[name]}) = {(S, *tail)} is expected: np.swapaxes({name}, 1, 2) "
+                "in NumPy")
+        if got == tail:
             raise SceneFileError(
                 f"{path}: dataset {name!r} has shape {tail}: one scene without its scene "
                 f"axis. Files hold S scenes, (S, {axes[name]}): store one scene with a "
@@ -580,7 +613,8 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
                 f"scenes and the file's system (L={s.L}, M={s.M}, N={s.N})" + (
                     "; the file has no 'system' attribute, so the default system was "
                     "assumed: store the system's JSON as the attribute 'system' (h5) or a "
-                    "0-d string 'system' (npz), docs/conventions.md" if assumed else ""))
+                    "0-d string 'system' (npz), docs/conventions.md"
+                    if assumed and got[1:] != tail else ""))
         if name == "codes" and data[name].dtype.kind in "fiu":
             continue  # real codes (a 1-bit RIS's +-1) are complex codes with zero phase or pi
         if data[name].dtype.kind != "c" and not _real_imag_pair(data[name].dtype):
@@ -810,7 +844,8 @@ def inspect_scene_file(path: str | Path) -> SceneFileInfo:
             system = system_from_json(attrs.get("system"))
         except ConfigError as err:
             raise SceneFileError(f"{path}: {err}") from None
-        S, slots, notes = _check_layout(path, data, system, assumed="system" not in attrs)
+        S, slots, notes = _check_layout(path, data, system, assumed="system" not in attrs,
+                                        held=lambda: _held(data, attrs, handle))
         if "system" not in attrs:  # the scenes fit it, but fitting says nothing of lambda or d
             notes = (*notes, f"no 'system' attribute: the default system was assumed "
                      f"({system.describe()}); if the scenes were taken with another, store "

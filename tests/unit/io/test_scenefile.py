@@ -145,6 +145,36 @@ def test_mismatched_shapes_dtypes_system_refused(tmp_path, batch, system):
         read_scenes(_npz(tmp_path, **dict(arr, snr_db=arr["snr_db"][:3])))
 
 
+def test_a_shared_channel_swapped_axes_or_missing_names_get_their_fix(tmp_path, batch, system):
+    """A new user's review: one H (or code sequence) for all scenes was told to add a
+    leading axis of 1, then that the default system was assumed; H (S, N, M) had the system
+    note too; a file without 'y' did not say what it held."""
+    arr = batch_to_arrays(batch, system.K_max)
+    for name, tail in (("H", "16, 144"), ("codes", "16, 144")):
+        for one in (arr[name][0], arr[name][:1]):
+            with pytest.raises(SceneFileError, match=rf"'{name}' has shape .*the same {name} "
+                               rf"for all 50 scenes\? .*np.broadcast_to\({name}.reshape"
+                               rf"\({tail}\), \(50, {tail}\)\) in NumPy$"):
+                read_scenes(_npz(tmp_path, **dict(arr, **{name: one})))
+        swapped = np.ascontiguousarray(arr[name].transpose(0, 2, 1))
+        with pytest.raises(SceneFileError, match=rf"'{name}' has shape \(50, 144, 16\), its "
+                           rf"last two axes swapped: .*np.swapaxes\({name}, 1, 2\)"):
+            read_scenes(_npz(tmp_path, **dict(arr, **{name: swapped})))
+    with pytest.raises(SceneFileError, match=r"expected \(50, 16, 144\) for S=50 scenes and "
+                                             r"the file's system \(L=16, M=16, N=144\)$"):
+        read_scenes(_npz(tmp_path, **dict(arr, H=arr["H"][:7])))  # S alone: no system note
+    split = {k: v for k, v in arr.items() if k != "y"}
+    with pytest.raises(SceneFileError, match=r"missing required dataset\(s\) \['y'\]; it "
+                                             r"holds \[H, .*y_imag, y_real\]: files hold"):
+        read_scenes(_npz(tmp_path, **split, y_real=arr["y"].real, y_imag=arr["y"].imag))
+    path = tmp_path / "grouped.h5"
+    with h5py.File(path, "w") as f:
+        for k in ("y", "H", "codes"):
+            f[f"data/{k}"] = arr[k]
+    with pytest.raises(SceneFileError, match=r"holds \[data \(a group\)\]"):
+        read_scenes(path)
+
+
 def test_matlab_complex_compounds_are_read_and_reversed_axes_named(tmp_path, batch, system):
     """MATLAB (v7.3 .mat, h5create) stores complex arrays as a compound of float fields
     real and imag, and every array with its dimensions in reverse order."""
