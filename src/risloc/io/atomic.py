@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import json
 import logging
 import math
@@ -62,7 +63,7 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     """Delete temporaries of ``path`` left by writers that are no longer running."""
     path = Path(path)
     removed = []
-    for tmp in path.parent.glob(f".{path.name}.*{SUFFIX}*"):
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*{SUFFIX}*"):
         pid = tmp.name[len(path.name) + 2:].split("-", 1)[0]
         if pid.isdigit() and not _pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
@@ -106,11 +107,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = temporary_name(path)
     try:
         yield tmp
+        commit_temporary(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def commit_temporary(tmp: Path, path: Path) -> None:
+    """Make the complete temporary ``tmp`` the file ``path``: its data synced, renamed onto
+    ``path``, the folder's entries synced (after a power loss the new name is there, not
+    an empty file). On error ``tmp`` is removed."""
+    try:
         _fsync(tmp)
         os.replace(tmp, path)
         fsync_folder(path.parent)
     finally:
-        tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # (nothing there after the rename)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -40,7 +39,12 @@ from risloc.config import (
     system_from_json,
 )
 from risloc.core.checks import as_system, as_tensor
-from risloc.io.atomic import atomic_path, remove_stale_temporaries, temporary_name
+from risloc.io.atomic import (
+    atomic_path,
+    commit_temporary,
+    remove_stale_temporaries,
+    temporary_name,
+)
 from risloc.simulation.scenes import SceneBatch
 
 REQUIRED = ("y", "H", "codes")
@@ -142,6 +146,7 @@ class SceneFileWriter:
                                  f"(write_scenes), .npz; got {self.path.name!r}")
         if n_scenes < 1:
             raise SceneFileError(f"{self.path}: nothing to write (0 scenes)")
+        _refuse_folder(self.path)
         self.tmp = temporary_name(self.path)
         self.n, self.system = n_scenes, system
         self.attrs = _check_attrs(attrs, self.path, system)
@@ -221,12 +226,7 @@ class SceneFileWriter:
                                      f"scenes were written (missing: {listed_scenes(missing)}); "
                                      "nothing was saved")
             return
-        fd = os.open(self.tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self.tmp, self.path)
+        commit_temporary(self.tmp, self.path)
 
 
 def check_batch(batch: SceneBatch, system: SystemConfig, path: Path) -> None:
@@ -322,7 +322,8 @@ def batch_to_arrays(batch: SceneBatch, K_max: int) -> dict[str, np.ndarray]:
 
 
 def _truth_arrays(batch: SceneBatch, K_max: int) -> dict[str, np.ndarray]:
-    """The truth datasets of a batch with truth: K, then TRUTH in K_max slots (degrees)."""
+    """The truth datasets of a batch with truth: K, then TRUTH in K_max slots (degrees),
+    NaN past each scene's K (the conventions' padding, whatever the batch holds there)."""
     out = {"K": batch.K.cpu().numpy().astype(np.int32)}
     for name, t, deg in (("azimuth_deg", batch.azimuth, True),
                          ("elevation_deg", batch.elevation, True),
@@ -330,7 +331,8 @@ def _truth_arrays(batch: SceneBatch, K_max: int) -> dict[str, np.ndarray]:
         arr = t.detach().cpu().numpy().astype(np.float64)
         arr = (np.degrees(arr) if deg else arr)[:, :K_max]  # slots past K_max: unused
         pad = np.full((arr.shape[0], K_max), np.nan)
-        pad[:, :arr.shape[1]] = arr
+        held = np.arange(arr.shape[1]) < out["K"][:, None]
+        pad[:, :arr.shape[1]] = np.where(held, arr, np.nan)
         out[name] = pad.astype(np.float32)
     return out
 
@@ -345,6 +347,14 @@ def _as_tensors(batch: SceneBatch) -> SceneBatch:
                          as_tensor(f.name, getattr(batch, f.name)) for f in fields(batch)})
 
 
+def _refuse_folder(path: Path) -> None:
+    """SceneFileError where a scene file's target is a folder (the rename would fail only
+    after every scene was written)."""
+    if path.is_dir():
+        raise SceneFileError(f"{path}: a folder is there; name a file in it, e.g. "
+                             f"{path / ('scenes' + (path.suffix or '.h5'))}")
+
+
 def write_scenes(path: str | Path, batch: SceneBatch, system: SystemConfig | dict | str,
                  attrs: dict[str, Any] | None = None) -> Path:
     """Write a whole SceneBatch to .h5 or .npz, atomically (its fields torch tensors or any
@@ -355,6 +365,7 @@ def write_scenes(path: str | Path, batch: SceneBatch, system: SystemConfig | dic
     if len(batch) == 0:
         raise SceneFileError(f"{path}: nothing to write (0 scenes)")
     check_batch(batch, system, path)
+    _refuse_folder(path)
     if is_npz(path):
         check_room(path, len(batch), system, built=True)  # the disk ("No space left")
         arrays = batch_to_arrays(batch, system.K_max)

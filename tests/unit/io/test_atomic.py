@@ -63,6 +63,14 @@ def test_temporaries_of_a_killed_writer_are_removed_by_the_next(tmp_path):
     mine.write_bytes(b"in use")
     assert remove_stale_temporaries(target) == [stale]
     assert mine.exists() and not stale.exists()
+    # a name with glob characters (a review: "s[0].h5" matched the temporaries of
+    # "s0.h5", read a live writer's pid from the wrong place and deleted its file)
+    other = tmp_path / f".s0.h5.{__import__('os').getpid()}-cafe.partial.h5"
+    other.write_bytes(b"in use")
+    own = tmp_path / f".s[0].h5.{2 ** 22 + 12345}-dead.partial.h5"
+    own.write_bytes(b"half")
+    assert remove_stale_temporaries(tmp_path / "s[0].h5") == [own]
+    assert other.exists() and not own.exists()
 
 
 def test_check_writable_refuses_inputs_folders_and_unwritable_places(tmp_path):
@@ -177,3 +185,16 @@ def test_the_data_and_then_the_folder_are_synced_around_the_rename(tmp_path, mon
     monkeypatch.setattr(atomic, "_fsync", lambda p: None if p.is_file() else refused(p))
     write_text_atomic(target, "newer")
     assert target.read_text() == "newer"
+
+
+def test_a_csv_whose_read_back_fails_is_not_written(tmp_path):
+    """write_csv_atomic's ``check`` reads the temporary back before the rename: a failed
+    check leaves neither the target nor a temporary (a mutation review: the check never
+    called passed the io tests)."""
+    def refuse(path):
+        assert path.name.endswith(".partial.csv")
+        raise ValueError("bad rows")
+
+    with pytest.raises(ValueError, match="bad rows"):
+        write_csv_atomic(tmp_path / "out.csv", ["a"], [[1]], check=refuse)
+    assert list(tmp_path.iterdir()) == []

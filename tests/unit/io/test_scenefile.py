@@ -704,3 +704,94 @@ def test_room_for_a_file_is_checked_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(SceneFileError, match="a.npz: 11 scenes need about"):
         write_scenes(tmp_path / "a.npz", batch, system)
     assert not list(tmp_path.glob("*a.npz*"))
+
+
+@pytest.mark.parametrize("ext", ["h5", "npz"])
+def test_a_scene_file_is_synced_renamed_and_its_folder_synced(tmp_path, monkeypatch, batch,
+                                                              system, ext):
+    """Both formats: data synced, renamed, the folder's entry synced (a review: the .h5
+    writer never synced the folder, so after a power loss the name could be missing); a
+    folder in the target's place is named before any scene is written and no temporary is
+    left (a review: a bare IsADirectoryError, the whole .h5 temporary left behind)."""
+    import os
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(
+        f"/proc/self/fd/{fd}"))), real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))),
+                                                     real_replace(a, b)))
+    write_scenes(tmp_path / f"s.{ext}", batch[:4], system)
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1].endswith(f".partial.{ext}") and events[2][1] == str(tmp_path)
+    (tmp_path / f"d.{ext}").mkdir()
+    with pytest.raises(SceneFileError, match=rf"d.{ext}: a folder is there"):
+        write_scenes(tmp_path / f"d.{ext}", batch[:4], system)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"d.{ext}", f"s.{ext}"]
+    if ext == "h5":
+        with pytest.raises(SceneFileError, match="a folder is there"):
+            SceneFileWriter(tmp_path / "d.h5", 4, system)
+        with pytest.raises(SceneFileError, match="nothing to write"):
+            SceneFileWriter(tmp_path / "none.h5", 0, system)
+
+
+@pytest.mark.parametrize("ext", ["h5", "npz"])
+def test_written_truth_is_integer_K_and_nan_padded_positions(tmp_path, batch, system, ext):
+    """The contract's truth: K integer, positions NaN beyond each scene's K, as MATLAB and
+    NumPy readers see them, whatever a user's batch holds past K (a mutation review: K as
+    float32 or 0-padding passed)."""
+    filled = dataclasses.replace(batch, **{k: getattr(batch, k).nan_to_num(0.5) for k in
+                                           ("azimuth", "elevation", "range_m")})
+    path = write_scenes(tmp_path / f"s.{ext}", filled, system)
+    raw = h5py.File(path) if ext == "h5" else np.load(path)
+    try:
+        K = np.asarray(raw["K"])
+        assert K.dtype.kind == "i" and K.tolist() == batch.K.tolist()
+        assert int(K.min()) < system.K_max  # (padding to check)
+        pad = np.arange(system.K_max) >= K[:, None]
+        for name in ("azimuth_deg", "elevation_deg", "range_m"):
+            values = np.asarray(raw[name])
+            assert np.isnan(values[pad]).all() and np.isfinite(values[~pad]).all(), name
+    finally:
+        if ext == "h5":
+            raw.close()
+
+
+def test_truth_beyond_K_bad_values_or_shapes_is_named(tmp_path, batch, system):
+    """Stored positions past a scene's K are not read as sources; a true range of 0, K of
+    another shape and text positions are named (a mutation review: each passed)."""
+    arr = batch_to_arrays(batch[:3], system.K_max)
+    arr["K"] = np.array([1, 2, 1], np.int32)
+    for name in ("azimuth_deg", "elevation_deg", "range_m"):
+        arr[name] = np.nan_to_num(arr[name], nan=1.0)  # every slot holds a number
+    path = tmp_path / "t.npz"
+    np.savez(path, **arr)
+    back, _ = read_scenes(path, truth="unchecked")
+    assert back.mask.sum(1).tolist() == [1, 2, 1]
+    assert bool(torch.isnan(back.azimuth[0, 1:]).all())
+    zero = dict(arr, range_m=arr["range_m"].copy())
+    zero["range_m"][1, 1] = 0.0
+    np.savez(path, **zero)
+    info = inspect_scene_file(path)
+    assert info.n_truth_problems == 1 and info.truth_problems[0] == (1, "a true range <= 0")
+    for K in (arr["K"][:, None], arr["K"][:2]):
+        np.savez(path, **dict(arr, K=K))
+        with pytest.raises(SceneFileError, match="'K' must be integer"):
+            inspect_scene_file(path)
+    for text in (arr["azimuth_deg"].astype("S8"), arr["azimuth_deg"].astype(np.complex64)):
+        np.savez(path, **dict(arr, azimuth_deg=text))
+        with pytest.raises(SceneFileError, match="'azimuth_deg' must be"):
+            inspect_scene_file(path)
+
+
+def test_chunked_reads_stop_where_asked(tmp_path, batch, system):
+    """iter_scene_chunks and SceneDataset.batches end at ``stop``, the last chunk cut short
+    (a mutation review: a last chunk running past it passed)."""
+    path = write_scenes(tmp_path / "s.h5", batch, system)
+    chunks = list(iter_scene_chunks(path, 0, 10, size=4))
+    assert [(i, len(b)) for i, b in chunks] == [(0, 4), (4, 4), (8, 2)]
+    assert torch.equal(chunks[-1][1].y, batch.y[8:10])
+    for in_memory in (True, False):
+        ds = SceneDataset(path, in_memory=in_memory)
+        got = list(ds.batches(4, 0, 10))
+        assert [len(b) for b in got] == [4, 4, 2] and torch.equal(got[-1].y, batch.y[8:10])
