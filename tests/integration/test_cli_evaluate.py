@@ -248,6 +248,15 @@ def test_estimates_made_elsewhere_are_scored_beside_the_estimators(tmp_path):
             ([str(f), "--start", "13"], "select no scene range of the 12 scenes")):
         res = runner.invoke(app, ["evaluate", *args, "--out", str(tmp_path / "r2")])
         assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output
+    # an estimates CSV named as the report's table is an input, never replaced (a review:
+    # the user's estimates became the metrics table)
+    (tmp_path / "r6").mkdir()
+    mine = tmp_path / "r6" / "metrics.csv"
+    mine.write_text((tmp_path / "exact.csv").read_text())
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "none", "--estimates",
+                              str(mine), "--out", str(tmp_path / "r6"), "--no-plots"])
+    assert res.exit_code == 2 and "is one of the inputs" in " ".join(res.output.split())
+    assert mine.read_text() == (tmp_path / "exact.csv").read_text()
 
 
 @pytest.mark.parametrize("args,msg", [

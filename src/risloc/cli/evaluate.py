@@ -184,8 +184,9 @@ def evaluate_command(
     if scenes is None and (start or stop is not None or estimates):
         raise ValueError("--start / --stop / --estimates concern a scene file's scenes: give "
                          "the scene file")
+    inputs = [p for p in (scenes, *(estimates or ()), checkpoint) if p is not None]
     for name in ("metrics.csv", "metrics.json"):
-        check_writable(out_dir / name, [scenes] if scenes is not None else [])
+        check_writable(out_dir / name, inputs)
     if scenes is not None:
         from risloc.config import FieldOfView
         from risloc.io import read_scenes
