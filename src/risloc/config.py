@@ -392,6 +392,13 @@ def _is_pair(kind: Any) -> bool:
     return typing.get_origin(kind) is tuple and len(args) == 2 and Ellipsis not in args
 
 
+_SYNONYMS = {"lambda": "wavelength", "lam": "wavelength", "wavelength_m": "wavelength",
+             "d": "spacing", "element_spacing": "spacing", "spacing_m": "spacing",
+             "n_antennas": "M", "antennas": "M", "snapshots": "L", "n_snapshots": "L"}
+"""Other names of the system's fields that a spelling match does not find (a review:
+``lambda`` was offered N_H or N_V)."""
+
+
 def _where_it_belongs(model: type, loc: list[str], is_section: bool) -> str:
     """' (did you mean a.b?)' for the unknown field at ``loc`` of ``model``: a field of that
     name anywhere in the configuration, else a close spelling where it was given (a
@@ -411,7 +418,9 @@ def _where_it_belongs(model: type, loc: list[str], is_section: bool) -> str:
             if p.rsplit(".", 1)[-1] == name and sec == is_section
             and p != ".".join([*where, name])]
     here = [n for n, k in _sections(kind).items() if bool(_sections(k)) == is_section]
-    close = [".".join([*where, c]) for c in difflib.get_close_matches(name, here, 1)]
+    alias = _SYNONYMS.get(name.lower())
+    close = [".".join([*where, c]) for c in ([alias] if alias in here else
+                                             difflib.get_close_matches(name, here, 1))]
     guess = same or close
     return f" (did you mean {' or '.join(guess)}?)" if guess else ""
 

@@ -39,6 +39,10 @@ def test_invalid_values_name_the_field(override, field):
                       "system.K_max?)"),  # another section's field
     ("sytem={L: 4}", "sytem: Extra inputs are not permitted (did you mean system?)"),
     ("system.zzz=1", "system.zzz: Extra inputs are not permitted"),
+    ("system.lambda=0.3", "system.lambda: Extra inputs are not permitted (did you mean "
+                          "system.wavelength?)"),  # another name (a user's review)
+    ("system.d=0.15", "system.d: Extra inputs are not permitted (did you mean "
+                      "system.spacing?)"),
     ("seed=1", "seed: Extra inputs are not permitted"),  # not "scene": a value, no section
 ])
 def test_invalid_fields_say_how_to_write_them(override, says):
