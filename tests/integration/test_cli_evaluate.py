@@ -248,6 +248,18 @@ def test_estimates_made_elsewhere_are_scored_beside_the_estimators(tmp_path):
             ([str(f), "--start", "13"], "select no scene range of the 12 scenes")):
         res = runner.invoke(app, ["evaluate", *args, "--out", str(tmp_path / "r2")])
         assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output
+    # estimates written in radians are suspected, as true angles are (a user's review: F1 0
+    # and no hint); the exact ones are not
+    _estimates_csv(tmp_path / "rad.csv", np.deg2rad(truth[0]), np.deg2rad(truth[1]),
+                   *truth[2:])
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "none", "--estimates",
+                              str(tmp_path / "rad.csv"), "--estimates",
+                              str(tmp_path / "exact.csv"), "--out", str(tmp_path / "r7"),
+                              "--no-plots"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "--estimates " in said and "rad.csv: the estimated angles " \
+        "of all 24 sources lie within" in said and "radians stored as degrees? (estimates " \
+        "CSVs hold degrees" in said and "exact.csv: the estimated" not in said, said
     # an estimates CSV named as the report's table is an input, never replaced (a review:
     # the user's estimates became the metrics table)
     (tmp_path / "r6").mkdir()

@@ -399,6 +399,11 @@ def test_true_angles_in_radians_are_suspected(tmp_path):
     assert "radians stored as degrees?" in text
     res = runner.invoke(app, ["info", str(f)])
     assert "radians stored as degrees?" in " ".join(res.output.split())
+    first3 = tmp_path / "first3.npz"  # 6 sources are enough (a user's review: 13 said nothing)
+    with h5py.File(f) as h:
+        np.savez(first3, **{k: h[k][:3] for k in h}, system=np.array(h.attrs["system"]))
+    res = runner.invoke(app, ["info", str(first3)])
+    assert "true angles of all 6 sources lie within" in " ".join(res.output.split())
     with h5py.File(f, "a") as h:  # degrees, every source within 0.2 deg of boresight
         for name in ("azimuth_deg", "elevation_deg"):
             h[name][:] = h[name][:] / 5

@@ -297,6 +297,7 @@ def _with_given(settings: SweepSettings, paths: list[Path], n_scenes: int,
     """``settings`` with the estimates CSVs of a scene file's scenes to score (read with
     as many slots as their widest scene)."""
     from risloc.experiments.harness import GivenEstimates
+    from risloc.io.scenefile import radians_hint
     from risloc.pipeline.estimates_file import (
         OneFileOfSeveralError,
         SeveralFilesError,
@@ -322,6 +323,13 @@ def _with_given(settings: SweepSettings, paths: list[Path], n_scenes: int,
                              f"{info.path} alone (localize it on its own, or keep the rows "
                              "of its file index)") from None
         given.append(GivenEstimates(path.stem, str(path), est))
+        m = est.mask
+        if bool(m.any()):
+            widest = torch.maximum(est.azimuth[m].abs(), est.elevation[m].abs()).max()
+            hint = radians_hint(int(m.sum()), math.degrees(float(widest)), "estimated",
+                                "estimates CSVs")
+            if hint:
+                console.print(f"[yellow]--estimates {path}: {hint}[/]")
     if settings.known_K or not settings.snr_given:
         console.print("[yellow]--known-K / --snr-withheld concern the estimators run here; "
                       "the estimates of --estimates are scored as they are[/]")

@@ -680,7 +680,7 @@ def outside_hint(outside: int, fov: FieldOfView, whose: str = "") -> str:
             "info` counts them)")
 
 
-RADIANS_SUSPECT = (20, 0.3, math.pi / 2)  # true sources, and the widest |angle| in "degrees"
+RADIANS_SUSPECT = (5, 0.3, math.pi / 2)  # true sources, and the widest |angle| in "degrees"
 #   between these two: radians of the default field of view (azimuth +-60 deg = +-1.05 rad)
 
 
@@ -696,13 +696,14 @@ def widest_true_angle(batch: SceneBatch) -> tuple[int, float]:
     return int(m.sum()), math.degrees(float(widest))
 
 
-def radians_hint(n_sources: int, widest_deg: float) -> str:
+def radians_hint(n_sources: int, widest_deg: float, whose: str = "true",
+                 files: str = "scene files") -> str:
     """A warning where a file's true angles look like radians (:func:`widest_true_angle`),
-    else ''."""
+    else ''; ``whose`` and ``files`` name other angles (an estimates CSV's)."""
     least, low, high = RADIANS_SUSPECT
     if n_sources >= least and low <= widest_deg <= high:
-        return (f"the true angles of all {n_sources} sources lie within +-{widest_deg:.2f} "
-                "deg: radians stored as degrees? (scene files hold degrees, "
+        return (f"the {whose} angles of all {n_sources} sources lie within "
+                f"+-{widest_deg:.2f} deg: radians stored as degrees? ({files} hold degrees, "
                 "docs/conventions.md)")
     return ""
 
