@@ -291,6 +291,15 @@ def test_unusable_truth_ranges_and_files_of_other_k_max(tmp_path):
         res.output.split())
     assert f"the `file` column of the estimates: 0 = {f}, 1 = {g}" in " ".join(
         res.output.split())
+    # a file of another system: its own run, whatever the method (a user's review: the rule
+    # was not said)
+    h = tmp_path / "m8.npz"
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(h), "--set",
+                               "system.M=8", "--split", "test"]).exit_code == 0
+    res = runner.invoke(app, ["localize", str(f), str(h), "--out", str(tmp_path / "fh.csv"),
+                              "--method", "classical"])
+    assert res.exit_code == 2 and "the files of one run share a system (K_max aside), " \
+        "whatever the method" in " ".join(res.output.split()), res.output
     with pytest.raises(ValueError, match="estimates of 2 input files"):
         read_estimates(tmp_path / "fg.csv", 6, 5)  # scenes of both files would mix
     assert read_estimates(tmp_path / "fg.csv", 4, 5, file=1).K.tolist() == [1, 1, 1, 1]

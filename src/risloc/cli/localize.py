@@ -184,7 +184,9 @@ def localize_command(
             check_system(infos[0].system.model_copy(update={"K_max": info.system.K_max}),
                          info.system, "first file")
         except ValueError as err:
-            raise ValueError(f"{p}, against the first file {paths[0]}: {err}") from None
+            raise ValueError(f"{p}, against the first file {paths[0]}: {err}; the files of "
+                             "one run share a system (K_max aside), whatever the method: "
+                             "localize files of another system in a run of their own") from None
     # the localizer's K_max: the largest of the files' (each file's scenes capped by theirs)
     system = infos[0].system.model_copy(update={"K_max": max(i.system.K_max for i in infos)})
     k_cap = min(i.system.K_max for i in infos)

@@ -552,8 +552,9 @@ def _check_snr(costs: torch.Tensor, y: torch.Tensor, sigma2: torch.Tensor, snr_d
         _SNR_WARNED.append(True)  # (a file's chunks would each say it again)
         log.log(level, "the SNR given for %d of %d scenes disagrees with their data by more "
                     "than 10 dB (e.g. %.1f dB given where the residual implies about %.1f "
-                    "dB); K is decided with the SNR given: a linear SNR passed as snr_db? "
-                    "(docs/conventions.md defines it; leave it out and the classical "
+                    "dB); K is decided with the SNR given: a linear SNR passed as snr_db, "
+                    "or (with K within 2 of M antennas) sources the search missed? "
+                    "(docs/conventions.md defines the SNR; leave it out and the classical "
                     "localizer estimates the noise)", int(off.sum()), costs.shape[0],
                     float(given), float(implied[i]))
 
