@@ -629,8 +629,15 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
         if name == "codes" and data[name].dtype.kind in "fiu":
             continue  # real codes (a 1-bit RIS's +-1) are complex codes with zero phase or pi
         if data[name].dtype.kind != "c" and not _real_imag_pair(data[name].dtype):
-            raise SceneFileError(f"{path}: dataset {name!r} must be complex, "
-                                 f"got {data[name].dtype}")
+            dt = data[name].dtype
+            pair = dt.names is not None and len(dt.names) == 2
+            raise SceneFileError(
+                f"{path}: dataset {name!r} must be complex, got {dt}" + (
+                    f" (a pair of {dt[0]} fields"
+                    f"{': integer I/Q samples?' if dt[0].kind in 'iu' else ''} store them as "
+                    f"complex64, {name}[{dt.names[0]!r}] + 1j * {name}[{dt.names[1]!r}] in "
+                    "NumPy; float fields named real and imag are read as complex)"
+                    if pair else ""))
     if "snr_db" in data and tuple(data["snr_db"].shape) != (S,):
         raise SceneFileError(f"{path}: 'snr_db' has shape {tuple(data['snr_db'].shape)}, "
                              f"expected ({S},)")
