@@ -308,6 +308,13 @@ def test_dataset(tmp_path, batch, system):
 
     again = pickle.loads(pickle.dumps(ds))  # as a spawned worker receives it
     assert again._reader is None and torch.equal(again[3].codes[0], batch.codes[3])
+    # truth that cannot be scored is refused when the dataset is made, not at a batch
+    # (a mutation review)
+    noise = write_scenes(tmp_path / "k0.h5", batch[:6], system)
+    with h5py.File(noise, "a") as f:
+        f["K"][4] = 0
+    with pytest.raises(SceneFileError, match="cannot be scored"):
+        SceneDataset(noise, in_memory=False)
 
 
 def test_odd_attributes_and_datasets_are_clean_errors(tmp_path, batch, system):
