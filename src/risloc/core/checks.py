@@ -194,13 +194,14 @@ def check_measurements(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
     if H.shape[-1] != system.N:
         raise InputError(f"H has N={H.shape[-1]} columns but the system has N={system.N}")
     finite = _finite(y) & _finite(H) & _finite(codes)
-    empty = ~_nonzero(H)
-    if not bool((empty | ~finite).any()):  # the one read of the device on good input
+    empty_H, empty_y = ~_nonzero(H), ~_nonzero(y)
+    if not bool((empty_H | empty_y | ~finite).any()):  # the one read of the device on good input
         return
     if not bool(finite.all()):
         raise InputError(f"non-finite values (NaN or inf) in scenes "
                          f"{torch.nonzero(~finite).flatten()[:10].tolist()}")
-    raise InputError(f"all-zero channel H in scenes {torch.nonzero(empty).flatten()[:10].tolist()}")
+    which, empty = ("channel H", empty_H) if bool(empty_H.any()) else ("measurements y", empty_y)
+    raise InputError(f"all-zero {which} in scenes {torch.nonzero(empty).flatten()[:10].tolist()}")
 
 
 def check_positions(az: torch.Tensor, el: torch.Tensor, r: torch.Tensor, mask: torch.Tensor,

@@ -118,6 +118,28 @@ def test_scene_problems_reports_each_bad_scene_once_with_its_reason(system, scen
     assert bool(good.ok.all()) and good.reasons == ()
     with pytest.raises(ValueError, match=r"scenes \[3\]"):
         check_measurements(scenes.y, H, scenes.codes, system)
+    # what an estimator called directly refuses (a mutation review): an all-zero y (its
+    # docstring's promise, unkept), non-finite codes, an H of another N
+    with pytest.raises(ValueError, match=r"all-zero measurements y in scenes \[1\]"):
+        check_measurements(y.nan_to_num(0.0), scenes.H, scenes.codes, system)
+    nan_codes = scenes.codes.clone()
+    nan_codes[1, 0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"non-finite values \(NaN or inf\) in scenes \[1\]"):
+        check_measurements(scenes.y, scenes.H, nan_codes, system)
+    assert "non-finite values in codes" in dict(scene_problems(scenes.y, scenes.H,
+                                                               nan_codes).reasons)[1]
+    with pytest.raises(ValueError, match="N=100"):
+        check_measurements(scenes.y, scenes.H[..., :100], scenes.codes[..., :100], system)
+    with pytest.raises(ValueError, match="N=100"):
+        check_shapes(scenes.y, scenes.H[..., :100], scenes.codes[..., :100], system)
+    with pytest.raises(ValueError, match="empty batch"):
+        check_shapes(scenes.y[:0], scenes.H[:0], scenes.codes[:0])
+    # reasons in scene order, whichever rule found them
+    for nan_scene in (0, 1):
+        y2, H2 = scenes.y[:2].clone(), scenes.H[:2].clone()
+        y2[nan_scene, 0, 0] = math.nan
+        H2[1 - nan_scene] = 0
+        assert [i for i, _ in scene_problems(y2, H2, scenes.codes[:2]).reasons] == [0, 1]
     # phases stored where the codes belong: said so; real +-1 codes (a 1-bit RIS) are codes
     phases = torch.complex(torch.rand(c.shape) * 6.28, torch.zeros(c.shape))
     assert "exp(1j * phase), phase in radians" in dict(scene_problems(y, H, phases).reasons)[2]
@@ -142,9 +164,14 @@ def test_normalise_scale_survives_float32_underflow_and_overflow(scenes):
 
 
 def test_one_scene_given_where_a_batch_is_expected_is_named(scenes):
-    """A single scene's 2-D arrays would broadcast into nonsense (16 'scenes')."""
+    """A single scene's 2-D arrays would broadcast into nonsense (16 'scenes'); batches of
+    other sizes are not broadcast either (a mutation review)."""
     with pytest.raises(ValueError, match=r"must be batches of the same scenes.*y\[None\]"):
         normalise_scale(scenes.y[0], scenes.H[0])
+    with pytest.raises(ValueError, match="must be batches of the same scenes"):
+        normalise_scale(scenes.y[:2], scenes.H[:3])
+    with pytest.raises(ValueError):
+        operators(scenes.H[:1], scenes.codes)
     with pytest.raises(ValueError, match="y must be 3-dimensional"):
         scene_problems(scenes.y[0], scenes.H[0], scenes.codes[0])
 
@@ -175,3 +202,25 @@ def test_long_double_arrays_are_read_in_double_precision():
     z = (np.arange(6) + 1j * np.arange(6)).reshape(2, 3)
     assert torch.equal(as_tensor("y", z.astype(np.clongdouble)), torch.from_numpy(z))
     assert as_tensor("snr_db", np.ones(3, np.longdouble)).dtype == torch.float64
+
+
+def test_a_flipped_numpy_view_is_read_as_its_values():
+    """Negative strides (np.flip, y[:, ::-1]), which torch.from_numpy refuses, are read as
+    the values they show (a mutation review)."""
+    from risloc.core.checks import as_tensor
+
+    z = (np.arange(24) + 1j * np.arange(24)).reshape(2, 3, 4).astype(np.complex64)
+    assert torch.equal(as_tensor("y", z[:, ::-1]), torch.from_numpy(z[:, ::-1].copy()))
+
+
+def test_concatenated_estimates_pad_narrow_parts_with_nan():
+    """Slots a narrower part lacks are NaN, never sources at (0, 0, 0 m) (a mutation
+    review)."""
+    from risloc.core.params import concat_estimates
+
+    one = Estimates(torch.tensor([1]), *(torch.ones(1, 1) for _ in range(4)))
+    three = Estimates(torch.tensor([3]), *(torch.ones(1, 3) for _ in range(4)))
+    both = concat_estimates([one, three])
+    assert both.K.tolist() == [1, 3] and both.azimuth.shape == (2, 3)
+    for t in (both.azimuth, both.elevation, both.range_m, both.score):
+        assert bool(torch.isnan(t[0, 1:]).all()) and bool((t[1] == 1).all())

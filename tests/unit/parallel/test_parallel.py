@@ -57,6 +57,19 @@ def test_run_in_chunks_with_max_chunk_runs_every_pass_in_order_on_the_workers():
         list(range(100))]  # not on CPU: one pass
 
 
+@pytest.mark.parametrize("workers,device", [(2, "cpu"), (1, "cpu"), (2, "meta")])
+def test_an_error_in_a_chunk_reaches_the_caller(workers, device):
+    """An estimator's error in any chunk, on a worker thread or inline, is raised to the
+    caller, never a missing result (a mutation review: a swallowed error passed)."""
+    def fn(lo, hi):
+        if lo <= 50 < hi:
+            raise RuntimeError("boom")
+        return list(range(lo, hi))
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_in_chunks(fn, 100, workers=workers, device=device, max_chunk=16)
+
+
 def test_run_in_chunks_keeps_order_uses_threads_and_restores_thread_count():
     before = torch.get_num_threads()
     seen_threads, seen_torch = set(), set()
@@ -100,13 +113,17 @@ def test_off_the_cpu_one_pass_halved_while_out_of_device_memory(caplog):
     parts = run_in_chunks(fn, 23, device="meta")
     assert [lo for lo, _ in parts] == [0, *[hi for _, hi in parts[:-1]]] and parts[-1][1] == 23
     assert all(hi - lo <= 5 for lo, hi in parts) and calls[1] == (0, 23)
+    assert all(hi > lo for lo, hi in calls)  # never an empty pass
     assert "out of device memory localizing 23 scenes" in caplog.text
 
     def never(lo, hi):
+        calls.append((lo, hi))
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
+    calls.clear()
     with pytest.raises(torch.cuda.OutOfMemoryError):
         run_in_chunks(never, 3, device="meta")
+    assert calls == [(0, 3), (0, 1)]  # the first scene alone does not fit: raised
 
 
 def test_read_ahead_produces_the_next_item_in_a_thread_in_order():
