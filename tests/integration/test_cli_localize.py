@@ -338,9 +338,14 @@ def test_an_interrupted_run_says_how_to_go_on_and_a_resume_of_nothing_says_so(tm
 
     monkeypatch.setattr(Localizer, "localize", ctrl_c_at_the_second_chunk)
     res = runner.invoke(app, args)
-    assert res.exit_code == 130
+    assert res.exit_code == 130 and "no interrupted run" not in res.output  # (not resumed)
     assert "interrupted: the scenes localized so far are kept" in " ".join(res.output.split())
     monkeypatch.setattr(Localizer, "localize", real)
+    # a resume with another scene range or K is refused: its rows would not continue the
+    # run's (a mutation review: either left out of the run's settings passed)
+    for other, says in ((["--start", "8"], "another --start"), (["--K", "2"], "another --K")):
+        res = runner.invoke(app, [*args, "--resume", *other])
+        assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output
     res = runner.invoke(app, [*args, "--resume"])
     assert res.exit_code == 0 and "no interrupted run" not in res.output, res.output
     assert read_estimates(out, 24, 5).K.gt(0).all()

@@ -213,7 +213,9 @@ def test_one_run_at_a_time_writes_an_estimates_stream(tmp_path):
         with pytest.raises(ValueError, match=r"est.csv is being written by another run "
                                              r"\(est.csv.part is locked\)"):
             EstimatesStream(out, settings, COLUMNS, resume=resume)
-    first.close()  # e.g. killed
+    first.close()  # e.g. killed, part-way through its next chunk's rows: they are cut off
+    with open(out.with_name("est.csv.part"), "a") as torn:  # (a mutation review)
+        torn.write("9,0,1.0")
     with EstimatesStream(out, settings, COLUMNS, resume=True) as again:
         assert again.resumed and again.done == {"0": 4}
         again.append("0", 8, [(5, 0, 1.0, 2.0, 3.0, 0.5)])
