@@ -175,6 +175,11 @@ def test_several_files_ranges_and_a_resume_after_a_kill(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert expand_inputs(["a.h5", str(tmp_path / "a.h5"), "./*.h5"]) == [Path("a.h5"),
                                                                          Path("b.h5")]
+    (tmp_path / "a[1].h5").symlink_to(tmp_path / "a.h5")  # a name that is also a pattern:
+    (tmp_path / "a1.h5").symlink_to(tmp_path / "b.h5")  # the file of that name (a review)
+    assert expand_inputs(["a[1].h5"]) == [Path("a[1].h5")]
+    for link in ("a[1].h5", "a1.h5"):
+        (tmp_path / link).unlink()
     res = runner.invoke(app, ["localize", str(tmp_path / "none*.h5")])
     assert res.exit_code == 2 and "no scene file matches" in res.output
     res = runner.invoke(app, ["localize", str(tmp_path / "none.h5")])  # a plain path

@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import h5py
+import numpy as np
 import torch
 from typer.testing import CliRunner
 
@@ -41,6 +42,12 @@ def test_info_checks_every_scene_and_counts_truth_outside_the_field_of_view(tmp_
                                "scene.K=3"]).exit_code == 0
     res = runner.invoke(app, ["info", str(fixed)])
     assert ", K = 3," in " ".join(res.output.replace("│", " ").split()), res.output
+    assert res.exit_code == 0
+    with h5py.File(fixed, "a") as f:  # truth that cannot be scored is a defect on its own
+        az = f["azimuth_deg"][:]  # (a mutation review: only checked beside a bad scene)
+        az[0, 1] = np.nan
+        f["azimuth_deg"][:] = az
+    assert runner.invoke(app, ["info", str(fixed)]).exit_code == 1
     drawn = tmp_path / "d.h5"  # a spread drawn per scene; another codebook
     assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(drawn), "--set",
                                "scene.power_spread_db=[0, 25]", "--set",
@@ -118,9 +125,18 @@ def test_simulate_refuses_a_nan_snr_and_odd_suffixes(tmp_path):
             assert res.exit_code == 2 and "the simulated measurements are not finite in 2 " \
                 "of 2 scenes" in " ".join(res.output.split()), (bad, res.output)
     # a count beyond any disk: named as such (a review: numpy's ArrayMemoryError traceback)
-    res = runner.invoke(app, ["simulate", "--n", str(10**11), "--out", str(tmp_path / "s.h5")])
-    assert res.exit_code == 2 and f"{10**11} scenes need about" in res.output, res.output
+    for name in ("s.h5", "s.npz"):  # (a mutation review: the .npz's check untested)
+        res = runner.invoke(app, ["simulate", "--n", str(10**11), "--out",
+                                  str(tmp_path / name)])
+        assert res.exit_code == 2 and f"{10**11} scenes need about" in res.output, res.output
     assert list(tmp_path.iterdir()) == []
+    # an output under a file: named before any scene is simulated (a mutation review)
+    (tmp_path / "afile").write_text("")
+    res = runner.invoke(app, ["simulate", "--n", "2000", "--out",
+                              str(tmp_path / "afile" / "s.npz")])
+    assert res.exit_code == 2 and "afile is a file, not a folder" in " ".join(
+        res.output.split()) and "scenes/s" not in res.output, res.output
+    (tmp_path / "afile").unlink()
     # the suffix's case does not matter: DATA.NPZ is a NumPy archive, DATA.H5 HDF5
     for name in ("UP.NPZ", "UP.H5"):
         res = runner.invoke(app, ["simulate", "--n", "3", "--out", str(tmp_path / name)])
