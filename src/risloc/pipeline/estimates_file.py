@@ -394,7 +394,11 @@ class EstimatesStream:
         self._commit()
 
     def finish(self) -> Path:
+        """The complete .part file renamed onto the output (its rows were synced as they
+        were appended), the folder synced, then the progress record removed: a crash
+        between leaves the output complete (the next run removes the record)."""
         os.replace(self.part, self.out)
+        fsync_folder(self.out.parent)
         self.record.unlink(missing_ok=True)
         self.close()
         return self.out

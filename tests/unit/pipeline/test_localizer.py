@@ -219,7 +219,11 @@ def test_one_run_at_a_time_writes_an_estimates_stream(tmp_path):
     with EstimatesStream(out, settings, COLUMNS, resume=True) as again:
         assert again.resumed and again.done == {"0": 4}
         again.append("0", 8, [(5, 0, 1.0, 2.0, 3.0, 0.5)])
+        part_inode = again.part.stat().st_ino
         again.finish()
+    # the .part file itself became the output (a rename, atomic; a mutation review: a copy
+    # passed) and its record went after it
+    assert out.stat().st_ino == part_inode and not again.record.exists()
     assert [r.split(",")[0] for r in out.read_text().splitlines()[1:]] == ["0", "5"]
     EstimatesStream(out, settings, COLUMNS).finish()  # released: the next run may start
     # --restart killed between cutting the .part file and its new record: a --resume then
