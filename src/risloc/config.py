@@ -418,7 +418,7 @@ def _where_it_belongs(model: type, loc: list[str], is_section: bool) -> str:
             if p.rsplit(".", 1)[-1] == name and sec == is_section
             and p != ".".join([*where, name])]
     here = [n for n, k in _sections(kind).items() if bool(_sections(k)) == is_section]
-    alias = _SYNONYMS.get(name.lower())
+    alias = _SYNONYMS.get(str(name).lower())
     close = [".".join([*where, c]) for c in ([alias] if alias in here else
                                              difflib.get_close_matches(name, here, 1))]
     guess = same or close
