@@ -161,20 +161,14 @@ def test_json_is_strict_with_non_finite_numbers_as_null(tmp_path):
     assert path.read_text().endswith("}\n")
 
 
-def test_the_data_and_then_the_folder_are_synced_around_the_rename(tmp_path, monkeypatch):
+def test_the_data_and_then_the_folder_are_synced_around_the_rename(tmp_path, monkeypatch,
+                                                                    sync_events):
     """The data are on disk before the rename and the folder's new entry after it: after a
     power loss the target is the old file or the new one, never an empty one or gone. A
     folder that cannot be synced (Windows, some network filesystems) is no error."""
-    import os
-
     from risloc.io import atomic
 
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(
-        f"/proc/self/fd/{fd}"))), real_fsync(fd)))
-    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))),
-                                                     real_replace(a, b)))
+    events = sync_events
     target = write_text_atomic(tmp_path / "out.txt", "new")
     assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
     assert events[0][1].endswith(".partial.txt") and events[2][1] == str(tmp_path)

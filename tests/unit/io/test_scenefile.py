@@ -719,20 +719,13 @@ def test_room_for_a_file_is_checked_before_any_work(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("ext", ["h5", "npz"])
-def test_a_scene_file_is_synced_renamed_and_its_folder_synced(tmp_path, monkeypatch, batch,
+def test_a_scene_file_is_synced_renamed_and_its_folder_synced(tmp_path, sync_events, batch,
                                                               system, ext):
     """Both formats: data synced, renamed, the folder's entry synced (a review: the .h5
     writer never synced the folder, so after a power loss the name could be missing); a
     folder in the target's place is named before any scene is written and no temporary is
     left (a review: a bare IsADirectoryError, the whole .h5 temporary left behind)."""
-    import os
-
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(
-        f"/proc/self/fd/{fd}"))), real_fsync(fd)))
-    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))),
-                                                     real_replace(a, b)))
+    events = sync_events
     write_scenes(tmp_path / f"s.{ext}", batch[:4], system)
     assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
     assert events[0][1].endswith(f".partial.{ext}") and events[2][1] == str(tmp_path)
