@@ -268,6 +268,15 @@ def test_export_model_cli(tmp_path, checkpoint, caplog):
     assert res.exit_code == 2 and "holds no 'ema' weights" in res.output
     assert {p: (tmp_path / p).read_bytes() for p in good} == good
     assert not list(tmp_path.glob(".m.pt*"))  # no temporary left
+    # a model rewritten in place (fit-order m.pt --out m.pt) updates its own card; another
+    # model's card is not replaced without --overwrite (a CLI mutation review: in-place
+    # refused passed)
+    from risloc.cli.common import refuse_existing_model
+
+    refuse_existing_model(tmp_path / "m.pt", False, tmp_path / "m.pt")
+    (tmp_path / "m3.json").write_text("{}")  # a user's file where no model is
+    with pytest.raises(ValueError, match="m3.json exists and would be replaced"):
+        refuse_existing_model(tmp_path / "m3.pt", False, tmp_path / "m.pt")
     # the card of a model exported to "m.pt" from "m.pth" would be the input's card
     (tmp_path / "m.pth").write_bytes(checkpoint.read_bytes())
     res = runner.invoke(app, ["export-model", str(tmp_path / "m.pth"), "--out",
