@@ -19,8 +19,8 @@ and SNR, on test scenes:
   true source: the data do not hold the positions to 1 deg at that SNR.
 
 Where ``genie off`` is near ``missed`` the misses are the data's; where it is 0 (noise-free
-scenes, 30 dB) they are the search's. One thread. Writes the JSON and a text copy of the
-table (``<out>.txt``).
+scenes; at 30 dB most systems with K = M - 2) they are the search's. One thread. Writes the
+JSON and a text copy of the table (``<out>.txt``).
 """
 
 from __future__ import annotations

@@ -414,13 +414,12 @@ def _where_it_belongs(model: type, loc: list[str], is_section: bool) -> str:
         return out
 
     everywhere = leaves(model, [], 2)
+    names = (name, _SYNONYMS.get(str(name).lower()))  # (another name of a field: its field)
     same = [p for p, sec in everywhere.items()
-            if p.rsplit(".", 1)[-1] == name and sec == is_section
+            if p.rsplit(".", 1)[-1] in names and sec == is_section
             and p != ".".join([*where, name])]
     here = [n for n, k in _sections(kind).items() if bool(_sections(k)) == is_section]
-    alias = _SYNONYMS.get(str(name).lower())
-    close = [".".join([*where, c]) for c in ([alias] if alias in here else
-                                             difflib.get_close_matches(name, here, 1))]
+    close = [".".join([*where, c]) for c in difflib.get_close_matches(name, here, 1)]
     guess = same or close
     return f" (did you mean {' or '.join(guess)}?)" if guess else ""
 

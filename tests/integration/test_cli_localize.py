@@ -423,6 +423,14 @@ def test_true_angles_in_radians_are_suspected(tmp_path):
         np.savez(first3, **{k: h[k][:3] for k in h}, system=np.array(h.attrs["system"]))
     res = runner.invoke(app, ["info", str(first3)])
     assert "true angles of all 6 sources lie within" in " ".join(res.output.split())
+    narrow = tmp_path / "narrow.h5"  # simulated that close to boresight: no hint (a review)
+    res = runner.invoke(app, ["simulate", "--n", "3", "--out", str(narrow), "--split", "test",
+                              "--set", "scene.azimuth_deg=[-1.5, 1.5]", "--set",
+                              "scene.elevation_deg=[-1.5, 1.5]", "--set",
+                              "scene.min_separation_deg=0.5"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["info", str(narrow)])
+    assert res.exit_code == 0 and "radians stored as" not in " ".join(res.output.split())
     with h5py.File(f, "a") as h:  # degrees, every source within 0.2 deg of boresight
         for name in ("azimuth_deg", "elevation_deg"):
             h[name][:] = h[name][:] / 5

@@ -226,7 +226,8 @@ def evaluate_command(
                 else f"all {left} have all-zero or non-finite measurements or truth that "
                 "cannot be scored; `risloc info` names them)"))
         if estimates:
-            settings = _with_given(settings, estimates, n_file, info)
+            settings = _with_given(settings, estimates, n_file, info,
+                                   widest_true_angle(batch)[1])
             _say_scenes_without_rows(settings, batch, start, evaluated)
         system, points = info.system, list(file_points(batch, snr_bin_db, offset=start))
         if info.has_truth:
@@ -234,7 +235,7 @@ def evaluate_command(
                           "powers at each scene's SNR (a file carries neither symbols nor "
                           "powers; none where a scene has no SNR)")
             # truth in other units reads as a localizer's failure: say so, as localize does
-            for hint in (radians_hint(*widest_true_angle(batch)),
+            for hint in (radians_hint(*widest_true_angle(batch), attrs=info.attrs),
                          outside_hint(count_outside(batch, FieldOfView()), FieldOfView())):
                 if hint:
                     console.print(f"[yellow]{scenes}: {hint}[/]")
@@ -293,11 +294,13 @@ def _say_scenes_without_rows(settings: SweepSettings, batch, start: int,
 
 
 def _with_given(settings: SweepSettings, paths: list[Path], n_scenes: int,
-                info) -> SweepSettings:
+                info, truth_widest_deg: float) -> SweepSettings:
     """``settings`` with the estimates CSVs of a scene file's scenes to score (read with
-    as many slots as their widest scene)."""
+    as many slots as their widest scene); estimates that look like radians are said to,
+    where the truth (its widest angle ``truth_widest_deg``) does not lie as close to
+    boresight."""
     from risloc.experiments.harness import GivenEstimates
-    from risloc.io.scenefile import radians_hint
+    from risloc.io.scenefile import RADIANS_SUSPECT, radians_hint
     from risloc.pipeline.estimates_file import (
         OneFileOfSeveralError,
         SeveralFilesError,
@@ -324,7 +327,7 @@ def _with_given(settings: SweepSettings, paths: list[Path], n_scenes: int,
                              "of its file index)") from None
         given.append(GivenEstimates(path.stem, str(path), est))
         m = est.mask
-        if bool(m.any()):
+        if bool(m.any()) and truth_widest_deg > RADIANS_SUSPECT[2]:
             widest = torch.maximum(est.azimuth[m].abs(), est.elevation[m].abs()).max()
             hint = radians_hint(int(m.sum()), math.degrees(float(widest)), "estimated",
                                 "estimates CSVs")

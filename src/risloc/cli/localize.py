@@ -333,7 +333,7 @@ def localize_command(
         if scored_n < total:
             console.print(f"(metrics over the {scored_n} of {total} scenes with truth that can "
                           "be scored)")
-        hint = radians_hint(n_true, widest)
+        hint = radians_hint(n_true, widest, attrs=infos[0].attrs if len(infos) == 1 else None)
         if hint:
             console.print(f"[yellow]{hint}[/]")
         hint = outside_hint(outside, loc.fov, " of the scored scenes")

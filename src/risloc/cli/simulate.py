@@ -243,7 +243,7 @@ def _print_summary(path: Path, check: bool = False) -> bool:
             table.add_row("truth outside the field of view",
                           f"{outside} of {n_true} sources ({fov_text(FieldOfView())}: where "
                           "the localizers search)")
-        hint = radians_hint(n_true, widest)
+        hint = radians_hint(n_true, widest, attrs=info.attrs)
         if hint:
             table.add_row("truth units", hint)
     out.print(table)

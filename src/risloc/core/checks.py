@@ -200,8 +200,10 @@ def check_measurements(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
     if not bool(finite.all()):
         raise InputError(f"non-finite values (NaN or inf) in scenes "
                          f"{torch.nonzero(~finite).flatten()[:10].tolist()}")
-    which, empty = ("channel H", empty_H) if bool(empty_H.any()) else ("measurements y", empty_y)
-    raise InputError(f"all-zero {which} in scenes {torch.nonzero(empty).flatten()[:10].tolist()}")
+    raise InputError("; ".join(
+        f"all-zero {which} in scenes {torch.nonzero(empty).flatten()[:10].tolist()}"
+        for which, empty in (("channel H", empty_H), ("measurements y", empty_y))
+        if bool(empty.any())))
 
 
 def check_positions(az: torch.Tensor, el: torch.Tensor, r: torch.Tensor, mask: torch.Tensor,

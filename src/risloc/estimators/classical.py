@@ -550,13 +550,15 @@ def _check_snr(costs: torch.Tensor, y: torch.Tensor, sigma2: torch.Tensor, snr_d
         given = torch.as_tensor(snr_db, dtype=torch.float64).expand(costs.shape[0])[i]
         level = logging.DEBUG if _SNR_WARNED else logging.WARNING  # said once per process
         _SNR_WARNED.append(True)  # (a file's chunks would each say it again)
+        crowded = costs.shape[1] - 1 >= y.shape[2] - 2  # K_max within 2 of M: see the guide
         log.log(level, "the SNR given for %d of %d scenes disagrees with their data by more "
                     "than 10 dB (e.g. %.1f dB given where the residual implies about %.1f "
-                    "dB); K is decided with the SNR given: a linear SNR passed as snr_db, "
-                    "or (with K within 2 of M antennas) sources the search missed? "
+                    "dB); K is decided with the SNR given: a linear SNR passed as snr_db%s? "
                     "(docs/conventions.md defines the SNR; leave it out and the classical "
                     "localizer estimates the noise)", int(off.sum()), costs.shape[0],
-                    float(given), float(implied[i]))
+                    float(given), float(implied[i]),
+                    ", or (with K within 2 of M antennas) sources the search missed"
+                    if crowded else "")
 
 
 def classical_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, system: SystemConfig,

@@ -630,13 +630,14 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
             continue  # real codes (a 1-bit RIS's +-1) are complex codes with zero phase or pi
         if data[name].dtype.kind != "c" and not _real_imag_pair(data[name].dtype):
             dt = data[name].dtype
-            pair = dt.names is not None and len(dt.names) == 2
+            pair = dt.names is not None and len(dt.names) == 2 and all(
+                dt[i].kind in "fiu" for i in (0, 1))
             raise SceneFileError(
                 f"{path}: dataset {name!r} must be complex, got {dt}" + (
                     f" (a pair of {dt[0]} fields"
-                    f"{': integer I/Q samples?' if dt[0].kind in 'iu' else ''} store them as "
-                    f"complex64, {name}[{dt.names[0]!r}] + 1j * {name}[{dt.names[1]!r}] in "
-                    "NumPy; float fields named real and imag are read as complex)"
+                    f"{': integer I/Q samples?' if dt[0].kind in 'iu' else ''}: store them "
+                    f"as complex64, {name}[{dt.names[0]!r}] + 1j * {name}[{dt.names[1]!r}] "
+                    "in NumPy; float fields named real and imag are read as complex)"
                     if pair else ""))
     if "snr_db" in data and tuple(data["snr_db"].shape) != (S,):
         raise SceneFileError(f"{path}: 'snr_db' has shape {tuple(data['snr_db'].shape)}, "
@@ -703,11 +704,29 @@ def widest_true_angle(batch: SceneBatch) -> tuple[int, float]:
     return int(m.sum()), math.degrees(float(widest))
 
 
+def drawn_widest_deg(attrs: dict[str, Any]) -> float | None:
+    """The widest |azimuth| or |elevation| bound [deg] that a file of ``risloc simulate``
+    drew its sources in (its ``config`` attribute, and its ``scene_mix`` kinds'), or None
+    for a file that records none."""
+    try:
+        scenes = [json.loads(attrs["config"])["scene"]]
+        scenes += json.loads(attrs.get("scene_mix") or "[]")
+        return max(abs(float(v)) for sc in scenes for k in ("azimuth_deg", "elevation_deg")
+                   if k in sc for v in sc[k])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def radians_hint(n_sources: int, widest_deg: float, whose: str = "true",
-                 files: str = "scene files") -> str:
+                 files: str = "scene files", attrs: dict[str, Any] | None = None) -> str:
     """A warning where a file's true angles look like radians (:func:`widest_true_angle`),
-    else ''; ``whose`` and ``files`` name other angles (an estimates CSV's)."""
+    else ''; ``whose`` and ``files`` name other angles (an estimates CSV's). Not where the
+    file's ``attrs`` record sources drawn that close to boresight (a simulated narrow field
+    of view: :func:`drawn_widest_deg`)."""
     least, low, high = RADIANS_SUSPECT
+    drawn = drawn_widest_deg(attrs or {})
+    if drawn is not None and drawn <= high:
+        return ""
     if n_sources >= least and low <= widest_deg <= high:
         return (f"the {whose} angles of all {n_sources} sources lie within "
                 f"+-{widest_deg:.2f} deg: radians stored as degrees? ({files} hold degrees, "

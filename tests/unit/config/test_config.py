@@ -43,6 +43,8 @@ def test_invalid_values_name_the_field(override, field):
                           "system.wavelength?)"),  # another name (a user's review)
     ("system.d=0.15", "system.d: Extra inputs are not permitted (did you mean "
                       "system.spacing?)"),
+    ("lambda=0.3", "lambda: Extra inputs are not permitted (did you mean "
+                   "system.wavelength?)"),  # in another section too (a review)
     ("seed=1", "seed: Extra inputs are not permitted"),  # not "scene": a value, no section
 ])
 def test_invalid_fields_say_how_to_write_them(override, says):

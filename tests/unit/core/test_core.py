@@ -120,8 +120,11 @@ def test_scene_problems_reports_each_bad_scene_once_with_its_reason(system, scen
         check_measurements(scenes.y, H, scenes.codes, system)
     # what an estimator called directly refuses (a mutation review): an all-zero y (its
     # docstring's promise, unkept), non-finite codes, an H of another N
-    with pytest.raises(ValueError, match=r"all-zero measurements y in scenes \[1\]"):
+    with pytest.raises(ValueError, match=r"^all-zero measurements y in scenes \[1\]$"):
         check_measurements(y.nan_to_num(0.0), scenes.H, scenes.codes, system)
+    with pytest.raises(ValueError, match=r"^all-zero channel H in scenes \[3\]; all-zero "
+                                         r"measurements y in scenes \[1\]$"):  # both named
+        check_measurements(y.nan_to_num(0.0), H, scenes.codes, system)
     nan_codes = scenes.codes.clone()
     nan_codes[1, 0, 0] = math.nan
     with pytest.raises(ValueError, match=r"non-finite values \(NaN or inf\) in scenes \[1\]"):

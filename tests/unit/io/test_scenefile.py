@@ -197,13 +197,16 @@ def test_matlab_complex_compounds_are_read_and_reversed_axes_named(tmp_path, bat
                            rf"\d+, 50\), its axes reversed: \(50, .*MATLAB.*"
                            rf"permute\({name}, \[3 2 1\]\)$"):
             read_scenes(_npz(tmp_path, **dict(arr, **{name: rev})))
-    with pytest.raises(SceneFileError, match=r"must be complex, .*\(a pair of float32 fields "
+    with pytest.raises(SceneFileError, match=r"must be complex, .*\(a pair of float32 fields: "
                        r"store them as complex64, y\['re'\] \+ 1j \* y\['im'\] in NumPy"):
         other = np.zeros(arr["y"].shape, [("re", "<f4"), ("im", "<f4")])  # other compounds
         read_scenes(_npz(tmp_path, **dict(arr, y=other)))  # are not read
-    with pytest.raises(SceneFileError, match=r"\(a pair of int16 fields: integer I/Q samples\? "
+    with pytest.raises(SceneFileError, match=r"\(a pair of int16 fields: integer I/Q samples\?: "
                        r"store them as complex64, y\['real'\] \+ 1j"):  # (a user's review)
         other = np.zeros(arr["y"].shape, [("real", "<i2"), ("imag", "<i2")])
+        read_scenes(_npz(tmp_path, **dict(arr, y=other)))
+    with pytest.raises(SceneFileError, match=r"must be complex, got .*S8.*'<f4'\)\]$"):  # no advice
+        other = np.zeros(arr["y"].shape, [("name", "S8"), ("v", "<f4")])  # for text fields
         read_scenes(_npz(tmp_path, **dict(arr, y=other)))
     # every dataset stacked scenes-last (y (L, M, S) reads like a reversed (M, L, S) where
     # L = M: H tells; a review: "reversed", whose fix transposed every y)
