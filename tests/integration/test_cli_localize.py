@@ -39,6 +39,21 @@ def test_localize_file_writes_csv_and_metrics(tmp_path):
         " ".join(res.output.split())
 
 
+def test_a_stop_beyond_the_file_s_end_counts_the_scenes_it_has(tmp_path):
+    """--stop past a file's last scene localizes up to its end, and the summary counts the
+    scenes there are (a mutation review: --stop uncapped said 'estimates of 10 scenes' for a
+    file of 4)."""
+    f, out = tmp_path / "s.h5", tmp_path / "e.csv"
+    assert runner.invoke(app, ["simulate", "--n", "4", "--out", str(f), "--snr-db", "20",
+                               "--K", "1", "--split", "test"]).exit_code == 0
+    res = runner.invoke(app, ["localize", str(f), "--out", str(out), "--method", "classical",
+                              "--K", "1", "--stop", "10"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert f"estimates of 4 scenes in {out}" in text, text
+    assert "of 10" not in text and "(metrics over" not in text, text
+    assert read_estimates(out, 4, 5).K.tolist() == [1] * 4
+
 def test_localize_bad_inputs(tmp_path):
     (tmp_path / "junk.h5").write_bytes(b"junk")
     res = runner.invoke(app, ["localize", str(tmp_path / "junk.h5")])

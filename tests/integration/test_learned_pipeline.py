@@ -395,6 +395,17 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
     assert card["epoch"] == json.loads(slim.with_suffix(".json").read_text())["epoch"]
     again = export_model(out, tmp_path / "again.pt")  # exporting a model keeps its head's report
     assert json.loads(again.with_suffix(".json").read_text())["order_head"] == card["order_head"]
+    # an exported model refitted in place (--out its own name): allowed, its card beside it
+    # updated (a mutation review: a refit in place was refused for the card it rewrites)
+    m = tmp_path / "m.pt"
+    m.write_bytes(slim.read_bytes())
+    m.with_suffix(".json").write_text(slim.with_suffix(".json").read_text())
+    res = runner.invoke(app, ["fit-order", str(m), "--out", str(m), "--scenes", "64",
+                              "--report-scenes", "1", "--workers", "1", "--margin", "0.25"])
+    assert res.exit_code == 0, res.output
+    refit = json.loads(m.with_suffix(".json").read_text())
+    assert refit["order_head"]["repair_margin"] == 0.25 and refit["epoch"] == card["epoch"]
+    assert load_learned_pipeline(m).order_head is not None
     # K unknown: the head decides K from the nested fits; K given: the caller
     sc = simulate_range(0, 6, SystemConfig(), SceneConfig(), split="test", snr_db=10.0)
     with torch.no_grad():

@@ -200,10 +200,13 @@ def test_units_of_y_and_H_do_not_matter_even_at_float32_extremes(system, scenes)
                                    equal_nan=True)
 
 
-def test_one_run_at_a_time_writes_an_estimates_stream(tmp_path):
+def test_one_run_at_a_time_writes_an_estimates_stream(tmp_path, monkeypatch):
     """A second `risloc localize` into a running one's --out (with --resume, it appended the
     same chunks again) is refused while the first holds its .part file; once the first
     stops, --resume continues it."""
+    import os
+
+    from risloc.pipeline import estimates_file
     from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream
 
     out, settings = tmp_path / "est.csv", {"inputs": ["a.h5"]}
@@ -220,10 +223,17 @@ def test_one_run_at_a_time_writes_an_estimates_stream(tmp_path):
         assert again.resumed and again.done == {"0": 4}
         again.append("0", 8, [(5, 0, 1.0, 2.0, 3.0, 0.5)])
         part_inode = again.part.stat().st_ino
+        real_replace, renamed = os.replace, []  # (and whether the record is there then)
+        monkeypatch.setattr(estimates_file.os, "replace", lambda src, dst: renamed.append((
+            os.path.basename(src), os.path.basename(dst), again.record.exists()))
+            or real_replace(src, dst))
         again.finish()
+        monkeypatch.undo()
     # the .part file itself became the output (a rename, atomic; a mutation review: a copy
-    # passed) and its record went after it
+    # passed) and its record went after it (a mutation review: removed first, a crash
+    # between left a .part that the next run started afresh over)
     assert out.stat().st_ino == part_inode and not again.record.exists()
+    assert renamed == [("est.csv.part", "est.csv", True)], renamed
     assert [r.split(",")[0] for r in out.read_text().splitlines()[1:]] == ["0", "5"]
     EstimatesStream(out, settings, COLUMNS).finish()  # released: the next run may start
     # --restart killed between cutting the .part file and its new record: a --resume then
