@@ -54,6 +54,7 @@ def test_a_stop_beyond_the_file_s_end_counts_the_scenes_it_has(tmp_path):
     assert "of 10" not in text and "(metrics over" not in text, text
     assert read_estimates(out, 4, 5).K.tolist() == [1] * 4
 
+
 def test_localize_bad_inputs(tmp_path):
     (tmp_path / "junk.h5").write_bytes(b"junk")
     res = runner.invoke(app, ["localize", str(tmp_path / "junk.h5")])
