@@ -425,7 +425,8 @@ def snr_groups(snr_db: torch.Tensor, bin_db: float = 5.0) -> list[tuple[float, t
     """Scenes grouped by SNR for a results table: [(label, mask [B] bool)], no scene left out.
 
     Bins of ``bin_db`` dB centred on its multiples (a value halfway in the upper one), in
-    increasing order, each labelled with the mean SNR of its scenes rounded to 0.1 dB (a
+    increasing order, each labelled with the mean SNR of its scenes rounded to 0.1 dB (to
+    more digits where two bins' labels would be one; a
     file at a fixed -2 dB reads -2, not the bin's 0; a file simulated at multiples of
     ``bin_db`` reads them exactly). Scenes without an SNR (NaN, as most measurement files)
     form one last group labelled NaN.
@@ -434,11 +435,13 @@ def snr_groups(snr_db: torch.Tensor, bin_db: float = 5.0) -> list[tuple[float, t
     snr = as_tensor("snr_db", snr_db).to(torch.float64)
     unknown = torch.isnan(snr)
     key = _bin_of(snr, bin_db)
-    groups = []
-    for k in torch.unique(key[~unknown]).tolist():
-        sel = key == k
-        groups.append((round(float(snr[sel].mean()), 1) + 0.0, sel))  # + 0.0: no -0
-    if bool(unknown.any()):
+    sels = [key == k for k in torch.unique(key[~unknown]).tolist()]
+    means = [float(snr[sel].mean()) for sel in sels]
+    digits = 1  # more where two bins' means round to one label (7.46 and 7.5 dB: 7.5 twice)
+    while len({round(m, digits) for m in means}) < len(means) and digits < 12:
+        digits += 1
+    groups = [(round(m, digits) + 0.0, sel) for m, sel in zip(means, sels, strict=True)]
+    if bool(unknown.any()):  # (+ 0.0: no -0)
         groups.append((math.nan, unknown))
     return groups
 

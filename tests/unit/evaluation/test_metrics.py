@@ -282,6 +282,11 @@ def test_snr_groups_keep_every_scene_and_label_bins_by_their_mean():
     # (a review: round-half-to-even put 2.5 and 7.5 dB in the 0 and 10 dB bins)
     halves = torch.tensor([-2.5, 2.5, 7.5, 12.5, 17.5, 22.5]).repeat_interleave(2)
     assert [g[0] for g in snr_groups(halves, 5.0)] == [-2.5, 2.5, 7.5, 12.5, 17.5, 22.5]
+    # two bins whose means round to one label get more digits (a review: 7.46 and 7.5 dB
+    # were two rows both labelled 7.5)
+    assert [g[0] for g in snr_groups(torch.tensor([7.46, 7.5]), 5.0)] == [7.46, 7.5]
+    assert [g[0] for g in snr_groups(torch.tensor([-2.54, -2.5, 4.0]), 5.0)] == [-2.54, -2.5,
+                                                                                  4.0]
     by_snr = summarize_by_snr(match_sources(_est([1] * 2, [[0.0]] * 2, [[0.0]] * 2,
                                                  [[2.0]] * 2),
                                             *_truth([1] * 2, [[0.0]] * 2, [[0.0]] * 2,
