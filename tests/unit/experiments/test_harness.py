@@ -94,3 +94,32 @@ def test_demo_and_evaluate_pass_on_what_users_ask(monkeypatch):
                                   *args])
         assert res.exit_code == 0, res.output
         assert (seen[-1].snr_given, seen[-1].known_K) == want
+
+
+def test_rows_per_K_time_per_scene_and_no_pooled_rows_in_a_sweep(monkeypatch):
+    """Each true K's row summarises its own scenes; the time is per scene in ms; a sweep's
+    points are not pooled into a "file" row (a mutation review: all three passed)."""
+    import time
+
+    def finds_only_single_sources(name, checkpoint=None):
+        def fn(scenes, system, K):
+            time.sleep(0.02)
+            one = scenes.K == 1
+            nan = torch.full_like(scenes.azimuth, float("nan")).float()
+            pick = lambda t: torch.where(one[:, None], t.float(), nan)  # noqa: E731
+            return Estimates(torch.where(one, scenes.K, 0), pick(scenes.azimuth),
+                             pick(scenes.elevation), pick(scenes.range_m), pick(scenes.range_m))
+        return fn
+
+    monkeypatch.setattr(harness, "get_estimator", finds_only_single_sources)
+    settings = SweepSettings(estimators=("ones",), snr_db=(10.0, 20.0), K=(1, 2),
+                             n_per_point=3)
+    rows = evaluate_points(sweep_points(settings, RislocConfig()), RislocConfig().system,
+                           settings)
+    assert [(r.snr_db, r.K) for r in rows] == [(10.0, "all"), (10.0, "1"), (10.0, "2"),
+                                               (20.0, "all"), (20.0, "1"), (20.0, "2")]
+    by = {r.K: r for r in rows[:3]}
+    assert (by["1"].metrics["f1"], by["2"].metrics["f1"]) == (1.0, 0.0)
+    assert (by["1"].metrics["n_true"], by["2"].metrics["n_true"]) == (3, 6)
+    assert by["all"].metrics["n_true"] == 9 and 0 < by["all"].metrics["f1"] < 1
+    assert by["all"].ms_per_scene > 20 / 6  # >= one 20 ms call per point of 6 scenes
