@@ -475,6 +475,16 @@ def test_titles_say_what_ran_and_plots_leave_out_no_scene_silently(tmp_path, mon
             for snr in (10.25, 10.35)]
     table = results_table(rows, "t")
     assert list(table.columns[1].cells) == ["10.25", "10.35"]
+    # what the estimators were told, the SNR label of a group without one, and each median
+    # beside 0.6745 sqrt(CRB) (a mutation review: each passed)
+    assert "K given, SNR withheld" in _plot_subtitle(
+        SweepSettings(known_K=True, snr_given=False), "simulated", False)
+    assert "K unknown, SNR given" in _plot_subtitle(SweepSettings(), "simulated", False)
+    bound = ResultRow("classical", math.nan, "all", 2, 1.0,
+                      {"azimuth_median_deg": 1.0, "crb_azimuth_median_deg": 2.0})
+    table = results_table([bound], "t")
+    assert list(table.columns[1].cells) == ["unknown"]
+    assert list(table.columns[5].cells) == ["1 (1.35)"]  # 0.6745 x 2
     # a file without any SNR: the table, no empty plots
     f = tmp_path / "s.h5"
     assert runner.invoke(app, ["simulate", "--n", "4", "--out", str(f), "--K", "1",
