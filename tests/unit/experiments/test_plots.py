@@ -45,6 +45,11 @@ def test_an_estimator_keeps_its_style_and_the_title_says_what_ran(figures, tmp_p
     if plot is plots.plot_error_vs_snr:
         assert "mine's paired sources" in title and "median_over_bound" in title
         assert not math.isnan(figures[-1].axes[0].get_lines()[-1].get_ydata()[0])
+        # the dashed line is 0.6745 sqrt(CRB) (a mutation review: the bound itself passed)
+        for ax, crb in zip(figures[-1].axes, (0.5, 0.4, 0.1), strict=True):
+            dashed = [ln for ln in ax.get_lines() if "sqrt(CRB)" in ln.get_label()]
+            assert len(dashed) == 1
+            assert list(dashed[0].get_ydata()) == pytest.approx([0.6745 * crb] * 3, rel=1e-3)
 
 
 def test_the_run_curves_mark_the_best_epoch_and_give_each_unit_its_axis(figures, tmp_path):
