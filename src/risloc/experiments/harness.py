@@ -93,8 +93,11 @@ class ResultRow:
     metrics: dict = field(default_factory=dict)
 
     def flat(self) -> dict:
-        return {"estimator": self.estimator, "snr_db": self.snr_db, "K": self.K,
-                "n_scenes": self.n_scenes, "ms_per_scene": self.ms_per_scene, **self.metrics}
+        """The row's fields, then its metrics (a metric of a field's name, as the summary's
+        n_scenes, never overrides the row's: the console table reads the row's)."""
+        row = {"estimator": self.estimator, "snr_db": self.snr_db, "K": self.K,
+               "n_scenes": self.n_scenes, "ms_per_scene": self.ms_per_scene}
+        return row | {k: v for k, v in self.metrics.items() if k not in row}
 
 
 def run_estimator(name: str, scenes: SceneBatch, system: SystemConfig, known_K: bool,

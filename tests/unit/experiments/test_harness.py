@@ -123,3 +123,13 @@ def test_rows_per_K_time_per_scene_and_no_pooled_rows_in_a_sweep(monkeypatch):
     assert (by["1"].metrics["n_true"], by["2"].metrics["n_true"]) == (3, 6)
     assert by["all"].metrics["n_true"] == 9 and 0 < by["all"].metrics["f1"] < 1
     assert by["all"].ms_per_scene > 20 / 6  # >= one 20 ms call per point of 6 scenes
+
+
+def test_a_row_s_own_fields_are_what_its_csv_line_holds():
+    """A metric named like a row field (the summary's n_scenes) does not override it in
+    the CSV, where the console table shows the row's (a mutation review: a wrong pooled
+    n_scenes reached the table only)."""
+    row = harness.ResultRow("c", 10.0, "file", 8, 2.0, {"n_scenes": 3, "f1": 0.5})
+    assert row.flat() == {"estimator": "c", "snr_db": 10.0, "K": "file", "n_scenes": 8,
+                          "ms_per_scene": 2.0, "f1": 0.5}
+    assert list(row.flat())[:5] == ["estimator", "snr_db", "K", "n_scenes", "ms_per_scene"]
