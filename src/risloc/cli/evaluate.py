@@ -300,7 +300,7 @@ def _with_given(settings: SweepSettings, paths: list[Path], n_scenes: int,
     where the truth (its widest angle ``truth_widest_deg``) does not lie as close to
     boresight."""
     from risloc.experiments.harness import GivenEstimates
-    from risloc.io.scenefile import RADIANS_SUSPECT, radians_hint
+    from risloc.io.scenefile import RADIANS_SUSPECT, radians_hint, widest_true_angle
     from risloc.pipeline.estimates_file import (
         OneFileOfSeveralError,
         SeveralFilesError,
@@ -326,11 +326,8 @@ def _with_given(settings: SweepSettings, paths: list[Path], n_scenes: int,
                              f"{info.path} alone (localize it on its own, or keep the rows "
                              "of its file index)") from None
         given.append(GivenEstimates(path.stem, str(path), est))
-        m = est.mask
-        if bool(m.any()) and truth_widest_deg > RADIANS_SUSPECT[2]:
-            widest = torch.maximum(est.azimuth[m].abs(), est.elevation[m].abs()).max()
-            hint = radians_hint(int(m.sum()), math.degrees(float(widest)), "estimated",
-                                "estimates CSVs")
+        if truth_widest_deg > RADIANS_SUSPECT[2]:  # (estimates hold what the truth does)
+            hint = radians_hint(*widest_true_angle(est), "estimated", "estimates CSVs")
             if hint:
                 console.print(f"[yellow]--estimates {path}: {hint}[/]")
     if settings.known_K or not settings.snr_given:

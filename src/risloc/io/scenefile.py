@@ -591,15 +591,12 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
                 f"permute({name}, [3 2 1])")
     axes = {"y": "L, M", "H": "M, N", "codes": "L, N"}
     for name, tail in dims.items():
-        got = shapes[name]
-        one = got == tail or (len(got) == 3 and got == (1, *tail))
-        if name != "y" and len(shapes["y"]) == 3 and S > 1 and one:
+        got, dims_text = shapes[name], ", ".join(map(str, tail))
+        if name != "y" and len(shapes["y"]) == 3 and S > 1 and got in (tail, (1, *tail)):
             raise SceneFileError(
                 f"{path}: dataset {name!r} has shape {got}: the same {name} for all {S} "
-                "scenes? "
-                f"Files hold one per scene, ({S}, {axes[name]}): repeat it, "
-                f"np.broadcast_to({name}.reshape({', '.join(map(str, tail))}), ({S}, "
-                f"{', '.join(map(str, tail))})) in NumPy")
+                f"scenes? Files hold one per scene, ({S}, {axes[name]}): repeat it, "
+                f"np.broadcast_to({name}.reshape({dims_text}), ({S}, {dims_text})) in NumPy")
         if name != "y" and shapes["y"] == (S, *dims["y"]) and tail[0] != tail[1] \
                 and got == (S, *tail[::-1]):
             raise SceneFileError(
@@ -694,9 +691,9 @@ RADIANS_SUSPECT = (5, 0.3, math.pi / 2)  # true sources, and the widest |angle| 
 
 def widest_true_angle(batch: SceneBatch) -> tuple[int, float]:
     """(true sources, the largest |azimuth| or |elevation| among them in degrees) of a
-    file's batch: every angle of many sources within +-pi/2 "degrees", and not all at
-    boresight, reads as radians stored where the conventions ask for degrees
-    (:data:`RADIANS_SUSPECT`)."""
+    file's batch (or of Estimates, their mask and angles alike): every angle of many
+    sources within +-pi/2 "degrees", and not all at boresight, reads as radians stored
+    where the conventions ask for degrees (:data:`RADIANS_SUSPECT`)."""
     m = batch.mask
     if not bool(m.any()):
         return 0, 0.0
