@@ -163,8 +163,11 @@ def test_pruned_trial_stops_training_after_the_reporting_epoch(tmp_path):
 
 
 def test_tune_cli_and_train_overrides_close_the_loop(tmp_path):
+    # (3 steps: after one the two jitters gave the same objective)
+    steps = ("--set", "schedule.steps_per_epoch=3", "--set", "data.n_val=8")
     res = runner.invoke(app, ["tune", "--config", TINY, "--trials", "1", "--epochs", "1",
-                              "--out", str(tmp_path / "t"), *FAST, "--set", "model.hidden=24"])
+                              "--out", str(tmp_path / "t"), *steps, "--set",
+                              "model.hidden=24"])
     assert res.exit_code == 0, res.output
     best = tmp_path / "t" / "best_overrides.yaml"
     # the --set values every trial ran with come with it (a review: they were left out, so
@@ -175,14 +178,19 @@ def test_tune_cli_and_train_overrides_close_the_loop(tmp_path):
     assert f"# Best trial of the study: risloc train --config {TINY} " in best.read_text()
     res = runner.invoke(app, ["train", "--config", TINY, "--overrides", str(best), "--out",
                               str(tmp_path / "r"), "--set", "schedule.epochs=1",
-                              "--set", "order.scenes=0", "--no-progress", *FAST])
+                              "--set", "order.scenes=0", "--no-progress", *steps])
     assert res.exit_code == 0, res.output
     from risloc.inference.checkpoint import load_checkpoint
     from risloc.training.config import TrainConfig
 
     cfg = TrainConfig.from_json(load_checkpoint(tmp_path / "r" / "last.pt")["config"])
-    beta = yaml.safe_load(best.read_text())["overrides"]["blend.beta"]
-    assert cfg.blend.beta == pytest.approx(beta) and cfg.model.hidden == 24
+    report = yaml.safe_load(best.read_text())
+    assert cfg.blend.beta == pytest.approx(report["overrides"]["blend.beta"])
+    assert cfg.model.hidden == 24
+    # with the study's epochs the retrain is the trial (a new user's review: the trials'
+    # schedule.hpo_mode was left out, so it trained with another beta jitter)
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["best_objective"] == pytest.approx(report["objective"], rel=1e-6)
     res = runner.invoke(app, ["tune", "--config", str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2
 

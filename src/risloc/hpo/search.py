@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -645,9 +646,9 @@ def tune(settings: TuneSettings):
         for number in requeue_interrupted(study):
             log.info("trial %d was interrupted: queued again, to continue its run", number)
         # (Optuna's records come from child loggers: a filter acts on the handlers)
-        handlers = logging.getLogger("optuna").handlers
+        handlers, quiet = logging.getLogger("optuna").handlers, _InterruptReports()
         for h in handlers:
-            h.addFilter(_no_interrupt_report)
+            h.addFilter(quiet)
         objective = _objective(settings, base, space)
         try:
             while sum(t.state in done for t in study.trials) < settings.n_trials:
@@ -665,7 +666,7 @@ def tune(settings: TuneSettings):
                                 "worker (late heartbeats) and queued again; going on")
         finally:
             for h in handlers:
-                h.removeFilter(_no_interrupt_report)
+                h.removeFilter(quiet)
     _fail_stale_trials(study)
     write_reports(study, base, space, Path(settings.out_dir), settings.config,
                   settings.fixed_overrides())
@@ -682,11 +683,24 @@ def _fail_stale_trials(study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def _no_interrupt_report(record: logging.LogRecord) -> bool:
+class _InterruptReports(logging.Filter):
     """Optuna reports a trial ended by Ctrl-C, or a duplicate continuation's, with its whole
-    traceback; the CLI and the log say it in one line (False drops the record)."""
-    text = record.getMessage()
-    return "KeyboardInterrupt" not in text and "DuplicateContinuation" not in text
+    traceback and then "Trial N failed with value None."; the CLI and the log say it in one
+    line. Drops both records (a filter of every Optuna handler: one instance for them all,
+    which remembers the trials whose report it dropped)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        trial = re.match(r"Trial (\d+) failed", text)
+        if "KeyboardInterrupt" in text or "DuplicateContinuation" in text:
+            if trial:
+                self.dropped.add(trial[1])
+            return False
+        return not (trial and trial[1] in self.dropped and "failed with value" in text)
 
 
 def write_reports(study, base: TrainConfig, space: tuple[Dimension, ...], out: Path,
@@ -694,8 +708,8 @@ def write_reports(study, base: TrainConfig, space: tuple[Dimension, ...], out: P
     """trials.csv (every trial, with the recipe value of each searched field, and for a
     relative field its multiple of the base value as '<field> (x base)') and
     best_overrides.yaml (the best completed trial as recipe overrides, for ``risloc train
-    --overrides``: the ``fixed`` values every trial ran with, then the searched ones), each
-    written atomically."""
+    --overrides``: schedule.hpo_mode and the ``fixed`` values every trial ran with, then the
+    searched ones), each written atomically."""
     def searched(params: dict) -> dict:
         row = {}
         for d in space:
@@ -723,8 +737,13 @@ def write_reports(study, base: TrainConfig, space: tuple[Dimension, ...], out: P
     if baseline:  # the untuned recipe with the same budget, for comparison
         report["baseline_trial"] = baseline[0].number
         report["baseline_objective"] = float(baseline[0].value)
-    text = yaml.safe_dump({**report, "overrides": {**(fixed or {}), **params}},
-                          sort_keys=False)
+    # trials train with the HPO beta jitter (schedule.hpo_mode): kept, so that the retrain
+    # with the study's epochs is the trial itself
+    overrides = {"schedule.hpo_mode": True, **(fixed or {}), **params}
+    text = yaml.safe_dump({**report, "overrides": overrides}, sort_keys=False)
     write_text_atomic(out / "best_overrides.yaml",
                       "# Best trial of the study: risloc train --config "
-                      f"{recipe or '<recipe>'} --overrides this file\n" + text)
+                      f"{recipe or '<recipe>'} --overrides this file (with the study's "
+                      "--epochs: the trial again;\n# schedule.hpo_mode: the trials' smaller "
+                      "beta jitter, schedule.beta_jitter_hpo; delete it for beta_jitter)\n"
+                      + text)

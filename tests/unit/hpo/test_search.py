@@ -172,7 +172,7 @@ def test_two_workers_failing_a_dead_workers_trial_queue_it_once(tmp_path):
 def test_what_tune_prints_hides_the_password_and_a_ctrl_c_traceback():
     import logging
 
-    from risloc.hpo.search import _no_interrupt_report
+    from risloc.hpo.search import _InterruptReports
 
     s = TuneSettings(config="train_tiny", storage="postgresql+psycopg2://u:S3cret@db/risloc",
                      overrides=("model.hidden=24", "threads=1", "optim.lr=0.001"))
@@ -186,9 +186,16 @@ def test_what_tune_prints_hides_the_password_and_a_ctrl_c_traceback():
     def record(msg):
         return logging.LogRecord("optuna", logging.WARNING, "", 0, msg, None, None)
 
-    assert not _no_interrupt_report(record("Trial 0 failed ... error: KeyboardInterrupt()."))
-    assert _no_interrupt_report(record("Trial 0 failed ... error: FloatingPointError()."))
-    assert not _no_interrupt_report(record("Trial 2 failed ... DuplicateContinuation(...)"))
+    quiet = _InterruptReports()  # Optuna's two records of each failed trial
+    assert not quiet.filter(record("Trial 0 failed with parameters: {} because of the "
+                                   "following error: KeyboardInterrupt()."))
+    assert not quiet.filter(record("Trial 0 failed with value None."))
+    assert quiet.filter(record("Trial 1 failed with parameters: {} because of the following "
+                               "error: FloatingPointError()."))
+    assert quiet.filter(record("Trial 1 failed with value None."))
+    assert not quiet.filter(record("Trial 2 failed ... DuplicateContinuation(...)"))
+    assert not quiet.filter(record("Trial 2 failed with value None."))
+    assert quiet.filter(record("Trial 10 failed with value None."))  # (not trial 0's)
 
     with pytest.raises(ValueError, match=r"--set schedule.epochs=7: risloc tune sets "
                                          r"schedule.epochs itself: use --epochs"):
