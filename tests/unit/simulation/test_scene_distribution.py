@@ -1,0 +1,147 @@
+"""The scene distribution and the streams' seeding checked against docs/conventions.md
+(a mutation review: several draws were pinned only by a regression snapshot, which a
+change of formula would simply regenerate)."""
+
+import math
+
+import torch
+
+from risloc.config import SceneConfig, SceneKind, SystemConfig, scene_mixture
+from risloc.physics import rician_channel, steering
+from risloc.physics.channel import draw_channel_params
+from risloc.physics.codebooks import draw_codes
+from risloc.simulation import block_generator, simulate_range
+from risloc.simulation.scenes import draw_scenes, draw_sources
+from risloc.simulation.streams import draw_mixture, scene_stream, synthesize_mixture
+
+SMALL = SystemConfig(N_H=4, N_V=4, M=8, L=4, K_max=5)
+
+
+def _fills_uniform(x: torch.Tensor, lo: float, hi: float, slack: float) -> None:
+    """x ~ U[lo, hi]: inside, reaching both ends, mean and std of the uniform law."""
+    assert float(x.min()) >= lo and float(x.max()) <= hi
+    assert float(x.min()) < lo + slack and float(x.max()) > hi - slack
+    n = x.numel()
+    w = hi - lo
+    assert abs(float(x.mean()) - (lo + hi) / 2) < 5 * w / math.sqrt(12 * n)
+    assert abs(float(x.std()) / (w / math.sqrt(12)) - 1) < 0.03  # (n >= 4000)
+
+
+def test_one_source_is_uniform_in_the_field_of_view_box():
+    az, el, r = draw_sources(20000, 1, SceneConfig(), torch.Generator().manual_seed(0))
+    _fills_uniform(torch.rad2deg(az), -60.0, 60.0, 0.5)
+    _fills_uniform(torch.rad2deg(el), -30.0, 30.0, 0.5)
+    _fills_uniform(r, 0.5, 10.0, 0.05)
+
+
+def test_snr_and_rician_factor_and_channel_angles_follow_their_ranges():
+    """SNR ~ U[-5, 20] dB; kappa ~ U(0.5, 10) linear; psi ~ U(-60, 60) deg; (phi_b,
+    theta_b) uniform in the field of view."""
+    g = torch.Generator().manual_seed(1)
+    d = draw_scenes(8000, SMALL, SceneConfig(), g)
+    _fills_uniform(d.snr_db, -5.0, 20.0, 0.1)
+    c = d.channel
+    _fills_uniform(c.kappa, 0.5, 10.0, 0.05)
+    _fills_uniform(torch.rad2deg(c.bs_angle), -60.0, 60.0, 0.5)
+    _fills_uniform(torch.rad2deg(c.ris_azimuth), -60.0, 60.0, 0.5)
+    _fills_uniform(torch.rad2deg(c.ris_elevation), -30.0, 30.0, 0.5)
+    # the scene's own ranges are the ones used, not the defaults
+    sc = SceneConfig(rician_kappa=(2.0, 3.0), bs_angle_deg=(10.0, 20.0),
+                     azimuth_deg=(-10.0, 0.0), elevation_deg=(5.0, 15.0))
+    c = draw_channel_params(4000, SMALL, sc, g)
+    _fills_uniform(c.kappa, 2.0, 3.0, 0.01)
+    _fills_uniform(torch.rad2deg(c.bs_angle), 10.0, 20.0, 0.05)
+    _fills_uniform(torch.rad2deg(c.ris_azimuth), -10.0, 0.0, 0.05)
+    _fills_uniform(torch.rad2deg(c.ris_elevation), 5.0, 15.0, 0.05)
+
+
+def test_rician_channel_weighs_los_and_nlos_by_the_contract():
+    """H = sqrt(k/(k+1)) H_los + sqrt(1/(k+1)) H_nlos, for several kappa."""
+    kappa = torch.tensor([0.5, 3.0, 10.0], dtype=torch.float64)
+    z = torch.zeros(3, dtype=torch.float64)
+    g = torch.Generator().manual_seed(2)
+    nlos = torch.randn(3, SMALL.M, SMALL.N, 2, generator=g, dtype=torch.float64)
+    nlos = torch.view_as_complex(nlos)
+    args = (z + 0.3, z - 0.2, z + 0.1, SMALL)
+    los = rician_channel(torch.full((3,), 1e300, dtype=torch.float64), *args,
+                         dtype=torch.complex128, nlos=torch.zeros_like(nlos))
+    H = rician_channel(kappa, *args, dtype=torch.complex128, nlos=nlos)
+    k = kappa.view(-1, 1, 1)
+    assert torch.allclose(H, (k / (k + 1)).sqrt() * los + (1 / (k + 1)).sqrt() * nlos,
+                          atol=1e-12)
+
+
+def test_noise_added_to_y_has_the_reported_variance():
+    """y - H diag(c_l) A s_l is CN(0, sigma^2 I): its empirical power is noise_var, so the
+    SNR realised against the noise actually added is the requested one."""
+    b = simulate_range(0, 300, SystemConfig(), SceneConfig(), seed=2, split="test", snr_db=5.0)
+    A = steering(b.azimuth.nan_to_num(0), b.elevation.nan_to_num(0), b.range_m.nan_to_num(1),
+                 SystemConfig())
+    signal = (b.codes * (b.symbols @ A)) @ b.H.transpose(-1, -2)
+    ratio = ((b.y - signal).abs().square().mean((-1, -2)) / b.noise_var)
+    # 256 unit-variance complex samples per scene, 300 scenes
+    assert abs(float(ratio.mean()) - 1.0) < 0.02
+    snr = 10 * torch.log10(signal.abs().square().mean() / (b.y - signal).abs().square().mean())
+    assert abs(float(snr) - 5.0) < 0.3
+
+
+def test_a_power_spread_range_draws_the_spread_uniformly_per_scene():
+    """power_spread_db = (0, 15): s ~ U[0, 15] per scene, then 10 log10 p_k ~ U[-s/2, s/2];
+    the span of K = 5 powers has mean E[s] (K-1)/(K+1) = 7.5 * 4/6 = 5 dB and reaches ~15."""
+    d = draw_scenes(4000, SMALL, SceneConfig(power_spread_db=(0.0, 15.0)),
+                    torch.Generator().manual_seed(3), K=5)
+    db = 10 * torch.log10(d.powers)
+    span = db.amax(1) - db.amin(1)
+    assert abs(float(span.mean()) - 5.0) < 0.25
+    assert float(span.max()) > 12.0 and float(span.max()) <= 15.0
+    assert abs(float(db.mean())) < 0.2  # centred on 0 dB
+
+
+def test_block_generators_of_distinct_blocks_streams_and_splits_differ():
+    first = {}
+    for split in ("train", "validation", "test"):
+        for stream in range(3):
+            for block in range(40):
+                key = tuple(torch.rand(4, generator=block_generator(0, split, block, stream))
+                            .tolist())
+                assert key not in first, (split, stream, block, first.get(key))
+                first[key] = (split, stream, block)
+    # and the seed matters
+    assert not torch.equal(torch.rand(4, generator=block_generator(1, "train", 0)),
+                           torch.rand(4, generator=block_generator(0, "train", 0)))
+
+
+def test_scene_stream_batches_differ_and_a_resumed_stream_sees_the_same_batches():
+    scene = SceneConfig()
+    it = scene_stream(4, SMALL, scene, seed=3)
+    batches = [next(it) for _ in range(4)]
+    for i in range(4):
+        for j in range(i):
+            assert not torch.equal(batches[i].y, batches[j].y), (i, j)
+    resumed = scene_stream(4, SMALL, scene, seed=3, start_batch=2)
+    assert torch.equal(next(resumed).y, batches[2].y)
+    assert torch.equal(next(resumed).y, batches[3].y)
+
+
+def test_a_mixtures_scenes_come_back_in_the_order_their_kinds_were_drawn():
+    """Scene i of a mixture batch is of the kind drawn i-th (kind b: DFT codes, whose
+    first element is 1 in every code)."""
+    base = SceneConfig()
+    mix = scene_mixture(base, [SceneKind(share=0.5, scene={"codebook": "dft"})])
+    g = torch.Generator().manual_seed(9)
+    state = g.get_state()
+    shares = torch.tensor([s for s, _ in mix], dtype=torch.float64)
+    kind = torch.multinomial(shares, 64, replacement=True, generator=g)
+    g.set_state(state)
+    sc = synthesize_mixture(draw_mixture(64, SystemConfig(), mix, g), SystemConfig())
+    dft_like = (sc.codes[:, :, 0] - 1).abs().amax(1) < 1e-5
+    assert 10 < int(kind.sum()) < 54
+    assert torch.equal(dft_like, kind == 1)
+
+
+def test_dft_codes_are_quantised_to_the_configured_bits():
+    for bits in (1, 2, 3):
+        c = draw_codes(4, SMALL, "dft", bits, torch.Generator().manual_seed(bits),
+                       torch.complex128)
+        steps = torch.angle(c) / (2 * math.pi / 2**bits)
+        assert torch.allclose(steps, steps.round(), atol=1e-9), bits
