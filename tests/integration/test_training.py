@@ -197,7 +197,7 @@ def test_resume_continues_exactly(tmp_path, ahead):
     assert again["epochs_run"] == 2
 
 
-def test_resume_refuses_a_training_file_rewritten_since_the_checkpoint(tmp_path):
+def test_resume_refuses_a_training_file_rewritten_since_the_checkpoint_only(tmp_path):
     import os
 
     system = SystemConfig()
@@ -208,9 +208,23 @@ def test_resume_refuses_a_training_file_rewritten_since_the_checkpoint(tmp_path)
                                    "schedule.epochs=1", "schedule.steps_per_epoch=1"])
     train(cfg)
     st = os.stat(path)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten a second later
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched a second later:
+    assert train(cfg, resume=True)["epochs_run"] == 1  # its bytes are the run's (a review)
+    copy = tmp_path / "copy.h5"  # and so are a copy's (rsync without -t, another disk)
+    copy.write_bytes(path.read_bytes())
+    assert train(cfg.model_copy(update={"data": cfg.data.model_copy(
+        update={"train_file": str(copy)})}), resume=True)["epochs_run"] == 1
+    # a recipe without the file: its path is named, not the "given" it compares as
+    with pytest.raises(ValueError, match=r"data\.train_file: '.*scenes\.h5' -> None"):
+        train(load_train_config(TINY, [f"out_dir={tmp_path / 'run'}", "schedule.epochs=1",
+                                       "schedule.steps_per_epoch=1"]), resume=True)
+    # other scenes of the same size, written a second later: another run
+    write_scenes(path, simulate_range(16, 32, system, SceneConfig(), seed=0, split="train"),
+                 system)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
+    assert os.stat(path).st_size == st.st_size
     with pytest.raises(ValueError, match=r"data\.train_file .*scenes\.h5 changed since the "
-                                         "checkpoint"):
+                                         r"checkpoint \(its bytes\)"):
         train(cfg, resume=True)
 
 
@@ -349,9 +363,14 @@ def test_train_refuses_a_run_folder_unless_resumed_or_overwritten(tmp_path):
 
     with run_folder_lock(early):
         res = runner.invoke(app, [*args[:2], "--out", str(early), *args[4:], "--resume"])
-    said = " ".join(res.output.split())
-    assert res.exit_code != 0 and "in use by another training run" in said, said
-    assert "stopped before" not in said
+        said = " ".join(res.output.split())
+        assert res.exit_code != 0 and "in use by another training run" in said, said
+        assert "stopped before" not in said
+        # without --config too, where the recipe is read from last.pt (a new user's review:
+        # "no checkpoint")
+        res = runner.invoke(app, ["--out", str(early), "--resume"])
+        said = " ".join(res.output.split())
+        assert res.exit_code != 0 and "in use by another training run" in said, said
     (tmp_path / "afile").write_text("notes")
     res = runner.invoke(app, [*args[:2], "--out", str(tmp_path / "afile"), *args[4:]])
     assert res.exit_code == 2 and "the output folder" in res.output and "is a file" in res.output
@@ -585,22 +604,44 @@ def test_an_interrupted_training_says_how_to_continue(tmp_path, monkeypatch):
     assert "interrupted before this run's first epoch finished: nothing of it to resume; " \
            "the same command starts afresh" in says()
 
+    epochs = []
+
     def ctrl_c_after_an_epoch(cfg, **kwargs):
         run.mkdir(exist_ok=True)
-        (run / "last.pt").write_bytes(b"this run's checkpoint")
+        epochs.append(1)  # (each run's checkpoint another file, as torch.save's are)
+        (run / "last.pt").write_bytes(b"this run's checkpoint" * len(epochs))
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli_train, "train", ctrl_c_after_an_epoch)
     assert "interrupted: the same command with --resume continues" in says()
+    # after an epoch of an --overwrite run: the same command with --resume in its place
+    # (a new user's review: the hint's command was refused, the two exclude each other)
+    assert "interrupted: the same command with --resume in place of --overwrite continues" \
+        in says("--overwrite")
     monkeypatch.setattr(cli_train, "train", ctrl_c)  # --overwrite: the last.pt is the old run's
     assert "nothing of it to resume; the same command with --overwrite starts afresh" \
         in says("--overwrite")
+
+    def ctrl_c_in_the_first_epoch(cfg, **kwargs):
+        (run / "steps.csv").write_text("step\n1\n")
+        raise KeyboardInterrupt
+
+    # what a run wrote before its first checkpoint goes (a new user's review: the same
+    # command was then refused, "already holds a run (steps.csv)"); an older run's stays
+    (run / "last.pt").unlink()
+    (run / "epochs.csv").write_text("an older run's log")
+    monkeypatch.setattr(cli_train, "train", ctrl_c_in_the_first_epoch)
+    assert "the same command with --overwrite starts afresh" in says("--overwrite")
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "epochs.csv"]
+    (run / "epochs.csv").unlink()
+    assert "nothing of it to resume; the same command starts afresh" in says()
+    assert [p.name for p in run.iterdir()] == [".lock"]
     # during the order head's fit, after the training: --resume fits it
     monkeypatch.setattr(cli_train, "train", lambda cfg, **kw: {})
     monkeypatch.setattr(cli_train, "_inference_model", ctrl_c)
     said = says("--overwrite")
     assert "interrupted while fitting the order head: the training is complete, model.pt is " \
-           "not written; the same command with --resume fits it" in said
+           "not written; the same command with --resume in place of --overwrite fits it" in said
     # the other way out fits the inference model train exports (a review: best.pt made a
     # training checkpoint named model.pt, without its card)
     assert f"fit-order{run / 'model-without-order-head.pt'}--out" in said.replace(" ", "")

@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -34,6 +33,8 @@ HEADLESS = "model-without-order-head.pt"
 RUN_FILES = ("best.pt", "last.pt", "final.pt", "epochs.csv", "steps.csv", "metrics.json",
              "curves.png",
              "model.pt", "model.json", HEADLESS, Path(HEADLESS).with_suffix(".json").name)
+# how an interrupted run goes on: the same command with --resume (--overwrite excludes it)
+_RESUME = {False: "--resume", True: "--resume in place of --overwrite"}
 _HEADLINE = ("best_objective", "best_epoch", "epochs_run", "seconds_per_epoch",
              "val_angle_median_deg", "val_range_median_m", "val_K_accuracy", "val_f1",
              "val_nmse", "val_overlap", "swa_angle_median_deg", "swa_K_accuracy")
@@ -65,6 +66,9 @@ def _recipe(config: Path | None, overrides: list[str], resume: bool) -> TrainCon
     folder = Path(given) if given is not None else Path(
         load_train_config(DEFAULT_RECIPE).out_dir)
     last = folder / "last.pt"
+    if not last.exists() and (folder / LOCK_FILE).exists():
+        with run_folder_lock(folder):  # a run still in its first epoch is named as such
+            pass
     if not last.exists():
         raise FileNotFoundError(f"--resume: no checkpoint {last}"
                                 f"{'' if given is not None else ' (--out names the run folder)'}")
@@ -100,7 +104,8 @@ def train_command(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Output folder (checkpoints, CSV logs); overrides out_dir.")] = None,
     epochs: Annotated[int | None, typer.Option(
-        "--epochs", min=1, help="Override schedule.epochs.")] = None,
+        "--epochs", min=1, help="Override schedule.epochs (not on --resume: a run goes "
+        "on to the epochs it began with).")] = None,
     device: Annotated[str | None, typer.Option(
         "--device", help="auto, cpu or cuda; overrides the recipe's device (auto: CUDA "
                          "when present).")] = None,
@@ -224,16 +229,20 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
     console.print(f"training -> {cfg.out_dir} ({cfg.schedule.epochs} epochs x "
                   f"{cfg.schedule.steps_per_epoch} steps, batch {cfg.optim.batch_size})")
     # the old run goes only once this one is set up and checked (train's on_start)
-    started = time.time()
+    before = _file_stamps(run)
     try:
         metrics = train(cfg, resume=resume, lock=False,  # (held here, model.pt included)
                         on_start=clear_old_run if overwrite and first_rank else None)
     except KeyboardInterrupt:
         last = run / "last.pt"
-        if last.exists() and (resume or last.stat().st_mtime >= started):
-            console.print(f"[yellow]interrupted: the same command with --resume continues "
-                          f"from {last} (the last finished epoch)[/]")
+        ours = {name for name, stamp in _file_stamps(run).items() if before.get(name) != stamp}
+        if last.exists() and (resume or "last.pt" in ours):
+            console.print(f"[yellow]interrupted: the same command with {_RESUME[overwrite]} "
+                          f"continues from {last} (the last finished epoch)[/]")
         else:  # no epoch of this run finished: a last.pt there is an older run's
+            if first_rank:  # what this run wrote (its first log rows) cannot be resumed
+                for name in ours:
+                    (run / name).unlink(missing_ok=True)
             again = "with --overwrite " if any(p.name in RUN_FILES for p in run.glob("*")) \
                 else ""
             console.print(f"[yellow]interrupted before this run's first epoch finished: "
@@ -264,9 +273,22 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted while fitting the order head: the training "
                           f"is complete, model.pt is not written; the same command with "
-                          f"--resume fits it (or: risloc fit-order {run / HEADLESS} --out "
-                          f"{run / 'model.pt'} {_fit_order_options(cfg)})[/]")
+                          f"{_RESUME[overwrite]} fits it (or: risloc fit-order "
+                          f"{run / HEADLESS} --out {run / 'model.pt'} "
+                          f"{_fit_order_options(cfg)})[/]")
             raise typer.Exit(code=130) from None
+
+
+def _file_stamps(run: Path) -> dict[str, tuple[int, int, int]]:
+    """(inode, size, mtime_ns) of each run file in ``run``: the files a run has written
+    since are those whose stamp changed (a checkpoint or log is replaced by a new file)."""
+    out = {}
+    for p in run.glob("*"):
+        if p.name in RUN_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                st = p.stat()
+                out[p.name] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return out
 
 
 def _model_of_best_epoch(run: Path) -> dict | None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -40,7 +39,12 @@ import yaml
 
 from risloc.config import ConfigError, parse_overrides
 from risloc.hpo.space import SET_BY_TUNE, Dimension, load_space, override
-from risloc.io.atomic import check_output_folder, write_csv_atomic, write_text_atomic
+from risloc.io.atomic import (
+    check_output_folder,
+    file_sha256,
+    write_csv_atomic,
+    write_text_atomic,
+)
 from risloc.training.config import (
     RUN_FREE,
     TrainConfig,
@@ -553,11 +557,7 @@ def _data_digests(cfg: TrainConfig) -> dict[str, str]:
     for name in ("train_file", "val_file"):
         path = getattr(cfg.data, name)
         if path is not None:
-            digest = hashlib.sha256()
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-            out[name] = digest.hexdigest()
+            out[name] = file_sha256(path)
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import glob
+import hashlib
 import json
 import logging
 import math
@@ -236,3 +237,13 @@ def _probe_write(target: Path, what: str) -> None:
     finally:
         with contextlib.suppress(OSError):  # a read-only file system refuses this too
             probe.unlink(missing_ok=True)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read 1 MiB at a time: whether two copies, or a file
+    before and after a touch, hold the same data."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

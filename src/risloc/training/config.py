@@ -260,9 +260,8 @@ def trajectory(cfg: TrainConfig, stopping: bool = True) -> dict[str, Any]:
     """The recipe's fields that decide what a run computes (JSON-like; without RUN_FREE, and
     without the stopping rule unless ``stopping``): two runs, or a resumed run and its
     checkpoint, or the trials of one study, must agree on them. A scene file reads "given",
-    not its path: the callers compare the files themselves (a resume by size and
-    modification time, a study by SHA-256), so the same file named from another folder or
-    machine is the same run."""
+    not its path: the callers compare the files themselves (by SHA-256), so the same file
+    named from another folder or machine is the same run."""
     d = cfg.model_dump(mode="json", exclude=set(RUN_FREE))
     if not stopping:
         for key in STOPPING_FIELDS:

@@ -34,7 +34,7 @@ from torch.optim.swa_utils import SWALR, AveragedModel
 from risloc.core.graphs import GraphCache
 from risloc.inference.checkpoint import load_checkpoint, save_checkpoint
 from risloc.inference.forward import forward_blend
-from risloc.io.atomic import try_lock
+from risloc.io.atomic import file_sha256, try_lock
 from risloc.losses.total import LossConfig, LossTerms, compute_losses
 from risloc.model.network import CovarianceNet
 from risloc.simulation.scenes import SceneBatch
@@ -65,16 +65,31 @@ class RunFolderInUse(OSError):
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-def _data_stamps(cfg: TrainConfig) -> dict[str, list[int]]:
-    """[size, mtime_ns] of the recipe's scene files: one rewritten since a checkpoint would
-    not continue the same run."""
+def _data_stamps(cfg: TrainConfig, known: dict[str, list] | None = None
+                 ) -> dict[str, list]:
+    """[size, mtime_ns, SHA-256] of the recipe's scene files: one rewritten since a
+    checkpoint would not continue the same run; one copied or touched, its bytes the same,
+    does. ``known``: stamps from before, whose digest is reused while size and time hold."""
     out = {}
     for name in ("train_file", "val_file"):
         path = getattr(cfg.data, name)
         if path is not None:
             st = Path(path).stat()
-            out[name] = [st.st_size, st.st_mtime_ns]
+            held = (known or {}).get(name)
+            stamp = [st.st_size, st.st_mtime_ns]
+            out[name] = held if held is not None and held[:2] == stamp else \
+                [*stamp, file_sha256(path)]
     return out
+
+
+def _shown_path(path: str | Path | None) -> str:
+    return "None" if path is None else repr(str(path))
+
+
+def _same_data(held: list, now: list) -> bool:
+    """Whether a checkpoint's stamp of a scene file (:func:`_data_stamps`; one of a
+    version before its digest: [size, mtime_ns]) is the file's now."""
+    return held[2] == now[2] if len(held) > 2 else held == now[:2]
 
 
 def ema_multi_avg_fn(decay: float):
@@ -255,7 +270,12 @@ class Trainer:
                                   if self.swa_scheduler is not None else None),
                 "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state(),
                 "best": dict(self.best), "bad_epochs": self.bad_epochs,
-                "history": list(self.history), "data_files": _data_stamps(self.cfg)}
+                "history": list(self.history), "data_files": self.data_stamps()}
+
+    def data_stamps(self) -> dict[str, list]:
+        """:func:`_data_stamps` of the run's scene files (each file hashed once a run)."""
+        self._stamps = _data_stamps(self.cfg, getattr(self, "_stamps", None))
+        return self._stamps
 
     def restore(self, path: Path) -> None:
         """The state of the checkpoint ``path``; ResumeRefused where the run cannot go on
@@ -275,17 +295,23 @@ class Trainer:
                                 f"({err})") from None
         diff = differences(trajectory(held, stopping=False),
                            trajectory(self.cfg, stopping=False))
+        for i, line in enumerate(diff):  # a scene file compares as "given": name its paths
+            field = line.partition(":")[0]
+            if field in ("data.train_file", "data.val_file"):
+                old, new = (getattr(c.data, field.split(".")[1]) for c in (held, self.cfg))
+                diff[i] = f"{field}: {_shown_path(old)} -> {_shown_path(new)}"
         if diff:
             raise ResumeRefused(f"cannot resume from {path}: its recipe differs from this one in "
                              f"{listed(diff)} (only "
                              f"{', '.join(RUN_FREE + STOPPING_FIELDS)} may change)")
-        now = _data_stamps(self.cfg)
+        now = self.data_stamps()
         changed = [f"data.{k} {getattr(self.cfg.data, k)}" for k, v in
-                   (st.get("data_files") or {}).items() if now.get(k) != v]
+                   (st.get("data_files") or {}).items() if k not in now
+                   or not _same_data(v, now[k])]
         if changed:
             raise ResumeRefused(f"cannot resume from {path}: {', '.join(changed)} changed since "
-                             "the checkpoint (size or modification time), so the run would "
-                             "not continue as it began; --overwrite starts afresh")
+                             "the checkpoint (its bytes), so the run would not continue as it "
+                             "began; --overwrite starts afresh")
         self.model.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
         load_optimizer_state(self.optimizer, st["optimizer"])
