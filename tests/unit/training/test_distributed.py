@@ -4,6 +4,7 @@ on the CPU)."""
 import torch
 
 from risloc.training import distributed
+from risloc.training.distributed import Distributed, all_digests, weights_digest
 
 
 def test_each_cuda_rank_takes_its_own_gpu_before_joining_the_group(monkeypatch):
@@ -116,3 +117,23 @@ def test_ranks_whose_validations_disagree_decide_alike(tmp_path):
     # train() freed the DDP wrapper, which holds gloo's process group: left to the
     # interpreter's finalisation, the group's threads aborted a finished rank now and then
     assert ddp_0 == ddp_1 == 0
+
+
+def test_only_rank_0_is_the_main_process():
+    """Rank 0 alone writes checkpoints and logs (the CLI reports from rank 0 too)."""
+    assert Distributed().main and Distributed(0, 2, 0).main
+    assert not Distributed(1, 2, 1).main and not Distributed(3, 4, 0).main
+    assert not Distributed().active and Distributed(1, 2, 1).active
+
+
+def test_the_weights_digest_covers_buffers_as_well_as_parameters():
+    """Ranks prove they agree by the digest: a buffer that differs (running statistics)
+    must show in it, as a parameter does."""
+    a, b = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    assert weights_digest(a) == weights_digest(b) == all_digests(a, Distributed())[0]
+    b.running_mean += 1
+    assert weights_digest(a) != weights_digest(b)
+    with torch.no_grad():
+        b.running_mean -= 1
+        b.weight += 1
+    assert weights_digest(a) != weights_digest(b)

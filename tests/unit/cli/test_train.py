@@ -1,0 +1,105 @@
+"""Parts of `risloc train` a mutation review found untested: the overrides file, the
+recipe of a resumed run, the leftovers of a run that failed to start."""
+
+import pytest
+
+from risloc.cli.train import _recipe, _remove_if_unused, read_overrides
+from risloc.training.config import load_train_config
+from risloc.training.loop import LOCK_FILE
+
+
+def test_an_overrides_file_of_risloc_tune_or_a_plain_mapping(tmp_path):
+    """best_overrides.yaml of risloc tune (under 'overrides') and a plain mapping give the
+    same overrides, values as YAML/JSON (lists, booleans and null intact)."""
+    tuned = tmp_path / "best_overrides.yaml"
+    tuned.write_text("overrides:\n  optim.lr: 0.002\n  scene.snr_db: [0, 10]\n"
+                     "  schedule.snr_curriculum: true\n  scene.K: null\n")
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("optim.lr: 0.002\nscene.snr_db: [0, 10]\nschedule.snr_curriculum: true\n"
+                     "scene.K: null\n")
+    got = read_overrides(tuned)
+    assert got == read_overrides(plain)
+    cfg = load_train_config(None, got)
+    assert cfg.optim.lr == 0.002 and cfg.scene.snr_db == (0, 10)
+    assert cfg.schedule.snr_curriculum is True and cfg.scene.K is None
+    assert read_overrides(None) == []
+    with pytest.raises(FileNotFoundError, match="overrides file not found"):
+        read_overrides(tmp_path / "missing.yaml")
+
+
+def test_a_resumed_run_takes_its_stored_recipe_with_the_commands_overrides(tmp_path):
+    """--resume without --config: the recipe stored in <out>/last.pt, the command's
+    overrides applied on top and out_dir the folder resumed (wherever it was written)."""
+    from risloc.inference.checkpoint import save_checkpoint
+
+    stored = load_train_config(None, ["optim.lr=0.003", "out_dir=/elsewhere/run"])
+    run = tmp_path / "moved"
+    run.mkdir()
+    save_checkpoint(run / "last.pt", {"config": stored.to_json()})
+    cfg = _recipe(None, [f"out_dir={run}", "schedule.epochs=7"], resume=True)
+    assert cfg.optim.lr == 0.003 and cfg.schedule.epochs == 7
+    assert str(cfg.out_dir) == str(run)
+
+
+def test_a_run_copied_into_the_default_folder_resumes_there(tmp_path, monkeypatch):
+    """Without --out, --resume continues the default recipe's folder: its checkpoints are
+    written there, not to the out_dir stored in a last.pt copied in from elsewhere."""
+    from pathlib import Path
+
+    from risloc.inference.checkpoint import save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    folder = Path(load_train_config("train_default").out_dir)
+    folder.mkdir(parents=True)
+    stored = load_train_config(None, [f"out_dir={tmp_path / 'elsewhere'}"])
+    save_checkpoint(folder / "last.pt", {"config": stored.to_json()})
+    assert Path(_recipe(None, [], resume=True).out_dir) == folder
+
+
+def test_a_folder_left_by_a_run_that_failed_to_start_goes_only_if_unused(tmp_path):
+    """The folder a failed run created goes when it holds nothing but the lock (or is
+    empty); a file of anyone else keeps it."""
+    for held in ([], [LOCK_FILE]):
+        run = tmp_path / f"run{len(held)}"
+        run.mkdir()
+        for name in held:
+            (run / name).write_text("")
+        _remove_if_unused(run)
+        assert not run.exists()
+    run = tmp_path / "kept"
+    run.mkdir()
+    (run / LOCK_FILE).write_text("")
+    (run / "notes.txt").write_text("mine")
+    _remove_if_unused(run)
+    assert (run / "notes.txt").exists()
+
+
+def _finished_run(tmp_path, model_config=None, **report):
+    """A run folder whose best.pt and model.pt hold epoch 2 (the model's head fitted with
+    the recipe's order settings unless ``report`` says otherwise)."""
+    from risloc.inference.checkpoint import save_checkpoint
+
+    cfg = load_train_config(None, [f"out_dir={tmp_path}"])
+    o = cfg.order
+    base = {"epoch": 2, "step": 6, "config": cfg.to_json()}
+    save_checkpoint(tmp_path / "best.pt", base)
+    rep = {"training_scenes": o.scenes, "scene": dict(o.scene), "scene_mix": o.scene_mix,
+           "per_snr": [{"scenes": o.report_scenes}], **report}
+    save_checkpoint(tmp_path / "model.pt", {
+        **base, "config": model_config or base["config"], "order_head": {"w": [1.0]},
+        "order_report": rep})
+    return cfg
+
+
+def test_a_resumed_finished_run_keeps_its_model_only_if_it_is_current(tmp_path):
+    """--resume of a finished run keeps model.pt only where it holds best.pt's epoch, of
+    the same recipe, with a head fitted as the recipe's order section says."""
+    from risloc.cli.train import _model_is_current
+
+    assert _model_is_current(_finished_run(tmp_path / "same"))
+    other = load_train_config(None, ["optim.lr=0.01"]).to_json()
+    assert not _model_is_current(_finished_run(tmp_path / "recipe", model_config=other))
+    assert not _model_is_current(_finished_run(tmp_path / "mix", scene_mix="other"))
+    assert not _model_is_current(_finished_run(tmp_path / "scene", scene={"K": 1}))
+    assert not _model_is_current(_finished_run(tmp_path / "n", training_scenes=-1))
+    assert not _model_is_current(_finished_run(tmp_path / "rep", per_snr=[{"scenes": -1}]))
