@@ -483,7 +483,9 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {key!r}: {p!r} is not a section")
-    node[parts[-1]] = value
+    last = parts[-1]  # a section given whole merges with the fields set before it, as it
+    node[last] = (merge_nested(node[last], value)  # does with the file's (merge_nested)
+                  if isinstance(value, dict) and isinstance(node.get(last), dict) else value)
 
 
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
