@@ -1,5 +1,5 @@
 """A section given whole in an override merges with the fields set before it, as it merges
-with the file's section (needs the fix to risloc.config._set_dotted)."""
+with the file's section."""
 
 from risloc.config import load_config, parse_overrides
 
