@@ -359,6 +359,12 @@ def format_validation_error(err: ValidationError, what: str = "configuration",
         if e["type"] == "value_error":  # a validator's own words, without pydantic's "Value
             inner = e.get("ctx", {}).get("error")  # error, " or a nested check's heading
             msg = re.sub(r"^invalid [a-z ]+: ", "", str(inner) if inner is not None else msg)
+        given = e.get("input")
+        if e["type"] not in ("value_error", "extra_forbidden", "unexpected_keyword_argument") \
+                and isinstance(given, str | int | float) and not hint:
+            # (a validator's own words name what it was given; an unknown field's value
+            # says nothing)
+            msg += f" (given {given!r})"
         name = ".".join([prefix, *loc] if prefix else loc)
         parts.append(f"{name}: {msg}{hint}" if name else f"{msg}{hint}")
     return f"invalid {what}: " + "; ".join(parts)

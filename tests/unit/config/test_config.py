@@ -66,7 +66,10 @@ def test_no_pair_hint_where_one_number_is_valid_too():
     ("loss.lam_gapp=1", "loss.lam_gapp: Unexpected keyword argument (did you mean "
                         "loss.lam_gap?)"),  # a dataclass section
     ("lam_gap=1", "lam_gap: Extra inputs are not permitted (did you mean loss.lam_gap?)"),
-    ("data.scene_mix=5", "data.scene_mix: Input should be a valid tuple"),  # a list of kinds
+    ("data.scene_mix=5", "data.scene_mix: Input should be a valid tuple (given 5)"),
+    # the value given is named (a new user's review: 'optim.lr=abc' was not)
+    ("optim.lr=abc", "optim.lr: Input should be a valid number, unable to parse string as a "
+                     "number (given 'abc')"),
 ])
 def test_training_fields_say_where_they_belong(override, says):
     from risloc.training import load_train_config
