@@ -142,6 +142,8 @@ class TuneSettings:
             if importlib.util.find_spec("psycopg") is None and \
                     importlib.util.find_spec("psycopg2") is not None:
                 url = f"postgresql+psycopg2://{rest}"
+            elif scheme == "postgres":  # (Heroku's spelling: SQLAlchemy has no such dialect)
+                url = f"postgresql://{rest}"
         return url
 
     @property
