@@ -65,6 +65,8 @@ class RunFolderInUse(OSError):
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+
+
 def _data_stamps(cfg: TrainConfig, known: dict[str, list] | None = None
                  ) -> dict[str, list]:
     """[size, mtime_ns, SHA-256] of the recipe's scene files: one rewritten since a
@@ -246,6 +248,7 @@ class Trainer:
         self.bad_in_a_row = 0  # optimizer steps in a row whose gradients held NaN / inf
         self.best = {"objective": math.inf, "epoch": -1}
         self.bad_epochs, self.history = 0, []
+        self._stamps: dict[str, list] | None = None  # the scene files' (data_stamps)
 
     def leave_group(self) -> None:
         """Leave the process group now, while the interpreter is whole. The DDP wrapper
@@ -274,7 +277,7 @@ class Trainer:
 
     def data_stamps(self) -> dict[str, list]:
         """:func:`_data_stamps` of the run's scene files (each file hashed once a run)."""
-        self._stamps = _data_stamps(self.cfg, getattr(self, "_stamps", None))
+        self._stamps = _data_stamps(self.cfg, self._stamps)
         return self._stamps
 
     def restore(self, path: Path) -> None:
