@@ -637,8 +637,10 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
                     "in NumPy; float fields named real and imag are read as complex)"
                     if pair else ""))
     if "snr_db" in data and tuple(data["snr_db"].shape) != (S,):
-        raise SceneFileError(f"{path}: 'snr_db' has shape {tuple(data['snr_db'].shape)}, "
-                             f"expected ({S},)")
+        got = tuple(data["snr_db"].shape)
+        raise SceneFileError(f"{path}: 'snr_db' has shape {got}, expected ({S},)" + (
+            f" (one SNR for all {S} scenes? np.full({S}, snr_db) in NumPy repeats it)"
+            if int(np.prod(got)) == 1 and S != 1 else ""))
     if "snr_db" in data and data["snr_db"].dtype.kind not in "fiu":
         raise SceneFileError(f"{path}: 'snr_db' must be numeric (NaN where unknown), got "
                              f"{data['snr_db'].dtype}")

@@ -141,7 +141,7 @@ def test_mismatched_shapes_dtypes_system_refused(tmp_path, batch, system):
     with pytest.raises(SceneFileError, match="true positions must come together.*found only "
                                              r"\['azimuth_deg', 'elevation_deg'\]"):
         read_scenes(_npz(tmp_path, **{k: v for k, v in arr.items() if k != "range_m"}))
-    with pytest.raises(SceneFileError, match="snr_db"):
+    with pytest.raises(SceneFileError, match=r"'snr_db' has shape \(3,\), expected \(50,\)$"):
         read_scenes(_npz(tmp_path, **dict(arr, snr_db=arr["snr_db"][:3])))
 
 
@@ -160,6 +160,10 @@ def test_a_shared_channel_swapped_axes_or_missing_names_get_their_fix(tmp_path, 
         with pytest.raises(SceneFileError, match=rf"'{name}' has shape \(50, 144, 16\), its "
                            rf"last two axes swapped: .*np.swapaxes\({name}, 1, 2\)"):
             read_scenes(_npz(tmp_path, **dict(arr, **{name: swapped})))
+    for one in (np.float32(10.0), np.float32([10.0])):  # one SNR for every scene
+        with pytest.raises(SceneFileError, match=r"'snr_db' has shape \(1?,?\), expected "
+                           r"\(50,\) \(one SNR for all 50 scenes\? np.full\(50, snr_db\)"):
+            read_scenes(_npz(tmp_path, **dict(arr, snr_db=one)))
     with pytest.raises(SceneFileError, match=r"expected \(50, 16, 144\) for S=50 scenes and "
                                              r"the file's system \(L=16, M=16, N=144\)$"):
         read_scenes(_npz(tmp_path, **dict(arr, H=arr["H"][:7])))  # S alone: no system note
