@@ -274,3 +274,118 @@ def test_grid_candidates_reach_past_peaks_crowded_around_the_strongest():
     assert valid.tolist() == [[True, True]]
     az = grid.azimuth.view(20, 3, 8)
     assert theta[0, :, 0].tolist() == [float(az[10, 1, 0]), float(az[2, 1, 3])]
+
+
+def test_search_grids_reach_the_field_of_view_edges_and_wrap():
+    """The near-field grid's extreme points are the field of view's corners (a mutation
+    review: an azimuth grid stopping one step short of +60 deg passed); grid_positions is the
+    same grid in (az, el, 1/r); the 2-D frequency grid is periodic, so a point is no local
+    maximum when its neighbour across the wrap is higher (replicate padding passed)."""
+    from risloc.estimators.grids import grid_positions, local_maxima_2d_periodic
+
+    key = ((-60.0, 50.0), (-30.0, 20.0), (0.5, 10.0), 7, 5, 4)
+    grid = near_field_grid(*key)
+    torch.testing.assert_close(torch.rad2deg(grid.azimuth).aminmax(),
+                               (torch.tensor(-60.0, dtype=torch.float64),
+                                torch.tensor(50.0, dtype=torch.float64)))
+    torch.testing.assert_close(torch.rad2deg(grid.elevation).aminmax(),
+                               (torch.tensor(-30.0, dtype=torch.float64),
+                                torch.tensor(20.0, dtype=torch.float64)))
+    torch.testing.assert_close(grid.range_m.aminmax(),
+                               (torch.tensor(0.5, dtype=torch.float64),
+                                torch.tensor(10.0, dtype=torch.float64)))
+    pos = grid_positions(key, torch.float64, "cpu")
+    torch.testing.assert_close(pos, torch.stack([grid.azimuth, grid.elevation,
+                                                 1.0 / grid.range_m], -1))
+    P = torch.zeros(1, 6, 5, dtype=torch.float64)
+    P[0, 0, 2], P[0, 5, 2] = 1.0, 2.0  # rows 0 and 5 are neighbours across the wrap
+    P[0, 3, 0], P[0, 3, 4] = 3.0, 2.5  # and so are columns 0 and 4
+    peaks = local_maxima_2d_periodic(P)
+    assert bool(peaks[0, 5, 2]) and not bool(peaks[0, 0, 2])
+    assert bool(peaks[0, 3, 0]) and not bool(peaks[0, 3, 4])
+
+
+def test_angular_distance_matrix_is_the_angle_between_direction_vectors():
+    """Great-circle angle = arccos of the dot product of the unit vectors
+    (cos el sin az, sin el, cos el cos az) of docs/conventions.md (a mutation review: the
+    suppression distance with azimuth and elevation swapped passed)."""
+    from risloc.estimators.grids import angular_distance_matrix
+
+    g = torch.Generator().manual_seed(3)
+    az = (torch.rand(2, 6, generator=g, dtype=torch.float64) - 0.5) * 2.0
+    el = (torch.rand(2, 6, generator=g, dtype=torch.float64) - 0.5) * 1.0
+    u = torch.stack([el.cos() * az.sin(), el.sin(), el.cos() * az.cos()], -1)
+    want = torch.arccos((u @ u.mT).clamp(-1.0, 1.0))
+    torch.testing.assert_close(angular_distance_matrix(az, el), want, atol=1e-6, rtol=0)
+
+
+def test_null_spectrum_is_one_minus_the_subspace_energy():
+    """f = ||(I - U U^H) a||^2 = 1 - ||U^H a||^2 for orthonormal U and unit-norm a (a mutation
+    review: dropping the imaginary part of the residual passed)."""
+    system = SystemConfig()
+    g = torch.Generator().manual_seed(6)
+    X = torch.randn(2, system.N, 3, dtype=torch.complex128, generator=g)
+    U = torch.linalg.qr(X).Q
+    theta = torch.tensor([[[0.3, -0.2, 0.5], [-0.7, 0.4, 1.5]]] * 2, dtype=torch.float64)
+    a = NearFieldModel(system).steer(theta)  # (2, 2, N)
+    want = 1.0 - (a @ U.conj()).abs().square().sum(-1)
+    torch.testing.assert_close(null_spectrum(theta, U, NearFieldModel(system)), want,
+                               atol=1e-12, rtol=0)
+
+
+def test_refinement_keeps_frozen_axes_the_box_and_never_rises():
+    """refine_peaks is a projected descent: frozen parameters do not move, iterates stay in
+    the box (a start outside is clamped, a source beyond it ends on its face), the returned
+    null is the null spectrum at the returned point, and one step from any start never
+    raises it (a mutation review: unfrozen axes and unclamped trials or start passed)."""
+    system = SystemConfig()
+    truth = torch.tensor([0.4, -0.2, 1 / 12.0], dtype=torch.float64)  # 12 m: beyond 10 m
+    R = true_covariance(truth[0].view(1, 1), truth[1].view(1, 1), 1 / truth[2].view(1, 1),
+                        torch.ones(1, 1), system, torch.complex128)
+    U = signal_subspace(R, torch.tensor([1]))
+    model = NearFieldModel(system)
+    lo, hi = MusicConfig().fov.bounds()
+    # the second starts outside the box, nearer the source than any point inside it
+    start = torch.tensor([[[0.41, -0.19, 0.05], [0.4, -0.2, 0.085], [0.38, -0.21, 0.3]]],
+                         dtype=torch.float64)
+    frozen = refine_peaks(U, start, model, lo, hi, 4, free=(False, False, True))
+    assert torch.equal(frozen.theta[..., :2], start[..., :2])
+    ref = refine_peaks(U, start, model, lo, hi, 6)
+    assert ((ref.theta >= lo) & (ref.theta <= hi)).all()
+    torch.testing.assert_close(ref.null, null_spectrum(ref.theta, U, model), atol=1e-14,
+                               rtol=0)
+    torch.testing.assert_close(ref.theta[0, :2, 2], lo[2].expand(2))  # on the 10 m face
+    torch.testing.assert_close(ref.theta[0, :2, :2], truth[:2].expand(2, 2), atol=1e-3,
+                               rtol=0)
+    g = torch.Generator().manual_seed(7)
+    starts = lo + (hi - lo) * torch.rand(1, 300, 3, generator=g, dtype=torch.float64)
+    one = refine_peaks(U, starts, model, lo, hi, 1)
+    assert (one.null <= null_spectrum(starts, U, model) + 1e-15).all()
+
+
+def test_valley_direction_is_the_weakest_unit_tangent_with_range_reoptimised():
+    """valley_directions: among steps of unit great-circle length (cos(el) d_az, d_el) with
+    the 1/range change that minimises the Gauss-Newton quadratic d^T H d, the one of least
+    rise (brute force over the circle) (a mutation review: a wrong sign of the range change,
+    a wrong tangent scale, or a wrong Schur complement all passed)."""
+    from risloc.estimators.refine import normal_equations, valley_directions
+
+    system = SystemConfig()
+    az = torch.tensor([[0.30, 0.33]], dtype=torch.float64)
+    el = torch.tensor([[0.25, 0.27]], dtype=torch.float64)
+    R = true_covariance(az, el, torch.tensor([[2.0, 2.5]], dtype=torch.float64),
+                        torch.ones(1, 2), system, torch.complex128)
+    U = signal_subspace(R, torch.tensor([2])).to(torch.complex128)
+    theta = torch.tensor([[[0.31, 0.26, 0.45]]], dtype=torch.float64)
+    d = valley_directions(theta, U, system)[0, 0]
+    _, H = normal_equations(theta, U, NearFieldModel(system))
+    H = H[0, 0]
+    ce = math.cos(float(theta[0, 0, 1]))
+    assert abs(float((ce * d[0]) ** 2 + d[1] ** 2) - 1.0) < 1e-9  # unit great-circle step
+    assert abs(float((H @ d)[2])) < 1e-9 * float(H.diagonal().max())  # range re-optimised
+    psi = torch.linspace(0, math.pi, 2001, dtype=torch.float64)
+    ang = torch.stack([psi.cos() / ce, psi.sin()], -1)  # (n, 2) unit tangent steps
+    du = -(ang @ H[:2, 2]) / H[2, 2]
+    cand = torch.cat([ang, du.unsqueeze(-1)], -1)
+    rise = torch.einsum("ni,ij,nj->n", cand, H, cand)
+    assert float(d @ H @ d) <= float(rise.min()) * (1 + 1e-9) + 1e-300

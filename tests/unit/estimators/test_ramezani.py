@@ -53,10 +53,13 @@ def test_smoothing_restores_rank():
     assert (full[:, 1:].abs() < 1e-9 * full[:, :1]).all()  # one window: rank 1
 
 
-@pytest.mark.parametrize("source", [(20.0, 10.0, 1.2), (-45.0, -25.0, 6.0), (50.0, 5.0, 3.0)])
+@pytest.mark.parametrize("source", [(20.0, 10.0, 1.2), (-45.0, -25.0, 6.0), (50.0, 5.0, 3.0),
+                                    (-10.0, 15.0, 0.55)])
 def test_single_source_exact_under_fresnel(source):
     """Under the Fresnel model the cancellation is exact: recovery to numerical precision,
-    including azimuth 50 deg whose virtual frequency aliases (s_x = 0.77 ~ -0.23)."""
+    including azimuth 50 deg whose virtual frequency aliases (s_x = 0.77 ~ -0.23) and a
+    range of 0.55 m near the field of view's 0.5 m edge (a mutation review: a range grid
+    and box that stopped at 1 m passed)."""
     system = SystemConfig(wavefront="fresnel")
     az, el, rng, R = one_source(*source, system)
     est = ramezani_music(R, 1, system)
@@ -124,3 +127,93 @@ def test_the_sub_ris_is_sized_for_the_system():
         ramezani_music(R, 2, small)
     est = ramezani_music(R, 2, small, base.for_system(small))
     assert est.K.tolist() == [2, 2]
+
+
+@pytest.mark.parametrize("source,alias", [((50.0, 5.0, 3.0), "azimuth"),
+                                          ((10.0, 45.0, 3.0), "elevation")])
+def test_estimates_stay_in_the_field_of_view_searched(source, alias):
+    """A source outside the searched field of view has an alias inside it with the same
+    anti-diagonal (s shifted by lambda / (2 d) = 1): the estimate is that alias, never the
+    out-of-view direction (a mutation review: dropping the alias' field-of-view test, in
+    elevation or in the range search, passed)."""
+    system = SystemConfig(wavefront="fresnel")
+    az, el, _, R = one_source(*source, system)
+    fov = FieldOfView(azimuth_deg=(-30.0, 30.0)) if alias == "azimuth" else FieldOfView()
+    est = ramezani_music(R, 1, system, RamezaniConfig(fov=fov))
+    s_x = math.sin(float(az)) * math.cos(float(el))
+    s_y = math.sin(float(el))
+    if alias == "azimuth":
+        s_x -= 1.0
+    else:
+        s_y -= 1.0
+    want_el = math.asin(s_y)
+    want_az = math.asin(s_x / math.cos(want_el))
+    assert int(est.K[0]) == 1
+    assert fov.azimuth_deg[0] <= math.degrees(float(est.azimuth[0, 0])) <= fov.azimuth_deg[1]
+    assert fov.elevation_deg[0] <= math.degrees(float(est.elevation[0, 0])) <= \
+        fov.elevation_deg[1]
+    assert abs(float(est.azimuth[0, 0]) - want_az) < 1e-6
+    assert abs(float(est.elevation[0, 0]) - want_el) < 1e-6
+
+
+def test_a_source_without_an_alias_in_view_gives_no_estimate():
+    """Azimuth 35 deg (s_x = 0.57) and its alias s_x - 1 (-25 deg) both lie outside a
+    [-20, 20] deg view: no direction in view explains it, so nothing is reported rather than
+    a direction outside the view (a mutation review: scoring such candidates passed)."""
+    system = SystemConfig(wavefront="fresnel")
+    *_, R = one_source(35.0, 5.0, 3.0, system)
+    est = ramezani_music(R, 1, system, RamezaniConfig(fov=FieldOfView(azimuth_deg=(-20.0,
+                                                                                   20.0))))
+    assert int(est.K[0]) == 0 and torch.isnan(est.azimuth[0]).all()
+
+
+def test_as_many_sources_as_sub_ris_windows_are_accepted():
+    """Smoothing over P windows restores rank up to P: K = P is allowed, K = P + 1 is not
+    (a mutation review: refusing K = P passed)."""
+    small = SystemConfig(N_H=8, N_V=6, M=8, L=24, K_max=5)
+    cfg = RamezaniConfig(subarray=(5, 7))  # (6 - 5 + 1) * (8 - 7 + 1) = 4 windows
+    R = torch.eye(small.N, dtype=torch.complex64).expand(2, -1, -1)
+    assert ramezani_music(R, 4, small, cfg).K.tolist() == [4, 4]
+    with pytest.raises(ValueError, match="sub-RIS"):
+        ramezani_music(R, 5, small, cfg)
+
+
+def test_an_out_of_view_alias_loses_even_beside_a_source_with_two_valid_ones():
+    """Source 1 at azimuth 50 deg has two aliases in view (50 and -13.5 deg), so every
+    candidate carries two alias slots; source 2 at 70 deg (out of view) has one, -3.4 deg.
+    The out-of-view slot must not compete in the range search, though it fits the
+    covariance best (a mutation review: ignoring its validity there passed)."""
+    system = SystemConfig(wavefront="fresnel")
+    az = torch.deg2rad(torch.tensor([[50.0, 70.0]], dtype=torch.float64))
+    el = torch.deg2rad(torch.tensor([[5.0, 0.0]], dtype=torch.float64))
+    rng = torch.tensor([[3.0, 4.0]], dtype=torch.float64)
+    R = true_covariance(az, el, rng, torch.ones_like(rng), system, torch.complex128)
+    est = ramezani_music(R, 2, system)
+    assert int(est.K[0]) == 2
+    got = sorted(math.degrees(float(a)) for a in est.azimuth[0, :2])
+    alias = math.degrees(math.asin(math.sin(math.radians(70.0)) - 1.0))
+    assert abs(got[0] - alias) < 1e-4 and abs(got[1] - 50.0) < 1e-4
+
+
+def test_score_is_the_music_pseudo_spectrum_in_decreasing_order():
+    """The score of each estimate is the near-field MUSIC pseudo-spectrum 1 / (1 - ||U^H a||^2)
+    of the full covariance at it, slots by decreasing score (a mutation review: a score of
+    1 - ||U^H a||^2, which reversed the order, passed)."""
+    from risloc.estimators.music import music_spectrum
+
+    system = SystemConfig()
+    gen = torch.Generator().manual_seed(5)
+    scenes = simulate_batch(2, system, SceneConfig(range_m=(3.0, 10.0)), gen, snr_db=10.0,
+                            K=2)
+    R = scene_true_covariance(scenes, system, torch.complex128)
+    R = R + 0.05 * torch.eye(system.N, dtype=R.dtype)  # keep the null spectrum off its floor
+    noise = torch.randn(2, system.N, 40, dtype=torch.complex128, generator=gen)
+    R = R + 0.02 * noise @ noise.mH / 40  # a sample-like perturbation: nonzero nulls
+    est = ramezani_music(R, 2, system)
+    assert est.K.tolist() == [2, 2]
+    want = music_spectrum(R, 2, system, est.azimuth.to(torch.float64)[:, :2],
+                          est.elevation.to(torch.float64)[:, :2],
+                          est.range_m.to(torch.float64)[:, :2])
+    torch.testing.assert_close(est.score[:, :2].to(torch.float64), want, rtol=1e-4, atol=0)
+    assert (est.score[:, 0] >= est.score[:, 1]).all()
+    assert (want[:, 0] > want[:, 1]).all()

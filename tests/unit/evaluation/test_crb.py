@@ -616,3 +616,59 @@ def test_the_noise_of_an_snr_weighs_each_source_by_its_power(system):
                  for l in range(system.L) for k in range(2)) / (system.L * system.M)
     got = noise_var_for_snr(az, el, r, H, codes, torch.tensor([7.0]), system, powers=p)
     assert float(got[0]) == pytest.approx(signal / 10 ** 0.7, rel=1e-10)
+
+
+@pytest.mark.parametrize("known", [("range",), ("elevation",), ("azimuth", "range")])
+def test_a_known_coordinate_leaves_the_inverse_of_the_unknowns_fim_block(known):
+    """With some coordinates known, the bound of the others is sqrt(diag((J_uu)^-1)), J_uu
+    the FIM block of the unknown ones (every source's), and 0 for the known (a mutation
+    review: with two sources, the known slots taken source-major passed)."""
+    args = _compressive_args(6, 50)
+    s = torch.from_numpy(_cn((1, 6, 2), 51))
+    full = crb_deterministic(symbols=s, **args)
+    given = crb_deterministic(symbols=s, known=known, **args)
+    K = 2
+    unknown = [i for i, p in enumerate(("azimuth", "elevation", "range")) if p not in known]
+    idx = [K * p + k for p in unknown for k in range(K)]
+    J = full.fim[0][idx][:, idx].numpy()
+    want = np.sqrt(np.diag(np.linalg.inv(J)))
+    got = _stack(given)[unknown, 0].reshape(-1).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    for p, name in enumerate(("azimuth", "elevation", "range")):
+        if name in known:
+            assert (_stack(given)[p] == 0).all()
+
+
+def test_the_effective_fim_is_zero_in_padded_slots():
+    """CRBResult.fim has zero rows and columns for padded slots (documented), for both
+    bounds (a mutation review: the stochastic one's identity padding leaking out passed)."""
+    L = 6
+    H, codes = _identity_problem(SYS4, L)
+    common = dict(H=H, codes=codes, noise_var=_t([0.2]), system=SYS4)
+    geo = (_t([AZ4]), _t([EL4]), _t([R4]))
+    det = crb_deterministic(*geo, torch.from_numpy(_cn((1, L, 4), 52)), **common)
+    sto = crb_stochastic(*geo, _t([[1.0, 2.0, 1.0, 0.5]]), **common)
+    pad = [2, 6, 10]  # slot 2 in the azimuth, elevation and range blocks
+    for res in (det, sto):
+        assert (res.fim[0, pad] == 0).all() and (res.fim[0, :, pad] == 0).all()
+
+
+def test_user_crb_converts_degrees_at_the_edges_only(system):
+    """crb() takes and returns angles in degrees and ranges in metres: its result is
+    crb_stochastic's in radians converted, the range untouched (a mutation review: the range
+    passed through rad2deg passed)."""
+    from risloc.evaluation import crb
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 1, system, SceneConfig(), split="test", K=2, snr_db=10.0)
+    H, c = sc.H[0], sc.codes[0]
+    az_deg, el_deg, r = [12.0, -35.0], [5.0, -18.0], [1.7, 6.0]
+    got = crb(H, c, az_deg, el_deg, r, system, noise_var=0.3, powers=[1.0, 0.4])
+    want = crb_stochastic(torch.deg2rad(_t([az_deg])), torch.deg2rad(_t([el_deg])), _t([r]),
+                          _t([[1.0, 0.4]]), H[None].to(torch.complex128),
+                          c[None].to(torch.complex128), _t([0.3]), system)
+    torch.testing.assert_close(got["azimuth_deg"], torch.rad2deg(want.azimuth), rtol=1e-12,
+                               atol=0)
+    torch.testing.assert_close(got["elevation_deg"], torch.rad2deg(want.elevation),
+                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(got["range_m"], want.range_m, rtol=1e-12, atol=0)
