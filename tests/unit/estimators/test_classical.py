@@ -151,6 +151,11 @@ def test_greedy_costs_are_nested_and_decreasing():
     assert bool((g.costs[:, 1:] <= g.costs[:, :-1]).all())
     torch.testing.assert_close(g.costs[:, 0], b.y.abs().square().sum((1, 2)).double(),
                                rtol=1e-5, atol=0)
+    # C_k is the residual of the k-source fit itself (what the K decision reads)
+    for k, th in enumerate(g.thetas, start=1):
+        fit = amplitude_fit(b.y, b.H, b.codes, steering_at(th, SYSTEM, b.y.dtype),
+                            torch.ones(4, k, dtype=torch.bool), ClassicalConfig().step.tikhonov)
+        torch.testing.assert_close(g.costs[:, k], fit.cost.double(), rtol=2e-5, atol=0)
 
 
 def test_buffers_shared_by_chunks_and_searches_change_no_bit():
@@ -494,3 +499,83 @@ def test_the_ols_statistic_is_its_formula_with_the_floor_beside_a_found_source()
     gains = t(np.sum(np.abs(Bg) ** 2, axis=2))
     got = classical.ols_statistic(fit, t(Bg).clone(), gains.clone(), floor)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-8)
+
+
+def test_the_order_test_and_the_snr_check_read_snapshots_and_antennas_apart(monkeypatch):
+    """classical_fit hands the K decision and the SNR check (L, M) = (snapshots, antennas)
+    of the data: with L != M a swap changes the penalty and the noise level's degrees of
+    freedom (a mutation review: swapped, every test passed, all at L = M = 16)."""
+    system = SystemConfig(L=6, M=10)
+    b = simulate_range(0, 2, system, SCENE, seed=2, split="test", K=2, snr_db=10.0)
+    seen = []
+    for name in ("residual_order", "snr_disagreement"):
+        real = getattr(classical, name)
+        monkeypatch.setattr(classical, name, lambda costs, L, M, *a, _real=real, _name=name:
+                            seen.append((_name, L, M)) or _real(costs, L, M, *a))
+    res = classical.classical_fit(b.y, b.H, b.codes, system, snr_db=b.snr_db)
+    assert sorted(seen) == [("residual_order", 6, 10), ("snr_disagreement", 6, 10)]
+    from risloc.estimators.order import noise_var_from_snr, residual_order
+    sigma2 = noise_var_from_snr(b.y, b.snr_db)
+    assert torch.equal(res.estimates.K, residual_order(res.costs, 6, 10, sigma2))
+    # the noise level of the K decision is the scene's (the simulator's sigma^2)
+    torch.testing.assert_close(res.noise_var, sigma2, rtol=1e-12, atol=0)
+    torch.testing.assert_close(res.noise_var, b.noise_var.double(), rtol=0.25, atol=0)
+
+
+def test_a_relax_sweep_keeps_a_change_only_where_the_joint_cost_falls():
+    """RELAX (Li & Stoica 1996) re-searches each source with the others fixed and keeps the
+    refined change only where the joint cost falls: the sweep's cost is never above its
+    start's, is the amplitude fit's at the positions returned, and falls where a start
+    holds a junk source beside two true ones (a mutation review: keeping every change
+    passed every test)."""
+    b = simulate_range(0, 8, SYSTEM, SCENE, seed=7, split="test", K=3, snr_db=15.0)
+    cfg = ClassicalConfig(same_source=None)
+    y, H, codes = (t.to(torch.complex64) for t in (b.y, b.H, b.codes))
+    grid = search_grid(SYSTEM)
+    Bg = classical._grid_columns(H, codes, grid)
+    gains = abs2(Bg).sum(2)
+    junk = torch.tensor([0.3, -0.2, 0.5]).expand(8, 1, 3)
+    start = torch.cat([pack(b.azimuth[:, :2], b.elevation[:, :2], b.range_m[:, :2]), junk], 1)
+    mask = torch.ones(8, 3, dtype=torch.bool)
+    theta, fit, _ = classical.lm_solve(y, H, codes, start, mask, SYSTEM, cfg.step)
+    out, ofit = classical._relax(y, H, codes, theta, fit, grid, Bg, gains, SYSTEM, cfg,
+                                 classical._Buffers())
+    assert bool((ofit.cost <= fit.cost).all()), (ofit.cost, fit.cost)
+    assert bool((ofit.cost < 0.5 * fit.cost).any())
+    again = amplitude_fit(y, H, codes, steering_at(out, SYSTEM, y.dtype), mask,
+                          cfg.step.tikhonov)
+    torch.testing.assert_close(ofit.cost, again.cost, rtol=1e-5, atol=0)
+    # from the ML fit at the true sources (run to convergence), a re-search's few float32
+    # LM iterations from a grid point end a little above it: nothing is kept
+    truth = pack(b.azimuth[:, :3], b.elevation[:, :3], b.range_m[:, :3])
+    best, bfit, _ = classical.lm_solve(y, H, codes, truth, mask, SYSTEM,
+                                       replace(cfg.step, iterations=None))
+    out, ofit = classical._relax(y, H, codes, best, bfit, grid, Bg, gains, SYSTEM, cfg,
+                                 classical._Buffers())
+    assert bool((ofit.cost <= bfit.cost).all()), (ofit.cost, bfit.cost)
+
+
+def test_separation_drops_the_pair_member_beside_the_strongest_flagged_source():
+    """_separate keeps the strongest flagged source and every source outside the pair, and
+    drops its most collinear partner (with a polish of 0 iterations the K - 1 kept
+    positions come back as they were, leading). A mutation review: dropping the least
+    collinear source (the lone true one) passed the end-to-end test."""
+    b = simulate_range(0, 12, SYSTEM, SCENE, seed=13, split="test", K=3, snr_db=30.0)
+    cfg = ClassicalConfig()
+    ref = nfmle_fit(b.y, b.H, b.codes, _with_pair(b, 0.3), SYSTEM, cfg.final)
+    idx = cancelling_sources(ref.energy, b.y, ref.estimates.mask).any(-1).nonzero().flatten()
+    assert idx.numel() >= 2
+    c = torch.complex128
+    theta = ref.estimates.theta.double()[idx]
+    mask, energy = ref.estimates.mask[idx], ref.energy[idx].double()
+    out = classical._separate(b.y[idx].to(c), b.H[idx].to(c), b.codes[idx].to(c), theta, mask,
+                              ref.estimates.K[idx], energy, SYSTEM,
+                              replace(cfg.final, iterations=0), cfg, classical.CANCELLING_RATIO)
+    first = torch.where(mask, energy, -1.0).argmax(-1)
+    assert bool((first >= 1).all())  # a member of the pair (slots 1 and 2)
+    partner = 3 - first
+    for i in range(idx.numel()):
+        near = lambda t, u: torch.allclose(t, u, rtol=0, atol=1e-6)  # noqa: E731 (float32 in)
+        assert near(out[i, 0], theta[i, 0]), (out[i, 0] - theta[i, 0])
+        assert near(out[i, 1], theta[i, first[i]])
+        assert not any(near(out[i, j], theta[i, partner[i]]) for j in range(3))

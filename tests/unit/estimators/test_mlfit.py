@@ -242,3 +242,63 @@ def test_config_checks():
         MLFitConfig(repairs=-1)
     with pytest.raises(ValueError, match="field of view"):
         MLFitConfig(search=ClassicalConfig().with_fov(FieldOfView((-30.0, 30.0))))
+
+
+def test_received_power_and_repair_margin_count_antennas_not_snapshots():
+    """With L = 8 snapshots and M = 12 antennas (every other test has L = M = 16): the
+    power a lone exact source contributes per antenna is mean_l ||y_l||^2 / M, and the
+    repair margin's sigma^2 = C / (L (M - K)) makes the threshold C (1 - m / (M - K))
+    (a mutation review: L in place of M in either passed)."""
+    from risloc.config import SystemConfig
+
+    system = SystemConfig(L=8, M=12)
+    one = simulate_range(0, 3, system, EXACT, seed=4, split="test", K=1)
+    y1, H1, c1 = (t.to(torch.complex128) for t in (one.y, one.H, one.codes))
+    cfg = MLFitConfig(polish=NFMLEConfig(iterations=3, tikhonov=0.0), repairs=0,
+                      nested_repairs=0)
+    f1 = ml_fit(y1, H1, c1, _truth(one, 1), system, cfg)
+    torch.testing.assert_close(f1.received[:, 0], y1.abs().square().mean((-1, -2)),
+                               rtol=1e-6, atol=0)
+    sc = simulate_range(0, 16, system, SceneConfig(snr_db=(3.0, 8.0)), seed=4, split="test",
+                        K=2)
+    cfg = MLFitConfig()
+    full = torch.ones(16, 4, dtype=torch.bool)
+    start, fit, _ = lm_solve(sc.y, sc.H, sc.codes,
+                             torch.cat([_truth(sc, 2), _junk(16, 2, seed=4)], 1).float(),
+                             full, system, cfg.polish)
+    grid = search_grid(system, cfg.search, sc.y.dtype)
+    all_S = torch.full((16,), 4)
+    _, after, kept = _repair(sc.y, sc.H, sc.codes, start, fit, all_S, system, cfg, grid)
+    _, _, kept_m = _repair(sc.y, sc.H, sc.codes, start, fit, all_S, system,
+                           replace(cfg, repair_margin=1.0), grid)
+    want = kept & (after.cost < fit.cost * (1 - 1.0 / (12 - 4)))
+    assert torch.equal(kept_m, want) and 0 < int(want.sum())
+    assert not torch.equal(want, kept & (after.cost < fit.cost * (1 - 1.0 / (8 - 4))))
+
+
+def test_a_repair_proposes_from_the_residual_of_the_other_sources(system, monkeypatch):
+    """A repair round moves the weakest source (least removal gain) to the last slot and
+    searches the residual of the K - 1 others for its replacement: the residual handed to
+    the proposal is y less the fit of those others, the weakest one's slot masked out (a
+    mutation review: searching the residual of all K passed every test)."""
+    from risloc.estimators import mlfit
+
+    sc = simulate_range(0, 4, system, SceneConfig(), seed=2, split="test", K=3, snr_db=10.0)
+    cfg = MLFitConfig()
+    start = torch.cat([_truth(sc, 3), _junk(4, 1)], 1).float()
+    full = torch.ones(4, 4, dtype=torch.bool)
+    fit = amplitude_fit(sc.y, sc.H, sc.codes, steering_at(start, system, sc.y.dtype), full,
+                        cfg.polish.tikhonov)
+    seen, real = [], mlfit.residual_proposal
+    monkeypatch.setattr(mlfit, "residual_proposal",
+                        lambda y, H, c, f, m, *a, **k: seen.append((f, m)) or real(y, H, c, f, m,
+                                                                                  *a, **k))
+    grid = search_grid(system, cfg.search, sc.y.dtype)
+    _repair(sc.y, sc.H, sc.codes, start, fit, torch.full((4,), 4), system, cfg, grid)
+    (rest, m), = seen
+    assert m[:, :3].all() and not m[:, 3].any()
+    weakest = removal_gains(fit, full).argmin(-1)
+    moved = mlfit._swap(start, weakest, torch.full((4,), 3))
+    want = amplitude_fit(sc.y, sc.H, sc.codes, steering_at(moved, system, sc.y.dtype), m,
+                         cfg.polish.tikhonov)
+    torch.testing.assert_close(rest.r, want.r, rtol=1e-5, atol=1e-6)

@@ -358,3 +358,61 @@ def test_a_bound_holds_a_parameter_only_where_descent_points_outward():
     assert free.tolist() == want
     assert nfmle._free_parameters(theta, -g, mask, lo, hi).tolist() == \
         [[True, True, True, True, True, True, False, False, False]]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_an_lm_iteration_takes_marquardts_step_and_updates_its_damping(masked):
+    """One LM iteration written out: the step solves (J^T J + mu diag(J^T J)) d = -J^T r,
+    retried at 10 mu while the cost does not fall; an accepted step is doubled (2, 4, 8 x)
+    while each lowers the cost of the one before, and mu becomes mu / 4 (accepted) or
+    10^retries mu (never accepted). Starts 30 deg off give both outcomes (a mutation
+    review: a damping left unchanged after a rejected step passed every test)."""
+    b = simulate_range(0, 8, SYSTEM, SCENE, seed=3, split="test", K=2, snr_db=10.0)
+    cfg = NFMLEConfig(masked=masked)
+    y, H, codes = (t.to(torch.complex128) for t in (b.y, b.H, b.codes))
+    s, mask = perturbed_start(b, 30.0, 0.3), b.mask
+    theta = nfmle._start(s.azimuth, s.elevation, s.range_m, mask, cfg, torch.float64)
+    lo, hi = cfg.fov.bounds(torch.float64, theta.device)
+
+    def cost(i, t):  # scene i's cost at positions t [K, 3]
+        return float(nfmle.amplitude_fit(y[i:i + 1], H[i:i + 1], codes[i:i + 1],
+                                         steering_at(t[None], SYSTEM, y.dtype),
+                                         mask[i:i + 1], cfg.tikhonov).cost[0])
+
+    fit = nfmle.amplitude_fit(y, H, codes, steering_at(theta, SYSTEM, y.dtype), mask,
+                              cfg.tikhonov)
+    mu = torch.logspace(-8, 1, 8, dtype=torch.float64)
+    state = (theta.clone(), nfmle.Fit(*(t.clone() for t in fit)), mu.clone())
+    got_theta, got_fit, got_mu = nfmle._lm_iteration(state, y, H, codes, mask, SYSTEM, cfg,
+                                                     lo, hi)
+    J = nfmle._jacobian(fit, H, codes, theta, mask, SYSTEM)
+    JtJ, g = nfmle._normal_equations(J, fit.r, theta, mask, lo, hi)
+    D = torch.diag_embed(torch.diagonal(JtJ, dim1=-2, dim2=-1))
+    want_theta, want_mu, tries, grown = theta.clone(), mu.clone(), [], []
+    for i in range(8):
+        m, step = float(mu[i]), None
+        for _ in range(cfg.retries):
+            d = -torch.linalg.solve(JtJ[i] + m * D[i], g[i]).view(-1, 3)
+            if cost(i, torch.clamp(theta[i] + d, lo, hi)) < float(fit.cost[i]):
+                step = d
+                break
+            m *= 10.0
+        tries.append(round(math.log10(m / float(mu[i]))))  # retries before acceptance
+        want_mu[i] = m if step is None else m / 4
+        if step is None:
+            continue
+        best, n = torch.clamp(theta[i] + step, lo, hi), 0
+        prev = cost(i, best)
+        for scale in (2.0, 4.0, 8.0):
+            t = torch.clamp(theta[i] + scale * step, lo, hi)
+            if not cost(i, t) < prev:
+                break
+            best, prev, n = t, cost(i, t), n + 1
+        grown.append(n)
+        want_theta[i] = best
+    assert 0 in tries and cfg.retries in tries and max(grown) > 0  # (both outcomes seen)
+    torch.testing.assert_close(got_mu, want_mu, rtol=1e-12, atol=0)
+    torch.testing.assert_close(got_theta, want_theta, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got_fit.cost, nfmle.amplitude_fit(
+        y, H, codes, steering_at(got_theta, SYSTEM, y.dtype), mask, cfg.tikhonov).cost,
+        rtol=1e-9, atol=0)

@@ -229,3 +229,53 @@ def test_the_residual_rule_takes_the_smallest_self_consistent_order():
         want = consistent[0] if consistent else chosen[-1]
         assert int(_estimate_and_decide(costs[b:b + 1], L, M, pen)[0]) == want, b
     assert several > 10
+
+
+@pytest.mark.parametrize(("L", "M"), [(8, 20), (40, 10)])
+def test_the_residual_rule_tells_snapshots_from_antennas(L, M):
+    """L != M (every other test has L = M = 16): the noise level of a k-source fit is
+    C_k / (L (M - k) - 1.5 k) (each source takes L amplitudes out of the L M residual
+    dimensions) and the default penalty is L + 6 sqrt(L), in snapshots. Written out with
+    plain Python for a known and an estimated sigma^2 (a mutation review: L and M swapped
+    in either passed every test)."""
+    g = torch.Generator().manual_seed(3)
+    n, pen = 300, L + 6 * math.sqrt(L)
+    c0 = 4.0 * L * M
+    drops = torch.rand(n, 5, generator=g, dtype=torch.float64) ** 3 * 0.4 * c0
+    costs = torch.cat([torch.full((n, 1), c0, dtype=torch.float64),
+                       c0 - drops.cumsum(-1).clamp_max(0.99 * c0)], -1)
+    sigma2 = torch.rand(n, generator=g, dtype=torch.float64) * 3 + 0.5
+    floor = noise_floor(costs, L, M)
+
+    def choice(c, s2, lowest):
+        s2 = max(s2, lowest)
+        crit = [c[k] / s2 + pen * k for k in range(1, 6)]
+        return 1 + crit.index(min(crit))
+
+    known, unknown = residual_order(costs, L, M, sigma2), residual_order(costs, L, M)
+    for b in range(n):
+        c = costs[b].tolist()
+        assert int(known[b]) == choice(c, float(sigma2[b]), float(floor[b])), b
+        chosen = [choice(c, c[kp] / (L * (M - kp) - 1.5 * kp), float(floor[b]))
+                  for kp in range(1, 6)]
+        consistent = [kp for kp in range(1, 6) if chosen[kp - 1] == kp]
+        assert int(unknown[b]) == (consistent[0] if consistent else chosen[-1]), b
+    assert len(set(known.tolist())) >= 3 and len(set(unknown.tolist())) >= 3
+    swapped = residual_order(costs, M, L), residual_order(costs, M, L, sigma2)
+    assert not torch.equal(swapped[0], unknown) and not torch.equal(swapped[1], known)
+
+
+def test_without_a_self_consistent_order_the_k_max_level_decides():
+    """Costs whose noise levels rise with K' (a drop of 0.43 between C_1 and C_2, tiny
+    ones after) under a penalty of 1 nat: the level of K' = 1 asks for 2 sources, every
+    other level for 1, so no K' reproduces itself and the K_max level's choice, 1, is
+    the answer (a mutation review: the K' = 1 level's choice passed)."""
+    from risloc.estimators.order import _decide, _estimate_and_decide, residual_noise_level
+
+    costs = torch.tensor([[1000.0, 100.0, 99.57, 99.569, 99.568, 99.567]], dtype=torch.float64)
+    floor = noise_floor(costs, 16, 16)
+    dec = [int(_decide(costs, residual_noise_level(costs[:, k], k, 16, 16), 1.0, floor))
+           for k in range(1, 6)]
+    assert dec == [2, 1, 1, 1, 1]
+    assert int(_estimate_and_decide(costs, 16, 16, 1.0)) == 1
+    assert int(residual_order(costs, 16, 16, penalty=1.0)) == 1
