@@ -10,8 +10,8 @@ on the residual noise, whose false alarms do not vanish as the sources get stron
 Without the SNR it estimates the noise level from the fit itself. Per SNR and true K
 (equal powers, the test split): the share of scenes with K over- and under-counted, each
 way, and the largest score (the localizer's confidence) of the weakest source of a scene
-where K is over; and the learned localizer's shares beside them (the shipped model reads
-no SNR). Writes the JSON and a text copy of the table (``<out>.txt``).
+where K is over; and the shipped learned localizer's shares beside them (it reads no
+SNR). Writes the JSON and a text copy of the table (``<out>.txt``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/false_alarms.json"))
     args = ap.parse_args()
     system = SystemConfig()
-    classical, learned = Localizer(system, "classical"), Localizer(system)
+    classical, learned = Localizer(system, "classical"), Localizer.from_checkpoint()
+    assert learned.method == "learned"  # (the constructor's default method is classical)
     rows, lines = [], []
     head = (f"{'SNR dB':>6} {'K':>2} {'over, SNR given':>16} {'over, withheld':>15} "
             f"{'under, given':>13} {'under, withheld':>16} {'largest extra score':>20} "
