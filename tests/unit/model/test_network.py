@@ -9,7 +9,7 @@ import torch
 from risloc.config import SceneConfig, SystemConfig
 from risloc.model import CovarianceNet, ModelConfig
 from risloc.physics import steering
-from risloc.simulation import simulate_batch
+from risloc.simulation import simulate_batch, simulate_range
 
 SYSTEM = SystemConfig()
 
@@ -172,3 +172,201 @@ def test_beamformer_bank_in_bfloat16_only_on_request_in_eval_mode_and_close(mode
     assert not torch.equal(fast, exact)
     log_spectrum = slice(0, model.cfg.n_inv_range)
     assert (fast[:, log_spectrum] - exact[:, log_spectrum]).abs().max() < 2e-2
+
+
+def _measured_columns(sc, az, el, r):
+    """Phi_l a(p) of the given sources: [B, L, M, P]."""
+    from risloc.core.operator import apply_operator
+
+    return apply_operator(sc.H, sc.codes, steering(az, el, r, SYSTEM))
+
+
+def _true_then_junk(sc, K):
+    junk_az = torch.tensor([0.9, -0.9, 0.5, -0.5, 0.2])[: SYSTEM.K_max - K]
+    junk_el = torch.tensor([0.4, -0.4, -0.3, 0.3, 0.1])[: SYSTEM.K_max - K]
+    junk_r = torch.tensor([3.0, 0.8, 6.0, 1.5, 2.0])[: SYSTEM.K_max - K]
+    B = sc.y.shape[0]
+    az = torch.cat([sc.azimuth[:, :K], junk_az.expand(B, -1)], 1)
+    el = torch.cat([sc.elevation[:, :K], junk_el.expand(B, -1)], 1)
+    r = torch.cat([sc.range_m[:, :K], junk_r.expand(B, -1)], 1)
+    return az, el, r
+
+
+def test_residual_features_vanish_once_the_true_sources_are_in_and_read_the_noise_level():
+    """The model-order features (module docstring, step 5): on noise-free scenes with the
+    K true sources first, the residual of k < K slots is a large share of ||y||^2 and that of
+    k >= K vanishes; at a known 0 dB the floor log(r_k / ((M - k) L sigma^2)) of k >= K is
+    the noise's chi-square over its degrees of freedom (near 0), and an unknown SNR leaves
+    it at 0 with the flag off (a mutation review: a dropped column in r_k, (M - k) read as M
+    and 1 + snr read as snr all passed)."""
+    from risloc.model.network import residual_features
+
+    S = SYSTEM.K_max
+    clean = simulate_range(0, 3, SYSTEM, SceneConfig(), seed=5, split="test", K=2,
+                           snr_db=200.0)
+    f = residual_features(clean.y, _measured_columns(clean, *_true_then_junk(clean, 2)),
+                          None)
+    assert f.shape == (3, 2 * S + 1)
+    rel = f[:, :S]
+    assert bool((rel[:, 0] > -6).all()) and bool((rel[:, 1:] < -15).all()), rel
+    assert bool((f[:, S:] == 0).all())  # SNR unknown: no floor, flag off
+    noisy = simulate_range(0, 16, SYSTEM, SceneConfig(), seed=6, split="test", K=1,
+                           snr_db=0.0)
+    cols = _measured_columns(noisy, *_true_then_junk(noisy, 1))
+    g = residual_features(noisy.y, cols, noisy.snr_db)
+    assert bool((g[:, -1] == 1).all())
+    floor = g[:, S:2 * S].mean(0)  # per k, 16 scenes: std ~0.03
+    assert bool((floor.abs() < 0.12).all()), floor
+    # NaN = unknown per scene
+    part = residual_features(noisy.y, cols, torch.where(torch.arange(16) < 8, noisy.snr_db,
+                                                        float("nan")))
+    torch.testing.assert_close(part[:8], g[:8])
+    assert bool((part[8:, S:] == 0).all())
+
+
+def test_factor_weights_are_confidence_times_the_probability_of_that_many_sources():
+    """F[:, s] = w_s a(slot_s), w_s^2 = conf_s P(K > s) without the correction (module
+    docstring, step 7); the correction enters through the gate (gate 0: the same F) and
+    starts small (a mutation review: P(K <= k), the weights without P, an ungated or
+    unnormalised correction all passed)."""
+    torch.manual_seed(2)
+    sc = simulate_range(0, 3, SYSTEM, SceneConfig(), seed=8, split="test")
+    cfg = ModelConfig(width=16, dilations=(1,), hidden=16, correction=False)
+    plain = CovarianceNet(SYSTEM, cfg).eval()
+    with torch.no_grad():
+        o = plain(sc.y, sc.H, sc.codes)
+    P = torch.softmax(o.K_logits, -1)
+    p_geq = torch.stack([P[:, k:].sum(-1) for k in range(SYSTEM.K_max)], -1)
+    torch.testing.assert_close(o.F.abs().square().sum(-2), o.slot_confidence * p_geq + 1e-8,
+                               rtol=1e-4, atol=1e-7)
+    gated = CovarianceNet(SYSTEM, ModelConfig(width=16, dilations=(1,), hidden=16)).eval()
+    gated.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        g = gated(sc.y, sc.H, sc.codes)
+        gated.gate.zero_()
+        g0 = gated(sc.y, sc.H, sc.codes)
+    torch.testing.assert_close(g0.F, o.F)
+    # at initialisation the correction is at most the size of the unit steering vector,
+    # scaled by the small gate: F starts at the geometry
+    w = (o.slot_confidence * p_geq + 1e-8).sqrt().unsqueeze(-2)
+    gap = (g.F / w - g.slot_steering).norm(dim=-2)
+    assert bool((gap > 0).all()) and float(gap.max()) < ModelConfig().correction_init
+
+
+def test_a_known_snr_reaches_the_k_head_and_zero_db_is_not_unknown(scenes):
+    """snr_db (NaN = unknown) reaches the K head of a network trained with it: known and
+    unknown differ, and a known 0 dB is told from an unknown SNR by its flag (a mutation
+    review: the SNR dropped before the decoder, or its flag zeroed, passed)."""
+    torch.manual_seed(3)
+    net = CovarianceNet(SYSTEM, ModelConfig(width=16, dilations=(1,), hidden=16,
+                                            residual_features=False)).eval()
+    with torch.no_grad():
+        unknown = net(scenes.y, scenes.H, scenes.codes, None, covariance=False).K_logits
+        zero = net(scenes.y, scenes.H, scenes.codes, torch.zeros(3),
+                   covariance=False).K_logits
+        told = net(scenes.y, scenes.H, scenes.codes, scenes.snr_db, covariance=False).K_logits
+    assert (zero - unknown).abs().amax() > 1e-5
+    assert (told - unknown).abs().amax() > 1e-5 and (told - zero).abs().amax() > 1e-5
+
+
+def test_slots_are_distinct_local_maxima_of_the_heatmap_moved_by_their_offsets(scenes):
+    """Slot s = the s-th strongest local maximum of the heatmap (3x3x3 neighbourhood),
+    position = its cell + offset x cell size (module docstring, step 4). With the offsets
+    saturated at offset_cells, each position lies exactly offset_cells cells past a grid
+    cell, and that cell holds the slot's heat and is a local maximum (a mutation review:
+    a wrong elevation cell, every cell a peak, or offsets not scaled by offset_cells
+    passed the unit tests)."""
+    import torch.nn.functional as Fn
+
+    torch.manual_seed(5)
+    cfg = ModelConfig(width=16, dilations=(1,), hidden=16, zoom=False, refine_iterations=0)
+    net = CovarianceNet(SYSTEM, cfg).eval()
+    Nr = cfg.n_inv_range
+    with torch.no_grad():
+        net.head.bias[Nr:] = 30.0  # tanh = 1: every offset is offset_cells
+        out = net(scenes.y, scenes.H, scenes.codes, covariance=False)
+    g = out.grid
+    cells = []
+    for ax, t in zip((g.azimuth, g.elevation, g.inv_range), out.learned.unbind(-1),
+                     strict=True):
+        c = (t - ax[0]) / (ax[1] - ax[0]) - cfg.offset_cells
+        torch.testing.assert_close(c, c.round(), rtol=0, atol=1e-3)
+        cells.append(c.round().long())
+        assert bool(((c.round() >= 0) & (c.round() < len(ax))).all())
+    a, e, r = cells
+    heat = out.heatmap
+    b = torch.arange(3).unsqueeze(-1)
+    at = heat[b, r, e, a]  # (B, S)
+    torch.testing.assert_close(torch.sigmoid(at), out.slot_confidence)
+    local_max = Fn.max_pool3d(heat.unsqueeze(1), 3, 1, 1).squeeze(1)
+    assert torch.equal(at, local_max[b, r, e, a])
+    flat = (r * 1000 + e) * 1000 + a
+    assert all(len(set(row.tolist())) == SYSTEM.K_max for row in flat)
+    peaks = (heat == local_max).flatten(1)
+    assert torch.equal(at[:, -1], torch.where(peaks, heat.flatten(1), -1e9).topk(
+        SYSTEM.K_max, -1).values[:, -1])  # none stronger was left out
+
+
+def test_slot_inverse_ranges_stay_above_the_floor_when_offsets_push_them_out(scenes):
+    """A slot at the farthest 1/range bins with offsets of -offset_cells would land at a
+    negative 1/range (a negative range): its 1/range is floored at half the grid's
+    smallest, so every slot range is positive and finite (a mutation review: the floor
+    dropped passed)."""
+    torch.manual_seed(5)
+    cfg = ModelConfig(width=16, dilations=(1,), hidden=16, zoom=False, refine_iterations=0)
+    net = CovarianceNet(SYSTEM, cfg).eval()
+    Nr = cfg.n_inv_range
+    inv = net.grid.inv_range
+    with torch.no_grad():
+        net.head.bias[Nr:] = -30.0  # every offset is -offset_cells
+        net.head.bias[:Nr] += torch.linspace(8.0, 0.0, Nr)  # the far bins are the hottest
+        out = net(scenes.y, scenes.H, scenes.codes, covariance=False)
+    t = out.learned[..., 2]
+    cell = ((t - inv[0]) / (inv[1] - inv[0]) + cfg.offset_cells).round()
+    want = (inv[0] + (cell - cfg.offset_cells) * (inv[1] - inv[0])).clamp_min(0.5 * inv[0])
+    assert bool((t <= 0.5 * inv[0] + 1e-6).any())  # some slot did hit the floor
+    torch.testing.assert_close(t, want)
+    assert bool((out.slot_range > 0).all() & torch.isfinite(out.slot_range).all())
+
+
+def test_a_trained_zoom_stage_is_invariant_to_measurement_scale(scenes):
+    """The zoom stage starts as the identity (its last layer zero), so the scale test above
+    cannot see it: with that layer non-zero (as after training) the slots still do not
+    move when y is rescaled (the back-projection is normalised per scene, the stencil
+    spectrum to its maximum; a mutation review: either normalisation dropped passed)."""
+    torch.manual_seed(6)
+    net = CovarianceNet(SYSTEM, ModelConfig(width=16, dilations=(1,), hidden=16,
+                                            refine_iterations=0)).eval()
+    with torch.no_grad():
+        last = net.zoom.mlp[-1]
+        last.weight.normal_(0.0, 0.3)
+        last.bias.normal_(0.0, 0.3)
+        ref = net(scenes.y, scenes.H, scenes.codes, covariance=False)
+        for scale in (7.5, 1e-3):
+            s = net(scale * scenes.y, scenes.H, scenes.codes, covariance=False)
+            torch.testing.assert_close(s.learned, ref.learned, rtol=0, atol=2e-5)
+        last.weight.zero_()
+        last.bias.zero_()
+        still = net(scenes.y, scenes.H, scenes.codes, covariance=False)
+    assert float((still.learned - ref.learned).abs().max()) > 1e-3  # the zoom did act
+
+
+
+def test_the_k_head_reads_the_residuals_of_the_strongest_slots_first(scenes, monkeypatch):
+    """residual_features gets the measured columns Phi_l a(slot_s) of the slots in their
+    order (decreasing heat), so r_k is the fit of the k strongest (a mutation review: the
+    columns reversed passed)."""
+    import risloc.model.network as network
+    from risloc.core.operator import apply_operator
+
+    torch.manual_seed(7)
+    net = CovarianceNet(SYSTEM, ModelConfig(width=16, dilations=(1,), hidden=16,
+                                            refine_iterations=0)).eval()
+    seen = []
+    real = network.residual_features
+    monkeypatch.setattr(network, "residual_features",
+                        lambda y, Bm, snr: seen.append(Bm) or real(y, Bm, snr))
+    with torch.no_grad():
+        out = net(scenes.y, scenes.H, scenes.codes)
+    want = apply_operator(scenes.H, scenes.codes, out.slot_steering.mT)
+    torch.testing.assert_close(seen[0], want)

@@ -619,3 +619,91 @@ def test_a_learned_localizer_searches_its_networks_field_of_view_only():
     loc = Localizer.from_checkpoint()
     with pytest.raises(ValueError, match="cannot search"):
         Localizer(loc.system, "learned", loc.pipeline, fov=narrow)
+
+
+def test_music_proposes_its_k_max_peaks_and_the_slots_fill_only_empty_ones(monkeypatch):
+    """The MUSIC proposal (an ablation of the learned pipeline): the candidates are the
+    K_max MUSIC peaks on R_blend; a peak MUSIC leaves empty (NaN) is the network's slot
+    (a mutation review: K_max - 1 peaks asked for, or slots preferred to the peaks,
+    passed)."""
+    from types import SimpleNamespace
+
+    import risloc.pipeline.learned as learned
+    from risloc.estimators.music import music
+
+    pipe = learned.load_learned_pipeline()
+    pipe.music = learned.inference_music_config(pipe.fov)
+    sc = simulate_range(0, 3, pipe.system, SceneConfig(), split="test", seed=2, K=5,
+                        snr_db=20.0)
+    K_max = pipe.system.K_max
+    with torch.no_grad():
+        fwd = pipe.forward(sc.y, sc.H, sc.codes)
+        peaks = music(fwd.R_blend, torch.full((3,), K_max), pipe.system, pipe.music).theta
+        assert bool(torch.isfinite(peaks).all())
+        torch.testing.assert_close(pipe.propose(fwd), peaks.float(), rtol=0, atol=0)
+
+        def one_empty(*a, **k):
+            theta = music(*a, **k).theta.clone()
+            theta[:, 1] = float("nan")
+            return SimpleNamespace(theta=theta)
+
+        monkeypatch.setattr(learned, "music", one_empty)
+        cand = pipe.propose(fwd)
+    out = fwd.out
+    slots = torch.stack([out.slot_azimuth, out.slot_elevation, 1.0 / out.slot_range], -1)
+    torch.testing.assert_close(cand[:, 1], slots[:, 1], rtol=0, atol=0)
+    keep = [0, 2, 3, 4]
+    torch.testing.assert_close(cand[:, keep], peaks[:, keep].float(), rtol=0, atol=0)
+
+
+def test_a_given_K_is_fitted_and_repaired_with_the_known_K_margin():
+    """K given: the fit stage and the repair of the K chosen sources run with
+    ``known_K_margin`` (0.5), not the head's margin (0), then NF-MLE and the cancelling-pair
+    split (risloc.pipeline.learned, stage 5). At 0 dB with unequal powers the margin changes
+    the fits, so a path that dropped it shows (a mutation review: the margin ignored in
+    either the fit or the repair passed)."""
+    from dataclasses import replace
+
+    from risloc.core.params import Estimates
+    from risloc.estimators.classical import separate_cancelling
+    from risloc.estimators.mlfit import ml_fit, repair_chosen
+    from risloc.estimators.nfmle import nfmle_fit
+    from risloc.pipeline.learned import load_learned_pipeline
+
+    pipe = load_learned_pipeline()
+    sc = simulate_range(0, 2, pipe.system, SceneConfig(power_spread_db=(0.0, 12.0)),
+                        split="test", seed=4, snr_db=0.0)
+    y, H, codes, K, system = sc.y, sc.H, sc.codes, sc.K, pipe.system
+    fc = replace(pipe.fit_config, repair_margin=pipe.known_K_margin)
+    assert fc.repair_margin != pipe.fit_config.repair_margin
+    with torch.no_grad():
+        cand = pipe.propose(pipe.forward(y, H, codes))
+        fit = ml_fit(y, H, codes, cand, system, fc)
+        assert float((fit.theta - pipe.fit(y, H, codes, cand).theta).abs().max()) > 0.1
+        theta = repair_chosen(y, H, codes, fit.theta, K, system, fc, pipe.chosen_repairs)
+        init = Estimates.from_theta(K, theta)
+        want = separate_cancelling(y, H, codes, nfmle_fit(y, H, codes, init, system,
+                                                          pipe.polish_config, check=False),
+                                   system, pipe.polish_config)
+    got = pipe.localize(y, H, codes, K=K)
+    assert torch.equal(got.K, K)
+    torch.testing.assert_close(got.azimuth, want.azimuth.float(), rtol=0, atol=0,
+                               equal_nan=True)
+    torch.testing.assert_close(got.range_m, want.range_m.float(), rtol=0, atol=0,
+                               equal_nan=True)
+
+
+def test_the_order_head_can_decide_k_max_sources():
+    """Five strong, separated sources: the shipped model's order head decides K = K_max
+    when no k_max is passed (a mutation review: a default cap of K_max - 1 passed)."""
+    from risloc.pipeline.learned import load_learned_pipeline
+
+    pipe = load_learned_pipeline()
+    sc = simulate_range(0, 2, pipe.system, SceneConfig(), split="test", seed=4, K=5,
+                        snr_db=30.0)
+    with torch.no_grad():
+        fwd = pipe.forward(sc.y, sc.H, sc.codes)
+        fit = pipe.fit(sc.y, sc.H, sc.codes, pipe.propose(fwd))
+        decision = pipe.decide_order(fwd, fit, sc.y)
+    assert decision.K.tolist() == [5, 5]
+    assert torch.equal(pipe.decide_order(fwd, fit, sc.y, k_max=3).K, torch.tensor([3, 3]))

@@ -217,3 +217,109 @@ def test_nested_detections_count_the_true_sources_among_the_first_k():
                          torch.stack([torch.tensor([0.5, -0.1, 1 / 3]), far, far, far])])
     got = nested_detections(theta, az, el, r, K)
     assert got.tolist() == [[1, 2, 2, 2], [1, 1, 1, 1]]
+
+
+def test_the_decision_is_the_documented_rule_and_k_max_only_caps_it(monkeypatch):
+    """OrderHead.decide: K = argmax_k 2 E[D_k] - F k + balance log P(K = k), F = max_k
+    2 E[D_k] / (k + E[K]), on given probabilities and detections; k_max caps that K
+    (a mutation review: E[K] or the F k term off by one, F the min, the last k left out
+    and a cap of k_max - 1 all passed)."""
+    from risloc.pipeline.order import OrderOutput
+
+    gen = torch.Generator().manual_seed(3)
+    B, K_max = 400, 5
+    P = torch.softmax(2 * torch.randn(B, K_max, generator=gen), -1)
+    det = torch.rand(B, K_max, generator=gen).cumsum(-1) * 0.6  # grows with k
+    head = OrderHead(4, K_max)
+    monkeypatch.setattr(head, "forward", lambda x: OrderOutput(P, det))
+    k = torch.arange(1, K_max + 1, dtype=torch.float32)
+    F = (2 * det / (k + (P * k).sum(-1, True))).amax(-1, keepdim=True)
+    x = torch.zeros(B, 4)
+    for balance in (0.0, 0.25, 3.0):
+        want = (2 * det - F * k + balance * torch.log(P)).argmax(-1) + 1
+        assert torch.equal(head.decide(x, balance=torch.full((B,), balance)), want)
+        assert len(set(want.tolist())) == K_max  # every K is decided somewhere
+        for k_max in (1, 2, 4, 5):
+            got = head.decide(x, k_max=k_max, balance=torch.full((B,), balance))
+            assert torch.equal(got, want.clamp_max(k_max))
+
+
+def test_the_power_feature_is_the_sources_share_of_the_measured_power(system):
+    """log(p_k / P_y), P_y = mean |y|^2: a noise-free single source fitted at its truth
+    holds all the measured power (feature 0), the junk slots next to none (a mutation
+    review: P_y summed over snapshots and antennas, or the sources' powers reversed,
+    passed)."""
+    sc = simulate_range(0, 3, system, SceneConfig(), seed=5, split="test", K=1,
+                        snr_db=200.0)
+    truth = pack(sc.azimuth[:, :1], sc.elevation[:, :1], sc.range_m[:, :1])
+    junk = torch.tensor([[0.9, 0.4, 0.3], [-0.9, -0.4, 1.2], [0.5, -0.3, 0.2],
+                         [-0.5, 0.3, 0.6]]).expand(3, -1, -1)
+    fit = ml_fit(sc.y, sc.H, sc.codes, torch.cat([truth, junk], 1), system,
+                 MLFitConfig(repairs=0))
+    S = system.K_max
+    power = order_features(fit, sc.y, torch.zeros(3, S))[:, 2 * S:3 * S]
+    torch.testing.assert_close(power[:, 0], torch.zeros(3), rtol=0, atol=1e-3)
+    assert bool((power[:, 1:] < -10).all()), power
+
+
+def test_the_heads_training_data_are_the_pipelines_features_of_its_own_split():
+    """fit-order's data: the features the pipeline computes at inference (order_stages) of
+    training-split scenes of stream ORDER_STREAM (never the network's stream, nor a
+    validation or test scene), with their true K; computed batch by batch, each batch on
+    its own scenes (a mutation review: every batch read the first batch's scenes, and the
+    validation split or the network's stream in place of the head's, passed)."""
+    from risloc.pipeline.calibrate import (
+        ORDER_STREAM,
+        order_dataset,
+        order_stages,
+        training_data,
+    )
+    from risloc.pipeline.learned import load_learned_pipeline
+
+    pipe = load_learned_pipeline(order_head=False)
+    r = pipe.recipe
+    assert ORDER_STREAM != 1  # the network's stream (data.stream's default)
+    feats, K, _ = training_data(pipe, 3, workers=1)
+    sc = simulate_range(0, 3, r.system, r.scenes(), seed=r.data.seed, split="train",
+                        stream=ORDER_STREAM)
+    with torch.no_grad():
+        _, _, whole = order_stages(pipe, sc)
+    assert torch.equal(K, sc.K)
+    torch.testing.assert_close(feats, whole, rtol=0, atol=1e-3)
+    chunked, theta = order_dataset(pipe, sc, batch=2, workers=1)
+    assert theta.shape == (3, r.system.K_max, 3)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-3)
+
+
+def test_fit_order_fits_the_head_on_the_fits_of_the_margin_it_stores(tmp_path, monkeypatch):
+    """The head stored with ``margin`` reads, in the pipeline, nested fits made with that
+    repair margin: its training features must come from a fit stage with the same margin
+    (a mutation review: the margin stored but the features made with 0 passed)."""
+    import risloc.pipeline.calibrate as calibrate
+    from risloc.pipeline.learned import DEFAULT_MODEL
+
+    seen = []
+
+    def stop(pipe, *a, **k):
+        seen.append(pipe.fit_config.repair_margin)
+        raise KeyboardInterrupt  # nothing more is needed
+
+    monkeypatch.setattr(calibrate, "training_data", stop)
+    with pytest.raises(KeyboardInterrupt):
+        calibrate.fit_order(DEFAULT_MODEL, tmp_path / "o.pt", n_scenes=64, margin=0.75)
+    assert seen == [0.75] and not (tmp_path / "o.pt").exists()
+
+
+def test_the_head_reads_its_features_standardised():
+    """The head standardises its inputs by the training set's moments, so a fit on
+    features in other units (scaled and shifted per feature) gives the same head outputs
+    on the same scenes (a mutation review: the features centred but not scaled passed)."""
+    X, K = _separable(600)
+    found_all = torch.minimum(torch.arange(1, 6), K.unsqueeze(-1)).float()
+    cfg = OrderFitConfig(epochs=3, members=1)
+    scale = torch.logspace(-3, 3, X.shape[1])
+    shift = torch.linspace(-50.0, 50.0, X.shape[1])
+    a = fit_order_head(X, K, found_all, 5, cfg)
+    b = fit_order_head(X * scale + shift, K, found_all, 5, cfg)
+    pa, pb = a(X[:100]).probabilities, b(X[:100] * scale + shift).probabilities
+    torch.testing.assert_close(pa, pb, rtol=0, atol=1e-3)
