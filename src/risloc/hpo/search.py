@@ -127,8 +127,9 @@ class TuneSettings:
 
     @property
     def storage_url(self) -> str:
-        """The study's SQLAlchemy URL: a bare postgresql:// takes the driver of the
-        `postgres` extra (psycopg2) where psycopg 3, SQLAlchemy 2.1's default, is absent."""
+        """The study's SQLAlchemy URL: a bare postgresql:// (or Heroku's postgres://, a
+        dialect SQLAlchemy lacks) names the driver installed, psycopg 3 before psycopg2 (the
+        `postgres` extra's): SQLAlchemy's default driver differs between its versions."""
         if self.storage is None:  # (quoted: a folder named "a%20b" or "q?x" is that folder)
             from sqlalchemy.engine import URL
 
@@ -139,11 +140,9 @@ class TuneSettings:
         if sep and scheme in ("postgresql", "postgres"):
             import importlib.util
 
-            if importlib.util.find_spec("psycopg") is None and \
-                    importlib.util.find_spec("psycopg2") is not None:
-                url = f"postgresql+psycopg2://{rest}"
-            elif scheme == "postgres":  # (Heroku's spelling: SQLAlchemy has no such dialect)
-                url = f"postgresql://{rest}"
+            driver = next((f"+{d}" for d in ("psycopg", "psycopg2")
+                           if importlib.util.find_spec(d) is not None), "")
+            url = f"postgresql{driver}://{rest}"
         return url
 
     @property
