@@ -197,7 +197,7 @@ def test_resume_continues_exactly(tmp_path, ahead):
     assert again["epochs_run"] == 2
 
 
-def test_resume_refuses_a_training_file_rewritten_since_the_checkpoint_only(tmp_path):
+def test_resume_continues_a_copied_or_touched_training_file_and_refuses_new_bytes(tmp_path):
     import os
 
     system = SystemConfig()
@@ -223,8 +223,20 @@ def test_resume_refuses_a_training_file_rewritten_since_the_checkpoint_only(tmp_
                  system)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
     assert os.stat(path).st_size == st.st_size
-    with pytest.raises(ValueError, match=r"data\.train_file .*scenes\.h5 changed since the "
-                                         r"checkpoint \(its bytes\)"):
+    with pytest.raises(ValueError, match=r"data\.train_file .*scenes\.h5 \(its bytes\) "
+                                         r"changed since the checkpoint"):
+        train(cfg, resume=True)
+    # a checkpoint from before the digest: compared by size and time, and it says so (a
+    # review: "its bytes" for a file only touched)
+    from risloc.inference.checkpoint import load_checkpoint, save_checkpoint
+
+    last = tmp_path / "run" / "last.pt"
+    state = load_checkpoint(last)
+    state["data_files"] = {"train_file": [st.st_size, st.st_mtime_ns]}
+    save_checkpoint(last, state)
+    with pytest.raises(ValueError, match=r"scenes\.h5 \(its size or modification time; a "
+                                         r"checkpoint from before files were compared by "
+                                         r"their bytes\) changed"):
         train(cfg, resume=True)
 
 
@@ -354,9 +366,10 @@ def test_train_refuses_a_run_folder_unless_resumed_or_overwritten(tmp_path):
     res = runner.invoke(app, [*args[:2], "--out", str(early), *args[4:]])
     assert res.exit_code == 2 and "stopped before its first checkpoint, so there is nothing " \
         "to resume: --overwrite starts afresh" in " ".join(res.output.split())
-    res = runner.invoke(app, [*args[:2], "--out", str(early), *args[4:], "--resume"])
-    assert res.exit_code == 2 and "--overwrite, not --resume, starts it afresh" in \
-        " ".join(res.output.split())
+    for how in ([*args[:2], *args[4:]], []):  # without --config too (a review: another text)
+        res = runner.invoke(app, [*how, "--out", str(early), "--resume"])
+        assert res.exit_code == 2 and "--overwrite, not --resume, starts it afresh" in \
+            " ".join(res.output.split())
     # ... unless a run is still writing it (in its first epoch): that run is named (a review:
     # "stopped before its first checkpoint", whose --overwrite was then refused as in use)
     from risloc.training.loop import run_folder_lock

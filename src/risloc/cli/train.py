@@ -70,8 +70,7 @@ def _recipe(config: Path | None, overrides: list[str], resume: bool) -> TrainCon
         with run_folder_lock(folder):  # a run still in its first epoch is named as such
             pass
     if not last.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint {last}"
-                                f"{'' if given is not None else ' (--out names the run folder)'}")
+        raise _no_checkpoint(folder, given is not None)
     from risloc.inference.checkpoint import load_checkpoint
 
     console.print(f"recipe: the one stored in {last}")
@@ -190,11 +189,7 @@ def _train(config, set_, out, epochs, device, threads, resume, progress, overrid
             # checked under the lock: a run still writing the folder is named as such, not
             # as one that stopped before its first checkpoint
             if resume and not (run / "last.pt").exists():
-                stopped = any(p.name in RUN_FILES for p in run.glob("*"))
-                raise FileNotFoundError(f"--resume: no checkpoint {run / 'last.pt'}" + (
-                    " (the run stopped before its first checkpoint: --overwrite, not "
-                    "--resume, starts it afresh)" if stopped else
-                    " (no run here to continue: without --resume a new run starts)"))
+                raise _no_checkpoint(run)
             _train_in_folder(cfg, run, resume, overwrite, first_rank)
     except BaseException as err:
         # a run that failed to start leaves no empty folder behind (one that lost the folder
@@ -202,6 +197,16 @@ def _train(config, set_, out, epochs, device, threads, resume, progress, overrid
         if created and not isinstance(err, RunFolderInUse):
             _remove_if_unused(run)
         raise
+
+
+def _no_checkpoint(run: Path, named: bool = True) -> FileNotFoundError:
+    """The error of --resume where ``run`` holds no last.pt (``named``: --out named it)."""
+    stopped = run.is_dir() and any(p.name in RUN_FILES for p in run.glob("*"))
+    return FileNotFoundError(f"--resume: no checkpoint {run / 'last.pt'}" + (
+        " (the run stopped before its first checkpoint: --overwrite, not --resume, starts "
+        "it afresh)" if stopped else
+        " (no run here to continue: without --resume a new run starts)" if named else
+        " (--out names the run folder)"))
 
 
 def _remove_if_unused(run: Path) -> None:

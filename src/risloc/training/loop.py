@@ -67,20 +67,16 @@ log = logging.getLogger(__name__)
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
-def _data_stamps(cfg: TrainConfig, known: dict[str, list] | None = None
-                 ) -> dict[str, list]:
-    """[size, mtime_ns, SHA-256] of the recipe's scene files: one rewritten since a
-    checkpoint would not continue the same run; one copied or touched, its bytes the same,
-    does. ``known``: stamps from before, whose digest is reused while size and time hold."""
+def _data_stamps(cfg: TrainConfig) -> dict[str, list]:
+    """[size, mtime_ns, SHA-256] of the recipe's scene files, taken as a run starts (it
+    reads them then): one rewritten since a checkpoint would not continue the same run; one
+    copied or touched, its bytes the same, does."""
     out = {}
     for name in ("train_file", "val_file"):
         path = getattr(cfg.data, name)
         if path is not None:
             st = Path(path).stat()
-            held = (known or {}).get(name)
-            stamp = [st.st_size, st.st_mtime_ns]
-            out[name] = held if held is not None and held[:2] == stamp else \
-                [*stamp, file_sha256(path)]
+            out[name] = [st.st_size, st.st_mtime_ns, file_sha256(path)]
     return out
 
 
@@ -88,10 +84,13 @@ def _shown_path(path: str | Path | None) -> str:
     return "None" if path is None else repr(str(path))
 
 
-def _same_data(held: list, now: list) -> bool:
-    """Whether a checkpoint's stamp of a scene file (:func:`_data_stamps`; one of a
-    version before its digest: [size, mtime_ns]) is the file's now."""
-    return held[2] == now[2] if len(held) > 2 else held == now[:2]
+def _data_change(held: list, now: list) -> str | None:
+    """How a scene file differs from a checkpoint's stamp of it (:func:`_data_stamps`; a
+    checkpoint of a version before the digest holds [size, mtime_ns]), or None."""
+    if len(held) > 2:
+        return "its bytes" if held[2] != now[2] else None
+    return ("its size or modification time; a checkpoint from before files were compared "
+            "by their bytes") if held != now[:2] else None
 
 
 def ema_multi_avg_fn(decay: float):
@@ -248,7 +247,7 @@ class Trainer:
         self.bad_in_a_row = 0  # optimizer steps in a row whose gradients held NaN / inf
         self.best = {"objective": math.inf, "epoch": -1}
         self.bad_epochs, self.history = 0, []
-        self._stamps: dict[str, list] | None = None  # the scene files' (data_stamps)
+        self.data_files = _data_stamps(cfg)  # (the files as the run read them)
 
     def leave_group(self) -> None:
         """Leave the process group now, while the interpreter is whole. The DDP wrapper
@@ -273,12 +272,7 @@ class Trainer:
                                   if self.swa_scheduler is not None else None),
                 "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state(),
                 "best": dict(self.best), "bad_epochs": self.bad_epochs,
-                "history": list(self.history), "data_files": self.data_stamps()}
-
-    def data_stamps(self) -> dict[str, list]:
-        """:func:`_data_stamps` of the run's scene files (each file hashed once a run)."""
-        self._stamps = _data_stamps(self.cfg, self._stamps)
-        return self._stamps
+                "history": list(self.history), "data_files": self.data_files}
 
     def restore(self, path: Path) -> None:
         """The state of the checkpoint ``path``; ResumeRefused where the run cannot go on
@@ -307,14 +301,14 @@ class Trainer:
             raise ResumeRefused(f"cannot resume from {path}: its recipe differs from this one in "
                              f"{listed(diff)} (only "
                              f"{', '.join(RUN_FREE + STOPPING_FIELDS)} may change)")
-        now = self.data_stamps()
-        changed = [f"data.{k} {getattr(self.cfg.data, k)}" for k, v in
-                   (st.get("data_files") or {}).items() if k not in now
-                   or not _same_data(v, now[k])]
+        now = self.data_files
+        changed = [f"data.{k} {getattr(self.cfg.data, k)} ({_data_change(v, now[k])})"
+                   for k, v in (st.get("data_files") or {}).items()
+                   if k in now and _data_change(v, now[k])]
         if changed:
             raise ResumeRefused(f"cannot resume from {path}: {', '.join(changed)} changed since "
-                             "the checkpoint (its bytes), so the run would not continue as it "
-                             "began; --overwrite starts afresh")
+                             "the checkpoint, so the run would not continue as it began; "
+                             "--overwrite starts afresh")
         self.model.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
         load_optimizer_state(self.optimizer, st["optimizer"])
