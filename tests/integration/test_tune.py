@@ -176,9 +176,14 @@ def test_tune_cli_and_train_overrides_close_the_loop(tmp_path):
     assert "best trial" in res.output and best.exists()
     assert "(x" in res.output and "base)" in res.output  # optim.lr: a multiple, not the rate
     assert f"# Best trial of the study: risloc train --config {TINY} " in best.read_text()
+    # the header's way to train the trial itself again (a new user's review: the trials'
+    # schedule.hpo_mode was not said, so the retrain's objective was 14 % worse)
+    assert "add --epochs 1 --set schedule.hpo_mode=true" in " ".join(
+        best.read_text().replace("#", " ").split())
     res = runner.invoke(app, ["train", "--config", TINY, "--overrides", str(best), "--out",
-                              str(tmp_path / "r"), "--set", "schedule.epochs=1",
-                              "--set", "order.scenes=0", "--no-progress", *steps])
+                              str(tmp_path / "r"), "--epochs", "1", "--set",
+                              "schedule.hpo_mode=true", "--set", "order.scenes=0",
+                              "--no-progress", *steps])
     assert res.exit_code == 0, res.output
     from risloc.inference.checkpoint import load_checkpoint
     from risloc.training.config import TrainConfig
@@ -187,8 +192,6 @@ def test_tune_cli_and_train_overrides_close_the_loop(tmp_path):
     report = yaml.safe_load(best.read_text())
     assert cfg.blend.beta == pytest.approx(report["overrides"]["blend.beta"])
     assert cfg.model.hidden == 24
-    # with the study's epochs the retrain is the trial (a new user's review: the trials'
-    # schedule.hpo_mode was left out, so it trained with another beta jitter)
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["best_objective"] == pytest.approx(report["objective"], rel=1e-6)
     res = runner.invoke(app, ["tune", "--config", str(tmp_path / "missing.yaml")])

@@ -670,7 +670,7 @@ def tune(settings: TuneSettings):
                 h.removeFilter(quiet)
     _fail_stale_trials(study)
     write_reports(study, base, space, Path(settings.out_dir), settings.config,
-                  settings.fixed_overrides())
+                  settings.fixed_overrides(), settings.epochs)
     return study
 
 
@@ -705,12 +705,14 @@ class _InterruptReports(logging.Filter):
 
 
 def write_reports(study, base: TrainConfig, space: tuple[Dimension, ...], out: Path,
-                  recipe: str | None = None, fixed: dict[str, Any] | None = None) -> None:
+                  recipe: str | None = None, fixed: dict[str, Any] | None = None,
+                  epochs: int | None = None) -> None:
     """trials.csv (every trial, with the recipe value of each searched field, and for a
     relative field its multiple of the base value as '<field> (x base)') and
     best_overrides.yaml (the best completed trial as recipe overrides, for ``risloc train
-    --overrides``: schedule.hpo_mode and the ``fixed`` values every trial ran with, then the
-    searched ones), each written atomically."""
+    --overrides``: the ``fixed`` values every trial ran with, then the searched ones; its
+    header says how to train the trial itself again, with the study's ``epochs``), each
+    written atomically."""
     def searched(params: dict) -> dict:
         row = {}
         for d in space:
@@ -738,13 +740,12 @@ def write_reports(study, base: TrainConfig, space: tuple[Dimension, ...], out: P
     if baseline:  # the untuned recipe with the same budget, for comparison
         report["baseline_trial"] = baseline[0].number
         report["baseline_objective"] = float(baseline[0].value)
-    # trials train with the HPO beta jitter (schedule.hpo_mode): kept, so that the retrain
-    # with the study's epochs is the trial itself
-    overrides = {"schedule.hpo_mode": True, **(fixed or {}), **params}
-    text = yaml.safe_dump({**report, "overrides": overrides}, sort_keys=False)
+    text = yaml.safe_dump({**report, "overrides": {**(fixed or {}), **params}},
+                          sort_keys=False)
+    # trials train with the HPO beta jitter (schedule.hpo_mode), a final run without it
+    again = f"--epochs {epochs} " if epochs is not None else "--epochs <the study's> "
     write_text_atomic(out / "best_overrides.yaml",
                       "# Best trial of the study: risloc train --config "
-                      f"{recipe or '<recipe>'} --overrides this file (with the study's "
-                      "--epochs: the trial again;\n# schedule.hpo_mode: the trials' smaller "
-                      "beta jitter, schedule.beta_jitter_hpo; delete it for beta_jitter)\n"
-                      + text)
+                      f"{recipe or '<recipe>'} --overrides this file\n# (the trial itself "
+                      f"again, on its device and threads: add {again}--set "
+                      "schedule.hpo_mode=true,\n# the trials' smaller beta jitter)\n" + text)

@@ -414,8 +414,7 @@ def test_best_overrides_names_the_lowest_completed_trial_and_where_it_trained(tm
     best = yaml.safe_load((tmp_path / "best_overrides.yaml").read_text())
     assert best == {"trial": 2, "objective": 0.1, "run": "trial_0000", "baseline_trial": 0,
                     "baseline_objective": 0.3,
-                    "overrides": {"schedule.hpo_mode": True, "model.hidden": 24,
-                                  "optim.lr": 2.0 * base.optim.lr}}
+                    "overrides": {"model.hidden": 24, "optim.lr": 2.0 * base.optim.lr}}
 
 
 def test_a_folder_of_another_study_is_refused_before_the_storage_gains_a_study(tmp_path):
