@@ -238,6 +238,24 @@ def test_resume_continues_a_copied_or_touched_training_file_and_refuses_new_byte
                                          r"checkpoint from before files were compared by "
                                          r"their bytes\) changed"):
         train(cfg, resume=True)
+    now = os.stat(path)  # ... and one whose size and time still hold continues
+    state["data_files"] = {"train_file": [now.st_size, now.st_mtime_ns]}
+    save_checkpoint(last, state)
+    assert train(cfg, resume=True)["epochs_run"] == 1
+    # the digest is the file's as the run read it, at its start (a review: taken at the
+    # first checkpoint, a file rewritten during epoch 1 was recorded as the run's)
+    from risloc.io.atomic import file_sha256
+
+    read = file_sha256(path)
+
+    def rewrite():
+        write_scenes(path, simulate_range(32, 48, system, SceneConfig(), seed=0,
+                                          split="train"), system)
+
+    fresh = cfg.model_copy(update={"out_dir": str(tmp_path / "run2")})
+    train(fresh, on_start=rewrite)
+    assert file_sha256(path) != read
+    assert load_checkpoint(tmp_path / "run2" / "last.pt")["data_files"]["train_file"][2] == read
 
 
 def test_a_run_on_a_relative_scene_file_resumes_from_any_folder(tmp_path, monkeypatch):

@@ -59,6 +59,25 @@ log = logging.getLogger(__name__)
 DEFAULT_SPACE = Path(__file__).resolve().parent / "search_space.yaml"
 
 
+def _postgres_driver() -> str:
+    """'+psycopg' or '+psycopg2', the first PostgreSQL driver that imports and that this
+    SQLAlchemy has a dialect for (psycopg 3's needs SQLAlchemy 2), or '' (SQLAlchemy's
+    default then, and its error where it has none)."""
+    import importlib
+
+    from sqlalchemy.engine import URL
+    from sqlalchemy.exc import NoSuchModuleError
+
+    for driver in ("psycopg", "psycopg2"):
+        try:
+            importlib.import_module(driver)
+            URL.create(f"postgresql+{driver}").get_dialect()
+        except (ImportError, NoSuchModuleError):
+            continue
+        return f"+{driver}"
+    return ""
+
+
 @dataclass(frozen=True)
 class TuneSettings:
     """What ``risloc tune`` runs.
@@ -128,8 +147,8 @@ class TuneSettings:
     @property
     def storage_url(self) -> str:
         """The study's SQLAlchemy URL: a bare postgresql:// (or Heroku's postgres://, a
-        dialect SQLAlchemy lacks) names the driver installed, psycopg 3 before psycopg2 (the
-        `postgres` extra's): SQLAlchemy's default driver differs between its versions."""
+        dialect SQLAlchemy lacks) names a driver that works here (:func:`_postgres_driver`):
+        SQLAlchemy's default driver differs between its versions."""
         if self.storage is None:  # (quoted: a folder named "a%20b" or "q?x" is that folder)
             from sqlalchemy.engine import URL
 
@@ -138,11 +157,7 @@ class TuneSettings:
         url = self.storage
         scheme, sep, rest = url.partition("://")
         if sep and scheme in ("postgresql", "postgres"):
-            import importlib.util
-
-            driver = next((f"+{d}" for d in ("psycopg", "psycopg2")
-                           if importlib.util.find_spec(d) is not None), "")
-            url = f"postgresql{driver}://{rest}"
+            url = f"postgresql{_postgres_driver()}://{rest}"
         return url
 
     @property
@@ -747,5 +762,5 @@ def write_reports(study, base: TrainConfig, space: tuple[Dimension, ...], out: P
     write_text_atomic(out / "best_overrides.yaml",
                       "# Best trial of the study: risloc train --config "
                       f"{recipe or '<recipe>'} --overrides this file\n# (the trial itself "
-                      f"again, on its device and threads: add {again}--set "
+                      f"again, with the study's run settings: add {again}--set "
                       "schedule.hpo_mode=true,\n# the trials' smaller beta jitter)\n" + text)

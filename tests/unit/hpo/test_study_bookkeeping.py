@@ -32,12 +32,37 @@ def test_a_heroku_style_postgres_url_names_a_dialect_sqlalchemy_loads(monkeypatc
     assert s.storage_url.endswith("://u:p@host/db")
     if importlib.util.find_spec("psycopg2") or importlib.util.find_spec("psycopg"):
         make_url(s.storage_url).get_dialect()  # (NoSuchModuleError for 'postgres')
-    # psycopg 3 installed (SQLAlchemy 2.1's default driver): named, whatever SQLAlchemy's
-    # version would default to (a review: 2.0 takes psycopg2 for a bare postgresql://)
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: object() if name == "psycopg" else real(name, *a))
-    assert s.storage_url == "postgresql+psycopg://u:p@host/db"
+    # the driver named is one that imports and has a dialect here, psycopg 3 first (a
+    # review: SQLAlchemy 2.0 takes psycopg2 for a bare postgresql://, 2.1 psycopg; 1.4 has
+    # no psycopg dialect; a psycopg without libpq fails to import)
+    import sqlalchemy.engine.url as sa_url
+    from sqlalchemy.exc import NoSuchModuleError
+
+    real_import, real_dialect = importlib.import_module, sa_url.URL.get_dialect
+
+    def drivers(importable, dialects):
+        def fake_import(name, *a):
+            if name in ("psycopg", "psycopg2"):
+                if name not in importable:
+                    raise ImportError(f"no {name}")
+                return object()
+            return real_import(name, *a)
+
+        def fake_dialect(url, *a, **kw):
+            if url.drivername.startswith("postgresql+") and \
+                    url.drivername.split("+")[1] not in dialects:
+                raise NoSuchModuleError(f"Can't load plugin: {url.drivername}")
+            return real_dialect(url, *a, **kw)
+
+        monkeypatch.setattr(importlib, "import_module", fake_import)
+        monkeypatch.setattr(sa_url.URL, "get_dialect", fake_dialect)
+        return s.storage_url
+
+    both = ("psycopg", "psycopg2")
+    assert drivers(both, both) == "postgresql+psycopg://u:p@host/db"
+    assert drivers(("psycopg2",), both) == "postgresql+psycopg2://u:p@host/db"
+    assert drivers(both, ("psycopg2",)) == "postgresql+psycopg2://u:p@host/db"  # (SA 1.4)
+    assert drivers((), both) == "postgresql://u:p@host/db"
 
 
 def _fake_train(monkeypatch, result, objectives=(1.0,), calls=None):
