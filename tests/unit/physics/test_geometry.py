@@ -62,3 +62,22 @@ def test_angles_from_direction_inverts_direction_on_the_front_half_space():
     # no direction has these components (|u_x| > cos(el), or |u_y| > 1): flagged
     _, _, ok = angles_from_direction(torch.tensor([0.9, 0.0]), torch.tensor([0.6, 1.2]))
     assert ok.tolist() == [False, False]
+
+
+def test_angular_separation_of_tiny_angles_and_the_boundary_of_angles_from_direction():
+    """Tiny separations stay accurate (the atan2 of |u1 x u2| and u1.u2; arccos of the dot
+    product loses them: arccos(1 - 5e-19) = 0), and a direction on the edge of the front
+    half-space (azimuth +-90 deg, |u_x| = cos(elevation)) exists (mutation review)."""
+    from risloc.physics import angles_from_direction
+
+    el = torch.tensor([0.0, 0.3, -0.5], dtype=torch.float64)
+    az = torch.tensor([0.2, -0.4, 1.0], dtype=torch.float64)
+    eps = 1e-9
+    sep = angular_separation(az, el, az + eps, el)
+    torch.testing.assert_close(sep, eps * torch.cos(el), rtol=1e-6, atol=0)
+    sep = angular_separation(az, el, az, el + eps)
+    torch.testing.assert_close(sep, torch.full_like(el, eps), rtol=1e-6, atol=0)
+    az_b, el_b, ok = angles_from_direction(
+        torch.tensor([1.0, -1.0], dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    assert ok.tolist() == [True, True]
+    assert az_b.tolist() == [math.pi / 2, -math.pi / 2] and el_b.tolist() == [0.0, 0.0]

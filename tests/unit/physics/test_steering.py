@@ -158,3 +158,48 @@ def test_spacing_follows_config():
     s = SystemConfig(spacing=0.075)
     pos = element_positions(s)
     assert math.isclose(float(pos[1, 0] - pos[0, 0]), 0.075)
+
+
+def test_far_field_limit_and_single_precision_at_long_range(system):
+    """CONVENTIONS: a_n = exp(-j k0 (d_n - r)) / sqrt(N) with d_n - r -> -u.e_n as r grows,
+    so sqrt(N) a tends to the far-field response, the gap shrinking like 1/r (the
+    (|e|^2 - (u.e)^2)/(2r) term). And complex64 keeps the path difference free of the
+    cancellation of d_n - r (r up to 1e4 m): a mutation-testing review, where forming
+    d_n - r directly passed every other test."""
+    from risloc.physics import far_field_response
+
+    g = torch.Generator().manual_seed(7)
+    az = (torch.rand(64, generator=g, dtype=torch.float64) - 0.5) * math.radians(120)
+    el = (torch.rand(64, generator=g, dtype=torch.float64) - 0.5) * math.radians(60)
+    ff = far_field_response(az, el, system, torch.complex128) / math.sqrt(system.N)
+    gaps = []
+    for r in (100.0, 1e3, 1e4):
+        rr = torch.full_like(az, r)
+        a64 = steering(az, el, rr, system, torch.complex128)
+        a32 = steering(az, el, rr, system, torch.complex64)
+        gaps.append(float((a64 - ff).norm(dim=-1).max()))
+        # float32 phases: errors of a few ulps of the phase, not of r (orig. ~5e-6)
+        assert float((a32.to(torch.complex128) - a64).abs().max()) * 12 < 2e-5, r
+        assert float((a32.to(torch.complex128) - ff).norm(dim=-1).max()) < 1.2 * gaps[-1] + 1e-5
+    for g1, g2 in zip(gaps, gaps[1:], strict=False):
+        assert 9.0 < g1 / g2 < 11.0  # 1/r
+    assert gaps[-1] < 1e-3
+
+
+def test_the_configured_wavefront_and_dtype_are_the_defaults():
+    """CONVENTIONS: simulation and estimation use the same configured model; a call that
+    names no wavefront takes the system's (a mutation review: forcing "spherical" there
+    passed every other test). Default dtype complex64."""
+    from risloc.physics.steering import path_difference
+
+    s = SystemConfig(wavefront="fresnel")
+    az, el, r = _params(5, seed=8)
+    assert torch.equal(path_difference(az, el, r, s), path_difference(az, el, r, s, "fresnel"))
+    assert not torch.allclose(path_difference(az, el, r, s),
+                              path_difference(az, el, r, s, "spherical"))
+    a = steering(az, el, r, s)
+    assert a.dtype == torch.complex64
+    assert torch.equal(a, steering(az, el, r, s, torch.complex64, "fresnel"))
+    a2, D = steering_derivatives(az, el, r, s)
+    a3, D3 = steering_derivatives(az, el, r, s, torch.complex64, "fresnel")
+    assert a2.dtype == torch.complex64 and torch.equal(a2, a3) and torch.equal(D, D3)
