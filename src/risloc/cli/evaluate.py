@@ -345,7 +345,10 @@ def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bo
     with progress() as bar:
         rows = evaluate_points(points, system, settings, bar, pooled)
     per_K = not pooled and settings.K is not None and len(settings.K) > 1
-    what = _plot_subtitle(settings, source, pooled)  # the scenes, what was told, the bound
+    groups = [r.snr_db for r in rows if r.K == "all"]
+    file_snr = ("all" if not pooled or not any(map(math.isnan, groups)) else
+                "none" if all(map(math.isnan, groups)) else "some")
+    what = _plot_subtitle(settings, source, pooled, file_snr)  # scenes, what was told, bound
     out.print(results_table(rows, f"{title} — {what}", left, per_K))
     used = settings.meta()
     if pooled:  # a file's scenes: the sweep's own settings do not apply
@@ -372,8 +375,10 @@ def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bo
     return rows
 
 
-def _plot_subtitle(settings: SweepSettings, source: str, pooled: bool) -> str:
-    """What a plot's points are: the scenes, what the estimators were told, the bound."""
+def _plot_subtitle(settings: SweepSettings, source: str, pooled: bool,
+                   file_snr: str = "all") -> str:
+    """What a plot's points are: the scenes, what the estimators were told, the bound;
+    ``file_snr``: which of a file's scenes hold an SNR to tell ("all", "some", "none")."""
     Ks = settings.K or ()
     scenes = (f"{source}, its scenes grouped by SNR (x: a group's mean SNR)" if pooled else
               f"{source}, {settings.n_per_point * max(1, len(Ks))} scenes per SNR" + (
@@ -382,7 +387,9 @@ def _plot_subtitle(settings: SweepSettings, source: str, pooled: bool) -> str:
                   f", source powers spread over {settings.power_spread_db:g} dB"
                   if settings.power_spread_db else ", equal source powers"))
     told = (f"K {'given' if settings.known_K else 'unknown'}, "
-            f"SNR {'given' if settings.snr_given else 'withheld'}")
+            + ("SNR withheld" if not settings.snr_given else "SNR given" if file_snr == "all"
+               else "SNR given where the file has one" if file_snr == "some"
+               else "no SNR in the file"))
     if not settings.estimators:  # --estimators none: estimates made elsewhere, as they are
         told = "the estimates given (--estimates), scored as they are"
     return f"{scenes}; {told}; {settings.crb} CRB"

@@ -80,8 +80,10 @@ def plot_error_vs_snr(rows: list[ResultRow], path: Path, subtitle: str = "") -> 
             ax.semilogy(x, y, **_style(name, names))
         x, y = _series(rows, names[0], crb_key)
         if x:
-            ax.semilogy(x, [EFFICIENT_MEDIAN * v for v in y], "k--",
-                        label="0.674 x median sqrt(CRB)")
+            # a marker too: a file's scenes at one SNR give one point, which a dashed line
+            # alone does not draw
+            ax.semilogy(x, [EFFICIENT_MEDIAN * v for v in y], "k--", marker="_",
+                        markersize=16, label="0.674 x median sqrt(CRB)")
         ax.set_xlabel("SNR [dB]")
         ax.set_ylabel(f"median |error|, {label}")
         ax.grid(True, which="both", alpha=0.3)

@@ -872,6 +872,30 @@ def _check_K(path: Path, K_data: Any, S: int) -> None:
                                  f"{K[odd[0]]:g} in scene(s) {listed_scenes(odd)}")
 
 
+def _refuse_loose_system(path: Path, data: dict[str, Any], attrs: dict[str, Any]) -> None:
+    """SceneFileError where a file without the ``system`` attribute holds the system's
+    fields one by one (attributes, or an .npz's 0-d arrays, named N_H, wavelength, M, ...)
+    and one of them is not the default's: they are not read, and the default system assumed
+    in their place would localize the scenes of another wavelength or spacing wrongly
+    without a word. Fields that all equal the default's are what is assumed: read."""
+    loose, default = {}, SystemConfig()
+    for k in SystemConfig.model_fields:
+        v = attrs.get(k, data.get(k) if is_npz(path) else None)
+        if v is None or np.ndim(v) != 0:
+            continue
+        v = np.asarray(v).item()
+        loose[k] = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+    differ = [k for k, v in loose.items() if v != getattr(default, k)]
+    if differ:
+        raise SceneFileError(
+            f"{path}: the system's fields are stored one by one ({', '.join(loose)}), which "
+            f"are not read, and the default system assumed in their place has another "
+            f"{', '.join(differ)}: store them as one JSON text named 'system' ("
+            + ("system=np.array(json.dumps(...)) in np.savez" if is_npz(path) else
+               "f.attrs['system'] = json.dumps(...)")
+            + f", here {json.dumps(loose)}), docs/conventions.md")
+
+
 def inspect_scene_file(path: str | Path) -> SceneFileInfo:
     """Validate a scene file's layout and return what it holds."""
     path = Path(path)
@@ -881,6 +905,8 @@ def inspect_scene_file(path: str | Path) -> SceneFileInfo:
             system = system_from_json(attrs.get("system"))
         except ConfigError as err:
             raise SceneFileError(f"{path}: {err}") from None
+        if "system" not in attrs:
+            _refuse_loose_system(path, data, attrs)
         S, slots, notes = _check_layout(path, data, system, assumed="system" not in attrs,
                                         held=lambda: _held(data, attrs, handle))
         if "system" not in attrs:  # the scenes fit it, but fitting says nothing of lambda or d
@@ -892,7 +918,9 @@ def inspect_scene_file(path: str | Path) -> SceneFileInfo:
             t = _file_truth(data)
             problems = truth_problems(t["K"], *(t[k] for k in TRUTH), k_max=system.K_max)
             if "K" not in data:  # the reasons name a K the file does not hold: say whence
-                problems = [(i, f"{why} (K counted by the NaN padding of the positions: pad "
+                problems = [(i, "no true source (its positions are all NaN: truth "
+                             "unknown, not scored)" if t["K"][i] == 0 else
+                             f"{why} (K counted by the NaN padding of the positions: pad "
                              "with NaN or store K)") for i, why in problems]
             else:
                 notes = (*notes, *_positions_beyond_K(t))
@@ -942,7 +970,12 @@ def _names(info: SceneFileInfo, truth: bool | str) -> tuple[str, ...]:
     if truth not in (True, False, "unchecked"):
         raise ValueError(f"truth must be True, False or 'unchecked', got {truth!r}")
     if truth is True:
-        check_truth(info)
+        try:
+            check_truth(info)
+        except SceneFileError as err:  # the way out, for a file with truth for some scenes
+            raise SceneFileError(f"{err} (read_scenes / SceneReader: truth='unchecked' reads "
+                                 "such a file as it is, truth=False without its truth)"
+                                 ) from None
     return (*REQUIRED, "snr_db") + (("K", *TRUTH) if truth and info.has_truth else ())
 
 

@@ -52,6 +52,18 @@ def test_an_estimator_keeps_its_style_and_the_title_says_what_ran(figures, tmp_p
             assert list(dashed[0].get_ydata()) == pytest.approx([0.6745 * crb] * 3, rel=1e-3)
 
 
+def test_the_bound_is_drawn_where_a_file_holds_one_snr(figures, tmp_path):
+    """A user's file is often taken at one SNR: one point per curve. The estimators' markers
+    showed; the bound, a dashed line without a marker, was drawn as nothing."""
+    rows = [r for r in _rows(["learned", "classical"]) if r.snr_db == 10.0]
+    plots.plot_error_vs_snr(rows, tmp_path / "p.png", "a file")
+    for ax in figures[-1].axes:
+        dashed = [ln for ln in ax.get_lines() if "sqrt(CRB)" in ln.get_label()]
+        assert len(dashed) == 1 and len(dashed[0].get_xdata()) == 1
+        assert dashed[0].get_marker() not in (None, "", "None", " ")
+        assert dashed[0].get_markersize() > 0 and dashed[0].get_visible()
+
+
 def test_the_run_curves_mark_the_best_epoch_and_give_each_unit_its_axis(figures, tmp_path):
     """A review: the objective and the angle median shared one unlabelled axis, the range
     median was not drawn, the best epoch and the SWA epochs were not marked."""

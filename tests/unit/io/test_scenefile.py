@@ -557,6 +557,31 @@ def test_a_file_without_a_system_of_another_size_says_the_default_was_assumed(tm
         read_scenes(_npz(tmp_path, **arr))
 
 
+def test_a_system_stored_field_by_field_is_refused_not_replaced_by_the_default(tmp_path,
+                                                                                batch, system):
+    """docs/conventions.md: the system is ONE JSON text named `system`. A file that stores its
+    fields one by one (f.attrs['wavelength'] = 0.1, ...) has no `system`: assuming the
+    default 0.3 m there localized its scenes wrongly without an error."""
+    arr = batch_to_arrays(batch[:2], system.K_max)
+    path = tmp_path / "loose.h5"
+    with h5py.File(path, "w") as f:
+        for k, v in arr.items():
+            f[k] = v
+        f.attrs["wavelength"], f.attrs["N_H"], f.attrs["operator"] = 0.1, 12, "me"
+    with pytest.raises(SceneFileError, match=r"stored one by one \(N_H, wavelength\).*"
+                                             r"has another wavelength:.*"
+                                             r"attrs\['system'\].*\"wavelength\": 0.1"):
+        read_scenes(path)
+    with pytest.raises(SceneFileError, match=r"one by one \(M\).*another M:.*np.savez"):
+        read_scenes(_npz(tmp_path, **arr, M=np.array(8)))
+    # fields that all equal the default's are what the default assumes: read
+    assert read_scenes(_npz(tmp_path, **arr, M=np.array(16)))[1].system == SystemConfig()
+    # with the system's JSON, other attributes of those names are the user's own
+    with h5py.File(path, "a") as f:
+        f.attrs["system"] = system.model_dump_json()
+    assert read_scenes(path)[1].system == system
+
+
 def test_a_file_the_disk_cannot_hold_is_refused_before_hdf5_writes_it(tmp_path, batch, system,
                                                                        monkeypatch):
     """HDF5 crashed the process (exit 139) on a full disk, leaving its temporary file; the
@@ -611,6 +636,18 @@ def test_the_truth_fields_are_optional_one_by_one(tmp_path, batch, system):
     assert info.truth_problems == ((i, f"a non-finite true position among its K = "
                                        f"{arr['K'][i]} sources (K counted by the NaN padding "
                                        "of the positions: pad with NaN or store K)"),)
+    # a scene without truth among scenes with it (all NaN): said so, not "pad with NaN"
+    unknown = {k: v.copy() for k, v in no_K.items()}
+    for k in ("azimuth_deg", "elevation_deg", "range_m"):
+        unknown[k][1] = np.nan
+    info = inspect_scene_file(_npz(tmp_path, **unknown))
+    assert info.truth_problems == ((1, "no true source (its positions are all NaN: truth "
+                                       "unknown, not scored)"),)
+    # truth for some scenes only: read_scenes refuses it by default and says how to read it
+    with pytest.raises(SceneFileError, match=r"truth='unchecked' reads such a file as it is"):
+        read_scenes(_npz(tmp_path, **unknown))
+    back, _ = read_scenes(_npz(tmp_path, **unknown), truth="unchecked")
+    assert int(back.K[1]) == 0 and torch.equal(back.K[2:], batch.K[2:])
     ints = {k: np.nan_to_num(v).astype(np.int32) if k in ("azimuth_deg", "elevation_deg",
                                                            "range_m") else v
             for k, v in no_K.items()}  # integers hold no NaN: no K to count
