@@ -199,3 +199,18 @@ def test_read_ahead_interrupted_while_waiting_for_its_thread_raises_the_interrup
     while not made and time.monotonic() < deadline:
         time.sleep(0.01)
     assert made == [1]
+
+
+def test_one_worker_runs_every_pass_inline_with_the_callers_torch_threads():
+    """workers=1: the passes run inline, in the caller's thread, one after another, with
+    the caller's torch thread count (run_in_chunks' docstring)."""
+    caller, seen = threading.get_ident(), []
+
+    def fn(lo, hi):
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        return (lo, hi)
+
+    with torch_threads(2):
+        parts = run_in_chunks(fn, 100, workers=1, max_chunk=16)
+    assert [lo for lo, _ in parts] == [0, *[hi for _, hi in parts[:-1]]] and len(parts) == 7
+    assert seen == [(caller, 2)] * 7

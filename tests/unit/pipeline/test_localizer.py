@@ -139,6 +139,7 @@ def test_results_handed_out_are_copies(system, scenes):
     assert res.records() == before and int(res.estimates.K[0]) == 1
     dead = Localizer(system, "classical", workers=1).localize(y[1:2], scenes.H[1:2],
                                                               scenes.codes[1:2])
+    assert [i for i, _ in dead.bad] == [0] and "non-finite values in y" in dead.bad[0][1]
     dead.estimates.range_m[0, 0] = 5.0  # every scene bad: the fields are separate tensors
     assert math.isnan(float(dead.estimates.azimuth[0, 0]))
 
@@ -489,7 +490,9 @@ def test_a_float64_default_dtype_changes_nothing(system, scenes):
     assert torch.equal(got.estimates.K, ref.estimates.K)
     torch.testing.assert_close(got.estimates.azimuth, ref.estimates.azimuth, equal_nan=True)
     # from_checkpoint takes the constructor's chunk too (a review: a TypeError)
-    assert Localizer.from_checkpoint(workers=1, chunk=16).chunk == 16
+    # and its workers (a mutation review: dropped, None taken, passed)
+    given = Localizer.from_checkpoint(workers=3, chunk=16)
+    assert (given.chunk, given.workers) == (16, 3)
 
 
 def test_arguments_in_the_wrong_place_are_named(system, scenes):
@@ -707,3 +710,153 @@ def test_the_order_head_can_decide_k_max_sources():
         decision = pipe.decide_order(fwd, fit, sc.y)
     assert decision.K.tolist() == [5, 5]
     assert torch.equal(pipe.decide_order(fwd, fit, sc.y, k_max=3).K, torch.tensor([3, 3]))
+
+
+def test_a_wavelength_of_the_physical_c_is_another_system(system, scenes):
+    """The docstring's example: 1 GHz with the physical c (0.29979 m, 7e-4 from 0.3 m) is
+    refused, naming the wavelength; only rounding (relative 1e-6) passes."""
+    loc = Localizer(system, "classical", workers=1)
+    physical = system.model_dump() | {"wavelength": 299_792_458.0 / 1e9}
+    with pytest.raises(ValueError, match="wavelength 0.299792458"):
+        loc.localize(scenes.y[:1], scenes.H[:1], scenes.codes[:1], system=physical)
+    near = system.model_dump() | {"wavelength": system.wavelength * (1 + 1e-5)}
+    with pytest.raises(ValueError, match="wavelength"):
+        loc.localize(scenes.y[:1], scenes.H[:1], scenes.codes[:1], system=near)
+
+
+def test_xyz_places_sources_as_the_conventions_geometry_says():
+    """p = r (cos(el) sin(az), sin(el), cos(el) cos(az)) in metres, NaN past K."""
+    from risloc.core.params import Estimates
+    from risloc.pipeline import LocalizationResult
+
+    az, el, r = math.radians(30.0), math.radians(10.0), 2.0
+    nan = math.nan
+    est = Estimates(K=torch.tensor([1]), azimuth=torch.tensor([[az, nan]]),
+                    elevation=torch.tensor([[el, nan]]), range_m=torch.tensor([[r, nan]]),
+                    score=torch.tensor([[0.9, nan]]))
+    xyz = LocalizationResult(est).xyz()
+    assert xyz.shape == (1, 2, 3) and np.isnan(xyz[0, 1]).all()
+    want = [r * math.cos(el) * math.sin(az), r * math.sin(el), r * math.cos(el) * math.cos(az)]
+    np.testing.assert_allclose(xyz[0, 0], want, rtol=1e-6)
+
+
+def test_every_field_of_the_estimates_file_reads_back(tmp_path):
+    """Elevation, range and score read back as written (to the CSV's 6 decimals and the
+    score's 6 significant digits), not only the azimuth and K."""
+    from risloc.core.params import Estimates
+
+    nan = math.nan
+    est = Estimates(K=torch.tensor([2, 1]),
+                    azimuth=torch.tensor([[0.1234567, -0.7654321], [0.5, nan]]),
+                    elevation=torch.tensor([[0.3456789, -0.2345678], [-0.4, nan]]),
+                    range_m=torch.tensor([[3.1415926, 0.7071068], [9.87654, nan]]),
+                    score=torch.tensor([[0.8734521, 123.45678], [2.5e-4, nan]]))
+    back = read_estimates(write_estimates(tmp_path / "e.csv", est), 2, 2)
+    assert back.K.tolist() == [2, 1]
+    for name, atol, rtol in (("azimuth", 1e-7, 0), ("elevation", 1e-7, 0),
+                             ("range_m", 1e-6, 0), ("score", 0, 1e-5)):
+        torch.testing.assert_close(getattr(back, name), getattr(est, name), atol=atol,
+                                   rtol=rtol, equal_nan=True, check_dtype=False, msg=name)
+
+
+def test_a_known_K_below_one_is_refused_as_out_of_range():
+    """K = 0 (or negative) is named as outside 1..K_max before any estimator sees it."""
+    from risloc.pipeline.localizer import resolve_K
+
+    for K in (0, -1, [1, 0, 2]):
+        with pytest.raises(ValueError, match=r"K must lie in 1..K_max=5"):
+            resolve_K(K, 3, 5)
+
+
+def test_a_scene_s_rows_in_any_order_read_back_whole(tmp_path):
+    """A hand-made CSV may list a scene's sources in any order (e.g. sorted by score):
+    K counts them all and each lands in its own slot."""
+    rows = [(0, 1, 20.0, 5.0, 3.0, 0.9), (1, 0, -5.0, 0.0, 2.0, 0.4),
+            (0, 0, 10.0, -5.0, 1.5, 0.2)]
+    back = read_estimates(write_estimates(tmp_path / "o.csv", rows), 2)
+    assert back.K.tolist() == [2, 1]
+    torch.testing.assert_close(back.azimuth[0].rad2deg(), torch.tensor([10.0, 20.0]))
+    torch.testing.assert_close(back.range_m[0], torch.tensor([1.5, 3.0]))
+
+
+def test_a_stream_syncs_each_chunk_s_rows_before_its_record_and_the_folder_at_the_end(
+        tmp_path, monkeypatch):
+    """The progress record is written only once its chunk's rows are fsync'd to the .part
+    file (a crash between leaves a record that the file's rows cover: bytes = its size),
+    and finish syncs the folder after the rename, while the record is still there."""
+    import os
+
+    from risloc.pipeline import estimates_file
+    from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("names an fsync'd descriptor's file through /proc (Linux)")
+    out = tmp_path / "est.csv"
+    part = out.with_name("est.csv.part")
+    events = []
+    real_fsync, real_commit, real_sync = os.fsync, EstimatesStream._commit, \
+        estimates_file.fsync_folder
+
+    def fsync(fd):
+        if os.path.realpath(f"/proc/self/fd/{fd}") == str(part.resolve()):
+            events.append(("rows synced", part.stat().st_size))
+        return real_fsync(fd)
+
+    def commit(self):
+        events.append(("record", self.part.stat().st_size))
+        return real_commit(self)
+
+    monkeypatch.setattr(estimates_file.os, "fsync", fsync)
+    monkeypatch.setattr(EstimatesStream, "_commit", commit)
+    monkeypatch.setattr(estimates_file, "fsync_folder", lambda p: events.append(
+        ("folder synced", out.exists(), out.with_name("est.csv.progress.json").exists()))
+        or real_sync(p))
+    stream = EstimatesStream(out, {"inputs": ["a.h5"]}, COLUMNS)
+    events.clear()
+    stream.append("0", 2, [(0, 0, 1.0, 2.0, 3.0, 0.5), (1, 0, 4.0, 5.0, 6.0, 0.5)])
+    size = part.stat().st_size
+    assert events == [("rows synced", size), ("record", size)], events
+    events.clear()
+    stream.finish()
+    assert events == [("folder synced", True, True)], events
+
+
+def test_a_csv_without_rows_reads_back_with_one_empty_slot(tmp_path):
+    """slots=None: as many as the widest scene, at least 1 (read_estimates' docstring)."""
+    back = read_estimates(write_estimates(tmp_path / "none.csv", []), 3)
+    assert back.K.tolist() == [0, 0, 0] and tuple(back.azimuth.shape) == (3, 1)
+    assert bool(torch.isnan(back.range_m).all())
+
+
+def test_the_classical_localizer_takes_its_noise_level_from_a_given_snr(system, scenes):
+    """K unknown: the SNR given sets the noise level the order is decided on (module
+    docstring), so told 40 dB, a 25 dB one-source scene's noise reads as further sources
+    (a mutation review: the SNR dropped before the estimator passed, since every test
+    compared runs that both dropped it)."""
+    loc = Localizer(system, "classical", workers=1)
+    y, H, codes = scenes.y[:1], scenes.H[:1], scenes.codes[:1]
+    assert loc.localize(y, H, codes, snr_db=25.0).estimates.K.tolist() == [1]
+    assert int(loc.localize(y, H, codes, snr_db=40.0).estimates.K[0]) > 1
+
+
+def test_an_interrupted_stream_is_not_overwritten_and_a_resume_keeps_its_bad_scenes(
+        tmp_path):
+    """Without --resume or --restart an interrupted run's files are an error naming both;
+    a resumed stream still holds the scenes its first part could not localize."""
+    from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream
+
+    out, settings = tmp_path / "est.csv", {"inputs": ["a.h5"]}
+    first = EstimatesStream(out, settings, COLUMNS)
+    first.append("0", 4, [(0, 0, 1.0, 2.0, 3.0, 0.5)], bad=[("a.h5", 2, "all-zero channel")])
+    first.close()  # killed
+    part = out.with_name("est.csv.part").read_bytes()
+    with pytest.raises(ValueError, match="--resume to continue it, or --restart"):
+        EstimatesStream(out, settings, COLUMNS)
+    assert out.with_name("est.csv.part").read_bytes() == part
+    with EstimatesStream(out, settings, COLUMNS, resume=True) as again:
+        assert again.done == {"0": 4} and again.bad == [("a.h5", 2, "all-zero channel")]
+
+
+def test_the_default_method_is_classical(system):
+    loc = Localizer(system)  # (no pipeline needed)
+    assert loc.method == "classical"
