@@ -487,3 +487,118 @@ def test_common_median_ratios_compare_the_sources_both_pair():
     assert math.isnan(r["elevation_median_ratio_common"])  # b's median is 0
     assert r["range_median_ratio_common"] == pytest.approx(0.0)
     assert common_median_ratios(mb, ma)["azimuth_median_ratio_common"] == pytest.approx(2.0)
+
+
+def test_scenes_without_sources_and_estimates_score_perfectly():
+    """Nothing there and nothing estimated: precision and recall are 1 (module docstring),
+    so F1 is 1; nothing estimated for a real source: precision 1, recall 0 (a mutation
+    review: neither convention was checked)."""
+    empty = Estimates(K=torch.zeros(1, dtype=torch.int64), azimuth=torch.zeros(1, 2),
+                      elevation=torch.zeros(1, 2), range_m=torch.zeros(1, 2),
+                      score=torch.zeros(1, 2))
+    s = summarize(match_sources(empty, *_truth([0], [[NAN, NAN]], [[NAN, NAN]], [[NAN, NAN]])))
+    assert (s.n_true, s.n_estimated, s.precision, s.recall, s.f1) == (0, 0, 1.0, 1.0, 1.0)
+    assert s.K_accuracy == 1.0
+    s = summarize(match_sources(empty, *_truth([1], [[0.0, NAN]], [[0.0, NAN]], [[2.0, NAN]])))
+    assert (s.precision, s.recall, s.f1) == (1.0, 0.0, 0.0)
+
+
+def test_a_pair_exactly_at_the_gate_is_a_detection_and_one_beyond_is_not():
+    """"Within gate_deg": an angle error of exactly 5 deg is detected, 5.5 deg is not."""
+    truth = _truth([2], [[-20.0, 20.0]], [[0.0, 0.0]], [[3.0, 3.0]])
+    m = match_sources(_est([2], [[-15.0, 25.5]], [[0.0, 0.0]], [[3.0, 3.0]]), *truth)
+    assert m.paired.tolist() == [[True, True]]
+    assert m.detected.tolist() == [[True, False]]
+
+
+def test_errors_are_estimate_minus_truth():
+    """The signed errors of a Matching are estimate - truth (its docstring) in azimuth,
+    elevation and range (a mutation review: only the azimuth's sign was checked)."""
+    m = match_sources(_est([1], [[11.0]], [[-3.0]], [[2.5]]),
+                      *_truth([1], [[10.0]], [[-5.0]], [[3.0]]))
+    torch.testing.assert_close(m.azimuth_error.rad2deg(), torch.tensor([[1.0]],
+                                                                        dtype=torch.float64))
+    torch.testing.assert_close(m.elevation_error.rad2deg(), torch.tensor([[2.0]],
+                                                                          dtype=torch.float64))
+    torch.testing.assert_close(m.range_error, torch.tensor([[-0.5]], dtype=torch.float64))
+
+
+def test_elevation_errors_are_summarised_in_degrees():
+    """(a mutation review: every summarised elevation error was 0, in any unit)"""
+    s = summarize(match_sources(_est([2], [[-20.0, 20.0]], [[1.0, -3.0]], [[3.0, 3.0]]),
+                                *_truth([2], [[-20.0, 20.0]], [[0.0, 0.0]], [[3.0, 3.0]])))
+    assert s.elevation_median_deg == pytest.approx(2.0)
+    assert s.elevation_rmse_deg == pytest.approx(math.sqrt(5.0))
+
+
+def test_range_weight_is_degrees_per_metre_and_defaults_to_half():
+    """Cost = angle [deg] + w |range error| [m]. Pairing straight costs 2 + 2 deg of angle
+    and 3 + 3 m of range, crossing 4 + 4 deg and no range: with w = 0.5 deg/m (the default,
+    2 m worth 1 deg) straight is cheaper (7 < 8), with w = 1 crossing (8 < 10)."""
+    truth = _truth([2], [[0.0, 6.0]], [[0.0, 0.0]], [[2.0, 5.0]])
+    est = _est([2], [[2.0, 4.0]], [[0.0, 0.0]], [[5.0, 2.0]])
+    assert match_sources(est, *truth).est_index.tolist() == [[0, 1]]
+    assert match_sources(est, *truth, range_weight_deg_per_m=1.0).est_index.tolist() == [[1, 0]]
+
+
+def test_pairing_is_optimal_not_greedy():
+    """Hungarian: the least total cost, not the closest pair first. Estimate 0 is 1 deg from
+    source 0 and 4.5 deg from source 1; estimate 1 is 3 deg from source 0 and 8.5 deg from
+    source 1. Closest-first pairs 1 + 8.5 deg (one detection); optimal 4.5 + 3 (two)."""
+    truth = _truth([2], [[0.0, 5.5]], [[0.0, 0.0]], [[3.0, 3.0]])
+    m = match_sources(_est([2], [[1.0, -3.0]], [[0.0, 0.0]], [[3.0, 3.0]]), *truth)
+    assert m.est_index.tolist() == [[1, 0]]
+    assert summarize(m).n_detected == 2
+
+
+def test_elevations_beyond_a_right_angle_are_refused():
+    """An elevation of 2 rad (2 deg passed as radians) is beyond +-pi/2: refused, as the
+    module's check says (a mutation review: only 40 'rad', beyond pi too, was tried)."""
+    est = _est([1], [[0.0]], [[0.0]], [[2.0]])
+    az, el, r, K = _truth([1], [[0.0]], [[0.0]], [[2.0]])
+    with pytest.raises(ValueError, match=r"true elevations beyond \+-pi/2 rad"):
+        match_sources(est, az, torch.full_like(el, 2.0), r, K)
+
+
+def test_summaries_per_group_carry_each_group_s_bound():
+    """summarize_by_K with a CRB: each K's summary holds the bound of its own scenes."""
+    est = _est([3, 2], [[-40.0, 10.0, 35.0], [0.0, 26.0, NAN]],
+               [[5.0, -10.0, 20.0], [0.0, 3.0, NAN]], [[1.0, 4.0, 8.0], [2.0, 6.0, NAN]])
+    m = match_sources(est, *TRUTH)
+    bound = torch.tensor([[0.01, 0.01, 0.01], [0.03, 0.03, NAN]], dtype=torch.float64)
+    crb = CRBResult(azimuth=bound, elevation=bound, range_m=bound,
+                    fim=torch.zeros(2, 9, 9, dtype=torch.float64))
+    by_K = summarize_by_K(m, crb)
+    assert by_K[3].crb_range_median_m == pytest.approx(0.01)
+    assert by_K[2].crb_range_median_m == pytest.approx(0.03)
+    assert by_K[2] == summarize(m[1], crb[1:2])
+
+
+def test_common_medians_leave_out_the_sources_only_one_pairs():
+    """a: source 0 1 deg off, source 1 3 deg off; b pairs source 0 only, 2 deg off: over
+    the source both pair, 1 / 2 (over a's own pairs it would read 2 / 2)."""
+    truth = _truth([2], [[-20.0, 20.0]], [[0.0, 0.0]], [[3.0, 3.0]])
+    a = match_sources(_est([2], [[-19.0, 23.0]], [[0.0, 0.0]], [[3.0, 3.0]]), *truth)
+    b = match_sources(_est([1], [[-18.0, NAN]], [[0.0, NAN]], [[3.0, NAN]]), *truth)
+    assert common_median_ratios(a, b)["azimuth_median_ratio_common"] == pytest.approx(0.5)
+
+
+def test_paired_bootstrap_f1_counts_detections_and_empty_resamples_as_summarize():
+    """The bootstrap's F1 is summarize()'s on each resample: pairs beyond the gate are not
+    detections, and a resample with no source and no estimate scores 1 (a mutation review:
+    counting pairs, or scoring such a resample 0, passed every test)."""
+    # scene 0: no source; a estimates one (a false alarm), b nothing
+    # scene 1: one source; a 1 deg off, b 10 deg off (paired, not detected)
+    # scene 2: one source; both exact
+    truth = _truth([0, 1, 1], [[NAN], [0.0], [20.0]], [[NAN], [0.0], [0.0]],
+                   [[NAN], [3.0], [3.0]])
+    a = match_sources(_est([1, 1, 1], [[30.0], [1.0], [20.0]], [[0.0]] * 3, [[3.0]] * 3),
+                      *truth)
+    b = match_sources(_est([0, 1, 1], [[NAN], [10.0], [20.0]], [[NAN], [0.0], [0.0]],
+                           [[NAN], [3.0], [3.0]]), *truth)
+    n, reps, seed = 3, 60, 7
+    draws = torch.randint(0, n, (reps, n), generator=torch.Generator().manual_seed(seed))
+    f1 = torch.tensor([summarize(a[d]).f1 - summarize(b[d]).f1 for d in draws],
+                      dtype=torch.float64)
+    se = paired_bootstrap_se(a, b, reps=reps, seed=seed)
+    assert se["f1_diff"] == pytest.approx(float(f1.std()), rel=1e-9)

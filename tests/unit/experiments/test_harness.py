@@ -133,3 +133,92 @@ def test_a_row_s_own_fields_are_what_its_csv_line_holds():
     assert row.flat() == {"estimator": "c", "snr_db": 10.0, "K": "file", "n_scenes": 8,
                           "ms_per_scene": 2.0, "f1": 0.5}
     assert list(row.flat())[:5] == ["estimator", "snr_db", "K", "n_scenes", "ms_per_scene"]
+
+
+def _offset_estimator(scale):
+    """Estimates ``scale`` x (0.5..1.5 deg in azimuth, 0.05..0.15 m in range) off the
+    truth, the offset varying between sources."""
+    def make(name, checkpoint=None):
+        def fn(scenes, system, K):
+            wobble = 1.0 + 0.5 * torch.sin(7.0 * scenes.range_m.double())
+            az = scenes.azimuth.double() + scale * torch.deg2rad(wobble)
+            r = scenes.range_m.double() + scale * 0.1 * wobble
+            return Estimates(scenes.K, az.float(), scenes.elevation.float(), r.float(),
+                             torch.ones_like(r).float())
+        return fn
+    return make
+
+
+def _two_estimators(monkeypatch):
+    monkeypatch.setattr(harness, "get_estimator", lambda name, checkpoint=None:
+                        _offset_estimator({"ref": 0.5, "other": 1.0}[name])(name))
+
+
+def test_rows_hold_the_bound_and_the_differences_to_the_reference(monkeypatch):
+    """Every row is summarize() of its scenes beside their own CRB; the second estimator's
+    K = "all" row names the first as its reference, with its medians over the reference's
+    and the paired standard errors of a = it, b = the reference (a mutation review: the
+    bound left out, the arguments swapped or each estimator its own reference passed)."""
+    from dataclasses import asdict
+
+    from risloc.evaluation.metrics import (
+        common_median_ratios,
+        match_sources,
+        paired_bootstrap_se,
+        summarize,
+    )
+
+    _two_estimators(monkeypatch)
+    cfg = RislocConfig()
+    settings = SweepSettings(estimators=("ref", "other"), snr_db=(10.0,), K=(1, 2),
+                             n_per_point=2)
+    (snr, scenes), = sweep_points(settings, cfg)
+    rows = evaluate_points([(snr, scenes)], cfg.system, settings)
+    crb = harness.scene_crb(scenes, cfg.system, settings.crb)
+    m = {n: match_sources(_offset_estimator(s)(n)(scenes, cfg.system, None), scenes.azimuth,
+                          scenes.elevation, scenes.range_m, scenes.K)
+         for n, s in (("ref", 0.5), ("other", 1.0))}
+    cells = {(r.estimator, r.K): r.metrics for r in rows}
+    for name in ("ref", "other"):
+        assert cells[name, "all"]["crb_range_median_m"] is not None
+        for k in (1, 2):
+            sel = scenes.K == k
+            assert cells[name, str(k)] == asdict(summarize(m[name][sel], crb[sel]))
+            assert [r.n_scenes for r in rows if (r.estimator, r.K) == (name, str(k))] == [
+                int(sel.sum())]
+    other = cells["other", "all"]
+    assert "reference" not in cells["ref", "all"] and other["reference"] == "ref"
+    assert other["azimuth_median_ratio_common"] == pytest.approx(
+        common_median_ratios(m["other"], m["ref"])["azimuth_median_ratio_common"])
+    assert other["azimuth_median_ratio_common"] == pytest.approx(2.0, rel=1e-3)
+    se = paired_bootstrap_se(m["other"], m["ref"])
+    assert other["se_range_median_ratio"] == pytest.approx(se["range_median_ratio"])
+
+
+def test_pooled_rows_sum_times_and_scenes_left_out_over_the_points(monkeypatch):
+    """A file's SNR groups pooled: one "file" row per estimator only where there are two
+    points or more, its time per scene over all scenes, the scenes left out of every
+    point counted, the reference's medians over its own (a mutation review)."""
+    from dataclasses import replace
+
+    _two_estimators(monkeypatch)
+    cfg = RislocConfig()
+    settings = SweepSettings(estimators=("ref", "other"), snr_db=(10.0, 20.0), K=(2,),
+                             n_per_point=3)
+    points = list(sweep_points(settings, cfg))
+    dead = points[0][1].y.clone()
+    dead[0] = 0  # a scene no estimator can localize, in the first point
+    points[0] = (points[0][0], replace(points[0][1], y=dead))
+    points = [(snr, sc, torch.arange(3) + 3 * i) for i, (snr, sc) in enumerate(points)]
+    rows = evaluate_points(points, cfg.system, settings, pooled=True)
+    pooled = {r.estimator: r for r in rows if r.K == "file"}
+    assert list(pooled) == ["ref", "other"]
+    alls = [r for r in rows if r.K == "all" and r.estimator == "other"]
+    assert pooled["other"].n_scenes == 5 == sum(r.n_scenes for r in alls)
+    assert pooled["other"].ms_per_scene == pytest.approx(
+        sum(r.ms_per_scene * r.n_scenes for r in alls) / 5)
+    assert pooled["other"].metrics["scenes_left_out"] == 1
+    assert pooled["other"].metrics["azimuth_median_ratio_common"] == pytest.approx(2.0,
+                                                                                   rel=1e-3)
+    one = evaluate_points(points[1:], cfg.system, settings, pooled=True)
+    assert not [r for r in one if r.K == "file"]
