@@ -173,7 +173,9 @@ def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
     r = pipe.recipe
     scenes_note = f"with {scene}" if scene else ""
     if "power_spread_db" not in (scene or {}):
-        scenes_note = f"(power spread {tuple(r.scene.power_spread_db)} dB) {scenes_note}"
+        spread = r.scene.power_spread_db  # a pair, or one spread for every scene
+        spread = tuple(spread) if isinstance(spread, tuple | list) else spread
+        scenes_note = f"(power spread {spread} dB) {scenes_note}"
     if r.data.scene_mix and not mix:
         scenes_note = f"{scenes_note} without its scene_mix kinds".lstrip()
     report = {"training_scenes": n_scenes, "snr": "never given",

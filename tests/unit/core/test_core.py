@@ -227,3 +227,32 @@ def test_concatenated_estimates_pad_narrow_parts_with_nan():
     assert both.K.tolist() == [1, 3] and both.azimuth.shape == (2, 3)
     for t in (both.azimuth, both.elevation, both.range_m, both.score):
         assert bool(torch.isnan(t[0, 1:]).all()) and bool((t[1] == 1).all())
+
+
+def test_estimates_mask_from_theta_and_float_keep_their_contract():
+    """mask is True on the first K slots only; from_theta leaves the fields in theta's
+    dtype unless told, scores zero when none are given; float() casts the positions and
+    scores, never K (an int64 count)."""
+    theta = torch.tensor([[[0.1, 0.2, 0.5], [0.3, 0.0, 0.25], [0.0, 0.0, 1.0]]] * 2,
+                         dtype=torch.float64)
+    est = Estimates.from_theta(torch.tensor([1, 3]), theta)
+    assert est.mask.tolist() == [[True, False, False], [True, True, True]]
+    assert est.azimuth.dtype == torch.float64 and est.score.tolist()[1] == [0.0, 0.0, 0.0]
+    assert math.isnan(float(est.score[0, 1]))
+    f = est.float()
+    assert f.K.dtype == torch.int64 and f.azimuth.dtype == torch.float32
+    assert f.score.dtype == torch.float32 and torch.equal(f.K, est.K)
+    assert Estimates.from_theta(est.K, theta, dtype=torch.float32).range_m.dtype == torch.float32
+
+
+def test_concatenated_estimates_are_float32_and_need_a_part():
+    """concat_estimates: float32 fields (its docstring) and a clear error on no parts."""
+    from risloc.core.params import concat_estimates
+
+    one = Estimates(torch.tensor([1]), *(torch.ones(1, 2, dtype=torch.float64)
+                                         for _ in range(4)))
+    both = concat_estimates([one, one])
+    assert all(getattr(both, n).dtype == torch.float32
+               for n in ("azimuth", "elevation", "range_m", "score"))
+    with pytest.raises(ValueError, match="at least one part"):
+        concat_estimates([])

@@ -47,3 +47,11 @@ def test_the_refinement_through_the_cache_is_the_refinement():
     assert torch.equal(direct.slot_azimuth, cached.slot_azimuth)
     assert torch.equal(direct.slot_range, cached.slot_range)
     assert not torch.equal(direct.slot_azimuth, direct.learned[..., 0])  # it did refine
+
+
+def test_the_device_is_that_of_the_first_tensor_given_and_failed_captures_do_not_count():
+    """args may begin with None (an SNR not given); len counts captured graphs only."""
+    cache = GraphCache("test")
+    assert torch.equal(cache(lambda none, x: x * 2, (None, torch.ones(2))), torch.full((2,), 2.0))
+    cache._captures["a layout whose capture failed"] = None
+    assert len(cache) == 0

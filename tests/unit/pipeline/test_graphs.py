@@ -63,3 +63,25 @@ def test_a_graphed_pass_out_of_memory_is_one_error_not_futile_halves(monkeypatch
                                          r"does not fit .* choose a smaller graph_batch"):
         loc._replayed(sc.y, sc.H, sc.codes, None, None, 5)
     assert calls == [1]
+
+
+def test_passes_pass_k_max_and_an_empty_batch_is_one_direct_call():
+    """Each pass is pipeline.localize with the caller's k_max (and SNR); no scenes: one
+    direct call, no pass (a stub pipeline: the real call is the test above)."""
+    from risloc.core.params import Estimates
+
+    calls = []
+
+    class Stub:
+        def localize(self, y, H, codes, snr_db=None, K=None, k_max=None):
+            calls.append((y.shape[0], None if snr_db is None else snr_db.tolist(), k_max))
+            return Estimates.from_theta(torch.ones(y.shape[0], dtype=torch.int64),
+                                        torch.zeros(y.shape[0], 2, 3) + y.real[:, :1, :1])
+
+    y = torch.arange(5.0).reshape(5, 1, 1).to(torch.complex64)
+    est = GraphedLocalize(Stub(), batch=4)(y, y, y, snr_db=torch.arange(5.0), k_max=3)
+    assert calls == [(4, [0.0, 1.0, 2.0, 3.0], 3), (4, [4.0] * 4, 3)]
+    assert est.azimuth[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0] and len(est) == 5
+    calls.clear()
+    assert len(GraphedLocalize(Stub(), batch=4)(y[:0], y[:0], y[:0], k_max=2)) == 0
+    assert calls == [(0, None, 2)]

@@ -860,3 +860,27 @@ def test_an_interrupted_stream_is_not_overwritten_and_a_resume_keeps_its_bad_sce
 def test_the_default_method_is_classical(system):
     loc = Localizer(system)  # (no pipeline needed)
     assert loc.method == "classical"
+
+
+def test_repair_decided_repairs_the_decided_sources_and_low_snr_db_none_keeps_the_heads_balance():
+    """localize: the repair rounds before the last NF-MLE run when K is given, and with K
+    decided only where ``repair_decided`` is set; head_balance with ``low_snr_db`` None is
+    the head's own everywhere (None). Stages stubbed: their order and arguments only."""
+    from types import SimpleNamespace
+
+    from risloc.pipeline.learned import LearnedPipeline
+
+    seen = []
+    est = SimpleNamespace(float=lambda: "estimates")
+    pipe = SimpleNamespace(
+        forward=lambda y, H, c, snr: "fwd", propose=lambda fwd: "cand",
+        fit=lambda y, H, c, cand, known: "fit",
+        decide_order=lambda fwd, fit, y, K, k_max: SimpleNamespace(K="K"),
+        polish=lambda y, H, c, fit, K, repair, known: seen.append((repair, known)) or est)
+    y = torch.zeros(1, 2, 2, dtype=torch.complex64)
+    for decided, K, want in ((False, None, (False, False)), (True, None, (True, False)),
+                             (False, torch.ones(1), (True, True))):
+        pipe.repair_decided = decided
+        assert LearnedPipeline.localize(pipe, y, y, y, K=K) == "estimates"
+        assert seen.pop() == want
+    assert LearnedPipeline.head_balance(SimpleNamespace(low_snr_db=None), None, y, None) is None

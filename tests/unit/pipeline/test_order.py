@@ -194,6 +194,8 @@ def test_the_heads_scenes_replace_fields_in_the_recipes_mixture():
     # the base scene and the kinds that do not set the field get it; the others keep theirs
     assert [sc.power_spread_db for _, sc in mix] == [(0, 25), (0, 25), (0, 0)]
     assert mix[1][1].range_m == (0.5, 1.5)
+    # mix False: the base scene alone, with the field replaced
+    assert order_scenes(pipe, {"power_spread_db": [0, 25]}, mix=False) == mix[0][1]
     with pytest.raises(ValueError, match="order scene.*bogus"):
         order_scenes(pipe, {"bogus": 1})
     # K beyond the model's system: refused here, before fit-order's progress bar (a review)
@@ -323,3 +325,132 @@ def test_the_head_reads_its_features_standardised():
     b = fit_order_head(X * scale + shift, K, found_all, 5, cfg)
     pa, pb = a(X[:100]).probabilities, b(X[:100] * scale + shift).probabilities
     torch.testing.assert_close(pa, pb, rtol=0, atol=1e-3)
+
+
+def test_order_dataset_reports_each_batch_of_its_own_scenes(monkeypatch):
+    """order_dataset: each batch's features from that batch's scenes, and on_batch told the
+    number of scenes of each batch, the last one short (fit-order's progress bar counts
+    scenes: n_progress_items)."""
+    from types import SimpleNamespace
+
+    import risloc.pipeline.calibrate as calibrate
+
+    def stages(pipe, scenes):
+        return None, SimpleNamespace(theta=scenes.view(-1, 1, 1)), scenes.unsqueeze(1)
+
+    monkeypatch.setattr(calibrate, "order_stages", stages)
+    told = []
+    feats, theta = calibrate.order_dataset(None, torch.arange(5.0), batch=2, workers=1,
+                                           on_batch=told.append)
+    assert told == [2, 2, 1]
+    assert feats[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0] and theta.shape == (5, 1, 1)
+
+
+def test_the_heads_training_data_are_simulated_from_the_scenes_asked_for(monkeypatch):
+    """training_data(scenes=...) simulates those scenes (fit-order's --scene / --no-mix),
+    the recipe's only where none are given."""
+    from types import SimpleNamespace
+
+    import risloc.pipeline.calibrate as calibrate
+
+    asked = []
+
+    def simulate(lo, hi, system, scenes, **kw):
+        asked.append((lo, hi, scenes, kw["split"], kw["stream"]))
+        return SimpleNamespace(K=torch.ones(hi - lo, dtype=torch.int64), azimuth=None,
+                               elevation=None, range_m=None)
+
+    monkeypatch.setattr(calibrate, "simulate_range", simulate)
+    monkeypatch.setattr(calibrate, "order_dataset", lambda pipe, sc, **kw: (
+        torch.zeros(len(sc.K), 4), torch.zeros(len(sc.K), 5, 3)))
+    monkeypatch.setattr(calibrate, "nested_detections", lambda theta, *a: torch.ones(
+        theta.shape[0], 5))
+    pipe = SimpleNamespace(recipe=SimpleNamespace(system=None, scenes=lambda: "recipe's",
+                                                  data=SimpleNamespace(seed=0)))
+    feats, K, det = calibrate.training_data(pipe, 3, scenes="mine")
+    assert feats.shape == (3, 4) and K.shape == (3,) and det.shape == (3, 5)
+    assert asked == [(0, 3, "mine", "train", calibrate.ORDER_STREAM)]
+    calibrate.training_data(pipe, 3)
+    assert asked[1][2] == "recipe's"
+
+
+def test_the_order_report_scores_both_deciders_per_snr_and_spread(monkeypatch):
+    """order_report: one row per SNR of REPORT_SNRS and spread (0, REPORT_SPREAD_DB), each
+    on validation scenes of stream REPORT_STREAM + 16 i at that SNR; the residual rule reads
+    the costs with the scene's (L, M), the head decides with the pipeline's head_balance;
+    K accuracy = mean(K == true K), F1 = 2 found / (sum K + sum true K), found = the true
+    sources among the first K nested ones; on_batch counts n_progress_items' report part."""
+    from types import SimpleNamespace
+
+    import risloc.estimators.order as order_rule
+    import risloc.pipeline.calibrate as calibrate
+
+    K_true = torch.tensor([1, 2, 3, 3])
+    L, M = 6, 4
+    sims = []
+
+    class Scenes(SimpleNamespace):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, idx):
+            return self
+
+    def simulate(lo, hi, system, scene, **kw):
+        sims.append((scene.power_spread_db, kw["split"], kw["stream"], kw["snr_db"]))
+        return Scenes(K=K_true, y=torch.zeros(4, L, M), azimuth=None, elevation=None,
+                      range_m=None)
+
+    monkeypatch.setattr(calibrate, "simulate_range", simulate)
+    monkeypatch.setattr(calibrate, "order_stages", lambda pipe, sc: (
+        None, SimpleNamespace(costs="costs", theta=torch.zeros(4, 5, 3)), "feats"))
+    rule_args = []
+    monkeypatch.setattr(order_rule, "residual_order", lambda c, a, b: rule_args.append(
+        (c, a, b)) or torch.ones(4, dtype=torch.int64))  # always 1
+    # perfect nested fits: the first k report min(k, K) true sources
+    monkeypatch.setattr(calibrate, "nested_detections", lambda theta, az, el, r, K: torch.minimum(
+        torch.arange(1, 6), K.unsqueeze(1)).float())
+    balances = []
+    head = SimpleNamespace(decide=lambda x, balance=None: balances.append(balance) or
+                           torch.tensor([1, 2, 3, 4]))  # one too many in the last scene
+    pipe = SimpleNamespace(recipe=SimpleNamespace(scene=SceneConfig(), system=None,
+                                                  data=SimpleNamespace(seed=0)),
+                           head_balance=lambda fit, y, h: "balance")
+    told = []
+    rows = calibrate.order_report(pipe, head, 4, workers=1, on_batch=told.append)
+    n_snr = len(calibrate.REPORT_SNRS)
+    assert sum(told) == calibrate.n_progress_items(0, 4)
+    assert [(r["snr_db"], r["power_spread_db"]) for r in rows] == [
+        (s, p) for s in calibrate.REPORT_SNRS for p in (0.0, calibrate.REPORT_SPREAD_DB)]
+    assert sims == [(p, "validation", calibrate.REPORT_STREAM + 16 * i, s)
+                    for i, s in enumerate(calibrate.REPORT_SNRS)
+                    for p in (0.0, calibrate.REPORT_SPREAD_DB)]
+    assert rule_args == [("costs", L, M)] * 2 * n_snr and balances == ["balance"] * 2 * n_snr
+    for r in rows:
+        assert r["scenes"] == 4
+        assert r["K_accuracy_residual_rule"] == 0.25 and r["K_accuracy_order_head"] == 0.75
+        assert r["f1_residual_rule"] == pytest.approx(2 * 4 / (4 + 9))
+        assert r["f1_order_head"] == pytest.approx(2 * 9 / (10 + 9))
+
+
+def test_fit_order_reports_a_recipe_whose_power_spread_is_one_number(tmp_path, monkeypatch):
+    """A recipe's power_spread_db may be one spread for every scene (SceneConfig's default
+    0.0): fit-order's report names it, after the whole fit, instead of failing there on
+    ``tuple(6.0)`` (a bug found in a mutation review)."""
+    import risloc.pipeline.calibrate as calibrate
+    from risloc.pipeline.learned import DEFAULT_MODEL, load_learned_pipeline
+
+    real = calibrate.load_learned_pipeline
+
+    def load(path, order_head=True):
+        pipe = real(path, order_head=order_head)
+        pipe.recipe = pipe.recipe.model_copy(update={"scene": SceneConfig(power_spread_db=6.0)})
+        return pipe
+
+    head = load_learned_pipeline().order_head
+    monkeypatch.setattr(calibrate, "load_learned_pipeline", load)
+    monkeypatch.setattr(calibrate, "training_data", lambda *a, **k: (None, None, None))
+    monkeypatch.setattr(calibrate, "fit_order_head", lambda *a, **k: head)
+    monkeypatch.setattr(calibrate, "order_report", lambda *a, **k: [])
+    report = calibrate.fit_order(DEFAULT_MODEL, tmp_path / "o.pt", n_scenes=64)
+    assert "the recipe's scenes (power spread 6.0 dB)" in report["training_split"]
