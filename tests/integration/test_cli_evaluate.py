@@ -499,5 +499,10 @@ def test_titles_say_what_ran_and_plots_leave_out_no_scene_silently(tmp_path, mon
     # nor does its title say the SNR was given (it said "SNR given": there was none)
     title = " ".join(res.output.split())
     assert "no SNR in the file" in title and "SNR given" not in title
+    # and its bound is there, at the noise and powers its measurements give at the truth
+    # (it was "-": no bound for the files users have most)
+    assert "CRB at the noise and powers fitted at the truth" in title
+    row = _rows(tmp_path / "r" / "metrics.csv")[0]
+    assert row["snr_db"] == "nan" and 0 < float(row["crb_azimuth_median_deg"]) < 10
     assert "SNR given where the file has one" in _plot_subtitle(SweepSettings(), "f.h5", True,
                                                                 "some")

@@ -233,7 +233,8 @@ def evaluate_command(
         if info.has_truth:
             console.print("the bound beside the errors: the stochastic CRB for equal source "
                           "powers at each scene's SNR (a file carries neither symbols nor "
-                          "powers; none where a scene has no SNR)")
+                          "powers); where a scene has no SNR, at the noise and source powers "
+                          "its measurements give at the true positions")
             # truth in other units reads as a localizer's failure: say so, as localize does
             for hint in (radians_hint(*widest_true_angle(batch), attrs=info.attrs),
                          outside_hint(count_outside(batch, FieldOfView()), FieldOfView())):
@@ -392,7 +393,10 @@ def _plot_subtitle(settings: SweepSettings, source: str, pooled: bool,
                else "no SNR in the file"))
     if not settings.estimators:  # --estimators none: estimates made elsewhere, as they are
         told = "the estimates given (--estimates), scored as they are"
-    return f"{scenes}; {told}; {settings.crb} CRB"
+    bound = (f"{settings.crb} CRB" if not pooled or file_snr == "all" else
+             f"{settings.crb} CRB at the noise and powers fitted at the truth" + (
+                 " where a scene has no SNR" if file_snr == "some" else ""))
+    return f"{scenes}; {told}; {bound}"
 
 
 def _spectrum_example(system, settings: SweepSettings, out_dir: Path) -> None:

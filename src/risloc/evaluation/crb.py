@@ -347,6 +347,43 @@ def noise_var_for_snr(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: t
     return torch.where(inp.mask.any(1), signal / 10.0 ** (snr / 10.0), 1.0)
 
 
+def noise_and_powers_at(azimuth: torch.Tensor, elevation: torch.Tensor,
+                        range_m: torch.Tensor, y: torch.Tensor, H: torch.Tensor,
+                        codes: torch.Tensor, system: SystemConfig,
+                        mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma^2 [B], powers [B, K]) of measured scenes, fitted at given (true) positions: the
+    bound's inputs for a file without an SNR. Each snapshot's symbols by least squares,
+    s_l = (B_l^H B_l)^-1 B_l^H y_l; sigma^2 = sum_l ||y_l - B_l s_l||^2 / (L (M - K)), unbiased
+    for y_l = B_l s_l + n_l; p_k = mean_l |s_lk|^2 less the noise it holds, sigma^2 mean_l
+    [(B_l^H B_l)^-1]_kk, and at least 1e-6 sigma^2 (a source the noise buries gets a large
+    bound, not none). Positions [B, K] in radians and metres (NaN padded), y [B, L, M]; the
+    powers of padded slots are 0. Whatever the model misses (calibration, a source not in
+    the truth) counts as noise here."""
+    B = azimuth.shape[0]
+    inp = _prepare(azimuth, elevation, range_m, H, codes, torch.ones(B, dtype=torch.float64),
+                   system, mask)
+    L, M = codes.shape[1], H.shape[1]
+    if y.shape != (B, L, M):
+        raise ValueError(f"y must be [B={B}, L={L}, M={M}], got {tuple(y.shape)}")
+    Bm, _ = _measured_columns(inp, system)  # (B, L, M, K), padded columns zero
+    pad = torch.diag_embed((~inp.mask).to(Bm.dtype)).unsqueeze(1)
+    chol, info = torch.linalg.cholesky_ex(Bm.mH @ Bm + pad)  # (B, L, K, K)
+    if (info != 0).any():
+        raise SingularFIMError("the Gram matrix of the measured steering columns",
+                               _bad_scenes((info != 0).any(-1)),
+                               "the columns are linearly dependent (coincident sources?)")
+    y = y.to(torch.complex128).unsqueeze(-1)  # (B, L, M, 1)
+    s = torch.cholesky_solve(Bm.mH @ y, chol)  # (B, L, K, 1)
+    residual = (y - Bm @ s).abs().square().sum((1, 2, 3))
+    K = inp.mask.sum(-1)
+    sigma2 = residual / (L * (M - K))
+    eye = torch.eye(Bm.shape[-1], dtype=Bm.dtype).expand_as(chol)
+    spread = torch.cholesky_solve(eye, chol).diagonal(dim1=-2, dim2=-1).real.mean(1)  # (B, K)
+    powers = s.squeeze(-1).abs().square().mean(1) - sigma2.unsqueeze(-1) * spread
+    powers = torch.maximum(powers, 1e-6 * sigma2.unsqueeze(-1))
+    return sigma2, torch.where(inp.mask, powers, 0.0)
+
+
 def crb_for_scenes(scenes: SceneBatch, system: SystemConfig,
                    kind: Literal["deterministic", "stochastic"] = "deterministic",
                    known: tuple[str, ...] = (), chunk_size: int = 64) -> CRBResult:
@@ -392,7 +429,7 @@ def _symbols(symbols) -> torch.Tensor:
 def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | dict | str, *,
         powers=1.0, noise_var: float | None = None, snr_db: float | None = None,
         kind: Literal["stochastic", "deterministic"] = "stochastic",
-        symbols=None, known: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+        symbols=None, known: tuple[str, ...] = (), y=None) -> dict[str, torch.Tensor]:
     """Square-root CRB of sources at given positions, for users' arrays.
 
     H [M, N] or [B, M, N], codes [L, N] or [B, L, N]: complex (NumPy or torch);
@@ -403,15 +440,22 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
     and byte order (``scipy.io.loadmat``'s Fortran order included).
     The noise: ``noise_var`` (sigma^2, per antenna and snapshot) or ``snr_db``, the
     per-antenna SNR it implies for these sources, codes and channel (docs/conventions.md:
-    (1/(L M)) sum_l E||Phi_l A s_l||^2 / sigma^2). Exactly one of the two.
+    (1/(L M)) sum_l E||Phi_l A s_l||^2 / sigma^2), or the measurements ``y`` [L, M] or
+    [B, L, M] of the scenes, which give the noise and the source powers at these (true)
+    positions (:func:`noise_and_powers_at`; the stochastic bound, ``powers`` not given): the
+    bound of a measured scene whose SNR nobody knows. Exactly one of the three.
     system : a SystemConfig, a dict of its fields or its JSON text (as scene files store it).
     known : coordinates among "azimuth", "elevation", "range" taken as known (their bound 0;
     the others' bound given them): one the array cannot tell, e.g. a linear array's elevation.
     Returns {"azimuth_deg", "elevation_deg", "range_m"}: [B, K] float64 (NaN where padded;
     a scene without sources, all NaN as localizers report it, is NaN throughout).
     """
-    if (noise_var is None) == (snr_db is None):
-        raise ValueError("give exactly one of noise_var and snr_db")
+    if sum(v is not None for v in (noise_var, snr_db, y)) != 1:
+        raise ValueError("give exactly one of noise_var, snr_db and y (the measurements)")
+    if y is not None and (kind != "stochastic" or not (isinstance(powers, float | int)
+                                                       and powers == 1.0)):
+        raise ValueError("y gives the noise and the source powers of the stochastic bound: "
+                         "pass neither powers= nor kind='deterministic' with it")
     known = (known,) if isinstance(known, str) else tuple(known)  # ("elevation": one name)
     if kind not in ("stochastic", "deterministic"):
         raise ValueError(f"kind must be 'stochastic' or 'deterministic', got {kind!r}")
@@ -481,7 +525,19 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
     if sym is not None and (sym.ndim != 3 or sym.shape != (B, system.L, az.shape[1])):
         raise ValueError(f"symbols must be [L={system.L}, K={az.shape[1]}] (one scene) or "
                          f"[B={B}, L, K], got {tuple(sym.shape)}")
-    if noise_var is None:
+    if y is not None:
+        y = as_tensor("y", y).to(torch.complex128)
+        y = y.unsqueeze(0) if y.ndim == 2 else y
+        if tuple(y.shape) != (B, system.L, system.M):
+            raise ValueError(f"y must be [L={system.L}, M={system.M}] (one scene) or [B={B}, "
+                             f"L, M], got {tuple(y.shape)}")
+        if not bool(torch.isfinite(torch.view_as_real(y)).all()):
+            raise ValueError("y must be finite")
+        peak = H.abs().amax((1, 2), keepdim=True)  # the bound is independent of both scales
+        rms = y.abs().square().mean((1, 2), keepdim=True).sqrt()
+        H, y = H / torch.where(peak > 0, peak, 1.0), y / torch.where(rms > 0, rms, 1.0)
+        sigma2, p = noise_and_powers_at(az, el, r, y, H, codes, system, mask)
+    elif noise_var is None:
         snr = _array("snr_db", snr_db, torch.float64).reshape(-1)
         if not bool(torch.isfinite(snr).all()):
             raise ValueError("snr_db must be finite: the bound needs the noise level (a NaN "

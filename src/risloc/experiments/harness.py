@@ -23,6 +23,7 @@ from risloc.evaluation.crb import (
     CRBResult,
     SingularFIMError,
     crb_for_scenes,
+    noise_and_powers_at,
     noise_var_for_snr,
 )
 from risloc.evaluation.metrics import (
@@ -125,18 +126,26 @@ def scene_crb(scenes: SceneBatch, system: SystemConfig, kind: str) -> CRBResult 
     """CRB of scenes with truth. Simulated scenes (their noise_var, powers and symbols
     known): ``kind``, for their true powers and noise. A file's scenes carry neither symbols
     nor powers: the stochastic bound for equal unit powers, with the noise that gives each
-    scene its SNR (:func:`risloc.evaluation.crb.noise_var_for_snr`); None without an SNR.
-    SingularFIMError where the bound cannot be computed in some scene."""
+    scene its SNR (:func:`risloc.evaluation.crb.noise_var_for_snr`); a scene without an SNR
+    at the noise and powers its measurements give at the true positions
+    (:func:`risloc.evaluation.crb.noise_and_powers_at`). SingularFIMError where the bound
+    cannot be computed in some scene."""
     if not scenes.has_truth:
         return None
     if scenes.noise_var is not None:
         return crb_for_scenes(scenes, system, kind if scenes.symbols is not None
                               else "stochastic")
-    if not bool(torch.isfinite(scenes.snr_db).all()):
-        return None
-    sigma2 = noise_var_for_snr(scenes.azimuth, scenes.elevation, scenes.range_m, scenes.H,
-                               scenes.codes, scenes.snr_db, system, scenes.mask)
-    return crb_for_scenes(replace(scenes, noise_var=sigma2, powers=None), system,
+    given = torch.isfinite(scenes.snr_db)
+    pos = (scenes.azimuth, scenes.elevation, scenes.range_m)
+    sigma2 = noise_var_for_snr(*pos, scenes.H, scenes.codes,
+                               torch.where(given, scenes.snr_db, 0.0), system, scenes.mask)
+    powers = scenes.mask.to(torch.float64)
+    if not bool(given.all()):
+        fitted, fitted_powers = noise_and_powers_at(*pos, scenes.y, scenes.H, scenes.codes,
+                                                    system, scenes.mask)
+        sigma2 = torch.where(given, sigma2, fitted)
+        powers = torch.where(given.unsqueeze(-1), powers, fitted_powers)
+    return crb_for_scenes(replace(scenes, noise_var=sigma2, powers=powers), system,
                           "stochastic")
 
 

@@ -565,6 +565,16 @@ def test_evaluate_bounds_simulated_scenes_at_their_powers_and_files_at_equal_one
               snr_db=back.snr_db, kind="stochastic")
     torch.testing.assert_close(torch.rad2deg(got.azimuth[:, :3]), deg["azimuth_deg"],
                                rtol=1e-5, atol=0)
+    # scenes without an SNR (most users' files): at the noise and powers their measurements
+    # give at the truth, crb(..., y=...); the scenes with one keep theirs
+    back = replace(back, snr_db=torch.where(torch.arange(6) % 2 == 0, torch.nan, back.snr_db))
+    mixed = scene_crb(back, system, "stochastic")
+    fitted = crb(back.H, back.codes, torch.rad2deg(back.azimuth[:, :3]),
+                 torch.rad2deg(back.elevation[:, :3]), back.range_m[:, :3], system, y=back.y)
+    torch.testing.assert_close(torch.rad2deg(mixed.azimuth[0::2, :3]),
+                               fitted["azimuth_deg"][0::2], rtol=1e-5, atol=0)
+    torch.testing.assert_close(mixed.range_m[1::2, :3], got.range_m[1::2, :3], rtol=1e-9,
+                               atol=0)
 
 
 def test_user_crb_takes_a_coordinate_as_known_as_its_error_advises(system):
@@ -672,3 +682,77 @@ def test_user_crb_converts_degrees_at_the_edges_only(system):
     torch.testing.assert_close(got["elevation_deg"], torch.rad2deg(want.elevation),
                                rtol=1e-12, atol=0)
     torch.testing.assert_close(got["range_m"], want.range_m, rtol=1e-12, atol=0)
+
+
+def test_noise_and_powers_at_the_truth_written_out_and_near_the_true_ones(system):
+    """A file without an SNR: sigma^2 and the powers from its measurements at the true
+    positions. Noise orthogonal to every snapshot's columns leaves the least-squares symbols
+    exact: sigma^2 = sum ||n_l||^2 / (L (M - K)), p_k = mean |s_lk|^2 - sigma^2 mean
+    [(B_l^H B_l)^-1]_kk. On simulated scenes (powers spread over 12 dB, 10 dB) both are
+    close to the truth, and so is the bound they give."""
+    from risloc.core.operator import apply_operator
+    from risloc.evaluation.crb import noise_and_powers_at
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 48, system, SceneConfig(power_spread_db=12.0), split="test", K=3,
+                        snr_db=10.0)
+    az, el, r = (t.double() for t in (sc.azimuth, sc.elevation, sc.range_m))
+    A = steering(torch.where(sc.mask, az, 0), torch.where(sc.mask, el, 0),
+                 torch.where(sc.mask, r, 1), system, torch.complex128) * sc.mask.unsqueeze(-1)
+    Bm = apply_operator(sc.H.to(torch.complex128), sc.codes.to(torch.complex128), A)
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(*sc.symbols.shape, 2, generator=g, dtype=torch.float64)
+    s = torch.view_as_complex(s) * sc.mask.unsqueeze(1)
+    n = torch.view_as_complex(torch.randn(*sc.y.shape, 2, generator=g, dtype=torch.float64))
+    P = Bm @ torch.linalg.pinv(Bm)  # (B, L, M, M): the projector onto the columns
+    n = n.unsqueeze(-1) - P @ n.unsqueeze(-1)
+    y = (Bm @ s.unsqueeze(-1) + n).squeeze(-1)
+    sigma2, powers = noise_and_powers_at(az, el, r, y, sc.H, sc.codes, system, sc.mask)
+    M, L = system.M, system.L
+    want = n.abs().square().sum((1, 2, 3)) / (L * (M - 3))
+    torch.testing.assert_close(sigma2, want, rtol=1e-9, atol=0)
+    inv = torch.linalg.pinv(Bm.mH @ Bm).diagonal(dim1=-2, dim2=-1).real.mean(1)
+    want_p = s.abs().square().mean(1) - want.unsqueeze(-1) * inv  # at least 1e-6 sigma^2:
+    floor = want_p <= 1e-6 * want.unsqueeze(-1)  # a source the noise buries (one here)
+    assert 0 < int(floor[:, :3].sum()) < 5
+    want_p = torch.where(floor, 1e-6 * want.unsqueeze(-1), want_p)
+    torch.testing.assert_close(powers[:, :3], want_p[:, :3], rtol=1e-7, atol=1e-12)
+    assert bool((powers[:, 3:] == 0).all())
+    # simulated scenes: the noise within 10 %, the bound's median within 10 %
+    sigma2, powers = noise_and_powers_at(az, el, r, sc.y, sc.H, sc.codes, system, sc.mask)
+    assert 0.9 < float((sigma2 / sc.noise_var.double()).median()) < 1.1
+    ref = crb_for_scenes(sc, system, "stochastic").azimuth[sc.mask]
+    got = crb_for_scenes(replace(sc, noise_var=sigma2, powers=powers), system,
+                         "stochastic").azimuth[sc.mask]
+    assert 0.9 < float(got.median() / ref.median()) < 1.1
+
+
+def test_user_crb_from_measurements_needs_no_snr_and_no_units(system):
+    """crb(..., y=...): the bound of measured scenes whose SNR nobody knows, at the noise and
+    powers they give at the positions; the units of y and H do not matter; y goes with
+    neither powers nor the deterministic bound, nor with another noise."""
+    from risloc.evaluation import crb
+    from risloc.evaluation.crb import noise_and_powers_at
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 4, system, SceneConfig(power_spread_db=12.0), split="test", K=2,
+                        snr_db=15.0)
+    deg = [torch.rad2deg(t[:, :2]) for t in (sc.azimuth, sc.elevation)]
+    got = crb(sc.H, sc.codes, *deg, sc.range_m[:, :2], system, y=sc.y)
+    sigma2, p = noise_and_powers_at(sc.azimuth[:, :2], sc.elevation[:, :2], sc.range_m[:, :2],
+                                    sc.y, sc.H, sc.codes, system)
+    ref = crb(sc.H, sc.codes, *deg, sc.range_m[:, :2], system, noise_var=sigma2, powers=p)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-6, atol=0)
+    scaled = crb(sc.H * 1e5, sc.codes, *deg, sc.range_m[:, :2], system, y=sc.y.numpy() * 1e-3)
+    for k in ref:
+        torch.testing.assert_close(scaled[k], ref[k], rtol=1e-6, atol=0)
+    one = crb(sc.H[1], sc.codes[1], deg[0][1], deg[1][1], sc.range_m[1, :2], system, y=sc.y[1])
+    torch.testing.assert_close(one["range_m"][0], ref["range_m"][1], rtol=1e-6, atol=0)
+    args = (sc.H, sc.codes, *deg, sc.range_m[:, :2], system)
+    with pytest.raises(ValueError, match="exactly one of noise_var, snr_db and y"):
+        crb(*args, y=sc.y, snr_db=10.0)
+    with pytest.raises(ValueError, match="neither powers= nor kind='deterministic'"):
+        crb(*args, y=sc.y, powers=2.0)
+    with pytest.raises(ValueError, match=r"y must be \[L=16, M=16\]"):
+        crb(*args, y=sc.y.transpose(1, 2)[:, :8])
