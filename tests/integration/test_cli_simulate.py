@@ -86,6 +86,24 @@ def test_info_checks_every_scene_and_counts_truth_outside_the_field_of_view(tmp_
         "was assumed" in text
 
 
+def test_info_names_a_dataset_it_does_not_read_and_the_contract_name_it_resembles(tmp_path):
+    """A new user's review: an SNR stored as 'SNR_dB' was silently ignored and `risloc info`
+    said "unknown (none given)"; it now says which datasets it does not read and what they
+    resemble, the file still read (exit code 0)."""
+    out = tmp_path / "u.h5"
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(out)]).exit_code == 0
+    with h5py.File(out, "a") as f:
+        f.move("snr_db", "SNR_dB")
+        f["extra"] = np.zeros(2)
+    res = runner.invoke(app, ["info", str(out)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.replace("│", " ").split())
+    assert "SNR (dB) unknown (none given; 'SNR_dB' is not read: did you mean snr_db? see " \
+        "the note)" in text
+    assert "note 2 dataset(s) not read (not names of the scene file's contract): 'SNR_dB' " \
+        "(did you mean snr_db?), 'extra'; names are case-sensitive" in text
+
+
 def test_simulate_npz_and_errors(tmp_path):
     out = tmp_path / "t.npz"
     assert runner.invoke(app, ["simulate", "--n", "20", "--out", str(out)]).exit_code == 0

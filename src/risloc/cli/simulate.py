@@ -205,7 +205,10 @@ def _print_summary(path: Path, check: bool = False) -> bool:
                                           f"; unknown (NaN) in {unknown} scene(s)"
                                           if unknown else ""))
         elif unknown:
-            table.add_row("SNR (dB)", "unknown (none given)")
+            near = [k for k, c in info.unread if c == "snr_db"]
+            table.add_row("SNR (dB)", "unknown (none given" + (
+                f"; {near[0]!r} is not read: did you mean snr_db? see the note)"
+                if near else ")"))
         scored = scorable_truth(batch, s.K_max) if batch.has_truth else batch
         if scored.has_truth and len(scored):
             counts = np.bincount(scored.K.numpy(), minlength=s.K_max + 1)[1:]

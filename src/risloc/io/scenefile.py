@@ -82,6 +82,7 @@ class SceneFileInfo:
     truth_problems: tuple[tuple[int, str], ...] = ()  # (scene, reason): at most TRUTH_LISTED
     n_truth_problems: int = 0  # scenes whose truth cannot be scored (all of them)
     notes: tuple[str, ...] = ()  # how its truth is read where not as written, or not used
+    unread: tuple[tuple[str, str | None], ...] = ()  # (entry, the contract name it resembles)
 
     @property
     def system_assumed(self) -> bool:
@@ -597,8 +598,9 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
                 f"{path}: dataset {name!r} has shape {got}: the same {name} for all {S} "
                 f"scenes? Files hold one per scene, ({S}, {axes[name]}): repeat it, "
                 f"np.broadcast_to({name}.reshape({dims_text}), ({S}, {dims_text})) in NumPy")
-        if name != "y" and shapes["y"] == (S, *dims["y"]) and tail[0] != tail[1] \
-                and got == (S, *tail[::-1]):
+        if tail[0] != tail[1] and got == (S, *tail[::-1]) and (
+                shapes["y"] == (S, *dims["y"]) if name != "y" else all(  # H, codes: M, L
+                    shapes[n][1:] in (dims[n], dims[n][::-1]) for n in ("H", "codes"))):
             raise SceneFileError(
                 f"{path}: dataset {name!r} has shape {got}, its last two axes swapped: "
                 f"({S}, {axes[name]}) = {(S, *tail)} is expected: np.swapaxes({name}, 1, 2) "
@@ -755,11 +757,23 @@ def truth_problems(K: np.ndarray, azimuth_deg: np.ndarray, elevation_deg: np.nda
     out = []
     for i in np.flatnonzero((K < 1) | (K > slots) | bad_pos | bad_range | bad_el):
         out.append((int(i), "K unknown (NaN)" if unknown[i] else
-                    f"K = {K[i]} outside 1..{slots}" if not 1 <= K[i] <= slots
+                    _K_outside(int(K[i]), width, k_max) if not 1 <= K[i] <= slots
                     else f"a non-finite true position among its K = {K[i]} sources"
                     if bad_pos[i] else "a true range <= 0" if bad_range[i]
                     else "a true elevation beyond +-90 deg"))
     return out
+
+
+def _K_outside(K: int, width: int, k_max: int | None) -> str:
+    """The reason of :func:`truth_problems` for a K outside 1..slots: where the truth arrays
+    are narrower than K (and K fits the system), that is the cause, not K."""
+    slots = width if k_max is None else min(width, k_max)
+    narrow = K > width and (k_max is None or K <= k_max)
+    return f"K = {K} outside 1..{slots}" + (
+        f" (the truth arrays hold only {width} source column(s): store azimuth_deg, "
+        f"elevation_deg and range_m with "
+        f"{'K_max' if k_max is None else f'K_max = {k_max}'} columns, NaN-padded, or "
+        "correct K)" if narrow else "")
 
 
 def batch_truth_problems(batch: SceneBatch, k_max: int) -> list[tuple[int, str]]:
@@ -896,6 +910,63 @@ def _refuse_loose_system(path: Path, data: dict[str, Any], attrs: dict[str, Any]
             + f", here {json.dumps(loose)}), docs/conventions.md")
 
 
+CONTRACT_NAMES = (*REQUIRED, "snr_db", "K", *TRUTH)  # the datasets a scene file is read by
+
+
+def _name_key(name: str) -> str:
+    """A name compared to the contract's: lower case, letters and digits only."""
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+def _unread(path: Path, data: dict[str, Any], attrs: dict[str, Any], handle: Any,
+            assumed: bool) -> tuple[tuple[str, str | None], ...]:
+    """(name, the contract name it resembles or None) for each dataset (HDF5, at the root)
+    or array (NPZ) of a file that is not read: not one of :data:`CONTRACT_NAMES`. A near
+    miss is a contract name the file lacks whose name matches but for case and punctuation,
+    or closely (difflib). Not listed: groups, links, MATLAB's #refs#, an .npz's 0-d texts
+    (its attributes) and, without a 'system', its 0-d system fields (checked against the
+    default: :func:`_refuse_loose_system`)."""
+    import difflib
+
+    if handle is None:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                names = list(z.files)
+        except Exception:  # (read already: cannot fail here)
+            names = list(data)
+        names = [k for k in names if k not in attrs and not (
+            assumed and k in SystemConfig.model_fields and np.ndim(data.get(k, ())) == 0)]
+    else:
+        names = [k for k in handle if isinstance(handle.get(k, getlink=True), h5py.HardLink)
+                 and isinstance(handle.get(k), h5py.Dataset)]
+    lacking = {_name_key(c): c for c in CONTRACT_NAMES if c not in data}
+    out = []
+    for k in sorted(names):
+        if k in CONTRACT_NAMES or k.startswith("#"):
+            continue
+        key = _name_key(k)
+        near = lacking.get(key) or next(
+            (lacking[m] for m in difflib.get_close_matches(key, lacking, 1, 0.7)), None)
+        out.append((k, near))
+    return tuple(out)
+
+
+def _unread_note(unread: tuple[tuple[str, str | None], ...], npz: bool) -> tuple[str, ...]:
+    """The note naming a file's entries that are not read (:func:`_unread`)."""
+    if not unread:
+        return ()
+    listed = ", ".join(f"{k!r}" + (f" (did you mean {near}?)" if near else "")
+                       for k, near in unread[:20])
+    more = f", ... ({len(unread) - 20} more)" if len(unread) > 20 else ""
+    what = "array(s)" if npz else "dataset(s)"
+    fix = ("; names are case-sensitive: rename such a one to have it read "
+           "(docs/conventions.md)"
+           if any(near for _, near in unread) else
+           f" (the scene file's are {', '.join(CONTRACT_NAMES)}, docs/conventions.md)")
+    return (f"{len(unread)} {what} not read (not names of the scene file's contract): "
+            f"{listed}{more}{fix}",)
+
+
 def inspect_scene_file(path: str | Path) -> SceneFileInfo:
     """Validate a scene file's layout and return what it holds."""
     path = Path(path)
@@ -913,6 +984,8 @@ def inspect_scene_file(path: str | Path) -> SceneFileInfo:
             notes = (*notes, f"no 'system' attribute: the default system was assumed "
                      f"({system.describe()}); if the scenes were taken with another, store "
                      "its JSON as the attribute 'system' (docs/conventions.md)")
+        unread = _unread(path, data, attrs, handle, assumed="system" not in attrs)
+        notes = (*notes, *_unread_note(unread, handle is None))
         problems = []
         if slots > 0 and S:
             t = _file_truth(data)
@@ -925,7 +998,7 @@ def inspect_scene_file(path: str | Path) -> SceneFileInfo:
             else:
                 notes = (*notes, *_positions_beyond_K(t))
         return SceneFileInfo(path, S, system, slots > 0, "snr_db" in data, slots, attrs,
-                             tuple(problems[:TRUTH_LISTED]), len(problems), notes)
+                             tuple(problems[:TRUTH_LISTED]), len(problems), notes, unread)
     finally:
         if handle is not None:
             handle.close()

@@ -844,3 +844,70 @@ def test_chunked_reads_stop_where_asked(tmp_path, batch, system):
         ds = SceneDataset(path, in_memory=in_memory)
         got = list(ds.batches(4, 0, 10))
         assert [len(b) for b in got] == [4, 4, 2] and torch.equal(got[-1].y, batch.y[8:10])
+
+
+def test_y_with_its_last_two_axes_swapped_is_named_as_H_and_codes_are(tmp_path):
+    """A new user's review: y stored (S, M, L) with L != M got only "expected (3, 32, 8)",
+    where H and codes name the swap; only that exact shape, with H and codes of the
+    system's M, L and N, is named so (else the system may be what is wrong)."""
+    other = SystemConfig(N_H=2, N_V=2, M=8, L=32, K_max=3)
+    arr = batch_to_arrays(simulate_range(0, 3, other, SceneConfig(), seed=0, split="test"),
+                          other.K_max)
+    arr["system"] = np.array(other.model_dump_json())
+    swapped = np.ascontiguousarray(arr["y"].transpose(0, 2, 1))
+    with pytest.raises(SceneFileError, match=r"user.npz: dataset 'y' has shape \(3, 8, 32\), "
+                       r"its last two axes swapped: \(3, L, M\) = \(3, 32, 8\) is expected: "
+                       r"np.swapaxes\(y, 1, 2\) in NumPy$"):
+        read_scenes(_npz(tmp_path, **dict(arr, y=swapped)))
+    H32 = np.zeros((3, 32, other.N), np.complex64)  # H of M = 32: another system, not a swap
+    for y, H in ((swapped[:, :, :31], arr["H"]), (swapped, H32)):
+        with pytest.raises(SceneFileError, match=r"'y' has shape .*expected \(3, 32, 8\)"):
+            read_scenes(_npz(tmp_path, **dict(arr, y=y, H=H)))
+
+
+def test_datasets_not_read_are_noted_with_the_contract_name_they_resemble(tmp_path, batch,
+                                                                          system):
+    """A new user's review: 'SNR', 'snrdb', 'k', 'Azimuth_deg' were silently ignored (the
+    SNR then "unknown"); the file still reads, and a note names what is not read and the
+    contract name it resembles (one the file lacks); risloc's own files have no such note."""
+    arr = batch_to_arrays(batch[:3], system.K_max)
+    path = tmp_path / "u.h5"
+    with h5py.File(path, "w") as f:
+        for k in ("y", "H", "codes"):
+            f[k] = arr[k]
+        f["SNR"], f["k"], f["Azimuth_deg"] = arr["snr_db"], arr["K"], arr["azimuth_deg"]
+        f["meta"] = np.zeros(2)
+        f.create_group("#refs#")["x"] = np.zeros(3)  # MATLAB's: not named
+        f.attrs["system"] = system.model_dump_json()
+    back, info = read_scenes(path)
+    assert torch.equal(back.y, batch[:3].y) and not info.has_snr and not info.has_truth
+    assert info.unread == (("Azimuth_deg", "azimuth_deg"), ("SNR", "snr_db"), ("k", "K"),
+                           ("meta", None))
+    assert info.notes == ("4 dataset(s) not read (not names of the scene file's contract): "
+                          "'Azimuth_deg' (did you mean azimuth_deg?), 'SNR' (did you mean "
+                          "snr_db?), 'k' (did you mean K?), 'meta'; names are case-sensitive: "
+                          "rename such a one to have it read (docs/conventions.md)",)
+    z = _npz(tmp_path, **{k: arr[k] for k in ("y", "H", "codes")}, snrdb=arr["snr_db"],
+             extra=np.zeros(2), comment=np.array("a 0-d text: an attribute"))
+    info = inspect_scene_file(z)
+    assert info.unread == (("extra", None), ("snrdb", "snr_db"))
+    assert "2 array(s) not read" in info.notes[-1] and "did you mean snr_db?" in info.notes[-1]
+    info = inspect_scene_file(_npz(tmp_path, **arr, extra=np.zeros(2)))
+    assert info.unread == (("extra", None),) and "did you mean" not in info.notes[-1]
+    for ext in ("h5", "npz"):
+        own = inspect_scene_file(write_scenes(tmp_path / f"own.{ext}", batch[:2], system,
+                                              {"split": "test", "seed": 3}))
+        assert own.unread == () and not any("not read" in n for n in own.notes)
+
+
+def test_truth_narrower_than_K_names_the_truth_arrays_width(tmp_path, batch, system):
+    """A new user's review: positions with 2 columns and K = 5 read "K = 5 outside 1..2",
+    which does not say the cause; a K beyond the system's K_max is not blamed on them."""
+    arr = batch_to_arrays(batch[:3], system.K_max)
+    narrow = {k: arr[k][:, :2] for k in ("azimuth_deg", "elevation_deg", "range_m")}
+    K = np.array([5, 1, 6], np.int32)
+    info = inspect_scene_file(_npz(tmp_path, **dict(arr, **narrow, K=K)))
+    assert info.truth_problems == (
+        (0, "K = 5 outside 1..2 (the truth arrays hold only 2 source column(s): store "
+            "azimuth_deg, elevation_deg and range_m with K_max = 5 columns, NaN-padded, or "
+            "correct K)"), (2, "K = 6 outside 1..2"))
