@@ -40,6 +40,9 @@ def test_chunk_bounds_rejects_bad_arguments():
         chunk_bounds(10, 0)
     with pytest.raises(ValueError, match="max_chunk >= 1"):
         chunk_bounds(10, 2, max_chunk=0)
+    for args in ((-1, 2), (10, 2, 0)):  # a negative count; min_chunk 0 (not a division
+        with pytest.raises(ValueError, match="need n >= 0"):  # by zero, nor a range
+            chunk_bounds(*args)  # (0, -1))
 
 
 def test_run_in_chunks_with_max_chunk_runs_every_pass_in_order_on_the_workers():
@@ -94,8 +97,16 @@ def test_torch_threads_restores_on_error():
     assert torch.get_num_threads() == before
 
 
-def test_default_workers_is_a_small_positive_count():
+def test_default_workers_is_a_small_positive_count(monkeypatch):
     assert 1 <= default_workers() <= 8
+    import os
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("the cores this process may use: sched_getaffinity (Linux)")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
+    assert default_workers() == 8  # at most 8 on a machine of many cores
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 5})
+    assert default_workers() == 2
 
 
 def test_off_the_cpu_one_pass_halved_while_out_of_device_memory(caplog):
@@ -214,3 +225,47 @@ def test_one_worker_runs_every_pass_inline_with_the_callers_torch_threads():
         parts = run_in_chunks(fn, 100, workers=1, max_chunk=16)
     assert [lo for lo, _ in parts] == [0, *[hi for _, hi in parts[:-1]]] and len(parts) == 7
     assert seen == [(caller, 2)] * 7
+
+
+def test_the_chunks_run_on_as_many_threads_at_once_as_workers():
+    """workers=2: two chunks are under way at the same time, each on its own thread
+    (run_in_chunks' docstring: run by ``workers`` threads; a pool of one thread passed the
+    order and thread-count tests)."""
+    both = threading.Barrier(2, timeout=5)
+    seen = set()
+
+    def fn(lo, hi):
+        seen.add(threading.get_ident())
+        both.wait()  # returns only once a second chunk runs beside this one
+        return (lo, hi)
+
+    assert run_in_chunks(fn, 64, workers=2, max_chunk=32) == [(0, 32), (32, 64)]
+    assert len(seen) == 2
+
+
+def test_a_batch_of_one_chunk_runs_inline_with_the_callers_torch_threads():
+    """A batch too small to split (one chunk) runs in the caller's thread with its torch
+    thread count, whatever ``workers`` is: not one pool thread with one intra-op thread."""
+    caller, seen = threading.get_ident(), []
+
+    def fn(lo, hi):
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        return (lo, hi)
+
+    with torch_threads(2):
+        assert run_in_chunks(fn, 10, workers=4) == [(0, 10)]
+    assert seen == [(caller, 2)]
+
+
+def test_off_the_cpu_an_error_other_than_out_of_memory_is_raised_at_once():
+    """Only running out of device memory halves a pass; any other error of fn is the
+    caller's at once, fn called once (not halved down to a single scene first)."""
+    calls = []
+
+    def fn(lo, hi):
+        calls.append((lo, hi))
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_in_chunks(fn, 16, device="meta")
+    assert calls == [(0, 16)]

@@ -495,6 +495,39 @@ def test_a_float64_default_dtype_changes_nothing(system, scenes):
     assert (given.chunk, given.workers) == (16, 3)
 
 
+def test_graph_batch_reaches_the_learned_localizer_and_is_ignored_on_the_cpu(scenes):
+    """from_checkpoint(graph_batch=...) makes the graphed call of that many scenes per
+    pass; on the CPU it is ignored: eager calls (the class docstring; a mutation review:
+    graph_batch dropped by from_checkpoint, or the graphed call used on the CPU, passed)."""
+    loc = Localizer.from_checkpoint(workers=1, graph_batch=4)
+    assert loc.graphed is not None and loc.graphed.batch == 4
+
+    def not_on_the_cpu(*a, **k):
+        raise AssertionError("the graphed call ran on the CPU")
+
+    loc.graphed = not_on_the_cpu
+    assert len(loc.localize(scenes.y[:1], scenes.H[:1], scenes.codes[:1], K=1)) == 1
+
+
+def test_chunk_sets_the_scenes_per_pass_on_the_cpu(system, scenes, monkeypatch):
+    """chunk: the scenes of a pass on CPU (the class docstring): 4 scenes in near-equal
+    passes of at most 3 with chunk=3, one pass with chunk=None and one worker (a mutation
+    review: the
+    chunk never passed on, every batch one pass, passed)."""
+    import risloc.pipeline.localizer as localizer
+
+    real, passes = localizer.classical_localize, []
+    monkeypatch.setattr(localizer, "classical_localize", lambda y, *a, **k: passes.append(
+        y.shape[0]) or real(y, *a, **k))
+    Localizer(system, "classical", workers=1, chunk=3).localize(scenes.y, scenes.H,
+                                                                scenes.codes, K=1)
+    assert passes == [2, 2]  # (chunk_bounds)
+    passes.clear()
+    Localizer(system, "classical", workers=1, chunk=None).localize(scenes.y, scenes.H,
+                                                                   scenes.codes, K=1)
+    assert passes == [4]
+
+
 def test_arguments_in_the_wrong_place_are_named(system, scenes):
     with pytest.raises(TypeError, match="system must be a SystemConfig.*got the string "
                                         "'classical'"):
@@ -596,8 +629,10 @@ def test_chunks_read_their_own_scenes_k_and_snr(system):
         torch.testing.assert_close(res.estimates.azimuth[i], one.azimuth[0], equal_nan=True,
                                    rtol=0, atol=1e-4)
     # K unknown: the SNR sets the order test's noise level (told -20 dB, a 25 dB scene
-    # would read as noise; told 40 dB, a 0 dB one as sources)
-    told = torch.tensor([0.0, -20.0, 40.0, -20.0, 40.0])
+    # would read as noise; told 40 dB, a 0 dB one as sources); the chunks [1, 2] and
+    # [3, 4] told differently (a mutation review: with the same SNRs in both, every chunk
+    # reading the first chunk's SNR passed)
+    told = torch.tensor([0.0, -20.0, 40.0, 40.0, -20.0])
     res = loc.localize(y, sc.H, sc.codes, snr_db=told)
     for i in range(1, 5):
         one = alone.localize(sc.y[i:i + 1], sc.H[i:i + 1], sc.codes[i:i + 1],
@@ -884,3 +919,211 @@ def test_repair_decided_repairs_the_decided_sources_and_low_snr_db_none_keeps_th
         assert LearnedPipeline.localize(pipe, y, y, y, K=K) == "estimates"
         assert seen.pop() == want
     assert LearnedPipeline.head_balance(SimpleNamespace(low_snr_db=None), None, y, None) is None
+
+
+def test_a_smaller_k_max_of_the_scenes_caps_k_and_the_slots_of_either_localizer(system):
+    """The scenes' system with K_max = 2 < the localizer's 5 (module docstring: a smaller
+    K_max caps the number of sources reported): K estimated on scenes of 4 strong sources
+    is at most 2, with 2 slots, for the classical and the learned localizer, and when every
+    scene is bad; a K_max above the localizer's, even by one, is refused (a mutation
+    review: the classical search run with the localizer's K_max, the learned pipeline's
+    decided K not capped, its 5 slots not cut to 2, the all-bad result's slots the
+    localizer's, and K_max + 1 accepted, passed)."""
+    sc = simulate_range(0, 2, system, SceneConfig(), seed=3, split="test", K=4, snr_db=30.0)
+    fewer = system.model_copy(update={"K_max": 2})
+    for loc in (Localizer(system, "classical", workers=1),
+                Localizer.from_checkpoint(workers=1)):
+        res = loc.localize(sc.y, sc.H, sc.codes, system=fewer)
+        assert res.estimates.K.tolist() == [2, 2], loc.method
+        assert tuple(res.estimates.azimuth.shape) == (2, 2)
+        assert len(res.records()) == 4
+        with pytest.raises(ValueError, match="K must lie in 1..K_max=2"):  # a given K too
+            loc.localize(sc.y, sc.H, sc.codes, K=3, system=fewer)
+    dead = Localizer(system, "classical", workers=1).localize(
+        sc.y * math.nan, sc.H, sc.codes, system=fewer)
+    assert dead.estimates.K.tolist() == [0, 0]
+    assert all(tuple(v.shape) == (2, 2) for k, v in dead.to_numpy().items() if k != "K")
+    more = system.model_copy(update={"K_max": system.K_max + 1})
+    with pytest.raises(ValueError, match="the scenes' K_max=6 exceeds the localizer's "
+                                         "K_max=5"):
+        Localizer(system, "classical", workers=1).localize(sc.y, sc.H, sc.codes, system=more)
+
+
+def test_a_hand_made_csv_is_read_as_its_columns_say_or_named(tmp_path, caplog):
+    """read_estimates on CSVs as users make them: a spreadsheet's ' File' is the file
+    column (stray spaces and capitals forgiven); a CSV of several files whose rows are all
+    of file 0, or that has no row, reads without file=; one file (no file column) is not
+    file 1; an empty score cell is NaN (score is optional); an empty file cell, a range of
+    0, an elevation past 90 deg, a negative source and a source beyond slots= are named by
+    line; a missing range_m column is named (a mutation review: each of these passed)."""
+    head = "scene,source,azimuth_deg,elevation_deg,range_m"
+    p = tmp_path / "u.csv"
+    p.write_text(head + ",score, File\n0,0,10,0,1,0.5,0\n1,0,20,0,2,0.5,1\n")
+    with pytest.raises(ValueError, match="holds the estimates of 2 input files"):
+        read_estimates(p, 2)
+    assert read_estimates(p, 2, file=1).K.tolist() == [0, 1]
+    p.write_text(head + ",file\n1,0,20,0,2,0\n")  # every row of file 0: no choice to make
+    assert read_estimates(p, 2).K.tolist() == [0, 1]
+    p.write_text(head + ",file\n")
+    assert read_estimates(p, 2).K.tolist() == [0, 0]
+    p.write_text(head + "\n0,0,10,0,1\n")
+    with pytest.raises(ValueError, match="holds the estimates of one input file .*not of "
+                                         "file 1"):
+        read_estimates(p, 1, file=1)
+    p.write_text(head + ",score\n0,0,10,0,1,\n0,1,20,0,2,0.25\n")
+    back = read_estimates(p, 1)
+    assert math.isnan(float(back.score[0, 0])) and float(back.score[0, 1]) == 0.25
+    for body, says in ((",file\n0,0,10,0,1,\n", "line 2: file must be the index .*got ''"),
+                       ("\n0,0,10,0,1\n0,1,10,0,0\n", r"line 3: .*and the range > 0"),
+                       ("\n0,0,10,90.1,1\n", r"line 2: elevation_deg 90.1 lies beyond"),
+                       ("\n0,-1,10,0,1\n", "line 2: scene 0, source -1; expected"),
+                       ("\n0,0,10,0,1\n0,1,10,0,2\n", r"line 3: scene 0 has a source 1, "
+                                                      r"beyond the 1 slot\(s\) asked for")):
+        p.write_text(head + body)
+        with pytest.raises(ValueError, match=says):
+            read_estimates(p, 1, 1)
+    p.write_text("scene,source,azimuth_deg,elevation_deg,score\n")
+    with pytest.raises(ValueError, match=r"no column \['range_m'\]"):
+        read_estimates(p, 1)
+
+
+def test_write_estimates_takes_any_csv_name_and_replaces_only_an_estimates_csv(tmp_path):
+    """A .CSV name is a CSV name (the suffix in any case); a file whose header is not the
+    estimates header (only its first columns alike) is not replaced; rows of fewer columns
+    than scene..range_m are a TypeError, nothing written (write_estimates' docstring)."""
+    rows = [(0, 0, 10.0, 5.0, 3.0, 0.5)]
+    assert read_estimates(write_estimates(tmp_path / "E.CSV", rows), 1).K.tolist() == [1]
+    (tmp_path / "notes.csv").write_text("scene,source,comment\n0,0,looks right\n")
+    with pytest.raises(ValueError, match="exists and is not an estimates CSV"):
+        write_estimates(tmp_path / "notes.csv", rows)
+    assert (tmp_path / "notes.csv").read_text().startswith("scene,source,comment")
+    with pytest.raises(TypeError, match="write_estimates takes Estimates or rows"):
+        write_estimates(tmp_path / "short.csv", [(0, 0, 10.0, 5.0)])
+    assert not (tmp_path / "short.csv").exists()
+
+
+def test_the_order_is_decided_on_the_scene_s_snapshots_and_antennas(monkeypatch):
+    """Headless: the residual rule reads the nested costs of 0..k_max sources with the
+    scene's (L, M) = y's [B, L, M]; with a head, the low-SNR test reads the costs with
+    (L, M) and low-SNR scenes get ``low_snr_balance``, the others the head's own (a
+    mutation review: L and M swapped, which the default system's L = M = 16 hides, the
+    costs of sources beyond k_max read, and the balances exchanged, passed). Stubbed."""
+    from types import SimpleNamespace
+
+    import risloc.pipeline.learned as learned
+
+    y = torch.zeros(2, 6, 4, dtype=torch.complex64)  # L = 6 snapshots, M = 4 antennas
+    fit = SimpleNamespace(costs=torch.arange(12.0).reshape(2, 6))  # 0..5 sources
+    seen = []
+    monkeypatch.setattr(learned, "residual_order", lambda c, L, M: seen.append(
+        (c.shape[1], L, M)) or torch.ones(2, dtype=torch.int64))
+    pipe = SimpleNamespace(order_head=None, system=SimpleNamespace(K_max=5))
+    learned.LearnedPipeline.decide_order(pipe, None, fit, y, k_max=2)
+    assert seen == [(3, 6, 4)]
+    monkeypatch.setattr(learned, "estimated_snr_db", lambda c, L, M: seen.append((L, M))
+                        or torch.tensor([-3.0, 10.0]))
+    pipe = SimpleNamespace(low_snr_db=0.5, low_snr_balance=0.0)
+    got = learned.LearnedPipeline.head_balance(pipe, fit, y, SimpleNamespace(balance=0.25))
+    assert seen[-1] == (6, 4) and got.tolist() == [0.0, 0.25]
+
+
+def test_the_polish_starts_from_the_repaired_sources(monkeypatch):
+    """Stage 5 with repair: NF-MLE starts from the K sources repair_chosen returns, with
+    the known-K fit config when K is given, and the cancelling-pair split gets its result
+    (a mutation review: the repair's result dropped passed where the repair changed
+    nothing). Stubbed."""
+    from types import SimpleNamespace
+
+    import risloc.pipeline.learned as learned
+
+    theta = torch.zeros(1, 5, 3)
+    repaired = torch.full((1, 5, 3), 0.5)
+    calls = {}
+    monkeypatch.setattr(learned, "repair_chosen", lambda y, H, c, th, K, s, cfg, n: (
+        calls.update(repair=(th, cfg, n)) or repaired))
+    monkeypatch.setattr(learned, "nfmle_fit", lambda y, H, c, init, *a, **k: (
+        calls.update(init=init) or "refined"))
+    monkeypatch.setattr(learned, "separate_cancelling", lambda y, H, c, est, *a: est)
+    pipe = SimpleNamespace(chosen_repairs=1, system=None, polish_config=None,
+                           _fit_config=lambda known: ("known" if known else "decided"))
+    K = torch.tensor([2])
+    out = learned.LearnedPipeline.polish(pipe, None, None, None, SimpleNamespace(theta=theta),
+                                         K, repair=True, known=True)
+    assert out == "refined" and calls["repair"] == (theta, "known", 1)
+    torch.testing.assert_close(calls["init"].azimuth[0, :2], torch.full((2,), 0.5))
+
+
+def test_a_stored_head_of_other_features_or_none_is_said_and_not_used(tmp_path, caplog):
+    """A head stored with an older features version (or none given: version 1) is not used:
+    the residual rule decides K, with a warning; a checkpoint without a head is said once
+    per checkpoint and process, not when warn_headless is False or order_head is False,
+    and order_head=False leaves a stored head out (load_learned_pipeline's docstring); a
+    stored head's repair margin is the fit stage's (LearnedPipeline's docstring; a
+    mutation review: an older version accepted, the warning on every load, order_head=False
+    ignored, and the stored head's repair margin dropped, passed)."""
+    import logging
+
+    from risloc.inference.checkpoint import load_checkpoint, save_checkpoint
+    from risloc.pipeline.learned import DEFAULT_MODEL, _stored_head, load_learned_pipeline
+    from risloc.pipeline.order import FEATURES_VERSION
+
+    state = load_checkpoint(DEFAULT_MODEL)
+    caplog.set_level(logging.WARNING, logger="risloc.pipeline.learned")
+    for version in (FEATURES_VERSION - 1, None):
+        caplog.clear()
+        head = {k: v for k, v in state["order_head"].items() if k != "features"}
+        if version is not None:
+            head["features"] = version
+        assert _stored_head({**state, "order_head": head}, tmp_path / "old.pt") is None
+        assert "computes version" in caplog.text and "residual rule" in caplog.text
+    assert load_learned_pipeline(order_head=False).order_head is None
+    # the fit stage runs with the repair margin the head was fitted on, stored with it
+    save_checkpoint(tmp_path / "m.pt", {**state, "order_head": {**state["order_head"],
+                                                               "repair_margin": 0.75}})
+    assert load_learned_pipeline(tmp_path / "m.pt").fit_config.repair_margin == 0.75
+    del state["order_head"]
+    save_checkpoint(tmp_path / "headless.pt", state)
+    caplog.clear()
+    load_learned_pipeline(tmp_path / "headless.pt", warn_headless=False)
+    load_learned_pipeline(tmp_path / "headless.pt", order_head=False)
+    assert caplog.text == ""
+    for _ in range(2):
+        assert load_learned_pipeline(tmp_path / "headless.pt").order_head is None
+    assert caplog.text.count("has no order head") == 1
+
+
+def test_a_resume_with_a_setting_the_first_run_had_not_is_refused(tmp_path):
+    """resume: a setting given now that the interrupted run's record lacks is a difference
+    too, named as the CLI option; resume and restart together are refused; restart says
+    whether it discarded an interrupted run (a mutation review: settings only of the
+    record compared, the exclusion dropped, and discarded set without a record, passed)."""
+    from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream
+
+    out = tmp_path / "est.csv"
+    with pytest.raises(ValueError, match="resume .* and restart .* exclude each other"):
+        EstimatesStream(out, {}, COLUMNS, resume=True, restart=True)
+    fresh = EstimatesStream(out, {"inputs": ["a.h5"]}, COLUMNS, restart=True)
+    assert not fresh.discarded  # nothing was there to discard
+    fresh.append("0", 4, [(0, 0, 1.0, 2.0, 3.0, 0.5)])
+    fresh.close()  # killed
+    with pytest.raises(ValueError, match="its run had other settings: another --K"):
+        EstimatesStream(out, {"inputs": ["a.h5"], "K": 2}, COLUMNS, resume=True)
+    with EstimatesStream(out, {"inputs": ["a.h5"]}, COLUMNS, restart=True) as again:
+        assert again.discarded and again.done == {}
+
+
+def test_a_network_trained_without_the_snr_is_never_given_it():
+    """Stage 1: a given SNR reaches the network only where its recipe reads it (the
+    shipped one's does not; module docstring of risloc.pipeline.learned; a mutation review:
+    the SNR given to every network passed). Stubbed network."""
+    from types import SimpleNamespace
+
+    from risloc.pipeline.learned import LearnedPipeline
+
+    seen = []
+    pipe = SimpleNamespace(music=None, network=lambda y, H, c, snr, **k: seen.append(snr))
+    y = torch.zeros(2, 3, 4, dtype=torch.complex64)
+    for reads in (False, True):
+        pipe.recipe = SimpleNamespace(reads_snr=reads)
+        LearnedPipeline.forward(pipe, y, y, y, torch.tensor([10.0, math.nan]))
+    assert seen[0] is None and seen[1].dtype == torch.float32 and float(seen[1][0]) == 10.0
