@@ -17,17 +17,15 @@ SNR). Writes the JSON and a text copy of the table (``<out>.txt``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_versus import SEED  # noqa: E402
+from bench_versus import SEED, add_row, write_table  # noqa: E402
 
 from risloc.config import SystemConfig  # noqa: E402
-from risloc.io.atomic import write_text_atomic  # noqa: E402
 from risloc.pipeline import Localizer  # noqa: E402
 from risloc.simulation import simulate_range  # noqa: E402
 
@@ -67,16 +65,12 @@ def main() -> None:
                    "largest_extra_score": max(extra, default=float("nan")),
                    "learned_over": float(np.mean(ours["K"] > K)),
                    "learned_under": float(np.mean(ours["K"] < K))}
-            rows.append(row)
             line = (f"{snr:>6g} {K:>2} {row['over_given']:>16.3f} {row['over_withheld']:>15.3f} "
                     f"{row['under_given']:>13.3f} {row['under_withheld']:>16.3f} "
                     f"{row['largest_extra_score']:>20.3f} {row['learned_over']:>13.3f} "
                     f"{row['learned_under']:>14.3f}")
-            print(line, flush=True)
-            lines.append(line)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out, json.dumps({"rows": rows, "seed": SEED["test"]}, indent=2) + "\n")
-    write_text_atomic(args.out.with_suffix(".txt"), "\n".join(lines) + "\n")
+            add_row(rows, lines, row, line)
+    write_table(args.out, {"rows": rows, "seed": SEED["test"]}, lines)
 
 
 if __name__ == "__main__":

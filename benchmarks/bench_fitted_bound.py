@@ -19,7 +19,6 @@ a text copy of the table (``<out>.txt``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_versus import SEED  # noqa: E402
+from bench_versus import SEED, add_row, write_table  # noqa: E402
 
 from risloc.config import SceneConfig, SystemConfig  # noqa: E402
 from risloc.evaluation.crb import (  # noqa: E402
@@ -35,7 +34,6 @@ from risloc.evaluation.crb import (  # noqa: E402
     noise_and_powers_at,
     noise_var_for_snr,
 )
-from risloc.io.atomic import write_text_atomic  # noqa: E402
 from risloc.simulation import simulate_range  # noqa: E402
 
 STREAM = 1400  # scene streams 1400 and up (bench_false_alarms 1300+)
@@ -90,17 +88,12 @@ def main() -> None:
                        **{f"{k}_median": _q(v, 0.5) for k, v in ratio.items()},
                        **{f"azimuth_{b}_q{q}": _q(ratio[f"azimuth_{b}"], q / 100)
                           for b in ("fitted", "equal") for q in (10, 90)}}
-                rows.append(row)
                 line = (f"{spread:>9g} {snr:>6g} {K:>2} {row['noise_ratio_median']:>6.3f} "
                         f"{_cell(row, 'fitted'):>24} {_cell(row, 'equal'):>24} "
                         f"{row['range_m_fitted_median']:>12.3f} "
                         f"{row['range_m_equal_median']:>15.3f}")
-                print(line, flush=True)
-                lines.append(line)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out, json.dumps({"rows": rows, "seed": SEED["test"]}, indent=2)
-                      + "\n")
-    write_text_atomic(args.out.with_suffix(".txt"), "\n".join(lines) + "\n")
+                add_row(rows, lines, row, line)
+    write_table(args.out, {"rows": rows, "seed": SEED["test"]}, lines)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,21 @@ CONDITIONS = [(snr_given, spread) for spread in (0.0, SPREAD_DB) for snr_given i
 BATCH = 256
 
 
+def add_row(rows: list[dict], lines: list[str], row: dict, line: str) -> None:
+    """Keep a benchmark's row and its table line, and print the line as it comes."""
+    rows.append(row)
+    lines.append(line)
+    print(line, flush=True)
+
+
+def write_table(out: Path, record: dict, lines: list[str]) -> None:
+    """A benchmark's JSON record at ``out`` and its printed table at ``<out>.txt``, each
+    written atomically (the folder made where missing)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, json.dumps(record, indent=2) + "\n")
+    write_text_atomic(out.with_suffix(".txt"), "\n".join(lines) + "\n")
+
+
 def condition_name(snr_given: bool, spread: float) -> str:
     return (f"SNR {'given' if snr_given else 'withheld'}, "
             f"{'equal powers' if spread == 0 else f'powers spread {spread:g} dB'}")
