@@ -11,9 +11,9 @@ per SNR and true K, with powers spread over 12 dB and equal: the median over sce
 fitted noise over the true one, and for each bound the median over sources of its ratio to
 the stochastic bound at the true powers and noise (azimuth and range; 1 is exact), with
 the 10 % and 90 % quantiles of the azimuth's. A source the noise buries (its fitted power
-at the floor, 1e-6 sigma^2) gets a bound far above the true one: the tail of the fitted
-bound at low SNR; equal powers at the SNR miss spread ones both ways. Writes the JSON and
-a text copy of the table (``<out>.txt``).
+at the floor, 1e-6 times the noise its estimate holds) gets a bound far above the true
+one: the tail of the fitted bound at low SNR; equal powers at the SNR miss spread ones both
+ways. Writes the JSON and a text copy of the table (``<out>.txt``).
 """
 
 from __future__ import annotations

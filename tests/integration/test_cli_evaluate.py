@@ -502,6 +502,10 @@ def test_titles_say_what_ran_and_plots_leave_out_no_scene_silently(tmp_path, mon
     # and its bound is there, at the noise and powers its measurements give at the truth
     # (it was "-": no bound for the files users have most)
     assert "CRB at the noise and powers fitted at the truth" in title
+    # and the line naming the bound names that one alone (a review: it began "for equal
+    # source powers at each scene's SNR" for a file with none)
+    assert "the stochastic CRB of each scene at the noise and source powers" in title
+    assert "at each scene's SNR" not in title
     row = _rows(tmp_path / "r" / "metrics.csv")[0]
     assert row["snr_db"] == "nan" and 0 < float(row["crb_azimuth_median_deg"]) < 10
     assert "SNR given where the file has one" in _plot_subtitle(SweepSettings(), "f.h5", True,

@@ -231,10 +231,14 @@ def evaluate_command(
             _say_scenes_without_rows(settings, batch, start, evaluated)
         system, points = info.system, list(file_points(batch, snr_bin_db, offset=start))
         if info.has_truth:
-            console.print("the bound beside the errors: the stochastic CRB for equal source "
-                          "powers at each scene's SNR (a file carries neither symbols nor "
-                          "powers); where a scene has no SNR, at the noise and source powers "
-                          "its measurements give at the true positions")
+            snr = torch.isfinite(batch.snr_db)
+            fitted = ("at the noise and source powers its measurements give at the true "
+                      "positions")
+            console.print("the bound beside the errors: the stochastic CRB " + (
+                f"of each scene {fitted} (the file has no SNR; it carries neither symbols "
+                "nor powers)" if not bool(snr.any()) else "for equal source powers at each "
+                "scene's SNR (a file carries neither symbols nor powers)" + (
+                    f"; where a scene has no SNR, {fitted}" if not bool(snr.all()) else "")))
             # truth in other units reads as a localizer's failure: say so, as localize does
             for hint in (radians_hint(*widest_true_angle(batch), attrs=info.attrs),
                          outside_hint(count_outside(batch, FieldOfView()), FieldOfView())):

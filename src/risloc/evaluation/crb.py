@@ -355,10 +355,11 @@ def noise_and_powers_at(azimuth: torch.Tensor, elevation: torch.Tensor,
     bound's inputs for a file without an SNR. Each snapshot's symbols by least squares,
     s_l = (B_l^H B_l)^-1 B_l^H y_l; sigma^2 = sum_l ||y_l - B_l s_l||^2 / (L (M - K)), unbiased
     for y_l = B_l s_l + n_l; p_k = mean_l |s_lk|^2 less the noise it holds, sigma^2 mean_l
-    [(B_l^H B_l)^-1]_kk, and at least 1e-6 sigma^2 (a source the noise buries gets a large
-    bound, not none). Positions [B, K] in radians and metres (NaN padded), y [B, L, M]; the
-    powers of padded slots are 0. Whatever the model misses (calibration, a source not in
-    the truth) counts as noise here."""
+    [(B_l^H B_l)^-1]_kk, and at least 1e-6 times that noise (a source the noise buries gets
+    a large bound, not none; a floor in the units of the powers, |y|^2 / |H|^2, so that the
+    bound does not depend on the units of y and H). Positions [B, K] in radians and metres
+    (NaN padded), y [B, L, M]; the powers of padded slots are 0. Whatever the model misses
+    (calibration, a source not in the truth) counts as noise here."""
     B = azimuth.shape[0]
     inp = _prepare(azimuth, elevation, range_m, H, codes, torch.ones(B, dtype=torch.float64),
                    system, mask)
@@ -379,8 +380,8 @@ def noise_and_powers_at(azimuth: torch.Tensor, elevation: torch.Tensor,
     sigma2 = residual / (L * (M - K))
     eye = torch.eye(Bm.shape[-1], dtype=Bm.dtype).expand_as(chol)
     spread = torch.cholesky_solve(eye, chol).diagonal(dim1=-2, dim2=-1).real.mean(1)  # (B, K)
-    powers = s.squeeze(-1).abs().square().mean(1) - sigma2.unsqueeze(-1) * spread
-    powers = torch.maximum(powers, 1e-6 * sigma2.unsqueeze(-1))
+    held = sigma2.unsqueeze(-1) * spread  # the noise each source's estimate holds
+    powers = torch.maximum(s.squeeze(-1).abs().square().mean(1) - held, 1e-6 * held)
     return sigma2, torch.where(inp.mask, powers, 0.0)
 
 
@@ -533,6 +534,9 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
                              f"L, M], got {tuple(y.shape)}")
         if not bool(torch.isfinite(torch.view_as_real(y)).all()):
             raise ValueError("y must be finite")
+        if bool((y == 0).all((1, 2)).any()):  # (its noise would read 0: no bound)
+            raise ValueError(f"y is all zero in scenes {_bad_scenes((y == 0).all((1, 2)))}: "
+                             "no measurements to take the noise and powers from")
         peak = H.abs().amax((1, 2), keepdim=True)  # the bound is independent of both scales
         rms = y.abs().square().mean((1, 2), keepdim=True).sqrt()
         H, y = H / torch.where(peak > 0, peak, 1.0), y / torch.where(rms > 0, rms, 1.0)

@@ -129,24 +129,37 @@ def scene_crb(scenes: SceneBatch, system: SystemConfig, kind: str) -> CRBResult 
     scene its SNR (:func:`risloc.evaluation.crb.noise_var_for_snr`); a scene without an SNR
     at the noise and powers its measurements give at the true positions
     (:func:`risloc.evaluation.crb.noise_and_powers_at`). SingularFIMError where the bound
-    cannot be computed in some scene."""
+    cannot be computed in some scene. The noise and powers are found ``CRB_CHUNK`` scenes
+    at a time, as the bound is (memory: about 0.75 MB a scene at once; a file without an
+    SNR is one group of all its scenes)."""
     if not scenes.has_truth:
         return None
     if scenes.noise_var is not None:
         return crb_for_scenes(scenes, system, kind if scenes.symbols is not None
                               else "stochastic")
-    given = torch.isfinite(scenes.snr_db)
-    pos = (scenes.azimuth, scenes.elevation, scenes.range_m)
-    sigma2 = noise_var_for_snr(*pos, scenes.H, scenes.codes,
-                               torch.where(given, scenes.snr_db, 0.0), system, scenes.mask)
-    powers = scenes.mask.to(torch.float64)
-    if not bool(given.all()):
-        fitted, fitted_powers = noise_and_powers_at(*pos, scenes.y, scenes.H, scenes.codes,
-                                                    system, scenes.mask)
-        sigma2 = torch.where(given, sigma2, fitted)
-        powers = torch.where(given.unsqueeze(-1), powers, fitted_powers)
-    return crb_for_scenes(replace(scenes, noise_var=sigma2, powers=powers), system,
-                          "stochastic")
+    noise, power = [], []
+    for lo in range(0, len(scenes) or 1, CRB_CHUNK):  # (an empty batch: one empty part)
+        sc = scenes[lo:lo + CRB_CHUNK]
+        given = torch.isfinite(sc.snr_db)
+        pos = (sc.azimuth, sc.elevation, sc.range_m)
+        sigma2 = noise_var_for_snr(*pos, sc.H, sc.codes, torch.where(given, sc.snr_db, 0.0),
+                                   system, sc.mask)
+        powers = sc.mask.to(torch.float64)
+        if not bool(given.all()):
+            try:
+                fitted, fitted_powers = noise_and_powers_at(*pos, sc.y, sc.H, sc.codes,
+                                                            system, sc.mask)
+            except SingularFIMError as err:  # the scenes of the whole batch
+                raise err.shifted(lo) from None
+            sigma2 = torch.where(given, sigma2, fitted)
+            powers = torch.where(given.unsqueeze(-1), powers, fitted_powers)
+        noise.append(sigma2)
+        power.append(powers)
+    return crb_for_scenes(replace(scenes, noise_var=torch.cat(noise), powers=torch.cat(power)),
+                          system, "stochastic", chunk_size=CRB_CHUNK)
+
+
+CRB_CHUNK = 64  # scenes whose bound is computed at once (crb_for_scenes' default)
 
 
 def _rows_for(name: str, m: Matching, scenes: SceneBatch, crb: CRBResult | None,

@@ -891,15 +891,36 @@ def _refuse_loose_system(path: Path, data: dict[str, Any], attrs: dict[str, Any]
     fields one by one (attributes, or an .npz's 0-d arrays, named N_H, wavelength, M, ...)
     and one of them is not the default's: they are not read, and the default system assumed
     in their place would localize the scenes of another wavelength or spacing wrongly
-    without a word. Fields that all equal the default's are what is assumed: read."""
+    without a word. Fields that all equal the default's are what is assumed: read (a number
+    as it reads in single precision too). An attribute is one value (a 1-element array, as
+    MATLAB's h5writeatt writes a number, too); one whose value cannot be the field's (a
+    text that is not a number for N_H, M, L, ...: the user's own 'M', 'L') is not taken as
+    it."""
     loose, default = {}, SystemConfig()
     for k in SystemConfig.model_fields:
-        v = attrs.get(k, data.get(k) if is_npz(path) else None)
-        if v is None or np.ndim(v) != 0:
+        v = attrs[k] if k in attrs else data.get(k) if is_npz(path) else None
+        if v is None or np.size(v) != 1 or (k not in attrs and np.ndim(v) != 0):
             continue
-        v = np.asarray(v).item()
-        loose[k] = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-    differ = [k for k, v in loose.items() if v != getattr(default, k)]
+        v = np.asarray(v).reshape(()).item()
+        v = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+        if k == "wavefront":
+            if isinstance(v, str):
+                loose[k] = v.strip()
+            continue
+        if isinstance(v, bool):
+            continue
+        try:
+            loose[k] = v if isinstance(v, int | float) else float(v)
+        except (TypeError, ValueError):  # a text of the user's own, not a number
+            continue
+
+    def differs(k: str, v: Any) -> bool:
+        want = getattr(default, k)
+        if isinstance(want, str):
+            return v != want
+        return not math.isclose(v, want, rel_tol=1e-6)  # (float32 0.3 is the default)
+
+    differ = [k for k, v in loose.items() if differs(k, v)]
     if differ:
         raise SceneFileError(
             f"{path}: the system's fields are stored one by one ({', '.join(loose)}), which "

@@ -712,10 +712,11 @@ def test_noise_and_powers_at_the_truth_written_out_and_near_the_true_ones(system
     want = n.abs().square().sum((1, 2, 3)) / (L * (M - 3))
     torch.testing.assert_close(sigma2, want, rtol=1e-9, atol=0)
     inv = torch.linalg.pinv(Bm.mH @ Bm).diagonal(dim1=-2, dim2=-1).real.mean(1)
-    want_p = s.abs().square().mean(1) - want.unsqueeze(-1) * inv  # at least 1e-6 sigma^2:
-    floor = want_p <= 1e-6 * want.unsqueeze(-1)  # a source the noise buries (one here)
+    held = want.unsqueeze(-1) * inv  # the noise each estimate holds; the powers at least
+    want_p = s.abs().square().mean(1) - held  # 1e-6 times it:
+    floor = want_p <= 1e-6 * held  # a source the noise buries (one here)
     assert 0 < int(floor[:, :3].sum()) < 5
-    want_p = torch.where(floor, 1e-6 * want.unsqueeze(-1), want_p)
+    want_p = torch.where(floor, 1e-6 * held, want_p)
     torch.testing.assert_close(powers[:, :3], want_p[:, :3], rtol=1e-7, atol=1e-12)
     assert bool((powers[:, 3:] == 0).all())
     # simulated scenes: the noise within 10 %, the bound's median within 10 %
@@ -756,3 +757,35 @@ def test_user_crb_from_measurements_needs_no_snr_and_no_units(system):
         crb(*args, y=sc.y, powers=2.0)
     with pytest.raises(ValueError, match=r"y must be \[L=16, M=16\]"):
         crb(*args, y=sc.y.transpose(1, 2)[:, :8])
+    dead = sc.y.clone()
+    dead[2] = 0  # (it said "noise_var must be finite and positive": none was given)
+    with pytest.raises(ValueError, match=r"y is all zero in scenes \[2\]"):
+        crb(*args, y=dead)
+
+
+def test_the_fitted_noise_and_powers_follow_the_units_of_y_and_h(system):
+    """A file's y and H in any units (docs/guide.md): sigma^2 is in those of |y|^2 and the
+    powers in those of |y|^2 / |H|^2, a buried source's floor included, so the bound
+    evaluate prints for a file without an SNR is the same in any units (a review: the floor
+    was 1e-6 sigma^2, in other units than the powers: H in units 1e4 times larger floored
+    every source, and the bound dropped 60-fold)."""
+    from dataclasses import replace
+
+    from risloc.evaluation.crb import noise_and_powers_at
+    from risloc.experiments.harness import scene_crb
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 4, system, SceneConfig(power_spread_db=12.0), split="test", K=3,
+                        snr_db=0.0)
+    pos = (sc.azimuth, sc.elevation, sc.range_m)
+    sigma2, p = noise_and_powers_at(*pos, sc.y, sc.H, sc.codes, system, sc.mask)
+    s2, p2 = noise_and_powers_at(*pos, sc.y * 1e3, sc.H * 1e4, sc.codes, system, sc.mask)
+    torch.testing.assert_close(s2, sigma2 * 1e6, rtol=1e-6, atol=0)
+    torch.testing.assert_close(p2, p * 1e-2, rtol=1e-6, atol=0)
+    file = replace(sc, noise_var=None, powers=None, symbols=None,
+                   snr_db=torch.full_like(sc.snr_db, torch.nan))
+    want = scene_crb(file, system, "stochastic")
+    got = scene_crb(replace(file, y=sc.y * 1e5, H=sc.H * 1e5), system, "stochastic")
+    for k in ("azimuth", "elevation", "range_m"):
+        torch.testing.assert_close(getattr(got, k), getattr(want, k), rtol=1e-6, atol=0,
+                                   equal_nan=True)

@@ -222,3 +222,43 @@ def test_pooled_rows_sum_times_and_scenes_left_out_over_the_points(monkeypatch):
                                                                                    rel=1e-3)
     one = evaluate_points(points[1:], cfg.system, settings, pooled=True)
     assert not [r for r in one if r.K == "file"]
+
+
+def test_a_file_s_bound_takes_its_noise_and_powers_a_chunk_of_scenes_at_a_time(monkeypatch):
+    """A file without an SNR is one group of all its scenes; its noise and powers, fitted
+    at the truth, are found CRB_CHUNK scenes at a time as the bound is (a review: all at
+    once, about 0.75 MB a scene: 15 GB for a file of 20,000), with the same bound, and a
+    scene where they cannot be found is named by its index in the group."""
+    import math
+    from dataclasses import replace
+
+    from risloc.config import SceneConfig, SystemConfig
+    from risloc.evaluation.crb import SingularFIMError, noise_and_powers_at
+    from risloc.simulation import simulate_range
+
+    system = SystemConfig()
+    sc = simulate_range(0, 6, system, SceneConfig(), split="test", K=2, snr_db=10.0)
+    file = replace(sc, noise_var=None, powers=None, symbols=None,
+                   snr_db=torch.where(torch.arange(6) == 1, 10.0, math.nan))
+    whole = harness.scene_crb(file, system, "stochastic")
+    sizes = []
+
+    def recording(*args, **kwargs):
+        sizes.append(args[0].shape[0])
+        return noise_and_powers_at(*args, **kwargs)
+
+    monkeypatch.setattr(harness, "noise_and_powers_at", recording)
+    monkeypatch.setattr(harness, "CRB_CHUNK", 4, raising=False)
+    got = harness.scene_crb(file, system, "stochastic")
+    assert sizes == [4, 2]
+    for k in ("azimuth", "elevation", "range_m"):
+        torch.testing.assert_close(getattr(got, k), getattr(whole, k), rtol=1e-12, atol=0,
+                                   equal_nan=True)
+    az = file.azimuth.clone()
+    az[5, 1] = az[5, 0]  # two sources at one place: the Gram matrix is singular in scene 5
+    el, r = file.elevation.clone(), file.range_m.clone()
+    el[5, 1], r[5, 1] = el[5, 0], r[5, 0]
+    with pytest.raises(SingularFIMError) as err:
+        harness.scene_crb(replace(file, azimuth=az, elevation=el, range_m=r), system,
+                          "stochastic")
+    assert err.value.scenes == [5]

@@ -582,6 +582,32 @@ def test_a_system_stored_field_by_field_is_refused_not_replaced_by_the_default(t
     assert read_scenes(path)[1].system == system
 
 
+def test_system_fields_one_by_one_as_numbers_read_in_single_precision_or_matlab_s(
+        tmp_path, batch, system):
+    """The fields-one-by-one check (above) takes what a field can hold: the default's
+    wavelength in single precision is the default's, a 1-element attribute (MATLAB's
+    h5writeatt writes numbers so) is the number it holds, and a text that is no number is
+    the user's own 'L' or 'M' (a review: float32 0.3 and a note L = 'long run' were refused
+    as another system, and a wavelength of [0.1] was not seen)."""
+    arr = batch_to_arrays(batch[:2], system.K_max)
+
+    def h5(name, **attrs):
+        path = tmp_path / name
+        with h5py.File(path, "w") as f:
+            for k, v in arr.items():
+                f[k] = v
+            f.attrs.update(attrs)
+        return path
+
+    ok = h5("f32.h5", wavelength=np.float32(0.3), spacing=np.float32(0.15), M=np.float32(16),
+            L="long run", N_H="twelve columns", wavefront=np.bytes_("spherical"))
+    assert read_scenes(ok)[1].system == SystemConfig()
+    with pytest.raises(SceneFileError, match=r"one by one \(wavelength\).*another wavelength"):
+        read_scenes(h5("matlab.h5", wavelength=np.array([0.1])))
+    with pytest.raises(SceneFileError, match=r"one by one \(M\).*another M"):
+        read_scenes(h5("text.h5", M="8"))
+
+
 def test_a_file_the_disk_cannot_hold_is_refused_before_hdf5_writes_it(tmp_path, batch, system,
                                                                        monkeypatch):
     """HDF5 crashed the process (exit 139) on a full disk, leaving its temporary file; the
