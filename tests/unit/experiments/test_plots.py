@@ -138,3 +138,115 @@ def test_the_run_curves_leave_out_a_row_cut_off_by_a_kill(figures, tmp_path):
     with pytest.raises(ValueError, match=r"epochs.csv: line 2 lacks val_objective"):
         plots.plot_run(tmp_path, tmp_path / "curves.png")
 
+
+
+def test_each_curve_is_its_estimator_s_over_all_scenes_in_snr_order(figures, tmp_path):
+    """The lines are the rows over all scenes (K = "all"; a sweep of several K adds rows per
+    true K, which are not drawn), joined in SNR order whatever the rows' order, on a log
+    error axis; the bound is the first estimator's (the title says so) and K accuracy and
+    F1 keep their own panels on the whole 0..1 scale."""
+    import dataclasses
+
+    rows = []
+    for name, crb in (("classical", 0.5), ("learned", 0.25)):
+        for snr in (20.0, 0.0, 10.0):
+            m = {"azimuth_median_deg": 1 + snr, "elevation_median_deg": 1 + snr,
+                 "range_median_m": 1 + snr, "crb_azimuth_median_deg": crb,
+                 "crb_elevation_median_deg": crb, "crb_range_median_m": crb,
+                 "K_accuracy": 0.5 + snr / 100, "f1": 0.6 + snr / 100}
+            rows.append(ResultRow(name, snr, "all", 8, 10.0, m))
+            rows.append(ResultRow(name, snr, "2", 4, 10.0, {k: 99.0 for k in m}))
+    rows.sort(key=lambda r: (r.estimator != "classical", -r.snr_db))  # 20, 10, 0 dB
+    plots.plot_error_vs_snr(rows, tmp_path / "e.png")
+    fig = figures[-1]
+    assert "over classical's paired sources" in fig.get_suptitle()
+    for ax in fig.axes:
+        assert ax.get_yscale() == "log"
+        lines = {ln.get_label(): ln for ln in ax.get_lines()}
+        for name in ("classical", "learned"):
+            assert list(lines[name].get_xdata()) == [0.0, 10.0, 20.0]
+            assert list(lines[name].get_ydata()) == [1.0, 11.0, 21.0]
+        bound = lines["0.674 x median sqrt(CRB)"]
+        assert list(bound.get_ydata()) == pytest.approx([0.6745 * 0.5] * 3, rel=1e-3)
+    plots.plot_k_accuracy(rows, tmp_path / "k.png")
+    for ax, want in zip(figures[-1].axes, ([0.5, 0.6, 0.7], [0.6, 0.7, 0.8]), strict=True):
+        line = next(ln for ln in ax.get_lines() if ln.get_label() == "learned")
+        assert list(line.get_ydata()) == pytest.approx(want)
+        bottom, top = ax.get_ylim()
+        assert bottom <= 0 and top >= 1
+    bare = [dataclasses.replace(r, metrics={k: v for k, v in r.metrics.items()
+                                            if not k.startswith("crb_")})
+            for r in rows]  # no bound (--estimates alone, or one that cannot be computed)
+    plots.plot_error_vs_snr(bare, tmp_path / "e.png")
+    assert all(ax.get_yscale() == "log" for ax in figures[-1].axes)
+
+
+def test_estimates_made_elsewhere_each_get_their_own_style(figures, tmp_path):
+    plots.plot_k_accuracy(_rows(["learned", "mine", "theirs", "yours"]), tmp_path / "k.png")
+    lines = {ln.get_label(): (ln.get_color(), ln.get_marker(), ln.get_linestyle())
+             for ln in figures[-1].axes[0].get_lines()}
+    assert len(set(lines.values())) == 4
+
+
+def test_a_plot_is_a_png_and_its_figure_is_closed(tmp_path):
+    """A report draws many plots: each figure is closed once written (matplotlib keeps every
+    open one, and warns past 20)."""
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    path = plots.plot_k_accuracy(_rows(["learned"]), tmp_path / "k.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plt.get_fignums() == before
+
+
+def test_the_run_curves_put_epoch_means_on_the_step_axis_and_a_decaying_rate_on_a_log_one(
+        figures, tmp_path):
+    """The training loss per logged step and per epoch share the optimizer-step axis (each
+    epoch's mean at its last step); a learning rate over decades is drawn on a log axis; the
+    SWA epochs are shaded in every epoch panel."""
+    head = "epoch,train_total,val_objective,val_angle_median_deg,lr,beta,swa\n"
+    (tmp_path / "epochs.csv").write_text(head + "1,2.0,3.0,2.0,0.01,0.3,0\n"
+                                         "2,1.5,2.0,1.0,0.0001,0.3,1\n")
+    (tmp_path / "steps.csv").write_text("step,epoch,total\n" + "".join(
+        f"{s},{(s - 1) // 3},{3.0 - s / 10}\n" for s in range(1, 7)))
+    plots.plot_run(tmp_path, tmp_path / "curves.png")
+    fig = figures[-1]
+    loss, schedule = fig.axes[0], fig.axes[3]
+    assert loss.get_xlabel() == "optimizer step"
+    means = next(ln for ln in loss.get_lines() if ln.get_label() == "train (epoch mean)")
+    assert list(means.get_xdata()) == [3.0, 6.0]
+    assert schedule.get_yscale() == "log"
+    for ax in fig.axes[1:4]:
+        assert len(ax.patches) == 1  # the SWA epoch (2) shaded
+        assert ax.patches[0].get_x() == pytest.approx(1.5)
+
+
+def test_a_run_whose_record_has_no_best_epoch_marks_the_lowest_finite_objective(figures,
+                                                                                  tmp_path):
+    """last.pt's best epoch is -1 until an epoch improves (every objective NaN so far): no
+    epoch of that number is marked, the rule of the lowest finite objective decides."""
+    from risloc.inference.checkpoint import save_checkpoint
+
+    (tmp_path / "epochs.csv").write_text(
+        "epoch,train_total,val_objective,val_angle_median_deg,lr,beta\n"
+        "1,1.0,nan,1.0,0.001,0.3\n2,1.0,nan,1.0,0.001,0.3\n")
+    save_checkpoint(tmp_path / "last.pt", {"best": {"objective": math.inf, "epoch": -1}})
+    plots.plot_run(tmp_path, tmp_path / "curves.png")
+    assert "best epoch" not in figures[-1].get_suptitle()
+
+
+def test_the_spectrum_slice_marks_the_true_and_the_estimated_sources(figures, tmp_path, system):
+    import torch
+
+    N = system.N_H * system.N_V
+    A = torch.randn(N, 3, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+    R = A @ A.conj().T + 0.1 * torch.eye(N, dtype=torch.complex128)
+    plots.plot_spectrum_slice(R, 1, system, 2.0, tmp_path / "s.png", truth=([0.1], [0.0]),
+                              estimates=([0.2], [0.1]), n=21)
+    ax = figures[-1].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["true", "estimated"]
+    marks = {ln.get_label(): (ln.get_xdata()[0], ln.get_ydata()[0]) for ln in ax.get_lines()}
+    assert marks["true"] == pytest.approx((math.degrees(0.1), 0.0))
+    assert marks["estimated"] == pytest.approx((math.degrees(0.2), math.degrees(0.1)))
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("azimuth [deg]", "elevation [deg]")
+    assert ax.get_title() == "MUSIC spectrum slice at r = 2.00 m"

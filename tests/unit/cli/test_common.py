@@ -1,0 +1,91 @@
+"""The pieces every command shares: an error is one `error:` line and exit code 2 whatever
+its kind and text, numbers lists, the --overwrite rules of a model and its card, and the
+system a simulated sweep runs on."""
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from risloc.cli.common import handle_errors, parse_numbers, refuse_existing_model, sweep_config
+
+
+def _failing(err: Exception) -> typer.Typer:
+    app = typer.Typer()
+
+    @app.command()
+    @handle_errors
+    def command() -> None:
+        raise err
+
+    return app
+
+
+@pytest.mark.parametrize("err", [
+    PermissionError(13, "Permission denied", "/data/out.csv"),
+    IsADirectoryError(21, "Is a directory", "/data/out"),
+    ValueError("the file /data/run [2024]/[red]scenes[/red].h5 holds no 'y'"),
+    FileNotFoundError("checkpoint not found: /" + "/".join(["a-long-folder-name"] * 12) + ".pt"),
+])
+def test_an_error_is_one_line_with_exit_code_2_and_its_text_as_it_is(err):
+    """docs/guide.md: errors in input give one `error:` line and exit code 2: an OSError
+    other than a missing file (a folder or file that cannot be written) too, text in square
+    brackets (a path's) kept as it is, a long path not broken at the console's width."""
+    res = CliRunner().invoke(_failing(err), [])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0] == f"error: {err}", res.output
+
+
+def test_ctrl_c_in_a_command_exits_130_with_its_message():
+    res = CliRunner().invoke(_failing(KeyboardInterrupt()), [])
+    assert res.exit_code == 130 and "interrupted" in res.output
+
+
+def test_a_numbers_list_may_be_empty_only_where_allowed():
+    assert parse_numbers("", "--snr-db", allow_empty=True) == ()
+    assert parse_numbers(" 1, 2 ,3", "--K", kind=int) == (1, 2, 3)
+    with pytest.raises(ValueError, match="--snr-db: no values given"):
+        parse_numbers(" , ", "--snr-db")
+    with pytest.raises(ValueError, match="--K: expected comma-separated whole numbers"):
+        parse_numbers("1,2.5", "--K", kind=int)
+
+
+def test_a_model_card_of_the_user_s_is_kept_whatever_the_case_of_the_model_s_suffix(tmp_path):
+    """M.PT's card is M.json as m.pt's is: a file of the user's there is replaced only with
+    --overwrite."""
+    (tmp_path / "M.json").write_text('{"my": "notes"}')
+    for name in ("M.PT", "M.Pth"):
+        with pytest.raises(ValueError, match="M.json exists and would be replaced"):
+            refuse_existing_model(tmp_path / name, False, tmp_path / "in.pt")
+        refuse_existing_model(tmp_path / name, True, tmp_path / "in.pt")
+
+
+@pytest.fixture(scope="module")
+def model_8x8(tmp_path_factory):
+    """A small untrained model of an 8x8 RIS (not the default system)."""
+    from risloc.inference.checkpoint import save_checkpoint
+    from risloc.training import Trainer, load_train_config
+
+    out = tmp_path_factory.mktemp("n8")
+    cfg = load_train_config(None, ["system.N_H=8", "system.N_V=8", "model.width=8",
+                                   "model.dilations=[1]", "model.hidden=8", f"out_dir={out}"])
+    return save_checkpoint(out / "n8.pt", Trainer(cfg).state())
+
+
+def test_a_sweep_runs_on_the_model_s_system_as_changed_by_set_or_as_a_config_names_it(
+        tmp_path, model_8x8, capsys):
+    """--set system.* changes the model's system (a smaller K_max is accepted) and says so;
+    --config with --checkpoint: the config's system, checked against the model's."""
+    cfg = sweep_config(None, ["system.K_max=2"], model_8x8)
+    assert (cfg.system.N_H, cfg.system.K_max) == (8, 2)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "system, changed by --set" in said
+    cfg = sweep_config(None, None, model_8x8)
+    said = " ".join(capsys.readouterr().err.split())
+    assert cfg.system.N_H == 8 and "system (" in said and "changed by --set" not in said
+    named = tmp_path / "sys.yaml"
+    named.write_text("system:\n  N_H: 8\n  N_V: 8\n")
+    assert sweep_config(named, None, model_8x8).system.N_V == 8
+    named.write_text("system:\n  N_H: 8\n  N_V: 12\n")
+    with pytest.raises(ValueError, match="N_V 12 .model: 8."):
+        sweep_config(named, None, model_8x8)

@@ -1,0 +1,45 @@
+"""`risloc export-model`: a checkpoint that does not load as a working model replaces
+nothing, and a checkpoint without validation metrics (a run's before its first epoch, one of
+your own) is exported with '-' for them."""
+
+import pytest
+from typer.testing import CliRunner
+
+from risloc.cli.main import app
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    from risloc.inference.checkpoint import save_checkpoint
+    from risloc.training import Trainer, load_train_config
+
+    out = tmp_path_factory.mktemp("untrained")
+    cfg = load_train_config(None, ["model.width=8", "model.dilations=[1]", "model.hidden=8",
+                                   f"out_dir={out}"])
+    return save_checkpoint(out / "ckpt.pt", Trainer(cfg).state())
+
+
+def test_a_checkpoint_without_validation_metrics_is_exported_with_dashes(tmp_path, untrained):
+    res = CliRunner().invoke(app, ["export-model", str(untrained), "--out", str(tmp_path / "m.pt")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0, said
+    assert "validation angle median - deg, K accuracy -" in said
+    assert (tmp_path / "m.pt").exists() and (tmp_path / "m.json").exists()
+
+
+def test_a_model_that_does_not_load_replaces_nothing(tmp_path, untrained, monkeypatch):
+    from risloc.pipeline import learned
+
+    (tmp_path / "m.pt").write_bytes(b"the good model")
+    (tmp_path / "m.json").write_text("{}")
+
+    def broken(path, **kwargs):
+        raise ValueError(f"{path}: cannot build the pipeline")
+
+    monkeypatch.setattr(learned, "load_learned_pipeline", broken)
+    res = CliRunner().invoke(app, ["export-model", str(untrained), "--out", str(tmp_path / "m.pt"),
+                                   "--overwrite"])
+    assert res.exit_code == 2 and "cannot build the pipeline" in res.output, res.output
+    assert (tmp_path / "m.pt").read_bytes() == b"the good model"
+    assert (tmp_path / "m.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.pt"]
