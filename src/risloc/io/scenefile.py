@@ -972,12 +972,25 @@ def _unread(path: Path, data: dict[str, Any], attrs: dict[str, Any], handle: Any
     return tuple(out)
 
 
+_UNITS = {"_deg": "degrees", "_m": "metres", "_db": "dB"}  # the contract names' suffixes
+
+
+def _unit_unsaid(name: str, near: str) -> str:
+    """", in <unit>" where the contract name ``near`` carries a unit that ``name`` does not
+    say (an 'azimuth' may hold radians, an 'SNR' a ratio): renamed as it is, it would be
+    read in the wrong unit."""
+    for suffix, unit in _UNITS.items():
+        if near.endswith(suffix) and not _name_key(name).endswith(suffix[1:]):
+            return f", in {unit}"
+    return ""
+
+
 def _unread_note(unread: tuple[tuple[str, str | None], ...], npz: bool) -> tuple[str, ...]:
     """The note naming a file's entries that are not read (:func:`_unread`)."""
     if not unread:
         return ()
-    listed = ", ".join(f"{k!r}" + (f" (did you mean {near}?)" if near else "")
-                       for k, near in unread[:20])
+    listed = ", ".join(f"{k!r}" + (f" (did you mean {near}{_unit_unsaid(k, near)}?)"
+                                   if near else "") for k, near in unread[:20])
     more = f", ... ({len(unread) - 20} more)" if len(unread) > 20 else ""
     what = "array(s)" if npz else "dataset(s)"
     fix = ("; names are case-sensitive: rename such a one to have it read "

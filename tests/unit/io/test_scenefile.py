@@ -911,7 +911,8 @@ def test_datasets_not_read_are_noted_with_the_contract_name_they_resemble(tmp_pa
                            ("meta", None))
     assert info.notes == ("4 dataset(s) not read (not names of the scene file's contract): "
                           "'Azimuth_deg' (did you mean azimuth_deg?), 'SNR' (did you mean "
-                          "snr_db?), 'k' (did you mean K?), 'meta'; names are case-sensitive: "
+                          "snr_db, in dB?), 'k' (did you mean K?), 'meta'; names are "
+                          "case-sensitive: "
                           "rename such a one to have it read (docs/conventions.md)",)
     z = _npz(tmp_path, **{k: arr[k] for k in ("y", "H", "codes")}, snrdb=arr["snr_db"],
              extra=np.zeros(2), comment=np.array("a 0-d text: an attribute"))
@@ -920,6 +921,13 @@ def test_datasets_not_read_are_noted_with_the_contract_name_they_resemble(tmp_pa
     assert "2 array(s) not read" in info.notes[-1] and "did you mean snr_db?" in info.notes[-1]
     info = inspect_scene_file(_npz(tmp_path, **arr, extra=np.zeros(2)))
     assert info.unread == (("extra", None),) and "did you mean" not in info.notes[-1]
+    # a near miss without the contract name's unit says the unit it will be read in (a
+    # review: 'azimuth' in radians renamed azimuth_deg reads as degrees)
+    z = _npz(tmp_path, **{k: arr[k] for k in ("y", "H", "codes")}, azimuth=arr["azimuth_deg"],
+             Range=arr["range_m"], elevation_deg_=arr["elevation_deg"])
+    assert ("'Range' (did you mean range_m, in metres?), 'azimuth' (did you mean azimuth_deg, "
+            "in degrees?), 'elevation_deg_' (did you mean elevation_deg?)"
+            ) in inspect_scene_file(z).notes[-1]
     for ext in ("h5", "npz"):
         own = inspect_scene_file(write_scenes(tmp_path / f"own.{ext}", batch[:2], system,
                                               {"split": "test", "seed": 3}))
