@@ -94,6 +94,19 @@ def check_shapes(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
         if t.dtype not in (torch.complex64, torch.complex128):  # (complex32: half precision)
             raise InputTypeError(f"{name} must be complex (complex64 or complex128), got "
                                  f"{t.dtype}")
+    if system is not None:  # a MATLAB user's batch, scenes last (as is, or read reversed)
+        dims = {"y": (system.L, system.M), "H": (system.M, system.N),
+                "codes": (system.L, system.N)}
+        got = {"y": tuple(y.shape), "H": tuple(H.shape), "codes": tuple(codes.shape)}
+        if (len({g[-1] for g in got.values()}) == 1
+                and any(g[1:] != dims[n] for n, g in got.items())
+                and all(g[:2] in (dims[n], dims[n][::-1]) for n, g in got.items())):
+            flip = any(g[:2] != dims[n] for n, g in got.items())
+            raise InputError(
+                f"the scene axis comes last (y {got['y']}, H {got['H']}, codes "
+                f"{got['codes']}): scenes go first, y [B, L, M], H [B, M, N], codes [B, L, N]"
+                + (": np.transpose(x, (2, 1, 0)) in NumPy, each array's axes reversed (as "
+                   "MATLAB's files hold them)" if flip else ": np.moveaxis(x, -1, 0) in NumPy"))
     (B, L, M), N = y.shape, H.shape[-1]
     L_codes, M_H = codes.shape[1], H.shape[1]
     if (L, M) != (L_codes, M_H) and (M, L) == (L_codes, M_H):  # L == M: cannot be seen

@@ -527,7 +527,11 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
         raise ValueError(f"symbols must be [L={system.L}, K={az.shape[1]}] (one scene) or "
                          f"[B={B}, L, K], got {tuple(sym.shape)}")
     if y is not None:
-        y = as_tensor("y", y).to(torch.complex128)
+        y = as_tensor("y", y)
+        if not torch.is_complex(y):  # (a real y, one I/Q part, read as the whole signal)
+            raise TypeError(f"y must be complex (the measurements' amplitude and phase), "
+                            f"got {y.dtype}")
+        y = y.to(torch.complex128)
         y = y.unsqueeze(0) if y.ndim == 2 else y
         if tuple(y.shape) != (B, system.L, system.M):
             raise ValueError(f"y must be [L={system.L}, M={system.M}] (one scene) or [B={B}, "

@@ -241,6 +241,22 @@ def check_batch(batch: SceneBatch, system: SystemConfig, path: Path) -> None:
                 f"{path}: the scenes' {name} has shape {tuple(t.shape)}, but the system "
                 f"given (L={s.L}, M={s.M}, N={s.N}) needs {want}: pass the system the "
                 "scenes were taken with")
+    # one value per scene, (B,) as the file stores it: a scalar, (B, 1) or (1, B) (a
+    # MATLAB column or row vector) was written to an .npz its readers refuse, or failed
+    # in h5py's or NumPy's broadcasting with no name
+    for name, t in (("snr_db", batch.snr_db), ("K", batch.K)):
+        if t is not None and tuple(t.shape) != (B,):
+            raise SceneFileError(
+                f"{path}: the scenes' {name} has shape {tuple(t.shape)}, but {B} scenes need "
+                f"one value each, ({B},)" + (
+                    f": a row or column vector? {name}.reshape(-1) in NumPy"
+                    if sorted(t.shape) == [1, B] else ""))
+    if batch.has_truth:
+        got = [tuple(t.shape) for t in (batch.azimuth, batch.elevation, batch.range_m)]
+        if len(set(got)) > 1 or len(got[0]) != 2 or got[0][0] != B:
+            raise SceneFileError(
+                f"{path}: the scenes' azimuth, elevation and range_m must each be [B, K] "
+                f"with B = {B} scenes (NaN past each scene's K), got shapes {got}")
     f32 = torch.finfo(torch.float32)
     for name, t in (("y", batch.y), ("H", batch.H)):  # a file holds complex64
         if t.dtype == torch.complex128 and B:
@@ -604,7 +620,12 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
             raise SceneFileError(
                 f"{path}: dataset {name!r} has shape {got}, its last two axes swapped: "
                 f"({S}, {axes[name]}) = {(S, *tail)} is expected: np.swapaxes({name}, 1, 2) "
-                "in NumPy")
+                "in NumPy" + (
+                    f"; H and codes both have theirs swapped, so y was likely written the "
+                    f"same way: with L = M = {s.M} a swapped y cannot be detected, and would "
+                    f"be localized wrongly: swap its axes too"
+                    if name != "y" and s.L == s.M and all(
+                        shapes[n] == (S, *dims[n][::-1]) for n in ("H", "codes")) else ""))
         if got == tail:
             raise SceneFileError(
                 f"{path}: dataset {name!r} has shape {tail}: one scene without its scene "
@@ -642,7 +663,7 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
         got = tuple(data["snr_db"].shape)
         raise SceneFileError(f"{path}: 'snr_db' has shape {got}, expected ({S},)" + (
             f" (one SNR for all {S} scenes? np.full({S}, snr_db) in NumPy repeats it)"
-            if int(np.prod(got)) == 1 and S != 1 else ""))
+            if int(np.prod(got)) == 1 and S != 1 else _vector_hint("snr_db", got, S)))
     if "snr_db" in data and data["snr_db"].dtype.kind not in "fiu":
         raise SceneFileError(f"{path}: 'snr_db' must be numeric (NaN where unknown), got "
                              f"{data['snr_db'].dtype}")
@@ -873,10 +894,20 @@ def _check_truth(path: Path, data: dict[str, Any], S: int, system: SystemConfig
     return slots, ()
 
 
+def _vector_hint(name: str, shape: tuple[int, ...], S: int) -> str:
+    """A hint where one value per scene is stored as a row or column matrix, (1, S) or
+    (S, 1), as MATLAB stores every vector."""
+    if S > 1 and sorted(shape) == [1, S]:
+        return (f" (a row or column vector, as MATLAB stores one: store it with one axis, "
+                f"{name}.reshape(-1) in NumPy, h5create(file, '/{name}', {S}) in MATLAB)")
+    return ""
+
+
 def _check_K(path: Path, K_data: Any, S: int) -> None:
     if tuple(K_data.shape) != (S,) or K_data.dtype.kind not in "iuf":
-        raise SceneFileError(f"{path}: 'K' must be integer of shape ({S},), got "
-                             f"{K_data.dtype} {tuple(K_data.shape)}")
+        raise SceneFileError(f"{path}: 'K' must be integer (or whole doubles, as MATLAB "
+                             f"stores them) of shape ({S},), got {K_data.dtype} "
+                             f"{tuple(K_data.shape)}" + _vector_hint("K", K_data.shape, S))
     if K_data.dtype.kind == "f" and S:  # MATLAB stores whole numbers as doubles
         K = np.asarray(K_data[:], dtype=np.float64)
         odd = np.flatnonzero(np.isinf(K) | (np.isfinite(K) & (K != np.round(K))))

@@ -230,6 +230,10 @@ def _check_numbering(path: Path, parsed: list[tuple], n_scenes: int | None,
     seen: dict[tuple[int, int], int] = {}  # (scene, source) -> its row's line
     sources: dict[int, list[int]] = {}  # scene -> its source numbers
     within = math.inf if n_scenes is None else n_scenes
+    # every scene's and source's number from 1: MATLAB's counting, named where it fails
+    one_based = ("; the CSV numbers scenes and sources from 1 (MATLAB's counting?): they "
+                 "are 0-based, subtract 1 from both" if parsed and min(r[1] for r in parsed)
+                 >= 1 and min(r[2] for r in parsed) >= 1 else "")
     for line, b, s, _, _ in parsed:
         if slots is not None and 0 <= b < within and s >= slots:
             raise ValueError(f"{path}, line {line}: scene {b} has a source {s}, beyond the "
@@ -239,7 +243,7 @@ def _check_numbering(path: Path, parsed: list[tuple], n_scenes: int | None,
             raise ValueError(f"{path}, line {line}: scene {b}, source {s}; expected " + (
                 "scenes and sources numbered 0, 1, ..." if n_scenes is None else
                 f"scenes 0..{n_scenes - 1} (the {n_scenes} scenes of the scene file) and "
-                "sources 0, 1, ..."))
+                "sources 0, 1, ...") + one_based)
         if (b, s) in seen:
             raise ValueError(f"{path}, line {line}: scene {b}, source {s} again (first on "
                              f"line {seen[b, s]})")
@@ -251,7 +255,8 @@ def _check_numbering(path: Path, parsed: list[tuple], n_scenes: int | None,
         if gap is not None:
             raise ValueError(f"{path}: scene {b} has source {given[-1]} but no source "
                              f"{gap} (a scene's sources are numbered 0, 1, ... without a "
-                             "gap: renumber them where rows were dropped, e.g. by score)")
+                             "gap: renumber them where rows were dropped, e.g. by score)"
+                             + one_based)
     return sources
 
 

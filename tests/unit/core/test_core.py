@@ -103,6 +103,22 @@ def test_check_shapes_names_the_array(system, scenes):
             check_shapes(b.y, b.H.transpose(1, 2), b.codes, given)
 
 
+def test_check_shapes_names_a_batch_with_its_scene_axis_last(system, scenes):
+    """A MATLAB user's review: a batch kept scenes last, y [L, M, S] (or each array's axes
+    reversed, as h5py reads MATLAB's files) was told "the measurements have M=3 (the
+    system's: 16), N=3" and, by the learned localizer, that it was another system's."""
+    b = scenes
+    last = [t.movedim(0, -1) for t in (b.y, b.H, b.codes)]
+    with pytest.raises(ValueError, match=r"the scene axis comes last .*scenes go first, "
+                                         r"y \[B, L, M\].*np.moveaxis\(x, -1, 0\)"):
+        check_shapes(*last, system)
+    rev = [t.permute(2, 1, 0) for t in (b.y, b.H, b.codes)]
+    with pytest.raises(ValueError, match=r"the scene axis comes last .*np.transpose\(x, "
+                                         r"\(2, 1, 0\)\)"):
+        check_shapes(*rev, system)
+    check_shapes(b.y, b.H, b.codes, system)  # scenes first: as it was
+
+
 def test_scene_problems_reports_each_bad_scene_once_with_its_reason(system, scenes):
     y, H, c = scenes.y.clone(), scenes.H.clone(), scenes.codes.clone()
     y[0, 2, 3] = math.nan

@@ -761,6 +761,11 @@ def test_user_crb_from_measurements_needs_no_snr_and_no_units(system):
     dead[2] = 0  # (it said "noise_var must be finite and positive": none was given)
     with pytest.raises(ValueError, match=r"y is all zero in scenes \[2\]"):
         crb(*args, y=dead)
+    # a review: a real y (one I/Q part, MATLAB's real()) gave a bound 3-6x too large
+    # without a word, where H real and the localizers' real y are a TypeError (docs/guide.md)
+    for real in (sc.y.real, sc.y.real.numpy().astype(np.float64)):
+        with pytest.raises(TypeError, match=r"y must be complex"):
+            crb(*args, y=real)
 
 
 def test_the_fitted_noise_and_powers_follow_the_units_of_y_and_h(system):

@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import math
+import re
 
 import h5py
 import numpy as np
@@ -719,6 +720,35 @@ def test_write_scenes_takes_a_user_s_arrays_and_a_system_dict(tmp_path, batch, s
     assert torch.equal(got.y, batch.y) and not info.has_truth
 
 
+@pytest.mark.parametrize("ext", ["h5", "npz"])
+@pytest.mark.parametrize("field,value", [
+    ("snr_db", np.float32(10.0)), ("snr_db", np.full((3, 1), 10.0)),
+    ("snr_db", np.full((1, 3), 10.0)), ("K", np.full((3, 1), 1.0)), ("K", np.ones((1, 3)))])
+def test_write_scenes_refuses_per_scene_values_not_one_per_scene(tmp_path, batch, system, ext,
+                                                                  field, value):
+    """A review: snr_db and K are (S,) in a file (docs/conventions.md) and write_scenes never
+    writes a file its readers refuse; a scalar or a MATLAB row / column vector was written
+    to an .npz that read_scenes refused, and in an .h5 a scalar was broadcast, a (1, S) K
+    or an (S, 1) one a NumPy broadcasting error without a name."""
+    from risloc.simulation import SceneBatch
+
+    sc = batch[:3]
+    truth = dict(K=sc.K, azimuth=sc.azimuth, elevation=sc.elevation, range_m=sc.range_m)
+    fields = dict(y=sc.y, H=sc.H, codes=sc.codes, snr_db=sc.snr_db, **truth)
+    fields[field] = value
+    path = tmp_path / f"s.{ext}"
+    with pytest.raises(SceneFileError, match=rf"the scenes' {field} has shape "
+                                             rf"{re.escape(str(np.shape(value)))}, but 3 scenes "
+                                             r"need one value each, \(3,\)"):
+        write_scenes(path, SceneBatch(**fields), system)
+    assert not path.exists()
+    fields = dict(fields, **{field: getattr(sc, field)},
+                  azimuth=sc.azimuth.T)  # (K_max, S): transposed truth is named too
+    with pytest.raises(SceneFileError, match=r"azimuth, elevation and range_m must each be "
+                                             r"\[B, K\] with B = 3 scenes"):
+        write_scenes(path, SceneBatch(**fields), system)
+
+
 def test_entries_not_ours_are_not_opened_and_ours_that_cannot_be_read_are_named(
         tmp_path, batch, system):
     """A user's HDF5 file with extras we never read (a dangling link to raw data, a comment
@@ -853,6 +883,15 @@ def test_truth_beyond_K_bad_values_or_shapes_is_named(tmp_path, batch, system):
         np.savez(path, **dict(arr, K=K))
         with pytest.raises(SceneFileError, match="'K' must be integer"):
             inspect_scene_file(path)
+    # a MATLAB user's review: a vector reaches the file as (1, S) or (S, 1) and K's message
+    # said "must be integer ... got float64 (1, 3)", where doubles are read (the shape was
+    # wrong); both K and snr_db now name the row / column vector
+    for name in ("K", "snr_db"):
+        for vec in (arr[name].astype(np.float64)[None], arr[name].astype(np.float64)[:, None]):
+            np.savez(path, **dict(arr, **{name: vec}))
+            with pytest.raises(SceneFileError, match=rf"a row or column vector, as MATLAB "
+                                                     rf"stores one: .*{name}.reshape\(-1\)"):
+                inspect_scene_file(path)
     for text in (arr["azimuth_deg"].astype("S8"), arr["azimuth_deg"].astype(np.complex64)):
         np.savez(path, **dict(arr, azimuth_deg=text))
         with pytest.raises(SceneFileError, match="'azimuth_deg' must be"):
@@ -889,6 +928,23 @@ def test_y_with_its_last_two_axes_swapped_is_named_as_H_and_codes_are(tmp_path):
     for y, H in ((swapped[:, :, :31], arr["H"]), (swapped, H32)):
         with pytest.raises(SceneFileError, match=r"'y' has shape .*expected \(3, 32, 8\)"):
             read_scenes(_npz(tmp_path, **dict(arr, y=y, H=H)))
+
+
+def test_h_and_codes_both_swapped_warn_that_y_of_l_equal_m_cannot_be_checked(tmp_path, batch,
+                                                                            system):
+    """A MATLAB user's review: arrays kept scenes last, y [L M S], H [M N S], codes [L N S],
+    reach HDF5 as (S, M, L), (S, N, M), (S, N, L). H's swap was named alone; fixed as told,
+    with y left as it was, the file read and, L = M, was localized wrongly without a word
+    (docs/guide.md: a swapped y cannot be detected there). The message says so; one swapped
+    array alone gets no such note."""
+    arr = batch_to_arrays(batch[:3], system.K_max)
+    swap = {k: np.ascontiguousarray(arr[k].transpose(0, 2, 1)) for k in ("y", "H", "codes")}
+    with pytest.raises(SceneFileError, match=r"'H' has shape \(3, 144, 16\), its last two "
+                                             r"axes swapped: .*np.swapaxes\(H, 1, 2\) in NumPy; "
+                                             r"H and codes both .* y .*swap its axes too$"):
+        read_scenes(_npz(tmp_path, **dict(arr, **swap)))
+    with pytest.raises(SceneFileError, match=r"np.swapaxes\(H, 1, 2\) in NumPy$"):
+        read_scenes(_npz(tmp_path, **dict(arr, H=swap["H"])))
 
 
 def test_datasets_not_read_are_noted_with_the_contract_name_they_resemble(tmp_path, batch,

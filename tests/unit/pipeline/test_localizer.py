@@ -334,6 +334,11 @@ def test_estimates_file_round_trip(tmp_path, scenes):
                                                r"give slots >= 3000001"),
                        ("2,0,10,0,2\n", "scene 2, source 0; expected scenes "
                                          r"0..1 \(the 2 scenes of the scene file\)"),
+                       # a MATLAB user's review: numbered from 1, named as such
+                       ("1,1,10,0,2\n2,1,20,0,3\n", r"scene 2, source 1; expected .*from 1 "
+                                                   r"\(MATLAB's counting\?\): they are 0-based"),
+                       ("1,1,10,0,2\n", r"scene 1 has source 1 but no source 0 .*from 1 "
+                                        r"\(MATLAB's counting\?\)"),
                        ("", None)):
         (tmp_path / "u.csv").write_text(head + body)
         if says is None:
