@@ -98,15 +98,22 @@ def check_shapes(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
         dims = {"y": (system.L, system.M), "H": (system.M, system.N),
                 "codes": (system.L, system.N)}
         got = {"y": tuple(y.shape), "H": tuple(H.shape), "codes": tuple(codes.shape)}
-        if (len({g[-1] for g in got.values()}) == 1
-                and any(g[1:] != dims[n] for n, g in got.items())
-                and all(g[:2] in (dims[n], dims[n][::-1]) for n, g in got.items())):
-            flip = any(g[:2] != dims[n] for n, g in got.items())
+        # every array as is, or every one reversed: a mix is no layout of one batch (a
+        # transposed y with B = L = N has y as is and H reversed, and is named below)
+        as_is = all(g[:2] == dims[n] for n, g in got.items())
+        flip = all(g[:2] == dims[n][::-1] for n, g in got.items())
+        if (len({g[-1] for g in got.values()}) == 1 and (as_is or flip)
+                and any(g[1:] != dims[n] for n, g in got.items())):
+            moved = ": np.moveaxis(x, -1, 0) in NumPy"
+            reversed_ = (": np.transpose(x, (2, 1, 0)) in NumPy, each array's axes reversed "
+                         "(as MATLAB's files hold them)")
             raise InputError(
                 f"the scene axis comes last (y {got['y']}, H {got['H']}, codes "
                 f"{got['codes']}): scenes go first, y [B, L, M], H [B, M, N], codes [B, L, N]"
-                + (": np.transpose(x, (2, 1, 0)) in NumPy, each array's axes reversed (as "
-                   "MATLAB's files hold them)" if flip else ": np.moveaxis(x, -1, 0) in NumPy"))
+                + (moved if not flip else reversed_ if not as_is else
+                   f"{moved} where they were kept scenes last, or{reversed_[1:]}: with L = M "
+                   "= N the shapes cannot tell, and the wrong one is localized wrongly "
+                   "without a word"))
     (B, L, M), N = y.shape, H.shape[-1]
     L_codes, M_H = codes.shape[1], H.shape[1]
     if (L, M) != (L_codes, M_H) and (M, L) == (L_codes, M_H):  # L == M: cannot be seen

@@ -244,13 +244,16 @@ def check_batch(batch: SceneBatch, system: SystemConfig, path: Path) -> None:
     # one value per scene, (B,) as the file stores it: a scalar, (B, 1) or (1, B) (a
     # MATLAB column or row vector) was written to an .npz its readers refuse, or failed
     # in h5py's or NumPy's broadcasting with no name
-    for name, t in (("snr_db", batch.snr_db), ("K", batch.K)):
+    # (a K without positions is not written: its shape is no matter)
+    for name, t in (("snr_db", batch.snr_db), ("K", batch.K if batch.has_truth else None)):
         if t is not None and tuple(t.shape) != (B,):
             raise SceneFileError(
                 f"{path}: the scenes' {name} has shape {tuple(t.shape)}, but {B} scenes need "
                 f"one value each, ({B},)" + (
                     f": a row or column vector? {name}.reshape(-1) in NumPy"
-                    if sorted(t.shape) == [1, B] else ""))
+                    if sorted(t.shape) == [1, B] else
+                    f" (one value for all {B} scenes? np.full({B}, {name}) in NumPy repeats "
+                    "it)" if t.numel() == 1 and B != 1 else ""))
     if batch.has_truth:
         got = [tuple(t.shape) for t in (batch.azimuth, batch.elevation, batch.range_m)]
         if len(set(got)) > 1 or len(got[0]) != 2 or got[0][0] != B:
@@ -1011,7 +1014,9 @@ def _unit_unsaid(name: str, near: str) -> str:
     say (an 'azimuth' may hold radians, an 'SNR' a ratio): renamed as it is, it would be
     read in the wrong unit."""
     for suffix, unit in _UNITS.items():
-        if near.endswith(suffix) and not _name_key(name).endswith(suffix[1:]):
+        # (the name's own suffix says the unit only where it is the contract's: a
+        # 'range_km' ends in the letter m too)
+        if near.endswith(suffix) and _name_key(name) != _name_key(near):
             return f", in {unit}"
     return ""
 

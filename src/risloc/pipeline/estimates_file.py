@@ -231,14 +231,16 @@ def _check_numbering(path: Path, parsed: list[tuple], n_scenes: int | None,
     sources: dict[int, list[int]] = {}  # scene -> its source numbers
     within = math.inf if n_scenes is None else n_scenes
     # every scene's and source's number from 1: MATLAB's counting, named where it fails
+    # (and none beyond the file once 1 is subtracted: a scene past it is no such CSV)
     one_based = ("; the CSV numbers scenes and sources from 1 (MATLAB's counting?): they "
                  "are 0-based, subtract 1 from both" if parsed and min(r[1] for r in parsed)
-                 >= 1 and min(r[2] for r in parsed) >= 1 else "")
+                 >= 1 and min(r[2] for r in parsed) >= 1
+                 and max(r[1] for r in parsed) <= within else "")
     for line, b, s, _, _ in parsed:
         if slots is not None and 0 <= b < within and s >= slots:
             raise ValueError(f"{path}, line {line}: scene {b} has a source {s}, beyond the "
                              f"{slots} slot(s) asked for (slots=): give slots >= {s + 1}, or "
-                             "None for as many as the widest scene")
+                             "None for as many as the widest scene" + one_based)
         if not (0 <= b < within and 0 <= s):
             raise ValueError(f"{path}, line {line}: scene {b}, source {s}; expected " + (
                 "scenes and sources numbered 0, 1, ..." if n_scenes is None else

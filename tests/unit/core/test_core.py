@@ -119,6 +119,22 @@ def test_check_shapes_names_a_batch_with_its_scene_axis_last(system, scenes):
     check_shapes(b.y, b.H, b.codes, system)  # scenes first: as it was
 
 
+def test_check_shapes_scenes_last_needs_one_layout_for_all_three_arrays():
+    """A transposed y with B = L = N (y as is, H and codes "reversed" scenes-last) was
+    named a batch with its scene axis last, with a fix that scrambles H and codes; and
+    with L = M = N, where the shapes cannot tell as-is from reversed, only one fix was
+    named."""
+    from risloc.config import SystemConfig
+    z = lambda *shape: torch.zeros(shape, dtype=torch.complex64)  # noqa: E731
+    s = SystemConfig(L=2, M=3, N_H=2, N_V=1, K_max=1)
+    with pytest.raises(ValueError, match=r"y \(2, 3, 2\) looks transposed"):
+        check_shapes(z(2, 3, 2), z(2, 3, 2), z(2, 2, 2), s)  # y [B, M, L], B = L = N = 2
+    sq = SystemConfig(L=3, M=3, N_H=3, N_V=1, K_max=1)
+    with pytest.raises(ValueError, match=r"scene axis comes last.*np.moveaxis.*"
+                                         r"np.transpose\(x, \(2, 1, 0\)\)"):
+        check_shapes(z(3, 3, 2), z(3, 3, 2), z(3, 3, 2), sq)
+
+
 def test_scene_problems_reports_each_bad_scene_once_with_its_reason(system, scenes):
     y, H, c = scenes.y.clone(), scenes.H.clone(), scenes.codes.clone()
     y[0, 2, 3] = math.nan

@@ -749,6 +749,23 @@ def test_write_scenes_refuses_per_scene_values_not_one_per_scene(tmp_path, batch
         write_scenes(path, SceneBatch(**fields), system)
 
 
+def test_write_scenes_reads_k_only_with_truth_and_names_one_value_for_all(tmp_path, batch,
+                                                                          system):
+    """A K without positions is not written (the file has no truth), so its shape is no
+    reason to refuse the scenes, as it was not before write_scenes checked K; and a scalar
+    snr_db for several scenes is named with the fix the reader gave it (np.full)."""
+    from risloc.simulation import SceneBatch
+
+    sc = batch[:3]
+    path = tmp_path / "s.h5"
+    write_scenes(path, SceneBatch(y=sc.y, H=sc.H, codes=sc.codes, snr_db=sc.snr_db,
+                                  K=np.int64(1)), system)
+    assert not inspect_scene_file(path).has_truth
+    with pytest.raises(SceneFileError, match=r"np.full\(3, snr_db\)"):
+        write_scenes(tmp_path / "t.h5", SceneBatch(y=sc.y, H=sc.H, codes=sc.codes,
+                                                   snr_db=np.float32(10.0)), system)
+
+
 def test_entries_not_ours_are_not_opened_and_ours_that_cannot_be_read_are_named(
         tmp_path, batch, system):
     """A user's HDF5 file with extras we never read (a dangling link to raw data, a comment
@@ -984,6 +1001,9 @@ def test_datasets_not_read_are_noted_with_the_contract_name_they_resemble(tmp_pa
     assert ("'Range' (did you mean range_m, in metres?), 'azimuth' (did you mean azimuth_deg, "
             "in degrees?), 'elevation_deg_' (did you mean elevation_deg?)"
             ) in inspect_scene_file(z).notes[-1]
+    # a name of another unit that happens to end as the contract's ('range_km' in 'm')
+    z = _npz(tmp_path, **{k: arr[k] for k in ("y", "H", "codes")}, range_km=arr["range_m"])
+    assert "'range_km' (did you mean range_m, in metres?)" in inspect_scene_file(z).notes[-1]
     for ext in ("h5", "npz"):
         own = inspect_scene_file(write_scenes(tmp_path / f"own.{ext}", batch[:2], system,
                                               {"split": "test", "seed": 3}))

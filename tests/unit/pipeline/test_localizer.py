@@ -290,6 +290,22 @@ def test_a_file_index_without_rows_is_said(tmp_path, caplog):
             read_estimates(tmp_path / "x.csv", 2)
 
 
+def test_a_one_based_csv_is_named_wherever_it_fails_and_only_where_it_can_be_one(tmp_path):
+    """A CSV numbered from 1 is named also where slots= is what it exceeds first (the
+    message alone said "give slots >= 4", a fix that reads every scene one off); and a CSV
+    whose scenes lie beyond the file even counted from 1 is not called 1-based."""
+    head = "scene,source,azimuth_deg,elevation_deg,range_m\n"
+    path = tmp_path / "u.csv"
+    path.write_text(head + "1,1,10,0,2\n1,2,20,0,3\n1,3,30,0,4\n")
+    with pytest.raises(ValueError, match=r"beyond the 3 slot\(s\) .*from 1 "
+                                         r"\(MATLAB's counting\?\)"):
+        read_estimates(path, 2, 3)
+    path.write_text(head + "5,1,10,0,2\n")  # scene 4 counted from 1: still past 2 scenes
+    with pytest.raises(ValueError, match="scene 5, source 1; expected") as err:
+        read_estimates(path, 2)
+    assert "from 1" not in str(err.value)
+
+
 def test_estimates_file_round_trip(tmp_path, scenes):
     from risloc.core.params import Estimates
 
