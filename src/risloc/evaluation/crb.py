@@ -150,6 +150,18 @@ def _measured_columns(inp: _Inputs, system: SystemConfig):
     return apply_operator(inp.H, inp.codes, A), apply_operator(inp.H, inp.codes, D)
 
 
+def _gram_cholesky(Bm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cholesky factor of each snapshot's Gram matrix B_l^H B_l [B, L, K, K] (padded slots:
+    1 on the diagonal); SingularFIMError naming the scenes whose columns are dependent."""
+    pad = torch.diag_embed((~mask).to(Bm.dtype)).unsqueeze(1)
+    chol, info = torch.linalg.cholesky_ex(Bm.mH @ Bm + pad)
+    if (info != 0).any():
+        raise SingularFIMError("the Gram matrix of the measured steering columns",
+                               _bad_scenes((info != 0).any(-1)),
+                               "the columns are linearly dependent (coincident sources?)")
+    return chol
+
+
 def _scaled_cholesky(J: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Cholesky factor of the Jacobi-scaled J [B, P, P] and the scale [B, P]; ValueError
     naming the scenes where J is not positive definite."""
@@ -225,12 +237,7 @@ def crb_deterministic(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: t
     if not torch.isfinite(torch.view_as_real(s)).all():
         raise ValueError("symbols must be finite in real source slots")
     Bm, Dm = _measured_columns(inp, system)  # (B, L, M, K), (B, L, M, 3K)
-    gram = Bm.mH @ Bm + torch.diag_embed((~inp.mask).to(Bm.dtype)).unsqueeze(1)  # (B, L, K, K)
-    chol, info = torch.linalg.cholesky_ex(gram)
-    if (info != 0).any():
-        raise SingularFIMError("the Gram matrix of the measured steering columns",
-                               _bad_scenes((info != 0).any(-1)),
-                               "the columns are linearly dependent (coincident sources?)")
+    chol = _gram_cholesky(Bm, inp.mask)  # (B, L, K, K)
     perp_D = Dm - Bm @ torch.cholesky_solve(Bm.mH @ Dm, chol)  # (B, L, M, 3K)  P_perp D_l
     Q = Dm.mH @ perp_D  # (B, L, 3K, 3K)
     s3 = s.repeat(1, 1, 3)  # (B, L, 3K)
@@ -367,12 +374,7 @@ def noise_and_powers_at(azimuth: torch.Tensor, elevation: torch.Tensor,
     if y.shape != (B, L, M):
         raise ValueError(f"y must be [B={B}, L={L}, M={M}], got {tuple(y.shape)}")
     Bm, _ = _measured_columns(inp, system)  # (B, L, M, K), padded columns zero
-    pad = torch.diag_embed((~inp.mask).to(Bm.dtype)).unsqueeze(1)
-    chol, info = torch.linalg.cholesky_ex(Bm.mH @ Bm + pad)  # (B, L, K, K)
-    if (info != 0).any():
-        raise SingularFIMError("the Gram matrix of the measured steering columns",
-                               _bad_scenes((info != 0).any(-1)),
-                               "the columns are linearly dependent (coincident sources?)")
+    chol = _gram_cholesky(Bm, inp.mask)  # (B, L, K, K)
     y = y.to(torch.complex128).unsqueeze(-1)  # (B, L, M, 1)
     s = torch.cholesky_solve(Bm.mH @ y, chol)  # (B, L, K, 1)
     residual = (y - Bm @ s).abs().square().sum((1, 2, 3))
