@@ -16,16 +16,19 @@ pool, so not risloc's to fix below this point."""
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import signal
 import sys
+import threading
 
 INTERRUPTED = 130
 
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)  # (before the imports: they take seconds)
+    sys.unraisablehook = _unraisable
     try:
         from risloc.cli.main import app
     except KeyboardInterrupt:
@@ -43,6 +46,22 @@ def _interrupt(signum, frame) -> None:
     """SIGTERM as Ctrl-C; a second one ends the process at once (the default action)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise KeyboardInterrupt
+
+
+def _unraisable(unraisable) -> None:
+    """A Ctrl-C or SIGTERM whose KeyboardInterrupt was raised inside a finalizer (a
+    `__del__`, a weakref callback such as SQLAlchemy's during `risloc tune`) is ignored by
+    Python: the command went on to its end, exit code 0 (a review: a SIGTERM printed
+    'Exception ignored in: ... KeyboardInterrupt' and was lost). It is raised again in the
+    main thread's next step instead, from another thread a moment later (here, inside the
+    hook, it would be ignored again): `_thread.interrupt_main`, Ctrl-C's handler, which
+    raises KeyboardInterrupt. Anything else goes to Python's own hook."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        again = threading.Timer(0.01, _thread.interrupt_main)
+        again.daemon = True
+        again.start()
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def exit_now(code: int) -> None:

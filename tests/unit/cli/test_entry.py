@@ -3,6 +3,7 @@
 
 import io
 import signal
+import time
 
 import pytest
 
@@ -30,3 +31,31 @@ def test_the_immediate_exit_flushes_what_it_can_and_exits_with_its_code(monkeypa
     monkeypatch.setattr(entry.os, "_exit", ended.append)
     entry.exit_now(130)
     assert ended == ["logs", 130]
+
+
+def test_an_interrupt_raised_inside_a_finalizer_is_raised_again_not_lost(monkeypatch):
+    # a review: a SIGTERM during `risloc tune` landed in SQLAlchemy's weakref callback,
+    # Python printed "Exception ignored in: ... KeyboardInterrupt" and the command went on
+    # to its end with exit code 0
+    monkeypatch.setattr(entry.sys, "unraisablehook", entry.sys.unraisablehook)
+    monkeypatch.setattr(entry.signal, "signal", lambda *args: None)  # (pytest's kept)
+    monkeypatch.setattr("risloc.cli.main.app", lambda prog_name: None)
+    entry.main()  # installs the hook
+
+    class Finalized:
+        def __del__(self):
+            raise KeyboardInterrupt  # as the signal handler raises it there
+
+    with pytest.raises(KeyboardInterrupt):
+        Finalized()  # dropped at once: its __del__ runs and Python ignores what it raises
+        deadline = time.monotonic() + 2.0  # (raised again in the main thread a moment later)
+        while time.monotonic() < deadline:
+            time.sleep(0.001)
+
+
+def test_other_exceptions_of_finalizers_go_to_pythons_own_hook(monkeypatch):
+    seen = []
+    monkeypatch.setattr(entry.sys, "__unraisablehook__", seen.append)
+    unraisable = type("Unraisable", (), {"exc_value": ValueError("x")})()
+    entry._unraisable(unraisable)
+    assert seen == [unraisable]
