@@ -166,8 +166,9 @@ def heatmap_focal(logits: torch.Tensor, grid: CandidateGrid, truth: torch.Tensor
     tc = torch.where(valid.unsqueeze(-1), tc, torch.full_like(tc, 1e4))
     d2 = (cells.view(1, 1, -1, 3) - tc.unsqueeze(-2)).square().sum(-1)  # (B, T, G)
     soft = torch.exp(-d2 / (2 * sigma_cells**2)).amax(1)  # (B, G)
-    pos = torch.zeros_like(lg, dtype=torch.bool)
-    pos.scatter_(1, nearest_cells(grid, truth), valid)
+    # counted, not written: a padded truth sharing a real source's cell (truth_of pads with
+    # zeros: the boresight cell at the largest range) must not overwrite its positive with False
+    pos = torch.zeros_like(lg).scatter_add_(1, nearest_cells(grid, truth), valid.to(lg.dtype)) > 0
     p = torch.sigmoid(lg)
     l_pos = -(1 - p).pow(alpha) * F.logsigmoid(lg)
     l_neg = -(1 - soft).pow(beta) * p.pow(alpha) * F.logsigmoid(-lg)

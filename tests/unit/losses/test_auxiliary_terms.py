@@ -134,3 +134,94 @@ def test_heatmap_focal_matches_a_cell_by_cell_loop_with_overlapping_sources():
                                for a, b, c in centres)
                     total += -(1 - soft) ** 4 * p ** 2 * math.log(1 - p)
     assert got == pytest.approx(total / 2, rel=1e-4)
+
+
+def test_slot_cost_adds_the_weighted_inverse_range_gap_to_the_chord():
+    """chord + w |1/r_s - 1/r_t|: one direction at two ranges costs w |gap| (a mutation
+    review: the range term subtracted passed, the matching tests' sources being apart)."""
+    pred = torch.tensor([[[0.3, 0.1, 0.5]]])
+    truth = torch.tensor([[[0.3, 0.1, 1.5]]])
+    got = aux.slot_cost(pred, truth, inv_range_weight=0.05)
+    assert float(got) == pytest.approx(0.05, abs=1e-5)
+    assert float(aux.slot_cost(pred, pred)) < 1e-5
+
+
+def test_chamfer_is_coverage_of_the_valid_truths_plus_the_weighted_slot_precision():
+    """truth -> nearest slot averaged over the valid truths, plus slot -> nearest *valid*
+    truth weighted by the confidences, by hand with a padded truth (at direction 0, 0), a
+    half-confident slot there and unconfident far slots (a mutation review: the minimum
+    over truths for the one over slots (S = T), the padding read as a truth, and the
+    plain mean over slots all passed)."""
+    taz = torch.tensor([[0.3, -0.4, 0.0, 0.0, 0.0]])
+    tel = torch.tensor([[0.1, 0.2, 0.0, 0.0, 0.0]])
+    valid = torch.tensor([[True, True, False, False, False]])
+    paz = torch.tensor([[0.3, 0.0, 0.9, 0.9, 0.9]])
+    pel = torch.tensor([[0.1, 0.0, -0.4, -0.4, -0.4]])
+    w = torch.tensor([[1.0, 0.5, 0.0, 0.0, 0.0]])
+
+    def d(a1, e1, a2, e2):
+        return float(aux.chord(torch.tensor(a1), torch.tensor(e1), torch.tensor(a2),
+                               torch.tensor(e2)))
+
+    slots = list(zip(paz[0].tolist(), pel[0].tolist(), strict=True))
+    truths = [(0.3, 0.1), (-0.4, 0.2)]
+    cover = sum(min(d(*t, *s) for s in slots) for t in truths) / 2
+    precise = (1.0 * min(d(*slots[0], *t) for t in truths)
+               + 0.5 * min(d(*slots[1], *t) for t in truths)) / 1.5
+    got = aux.chamfer_angles(paz, pel, w, taz, tel, valid)
+    assert float(got) == pytest.approx(cover + precise, rel=1e-5)
+    assert precise > 0.1  # the half-confident slot is far from every real source
+
+
+def test_nearest_cells_clamps_points_beyond_the_grid_to_its_edge():
+    """A point past the grid's far corner (azimuth > max, elevation < min, 1/range > max)
+    maps to the corner cell (Nr - 1, 0, Na - 1), not past the end of the flat index (a
+    mutation review: clamping to n instead of n - 1 passed, every test point being
+    inside the field of view)."""
+    grid = candidate_grid(ModelConfig())
+    pt = torch.tensor([[[math.radians(80.0), math.radians(-40.0), 5.0]]])
+    Nr, Ne, Na = len(grid.inv_range), len(grid.elevation), len(grid.azimuth)
+    assert int(aux.nearest_cells(grid, pt)) == ((Nr - 1) * Ne + 0) * Na + Na - 1
+
+
+def test_heatmap_focal_ignores_padded_truths():
+    """A padded (invalid) truth neither marks a positive cell nor softens the negatives
+    around it: the loss equals that of the valid truth alone (a mutation review: the
+    padding's Gaussian kept passed, the sharp-heatmap test having no mass near it)."""
+    grid = candidate_grid(ModelConfig())
+    logits = torch.randn(1, 8, 16, 31, generator=torch.Generator().manual_seed(1))
+    one = torch.tensor([[[0.4, -0.2, 0.6]]])
+    padded = torch.cat([one, torch.zeros(1, 2, 3)], 1)
+    alone = aux.heatmap_focal(logits, grid, one, torch.tensor([[True]]))
+    got = aux.heatmap_focal(logits, grid, padded, torch.tensor([[True, False, False]]))
+    torch.testing.assert_close(got, alone, rtol=1e-6, atol=0)
+
+
+def test_offset_loss_is_the_huber_sum_over_the_three_coordinates_at_the_true_cell():
+    """A truth 0.3 cell past cell (2, 3, 4) in azimuth, offsets (-0.5, 0.8, 0) there: errors
+    0.8, 0.8, 0 in cells, Huber(delta 0.5) = 0.5 (0.8 - 0.25) each, summed: 0.55 (a
+    mutation review: the mean over the coordinates passed, the test loss being 0)."""
+    grid = candidate_grid(ModelConfig())
+    az = float(grid.azimuth[4] + 0.3 * (grid.azimuth[5] - grid.azimuth[4]))
+    truth = torch.tensor([[[az, float(grid.elevation[3]), float(grid.inv_range[2])]]])
+    off = torch.zeros(1, 3, 8, 16, 31)
+    off[0, 0, 2, 3, 4], off[0, 1, 2, 3, 4] = -0.5, 0.8
+    got = aux.offset_at_truth(off, grid, truth, torch.tensor([[True]]))
+    assert float(got) == pytest.approx(0.55, rel=1e-5)
+
+
+def test_a_padded_truth_in_a_real_sources_cell_leaves_it_positive():
+    """truth_of pads absent sources with zeros, whose nearest cell is that of a real source
+    near boresight beyond ~4 m; the padding written after it once turned its positive cell
+    into a negative (scatter of valid = False over True): a sharp heatmap on the source
+    then cost 5e-4 instead of ~0 and the true cell's logit was pushed down."""
+    grid = candidate_grid(ModelConfig())
+    src = torch.tensor([[[math.radians(0.5), math.radians(-0.5), 1 / 8.0]]])
+    pad = torch.zeros(1, 4, 3)
+    idx = aux.nearest_cells(grid, src)
+    assert torch.equal(idx, aux.nearest_cells(grid, pad[:, :1]))  # the same cell
+    sharp = torch.full((1, 8 * 16 * 31), -12.0)
+    sharp[0, idx[0]] = 12.0
+    valid = torch.tensor([[True, False, False, False, False]])
+    got = aux.heatmap_focal(sharp.view(1, 8, 16, 31), grid, torch.cat([src, pad], 1), valid)
+    assert float(got) < 1e-10

@@ -150,3 +150,26 @@ def test_spectral_hinges_on_a_hand_made_spectrum():
     assert cov.eigengap_hinge(sv2, K, 4.0).tolist() == [0.5, 3.75]  # 3.5 and 0.25
     # top energy 8 / 10 and 9 / 10 against 0.95
     assert torch.allclose(cov.subspace_margin(sv2, K, 0.95), torch.tensor([0.15, 0.05]))
+
+
+def test_nmse_reads_only_the_hermitian_part_of_the_estimate(R_true):
+    """Both matrices are Hermitised first (docstring): an anti-Hermitian part added to the
+    truth is no error (a mutation review: R_est not Hermitised passed, every test input
+    being Hermitian)."""
+    g = torch.Generator().manual_seed(6)
+    X = torch.randn(*R_true.shape, dtype=torch.complex64, generator=g)
+    skew = X - X.mH
+    got = cov.covariance_nmse(R_true + skew, R_true)
+    assert got.abs().max() < 1e-6 and float(cov.frob2(skew).min()) > 1.0
+
+
+def test_gram_solver_loads_by_ridge_times_the_mean_gram_diagonal():
+    """x -> (A^H A + ridge tr(A^H A) / S I)^-1 x (a mutation review: the loading by the
+    whole trace, S times too large, passed at the default ridge 1e-4)."""
+    g = torch.Generator().manual_seed(7)
+    A = torch.randn(2, 12, 4, dtype=torch.complex128, generator=g)
+    x = torch.randn(2, 4, 3, dtype=torch.complex128, generator=g)
+    G = A.mH @ A
+    mean_diag = torch.diagonal(G, dim1=-2, dim2=-1).real.sum(-1) / 4
+    want = torch.linalg.solve(G + (0.5 * mean_diag).view(-1, 1, 1) * torch.eye(4), x)
+    torch.testing.assert_close(cov.gram_solver(A, 0.5)(x), want, rtol=1e-10, atol=1e-12)

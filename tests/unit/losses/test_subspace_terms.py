@@ -135,3 +135,48 @@ def test_peak_contrast_is_the_mean_spectrum_of_the_six_neighbours_over_the_sourc
                             scenes.range_m[b:b + 1], scenes.mask[b:b + 1], system)
     assert float(got) == pytest.approx(sum(ratios) / k, rel=1e-4)
     assert 0.05 < float(got) < 0.95  # (neither bound of the test above)
+
+
+def test_gt_alignment_reads_only_the_hermitian_part_of_r(scenes, system, R_true):
+    """R is Hermitised before ||P_perp R P_perp||^2 / ||R||^2 (its formula holds for
+    Hermitian R only): an anti-Hermitian part added changes nothing (a mutation review:
+    the Hermitisation dropped passed, every test input being Hermitian)."""
+    A = _A(scenes, system)
+    X = torch.randn(*R_true.shape, dtype=torch.complex64,
+                    generator=torch.Generator().manual_seed(8))
+    R = 30 * torch.eye(144, dtype=torch.complex64) + R_true
+    torch.testing.assert_close(sub.gt_subspace_alignment(R + X - X.mH, A),
+                               sub.gt_subspace_alignment(R, A), rtol=1e-4, atol=1e-6)
+
+
+def test_predicted_alignment_uses_exactly_the_top_k_eigenvectors():
+    """R with known eigenvectors u_1..u_6 (eigenvalues 6..1): with K = 1 the slot at u_1 is
+    inside (distance 0) and the slot at u_2 outside (distance 1); with K = 2 both inside
+    (a mutation review: the top K + 1 eigenvectors passed, the truth's spectrum having
+    nothing above its K-th)."""
+    Q, _ = torch.linalg.qr(torch.randn(1, 6, 6, dtype=torch.complex128,
+                                       generator=torch.Generator().manual_seed(9)))
+    R = Q @ torch.diag(torch.arange(6.0, 0.0, -1.0).to(Q.dtype)) @ Q.mH
+    slots, w = Q[..., :2], torch.ones(1, 2, dtype=torch.float64)
+    d1 = sub.predicted_subspace_alignment(R, torch.tensor([1]), slots, w)
+    d2 = sub.predicted_subspace_alignment(R, torch.tensor([2]), slots, w)
+    assert float(d1) == pytest.approx(0.5, abs=1e-9) and float(d2) == pytest.approx(0, abs=1e-9)
+
+
+def test_capon_spectrum_of_a_factor_equals_the_dense_one_and_ignores_r_scale():
+    """1 / (a^H R_l^-1 a), R_l the trace-N R loaded: the Woodbury path of c I + W W^H gives
+    the dense value, and a rescaled R the same (a mutation review: * c for / c in the
+    Woodbury path, and the trace normalisation dropped, both passed: peak_contrast, the only
+    caller, takes a ratio at one R)."""
+    from risloc.covariance.tools import LowRank
+
+    g = torch.Generator().manual_seed(10)
+    W = torch.randn(2, 16, 3, dtype=torch.complex128, generator=g)
+    c = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    A = torch.randn(2, 16, 4, dtype=torch.complex128, generator=g)
+    A = A / A.norm(dim=-2, keepdim=True)
+    R = LowRank(c, W)
+    dense = sub.capon_spectrum(R.dense(), A)
+    torch.testing.assert_close(sub.capon_spectrum(R, A), dense, rtol=1e-9, atol=0)
+    torch.testing.assert_close(sub.capon_spectrum(7.0 * R.dense(), A), dense, rtol=1e-9,
+                               atol=0)

@@ -188,3 +188,91 @@ def test_the_cross_term_moves_the_factor_not_the_slots(model):
     gF, gA = torch.autograd.grad(terms.cross, [F, A], allow_unused=True)
     assert gF is not None and float(gF.abs().max()) > 0
     assert gA is None or float(gA.abs().max()) == 0.0
+
+
+def test_each_weight_skips_its_own_term_only():
+    """Setting one weight to 0 skips exactly its term (NaN), every other term computed (a
+    mutation review: 'align' read from lam_subspace_align passed, both being 0.05)."""
+    scenes = simulate_batch(2, SYSTEM, SceneConfig(), torch.Generator().manual_seed(9),
+                            snr_db=20.0)
+    out = _perfect_output(scenes, SYSTEM.N)
+    R_true = scene_true_covariance(scenes, SYSTEM)
+    for t in TERMS:
+        terms = compute_losses(out, out.R_pred, R_true, scenes, SYSTEM,
+                               replace(LossConfig(), **{WEIGHTS[t]: 0.0}))
+        skipped = {u for u in TERMS if math.isnan(float(getattr(terms, u)))}
+        assert skipped == {t}, (t, skipped)
+
+
+def test_spectral_terms_of_a_flat_blend_by_hand():
+    """R_blend = I: every eigenvalue equal, so gap = gap_margin and margin = margin_target
+    - K / N; P_perp I P_perp keeps (N - K) / N of ||I||^2 (the true steering of the K real
+    sources only) -- batch means (a mutation review: the margin read with gap_margin, and
+    the padded sources' steering in the projector, passed at the optimum)."""
+    scenes = simulate_batch(4, SYSTEM, SceneConfig(), torch.Generator().manual_seed(9),
+                            snr_db=20.0)
+    assert int(scenes.K.min()) < SYSTEM.K_max  # padding present
+    out = _perfect_output(scenes, SYSTEM.N)
+    N, K = SYSTEM.N, scenes.K.float()
+    eye = torch.eye(N, dtype=torch.complex64).expand(len(K), N, N)
+    cfg = LossConfig(gap_margin=0.7, margin_target=0.6)
+    terms = compute_losses(out, eye, scene_true_covariance(scenes, SYSTEM), scenes, SYSTEM,
+                           cfg)
+    assert float(terms.gap) == pytest.approx(0.7, abs=1e-4)
+    assert float(terms.margin) == pytest.approx(float((0.6 - K / N).mean()), abs=1e-4)
+    assert float(terms.subspace_align) == pytest.approx(float(((N - K) / N).mean()), abs=1e-4)
+
+
+def test_aux_sums_its_parts_with_their_own_weights_and_terms_are_batch_means(model):
+    """aux = aux_slots slot_regression + aux_heatmap heatmap_focal + aux_offset offset_at_truth,
+    each part with its own weight, the heatmap part reaching the heatmap; every term is the
+    batch mean of its per-scene values (a mutation review: the slot or offset part weighted
+    by aux_heatmap, the heatmap detached, and the batch sum for the mean all passed)."""
+    import torch.nn.functional as Fn
+
+    from risloc.losses import auxiliary as aux
+    from risloc.losses.total import truth_of
+
+    scenes = simulate_batch(3, SYSTEM, SceneConfig(), torch.Generator().manual_seed(2),
+                            snr_db=10.0)
+    out = model(scenes.y, scenes.H, scenes.codes, scenes.snr_db, covariance=True)
+    R_true = scene_true_covariance(scenes, SYSTEM)
+    pts, valid, K = truth_of(scenes)
+    learned = out.learned.float()
+    match = aux.match_slots(aux.slot_cost(learned, pts), valid)
+    parts = {"aux_slots": aux.slot_regression(learned, pts, valid, match),
+             "aux_heatmap": aux.heatmap_focal(out.heatmap, out.grid, pts, valid),
+             "aux_offset": aux.offset_at_truth(out.offsets.float(), out.grid, pts, valid)}
+    only = {WEIGHTS[t]: 0.0 for t in TERMS if t not in ("aux", "cov", "k_ce")}
+    for name, part in parts.items():
+        weights = {p: (2.5 if p == name else 0.0) for p in parts}
+        terms = compute_losses(out, out.R_pred, R_true, scenes, SYSTEM,
+                               replace(LossConfig(), **only, **weights))
+        assert float(terms.aux.detach()) == pytest.approx(2.5 * float(part.detach().mean()),
+                                                    rel=1e-5), name
+        if name == "aux_heatmap":
+            (g,) = torch.autograd.grad(terms.aux, out.heatmap, allow_unused=True)
+            assert g is not None and float(g.abs().max()) > 0
+    want = Fn.cross_entropy(out.K_logits, K - 1)
+    assert float(terms.k_ce.detach()) == pytest.approx(float(want.detach()), rel=1e-6)
+
+
+def test_terms_vanish_at_the_optimum_whatever_the_slot_order():
+    """The slots are a set: the perfect prediction with its slots permuted (the real sources
+    no longer first) still gives 0 for the slot terms, align weighing the slots matched to
+    a source (a mutation review: align weighted by the truths' valid mask, in truth order,
+    passed as the optimum's slots were in truth order)."""
+    scenes = simulate_batch(4, SYSTEM, SceneConfig(), torch.Generator().manual_seed(9),
+                            snr_db=20.0)
+    assert int(scenes.K.min()) < SYSTEM.K_max
+    out = _perfect_output(scenes, SYSTEM.N)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    moved = replace(out, F=out.F[..., perm], slot_azimuth=out.slot_azimuth[:, perm],
+                    slot_elevation=out.slot_elevation[:, perm],
+                    slot_range=out.slot_range[:, perm], learned=out.learned[:, perm],
+                    slot_confidence=out.slot_confidence[:, perm],
+                    slot_steering=out.slot_steering[..., perm])
+    terms = compute_losses(moved, out.R_pred, scene_true_covariance(scenes, SYSTEM), scenes,
+                           SYSTEM, LossConfig())
+    for name in ("cross", "aux", "peak", "align"):
+        assert abs(float(getattr(terms, name))) < 2e-3, (name, float(getattr(terms, name)))

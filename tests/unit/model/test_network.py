@@ -2,6 +2,7 @@
 scale invariance, input validation, no R_true input."""
 
 import inspect
+import math
 
 import pytest
 import torch
@@ -370,3 +371,97 @@ def test_the_k_head_reads_the_residuals_of_the_strongest_slots_first(scenes, mon
         out = net(scenes.y, scenes.H, scenes.codes)
     want = apply_operator(scenes.H, scenes.codes, out.slot_steering.mT)
     torch.testing.assert_close(seen[0], want)
+
+
+def test_the_zoom_correction_is_bounded_by_zoom_max():
+    """Stage 2 moves a slot by at most (zoom_max_deg, zoom_max_deg, zoom_max_inv_range):
+    with its last layer saturated (tanh = +-1) the correction is exactly that bound (a
+    mutation review: the unbounded tanh, +-1 rad and +-1 1/m, passed)."""
+    torch.manual_seed(8)
+    cfg = ModelConfig(width=16, dilations=(1,), hidden=16, refine_iterations=0)
+    net = CovarianceNet(SYSTEM, cfg).eval()
+    sc = simulate_batch(2, SYSTEM, SceneConfig(), torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        stage1 = net(sc.y, sc.H, sc.codes, covariance=False).learned  # zoom starts at 0
+        net.zoom.mlp[-1].bias.copy_(torch.tensor([30.0, -30.0, 30.0]))
+        moved = net(sc.y, sc.H, sc.codes, covariance=False).learned
+    want = torch.tensor([math.radians(cfg.zoom_max_deg), -math.radians(cfg.zoom_max_deg),
+                         cfg.zoom_max_inv_range])
+    free = stage1[..., 2] > net._min_inv_range + 1e-6  # not at the 1/range floor
+    assert bool(free.sum() > 5)
+    torch.testing.assert_close((moved - stage1)[free], want.expand(int(free.sum()), 3),
+                               rtol=0, atol=1e-5)
+
+
+def test_neither_the_k_head_nor_the_zoom_stencil_moves_the_stage_one_slots():
+    """Gradient paths the design leaves out: the K head reads the slots' ML residuals of
+    detached steering (the K cross-entropy does not move the slots: no gradient from the
+    K logits to the zoom's parameters), and the zoom's stencil spectrum is sampled at the
+    detached stage-1 position (its output has no gradient to that position) (a mutation
+    review: either detach dropped passed)."""
+    torch.manual_seed(9)
+    net = CovarianceNet(SYSTEM, ModelConfig(width=16, dilations=(1,), hidden=16,
+                                            refine_iterations=0))
+    sc = simulate_batch(2, SYSTEM, SceneConfig(), torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        net.zoom.mlp[-1].weight.normal_(0.0, 0.3)
+    out = net(sc.y, sc.H, sc.codes, sc.snr_db, covariance=False)
+    zoom_params = list(net.zoom.parameters())
+    grads = torch.autograd.grad(out.K_logits.sum(), zoom_params, allow_unused=True)
+    assert all(g is None or float(g.abs().max()) == 0 for g in grads)
+    assert any(g is not None and float(g.abs().max()) > 0 for g in torch.autograd.grad(
+        out.learned.sum(), zoom_params, allow_unused=True))  # the positions do read it
+    a = torch.randn(2, SYSTEM.L, SYSTEM.N, dtype=torch.complex64)
+    theta = torch.tensor([[0.2, 0.1, 0.5]] * SYSTEM.K_max).expand(2, -1, -1).clone()
+    theta.requires_grad_(True)
+    corr = net.zoom(a, theta, torch.randn(2, SYSTEM.K_max, 16), torch.rand(2, SYSTEM.K_max))
+    (g,) = torch.autograd.grad(corr.sum(), theta, allow_unused=True)
+    assert g is None or float(g.abs().max()) == 0
+
+
+def test_residual_floor_reads_a_known_snr_in_power_decibels():
+    """sigma^2 = ||y||^2 / (L M (1 + 10^(snr / 10))): at a known 10 dB the floor of k >= K is
+    again near 0 (a mutation review: 10^(snr / 20) passed, the test's 0 dB making both 1)."""
+    from risloc.model.network import residual_features
+
+    S = SYSTEM.K_max
+    noisy = simulate_range(0, 16, SYSTEM, SceneConfig(), seed=6, split="test", K=1,
+                           snr_db=10.0)
+    g = residual_features(noisy.y, _measured_columns(noisy, *_true_then_junk(noisy, 1)),
+                          noisy.snr_db)
+    floor = g[:, S:2 * S].mean(0)
+    assert bool((floor.abs() < 0.12).all()), floor
+
+
+def test_the_ml_refinement_searches_the_models_field_of_view(scenes, monkeypatch):
+    """The slots' ML refinement projects onto the network's own field of view (a recipe
+    sets it to its scenes'), not the default box (a mutation review: the fov dropped from
+    its NFMLEConfig passed, every test model having the default one)."""
+    import risloc.model.network as network
+    from risloc.config import FieldOfView
+
+    fov = FieldOfView(azimuth_deg=(-40.0, 40.0), elevation_deg=(-20.0, 20.0),
+                      range_m=(1.0, 6.0))
+    net = CovarianceNet(SYSTEM, ModelConfig(width=16, dilations=(1,), hidden=16, fov=fov,
+                                            refine_iterations=1)).eval()
+    seen = []
+    real = network.lm_solve
+    monkeypatch.setattr(network, "lm_solve", lambda *a: seen.append(a[-1]) or real(*a))
+    with torch.no_grad():
+        net(scenes.y, scenes.H, scenes.codes)
+    assert seen and seen[0].fov == fov
+
+
+def test_the_back_projection_is_normalised_per_scene_not_per_snapshot(model, scenes):
+    """a = back_projection / its RMS over the whole scene (module docstring, step 1): one
+    factor per scene, so snapshots keep their relative power (a mutation review: the RMS
+    per snapshot, which equalises them, passed the scale-invariance tests)."""
+    from risloc.covariance.tools import back_projection
+
+    y = scenes.y.clone()
+    y[:, 0] *= 5.0  # one strong snapshot
+    with torch.no_grad():
+        a, _ = model._features(y, scenes.H, scenes.codes)
+    bp = back_projection(y, scenes.H, scenes.codes, model.cfg.bp_alpha)
+    ratio = (a.abs() / bp.abs()).flatten(1)
+    torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-4, atol=0)
