@@ -545,8 +545,10 @@ def recipe_path(recipe: str | Path) -> Path:
     shipped = RECIPES / f"{path.name}.yaml"
     if str(recipe) == path.name and not path.suffix and shipped.exists():
         return shipped
+    close = difflib.get_close_matches(Path(path.name).stem, shipped_recipes(), 1)
+    guess = f"; did you mean {close[0]}?" if close else ""
     raise ConfigError(f"config file not found: {recipe} (the shipped recipes, named without "
-                      f"a path: {', '.join(shipped_recipes())})")
+                      f"a path: {', '.join(shipped_recipes())}{guess})")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -510,3 +510,27 @@ def test_titles_say_what_ran_and_plots_leave_out_no_scene_silently(tmp_path, mon
     assert row["snr_db"] == "nan" and 0 < float(row["crb_azimuth_median_deg"]) < 10
     assert "SNR given where the file has one" in _plot_subtitle(SweepSettings(), "f.h5", True,
                                                                 "some")
+
+
+def test_a_model_that_cannot_serve_the_scenes_is_refused_before_any_is_localized(tmp_path):
+    """A new user's review: a file (or a --set sweep) of another system, or a --checkpoint
+    that is no model, failed only at the learned estimator's first batch, after the bound
+    was described and a progress bar drawn."""
+    f = tmp_path / "m8.h5"
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(f), "--set",
+                               "system.M=8"]).exit_code == 0
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a model")
+    for args, said in (([str(f)], "the shipped model: the scenes' system differs from the "
+                                  "model's: M 8 (model: 16)"),
+                       ([str(f), "--checkpoint", str(junk)], "is not a risloc checkpoint"),
+                       (["--set", "system.M=8", "--n", "2", "--snr-db", "20"],
+                        "the shipped model: the scenes' system differs")):
+        res = runner.invoke(app, ["evaluate", *args, "--out", str(tmp_path / "r")])
+        text = " ".join(res.output.split())
+        assert res.exit_code == 2 and said in text, res.output
+        assert "the bound beside" not in text and "learned @" not in text
+        assert not (tmp_path / "r").exists()
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "classical", "--no-plots",
+                              "--out", str(tmp_path / "c")])  # the others take any system
+    assert res.exit_code == 0, res.output

@@ -174,6 +174,26 @@ def sweep_config(config: Path | None, overrides: list[str] | None,
     return cfg
 
 
+def check_model_serves(checkpoint: Path | None, system, what: str) -> None:
+    """Refuse, before any scene is localized, a model (``checkpoint``; None: the shipped
+    one) that is no model or was trained for another system than ``what``'s (a file's, a
+    sweep's): it failed only at the learned estimator's first batch, after the bound was
+    described and a progress bar drawn."""
+    from risloc.inference.checkpoint import load_checkpoint
+    from risloc.inference.recipe import InferenceRecipe
+    from risloc.pipeline.learned import DEFAULT_MODEL
+    from risloc.pipeline.localizer import check_system
+
+    model = load_checkpoint(DEFAULT_MODEL if checkpoint is None else checkpoint)  # no model:
+    try:  # its own error
+        check_system(InferenceRecipe.from_json(model["config"]).system, system)
+    except ValueError as err:
+        name = "the shipped model" if checkpoint is None else checkpoint
+        raise ValueError(f"{name}: {err}: a model serves the system it was trained for (drop "
+                         f"'learned' from --estimators to evaluate the others on {what})"
+                         ) from None
+
+
 def progress() -> Progress:
     return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                     MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),

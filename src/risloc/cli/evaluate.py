@@ -15,6 +15,7 @@ from risloc import __version__
 from risloc.cli.common import (
     ConfigOpt,
     SetOpt,
+    check_model_serves,
     console,
     handle_errors,
     out,
@@ -200,6 +201,8 @@ def evaluate_command(
         batch, info = read_scenes(scenes, truth="unchecked")  # unscorable scenes: left out
         for note in info.notes:
             console.print(f"[yellow]{scenes}: {note}[/]")
+        if "learned" in names:
+            check_model_serves(checkpoint, info.system, f"{scenes}'s system")
         if settings.known_K and not info.has_truth:
             raise ValueError("--known-K needs a scene file with the truth: true positions "
                              "(azimuth_deg, elevation_deg, range_m), with K or NaN-padded")
@@ -252,6 +255,8 @@ def evaluate_command(
             f"{scenes}, scenes {start}..{start + len(batch) - 1}"
     else:
         cfg = sweep_config(config, set_, checkpoint if "learned" in names else None)
+        if "learned" in names and checkpoint is None:  # (sweep_config checked a given one)
+            check_model_serves(None, cfg.system, "this system")
         _say_scenes_beyond_the_search(cfg.scene.fov)
         system, points, source = cfg.system, sweep_points(settings, cfg), "simulated test split"
         left = 0

@@ -36,6 +36,13 @@ def test_a_shipped_recipe_is_named_without_a_path_from_any_folder(tmp_path, monk
     with pytest.raises(ConfigError, match="must end in .yaml"):  # and is read as a file
         load_train_config("train_tiny")
     assert recipe_path("train_tiny") == Path("train_tiny")
+    for typo, meant in (("train_tin", "train_tiny"), ("train_defualt", "train_default"),
+                        ("configs/train_tuned.yml", "train_tuned")):  # (a new user's typos)
+        with pytest.raises(ConfigError, match=f"; did you mean {meant}\\?\\)$"):
+            recipe_path(typo)
+    with pytest.raises(ConfigError) as err:
+        recipe_path("my_experiment.yaml")
+    assert "did you mean" not in str(err.value)
 
 
 def test_tuned_recipe_is_the_default_plus_the_study_best():
