@@ -31,14 +31,17 @@ def fit_order_command(
     scene: Annotated[list[str] | None, typer.Option("--scene", help=(
         "FIELD=VALUE (repeatable): a scene field replaced in the recipe's scene distribution "
         "for the head's training scenes, e.g. --scene 'power_spread_db=[0, 25]' (the "
-        "shipped head's). Values are YAML."))] = None,
-    margin: Annotated[float, typer.Option(help=(
+        "shipped head's). Values are YAML. Default: the fields the model's current head was "
+        "fitted with (its model card's order_head.scene), else its recipe's order.scene "
+        "(what `risloc train` fits); fields given replace those."))] = None,
+    margin: Annotated[float | None, typer.Option(help=(
         "Repairs' margin of the fit stage the head reads (MLFitConfig.repair_margin, in "
         "units of L sigma^2), stored with the head: the pipeline runs its fit stage with it "
-        "where the head decides K."))] = 0.0,
-    mix: Annotated[bool, typer.Option("--mix/--no-mix", help=(
+        "where the head decides K. Default: the current head's, else 0."))] = None,
+    mix: Annotated[bool | None, typer.Option("--mix/--no-mix", help=(
         "Draw the head's scenes from the recipe's data.scene_mix too (--no-mix: its base "
-        "scene alone, the recipe's order.scene_mix false)."))] = True,
+        "scene alone, the recipe's order.scene_mix false). Default: as the current head, "
+        "else the recipe's order.scene_mix."))] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace --out (and a file where its model card goes) when "
                             "it exists and is not the input itself (refused otherwise).")
@@ -56,11 +59,18 @@ def fit_order_command(
 
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    if not margin >= 0:  # (MLFitConfig would name its own field, repair_margin)
+    if margin is not None and not margin >= 0:  # (MLFitConfig would name repair_margin)
         raise ValueError(f"--margin must be >= 0, got {margin}")
     refuse_existing_model(out_path, overwrite, checkpoint)
     check_model_target(out_path, checkpoint, in_place=True)
     fields = scene_fields(scene or [])
+    kept, kept_mix, kept_margin, whose = head_settings(checkpoint)
+    fields = kept | fields
+    mix = kept_mix if mix is None else mix
+    margin = kept_margin if margin is None else margin
+    console.print(f"the head's scenes: the recipe's{f' with {fields}' if fields else ''}"
+                  f"{'' if mix else ' without its scene_mix kinds'}, repairs' margin "
+                  f"{margin:g} (not given: {whose})")
     # the model and --scene checked before the progress bar (fit_order reads them again)
     order_scenes(load_learned_pipeline(checkpoint, order_head=False), fields, mix)
     with progress() as bar:
@@ -74,6 +84,28 @@ def fit_order_command(
     card = model_card_path(out_path)
     console.print(f"wrote {out_path}" + (f" and its card {card}" if card.exists() else
                                          " (no model card: its input had none)"))
+
+
+def head_settings(checkpoint: Path) -> tuple[dict, bool, float, str]:
+    """(scene fields, mix, margin, where they come from) of a refit where the options are not
+    given: those the model's current head was fitted with (its report), else its recipe's
+    order section (what `risloc train` fits), so a refit changes only what it is told to.
+    (Before, a refit of the shipped model without --scene fitted its head on the recipe's
+    base scenes, not the shipped head's.)"""
+    import json
+
+    from risloc.inference.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    report = state.get("order_report")
+    if isinstance(report, dict):
+        return (dict(report.get("scene") or {}), bool(report.get("scene_mix", True)),
+                float(report.get("repair_margin", 0.0)), "as its current head")
+    config = state.get("config")
+    config = json.loads(config) if isinstance(config, str) else config or {}
+    order = config.get("order") or {}
+    return (dict(order.get("scene") or {}), bool(order.get("scene_mix", True)), 0.0,
+            "its recipe's order section")
 
 
 def scene_fields(items: list[str]) -> dict:

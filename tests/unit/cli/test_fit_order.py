@@ -30,9 +30,10 @@ def fitted(monkeypatch):
 def test_the_defaults_fit_the_head_as_the_recipe_s_order_stage_does(tmp_path, fitted):
     """docs/guide.md: --margin by default 0, as the shipped head; the scenes, report scenes
     and scene mix those of a recipe's order section (what `risloc train` fits)."""
+    from risloc.inference.checkpoint import save_checkpoint
     from risloc.training.config import OrderStageConfig
 
-    (tmp_path / "m.pt").write_bytes(b"")
+    save_checkpoint(tmp_path / "m.pt", {"config": "{}"})  # a model without a head
     res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "m.pt"), "--out",
                                    str(tmp_path / "m2.pt")])
     assert res.exit_code == 0, res.output
@@ -86,3 +87,32 @@ def test_a_scene_field_without_its_name_is_named_as_the_option_wants_it(item):
         scene_fields([item])
     assert scene_fields(["power_spread_db=[0, 25]", "K=2"]) == {
         "power_spread_db": [0, 25], "K": 2}
+
+
+def test_a_refit_keeps_what_it_is_not_told_to_change(tmp_path, fitted):
+    """A new user's review: `risloc fit-order` of the shipped model without --scene fitted
+    its head on the recipe's base scenes, not the shipped head's (power spread 0..25 dB). A
+    refit now takes the current head's scenes, mix and margin, else the recipe's order
+    section; the options given replace them field by field."""
+    import json
+
+    from risloc.inference.checkpoint import save_checkpoint
+
+    head = {"scene": {"power_spread_db": [0, 25], "range_m": [1.0, 5.0]}, "scene_mix": False,
+            "repair_margin": 0.5, "per_snr": [ROW]}
+    save_checkpoint(tmp_path / "h.pt", {"config": "{}", "order_report": head})
+    recipe = {"order": {"scene": {"power_spread_db": [0, 20]}, "scene_mix": False}}
+    save_checkpoint(tmp_path / "r.pt", {"config": json.dumps(recipe)})
+    runs = [(["h.pt"], ({"power_spread_db": [0, 25], "range_m": [1.0, 5.0]}, False, 0.5)),
+            (["h.pt", "--scene", "range_m=[0.5, 2]", "--mix", "--margin", "0"],
+             ({"power_spread_db": [0, 25], "range_m": [0.5, 2]}, True, 0.0)),
+            (["r.pt"], ({"power_spread_db": [0, 20]}, False, 0.0))]
+    for i, (args, (scene, mix, margin)) in enumerate(runs):
+        res = CliRunner().invoke(app, ["fit-order", str(tmp_path / args[0]), *args[1:],
+                                       "--out", str(tmp_path / f"o{i}.pt")])
+        assert res.exit_code == 0, res.output
+        kwargs = fitted[-1][1]
+        assert (kwargs["scene"], kwargs["mix"], kwargs["margin"]) == (scene, mix, margin)
+    said = " ".join(res.output.split())
+    assert "with {'power_spread_db': [0, 20]} without its scene_mix kinds" in said
+    assert "(not given: its recipe's order section)" in said
