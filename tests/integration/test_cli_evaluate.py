@@ -296,6 +296,14 @@ def test_evaluate_user_file_groups_by_snr_bins_and_keeps_scenes_without_snr(tmp_
     assert res.exit_code == 0, res.output
     assert "all: the scenes of every SNR group together, without a bound (their SNRs differ)" \
         in " ".join(res.output.split())  # (a review: its "(-)" unexplained)
+    # some scenes without an SNR: the bound of each kind named where it applies, in the line
+    # and in the title (a mutation review: neither was checked for such a file)
+    said = " ".join(res.output.split())
+    assert ("the stochastic CRB for equal source powers at each scene's SNR (a file carries "
+            "neither symbols nor powers); where a scene has no SNR, at the noise and source "
+            "powers its measurements give at the true positions") in said
+    assert "SNR given where the file has one" in said and "no SNR in the file" not in said
+    assert "CRB at the noise and powers fitted at the truth where a scene has no SNR" in said
     rows = [r for r in _rows(tmp_path / "r" / "metrics.csv") if r["K"] == "all"]
     # the default estimators: the learned localizer first (the reference), the classical one
     assert [r["estimator"] for r in rows][:2] == ["learned", "classical"]

@@ -102,6 +102,14 @@ def test_info_names_a_dataset_it_does_not_read_and_the_contract_name_it_resemble
         "the note)" in text
     assert "note 2 dataset(s) not read (not names of the scene file's contract): 'SNR_dB' " \
         "(did you mean snr_db?), 'extra'; names are case-sensitive" in text
+    # a near miss of another name is not offered as the SNR (a mutation review)
+    with h5py.File(out, "a") as f:
+        del f["SNR_dB"]
+        f.move("K", "k")
+    res = runner.invoke(app, ["info", str(out)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.replace("│", " ").split())
+    assert "SNR (dB) unknown (none given)" in text and "'k' (did you mean K?)" in text
 
 
 def test_simulate_npz_and_errors(tmp_path):

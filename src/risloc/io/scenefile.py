@@ -598,8 +598,8 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
         held = ", ".join(f"{n} {g}" for n, g in shapes.items())
         raise SceneFileError(
             f"{path}: the scene axis comes last ({held}): files hold it first, (S, L, M), "
-            "(S, M, N), (S, L, N): np.moveaxis(x, -1, 0) in NumPy, permute(x, [3 1 2]) in "
-            "MATLAB")
+            "(S, M, N), (S, L, N): np.moveaxis(x, -1, 0) in NumPy, permute(x, [2 3 1]) in "
+            "MATLAB (whose arrays HDF5 holds with their axes reversed)")
     for name, tail in dims.items():
         got = shapes[name]
         if len(got) == 3 and got[1:] != tail and got[::-1] == (got[-1], *tail):
@@ -900,7 +900,7 @@ def _check_truth(path: Path, data: dict[str, Any], S: int, system: SystemConfig
 def _vector_hint(name: str, shape: tuple[int, ...], S: int) -> str:
     """A hint where one value per scene is stored as a row or column matrix, (1, S) or
     (S, 1), as MATLAB stores every vector."""
-    if S > 1 and sorted(shape) == [1, S]:
+    if S >= 1 and sorted(shape) == [1, S]:  # (one scene: MATLAB's 1 x 1 scalar)
         return (f" (a row or column vector, as MATLAB stores one: store it with one axis, "
                 f"{name}.reshape(-1) in NumPy, h5create(file, '/{name}', {S}) in MATLAB)")
     return ""
@@ -920,9 +920,11 @@ def _check_K(path: Path, K_data: Any, S: int) -> None:
                                  f"{K[odd[0]]:g} in scene(s) {listed_scenes(odd)}")
 
 
-def _refuse_loose_system(path: Path, data: dict[str, Any], attrs: dict[str, Any]) -> None:
+def _refuse_loose_system(path: Path, data: dict[str, Any], attrs: dict[str, Any],
+                         handle: Any = None) -> None:
     """SceneFileError where a file without the ``system`` attribute holds the system's
-    fields one by one (attributes, or an .npz's 0-d arrays, named N_H, wavelength, M, ...)
+    fields one by one (attributes, an .npz's 0-d arrays or an .h5's 1-element datasets at
+    its root, ``f["wavelength"] = 0.1``, named N_H, wavelength, M, ...)
     and one of them is not the default's: they are not read, and the default system assumed
     in their place would localize the scenes of another wavelength or spacing wrongly
     without a word. Fields that all equal the default's are what is assumed: read (a number
@@ -932,8 +934,9 @@ def _refuse_loose_system(path: Path, data: dict[str, Any], attrs: dict[str, Any]
     it."""
     loose, default = {}, SystemConfig()
     for k in SystemConfig.model_fields:
-        v = attrs[k] if k in attrs else data.get(k) if is_npz(path) else None
-        if v is None or np.size(v) != 1 or (k not in attrs and np.ndim(v) != 0):
+        v = attrs[k] if k in attrs else data.get(k) if is_npz(path) else _h5_value(handle, k)
+        if v is None or np.size(v) != 1 or (k not in attrs and is_npz(path)
+                                            and np.ndim(v) != 0):
             continue
         v = np.asarray(v).reshape(()).item()
         v = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
@@ -963,6 +966,19 @@ def _refuse_loose_system(path: Path, data: dict[str, Any], attrs: dict[str, Any]
             + ("system=np.array(json.dumps(...)) in np.savez" if is_npz(path) else
                "f.attrs['system'] = json.dumps(...)")
             + f", here {json.dumps(loose)}), docs/conventions.md")
+
+
+def _h5_value(handle: Any, name: str) -> Any:
+    """The value of a 1-element dataset ``name`` at an open .h5 file's root, else None."""
+    if handle is None or not isinstance(handle.get(name, getlink=True), h5py.HardLink):
+        return None
+    ds = handle.get(name)
+    if not isinstance(ds, h5py.Dataset) or ds.shape is None or ds.size != 1:
+        return None
+    try:
+        return ds[()]
+    except OSError:  # (a filter this HDF5 lacks: not ours to name)
+        return None
 
 
 CONTRACT_NAMES = (*REQUIRED, "snr_db", "K", *TRUTH)  # the datasets a scene file is read by
@@ -1047,7 +1063,7 @@ def inspect_scene_file(path: str | Path) -> SceneFileInfo:
         except ConfigError as err:
             raise SceneFileError(f"{path}: {err}") from None
         if "system" not in attrs:
-            _refuse_loose_system(path, data, attrs)
+            _refuse_loose_system(path, data, attrs, handle)
         S, slots, notes = _check_layout(path, data, system, assumed="system" not in attrs,
                                         held=lambda: _held(data, attrs, handle))
         if "system" not in attrs:  # the scenes fit it, but fitting says nothing of lambda or d

@@ -133,6 +133,11 @@ def test_check_shapes_scenes_last_needs_one_layout_for_all_three_arrays():
     with pytest.raises(ValueError, match=r"scene axis comes last.*np.moveaxis.*"
                                          r"np.transpose\(x, \(2, 1, 0\)\)"):
         check_shapes(z(3, 3, 2), z(3, 3, 2), z(3, 3, 2), sq)
+    # B = L = M (y scenes-last reads as a valid y): H and codes tell (a mutation review)
+    with pytest.raises(ValueError, match=r"scene axis comes last.*np.moveaxis\(x, -1, 0\) in "
+                                         r"NumPy$"):
+        check_shapes(z(3, 3, 3), z(3, 2, 3), z(3, 2, 3),
+                     SystemConfig(L=3, M=3, N_H=2, N_V=1, K_max=1))
 
 
 def test_scene_problems_reports_each_bad_scene_once_with_its_reason(system, scenes):

@@ -766,6 +766,16 @@ def test_user_crb_from_measurements_needs_no_snr_and_no_units(system):
     for real in (sc.y.real, sc.y.real.numpy().astype(np.float64)):
         with pytest.raises(TypeError, match=r"y must be complex"):
             crb(*args, y=real)
+    # a mutation review: a NaN in y is named (not a NaN bound), and units far apart, whose
+    # squares float64 cannot hold, give the same bound (each scaled before the fit)
+    gap = sc.y.clone()
+    gap[1, 3, 5] = complex("nan")
+    with pytest.raises(ValueError, match=r"y must be finite"):
+        crb(*args, y=gap)
+    far = crb(sc.H.numpy().astype(np.complex128) * 1e160, sc.codes, *deg, sc.range_m[:, :2],
+              system, y=sc.y.numpy().astype(np.complex128) * 1e-160)
+    for k in ref:
+        torch.testing.assert_close(far[k], ref[k], rtol=1e-6, atol=0)
 
 
 def test_the_fitted_noise_and_powers_follow_the_units_of_y_and_h(system):

@@ -214,10 +214,13 @@ def test_matlab_complex_compounds_are_read_and_reversed_axes_named(tmp_path, bat
         other = np.zeros(arr["y"].shape, [("name", "S8"), ("v", "<f4")])  # for text fields
         read_scenes(_npz(tmp_path, **dict(arr, y=other)))
     # every dataset stacked scenes-last (y (L, M, S) reads like a reversed (M, L, S) where
-    # L = M: H tells; a review: "reversed", whose fix transposed every y)
+    # L = M: H tells; a review: "reversed", whose fix transposed every y); MATLAB holds
+    # such a file's y as (S, M, L): [2 3 1] makes it (M, L, S), read (S, L, M) (a review:
+    # [3 1 2] made it (L, S, M), read as (M, S, L))
     last = {k: np.moveaxis(arr[k], 0, -1) for k in ("y", "H", "codes")}
     with pytest.raises(SceneFileError, match=r"the scene axis comes last \(y \(16, 16, 50\), "
-                                             r"H \(16, 144, 50\).*np.moveaxis\(x, -1, 0\)"):
+                                             r"H \(16, 144, 50\).*np.moveaxis\(x, -1, 0\) "
+                                             r"in NumPy, permute\(x, \[2 3 1\]\) in MATLAB"):
         read_scenes(_npz(tmp_path, **dict(arr, **last)))
     # real and imaginary parts on a last axis of 2 (a review: a note on the system instead)
     pairs = np.stack([arr["y"].real, arr["y"].imag], -1)
@@ -1021,3 +1024,125 @@ def test_truth_narrower_than_K_names_the_truth_arrays_width(tmp_path, batch, sys
         (0, "K = 5 outside 1..2 (the truth arrays hold only 2 source column(s): store "
             "azimuth_deg, elevation_deg and range_m with K_max = 5 columns, NaN-padded, or "
             "correct K)"), (2, "K = 6 outside 1..2"))
+
+
+def test_write_scenes_names_each_bad_truth_shape_and_one_snr_in_a_vector(tmp_path, batch,
+                                                                         system):
+    """A mutation review: truth arrays that differ from each other, hold another number of
+    scenes or have a third axis are each refused by name; a 1-element snr_db vector for 3
+    scenes is one value for all (np.full), not a row or column vector (reshape keeps one)."""
+    from risloc.simulation import SceneBatch
+
+    sc = batch[:3]
+    names = ("azimuth", "elevation", "range_m")
+    base = dict(y=sc.y, H=sc.H, codes=sc.codes, snr_db=sc.snr_db, K=sc.K,
+                **{k: getattr(sc, k) for k in names})
+    path = tmp_path / "s.h5"
+    for bad in ({"range_m": sc.range_m[:, :-1]},  # one array narrower than the others
+                {k: getattr(sc, k)[[0, 1, 2, 0]] for k in names},  # 4 rows for 3 scenes
+                {k: getattr(sc, k)[..., None] for k in names}):  # [B, K, 1]
+        with pytest.raises(SceneFileError, match=r"azimuth, elevation and range_m must each "
+                                                 r"be \[B, K\] with B = 3 scenes"):
+            write_scenes(path, SceneBatch(**dict(base, **bad)), system)
+    with pytest.raises(SceneFileError, match=r"snr_db has shape \(1,\), but 3 scenes need one "
+                                             r"value each, \(3,\) \(one value for all 3 "
+                                             r"scenes\? np.full\(3, snr_db\)"):
+        write_scenes(path, SceneBatch(**dict(base, snr_db=sc.snr_db[:1])), system)
+    assert not path.exists()
+
+
+def test_swapped_axes_are_named_for_y_first_and_the_l_equal_m_clause_only_there(tmp_path):
+    """A mutation review: with L != M, every array swapped names y's swap (H and codes
+    swapped too are no reason to stay silent on y), and H and codes swapped beside a y as
+    it should be get no clause that a swapped y of L = M cannot be detected."""
+    other = SystemConfig(N_H=2, N_V=2, M=8, L=32, K_max=3)
+    arr = batch_to_arrays(simulate_range(0, 3, other, SceneConfig(), seed=0, split="test"),
+                          other.K_max)
+    arr["system"] = np.array(other.model_dump_json())
+    swap = {k: np.ascontiguousarray(arr[k].transpose(0, 2, 1)) for k in ("y", "H", "codes")}
+    with pytest.raises(SceneFileError, match=r"dataset 'y' has shape \(3, 8, 32\), its last "
+                                             r"two axes swapped: .*np.swapaxes\(y, 1, 2\) in "
+                                             r"NumPy$"):
+        read_scenes(_npz(tmp_path, **dict(arr, **swap)))
+    with pytest.raises(SceneFileError, match=r"dataset 'H' has shape \(3, 4, 8\), its last "
+                                             r"two axes swapped: .*np.swapaxes\(H, 1, 2\) in "
+                                             r"NumPy$"):
+        read_scenes(_npz(tmp_path, **dict(arr, H=swap["H"], codes=swap["codes"])))
+
+
+def test_a_system_with_m_and_n_exchanged_is_named_as_the_default_assumed_not_a_swap(tmp_path):
+    """A file without its system whose M and N are the default's N and M: its H reads as
+    (S, N, M), a "swap" by shape, but y does not fit the default either, so the message is
+    the default system assumed, not np.swapaxes on H (a mutation review)."""
+    z = lambda *shape: np.zeros(shape, np.complex64)  # noqa: E731
+    path = _npz(tmp_path, y=z(2, 16, 144), H=z(2, 144, 16), codes=z(2, 16, 16))
+    with pytest.raises(SceneFileError, match=r"'y' has shape \(2, 16, 144\), expected "
+                                             r"\(2, 16, 16\).*default system was assumed"):
+        read_scenes(path)
+
+
+def test_a_single_scene_s_matlab_scalar_gets_the_vector_hint(tmp_path, batch, system):
+    """One scene's K or SNR written by MATLAB as a 1 x 1 matrix, (1, 1), is told to be
+    reshaped as a longer row or column vector is (it was told only "expected (1,)")."""
+    arr = batch_to_arrays(batch[:1], system.K_max)
+    for name in ("K", "snr_db"):
+        with pytest.raises(SceneFileError, match=rf"'{name}'.*\(1, 1\).*a row or column vector"
+                                                 rf".*{name}.reshape\(-1\)"):
+            read_scenes(_npz(tmp_path, **dict(arr, **{name: arr[name].reshape(1, 1)})))
+
+
+def test_system_fields_one_by_one_edge_cases_and_as_h5_datasets(tmp_path, batch, system):
+    """The fields-one-by-one check (a mutation review): a wavelength of c / 1 GHz (0.2998 m,
+    0.07 % from the default's 0.3 m) is another system; an empty attribute, a bool and a
+    wavefront text with MATLAB's blank padding are no other system; and the fields as 1-
+    element datasets at an .h5's root (h5py's f["wavelength"] = 0.1, MATLAB's [1 1]) are
+    checked as attributes are (they were only noted as not read: the default's 0.3 m was
+    assumed in place of 0.1 m)."""
+    arr = batch_to_arrays(batch[:2], system.K_max)
+
+    def h5(name, datasets=None, **attrs):
+        path = tmp_path / name
+        with h5py.File(path, "w") as f:
+            for k, v in {**arr, **(datasets or {})}.items():
+                f[k] = v
+            f.attrs.update(attrs)
+        return path
+
+    with pytest.raises(SceneFileError, match=r"one by one \(wavelength\).*another wavelength"):
+        read_scenes(h5("c.h5", wavelength=299_792_458 / 1e9))
+    ok = h5("ok.h5", wavelength=np.array([]), N_H=True, wavefront="spherical  ")
+    assert read_scenes(ok)[1].system == SystemConfig()
+    with pytest.raises(SceneFileError, match=r"one by one \(wavelength\).*another wavelength"):
+        read_scenes(h5("ds.h5", {"wavelength": 0.1}))
+    with pytest.raises(SceneFileError, match=r"one by one \(M\).*another M"):
+        read_scenes(h5("matlab.h5", {"M": np.array([[8.0]])}))
+    assert read_scenes(h5("same.h5", {"M": np.array([[16.0]])}))[1].system == SystemConfig()
+    # with the system's JSON, such datasets are the user's own
+    assert read_scenes(h5("own.h5", {"wavelength": 0.1}, system=system.model_dump_json())
+                       )[1].system == system
+
+
+def test_unread_entries_near_misses_only_of_names_lacking_and_links_not_listed(tmp_path,
+                                                                                batch, system):
+    """A mutation review of the note on entries not read: a 0-d array named as a system
+    field beside the system's JSON is the user's own, listed; a near miss is only of a
+    contract name the file lacks and close (not 'sensor' or 'scene_id' for snr_db); a link
+    to one of the file's own datasets is not listed; 20 entries are listed without a
+    "more"."""
+    arr = batch_to_arrays(batch[:2], system.K_max)
+    req = {k: arr[k] for k in ("y", "H", "codes")}
+    info = inspect_scene_file(_npz(tmp_path, **arr, system=np.array(system.model_dump_json()),
+                                   wavelength=np.array(0.1), SNR=arr["snr_db"]))
+    assert info.unread == (("SNR", None), ("wavelength", None))
+    info = inspect_scene_file(_npz(tmp_path, **req, sensor=np.zeros(2), scene_id=np.arange(2)))
+    assert info.unread == (("scene_id", None), ("sensor", None))
+    path = tmp_path / "link.h5"
+    with h5py.File(path, "w") as f:
+        for k, v in arr.items():
+            f[k] = v
+        f["y_alias"] = h5py.SoftLink("/y")
+    assert inspect_scene_file(path).unread == ()
+    twenty = {f"extra{i:02d}": np.zeros(1) for i in range(20)}
+    note = inspect_scene_file(_npz(tmp_path, **arr, **twenty)).notes[-1]
+    assert note.startswith("20 array(s) not read") and "more)" not in note
+    assert "'extra19'" in note

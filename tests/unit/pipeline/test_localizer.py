@@ -304,6 +304,14 @@ def test_a_one_based_csv_is_named_wherever_it_fails_and_only_where_it_can_be_one
     with pytest.raises(ValueError, match="scene 5, source 1; expected") as err:
         read_estimates(path, 2)
     assert "from 1" not in str(err.value)
+    # scenes from 0 or sources from 0 is no CSV counted from 1: "subtract 1 from both"
+    # would number a scene or a source -1 (a mutation review)
+    for body, says in (("0,1,10,0,2\n", "scene 0 has source 1 but no source 0"),
+                       ("1,0,10,0,2\n2,0,20,0,3\n", "scene 2, source 0; expected")):
+        path.write_text(head + body)
+        with pytest.raises(ValueError, match=says) as err:
+            read_estimates(path, 2)
+        assert "from 1" not in str(err.value)
 
 
 def test_estimates_file_round_trip(tmp_path, scenes):
