@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -931,8 +932,9 @@ def _refuse_loose_system(path: Path, data: dict[str, Any], attrs: dict[str, Any]
     as it reads in single precision too). An attribute is one value (a 1-element array, as
     MATLAB's h5writeatt writes a number, too); one whose value cannot be the field's (a
     text that is not a number for N_H, M, L, ...: the user's own 'M', 'L') is not taken as
-    it."""
-    loose, default = {}, SystemConfig()
+    it; a text that begins with a number is taken as that number, whatever follows it
+    ('0.1 m': a review found it skipped, and the default 0.3 m assumed without a word)."""
+    loose, texts, default = {}, {}, SystemConfig()
     for k in SystemConfig.model_fields:
         v = attrs[k] if k in attrs else data.get(k) if is_npz(path) else _h5_value(handle, k)
         if v is None or np.size(v) != 1 or (k not in attrs and is_npz(path)
@@ -948,8 +950,11 @@ def _refuse_loose_system(path: Path, data: dict[str, Any], attrs: dict[str, Any]
             continue
         try:
             loose[k] = v if isinstance(v, int | float) else float(v)
-        except (TypeError, ValueError):  # a text of the user's own, not a number
-            continue
+        except (TypeError, ValueError):
+            number = _LEADING_NUMBER.match(v) if isinstance(v, str) else None
+            if number is None:  # a text of the user's own, not a number
+                continue
+            loose[k], texts[k] = float(number.group(1)), v
 
     def differs(k: str, v: Any) -> bool:
         want = getattr(default, k)
@@ -965,7 +970,14 @@ def _refuse_loose_system(path: Path, data: dict[str, Any], attrs: dict[str, Any]
             f"{', '.join(differ)}: store them as one JSON text named 'system' ("
             + ("system=np.array(json.dumps(...)) in np.savez" if is_npz(path) else
                "f.attrs['system'] = json.dumps(...)")
-            + f", here {json.dumps(loose)}), docs/conventions.md")
+            + f", here {json.dumps(loose)}"
+            + "".join(f"; {k} read from the text {t!r}: the contract's units are metres"
+                      for k, t in texts.items())
+            + "), docs/conventions.md")
+
+
+# a number at the start of a text ('0.1 m', '16 antennas')
+_LEADING_NUMBER = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![\d.])")
 
 
 def _h5_value(handle: Any, name: str) -> Any:

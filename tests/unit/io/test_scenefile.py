@@ -610,6 +610,13 @@ def test_system_fields_one_by_one_as_numbers_read_in_single_precision_or_matlab_
         read_scenes(h5("matlab.h5", wavelength=np.array([0.1])))
     with pytest.raises(SceneFileError, match=r"one by one \(M\).*another M"):
         read_scenes(h5("text.h5", M="8"))
+    # a number with its unit (a review: '0.1 m' was skipped as the user's own text and the
+    # default 0.3 m assumed); the default's value with a unit is the default's
+    with pytest.raises(SceneFileError, match=r"another wavelength.*\"wavelength\": 0\.1.*"
+                                             r"wavelength read from the text '0\.1 m'"):
+        read_scenes(h5("unit.h5", wavelength="0.1 m"))
+    assert read_scenes(h5("unit_ok.h5", wavelength="0.3 m", M="16 antennas",
+                          spacing=".15m"))[1].system == SystemConfig()
 
 
 def test_a_file_the_disk_cannot_hold_is_refused_before_hdf5_writes_it(tmp_path, batch, system,
