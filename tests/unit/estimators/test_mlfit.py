@@ -302,3 +302,137 @@ def test_a_repair_proposes_from_the_residual_of_the_other_sources(system, monkey
     want = amplitude_fit(sc.y, sc.H, sc.codes, steering_at(moved, system, sc.y.dtype), m,
                          cfg.polish.tikhonov)
     torch.testing.assert_close(rest.r, want.r, rtol=1e-5, atol=1e-6)
+
+
+def test_the_shortlist_projection_hands_the_other_sources_steering_to_the_proposal(
+        system, monkeypatch):
+    """``shortlist_projection`` gives residual_proposal the steering rows of the K - 1
+    sources kept (the weakest's row zero); off, none (a mutation review: never handing
+    them passed every test)."""
+    from risloc.estimators import mlfit
+
+    sc = simulate_range(0, 2, system, SceneConfig(), seed=2, split="test", K=2, snr_db=10.0)
+    start = torch.cat([_truth(sc, 2), _junk(2, 1)], 1).float()
+    full = torch.ones(2, 3, dtype=torch.bool)
+    seen, real = [], mlfit.residual_proposal
+    monkeypatch.setattr(mlfit, "residual_proposal",
+                        lambda *a: seen.append(a[9]) or real(*a))
+    for projection in (True, False):
+        cfg = MLFitConfig(shortlist_projection=projection)
+        fit = amplitude_fit(sc.y, sc.H, sc.codes, steering_at(start, system, sc.y.dtype),
+                            full, cfg.polish.tikhonov)
+        grid = search_grid(system, cfg.search, sc.y.dtype)
+        _repair(sc.y, sc.H, sc.codes, start, fit, torch.full((2,), 3), system, cfg, grid)
+    found, off = seen
+    assert off is None
+    moved = mlfit._swap(start, removal_gains(fit, full).argmin(-1), torch.full((2,), 2))
+    want = steering_at(moved, system, sc.y.dtype)
+    want[:, 2] = 0
+    torch.testing.assert_close(found, want)
+
+
+def test_slots_beyond_K_do_not_change_the_repair_of_the_chosen_set(system):
+    """repair_chosen reads each scene's first K sources only: a copy of the strongest
+    source beyond K (which would make it the cheapest to remove) changes nothing, and K
+    may fill every slot (a mutation review: a mask of K + 1 slots and K = S refused both
+    passed)."""
+    sc = simulate_range(0, 4, system, EXACT, seed=8, split="test", K=2)
+    y, H, c = (t.to(torch.complex128) for t in (sc.y, sc.H, sc.codes))
+    chosen = torch.cat([_truth(sc, 2)[:, :1], _junk(4, 1, seed=4)], 1)  # K = 2: one junk
+    strongest = chosen[:, :1]
+    cfg = MLFitConfig(polish=NFMLEConfig(iterations=4, tikhonov=0.0), shortlist=24 * 13 * 10)
+    K = torch.full((4,), 2)
+    alone = repair_chosen(y, H, c, chosen, K, system, cfg)
+    padded = repair_chosen(y, H, c, torch.cat([chosen, strongest], 1), K, system, cfg)
+    torch.testing.assert_close(padded[:, :2], alone, rtol=0, atol=1e-12)
+    assert float(_nearest_deg(alone, sc, 2).max()) < 0.05  # the junk was replaced
+
+
+def test_the_nested_costs_start_at_the_energy_of_y_and_never_rise(system):
+    """costs[:, 0] = sum_l ||y_l||^2 and C_k non-increasing: the S-source fit handed in
+    (here unpolished, 1 deg off) costs more than the polished 2-set, and C_3 reads C_2
+    (a mutation review: the mean of |y|^2 and the costs without their running minimum
+    passed)."""
+    from risloc.estimators.mlfit import nested_fit
+
+    sc = simulate_range(0, 3, system, EXACT, seed=5, split="test", K=2)
+    y, H, c = (t.to(torch.complex128) for t in (sc.y, sc.H, sc.codes))
+    theta = torch.cat([_truth(sc, 2) + math.radians(1.0) * torch.tensor([1.0, -1.0, 0.0]),
+                       _junk(3, 1)], 1)
+    cfg = MLFitConfig(polish=NFMLEConfig(iterations=2, tikhonov=0.0), nested_repairs=0)
+    fit = amplitude_fit(y, H, c, steering_at(theta, system, y.dtype),
+                        torch.ones(3, 3, dtype=torch.bool), 0.0)
+    out = nested_fit(y, H, c, theta, fit, torch.zeros(3, dtype=torch.int64), system, cfg)
+    torch.testing.assert_close(out.costs[:, 0], y.abs().square().sum((1, 2)))
+    assert bool((fit.cost > out.costs[:, 2]).all())  # (the S-source fit costs more)
+    assert bool((out.costs[:, 1:] <= out.costs[:, :-1]).all())
+    torch.testing.assert_close(out.costs[:, 3], out.costs[:, 2], rtol=0, atol=0)
+
+
+def test_nested_selection_takes_each_candidate_once(system, monkeypatch):
+    """The k-th pick is among the candidates not taken: with a statistic that always ranks
+    candidate 0 first (and no polish) the nested sets are the pool in order (a mutation
+    review: a pick ignoring the ones taken passed)."""
+    from risloc.estimators import mlfit
+
+    sc = simulate_range(0, 2, system, SceneConfig(), seed=3, split="test", K=2, snr_db=10.0)
+    theta = torch.cat([_truth(sc, 2), _junk(2, 2)], 1).float()
+    full = torch.ones(2, 4, dtype=torch.bool)
+    fit = amplitude_fit(sc.y, sc.H, sc.codes, steering_at(theta, system, sc.y.dtype), full, 0.0)
+    monkeypatch.setattr(mlfit, "ols_statistic",
+                        lambda cur, cols, *a: torch.arange(4.0, 0.0, -1.0).expand(2, 4))
+    monkeypatch.setattr(mlfit, "lm_solve", lambda y, H, c, t, m, s, cfg: (
+        t, amplitude_fit(y, H, c, steering_at(t, s, y.dtype), m, 0.0), None))
+    nested, _ = mlfit._nested(sc.y, sc.H, sc.codes, theta, fit, system,
+                              MLFitConfig(nested_repairs=0))
+    first = (nested[:, :1] == theta).all(-1).float().argmax(-1)  # the statistic at k = 0
+    for b in range(2):
+        want = [int(first[b])] + [j for j in range(4) if j != int(first[b])]
+        assert torch.equal(nested[b], theta[b, want])
+
+
+def test_repair_rounds_count_per_scene_and_rank_moves_on_only_after_a_failure(system,
+                                                                             monkeypatch):
+    """polish_and_repair: ``repaired`` counts each scene's rounds that lowered the cost,
+    and with ``next_on_failure`` the rank goes up after a failed round and back to 0 after
+    a kept one (a mutation review: a repaired flag and a rank kept after success passed)."""
+    from risloc.estimators import mlfit
+
+    sc = simulate_range(0, 2, system, SceneConfig(), seed=3, split="test", K=2, snr_db=10.0)
+    start = torch.cat([_truth(sc, 2), _junk(2, 1)], 1).float()
+    schedule = [[False, False], [False, True], [True, False], [True, True]]
+    ranks = []
+
+    def fake(y, H, c, theta, fit, K, system, config, grid, rank=None, gains=None):
+        ranks.append(rank.tolist())
+        return theta, fit, torch.tensor(schedule[len(ranks) - 1])
+
+    monkeypatch.setattr(mlfit, "_repair", fake)
+    cfg = MLFitConfig(repairs=4, next_on_failure=True)
+    *_, repaired, _ = mlfit.polish_and_repair(sc.y, sc.H, sc.codes, start, system, cfg)
+    assert ranks == [[0, 0], [1, 1], [2, 0], [0, 1]]
+    assert repaired.tolist() == [2, 2]
+
+
+def test_each_nested_set_gets_its_repair_rounds_and_select_iterations(system, monkeypatch):
+    """``nested_repairs`` rounds on every nested set of 2 or more, and the sets are
+    polished with ``select_iterations`` LM iterations, not the polish's (a mutation review:
+    one round whatever the setting, and the polish's iterations, passed: the defaults are
+    1 and 2 = 2)."""
+    from risloc.estimators import mlfit
+
+    sc = simulate_range(0, 2, system, SceneConfig(), seed=3, split="test", K=2, snr_db=10.0)
+    start = torch.cat([_truth(sc, 2), _junk(2, 1)], 1).float()
+    cfg = MLFitConfig(nested_repairs=2, select_iterations=3)
+    theta, fit, grid, repaired, gains = mlfit.polish_and_repair(sc.y, sc.H, sc.codes, start,
+                                                                system, cfg)
+    calls, iters = [], []
+    real_repair, real_lm = mlfit._repair, mlfit.lm_solve
+    monkeypatch.setattr(mlfit, "_repair", lambda *a, **k: calls.append(1) or real_repair(*a, **k))
+    mlfit.nested_fit(sc.y, sc.H, sc.codes, theta, fit, repaired, system, cfg, grid, gains)
+    assert len(calls) == 2 * 2  # sets of 2 and 3, two rounds each
+    monkeypatch.setattr(mlfit, "lm_solve",
+                        lambda *a: iters.append(a[-1].iterations) or real_lm(*a))
+    mlfit.nested_fit(sc.y, sc.H, sc.codes, theta, fit, repaired, system,
+                     replace(cfg, nested_repairs=0), grid, gains)
+    assert iters == [3, 3]  # sets of 1 and 2; the 3-set is the S-source fit

@@ -389,3 +389,47 @@ def test_valley_direction_is_the_weakest_unit_tangent_with_range_reoptimised():
     cand = torch.cat([ang, du.unsqueeze(-1)], -1)
     rise = torch.einsum("ni,ij,nj->n", cand, H, cand)
     assert float(d @ H @ d) <= float(rise.min()) * (1 + 1e-9) + 1e-300
+
+
+class _Circle:
+    """A unit-norm steering model a(t) = (cos t, sin t): with U = e_1 the null spectrum is
+    sin^2 t and the Gauss-Newton step -tan t (overshooting beyond 45 deg)."""
+
+    def steer(self, theta):
+        return torch.cat([theta.cos(), theta.sin()], -1).to(torch.complex128)
+
+    def jacobian(self, theta):
+        a = torch.cat([theta.cos(), theta.sin()], -1)
+        return torch.stack([a, torch.cat([-theta.sin(), theta.cos()], -1)], -2).to(
+            torch.complex128)
+
+
+def test_a_refinement_step_is_the_best_of_stay_and_three_fractions_written_out():
+    """One refine_peaks iteration: the Gauss-Newton step d, then the least null spectrum
+    among t (stay) and clamp(t + f d) for f = 1, 0.5, 0.2 (on a model whose spectrum and
+    step are known: sin^2 t, -tan t); a frozen parameter never moves, however steep the
+    spectrum along it (a mutation review: the 0.2 fraction dropped, and a frozen axis
+    stepping along its gradient, passed)."""
+    U = torch.tensor([[[1.0], [0.0]]], dtype=torch.complex128)
+    t = torch.linspace(-1.55, 1.55, 63, dtype=torch.float64).view(1, -1, 1)
+    lo, hi = torch.tensor([-2.0], dtype=torch.float64), torch.tensor([2.0], dtype=torch.float64)
+    d = -t.tan() / (1 + 1e-6)  # Marquardt's 1e-6
+    trials = torch.stack([t] + [(t + f * d).clamp(-2.0, 2.0) for f in (1.0, 0.5, 0.2)], -2)
+    f_all = trials.sin().square()[..., 0]  # (1, 63, 4)
+    best = f_all.argmin(-1)
+    assert set(best.unique().tolist()) == {1, 2, 3}  # (each fraction wins somewhere)
+    one = refine_peaks(U, t, _Circle(), lo, hi, 1)
+    torch.testing.assert_close(one.theta[..., 0], trials[0, torch.arange(63), best[0], 0][None],
+                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(one.null, f_all.amin(-1), rtol=0, atol=1e-12)
+    system = SystemConfig()
+    truth = torch.tensor([0.4, -0.2, 1 / 4.0], dtype=torch.float64)
+    R = true_covariance(truth[0].view(1, 1), truth[1].view(1, 1), 1 / truth[2].view(1, 1),
+                        torch.ones(1, 1), system, torch.complex128)
+    U = signal_subspace(R, torch.tensor([1]))
+    lo, hi = MusicConfig().fov.bounds()
+    g = torch.Generator().manual_seed(3)
+    starts = lo + (hi - lo) * torch.rand(1, 200, 3, generator=g, dtype=torch.float64)
+    frozen = refine_peaks(U, starts, NearFieldModel(system), lo, hi, 1, free=(False, True, True))
+    assert torch.equal(frozen.theta[..., 0], starts[..., 0])
+    assert bool((frozen.theta[..., 1:] != starts[..., 1:]).any())

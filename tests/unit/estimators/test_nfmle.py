@@ -416,3 +416,73 @@ def test_an_lm_iteration_takes_marquardts_step_and_updates_its_damping(masked):
     torch.testing.assert_close(got_fit.cost, nfmle.amplitude_fit(
         y, H, codes, steering_at(got_theta, SYSTEM, y.dtype), mask, cfg.tikhonov).cost,
         rtol=1e-9, atol=0)
+
+
+def test_both_routes_accept_the_first_retry_that_lowers_the_cost_and_bound_the_damping():
+    """Retries accepted at 10^3 mu (scene 14 of these starts) take that retry's step and
+    damping on the masked route too, and both routes keep mu in [1e-12, 1e8]: a step
+    accepted at mu = 1e-12 leaves 1e-12, four rejections from 1e7 leave 1e8 (a mutation
+    review: the first retry's step or index, or an unbounded damping, passed)."""
+    b = simulate_range(0, 16, SYSTEM, SCENE, seed=3, split="test", K=2, snr_db=10.0)
+    y, H, codes = (t.to(torch.complex128) for t in (b.y, b.H, b.codes))
+    s, mask = perturbed_start(b, 30.0, 0.3), b.mask
+    cfg = NFMLEConfig()
+    theta = nfmle._start(s.azimuth, s.elevation, s.range_m, mask, cfg, torch.float64)
+    lo, hi = cfg.fov.bounds(torch.float64, theta.device)
+    fit = nfmle.amplitude_fit(y, H, codes, steering_at(theta, SYSTEM, y.dtype), mask,
+                              cfg.tikhonov)
+    mu = torch.full((16,), 1e-3, dtype=torch.float64)
+    mu[0], mu[1] = 1e7, 1e-12  # scene 0 rejects every retry, scene 1 accepts the first
+    out = {}
+    for masked in (False, True):
+        state = (theta.clone(), nfmle.Fit(*(t.clone() for t in fit)), mu.clone())
+        out[masked] = nfmle._lm_iteration(state, y, H, codes, mask, SYSTEM,
+                                          NFMLEConfig(masked=masked), lo, hi)
+    for masked in (False, True):
+        got_theta, got_fit, got_mu = out[masked]
+        assert float(got_mu[0]) == 1e8 and float(got_mu[1]) == 1e-12
+        assert float(got_mu[14]) == pytest.approx(1e-3 * 1e3 / 4, rel=1e-12)  # 3 retries
+        assert float(got_fit.cost[14]) < float(fit.cost[14])
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(out[True][1].cost, out[False][1].cost, rtol=1e-9, atol=0)
+    torch.testing.assert_close(out[True][2], out[False][2], rtol=1e-12, atol=0)
+
+
+def test_a_parameter_just_inside_its_bound_is_free():
+    """The active set's tolerance is 1e-12 of the box: a parameter 1e-6 of the box inside
+    its bound moves whatever the gradient's sign (a mutation review: 1e-3 passed)."""
+    lo = torch.tensor([-1.0, -0.5, 0.1], dtype=torch.float64)
+    hi = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
+    eps = 1e-6 * (hi - lo)
+    theta = torch.stack([lo + eps, hi - eps]).unsqueeze(0)  # (1, 2, 3)
+    g = torch.tensor([[1.0, 1.0, 1.0, -1.0, -1.0, -1.0]], dtype=torch.float64)
+    assert nfmle._free_parameters(theta, g, torch.ones(1, 2, dtype=torch.bool), lo,
+                                  hi).all()
+
+
+def test_a_history_of_chunks_is_padded_with_each_chunks_final_cost():
+    """Chunks converging after different counts: each scene's history ends at its final
+    cost, padded with it, never rising (a mutation review: padding with the first cost
+    passed)."""
+    b, y, H, codes = exact_scenes(4, 2)  # the first chunk starts at the truth
+    far, near = perturbed_start(b, 5.0, 0.3), perturbed_start(b, 1e-6, 1e-8)
+    start = Estimates(b.K, *(torch.cat([getattr(near, f)[:2], getattr(far, f)[2:]])
+                             for f in ("azimuth", "elevation", "range_m", "score")))
+    ref = nfmle_fit(y, H, codes, start, SYSTEM, NFMLEConfig(iterations=None, chunk=2))
+    lengths = [nfmle_fit(y[i:i + 2], H[i:i + 2], codes[i:i + 2], start[i:i + 2], SYSTEM,
+                         NFMLEConfig(iterations=None)).history.shape[0] for i in (0, 2)]
+    assert lengths[0] != lengths[1] and ref.history.shape[0] == max(lengths)
+    torch.testing.assert_close(ref.history[-1], ref.cost, rtol=0, atol=0)
+    assert (ref.history[1:] <= ref.history[:-1]).all()
+
+
+def test_source_energy_is_what_each_source_explains_over_all_snapshots():
+    """source_energy sums |s_lk|^2 ||b_lk||^2 over the snapshots: one source fitted to
+    exact data explains all of ||y||^2 (a mutation review: the mean over snapshots
+    passed)."""
+    b, y, H, codes = exact_scenes(3, 1)
+    start = Estimates(b.K, b.azimuth.double(), b.elevation.double(), b.range_m.double(),
+                      torch.zeros_like(b.azimuth.double()))
+    ref = nfmle_fit(y, H, codes, start, SYSTEM, NFMLEConfig(iterations=0))
+    torch.testing.assert_close(ref.energy[:, 0], y.abs().square().sum((1, 2)), rtol=1e-6,
+                               atol=0)

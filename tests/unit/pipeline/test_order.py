@@ -454,3 +454,40 @@ def test_fit_order_reports_a_recipe_whose_power_spread_is_one_number(tmp_path, m
     monkeypatch.setattr(calibrate, "order_report", lambda *a, **k: [])
     report = calibrate.fit_order(DEFAULT_MODEL, tmp_path / "o.pt", n_scenes=64)
     assert "the recipe's scenes (power spread 6.0 dB)" in report["training_split"]
+
+
+def test_a_member_is_its_seeds_adamw_fit_with_softplus_detections():
+    """Member i of the head is written out: initialised and shuffled from seed + i, AdamW
+    on cross-entropy plus squared error of the detections on standardised features, its
+    detections the softplus of its second K_max outputs (a mutation review: one shuffling
+    seed for all members, and ReLU detections, passed)."""
+    from risloc.pipeline.order import _member
+
+    X, K = _separable(300)
+    found = torch.minimum(torch.arange(1, 6), K.unsqueeze(-1)).float()
+    cfg = OrderFitConfig(epochs=2, members=2, seed=4, batch=64)
+    head = fit_order_head(X, K, found, 5, cfg)
+    Xs = (X - X.mean(0)) / X.std(0).clamp_min(1e-6)
+    i = 1
+    torch.manual_seed(cfg.seed + i)
+    net = _member(8, cfg.hidden, 5)
+    gen = torch.Generator().manual_seed(cfg.seed + i)
+    opt = torch.optim.AdamW(net.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(300, generator=gen)
+        for lo in range(0, 300, cfg.batch):
+            idx = perm[lo:lo + cfg.batch]
+            out = net(Xs[idx])
+            loss = torch.nn.functional.cross_entropy(out[:, :5], K[idx] - 1) + \
+                torch.nn.functional.mse_loss(torch.nn.functional.softplus(out[:, 5:]),
+                                             found[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        want = net(Xs[:20])
+        logits, det = head.raw(X[:20], i)
+    torch.testing.assert_close(logits, want[:, :5], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(det, torch.nn.functional.softplus(want[:, 5:]), rtol=1e-5,
+                               atol=1e-6)
+    assert float((det - want[:, 5:].clamp_min(0)).abs().max()) > 1e-3  # (ReLU differs)
