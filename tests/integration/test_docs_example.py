@@ -12,6 +12,10 @@ def test_bring_your_own_data_example_runs(capsys):
     out = capsys.readouterr().out
     assert "scene 0: azimuth" in out and "skipped scenes: none" in out
     assert "sqrt(CRB) azimuth [deg]" in out
+    # its own estimator scored beside the learned localizer: 3 scenes at 15 dB, one source
+    # of scene 0 dropped (K wrong in 1 scene of 3), every other paired within the gate
+    assert "learned at 15 dB: K accuracy" in out
+    assert "mine at 15 dB: K accuracy 0.67, F1 0.96" in out and "F1 difference" in out
 
 
 def test_the_readme_python_snippet_runs_as_written():

@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from risloc.config import SystemConfig
+from risloc.core.checks import as_tensor
 from risloc.physics.steering import steering
 
 
@@ -88,6 +89,53 @@ class Estimates:
         return cls(K.to(torch.int64), *(torch.where(keep, t.to(dtype), math.nan)
                                          for t in (az, el, r, score)))
 
+    @classmethod
+    def from_degrees(cls, azimuth_deg, elevation_deg, range_m, K=None,
+                     score=None) -> Estimates:
+        """Estimates of arrays in degrees, as users hold them (the inverse of
+        ``LocalizationResult.to_numpy()``): another estimator's, to score with
+        :func:`risloc.evaluation.match_sources` beside the localizers'.
+
+        azimuth_deg, elevation_deg : [S, K_slots] (or one scene's [K_slots]) real — [deg]
+        range_m : [S, K_slots] real — [m]; NumPy or torch, each scene's sources in its
+            first slots and NaN after them
+        K : [S] whole numbers, or None: each scene's slots up to its last source
+        score : [S, K_slots] or None (0 for every source)
+        Returns float64 Estimates in radians / metres. TypeError for complex arrays;
+        ValueError naming the first scene and slot of a source NaN in part, a NaN slot
+        before a source or within K, an elevation beyond +-90 deg or a range <= 0.
+        """
+        az, el, r = _real_2d(azimuth_deg=azimuth_deg, elevation_deg=elevation_deg,
+                             range_m=range_m)
+        slots = torch.arange(az.shape[1], device=az.device)
+        held = ~(torch.isnan(az) & torch.isnan(el) & torch.isnan(r))  # (NaN: a padded slot)
+        _refuse(held & ~(torch.isfinite(az) & torch.isfinite(el) & torch.isfinite(r)),
+                "a source needs azimuth, elevation and range all finite (a padded slot: all "
+                "NaN)")
+        if K is None:  # each scene's slots up to its last source
+            K = torch.where(held, slots + 1, 0).amax(-1) if az.shape[1] else \
+                torch.zeros(az.shape[0], dtype=torch.int64, device=az.device)
+        else:
+            K = as_tensor("K", K).to(az.device)
+            if K.shape != (az.shape[0],) or K.dtype == torch.bool or K.is_complex() or not \
+                    bool(((K == K.double().round()) & (K >= 0) & (K <= az.shape[1])).all()):
+                raise ValueError(f"K must be [S={az.shape[0]}] whole numbers in 0..K_slots="
+                                 f"{az.shape[1]}, got {K.tolist()[:10]}")
+        mask = slots < K.to(torch.int64).unsqueeze(-1)
+        _refuse(mask & ~held, "NaN before the scene's last source or within its K: put each "
+                "scene's sources in its first slots, NaN only after them")
+        # (1e-6: float32's pi / 2 reads 90.0000025 deg, as to_numpy() gives it)
+        _refuse(mask & ((el.abs() > 90 * (1 + 1e-6)) | (r <= 0)), "an elevation lies within "
+                "+-90 deg and a range is > 0 (docs/conventions.md: degrees, not radians; not a "
+                "zenith angle)", el, r)
+        score = torch.zeros_like(az) if score is None else \
+            as_tensor("score", score).to(az)
+        if score.shape != az.shape:
+            raise ValueError(f"score must be [S, K_slots] as the positions, "
+                             f"{tuple(az.shape)}, got {tuple(score.shape)}")
+        return cls(K.to(torch.int64), *(torch.where(mask, t, math.nan) for t in
+                                         (torch.deg2rad(az), torch.deg2rad(el), r, score)))
+
     def __getitem__(self, idx) -> Estimates:
         return replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 
@@ -107,6 +155,31 @@ class Estimates:
         """The same estimates with float32 positions and scores."""
         return replace(self, **{f.name: getattr(self, f.name).to(torch.float32)
                                 for f in fields(self) if f.name != "K"})
+
+
+def _real_2d(**arrays) -> list[torch.Tensor]:
+    """Named real arrays of one shape [S, K_slots] (one scene's [K_slots] made [1, K_slots]) as
+    float64 tensors; TypeError for complex ones, ValueError for shapes that differ."""
+    pos = [as_tensor(name, v) for name, v in arrays.items()]
+    if any(t.is_complex() for t in pos):
+        raise TypeError(f"{', '.join(arrays)} must be real arrays")
+    pos = [t.to(torch.float64) for t in pos]
+    if all(t.ndim == 1 for t in pos):  # one scene
+        pos = [t.unsqueeze(0) for t in pos]
+    if len({tuple(t.shape) for t in pos}) > 1 or pos[0].ndim != 2:
+        raise ValueError(f"{', '.join(arrays)} must each be [S, K_slots] (NaN-padded), got "
+                         f"shapes {[tuple(t.shape) for t in pos]}")
+    return pos
+
+
+def _refuse(bad: torch.Tensor, why: str, elevation_deg: torch.Tensor | None = None,
+            range_m: torch.Tensor | None = None) -> None:
+    """ValueError naming the first scene and slot where ``bad`` [S, K_slots] holds."""
+    if bool(bad.any()):
+        b, k = (int(i) for i in bad.nonzero()[0])
+        got = "" if elevation_deg is None else (f": elevation {float(elevation_deg[b, k]):g} "
+                                                f"deg, range {float(range_m[b, k]):g} m")
+        raise ValueError(f"scene {b}, slot {k}{got}; {why}")
 
 
 def concat_estimates(parts: list[Estimates]) -> Estimates:

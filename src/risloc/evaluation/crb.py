@@ -393,8 +393,13 @@ def crb_for_scenes(scenes: SceneBatch, system: SystemConfig,
     """CRB of each scene of a simulated batch (truth, noise_var, and for the deterministic
     bound the symbols are needed). Scenes are processed in chunks to bound memory.
     """
-    if not scenes.has_truth or scenes.noise_var is None:
-        raise ValueError("the CRB needs the truth (positions, K) and noise_var of the scenes")
+    if not scenes.has_truth:
+        raise ValueError("the CRB needs the truth (positions, K) of the scenes")
+    if scenes.noise_var is None:  # (a scene file holds no noise_var, nor powers or symbols)
+        raise ValueError("the CRB needs the noise_var of the scenes, which simulated scenes "
+                         "carry and a scene file's do not: for those, crb(scenes.H, "
+                         "scenes.codes, <true positions in degrees>, system, "
+                         "snr_db=scenes.snr_db) (or y=scenes.y where the SNR is unknown)")
     if kind not in ("deterministic", "stochastic"):
         raise ValueError(f"kind must be 'deterministic' or 'stochastic', got {kind!r}")
     if kind == "deterministic" and scenes.symbols is None:

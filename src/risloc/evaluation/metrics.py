@@ -175,7 +175,40 @@ def _hungarian(cost: np.ndarray, est_mask: np.ndarray, truth_mask: np.ndarray) -
     return est_index
 
 
-def match_sources(est: Estimates, truth_azimuth: torch.Tensor, truth_elevation: torch.Tensor,
+_DEGREE_KEYS = ("azimuth_deg", "elevation_deg", "range_m", "K", "score")
+
+
+def _estimates_of(arrays: dict) -> Estimates:
+    """Estimates of a dict of NaN-padded arrays in degrees (:meth:`Estimates.from_degrees`
+    names their keys: ``LocalizationResult.to_numpy()``'s)."""
+    keys = set(arrays)
+    if not set(_DEGREE_KEYS[:3]) <= keys <= set(_DEGREE_KEYS):
+        raise ValueError(f"est as a dict holds azimuth_deg, elevation_deg, range_m [S, K_slots] "
+                         f"(NaN-padded, degrees / metres) and optionally K [S] and score, as "
+                         f"LocalizationResult.to_numpy() gives; got the keys "
+                         f"{sorted(map(str, keys))}")
+    return Estimates.from_degrees(**arrays)
+
+
+def _warn_radians(est: Estimates, truth_mask: torch.Tensor, t_az: torch.Tensor,
+                  t_el: torch.Tensor) -> None:
+    """Warn where estimates given in degrees look like radians (as ``risloc evaluate
+    --estimates`` warns of a CSV's): all within +-pi/2 "degrees" of boresight while the truth
+    reaches beyond."""
+    # (imported here: scene files need h5py, which scoring arrays does not)
+    from risloc.io.scenefile import RADIANS_SUSPECT, radians_hint, widest_true_angle
+
+    if not bool(truth_mask.any()):
+        return
+    truth_widest = float(torch.maximum(t_az.abs(), t_el.abs())[truth_mask].max())
+    if math.degrees(truth_widest) > RADIANS_SUSPECT[2]:
+        hint = radians_hint(*widest_true_angle(est), "estimated",
+                            "azimuth_deg and elevation_deg")
+        if hint:
+            log.warning(hint)
+
+
+def match_sources(est: Estimates | dict, truth_azimuth: torch.Tensor, truth_elevation: torch.Tensor,
                   truth_range: torch.Tensor, truth_K: torch.Tensor,
                   range_weight_deg_per_m: float = DEFAULT_RANGE_WEIGHT_DEG_PER_M,
                   gate_deg: float = DEFAULT_GATE_DEG) -> Matching:
@@ -183,7 +216,10 @@ def match_sources(est: Estimates, truth_azimuth: torch.Tensor, truth_elevation: 
 
     Parameters
     ----------
-    est : Estimates with [B, Ke] slots — [rad], [m] (or a LocalizationResult, its estimates)
+    est : Estimates with [B, Ke] slots — [rad], [m] (or a LocalizationResult, its estimates),
+        or a dict of NaN-padded arrays in degrees and metres, ``azimuth_deg``,
+        ``elevation_deg``, ``range_m`` [B, Ke] (+ ``K`` [B], ``score``): another estimator's,
+        as ``LocalizationResult.to_numpy()`` gives (:meth:`Estimates.from_degrees`)
     truth_azimuth, truth_elevation : [B, Kt] float — [rad], padded beyond truth_K
     truth_range : [B, Kt] float — [m]
     truth_K : [B] int
@@ -196,10 +232,12 @@ def match_sources(est: Estimates, truth_azimuth: torch.Tensor, truth_elevation: 
     if not gate_deg > 0:  # (inf: every pair a detection)
         raise ValueError(f"gate_deg must be > 0 [deg], got {gate_deg}")
     est = getattr(est, "estimates", est)  # a Localizer's LocalizationResult
+    in_degrees = isinstance(est, dict)  # arrays in degrees: to_numpy()'s, or another's
+    if in_degrees:
+        est = _estimates_of(est)
     if not isinstance(est, Estimates):
-        raise TypeError(f"est must be Estimates or a LocalizationResult, got "
-                        f"{type(est).__name__}" + (" (to_numpy()'s dict: pass the result "
-                                                   "itself)" if isinstance(est, dict) else ""))
+        raise TypeError(f"est must be Estimates, a LocalizationResult or a dict of NaN-padded "
+                        f"arrays in degrees (Estimates.from_degrees), got {type(est).__name__}")
     t_az, t_el, t_r = (as_tensor(name, t).to(torch.float64) for name, t in (
         ("truth_azimuth", truth_azimuth), ("truth_elevation", truth_elevation),
         ("truth_range", truth_range)))
@@ -215,6 +253,8 @@ def match_sources(est: Estimates, truth_azimuth: torch.Tensor, truth_elevation: 
     est_mask = _slot_mask(est.K, est.azimuth.shape[-1], "estimated")
     _check_positions(truth_mask, "true", t_az, t_el, t_r)
     _check_positions(est_mask, "estimated", est.azimuth, est.elevation, est.range_m)
+    if in_degrees:
+        _warn_radians(est, truth_mask, t_az, t_el)
     e_fill = [torch.where(est_mask, t.to(torch.float64), torch.zeros((), dtype=torch.float64))
               for t in (est.azimuth, est.elevation, est.range_m)]
     t_fill = [torch.where(truth_mask, t, torch.zeros_like(t)) for t in (t_az, t_el, t_r)]
@@ -403,12 +443,13 @@ def _check_bin(bin_db: float) -> None:
         raise ValueError(f"the SNR bin must be > 0 dB, got {bin_db}")
 
 
-def summarize_by_snr(matching: Matching, snr_db: torch.Tensor, crb: CRBResult | None = None,
+def summarize_by_snr(matching: Matching, snr_db: torch.Tensor,
+                     crb: CRBResult | dict | None = None,
                      bin_db: float = 1.0) -> dict[float, MetricSummary]:
     """Summaries per SNR bin: key = the nearest multiple of ``bin_db`` [dB] (halfway: the
     upper one; exact for test
     sets simulated at fixed SNR values that are multiples of ``bin_db``); scenes without
-    an SNR (NaN) under the key ``math.nan``, last."""
+    an SNR (NaN) under the key ``math.nan``, last. ``crb`` as :func:`summarize`'s."""
     _check_bin(bin_db)
     snr = as_tensor("snr_db", snr_db).to(torch.float64)
     return summarize_groups(matching, _bin_of(snr, bin_db) * bin_db + 0.0, crb)
@@ -446,8 +487,9 @@ def snr_groups(snr_db: torch.Tensor, bin_db: float = 5.0) -> list[tuple[float, t
     return groups
 
 
-def summarize_by_K(matching: Matching, crb: CRBResult | None = None) -> dict[int, MetricSummary]:
-    """Summaries per true number of sources."""
+def summarize_by_K(matching: Matching, crb: CRBResult | dict | None = None
+                   ) -> dict[int, MetricSummary]:
+    """Summaries per true number of sources; ``crb`` as :func:`summarize`'s."""
     return summarize_groups(matching, matching.K_true, crb)
 
 

@@ -293,3 +293,50 @@ def test_concatenated_estimates_are_float32_and_need_a_part():
                for n in ("azimuth", "elevation", "range_m", "score"))
     with pytest.raises(ValueError, match="at least one part"):
         concat_estimates([])
+
+
+def test_estimates_from_degrees_invert_to_numpy_and_name_what_they_refuse():
+    """Estimates.from_degrees: a user's NaN-padded arrays in degrees / metres (NumPy), K by
+    their padding or given, become radians; what to_numpy() gives reads back; a source NaN
+    in part, a NaN before a scene's last source or within its K, an elevation beyond 90 deg,
+    a range <= 0 and K that is no count are named by scene and slot."""
+    az = np.array([[10.0, -20.0, np.nan], [np.nan, np.nan, np.nan], [45.0, np.nan, np.nan]])
+    el = np.array([[5.0, 90.0, np.nan], [np.nan] * 3, [-30.0, np.nan, np.nan]])
+    r = np.array([[2.0, 7.5, np.nan], [np.nan] * 3, [0.6, np.nan, np.nan]])
+    est = Estimates.from_degrees(az, el, r)
+    assert est.K.tolist() == [2, 0, 1] and est.K.dtype == torch.int64
+    assert torch.allclose(est.azimuth[0, :2], torch.deg2rad(torch.tensor([10.0, -20.0],
+                                                                         dtype=torch.float64)))
+    assert float(est.elevation[0, 1]) == pytest.approx(math.pi / 2)
+    assert est.range_m[2, 0] == 0.6 and bool(torch.isnan(est.score[0, 2]))
+    assert est.score[0, :2].tolist() == [0.0, 0.0]
+    given = Estimates.from_degrees(az, el, r, K=[1, 0, 1.0], score=np.ones((3, 3)))
+    assert given.K.tolist() == [1, 0, 1] and bool(torch.isnan(given.azimuth[0, 1]))
+    assert given.score[0, 0] == 1.0
+    one = Estimates.from_degrees(az[0], el[0], r[0])  # one scene's [K_slots]
+    assert one.K.tolist() == [2] and one.azimuth.shape == (1, 3)
+    back = Estimates.from_degrees(np.rad2deg(est.azimuth.float().numpy()),  # float32's pi / 2
+                                  np.rad2deg(est.elevation.float().numpy()), r)
+    assert torch.equal(back.K, est.K)
+    part = el.copy()
+    part[0, 1] = np.nan  # an elevation lost, its azimuth and range kept
+    for bad, match in (
+            ((az, part, r), r"scene 0, slot 1; a source needs azimuth, elevation and range "
+                            r"all finite"),
+            ((az[:, ::-1], el[:, ::-1], r[:, ::-1]), r"scene 0, slot 0; NaN before the scene's"),
+            ((az, el + 1.0, r), r"scene 0, slot 1: elevation 91 deg, range 7.5 m; an elevation "
+                                r"lies within \+-90 deg"),
+            ((az, el, -r), r"scene 0, slot 0: elevation 5 deg, range -2 m"),
+            ((az, el[:, :2], r), r"must each be \[S, K_slots\].*\(3, 3\), \(3, 2\), \(3, 3\)")):
+        with pytest.raises(ValueError, match=match):
+            Estimates.from_degrees(*bad)
+    with pytest.raises(ValueError, match=r"scene 1, slot 0; NaN before the scene's last source "
+                                         r"or within its K"):
+        Estimates.from_degrees(az, el, r, K=[2, 1, 1])
+    for K in ([2, 0], [2.5, 0, 1], [4, 0, 1], [-1, 0, 1], [2, np.nan, 1], [True, False, True]):
+        with pytest.raises(ValueError, match=r"K must be \[S=3\] whole numbers in 0..K_slots=3"):
+            Estimates.from_degrees(az, el, r, K=K)
+    with pytest.raises(ValueError, match=r"score must be \[S, K_slots\]"):
+        Estimates.from_degrees(az, el, r, score=np.ones(3))
+    with pytest.raises(TypeError, match="must be real arrays"):
+        Estimates.from_degrees(az + 0j, el, r)

@@ -14,9 +14,11 @@ import torch
 from risloc.config import SceneConfig, SystemConfig
 from risloc.evaluation.crb import (
     SingularFIMError,
+    crb,
     crb_deterministic,
     crb_for_scenes,
     crb_stochastic,
+    noise_var_for_snr,
 )
 from risloc.physics import steering
 from risloc.simulation import simulate_batch
@@ -316,6 +318,26 @@ def test_crb_for_scenes_padded_slots_are_nan(system):
     res = crb_for_scenes(scenes, system)
     assert torch.isnan(res.azimuth[:, 2:]).all() and torch.isfinite(res.azimuth[:, :2]).all()
     assert (res.fim[:, 2:5] == 0).all()
+
+
+def test_crb_for_scenes_of_a_file_names_the_bound_that_serves_them(system):
+    """A scene file's scenes carry no noise_var: the error says so and names crb(...,
+    snr_db=scenes.snr_db), which gives them the bound crb_for_scenes gives at the noise
+    that SNR implies (equal powers: the stochastic bound)."""
+    scenes = simulate_batch(2, system, SceneConfig(), torch.Generator().manual_seed(6), K=2)
+    from_file = replace(scenes, noise_var=None, powers=None, symbols=None)
+    with pytest.raises(ValueError, match=r"a scene file's do not: for those, crb\(scenes.H, "
+                                         r"scenes.codes, .*snr_db=scenes.snr_db\)"):
+        crb_for_scenes(from_file, system, kind="stochastic")
+    with pytest.raises(ValueError, match=r"needs the truth \(positions, K\) of the scenes$"):
+        crb_for_scenes(replace(scenes, K=None), system)
+    deg = [torch.rad2deg(t) for t in (scenes.azimuth, scenes.elevation)]
+    bound = crb(scenes.H, scenes.codes, *deg, scenes.range_m, system, snr_db=scenes.snr_db)
+    sigma2 = noise_var_for_snr(scenes.azimuth, scenes.elevation, scenes.range_m, scenes.H,
+                               scenes.codes, scenes.snr_db, system, scenes.mask)
+    same = crb_for_scenes(replace(from_file, noise_var=sigma2), system,
+                          kind="stochastic")
+    assert torch.allclose(bound["range_m"], same.range_m, rtol=1e-6, equal_nan=True)
 
 
 def test_a_singular_scene_is_named_by_its_index_in_the_batch(system):

@@ -602,3 +602,32 @@ def test_paired_bootstrap_f1_counts_detections_and_empty_resamples_as_summarize(
                       dtype=torch.float64)
     se = paired_bootstrap_se(a, b, reps=reps, seed=seed)
     assert se["f1_diff"] == pytest.approx(float(f1.std()), rel=1e-9)
+
+
+def test_arrays_in_degrees_score_as_the_estimates_they_hold(caplog):
+    """Another estimator's NaN-padded arrays in degrees / metres (a dict with
+    LocalizationResult.to_numpy()'s keys) pair and score as the Estimates of the same
+    sources in radians; a dict of other keys is named; radians passed as degrees (every
+    angle within +-pi/2 "degrees" while the truth reaches beyond) are warned of."""
+    arrays = {"azimuth_deg": np.array([[35.5, -40.0, NAN], [20.0, NAN, NAN]]),
+              "elevation_deg": np.array([[20.0, 5.5, NAN], [3.0, NAN, NAN]]),
+              "range_m": np.array([[8.0, 1.2, NAN], [6.0, NAN, NAN]])}  # a source dropped
+    m = match_sources(arrays, *TRUTH)
+    est = _est([2, 1], *(arrays[k].tolist() for k in ("azimuth_deg", "elevation_deg",
+                                                       "range_m")))
+    assert summarize(m) == summarize(match_sources(est, *TRUTH))
+    s = summarize(m)
+    assert (s.n_paired, s.n_missed, s.K_accuracy) == (3, 2, 0.0)
+    assert s.azimuth_median_deg == pytest.approx(0.0) and s.range_rmse_m == pytest.approx(
+        math.sqrt(0.04 / 3))
+    with pytest.raises(ValueError, match=r"est as a dict holds azimuth_deg, elevation_deg, "
+                                         r"range_m .*got the keys \['azimuth', 'elevation'"):
+        match_sources({"azimuth": 1, "elevation": 2, "range_m": 3}, *TRUTH)
+    assert not caplog.records
+    as_radians = {k: np.deg2rad(v) if k.endswith("_deg") else v for k, v in arrays.items()}
+    wide = _truth([3, 3], [[-40.0, 10.0, 35.0], [0.0, 20.0, 1.0]],
+                  [[5.0, -10.0, 20.0], [0.0, 3.0, 1.0]], [[1.0, 4.0, 8.0], [2.0, 6.0, 3.0]])
+    match_sources({k: np.concatenate([v, v]) for k, v in as_radians.items()},
+                  *(torch.cat([t, t]) for t in wide))  # 6 estimates, within +-0.70 "deg"
+    assert "the estimated angles of all 6 sources lie within +-0.70 deg: radians stored as " \
+        "degrees? (azimuth_deg and elevation_deg hold degrees" in caplog.text

@@ -563,10 +563,15 @@ def test_arguments_in_the_wrong_place_are_named(system, scenes):
         Localizer("classical")  # the method where the system goes
     res = Localizer(system, "classical", workers=1).localize(scenes.y[:1], scenes.H[:1],
                                                              scenes.codes[:1], K=1)
-    with pytest.raises(TypeError, match=r"est must be Estimates or a LocalizationResult, got "
-                                        r"dict \(to_numpy\(\)'s dict"):
-        match_sources(res.to_numpy(), scenes.azimuth[:1], scenes.elevation[:1],
-                      scenes.range_m[:1], scenes.K[:1])
+    truth = (scenes.azimuth[:1], scenes.elevation[:1], scenes.range_m[:1], scenes.K[:1])
+    with pytest.raises(TypeError, match=r"est must be Estimates, a LocalizationResult or a "
+                                        r"dict of NaN-padded arrays in degrees"):
+        match_sources(res.records(), *truth)  # a list of dicts
+    # to_numpy()'s dict (degrees), as another estimator's arrays would come, pairs alike
+    as_arrays, as_result = match_sources(res.to_numpy(), *truth), match_sources(res, *truth)
+    assert torch.equal(as_arrays.est_index, as_result.est_index)
+    assert torch.allclose(as_arrays.angle_error, as_result.angle_error, atol=1e-6,
+                          equal_nan=True)
 
 
 def test_the_classical_localizer_s_system_is_not_called_a_model_s(system, scenes):
