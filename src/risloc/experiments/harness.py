@@ -132,13 +132,13 @@ def scene_crb(scenes: SceneBatch, system: SystemConfig, kind: str) -> CRBResult 
     cannot be computed in some scene. The noise and powers are found ``CRB_CHUNK`` scenes
     at a time, as the bound is (memory: about 0.75 MB a scene at once; a file without an
     SNR is one group of all its scenes)."""
-    if not scenes.has_truth:
+    if not scenes.has_truth or not len(scenes):  # (no scene: nothing to bound)
         return None
     if scenes.noise_var is not None:
         return crb_for_scenes(scenes, system, kind if scenes.symbols is not None
                               else "stochastic")
     noise, power = [], []
-    for lo in range(0, len(scenes) or 1, CRB_CHUNK):  # (an empty batch: one empty part)
+    for lo in range(0, len(scenes), CRB_CHUNK):
         sc = scenes[lo:lo + CRB_CHUNK]
         given = torch.isfinite(sc.snr_db)
         pos = (sc.azimuth, sc.elevation, sc.range_m)

@@ -262,3 +262,4 @@ def test_a_file_s_bound_takes_its_noise_and_powers_a_chunk_of_scenes_at_a_time(m
         harness.scene_crb(replace(file, azimuth=az, elevation=el, range_m=r), system,
                           "stochastic")
     assert err.value.scenes == [5]
+    assert harness.scene_crb(file[0:0], system, "stochastic") is None  # no scene: no bound
