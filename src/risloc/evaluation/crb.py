@@ -30,6 +30,7 @@ change the bound of the real sources; their bounds are NaN.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, fields, replace
 from typing import Literal, NamedTuple
 
@@ -40,6 +41,8 @@ from risloc.core.checks import as_system, as_tensor
 from risloc.core.operator import apply_operator
 from risloc.physics import steering_jacobian
 from risloc.simulation import SceneBatch
+
+log = logging.getLogger(__name__)
 
 PARAMETERS = ("azimuth", "elevation", "range")
 
@@ -434,6 +437,21 @@ def _symbols(symbols) -> torch.Tensor:
     return sym.unsqueeze(0) if sym.ndim == 2 else sym  # one scene's [L, K]
 
 
+def _warn_radians(azimuth_deg: torch.Tensor, elevation_deg: torch.Tensor,
+                  mask: torch.Tensor) -> None:
+    """Warn where the angles given look like radians, by the rule `risloc localize` and
+    `evaluate` apply to files (at least 5 sources, every angle within +-pi/2 "degrees", not
+    all at boresight): such a bound is of sources near boresight, plausible and wrong (a
+    review). Fewer sources prove nothing and pass silently."""
+    from risloc.io.scenefile import radians_hint  # (h5py: imported only where it is asked)
+
+    if bool(mask.any()):
+        widest = float(torch.maximum(azimuth_deg.abs(), elevation_deg.abs())[mask].max())
+        hint = radians_hint(int(mask.sum()), widest, "given", "azimuth_deg and elevation_deg")
+        if hint:
+            log.warning(hint)
+
+
 def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | dict | str, *,
         powers=1.0, noise_var: float | None = None, snr_db: float | None = None,
         kind: Literal["stochastic", "deterministic"] = "stochastic",
@@ -521,6 +539,7 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
         raise ValueError(f"scene {b}, source {k}: elevation {float(pos[1][b, k]):g} deg, range "
                          f"{float(r[b, k]):g} m; an elevation lies within +-90 deg and a range "
                          "is > 0 (docs/conventions.md: not a zenith angle, degrees not radians)")
+    _warn_radians(pos[0], pos[1], mask)
     p = _array("powers", powers, torch.float64)
     try:
         p = p.expand_as(az)

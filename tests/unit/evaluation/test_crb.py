@@ -826,3 +826,29 @@ def test_the_fitted_noise_and_powers_follow_the_units_of_y_and_h(system):
     for k in ("azimuth", "elevation", "range_m"):
         torch.testing.assert_close(getattr(got, k), getattr(want, k), rtol=1e-6, atol=0,
                                    equal_nan=True)
+
+
+def test_user_crb_warns_of_angles_that_look_like_radians(system, caplog):
+    """A review: crb() given radians returned a plausible, wrong bound (sources near
+    boresight) without a word, where `risloc localize` and `evaluate` warn of a file's; it
+    now warns by their rule (at least 5 sources, every angle within +-pi/2 'degrees', not
+    all at boresight)."""
+    import logging
+
+    from risloc.evaluation import crb
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 3, system, SceneConfig(), split="test", K=2, snr_db=10.0)
+    deg = [torch.rad2deg(t[:, :2]) for t in (sc.azimuth, sc.elevation)]
+    rad = [t[:, :2] for t in (sc.azimuth, sc.elevation)]
+    r = sc.range_m[:, :2]
+    with caplog.at_level(logging.WARNING, logger="risloc.evaluation.crb"):
+        crb(sc.H, sc.codes, *deg, r, system, snr_db=10.0)
+        crb(sc.H[:2], sc.codes[:2], *(t[:2] for t in rad), r[:2], system,
+            snr_db=10.0)  # 4 sources prove nothing
+        assert not caplog.records
+        crb(sc.H, sc.codes, *rad, r, system, snr_db=10.0)
+    assert [rec.getMessage() for rec in caplog.records] == [
+        f"the given angles of all 6 sources lie within +-"
+        f"{float(torch.cat(rad).abs().max()):.2f} deg: radians stored as "
+        "degrees? (azimuth_deg and elevation_deg hold degrees, docs/conventions.md)"]
