@@ -56,6 +56,26 @@ def test_the_forward_pass_gives_the_network_the_snr(setup):
     assert not torch.equal(given.K_logits, blind.K_logits)  # (the SNR matters to this net)
 
 
+def test_check_false_skips_the_input_checks_and_true_makes_them(setup):
+    """The learned pipeline checks its inputs once and passes check=False: no check of
+    checks.py runs (each waits for a GPU); by default they run (a mutation review: check
+    fixed to either value passed)."""
+    from risloc.core.syncs import SyncCounter
+
+    model, sc = setup
+    y = sc.y.clone()
+    y[0] = 0  # an all-zero scene: refused by the checks
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="zero"):
+            forward_blend(model, y, sc.H, sc.codes, sc.snr_db, 0.3)
+        with SyncCounter() as waits:
+            forward_blend(model, sc.y, sc.H, sc.codes, sc.snr_db, 0.3, check=False)
+        assert not [k for k in waits.syncs if k.startswith("checks.py")], waits.syncs
+        with SyncCounter() as waits:
+            forward_blend(model, sc.y, sc.H, sc.codes, sc.snr_db, 0.3)
+        assert [k for k in waits.syncs if k.startswith("checks.py")]
+
+
 def _recipe(**sections):
     return json.dumps({"system": SYSTEM.model_dump(), **sections})
 

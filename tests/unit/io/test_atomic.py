@@ -192,3 +192,120 @@ def test_a_csv_whose_read_back_fails_is_not_written(tmp_path):
     with pytest.raises(ValueError, match="bad rows"):
         write_csv_atomic(tmp_path / "out.csv", ["a"], [[1]], check=refuse)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_temporary_of_another_user_s_live_writer_is_kept(tmp_path, monkeypatch):
+    """os.kill(pid, 0) on another user's process raises PermissionError: that writer is
+    alive, its temporary is kept (a mutation review: taken as dead, it was deleted under
+    the writer). A name whose pid part is no number (another tool's file) is left alone."""
+    import os
+
+    from risloc.io import atomic
+
+    target = tmp_path / "scenes.h5"
+    theirs = tmp_path / ".scenes.h5.4242-beef.partial.h5"
+    theirs.write_bytes(b"in use")
+    odd = tmp_path / ".scenes.h5.backup-1.partial"
+    odd.write_bytes(b"not ours")
+
+    def not_permitted(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", not_permitted)
+    assert atomic.remove_stale_temporaries(target) == []
+    assert theirs.exists() and odd.exists()
+
+
+def test_two_writers_in_one_process_get_their_own_temporaries(tmp_path):
+    """Threads of one process (one pid) writing one target never share a temporary."""
+    from risloc.io.atomic import temporary_name
+
+    target = tmp_path / "out.csv"
+    with atomic_path(target) as a, atomic_path(target) as b:
+        assert a != b and a.parent == b.parent == tmp_path
+        assert a.name.startswith(".out.csv.") and a.name.endswith(".partial.csv")
+        a.write_text("a")
+        b.write_text("b")
+    assert target.read_text() == "a"  # (b committed first, a last)
+    assert temporary_name(target) != temporary_name(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_each_write_removes_the_temporaries_of_killed_writers(tmp_path):
+    """The module's promise: the next writer of a target removes what a killed one left."""
+    stale = tmp_path / f".out.txt.{2 ** 22 + 12345}-deadbeef.partial.txt"  # no such pid
+    stale.write_text("half")
+    write_text_atomic(tmp_path / "out.txt", "whole")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_checking_an_existing_output_leaves_it_as_it_was(tmp_path, monkeypatch):
+    """check_writable probes beside the output: an existing file (the output a run will
+    replace at its end) keeps its bytes; an input named by another spelling of its path
+    (relative, through a symbolic link) is still that input."""
+    from risloc.io.atomic import check_writable
+
+    out = tmp_path / "out.csv"
+    out.write_text("a,b\n1,2\n")
+    assert check_writable(out) == out
+    assert out.read_text() == "a,b\n1,2\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="one of the inputs"):
+        check_writable(tmp_path / "out.csv", ["out.csv"])
+    (tmp_path / "link.csv").symlink_to(out)
+    with pytest.raises(ValueError, match="one of the inputs"):
+        check_writable("link.csv", [out])
+
+
+def test_a_file_in_place_of_a_folder_is_named_as_it_stands(tmp_path):
+    from risloc.io.atomic import check_output_folder
+
+    f = tmp_path / "f"
+    f.write_text("x")
+    with pytest.raises(ValueError) as err:
+        check_output_folder(f)
+    assert str(err.value) == f"the output folder {f} is a file, not a folder"
+    with pytest.raises(ValueError) as err:
+        check_output_folder(f / "sub", "the run folder")
+    assert str(err.value) == f"the run folder lies under {f}, which is a file, not a folder"
+
+
+def test_a_commit_that_fails_removes_its_temporary(tmp_path):
+    """commit_temporary's own callers (the .h5 scene writer) hold no atomic_path: a failed
+    rename (a folder in the target's place, here) leaves no temporary behind."""
+    from risloc.io.atomic import commit_temporary, temporary_name
+
+    target = tmp_path / "scenes.h5"
+    (target / "inside").mkdir(parents=True)
+    tmp = temporary_name(target)
+    tmp.write_bytes(b"whole")
+    with pytest.raises(OSError):
+        commit_temporary(tmp, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scenes.h5"]
+
+
+def test_a_folder_that_takes_files_but_refuses_their_removal_is_not_writable(tmp_path,
+                                                                              monkeypatch):
+    """The probe is created and removed: a folder refusing the removal (append-only, a
+    sticky folder of another user) is named before the run, not at its end."""
+    import errno
+    from pathlib import Path
+
+    from risloc.io.atomic import check_folder_writable
+
+    def refused(self, *args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    with pytest.raises(ValueError, match="is not writable: Operation not permitted"):
+        check_folder_writable(tmp_path)
+
+
+def test_json_whose_default_gives_a_non_finite_number_is_refused(tmp_path):
+    """Strict JSON whatever ``default`` returns: never a bare NaN in the file."""
+    from decimal import Decimal
+
+    with pytest.raises(ValueError):
+        write_json_atomic(tmp_path / "m.json", {"x": Decimal("NaN")}, default=float)
+    assert list(tmp_path.iterdir()) == []

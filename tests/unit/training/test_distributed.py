@@ -35,17 +35,30 @@ def _rank_value(rank: int, init: str, out: str) -> None:
     try:
         d = distributed.Distributed(rank, 2, rank)
         got = distributed.main_value(d, 0.5 + rank * 1e-7)  # validations a few bits apart
-        torch.save(got, f"{out}/{rank}.pt")
+        torch.save((got, all_digests(_ranked_model(rank), d)), f"{out}/{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
+def _ranked_model(rank: int) -> torch.nn.Module:
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.fill_(rank)  # weights that differ by rank
+    return model
+
+
 def test_every_rank_decides_from_rank_0s_validation(tmp_path):
-    """Two gloo processes whose objectives differ in the last bits both take rank 0's."""
+    """Two gloo processes whose objectives differ in the last bits both take rank 0's;
+    each gets every rank's weights digest, in rank order (a mutation review: its own
+    digest repeated passed, and ranks whose weights differ were reported identical)."""
     import torch.multiprocessing as mp
 
     mp.spawn(_rank_value, args=(f"file://{tmp_path}/init", str(tmp_path)), nprocs=2)
-    assert [torch.load(tmp_path / f"{r}.pt") for r in (0, 1)] == [0.5, 0.5]
+    got = [torch.load(tmp_path / f"{r}.pt") for r in (0, 1)]
+    assert [value for value, _ in got] == [0.5, 0.5]
+    digests = [weights_digest(_ranked_model(r)) for r in (0, 1)]
+    assert digests[0] != digests[1] and [d for _, d in got] == [digests, digests]
     assert distributed.main_value(distributed.Distributed(), 0.25) == 0.25
 
 
@@ -137,3 +150,25 @@ def test_the_weights_digest_covers_buffers_as_well_as_parameters():
         b.running_mean -= 1
         b.weight += 1
     assert weights_digest(a) != weights_digest(b)
+
+
+def test_a_group_already_joined_is_kept_and_barriers_and_teardown_reach_it(monkeypatch):
+    """setup joins no group twice (a caller that initialised it); barrier waits for every
+    rank and teardown leaves the group, of a distributed run only (a mutation review: a
+    barrier or a teardown that did nothing passed)."""
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend: calls.append("init"))
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group",
+                        lambda: calls.append("destroy"))
+    d = distributed.setup(torch.device("cpu"))
+    assert d == Distributed(1, 2, 0) and calls == []
+    for one in (Distributed(), d):
+        distributed.barrier(one)
+        distributed.teardown(one)
+    assert calls == ["barrier", "destroy"]

@@ -34,3 +34,57 @@ def test_a_row_cut_off_by_a_kill_is_not_a_row(tmp_path):
     f.write_bytes(b"epoch,loss\r\n1,0.5\r\n2,0")  # (a cut the keep rule alone would keep)
     CsvLog(f, append=True).write({"epoch": 2, "loss": 0.25})
     assert f.read_bytes() == b"epoch,loss\r\n1,0.5\r\n2,0.25\r\n"
+
+
+def test_a_resumed_log_that_is_missing_or_empty_starts_with_its_header(tmp_path):
+    """A resumed run whose steps.csv was never written (log_every beyond the steps done) or
+    is empty (killed before its header reached the disk) starts it as a fresh run would."""
+    for f in (tmp_path / "missing.csv", tmp_path / "empty.csv"):
+        if f.name == "empty.csv":
+            f.write_bytes(b"")
+        log = CsvLog(f, append=True, keep=lambda r: True)
+        log.write({"step": 1, "loss": 0.5})
+        log.write({"step": 2, "loss": 0.25})
+        assert f.read_bytes() == b"step,loss\r\n1,0.5\r\n2,0.25\r\n"
+
+
+def test_a_fresh_log_replaces_an_old_one_and_a_resumed_one_keeps_its_columns(tmp_path):
+    """Without append an old file of the name is gone (its header not repeated mid-file);
+    a resumed log writes its own columns, in their order, whatever a new row adds, and drops
+    the rows ``keep`` refuses wherever they are."""
+    f = tmp_path / "epochs.csv"
+    f.write_bytes(b"epoch,loss\r\n1,0.5\r\n2,0.4\r\n")
+    CsvLog(f).write({"epoch": 1, "loss": 0.75})
+    assert f.read_bytes() == b"epoch,loss\r\n1,0.75\r\n"
+    f.write_bytes(b"epoch,loss\r\n1,0.5\r\n3,0.1\r\n2,0.4\r\n")  # a stale row amid
+    log = CsvLog(f, append=True, keep=lambda r: int(r["epoch"]) <= 2)
+    log.write({"loss": 0.3, "epoch": 3, "swa_loss": 0.2})  # a column the file lacks
+    assert f.read_bytes() == b"epoch,loss\r\n1,0.5\r\n2,0.4\r\n3,0.3\r\n"
+    CsvLog(f, append=True, keep=lambda r: int(r["epoch"]) <= 2)  # the last row alone stale
+    assert f.read_bytes() == b"epoch,loss\r\n1,0.5\r\n2,0.4\r\n"
+
+
+def test_the_epoch_summary_means_finite_terms_and_counts_the_rest():
+    """Means over every micro-batch with a NaN / inf term left out of its own mean only;
+    non-finite totals, gradients and skipped steps counted; the gradient norms' mean and
+    largest over the finite ones; the last step's rate and beta."""
+    import math
+
+    from risloc.training.logs import EpochStats
+
+    s = EpochStats()
+    s.add_terms({"total": 1.0, "a": 2.0})
+    s.add_terms({"total": math.nan, "a": 4.0, "b": math.inf})
+    s.add_terms({"total": 3.0, "a": 6.0})
+    s.add_terms({"a": 1.0})  # (no total: no bad loss)
+    s.add_step(2.0, 0, True, 1e-3, 0.1)
+    s.add_step(math.inf, 3, False, 2e-3, 0.2)
+    s.add_step(4.0, 1, True, 3e-3, 0.3)
+    out = s.summary()
+    assert out["train_total"] == 2.0 and out["train_a"] == 13.0 / 4
+    assert math.isnan(out["train_b"])
+    assert (out["lr"], out["beta"]) == (3e-3, 0.3)
+    assert (out["grad_norm_mean"], out["grad_norm_max"]) == (3.0, 4.0)
+    assert (out["nonfinite_grads"], out["skipped_steps"], out["nonfinite_losses"]) == (4, 1, 1)
+    empty = EpochStats().summary()
+    assert math.isnan(empty["grad_norm_mean"]) and math.isnan(empty["grad_norm_max"])
