@@ -57,6 +57,11 @@ def _unraisable(unraisable) -> None:
     hook, it would be ignored again): `_thread.interrupt_main`, Ctrl-C's handler, which
     raises KeyboardInterrupt. Anything else goes to Python's own hook."""
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        # interrupt_main does nothing where SIGINT is ignored, as in a job a script starts
+        # with & (its SIGTERM was lost again): Python's own handler is installed for it
+        if (not callable(signal.getsignal(signal.SIGINT))
+                and threading.current_thread() is threading.main_thread()):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         again = threading.Timer(0.01, _thread.interrupt_main)
         again.daemon = True
         again.start()

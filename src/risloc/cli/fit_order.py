@@ -64,6 +64,7 @@ def fit_order_command(
     refuse_existing_model(out_path, overwrite, checkpoint)
     check_model_target(out_path, checkpoint, in_place=True)
     fields = scene_fields(scene or [])
+    pipe = load_learned_pipeline(checkpoint, order_head=False)  # (a bad model named first)
     kept, kept_mix, kept_margin, whose = head_settings(checkpoint)
     fields = kept | fields
     mix = kept_mix if mix is None else mix
@@ -72,7 +73,7 @@ def fit_order_command(
                   f"{'' if mix else ' without its scene_mix kinds'}, repairs' margin "
                   f"{margin:g} (not given: {whose})")
     # the model and --scene checked before the progress bar (fit_order reads them again)
-    order_scenes(load_learned_pipeline(checkpoint, order_head=False), fields, mix)
+    order_scenes(pipe, fields, mix)
     with progress() as bar:
         task = bar.add_task("order features", total=n_progress_items(scenes, report_scenes))
         report = fit_order(checkpoint, out_path, scenes, report_scenes, workers=workers,

@@ -99,8 +99,9 @@ class Estimates:
         azimuth_deg, elevation_deg : [S, K_slots] (or one scene's [K_slots]) real — [deg]
         range_m : [S, K_slots] real — [m]; NumPy or torch, each scene's sources in its
             first slots and NaN after them
-        K : [S] whole numbers, or None: each scene's slots up to its last source
-        score : [S, K_slots] or None (0 for every source)
+        K : [S] whole numbers (one scene's: a number), or None: each scene's slots up to its
+            last source
+        score : [S, K_slots] (one scene's [K_slots]) or None (0 for every source)
         Returns float64 Estimates in radians / metres. TypeError for complex arrays;
         ValueError naming the first scene and slot of a source NaN in part, a NaN slot
         before a source or within K, an elevation beyond +-90 deg or a range <= 0.
@@ -117,6 +118,7 @@ class Estimates:
                 torch.zeros(az.shape[0], dtype=torch.int64, device=az.device)
         else:
             K = as_tensor("K", K).to(az.device)
+            K = K.reshape(1) if K.ndim == 0 else K  # (one scene's K: a number)
             if K.shape != (az.shape[0],) or K.dtype == torch.bool or K.is_complex() or not \
                     bool(((K == K.double().round()) & (K >= 0) & (K <= az.shape[1])).all()):
                 raise ValueError(f"K must be [S={az.shape[0]}] whole numbers in 0..K_slots="
@@ -130,6 +132,7 @@ class Estimates:
                 "zenith angle)", el, r)
         score = torch.zeros_like(az) if score is None else \
             as_tensor("score", score).to(az)
+        score = score.unsqueeze(0) if score.ndim == 1 and az.shape[0] == 1 else score  # one scene
         if score.shape != az.shape:
             raise ValueError(f"score must be [S, K_slots] as the positions, "
                              f"{tuple(az.shape)}, got {tuple(score.shape)}")

@@ -511,6 +511,7 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
     pos = [_array(n, v, torch.float64) for n, v in (("azimuth_deg", azimuth_deg),
                                                     ("elevation_deg", elevation_deg),
                                                     ("range_m", range_m))]
+    shared = all(p.ndim <= 1 for p in pos)  # the same sources in every scene: counted once
     pos = [p.reshape(1, -1).expand(B, -1) if p.ndim <= 1 else p for p in pos]  # shared [K]
     shapes = {tuple(p.shape) for p in pos}
     if len(shapes) > 1 or pos[0].ndim != 2 or pos[0].shape[0] != B:
@@ -539,7 +540,7 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
         raise ValueError(f"scene {b}, source {k}: elevation {float(pos[1][b, k]):g} deg, range "
                          f"{float(r[b, k]):g} m; an elevation lies within +-90 deg and a range "
                          "is > 0 (docs/conventions.md: not a zenith angle, degrees not radians)")
-    _warn_radians(pos[0], pos[1], mask)
+    _warn_radians(*((pos[0][:1], pos[1][:1], mask[:1]) if shared else (pos[0], pos[1], mask)))
     p = _array("powers", powers, torch.float64)
     try:
         p = p.expand_as(az)

@@ -932,9 +932,11 @@ def _refuse_loose_system(path: Path, data: dict[str, Any], attrs: dict[str, Any]
     as it reads in single precision too). An attribute is one value (a 1-element array, as
     MATLAB's h5writeatt writes a number, too); one whose value cannot be the field's (a
     text that is not a number for N_H, M, L, ...: the user's own 'M', 'L') is not taken as
-    it; a text that begins with a number is taken as that number, whatever follows it
-    ('0.1 m': a review found it skipped, and the default 0.3 m assumed without a word)."""
-    loose, texts, default = {}, {}, SystemConfig()
+    it; a text that begins with a number and a unit is taken as that number ('0.1 m',
+    '16 antennas': a review found them skipped, and the default 0.3 m assumed without a
+    word), and as another system where it is not that number in the contract's units
+    ('0.3 cm', '1/3', '0,3')."""
+    loose, texts, unclear, default = {}, {}, set(), SystemConfig()
     for k in SystemConfig.model_fields:
         v = attrs[k] if k in attrs else data.get(k) if is_npz(path) else _h5_value(handle, k)
         if v is None or np.size(v) != 1 or (k not in attrs and is_npz(path)
@@ -955,6 +957,12 @@ def _refuse_loose_system(path: Path, data: dict[str, Any], attrs: dict[str, Any]
             if number is None:  # a text of the user's own, not a number
                 continue
             loose[k], texts[k] = float(number.group(1)), v
+            rest = v[number.end():].strip()
+            # '1/3', '1,5', '0.3 cm': not the number it begins with, in the contract's units
+            if (rest[:1] and not (v[number.end()].isspace() or rest[0].isalpha())) or (
+                    k in ("wavelength", "spacing") and rest.lower() not in _METRES):
+                loose[k] = v
+                unclear.add(k)
 
     def differs(k: str, v: Any) -> bool:
         want = getattr(default, k)
@@ -962,7 +970,7 @@ def _refuse_loose_system(path: Path, data: dict[str, Any], attrs: dict[str, Any]
             return v != want
         return not math.isclose(v, want, rel_tol=1e-6)  # (float32 0.3 is the default)
 
-    differ = [k for k, v in loose.items() if differs(k, v)]
+    differ = [k for k, v in loose.items() if k in unclear or differs(k, v)]
     if differ:
         raise SceneFileError(
             f"{path}: the system's fields are stored one by one ({', '.join(loose)}), which "
@@ -971,13 +979,15 @@ def _refuse_loose_system(path: Path, data: dict[str, Any], attrs: dict[str, Any]
             + ("system=np.array(json.dumps(...)) in np.savez" if is_npz(path) else
                "f.attrs['system'] = json.dumps(...)")
             + f", here {json.dumps(loose)}"
-            + "".join(f"; {k} read from the text {t!r}: the contract's units are metres"
-                      for k, t in texts.items())
+            + "".join(f"; {k} read from the text {t!r}" + (
+                ": the contract's units are metres" if k in ("wavelength", "spacing") else "")
+                for k, t in texts.items())
             + "), docs/conventions.md")
 
 
 # a number at the start of a text ('0.1 m', '16 antennas')
-_LEADING_NUMBER = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![\d.])")
+_LEADING_NUMBER = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
+_METRES = ("", "m", "meter", "meters", "metre", "metres")
 
 
 def _h5_value(handle: Any, name: str) -> Any:
@@ -1007,8 +1017,8 @@ def _unread(path: Path, data: dict[str, Any], attrs: dict[str, Any], handle: Any
     or array (NPZ) of a file that is not read: not one of :data:`CONTRACT_NAMES`. A near
     miss is a contract name the file lacks whose name matches but for case and punctuation,
     or closely (difflib). Not listed: groups, links, MATLAB's #refs#, an .npz's 0-d texts
-    (its attributes) and, without a 'system', its 0-d system fields (checked against the
-    default: :func:`_refuse_loose_system`)."""
+    (its attributes) and, without a 'system', its 0-d system fields and an .h5's 1-element
+    ones (checked against the default: :func:`_refuse_loose_system`)."""
     import difflib
 
     if handle is None:
@@ -1021,7 +1031,9 @@ def _unread(path: Path, data: dict[str, Any], attrs: dict[str, Any], handle: Any
             assumed and k in SystemConfig.model_fields and np.ndim(data.get(k, ())) == 0)]
     else:
         names = [k for k in handle if isinstance(handle.get(k, getlink=True), h5py.HardLink)
-                 and isinstance(handle.get(k), h5py.Dataset)]
+                 and isinstance(handle.get(k), h5py.Dataset) and not (
+                     assumed and k in SystemConfig.model_fields
+                     and _h5_value(handle, k) is not None)]
     lacking = {_name_key(c): c for c in CONTRACT_NAMES if c not in data}
     out = []
     for k in sorted(names):

@@ -59,3 +59,18 @@ def test_other_exceptions_of_finalizers_go_to_pythons_own_hook(monkeypatch):
     unraisable = type("Unraisable", (), {"exc_value": ValueError("x")})()
     entry._unraisable(unraisable)
     assert seen == [unraisable]
+
+
+def test_an_interrupt_lost_in_a_finalizer_is_raised_again_where_sigint_is_ignored():
+    # a job a script starts with & ignores SIGINT: interrupt_main, SIGINT's handler, did
+    # nothing there, and the SIGTERM the finalizer swallowed was lost again (exit code 0)
+    unraisable = type("Unraisable", (), {"exc_value": KeyboardInterrupt()})()
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            entry._unraisable(unraisable)
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                time.sleep(0.001)
+    finally:
+        signal.signal(signal.SIGINT, before)

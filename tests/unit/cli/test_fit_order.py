@@ -116,3 +116,14 @@ def test_a_refit_keeps_what_it_is_not_told_to_change(tmp_path, fitted):
     said = " ".join(res.output.split())
     assert "with {'power_spread_db': [0, 20]} without its scene_mix kinds" in said
     assert "(not given: its recipe's order section)" in said
+
+
+def test_a_model_with_a_broken_recipe_is_named_before_its_head_settings_are_read(tmp_path):
+    """A review: reading the kept head settings first turned load_learned_pipeline's "the
+    checkpoint's recipe is invalid: ..." into a bare JSON error ("Expecting value: ...")."""
+    from risloc.inference.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "m.pt", {"config": "not json"})
+    res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "m.pt"), "--out",
+                                   str(tmp_path / "m2.pt")])
+    assert res.exit_code == 2 and "the checkpoint's recipe is invalid" in res.output

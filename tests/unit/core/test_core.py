@@ -340,3 +340,15 @@ def test_estimates_from_degrees_invert_to_numpy_and_name_what_they_refuse():
         Estimates.from_degrees(az, el, r, score=np.ones(3))
     with pytest.raises(TypeError, match="must be real arrays"):
         Estimates.from_degrees(az + 0j, el, r)
+
+
+def test_estimates_from_degrees_of_one_scene_take_its_k_and_scores_as_its_positions():
+    """One scene's [K_slots] positions take its K as a number and its scores as [K_slots]
+    (a review: K=2 failed inside the error message, 'int' object is not subscriptable, and
+    one scene's scores were refused as not [S, K_slots])."""
+    one = Estimates.from_degrees([10.0, -20.0, 30.0], [5.0, 0.0, 1.0], [2.0, 3.0, 4.0], K=2,
+                                 score=[0.9, 0.5, 0.1])
+    assert one.K.tolist() == [2] and one.score.shape == (1, 3)
+    assert one.score[0, :2].tolist() == [0.9, 0.5] and bool(torch.isnan(one.azimuth[0, 2]))
+    with pytest.raises(ValueError, match=r"K must be \[S=2\] whole numbers"):
+        Estimates.from_degrees(np.ones((2, 3)), np.ones((2, 3)), np.ones((2, 3)), K=2)

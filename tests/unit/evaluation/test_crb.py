@@ -846,6 +846,10 @@ def test_user_crb_warns_of_angles_that_look_like_radians(system, caplog):
         crb(sc.H, sc.codes, *deg, r, system, snr_db=10.0)
         crb(sc.H[:2], sc.codes[:2], *(t[:2] for t in rad), r[:2], system,
             snr_db=10.0)  # 4 sources prove nothing
+        # one source near boresight given for every scene ([K]: the same in each) is one
+        # source, not 3 (a review: 6 scenes of it warned of "all 6 sources")
+        crb(sc.H[[0, 1, 2, 0, 1, 2]], sc.codes[[0, 1, 2, 0, 1, 2]], [1.2], [0.5], [3.0],
+            system, snr_db=10.0)
         assert not caplog.records
         crb(sc.H, sc.codes, *rad, r, system, snr_db=10.0)
     assert [rec.getMessage() for rec in caplog.records] == [

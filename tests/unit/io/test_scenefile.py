@@ -617,6 +617,13 @@ def test_system_fields_one_by_one_as_numbers_read_in_single_precision_or_matlab_
         read_scenes(h5("unit.h5", wavelength="0.1 m"))
     assert read_scenes(h5("unit_ok.h5", wavelength="0.3 m", M="16 antennas",
                           spacing=".15m"))[1].system == SystemConfig()
+    # the default's number in another unit, or a text that is not the number it begins
+    # with, is no default (a review: '0.3 cm' read as the default's 0.3 m, '1/3' as 1)
+    for name, attrs in (("cm.h5", {"wavelength": "0.3 cm"}), ("ft.h5", {"spacing": "0.15 ft"}),
+                        ("frac.h5", {"N_H": "12/2"}), ("comma.h5", {"wavelength": "0,3"})):
+        with pytest.raises(SceneFileError, match=rf"another {next(iter(attrs))}.*read from "
+                                                 rf"the text '{next(iter(attrs.values()))}'"):
+            read_scenes(h5(name, **attrs))
 
 
 def test_a_file_the_disk_cannot_hold_is_refused_before_hdf5_writes_it(tmp_path, batch, system,
@@ -1123,7 +1130,10 @@ def test_system_fields_one_by_one_edge_cases_and_as_h5_datasets(tmp_path, batch,
         read_scenes(h5("ds.h5", {"wavelength": 0.1}))
     with pytest.raises(SceneFileError, match=r"one by one \(M\).*another M"):
         read_scenes(h5("matlab.h5", {"M": np.array([[8.0]])}))
-    assert read_scenes(h5("same.h5", {"M": np.array([[16.0]])}))[1].system == SystemConfig()
+    same = h5("same.h5", {"M": np.array([[16.0]])})
+    assert read_scenes(same)[1].system == SystemConfig()
+    # checked, so not listed as not read (as an .npz's 0-d fields are not)
+    assert inspect_scene_file(same).unread == ()
     # with the system's JSON, such datasets are the user's own
     assert read_scenes(h5("own.h5", {"wavelength": 0.1}, system=system.model_dump_json())
                        )[1].system == system
