@@ -66,12 +66,13 @@ def fit_order_command(
     fields = scene_fields(scene or [])
     pipe = load_learned_pipeline(checkpoint, order_head=False)  # (a bad model named first)
     kept, kept_mix, kept_margin, whose = head_settings(checkpoint)
+    taken = mix is None or margin is None or not set(kept) <= set(fields)  # (kept, said)
     fields = kept | fields
     mix = kept_mix if mix is None else mix
     margin = kept_margin if margin is None else margin
     console.print(f"the head's scenes: the recipe's{f' with {fields}' if fields else ''}"
                   f"{'' if mix else ' without its scene_mix kinds'}, repairs' margin "
-                  f"{margin:g} (not given: {whose})")
+                  f"{margin:g}" + (f" (not given: {whose})" if taken else ""))
     # the model and --scene checked before the progress bar (fit_order reads them again)
     order_scenes(pipe, fields, mix)
     with progress() as bar:
