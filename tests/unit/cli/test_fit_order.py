@@ -119,7 +119,7 @@ def test_a_refit_keeps_what_it_is_not_told_to_change(tmp_path, fitted):
     res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "r.pt"), "--scene",
                                    "power_spread_db=[0, 9]", "--mix", "--margin", "0", "--out",
                                    str(tmp_path / "all.pt")])  # everything given: nothing kept
-    assert res.exit_code == 0 and "not given" not in res.output, res.output
+    assert res.exit_code == 0 and "(not given:" not in res.output, res.output
 
 
 def test_a_model_with_a_broken_recipe_is_named_before_its_head_settings_are_read(tmp_path):
