@@ -870,10 +870,87 @@ def test_the_swa_weights_are_the_mean_of_the_epochs_it_averaged(tmp_path):
                                    "schedule.swa_frac=0.75", "order.scenes=0",
                                    "progress=false"])
     train(cfg, callback=keep)
-    swa = load_checkpoint(tmp_path / "last.pt")["swa"]
+    last = load_checkpoint(tmp_path / "last.pt")
+    swa = last["swa"]
     assert len(snaps) == 4 and int(swa["n_averaged"]) == 3
+    # SWALR, stepped once per SWA epoch, has annealed to swa_lr_ratio x lr (a mutation
+    # review: SWALR never stepped passed)
+    assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
+        cfg.schedule.swa_lr_ratio * cfg.optim.lr)
     for name, value in snaps[-1].items():
         if value.is_floating_point():
             mean = sum(s[name].double() for s in snaps[1:]) / 3
             torch.testing.assert_close(swa[f"module.{name}"].double(), mean, rtol=1e-5,
                                        atol=1e-6)
+
+
+def test_step_rows_hold_the_rate_and_beta_the_step_used_every_log_every_steps(tmp_path,
+                                                                             monkeypatch):
+    """steps.csv has a row after every log_every-th optimizer step (2, 4), holding the rate
+    and beta that step trained with (not the next one's) and its non-finite count; the
+    epoch row sums the counts (a mutation review: the next step's rate, rows one step
+    early, one beta per epoch, the epoch's number plus one, a zero count all passed)."""
+    import risloc.training.loop as loop
+    from risloc.training import schedules
+
+    clip = loop.clip_gradients
+    monkeypatch.setattr(loop, "clip_gradients", lambda m, c: (clip(m, c)[0], 2))
+    cfg = load_train_config(TINY, [f"out_dir={tmp_path}", "schedule.epochs=1",
+                                   "schedule.steps_per_epoch=4", "log_every=2",
+                                   "schedule.swa_frac=0", "order.scenes=0"])
+    train(cfg)
+    rows = list(csv.DictReader(open(tmp_path / "steps.csv")))
+    assert [int(r["step"]) for r in rows] == [2, 4] and {r["epoch"] for r in rows} == {"0"}
+    o, s = cfg.optim, cfg.schedule
+    for r in rows:
+        k = int(r["step"]) - 1  # the step's index
+        lr = o.lr * schedules.get_lr(k, 4, o.warmup_steps, 1.0, o.min_lr_ratio)
+        beta = schedules.jittered_beta(schedules.beta_at(k / 4, cfg.blend.beta,
+                                                         s.beta_warmup_frac),
+                                       s.beta_jitter, cfg.seed, k)
+        assert float(r["lr"]) == pytest.approx(lr, rel=1e-9)
+        assert float(r["beta"]) == pytest.approx(beta, rel=1e-9)
+        assert int(r["nonfinite"]) == 2
+    assert float(rows[0]["beta"]) != pytest.approx(float(rows[1]["beta"]))
+    epoch = list(csv.DictReader(open(tmp_path / "epochs.csv")))[0]
+    assert int(epoch["nonfinite_grads"]) == 8 and int(epoch["skipped_steps"]) == 0
+    assert epoch["swa"] == "0" and float(epoch["lr"]) == pytest.approx(float(rows[1]["lr"]))
+
+
+def test_early_stopping_resets_on_improvement_and_a_tie_is_no_improvement(tmp_path,
+                                                                         monkeypatch):
+    """Scripted validation objectives (inf, 4, 5, 2, 2, 6), patience 2: epoch 1 is the best
+    so far though nothing was paired (inf), 2 improves, 3 does not, 4 improves (the count
+    starts anew), 5 ties (no improvement), 6 is the second epoch without one: the run stops
+    after 6 of 8 epochs, best epoch 4, best.pt holds epoch 4; the objective uses the
+    recipe's f1_weight_deg; seconds_per_epoch is the mean (a mutation review: a count never
+    reset, a tie counted as improvement, best.pt written every epoch, the default F1 weight
+    all passed; a run whose every objective was inf wrote no best.pt, and `risloc train`
+    ended in 'checkpoint not found: best.pt')."""
+    import sys
+
+    ev = sys.modules["risloc.training.evaluate"]
+    script, weights = [math.inf, 4.0, 5.0, 2.0, 2.0, 6.0, 1.0, 1.0], []
+
+    def scripted(summary, f1_weight_deg):
+        weights.append(f1_weight_deg)
+        return script.pop(0)
+
+    monkeypatch.setattr(ev, "objective_of", scripted)
+    cfg = load_train_config(TINY, [f"out_dir={tmp_path / 'a'}", "schedule.epochs=8",
+                                   "schedule.steps_per_epoch=1", "schedule.patience=2",
+                                   "schedule.swa_frac=0", "data.n_val=4",
+                                   "evaluation.f1_weight_deg=7", "order.scenes=0"])
+    metrics = train(cfg)
+    assert metrics["epochs_run"] == 6 and metrics["stopped_early"] == 1.0
+    assert metrics["best_epoch"] == 4 and metrics["best_objective"] == 2.0
+    assert load_checkpoint(tmp_path / "a" / "best.pt")["epoch"] == 4
+    assert set(weights) == {7.0}
+    rows = list(csv.DictReader(open(tmp_path / "a" / "epochs.csv")))
+    assert metrics["seconds_per_epoch"] == pytest.approx(
+        sum(float(r["seconds"]) for r in rows) / len(rows))
+    script[:] = [math.inf, math.inf]  # nothing paired in any epoch: best.pt is the first's
+    metrics = train(cfg.model_copy(update={"out_dir": str(tmp_path / "b"), "schedule":
+                                           cfg.schedule.model_copy(update={"epochs": 2})}))
+    assert metrics["best_epoch"] == 1 and metrics["best_objective"] == math.inf
+    assert load_checkpoint(tmp_path / "b" / "best.pt")["epoch"] == 1

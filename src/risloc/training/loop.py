@@ -567,7 +567,9 @@ def _run(tr: Trainer, out: Path, resume: bool, callback: EpochCallback | None,
             csv_epochs.write(row)
         shared = distributed.main_value(tr.dist, val.metrics())  # rank 0's: one decision
         objective = shared["objective"]
-        improved = objective < tr.best["objective"] - s.min_improvement
+        # the first epoch is the best so far even where nothing was paired (objective inf):
+        # best.pt, which model.pt is made of, always holds an epoch
+        improved = tr.best["epoch"] < 0 or objective < tr.best["objective"] - s.min_improvement
         if improved:
             tr.best = {"objective": objective, "epoch": tr.epoch + 1}
         tr.bad_epochs = 0 if improved else tr.bad_epochs + 1

@@ -88,3 +88,18 @@ def test_the_epoch_summary_means_finite_terms_and_counts_the_rest():
     assert (out["nonfinite_grads"], out["skipped_steps"], out["nonfinite_losses"]) == (4, 1, 1)
     empty = EpochStats().summary()
     assert math.isnan(empty["grad_norm_mean"]) and math.isnan(empty["grad_norm_max"])
+
+
+def test_epoch_stats_count_skipped_steps_and_non_finite_entries_over_the_epoch():
+    """(a mutation review: the taken steps counted as skipped, the last step's count as the
+    epoch's, an infinite norm as the largest all passed)"""
+    import math
+
+    from risloc.training.logs import EpochStats
+
+    stats = EpochStats()
+    for norm, n_bad, taken in ((1.0, 2, True), (math.inf, 0, False), (3.0, 1, True)):
+        stats.add_step(norm, n_bad, taken, 0.1, 0.2)
+    row = stats.summary()
+    assert row["skipped_steps"] == 1 and row["nonfinite_grads"] == 3
+    assert row["grad_norm_max"] == 3.0 and row["grad_norm_mean"] == 2.0

@@ -78,6 +78,11 @@ def test_optimizer_wiring_covers_every_parameter():
     wired = {id(p) for g in opt.param_groups for p in g["params"]}
     assert wired == {id(p) for p in model.parameters() if p.requires_grad}
     assert opt.param_groups[1]["weight_decay"] == 0.0  # biases, norms, the gate
+    # every matrix (linear layers' 2-D weights too) decays, nothing else (a mutation review:
+    # ndim > 2 passed, AdamW's decay being too small for the fused-step comparison to see)
+    assert {id(p) for p in opt.param_groups[0]["params"]} == {
+        id(p) for p in model.parameters() if p.requires_grad and p.ndim >= 2}
+    assert any(p.ndim == 2 for p in opt.param_groups[0]["params"])
 
 
 def test_the_fused_optimizer_steps_as_the_plain_one():
@@ -307,3 +312,98 @@ def test_each_epoch_trains_with_its_phase_s_loss_weights(tmp_path):
         tr.epoch = epoch
         got = tr.loss_config()
         assert {t: getattr(got, t) for t in sched} == {t: v[phase] for t, v in sched.items()}
+
+
+def test_ten_non_finite_steps_in_a_row_stop_a_run_and_a_clean_step_resets_the_count(
+        tmp_path):
+    """Without AMP the tenth step in a row with NaN gradients stops the run, not the
+    eleventh nor the fiftieth (AMP's limit); a clean step in between starts the count anew
+    (a mutation review: a count never reset, '>', AMP's limit all passed)."""
+    from risloc.training.loop import DIVERGED_STEPS, DivergedError, Trainer
+
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml", [f"out_dir={tmp_path}"])
+    tr = Trainer(cfg)
+    assert not tr.scaler.is_enabled() and DIVERGED_STEPS == 10
+
+    def step(bad):
+        for p in tr.model.parameters():
+            p.grad = torch.full_like(p, 1e-3)
+        if bad:
+            next(tr.model.parameters()).grad.view(-1)[0] = math.nan
+        return tr.optimizer_step()
+
+    for _ in range(9):
+        assert step(True)[1] == 1
+    assert step(False)[1] == 0 and tr.bad_in_a_row == 0
+    for _ in range(9):
+        step(True)
+    with pytest.raises(DivergedError, match="10 optimizer steps in a row"):
+        step(True)
+
+
+def test_a_step_whose_gradient_norm_overflows_is_skipped_and_gradients_are_cleared(tmp_path):
+    """Finite gradients whose squares overflow (a non-finite norm): no update, no schedule
+    or EMA step, yet the step counter moves on; every step leaves no gradient behind (a
+    mutation review: such a step taken, zero_grad left out, the counter held all passed)."""
+    from risloc.training.loop import Trainer
+
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml", [f"out_dir={tmp_path}"])
+    tr = Trainer(cfg)
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    for p in tr.model.parameters():
+        p.grad = torch.full_like(p, 3e30)
+    norm, n_bad, taken = tr.optimizer_step()
+    assert not math.isfinite(norm) and n_bad == 0 and not taken
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters(), strict=True))
+    assert tr.scheduler.last_epoch == 0 and int(tr.ema.n_averaged) == 0 and tr.step == 1
+    assert all(p.grad is None for p in tr.model.parameters())
+    for p in tr.model.parameters():
+        p.grad = torch.full_like(p, 1e-3)
+    assert tr.optimizer_step()[2] and tr.step == 2 and tr.scheduler.last_epoch == 1
+    assert all(p.grad is None for p in tr.model.parameters())
+
+
+def test_the_step_s_beta_rate_and_swa_rate_come_from_the_recipe(tmp_path):
+    """beta at optimizer step k: the recipe's jitter (the HPO one in hpo_mode) around the
+    anneal at k / (epochs x steps_per_epoch), drawn for step k, micro-batches aside; the
+    cosine schedule spans the optimizer steps; SWALR anneals to swa_lr_ratio x lr (a
+    mutation review: the epoch's progress, the micro-batch count, the plain jitter in
+    hpo_mode, a schedule over micro-batches and an absolute SWA rate all passed)."""
+    from risloc.training import schedules
+    from risloc.training.loop import Trainer
+
+    over = [f"out_dir={tmp_path}", "optim.accumulation=2", "schedule.epochs=4",
+            "schedule.steps_per_epoch=5", "schedule.beta_warmup_frac=0.5",
+            "schedule.beta_jitter=0.05", "schedule.beta_jitter_hpo=0.01", "optim.lr=0.004"]
+    for hpo in (False, True):
+        cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml",
+                                [*over, f"schedule.hpo_mode={str(hpo).lower()}"])
+        tr = Trainer(cfg)
+        assert tr.total_steps == 20
+        jitter = 0.01 if hpo else 0.05
+        for k in (0, 3, 7, 15):
+            tr.step, tr.micro, tr.epoch = k, 2 * k, k // 5
+            want = schedules.jittered_beta(
+                schedules.beta_at(k / 20, cfg.blend.beta, 0.5), jitter, cfg.seed, k)
+            assert tr.beta() == pytest.approx(want, abs=1e-12), (hpo, k)
+    assert tr.scheduler.lr_lambdas[0](12) == pytest.approx(
+        schedules.get_lr(12, 20, cfg.optim.warmup_steps, 1.0, cfg.optim.min_lr_ratio))
+    tr._start_swa()
+    assert tr.optimizer.param_groups[0]["swa_lr"] == pytest.approx(
+        cfg.schedule.swa_lr_ratio * 0.004)
+
+
+def test_an_epoch_trains_in_training_mode(tmp_path):
+    """(a mutation review: an epoch run in eval mode passed; the network's bf16 path reads
+    the mode)"""
+    from risloc.training.loop import Trainer
+
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml",
+                            [f"out_dir={tmp_path}", "schedule.steps_per_epoch=1"])
+    tr = Trainer(cfg)
+    tr.model.eval()
+    seen = []
+    batch_losses = tr.batch_losses
+    tr.batch_losses = lambda *a: (seen.append(tr.model.training), batch_losses(*a))[1]
+    tr.train_epoch(None)
+    assert seen == [True] and tr.step == 1

@@ -65,3 +65,15 @@ def test_the_validation_objective_is_the_angle_plus_the_weighted_f1_miss():
     assert objective_of(summary(2.0, 0.8), 5.0) == pytest.approx(3.0)
     assert objective_of(summary(2.0, 1.0), 5.0) == 2.0
     assert objective_of(summary(float("nan"), 0.0), 5.0) == math.inf
+
+
+def test_schedule_edges_a_mutation_review_left_open():
+    """The jittered beta is clamped at 1 too and its draws depend on the seed; the final
+    phase of 0.35 of 10 epochs starts at epoch 7 (6.5 rounded up, never to even); the SNR
+    curriculum stays at the full range after its fraction."""
+    assert max(s.jittered_beta(1.0, 0.05, 7, k) for k in range(50)) == 1.0
+    assert min(s.jittered_beta(1.0, 0.05, 7, k) for k in range(50)) < 1.0
+    assert [s.jittered_beta(0.3, 0.05, 7, k) for k in range(5)] != [
+        s.jittered_beta(0.3, 0.05, 8, k) for k in range(5)]
+    assert s.final_start(0.35, 10) == 7 and s.phase_of(6, 10, 0, 0.35) == 1
+    assert s.snr_range_at(8, 10, (-5, 20), (10, 20), 0.3) == pytest.approx((-5, 20))

@@ -1,0 +1,59 @@
+"""End-to-end validation during training (risloc.training.evaluate)."""
+
+import torch
+
+from risloc.config import SceneConfig, SystemConfig
+from risloc.covariance.tools import subspace_overlap
+from risloc.estimators.music import MusicConfig
+from risloc.inference.forward import forward_blend
+from risloc.inference.recipe import BlendConfig
+from risloc.losses import LossConfig
+from risloc.losses.covariance import covariance_nmse
+from risloc.model import CovarianceNet, ModelConfig
+from risloc.simulation import scene_true_covariance, simulate_batch
+from risloc.training.evaluate import evaluate
+
+SYSTEM = SystemConfig()
+MUSIC = MusicConfig(n_azimuth=21, n_elevation=11, n_range=6, refine_iterations=1)
+
+
+def test_each_metric_is_its_own_quantity_and_batches_weigh_by_their_scenes():
+    """Per scene: MUSIC with the network's K (never the true K), the NMSE of R_blend and of
+    R_pred against R_true, the overlap at the true K; the loss means weigh a short last
+    batch by its scenes; each headline number is its own summary field; the model's mode
+    comes back (a mutation review: the true K to MUSIC, R_pred's NMSE as R_blend's, K_hat
+    for the overlap, batches weighed alike, swapped metric names all passed)."""
+    torch.manual_seed(0)
+    model = CovarianceNet(SYSTEM, ModelConfig(width=16, dilations=(1,), hidden=16)).eval()
+    sc = simulate_batch(5, SYSTEM, SceneConfig(), torch.Generator().manual_seed(3), snr_db=10.0)
+    args = (sc, SYSTEM, 0.3, BlendConfig(), LossConfig(), MUSIC)
+    whole, split = evaluate(model, *args, batch_size=8), evaluate(model, *args, batch_size=2)
+    assert whole.loss.keys() == split.loss.keys()
+    for k in whole.loss:
+        assert abs(whole.loss[k] - split.loss[k]) <= 1e-4 * (1 + abs(whole.loss[k])), k
+    with torch.no_grad():
+        fwd = forward_blend(model, sc.y, sc.H, sc.codes, sc.snr_db, 0.3, BlendConfig())
+    R_true = scene_true_covariance(sc, SYSTEM)
+    K_hat = fwd.out.K_hat
+    assert not torch.equal(K_hat, sc.K)  # (an untrained network: the test can tell them apart)
+    for res in (whole, split):
+        assert torch.equal(res.K_hat, K_hat) and torch.equal(res.estimates.K, K_hat)
+        torch.testing.assert_close(res.nmse, covariance_nmse(fwd.R_blend, R_true),
+                                   rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(res.nmse_pred, covariance_nmse(fwd.out.R_pred, R_true),
+                                   rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(res.overlap, subspace_overlap(fwd.R_blend, R_true, sc.K),
+                                   rtol=1e-3, atol=1e-4)
+    assert (whole.nmse - whole.nmse_pred).abs().min() > 1e-3  # (they differ: the test can tell)
+    m, s = whole.metrics(), whole.summary
+    for name in ("angle_median_deg", "azimuth_median_deg", "elevation_median_deg",
+                 "range_median_m", "K_accuracy", "f1"):
+        assert m[name] == getattr(s, name), name
+    assert m["nmse"] == float(whole.nmse.mean()) and m["overlap"] == float(whole.overlap.mean())
+    assert m["nmse_pred"] == float(whole.nmse_pred.mean())
+    assert m["objective"] == whole.objective
+    assert len({s.azimuth_median_deg, s.elevation_median_deg, s.f1, s.precision}) == 4
+    assert not model.training
+    model.train()
+    evaluate(model, *args)
+    assert model.training
