@@ -540,3 +540,41 @@ def test_ctrl_c_says_that_the_same_command_continues_the_study(tmp_path, monkeyp
                               "--trials", "2", "--epochs", "1"])
     text = " ".join(res.output.split())
     assert res.exit_code == 130 and "the same command continues it" in text, res.output
+
+
+def test_the_cli_passes_every_option_to_the_study_and_prints_its_trials(tmp_path,
+                                                                       monkeypatch):
+    """Each option of `risloc tune` reaches its setting (a mutation review: seed, study
+    name, storage, space, baseline, the pruner's two counts could be dropped or swapped
+    unnoticed), and the table shows each trial's objective and a relative field's column as
+    a multiple."""
+    import risloc.hpo as hpo
+
+    seen = []
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(
+        value=0.123456, params={"optim.lr": 1.5},
+        distributions={"optim.lr": optuna.distributions.FloatDistribution(0.25, 4.0)}))
+
+    def fake_tune(settings):
+        seen.append(settings)
+        return study
+
+    monkeypatch.setattr(hpo, "tune", fake_tune)
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: {low: 0.25, high: 4.0, log: true, relative: true}\n")
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    res = runner.invoke(app, ["tune", "--config", TINY, "--trials", "3", "--epochs", "2",
+                              "--out", str(tmp_path / "o"), "--storage", db, "--study-name",
+                              "s1", "--space", str(space), "--seed", "5", "--startup-trials",
+                              "2", "--warmup-epochs", "1", "--heartbeat", "7", "--baseline",
+                              "--set", "model.hidden=24"])
+    assert res.exit_code == 0, res.output
+    (s,) = seen
+    assert (s.config, s.out_dir, s.storage, s.study_name, s.space) == (
+        TINY, str(tmp_path / "o"), db, "s1", str(space))
+    assert (s.n_trials, s.epochs, s.seed, s.startup_trials, s.warmup_epochs) == (3, 2, 5, 2, 1)
+    assert (s.heartbeat_s, s.grace_s, s.baseline, s.overrides) == (7, 21, True,
+                                                                   ("model.hidden=24",))
+    out = " ".join(res.output.split())
+    assert "0.1235" in out and "1.5" in out and "(x" in out and "base)" in out

@@ -47,13 +47,17 @@ class Dimension:
         """The trial parameter that reproduces the base recipe's value (1.0 on a relative
         scale); ConfigError when the space does not contain it."""
         v = 1.0 if self.relative else _get(base, self.field)
-        inside = v in self.choices if self.choices is not None else self.low <= v <= self.high
+        if self.choices is not None:  # (a tuple field's choices: lists, as YAML gives them)
+            plain = list(v) if isinstance(v, tuple) else v
+            inside = [c for c in self.choices if c == plain]
+        else:
+            inside = [v] if self.low <= v <= self.high else []
         if not inside:
             span = self.choices if self.choices is not None else (self.low, self.high)
             raise ConfigError(f"the base recipe's {self.field}={_get(base, self.field)!r} "
                               f"lies outside the search space {span}: widen the space or "
                               "run without the baseline trial")
-        return v
+        return inside[0]
 
     def value(self, params: dict[str, Any], base: TrainConfig) -> Any:
         """The recipe value a trial's parameters mean."""
@@ -121,7 +125,10 @@ def load_space(path: str | Path, base: TrainConfig | None = None) -> tuple[Dimen
                     spec.get("log") and lo <= 0):
                 raise ConfigError(f"{path}: {field}: need finite low < high (and low > 0 on "
                                   f"a log scale), got {lo}, {hi}")
-            if isinstance(current, int) and not isinstance(current, bool):
+            if isinstance(current, bool):  # (0.0 and 1.0 validate; a trial's 0.37 fails)
+                raise ConfigError(f"{path}: {field} is true or false: give it choices "
+                                  "[true, false] (a range draws fractions)")
+            if isinstance(current, int):
                 raise ConfigError(f"{path}: {field} is a whole number: give it choices (a "
                                   "range draws fractions)")
             if spec.get("relative") and not isinstance(current, float):

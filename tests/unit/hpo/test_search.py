@@ -212,3 +212,19 @@ def test_the_folder_s_own_study_is_found_whatever_its_name_holds(tmp_path):
         s = TuneSettings(config="train_tiny", out_dir=str(tmp_path / name))
         assert make_url(s.storage_url).database == str(tmp_path / name / "study.db")
         assert s.own_db
+
+
+def test_the_baseline_of_a_tuple_field_is_found_among_its_listed_choices(tmp_path):
+    """A review: model.dilations (a tuple in the recipe, a list in the space's YAML) was
+    said to lie outside a space listing it: --baseline refused such a space."""
+    p = tmp_path / "s.yaml"
+    p.write_text("model.dilations: {choices: [[1, 2, 1], [1, 2, 4, 2, 1, 1]]}\n"
+                 "scene.snr_db: {choices: [[0, 20], [-5, 20]]}\n")
+    base = load_train_config(None)
+    space = load_space(p, base)
+    params = {d.field: d.base_param(base) for d in space}
+    assert params == {"model.dilations": [1, 2, 4, 2, 1, 1], "scene.snr_db": [-5, 20]}
+    values = [override(d.field, d.value(params, base)) for d in space]
+    assert load_train_config(None, values) == base
+    with pytest.raises(ConfigError, match=r"model.dilations=\(1, 2, 4\) lies outside"):
+        [d.base_param(load_train_config(None, ["model.dilations=[1, 2, 4]"])) for d in space]

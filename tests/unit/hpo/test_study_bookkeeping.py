@@ -461,3 +461,205 @@ def test_a_folder_of_another_study_is_refused_before_the_storage_gains_a_study(t
         tune(TuneSettings(config="train_tiny", out_dir=str(out), storage=other_db,
                           study_name="other"))
     assert optuna.get_all_study_names(other_db) == ["kept"]
+
+
+def test_a_trial_reports_each_epoch_as_its_step_and_a_non_finite_objective_as_worst(
+        tmp_path, monkeypatch):
+    """The pruner reads epoch e's objective at step e (--warmup-epochs counts epochs); a
+    non-finite one is reported as a value worse than any (so it is not taken as good)."""
+    import math
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _fake_train(monkeypatch, {"best_objective": 0.5}, objectives=(0.7, math.nan, 0.5))
+    study = optuna.create_study()
+    study.optimize(_objective_of(tmp_path), n_trials=1)
+    steps = study.trials[0].intermediate_values
+    assert sorted(steps) == [1, 2, 3] and (steps[1], steps[3]) == (0.7, 0.5)
+    assert steps[2] >= 1e9
+
+
+def test_neighbouring_base_seeds_draw_no_trial_alike():
+    """Seeds 3 and 4 must not draw shifted copies of one sequence (seed 4's trial n the
+    draw of seed 3's trial n + 1)."""
+    from risloc.hpo.search import trial_seed
+
+    assert len({trial_seed(s, n) for s in range(5) for n in range(200)}) == 1000
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_the_study_s_pruner_waits_for_its_startup_trials_and_warmup_epochs(tmp_path):
+    """--startup-trials 1 --warmup-epochs 2: a trial behind the median is pruned from its
+    second epoch's report (step 2), not at its first."""
+    from risloc.hpo import open_study
+
+    study = open_study(TuneSettings(config=None, out_dir=str(tmp_path), startup_trials=1,
+                                    warmup_epochs=2))
+    done = study.ask()
+    for step in (1, 2, 3):
+        done.report(0.1, step)
+    study.tell(done, 0.1)
+    trial = study.ask()
+    trial.report(1.0, 1)
+    assert not trial.should_prune()
+    trial.report(1.0, 2)
+    assert trial.should_prune()
+
+
+def test_the_study_s_sampler_is_multivariate_tpe_with_the_constant_liar(monkeypatch):
+    """Workers share a study: a running trial counts as a bad one (constant liar), so two
+    workers do not draw next to each other; fields are drawn jointly (multivariate). (The
+    arguments TPESampler is made with, not its private state: another Optuna may rename it.)"""
+    import optuna
+
+    from risloc.hpo.search import trial_seeded_sampler
+
+    made = []
+    real = optuna.samplers.TPESampler
+
+    def recording(*args, **kwargs):
+        made.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.samplers, "TPESampler", recording)
+    sampler = trial_seeded_sampler(0)
+    study = optuna.create_study(sampler=sampler)
+    sampler.before_trial(study, study.ask())
+    assert made and all(k.get("constant_liar") and k.get("multivariate") and k.get("group")
+                        for k in made)
+
+
+def test_the_best_of_tied_trials_is_the_first_and_the_baseline_the_completed_copy(tmp_path):
+    """Tied objectives: the first trial that reached it. An interrupted baseline (failed,
+    no value) continued by a copy: the copy is the baseline reported."""
+    import optuna
+    import yaml
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from risloc.hpo.search import write_reports
+    from risloc.training import load_train_config
+
+    base = load_train_config(None)
+    space = _space(tmp_path, "blend.beta: {low: 0.1, high: 0.5}", base)
+    dist = {"blend.beta": FloatDistribution(0.1, 0.5)}
+    study = optuna.create_study()
+    for value, beta, state, attrs in (
+            (None, 0.3, TrialState.FAIL, {"baseline": True, "interrupted": True,
+                                          "interrupted_trial": 0}),
+            (0.2, 0.4, TrialState.COMPLETE, {}),
+            (0.3, 0.3, TrialState.COMPLETE, {"baseline": True, "continues": 0, "run": 0}),
+            (0.2, 0.1, TrialState.COMPLETE, {})):
+        study.add_trial(create_trial(state=state, value=value, params={"blend.beta": beta},
+                                     distributions=dist, user_attrs=attrs))
+    write_reports(study, base, space, tmp_path)
+    best = yaml.safe_load((tmp_path / "best_overrides.yaml").read_text())
+    assert (best["trial"], best["overrides"]) == (1, {"blend.beta": 0.4})
+    assert (best["baseline_trial"], best["baseline_objective"]) == (2, 0.3)
+
+
+def test_a_relative_field_s_set_is_the_base_its_best_multiple_applies_to(tmp_path):
+    """--set optim.lr=2e-3 with a relative optim.lr: each trial's lr is its multiple of
+    2e-3 (the trial's value after the --set), and best_overrides.yaml gives that lr, not the
+    --set's."""
+    import optuna
+    import yaml
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from risloc.hpo.search import _trial_config, write_reports
+    from risloc.training import load_train_config
+
+    s = TuneSettings(config=None, out_dir=str(tmp_path), overrides=("optim.lr=2e-3",))
+    assert _trial_config(s, ["optim.lr=0.004"], 3).optim.lr == 0.004
+    base = load_train_config(None, ["optim.lr=2e-3"])
+    space = _space(tmp_path, "optim.lr: {low: 0.5, high: 4, relative: true}", base)
+    study = optuna.create_study()
+    study.add_trial(create_trial(value=0.1, params={"optim.lr": 2.0},
+                                 distributions={"optim.lr": FloatDistribution(0.5, 4)}))
+    write_reports(study, base, space, tmp_path, None, s.fixed_overrides())
+    best = yaml.safe_load((tmp_path / "best_overrides.yaml").read_text())
+    assert best["overrides"] == {"optim.lr": pytest.approx(4e-3)}
+
+
+def test_a_study_whose_budget_is_spent_queues_no_interrupted_trial_again(tmp_path,
+                                                                       monkeypatch, caplog):
+    """tune with --trials already reached trains nothing and queues nothing: an
+    interrupted trial waits to be queued by a tune that will run it (no WAITING row in
+    trials.csv that no worker takes). (--warmup-epochs equal to --epochs is named.)"""
+    import logging
+
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    import risloc.training as training
+    from risloc.hpo import open_study, tune
+
+    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained"))
+    s = TuneSettings(config="train_tiny", out_dir=str(tmp_path), n_trials=1, epochs=1,
+                     warmup_epochs=1)
+    study = open_study(s)
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
+        "interrupted": True, "interrupted_trial": 0}))
+    study.add_trial(create_trial(value=0.5))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with caplog.at_level(logging.WARNING, logger="risloc.hpo.search"):
+        assert [t.state.name for t in tune(s).trials] == ["FAIL", "COMPLETE"]
+    assert "--warmup-epochs 1 equals --epochs 1: a trial is pruned only after its last " \
+           "epoch" in caplog.text
+
+
+def test_the_first_copy_of_a_continuation_trains_though_a_later_copy_is_running(
+        tmp_path, monkeypatch):
+    """Two workers take the two queued copies of one continuation at once: the later copy
+    stops (DuplicateContinuation), the first trains whatever the later one's state, so the
+    interrupted trial is not lost (both stopping would leave it to no one)."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from risloc.hpo.search import DuplicateContinuation
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    calls = []
+    _fake_train(monkeypatch, {"best_objective": 0.5}, calls=calls)
+    study = optuna.create_study()
+    attrs = {"continues": 5, "run": 5}
+    study.enqueue_trial({}, user_attrs=attrs)
+    study.add_trial(create_trial(state=TrialState.RUNNING, user_attrs=attrs))
+    study.optimize(_objective_of(tmp_path), n_trials=1, catch=(DuplicateContinuation,))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING"]
+    assert calls == [("trial_0005", False)]
+
+
+def test_a_new_trial_trains_afresh_over_a_run_left_in_its_folder(tmp_path, monkeypatch):
+    """Only a continuation resumes: a new trial whose folder holds a run (a study.db
+    deleted to start over, its trial folders kept) trains from its first epoch instead of
+    resuming another trial's recipe."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    (tmp_path / "trial_0000").mkdir()
+    (tmp_path / "trial_0000" / "last.pt").write_bytes(b"an earlier study's run")
+    calls = []
+    _fake_train(monkeypatch, {"best_objective": 0.5}, calls=calls)
+    study = optuna.create_study()
+    study.optimize(_objective_of(tmp_path), n_trials=1)
+    assert calls == [("trial_0000", False)]
+
+
+def test_a_choice_given_twice_in_two_spellings_is_refused(tmp_path):
+    """64 and 64.0 are one batch size (the recipe reads both as 64): drawn twice as often."""
+    from risloc.config import ConfigError
+
+    with pytest.raises(ConfigError, match="a choice is listed twice"):
+        _space(tmp_path, "optim.batch_size: {choices: [64, 32, 64.0]}")
+
+
+def test_a_range_over_a_true_or_false_field_is_refused(tmp_path):
+    """A review: model.zoom {low: 0, high: 1} was taken (its ends 0.0 and 1.0 validate as
+    booleans), and every trial's drawn fraction then failed its recipe."""
+    from risloc.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.zoom is true or false: give it choices"):
+        _space(tmp_path, "model.zoom: {low: 0, high: 1}")
