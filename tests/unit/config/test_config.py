@@ -1,6 +1,6 @@
 import pytest
 
-from risloc.config import ConfigError, RislocConfig, SystemConfig, load_config
+from risloc.config import ConfigError, RislocConfig, SystemConfig, load_config, parse_overrides
 
 
 def test_defaults_match_conventions():
@@ -241,3 +241,72 @@ def test_a_key_given_twice_is_refused_and_a_merged_one_may_be_overridden(tmp_pat
         parse_overrides(["optim={lr: 1, lr: 2}"])
     text = "base: &b {x: 1, y: 2}\nmine:\n  <<: *b\n  y: 3\n"
     assert load_yaml(text) == {"base": {"x": 1, "y": 2}, "mine": {"x": 1, "y": 3}}
+
+
+# ------------------------------------------- a second mutation review: what none checked
+def test_defaults_the_conventions_promise_for_powers_sources_and_the_base_station():
+    """docs/conventions.md: equal powers (p_k = 1) by default, K drawn in 1..K_max, psi of
+    the base station's array ~ U(-60, 60) deg."""
+    sc = RislocConfig().scene
+    assert sc.power_spread_db == 0 and sc.K is None and sc.bs_angle_deg == (-60, 60)
+
+
+def test_scene_and_field_of_view_edges_that_are_valid():
+    from risloc.config import FieldOfView, SceneConfig
+
+    fov = FieldOfView((10.0, 10.0), (0.0, 0.0), (1.0, 2.0))  # one direction: low == high
+    assert fov.azimuth_deg == (10.0, 10.0)
+    sc = SceneConfig(min_separation_deg=0, rician_kappa=(0.0, 1.0), power_spread_db=60,
+                     code_bits=16)  # no minimum separation, Rayleigh (kappa 0), the limits
+    assert (sc.min_separation_deg, sc.rician_kappa[0], sc.code_bits) == (0, 0, 16)
+    assert SceneConfig(power_spread_db=(0, 60)).power_spread_db == (0, 60)
+    with pytest.raises(ValueError, match="code_bits"):
+        SceneConfig(code_bits=17)
+    with pytest.raises(ValueError, match="azimuth_deg must be"):  # bytes are not a pair
+        FieldOfView(azimuth_deg=b"12")
+
+
+def test_the_did_you_mean_hints_of_another_case_depth_and_section():
+    from risloc.training import load_train_config
+
+    def says(overrides, load=load_config):
+        with pytest.raises(ConfigError) as err:
+            load(overrides=overrides)
+        return str(err.value)
+
+    assert "(did you mean system.wavelength?)" in says(["system.Lambda=0.3"])  # any case
+    train = lambda overrides: says(overrides, load_train_config)  # noqa: E731
+    # a field two sections down (model.fov.*) is offered too
+    assert train(["azimuth_deg=[0, 1]"]).endswith(
+        "(did you mean scene.azimuth_deg or model.fov.azimuth_deg?)")
+    # another section's field of the name given beats a close spelling where it was given
+    assert train(["data.batch_size=8"]).endswith("(did you mean optim.batch_size?)")
+    # a section given where one is meant: the section, not order.scene (a dict of values)
+    assert train(["data.scene={K: 2}"]).endswith("(did you mean scene?)")
+
+
+def test_a_system_json_read_as_bytes_and_overrides_written_with_spaces():
+    from risloc.config import system_from_json
+
+    assert system_from_json(b'{"M": 8, "K_max": 3}').M == 8  # an HDF5 attribute's bytes
+    assert parse_overrides(["scene.K = 3"]) == {"scene": {"K": 3}}
+    with pytest.raises(ConfigError, match="has no value"):  # not K = None, silently
+        parse_overrides(["scene.K= "])
+
+
+def test_files_empty_yml_non_utf8_and_a_repeated_key_after_a_merge(tmp_path):
+    from risloc.config import read_config_file, recipe_path
+
+    (tmp_path / "empty.yaml").write_text("# nothing set\n")
+    assert load_config(tmp_path / "empty.yaml") == RislocConfig()
+    (tmp_path / "c.yml").write_text("system: {L: 8}\n")
+    assert load_config(tmp_path / "c.yml").system.L == 8
+    (tmp_path / "latin.yaml").write_bytes("scene: {codebook: caf\xe9}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin.yaml is not valid YAML"):
+        read_config_file(tmp_path / "latin.yaml")
+    (tmp_path / "m.yaml").write_text("base: &b {x: 1}\nmine: {<<: *b, y: 3, y: 4}\n")
+    with pytest.raises(ConfigError, match="the key 'y' is given twice"):
+        read_config_file(tmp_path / "m.yaml")
+    # a path that names no file is not read as the shipped recipe of its name
+    with pytest.raises(ConfigError, match="not found"):
+        recipe_path(tmp_path / "train_default")

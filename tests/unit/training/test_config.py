@@ -140,3 +140,42 @@ def test_a_long_list_of_recipe_differences_says_how_many_it_leaves_out():
     assert len(diff) == 8 and diff[0] == "system.f0: 0 -> 1"
     assert listed(diff).endswith("system.f5: 5 -> 6; and 2 more")
     assert listed(diff[:6]) == "; ".join(diff[:6])
+
+
+# ------------------------------------------- a second mutation review: what none checked
+@pytest.mark.parametrize("override, ok", [
+    ("optim.min_lr_ratio=1", True),  # a constant learning rate
+    ("schedule.ema_decay=1", False), ("schedule.swa_frac=1", False),  # (EMA never moves,
+    ("schedule.swa_lr_ratio=0", False), ("data.n_val=0", False),      # SWA from epoch 0)
+    ("order.scenes=0", True),  # the order stage skipped
+    ("schedule.weight_schedule={spectral_scenes: [1, 2, 3]}", False),  # not a loss weight
+    ("loss.lam_subspace_align=0", False),  # scheduled: as loss.lam_peak_contrast
+])
+def test_training_bounds_at_their_edges(override, ok):
+    if ok:
+        load_train_config(None, [override])
+    else:
+        with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[-1]):
+            load_train_config(None, [override])
+
+
+def test_checks_across_sections_at_their_edges():
+    with pytest.raises(ConfigError, match="spectral_scenes=3 must be a multiple of "
+                                          "data.shards=2"):
+        load_train_config(None, ["data.shards=2", "loss.spectral_scenes=3"])
+    with pytest.raises(ConfigError, match="simulate_on=device cannot run in prefetch=process"):
+        load_train_config(None, ["simulate_on=device", "prefetch=process"])
+    assert load_train_config(None, ["simulate_on=device"]).prefetch is None  # each alone:
+    assert load_train_config(None, ["prefetch=process"]).simulate_on == "host"  # fine
+    # the first kind of a mixture is checked against K_max like the others
+    with pytest.raises(ConfigError, match=r"data.scene_mix\[0\].scene.K=9 exceeds"):
+        load_train_config(None, ["data.scene_mix=[{share: 0.1, scene: {K: 9}}]"])
+
+
+def test_scene_files_are_kept_absolute_and_a_stored_recipe_takes_overrides(tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_train_config(None, ["data.val_file=val.h5"])
+    assert cfg.data.val_file == tmp_path / "val.h5"  # resumable from any folder
+    stored = load_train_config(None, ["optim.lr=0.01"]).to_json()
+    assert TrainConfig.from_json(stored, ["optim.lr=0.02"]).optim.lr == 0.02
