@@ -40,6 +40,9 @@ def test_hermitise_trace_normalise():
     Rn = normalize_trace(Rh, 10)
     assert torch.allclose(trace(Rn), torch.full((3,), 10.0, dtype=torch.float64))
     assert torch.all(torch.isfinite(normalize_trace(torch.zeros(2, 4, 4, dtype=torch.complex64))))
+    # the real part of the trace, signed (a mutation review: |diagonal| passed every test)
+    D = torch.diag(torch.tensor([-1.0 + 2j, 3.0 - 1j, -0.5 + 0j], dtype=torch.complex128))
+    assert trace(D).item() == pytest.approx(1.5)
 
 
 def test_shrink_and_loading_keep_eigenvectors():
@@ -217,6 +220,13 @@ def test_leading_eigenpair_both_routes_match_eigh(dtype):
     top = Q[:, :, :2]
     assert (torch.linalg.vector_norm(top.mH @ u.unsqueeze(-1), dim=(-2, -1)) - 1).abs().max() \
         < 10 * eps
+    # a diagonal G: the eigenvector is a unit vector, read from the projector's column of the
+    # largest diagonal (the others are zero; a mutation review: the smallest passed on dense
+    # eigenvectors, every column of whose projector is the vector up to a factor)
+    G3 = torch.diag_embed(torch.tensor([[1.0, 5.0, 2.0], [3.0, 1.0, 0.5]], dtype=lam.dtype))
+    value, u = _eigenpair_by_squaring(G3.to(dtype), 12)
+    assert torch.allclose(value, torch.tensor([5.0, 3.0], dtype=lam.dtype))
+    assert torch.equal(u.abs(), torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype=lam.dtype))
 
 
 @pytest.mark.parametrize("beta", [0.3, torch.tensor([0.3, 0.7])])
@@ -230,6 +240,15 @@ def test_the_blend_factor_is_the_blend_of_its_parts(beta):
     got = blend_factor(F, a, beta).dense()
     want = blend(F @ F.mH, snapshot_covariance(a), beta)
     assert torch.allclose(got, want, atol=1e-10)
+    # a zero R_pred: R_samp alone, at trace N as in blend (a mutation review: the factor
+    # left at trace N beta passed every test)
+    zero = torch.zeros_like(F)
+    got = blend_factor(zero, a, beta).dense()
+    assert torch.allclose(got, blend(zero @ zero.mH, snapshot_covariance(a), beta), atol=1e-10)
+    assert torch.allclose(trace(got), torch.full((2,), 40.0, dtype=torch.float64))
+    # no factor where it would be no smaller than R: S + L >= N (S + L = N: None)
+    assert blend_factor(F[:, :9], a[..., :9], beta) is None
+    assert blend_factor(F[:, :10], a[..., :10], beta).W.shape == (2, 10, 9)
 
 
 def test_low_rank_operations_equal_their_dense_counterparts():

@@ -46,6 +46,12 @@ def test_mdl_handles_rank_deficient_covariance():
     R = array_covariance(2, n=4, snr_db=10.0)  # rank 4 < N = 8
     k = mdl_order(R, 4, 2)
     assert k.shape == (8,) and bool(((k >= 0) & (k <= 2)).all())
+    # the criteria read the n largest eigenvalues, not the N - n null ones (a mutation
+    # review: the n smallest passed every test)
+    from risloc.estimators.order import _eigenvalues
+
+    top = torch.linalg.eigvalsh(R).flip(-1)[..., :4]
+    assert torch.allclose(_eigenvalues(R, 4), top) and bool((top[..., -1] > 1e-3).all())
     with pytest.raises(ValueError):
         mdl_order(R, 4, 4)  # needs K_max < min(N, n)
 
@@ -198,6 +204,11 @@ def test_the_implied_snr_is_the_signal_over_the_residual_noise_level():
     off, implied = snr_disagreement(costs, L, M, given, margin_db=5.0)
     assert implied.tolist() == pytest.approx([0.0, 10.0, 20.0], abs=1e-6)
     assert off.tolist() == [False, True, False]
+    # the offset is in power dB, 10 log10 of the levels' ratio: given P_y / 2 where the data
+    # leave P_y / 11 and P_y / 101 is 7.4 and 17.0 dB off, within and beyond the default
+    # 10 dB (a mutation review: 20 log10 passed every test)
+    off, _ = snr_disagreement(costs, L, M, torch.full((3,), p_y / 2, dtype=torch.float64))
+    assert off.tolist() == [False, False, True]
 
 
 def test_the_residual_rule_takes_the_smallest_self_consistent_order():
@@ -279,3 +290,36 @@ def test_without_a_self_consistent_order_the_k_max_level_decides():
     assert dec == [2, 1, 1, 1, 1]
     assert int(_estimate_and_decide(costs, 16, 16, 1.0)) == 1
     assert int(residual_order(costs, 16, 16, penalty=1.0)) == 1
+
+
+def test_the_noise_floor_lies_40_db_below_the_received_power():
+    """A given noise level 35 dB below the received power is read as it is: two drops of
+    100 sigma^2 (above the 40-nat penalty) each count as a source; 45 dB below, it is read
+    at the floor, 40 dB below (3.2x higher), where they are 32 nats each and do not (a
+    mutation review: a floor of 30 dB passed every test)."""
+    L, M = 16, 16
+    for below_db, K in ((35.0, 5), (45.0, 3)):
+        s2 = 10 ** (-below_db / 10)  # C_0 / (L M) = 1
+        c3 = s2 * L * (M - 3)
+        costs = torch.tensor([[L * M * 1.0, 100.0, 10.0, c3, c3 - 100 * s2, c3 - 200 * s2]],
+                             dtype=torch.float64)
+        assert int(residual_order(costs, L, M, torch.tensor([s2]))) == K, below_db
+
+
+def test_the_eigenvalue_criteria_read_the_hermitian_part_and_a_noise_free_covariance():
+    """MDL and AIC read the eigenvalues of (R + R^H) / 2, not of R's lower triangle alone,
+    and a noise-free covariance (rank K, its other eigenvalues rounding of either sign) has
+    K sources: the null eigenvalues are floored relative to the largest, so they are equal
+    (a mutation review: eigvalsh(R) and an absolute floor of 1e-300 passed every test)."""
+    from risloc.estimators.order import _eigenvalues
+
+    R = array_covariance(2, n=400, snr_db=10.0)
+    g = torch.Generator().manual_seed(1)
+    E = torch.randn(8, 8, 8, generator=g, dtype=torch.complex128)
+    skew = 0.3 * (E - E.mH)  # anti-Hermitian: no part of the Hermitian part
+    assert torch.allclose(_eigenvalues(R + skew, 400), _eigenvalues(R, 400), atol=1e-10)
+    assert torch.equal(mdl_order(R + skew, 400, 5), mdl_order(R, 400, 5))
+    for K in (1, 2, 3):
+        clean = array_covariance(K, n=400, snr_db=400.0)  # noise 10^-20 of the signal
+        assert torch.equal(mdl_order(clean, 400, 5), torch.full((8,), K)), K
+        assert torch.equal(aic_order(clean, 400, 5), torch.full((8,), K)), K
