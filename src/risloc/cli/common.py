@@ -153,11 +153,9 @@ def sweep_config(config: Path | None, overrides: list[str] | None,
         cfg = get_config(config, overrides)
         if checkpoint is None:
             return cfg
-    from risloc.inference.checkpoint import load_checkpoint
-    from risloc.inference.recipe import InferenceRecipe
     from risloc.pipeline.localizer import check_system
 
-    system = InferenceRecipe.from_json(load_checkpoint(checkpoint)["config"]).system
+    system = model_system(checkpoint)
     if config is None:
         own = [f"system.{k}={v}" for k, v in system.model_dump(mode="json").items()]
         cfg = get_config(None, own + list(overrides or []))
@@ -174,19 +172,27 @@ def sweep_config(config: Path | None, overrides: list[str] | None,
     return cfg
 
 
+def model_system(checkpoint: Path | None):
+    """The system a model (``checkpoint``; None: the shipped one) was trained for; its own
+    error where it is no model."""
+    from risloc.inference.checkpoint import load_checkpoint
+    from risloc.inference.recipe import InferenceRecipe
+    from risloc.pipeline.learned import DEFAULT_MODEL
+
+    state = load_checkpoint(DEFAULT_MODEL if checkpoint is None else checkpoint)
+    return InferenceRecipe.from_json(state["config"]).system
+
+
 def check_model_serves(checkpoint: Path | None, system, what: str) -> None:
     """Refuse, before any scene is localized, a model (``checkpoint``; None: the shipped
     one) that is no model or was trained for another system than ``what``'s (a file's, a
     sweep's): it failed only at the learned estimator's first batch, after the bound was
     described and a progress bar drawn."""
-    from risloc.inference.checkpoint import load_checkpoint
-    from risloc.inference.recipe import InferenceRecipe
-    from risloc.pipeline.learned import DEFAULT_MODEL
     from risloc.pipeline.localizer import check_system
 
-    model = load_checkpoint(DEFAULT_MODEL if checkpoint is None else checkpoint)  # no model:
-    try:  # its own error
-        check_system(InferenceRecipe.from_json(model["config"]).system, system)
+    model = model_system(checkpoint)  # (no model: its own error)
+    try:
+        check_system(model, system)
     except ValueError as err:
         name = "the shipped model" if checkpoint is None else checkpoint
         raise ValueError(f"{name}: {err}: a model serves the system it was trained for (drop "
