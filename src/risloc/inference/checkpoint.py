@@ -53,6 +53,10 @@ def _serialise(state: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+_FOREIGN_OBJECTS = ("{path} is not a risloc checkpoint: it holds Python objects other than "
+                    "tensors and plain values, and is not loaded (for safety)")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
                     ) -> dict[str, Any]:
     """Read a checkpoint (tensors and plain Python values only: weights_only loading).
@@ -77,9 +81,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:  # weights_only refused an object: not one of ours
-        raise ValueError(f"{path} is not a risloc checkpoint: it holds Python objects other "
-                         "than tensors and plain values, and is not loaded (for safety)"
-                         ) from None
+        raise ValueError(_FOREIGN_OBJECTS.format(path=path)) from None
     except Exception as err:  # torch raises many types for a damaged or foreign file
         raise ValueError(f"{path} is not a risloc checkpoint, or is damaged (torch cannot read "
                          "it: "
@@ -104,6 +106,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
                          "SHA-256 digest)")
     try:
         return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # a digest proves integrity, not origin
+        raise ValueError(_FOREIGN_OBJECTS.format(path=path)) from None
     except Exception as err:  # noqa: BLE001 - any failure here is a damaged file
         raise ValueError(f"{path}: unreadable checkpoint content ({err})") from None
 
@@ -135,7 +139,7 @@ def model_from_state(state: dict[str, Any], weights: str = "ema"
         model = CovarianceNet(recipe.system, recipe.network_config())
         sd = state["model"] if weights == "raw" else averaged_weights(state, weights)
         model.load_state_dict(sd)
-    except (KeyError, RuntimeError, TypeError) as err:
+    except (AttributeError, KeyError, RuntimeError, TypeError) as err:
         raise ValueError(f"the checkpoint does not hold a risloc network ({err})") from None
     return model.eval(), recipe
 

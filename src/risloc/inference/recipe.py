@@ -11,10 +11,10 @@ with the same :func:`risloc.inference.forward.forward_blend`.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from risloc.config import (
     ConfigError,
@@ -59,6 +59,18 @@ class InferenceRecipe(BaseModel):
     blend: BlendConfig = BlendConfig()
     data: _DataView = _DataView()
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _no_unknown_model_keys(cls, value: Any) -> Any:
+        """An unknown key of ``model`` is refused, not dropped (extra="ignore" above reaches
+        the dataclass): a network built without it would differ from the one trained."""
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {f.name for f in fields(ModelConfig)})
+            if unknown:
+                raise ValueError(f"unknown model key(s) {', '.join(unknown)} (a recipe of a "
+                                 "newer risloc? upgrade risloc to read it)")
+        return value
+
     @property
     def fov(self) -> FieldOfView:
         """The field of view the network was trained on (its scene's)."""
@@ -95,6 +107,8 @@ def migrate_recipe(data: dict[str, Any]) -> dict[str, Any]:
     """Older stored recipes, read as today's: the ``model`` section's own field of view
     (always replaced by the scene's) and ``order.unknown_snr`` (the order head no longer
     reads the SNR) are dropped."""
+    if not isinstance(data, dict):  # refused by the validation, naming what it is
+        return data
     for section, keys in _RETIRED.items():
         sec = data.get(section)
         if isinstance(sec, dict):

@@ -110,3 +110,137 @@ def test_an_unknown_choice_of_weights_is_named_as_such():
     for weights in ("model", "EMA", "best"):
         with pytest.raises(ValueError, match="weights must be 'ema', 'swa' or 'raw'"):
             model_from_state(state, weights)
+
+
+def test_a_missing_empty_or_card_file_is_named_with_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*gone.pt"):
+        load_checkpoint(tmp_path / "gone.pt")
+    (tmp_path / "e.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"e.pt is not a risloc checkpoint \(not a file torch "
+                                         r"writes: it is empty\)"):
+        load_checkpoint(tmp_path / "e.pt")
+    (tmp_path / "m.json").write_text("{}")
+    with pytest.raises(ValueError, match="it is a model card, give the model beside it, m.pt"):
+        load_model(tmp_path / "m.json")
+
+
+def test_map_location_reaches_every_tensor_of_both_formats(tmp_path, monkeypatch):
+    """A checkpoint with a digest, and one written before checkpoints carried one."""
+    save_checkpoint(tmp_path / "new.pt", {"w": torch.ones(3)})
+    torch.save({"format_version": 1, "w": torch.ones(3)}, tmp_path / "old.pt")
+    for name in ("new.pt", "old.pt"):
+        assert load_checkpoint(tmp_path / name, map_location="meta")["w"].is_meta, name
+    import risloc.inference.checkpoint as checkpoint
+
+    seen = []
+    real = checkpoint.load_checkpoint
+    monkeypatch.setattr(checkpoint, "load_checkpoint",
+                        lambda path, loc="cpu": seen.append(loc) or real(path, loc))
+    state, _ = _state()
+    save_checkpoint(tmp_path / "run.pt", state)
+    device = torch.device("cpu")
+    checkpoint.load_model(tmp_path / "run.pt", map_location=device)
+    assert len(seen) == 1 and seen[0] is device
+
+
+def test_a_stored_recipe_or_weights_of_the_wrong_shape_are_value_errors(tmp_path):
+    """Not an AttributeError traceback: a recipe that is JSON but not an object, EMA
+    weights that are not a dict."""
+    for change in ({"config": "[1, 2]"}, {"ema": [1, 2]}, {"config": None}):
+        state, _ = _state()
+        state.update(change)
+        if change.get("config", "") is None:  # no recipe at all
+            del state["config"]
+        with pytest.raises(ValueError, match="recipe is invalid|does not hold a risloc network"):
+            model_from_state(state)
+
+
+def test_a_checkpoint_of_a_newer_format_asks_for_an_upgrade(tmp_path):
+    torch.save({"format_version": 2, "payload": b"x", "sha256": ""}, tmp_path / "n.pt")
+    with pytest.raises(ValueError, match=r"n.pt was written by a newer risloc \(checkpoint "
+                                         r"format 2; .*upgrade risloc to read it"):
+        load_checkpoint(tmp_path / "n.pt")
+
+
+def test_load_model_reads_the_ema_weights_unless_told(tmp_path):
+    state, net = _state()
+    state["model"] = {k: v + 1.0 for k, v in state["model"].items()}  # raw: not the EMA
+    save_checkpoint(tmp_path / "run.pt", state)
+    model, _ = load_model(tmp_path / "run.pt")
+    for k, v in net.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_a_digest_checked_payload_is_still_read_weights_only(tmp_path):
+    """The digest proves integrity, not origin: a payload holding other Python objects is
+    refused like a file holding them, not unpickled."""
+    import hashlib
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    torch.save({"format_version": 1, "a": np.zeros(3)}, buf)
+    payload = buf.getvalue()
+    torch.save({"format_version": 1, "payload": payload,
+                "sha256": hashlib.sha256(payload).hexdigest()}, tmp_path / "p.pt")
+    with pytest.raises(ValueError, match="p.pt is not a risloc checkpoint: it holds Python"
+                       ) as err:
+        load_checkpoint(tmp_path / "p.pt")
+    assert "weights_only" not in str(err.value)
+
+
+def test_an_exported_model_keeps_its_order_head_and_its_card_reports_it(tmp_path):
+    state, _ = _state()
+    state["order_head"] = {"weight": torch.arange(3.0)}
+    state["order_report"] = {"scenes": 600}
+    save_checkpoint(tmp_path / "run.pt", state)
+    export_model(tmp_path / "run.pt", tmp_path / "m.pt")
+    assert torch.equal(load_checkpoint(tmp_path / "m.pt")["order_head"]["weight"],
+                       torch.arange(3.0))
+    assert json.loads((tmp_path / "m.json").read_text())["order_head"] == {"scenes": 600}
+
+
+def test_a_model_target_is_checked_with_its_card(tmp_path):
+    src = tmp_path / "run.pt"
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(ValueError, match="dir is a folder: name the model file to write in it"):
+        check_model_target(tmp_path / "dir", src)
+    with pytest.raises(ValueError, match="must end in .pt"):
+        check_model_target(tmp_path / "m.json", src)
+    with pytest.raises(ValueError, match="the card of the input"):
+        check_model_target(tmp_path / "run.pth", src)
+    (tmp_path / "c.json").mkdir()  # where the card would go
+    with pytest.raises(ValueError, match="c.json is a folder"):
+        check_model_target(tmp_path / "c.pt", src)
+
+
+def test_a_crash_before_the_new_card_leaves_no_old_card_beside_the_new_model(tmp_path,
+                                                                              monkeypatch):
+    import risloc.inference.checkpoint as checkpoint
+
+    state, _ = _state()
+    save_checkpoint(tmp_path / "run.pt", state)
+    (tmp_path / "m.pt").write_bytes(b"old model")
+    (tmp_path / "m.json").write_text('{"epoch": 99}')
+
+    def crash(*args, **kwargs):
+        raise OSError("killed")
+
+    monkeypatch.setattr(checkpoint, "write_json_atomic", crash)
+    with pytest.raises(OSError, match="killed"):
+        checkpoint.export_model(tmp_path / "run.pt", tmp_path / "m.pt")
+    assert load_checkpoint(tmp_path / "m.pt")["epoch"] == 3
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_a_model_failing_its_check_is_named_by_the_input_not_the_temporary(tmp_path):
+    state, _ = _state()
+    run = save_checkpoint(tmp_path / "run.pt", state)
+
+    def verify(path):
+        raise ValueError(f"{path}: cannot build the pipeline")
+
+    with pytest.raises(ValueError, match=f"^{run}: cannot build the pipeline$"):
+        export_model(run, tmp_path / "m.pt", verify=verify)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]

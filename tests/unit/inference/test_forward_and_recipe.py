@@ -121,3 +121,27 @@ def test_the_scenes_include_the_recipe_s_scene_mix():
     other = SceneConfig(snr_db=(0.0, 5.0))
     assert r.scenes(other)[0][1] == other  # the scene given replaces the recipe's
     assert InferenceRecipe.from_json(_recipe()).scenes(other) == other
+
+
+def test_a_recipe_s_unknown_model_key_is_refused_not_dropped():
+    """pydantic drops unknown keys of the ModelConfig dataclass under the recipe's
+    extra="ignore": a misspelt (or newer risloc's) model key built another network."""
+    with pytest.raises(ConfigError, match="(?s)recipe is invalid.*unknown model key.*widht"):
+        InferenceRecipe.from_json(_recipe(model={"width": 8, "widht": 9}))
+    with pytest.raises(ConfigError, match="recipe is invalid"):  # JSON, but not an object
+        InferenceRecipe.from_json("[1, 2]")
+
+
+def test_a_recipe_s_snr_shown_outside_0_1_is_refused():
+    with pytest.raises(ConfigError, match="(?s)recipe is invalid.*data.snr_shown"):
+        InferenceRecipe.from_json(_recipe(data={"snr_shown": 1.5}))
+
+
+def test_an_old_training_recipe_with_order_unknown_snr_still_resumes():
+    from risloc.inference.recipe import migrate_recipe
+    from risloc.training.config import TrainConfig, load_train_config
+
+    old = json.loads(load_train_config(None, []).to_json())
+    old["order"]["unknown_snr"] = True
+    assert "unknown_snr" not in migrate_recipe(old)["order"] and old["order"]["unknown_snr"]
+    assert TrainConfig.from_json(json.dumps(old)).order == load_train_config(None, []).order
