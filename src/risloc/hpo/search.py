@@ -684,6 +684,12 @@ def tune(settings: TuneSettings):
             for h in handlers:
                 h.removeFilter(quiet)
     _fail_stale_trials(study)
+    running = [t.number for t in study.trials if t.state == TrialState.RUNNING]
+    if running:  # (a review: a rerun soon after a kill finished without it, and said nothing)
+        log.info("trial(s) %s still RUNNING: another worker's, or one of a worker killed "
+                 "less than %d s ago; once silent that long it is failed and queued again "
+                 "by the next `risloc tune` of the study, which continues it",
+                 ", ".join(map(str, running)), settings.grace_s)
     write_reports(study, base, space, Path(settings.out_dir), settings.config,
                   settings.fixed_overrides(), settings.epochs)
     return study

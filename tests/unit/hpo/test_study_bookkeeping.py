@@ -663,3 +663,21 @@ def test_a_range_over_a_true_or_false_field_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match=r"model.zoom is true or false: give it choices"):
         _space(tmp_path, "model.zoom: {low: 0, high: 1}")
+
+
+def test_a_trial_still_running_when_the_budget_is_spent_is_named(tmp_path, caplog):
+    """A review: a rerun within the grace period of a kill finished the budget without
+    the killed trial, which stayed RUNNING, and nothing but a row of trials.csv said so."""
+    import logging
+
+    from optuna.trial import TrialState, create_trial
+
+    from risloc.hpo import open_study, tune
+
+    s = TuneSettings(config="train_tiny", out_dir=str(tmp_path), n_trials=1, epochs=1)
+    study = open_study(s)
+    study.add_trial(create_trial(value=0.5))
+    study.add_trial(create_trial(state=TrialState.RUNNING))
+    with caplog.at_level(logging.INFO, logger="risloc.hpo.search"):
+        tune(s)
+    assert "trial(s) 1 still RUNNING" in caplog.text and "180 s" in caplog.text
