@@ -555,7 +555,8 @@ def _to_complex64(a: np.ndarray) -> np.ndarray:
     if odd.any():
         a = a.copy()
         shift = -np.round(np.log2(peak[odd]))
-        a[odd] *= np.exp2(shift).reshape(-1, *([1] * (a.ndim - 1)))
+        with np.errstate(invalid="ignore"):  # (an inf among the values: inf + NaN j)
+            a[odd] *= np.exp2(shift).reshape(-1, *([1] * (a.ndim - 1)))
     return a
 
 

@@ -2,6 +2,7 @@ import dataclasses
 import json
 import math
 import re
+import warnings
 
 import h5py
 import numpy as np
@@ -1163,3 +1164,97 @@ def test_unread_entries_near_misses_only_of_names_lacking_and_links_not_listed(t
     note = inspect_scene_file(_npz(tmp_path, **arr, **twenty)).notes[-1]
     assert note.startswith("20 array(s) not read") and "more)" not in note
     assert "'extra19'" in note
+
+
+@pytest.mark.parametrize("ext", ["h5", "npz"])
+def test_written_datasets_have_the_contract_s_dtypes_whatever_the_batch_holds(tmp_path, batch,
+                                                                              system, ext):
+    """The contract's dtypes (complex64 y, H, codes; float32 snr_db and positions; integer
+    K), also from a user's batch of complex128 and float64 fields (a mutation review: an
+    .npz kept complex128 codes and a float64 snr_db)."""
+    wide = dataclasses.replace(batch[:3], **{k: getattr(batch[:3], k).to(torch.complex128)
+                                             for k in ("y", "H", "codes")},
+                               snr_db=batch.snr_db[:3].double())
+    path = write_scenes(tmp_path / f"s.{ext}", wide, system)
+    raw = h5py.File(path) if ext == "h5" else np.load(path)
+    try:
+        got = {k: np.asarray(raw[k]).dtype for k in ("y", "H", "codes", "snr_db", "K",
+                                                      "azimuth_deg", "range_m")}
+    finally:
+        if ext == "h5":
+            raw.close()
+    assert {k: got[k] for k in ("y", "H", "codes")} == dict.fromkeys(("y", "H", "codes"),
+                                                                      np.complex64)
+    assert got["snr_db"] == got["azimuth_deg"] == got["range_m"] == np.float32
+    assert got["K"].kind == "i"
+
+
+def test_a_wide_scene_s_non_finite_value_does_not_set_its_scale(tmp_path, batch, system):
+    """A complex128 scene holding an inf (or NaN) among ordinary values is scaled, or not,
+    by its finite values alone: those read as they are, without a NumPy warning (a mutation
+    review: a peak taken over the inf scaled the whole scene by 2^-inf, to zeros and NaN)."""
+    arr = batch_to_arrays(batch[:2], system.K_max)
+    y = arr["y"].astype(np.complex128) * np.array([1.0, 1e50]).reshape(2, 1, 1)
+    y[:, 0, 0] = np.inf
+    path = _npz(tmp_path, y=y, H=arr["H"], codes=arr["codes"],
+                system=np.array(system.model_dump_json()))
+    with warnings.catch_warnings():  # (NumPy's "invalid value" of inf * 2^-k: not the user's)
+        warnings.simplefilter("error", RuntimeWarning)
+        back, _ = read_scenes(path)
+    rest = torch.ones(back.y.shape[1:], dtype=torch.bool)
+    rest[0, 0] = False
+    assert torch.equal(back.y[0][rest], batch.y[0][rest])  # cast as it is
+    scaled = back.y[1][rest] / batch.y[1][rest]  # one power of two for the scene
+    assert bool(torch.isfinite(back.y[1][rest]).all())
+    torch.testing.assert_close(scaled, torch.full_like(scaled, scaled[0].real.item()))
+
+
+def test_a_user_s_float64_truth_reads_at_its_precision_and_k_counts_any_held_slot(tmp_path,
+                                                                                  batch, system):
+    """True positions stored as float64 are read without a round through float32; without
+    'K', a slot holding any number (an azimuth lost to NaN beside its elevation and range)
+    counts as a source, named as unscorable, not dropped (a mutation review)."""
+    arr = batch_to_arrays(batch[:2], system.K_max)
+    az = np.full((2, system.K_max), np.nan)
+    el, r = az.copy(), az.copy()
+    az[:, 0], el[:, 0], r[:, 0] = 12.3456789012345, -4.321098765432, 1.23456789012345
+    el[1, 1], r[1, 1] = 5.0, 2.0  # its azimuth NaN
+    path = _npz(tmp_path, y=arr["y"], H=arr["H"], codes=arr["codes"], azimuth_deg=az,
+                elevation_deg=el, range_m=r, system=np.array(system.model_dump_json()))
+    info = inspect_scene_file(path)
+    assert [i for i, _ in info.truth_problems] == [1]
+    assert "non-finite" in info.truth_problems[0][1]
+    got, _ = read_scenes(path, truth="unchecked")
+    assert got.K.tolist() == [1, 2]
+    assert got.range_m[0, 0].item() == 1.23456789012345
+    assert got.azimuth[0, 0].item() == math.radians(12.3456789012345)
+    assert got.elevation[0, 0].item() == math.radians(-4.321098765432)
+
+
+def test_an_elevation_just_past_90_deg_is_named_and_a_read_past_the_end_is_refused(
+        tmp_path, batch, system):
+    """The +-90 deg bound of a true elevation is tight (float32's rounding of 90 passes,
+    90.01 deg does not); a read that starts past the last scene is an error, one that
+    stops past it reads to the end (a mutation review)."""
+    arr = batch_to_arrays(batch[:3], system.K_max)
+    el = arr["elevation_deg"].copy()
+    el[0, 0], el[1, 0] = 90.01, np.float32(90.0)
+    path = _npz(tmp_path, **dict(arr, elevation_deg=el,
+                                 system=np.array(system.model_dump_json())))
+    assert inspect_scene_file(path).truth_problems == ((0, "a true elevation beyond "
+                                                           "+-90 deg"),)
+    got, _ = read_scenes(path, 1, 99, truth=False)
+    assert torch.equal(got.y, batch.y[1:3])
+    with pytest.raises(SceneFileError, match=r"bad scene range 5\.\.3 of 3"):
+        read_scenes(path, 5, 9, truth=False)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float64])
+def test_a_user_s_snr_of_another_dtype_reads_as_float32(tmp_path, batch, system, dtype):
+    """snr_db stored as integers or doubles (MATLAB's) reads as the batch's float32, NaN
+    where absent alike (a mutation review)."""
+    arr = batch_to_arrays(batch[:3], system.K_max)
+    path = _npz(tmp_path, y=arr["y"], H=arr["H"], codes=arr["codes"],
+                snr_db=np.array([3, -2, 10], dtype), system=np.array(system.model_dump_json()))
+    got, _ = read_scenes(path)
+    assert got.snr_db.dtype == torch.float32 and got.snr_db.tolist() == [3.0, -2.0, 10.0]
