@@ -608,3 +608,74 @@ def test_the_snr_of_a_file_can_be_withheld(tmp_path, monkeypatch):
     res = runner.invoke(app, learned)
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and "other settings: another --method." in text, text
+
+
+def test_the_default_batch_size_is_256_scenes_on_the_cpu(tmp_path, monkeypatch):
+    """Without --batch-size the CPU reads and localizes 256 scenes at a time, as --help says
+    (a mutation review: CUDA's 8192 on the CPU went unnoticed)."""
+    from risloc.cli import localize
+
+    f = tmp_path / "s.h5"
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(f), "--K", "1",
+                               "--split", "test"]).exit_code == 0
+    real, sizes = localize.iter_scene_chunks, []
+
+    def spy(path, lo, hi, batch_size, **kw):
+        sizes.append(batch_size)
+        return real(path, lo, hi, batch_size, **kw)
+
+    monkeypatch.setattr(localize, "iter_scene_chunks", spy)
+    res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "e.csv"),
+                              "--method", "classical", "--K", "1"])
+    assert res.exit_code == 0 and sizes == [256], (sizes, res.output)
+
+
+def test_files_of_other_k_max_bound_k_by_the_smallest_and_localize_by_their_own(tmp_path):
+    """--K is bounded by the smallest K_max of the files (each file's scenes are capped by
+    theirs), and a file of a larger K_max after one of a smaller is localized up to its own
+    (a mutation review: neither was tested with the smaller file first)."""
+    f, g = tmp_path / "f.h5", tmp_path / "g.h5"
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(f), "--snr-db", "30",
+                               "--K", "3", "--split", "test"]).exit_code == 0
+    assert runner.invoke(app, ["simulate", "--n", "1", "--out", str(g), "--snr-db", "30",
+                               "--K", "1", "--set", "system.K_max=2", "--split",
+                               "test"]).exit_code == 0
+    res = runner.invoke(app, ["localize", str(f), str(g), "--out", str(tmp_path / "k.csv"),
+                              "--method", "classical", "--K", "3"])
+    assert res.exit_code == 2 and "--K must lie in 1..K_max=2, got 3" in res.output, res.output
+    res = runner.invoke(app, ["localize", str(g), "--out", str(tmp_path / "k.csv"), "--K", "0"])
+    assert res.exit_code == 2 and "--K must lie in 1..K_max=2, got 0" in res.output, res.output
+    res = runner.invoke(app, ["localize", str(g), "--out", str(tmp_path / "k.csv"), "--start", "2"])
+    assert res.exit_code == 2 and "--start 2 selects no scene range of its 1 scenes" in \
+        res.output, res.output  # (one past the end: nothing to localize)
+    res = runner.invoke(app, ["localize", str(g), "--out", str(tmp_path / "k.csv"), "--start",
+                              "1", "--stop", "0"])
+    assert res.exit_code == 2 and "--start 1 / --stop 0 select no scene range of its 1 " \
+        "scenes" in res.output, res.output
+    assert list(tmp_path.glob("k.csv*")) == []
+    out = tmp_path / "gf.csv"
+    res = runner.invoke(app, ["localize", str(g), str(f), "--out", str(out),
+                              "--method", "classical"])
+    assert res.exit_code == 0, res.output
+    assert read_estimates(out, 2, 5, file=1).K.tolist() == [3, 3], res.output
+
+
+def test_a_resume_with_another_k_is_refused(tmp_path, monkeypatch):
+    """--K is one of the settings a resume must keep (a mutation review: dropped from the
+    run's record, a resume with another --K mixed estimates of two K)."""
+    from risloc.pipeline import Localizer
+
+    f = tmp_path / "s.h5"
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(f), "--K", "1",
+                               "--split", "test"]).exit_code == 0
+
+    def ctrl_c(self, *a, **k):
+        raise KeyboardInterrupt
+
+    base = ["localize", str(f), "--method", "classical", "--out", str(tmp_path / "e.csv")]
+    monkeypatch.setattr(Localizer, "localize", ctrl_c)
+    assert runner.invoke(app, [*base, "--K", "1"]).exit_code == 130
+    monkeypatch.undo()
+    res = runner.invoke(app, [*base, "--K", "2", "--resume"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "other settings: another --K" in text, text
