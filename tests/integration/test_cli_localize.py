@@ -105,6 +105,7 @@ def test_localize_never_replaces_its_input_and_skips_bad_scenes(tmp_path):
     assert res.exit_code == 1, res.output  # done, but a scene could not be localized
     assert "nope.pt is not used by --method classical" in " ".join(res.output.split())
     assert "scene 2 not localized: all-zero measurements" in res.output
+    assert "skipped" not in res.output  # (named once, by the CLI: not also logged)
     assert "1 scene not localized is counted: K = 0" in " ".join(res.output.split())
     assert f"estimates of 3 scenes in {out} (1 not localized, above)" in \
         " ".join(res.output.split())  # the CSV holds rows of 3 of the 4 scenes
@@ -159,6 +160,7 @@ def test_several_files_ranges_and_a_resume_after_a_kill(tmp_path, monkeypatch):
     assert res.exit_code == 1, res.output
     assert "a.h5:3 not localized: all-zero measurements" in " ".join(res.output.split())
     assert "no metrics after a resume" in res.output
+    assert "risloc evaluate" not in res.output  # (it would score one of the CSV's files)
     assert part.read_text() == full.read_text()
     assert not (tmp_path / "res.csv.part").exists() and not record.exists()
     # a resume into a run whose input was written anew meanwhile is refused
@@ -361,6 +363,9 @@ def test_an_interrupted_run_says_how_to_go_on_and_a_resume_of_nothing_says_so(tm
     res = runner.invoke(app, args)
     assert res.exit_code == 130 and "no interrupted run" not in res.output  # (not resumed)
     assert "interrupted: the scenes localized so far are kept" in " ".join(res.output.split())
+    # (not also the other commands' 'none is half-written': this one keeps a .part; a
+    # mutation review)
+    assert "half-written" not in res.output, res.output
     monkeypatch.setattr(Localizer, "localize", real)
     # a resume with another scene range or K is refused: its rows would not continue the
     # run's (a mutation review: either left out of the run's settings passed)
@@ -447,11 +452,46 @@ def test_true_angles_in_radians_are_suspected(tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["info", str(narrow)])
     assert res.exit_code == 0 and "radians stored as" not in " ".join(res.output.split())
+    res = runner.invoke(app, ["localize", str(narrow), "--out", str(tmp_path / "n.csv"),
+                              "--method", "classical"])  # (its attrs read: a mutation review)
+    assert res.exit_code == 0 and "metrics against" in res.output, res.output
+    assert "radians stored as" not in " ".join(res.output.split())
     with h5py.File(f, "a") as h:  # degrees, every source within 0.2 deg of boresight
         for name in ("azimuth_deg", "elevation_deg"):
             h[name][:] = h[name][:] / 5
     res = runner.invoke(app, ["info", str(f)])
     assert "radians stored as degrees?" not in " ".join(res.output.split())
+
+
+def test_a_full_disk_part_way_keeps_the_finished_chunks_and_a_resume_continues(tmp_path,
+                                                                             monkeypatch):
+    """An OSError part-way (a full disk, a file gone): the finished chunks stay, the .part
+    file's lock is released, and --resume in the same process continues (a mutation review:
+    the lock left held refused it as another run's)."""
+    from risloc.pipeline import Localizer
+
+    f, out = tmp_path / "s.h5", tmp_path / "e.csv"
+    assert runner.invoke(app, ["simulate", "--n", "8", "--out", str(f), "--K", "1",
+                               "--split", "test"]).exit_code == 0
+    args = ["localize", str(f), "--out", str(out), "--method", "classical", "--batch-size",
+            "4"]
+    real, calls = Localizer.localize, []
+
+    def full_at_the_second_chunk(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Localizer, "localize", full_at_the_second_chunk)
+    failed = runner.invoke(app, args)  # (kept: its traceback holds the command's frame)
+    text = " ".join(failed.output.split())
+    assert failed.exit_code == 2 and "No space left on device (while localizing into" in text
+    assert "the same command with --resume continues" in text and not out.exists()
+    monkeypatch.setattr(Localizer, "localize", real)
+    res = runner.invoke(app, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert read_estimates(out, 8, 5).K.tolist() == [1] * 8
 
 
 def test_scenes_unreadable_part_way_keep_the_finished_chunks_and_say_how_to_go_on(tmp_path):
@@ -634,6 +674,8 @@ def test_files_of_other_k_max_bound_k_by_the_smallest_and_localize_by_their_own(
     """--K is bounded by the smallest K_max of the files (each file's scenes are capped by
     theirs), and a file of a larger K_max after one of a smaller is localized up to its own
     (a mutation review: neither was tested with the smaller file first)."""
+    import h5py
+
     f, g = tmp_path / "f.h5", tmp_path / "g.h5"
     assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(f), "--snr-db", "30",
                                "--K", "3", "--split", "test"]).exit_code == 0
@@ -653,11 +695,17 @@ def test_files_of_other_k_max_bound_k_by_the_smallest_and_localize_by_their_own(
     assert res.exit_code == 2 and "--start 1 / --stop 0 select no scene range of its 1 " \
         "scenes" in res.output, res.output
     assert list(tmp_path.glob("k.csv*")) == []
+    # g's snr_db over-states its SNR by 30 dB: the classical K runs to the largest it may,
+    # which for g's scenes is g's K_max of 2, not the run's 5 (a mutation review: the
+    # localizer's system passed for every file's scenes capped them at 5)
+    with h5py.File(g, "a") as h:
+        h["snr_db"][:] = 60.0
     out = tmp_path / "gf.csv"
     res = runner.invoke(app, ["localize", str(g), str(f), "--out", str(out),
                               "--method", "classical"])
     assert res.exit_code == 0, res.output
     assert read_estimates(out, 2, 5, file=1).K.tolist() == [3, 3], res.output
+    assert read_estimates(out, 1, 2, file=0).K.tolist() == [2], res.output
 
 
 def test_a_resume_with_another_k_is_refused(tmp_path, monkeypatch):

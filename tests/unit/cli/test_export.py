@@ -43,3 +43,36 @@ def test_a_model_that_does_not_load_replaces_nothing(tmp_path, untrained, monkey
     assert (tmp_path / "m.pt").read_bytes() == b"the good model"
     assert (tmp_path / "m.json").read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.pt"]
+
+
+def test_the_summary_line_shows_each_validation_metric_and_a_dash_for_one_not_a_number(
+        tmp_path, untrained):
+    """(a mutation review: only a checkpoint without metrics was exported, so the two
+    metrics could swap, and a value that is not a number failed the export)"""
+    from risloc.inference.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(untrained)
+    state["history"] = [{"epoch": state.get("epoch"), "val_angle_median_deg": 1.23456,
+                         "val_K_accuracy": "n/a"}]
+    src = save_checkpoint(tmp_path / "ckpt.pt", state)
+    res = CliRunner().invoke(app, ["export-model", str(src), "--out", str(tmp_path / "m.pt")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0, said
+    assert "validation angle median 1.23 deg, K accuracy -" in said
+
+
+def test_a_missing_checkpoint_or_an_existing_model_or_card_is_refused(tmp_path, untrained):
+    """(a mutation review: neither refusal was tested; a missing checkpoint is named before
+    an --out that exists)"""
+    (tmp_path / "m.pt").write_bytes(b"the good model")
+    res = CliRunner().invoke(app, ["export-model", str(tmp_path / "none.pt"), "--out",
+                                   str(tmp_path / "m.pt")])
+    assert res.exit_code == 2 and "checkpoint not found:" in res.output, res.output
+    (tmp_path / "c.json").write_text("{}")  # a card of the user's where no model is
+    for out in ("m.pt", "c.pt"):
+        res = CliRunner().invoke(app, ["export-model", str(untrained), "--out",
+                                       str(tmp_path / out)])
+        assert res.exit_code == 2 and "--overwrite" in res.output, res.output
+    assert (tmp_path / "m.pt").read_bytes() == b"the good model"
+    assert (tmp_path / "c.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "m.pt"]
