@@ -244,6 +244,7 @@ def test_simulate_draws_a_recipes_scene_mixture(tmp_path):
         assert json.loads(f.attrs["config"])["scene"]["K"] == 3
     res = runner.invoke(app, ["info", str(out)])
     assert res.exit_code == 0 and "near 50%" in res.output
+    assert "simulated with the base scene: SNR" in " ".join(res.output.replace("│", " ").split())
     # the recipe as --config: its system and scene alone, and said so (a review: silently)
     res = runner.invoke(app, ["simulate", "--n", "2", "--config", str(recipe), "--out",
                               str(tmp_path / "base.h5")])
@@ -282,3 +283,46 @@ def test_every_command_s_help_is_whole_paragraphs():
         assert all(p and "\n" not in p for p in paragraphs), cmd.name
     res = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert "localize it with the learned pipeline" in res.output  # (was: "learned" \n "pipeline")
+
+
+def test_the_options_that_fix_a_scene_field_reach_the_scenes_and_the_file(tmp_path):
+    """A mutation review: --power-spread-db (with --config or --recipe), --snr-db's own
+    check, --K's bounds and the K_fixed / snr_db_fixed / n_total attributes went untested."""
+    out = tmp_path / "p.npz"
+    res = runner.invoke(app, ["simulate", "--n", "2", "--out", str(out),
+                              "--power-spread-db", "10", "--snr-db", "7", "--K", "2"])
+    assert res.exit_code == 0, res.output
+    _, info = read_scenes(out)
+    assert json.loads(info.attrs["config"])["scene"]["power_spread_db"] == 10.0
+    assert int(info.attrs["K_fixed"]) == 2 and float(info.attrs["snr_db_fixed"]) == 7.0
+    text = " ".join(runner.invoke(app, ["info", str(out)]).output.replace("│", " ").split())
+    assert "simulated with SNR 7.0 dB, K = 2, source powers spread over 10.0 dB" in text, text
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("scene: {K: 3}\n")
+    res = runner.invoke(app, ["simulate", "--n", "2", "--out", str(tmp_path / "r.npz"),
+                              "--recipe", str(recipe), "--power-spread-db", "6"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads(read_scenes(tmp_path / "r.npz")[1].attrs["config"])
+    assert cfg["scene"]["power_spread_db"] == 6.0
+    res = runner.invoke(app, ["simulate", "--n", "2", "--out", str(tmp_path / "s.npz"),
+                              "--power-spread-db", "-1"])
+    assert res.exit_code == 2 and "power_spread_db must lie in [0, 60] dB" in res.output
+    res = runner.invoke(app, ["simulate", "--n", "2", "--out", str(tmp_path / "s.npz"),
+                              "--snr-db", "nan"])
+    assert res.exit_code == 2 and "--snr-db must be a finite SNR" in res.output, res.output
+    for K in ("0", "6"):  # just outside 1..K_max
+        res = runner.invoke(app, ["simulate", "--n", "2", "--out", str(tmp_path / "s.npz"),
+                                  "--K", K])
+        assert res.exit_code == 2 and f"--K {K}: the number of sources must be 1..5" in \
+            res.output, res.output
+    assert not (tmp_path / "s.npz").exists()
+    # as many shards as scenes: one scene each; a negative shard index is refused
+    res = runner.invoke(app, ["simulate", "--n", "2", "--shard", "1/2", "--out",
+                              str(tmp_path / "one.npz")])
+    assert res.exit_code == 0, res.output
+    _, info = read_scenes(tmp_path / "one.npz")
+    assert info.n_scenes == 1 and int(info.attrs["first_scene"]) == 1
+    assert int(info.attrs["n_total"]) == 2
+    res = runner.invoke(app, ["simulate", "--n", "4", "--shard", "-1/2", "--out",
+                              str(tmp_path / "neg.npz")])
+    assert res.exit_code == 2 and "0 <= i < n" in res.output, res.output

@@ -103,3 +103,15 @@ def test_a_resumed_finished_run_keeps_its_model_only_if_it_is_current(tmp_path):
     assert not _model_is_current(_finished_run(tmp_path / "scene", scene={"K": 1}))
     assert not _model_is_current(_finished_run(tmp_path / "n", training_scenes=-1))
     assert not _model_is_current(_finished_run(tmp_path / "rep", per_snr=[{"scenes": -1}]))
+
+
+def test_resume_without_out_and_no_run_in_the_default_folder_says_out_names_it(
+        tmp_path, monkeypatch):
+    """--resume with neither --config nor --out, the default folder holding no run: the
+    error says that --out names the run folder (a mutation review: this text untested)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint .*last\.pt \(--out names the "
+                       r"run folder\)"):
+        _recipe(None, [], resume=True)
+    with pytest.raises(FileNotFoundError, match="no run here to continue"):
+        _recipe(None, [f"out_dir={tmp_path / 'elsewhere'}"], resume=True)
