@@ -78,6 +78,9 @@ def test_evaluate_file_without_truth_times_only_and_refuses_the_oracle(tmp_path)
     res = runner.invoke(app, ["evaluate", str(bare), "--estimators", "music-samp,music-oracle",
                               "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "music-oracle needs a scene file with the truth" in res.output
+    res = runner.invoke(app, ["evaluate", str(bare), "--estimators", "music-samp", "--known-K",
+                              "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "--known-K needs a scene file with the truth" in res.output
     res = runner.invoke(app, ["evaluate", str(bare), "--estimators", "music-samp",
                               "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
@@ -105,10 +108,12 @@ def test_evaluate_user_file_with_stochastic_crb(tmp_path):
     assert not (tmp_path / "r2").exists()
     # a simulated sweep's options are said to be unused for a file, not silently dropped
     res = runner.invoke(app, ["evaluate", str(f), "--estimators", "music-oracle", "--known-K",
-                              "--K", "3", "--n", "5", "--no-plots", "--out", str(tmp_path / "r3")])
+                              "--K", "3", "--n", "5", "--power-spread-db", "2", "--no-plots",
+                              "--out", str(tmp_path / "r3")])
     text = " ".join(res.output.split())
     assert res.exit_code == 0
-    assert "--K, --n set a simulated sweep: not used for a scene file" in text
+    assert "--K, --n, --power-spread-db set a simulated sweep: not used for a scene file" \
+        in text
 
 
 def test_a_scene_whose_bound_cannot_be_computed_leaves_the_metrics_without_it(tmp_path):
@@ -179,6 +184,8 @@ def test_estimates_made_elsewhere_are_scored_beside_the_estimators(tmp_path):
                               str(tmp_path / "gappy.csv"), "--out", str(tmp_path / "r"),
                               "--no-plots"])
     assert res.exit_code == 0, res.output
+    assert "--known-K / --snr-withheld concern the estimators run here" in " ".join(
+        res.output.split())  # (a mutation review: unchecked)
     rows = {r["estimator"]: r for r in _rows(tmp_path / "r" / "metrics.csv") if r["K"] == "all"}
     assert list(rows) == ["music-oracle", "exact", "gappy"]
     exact, gappy = rows["exact"], rows["gappy"]
@@ -221,6 +228,16 @@ def test_estimates_made_elsewhere_are_scored_beside_the_estimators(tmp_path):
                               "--no-plots", "--start", "8"])
     part = _rows(tmp_path / "r3" / "metrics.csv")[0]
     assert res.exit_code == 0 and "no row" not in res.output
+    # the report names the scenes it scored by their index in the file (a mutation review:
+    # an off-by-one in either passed)
+    assert json.loads((tmp_path / "r3" / "metrics.json").read_text())["meta"]["source"] \
+        == f"{f}, scenes 8..11"
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "none", "--estimates",
+                              str(tmp_path / "part.csv"), "--out", str(tmp_path / "r3s"),
+                              "--no-plots", "--start", "5", "--stop", "10"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "3 of the 5 scenes evaluated have true sources but no " \
+        "estimate (no row) [5, 6, 7]" in said, said
     # a scene left out (its measurements all zero), without a row as localize writes it:
     # not named (a review: counted as a scene missing from the CSV)
     dead = tmp_path / "dead.npz"
@@ -231,6 +248,12 @@ def test_estimates_made_elsewhere_are_scored_beside_the_estimators(tmp_path):
                               str(tmp_path / "no9.csv"), "--out", str(tmp_path / "r5"),
                               "--no-plots"])
     assert res.exit_code == 0 and "no row" not in res.output, res.output
+    _estimates_csv(tmp_path / "no3_9.csv", *truth, skip={3, 9})  # the count: 11 evaluated
+    res = runner.invoke(app, ["evaluate", str(dead), "--estimators", "none", "--estimates",
+                              str(tmp_path / "no3_9.csv"), "--out", str(tmp_path / "r5"),
+                              "--no-plots"])
+    assert res.exit_code == 0 and "1 of the 11 scenes evaluated have true sources but no " \
+        "estimate (no row) [3]" in " ".join(res.output.split()), res.output
     assert (part["n_scenes"], float(part["f1"])) == ("4", 1.0)
     several = tmp_path / "several.csv"  # localize a.h5 b.h5: one CSV, a `file` column
     several.write_text("file,scene,source,azimuth_deg,elevation_deg,range_m\n"
@@ -245,7 +268,13 @@ def test_estimates_made_elsewhere_are_scored_beside_the_estimators(tmp_path):
               "classical"], "its name 'classical' is taken (by an estimator)"),
             ([str(f), "--estimates", str(tmp_path / "nothere.csv")], "no such file"),
             (["--estimates", str(tmp_path / "exact.csv")], "give the scene file"),
-            ([str(f), "--start", "13"], "select no scene range of the 12 scenes")):
+            ([str(f), "--start", "13"], "select no scene range of the 12 scenes"),
+            ([str(f), "--start", "3", "--stop", "2"], "select no scene range of the 12"),
+            ([str(f), "--start", "3", "--stop", "3"], "no scene can be evaluated (none "
+                                                      "selected)"),
+            (["--start", "1", "--n", "1", "--snr-db", "20", "--estimators", "music-oracle",
+              "--no-plots"], "give the scene file"),  # (not a sweep that ignores it)
+            (["--stop", "4"], "give the scene file")):
         res = runner.invoke(app, ["evaluate", *args, "--out", str(tmp_path / "r2")])
         assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output
     # estimates written in radians are suspected, as true angles are (a user's review: F1 0
@@ -483,16 +512,32 @@ def test_titles_say_what_ran_and_plots_leave_out_no_scene_silently(tmp_path, mon
             for snr in (10.25, 10.35)]
     table = results_table(rows, "t")
     assert list(table.columns[1].cells) == ["10.25", "10.35"]
+    # no scene left out: no note saying "0 scene(s)" are (a mutation review: unchecked)
+    assert table.caption is None
+    assert "3 scene(s) are left out" in results_table(rows, "t", left=3).caption
     # what the estimators were told, the SNR label of a group without one, and each median
     # beside 0.6745 sqrt(CRB) (a mutation review: each passed)
     assert "K given, SNR withheld" in _plot_subtitle(
         SweepSettings(known_K=True, snr_given=False), "simulated", False)
     assert "K unknown, SNR given" in _plot_subtitle(SweepSettings(), "simulated", False)
+    assert ", equal source powers;" in _plot_subtitle(SweepSettings(), "simulated", False)
+    assert "source powers spread over 3 dB" in _plot_subtitle(
+        SweepSettings(power_spread_db=3.0), "simulated", False)
     bound = ResultRow("classical", math.nan, "all", 2, 1.0,
                       {"azimuth_median_deg": 1.0, "crb_azimuth_median_deg": 2.0})
     table = results_table([bound], "t")
     assert list(table.columns[1].cells) == ["unknown"]
     assert list(table.columns[5].cells) == ["1 (1.35)"]  # 0.6745 x 2
+    # each cell from its own column: the paired SE of the difference, the elevation's bound,
+    # no time for a true K's row (a mutation review: each of these passed mislabelled)
+    m = {"K_accuracy": 0.5, "se_K_accuracy_diff": 0.1, "se_K_accuracy_ratio": 9.0,
+         "f1": 0.75, "se_f1_diff": 0.02, "elevation_median_deg": 1.0,
+         "crb_azimuth_median_deg": 2.0, "crb_elevation_median_deg": 4.0,
+         "reference": "classical"}
+    table = results_table([ResultRow("learned", 10.0, K, 2, 5.0, m) for K in ("all", "2")],
+                          "t", per_K=True)
+    assert [list(table.columns[i].cells) for i in (2, 4, 5, 7, 9)] == [
+        ["all", "2"], ["0.5 (±0.1)"] * 2, ["0.75 (±0.02)"] * 2, ["1 (2.7)"] * 2, ["5.0", "-"]]
     # a file without any SNR: the table, no empty plots
     f = tmp_path / "s.h5"
     assert runner.invoke(app, ["simulate", "--n", "4", "--out", str(f), "--K", "1",
