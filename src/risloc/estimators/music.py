@@ -179,19 +179,19 @@ def _null(A: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     return (1.0 - c.real.square().sum(-1) - c.imag.square().sum(-1)).clamp_min(NULL_FLOOR)
 
 
-def music_spectrum(R: torch.Tensor, K: torch.Tensor | int, system: SystemConfig,
+def music_spectrum(R: torch.Tensor | LowRank, K: torch.Tensor | int, system: SystemConfig,
                    azimuth: torch.Tensor, elevation: torch.Tensor, range_m: torch.Tensor,
                    loading: float = 0.0) -> torch.Tensor:
     """MUSIC pseudo-spectrum 1 / (1 - ||U_s^H a||^2) at given points.
 
-    R : [B, N, N] complex; K : [B] int64 (or int)
+    R : [B, N, N] complex, or its :class:`LowRank` factor; K : [B] int64 (or int)
     azimuth, elevation : [P] or [B, P] — [rad]; range_m : [P] or [B, P] — [m]
     Returns P : [B, P] float (>= 1, at most 1 / NULL_FLOOR).
     """
     K = check_inputs(R, K, system.N, system.M)
     U = signal_subspace(R, K, loading)
     A = steering(azimuth, elevation, range_m, system, U.dtype)  # (P, N) or (B, P, N)
-    A = A.expand(R.shape[0], *A.shape[-2:])
+    A = A.expand(U.shape[0], *A.shape[-2:])
     return 1.0 / _null(A, U)
 
 

@@ -465,6 +465,23 @@ def test_bf16_counts_as_native_on_gpus_from_ampere_only(monkeypatch, capability,
         grids.native_bf16.cache_clear()
 
 
+def test_bf16_counts_as_native_on_a_cpu_with_mkldnn_bf16_only(monkeypatch):
+    """On a CPU, native bfloat16 is what oneDNN reports; another non-CUDA device never has it
+    (a mutation review: the CPU test inverted passed on every machine without BF16)."""
+    from risloc.estimators import grids
+
+    monkeypatch.setattr(grids.torch.backends.mkldnn, "is_available", lambda: True)
+    for supported in (True, False):
+        monkeypatch.setattr(grids.torch.ops.mkldnn, "_is_mkldnn_bf16_supported",
+                            lambda supported=supported: supported)
+        grids.native_bf16.cache_clear()
+        try:
+            assert grids.native_bf16("cpu") is supported
+            assert grids.native_bf16("meta") is False
+        finally:
+            grids.native_bf16.cache_clear()
+
+
 def test_the_ols_statistic_is_its_formula_with_the_floor_beside_a_found_source():
     """T(g) = sum_l |r_l^H b_l|^2 / max(||b_l||^2 - ||Q_l^H b_l||^2, floor ||b_l||^2), Q_l
     an orthonormal basis of the found columns, written out with NumPy on a grid whose

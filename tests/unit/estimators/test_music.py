@@ -88,6 +88,10 @@ def test_low_rank_factor_gives_the_dense_estimates(system):
         assert angle.max() < 1e-3 and dist.max() < 1e-3, (angle.max(), dist.max())
     angle, dist = errors(low, scenes.azimuth, scenes.elevation, scenes.range_m, scenes.K)
     assert angle.max() < ANGLE_TOL_DEG and dist.max() < RANGE_TOL_M
+    pts = scenes.azimuth[:, :1], scenes.elevation[:, :1], scenes.range_m[:, :1]
+    torch.testing.assert_close(music_spectrum(factor, scenes.K, system, *pts),
+                               music_spectrum(dense_blend, scenes.K, system, *pts),
+                               rtol=1e-3, atol=0)  # the spectrum takes the factor too
     with pytest.raises(ValueError, match="non-finite"):
         music(LowRank(zero, W * float("nan")), scenes.K, system)
     with pytest.raises(ValueError, match="N=144"):
@@ -170,6 +174,63 @@ def test_result_does_not_depend_on_source_order_or_scale():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+def test_only_the_hermitian_part_of_R_enters_the_subspace():
+    """An anti-Hermitian part of R (S^H = -S) moves no eigenvector: the projector U U^H is
+    that of R alone (a mutation review: eigh on the un-Hermitised R, which reads only its
+    lower triangle, passed)."""
+    system = SystemConfig()
+    scenes = simulate(2, system, seed=3, K=2)
+    R = scene_true_covariance(scenes, system, torch.complex128)
+    X = torch.randn(R.shape, dtype=R.dtype, generator=torch.Generator().manual_seed(4))
+    S = 0.1 * (X - X.mH)
+    U1, U2 = signal_subspace(R, scenes.K), signal_subspace(R + S, scenes.K)
+    torch.testing.assert_close(U2 @ U2.mH, U1 @ U1.mH, atol=1e-9, rtol=0)
+
+
+def test_fewer_candidates_than_sources_still_refines_k_peaks():
+    """n_candidates below K: at least K grid peaks are refined, so every source of an exact
+    covariance is found (a mutation review: refining only n_candidates peaks passed)."""
+    system = SystemConfig()
+    scenes = simulate(3, system, seed=11, K=4)
+    R = scene_true_covariance(scenes, system)
+    est = music(R, scenes.K, system, MusicConfig(n_candidates=1, valley_step_deg=0.0))
+    assert torch.equal(est.K, scenes.K)
+    angle, dist = errors(est, scenes.azimuth, scenes.elevation, scenes.range_m, scenes.K)
+    assert angle.max() < ANGLE_TOL_DEG and dist.max() < RANGE_TOL_M
+
+
+def test_k_max_slots_and_a_warning_when_fewer_peaks_than_sources(caplog):
+    """Estimates have K_max slots even when every K is smaller; a suppression radius wider
+    than the sphere leaves one peak for two sources, which is warned of (a mutation
+    review: max(K) slots and a warning on est.K > K passed)."""
+    system = SystemConfig()
+    caplog.set_level("WARNING", logger="risloc.estimators.music")
+    scenes = simulate(2, system, seed=5, K=2)
+    R = scene_true_covariance(scenes, system)
+    est = music(R, torch.tensor([1, 2]), system)
+    assert est.azimuth.shape == (2, system.K_max) and est.K.tolist() == [1, 2]
+    assert not caplog.records
+    est = music(R, scenes.K, system, MusicConfig(min_separation_deg=181.0))
+    assert est.K.tolist() == [1, 1]
+    assert [r.getMessage() for r in caplog.records] == [
+        "MUSIC found fewer separated peaks than K in 2 scene(s)"]
+
+
+def test_estimates_stay_in_the_field_of_view_searched():
+    """A source 3 deg outside the azimuth range is reported on the field of view's edge,
+    never outside it (a mutation review: a refinement box 3 deg wider passed)."""
+    system = SystemConfig()
+    f64 = torch.float64
+    az = torch.deg2rad(torch.tensor([[63.0, -20.0]], dtype=f64))
+    el = torch.deg2rad(torch.tensor([[5.0, 10.0]], dtype=f64))
+    rng = torch.tensor([[3.0, 2.0]], dtype=f64)
+    R = true_covariance(az, el, rng, torch.ones(1, 2, dtype=f64), system, torch.complex128)
+    est = music(R, 2, system)
+    assert int(est.K[0]) == 2
+    edge = est.azimuth[0, :2].abs().argmax()
+    assert abs(math.degrees(float(est.azimuth[0, edge])) - 60.0) < 1e-9
+
+
 def test_refinement_converges_monotonically_from_off_grid_start():
     system = SystemConfig()
     truth = torch.tensor([0.4, -0.2, 1 / 3.3], dtype=torch.float64)
@@ -213,7 +274,8 @@ def test_bad_K_raises(K):
 
 
 def test_config_validation():
-    for kwargs in ({"n_range": 1}, {"loading": -1.0}, {"n_candidates": 0}):
+    for kwargs in ({"n_range": 1}, {"loading": -1.0}, {"n_candidates": 0},
+                   {"min_separation_deg": -1.0}):
         with pytest.raises(ValueError):
             MusicConfig(**kwargs)
 
@@ -254,9 +316,9 @@ def test_the_grid_spectrum_is_the_music_spectrum_at_the_grid_points():
     R, K = X @ X.mH, torch.tensor([1, 3, 3])
     U = signal_subspace(R, K)
     A_grid = steering(grid.azimuth, grid.elevation, grid.range_m, system, torch.complex128).T
-    got = grid_spectrum(U, K, A_grid, chunk=50)
     want = music_spectrum(R, K, system, grid.azimuth, grid.elevation, grid.range_m)
-    assert torch.allclose(got, want, rtol=1e-9)
+    for chunk in (50, 139, 140):  # 139: a last chunk of one column
+        assert torch.allclose(grid_spectrum(U, K, A_grid, chunk=chunk), want, rtol=1e-9)
 
 
 def test_grid_candidates_reach_past_peaks_crowded_around_the_strongest():

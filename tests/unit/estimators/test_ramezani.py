@@ -53,6 +53,43 @@ def test_smoothing_restores_rank():
     assert (full[:, 1:].abs() < 1e-9 * full[:, :1]).all()  # one window: rank 1
 
 
+def test_smoothing_is_the_mean_over_every_window_and_reads_the_hermitian_part():
+    """smoothed_covariance = (1/P) sum_p z_p z_p^H over all P overlapping windows, written
+    out; antidiagonal ignores an anti-Hermitian part of R (a mutation review: windows of
+    stride 2 and the anti-diagonal of the un-Hermitised R passed)."""
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(2, 4, 5, dtype=torch.complex128, generator=g)
+    want = torch.zeros(2, 6, 6, dtype=torch.complex128)
+    for i in range(3):
+        for j in range(3):
+            w = z[:, i:i + 2, j:j + 3].reshape(2, 6, 1)
+            want += w @ w.mH / 9
+    torch.testing.assert_close(smoothed_covariance(z, (2, 3)), want, atol=1e-12, rtol=0)
+    system = SystemConfig(wavefront="fresnel")
+    R = one_source(35.0, -12.0, 0.9, system)[-1]
+    X = torch.randn(R.shape, dtype=R.dtype, generator=g)
+    torch.testing.assert_close(antidiagonal(R + X - X.mH, system), antidiagonal(R, system),
+                               atol=1e-12, rtol=0)
+
+
+def test_grid_estimate_is_exact_for_a_source_on_the_grids():
+    """Without refinement the estimate is the best grid point: a source at virtual frequency
+    (i/n_frequency - 1/2) per axis and at a 1/range grid point is recovered exactly (a
+    mutation review: a frequency step of 1/(n-1) and a range grid uniform in range passed).
+    """
+    system = SystemConfig(wavefront="fresnel")
+    config = RamezaniConfig(refine_iterations=0)
+    f_x, f_y = 40 / 64 - 0.5, 28 / 64 - 0.5  # d = lambda / 2: s = f
+    inv = 1 / 10.0 + 16 * (1 / 0.5 - 1 / 10.0) / 31  # 1/range grid point 16 of 32
+    el = math.asin(f_y)
+    az = math.asin(f_x / math.cos(el))
+    _, _, _, R = one_source(math.degrees(az), math.degrees(el), 1 / inv, system)
+    est = ramezani_music(R, 1, system, config)
+    assert abs(float(est.azimuth[0, 0]) - az) < 1e-9
+    assert abs(float(est.elevation[0, 0]) - el) < 1e-9
+    assert abs(float(est.range_m[0, 0]) - 1 / inv) < 1e-9
+
+
 @pytest.mark.parametrize("source", [(20.0, 10.0, 1.2), (-45.0, -25.0, 6.0), (50.0, 5.0, 3.0),
                                     (-10.0, 15.0, 0.55)])
 def test_single_source_exact_under_fresnel(source):
