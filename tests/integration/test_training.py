@@ -47,7 +47,8 @@ def test_cli_run_writes_logs_and_checkpoints(tmp_path):
     for name in ("best.pt", "last.pt", "final.pt", "epochs.csv", "steps.csv", "metrics.json",
                  "model.pt", "model.json"):
         assert (tmp_path / name).exists(), name
-    assert not (tmp_path / "model-without-order-head.pt").exists()  # a stage, removed
+    for stage in ("model-without-order-head.pt", "model-without-order-head.json"):
+        assert not (tmp_path / stage).exists(), stage  # a stage, removed (with its card)
     # the inference model: the best epoch's weights plus an order head fitted on the
     # recipe's 64 scenes, with the report in its card
     from risloc.pipeline.learned import load_learned_pipeline
@@ -511,6 +512,22 @@ def test_the_run_holds_its_folder_until_its_model_is_written(tmp_path, monkeypat
         pass
 
 
+def test_the_epochs_option_sets_the_runs_epochs_over_set(tmp_path):
+    """--epochs is the run's schedule.epochs, over a --set of it (a mutation review: the
+    option dropped passed every test)."""
+    app = typer.Typer()
+    app.command()(train_command)
+    res = CliRunner().invoke(app, ["-c", str(TINY), "--out", str(tmp_path), "--epochs", "2",
+                                   "--set", "schedule.epochs=1", "--set",
+                                   "schedule.steps_per_epoch=1", "--set", "data.n_val=8",
+                                   "--set", "order.scenes=0", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "(2 epochs x 1 steps" in " ".join(res.output.split())
+    assert len(list(csv.DictReader(open(tmp_path / "epochs.csv")))) == 2
+    st = load_checkpoint(tmp_path / "last.pt")
+    assert st["epoch"] == 2 and TrainConfig.from_json(st["config"]).schedule.epochs == 2
+
+
 def test_a_resumed_run_that_stopped_early_stays_stopped(tmp_path):
     over = [f"out_dir={tmp_path}", "schedule.steps_per_epoch=1", "schedule.epochs=6",
             "schedule.patience=2", "schedule.min_improvement=1e3", "schedule.swa_frac=0",
@@ -555,6 +572,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, terms
     # rank 0 reports; rank 1's lines (its "training ->", its log's SWA line) are left out
     assert one.stderr.count("training -> ") == 1
     assert two.stderr.count("training -> ") == 1, two.stderr[-2000:]
+    assert two.stdout.count("training finished") == 1, two.stdout[-2000:]  # rank 0's table
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["ranks_identical"] == 1.0
     a, b = (_weights(tmp_path / "one" / "last.pt"),
@@ -649,6 +667,17 @@ def test_an_interrupted_training_says_how_to_continue(tmp_path, monkeypatch):
     # (a new user's review: the hint's command was refused, the two exclude each other)
     assert "interrupted: the same command with --resume in place of --overwrite continues" \
         in says("--overwrite")
+
+    def ctrl_c_in_a_resumed_epoch(cfg, **kwargs):
+        (run / "steps.csv").write_text("step\n1\n")
+        raise KeyboardInterrupt
+
+    # --resume stopped before its next checkpoint: the run's last.pt still continues it, and
+    # its logs stay (a mutation review: "nothing of it to resume", the logs deleted, passed)
+    monkeypatch.setattr(cli_train, "train", ctrl_c_in_a_resumed_epoch)
+    assert "interrupted: the same command with --resume continues" in says("--resume")
+    assert (run / "steps.csv").exists()
+    (run / "steps.csv").unlink()
     monkeypatch.setattr(cli_train, "train", ctrl_c)  # --overwrite: the last.pt is the old run's
     assert "nothing of it to resume; the same command with --overwrite starts afresh" \
         in says("--overwrite")

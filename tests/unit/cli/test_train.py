@@ -25,6 +25,31 @@ def test_an_overrides_file_of_risloc_tune_or_a_plain_mapping(tmp_path):
     assert read_overrides(None) == []
     with pytest.raises(FileNotFoundError, match="overrides file not found"):
         read_overrides(tmp_path / "missing.yaml")
+    listed = tmp_path / "listed.yaml"  # (a review: the mapping check untested)
+    listed.write_text("overrides:\n  - optim.lr=0.002\n")
+    with pytest.raises(ValueError, match="listed.yaml: expected a mapping of recipe fields"):
+        read_overrides(listed)
+
+
+def test_set_overrides_the_overrides_file_and_the_options_override_both(
+        tmp_path, monkeypatch):
+    """--overrides is applied before --set, and --out, --epochs, --device, --threads and
+    --progress over both (a mutation review: the order, and each option dropped, passed)."""
+    import risloc.cli.train as cli_train
+
+    seen = []
+    monkeypatch.setattr(cli_train, "train", lambda cfg, **kw: seen.append(cfg) or {})
+    file = tmp_path / "best_overrides.yaml"
+    file.write_text(f"overrides:\n  optim.lr: 0.002\n  optim.batch_size: 4\n"
+                    f"  order.scenes: 0\n  out_dir: {tmp_path / 'elsewhere'}\n")
+    given = ["optim.lr=0.003", "schedule.epochs=9", "threads=2", "device=cuda",
+             "progress=true", f"out_dir={tmp_path / 'other'}"]
+    run = tmp_path / "run"
+    cli_train._train(None, given, run, 4, "cpu", 1, False, False, file, False)
+    cfg = seen[0]
+    assert (cfg.optim.lr, cfg.optim.batch_size, cfg.order.scenes) == (0.003, 4, 0)
+    assert (cfg.schedule.epochs, cfg.threads, cfg.device, cfg.progress) == (4, 1, "cpu", False)
+    assert str(cfg.out_dir) == str(run) and (run / "metrics.json").exists()
 
 
 def test_a_resumed_run_takes_its_stored_recipe_with_the_commands_overrides(tmp_path):
@@ -74,6 +99,31 @@ def test_a_folder_left_by_a_run_that_failed_to_start_goes_only_if_unused(tmp_pat
     assert (run / "notes.txt").exists()
 
 
+def test_a_run_that_loses_its_new_folder_to_another_leaves_it_to_that_run(
+        tmp_path, monkeypatch):
+    """Two runs starting at once into a new folder: the one refused (in use) leaves the
+    folder and its lock file to the other (a mutation review: removing them passed)."""
+    import contextlib
+
+    import risloc.cli.train as cli_train
+    from risloc.io.atomic import make_output_folder
+    from risloc.training.loop import RunFolderInUse, run_folder_lock
+
+    run = tmp_path / "run"
+    with contextlib.ExitStack() as other:
+        def made_and_taken(folder):  # the other run takes the folder just made
+            make_output_folder(folder)
+            other.enter_context(run_folder_lock(folder))
+
+        monkeypatch.setattr(cli_train, "make_output_folder", made_and_taken)
+        monkeypatch.setattr(cli_train, "train", lambda *a, **k: pytest.fail("trained"))
+        with pytest.raises(RunFolderInUse):
+            cli_train._train(None, ["order.scenes=0"], run, None, None, None, False, False,
+                             None, False)
+        assert [p.name for p in run.iterdir()] == [LOCK_FILE]
+        assert "pid" in (run / LOCK_FILE).read_text()  # the other run's, intact
+
+
 def _finished_run(tmp_path, model_config=None, **report):
     """A run folder whose best.pt and model.pt hold epoch 2 (the model's head fitted with
     the recipe's order settings unless ``report`` says otherwise)."""
@@ -103,6 +153,29 @@ def test_a_resumed_finished_run_keeps_its_model_only_if_it_is_current(tmp_path):
     assert not _model_is_current(_finished_run(tmp_path / "scene", scene={"K": 1}))
     assert not _model_is_current(_finished_run(tmp_path / "n", training_scenes=-1))
     assert not _model_is_current(_finished_run(tmp_path / "rep", per_snr=[{"scenes": -1}]))
+    assert not _model_is_current(_finished_run(tmp_path / "empty", per_snr=[]))
+    _finished_run(tmp_path / "junk")
+    (tmp_path / "junk" / "model.pt").write_bytes(b"a model.pt cut short")  # fitted anew
+    assert not _model_is_current(load_train_config(None, [f"out_dir={tmp_path / 'junk'}"]))
+
+
+def test_a_run_without_an_order_stage_says_whether_the_model_there_is_best_pts(
+        tmp_path, monkeypatch, capsys):
+    """order.scenes = 0 where model.pt is left from an earlier fit: the message says it is
+    kept, and whether it still holds best.pt's epoch (a mutation review: untested)."""
+    import risloc.cli.train as cli_train
+    from risloc.inference.checkpoint import load_checkpoint, save_checkpoint
+
+    monkeypatch.setattr(cli_train, "train", lambda cfg, **kw: {})
+    _finished_run(tmp_path)
+    cfg = load_train_config(None, [f"out_dir={tmp_path}", "order.scenes=0"])
+    cli_train._train_in_folder(cfg, tmp_path, True, False, True)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "fitted earlier, is left as it was (risloc export-model" in said, said
+    save_checkpoint(tmp_path / "best.pt", {**load_checkpoint(tmp_path / "best.pt"), "epoch": 3})
+    cli_train._train_in_folder(cfg, tmp_path, True, False, True)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "left as it was (of another epoch than best.pt's now)" in said, said
 
 
 def test_resume_without_out_and_no_run_in_the_default_folder_says_out_names_it(
