@@ -236,7 +236,8 @@ def crb_deterministic(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: t
     if symbols.shape != (*codes.shape[:2], azimuth.shape[-1]):
         raise ValueError(f"symbols must be [B, L, K_max] = {(*codes.shape[:2], azimuth.shape[-1])},"
                          f" got {tuple(symbols.shape)}")
-    s = symbols.to(torch.complex128) * inp.mask.unsqueeze(1)  # (B, L, K)
+    zero = torch.zeros((), dtype=torch.complex128)  # (NaN * 0 is NaN: where, not a product)
+    s = torch.where(inp.mask.unsqueeze(1), symbols.to(torch.complex128), zero)  # (B, L, K)
     if not torch.isfinite(torch.view_as_real(s)).all():
         raise ValueError("symbols must be finite in real source slots")
     Bm, Dm = _measured_columns(inp, system)  # (B, L, M, K), (B, L, M, 3K)
@@ -346,7 +347,9 @@ def noise_var_for_snr(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: t
                    system, mask)
     Bm, _ = _measured_columns(inp, system)  # Phi_l A [B, L, M, K], padded columns zero
     if symbols is not None:
-        y = torch.einsum("blmk,blk->blm", Bm, symbols.to(torch.complex128))
+        s = torch.where(inp.mask.unsqueeze(1), symbols.to(torch.complex128),
+                        torch.zeros((), dtype=torch.complex128))  # padded: any value, NaN too
+        y = torch.einsum("blmk,blk->blm", Bm, s)
         signal = y.abs().square().sum((1, 2))
     else:
         p = torch.ones_like(inp.azimuth) if powers is None else powers.to(torch.float64)

@@ -374,6 +374,69 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="singular"):  # elevation of a linear array
         crb_deterministic(_t([[0.2]]), _t([[0.0]]), _t([[2.0]]), s[:, :, :1], H6, c6,
                           _t([0.1]), ula)
+    # (a mutation review: each of these passed)
+    with pytest.raises(ValueError, match="non-positive range"):  # not only crb() checks it
+        crb_deterministic(*geo[:2], _t([[0.8, 1.6, NAN, 0.0]]), s, **args)
+    with pytest.raises(ValueError, match="known must name parameters among"):  # a typo
+        crb_deterministic(*geo, s, known=("elevaton",), **args)
+
+
+def test_k_up_to_m_minus_1_sources_are_bounded_and_coincident_ones_named():
+    """K = M - 1 sources are resolvable (K >= M is refused); two sources at one position
+    make every snapshot's measured columns dependent, and the fit of noise and powers at
+    them says so instead of returning the garbage of a failed factorisation (a mutation
+    review: K >= M - 1 refused, and the Gram matrix's check dropped, passed)."""
+    from risloc.evaluation.crb import noise_and_powers_at
+
+    g = np.random.default_rng(60)
+    sys5 = SystemConfig(N_H=3, N_V=3, M=5, K_max=4, L=8)
+    H = torch.from_numpy(_cn((1, 5, 9), 61))
+    codes = torch.from_numpy(np.exp(2j * np.pi * g.random((1, 8, 9))))
+    geo = (_t([[0.2, -0.5, 0.6, -0.1]]), _t([[0.15, -0.1, 0.3, -0.4]]),
+           _t([[0.9, 2.0, 1.3, 3.0]]))
+    det = crb_deterministic(*geo, torch.from_numpy(_cn((1, 8, 4), 62)), H, codes, _t([0.05]),
+                            sys5)
+    sto = crb_stochastic(*geo, _t([[1.0, 1.0, 1.0, 1.0]]), H, codes, _t([0.05]), sys5)
+    for res in (det, sto):
+        assert torch.isfinite(_stack(res)).all() and (_stack(res) > 0).all()
+    twice = (_t([[0.2, 0.2]]), _t([[0.15, 0.15]]), _t([[0.9, 0.9]]))
+    y = torch.from_numpy(_cn((1, 8, 5), 63))
+    with pytest.raises(SingularFIMError, match="Gram matrix of the measured steering columns "
+                                               r"is singular in scenes \[0\]"):
+        noise_and_powers_at(*twice, y, H, codes, sys5.model_copy(update={"K_max": 2}))
+
+
+def test_padded_slots_take_any_symbols_and_powers_nan_included(system):
+    """Values in padded slots are ignored (documented), NaN too: the deterministic bound,
+    the stochastic one and the noise of an SNR equal those with zeros there (a review: the
+    symbols were masked by a product, NaN * 0 = NaN, and refused as 'not finite in real
+    source slots')."""
+    L = 6
+    H, codes = _identity_problem(SYS4, L)
+    common = dict(H=H, codes=codes, noise_var=_t([0.2]), system=SYS4)
+    geo = (_t([AZ4]), _t([EL4]), _t([R4]))
+    s = torch.from_numpy(_cn((1, L, 4), 64))
+    s[:, :, 2] = 0
+    nan_s = s.clone()
+    nan_s[:, :, 2] = complex(NAN, NAN)
+    torch.testing.assert_close(_stack(crb_deterministic(*geo, nan_s, **common)),
+                               _stack(crb_deterministic(*geo, s, **common)), equal_nan=True)
+    p = _t([[1.0, 2.0, 0.0, 0.5]])
+    nan_p = p.clone()
+    nan_p[0, 2] = NAN
+    torch.testing.assert_close(_stack(crb_stochastic(*geo, nan_p, **common)),
+                               _stack(crb_stochastic(*geo, p, **common)), equal_nan=True)
+    sc = simulate_batch(1, system, SceneConfig(), torch.Generator().manual_seed(65), K=2)
+    deg = [torch.rad2deg(t[:, :3]) for t in (sc.azimuth, sc.elevation)]
+    sym = sc.symbols[:, :, :3].to(torch.complex128)
+    sym[:, :, 2] = complex(NAN, NAN)
+    got = crb(sc.H, sc.codes, *deg, sc.range_m[:, :3], system, snr_db=5.0,
+              kind="deterministic", symbols=sym)
+    want = crb(sc.H, sc.codes, *deg, sc.range_m[:, :3], system, snr_db=5.0,
+               kind="deterministic", symbols=torch.nan_to_num(sym))
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], equal_nan=True)
+        assert torch.isfinite(got[k][:, :2]).all()
 
 
 def test_user_crb_from_an_snr_equals_the_bound_at_the_implied_noise_level(system):
@@ -648,6 +711,15 @@ def test_the_noise_of_an_snr_weighs_each_source_by_its_power(system):
                  for l in range(system.L) for k in range(2)) / (system.L * system.M)
     got = noise_var_for_snr(az, el, r, H, codes, torch.tensor([7.0]), system, powers=p)
     assert float(got[0]) == pytest.approx(signal / 10 ** 0.7, rel=1e-10)
+    # crb(..., snr_db=, powers=) sets that noise: the bound at a given SNR depends on the
+    # powers only through their ratios (a mutation review: crb() ignoring them passed)
+    deg = [torch.rad2deg(v[0]) for v in (az, el)]
+    at = {c: crb(H[0], codes[0], *deg, r[0], system, snr_db=7.0, powers=c * p[0])
+          for c in (1.0, 100.0)}
+    direct = crb(H[0], codes[0], *deg, r[0], system, noise_var=float(got[0]), powers=p[0])
+    for k in direct:
+        torch.testing.assert_close(at[1.0][k], direct[k], rtol=1e-9, atol=0)
+        torch.testing.assert_close(at[100.0][k], direct[k], rtol=1e-9, atol=0)
 
 
 @pytest.mark.parametrize("known", [("range",), ("elevation",), ("azimuth", "range")])
@@ -777,6 +849,8 @@ def test_user_crb_from_measurements_needs_no_snr_and_no_units(system):
         crb(*args, y=sc.y, snr_db=10.0)
     with pytest.raises(ValueError, match="neither powers= nor kind='deterministic'"):
         crb(*args, y=sc.y, powers=2.0)
+    with pytest.raises(ValueError, match="neither powers= nor kind='deterministic'"):
+        crb(*args, y=sc.y, kind="deterministic", symbols=sc.symbols[:, :, :2])
     with pytest.raises(ValueError, match=r"y must be \[L=16, M=16\]"):
         crb(*args, y=sc.y.transpose(1, 2)[:, :8])
     dead = sc.y.clone()
