@@ -1,7 +1,7 @@
 """How often the classical localizer reports a source too many at high SNR, given the SNR
 or not.
 
-    python benchmarks/bench_false_alarms.py [--n 200] [--out benchmarks/results/false_alarms.json]
+    python benchmarks/bench_false_alarms.py [--n 200] [--out reports/bench/false_alarms.json]
 
 Given the SNR, the classical K decision adds a source where the fit's cost falls by more
 than a penalty (:func:`risloc.estimators.order.default_penalty`, L + 6 sqrt(L) nats) that
@@ -37,7 +37,7 @@ KS = (1, 2, 3, 4)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200, help="scenes per SNR and K")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/false_alarms.json"))
+    ap.add_argument("--out", type=Path, default=Path("reports/bench/false_alarms.json"))
     args = ap.parse_args()
     system = SystemConfig()
     classical, learned = Localizer(system, "classical"), Localizer.from_checkpoint()

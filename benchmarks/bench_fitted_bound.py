@@ -1,6 +1,6 @@
 """How close the bound of a file without an SNR is to the true one.
 
-    python benchmarks/bench_fitted_bound.py [--n 200] [--out benchmarks/results/fitted_bound.json]
+    python benchmarks/bench_fitted_bound.py [--n 200] [--out reports/bench/fitted_bound.json]
 
 A scene file carries no source powers, symbols or noise level, and most users' files no
 SNR either. `risloc evaluate` bounds their scenes with the stochastic CRB at the noise and
@@ -54,7 +54,7 @@ def _cell(row: dict, bound: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200, help="scenes per SNR, K and power spread")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/fitted_bound.json"))
+    ap.add_argument("--out", type=Path, default=Path("reports/bench/fitted_bound.json"))
     args = ap.parse_args()
     system = SystemConfig()
     rows, lines = [], []
