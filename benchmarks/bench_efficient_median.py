@@ -1,7 +1,7 @@
 """The median error an efficient estimator reaches, against the bracket the tables print.
 
     python benchmarks/bench_efficient_median.py [--n 60] [--draws 400]
-        [--out benchmarks/results/efficient_median.json]
+        [--out reports/bench/efficient_median.json]
 
 The tables set each median |error| against 0.674 times the median of sqrt(CRB) over the
 paired sources. That is an efficient estimator's median only where every source has the
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=60, help="scenes per SNR (K = 2)")
     ap.add_argument("--draws", type=int, default=400, help="draws of efficient errors")
-    ap.add_argument("--out", type=Path, default=Path("reports/efficient_median.json"))
+    ap.add_argument("--out", type=Path, default=Path("reports/bench/efficient_median.json"))
     args = ap.parse_args(argv)
     settings = SweepSettings(estimators=("classical",), snr_db=(20.0, 30.0), K=(2,),
                              n_per_point=args.n, known_K=True)

@@ -2,7 +2,7 @@
 contract (``independent_scenes.py``: NumPy and h5py only), as the issue on the learned
 localizer first measured them: users' files, not our own test split.
 
-    python benchmarks/bench_independent.py [--n 400] [--out benchmarks/results/independent.json]
+    python benchmarks/bench_independent.py [--n 400] [--out reports/bench/independent.json]
         [--work reports/independent] [--kappa 0.5,10] [--conditions ...]
 
 Per condition one ``risloc evaluate FILE --estimators learned,classical`` (the file's SNR

@@ -12,7 +12,7 @@ workers, against one, on this machine.
     the same.
 
     python benchmarks/bench_scaleout.py [--threads 2] [--steps 10 40] [--trials 8]
-        [--storage URL] [--out benchmarks/results/scaleout.json]
+        [--storage URL] [--out reports/bench/scaleout.json]
 
 The default storage is SQLite in a temporary folder; pass a PostgreSQL URL
 (.ci/postgres.sh starts one) for the setting many machines would use.

@@ -1,7 +1,7 @@
 """How often a localizer reports one source twice: two estimates closer than 1 deg.
 
     python benchmarks/bench_twin_sources.py [--n 256] [--seed 31]
-                                            [--out benchmarks/results/twin_sources.json]
+                                            [--out reports/bench/twin_sources.json]
 
 Two nearly collinear steering vectors can fit noise as a large cancelling pair: the two
 estimates sit a fraction of a degree apart with powers (``score``) far above the scene's.

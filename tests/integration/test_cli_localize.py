@@ -375,6 +375,9 @@ def test_an_interrupted_run_says_how_to_go_on_and_a_resume_of_nothing_says_so(tm
     res = runner.invoke(app, [*args, "--resume"])
     assert res.exit_code == 0 and "no interrupted run" not in res.output, res.output
     assert read_estimates(out, 24, 5).K.gt(0).all()
+    # no metrics, but the command that scores the whole CSV (one file with truth; docs)
+    assert f"`risloc evaluate {f} --estimators none --estimates {out}` scores them all" in \
+        " ".join(res.output.split()), res.output
     res = runner.invoke(app, [*args, "--resume"])  # finished: nothing to continue
     assert res.exit_code == 0 and "no interrupted run of" in " ".join(res.output.split())
     # interrupted again over that complete CSV: it is named as the earlier run's

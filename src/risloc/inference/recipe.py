@@ -23,6 +23,7 @@ from risloc.config import (
     SceneConfig,
     SceneKind,
     SystemConfig,
+    format_validation_error,
     scene_mixture,
 )
 from risloc.model.network import ModelConfig
@@ -96,7 +97,10 @@ class InferenceRecipe(BaseModel):
     def from_json(cls, text: str) -> InferenceRecipe:
         try:
             return cls.model_validate(migrate_recipe(json.loads(text)))
-        except (ValidationError, ValueError) as err:
+        except ValidationError as err:  # one line naming each field, not pydantic's dump
+            why = format_validation_error(err, "recipe", cls).partition(": ")[2]
+            raise ConfigError(f"the checkpoint's recipe is invalid: {why}") from None
+        except ValueError as err:
             raise ConfigError(f"the checkpoint's recipe is invalid: {err}") from None
 
 

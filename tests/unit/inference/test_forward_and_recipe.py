@@ -126,8 +126,12 @@ def test_the_scenes_include_the_recipe_s_scene_mix():
 def test_a_recipe_s_unknown_model_key_is_refused_not_dropped():
     """pydantic drops unknown keys of the ModelConfig dataclass under the recipe's
     extra="ignore": a misspelt (or newer risloc's) model key built another network."""
-    with pytest.raises(ConfigError, match="(?s)recipe is invalid.*unknown model key.*widht"):
+    with pytest.raises(ConfigError, match="(?s)recipe is invalid.*unknown model key.*widht"
+                       ) as err:
         InferenceRecipe.from_json(_recipe(model={"width": 8, "widht": 9}))
+    # one line naming the field, not pydantic's dump of the whole section (a review)
+    assert str(err.value) == ("the checkpoint's recipe is invalid: model: unknown model key(s) "
+                              "widht (a recipe of a newer risloc? upgrade risloc to read it)")
     with pytest.raises(ConfigError, match="recipe is invalid"):  # JSON, but not an object
         InferenceRecipe.from_json("[1, 2]")
 
