@@ -98,3 +98,86 @@ def test_the_line_of_sight_channel_is_the_conventions_entry_by_entry():
                     p = 2 * math.pi * (h * u / 5 + v * w / 3)
                     got = complex(book[w * 5 + u, v * 5 + h])
                     assert abs(got - complex(math.cos(p), math.sin(p))) < 1e-4
+
+
+def test_codebook_rows_are_distinct_random_per_scene_and_too_many_are_refused():
+    """"dft" / "hadamard": each scene draws L distinct rows of the codebook, at random per
+    scene from the generator given (a mutation review: always taking rows 0..L-1, or
+    unseeded rows, passed every other test), and
+    asking for more codes than the codebook holds is refused rather than silently giving
+    fewer than L."""
+    from risloc.physics.codebooks import draw_code_indices
+
+    s = SystemConfig(N_H=4, N_V=4, M=4, L=6, K_max=3)
+    g = torch.Generator().manual_seed(3)
+    for book in ("dft", "hadamard"):
+        idx = draw_code_indices(200, s, book, 3, g)
+        assert idx.shape == (200, 6)
+        assert all(len(set(row)) == 6 for row in idx.tolist())
+        assert 0 <= int(idx.min()) and int(idx.max()) < 16
+        assert len({tuple(row) for row in idx.tolist()}) > 150  # random per scene
+        assert len(torch.unique(idx)) == 16  # every row can be drawn
+        # drawn from the generator given: the same seed gives the same rows
+        again = [draw_code_indices(5, s, book, 3, torch.Generator().manual_seed(9))
+                 for _ in range(2)]
+        assert torch.equal(*again)
+    # 16 distinct codes: L = 17 cannot be drawn
+    for book in ("dft", "hadamard"):
+        with pytest.raises(ValueError, match="cannot draw L=17"):
+            draw_codes(1, SystemConfig(N_H=4, N_V=4, M=4, L=17, K_max=3), book, 3, g)
+
+
+def test_hadamard_codes_are_the_sylvester_matrix_truncated():
+    """Row i of the Sylvester Hadamard matrix has entries (-1)^popcount(i & j); N = 12
+    entries of order 16 (a mutation review: another Hadamard matrix, rows equally
+    orthogonal, passed every other test)."""
+    from risloc.physics.codebooks import codes_at
+
+    s = SystemConfig(N_H=4, N_V=3, M=4, L=4, K_max=3)
+    book = codes_at(torch.arange(16).view(1, 16), s, "hadamard", 1, torch.complex128)[0]
+    assert book.shape == (16, 12)
+    want = torch.tensor([[(-1.0) ** bin(i & j).count("1") for j in range(12)]
+                         for i in range(16)], dtype=torch.complex128)
+    assert torch.equal(book, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_normal_keeps_the_precision_asked_for(dtype):
+    """CN(0, 1) draws of complex128 come from float64 normals (not float32 ones widened:
+    a mutation review), and have unit variance split evenly over real and imaginary parts."""
+    from risloc.physics.rng import complex_normal
+
+    z = complex_normal((200_000,), torch.Generator().manual_seed(0), dtype)
+    assert z.dtype == dtype
+    real = torch.float64 if dtype == torch.complex128 else torch.float32
+    x = torch.randn((200_000, 2), generator=torch.Generator().manual_seed(0), dtype=real)
+    torch.testing.assert_close(torch.view_as_real(z), x / math.sqrt(2.0), rtol=0,
+                               atol=4 * torch.finfo(real).eps)
+    assert abs(float(z.real.var()) - 0.5) < 0.01 and abs(float(z.imag.var()) - 0.5) < 0.01
+
+
+def test_quantize_phase_outputs_unit_modulus_whatever_the_input_modulus():
+    """"unit modulus out": the modulus of the input is dropped (a mutation review: keeping
+    it passed every other test, the DFT beams being unit modulus already)."""
+    c = torch.polar(torch.tensor([0.2, 3.0, 1.0]), torch.tensor([0.7, -2.0, 2.5]))
+    q = quantize_phase(c, 3)
+    torch.testing.assert_close(q.abs(), torch.ones(3), rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.angle(q), torch.tensor([1.0, -3.0, 3.0]) * math.pi / 4,
+                               rtol=0, atol=1e-6)
+
+
+def test_the_nlos_part_enters_unchanged_with_weight_sqrt_one_over_kappa_plus_one(system):
+    """H = sqrt(kappa/(kappa+1)) H_los + sqrt(1/(kappa+1)) H_nlos with the H_nlos given,
+    not conjugated or otherwise transformed (equal in distribution, but other scenes for a
+    seed: a mutation review)."""
+    g = torch.Generator().manual_seed(4)
+    nlos = torch.randn(2, 16, 144, generator=g, dtype=torch.complex128)
+    z = torch.zeros(2, dtype=torch.float64)
+    H0 = rician_channel(z, z + 0.3, z - 0.2, z + 0.1, system, dtype=torch.complex128,
+                        nlos=nlos)
+    torch.testing.assert_close(H0, nlos, rtol=0, atol=1e-15)
+    H3 = rician_channel(z + 3.0, z + 0.3, z - 0.2, z + 0.1, system, dtype=torch.complex128,
+                        nlos=nlos)
+    los = rician_channel(z + 3.0, z + 0.3, z - 0.2, z + 0.1, system, dtype=torch.complex128,
+                         nlos=torch.zeros_like(nlos))
+    torch.testing.assert_close(H3 - los, nlos * 0.5, rtol=0, atol=1e-14)

@@ -81,3 +81,29 @@ def test_angular_separation_of_tiny_angles_and_the_boundary_of_angles_from_direc
         torch.tensor([1.0, -1.0], dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
     assert ok.tolist() == [True, True]
     assert az_b.tolist() == [math.pi / 2, -math.pi / 2] and el_b.tolist() == [0.0, 0.0]
+
+
+def test_angles_from_direction_clamps_components_without_a_direction():
+    """Where no direction exists the angles are those of the clamped components (finite):
+    u_y = 1.2 -> elevation pi/2; u_x = 0.9 > cos(asin(0.6)) = 0.8 -> azimuth pi/2."""
+    from risloc.physics import angles_from_direction
+
+    az, el, ok = angles_from_direction(torch.tensor([0.9, 0.0, -0.9], dtype=torch.float64),
+                                       torch.tensor([0.6, 1.2, -0.6], dtype=torch.float64))
+    assert ok.tolist() == [False, False, False]
+    torch.testing.assert_close(az, torch.tensor([math.pi / 2, 0.0, -math.pi / 2],
+                                                dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(el, torch.tensor([math.asin(0.6), math.pi / 2, -math.asin(0.6)],
+                                                dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_angular_separation_promotes_mixed_precision():
+    """A float32 estimate against float64 truth is compared in float64 (the metrics'
+    case): not rounded to the first argument's float32 (a mutation review)."""
+    az1 = torch.tensor([0.3], dtype=torch.float32)
+    el1 = torch.tensor([0.1], dtype=torch.float64)
+    az2 = torch.tensor([0.3 + 1e-7], dtype=torch.float64)
+    sep = angular_separation(az1, el1, az2, el1)
+    assert sep.dtype == torch.float64
+    want = angular_separation(az1.double(), el1, az2, el1)
+    torch.testing.assert_close(sep, want, rtol=1e-12, atol=0)

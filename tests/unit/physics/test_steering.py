@@ -203,3 +203,18 @@ def test_the_configured_wavefront_and_dtype_are_the_defaults():
     a2, D = steering_derivatives(az, el, r, s)
     a3, D3 = steering_derivatives(az, el, r, s, torch.complex64, "fresnel")
     assert a2.dtype == torch.complex64 and torch.equal(a2, a3) and torch.equal(D, D3)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_ula_response_by_hand_in_the_precision_asked_for(dtype):
+    """b_m(psi) = exp(j pi (m - (M-1)/2) sin(psi)), half-wavelength ULA centred on the
+    array; a float32 angle gives a complex128 response when asked (a mutation review)."""
+    from risloc.physics import ula_response
+
+    psi = 0.41
+    b = ula_response(torch.tensor([psi], dtype=torch.float32), 5, dtype)[0]
+    assert b.dtype == dtype
+    psi32 = float(torch.tensor(psi, dtype=torch.float32))
+    want = [cmath.exp(1j * math.pi * (m - 2) * math.sin(psi32)) for m in range(5)]
+    tol = 1e-6 if dtype == torch.complex64 else 1e-14
+    assert max(abs(complex(b[m]) - want[m]) for m in range(5)) < tol
