@@ -225,6 +225,9 @@ class SceneConfig(ConfigSection):
     rician_kappa: tuple[float, float] = (0.5, 10.0)
     bs_angle_deg: tuple[float, float] = (-60.0, 60.0)
     codebook: Codebook = "random"
+    # (dft/hadamard: L distinct rows of the codebook, then quantised to code_bits; with 1 bit
+    # on the default 12x12 RIS the 144 DFT rows give only 128 distinct codes, so a scene's L
+    # codes may repeat one: measured by a physics review, left as the codebook defines them)
     code_bits: int = Field(3, ge=1, le=16)
 
     @field_validator("azimuth_deg", "elevation_deg", "range_m", "snr_db",
