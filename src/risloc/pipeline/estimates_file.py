@@ -193,6 +193,9 @@ def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
             reader = csv.DictReader(f)
             reader.fieldnames = _header(path, reader.fieldnames)
             return list(reader.fieldnames), list(reader)
+    except csv.Error as err:  # (a line of 128 KB: a one-line JSON file given by a slip)
+        raise ValueError(f"{path}, line {reader.line_num + 1}: not a CSV line ({err}): an "
+                         "estimates CSV has short lines of numbers") from None
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not a text CSV in UTF-8 (byte {err.start}: {err.reason}): "
                          "an estimates CSV, not a scene file or a spreadsheet's own format"

@@ -1019,6 +1019,14 @@ def test_a_hand_made_csv_is_read_as_its_columns_say_or_named(tmp_path, caplog):
     p.write_text("scene,source,azimuth_deg,elevation_deg,score\n")
     with pytest.raises(ValueError, match=r"no column \['range_m'\]"):
         read_estimates(p, 1)
+    # a line longer than the csv module's 128 KB (a one-line JSON file given by a slip):
+    # a ValueError naming the file and line (a review: a bare _csv.Error)
+    for text, line in (('{"a": "' + "x" * 200000 + '"}', 1),
+                       (head + "\n0,0,10,0," + "1" * 200000 + "\n", 2)):
+        p.write_text(text)
+        with pytest.raises(ValueError, match=f"u.csv, line {line}: not a CSV line .*field "
+                                             "larger than field limit"):
+            read_estimates(p, 1)
 
 
 def test_write_estimates_takes_any_csv_name_and_replaces_only_an_estimates_csv(tmp_path):
@@ -1034,6 +1042,14 @@ def test_write_estimates_takes_any_csv_name_and_replaces_only_an_estimates_csv(t
     with pytest.raises(TypeError, match="write_estimates takes Estimates or rows"):
         write_estimates(tmp_path / "short.csv", [(0, 0, 10.0, 5.0)])
     assert not (tmp_path / "short.csv").exists()
+    # a row of more cells than the columns (one cell with no name in the header) and a
+    # folder given as the file are refused, nothing written (a mutation review: both passed)
+    with pytest.raises(TypeError, match="write_estimates takes Estimates or rows"):
+        write_estimates(tmp_path / "long.csv", [(0, 0, 10.0, 5.0, 3.0, 0.5, 1)])
+    assert not (tmp_path / "long.csv").exists()
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(ValueError, match="d.csv is a folder; give the estimates file's name"):
+        write_estimates(tmp_path / "d.csv", rows)
 
 
 def test_the_order_is_decided_on_the_scene_s_snapshots_and_antennas(monkeypatch):
@@ -1161,3 +1177,99 @@ def test_a_network_trained_without_the_snr_is_never_given_it():
         pipe.recipe = SimpleNamespace(reads_snr=reads)
         LearnedPipeline.forward(pipe, y, y, y, torch.tensor([10.0, math.nan]))
     assert seen[0] is None and seen[1].dtype == torch.float32 and float(seen[1][0]) == 10.0
+
+
+def test_a_file_of_no_scene_file_0_and_an_elevation_past_float32_s_zenith(tmp_path):
+    """n_scenes = 0 (a scene file without scenes) and file=0 are read as such; an elevation
+    beyond +-90 deg (either way) by more than float32's rounding of pi / 2, or an infinite
+    range, is refused, not written as +-90 or 'inf'; columns in any order are read; a scene
+    beyond the file is named before a slot; write_estimates names a row by its line (a
+    mutation review: each of these passed)."""
+    from risloc.core.params import Estimates
+
+    head = "scene,source,azimuth_deg,elevation_deg,range_m"
+    (tmp_path / "h.csv").write_text(head + "\n")
+    assert tuple(read_estimates(tmp_path / "h.csv", 0).K.shape) == (0,)
+    (tmp_path / "m.csv").write_text(head + ",file\n0,0,1,1,2,0\n1,0,1,1,2,1\n")
+    assert read_estimates(tmp_path / "m.csv", 2, file=0).K.tolist() == [1, 0]
+    past = torch.tensor(math.pi / 2 + 1e-6)  # 90.00006 deg: no rounding of the zenith
+    est = Estimates(K=torch.tensor([1]), azimuth=torch.tensor([[0.1]]),
+                    elevation=torch.tensor([[0.2]]), range_m=torch.tensor([[2.0]]),
+                    score=torch.tensor([[1.0]]))
+    for field, value, says in (("elevation", past, r"within \+-pi / 2"),
+                               ("elevation", -past, r"within \+-pi / 2"),
+                               ("range_m", math.inf, "must be finite numbers")):
+        bad = Estimates(K=est.K, azimuth=est.azimuth, elevation=est.elevation.clone(),
+                        range_m=est.range_m.clone(), score=est.score)
+        getattr(bad, field)[0, 0] = value
+        with pytest.raises(ValueError, match="scene 0, source 0: .*" + says):
+            write_estimates(tmp_path / "z.csv", bad)
+        assert not (tmp_path / "z.csv").exists()
+    # the nadir in float32 (-90.0000025 deg) is written as -90, which reads back
+    est.elevation[0, 0] = -torch.tensor(math.pi / 2)
+    write_estimates(tmp_path / "z.csv", est)
+    assert read_estimates(tmp_path / "z.csv", 1).elevation[0, 0] == pytest.approx(-math.pi / 2)
+    # columns in another order are read by their names; a scene beyond the file is named
+    # as such before a source beyond slots=; a refused row is named by its line
+    (tmp_path / "r.csv").write_text("file,range_m,source,scene,elevation_deg,azimuth_deg\n"
+                                    "0,2.5,0,1,-5,10\n")
+    r = read_estimates(tmp_path / "r.csv", 2)
+    assert r.K.tolist() == [0, 1] and float(r.range_m[1, 0]) == 2.5
+    (tmp_path / "s.csv").write_text(head + "\n5,3,10,0,2\n")
+    with pytest.raises(ValueError, match="line 2: scene 5, source 3; expected scenes 0..1"):
+        read_estimates(tmp_path / "s.csv", 2, 3)
+    with pytest.raises(ValueError, match=r"line 3: scene 0, source 0 again \(first on line 2"):
+        write_estimates(tmp_path / "t.csv", [(0, 0, 10.0, 5.0, 3.0)] * 2)
+
+
+def test_a_stream_after_a_finished_run_a_restart_and_a_resume_of_another_model(tmp_path,
+                                                                                 monkeypatch):
+    """A record left by a run killed between renaming its .part file and removing the
+    record is of a complete run: the next run starts afresh, not refused as interrupted;
+    --restart syncs the folder once the record is gone; a resume with another --checkpoint
+    is refused, one with another --method names the method alone; the .part file's lock
+    is released by finish, by a with block and by a refused start (a mutation review:
+    each of these passed)."""
+    import os
+
+    from risloc.io.atomic import try_lock
+    from risloc.pipeline import estimates_file
+    from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream
+
+    out, settings = tmp_path / "new" / "est.csv", {"inputs": ["a.h5"]}  # (a new folder)
+    done = EstimatesStream(out, settings, COLUMNS)
+    done.append("0", 4, [(0, 0, 1.0, 2.0, 3.0, 0.5)])
+    os.replace(done.part, out)  # finish, killed before the record went
+    done.close()
+    again = EstimatesStream(out, settings, COLUMNS)
+    assert not again.resumed and again.done == {}
+    again.finish()
+    with open(out, "rb") as f:  # finish released the lock
+        assert try_lock(f)
+    assert again.record.exists() is False
+    # --restart: the folder synced after the record is removed, before the new .part
+    first = EstimatesStream(out, settings, COLUMNS)
+    first.append("0", 4, [(0, 0, 1.0, 2.0, 3.0, 0.5)])
+    first.close()
+    synced = []
+    monkeypatch.setattr(estimates_file, "fsync_folder",
+                        lambda p: synced.append((p, first.record.exists())))
+    EstimatesStream(out, settings, COLUMNS, restart=True).close()
+    monkeypatch.undo()
+    assert synced == [(out.parent, False)], synced
+    # a learned run's model: another checkpoint is no resume; another method names the
+    # method, not the checkpoint and bf16 that follow from it
+    learned = {"method": "learned", "checkpoint": "a.pt", "bf16": True}
+    with EstimatesStream(out, learned, COLUMNS, restart=True) as run:  # (lock released)
+        run.append("0", 4, [(0, 0, 1.0, 2.0, 3.0, 0.5)])
+    with pytest.raises(ValueError, match="other settings: another --checkpoint. To start"):
+        EstimatesStream(out, {**learned, "checkpoint": "b.pt"}, COLUMNS, resume=True)
+    with pytest.raises(ValueError, match="other settings: another --method. To start"):
+        EstimatesStream(out, {"method": "classical", "checkpoint": None, "bf16": None},
+                        COLUMNS, resume=True)
+    # a refused start keeps no lock, even while its error is held (as an interactive
+    # session holds the last one)
+    with pytest.raises(ValueError, match="--resume to continue it") as refused:
+        EstimatesStream(out, learned, COLUMNS)
+    with EstimatesStream(out, learned, COLUMNS, resume=True) as run:
+        assert run.resumed and run.done == {"0": 4} and refused.value is not None
