@@ -352,3 +352,37 @@ def test_estimates_from_degrees_of_one_scene_take_its_k_and_scores_as_its_positi
     assert one.score[0, :2].tolist() == [0.9, 0.5] and bool(torch.isnan(one.azimuth[0, 2]))
     with pytest.raises(ValueError, match=r"K must be \[S=2\] whole numbers"):
         Estimates.from_degrees(np.ones((2, 3)), np.ones((2, 3)), np.ones((2, 3)), K=2)
+
+
+def test_steering_at_without_a_mask_reads_the_third_coordinate_as_inverse_range(system):
+    """theta's last axis is u = 1/r (the module docstring): steering_at with no mask steers
+    to range 1/u, as the masked path does (a mutation review: the unmasked path reading u
+    as the range passed)."""
+    theta = torch.tensor([[[0.3, 0.1, 0.5], [-0.4, 0.2, 0.125]]], dtype=torch.float64)
+    A = steering_at(theta, system, torch.complex128)
+    for k, r in ((0, 2.0), (1, 8.0)):
+        ref = steering(theta[0, k, 0], theta[0, k, 1], torch.tensor(r, dtype=torch.float64),
+                       system, torch.complex128)
+        assert torch.allclose(A[0, k], ref)
+    assert torch.equal(A, steering_at(theta, system, torch.complex128,
+                                      torch.ones(1, 2, dtype=torch.bool)))
+
+
+def test_estimates_from_theta_keep_the_scores_given():
+    """from_theta's score [B, S] lands in the first K slots, NaN after them (a mutation
+    review: the given scores dropped for zeros passed)."""
+    theta = torch.tensor([[[0.1, 0.2, 0.5], [0.3, 0.0, 0.25]]])
+    est = Estimates.from_theta(torch.tensor([1]), theta, torch.tensor([[0.7, 0.4]]))
+    assert est.score[0, 0] == pytest.approx(0.7) and math.isnan(float(est.score[0, 1]))
+
+
+def test_estimates_from_degrees_bounds_are_the_documented_ones():
+    """K may fill every slot; a range of exactly 0 m and an elevation past 90 deg by more
+    than float32 rounding (90.01 deg) are refused (a mutation review: K = K_slots refused,
+    r = 0 accepted, and a 1 % elevation slack passed)."""
+    az, el, r = np.array([[1.0, 2.0]]), np.array([[3.0, 4.0]]), np.array([[1.0, 2.0]])
+    assert Estimates.from_degrees(az, el, r, K=[2]).K.tolist() == [2]
+    with pytest.raises(ValueError, match=r"scene 0, slot 1: elevation 4 deg, range 0 m"):
+        Estimates.from_degrees(az, el, np.array([[1.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"scene 0, slot 0: elevation 90.01 deg"):
+        Estimates.from_degrees(az, np.array([[90.01, 4.0]]), r)

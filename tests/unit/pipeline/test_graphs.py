@@ -85,3 +85,30 @@ def test_passes_pass_k_max_and_an_empty_batch_is_one_direct_call():
     calls.clear()
     assert len(GraphedLocalize(Stub(), batch=4)(y[:0], y[:0], y[:0], k_max=2)) == 0
     assert calls == [(0, None, 2)]
+
+
+def test_each_k_max_is_a_graph_of_its_own():
+    """A capture is the call at one k_max (module docstring: a capture per layout, k_max
+    included): the passes key their graphs by it, or a call at k_max=2 would replay the
+    graph captured at k_max=5 (a mutation review: key=None passed off CUDA, where the cache
+    only calls)."""
+    from risloc.core.params import Estimates
+
+    class Stub:
+        def localize(self, y, H, codes, snr_db=None, K=None, k_max=None):
+            return Estimates.from_theta(torch.ones(y.shape[0], dtype=torch.int64),
+                                        torch.zeros(y.shape[0], 2, 3))
+
+    keys = []
+
+    class Spy:
+        def __call__(self, fn, args, key=None):
+            keys.append(key)
+            return fn(*args)
+
+    g = GraphedLocalize(Stub(), batch=4)
+    g.graphs = Spy()
+    y = torch.ones(2, 1, 1, dtype=torch.complex64)
+    g(y, y, y, k_max=2)
+    g(y, y, y, k_max=5)
+    assert keys == [2, 5]

@@ -1273,3 +1273,17 @@ def test_a_stream_after_a_finished_run_a_restart_and_a_resume_of_another_model(t
         EstimatesStream(out, learned, COLUMNS)
     with EstimatesStream(out, learned, COLUMNS, resume=True) as run:
         assert run.resumed and run.done == {"0": 4} and refused.value is not None
+
+
+def test_resolve_k_gives_int64_counts_and_refuses_complex_ones():
+    """resolve_K's docstring: [B] int64 whatever the caller's type (whole floats, a NumPy
+    uint8); a complex K is no count, even with a zero imaginary part (a mutation review:
+    float K handed on as float, and complex K cast to its real part, passed)."""
+    from risloc.pipeline.localizer import resolve_K
+
+    for K in (2.0, np.array([2.0, 1.0, 3.0]), np.array([2, 1, 3], np.uint8),
+              torch.tensor(2, dtype=torch.int16)):
+        t = resolve_K(K, 3, 5)
+        assert t.dtype == torch.int64 and t.shape == (3,), K
+    with pytest.raises(TypeError, match="K must be an integer or integers, got torch.complex"):
+        resolve_K(np.array([1 + 0j, 2, 3]), 3, 5)
