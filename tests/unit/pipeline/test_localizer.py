@@ -90,6 +90,9 @@ def test_system_is_checked_with_a_tolerance_and_names_the_field(system, scenes):
     c = 299_792_458.0
     same = system.model_copy(update={"wavelength": c / (c / system.wavelength)})
     loc.localize(scenes.y[:1], scenes.H[:1], scenes.codes[:1], system=same)
+    near = system.model_copy(update={"wavelength": system.wavelength * (1 + 1e-9)})
+    assert near.wavelength != system.wavelength  # (rounding, as 0.1 * 3 for 0.3: passes)
+    loc.localize(scenes.y[:1], scenes.H[:1], scenes.codes[:1], system=near)
     other = system.model_dump() | {"wavelength": 0.25}
     with pytest.raises(ValueError, match="wavelength 0.25"):
         loc.localize(scenes.y[:1], scenes.H[:1], scenes.codes[:1], system=other)
