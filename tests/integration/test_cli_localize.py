@@ -10,6 +10,23 @@ from risloc.pipeline import read_estimates
 runner = CliRunner()
 
 
+def _raise_at_the_second_chunk(monkeypatch, error: BaseException):
+    """Localizer.localize raises ``error`` at its second call (a chunk), the real one runs
+    otherwise (a fresh count at each call of this); returns the real method."""
+    from risloc.pipeline import Localizer
+
+    real, calls = Localizer.localize, []
+
+    def patched(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise error
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Localizer, "localize", patched)
+    return real
+
+
 def test_localize_file_writes_csv_and_metrics(tmp_path):
     f = tmp_path / "s.h5"
     assert runner.invoke(app, ["simulate", "--n", "3", "--out", str(f), "--snr-db", "20",
@@ -351,15 +368,7 @@ def test_an_interrupted_run_says_how_to_go_on_and_a_resume_of_nothing_says_so(tm
     out = tmp_path / "e.csv"
     args = ["localize", str(f), "--out", str(out), "--method", "classical", "--batch-size",
             "8"]
-    real, calls = Localizer.localize, []
-
-    def ctrl_c_at_the_second_chunk(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(Localizer, "localize", ctrl_c_at_the_second_chunk)
+    real = _raise_at_the_second_chunk(monkeypatch, KeyboardInterrupt())
     res = runner.invoke(app, args)
     assert res.exit_code == 130 and "no interrupted run" not in res.output  # (not resumed)
     assert "interrupted: the scenes localized so far are kept" in " ".join(res.output.split())
@@ -381,8 +390,7 @@ def test_an_interrupted_run_says_how_to_go_on_and_a_resume_of_nothing_says_so(tm
     res = runner.invoke(app, [*args, "--resume"])  # finished: nothing to continue
     assert res.exit_code == 0 and "no interrupted run of" in " ".join(res.output.split())
     # interrupted again over that complete CSV: it is named as the earlier run's
-    calls.clear()
-    monkeypatch.setattr(Localizer, "localize", ctrl_c_at_the_second_chunk)
+    _raise_at_the_second_chunk(monkeypatch, KeyboardInterrupt())
     res = runner.invoke(app, args)
     assert res.exit_code == 130, res.output
     assert f"({out} there now is an earlier run's, replaced when this one completes)" in \
@@ -478,15 +486,7 @@ def test_a_full_disk_part_way_keeps_the_finished_chunks_and_a_resume_continues(t
                                "--split", "test"]).exit_code == 0
     args = ["localize", str(f), "--out", str(out), "--method", "classical", "--batch-size",
             "4"]
-    real, calls = Localizer.localize, []
-
-    def full_at_the_second_chunk(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise OSError(28, "No space left on device")
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(Localizer, "localize", full_at_the_second_chunk)
+    real = _raise_at_the_second_chunk(monkeypatch, OSError(28, "No space left on device"))
     failed = runner.invoke(app, args)  # (kept: its traceback holds the command's frame)
     text = " ".join(failed.output.split())
     assert failed.exit_code == 2 and "No space left on device (while localizing into" in text
