@@ -210,6 +210,13 @@ def _crb_from_fim(fim: torch.Tensor, mask: torch.Tensor, known: tuple[str, ...])
     return CRBResult(azimuth=az, elevation=el, range_m=r, fim=fim)
 
 
+def _real_slots(symbols: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """symbols [B, L, K] as complex128 with padded slots (mask [B, K] False) zero, whatever
+    they hold: NaN too (NaN * 0 is NaN, so a where, not a product)."""
+    return torch.where(mask.unsqueeze(1), symbols.to(torch.complex128),
+                       torch.zeros((), dtype=torch.complex128))
+
+
 def crb_deterministic(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: torch.Tensor,
                       symbols: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                       noise_var: torch.Tensor, system: SystemConfig,
@@ -236,8 +243,7 @@ def crb_deterministic(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: t
     if symbols.shape != (*codes.shape[:2], azimuth.shape[-1]):
         raise ValueError(f"symbols must be [B, L, K_max] = {(*codes.shape[:2], azimuth.shape[-1])},"
                          f" got {tuple(symbols.shape)}")
-    zero = torch.zeros((), dtype=torch.complex128)  # (NaN * 0 is NaN: where, not a product)
-    s = torch.where(inp.mask.unsqueeze(1), symbols.to(torch.complex128), zero)  # (B, L, K)
+    s = _real_slots(symbols, inp.mask)  # (B, L, K)
     if not torch.isfinite(torch.view_as_real(s)).all():
         raise ValueError("symbols must be finite in real source slots")
     Bm, Dm = _measured_columns(inp, system)  # (B, L, M, K), (B, L, M, 3K)
@@ -347,9 +353,7 @@ def noise_var_for_snr(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: t
                    system, mask)
     Bm, _ = _measured_columns(inp, system)  # Phi_l A [B, L, M, K], padded columns zero
     if symbols is not None:
-        s = torch.where(inp.mask.unsqueeze(1), symbols.to(torch.complex128),
-                        torch.zeros((), dtype=torch.complex128))  # padded: any value, NaN too
-        y = torch.einsum("blmk,blk->blm", Bm, s)
+        y = torch.einsum("blmk,blk->blm", Bm, _real_slots(symbols, inp.mask))
         signal = y.abs().square().sum((1, 2))
     else:
         p = torch.ones_like(inp.azimuth) if powers is None else powers.to(torch.float64)
