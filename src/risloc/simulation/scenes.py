@@ -134,7 +134,7 @@ def draw_powers(mask: torch.Tensor, spread_db: float | tuple[float, float],
     """
     lo, hi = (spread_db, spread_db) if isinstance(spread_db, float | int) else spread_db
     if not 0 <= lo <= hi:
-        raise ValueError(f"power spread must be >= 0 dB, got {spread_db}")
+        raise ValueError(f"power spread must be >= 0 dB (a range: lo <= hi), got {spread_db}")
     powers = mask.to(torch.float32)
     if hi > 0:  # no draw at 0: equal-power streams stay what they were
         s = torch.full((mask.shape[0], 1), float(hi), device=mask.device) if lo == hi else \

@@ -255,3 +255,57 @@ def test_dft_codes_are_quantised_to_the_configured_bits():
                        torch.complex128)
         steps = torch.angle(c) / (2 * math.pi / 2**bits)
         assert torch.allclose(steps, steps.round(), atol=1e-9), bits
+
+
+def test_block_generators_of_later_blocks_and_streams_stay_what_they_were():
+    """The seeds of block b > 0 and stream t > 0 (spawn key (split, stream, block)): the
+    pinned test-split scenes are block 0 of stream 0, so swapping block and stream in the
+    key (a mutation review) changed every later block and every training stream unseen."""
+    pins = {(0, "train", 1, 0): [0.6432096354670499, 0.5486844605330568],
+            (0, "train", 0, 1): [0.20492628169330385, 0.28123511024955283],
+            (3, "validation", 2, 1): [0.4545826414900279, 0.8956340588171098]}
+    for args, want in pins.items():
+        got = torch.rand(2, generator=block_generator(*args), dtype=torch.float64).tolist()
+        assert got == want, args
+
+
+def test_scene_stream_draws_from_its_own_split_and_stream():
+    """Batch i of scene_stream(split, stream) is the batch of block_generator(seed, split, i,
+    stream) (a mutation review: a stream or split ignored by scene_stream passed)."""
+    scene = SceneConfig()
+    for split, stream in (("validation", 2), ("train", 0)):
+        got = next(scene_stream(4, SMALL, scene, seed=3, split=split, stream=stream,
+                                start_batch=1))
+        want = draw_scenes(4, SMALL, scene, block_generator(3, split, 1, stream))
+        assert torch.equal(got.snr_db, want.snr_db) and torch.equal(got.K, want.K), split
+
+
+def test_a_mixtures_scenes_keep_a_fixed_K_and_snr():
+    """simulate_range(..., K=, snr_db=) fixes them in every kind of a mixture, as in one
+    scene config (a mutation review: a mixture that dropped them passed)."""
+    mix = scene_mixture(SceneConfig(), [SceneKind(share=0.5, scene={"range_m": (0.5, 1)})])
+    sc = simulate_range(0, 40, SMALL, mix, seed=1, K=2, snr_db=7.0)
+    assert sc.K.tolist() == [2] * 40
+    assert torch.equal(sc.snr_db, torch.full((40,), 7.0))
+
+
+def test_a_scene_with_one_non_finite_measurement_is_refused(monkeypatch):
+    """simulate_range refuses a scene with any non-finite y entry, not only an all-NaN
+    one (a mutation review: 'every entry non-finite' passed the CLI's 1e39 test); and a
+    negative seed is named."""
+    import pytest
+
+    from risloc.simulation import streams
+
+    real = streams.simulate_mixture
+
+    def one_nan(*args, **kwargs):
+        b = real(*args, **kwargs)
+        b.y[3, 0, 0] = complex("nan")
+        return b
+
+    monkeypatch.setattr(streams, "simulate_mixture", one_nan)
+    with pytest.raises(ValueError, match="not finite in 1 of 5 scenes"):
+        simulate_range(0, 5, SMALL, SceneConfig())
+    with pytest.raises(ValueError, match="seed, stream and block must be non-negative"):
+        block_generator(-1, "train", 0)

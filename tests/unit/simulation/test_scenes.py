@@ -74,7 +74,8 @@ def test_K_distribution_and_padding(system, scene):
     b = simulate_range(0, 5000, system, scene, seed=0, split="train")
     counts = torch.bincount(b.K, minlength=6)[1:]
     assert int(counts.min()) > 900  # uniform on 1..5
-    assert torch.equal(torch.isfinite(b.azimuth), b.mask)
+    for name in ("azimuth", "elevation", "range_m"):  # every truth field is NaN-padded
+        assert torch.equal(torch.isfinite(getattr(b, name)), b.mask), name
     assert torch.equal(b.powers > 0, b.mask)
     assert float(b.symbols[~b.mask.unsqueeze(1).expand_as(b.symbols)].abs().max()) == 0.0
 
@@ -311,3 +312,25 @@ def test_the_true_covariance_weighs_each_source_by_its_power(system):
                         elevation=el.float(), range_m=r.float(), powers=p.float())
     W = true_covariance_factor(scenes, system, torch.complex128)[0]
     assert torch.allclose(W @ W.mH, want, atol=1e-5)
+
+
+def test_a_K_given_to_the_call_wins_over_the_scenes_K(system):
+    """K= of simulate_range (``risloc simulate --K``) fixes K even where the scene config
+    fixes another (a mutation review: the scene's K winning passed)."""
+    sc = simulate_range(0, 3, system, SceneConfig(K=2), K=4)
+    assert sc.K.tolist() == [4, 4, 4]
+
+
+def test_an_equal_power_scene_draws_no_powers_and_a_reversed_spread_is_named():
+    """Spread 0 consumes no draw (the next kind of a mixture keeps its scenes); a spread
+    range (hi, lo) or a negative spread is refused, not drawn in reverse."""
+    from risloc.simulation.scenes import draw_powers
+
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    mask = torch.arange(5) < torch.tensor([[2], [5]])
+    assert torch.equal(draw_powers(mask, 0.0, g), mask.float())
+    assert torch.equal(g.get_state(), state)
+    for bad in ((10.0, 5.0), -1.0):
+        with pytest.raises(ValueError, match=r"power spread must be >= 0 dB \(a range: lo <= hi"):
+            draw_powers(mask, bad, g)
