@@ -685,12 +685,14 @@ def test_chunks_read_their_own_scenes_k_and_snr(system):
 def test_a_learned_localizer_searches_its_networks_field_of_view_only():
     """Another field of view is refused for the learned method, and its polish searches the
     network's (a mutation review: the check dropped, or the polish's field of view left at
-    the default, passed with the default field of view)."""
+    the default, passed with the default field of view; a float64 polish passed)."""
     from risloc.config import FieldOfView
     from risloc.pipeline.learned import default_polish
 
     narrow = FieldOfView(range_m=(1.0, 5.0))
     assert default_polish(narrow).fov == narrow
+    # the benchmarked polish: 3 LM iterations in float32 (docstring; double=True passed)
+    assert (default_polish(narrow).iterations, default_polish(narrow).double) == (3, False)
     loc = Localizer.from_checkpoint()
     with pytest.raises(ValueError, match="cannot search"):
         Localizer(loc.system, "learned", loc.pipeline, fov=narrow)
@@ -1290,3 +1292,83 @@ def test_resolve_k_gives_int64_counts_and_refuses_complex_ones():
         assert t.dtype == torch.int64 and t.shape == (3,), K
     with pytest.raises(TypeError, match="K must be an integer or integers, got torch.complex"):
         resolve_K(np.array([1 + 0j, 2, 3]), 3, 5)
+
+
+def test_the_forward_stage_blends_with_the_recipes_beta_and_the_slots_skip_the_covariance():
+    """Stage 1: with MUSIC proposing, R_blend is forward_blend's with the recipe's beta
+    (0.3 for the shipped model), as in training; with the slots proposing, the network's
+    covariance part is skipped (F None) and R_samp, R_blend are None (a mutation review:
+    1 - beta, covariance=True on the slots path, and 5 MUSIC candidates, passed)."""
+    from risloc.inference.forward import forward_blend
+    from risloc.pipeline.learned import inference_music_config, load_learned_pipeline
+
+    pipe = load_learned_pipeline()
+    sc = simulate_range(0, 1, pipe.system, SceneConfig(), split="test", seed=5, K=2,
+                        snr_db=10.0)
+    blend = pipe.recipe.blend
+    with torch.no_grad():
+        slots = pipe.forward(sc.y, sc.H, sc.codes)
+        assert slots.out.F is None and slots.R_samp is None and slots.R_blend is None
+        pipe.music = inference_music_config(pipe.fov)
+        assert (pipe.music.n_candidates, pipe.music.refine_iterations) == (6, 3)  # docstring
+        got = pipe.forward(sc.y, sc.H, sc.codes).R_blend
+        want, other = (forward_blend(pipe.network, sc.y, sc.H, sc.codes, None, beta, blend,
+                                     check=False).R_blend for beta in (blend.beta,
+                                                                       1 - blend.beta))
+    assert blend.beta != 0.5
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert float((got - other).abs().max()) > 1e-3 * float(want.abs().max())
+
+
+def test_the_order_head_decides_with_the_low_snr_balance_of_each_scene(monkeypatch):
+    """decide_order with a head: the head decides on the order features with k_max and the
+    per-scene balance of head_balance, and its probabilities are returned (a mutation
+    review: the balance left out, the head's own everywhere, passed). Stubbed."""
+    from types import SimpleNamespace
+
+    import risloc.pipeline.learned as learned
+
+    monkeypatch.setattr(learned, "order_features", lambda fit, y, logits: "x")
+    seen = []
+    probs = torch.tensor([[0.5, 0.5]])
+
+    class Head:
+        balance = 0.25
+
+        def decide(self, x, k_max, balance):
+            seen.append((x, k_max, balance))
+            return torch.tensor([1])
+
+        def __call__(self, x):
+            return SimpleNamespace(probabilities=probs)
+
+    balance = torch.tensor([0.0])
+    pipe = SimpleNamespace(order_head=Head(), system=SimpleNamespace(K_max=5),
+                           head_balance=lambda fit, y, h: balance)
+    fwd = SimpleNamespace(out=SimpleNamespace(K_logits=None))
+    y = torch.zeros(1, 2, 2, dtype=torch.complex64)
+    got = learned.LearnedPipeline.decide_order(pipe, fwd, None, y, k_max=3)
+    assert seen == [("x", 3, balance)] and got.probabilities is probs
+    assert got.K.tolist() == [1]
+
+
+def test_the_polish_repairs_only_when_asked(monkeypatch):
+    """Stage 5 without repair (K decided, ``repair_decided`` off): NF-MLE starts from the
+    nested fit's own sources and repair_chosen is never called (a mutation review: the
+    repair run whatever ``repair`` says passed). Stubbed."""
+    from types import SimpleNamespace
+
+    import risloc.pipeline.learned as learned
+
+    theta = torch.full((1, 5, 3), 0.25)
+    calls = {}
+    monkeypatch.setattr(learned, "repair_chosen", lambda *a: calls.update(repair=a) or theta)
+    monkeypatch.setattr(learned, "nfmle_fit", lambda y, H, c, init, *a, **k: (
+        calls.update(init=init) or "refined"))
+    monkeypatch.setattr(learned, "separate_cancelling", lambda y, H, c, est, *a: est)
+    pipe = SimpleNamespace(chosen_repairs=1, system=None, polish_config=None,
+                           _fit_config=lambda known: "cfg")
+    out = learned.LearnedPipeline.polish(pipe, None, None, None, SimpleNamespace(theta=theta),
+                                         torch.tensor([2]), repair=False)
+    assert out == "refined" and "repair" not in calls
+    torch.testing.assert_close(calls["init"].azimuth[0, :2], torch.full((2,), 0.25))
