@@ -97,6 +97,10 @@ def test_next_source_shortlist_of_the_whole_grid_is_the_full_search():
                                    shortlist=G), full)
     with pytest.raises(ValueError, match="shortlist"):
         next_source(b.y, b.H, b.codes, _first_two(b, 1), SYSTEM, shortlist=0)
+    # a shortlist of one: the gain-weighted half takes the odd point (the other half none)
+    one = next_source(b.y, b.H, b.codes, _first_two(b, 1), SYSTEM, shortlist=1)
+    grid = search_grid(SYSTEM).pos
+    assert bool((one.unsqueeze(1) == grid).all(-1).any(-1).all())
 
 
 def test_order_is_estimated_at_20_db():
@@ -135,8 +139,12 @@ def test_an_snr_far_from_the_data_is_warned_of(caplog, monkeypatch):
 
 def test_output_layout_and_per_scene_known_K():
     b = simulate_range(0, 3, SYSTEM, SCENE, seed=4, split="test", snr_db=25.0)
-    est = classical_localize(b.y, b.H, b.codes, SYSTEM, K=b.K)
+    res = classical.classical_fit(b.y, b.H, b.codes, SYSTEM, K=b.K)
+    est = res.estimates
+    # known K: the greedy search stops at the largest K given (C_0..C_max K)
+    assert res.costs.shape == (3, int(b.K.max()) + 1) and res.noise_var is None
     assert est.azimuth.shape == (3, SYSTEM.K_max) and est.K.dtype == torch.int64
+    assert est.azimuth.dtype == est.range_m.dtype == est.score.dtype == torch.float32
     assert torch.equal(est.K, b.K)
     assert bool(torch.isfinite(est.azimuth[est.mask]).all())
     assert bool(est.azimuth[~est.mask].isnan().all() and est.score[~est.mask].isnan().all())
@@ -219,6 +227,30 @@ def test_the_grid_grows_with_the_aperture_and_finds_every_source_of_a_larger_ris
     sc = simulate_range(0, 20, big, SCENE, seed=3, split="test", snr_db=30.0, K=3)
     est = loc.localize(sc.y, sc.H, sc.codes, K=sc.K).estimates
     assert summarize(match_sources(est, sc.azimuth, sc.elevation, sc.range_m, sc.K)).f1 == 1.0
+
+
+def test_the_grid_grows_along_each_axis_with_its_own_side_and_span():
+    """A rectangular RIS and a field of view other than the default: sin(az) grows with the
+    horizontal side and its sin span, el with the vertical side, 1/r with the wider side and
+    its 1/r span (hand-computed: 24 x 1.155, 13 x 1.5, 10 x 1.895, rounded up)."""
+    from risloc.config import FieldOfView
+
+    fov = FieldOfView(azimuth_deg=(-30.0, 30.0), range_m=(0.5, 5.0))
+    grown = ClassicalConfig().with_fov(fov).for_system(SystemConfig(N_H=24, N_V=18))
+    assert (grown.grid_azimuth, grown.grid_elevation, grown.grid_inv_range) == (28, 20, 19)
+    assert grown.chunk == 3  # 32 / (28 * 20 * 19 / 3120 cells x 432 / 144 elements)
+    assert grown.fov == fov
+
+
+def test_config_bounds_are_checked_at_their_edges():
+    for bad in (dict(grid_azimuth=0), dict(grid_elevation=0), dict(grid_inv_range=0),
+                dict(chunk=0), dict(relax_sweeps=-1), dict(floor=0.0), dict(floor=1.5),
+                dict(same_source=0.0), dict(same_source=1.5)):
+        with pytest.raises(ValueError, match="must"):
+            ClassicalConfig(**bad)
+    ok = ClassicalConfig(grid_azimuth=1, grid_elevation=1, grid_inv_range=1, chunk=1,
+                         relax_sweeps=0, floor=1.0, same_source=1.0)
+    assert (ok.floor, ok.same_source) == (1.0, 1.0)
 
 
 def test_bf16_shortlist_ranking_proposes_what_the_exact_one_does(monkeypatch):
