@@ -337,21 +337,37 @@ class EstimatesStream:
         self.bad: list[tuple] = []  # (where, scene, reason) of scenes not localized
         self.resumed = False  # whether an interrupted run is continued
         self.discarded = False  # whether an interrupted run's rows were dropped (restart)
-        if self.record.exists() and not self.part.exists():
-            # a run stopped between renaming its finished .part to out and removing its
-            # record (finish): the record is of a complete run, and nothing is left to resume
-            self.record.unlink()
         self.part.parent.mkdir(parents=True, exist_ok=True)
-        self._held = self.part.open("ab")  # (creates it where no run left one)
-        if not try_lock(self._held):
-            self.close()
-            raise ValueError(f"{self.out} is being written by another run ({self.part.name} "
-                             "is locked): wait for it to finish, or give another --out")
+        self._lock_part()
         try:
+            if self.record.exists() and self.part.stat().st_size == 0:
+                # the record of a run that finished (its .part renamed to out) before its
+                # record was removed, or as this run started: nothing is left to resume
+                # (an interrupted run's .part holds at least the header its record counts)
+                self.record.unlink(missing_ok=True)
             self._open(resume, restart)
         except BaseException:
             self.close()
             raise
+
+    def _lock_part(self) -> None:
+        """Open the .part file (created where no run left one) and lock it; a run finishing
+        in between renames the file opened to out, so its successor at .part is locked."""
+        for _ in range(3):
+            self._held = self.part.open("ab")
+            if not try_lock(self._held):
+                self.close()
+                raise ValueError(f"{self.out} is being written by another run "
+                                 f"({self.part.name} is locked): wait for it to finish, or "
+                                 "give another --out")
+            try:
+                if os.fstat(self._held.fileno()).st_ino == self.part.stat().st_ino:
+                    return
+            except FileNotFoundError:
+                pass
+            self.close()
+        raise ValueError(f"{self.out}: {self.part.name} kept being renamed while this run "
+                         "opened it: is another run writing the same --out? Try again")
 
     def _open(self, resume: bool, restart: bool) -> None:
         """Continue the interrupted run (resume) or start the .part file afresh."""
@@ -374,6 +390,11 @@ class EstimatesStream:
             self.done = {k: int(v) for k, v in rec["done"].items()}
             self.resumed = True
             self.bad = [tuple(b) for b in rec.get("bad", [])]
+            if self.part.stat().st_size < int(rec["bytes"]):
+                raise ValueError(f"cannot resume {self.out}: {self.part.name} is shorter "
+                                 f"than its progress record ({self.record.name}) says (was "
+                                 "it cut or replaced?). To start afresh, discarding the "
+                                 "earlier run's scenes, pass --restart")
             with self.part.open("r+b") as f:  # drop rows of a chunk cut off by the kill
                 f.truncate(int(rec["bytes"]))
         elif self.record.exists() and not restart:

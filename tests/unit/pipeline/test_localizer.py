@@ -261,6 +261,55 @@ def test_one_run_at_a_time_writes_an_estimates_stream(tmp_path, monkeypatch):
     assert out.read_text().splitlines() == [",".join(COLUMNS)]
 
 
+def test_an_estimates_stream_starting_as_another_finishes(tmp_path, monkeypatch):
+    """Two runs into one --out at once (a review): the second opens .part just after the
+    first renamed it to out and before it removed its record. The second then must not
+    resume that finished run's record over its own empty .part (it padded it with NUL
+    bytes and skipped the counted scenes), nor lock the renamed file instead of .part."""
+    import os
+
+    from risloc.pipeline import estimates_file
+    from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream
+
+    out, settings = tmp_path / "est.csv", {"inputs": ["a.h5"]}
+    first = EstimatesStream(out, settings, COLUMNS)
+    first.append("0", 4, [(0, 0, 1.0, 2.0, 3.0, 0.5)])
+    os.replace(first.part, out)  # finished, but its record not yet removed, when
+    first.close()
+    first.part.touch()  # the second run's open created .part afresh
+    with EstimatesStream(out, settings, COLUMNS, resume=True) as second:
+        assert not second.resumed and second.done == {}
+        second.append("0", 2, [(1, 0, 1.0, 2.0, 3.0, 0.5)])
+        second.close()
+    assert b"\0" not in second.part.read_bytes()
+    assert second.part.read_text().splitlines()[1:] == ["1,0,1.0,2.0,3.0,0.5"]
+    # a .part shorter than its record counts (cut by hand, or another run's) is not
+    # padded either: --resume is refused, naming --restart
+    with open(second.part, "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(ValueError, match=r"est.csv.part is shorter than its progress "
+                                         r"record .*pass --restart"):
+        EstimatesStream(out, settings, COLUMNS, resume=True)
+    EstimatesStream(out, settings, COLUMNS, restart=True).finish()
+    # the first run renames its .part to out between the second's open and its lock: the
+    # second locks the new .part, not the file that became out
+    real_lock, calls = estimates_file.try_lock, []
+
+    def finishing(fh):
+        if not calls:
+            os.replace(fh.name, tmp_path / "finished.csv")
+            open(fh.name, "a").close()  # a next run's .part at the path
+        calls.append(fh.name)
+        return real_lock(fh)
+
+    out.with_name("est.csv.progress.json").unlink(missing_ok=True)
+    monkeypatch.setattr(estimates_file, "try_lock", finishing)
+    with EstimatesStream(out, settings, COLUMNS, restart=True) as third:
+        assert len(calls) >= 2
+        assert os.fstat(third._held.fileno()).st_ino == third.part.stat().st_ino
+        third.finish()
+
+
 def test_a_file_index_without_rows_is_said(tmp_path, caplog):
     (tmp_path / "m.csv").write_text("scene,source,azimuth_deg,elevation_deg,range_m,file\n"
                                     "0,0,1,1,2,0\n0,0,1,1,2,1\n")
