@@ -102,6 +102,13 @@ def test_slot_regression_is_the_huber_loss_of_each_coordinate_in_its_units():
     got = aux.slot_regression(inv, truth, valid, match, angle_scale_deg=1.0,
                               inv_range_scale=0.05)
     assert float(got) == pytest.approx(huber(0.4) / 3, rel=1e-9)
+    # the azimuth error is wrapped to (-pi, pi]: 1 deg across the +-pi seam is 1 deg (a
+    # mutation review: the unwrapped difference passed)
+    seam = torch.tensor([[[math.pi - math.radians(0.5), 0.1, 0.5]]], dtype=torch.float64)
+    across = seam + torch.tensor([math.radians(1.0) - 2 * math.pi, 0.0, 0.0],
+                                 dtype=torch.float64)
+    got = aux.slot_regression(across, seam, valid, match, angle_scale_deg=1.0)
+    assert float(got) == pytest.approx(huber(1.0) / 3, rel=1e-6)
 
 
 def test_heatmap_focal_matches_a_cell_by_cell_loop_with_overlapping_sources():
@@ -171,6 +178,12 @@ def test_chamfer_is_coverage_of_the_valid_truths_plus_the_weighted_slot_precisio
     got = aux.chamfer_angles(paz, pel, w, taz, tel, valid)
     assert float(got) == pytest.approx(cover + precise, rel=1e-5)
     assert precise > 0.1  # the half-confident slot is far from every real source
+    # the coverage part moves the slot nearest each truth, even with no confident slot
+    # (a mutation review: the truth -> slot minimum detached passed)
+    paz = paz.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(aux.chamfer_angles(paz, pel + 0.05, torch.zeros_like(w), taz,
+                                                  tel, valid), paz)
+    assert float(g[0, 0].abs()) > 0 and float(g[0, 2:].abs().max()) == 0.0
 
 
 def test_nearest_cells_clamps_points_beyond_the_grid_to_its_edge():

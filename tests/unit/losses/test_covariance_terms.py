@@ -91,6 +91,13 @@ def test_cross_term_consistency(scenes, system):
     v = torch.randn(len(scenes), 144, 1, dtype=torch.complex64)
     v = v - cov.project(A, v, ridge=1e-8)
     assert torch.allclose(cov.cross_term_consistency(v, A), torch.ones(len(scenes)), atol=1e-3)
+    # scale-invariant, so its gradient has no component along F (Euler: <grad, F> = 0) and
+    # the loss cannot be lowered by shrinking F (a mutation review: ||F||^2 detached passed)
+    F = torch.randn(len(scenes), 144, 5, dtype=torch.complex64, requires_grad=True)
+    (g,) = torch.autograd.grad(cov.cross_term_consistency(F, A).sum(), F)
+    radial = (g.conj() * F.detach()).real.sum((-2, -1))
+    assert float(radial.abs().max()) < 1e-4 * float(g.abs().square().sum().sqrt())
+    assert float(g.abs().max()) > 0
 
 
 def test_spectral_hinges_zero_on_truth_and_positive_on_identity(R_true, scenes):

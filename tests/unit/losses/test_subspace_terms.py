@@ -120,10 +120,14 @@ def test_peak_contrast_is_the_mean_spectrum_of_the_six_neighbours_over_the_sourc
     R = 30 * torch.eye(144, dtype=torch.complex64) + R_true  # a peak of finite contrast
     b = 0
     k = int(scenes.K[b])
+    # one source beyond 1 / dr = 5 m: its -dr neighbour is clamped to 1/range = 0.02 (a
+    # mutation review: |1/r - dr| passed, every source of scene 0 being nearer than 5 m)
+    rng = scenes.range_m[b:b + 1].clone()
+    rng[0, 0] = 8.0
     ratios = []
     for s in range(k):
-        az, el, r = (float(v[b, s]) for v in (scenes.azimuth, scenes.elevation,
-                                              scenes.range_m))
+        az, el, r = (float(v[0, s]) for v in (scenes.azimuth[b:b + 1],
+                                              scenes.elevation[b:b + 1], rng))
         pts = [(az, el, 1 / r), (az + d, el, 1 / r), (az, el + d, 1 / r),
                (az, el, 1 / r + dr), (az - d, el, 1 / r), (az, el - d, 1 / r),
                (az, el, max(1 / r - dr, 0.02))]
@@ -132,7 +136,7 @@ def test_peak_contrast_is_the_mean_spectrum_of_the_six_neighbours_over_the_sourc
         P = sub.capon_spectrum(R[b:b + 1], a.T.unsqueeze(0))[0]
         ratios.append(float(P[1:].mean() / P[0]))
     got = sub.peak_contrast(R[b:b + 1], scenes.azimuth[b:b + 1], scenes.elevation[b:b + 1],
-                            scenes.range_m[b:b + 1], scenes.mask[b:b + 1], system)
+                            rng, scenes.mask[b:b + 1], system)
     assert float(got) == pytest.approx(sum(ratios) / k, rel=1e-4)
     assert 0.05 < float(got) < 0.95  # (neither bound of the test above)
 

@@ -221,6 +221,14 @@ def test_spectral_terms_of_a_flat_blend_by_hand():
     assert float(terms.gap) == pytest.approx(0.7, abs=1e-4)
     assert float(terms.margin) == pytest.approx(float((0.6 - K / N).mean()), abs=1e-4)
     assert float(terms.subspace_align) == pytest.approx(float(((N - K) / N).mean()), abs=1e-4)
+    # spectral_scenes = 1: gap and margin from the first scene only; R_true is a target
+    # only, no gradient reaches it (a mutation review: spectral_scenes ignored, and R_true
+    # not detached, both passed)
+    assert float(K[0]) != float(K.mean())
+    R_true = scene_true_covariance(scenes, SYSTEM).requires_grad_(True)
+    terms = compute_losses(out, eye, R_true, scenes, SYSTEM, replace(cfg, spectral_scenes=1))
+    assert float(terms.margin) == pytest.approx(float(0.6 - K[0] / N), abs=1e-4)
+    assert not terms.cov.requires_grad and not terms.total.requires_grad
 
 
 def test_aux_sums_its_parts_with_their_own_weights_and_terms_are_batch_means(model):
