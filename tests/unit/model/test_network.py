@@ -465,3 +465,139 @@ def test_the_back_projection_is_normalised_per_scene_not_per_snapshot(model, sce
     bp = back_projection(y, scenes.H, scenes.codes, model.cfg.bp_alpha)
     ratio = (a.abs() / bp.abs()).flatten(1)
     torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-4, atol=0)
+
+
+def test_the_beamformer_bank_is_the_steering_of_its_grid_and_its_features_are_normalised(
+        model, scenes):
+    """Column g of the bank is the steering vector of grid cell g = (r, e, a) in C order (the
+    order _positions decodes); the features are log(S + 0.01) with S at mean 1 per scene,
+    and S over its maximum over the whole scene grid (a mutation review: azimuth and
+    elevation swapped in the steering, S over its max, log(S + 1) and the peak per 1/range
+    bin all passed)."""
+    g = model.grid
+    Nr, Ne, Na = len(g.inv_range), len(g.elevation), len(g.azimuth)
+    for r, e, a in ((0, 0, 1), (3, 5, 20), (Nr - 1, Ne - 1, 2)):
+        want = steering(g.azimuth[a], g.elevation[e], 1.0 / g.inv_range[r], SYSTEM)
+        torch.testing.assert_close(model.bank.A[:, (r * Ne + e) * Na + a], want)
+    with torch.no_grad():
+        a, _ = model._features(scenes.y, scenes.H, scenes.codes)
+        x = model.bank(a)
+    S = torch.exp(x[:, :Nr]) - 1e-2
+    torch.testing.assert_close(S.mean((-3, -2, -1)), torch.ones(3), rtol=1e-4, atol=0)
+    torch.testing.assert_close(x[:, Nr:], S / S.amax((-3, -2, -1), keepdim=True),
+                               rtol=1e-4, atol=1e-5)
+    assert bool((x[:, Nr:].amax((-2, -1)) < 1 - 1e-3).any())  # some bins peak below 1
+
+
+def test_the_trunk_is_residual_and_starts_sparse_and_the_grid_coordinates_are_fixed(model,
+                                                                                      scenes):
+    """A ResBlock is x + conv(...); the heat logits start at -4 (CenterNet), the offsets at
+    0; the coordinate channels are elevation then azimuth, each -1 -> 1 (a mutation review:
+    the skip dropped, the -4 on the offsets, azimuth reversed all passed)."""
+    from risloc.model.network import ResBlock
+
+    blk = ResBlock(8, 2)
+    nn_zero = torch.nn.init.zeros_
+    nn_zero(blk.conv.weight), nn_zero(blk.conv.bias)
+    x = torch.randn(2, 8, 5, 6)
+    torch.testing.assert_close(blk(x), x)
+    Nr = model.cfg.n_inv_range
+    fresh = CovarianceNet(SYSTEM, ModelConfig(width=16, dilations=(1,), hidden=16))
+    assert bool((fresh.head.bias[:Nr] == -4.0).all())
+    assert bool((fresh.head.bias[Nr:].abs() < 1).all())
+    with torch.no_grad():
+        _, f = model._features(scenes.y, scenes.H, scenes.codes)
+    Ne, Na = f.shape[-2:]
+    torch.testing.assert_close(f[0, -2, :, 0], torch.linspace(-1, 1, Ne))
+    torch.testing.assert_close(f[0, -1, 0], torch.linspace(-1, 1, Na))
+
+
+def test_the_zoom_stencil_and_its_spectrum_are_as_documented(scenes):
+    """The stencil steps zoom_deg in both angles and zoom_inv_range in 1/range; the MLP sees
+    the stencil spectrum over its maximum (a mutation review: 1/range stepped by zoom_deg and
+    the spectrum unnormalised passed)."""
+    torch.manual_seed(3)
+    cfg = ModelConfig(width=16, dilations=(1,), hidden=16, refine_iterations=0)
+    net = CovarianceNet(SYSTEM, cfg).eval()
+    st = net.zoom.stencil
+    P = (2 * cfg.zoom_points + 1) ** 2 * 3
+    assert st.shape == (P, 3)
+    torch.testing.assert_close(st[:, 2].unique(), torch.tensor([-1.0, 0.0, 1.0]) *
+                               cfg.zoom_inv_range)
+    torch.testing.assert_close(st[:, 0].unique(), torch.deg2rad(
+        torch.arange(-cfg.zoom_points, cfg.zoom_points + 1.0) * cfg.zoom_deg))
+    seen = []
+    net.zoom.mlp[0].register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        net(scenes.y, scenes.H, scenes.codes, covariance=False)
+    spec = seen[0][..., :P]
+    torch.testing.assert_close(spec.amax(-1), torch.ones(spec.shape[:-1]))
+
+
+def test_the_residual_floor_counts_m_minus_k_degrees_of_freedom_per_snapshot(scenes):
+    """floor_k - rel_k = log(||y||^2 / ((M - k) L sigma^2)) = log(M (1 + snr) / (M - k))
+    exactly, whatever the columns (a mutation review: M - k + 1 passed the statistical
+    test)."""
+    from risloc.model.network import residual_features
+
+    S, M = SYSTEM.K_max, SYSTEM.M
+    Bm = torch.randn(3, SYSTEM.L, M, S, dtype=torch.complex64)
+    snr = torch.tensor([0.0, 10.0, -5.0])
+    f = residual_features(scenes.y, Bm, snr).double()
+    k = torch.arange(1, S + 1, dtype=torch.float64)
+    want = torch.log(M * (1 + 10 ** (snr.double() / 10)).unsqueeze(-1) / (M - k))
+    torch.testing.assert_close(f[:, S:2 * S] - f[:, :S], want, rtol=0, atol=1e-4)
+
+
+def test_each_slot_reads_the_cnn_feature_of_its_own_pixel(scenes):
+    """feat[b, s] = h[b, :, e_s, a_s] at the slot's (elevation, azimuth) cell (a mutation
+    review: the pixel taken modulo Na only passed)."""
+    torch.manual_seed(5)
+    net = CovarianceNet(SYSTEM, ModelConfig(width=16, dilations=(1,), hidden=16,
+                                            refine_iterations=0)).eval()
+    hs, feats = [], []
+    net.norm.register_forward_hook(lambda m, i, o: hs.append(o))
+    net.zoom.mlp[0].register_forward_hook(lambda m, i, o: feats.append(i[0]))
+    with torch.no_grad():
+        out = net(scenes.y, scenes.H, scenes.codes, covariance=False)
+    h = hs[0]
+    Ne, Na = h.shape[-2:]
+    idx, _ = net._slots(out.heatmap, out.offsets)
+    e, a = (idx // Na) % Ne, idx % Na
+    assert bool(((idx // Na) >= Ne).any())  # some slots off the first 1/range bin
+    want = torch.stack([h[b, :, e[b], a[b]].mT for b in range(h.shape[0])])
+    P = net.zoom.stencil.shape[0]
+    torch.testing.assert_close(feats[0][..., P + 1:P + 1 + h.shape[1]], want)
+
+
+def test_the_heads_read_their_documented_inputs(scenes):
+    """K head: [mean_pix h, max_pix h, snr/20, known, sigmoid(heat_s), heat_s/10, residual
+    features]; slot head: [feat_s, conf_s, s/S], its output (re, im) per element entering F as
+    w_s (a_s + g c_s / sqrt(N)) unconjugated (a mutation review: max-pooling read as mean,
+    heat/10 as sigmoid, the rank zeroed and the correction conjugated all passed)."""
+    torch.manual_seed(6)
+    net = CovarianceNet(SYSTEM, ModelConfig(width=16, dilations=(1,), hidden=16,
+                                            refine_iterations=0)).eval()
+    hs, kin, sin, sout = [], [], [], []
+    net.norm.register_forward_hook(lambda m, i, o: hs.append(o))
+    net.k_head[0].register_forward_hook(lambda m, i, o: kin.append(i[0]))
+    net.slot_head[0].register_forward_hook(lambda m, i, o: sin.append(i[0]))
+    net.slot_head.register_forward_hook(lambda m, i, o: sout.append(o))
+    with torch.no_grad():
+        net.gate.fill_(0.7)
+        out = net(scenes.y, scenes.H, scenes.codes, scenes.snr_db)
+    h, W, S, N = hs[0], 16, SYSTEM.K_max, SYSTEM.N
+    idx, _ = net._slots(out.heatmap, out.offsets)
+    heat_s = out.heatmap.reshape(3, -1).gather(1, idx)
+    torch.testing.assert_close(kin[0][:, :2 * W + 2 + 2 * S], torch.cat(
+        [h.mean((-2, -1)), h.amax((-2, -1)), scenes.snr_db.unsqueeze(-1) / 20,
+         torch.ones(3, 1), torch.sigmoid(heat_s), heat_s / 10], -1))
+    torch.testing.assert_close(sin[0][..., -2:], torch.stack(
+        [out.slot_confidence, (torch.arange(S) / S).expand(3, S)], -1))
+    c = sout[0].view(3, S, N, 2)
+    corr = torch.complex(c[..., 0], c[..., 1]).mT / math.sqrt(N)
+    P = torch.softmax(out.K_logits, -1)
+    p_geq = torch.stack([P[:, k:].sum(-1) for k in range(S)], -1)
+    w = (out.slot_confidence * p_geq + 1e-8).sqrt().unsqueeze(-2)
+    torch.testing.assert_close(out.F, w * (out.slot_steering + 0.7 * corr), rtol=1e-4,
+                               atol=1e-6)

@@ -24,6 +24,7 @@ def test_beta_anneal_and_jitter():
     assert s.beta_at(0.1, 0.3, 0.2) == pytest.approx(0.15)
     assert s.beta_at(0.5, 0.3, 0.2) == pytest.approx(0.3)
     assert s.beta_at(0.0, 0.3, 0.0) == 0.3
+    assert s.beta_at(-0.1, 0.3, 0.2) == 0.0  # progress below 0 clamped (a mutation review)
     draws = [s.jittered_beta(0.3, 0.05, 7, k) for k in range(200)]
     assert all(0.25 <= d <= 0.35 for d in draws) and max(draws) - min(draws) > 0.05
     assert s.jittered_beta(0.3, 0.05, 7, 11) == s.jittered_beta(0.3, 0.05, 7, 11)
