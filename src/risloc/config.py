@@ -403,9 +403,12 @@ def _is_pair(kind: Any) -> bool:
 
 _SYNONYMS = {"lambda": "wavelength", "lam": "wavelength", "wavelength_m": "wavelength",
              "d": "spacing", "element_spacing": "spacing", "spacing_m": "spacing",
-             "n_antennas": "M", "antennas": "M", "snapshots": "L", "n_snapshots": "L"}
+             "n_antennas": "M", "antennas": "M", "snapshots": "L", "n_snapshots": "L",
+             "frequency": "wavelength", "freq": "wavelength", "fc": "wavelength"}
 """Other names of the system's fields that a spelling match does not find (a review:
 ``lambda`` was offered N_H or N_V)."""
+_FREQUENCIES = ("frequency", "freq", "fc")
+"""Of those, the names of a frequency: the system takes its wavelength, named with its unit."""
 
 
 def _where_it_belongs(model: type, loc: list[str], is_section: bool) -> str:
@@ -430,7 +433,9 @@ def _where_it_belongs(model: type, loc: list[str], is_section: bool) -> str:
     here = [n for n, k in _sections(kind).items() if bool(_sections(k)) == is_section]
     close = [".".join([*where, c]) for c in difflib.get_close_matches(name, here, 1)]
     guess = same or close
-    return f" (did you mean {' or '.join(guess)}?)" if guess else ""
+    unit = (", in metres: c / frequency (0.3 m at 1 GHz)"
+            if str(name).lower() in _FREQUENCIES and same else "")
+    return f" (did you mean {' or '.join(guess)}{unit}?)" if guess else ""
 
 
 def _validate(model: type[BaseModel], data: Any, what: str):

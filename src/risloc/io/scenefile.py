@@ -568,6 +568,9 @@ def _held(data: dict[str, Any], attrs: dict[str, Any], handle: Any) -> str:
     else:
         names = [f"{k} (a group)" if isinstance(handle.get(k), h5py.Group) else k
                  for k in sorted(handle.keys())]
+    lacking = {c.lower(): c for c in REQUIRED if c not in data}  # 'Y' for y: case matters
+    names = [f"{k} (did you mean {lacking[k.lower()]}? names are case-sensitive)"
+             if k.lower() in lacking and k not in REQUIRED else k for k in names]
     more = f", ... ({len(names) - 20} more)" if len(names) > 20 else ""
     return f"[{', '.join(names[:20])}{more}]" if names else "nothing"
 

@@ -112,6 +112,10 @@ class OneFileOfSeveralError(ValueError):
                          "file=0 for the first file, none of whose scenes then has a row)")
 
 
+def _shortened(text: str, width: int = 120) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def _header(path: Path, fieldnames: list[str] | None) -> list[str]:
     """The CSV's column names, a spreadsheet's stray spaces and capitals forgiven; a
     ValueError naming what is missing (and a ';'-separated file as such)."""
@@ -122,8 +126,12 @@ def _header(path: Path, fieldnames: list[str] | None) -> list[str]:
     names = [n.strip().lower() if n.strip().lower() in known else n for n in fieldnames]
     missing = [c for c in COLUMNS[:5] if c not in names]
     if missing:
+        header = _shortened(",".join(fieldnames))
         hint = " (its header is separated by ';': an estimates CSV is comma-separated)" if \
-            len(names) == 1 and ";" in names[0] else ""
+            len(names) == 1 and ";" in names[0] else f"; its header: {header}"
+        unsaid = [f"{n} as {c}" for c in missing for n in names if c.startswith(f"{n}_")]
+        if unsaid:  # 'azimuth' for azimuth_deg: renamed only where it holds the unit named
+            hint += f" (rename {', '.join(unsaid)}: angles in degrees, range in metres)"
         raise ValueError(f"{path}: no column {missing} (an estimates CSV has "
                          f"{', '.join(COLUMNS)}){hint}")
     return names

@@ -106,7 +106,10 @@ def _as_tensor(name: str, x) -> torch.Tensor:
         return t.to(torch.complex64)  # real codes: a 1-bit RIS's +-1 (as scene files allow)
     if not t.is_complex():  # named as the caller's array names it (a NumPy dtype for NumPy)
         got = x.dtype if isinstance(x, (np.ndarray, torch.Tensor)) else t.dtype
-        raise InputTypeError(f"{name} must be complex (complex64 or complex128), got {got}")
+        pair = (f" of shape {tuple(t.shape)}: real and imaginary parts on a last axis of 2? "
+                f"pass {name}[..., 0] + 1j * {name}[..., 1]") if t.shape[-1:] == (2,) else ""
+        raise InputTypeError(f"{name} must be complex (complex64 or complex128), got {got}"
+                             f"{pair}")
     return t
 
 

@@ -45,6 +45,9 @@ def test_invalid_values_name_the_field(override, field):
                       "system.spacing?)"),
     ("lambda=0.3", "lambda: Extra inputs are not permitted (did you mean "
                    "system.wavelength?)"),  # in another section too (a review)
+    ("system.frequency=1e9", "system.frequency: Extra inputs are not permitted (did you mean "
+                             "system.wavelength, in metres: c / frequency (0.3 m at 1 GHz)?)"),
+    # a carrier frequency where the system takes its wavelength (a new user's review)
     ("seed=1", "seed: Extra inputs are not permitted"),  # not "scene": a value, no section
 ])
 def test_invalid_fields_say_how_to_write_them(override, says):

@@ -179,6 +179,15 @@ def test_a_shared_channel_swapped_axes_or_missing_names_get_their_fix(tmp_path, 
             f[f"data/{k}"] = arr[k]
     with pytest.raises(SceneFileError, match=r"holds \[data \(a group\)\]"):
         read_scenes(path)
+    # a required name in another case is named with the one it misses (a new user's
+    # review: MATLAB's Y and H read as Y and h); the others stay as they are
+    path = tmp_path / "cased.h5"
+    with h5py.File(path, "w") as f:
+        f["Y"], f["h"], f["codes"], f["K"] = arr["y"], arr["H"], arr["codes"], np.ones(50)
+    with pytest.raises(SceneFileError, match=r"\['y', 'H'\]; it holds \[K, Y \(did you mean "
+                       r"y\? names are case-sensitive\), codes, h \(did you mean H\? names "
+                       r"are case-sensitive\)\]: files hold"):
+        read_scenes(path)
 
 
 def test_matlab_complex_compounds_are_read_and_reversed_axes_named(tmp_path, batch, system):

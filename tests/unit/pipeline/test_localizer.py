@@ -45,6 +45,11 @@ def test_localizer_rejects_bad_shapes_and_methods(system, scenes):
         loc.localize(scenes.y.real, scenes.H, scenes.codes)
     with pytest.raises(TypeError, match="y must be complex .*got float32$"):  # NumPy's name
         loc.localize(scenes.y.real.numpy(), scenes.H.numpy(), scenes.codes.numpy())
+    # real and imaginary parts stacked on a last axis of 2 are named, as the file reader
+    # names them (a new user's review)
+    with pytest.raises(TypeError, match=r"got float32 of shape \(\d+, \d+, \d+, 2\): real and "
+                                        r"imaginary parts .* y\[\.\.\., 0\] \+ 1j \* y"):
+        loc.localize(torch.view_as_real(scenes.y).numpy(), scenes.H, scenes.codes)
     with pytest.raises(TypeError, match=r"y must be complex \(complex64 or complex128\), got "
                                         "torch.complex32"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (torch: "ComplexHalf support is experimental")
@@ -1071,7 +1076,13 @@ def test_a_hand_made_csv_is_read_as_its_columns_say_or_named(tmp_path, caplog):
         with pytest.raises(ValueError, match=says):
             read_estimates(p, 1, 1)
     p.write_text("scene,source,azimuth_deg,elevation_deg,score\n")
-    with pytest.raises(ValueError, match=r"no column \['range_m'\]"):
+    with pytest.raises(ValueError, match=r"no column \['range_m'\] .*; its header: "
+                                         r"scene,source,azimuth_deg,elevation_deg,score$"):
+        read_estimates(p, 1)
+    # coordinates named without their unit: the names to give them (a new user's review)
+    p.write_text("scene,source,azimuth,elevation,range\n")
+    with pytest.raises(ValueError, match=r"\(rename azimuth as azimuth_deg, elevation as "
+                                         r"elevation_deg, range as range_m: angles in degrees"):
         read_estimates(p, 1)
     # a line longer than the csv module's 128 KB (a one-line JSON file given by a slip):
     # a ValueError naming the file and line (a review: a bare _csv.Error)
