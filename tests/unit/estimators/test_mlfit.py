@@ -436,3 +436,26 @@ def test_each_nested_set_gets_its_repair_rounds_and_select_iterations(system, mo
     mlfit.nested_fit(sc.y, sc.H, sc.codes, theta, fit, repaired, system,
                      replace(cfg, nested_repairs=0), grid, gains)
     assert iters == [3, 3]  # sets of 1 and 2; the 3-set is the S-source fit
+
+
+def test_a_swap_back_to_the_removed_source_is_no_repair(system, monkeypatch):
+    """A repair keeps a swap only where the cost falls: a proposal that is the removed
+    source itself (polish of 0 iterations: the same positions, the same cost bit for bit)
+    is not kept and not counted (a mutation review: keeping swaps at equal cost passed)."""
+    from types import SimpleNamespace
+
+    from risloc.estimators import mlfit
+
+    sc = simulate_range(0, 3, system, SceneConfig(), seed=2, split="test", K=3, snr_db=10.0)
+    y, H, c = (t.to(torch.complex128) for t in (sc.y, sc.H, sc.codes))
+    theta = _truth(sc, 3)
+    full = torch.ones(3, 3, dtype=torch.bool)
+    fit = amplitude_fit(y, H, c, steering_at(theta, system, y.dtype), full, 1e-5)
+    removed = theta[torch.arange(3), removal_gains(fit, full).argmin(-1)]
+    monkeypatch.setattr(mlfit, "residual_proposal", lambda *a, **k: SimpleNamespace(
+        theta=removed, gain=torch.ones(3)))
+    cfg = MLFitConfig(polish=NFMLEConfig(iterations=0, tikhonov=1e-5))
+    grid = search_grid(system, cfg.search, y.dtype)
+    out, after, kept = _repair(y, H, c, theta, fit, torch.full((3,), 3), system, cfg, grid)
+    assert not bool(kept.any())
+    torch.testing.assert_close(after.cost, fit.cost, rtol=0, atol=0)

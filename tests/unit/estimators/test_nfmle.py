@@ -189,6 +189,22 @@ def test_padded_slots_do_not_change_the_result():
         assert bool(w[:, 2:].isnan().all()) and bool(g[:, 2:].isnan().all())
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_lm_solve_ignores_what_padded_slots_hold(masked):
+    """lm_solve (the ML-fit stage's polish, which passes its slots beyond K as given) reads
+    no padded slot: NaN there gives the real slots of the box-centre padding bit for bit
+    (a mutation review: steering derivatives left unmasked in the Jacobian passed, and
+    moved real slots by 1 deg)."""
+    b = simulate_range(0, 4, SYSTEM, SCENE, seed=3, split="test", K=2, snr_db=10.0)
+    y, H, codes = (t.to(torch.complex128) for t in (b.y, b.H, b.codes))
+    cfg = NFMLEConfig(iterations=3, masked=masked)
+    theta = nfmle._start(b.azimuth, b.elevation, b.range_m, b.mask, cfg, torch.float64)
+    nan = torch.where(b.mask.unsqueeze(-1), theta, float("nan"))
+    want, wfit, _ = nfmle.lm_solve(y, H, codes, theta, b.mask, SYSTEM, cfg)
+    got, gfit, _ = nfmle.lm_solve(y, H, codes, nan, b.mask, SYSTEM, cfg)
+    assert torch.equal(got[:, :2], want[:, :2]) and torch.equal(gfit.cost, wfit.cost)
+
+
 def test_mixed_K_batch_equals_per_scene_runs():
     b1 = simulate_range(0, 2, SYSTEM, SCENE, seed=1, split="test", K=1, snr_db=10.0)
     b4 = simulate_range(0, 2, SYSTEM, SCENE, seed=1, split="test", K=4, snr_db=10.0)
@@ -358,6 +374,27 @@ def test_a_bound_holds_a_parameter_only_where_descent_points_outward():
     assert free.tolist() == want
     assert nfmle._free_parameters(theta, -g, mask, lo, hi).tolist() == \
         [[True, True, True, True, True, True, False, False, False]]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_step_that_leaves_the_cost_equal_is_not_accepted(masked):
+    """Monotone acceptance is strict: where no step can lower the cost (y = 0: cost 0 at
+    every position, a zero step) every retry is rejected and the damping rises to
+    10^retries mu, positions unchanged (a mutation review: accepting at equal cost, which
+    lowered the damping, passed every test)."""
+    b = simulate_range(0, 2, SYSTEM, SCENE, seed=3, split="test", K=2, snr_db=10.0)
+    cfg = NFMLEConfig(masked=masked)
+    y = torch.zeros_like(b.y, dtype=torch.complex128)
+    H, codes = b.H.to(torch.complex128), b.codes.to(torch.complex128)
+    theta = nfmle._start(b.azimuth, b.elevation, b.range_m, b.mask, cfg, torch.float64)
+    lo, hi = cfg.fov.bounds(torch.float64, theta.device)
+    fit = nfmle.amplitude_fit(y, H, codes, steering_at(theta, SYSTEM, y.dtype), b.mask,
+                              cfg.tikhonov)
+    mu = torch.full((2,), cfg.damping, dtype=torch.float64)
+    got_theta, got_fit, got_mu = nfmle._lm_iteration((theta.clone(), fit, mu), y, H, codes,
+                                                     b.mask, SYSTEM, cfg, lo, hi)
+    assert torch.equal(got_theta, theta) and float(got_fit.cost.abs().max()) == 0.0
+    torch.testing.assert_close(got_mu, mu * 10.0 ** cfg.retries, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("masked", [False, True])
