@@ -145,6 +145,9 @@ def test_a_wrong_truth_K_is_named():
         match_sources(est, az, el, r, K[:1])
     with pytest.raises(ValueError, match="truth K must be whole numbers of sources"):
         match_sources(est, az, el, r, torch.tensor([1.0, 0.5]))
+    for bad in ([2, 1], [-1, 1]):  # more sources than the 1 true slot, or fewer than none
+        with pytest.raises(ValueError, match=r"truth K must be \[B\] with 0 <= K <= 1 slots"):
+            match_sources(est, az, el, r, torch.tensor(bad))
     assert match_sources(est, az, el, r, torch.tensor([1.0, 1.0])).detected.all()
     from risloc.pipeline import LocalizationResult  # a Localizer's result: its estimates
 
@@ -162,6 +165,12 @@ def test_degrees_for_radians_and_impossible_settings_are_named():
         match_sources(est, az, el.rad2deg(), r, K)
     with pytest.raises(ValueError, match=r"estimated elevations beyond \+-pi/2 rad"):
         match_sources(dataclasses.replace(est, elevation=est.elevation.rad2deg()), az, el, r, K)
+    # padding beyond K is never read: a sentinel there (-999) is no elevation in degrees
+    pad = lambda t: torch.cat([t, torch.full_like(t, -999.0)], 1)  # noqa: E731
+    m = match_sources(dataclasses.replace(est, azimuth=pad(est.azimuth),
+                                          elevation=pad(est.elevation), range_m=pad(est.range_m)),
+                      pad(az), pad(el), pad(r), K)
+    assert m.detected.tolist() == [[True, False], [True, False]]
     straight_up = torch.full_like(el, math.pi / 2)  # the limit itself is a direction
     assert match_sources(est, az, straight_up, r, K).paired.all()
     for gate in (0.0, -1.0, NAN):
@@ -245,7 +254,7 @@ def test_grouping_by_snr_and_K():
     assert sorted(by_snr) == [-5.0, 10.0] and by_snr[-5.0] == by_K[3]
     # a scene without an SNR is its own group, not dropped and not another SNR's
     by_snr = summarize_by_snr(m, torch.tensor([NAN, 10.1]), bin_db=5.0)
-    assert list(by_snr)[0] == 10.0 and math.isnan(list(by_snr)[1])
+    assert list(by_snr)[0] == 10.0 and math.isnan(list(by_snr)[1]) and len(by_snr) == 2
     assert by_snr[math.nan] == by_K[3] and by_snr[10.0] == by_K[2]
 
 
@@ -322,6 +331,11 @@ def test_matching_chunk_by_chunk_equals_matching_all_at_once():
     mixed = concat_matchings([match_sources(est[:1], *(t[:1] for t in TRUTH)), narrow])
     assert mixed.truth_mask.shape == (2, 3) and mixed.est_index[1, 2] == -1
     assert summarize(mixed) == summarize(whole)
+    # the narrower part first: the wider one sets the width all the same
+    flipped = concat_matchings([narrow, match_sources(est[:1], *(t[:1] for t in TRUTH))])
+    assert flipped.truth_mask.shape == (2, 3) and summarize(flipped) == summarize(whole)
+    with pytest.raises(ValueError, match="matchings with different gates cannot be"):
+        concat_matchings([whole, dataclasses.replace(whole, gate_deg=2.0)])
     with pytest.raises(ValueError, match="no matchings"):
         concat_matchings([])
 
@@ -396,6 +410,12 @@ def test_one_scene_has_no_standard_error_and_the_snr_bin_must_be_positive():
                                                          "K_accuracy"))
     assert math.isfinite(summarize(m[:1]).f1)  # (one scene: a number)
     assert paired_bootstrap_se(m, m)["f1_diff"] == 0.0  # two scenes: a spread (here none)
+    # pairs in one scene of two: a resample of the other alone has no median (NaN), not
+    # a median of sources it did not draw
+    lone = dataclasses.replace(m, est_index=torch.where(torch.arange(2).unsqueeze(-1) == 0,
+                                                        m.est_index, -1),
+                               azimuth_error=torch.full_like(m.azimuth_error, 0.01))
+    assert math.isnan(paired_bootstrap_se(lone, lone, reps=50)["azimuth_median_ratio"])
     for bad in (0.0, -5.0, NAN):
         with pytest.raises(ValueError, match="the SNR bin must be > 0 dB"):
             summarize_by_snr(m, torch.tensor([10.0, 12.0]), bin_db=bad)
@@ -631,3 +651,8 @@ def test_arrays_in_degrees_score_as_the_estimates_they_hold(caplog):
                   *(torch.cat([t, t]) for t in wide))  # 6 estimates, within +-0.70 "deg"
     assert "the estimated angles of all 6 sources lie within +-0.70 deg: radians stored as " \
         "degrees? (azimuth_deg and elevation_deg hold degrees" in caplog.text
+    caplog.clear()  # sources that are all near boresight, truth and estimates: no warning
+    narrow = {k: np.concatenate([v, v]) for k, v in as_radians.items()}
+    match_sources(narrow, *_truth([2, 1, 2, 1], *(narrow[k].tolist() for k in (
+        "azimuth_deg", "elevation_deg", "range_m"))))
+    assert not caplog.records

@@ -218,6 +218,17 @@ def test_pooled_rows_sum_times_and_scenes_left_out_over_the_points(monkeypatch):
     assert pooled["other"].ms_per_scene == pytest.approx(
         sum(r.ms_per_scene * r.n_scenes for r in alls) / 5)
     assert pooled["other"].metrics["scenes_left_out"] == 1
+    # every K = "all" row counts its point's scenes left out, the reference's too
+    assert [r.metrics["scenes_left_out"] for r in rows if r.K == "all"] == [1, 1, 0, 0]
+    # a scene with unusable measurements and truth both is left out once, for one reason
+    az = points[1][1].azimuth.clone()
+    az[0, 0] = float("nan")  # a real true source without a position
+    twice = replace(points[1][1], y=torch.zeros_like(points[1][1].y), azimuth=az)
+    reasons, ok = harness.left_out(twice, cfg.system)
+    assert [i for i, _ in reasons] == [0, 1, 2] and not bool(ok.any())
+    # a file's SNR groups: each scene's index in the file, from the offset of its range
+    (_, sc, where), = harness.file_points(points[1][1], offset=7)
+    assert where.tolist() == [7, 8, 9] and len(sc) == 3
     assert pooled["other"].metrics["azimuth_median_ratio_common"] == pytest.approx(2.0,
                                                                                    rel=1e-3)
     one = evaluate_points(points[1:], cfg.system, settings, pooled=True)
@@ -251,6 +262,10 @@ def test_a_file_s_bound_takes_its_noise_and_powers_a_chunk_of_scenes_at_a_time(m
     monkeypatch.setattr(harness, "CRB_CHUNK", 4, raising=False)
     got = harness.scene_crb(file, system, "stochastic")
     assert sizes == [4, 2]
+    # a scene with an SNR is bounded at the noise of its SNR, not at the fitted one
+    alone = harness.scene_crb(file[1:2], system, "stochastic")
+    torch.testing.assert_close(whole.range_m[1:2], alone.range_m, rtol=1e-9, atol=0,
+                               equal_nan=True)
     for k in ("azimuth", "elevation", "range_m"):
         torch.testing.assert_close(getattr(got, k), getattr(whole, k), rtol=1e-12, atol=0,
                                    equal_nan=True)
