@@ -134,6 +134,9 @@ def load_space(path: str | Path, base: TrainConfig | None = None) -> tuple[Dimen
             if spec.get("relative") and not isinstance(current, float):
                 raise ConfigError(f"{path}: {field}: relative ranges multiply a float field; "
                                   f"the recipe's {field} is {current!r}")
+            if current is None:  # (e.g. scene.K, int | None: a trial's 1.37 fails)
+                raise ConfigError(f"{path}: {field}: a range draws fractions, but the "
+                                  f"recipe's {field} is {current!r}: give it choices")
             for flag in ("log", "relative"):
                 if not isinstance(spec.get(flag, False), bool):
                     raise ConfigError(f"{path}: {field}: {flag} must be true or false, got "

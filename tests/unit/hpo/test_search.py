@@ -228,3 +228,70 @@ def test_the_baseline_of_a_tuple_field_is_found_among_its_listed_choices(tmp_pat
     assert load_train_config(None, values) == base
     with pytest.raises(ConfigError, match=r"model.dilations=\(1, 2, 4\) lies outside"):
         [d.base_param(load_train_config(None, ["model.dilations=[1, 2, 4]"])) for d in space]
+
+
+def test_a_range_over_a_field_the_recipe_leaves_none_is_refused(tmp_path):
+    """A review: scene.K (None in the recipe) took {low: 1, high: 3}; its ends validate,
+    every trial's 1.37 failed its recipe, and --baseline crashed comparing 1.0 <= None."""
+    p = tmp_path / "s.yaml"
+    p.write_text("scene.K: {low: 1, high: 3}\n")
+    with pytest.raises(ConfigError, match=r"scene.K: a range draws fractions, but the "
+                                          r"recipe's scene.K is None: give it choices"):
+        load_space(p)
+    p.write_text("scene.K: {choices: [null, 2]}\n")  # (choices: taken, baseline found)
+    base = load_train_config(None)
+    assert [d.base_param(base) for d in load_space(p, base)] == [None]
+    # a range over a field holding a pair (a mix of spreads) draws one spread per trial,
+    # which the field takes: accepted
+    p.write_text("scene.power_spread_db: {low: 0.0, high: 12.0}\n")
+    mix = load_train_config(None, ["scene.power_spread_db=[0, 25]"])
+    assert load_space(p, mix)[0].high == 12.0
+
+
+def test_an_in_memory_sqlite_study_is_refused_however_it_is_spelled(tmp_path):
+    from risloc.hpo import open_study
+
+    for url in ("sqlite://", "sqlite:///:memory:"):
+        s = TuneSettings(config=None, out_dir=str(tmp_path / "t"), storage=url)
+        with pytest.raises(ValueError, match="an in-memory SQLite study ends with this"):
+            open_study(s)
+
+
+def test_a_folder_mark_of_an_earlier_version_names_its_storage_as_typed(tmp_path):
+    """study.json of an earlier version held --storage as typed: the folder's own study.db
+    spelled out is that folder's study, another file still another study's."""
+    import json
+
+    from risloc.hpo.search import claim_folder
+
+    out = tmp_path / "t"
+    out.mkdir()
+    for typed, ok in ((f"sqlite:///{out}/./study.db", True),
+                      (f"sqlite:///{tmp_path}/other.db", False)):
+        (out / "study.json").write_text(json.dumps({"study_name": "risloc", "storage": typed}))
+        s = TuneSettings(config=None, out_dir=str(out))
+        if ok:
+            claim_folder(s)
+        else:
+            with pytest.raises(ValueError, match=rf"holds the runs of study 'risloc' "
+                                                 rf"\(sqlite:///{tmp_path}/other.db\)"):
+                claim_folder(s)
+
+
+def test_a_set_of_a_relative_field_is_taken_and_of_an_absolute_one_refused(tmp_path):
+    """--set optim.lr is the base a relative optim.lr multiplies (taken); --set of an
+    absolute searched field would lose to every trial's value (refused). Both are decided
+    before any study opens: here the baseline check (batch 32 outside [64]) stops tune."""
+    from risloc.hpo import tune
+
+    p = tmp_path / "s.yaml"
+    p.write_text("optim.lr: {low: 0.5, high: 2, log: true, relative: true}\n"
+                 "optim.batch_size: {choices: [64]}\n")
+    out = tmp_path / "t"
+    for item, error, says in (("optim.lr=2e-3", ConfigError, "optim.batch_size=32 lies outside"),
+                              ("optim.batch_size=64", ValueError, "optim.batch_size is searched")):
+        s = TuneSettings(config=None, overrides=(item,), out_dir=str(out), space=str(p),
+                         baseline=True)
+        with pytest.raises(error, match=says):
+            tune(s)
+    assert not (out / "study.db").exists()

@@ -232,17 +232,19 @@ def test_any_table_named_as_optuna_s_marks_another_program_s_database(tmp_path):
 
     from risloc.hpo import open_study
 
-    other = tmp_path / "other.db"
-    with sqlite3.connect(other) as con:
-        con.execute("create table studies(x int)")
-        con.execute("create table users(x int)")
-    con.close()
-    before = other.read_bytes()
-    s = TuneSettings(config=None, out_dir=str(tmp_path / "t"), storage=f"sqlite:///{other}")
-    with pytest.raises(ValueError, match=r"holds tables of another program \(studies, no "
-                                         r"Optuna version_info\)"):
-        open_study(s)
-    assert other.read_bytes() == before
+    for table in ("studies", "trial_params"):  # (a review: only studies was tried here)
+        other = tmp_path / f"{table}.db"
+        with sqlite3.connect(other) as con:
+            con.execute(f"create table {table}(x int)")
+            con.execute("create table users(x int)")
+        con.close()
+        before = other.read_bytes()
+        s = TuneSettings(config=None, out_dir=str(tmp_path / "t"),
+                         storage=f"sqlite:///{other}")
+        with pytest.raises(ValueError, match=rf"holds tables of another program \({table}, "
+                                             r"no Optuna version_info\)"):
+            open_study(s)
+        assert other.read_bytes() == before
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
@@ -557,6 +559,31 @@ def test_the_best_of_tied_trials_is_the_first_and_the_baseline_the_completed_cop
     best = yaml.safe_load((tmp_path / "best_overrides.yaml").read_text())
     assert (best["trial"], best["overrides"]) == (1, {"blend.beta": 0.4})
     assert (best["baseline_trial"], best["baseline_objective"]) == (2, 0.3)
+
+
+def test_a_pruned_baseline_is_neither_the_best_nor_the_baseline_reported(tmp_path):
+    """A pruned trial holds its last reported value (Optuna's): a baseline pruned early, at
+    a low value, is no objective of the untuned recipe trained with the study's budget."""
+    import optuna
+    import yaml
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from risloc.hpo.search import write_reports
+    from risloc.training import load_train_config
+
+    base = load_train_config(None)
+    space = _space(tmp_path, "blend.beta: {low: 0.1, high: 0.5}", base)
+    dist = {"blend.beta": FloatDistribution(0.1, 0.5)}
+    study = optuna.create_study()
+    study.add_trial(create_trial(state=TrialState.PRUNED, value=0.05, params={"blend.beta": 0.3},
+                                 distributions=dist, user_attrs={"baseline": True},
+                                 intermediate_values={1: 0.05}))
+    study.add_trial(create_trial(value=0.2, params={"blend.beta": 0.4}, distributions=dist))
+    assert study.trials[0].value == 0.05
+    write_reports(study, base, space, tmp_path)
+    best = yaml.safe_load((tmp_path / "best_overrides.yaml").read_text())
+    assert best["trial"] == 1 and "baseline_trial" not in best
 
 
 def test_a_relative_field_s_set_is_the_base_its_best_multiple_applies_to(tmp_path):
