@@ -592,7 +592,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     toml = path.suffix.lower() == ".toml"
     if not toml and path.suffix.lower() not in (".yaml", ".yml"):
-        raise ConfigError(f"config file {path} must end in .yaml, .yml or .toml")
+        hint = (" (JSON is YAML: rename it to .yaml)" if path.suffix.lower() == ".json"
+                else "")
+        raise ConfigError(f"config file {path} must end in .yaml, .yml or .toml{hint}")
     try:
         text = path.read_text(encoding="utf-8")
         data = tomllib.loads(text) if toml else load_yaml(text) or {}

@@ -490,6 +490,24 @@ def test_a_sweep_drawn_beyond_the_field_of_view_searched_says_so(tmp_path):
     assert res.exit_code == 0 and "beyond the field of view" not in res.output
 
 
+def test_a_sweep_beyond_a_learned_model_s_own_field_of_view_says_so(capsys):
+    """A model trained on a narrower field of view searches only there: scenes drawn beyond
+    it (--set scene.*) are named against its box; beyond the default box only the other
+    estimators' is named (the learned one searches its own)."""
+    from risloc.cli.evaluate import _say_scenes_beyond_the_search
+    from risloc.config import FieldOfView
+
+    narrow = FieldOfView(azimuth_deg=(-40.0, 40.0), range_m=(0.3, 3.0))
+    _say_scenes_beyond_the_search(FieldOfView(), narrow)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "beyond the field of view the learned model (its training scenes') searches " \
+        "(azimuth -40..40 deg" in said and "other than" not in said, said
+    _say_scenes_beyond_the_search(narrow, narrow)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "the estimators other than 'learned' search (azimuth -60..60" in said, said
+    assert "learned model" not in said
+
+
 def test_titles_say_what_ran_and_plots_leave_out_no_scene_silently(tmp_path, monkeypatch):
     """A review: several K gave "8 scenes per SNR" for 16, a fixed K went unsaid, SNR labels
     were cut to 3 digits (10.25 and 10.35 as 10.2 and 10.3), estimates scored as they are

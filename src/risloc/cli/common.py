@@ -155,9 +155,11 @@ def sweep_config(config: Path | None, overrides: list[str] | None,
             return cfg
     from risloc.pipeline.localizer import check_system
 
-    system = model_system(checkpoint)
-    if config is None:
+    system, fov = model_system(checkpoint, with_fov=True)
+    if config is None:  # the model's system, its scenes in the field of view it searches
         own = [f"system.{k}={v}" for k, v in system.model_dump(mode="json").items()]
+        own += [f"scene.{k}={list(getattr(fov, k))}"
+                for k in ("azimuth_deg", "elevation_deg", "range_m")]
         cfg = get_config(None, own + list(overrides or []))
     try:
         check_system(system, cfg.system)
@@ -165,22 +167,27 @@ def sweep_config(config: Path | None, overrides: list[str] | None,
         raise ValueError(f"{checkpoint}: {err}: a model serves the system it was trained for (drop "
                          "--checkpoint and 'learned' from --estimators to evaluate the "
                          "others on this system)") from None
-    if cfg.system != get_config(None, None).system:
+    default = get_config(None, None)
+    if cfg.system != default.system or cfg.scene.fov != default.scene.fov:
+        from risloc.io.scenefile import fov_text
+
         changed = "" if cfg.system == system else ", changed by --set"
         console.print(f"simulating the scenes on {checkpoint}'s system{changed} "
-                      f"({cfg.system.describe()})")
+                      f"({cfg.system.describe()}), sources in {fov_text(cfg.scene.fov)}")
     return cfg
 
 
-def model_system(checkpoint: Path | None):
-    """The system a model (``checkpoint``; None: the shipped one) was trained for; its own
-    error where it is no model."""
+def model_system(checkpoint: Path | None, with_fov: bool = False):
+    """The system a model (``checkpoint``; None: the shipped one) was trained for (and, with
+    ``with_fov``, the field of view it searches: its training scenes'); its own error where
+    it is no model."""
     from risloc.inference.checkpoint import load_checkpoint
     from risloc.inference.recipe import InferenceRecipe
     from risloc.pipeline.learned import DEFAULT_MODEL
 
     state = load_checkpoint(DEFAULT_MODEL if checkpoint is None else checkpoint)
-    return InferenceRecipe.from_json(state["config"]).system
+    recipe = InferenceRecipe.from_json(state["config"])
+    return (recipe.system, recipe.fov) if with_fov else recipe.system
 
 
 def check_model_serves(checkpoint: Path | None, system, what: str) -> None:

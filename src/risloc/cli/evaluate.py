@@ -18,6 +18,7 @@ from risloc.cli.common import (
     check_model_serves,
     console,
     handle_errors,
+    model_system,
     out,
     parse_numbers,
     progress,
@@ -257,7 +258,8 @@ def evaluate_command(
         cfg = sweep_config(config, set_, checkpoint if "learned" in names else None)
         if "learned" in names and checkpoint is None:  # (sweep_config checked a given one)
             check_model_serves(None, cfg.system, "this system")
-        _say_scenes_beyond_the_search(cfg.scene.fov)
+        _say_scenes_beyond_the_search(cfg.scene.fov, model_system(checkpoint, with_fov=True)[1]
+                                      if "learned" in names else None)
         system, points, source = cfg.system, sweep_points(settings, cfg), "simulated test split"
         left = 0
     run_report(points, system, settings, out_dir, plots, source, pooled=scenes is not None,
@@ -267,19 +269,27 @@ def evaluate_command(
 SWEEP_ONLY = ("snr_db", "K", "n_per_point", "power_spread_db")  # SweepSettings of a simulation
 
 
-def _say_scenes_beyond_the_search(drawn) -> None:
+def _say_scenes_beyond_the_search(drawn, learned=None) -> None:
     """Warn where a sweep's scenes (``--set scene.*``) are drawn beyond the field of view
-    the estimators search (the default one): sources there cannot be found."""
+    the estimators search (the default one; ``learned``: the learned model's, its training
+    scenes', where it is evaluated): sources there cannot be found."""
     from risloc.config import FieldOfView
     from risloc.io.scenefile import fov_text
 
-    searched = FieldOfView()
-    if any(d[0] < s[0] or d[1] > s[1] for d, s in (
-            (drawn.azimuth_deg, searched.azimuth_deg),
-            (drawn.elevation_deg, searched.elevation_deg), (drawn.range_m, searched.range_m))):
-        console.print(f"[yellow]the scenes are drawn in {fov_text(drawn)}, beyond the field of "
-                      f"view the estimators search ({fov_text(searched)}): sources outside it "
-                      "cannot be found (the Python API's Localizer takes fov=)[/]")
+    default = FieldOfView()
+    own = learned is not None and learned != default
+    checks = [(default, "the estimators other than 'learned'" if own else "the estimators")]
+    if own:
+        checks.append((learned, "the learned model (its training scenes') searches"))
+    for searched, who in checks:
+        if any(d[0] < s[0] or d[1] > s[1] for d, s in (
+                (drawn.azimuth_deg, searched.azimuth_deg),
+                (drawn.elevation_deg, searched.elevation_deg),
+                (drawn.range_m, searched.range_m))):
+            verb = "" if who.endswith("searches") else " search"
+            console.print(f"[yellow]the scenes are drawn in {fov_text(drawn)}, beyond the "
+                          f"field of view {who}{verb} ({fov_text(searched)}): sources outside "
+                          "it cannot be found (the Python API's Localizer takes fov=)[/]")
 
 
 def _say_scenes_without_rows(settings: SweepSettings, batch, start: int,

@@ -89,3 +89,22 @@ def test_a_sweep_runs_on_the_model_s_system_as_changed_by_set_or_as_a_config_nam
     named.write_text("system:\n  N_H: 8\n  N_V: 12\n")
     with pytest.raises(ValueError, match="N_V 12 .model: 8."):
         sweep_config(named, None, model_8x8)
+
+
+def test_a_sweep_draws_its_scenes_in_the_model_s_field_of_view(tmp_path_factory, capsys):
+    """A model trained on a narrower field of view searches only there: a sweep on it
+    (evaluate or demo --checkpoint) draws its sources there too, not in the default box
+    (which put most of them where the model cannot look), unless --set says otherwise."""
+    from risloc.inference.checkpoint import save_checkpoint
+    from risloc.training import Trainer, load_train_config
+
+    out = tmp_path_factory.mktemp("fov")
+    cfg = load_train_config(None, ["system.N_H=8", "system.N_V=8", "model.width=8",
+                                   "model.dilations=[1]", "model.hidden=8", f"out_dir={out}",
+                                   "scene.azimuth_deg=[-40, 40]", "scene.range_m=[0.3, 3]"])
+    model = save_checkpoint(out / "fov.pt", Trainer(cfg).state())
+    scene = sweep_config(None, None, model).scene
+    assert (scene.azimuth_deg, scene.elevation_deg, scene.range_m) == (
+        (-40.0, 40.0), (-30.0, 30.0), (0.3, 3.0))
+    assert "sources in azimuth -40..40 deg" in " ".join(capsys.readouterr().err.split())
+    assert sweep_config(None, ["scene.range_m=[1, 2]"], model).scene.range_m == (1.0, 2.0)

@@ -313,3 +313,14 @@ def test_files_empty_yml_non_utf8_and_a_repeated_key_after_a_merge(tmp_path):
     # a path that names no file is not read as the shipped recipe of its name
     with pytest.raises(ConfigError, match="not found"):
         recipe_path(tmp_path / "train_default")
+
+
+def test_a_json_config_file_is_told_to_be_renamed_to_yaml(tmp_path):
+    """A new user's slip: a recipe written as JSON (valid YAML) under .json is refused by
+    its suffix; the message names the fix, and the renamed file reads."""
+    path = tmp_path / "mine.json"
+    path.write_text('{"system": {"N_H": 8, "M": 8}}')
+    with pytest.raises(ConfigError, match=r"must end in \.yaml, \.yml or \.toml \(JSON is "
+                                          r"YAML: rename it to \.yaml\)"):
+        load_config(path, None)
+    assert load_config(path.rename(tmp_path / "mine.yaml"), None).system.N_H == 8
