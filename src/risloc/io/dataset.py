@@ -8,6 +8,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from risloc.io.scenefile import (
+    SceneFileError,
     SceneFileInfo,
     SceneReader,
     check_truth,
@@ -65,7 +66,12 @@ class SceneDataset(Dataset):
 
     def batches(self, batch_size: int, start: int = 0, stop: int | None = None):
         """Yield contiguous SceneBatches of ``batch_size`` scenes."""
+        if batch_size < 1:
+            raise SceneFileError(f"batch_size must be >= 1, got {batch_size}")
         stop = len(self) if stop is None else min(stop, len(self))
+        if not 0 <= start <= stop:  # (in memory, a negative start sliced from the end)
+            raise SceneFileError(f"{self.path}: bad scene range {start}..{stop} of "
+                                 f"{len(self)}")
         for lo in range(start, stop, batch_size):
             hi = min(lo + batch_size, stop)
             yield self._cache[lo:hi] if self._cache is not None else self._read(lo, hi)

@@ -386,3 +386,68 @@ def test_estimates_from_degrees_bounds_are_the_documented_ones():
         Estimates.from_degrees(az, el, np.array([[1.0, 0.0]]))
     with pytest.raises(ValueError, match=r"scene 0, slot 0: elevation 90.01 deg"):
         Estimates.from_degrees(az, np.array([[90.01, 4.0]]), r)
+
+
+def test_as_tensor_reads_big_endian_and_conjugated_views_and_refuses_sparse():
+    """A second mutation review: a big-endian array (another machine's file) is read in
+    native order, a lazily conjugated tensor is made a plain one (view_as_real refuses a
+    conjugate view), and a sparse tensor is named, not read."""
+    from risloc.core.checks import InputTypeError, as_tensor
+
+    big = np.arange(4, dtype=">f8")
+    assert as_tensor("snr_db", big).tolist() == [0.0, 1.0, 2.0, 3.0]
+    conj = as_tensor("y", torch.tensor([[1 + 2j, 3 - 1j]]).conj())
+    assert not conj.is_conj() and conj.tolist() == [[1 - 2j, 3 + 1j]]
+    with pytest.raises(InputTypeError, match=r"y must be a dense array.*\.to_dense\(\)"):
+        as_tensor("y", torch.eye(3).to_sparse())
+
+
+def test_check_shapes_square_batches_pass_and_mismatches_are_named():
+    """A second mutation review: B = L = M = N (the shapes cannot tell an axis order) is a
+    batch as given, not 'scene axis last' or 'H looks transposed'; a 4-D array, a batch
+    size that differs between y and H, and a codes array of another N are named."""
+    from risloc.config import SystemConfig
+    z = lambda *shape: torch.zeros(shape, dtype=torch.complex64)  # noqa: E731
+    sq = SystemConfig(L=3, M=3, N_H=3, N_V=1, K_max=1)
+    for given in (sq, None):
+        check_shapes(z(3, 3, 3), z(3, 3, 3), z(3, 3, 3), given)
+        with pytest.raises(ValueError, match=r"^shape mismatch: y \(3, 3, 3\) needs H "
+                                             r"\(3, 3, 3\) and codes \(3, 3, 3\); got "
+                                             r"\(3, 3, 3\), \(3, 3, 5\)$"):
+            check_shapes(z(3, 3, 3), z(3, 3, 3), z(3, 3, 5), given)
+    with pytest.raises(ValueError, match=r"shape mismatch: y \(4, 3, 3\) needs H \(4, 3, 3\)"):
+        check_shapes(z(4, 3, 3), z(3, 3, 3), z(4, 3, 3))
+    with pytest.raises(ValueError, match=r"y must be 3-dimensional .*\(1, 3, 3, 3\)"):
+        check_shapes(z(1, 3, 3, 3), z(3, 3, 3), z(3, 3, 3))
+
+
+def test_scene_checks_read_both_parts_of_a_complex_value(system, scenes):
+    """A second mutation review: a NaN in an imaginary part is non-finite, a purely
+    imaginary y or H is not empty; the raising form lists the bad scenes."""
+    y = scenes.y.clone()
+    y.imag[0, 0, 0] = math.nan
+    y.imag[1, 1, 1] = math.inf
+    assert "non-finite values in y" in dict(scene_problems(y, scenes.H, scenes.codes)
+                                            .reasons)[0]
+    with pytest.raises(ValueError, match=r"non-finite values \(NaN or inf\) in scenes "
+                                         r"\[0, 1\]$"):
+        check_measurements(y, scenes.H, scenes.codes, system)
+    imag_y, imag_H = 1j * scenes.y.abs().to(scenes.y.dtype), 1j * scenes.H.abs().to(
+        scenes.H.dtype)
+    assert bool(scene_problems(imag_y, imag_H, scenes.codes).ok.all())
+    check_measurements(imag_y, imag_H, scenes.codes, system)
+
+
+def test_snr_rule_refuses_bool_and_either_sign_beyond_the_limit_and_reads_matlab_rows():
+    """A second mutation review: True is no SNR, -1e4 dB is as far out as +1e4 dB, a
+    MATLAB row (1, B) or column (B, 1) is B values, and a row of another length is named."""
+    with pytest.raises(TypeError, match=r"snr_db must be numeric, got bool"):
+        snr_per_scene(True, 3)
+    with pytest.raises(TypeError, match=r"snr_db must be numeric, got ndarray"):
+        snr_per_scene(np.ones(3, bool), 3)
+    with pytest.raises(ValueError, match=r"within \+-300 dB .* got -10000 in scene 2"):
+        snr_per_scene([0.0, 1.0, -1e4], 3)
+    assert snr_per_scene(np.array([[1.0, 2.0, 3.0]]), 3).tolist() == [1.0, 2.0, 3.0]
+    assert snr_per_scene(np.array([[1.0], [2.0], [3.0]]), 3).tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match=r"one value per scene \(3\), got shape \(1, 5\)"):
+        snr_per_scene(np.ones((1, 5)), 3)

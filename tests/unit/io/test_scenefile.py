@@ -955,6 +955,41 @@ def test_chunked_reads_stop_where_asked(tmp_path, batch, system):
         assert [len(b) for b in got] == [4, 4, 2] and torch.equal(got[-1].y, batch.y[8:10])
 
 
+
+def test_dataset_index_stop_and_reader_per_process(tmp_path, batch, system, monkeypatch):
+    """A second mutation review: an index one below -len is out of range (not wrapped to
+    the last scene), a stop past the end ends at the last scene (no empty batches), and a
+    process other than the one that opened the file (a forked worker) opens its own."""
+    import risloc.io.dataset as dataset_module
+
+    path = write_scenes(tmp_path / "s.h5", batch[:10], system)
+    for in_memory in (True, False):
+        ds = SceneDataset(path, in_memory=in_memory)
+        with pytest.raises(IndexError, match=r"scene -11 out of range 0..9"):
+            ds[-11]
+        assert torch.equal(ds[-10].y[0], batch.y[0])
+        got = list(ds.batches(4, 6, 100))
+        assert [len(b) for b in got] == [4] and torch.equal(got[0].y, batch.y[6:10])
+        # a bad range or size is named whether the scenes are in memory or not (in memory,
+        # start -2 gave an empty batch and skipped scenes 0 and 1 without a word)
+        with pytest.raises(SceneFileError, match=r"bad scene range -2\.\.10 of 10"):
+            next(ds.batches(4, -2))
+        with pytest.raises(SceneFileError, match=r"bad scene range 8\.\.3 of 10"):
+            next(ds.batches(4, 8, 3))
+        for size in (0, -4):
+            with pytest.raises(SceneFileError, match=rf"batch_size must be >= 1, got {size}"):
+                next(ds.batches(size))
+    ds = SceneDataset(path, in_memory=False)
+    ds[0]
+    parent = ds._reader
+    monkeypatch.setattr(dataset_module.os, "getpid", lambda: parent[0] + 1)
+    assert torch.equal(ds[1].y[0], batch.y[1])
+    assert ds._reader[0] == parent[0] + 1 and ds._reader[1] is not parent[1]
+    monkeypatch.undo()
+    parent[1].close()
+    ds._reader[1].close()  # (opened as another process: not closed by __del__)
+
+
 def test_y_with_its_last_two_axes_swapped_is_named_as_H_and_codes_are(tmp_path):
     """A new user's review: y stored (S, M, L) with L != M got only "expected (3, 32, 8)",
     where H and codes name the swap; only that exact shape, with H and codes of the
