@@ -136,7 +136,7 @@ def test_a_scene_whose_bound_cannot_be_computed_leaves_the_metrics_without_it(tm
     assert rows[0]["crb_range_median_m"] == ""
 
 
-def test_truth_in_other_units_is_named_as_localize_names_it(tmp_path):
+def test_truth_in_other_units_is_named_as_localize_names_it(tmp_path, monkeypatch):
     # a review: truth stored in radians, or ranges 30x too far, read as the localizers'
     # failure (F1 0.008) without a word, where `risloc localize` and `info` warn
     f = tmp_path / "s.npz"
@@ -146,7 +146,7 @@ def test_truth_in_other_units_is_named_as_localize_names_it(tmp_path):
     radians = {k: np.deg2rad(data[k]) for k in ("azimuth_deg", "elevation_deg")}
     far = {"range_m": data["range_m"] * 30}
     for i, (change, says) in enumerate(((radians, "radians stored as degrees?"),
-                                        (far, "lie outside the field of view the localizers "
+                                        (far, "lie outside the field of view the estimators "
                                               "search"))):
         np.savez(tmp_path / f"bad{i}.npz", **(data | change))
         res = runner.invoke(app, ["evaluate", str(tmp_path / f"bad{i}.npz"), "--estimators",
@@ -157,6 +157,22 @@ def test_truth_in_other_units_is_named_as_localize_names_it(tmp_path):
                               "--out", str(tmp_path / "ok"), "--no-plots"])
     text = " ".join(res.output.split())
     assert res.exit_code == 0 and "radians stored" not in text and "lie outside" not in text
+    # a learned model of a narrower box (its training scenes') searches only there: a file's
+    # sources beyond it are named against it, as a sweep's are (a review: only the default
+    # box was checked, so a file scored the learned model on sources it cannot find, unsaid)
+    import risloc.cli.evaluate as evaluate_cli
+    from risloc.config import FieldOfView
+
+    shipped = evaluate_cli.model_system(None)
+    monkeypatch.setattr(evaluate_cli, "model_system", lambda checkpoint, with_fov=False: (
+        shipped, FieldOfView(range_m=(0.5, 3.0))))
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "learned,classical",
+                              "--out", str(tmp_path / "narrow"), "--no-plots"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert "lie outside the field of view the learned model (its training scenes') searches " \
+        "(azimuth -60..60 deg, elevation -30..30 deg, range 0.5..3 m)" in text, text
+    assert "the estimators other than 'learned' search" not in text  # (inside the default)
 
 
 def _estimates_csv(path, az, el, r, K, skip=()):

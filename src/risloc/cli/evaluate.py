@@ -190,7 +190,6 @@ def evaluate_command(
     for name in ("metrics.csv", "metrics.json"):
         check_writable(out_dir / name, inputs)
     if scenes is not None:
-        from risloc.config import FieldOfView
         from risloc.io import read_scenes
         from risloc.io.scenefile import (
             count_outside,
@@ -244,8 +243,11 @@ def evaluate_command(
                 "scene's SNR (a file carries neither symbols nor powers)" + (
                     f"; where a scene has no SNR, {fitted}" if not bool(snr.all()) else "")))
             # truth in other units reads as a localizer's failure: say so, as localize does
-            for hint in (radians_hint(*widest_true_angle(batch), attrs=info.attrs),
-                         outside_hint(count_outside(batch, FieldOfView()), FieldOfView())):
+            learned = model_system(checkpoint, with_fov=True)[1] if "learned" in names \
+                else None
+            for hint in [radians_hint(*widest_true_angle(batch), attrs=info.attrs)] + [
+                    outside_hint(count_outside(batch, box), box, who=who)
+                    for box, who in _searched_boxes(learned)]:
                 if hint:
                     console.print(f"[yellow]{scenes}: {hint}[/]")
         else:
@@ -269,26 +271,30 @@ def evaluate_command(
 SWEEP_ONLY = ("snr_db", "K", "n_per_point", "power_spread_db")  # SweepSettings of a simulation
 
 
-def _say_scenes_beyond_the_search(drawn, learned=None) -> None:
-    """Warn where a sweep's scenes (``--set scene.*``) are drawn beyond the field of view
-    the estimators search (the default one; ``learned``: the learned model's, its training
-    scenes', where it is evaluated): sources there cannot be found."""
+def _searched_boxes(learned=None) -> list[tuple]:
+    """The fields of view the estimators search, each with who searches it: the default
+    one, and a learned model's own (``learned``: its training scenes') where it differs."""
     from risloc.config import FieldOfView
-    from risloc.io.scenefile import fov_text
 
     default = FieldOfView()
-    own = learned is not None and learned != default
-    checks = [(default, "the estimators other than 'learned'" if own else "the estimators")]
-    if own:
-        checks.append((learned, "the learned model (its training scenes') searches"))
-    for searched, who in checks:
+    if learned is None or learned == default:
+        return [(default, "the estimators search")]
+    return [(default, "the estimators other than 'learned' search"),
+            (learned, "the learned model (its training scenes') searches")]
+
+
+def _say_scenes_beyond_the_search(drawn, learned=None) -> None:
+    """Warn where a sweep's scenes (``--set scene.*``) are drawn beyond the field of view
+    the estimators search (:func:`_searched_boxes`): sources there cannot be found."""
+    from risloc.io.scenefile import fov_text
+
+    for searched, who in _searched_boxes(learned):
         if any(d[0] < s[0] or d[1] > s[1] for d, s in (
                 (drawn.azimuth_deg, searched.azimuth_deg),
                 (drawn.elevation_deg, searched.elevation_deg),
                 (drawn.range_m, searched.range_m))):
-            verb = "" if who.endswith("searches") else " search"
             console.print(f"[yellow]the scenes are drawn in {fov_text(drawn)}, beyond the "
-                          f"field of view {who}{verb} ({fov_text(searched)}): sources outside "
+                          f"field of view {who} ({fov_text(searched)}): sources outside "
                           "it cannot be found (the Python API's Localizer takes fov=)[/]")
 
 

@@ -708,13 +708,14 @@ def fov_text(f: FieldOfView) -> str:
             f"{f.range_m[1]:g} m")
 
 
-def outside_hint(outside: int, fov: FieldOfView, whose: str = "") -> str:
+def outside_hint(outside: int, fov: FieldOfView, whose: str = "",
+                 who: str = "the localizers search") -> str:
     """A warning where ``outside`` true sources (:func:`count_outside`) lie outside the
-    field of view ``fov`` that the localizers search, else ''; ``whose`` qualifies them."""
+    field of view ``fov`` that ``who`` search, else ''; ``whose`` qualifies the sources."""
     if not outside:
         return ""
-    return (f"{outside} true source(s){whose} lie outside the field of view the localizers "
-            f"search ({fov_text(fov)}): they cannot find them (truth in other units? `risloc "
+    return (f"{outside} true source(s){whose} lie outside the field of view {who} "
+            f"({fov_text(fov)}): they cannot find them (truth in other units? `risloc "
             "info` counts them)")
 
 
