@@ -309,3 +309,17 @@ def test_json_whose_default_gives_a_non_finite_number_is_refused(tmp_path):
     with pytest.raises(ValueError):
         write_json_atomic(tmp_path / "m.json", {"x": Decimal("NaN")}, default=float)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_output_folder_under_one_that_cannot_be_entered_is_not_writable(
+        tmp_path, monkeypatch):
+    """Creating a folder inside another needs both write and search (x) permission on it: a
+    folder of mode 0o600 is refused as one of 0o500 is (a mutation review: write permission
+    alone passed; os.access simulated, since root may do either)."""
+    import os
+
+    import risloc.io.atomic as atomic
+
+    monkeypatch.setattr(atomic.os, "access", lambda p, mode: not mode & os.X_OK)
+    with pytest.raises(ValueError, match="no permission to create folders in"):
+        atomic.check_writable(tmp_path / "sub" / "out.csv")

@@ -168,10 +168,12 @@ def test_read_ahead_produces_the_next_item_in_a_thread_in_order():
     with pytest.raises(RuntimeError, match="item 2 failed"):
         next(it)
     made.clear()
-    it = read_ahead(source(100))
+    items = source(100)  # held by the caller too: closed by read_ahead, not the collector
+    it = read_ahead(items)  # (a mutation review: left open, closed only when collected)
     assert next(it) == 0
     it.close()
     assert made[-1] == ("closed", "") and len(made) <= 3  # 0, 1 under way, closed
+    assert items.gi_frame is None
 
 
 def test_read_ahead_interrupted_while_waiting_for_its_thread_raises_the_interrupt_alone(

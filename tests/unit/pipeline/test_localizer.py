@@ -527,6 +527,10 @@ def test_real_codes_of_a_1_bit_ris_are_complex_codes(system, scenes):
                                    equal_nan=True)
     with pytest.raises(TypeError, match="y must be complex"):  # y and H stay complex
         loc.localize(scenes.y.real, scenes.H, scenes.codes)
+    # boolean codes are no +-1 signs (True/False would read as 1/0): refused, not cast (a
+    # mutation review: cast to complex64, they were localized as codes of 0 and 1)
+    with pytest.raises(TypeError, match="codes must be complex"):
+        loc.localize(scenes.y[:2], scenes.H[:2], (signs[:2] > 0).numpy(), K=1)
 
 
 @pytest.mark.parametrize("layout", ["fortran", "transposed view", "big-endian", "lazy conj"])
@@ -668,6 +672,10 @@ def test_a_system_with_few_antennas_for_its_sources_or_a_linear_ris_is_warned_of
     with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
         Localizer({"N_H": 1, "N_V": 12}, "classical")  # azimuth arbitrary, in the review
     assert "a linear RIS (1 x 12 elements) tells one angle" in caplog.text
+    caplog.clear()  # a line of columns as well as a column (a mutation review)
+    with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
+        Localizer({"N_H": 12, "N_V": 1}, "classical")
+    assert "a linear RIS (12 x 1 elements) tells one angle" in caplog.text
     caplog.clear()  # once per system (evaluate builds a Localizer per chunk: a review)
     with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
         Localizer({"N_H": 1, "N_V": 12}, "classical")
@@ -1352,6 +1360,10 @@ def test_resolve_k_gives_int64_counts_and_refuses_complex_ones():
         assert t.dtype == torch.int64 and t.shape == (3,), K
     with pytest.raises(TypeError, match="K must be an integer or integers, got torch.complex"):
         resolve_K(np.array([1 + 0j, 2, 3]), 3, 5)
+    # every scene's K whole, not only some (a mutation review: 1.5 beside whole counts was
+    # truncated to 1)
+    with pytest.raises(ValueError, match=r"K must hold whole numbers, got \[2.0, 1.5, 3.0\]"):
+        resolve_K(np.array([2.0, 1.5, 3.0]), 3, 5)
 
 
 def test_the_forward_stage_blends_with_the_recipes_beta_and_the_slots_skip_the_covariance():
