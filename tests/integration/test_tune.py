@@ -578,3 +578,27 @@ def test_the_cli_passes_every_option_to_the_study_and_prints_its_trials(tmp_path
                                                                    ("model.hidden=24",))
     out = " ".join(res.output.split())
     assert "0.1235" in out and "1.5" in out and "(x" in out and "base)" in out
+
+
+def test_the_study_table_rounds_floats_and_leaves_a_missing_parameter_blank(tmp_path,
+                                                                             monkeypatch):
+    """(no training: the study tune returns is replaced)"""
+    from types import SimpleNamespace
+
+    import risloc.hpo
+
+    def trial(n, value, params):
+        return SimpleNamespace(number=n, state=SimpleNamespace(name="COMPLETE"), value=value,
+                               params=params)
+
+    study = SimpleNamespace(trials=[trial(0, 1.234567, {"model.width": 24,
+                                                        "optim.weight_decay": 0.000123456}),
+                                    trial(1, None, {"model.width": 16})])
+    monkeypatch.setattr(risloc.hpo, "tune", lambda settings: study)
+    res = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["tune", "--config", TINY, "--out",
+                                                         str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    rows = [r.split("│") for r in res.output.splitlines() if r.count("│") >= 5]
+    cells = [[c.strip() for c in r[1:-1]] for r in rows]
+    assert ["0", "COMPLETE", "1.235", "24", "0.000123"] in cells, res.output
+    assert ["1", "COMPLETE", "", "16", ""] in cells, res.output

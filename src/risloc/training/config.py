@@ -244,8 +244,11 @@ class TrainConfig(ConfigSection):
     def from_json(cls, text: str, overrides: list[str] | None = None) -> TrainConfig:
         """A recipe stored in a checkpoint (older formats migrated, :func:`_migrate`), with
         dotted overrides applied."""
-        return validate_train_config(merge_nested(migrate_recipe(json.loads(text)),
-                                                  parse_overrides(overrides)))
+        data = migrate_recipe(json.loads(text))
+        # (not a dict: refused by the validation, naming it; merged, [] read as the defaults
+        # and null as a TypeError)
+        return validate_train_config(merge_nested(data, parse_overrides(overrides))
+                                     if isinstance(data, dict) else data)
 
 
 #: top-level recipe fields that do not change what a run computes: how and where it runs,

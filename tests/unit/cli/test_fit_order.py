@@ -131,3 +131,23 @@ def test_a_model_with_a_broken_recipe_is_named_before_its_head_settings_are_read
     res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "m.pt"), "--out",
                                    str(tmp_path / "m2.pt")])
     assert res.exit_code == 2 and "the checkpoint's recipe is invalid" in res.output
+
+
+def test_an_older_head_report_and_a_kept_scene_are_said_and_passed_on(tmp_path, fitted):
+    """A head report without scene_mix / repair_margin (fitted before they were stored)
+    reads as the defaults it was fitted with (the mix, margin 0); scene fields kept from the
+    current head are said as not given even where --mix and --margin are; --workers reaches
+    the fit."""
+    from risloc.inference.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "h.pt", {"config": "{}", "order_report": {
+        "scene": {"power_spread_db": [0, 25]}, "per_snr": [ROW]}})
+    res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "h.pt"), "--out",
+                                   str(tmp_path / "o.pt"), "--workers", "3"])
+    assert res.exit_code == 0, res.output
+    kwargs = fitted[-1][1]
+    assert (kwargs["mix"], kwargs["margin"], kwargs["workers"]) == (True, 0.0, 3)
+    res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "h.pt"), "--mix", "--margin",
+                                   "0", "--out", str(tmp_path / "o2.pt")])
+    assert res.exit_code == 0 and "(not given: as its current head)" in " ".join(
+        res.output.split()), res.output

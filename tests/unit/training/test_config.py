@@ -179,3 +179,66 @@ def test_scene_files_are_kept_absolute_and_a_stored_recipe_takes_overrides(tmp_p
     assert cfg.data.val_file == tmp_path / "val.h5"  # resumable from any folder
     stored = load_train_config(None, ["optim.lr=0.01"]).to_json()
     assert TrainConfig.from_json(stored, ["optim.lr=0.02"]).optim.lr == 0.02
+
+
+# ------------------------------------------- a third mutation review: what none checked
+def test_music_follows_the_evaluation_section_field_by_field():
+    m = load_train_config(None, ["evaluation.n_azimuth=33", "evaluation.n_elevation=17",
+                                 "evaluation.n_range=5", "evaluation.refine_iterations=2"]
+                          ).music_config()
+    assert (m.n_azimuth, m.n_elevation, m.n_range, m.refine_iterations) == (33, 17, 5, 2)
+
+
+def test_the_trajectory_leaves_out_how_a_run_runs_and_names_scene_files_given(tmp_path):
+    from risloc.training.config import trajectory
+
+    base = load_train_config(None)
+    d = trajectory(base)
+    assert "order" not in d and "out_dir" not in d and d["schedule"]["patience"] == 10
+    assert "patience" not in trajectory(base, stopping=False)["schedule"]
+    assert "min_improvement" not in trajectory(base, stopping=False)["schedule"]
+    other = load_train_config(None, ["order.scenes=0", f"out_dir={tmp_path}", "threads=2"])
+    assert trajectory(other) == d
+    a, b = (trajectory(load_train_config(None, [f"data.val_file={tmp_path / n}"]))
+            for n in ("a.h5", "b.h5"))
+    assert a == b and a["data"]["val_file"] == "given" and d["data"]["val_file"] is None
+    assert trajectory(load_train_config(None, ["optim.lr=0.01"])) != d
+
+
+def test_differences_name_a_field_only_one_side_has_and_not_equal_values():
+    from risloc.training.config import differences
+
+    assert differences({"s": {"a": [1.5, 2.5]}}, {"s": {"a": [1.5, 2.5], "b": 1}}) == [
+        "s.b: None -> 1"]
+    assert differences({"s": {"a": 1}}, {}) == ["s: {'a': 1} -> None"]
+
+
+def test_a_stored_recipe_of_an_older_format_is_read():
+    import json
+
+    stored = json.loads(load_train_config(None).to_json())
+    stored["model"]["azimuth_deg"] = [-60, 60]  # the model's own field of view, retired
+    stored["order"]["unknown_snr"] = 2          # the order head read the SNR, retired
+    assert TrainConfig.from_json(json.dumps(stored)) == load_train_config(None)
+
+
+@pytest.mark.parametrize("override, ok", [
+    ("data.snr_shown=1.5", False), ("optim.warmup_steps=0", True),
+    ("schedule.beta_jitter_hpo=0.6", False), ("schedule.beta_jitter=0.6", False),
+])
+def test_more_bounds_at_their_edges(override, ok):
+    test_training_bounds_at_their_edges(override, ok)
+
+
+def test_a_scene_file_under_home_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_train_config(None, ["data.train_file=~/t.h5"]).data.train_file \
+        == tmp_path / "t.h5"
+
+
+@pytest.mark.parametrize("text", ["[]", "null", "3"])
+def test_a_stored_recipe_that_is_not_a_mapping_is_refused_not_read_as_the_defaults(text):
+    """A review: merged with the overrides first, '[]' read as the default recipe (a resume
+    compared itself with it) and 'null' raised a bare TypeError past `train --resume`."""
+    with pytest.raises(ConfigError, match="Input should be a valid dictionary"):
+        TrainConfig.from_json(text, ["optim.lr=0.01"])
