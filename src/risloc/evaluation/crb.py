@@ -469,8 +469,9 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
     azimuth_deg, elevation_deg [K] or [B, K] — [deg]; range_m [K] or [B, K] — [m] (NaN
     pads a batch whose scenes hold fewer sources; [K] with a batch: the same sources in
     every scene); powers : a number or [.., K] source powers p_k (stochastic bound);
-    symbols [B, L, K] or one scene's [L, K] (deterministic bound only). Any memory layout
-    and byte order (``scipy.io.loadmat``'s Fortran order included).
+    symbols [B, L, K] or one scene's [L, K] (read by, and needed by, the deterministic
+    bound only). Any memory layout and byte order (``scipy.io.loadmat``'s Fortran order
+    included).
     The noise: ``noise_var`` (sigma^2, per antenna and snapshot) or ``snr_db``, the
     per-antenna SNR it implies for these sources, codes and channel (docs/conventions.md:
     (1/(L M)) sum_l E||Phi_l A s_l||^2 / sigma^2), or the measurements ``y`` [L, M] or
@@ -594,7 +595,9 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
     if kind == "stochastic":
         res = crb_stochastic(az, el, r, p, H, codes, sigma2, system, mask, known=known)
     elif symbols is None:
-        raise ValueError("the deterministic bound needs the symbols")
+        raise ValueError("the deterministic bound needs the symbols: pass symbols= [L, K] "
+                         "or [B, L, K] (the sources' transmitted symbols, a simulated "
+                         "SceneBatch's .symbols), or use kind='stochastic' (the default)")
     else:
         res = crb_deterministic(az, el, r, sym, H, codes, sigma2, system, mask, known=known)
     return {"azimuth_deg": torch.rad2deg(res.azimuth),

@@ -353,7 +353,10 @@ def midpoint_median(x: torch.Tensor) -> float:
 def _crb_fields(matching: Matching, crb: CRBResult) -> dict[str, float]:
     if crb.azimuth.shape != matching.truth_mask.shape:
         raise ValueError(f"CRB slots {tuple(crb.azimuth.shape)} do not match the true source "
-                         f"slots {tuple(matching.truth_mask.shape)}")
+                         f"slots {tuple(matching.truth_mask.shape)}: compute the bound at the "
+                         f"truth passed to match_sources, [B, K_slots] NaN-padded (e.g. "
+                         f"crb(sc.H, sc.codes, rad2deg(sc.azimuth), rad2deg(sc.elevation), "
+                         f"sc.range_m, ...) or crb_for_scenes(sc, system))")
     p = matching.paired
     az, el, r = crb.azimuth[p], crb.elevation[p], crb.range_m[p]
     if not (torch.isfinite(az) & torch.isfinite(el) & torch.isfinite(r)).all():

@@ -572,7 +572,11 @@ def test_user_crb_names_bad_inputs_instead_of_a_wrong_bound_or_a_traceback(syste
             ({"kind": "deterministic", "symbols": torch.ones(16, 3, dtype=torch.complex64)},
              r"symbols must be \[L=16, K=2\] \(one scene\) or \[B=1, L, K\], got "
              r"\(1, 16, 3\)"),
-            ({"snr_db": 150.0}, "singular in float64 .*an SNR above ~100 dB")):
+            ({"snr_db": 150.0}, "singular in float64 .*an SNR above ~100 dB"),
+            # (an API review: the bare "needs the symbols" named neither the argument nor
+            # the stochastic bound that needs none)
+            ({"kind": "deterministic"}, r"needs the symbols: pass symbols= \[L, K\].*or use "
+                                        r"kind='stochastic'")):
         args = {"H": H, "codes": c, "azimuth_deg": az, "elevation_deg": el, "range_m": r,
                 "snr_db": 10.0, **kw}
         with pytest.raises(ValueError, match=says):

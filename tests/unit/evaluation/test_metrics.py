@@ -592,6 +592,13 @@ def test_summaries_per_group_carry_each_group_s_bound():
     assert by_K[3].crb_range_median_m == pytest.approx(0.01)
     assert by_K[2].crb_range_median_m == pytest.approx(0.03)
     assert by_K[2] == summarize(m[1], crb[1:2])
+    # a bound computed at the K sources found rather than at the truth's padded slots is
+    # refused with the way to compute it (an API review: the error named only the shapes)
+    d = {"azimuth_deg": bound[:, :2], "elevation_deg": bound[:, :2], "range_m": bound[:, :2]}
+    with pytest.raises(ValueError, match=r"CRB slots \(2, 2\) do not match the true source "
+                                         r"slots \(2, 3\): compute the bound at the truth "
+                                         r"passed to match_sources, \[B, K_slots\] NaN-padded"):
+        summarize(m, d)
 
 
 def test_common_medians_leave_out_the_sources_only_one_pairs():
