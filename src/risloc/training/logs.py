@@ -46,6 +46,8 @@ class CsvLog:
                 w.writeheader()
                 w.writerows(r for r in rows if keep is None or keep(r))
                 write_text_atomic(self.path, buf.getvalue())
+            elif self.fields is None:  # no whole header (a kill cut it): start it afresh
+                self.path.unlink()
         elif self.path.exists():
             self.path.unlink()
 

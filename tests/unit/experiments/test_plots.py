@@ -25,7 +25,9 @@ def _rows(order):
 def figures(monkeypatch):
     kept = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: kept.append(fig) or path)
-    return kept
+    yield kept
+    for fig in kept:  # (the figures _save would have closed)
+        plots.plt.close(fig)
 
 
 @pytest.mark.parametrize("plot", [plots.plot_error_vs_snr, plots.plot_k_accuracy])
@@ -250,3 +252,27 @@ def test_the_spectrum_slice_marks_the_true_and_the_estimated_sources(figures, tm
     assert marks["estimated"] == pytest.approx((math.degrees(0.2), math.degrees(0.1)))
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("azimuth [deg]", "elevation [deg]")
     assert ax.get_title() == "MUSIC spectrum slice at r = 2.00 m"
+
+
+def test_the_run_curves_take_empty_cells_and_a_rate_within_a_decade(figures, tmp_path):
+    """A row written without a column of the header (CsvLog leaves its cell empty) is drawn,
+    the range median only where every epoch has one; a rate within one decade keeps a linear
+    axis (a log one crowds or loses its labels). (a mutation review: an empty cell read as a
+    number, the range median drawn where one epoch lacks it, any rate change on a log axis
+    all passed)"""
+    (tmp_path / "epochs.csv").write_text(
+        "epoch,train_total,val_objective,val_angle_median_deg,val_range_median_m,lr,beta\n"
+        "1,2.0,3.0,2.0,,0.002,0.3\n2,1.5,2.0,1.0,0.4,0.001,0.3\n")
+    plots.plot_run(tmp_path, tmp_path / "curves.png")
+    fig = figures[-1]
+    assert {ln.get_label() for ln in fig.axes[-2].get_lines()} == {"angle median [deg] (right)"}
+    assert fig.axes[3].get_yscale() == "linear"
+
+
+def test_the_snr_ticks_are_the_snrs_evaluated_only_where_few_enough_to_read(figures, tmp_path):
+    m = {"azimuth_median_deg": 1.0, "elevation_median_deg": 1.0, "range_median_m": 1.0}
+    rows = [ResultRow("learned", float(s), "all", 8, 1.0, m) for s in range(13)]
+    plots.plot_error_vs_snr(rows, tmp_path / "p.png")
+    assert list(figures[-1].axes[0].get_xticks()) != [float(s) for s in range(13)]
+    plots.plot_error_vs_snr(rows[:12], tmp_path / "p.png")
+    assert list(figures[-1].axes[0].get_xticks()) == [float(s) for s in range(12)]

@@ -46,6 +46,10 @@ def test_a_resumed_log_that_is_missing_or_empty_starts_with_its_header(tmp_path)
         log.write({"step": 1, "loss": 0.5})
         log.write({"step": 2, "loss": 0.25})
         assert f.read_bytes() == b"step,loss\r\n1,0.5\r\n2,0.25\r\n"
+    f = tmp_path / "cut.csv"  # killed within its header: no whole line, a fresh log
+    f.write_bytes(b"step,lo")  # (a review: the new header followed the cut one, b"step,lostep,")
+    CsvLog(f, append=True, keep=lambda r: True).write({"step": 1, "loss": 0.5})
+    assert f.read_bytes() == b"step,loss\r\n1,0.5\r\n"
 
 
 def test_a_fresh_log_replaces_an_old_one_and_a_resumed_one_keeps_its_columns(tmp_path):

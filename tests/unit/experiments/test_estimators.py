@@ -1,0 +1,102 @@
+"""The named estimators of ``risloc evaluate`` (risloc.experiments.estimators): what each
+hands on (the covariance, the K it is told or decides, the system); the numerics of the
+estimators themselves: tests/unit/estimators/; end to end:
+tests/integration/test_cli_evaluate.py."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from risloc.config import SceneConfig
+from risloc.estimators import music as music_mod
+from risloc.estimators import nfmle as nfmle_mod
+from risloc.estimators import order as order_mod
+from risloc.estimators import ramezani as ramezani_mod
+from risloc.experiments import estimators
+from risloc.pipeline import localizer as localizer_mod
+from risloc.simulation import simulate_batch
+
+
+@pytest.fixture(scope="module")
+def scenes(system):
+    return simulate_batch(3, system, SceneConfig(), torch.Generator().manual_seed(5), snr_db=10.0)
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """What the estimators were given, by callee; MDL says 0 (a weak covariance)."""
+    got = {}
+
+    def record(name, result=None):
+        def fn(*args, **kwargs):
+            got[name] = (args, kwargs)
+            return result if result is not None else f"{name} estimates"
+        return fn
+
+    monkeypatch.setattr(music_mod, "music", record("music"))
+    monkeypatch.setattr(ramezani_mod, "ramezani_music", record("ramezani"))
+    monkeypatch.setattr(nfmle_mod, "nfmle_refine", record("nfmle"))
+    monkeypatch.setattr(order_mod, "mdl_order", lambda R, L, K_max: (
+        got.__setitem__("mdl", (L, K_max)) or torch.zeros(R.shape[0], dtype=torch.long)))
+    return got
+
+
+def test_the_sample_covariance_estimators_use_a_told_K_else_mdl_of_at_least_one(
+        calls, scenes, system):
+    """(a mutation review: a told K ignored, MDL's 0 passed to MUSIC, MDL allowed K_max - 1,
+    ramezani-samp running plain MUSIC or a config not fitted to the system, the +nfmle
+    variant not polishing all passed)"""
+    told = torch.tensor([2, 1, 3])
+    for name, callee in (("music-samp", "music"), ("ramezani-samp", "ramezani")):
+        fn = estimators.get_estimator(name)
+        assert fn(scenes, system, told) == f"{callee} estimates"
+        assert torch.equal(calls[callee][0][1], told) and "mdl" not in calls
+        assert fn(scenes, system, None) == f"{callee} estimates"
+        assert torch.equal(calls[callee][0][1], torch.ones(3, dtype=torch.long))  # MDL's 0 -> 1
+        assert calls.pop("mdl") == (system.L, system.K_max)
+    small = system.model_copy(update={"N_V": 6, "N_H": 6})  # (its sub-RISs: 4 x 4, not 8 x 8)
+    estimators.get_estimator("ramezani-samp")(scenes, small, told)
+    assert calls["ramezani"][0][3].subarray == (4, 4)
+    assert estimators.get_estimator("music-samp+nfmle")(scenes, system, told) == "nfmle estimates"
+    assert calls["nfmle"][0][3] == "music estimates"
+    assert torch.equal(calls["music"][0][1], told)
+
+
+def test_the_oracle_runs_on_the_truth_with_its_K_unless_told_one(calls, scenes, system):
+    fn = estimators.get_estimator("music-oracle")
+    fn(scenes, system, None)
+    assert torch.equal(calls["music"][0][1], scenes.K)
+    told = torch.tensor([1, 1, 1])
+    fn(scenes, system, told)
+    assert torch.equal(calls["music"][0][1], told)
+    assert estimators.NEEDS_TRUTH == ("music-oracle",)
+    bare = dataclasses.replace(scenes, K=None, azimuth=None)
+    with pytest.raises(ValueError, match="music-oracle needs the truth"):
+        fn(bare, system, None)
+
+
+def test_classical_and_learned_pass_on_K_the_snr_and_the_system(monkeypatch, scenes, system):
+    seen = []
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        @classmethod
+        def from_checkpoint(cls, path=None, **kwargs):
+            seen.append(("checkpoint", path))
+            return cls()
+
+        def localize(self, y, H, codes, snr_db=None, K=None, system=None):
+            seen.append((snr_db, K, system))
+            return type("Result", (), {"estimates": "done"})()
+
+    monkeypatch.setattr(localizer_mod, "Localizer", Recorder)
+    told = torch.tensor([2, 2, 2])
+    assert estimators.get_estimator("classical")(scenes, system, told) == "done"
+    assert seen[-1][0] is scenes.snr_db and seen[-1][1] is told
+    assert estimators.get_estimator("learned", "m.pt")(scenes, system, None) == "done"
+    assert seen[-2:] == [("checkpoint", "m.pt"), (scenes.snr_db, None, system)]
+    with pytest.raises(ValueError, match="unknown estimator 'musik'; choose from"):
+        estimators.get_estimator("musik")
