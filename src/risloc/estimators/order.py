@@ -182,13 +182,18 @@ def snr_disagreement(costs: torch.Tensor, n_snapshots: int, n_antennas: int,
     seven corners of the scene space (dense, near, edge, Rician 0-0.5 and 10-100, DFT and
     1-bit codes; at -10..30 dB) but for the lowest LoS scene at 30 dB (-5.7 dB; its 5 % point
     -0.5 dB): none of 8,800 scenes beyond 10 dB (``benchmarks/bench_snr_check.py``). Where
-    both levels lie below :func:`noise_floor` the scene is never off.
+    both levels lie below :func:`noise_floor` the scene is never off, and so is every scene
+    where the K_max-source fit leaves no degrees of freedom (L (M - K_max) <= 3 K_max / 2,
+    e.g. L = 2, M = 4, K_max = 3: no level to compare; implied SNR NaN).
 
     costs : [B, K_max+1] nested residuals; noise_var : [B] (NaN: no SNR given, never off)
     Returns (off [B] bool, implied_snr_db [B] float64).
     """
     costs = costs.to(torch.float64)
-    level = residual_noise_level(costs[:, -1], costs.shape[-1] - 1, n_snapshots, n_antennas)
+    k_max = costs.shape[-1] - 1
+    level = residual_noise_level(costs[:, -1], k_max, n_snapshots, n_antennas)
+    if n_snapshots * (n_antennas - k_max) - 1.5 * k_max <= 0:  # a level < 0: none at all
+        level = torch.full_like(level, float("nan"))
     p_y = costs[:, 0] / (n_snapshots * n_antennas)
     implied = 10 * torch.log10((p_y / level.clamp_min(1e-300) - 1).clamp_min(1e-30))
     offset = 10 * torch.log10(noise_var.to(costs) / level.clamp_min(1e-300))

@@ -84,6 +84,8 @@ def test_residual_order_validates():
         residual_order(torch.ones(3), 16, 16)
     with pytest.raises(ValueError):
         residual_order(torch.tensor([[1.0, float("nan")]]), 16, 16)
+    with pytest.raises(ValueError, match="non-negative"):  # a negative residual is no cost
+        residual_order(torch.tensor([[1.0, -0.5]]), 16, 16)
     with pytest.raises(ValueError):
         residual_order(torch.ones(1, 3), 16, 16, torch.tensor([0.0]))
     with pytest.raises(ValueError):
@@ -323,3 +325,15 @@ def test_the_eigenvalue_criteria_read_the_hermitian_part_and_a_noise_free_covari
         clean = array_covariance(K, n=400, snr_db=400.0)  # noise 10^-20 of the signal
         assert torch.equal(mdl_order(clean, 400, 5), torch.full((8,), K)), K
         assert torch.equal(aic_order(clean, 400, 5), torch.full((8,), K)), K
+
+
+def test_the_snr_check_does_not_judge_where_the_fit_leaves_no_degrees_of_freedom():
+    """L (M - K_max) - 1.5 K_max <= 0 (L = 2, M = 4, K_max = 3, a system the config takes):
+    the K_max fit's residual tells no noise level (its formula turns negative), so no SNR
+    is off and none is implied (it used to flag every scene, implying ~3000 dB)."""
+    costs = torch.tensor([[100.0, 10.0, 9.0, 8.5], [50.0, 5.0, 4.0, 3.0]], dtype=torch.float64)
+    off, implied = snr_disagreement(costs, 2, 4, torch.tensor([2.0, 1.0], dtype=torch.float64))
+    assert not off.any() and bool(implied.isnan().all())
+    # with L = 5 snapshots the K_max fit leaves a level: a far-off SNR is flagged again
+    off, implied = snr_disagreement(costs, 5, 4, torch.tensor([1e3, 1e-3], dtype=torch.float64))
+    assert off.all() and bool(implied.isfinite().all())

@@ -1,5 +1,6 @@
 """The order head's features and fitting (risloc.pipeline.order)."""
 
+import dataclasses
 import math
 
 import pytest
@@ -81,6 +82,8 @@ def test_fit_order_head_learns_a_separable_rule_reproducibly():
     back = order_head_from_state(order_head_state(head))
     assert torch.equal(back(X[:10]).probabilities, head(X[:10]).probabilities)
     assert back.balance == head.balance
+    # the fit stage's repair margin the head was fitted on is stored with it
+    assert order_head_state(head, 0.75)["repair_margin"] == 0.75
     # the features are standardised by the training set's moments, kept in the state (a
     # mutation review: the scale left at 1 passed, the separable features being O(1))
     for h in (head, back):
@@ -162,6 +165,8 @@ def test_fit_order_head_rejects_bad_input():
         fit_order_head(X, K, D[:, :3], 5)
     with pytest.raises(ValueError, match="1..5"):
         fit_order_head(X, K * 6, D, 5)
+    with pytest.raises(ValueError, match="1..5"):  # K = 0 is no class of the head
+        fit_order_head(X, K * 0, D, 5)
     X[0, 0] = math.nan
     with pytest.raises(ValueError, match="non-finite"):
         fit_order_head(X, K, D, 5)
@@ -288,6 +293,11 @@ def test_the_heads_training_data_are_the_pipelines_features_of_its_own_split():
         _, _, whole = order_stages(pipe, sc)
     assert torch.equal(K, sc.K)
     torch.testing.assert_close(feats, whole, rtol=0, atol=1e-3)
+    # on the scaled inputs, as the Localizer runs it: a file's units change no feature, not
+    # even where |y|^2 overflows float32 (a mutation review: the scaling left out passed)
+    big = dataclasses.replace(sc, y=sc.y * 1e25, H=sc.H * 1e-20)
+    with torch.no_grad():
+        torch.testing.assert_close(order_stages(pipe, big)[2], whole, rtol=0, atol=1e-3)
     chunked, theta = order_dataset(pipe, sc, batch=2, workers=1)
     assert theta.shape == (3, r.system.K_max, 3)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-3)
@@ -310,6 +320,33 @@ def test_fit_order_fits_the_head_on_the_fits_of_the_margin_it_stores(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         calibrate.fit_order(DEFAULT_MODEL, tmp_path / "o.pt", n_scenes=64, margin=0.75)
     assert seen == [0.75] and not (tmp_path / "o.pt").exists()
+
+
+def test_fit_order_refuses_too_few_scenes_and_keeps_the_old_card_when_saving_fails(
+        tmp_path, monkeypatch):
+    """Fewer than MIN_ORDER_SCENES training scenes are refused before any work; a save
+    that fails leaves the model at ``out`` as it was and so its card (a mutation review:
+    the guard and the card's restore left out both passed)."""
+    import risloc.pipeline.calibrate as calibrate
+    from risloc.pipeline.learned import DEFAULT_MODEL
+    from risloc.pipeline.order import MIN_ORDER_SCENES
+
+    with pytest.raises(ValueError, match=f">= {MIN_ORDER_SCENES}"):
+        calibrate.fit_order(DEFAULT_MODEL, tmp_path / "o.pt", n_scenes=MIN_ORDER_SCENES - 1)
+    card = tmp_path / "o.json"
+    card.write_text('{"old": 1}')
+    monkeypatch.setattr(calibrate, "training_data", lambda *a, **k: (None, None, None))
+    monkeypatch.setattr(calibrate, "fit_order_head", lambda *a, **k: None)
+    monkeypatch.setattr(calibrate, "order_report", lambda *a, **k: [])
+    monkeypatch.setattr(calibrate, "order_head_state", lambda *a, **k: {})
+
+    def fail(path, state):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(calibrate, "save_checkpoint", fail)
+    with pytest.raises(OSError, match="disk full"):
+        calibrate.fit_order(DEFAULT_MODEL, tmp_path / "o.pt", n_scenes=MIN_ORDER_SCENES)
+    assert card.read_text() == '{"old": 1}' and not (tmp_path / "o.pt").exists()
 
 
 def test_the_head_reads_its_features_standardised():
