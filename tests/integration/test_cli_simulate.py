@@ -326,3 +326,18 @@ def test_the_options_that_fix_a_scene_field_reach_the_scenes_and_the_file(tmp_pa
     res = runner.invoke(app, ["simulate", "--n", "4", "--shard", "-1/2", "--out",
                               str(tmp_path / "neg.npz")])
     assert res.exit_code == 2 and "0 <= i < n" in res.output, res.output
+
+
+def test_info_says_true_angles_stored_in_radians_look_like_radians(tmp_path):
+    """A mutation review: the 'truth units' row of `risloc info` was never checked."""
+    out = tmp_path / "r.h5"
+    assert runner.invoke(app, ["simulate", "--n", "3", "--out", str(out), "--K", "2"]
+                         ).exit_code == 0
+    res = runner.invoke(app, ["info", str(out)])
+    assert res.exit_code == 0 and "radians stored" not in res.output
+    with h5py.File(out, "a") as f:
+        for name in ("azimuth_deg", "elevation_deg"):
+            f[name][:] = np.radians(f[name][:])
+    text = " ".join(runner.invoke(app, ["info", str(out)]).output.replace("│", " ").split())
+    assert "truth units the true angles of all 6 sources lie within" in text
+    assert "radians stored as degrees? (scene files hold degrees" in text

@@ -11,6 +11,7 @@ import torch
 
 from risloc.config import SceneConfig, SystemConfig
 from risloc.io import SceneDataset, SceneFileError, SceneFileWriter, read_scenes, write_scenes
+from risloc.io.atomic import SUFFIX
 from risloc.io.scenefile import (
     batch_to_arrays,
     batch_truth_problems,
@@ -1302,3 +1303,102 @@ def test_a_user_s_snr_of_another_dtype_reads_as_float32(tmp_path, batch, system,
                 snr_db=np.array([3, -2, 10], dtype), system=np.array(system.model_dump_json()))
     got, _ = read_scenes(path)
     assert got.snr_db.dtype == torch.float32 and got.snr_db.tolist() == [3.0, -2.0, 10.0]
+
+
+def test_the_chunk_writer_names_a_write_past_the_end_drops_truth_it_does_not_store_and_removes_stale_temporaries(  # noqa: E501
+        tmp_path, batch, system):
+    """A mutation review of the writer: a write one scene past the end failed in h5py's
+    broadcasting with no name; a batch with truth into a writer without it; a killed run's
+    temporary (a dead process id) left beside the file."""
+    target = tmp_path / "s.h5"
+    stale = tmp_path / f".s.h5.999999999-0badc0de{SUFFIX}.h5"
+    stale.write_bytes(b"half a file")
+    with pytest.raises(SceneFileError, match=r"writing scenes 1\.\.51 past the end \(50\)"):
+        with SceneFileWriter(target, 50, system) as w:
+            w.write(1, batch)
+    assert not stale.exists() and list(tmp_path.iterdir()) == []
+    with SceneFileWriter(target, 50, system, with_truth=False) as w:
+        w.write(0, batch)  # (its truth is not stored)
+    back, info = read_scenes(target)
+    assert not info.has_truth and torch.equal(back.y, batch.y)
+
+
+def test_integer_attributes_stay_numbers_and_those_beyond_64_bits_are_text(tmp_path, batch,
+                                                                            system):
+    """HDF5 stores a 64-bit integer attribute (a seed, NumPy's or Python's) as a number; one
+    that does not fit is stored as its text (h5py refuses 2**64), a mutation review."""
+    attrs = {"seed": np.int64(7), "first_scene": 3, "top": 2**64 - 1, "big": 2**64,
+             "low": -2**63 - 1}
+    path = write_scenes(tmp_path / "a.h5", batch, system, attrs)
+    with h5py.File(path) as f:
+        got = {k: f.attrs[k] for k in attrs}
+    assert {k: type(v).__name__ for k, v in got.items()} == {
+        "seed": "int64", "first_scene": "int64", "top": "uint64", "big": "str", "low": "str"}
+    assert got["seed"] == 7 and got["top"] == 2**64 - 1 and got["big"] == str(2**64)
+    assert got["low"] == str(-2**63 - 1)
+
+
+def test_a_close_that_fails_leaves_no_temporary(tmp_path, batch, system, monkeypatch):
+    """A full disk fails at the close's flush: the temporary file is removed, the error
+    raised (a mutation review: nothing checked it)."""
+    close = h5py.File.close
+
+    def full(self):
+        close(self)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(h5py.File, "close", full)
+    with pytest.raises(OSError, match="No space left"):
+        write_scenes(tmp_path / "s.h5", batch, system)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_summary_helpers_of_risloc_info_and_their_hints():
+    """A mutation review of the helpers `risloc info`, localize and evaluate word their
+    summaries and warnings with (only reached through the commands before)."""
+    from risloc.config import FieldOfView
+    from risloc.io.scenefile import (
+        count_outside,
+        drawn_widest_deg,
+        fov_text,
+        listed_scenes,
+        outside_hint,
+        radians_hint,
+        widest_true_angle,
+    )
+    from risloc.simulation import SceneBatch
+
+    assert listed_scenes(np.arange(10)) == "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"
+    assert listed_scenes(np.arange(12)) == "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ... (2 more)]"
+    fov = FieldOfView(azimuth_deg=(-50, 40), elevation_deg=(-20, 25), range_m=(0.5, 8))
+    assert fov_text(fov) == "azimuth -50..40 deg, elevation -20..25 deg, range 0.5..8 m"
+    assert outside_hint(0, fov) == ""
+    assert outside_hint(2, fov, " of X").startswith(
+        "2 true source(s) of X lie outside the field of view the localizers search "
+        "(azimuth -50..40 deg")
+    nan = float("nan")
+    est = SceneBatch(y=None, H=None, codes=None, snr_db=None, K=torch.tensor([1, 2]),
+                     azimuth=torch.tensor([[0.1, nan], [-0.2, 0.05]]),
+                     elevation=torch.tensor([[0.0, 3.0], [-0.3, 0.1]]),
+                     range_m=torch.ones(2, 2))
+    n, widest = widest_true_angle(est)  # (the NaN padding and its 3.0 past K not counted)
+    assert n == 3 and widest == pytest.approx(math.degrees(0.3))
+    assert widest_true_angle(dataclasses.replace(est, K=torch.tensor([0, 0]))) == (0, 0.0)
+    assert "all 5 sources lie within +-0.30 deg: radians stored as degrees?" in \
+        radians_hint(5, 0.3)
+    assert radians_hint(5, math.pi / 2) and not radians_hint(4, 1.0)
+    assert not radians_hint(5, 0.29) and not radians_hint(5, 1.6)
+    config = json.dumps({"scene": {"azimuth_deg": [-1.0, 1.5], "elevation_deg": [-0.5, 0.5]}})
+    assert drawn_widest_deg({"config": config}) == 1.5  # drawn that close: no hint
+    assert drawn_widest_deg({}) is None and not radians_hint(5, 1.0, attrs={"config": config})
+    mix = json.dumps([{"name": "wide", "share": 0.5, "azimuth_deg": [-70.0, 70.0]}])
+    assert drawn_widest_deg({"config": config, "scene_mix": mix}) == 70.0
+    assert radians_hint(5, 1.0, attrs={"config": config, "scene_mix": mix})
+    # float32 degrees on the boundary, as radians: inside; the NaN padding past K not
+    # counted (a mutation review); a source beyond the box counted
+    edge = torch.from_numpy(np.radians(np.float32([[-87.5, nan], [10.0, 89.0]])).astype(
+        np.float32))
+    read = dataclasses.replace(est, azimuth=edge, elevation=torch.zeros(2, 2))
+    box = FieldOfView(azimuth_deg=(-87.5, 80.0))
+    assert count_outside(read, box) == 1
