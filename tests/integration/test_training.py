@@ -581,6 +581,14 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, terms
     for k in a:
         if a[k].is_floating_point():
             torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5, msg=k)
+    # every rank validates on all the scenes, its spectral terms on the recipe's 4 of them
+    # as one process does (they took rank 0's training share, 2: val_loss_gap differed)
+    last = [list(csv.DictReader(open(tmp_path / run / "epochs.csv")))[-1]
+            for run in ("one", "two")]
+    val = [{k: float(v) for k, v in row.items() if k.startswith("val_loss_")} for row in last]
+    assert val[0].keys() == val[1].keys() and "val_loss_gap" in val[0]
+    for k in val[0]:
+        assert val[1][k] == pytest.approx(val[0][k], rel=1e-3, abs=1e-5, nan_ok=True), k
     with pytest.raises(ValueError, match="data.shards = 2"):
         import os
 

@@ -216,7 +216,9 @@ class Trainer:
         if world > 1 and cfg.data.shards != world:
             raise ValueError(f"{world} processes need data.shards = {world} (got "
                              f"{cfg.data.shards}): each trains on its shard of every global "
-                             "batch")
+                             f"batch; run this recipe (a --resume: the run's) on "
+                             f"--nproc_per_node {cfg.data.shards} or in one process, or "
+                             f"start a new run with --set data.shards={world}")
         self.dist = distributed.setup(self.device)
         if self.dist.active and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -446,7 +448,10 @@ class Trainer:
 
     def validate(self, model: torch.nn.Module, scenes: SceneBatch) -> EvalResult:
         c = self.cfg
-        return evaluate(model, scenes, c.system, c.blend.beta, c.blend, self.loss_config(),
+        # every rank validates on all the scenes: the spectral terms take the recipe's
+        # spectral_scenes, not this rank's training share, as one process does
+        loss_cfg = replace(self.loss_config(), spectral_scenes=c.loss.spectral_scenes)
+        return evaluate(model, scenes, c.system, c.blend.beta, c.blend, loss_cfg,
                         c.music_config(), c.data.val_batch_size, c.evaluation.f1_weight_deg)
 
 

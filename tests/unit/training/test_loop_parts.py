@@ -520,3 +520,38 @@ def test_the_swa_metrics_are_the_swa_average_s(tmp_path):
     with pytest.raises(Seen):
         _finish(tr, None, tmp_path, False)
     assert len(seen) == 1 and seen[0] is tr.swa.module and tr.swa.module is not tr.ema.module
+
+
+def test_every_rank_validates_with_the_recipe_s_spectral_scenes(tmp_path, monkeypatch):
+    """Each of N processes trains with spectral_scenes / N of its shard but validates on all
+    the scenes: its validation losses take the recipe's spectral_scenes, as one process
+    does (a 2-process run logged val_loss_gap 0.0 where the same weights gave 0.071 in one
+    process: its spectral terms over the first 2 validation scenes instead of 4)."""
+    from risloc.training import loop
+    from risloc.training.distributed import Distributed
+
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml",
+                            [f"out_dir={tmp_path}", "data.shards=2"])
+    tr = loop.Trainer(cfg)
+    tr.dist = Distributed(rank=0, world=2)
+    seen = []
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: seen.append(a[5]))
+    tr.validate(tr.model, None)
+    assert cfg.loss.spectral_scenes == 4
+    assert tr.loss_config().spectral_scenes == 2  # training: this rank's share
+    assert seen[0].spectral_scenes == 4
+
+
+def test_a_world_size_other_than_the_shards_is_refused_naming_both_fixes(tmp_path,
+                                                                        monkeypatch):
+    """3 processes on a recipe (or a resumed run) of data.shards=2: the error names the
+    process count that fits the recipe, as a --resume cannot change data.shards (the bare
+    "need data.shards = 3" sent a resuming user to a --set that resume refuses)."""
+    from risloc.training import loop
+
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml",
+                            [f"out_dir={tmp_path}", "data.shards=2"])
+    monkeypatch.setattr(loop.distributed, "world_size", lambda: 3)
+    with pytest.raises(ValueError, match=r"3 processes need data\.shards = 3 \(got 2\).*"
+                       r"--nproc_per_node 2 or in one process.*--set data\.shards=3"):
+        loop.Trainer(cfg)
