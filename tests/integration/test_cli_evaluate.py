@@ -583,6 +583,9 @@ def test_titles_say_what_ran_and_plots_leave_out_no_scene_silently(tmp_path, mon
     assert res.exit_code == 0, res.output
     assert "unknown" in res.output and "PNG plots" not in res.output
     assert not list((tmp_path / "r").glob("*.png"))
+    # and says why it drew none (a review: the plots asked for were left out without a word)
+    assert "no plots drawn: their x axis is the SNR and no scene evaluated has one" in " ".join(
+        res.output.split())
     # nor does its title say the SNR was given (it said "SNR given": there was none)
     title = " ".join(res.output.split())
     assert "no SNR in the file" in title and "SNR given" not in title

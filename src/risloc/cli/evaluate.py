@@ -384,7 +384,11 @@ def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bo
             "risloc_version": __version__, "torch_threads": torch.get_num_threads()}
     csv_path, _ = write_results(rows, out_dir, meta)
     # plots need the truth, and an SNR (their x): scenes without one are in the table only
-    plots = plots and any(r.K == "all" and not math.isnan(r.snr_db) for r in rows)
+    if plots and not any(r.K == "all" and not math.isnan(r.snr_db) for r in rows):
+        console.print("[yellow]no plots drawn: their x axis is the SNR and no scene evaluated "
+                      "has one (the file's snr_db is missing or NaN); the table and "
+                      "metrics.csv hold the results[/]")
+        plots = False
     unknown = {r.n_scenes for r in rows if r.K == "all" and math.isnan(r.snr_db)}
     if unknown:
         what += f" (the {max(unknown)} scenes without an SNR: in the table only)"

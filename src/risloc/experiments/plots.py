@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -52,6 +53,13 @@ def _snr_ticks(ax, rows: list[ResultRow]) -> None:
         ax.set_xticks(snrs, [f"{v:g}" for v in snrs])
 
 
+def _wrap(text: str, fig, fontsize: float) -> str:
+    """``text`` broken into lines that fit ``fig``'s width: a file's subtitle in one line
+    (its path, what was told, the bound) widened the PNG past twice the panels' width."""
+    width = max(40, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))  # (chars of ~0.52 em)
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
+
+
 def _series(rows: list[ResultRow], estimator: str, key: str) -> tuple[list[float], list[float]]:
     pts = sorted((r.snr_db, r.metrics.get(key)) for r in rows
                  if r.estimator == estimator and r.K == "all" and r.metrics.get(key) is not None)
@@ -93,8 +101,8 @@ def plot_error_vs_snr(rows: list[ResultRow], path: Path, subtitle: str = "") -> 
             "reads low where they differ;\nmetrics.csv's <coordinate>_median_over_bound is the "
             "per-source ratio, about 1 for an efficient estimator)"
             if any(r.metrics.get(c) is not None for r in rows for _, c, _ in _PANELS) else "")
-    fig.suptitle("Localization error vs SNR (Hungarian-paired sources)"
-                 + (f"\n{subtitle}" if subtitle else "") + note, fontsize=9.5)
+    fig.suptitle(_wrap("Localization error vs SNR (Hungarian-paired sources)"
+                       + (f"\n{subtitle}" if subtitle else "") + note, fig, 9.5), fontsize=9.5)
     # one legend below the panels: inside one, it hid the low-SNR points it sat on
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
                ncols=len(names) + 1, fontsize=8, frameon=False)
@@ -117,7 +125,7 @@ def plot_k_accuracy(rows: list[ResultRow], path: Path, subtitle: str = "") -> Pa
         ax.grid(True, alpha=0.3)
         _snr_ticks(ax, rows)
     if subtitle:
-        fig.suptitle(subtitle, fontsize=10)
+        fig.suptitle(_wrap(subtitle, fig, 10), fontsize=10)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
                ncols=len(names), fontsize=8, frameon=False)
     return _save(fig, path)

@@ -276,3 +276,19 @@ def test_the_snr_ticks_are_the_snrs_evaluated_only_where_few_enough_to_read(figu
     assert list(figures[-1].axes[0].get_xticks()) != [float(s) for s in range(13)]
     plots.plot_error_vs_snr(rows[:12], tmp_path / "p.png")
     assert list(figures[-1].axes[0].get_xticks()) == [float(s) for s in range(12)]
+
+
+@pytest.mark.parametrize("plot", [plots.plot_error_vs_snr, plots.plot_k_accuracy])
+def test_a_long_subtitle_is_wrapped_within_the_figure(figures, tmp_path, plot):
+    """A review: a file's subtitle (its path, what was told, the bound and the scenes left
+    to the table) was one line, and the tight PNG grew to 2129 px for its 1100 px panels."""
+    what = ("/data/some/long/folder/measurements_campaign_2026.h5, scenes 0..23, its scenes "
+            "grouped by SNR (x: a group's mean SNR); K unknown, SNR given where the file has "
+            "one; stochastic CRB at the noise and powers fitted at the truth where a scene has "
+            "no SNR (the 12 scenes without an SNR: in the table only)")
+    plot(_rows(["learned", "classical"]), tmp_path / "p.png", what)
+    fig = figures[-1]
+    fig.canvas.draw()
+    box = fig._suptitle.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width  # nothing beyond the panels' width
+    assert " ".join(fig.get_suptitle().split()).count("in the table only") == 1  # all kept
