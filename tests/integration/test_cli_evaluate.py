@@ -600,6 +600,14 @@ def test_titles_say_what_ran_and_plots_leave_out_no_scene_silently(tmp_path, mon
     assert row["snr_db"] == "nan" and 0 < float(row["crb_azimuth_median_deg"]) < 10
     assert "SNR given where the file has one" in _plot_subtitle(SweepSettings(), "f.h5", True,
                                                                 "some")
+    # the K-accuracy plot draws no bound: its subtitle names none (a plots review)
+    drawn = {}
+    monkeypatch.setattr("risloc.experiments.plots.plot_k_accuracy",
+                        lambda rows, path, subtitle="": drawn.setdefault("k", subtitle))
+    res = runner.invoke(app, ["evaluate", "--n", "2", "--snr-db", "20", "--K", "1",
+                              "--estimators", "classical", "--out", str(tmp_path / "k")])
+    assert res.exit_code == 0, res.output
+    assert drawn["k"].endswith("K unknown, SNR given") and "CRB" not in drawn["k"], drawn
 
 
 def test_a_model_that_cannot_serve_the_scenes_is_refused_before_any_is_localized(tmp_path):

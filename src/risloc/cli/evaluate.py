@@ -390,15 +390,16 @@ def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bo
                       "metrics.csv hold the results[/]")
         plots = False
     unknown = {r.n_scenes for r in rows if r.K == "all" and math.isnan(r.snr_db)}
-    if unknown:
-        what += f" (the {max(unknown)} scenes without an SNR: in the table only)"
+    unseen = f" (the {max(unknown)} scenes without an SNR: in the table only)" if unknown \
+        else ""
     for name in PLOTS:  # a reused folder: no plot of an earlier run beside these results
         (out_dir / name).unlink(missing_ok=True)
     if plots:
         from risloc.experiments.plots import plot_error_vs_snr, plot_k_accuracy
 
-        plot_error_vs_snr(rows, out_dir / "error_vs_snr.png", what)
-        plot_k_accuracy(rows, out_dir / "k_accuracy_vs_snr.png", what)
+        plot_error_vs_snr(rows, out_dir / "error_vs_snr.png", what + unseen)
+        plot_k_accuracy(rows, out_dir / "k_accuracy_vs_snr.png",  # (no bound drawn there)
+                        _plot_subtitle(settings, source, pooled, file_snr, False) + unseen)
         _spectrum_example(system, settings, out_dir)
     console.print(f"results: {csv_path} (+ metrics.json{', PNG plots' if plots else ''}) "
                   f"in {out_dir}")
@@ -406,9 +407,10 @@ def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bo
 
 
 def _plot_subtitle(settings: SweepSettings, source: str, pooled: bool,
-                   file_snr: str = "all") -> str:
-    """What a plot's points are: the scenes, what the estimators were told, the bound;
-    ``file_snr``: which of a file's scenes hold an SNR to tell ("all", "some", "none")."""
+                   file_snr: str = "all", with_bound: bool = True) -> str:
+    """What a plot's points are: the scenes, what the estimators were told, the bound
+    (``with_bound``); ``file_snr``: which of a file's scenes hold an SNR to tell ("all",
+    "some", "none")."""
     Ks = settings.K or ()
     scenes = (f"{source}, its scenes grouped by SNR (x: a group's mean SNR)" if pooled else
               f"{source}, {settings.n_per_point * max(1, len(Ks))} scenes per SNR" + (
@@ -425,7 +427,7 @@ def _plot_subtitle(settings: SweepSettings, source: str, pooled: bool,
     bound = (f"{settings.crb} CRB" if not pooled or file_snr == "all" else
              f"{settings.crb} CRB at the noise and powers fitted at the truth" + (
                  " where a scene has no SNR" if file_snr == "some" else ""))
-    return f"{scenes}; {told}; {bound}"
+    return f"{scenes}; {told}" + (f"; {bound}" if with_bound else "")
 
 
 def _spectrum_example(system, settings: SweepSettings, out_dir: Path) -> None:
