@@ -29,8 +29,14 @@ Estimator = Callable[[SceneBatch, SystemConfig, "torch.Tensor | None"], Estimate
 def _samp_order(R: torch.Tensor, system: SystemConfig) -> torch.Tensor:
     from risloc.estimators.order import mdl_order
 
+    # MDL compares orders below the p = min(N, L) eigenvalues of a covariance of L
+    # snapshots: where L <= K_max it can test fewer than K_max sources (mdl_order refuses
+    # K_max >= p), and with L = 1 none.
+    K_max = min(system.K_max, min(system.N, system.L) - 1)
+    if K_max < 1:
+        return torch.ones(R.shape[0], dtype=torch.int64, device=R.device)
     # MUSIC needs K >= 1; MDL may say 0 on a weak covariance.
-    return mdl_order(R, system.L, system.K_max).clamp_min(1)
+    return mdl_order(R, system.L, K_max).clamp_min(1)
 
 
 def _classical(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None) -> Estimates:

@@ -55,6 +55,13 @@ def test_the_sample_covariance_estimators_use_a_told_K_else_mdl_of_at_least_one(
         assert fn(scenes, system, None) == f"{callee} estimates"
         assert torch.equal(calls[callee][0][1], torch.ones(3, dtype=torch.long))  # MDL's 0 -> 1
         assert calls.pop("mdl") == (system.L, system.K_max)
+    # MDL on L snapshots tests orders below min(N, L) only (mdl_order refuses more):
+    # a system of L <= K_max snapshots is asked for L - 1, and L = 1 decides K = 1 unasked
+    for L, asked in ((4, 3), (1, None)):
+        few = system.model_copy(update={"L": L})
+        estimators.get_estimator("music-samp")(scenes, few, None)
+        assert calls.pop("mdl", None) == (None if asked is None else (L, asked))
+        assert torch.equal(calls["music"][0][1], torch.ones(3, dtype=torch.long))
     small = system.model_copy(update={"N_V": 6, "N_H": 6})  # (its sub-RISs: 4 x 4, not 8 x 8)
     estimators.get_estimator("ramezani-samp")(scenes, small, told)
     assert calls["ramezani"][0][3].subarray == (4, 4)
