@@ -541,10 +541,16 @@ _SNR_WARNED: list[bool] = []  # whether _check_snr has warned in this process
 
 
 def _check_snr(costs: torch.Tensor, y: torch.Tensor, sigma2: torch.Tensor, snr_db) -> None:
-    """Warn where a given SNR disagrees with the data by more than 10 dB: the K decision
-    trusts it (a linear SNR passed as snr_db gives K_max sources)."""
+    """Warn where a given SNR disagrees with the data by more than 10 dB (25 dB with one
+    snapshot): the K decision trusts it (a linear SNR passed as snr_db gives K_max
+    sources)."""
+    # one snapshot: the K_max-source fit takes part of the noise along, its level reads
+    # -19..+19 dB off a right SNR (12-24 of 32 scenes beyond 10 dB at -10..30 dB); two:
+    # -19..+8 dB (3 of 32 beyond 10 dB at 30 dB: left at 10). 25 dB still names a
+    # linear SNR passed as snr_db beyond ~20 dB (100 for 20 dB)
+    margin = 10.0 if y.shape[1] > 1 else 25.0
     off, implied = snr_disagreement(costs, y.shape[1], y.shape[2],
-                                    sigma2.expand(costs.shape[0]))
+                                    sigma2.expand(costs.shape[0]), margin)
     if bool(off.any()):
         i = int(torch.nonzero(off)[0])
         given = torch.as_tensor(snr_db, dtype=torch.float64).expand(costs.shape[0])[i]
@@ -552,10 +558,10 @@ def _check_snr(costs: torch.Tensor, y: torch.Tensor, sigma2: torch.Tensor, snr_d
         _SNR_WARNED.append(True)  # (a file's chunks would each say it again)
         crowded = costs.shape[1] - 1 >= y.shape[2] - 2  # K_max within 2 of M: see the guide
         log.log(level, "the SNR given for %d of %d scenes disagrees with their data by more "
-                    "than 10 dB (e.g. %.1f dB given where the residual implies about %.1f "
+                    "than %g dB (e.g. %.1f dB given where the residual implies about %.1f "
                     "dB); K is decided with the SNR given: a linear SNR passed as snr_db%s? "
                     "(docs/conventions.md defines the SNR; leave it out and the classical "
-                    "localizer estimates the noise)", int(off.sum()), costs.shape[0],
+                    "localizer estimates the noise)", int(off.sum()), costs.shape[0], margin,
                     float(given), float(implied[i]),
                     ", or (with K within 2 of M antennas) sources the search missed"
                     if crowded else "")

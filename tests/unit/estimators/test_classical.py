@@ -628,3 +628,19 @@ def test_separation_drops_the_pair_member_beside_the_strongest_flagged_source():
         assert near(out[i, 0], theta[i, 0]), (out[i, 0] - theta[i, 0])
         assert near(out[i, 1], theta[i, first[i]])
         assert not any(near(out[i, j], theta[i, partner[i]]) for j in range(3))
+
+
+def test_one_snapshot_with_the_right_snr_is_not_warned_of(caplog, monkeypatch):
+    """With L = 1 the K_max-source fit takes part of the noise along: a right SNR read
+    -19..+19 dB off the residual's level, and 'disagrees with their data by more than 10
+    dB' warned of most scenes at -10 dB (an edge review: 24 of 32). A linear SNR passed as
+    snr_db (100 for 20 dB) is still named."""
+    one = SYSTEM.model_copy(update={"L": 1})
+    b = simulate_range(0, 8, one, SCENE, seed=3, split="test", snr_db=-10.0)
+    caplog.set_level("WARNING", logger="risloc.estimators.classical")
+    monkeypatch.setattr(classical, "_SNR_WARNED", [])  # once per process: a fresh one
+    classical_localize(b.y, b.H, b.codes, one, snr_db=b.snr_db)
+    assert not caplog.records, caplog.text
+    b = simulate_range(0, 4, one, SCENE, seed=3, split="test", snr_db=20.0)
+    classical_localize(b.y, b.H, b.codes, one, snr_db=100.0)
+    assert "disagrees with their data by more than 25 dB (e.g. 100.0 dB given" in caplog.text

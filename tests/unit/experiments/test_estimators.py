@@ -107,3 +107,30 @@ def test_classical_and_learned_pass_on_K_the_snr_and_the_system(monkeypatch, sce
     assert seen[-2:] == [("checkpoint", "m.pt"), (scenes.snr_db, None, system)]
     with pytest.raises(ValueError, match="unknown estimator 'musik'; choose from"):
         estimators.get_estimator("musik")
+
+
+def test_music_on_a_ris_of_no_more_elements_than_sources_looks_for_n_minus_1(caplog):
+    """A 2 x 2 RIS (N = 4) with the default K_max = 5 is a valid system, and its scenes hold
+    up to 5 sources: MUSIC on the 4 x 4 covariance resolves at most 3. music-oracle told
+    K = 4 stopped `risloc evaluate` ('every K must satisfy 1 <= K < 4'), and music-samp's
+    MDL ('K_max=5 must lie in 1..p-1 = 3'); now they look for 3, with a warning (an edge
+    review)."""
+    from risloc.config import SystemConfig
+
+    tiny = SystemConfig(N_H=2, N_V=2, M=6, L=8)
+    sc = simulate_batch(2, tiny, SceneConfig(K=4, min_separation_deg=0.0),
+                        torch.Generator().manual_seed(1), snr_db=20.0)
+    for name in ("music-oracle", "music-samp"):
+        caplog.clear()
+        est = estimators.get_estimator(name)(sc, tiny, torch.tensor([4, 4]))
+        assert est.K.tolist() == [3, 3]
+        assert torch.isfinite(est.azimuth[:, :3]).all()
+        assert f"{name}: MUSIC on the 4 x 4 covariance of a 2 x 2 RIS resolves at most 3" \
+            in caplog.text
+    est = estimators.get_estimator("music-samp")(sc, tiny, None)  # MDL within 1..3
+    assert 1 <= int(est.K.max()) <= 3
+    one = SystemConfig(N_H=1, N_V=1, M=2, K_max=1, L=1)  # the smallest system: no MUSIC
+    sc = simulate_batch(1, one, SceneConfig(), torch.Generator().manual_seed(1), snr_db=20.0)
+    with pytest.raises(ValueError, match=r"music-oracle: MUSIC needs a RIS of at least 2 "
+                                         r"elements, the system has N=1 \(1 x 1\)"):
+        estimators.get_estimator("music-oracle")(sc, one, None)
