@@ -67,19 +67,20 @@ def _classical(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None)
     return loc.localize(scenes.y, scenes.H, scenes.codes, scenes.snr_db, K).estimates
 
 
-def _music_samp(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None) -> Estimates:
+def _music_samp(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None,
+                name: str = "music-samp") -> Estimates:
     from risloc.estimators.music import music
 
     R = sample_covariance(scenes.y, scenes.H, scenes.codes)
-    return music(R, _music_K(K if K is not None else _samp_order(R, system), system,
-                             "music-samp"), system)
+    return music(R, _music_K(K if K is not None else _samp_order(R, system), system, name),
+                 system)
 
 
 def _music_samp_nfmle(scenes: SceneBatch, system: SystemConfig,
                       K: torch.Tensor | None) -> Estimates:
     from risloc.estimators.nfmle import nfmle_refine
 
-    init = _music_samp(scenes, system, K)
+    init = _music_samp(scenes, system, K, "music-samp+nfmle")  # (its warnings name it)
     return nfmle_refine(scenes.y, scenes.H, scenes.codes, init, system)
 
 

@@ -120,7 +120,7 @@ def test_music_on_a_ris_of_no_more_elements_than_sources_looks_for_n_minus_1(cap
     tiny = SystemConfig(N_H=2, N_V=2, M=6, L=8)
     sc = simulate_batch(2, tiny, SceneConfig(K=4, min_separation_deg=0.0),
                         torch.Generator().manual_seed(1), snr_db=20.0)
-    for name in ("music-oracle", "music-samp"):
+    for name in ("music-oracle", "music-samp", "music-samp+nfmle"):  # (each named as given)
         caplog.clear()
         est = estimators.get_estimator(name)(sc, tiny, torch.tensor([4, 4]))
         assert est.K.tolist() == [3, 3]
@@ -134,3 +134,6 @@ def test_music_on_a_ris_of_no_more_elements_than_sources_looks_for_n_minus_1(cap
     with pytest.raises(ValueError, match=r"music-oracle: MUSIC needs a RIS of at least 2 "
                                          r"elements, the system has N=1 \(1 x 1\)"):
         estimators.get_estimator("music-oracle")(sc, one, None)
+    with pytest.raises(ValueError, match=r"music-samp\+nfmle: MUSIC needs .* leave "
+                                         r"music-samp\+nfmle out of --estimators"):
+        estimators.get_estimator("music-samp+nfmle")(sc, one, None)
