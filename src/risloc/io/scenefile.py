@@ -715,7 +715,7 @@ def outside_hint(outside: int, fov: FieldOfView, whose: str = "",
     if not outside:
         return ""
     return (f"{outside} true source(s){whose} lie outside the field of view {who} "
-            f"({fov_text(fov)}): they cannot find them (truth in other units? `risloc "
+            f"({fov_text(fov)}): sources there cannot be found (truth in other units? `risloc "
             "info` counts them)")
 
 
