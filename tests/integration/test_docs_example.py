@@ -100,3 +100,33 @@ def test_every_command_option_is_in_the_guide_and_its_table_rows_render():
     assert len(rows) >= len(group.commands) - 1
     assert all(len(re.findall(r"(?<!\\)\|", row)) == 3 for row in rows), \
         [row[:40] for row in rows if len(re.findall(r"(?<!\\)\|", row)) != 3]
+
+
+def test_the_readme_s_demo_table_is_the_recorded_run():
+    """Each number of the README's demo table is benchmarks/results/demo.txt's, rounded to
+    the digits the README shows (the file is the run the README cites)."""
+    import re
+
+    number = r"-?\d+(?:\.\d+)?"
+
+    def rows(lines, bar):
+        out = {}
+        for line in lines:
+            cells = [c.strip() for c in line.strip().strip(bar).split(bar)]
+            if len(cells) > 2 and cells[0] in ("learned", "classical"):
+                out[(cells[0], cells[1])] = [n for c in cells[2:] for n in re.findall(number, c)]
+        return out
+
+    readme = rows((ROOT / "README.md").read_text().splitlines(), "|")
+    recorded = rows((ROOT / "benchmarks" / "results" / "demo.txt").read_text().splitlines(),
+                    "│")
+    assert len(readme) == 10 and readme.keys() == recorded.keys()
+    wrong = []
+    for key, shown in readme.items():
+        measured = recorded[key][1:]  # drop the file's scene count
+        assert len(shown) == len(measured), key
+        for s, m in zip(shown, measured):
+            digits = len(s.partition(".")[2])
+            if abs(float(s) - float(m)) > 0.5 * 10.0 ** -digits + 1e-9:
+                wrong.append(f"{key}: README {s}, demo.txt {m}")
+    assert not wrong, wrong
