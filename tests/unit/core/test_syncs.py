@@ -33,7 +33,8 @@ def test_each_kind_of_wait_is_counted_and_plain_operations_are_not():
 def test_the_other_kinds_of_wait_are_counted_too():
     """unique, masked_select, assigning through a boolean mask and a uint8 mask (deprecated,
     still a mask) wait as the first test's kinds do (a mutation review: each left out of
-    the sets passed)."""
+    the sets passed; so did unique by dim, unique_consecutive and the functional
+    index_put)."""
     import warnings
 
     t = torch.tensor([1.0, -2.0, 3.0])
@@ -43,9 +44,13 @@ def test_the_other_kinds_of_wait_are_counted_too():
         torch.masked_select(t, t > 0)
         t.clone()[t > 0] = 0.0
         t[torch.tensor([1, 0, 1], dtype=torch.uint8)]
+        torch.unique(t.view(3, 1), dim=0)
+        torch.unique_consecutive(t)
+        torch.index_put(t, (t > 0,), torch.tensor(0.0))
     kinds = sorted(key.rsplit(" ", 1)[1] for key in waits.syncs.elements())
     assert kinds == sorted(["aten::_unique2", "aten::masked_select", "aten::index_put_",
-                            "aten::index"]), waits.syncs
+                            "aten::index", "aten::unique_dim", "aten::unique_consecutive",
+                            "aten::index_put"]), waits.syncs
 
 
 def _risloc_code(name: str, source: str) -> dict:

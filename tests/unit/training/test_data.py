@@ -274,6 +274,8 @@ def test_file_truth_is_fitted_to_the_recipes_slots(tmp_path):
     batch = TrainData(cfg).batch(0, 0)
     assert batch.azimuth.shape == (3, 5) and bool(batch.azimuth[:, 2:].isnan().all())
     assert batch.powers is None  # a file carries none: R_true takes unit powers
+    assert {t.dtype for t in (batch.snr_db, batch.azimuth, batch.elevation,
+                              batch.range_m)} == {torch.float32}  # the losses' dtype
     system = SystemConfig()
     arr = batch_to_arrays(simulate_range(0, 6, system, SceneConfig(), seed=1,
                                          split="train"), 5)

@@ -26,6 +26,10 @@ def test_each_cuda_rank_takes_its_own_gpu_before_joining_the_group(monkeypatch):
     assert calls == [("init", "gloo")]
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert distributed.setup(torch.device("cuda")) == distributed.Distributed()
+    monkeypatch.delenv("WORLD_SIZE")  # run directly, without torchrun: one process
+    assert distributed.world_size() == 1
+    calls.clear()
+    assert distributed.setup(torch.device("cpu")) == distributed.Distributed() and calls == []
 
 
 def _rank_value(rank: int, init: str, out: str) -> None:
@@ -168,7 +172,9 @@ def test_a_group_already_joined_is_kept_and_barriers_and_teardown_reach_it(monke
                         lambda: calls.append("destroy"))
     d = distributed.setup(torch.device("cpu"))
     assert d == Distributed(1, 2, 0) and calls == []
-    for one in (Distributed(), d):
-        distributed.barrier(one)
-        distributed.teardown(one)
+    distributed.barrier(Distributed())
+    distributed.teardown(Distributed())
+    assert calls == []  # one process: nothing to wait for (a barrier of a lone process
+    distributed.barrier(d)  # passed, and one that skipped the ranks' barrier too)
+    distributed.teardown(d)
     assert calls == ["barrier", "destroy"]
