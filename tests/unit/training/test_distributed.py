@@ -52,13 +52,31 @@ def _ranked_model(rank: int) -> torch.nn.Module:
     return model
 
 
+def _spawn_within(fn, args: tuple, seconds: float, hang: str) -> None:
+    """Two processes of ``fn(rank, *args)``, failing with ``hang`` (not hanging the suite)
+    where they have not finished within ``seconds``."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.spawn(fn, args=args, nprocs=2, join=False)
+    deadline = time.time() + seconds
+    try:
+        while not ctx.join(timeout=1):
+            assert time.time() < deadline, hang
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+
+
 def test_every_rank_decides_from_rank_0s_validation(tmp_path):
     """Two gloo processes whose objectives differ in the last bits both take rank 0's;
     each gets every rank's weights digest, in rank order (a mutation review: its own
     digest repeated passed, and ranks whose weights differ were reported identical)."""
-    import torch.multiprocessing as mp
 
-    mp.spawn(_rank_value, args=(f"file://{tmp_path}/init", str(tmp_path)), nprocs=2)
+    _spawn_within(_rank_value, (f"file://{tmp_path}/init", str(tmp_path)), 120,
+                  "the ranks hang in main_value's broadcast")
     got = [torch.load(tmp_path / f"{r}.pt") for r in (0, 1)]
     assert [value for value, _ in got] == [0.5, 0.5]
     digests = [weights_digest(_ranked_model(r)) for r in (0, 1)]
@@ -111,22 +129,13 @@ def test_ranks_whose_validations_disagree_decide_alike(tmp_path):
     after its second epoch and rank 0 waited in the third's all-reduce until the process
     group timed out."""
     import socket
-    import time
 
-    import torch.multiprocessing as mp
 
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ctx = mp.spawn(_rank_trains, args=(port, str(tmp_path)), nprocs=2, join=False)
-    deadline = time.time() + 240
-    try:
-        while not ctx.join(timeout=1):
-            assert time.time() < deadline, "the ranks hang: they decided apart"
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
+    _spawn_within(_rank_trains, (port, str(tmp_path)), 240,
+                  "the ranks hang: they decided apart")
     (epochs_0, told_0, ddp_0), (epochs_1, told_1, ddp_1) = (
         torch.load(tmp_path / f"epochs_{r}.pt") for r in (0, 1))
     assert epochs_0 == epochs_1 == 3
