@@ -111,13 +111,18 @@ def run_estimator(name: str, scenes: SceneBatch, system: SystemConfig, known_K: 
     seconds)."""
     fn = get_estimator(name, checkpoint)
     parts, t0 = [], time.perf_counter()
-    for lo in range(0, len(scenes), batch_size):
-        sc = scenes[lo:lo + batch_size]
-        parts.extend(run_in_chunks(
-            lambda a, b, sc=sc: fn(sc[a:b], system, sc.K[a:b] if known_K else None),
-            len(sc), workers, sc.y.device, MAX_CHUNK))
-        if advance is not None:
-            advance(len(sc))
+    try:
+        for lo in range(0, len(scenes), batch_size):
+            sc = scenes[lo:lo + batch_size]
+            parts.extend(run_in_chunks(
+                lambda a, b, sc=sc: fn(sc[a:b], system, sc.K[a:b] if known_K else None),
+                len(sc), workers, sc.y.device, MAX_CHUNK))
+            if advance is not None:
+                advance(len(sc))
+    except ValueError as err:  # an estimator's own limit (a baseline's on a small RIS)
+        if str(err).startswith(f"{name}:"):  # named by the estimator itself
+            raise
+        raise ValueError(f"{name}: {err}") from None
     seconds = time.perf_counter() - t0
     return concat_estimates(parts), seconds
 

@@ -278,3 +278,18 @@ def test_a_file_s_bound_takes_its_noise_and_powers_a_chunk_of_scenes_at_a_time(m
                           "stochastic")
     assert err.value.scenes == [5]
     assert harness.scene_crb(file[0:0], system, "stochastic") is None  # no scene: no bound
+
+
+def test_an_estimator_s_own_limit_names_the_estimator():
+    """A baseline that cannot serve a small RIS (ramezani-samp's sub-RISs, MUSIC's K < N on
+    2 x 2 elements) stopped evaluate with a message naming no estimator ("every K must
+    satisfy 1 <= K < 4"): run_estimator now names it; a message naming it is kept as is."""
+    from risloc.config import SystemConfig
+    from risloc.simulation import simulate_range
+
+    system = SystemConfig(N_H=2, N_V=2)
+    scenes = simulate_range(0, 2, system, scene=None, split="test", snr_db=20.0, K=4)
+    with pytest.raises(ValueError, match=r"^ramezani-samp: every K must satisfy 1 <= K < 4"):
+        harness.run_estimator("ramezani-samp", scenes, system, True, 2)
+    with pytest.raises(ValueError, match=r"^music-oracle: MUSIC needs a RIS of at least 2 "):
+        harness.run_estimator("music-oracle", scenes[:1], SystemConfig(N_H=1, N_V=1), True, 1)
