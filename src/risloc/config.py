@@ -401,14 +401,14 @@ def _is_pair(kind: Any) -> bool:
     return typing.get_origin(kind) is tuple and len(args) == 2 and Ellipsis not in args
 
 
+_FREQUENCIES = ("frequency", "freq", "fc")
+"""Names of a frequency: the system takes its wavelength, named with its unit."""
 _SYNONYMS = {"lambda": "wavelength", "lam": "wavelength", "wavelength_m": "wavelength",
              "d": "spacing", "element_spacing": "spacing", "spacing_m": "spacing",
              "n_antennas": "M", "antennas": "M", "snapshots": "L", "n_snapshots": "L",
-             "frequency": "wavelength", "freq": "wavelength", "fc": "wavelength"}
+             **dict.fromkeys(_FREQUENCIES, "wavelength")}
 """Other names of the system's fields that a spelling match does not find (a review:
 ``lambda`` was offered N_H or N_V)."""
-_FREQUENCIES = ("frequency", "freq", "fc")
-"""Of those, the names of a frequency: the system takes its wavelength, named with its unit."""
 
 
 def _where_it_belongs(model: type, loc: list[str], is_section: bool) -> str:

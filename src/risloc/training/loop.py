@@ -345,11 +345,13 @@ class Trainer:
         jitter = s.beta_jitter_hpo if s.hpo_mode else s.beta_jitter
         return schedules.jittered_beta(base, jitter, self.cfg.seed, self.step)
 
-    def loss_config(self) -> LossConfig:
+    def loss_config(self, shard: bool = True) -> LossConfig:
+        """This epoch's loss weights; ``shard``: for this rank's share of a global batch
+        (training), else for all the scenes (validation, which every rank runs whole)."""
         s = self.cfg.schedule
         w = schedules.loss_weights_at(self.epoch, s.epochs, s.weight_schedule,
                                       s.weight_warmup_epochs, s.weight_final_frac)
-        if self.dist.world > 1:  # spectral_scenes counts the global batch: this rank's share
+        if shard and self.dist.world > 1:  # spectral_scenes counts the global batch
             w["spectral_scenes"] = self.cfg.loss.spectral_scenes // self.dist.world
         return replace(self.cfg.loss, **w)
 
@@ -448,10 +450,9 @@ class Trainer:
 
     def validate(self, model: torch.nn.Module, scenes: SceneBatch) -> EvalResult:
         c = self.cfg
-        # every rank validates on all the scenes: the spectral terms take the recipe's
-        # spectral_scenes, not this rank's training share, as one process does
-        loss_cfg = replace(self.loss_config(), spectral_scenes=c.loss.spectral_scenes)
-        return evaluate(model, scenes, c.system, c.blend.beta, c.blend, loss_cfg,
+        # every rank validates on all the scenes, as one process does
+        return evaluate(model, scenes, c.system, c.blend.beta, c.blend,
+                        self.loss_config(shard=False),
                         c.music_config(), c.data.val_batch_size, c.evaluation.f1_weight_deg)
 
 
