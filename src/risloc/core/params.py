@@ -20,6 +20,10 @@ from risloc.config import SystemConfig
 from risloc.core.checks import as_tensor
 from risloc.physics.steering import steering
 
+# The largest |elevation| [deg] a source may have where it is given in degrees: 90, and
+# 1e-6 more for float32's pi / 2, which reads 90.0000025 deg (as to_numpy() gives it).
+ELEVATION_LIMIT_DEG = 90 * (1 + 1e-6)
+
 
 def pack(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: torch.Tensor) -> torch.Tensor:
     """(azimuth [rad], elevation [rad], range [m]) [...] -> theta [..., 3] (az, el, 1/r)."""
@@ -126,8 +130,7 @@ class Estimates:
         mask = slots < K.to(torch.int64).unsqueeze(-1)
         _refuse(mask & ~held, "NaN before the scene's last source or within its K: put each "
                 "scene's sources in its first slots, NaN only after them")
-        # (1e-6: float32's pi / 2 reads 90.0000025 deg, as to_numpy() gives it)
-        _refuse(mask & ((el.abs() > 90 * (1 + 1e-6)) | (r <= 0)), "an elevation lies within "
+        _refuse(mask & ((el.abs() > ELEVATION_LIMIT_DEG) | (r <= 0)), "an elevation lies within "
                 "+-90 deg and a range is > 0 (docs/conventions.md: degrees, not radians; not a "
                 "zenith angle)", el, r)
         score = torch.zeros_like(az) if score is None else \

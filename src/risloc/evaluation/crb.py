@@ -39,6 +39,7 @@ import torch
 from risloc.config import SystemConfig
 from risloc.core.checks import as_system, as_tensor
 from risloc.core.operator import apply_operator
+from risloc.core.params import ELEVATION_LIMIT_DEG
 from risloc.physics import steering_jacobian
 from risloc.simulation import SceneBatch
 
@@ -542,7 +543,7 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
         b, k = torch.nonzero(partial)[0].tolist()
         raise ValueError(f"scene {b}, source {k}: azimuth, elevation and range are NaN only "
                          "in part; a source needs all three finite (a padded slot: all NaN)")
-    beyond = mask & ((pos[1].abs() > 90) | (r <= 0))
+    beyond = mask & ((pos[1].abs() > ELEVATION_LIMIT_DEG) | (r <= 0))
     if beyond.any():
         b, k = torch.nonzero(beyond)[0].tolist()
         raise ValueError(f"scene {b}, source {k}: elevation {float(pos[1][b, k]):g} deg, range "

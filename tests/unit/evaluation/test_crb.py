@@ -559,11 +559,14 @@ def test_user_crb_names_bad_inputs_instead_of_a_wrong_bound_or_a_traceback(syste
             ({"elevation_deg": [0.0, 95.0]}, r"scene 0, source 1: elevation 95 deg, range .* "
                                              r"an elevation lies within \+-90 deg"),
             ({"range_m": [2.0, -1.0]}, r"scene 0, source 1: .*range -1 m; .*a range is > 0"),
+            # (a mutation review: a range of 0 and codes 1 % off the circle were let by)
+            ({"range_m": [2.0, 0.0]}, r"scene 0, source 1: .*range 0 m; .*a range is > 0"),
             ({"powers": -1.0}, "powers must be finite and positive"),
             ({"powers": [1.0, nan]}, "powers must be finite and positive"),
             ({"powers": [1.0, 1.0, 1.0]}, r"powers must be one number, \[K\] or \[B, K\]"),
             ({"codes": 2 * c}, "codes must lie on the unit circle"),
             ({"codes": 0 * c}, "codes must lie on the unit circle"),
+            ({"codes": 1.01 * c}, "codes must lie on the unit circle"),
             ({"H": H[:8]}, r"of the system given \(M=16, L=16, N=144\); got \(8, 144\) and "
                            r"\(16, 144\)"),
             ({"codes": sc.codes}, r"one scene's \[M, N\] and \[L, N\] or a batch's "
@@ -934,3 +937,21 @@ def test_user_crb_warns_of_angles_that_look_like_radians(system, caplog):
         f"the given angles of all 6 sources lie within +-"
         f"{float(torch.cat(rad).abs().max()):.2f} deg: radians stored as "
         "degrees? (azimuth_deg and elevation_deg hold degrees, docs/conventions.md)"]
+
+
+def test_user_crb_takes_the_elevation_to_numpy_writes_for_a_zenith_source(system):
+    """A mutation review: Estimates accepts float32's pi / 2 (90.0000025 deg, what
+    to_numpy() writes for a source at the zenith) but crb() refused it as beyond +-90 deg,
+    naming 'elevation 90 deg'; both now share the one limit."""
+    from risloc.evaluation import crb
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 1, system, SceneConfig(), split="test", K=2, snr_db=10.0)
+    zenith = float(np.rad2deg(np.float64(np.float32(np.pi / 2))))
+    assert zenith > 90
+    got = crb(sc.H[0], sc.codes[0], [10.0, -20.0], [0.0, zenith], [3.0, 5.0], system,
+              snr_db=10.0)
+    assert torch.isfinite(got["range_m"]).all()
+    with pytest.raises(ValueError, match="an elevation lies within"):
+        crb(sc.H[0], sc.codes[0], [10.0, -20.0], [0.0, 90.001], [3.0, 5.0], system,
+            snr_db=10.0)

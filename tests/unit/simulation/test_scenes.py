@@ -269,6 +269,15 @@ def test_an_snr_that_is_no_level_and_a_fractional_K_are_named(system, scene):
     assert simulate_range(0, 2, system, scene, K=2.0).K.tolist() == [2, 2]
 
 
+def test_a_K_outside_one_to_K_max_is_named(system, scene):
+    """Let through, K = 0 would simulate scenes without a source (zero signal, zero
+    noise: y = 0) and K > K_max has no slot for its sources."""
+    for K in (0, -1, system.K_max + 1):
+        with pytest.raises(ValueError, match=rf"K={K} must lie in 1..K_max={system.K_max}"):
+            simulate_range(0, 2, system, scene, K=K)
+    assert simulate_range(0, 2, system, scene, K=1).K.tolist() == [1, 1]
+
+
 def test_the_system_and_scene_may_be_dicts_and_a_list_is_no_fixed_value(system, scene):
     """As Localizer and crb take a dict system; a dict scene gave 'not enough values to
     unpack' and a list of SNRs a float() TypeError."""
