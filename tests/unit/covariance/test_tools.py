@@ -129,6 +129,13 @@ def test_sample_covariance_shape_errors(system):
     b = simulate_range(0, 2, system, SceneConfig(), split="test")
     with pytest.raises(ValueError, match="y must be"):
         sample_covariance(b.y[:, :, :5], b.H, b.codes)
+    # codes for one snapshot beside L of them: refused, not broadcast over the snapshots
+    # (a mutation review: dropping the check on L passed every test)
+    with pytest.raises(ValueError, match="y must be"):
+        sample_covariance(b.y, b.H, b.codes[:, :1])
+    # N sets the trace (a mutation review: N not passed on passed every test)
+    assert torch.allclose(trace(sample_covariance(b.y, b.H, b.codes, N=10)),
+                          torch.full((2,), 10.0), rtol=1e-4)
 
 
 def test_abs2_matches_abs_squared_with_finite_gradient_at_zero():
@@ -249,6 +256,10 @@ def test_the_blend_factor_is_the_blend_of_its_parts(beta):
     # no factor where it would be no smaller than R: S + L >= N (S + L = N: None)
     assert blend_factor(F[:, :9], a[..., :9], beta) is None
     assert blend_factor(F[:, :10], a[..., :10], beta).W.shape == (2, 10, 9)
+    # a is detached as in blend: no gradient reaches the snapshots (a mutation review)
+    Fg, ag = F.clone().requires_grad_(), a.clone().requires_grad_()
+    abs2(blend_factor(Fg, ag, beta).W).sum().backward()
+    assert Fg.grad is not None and ag.grad is None
 
 
 def test_low_rank_operations_equal_their_dense_counterparts():
@@ -282,3 +293,8 @@ def test_gram_schmidt_stays_orthonormal_on_nearly_dependent_columns():
     Q = _gram_schmidt(A, 10 * torch.finfo(torch.float64).eps)
     eye = torch.eye(4, dtype=torch.complex128)
     assert (Q.mH @ Q - eye).abs().amax() < 1e-12
+    # a column adding 1e-12 of its norm is kept (the tolerance is 10 ulp; a mutation
+    # review: 1e6 ulp passed every test), by both routes
+    A[..., 1] = A[..., 0] + 1e-12 * B[..., 1]
+    for Q in (orthonormal_basis(A[..., :2]), _gram_schmidt(A[..., :2], 10 * 2.0 ** -52)):
+        assert (Q.mH @ Q - eye[:2, :2]).abs().amax() < 1e-3

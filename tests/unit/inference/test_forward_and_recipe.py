@@ -46,6 +46,18 @@ def test_r_blend_is_the_beta_mix_of_r_pred_and_r_samp_then_shrunk_and_loaded(set
     torch.testing.assert_close(fwd.factor.dense(), fwd.R_blend, rtol=1e-4, atol=1e-5)
 
 
+def test_dense_false_leaves_out_r_samp_and_r_blend_and_keeps_the_factor(setup):
+    """Training reads only the factor: dense=False makes no N x N matrix (a mutation review:
+    making them anyway passed every test)."""
+    model, sc = setup
+    cfg = BlendConfig(shrinkage=0.1, loading=0.05)
+    with torch.no_grad():
+        dense = forward_blend(model, sc.y, sc.H, sc.codes, sc.snr_db, 0.3, cfg)
+        lean = forward_blend(model, sc.y, sc.H, sc.codes, sc.snr_db, 0.3, cfg, dense=False)
+    assert lean.R_samp is None and lean.R_blend is None
+    torch.testing.assert_close(lean.factor.dense(), dense.R_blend, rtol=1e-4, atol=1e-5)
+
+
 def test_the_forward_pass_gives_the_network_the_snr(setup):
     model, sc = setup
     with torch.no_grad():
