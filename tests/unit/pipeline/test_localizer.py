@@ -769,6 +769,7 @@ def test_music_proposes_its_k_max_peaks_and_the_slots_fill_only_empty_ones(monke
 
     import risloc.pipeline.learned as learned
     from risloc.estimators.music import music
+    from risloc.inference.forward import forward_blend
 
     pipe = learned.load_learned_pipeline()
     pipe.music = learned.inference_music_config(pipe.fov)
@@ -779,6 +780,9 @@ def test_music_proposes_its_k_max_peaks_and_the_slots_fill_only_empty_ones(monke
         fwd = pipe.forward(sc.y, sc.H, sc.codes)
         peaks = music(fwd.R_blend, torch.full((3,), K_max), pipe.system, pipe.music).theta
         assert bool(torch.isfinite(peaks).all())
+        blend = forward_blend(pipe.network, sc.y, sc.H, sc.codes, None,
+                              pipe.recipe.blend.beta, pipe.recipe.blend, check=False)
+        torch.testing.assert_close(fwd.R_blend, blend.R_blend, rtol=0, atol=0)
         torch.testing.assert_close(pipe.propose(fwd), peaks.float(), rtol=0, atol=0)
 
         def one_empty(*a, **k):
@@ -830,6 +834,29 @@ def test_a_given_K_is_fitted_and_repaired_with_the_known_K_margin():
                                equal_nan=True)
     torch.testing.assert_close(got.range_m, want.range_m.float(), rtol=0, atol=0,
                                equal_nan=True)
+
+
+def test_the_learned_pipeline_s_documented_settings():
+    """The settings the docstrings of risloc.pipeline.learned give (and the shipped model's
+    estimates rest on): one repair round when K is given, none when decided, margin 0.5 for a
+    given K, the low-SNR balance 0.0 below 0.5 dB; MUSIC 6 candidates x 3 steps; the fit
+    stage's polish and search over the network's field of view (a mutation review: each
+    default changed, and the fit stage's polish over the package's default field, passed)."""
+    from risloc.config import FieldOfView
+    from risloc.pipeline.learned import (
+        default_fit_config,
+        inference_music_config,
+        load_learned_pipeline,
+    )
+
+    pipe = load_learned_pipeline()
+    assert (pipe.chosen_repairs, pipe.repair_decided, pipe.known_K_margin, pipe.low_snr_db,
+            pipe.low_snr_balance) == (1, False, 0.5, 0.5, 0.0)
+    narrow = FieldOfView(azimuth_deg=(-20.0, 20.0))
+    cfg = inference_music_config(narrow)
+    assert (cfg.fov, cfg.n_candidates, cfg.refine_iterations) == (narrow, 6, 3)
+    fit = default_fit_config(narrow)
+    assert fit.polish.fov == narrow and fit.search.fov == narrow
 
 
 def test_the_order_head_can_decide_k_max_sources():
@@ -1167,13 +1194,20 @@ def test_the_polish_starts_from_the_repaired_sources(monkeypatch):
     monkeypatch.setattr(learned, "nfmle_fit", lambda y, H, c, init, *a, **k: (
         calls.update(init=init) or "refined"))
     monkeypatch.setattr(learned, "separate_cancelling", lambda y, H, c, est, *a: est)
-    pipe = SimpleNamespace(chosen_repairs=1, system=None, polish_config=None,
+    pipe = SimpleNamespace(chosen_repairs=2, system=None, polish_config=None,
                            _fit_config=lambda known: ("known" if known else "decided"))
     K = torch.tensor([2])
     out = learned.LearnedPipeline.polish(pipe, None, None, None, SimpleNamespace(theta=theta),
                                          K, repair=True, known=True)
-    assert out == "refined" and calls["repair"] == (theta, "known", 1)
+    assert out == "refined" and calls["repair"] == (theta, "known", 2)
     torch.testing.assert_close(calls["init"].azimuth[0, :2], torch.full((2,), 0.5))
+    # K decided: the repair (where asked for) with the fit stage's own config; none unasked
+    learned.LearnedPipeline.polish(pipe, None, None, None, SimpleNamespace(theta=theta), K,
+                                   repair=True, known=False)
+    assert calls.pop("repair") == (theta, "decided", 2)
+    learned.LearnedPipeline.polish(pipe, None, None, None, SimpleNamespace(theta=theta), K)
+    assert "repair" not in calls
+    torch.testing.assert_close(calls["init"].azimuth[0, :2], torch.zeros(2))
 
 
 def test_a_stored_head_of_other_features_or_none_is_said_and_not_used(tmp_path, caplog):
@@ -1200,6 +1234,12 @@ def test_a_stored_head_of_other_features_or_none_is_said_and_not_used(tmp_path, 
         assert _stored_head({**state, "order_head": head}, tmp_path / "old.pt") is None
         assert "computes version" in caplog.text and "residual rule" in caplog.text
     assert load_learned_pipeline(order_head=False).order_head is None
+    broken = {k: v for k, v in state["order_head"].items() if k != "hidden"}
+    with pytest.raises(ValueError, match="old.pt: unreadable order head"):
+        _stored_head({**state, "order_head": broken}, tmp_path / "old.pt")
+    with pytest.raises(FileNotFoundError, match="checkpoint not found") as err:
+        load_learned_pipeline(tmp_path / "gone.pt")
+    assert "ships no default model" not in str(err.value)
     # the fit stage runs with the repair margin the head was fitted on, stored with it
     save_checkpoint(tmp_path / "m.pt", {**state, "order_head": {**state["order_head"],
                                                                "repair_margin": 0.75}})
