@@ -94,6 +94,8 @@ def test_low_rank_factor_gives_the_dense_estimates(system):
                                rtol=1e-3, atol=0)  # the spectrum takes the factor too
     with pytest.raises(ValueError, match="non-finite"):
         music(LowRank(zero, W * float("nan")), scenes.K, system)
+    with pytest.raises(ValueError, match="non-finite"):  # a NaN c passes the trace check
+        music(LowRank(zero + float("nan"), W), scenes.K, system)
     with pytest.raises(ValueError, match="N=144"):
         music(LowRank(zero, W[:, :100]), scenes.K, system)
 
@@ -275,7 +277,8 @@ def test_bad_K_raises(K):
 
 def test_config_validation():
     for kwargs in ({"n_range": 1}, {"loading": -1.0}, {"n_candidates": 0},
-                   {"min_separation_deg": -1.0}):
+                   {"min_separation_deg": -1.0}, {"valley_step_deg": -1.0},
+                   {"refine_iterations": -1}, {"chunk": 0}):
         with pytest.raises(ValueError):
             MusicConfig(**kwargs)
 
