@@ -644,3 +644,95 @@ def test_one_snapshot_with_the_right_snr_is_not_warned_of(caplog, monkeypatch):
     b = simulate_range(0, 4, one, SCENE, seed=3, split="test", snr_db=20.0)
     classical_localize(b.y, b.H, b.codes, one, snr_db=100.0)
     assert "disagrees with their data by more than 25 dB (e.g. 100.0 dB given" in caplog.text
+
+
+def test_buffers_follow_the_dtype_and_size_asked_for():
+    # a mutation review: a buffer reused across dtypes (the check dropped) survived the suite
+    buffers = classical._Buffers()
+    a = buffers.take("x", (2, 3), torch.zeros(1, dtype=torch.float32))
+    b = buffers.take("x", (2, 2), torch.zeros(1, dtype=torch.complex64))
+    c = buffers.take("x", (4, 4), torch.zeros(1, dtype=torch.complex64))
+    assert (a.dtype, b.dtype, c.dtype) == (torch.float32, torch.complex64, torch.complex64)
+    assert c.shape == (4, 4) and b.shape == (2, 2)
+
+
+def test_a_shortlist_of_the_whole_grid_ranks_nothing(monkeypatch):
+    # shortlist >= G evaluates T on the whole grid: no ranking products (a mutation review:
+    # ranking at shortlist == G passed, its two halves holding the maximum by chance)
+    b = simulate_range(0, 2, SYSTEM, SCENE, seed=6, split="test", K=1, snr_db=20.0)
+    grid = search_grid(SYSTEM)
+
+    def no_ranking(*args, **kwargs):
+        raise AssertionError("ranked a shortlist of the whole grid")
+
+    monkeypatch.setattr(classical, "grid_power", no_ranking)
+    residual_proposal(b.y, b.H, b.codes, classical._empty_fit(b.y),
+                      torch.ones(2, 0, dtype=torch.bool), grid, 0.05, grid.pos.shape[0])
+
+
+def test_the_projected_ranking_floors_a_found_source_s_own_grid_point():
+    # A found source on a grid point: 1 - ||Q^H a(g)||^2 vanishes there (3.6e-7) while a
+    # regularised fit leaves some of that source in the residual; the floor bounds the
+    # point's boost, so a shortlist of one (the gain-weighted half only) lands on the other
+    # source (a mutation review: a floor of 1e-30 there passed the suite).
+    b = simulate_range(0, 4, SYSTEM, SCENE, seed=5, split="test", K=1, snr_db=20.0)
+    grid = search_grid(SYSTEM)
+    g0 = 1000
+    other = pack(b.azimuth[:, :1], b.elevation[:, :1], b.range_m[:, :1])
+    A0 = grid.A.T[g0].expand(4, 1, -1)
+    A = torch.cat([A0, steering_at(other, SYSTEM, torch.complex64)], 1)
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(4, SYSTEM.L, 2, dtype=torch.complex64, generator=g)
+    y = (apply_operator(b.H, b.codes, A) @ s.unsqueeze(-1)).squeeze(-1)
+    mask = torch.ones(4, 1, dtype=torch.bool)
+    fit = amplitude_fit(y, b.H, b.codes, A0, mask, 1e-2)  # a fit that leaves some of it
+    new = residual_proposal(y, b.H, b.codes, fit, mask, grid, 0.05, 1, found=A0).theta
+    assert not (new == grid.pos[g0]).all(-1).any(), new
+
+
+def test_separation_polishes_the_k_minus_1_kept_sources_before_its_search(monkeypatch):
+    # the first joint solve and the residual search see the K - 1 kept sources only (a
+    # mutation review: keeping all K there passed, the final polish hiding it)
+    b = simulate_range(0, 12, SYSTEM, SCENE, seed=13, split="test", K=3, snr_db=30.0)
+    cfg = ClassicalConfig()
+    ref = nfmle_fit(b.y, b.H, b.codes, _with_pair(b, 0.3), SYSTEM, cfg.final)
+    masks, solve = [], classical.lm_solve
+    monkeypatch.setattr(classical, "lm_solve",
+                        lambda *a, **k: masks.append(a[4].sum(-1)) or solve(*a, **k))
+    idx = cancelling_sources(ref.energy, b.y, ref.estimates.mask).any(-1).nonzero().flatten()
+    c = torch.complex128
+    classical._separate(b.y[idx].to(c), b.H[idx].to(c), b.codes[idx].to(c),
+                        ref.estimates.theta.double()[idx], ref.estimates.mask[idx],
+                        ref.estimates.K[idx], ref.energy[idx].double(), SYSTEM,
+                        replace(cfg.final, iterations=0), cfg, classical.CANCELLING_RATIO)
+    assert [m.tolist() for m in masks] == [[2] * idx.numel(), [3] * idx.numel()]
+
+
+def test_separation_keeps_the_grid_point_where_the_polish_cancels_again():
+    # ratio 0: every polished source counts as cancelling, so the K - 1 polished sources and
+    # the grid point come back (the last slot exactly a grid point), not the full polish
+    b = simulate_range(0, 12, SYSTEM, SCENE, seed=13, split="test", K=3, snr_db=30.0)
+    cfg = ClassicalConfig()
+    ref = nfmle_fit(b.y, b.H, b.codes, _with_pair(b, 0.3), SYSTEM, cfg.final)
+    idx = cancelling_sources(ref.energy, b.y, ref.estimates.mask).any(-1).nonzero().flatten()
+    c = torch.complex128
+    out = classical._separate(b.y[idx].to(c), b.H[idx].to(c), b.codes[idx].to(c),
+                              ref.estimates.theta.double()[idx], ref.estimates.mask[idx],
+                              ref.estimates.K[idx], ref.energy[idx].double(), SYSTEM,
+                              cfg.final, cfg, 0.0)
+    grid = search_grid(SYSTEM).pos.double()
+    assert bool((out[:, 2].unsqueeze(1) == grid).all(-1).any(-1).all()), out[:, 2]
+
+
+def test_the_snr_warning_names_missed_sources_with_k_max_within_2_of_m(caplog, monkeypatch):
+    # a mutation review: "within 2" read as "within 1" passed the suite
+    caplog.set_level("WARNING", logger="risloc.estimators.classical")
+    monkeypatch.setattr(classical, "snr_disagreement",
+                        lambda costs, *a: (torch.ones(costs.shape[0], dtype=torch.bool),
+                                           torch.zeros(costs.shape[0], dtype=torch.float64)))
+    for k_max, crowded in ((5, True), (4, False)):  # M = 7 antennas
+        monkeypatch.setattr(classical, "_SNR_WARNED", [])
+        classical._check_snr(torch.ones(2, k_max + 1, dtype=torch.float64),
+                             torch.ones(2, 3, 7, dtype=torch.complex64),
+                             torch.ones(1, dtype=torch.float64), 10.0)
+        assert ("sources the search missed" in caplog.records[-1].getMessage()) == crowded

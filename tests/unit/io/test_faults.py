@@ -35,3 +35,13 @@ def test_unknown_faults_and_fields_are_named():
         damaged(arrays(), "y", "melt")
     with pytest.raises(KeyError, match="no dataset 'H'"):
         damaged(arrays(), "H", FAULTS[0])
+
+
+def test_faults_on_scalars_empty_and_real_datasets():
+    # a mutation review: a 0-d dataset truncated (IndexError), an empty one made "text" (a
+    # float array) and NaN in a real array (left intact) all passed the tests above
+    a = {"system": np.array('{"L": 4}'), "snr_db": np.array([10.0, 20.0]),
+         "K": np.zeros(0, dtype=np.int64)}
+    assert damaged(a, "system", "truncate")["system"][()] == '{"L": 4}'
+    assert damaged(a, "K", "string")["K"].dtype.kind == "U"
+    assert np.isnan(damaged(a, "snr_db", "nan")["snr_db"]).all()
