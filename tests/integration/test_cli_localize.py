@@ -730,3 +730,24 @@ def test_a_resume_with_another_k_is_refused(tmp_path, monkeypatch):
     res = runner.invoke(app, [*base, "--K", "2", "--resume"])
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and "other settings: another --K" in text, text
+
+
+def test_a_file_of_no_scenes_is_named_not_localized_as_a_success(tmp_path):
+    import h5py
+
+    f = tmp_path / "s.h5"
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(f), "--snr-db", "20",
+                               "--set", "system.N_H=4", "--set", "system.N_V=4"]).exit_code == 0
+    empty = tmp_path / "empty.h5"
+    with h5py.File(f) as src, h5py.File(empty, "w") as dst:
+        for name in src:
+            dst[name] = src[name][:0]
+        dst.attrs["system"] = src.attrs["system"]
+    out = tmp_path / "e.csv"
+    res = runner.invoke(app, ["localize", str(empty), "--out", str(out), "--method", "classical"])
+    assert res.exit_code != 0 and "holds no scenes" in res.output, res.output
+    assert not out.exists()
+    res = runner.invoke(app, ["localize", str(tmp_path / "*.h5"), "--out", str(out),
+                              "--method", "classical", "--K", "1"])
+    assert res.exit_code == 0, res.output
+    assert "empty.h5: the file holds no scenes" in " ".join(res.output.split()), res.output

@@ -199,6 +199,14 @@ def localize_command(
                              f"its {info.n_scenes} scenes")
     ranges = [(start, info.n_scenes if stop is None else min(stop, info.n_scenes))
               for info in infos]
+    empty = [p for p, info in zip(paths, infos, strict=True) if info.n_scenes == 0]
+    if len(empty) == len(paths):  # (an empty CSV and "0 scenes" looked like success)
+        raise ValueError(f"{', '.join(map(str, empty))}: "
+                         f"{'the file holds no' if len(empty) == 1 else 'none of the files holds'}"
+                         " scenes (0 scenes along the datasets' first axis): nothing to "
+                         "localize")
+    for p in empty:
+        console.print(f"[yellow]{p}: the file holds no scenes: nothing of it is localized[/]")
     graph_batch = None  # a graph of no more scenes than are read at a time
     if graphs and device == "cuda" and method != "classical":
         graph_batch = max(1, min(batch_size, max(hi - lo for lo, hi in ranges)))

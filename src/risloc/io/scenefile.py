@@ -666,7 +666,9 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
                     f"{': integer I/Q samples?' if dt[0].kind in 'iu' else ''}: store them "
                     f"as complex64, {name}[{dt.names[0]!r}] + 1j * {name}[{dt.names[1]!r}] "
                     "in NumPy; float fields named real and imag are read as complex)"
-                    if pair else ""))
+                    if pair else f" (its real part only? store the complex values as "
+                    f"complex64, {name}_re + 1j * {name}_im in NumPy)" if dt.kind in "fiu"
+                    else ""))
     if "snr_db" in data and tuple(data["snr_db"].shape) != (S,):
         got = tuple(data["snr_db"].shape)
         raise SceneFileError(f"{path}: 'snr_db' has shape {got}, expected ({S},)" + (

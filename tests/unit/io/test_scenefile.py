@@ -132,7 +132,8 @@ def test_mismatched_shapes_dtypes_system_refused(tmp_path, batch, system):
     bad_H = dict(arr, H=arr["H"][:, :, :100])
     with pytest.raises(SceneFileError, match="'H' has shape"):
         read_scenes(_npz(tmp_path, **bad_H))
-    with pytest.raises(SceneFileError, match="must be complex"):
+    with pytest.raises(SceneFileError, match=r"must be complex, got float32 \(its real part "
+                       r"only\? store the complex values as complex64"):
         read_scenes(_npz(tmp_path, **dict(arr, y=arr["y"].real)))
     with pytest.raises(SceneFileError, match="missing required"):
         read_scenes(_npz(tmp_path, y=arr["y"], H=arr["H"]))
