@@ -57,6 +57,22 @@ def test_apply_operator_per_scene_and_shared_rows_match_the_explicit_operator(sc
         apply_operator(H, c, torch.randn(4, 3, 144, dtype=torch.complex128), out=buf)
 
 
+def test_apply_operator_keeps_snapshots_and_rows_apart_where_L_and_M_differ():
+    """L != M (the scenes above have L = M = 16, where reading the [B, L*M, P] product as
+    (B, M, L, P) passed a mutation review): every route gives [B, L, M, P] of Phi_l v_p."""
+    g = torch.Generator().manual_seed(0)
+    B, L, M, N = 2, 3, 5, 7
+    H, c = (torch.randn(B, M, N, dtype=torch.complex128, generator=g),
+            torch.randn(B, L, N, dtype=torch.complex128, generator=g))
+    for V in (torch.randn(B, 2, N, dtype=torch.complex128, generator=g),  # P <= M
+              torch.randn(B, 9, N, dtype=torch.complex128, generator=g),  # P > M
+              torch.randn(4, N, dtype=torch.complex128, generator=g)):    # shared rows
+        rows = V if V.ndim == 3 else V.expand(B, -1, -1)
+        ref = operators(H, c) @ rows.mT.unsqueeze(1)
+        got = apply_operator(H, c, V)
+        assert got.shape == (B, L, M, rows.shape[1]) and torch.allclose(got, ref, atol=1e-12)
+
+
 def test_pack_unpack_and_estimates_theta_round_trip(system):
     az, el, r = torch.tensor([[0.3, -0.2]]), torch.tensor([[0.1, 0.05]]), torch.tensor([[2.0,
                                                                                          4.0]])

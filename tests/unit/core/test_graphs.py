@@ -3,11 +3,12 @@ themselves: tests/integration/test_cuda.py, on a GPU)."""
 
 import copy
 
+import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
 
 from risloc.config import SceneConfig, SystemConfig
-from risloc.core.graphs import GraphCache
+from risloc.core.graphs import GraphCache, _synchronises
 from risloc.model import CovarianceNet, ModelConfig
 from risloc.simulation import simulate_batch
 
@@ -55,3 +56,25 @@ def test_the_device_is_that_of_the_first_tensor_given_and_failed_captures_do_not
     assert torch.equal(cache(lambda none, x: x * 2, (None, torch.ones(2))), torch.full((2,), 2.0))
     cache._captures["a layout whose capture failed"] = None
     assert len(cache) == 0
+
+
+def test_only_torchs_synchronisation_error_marks_a_call_and_the_debug_mode_is_restored(
+        monkeypatch):
+    """The sync check (torch.cuda's debug mode, mocked: no GPU here) counts a call as
+    synchronising on torch's error alone, raises any other error, and puts the caller's
+    mode back every time (a mutation review: neither was tested off CUDA)."""
+    modes = []
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+
+    def syncs():
+        raise RuntimeError("called a synchronizing CUDA operation")
+
+    def broken():
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    assert _synchronises(syncs, ()) is True
+    assert _synchronises(lambda: None, ()) is False
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        _synchronises(broken, ())
+    assert modes == ["error", 1] * 3

@@ -38,6 +38,8 @@ def test_graph_batch_is_validated():
     pipe = load_learned_pipeline()
     with pytest.raises(ValueError, match="batch must be >= 1"):
         GraphedLocalize(pipe, batch=0)
+    # a capture out of memory is raised (only a smaller graph_batch fixes it), not graphs off
+    assert GraphedLocalize(pipe, batch=4).graphs.raise_oom
     with pytest.raises(InputError, match="graph_batch"):
         Localizer(pipe.system, "learned", pipe, graph_batch=0)
     assert Localizer(pipe.system, "learned", pipe, graph_batch=64).graphed.batch == 64

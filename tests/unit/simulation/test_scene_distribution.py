@@ -2,6 +2,7 @@
 (a mutation review: several draws were pinned only by a regression snapshot, which a
 change of formula would simply regenerate)."""
 
+import dataclasses
 import math
 
 import torch
@@ -278,6 +279,10 @@ def test_scene_stream_draws_from_its_own_split_and_stream():
                                 start_batch=1))
         want = draw_scenes(4, SMALL, scene, block_generator(3, split, 1, stream))
         assert torch.equal(got.snr_db, want.snr_db) and torch.equal(got.K, want.K), split
+    # by default stream 1, not stream 0 of the files (simulate_range) and the harness
+    got = next(scene_stream(4, SMALL, scene, seed=3, start_batch=1))
+    want = draw_scenes(4, SMALL, scene, block_generator(3, "train", 1, 1))
+    assert torch.equal(got.snr_db, want.snr_db) and torch.equal(got.K, want.K)
 
 
 def test_a_mixtures_scenes_keep_a_fixed_K_and_snr():
@@ -309,3 +314,35 @@ def test_a_scene_with_one_non_finite_measurement_is_refused(monkeypatch):
         simulate_range(0, 5, SMALL, SceneConfig())
     with pytest.raises(ValueError, match="seed, stream and block must be non-negative"):
         block_generator(-1, "train", 0)
+    for args in ((0, "train", -1), (0, "train", 0, -1)):  # a block, a stream: named too
+        with pytest.raises(ValueError, match="seed, stream and block must be non-negative"):
+            block_generator(*args)
+
+
+def test_a_scene_range_draws_only_the_blocks_it_cuts(monkeypatch):
+    """Scenes 0..1023 are block 0 alone, 1000..1030 blocks 0 and 1 (a mutation review: a
+    range ending on a block's end also simulated the next block, 1024 scenes thrown away)."""
+    from risloc.simulation import BLOCK, streams
+
+    blocks = []
+
+    def spy(seed, split, block, *args):
+        blocks.append(block)
+        return block_generator(seed, split, block, *args)
+
+    monkeypatch.setattr(streams, "block_generator", spy)
+    assert len(simulate_range(0, BLOCK, SMALL, SceneConfig())) == BLOCK and blocks == [0]
+    blocks.clear()
+    assert len(simulate_range(BLOCK - 24, BLOCK + 7, SMALL, SceneConfig())) == 31
+    assert blocks == [0, 1]
+
+
+def test_concatenated_batches_drop_a_field_that_a_part_lacks():
+    """A field None in any part (a file without truth or symbols) is None in the whole."""
+    from risloc.simulation import concat_batches
+
+    a = simulate_range(0, 3, SMALL, SceneConfig())
+    b = dataclasses.replace(simulate_range(3, 5, SMALL, SceneConfig()), symbols=None)
+    both = concat_batches([a, b])
+    assert both.symbols is None and torch.equal(both.y, torch.cat([a.y, b.y]))
+    assert torch.equal(both.K, torch.cat([a.K, b.K]))
