@@ -334,6 +334,12 @@ def test_a_file_index_without_rows_is_said(tmp_path, caplog):
     assert not caplog.records  # " 1.0" is file 1 (" 1" was warned missing, then read)
     (tmp_path / "none.csv").write_text(head)  # a file column, no rows: no file is "wrong"
     assert read_estimates(tmp_path / "none.csv", 2, file=1).K.tolist() == [0, 0]
+    # a CSV of one input file (no file column) without rows, read as file 0: no warning,
+    # the warning is a several-file CSV's (a mutation review: warned for any file)
+    caplog.clear()
+    (tmp_path / "empty.csv").write_text(head.replace(",file", ""))
+    assert read_estimates(tmp_path / "empty.csv", 2, file=0).K.tolist() == [0, 0]
+    assert not caplog.records, caplog.text
     for bad in (True, -1, 1.5):
         with pytest.raises(ValueError, match=f"file must be the index .*got {bad!r}"):
             read_estimates(tmp_path / "m.csv", 2, file=bad)
