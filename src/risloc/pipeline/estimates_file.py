@@ -384,10 +384,16 @@ class EstimatesStream:
             self.record.unlink()  # --resume then finds nothing to resume, not old counts
             fsync_folder(self.record.parent)
         if resume and self.record.exists():
-            rec = json.loads(self.record.read_text())
+            try:
+                rec = json.loads(self.record.read_text())
+                before, done, size = dict(rec["settings"]), dict(rec["done"]), int(rec["bytes"])
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                raise ValueError(f"cannot resume {self.out}: its progress record "
+                                 f"({self.record.name}) is unreadable ({err!s:.80}; edited by "
+                                 "hand?). To start afresh, discarding the earlier run's "
+                                 "scenes, pass --restart") from None
             settings = self.settings
-            diff = [k for k in set(rec["settings"]) | set(settings)
-                    if rec["settings"].get(k) != settings.get(k)]
+            diff = [k for k in set(before) | set(settings) if before.get(k) != settings.get(k)]
             if "method" in diff:  # (the learned method's own settings follow from it)
                 diff = [k for k in diff if k not in ("bf16", "checkpoint")]
             if diff:
@@ -395,16 +401,16 @@ class EstimatesStream:
                                  + "; ".join(SETTING_NAMES.get(k, k) for k in sorted(diff))
                                  + ". To start afresh, discarding the earlier run's "
                                  "scenes, pass --restart")
-            self.done = {k: int(v) for k, v in rec["done"].items()}
+            self.done = {k: int(v) for k, v in done.items()}
             self.resumed = True
             self.bad = [tuple(b) for b in rec.get("bad", [])]
-            if self.part.stat().st_size < int(rec["bytes"]):
+            if self.part.stat().st_size < size:
                 raise ValueError(f"cannot resume {self.out}: {self.part.name} is shorter "
                                  f"than its progress record ({self.record.name}) says (was "
                                  "it cut or replaced?). To start afresh, discarding the "
                                  "earlier run's scenes, pass --restart")
             with self.part.open("r+b") as f:  # drop rows of a chunk cut off by the kill
-                f.truncate(int(rec["bytes"]))
+                f.truncate(size)
         elif self.record.exists() and not restart:
             raise ValueError(f"{self.out}: an interrupted run left {self.part.name}; pass "
                              "--resume to continue it, or --restart to discard it and start "

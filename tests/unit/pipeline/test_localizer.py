@@ -1281,6 +1281,26 @@ def test_a_resume_with_a_setting_the_first_run_had_not_is_refused(tmp_path):
         assert again.discarded and again.done == {}
 
 
+def test_a_resume_over_an_unreadable_progress_record_names_it_and_restart(tmp_path):
+    """A progress record edited by hand (not JSON, or without its fields) gave a bare
+    JSONDecodeError or KeyError from --resume; it is named, with --restart as the way on."""
+    from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream
+
+    out = tmp_path / "est.csv"
+    run = EstimatesStream(out, {"inputs": ["a.h5"]}, COLUMNS)
+    run.append("0", 4, [(0, 0, 1.0, 2.0, 3.0, 0.5)])
+    run.close()  # killed
+    record = tmp_path / "est.csv.progress.json"
+    for text in ("{not json", '{"settings": {}}', "[]"):
+        record.write_text(text)
+        with pytest.raises(ValueError, match=r"cannot resume .*est.csv: its progress record "
+                                             r"\(est.csv.progress.json\) is unreadable .*"
+                                             "pass --restart"):
+            EstimatesStream(out, {"inputs": ["a.h5"]}, COLUMNS, resume=True)
+    with EstimatesStream(out, {"inputs": ["a.h5"]}, COLUMNS, restart=True) as again:
+        assert again.discarded and again.done == {}
+
+
 def test_a_network_trained_without_the_snr_is_never_given_it():
     """Stage 1: a given SNR reaches the network only where its recipe reads it (the
     shipped one's does not; module docstring of risloc.pipeline.learned; a mutation review:
