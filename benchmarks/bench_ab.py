@@ -135,7 +135,7 @@ def _env_pairs(pairs: list[str]) -> dict[str, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", help="git revision to compare against (without it, the "
                     "working tree against itself, --env then the only difference: give "
                     "--base, --env or both)")

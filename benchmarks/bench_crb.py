@@ -21,7 +21,7 @@ from risloc.simulation import simulate_range
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("reports/bench/crb.json"))
     a = ap.parse_args()
     torch.set_num_threads(1)

@@ -144,7 +144,7 @@ def fit_timing(pipe, sc, repeats: int = 5) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=400, help="validation scenes per cell")
     ap.add_argument("--train", type=int, default=8192, help="training scenes of each head")
     ap.add_argument("--snrs", type=float, nargs="+", default=[5.0, 10.0, 15.0])

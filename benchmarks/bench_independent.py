@@ -136,7 +136,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=400, help="scenes per SNR")
     ap.add_argument("--work", type=Path, default=Path("reports/independent"))
     ap.add_argument("--out", type=Path, default=Path("reports/bench/independent.json"))

@@ -184,7 +184,7 @@ def stages(loc: Localizer, args) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("mode", choices=("validation", "corners", "test", "heads", "stages"))
     ap.add_argument("--n", type=int, default=None,
                     help="scenes per cell (400; corners: 300)")

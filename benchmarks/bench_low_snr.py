@@ -60,7 +60,7 @@ def _cell(loc: Localizer, sc, name: str, threshold: float) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--stream", type=int, default=40)
     ap.add_argument("--corner-n", type=int, default=300)

@@ -122,7 +122,7 @@ def by_operation(run: Callable[[], object], n: int) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenes", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ops", type=int, default=12,

@@ -144,7 +144,7 @@ def classical_cost(system, y, H, codes, repeats: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--chunk", type=int, default=MAX_CHUNK)
     ap.add_argument("--repeats", type=int, default=5)

@@ -65,7 +65,7 @@ def training_batch(batch: int, repeats: int, device: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=20480)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--training-batch", type=int, default=512)

@@ -69,7 +69,7 @@ CHANGES = {  # name: (module, {attribute: old implementation})
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--change", choices=sorted(CHANGES), required=True)
     ap.add_argument("--scenes", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=5,

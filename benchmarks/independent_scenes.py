@@ -137,7 +137,7 @@ def _pair(text: str) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--n", type=int, default=400, help="scenes per SNR")
     ap.add_argument("--snrs", default="-5,0,5,10,15,20")

@@ -1,6 +1,8 @@
 """The benchmark scripts behind the published numbers still import and read their options
 (a review: no test ran any of them, so a renamed function or option in the package would
-have broken a documented command unseen). One process runs every script's --help."""
+have broken a documented command unseen). One process runs every script's --help, whose
+description must be a whole sentence (a review: twelve scripts showed only the docstring's
+first line, cut mid-sentence)."""
 
 import subprocess
 import sys
@@ -24,6 +26,8 @@ for path in sys.argv[1:]:
             failed.append(f"{path}: --help exited {end.code}")
         elif "usage" not in shown.getvalue().lower():
             failed.append(f"{path}: --help printed no usage")
+        elif not shown.getvalue().split("\n\n")[1].rstrip().endswith((".", "?")):
+            failed.append(f"{path}: --help cuts its description mid-sentence")
     except Exception as err:
         failed.append(f"{path}: {type(err).__name__}: {err}")
 print("\n".join(failed))
