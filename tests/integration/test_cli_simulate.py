@@ -33,6 +33,8 @@ def test_info_checks_every_scene_and_counts_truth_outside_the_field_of_view(tmp_
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.replace("│", " ").split())
     assert "every scene can be localized" in text and "0 of 12 sources" in text
+    # every scene scored: no "(the n scenes whose truth can be scored)" (a mutation review)
+    assert "K histogram 1:0 2:6 3:0 4:0 5:0 range (m)" in text
     assert "simulated with SNR uniform in [-5.0, 20.0] dB, K = 2, source powers spread " \
         "over 0.0 dB, Rician factor in [0.5, 10.0], random codes of 3-bit phases, azimuth " \
         "[-60.0, 60.0] deg, elevation [-30.0, 30.0] deg, range [0.5, 10.0] m, sources >= " \
@@ -251,6 +253,11 @@ def test_simulate_draws_a_recipes_scene_mixture(tmp_path):
     assert res.exit_code == 0 and "its data.scene_mix kinds are not drawn; --recipe" in \
         " ".join(res.output.split()), res.output
     assert bool((read_scenes(tmp_path / "base.h5")[0].K == 3).all())
+    with h5py.File(out, "a") as f:  # a kind without a name (a mutation review)
+        f.attrs["scene_mix"] = '[{"name": null, "share": 0.25}]'
+    res = runner.invoke(app, ["info", str(out)])
+    assert res.exit_code == 0 and "unnamed 25% (the base scene the rest)" in " ".join(
+        res.output.replace("│", " ").split()), res.output
     for odd in ('[{"x": 1}]', '{"a": 1}', '[{"name": null, "share": "x"}]', "not json"):
         with h5py.File(out, "a") as f:  # an attribute written by another tool
             f.attrs["scene_mix"] = odd
@@ -341,3 +348,42 @@ def test_info_says_true_angles_stored_in_radians_look_like_radians(tmp_path):
     text = " ".join(runner.invoke(app, ["info", str(out)]).output.replace("│", " ").split())
     assert "truth units the true angles of all 6 sources lie within" in text
     assert "radians stored as degrees? (scene files hold degrees" in text
+
+
+def test_an_explicit_power_spread_a_top_K_a_huge_sharded_n_and_many_h5_chunks(
+        tmp_path, monkeypatch):
+    """A second mutation review: --power-spread-db 0 (falsy) must still replace the
+    config's or recipe's spread and is applied after --set; --K K_max is accepted; a shard
+    of a huge --n is sized (disk check, n_total) by its own slice; an .h5 written in
+    several chunks holds the same scenes as the .npz written in one."""
+    import risloc.cli.simulate as simulate
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("scene: {power_spread_db: 12}\n")
+    for how in (["--config", str(recipe)], ["--recipe", str(recipe)],
+                ["--set", "scene.power_spread_db=3"],
+                ["--recipe", str(recipe), "--set", "scene.power_spread_db=3"]):
+        out = tmp_path / "p.npz"
+        res = runner.invoke(app, ["simulate", "--n", "1", "--out", str(out), "--overwrite",
+                                  *how, "--power-spread-db", "0"])
+        assert res.exit_code == 0, (how, res.output)
+        cfg = json.loads(read_scenes(out)[1].attrs["config"])
+        assert cfg["scene"]["power_spread_db"] == 0.0, how
+    res = runner.invoke(app, ["simulate", "--n", "2", "--out", str(tmp_path / "k.npz"),
+                              "--K", "5"])  # K_max itself
+    assert res.exit_code == 0, res.output
+    assert read_scenes(tmp_path / "k.npz")[0].K.tolist() == [5, 5]
+    big = 10**11  # more scenes than any disk holds, but this shard is 10 of them
+    res = runner.invoke(app, ["simulate", "--n", str(big), "--shard", f"3/{big // 10}",
+                              "--out", str(tmp_path / "big.npz")])
+    assert res.exit_code == 0, res.output
+    _, info = read_scenes(tmp_path / "big.npz")
+    assert info.n_scenes == 10 and int(info.attrs["first_scene"]) == 30
+    assert int(info.attrs["n_total"]) == big
+    monkeypatch.setattr(simulate, "BLOCK", 1)  # .h5 chunks of 4 scenes: 3 of them for 10
+    for name in ("c.h5", "c.npz"):
+        res = runner.invoke(app, ["simulate", "--n", "10", "--shard", "1/2", "--seed", "3",
+                                  "--out", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+    h5, npz = (read_scenes(tmp_path / n)[0] for n in ("c.h5", "c.npz"))
+    assert len(h5) == 5 and torch.equal(h5.y, npz.y) and torch.equal(h5.K, npz.K)

@@ -61,8 +61,8 @@ def simulate_command(
     K: Annotated[int | None, typer.Option("--K", help="Fix the number of sources.")] = None,
     power_spread_db: Annotated[float | None, typer.Option(
         help="Unequal source powers: 10 log10 p_k uniform in [-s/2, s/2] dB per source "
-             "(sets scene.power_spread_db; default: the config's or recipe's, 0 = equal "
-             "powers).")] = None,
+             "(sets scene.power_spread_db, over any --set of it; default: the config's or "
+             "recipe's, 0 = equal powers).")] = None,
     shard: Annotated[str | None, typer.Option(help=(
         "i/n: write only shard i (0-based) of n equal, disjoint slices of the --n scenes; "
         "the shards of one command line, in order, hold exactly the scenes of the unsharded "

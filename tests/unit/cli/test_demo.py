@@ -3,6 +3,7 @@
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 import risloc.cli.demo as demo
@@ -20,5 +21,22 @@ def test_the_defaults_are_those_of_the_readme_s_table(monkeypatch, tmp_path):
     (settings, out_dir, plots, (what, command)), = seen
     assert (settings.n_per_point, settings.snr_db, settings.seed) == (
         100, (-5.0, 0.0, 5.0, 10.0, 20.0), 0)
+    # as users' data come: unequal powers, no SNR given; both localizers when the package
+    # ships its model (a second mutation review: these defaults went unchecked)
+    assert (settings.power_spread_db, settings.snr_given) == (12.0, False)
+    from risloc.pipeline.learned import DEFAULT_MODEL
+
+    assert settings.estimators == (("learned", "classical") if DEFAULT_MODEL.exists() else
+                                   ("classical",)) and settings.checkpoint is None
     assert out_dir == Path("reports/demo") and plots is True
     assert what == "default system, simulated test split" and command == "risloc demo"
+
+
+def test_a_bad_snr_or_an_unwritable_report_is_refused_before_the_sweep(monkeypatch, tmp_path):
+    """(a second mutation review: neither refusal was tested)"""
+    monkeypatch.setattr(demo, "sweep_points", lambda *a: pytest.fail("swept"))
+    res = CliRunner().invoke(app, ["demo", "--snr-db", "0,1e4", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "--snr-db must be a finite SNR" in res.output, res.output
+    (tmp_path / "afile").write_text("")
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "afile" / "r")])
+    assert res.exit_code == 2 and "is a file" in " ".join(res.output.split()), res.output

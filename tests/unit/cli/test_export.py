@@ -76,3 +76,11 @@ def test_a_missing_checkpoint_or_an_existing_model_or_card_is_refused(tmp_path, 
     assert (tmp_path / "m.pt").read_bytes() == b"the good model"
     assert (tmp_path / "c.json").read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "m.pt"]
+
+
+def test_a_whole_number_metric_is_shown_not_dashed():
+    """(a second mutation review: an int metric, e.g. a K accuracy of exactly 1, read as '-')"""
+    from risloc.cli.export import _number
+
+    assert _number(1, ".3f") == "1.000" and _number(0.5, ".3f") == "0.500"
+    assert _number(None, ".3f") == _number("n/a", ".3f") == "-"

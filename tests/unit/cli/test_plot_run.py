@@ -46,3 +46,24 @@ def test_a_folder_that_is_not_a_finished_run_is_named_for_what_it_is(tmp_path, d
     assert res.exit_code == 2
     assert "epochs.csv is a file: give the run's folder" in " ".join(res.output.split())
     assert drawn == []
+
+
+def test_a_missing_folder_a_logging_run_a_non_png_and_an_unwritable_out_are_refused(
+        tmp_path, drawn):
+    """(a second mutation review: these four refusals went untested)"""
+    res = CliRunner().invoke(app, ["plot-run", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "none: no such folder" in " ".join(res.output.split())
+    logging = tmp_path / "logging"  # steps logged, no epoch finished, no lock
+    logging.mkdir()
+    (logging / "steps.csv").write_text("step,loss\n1,1.0\n")
+    res = CliRunner().invoke(app, ["plot-run", str(logging)])
+    assert res.exit_code == 2
+    assert "no epoch of this run has finished yet" in " ".join(res.output.split())
+    run = _run(tmp_path / "run")
+    res = CliRunner().invoke(app, ["plot-run", str(run), "--out", str(tmp_path / "c.pdf")])
+    assert res.exit_code == 2 and "give a name ending in .png" in " ".join(res.output.split())
+    (tmp_path / "afile").write_text("")
+    res = CliRunner().invoke(app, ["plot-run", str(run), "--out",
+                                   str(tmp_path / "afile" / "c.png")])
+    assert res.exit_code == 2 and "is a file" in " ".join(res.output.split()), res.output
+    assert drawn == []
