@@ -50,7 +50,7 @@ def test_localize_file_writes_csv_and_metrics(tmp_path):
     with h5py.File(f, "a") as h:
         h["range_m"][:] = h["range_m"][:] * 1000
     res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "mm.csv"), "--K",
-                              "1"])
+                              "1", "--batch-size", "2"])  # (counted over the chunks)
     assert res.exit_code == 0, res.output
     assert "3 true source(s) of the scored scenes lie outside the field of view" in \
         " ".join(res.output.split())
@@ -123,6 +123,9 @@ def test_localize_never_replaces_its_input_and_skips_bad_scenes(tmp_path):
     assert "nope.pt is not used by --method classical" in " ".join(res.output.split())
     assert "scene 2 not localized: all-zero measurements" in res.output
     assert "skipped" not in res.output  # (named once, by the CLI: not also logged)
+    import logging  # (and the localizer's log is as it was after the run)
+
+    assert logging.getLogger("risloc.pipeline.localizer").level == logging.NOTSET
     assert "1 scene not localized is counted: K = 0" in " ".join(res.output.split())
     assert f"estimates of 3 scenes in {out} (1 not localized, above)" in \
         " ".join(res.output.split())  # the CSV holds rows of 3 of the 4 scenes
@@ -352,7 +355,7 @@ def test_unusable_truth_ranges_and_files_of_other_k_max(tmp_path):
         with h5py.File(path, "a") as h:
             h["y"][scene] = 0
     res = runner.invoke(app, ["localize", str(f), str(g), "--out", str(tmp_path / "z.csv"),
-                              "--method", "classical"])
+                              "--method", "classical", "--batch-size", "3"])  # (f's 4: at 3)
     assert res.exit_code == 1, res.output
     text = " ".join(res.output.split())
     assert "f.h5:4 not localized" in text and "g.h5:1 not localized" in text
@@ -367,7 +370,7 @@ def test_an_interrupted_run_says_how_to_go_on_and_a_resume_of_nothing_says_so(tm
     assert runner.invoke(app, ["simulate", "--n", "24", "--out", str(f)]).exit_code == 0
     out = tmp_path / "e.csv"
     args = ["localize", str(f), "--out", str(out), "--method", "classical", "--batch-size",
-            "8"]
+            "8", "--stop", "24"]  # (all 24: the range the hint below repeats)
     real = _raise_at_the_second_chunk(monkeypatch, KeyboardInterrupt())
     res = runner.invoke(app, args)
     assert res.exit_code == 130 and "no interrupted run" not in res.output  # (not resumed)
@@ -384,8 +387,12 @@ def test_an_interrupted_run_says_how_to_go_on_and_a_resume_of_nothing_says_so(tm
     res = runner.invoke(app, [*args, "--resume"])
     assert res.exit_code == 0 and "no interrupted run" not in res.output, res.output
     assert read_estimates(out, 24, 5).K.gt(0).all()
+    # the summary counts the CSV's scenes, those of the run it resumed too (16 new here)
+    assert "16 scenes in" in res.output and f"estimates of 24 scenes in {out}" in \
+        " ".join(res.output.split()), res.output
     # no metrics, but the command that scores the whole CSV (one file with truth; docs)
-    assert f"`risloc evaluate {f} --estimators none --estimates {out}` scores them all" in \
+    assert f"`risloc evaluate {f} --stop 24 --estimators none --estimates {out}` scores them " \
+        "all" in \
         " ".join(res.output.split()), res.output
     res = runner.invoke(app, [*args, "--resume"])  # finished: nothing to continue
     assert res.exit_code == 0 and "no interrupted run of" in " ".join(res.output.split())
@@ -448,6 +455,10 @@ def test_true_angles_in_radians_are_suspected(tmp_path):
     text = " ".join(res.output.split())
     assert res.exit_code == 0 and "true angles of all 24 sources lie within" in text
     assert "radians stored as degrees?" in text
+    widest = re.search(r"within \+-(\S+) deg", text).group(1)  # over all the chunks:
+    res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "c.csv"),
+                              "--method", "classical", "--batch-size", "11"])
+    assert f"all 24 sources lie within +-{widest} deg" in " ".join(res.output.split())
     res = runner.invoke(app, ["info", str(f)])
     assert "radians stored as degrees?" in " ".join(res.output.split())
     first3 = tmp_path / "first3.npz"  # 6 sources are enough (a user's review: 13 said nothing)
@@ -523,6 +534,11 @@ def test_scenes_unreadable_part_way_keep_the_finished_chunks_and_say_how_to_go_o
     assert not out.exists()
     rows = (tmp_path / "e.csv.part").read_text().splitlines()[1:]
     assert {int(r.split(",")[0]) for r in rows} == set(range(8))
+    # the .part file's lock is released (a mutation review: left held, a run in the same
+    # process was refused as another run's)
+    again = runner.invoke(app, ["localize", str(f), "--out", str(out), "--method", "classical",
+                                "--batch-size", "4", "--stop", "8", "--restart"])
+    assert again.exit_code == 0 and res.exit_code == 2, again.output
 
 
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
@@ -693,6 +709,11 @@ def test_files_of_other_k_max_bound_k_by_the_smallest_and_localize_by_their_own(
     res = runner.invoke(app, ["localize", str(g), "--out", str(tmp_path / "k.csv"), "--start", "2"])
     assert res.exit_code == 2 and "--start 2 selects no scene range of its 1 scenes" in \
         res.output, res.output  # (one past the end: nothing to localize)
+    # --start at the file's end, or --stop at --start: no scene either (a mutation review:
+    # an empty CSV, '0 scenes' and exit code 0, as if done)
+    for span in (["--start", "1"], ["--start", "0", "--stop", "0"]):
+        res = runner.invoke(app, ["localize", str(g), "--out", str(tmp_path / "k.csv"), *span])
+        assert res.exit_code == 2 and "no scene range of its 1 scenes" in res.output, res.output
     res = runner.invoke(app, ["localize", str(g), "--out", str(tmp_path / "k.csv"), "--start",
                               "1", "--stop", "0"])
     assert res.exit_code == 2 and "--start 1 / --stop 0 select no scene range of its 1 " \
@@ -730,6 +751,20 @@ def test_a_resume_with_another_k_is_refused(tmp_path, monkeypatch):
     res = runner.invoke(app, [*base, "--K", "2", "--resume"])
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and "other settings: another --K" in text, text
+    # and --checkpoint (another model's rows would mix with the shipped one's)
+    import shutil
+
+    from risloc.pipeline.learned import DEFAULT_MODEL
+
+    for ext in (".pt", ".json"):
+        shutil.copy(DEFAULT_MODEL.with_suffix(ext), (tmp_path / "other").with_suffix(ext))
+    learned = ["localize", str(f), "--method", "learned", "--out", str(tmp_path / "l.csv")]
+    monkeypatch.setattr(Localizer, "localize", ctrl_c)
+    assert runner.invoke(app, learned).exit_code == 130
+    monkeypatch.undo()
+    res = runner.invoke(app, [*learned, "--checkpoint", str(tmp_path / "other.pt"), "--resume"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "other settings: another --checkpoint" in text, text
 
 
 def test_a_file_of_no_scenes_is_named_not_localized_as_a_success(tmp_path):

@@ -193,7 +193,8 @@ def localize_command(
     if K is not None and not 1 <= K <= k_cap:
         raise ValueError(f"--K must lie in 1..K_max={k_cap}, got {K}")
     for p, info in zip(paths, infos, strict=True):  # ranges checked before anything is written
-        if start > info.n_scenes or (stop is not None and stop < start):
+        hi = info.n_scenes if stop is None else min(stop, info.n_scenes)
+        if hi <= start and (start or info.n_scenes):  # (a file of no scenes: named below)
             chosen = f"--start {start}" + ("" if stop is None else f" / --stop {stop}")
             raise ValueError(f"{p}: {chosen} select{'s' * (stop is None)} no scene range of "
                              f"its {info.n_scenes} scenes")
