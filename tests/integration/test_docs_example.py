@@ -130,3 +130,40 @@ def test_the_readme_s_demo_table_is_the_recorded_run():
             if abs(float(s) - float(m)) > 0.5 * 10.0 ** -digits + 1e-9:
                 wrong.append(f"{key}: README {s}, demo.txt {m}")
     assert not wrong, wrong
+
+
+def test_the_results_page_s_versus_tables_are_the_recorded_run():
+    """Each number of docs/results.md's eight learned-vs-classical tables is
+    benchmarks/results/versus.json's (the run the section cites), rounded to the digits the
+    page shows."""
+    import json
+    import re
+
+    rows = json.loads((ROOT / "benchmarks" / "results" / "versus.json").read_text())["rows"]
+    lines = (ROOT / "docs" / "results.md").read_text().splitlines()
+    medians = ["azimuth_median_deg", "elevation_median_deg", "range_median_m"]
+    checked, wrong = 0, []
+    for head in [i for i, line in enumerate(lines) if re.match(r"#### K (un)?known, SNR", line)]:
+        title = lines[head]
+        known_K, snr_given = "K known" in title, "SNR given" in title
+        spread = 12.0 if "spread 12 dB" in title else 0.0
+        for line in lines[head + 1:head + 12]:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not re.fullmatch(r"-?\d+", cells[0]):
+                continue
+            (row,) = [r for r in rows if r["snr_db"] == float(cells[0])
+                      and r["known_K"] == known_K and r["snr_given"] == snr_given
+                      and r["power_spread_db"] == spread]
+            learned, classical = row["learned"], row["classical"]
+            measured = ([] if known_K else [learned["K_accuracy"], classical["K_accuracy"]]) + [
+                learned["f1"], classical["f1"],
+                learned["azimuth_median_deg"], classical["azimuth_median_deg"],
+                *(row["ratio"][m] for m in medians), *(row["ratio_common"][m] for m in medians)]
+            shown = [n for c in cells[1:] for n in re.findall(r"\d+\.\d+|\d+", c)]
+            assert len(shown) == len(measured), (title, cells[0])
+            for s, m in zip(shown, measured):
+                checked += 1
+                if abs(float(s) - m) > 0.5 * 10.0 ** -len(s.partition(".")[2]) + 1e-9:
+                    wrong.append(f"{title} {cells[0]} dB: page {s}, versus.json {m:.4g}")
+    assert checked == 4 * 6 * 12 + 4 * 6 * 10
+    assert not wrong, wrong
