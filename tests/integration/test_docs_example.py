@@ -167,3 +167,53 @@ def test_the_results_page_s_versus_tables_are_the_recorded_run():
                     wrong.append(f"{title} {cells[0]} dB: page {s}, versus.json {m:.4g}")
     assert checked == 4 * 6 * 12 + 4 * 6 * 10
     assert not wrong, wrong
+
+
+def test_the_results_page_s_gpu_step_and_scaleout_tables_are_the_recorded_runs():
+    """docs/results.md's H200 training-step table and its scale-out training table are the
+    numbers of the result files they cite (device_h200_4d7138b_*.json,
+    device_h200_stop42_default_step.json, scaleout.json), rounded to the digits shown."""
+    import json
+    import re
+
+    results = ROOT / "benchmarks" / "results"
+    lines = (ROOT / "docs" / "results.md").read_text().splitlines()
+
+    def cells(line):
+        return [re.sub(r"[*`]", "", c).strip() for c in line.strip().strip("|").split("|")]
+
+    def close(shown, value):
+        return abs(float(shown) - value) <= 0.5 * 10.0 ** -len(shown.partition(".")[2]) + 1e-9
+
+    step_files = {"AMP": "4d7138b_amp", "FP32": "4d7138b_fp32",
+                  "AMP, prefetch=process": "4d7138b_process",
+                  "FP32, prefetch=process": "4d7138b_fp32_process",
+                  "AMP, cuda_graphs=true": "4d7138b_graphs",
+                  "FP32, cuda_graphs=true": "4d7138b_fp32_graphs",
+                  "the new default (AMP and graphs), after the fix": "stop42_default_step"}
+    keys = ["seconds_per_step", "step_on_ready_batch_s", "epoch_s_per_step", "simulate_batch_s"]
+    wrong, seen = [], set()
+    for line in lines:
+        c = cells(line)
+        if len(c) == 5 and c[0] in step_files:
+            run = json.loads((results / f"device_h200_{step_files[c[0]]}.json").read_text())
+            seen.add(c[0])
+            for shown, key in zip(c[1:], keys):
+                if not close(shown, run["training"][0][key]):
+                    wrong.append(f"{c[0]} {key}: page {shown}, json {run['training'][0][key]:.4g}")
+    assert seen == set(step_files), set(step_files) - seen
+
+    scaleout = json.loads((results / "scaleout.json").read_text())["training"]
+    by_setting = {r["setting"].split(" (")[0]: r for r in scaleout}
+    found = 0
+    for line in lines:
+        c = cells(line)
+        m = re.match(r"(\d process(es)? x \d threads?)", c[0]) if len(c) == 3 else None
+        if m and m.group(1) in by_setting:
+            found += 1
+            row = by_setting[m.group(1)]
+            for shown, key in zip(c[1:], ["seconds_per_step", "scenes_per_s"]):
+                if not close(shown, row[key]):
+                    wrong.append(f"scale-out {c[0]} {key}: page {shown}, json {row[key]:.4g}")
+    assert found == 3
+    assert not wrong, wrong
