@@ -41,10 +41,14 @@ def test_evaluate_simulated_sweep(tmp_path):
         "n_true; *_median_ratio_common" in " ".join(res.output.split())  # (a review)
     for name in ("error_vs_snr.png", "k_accuracy_vs_snr.png", "music_spectrum_true.png"):
         assert (out / name).stat().st_size > 10_000
+    assert not (out / "music_spectrum_blend.png").exists()  # no learned estimator ran
     def refuse(constant):  # strict JSON: no NaN / Infinity, which jq or JavaScript refuse
         raise ValueError(constant)
     report = json.loads((out / "metrics.json").read_text(), parse_constant=refuse)
     assert report["meta"]["settings"]["known_K"] is True
+    # a simulated sweep's default bound: the deterministic one (its symbols are known; a
+    # second mutation review: the stochastic default for files passed here)
+    assert report["meta"]["settings"]["crb"] == "deterministic"
     ratio = [r["se_azimuth_median_ratio"] for r in report["rows"]
              if r["estimator"] == "music-samp" and r["K"] == "all"]
     assert ratio and all(v is None for v in ratio)  # NaN in the CSV, null in the JSON
@@ -84,7 +88,16 @@ def test_evaluate_file_without_truth_times_only_and_refuses_the_oracle(tmp_path)
     res = runner.invoke(app, ["evaluate", str(bare), "--estimators", "music-samp",
                               "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
+    # its row (K "?": no truth) is in the table (a second mutation review: unchecked)
+    assert any(line.startswith("│ music-samp") for line in res.output.splitlines())
     assert "PNG plots" not in res.output and not list((tmp_path / "r").glob("*.png"))
+    # estimates of its scenes: nothing to score them against, said (a second mutation review)
+    (tmp_path / "e.csv").write_text("scene,source,azimuth_deg,elevation_deg,range_m\n"
+                                    "0,0,1,1,2\n")
+    res = runner.invoke(app, ["evaluate", str(bare), "--estimators", "none", "--estimates",
+                              str(tmp_path / "e.csv"), "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 2 and "carries no true positions to score estimates against" in \
+        " ".join(res.output.split()), res.output
 
 
 def test_evaluate_user_file_with_stochastic_crb(tmp_path):
@@ -173,6 +186,13 @@ def test_truth_in_other_units_is_named_as_localize_names_it(tmp_path, monkeypatc
     assert "lie outside the field of view the learned model (its training scenes') searches " \
         "(azimuth -60..60 deg, elevation -30..30 deg, range 0.5..3 m)" in text, text
     assert "the estimators other than 'learned' search" not in text  # (inside the default)
+    # and a sweep's (a second mutation review: the sweep's learned box went unchecked)
+    monkeypatch.setattr(evaluate_cli, "run_report", lambda *a, **k: None)
+    res = runner.invoke(app, ["evaluate", "--n", "1", "--out", str(tmp_path / "sweep")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0 and "beyond the field of view the learned model (its training " \
+        "scenes') searches (azimuth -60..60 deg, elevation -30..30 deg, range 0.5..3 m)" \
+        in text, text
 
 
 def _estimates_csv(path, az, el, r, K, skip=()):
@@ -278,10 +298,21 @@ def test_estimates_made_elsewhere_are_scored_beside_the_estimators(tmp_path):
                               str(several), "--out", str(tmp_path / "r4")])
     assert res.exit_code == 2 and "holds the estimates of 2 input files of `risloc localize`" \
         in " ".join(res.output.split()) and "file=" not in res.output
+    # a range from scene 0 (--stop alone) is named as a range too (a second mutation review)
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "none", "--estimates",
+                              str(tmp_path / "exact.csv"), "--out", str(tmp_path / "r8"),
+                              "--no-plots", "--stop", "4"])
+    assert res.exit_code == 0 and json.loads((tmp_path / "r8" / "metrics.json").read_text())[
+        "meta"]["source"] == f"{f}, scenes 0..3", res.output
     (tmp_path / "classical.csv").write_text((tmp_path / "exact.csv").read_text())
+    (tmp_path / "r6").mkdir()
+    (tmp_path / "r6" / "exact.csv").write_text((tmp_path / "exact.csv").read_text())
     for args, says in (
             ([str(f), "--estimates", str(tmp_path / "classical.csv"), "--estimators",
               "classical"], "its name 'classical' is taken (by an estimator)"),
+            ([str(f), "--estimates", str(tmp_path / "exact.csv"), "--estimates",
+              str(tmp_path / "r6" / "exact.csv"), "--estimators", "none"],
+             "its name 'exact' is taken (by another --estimates)"),
             ([str(f), "--estimates", str(tmp_path / "nothere.csv")], "no such file"),
             (["--estimates", str(tmp_path / "exact.csv")], "give the scene file"),
             ([str(f), "--start", "13"], "select no scene range of the 12 scenes"),
@@ -305,9 +336,20 @@ def test_estimates_made_elsewhere_are_scored_beside_the_estimators(tmp_path):
     assert res.exit_code == 0 and "--estimates " in said and "rad.csv: the estimated angles " \
         "of all 24 sources lie within" in said and "radians stored as degrees? (estimates " \
         "CSVs hold degrees" in said and "exact.csv: the estimated" not in said, said
+    # truth and estimates both in radians: the truth is suspected, the estimates (holding
+    # what the truth does) are not; --snr-withheld alone is said not to concern them (a
+    # second mutation review: both unchecked)
+    np.savez(tmp_path / "radf.npz", **(dict(t) | {k: np.deg2rad(t[k]) for k in (
+        "azimuth_deg", "elevation_deg")}))
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "radf.npz"), "--estimators", "none",
+                              "--estimates", str(tmp_path / "rad.csv"), "--snr-withheld",
+                              "--out", str(tmp_path / "r9"), "--no-plots"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "radians stored as degrees?" in said, said
+    assert "rad.csv: the estimated" not in said
+    assert "--known-K / --snr-withheld concern the estimators run here" in said
     # an estimates CSV named as the report's table is an input, never replaced (a review:
     # the user's estimates became the metrics table)
-    (tmp_path / "r6").mkdir()
     mine = tmp_path / "r6" / "metrics.csv"
     mine.write_text((tmp_path / "exact.csv").read_text())
     res = runner.invoke(app, ["evaluate", str(f), "--estimators", "none", "--estimates",
@@ -423,6 +465,9 @@ def test_evaluate_user_file_groups_by_snr_bins_and_keeps_scenes_without_snr(tmp_
     (["evaluate", "--snr-db", ""], "--snr-db: no values given"),
     (["evaluate", "--K", "1.5"], "--K: expected comma-separated whole numbers"),
     (["evaluate", "--estimators", ","], "--estimators: none given"),
+    (["evaluate", "--estimators", "none"], "--estimators none scores the CSVs of --estimates "
+                                           "alone: give --estimates"),
+    (["evaluate", "--estimators", "classical,none"], "--estimators none scores the CSVs"),
 ])
 def test_list_options_name_the_option_and_refuse_empty_lists(tmp_path, args, says):
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "r")])
@@ -451,6 +496,7 @@ def test_a_sweep_runs_on_the_model_s_own_system_unless_one_is_named(tmp_path):
     base = ["--checkpoint", str(model), "--n", "2", "--snr-db", "20", "--no-plots"]
     res = runner.invoke(app, ["evaluate", *base, "--out", str(tmp_path / "e")])
     assert res.exit_code == 0, res.output
+    assert "is not used" not in res.output  # (learned runs it; a mutation review: unchecked)
     assert "simulating the scenes on" in res.output and "RIS 8x8 (N=64)" in res.output
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["meta"]["system"][
         "N_H"] == 8
@@ -522,6 +568,12 @@ def test_a_sweep_beyond_a_learned_model_s_own_field_of_view_says_so(capsys):
     said = " ".join(capsys.readouterr().err.split())
     assert "the estimators other than 'learned' search (azimuth -60..60" in said, said
     assert "learned model" not in said
+    # a learned model searching the default box: one warning, for every estimator; the
+    # elevation checked as the others (a second mutation review: both unchecked)
+    _say_scenes_beyond_the_search(FieldOfView(elevation_deg=(-50.0, 50.0)), FieldOfView())
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.count("beyond the field of view the estimators search") == 1, said
+    assert "learned" not in said
 
 
 def test_titles_say_what_ran_and_plots_leave_out_no_scene_silently(tmp_path, monkeypatch):

@@ -154,6 +154,9 @@ def evaluate_command(
     elif not names:
         raise ValueError(f"--estimators: none given; choose from {sorted(NAMES)}")
     for i, name in enumerate(names):
+        if name == "none":  # (alone, with --estimates: handled above)
+            raise ValueError("--estimators none scores the CSVs of --estimates alone: give "
+                             f"--estimates (and a scene file), or choose from {sorted(NAMES)}")
         if name not in NAMES:
             raise ValueError(f"unknown estimator {name!r}; choose from {sorted(NAMES)}")
         if name in names[:i]:
@@ -229,8 +232,7 @@ def evaluate_command(
                 else f"all {left} have all-zero or non-finite measurements or truth that "
                 "cannot be scored; `risloc info` names them)"))
         if estimates:
-            settings = _with_given(settings, estimates, n_file, info,
-                                   widest_true_angle(batch)[1])
+            settings = _with_given(settings, estimates, n_file, info, batch)
             _say_scenes_without_rows(settings, batch, start, evaluated)
         system, points = info.system, list(file_points(batch, snr_bin_db, offset=start))
         if info.has_truth:
@@ -320,11 +322,11 @@ def _say_scenes_without_rows(settings: SweepSettings, batch, start: int,
 
 
 def _with_given(settings: SweepSettings, paths: list[Path], n_scenes: int,
-                info, truth_widest_deg: float) -> SweepSettings:
+                info, batch) -> SweepSettings:
     """``settings`` with the estimates CSVs of a scene file's scenes to score (read with
     as many slots as their widest scene); estimates that look like radians are said to,
-    where the truth (its widest angle ``truth_widest_deg``) does not lie as close to
-    boresight."""
+    where the truth (of the scenes evaluated, ``batch``) does not lie as close to
+    boresight; a file without truth is named (before its batch's own error: no truth)."""
     from risloc.experiments.harness import GivenEstimates
     from risloc.io.scenefile import RADIANS_SUSPECT, radians_hint, widest_true_angle
     from risloc.pipeline.estimates_file import (
@@ -336,6 +338,7 @@ def _with_given(settings: SweepSettings, paths: list[Path], n_scenes: int,
     if not info.has_truth:
         raise ValueError(f"--estimates: {info.path} carries no true positions to score "
                          "estimates against")
+    truth_widest_deg = widest_true_angle(batch)[1]
     given = []
     for path in paths:
         if not path.exists():

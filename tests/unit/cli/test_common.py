@@ -2,6 +2,8 @@
 its kind and text, numbers lists, the --overwrite rules of a model and its card, and the
 system a simulated sweep runs on."""
 
+from pathlib import Path
+
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -58,6 +60,9 @@ def test_a_model_card_of_the_user_s_is_kept_whatever_the_case_of_the_model_s_suf
         with pytest.raises(ValueError, match="M.json exists and would be replaced"):
             refuse_existing_model(tmp_path / name, False, tmp_path / "in.pt")
         refuse_existing_model(tmp_path / name, True, tmp_path / "in.pt")
+        # the model rewritten in place: its card is its own, updated (a second mutation
+        # review: unchecked)
+        refuse_existing_model(tmp_path / name, False, tmp_path / name)
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +113,17 @@ def test_a_sweep_draws_its_scenes_in_the_model_s_field_of_view(tmp_path_factory,
         (-40.0, 40.0), (-30.0, 30.0), (0.3, 3.0))
     assert "sources in azimuth -40..40 deg" in " ".join(capsys.readouterr().err.split())
     assert sweep_config(None, ["scene.range_m=[1, 2]"], model).scene.range_m == (1.0, 2.0)
+
+
+def test_a_model_of_the_default_system_and_another_field_of_view_says_where_it_draws(
+        monkeypatch, capsys):
+    """Only the field of view differs from the default: the sweep still says where its
+    sources are drawn (a second mutation review: only a changed system was checked)."""
+    from risloc.config import FieldOfView, RislocConfig
+
+    monkeypatch.setattr("risloc.cli.common.model_system", lambda checkpoint, with_fov=False: (
+        RislocConfig().system, FieldOfView(range_m=(0.5, 3.0))))
+    cfg = sweep_config(None, None, Path("m.pt"))
+    assert cfg.scene.range_m == (0.5, 3.0)
+    assert "sources in azimuth -60..60 deg, elevation -30..30 deg, range 0.5..3 m" in " ".join(
+        capsys.readouterr().err.split())
