@@ -199,6 +199,11 @@ def test_an_exported_model_keeps_its_order_head_and_its_card_reports_it(tmp_path
     assert torch.equal(load_checkpoint(tmp_path / "m.pt")["order_head"]["weight"],
                        torch.arange(3.0))
     assert json.loads((tmp_path / "m.json").read_text())["order_head"] == {"scenes": 600}
+    del state["order_report"]  # a head without its report: exported, the card reports none
+    save_checkpoint(tmp_path / "run.pt", state)
+    export_model(tmp_path / "run.pt", tmp_path / "m.pt")
+    assert "order_head" in load_checkpoint(tmp_path / "m.pt")
+    assert "order_head" not in json.loads((tmp_path / "m.json").read_text())
 
 
 def test_a_model_target_is_checked_with_its_card(tmp_path):
@@ -244,3 +249,50 @@ def test_a_model_failing_its_check_is_named_by_the_input_not_the_temporary(tmp_p
     with pytest.raises(ValueError, match=f"^{run}: cannot build the pipeline$"):
         export_model(run, tmp_path / "m.pt", verify=verify)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]
+
+
+def test_a_truncated_or_tampered_checkpoint_is_named_as_such(tmp_path):
+    """A copy missing its end is named truncated (not a torch error), and a payload that
+    does not match its digest is refused, not loaded."""
+    import hashlib
+
+    state, _ = _state()
+    data = save_checkpoint(tmp_path / "run.pt", state).read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut.pt is a truncated checkpoint \(its end is "
+                                         r"missing"):
+        load_checkpoint(tmp_path / "cut.pt")
+    payload = torch.load(tmp_path / "run.pt", weights_only=True)["payload"]
+    for digest in (hashlib.sha256(payload[:-1]).hexdigest(), None):
+        torch.save({"format_version": 1, "payload": payload, "sha256": digest},
+                   tmp_path / "t.pt")
+        with pytest.raises(ValueError, match="t.pt: damaged checkpoint"):
+            load_checkpoint(tmp_path / "t.pt")
+
+
+def test_a_rebuilt_network_is_in_eval_mode():
+    state, _ = _state()
+    model, _ = model_from_state(state)
+    assert not any(m.training for m in model.modules())
+
+
+def test_a_long_torch_error_is_shortened_to_its_first_line():
+    from risloc.inference.checkpoint import _first_line
+
+    assert _first_line("x" * 200 + "\nmore") == "x" * 200
+    assert _first_line("x" * 201) == "x" * 197 + "..."
+    assert _first_line("") == ""
+
+
+def test_the_card_says_the_snr_was_withheld_unless_shown_in_every_scene(tmp_path):
+    """Validation shows the SNR to all scenes or to none: a share of 0.5 in training is
+    withheld in validation."""
+    for shown, text in ((1.0, "; the SNR shown to the network;"),
+                        (0.5, "; the SNR withheld from the network;")):
+        state, _ = _state()
+        cfg = json.loads(state["config"])
+        cfg["data"] = {"snr_shown": shown}
+        state["config"] = json.dumps(cfg)
+        save_checkpoint(tmp_path / "run.pt", state)
+        export_model(tmp_path / "run.pt", tmp_path / "m.pt")
+        assert text in json.loads((tmp_path / "m.json").read_text())["validation_set"]

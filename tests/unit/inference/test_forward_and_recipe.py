@@ -151,6 +151,8 @@ def test_a_recipe_s_unknown_model_key_is_refused_not_dropped():
 def test_a_recipe_s_snr_shown_outside_0_1_is_refused():
     with pytest.raises(ConfigError, match="(?s)recipe is invalid.*data.snr_shown"):
         InferenceRecipe.from_json(_recipe(data={"snr_shown": 1.5}))
+    with pytest.raises(ConfigError, match="(?s)recipe is invalid.*data.seed"):
+        InferenceRecipe.from_json(_recipe(data={"seed": -1}))  # the order head's scenes
 
 
 def test_an_old_training_recipe_with_order_unknown_snr_still_resumes():
