@@ -211,7 +211,8 @@ def test_matlab_complex_compounds_are_read_and_reversed_axes_named(tmp_path, bat
     for name in ("y", "H", "codes"):  # each named as reversed, with the shape it should have
         rev = np.ascontiguousarray(arr[name].transpose(2, 1, 0))
         with pytest.raises(SceneFileError, match=rf"'{name}' has shape \({rev.shape[0]}, "
-                           rf"\d+, 50\), its axes reversed: \(50, .*MATLAB.*"
+                           rf"\d+, 50\), its axes reversed: \(50, \d+, \d+\) = \(S, "
+                           rf"{dict(y='L, M', H='M, N', codes='L, N')[name]}\).*MATLAB.*"
                            rf"permute\({name}, \[3 2 1\]\)$"):
             read_scenes(_npz(tmp_path, **dict(arr, **{name: rev})))
     with pytest.raises(SceneFileError, match=r"must be complex, .*\(a pair of float32 fields: "
@@ -559,6 +560,8 @@ def test_a_closed_reader_and_fractional_indices_are_named(tmp_path, batch, syste
         assert len(reader.read(np.int64(1), 3)) == 2
         with pytest.raises(SceneFileError, match="stop must be a whole number of scenes"):
             reader.read(0, 2.0)
+        with pytest.raises(SceneFileError, match="start must be a whole number of scenes"):
+            reader.read(True, 3)  # (a bool is an int to Python: not a scene index)
         reader.close()
         with pytest.raises(SceneFileError, match="the reader is closed"):
             reader.read(0, 2)
@@ -1403,3 +1406,55 @@ def test_the_summary_helpers_of_risloc_info_and_their_hints():
     read = dataclasses.replace(est, azimuth=edge, elevation=torch.zeros(2, 2))
     box = FieldOfView(azimuth_deg=(-87.5, 80.0))
     assert count_outside(read, box) == 1
+
+
+def test_reader_review_edge_cases_of_values_dtypes_and_shapes(tmp_path, batch, system):
+    """A second review of the reader (each case a mutant the tests let through)."""
+    arr = batch_to_arrays(batch[:4], system.K_max)
+    # a complex128 scene of zeros is not scaled (log2(0)) into NaN
+    with h5py.File(tmp_path / "zero.h5", "w") as f:
+        f.attrs["system"] = system.model_dump_json()
+        y = arr["y"].astype(np.complex128)
+        y[1] = 0
+        f["y"], f["H"], f["codes"] = y, arr["H"], arr["codes"]
+    back, _ = read_scenes(tmp_path / "zero.h5")
+    assert bool((back.y[1] == 0).all()) and torch.equal(back.y[0], batch.y[0])
+    # a real H is refused (only codes may be real), an infinite SNR of either sign too
+    with pytest.raises(SceneFileError, match=r"'H' must be complex, got float64 \(its real "):
+        read_scenes(_npz(tmp_path, **dict(arr, H=arr["H"].real.astype(np.float64))))
+    with pytest.raises(SceneFileError, match=r"'snr_db' is infinite .* in 1 scene\(s\) \[2\]"):
+        read_scenes(_npz(tmp_path, **dict(arr, snr_db=np.array([0, 1, -np.inf, 3], "f4"))))
+    # a complex K is refused, not read as its real part
+    with pytest.raises(SceneFileError, match=r"'K' must be integer .*complex128 \(4,\)"):
+        read_scenes(_npz(tmp_path, **dict(arr, K=arr["K"].astype(np.complex128))))
+    # one of the positions integer, without K: no NaN padding to count by, so not used
+    no_K = {k: v for k, v in arr.items() if k != "K"}
+    info = inspect_scene_file(_npz(tmp_path, **dict(no_K, range_m=np.ones((4, 5), "i4"))))
+    assert not info.has_truth and any("stored as integers" in n for n in info.notes)
+    # a (S, S) elevation beside a (S, K_max) azimuth is a wrong width, not reversed axes
+    with pytest.raises(SceneFileError, match=r"'elevation_deg' must have shape .*\(4, 4\)$"):
+        read_scenes(_npz(tmp_path, **dict(arr, elevation_deg=np.zeros((4, 4)))))
+    # a K leaving stored sources out: their ranges read NaN, as their angles do
+    K1 = np.ones(4, arr["K"].dtype)
+    back, _ = read_scenes(_npz(tmp_path, **dict(arr, K=K1)))
+    assert bool(back.range_m[:, 1:].isnan().all()) and bool(back.azimuth[:, 1:].isnan().all())
+
+
+def test_a_file_of_as_many_scenes_as_l_m_and_n_is_not_taken_as_scenes_last(tmp_path):
+    """L = M = N = S: every shape is (4, 4, 4), which the scenes-last check must not refuse
+    (it refuses only shapes that do not already fit)."""
+    small = SystemConfig(N_H=2, N_V=2, M=4, L=4, K_max=2)
+    rng = np.random.default_rng(0)
+    arr = {k: (rng.standard_normal((4, 4, 4)) + 1j * rng.standard_normal((4, 4, 4))
+               ).astype(np.complex64) for k in ("y", "H", "codes")}
+    back, info = read_scenes(_npz(tmp_path, **arr, system=np.array(small.model_dump_json())))
+    assert info.n_scenes == 4 and torch.equal(back.y, torch.from_numpy(arr["y"]))
+
+
+def test_a_many_element_system_field_dataset_is_listed_as_not_read(tmp_path, batch, system):
+    arr = batch_to_arrays(batch[:4], system.K_max)
+    with h5py.File(tmp_path / "f.h5", "w") as f:  # (no 'system': the default assumed)
+        for k in ("y", "H", "codes"):
+            f[k] = arr[k]
+        f["wavelength"] = np.full(3, 0.3)  # not one value: not a system field, not read
+    assert [k for k, _ in inspect_scene_file(tmp_path / "f.h5").unread] == ["wavelength"]
