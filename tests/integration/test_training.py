@@ -670,7 +670,8 @@ def test_an_interrupted_training_says_how_to_continue(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli_train, "train", ctrl_c_after_an_epoch)
-    assert "interrupted: the same command with --resume continues" in says()
+    assert "interrupted: the same command with --resume continues from " \
+           f"{run / 'last.pt'} (the last finished epoch)" in says()
     # after an epoch of an --overwrite run: the same command with --resume in its place
     # (a new user's review: the hint's command was refused, the two exclude each other)
     assert "interrupted: the same command with --resume in place of --overwrite continues" \
@@ -712,7 +713,8 @@ def test_an_interrupted_training_says_how_to_continue(tmp_path, monkeypatch):
            "not written; the same command with --resume in place of --overwrite fits it" in said
     # the other way out fits the inference model train exports (a review: best.pt made a
     # training checkpoint named model.pt, without its card)
-    assert f"fit-order{run / 'model-without-order-head.pt'}--out" in said.replace(" ", "")
+    assert f"fit-order{run / 'model-without-order-head.pt'}--out{run / 'model.pt'}" in \
+        said.replace(" ", "")
     # other commands: one line, exit code 130, no traceback
     import risloc.cli.simulate as cli_simulate
 
