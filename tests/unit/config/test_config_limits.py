@@ -97,3 +97,36 @@ def test_a_file_s_system_with_as_many_antennas_as_the_default_k_max_reads():
 
     assert system_from_json('{"M": 5}').K_max == 4  # M = 5 = the default K_max: M - 1
     assert system_from_json('{"M": 6}').K_max == 5
+
+
+# ------------------------------------------------ a third mutation review: what none checked
+@pytest.mark.parametrize("elevation", [(0.0, 90.0), (-90.0, 0.0)])
+def test_a_scene_refuses_an_elevation_of_90_deg_when_built(elevation):
+    """The scene's own check, not only its field of view's (built later, on use)."""
+    with pytest.raises(ValueError, match=r"elevation_deg must lie inside \(-90, 90\)"):
+        SceneConfig(elevation_deg=elevation)
+
+
+def test_contains_widens_a_side_near_zero_by_rtol_of_at_least_one_unit():
+    """rtol is relative to max(1, |low|, |high|): a side of 0 deg (or a range under 1 m)
+    still gets rtol of slack, so a float32 round trip of its boundary stays inside."""
+    fov = FieldOfView((-60.0, 60.0), (0.0, 0.0), (0.5, 10.0))
+    el = torch.tensor([math.radians(5e-7)], dtype=torch.float64)  # 5e-7 deg above 0
+    az, r = torch.zeros(1, dtype=torch.float64), torch.tensor([2.0], dtype=torch.float64)
+    assert not fov.contains(az, el, r).item()
+    assert fov.contains(az, el, r, rtol=1e-6).item()
+
+
+def test_a_scene_mixture_is_the_base_scene_first_with_the_share_left():
+    """The order the simulator draws kinds in (a seeded stream depends on it)."""
+    base = SceneConfig()
+    mix = scene_mixture(base, [SceneKind(share=0.25, scene={"K": 2}),
+                               SceneKind(share=0.5, scene={"range_m": [0.5, 2.0]})])
+    assert [share for share, _ in mix] == pytest.approx([0.25, 0.25, 0.5])
+    assert mix[0][1] == base and mix[1][1] == SceneConfig(K=2)
+    assert mix[2][1] == SceneConfig(range_m=(0.5, 2.0))
+
+
+def test_the_wavenumber_is_two_pi_over_the_wavelength():
+    assert SystemConfig().k0 == pytest.approx(2 * math.pi / 0.3)
+    assert SystemConfig(wavelength=0.1).k0 == pytest.approx(20 * math.pi)
