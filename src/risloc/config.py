@@ -258,6 +258,9 @@ class SceneConfig(ConfigSection):
             raise ValueError(f"elevation_deg must lie inside (-90, 90), got {self.elevation_deg}")
         if self.rician_kappa[0] < 0:
             raise ValueError(f"rician_kappa must be >= 0, got {self.rician_kappa}")
+        if not (-90 <= self.bs_angle_deg[0] and self.bs_angle_deg[1] <= 90):
+            raise ValueError(f"bs_angle_deg must lie within [-90, 90] (the angle psi of the RIS "
+                             f"from the base station's array's broadside), got {self.bs_angle_deg}")
         return self
 
     @property

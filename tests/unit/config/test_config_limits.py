@@ -130,3 +130,13 @@ def test_a_scene_mixture_is_the_base_scene_first_with_the_share_left():
 def test_the_wavenumber_is_two_pi_over_the_wavelength():
     assert SystemConfig().k0 == pytest.approx(2 * math.pi / 0.3)
     assert SystemConfig(wavelength=0.1).k0 == pytest.approx(20 * math.pi)
+
+
+def test_a_base_station_angle_beyond_90_deg_is_refused():
+    """A config review: bs_angle_deg (-200, 200) was taken; the array response repeats in
+    sin psi, so psi was no longer uniform as docs/conventions.md draws it."""
+    with pytest.raises(ValueError, match=r"bs_angle_deg must lie within \[-90, 90\]"):
+        SceneConfig(bs_angle_deg=(-200.0, 200.0))
+    with pytest.raises(ValueError, match="bs_angle_deg must lie within"):
+        SceneConfig(bs_angle_deg=(0.0, 90.5))
+    assert SceneConfig(bs_angle_deg=(-90.0, 90.0)).bs_angle_deg == (-90.0, 90.0)
