@@ -247,6 +247,17 @@ def crb_deterministic(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: t
     s = _real_slots(symbols, inp.mask)  # (B, L, K)
     if not torch.isfinite(torch.view_as_real(s)).all():
         raise ValueError("symbols must be finite in real source slots")
+    # each snapshot leaves 2 (M - K) real measurements once its symbols are fitted: fewer
+    # in all than the unknown coordinates make J singular whatever the geometry
+    L, M, K = codes.shape[1], H.shape[1], inp.mask.sum(-1)
+    free = sum(p not in known for p in PARAMETERS)
+    few = free * K > 2 * L * (M - K)
+    if few.any():
+        raise SingularFIMError("Fisher information matrix", _bad_scenes(few),
+                               f"its {free} K unknown coordinates outnumber the 2 L (M - K) "
+                               f"real measurements the symbols leave (L={L}, M={M}, K="
+                               f"{K[few][0].item()}): more snapshots, fewer sources, a known "
+                               "coordinate, or the stochastic bound")
     Bm, Dm = _measured_columns(inp, system)  # (B, L, M, K), (B, L, M, 3K)
     chol = _gram_cholesky(Bm, inp.mask)  # (B, L, K, K)
     perp_D = Dm - Bm @ torch.cholesky_solve(Bm.mH @ Dm, chol)  # (B, L, M, 3K)  P_perp D_l

@@ -406,6 +406,29 @@ def test_k_up_to_m_minus_1_sources_are_bounded_and_coincident_ones_named():
         noise_and_powers_at(*twice, y, H, codes, sys5.model_copy(update={"K_max": 2}))
 
 
+def test_deterministic_bound_names_too_few_measurements_for_the_unknowns():
+    """Each snapshot leaves 2 (M - K) real measurements once its symbols are fitted; 3 K
+    unknown coordinates beyond 2 L (M - K) make J singular whatever the geometry. Here
+    (M=4, K=3, L=3: 9 > 6) the old code factorised the rounding of a rank-6 J and returned
+    bounds of ~2e8 deg (a review, h69crb); the stochastic bound and the deterministic one with
+    two coordinates known (3 <= 6) are finite."""
+    g = np.random.default_rng(1)
+    sys4 = SystemConfig(N_H=3, N_V=3, M=4, L=3, K_max=3)
+    g.integers(3, 7, size=3)  # (the draws of the review's script, seed 1)
+    H = g.standard_normal((4, 9)) + 1j * g.standard_normal((4, 9))
+    codes = np.exp(2j * np.pi * g.random((3, 9)))
+    sym = g.standard_normal((3, 3)) + 0j
+    pos = (g.uniform(-50, 50, 3), g.uniform(-20, 20, 3), g.uniform(0.5, 4, 3))
+    with pytest.raises(SingularFIMError, match=r"outnumber the 2 L \(M - K\) real measurements"
+                                               r".*L=3, M=4, K=3"):
+        crb(H, codes, *pos, sys4, snr_db=10.0, kind="deterministic", symbols=sym)
+    two_known = crb(H, codes, *pos, sys4, snr_db=10.0, kind="deterministic", symbols=sym,
+                    known=("elevation", "range"))
+    sto = crb(H, codes, *pos, sys4, snr_db=10.0)
+    for got in (two_known["azimuth_deg"], *sto.values()):
+        assert torch.isfinite(got).all() and (got > 0).all() and (got < 90).all()
+
+
 def test_padded_slots_take_any_symbols_and_powers_nan_included(system):
     """Values in padded slots are ignored (documented), NaN too: the deterministic bound,
     the stochastic one and the noise of an SNR equal those with zeros there (a review: the
