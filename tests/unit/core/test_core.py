@@ -2,9 +2,11 @@
 
 import math
 
+import hypothesis
 import numpy as np
 import pytest
 import torch
+from hypothesis import strategies as st
 
 from risloc.config import SceneConfig
 from risloc.core import (
@@ -467,3 +469,44 @@ def test_snr_rule_refuses_bool_and_either_sign_beyond_the_limit_and_reads_matlab
     assert snr_per_scene(np.array([[1.0], [2.0], [3.0]]), 3).tolist() == [1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match=r"one value per scene \(3\), got shape \(1, 5\)"):
         snr_per_scene(np.ones((1, 5)), 3)
+
+
+@st.composite
+def _degree_arrays(draw):
+    """K [S] and NaN-padded azimuth_deg, elevation_deg, range_m, score [S, K_slots] float64,
+    as to_numpy() gives them: 1..4 scenes, 0..3 slots, any K per scene."""
+    S, slots = draw(st.integers(1, 4)), draw(st.integers(0, 3))
+    K = np.array([draw(st.sampled_from(range(slots, -1, -1))) for _ in range(S)],
+                 dtype=np.int64)  # (full ones first: K inferred as the widest)
+    arr = {n: np.full((S, slots), np.nan) for n in ("azimuth_deg", "elevation_deg", "range_m",
+                                                      "score")}
+    for b, k in enumerate(K):
+        for s in range(k):
+            arr["azimuth_deg"][b, s] = draw(st.floats(-180, 180))
+            arr["elevation_deg"][b, s] = draw(st.floats(-90, 90))
+            arr["range_m"][b, s] = draw(st.floats(1e-6, 1e6))
+            arr["score"][b, s] = draw(st.floats(-1e9, 1e9))
+    return K, arr
+
+
+@hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
+@hypothesis.given(_degree_arrays(), st.booleans())  # (given: a loop variable here)
+def test_estimates_from_degrees_and_back_and_through_theta_are_the_same(case, with_K):
+    """from_degrees (K given or inferred from the padding) inverts to_numpy()'s degrees;
+    from_theta(K, theta) and unpack(pack(...)) give the same Estimates back."""
+    K, arr = case
+    est = Estimates.from_degrees(**arr, **({"K": K} if with_K else {}))
+    assert est.K.tolist() == K.tolist() and est.azimuth.dtype == torch.float64
+    assert torch.equal(est.mask, torch.from_numpy(~np.isnan(arr["range_m"])))
+    back = {"azimuth_deg": torch.rad2deg(est.azimuth), "elevation_deg":
+            torch.rad2deg(est.elevation), "range_m": est.range_m, "score": est.score}
+    for name, v in back.items():
+        np.testing.assert_allclose(v.numpy(), arr[name], rtol=1e-14, atol=1e-12)
+    again = Estimates.from_theta(est.K, est.theta, est.score)
+    for name in ("azimuth", "elevation", "range_m", "score"):
+        torch.testing.assert_close(getattr(again, name), getattr(est, name), equal_nan=True,
+                                   rtol=1e-15, atol=0)
+    az, el, r = unpack(pack(est.azimuth, est.elevation, est.range_m))
+    torch.testing.assert_close(r, est.range_m, equal_nan=True, rtol=1e-15, atol=0)
+    assert torch.equal(az.nan_to_num(7), est.azimuth.nan_to_num(7))
+    assert torch.equal(el.nan_to_num(7), est.elevation.nan_to_num(7))

@@ -10,6 +10,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from risloc.config import SceneConfig, SystemConfig
 from risloc.evaluation.crb import (
@@ -978,3 +980,35 @@ def test_user_crb_takes_the_elevation_to_numpy_writes_for_a_zenith_source(system
     with pytest.raises(ValueError, match="an elevation lies within"):
         crb(sc.H[0], sc.codes[0], [10.0, -20.0], [0.0, 90.001], [3.0, 5.0], system,
             snr_db=10.0)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(st.integers(1, 3), st.integers(0, 2**32 - 1), st.permutations(range(4)),
+       st.floats(1e-3, 1e3))
+def test_the_deterministic_crb_scales_with_the_noise_and_follows_the_sources_slots(
+        K, seed, perm, scale):
+    """sigma^2 -> c sigma^2: every sqrt-CRB times sqrt(c), the FIM over c; the sources (and
+    a NaN padded slot) in other slots: the same bounds in those slots."""
+    g = np.random.default_rng(seed)
+    az, el, r = g.uniform(-0.6, 0.6, K), g.uniform(-0.4, 0.4, K), g.uniform(0.8, 3.0, K)
+    apart = [math.hypot(az[i] - az[j], el[i] - el[j]) for i in range(K) for j in range(i)]
+    assume(min(apart, default=1.0) > 0.15)
+    L, sigma2 = 6, 0.2
+    H, codes = _identity_problem(SYS4, L)
+    s = torch.from_numpy(_cn((1, L, 4), seed % 1000))
+    pos = [np.r_[v, [NAN] * (4 - K)] for v in (az, el, r)]  # slots K.. padded
+
+    def bound(order, noise):
+        return crb_deterministic(*(_t([v[order]]) for v in pos), s[..., order], H, codes,
+                                 _t([noise]), SYS4)
+
+    base = bound(list(range(4)), sigma2)
+    noisier = bound(list(range(4)), sigma2 * scale)
+    for name in ("azimuth", "elevation", "range_m"):
+        torch.testing.assert_close(getattr(noisier, name), getattr(base, name) * math.sqrt(scale),
+                                   rtol=1e-7, atol=0, equal_nan=True)
+    torch.testing.assert_close(noisier.fim, base.fim / scale, rtol=1e-9, atol=0)
+    moved = bound(perm, sigma2)  # slot j holds source perm[j]
+    for name in ("azimuth", "elevation", "range_m"):
+        torch.testing.assert_close(getattr(moved, name)[0], getattr(base, name)[0, perm],
+                                   rtol=1e-7, atol=0, equal_nan=True)

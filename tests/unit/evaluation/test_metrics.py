@@ -4,6 +4,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from risloc.core.params import Estimates
 from risloc.evaluation.crb import CRBResult
@@ -663,3 +665,97 @@ def test_arrays_in_degrees_score_as_the_estimates_they_hold(caplog):
     match_sources(narrow, *_truth([2, 1, 2, 1], *(narrow[k].tolist() for k in (
         "azimuth_deg", "elevation_deg", "range_m"))))
     assert not caplog.records
+
+
+PROPERTY = settings(max_examples=30, deadline=None, derandomize=True)
+
+
+@st.composite
+def _scenes(draw):
+    """(truth, estimates) of 1..4 scenes: K true sources (0..3 slots), Ke estimates (0..3,
+    the slots' width padded by up to one more), random positions (a drawn seed: no ties)."""
+    B, Kt_slots, Ke_slots = draw(st.integers(1, 4)), draw(st.integers(1, 3)), \
+        draw(st.integers(1, 4))
+    Kt = [draw(st.integers(0, Kt_slots)) for _ in range(B)]
+    Ke = [draw(st.integers(0, Ke_slots)) for _ in range(B)]
+    g = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+
+    def positions(K, slots):
+        az = g.uniform(-math.pi, math.pi, (B, slots))
+        el = g.uniform(-math.pi / 2, math.pi / 2, (B, slots))
+        r = g.uniform(0.5, 20.0, (B, slots))
+        pad = np.arange(slots) >= np.array(K)[:, None]
+        return [torch.from_numpy(np.where(pad, NAN, v)) for v in (az, el, r)]
+
+    truth = (*positions(Kt, Kt_slots), torch.tensor(Kt))
+    az, el, r = positions(Ke, Ke_slots)
+    return truth, Estimates(torch.tensor(Ke), az, el, r, torch.where(torch.isnan(r), NAN, 1.0))
+
+
+def _permuted_slots(values, K, perm):
+    """Each scene's first K slots of [B, S] values reordered by perm (a permutation of
+    range(S) restricted to the scene's K: its sources stay in its first slots)."""
+    out = values.clone()
+    for b, k in enumerate(K.tolist()):
+        order = [p for p in perm if p < k]
+        out[b, :k] = values[b, order]
+    return out
+
+
+def _summary_close(a, b):
+    for key, va in a.as_dict().items():
+        vb = b.as_dict()[key]
+        assert (va is None) == (vb is None), key
+        if va is not None:
+            assert math.isclose(va, vb, rel_tol=1e-9, abs_tol=1e-9) or (
+                math.isnan(va) and math.isnan(vb)), (key, va, vb)
+
+
+@PROPERTY
+@given(_scenes(), st.permutations(range(4)), st.permutations(range(3)),
+       st.sampled_from([0.0, 0.5, 10.0]), st.sampled_from([1.0, 5.0, 90.0]))
+def test_a_summary_is_the_same_whatever_the_order_of_the_estimate_and_truth_slots(
+        case, est_perm, truth_perm, weight, gate):
+    (t_az, t_el, t_r, Kt), est = case
+    base = summarize(match_sources(est, t_az, t_el, t_r, Kt, weight, gate))
+    perm_e = [p for p in est_perm if p < est.azimuth.shape[-1]]
+    perm_t = [p for p in truth_perm if p < t_az.shape[-1]]
+    shuffled = Estimates(est.K, *(_permuted_slots(v, est.K, perm_e) for v in (
+        est.azimuth, est.elevation, est.range_m, est.score)))
+    m = match_sources(shuffled, *(_permuted_slots(v, Kt, perm_t) for v in (t_az, t_el, t_r)),
+                      Kt, weight, gate)
+    _summary_close(summarize(m), base)
+
+
+@PROPERTY
+@given(_scenes(), st.permutations(range(3)), st.integers(-3, 3))
+def test_estimates_equal_to_the_truth_in_any_order_score_perfectly(case, perm, turns):
+    """Estimates at the true positions (slots reordered, azimuths turned by whole turns):
+    every true source paired with its own estimate, errors 0, F1 and K accuracy 1."""
+    (t_az, t_el, t_r, Kt), _ = case
+    order = [p for p in perm if p < t_az.shape[-1]]
+    est = Estimates(Kt, _permuted_slots(t_az, Kt, order) + 2 * math.pi * turns,
+                    *(_permuted_slots(v, Kt, order) for v in (t_el, t_r, t_r)))
+    m = match_sources(est, t_az, t_el, t_r, Kt)
+    s = summarize(m)
+    assert (s.f1, s.precision, s.recall, s.K_accuracy) == (1.0, 1.0, 1.0, 1.0)
+    assert s.n_missed == s.n_false_alarms == 0 and s.n_detected == int(Kt.sum())
+    for b, k in enumerate(Kt.tolist()):  # slot j of the estimates holds true source order_k[j]
+        order_k = [p for p in order if p < k]
+        assert [order_k[int(i)] for i in m.est_index[b, :k]] == list(range(k))
+    for err in (m.azimuth_error, m.elevation_error, m.range_error, m.angle_error):
+        assert torch.allclose(err[m.truth_mask], torch.zeros(()).double(), atol=1e-6)
+
+
+@PROPERTY
+@given(st.floats(-math.pi, math.pi), st.floats(-10.0, 10.0), st.floats(-1.5, 1.5))
+def test_azimuth_errors_wrap_into_minus_pi_to_pi(t_az, e_az, el):
+    """The azimuth error is e - t wrapped into [-pi, pi): the same direction, a whole turn
+    apart, is an error of 0."""
+    one = torch.tensor([[1.0]], dtype=torch.float64)
+    m = match_sources(_est([1], [math.degrees(e_az)], [math.degrees(el)], [2.0]),
+                      one * t_az, one * el, one * 2.0, torch.tensor([1]))
+    d = float(m.azimuth_error[0, 0])
+    assert -math.pi <= d < math.pi
+    turns = (e_az - t_az - d) / (2 * math.pi)
+    assert abs(turns - round(turns)) < 1e-9, (d, e_az, t_az)

@@ -5,8 +5,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from risloc.config import SceneConfig
+from risloc.core.params import Estimates
 from risloc.evaluation.metrics import match_sources
 from risloc.pipeline import Localizer, read_estimates, write_estimates
 from risloc.pipeline.estimates_file import estimate_rows
@@ -1510,3 +1513,63 @@ def test_the_polish_repairs_only_when_asked(monkeypatch):
                                          torch.tensor([2]), repair=False)
     assert out == "refined" and "repair" not in calls
     torch.testing.assert_close(calls["init"].azimuth[0, :2], torch.full((2,), 0.25))
+
+
+@st.composite
+def _estimates(draw):
+    """float64 Estimates of 1..4 scenes, 1..3 slots, any K (0 too) per scene, NaN-padded,
+    positions anywhere the CSV takes them: azimuth in [-180, 180], elevation in [-90, 90]
+    (both ends included), range in [1e-3, 1e4] m."""
+    B, slots = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    K = [draw(st.integers(0, slots)) for _ in range(B)]
+    vals = {n: torch.full((B, slots), math.nan, dtype=torch.float64)
+            for n in ("azimuth", "elevation", "range_m", "score")}
+    for b, k in enumerate(K):
+        for s in range(k):
+            vals["azimuth"][b, s] = math.radians(draw(st.floats(-180, 180)))
+            vals["elevation"][b, s] = math.radians(draw(st.floats(-90, 90)))
+            vals["range_m"][b, s] = draw(st.floats(1e-3, 1e4))
+            vals["score"][b, s] = draw(st.floats(-1e6, 1e6))
+    return Estimates(K=torch.tensor(K, dtype=torch.int64), **vals)
+
+
+def _same_to_csv_precision(back, est):
+    """back (read from the CSV, float32) is est to its 6 decimals (angles in degrees, range
+    in metres) and 6 significant digits (score), NaN exactly where est is."""
+    assert back.K.tolist() == est.K.tolist()
+    f32 = 1.2e-7  # (read back as float32: half its epsilon, relative)
+    for name, atol, rtol in (("azimuth", math.radians(6e-7), f32), ("elevation",
+                             math.radians(6e-7), f32), ("range_m", 6e-7, f32),
+                             ("score", 1e-30, 6e-6)):
+        got, want = getattr(back, name).double(), getattr(est, name)
+        assert torch.equal(torch.isnan(got), torch.isnan(want)), name
+        assert torch.allclose(got.nan_to_num(0), want.nan_to_num(0), atol=atol, rtol=rtol), \
+            (name, got, want)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(st.lists(_estimates(), min_size=1, max_size=3))
+def test_estimates_written_and_read_back_are_the_same_to_the_csv_s_precision(parts):
+    """Each part written alone reads back as itself; all parts as one CSV of several input
+    files (a ``file`` column) read back file by file (file=i) as part i."""
+    import csv
+    import tempfile
+    from pathlib import Path
+
+    from risloc.pipeline.estimates_file import COLUMNS
+
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        for est in parts:
+            path = write_estimates(folder / "e.csv", est)
+            slots = est.azimuth.shape[-1]
+            _same_to_csv_precision(read_estimates(path, len(est), slots), est)
+        several = folder / "several.csv"
+        with several.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(("file", *COLUMNS))
+            w.writerows((i, *r) for i, est in enumerate(parts) for r in estimate_rows(est))
+        for i, est in enumerate(parts):
+            if len(parts) > 1 or int(est.K.sum()):  # (file 0 alone: nothing to choose)
+                back = read_estimates(several, len(est), est.azimuth.shape[-1], file=i)
+                _same_to_csv_precision(back, est)
