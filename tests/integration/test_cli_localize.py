@@ -404,6 +404,36 @@ def test_an_interrupted_run_says_how_to_go_on_and_a_resume_of_nothing_says_so(tm
         " ".join(res.output.split())
 
 
+def test_the_printed_evaluate_command_copies_into_a_shell_with_awkward_names(tmp_path,
+                                                                             monkeypatch):
+    """A folder of spaces, a quote and non-ASCII letters, a scene file whose name begins
+    with '-': the command printed after a resume, split as a shell splits it, names the
+    same files (not 'No such option: -x', not a path cut at its spaces)."""
+    import shlex
+
+    from risloc.pipeline import Localizer
+
+    where = tmp_path / "my d'ir é中"
+    where.mkdir()
+    monkeypatch.chdir(where)
+    assert runner.invoke(app, ["simulate", "--n", "16", "--out", "./-x.h5", "--set",
+                               "system.M=8", "--set", "system.L=8"]).exit_code == 0
+    args = ["localize", "./-x.h5", "--out", "o 'é'.csv", "--method", "classical",
+            "--batch-size", "8"]
+    real = _raise_at_the_second_chunk(monkeypatch, KeyboardInterrupt())
+    assert runner.invoke(app, args).exit_code == 130
+    monkeypatch.setattr(Localizer, "localize", real)
+    res = runner.invoke(app, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    cmd = re.search(r"`(risloc evaluate [^`]*)`", " ".join(res.output.split()))
+    assert cmd, res.output
+    words = shlex.split(cmd.group(1))
+    assert words == ["risloc", "evaluate", "./-x.h5", "--estimators", "none", "--estimates",
+                     "o 'é'.csv"], words
+    res = runner.invoke(app, words[1:])  # and it runs: the whole CSV scored
+    assert res.exit_code == 0, res.output
+
+
 def test_truth_without_K_is_scored_and_K_without_positions_is_named(tmp_path):
     """docs/conventions.md lists K and the true positions as separate optional datasets."""
     import h5py

@@ -337,6 +337,25 @@ def test_accumulation_and_early_stopping(tmp_path):
     assert st["scheduler"]["last_epoch"] == st["step"]
 
 
+def test_train_without_an_order_head_prints_an_export_command_a_shell_can_copy(tmp_path):
+    """A run folder of spaces, a quote and non-ASCII letters: the printed `risloc
+    export-model` names its best.pt as one shell word."""
+    import re
+    import shlex
+
+    app = typer.Typer()
+    app.command()(train_command)
+    out = tmp_path / "my run 'é' 中"
+    res = CliRunner().invoke(app, ["--config", str(TINY), "--out", str(out), "--set",
+                                   "schedule.epochs=1", "--set", "schedule.steps_per_epoch=1",
+                                   "--set", "order.scenes=0", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    cmd = re.search(r"\(risloc export-model (.*?), then risloc fit-order",
+                    " ".join(res.output.split()))
+    assert cmd, res.output
+    assert shlex.split(cmd.group(1)) == [str(out / "best.pt")]
+
+
 def test_train_refuses_a_run_folder_unless_resumed_or_overwritten(tmp_path):
     app = typer.Typer()
     app.command()(train_command)

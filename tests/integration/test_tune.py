@@ -166,10 +166,16 @@ def test_tune_cli_and_train_overrides_close_the_loop(tmp_path):
     # (3 steps: after one the two jitters gave the same objective)
     steps = ("--set", "schedule.steps_per_epoch=3", "--set", "data.n_val=8")
     res = runner.invoke(app, ["tune", "--config", TINY, "--trials", "1", "--epochs", "1",
-                              "--out", str(tmp_path / "t"), *steps, "--set",
+                              "--out", str(tmp_path / "t 'é'"), *steps, "--set",
                               "model.hidden=24"])
     assert res.exit_code == 0, res.output
-    best = tmp_path / "t" / "best_overrides.yaml"
+    best = tmp_path / "t 'é'" / "best_overrides.yaml"
+    # the printed command copies into a shell: the folder of a space and a quote one word
+    import re
+    import shlex
+
+    cmd = re.search(r"\(risloc train (.*)\)", " ".join(res.output.split()))
+    assert cmd and shlex.split(cmd.group(1)) == ["--config", TINY, "--overrides", str(best)]
     # the --set values every trial ran with come with it (a review: they were left out, so
     # `train --overrides` trained another model than the one tuned)
     assert yaml.safe_load(best.read_text())["overrides"]["model.hidden"] == 24

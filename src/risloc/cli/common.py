@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,14 @@ def setup_logging(verbose: bool) -> None:
                                                "%Y-%m-%d %H:%M:%S"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler],
                         force=True)
+
+
+def shell_arg(path: Path | str) -> str:
+    """``path`` as one word of a command printed for the user to copy into a shell: quoted
+    where it holds spaces, quotes or other shell characters, and a name that begins with
+    '-' led by './' (not taken for an option). Escaped for rich's markup."""
+    text = str(path)
+    return escape(shlex.quote(f"./{text}" if text.startswith("-") else text))
 
 
 def handle_errors(fn: F) -> F:

@@ -15,7 +15,7 @@ import torch
 import typer
 from rich.table import Table
 
-from risloc.cli.common import console, handle_errors, out, progress
+from risloc.cli.common import console, handle_errors, out, progress, shell_arg
 from risloc.evaluation.metrics import (
     Matching,
     concat_matchings,
@@ -351,8 +351,9 @@ def localize_command(
     elif done_before:
         span = "".join(f" --{k} {v}" for k, v in (("start", start), ("stop", stop))
                        if v not in (0, None))
-        how = (f"; `risloc evaluate {paths[0]}{span} --estimators none --estimates "
-               f"{out_path}` scores them all" if not many and infos[0].has_truth else "")
+        how = (f"; `risloc evaluate {shell_arg(paths[0])}{span} --estimators none "
+               f"--estimates {shell_arg(out_path)}` scores them all"
+               if not many and infos[0].has_truth else "")
         console.print("(no metrics after a resume: the scenes localized before it are not "
                       f"scored again{how})")
     if bad:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from risloc.cli.common import console, handle_errors, progress
+from risloc.cli.common import console, handle_errors, progress, shell_arg
 from risloc.cli.common import out as stdout
 from risloc.config import parse_overrides, read_config_file, shipped_recipes
 from risloc.io.atomic import (
@@ -265,7 +265,8 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
                 "" if _model_of_best_epoch(run) is not None else
                 " (of another epoch than best.pt's now)"))
         console.print(f"order.scenes = 0: no order head fitted, {held} (risloc export-model "
-                      f"{run / 'best.pt'}, then risloc fit-order on what it writes, make one: "
+                      f"{shell_arg(run / 'best.pt')}, then risloc fit-order on what it writes, "
+                      "make one: "
                       f"{_fit_order_options(cfg, OrderStageConfig().scenes)} for this "
                       "recipe's other settings)")
     elif resume and _model_is_current(cfg):
@@ -279,7 +280,7 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
             console.print(f"[yellow]interrupted while fitting the order head: the training "
                           f"is complete, model.pt is not written; the same command with "
                           f"{_RESUME[overwrite]} fits it (or: risloc fit-order "
-                          f"{run / HEADLESS} --out {run / 'model.pt'} "
+                          f"{shell_arg(run / HEADLESS)} --out {shell_arg(run / 'model.pt')} "
                           f"{_fit_order_options(cfg)})[/]")
             raise typer.Exit(code=130) from None
 

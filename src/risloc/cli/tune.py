@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from risloc.cli.common import console, handle_errors
+from risloc.cli.common import console, handle_errors, shell_arg
 from risloc.cli.common import out as stdout
 
 
@@ -96,8 +96,8 @@ def tune_command(
     stdout.print(table)
     best = out / "best_overrides.yaml"
     if best.exists():
-        console.print(f"best trial: {best} (risloc train --config {config} --overrides "
-                      f"{best})")
+        console.print(f"best trial: {best} (risloc train --config {shell_arg(config)} "
+                      f"--overrides {shell_arg(best)})")
 
 
 def _fmt(v) -> str:

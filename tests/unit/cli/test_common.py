@@ -8,7 +8,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from risloc.cli.common import handle_errors, parse_numbers, refuse_existing_model, sweep_config
+from risloc.cli.common import (
+    handle_errors,
+    parse_numbers,
+    refuse_existing_model,
+    shell_arg,
+    sweep_config,
+)
 
 
 def _failing(err: Exception) -> typer.Typer:
@@ -127,3 +133,17 @@ def test_a_model_of_the_default_system_and_another_field_of_view_says_where_it_d
     assert cfg.scene.range_m == (0.5, 3.0)
     assert "sources in azimuth -60..60 deg, elevation -30..30 deg, range 0.5..3 m" in " ".join(
         capsys.readouterr().err.split())
+
+
+def test_shell_arg_is_one_shell_word_of_the_same_path_and_survives_rich_markup():
+    import shlex
+
+    from rich.console import Console
+
+    for path in ("plain/s.h5", "my dir/it's é中.h5", "-x.h5", Path("a b/[bold]c.csv"),
+                 "~/x.h5", "$HOME/*.h5"):
+        text = str(path)
+        want = f"./{text}" if text.startswith("-") else text  # not an option
+        con = Console(width=300, record=True)
+        con.print(f"risloc info {shell_arg(path)}")  # (printed as markup, as the CLI does)
+        assert shlex.split(con.export_text().strip()) == ["risloc", "info", want], path
