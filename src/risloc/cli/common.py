@@ -13,6 +13,7 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.errors import MarkupError
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import (
@@ -26,12 +27,25 @@ from rich.progress import (
 
 from risloc.config import ConfigError, RislocConfig, load_config
 
+
+class _Console(Console):
+    """A rich console on which a user's name never stops a command: a text (message, table
+    title or cell) holding a path that rich reads as a closing tag ('c[/]d.h5') is shown as
+    it is, its markup unread, where rich would raise (after the work is done) a MarkupError."""
+
+    def render_str(self, text: str, **kwargs):
+        try:
+            return super().render_str(text, **kwargs)
+        except MarkupError:
+            return super().render_str(text, **{**kwargs, "markup": False})
+
+
 # Printed messages are never broken into lines of the terminal's width by rich (the
 # terminal wraps them): a path or command in one stays whole, to copy (log lines, through
 # rich's logging handler on a terminal, are laid out by it; setup_logging).
-console = Console(stderr=True, soft_wrap=True)
+console = _Console(stderr=True, soft_wrap=True)
 # Tables stay readable when stdout is a file or pipe (rich would fall back to 80 columns).
-out = Console(width=None if Console().is_terminal else 150)
+out = _Console(width=None if Console().is_terminal else 150)
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="YAML/TOML file with 'system' and 'scene' sections (or a "

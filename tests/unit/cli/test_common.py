@@ -147,3 +147,16 @@ def test_shell_arg_is_one_shell_word_of_the_same_path_and_survives_rich_markup()
         con = Console(width=300, record=True)
         con.print(f"risloc info {shell_arg(path)}")  # (printed as markup, as the CLI does)
         assert shlex.split(con.export_text().strip()) == ["risloc", "info", want], path
+
+
+def test_a_name_rich_reads_as_a_closing_tag_is_printed_not_a_traceback(tmp_path):
+    """An awkward-paths walk-through: `simulate --out 'c[/]d.h5'` wrote the file, then
+    stopped with rich's MarkupError and a traceback; the message is now printed as it is."""
+    from typer.testing import CliRunner
+
+    from risloc.cli.main import app
+
+    res = CliRunner().invoke(app, ["simulate", "--n", "2", "--out", str(tmp_path / "c[/]d.h5")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "c[/]d.h5").exists()
+    assert "c[/]d.h5" in " ".join(res.output.split())
