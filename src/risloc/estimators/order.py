@@ -169,10 +169,10 @@ def residual_noise_level(cost: torch.Tensor, k: int, n_snapshots: int,
     """The noise level a k-source fit leaves, C_k / (L (M - k) - 3 k / 2): its residual
     over the residual's degrees of freedom (each source takes L complex amplitudes and 3
     real positions; module docstring). cost : [B] C_k; returns [B] float64."""
-    return cost.to(torch.float64) / _residual_dof(k, n_snapshots, n_antennas)
+    return cost.to(torch.float64) / residual_dof(k, n_snapshots, n_antennas)
 
 
-def _residual_dof(k: int, n_snapshots: int, n_antennas: int) -> float:
+def residual_dof(k: int, n_snapshots: int, n_antennas: int) -> float:
     """The degrees of freedom a k-source fit leaves: L (M - k) - 3 k / 2 (<= 0: none)."""
     return n_snapshots * (n_antennas - k) - 1.5 * k
 
@@ -197,7 +197,7 @@ def snr_disagreement(costs: torch.Tensor, n_snapshots: int, n_antennas: int,
     costs = costs.to(torch.float64)
     k_max = costs.shape[-1] - 1
     level = residual_noise_level(costs[:, -1], k_max, n_snapshots, n_antennas)
-    if _residual_dof(k_max, n_snapshots, n_antennas) <= 0:  # a level < 0: none at all
+    if residual_dof(k_max, n_snapshots, n_antennas) <= 0:  # a level < 0: none at all
         level = torch.full_like(level, float("nan"))
     p_y = costs[:, 0] / (n_snapshots * n_antennas)
     implied = 10 * torch.log10((p_y / level.clamp_min(1e-300) - 1).clamp_min(1e-30))

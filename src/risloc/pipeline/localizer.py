@@ -48,6 +48,7 @@ from risloc.core.checks import (
 )
 from risloc.core.params import Estimates, concat_estimates
 from risloc.estimators.classical import ClassicalConfig, classical_localize
+from risloc.estimators.order import default_penalty, residual_dof
 from risloc.parallel import MAX_CHUNK, run_in_chunks
 from risloc.physics.geometry import source_position
 from risloc.pipeline.graphs import GraphedLocalize
@@ -193,10 +194,11 @@ def _scatter(est: Estimates, ok: torch.Tensor, slots: int) -> Estimates:
 _WARNED: list[SystemConfig] = []  # the systems warned of in this process
 
 
-def _warn_system_limits(system: SystemConfig) -> None:
+def _warn_system_limits(system: SystemConfig, penalty: float) -> None:
     """Warn where the classical localizer's greedy search loses sources: K within 2 of M
-    (a residual of M - K dimensions per snapshot; noise-free measurements in the guide), and
-    where a linear RIS cannot tell both angles."""
+    (a residual of M - K dimensions per snapshot; noise-free measurements in the guide),
+    where its order test without an SNR cannot call a source beyond k (``penalty``: its
+    nats per source), and where a linear RIS cannot tell both angles."""
     if system in _WARNED:  # (once per system: evaluate builds a Localizer per chunk)
         return
     _WARNED.append(system)
@@ -208,6 +210,19 @@ def _warn_system_limits(system: SystemConfig) -> None:
         log.warning("%d base-station antennas and up to K_max = %d sources: the classical "
                     "localizer misses sources in %s (docs/guide.md, 'The two localizers')",
                     M, k_max, " and ".join(lost))
+    # without an SNR the order test reads the noise level a k-source fit leaves, C_k over its
+    # L (M - k) - 1.5 k residual dimensions; where these are at most the penalty, the k-th
+    # level keeps k sources whatever the next one explains (a review: M = 4, L = 10, K = 2
+    # noise-free came back K = 1 in 3 of 3 scenes)
+    stuck = [k for k in range(1, k_max) if residual_dof(k, system.L, M) <= penalty]
+    if stuck:
+        k = stuck[0]
+        log.warning("%d snapshots and %d base-station antennas: without an SNR (and K) the "
+                    "classical localizer's order test cannot call more than %d source(s) in "
+                    "most scenes (a %d-source fit leaves L (M - k) - 1.5 k = %g residual "
+                    "dimensions, not above its penalty of %.1f per source): give the SNR or "
+                    "K for scenes with more sources", system.L, M, k, k,
+                    residual_dof(k, system.L, M), penalty)
     if 1 in (system.N_H, system.N_V):
         log.warning("a linear RIS (%d x %d elements) tells one angle of a source, its angle "
                     "to the line, and its range: azimuth and elevation themselves come back "
@@ -268,7 +283,9 @@ class Localizer:
         # (its grid as dense for this system and field of view as the default's for theirs)
         self.classical_config = ClassicalConfig().with_fov(self.fov).for_system(self.system)
         if method == "classical":
-            _warn_system_limits(system)
+            penalty = self.classical_config.penalty
+            _warn_system_limits(system, default_penalty(system.L) if penalty is None
+                                else penalty)
         self.graphed = (GraphedLocalize(pipeline, graph_batch)
                         if method == "learned" and graph_batch is not None else None)
 

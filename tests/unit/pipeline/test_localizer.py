@@ -1573,3 +1573,28 @@ def test_estimates_written_and_read_back_are_the_same_to_the_csv_s_precision(par
             if len(parts) > 1 or int(est.K.sum()):  # (file 0 alone: nothing to choose)
                 back = read_estimates(several, len(est), est.azimuth.shape[-1], file=i)
                 _same_to_csv_precision(back, est)
+
+
+def test_a_system_whose_order_test_cannot_call_a_second_source_without_an_snr_is_warned_of(
+        caplog, monkeypatch):
+    """A review: M = 4, L = 10, K = 2 noise-free came back K = 1 without an SNR (the
+    1-source fit's 28.5 residual dimensions are below the penalty of 29 nats: its noise
+    level keeps one source whatever the second explains); given the SNR or K, both."""
+    import logging
+
+    import risloc.pipeline.localizer as localizer
+
+    monkeypatch.setattr(localizer, "_WARNED", [])
+    system = {"M": 4, "L": 10, "K_max": 2, "N_H": 6, "N_V": 4}
+    with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
+        loc = Localizer(system, "classical")
+    assert "cannot call more than 1 source(s)" in caplog.text and "28.5" in caplog.text
+    sc = simulate_range(0, 2, loc.system, SceneConfig(), seed=4, split="test", K=2,
+                        snr_db=300.0)
+    assert loc.localize(sc.y, sc.H, sc.codes).to_numpy()["K"].tolist() == [1, 1]  # the limit
+    assert loc.localize(sc.y, sc.H, sc.codes, snr_db=300.0).to_numpy()["K"].tolist() == [2, 2]
+    caplog.clear()
+    monkeypatch.setattr(localizer, "_WARNED", [])
+    with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
+        Localizer({**system, "L": 11}, "classical")  # 31.5 dimensions above 30.9 nats
+    assert caplog.text == ""
