@@ -102,6 +102,48 @@ def test_every_command_option_is_in_the_guide_and_its_table_rows_render():
         [row[:40] for row in rows if len(re.findall(r"(?<!\\)\|", row)) != 3]
 
 
+def test_every_option_the_docs_give_a_command_is_one_of_its_options():
+    """The converse: each --option the guide or the README gives a command exists in that
+    command with that spelling: in a code block's `risloc CMD ...` line, in an inline
+    `risloc CMD ...` (or `CMD ...`) span, and in a command table row's spans (the row's
+    command unless the span names another). A list option's help says how to give several
+    values (a repeated --K kept only the last one, silently)."""
+    import re
+
+    import typer
+
+    from risloc.cli.main import app
+
+    group = typer.main.get_command(app)
+    own = {name: {o for p in command.params for o in p.opts + p.secondary_opts}
+           for name, command in [("risloc", group), *group.commands.items()]}
+    names = "|".join(sorted(map(re.escape, own), key=len, reverse=True))
+    option = r"(?<![\w-])(--[A-Za-z][\w-]*)"
+    wrong = []
+
+    def check(where, command, text):
+        wrong.extend(f"{where}: {command} {o}" for o in re.findall(option, text)
+                     if o not in own[command])
+
+    for page in (ROOT / "docs" / "guide.md", ROOT / "README.md"):
+        text = page.read_text()
+        for block in re.findall(r"```[^\n]*\n(.*?)```", text, re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                m = re.search(rf"\brisloc\s+({names})(?![\w-])", line)
+                if m:
+                    check(page.name, m.group(1), line[m.end():])
+        for line in re.sub(r"```.*?```", "", text, flags=re.S).splitlines():
+            row = re.match(rf"\| `risloc ({names})(?![\w-])", line)
+            for span in re.findall(r"`([^`]+)`", line):
+                m = re.match(rf"(?:risloc\s+)?({names})(?![\w-])", span)
+                if m or row:
+                    check(page.name, m.group(1) if m else row.group(1), span)
+    assert not wrong, f"options the docs give a command it lacks: {wrong}"
+    evaluate = typer.main.get_command(app).commands["evaluate"]
+    (K,) = [p for p in evaluate.params if "--K" in p.opts]
+    assert "comma-separated" in K.help
+
+
 def test_the_readme_s_demo_table_is_the_recorded_run():
     """Each number of the README's demo table is benchmarks/results/demo.txt's, rounded to
     the digits the README shows (the file is the run the README cites)."""

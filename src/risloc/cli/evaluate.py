@@ -111,8 +111,9 @@ def evaluate_command(
     snr_db: Annotated[str, typer.Option(
         "--snr-db", help="SNR points in dB, comma-separated (simulated sweep).")
     ] = SWEEP_SNRS,
-    K: Annotated[str | None, typer.Option("--K", help="K values (simulated sweep); default: "
-                                          "K drawn 1..K_max per scene.")] = None,
+    K: Annotated[str | None, typer.Option(
+        "--K", help="K values, comma-separated (simulated sweep), e.g. --K 1,3; default: K "
+                    "drawn 1..K_max per scene.")] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="Scenes per (SNR, K) point.")] = SWEEP_N,
     snr_given: Annotated[bool, typer.Option(
         "--snr-given/--snr-withheld", help="Tell the estimators the SNR (files: when they "
