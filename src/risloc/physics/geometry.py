@@ -7,9 +7,11 @@ p = r (cos(theta) sin(phi), sin(theta), cos(theta) cos(phi)).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from risloc.config import SystemConfig
+from risloc.config import FieldOfView, SystemConfig
 
 
 def element_positions(system: SystemConfig, dtype: torch.dtype = torch.float64,
@@ -65,3 +67,17 @@ def angular_separation(az1: torch.Tensor, el1: torch.Tensor,
     # atan2 of |cross| and dot is accurate for tiny and near-pi angles alike.
     sin = torch.linalg.vector_norm(torch.cross(u1, u2, dim=-1), dim=-1)
     return torch.atan2(sin, cos)
+
+
+def alias_free_spacing(system: SystemConfig, fov: FieldOfView) -> tuple[float, float]:
+    """The largest element spacings [m] along x and y at which no two far-field directions
+    of ``fov`` look alike: the array's phase x_n u_x + y_n u_y repeats when u_x moves by
+    lambda / d (u_y likewise), so a grating lobe stays out of the field of view while d <=
+    lambda / (the span of u_x over it). In the near field the alias is only approximate."""
+    az = torch.deg2rad(torch.linspace(*fov.azimuth_deg, 721, dtype=torch.float64))
+    el = torch.deg2rad(torch.linspace(*fov.elevation_deg, 361, dtype=torch.float64))
+    u = direction(*torch.meshgrid(az, el, indexing="ij"))
+    span_x = float(u[..., 0].max() - u[..., 0].min())
+    span_y = float(u[..., 1].max() - u[..., 1].min())
+    return (system.wavelength / span_x if span_x > 0 else math.inf,
+            system.wavelength / span_y if span_y > 0 else math.inf)

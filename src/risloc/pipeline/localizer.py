@@ -50,7 +50,7 @@ from risloc.core.params import Estimates, concat_estimates
 from risloc.estimators.classical import ClassicalConfig, classical_localize
 from risloc.estimators.order import default_penalty, residual_dof
 from risloc.parallel import MAX_CHUNK, run_in_chunks
-from risloc.physics.geometry import source_position
+from risloc.physics.geometry import alias_free_spacing, source_position
 from risloc.pipeline.graphs import GraphedLocalize
 from risloc.pipeline.learned import LearnedPipeline, load_learned_pipeline
 
@@ -191,17 +191,29 @@ def _scatter(est: Estimates, ok: torch.Tensor, slots: int) -> Estimates:
     return Estimates(K=K, **out)
 
 
-_WARNED: list[SystemConfig] = []  # the systems warned of in this process
+_WARNED: list[tuple[SystemConfig, FieldOfView]] = []  # those warned of in this process
 
 
-def _warn_system_limits(system: SystemConfig, penalty: float) -> None:
+def _warn_system_limits(system: SystemConfig, penalty: float, fov: FieldOfView) -> None:
     """Warn where the classical localizer's greedy search loses sources: K within 2 of M
     (a residual of M - K dimensions per snapshot; noise-free measurements in the guide),
     where its order test without an SNR cannot call a source beyond k (``penalty``: its
-    nats per source), and where a linear RIS cannot tell both angles."""
-    if system in _WARNED:  # (once per system: evaluate builds a Localizer per chunk)
+    nats per source), where elements so far apart put a grating lobe in the field of view
+    ``fov``, and where a linear RIS cannot tell both angles."""
+    if (system, fov) in _WARNED:  # (once per system: evaluate builds a Localizer per chunk)
         return
-    _WARNED.append(system)
+    _WARNED.append((system, fov))
+    # (a review: spacing = lambda put MUSIC on the true covariance 48-65 deg off, at an alias
+    # of the same cost as the truth)
+    wide = [f"{axis} {limit / system.wavelength:.3g}" for axis, limit, n in zip(
+        ("x", "y"), alias_free_spacing(system, fov), (system.N_H, system.N_V), strict=True)
+        if n > 1 and system.spacing > limit * (1 + 1e-9)]
+    if wide:
+        log.warning("element spacing %.3g lambda: a source and its grating-lobe alias both "
+                    "lie in the field of view searched (alias-free up to lambda over the span "
+                    "of the direction cosine: %s lambda), and look alike to every localizer: "
+                    "estimates may land at the alias", system.spacing / system.wavelength,
+                    ", ".join(wide))
     M, k_max = system.M, system.K_max
     lost = [f"most of the scenes with K = M - 1 = {M - 1}"] if k_max >= M - 1 else []
     if M >= 6 and k_max >= M - 2:
@@ -285,7 +297,7 @@ class Localizer:
         if method == "classical":
             penalty = self.classical_config.penalty
             _warn_system_limits(system, default_penalty(system.L) if penalty is None
-                                else penalty)
+                                else penalty, self.fov)
         self.graphed = (GraphedLocalize(pipeline, graph_batch)
                         if method == "learned" and graph_batch is not None else None)
 

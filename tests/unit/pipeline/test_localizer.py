@@ -655,6 +655,33 @@ def test_the_classical_localizer_s_system_is_not_called_a_model_s(system, scenes
         Localizer(system, "classical", chunk="64")
 
 
+def test_elements_so_far_apart_that_an_alias_lies_in_the_field_of_view_are_warned_of(
+        caplog, monkeypatch):
+    """An exact-data review: with spacing = lambda, MUSIC on the true covariance and the
+    classical localizer came back 48-65 deg off, at a grating-lobe alias of the truth's
+    cost. Alias-free up to lambda / span of sin(az) cos(el) over the box: 0.577 lambda in x
+    for the default field of view (+-60 deg), 1 lambda in y (+-30 deg)."""
+    import logging
+
+    import risloc.pipeline.localizer as localizer
+    from risloc.config import FieldOfView
+    from risloc.pipeline import Localizer
+
+    monkeypatch.setattr(localizer, "_WARNED", [])
+    said = {}
+    for spacing, fov in ((0.3, None), (0.15, None), (0.18, None), (0.3, (-20.0, 20.0))):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
+            Localizer({"spacing": spacing}, "classical",
+                      fov=None if fov is None else FieldOfView(azimuth_deg=fov))
+        said[spacing, fov] = " ".join(caplog.text.split())
+    assert "element spacing 1 lambda: a source and its grating-lobe alias" in said[0.3, None]
+    assert "(alias-free up to lambda over the span of the direction cosine: x 0.577 " \
+           "lambda)" in said[0.3, None]  # (y: 1 lambda exactly, not beyond)
+    assert "x 0.577 lambda" in said[0.18, None]  # 0.6 lambda
+    assert "grating" not in said[0.15, None] + said[0.3, (-20.0, 20.0)]  # 1.46 lambda there
+
+
 def test_a_system_with_few_antennas_for_its_sources_or_a_linear_ris_is_warned_of(
         caplog, monkeypatch):
     """A review (stop 59): on noise-free scenes the classical localizer missed sources in
