@@ -386,7 +386,11 @@ class EstimatesStream:
         if resume and self.record.exists():
             try:
                 rec = json.loads(self.record.read_text())
-                before, done, size = dict(rec["settings"]), dict(rec["done"]), int(rec["bytes"])
+                before, size = dict(rec["settings"]), int(rec["bytes"])
+                done = {k: int(v) for k, v in dict(rec["done"]).items()}
+                bad = [tuple(b) for b in rec.get("bad", [])]
+                if size < 0:
+                    raise ValueError(f"bytes {size} < 0")
             except (ValueError, KeyError, TypeError, AttributeError) as err:
                 raise ValueError(f"cannot resume {self.out}: its progress record "
                                  f"({self.record.name}) is unreadable ({err!s:.80}; edited by "
@@ -401,9 +405,7 @@ class EstimatesStream:
                                  + "; ".join(SETTING_NAMES.get(k, k) for k in sorted(diff))
                                  + ". To start afresh, discarding the earlier run's "
                                  "scenes, pass --restart")
-            self.done = {k: int(v) for k, v in done.items()}
-            self.resumed = True
-            self.bad = [tuple(b) for b in rec.get("bad", [])]
+            self.done, self.resumed, self.bad = done, True, bad
             if self.part.stat().st_size < size:
                 raise ValueError(f"cannot resume {self.out}: {self.part.name} is shorter "
                                  f"than its progress record ({self.record.name}) says (was "

@@ -1,4 +1,5 @@
 import codecs
+import json
 import math
 import warnings
 
@@ -1321,7 +1322,11 @@ def test_a_resume_over_an_unreadable_progress_record_names_it_and_restart(tmp_pa
     run.append("0", 4, [(0, 0, 1.0, 2.0, 3.0, 0.5)])
     run.close()  # killed
     record = tmp_path / "est.csv.progress.json"
-    for text in ("{not json", '{"settings": {}}', "[]"):
+    good = json.loads(record.read_text())
+    # (and fields of the wrong kind: a TypeError traceback or a bare int() or OS error before)
+    wrong = [json.dumps({**good, **field}) for field in (
+        {"done": {"0": "x"}}, {"done": {"0": None}}, {"bad": 5}, {"bytes": -3})]
+    for text in ("{not json", '{"settings": {}}', "[]", *wrong):
         record.write_text(text)
         with pytest.raises(ValueError, match=r"cannot resume .*est.csv: its progress record "
                                              r"\(est.csv.progress.json\) is unreadable .*"
@@ -1624,4 +1629,12 @@ def test_a_system_whose_order_test_cannot_call_a_second_source_without_an_snr_is
     monkeypatch.setattr(localizer, "_WARNED", [])
     with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
         Localizer({**system, "L": 11}, "classical")  # 31.5 dimensions above 30.9 nats
+        Localizer({}, "classical")  # the default system: 186 and more above 40
     assert caplog.text == ""
+    # the first k that is cut short is named (K_max = 3: k = 1 and 2 are), and a K_max close
+    # to M is cut short at K_max - 1 (M = 8, L = 16: 6 sources leave 23 dimensions; guide)
+    for other, k in (({**system, "K_max": 3}, 1), ({"M": 8, "L": 16, "K_max": 7}, 6)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
+            Localizer(other, "classical")
+        assert f"cannot call more than {k} source(s)" in caplog.text, caplog.text
