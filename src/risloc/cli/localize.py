@@ -13,6 +13,7 @@ from typing import Annotated
 
 import torch
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from risloc.cli.common import console, handle_errors, out, progress, shell_arg
@@ -207,7 +208,8 @@ def localize_command(
                          " scenes (0 scenes along the datasets' first axis): nothing to "
                          "localize")
     for p in empty:
-        console.print(f"[yellow]{p}: the file holds no scenes: nothing of it is localized[/]")
+        console.print(f"[yellow]{escape(str(p))}: the file holds no scenes: nothing of it is "
+                      "localized[/]")
     graph_batch = None  # a graph of no more scenes than are read at a time
     if graphs and device == "cuda" and method != "classical":
         graph_batch = max(1, min(batch_size, max(hi - lo for lo, hi in ranges)))
