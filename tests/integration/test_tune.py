@@ -584,6 +584,47 @@ def test_the_cli_passes_every_option_to_the_study_and_prints_its_trials(tmp_path
                                                                    ("model.hidden=24",))
     out = " ".join(res.output.split())
     assert "0.1235" in out and "1.5" in out and "(x" in out and "base)" in out
+    # the multiple is said of the relative field's column, not of the others
+    heads = [[c.strip() for c in line.split("┃")[1:-1]] for line in res.output.splitlines()
+             if "trial" in line and "state" in line]
+    assert heads == [["trial", "state", "objective", "lr (x base)"]], res.output
+
+
+def test_the_defaults_are_the_documented_ones_and_counts_below_1_are_refused(tmp_path,
+                                                                              monkeypatch):
+    """docs/guide.md: --trials 20, --heartbeat 60 (a trial silent for 3x that is failed),
+    the study in runs/tune; --trials 0 or --heartbeat 0 (every trial failed as stale at
+    once) are refused before any study. The printed retrain command quotes a recipe path
+    with a space (a mutation review: each could change unnoticed)."""
+    import shlex
+    import shutil
+    from types import SimpleNamespace
+
+    import risloc.hpo as hpo
+
+    seen = []
+    monkeypatch.setattr(hpo, "tune", lambda settings: seen.append(settings) or
+                        SimpleNamespace(trials=[]))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my recipes").mkdir()
+    cfg = tmp_path / "my recipes" / "tiny.yaml"
+    shutil.copy(TINY, cfg)
+    (tmp_path / "runs" / "tune").mkdir(parents=True)
+    (tmp_path / "runs" / "tune" / "best_overrides.yaml").write_text("overrides: {}\n")
+    res = runner.invoke(app, ["tune", "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    (s,) = seen
+    assert (s.n_trials, s.epochs, s.heartbeat_s, s.grace_s) == (20, 10, 60, 180)
+    assert (s.out_dir, s.storage, s.study_name, s.space, s.baseline) == (
+        str(Path("runs/tune")), None, "risloc", None, False)
+    assert (s.seed, s.startup_trials, s.warmup_epochs, s.overrides) == (0, 6, 8, ())
+    cmd = re.search(r"\(risloc train (.*)\)", " ".join(res.output.split()))
+    assert cmd and shlex.split(cmd.group(1)) == [
+        "--config", str(cfg), "--overrides", str(Path("runs/tune/best_overrides.yaml"))]
+    for opt in ("--trials", "--heartbeat"):
+        res = runner.invoke(app, ["tune", "--config", str(cfg), opt, "0"])
+        assert res.exit_code == 2 and opt in res.output, res.output
+    assert len(seen) == 1
 
 
 def test_the_study_table_rounds_floats_and_leaves_a_missing_parameter_blank(tmp_path,
@@ -600,6 +641,7 @@ def test_the_study_table_rounds_floats_and_leaves_a_missing_parameter_blank(tmp_
     study = SimpleNamespace(trials=[trial(0, 1.234567, {"model.width": 24,
                                                         "optim.weight_decay": 0.000123456}),
                                     trial(1, None, {"model.width": 16})])
+    study.trials[1].state.name = "PRUNED"  # each trial's own state
     monkeypatch.setattr(risloc.hpo, "tune", lambda settings: study)
     res = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["tune", "--config", TINY, "--out",
                                                          str(tmp_path)])
@@ -607,4 +649,4 @@ def test_the_study_table_rounds_floats_and_leaves_a_missing_parameter_blank(tmp_
     rows = [r.split("│") for r in res.output.splitlines() if r.count("│") >= 5]
     cells = [[c.strip() for c in r[1:-1]] for r in rows]
     assert ["0", "COMPLETE", "1.235", "24", "0.000123"] in cells, res.output
-    assert ["1", "COMPLETE", "", "16", ""] in cells, res.output
+    assert ["1", "PRUNED", "", "16", ""] in cells, res.output

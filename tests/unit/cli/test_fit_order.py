@@ -40,6 +40,7 @@ def test_the_defaults_fit_the_head_as_the_recipe_s_order_stage_does(tmp_path, fi
     (args, kwargs), = fitted
     order = OrderStageConfig()
     assert args[2:4] == (order.scenes, order.report_scenes) == (16384, 256)
+    assert args[:2] == (tmp_path / "m.pt", tmp_path / "m2.pt")  # read the input, write --out
     assert kwargs["margin"] == 0 and kwargs["mix"] is order.scene_mix is True
     assert kwargs["scene"] == {}
     res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "m.pt"), "--out",
@@ -120,6 +121,12 @@ def test_a_refit_keeps_what_it_is_not_told_to_change(tmp_path, fitted):
                                    "power_spread_db=[0, 9]", "--mix", "--margin", "0", "--out",
                                    str(tmp_path / "all.pt")])  # everything given: nothing kept
     assert res.exit_code == 0 and "(not given:" not in res.output, res.output
+    for given in (["--mix"], ["--margin", "0"]):  # one of the two not given: said as taken
+        res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "r.pt"), "--scene",
+                                       "power_spread_db=[0, 9]", *given, "--out",
+                                       str(tmp_path / "all.pt"), "--overwrite"])
+        assert res.exit_code == 0 and "(not given: its recipe's order section)" in " ".join(
+            res.output.split()), (given, res.output)
 
 
 def test_a_model_with_a_broken_recipe_is_named_before_its_head_settings_are_read(tmp_path):
