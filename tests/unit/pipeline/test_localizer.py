@@ -1638,3 +1638,34 @@ def test_a_system_whose_order_test_cannot_call_a_second_source_without_an_snr_is
         with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
             Localizer(other, "classical")
         assert f"cannot call more than {k} source(s)" in caplog.text, caplog.text
+
+
+def test_the_classical_localizer_is_invariant_to_what_leaves_the_likelihood_unchanged(system):
+    # y_l = H diag(c_l) A s_l + n_l keeps its likelihood when the snapshots are permuted
+    # (with their codes), the antennas permuted or mixed by one unitary Q (y -> Q y,
+    # H -> Q H), y and H scaled by one complex constant, or y_l alone given a phase (s_l's
+    # phase is random): K and the positions must not move beyond rounding
+    sc = simulate_range(0, 3, system, SceneConfig(snr_db=(15.0, 15.0)), seed=3,
+                        split="test", K=2)
+    y, H, c = sc.y.to(torch.complex128), sc.H.to(torch.complex128), sc.codes
+    g = torch.Generator().manual_seed(0)
+    B, L, M = y.shape
+    Q = torch.linalg.qr(torch.randn(B, M, M, dtype=torch.complex128, generator=g))[0]
+    snap, ant = torch.randperm(L, generator=g), torch.randperm(M, generator=g)
+    a = 0.3 * torch.exp(torch.tensor(2.1j, dtype=torch.complex128))
+    phase = torch.exp(2j * math.pi * torch.rand(B, L, 1, dtype=torch.float64, generator=g))
+    loc = Localizer(system, "classical", workers=1)
+    ref = loc.localize(y, H, c).estimates
+    assert ref.K.tolist() == [2, 2, 2]
+    for name, (yt, Ht, ct) in {"snapshots permuted": (y[:, snap], H, c[:, snap]),
+                                "antennas permuted": (y[..., ant], H[:, ant], c),
+                                "antennas mixed": (y @ Q.mT, Q @ H, c),
+                                "complex scale": (a * y, a * H, c),
+                                "snapshot phases": (phase * y, H, c)}.items():
+        est = loc.localize(yt, Ht, ct).estimates
+        assert torch.equal(est.K, ref.K), name
+        for t in ("azimuth", "elevation"):
+            torch.testing.assert_close(getattr(est, t), getattr(ref, t), atol=1e-5, rtol=0,
+                                       equal_nan=True, msg=name)
+        torch.testing.assert_close(1 / est.range_m, 1 / ref.range_m, atol=1e-4, rtol=0,
+                                   equal_nan=True, msg=name)
