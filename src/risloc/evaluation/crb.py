@@ -379,16 +379,20 @@ def noise_var_for_snr(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: t
 def noise_and_powers_at(azimuth: torch.Tensor, elevation: torch.Tensor,
                         range_m: torch.Tensor, y: torch.Tensor, H: torch.Tensor,
                         codes: torch.Tensor, system: SystemConfig,
-                        mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        mask: torch.Tensor | None = None, first: int = 0,
+                        said: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(sigma^2 [B], powers [B, K]) of measured scenes, fitted at given (true) positions: the
     bound's inputs for a file without an SNR. Each snapshot's symbols by least squares,
     s_l = (B_l^H B_l)^-1 B_l^H y_l; sigma^2 = sum_l ||y_l - B_l s_l||^2 / (L (M - K)), unbiased
     for y_l = B_l s_l + n_l; p_k = mean_l |s_lk|^2 less the noise it holds, sigma^2 mean_l
     [(B_l^H B_l)^-1]_kk, and at least 1e-6 times that noise (a source the noise buries gets
-    a large bound, not none; a floor in the units of the powers, |y|^2 / |H|^2, so that the
-    bound does not depend on the units of y and H). Positions [B, K] in radians and metres
-    (NaN padded), y [B, L, M]; the powers of padded slots are 0. Whatever the model misses
-    (calibration, a source not in the truth) counts as noise here."""
+    a large bound, not none, and a warning that it is the floor's; a floor in the units of
+    the powers, |y|^2 / |H|^2, so that the bound does not depend on the units of y and H).
+    Positions [B, K] in radians and metres (NaN padded), y [B, L, M]; the powers of padded
+    slots are 0. Whatever the model misses (calibration, a source not in the truth) counts
+    as noise here. The warning names the buried sources' scenes by their index plus
+    ``first`` (a batch's place in a file), among the scenes ``said`` ([B] bool; default
+    all: those whose fit is used)."""
     B = azimuth.shape[0]
     inp = _prepare(azimuth, elevation, range_m, H, codes, torch.ones(B, dtype=torch.float64),
                    system, mask)
@@ -405,7 +409,16 @@ def noise_and_powers_at(azimuth: torch.Tensor, elevation: torch.Tensor,
     eye = torch.eye(Bm.shape[-1], dtype=Bm.dtype).expand_as(chol)
     spread = torch.cholesky_solve(eye, chol).diagonal(dim1=-2, dim2=-1).real.mean(1)  # (B, K)
     held = sigma2.unsqueeze(-1) * spread  # the noise each source's estimate holds
-    powers = torch.maximum(s.squeeze(-1).abs().square().mean(1) - held, 1e-6 * held)
+    fitted = s.squeeze(-1).abs().square().mean(1) - held
+    buried = inp.mask & (fitted <= 1e-6 * held)
+    buried = buried if said is None else buried & said.to(buried.device).unsqueeze(-1)
+    if bool(buried.any()):  # (its bound is the floor's, 1e5 deg and more: no bound at all)
+        log.warning("%d source(s) in scenes %s: no power above the noise at the position "
+                    "given (a source the noise buries, or none there): the bound fitted "
+                    "from y is set by a power floor of 1e-6 times that noise and means "
+                    "nothing; give snr_db or the powers if they are known",
+                    int(buried.sum()), [first + i for i in _bad_scenes(buried.any(-1))])
+    powers = torch.maximum(fitted, 1e-6 * held)
     return sigma2, torch.where(inp.mask, powers, 0.0)
 
 

@@ -153,7 +153,8 @@ def scene_crb(scenes: SceneBatch, system: SystemConfig, kind: str) -> CRBResult 
         if not bool(given.all()):
             try:
                 fitted, fitted_powers = noise_and_powers_at(*pos, sc.y, sc.H, sc.codes,
-                                                            system, sc.mask)
+                                                            system, sc.mask, first=lo,
+                                                            said=~given)
             except SingularFIMError as err:  # the scenes of the whole batch
                 raise err.shifted(lo) from None
             sigma2 = torch.where(given, sigma2, fitted)

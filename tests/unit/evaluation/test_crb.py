@@ -1012,3 +1012,46 @@ def test_the_deterministic_crb_scales_with_the_noise_and_follows_the_sources_slo
     for name in ("azimuth", "elevation", "range_m"):
         torch.testing.assert_close(getattr(moved, name)[0], getattr(base, name)[0, perm],
                                    rtol=1e-7, atol=0, equal_nan=True)
+
+
+def test_a_bound_fitted_from_y_warns_where_the_noise_buries_the_source(system, caplog):
+    """An edge review: crb(..., y=...) of a source at -20 dB (or of a position with no
+    source) returned an azimuth bound of 4.8e5 deg, set by the power floor alone, without a
+    word (and `evaluate` of a file without an SNR averaged it into its bound's RMS); it
+    now warns, naming the scene. A source well above the noise passes silently."""
+    import logging
+
+    from risloc.core.operator import apply_operator
+    from risloc.evaluation import crb
+    from risloc.evaluation.crb import noise_and_powers_at
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 2, system, SceneConfig(), split="test", K=1, snr_db=20.0)
+    deg = [torch.rad2deg(t[:, :1]) for t in (sc.azimuth, sc.elevation)]
+    args = (sc.H, sc.codes, *deg, sc.range_m[:, :1], system)
+    with caplog.at_level(logging.WARNING, logger="risloc.evaluation.crb"):
+        crb(*args, y=sc.y)
+        assert not caplog.records
+        # scene 1: noise orthogonal to the source's measured columns, nothing of it in y
+        az, el, r = (t[:, :1].double() for t in (sc.azimuth, sc.elevation, sc.range_m))
+        Bm = apply_operator(sc.H.to(torch.complex128), sc.codes.to(torch.complex128),
+                            steering(az, el, r, system, torch.complex128))
+        n = torch.view_as_complex(torch.randn(*sc.y.shape, 2, dtype=torch.float64,
+                                              generator=torch.Generator().manual_seed(0)))
+        n = (n.unsqueeze(-1) - Bm @ torch.linalg.pinv(Bm) @ n.unsqueeze(-1)).squeeze(-1)
+        y = torch.where(torch.tensor([True, False]).view(2, 1, 1), sc.y.to(n.dtype), n)
+        got = crb(*args, y=y)
+    assert float(got["azimuth_deg"][1, 0]) > 1e3  # (the floor's bound, as before)
+    assert [rec.getMessage() for rec in caplog.records] == [
+        "1 source(s) in scenes [1]: no power above the noise at the position given (a source "
+        "the noise buries, or none there): the bound fitted from y is set by a power floor of "
+        "1e-6 times that noise and means nothing; give snr_db or the powers if they are known"]
+    caplog.clear()  # `evaluate` fits 64 scenes at a time: the scenes named are the file's
+    with caplog.at_level(logging.WARNING, logger="risloc.evaluation.crb"):
+        noise_and_powers_at(az, el, r, y, sc.H, sc.codes, system, first=64)
+    assert "in scenes [65]:" in caplog.records[0].getMessage()
+    caplog.clear()  # a scene whose bound takes its SNR, not the fit, is not named
+    with caplog.at_level(logging.WARNING, logger="risloc.evaluation.crb"):
+        noise_and_powers_at(az, el, r, y, sc.H, sc.codes, system,
+                            said=torch.tensor([True, False]))
+    assert not caplog.records
