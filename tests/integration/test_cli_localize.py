@@ -816,3 +816,59 @@ def test_a_file_of_no_scenes_is_named_not_localized_as_a_success(tmp_path):
                               "--method", "classical", "--K", "1"])
     assert res.exit_code == 0, res.output
     assert "empty.h5: the file holds no scenes" in " ".join(res.output.split()), res.output
+
+
+def test_small_files_are_localized_together_as_one_file_of_their_scenes(tmp_path,
+                                                                           monkeypatch):
+    """A many-files review: a Localizer call costs about as much for 2 scenes as for a
+    batch, and localize made one per file (200 files of 2 scenes: 15 times as long as one
+    file of 400). Consecutive files of one system now go in one call of up to --batch-size
+    scenes, with the estimates of one file of their scenes; another system starts a call."""
+    import json
+
+    import h5py
+
+    from risloc.pipeline import Localizer
+
+    whole = tmp_path / "whole.h5"
+    assert runner.invoke(app, ["simulate", "--n", "6", "--out", str(whole), "--snr-db", "15",
+                               "--K", "1", "--split", "test"]).exit_code == 0
+    with h5py.File(whole) as f:
+        data, attrs = {k: f[k][()] for k in f}, dict(f.attrs)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for name, lo, hi in (("a", 0, 1), ("b", 1, 3), ("c", 3, 4), ("d", 4, 6)):
+        with h5py.File(parts / f"{name}.h5", "w") as f:
+            for k, v in data.items():
+                if not (name == "b" and k == "snr_db"):  # (a file without an SNR among them)
+                    f[k] = v[lo:hi]
+            f.attrs.update(attrs)
+    real, sizes = Localizer.localize, []
+
+    def counted(self, y, *a, **k):
+        sizes.append(len(y))
+        return real(self, y, *a, **k)
+
+    monkeypatch.setattr(Localizer, "localize", counted)
+    for args in ([str(whole), "--out", str(tmp_path / "whole.csv")],
+                 [str(parts / "*.h5"), "--out", str(tmp_path / "parts.csv")]):
+        res = runner.invoke(app, ["localize", *args, "--snr-withheld", "--batch-size", "8"])
+        assert res.exit_code == 0, res.output
+    assert sizes == [6, 6]
+    one = read_estimates(tmp_path / "whole.csv", 6, 5)
+    for i, (lo, hi) in enumerate(((0, 1), (1, 3), (3, 4), (4, 6))):
+        got = read_estimates(tmp_path / "parts.csv", hi - lo, 5, file=i)
+        assert got.K.equal(one.K[lo:hi])
+        assert got.azimuth.nan_to_num(9).equal(one.azimuth[lo:hi].nan_to_num(9))
+    with h5py.File(parts / "c.h5", "a") as f:  # another system between them: its own call
+        f.attrs["system"] = json.dumps({**json.loads(attrs["system"]), "K_max": 3})
+    sizes.clear()
+    res = runner.invoke(app, ["localize", str(parts / "*.h5"), "--out", str(tmp_path / "k.csv"),
+                              "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    assert sizes == [3, 1, 2]
+    sizes.clear()  # no call over --batch-size scenes
+    res = runner.invoke(app, ["localize", str(parts / "*.h5"), "--out", str(tmp_path / "2.csv"),
+                              "--batch-size", "2"])
+    assert res.exit_code == 0, res.output
+    assert sizes == [1, 2, 1, 2]
