@@ -872,3 +872,34 @@ def test_small_files_are_localized_together_as_one_file_of_their_scenes(tmp_path
                               "--batch-size", "2"])
     assert res.exit_code == 0, res.output
     assert sizes == [1, 2, 1, 2]
+
+
+def test_a_cuda_graph_holds_the_scenes_of_small_files_localized_together(tmp_path,
+                                                                         monkeypatch):
+    """--graphs: the graph's batch was the largest file's range, while small files go in
+    one call of up to --batch-size scenes: 48 files of 2 scenes replayed a graph of 2
+    scenes 48 times a call (a review of the grouping). It is now as large as a call can be:
+    the scenes of all files, at most --batch-size."""
+    import typer
+
+    import risloc.cli.localize as cli_localize
+
+    paths = []
+    for name in ("a", "b", "c"):
+        paths.append(tmp_path / f"{name}.h5")
+        assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(paths[-1]),
+                                   "--split", "test"]).exit_code == 0
+    seen = []
+
+    def stop(method, checkpoint, system, device, bf16=True, graph_batch=None):
+        seen.append(graph_batch)
+        raise typer.Exit(code=3)
+
+    monkeypatch.setattr(cli_localize.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cli_localize, "_localizer", stop)
+    for batch, want in (("8", 6), ("4", 4)):
+        res = runner.invoke(app, ["localize", *map(str, paths), "--out",
+                                  str(tmp_path / "e.csv"), "--device", "cuda", "--graphs",
+                                  "--method", "learned", "--batch-size", batch])
+        assert res.exit_code == 3, res.output
+        assert seen.pop() == want

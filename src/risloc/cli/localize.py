@@ -211,9 +211,9 @@ def localize_command(
     for p in empty:
         console.print(f"[yellow]{escape(str(p))}: the file holds no scenes: nothing of it is "
                       "localized[/]")
-    graph_batch = None  # a graph of no more scenes than are read at a time
+    graph_batch = None  # a graph of no more scenes than a call holds (small files together)
     if graphs and device == "cuda" and method != "classical":
-        graph_batch = max(1, min(batch_size, max(hi - lo for lo, hi in ranges)))
+        graph_batch = max(1, min(batch_size, sum(max(0, hi - lo) for lo, hi in ranges)))
     elif graphs:
         console.print("[yellow]--graphs applies to the learned method on CUDA only: "
                       "ignored[/]")

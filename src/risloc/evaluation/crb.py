@@ -379,7 +379,7 @@ def noise_var_for_snr(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: t
 def noise_and_powers_at(azimuth: torch.Tensor, elevation: torch.Tensor,
                         range_m: torch.Tensor, y: torch.Tensor, H: torch.Tensor,
                         codes: torch.Tensor, system: SystemConfig,
-                        mask: torch.Tensor | None = None, first: int = 0,
+                        mask: torch.Tensor | None = None, index: torch.Tensor | None = None,
                         said: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(sigma^2 [B], powers [B, K]) of measured scenes, fitted at given (true) positions: the
     bound's inputs for a file without an SNR. Each snapshot's symbols by least squares,
@@ -390,9 +390,9 @@ def noise_and_powers_at(azimuth: torch.Tensor, elevation: torch.Tensor,
     the powers, |y|^2 / |H|^2, so that the bound does not depend on the units of y and H).
     Positions [B, K] in radians and metres (NaN padded), y [B, L, M]; the powers of padded
     slots are 0. Whatever the model misses (calibration, a source not in the truth) counts
-    as noise here. The warning names the buried sources' scenes by their index plus
-    ``first`` (a batch's place in a file), among the scenes ``said`` ([B] bool; default
-    all: those whose fit is used)."""
+    as noise here. The warning names the buried sources' scenes by ``index`` ([B]: their
+    indices in a file; default their place in the batch), among the scenes ``said`` ([B]
+    bool; default all: those whose fit is used)."""
     B = azimuth.shape[0]
     inp = _prepare(azimuth, elevation, range_m, H, codes, torch.ones(B, dtype=torch.float64),
                    system, mask)
@@ -417,7 +417,8 @@ def noise_and_powers_at(azimuth: torch.Tensor, elevation: torch.Tensor,
                     "given (a source the noise buries, or none there): the bound fitted "
                     "from y is set by a power floor of 1e-6 times that noise and means "
                     "nothing; give snr_db or the powers if they are known",
-                    int(buried.sum()), [first + i for i in _bad_scenes(buried.any(-1))])
+                    int(buried.sum()), [i if index is None else int(index[i])
+                                        for i in _bad_scenes(buried.any(-1))])
     powers = torch.maximum(fitted, 1e-6 * held)
     return sigma2, torch.where(inp.mask, powers, 0.0)
 

@@ -127,7 +127,8 @@ def run_estimator(name: str, scenes: SceneBatch, system: SystemConfig, known_K: 
     return concat_estimates(parts), seconds
 
 
-def scene_crb(scenes: SceneBatch, system: SystemConfig, kind: str) -> CRBResult | None:
+def scene_crb(scenes: SceneBatch, system: SystemConfig, kind: str,
+              index: torch.Tensor | None = None) -> CRBResult | None:
     """CRB of scenes with truth. Simulated scenes (their noise_var, powers and symbols
     known): ``kind``, for their true powers and noise. A file's scenes carry neither symbols
     nor powers: the stochastic bound for equal unit powers, with the noise that gives each
@@ -136,13 +137,15 @@ def scene_crb(scenes: SceneBatch, system: SystemConfig, kind: str) -> CRBResult 
     (:func:`risloc.evaluation.crb.noise_and_powers_at`). SingularFIMError where the bound
     cannot be computed in some scene. The noise and powers are found ``CRB_CHUNK`` scenes
     at a time, as the bound is (memory: about 0.75 MB a scene at once; a file without an
-    SNR is one group of all its scenes)."""
+    SNR is one group of all its scenes). ``index``: the scenes' indices in their file, which
+    a warning of a source the noise buries names (default their place in ``scenes``)."""
     if not scenes.has_truth or not len(scenes):  # (no scene: nothing to bound)
         return None
     if scenes.noise_var is not None:
         return crb_for_scenes(scenes, system, kind if scenes.symbols is not None
                               else "stochastic")
     noise, power = [], []
+    index = torch.arange(len(scenes)) if index is None else index
     for lo in range(0, len(scenes), CRB_CHUNK):
         sc = scenes[lo:lo + CRB_CHUNK]
         given = torch.isfinite(sc.snr_db)
@@ -153,8 +156,8 @@ def scene_crb(scenes: SceneBatch, system: SystemConfig, kind: str) -> CRBResult 
         if not bool(given.all()):
             try:
                 fitted, fitted_powers = noise_and_powers_at(*pos, sc.y, sc.H, sc.codes,
-                                                            system, sc.mask, first=lo,
-                                                            said=~given)
+                                                            system, sc.mask, said=~given,
+                                                            index=index[lo:lo + CRB_CHUNK])
             except SingularFIMError as err:  # the scenes of the whole batch
                 raise err.shifted(lo) from None
             sigma2 = torch.where(given, sigma2, fitted)
@@ -240,10 +243,10 @@ def evaluate_points(points: Iterable[tuple], system: SystemConfig,
         if len(scenes) == 0:
             continue
         n_points += 1
+        index = where[0][ok] if where else torch.arange(len(scenes))
         try:
-            crb = scene_crb(scenes, system, settings.crb)
+            crb = scene_crb(scenes, system, settings.crb, index)
         except SingularFIMError as err:  # e.g. two true sources at one place, or > 100 dB
-            index = where[0][ok] if where else torch.arange(len(scenes))
             log.warning("no CRB beside the metrics%s: the %s is singular in scene(s) %s: %s",
                         f" at {snr:g} dB" if not math.isnan(snr) else "", err.what,
                         [int(index[i]) for i in err.scenes], err.why)

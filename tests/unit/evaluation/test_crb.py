@@ -1048,7 +1048,8 @@ def test_a_bound_fitted_from_y_warns_where_the_noise_buries_the_source(system, c
         "1e-6 times that noise and means nothing; give snr_db or the powers if they are known"]
     caplog.clear()  # `evaluate` fits 64 scenes at a time: the scenes named are the file's
     with caplog.at_level(logging.WARNING, logger="risloc.evaluation.crb"):
-        noise_and_powers_at(az, el, r, y, sc.H, sc.codes, system, first=64)
+        noise_and_powers_at(az, el, r, y, sc.H, sc.codes, system,
+                            index=torch.tensor([64, 65]))
     assert "in scenes [65]:" in caplog.records[0].getMessage()
     caplog.clear()  # a scene whose bound takes its SNR, not the fit, is not named
     with caplog.at_level(logging.WARNING, logger="risloc.evaluation.crb"):

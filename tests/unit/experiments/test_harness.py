@@ -280,6 +280,43 @@ def test_a_file_s_bound_takes_its_noise_and_powers_a_chunk_of_scenes_at_a_time(m
     assert harness.scene_crb(file[0:0], system, "stochastic") is None  # no scene: no bound
 
 
+def test_a_source_the_noise_buries_is_named_by_its_scene_s_index_in_the_file(monkeypatch,
+                                                                             caplog):
+    """evaluate bounds a file's SNR groups apart: the warning of a source the noise buries
+    (no power at its true position: the bound is the power floor's) named the scene by its
+    place in its group, not in the file (a review: scene 5 of a file whose scenes 0-3 have
+    an SNR was named scene 1; --start and scenes left out shifted it too)."""
+    import logging
+    import math
+    from dataclasses import replace
+
+    from risloc.config import SceneConfig
+    from risloc.core.operator import apply_operator
+    from risloc.physics import steering
+    from risloc.simulation import simulate_range
+
+    _two_estimators(monkeypatch)
+    cfg = RislocConfig()
+    system = cfg.system
+    sc = simulate_range(0, 6, system, SceneConfig(), split="test", K=1, snr_db=20.0)
+    # scene 5: noise orthogonal to its source's measured columns, nothing of the source in y
+    az, el, r = (t[5:, :1].double() for t in (sc.azimuth, sc.elevation, sc.range_m))
+    Bm = apply_operator(sc.H[5:].to(torch.complex128), sc.codes[5:].to(torch.complex128),
+                        steering(az, el, r, system, torch.complex128))
+    n = torch.view_as_complex(torch.randn(1, system.L, system.M, 2, dtype=torch.float64,
+                                          generator=torch.Generator().manual_seed(0)))
+    n = (n.unsqueeze(-1) - Bm @ torch.linalg.pinv(Bm) @ n.unsqueeze(-1)).squeeze(-1)
+    y = sc.y.clone()
+    y[5] = n[0].to(y.dtype)
+    file = replace(sc, y=y, noise_var=None, powers=None, symbols=None,
+                   snr_db=torch.where(torch.arange(6) < 4, 20.0, math.nan))
+    settings = SweepSettings(estimators=("ref",), snr_db=(20.0,), K=(1,), n_per_point=6)
+    with caplog.at_level(logging.WARNING, logger="risloc.evaluation.crb"):
+        evaluate_points(harness.file_points(file, offset=7), system, settings)
+    said = [rec.getMessage() for rec in caplog.records if "no power above" in rec.getMessage()]
+    assert len(said) == 1 and said[0].startswith("1 source(s) in scenes [12]:"), said
+
+
 def test_an_estimator_s_own_limit_names_the_estimator():
     """A baseline that cannot serve a small RIS (ramezani-samp's sub-RISs, MUSIC's K < N on
     2 x 2 elements) stopped evaluate with a message naming no estimator ("every K must
