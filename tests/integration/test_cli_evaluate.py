@@ -127,6 +127,24 @@ def test_evaluate_user_file_with_stochastic_crb(tmp_path):
     assert res.exit_code == 0
     assert "--K, --n, --power-spread-db set a simulated sweep: not used for a scene file" \
         in text
+    # so are --config and --set: a file's system is its own (they were dropped silently, a
+    # missing config file or a malformed override included)
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "music-oracle", "--known-K",
+                              "--config", str(tmp_path / "missing.yaml"), "--set", "abc",
+                              "--no-plots", "--out", str(tmp_path / "r4")])
+    assert res.exit_code == 0, res.output
+    assert "--config, --set set a simulated sweep: not used for a scene file" in " ".join(
+        res.output.split())
+
+
+@pytest.mark.parametrize("spread", ["61", "1e30", "inf"])
+def test_a_power_spread_beyond_the_scene_config_s_60_db_is_refused(tmp_path, spread):
+    """The sweep's scene takes --power-spread-db without the config's validation: 61 dB ran,
+    1e30 failed later as 'measurements not finite ... a Rician factor near 1e38'."""
+    res = runner.invoke(app, ["evaluate", "--estimators", "classical", "--n", "1",
+                              "--power-spread-db", spread, "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "--power-spread-db" in res.output, res.output
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_scene_whose_bound_cannot_be_computed_leaves_the_metrics_without_it(tmp_path):

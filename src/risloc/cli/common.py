@@ -127,10 +127,10 @@ def refuse_existing_model(path: Path, overwrite: bool, source: Path) -> None:
     from risloc.inference.checkpoint import MODEL_SUFFIXES, model_card_path
 
     refuse_existing(path, overwrite, inputs=(source,))
-    card = model_card_path(path)
     in_place = path.resolve() == source.resolve()
-    if path.suffix.lower() not in MODEL_SUFFIXES:  # (the writer names that first)
-        return
+    if path.suffix.lower() not in MODEL_SUFFIXES:  # (the writer names that first; --out ''
+        return  # has no card: model_card_path raised "PosixPath('.') has an empty name")
+    card = model_card_path(path)
     if card.is_file() and not overwrite and not in_place:
         raise ValueError(f"{card} exists and would be replaced by the model card of {path}: "
                          "pass --overwrite to replace it, or choose another --out")

@@ -25,7 +25,7 @@ def demo_command(
         "reports/demo"),
     seed: Annotated[int, typer.Option(min=0, help="Seed of the simulated test scenes.")] = 0,
     power_spread_db: Annotated[float, typer.Option(
-        min=0, help="Source powers spread over this many dB (0: equal powers).")] = 12.0,
+        min=0, max=60, help="Source powers spread over this many dB (0: equal powers).")] = 12.0,
     snr_given: Annotated[bool, typer.Option(
         "--snr-given/--snr-withheld", help="Tell the localizers the SNR.")] = False,
 ) -> None:

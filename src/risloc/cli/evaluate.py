@@ -119,7 +119,7 @@ def evaluate_command(
         "--snr-given/--snr-withheld", help="Tell the estimators the SNR (files: when they "
         "carry one).")] = True,
     power_spread_db: Annotated[float, typer.Option(
-        min=0, help="Simulated sweep: source powers spread over this many dB.")] = 0.0,
+        min=0, max=60, help="Simulated sweep: source powers spread over this many dB.")] = 0.0,
     known_K: Annotated[bool, typer.Option("--known-K/--unknown-K",
                                           help="Give the true K to the estimators.")] = False,
     snr_bin_db: Annotated[float, typer.Option(
@@ -212,11 +212,13 @@ def evaluate_command(
                              "(azimuth_deg, elevation_deg, range_m), with K or NaN-padded")
         ignored = [opt for opt, given in (("--snr-db", snr_db != SWEEP_SNRS),
                                           ("--K", K is not None), ("--n", n != SWEEP_N),
-                                          ("--power-spread-db", power_spread_db != 0))
+                                          ("--power-spread-db", power_spread_db != 0),
+                                          ("--config", config is not None),
+                                          ("--set", bool(set_)))
                    if given]
         if ignored:
             console.print(f"[yellow]{', '.join(ignored)} set a simulated sweep: not used for "
-                          f"a scene file (its own scenes, SNRs and K)[/]")
+                          f"a scene file (its own system, scenes, SNRs and K)[/]")
         for name in names:
             if name in NEEDS_TRUTH and not info.has_truth:
                 raise ValueError(f"{name} needs a scene file with the truth (it runs on the "

@@ -59,8 +59,8 @@ def fit_order_command(
 
     if not checkpoint.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    if margin is not None and not margin >= 0:  # (MLFitConfig would name repair_margin)
-        raise ValueError(f"--margin must be >= 0, got {margin}")
+    if margin is not None and not 0 <= margin < float("inf"):  # (MLFitConfig: repair_margin)
+        raise ValueError(f"--margin must be >= 0 and finite, got {margin}")
     refuse_existing_model(out_path, overwrite, checkpoint)
     check_model_target(out_path, checkpoint, in_place=True)
     fields = scene_fields(scene or [])

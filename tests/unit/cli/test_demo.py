@@ -40,3 +40,11 @@ def test_a_bad_snr_or_an_unwritable_report_is_refused_before_the_sweep(monkeypat
     (tmp_path / "afile").write_text("")
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "afile" / "r")])
     assert res.exit_code == 2 and "is a file" in " ".join(res.output.split()), res.output
+
+
+def test_a_power_spread_beyond_the_scene_config_s_60_db_is_refused(monkeypatch, tmp_path):
+    """(as `simulate` refuses it; the sweep's scene took it unvalidated, 1e30 dB failing late)"""
+    monkeypatch.setattr(demo, "sweep_points", lambda *a: pytest.fail("swept"))
+    res = CliRunner().invoke(app, ["demo", "--power-spread-db", "61",
+                                   "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "--power-spread-db" in res.output, res.output

@@ -78,6 +78,15 @@ def test_a_missing_checkpoint_or_an_existing_model_or_card_is_refused(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "m.pt"]
 
 
+def test_an_empty_out_is_refused_as_the_folder_it_names(tmp_path, untrained, monkeypatch):
+    """--out '' is the current folder: said so, not "PosixPath('.') has an empty name"."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["export-model", str(untrained), "--out", ""])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and ". is a folder: name the model file" in text, text
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_whole_number_metric_is_shown_not_dashed():
     """(a second mutation review: an int metric, e.g. a K accuracy of exactly 1, read as '-')"""
     from risloc.cli.export import _number

@@ -59,7 +59,7 @@ def test_the_defaults_fit_the_head_as_the_recipe_s_order_stage_does(tmp_path, fi
     assert len(fitted) == 4
 
 
-@pytest.mark.parametrize("margin", ["-1", "nan"])
+@pytest.mark.parametrize("margin", ["-1", "nan", "inf"])  # inf: fitted, its card said null
 def test_a_margin_that_is_not_a_number_at_least_0_is_refused(tmp_path, fitted, margin):
     (tmp_path / "m.pt").write_bytes(b"")
     res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "m.pt"), "--out",
