@@ -827,6 +827,7 @@ def test_small_files_are_localized_together_as_one_file_of_their_scenes(tmp_path
     import json
 
     import h5py
+    import torch
 
     from risloc.pipeline import Localizer
 
@@ -843,10 +844,11 @@ def test_small_files_are_localized_together_as_one_file_of_their_scenes(tmp_path
                 if not (name == "b" and k == "snr_db"):  # (a file without an SNR among them)
                     f[k] = v[lo:hi]
             f.attrs.update(attrs)
-    real, sizes = Localizer.localize, []
+    real, sizes, given = Localizer.localize, [], []
 
     def counted(self, y, *a, **k):
         sizes.append(len(y))
+        given.append((*a[2:4], k["system"].K_max))  # (the SNRs, K and system)
         return real(self, y, *a, **k)
 
     monkeypatch.setattr(Localizer, "localize", counted)
@@ -860,18 +862,44 @@ def test_small_files_are_localized_together_as_one_file_of_their_scenes(tmp_path
         got = read_estimates(tmp_path / "parts.csv", hi - lo, 5, file=i)
         assert got.K.equal(one.K[lo:hi])
         assert got.azimuth.nan_to_num(9).equal(one.azimuth[lo:hi].nan_to_num(9))
+    with h5py.File(parts / "d.h5", "a") as f:  # a bad scene in a call's later file: its own
+        f["y"][0] = 0                            # index in its file, said once
+    sizes.clear()
+    given.clear()
+    res = runner.invoke(app, ["localize", str(parts / "*.h5"), "--out", str(tmp_path / "z.csv"),
+                              "--batch-size", "8", "--K", "1"])
+    assert sizes == [6], res.output
+    text = " ".join(res.output.split())
+    assert "d.h5:0 not localized" in text and text.count("not localized:") == 1, res.output
+    assert "6/6" in text  # (the progress bar: each file's scenes once)
+    (snr, K, _), = given
+    assert K == 1
+    want = torch.as_tensor(data["snr_db"], dtype=snr.dtype)  # the files' SNRs in order,
+    want[1:3] = float("nan")                                 # b's unknown
+    assert snr.nan_to_num(-99).equal(want.nan_to_num(-99))
+    assert read_estimates(tmp_path / "z.csv", 2, 5, file=3).K.tolist() == [0, 1]
+    with h5py.File(parts / "d.h5", "a") as f:
+        f["y"][0] = data["y"][4]
     with h5py.File(parts / "c.h5", "a") as f:  # another system between them: its own call
         f.attrs["system"] = json.dumps({**json.loads(attrs["system"]), "K_max": 3})
     sizes.clear()
+    given.clear()
     res = runner.invoke(app, ["localize", str(parts / "*.h5"), "--out", str(tmp_path / "k.csv"),
                               "--batch-size", "8"])
     assert res.exit_code == 0, res.output
     assert sizes == [3, 1, 2]
+    k_max = json.loads(attrs["system"])["K_max"]  # each call told its scenes' system
+    assert k_max != 3 and [s for *_, s in given] == [k_max, 3, k_max]
     sizes.clear()  # no call over --batch-size scenes
     res = runner.invoke(app, ["localize", str(parts / "*.h5"), "--out", str(tmp_path / "2.csv"),
                               "--batch-size", "2"])
     assert res.exit_code == 0, res.output
     assert sizes == [1, 2, 1, 2]
+    sizes.clear()  # a call of exactly --batch-size scenes: a and b's
+    res = runner.invoke(app, ["localize", str(parts / "*.h5"), "--out", str(tmp_path / "3.csv"),
+                              "--batch-size", "3"])
+    assert res.exit_code == 0, res.output
+    assert sizes == [3, 1, 2]
 
 
 def test_a_cuda_graph_holds_the_scenes_of_small_files_localized_together(tmp_path,
