@@ -447,7 +447,8 @@ def test_fit_order_adds_a_head_the_pipeline_uses(tmp_path, checkpoint, caplog, m
         res.output
     res = runner.invoke(app, ["fit-order", str(slim), "--out", str(out), "--margin", "-1",
                               "--overwrite"])
-    assert res.exit_code == 2 and "--margin must be >= 0, got -1.0" in res.output, res.output
+    assert res.exit_code == 2, res.output
+    assert "--margin must be >= 0 and finite, got -1.0" in res.output, res.output
     # outputs that would lose the model or another model's card are refused before the fit
     (tmp_path / "folder.pt").mkdir()
     for bad, says in (("o.json", "must end in .pt"), ("slim", "must end in .pt"),
