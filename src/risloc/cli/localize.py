@@ -271,7 +271,7 @@ def localize_command(
         rows = estimate_rows(est, at)
         stream.append(str(i), at + len(batch), [(*r, i) for r in rows] if many else rows,
                       [(f"{path}:" if many else "", at + j, why) for j, why in bad])
-        if info.has_truth and done_before == 0:
+        if info.has_truth and done_before == 0:  # (less the scenes of unscorable truth)
             keep = scorable_mask(batch, info.system.K_max)
             part = batch
             if not keep.all():
@@ -311,8 +311,8 @@ def localize_command(
                                 completed=done_before)
             for i, (path, info, (lo, hi)) in enumerate(zip(paths, infos, ranges, strict=True)):
                 first = max(lo, stream.done.get(str(i), lo))
-                scored = info.has_truth  # (less the scenes whose truth cannot be scored)
-                truth = (True if not info.n_truth_problems else "unchecked") if scored else False
+                # the truth where the file has it ("unchecked": some scenes' is unscorable)
+                truth = info.has_truth and (not info.n_truth_problems or "unchecked")
                 # the next chunk read while this one is localized: reading 8,192 scenes
                 # takes 0.1-0.7 s on the CPU of docs/results.md, localizing them on an H200
                 # ~0.7 s. Closed here however the loop ends: an interrupted run's reading
