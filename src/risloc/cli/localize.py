@@ -264,6 +264,7 @@ def localize_command(
     level = quiet.level                                     # their index in the file
     quiet.setLevel(logging.ERROR)
     pending: list = []  # chunks read and not yet localized: small files' go in one call
+    held = 0  # the scenes of the pending chunks
 
     def record(i: int, path: Path, info, at: int, batch, est, bad) -> None:
         """Append a file's chunk's estimates to the stream and score them."""
@@ -290,6 +291,7 @@ def localize_command(
         call costs about as much for 2 scenes as for a batch (its solver's iterations), so
         many small files cost what one file of their scenes does (a review: 200 files of 2
         scenes took 15 times as long as one of 400, a call per file)."""
+        nonlocal held
         if not pending:
             return
         y, H, codes, snr = (torch.cat([getattr(b, k) for *_, b in pending])
@@ -304,6 +306,7 @@ def localize_command(
             bar.advance(task, len(batch))
             lo = hi
         pending.clear()
+        held = 0
 
     try:
         with progress() as bar:
@@ -322,11 +325,12 @@ def localize_command(
                                                       truth=truth))
                 with contextlib.closing(chunks):
                     for at, batch in chunks:
-                        if pending and (pending[0][2].system != info.system or len(batch) +
-                                        sum(len(b) for *_, b in pending) > batch_size):
+                        if pending and (pending[0][2].system != info.system
+                                        or held + len(batch) > batch_size):
                             flush()
                         pending.append((i, path, info, at, batch))
-                        if sum(len(b) for *_, b in pending) >= batch_size:
+                        held += len(batch)
+                        if held >= batch_size:
                             flush()
             flush()
     except KeyboardInterrupt:

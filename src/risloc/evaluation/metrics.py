@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from risloc.core.checks import as_tensor
-from risloc.core.params import Estimates
+from risloc.core.params import ELEVATION_LIMIT_DEG, Estimates
 from risloc.evaluation.crb import CRBResult
 from risloc.physics import angular_separation
 
@@ -144,7 +144,7 @@ def _check_positions(mask: torch.Tensor, what: str, azimuth: torch.Tensor,
     if not ok.all():
         bad = torch.nonzero(~ok.all(-1)).flatten()[:10].tolist()
         raise ValueError(f"non-finite {what} positions in real slots, scenes {bad}")
-    steep = mask & (elevation.abs() > math.pi / 2 * (1 + 1e-6))
+    steep = mask & (elevation.abs() > math.radians(ELEVATION_LIMIT_DEG))
     if steep.any():
         bad = torch.nonzero(steep.any(-1)).flatten()[:10].tolist()
         worst = float(elevation[steep].abs().max())
