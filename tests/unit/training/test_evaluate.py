@@ -57,3 +57,24 @@ def test_each_metric_is_its_own_quantity_and_batches_weigh_by_their_scenes():
     model.train()
     evaluate(model, *args)
     assert model.training
+
+
+def test_the_factored_path_never_builds_the_n_by_n_truth(monkeypatch):
+    """Where R_blend has a factor, R_true is its K_max-column factor too: the loss terms and
+    metrics work on r x r products (a second mutation review: the dense N x N truth, equal
+    in value, passed; the objective's F1 weight defaults to the config's 5 deg)."""
+    import importlib
+
+    ev = importlib.import_module("risloc.training.evaluate")  # (the package's evaluate is
+    # the function)
+
+    def dense(*a, **k):
+        raise AssertionError("the N x N R_true built on the factored path")
+
+    monkeypatch.setattr(ev, "scene_true_covariance", dense)
+    torch.manual_seed(0)
+    model = CovarianceNet(SYSTEM, ModelConfig(width=16, dilations=(1,), hidden=16)).eval()
+    sc = simulate_batch(2, SYSTEM, SceneConfig(), torch.Generator().manual_seed(3), snr_db=10.0)
+    res = evaluate(model, sc, SYSTEM, 0.3, BlendConfig(), LossConfig(), MUSIC)
+    assert res.objective == ev.objective_of(res.summary, 5.0)
+    assert res.summary.f1 < 1.0  # (the weight shows in the objective: the test can tell)

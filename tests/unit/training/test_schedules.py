@@ -78,3 +78,13 @@ def test_schedule_edges_a_mutation_review_left_open():
         s.jittered_beta(0.3, 0.05, 8, k) for k in range(5)]
     assert s.final_start(0.35, 10) == 7 and s.phase_of(6, 10, 0, 0.35) == 1
     assert s.snr_range_at(8, 10, (-5, 20), (10, 20), 0.3) == pytest.approx((-5, 20))
+
+
+def test_schedule_edges_a_second_mutation_review_left_open():
+    """With one cosine step (total_steps = warm-up + 1) the rate is at its floor at
+    total_steps; the jittered beta is clamped at 0 (not only at 1); a curriculum fraction
+    of 0 gives the full SNR range from epoch 0 (a second mutation review: a span of 2 for
+    1, a clamp at -1, ``< 0`` for ``<= 0`` passed)."""
+    assert s.get_lr(11, 11, 10, 1.0, 0.1) == pytest.approx(0.1)  # at total_steps
+    assert min(s.jittered_beta(0.0, 0.05, 7, k) for k in range(50)) == 0.0
+    assert s.snr_range_at(0, 10, (-5, 20), (10, 20), 0.0) == (-5, 20)
