@@ -484,7 +484,9 @@ def system_from_json(text: str | None) -> SystemConfig:
         text = text.decode("utf-8", "replace")
     if not isinstance(text, str):
         raise ConfigError(f"bad 'system' attribute: expected a JSON string, got "
-                          f"{type(text).__name__}")
+                          f"{type(text).__name__}: store one string, f.attrs['system'] = "
+                          "json_text in h5py, h5writeatt(file, '/', 'system', "
+                          "jsonencode(struct('M', 16, ...))) in MATLAB (its char text)")
     try:
         return SystemConfig.model_validate(_with_K_max(json.loads(text)))
     except (ValidationError, json.JSONDecodeError, TypeError) as err:

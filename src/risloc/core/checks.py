@@ -165,10 +165,10 @@ def scene_problems(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor) -> Sce
          "codes of 0 and 1 (bits? a 1-bit RIS's codes are 1 - 2 b, +-1)"),
         (~unit & real & (codes.real.abs() > 2 * math.pi + 1e-6).flatten(1).any(1),
          "codes are real and beyond 2 pi (phases in degrees? store the codes themselves, "
-         "exp(1j * np.deg2rad(phase)))"),
+         "exp(1j * np.deg2rad(phase)), exp(1i * deg2rad(phase)) in MATLAB)"),
         (~unit & real,
          "codes are real and not +-1 (phases? store the codes themselves, exp(1j * phase), "
-         "phase in radians)"),
+         "exp(1i * phase) in MATLAB, phase in radians)"),
         (~unit, f"codes are not unit modulus (| |c| - 1 | > {CODE_TOLERANCE:g})"),
     ]
     ok = torch.ones(y.shape[0], dtype=torch.bool, device=y.device)

@@ -490,7 +490,11 @@ def _h5_datasets(path: Path, f: h5py.File) -> dict[str, h5py.Dataset]:
         _check_filters(path, k, ds)
         out[k] = ds
     if groups:
-        raise SceneFileError(f"{path}: {groups} must be datasets, found HDF5 group(s)")
+        raise SceneFileError(
+            f"{path}: {groups} must be datasets, found HDF5 group(s): store each as one "
+            "complex dataset at the file's root (a compound of real and imag fields, as "
+            "MATLAB's save -v7.3 writes one; y_re + 1j * y_im in h5py), not its parts in a "
+            "group")
     return out
 
 
@@ -583,7 +587,9 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
     ``held`` says (:func:`_held`) is named where a required dataset is missing."""
     if "system" in data:
         where = ("a 0-d string array, np.array(json_text)" if is_npz(path) else
-                 "the file attribute 'system' (f.attrs['system'] = json_text), not a dataset")
+                 "the file attribute 'system' (f.attrs['system'] = json_text; in MATLAB "
+                 "h5writeatt(file, '/', 'system', jsonencode(struct('M', 16, ...)))), "
+                 "not a dataset")
         raise SceneFileError(f"{path}: 'system' must be one JSON string, stored as {where}; "
                              f"got {'an array' if is_npz(path) else 'a dataset'} of shape "
                              f"{tuple(data['system'].shape)}")

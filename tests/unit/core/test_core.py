@@ -200,9 +200,11 @@ def test_scene_problems_reports_each_bad_scene_once_with_its_reason(system, scen
         assert [i for i, _ in scene_problems(y2, H2, scenes.codes[:2]).reasons] == [0, 1]
     # phases stored where the codes belong: said so; real +-1 codes (a 1-bit RIS) are codes
     phases = torch.complex(torch.rand(c.shape) * 6.28, torch.zeros(c.shape))
-    assert "exp(1j * phase), phase in radians" in dict(scene_problems(y, H, phases).reasons)[2]
+    assert ("exp(1j * phase), exp(1i * phase) in MATLAB, phase in radians"
+            in dict(scene_problems(y, H, phases).reasons)[2])
     degrees = torch.complex(torch.randint(0, 8, c.shape) * 45.0, torch.zeros(c.shape))
-    assert "phases in degrees?" in dict(scene_problems(y, H, degrees).reasons)[2]
+    assert ("phases in degrees? store the codes themselves, exp(1j * np.deg2rad(phase)), "
+            "exp(1i * deg2rad(phase)) in MATLAB" in dict(scene_problems(y, H, degrees).reasons)[2])
     bits = torch.complex(torch.randint(0, 2, c.shape) * 1.0, torch.zeros(c.shape))
     assert "bits? a 1-bit RIS's codes are 1 - 2 b" in dict(scene_problems(y, H, bits).reasons)[2]
     signs = torch.complex(torch.randint(0, 2, c.shape) * 2.0 - 1, torch.zeros(c.shape))

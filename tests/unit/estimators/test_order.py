@@ -334,6 +334,10 @@ def test_the_snr_check_does_not_judge_where_the_fit_leaves_no_degrees_of_freedom
     costs = torch.tensor([[100.0, 10.0, 9.0, 8.5], [50.0, 5.0, 4.0, 3.0]], dtype=torch.float64)
     off, implied = snr_disagreement(costs, 2, 4, torch.tensor([2.0, 1.0], dtype=torch.float64))
     assert not off.any() and bool(implied.isnan().all())
+    # exactly none (L = 3, M = 3, K_max = 2: 3 (3 - 2) - 1.5 * 2 = 0; the level C / 0 = inf)
+    off, implied = snr_disagreement(costs[:, :3], 3, 3, torch.tensor([2.0, 1.0],
+                                                                     dtype=torch.float64))
+    assert not off.any() and bool(implied.isnan().all())
     # with L = 5 snapshots the K_max fit leaves a level: a far-off SNR is flagged again
     off, implied = snr_disagreement(costs, 5, 4, torch.tensor([1e3, 1e-3], dtype=torch.float64))
     assert off.all() and bool(implied.isfinite().all())

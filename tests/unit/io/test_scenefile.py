@@ -349,8 +349,10 @@ def test_odd_attributes_and_datasets_are_clean_errors(tmp_path, batch, system):
     arr = batch_to_arrays(batch, system.K_max)
     path = write_scenes(tmp_path / "s.h5", batch, system)
     with h5py.File(path, "a") as f:
-        f.attrs["system"] = 42  # not a JSON string
-    with pytest.raises(SceneFileError, match="expected a JSON string"):
+        f.attrs["system"] = 42  # not a JSON string: how to store one, MATLAB's way too
+    with pytest.raises(SceneFileError, match=r"expected a JSON string, got int64: store one "
+                                             r"string, .* h5writeatt\(file, '/', 'system', "
+                                             r"jsonencode\(struct"):
         read_scenes(path)
     with pytest.raises(SceneFileError, match="'snr_db' must be numeric"):
         read_scenes(_npz(tmp_path, **dict(arr, snr_db=np.array(["10"] * len(batch)))))
@@ -358,8 +360,10 @@ def test_odd_attributes_and_datasets_are_clean_errors(tmp_path, batch, system):
     with h5py.File(grp, "w") as f:
         f.create_group("y")
         f["H"], f["codes"] = arr["H"], arr["codes"]
-    with pytest.raises(SceneFileError, match="must be datasets"):
-        read_scenes(grp)
+    with pytest.raises(SceneFileError, match=r"must be datasets, found HDF5 group\(s\): "
+                                             r"store each as one complex dataset at the "
+                                             r"file's root"):
+        read_scenes(grp)  # (y/real, y/imag: how some MATLAB users split a complex array)
     bad_K = dict(arr, K=np.full(len(batch), 7, dtype=np.int32))
     with pytest.raises(SceneFileError, match=r"truth of 50 scene\(s\) cannot be scored "
                                              r"\(scene 0: K = 7 outside 1..5"):
@@ -732,7 +736,9 @@ def test_system_stored_as_a_dataset_says_how_to_store_it(tmp_path, batch, system
     with h5py.File(path, "a") as f:
         f["system"] = f.attrs.pop("system")
     with pytest.raises(SceneFileError, match=r"stored as the file attribute 'system' "
-                                             r"\(f.attrs\['system'\] = json_text\), not a "
+                                             r"\(f.attrs\['system'\] = json_text; in MATLAB "
+                                             r"h5writeatt\(file, '/', 'system', jsonencode\("
+                                             r"struct\('M', 16, ...\)\)\)\), not a "
                                              r"dataset; got a dataset of shape \(\)"):
         read_scenes(path)
     arr = batch_to_arrays(batch[:2], system.K_max)
