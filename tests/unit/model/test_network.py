@@ -46,6 +46,27 @@ def test_output_shapes_and_psd_low_rank(model, scenes):
     assert out.heatmap.shape == (B, 8, 16, 31) and out.offsets.shape == (B, 3, 8, 16, 31)
 
 
+def test_a_non_default_system_gets_its_own_shapes_and_a_psd_covariance():
+    """A rectangular RIS, fewer antennas, snapshots and slots than the default: every output
+    is sized by that system and R_pred is Hermitian PSD of rank <= K_max (a second mutation
+    review: the slot head sized N_H^2, equal to N only on a square RIS, passed)."""
+    system = SystemConfig(N_H=4, N_V=6, M=8, L=6, K_max=3)
+    torch.manual_seed(1)
+    net = CovarianceNet(system, ModelConfig(n_azimuth=9, n_elevation=6, n_inv_range=3,
+                                            width=8, dilations=(1,), hidden=8)).eval()
+    sc = simulate_batch(2, system, SceneConfig(),
+                        torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = net(sc.y, sc.H, sc.codes, sc.snr_db)
+    assert out.F.shape == (2, 24, 3) and out.R_pred.shape == (2, 24, 24)
+    assert out.K_logits.shape == (2, 3) and out.learned.shape == (2, 3, 3)
+    assert out.heatmap.shape == (2, 3, 6, 9) and out.offsets.shape == (2, 3, 3, 6, 9)
+    assert torch.allclose(out.R_pred, out.R_pred.mH)
+    ev = torch.linalg.eigvalsh(out.R_pred.to(torch.complex128))
+    assert ev.min() > -1e-4 * ev.max()
+    assert (ev > 1e-6 * ev.max(-1, keepdim=True).values).sum(-1).max() <= 3
+
+
 def test_factor_is_tied_to_slot_steering(model, scenes):
     with torch.no_grad():
         out = model(scenes.y, scenes.H, scenes.codes)
@@ -132,6 +153,19 @@ def test_unknown_snr_and_bad_inputs(model, scenes):
 def test_size_and_no_truth_input():
     params = CovarianceNet(SYSTEM).n_parameters()
     assert 1e5 < params < 5e6
+    # the correction gate is trained with the correction (its gradient reaches it) and is
+    # neither trained nor counted without it (a second mutation review: the gate detached
+    # and the frozen gate counted both passed)
+    torch.manual_seed(0)
+    sc = simulate_batch(2, SYSTEM, SceneConfig(), torch.Generator().manual_seed(3))
+    cfg = ModelConfig(width=16, dilations=(1,), hidden=16, refine_iterations=0)
+    net = CovarianceNet(SYSTEM, cfg)
+    (g,) = torch.autograd.grad(net(sc.y, sc.H, sc.codes).F.abs().sum(), net.gate)
+    assert float(g.abs()) > 0
+    off = CovarianceNet(SYSTEM, ModelConfig(**{**cfg.__dict__, "correction": False}))
+    assert not off.gate.requires_grad
+    assert off.n_parameters() == sum(p.numel() for n, p in off.named_parameters()
+                                     if n != "gate")
     assert "R_true" not in inspect.signature(CovarianceNet.forward).parameters
 
 
@@ -366,6 +400,26 @@ def test_slot_inverse_ranges_stay_above_the_floor_when_offsets_push_them_out(sce
     assert bool((out.slot_range > 0).all() & torch.isfinite(out.slot_range).all())
 
 
+def test_the_ml_refinement_leaves_inactive_slots_where_learned_even_outside_its_box(scenes):
+    """Only the K_hat strongest slots are refined; the others keep their learned positions
+    exactly, also where those lie outside the field of view that the LM solve clamps to
+    (here 1/range at the floor, a range beyond the box's) (a second mutation review: the
+    solve's output taken for every slot passed)."""
+    torch.manual_seed(5)
+    cfg = ModelConfig(width=16, dilations=(1,), hidden=16, zoom=False, refine_iterations=1)
+    net = CovarianceNet(SYSTEM, cfg).eval()
+    Nr = cfg.n_inv_range
+    with torch.no_grad():
+        net.head.bias[Nr:] = -30.0  # every offset is -offset_cells
+        net.head.bias[:Nr] += torch.linspace(8.0, 0.0, Nr)  # the far bins are the hottest
+        out = net(scenes.y, scenes.H, scenes.codes)
+    inactive = torch.arange(SYSTEM.K_max) >= out.K_hat.unsqueeze(-1)
+    far = out.learned[..., 2] < 1.0 / cfg.fov.range_m[1]  # outside the box
+    assert bool((inactive & far).any())
+    pos = torch.stack([out.slot_azimuth, out.slot_elevation, 1.0 / out.slot_range], -1)
+    torch.testing.assert_close(pos[inactive], out.learned[inactive], rtol=1e-6, atol=1e-7)
+
+
 def test_a_trained_zoom_stage_is_invariant_to_measurement_scale(scenes):
     """The zoom stage starts as the identity (its last layer zero), so the scale test above
     cannot see it: with that layer non-zero (as after training) the slots still do not
@@ -501,6 +555,10 @@ def test_the_back_projection_is_normalised_per_scene_not_per_snapshot(model, sce
     bp = back_projection(y, scenes.H, scenes.codes, model.cfg.bp_alpha)
     ratio = (a.abs() / bp.abs()).flatten(1)
     torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-4, atol=0)
+    # that factor is the RMS: mean |a|^2 = 1 per scene (a second mutation review: the mean
+    # |a| instead passed, scale-invariant too)
+    torch.testing.assert_close(a.abs().square().mean((-2, -1)), torch.ones(3), rtol=1e-5,
+                               atol=0)
 
 
 def test_the_beamformer_bank_is_the_steering_of_its_grid_and_its_features_are_normalised(
@@ -562,12 +620,25 @@ def test_the_zoom_stencil_and_its_spectrum_are_as_documented(scenes):
                                cfg.zoom_inv_range)
     torch.testing.assert_close(st[:, 0].unique(), torch.deg2rad(
         torch.arange(-cfg.zoom_points, cfg.zoom_points + 1.0) * cfg.zoom_deg))
-    seen = []
+    seen, args = [], []
     net.zoom.mlp[0].register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    net.zoom.register_forward_hook(lambda m, i, o: args.append(i))
     with torch.no_grad():
         net(scenes.y, scenes.H, scenes.codes, covariance=False)
     spec = seen[0][..., :P]
     torch.testing.assert_close(spec.amax(-1), torch.ones(spec.shape[:-1]))
+    # S_s(p) = mean_l |a(p)^H a_l|^2 at theta_s + stencil, over its max, then log(max) and
+    # the stage-1 position theta_s (a second mutation review: the conj dropped, the mean
+    # over snapshots read as the first snapshot, log(max) read as max and theta zeroed
+    # all passed)
+    a, theta = args[0][0], args[0][1]
+    pts = theta.unsqueeze(-2) + st  # (B, S, P, 3)
+    sv = steering(pts[..., 0], pts[..., 1], 1.0 / pts[..., 2].clamp_min(0.02), SYSTEM)
+    want = (torch.einsum("bspn,bln->bslp", sv.conj(), a).abs().square()).mean(-2)
+    top = want.amax(-1, keepdim=True)
+    torch.testing.assert_close(spec, want / top, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(seen[0][..., P], torch.log(top[..., 0]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(seen[0][..., -3:], theta)
 
 
 def test_the_residual_floor_counts_m_minus_k_degrees_of_freedom_per_snapshot(scenes):
