@@ -14,6 +14,7 @@ import logging
 import math
 import multiprocessing
 import os
+import shlex
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -104,8 +105,8 @@ def read_training_file(cfg: TrainConfig, field: str) -> SceneBatch:
     if bad:
         listed = "; ".join(f"scene {i}: {why}" for i, why in bad[:3])
         raise ValueError(f"{where}: {len(bad)} scene(s) cannot be trained on ({listed}"
-                         f"{'; ...' if len(bad) > 3 else ''}); `risloc info {path}` lists "
-                         "them")
+                         f"{'; ...' if len(bad) > 3 else ''}); `risloc info "
+                         f"{shlex.quote(str(path))}` lists them")
     if int(scenes.K.max()) > cfg.system.K_max:  # (a file without a system attribute)
         raise ValueError(f"{where}: a scene has K={int(scenes.K.max())} sources, more than "
                          f"the recipe's system.K_max={cfg.system.K_max}")

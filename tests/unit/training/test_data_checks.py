@@ -118,12 +118,14 @@ def test_a_file_with_many_bad_scenes_names_the_first_three(tmp_path):
     scenes = simulate_range(0, 6, system, SceneConfig(), seed=1, split="train")
     bad = scenes.y.clone()
     bad[[1, 2, 4, 5], 0, 0] = complex(math.nan, 0.0)
-    write_scenes(tmp_path / "nan.h5", replace(scenes, y=bad), system)
-    cfg = load_train_config(None, [f"data.train_file={tmp_path / 'nan.h5'}"])
+    path = tmp_path / "my scenes.h5"  # (the command it prints quotes the path)
+    write_scenes(path, replace(scenes, y=bad), system)
+    cfg = load_train_config(None, [f"data.train_file={path}"])
     with pytest.raises(ValueError, match=r"4 scene\(s\) cannot be trained on \(scene 1: .*; "
                                          r"scene 2: .*; scene 4: [^;]*; \.\.\.\)") as err:
         TrainData(cfg)
     assert "scene 5" not in str(err.value)
+    assert f"`risloc info '{path}'` lists them" in str(err.value)
 
 
 def test_shards_that_cannot_split_the_batch_or_a_file_are_refused(tmp_path):
