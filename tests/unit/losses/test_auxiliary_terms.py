@@ -238,3 +238,18 @@ def test_a_padded_truth_in_a_real_sources_cell_leaves_it_positive():
     valid = torch.tensor([[True, False, False, False, False]])
     got = aux.heatmap_focal(sharp.view(1, 8, 16, 31), grid, torch.cat([src, pad], 1), valid)
     assert float(got) < 1e-10
+
+
+def test_slot_regression_ignores_nan_in_padded_truths():
+    """A padded truth (valid False) may hold NaN (the scenes' range is NaN there): the value
+    is that of the real source alone and the gradient stays finite (a mutation review:
+    comparing the padded slot with the raw truth passed, every test padding with zeros)."""
+    truth = torch.tensor([[[0.2, 0.1, 0.5], [math.nan, math.nan, math.nan]]])
+    valid = torch.tensor([[True, False]])
+    match = aux.SlotMatch(slot=torch.tensor([[0, 1]]), matched=torch.tensor([[True, False]]))
+    pred = torch.tensor([[[0.2, 0.1 + math.radians(0.5), 0.5], [0.0, 0.0, 1.0]]],
+                        requires_grad=True)
+    got = aux.slot_regression(pred, truth, valid, match)
+    assert float(got.detach()) == pytest.approx(0.5 * 0.5**2 / 3, rel=1e-5)
+    got.backward()
+    assert torch.isfinite(pred.grad).all() and float(pred.grad[0, 1].abs().max()) == 0.0

@@ -284,3 +284,23 @@ def test_terms_vanish_at_the_optimum_whatever_the_slot_order():
                            SYSTEM, LossConfig())
     for name in ("cross", "aux", "peak", "align"):
         assert abs(float(getattr(terms, name))) < 2e-3, (name, float(getattr(terms, name)))
+
+
+def test_cov_pred_scores_r_pred_not_the_blend():
+    """cov_pred is the NMSE of R_pred = F F^H alone, dense and factored: with R_pred the
+    truth and R_blend far from it (mostly identity), cov_pred is 0 and cov is not (a
+    mutation review: cov_pred computed on R_blend passed, the two being compared only at the
+    optimum where R_blend = R_pred)."""
+    scenes = simulate_batch(3, SYSTEM, SceneConfig(), torch.Generator().manual_seed(9),
+                            snr_db=20.0)
+    out = _perfect_output(scenes, SYSTEM.N)
+    cfg = LossConfig()
+    W_true = true_covariance_factor(scenes, SYSTEM)
+    c = torch.full((3,), 10.0)
+    far = LowRank(c, out.F.to(torch.complex64))  # 10 I + F F^H: the truth drowned in I
+    dense = compute_losses(out, far.dense(), scene_true_covariance(scenes, SYSTEM), scenes,
+                           SYSTEM, cfg)
+    low = compute_losses(out, None, LowRank(torch.zeros(3), W_true), scenes, SYSTEM, cfg, far)
+    for terms in (dense, low):
+        assert float(terms.cov_pred) < 2e-3
+        assert float(terms.cov) > 0.3
