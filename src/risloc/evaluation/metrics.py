@@ -350,13 +350,17 @@ def midpoint_median(x: torch.Tensor) -> float:
     return float((lo + hi) / 2)
 
 
-def _crb_fields(matching: Matching, crb: CRBResult) -> dict[str, float]:
+def _check_crb_slots(matching: Matching, crb: CRBResult) -> None:
     if crb.azimuth.shape != matching.truth_mask.shape:
         raise ValueError(f"CRB slots {tuple(crb.azimuth.shape)} do not match the true source "
                          f"slots {tuple(matching.truth_mask.shape)}: compute the bound at the "
                          f"truth passed to match_sources, [B, K_slots] NaN-padded (e.g. "
                          f"crb(sc.H, sc.codes, rad2deg(sc.azimuth), rad2deg(sc.elevation), "
                          f"sc.range_m, ...) or crb_for_scenes(sc, system))")
+
+
+def _crb_fields(matching: Matching, crb: CRBResult) -> dict[str, float]:
+    _check_crb_slots(matching, crb)
     p = matching.paired
     az, el, r = crb.azimuth[p], crb.elevation[p], crb.range_m[p]
     if not (torch.isfinite(az) & torch.isfinite(el) & torch.isfinite(r)).all():
@@ -430,6 +434,8 @@ def summarize_groups(matching: Matching, groups: torch.Tensor,
     groups = as_tensor("groups", groups)
     if groups.shape != (len(matching),):
         raise ValueError(f"groups must be [B={len(matching)}], got {tuple(groups.shape)}")
+    if crb is not None:  # (before selecting its scenes: one bound per scene of the matching)
+        _check_crb_slots(matching, crb)
     unknown = torch.isnan(groups) if groups.is_floating_point() else torch.zeros_like(
         groups, dtype=torch.bool)
     out: dict[float | int, MetricSummary] = {}
@@ -455,6 +461,10 @@ def summarize_by_snr(matching: Matching, snr_db: torch.Tensor,
     an SNR (NaN) under the key ``math.nan``, last. ``crb`` as :func:`summarize`'s."""
     _check_bin(bin_db)
     snr = as_tensor("snr_db", snr_db).to(torch.float64)
+    if snr.shape != (len(matching),):
+        raise ValueError(f"snr_db must hold one SNR per scene of the matching, [B={len(matching)}] "
+                         f"(NaN: unknown; e.g. scenes.snr_db), got shape {tuple(snr.shape)}: "
+                         f"for scenes all at one SNR, summarize(matching, crb)")
     return summarize_groups(matching, _bin_of(snr, bin_db) * bin_db + 0.0, crb)
 
 

@@ -601,6 +601,29 @@ def test_summaries_per_group_carry_each_group_s_bound():
                                          r"slots \(2, 3\): compute the bound at the truth "
                                          r"passed to match_sources, \[B, K_slots\] NaN-padded"):
         summarize(m, d)
+    # per group too, before the groups select their scenes: the bound of all scenes beside
+    # a matching of some of them (a persona review: torch's IndexError on a mask's shape)
+    for grouped in (lambda: summarize_by_K(m[:1], crb),
+                    lambda: summarize_by_snr(m[:1], torch.tensor([10.0]), crb)):
+        with pytest.raises(ValueError, match=r"CRB slots \(2, 3\) do not match the true "
+                                             r"source slots \(1, 3\)"):
+            grouped()
+
+
+def test_summarize_by_snr_names_an_snr_that_is_not_one_per_scene():
+    """One number for every scene, as the localizers take it, or another scene count is
+    named as snr_db's, with the fix (a persona review: "groups must be [B=2], got ()",
+    a parameter the caller never passed)."""
+    m = match_sources(_est([3, 2], [[-40.0, 10.0, 35.0], [0.0, 20.0, NAN]],
+                           [[5.0, -10.0, 20.0], [0.0, 3.0, NAN]],
+                           [[1.0, 4.0, 8.0], [2.0, 6.0, NAN]]), *TRUTH)
+    for bad, shape in ((10.0, r"\(\)"), (torch.tensor([10.0]), r"\(1,\)"),
+                       (torch.tensor([[10.0], [10.0]]), r"\(2, 1\)")):
+        with pytest.raises(ValueError, match=r"snr_db must hold one SNR per scene of the "
+                                             r"matching, \[B=2\] .*got shape " + shape +
+                                             r": for scenes all at one SNR, summarize"):
+            summarize_by_snr(m, bad)
+    assert list(summarize_by_snr(m, torch.tensor([10.0, 10.0]))) == [10.0]
 
 
 def test_common_medians_leave_out_the_sources_only_one_pairs():
