@@ -214,7 +214,8 @@ def _repair(y, H, codes, theta, fit, K, system, config: MLFitConfig, grid, rank=
     if config.repair_margin:  # C - margin L sigma^2, sigma^2 = C / (L (M - K))
         threshold = fit.cost * (1 - config.repair_margin / (y.shape[2] - K).clamp_min(1))
     better = cfit.cost < threshold
-    theta = torch.where(better.view(-1, 1, 1), cand, theta)
+    # slots beyond K as given (lm_solve projects every slot onto the box)
+    theta = torch.where(better.view(-1, 1, 1) & mask.unsqueeze(-1), cand, theta)
     fit = Fit(*_take(tuple(cfit), tuple(fit), better))
     return theta, fit, better
 

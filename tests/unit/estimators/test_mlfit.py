@@ -346,6 +346,12 @@ def test_slots_beyond_K_do_not_change_the_repair_of_the_chosen_set(system):
     padded = repair_chosen(y, H, c, torch.cat([chosen, strongest], 1), K, system, cfg)
     torch.testing.assert_close(padded[:, :2], alone, rtol=0, atol=1e-12)
     assert float(_nearest_deg(alone, sc, 2).max()) < 0.05  # the junk was replaced
+    # the slots beyond K come back as given, even outside the field of view (a mutation
+    # review: an accepted repair returned them projected onto the box)
+    outside = torch.tensor([5.0, 5.0, 50.0], dtype=chosen.dtype).expand(4, 1, 3)
+    kept = repair_chosen(y, H, c, torch.cat([chosen, outside], 1), K, system, cfg)
+    assert torch.equal(kept[:, 2:], outside)
+    torch.testing.assert_close(kept[:, :2], alone, rtol=0, atol=1e-12)
 
 
 def test_the_nested_costs_start_at_the_energy_of_y_and_never_rise(system):
