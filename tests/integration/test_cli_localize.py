@@ -263,6 +263,7 @@ def test_localize_names_the_way_out_for_a_system_the_model_was_not_trained_for(t
     assert res.exit_code == 2, res.output
     msg = " ".join(res.output.split())
     assert "N_H 8 (model: 12)" in msg and "--method classical" in msg
+    assert "a model for this one: risloc train --set system.N_H=8)" in msg  # its system's
     res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "e.csv"),
                               "--method", "classical"])
     assert res.exit_code == 0, res.output

@@ -43,7 +43,7 @@ from risloc.pipeline.estimates_file import (
     check_estimates_target,
     estimate_rows,
 )
-from risloc.pipeline.localizer import check_system
+from risloc.pipeline.localizer import check_system, train_command
 
 
 def _metrics_table(m: Matching, snr_db: torch.Tensor, bin_db: float, n_bad: int = 0) -> Table:
@@ -223,8 +223,8 @@ def localize_command(
             check_system(loc.system, info.system)
         except ValueError as err:  # a model serves the system it was trained for
             raise ValueError(f"{p}: {err} (the classical localizer takes any system: "
-                             "--method classical; or train a model for this one: risloc "
-                             "train)") from None
+                             "--method classical; or train a model for this one: "
+                             f"{train_command(info.system)})") from None
     for p, info in zip(paths, infos, strict=True):
         for note in info.notes:
             console.print(f"[yellow]{p}: {note}[/]")

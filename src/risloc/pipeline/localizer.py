@@ -128,6 +128,17 @@ def _differing_fields(ours: SystemConfig, theirs: SystemConfig, whose: str) -> l
     return out
 
 
+def train_command(system: SystemConfig) -> str:
+    """The ``risloc train`` command of a model for ``system``: ``--set system.FIELD=VALUE``
+    for each field that differs from the default system's (the spacing only where it is not
+    lambda/2, which follows the wavelength)."""
+    base = SystemConfig()
+    sets = [f"--set system.{name}={value}" for name, value in system.model_dump().items()
+            if value != getattr(base, name)
+            and not (name == "spacing" and math.isclose(value, system.wavelength / 2))]
+    return " ".join(["risloc train", *sets])
+
+
 def check_system(ours: SystemConfig, theirs: SystemConfig | dict | str | None,
                  whose: str = "model") -> int:
     """The K_max to report: ValueError naming every field in which ``theirs`` (the scenes'

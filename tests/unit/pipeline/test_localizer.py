@@ -1669,3 +1669,19 @@ def test_the_classical_localizer_is_invariant_to_what_leaves_the_likelihood_unch
                                        equal_nan=True, msg=name)
         torch.testing.assert_close(1 / est.range_m, 1 / ref.range_m, atol=1e-4, rtol=0,
                                    equal_nan=True, msg=name)
+
+
+def test_train_command_sets_the_fields_of_a_system_other_than_the_default():
+    from risloc.config import SystemConfig
+    from risloc.pipeline.localizer import train_command
+    from risloc.training.config import load_train_config
+
+    assert train_command(SystemConfig()) == "risloc train"
+    mine = SystemConfig(N_H=8, N_V=6, wavelength=0.1, M=8, L=24)  # spacing lambda/2: implied
+    cmd = train_command(mine)
+    assert cmd == ("risloc train --set system.N_H=8 --set system.N_V=6 "
+                   "--set system.wavelength=0.1 --set system.M=8 --set system.L=24")
+    sets = cmd.split(" --set ")[1:]
+    assert load_train_config("train_default", sets).system == mine  # the recipe it names
+    odd = SystemConfig(wavelength=0.1, spacing=0.04, K_max=3)
+    assert load_train_config(None, train_command(odd).split(" --set ")[1:]).system == odd
