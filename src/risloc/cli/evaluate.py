@@ -217,8 +217,8 @@ def evaluate_command(
                                           ("--set", bool(set_)))
                    if given]
         if ignored:
-            console.print(f"[yellow]{', '.join(ignored)} set a simulated sweep: not used for "
-                          f"a scene file (its own system, scenes, SNRs and K)[/]")
+            console.print(f"[yellow]not used for a scene file (its own system, scenes, SNRs "
+                          f"and K), options of a simulated sweep: {', '.join(ignored)}[/]")
         for name in names:
             if name in NEEDS_TRUTH and not info.has_truth:
                 raise ValueError(f"{name} needs a scene file with the truth (it runs on the "
