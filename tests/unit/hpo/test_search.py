@@ -21,6 +21,7 @@ def test_default_space_suggests_valid_recipes_with_a_relative_lr():
     cfg = load_train_config(None, values)
     lr = next(d for d in space if d.field == "optim.lr")
     assert cfg.optim.lr == pytest.approx(2e-3 * lr.low)
+    assert (lr.low, lr.high, lr.log, lr.relative) == (0.25, 4.0, True, True)  # 1/4x..4x
     assert cfg.optim.batch_size == params["optim.batch_size"]
 
 

@@ -438,6 +438,11 @@ def test_best_overrides_names_the_lowest_completed_trial_and_where_it_trained(tm
                                      distributions=dist, user_attrs=attrs,
                                      intermediate_values={1: value}))
     write_reports(study, base, space, tmp_path, "train_tiny", {"model.hidden": 24})
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
+    assert float(rows[2]["optim.lr (x base)"]) == 2.0  # the multiple, beside the value
+    assert float(rows[2]["optim.lr"]) == pytest.approx(2.0 * base.optim.lr)
     best = yaml.safe_load((tmp_path / "best_overrides.yaml").read_text())
     assert best == {"trial": 2, "objective": 0.1, "run": "trial_0000", "baseline_trial": 0,
                     "baseline_objective": 0.3,
@@ -708,3 +713,68 @@ def test_a_trial_still_running_when_the_budget_is_spent_is_named(tmp_path, caplo
     with caplog.at_level(logging.INFO, logger="risloc.hpo.search"):
         tune(s)
     assert "trial(s) 1 still RUNNING" in caplog.text and "180 s" in caplog.text
+
+
+def test_failed_trials_do_not_count_toward_the_study_s_budget(tmp_path, monkeypatch):
+    """--trials counts finished (complete or pruned) trials: a failed one leaves its place
+    to a trial that trains."""
+    from optuna.trial import TrialState, create_trial
+
+    from risloc.hpo import open_study, tune
+
+    calls = []
+    _fake_train(monkeypatch, {"best_objective": 0.5}, calls=calls)
+    s = TuneSettings(config="train_tiny", out_dir=str(tmp_path), n_trials=1, epochs=1,
+                     warmup_epochs=0)
+    open_study(s).add_trial(create_trial(state=TrialState.FAIL))
+    assert [t.state.name for t in tune(s).trials] == ["FAIL", "COMPLETE"]
+    assert calls == [("trial_0001", False)]
+
+
+def test_a_ctrl_c_marks_the_trial_interrupted_with_its_own_number(tmp_path, monkeypatch):
+    """The number tells a trial stopped by Ctrl-C from Optuna's copy of it (which copies
+    the attributes): requeue_interrupted queues only the former."""
+    import optuna
+
+    import risloc.training as training
+
+    def train(cfg, resume=False, callback=None, **kw):
+        raise KeyboardInterrupt
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    monkeypatch.setattr(training, "train", train)
+    study = optuna.create_study()
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(_objective_of(tmp_path), n_trials=1)
+    t = study.trials[0]
+    assert t.state.name == "FAIL"
+    assert t.user_attrs == {"interrupted": True, "interrupted_trial": 0}
+
+
+def test_a_continuation_that_cannot_resume_trains_afresh_and_names_its_own_folder(
+        tmp_path, monkeypatch):
+    """Trial 5's run refuses to resume (its data file copied anew): the continuation trains
+    from its first epoch in its own folder, and its run attribute (best_overrides.yaml's
+    "run") names that folder, not trial 5's."""
+    import optuna
+
+    import risloc.training as training
+    from risloc.training.loop import ResumeRefused
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    (tmp_path / "trial_0005").mkdir()
+    (tmp_path / "trial_0005" / "last.pt").write_bytes(b"a run")
+    calls = []
+
+    def train(cfg, resume=False, callback=None, **kw):
+        calls.append((cfg.out_dir.name, resume))
+        if resume:
+            raise ResumeRefused("the data file changed")
+        return {"best_objective": 0.5}
+
+    monkeypatch.setattr(training, "train", train)
+    study = optuna.create_study()
+    study.enqueue_trial({}, user_attrs={"continues": 5, "run": 5})
+    study.optimize(_objective_of(tmp_path), n_trials=1)
+    assert calls == [("trial_0005", True), ("trial_0000", False)]
+    assert study.trials[0].user_attrs["run"] == 0

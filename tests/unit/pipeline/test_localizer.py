@@ -1,5 +1,6 @@
 import codecs
 import json
+import logging
 import math
 import warnings
 
@@ -23,12 +24,18 @@ def scenes(system):
                           split="test", K=1)
 
 
-def test_classical_localizer_finds_sources_and_skips_bad_scenes(system, scenes):
+def test_classical_localizer_finds_sources_and_skips_bad_scenes(system, scenes, caplog):
     y = scenes.y.clone()
     y[2, 3, 1] = complex(math.nan, 0.0)
     H = scenes.H.clone()
     H[3] = 0
-    res = Localizer(system, "classical").localize(y, H, scenes.codes, scenes.snr_db, K=1)
+    loc = Localizer(system, "classical")
+    with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
+        res = loc.localize(y, H, scenes.codes, scenes.snr_db, K=1)
+    # each skipped scene is warned of, by index and reason (a mutation review: the warning
+    # dropped passed)
+    assert "scene 2 skipped: non-finite values in y" in caplog.text
+    assert "scene 3 skipped: " in caplog.text and "all-zero channel" in caplog.text
     assert [i for i, _ in res.bad] == [2, 3]
     assert "non-finite values in y" in res.bad[0][1] and "all-zero channel" in res.bad[1][1]
     est = res.estimates
@@ -112,6 +119,12 @@ def test_system_is_checked_with_a_tolerance_and_names_the_field(system, scenes):
     assert arrays["azimuth_deg"].shape == (len(scenes.y), 2) and res.xyz().shape[1] == 2
     with pytest.raises(ValueError, match="1..K_max=2"):
         loc.localize(scenes.y, scenes.H, scenes.codes, K=3, system=fewer)
+    # a whole-number field (not a float: compared exactly) names itself too, though the
+    # scenes' shapes fit the localizer's system (a mutation review: the comparison of
+    # non-float fields dropped passed, the scenes localized as of the other system)
+    taller = system.model_dump() | {"N_V": system.N_V + 1}
+    with pytest.raises(ValueError, match=f"N_V {system.N_V + 1} .localizer: {system.N_V}"):
+        loc.localize(scenes.y[:1], scenes.H[:1], scenes.codes[:1], system=taller)
 
 
 def test_system_in_any_form_a_file_stores_it_and_a_clear_error_otherwise(system, scenes):
