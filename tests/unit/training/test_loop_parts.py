@@ -555,3 +555,69 @@ def test_a_world_size_other_than_the_shards_is_refused_naming_both_fixes(tmp_pat
     with pytest.raises(ValueError, match=r"3 processes need data\.shards = 3 \(got 2\).*"
                        r"--nproc_per_node 2 or in one process.*--set data\.shards=3"):
         loop.Trainer(cfg)
+
+
+def test_resume_brings_back_the_checkpoint_s_random_state(tmp_path):
+    """restore sets the global torch RNG to the checkpoint's, not the seed's fresh state a
+    new Trainer leaves (a mutation review: the state saved but never restored passed, no
+    step of today's loop drawing from the global RNG)."""
+    from risloc.inference.checkpoint import save_checkpoint
+    from risloc.training.loop import Trainer
+
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml", [f"out_dir={tmp_path}"])
+    tr = Trainer(cfg)
+    torch.rand(5)  # the run's draws move the state on from the seed's
+    save_checkpoint(tmp_path / "last.pt", tr.state())
+    want = torch.rand(3)
+    back = Trainer(cfg)  # seeds the global RNG afresh
+    back.restore(tmp_path / "last.pt")
+    assert torch.equal(torch.rand(3), want)
+
+
+def test_a_run_resumed_before_swa_continues_its_warm_up_and_cosine_rate(tmp_path):
+    """restore brings back the warm-up + cosine schedule's place: the resumed run's next
+    step has the uninterrupted run's rate, not the warm-up's first again (a mutation review:
+    the schedule never restored passed, the tiny recipe's resumed epochs all being SWA's)."""
+    from risloc.inference.checkpoint import save_checkpoint
+    from risloc.training.loop import Trainer
+
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml",
+                            [f"out_dir={tmp_path}", "schedule.swa_frac=0"])
+    tr = Trainer(cfg)
+
+    def step(t):
+        for p in t.model.parameters():
+            p.grad = torch.full_like(p, 1e-3)
+        assert t.optimizer_step()[2]
+
+    for _ in range(3):
+        step(tr)
+    save_checkpoint(tmp_path / "last.pt", tr.state())
+    back = Trainer(cfg)
+    back.restore(tmp_path / "last.pt")
+    for t in (tr, back):
+        step(t)
+    lr = tr.optimizer.param_groups[0]["lr"]
+    assert back.scheduler.last_epoch == tr.scheduler.last_epoch == 4
+    assert back.optimizer.param_groups[0]["lr"] == pytest.approx(lr, rel=1e-12)
+    assert lr != pytest.approx(tr.scheduler.lr_lambdas[0](1) * cfg.optim.lr)
+
+
+def test_the_optimizer_steps_on_gradients_clipped_to_the_recipe_s_grad_clip(tmp_path):
+    """optimizer_step clips to optim.grad_clip before the step and returns the norm before
+    clipping (a mutation review: the recipe's clip ignored passed, AdamW's update being
+    nearly blind to the gradient's scale)."""
+    from risloc.training.loop import Trainer, grad_norm
+
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml",
+                            [f"out_dir={tmp_path}", "optim.grad_clip=0.25"])
+    tr = Trainer(cfg)
+    params = list(tr.model.parameters())
+    for p in params:
+        p.grad = torch.ones_like(p)
+    want = math.sqrt(sum(p.numel() for p in params))
+    seen = []
+    tr.optimizer.register_step_pre_hook(lambda *_: seen.append(grad_norm(params)))
+    norm, n_bad, taken = tr.optimizer_step()
+    assert taken and n_bad == 0 and norm == pytest.approx(want, rel=1e-5)
+    assert seen == [pytest.approx(0.25, rel=1e-4)]
