@@ -323,3 +323,18 @@ def test_a_missing_output_folder_under_one_that_cannot_be_entered_is_not_writabl
     monkeypatch.setattr(atomic.os, "access", lambda p, mode: not mode & os.X_OK)
     with pytest.raises(ValueError, match="no permission to create folders in"):
         atomic.check_writable(tmp_path / "sub" / "out.csv")
+
+
+def test_syncing_closes_what_it_opens(tmp_path):
+    """A mutation review: _fsync leaving its descriptors open (two per write: the data and
+    the folder) passed; a long run writing many files would run out of them."""
+    import os
+
+    fds = "/proc/self/fd"
+    if not os.path.isdir(fds):
+        pytest.skip("no /proc/self/fd to count open descriptors")
+    write_text_atomic(tmp_path / "warm.txt", "x")
+    before = len(os.listdir(fds))
+    for i in range(5):
+        write_text_atomic(tmp_path / f"out{i}.txt", "x")
+    assert len(os.listdir(fds)) == before

@@ -1003,6 +1003,34 @@ def test_dataset_index_stop_and_reader_per_process(tmp_path, batch, system, monk
     ds._reader[1].close()  # (opened as another process: not closed by __del__)
 
 
+def test_dataset_items_are_one_scene_and_only_its_own_process_closes_the_file(
+        tmp_path, batch, system, monkeypatch):
+    """A third mutation review: an in-memory item of two scenes, an .h5 read into memory
+    (or an .npz lazily) by default, and __del__ closing a file another process opened (a
+    forked worker's copy of the parent's reader) all passed."""
+    import risloc.io.dataset as dataset_module
+
+    h5 = write_scenes(tmp_path / "s.h5", batch[:10], system)
+    npz = write_scenes(tmp_path / "s.npz", batch[:10], system)
+    assert SceneDataset(h5)._cache is None and SceneDataset(npz)._cache is not None
+    for path in (h5, npz):
+        for in_memory in (True, False):
+            ds = SceneDataset(path, in_memory=in_memory)
+            for i in (0, 4, -1):
+                item = ds[i]
+                assert len(item) == 1 and torch.equal(item.y[0], batch.y[i % 10])
+    ds = SceneDataset(h5, in_memory=False)
+    ds[0]
+    reader = ds._reader[1]
+    monkeypatch.setattr(dataset_module.os, "getpid", lambda: ds._reader[0] + 1)
+    ds.__del__()  # as in a worker: the parent's reader is not this process's to close
+    monkeypatch.undo()
+    assert torch.equal(reader.read(2, 3).y[0], batch.y[2])
+    ds.__del__()  # in the process that opened it: closed
+    with pytest.raises(SceneFileError, match="the reader is closed"):
+        reader.read(0, 1)
+
+
 def test_y_with_its_last_two_axes_swapped_is_named_as_H_and_codes_are(tmp_path):
     """A new user's review: y stored (S, M, L) with L != M got only "expected (3, 32, 8)",
     where H and codes name the swap; only that exact shape, with H and codes of the
