@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -116,9 +117,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def commit_temporary(tmp: Path, path: Path) -> None:
     """Make the complete temporary ``tmp`` the file ``path``: its data synced, renamed onto
     ``path``, the folder's entries synced (after a power loss the new name is there, not
-    an empty file). On error ``tmp`` is removed."""
+    an empty file); a file rewritten keeps its permissions (a checkpoint made private with
+    chmod stays so). On error ``tmp`` is removed."""
     try:
         _fsync(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(tmp, path)
         fsync_folder(path.parent)
     finally:

@@ -219,6 +219,7 @@ def test_hand_computed_median_and_rmse_with_crb():
     assert s.crb_azimuth_median_deg == pytest.approx(2.5)
     assert s.crb_azimuth_rms_deg == pytest.approx(math.sqrt(30 / 4))
     assert s.crb_elevation_median_deg == pytest.approx(0.0)
+    assert s.crb_elevation_rms_deg == pytest.approx(1.0)  # sqrt(2^2 / 4), in degrees
     assert s.crb_angle_rms_deg == pytest.approx(math.sqrt((1 + 4 + 9 + 16 + 4) / 4))
     assert s.crb_range_median_m == pytest.approx(0.5) and s.crb_range_rms_m == pytest.approx(0.5)
     # each source against its own bound: |error| / sqrt(CRB) = 1, 1, 1, 1 (azimuth) and

@@ -338,3 +338,26 @@ def test_syncing_closes_what_it_opens(tmp_path):
     for i in range(5):
         write_text_atomic(tmp_path / f"out{i}.txt", "x")
     assert len(os.listdir(fds)) == before
+
+
+def test_a_file_rewritten_keeps_its_permissions(tmp_path):
+    """A checkpoint or estimates file the user made private (chmod 600) stays private when
+    a run rewrites it (the temporary's default mode replaced it; a review); a new file gets
+    the default."""
+    import stat
+
+    target = tmp_path / "model.pt"
+    write_text_atomic(target, "one")
+    target.chmod(0o600)
+    write_text_atomic(target, "two")
+    assert target.read_text() == "two" and stat.S_IMODE(target.stat().st_mode) == 0o600
+    fresh = write_text_atomic(tmp_path / "new.txt", "x")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    import os
+
+    old = os.umask(0)
+    os.umask(old)
+    return old
