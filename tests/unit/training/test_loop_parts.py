@@ -266,6 +266,7 @@ def test_a_run_folder_is_held_by_one_run_at_a_time(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
     for _ in range(50):  # the operating system releases the lock of a killed process
         try:
             with run_folder_lock(tmp_path):
