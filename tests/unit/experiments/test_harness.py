@@ -53,6 +53,15 @@ def test_each_snr_point_draws_its_own_scenes():
     assert not bool(torch.isclose(a.azimuth[:, :2], b.azimuth[:, :2]).any())  # other scenes
 
 
+def test_each_K_of_a_point_draws_its_own_scenes():
+    """(a second mutation review: the K values of one point drawn from one seed stream,
+    their first sources at the same places, passed every test)"""
+    (_, sc), = sweep_points(SweepSettings(snr_db=(10.0,), n_per_point=4, K=(1, 2)),
+                            RislocConfig())
+    assert sc.K.tolist() == [1] * 4 + [2] * 4
+    assert not bool(torch.isclose(sc.azimuth[:4, 0], sc.azimuth[4:, 0]).any())
+
+
 def test_a_sweep_draws_the_power_spread_it_is_given():
     """(a mutation review: the spread not passed to the scene config passed every test)"""
     equal, spread = (next(iter(sweep_points(SweepSettings(snr_db=(10.0,), K=(3,), n_per_point=8,
@@ -100,6 +109,7 @@ def test_rows_per_K_time_per_scene_and_no_pooled_rows_in_a_sweep(monkeypatch):
     """Each true K's row summarises its own scenes; the time is per scene in ms; a sweep's
     points are not pooled into a "file" row (a mutation review: all three passed)."""
     import time
+    from dataclasses import replace
 
     def finds_only_single_sources(name, checkpoint=None):
         def fn(scenes, system, K):
@@ -114,8 +124,8 @@ def test_rows_per_K_time_per_scene_and_no_pooled_rows_in_a_sweep(monkeypatch):
     monkeypatch.setattr(harness, "get_estimator", finds_only_single_sources)
     settings = SweepSettings(estimators=("ones",), snr_db=(10.0, 20.0), K=(1, 2),
                              n_per_point=3)
-    rows = evaluate_points(sweep_points(settings, RislocConfig()), RislocConfig().system,
-                           settings)
+    rows_points = list(sweep_points(settings, RislocConfig()))
+    rows = evaluate_points(rows_points, RislocConfig().system, settings)
     assert [(r.snr_db, r.K) for r in rows] == [(10.0, "all"), (10.0, "1"), (10.0, "2"),
                                                (20.0, "all"), (20.0, "1"), (20.0, "2")]
     by = {r.K: r for r in rows[:3]}
@@ -123,6 +133,22 @@ def test_rows_per_K_time_per_scene_and_no_pooled_rows_in_a_sweep(monkeypatch):
     assert (by["1"].metrics["n_true"], by["2"].metrics["n_true"]) == (3, 6)
     assert by["all"].metrics["n_true"] == 9 and 0 < by["all"].metrics["f1"] < 1
     assert by["all"].ms_per_scene > 20 / 6  # >= one 20 ms call per point of 6 scenes
+    # a true K's row: the point's time per scene, not its time over that K's scenes (a
+    # second mutation review)
+    assert by["1"].ms_per_scene == by["2"].ms_per_scene == by["all"].ms_per_scene
+    # scenes without truth: one K = "?" row, its time per scene in ms too
+    def finds_none(name, checkpoint=None):
+        def fn(scenes, system, K):
+            time.sleep(0.02)
+            nan = torch.full((len(scenes.y), 5), float("nan"))
+            return Estimates(torch.zeros(len(scenes.y), dtype=torch.int64), nan, nan, nan, nan)
+        return fn
+
+    monkeypatch.setattr(harness, "get_estimator", finds_none)
+    bare = replace(rows_points[0][1], K=None, azimuth=None)
+    (row,) = evaluate_points([(10.0, bare)], RislocConfig().system, settings)
+    assert (row.K, row.n_scenes, row.metrics) == ("?", 6, {"scenes_left_out": 0})
+    assert row.ms_per_scene > 20 / 6
 
 
 def test_a_row_s_own_fields_are_what_its_csv_line_holds():
@@ -330,3 +356,20 @@ def test_an_estimator_s_own_limit_names_the_estimator():
         harness.run_estimator("ramezani-samp", scenes, system, True, 2)
     with pytest.raises(ValueError, match=r"^music-oracle: MUSIC needs a RIS of at least 2 "):
         harness.run_estimator("music-oracle", scenes[:1], SystemConfig(N_H=1, N_V=1), True, 1)
+
+
+def test_estimates_made_elsewhere_are_refused_on_a_simulated_sweep(seen):
+    """Estimates given for a scene file's scenes have no scenes to pair with in a simulated
+    sweep: said, not an IndexError (a second mutation review: the check unchecked)."""
+    from risloc.experiments.harness import GivenEstimates
+
+    cfg = RislocConfig()
+    points = list(sweep_points(SweepSettings(snr_db=(10.0,), n_per_point=2, K=(1,)), cfg))
+    sc = points[0][1]
+    mine = GivenEstimates("mine", "e.csv", Estimates(sc.K, sc.azimuth.float(),
+                                                     sc.elevation.float(), sc.range_m.float(),
+                                                     torch.ones_like(sc.azimuth).float()))
+    settings = SweepSettings(estimators=("recorder",), snr_db=(10.0,), n_per_point=2, K=(1,),
+                             given=(mine,))
+    with pytest.raises(ValueError, match="scored on a scene file's scenes"):
+        evaluate_points(points, cfg.system, settings)
