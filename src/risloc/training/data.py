@@ -153,7 +153,7 @@ class TrainData:
         pos = torch.arange(index * bs, (index + 1) * bs)
         passes = pos // n
         order = torch.empty_like(pos)
-        for p in torch.unique(passes).tolist():  # at most two passes per batch
+        for p in torch.unique(passes).tolist():  # (more than two where batch > 2 n)
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + p))
             sel = passes == p
             order[sel] = perm[pos[sel] % n]

@@ -51,6 +51,8 @@ def test_sharded_batches_interleave_the_ranks_shards():
     ranks = [TrainData(cfg, shards_here=(r,)).batch(5, epoch=0) for r in (0, 1)]
     assert torch.equal(both.y[0::2], ranks[0].y) and torch.equal(both.y[1::2], ranks[1].y)
     assert not torch.equal(ranks[0].y, ranks[1].y)
+    # the global batch is optim.batch_size scenes, batch_size / shards per rank
+    assert len(both) == 6 and [len(r) for r in ranks] == [3, 3]
 
 
 def test_scene_mix_reaches_training_validation_and_the_stored_recipe():
