@@ -28,6 +28,28 @@ def test_shipped_model_is_packaged_with_its_card():
     assert {(r["snr_db"], r["power_spread_db"]) for r in rows} >= {(20.0, 0.0), (20.0, 12.0)}
 
 
+def test_every_data_file_of_the_package_is_in_the_wheel():
+    """pyproject's package-data names each non-Python file of src/risloc (the model and its
+    card, the recipes, the search space): one it misses is left out of a `pip install .`
+    (non-editable), where `Localizer.from_checkpoint()` or `--config train_tiny` then fail."""
+    import fnmatch
+    from pathlib import Path
+
+    import risloc
+
+    package = Path(risloc.__file__).parent
+    pyproject = package.parents[1] / "pyproject.toml"
+    if not pyproject.exists() or package.parent.name != "src":
+        pytest.skip("an installed copy of risloc, not the repository's")
+    tomllib = pytest.importorskip("tomllib")  # (Python >= 3.11)
+    globs = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["risloc"]
+    data = [f.relative_to(package).as_posix() for f in package.rglob("*")
+            if f.is_file() and f.suffix not in (".py", ".pyc") and "__pycache__" not in f.parts]
+    assert {"models/default.pt", "hpo/search_space.yaml", "recipes/train_tiny.yaml"} <= set(data)
+    missed = [f for f in data if not any(fnmatch.fnmatch(f, g) for g in globs)]
+    assert not missed, f"data files pyproject's package-data leaves out of the wheel: {missed}"
+
+
 def test_shipped_model_localizes_high_snr_single_sources():
     loc = Localizer.from_checkpoint()  # None = the shipped model
     assert loc.method == "learned" and loc.system == SystemConfig()
