@@ -74,3 +74,66 @@ def test_an_interrupt_lost_in_a_finalizer_is_raised_again_where_sigint_is_ignore
                 time.sleep(0.001)
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture
+def quiet_main(monkeypatch):
+    """entry.main with its signal handler and finalizer hook recorded, not installed."""
+    installed = []
+    monkeypatch.setattr(entry.sys, "unraisablehook", entry.sys.unraisablehook)
+    monkeypatch.setattr(entry.signal, "signal", lambda *args: installed.append(args))
+    return installed
+
+
+def test_main_takes_sigterm_as_ctrl_c_before_the_imports(quiet_main, monkeypatch):
+    monkeypatch.setattr("risloc.cli.main.app", lambda prog_name: None)
+    entry.main()
+    assert quiet_main == [(signal.SIGTERM, entry._interrupt)]
+
+
+def test_an_interrupt_during_the_imports_ends_quietly_with_exit_code_130(quiet_main,
+                                                                          monkeypatch, capsys):
+    import sys
+    import types
+
+    class Importing(types.ModuleType):
+        def __getattr__(self, name):
+            if name != "app":
+                raise AttributeError(name)
+            raise KeyboardInterrupt  # Ctrl-C while risloc.cli.main (torch) is imported
+
+    monkeypatch.setitem(sys.modules, "risloc.cli.main", Importing("risloc.cli.main"))
+    with pytest.raises(SystemExit) as done:
+        entry.main()
+    assert done.value.code == entry.INTERRUPTED == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+@pytest.mark.parametrize("code,immediate", [(130, [130]), (1, []), (0, []), (2, [])])
+def test_only_an_interrupted_command_ends_at_once(quiet_main, monkeypatch, code, immediate):
+    """Exit code 130 (interrupted): os._exit, without the interpreter's teardown; any
+    other code: the ordinary SystemExit."""
+    ended = []
+
+    def app(prog_name):
+        raise SystemExit(code)
+
+    monkeypatch.setattr("risloc.cli.main.app", app)
+    monkeypatch.setattr(entry, "exit_now", ended.append)
+    with pytest.raises(SystemExit) as done:
+        entry.main()
+    assert done.value.code == code and ended == immediate
+
+
+def test_the_immediate_exit_survives_a_broken_pipe(monkeypatch):
+    class Broken(io.StringIO):
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")  # `risloc ... | head` gone
+
+    ended = []
+    monkeypatch.setattr(entry.sys, "stdout", Broken())
+    monkeypatch.setattr(entry.sys, "stderr", Broken())
+    monkeypatch.setattr(entry.logging, "shutdown", lambda: ended.append("logs"))
+    monkeypatch.setattr(entry.os, "_exit", ended.append)
+    entry.exit_now(130)
+    assert ended == ["logs", 130]

@@ -44,3 +44,22 @@ def test_a_command_s_help_keeps_each_paragraph_of_its_docstring_on_one_line():
 
     text = _help(plot_run_command)
     assert "\n" not in text and text.startswith("Draw a run's training curves: loss per")
+
+
+def test_each_command_s_help_is_its_docstring_a_paragraph_a_line():
+    from risloc.cli.main import _help
+
+    commands = {c.name: c for c in app.registered_commands}
+    assert sorted(commands) == sorted(COMMANDS)
+    for name, info in commands.items():
+        assert info.help == _help(info.callback) and info.help, name
+        assert "\n" not in info.help.replace("\n\n", ""), name
+
+    def two_paragraphs():
+        """First line
+        goes on.
+
+        Second
+        paragraph."""
+
+    assert _help(two_paragraphs) == "First line goes on.\n\nSecond paragraph."

@@ -271,3 +271,49 @@ def test_off_the_cpu_an_error_other_than_out_of_memory_is_raised_at_once():
     with pytest.raises(RuntimeError, match="boom"):
         run_in_chunks(fn, 16, device="meta")
     assert calls == [(0, 16)]
+
+
+def test_read_ahead_whose_thread_cannot_start_raises_that_error_and_closes_the_source(
+        monkeypatch):
+    """Where the reading thread cannot be started (pool.submit raises, as at a thread
+    limit), that error reaches the caller and ``items`` is still closed (a mutation review:
+    an AttributeError on the missing future hid it and left the source open)."""
+    import concurrent.futures
+
+    class Source:
+        closed = False
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            return 0
+
+        def close(self):
+            self.closed = True
+
+    def no_thread(self, *args, **kwargs):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "submit", no_thread)
+    source = Source()
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        next(read_ahead(source))
+    assert source.closed
+
+
+def test_an_error_in_a_chunk_cancels_the_passes_not_yet_started():
+    """An error in the first of many passes reaches the caller without the pool running
+    every pass still queued first (400 here)."""
+    calls = []
+
+    def fn(lo, hi):
+        calls.append(lo)
+        if lo == 0:
+            raise RuntimeError("boom")
+        time.sleep(0.02)  # (100 passes: a second of a busy machine's delay, not a flake)
+        return lo
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_in_chunks(fn, 6400, workers=2, max_chunk=16)
+    assert len(calls) < 100
