@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -38,6 +38,8 @@ from risloc.losses.total import LossConfig
 from risloc.model.network import ModelConfig
 from risloc.pipeline.order import MIN_ORDER_SCENES
 
+Beta = Annotated[float, Field(ge=0, lt=1)]  # (AdamW refuses others only when it starts)
+
 
 class OptimConfig(ConfigSection):
     """AdamW, warm-up + cosine learning rate (per optimizer step), clipping, accumulation."""
@@ -45,7 +47,7 @@ class OptimConfig(ConfigSection):
     lr: float = Field(1e-3, gt=0)
     min_lr_ratio: float = Field(0.05, ge=0, le=1, description="final lr / lr of the cosine")
     weight_decay: float = Field(1e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     warmup_steps: int = Field(200, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     batch_size: int = Field(32, ge=1)
@@ -88,6 +90,10 @@ class ScheduleConfig(ConfigSection):
                or not k.startswith("lam_")]
         if bad:
             raise ValueError(f"weight_schedule names unknown loss weights {bad}")
+        # (LossConfig's rule, else the phase that sets it fails the run mid-way)
+        bad = {k: v for k, v in self.weight_schedule.items() if min(v) < 0}
+        if bad:
+            raise ValueError(f"weight_schedule values are loss weights, >= 0; got {bad}")
         return self
 
 

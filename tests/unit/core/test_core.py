@@ -223,6 +223,26 @@ def test_normalise_scale_survives_float32_underflow_and_overflow(scenes):
     assert torch.equal(again[0], normalise_scale(scenes.y, scenes.H)[0])
 
 
+def test_code_tolerance_is_1e_3_and_complex_codes_of_real_part_0_or_1_are_not_bits(scenes):
+    """(a third mutation review: a tolerance of 1e-2 and a bits hint for complex codes
+    passed)"""
+    y, H, c = scenes.y[:1], scenes.H[:1], scenes.codes[:1]
+    assert bool(scene_problems(y, H, c * 1.0005).ok.all())  # within CODE_TOLERANCE
+    assert (dict(scene_problems(y, H, c * 1.005).reasons)[0]
+            == "codes are not unit modulus (| |c| - 1 | > 0.001)")
+    half = torch.complex(torch.zeros(c.shape), torch.full(c.shape, 0.5))  # real part 0
+    assert dict(scene_problems(y, H, half).reasons)[0].startswith("codes are not unit modulus")
+
+
+def test_normalise_scale_leaves_an_all_zero_scene_as_it_is(scenes):
+    y, H = scenes.y.clone(), scenes.H.clone()
+    y[1], H[2] = 0, 0  # (its docstring's promise; 0 / 0 would make it NaN)
+    yn, Hn = normalise_scale(y, H)
+    assert not bool(yn[1].any()) and not bool(Hn[2].any())
+    assert bool(torch.isfinite(torch.view_as_real(yn)).all())
+    assert bool(torch.isfinite(torch.view_as_real(Hn)).all())
+
+
 def test_one_scene_given_where_a_batch_is_expected_is_named(scenes):
     """A single scene's 2-D arrays would broadcast into nonsense (16 'scenes'); batches of
     other sizes are not broadcast either (a mutation review)."""

@@ -225,6 +225,13 @@ def test_a_stored_recipe_of_an_older_format_is_read():
 @pytest.mark.parametrize("override, ok", [
     ("data.snr_shown=1.5", False), ("optim.warmup_steps=0", True),
     ("schedule.beta_jitter_hpo=0.6", False), ("schedule.beta_jitter=0.6", False),
+    # (a third mutation review: gt=0 read as ge=0, ge=1 as ge=0, le=1 as lt=1 passed)
+    ("optim.lr=0", False), ("optim.grad_clip=0", False), ("optim.batch_size=0", False),
+    ("schedule.curriculum_frac=1", True),
+    # accepted before, failing only when AdamW was built or the phase began (mid-run)
+    ("optim.betas=[0.9, 1]", False), ("optim.betas=[0, 0.5]", True),
+    ("schedule.weight_schedule={lam_peak_contrast: [0.05, 0.1, -1]}", False),
+    ("schedule.weight_schedule={lam_peak_contrast: [0, 0, 0]}", True),
 ])
 def test_more_bounds_at_their_edges(override, ok):
     test_training_bounds_at_their_edges(override, ok)
