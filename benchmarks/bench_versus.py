@@ -334,7 +334,10 @@ def main(argv=None) -> None:
     ap.add_argument("--checkpoint", default=None, help="learned model (default: shipped)")
     ap.add_argument("--n", type=int, default=400, help="scenes per SNR")
     ap.add_argument("--split", choices=sorted(SEED), default="test")
-    ap.add_argument("--snrs", type=float, nargs="+", default=list(SNRS))
+    ap.add_argument("--snrs", type=float, nargs="+", default=list(SNRS),
+                    help="SNRs in dB; the i-th listed draws the i-th scene stream, so a "
+                         "shorter list (--snrs 10) draws other scenes than the full run's "
+                         "10 dB row")
     ap.add_argument("--no-known-K", dest="known_K", action="store_false")
     ap.add_argument("--repeats", type=int, default=5, help="timing repeats (0: no timing)")
     ap.add_argument("--threads", type=int, default=2)
