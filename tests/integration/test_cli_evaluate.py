@@ -702,3 +702,33 @@ def test_a_model_that_cannot_serve_the_scenes_is_refused_before_any_is_localized
     res = runner.invoke(app, ["evaluate", str(f), "--estimators", "classical", "--no-plots",
                               "--out", str(tmp_path / "c")])  # the others take any system
     assert res.exit_code == 0, res.output
+
+
+def test_a_left_out_scenes_nan_truth_is_not_named_as_outside_the_field_of_view(tmp_path):
+    # an edge-case review: a K one above the sources stored (a NaN where a source should
+    # be) leaves its scene out, as `risloc info` and `localize` say; evaluate then warned
+    # of "1 true source(s) outside the field of view" (the NaN), where info counted none
+    f = tmp_path / "s.npz"
+    assert runner.invoke(app, ["simulate", "--n", "4", "--out", str(f), "--snr-db", "15",
+                               "--K", "2", "--split", "test"]).exit_code == 0
+    data = dict(np.load(f))
+    data["K"][1] += 1
+    np.savez(tmp_path / "k.npz", **data)
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "k.npz"), "--estimators",
+                              "music-oracle", "--known-K", "--out", str(tmp_path / "r"),
+                              "--no-plots"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert "scene 1 left out: truth that cannot be scored (a non-finite true position " \
+        "among its K = 3 sources)" in text, text
+    assert "lie outside" not in text, text
+    assert _rows(tmp_path / "r" / "metrics.csv")[0]["n_scenes"] == "3"
+    # and truth in radians is still named with that scene's NaN beside it (its NaN, taken
+    # into the widest true angle, hid the hint)
+    data |= {k: np.deg2rad(data[k]) for k in ("azimuth_deg", "elevation_deg")}
+    np.savez(tmp_path / "rad.npz", **data)
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "rad.npz"), "--estimators",
+                              "music-oracle", "--known-K", "--out", str(tmp_path / "r2"),
+                              "--no-plots"])
+    assert res.exit_code == 0 and "radians stored as degrees?" in " ".join(
+        res.output.split()), res.output

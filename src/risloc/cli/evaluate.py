@@ -199,6 +199,7 @@ def evaluate_command(
             count_outside,
             outside_hint,
             radians_hint,
+            scorable_truth,
             widest_true_angle,
         )
 
@@ -250,8 +251,10 @@ def evaluate_command(
             # truth in other units reads as a localizer's failure: say so, as localize does
             learned = model_system(checkpoint, with_fov=True)[1] if "learned" in names \
                 else None
-            for hint in [radians_hint(*widest_true_angle(batch), attrs=info.attrs)] + [
-                    outside_hint(count_outside(batch, box), box, who=who)
+            # (the scored scenes': a left-out scene's NaN read as a source outside, hid radians)
+            scored = scorable_truth(batch, system.K_max)
+            for hint in [radians_hint(*widest_true_angle(scored), attrs=info.attrs)] + [
+                    outside_hint(count_outside(scored, box), box, who=who)
                     for box, who in _searched_boxes(learned)]:
                 if hint:
                     console.print(f"[yellow]{scenes}: {hint}[/]")
