@@ -221,7 +221,9 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
     """The run of :func:`train_command` once it holds its folder: train, then the
     inference model."""
     held = sorted(p.name for p in run.glob("*") if p.name in RUN_FILES) if run.is_dir() else []
-    if held and not (resume or overwrite) and first_rank:
+    # every rank refuses (not rank 0 alone): rank 1 had gone on to wait for rank 0 in the
+    # process group, deaf to torchrun's SIGTERM there, until its SIGKILL 30 s later
+    if held and not (resume or overwrite):
         how = ("pass --resume to continue it or --overwrite to start afresh"
                if "last.pt" in held else "it stopped before its first checkpoint, so there "
                "is nothing to resume: --overwrite starts afresh")

@@ -429,8 +429,9 @@ class Trainer:
         fetch = self.data.batch if self.data.compute is None else self.data.draw
         batches = prefetched(functools.partial(fetch, epoch=self.epoch),
                              range(self.micro, self.micro + n), ahead)
+        # one bar, rank 0's: N ranks' bars on one terminal overwrote each other's lines
         with contextlib.closing(batches), epoch_progress(
-                self.cfg.progress, f"epoch {self.epoch + 1}/{s.epochs}",
+                self.cfg.progress and self.dist.main, f"epoch {self.epoch + 1}/{s.epochs}",
                 s.steps_per_epoch) as advance:
             for _ in range(s.steps_per_epoch):
                 beta = self.beta()

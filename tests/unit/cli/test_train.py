@@ -265,6 +265,21 @@ def test_a_rank_other_than_0_names_an_output_folder_that_is_a_file(tmp_path, mon
                          False, False, None, False)
 
 
+def test_every_rank_refuses_a_folder_holding_a_run_before_joining_the_group(tmp_path,
+                                                                            monkeypatch):
+    """Under torchrun rank 0 alone refused a folder holding a run; rank 1 went on into the
+    process group and hung there, deaf to torchrun's SIGTERM, until SIGKILLed 30 s later
+    (35 s for the 2-process refusal, 5 s for the other refusals)."""
+    import risloc.cli.train as cli_train
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(cli_train, "train", lambda *a, **k: pytest.fail("joined the group"))
+    cfg = load_train_config(None, [f"out_dir={tmp_path}", "order.scenes=0"])
+    (tmp_path / "last.pt").write_text("")
+    with pytest.raises(ValueError, match=r"already holds a run \(last.pt\): pass --resume"):
+        cli_train._train_in_folder(cfg, tmp_path, False, False, False)
+
+
 def test_a_run_killed_between_its_first_best_and_last_checkpoint_is_not_resumable(tmp_path):
     """best.pt is written before last.pt: a run killed in between holds best.pt alone, and
     --resume (which needs last.pt) is not offered (a second mutation review: untested)."""

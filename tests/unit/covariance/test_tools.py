@@ -37,6 +37,10 @@ def test_hermitise_trace_normalise():
     R = _rand_psd() + 0.3j * torch.eye(6, dtype=torch.complex128)  # break Hermitian symmetry
     Rh = hermitise(R)
     assert torch.allclose(Rh, Rh.mH)
+    # the Hermitian part itself, at its scale: a Hermitian R is returned as it is (the loss
+    # reads eigenvalues of hermitise(W^H W); a mutation review: R + R^H passed every test)
+    assert torch.allclose(Rh, _rand_psd())
+    assert torch.allclose(hermitise(Rh), Rh)
     Rn = normalize_trace(Rh, 10)
     assert torch.allclose(trace(Rn), torch.full((3,), 10.0, dtype=torch.float64))
     assert torch.all(torch.isfinite(normalize_trace(torch.zeros(2, 4, 4, dtype=torch.complex64))))
@@ -75,6 +79,16 @@ def test_blend_endpoints_trace_and_no_grad_into_samp():
     assert torch.allclose(per_scene[2], normalize_trace(Rs.detach())[2])
     with pytest.raises(ValueError, match="differ"):
         blend(Rp, Rs[:, :5, :5], 0.3)
+    # closed form at an interior beta with R_samp far from trace N: both inputs are scaled
+    # to trace N before mixing, and the result is at the N asked for, not R's size (a
+    # mutation review: R_samp unnormalised, or the last step at trace R.shape[-1], passed)
+    P, S = Rp.detach(), 5.0 * Rs.detach()
+    unit = lambda R, n: R * (n / trace(R)).view(-1, 1, 1)  # noqa: E731
+    for n in (6, 10):
+        want = unit(0.7 * unit(P, n) + 0.3 * unit(S, n), n)
+        # to double precision: beta in R's real dtype (a mutation review: beta in float32,
+        # 1e-8 off, passed)
+        assert torch.allclose(blend(P, S, 0.3, n), want, rtol=1e-12, atol=1e-12)
 
 
 def test_back_projection_is_tikhonov_least_squares(system):
@@ -86,6 +100,12 @@ def test_back_projection_is_tikhonov_least_squares(system):
     direct = torch.linalg.solve(Phi.mH @ Phi + lam * torch.eye(144, dtype=Phi.dtype),
                                 Phi.mH @ y[0, 3])
     assert torch.allclose(a[0, 3], direct, rtol=1e-6, atol=1e-8)
+    # unloaded (alpha 0) a singular system is an error, not silent NaN: the checked solve
+    # (a mutation review: the unchecked solve_ex at alpha 0 passed every test)
+    dead = c.clone()
+    dead[:, 0] = 0  # a snapshot with every element off: Phi_0 = 0
+    with pytest.raises(torch.linalg.LinAlgError):
+        back_projection(y, H, dead, alpha=0.0)
 
 
 def test_sample_covariance_rank_trace_and_weakness(system):

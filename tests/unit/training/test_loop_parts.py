@@ -543,6 +543,26 @@ def test_every_rank_validates_with_the_recipe_s_spectral_scenes(tmp_path, monkey
     assert seen[0].spectral_scenes == 4
 
 
+@pytest.mark.parametrize(("rank", "progress"), [(0, True), (1, True), (0, False)])
+def test_only_rank_0_draws_the_epoch_progress_bar(tmp_path, monkeypatch, rank, progress):
+    """Under torchrun every rank drew its bar on the one terminal, each overwriting the
+    other's line (two "epoch 1/1 ... loss" bars with their shards' losses interleaved)."""
+    from risloc.training import loop
+    from risloc.training.distributed import Distributed
+
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml",
+                            [f"out_dir={tmp_path}", "data.shards=2",
+                             f"progress={str(progress).lower()}", "schedule.steps_per_epoch=1"])
+    tr = loop.Trainer(cfg)
+    tr.dist = Distributed(rank=rank, world=2)
+    shown = []
+    real = loop.epoch_progress
+    monkeypatch.setattr(loop, "epoch_progress",
+                        lambda enabled, *a: (shown.append(enabled), real(False, *a))[1])
+    tr.train_epoch(None)
+    assert shown == [progress and rank == 0]
+
+
 def test_a_world_size_other_than_the_shards_is_refused_naming_both_fixes(tmp_path,
                                                                         monkeypatch):
     """3 processes on a recipe (or a resumed run) of data.shards=2: the error names the
