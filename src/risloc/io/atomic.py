@@ -121,7 +121,9 @@ def commit_temporary(tmp: Path, path: Path) -> None:
     chmod stays so). On error ``tmp`` is removed."""
     try:
         _fsync(tmp)
-        with contextlib.suppress(FileNotFoundError):
+        # (a new file: nothing to keep; a filesystem refusing chmod, e.g. some network
+        # mounts: the data still written, in the default mode)
+        with contextlib.suppress(OSError):
             os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(tmp, path)
         fsync_folder(path.parent)

@@ -133,9 +133,11 @@ def train_command(system: SystemConfig) -> str:
     for each field that differs from the default system's (the spacing only where it is not
     lambda/2, which follows the wavelength)."""
     base = SystemConfig()
+    # (the spacing by the wavelength, not the default's: 0.15 m with a wavelength of 0.1 m
+    # must be set, else the model gets lambda/2 = 0.05 m)
     sets = [f"--set system.{name}={value}" for name, value in system.model_dump().items()
-            if value != getattr(base, name)
-            and not (name == "spacing" and math.isclose(value, system.wavelength / 2))]
+            if (not math.isclose(value, system.wavelength / 2) if name == "spacing"
+                else value != getattr(base, name))]
     return " ".join(["risloc train", *sets])
 
 

@@ -355,6 +355,24 @@ def test_a_file_rewritten_keeps_its_permissions(tmp_path):
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~_umask()
 
 
+def test_a_filesystem_refusing_chmod_still_gets_the_file(tmp_path, monkeypatch):
+    """Keeping a rewritten file's permissions is a courtesy: where the filesystem refuses
+    chmod (EPERM on some network mounts) the write still succeeds (a review: a run failed
+    at its second checkpoint)."""
+    from risloc.io import atomic
+
+    target = tmp_path / "last.pt"
+    write_text_atomic(target, "one")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(atomic.os, "chmod", refuse)
+    write_text_atomic(target, "two")
+    assert target.read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left
+
+
 def _umask() -> int:
     import os
 

@@ -1698,3 +1698,8 @@ def test_train_command_sets_the_fields_of_a_system_other_than_the_default():
     assert load_train_config("train_default", sets).system == mine  # the recipe it names
     odd = SystemConfig(wavelength=0.1, spacing=0.04, K_max=3)
     assert load_train_config(None, train_command(odd).split(" --set ")[1:]).system == odd
+    # the default spacing, 0.15 m, is not lambda/2 at another wavelength: it must be set
+    wide = SystemConfig(wavelength=0.1, spacing=0.15)
+    assert train_command(wide) == ("risloc train --set system.wavelength=0.1 "
+                                   "--set system.spacing=0.15")
+    assert load_train_config(None, train_command(wide).split(" --set ")[1:]).system == wide
