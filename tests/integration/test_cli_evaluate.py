@@ -486,6 +486,8 @@ def test_evaluate_user_file_groups_by_snr_bins_and_keeps_scenes_without_snr(tmp_
     (["evaluate", "--estimators", "none"], "--estimators none scores the CSVs of --estimates "
                                            "alone: give --estimates"),
     (["evaluate", "--estimators", "classical,none"], "--estimators none scores the CSVs"),
+    (["evaluate", "--estimators", "classical,none", "--estimates", "x.csv"],  # (not as an
+     "--estimators none scores the CSVs"),  # unknown estimator: a third mutation review)
 ])
 def test_list_options_name_the_option_and_refuse_empty_lists(tmp_path, args, says):
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "r")])
@@ -678,6 +680,17 @@ def test_titles_say_what_ran_and_plots_leave_out_no_scene_silently(tmp_path, mon
                               "--estimators", "classical", "--out", str(tmp_path / "k")])
     assert res.exit_code == 0, res.output
     assert drawn["k"].endswith("K unknown, SNR given") and "CRB" not in drawn["k"], drawn
+    # a file's scenes without an SNR are named in the plots' subtitles, where they are not
+    # drawn (a third mutation review: unchecked)
+    monkeypatch.setattr("risloc.experiments.plots.plot_error_vs_snr",
+                        lambda rows, path, subtitle="": drawn.setdefault("e", subtitle))
+    monkeypatch.setattr("risloc.cli.evaluate._spectrum_example", lambda *a: None)
+    with h5py.File(f, "a") as h:
+        h["snr_db"][0] = 20.0
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "classical", "--out",
+                              str(tmp_path / "some")])
+    assert res.exit_code == 0, res.output
+    assert drawn["e"].endswith(" (the 3 scenes without an SNR: in the table only)"), drawn
 
 
 def test_a_model_that_cannot_serve_the_scenes_is_refused_before_any_is_localized(tmp_path):
@@ -723,6 +736,16 @@ def test_a_left_out_scenes_nan_truth_is_not_named_as_outside_the_field_of_view(t
         "among its K = 3 sources)" in text, text
     assert "lie outside" not in text, text
     assert _rows(tmp_path / "r" / "metrics.csv")[0]["n_scenes"] == "3"
+    # estimates in radians are named beside that scene's NaN too (its NaN, taken into the
+    # truth's widest angle, hid their hint: F1 0 unsaid; a third mutation review)
+    t = np.load(f)
+    _estimates_csv(tmp_path / "rad.csv", np.deg2rad(t["azimuth_deg"]),
+                   np.deg2rad(t["elevation_deg"]), t["range_m"], t["K"])
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "k.npz"), "--estimators", "none",
+                              "--estimates", str(tmp_path / "rad.csv"), "--out",
+                              str(tmp_path / "re"), "--no-plots"])
+    assert res.exit_code == 0 and "rad.csv: the estimated angles" in " ".join(
+        res.output.split()), res.output
     # and truth in radians is still named with that scene's NaN beside it (its NaN, taken
     # into the widest true angle, hid the hint)
     data |= {k: np.deg2rad(data[k]) for k in ("azimuth_deg", "elevation_deg")}

@@ -334,7 +334,12 @@ def _with_given(settings: SweepSettings, paths: list[Path], n_scenes: int,
     where the truth (of the scenes evaluated, ``batch``) does not lie as close to
     boresight; a file without truth is named (before its batch's own error: no truth)."""
     from risloc.experiments.harness import GivenEstimates
-    from risloc.io.scenefile import RADIANS_SUSPECT, radians_hint, widest_true_angle
+    from risloc.io.scenefile import (
+        RADIANS_SUSPECT,
+        radians_hint,
+        scorable_truth,
+        widest_true_angle,
+    )
     from risloc.pipeline.estimates_file import (
         OneFileOfSeveralError,
         SeveralFilesError,
@@ -344,7 +349,8 @@ def _with_given(settings: SweepSettings, paths: list[Path], n_scenes: int,
     if not info.has_truth:
         raise ValueError(f"--estimates: {info.path} carries no true positions to score "
                          "estimates against")
-    truth_widest_deg = widest_true_angle(batch)[1]
+    # (the scored scenes': a left-out scene's NaN made it NaN, hiding the estimates' radians)
+    truth_widest_deg = widest_true_angle(scorable_truth(batch, info.system.K_max))[1]
     given = []
     for path in paths:
         if not path.exists():
