@@ -1056,3 +1056,108 @@ def test_a_bound_fitted_from_y_warns_where_the_noise_buries_the_source(system, c
         noise_and_powers_at(az, el, r, y, sc.H, sc.codes, system,
                             said=torch.tensor([True, False]))
     assert not caplog.records
+
+
+def test_stochastic_crb_with_a_full_source_covariance_is_never_below_the_deterministic():
+    """Stoica & Nehorai (1990): for y_l = A s_l + n_l the deterministic CRB, at symbols
+    whose sample covariance is the P of the stochastic one, is not larger than the
+    stochastic CRB with P unknown ("full"): J_det - J_sto is positive semi-definite. (The
+    default "diagonal" knows the sources are uncorrelated and may fall below it.)"""
+    L, K = 4, 3
+    H, codes = _identity_problem(SYS4, L)
+    az, el, r = (_t([_real(v)]) for v in (AZ4, EL4, R4))
+    p = _t([[1.0, 0.5, 2.0]])
+    lk = torch.outer(torch.arange(L, dtype=torch.float64), torch.arange(K, dtype=torch.float64))
+    s = (p[0].sqrt() * torch.exp(2j * math.pi * lk / L))[None]  # (1/L) sum_l s_l s_l^H = P
+    for sigma2 in (1e-3, 0.1, 30.0):
+        det = crb_deterministic(az, el, r, s, H, codes, _t([sigma2]), SYS4)
+        sto = crb_stochastic(az, el, r, p, H, codes, _t([sigma2]), SYS4,
+                             source_covariance="full")
+        assert (_stack(sto) >= _stack(det) * (1 - 1e-9)).all()
+        gap = torch.linalg.eigvalsh(det.fim[0] - sto.fim[0])
+        assert gap.min() >= -1e-9 * gap.abs().max()
+    assert (_stack(sto) > 3 * _stack(det)).all()  # (far apart at low SNR, equal at high)
+
+
+@pytest.mark.parametrize("kind", ["deterministic", "stochastic"])
+def test_an_added_interferer_never_lowers_a_sources_bound(kind):
+    """A third source only adds unknowns (deterministic: the FIM of the first two is a
+    Schur complement of one whose block is theirs alone) and power to the covariance."""
+    L = 8
+    H = torch.from_numpy(_cn((1, 6, 9), 60))
+    codes = torch.from_numpy(np.exp(2j * np.pi * np.random.default_rng(61).random((1, L, 9))))
+    sys = SYS3.model_copy(update=dict(M=6, K_max=3))
+    s = torch.from_numpy(_cn((1, L, 3), 62))
+    third = ([0.6], [0.3], [1.4])
+    common = dict(H=H, codes=codes, noise_var=_t([0.05]), system=sys)
+
+    def run(k):
+        az, el, r = (_t([(v + w)[:k]]) for v, w in zip((AZ3, EL3, R3), third))
+        if kind == "deterministic":
+            return _stack(crb_deterministic(az, el, r, s[:, :, :k], **common))
+        return _stack(crb_stochastic(az, el, r, _t([[1.0, 0.6, 2.0][:k]]), **common))
+
+    two, three = run(2), run(3)
+    assert (three[:, :, :2] >= two * (1 - 1e-9)).all()
+    assert (three[:, :, :2] > two * 1.001).any()
+
+
+def test_the_range_bound_of_a_far_source_grows_as_its_range_squared():
+    """Near-field range information is the wavefront curvature |x_n|^2 / (2 r): its
+    derivative falls as 1/r^2, so the range bound grows as r^2 far away (log-slope -> 2),
+    while the angle bounds settle to their far-field values."""
+    H, codes = _compressive(6, 70)
+    s = torch.from_numpy(_cn((1, 6, 1), 71))
+    out = [_stack(crb_deterministic(_t([AZ3[:1]]), _t([EL3[:1]]), _t([[q]]), s, H, codes,
+                                    _t([0.05]), SYS3))[:, 0, 0] for q in (8.0, 16.0, 32.0)]
+    slopes = [math.log2(float(b[2] / a[2])) for a, b in zip(out, out[1:])]
+    assert all(1.9 < sl < 2.05 for sl in slopes), slopes
+    torch.testing.assert_close(out[2][:2], out[1][:2], rtol=0.02, atol=0)
+
+
+def test_a_mirrored_scene_has_the_bound_of_its_mirrored_operator():
+    """azimuth -> -azimuth mirrors the RIS columns (x -> -x; elevation: the rows): the
+    mirrored scene seen through H and codes with those elements swapped has the same bound;
+    with a mirror-symmetric operator (H = I, equal codes) the mirrored scene itself has."""
+    sys = SystemConfig(N_H=4, N_V=3, M=8, L=6, K_max=2)
+    g = torch.Generator().manual_seed(3)
+    H = torch.randn(1, sys.M, sys.N, dtype=torch.complex128, generator=g)
+    codes = torch.polar(torch.ones(1, sys.L, sys.N, dtype=torch.float64),
+                        torch.rand(1, sys.L, sys.N, dtype=torch.float64, generator=g) * 6.3)
+    grid = torch.arange(sys.N).view(sys.N_V, sys.N_H)
+    az, el, r, p = _t([[0.35, -0.6]]), _t([[0.17, 0.44]]), _t([[2.0, 4.0]]), _t([[1.0, 0.5]])
+    base = _stack(crb_stochastic(az, el, r, p, H, codes, _t([0.01]), sys))
+    for flip, (a, e) in ((grid.flip(1), (-az, el)), (grid.flip(0), (az, -el))):
+        idx = flip.reshape(-1)
+        got = _stack(crb_stochastic(a, e, r, p, H[..., idx], codes[..., idx], _t([0.01]), sys))
+        torch.testing.assert_close(got, base, rtol=1e-9, atol=0)
+    assert not torch.allclose(  # (the operator's own asymmetry shows: the swap is needed)
+        _stack(crb_stochastic(-az, el, r, p, H, codes, _t([0.01]), sys)), base, rtol=1e-3)
+    Hi, ci = _identity_problem(SYS4, 3)
+    az, el, r, p = _t([[0.3, -0.4]]), _t([[0.1, -0.2]]), _t([[0.8, 1.6]]), _t([[1.0, 2.0]])
+    torch.testing.assert_close(_stack(crb_stochastic(-az, el, r, p, Hi, ci, _t([0.2]), SYS4)),
+                               _stack(crb_stochastic(az, el, r, p, Hi, ci, _t([0.2]), SYS4)),
+                               rtol=1e-9, atol=0)
+
+
+def test_bounds_are_in_radians_and_metres_scaling_with_the_wavelength():
+    """Wavelength, spacing and range all 3x longer: the same phases, so the same angle
+    bounds in degrees and a range bound 3x as large in metres (crb() and crb_for_scenes
+    alike report radians -> degrees and metres as documented)."""
+    g = torch.Generator().manual_seed(4)
+    sys = SystemConfig(N_H=4, N_V=4, M=8, L=6, K_max=2)
+    big = sys.model_copy(update=dict(wavelength=0.9, spacing=0.45))
+    H = torch.randn(sys.M, sys.N, dtype=torch.complex128, generator=g)
+    codes = torch.polar(torch.ones(sys.L, sys.N, dtype=torch.float64),
+                        torch.rand(sys.L, sys.N, dtype=torch.float64, generator=g) * 6.3)
+    a = crb(H, codes, [20.0, -35.0], [10.0, 25.0], [1.0, 2.0], sys, noise_var=0.01)
+    b = crb(H, codes, [20.0, -35.0], [10.0, 25.0], [3.0, 6.0], big, noise_var=0.01)
+    for k, factor in (("azimuth_deg", 1.0), ("elevation_deg", 1.0), ("range_m", 3.0)):
+        torch.testing.assert_close(b[k], a[k] * factor, rtol=1e-9, atol=0)
+    rad = crb_stochastic(torch.deg2rad(_t([[20.0, -35.0]])), torch.deg2rad(_t([[10.0, 25.0]])),
+                         _t([[1.0, 2.0]]), _t([[1.0, 1.0]]), H[None], codes[None], _t([0.01]),
+                         sys)
+    for k, want in (("azimuth_deg", torch.rad2deg(rad.azimuth)),
+                    ("elevation_deg", torch.rad2deg(rad.elevation)), ("range_m", rad.range_m)):
+        torch.testing.assert_close(a[k], want, rtol=1e-12, atol=0)
+    assert float(a["azimuth_deg"].max()) < 90  # (degrees of a resolvable source, not rad*1e3)
