@@ -41,6 +41,7 @@ def test_evaluate_simulated_sweep(tmp_path):
         "n_true; *_median_ratio_common" in " ".join(res.output.split())  # (a review)
     for name in ("error_vs_snr.png", "k_accuracy_vs_snr.png", "music_spectrum_true.png"):
         assert (out / name).stat().st_size > 10_000
+        assert name in " ".join(res.output.split())  # each plot named (a review: "PNG plots")
     assert not (out / "music_spectrum_blend.png").exists()  # no learned estimator ran
     def refuse(constant):  # strict JSON: no NaN / Infinity, which jq or JavaScript refuse
         raise ValueError(constant)

@@ -416,8 +416,9 @@ def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bo
         plot_k_accuracy(rows, out_dir / "k_accuracy_vs_snr.png",  # (no bound drawn there)
                         _plot_subtitle(settings, source, pooled, file_snr, False) + unseen)
         _spectrum_example(system, settings, out_dir)
-    console.print(f"results: {csv_path} (+ metrics.json{', PNG plots' if plots else ''}) "
-                  f"in {out_dir}")
+    drawn = [name for name in PLOTS if (out_dir / name).exists()]  # (named: for a slide)
+    console.print(f"results: {csv_path} (+ metrics.json"
+                  f"{', PNG plots ' + ', '.join(drawn) if drawn else ''}) in {out_dir}")
     return rows
 
 

@@ -292,3 +292,17 @@ def test_a_long_subtitle_is_wrapped_within_the_figure(figures, tmp_path, plot):
     box = fig._suptitle.get_window_extent()
     assert box.x0 >= 0 and box.x1 <= fig.bbox.width  # nothing beyond the panels' width
     assert " ".join(fig.get_suptitle().split()).count("in the table only") == 1  # all kept
+
+
+@pytest.mark.parametrize("plot", [plots.plot_error_vs_snr, plots.plot_k_accuracy])
+def test_snr_ticks_close_together_are_not_printed_over_each_other(figures, tmp_path, plot):
+    """A review: a file's SNR groups at 16.6 and 18.1 dB of -3.7..18.1 got a tick each,
+    their labels printed over each other ("16.618.1")."""
+    m = {"azimuth_median_deg": 1.0, "elevation_median_deg": 1.0, "range_median_m": 1.0,
+         "K_accuracy": 1.0, "f1": 1.0}
+    snrs = (-3.7, -1.0, 5.8, 10.3, 16.6, 18.1)
+    plot([ResultRow("classical", s, "all", 2, 1.0, m) for s in snrs], tmp_path / "p.png")
+    for ax in figures[-1].axes[:2]:
+        assert list(ax.get_xticks()) == [-3.7, -1.0, 5.8, 10.3, 16.6]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["-3.7", "-1", "5.8", "10.3",
+                                                                "16.6"]
