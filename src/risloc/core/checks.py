@@ -75,8 +75,11 @@ def as_tensor(name: str, x) -> torch.Tensor:
             a = a.astype(a.dtype.newbyteorder("="))
         if a.dtype.kind in "fc" and a.dtype.itemsize > (8 if a.dtype.kind == "f" else 16):
             a = a.astype(np.float64 if a.dtype.kind == "f" else np.complex128)  # long double
-        # (np.ascontiguousarray would make a 0-d array, a number, 1-d)
-        return torch.from_numpy(a if a.flags.c_contiguous else np.ascontiguousarray(a))
+        # a read-only array (np.load(mmap_mode="r"), setflags(write=False)) copied: torch cannot
+        # share it without a warning to the user; (np.ascontiguousarray would make a 0-d
+        # array, a number, 1-d)
+        return torch.from_numpy(a if a.flags.c_contiguous and a.flags.writeable else
+                                np.array(a, order="C"))
     except (TypeError, ValueError, RuntimeError) as err:
         raise InputTypeError(f"{name} must be a numeric array ({err})") from None
 

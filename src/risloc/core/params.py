@@ -167,8 +167,10 @@ def _real_2d(**arrays) -> list[torch.Tensor]:
     """Named real arrays of one shape [S, K_slots] (one scene's [K_slots] made [1, K_slots]) as
     float64 tensors; TypeError for complex ones, ValueError for shapes that differ."""
     pos = [as_tensor(name, v) for name, v in arrays.items()]
-    if any(t.is_complex() for t in pos):
-        raise TypeError(f"{', '.join(arrays)} must be real arrays")
+    for name, t in zip(arrays, pos):
+        if t.is_complex():  # (named, with its dtype: which of them came complex)
+            raise TypeError(f"{', '.join(arrays)} must be real arrays; {name} is {t.dtype} "
+                            f"(pass {name}.real where its imaginary part is 0)")
     pos = [t.to(torch.float64) for t in pos]
     if all(t.ndim == 1 for t in pos):  # one scene
         pos = [t.unsqueeze(0) for t in pos]

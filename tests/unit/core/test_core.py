@@ -380,6 +380,9 @@ def test_estimates_from_degrees_invert_to_numpy_and_name_what_they_refuse():
         Estimates.from_degrees(az, el, r, score=np.ones(3))
     with pytest.raises(TypeError, match="must be real arrays"):
         Estimates.from_degrees(az + 0j, el, r)
+    with pytest.raises(TypeError, match=r"must be real arrays; elevation_deg is "
+                                        r"torch.complex128 \(pass elevation_deg.real"):
+        Estimates.from_degrees(az, el + 0j, r)  # (the one that came complex, named)
 
 
 def test_estimates_from_degrees_of_one_scene_take_its_k_and_scores_as_its_positions():
@@ -440,6 +443,26 @@ def test_as_tensor_reads_big_endian_and_conjugated_views_and_refuses_sparse():
     assert not conj.is_conj() and conj.tolist() == [[1 - 2j, 3 + 1j]]
     with pytest.raises(InputTypeError, match=r"y must be a dense array.*\.to_dense\(\)"):
         as_tensor("y", torch.eye(3).to_sparse())
+
+
+def test_as_tensor_copies_read_only_arrays_without_a_torch_warning(tmp_path):
+    """The NumPy user's review: a read-only array (setflags(write=False), a read-only
+    memmap, as np.load(mmap_mode="r") gives) is copied, not shared: torch warned "The given
+    NumPy array is not writable" to the user, and a write to the tensor reached the array."""
+    import warnings
+
+    from risloc.core.checks import as_tensor
+
+    ro = np.array([[1 + 2j, 3 - 1j]], dtype=np.complex64)
+    ro.setflags(write=False)
+    np.save(tmp_path / "y.npy", ro)
+    for a in (ro, np.load(tmp_path / "y.npy", mmap_mode="r")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            t = as_tensor("y", a)
+        assert not np.shares_memory(t.numpy(), a)
+        t.add_(1)  # the caller's read-only array stays as it was
+        assert a.tolist() == [[1 + 2j, 3 - 1j]] and t.tolist() == [[2 + 2j, 4 - 1j]]
 
 
 def test_check_shapes_square_batches_pass_and_mismatches_are_named():
