@@ -334,6 +334,10 @@ def test_dataset(tmp_path, batch, system):
 
     again = pickle.loads(pickle.dumps(ds))  # as a spawned worker receives it
     assert again._reader is None and torch.equal(again[3].codes[0], batch.codes[3])
+    from risloc.io import collate_scenes
+
+    with pytest.raises(ValueError, match="no scenes to collate"):  # not a bare IndexError
+        collate_scenes([])
     # truth that cannot be scored is refused when the dataset is made, not at a batch
     # (a mutation review)
     noise = write_scenes(tmp_path / "k0.h5", batch[:6], system)
@@ -983,6 +987,10 @@ def test_dataset_index_stop_and_reader_per_process(tmp_path, batch, system, monk
         assert torch.equal(ds[-10].y[0], batch.y[0])
         got = list(ds.batches(4, 6, 100))
         assert [len(b) for b in got] == [4] and torch.equal(got[0].y, batch.y[6:10])
+        # a stop inside the file ends the last batch there, not a whole batch_size later
+        # (a dataset builder's review)
+        got = list(ds.batches(4, 1, 7))
+        assert [len(b) for b in got] == [4, 2] and torch.equal(got[1].y, batch.y[5:7])
         # a bad range or size is named whether the scenes are in memory or not (in memory,
         # start -2 gave an empty batch and skipped scenes 0 and 1 without a word)
         with pytest.raises(SceneFileError, match=r"bad scene range -2\.\.10 of 10"):
