@@ -409,9 +409,10 @@ _FREQUENCIES = ("frequency", "freq", "fc")
 _SYNONYMS = {"lambda": "wavelength", "lam": "wavelength", "wavelength_m": "wavelength",
              "d": "spacing", "element_spacing": "spacing", "spacing_m": "spacing",
              "n_antennas": "M", "antennas": "M", "snapshots": "L", "n_snapshots": "L",
+             "learning_rate": "lr",
              **dict.fromkeys(_FREQUENCIES, "wavelength")}
-"""Other names of the system's fields that a spelling match does not find (a review:
-``lambda`` was offered N_H or N_V)."""
+"""Other names of fields that a spelling match does not find (a review:
+``lambda`` was offered N_H or N_V, ``optim.learning_rate`` nothing)."""
 
 
 def _where_it_belongs(model: type, loc: list[str], is_section: bool) -> str:

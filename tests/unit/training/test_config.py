@@ -249,3 +249,14 @@ def test_a_stored_recipe_that_is_not_a_mapping_is_refused_not_read_as_the_defaul
     compared itself with it) and 'null' raised a bare TypeError past `train --resume`."""
     with pytest.raises(ConfigError, match="Input should be a valid dictionary"):
         TrainConfig.from_json(text, ["optim.lr=0.01"])
+
+
+def test_learning_rate_is_pointed_to_optim_lr(tmp_path):
+    """A recipe author's `optim.learning_rate` (the name most libraries use) is refused
+    with the recipe's name for it; difflib alone offered nothing."""
+    recipe = tmp_path / "my.yaml"
+    recipe.write_text("optim:\n  learning_rate: 2.0e-3\n")
+    with pytest.raises(ConfigError, match=r"optim\.learning_rate: .*\(did you mean optim\.lr\?\)"):
+        load_train_config(recipe)
+    with pytest.raises(ConfigError, match=r"\(did you mean optim\.lr\?\)"):
+        load_train_config(None, ["learning_rate=1e-3"])
