@@ -277,7 +277,19 @@ def test_estimates_made_elsewhere_are_scored_beside_the_estimators(tmp_path):
                               "--no-plots"])
     said = " ".join(res.output.split())
     assert res.exit_code == 0 and "8 of the 12 scenes evaluated have true sources but no " \
-        "estimate (no row) [0, 1, 2, 3, 4, 5, 6, 7]" in said, said
+        "estimate (no row) [0, 1, 2, 3, 4, 5, 6, 7]" in said and "from 1" not in said, said
+    # scenes numbered from 1 (sources from 0), the last scene without a row: every scene's
+    # rows land on the next scene's truth; scene 0 alone without a row is said as such
+    lines = (tmp_path / "exact.csv").read_text().splitlines()
+    (tmp_path / "from1.csv").write_text("\n".join([lines[0]] + [
+        f"{int(line.split(',')[0]) + 1},{line.split(',', 1)[1]}" for line in lines[1:]
+        if not line.startswith("11,")]) + "\n")
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "none", "--estimates",
+                              str(tmp_path / "from1.csv"), "--out", str(tmp_path / "r4"),
+                              "--no-plots"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "(no row) [0]" in said and "does the CSV number scenes " \
+        "from 1 (MATLAB's counting)? They are 0-based, subtract 1" in said, said
     res = runner.invoke(app, ["evaluate", str(f), "--estimators", "none", "--estimates",
                               str(tmp_path / "part.csv"), "--out", str(tmp_path / "r3"),
                               "--no-plots", "--start", "8"])

@@ -324,7 +324,10 @@ def _say_scenes_without_rows(settings: SweepSettings, batch, start: int,
                           f"estimate (no row) {listed_scenes(empty)}; they count as scenes "
                           "where no source was "
                           "found (for the estimates of part of the file, `risloc localize "
-                          "--start/--stop`, evaluate that part: the same --start/--stop)[/]")
+                          "--start/--stop`, evaluate that part: the same --start/--stop)"
+                          + ("; scene 0 among them: does the CSV number scenes from 1 "
+                             "(MATLAB's counting)? They are 0-based, subtract 1"
+                             if empty[0] == 0 and 1 not in empty else "") + "[/]")
 
 
 def _with_given(settings: SweepSettings, paths: list[Path], n_scenes: int,

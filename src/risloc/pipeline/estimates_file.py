@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -123,12 +124,14 @@ def _header(path: Path, fieldnames: list[str] | None) -> list[str]:
         raise ValueError(f"{path} is empty: an estimates CSV starts with its header "
                          f"{','.join(COLUMNS)}")
     known = (*COLUMNS, "file")
+    fieldnames = [fieldnames[0].removeprefix("#"), *fieldnames[1:]]  # np.savetxt's '# '
     names = [n.strip().lower() if n.strip().lower() in known else n for n in fieldnames]
     missing = [c for c in COLUMNS[:5] if c not in names]
     if missing:
         header = _shortened(",".join(fieldnames))
-        hint = " (its header is separated by ';': an estimates CSV is comma-separated)" if \
-            len(names) == 1 and ";" in names[0] else f"; its header: {header}"
+        sep = next((c for c in (";", "\t") if len(names) == 1 and c in names[0]), None)
+        hint = f" (its header is separated by {sep!r}: an estimates CSV is comma-separated)" \
+            if sep else f"; its header: {header}"
         unsaid = [f"{n} as {c}" for c in missing for n in names if c.startswith(f"{n}_")]
         if unsaid:  # 'azimuth' for azimuth_deg: renamed only where it holds the unit named
             hint += f" (rename {', '.join(unsaid)}: angles in degrees, range in metres)"
@@ -200,7 +203,10 @@ def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         with path.open(newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM too
             reader = csv.DictReader(f)
             reader.fieldnames = _header(path, reader.fieldnames)
-            return list(reader.fieldnames), list(reader)
+            rows = list(reader)
+            while rows and not any(isinstance(v, str) and v.strip() for v in rows[-1].values()):
+                rows.pop()  # a spreadsheet's rows of empty cells (',,,,') after the last
+            return list(reader.fieldnames), rows
     except csv.Error as err:  # (a line of 128 KB: a one-line JSON file given by a slip)
         raise ValueError(f"{path}, line {reader.line_num + 1}: not a CSV line ({err}): an "
                          "estimates CSV has short lines of numbers") from None
@@ -216,12 +222,16 @@ def _parse_rows(path: Path, lines: list[tuple[int, dict]]) -> list[tuple]:
     parsed = []
     for line, row in lines:
         try:
-            b, s = int(row["scene"]), int(row["source"])
+            b, s = _whole(row["scene"]), _whole(row["source"])
             values = [float(row[c]) for c in COLUMNS[2:5]]
             score = float(row.get("score") or "nan")
         except (TypeError, ValueError):
+            comma = any(isinstance(v, str) and re.fullmatch(r"\s*-?\d+,\d+\s*", v)
+                        for v in row.values())
             raise ValueError(f"{path}, line {line}: scene and source must be whole numbers "
-                             f"and the position numbers, got {dict(row)}") from None
+                             f"and the position numbers, got {dict(row)}" + (
+                                 " (decimal commas: write numbers with a decimal point)"
+                                 if comma else "")) from None
         if not all(map(math.isfinite, values)) or values[2] <= 0:
             raise ValueError(f"{path}, line {line}: positions must be finite numbers and the "
                              f"range > 0, got {dict(row)} (a scene with no source has no row)")
@@ -231,6 +241,18 @@ def _parse_rows(path: Path, lines: list[tuple[int, dict]]) -> list[tuple]:
                              "angle)")
         parsed.append((line, b, s, values, score))
     return parsed
+
+
+def _whole(cell: str) -> int:
+    """A scene or source cell as a whole number: 3, or 3.0 / 3.000000e+00 as np.savetxt and
+    a pandas float column write it; ValueError for 3.5 or text."""
+    try:
+        return int(cell)
+    except ValueError:
+        value = float(cell)
+        if not value.is_integer():
+            raise
+        return int(value)
 
 
 def _check_numbering(path: Path, parsed: list[tuple], n_scenes: int | None,
