@@ -34,7 +34,11 @@ def export_command(
     from risloc.pipeline.learned import load_learned_pipeline
 
     if not checkpoint.exists():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+        run = checkpoint.parent  # a run folder whose first epoch is still training
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}" + (
+            f" (no epoch of the run in {run} has finished yet: best.pt and last.pt are "
+            "written as its first ends)" if checkpoint.name in ("best.pt", "last.pt") and
+            ((run / ".lock").exists() or (run / "steps.csv").exists()) else ""))
     refuse_existing_model(out_path, overwrite, checkpoint)  # itself: named below
     # the written model must load as a pipeline before it replaces anything at --out
     # (a run's checkpoint has no order head yet: not worth a warning here)

@@ -206,7 +206,10 @@ def plot_run(run_dir: Path, path: Path) -> Path:
     if steps:
         ax.plot([r["step"] for r in steps], [r["total"] for r in steps], lw=0.8,
                 label="train (logged steps)")
-    spe = steps[-1]["step"] / max(1, steps[-1]["epoch"] + 1) if steps else 1
+    # steps per epoch from the rows of finished epochs (a running run's last rows are of
+    # an epoch not in epochs.csv yet, whose steps would shrink the estimate)
+    done = [r for r in steps if r["epoch"] < len(epochs)] or steps
+    spe = done[-1]["step"] / max(1, done[-1]["epoch"] + 1) if steps else 1
     ax.plot([x * spe for x in e], [r["train_total"] for r in epochs], "o-",
             label="train (epoch mean)")
     ax.set_xlabel("optimizer step" if steps else "epoch")  # (no step logged: epochs)

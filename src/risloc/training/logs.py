@@ -123,13 +123,16 @@ class EpochStats:
 @contextlib.contextmanager
 def epoch_progress(enabled: bool, description: str, total: int
                    ) -> Iterator[Callable[[float], None]]:
-    """A rich progress bar over the steps of an epoch; yields advance(loss)."""
-    if not enabled:
+    """A rich progress bar over the steps of an epoch; yields advance(loss). None where
+    stderr is no terminal nor notebook (a log file: the transient bar left an empty line an
+    epoch there)."""
+    console = Console(stderr=True)
+    if not enabled or not (console.is_terminal or console.is_jupyter):
         yield lambda loss: None
         return
     bar = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                    MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                   TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=console,
                    transient=True)
     with bar:
         task = bar.add_task(description, total=total, loss="-")  # (none before a step)

@@ -587,7 +587,7 @@ def _run(tr: Trainer, out: Path, resume: bool, callback: EpochCallback | None,
             if improved:
                 save_checkpoint(out / "best.pt", state)
             save_checkpoint(out / "last.pt", state)
-            _log_epoch(row, improved)
+            _log_epoch(row, improved, s.epochs, tr.history)
         distributed.barrier(tr.dist)
         if callback is not None:  # (a pruning callback decides as every rank: on rank 0's)
             callback(tr.epoch, shared)
@@ -596,15 +596,25 @@ def _run(tr: Trainer, out: Path, resume: bool, callback: EpochCallback | None,
     return _finish(tr, val_scenes, out, stopped)
 
 
-def _log_epoch(row: dict, improved: bool) -> None:
-    log.info("epoch %3d  %5.0fs  loss %.4f  val: angle %.2f deg  K acc %.3f  F1 %.3f  "
-             "nmse %.3f  overlap %.3f  objective %.3f%s", row["epoch"], row["seconds"],
-             row["train_total"], row["val_angle_median_deg"], row["val_K_accuracy"],
-             row["val_f1"], row["val_nmse"], row["val_overlap"], row["val_objective"],
-             "  *best*" if improved else "")
+def _log_epoch(row: dict, improved: bool, epochs: int, history: list[dict]) -> None:
+    left = epochs - row["epoch"]  # (from the mean epoch time so far; early stop aside)
+    times = [h["seconds"] for h in history]
+    eta = f"  ~{_duration(left * sum(times) / len(times))} of epochs left" if left and times else ""
+    log.info("epoch %3d/%d  %5.0fs  loss %.4f  val: angle %.2f deg  K acc %.3f  F1 %.3f  "
+             "nmse %.3f  overlap %.3f  objective %.3f%s%s", row["epoch"], epochs,
+             row["seconds"], row["train_total"], row["val_angle_median_deg"],
+             row["val_K_accuracy"], row["val_f1"], row["val_nmse"], row["val_overlap"],
+             row["val_objective"], "  *best*" if improved else "", eta)
     if row.get("nonfinite_losses"):
         log.warning("epoch %d: %d micro-batches had a non-finite loss; the epoch's train "
                     "losses leave them out", row["epoch"], row["nonfinite_losses"])
+
+
+def _duration(seconds: float) -> str:
+    """'45s', '17 min', '2.3 h': the time left in the epoch line."""
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _finish(tr: Trainer, val_scenes: SceneBatch, out: Path, stopped: bool) -> dict[str, float]:

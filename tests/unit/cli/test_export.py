@@ -93,3 +93,21 @@ def test_a_whole_number_metric_is_shown_not_dashed():
 
     assert _number(1, ".3f") == "1.000" and _number(0.5, ".3f") == "0.500"
     assert _number(None, ".3f") == _number("n/a", ".3f") == "-"
+
+
+def test_a_run_s_best_pt_before_its_first_epoch_ends_is_named_so(tmp_path):
+    """`risloc export-model RUN/best.pt` on a run still in its first epoch (its .lock and
+    steps.csv there, no checkpoint yet) says why, not only 'checkpoint not found'."""
+    (tmp_path / ".lock").write_text("pid 1 on host")
+    (tmp_path / "steps.csv").write_text("step,epoch,total\n20,0,2.0\n")
+    res = CliRunner().invoke(app, ["export-model", str(tmp_path / "best.pt"), "--out",
+                                   str(tmp_path / "m.pt")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "checkpoint not found:" in said, said
+    assert "no epoch of the run in" in said and "has finished yet" in said, said
+    assert not (tmp_path / "m.pt").exists()
+    other = tmp_path / "not-a-run"  # no run there: only 'not found'
+    other.mkdir()
+    res = CliRunner().invoke(app, ["export-model", str(other / "best.pt"), "--out",
+                                   str(tmp_path / "m.pt")])
+    assert res.exit_code == 2 and "has finished yet" not in res.output, res.output

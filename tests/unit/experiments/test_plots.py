@@ -223,6 +223,26 @@ def test_the_run_curves_put_epoch_means_on_the_step_axis_and_a_decaying_rate_on_
         assert ax.patches[0].get_x() == pytest.approx(1.5)
 
 
+def test_a_running_run_s_epoch_means_sit_at_their_epochs_last_steps(figures, tmp_path):
+    """Plotted while training runs (the guide's `risloc plot-run RUN`), steps.csv already
+    holds rows of the epoch not in epochs.csv yet: the epoch mean stays at step 160, not at
+    240 / 2 = 120 (measured on a default run one and a half epochs in)."""
+    head = "epoch,train_total,val_objective,val_angle_median_deg,lr,beta,swa\n"
+    (tmp_path / "epochs.csv").write_text(head + "1,2.0,3.0,2.0,0.01,0.3,0\n")
+    (tmp_path / "steps.csv").write_text("step,epoch,total\n" + "".join(
+        f"{s},{(s - 1) // 160},2.0\n" for s in range(20, 241, 20)))
+    plots.plot_run(tmp_path, tmp_path / "curves.png")
+    loss = figures[-1].axes[0]
+    means = next(ln for ln in loss.get_lines() if ln.get_label() == "train (epoch mean)")
+    assert list(means.get_xdata()) == [160.0]
+    # steps logged more rarely than an epoch's length: none of a finished epoch yet
+    (tmp_path / "steps.csv").write_text("step,epoch,total\n20,1,2.0\n")
+    plots.plot_run(tmp_path, tmp_path / "curves.png")
+    means = next(ln for ln in figures[-1].axes[0].get_lines()
+                 if ln.get_label() == "train (epoch mean)")
+    assert list(means.get_xdata()) == [10.0]
+
+
 def test_a_run_whose_record_has_no_best_epoch_marks_the_lowest_finite_objective(figures,
                                                                                   tmp_path):
     """last.pt's best epoch is -1 until an epoch improves (every objective NaN so far): no

@@ -107,3 +107,25 @@ def test_epoch_stats_count_skipped_steps_and_non_finite_entries_over_the_epoch()
     row = stats.summary()
     assert row["skipped_steps"] == 1 and row["nonfinite_grads"] == 3
     assert row["grad_norm_max"] == 3.0 and row["grad_norm_mean"] == 2.0
+
+
+def test_the_epoch_bar_writes_nothing_where_stderr_is_a_log_file(capsys):
+    """stdout and stderr redirected to a file (a long run's log): the transient bar drew
+    nothing there but left an empty line an epoch between the epoch lines."""
+    from risloc.training.logs import epoch_progress
+
+    with epoch_progress(True, "epoch 1/2", 3) as advance:
+        for _ in range(3):
+            advance(1.0)
+    assert capsys.readouterr().err == ""
+
+
+def test_the_epoch_bar_is_drawn_on_a_terminal_unless_turned_off(capsys, monkeypatch):
+    """(its mutant: the terminal check alone drew the bar under --no-progress)"""
+    from risloc.training.logs import epoch_progress
+
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich takes stderr for a terminal
+    for enabled in (True, False):
+        with epoch_progress(enabled, "epoch 1/2", 3) as advance:
+            advance(1.0)
+        assert ("epoch 1/2" in capsys.readouterr().err) == enabled

@@ -642,3 +642,21 @@ def test_the_optimizer_steps_on_gradients_clipped_to_the_recipe_s_grad_clip(tmp_
     norm, n_bad, taken = tr.optimizer_step()
     assert taken and n_bad == 0 and norm == pytest.approx(want, rel=1e-5)
     assert seen == [pytest.approx(0.25, rel=1e-4)]
+
+
+def test_the_epoch_line_says_which_epoch_of_how_many_and_the_time_left(caplog):
+    """A log file (stdout redirected: no progress bar) still tells a long run's progress:
+    'epoch 2/20' and the time left at the mean epoch time so far (two of 55 and 65 s:
+    18 epochs x 60 s = 18 min); the last epoch has none."""
+    from risloc.training.loop import _log_epoch
+
+    row = {"epoch": 2, "seconds": 65.0, "train_total": 1.0, "val_angle_median_deg": 1.0,
+           "val_K_accuracy": 0.5, "val_f1": 0.5, "val_nmse": 0.2, "val_overlap": 0.7,
+           "val_objective": 3.0}
+    history = [{"seconds": 55.0}, {"seconds": 65.0}]
+    with caplog.at_level("INFO", logger="risloc.training.loop"):
+        _log_epoch(row, False, 20, history)
+        _log_epoch({**row, "epoch": 20}, True, 20, history)
+    first, last = (r.getMessage() for r in caplog.records)
+    assert first.startswith("epoch   2/20 ") and first.endswith("  ~18 min of epochs left"), first
+    assert last.startswith("epoch  20/20 ") and last.endswith("*best*"), last
