@@ -13,7 +13,13 @@ from risloc.physics.channel import draw_channel_params
 from risloc.physics.codebooks import draw_codes
 from risloc.simulation import block_generator, simulate_range
 from risloc.simulation.scenes import draw_powers, draw_scenes, draw_sources
-from risloc.simulation.streams import draw_mixture, scene_stream, synthesize_mixture
+from risloc.simulation.streams import (
+    BLOCK,
+    draw_mixture,
+    scene_stream,
+    simulate_mixture,
+    synthesize_mixture,
+)
 
 SMALL = SystemConfig(N_H=4, N_V=4, M=8, L=4, K_max=5)
 
@@ -346,3 +352,30 @@ def test_concatenated_batches_drop_a_field_that_a_part_lacks():
     both = concat_batches([a, b])
     assert both.symbols is None and torch.equal(both.y, torch.cat([a.y, b.y]))
     assert torch.equal(both.K, torch.cat([a.K, b.K]))
+
+
+def test_a_power_spread_range_away_from_zero_draws_the_spread_between_its_bounds():
+    """power_spread_db = (10, 12): s ~ U[10, 12] (not U[0, hi - lo], which the ranges
+    starting at 0 above cannot tell apart). The span of K = 5 powers is s times a Beta(4, 2)
+    variable: mean E[s] 4/6 = 7.33 dB (std ~2 dB per scene, 0.045 for the mean of 2000),
+    never above 12 dB; the U[0, 2] spread would give a mean span of 0.67 dB."""
+    d = draw_scenes(2000, SMALL, SceneConfig(power_spread_db=(10.0, 12.0)),
+                    torch.Generator().manual_seed(9), K=5)
+    db = 10 * torch.log10(d.powers)
+    span = db.amax(1) - db.amin(1)
+    assert abs(float(span.mean()) - 11.0 * 4 / 6) < 0.3
+    assert float(span.max()) <= 12.0 and float(span.max()) > 10.0
+    assert float(db.abs().max()) <= 6.0
+
+
+def test_scene_i_of_a_range_is_scene_i_mod_block_of_its_blocks_generator():
+    """Scene i of (seed, split, stream) is scene i % BLOCK of the BLOCK scenes drawn from
+    block_generator(seed, split, i // BLOCK, stream): an exact identity, which a consistent
+    offset of the cut (every range shifted alike, so chunking invariance still holds) and a
+    regenerated snapshot would both miss."""
+    block = simulate_mixture(BLOCK, SMALL, SceneConfig(),
+                             block_generator(5, "validation", 1, 2))
+    part = simulate_range(BLOCK + 3, BLOCK + 7, SMALL, SceneConfig(), seed=5,
+                          split="validation", stream=2)
+    assert torch.equal(part.y, block.y[3:7])
+    assert torch.equal(part.azimuth.nan_to_num(), block.azimuth[3:7].nan_to_num())
