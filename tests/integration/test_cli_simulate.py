@@ -66,6 +66,7 @@ def test_info_checks_every_scene_and_counts_truth_outside_the_field_of_view(tmp_
     assert res.exit_code == 1, res.output  # a check, usable in scripts
     text = " ".join(res.output.replace("│", " ").split())
     assert "1 of 6 scenes cannot be localized: scene 4: codes are not unit modulus" in text
+    assert "; both leave out the scenes that cannot be localized" in text  # (what next)
     assert "1 of 12 sources" in text and "unknown (NaN)" not in text
     with h5py.File(out, "a") as f:  # the SNR unknown in two scenes: counted
         f["snr_db"][[0, 2]] = float("nan")
@@ -86,6 +87,35 @@ def test_info_checks_every_scene_and_counts_truth_outside_the_field_of_view(tmp_
     assert "1 of 10 sources" in text
     assert "(assumed: see the note)" in text and "no 'system' attribute: the default system " \
         "was assumed" in text
+
+
+def test_info_summarises_every_scene_says_whether_truth_is_given_and_what_to_run_next(tmp_path):
+    """A first-look review of `risloc info`: its SNR and K histogram covered the first 4096
+    scenes only though it reads every scene; a file without truth did not say so; what to
+    run next went unsaid; a '[red]' in the file's name was read as markup in the title."""
+    out = tmp_path / "a[red]b.h5"
+    assert runner.invoke(app, ["simulate", "--n", "4100", "--out", str(out), "--K", "1",
+                               "--set", "system.N_H=2", "--set", "system.N_V=2", "--set",
+                               "system.M=4", "--set", "system.L=4", "--set",
+                               "system.K_max=2"]).exit_code == 0
+    with h5py.File(out, "a") as f:  # the last scene's SNR: beyond the first 4096
+        f["snr_db"][4099] = 40.0
+    res = runner.invoke(app, ["info", str(out)])
+    assert res.exit_code == 0, res.output
+    assert str(out) + "┏" in "".join(res.output.split())  # (the title, above the table)
+    text = " ".join(res.output.replace("│", " ").split())
+    assert "truth K and true positions" in text
+    assert "SNR (dB) -5.0 .. 40.0" in text and "K histogram 1:4100 2:0 range" in text
+    assert "(statistics)" not in text
+    assert "risloc localize" in text and "--out estimates.csv` localizes the scenes; " \
+        "`risloc evaluate" in text
+    with h5py.File(out, "a") as f:
+        for name in ("K", "azimuth_deg", "elevation_deg", "range_m"):
+            del f[name]
+    text = " ".join(runner.invoke(app, ["info", str(out)]).output.replace("│", " ").split())
+    assert "truth none (no azimuth_deg, elevation_deg, range_m): the scenes can be " \
+        "localized, not scored" in text
+    assert "localizes the scenes" in text and "risloc evaluate" not in text
 
 
 def test_info_names_a_dataset_it_does_not_read_and_the_contract_name_it_resembles(tmp_path):

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from risloc import __version__
@@ -21,6 +22,7 @@ from risloc.cli.common import (
     out,
     progress,
     refuse_existing,
+    shell_arg,
 )
 from risloc.config import (
     FieldOfView,
@@ -160,27 +162,34 @@ def _simulate_h5(path, start, stop, system, scenes, split, seed, snr_db, K, attr
 
 
 def _check_scenes(path: Path, n_scenes: int, truth: bool, k_max: int
-                  ) -> tuple[list[tuple[int, str]], int, int, float]:
+                  ) -> tuple[list[tuple[int, str]], int, int, float, tuple]:
     """Every scene of a file checked as the localizers check theirs
     (:func:`risloc.core.checks.scene_problems`), chunk by chunk: ([(scene, reason)], true
     sources outside the default field of view, true sources, their widest angle in degrees;
-    with ``truth``, over the scenes whose truth can be scored)."""
+    with ``truth``, over the scenes whose truth can be scored; and the statistics of every
+    scene: (SNRs, K and ranges of the scenes whose truth can be scored, or None))."""
     fov = FieldOfView()
     bad: list[tuple[int, str]] = []
     outside = n_true = 0
     widest = 0.0
+    snrs, Ks, ranges = [], [], []
     with progress() as bar:
         task = bar.add_task("checking every scene", total=n_scenes)
         for at, batch in iter_scene_chunks(path, size=1024, truth=truth and "unchecked"):
             bad += [(at + i, why) for i, why in
                     scene_problems(batch.y, batch.H, batch.codes).reasons]
+            snrs.append(batch.snr_db.numpy())
             if batch.has_truth:  # (over the scenes whose truth can be scored)
                 scored = scorable_truth(batch, k_max)
                 outside += count_outside(scored, fov)
                 n, w = widest_true_angle(scored)
                 n_true, widest = n_true + n, max(widest, w)
+                Ks.append(scored.K.numpy())
+                ranges.append(scored.range_m.numpy().ravel())
             bar.advance(task, len(batch))
-    return bad, outside, n_true, widest
+    stats = (np.concatenate(snrs), np.concatenate(Ks) if Ks else None,
+             np.concatenate(ranges) if ranges else None)
+    return bad, outside, n_true, widest, stats
 
 
 def _print_summary(path: Path, check: bool = False) -> bool:
@@ -188,16 +197,28 @@ def _print_summary(path: Path, check: bool = False) -> bool:
     whether every scene can be localized (True without ``check``)."""
     info = inspect_scene_file(path)
     s = info.system
-    table = Table(title=f"{path}", show_header=True)
+    table = Table(title=escape(str(path)), show_header=True)
     table.add_column("field")
     table.add_column("value")
     table.add_row("scenes", f"{info.n_scenes}")
     table.add_row("system", s.describe() + (" (assumed: see the note)"
                                             if info.system_assumed else ""))
-    if info.n_scenes:
+    table.add_row("truth", "K and true positions" if info.has_truth else
+                  "none (no azimuth_deg, elevation_deg, range_m): the scenes can be "
+                  "localized, not scored")
+    bad: list[tuple[int, str]] = []
+    if check and info.n_scenes:  # (every scene: its statistics too, not the first 4096)
+        bad, outside, n_true, widest, (snr, K, r) = _check_scenes(
+            path, info.n_scenes, info.has_truth, s.K_max)
+        n_read = info.n_scenes
+    elif info.n_scenes:
         batch, _ = read_scenes(path, 0, min(info.n_scenes, 4096),
                                truth="unchecked" if info.has_truth else False)
-        snr = batch.snr_db.numpy()
+        scored = scorable_truth(batch, s.K_max) if batch.has_truth else batch
+        snr, n_read = batch.snr_db.numpy(), len(batch)
+        K, r = ((scored.K.numpy(), scored.range_m.numpy()) if scored.has_truth else
+                (None, None))
+    if info.n_scenes:
         unknown = int(np.isnan(snr).sum())
         if np.isfinite(snr).any():
             table.add_row("SNR (dB)", f"{np.nanmin(snr):.1f} .. {np.nanmax(snr):.1f} "
@@ -209,15 +230,13 @@ def _print_summary(path: Path, check: bool = False) -> bool:
             table.add_row("SNR (dB)", "unknown (none given" + (
                 f"; {near[0]!r} is not read: did you mean snr_db? see the note)"
                 if near else ")"))
-        scored = scorable_truth(batch, s.K_max) if batch.has_truth else batch
-        if scored.has_truth and len(scored):
-            counts = np.bincount(scored.K.numpy(), minlength=s.K_max + 1)[1:]
+        if K is not None and len(K):
+            counts = np.bincount(K, minlength=s.K_max + 1)[1:]
             table.add_row("K histogram", "  ".join(f"{k + 1}:{c}" for k, c in enumerate(counts))
-                          + (f" (the {len(scored)} scenes whose truth can be scored)"
-                             if len(scored) < len(batch) else ""))
-            r = scored.range_m.numpy()
+                          + (f" (the {len(K)} scenes whose truth can be scored)"
+                             if len(K) < n_read else ""))
             table.add_row("range (m)", f"{np.nanmin(r):.2f} .. {np.nanmax(r):.2f}")
-        if info.n_scenes > 4096:
+        if n_read < info.n_scenes:
             table.add_row("(statistics)", "over the first 4096 scenes")
     if "scene_mix" in info.attrs:
         table.add_row("scene kinds", _scene_kinds(info.attrs["scene_mix"]))
@@ -229,15 +248,12 @@ def _print_summary(path: Path, check: bool = False) -> bool:
             table.add_row(key, str(info.attrs[key]))
     for note in info.notes:
         table.add_row("note", note)
-    bad: list[tuple[int, str]] = []
     if check and info.n_truth_problems:
         table.add_row("truth checks", f"the truth of {info.n_truth_problems} scene(s) cannot "
                       "be scored: " + "; ".join(f"scene {i}: {why}" for i, why in
                                                 info.truth_problems[:5])
                       + ("; ..." if info.n_truth_problems > 5 else ""))
     if check and info.n_scenes:
-        bad, outside, n_true, widest = _check_scenes(path, info.n_scenes, info.has_truth,
-                                                     s.K_max)
         table.add_row("scene checks", "every scene can be localized" if not bad else
                       f"{len(bad)} of {info.n_scenes} scenes cannot be localized: " + "; ".join(
                           f"scene {i}: {why}" for i, why in bad[:5]) + ("; ..." if len(bad) > 5
@@ -249,6 +265,11 @@ def _print_summary(path: Path, check: bool = False) -> bool:
         hint = radians_hint(n_true, widest, attrs=info.attrs)
         if hint:
             table.add_row("truth units", hint)
+        p = shell_arg(path)
+        table.add_row("next", f"`risloc localize {p} --out estimates.csv` localizes the scenes"
+                      + (f"; `risloc evaluate {p}` scores the localizers on them"
+                         if info.has_truth else "")
+                      + ("; both leave out the scenes that cannot be localized" if bad else ""))
     out.print(table)
     return not bad and not (check and info.n_truth_problems)
 
