@@ -135,7 +135,7 @@ def main() -> None:
     codes = codes.to(torch.complex64)
     with torch.no_grad():
         starts = pipe.propose(pipe.forward(y, H, codes))
-        runs = {"fit stage": (mlfit, lambda: pipe.fit(y, H, codes, starts)),
+        runs = {"fit stage": (mlfit, lambda: pipe.fit(y, H, codes, starts, check=False)),
                 "classical": (classical, lambda: classical.classical_localize(
                     y, H, codes, pipe.system,
                     config=classical.ClassicalConfig().with_fov(pipe.fov)))}

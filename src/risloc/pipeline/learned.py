@@ -30,6 +30,7 @@ Everything is rebuilt from the checkpoint (:func:`load_learned_pipeline`).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -178,9 +179,14 @@ class LearnedPipeline:
         return torch.where(torch.isfinite(peaks), peaks.to(slots.dtype), slots)
 
     def fit(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
-            candidates: torch.Tensor, known: bool = False) -> MLFit:
+            candidates: torch.Tensor, known: bool = False, check: bool = True) -> MLFit:
         """Stage 3: nested ML fits from the candidates (:func:`ml_fit`); ``known``: the
-        caller gives K (the repairs' margin is then ``known_K_margin``)."""
+        caller gives K (the repairs' margin is then ``known_K_margin``). candidates :
+        [B, K_max, 3] (azimuth [rad], elevation [rad], 1/range [1/m]), all finite, as
+        :meth:`propose` gives them; ``check`` (off in :meth:`localize`, whose own proposals
+        need none: it waits for a GPU) refuses others by name."""
+        if check:
+            _check_candidates(candidates, y.shape[0], self.system.K_max, self.fov)
         return ml_fit(y, H, codes, candidates, self.system, self._fit_config(known))
 
     def _fit_config(self, known: bool) -> MLFitConfig:
@@ -244,7 +250,7 @@ class LearnedPipeline:
         candidates = self.propose(fwd)
         done("propose")
         known = K is not None
-        fit = self.fit(y, H, codes, candidates, known)
+        fit = self.fit(y, H, codes, candidates, known, check=False)
         done("fit")
         decision = self.decide_order(fwd, fit, y, K, k_max)
         done("decide order")
@@ -252,6 +258,31 @@ class LearnedPipeline:
                           known=known).float()
         done("polish")
         return est
+
+
+def _check_candidates(candidates: torch.Tensor, B: int, K_max: int, fov: FieldOfView) -> None:
+    """Refuse proposals the fit stage would misread (:meth:`LearnedPipeline.fit`)."""
+    form = (f"candidates must be [B, K_max, 3] = [{B}, {K_max}, 3] (azimuth [rad], "
+            f"elevation [rad], 1/range [1/m])")
+    if not isinstance(candidates, torch.Tensor) or tuple(candidates.shape) != (B, K_max, 3):
+        got = tuple(candidates.shape) if isinstance(candidates, torch.Tensor) \
+            else type(candidates).__name__
+        hint = "; fewer sources of your own: fill the other slots with the network's " \
+            "(propose's) candidates" if isinstance(candidates, torch.Tensor) \
+            and candidates.ndim == 3 and candidates.shape[0] == B \
+            and candidates.shape[1] < K_max else ""
+        raise ValueError(f"{form}, got {got}{hint}")
+    if not bool(torch.isfinite(candidates).all()):
+        raise ValueError(f"{form}, all finite: got NaN or inf (padding?); fill the unused "
+                         f"slots with the network's (propose's) candidates, not NaN")
+    az, el, inv_r = candidates.unbind(-1)
+    if bool((az.abs() > math.pi).any() | (el.abs() > math.pi / 2).any()):
+        raise ValueError(f"{form}: azimuth beyond +-pi or elevation beyond +-pi/2; "
+                         f"degrees? pass radians (torch.deg2rad)")
+    if bool((inv_r <= 0).any() | (inv_r > 2 / fov.range_m[0]).any()):
+        raise ValueError(f"{form}: a third coordinate outside (0, {2 / fov.range_m[0]:g}] "
+                         f"(twice 1 / the field of view's {fov.range_m[0]:g} m); a range in "
+                         f"metres? pass 1/range")
 
 
 def load_learned_pipeline(path: str | Path | None = None, weights: str = "ema",
