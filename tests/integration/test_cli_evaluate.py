@@ -768,3 +768,19 @@ def test_a_left_out_scenes_nan_truth_is_not_named_as_outside_the_field_of_view(t
                               "--no-plots"])
     assert res.exit_code == 0 and "radians stored as degrees?" in " ".join(
         res.output.split()), res.output
+
+
+def test_a_reader_gone_from_the_pipe_does_not_end_the_run(tmp_path):
+    """`risloc evaluate ... 2>&1 | head -1`: the run goes on to write its report, exit code
+    0 (rich exited 1 at the first print after head left, before metrics.csv)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "r"
+    p = subprocess.Popen([sys.executable, "-m", "risloc", "evaluate", "--n", "2", "--snr-db",
+                          "10,20", "--estimators", "classical", "--no-plots", "--out",
+                          str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    p.stdout.readline()  # the first line, then the reader leaves
+    p.stdout.close()
+    assert p.wait(timeout=300) == 0
+    assert (out / "metrics.csv").exists() and (out / "metrics.json").exists()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -38,6 +40,17 @@ class _Console(Console):
             return super().render_str(text, **kwargs)
         except MarkupError:
             return super().render_str(text, **{**kwargs, "markup": False})
+
+    def on_broken_pipe(self) -> None:
+        """The reader of this console's pipe is gone (`risloc train ... 2>&1 | head`): the
+        rest of its output goes to /dev/null and the command goes on to its end, its files
+        written (rich exits 1 there: a training run ended before its model.pt, an evaluate
+        before its plots)."""
+        self.quiet = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.file.fileno())  # (Python's own flush at exit too)
+            os.close(devnull)
 
 
 # Printed messages are never broken into lines of the terminal's width by rich (the

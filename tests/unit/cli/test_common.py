@@ -160,3 +160,20 @@ def test_a_name_rich_reads_as_a_closing_tag_is_printed_not_a_traceback(tmp_path)
     assert res.exit_code == 0, res.output
     assert (tmp_path / "c[/]d.h5").exists()
     assert "c[/]d.h5" in " ".join(res.output.split())
+
+
+def test_a_broken_pipe_quiets_the_console_and_the_command_goes_on(tmp_path):
+    """`risloc train ... 2>&1 | head`: where the pipe's reader is gone, rich exited 1 at
+    the next print (a training run ended before its model.pt, an evaluate before its
+    plots); the console now drops the rest of its output (its file descriptor on
+    /dev/null, so Python's flush at exit is quiet too) and returns."""
+    import os
+
+    from risloc.cli.common import _Console
+
+    with open(tmp_path / "pipe.txt", "w") as f:
+        c = _Console(file=f)
+        c.on_broken_pipe()  # (rich raised SystemExit(1))
+        assert c.quiet and os.readlink(f"/proc/self/fd/{f.fileno()}") == os.devnull
+        c.print("dropped")
+    assert (tmp_path / "pipe.txt").read_text() == ""
