@@ -498,6 +498,12 @@ def system_from_json(text: str | None) -> SystemConfig:
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
+    index = next((i for i, p in enumerate(parts) if i and p.strip().isdigit()), None)
+    if index is not None:  # (no field is named by a number: it indexes a list or tuple)
+        whole = ".".join(parts[:index])
+        raise ConfigError(f"override {key!r}: {parts[index]!r} indexes into {whole}, a list "
+                          f"that is set whole: write {whole}=[...] with all its entries "
+                          f"(on the command line: --set '{whole}=[3, 2]')")
     node = data
     for p in parts[:-1]:
         node = node.setdefault(p, {})

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from risloc.config import SystemConfig
-from risloc.core.checks import as_tensor
+from risloc.core.checks import as_tensor, matlab_vector
 from risloc.physics.steering import steering
 
 # The largest |elevation| [deg] a source may have where it is given in degrees: 90, and
@@ -122,7 +122,8 @@ class Estimates:
                 torch.zeros(az.shape[0], dtype=torch.int64, device=az.device)
         else:
             K = as_tensor("K", K).to(az.device)
-            K = K.reshape(1) if K.ndim == 0 else K  # (one scene's K: a number)
+            K = K.reshape(1) if K.ndim == 0 else matlab_vector(K, az.shape[0])  # (one
+            # scene's K: a number; a MATLAB / pandas column [S, 1]: [S])
             if K.shape != (az.shape[0],) or K.dtype == torch.bool or K.is_complex() or not \
                     bool(((K == K.double().round()) & (K >= 0) & (K <= az.shape[1])).all()):
                 raise ValueError(f"K must be [S={az.shape[0]}] whole numbers in 0..K_slots="

@@ -39,7 +39,7 @@ from typing import NamedTuple
 import torch
 
 from risloc.config import FieldOfView, SystemConfig
-from risloc.core.checks import float32_default
+from risloc.core.checks import as_tensor, float32_default, matlab_vector
 from risloc.core.params import Estimates
 from risloc.estimators.classical import ClassicalConfig, separate_cancelling
 from risloc.estimators.mlfit import MLFit, MLFitConfig, ml_fit, repair_chosen
@@ -195,10 +195,15 @@ class LearnedPipeline:
         return replace(self.fit_config, repair_margin=self.known_K_margin)
 
     def decide_order(self, fwd: Forward, fit: MLFit, y: torch.Tensor,
-                     K: torch.Tensor | None = None, k_max: int | None = None) -> OrderDecision:
+                     K: torch.Tensor | None = None, k_max: int | None = None,
+                     check: bool = True) -> OrderDecision:
         """Stage 4: K [B] — given, else the order head, else the residual rule; never more
-        than k_max (default: the system's K_max)."""
+        than k_max (default: the system's K_max). A given K may be a column [B, 1] or row
+        [1, B] (a MATLAB or pandas one); ``check`` (off in :meth:`localize`, whose K the
+        caller has checked) refuses one outside 1..K_max by name."""
         if K is not None:
+            if check:
+                K = _given_K(K, y.shape[0], self.system.K_max, "decide_order")
             return OrderDecision(K.to(device=y.device, dtype=torch.int64), None)
         k_max = self.system.K_max if k_max is None else k_max
         if self.order_head is None:
@@ -219,11 +224,16 @@ class LearnedPipeline:
         return torch.where(low, self.low_snr_balance, head.balance)
 
     def polish(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, fit: MLFit,
-               K: torch.Tensor, repair: bool = False, known: bool = False) -> Estimates:
+               K: torch.Tensor, repair: bool = False, known: bool = False,
+               check: bool = True) -> Estimates:
         """Stage 5: NF-MLE of the first K [B] sources of the nested fit, after
         ``chosen_repairs`` repair rounds on them if ``repair``; ``known``: K given by the
-        caller (as for :meth:`fit`)."""
+        caller (as for :meth:`fit`). ``check`` (off in :meth:`localize`, whose K lies in
+        range: it waits for a GPU) refuses a K outside 1..K_max by name (a column [B, 1]
+        is read as [B])."""
         theta = fit.theta
+        if check:
+            K = _given_K(K, theta.shape[0], theta.shape[1], "polish")
         if repair and self.chosen_repairs > 0:
             theta = repair_chosen(y, H, codes, theta, K, self.system, self._fit_config(known),
                                   self.chosen_repairs)
@@ -252,12 +262,26 @@ class LearnedPipeline:
         known = K is not None
         fit = self.fit(y, H, codes, candidates, known, check=False)
         done("fit")
-        decision = self.decide_order(fwd, fit, y, K, k_max)
+        decision = self.decide_order(fwd, fit, y, K, k_max, check=False)
         done("decide order")
         est = self.polish(y, H, codes, fit, decision.K, repair=known or self.repair_decided,
-                          known=known).float()
+                          known=known, check=False).float()
         done("polish")
         return est
+
+
+def _given_K(K, B: int, K_max: int, stage: str) -> torch.Tensor:
+    """A stage's K as [B] int64 in 1..K_max (a column [B, 1] or row [1, B] read as [B]);
+    ValueError naming what came otherwise."""
+    K = matlab_vector(as_tensor("K", K), B)
+    if K.shape != (B,) or K.dtype == torch.bool or K.is_complex():
+        raise ValueError(f"{stage}: K must be [B] = [{B}] integers (one per scene), got "
+                         f"{K.dtype} of shape {tuple(K.shape)}; a number for all scenes: "
+                         f"torch.full(({B},), k)")
+    if bool(((K != K.round()) | (K < 1) | (K > K_max)).any()):  # NaN too
+        raise ValueError(f"{stage}: K must hold whole numbers in 1..K_max={K_max} (K = 0 "
+                         f"would return no sources), got {sorted(set(K.tolist()))[:8]}")
+    return K.to(torch.int64)
 
 
 def _check_candidates(candidates: torch.Tensor, B: int, K_max: int, fov: FieldOfView) -> None:

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from risloc.config import ConfigError, RislocConfig, SystemConfig, load_config, parse_overrides
@@ -56,6 +58,19 @@ def test_invalid_fields_say_how_to_write_them(override, says):
     with pytest.raises(ConfigError) as err:
         load_config(overrides=[override])
     assert str(err.value) == f"invalid configuration: {says}"
+
+
+@pytest.mark.parametrize("override,whole", [
+    ("model.dilations.0=3", "model.dilations"), ("scene.snr_db.1=5", "scene.snr_db"),
+    ("model.dilations.0.x=3", "model.dilations")])
+def test_an_override_into_a_list_says_to_set_the_list_whole(override, whole):
+    """A numeric component indexes a list or tuple, which an override sets whole (pydantic
+    said only 'Input should be a valid tuple' of the dict {'0': 3} it became)."""
+    with pytest.raises(ConfigError, match=re.escape(
+            f"indexes into {whole}, a list that is set whole: write {whole}=[...] with all "
+            f"its entries (on the command line: --set '{whole}=[3, 2]')")):
+        parse_overrides([override])
+    assert parse_overrides(["0=3"]) == {"0": 3}  # no list before it: left to validation
 
 
 def test_no_pair_hint_where_one_number_is_valid_too():

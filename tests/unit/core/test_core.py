@@ -353,6 +353,8 @@ def test_estimates_from_degrees_invert_to_numpy_and_name_what_they_refuse():
     given = Estimates.from_degrees(az, el, r, K=[1, 0, 1.0], score=np.ones((3, 3)))
     assert given.K.tolist() == [1, 0, 1] and bool(torch.isnan(given.azimuth[0, 1]))
     assert given.score[0, 0] == 1.0
+    column = Estimates.from_degrees(az, el, r, K=np.array([[1], [0], [1]]))  # MATLAB / pandas
+    assert column.K.tolist() == [1, 0, 1] and column.K.shape == (3,)
     one = Estimates.from_degrees(az[0], el[0], r[0])  # one scene's [K_slots]
     assert one.K.tolist() == [2] and one.azimuth.shape == (1, 3)
     back = Estimates.from_degrees(np.rad2deg(est.azimuth.float().numpy()),  # float32's pi / 2

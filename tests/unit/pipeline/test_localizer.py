@@ -1087,15 +1087,18 @@ def test_repair_decided_repairs_the_decided_sources_and_low_snr_db_none_keeps_th
     est = SimpleNamespace(float=lambda: "estimates")
     pipe = SimpleNamespace(
         forward=lambda y, H, c, snr: "fwd", propose=lambda fwd: "cand",
-        fit=lambda y, H, c, cand, known: "fit",
-        decide_order=lambda fwd, fit, y, K, k_max: SimpleNamespace(K="K"),
-        polish=lambda y, H, c, fit, K, repair, known: seen.append((repair, known)) or est)
+        fit=lambda y, H, c, cand, known, check: seen.append(check) or "fit",
+        decide_order=lambda fwd, fit, y, K, k_max, check: seen.append(check)
+        or SimpleNamespace(K="K"),
+        polish=lambda y, H, c, fit, K, repair, known, check: seen.append(check)
+        or seen.append((repair, known)) or est)  # (none checks: localize waits for no GPU)
     y = torch.zeros(1, 2, 2, dtype=torch.complex64)
     for decided, K, want in ((False, None, (False, False)), (True, None, (True, False)),
                              (False, torch.ones(1), (True, True))):
         pipe.repair_decided = decided
         assert LearnedPipeline.localize(pipe, y, y, y, K=K) == "estimates"
-        assert seen.pop() == want
+        assert seen.pop() == want and seen == [False] * 3
+        seen.clear()
     assert LearnedPipeline.head_balance(SimpleNamespace(low_snr_db=None), None, y, None) is None
 
 
@@ -1258,6 +1261,45 @@ def test_the_polish_starts_from_the_repaired_sources(monkeypatch):
     learned.LearnedPipeline.polish(pipe, None, None, None, SimpleNamespace(theta=theta), K)
     assert "repair" not in calls
     torch.testing.assert_close(calls["init"].azimuth[0, :2], torch.zeros(2))
+
+
+def test_the_stages_read_a_column_K_and_refuse_one_outside_1_to_K_max(monkeypatch):
+    """decide_order and polish given K: a MATLAB / pandas column [B, 1] is read as [B] (it
+    raised a cryptic RuntimeError, or broadcast to [B, B] slots); K = 0 (which returned no
+    sources, F1 0), K > K_max, 2.5 and a [B, B] K are refused by name at the stage's entry.
+    Stubbed."""
+    from types import SimpleNamespace
+
+    import risloc.pipeline.learned as learned
+
+    y = torch.zeros(2, 6, 4, dtype=torch.complex64)
+    pipe = SimpleNamespace(order_head=None, system=SimpleNamespace(K_max=5))
+    got = learned.LearnedPipeline.decide_order(pipe, None, None, y, torch.tensor([[2], [3]]))
+    assert got.K.tolist() == [2, 3] and got.K.dtype == torch.int64
+    assert learned.LearnedPipeline.decide_order(pipe, None, None, y, torch.tensor([5, 1])
+                                                ).K.tolist() == [5, 1]  # K_max itself
+    theta = torch.full((2, 5, 3), 0.25)
+    calls = {}
+    monkeypatch.setattr(learned, "nfmle_fit", lambda y, H, c, init, *a, **k: (
+        calls.update(init=init) or "refined"))
+    monkeypatch.setattr(learned, "separate_cancelling", lambda y, H, c, est, *a: est)
+    polish = SimpleNamespace(chosen_repairs=1, system=None, polish_config=None,
+                             _fit_config=lambda known: "cfg")
+    learned.LearnedPipeline.polish(polish, None, None, None, SimpleNamespace(theta=theta),
+                                   torch.tensor([[2], [3]]))
+    assert calls["init"].K.tolist() == [2, 3] and calls["init"].azimuth.shape == (2, 5)
+    assert calls["init"].mask.sum(-1).tolist() == [2, 3]
+    for K, match in ((torch.tensor([0, 2]), r"decide_order: K must hold whole numbers in "
+                      r"1..K_max=5 \(K = 0 would return no sources\), got \[0, 2\]"),
+                     (torch.tensor([1, 6]), r"1..K_max=5.*got \[1, 6\]"),
+                     (torch.tensor([2.5, 1.0]), r"1..K_max=5.*got \[1.0, 2.5\]"),
+                     (torch.ones(2, 2, dtype=torch.int64), r"K must be \[B\] = \[2\] "
+                      r"integers \(one per scene\), got torch.int64 of shape \(2, 2\)")):
+        with pytest.raises(ValueError, match=match):
+            learned.LearnedPipeline.decide_order(pipe, None, None, y, K)
+        with pytest.raises(ValueError, match=match.replace("decide_order", "polish")):
+            learned.LearnedPipeline.polish(polish, None, None, None,
+                                           SimpleNamespace(theta=theta), K)
 
 
 def test_a_stored_head_of_other_features_or_none_is_said_and_not_used(tmp_path, caplog):
