@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.errors import MarkupError
 from rich.logging import RichHandler
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,6 +27,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 from risloc.config import ConfigError, RislocConfig, load_config
 
@@ -59,6 +61,21 @@ class _Console(Console):
 console = _Console(stderr=True, soft_wrap=True)
 # Tables stay readable when stdout is a file or pipe (rich would fall back to 80 columns).
 out = _Console(width=None if Console().is_terminal else 150)
+
+
+def print_table(table: Table, console: Console | None = None) -> None:
+    """Print ``table`` (on ``out`` by default) with every header and cell whole: each column
+    at least as wide as its longest word, a text wrapping only between words. Where that is
+    wider than the terminal, the table is printed that wide and the terminal wraps its lines
+    (rich would cut numbers and names to fit: '0.04…' and 'classic…' on 60 columns)."""
+    console = console or out
+    wide = console.options.update_width(10_000)
+    columns = table.columns if isinstance(table, Table) else []  # (others as they are)
+    for column in columns:
+        column.min_width = max(Measurement.get(console, wide, cell).minimum
+                               for cell in (column.header, *column.cells))
+    console.print(table, crop=False)
+
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="YAML/TOML file with 'system' and 'scene' sections (or a "

@@ -21,6 +21,7 @@ from risloc.cli.common import (
     model_system,
     out,
     parse_numbers,
+    print_table,
     progress,
     sweep_config,
 )
@@ -393,7 +394,7 @@ def run_report(points, system, settings: SweepSettings, out_dir: Path, plots: bo
     file_snr = ("all" if not pooled or not any(map(math.isnan, groups)) else
                 "none" if all(map(math.isnan, groups)) else "some")
     what = _plot_subtitle(settings, source, pooled, file_snr)  # scenes, what was told, bound
-    out.print(results_table(rows, f"{title} — {what}", left, per_K))
+    print_table(results_table(rows, f"{title} — {what}", left, per_K), out)
     used = settings.meta()
     if pooled:  # a file's scenes: the sweep's own settings do not apply
         for key in SWEEP_ONLY:

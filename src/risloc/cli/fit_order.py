@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from risloc.cli.common import console, handle_errors, out, progress, refuse_existing_model
+from risloc.cli.common import (
+    console,
+    handle_errors,
+    out,
+    print_table,
+    progress,
+    refuse_existing_model,
+)
 from risloc.pipeline.order import MIN_ORDER_SCENES
 
 
@@ -80,7 +87,7 @@ def fit_order_command(
         report = fit_order(checkpoint, out_path, scenes, report_scenes, workers=workers,
                            on_batch=lambda n: bar.advance(task, n), scene=fields,
                            margin=margin, mix=mix)
-    out.print(report_table(report))
+    print_table(report_table(report), out)
     from risloc.inference.checkpoint import model_card_path
 
     card = model_card_path(out_path)

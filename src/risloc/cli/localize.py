@@ -16,7 +16,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from risloc.cli.common import console, handle_errors, out, progress, shell_arg
+from risloc.cli.common import (
+    console,
+    handle_errors,
+    out,
+    print_table,
+    progress,
+    shell_arg,
+)
 from risloc.evaluation.metrics import (
     Matching,
     concat_matchings,
@@ -370,8 +377,8 @@ def localize_command(
     if matched and not scored_n:
         console.print("(no metrics: no scene localized has truth that can be scored)")
     elif matched:
-        out.print(_metrics_table(concat_matchings(matched), torch.cat(snrs), snr_bin_db,
-                                 bad_scored))
+        print_table(_metrics_table(concat_matchings(matched), torch.cat(snrs), snr_bin_db,
+                                   bad_scored), out)
         if scored_n < total:
             console.print(f"(metrics over the {scored_n} of {total} scenes with truth that can "
                           "be scored)")

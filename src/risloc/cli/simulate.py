@@ -20,6 +20,7 @@ from risloc.cli.common import (
     get_config,
     handle_errors,
     out,
+    print_table,
     progress,
     refuse_existing,
     shell_arg,
@@ -270,7 +271,7 @@ def _print_summary(path: Path, check: bool = False) -> bool:
                       + (f"; `risloc evaluate {p}` scores the localizers on them"
                          if info.has_truth else "")
                       + ("; both leave out the scenes that cannot be localized" if bad else ""))
-    out.print(table)
+    print_table(table, out)
     return not bad and not (check and info.n_truth_problems)
 
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from risloc.cli.common import console, handle_errors, progress, shell_arg
+from risloc.cli.common import console, handle_errors, print_table, progress, shell_arg
 from risloc.cli.common import out as stdout
 from risloc.config import parse_overrides, read_config_file, shipped_recipes
 from risloc.io.atomic import (
@@ -259,7 +259,7 @@ def _train_in_folder(cfg: TrainConfig, run: Path, resume: bool, overwrite: bool,
     if not first_rank:  # data-parallel: rank 0 writes and reports
         return
     write_json_atomic(run / "metrics.json", metrics)
-    stdout.print(_summary_table(metrics, run))
+    print_table(_summary_table(metrics, run), stdout)
     if cfg.order.scenes == 0:
         held = f"so no {run / 'model.pt'}"
         if (run / "model.pt").exists():
@@ -362,7 +362,7 @@ def _inference_model(cfg, progress_bar: bool) -> Path:
                            mix=o.scene_mix)
     headless.unlink()
     model_card_path(headless).unlink(missing_ok=True)
-    stdout.print(report_table(report))
+    print_table(report_table(report), stdout)
     console.print(f"inference model (as shipped): {model} and its card "
                   f"{model_card_path(model)}")
     return model

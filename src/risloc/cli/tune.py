@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from risloc.cli.common import console, handle_errors, shell_arg
+from risloc.cli.common import console, handle_errors, print_table, shell_arg
 from risloc.cli.common import out as stdout
 
 
@@ -93,7 +93,7 @@ def tune_command(
         table.add_row(str(t.number), t.state.name,
                       "" if t.value is None else f"{t.value:.4g}",
                       *(_fmt(t.params.get(n)) for n in names))
-    stdout.print(table)
+    print_table(table, stdout)
     best = out / "best_overrides.yaml"
     if best.exists():
         console.print(f"best trial: {best} (risloc train --config {shell_arg(config)} "

@@ -2,6 +2,7 @@
 its kind and text, numbers lists, the --overwrite rules of a model and its card, and the
 system a simulated sweep runs on."""
 
+import io
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 from risloc.cli.common import (
     handle_errors,
     parse_numbers,
+    print_table,
     refuse_existing_model,
     shell_arg,
     sweep_config,
@@ -177,3 +179,47 @@ def test_a_broken_pipe_quiets_the_console_and_the_command_goes_on(tmp_path):
         assert c.quiet and os.readlink(f"/proc/self/fd/{f.fileno()}") == os.devnull
         c.print("dropped")
     assert (tmp_path / "pipe.txt").read_text() == ""
+
+
+@pytest.mark.parametrize("width", [60, 80, 200])
+def test_a_table_on_a_narrow_terminal_keeps_every_number_and_name_whole(width):
+    """evaluate's table on a 60- or 80-column terminal: rich cut its cells to '0.04…' and
+    'classic…'; each now stands whole (a cell wraps only between words), the table as wide
+    as that needs (the terminal wraps its lines) and no wider where the terminal is wide."""
+    from rich.console import Console
+    from rich.table import Table
+
+    heads = ("estimator", "SNR dB", "n", "K acc", "F1", "az med° (.67√CRB)",
+             "el med° (.67√CRB)", "range med m (.67√CRB)", "ms/scene")
+    rows = [(name, "-5", "400", "0.812 (±0.0123)", "0.9123 (±0.0456)", "0.0412 (0.0311)",
+             "0.0612 (0.0456)", "0.1234 (0.0987)", "12.3")
+            for name in ("learned", "classical", "music-samp", "music-samp+nfmle")]
+    table = Table(title="simulated sweep")
+    for head in heads:
+        table.add_column(head, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    buf = io.StringIO()
+    print_table(table, Console(file=buf, width=width, force_terminal=True, color_system=None))
+    text = buf.getvalue()
+    lines = [line.split("│") for line in text.splitlines()]
+    assert "…" not in text
+    for word in {w for row in (heads, *rows) for cell in row for w in cell.split()}:
+        assert any(word == part.strip() or f" {word} " in f" {part} " for line in lines
+                   for part in line), (word, text)
+    assert max(map(len, text.splitlines())) <= max(width, 110), text
+
+
+def test_a_word_wider_than_the_terminal_stays_whole_in_its_table():
+    """A path in `risloc simulate`'s table, longer than the terminal is wide: one line."""
+    from rich.console import Console
+    from rich.table import Table
+
+    path = "/data/" + "scenes_" * 12 + "test.h5"
+    table = Table()
+    table.add_column("field")
+    table.add_column("value")
+    table.add_row("file", path)
+    buf = io.StringIO()
+    print_table(table, Console(file=buf, width=60, force_terminal=True, color_system=None))
+    assert path in buf.getvalue() and "…" not in buf.getvalue()
