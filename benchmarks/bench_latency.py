@@ -111,8 +111,11 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     torch.set_num_threads(threads[0])
     sc = simulate_range(0, 128, SystemConfig(), seed=7, split="test")
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
+                .splitlines() if line.startswith("model name")), "unknown") \
+        if Path("/proc/cpuinfo").exists() else "unknown"
     result = {"torch": torch.__version__, "cores": len(__import__("os").sched_getaffinity(0)),
-              "methods": {}}
+              "cpu": cpu, "methods": {}}
     for method in args.methods.split(","):
         torch.set_num_threads(threads[0])
         counter.n = 0
@@ -137,7 +140,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps(result, indent=1))
-    lines = [f"torch {result['torch']}, {result['cores']} cores; per-call latency of "
+    lines = [f"torch {result['torch']}, {result['cores']} cores of {cpu}; per-call latency of "
              "Localizer.localize (default system, simulated test scenes)"]
     for method, r in result["methods"].items():
         lines.append(f"\n{method}: build {r['build_s']:.2f} s, first one-scene call "
