@@ -50,9 +50,12 @@ class _Console(Console):
         before its plots)."""
         self.quiet = True
         with contextlib.suppress(OSError, ValueError, AttributeError):
+            fd = self.file.fileno()  # first: a buffer without one (CliRunner's) opens nothing
             devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self.file.fileno())  # (Python's own flush at exit too)
-            os.close(devnull)
+            try:
+                os.dup2(devnull, fd)  # (Python's own flush at exit too)
+            finally:
+                os.close(devnull)
 
 
 # Printed messages are never broken into lines of the terminal's width by rich (the

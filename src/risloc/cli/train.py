@@ -111,8 +111,9 @@ def train_command(
     threads: Annotated[int | None, typer.Option(
         "--threads", min=0, help="torch CPU threads (0 = leave as is).")] = None,
     progress: Annotated[bool | None, typer.Option(
-        "--progress/--no-progress", help="Show a progress bar per epoch (default: the "
-                                         "recipe's progress, on unless it says false).",
+        "--progress/--no-progress", help="Show a progress bar per epoch on a terminal "
+                                         "(default: the recipe's progress, on unless it "
+                                         "says false).",
         show_default=False)] = None,
     overrides_file: Annotated[Path | None, typer.Option(
         "--overrides", help="YAML of recipe overrides (e.g. best_overrides.yaml of "

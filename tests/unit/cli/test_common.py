@@ -181,6 +181,19 @@ def test_a_broken_pipe_quiets_the_console_and_the_command_goes_on(tmp_path):
     assert (tmp_path / "pipe.txt").read_text() == ""
 
 
+def test_a_broken_pipe_on_a_console_without_a_file_descriptor_leaves_no_file_open():
+    """A console on a buffer (CliRunner's stdout, io.StringIO) has no descriptor to put
+    /dev/null on: it is quieted and /dev/null is not opened (it was, and left open)."""
+    import os
+
+    from risloc.cli.common import _Console
+
+    before = len(os.listdir("/proc/self/fd"))
+    c = _Console(file=io.StringIO())
+    c.on_broken_pipe()
+    assert c.quiet and len(os.listdir("/proc/self/fd")) == before
+
+
 @pytest.mark.parametrize("width", [60, 80, 200])
 def test_a_table_on_a_narrow_terminal_keeps_every_number_and_name_whole(width):
     """evaluate's table on a 60- or 80-column terminal: rich cut its cells to '0.04…' and

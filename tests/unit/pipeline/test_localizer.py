@@ -1294,7 +1294,9 @@ def test_the_stages_read_a_column_K_and_refuse_one_outside_1_to_K_max(monkeypatc
                      (torch.tensor([1, 6]), r"1..K_max=5.*got \[1, 6\]"),
                      (torch.tensor([2.5, 1.0]), r"1..K_max=5.*got \[1.0, 2.5\]"),
                      (torch.ones(2, 2, dtype=torch.int64), r"K must be \[B\] = \[2\] "
-                      r"integers \(one per scene\), got torch.int64 of shape \(2, 2\)")):
+                      r"integers \(one per scene\), got torch.int64 of shape \(2, 2\)"),
+                     (torch.tensor([True, True]), r"integers \(one per scene\), got "
+                      r"torch.bool of shape \(2,\)")):  # (a mask, not counts)
         with pytest.raises(ValueError, match=match):
             learned.LearnedPipeline.decide_order(pipe, None, None, y, K)
         with pytest.raises(ValueError, match=match.replace("decide_order", "polish")):

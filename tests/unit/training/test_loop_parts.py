@@ -660,3 +660,11 @@ def test_the_epoch_line_says_which_epoch_of_how_many_and_the_time_left(caplog):
     first, last = (r.getMessage() for r in caplog.records)
     assert first.startswith("epoch   2/20 ") and first.endswith("  ~18 min of epochs left"), first
     assert last.startswith("epoch  20/20 ") and last.endswith("*best*"), last
+
+
+def test_the_time_left_reads_in_seconds_minutes_then_hours():
+    """Up to 90 s in seconds, then minutes up to 90 min, then hours (the epoch line)."""
+    from risloc.training.loop import _duration
+
+    assert [_duration(s) for s in (45, 75, 89, 90, 1020, 5399, 5400, 8280)] == [
+        "45s", "75s", "89s", "2 min", "17 min", "90 min", "1.5 h", "2.3 h"]
