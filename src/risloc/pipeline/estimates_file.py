@@ -204,8 +204,10 @@ def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
             reader = csv.DictReader(f)
             reader.fieldnames = _header(path, reader.fieldnames)
             rows = list(reader)
-            while rows and not any(isinstance(v, str) and v.strip() for v in rows[-1].values()):
+            while rows and not any(c.strip() for v in rows[-1].values() if v is not None
+                                   for c in ([v] if isinstance(v, str) else v)):
                 rows.pop()  # a spreadsheet's rows of empty cells (',,,,') after the last
+                # (a cell beyond the header's, a list under the key None, counts)
             return list(reader.fieldnames), rows
     except csv.Error as err:  # (a line of 128 KB: a one-line JSON file given by a slip)
         raise ValueError(f"{path}, line {reader.line_num + 1}: not a CSV line ({err}): an "

@@ -33,6 +33,10 @@ def test_a_spreadsheet_s_empty_rows_after_the_last_are_skipped_not_inside(tmp_pa
     (tmp_path / "mid.csv").write_text(f"{HEADER}\n0,0,10,-5,2.5\n,,,,\n1,0,1,1,1\n")
     with pytest.raises(ValueError, match=r"mid.csv, line 3: scene and source"):
         read_estimates(tmp_path / "mid.csv", 2)
+    # a last row with a cell beyond the header's is not empty (a review: dropped unseen)
+    (tmp_path / "beyond.csv").write_text(f"{HEADER}\n0,0,10,-5,2.5\n,,,,,9\n")
+    with pytest.raises(ValueError, match=r"beyond.csv, line 3: scene and source"):
+        read_estimates(tmp_path / "beyond.csv", 1)
 
 
 def test_tabs_and_decimal_commas_are_named_as_such(tmp_path):
