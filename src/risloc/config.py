@@ -477,6 +477,10 @@ def validate_scene(data: Any) -> SceneConfig:
     return _validate(SceneConfig, data, "scene")
 
 
+MATLAB_SYSTEM = "h5writeatt(file, '/', 'system', jsonencode(struct('M', 16, ...)))"
+"""How MATLAB stores a scene file's ``system`` attribute (its char text), for messages."""
+
+
 def system_from_json(text: str | None) -> SystemConfig:
     """Parse a scene file's ``system`` JSON (None -> the default system)."""
     if text is None:
@@ -486,8 +490,7 @@ def system_from_json(text: str | None) -> SystemConfig:
     if not isinstance(text, str):
         raise ConfigError(f"bad 'system' attribute: expected a JSON string, got "
                           f"{type(text).__name__}: store one string, f.attrs['system'] = "
-                          "json_text in h5py, h5writeatt(file, '/', 'system', "
-                          "jsonencode(struct('M', 16, ...))) in MATLAB (its char text)")
+                          f"json_text in h5py, {MATLAB_SYSTEM} in MATLAB (its char text)")
     try:
         return SystemConfig.model_validate(_with_K_max(json.loads(text)))
     except (ValidationError, json.JSONDecodeError, TypeError) as err:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from risloc.config import (
+    MATLAB_SYSTEM,
     SNR_LIMIT_DB,
     ConfigError,
     FieldOfView,
@@ -588,8 +589,7 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
     if "system" in data:
         where = ("a 0-d string array, np.array(json_text)" if is_npz(path) else
                  "the file attribute 'system' (f.attrs['system'] = json_text; in MATLAB "
-                 "h5writeatt(file, '/', 'system', jsonencode(struct('M', 16, ...)))), "
-                 "not a dataset")
+                 f"{MATLAB_SYSTEM}), not a dataset")
         raise SceneFileError(f"{path}: 'system' must be one JSON string, stored as {where}; "
                              f"got {'an array' if is_npz(path) else 'a dataset'} of shape "
                              f"{tuple(data['system'].shape)}")
