@@ -12,6 +12,7 @@ from risloc.core.checks import (
     check_measurements,
     check_positions,
     check_shapes,
+    check_source_counts,
     normalise_scale,
     scene_problems,
     snr_per_scene,
@@ -21,7 +22,8 @@ from risloc.core.params import Estimates, concat_estimates, pack, steering_at, u
 
 __all__ = [
     "Estimates", "InputError", "InputTypeError", "SceneCheck", "apply_operator", "as_system",
-    "check_measurements", "check_positions", "check_shapes", "concat_estimates",
+    "check_measurements", "check_positions", "check_shapes", "check_source_counts",
+    "concat_estimates",
     "normalise_scale", "operators", "pack",
     "scene_problems", "snr_per_scene", "steering_at", "unpack",
 ]

@@ -256,6 +256,44 @@ def matlab_vector(t: torch.Tensor, n: int) -> torch.Tensor:
     return t
 
 
+def check_source_counts(name: str, K, n_scenes: int, k_max: int) -> torch.Tensor:
+    """A user's known source counts as [B] int64 on the CPU, each in 1..k_max.
+
+    K : a number for every scene, or ``n_scenes`` numbers (tensor / array / sequence, a
+        MATLAB row or column read as a vector); whole floats pass, as do integers of any
+        width. InputTypeError for no number (str, bool, complex); InputError naming ``name``,
+        the first offending scene and its value for a fraction, NaN, a count outside
+        1..k_max (K = 0 would return no sources) or the wrong number of values.
+    """
+    if isinstance(K, str | bytes):
+        raise InputTypeError(f"{name} must be an integer or integers, got {type(K).__name__}")
+    try:  # any byte order, device or autograd state (as_tensor)
+        t = as_tensor(name, K).cpu()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InputTypeError(f"{name} must be an integer or integers, got {type(K).__name__} "
+                             f"({err})") from None
+    if t.dtype == torch.bool or t.is_complex():  # (a mask, not counts)
+        raise InputTypeError(f"{name} must be an integer or integers, got {t.dtype}")
+    if not t.is_floating_point():  # (torch compares no unsigned type but uint8)
+        t = t.to(torch.int64)
+    scalar = t.ndim == 0
+    t = matlab_vector(t.expand(n_scenes) if scalar else t, n_scenes)
+    if t.shape != (n_scenes,):
+        raise InputError(f"{name} must be a number or hold one value per scene ({n_scenes}), "
+                         f"got shape {tuple(t.shape)}")
+    # in K's own type: 1e20 or inf named as given, NaN as not whole
+    for bad, rule in ((t != t.round(), "hold whole numbers of sources"),
+                      ((t < 1) | (t > k_max), f"lie in 1..K_max={k_max}")):
+        where = torch.nonzero(bad).flatten()
+        if where.numel():
+            i, value = int(where[0]), t[int(where[0])].item()
+            scene = "" if scalar else f" in scene {i}" + (
+                f" (and {where.numel() - 1} more)" if where.numel() > 1 else "")
+            hint = " (K = 0 would return no sources)" if value == 0 else ""
+            raise InputError(f"{name} must {rule}, got {value:g}{scene}{hint}")
+    return t.to(torch.int64).clone()  # (never a view of the caller's K)
+
+
 def snr_per_scene(snr_db, n_scenes: int, device: torch.device | str | None = None
                   ) -> torch.Tensor | None:
     """The one rule for a missing SNR: [B] float32 [dB] with NaN where a scene's SNR is
@@ -295,8 +333,8 @@ def snr_per_scene(snr_db, n_scenes: int, device: torch.device | str | None = Non
 
 
 __all__ = ["CODE_TOLERANCE", "InputError", "InputTypeError", "SceneCheck",
-           "check_measurements", "check_positions", "check_shapes", "normalise_scale",
-           "scene_problems", "snr_per_scene"]
+           "check_measurements", "check_positions", "check_shapes", "check_source_counts",
+           "normalise_scale", "scene_problems", "snr_per_scene"]
 
 
 def same_device(**tensors: torch.Tensor) -> torch.device:

@@ -45,7 +45,7 @@ from typing import NamedTuple
 import torch
 
 from risloc.config import FieldOfView, SystemConfig
-from risloc.core.checks import check_measurements
+from risloc.core.checks import check_measurements, check_source_counts
 from risloc.core.operator import apply_operator
 from risloc.core.params import Estimates, steering_at
 from risloc.covariance.tools import abs2, abs2_, leading_eigenpair, orthonormal_basis
@@ -502,16 +502,10 @@ def next_source(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, found: Es
 
 
 def _resolve_K(K, B_: int, system: SystemConfig, device) -> torch.Tensor | None:
-    """Known K as [B] int64 (validated), or None."""
+    """Known K as [B] int64 on ``device`` (:func:`check_source_counts`), or None."""
     if K is None:
         return None
-    K = torch.as_tensor(K, dtype=torch.int64, device=device).expand(B_).clone() \
-        if torch.as_tensor(K).ndim == 0 else torch.as_tensor(K, dtype=torch.int64, device=device)
-    if K.shape != (B_,):
-        raise ValueError(f"K must be an int or a [B]={B_} tensor, got shape {tuple(K.shape)}")
-    if bool((K < 1).any()) or bool((K > system.K_max).any()):
-        raise ValueError(f"K must lie in 1..K_max={system.K_max}, got {K.unique().tolist()}")
-    return K
+    return check_source_counts("K", K, B_, system.K_max).to(device)
 
 
 def _select(thetas: list[torch.Tensor], K: torch.Tensor, k_slots: int) -> torch.Tensor:

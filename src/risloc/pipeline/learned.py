@@ -39,7 +39,7 @@ from typing import NamedTuple
 import torch
 
 from risloc.config import FieldOfView, SystemConfig
-from risloc.core.checks import as_tensor, float32_default, matlab_vector
+from risloc.core.checks import check_source_counts, float32_default
 from risloc.core.params import Estimates
 from risloc.estimators.classical import ClassicalConfig, separate_cancelling
 from risloc.estimators.mlfit import MLFit, MLFitConfig, ml_fit, repair_chosen
@@ -271,17 +271,9 @@ class LearnedPipeline:
 
 
 def _given_K(K, B: int, K_max: int, stage: str) -> torch.Tensor:
-    """A stage's K as [B] int64 in 1..K_max (a column [B, 1] or row [1, B] read as [B]);
-    ValueError naming what came otherwise."""
-    K = matlab_vector(as_tensor("K", K), B)
-    if K.shape != (B,) or K.dtype == torch.bool or K.is_complex():
-        raise ValueError(f"{stage}: K must be [B] = [{B}] integers (one per scene), got "
-                         f"{K.dtype} of shape {tuple(K.shape)}; a number for all scenes: "
-                         f"torch.full(({B},), k)")
-    if bool(((K != K.round()) | (K < 1) | (K > K_max)).any()):  # NaN too
-        raise ValueError(f"{stage}: K must hold whole numbers in 1..K_max={K_max} (K = 0 "
-                         f"would return no sources), got {sorted(set(K.tolist()))[:8]}")
-    return K.to(torch.int64)
+    """A stage's K as [B] int64 in 1..K_max (:func:`check_source_counts`; errors name the
+    stage)."""
+    return check_source_counts(f"{stage}: K", K, B, K_max)
 
 
 def _check_candidates(candidates: torch.Tensor, B: int, K_max: int, fov: FieldOfView) -> None:

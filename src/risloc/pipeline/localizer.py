@@ -38,9 +38,9 @@ from risloc.core.checks import (
     as_system,
     as_tensor,
     check_shapes,
+    check_source_counts,
     float32_default,
     is_whole,
-    matlab_vector,
     normalise_scale,
     same_device,
     scene_problems,
@@ -159,33 +159,8 @@ def check_system(ours: SystemConfig, theirs: SystemConfig | dict | str | None,
 
 
 def resolve_K(K, n_scenes: int, k_max: int) -> torch.Tensor | None:
-    """Known source counts as [B] int64 in 1..k_max, or None."""
-    if K is None:
-        return None
-    if isinstance(K, str | bytes):
-        raise InputTypeError(f"K must be an integer or integers, got {type(K).__name__}")
-    try:  # any byte order, device or autograd state (as_tensor)
-        t = as_tensor("K", K).cpu()
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise InputTypeError(f"K must be an integer or integers, got {type(K).__name__} "
-                             f"({err})") from None
-    if t.is_floating_point():
-        if not bool((t == t.round()).all()):  # NaN too
-            raise InputError(f"K must hold whole numbers, got {t.flatten()[:5].tolist()}")
-    elif t.dtype == torch.bool or t.is_complex():  # integers of any width and sign pass
-        raise InputTypeError(f"K must be an integer or integers, got {t.dtype}")
-    else:
-        t = t.to(torch.int64)  # (torch compares no unsigned type but uint8)
-    if t.ndim == 0:
-        t = t.expand(n_scenes).clone()
-    t = matlab_vector(t, n_scenes)
-    if t.shape != (n_scenes,):
-        raise InputError(f"K must be a number or hold one value per scene ({n_scenes}), got "
-                         f"shape {tuple(t.shape)}")
-    if bool(((t < 1) | (t > k_max)).any()):  # in K's own type: 1e20 or inf named as given
-        raise InputError(f"K must lie in 1..K_max={k_max}, got {sorted(set(t.tolist()))[:8]}")
-    t = t.to(torch.int64)
-    return t
+    """Known source counts as [B] int64 in 1..k_max (:func:`check_source_counts`), or None."""
+    return None if K is None else check_source_counts("K", K, n_scenes, k_max)
 
 
 def _scatter(est: Estimates, ok: torch.Tensor, slots: int) -> Estimates:

@@ -14,6 +14,7 @@ from risloc.core import (
     apply_operator,
     check_measurements,
     check_shapes,
+    check_source_counts,
     normalise_scale,
     operators,
     pack,
@@ -557,3 +558,37 @@ def test_estimates_from_degrees_and_back_and_through_theta_are_the_same(case, wi
     torch.testing.assert_close(r, est.range_m, equal_nan=True, rtol=1e-15, atol=0)
     assert torch.equal(az.nan_to_num(7), est.azimuth.nan_to_num(7))
     assert torch.equal(el.nan_to_num(7), est.elevation.nan_to_num(7))
+
+
+def test_source_counts_any_form_of_whole_counts_reads_as_int64_per_scene():
+    """check_source_counts: a number for all scenes, a sequence, a MATLAB row or column,
+    whole floats and integers of any width all give [B] int64 (K_max itself included)."""
+    for K in (2, np.int64(2), 2.0, torch.tensor(2, dtype=torch.int16)):
+        t = check_source_counts("K", K, 3, 5)
+        assert t.dtype == torch.int64 and t.tolist() == [2, 2, 2], K
+    for K in ([1, 2, 5], np.array([1.0, 2.0, 5.0]), np.array([1, 2, 5], np.uint8),
+              torch.tensor([[1], [2], [5]]), np.array([[1, 2, 5]])):
+        t = check_source_counts("K", K, 3, 5)
+        assert t.dtype == torch.int64 and t.tolist() == [1, 2, 5], K
+
+
+def test_source_counts_refused_name_the_argument_the_scene_and_the_value():
+    """Each refusal names the argument, the first offending scene and its value (a number
+    for all scenes names no scene); 1e20 and inf are named as given, not overflowed."""
+    cases = (([1, 2.5, 3], r"^K must hold whole numbers of sources, got 2.5 in scene 1$"),
+             ([1, math.nan, math.nan], r"got nan in scene 1 \(and 1 more\)$"),
+             (1.5, r"^K must hold whole numbers of sources, got 1.5$"),
+             ([1, 0, 2], r"^K must lie in 1..K_max=5, got 0 in scene 1 \(K = 0 would return no "
+                         r"sources\)$"),
+             ([1, 2, 6], r"^K must lie in 1..K_max=5, got 6 in scene 2$"),
+             (-1, r"^K must lie in 1..K_max=5, got -1$"),
+             (math.inf, r"got inf$"), (1e20, r"got 1e\+20$"),
+             ([1, 2], r"^K must be a number or hold one value per scene \(3\), got shape \(2,\)"))
+    for K, match in cases:
+        with pytest.raises(ValueError, match=match):
+            check_source_counts("K", K, 3, 5)
+    with pytest.raises(ValueError, match=r"^polish: K must lie in 1..K_max=2, got 3 in scene 0"):
+        check_source_counts("polish: K", [3, 1, 1], 3, 2)
+    for K in (True, [True, True, True], np.array([1 + 0j, 2, 3]), "2"):  # no counts
+        with pytest.raises(TypeError, match=r"^K must be an integer or integers"):
+            check_source_counts("K", K, 3, 5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -282,15 +283,34 @@ def test_bad_inputs_raise():
         classical_localize(b.y, b.H[:, :, :100], b.codes, SYSTEM)
     with pytest.raises(ValueError, match="all-zero channel"):
         classical_localize(b.y, torch.zeros_like(b.H), b.codes, SYSTEM)
-    with pytest.raises(ValueError, match="K must lie in 1..K_max=5, got \\[6\\]"):
+    with pytest.raises(ValueError, match="K must lie in 1..K_max=5, got 6"):
         classical_localize(b.y, b.H, b.codes, SYSTEM, K=SYSTEM.K_max + 1)  # (the bound)
-    with pytest.raises(ValueError, match="K must lie in 1..K_max=5, got \\[0\\]"):
+    with pytest.raises(ValueError, match="K must lie in 1..K_max=5, got 0"):
         classical_localize(b.y, b.H, b.codes, SYSTEM, K=0)
     assert classical_localize(b.y, b.H, b.codes, SYSTEM, K=SYSTEM.K_max).K.tolist() == [5, 5]
     with pytest.raises(ValueError, match="K must be"):
         classical_localize(b.y, b.H, b.codes, SYSTEM, K=torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError):
         ClassicalConfig(floor=0.0)
+
+
+def test_a_known_K_that_is_no_whole_count_is_refused_and_a_column_is_read():
+    """classical_localize checks K as the localizer does (check_source_counts): a fraction,
+    NaN, inf, a bool or a complex K is refused by name, not truncated, cast or overflowed,
+    and a MATLAB column [B, 1] is read as [B] (each of these, a review: K = 1.5 localized
+    one source, K = True one, NaN raised a RuntimeError, a column was refused)."""
+    b = simulate_range(0, 2, SYSTEM, SCENE, seed=0, split="test", K=2, snr_db=10.0)
+    for K, match in ((1.5, "whole numbers of sources, got 1.5"),
+                     ([2, 2.5], "whole numbers of sources, got 2.5 in scene 1"),
+                     (math.nan, "whole numbers of sources, got nan"),
+                     (math.inf, r"1..K_max=5, got inf")):
+        with pytest.raises(ValueError, match=match):
+            classical_localize(b.y, b.H, b.codes, SYSTEM, K=K)
+    for K in (True, np.array([2 + 0j, 2])):
+        with pytest.raises(TypeError, match="K must be an integer or integers"):
+            classical_localize(b.y, b.H, b.codes, SYSTEM, K=K)
+    column = classical_localize(b.y, b.H, b.codes, SYSTEM, K=torch.tensor([[1], [2]]))
+    assert column.K.tolist() == [1, 2]
 
 
 def test_relax_skips_only_the_refinement_of_a_source_found_again(monkeypatch):
