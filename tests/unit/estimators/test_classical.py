@@ -777,3 +777,76 @@ def test_exact_data_of_a_non_default_system_are_recovered_exactly(codebook, bits
         assert m.angle_error[m.truth_mask].rad2deg().max() < 1e-4, m.angle_error
         rel = (m.range_error[m.truth_mask] / b.range_m[b.mask]).abs()
         assert rel.max() < 1e-4, rel
+
+
+def test_k_max_of_m_antennas_or_more_is_refused():
+    # SystemConfig refuses K_max >= M, but a model_copy skips that validation: the localizer
+    # checks it again against the data's M, before any search, K given or not (a mutation
+    # review: K_max == M passed; with K given nothing else refused it)
+    b = simulate_range(0, 1, SYSTEM, SCENE, seed=0, split="test", K=1, snr_db=10.0)
+    crowded = SYSTEM.model_copy(update={"K_max": SYSTEM.M})
+    for K in (None, 1):
+        with pytest.raises(ValueError, match="K_max=16 must be smaller than M=16"):
+            classical.classical_fit(b.y, b.H, b.codes, crowded, K=K)
+
+
+def test_the_snr_warning_counts_and_quotes_the_scenes_off_only(caplog, monkeypatch):
+    # three of six scenes given a linear SNR (31.6 for 15 dB), the rest their own: the
+    # warning counts the three and quotes the first of them; with K given there is no K
+    # decision for the SNR to mislead, and no warning (a mutation review: the count as the
+    # batch's size, the example as scene 0, and a check at known K all passed)
+    b = simulate_range(0, 6, SYSTEM, SCENE, seed=3, split="test", snr_db=15.0)
+    snr = b.snr_db.clone().double()
+    snr[[1, 3, 4]] = 10 ** 1.5
+    caplog.set_level("WARNING", logger="risloc.estimators.classical")
+    monkeypatch.setattr(classical, "_SNR_WARNED", [])
+    classical_localize(b.y, b.H, b.codes, SYSTEM, K=b.K, snr_db=10 ** 1.5)
+    assert not caplog.records, caplog.text
+    classical_localize(b.y, b.H, b.codes, SYSTEM, snr_db=snr)
+    text = caplog.records[-1].getMessage()
+    assert "for 3 of 6 scenes" in text and "e.g. 31.6 dB given" in text, text
+
+
+def test_next_source_in_chunks_is_the_whole_batch_s_search():
+    # next_source passes chunk by chunk; each chunk pairs its scenes with their own found
+    # sources (8 scenes in chunks of 3; a mutation review: every chunk read the first
+    # scenes' found sources and passed, every test's batch within one chunk)
+    b = simulate_range(0, 8, SYSTEM, SCENE, seed=3, split="test", K=3, snr_db=30.0)
+    whole = next_source(b.y, b.H, b.codes, _first_two(b, 1), SYSTEM)
+    chunked = next_source(b.y, b.H, b.codes, _first_two(b, 1), SYSTEM, ClassicalConfig(chunk=3))
+    assert torch.equal(chunked, whole)
+
+
+def test_the_grid_spans_its_own_count_of_points_along_each_axis(monkeypatch):
+    # 24 x 13 x 10 distinct values of sin(az), el and 1/r (a mutation review: the counts of
+    # el and 1/r swapped in the grid's key kept 3120 points and the span's ends, and passed);
+    # a bfloat16 form only where the device runs bfloat16 natively
+    grid = search_grid(SYSTEM)
+    assert [int(grid.pos[:, i].unique().numel()) for i in range(3)] == [24, 13, 10]
+    monkeypatch.setattr(classical, "native_bf16", lambda device: False)
+    assert search_grid(SYSTEM, bf16=True).A_bf16 is None
+
+
+def test_k_is_decided_with_the_snr_given():
+    # the order test trusts a given SNR: 45 dB above the data's makes every residual look
+    # like sources (K_max), where the estimated noise level finds fewer (a mutation review:
+    # the SNR dropped from the K decision passed)
+    b = simulate_range(0, 4, SYSTEM, SCENE, seed=3, split="test", K=2, snr_db=15.0)
+    assert bool((classical_localize(b.y, b.H, b.codes, SYSTEM).K < SYSTEM.K_max).all())
+    est = classical_localize(b.y, b.H, b.codes, SYSTEM, snr_db=60.0)
+    assert est.K.tolist() == [SYSTEM.K_max] * 4, est.K
+
+
+def test_each_scene_takes_the_greedy_fit_of_its_own_K():
+    """A batch of scenes with different K: scene b's slots are the K_b-source fit, the rest
+    NaN (a mutant taking every fit of K_b sources or more survived the other tests)."""
+    from risloc.estimators.classical import _select
+
+    B, k_slots = 4, 4
+    thetas = [torch.full((B, k, 3), float(k)) + torch.arange(B).view(B, 1, 1) / 10
+              for k in range(1, k_slots + 1)]
+    K = torch.tensor([1, 3, 2, 4])
+    out = _select(thetas, K, k_slots)
+    for b, k in enumerate(K.tolist()):
+        torch.testing.assert_close(out[b, :k], thetas[k - 1][b])
+        assert out[b, k:].isnan().all()
