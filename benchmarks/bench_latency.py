@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +30,11 @@ from risloc.config import SystemConfig
 from risloc.io.atomic import write_text_atomic
 from risloc.pipeline import Localizer
 from risloc.simulation import simulate_range
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_versus import count_arg  # noqa: E402
+
+_SCENES = 128  # test scenes drawn; a batch takes its scenes from them
 
 
 class _Count(logging.Handler):
@@ -93,24 +99,32 @@ def alone_vs_batch(loc: Localizer, sc, n: int) -> dict:
     return out
 
 
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description="Per-call latency of Localizer.localize for one "
                                 "scene and small batches, first-call cost, memory and "
                                 "warnings over repeated calls (a tracker's use).")
     p.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated")
     p.add_argument("--batches", default="1,4,16,64", help="batch sizes, comma-separated")
-    p.add_argument("--calls", type=int, default=50, help="timed calls for a batch of one "
+    p.add_argument("--calls", type=count_arg, default=50, help="timed calls for a batch of one "
                    "(fewer for larger batches: at least 4)")
-    p.add_argument("--drift-calls", type=int, default=200, help="one-scene calls for RSS")
+    p.add_argument("--drift-calls", type=count_arg, default=200, help="one-scene calls for RSS")
     p.add_argument("--methods", default="learned,classical")
     p.add_argument("--out", default="benchmarks/results/latency.json")
     args = p.parse_args()
     counter = _Count()
     logging.getLogger().addHandler(counter)
     threads = [int(t) for t in args.threads.split(",")]
-    batches = [int(b) for b in args.batches.split(",")]
+    try:
+        batches = [count_arg(b) for b in args.batches.split(",")]
+    except argparse.ArgumentTypeError as err:
+        p.error(f"argument --batches: {err}")
+    if max(batches) > _SCENES:
+        p.error(f"argument --batches: at most {_SCENES} scenes (the scenes drawn), got "
+                f"{max(batches)}")
     torch.set_num_threads(threads[0])
-    sc = simulate_range(0, 128, SystemConfig(), seed=7, split="test")
+    sc = simulate_range(0, _SCENES, SystemConfig(), seed=7, split="test")
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
                 .splitlines() if line.startswith("model name")), "unknown") \
         if Path("/proc/cpuinfo").exists() else "unknown"

@@ -42,6 +42,9 @@ from risloc.pipeline import Localizer
 from risloc.pipeline.learned import STAGES, load_learned_pipeline
 from risloc.simulation import simulate_range
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_versus import count_arg  # noqa: E402
+
 
 def test_scenes(n: int, device: str = "cpu"):
     cfg = RislocConfig()
@@ -138,14 +141,16 @@ def peak_rss(batch: int, chunk: int | None, checkpoint: str | None) -> dict:
             "peak_MB": float(out[1])}
 
 
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=count_arg, default=256)
+    ap.add_argument("--repeats", type=count_arg, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("reports/bench/pipeline.json"))
-    ap.add_argument("--rss-batches", type=int, nargs="*", default=[256, 1024])
+    ap.add_argument("--rss-batches", type=count_arg, nargs="*", default=[256, 1024])
     ap.add_argument("--known-K", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -329,10 +329,22 @@ def markdown_tables(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def count_arg(text: str) -> int:
+    """An argparse type: a whole number >= 1, refused before any work (0 failed late);
+    the benchmarks' counts share it."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return n
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="learned model (default: shipped)")
-    ap.add_argument("--n", type=int, default=400, help="scenes per SNR")
+    ap.add_argument("--n", type=count_arg, default=400, help="scenes per SNR")
     ap.add_argument("--split", choices=sorted(SEED), default="test")
     ap.add_argument("--snrs", type=float, nargs="+", default=list(SNRS),
                     help="SNRs in dB; the i-th listed draws the i-th scene stream, so a "

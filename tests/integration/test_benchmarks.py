@@ -41,3 +41,37 @@ def test_every_benchmark_script_imports_and_shows_its_options():
                          cwd=ROOT / "benchmarks")
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == "", res.stdout
+
+
+_REFUSED = r"""
+import contextlib, io, runpy, sys
+for args in sys.argv[1:]:
+    script, *rest = args.split()
+    sys.argv = [script, *rest]
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            runpy.run_path(script, run_name="__main__")
+        print(f"{args}: ran")
+    except SystemExit as end:
+        print(f"{args}: exit {end.code}: {said.getvalue().strip().splitlines()[-1]}")
+"""
+
+
+def test_a_count_of_zero_is_refused_by_its_option_before_any_work():
+    """--n 0 (and the like) failed late, after the model loaded, with 'empty scene range
+    0..0' from the simulator; argparse now names the option."""
+    cases = {"bench_versus.py --n 0": "argument --n: must be a whole number >= 1, got '0'",
+             "bench_pipeline.py --batch 0": "argument --batch: must be a whole number >= 1",
+             "bench_pipeline.py --repeats 0": "argument --repeats: must be a whole number",
+             "bench_pipeline.py --rss-batches 256 0": "argument --rss-batches: must be a",
+             "bench_latency.py --calls 0": "argument --calls: must be a whole number >= 1",
+             "bench_latency.py --drift-calls 2.5": "argument --drift-calls: must be a whole",
+             "bench_latency.py --batches 1,0": "argument --batches: must be a whole number",
+             "bench_latency.py --batches 1,129": "argument --batches: at most 128 scenes"}
+    res = subprocess.run([sys.executable, "-c", _REFUSED, *cases], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT / "benchmarks")
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = dict(line.split(": ", 1) for line in res.stdout.splitlines())
+    for args, said in cases.items():
+        assert got[args].startswith("exit 2: ") and said in got[args], (args, got[args])
