@@ -75,6 +75,11 @@ class SceneBatch:
     def to(self, device: torch.device | str) -> SceneBatch:
         return self._map(lambda t: t.to(device))
 
+    def pin_memory(self) -> SceneBatch:
+        """The batch in page-locked memory: a DataLoader with ``pin_memory=True`` calls this
+        (without it the batch came back unpinned, silently)."""
+        return self._map(lambda t: t.pin_memory())
+
     def __getitem__(self, idx) -> SceneBatch:
         return self._map(lambda t: t[idx])
 

@@ -343,3 +343,26 @@ def test_an_equal_power_scene_draws_no_powers_and_a_reversed_spread_is_named():
     for bad in ((10.0, 5.0), -1.0):
         with pytest.raises(ValueError, match=r"power spread must be >= 0 dB \(a range: lo <= hi"):
             draw_powers(mask, bad, g)
+
+
+
+def test_a_data_loader_pins_a_scene_batch(system, scene, monkeypatch):
+    """torch's pin_memory returns an object without a pin_memory() method as it is, unpinned."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    b = simulate_batch(2, system, scene, torch.Generator().manual_seed(0))
+    results = []
+
+    def fake_pin(self, *args, **kwargs):  # pinning needs CUDA; record what it returned
+        results.append(self.clone())
+        return results[-1]
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    out = pin_memory(b)  # what a DataLoader with pin_memory=True does to each batch
+    assert type(out) is type(b)
+    for name in ("y", "H", "codes", "snr_db", "K", "azimuth", "elevation", "range_m",
+                 "powers", "noise_var", "symbols"):
+        got = getattr(out, name)
+        assert any(got is r for r in results), name
+        assert torch.equal(got, getattr(b, name)), name
+    assert len(results) == 11
