@@ -40,7 +40,7 @@ from risloc.config import (
     SystemConfig,
     system_from_json,
 )
-from risloc.core.checks import as_system, as_tensor
+from risloc.core.checks import as_system, as_tensor, is_whole
 from risloc.io.atomic import (
     atomic_path,
     commit_temporary,
@@ -674,6 +674,8 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
                     "in NumPy; float fields named real and imag are read as complex)"
                     if pair else f" (its real part only? store the complex values as "
                     f"complex64, {name}_re + 1j * {name}_im in NumPy)" if dt.kind in "fiu"
+                    else " (bits? codes are unit-modulus phases: a 1-bit RIS's are +-1, "
+                    "1 - 2 * codes.astype(np.int8) in NumPy)" if name == "codes" and dt.kind == "b"
                     else ""))
     if "snr_db" in data and tuple(data["snr_db"].shape) != (S,):
         got = tuple(data["snr_db"].shape)
@@ -1244,8 +1246,8 @@ def iter_scene_chunks(path: str | Path, start: int = 0, stop: int | None = None,
     """Yield (first scene index, SceneBatch) chunks of scenes start..stop-1, reading each
     chunk from disk as it goes (HDF5: memory flat in the number of scenes; NPZ archives are
     read whole once, so use HDF5 for large files); ``truth`` as :class:`SceneReader`."""
-    if size < 1:
-        raise SceneFileError(f"chunk size must be >= 1, got {size}")
+    if not is_whole(size) or size < 1:  # (2.5 was a TypeError from range, True a size of 1)
+        raise SceneFileError(f"chunk size must be a whole number of scenes >= 1, got {size!r}")
     with SceneReader(path, truth) as reader:
         stop = reader.info.n_scenes if stop is None else min(stop, reader.info.n_scenes)
         if not 0 <= start <= stop:

@@ -194,6 +194,21 @@ def test_a_shared_channel_swapped_axes_or_missing_names_get_their_fix(tmp_path, 
         read_scenes(path)
 
 
+def test_codes_stored_as_booleans_are_named_bits_with_the_plus_minus_one_to_store(
+        tmp_path, batch, system):
+    arr = batch_to_arrays(batch, system.K_max)
+    bits = np.random.default_rng(0).integers(0, 2, arr["codes"].shape).astype(bool)
+    path = tmp_path / "bits.h5"
+    with h5py.File(path, "w") as f:
+        for k, v in dict(arr, codes=bits).items():
+            f[k] = v
+    for p in (path, _npz(tmp_path, **dict(arr, codes=bits))):
+        with pytest.raises(SceneFileError, match=r"'codes' must be complex, got bool \(bits\? "
+                           r"codes are unit-modulus phases: a 1-bit RIS's are \+-1, 1 - 2 \* "
+                           r"codes.astype\(np.int8\) in NumPy\)$"):
+            read_scenes(p)
+
+
 def test_matlab_complex_compounds_are_read_and_reversed_axes_named(tmp_path, batch, system):
     """MATLAB (v7.3 .mat, h5create) stores complex arrays as a compound of float fields
     real and imag, and every array with its dimensions in reverse order."""
@@ -292,6 +307,17 @@ def test_a_big_endian_file_reads_as_the_native_one(tmp_path, batch, system):
     torch.testing.assert_close(back.range_m.float(), batch.range_m, equal_nan=True)
     (_, chunk), = iter_scene_chunks(path, 0, 5, size=5)
     assert torch.equal(chunk.codes, batch.codes[:5])
+
+
+def test_a_chunk_size_that_is_no_whole_number_of_scenes_is_named(tmp_path, batch, system):
+    """size=2.5 was a raw TypeError from range(), size=True chunks of one scene."""
+    path = tmp_path / "s.npz"
+    write_scenes(path, batch[:3], system)
+    for size in (2.5, 2.0, True, 0, -1, "2"):
+        with pytest.raises(SceneFileError, match=r"chunk size must be a whole number of "
+                           rf"scenes >= 1, got {re.escape(repr(size))}$"):
+            next(iter_scene_chunks(path, size=size))
+    assert [lo for lo, _ in iter_scene_chunks(path, size=np.int64(2))] == [0, 2]
 
 
 def test_real_codes_of_a_1_bit_ris_are_read_as_complex(tmp_path, batch, system):
