@@ -218,6 +218,12 @@ class TrainConfig(ConfigSection):
         if self.simulate_on == "device" and self.prefetch == "process":
             raise ValueError("simulate_on=device cannot run in prefetch=process's workers "
                              "(CUDA does not survive a fork): use prefetch=thread")
+        lo, hi = self.schedule.curriculum_start_db
+        if self.schedule.snr_curriculum and not lo <= hi:  # (drawn between them, silently)
+            raise ValueError(f"schedule.curriculum_start_db = [{lo:g}, {hi:g}] is reversed: it "
+                             "is the SNR range [low, high] the curriculum starts from, moving "
+                             f"to scene.snr_db = [{self.scene.snr_db[0]:g}, "
+                             f"{self.scene.snr_db[1]:g}]")
         # fail before training: the order stage's scene, the mixture's kinds (valid scenes
         # inside the field of view, scene_mixture), each K within the system's
         check_scene_K(replace_scene_fields(self.scene, self.order.scene, "order.scene"),
@@ -250,11 +256,13 @@ class TrainConfig(ConfigSection):
     def from_json(cls, text: str, overrides: list[str] | None = None) -> TrainConfig:
         """A recipe stored in a checkpoint (older formats migrated, :func:`_migrate`), with
         dotted overrides applied."""
-        data = migrate_recipe(json.loads(text))
+        data, given = migrate_recipe(json.loads(text)), parse_overrides(overrides)
         # (not a dict: refused by the validation, naming it; merged, [] read as the defaults
         # and null as a TypeError)
-        return validate_train_config(merge_nested(data, parse_overrides(overrides))
-                                     if isinstance(data, dict) else data)
+        cfg = validate_train_config(merge_nested(data, given) if isinstance(data, dict)
+                                    else data)
+        # the stored recipe holds every loss weight: only the overrides can set one anew
+        return _no_scheduled_loss_weight(cfg, given)
 
 
 #: top-level recipe fields that do not change what a run computes: how and where it runs,
@@ -316,9 +324,14 @@ def load_train_config(path: str | Path | None = None,
     None = the built-in defaults) and apply dotted overrides."""
     data = read_config_file(recipe_path(path)) if path is not None else {}
     data = merge_nested(data, parse_overrides(overrides))
-    cfg = validate_train_config(data)
+    return _no_scheduled_loss_weight(validate_train_config(data), data)
+
+
+def _no_scheduled_loss_weight(cfg: TrainConfig, given: dict[str, Any]) -> TrainConfig:
+    """``cfg``, or ConfigError where ``given`` (what the user set) sets a loss weight that
+    schedule.weight_schedule sets every epoch."""
     scheduled = cfg.schedule.weight_schedule
-    clash = sorted(k for k in data.get("loss") or {} if k in scheduled)
+    clash = sorted(k for k in given.get("loss") or {} if k in scheduled)
     if clash:  # the schedule would replace the value set each epoch, silently
         k = clash[0]
         raise ConfigError(f"loss.{k} is set, but {scheduled_message(k, scheduled)}: set the "

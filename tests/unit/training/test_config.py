@@ -71,6 +71,13 @@ def test_a_loss_weight_the_schedule_sets_cannot_be_set_in_loss():
     assert load_train_config(None, ["loss.lam_peak=0"]).loss.lam_peak == 0  # not scheduled
     cfg = load_train_config(None, ["schedule.weight_schedule={}", "loss.lam_peak_contrast=0"])
     assert cfg.loss.lam_peak_contrast == 0  # unscheduled, it is the loss's own
+    # a stored recipe (--resume without --config) is checked the same, on its overrides
+    stored = load_train_config("train_default").to_json()
+    with pytest.raises(ConfigError, match=r"loss.lam_peak_contrast is set, but "
+                       r"schedule.weight_schedule sets it every epoch"):
+        TrainConfig.from_json(stored, ["loss.lam_peak_contrast=0"])
+    assert TrainConfig.from_json(stored, ["loss.lam_peak=0"]).loss.lam_peak == 0
+    assert TrainConfig.from_json(stored) == load_train_config("train_default")  # as stored
 
 
 def test_overrides_and_field_of_view_follow_scene():
@@ -170,6 +177,15 @@ def test_checks_across_sections_at_their_edges():
     # the first kind of a mixture is checked against K_max like the others
     with pytest.raises(ConfigError, match=r"data.scene_mix\[0\].scene.K=9 exceeds"):
         load_train_config(None, ["data.scene_mix=[{share: 0.1, scene: {K: 9}}]"])
+    # a reversed curriculum start was drawn from, silently (scene.snr_db reversed is refused)
+    with pytest.raises(ConfigError, match=r"schedule.curriculum_start_db = \[20, 10\] is "
+                       r"reversed: .* moving to scene.snr_db = \[-5, 20\]$"):
+        load_train_config(None, ["schedule.snr_curriculum=true",
+                                 "schedule.curriculum_start_db=[20, 10]"])
+    for on, start in (("true", "[10, 10]"), ("false", "[20, 10]")):  # equal; or unused
+        assert load_train_config(None, [f"schedule.snr_curriculum={on}", "schedule."
+                                        f"curriculum_start_db={start}"]).schedule.snr_curriculum \
+            == (on == "true")
 
 
 def test_scene_files_are_kept_absolute_and_a_stored_recipe_takes_overrides(tmp_path,
