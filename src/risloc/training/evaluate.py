@@ -87,26 +87,28 @@ def evaluate(model: CovarianceNet, scenes: SceneBatch, system: SystemConfig, bet
     device = next(model.parameters()).device
     sums: dict[str, float] = {}
     est, khat, nmse, nmse_p, ovl = [], [], [], [], []
-    for lo in range(0, len(scenes), batch_size):
-        sc = scenes[lo:lo + batch_size].to(device)
-        fwd = forward_blend(model, sc.y, sc.H, sc.codes, sc.snr_db, beta, blend_cfg,
-                            dense=False)
-        R_true = true_target(sc, system, fwd.factor is not None)
-        terms = compute_losses(fwd.out, fwd.R_blend, R_true, sc, system, loss_cfg, fwd.factor)
-        for k, v in terms.as_dict().items():
-            sums[k] = sums.get(k, 0.0) + v * len(sc)
-        K_hat = fwd.out.K_hat
-        # the factors where R_blend has one (r x r products and eigenproblems, not N x N)
-        if fwd.factor is None:
-            R_blend, R_pred = fwd.R_blend, fwd.out.R_pred
-        else:
-            R_blend, R_pred = fwd.factor, LowRank.of(fwd.out.F.to(torch.complex64))
-        est.append(music(R_blend, K_hat, system, music_cfg).to("cpu"))
-        khat.append(K_hat.cpu())
-        nmse.append(covariance_nmse(R_blend, R_true).cpu())
-        nmse_p.append(covariance_nmse(R_pred, R_true).cpu())
-        ovl.append(overlap_fn(R_blend, R_true, sc.K).cpu())
-    model.train(was_training)
+    try:  # (an error mid-way, a Ctrl-C included, leaves the model in its mode)
+        for lo in range(0, len(scenes), batch_size):
+            sc = scenes[lo:lo + batch_size].to(device)
+            fwd = forward_blend(model, sc.y, sc.H, sc.codes, sc.snr_db, beta, blend_cfg,
+                                dense=False)
+            R_true = true_target(sc, system, fwd.factor is not None)
+            terms = compute_losses(fwd.out, fwd.R_blend, R_true, sc, system, loss_cfg, fwd.factor)
+            for k, v in terms.as_dict().items():
+                sums[k] = sums.get(k, 0.0) + v * len(sc)
+            K_hat = fwd.out.K_hat
+            # the factors where R_blend has one (r x r products and eigenproblems, not N x N)
+            if fwd.factor is None:
+                R_blend, R_pred = fwd.R_blend, fwd.out.R_pred
+            else:
+                R_blend, R_pred = fwd.factor, LowRank.of(fwd.out.F.to(torch.complex64))
+            est.append(music(R_blend, K_hat, system, music_cfg).to("cpu"))
+            khat.append(K_hat.cpu())
+            nmse.append(covariance_nmse(R_blend, R_true).cpu())
+            nmse_p.append(covariance_nmse(R_pred, R_true).cpu())
+            ovl.append(overlap_fn(R_blend, R_true, sc.K).cpu())
+    finally:
+        model.train(was_training)
     estimates = concat_estimates(est)
     matching = match_sources(estimates, scenes.azimuth, scenes.elevation, scenes.range_m,
                              scenes.K)

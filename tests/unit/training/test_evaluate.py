@@ -1,5 +1,6 @@
 """End-to-end validation during training (risloc.training.evaluate)."""
 
+import pytest
 import torch
 
 from risloc.config import SceneConfig, SystemConfig
@@ -78,3 +79,21 @@ def test_the_factored_path_never_builds_the_n_by_n_truth(monkeypatch):
     res = evaluate(model, sc, SYSTEM, 0.3, BlendConfig(), LossConfig(), MUSIC)
     assert res.objective == ev.objective_of(res.summary, 5.0)
     assert res.summary.f1 < 1.0  # (the weight shows in the objective: the test can tell)
+
+
+def test_an_error_mid_way_gives_the_model_its_mode_back(monkeypatch):
+    """An exception (or Ctrl-C) during validation left a training model in eval mode."""
+    import importlib
+
+    ev = importlib.import_module("risloc.training.evaluate")
+
+    def fails(*a, **k):
+        raise RuntimeError("mid-way")
+
+    monkeypatch.setattr(ev, "music", fails)
+    torch.manual_seed(0)
+    model = CovarianceNet(SYSTEM, ModelConfig(width=16, dilations=(1,), hidden=16)).train()
+    sc = simulate_batch(2, SYSTEM, SceneConfig(), torch.Generator().manual_seed(3), snr_db=10.0)
+    with pytest.raises(RuntimeError, match="mid-way"):
+        evaluate(model, sc, SYSTEM, 0.3, BlendConfig(), LossConfig(), MUSIC)
+    assert model.training and all(m.training for m in model.modules())
