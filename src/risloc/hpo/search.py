@@ -697,12 +697,22 @@ def tune(settings: TuneSettings):
 
 def _fail_stale_trials(study) -> None:
     """Optuna's ``fail_stale_trials`` (heartbeats older than the grace period), without its
-    "experimental" warning (stable since Optuna 2.9)."""
+    "experimental" warning (stable since Optuna 2.9). Logs each trial it fails, as an
+    interrupted trial's requeue is logged (a rerun after a SIGKILL continued the dead
+    trial and said nothing of it)."""
     import optuna
+    from optuna.trial import TrialState
 
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    if running:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t.number in running:
+                log.info("trial %d sent no heartbeat within the grace period (its worker "
+                         "killed or lost): failed, and queued again to continue its run",
+                         t.number)
 
 
 class _InterruptReports(logging.Filter):

@@ -296,3 +296,28 @@ def test_a_set_of_a_relative_field_is_taken_and_of_an_absolute_one_refused(tmp_p
         with pytest.raises(error, match=says):
             tune(s)
     assert not (out / "study.db").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_a_stale_trial_failed_on_opening_is_logged(tmp_path, caplog):
+    """A rerun after a worker's SIGKILL failed its silent trial and continued it, logging
+    nothing of it (an interrupted trial's requeue is logged): the failed trial is named."""
+    import logging
+    import time
+
+    from risloc.hpo import open_study
+    from risloc.hpo.search import _fail_stale_trials
+
+    s = TuneSettings(config=None, out_dir=str(tmp_path), heartbeat_s=1, grace_s=2)
+    dead = open_study(s)
+    trial = dead.ask()
+    dead._storage.record_heartbeat(trial._trial_id)
+    time.sleep(3.5)  # silent past the grace period: stale
+    with caplog.at_level(logging.INFO, logger="risloc"):
+        _fail_stale_trials(open_study(s))
+    assert [t.state.name for t in dead.get_trials()] == ["FAIL", "WAITING"]
+    assert "trial 0 sent no heartbeat" in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="risloc"):
+        _fail_stale_trials(open_study(s))  # nothing running: nothing said
+    assert "heartbeat" not in caplog.text
