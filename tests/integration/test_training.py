@@ -620,6 +620,48 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, terms
             del os.environ["WORLD_SIZE"]
 
 
+@pytest.mark.parametrize("refusal", ["locked", "not writable"])
+def test_a_refusal_of_rank_0_alone_ends_every_rank_at_once(tmp_path, refusal):
+    """torchrun, 2 CPU processes: rank 0 alone takes the folder's lock and probes that it is
+    writable, and refuses before joining the process group. Rank 1 waited there, deaf to
+    torchrun's SIGTERM, until its SIGKILL 30 s later (36.9 s in all, measured); now it
+    ends with the SIGTERM (under 11 s in all; the timeout, 31 s, is below any old run: 30 s
+    after rank 0 refuses), the refusal said once, by rank 0."""
+    import contextlib
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from risloc.training.loop import run_folder_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node=2", "-m", "risloc", "train", "--config", str(TINY),
+            "--no-progress", "--set", "data.shards=2", "--epochs", "1", "--set",
+            "schedule.steps_per_epoch=1", "--set", "order.scenes=0", "--set", "threads=1",
+            "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    if refusal == "not writable":  # (root ignores permissions; chattr +i refuses it too)
+        if shutil.which("chattr") is None or subprocess.run(
+                ["chattr", "+i", str(out)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available here")
+        held = contextlib.nullcontext()
+        said = f"the output folder {out} is not writable"
+    else:
+        held = run_folder_lock(out)  # (this process: another run's)
+        said = "is in use by another training run"
+    try:
+        with held:  # well below the 30 s of torchrun's SIGKILL
+            res = subprocess.run(args, capture_output=True, text=True, env=env, timeout=31)
+    finally:
+        if refusal == "not writable":
+            subprocess.run(["chattr", "-i", str(out)], check=True)
+    assert res.returncode != 0
+    assert " ".join(res.stderr.split()).count(said) == 1, res.stderr[-2000:]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_train_device_cuda_without_a_gpu_is_a_clear_error(tmp_path):
     from risloc.cli.main import app

@@ -14,8 +14,12 @@ Multi-node: the same command on each node with ``--nnodes``, ``--node_rank`` and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -57,8 +61,29 @@ def setup(device: torch.device) -> Distributed:
     if device.type == "cuda":  # NCCL's collectives and "cuda" tensors: this rank's own GPU
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        with _sigterm_ends_the_wait():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Distributed(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+@contextlib.contextmanager
+def _sigterm_ends_the_wait() -> Iterator[None]:
+    """SIGTERM's default action (the process ends) while joining the group. A rank waits
+    there, inside torch, for the others: where one of them stopped before joining (rank 0
+    refusing an output folder locked by another run, or not writable), torchrun's SIGTERM
+    found the Python handler of `risloc` (cli/entry.py), which never runs in that wait, and
+    the rank hung until torchrun's SIGKILL 30 s later. Nothing is written before the join,
+    so no message or output is lost; the handler is back once the group is joined."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # (signal handlers are the main thread's to set)
+        return
+    held = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        if held is not None:  # (None: a handler not set from Python, left as found)
+            signal.signal(signal.SIGTERM, held)
 
 
 def barrier(d: Distributed) -> None:
