@@ -141,6 +141,27 @@ def _prepare(azimuth, elevation, range_m, H, codes, noise_var, system: SystemCon
                    torch.where(mask, r, one), H, codes, nv, mask)
 
 
+#: |cos(elevation)| below which a source's azimuth is undefined: float64's rounding of 90 deg
+#: (cos 6e-17), not float32's pi/2 (cos 4e-8, 90.0000025 deg: a finite, huge azimuth bound)
+ZENITH_COS = 1e-12
+
+
+def _check_zenith(inp: _Inputs, known: tuple[str, ...]) -> None:
+    """SingularFIMError naming the scenes with a source at +-90 deg elevation whose azimuth
+    is unknown. Its azimuth column of J is cos(elevation) times a finite one: exactly zero
+    there in exact arithmetic, but cos(pi/2) is 6e-17 in float64, and the scaled Cholesky
+    then factored J or not depending on the machine's rounding (a bound of 1e22 deg on one
+    CPU, this error on another); decided here, by the geometry."""
+    if "azimuth" in known:
+        return
+    top = inp.mask & (inp.elevation.cos().abs() < ZENITH_COS)
+    if top.any():
+        raise SingularFIMError("Fisher information matrix", _bad_scenes(top.any(-1)),
+                               "a parameter is not identifiable, one to declare with "
+                               "known=(...): the azimuth of a source at +-90 deg elevation "
+                               "(known=('azimuth',))")
+
+
 def _measured_columns(inp: _Inputs, system: SystemConfig):
     """B_l = Phi_l A [B, L, M, K] and D_l = Phi_l [dA/dphi, dA/dtheta, dA/dr] [B, L, M, 3K].
 
@@ -241,6 +262,7 @@ def crb_deterministic(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: t
     CRBResult (float64; parameter order of ``fim`` in the module docstring)
     """
     inp = _prepare(azimuth, elevation, range_m, H, codes, noise_var, system, mask)
+    _check_zenith(inp, known)
     if symbols.shape != (*codes.shape[:2], azimuth.shape[-1]):
         raise ValueError(f"symbols must be [B, L, K_max] = {(*codes.shape[:2], azimuth.shape[-1])},"
                          f" got {tuple(symbols.shape)}")
@@ -317,6 +339,7 @@ def crb_stochastic(azimuth: torch.Tensor, elevation: torch.Tensor, range_m: torc
     CRBResult (float64)
     """
     inp = _prepare(azimuth, elevation, range_m, H, codes, noise_var, system, mask)
+    _check_zenith(inp, known)
     if powers.shape != azimuth.shape:
         raise ValueError(f"powers must be {tuple(azimuth.shape)}, got {tuple(powers.shape)}")
     p = torch.where(inp.mask, powers.to(torch.float64), torch.zeros((), dtype=torch.float64))

@@ -1161,3 +1161,25 @@ def test_bounds_are_in_radians_and_metres_scaling_with_the_wavelength():
                     ("elevation_deg", torch.rad2deg(rad.elevation)), ("range_m", rad.range_m)):
         torch.testing.assert_close(a[k], want, rtol=1e-12, atol=0)
     assert float(a["azimuth_deg"].max()) < 90  # (degrees of a resolvable source, not rad*1e3)
+
+
+def test_a_zenith_source_s_azimuth_is_refused_by_the_geometry_on_every_machine(system):
+    """cos(pi/2) is 6e-17 in float64: the scaled Cholesky factored the FIM on an AMD EPYC (a
+    1e22 deg azimuth bound) and refused it on an Intel Xeon; both bounds, with the source at
+    exactly +-90 deg, now refuse it by the geometry, naming the scene, and take it with the
+    azimuth known."""
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 2, system, SceneConfig(), split="test", K=1, snr_db=10.0)
+    H, c = sc.H.to(torch.complex128), sc.codes.to(torch.complex128)
+    az = torch.tensor([[0.2], [0.2]], dtype=torch.float64)
+    el = torch.tensor([[0.3], [-math.pi / 2]], dtype=torch.float64)
+    r = torch.tensor([[3.0], [3.0]], dtype=torch.float64)
+    nv = torch.full((2,), 0.1, dtype=torch.float64)
+    p, s = torch.ones(2, 1, dtype=torch.float64), torch.ones(2, system.L, 1, dtype=torch.complex128)
+    for bound in (lambda **kw: crb_stochastic(az, el, r, p, H, c, nv, system, **kw),
+                  lambda **kw: crb_deterministic(az, el, r, s, H, c, nv, system, **kw)):
+        with pytest.raises(SingularFIMError, match=r"scenes \[1\]: .*azimuth of a source at"):
+            bound()
+        known = bound(known=("azimuth",))
+        assert known.azimuth[1].item() == 0 and torch.isfinite(known.range_m).all()
