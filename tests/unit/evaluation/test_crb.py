@@ -1183,3 +1183,70 @@ def test_a_zenith_source_s_azimuth_is_refused_by_the_geometry_on_every_machine(s
             bound()
         known = bound(known=("azimuth",))
         assert known.azimuth[1].item() == 0 and torch.isfinite(known.range_m).all()
+
+
+def test_edges_of_the_input_checks_a_third_mutation_review():
+    """A third mutation review: each of these passed a mutant. A zero power in a real slot
+    is named as such (not a singular FIM); a misspelt source_covariance is refused (not
+    read as "diagonal"); a coordinate named twice in known is that coordinate known; the
+    scenes an error names are the first 10."""
+    L = 3
+    H, codes = _identity_problem(SYS4, L)
+    args = dict(H=H, codes=codes, noise_var=_t([0.1]), system=SYS4)
+    geo = (_t([AZ4]), _t([EL4]), _t([R4]))
+    with pytest.raises(ValueError, match="powers must be finite and positive"):
+        crb_stochastic(*geo, _t([[1.0, 0.0, 1.0, 1.0]]), **args)
+    with pytest.raises(ValueError, match="source_covariance must be 'diagonal' or 'full'"):
+        crb_stochastic(*geo, _t([[1.0] * 4]), source_covariance="ful", **args)
+    s = torch.from_numpy(_cn((1, L, 4), 7))
+    once = crb_deterministic(*geo, s, known=("range",), **args)
+    twice = crb_deterministic(*geo, s, known=("range", "range"), **args)
+    for f in ("azimuth", "elevation", "range_m", "fim"):
+        torch.testing.assert_close(getattr(twice, f), getattr(once, f), rtol=0, atol=0,
+                                   equal_nan=True)
+    assert torch.equal(once.range_m[:, REAL4], torch.zeros(1, 3, dtype=torch.float64))
+    B = 12
+    bad_r = _t([R4]).repeat(B, 1)
+    bad_r[:, 0] = -1.0
+    with pytest.raises(ValueError, match=r"scenes \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]$"):
+        crb_stochastic(*(g.repeat(B, 1) for g in geo[:2]), bad_r, _t([[1.0] * 4]).repeat(B, 1),
+                       H.repeat(B, 1, 1), codes.repeat(B, 1, 1), _t([0.1] * B), SYS4)
+
+
+def test_deterministic_bound_with_as_many_measurements_as_unknowns_is_finite():
+    """3 K = 2 L (M - K) (M=5, K=2, L=1: 6 = 6): J is generically invertible, so a bound, not
+    the too-few-measurements error (a mutation review: refusing at equality passed)."""
+    g = np.random.default_rng(5)
+    sys5 = SystemConfig(N_H=3, N_V=3, M=5, L=1, K_max=2)
+    H = torch.from_numpy(_cn((1, 5, 9), 51))
+    codes = torch.from_numpy(np.exp(2j * np.pi * g.random((1, 1, 9))))
+    res = crb_deterministic(_t([[0.2, -0.5]]), _t([[0.15, -0.1]]), _t([[0.9, 2.0]]),
+                            torch.from_numpy(_cn((1, 1, 2), 52)), H, codes, _t([0.01]), sys5)
+    assert torch.isfinite(_stack(res)).all() and (_stack(res) > 0).all()
+
+
+def test_a_power_fitted_within_the_floor_of_the_noise_is_named_buried(caplog):
+    """y_l = b_l s + n_l with n_l orthogonal to b_l: sigma^2 and the noise the estimate of
+    s holds are known in closed form, so |s|^2 = (1 + 1e-7) x that noise leaves a fitted
+    power of 1e-7 times it, below the 1e-6 floor: warned of (a mutation review: warning
+    only at a fitted power <= 0 passed)."""
+    import logging
+
+    from risloc.evaluation.crb import noise_and_powers_at
+
+    sys1 = SystemConfig(N_H=3, N_V=3, M=5, L=4, K_max=1)
+    g = np.random.default_rng(8)
+    H = torch.from_numpy(_cn((1, 5, 9), 81))
+    codes = torch.from_numpy(np.exp(2j * np.pi * g.random((1, 4, 9))))
+    geo = (_t([[0.2]]), _t([[0.1]]), _t([[1.5]]))
+    a = steering(*geo, sys1, torch.complex128)[0, 0]  # (N,)
+    b = (H[0].unsqueeze(0) * codes[0].unsqueeze(1)) @ a  # (L, M)   b_l = H diag(c_l) a
+    n = torch.from_numpy(_cn((4, 5), 82))
+    n = n - b * ((b.conj() * n).sum(-1, keepdim=True) / b.abs().square().sum(-1, keepdim=True))
+    sigma2 = n.abs().square().sum() / (4 * (5 - 1))
+    held = sigma2 * (1 / b.abs().square().sum(-1)).mean()
+    y = b * torch.sqrt(held * (1 + 1e-7)) + n
+    with caplog.at_level(logging.WARNING, logger="risloc.evaluation.crb"):
+        got_sigma2, _ = noise_and_powers_at(*geo, y[None], H, codes, sys1)
+    assert got_sigma2.item() == pytest.approx(sigma2.item(), rel=1e-9)
+    assert "1 source(s) in scenes [0]: no power above the noise" in caplog.text

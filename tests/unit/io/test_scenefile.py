@@ -1592,3 +1592,72 @@ def test_any_small_batch_written_reads_back_as_it_was(batch, ext):
         assert torch.equal(torch.isnan(got), ~held), name
         torch.testing.assert_close(got[:, :w][held[:, :w]], getattr(batch, name)[held[:, :w]],
                                    rtol=2e-7, atol=1e-7)
+
+
+def test_chunked_reads_begin_where_asked(tmp_path, batch, system):
+    """iter_scene_chunks from a ``start`` past 0 yields its chunks from there, indexed as in
+    the file (a mutation review: chunks from scene 0 passed)."""
+    path = write_scenes(tmp_path / "s.h5", batch, system)
+    chunks = list(iter_scene_chunks(path, 5, 12, size=4))
+    assert [(i, len(b)) for i, b in chunks] == [(5, 4), (9, 3)]
+    assert torch.equal(chunks[0][1].y, batch.y[5:9]) and torch.equal(chunks[1][1].H,
+                                                                       batch.H[9:12])
+
+
+def test_integer_i_q_samples_on_a_last_axis_of_2_get_the_complex_hint(tmp_path, batch,
+                                                                       system):
+    """int16 real and imaginary parts on a last axis of 2 (a receiver's I/Q samples) are
+    named as such, as float ones are (a mutation review: only float ones were)."""
+    arr = batch_to_arrays(batch, system.K_max)
+    iq = np.round(np.stack([arr["y"].real, arr["y"].imag], -1) * 1000).astype(np.int16)
+    with pytest.raises(SceneFileError, match=r"'y' has shape \(50, 16, 16, 2\): real and "
+                                             r"imaginary parts on a last axis of 2\?"):
+        read_scenes(_npz(tmp_path, **dict(arr, y=iq)))
+
+
+def test_unsigned_integer_positions_without_k_are_not_used(tmp_path, batch, system):
+    """Positions stored as unsigned integers without K hold no NaN padding either: not used,
+    as signed ones are not (a mutation review: only signed ones were left out)."""
+    arr = {k: v for k, v in batch_to_arrays(batch[:4], system.K_max).items() if k != "K"}
+    info = inspect_scene_file(_npz(tmp_path, **dict(arr, range_m=np.ones((4, 5), "u2"))))
+    assert not info.has_truth and any("stored as integers" in n for n in info.notes)
+
+
+@pytest.mark.parametrize("text", ["0.3 m", "0.3 meter", "0.3 meters", "0.3 metre",
+                                  "0.3 metres", "0.3"])
+def test_a_default_wavelength_in_metres_spelled_any_way_is_the_default(tmp_path, batch,
+                                                                       system, text):
+    """A wavelength attribute of the default's value in metres, however the unit is spelled,
+    is the default system's (a mutation review: 'metres' dropped from the spellings passed)."""
+    path = tmp_path / "unit.h5"
+    with h5py.File(path, "w") as f:
+        for k, v in batch_to_arrays(batch[:2], system.K_max).items():
+            f[k] = v
+        f.attrs["wavelength"] = text
+    assert read_scenes(path)[1].system == SystemConfig()
+
+
+def test_a_missing_dataset_s_message_lists_the_first_20_root_entries(tmp_path, batch, system):
+    """A file without y names what it holds: its first 20 root entries, then how many more
+    (a mutation review: a 21st listed passed)."""
+    arr = batch_to_arrays(batch[:2], system.K_max)
+    path = tmp_path / "many.h5"
+    with h5py.File(path, "w") as f:
+        f["H"], f["codes"] = arr["H"], arr["codes"]
+        for i in range(25):
+            f[f"extra{i:02d}"] = np.zeros(2)
+    with pytest.raises(SceneFileError, match=r"missing required dataset\(s\) \['y'\]; it holds "
+                                             r"\[H, codes, extra00, .*, extra17, \.\.\. \(7 "
+                                             r"more\)\]") as err:
+        read_scenes(path)
+    assert "extra18" not in str(err.value)
+
+
+def test_an_h5_attribute_of_another_encoding_reads_with_its_odd_characters_replaced(
+        tmp_path, batch, system):
+    """A bytes attribute that is not UTF-8 (a Latin-1 comment) reads as text, its odd
+    characters replaced, not dropped (a mutation review: dropping them passed)."""
+    path = write_scenes(tmp_path / "s.h5", batch[:2], system)
+    with h5py.File(path, "a") as f:
+        f.attrs["comment"] = np.bytes_(b"caf\xe9 run")
+    assert inspect_scene_file(path).attrs["comment"] == "caf\ufffd run"
