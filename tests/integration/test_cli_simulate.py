@@ -107,8 +107,8 @@ def test_info_summarises_every_scene_says_whether_truth_is_given_and_what_to_run
     assert "truth K and true positions" in text
     assert "SNR (dB) -5.0 .. 40.0" in text and "K histogram 1:4100 2:0 range" in text
     assert "(statistics)" not in text
-    assert "risloc localize" in text and "--out estimates.csv` localizes the scenes; " \
-        "`risloc evaluate" in text
+    assert "risloc localize" in text and "--out estimates.csv --method classical` localizes " \
+        "the scenes; `risloc evaluate" in text  # (a 2x2 RIS: not the shipped model's system)
     with h5py.File(out, "a") as f:
         for name in ("K", "azimuth_deg", "elevation_deg", "range_m"):
             del f[name]
@@ -116,6 +116,36 @@ def test_info_summarises_every_scene_says_whether_truth_is_given_and_what_to_run
     assert "truth none (no azimuth_deg, elevation_deg, range_m): the scenes can be " \
         "localized, not scored" in text
     assert "localizes the scenes" in text and "risloc evaluate" not in text
+
+
+def test_info_hints_commands_that_run_on_a_system_the_shipped_model_does_not_serve(
+        tmp_path, monkeypatch):
+    """A persona review (8x8 RIS, M = 8, L = 32, 28 GHz): `risloc info` printed `risloc
+    localize F --out estimates.csv` and `risloc evaluate F` as what to run next, and both,
+    run as printed, failed with exit code 2 (the shipped model refuses the system)."""
+    own = ["--set", "system.N_H=8", "--set", "system.N_V=8", "--set", "system.M=8", "--set",
+           "system.L=32", "--set", "system.wavelength=0.0107", "--set", "system.K_max=3"]
+    monkeypatch.chdir(tmp_path)  # (short names: a long path might wrap inside a word)
+    for name, system in (("own.h5", own), ("default.h5", [])):
+        out = Path(name)
+        assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(out), "--snr-db", "20",
+                                   "--split", "test", *system]).exit_code == 0
+        res = runner.invoke(app, ["info", str(out)])
+        assert res.exit_code == 0, res.output
+        text = " ".join(res.output.replace("│", " ").split())
+        hint = text[text.index(" next ") + 6:]
+        localize = hint[hint.index("`risloc localize") + 1:]
+        localize = localize[:localize.index("`")].replace(str(out), "").split()
+        evaluate = hint[hint.index("`risloc evaluate") + 1:]
+        evaluate = evaluate[:evaluate.index("`")].replace(str(out), "").split()
+        assert ("--method classical" in hint) == (name == "own.h5"), hint
+        assert ("--estimators classical" in hint) == (name == "own.h5"), hint
+        if name == "own.h5":  # run as printed (the default system's: the learned one, slower)
+            for cmd in (localize, evaluate):
+                args = [*cmd[1:2], str(out), *cmd[2:]]
+                args += ["--out", "rep", "--no-plots"] if "evaluate" in cmd else []
+                res = runner.invoke(app, args)
+                assert res.exit_code == 0, (args, res.output)
 
 
 def test_info_names_a_dataset_it_does_not_read_and_the_contract_name_it_resembles(tmp_path):

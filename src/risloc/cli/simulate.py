@@ -267,12 +267,36 @@ def _print_summary(path: Path, check: bool = False) -> bool:
         if hint:
             table.add_row("truth units", hint)
         p = shell_arg(path)
-        table.add_row("next", f"`risloc localize {p} --out estimates.csv` localizes the scenes"
-                      + (f"; `risloc evaluate {p}` scores the localizers on them"
-                         if info.has_truth else "")
+        served = _shipped_model_serves(s)  # (else the learned default refuses the file)
+        table.add_row("next", f"`risloc localize {p} --out estimates.csv"
+                      + ("" if served else " --method classical")
+                      + "` localizes the scenes"
+                      + (f"; `risloc evaluate {p}"
+                         + ("" if served else " --estimators classical")
+                         + "` scores the localizers on them" if info.has_truth else "")
+                      + ("" if served else "; the shipped model serves another system: "
+                         "`--checkpoint` a model trained for this one (`risloc train "
+                         "--set system.*=...`) to run the learned localizer")
                       + ("; both leave out the scenes that cannot be localized" if bad else ""))
     print_table(table, out)
     return not bad and not (check and info.n_truth_problems)
+
+
+def _shipped_model_serves(system) -> bool:
+    """Whether the shipped model serves ``system`` (True where it cannot be read: the
+    hints then stay the default ones)."""
+    from risloc.cli.common import model_system
+    from risloc.pipeline.localizer import check_system
+
+    try:
+        model = model_system(None)
+    except (OSError, ValueError, KeyError):
+        return True
+    try:
+        check_system(model, system)
+    except ValueError:
+        return False
+    return True
 
 
 def _drawn_with(attrs: dict) -> str:
