@@ -447,3 +447,18 @@ def test_an_explicit_power_spread_a_top_K_a_huge_sharded_n_and_many_h5_chunks(
         assert res.exit_code == 0, res.output
     h5, npz = (read_scenes(tmp_path / n)[0] for n in ("c.h5", "c.npz"))
     assert len(h5) == 5 and torch.equal(h5.y, npz.y) and torch.equal(h5.K, npz.K)
+
+
+def test_info_says_how_far_the_near_field_reaches(tmp_path, monkeypatch):
+    """A persona with an 8 x 8 RIS at 28 GHz searched 0.5-10 m for sources, beyond the
+    0.52 m where its range can be told, and nothing said so: `risloc info` gives the
+    Fraunhofer distance of the file's system (the default's: 36.3 m)."""
+    monkeypatch.chdir(tmp_path)
+    own = ["--set", "system.N_H=8", "--set", "system.N_V=8", "--set", "system.M=8",
+           "--set", "system.wavelength=0.0107", "--set", "system.K_max=3"]
+    for name, system, far in (("own.h5", own, "0.524 m"), ("default.h5", [], "36.3 m")):
+        assert runner.invoke(app, ["simulate", "--n", "1", "--out", name, "--snr-db", "20",
+                                   *system]).exit_code == 0
+        res = runner.invoke(app, ["info", name])
+        text = " ".join(res.output.replace("│", " ").split())
+        assert f"near field out to 2 D^2 / lambda = {far}" in text, text

@@ -81,3 +81,15 @@ def alias_free_spacing(system: SystemConfig, fov: FieldOfView) -> tuple[float, f
     span_y = float(u[..., 1].max() - u[..., 1].min())
     return (system.wavelength / span_x if span_x > 0 else math.inf,
             system.wavelength / span_y if span_y > 0 else math.inf)
+
+
+def aperture(system: SystemConfig) -> float:
+    """D [m]: the largest distance between two RIS elements (the array's diagonal)."""
+    return system.spacing * math.hypot(system.N_H - 1, system.N_V - 1)
+
+
+def fraunhofer_distance(system: SystemConfig) -> float:
+    """2 D^2 / lambda [m] (D: :func:`aperture`): beyond it a source's wavefront across the
+    RIS is nearly plane, its range barely changes the measurements and is told poorly (the
+    CRB says how poorly); the near field, where range is measured, lies inside it."""
+    return 2 * aperture(system) ** 2 / system.wavelength

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from risloc.config import SystemConfig
@@ -107,3 +108,20 @@ def test_angular_separation_promotes_mixed_precision():
     assert sep.dtype == torch.float64
     want = angular_separation(az1.double(), el1, az2, el1)
     torch.testing.assert_close(sep, want, rtol=1e-12, atol=0)
+
+
+def test_the_fraunhofer_distance_is_where_the_wavefront_bends_by_pi_over_8():
+    """The classic far-field limit: at r = 2 D^2 / lambda a broadside source's spherical
+    wavefront lags the plane one by pi / 8 at the RIS's corners (path D^2 / (8 r) = lambda /
+    16), whatever the system; D, the largest distance between two elements, by hand."""
+    from risloc.physics.geometry import aperture, fraunhofer_distance
+    from risloc.physics.steering import path_difference
+
+    for s in (SystemConfig(), SystemConfig(N_H=8, N_V=8, M=8, wavelength=0.0107),
+              SystemConfig(N_H=16, N_V=1, spacing=0.1)):
+        assert aperture(s) == math.hypot(s.N_H - 1, s.N_V - 1) * s.spacing
+        F = fraunhofer_distance(s)
+        zero = torch.zeros((), dtype=torch.float64)
+        lag = path_difference(zero, zero, torch.tensor(F, dtype=torch.float64), s)
+        assert float(lag.max()) * 2 * math.pi / s.wavelength == \
+            pytest.approx(math.pi / 8, rel=1e-3)
