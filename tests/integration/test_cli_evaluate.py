@@ -784,3 +784,28 @@ def test_a_reader_gone_from_the_pipe_does_not_end_the_run(tmp_path):
     p.stdout.close()
     assert p.wait(timeout=300) == 0
     assert (out / "metrics.csv").exists() and (out / "metrics.json").exists()
+
+
+def test_fov_option_sets_the_box_the_classical_estimators_search(tmp_path):
+    import csv
+
+    f = tmp_path / "near.h5"
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(f), "--snr-db", "20",
+                               "--K", "1", "--set", "scene.range_m=[0.15, 0.4]"]).exit_code == 0
+    f1 = {}
+    for name, fov in (("without", []), ("with", ["--fov", "range_m=0.1,1.0"])):
+        res = runner.invoke(app, ["evaluate", str(f), "--estimators", "classical", "--known-K",
+                                  "--no-plots", "--out", str(tmp_path / name), *fov])
+        assert res.exit_code == 0, res.output
+        with open(tmp_path / name / "metrics.csv") as fh:
+            f1[name] = next(float(r["f1"]) for r in csv.DictReader(fh) if r["K"] == "all")
+        assert ("lie outside the field of view" in res.output) == (not fov), res.output
+    assert f1 == {"without": 0.0, "with": 1.0}
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "learned,classical",
+                              "--no-plots", "--out", str(tmp_path / "l"), "--fov",
+                              "range_m=0.1,1.0"])
+    assert res.exit_code == 2 and "trained for" in res.output and \
+        "drop 'learned' from --estimators" in res.output, res.output
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "classical", "--fov",
+                              "elevation=-10,10"])
+    assert res.exit_code == 2 and "did you mean elevation_deg" in res.output, res.output

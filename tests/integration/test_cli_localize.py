@@ -935,7 +935,7 @@ def test_a_cuda_graph_holds_the_scenes_of_small_files_localized_together(tmp_pat
                                    "--split", "test"]).exit_code == 0
     seen = []
 
-    def stop(method, checkpoint, system, device, bf16=True, graph_batch=None):
+    def stop(method, checkpoint, system, device, bf16=True, graph_batch=None, fov=None):
         seen.append(graph_batch)
         raise typer.Exit(code=3)
 
@@ -947,3 +947,48 @@ def test_a_cuda_graph_holds_the_scenes_of_small_files_localized_together(tmp_pat
                                   "--method", "learned", "--batch-size", batch])
         assert res.exit_code == 3, res.output
         assert seen.pop() == want
+
+
+def test_fov_option_sets_the_classical_search_box(tmp_path, monkeypatch):
+    """--fov: sources nearer than the default 0.5 m are found with it, missed without; bad
+    values are named; the learned model's own box is not replaced; a run interrupted with
+    one box resumes with it only (its record keeps it; a record of the default box, none)."""
+    f = tmp_path / "near.h5"
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", str(f), "--snr-db", "20",
+                               "--K", "1", "--set", "scene.range_m=[0.15, 0.4]"]).exit_code == 0
+    for name, fov in (("without.csv", []), ("with.csv", ["--fov", "range_m=0.1,1.0"])):
+        res = runner.invoke(app, ["localize", str(f), "--method", "classical", "--K", "1",
+                                  "--out", str(tmp_path / name), *fov])
+        assert res.exit_code == 0, res.output
+    without, found = (read_estimates(tmp_path / n, 2, 5) for n in ("without.csv", "with.csv"))
+    assert (without.range_m[:, 0] >= 0.5 - 1e-6).all()  # the default box's nearest range
+    assert (found.range_m[:, 0] < 0.45).all(), found.range_m
+    for bad, said in ((["rnage_m=0.1,1"], "did you mean range_m"),
+                      (["range_m=0,1"], "range_m must satisfy 0 < low < high"),
+                      (["azimuth_deg=-95,0"], "azimuth_deg must lie inside (-90, 90)"),
+                      (["range_m"], "expected name=low,high")):
+        res = runner.invoke(app, ["localize", str(f), "--method", "classical", "--out",
+                                  str(tmp_path / "bad.csv"), "--fov", *bad])
+        assert res.exit_code == 2 and said in res.output, res.output
+    res = runner.invoke(app, ["localize", str(f), "--method", "learned", "--out",
+                              str(tmp_path / "l.csv"), "--fov", "range_m=0.1,1.0"])
+    assert res.exit_code == 2 and "searches the field of view it was trained for" in \
+        res.output and "--method classical" in res.output, res.output
+
+    from risloc.pipeline import Localizer
+
+    def ctrl_c(self, *a, **k):
+        raise KeyboardInterrupt
+
+    base = ["localize", str(f), "--method", "classical", "--K", "1", "--out",
+            str(tmp_path / "part.csv")]
+    with monkeypatch.context() as m:
+        m.setattr(Localizer, "localize", ctrl_c)
+        assert runner.invoke(app, [*base, "--fov", "range_m=0.1,1.0"]).exit_code == 130
+    for other in ([], ["--fov", "range_m=0.1,2.0"]):
+        res = runner.invoke(app, [*base, "--resume", *other])
+        assert res.exit_code == 2 and "another --fov" in res.output, res.output
+    res = runner.invoke(app, [*base, "--resume", "--fov", "range_m=0.1,1.0"])
+    assert res.exit_code == 0, res.output
+    assert read_estimates(tmp_path / "part.csv", 2, 5).range_m.nan_to_num(9).equal(
+        found.range_m.nan_to_num(9))

@@ -88,6 +88,13 @@ SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a config field: section.field=value (repeatable), "
                   "e.g. --set scene.K=3 --set 'scene.snr_db=[0, 10]'.")]
 
+FovOpt = Annotated[list[str] | None, typer.Option(
+    "--fov", help="The field of view the classical estimators search, one field at a time "
+                  "(repeatable): --fov range_m=0.1,1.0 --fov azimuth_deg=-45,45; fields: "
+                  "azimuth_deg, elevation_deg (deg, inside -90..90), range_m (m); a field not "
+                  "given keeps the default (-60..60 deg, -30..30 deg, 0.5..10 m). The learned "
+                  "model searches its training scenes' box: another is refused.")]
+
 F = TypeVar("F", bound=Callable)
 
 
@@ -188,6 +195,44 @@ def parse_numbers(text: str, option: str, kind: type = float,
     if not values and not allow_empty:
         raise ValueError(f"{option}: no values given")
     return values
+
+
+def parse_fov(values: list[str] | None):
+    """The :class:`risloc.config.FieldOfView` of ``--fov name=low,high`` options (None where
+    none is given): the fields named replaced, the others the default's; its own checks (and
+    messages) validate the values."""
+    import difflib
+    from dataclasses import fields
+
+    from risloc.config import FieldOfView
+
+    if not values:
+        return None
+    names = [f.name for f in fields(FieldOfView)]
+    given: dict[str, tuple[str, ...]] = {}
+    for text in values:
+        name, eq, value = (part.strip() for part in text.partition("="))
+        if not eq:
+            raise ValueError(f"--fov {text!r}: expected name=low,high, e.g. --fov "
+                             "range_m=0.1,1.0")
+        if name not in names:
+            near = difflib.get_close_matches(name, names, 1)
+            raise ValueError(f"--fov {text!r}: unknown field {name!r}"
+                             + (f" (did you mean {near[0]}?)" if near else "")
+                             + f"; fields: {', '.join(names)}")
+        if name in given:
+            raise ValueError(f"--fov: {name} is given twice")
+        given[name] = tuple(v.strip() for v in value.split(","))
+    try:
+        return FieldOfView(**given)
+    except ValueError as err:
+        raise ValueError(f"--fov: {err}") from None
+
+
+def fov_setting(fov) -> list[list[float]] | None:
+    """A field of view as a JSON value (a record's, a report's): its three (low, high)."""
+    return None if fov is None else [list(fov.azimuth_deg), list(fov.elevation_deg),
+                                     list(fov.range_m)]
 
 
 def get_config(config: Path | None, overrides: list[str] | None) -> RislocConfig:

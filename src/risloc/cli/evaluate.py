@@ -14,12 +14,14 @@ from rich.table import Table
 from risloc import __version__
 from risloc.cli.common import (
     ConfigOpt,
+    FovOpt,
     SetOpt,
     check_model_serves,
     console,
     handle_errors,
     model_system,
     out,
+    parse_fov,
     parse_numbers,
     print_table,
     progress,
@@ -148,6 +150,7 @@ def evaluate_command(
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    fov_opts: FovOpt = None,
 ) -> None:
     """Evaluate estimators on a scene file or a simulated SNR sweep; table, CSV/JSON, PNGs."""
     names = tuple(s.strip() for s in estimators.split(",") if s.strip())
@@ -180,14 +183,24 @@ def evaluate_command(
     for snr in snrs if scenes is None else ():
         check_snr_db(snr, "--snr-db")
     Ks = None if K is None else parse_numbers(K, "--K", int)
+    fov = parse_fov(fov_opts)
     settings = SweepSettings(names, snrs, Ks, n,
                              known_K, seed, batch_size, crb,
                              None if checkpoint is None else str(checkpoint), snr_given,
-                             power_spread_db)
+                             power_spread_db, fov=fov)
     if checkpoint is not None and "learned" not in names:
         console.print(f"[yellow]--checkpoint is the learned estimator's model, and learned "
                       f"is not among --estimators ({', '.join(names) or 'none'}): "
                       f"{checkpoint} is not used[/]")
+    if fov is not None and not [x for x in names if x != "learned"]:
+        console.print("[yellow]--fov is the field of view of the estimators other than "
+                      "'learned', and none is among --estimators: not used[/]")
+    if fov is not None and "learned" in names:  # (its model searches its training box)
+        from risloc.cli.localize import refuse_fov
+
+        model_fov = model_system(checkpoint, with_fov=True)[1]
+        if fov != model_fov:
+            raise ValueError(refuse_fov(fov, model_fov, "drop 'learned' from --estimators"))
     if scenes is None and (start or stop is not None or estimates):
         raise ValueError("--start / --stop / --estimates concern a scene file's scenes: give "
                          "the scene file")
@@ -256,7 +269,7 @@ def evaluate_command(
             scored = scorable_truth(batch, system.K_max)
             for hint in [radians_hint(*widest_true_angle(scored), attrs=info.attrs)] + [
                     outside_hint(count_outside(scored, box), box, who=who)
-                    for box, who in _searched_boxes(learned)]:
+                    for box, who in _searched_boxes(learned, fov)]:
                 if hint:
                     console.print(f"[yellow]{scenes}: {hint}[/]")
         else:
@@ -270,7 +283,7 @@ def evaluate_command(
         if "learned" in names and checkpoint is None:  # (sweep_config checked a given one)
             check_model_serves(None, cfg.system, "this system")
         _say_scenes_beyond_the_search(cfg.scene.fov, model_system(checkpoint, with_fov=True)[1]
-                                      if "learned" in names else None)
+                                      if "learned" in names else None, fov)
         system, points, source = cfg.system, sweep_points(settings, cfg), "simulated test split"
         left = 0
     run_report(points, system, settings, out_dir, plots, source, pooled=scenes is not None,
@@ -280,31 +293,34 @@ def evaluate_command(
 SWEEP_ONLY = ("snr_db", "K", "n_per_point", "power_spread_db")  # SweepSettings of a simulation
 
 
-def _searched_boxes(learned=None) -> list[tuple]:
-    """The fields of view the estimators search, each with who searches it: the default
-    one, and a learned model's own (``learned``: its training scenes') where it differs."""
+def _searched_boxes(learned=None, searched=None) -> list[tuple]:
+    """The fields of view the estimators search, each with who searches it: ``searched``
+    (--fov; None: the default one), and a learned model's own (``learned``: its training
+    scenes') where it differs."""
     from risloc.config import FieldOfView
 
-    default = FieldOfView()
+    default = searched or FieldOfView()
     if learned is None or learned == default:
         return [(default, "the estimators search")]
     return [(default, "the estimators other than 'learned' search"),
             (learned, "the learned model (its training scenes') searches")]
 
 
-def _say_scenes_beyond_the_search(drawn, learned=None) -> None:
+def _say_scenes_beyond_the_search(drawn, learned=None, searched=None) -> None:
     """Warn where a sweep's scenes (``--set scene.*``) are drawn beyond the field of view
-    the estimators search (:func:`_searched_boxes`): sources there cannot be found."""
+    the estimators search (:func:`_searched_boxes`; ``searched``: --fov): sources there
+    cannot be found."""
     from risloc.io.scenefile import fov_text
 
-    for searched, who in _searched_boxes(learned):
+    for box, who in _searched_boxes(learned, searched):
         if any(d[0] < s[0] or d[1] > s[1] for d, s in (
-                (drawn.azimuth_deg, searched.azimuth_deg),
-                (drawn.elevation_deg, searched.elevation_deg),
-                (drawn.range_m, searched.range_m))):
+                (drawn.azimuth_deg, box.azimuth_deg),
+                (drawn.elevation_deg, box.elevation_deg),
+                (drawn.range_m, box.range_m))):
             console.print(f"[yellow]the scenes are drawn in {fov_text(drawn)}, beyond the "
-                          f"field of view {who} ({fov_text(searched)}): sources outside "
-                          "it cannot be found (the Python API's Localizer takes fov=)[/]")
+                          f"field of view {who} ({fov_text(box)}): sources outside "
+                          "it cannot be found" + ("" if box is learned else
+                                                  " (--fov sets this box)") + "[/]")
 
 
 def _say_scenes_without_rows(settings: SweepSettings, batch, start: int,

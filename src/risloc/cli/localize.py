@@ -17,13 +17,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from risloc.cli.common import (
+    FovOpt,
     console,
+    fov_setting,
     handle_errors,
     out,
+    parse_fov,
     print_table,
     progress,
     shell_arg,
 )
+from risloc.config import FieldOfView
 from risloc.evaluation.metrics import (
     Matching,
     concat_matchings,
@@ -94,7 +98,7 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
 
 
 def _localizer(method: str | None, checkpoint: Path | None, system, device: str,
-               bf16: bool = True, graph_batch: int | None = None) -> Localizer:
+               bf16: bool = True, graph_batch: int | None = None, fov=None) -> Localizer:
     if method is None:
         from risloc.pipeline.learned import DEFAULT_MODEL
 
@@ -108,11 +112,23 @@ def _localizer(method: str | None, checkpoint: Path | None, system, device: str,
         if checkpoint is not None:
             console.print(f"[yellow]--checkpoint is the learned method's model: {checkpoint} "
                           "is not used by --method classical[/]")
-        return Localizer(system, "classical")
+        return Localizer(system, "classical", fov=fov)
     loc = Localizer.from_checkpoint(checkpoint, graph_batch=graph_batch)
+    if fov is not None and fov != loc.fov:
+        raise ValueError(refuse_fov(fov, loc.fov))
     loc.pipeline.to(device)
     loc.pipeline.fit_config = replace(loc.pipeline.fit_config, shortlist_bf16=bf16)
     return loc
+
+
+def refuse_fov(fov, model_fov, alternative: str = "use --method classical") -> str:
+    """The message refusing a --fov ``fov`` other than the learned model's ``model_fov``."""
+    from risloc.io.scenefile import fov_text
+
+    return (f"--fov {fov_text(fov)}: the learned localizer searches the field of view it was "
+            f"trained for ({fov_text(model_fov)}), not another; train one with the scenes' "
+            "field of view (the recipe's scene.azimuth_deg / scene.elevation_deg / "
+            f"scene.range_m, `risloc train --set scene.range_m=[low, high]`) or {alternative}")
 
 
 @handle_errors
@@ -166,6 +182,7 @@ def localize_command(
         "--snr-bin-db", min=0.01, help="Where the files carry the truth: the metrics table's "
         "SNR bins, in dB, each row labelled with the mean SNR of its scenes; scenes without "
         "an SNR are one row, 'unknown'.")] = 5.0,
+    fov_opts: FovOpt = None,
 ) -> None:
     """Localize every scene of one or more files and write the estimates CSV, chunk by
     chunk (<out>.part while running, renamed to <out> when complete; --resume after a kill
@@ -177,6 +194,7 @@ def localize_command(
     if resume and restart:
         raise ValueError("--resume continues an interrupted run and --restart discards it: "
                          "give one")
+    fov = parse_fov(fov_opts)
     paths = expand_inputs(scenes)
     if device not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu or cuda, got {device!r}")
@@ -224,7 +242,7 @@ def localize_command(
     elif graphs:
         console.print("[yellow]--graphs applies to the learned method on CUDA only: "
                       "ignored[/]")
-    loc = _localizer(method, checkpoint, system, device, bf16, graph_batch)
+    loc = _localizer(method, checkpoint, system, device, bf16, graph_batch, fov)
     for p, info in zip(paths, infos, strict=True):
         try:
             check_system(loc.system, info.system)
@@ -251,7 +269,9 @@ def localize_command(
                 "checkpoint": None if checkpoint is None else str(checkpoint.resolve()),
                 "K": K, "start": start, "stop": stop,
                 "bf16": bf16 if loc.method == "learned" else None,
-                **({} if snr_given else {"snr_given": False})}  # (a record before it: given)
+                **({} if snr_given else {"snr_given": False}),  # (a record before it: given)
+                # (a record before --fov, or a run without it: the default field of view)
+                **({} if fov is None or fov == FieldOfView() else {"fov": fov_setting(fov)})}
     stream = EstimatesStream(out_path, settings, COLUMNS + (("file",) if many else ()),
                              resume, restart)
     if resume and not stream.resumed:

@@ -14,12 +14,14 @@ when the order is given to the estimator, else None (the estimator decides K).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
-from risloc.config import SystemConfig
+from risloc.config import FieldOfView, SystemConfig
 from risloc.core.params import Estimates
 from risloc.covariance import sample_covariance
 from risloc.simulation import SceneBatch, scene_true_covariance
@@ -60,46 +62,57 @@ def _samp_order(R: torch.Tensor, system: SystemConfig) -> torch.Tensor:
     return mdl_order(R, system.L, K_max).clamp_min(1)
 
 
-def _classical(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None) -> Estimates:
+def _classical(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None,
+               fov: FieldOfView | None = None) -> Estimates:
     from risloc.pipeline.localizer import Localizer
 
-    loc = Localizer(system, "classical", workers=1)
+    loc = Localizer(system, "classical", workers=1, fov=fov)
     return loc.localize(scenes.y, scenes.H, scenes.codes, scenes.snr_db, K).estimates
 
 
+def _music_config(fov: FieldOfView | None):
+    from risloc.estimators.music import MusicConfig
+
+    return MusicConfig() if fov is None else replace(MusicConfig(), fov=fov)
+
+
 def _music_samp(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None,
-                name: str = "music-samp") -> Estimates:
+                name: str = "music-samp", fov: FieldOfView | None = None) -> Estimates:
     from risloc.estimators.music import music
 
     R = sample_covariance(scenes.y, scenes.H, scenes.codes)
     return music(R, _music_K(K if K is not None else _samp_order(R, system), system, name),
-                 system)
+                 system, _music_config(fov))
 
 
 def _music_samp_nfmle(scenes: SceneBatch, system: SystemConfig,
-                      K: torch.Tensor | None) -> Estimates:
-    from risloc.estimators.nfmle import nfmle_refine
+                      K: torch.Tensor | None, fov: FieldOfView | None = None) -> Estimates:
+    from risloc.estimators.nfmle import NFMLEConfig, nfmle_refine
 
-    init = _music_samp(scenes, system, K, "music-samp+nfmle")  # (its warnings name it)
-    return nfmle_refine(scenes.y, scenes.H, scenes.codes, init, system)
+    init = _music_samp(scenes, system, K, "music-samp+nfmle", fov)  # (its warnings name it)
+    return nfmle_refine(scenes.y, scenes.H, scenes.codes, init, system,
+                        NFMLEConfig() if fov is None else replace(NFMLEConfig(), fov=fov))
 
 
 def _ramezani_samp(scenes: SceneBatch, system: SystemConfig,
-                   K: torch.Tensor | None) -> Estimates:
+                   K: torch.Tensor | None, fov: FieldOfView | None = None) -> Estimates:
     from risloc.estimators.ramezani import RamezaniConfig, ramezani_music
 
     R = sample_covariance(scenes.y, scenes.H, scenes.codes)
+    config = RamezaniConfig() if fov is None else replace(RamezaniConfig(), fov=fov)
     return ramezani_music(R, K if K is not None else _samp_order(R, system), system,
-                          RamezaniConfig().for_system(system))
+                          config.for_system(system))
 
 
-def _music_oracle(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None) -> Estimates:
+def _music_oracle(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None,
+                  fov: FieldOfView | None = None) -> Estimates:
     from risloc.estimators.music import music
 
     if not scenes.has_truth:
         raise ValueError("music-oracle needs the truth (it runs on R_true)")
     R = scene_true_covariance(scenes, system)
-    return music(R, _music_K(scenes.K if K is None else K, system, "music-oracle"), system)
+    return music(R, _music_K(scenes.K if K is None else K, system, "music-oracle"), system,
+                 _music_config(fov))
 
 
 NEEDS_TRUTH = ("music-oracle",)  # estimators that read the true scene, not only y, H, codes
@@ -128,10 +141,13 @@ def _learned(checkpoint: str | None) -> Estimator:
 NAMES = (*ESTIMATORS, "learned")
 
 
-def get_estimator(name: str, checkpoint: str | None = None) -> Estimator:
-    """The estimator called ``name``; ``checkpoint`` is used by "learned" (None: shipped)."""
+def get_estimator(name: str, checkpoint: str | None = None,
+                  fov: FieldOfView | None = None) -> Estimator:
+    """The estimator called ``name``; ``checkpoint`` is used by "learned" (None: shipped),
+    ``fov`` (the field of view searched; None: the default) by the others (a learned model
+    searches its training scenes')."""
     if name == "learned":
         return _learned(checkpoint)
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; choose from {sorted(NAMES)}")
-    return ESTIMATORS[name]
+    return ESTIMATORS[name] if fov is None else functools.partial(ESTIMATORS[name], fov=fov)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from risloc.config import RislocConfig, SystemConfig
+from risloc.config import FieldOfView, RislocConfig, SystemConfig
 from risloc.core.checks import scene_problems
 from risloc.core.params import Estimates, concat_estimates
 from risloc.evaluation.crb import (
@@ -72,11 +72,15 @@ class SweepSettings:
     snr_given: bool = True  # False: the estimators are not told the SNR (as most files)
     power_spread_db: float = 0.0  # simulated sweeps: source powers spread over this (dB)
     given: tuple[GivenEstimates, ...] = ()
+    fov: FieldOfView | None = None  # searched by the estimators other than "learned" (None:
+    #                                 the default field of view)
 
     def meta(self) -> dict:
         """The settings as the report's JSON records them (the estimates given: their
         names and files)."""
-        used = {k: v for k, v in self.__dict__.items() if k != "given"}
+        used = {k: v for k, v in self.__dict__.items() if k not in ("given", "fov")}
+        if self.fov is not None:
+            used["fov"] = asdict(self.fov)
         if self.given:
             used["given"] = [{"name": g.name, "path": g.path} for g in self.given]
         return used
@@ -103,13 +107,14 @@ class ResultRow:
 
 def run_estimator(name: str, scenes: SceneBatch, system: SystemConfig, known_K: bool,
                   batch_size: int, advance: Callable[[int], None] | None = None,
-                  checkpoint: str | None = None, workers: int | None = None
-                  ) -> tuple[Estimates, float]:
+                  checkpoint: str | None = None, workers: int | None = None,
+                  fov: FieldOfView | None = None) -> tuple[Estimates, float]:
     """Run one estimator over scenes in batches, each batch split into passes of at most
     MAX_CHUNK scenes run by ``workers`` CPU threads (None: one per core; as the
-    :class:`risloc.pipeline.Localizer` does; :mod:`risloc.parallel`); returns (estimates,
-    seconds)."""
-    fn = get_estimator(name, checkpoint)
+    :class:`risloc.pipeline.Localizer` does; :mod:`risloc.parallel`); ``fov``: the field
+    of view searched by an estimator other than "learned" (None: the default); returns
+    (estimates, seconds)."""
+    fn = get_estimator(name, checkpoint, fov)
     parts, t0 = [], time.perf_counter()
     try:
         for lo in range(0, len(scenes), batch_size):
@@ -292,7 +297,7 @@ def _run_point(name: str, scenes: SceneBatch, system: SystemConfig, settings: Sw
     return run_estimator(
         name, seen, system, settings.known_K, settings.batch_size,
         (lambda n, t=task: progress.advance(t, n)) if task is not None else None,
-        settings.checkpoint)
+        settings.checkpoint, fov=settings.fov)
 
 
 def left_out(scenes: SceneBatch, system: SystemConfig

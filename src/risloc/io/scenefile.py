@@ -726,7 +726,7 @@ def outside_hint(outside: int, fov: FieldOfView, whose: str = "",
         return ""
     return (f"{outside} true source(s){whose} lie outside the field of view {who} "
             f"({fov_text(fov)}): sources there cannot be found (truth in other units? `risloc "
-            "info` counts them)")
+            "info` counts them; --fov sets the box the classical estimators search)")
 
 
 RADIANS_SUSPECT = (5, 0.3, math.pi / 2)  # true sources, and the widest |angle| in "degrees"

@@ -335,7 +335,7 @@ SETTING_NAMES = {  # the settings of a run, as a refused resume names them
                       "time differs)",
     "method": "another --method", "checkpoint": "another --checkpoint", "K": "another --K",
     "start": "another --start", "stop": "another --stop", "bf16": "another --bf16/--no-bf16",
-    "snr_given": "another --snr-given/--snr-withheld",
+    "snr_given": "another --snr-given/--snr-withheld", "fov": "another --fov",
 }
 
 

@@ -16,7 +16,7 @@ def seen(monkeypatch):
     """The (K, snr_db) each call of a recording estimator was given; it reports the truth."""
     calls = []
 
-    def recording(name, checkpoint=None):
+    def recording(name, checkpoint=None, fov=None):
         def fn(scenes, system, K):
             calls.append((None if K is None else K.clone(), scenes.snr_db.clone()))
             return Estimates(scenes.K, scenes.azimuth.float(), scenes.elevation.float(),
@@ -111,7 +111,7 @@ def test_rows_per_K_time_per_scene_and_no_pooled_rows_in_a_sweep(monkeypatch):
     import time
     from dataclasses import replace
 
-    def finds_only_single_sources(name, checkpoint=None):
+    def finds_only_single_sources(name, checkpoint=None, fov=None):
         def fn(scenes, system, K):
             time.sleep(0.02)
             one = scenes.K == 1
@@ -137,7 +137,7 @@ def test_rows_per_K_time_per_scene_and_no_pooled_rows_in_a_sweep(monkeypatch):
     # second mutation review)
     assert by["1"].ms_per_scene == by["2"].ms_per_scene == by["all"].ms_per_scene
     # scenes without truth: one K = "?" row, its time per scene in ms too
-    def finds_none(name, checkpoint=None):
+    def finds_none(name, checkpoint=None, fov=None):
         def fn(scenes, system, K):
             time.sleep(0.02)
             nan = torch.full((len(scenes.y), 5), float("nan"))
@@ -176,7 +176,7 @@ def _offset_estimator(scale):
 
 
 def _two_estimators(monkeypatch):
-    monkeypatch.setattr(harness, "get_estimator", lambda name, checkpoint=None:
+    monkeypatch.setattr(harness, "get_estimator", lambda name, checkpoint=None, fov=None:
                         _offset_estimator({"ref": 0.5, "other": 1.0}[name])(name))
 
 

@@ -53,3 +53,66 @@ def test_tabs_and_decimal_commas_are_named_as_such(tmp_path):
     (tmp_path / "text.csv").write_text(f"{HEADER}\n0,0,ten,-5,2.5\n")
     with pytest.raises(ValueError, match=r"line 2: .*'ten'.*\}$"):  # no comma hint
         read_estimates(tmp_path / "text.csv", 1)
+
+
+def test_empty_trailing_rows_of_spaces_or_fewer_cells_are_skipped_too(tmp_path):
+    """A spreadsheet's trailing rows of blank cells (spaces) or of fewer cells than the
+    header (',,': the rest read as None) are skipped like ',,,,' (a mutation review)."""
+    (tmp_path / "x.csv").write_text(f"{HEADER}\n0,0,10,-5,2.5\n1,0,1,1,1\n ,  ,,,\n,,\n")
+    assert read_estimates(tmp_path / "x.csv", 2).K.tolist() == [1, 1]
+
+
+def test_a_header_s_hints_only_where_they_hold(tmp_path):
+    """'separated by ;' only for a header that is one name (a comma-separated header with a
+    stray ';' is shown as it is); a rename only for a name that the column's is with its
+    unit (a spreadsheet's trailing empty name is none: a mutation review)."""
+    (tmp_path / "s.csv").write_text("scene;source,azimuth_deg,elevation_deg,range_m\n")
+    with pytest.raises(ValueError, match=r"; its header: scene;source,azimuth_deg") as err:
+        read_estimates(tmp_path / "s.csv", 1)
+    assert "separated by" not in str(err.value)
+    (tmp_path / "r.csv").write_text("scene,source,azimuth,elevation_deg,range_m,\n0,0,1,1,1\n")
+    with pytest.raises(ValueError, match=r"\(rename azimuth as azimuth_deg: angles in "
+                                         r"degrees, range in metres\)$"):
+        read_estimates(tmp_path / "r.csv", 1)
+    (tmp_path / "az.csv").write_text("scene,source,az,elevation_deg,range_m\n0,0,1,1,1\n")
+    with pytest.raises(ValueError, match=r"its header: scene,source,az,elevation_deg,"
+                                         r"range_m$"):
+        read_estimates(tmp_path / "az.csv", 1)
+
+
+def test_decimal_commas_are_named_in_negative_or_spaced_cells_not_thousands(tmp_path):
+    hint = "(decimal commas: write numbers with a decimal point)"
+    for cells in ('10,"-5,5",2.5', '10,-5," 2,5"'):
+        (tmp_path / "c.csv").write_text(f"{HEADER}\n0,0,{cells}\n")
+        with pytest.raises(ValueError, match="line 2: scene and source") as err:
+            read_estimates(tmp_path / "c.csv", 1)
+        assert str(err.value).endswith(hint), cells
+    (tmp_path / "k.csv").write_text(f'{HEADER}\n0,0,10,-5,"1,234.5"\n')  # a thousands ','
+    with pytest.raises(ValueError, match="line 2: scene and source") as err:
+        read_estimates(tmp_path / "k.csv", 1)
+    assert hint not in str(err.value)
+
+
+def test_an_elevation_of_90_deg_is_read_and_beyond_it_is_not(tmp_path):
+    (tmp_path / "e.csv").write_text(f"{HEADER}\n0,0,10,90,1\n1,0,10,-90,1\n")
+    assert read_estimates(tmp_path / "e.csv", 2).K.tolist() == [1, 1]
+    (tmp_path / "e.csv").write_text(f"{HEADER}\n0,0,10,-90.0001,1\n")
+    with pytest.raises(ValueError, match=r"line 2: elevation_deg -90.0001 lies beyond"):
+        read_estimates(tmp_path / "e.csv", 1)
+
+
+def test_a_part_file_one_byte_short_of_its_record_is_not_resumed(tmp_path):
+    """Resuming truncates .part to the record's size: one byte short would be padded with
+    a NUL byte, so it is refused like any shorter .part (a mutation review)."""
+    from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream
+
+    out, settings = tmp_path / "est.csv", {"inputs": ["a.h5"]}
+    first = EstimatesStream(out, settings, COLUMNS)
+    first.append("0", 1, [(0, 0, 1.0, 2.0, 3.0, 0.5)])
+    first.close()
+    size = first.part.stat().st_size
+    with open(first.part, "r+b") as f:
+        f.truncate(size - 1)
+    with pytest.raises(ValueError, match=r"est.csv.part is shorter than its progress"):
+        EstimatesStream(out, settings, COLUMNS, resume=True)
+    assert first.part.stat().st_size == size - 1
