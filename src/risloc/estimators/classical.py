@@ -531,10 +531,11 @@ class ClassicalResult(NamedTuple):
     noise_var: torch.Tensor | None
 
 
-_SNR_WARNED: list[bool] = []  # whether _check_snr has warned in this process
+_SNR_WARNED: list = []  # the systems _check_snr has warned of in this process
 
 
-def _check_snr(costs: torch.Tensor, y: torch.Tensor, sigma2: torch.Tensor, snr_db) -> None:
+def _check_snr(costs: torch.Tensor, y: torch.Tensor, sigma2: torch.Tensor, snr_db,
+               system: SystemConfig | None = None) -> None:
     """Warn where a given SNR disagrees with the data by more than 10 dB (25 dB with one
     snapshot): the K decision trusts it (a linear SNR passed as snr_db gives K_max
     sources)."""
@@ -548,8 +549,9 @@ def _check_snr(costs: torch.Tensor, y: torch.Tensor, sigma2: torch.Tensor, snr_d
     if bool(off.any()):
         i = int(torch.nonzero(off)[0])
         given = torch.as_tensor(snr_db, dtype=torch.float64).expand(costs.shape[0])[i]
-        level = logging.DEBUG if _SNR_WARNED else logging.WARNING  # said once per process
-        _SNR_WARNED.append(True)  # (a file's chunks would each say it again)
+        warned = system in _SNR_WARNED  # once per system (a file's chunks would each say it
+        _SNR_WARNED.extend([] if warned else [system])  # again; a notebook's next system not)
+        level = logging.DEBUG if warned else logging.WARNING
         crowded = costs.shape[1] - 1 >= y.shape[2] - 2  # K_max within 2 of M: see the guide
         log.log(level, "the SNR given for %d of %d scenes disagrees with their data by more "
                     "than %g dB (e.g. %.1f dB given where the residual implies about %.1f "
@@ -575,7 +577,7 @@ def classical_fit(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, system:
     sigma2 = None if snr_db is None else noise_var_from_snr(y, snr_db)
     if K_known is None:
         if sigma2 is not None:
-            _check_snr(greedy.costs, y, sigma2, snr_db)
+            _check_snr(greedy.costs, y, sigma2, snr_db, system)
         K_known = residual_order(greedy.costs, y.shape[1], y.shape[2], sigma2, config.penalty)
     theta = _select(greedy.thetas, K_known, system.K_max)
     init = Estimates.from_theta(K_known, theta)

@@ -136,6 +136,10 @@ def test_an_snr_far_from_the_data_is_warned_of(caplog, monkeypatch):
     n = len(caplog.records)  # said once: the next chunk of a file does not say it again
     classical_localize(b.y, b.H, b.codes, SYSTEM, snr_db=-20.0)
     assert len(caplog.records) == n
+    # once per system, not per process: in a notebook another system's slip is still said
+    other = SYSTEM.model_copy(update={"wavelength": SYSTEM.wavelength * 1.01})
+    classical_localize(b.y, b.H, b.codes, other, snr_db=-20.0)
+    assert len(caplog.records) == n + 1
 
 
 def test_output_layout_and_per_scene_known_K():
