@@ -62,6 +62,12 @@ class FieldOfView:
     elevation_deg: tuple[float, float] = (-30.0, 30.0)
     range_m: tuple[float, float] = (0.5, 10.0)
 
+    def describe(self) -> str:
+        """'azimuth a..b deg, elevation c..d deg, range e..f m': the box in messages."""
+        return (f"azimuth {self.azimuth_deg[0]:g}..{self.azimuth_deg[1]:g} deg, elevation "
+                f"{self.elevation_deg[0]:g}..{self.elevation_deg[1]:g} deg, range "
+                f"{self.range_m[0]:g}..{self.range_m[1]:g} m")
+
     def __post_init__(self) -> None:
         for name in ("azimuth_deg", "elevation_deg", "range_m"):
             try:

@@ -270,11 +270,9 @@ def sweep_config(config: Path | None, overrides: list[str] | None,
                          "others on this system)") from None
     default = get_config(None, None)
     if cfg.system != default.system or cfg.scene.fov != default.scene.fov:
-        from risloc.io.scenefile import fov_text
-
         changed = "" if cfg.system == system else ", changed by --set"
         console.print(f"simulating the scenes on {checkpoint}'s system{changed} "
-                      f"({cfg.system.describe()}), sources in {fov_text(cfg.scene.fov)}")
+                      f"({cfg.system.describe()}), sources in {cfg.scene.fov.describe()}")
     return cfg
 
 

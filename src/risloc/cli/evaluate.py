@@ -310,15 +310,13 @@ def _say_scenes_beyond_the_search(drawn, learned=None, searched=None) -> None:
     """Warn where a sweep's scenes (``--set scene.*``) are drawn beyond the field of view
     the estimators search (:func:`_searched_boxes`; ``searched``: --fov): sources there
     cannot be found."""
-    from risloc.io.scenefile import fov_text
-
     for box, who in _searched_boxes(learned, searched):
         if any(d[0] < s[0] or d[1] > s[1] for d, s in (
                 (drawn.azimuth_deg, box.azimuth_deg),
                 (drawn.elevation_deg, box.elevation_deg),
                 (drawn.range_m, box.range_m))):
-            console.print(f"[yellow]the scenes are drawn in {fov_text(drawn)}, beyond the "
-                          f"field of view {who} ({fov_text(box)}): sources outside "
+            console.print(f"[yellow]the scenes are drawn in {drawn.describe()}, beyond the "
+                          f"field of view {who} ({box.describe()}): sources outside "
                           "it cannot be found" + ("" if box is learned else
                                                   " (--fov sets this box)") + "[/]")
 

@@ -123,10 +123,8 @@ def _localizer(method: str | None, checkpoint: Path | None, system, device: str,
 
 def refuse_fov(fov, model_fov, alternative: str = "use --method classical") -> str:
     """The message refusing a --fov ``fov`` other than the learned model's ``model_fov``."""
-    from risloc.io.scenefile import fov_text
-
-    return (f"--fov {fov_text(fov)}: the learned localizer searches the field of view it was "
-            f"trained for ({fov_text(model_fov)}), not another; train one with the scenes' "
+    return (f"--fov {fov.describe()}: the learned localizer searches the field of view it was "
+            f"trained for ({model_fov.describe()}), not another; train one with the scenes' "
             "field of view (the recipe's scene.azimuth_deg / scene.elevation_deg / "
             f"scene.range_m, `risloc train --set scene.range_m=[low, high]`) or {alternative}")
 

@@ -39,7 +39,6 @@ from risloc.io.scenefile import (
     SceneFileWriter,
     check_room,
     count_outside,
-    fov_text,
     inspect_scene_file,
     is_npz,
     iter_scene_chunks,
@@ -262,7 +261,7 @@ def _print_summary(path: Path, check: bool = False) -> bool:
                                                                          else ""))
         if n_true:
             table.add_row("truth outside the field of view",
-                          f"{outside} of {n_true} sources ({fov_text(FieldOfView())}: where "
+                          f"{outside} of {n_true} sources ({FieldOfView().describe()}: where "
                           "the localizers search)")
         hint = radians_hint(n_true, widest, attrs=info.attrs)
         if hint:

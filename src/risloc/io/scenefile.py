@@ -711,13 +711,6 @@ def count_outside(batch: SceneBatch, fov: FieldOfView) -> int:
     return int((batch.mask & ~inside).sum())
 
 
-def fov_text(f: FieldOfView) -> str:
-    """'azimuth a..b deg, elevation c..d deg, range e..f m': a field of view in messages."""
-    return (f"azimuth {f.azimuth_deg[0]:g}..{f.azimuth_deg[1]:g} deg, elevation "
-            f"{f.elevation_deg[0]:g}..{f.elevation_deg[1]:g} deg, range {f.range_m[0]:g}.."
-            f"{f.range_m[1]:g} m")
-
-
 def outside_hint(outside: int, fov: FieldOfView, whose: str = "",
                  who: str = "the localizers search") -> str:
     """A warning where ``outside`` true sources (:func:`count_outside`) lie outside the
@@ -725,7 +718,7 @@ def outside_hint(outside: int, fov: FieldOfView, whose: str = "",
     if not outside:
         return ""
     return (f"{outside} true source(s){whose} lie outside the field of view {who} "
-            f"({fov_text(fov)}): sources there cannot be found (truth in other units? `risloc "
+            f"({fov.describe()}): sources there cannot be found (truth in other units? `risloc "
             "info` counts them; --fov sets the box the classical estimators search)")
 
 

@@ -289,6 +289,10 @@ class Localizer:
         self.graphed = (GraphedLocalize(pipeline, graph_batch)
                         if method == "learned" and graph_batch is not None else None)
 
+    def __repr__(self) -> str:
+        return (f"Localizer({self.method!r}, {self.system.describe()}; searching "
+                f"{self.fov.describe()})")
+
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, workers: int | None = None,
                         graph_batch: int | None = None, chunk: int | None = MAX_CHUNK

@@ -56,6 +56,13 @@ class SceneBatch:
     def __len__(self) -> int:
         return self.y.shape[0]
 
+    def __repr__(self) -> str:
+        """Shapes and types, not values (a notebook cell showing 8 scenes printed 38,000
+        characters of tensors)."""
+        held = ", ".join(f"{f.name} {list(t.shape)} {str(t.dtype).removeprefix('torch.')}"
+                         for f in fields(self) if (t := getattr(self, f.name)) is not None)
+        return f"SceneBatch({len(self)} scenes on {self.y.device}: {held})"
+
     @property
     def has_truth(self) -> bool:
         return self.K is not None and self.azimuth is not None

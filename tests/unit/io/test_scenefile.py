@@ -1435,7 +1435,6 @@ def test_the_summary_helpers_of_risloc_info_and_their_hints():
     from risloc.io.scenefile import (
         count_outside,
         drawn_widest_deg,
-        fov_text,
         listed_scenes,
         outside_hint,
         radians_hint,
@@ -1446,7 +1445,7 @@ def test_the_summary_helpers_of_risloc_info_and_their_hints():
     assert listed_scenes(np.arange(10)) == "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"
     assert listed_scenes(np.arange(12)) == "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ... (2 more)]"
     fov = FieldOfView(azimuth_deg=(-50, 40), elevation_deg=(-20, 25), range_m=(0.5, 8))
-    assert fov_text(fov) == "azimuth -50..40 deg, elevation -20..25 deg, range 0.5..8 m"
+    assert fov.describe() == "azimuth -50..40 deg, elevation -20..25 deg, range 0.5..8 m"
     assert outside_hint(0, fov) == ""
     assert outside_hint(2, fov, " of X").startswith(
         "2 true source(s) of X lie outside the field of view the localizers search "

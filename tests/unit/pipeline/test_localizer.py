@@ -1753,3 +1753,14 @@ def test_train_command_sets_the_fields_of_a_system_other_than_the_default():
     assert train_command(wide) == ("risloc train --set system.wavelength=0.1 "
                                    "--set system.spacing=0.15")
     assert load_train_config(None, train_command(wide).split(" --set ")[1:]).system == wide
+
+
+def test_a_localizer_shows_its_method_system_and_search_box():
+    """The default object repr told a notebook nothing ('<... Localizer object at 0x...>')."""
+    from risloc.config import FieldOfView, SystemConfig
+
+    loc = Localizer(SystemConfig(N_H=8, N_V=8, M=8), "classical",
+                    fov=FieldOfView(range_m=(0.1, 1.0)))
+    assert repr(loc) == ("Localizer('classical', RIS 8x8 (N=64), M=8, L=16, lambda=0.3 m, "
+                         "d=0.15 m, spherical, K_max=5; searching azimuth -60..60 deg, "
+                         "elevation -30..30 deg, range 0.1..1 m)")

@@ -366,3 +366,17 @@ def test_a_data_loader_pins_a_scene_batch(system, scene, monkeypatch):
         assert any(got is r for r in results), name
         assert torch.equal(got, getattr(b, name)), name
     assert len(results) == 11
+
+
+def test_a_scene_batch_shows_its_shapes_not_its_values(system):
+    """A notebook cell showing 8 simulated scenes printed 38,000 characters of tensors (a
+    persona); the repr names each field held with its shape and type."""
+    sc = simulate_range(0, 8, system, SceneConfig(), split="test", snr_db=10.0)
+    text = repr(sc)
+    assert text.startswith("SceneBatch(8 scenes on cpu: y [8, 16, 16] complex64, H [8, 16, "
+                           "144] complex64, codes [8, 16, 144] complex64, snr_db [8] float32")
+    assert "range_m [8, 5] float32" in text and len(text) < 400, text
+    from risloc.simulation.scenes import SceneBatch
+
+    bare = SceneBatch(sc.y, sc.H, sc.codes, sc.snr_db)  # (a file without truth: no K)
+    assert repr(bare).endswith("snr_db [8] float32)"), repr(bare)
