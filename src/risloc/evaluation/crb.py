@@ -147,19 +147,26 @@ ZENITH_COS = 1e-12
 
 
 def _check_zenith(inp: _Inputs, known: tuple[str, ...]) -> None:
-    """SingularFIMError naming the scenes with a source at +-90 deg elevation whose azimuth
-    is unknown. Its azimuth column of J is cos(elevation) times a finite one: exactly zero
-    there in exact arithmetic, but cos(pi/2) is 6e-17 in float64, and the scaled Cholesky
-    then factored J or not depending on the machine's rounding (a bound of 1e22 deg on one
-    CPU, this error on another); decided here, by the geometry."""
-    if "azimuth" in known:
-        return
-    top = inp.mask & (inp.elevation.cos().abs() < ZENITH_COS)
+    """SingularFIMError naming the scenes with a source in the RIS plane (+-90 deg elevation,
+    or +-90 deg azimuth) whose off-plane motion is not identifiable: every distance to the
+    elements is stationary under it, so a column of J is exactly zero in exact arithmetic,
+    but cos(pi/2) is 6e-17 in float64, and the scaled Cholesky then factored J or not
+    depending on the machine's rounding (a bound of 1e15..1e22 deg on one CPU, this error
+    on another); decided here, by the geometry. In the plane the azimuth is never
+    identifiable, the elevation (azimuth known) only away from azimuth 0 and 180 deg at
+    +-90 deg elevation."""
+    cos_el, cos_az = inp.elevation.cos().abs(), inp.azimuth.cos().abs()
+    plane = inp.mask & (cos_el * cos_az < ZENITH_COS)
+    top = plane & ((torch.zeros_like(plane) if "azimuth" in known else plane)
+                   | ((inp.azimuth.sin().abs() < ZENITH_COS) & (cos_el < ZENITH_COS)
+                      & ("elevation" not in known)))
     if top.any():
         raise SingularFIMError("Fisher information matrix", _bad_scenes(top.any(-1)),
                                "a parameter is not identifiable, one to declare with "
                                "known=(...): the azimuth of a source at +-90 deg elevation "
-                               "(known=('azimuth',))")
+                               "or azimuth, in the RIS plane (known=('azimuth',)), "
+                               "or the elevation of one at +-90 deg elevation and azimuth 0 "
+                               "or 180 deg")
 
 
 def _measured_columns(inp: _Inputs, system: SystemConfig):
@@ -508,6 +515,10 @@ def _warn_radians(azimuth_deg: torch.Tensor, elevation_deg: torch.Tensor,
             log.warning(hint)
 
 
+#: scenes per pass of :func:`crb` (memory ~1.7 MB per scene and source slot, stochastic)
+CHUNK = 64
+
+
 def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | dict | str, *,
         powers=1.0, noise_var: float | None = None, snr_db: float | None = None,
         kind: Literal["stochastic", "deterministic"] = "stochastic",
@@ -641,13 +652,22 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
         sigma2 = noise_var_for_snr(az, el, r, H, codes, snr, system, mask, p, sym)
     else:
         sigma2 = _array("noise_var", noise_var, torch.float64).reshape(-1).expand(B)
-    if kind == "stochastic":
-        res = crb_stochastic(az, el, r, p, H, codes, sigma2, system, mask, known=known)
-    elif symbols is None:
+    if kind == "deterministic" and symbols is None:
         raise ValueError("the deterministic bound needs the symbols: pass symbols= [L, K] "
                          "or [B, L, K] (the sources' transmitted symbols, a simulated "
                          "SceneBatch's .symbols), or use kind='stochastic' (the default)")
-    else:
-        res = crb_deterministic(az, el, r, sym, H, codes, sigma2, system, mask, known=known)
+    parts = []  # in chunks of scenes: memory flat in B (a map's 2,500 points held 4.2 GB)
+    for lo in range(0, B, CHUNK):
+        c = slice(lo, lo + CHUNK)
+        try:
+            if kind == "stochastic":
+                parts.append(crb_stochastic(az[c], el[c], r[c], p[c], H[c], codes[c],
+                                            sigma2[c], system, mask[c], known=known))
+            else:
+                parts.append(crb_deterministic(az[c], el[c], r[c], sym[c], H[c], codes[c],
+                                               sigma2[c], system, mask[c], known=known))
+        except SingularFIMError as err:  # the scenes of the whole batch, not the chunk's
+            raise err.shifted(lo) from None
+    res = _concat(parts)
     return {"azimuth_deg": torch.rad2deg(res.azimuth),
             "elevation_deg": torch.rad2deg(res.elevation), "range_m": res.range_m}

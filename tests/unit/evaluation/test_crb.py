@@ -5,6 +5,7 @@ central finite differences of ``steering`` (not ``steering_jacobian``).
 """
 
 import math
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -1250,3 +1251,50 @@ def test_a_power_fitted_within_the_floor_of_the_noise_is_named_buried(caplog):
         got_sigma2, _ = noise_and_powers_at(*geo, y[None], H, codes, sys1)
     assert got_sigma2.item() == pytest.approx(sigma2.item(), rel=1e-9)
     assert "1 source(s) in scenes [0]: no power above the noise" in caplog.text
+
+
+def test_user_crb_refuses_the_azimuth_of_a_source_in_the_ris_plane(system):
+    """A map over azimuth -90..90 deg: at +-90 deg the source lies in the RIS plane, its
+    azimuth moves it off the plane, where no element distance changes (first order): the
+    bound is infinite, yet crb() gave 1.5e15 deg, float64's rounding of cos(pi/2). Refused
+    as at the zenith, naming the scene; known=("azimuth",) gives the others' bound; so is
+    the elevation at +-90 deg elevation and azimuth 0 (off-plane motion again)."""
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 1, system, SceneConfig(), split="test", K=1, snr_db=10.0)
+    H, c = np.broadcast_to(sc.H[0].numpy(), (3, *sc.H.shape[1:])), sc.codes[0].expand(3, -1, -1)
+    with pytest.raises(SingularFIMError, match=r"scenes \[1, 2\].*azimuth of a source at "
+                                               r"\+-90 deg elevation or azimuth") as err:
+        crb(H, c, [[30.0], [90.0], [-90.0]], [[0.0], [0.0], [20.0]], [[3.0]] * 3, system,
+            snr_db=10.0)
+    assert err.value.scenes == [1, 2]
+    given = crb(H[0], c[0], [90.0], [0.0], [3.0], system, snr_db=10.0, known=("azimuth",))
+    assert 0 < given["elevation_deg"].item() < 10
+    with pytest.raises(SingularFIMError, match="the elevation of one at"):
+        crb(H[0], c[0], [0.0], [90.0], [3.0], system, snr_db=10.0, known=("azimuth",))
+    off = crb(H[0], c[0], [30.0], [90.0], [3.0], system, snr_db=10.0, known=("azimuth",))
+    assert 0 < off["elevation_deg"].item() < 10
+
+
+def test_user_crb_takes_a_map_in_chunks_and_names_the_whole_batchs_scenes(system, monkeypatch):
+    """A CRB map of 2,500 positions in one call held 4.2 GB (the stochastic bound's
+    derivatives for all scenes at once): crb() now bounds CRB.CHUNK scenes per pass, with
+    the same bounds, and a singular scene (the interferer on the grid) named by its index
+    in the whole batch, for the user to mask."""
+    crb_module = sys.modules["risloc.evaluation.crb"]
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 1, system, SceneConfig(), split="test", K=1, snr_db=10.0)
+    B = 10
+    H, c = sc.H[0].expand(B, -1, -1), sc.codes[0].expand(B, -1, -1)
+    az = np.stack([np.linspace(-50, 50, B), np.full(B, 20.0)], axis=1)
+    el, r = np.zeros((B, 2)), np.stack([np.linspace(1, 8, B), np.full(B, 4.0)], axis=1)
+    whole = crb(H, c, az, el, r, system, snr_db=10.0)
+    monkeypatch.setattr(crb_module, "CHUNK", 3)
+    parts = crb(H, c, az, el, r, system, snr_db=10.0)
+    for k in whole:
+        torch.testing.assert_close(parts[k], whole[k], rtol=1e-9, atol=0)
+    az[7], r[7] = 20.0, 4.0  # the grid point on the interferer
+    with pytest.raises(SingularFIMError, match=r"scenes \[7\]") as err:
+        crb(H, c, az, el, r, system, snr_db=10.0)
+    assert err.value.scenes == [7]
