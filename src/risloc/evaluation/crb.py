@@ -82,17 +82,25 @@ class _Inputs(NamedTuple):
 
 
 def _bad_scenes(bad: torch.Tensor) -> list[int]:
-    return torch.nonzero(bad).flatten()[:10].tolist()
+    """The indices where ``bad`` [B] holds, all of them (a map masks them at once)."""
+    return torch.nonzero(bad).flatten().tolist()
+
+
+def _scenes_text(scenes: list[int]) -> str:
+    """Scene indices in a message: the first 10, and how many more."""
+    more = len(scenes) - 10
+    return f"{scenes[:10]}" + (f" and {more} more" if more > 0 else "")
 
 
 class SingularFIMError(ValueError):
     """A Fisher information matrix or measurement covariance that float64 cannot factor.
 
-    what : the matrix;  scenes : the batch indices where it fails (the first 10);
-    why : the likely causes;  how : how it was factored (e.g. " in float64"), or ""."""
+    what : the matrix;  scenes : the batch indices where it fails (every one: the message
+    names the first 10);  why : the likely causes;  how : how it was factored (e.g. " in
+    float64"), or ""."""
 
     def __init__(self, what: str, scenes: list[int], why: str, how: str = ""):
-        super().__init__(f"{what} is singular{how} in scenes {scenes}: {why}")
+        super().__init__(f"{what} is singular{how} in scenes {_scenes_text(scenes)}: {why}")
         self.what, self.scenes, self.why, self.how = what, scenes, why, how
 
     def shifted(self, offset: int) -> SingularFIMError:
@@ -122,17 +130,18 @@ def _prepare(azimuth, elevation, range_m, H, codes, noise_var, system: SystemCon
     bad = (~(torch.isfinite(az) & torch.isfinite(el) & torch.isfinite(r) & (r > 0)) & mask)
     if bad.any():
         raise ValueError("non-finite angle or non-positive range in a real source slot, "
-                         f"scenes {_bad_scenes(bad.any(-1))}")
+                         f"scenes {_scenes_text(_bad_scenes(bad.any(-1)))}")
     M = H.shape[-2]
     if (mask.sum(-1) >= M).any():
         raise ValueError(f"K >= M={M} sources cannot be resolved, scenes "
-                         f"{_bad_scenes(mask.sum(-1) >= M)}")
+                         f"{_scenes_text(_bad_scenes(mask.sum(-1) >= M))}")
     H, codes = H.to(torch.complex128), codes.to(torch.complex128)
     if not (torch.isfinite(torch.view_as_real(H)).all()
             and torch.isfinite(torch.view_as_real(codes)).all()):
         raise ValueError("H and codes must be finite")
     if (H.abs().amax(dim=(-1, -2)) == 0).any():
-        raise ValueError(f"all-zero channel H in scenes {_bad_scenes(H.abs().sum((-1, -2)) == 0)}")
+        raise ValueError(f"all-zero channel H in scenes "
+                         f"{_scenes_text(_bad_scenes(H.abs().sum((-1, -2)) == 0))}")
     nv = noise_var.to(torch.float64)
     if not (torch.isfinite(nv) & (nv > 0)).all():
         raise ValueError("noise_var must be finite and positive")
@@ -447,8 +456,8 @@ def noise_and_powers_at(azimuth: torch.Tensor, elevation: torch.Tensor,
                     "given (a source the noise buries, or none there): the bound fitted "
                     "from y is set by a power floor of 1e-6 times that noise and means "
                     "nothing; give snr_db or the powers if they are known",
-                    int(buried.sum()), [i if index is None else int(index[i])
-                                        for i in _bad_scenes(buried.any(-1))])
+                    int(buried.sum()), _scenes_text([i if index is None else int(index[i])
+                                                     for i in _bad_scenes(buried.any(-1))]))
     powers = torch.maximum(fitted, 1e-6 * held)
     return sigma2, torch.where(inp.mask, powers, 0.0)
 
@@ -634,7 +643,8 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
         if not bool(torch.isfinite(torch.view_as_real(y)).all()):
             raise ValueError("y must be finite")
         if bool((y == 0).all((1, 2)).any()):  # (its noise would read 0: no bound)
-            raise ValueError(f"y is all zero in scenes {_bad_scenes((y == 0).all((1, 2)))}: "
+            raise ValueError("y is all zero in scenes "
+                             f"{_scenes_text(_bad_scenes((y == 0).all((1, 2))))}: "
                              "no measurements to take the noise and powers from")
         peak = H.abs().amax((1, 2), keepdim=True)  # the bound is independent of both scales
         rms = y.abs().square().mean((1, 2), keepdim=True).sqrt()
@@ -656,7 +666,7 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
         raise ValueError("the deterministic bound needs the symbols: pass symbols= [L, K] "
                          "or [B, L, K] (the sources' transmitted symbols, a simulated "
                          "SceneBatch's .symbols), or use kind='stochastic' (the default)")
-    parts = []  # in chunks of scenes: memory flat in B (a map's 2,500 points held 4.2 GB)
+    parts, failed = [], []  # in chunks: memory flat in B (a map's 2,500 points held 4.2 GB)
     for lo in range(0, B, CHUNK):
         c = slice(lo, lo + CHUNK)
         try:
@@ -666,8 +676,11 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
             else:
                 parts.append(crb_deterministic(az[c], el[c], r[c], sym[c], H[c], codes[c],
                                                sigma2[c], system, mask[c], known=known))
-        except SingularFIMError as err:  # the scenes of the whole batch, not the chunk's
-            raise err.shifted(lo) from None
+        except SingularFIMError as err:  # the scenes of the whole batch, not the chunk's;
+            failed.append(err.shifted(lo))  # every chunk's, to mask them all at once
+    if failed:
+        raise SingularFIMError(failed[0].what, [i for e in failed for i in e.scenes],
+                               failed[0].why, failed[0].how)
     res = _concat(parts)
     return {"azimuth_deg": torch.rad2deg(res.azimuth),
             "elevation_deg": torch.rad2deg(res.elevation), "range_m": res.range_m}

@@ -1190,7 +1190,7 @@ def test_edges_of_the_input_checks_a_third_mutation_review():
     """A third mutation review: each of these passed a mutant. A zero power in a real slot
     is named as such (not a singular FIM); a misspelt source_covariance is refused (not
     read as "diagonal"); a coordinate named twice in known is that coordinate known; the
-    scenes an error names are the first 10."""
+    scenes an error names are the first 10, and how many more."""
     L = 3
     H, codes = _identity_problem(SYS4, L)
     args = dict(H=H, codes=codes, noise_var=_t([0.1]), system=SYS4)
@@ -1209,7 +1209,7 @@ def test_edges_of_the_input_checks_a_third_mutation_review():
     B = 12
     bad_r = _t([R4]).repeat(B, 1)
     bad_r[:, 0] = -1.0
-    with pytest.raises(ValueError, match=r"scenes \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]$"):
+    with pytest.raises(ValueError, match=r"scenes \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\] and 2 more$"):
         crb_stochastic(*(g.repeat(B, 1) for g in geo[:2]), bad_r, _t([[1.0] * 4]).repeat(B, 1),
                        H.repeat(B, 1, 1), codes.repeat(B, 1, 1), _t([0.1] * B), SYS4)
 
@@ -1298,3 +1298,16 @@ def test_user_crb_takes_a_map_in_chunks_and_names_the_whole_batchs_scenes(system
     with pytest.raises(SingularFIMError, match=r"scenes \[7\]") as err:
         crb(H, c, az, el, r, system, snr_db=10.0)
     assert err.value.scenes == [7]
+    # every failing pass's scenes, all of them named in .scenes (the message: the first 10)
+    az[[1, 2, 4, 9]], r[[1, 2, 4, 9]] = 20.0, 4.0
+    with pytest.raises(SingularFIMError, match=r"scenes \[1, 2, 4, 7, 9\]: ") as err:
+        crb(H, c, az, el, r, system, snr_db=10.0)
+    assert err.value.scenes == [1, 2, 4, 7, 9]
+    monkeypatch.setattr(crb_module, "CHUNK", 64)
+    many = 14
+    H, c = sc.H[0].expand(many, -1, -1), sc.codes[0].expand(many, -1, -1)
+    on = np.full((many, 2), 20.0), np.zeros((many, 2)), np.full((many, 2), 4.0)
+    with pytest.raises(SingularFIMError, match=r"scenes \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\] and "
+                       r"4 more: ") as err:
+        crb(H, c, *on, system, snr_db=10.0)
+    assert err.value.scenes == list(range(many))
