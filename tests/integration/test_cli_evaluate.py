@@ -806,6 +806,11 @@ def test_fov_option_sets_the_box_the_classical_estimators_search(tmp_path):
                               "range_m=0.1,1.0"])
     assert res.exit_code == 2 and "trained for" in res.output and \
         "drop 'learned' from --estimators" in res.output, res.output
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "learned", "--no-plots",
+                              "--out", str(tmp_path / "l"), "--fov", "range_m=0.1,1.0"])
+    # (refused, not first called "not used": the learned model is checked against it)
+    assert res.exit_code == 2 and "trained for" in res.output and \
+        "not used" not in res.output, res.output
     res = runner.invoke(app, ["evaluate", str(f), "--estimators", "classical", "--fov",
                               "elevation=-10,10"])
     assert res.exit_code == 2 and "did you mean elevation_deg" in res.output, res.output

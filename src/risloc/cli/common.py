@@ -216,7 +216,7 @@ def parse_fov(values: list[str] | None):
             raise ValueError(f"--fov {text!r}: expected name=low,high, e.g. --fov "
                              "range_m=0.1,1.0")
         if name not in names:
-            near = difflib.get_close_matches(name, names, 1)
+            near = difflib.get_close_matches(name.lower(), names, 1)
             raise ValueError(f"--fov {text!r}: unknown field {name!r}"
                              + (f" (did you mean {near[0]}?)" if near else "")
                              + f"; fields: {', '.join(names)}")

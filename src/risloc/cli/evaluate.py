@@ -192,15 +192,15 @@ def evaluate_command(
         console.print(f"[yellow]--checkpoint is the learned estimator's model, and learned "
                       f"is not among --estimators ({', '.join(names) or 'none'}): "
                       f"{checkpoint} is not used[/]")
-    if fov is not None and not [x for x in names if x != "learned"]:
-        console.print("[yellow]--fov is the field of view of the estimators other than "
-                      "'learned', and none is among --estimators: not used[/]")
     if fov is not None and "learned" in names:  # (its model searches its training box)
         from risloc.cli.localize import refuse_fov
 
         model_fov = model_system(checkpoint, with_fov=True)[1]
         if fov != model_fov:
             raise ValueError(refuse_fov(fov, model_fov, "drop 'learned' from --estimators"))
+    if fov is not None and not [x for x in names if x != "learned"]:
+        console.print("[yellow]--fov is the field of view of the estimators other than "
+                      "'learned', and none is among --estimators: not used[/]")
     if scenes is None and (start or stop is not None or estimates):
         raise ValueError("--start / --stop / --estimates concern a scene file's scenes: give "
                          "the scene file")

@@ -236,3 +236,13 @@ def test_a_word_wider_than_the_terminal_stays_whole_in_its_table():
     buf = io.StringIO()
     print_table(table, Console(file=buf, width=60, force_terminal=True, color_system=None))
     assert path in buf.getvalue() and "…" not in buf.getvalue()
+
+
+def test_parse_fov_names_the_field_of_a_misspelt_or_upper_case_one():
+    from risloc.cli.common import parse_fov
+
+    for text, near in (("RANGE_M=0.1,1", "range_m"), ("Azimuth_Deg=-45,45", "azimuth_deg"),
+                       ("elevation=-10,10", "elevation_deg")):
+        with pytest.raises(ValueError, match=f"did you mean {near}\\?"):
+            parse_fov([text])
+    assert parse_fov([" range_m = 0.1 , 1 "]).range_m == (0.1, 1.0)
