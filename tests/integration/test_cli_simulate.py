@@ -462,3 +462,30 @@ def test_info_says_how_far_the_near_field_reaches(tmp_path, monkeypatch):
         res = runner.invoke(app, ["info", name])
         text = " ".join(res.output.replace("│", " ").split())
         assert f"near field out to 2 D^2 / lambda = {far}" in text, text
+
+
+def test_info_gives_a_box_holding_true_sources_the_default_one_leaves_out(tmp_path,
+                                                                          monkeypatch):
+    """Sources at 0.15-0.4 m, nearer than the default box: `risloc info` counted them
+    outside and still printed the plain localize command, which missed all of them (a
+    review); it prints the classical localizer with a --fov holding them, which finds them,
+    and leaves the fields the truth stays inside alone."""
+    from risloc.pipeline import read_estimates
+
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", "near.h5", "--snr-db", "20",
+                               "--K", "1", "--set", "scene.range_m=[0.15, 0.4]"]).exit_code == 0
+    res = runner.invoke(app, ["info", "near.h5"])
+    text = " ".join(res.output.replace("│", " ").split())
+    localize = text[text.index("`risloc localize") + 1:]
+    localize = localize[:localize.index("`")].split()
+    assert localize[-4:-1] == ["--method", "classical", "--fov"], localize
+    assert localize[-1].startswith("range_m=") and localize[-1].endswith(",10"), localize
+    res = runner.invoke(app, [*localize[1:], "--K", "1"])
+    assert res.exit_code == 0, res.output
+    est = read_estimates(tmp_path / "estimates.csv", 2, 5)
+    assert (est.range_m[:, 0] < 0.45).all(), est.range_m
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", "far.h5", "--snr-db", "20",
+                               "--K", "1"]).exit_code == 0
+    res = runner.invoke(app, ["info", "far.h5"])
+    assert "--fov" not in res.output  # (every source inside the default box)

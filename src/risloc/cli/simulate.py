@@ -172,7 +172,7 @@ def _check_scenes(path: Path, n_scenes: int, truth: bool, k_max: int
     bad: list[tuple[int, str]] = []
     outside = n_true = 0
     widest = 0.0
-    snrs, Ks, ranges = [], [], []
+    snrs, Ks, ranges, angles = [], [], [], []
     with progress() as bar:
         task = bar.add_task("checking every scene", total=n_scenes)
         for at, batch in iter_scene_chunks(path, size=1024, truth=truth and "unchecked"):
@@ -186,10 +186,32 @@ def _check_scenes(path: Path, n_scenes: int, truth: bool, k_max: int
                 n_true, widest = n_true + n, max(widest, w)
                 Ks.append(scored.K.numpy())
                 ranges.append(scored.range_m.numpy().ravel())
+                angles.append(np.rad2deg(np.stack([scored.azimuth.numpy().ravel(),
+                                                   scored.elevation.numpy().ravel()])))
             bar.advance(task, len(batch))
     stats = (np.concatenate(snrs), np.concatenate(Ks) if Ks else None,
-             np.concatenate(ranges) if ranges else None)
+             np.concatenate(ranges) if ranges else None,
+             np.concatenate(angles, 1) if angles else None)
     return bad, outside, n_true, widest, stats
+
+
+def _fov_covering(angles: np.ndarray, ranges: np.ndarray) -> str:
+    """``--fov`` options of a box holding true sources (azimuth, elevation [2, n] deg,
+    ranges [n] m; NaN slots ignored) the default one leaves out, with a margin: the fields
+    the truth stays inside are not given."""
+    default, opts = FieldOfView(), []
+    spans = {"azimuth_deg": angles[0], "elevation_deg": angles[1], "range_m": ranges}
+    for name, values in spans.items():
+        lo, hi = np.nanmin(values), np.nanmax(values)
+        d_lo, d_hi = getattr(default, name)
+        if lo >= d_lo and hi <= d_hi:
+            continue
+        if name == "range_m":  # (a fifth beyond the nearest and farthest source)
+            new = (min(d_lo, 0.8 * lo), max(d_hi, 1.25 * hi))
+        else:  # (5 deg beyond, inside the open +-90 deg the box allows)
+            new = (max(min(d_lo, lo - 5), -89.0), min(max(d_hi, hi + 5), 89.0))
+        opts.append(f"--fov {name}={new[0]:.3g},{new[1]:.3g}")
+    return " ".join(opts)
 
 
 def _print_summary(path: Path, check: bool = False) -> bool:
@@ -209,7 +231,7 @@ def _print_summary(path: Path, check: bool = False) -> bool:
                   "localized, not scored")
     bad: list[tuple[int, str]] = []
     if check and info.n_scenes:  # (every scene: its statistics too, not the first 4096)
-        bad, outside, n_true, widest, (snr, K, r) = _check_scenes(
+        bad, outside, n_true, widest, (snr, K, r, angles) = _check_scenes(
             path, info.n_scenes, info.has_truth, s.K_max)
         n_read = info.n_scenes
     elif info.n_scenes:
@@ -268,15 +290,22 @@ def _print_summary(path: Path, check: bool = False) -> bool:
             table.add_row("truth units", hint)
         p = shell_arg(path)
         served = _shipped_model_serves(s)  # (else the learned default refuses the file)
-        table.add_row("next", f"`risloc localize {p} --out estimates.csv"
-                      + ("" if served else " --method classical")
-                      + "` localizes the scenes"
-                      + (f"; `risloc evaluate {p}"
-                         + ("" if served else " --estimators classical")
-                         + "` scores the localizers on them" if info.has_truth else "")
+        # true sources beyond the default box (in degrees, not radians): the classical
+        # localizer with a box that holds them (the learned one searches its model's)
+        fov = _fov_covering(angles, r) if outside and not hint else ""
+        method = "" if served and not fov else " --method classical"
+        chosen = "" if served and not fov else " --estimators classical"
+        fov = f" {fov}" if fov else ""
+        table.add_row("next", f"`risloc localize {p} --out estimates.csv{method}{fov}` "
+                      "localizes the scenes"
+                      + (f"; `risloc evaluate {p}{chosen}{fov}` scores the localizers on them"
+                         if info.has_truth else "")
                       + ("" if served else "; the shipped model serves another system: "
                          "`--checkpoint` a model trained for this one (`risloc train "
                          "--set system.*=...`) to run the learned localizer")
+                      + ("; the learned localizer searches its model's box: a model trained "
+                         "on scenes of this one (`risloc train --set scene.range_m=[...]`) "
+                         "finds these sources" if fov else "")
                       + ("; both leave out the scenes that cannot be localized" if bad else ""))
     print_table(table, out)
     return not bad and not (check and info.n_truth_problems)
