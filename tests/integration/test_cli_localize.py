@@ -70,6 +70,14 @@ def test_a_stop_beyond_the_file_s_end_counts_the_scenes_it_has(tmp_path):
     assert f"estimates of 4 scenes in {out}" in text, text
     assert "of 10" not in text and "(metrics over" not in text, text
     assert read_estimates(out, 4, 5).K.tolist() == [1] * 4
+    # a --start at or past its end selects nothing, whatever --stop; --K = K_max is allowed
+    res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "n.csv"), "--method",
+                              "classical", "--start", "4", "--stop", "10"])
+    assert res.exit_code == 2 and "--start 4 / --stop 10 select no scene range of its 4" in \
+        " ".join(res.output.split()), res.output
+    res = runner.invoke(app, ["localize", str(f), "--out", str(tmp_path / "k.csv"), "--method",
+                              "classical", "--K", "5", "--stop", "1"])
+    assert res.exit_code == 0, res.output
 
 
 def test_localize_bad_inputs(tmp_path):
@@ -960,6 +968,8 @@ def test_fov_option_sets_the_classical_search_box(tmp_path, monkeypatch):
         res = runner.invoke(app, ["localize", str(f), "--method", "classical", "--K", "1",
                                   "--out", str(tmp_path / name), *fov])
         assert res.exit_code == 0, res.output
+        # the sources outside the box searched are counted against that box, not the default
+        assert ("lie outside the field of view" in res.output) == (not fov), res.output
     without, found = (read_estimates(tmp_path / n, 2, 5) for n in ("without.csv", "with.csv"))
     assert (without.range_m[:, 0] >= 0.5 - 1e-6).all()  # the default box's nearest range
     assert (found.range_m[:, 0] < 0.45).all(), found.range_m
@@ -974,6 +984,10 @@ def test_fov_option_sets_the_classical_search_box(tmp_path, monkeypatch):
                               str(tmp_path / "l.csv"), "--fov", "range_m=0.1,1.0"])
     assert res.exit_code == 2 and "searches the field of view it was trained for" in \
         res.output and "--method classical" in res.output, res.output
+    # the learned model's own box (the shipped one's: the default) is no other box
+    res = runner.invoke(app, ["localize", str(f), "--method", "learned", "--stop", "1", "--out",
+                              str(tmp_path / "own.csv"), "--fov", "azimuth_deg=-60,60"])
+    assert res.exit_code == 0, res.output
 
     from risloc.pipeline import Localizer
 
@@ -992,3 +1006,11 @@ def test_fov_option_sets_the_classical_search_box(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert read_estimates(tmp_path / "part.csv", 2, 5).range_m.nan_to_num(9).equal(
         found.range_m.nan_to_num(9))
+    # a run given the default box, interrupted, resumes without --fov (and the other way)
+    for given, then in ((["--fov", "range_m=0.5,10"], []), ([], ["--fov", "azimuth_deg=-60,60"])):
+        (tmp_path / "part.csv").unlink()
+        with monkeypatch.context() as m:
+            m.setattr(Localizer, "localize", ctrl_c)
+            assert runner.invoke(app, [*base, *given]).exit_code == 130
+        res = runner.invoke(app, [*base, "--resume", *then])
+        assert res.exit_code == 0 and "continue" not in res.output, res.output

@@ -10,7 +10,9 @@ import typer
 from typer.testing import CliRunner
 
 from risloc.cli.common import (
+    fov_setting,
     handle_errors,
+    parse_fov,
     parse_numbers,
     print_table,
     refuse_existing_model,
@@ -58,6 +60,28 @@ def test_a_numbers_list_may_be_empty_only_where_allowed():
         parse_numbers(" , ", "--snr-db")
     with pytest.raises(ValueError, match="--K: expected comma-separated whole numbers"):
         parse_numbers("1,2.5", "--K", kind=int)
+
+
+def test_fov_options_replace_the_fields_named_and_keep_the_default_s_others():
+    """--fov name=low,high: spaces around the name and numbers are allowed; the fields not
+    given keep the default box; none given is None; a field given twice, a misspelt one and
+    values the box refuses are named."""
+    from risloc.config import FieldOfView
+
+    assert parse_fov(None) is None and parse_fov([]) is None
+    fov = parse_fov([" range_m = 0.1, 1.0 ", "azimuth_deg=-45,45"])
+    assert fov == FieldOfView(azimuth_deg=(-45, 45), range_m=(0.1, 1.0))
+    assert fov.elevation_deg == FieldOfView().elevation_deg
+    # a record's value: azimuth, elevation, range, in that order (records already written)
+    assert fov_setting(fov) == [[-45.0, 45.0], [-30.0, 30.0], [0.1, 1.0]]
+    assert fov_setting(None) is None
+    with pytest.raises(ValueError, match="^--fov: range_m is given twice$"):
+        parse_fov(["range_m=0.1,1", "range_m=0.2,2"])
+    with pytest.raises(ValueError,
+                       match=r"unknown field 'elevation' \(did you mean elevation_deg\?\)"):
+        parse_fov(["elevation=-10,10"])
+    with pytest.raises(ValueError, match="^--fov: field of view range_m must satisfy"):
+        parse_fov(["range_m=0,1"])
 
 
 def test_a_model_card_of_the_user_s_is_kept_whatever_the_case_of_the_model_s_suffix(tmp_path):
