@@ -77,9 +77,11 @@ class FieldOfView:
             except (TypeError, ValueError):  # not a pair of numbers
                 raise ValueError(f"field of view {name} must be (low, high), two numbers, got "
                                  f"{getattr(self, name)!r}") from None
-            if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
-                raise ValueError(f"field of view {name} must be finite (low, high) with low <= "
-                                 f"high, got {getattr(self, name)}")
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError(f"field of view {name} must be finite, got ({lo:g}, {hi:g})")
+            if lo > hi:
+                raise ValueError(f"field of view {name} must be (low, high) with low <= high, "
+                                 f"got ({lo:g}, {hi:g}): reversed?")
             object.__setattr__(self, name, (lo, hi))
         for name in ("azimuth_deg", "elevation_deg"):
             lo, hi = getattr(self, name)

@@ -169,6 +169,11 @@ def test_field_of_view_validates_each_axis_and_names_it():
     from risloc.config import FieldOfView
 
     for kwargs, name in (({"azimuth_deg": (10.0, -10.0)}, "azimuth_deg"),
+                         # the numbers read, and what is wrong with them (the text of
+                         # --fov range_m=1,0.5 showed ('1', '0.5') and called it not finite)
+                         ({"range_m": ("1", "0.5")}, r"range_m must be \(low, high\) with "
+                                                     r"low <= high, got \(1, 0.5\): reversed"),
+                         ({"range_m": ("nan", "1")}, r"range_m must be finite, got \(nan, 1\)$"),
                          ({"elevation_deg": (-95.0, 0.0)}, "elevation_deg"),
                          ({"range_m": (0.0, 5.0)}, "range_m"),
                          ({"range_m": (2.0, float("nan"))}, "range_m"),
