@@ -68,6 +68,7 @@ def test_info_checks_every_scene_and_counts_truth_outside_the_field_of_view(tmp_
     assert "1 of 6 scenes cannot be localized: scene 4: codes are not unit modulus" in text
     assert "; both leave out the scenes that cannot be localized" in text  # (what next)
     assert "1 of 12 sources" in text and "unknown (NaN)" not in text
+    assert "--fov azimuth_deg=-60,80` localizes" in text  # (degrees, 5 beyond: a mutation review)
     with h5py.File(out, "a") as f:  # the SNR unknown in two scenes: counted
         f["snr_db"][[0, 2]] = float("nan")
     res = runner.invoke(app, ["info", str(out)])
@@ -85,6 +86,7 @@ def test_info_checks_every_scene_and_counts_truth_outside_the_field_of_view(tmp_
     # ... and the others' summary is kept (a review: one bad scene dropped all of it)
     assert "K histogram 1:0 2:5 3:0 4:0 5:0 (the 5 scenes whose truth can be scored)" in text
     assert "1 of 10 sources" in text
+    assert "--fov azimuth_deg=-60,80` localizes" in text  # (not widened by the 360..720 one)
     assert "(assumed: see the note)" in text and "no 'system' attribute: the default system " \
         "was assumed" in text
 
@@ -109,6 +111,12 @@ def test_info_summarises_every_scene_says_whether_truth_is_given_and_what_to_run
     assert "(statistics)" not in text
     assert "risloc localize" in text and "--out estimates.csv --method classical` localizes " \
         "the scenes; `risloc evaluate" in text  # (a 2x2 RIS: not the shipped model's system)
+    with h5py.File(out, "a") as f:  # beyond the first chunk of 1024 (a mutation review)
+        f["codes"][1500] = 2 * f["codes"][1500]
+        f["azimuth_deg"][3000, 0] = 75.0
+    text = " ".join(runner.invoke(app, ["info", str(out)]).output.replace("│", " ").split())
+    assert "1 of 4100 scenes cannot be localized: scene 1500: codes are not unit" in text
+    assert "1 of 4100 sources" in text
     with h5py.File(out, "a") as f:
         for name in ("K", "azimuth_deg", "elevation_deg", "range_m"):
             del f[name]
@@ -481,6 +489,10 @@ def test_info_gives_a_box_holding_true_sources_the_default_one_leaves_out(tmp_pa
     localize = localize[:localize.index("`")].split()
     assert localize[-4:-1] == ["--method", "classical", "--fov"], localize
     assert localize[-1].startswith("range_m=") and localize[-1].endswith(",10"), localize
+    evaluate = text[text.index("`risloc evaluate") + 1:]  # (a mutation review: unchecked)
+    assert evaluate[:evaluate.index("`")].split()[-4:] == ["--estimators", "classical",
+                                                          "--fov", localize[-1]], evaluate
+    assert "the learned localizer searches its model's box" in text
     res = runner.invoke(app, [*localize[1:], "--K", "1"])
     assert res.exit_code == 0, res.output
     est = read_estimates(tmp_path / "estimates.csv", 2, 5)

@@ -200,7 +200,9 @@ def _fov_covering(angles: np.ndarray, ranges: np.ndarray) -> str:
     ranges [n] m; NaN slots ignored) the default one leaves out, with a margin: the fields
     the truth stays inside are not given."""
     default, opts = FieldOfView(), []
-    spans = {"azimuth_deg": angles[0], "elevation_deg": angles[1], "range_m": ranges}
+    # (an azimuth modulo 360 deg, as FieldOfView.contains and the metrics take it)
+    spans = {"azimuth_deg": (angles[0] + 180.0) % 360.0 - 180.0, "elevation_deg": angles[1],
+             "range_m": ranges}
     for name, values in spans.items():
         lo, hi = np.nanmin(values), np.nanmax(values)
         d_lo, d_hi = getattr(default, name)

@@ -1,0 +1,20 @@
+import numpy as np
+
+from risloc.cli.simulate import _fov_covering
+
+
+def test_fov_covering_widens_only_the_fields_the_truth_leaves_with_its_margins():
+    """A mutation review: the margins (a fifth in range, 5 deg in angle), the +-89 deg clip,
+    the default box kept as the least, NaN slots ignored and the fields named were unchecked."""
+    nan = np.nan
+    inside = np.array([[10.0, -20.0, nan], [5.0, 0.0, nan]])
+    assert _fov_covering(inside, np.array([1.0, 2.0, nan])) == ""
+    assert _fov_covering(inside, np.array([0.2, 12.0, nan])) == "--fov range_m=0.16,15"
+    assert _fov_covering(np.array([[-70.0, 10.0], [0.0, 0.0]]), np.array([1.0, 2.0])) \
+        == "--fov azimuth_deg=-75,60"
+    assert _fov_covering(np.array([[0.0, 70.0], [-10.0, 87.0]]), np.array([1.0, 2.0])) \
+        == "--fov azimuth_deg=-60,75 --fov elevation_deg=-30,89"
+    # an azimuth stored in 360..720 is the same direction (counted inside, as the metrics
+    # pair it): not a reason to widen the box
+    assert _fov_covering(np.array([[420.0, 0.0], [0.0, 0.0]]), np.array([0.2, 1.0])) \
+        == "--fov range_m=0.16,10"
