@@ -501,3 +501,24 @@ def test_info_gives_a_box_holding_true_sources_the_default_one_leaves_out(tmp_pa
                                "--K", "1"]).exit_code == 0
     res = runner.invoke(app, ["info", "far.h5"])
     assert "--fov" not in res.output  # (every source inside the default box)
+
+
+def test_info_names_the_training_box_of_the_fields_it_widens(tmp_path, monkeypatch):
+    """The hint for the learned localizer printed `risloc train --set scene.range_m=[...]`
+    whatever field left the default box (a persona's file of sources at azimuth 62-75 deg
+    was told to change the range) and a placeholder that fails as written; it gives the
+    --fov's own box, quoted for a shell, of the fields the --fov widens."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", "side.h5", "--snr-db", "20",
+                               "--K", "1", "--set", "scene.azimuth_deg=[62, 75]"]
+                         ).exit_code == 0
+    text = " ".join(runner.invoke(app, ["info", "side.h5"]).output.replace("│", " ").split())
+    fov = text[text.index("--fov azimuth_deg=") + 18:]
+    lo, hi = fov[:fov.index("`")].split(",")
+    assert float(lo) == -60 and float(hi) > 75, fov
+    train = text[text.index("`risloc train --set") + 1:]
+    train = shlex.split(train[:train.index("`")])
+    assert train == ["risloc", "train", "--set", f"scene.azimuth_deg=[{lo}, {hi}]"], train
+    assert "scene.range_m" not in text, text

@@ -126,7 +126,7 @@ def refuse_fov(fov, model_fov, alternative: str = "use --method classical") -> s
     return (f"--fov {fov.describe()}: the learned localizer searches the field of view it was "
             f"trained for ({model_fov.describe()}), not another; train one with the scenes' "
             "field of view (the recipe's scene.azimuth_deg / scene.elevation_deg / "
-            f"scene.range_m, `risloc train --set scene.range_m=[low, high]`) or {alternative}")
+            f"scene.range_m, `risloc train --set 'scene.range_m=[low, high]'`) or {alternative}")
 
 
 @handle_errors

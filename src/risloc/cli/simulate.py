@@ -195,11 +195,14 @@ def _check_scenes(path: Path, n_scenes: int, truth: bool, k_max: int
     return bad, outside, n_true, widest, stats
 
 
-def _fov_covering(angles: np.ndarray, ranges: np.ndarray) -> str:
+def _fov_covering(angles: np.ndarray, ranges: np.ndarray) -> tuple[str, str]:
     """``--fov`` options of a box holding true sources (azimuth, elevation [2, n] deg,
     ranges [n] m; NaN slots ignored) the default one leaves out, with a margin: the fields
-    the truth stays inside are not given."""
-    default, opts = FieldOfView(), []
+    the truth stays inside are not given; and the ``risloc train --set`` options of a model
+    searching that box (the fields the box widens, quoted for a shell: the hint printed
+    ``--set scene.range_m=[...]`` whatever field it was, a placeholder that fails as
+    written)."""
+    default, opts, sets = FieldOfView(), [], []
     # (an azimuth modulo 360 deg, as FieldOfView.contains and the metrics take it)
     spans = {"azimuth_deg": (angles[0] + 180.0) % 360.0 - 180.0, "elevation_deg": angles[1],
              "range_m": ranges}
@@ -213,7 +216,8 @@ def _fov_covering(angles: np.ndarray, ranges: np.ndarray) -> str:
         else:  # (5 deg beyond, inside the open +-90 deg the box allows)
             new = (max(min(d_lo, lo - 5), -89.0), min(max(d_hi, hi + 5), 89.0))
         opts.append(f"--fov {name}={new[0]:.3g},{new[1]:.3g}")
-    return " ".join(opts)
+        sets.append(f"--set 'scene.{name}=[{new[0]:.3g}, {new[1]:.3g}]'")
+    return " ".join(opts), " ".join(sets)
 
 
 def _print_summary(path: Path, check: bool = False) -> bool:
@@ -294,7 +298,7 @@ def _print_summary(path: Path, check: bool = False) -> bool:
         served = _shipped_model_serves(s)  # (else the learned default refuses the file)
         # true sources beyond the default box (in degrees, not radians): the classical
         # localizer with a box that holds them (the learned one searches its model's)
-        fov = _fov_covering(angles, r) if outside and not hint else ""
+        fov, train = _fov_covering(angles, r) if outside and not hint else ("", "")
         method = "" if served and not fov else " --method classical"
         chosen = "" if served and not fov else " --estimators classical"
         fov = f" {fov}" if fov else ""
@@ -306,8 +310,8 @@ def _print_summary(path: Path, check: bool = False) -> bool:
                          "`--checkpoint` a model trained for this one (`risloc train "
                          "--set system.*=...`) to run the learned localizer")
                       + ("; the learned localizer searches its model's box: a model trained "
-                         "on scenes of this one (`risloc train --set scene.range_m=[...]`) "
-                         "finds these sources" if fov else "")
+                         f"on scenes of this one (`risloc train {train}`) finds these "
+                         "sources" if fov else "")
                       + ("; both leave out the scenes that cannot be localized" if bad else ""))
     print_table(table, out)
     return not bad and not (check and info.n_truth_problems)

@@ -1,6 +1,10 @@
 import numpy as np
 
-from risloc.cli.simulate import _fov_covering
+from risloc.cli.simulate import _fov_covering as _both
+
+
+def _fov_covering(angles, ranges):
+    return _both(angles, ranges)[0]  # (the --fov options; the training ones: below)
 
 
 def test_fov_covering_widens_only_the_fields_the_truth_leaves_with_its_margins():
@@ -18,3 +22,6 @@ def test_fov_covering_widens_only_the_fields_the_truth_leaves_with_its_margins()
     # pair it): not a reason to widen the box
     assert _fov_covering(np.array([[420.0, 0.0], [0.0, 0.0]]), np.array([0.2, 1.0])) \
         == "--fov range_m=0.16,10"
+    # the training recipe's fields of the same box, quoted for a shell
+    assert _both(np.array([[0.0, 70.0], [-10.0, 87.0]]), np.array([1.0, 2.0]))[1] == \
+        "--set 'scene.azimuth_deg=[-60, 75]' --set 'scene.elevation_deg=[-30, 89]'"
