@@ -277,6 +277,21 @@ def test_a_run_folder_is_held_by_one_run_at_a_time(tmp_path):
         pytest.fail("the killed holder's lock was not released")
 
 
+def test_a_run_folder_lock_is_let_go_and_its_holder_line_cleared_on_an_error(tmp_path):
+    """An error inside the held folder releases it (the next run takes it) and leaves no
+    line naming a process that no longer holds it (a mutation review: the line left behind
+    passed)."""
+    from risloc.training.loop import LOCK_FILE, run_folder_lock
+
+    with pytest.raises(RuntimeError, match="boom"), run_folder_lock(tmp_path):
+        assert (tmp_path / LOCK_FILE).read_text().startswith("pid ")
+        raise RuntimeError("boom")
+    assert (tmp_path / LOCK_FILE).read_text() == ""
+    with run_folder_lock(tmp_path):
+        pass
+    assert (tmp_path / LOCK_FILE).read_text() == ""
+
+
 def test_two_accumulated_micro_batches_make_one_batch_s_gradient(tmp_path):
     """With accumulation 2, two micro-steps on the same scenes leave the gradient one
     micro-step leaves with accumulation 1: each adds loss / accumulation (a mutation review:
@@ -340,6 +355,31 @@ def test_ten_non_finite_steps_in_a_row_stop_a_run_and_a_clean_step_resets_the_co
         step(True)
     with pytest.raises(DivergedError, match="10 optimizer steps in a row"):
         step(True)
+
+
+def test_with_mixed_precision_only_the_fiftieth_non_finite_step_in_a_row_stops_a_run(
+        tmp_path):
+    """An AMP scaler overflows for some steps in a row while it settles: with it on, the
+    tenth bad step in a row goes on and the fiftieth stops (a mutation review: the plain
+    limit used under AMP too passed). A CPU GradScaler stands in for the CUDA one."""
+    from risloc.training.loop import DIVERGED_STEPS_AMP, DivergedError, Trainer
+
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml", [f"out_dir={tmp_path}"])
+    tr = Trainer(cfg)
+    tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    tr.scaler.scale(torch.tensor(1.0))  # as micro_step's scaled backward: the scale exists
+    assert DIVERGED_STEPS_AMP == 50
+
+    def step():
+        for p in tr.model.parameters():
+            p.grad = torch.full_like(p, 1e-3)
+        next(tr.model.parameters()).grad.view(-1)[0] = math.nan
+        return tr.optimizer_step()
+
+    for _ in range(49):
+        assert not step()[2]
+    with pytest.raises(DivergedError, match="50 optimizer steps in a row"):
+        step()
 
 
 def test_a_step_whose_gradient_norm_overflows_is_skipped_and_gradients_are_cleared(tmp_path):
