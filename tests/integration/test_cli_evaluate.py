@@ -198,16 +198,28 @@ def test_truth_in_other_units_is_named_as_localize_names_it(tmp_path, monkeypatc
     shipped = evaluate_cli.model_system(None)
     monkeypatch.setattr(evaluate_cli, "model_system", lambda checkpoint, with_fov=False: (
         shipped, FieldOfView(range_m=(0.5, 3.0))))
-    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "learned,classical",
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "learned",
                               "--out", str(tmp_path / "narrow"), "--no-plots"])
     text = " ".join(res.output.split())
     assert res.exit_code == 0, res.output
     assert "lie outside the field of view the learned model (its training scenes') searches " \
         "(azimuth -60..60 deg, elevation -30..30 deg, range 0.5..3 m)" in text, text
     assert "the estimators other than 'learned' search" not in text  # (inside the default)
+    # beside it the other estimators search its box too (one box, named once)
+    res = runner.invoke(app, ["evaluate", str(f), "--estimators", "learned,classical",
+                              "--out", str(tmp_path / "both"), "--no-plots"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert text.count("lie outside the field of view the estimators search (azimuth -60..60 "
+                      "deg, elevation -30..30 deg, range 0.5..3 m)") == 1, text
     # and a sweep's (a second mutation review: the sweep's learned box went unchecked)
     monkeypatch.setattr(evaluate_cli, "run_report", lambda *a, **k: None)
     res = runner.invoke(app, ["evaluate", "--n", "1", "--out", str(tmp_path / "sweep")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0 and "beyond the field of view the estimators search (azimuth " \
+        "-60..60 deg, elevation -30..30 deg, range 0.5..3 m)" in text, text
+    res = runner.invoke(app, ["evaluate", "--n", "1", "--estimators", "learned", "--out",
+                              str(tmp_path / "sweep1")])
     text = " ".join(res.output.split())
     assert res.exit_code == 0 and "beyond the field of view the learned model (its training " \
         "scenes') searches (azimuth -60..60 deg, elevation -30..30 deg, range 0.5..3 m)" \
@@ -814,3 +826,43 @@ def test_fov_option_sets_the_box_the_classical_estimators_search(tmp_path):
     res = runner.invoke(app, ["evaluate", str(f), "--estimators", "classical", "--fov",
                               "elevation=-10,10"])
     assert res.exit_code == 2 and "did you mean elevation_deg" in res.output, res.output
+
+
+def test_beside_a_learned_model_of_another_box_the_others_search_its_box(tmp_path,
+                                                                         monkeypatch):
+    """A persona's model trained for sources at 0.15-0.4 m was compared with a classical
+    localizer searching the default 0.5-10 m (F1 0.04 against 0.98): without --fov the
+    estimators beside 'learned' now search the model's box, and say so; a model of the
+    default box leaves them the default one (None)."""
+    import torch
+
+    from risloc.cli import evaluate as cli_evaluate
+    from risloc.config import FieldOfView
+    from risloc.core.params import Estimates
+    from risloc.experiments import harness
+
+    near = FieldOfView(range_m=(0.15, 0.4))
+    real = cli_evaluate.model_system
+    searched = {}
+
+    def recording(name, checkpoint=None, fov=None):
+        searched[name] = fov
+
+        def fn(scenes, system, K):
+            nan = torch.full((len(scenes.y), 5), float("nan"))
+            return Estimates(torch.zeros(len(scenes.y), dtype=torch.int64), nan, nan, nan, nan)
+        return fn
+
+    monkeypatch.setattr(harness, "get_estimator", recording)
+    args = ["evaluate", "--estimators", "learned,classical", "--n", "1", "--snr-db", "20",
+            "--no-plots"]
+    for box, want in ((near, near), (FieldOfView(), None)):
+        monkeypatch.setattr(cli_evaluate, "model_system", lambda c, with_fov=False, b=box:
+                            (real(c), b) if with_fov else real(c))
+        searched.clear()
+        res = runner.invoke(app, [*args, "--out", str(tmp_path / str(want is None))])
+        assert res.exit_code == 0, res.output
+        assert searched == {"learned": want, "classical": want}, searched
+        said = " ".join(res.output.split())
+        assert ("search its model's field of view, azimuth -60..60 deg, elevation -30..30 "
+                "deg, range 0.15..0.4 m" in said) == (want is not None), said

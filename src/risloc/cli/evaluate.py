@@ -184,6 +184,8 @@ def evaluate_command(
         check_snr_db(snr, "--snr-db")
     Ks = None if K is None else parse_numbers(K, "--K", int)
     fov = parse_fov(fov_opts)
+    if "learned" in names:  # (its model searches its training box: the others too)
+        fov = _box_beside_learned(fov, checkpoint, names)
     settings = SweepSettings(names, snrs, Ks, n,
                              known_K, seed, batch_size, crb,
                              None if checkpoint is None else str(checkpoint), snr_given,
@@ -192,13 +194,7 @@ def evaluate_command(
         console.print(f"[yellow]--checkpoint is the learned estimator's model, and learned "
                       f"is not among --estimators ({', '.join(names) or 'none'}): "
                       f"{checkpoint} is not used[/]")
-    if fov is not None and "learned" in names:  # (its model searches its training box)
-        from risloc.cli.localize import refuse_fov
-
-        model_fov = model_system(checkpoint, with_fov=True)[1]
-        if fov != model_fov:
-            raise ValueError(refuse_fov(fov, model_fov, "drop 'learned' from --estimators"))
-    if fov is not None and not [x for x in names if x != "learned"]:
+    if fov is not None and not names:
         console.print("[yellow]--fov is the field of view of the estimators other than "
                       "'learned', and none is among --estimators: not used[/]")
     if scenes is None and (start or stop is not None or estimates):
@@ -288,6 +284,24 @@ def evaluate_command(
         left = 0
     run_report(points, system, settings, out_dir, plots, source, pooled=scenes is not None,
                left=left)
+
+
+def _box_beside_learned(fov, checkpoint: Path | None, names: tuple[str, ...]):
+    """The box the estimators other than 'learned' search beside it: ``fov`` (--fov) where
+    it is the learned model's (another is refused: the model searches its training box), or
+    else the model's own where it is not the default (a model trained for sources at
+    0.15-0.4 m was compared with a classical localizer searching 0.5-10 m, F1 0.04)."""
+    from risloc.cli.localize import refuse_fov
+    from risloc.config import FieldOfView
+
+    model_fov = model_system(checkpoint, with_fov=True)[1]
+    if fov is not None and fov != model_fov:
+        raise ValueError(refuse_fov(fov, model_fov, "drop 'learned' from --estimators"))
+    if fov is None and model_fov != FieldOfView() and any(x != "learned" for x in names):
+        console.print(f"(the estimators beside 'learned' search its model's field of view, "
+                      f"{model_fov.describe()}, as it does)")
+        return model_fov
+    return fov
 
 
 SWEEP_ONLY = ("snr_db", "K", "n_per_point", "power_spread_db")  # SweepSettings of a simulation
