@@ -28,8 +28,8 @@ def fit_order_command(
         "<out>.json with the head's report (an older <out>.json is removed where the "
         "checkpoint has none)."))] = Path("model.pt"),
     scenes: Annotated[int, typer.Option(min=MIN_ORDER_SCENES, help=(
-        "Training-split scenes the head is fitted on (the recipe's scene distribution)."
-        ))] = 16384,
+        "Training-split scenes the head is fitted on (the recipe's scene distribution; the "
+        "shipped head's 16,384 take minutes on a CPU: fewer for a first try)."))] = 16384,
     report_scenes: Annotated[int, typer.Option(min=1, help=(
         "Validation-split scenes per row of the report (an SNR with equal or spread "
         "powers)."))] = 256,
