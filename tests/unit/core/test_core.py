@@ -592,3 +592,46 @@ def test_source_counts_refused_name_the_argument_the_scene_and_the_value():
     for K in (True, [True, True, True], np.array([1 + 0j, 2, 3]), "2"):  # no counts
         with pytest.raises(TypeError, match=r"^K must be an integer or integers"):
             check_source_counts("K", K, 3, 5)
+
+
+def test_phase_hints_split_at_2_pi_and_scene_lists_name_the_first_ten(system, scenes):
+    """(a fourth mutation review: a degrees threshold of 2 pi + 1 and lists of 3 scenes
+    passed) Real codes up to 2 pi (a hair above it: a phase rounded up) are phases in
+    radians; 6.5 is beyond any radian phase: degrees."""
+    y, H, c = scenes.y[:1], scenes.H[:1], scenes.codes[:1]
+    for top, hint in ((2 * math.pi + 1e-9, "phase in radians"), (6.5, "phases in degrees?")):
+        real = torch.full(c.shape, 0.5, dtype=torch.complex128)
+        real[0, 0, 0] = top
+        assert hint in dict(scene_problems(y, H, real).reasons)[0], top
+    y12, H12 = scenes.y.repeat(3, 1, 1), scenes.H.repeat(3, 1, 1)
+    c12 = scenes.codes.repeat(3, 1, 1)
+    first10 = r"scenes \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]$"
+    with pytest.raises(ValueError, match=r"\(NaN or inf\) in " + first10):
+        check_measurements(y12 * math.nan, H12, c12, system)
+    with pytest.raises(ValueError, match=r"^all-zero channel H in " + first10):
+        check_measurements(y12, H12 * 0, c12, system)
+
+
+def test_source_counts_of_unsigned_widths_are_read_and_never_alias_the_callers_K():
+    """(a fourth mutation review) uint16..uint64 counts compare as int64 (torch has no
+    '<' for them); the counts returned are a copy, never the caller's tensor; a str is
+    refused by name, not by NumPy's message."""
+    for dt in (np.uint16, np.uint32, np.uint64):
+        assert check_source_counts("K", np.array([1, 2, 5], dt), 3, 5).tolist() == [1, 2, 5]
+    K = torch.tensor([1, 2, 3])
+    check_source_counts("K", K, 3, 5)[0] = 4
+    assert K.tolist() == [1, 2, 3]
+    for K in ("2", b"2"):
+        with pytest.raises(TypeError,
+                           match=r"^K must be an integer or integers, got (str|bytes)$"):
+            check_source_counts("K", K, 3, 5)
+
+
+def test_snr_rule_names_inf_itself_and_gives_a_writable_tensor_for_a_number():
+    """(a fourth mutation review: dropping the inf check, or returning one number expanded
+    without a copy, passed)"""
+    with pytest.raises(ValueError, match=r"^snr_db holds \+-inf; use NaN"):
+        snr_per_scene([1.0, -math.inf, 2.0], 3)
+    snr = snr_per_scene(10.0, 3)
+    snr[0] = 1.0
+    assert snr.tolist() == [1.0, 10.0, 10.0]
