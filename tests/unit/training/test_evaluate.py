@@ -60,6 +60,14 @@ def test_each_metric_is_its_own_quantity_and_batches_weigh_by_their_scenes():
     assert model.training
 
 
+def _small_model_and_scenes():
+    """A small network in eval mode (seed 0) and two scenes at 10 dB."""
+    torch.manual_seed(0)
+    model = CovarianceNet(SYSTEM, ModelConfig(width=16, dilations=(1,), hidden=16)).eval()
+    sc = simulate_batch(2, SYSTEM, SceneConfig(), torch.Generator().manual_seed(3), snr_db=10.0)
+    return model, sc
+
+
 def test_the_factored_path_never_builds_the_n_by_n_truth(monkeypatch):
     """Where R_blend has a factor, R_true is its K_max-column factor too: the loss terms and
     metrics work on r x r products (a second mutation review: the dense N x N truth, equal
@@ -73,9 +81,7 @@ def test_the_factored_path_never_builds_the_n_by_n_truth(monkeypatch):
         raise AssertionError("the N x N R_true built on the factored path")
 
     monkeypatch.setattr(ev, "scene_true_covariance", dense)
-    torch.manual_seed(0)
-    model = CovarianceNet(SYSTEM, ModelConfig(width=16, dilations=(1,), hidden=16)).eval()
-    sc = simulate_batch(2, SYSTEM, SceneConfig(), torch.Generator().manual_seed(3), snr_db=10.0)
+    model, sc = _small_model_and_scenes()
     res = evaluate(model, sc, SYSTEM, 0.3, BlendConfig(), LossConfig(), MUSIC)
     assert res.objective == ev.objective_of(res.summary, 5.0)
     assert res.summary.f1 < 1.0  # (the weight shows in the objective: the test can tell)
@@ -91,9 +97,8 @@ def test_an_error_mid_way_gives_the_model_its_mode_back(monkeypatch):
         raise RuntimeError("mid-way")
 
     monkeypatch.setattr(ev, "music", fails)
-    torch.manual_seed(0)
-    model = CovarianceNet(SYSTEM, ModelConfig(width=16, dilations=(1,), hidden=16)).train()
-    sc = simulate_batch(2, SYSTEM, SceneConfig(), torch.Generator().manual_seed(3), snr_db=10.0)
+    model, sc = _small_model_and_scenes()
+    model.train()
     with pytest.raises(RuntimeError, match="mid-way"):
         evaluate(model, sc, SYSTEM, 0.3, BlendConfig(), LossConfig(), MUSIC)
     assert model.training and all(m.training for m in model.modules())
