@@ -668,19 +668,31 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
                          "SceneBatch's .symbols), or use kind='stochastic' (the default)")
     parts, failed = [], []  # in chunks: memory flat in B (a map's 2,500 points held 4.2 GB)
     for lo in range(0, B, CHUNK):
-        c = slice(lo, lo + CHUNK)
-        try:
-            if kind == "stochastic":
-                parts.append(crb_stochastic(az[c], el[c], r[c], p[c], H[c], codes[c],
-                                            sigma2[c], system, mask[c], known=known))
+        c = torch.arange(lo, min(lo + CHUNK, B))
+        while len(c):  # a chunk's scenes that pass one check may fail a later one: retried
+            try:  # without the refused ones until none is left, to name every failing scene
+                if kind == "stochastic":
+                    part = crb_stochastic(az[c], el[c], r[c], p[c], H[c], codes[c],
+                                          sigma2[c], system, mask[c], known=known)
+                else:
+                    part = crb_deterministic(az[c], el[c], r[c], sym[c], H[c], codes[c],
+                                             sigma2[c], system, mask[c], known=known)
+            except SingularFIMError as err:  # the scenes of the whole batch, not the chunk's
+                if not err.scenes:  # (none named: nothing to leave out and retry without)
+                    raise
+                failed.append(SingularFIMError(err.what, c[err.scenes].tolist(), err.why,
+                                               err.how))
+                c = c[~torch.isin(c, c[err.scenes])]
             else:
-                parts.append(crb_deterministic(az[c], el[c], r[c], sym[c], H[c], codes[c],
-                                               sigma2[c], system, mask[c], known=known))
-        except SingularFIMError as err:  # the scenes of the whole batch, not the chunk's;
-            failed.append(err.shifted(lo))  # every chunk's, to mask them all at once
+                if not failed:
+                    parts.append(part)
+                break
     if failed:
-        raise SingularFIMError(failed[0].what, [i for e in failed for i in e.scenes],
-                               failed[0].why, failed[0].how)
+        first, scenes = failed[0], sorted(i for e in failed for i in e.scenes)
+        others = "".join(f"; {e.what} is singular{e.how} in scenes {_scenes_text(e.scenes)}: "
+                         f"{e.why}" for e in failed[1:]
+                         if (e.what, e.why, e.how) != (first.what, first.why, first.how))
+        raise SingularFIMError(first.what, scenes, first.why + others, first.how)
     res = _concat(parts)
     return {"azimuth_deg": torch.rad2deg(res.azimuth),
             "elevation_deg": torch.rad2deg(res.elevation), "range_m": res.range_m}

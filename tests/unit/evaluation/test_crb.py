@@ -1311,3 +1311,26 @@ def test_user_crb_takes_a_map_in_chunks_and_names_the_whole_batchs_scenes(system
                        r"4 more: ") as err:
         crb(H, c, *on, system, snr_db=10.0)
     assert err.value.scenes == list(range(many))
+
+
+def test_user_crb_names_a_maps_points_of_every_kind_of_failure_in_one_pass(system):
+    """A map over azimuth -90..90 deg beside an interferer: the RIS-plane points are refused
+    by the geometry before any matrix is factored, and the point on the interferer (in the
+    same pass of 64) went unnamed: masked, the map failed again, one retry per kind. All of
+    them are named at once, each kind with its cause."""
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 1, system, SceneConfig(), split="test", K=1, snr_db=10.0)
+    B = 5
+    H, c = sc.H[0].expand(B, -1, -1), sc.codes[0].expand(B, -1, -1)
+    az = np.array([[-90.0, 20.0], [0.0, 20.0], [20.0, 20.0], [45.0, 20.0], [90.0, 20.0]])
+    el, r = np.zeros((B, 2)), np.array([[3.0, 4.0], [2.0, 4.0], [4.0, 4.0], [5.0, 4.0],
+                                        [6.0, 4.0]])
+    with pytest.raises(SingularFIMError, match=r"scenes \[0, 2, 4\]: .*RIS plane.*; nuisance "
+                                               r"block of the FIM is singular in scenes \[2\]"
+                       ) as err:
+        crb(H, c, az, el, r, system, snr_db=10.0)
+    assert err.value.scenes == [0, 2, 4]
+    keep = [1, 3]  # masked: the others' bound
+    out = crb(H[keep], c[keep], az[keep], el[keep], r[keep], system, snr_db=10.0)
+    assert torch.isfinite(out["azimuth_deg"]).all()
