@@ -534,6 +534,40 @@ def test_a_pair_exactly_at_the_gate_is_a_detection_and_one_beyond_is_not():
     assert m.detected.tolist() == [[True, False]]
 
 
+def test_the_gate_passed_to_match_sources_decides_the_detections():
+    """gate_deg is the matching's own: 5.5 deg off is a detection within a 6 deg gate."""
+    truth = _truth([2], [[-20.0, 20.0]], [[0.0, 0.0]], [[3.0, 3.0]])
+    m = match_sources(_est([2], [[-15.0, 25.5]], [[0.0, 0.0]], [[3.0, 3.0]]), *truth,
+                      gate_deg=6.0)
+    assert m.gate_deg == 6.0 and m.detected.tolist() == [[True, True]]
+    assert summarize(m).f1 == 1.0
+
+
+def test_pairing_minimises_the_exact_cost_below_a_degree():
+    """Sub-degree differences decide the pairing: 1.2 and 0.9 deg estimates of sources at 0
+    and 2 deg pair crosswise (0.8 + 0.9 deg), not in slot order (1.2 + 1.1 deg)."""
+    truth = _truth([2], [[0.0, 2.0]], [[0.0, 0.0]], [[3.0, 3.0]])
+    m = match_sources(_est([2], [[1.2, 0.9]], [[0.0, 0.0]], [[3.0, 3.0]]), *truth)
+    assert m.est_index.tolist() == [[1, 0]]
+    assert summarize(m).angle_median_deg == pytest.approx(0.85)
+
+
+def test_the_bound_is_summarised_over_the_paired_sources_only():
+    """A missed source's bound stays out of the CRB columns ("the same paired true
+    sources")."""
+    truth = _truth([2], [[-30.0, 30.0]], [[0.0, 0.0]], [[3.0, 3.0]])
+    m = match_sources(_est([1], [[-30.5]], [[0.0]], [[3.0]]), *truth)
+    assert m.paired.tolist() == [[True, False]]
+    crb = CRBResult(azimuth=torch.deg2rad(torch.tensor([[1.0, 10.0]], dtype=torch.float64)),
+                    elevation=torch.deg2rad(torch.tensor([[2.0, 20.0]], dtype=torch.float64)),
+                    range_m=torch.tensor([[0.1, 1.0]], dtype=torch.float64),
+                    fim=torch.zeros(1, 0, 0, dtype=torch.float64))
+    s = summarize(m, crb)
+    assert s.crb_azimuth_median_deg == pytest.approx(1.0)
+    assert s.crb_elevation_rms_deg == pytest.approx(2.0)
+    assert s.crb_range_median_m == pytest.approx(0.1)
+
+
 def test_errors_are_estimate_minus_truth():
     """The signed errors of a Matching are estimate - truth (its docstring) in azimuth,
     elevation and range (a mutation review: only the azimuth's sign was checked)."""
