@@ -600,8 +600,8 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
         if given is not None and given.numel() not in (1, B):
             raise ValueError(f"{name} must be one number or one per scene ({B}), got shape "
                              f"{tuple(given.shape)}")
-    if pos[0].shape[1] == 0:  # no source in any scene: nothing to bound
-        empty = torch.empty(B, 0, dtype=torch.float64)
+    if pos[0].shape[1] == 0 or B == 0:  # no source in any scene, or no scene: no bound
+        empty = torch.empty(B, pos[0].shape[1], dtype=torch.float64)
         return {"azimuth_deg": empty, "elevation_deg": empty.clone(), "range_m": empty.clone()}
     az, el, r = torch.deg2rad(pos[0]), torch.deg2rad(pos[1]), pos[2]
     finite = torch.stack([torch.isfinite(t) for t in (az, el, r)])
@@ -687,12 +687,17 @@ def crb(H, codes, azimuth_deg, elevation_deg, range_m, system: SystemConfig | di
                 if not failed:
                     parts.append(part)
                 break
-    if failed:
-        first, scenes = failed[0], sorted(i for e in failed for i in e.scenes)
-        others = "".join(f"; {e.what} is singular{e.how} in scenes {_scenes_text(e.scenes)}: "
-                         f"{e.why}" for e in failed[1:]
-                         if (e.what, e.why, e.how) != (first.what, first.why, first.how))
-        raise SingularFIMError(first.what, scenes, first.why + others, first.how)
+    if failed:  # each kind once, with its scenes of every pass (not once per pass of 64)
+        kinds: dict[tuple[str, str, str], list[int]] = {}
+        for e in failed:
+            kinds.setdefault((e.what, e.why, e.how), []).extend(e.scenes)
+        scenes = sorted(i for e in failed for i in e.scenes)
+        if len(kinds) == 1:
+            ((what, why, how), _), = kinds.items()
+            raise SingularFIMError(what, scenes, why, how)
+        raise SingularFIMError("the bound", scenes, "; ".join(  # each kind with its own scenes
+            f"{w} is singular{h} in scenes {_scenes_text(sorted(s))}: {y}"
+            for (w, y, h), s in kinds.items()))
     res = _concat(parts)
     return {"azimuth_deg": torch.rad2deg(res.azimuth),
             "elevation_deg": torch.rad2deg(res.elevation), "range_m": res.range_m}

@@ -1334,3 +1334,33 @@ def test_user_crb_names_a_maps_points_of_every_kind_of_failure_in_one_pass(syste
     keep = [1, 3]  # masked: the others' bound
     out = crb(H[keep], c[keep], az[keep], el[keep], r[keep], system, snr_db=10.0)
     assert torch.isfinite(out["azimuth_deg"]).all()
+
+
+def test_user_crb_names_each_kind_of_failure_once_over_its_passes(system):
+    """A kind of failure met in several passes of 64 (a point on the interferer in each) was
+    told once per pass, its cause repeated; told once, with the scenes of every pass."""
+    from risloc.simulation import simulate_range
+
+    sc = simulate_range(0, 1, system, SceneConfig(), split="test", K=1, snr_db=10.0)
+    B = 129  # three passes
+    H, c = sc.H[0].expand(B, -1, -1), sc.codes[0].expand(B, -1, -1)
+    az, el = np.full((B, 2), 20.0), np.zeros((B, 2))
+    r = np.tile([[3.0, 4.0]], (B, 1))
+    az[0, 0] = 90.0  # in the RIS plane
+    r[[70, 128], 0] = 4.0  # on the interferer
+    with pytest.raises(SingularFIMError) as err:
+        crb(H, c, az, el, r, system, snr_db=10.0)
+    assert err.value.scenes == [0, 70, 128]
+    assert str(err.value).count("nuisance block") == 1
+    assert "nuisance block of the FIM is singular in scenes [70, 128]: " in str(err.value)
+
+
+def test_user_crb_of_no_scene_is_empty(system):
+    """An empty batch (a map's empty selection) failed in the noise's operator, 'cannot
+    reshape tensor of 0 elements'; its bound is [0, K]."""
+    H = torch.zeros(0, system.M, system.N, dtype=torch.complex128)
+    c = torch.ones(0, system.L, system.N, dtype=torch.complex128)
+    for noise in ({"snr_db": 10.0}, {"noise_var": 1.0}):
+        out = crb(H, c, np.zeros((0, 2)), np.zeros((0, 2)), np.ones((0, 2)), system, **noise)
+        assert {k: tuple(v.shape) for k, v in out.items()} == {
+            "azimuth_deg": (0, 2), "elevation_deg": (0, 2), "range_m": (0, 2)}
