@@ -148,6 +148,12 @@ def test_info_hints_commands_that_run_on_a_system_the_shipped_model_does_not_ser
         evaluate = evaluate[:evaluate.index("`")].replace(str(out), "").split()
         assert ("--method classical" in hint) == (name == "own.h5"), hint
         assert ("--estimators classical" in hint) == (name == "own.h5"), hint
+        if name == "own.h5":  # the model's training command names the file's fields (it
+            # printed `risloc train --set system.*=...`, a placeholder that fails as written)
+            train = hint[hint.index("`risloc train") + 1:]
+            train = train[:train.index("`")].split()
+            assert train[:2] == ["risloc", "train"] and train[2::2] == ["--set"] * 6, train
+            assert sorted(train[3::2]) == sorted(s for s in own if s != "--set"), train
         if name == "own.h5":  # run as printed (the default system's: the learned one, slower)
             for cmd in (localize, evaluate):
                 args = [*cmd[1:2], str(out), *cmd[2:]]

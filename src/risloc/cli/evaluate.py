@@ -331,7 +331,7 @@ def _say_scenes_beyond_the_search(drawn, learned=None, searched=None) -> None:
                 (drawn.range_m, box.range_m))):
             console.print(f"[yellow]the scenes are drawn in {drawn.describe()}, beyond the "
                           f"field of view {who} ({box.describe()}): sources outside "
-                          "it cannot be found" + ("" if box is learned else
+                          "it cannot be found" + ("" if box == learned else
                                                   " (--fov sets this box)") + "[/]")
 
 

@@ -198,11 +198,11 @@ def _check_scenes(path: Path, n_scenes: int, truth: bool, k_max: int
 def _fov_covering(angles: np.ndarray, ranges: np.ndarray) -> tuple[str, str]:
     """``--fov`` options of a box holding true sources (azimuth, elevation [2, n] deg,
     ranges [n] m; NaN slots ignored) the default one leaves out, with a margin: the fields
-    the truth stays inside are not given; and the ``risloc train --set`` options of a model
+    the truth stays inside are not given; the ``risloc train --set`` options of a model
     searching that box (the fields the box widens, quoted for a shell: the hint printed
     ``--set scene.range_m=[...]`` whatever field it was, a placeholder that fails as
-    written)."""
-    default, opts, sets = FieldOfView(), [], []
+    written); and how many true coordinates no box holds (angles beyond +-89 deg)."""
+    default, opts, sets, beyond = FieldOfView(), [], [], 0
     # (an azimuth modulo 360 deg, as FieldOfView.contains and the metrics take it)
     spans = {"azimuth_deg": (angles[0] + 180.0) % 360.0 - 180.0, "elevation_deg": angles[1],
              "range_m": ranges}
@@ -217,7 +217,8 @@ def _fov_covering(angles: np.ndarray, ranges: np.ndarray) -> tuple[str, str]:
             new = (max(min(d_lo, lo - 5), -89.0), min(max(d_hi, hi + 5), 89.0))
         opts.append(f"--fov {name}={new[0]:.3g},{new[1]:.3g}")
         sets.append(f"--set 'scene.{name}=[{new[0]:.3g}, {new[1]:.3g}]'")
-    return " ".join(opts), " ".join(sets)
+        beyond += int(((values < new[0]) | (values > new[1])).sum())  # (past +-89 deg)
+    return " ".join(opts), " ".join(sets), beyond
 
 
 def _print_summary(path: Path, check: bool = False) -> bool:
@@ -296,9 +297,11 @@ def _print_summary(path: Path, check: bool = False) -> bool:
             table.add_row("truth units", hint)
         p = shell_arg(path)
         served = _shipped_model_serves(s)  # (else the learned default refuses the file)
+        from risloc.pipeline.localizer import train_command  # (its fields, not system.*=...)
+
         # true sources beyond the default box (in degrees, not radians): the classical
         # localizer with a box that holds them (the learned one searches its model's)
-        fov, train = _fov_covering(angles, r) if outside and not hint else ("", "")
+        fov, train, beyond = _fov_covering(angles, r) if outside and not hint else ("", "", 0)
         method = "" if served and not fov else " --method classical"
         chosen = "" if served and not fov else " --estimators classical"
         fov = f" {fov}" if fov else ""
@@ -307,11 +310,13 @@ def _print_summary(path: Path, check: bool = False) -> bool:
                       + (f"; `risloc evaluate {p}{chosen}{fov}` scores the localizers on them"
                          if info.has_truth else "")
                       + ("" if served else "; the shipped model serves another system: "
-                         "`--checkpoint` a model trained for this one (`risloc train "
-                         "--set system.*=...`) to run the learned localizer")
+                         "`--checkpoint` a model trained for this one "
+                         f"(`{train_command(s)}`) to run the learned localizer")
                       + ("; the learned localizer searches its model's box: a model trained "
                          f"on scenes of this one (`risloc train {train}`) finds these "
                          "sources" if fov else "")
+                      + (f"; {beyond} true angle(s) lie beyond +-89 deg, outside any box the "
+                         "localizers search (the RIS's plane or behind it)" if beyond else "")
                       + ("; both leave out the scenes that cannot be localized" if bad else ""))
     print_table(table, out)
     return not bad and not (check and info.n_truth_problems)

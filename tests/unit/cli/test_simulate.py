@@ -25,3 +25,12 @@ def test_fov_covering_widens_only_the_fields_the_truth_leaves_with_its_margins()
     # the training recipe's fields of the same box, quoted for a shell
     assert _both(np.array([[0.0, 70.0], [-10.0, 87.0]]), np.array([1.0, 2.0]))[1] == \
         "--set 'scene.azimuth_deg=[-60, 75]' --set 'scene.elevation_deg=[-30, 89]'"
+
+
+def test_fov_covering_counts_the_angles_no_box_holds():
+    """A review: a source at azimuth 100 deg got '--fov azimuth_deg=-60,89', which leaves it
+    out, and the hint said a model trained on that box finds it; such angles are counted."""
+    fov, train, beyond = _both(np.array([[100.0, 10.0, np.nan], [0.0, 0.0, np.nan]]),
+                               np.array([1.0, 2.0, np.nan]))
+    assert (fov, beyond) == ("--fov azimuth_deg=-60,89", 1)
+    assert _both(np.array([[70.0], [0.0]]), np.array([1.0]))[2] == 0
