@@ -411,6 +411,19 @@ def test_evaluate_bad_arguments(tmp_path, args, msg):
     assert res.exit_code == 2 and msg in res.output
 
 
+def test_a_checkpoint_named_as_the_report_s_table_is_an_input_never_replaced(tmp_path):
+    """As a scene file or an estimates CSV, even where it is not used (a mutation review:
+    the checkpoint unchecked)."""
+    model = tmp_path / "metrics.json"
+    model.write_text("a model, say")
+    res = runner.invoke(app, ["evaluate", "--estimators", "music-oracle", "--n", "1",
+                              "--snr-db", "20", "--no-plots", "--checkpoint", str(model), "--out",
+                              str(tmp_path)])
+    assert res.exit_code == 2 and "is one of the inputs" in " ".join(res.output.split()), \
+        res.output
+    assert model.read_text() == "a model, say"
+
+
 def test_evaluate_user_file_groups_by_snr_bins_and_keeps_scenes_without_snr(tmp_path):
     import h5py
     import numpy as np
@@ -619,6 +632,12 @@ def test_a_sweep_beyond_a_learned_model_s_own_field_of_view_says_so(capsys):
     said = " ".join(capsys.readouterr().err.split())
     assert said.count("beyond the field of view the estimators search") == 1, said
     assert "learned" not in said
+    # --fov sets the others' box, not the model's: the hint is on theirs alone (a mutation
+    # review: either way unchecked)
+    _say_scenes_beyond_the_search(FieldOfView(range_m=(0.2, 20.0)), narrow)
+    said = capsys.readouterr().err.split("\n")
+    assert [("(--fov sets this box)" in line) for line in said if "beyond" in line] == \
+        [True, False], said
 
 
 def test_titles_say_what_ran_and_plots_leave_out_no_scene_silently(tmp_path, monkeypatch):
@@ -812,6 +831,7 @@ def test_fov_option_sets_the_box_the_classical_estimators_search(tmp_path):
         with open(tmp_path / name / "metrics.csv") as fh:
             f1[name] = next(float(r["f1"]) for r in csv.DictReader(fh) if r["K"] == "all")
         assert ("lie outside the field of view" in res.output) == (not fov), res.output
+        assert "not used" not in res.output  # (classical uses --fov; a mutation review)
     assert f1 == {"without": 0.0, "with": 1.0}
     res = runner.invoke(app, ["evaluate", str(f), "--estimators", "learned,classical",
                               "--no-plots", "--out", str(tmp_path / "l"), "--fov",
