@@ -1,4 +1,5 @@
 import json
+import shlex
 from pathlib import Path
 
 import h5py
@@ -528,3 +529,25 @@ def test_info_names_the_training_box_of_the_fields_it_widens(tmp_path, monkeypat
     train = shlex.split(train[:train.index("`")])
     assert train == ["risloc", "train", "--set", f"scene.azimuth_deg=[{lo}, {hi}]"], train
     assert "scene.range_m" not in text, text
+
+
+def test_info_trains_one_model_for_the_files_system_and_the_box_of_its_truth(tmp_path,
+                                                                              monkeypatch):
+    """A review: for a system the shipped model does not serve, with truth beyond the default
+    box, `risloc info` gave two training commands, the box's without the system's fields (a
+    model of the default system, which cannot run on the file); one command holds both."""
+    monkeypatch.chdir(tmp_path)
+    own = ["--set", "system.N_H=8", "--set", "system.N_V=8", "--set", "system.M=8"]
+    assert runner.invoke(app, ["simulate", "--n", "2", "--out", "own.h5", "--split", "test",
+                               *own]).exit_code == 0
+    with h5py.File("own.h5", "a") as f:
+        f["azimuth_deg"][0, 0] = 75.0
+    res = runner.invoke(app, ["info", "own.h5"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.replace("│", " ").split())
+    hint = text[text.index(" next ") + 6:]
+    assert hint.count("`risloc train") == 1, hint
+    train = hint[hint.index("`risloc train") + 1:]
+    train = shlex.split(train[:train.index("`")])
+    assert train[3::2] == ["system.N_H=8", "system.N_V=8", "system.M=8",
+                           "scene.azimuth_deg=[-60, 80]"], train

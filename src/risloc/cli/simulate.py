@@ -195,7 +195,7 @@ def _check_scenes(path: Path, n_scenes: int, truth: bool, k_max: int
     return bad, outside, n_true, widest, stats
 
 
-def _fov_covering(angles: np.ndarray, ranges: np.ndarray) -> tuple[str, str]:
+def _fov_covering(angles: np.ndarray, ranges: np.ndarray) -> tuple[str, str, int]:
     """``--fov`` options of a box holding true sources (azimuth, elevation [2, n] deg,
     ranges [n] m; NaN slots ignored) the default one leaves out, with a margin: the fields
     the truth stays inside are not given; the ``risloc train --set`` options of a model
@@ -311,10 +311,12 @@ def _print_summary(path: Path, check: bool = False) -> bool:
                          if info.has_truth else "")
                       + ("" if served else "; the shipped model serves another system: "
                          "`--checkpoint` a model trained for this one "
-                         f"(`{train_command(s)}`) to run the learned localizer")
+                         # (and on the box below: a default system's model of it cannot run)
+                         f"(`{' '.join([train_command(s), train]).strip()}`) to run the "
+                         "learned localizer" + (" and find these sources" if fov else ""))
                       + ("; the learned localizer searches its model's box: a model trained "
                          f"on scenes of this one (`risloc train {train}`) finds these "
-                         "sources" if fov else "")
+                         "sources" if fov and served else "")
                       + (f"; {beyond} true angle(s) lie beyond +-89 deg, outside any box the "
                          "localizers search (the RIS's plane or behind it)" if beyond else "")
                       + ("; both leave out the scenes that cannot be localized" if bad else ""))
