@@ -276,3 +276,24 @@ def test_learning_rate_is_pointed_to_optim_lr(tmp_path):
         load_train_config(recipe)
     with pytest.raises(ConfigError, match=r"\(did you mean optim\.lr\?\)"):
         load_train_config(None, ["learning_rate=1e-3"])
+
+
+# ------------------------------------------- a fourth mutation review: what none checked
+@pytest.mark.parametrize("override, ok", [
+    ("schedule.weight_final_frac=1", True), ("schedule.beta_warmup_frac=1", True),
+    ("order.report_scenes=0", False), ("schedule.swa_anneal_epochs=0", False),
+    ("optim.accumulation=0", False),
+])
+def test_fourth_bounds_at_their_edges(override, ok):
+    test_training_bounds_at_their_edges(override, ok)
+
+
+def test_only_process_prefetch_is_refused_with_device_simulation():
+    for prefetch in ("thread", "true"):  # the training thread's CUDA, no fork
+        assert load_train_config(None, ["simulate_on=device", f"prefetch={prefetch}"]) \
+            .simulate_on == "device"
+
+
+def test_two_scheduled_loss_weights_set_name_the_first():
+    with pytest.raises(ConfigError, match=r"^loss.lam_peak_contrast is set"):
+        load_train_config(None, ["loss.lam_subspace_align=0", "loss.lam_peak_contrast=0"])
