@@ -31,7 +31,8 @@ FD_STEP = 1e-6
 
 
 def _t(values):
-    return torch.tensor(values, dtype=torch.float64)
+    # (one array first: a list of arrays is torch's slow path, with a warning)
+    return torch.tensor(np.asarray(values, dtype=np.float64))
 
 
 def _cn(shape, seed):
