@@ -295,33 +295,42 @@ def _print_summary(path: Path, check: bool = False) -> bool:
         hint = radians_hint(n_true, widest, attrs=info.attrs)
         if hint:
             table.add_row("truth units", hint)
-        p = shell_arg(path)
-        served = _shipped_model_serves(s)  # (else the learned default refuses the file)
-        from risloc.pipeline.localizer import train_command  # (its fields, not system.*=...)
-
         # true sources beyond the default box (in degrees, not radians): the classical
         # localizer with a box that holds them (the learned one searches its model's)
-        fov, train, beyond = _fov_covering(angles, r) if outside and not hint else ("", "", 0)
-        method = "" if served and not fov else " --method classical"
-        chosen = "" if served and not fov else " --estimators classical"
-        fov = f" {fov}" if fov else ""
-        table.add_row("next", f"`risloc localize {p} --out estimates.csv{method}{fov}` "
-                      "localizes the scenes"
-                      + (f"; `risloc evaluate {p}{chosen}{fov}` scores the localizers on them"
-                         if info.has_truth else "")
-                      + ("" if served else "; the shipped model serves another system: "
-                         "`--checkpoint` a model trained for this one "
-                         # (and on the box below: a default system's model of it cannot run)
-                         f"(`{' '.join([train_command(s), train]).strip()}`) to run the "
-                         "learned localizer" + (" and find these sources" if fov else ""))
-                      + ("; the learned localizer searches its model's box: a model trained "
-                         f"on scenes of this one (`risloc train {train}`) finds these "
-                         "sources" if fov and served else "")
-                      + (f"; {beyond} true angle(s) lie beyond +-89 deg, outside any box the "
-                         "localizers search (the RIS's plane or behind it)" if beyond else "")
-                      + ("; both leave out the scenes that cannot be localized" if bad else ""))
+        box = _fov_covering(angles, r) if outside and not hint else ("", "", 0)
+        table.add_row("next", _next_commands(shell_arg(path), s, info.has_truth, bool(bad),
+                                             *box))
     print_table(table, out)
     return not bad and not (check and info.n_truth_problems)
+
+
+def _next_commands(p: str, s, has_truth: bool, bad: bool, fov: str, train: str,
+                   beyond: int) -> str:
+    """The "next" row of `risloc info`: the localize (and, with truth, evaluate) commands to
+    run on file ``p`` of system ``s``, each as it runs: the classical localizer where the
+    shipped model serves another system or true sources lie beyond the default box (``fov``,
+    ``train``, ``beyond``: :func:`_fov_covering`), and how a model of one's own runs the
+    learned one."""
+    from risloc.pipeline.localizer import train_command  # (its fields, not system.*=...)
+
+    served = _shipped_model_serves(s)  # (else the learned default refuses the file)
+    method = "" if served and not fov else " --method classical"
+    chosen = "" if served and not fov else " --estimators classical"
+    box = f" {fov}" if fov else ""
+    return (f"`risloc localize {p} --out estimates.csv{method}{box}` localizes the scenes"
+            + (f"; `risloc evaluate {p}{chosen}{box}` scores the localizers on them"
+               if has_truth else "")
+            + ("" if served else "; the shipped model serves another system: `--checkpoint` "
+               "a model trained for this one "
+               # (and on the box below: a default system's model of it cannot run)
+               f"(`{' '.join([train_command(s), train]).strip()}`) to run the learned "
+               "localizer" + (" and find these sources" if fov else ""))
+            + ("; the learned localizer searches its model's box: a model trained on scenes "
+               f"of this one (`risloc train {train}`) finds these sources"
+               if fov and served else "")
+            + (f"; {beyond} true angle(s) lie beyond +-89 deg, outside any box the "
+               "localizers search (the RIS's plane or behind it)" if beyond else "")
+            + ("; both leave out the scenes that cannot be localized" if bad else ""))
 
 
 def _near_field_text(system) -> str:

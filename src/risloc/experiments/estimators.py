@@ -70,10 +70,15 @@ def _classical(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None,
     return loc.localize(scenes.y, scenes.H, scenes.codes, scenes.snr_db, K).estimates
 
 
+def _searching(config, fov: FieldOfView | None):
+    """An estimator's default ``config`` searching ``fov`` (None: its own default box)."""
+    return config if fov is None else replace(config, fov=fov)
+
+
 def _music_config(fov: FieldOfView | None):
     from risloc.estimators.music import MusicConfig
 
-    return MusicConfig() if fov is None else replace(MusicConfig(), fov=fov)
+    return _searching(MusicConfig(), fov)
 
 
 def _music_samp(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None,
@@ -91,7 +96,7 @@ def _music_samp_nfmle(scenes: SceneBatch, system: SystemConfig,
 
     init = _music_samp(scenes, system, K, "music-samp+nfmle", fov)  # (its warnings name it)
     return nfmle_refine(scenes.y, scenes.H, scenes.codes, init, system,
-                        NFMLEConfig() if fov is None else replace(NFMLEConfig(), fov=fov))
+                        _searching(NFMLEConfig(), fov))
 
 
 def _ramezani_samp(scenes: SceneBatch, system: SystemConfig,
@@ -99,7 +104,7 @@ def _ramezani_samp(scenes: SceneBatch, system: SystemConfig,
     from risloc.estimators.ramezani import RamezaniConfig, ramezani_music
 
     R = sample_covariance(scenes.y, scenes.H, scenes.codes)
-    config = RamezaniConfig() if fov is None else replace(RamezaniConfig(), fov=fov)
+    config = _searching(RamezaniConfig(), fov)
     return ramezani_music(R, K if K is not None else _samp_order(R, system), system,
                           config.for_system(system))
 
