@@ -329,7 +329,8 @@ def snr_per_scene(snr_db, n_scenes: int, device: torch.device | str | None = Non
                          "the noise-to-signal power ratio leaves float32's range), got "
                          f"{float(snr[i]):g} in scene {i}; use NaN for a scene whose SNR is "
                          "unknown")
-    return None if bool(torch.isnan(snr).all()) else snr
+    # (never the caller's own tensor, as check_source_counts: a float32 [B] came back as is)
+    return None if bool(torch.isnan(snr).all()) else snr.clone()
 
 
 __all__ = ["CODE_TOLERANCE", "InputError", "InputTypeError", "SceneCheck",

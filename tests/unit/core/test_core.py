@@ -635,3 +635,12 @@ def test_snr_rule_names_inf_itself_and_gives_a_writable_tensor_for_a_number():
     snr = snr_per_scene(10.0, 3)
     snr[0] = 1.0
     assert snr.tolist() == [1.0, 10.0, 10.0]
+
+
+def test_the_snr_of_each_scene_is_never_the_caller_s_own_tensor():
+    """A float32 [B] SNR came back as the caller's tensor (check_source_counts copies):
+    writing into the result changed the caller's SNR."""
+    given = torch.tensor([5.0, 10.0], dtype=torch.float32)
+    snr = snr_per_scene(given, 2)
+    snr[0] = 0.0
+    assert given.tolist() == [5.0, 10.0]
