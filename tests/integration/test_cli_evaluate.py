@@ -422,6 +422,11 @@ def test_a_checkpoint_named_as_the_report_s_table_is_an_input_never_replaced(tmp
     assert res.exit_code == 2 and "is one of the inputs" in " ".join(res.output.split()), \
         res.output
     assert model.read_text() == "a model, say"
+    # with the learned estimator too, whose model is read first (it was refused as no model)
+    res = runner.invoke(app, ["evaluate", "--estimators", "learned,classical", "--n", "1",
+                              "--no-plots", "--checkpoint", str(model), "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "is one of the inputs" in " ".join(res.output.split()), \
+        res.output
 
 
 def test_evaluate_user_file_groups_by_snr_bins_and_keeps_scenes_without_snr(tmp_path):

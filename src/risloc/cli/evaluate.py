@@ -184,6 +184,12 @@ def evaluate_command(
         check_snr_db(snr, "--snr-db")
     Ks = None if K is None else parse_numbers(K, "--K", int)
     fov = parse_fov(fov_opts)
+    if scenes is None and (start or stop is not None or estimates):
+        raise ValueError("--start / --stop / --estimates concern a scene file's scenes: give "
+                         "the scene file")
+    inputs = [p for p in (scenes, *(estimates or ()), checkpoint) if p is not None]
+    for name in ("metrics.csv", "metrics.json"):  # (before a model is read: an input named
+        check_writable(out_dir / name, inputs)    # as the report's table is said to be one)
     if "learned" in names:  # (its model searches its training box: the others too)
         fov = _box_beside_learned(fov, checkpoint, names)
     settings = SweepSettings(names, snrs, Ks, n,
@@ -197,12 +203,6 @@ def evaluate_command(
     if fov is not None and not names:
         console.print("[yellow]--fov is the field of view of the estimators other than "
                       "'learned', and none is among --estimators: not used[/]")
-    if scenes is None and (start or stop is not None or estimates):
-        raise ValueError("--start / --stop / --estimates concern a scene file's scenes: give "
-                         "the scene file")
-    inputs = [p for p in (scenes, *(estimates or ()), checkpoint) if p is not None]
-    for name in ("metrics.csv", "metrics.json"):
-        check_writable(out_dir / name, inputs)
     if scenes is not None:
         from risloc.io import read_scenes
         from risloc.io.scenefile import (
