@@ -229,6 +229,14 @@ def parse_fov(values: list[str] | None):
         raise ValueError(f"--fov: {err}") from None
 
 
+def refuse_fov(fov, model_fov, alternative: str = "use --method classical") -> str:
+    """The message refusing a --fov ``fov`` other than the learned model's ``model_fov``."""
+    return (f"--fov {fov.describe()}: the learned localizer searches the field of view it was "
+            f"trained for ({model_fov.describe()}), not another; train one with the scenes' "
+            "field of view (the recipe's scene.azimuth_deg / scene.elevation_deg / "
+            f"scene.range_m, `risloc train --set 'scene.range_m=[low, high]'`) or {alternative}")
+
+
 def fov_setting(fov) -> list[list[float]] | None:
     """A field of view as a JSON value (a record's, a report's): its three (low, high)."""
     return None if fov is None else [list(fov.azimuth_deg), list(fov.elevation_deg),

@@ -25,6 +25,7 @@ from risloc.cli.common import (
     parse_numbers,
     print_table,
     progress,
+    refuse_fov,
     sweep_config,
 )
 from risloc.config import check_snr_db
@@ -291,7 +292,6 @@ def _box_beside_learned(fov, checkpoint: Path | None, names: tuple[str, ...]):
     it is the learned model's (another is refused: the model searches its training box), or
     else the model's own where it is not the default (a model trained for sources at
     0.15-0.4 m was compared with a classical localizer searching 0.5-10 m, F1 0.04)."""
-    from risloc.cli.localize import refuse_fov
     from risloc.config import FieldOfView
 
     model_fov = model_system(checkpoint, with_fov=True)[1]

@@ -25,6 +25,7 @@ from risloc.cli.common import (
     parse_fov,
     print_table,
     progress,
+    refuse_fov,
     shell_arg,
 )
 from risloc.config import FieldOfView
@@ -119,14 +120,6 @@ def _localizer(method: str | None, checkpoint: Path | None, system, device: str,
     loc.pipeline.to(device)
     loc.pipeline.fit_config = replace(loc.pipeline.fit_config, shortlist_bf16=bf16)
     return loc
-
-
-def refuse_fov(fov, model_fov, alternative: str = "use --method classical") -> str:
-    """The message refusing a --fov ``fov`` other than the learned model's ``model_fov``."""
-    return (f"--fov {fov.describe()}: the learned localizer searches the field of view it was "
-            f"trained for ({model_fov.describe()}), not another; train one with the scenes' "
-            "field of view (the recipe's scene.azimuth_deg / scene.elevation_deg / "
-            f"scene.range_m, `risloc train --set 'scene.range_m=[low, high]'`) or {alternative}")
 
 
 @handle_errors
