@@ -274,7 +274,8 @@ class Trainer:
                                   if self.swa_scheduler is not None else None),
                 "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state(),
                 "best": dict(self.best), "bad_epochs": self.bad_epochs,
-                "history": list(self.history), "data_files": self.data_files}
+                "bad_in_a_row": self.bad_in_a_row, "history": list(self.history),
+                "data_files": self.data_files}
 
     def restore(self, path: Path) -> None:
         """The state of the checkpoint ``path``; ResumeRefused where the run cannot go on
@@ -324,6 +325,7 @@ class Trainer:
         torch.set_rng_state(st["rng"].cpu())
         self.epoch, self.step, self.micro = st["epoch"], st["step"], st["micro"]
         self.best, self.bad_epochs = dict(st["best"]), st["bad_epochs"]
+        self.bad_in_a_row = st.get("bad_in_a_row", 0)  # (checkpoints before stop 69: none)
         self.history = list(st["history"])
         log.info("resumed from %s at epoch %d (step %d)", path, self.epoch, self.step)
 

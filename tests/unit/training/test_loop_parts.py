@@ -635,6 +635,22 @@ def test_resume_brings_back_the_checkpoint_s_random_state(tmp_path):
     assert torch.equal(torch.rand(3), want)
 
 
+def test_a_resumed_run_keeps_counting_its_non_finite_steps_in_a_row(tmp_path):
+    """A streak of non-finite steps across a checkpoint goes on counting after a resume: a
+    diverging run stops at the same step whether or not it was interrupted (the count was
+    not saved, so a resumed run began it at 0)."""
+    from risloc.inference.checkpoint import save_checkpoint
+    from risloc.training.loop import Trainer
+
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml", [f"out_dir={tmp_path}"])
+    tr = Trainer(cfg)
+    tr.bad_in_a_row = 7
+    save_checkpoint(tmp_path / "last.pt", tr.state())
+    back = Trainer(cfg)
+    back.restore(tmp_path / "last.pt")
+    assert back.bad_in_a_row == 7
+
+
 def test_a_run_resumed_before_swa_continues_its_warm_up_and_cosine_rate(tmp_path):
     """restore brings back the warm-up + cosine schedule's place: the resumed run's next
     step has the uninterrupted run's rate, not the warm-up's first again (a mutation review:
