@@ -419,7 +419,9 @@ def noise_and_powers_at(azimuth: torch.Tensor, elevation: torch.Tensor,
                         range_m: torch.Tensor, y: torch.Tensor, H: torch.Tensor,
                         codes: torch.Tensor, system: SystemConfig,
                         mask: torch.Tensor | None = None, index: torch.Tensor | None = None,
-                        said: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        said: torch.Tensor | None = None,
+                        buried: list[tuple[int, int]] | None = None,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sigma^2 [B], powers [B, K]) of measured scenes, fitted at given (true) positions: the
     bound's inputs for a file without an SNR. Each snapshot's symbols by least squares,
     s_l = (B_l^H B_l)^-1 B_l^H y_l; sigma^2 = sum_l ||y_l - B_l s_l||^2 / (L (M - K)), unbiased
@@ -431,7 +433,9 @@ def noise_and_powers_at(azimuth: torch.Tensor, elevation: torch.Tensor,
     slots are 0. Whatever the model misses (calibration, a source not in the truth) counts
     as noise here. The warning names the buried sources' scenes by ``index`` ([B]: their
     indices in a file; default their place in the batch), among the scenes ``said`` ([B]
-    bool; default all: those whose fit is used)."""
+    bool; default all: those whose fit is used). Where a list ``buried`` is given, the
+    buried sources' (scene index, count) are appended to it and not warned of: a caller
+    fitting a file in chunks warns once for all of them (:func:`warn_buried`)."""
     B = azimuth.shape[0]
     inp = _prepare(azimuth, elevation, range_m, H, codes, torch.ones(B, dtype=torch.float64),
                    system, mask)
@@ -449,17 +453,28 @@ def noise_and_powers_at(azimuth: torch.Tensor, elevation: torch.Tensor,
     spread = torch.cholesky_solve(eye, chol).diagonal(dim1=-2, dim2=-1).real.mean(1)  # (B, K)
     held = sigma2.unsqueeze(-1) * spread  # the noise each source's estimate holds
     fitted = s.squeeze(-1).abs().square().mean(1) - held
-    buried = inp.mask & (fitted <= 1e-6 * held)
-    buried = buried if said is None else buried & said.to(buried.device).unsqueeze(-1)
-    if bool(buried.any()):  # (its bound is the floor's, 1e5 deg and more: no bound at all)
+    under = inp.mask & (fitted <= 1e-6 * held)
+    under = under if said is None else under & said.to(under.device).unsqueeze(-1)
+    found = [(i if index is None else int(index[i]), int(under[i].sum()))
+             for i in _bad_scenes(under.any(-1))]
+    if buried is not None:
+        buried.extend(found)
+    else:
+        warn_buried(found)
+    powers = torch.maximum(fitted, 1e-6 * held)
+    return sigma2, torch.where(inp.mask, powers, 0.0)
+
+
+def warn_buried(buried: list[tuple[int, int]]) -> None:
+    """One warning for the sources the noise buries, (scene index, count) as
+    :func:`noise_and_powers_at` finds them (none: no warning). Their bound is the power
+    floor's, 1e5 deg and more: no bound at all."""
+    if buried:
         log.warning("%d source(s) in scenes %s: no power above the noise at the position "
                     "given (a source the noise buries, or none there): the bound fitted "
                     "from y is set by a power floor of 1e-6 times that noise and means "
                     "nothing; give snr_db or the powers if they are known",
-                    int(buried.sum()), _scenes_text([i if index is None else int(index[i])
-                                                     for i in _bad_scenes(buried.any(-1))]))
-    powers = torch.maximum(fitted, 1e-6 * held)
-    return sigma2, torch.where(inp.mask, powers, 0.0)
+                    sum(n for _, n in buried), _scenes_text(sorted(i for i, _ in buried)))
 
 
 def crb_for_scenes(scenes: SceneBatch, system: SystemConfig,

@@ -25,6 +25,7 @@ from risloc.evaluation.crb import (
     crb_for_scenes,
     noise_and_powers_at,
     noise_var_for_snr,
+    warn_buried,
 )
 from risloc.evaluation.metrics import (
     Matching,
@@ -149,7 +150,7 @@ def scene_crb(scenes: SceneBatch, system: SystemConfig, kind: str,
     if scenes.noise_var is not None:
         return crb_for_scenes(scenes, system, kind if scenes.symbols is not None
                               else "stochastic")
-    noise, power = [], []
+    noise, power, buried = [], [], []
     index = torch.arange(len(scenes)) if index is None else index
     for lo in range(0, len(scenes), CRB_CHUNK):
         sc = scenes[lo:lo + CRB_CHUNK]
@@ -162,13 +163,15 @@ def scene_crb(scenes: SceneBatch, system: SystemConfig, kind: str,
             try:
                 fitted, fitted_powers = noise_and_powers_at(*pos, sc.y, sc.H, sc.codes,
                                                             system, sc.mask, said=~given,
-                                                            index=index[lo:lo + CRB_CHUNK])
+                                                            index=index[lo:lo + CRB_CHUNK],
+                                                            buried=buried)
             except SingularFIMError as err:  # the scenes of the whole batch
                 raise err.shifted(lo) from None
             sigma2 = torch.where(given, sigma2, fitted)
             powers = torch.where(given.unsqueeze(-1), powers, fitted_powers)
         noise.append(sigma2)
         power.append(powers)
+    warn_buried(buried)  # once for the file's scenes, not once per chunk of them
     return crb_for_scenes(replace(scenes, noise_var=torch.cat(noise), powers=torch.cat(power)),
                           system, "stochastic", chunk_size=CRB_CHUNK)
 

@@ -373,3 +373,36 @@ def test_estimates_made_elsewhere_are_refused_on_a_simulated_sweep(seen):
                              given=(mine,))
     with pytest.raises(ValueError, match="scored on a scene file's scenes"):
         evaluate_points(points, cfg.system, settings)
+
+
+def test_the_sources_the_noise_buries_are_named_in_one_warning_for_every_chunk(
+        monkeypatch, caplog):
+    """A file without an SNR has its noise and powers fitted CRB_CHUNK scenes at a time;
+    the sources the noise buries in scenes of two chunks are named in one warning, not one a
+    chunk (a persona's file of 300 scenes got the same warning three times)."""
+    import logging
+    import math
+    from dataclasses import replace
+
+    from risloc.config import SceneConfig, SystemConfig
+    from risloc.core.operator import apply_operator
+    from risloc.physics.steering import steering
+    from risloc.simulation import simulate_range
+
+    system = SystemConfig()
+    sc = simulate_range(0, 6, system, SceneConfig(), split="test", K=1, snr_db=20.0)
+    pos = (sc.azimuth[:, :1].double(), sc.elevation[:, :1].double(),
+           sc.range_m[:, :1].double())
+    Bm = apply_operator(sc.H.to(torch.complex128), sc.codes.to(torch.complex128),
+                        steering(*pos, system, torch.complex128))  # (B, L, M, 1)
+    n = torch.view_as_complex(torch.randn(*sc.y.shape, 2, dtype=torch.float64,
+                                          generator=torch.Generator().manual_seed(0)))
+    n = (n.unsqueeze(-1) - Bm @ torch.linalg.pinv(Bm) @ n.unsqueeze(-1)).squeeze(-1)
+    buried = torch.isin(torch.arange(6), torch.tensor([1, 5])).view(6, 1, 1)
+    file = replace(sc, y=torch.where(buried, n.to(sc.y.dtype), sc.y), noise_var=None,
+                   powers=None, symbols=None, snr_db=torch.full((6,), math.nan))
+    monkeypatch.setattr(harness, "CRB_CHUNK", 4)
+    with caplog.at_level(logging.WARNING, logger="risloc.evaluation.crb"):
+        harness.scene_crb(file, system, "stochastic")
+    said = [r.getMessage() for r in caplog.records if "no power above" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("2 source(s) in scenes [1, 5]: "), said
