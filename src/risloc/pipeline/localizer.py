@@ -109,8 +109,11 @@ def _as_tensor(name: str, x) -> torch.Tensor:
         got = x.dtype if isinstance(x, (np.ndarray, torch.Tensor)) else t.dtype
         pair = (f" of shape {tuple(t.shape)}: real and imaginary parts on a last axis of 2? "
                 f"pass {name}[..., 0] + 1j * {name}[..., 1]") if t.shape[-1:] == (2,) else ""
+        bits = (" (bits? codes are unit-modulus phases: a 1-bit RIS's are +-1, pass "
+                "1 - 2 * codes.astype(np.int8) for NumPy's, 1 - 2 * codes.to(torch.int8) "
+                "for torch's)") if name == "codes" and t.dtype == torch.bool else ""
         raise InputTypeError(f"{name} must be complex (complex64 or complex128), got {got}"
-                             f"{pair}")
+                             f"{pair}{bits}")
     return t
 
 

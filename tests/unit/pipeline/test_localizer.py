@@ -552,8 +552,14 @@ def test_real_codes_of_a_1_bit_ris_are_complex_codes(system, scenes):
         loc.localize(scenes.y.real, scenes.H, scenes.codes)
     # boolean codes are no +-1 signs (True/False would read as 1/0): refused, not cast (a
     # mutation review: cast to complex64, they were localized as codes of 0 and 1)
-    with pytest.raises(TypeError, match="codes must be complex"):
+    with pytest.raises(TypeError, match="codes must be complex") as err:
         loc.localize(scenes.y[:2], scenes.H[:2], (signs[:2] > 0).numpy(), K=1)
+    # the way to +-1 codes, as a file's reader gives it (a persona got no hint here)
+    assert "got bool (bits? codes are unit-modulus phases: a 1-bit RIS's are +-1, pass " \
+        "1 - 2 * codes.astype(np.int8) for NumPy's" in str(err.value)
+    bits = (signs[:2] < 0).numpy()  # bit 1: -1
+    c = loc.localize(scenes.y[:2], scenes.H[:2], 1 - 2 * bits.astype(np.int8), K=1).estimates
+    torch.testing.assert_close(c.azimuth, a.azimuth, rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("layout", ["fortran", "transposed view", "big-endian", "lazy conj"])
