@@ -125,3 +125,20 @@ def test_the_fraunhofer_distance_is_where_the_wavefront_bends_by_pi_over_8():
         lag = path_difference(zero, zero, torch.tensor(F, dtype=torch.float64), s)
         assert float(lag.max()) * 2 * math.pi / s.wavelength == \
             pytest.approx(math.pi / 8, rel=1e-3)
+
+
+def test_alias_free_spacing_by_hand(system):
+    """d <= lambda / (span of u_x) along x and lambda / (span of u_y) along y, spans by hand
+    (u_x = cos(el) sin(az) is widest at el = 0, u_y = sin(el)); an asymmetric box keeps x
+    and y apart (a mutation review: swapping them passed every other test)."""
+    from risloc.config import FieldOfView
+    from risloc.physics.geometry import alias_free_spacing
+
+    s = math.sin
+    for fov, span_x, span_y in (
+            (FieldOfView(), 2 * s(math.radians(60)), 2 * s(math.radians(30))),
+            (FieldOfView(azimuth_deg=(-20.0, 50.0), elevation_deg=(-10.0, 40.0)),
+             s(math.radians(50)) + s(math.radians(20)), s(math.radians(40)) + s(math.radians(10)))):
+        dx, dy = alias_free_spacing(system, fov)
+        assert dx == pytest.approx(system.wavelength / span_x, rel=1e-12)
+        assert dy == pytest.approx(system.wavelength / span_y, rel=1e-12)

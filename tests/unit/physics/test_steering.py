@@ -218,3 +218,23 @@ def test_ula_response_by_hand_in_the_precision_asked_for(dtype):
     want = [cmath.exp(1j * math.pi * (m - 2) * math.sin(psi32)) for m in range(5)]
     tol = 1e-6 if dtype == torch.complex64 else 1e-14
     assert max(abs(complex(b[m]) - want[m]) for m in range(5)) < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_a_source_on_an_element_gives_a_finite_steering_vector(system, dtype):
+    """A source exactly on element n (azimuth +-90 deg, in the RIS plane) has d_n = 0, so
+    a_n = exp(j k0 r) / sqrt(N); |p - e_n|^2 = q + r^2 then rounds to a tiny negative
+    number for many elements, which the distance must clamp, not turn into NaN (a mutation
+    review: dropping the clamp passed every other test)."""
+    real = torch.float32 if dtype == torch.complex64 else torch.float64
+    pos = element_positions(system, dtype=real)
+    x, y = pos[:, 0], pos[:, 1]
+    r = torch.sqrt(x * x + y * y)
+    el = torch.asin(y / r)
+    az = torch.sign(x) * (math.pi / 2)
+    a = steering(az, el, r, system, dtype)
+    assert bool(torch.isfinite(torch.view_as_real(a)).all())
+    want = torch.polar(torch.ones_like(r), system.k0 * r) / math.sqrt(system.N)
+    # complex64: d_n = sqrt(a rounding error of r^2) ~ 3e-4 m, a phase error ~ k0 d_n
+    tol = 2e-2 if dtype == torch.complex64 else 1e-6
+    assert float((a.diagonal() - want.to(dtype)).abs().max()) * math.sqrt(system.N) < tol
