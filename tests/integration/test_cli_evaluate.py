@@ -891,3 +891,25 @@ def test_beside_a_learned_model_of_another_box_the_others_search_its_box(tmp_pat
         said = " ".join(res.output.split())
         assert ("search its model's field of view, azimuth -60..60 deg, elevation -30..30 "
                 "deg, range 0.15..0.4 m" in said) == (want is not None), said
+
+
+def test_the_spectrum_example_is_drawn_in_the_box_searched(tmp_path, monkeypatch):
+    """With --fov (or a learned model's own box) the example scene's sources lie in that
+    box, MUSIC searches it and the slice spans it (they were the default box's whatever
+    was searched)."""
+    from risloc.cli.evaluate import _spectrum_example
+    from risloc.config import FieldOfView, SystemConfig
+    from risloc.experiments.harness import SweepSettings
+
+    box = FieldOfView(azimuth_deg=(0.0, 40.0), elevation_deg=(-10.0, 20.0), range_m=(0.2, 0.6))
+    drawn = []
+    monkeypatch.setattr("risloc.experiments.plots.plot_spectrum_slice",
+                        lambda R, k, system, r0, path, truth, est, title, fov: drawn.append(
+                            (r0, truth, est, fov)))
+    _spectrum_example(SystemConfig(), SweepSettings(estimators=("classical",), fov=box),
+                      tmp_path)
+    assert [d[3] for d in drawn] == [box, box]
+    r0, truth, est, _ = drawn[0]
+    assert 0.2 <= r0 <= 0.6
+    assert all(0 <= math.degrees(a) <= 40 for a in truth[0] + est[0])
+    assert all(-10 <= math.degrees(e) <= 20 for e in truth[1] + est[1])

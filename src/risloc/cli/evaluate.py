@@ -479,34 +479,41 @@ def _plot_subtitle(settings: SweepSettings, source: str, pooled: bool,
 
 
 def _spectrum_example(system, settings: SweepSettings, out_dir: Path) -> None:
-    """One MUSIC spectrum slice (R_true and R_samp) of a test scene of 3 sources (K_max if
-    fewer) at 10 dB."""
-    from risloc.config import SceneConfig
+    """One MUSIC spectrum slice (R_true and R_samp; R_blend with 'learned') of a test scene
+    of 3 sources (K_max if fewer) at 10 dB, drawn in and plotted over the box searched
+    (--fov, else a learned model's own, else the default)."""
+    from risloc.config import FieldOfView, SceneConfig
     from risloc.covariance import sample_covariance
-    from risloc.estimators.music import music
+    from risloc.estimators.music import MusicConfig, music
     from risloc.experiments.plots import plot_spectrum_slice
     from risloc.simulation import scene_true_covariance, simulate_range
 
+    pipe = None
+    if "learned" in settings.estimators:
+        from risloc.pipeline.learned import load_learned_pipeline
+
+        pipe = load_learned_pipeline(settings.checkpoint)
+    box = settings.fov or (pipe.fov if pipe is not None else FieldOfView())
     k = min(3, system.K_max)
-    sc = simulate_range(0, 1, system, SceneConfig(), settings.seed, "test", stream=99,
-                        snr_db=10.0, K=k)
+    sc = simulate_range(0, 1, system, SceneConfig(azimuth_deg=box.azimuth_deg,
+                                                  elevation_deg=box.elevation_deg,
+                                                  range_m=box.range_m),
+                        settings.seed, "test", stream=99, snr_db=10.0, K=k)
     truth = (sc.azimuth[0, :k].tolist(), sc.elevation[0, :k].tolist())
     r0 = float(sc.range_m[0, 0])
     covs = [("true", scene_true_covariance(sc, system)),
             ("samp", sample_covariance(sc.y, sc.H, sc.codes))]
-    if "learned" in settings.estimators:
+    if pipe is not None:
         from risloc.inference.forward import forward_blend
-        from risloc.pipeline.learned import load_learned_pipeline
 
-        pipe = load_learned_pipeline(settings.checkpoint)
         blend = pipe.recipe.blend
         with torch.no_grad():
             covs.append(("blend", forward_blend(pipe.network, sc.y, sc.H, sc.codes, None,
                                                 blend.beta, blend).R_blend))
     for label, R in covs:
-        est = music(R, sc.K, system)
+        est = music(R, sc.K, system, MusicConfig(fov=box))
         plot_spectrum_slice(R[0], k, system, r0, out_dir / f"music_spectrum_{label}.png",
                             truth, (est.azimuth[0, :k].tolist(), est.elevation[0, :k].tolist()),
                             f"MUSIC on R_{label}, K = {k} given, slice at the range of "
                             f"source 1 ({r0:.2f} m)\nan example simulated scene (10 dB, equal "
-                            "powers), not one of the scenes evaluated")
+                            "powers), not one of the scenes evaluated", fov=box)

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from risloc.config import SystemConfig  # noqa: E402
+from risloc.config import FieldOfView, SystemConfig  # noqa: E402
 from risloc.evaluation.metrics import EFFICIENT_MEDIAN  # noqa: E402
 from risloc.experiments.harness import ResultRow  # noqa: E402
 from risloc.io.atomic import atomic_path  # noqa: E402
@@ -139,15 +139,15 @@ def plot_k_accuracy(rows: list[ResultRow], path: Path, subtitle: str = "") -> Pa
 
 def plot_spectrum_slice(R: torch.Tensor, K: int, system: SystemConfig, range_m: float,
                         path: Path, truth=None, estimates=None, title: str = "",
-                        n: int = 121) -> Path:
-    """MUSIC pseudo-spectrum (dB) over azimuth x elevation at one range.
+                        n: int = 121, fov: FieldOfView = FieldOfView()) -> Path:
+    """MUSIC pseudo-spectrum (dB) over the azimuth x elevation of ``fov`` at one range.
 
     R : [N, N]; truth / estimates : (azimuth [rad], elevation [rad]) sequences or None.
     """
     from risloc.estimators.music import music_spectrum
 
-    az = torch.linspace(-math.radians(60), math.radians(60), n, dtype=torch.float64)
-    el = torch.linspace(-math.radians(30), math.radians(30), n // 2, dtype=torch.float64)
+    az = torch.linspace(*map(math.radians, fov.azimuth_deg), n, dtype=torch.float64)
+    el = torch.linspace(*map(math.radians, fov.elevation_deg), n // 2, dtype=torch.float64)
     EL, AZ = torch.meshgrid(el, az, indexing="ij")
     P = music_spectrum(R.unsqueeze(0), K, system, AZ.reshape(-1), EL.reshape(-1),
                        torch.full_like(AZ.reshape(-1), range_m))[0].reshape(EL.shape)
@@ -162,7 +162,8 @@ def plot_spectrum_slice(R: torch.Tensor, K: int, system: SystemConfig, range_m: 
     ax.set_xlabel("azimuth [deg]")
     ax.set_ylabel("elevation [deg]")
     ax.set_title(title or f"MUSIC spectrum slice at r = {range_m:.2f} m")
-    ax.legend(loc="upper right", fontsize=8)
+    if truth is not None or estimates is not None:  # (no marks: no legend, no warning)
+        ax.legend(loc="upper right", fontsize=8)
     return _save(fig, path)
 
 

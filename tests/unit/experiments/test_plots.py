@@ -274,6 +274,23 @@ def test_the_spectrum_slice_marks_the_true_and_the_estimated_sources(figures, tm
     assert ax.get_title() == "MUSIC spectrum slice at r = 2.00 m"
 
 
+def test_the_spectrum_slice_spans_the_box_it_is_given(figures, tmp_path, system):
+    """The slice is drawn over the field of view given (the box searched), not the default
+    one whatever the box (a near-field model's example showed -60..60 x -30..30 deg)."""
+    import torch
+
+    from risloc.config import FieldOfView
+
+    N = system.N_H * system.N_V
+    R = torch.eye(N, dtype=torch.complex128)
+    box = FieldOfView(azimuth_deg=(0.0, 40.0), elevation_deg=(-10.0, 20.0), range_m=(0.2, 0.6))
+    plots.plot_spectrum_slice(R, 1, system, 0.4, tmp_path / "s.png", n=21, fov=box)
+    mesh = figures[-1].axes[0].collections[0]
+    x, y = (mesh.get_coordinates()[..., i] for i in (0, 1))
+    assert (x.min(), x.max()) == pytest.approx((0.0, 40.0), abs=2.0)  # (cell edges)
+    assert (y.min(), y.max()) == pytest.approx((-10.0, 20.0), abs=2.0)
+
+
 def test_the_run_curves_take_empty_cells_and_a_rate_within_a_decade(figures, tmp_path):
     """A row written without a column of the header (CsvLog leaves its cell empty) is drawn,
     the range median only where every epoch has one; a rate within one decade keeps a linear
