@@ -379,3 +379,52 @@ def _umask() -> int:
     old = os.umask(0)
     os.umask(old)
     return old
+
+
+def test_a_failed_data_sync_fails_the_write_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """fsync of the data failing (EIO: the disk lost them) is an error, not swallowed: the
+    old file stays and no temporary is left (a mutation review: a suppressed fsync error
+    passed)."""
+    import errno
+    import os
+
+    target = write_text_atomic(tmp_path / "out.txt", "old")
+
+    def eio(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", eio)
+    with pytest.raises(OSError, match="Input/output"):
+        write_text_atomic(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_an_output_folder_that_cannot_be_made_is_a_value_error_naming_it(tmp_path,
+                                                                          monkeypatch):
+    """mkdir refused (no permission) is a ValueError naming the folder (a mutation review:
+    the raw OSError passed)."""
+    import errno
+    from pathlib import Path
+
+    from risloc.io.atomic import make_output_folder
+
+    def refused(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    with pytest.raises(ValueError, match="cannot create the output folder .*run"):
+        make_output_folder(tmp_path / "run")
+
+
+def test_the_sha256_covers_files_longer_than_one_read(tmp_path):
+    """file_sha256 reads 1 MiB at a time: every block counts (a mutation review: hashing
+    only the first block passed)."""
+    import hashlib
+
+    from risloc.io.atomic import file_sha256
+
+    data = b"a" * (1 << 20) + b"tail"
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
