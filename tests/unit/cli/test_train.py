@@ -308,3 +308,88 @@ def test_the_order_stage_shows_a_progress_bar_as_the_recipe_says(tmp_path, monke
         cfg = load_train_config(None, [f"out_dir={run}", f"progress={str(shown).lower()}"])
         cli_train._train_in_folder(cfg, run, False, False, True)
     assert seen == [False, True]
+
+
+def test_train_gets_the_resume_flag_the_held_lock_and_on_overwrite_the_old_runs_clearing(
+        tmp_path, monkeypatch):
+    """What the training loop is given: --resume as is, lock=False (the command holds it),
+    and on --overwrite, on rank 0 alone, an on_start that deletes the old run's files and
+    nothing else (a third mutation review: each of these changed passed)."""
+    import risloc.cli.train as cli_train
+
+    seen = []
+
+    def train(cfg, **kw):
+        seen.append(kw)
+        if kw["on_start"] is not None:
+            kw["on_start"]()
+        return {}
+
+    monkeypatch.setattr(cli_train, "train", train)
+    cfg = load_train_config(None, [f"out_dir={tmp_path}", "order.scenes=0"])
+    for name in ("last.pt", "epochs.csv", "notes.txt"):
+        (tmp_path / name).write_text("old")
+    cli_train._train_in_folder(cfg, tmp_path, True, False, True)
+    assert (seen[-1]["resume"], seen[-1]["lock"], seen[-1]["on_start"]) == (True, False, None)
+    assert (tmp_path / "last.pt").exists()
+    (tmp_path / "metrics.json").unlink()
+    cli_train._train_in_folder(cfg, tmp_path, False, True, False)  # rank 1: rank 0 clears
+    assert seen[-1]["on_start"] is None and (tmp_path / "last.pt").exists()
+    assert not (tmp_path / "metrics.json").exists()  # rank 1 writes nothing
+    cli_train._train_in_folder(cfg, tmp_path, False, True, True)
+    assert (seen[-1]["resume"], seen[-1]["lock"]) == (False, False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "notes.txt"]
+
+
+def test_a_current_model_is_kept_on_resume_only(tmp_path, monkeypatch):
+    """A finished run's current model.pt is kept by --resume, fitted anew by --overwrite
+    (a third mutation review: keeping it on --overwrite, or never, passed)."""
+    import risloc.cli.train as cli_train
+
+    fitted = []
+    monkeypatch.setattr(cli_train, "train", lambda cfg, **kw: {})
+    monkeypatch.setattr(cli_train, "_inference_model",
+                        lambda cfg, progress_bar: fitted.append(cfg.out_dir))
+    cfg = _finished_run(tmp_path)
+    cli_train._train_in_folder(cfg, tmp_path, True, False, True)
+    assert fitted == []
+    cli_train._train_in_folder(cfg, tmp_path, False, True, True)
+    assert len(fitted) == 1
+
+
+def test_resume_with_a_config_names_a_folder_without_a_checkpoint(tmp_path, monkeypatch):
+    """--resume --config into a folder without last.pt is refused before training, and the
+    message tells a run stopped before its first checkpoint (any run file there) from no run
+    at all (a third mutation review: the check under the lock, and the run files, untested)."""
+    import risloc.cli.train as cli_train
+
+    monkeypatch.setattr(cli_train, "train", lambda *a, **k: pytest.fail("trained"))
+    run = tmp_path / "run"
+    run.mkdir()
+    args = (["order.scenes=0"], run, None, None, None, True, False, None, False)
+    with pytest.raises(FileNotFoundError, match="no run here to continue"):
+        cli_train._train("train_default", *args)
+    (run / "steps.csv").write_text("step\n1\n")
+    with pytest.raises(FileNotFoundError, match="the run stopped before its first checkpoint"):
+        cli_train._train("train_default", *args)
+
+
+def test_resume_into_a_folder_in_use_before_its_first_checkpoint_names_the_run(tmp_path):
+    """--resume without --config, the folder's run still in its first epoch (locked, no
+    last.pt yet): the error names the run in use, not a missing checkpoint."""
+    from risloc.training.loop import RunFolderInUse, run_folder_lock
+
+    with run_folder_lock(tmp_path), pytest.raises(RunFolderInUse, match="in use"):
+        _recipe(None, [f"out_dir={tmp_path}"], resume=True)
+
+
+def test_epochs_and_threads_out_of_range_are_refused_by_the_options(tmp_path):
+    """--epochs 0 and --threads -1 stop at the options (exit 2), before any recipe is read."""
+    from typer.testing import CliRunner
+
+    from risloc.cli.main import app
+
+    for opt in (["--epochs", "0"], ["--threads", "-1"]):
+        res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), *opt])
+        assert res.exit_code == 2 and "Invalid value" in res.output, res.output
+        assert not (tmp_path / "r").exists()
