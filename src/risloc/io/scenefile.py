@@ -644,7 +644,9 @@ def _check_layout(path: Path, data: dict[str, Any], system: SystemConfig,
             raise SceneFileError(
                 f"{path}: dataset {name!r} has shape {tail}: one scene without its scene "
                 f"axis. Files hold S scenes, (S, {axes[name]}): store one scene with a "
-                f"leading axis of length 1 ({name}[None] in NumPy)")
+                f"leading axis of length 1 ({name}[None] in NumPy; MATLAB's save drops a "
+                "trailing axis of length 1: store the scene twice, docs/guide.md, 'From "
+                "MATLAB')")
     for name, tail in dims.items():
         shape, got = (S, *tail), tuple(data[name].shape)
         if got == (*shape, 2) and data[name].dtype.kind in "fiu":
