@@ -181,3 +181,33 @@ def test_the_nlos_part_enters_unchanged_with_weight_sqrt_one_over_kappa_plus_one
     los = rician_channel(z + 3.0, z + 0.3, z - 0.2, z + 0.1, system, dtype=torch.complex128,
                          nlos=torch.zeros_like(nlos))
     torch.testing.assert_close(H3 - los, nlos * 0.5, rtol=0, atol=1e-14)
+
+
+def test_draw_channel_is_the_seeded_draws_then_the_channel_in_the_precision_asked_for(system):
+    """draw_channel = rician_channel of draw_channel_params' draws from the same seed, its
+    H_nlos included (not redrawn unseeded), and complex128 draws its angles and kappa as
+    float64 (a mutation review: both passed every other test)."""
+    from risloc.physics.channel import draw_channel_params
+    from risloc.physics.rng import uniform
+
+    sc = SceneConfig()
+    H = draw_channel(3, system, sc, torch.Generator().manual_seed(6), torch.complex128)
+    p = draw_channel_params(3, system, sc, torch.Generator().manual_seed(6), torch.complex128)
+    want = rician_channel(p.kappa, p.bs_angle, p.ris_azimuth, p.ris_elevation, system,
+                          dtype=torch.complex128, nlos=p.nlos)
+    assert torch.equal(H, want)
+    assert p.kappa.dtype == torch.float64
+    kappa = uniform(3, *sc.rician_kappa, torch.Generator().manual_seed(6), torch.float64)
+    assert torch.equal(p.kappa, kappa)
+
+
+def test_the_codebook_rows_of_a_seed_stay_what_they_were():
+    """"dft" / "hadamard" scenes of a seed keep their rows (a mutation review: taking the
+    last L of the random permutation instead of the first, equal in distribution, changed
+    every such scene of a seed and passed every other test)."""
+    from risloc.physics.codebooks import draw_code_indices
+
+    s = SystemConfig(N_H=4, N_V=4, M=4, L=6, K_max=3)
+    for book in ("dft", "hadamard"):
+        idx = draw_code_indices(2, s, book, 3, torch.Generator().manual_seed(5))
+        assert idx.tolist() == [[8, 12, 5, 1, 6, 11], [6, 2, 9, 14, 5, 15]]

@@ -204,3 +204,24 @@ def test_chunks_cover_every_scene_once_in_order():
         parts = chunks(scenes, size)
         assert [len(p) for p in parts] == lengths
         assert torch.equal(torch.cat([p.y for p in parts]), scenes.y)
+
+
+def test_the_hidden_snrs_and_the_validation_scenes_follow_data_seed():
+    """data.seed seeds which SNRs a batch hides and the simulated validation scenes, not
+    only the training scenes (a mutation review: a fixed seed there passed)."""
+    cfg = lambda seed: load_train_config(None, [  # noqa: E731
+        "optim.batch_size=64", "data.snr_shown=0.5", "data.n_val=4", f"data.seed={seed}"])
+    masks = [TrainData(cfg(s)).batch(0, 0).snr_db.isnan() for s in (0, 1)]
+    assert not torch.equal(masks[0], masks[1])
+    assert not torch.equal(validation_set(cfg(0)).y, validation_set(cfg(1)).y)
+
+
+def test_the_same_file_under_another_name_is_warned_of(tmp_path, caplog):
+    """data.val_file a link to data.train_file is the same file: the warning is given."""
+    train, _ = _file(tmp_path, n=4, name="train.h5")
+    (tmp_path / "link.h5").symlink_to(train)
+    cfg = load_train_config(None, [f"data.train_file={train}",
+                                   f"data.val_file={tmp_path / 'link.h5'}"])
+    with caplog.at_level("WARNING", logger="risloc.training.data"):
+        assert len(validation_set(cfg)) == 4
+    assert "data.val_file is data.train_file" in caplog.text
