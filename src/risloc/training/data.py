@@ -138,6 +138,9 @@ class TrainData:
         if cfg.data.train_file is not None:
             self.scenes = read_training_file(cfg, "train_file")
             log.info("training on %d scenes from %s", len(self.scenes), cfg.data.train_file)
+            if cfg.schedule.snr_curriculum:  # (it draws the simulated scenes' SNRs only)
+                log.warning("schedule.snr_curriculum has no effect on the scenes of "
+                            "data.train_file: their SNRs are the file's")
 
     def _scene_config(self, epoch: int):
         """The epoch's scene distribution (a mixture with ``data.scene_mix``)."""

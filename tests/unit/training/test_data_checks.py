@@ -225,3 +225,18 @@ def test_the_same_file_under_another_name_is_warned_of(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="risloc.training.data"):
         assert len(validation_set(cfg)) == 4
     assert "data.val_file is data.train_file" in caplog.text
+
+
+def test_an_snr_curriculum_beside_a_training_file_is_said_to_do_nothing(tmp_path, caplog):
+    """The curriculum draws the SNRs of simulated scenes; a file's scenes keep theirs, so
+    the recipe asking for both is warned of (a review: it was silently without effect)."""
+    from risloc.training.data import TrainData
+
+    train, _ = _file(tmp_path, n=4, name="train.h5")
+    for on in (False, True):
+        caplog.clear()
+        cfg = load_train_config(None, [f"data.train_file={train}",
+                                       f"schedule.snr_curriculum={str(on).lower()}"])
+        with caplog.at_level("WARNING", logger="risloc.training.data"):
+            TrainData(cfg)
+        assert ("schedule.snr_curriculum has no effect" in caplog.text) == on
