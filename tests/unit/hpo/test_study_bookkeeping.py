@@ -778,3 +778,19 @@ def test_a_continuation_that_cannot_resume_trains_afresh_and_names_its_own_folde
     study.optimize(_objective_of(tmp_path), n_trials=1)
     assert calls == [("trial_0005", True), ("trial_0000", False)]
     assert study.trials[0].user_attrs["run"] == 0
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # (ask/tell by hand)
+def test_the_study_s_pruner_prunes_nothing_before_its_startup_trials_complete(tmp_path):
+    """--startup-trials 2: with one trial completed, a trial far behind it is not pruned
+    (a pruner that ignored startup_trials pruned it at its warm-up's end)."""
+    from risloc.hpo import open_study
+
+    study = open_study(TuneSettings(config=None, out_dir=str(tmp_path), startup_trials=2,
+                                    warmup_epochs=0))
+    done = study.ask()
+    done.report(0.1, 1)
+    study.tell(done, 0.1)
+    trial = study.ask()
+    trial.report(1.0, 1)
+    assert not trial.should_prune()
