@@ -465,3 +465,130 @@ def test_a_swap_back_to_the_removed_source_is_no_repair(system, monkeypatch):
     out, after, kept = _repair(y, H, c, theta, fit, torch.full((3,), 3), system, cfg, grid)
     assert not bool(kept.any())
     torch.testing.assert_close(after.cost, fit.cost, rtol=0, atol=0)
+
+
+def test_nested_costs_and_powers_are_the_numpy_projections_of_y(system):
+    """Without polish or repairs the nested fit is plain algebra: with b_lj = H diag(c_l)
+    a(theta_j), C_1 = sum_l ||y_l||^2 - |b_l1^H y_l|^2 / ||b_l1||^2 for the candidate that
+    removes most energy (the OLS statistic at k = 0 divides by ||b_lj||^2), C_2 the residual
+    of the projection of y_l on [b_l1 b_l2], and received the power each source of the
+    2-source least-squares fit contributes per antenna, in nested order (computed with
+    numpy; a mutation review: the first pick by the unnormalised numerator, and received
+    in the candidates' order, passed)."""
+    import numpy as np
+
+    from risloc.estimators.mlfit import nested_fit
+
+    sc = simulate_range(0, 8, system, SceneConfig(power_spread_db=12.0), seed=11,
+                        split="test", K=2, snr_db=5.0)
+    y, H, c = (t.to(torch.complex128) for t in (sc.y, sc.H, sc.codes))
+    theta = _truth(sc, 2)
+    cfg = MLFitConfig(polish=NFMLEConfig(iterations=0, tikhonov=0.0), repairs=0,
+                      select_iterations=0, nested_repairs=0)
+    fit = amplitude_fit(y, H, c, steering_at(theta, system, y.dtype),
+                        torch.ones(8, 2, dtype=torch.bool), 0.0)
+    out = nested_fit(y, H, c, theta, fit, torch.zeros(8, dtype=torch.int64), system, cfg)
+    A = steering_at(theta, system, y.dtype).numpy()  # (B, 2, N)
+    Y, Hn, C = y.numpy(), H.numpy(), c.numpy()
+    first_seen = set()
+    for b in range(8):
+        Bm = np.einsum("mn,ln,kn->lmk", Hn[b], C[b], A[b])  # (L, M, 2)
+        e = (np.abs(Y[b]) ** 2).sum()
+        single = [e - sum(abs(Bm[l, :, j].conj() @ Y[b, l]) ** 2
+                          / np.linalg.norm(Bm[l, :, j]) ** 2 for l in range(len(Y[b])))
+                  for j in range(2)]
+        first = int(np.argmin(single))
+        first_seen.add(first)
+        order = [first, 1 - first]
+        s = np.stack([np.linalg.lstsq(Bm[l][:, order], Y[b, l], rcond=None)[0]
+                      for l in range(len(Y[b]))])  # (L, 2)
+        res = sum(np.linalg.norm(Y[b, l] - Bm[l][:, order] @ s[l]) ** 2
+                  for l in range(len(Y[b])))
+        want_rx = (np.abs(s) ** 2 * (np.abs(Bm[:, :, order]) ** 2).sum(1)).mean(0) / Y.shape[-1]
+        assert torch.equal(out.theta[b], theta[b, order])
+        np.testing.assert_allclose(out.costs[b].numpy(), [e, single[first], res], rtol=1e-9)
+        np.testing.assert_allclose(out.received[b].numpy(), want_rx, rtol=1e-6)
+    assert first_seen == {0, 1}  # both orders occur
+
+
+def test_a_repair_rank_wraps_modulo_K(system):
+    """The rank of the source a repair moves counts modulo K: after K failed rounds with
+    ``next_on_failure`` it is the weakest again, so rank K + r repairs what rank r does (a
+    mutation review: a rank clamped to the last slot, the strongest source, passed)."""
+    sc = simulate_range(0, 4, system, SceneConfig(), seed=2, split="test", K=2, snr_db=10.0)
+    start = torch.cat([_truth(sc, 2), _junk(4, 1, seed=5)], 1).float()
+    cfg = MLFitConfig(polish=NFMLEConfig(iterations=0, tikhonov=1e-5))
+    fit = amplitude_fit(sc.y, sc.H, sc.codes, steering_at(start, system, sc.y.dtype),
+                        torch.ones(4, 3, dtype=torch.bool), 1e-5)
+    grid = search_grid(system, cfg.search, sc.y.dtype)
+    K = torch.full((4,), 3)
+    for r in (0, 1):
+        want = _repair(sc.y, sc.H, sc.codes, start, fit, K, system, cfg, grid,
+                       torch.full((4,), r))
+        got = _repair(sc.y, sc.H, sc.codes, start, fit, K, system, cfg, grid,
+                      torch.full((4,), 3 + r))
+        assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
+
+
+def test_greedy_step_wins_by_the_margin_in_L_sigma2_and_takes_no_candidate(system,
+                                                                           monkeypatch):
+    """The nested selection's greedy step: the grid's proposal is taken where its gain
+    exceeds the best remaining candidate's statistic by greedy_margin L sigma^2, L sigma^2 =
+    C_S / (M - S) from the S-source fit; a proposal taken takes no candidate (the best one
+    stays in the pool), and the last set is then fitted, not the S-source fit reused
+    (a mutation review: the margin C_S without / (M - S), a candidate taken with the
+    proposal, and the S-source fit's cost for a set holding a proposal, passed)."""
+    from types import SimpleNamespace
+
+    from risloc.estimators import mlfit
+
+    sc = simulate_range(0, 2, system, SceneConfig(), seed=3, split="test", K=1, snr_db=10.0)
+    pool = torch.cat([_truth(sc, 1), _junk(2, 3, seed=6)], 1).float()
+    full = torch.ones(2, 4, dtype=torch.bool)
+    fit = amplitude_fit(sc.y, sc.H, sc.codes, steering_at(pool, system, sc.y.dtype), full, 0.0)
+    monkeypatch.setattr(mlfit, "ols_statistic",
+                        lambda cur, cols, *a: torch.arange(4.0, 0.0, -1.0).expand(2, 4))
+    monkeypatch.setattr(mlfit, "lm_solve", lambda y, H, c, t, m, s, cfg: (
+        t, amplitude_fit(y, H, c, steering_at(t, s, y.dtype), m, 0.0), None))
+    P = torch.tensor([0.3, 0.1, 0.5]).expand(2, 3)
+    margin = 2.0 * fit.cost / (16 - 4)  # greedy_margin 2: 2 L sigma^2
+    cfg = MLFitConfig(greedy_nested=True, greedy_margin=2.0, nested_repairs=0)
+    for share, wins in ((0.9, False), (1.1, True)):
+        calls = []
+        # k = 1: the best remaining candidate (slot 1, the truth took slot 0) has T = 3
+        def propose(*a, calls=calls, share=share, **k):
+            calls.append(1)
+            return SimpleNamespace(theta=P, gain=(3 + share * margin) if len(calls) == 1
+                                   else torch.zeros(2))
+        monkeypatch.setattr(mlfit, "residual_proposal", propose)
+        nested, costs = mlfit._nested(sc.y, sc.H, sc.codes, pool, fit, system, cfg,
+                                      grid=object())
+        want = torch.stack([pool[:, 0], P, pool[:, 1], pool[:, 2]], 1) if wins else pool
+        assert torch.equal(nested, want)
+        last = amplitude_fit(sc.y, sc.H, sc.codes, steering_at(want, system, sc.y.dtype),
+                             full, 0.0).cost
+        torch.testing.assert_close(costs[:, 4], torch.minimum(last.double(), costs[:, 3]))
+    assert bool((last < fit.cost).all())  # (the fitted set, not the pool's fit)
+
+
+def test_a_single_candidate_is_not_repaired_and_costs_its_projection(system):
+    """With one candidate there is no repair (nothing is left to propose from the
+    residual of), and its cost is sum_l ||y_l||^2 - |b_l^H y_l|^2 / ||b_l||^2, b_l =
+    H diag(c_l) a(theta) (numpy; a mutation review: repair rounds on S = 1, which swap a
+    lone junk candidate for the grid's best point, passed)."""
+    import numpy as np
+
+    sc = simulate_range(0, 3, system, SceneConfig(), seed=9, split="test", K=1, snr_db=10.0)
+    y, H, c = (t.to(torch.complex128) for t in (sc.y, sc.H, sc.codes))
+    start = _junk(3, 1, seed=8)
+    cfg = MLFitConfig(polish=NFMLEConfig(iterations=0, tikhonov=0.0), repairs=2)
+    out = ml_fit(y, H, c, start, system, cfg)
+    assert torch.equal(out.theta, start) and out.repaired.tolist() == [0, 0, 0]
+    a = steering_at(start, system, y.dtype)[:, 0].numpy()  # (B, N)
+    for b in range(3):
+        Bl = np.einsum("mn,ln,n->lm", H[b].numpy(), c[b].numpy(), a[b])  # (L, M)
+        Y = y[b].numpy()
+        proj = np.abs((Bl.conj() * Y).sum(1)) ** 2 / (np.abs(Bl) ** 2).sum(1)
+        np.testing.assert_allclose(out.costs[b].numpy(),
+                                   [(np.abs(Y) ** 2).sum(), (np.abs(Y) ** 2).sum() - proj.sum()],
+                                   rtol=1e-9)
