@@ -1616,6 +1616,23 @@ def test_the_polish_repairs_only_when_asked(monkeypatch):
     torch.testing.assert_close(calls["init"].azimuth[0, :2], torch.full((2,), 0.25))
 
 
+
+def test_the_fit_stage_takes_a_third_coordinate_up_to_twice_one_over_the_nearest_range():
+    """_check_candidates: 1/range in (0, 2 / range_m[0]] passes (a source up to twice as
+    near as the field of view's nearest range, as its message says); 0 and just above the
+    bound are refused (a mutation review: the bound halved to 1 / range_m[0] passed)."""
+    from risloc.config import FieldOfView
+    from risloc.pipeline.learned import _check_candidates
+
+    fov = FieldOfView(range_m=(0.5, 10.0))
+    cand = torch.tensor([[[0.1, 0.0, 0.2], [0.0, 0.1, 1.5 / 0.5], [-0.1, 0.0, 2 / 0.5]]])
+    _check_candidates(cand, 1, 3, fov)  # 1/range 3 and 4 > 1 / 0.5 = 2: accepted
+    for bad in (0.0, 2 / 0.5 * 1.01):
+        out = cand.clone()
+        out[0, 1, 2] = bad
+        with pytest.raises(ValueError, match=r"outside \(0, 4\].*pass 1/range"):
+            _check_candidates(out, 1, 3, fov)
+
 @st.composite
 def _estimates(draw):
     """float64 Estimates of 1..4 scenes, 1..3 slots, any K (0 too) per scene, NaN-padded,
