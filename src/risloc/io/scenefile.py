@@ -428,6 +428,10 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
                     if k in (*REQUIRED, "snr_db", "K", *TRUTH, "system"):
                         pickled.append(k)
         except Exception as err:  # zipfile / ValueError / EOFError on corrupt archives
+            with open(path, "rb") as fh:  # (numpy calls any other bytes "pickled data")
+                if fh.read(4) != b"PK\x03\x04":
+                    raise SceneFileError(f"{path}: not a readable .npz file (no zip archive: "
+                                         "text, or another format under an .npz name)") from None
             raise SceneFileError(f"{path}: not a readable .npz file ({err})") from None
         if pickled:
             raise SceneFileError(

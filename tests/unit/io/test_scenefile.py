@@ -1665,3 +1665,15 @@ def test_an_h5_attribute_of_another_encoding_reads_with_its_odd_characters_repla
     with h5py.File(path, "a") as f:
         f.attrs["comment"] = np.bytes_(b"caf\xe9 run")
     assert inspect_scene_file(path).attrs["comment"] == "caf\ufffd run"
+
+
+def test_text_under_an_npz_name_is_named_as_such_not_as_pickled_data(tmp_path):
+    import pytest as _pytest
+
+    from risloc.io import read_scenes
+    from risloc.io.scenefile import SceneFileError
+    bad = tmp_path / "scenes.npz"
+    bad.write_text("hello world\n")
+    with _pytest.raises(SceneFileError, match="no zip archive") as err:
+        read_scenes(bad)
+    assert "pickle" not in str(err.value)
