@@ -18,6 +18,7 @@ and the next run removes the temporary a killed one left.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -162,7 +163,10 @@ class SceneFileWriter:
         remove_stale_temporaries(self.path)
         check_room(self.path, self.n, self.system)  # (HDF5 may crash on a full disk)
         self._covered = np.zeros(self.n, dtype=bool)  # (after the check: n may be absurd)
-        self._f = h5py.File(self.tmp, "w")
+        # no chunk cache: a write the disk refuses (full, a quota, a file-size limit) fails
+        # in write() as an OSError; cached, it failed as HDF5 evicted the chunk, in a
+        # dataset's __del__, and the process crashed at exit (segfault)
+        self._f = h5py.File(self.tmp, "w", rdcc_nbytes=0)
         try:
             self._layout()
         except BaseException:  # nothing left behind (a full disk, a bad attribute)
@@ -218,8 +222,15 @@ class SceneFileWriter:
         try:
             if f is not None:
                 f.close()
-        except BaseException:  # (a full disk fails at the close's flush)
+        except BaseException as err:  # (a full disk fails at the close's flush)
+            with contextlib.suppress(Exception):  # the file's own id, left open by the
+                f.id.close()  # failed close: HDF5 flushed it again at exit and crashed
             self.tmp.unlink(missing_ok=True)
+            if exc_type is not None:  # the error of the writes is the one to report
+                return
+            if isinstance(err, RuntimeError):  # (h5py's for a failed flush: an I/O error)
+                raise OSError(f"{self.path}: the file could not be completed ({err}); "
+                              "nothing was saved") from None
             raise
         if exc_type is not None or not self._covered.all():
             self.tmp.unlink(missing_ok=True)

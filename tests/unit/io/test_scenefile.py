@@ -1677,3 +1677,34 @@ def test_text_under_an_npz_name_is_named_as_such_not_as_pickled_data(tmp_path):
     with _pytest.raises(SceneFileError, match="no zip archive") as err:
         read_scenes(bad)
     assert "pickle" not in str(err.value)
+
+
+def test_a_disk_that_refuses_the_writes_is_an_error_of_the_write_not_a_crash(tmp_path):
+    """A file-size limit (or a quota, a disk filling meanwhile) under the writer: the write
+    fails with an OSError naming the errno, the temporary is removed and the process ends
+    normally (HDF5's chunk cache failed the write when a dataset was freed, and the process
+    died with a segfault at exit, a persona's `risloc simulate` under `ulimit -f`)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import resource
+        from risloc.config import SceneConfig, SystemConfig
+        from risloc.io.scenefile import SceneFileWriter
+        from risloc.simulation import simulate_range
+        s = SystemConfig()
+        batch = simulate_range(0, 24, s, SceneConfig(), split="test")
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+        try:
+            with SceneFileWriter({str(tmp_path / "out.h5")!r}, 24, s) as w:
+                w.write(0, batch)
+        except OSError as err:
+            print("refused", err.errno)
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["refused", "27"]  # EFBIG
+    assert list(tmp_path.iterdir()) == []
