@@ -44,6 +44,10 @@ def test_hermitise_trace_normalise():
     Rn = normalize_trace(Rh, 10)
     assert torch.allclose(trace(Rn), torch.full((3,), 10.0, dtype=torch.float64))
     assert torch.all(torch.isfinite(normalize_trace(torch.zeros(2, 4, 4, dtype=torch.complex64))))
+    # eps guards only an all-zero matrix: a small trace is still scaled to N (a mutation
+    # review: eps at 1 passed every test)
+    small = 1e-6 * torch.eye(3, dtype=torch.complex128).expand(2, 3, 3)
+    assert torch.allclose(normalize_trace(small), torch.eye(3, dtype=torch.complex128))
     # the real part of the trace, signed (a mutation review: |diagonal| passed every test)
     D = torch.diag(torch.tensor([-1.0 + 2j, 3.0 - 1j, -0.5 + 0j], dtype=torch.complex128))
     assert trace(D).item() == pytest.approx(1.5)
@@ -299,6 +303,11 @@ def test_low_rank_operations_equal_their_dense_counterparts():
     assert torch.allclose(R.frob2(), D.abs().square().sum((-2, -1)))
     A = torch.randn(3, 10, 2, generator=g, dtype=torch.complex128)
     assert torch.allclose(R.matmul(A), D @ A, atol=1e-12)
+    # of(W) is W W^H with c = 0, and first(n) the first n scenes (a mutation review: c = 1
+    # in of, or the last n scenes in first, passed every test)
+    assert torch.equal(LowRank.of(W).c, torch.zeros(3, dtype=torch.float64))
+    assert torch.allclose(LowRank.of(W).dense(), W @ W.mH, atol=1e-12)
+    assert torch.equal(R.first(2).c, c[:2]) and torch.equal(R.first(2).W, W[:2])
 
 
 def test_gram_schmidt_stays_orthonormal_on_nearly_dependent_columns():
