@@ -21,6 +21,7 @@ import math
 import os
 import secrets
 import stat
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -204,8 +205,9 @@ def make_output_folder(folder: str | Path) -> Path:
 
 def check_writable(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     """ValueError unless ``path`` can be written and is none of ``inputs`` (checked before
-    any work, so a long run never ends in a failed or destructive write). Creates nothing: a
-    folder still missing is made by the writer, so a run refused later leaves none behind."""
+    any work, so a long run never ends in a failed or destructive write). Leaves nothing: a
+    folder still missing is made by the writer (a probe folder is made and removed), so a
+    run refused later leaves none behind."""
     path = Path(path)
     target = path.resolve()
     for inp in inputs:
@@ -219,6 +221,11 @@ def check_writable(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
         if not os.access(above, os.W_OK | os.X_OK):
             raise ValueError(f"the output {path} is not writable: no permission to create "
                              f"folders in {above}")
+        try:  # (root passes os.access where no folder can be made: /sys, /proc, ...)
+            os.rmdir(tempfile.mkdtemp(prefix=".risloc-probe-", dir=above))
+        except OSError as err:
+            raise ValueError(f"the output {path} is not writable: no folder can be created "
+                             f"in {above} ({err.strerror})") from None
         return path
     _probe_write(target, f"the output {path}")
     return path

@@ -428,3 +428,24 @@ def test_the_sha256_covers_files_longer_than_one_read(tmp_path):
     path = tmp_path / "big.bin"
     path.write_bytes(data)
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_folder_where_none_can_be_made_is_refused_before_the_work(tmp_path, monkeypatch):
+    """An output under a folder that is still missing: its nearest existing parent must let
+    a folder be made, tried, not only asked of os.access, which says yes to root everywhere
+    (a persona's `risloc evaluate --out /sys/ev` ran the whole evaluation, then failed with
+    "[Errno 1] Operation not permitted"); the probe leaves nothing."""
+    import errno
+
+    import risloc.io.atomic as atomic
+
+    atomic.check_writable(tmp_path / "sub" / "out.csv")
+    assert list(tmp_path.iterdir()) == []
+
+    def refused(**kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(atomic.tempfile, "mkdtemp", refused)
+    with pytest.raises(ValueError, match=r"not writable: no folder can be created in .* "
+                                         r"\(Operation not permitted\)"):
+        atomic.check_writable(tmp_path / "sub" / "out.csv")
