@@ -523,3 +523,51 @@ def test_source_energy_is_what_each_source_explains_over_all_snapshots():
     ref = nfmle_fit(y, H, codes, start, SYSTEM, NFMLEConfig(iterations=0))
     torch.testing.assert_close(ref.energy[:, 0], y.abs().square().sum((1, 2)), rtol=1e-6,
                                atol=0)
+
+
+def test_a_scene_without_sources_keeps_its_whole_energy_as_cost():
+    """K = 0 beside a K = 2 scene: no columns, so the cost is ||y||^2 (finite) and every
+    slot NaN (a mutation review: the Tikhonov weight's 1/K unguarded at K = 0, a NaN cost,
+    passed every test)."""
+    b, y, H, codes = exact_scenes(2, 2)
+    s = perturbed_start(b)
+    K = torch.tensor([2, 0])
+    m = torch.arange(s.azimuth.shape[1]) < K[:, None]
+    start = Estimates(K, *(t.where(m, float("nan")) for t in (s.azimuth, s.elevation,
+                                                                s.range_m)), s.score)
+    ref = nfmle_fit(y, H, codes, start, SYSTEM, NFMLEConfig(iterations=3))
+    torch.testing.assert_close(ref.cost[1], y[1].abs().square().sum(), rtol=1e-12, atol=0)
+    assert float(ref.cost[0]) < 1e-6 * float(ref.history[0, 0])
+    assert ref.estimates.azimuth[1].isnan().all() and ref.history.isfinite().all()
+
+
+def test_run_to_convergence_stops_where_the_relative_decrease_is_below_tolerance():
+    """iterations None: a scene stops once its cost falls by at most tolerance * cost; at
+    tolerance 1 every scene stops after one iteration (a mutation review: a stop on cost
+    increase only, running every scene to max_iterations, passed)."""
+    b, y, H, codes = exact_scenes(3, 2)
+    ref = nfmle_fit(y, H, codes, perturbed_start(b), SYSTEM,
+                    NFMLEConfig(iterations=None, tolerance=1.0))
+    assert ref.history.shape[0] == 2 and (ref.history[1] < ref.history[0]).all()
+
+
+def test_normal_equations_give_frozen_parameters_an_identity_row_and_no_gradient():
+    """A parameter held by its bound (descent outward) or in a padded slot: identity row of
+    J^T J, zero gradient (a mutation review: the full gradient returned passed)."""
+    b, y, H, codes = exact_scenes(1, 2)
+    cfg = NFMLEConfig()
+    lo, hi = cfg.fov.bounds(torch.float64, torch.device("cpu"))
+    mask = torch.tensor([[True, False]])
+    theta = pack(b.azimuth, b.elevation, b.range_m).double()[:, :2].clone()
+    theta[0, 1] = 0.5 * (lo + hi)
+    fit = nfmle.amplitude_fit(y, H, codes, steering_at(theta, SYSTEM, y.dtype), mask,
+                              cfg.tikhonov)  # only source 0 fitted: a nonzero gradient
+    J = nfmle._jacobian(fit, H, codes, theta, mask, SYSTEM)
+    _, g0 = nfmle._normal_equations(J, fit.r, theta, mask, lo, hi)
+    theta[0, 0, 0] = lo[0] if g0[0, 0] > 0 else hi[0]  # azimuth onto the outward bound
+    J = nfmle._jacobian(fit, H, codes, theta, mask, SYSTEM)
+    JtJ, g = nfmle._normal_equations(J, fit.r, theta, mask, lo, hi)
+    frozen = torch.tensor([True, False, False, True, True, True])
+    assert (g[0, frozen] == 0).all() and (g[0, ~frozen] != 0).all()
+    torch.testing.assert_close(JtJ[0][frozen][:, frozen], torch.eye(4, dtype=JtJ.dtype))
+    assert (JtJ[0][frozen][:, ~frozen] == 0).all()
