@@ -96,6 +96,9 @@ class NFMLEConfig:
                 self.chunk, self.device_chunk) < 1:
             raise ValueError("tikhonov must be >= 0, damping > 0, retries >= 1, chunk >= 1, "
                              "device_chunk >= 1")
+        if not self.tolerance >= 0 or self.max_iterations < 1:  # (NaN: never converged)
+            raise ValueError(f"tolerance must be >= 0 and max_iterations >= 1, got "
+                             f"{self.tolerance} and {self.max_iterations}")
 
 
 class Fit(NamedTuple):

@@ -571,3 +571,12 @@ def test_normal_equations_give_frozen_parameters_an_identity_row_and_no_gradient
     assert (g[0, frozen] == 0).all() and (g[0, ~frozen] != 0).all()
     torch.testing.assert_close(JtJ[0][frozen][:, frozen], torch.eye(4, dtype=JtJ.dtype))
     assert (JtJ[0][frozen][:, ~frozen] == 0).all()
+
+
+@pytest.mark.parametrize("field", [{"tolerance": -1e-3}, {"tolerance": float("nan")},
+                                   {"max_iterations": 0}])
+def test_a_negative_or_nan_tolerance_and_no_iterations_are_refused(field):
+    """A run to convergence needs a tolerance >= 0 and at least one iteration (a mutation
+    review: a negative tolerance was taken, and ran every scene to max_iterations)."""
+    with pytest.raises(ValueError, match="tolerance must be >= 0 and max_iterations >= 1"):
+        NFMLEConfig(**field)
