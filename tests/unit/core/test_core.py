@@ -422,6 +422,36 @@ def test_estimates_from_theta_keep_the_scores_given():
     assert est.score[0, 0] == pytest.approx(0.7) and math.isnan(float(est.score[0, 1]))
 
 
+def test_estimates_index_truncate_move_and_concat_keep_k_an_int64_count():
+    """A mutation review of core.params: indexing selects K with the fields;
+    truncate keeps min(K, self.K) slots (scores too, NaN after) and K in self.K's dtype;
+    from_theta and concat_estimates give int64 K; to() moves K with the fields."""
+    from risloc.core.params import concat_estimates
+
+    theta = torch.tensor([[[0.1, 0.2, 0.5], [0.3, 0.0, 0.25], [0.0, 0.1, 1.0]]] * 2)
+    est = Estimates.from_theta(torch.tensor([1, 3], dtype=torch.int32), theta,
+                               torch.ones(2, 3))
+    assert est.K.dtype == torch.int64
+    one = est[torch.tensor([False, True])]
+    assert one.K.tolist() == [3] and len(one) == 1 and one.azimuth.shape == (1, 3)
+    cut = est.truncate(torch.tensor([2, 2], dtype=torch.int32))
+    assert cut.K.dtype == torch.int64 and cut.K.tolist() == [1, 2]
+    assert cut.mask.tolist() == [[True, False, False], [True, True, False]]
+    assert cut.score[1, :2].tolist() == [1.0, 1.0] and bool(torch.isnan(cut.score[1, 2]))
+    assert bool(torch.isnan(cut.score[0, 1:]).all())
+    assert concat_estimates([est, one]).K.dtype == torch.int64
+    assert est.to("meta").K.device.type == "meta"
+
+
+def test_estimates_from_degrees_take_float32_pi_over_2_as_an_elevation():
+    """An elevation of float32's pi / 2 written in degrees (90.0000025, as to_numpy()
+    gives it) is a source, not refused (a mutation review: the limit set to 90 passed)."""
+    el = np.rad2deg(np.float64(np.float32(np.pi / 2)))
+    assert el > 90
+    est = Estimates.from_degrees([[0.0]], [[el]], [[2.0]])
+    assert est.K.tolist() == [1]
+
+
 def test_estimates_from_degrees_bounds_are_the_documented_ones():
     """K may fill every slot; a range of exactly 0 m and an elevation past 90 deg by more
     than float32 rounding (90.01 deg) are refused (a mutation review: K = K_slots refused,
