@@ -183,3 +183,34 @@ def test_gram_solver_loads_by_ridge_times_the_mean_gram_diagonal():
     mean_diag = torch.diagonal(G, dim1=-2, dim2=-1).real.sum(-1) / 4
     want = torch.linalg.solve(G + (0.5 * mean_diag).view(-1, 1, 1) * torch.eye(4), x)
     torch.testing.assert_close(cov.gram_solver(A, 0.5)(x), want, rtol=1e-10, atol=1e-12)
+
+
+def test_factor_orthogonality_uses_the_hermitian_gram_on_complex_columns():
+    """||off(F^H F)||^2 / ||diag(F^H F)||^2 by hand (numpy) on complex columns: [1, i] and
+    [1, -i] are orthogonal (F^H F = 2 I) though F^T F = [[0, 2], [2, 0]] (a mutation review:
+    F^T F for F^H F passed, the only test input being real)."""
+    import numpy as np
+
+    F = torch.tensor([[[1, 1], [1j, -1j]]], dtype=torch.complex128)
+    assert float(cov.factor_orthogonality(F)) == pytest.approx(0.0, abs=1e-12)
+    X = np.random.default_rng(11).standard_normal((2, 3, 4, 2)) @ np.array([1, 1j])
+    G = np.abs(np.conj(np.swapaxes(X, -1, -2)) @ X) ** 2
+    diag = np.trace(G, axis1=-2, axis2=-1)
+    want = (G.sum((-2, -1)) - diag) / diag
+    got = cov.factor_orthogonality(torch.from_numpy(X))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+
+
+def test_loaded_singular_values_of_a_factor_equal_the_dense_ones_at_any_scale():
+    """c I + W W^H of trace far from N: the factor path scales to trace N before loading, as
+    the dense path does (mean value 1 + loading); a mutation review: the factor path without
+    scaled_to_trace passed, the hinges being scale-invariant and the tested factors trace-N."""
+    from risloc.covariance.tools import LowRank
+
+    g = torch.Generator().manual_seed(12)
+    W = 5 * torch.randn(2, 10, 3, dtype=torch.complex128, generator=g)
+    c = torch.tensor([0.2, 7.0], dtype=torch.float64)
+    low = cov.loaded_singular_values(LowRank(c, W), 1e-2)
+    dense = cov.loaded_singular_values(LowRank(c, W).dense(), 1e-2)
+    torch.testing.assert_close(low, dense, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(low.mean(-1), torch.full((2,), 1.01, dtype=torch.float64))

@@ -184,3 +184,30 @@ def test_capon_spectrum_of_a_factor_equals_the_dense_one_and_ignores_r_scale():
     torch.testing.assert_close(sub.capon_spectrum(R, A), dense, rtol=1e-9, atol=0)
     torch.testing.assert_close(sub.capon_spectrum(7.0 * R.dense(), A), dense, rtol=1e-9,
                                atol=0)
+
+
+def test_predicted_alignment_of_a_slot_half_in_the_subspace_is_one_half():
+    """The distance is 1 - ||U_K^H a||^2, not its square root: a slot (u_1 + u_2) / sqrt 2
+    with K = 1 has ||U_1^H a||^2 = 1/2, distance 0.5 (a mutation review: 1 - sqrt(.), 0.29
+    here, passed, every slot of the tests lying wholly inside or outside)."""
+    Q, _ = torch.linalg.qr(torch.randn(1, 6, 6, dtype=torch.complex128,
+                                       generator=torch.Generator().manual_seed(9)))
+    R = Q @ torch.diag(torch.arange(6.0, 0.0, -1.0).to(Q.dtype)) @ Q.mH
+    slot = (Q[..., :1] + Q[..., 1:2]) / math.sqrt(2)
+    d = sub.predicted_subspace_alignment(R, torch.tensor([1]), slot,
+                                         torch.ones(1, 1, dtype=torch.float64))
+    assert float(d) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_capon_spectrum_reads_only_the_hermitian_part_of_r():
+    """R + X - X^H has R's Hermitian part: the same spectrum (a mutation review: dropping
+    the Hermitisation passed, Cholesky reading only the lower triangle of the Hermitian R
+    of every test)."""
+    g = torch.Generator().manual_seed(11)
+    W = torch.randn(2, 16, 3, dtype=torch.complex128, generator=g)
+    R = W @ W.mH + 0.5 * torch.eye(16, dtype=torch.complex128)
+    X = torch.randn(2, 16, 16, dtype=torch.complex128, generator=g)
+    A = torch.randn(2, 16, 4, dtype=torch.complex128, generator=g)
+    A = A / A.norm(dim=-2, keepdim=True)
+    torch.testing.assert_close(sub.capon_spectrum(R + X - X.mH, A), sub.capon_spectrum(R, A),
+                               rtol=1e-9, atol=0)

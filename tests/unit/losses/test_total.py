@@ -304,3 +304,35 @@ def test_cov_pred_scores_r_pred_not_the_blend():
     for terms in (dense, low):
         assert float(terms.cov_pred) < 2e-3
         assert float(terms.cov) > 0.3
+
+
+def test_as_dict_gives_every_term_and_the_total_as_floats():
+    """The logs read LossTerms.as_dict: one float per term, NaN kept, and ``total`` (a
+    mutation review: dropping ``total`` from the dict passed)."""
+    from risloc.losses.total import LossTerms
+    vals = {t: torch.tensor(float(i)) for i, t in enumerate(TERMS)}
+    vals["k_ce"] = torch.tensor(math.nan)
+    d = LossTerms(**vals, total=torch.tensor(7.5, requires_grad=True)).as_dict()
+    assert list(d) == [*TERMS, "total"]
+    assert d["total"] == 7.5 and isinstance(d["total"], float)
+    assert d["cov_pred"] == 1.0 and math.isnan(d["k_ce"])
+
+
+def test_cov_terms_take_the_diagonal_and_off_diagonal_weights_in_their_order():
+    """cov and cov_pred pass cov_diag_weight, cov_off_weight to covariance_nmse in that
+    order, dense and factored (a mutation review: the two swapped passed, both being 1 in
+    every other test)."""
+    from risloc.losses.covariance import covariance_nmse
+    scenes = simulate_batch(3, SYSTEM, SceneConfig(), torch.Generator().manual_seed(9),
+                            snr_db=20.0)
+    out = _perfect_output(scenes, SYSTEM.N)
+    cfg = LossConfig(cov_diag_weight=3.0, cov_off_weight=0.5)
+    W_true = true_covariance_factor(scenes, SYSTEM)
+    far = LowRank(torch.full((3,), 10.0), out.F.to(torch.complex64))
+    R_true = scene_true_covariance(scenes, SYSTEM).to(torch.complex64)
+    want = float(covariance_nmse(far.dense(), R_true, 3.0, 0.5).mean())
+    assert abs(want - float(covariance_nmse(far.dense(), R_true, 0.5, 3.0).mean())) > 0.05
+    dense = compute_losses(out, far.dense(), R_true, scenes, SYSTEM, cfg)
+    low = compute_losses(out, None, LowRank(torch.zeros(3), W_true), scenes, SYSTEM, cfg, far)
+    for terms in (dense, low):
+        assert float(terms.cov) == pytest.approx(want, rel=1e-4)
