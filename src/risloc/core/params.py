@@ -134,8 +134,11 @@ class Estimates:
         _refuse(mask & ((el.abs() > ELEVATION_LIMIT_DEG) | (r <= 0)), "an elevation lies within "
                 "+-90 deg and a range is > 0 (docs/conventions.md: degrees, not radians; not a "
                 "zenith angle)", el, r)
-        score = torch.zeros_like(az) if score is None else \
-            as_tensor("score", score).to(az)
+        if score is not None:
+            score = as_tensor("score", score)
+            if score.is_complex():  # (cast, its imaginary part was dropped with a warning)
+                raise TypeError(f"score must be a real array, got {score.dtype}")
+        score = torch.zeros_like(az) if score is None else score.to(az)
         score = score.unsqueeze(0) if score.ndim == 1 and az.shape[0] == 1 else score  # one scene
         if score.shape != az.shape:
             raise ValueError(f"score must be [S, K_slots] as the positions, "

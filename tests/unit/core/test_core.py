@@ -674,3 +674,10 @@ def test_the_snr_of_each_scene_is_never_the_caller_s_own_tensor():
     snr = snr_per_scene(given, 2)
     snr[0] = 0.0
     assert given.tolist() == [5.0, 10.0]
+
+
+def test_estimates_from_degrees_refuse_a_complex_score():
+    """A complex score is refused as complex positions are (it was cast, the imaginary part
+    dropped with only torch's warning)."""
+    with pytest.raises(TypeError, match="score must be a real array, got torch.complex"):
+        Estimates.from_degrees([[0.0]], [[10.0]], [[2.0]], score=np.array([[1 + 1j]]))
