@@ -111,3 +111,28 @@ def test_a_run_s_best_pt_before_its_first_epoch_ends_is_named_so(tmp_path):
     res = CliRunner().invoke(app, ["export-model", str(other / "best.pt"), "--out",
                                    str(tmp_path / "m.pt")])
     assert res.exit_code == 2 and "has finished yet" not in res.output, res.output
+
+
+@pytest.mark.parametrize("name,marker", [("last.pt", ".lock"), ("best.pt", "steps.csv")])
+def test_either_checkpoint_of_a_run_with_either_mark_of_its_first_epoch_is_named_so(
+        tmp_path, name, marker):
+    """(a third mutation review: only best.pt with both marks was tested) last.pt too, and a
+    run with only its lock (no step logged yet) or only its steps.csv (the lock gone)."""
+    (tmp_path / marker).write_text("")
+    res = CliRunner().invoke(app, ["export-model", str(tmp_path / name), "--out",
+                                   str(tmp_path / "m.pt")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "has finished yet" in said, said
+
+
+def test_a_checkpoint_without_an_order_head_is_exported_without_a_warning(
+        tmp_path, untrained, caplog):
+    """(a third mutation review) a run's checkpoint has no order head yet: the check that
+    the written model loads does not warn that it decides K by the residual rule."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        res = CliRunner().invoke(app, ["export-model", str(untrained), "--out",
+                                       str(tmp_path / "m.pt")])
+    assert res.exit_code == 0, res.output
+    assert "has no order head" not in caplog.text + res.output

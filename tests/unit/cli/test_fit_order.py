@@ -158,3 +158,52 @@ def test_an_older_head_report_and_a_kept_scene_are_said_and_passed_on(tmp_path, 
                                    "0", "--out", str(tmp_path / "o2.pt")])
     assert res.exit_code == 0 and "(not given: as its current head)" in " ".join(
         res.output.split()), res.output
+
+
+def test_the_model_is_loaded_without_its_head_and_the_scenes_checked_before_the_fit(
+        tmp_path, fitted, monkeypatch):
+    """(a third mutation review: the fit was mocked away with both untested) the network is
+    loaded without its current head (the one being replaced), and the head's scene
+    distribution is checked, with the fields and mix the fit gets, before any fit starts."""
+    from risloc.inference.checkpoint import save_checkpoint
+    from risloc.pipeline import calibrate, learned
+
+    loads, checks = [], []
+    monkeypatch.setattr(learned, "load_learned_pipeline",
+                        lambda *a, **k: loads.append(k) or "pipe")
+    monkeypatch.setattr(calibrate, "order_scenes", lambda *a: checks.append(a))
+    save_checkpoint(tmp_path / "m.pt", {"config": "{}"})
+    res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "m.pt"), "--scene", "K=2",
+                                   "--no-mix", "--out", str(tmp_path / "m2.pt")])
+    assert res.exit_code == 0, res.output
+    assert loads == [{"order_head": False}] and checks == [("pipe", {"K": 2}, False)]
+
+    def bad(*a):
+        raise ValueError("scene.K: not a scene field")
+
+    monkeypatch.setattr(calibrate, "order_scenes", bad)
+    res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "m.pt"), "--scene", "K=x",
+                                   "--out", str(tmp_path / "m3.pt")])
+    assert res.exit_code == 2 and "not a scene field" in res.output, res.output
+    assert len(fitted) == 1 and not (tmp_path / "m3.pt").exists()
+
+
+def test_the_last_line_says_whether_a_model_card_was_written(tmp_path, monkeypatch):
+    """(a third mutation review: the wrote-line's two cases were untested)"""
+    from risloc.inference.checkpoint import model_card_path, save_checkpoint
+    from risloc.pipeline import calibrate, learned
+
+    def fit(src, dst, *a, **k):
+        if k["mix"]:  # (a card written beside the model, as where the input had one)
+            model_card_path(dst).write_text("{}")
+        return {"per_snr": [ROW]}
+
+    monkeypatch.setattr(learned, "load_learned_pipeline", lambda *a, **k: None)
+    monkeypatch.setattr(calibrate, "order_scenes", lambda *a, **k: None)
+    monkeypatch.setattr(calibrate, "fit_order", fit)
+    save_checkpoint(tmp_path / "m.pt", {"config": "{}"})
+    for mix, said in (("--mix", "and its card"), ("--no-mix", "(no model card: its input")):
+        res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "m.pt"), mix, "--out",
+                                       str(tmp_path / f"o{mix}.pt")])
+        text = " ".join(res.output.split())
+        assert res.exit_code == 0 and said in text, text

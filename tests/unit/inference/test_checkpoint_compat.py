@@ -296,3 +296,20 @@ def test_the_card_says_the_snr_was_withheld_unless_shown_in_every_scene(tmp_path
         save_checkpoint(tmp_path / "run.pt", state)
         export_model(tmp_path / "run.pt", tmp_path / "m.pt")
         assert text in json.loads((tmp_path / "m.json").read_text())["validation_set"]
+
+
+def test_an_exported_model_keeps_what_a_refit_and_a_re_export_read(tmp_path):
+    """(a third mutation review: the card was checked, not the model) the exported model
+    keeps the head's report (`risloc fit-order` reads the current head's scenes, mix and
+    margin from it) and the history (a re-export's card reads its validation metrics)."""
+    state, _ = _state()
+    state["order_head"] = {"weight": torch.arange(3.0)}
+    state["order_report"] = {"scenes": 600, "repair_margin": 0.5}
+    state["history"] = [{"epoch": 3, "val_K_accuracy": 0.75}]
+    save_checkpoint(tmp_path / "run.pt", state)
+    export_model(tmp_path / "run.pt", tmp_path / "m.pt")
+    model = load_checkpoint(tmp_path / "m.pt")
+    assert model["order_report"] == state["order_report"] and model["history"] == state["history"]
+    export_model(tmp_path / "m.pt", tmp_path / "m2.pt")
+    card = json.loads((tmp_path / "m2.json").read_text())
+    assert card["validation"] == {"K_accuracy": 0.75} and card["order_head"]["scenes"] == 600
