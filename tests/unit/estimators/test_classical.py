@@ -534,6 +534,7 @@ def test_bf16_counts_as_native_on_a_cpu_with_mkldnn_bf16_only(monkeypatch):
         try:
             assert grids.native_bf16("cpu") is supported
             assert grids.native_bf16("meta") is False
+            assert grids.native_bf16("mps") is False  # (a mutation review: only meta excluded)
         finally:
             grids.native_bf16.cache_clear()
 

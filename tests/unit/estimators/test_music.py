@@ -303,6 +303,10 @@ def test_grid_helpers():
     pos = torch.tensor([[0.0, 1.0, 0.5, 9.0]])
     picks = greedy_pick(vals, (pos.unsqueeze(-1) - pos.unsqueeze(-2)).abs(), 2, 1.0)
     assert picks.index[0].tolist() == [0, 1] and picks.valid[0].tolist() == [True, True]
+    # min_distance 0 suppresses nothing else, yet never picks one candidate twice (a
+    # mutation review: not removing the pick itself passed)
+    picks = greedy_pick(vals, (pos.unsqueeze(-1) - pos.unsqueeze(-2)).abs(), 3, 0.0)
+    assert picks.index[0].tolist() == [0, 1, 2] and picks.valid[0].all()
 
 
 def test_the_grid_spectrum_is_the_music_spectrum_at_the_grid_points():
@@ -359,6 +363,10 @@ def test_search_grids_reach_the_field_of_view_edges_and_wrap():
     torch.testing.assert_close(grid.range_m.aminmax(),
                                (torch.tensor(0.5, dtype=torch.float64),
                                 torch.tensor(10.0, dtype=torch.float64)))
+    # uniform steps in full float64 (a mutation review: a float32 linspace passed)
+    el = torch.rad2deg(grid.elevation.view(7, 5, 4)[0, :, 0])
+    torch.testing.assert_close(el, torch.linspace(-30.0, 20.0, 5, dtype=torch.float64),
+                               rtol=0, atol=1e-12)
     pos = grid_positions(key, torch.float64, "cpu")
     torch.testing.assert_close(pos, torch.stack([grid.azimuth, grid.elevation,
                                                  1.0 / grid.range_m], -1))
