@@ -913,3 +913,24 @@ def test_the_spectrum_example_is_drawn_in_the_box_searched(tmp_path, monkeypatch
     assert 0.2 <= r0 <= 0.6
     assert all(0 <= math.degrees(a) <= 40 for a in truth[0] + est[0])
     assert all(-10 <= math.degrees(e) <= 20 for e in truth[1] + est[1])
+
+
+def test_the_spectrum_example_is_drawn_in_a_box_too_narrow_for_k_max_sources_apart(
+        tmp_path, monkeypatch):
+    """--fov of a few degrees (a user's sources in a narrow sector): the example scene's
+    K_max positions cannot lie 5 deg apart there; it is still drawn, in the box (the
+    evaluation ended in "could not place 5 sources 5.0 deg apart", exit code 2, after all
+    its work)."""
+    from risloc.cli.evaluate import _spectrum_example
+    from risloc.config import FieldOfView, SystemConfig
+    from risloc.experiments.harness import SweepSettings
+
+    box = FieldOfView(azimuth_deg=(0.0, 3.0), elevation_deg=(0.0, 3.0))
+    drawn = []
+    monkeypatch.setattr("risloc.experiments.plots.plot_spectrum_slice",
+                        lambda R, k, system, r0, path, truth, est, title, fov: drawn.append(
+                            (truth, fov)))
+    _spectrum_example(SystemConfig(), SweepSettings(estimators=("classical",), fov=box),
+                      tmp_path)
+    assert [d[1] for d in drawn] == [box, box]
+    assert all(0 <= math.degrees(a) <= 3 for t in drawn[0][0] for a in t)

@@ -495,10 +495,14 @@ def _spectrum_example(system, settings: SweepSettings, out_dir: Path) -> None:
         pipe = load_learned_pipeline(settings.checkpoint)
     box = settings.fov or (pipe.fov if pipe is not None else FieldOfView())
     k = min(3, system.K_max)
-    sc = simulate_range(0, 1, system, SceneConfig(azimuth_deg=box.azimuth_deg,
-                                                  elevation_deg=box.elevation_deg,
-                                                  range_m=box.range_m),
-                        settings.seed, "test", stream=99, snr_db=10.0, K=k)
+    drawn = {"azimuth_deg": box.azimuth_deg, "elevation_deg": box.elevation_deg,
+             "range_m": box.range_m}
+    try:
+        sc = simulate_range(0, 1, system, SceneConfig(**drawn), settings.seed, "test",
+                            stream=99, snr_db=10.0, K=k)
+    except ValueError:  # a box too narrow for K_max sources 5 deg apart: any apart
+        sc = simulate_range(0, 1, system, SceneConfig(**drawn, min_separation_deg=0.0),
+                            settings.seed, "test", stream=99, snr_db=10.0, K=k)
     truth = (sc.azimuth[0, :k].tolist(), sc.elevation[0, :k].tolist())
     r0 = float(sc.range_m[0, 0])
     covs = [("true", scene_true_covariance(sc, system)),

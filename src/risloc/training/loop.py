@@ -325,7 +325,7 @@ class Trainer:
         torch.set_rng_state(st["rng"].cpu())
         self.epoch, self.step, self.micro = st["epoch"], st["step"], st["micro"]
         self.best, self.bad_epochs = dict(st["best"]), st["bad_epochs"]
-        self.bad_in_a_row = st.get("bad_in_a_row", 0)  # (checkpoints before stop 69: none)
+        self.bad_in_a_row = st.get("bad_in_a_row", 0)  # (older checkpoints hold none)
         self.history = list(st["history"])
         log.info("resumed from %s at epoch %d (step %d)", path, self.epoch, self.step)
 
