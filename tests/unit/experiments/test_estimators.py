@@ -137,3 +137,36 @@ def test_music_on_a_ris_of_no_more_elements_than_sources_looks_for_n_minus_1(cap
     with pytest.raises(ValueError, match=r"music-samp\+nfmle: MUSIC needs .* leave "
                                          r"music-samp\+nfmle out of --estimators"):
         estimators.get_estimator("music-samp+nfmle")(sc, one, None)
+
+
+def test_each_estimator_searches_the_field_of_view_it_is_given(calls, scenes, system):
+    """``get_estimator(name, fov=box)``: MUSIC (samp, oracle), its NF-MLE polish and
+    Ramezani's search ``box``; without one their default box (a mutation review: the box
+    not passed on to music-samp, the oracle, the polish or ramezani-samp passed)."""
+    from risloc.config import FieldOfView
+
+    box = FieldOfView(azimuth_deg=(-20.0, 20.0), elevation_deg=(-10.0, 10.0),
+                      range_m=(0.4, 2.0))
+    for fov in (box, None):
+        want = FieldOfView() if fov is None else fov
+        for name in ("music-samp", "music-oracle"):
+            estimators.get_estimator(name, fov=fov)(scenes, system, None)
+            assert calls.pop("music")[0][3].fov == want, name
+        estimators.get_estimator("music-samp+nfmle", fov=fov)(scenes, system, None)
+        assert calls.pop("music")[0][3].fov == want
+        assert calls.pop("nfmle")[0][5].fov == want
+        estimators.get_estimator("ramezani-samp", fov=fov)(scenes, system, None)
+        assert calls.pop("ramezani")[0][3].fov == want
+
+
+def test_music_told_as_many_sources_as_it_resolves_gives_no_warning(caplog):
+    """The warning of _music_K is for scenes of more sources than MUSIC resolves; told
+    exactly min(M, N) - 1 it looks for them all and says nothing (a mutation review:
+    ``K > cap`` made ``K >= cap`` passed)."""
+    from risloc.config import SystemConfig
+
+    tiny = SystemConfig(N_H=2, N_V=2, M=6, L=8)
+    assert estimators._music_K(torch.tensor([3, 1]), tiny, "music-oracle").tolist() == [3, 1]
+    assert "resolves at most" not in caplog.text
+    assert estimators._music_K(torch.tensor([4, 1]), tiny, "music-oracle").tolist() == [3, 1]
+    assert "music-oracle: MUSIC on the 4 x 4 covariance" in caplog.text

@@ -528,3 +528,48 @@ def test_a_member_is_its_seeds_adamw_fit_with_softplus_detections():
     torch.testing.assert_close(det, torch.nn.functional.softplus(want[:, 5:]), rtol=1e-5,
                                atol=1e-6)
     assert float((det - want[:, 5:].clamp_min(0)).abs().max()) > 1e-3  # (ReLU differs)
+
+
+def test_fit_order_fits_the_head_on_the_scenes_asked_for_and_cards_its_report(
+        tmp_path, monkeypatch):
+    """fit_order hands training_data the scenes of ``scene`` and ``mix`` (a recipe with a
+    scene mixture: --no-mix its base scene alone), stores the head with its margin, and
+    writes the report into the card beside ``out`` (a mutation review: --scene and --no-mix
+    not passed on to the training data, and the card left without the head's report,
+    passed the fast tests)."""
+    import json
+
+    import risloc.pipeline.calibrate as calibrate
+    from risloc.config import SceneKind
+    from risloc.pipeline.learned import DEFAULT_MODEL, load_learned_pipeline
+
+    real = calibrate.load_learned_pipeline
+    near = SceneKind(name="near", share=0.5, scene={"range_m": (0.5, 1.5)})
+
+    def load(path, order_head=True):
+        pipe = real(path, order_head=order_head)
+        data = pipe.recipe.data.model_copy(update={"scene_mix": (near,)})
+        pipe.recipe = pipe.recipe.model_copy(update={"data": data})
+        return pipe
+
+    seen = {}
+
+    def training_data(pipe, n, workers=None, on_batch=None, scenes=None):
+        seen.update(pipe=pipe, scenes=scenes)
+        return None, None, None
+
+    head = load_learned_pipeline().order_head
+    monkeypatch.setattr(calibrate, "load_learned_pipeline", load)
+    monkeypatch.setattr(calibrate, "training_data", training_data)
+    monkeypatch.setattr(calibrate, "fit_order_head", lambda *a, **k: head)
+    monkeypatch.setattr(calibrate, "order_report", lambda *a, **k: [])
+    scene = {"power_spread_db": [0, 25]}
+    for mix in (False, True):
+        out = tmp_path / f"{mix}.pt"
+        report = calibrate.fit_order(DEFAULT_MODEL, out, n_scenes=64, scene=scene,
+                                     margin=0.25, mix=mix)
+        assert seen["scenes"] == calibrate.order_scenes(seen["pipe"], scene, mix)
+        assert isinstance(seen["scenes"], SceneConfig) is not mix  # a mixture only with mix
+        card = json.loads(out.with_suffix(".json").read_text())
+        assert card["order_head"] == json.loads(json.dumps(report))
+        assert load_learned_pipeline(out).fit_config.repair_margin == 0.25
