@@ -375,6 +375,20 @@ def test_the_nested_costs_start_at_the_energy_of_y_and_never_rise(system):
     torch.testing.assert_close(out.costs[:, 3], out.costs[:, 2], rtol=0, atol=0)
 
 
+
+def _ranked_pool(sc, pool, system, monkeypatch):
+    """The amplitude fit of a pool of 4 candidates of 2 scenes, with the OLS statistic
+    ranking them in slot order (4, 3, 2, 1) and LM steps that leave a set where it is."""
+    from risloc.estimators import mlfit
+
+    full = torch.ones(2, 4, dtype=torch.bool)
+    monkeypatch.setattr(mlfit, "ols_statistic",
+                        lambda cur, cols, *a: torch.arange(4.0, 0.0, -1.0).expand(2, 4))
+    monkeypatch.setattr(mlfit, "lm_solve", lambda y, H, c, t, m, s, cfg: (
+        t, amplitude_fit(y, H, c, steering_at(t, s, y.dtype), m, 0.0), None))
+    return amplitude_fit(sc.y, sc.H, sc.codes, steering_at(pool, system, sc.y.dtype), full,
+                         0.0)
+
 def test_nested_selection_takes_each_candidate_once(system, monkeypatch):
     """The k-th pick is among the candidates not taken: with a statistic that always ranks
     candidate 0 first (and no polish) the nested sets are the pool in order (a mutation
@@ -383,12 +397,7 @@ def test_nested_selection_takes_each_candidate_once(system, monkeypatch):
 
     sc = simulate_range(0, 2, system, SceneConfig(), seed=3, split="test", K=2, snr_db=10.0)
     theta = torch.cat([_truth(sc, 2), _junk(2, 2)], 1).float()
-    full = torch.ones(2, 4, dtype=torch.bool)
-    fit = amplitude_fit(sc.y, sc.H, sc.codes, steering_at(theta, system, sc.y.dtype), full, 0.0)
-    monkeypatch.setattr(mlfit, "ols_statistic",
-                        lambda cur, cols, *a: torch.arange(4.0, 0.0, -1.0).expand(2, 4))
-    monkeypatch.setattr(mlfit, "lm_solve", lambda y, H, c, t, m, s, cfg: (
-        t, amplitude_fit(y, H, c, steering_at(t, s, y.dtype), m, 0.0), None))
+    fit = _ranked_pool(sc, theta, system, monkeypatch)
     nested, _ = mlfit._nested(sc.y, sc.H, sc.codes, theta, fit, system,
                               MLFitConfig(nested_repairs=0))
     first = (nested[:, :1] == theta).all(-1).float().argmax(-1)  # the statistic at k = 0
@@ -545,11 +554,7 @@ def test_greedy_step_wins_by_the_margin_in_L_sigma2_and_takes_no_candidate(syste
     sc = simulate_range(0, 2, system, SceneConfig(), seed=3, split="test", K=1, snr_db=10.0)
     pool = torch.cat([_truth(sc, 1), _junk(2, 3, seed=6)], 1).float()
     full = torch.ones(2, 4, dtype=torch.bool)
-    fit = amplitude_fit(sc.y, sc.H, sc.codes, steering_at(pool, system, sc.y.dtype), full, 0.0)
-    monkeypatch.setattr(mlfit, "ols_statistic",
-                        lambda cur, cols, *a: torch.arange(4.0, 0.0, -1.0).expand(2, 4))
-    monkeypatch.setattr(mlfit, "lm_solve", lambda y, H, c, t, m, s, cfg: (
-        t, amplitude_fit(y, H, c, steering_at(t, s, y.dtype), m, 0.0), None))
+    fit = _ranked_pool(sc, pool, system, monkeypatch)
     P = torch.tensor([0.3, 0.1, 0.5]).expand(2, 3)
     margin = 2.0 * fit.cost / (16 - 4)  # greedy_margin 2: 2 L sigma^2
     cfg = MLFitConfig(greedy_nested=True, greedy_margin=2.0, nested_repairs=0)
