@@ -31,6 +31,8 @@ def test_a_row_cut_off_by_a_kill_is_not_a_row(tmp_path):
     log = CsvLog(f, append=True, keep=lambda r: int(r["epoch"]) <= 1)
     log.write({"epoch": 2, "loss": 0.25})
     assert f.read_bytes() == b"epoch,loss\r\n1,0.5\r\n2,0.25\r\n"
+    f.write_bytes(b"")  # an empty file has no row to be cut (a mutation review: cut True)
+    assert read_log(f) == ([], [], False)
     f.write_bytes(b"epoch,loss\r\n1,0.5\r\n2,0")  # (a cut the keep rule alone would keep)
     CsvLog(f, append=True).write({"epoch": 2, "loss": 0.25})
     assert f.read_bytes() == b"epoch,loss\r\n1,0.5\r\n2,0.25\r\n"

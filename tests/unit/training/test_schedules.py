@@ -88,3 +88,14 @@ def test_schedule_edges_a_second_mutation_review_left_open():
     assert s.get_lr(11, 11, 10, 1.0, 0.1) == pytest.approx(0.1)  # at total_steps
     assert min(s.jittered_beta(0.0, 0.05, 7, k) for k in range(50)) == 0.0
     assert s.snr_range_at(0, 10, (-5, 20), (10, 20), 0.0) == (-5, 20)
+
+
+def test_the_rate_decays_as_a_cosine_beta_ramps_linearly_and_the_snr_range_widens_by_hand():
+    """Hand values off the midpoints, where a linear rate decay, a cosine beta ramp and a
+    fixed upper SNR end all agreed with the tests (a third mutation review: each passed).
+    Cosine rate at a quarter of its span: 0.1 + 0.45 (1 + cos(pi / 4)); beta at a quarter of
+    its warm-up: 0.3 / 4; the SNR range a quarter of the way: both ends move."""
+    assert s.get_lr(35, 110, 10, 1.0, 0.1) == pytest.approx(
+        0.1 + 0.45 * (1 + math.sqrt(0.5)))  # (linear: 0.775)
+    assert s.beta_at(0.05, 0.3, 0.2) == pytest.approx(0.075)  # (cosine ramp: 0.0439)
+    assert s.snr_range_at(1, 10, (-5, 20), (10, 30), 0.4) == pytest.approx((6.25, 27.5))
