@@ -37,6 +37,7 @@ def _failing(err: Exception) -> typer.Typer:
     IsADirectoryError(21, "Is a directory", "/data/out"),
     ValueError("the file /data/run [2024]/[red]scenes[/red].h5 holds no 'y'"),
     FileNotFoundError("checkpoint not found: /" + "/".join(["a-long-folder-name"] * 12) + ".pt"),
+    TypeError("K must be a whole number, got 'x'"),
 ])
 def test_an_error_is_one_line_with_exit_code_2_and_its_text_as_it_is(err):
     """docs/guide.md: errors in input give one `error:` line and exit code 2: an OSError
@@ -270,3 +271,55 @@ def test_parse_fov_names_the_field_of_a_misspelt_or_upper_case_one():
         with pytest.raises(ValueError, match=f"did you mean {near}\\?"):
             parse_fov([text])
     assert parse_fov([" range_m = 0.1 , 1 "]).range_m == (0.1, 1.0)
+
+
+def test_a_number_given_twice_or_not_finite_is_named():
+    """(a mutation review of cli/common.py: neither check was exercised)"""
+    with pytest.raises(ValueError, match="^--snr-db: 5 is given twice$"):
+        parse_numbers("0,5,5", "--snr-db")
+    for text in ("0,nan", "inf", "-inf,1"):
+        with pytest.raises(ValueError, match="--snr-db: expected comma-separated finite numbers"):
+            parse_numbers(text, "--snr-db")
+
+
+def test_an_existing_file_is_replaced_only_with_overwrite_or_in_place(tmp_path):
+    """(a mutation review of cli/common.py: refuse_existing's own rules were unchecked)"""
+    from risloc.cli.common import refuse_existing
+
+    out = tmp_path / "out.h5"
+    refuse_existing(out, False)  # none there
+    out.write_text("x")
+    with pytest.raises(ValueError, match="out.h5 exists: pass --overwrite to replace it"):
+        refuse_existing(out, False)
+    refuse_existing(out, True)
+    refuse_existing(out, False, inputs=(tmp_path / "." / "out.h5",))  # rewritten in place
+    refuse_existing(tmp_path, False)  # a folder: left to the writer's checks
+
+
+def test_a_fov_option_without_a_name_says_the_form_it_takes():
+    with pytest.raises(ValueError, match="^--fov '0.1,1.0': expected name=low,high"):
+        parse_fov(["0.1,1.0"])
+
+
+def test_a_model_of_another_system_is_refused_naming_it_and_the_way_on(monkeypatch):
+    from risloc.cli.common import check_model_serves
+    from risloc.config import RislocConfig, SystemConfig
+
+    monkeypatch.setattr("risloc.cli.common.model_system",
+                        lambda checkpoint, with_fov=False: RislocConfig().system)
+    check_model_serves(None, RislocConfig().system, "this file")
+    other = SystemConfig(**{**RislocConfig().system.model_dump(), "N_V": 8})
+    with pytest.raises(ValueError, match="^the shipped model: .*N_V.* on this file\\)$"):
+        check_model_serves(None, other, "this file")
+    with pytest.raises(ValueError, match="^m.pt: "):
+        check_model_serves(Path("m.pt"), other, "this file")
+
+
+def test_a_fov_refusal_names_both_boxes_and_the_alternative():
+    from risloc.cli.common import refuse_fov
+    from risloc.config import FieldOfView
+
+    text = refuse_fov(FieldOfView(range_m=(0.1, 1.0)), FieldOfView(), "drop --fov")
+    assert text.startswith("--fov azimuth -60..60 deg, elevation -30..30 deg, range 0.1..1 m:")
+    assert "(azimuth -60..60 deg, elevation -30..30 deg, range 0.5..10 m)" in text
+    assert text.endswith("or drop --fov")
