@@ -222,10 +222,12 @@ def check_writable(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
             raise ValueError(f"the output {path} is not writable: no permission to create "
                              f"folders in {above}")
         try:  # (root passes os.access where no folder can be made: /sys, /proc, ...)
-            os.rmdir(tempfile.mkdtemp(prefix=".risloc-probe-", dir=above))
+            probe = tempfile.mkdtemp(prefix=".risloc-probe-", dir=above)
         except OSError as err:
             raise ValueError(f"the output {path} is not writable: no folder can be created "
                              f"in {above} ({err.strerror})") from None
+        with contextlib.suppress(OSError):  # (an append-only folder: made, not removed;
+            os.rmdir(probe)  # the writer's folder can be made there all the same)
         return path
     _probe_write(target, f"the output {path}")
     return path

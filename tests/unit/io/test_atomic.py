@@ -442,9 +442,12 @@ def test_a_folder_where_none_can_be_made_is_refused_before_the_work(tmp_path, mo
     atomic.check_writable(tmp_path / "sub" / "out.csv")
     assert list(tmp_path.iterdir()) == []
 
-    def refused(**kwargs):
+    def refused(*args, **kwargs):
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
+    monkeypatch.setattr(atomic.os, "rmdir", refused)  # made, not removable (append-only):
+    assert atomic.check_writable(tmp_path / "sub" / "out.csv") == tmp_path / "sub" / "out.csv"
+    monkeypatch.undo()
     monkeypatch.setattr(atomic.tempfile, "mkdtemp", refused)
     with pytest.raises(ValueError, match=r"not writable: no folder can be created in .* "
                                          r"\(Operation not permitted\)"):
