@@ -438,9 +438,10 @@ def _where_it_belongs(model: type, loc: list[str], is_section: bool) -> str:
         return out
 
     everywhere = leaves(model, [], 2)
-    names = (name, _SYNONYMS.get(str(name).lower()))  # (another name of a field: its field)
+    # the name in any case (scene.k: scene.K), or another name of a field: its field
+    names = {str(n).lower() for n in (name, _SYNONYMS.get(str(name).lower())) if n}
     same = [p for p, sec in everywhere.items()
-            if p.rsplit(".", 1)[-1] in names and sec == is_section
+            if p.rsplit(".", 1)[-1].lower() in names and sec == is_section
             and p != ".".join([*where, name])]
     here = [n for n, k in _sections(kind).items() if bool(_sections(k)) == is_section]
     close = [".".join([*where, c]) for c in difflib.get_close_matches(name, here, 1)]

@@ -51,6 +51,9 @@ def test_invalid_values_name_the_field(override, field):
                              "system.wavelength, in metres: c / frequency (0.3 m at 1 GHz)?)"),
     # a carrier frequency where the system takes its wavelength (a new user's review)
     ("seed=1", "seed: Extra inputs are not permitted"),  # not "scene": a value, no section
+    ("scene.k=2", "scene.k: Extra inputs are not permitted (did you mean scene.K?)"),
+    ("system.n_h=8", "system.n_h: Extra inputs are not permitted (did you mean "
+                     "system.N_H?)"),  # the name in another case (a review: no hint)
 ])
 def test_invalid_fields_say_how_to_write_them(override, says):
     """pydantic's own words leave the fix unsaid for a pair given as one number and a field
