@@ -91,6 +91,9 @@ def test_numpy_single_scene_and_complex128_give_the_batched_torch_answer(system,
     assert abs(float(one.estimates.azimuth[0, 0] - ref.azimuth[1, 0])) < 1e-5
     rec = one.records()
     assert rec[0]["scene"] == 0 and rec[0]["source"] == 0
+    # the columns of the estimates CSV, in its order (records' docstring)
+    assert list(rec[0]) == ["scene", "source", "azimuth_deg", "elevation_deg", "range_m",
+                            "score"]
     assert rec[0]["azimuth_deg"] == pytest.approx(math.degrees(float(ref.azimuth[1, 0])),
                                                   abs=1e-3)
     xyz = one.xyz()
@@ -645,12 +648,23 @@ def test_chunk_sets_the_scenes_per_pass_on_the_cpu(system, scenes, monkeypatch):
     Localizer(system, "classical", workers=1, chunk=None).localize(scenes.y, scenes.H,
                                                                    scenes.codes, K=1)
     assert passes == [4]
+    # the passes split the good scenes only: 3 of 4 with chunk=3 in one pass of 3 (a
+    # mutation review: passes cut from the whole batch, [2, 1], passed)
+    y = scenes.y.clone()
+    y[1] = math.nan
+    passes.clear()
+    Localizer(system, "classical", workers=1, chunk=3).localize(y, scenes.H, scenes.codes,
+                                                                K=1)
+    assert passes == [3]
 
 
 def test_arguments_in_the_wrong_place_are_named(system, scenes):
     with pytest.raises(TypeError, match="system must be a SystemConfig.*got the string "
                                         "'classical'"):
         Localizer("classical")  # the method where the system goes
+    for name in ("workers", "chunk"):  # (a mutation review: workers=0 accepted passed here)
+        with pytest.raises(ValueError, match=f"{name} must be >= 1"):
+            Localizer(system, "classical", **{name: 0})
     res = Localizer(system, "classical", workers=1).localize(scenes.y[:1], scenes.H[:1],
                                                              scenes.codes[:1], K=1)
     truth = (scenes.azimuth[:1], scenes.elevation[:1], scenes.range_m[:1], scenes.K[:1])
@@ -955,6 +969,7 @@ def test_xyz_places_sources_as_the_conventions_geometry_says():
                     score=torch.tensor([[0.9, nan]]))
     xyz = LocalizationResult(est).xyz()
     assert xyz.shape == (1, 2, 3) and np.isnan(xyz[0, 1]).all()
+    assert xyz.dtype == np.float64  # (computed in float64 from the float32 estimates)
     want = [r * math.cos(el) * math.sin(az), r * math.sin(el), r * math.cos(el) * math.cos(az)]
     np.testing.assert_allclose(xyz[0, 0], want, rtol=1e-6)
 
