@@ -205,9 +205,9 @@ def make_output_folder(folder: str | Path) -> Path:
 
 def check_writable(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     """ValueError unless ``path`` can be written and is none of ``inputs`` (checked before
-    any work, so a long run never ends in a failed or destructive write). Leaves nothing: a
-    folder still missing is made by the writer (a probe folder is made and removed), so a
-    run refused later leaves none behind."""
+    any work, so a long run never ends in a failed or destructive write). A folder still
+    missing is made by the writer, so a run refused later leaves none behind (whether one
+    can be made is tried with a probe folder, removed at once)."""
     path = Path(path)
     target = path.resolve()
     for inp in inputs:
