@@ -343,3 +343,66 @@ def test_snr_ticks_close_together_are_not_printed_over_each_other(figures, tmp_p
         assert list(ax.get_xticks()) == [-3.7, -1.0, 5.8, 10.3, 16.6]
         assert [t.get_text() for t in ax.get_xticklabels()] == ["-3.7", "-1", "5.8", "10.3",
                                                                 "16.6"]
+
+
+def test_each_estimator_s_line_is_its_own_and_per_k_and_pooled_rows_are_no_ticks(figures,
+                                                                                 tmp_path):
+    """(a mutation review: every line drawn from the first estimator's rows, the x ticks
+    taken from per-K and pooled "file" rows, and the bound's note left out where one group
+    has no bound all passed: the fixture's curves were equal and all rows K = "all")"""
+    rows = _rows(["learned", "classical"])
+    for r in rows:
+        if r.estimator == "classical":
+            r.metrics["azimuth_median_deg"] *= 3
+    rows.append(ResultRow("learned", 15.0, "file", 8, 10.0, {"azimuth_median_deg": 9.0}))
+    rows.append(ResultRow("learned", 5.0, 1, 8, 10.0, {"azimuth_median_deg": 9.0}))
+    rows.append(ResultRow("learned", 30.0, "all", 8, 10.0, {"azimuth_median_deg": 0.1}))
+    plots.plot_error_vs_snr(rows, tmp_path / "p.png", "")
+    ax = figures[-1].axes[0]
+    lines = {ln.get_label(): list(ln.get_ydata()) for ln in ax.get_lines()}
+    assert lines["classical"] == pytest.approx([3 / (1 + s) for s in (0, 10, 20)])
+    assert lines["learned"] == pytest.approx([1 / (1 + s) for s in (0, 10, 20)] + [0.1])
+    assert list(ax.get_xticks()) == [0.0, 10.0, 20.0, 30.0]
+    assert "median_over_bound" in figures[-1].get_suptitle()  # (the 30 dB row has no bound)
+
+
+def test_the_spectrum_slice_is_in_db_with_the_true_and_estimated_marks_told_apart(
+        figures, tmp_path, system):
+    """(a mutation review: the spectrum drawn linear, and the two marks' styles swapped,
+    passed)"""
+    import torch
+
+    from risloc.config import FieldOfView
+    from risloc.estimators.music import music_spectrum
+
+    N = system.N_H * system.N_V
+    A = torch.randn(N, 3, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+    R = A @ A.conj().T + 0.1 * torch.eye(N, dtype=torch.complex128)
+    plots.plot_spectrum_slice(R, 1, system, 2.0, tmp_path / "s.png", truth=([0.1], [0.0]),
+                              estimates=([0.2], [0.1]), n=21)
+    ax = figures[-1].axes[0]
+    fov = FieldOfView()
+    el = torch.linspace(*map(math.radians, fov.elevation_deg), 21 // 2, dtype=torch.float64)
+    az = torch.full_like(el, math.radians(fov.azimuth_deg[0]))  # the first column
+    P = music_spectrum(R.unsqueeze(0), 1, system, az, el, torch.full_like(el, 2.0))[0]
+    shown = torch.tensor(ax.collections[0].get_array()).reshape(len(el), 21)
+    assert shown[:, 0] == pytest.approx(10 * torch.log10(P), rel=1e-6)
+    styles = {ln.get_label(): (ln.get_marker(), ln.get_color()) for ln in ax.get_lines()}
+    assert styles == {"true": ("x", "w"), "estimated": ("+", "r")}
+
+
+def test_the_run_curves_name_a_missing_column_start_the_rates_at_zero_and_label_epochs(
+        figures, tmp_path):
+    """(a mutation review: the header's missing column named only per line, the scores'
+    axis not from 0, and "optimizer step" under epoch means with no step logged passed)"""
+    (tmp_path / "epochs.csv").write_text("epoch,train_total,val_objective,val_angle_median_deg,"
+                                         "lr\n1,2.0,3.0,2.0,0.001\n")
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) beta \(not written by risloc"):
+        plots.plot_run(tmp_path, tmp_path / "curves.png")
+    (tmp_path / "epochs.csv").write_text(
+        "epoch,train_total,val_objective,val_angle_median_deg,lr,beta,val_K_accuracy\n"
+        "1,2.0,3.0,2.0,0.001,0.3,0.8\n2,1.5,2.0,1.0,0.001,0.3,0.9\n")
+    plots.plot_run(tmp_path, tmp_path / "curves.png")
+    axes = figures[-1].axes
+    assert axes[0].get_xlabel() == "epoch"
+    assert axes[2].get_title().startswith("validation (higher") and axes[2].get_ylim()[0] == 0
