@@ -341,3 +341,27 @@ def test_the_snr_check_does_not_judge_where_the_fit_leaves_no_degrees_of_freedom
     # with L = 5 snapshots the K_max fit leaves a level: a far-off SNR is flagged again
     off, implied = snr_disagreement(costs, 5, 4, torch.tensor([1e3, 1e-3], dtype=torch.float64))
     assert off.all() and bool(implied.isfinite().all())
+
+
+def test_the_eigenvalue_criteria_do_not_depend_on_the_covariance_scale():
+    """MDL and AIC read ratios of eigenvalues, so R and R * 10^-20 (or 10^20) give the same
+    orders: the floor on the null eigenvalues is relative to the largest (a mutation review:
+    an absolute floor of 1e-12 passed every test; at 10^-20 it flattened every eigenvalue
+    and read K = 0)."""
+    R = array_covariance(2, n=400, snr_db=10.0)
+    for scale in (1e-20, 1e20):
+        assert torch.equal(mdl_order(R * scale, 400, 5), mdl_order(R, 400, 5)), scale
+        assert torch.equal(aic_order(R * scale, 400, 5), aic_order(R, 400, 5)), scale
+    assert torch.equal(mdl_order(R * 1e-20, 400, 5), torch.full((8,), 2))
+
+
+def test_an_snr_exactly_the_margin_off_is_not_off():
+    """Off means more than margin_db: given levels exactly 10 and 0.1 times the data's level
+    (offsets of exactly +-10 dB) are not off, 10.5 dB is (a mutation review: >= passed)."""
+    L, M, K_max = 16, 16, 5
+    dof = L * (M - K_max) - 1.5 * K_max  # 168.5: the K_max fit's level C_5 / dof = 1
+    costs = torch.zeros(3, K_max + 1, dtype=torch.float64)
+    costs[:, 0], costs[:, -1] = 100.0 * L * M, dof
+    given = torch.tensor([10.0, 0.1, 10 ** 1.05], dtype=torch.float64)
+    off, _ = snr_disagreement(costs, L, M, given)
+    assert off.tolist() == [False, False, True]
