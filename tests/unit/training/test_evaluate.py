@@ -102,3 +102,45 @@ def test_an_error_mid_way_gives_the_model_its_mode_back(monkeypatch):
     with pytest.raises(RuntimeError, match="mid-way"):
         evaluate(model, sc, SYSTEM, 0.3, BlendConfig(), LossConfig(), MUSIC)
     assert model.training and all(m.training for m in model.modules())
+
+
+def test_music_reads_r_blend_in_eval_mode_and_the_metrics_carry_every_loss(monkeypatch):
+    """MUSIC scores R_blend (not R_pred), the forward pass runs in eval mode, the caller's
+    F1 weight reaches the objective and every loss term is in metrics() as loss_<name> (a
+    third mutation review: MUSIC on R_pred, no model.eval(), the weight fixed at 5 deg and
+    the loss_ prefix dropped all passed)."""
+    import importlib
+
+    from risloc.covariance.tools import LowRank
+    from risloc.estimators.music import music
+
+    ev = importlib.import_module("risloc.training.evaluate")
+    seen = []
+
+    def spy(model, *a, **k):
+        seen.append(model.training)
+        return forward_blend(model, *a, **k)
+
+    monkeypatch.setattr(ev, "forward_blend", spy)
+    model, sc = _small_model_and_scenes()
+    model.train()
+    res = evaluate(model, sc, SYSTEM, 0.3, BlendConfig(), LossConfig(), MUSIC,
+                   f1_weight_deg=0.0)
+    assert seen == [False] and model.training
+    model.eval()
+    with torch.no_grad():
+        fwd = forward_blend(model, sc.y, sc.H, sc.codes, sc.snr_db, 0.3, BlendConfig(),
+                            dense=False)
+    if fwd.factor is None:
+        R_blend, R_pred = fwd.R_blend, fwd.out.R_pred
+    else:
+        R_blend, R_pred = fwd.factor, LowRank.of(fwd.out.F)
+    K_hat = fwd.out.K_hat
+    want, other = music(R_blend, K_hat, SYSTEM, MUSIC), music(R_pred, K_hat, SYSTEM, MUSIC)
+    assert not torch.allclose(want.range_m, other.range_m, equal_nan=True)  # (can tell)
+    for f in ("azimuth", "elevation", "range_m"):
+        torch.testing.assert_close(getattr(res.estimates, f), getattr(want, f),
+                                   equal_nan=True)
+    assert res.objective == res.summary.angle_median_deg != ev.objective_of(res.summary, 5.0)
+    m = res.metrics()
+    assert res.loss and all(m[f"loss_{k}"] == v for k, v in res.loss.items())
