@@ -143,12 +143,13 @@ def test_the_snr_estimated_from_the_nested_costs(system, fitted):
     exact on costs built from a known level, and near the truth on 10 dB scenes fitted
     from their true sources: above it by 0.8-1.5 dB (the 2 junk slots take some noise)."""
     L, M, S = 16, 16, 5
-    p_y = torch.tensor([2.0, 11.0, 1.0 + 1e-3], dtype=torch.float64)
-    sigma2 = torch.ones(3, dtype=torch.float64)
-    costs = torch.zeros(3, S + 1, dtype=torch.float64)
+    p_y = torch.tensor([2.0, 11.0, 1.0 + 1e-3, 1.0 + 1e-6], dtype=torch.float64)
+    sigma2 = torch.ones(4, dtype=torch.float64)
+    costs = torch.zeros(4, S + 1, dtype=torch.float64)
     costs[:, 0], costs[:, S] = L * M * p_y, L * (M - S) * sigma2
+    # (-60 dB: a mutation review's clamp of p_y / sigma^2 - 1 at 1e-3 passed at -30 dB)
     torch.testing.assert_close(estimated_snr_db(costs, L, M),
-                               torch.tensor([0.0, 10.0, -30.0], dtype=torch.float64))
+                               torch.tensor([0.0, 10.0, -30.0, -60.0], dtype=torch.float64))
     costs[:, S] = 0.0  # a perfect fit: a large finite SNR, not inf or NaN
     assert bool(torch.isfinite(estimated_snr_db(costs, L, M)).all())
     sc, _, _, fit = fitted
@@ -573,3 +574,30 @@ def test_fit_order_fits_the_head_on_the_scenes_asked_for_and_cards_its_report(
         card = json.loads(out.with_suffix(".json").read_text())
         assert card["order_head"] == json.loads(json.dumps(report))
         assert load_learned_pipeline(out).fit_config.repair_margin == 0.25
+
+
+def test_a_head_keeps_its_balance_and_reads_a_constant_feature():
+    """A stored head keeps its own balance, not the default one; a feature constant over
+    the training set (standard deviation 0) is standardised by the floor 1e-6, not read as
+    NaN (a mutation review: the balance stored as 0.25 and the unclamped std passed)."""
+    head = OrderHead(4, 5, balance=0.7)
+    assert order_head_from_state(order_head_state(head)).balance == 0.7
+    X, K = _separable(300)
+    X[:, 0] = 3.0
+    found = torch.minimum(torch.arange(1, 6), K.unsqueeze(-1)).float()
+    head = fit_order_head(X, K, found, 5, OrderFitConfig(epochs=1, members=1))
+    out = head(X[:20])
+    assert bool(torch.isfinite(out.probabilities).all() & torch.isfinite(out.detections).all())
+
+
+def test_the_decision_reads_a_zero_probability_as_a_small_one(monkeypatch):
+    """A K of probability 0 (a float32 softmax underflows) with balance 0 is the F1 rule
+    alone, not 0 * log 0 = NaN taken as the best score (a mutation review: the clamp of P
+    left out passed)."""
+    from risloc.pipeline.order import OrderOutput
+
+    P = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0]])
+    det = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 3.0, 3.0]])
+    head = OrderHead(4, 5, balance=0.0)
+    monkeypatch.setattr(head, "forward", lambda x: OrderOutput(P, det))
+    assert head.decide(torch.zeros(2, 4)).tolist() == [1, 3]
