@@ -272,6 +272,19 @@ def test_the_spectrum_slice_marks_the_true_and_the_estimated_sources(figures, tm
     assert marks["estimated"] == pytest.approx((math.degrees(0.2), math.degrees(0.1)))
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("azimuth [deg]", "elevation [deg]")
     assert ax.get_title() == "MUSIC spectrum slice at r = 2.00 m"
+    # in dB, the marks told apart (a mutation review: the spectrum drawn linear, and the
+    # two marks' styles swapped, passed)
+    from risloc.config import FieldOfView
+    from risloc.estimators.music import music_spectrum
+
+    fov = FieldOfView()
+    el = torch.linspace(*map(math.radians, fov.elevation_deg), 21 // 2, dtype=torch.float64)
+    az = torch.full_like(el, math.radians(fov.azimuth_deg[0]))  # the first column
+    P = music_spectrum(R.unsqueeze(0), 1, system, az, el, torch.full_like(el, 2.0))[0]
+    shown = torch.tensor(ax.collections[0].get_array()).reshape(len(el), 21)
+    assert shown[:, 0] == pytest.approx(10 * torch.log10(P), rel=1e-6)
+    styles = {ln.get_label(): (ln.get_marker(), ln.get_color()) for ln in ax.get_lines()}
+    assert styles == {"true": ("x", "w"), "estimated": ("+", "r")}
 
 
 def test_the_spectrum_slice_spans_the_box_it_is_given(figures, tmp_path, system):
@@ -364,31 +377,6 @@ def test_each_estimator_s_line_is_its_own_and_per_k_and_pooled_rows_are_no_ticks
     assert lines["learned"] == pytest.approx([1 / (1 + s) for s in (0, 10, 20)] + [0.1])
     assert list(ax.get_xticks()) == [0.0, 10.0, 20.0, 30.0]
     assert "median_over_bound" in figures[-1].get_suptitle()  # (the 30 dB row has no bound)
-
-
-def test_the_spectrum_slice_is_in_db_with_the_true_and_estimated_marks_told_apart(
-        figures, tmp_path, system):
-    """(a mutation review: the spectrum drawn linear, and the two marks' styles swapped,
-    passed)"""
-    import torch
-
-    from risloc.config import FieldOfView
-    from risloc.estimators.music import music_spectrum
-
-    N = system.N_H * system.N_V
-    A = torch.randn(N, 3, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
-    R = A @ A.conj().T + 0.1 * torch.eye(N, dtype=torch.complex128)
-    plots.plot_spectrum_slice(R, 1, system, 2.0, tmp_path / "s.png", truth=([0.1], [0.0]),
-                              estimates=([0.2], [0.1]), n=21)
-    ax = figures[-1].axes[0]
-    fov = FieldOfView()
-    el = torch.linspace(*map(math.radians, fov.elevation_deg), 21 // 2, dtype=torch.float64)
-    az = torch.full_like(el, math.radians(fov.azimuth_deg[0]))  # the first column
-    P = music_spectrum(R.unsqueeze(0), 1, system, az, el, torch.full_like(el, 2.0))[0]
-    shown = torch.tensor(ax.collections[0].get_array()).reshape(len(el), 21)
-    assert shown[:, 0] == pytest.approx(10 * torch.log10(P), rel=1e-6)
-    styles = {ln.get_label(): (ln.get_marker(), ln.get_color()) for ln in ax.get_lines()}
-    assert styles == {"true": ("x", "w"), "estimated": ("+", "r")}
 
 
 def test_the_run_curves_name_a_missing_column_start_the_rates_at_zero_and_label_epochs(
