@@ -78,3 +78,13 @@ def test_only_torchs_synchronisation_error_marks_a_call_and_the_debug_mode_is_re
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         _synchronises(broken, ())
     assert modes == ["error", 1] * 3
+
+
+def test_off_cuda_means_any_device_but_cuda_not_only_the_cpu():
+    """A call on another device (meta here; mps alike) is direct, never a capture (the
+    module docstring: "Off CUDA it simply calls"; a mutation review: `type == "cpu"`
+    passed the CPU-only tests)."""
+    cache = GraphCache("test")
+    x = torch.ones(3, device="meta")
+    out = cache(lambda t: t * 2, (x,))
+    assert out.device.type == "meta" and out.shape == (3,) and len(cache) == 0
