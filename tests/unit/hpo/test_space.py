@@ -1,0 +1,35 @@
+import pytest
+
+from risloc.config import ConfigError
+from risloc.hpo import load_space
+from risloc.training import load_train_config
+
+
+def _space(tmp_path, text, base=None):
+    p = tmp_path / "space.yaml"
+    p.write_text(text)
+    return load_space(p, base)
+
+
+def test_a_trial_s_relative_parameter_means_that_multiple_of_the_base_value(tmp_path):
+    """value() (trials.csv, best_overrides.yaml) reads a relative parameter as a multiple of
+    the base recipe's value, an absolute one as the value itself (a mutation review)."""
+    base = load_train_config(None, ["optim.lr=2e-3"])
+    space = _space(tmp_path, "optim.lr: {low: 0.25, high: 4, log: true, relative: true}\n"
+                             "blend.beta: {low: 0.1, high: 0.5}", base)
+    params = {"optim.lr": 3.0, "blend.beta": 0.2}
+    assert {d.field: d.value(params, base) for d in space} == {
+        "optim.lr": pytest.approx(6e-3), "blend.beta": 0.2}
+
+
+@pytest.mark.parametrize("field", ["schedule.epochs", "schedule.hpo_mode", "out_dir",
+                                   "progress"])
+def test_every_field_tune_sets_itself_is_refused_in_a_space(tmp_path, field):
+    with pytest.raises(ConfigError, match=f"{field} is set by risloc tune itself"):
+        _space(tmp_path, f"{field}: {{choices: [true, false]}}")
+
+
+def test_a_range_over_a_true_or_false_field_asks_for_choices(tmp_path):
+    with pytest.raises(ConfigError, match=r"optim.amp is true or false: give it choices "
+                                          r"\[true, false\]"):
+        _space(tmp_path, "optim.amp: {low: 0, high: 1}")
