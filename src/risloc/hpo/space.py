@@ -134,6 +134,10 @@ def load_space(path: str | Path, base: TrainConfig | None = None) -> tuple[Dimen
             if spec.get("relative") and not isinstance(current, float):
                 raise ConfigError(f"{path}: {field}: relative ranges multiply a float field; "
                                   f"the recipe's {field} is {current!r}")
+            if spec.get("relative") is True and current == 0.0:  # (every trial: 0)
+                raise ConfigError(f"{path}: {field}: a relative range multiplies the "
+                                  f"recipe's {field}, which is 0: every trial would get 0; "
+                                  "give it an absolute range")
             if current is None:  # (e.g. scene.K, int | None: a trial's 1.37 fails)
                 raise ConfigError(f"{path}: {field}: a range draws fractions, but the "
                                   f"recipe's {field} is {current!r}: give it choices")

@@ -33,3 +33,13 @@ def test_a_range_over_a_true_or_false_field_asks_for_choices(tmp_path):
     with pytest.raises(ConfigError, match=r"optim.amp is true or false: give it choices "
                                           r"\[true, false\]"):
         _space(tmp_path, "optim.amp: {low: 0, high: 1}")
+
+
+def test_a_relative_range_over_a_field_of_0_is_refused(tmp_path):
+    """A relative range multiplies the base value: over optim.weight_decay = 0 every trial
+    got 0, the study searching nothing while it seemed to (a review)."""
+    base = load_train_config(None, ["optim.weight_decay=0.0"])
+    with pytest.raises(ConfigError, match="optim.weight_decay, which is 0: every trial would "
+                                          "get 0; give it an absolute range"):
+        _space(tmp_path, "optim.weight_decay: {low: 0.5, high: 2, relative: true}", base)
+    _space(tmp_path, "optim.weight_decay: {low: 0.0, high: 0.1}", base)  # absolute: taken
