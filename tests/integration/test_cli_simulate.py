@@ -551,3 +551,18 @@ def test_info_trains_one_model_for_the_files_system_and_the_box_of_its_truth(tmp
     train = shlex.split(train[:train.index("`")])
     assert train[3::2] == ["system.N_H=8", "system.N_V=8", "system.M=8",
                            "scene.azimuth_deg=[-60, 80]"], train
+
+
+def test_snr_db_and_a_recipes_kinds_reach_the_scenes_of_either_format(tmp_path):
+    """A third mutation review: --snr-db was checked only in the file's attributes, not in
+    its scenes, and --recipe's scene_mix only in an .h5."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("scene: {K: 3}\n"
+                      "data:\n  scene_mix:\n    - {name: one, share: 0.5, scene: {K: 1}}\n")
+    for name in ("s.h5", "s.npz"):
+        res = runner.invoke(app, ["simulate", "--n", "40", "--out", str(tmp_path / name),
+                                  "--snr-db", "7", "--recipe", str(recipe)])
+        assert res.exit_code == 0, res.output
+        batch = read_scenes(tmp_path / name)[0]
+        assert bool(((batch.snr_db - 7).abs() < 1e-3).all()), name
+        assert 1 in batch.K.tolist() and 3 in batch.K.tolist(), name
