@@ -420,8 +420,9 @@ def _open(path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
     if not path.exists():
         raise SceneFileError(f"{path}: no such file")
     if path.is_dir():
-        raise SceneFileError(f"{path}: a folder, not a scene file (name the .h5 / .npz files "
-                             f"in it, or a pattern such as '{path / '*.h5'}')")
+        raise SceneFileError(f"{path}: a folder, not a scene file (name a .h5 / .npz file in "
+                             f"it; risloc localize also takes a pattern such as "
+                             f"'{path / '*.h5'}')")
     if path.suffix.lower() in (".pt", ".pth"):  # (torch's files are zip archives too)
         raise SceneFileError(f"{path}: a model or checkpoint file, not a scene file (.h5 / "
                              f".npz); an exported model's system, recipe and validation are in "

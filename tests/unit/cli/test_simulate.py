@@ -34,3 +34,17 @@ def test_fov_covering_counts_the_angles_no_box_holds():
                                np.array([1.0, 2.0, np.nan]))
     assert (fov, beyond) == ("--fov azimuth_deg=-60,89", 1)
     assert _both(np.array([[70.0], [0.0]]), np.array([1.0]))[2] == 0
+
+
+def test_info_on_a_folder_offers_a_pattern_only_as_localize_s(tmp_path):
+    """A newcomer's review: `risloc info data` said to give 'data/*.h5', which info and
+    evaluate (one file each) then refused as 'no such file'; only localize expands one."""
+    from typer.testing import CliRunner
+
+    from risloc.cli.main import app
+
+    (tmp_path / "data").mkdir()
+    res = CliRunner().invoke(app, ["info", str(tmp_path / "data")])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "a folder, not a scene file" in out
+    assert "risloc localize also takes a pattern such as" in out
