@@ -187,3 +187,39 @@ def test_a_group_already_joined_is_kept_and_barriers_and_teardown_reach_it(monke
     distributed.barrier(d)  # passed, and one that skipped the ranks' barrier too)
     distributed.teardown(d)
     assert calls == ["barrier", "destroy"]
+
+
+def test_sigterm_ends_a_rank_waiting_to_join_and_the_handler_is_back_after(monkeypatch):
+    """While init_process_group waits for the other ranks, SIGTERM has its default action
+    (a Python handler never runs inside that wait: the rank hung until torchrun's SIGKILL);
+    the handler found is back once the group is joined, and a teardown of a group never
+    joined (or already left) does nothing (a mutation review: all of these passed)."""
+    import signal
+    import threading
+
+    seen = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend: seen.append(signal.getsignal(signal.SIGTERM)))
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "destroy_process_group",
+                        lambda: seen.append("destroy"))
+
+    def handler(signum, frame):
+        pass
+
+    saved = signal.signal(signal.SIGTERM, handler)
+    try:
+        d = distributed.setup(torch.device("cpu"))
+        assert seen == [signal.SIG_DFL] and signal.getsignal(signal.SIGTERM) is handler
+        # a non-main thread may not set handlers: it joins with the handler untouched
+        thread = threading.Thread(target=lambda: distributed.setup(torch.device("cpu")))
+        thread.start()
+        thread.join()
+        assert seen == [signal.SIG_DFL, handler]
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+    distributed.teardown(d)  # is_initialized() is False: nothing to leave
+    assert seen == [signal.SIG_DFL, handler]
