@@ -48,3 +48,34 @@ def test_a_power_spread_beyond_the_scene_config_s_60_db_is_refused(monkeypatch, 
     res = CliRunner().invoke(app, ["demo", "--power-spread-db", "61",
                                    "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "--power-spread-db" in res.output, res.output
+
+
+def test_each_option_reaches_the_sweep_and_its_config(monkeypatch, tmp_path):
+    """(a third mutation review: the options past their defaults went unchecked: --n, --seed,
+    --power-spread-db, --snr-given and --checkpoint could be dropped on the way unseen)"""
+    from risloc.config import RislocConfig
+
+    seen, configs = [], []
+    monkeypatch.setattr(demo, "sweep_config", lambda *a: configs.append(a) or RislocConfig())
+    monkeypatch.setattr(demo, "sweep_points", lambda settings, cfg: [])
+    monkeypatch.setattr(demo, "run_report", lambda points, system, settings, *a:
+                        seen.append(settings))
+    model = tmp_path / "m.pt"
+    res = CliRunner().invoke(app, ["demo", "--n", "7", "--seed", "3", "--snr-db", "1,2",
+                                   "--power-spread-db", "4.5", "--snr-given",
+                                   "--checkpoint", str(model), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    settings, = seen
+    assert (settings.n_per_point, settings.seed, settings.snr_db) == (7, 3, (1.0, 2.0))
+    assert (settings.power_spread_db, settings.snr_given) == (4.5, True)
+    assert settings.checkpoint == str(model) and type(settings.checkpoint) is str
+    assert settings.estimators == ("learned", "classical")
+    assert configs == [(None, None, model)]
+
+
+def test_a_metrics_json_that_cannot_be_written_is_refused_before_the_sweep(monkeypatch,
+                                                                           tmp_path):
+    monkeypatch.setattr(demo, "sweep_points", lambda *a: pytest.fail("swept"))
+    (tmp_path / "r" / "metrics.json").mkdir(parents=True)
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "is a folder" in " ".join(res.output.split()), res.output

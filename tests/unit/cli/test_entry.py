@@ -76,6 +76,31 @@ def test_an_interrupt_lost_in_a_finalizer_is_raised_again_where_sigint_is_ignore
         signal.signal(signal.SIGINT, before)
 
 
+
+def test_an_interrupt_raised_again_keeps_a_sigint_handler_and_never_holds_the_exit(
+        monkeypatch, request):
+    """A SIGINT handler of the program's own is kept (only an ignored SIGINT gets Python's),
+    and the timer raising it again is a daemon: it never keeps the process alive (a third
+    mutation review: neither was tested)."""
+    timers = []
+
+    class Timer:
+        def __init__(self, delay, func):
+            self.delay, self.func, self.daemon = delay, func, False
+            timers.append(self)
+
+        def start(self):
+            self.started = True
+
+    monkeypatch.setattr(entry.threading, "Timer", Timer)
+    own = lambda signum, frame: None  # noqa: E731
+    before = signal.signal(signal.SIGINT, own)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, before))
+    entry._unraisable(type("Unraisable", (), {"exc_value": KeyboardInterrupt()})())
+    assert signal.getsignal(signal.SIGINT) is own
+    timer, = timers
+    assert timer.daemon and timer.started and timer.func is entry._thread.interrupt_main
+
 @pytest.fixture
 def quiet_main(monkeypatch):
     """entry.main with its signal handler and finalizer hook recorded, not installed."""
