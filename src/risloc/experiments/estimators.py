@@ -75,19 +75,13 @@ def _searching(config, fov: FieldOfView | None):
     return config if fov is None else replace(config, fov=fov)
 
 
-def _music_config(fov: FieldOfView | None):
-    from risloc.estimators.music import MusicConfig
-
-    return _searching(MusicConfig(), fov)
-
-
 def _music_samp(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None,
                 name: str = "music-samp", fov: FieldOfView | None = None) -> Estimates:
-    from risloc.estimators.music import music
+    from risloc.estimators.music import MusicConfig, music
 
     R = sample_covariance(scenes.y, scenes.H, scenes.codes)
     return music(R, _music_K(K if K is not None else _samp_order(R, system), system, name),
-                 system, _music_config(fov))
+                 system, _searching(MusicConfig(), fov))
 
 
 def _music_samp_nfmle(scenes: SceneBatch, system: SystemConfig,
@@ -111,13 +105,13 @@ def _ramezani_samp(scenes: SceneBatch, system: SystemConfig,
 
 def _music_oracle(scenes: SceneBatch, system: SystemConfig, K: torch.Tensor | None,
                   fov: FieldOfView | None = None) -> Estimates:
-    from risloc.estimators.music import music
+    from risloc.estimators.music import MusicConfig, music
 
     if not scenes.has_truth:
         raise ValueError("music-oracle needs the truth (it runs on R_true)")
     R = scene_true_covariance(scenes, system)
     return music(R, _music_K(scenes.K if K is None else K, system, "music-oracle"), system,
-                 _music_config(fov))
+                 _searching(MusicConfig(), fov))
 
 
 NEEDS_TRUTH = ("music-oracle",)  # estimators that read the true scene, not only y, H, codes
