@@ -94,3 +94,20 @@ def test_operations_count_what_is_not_a_view_by_part_and_tensors_from_host_data(
         torch.tensor([1.0, 2.0])  # from Python data: a copy from the host
     assert c.operations == 3 + c.by_part[""] and c.by_part["a"] == 1 and c.by_part["b"] == 2
     assert sum(c.from_host.values()) == 1 and c.total == 0
+
+
+def test_a_mask_behind_a_slice_waits_and_host_data_is_told_by_its_risloc_line():
+    """A second mutation review: ``any`` of the indices a mask made ``all`` (``grid[:, mask]``
+    uncounted) and a tensor from host data filed under "?" instead of its risloc line
+    both passed."""
+    t = torch.tensor([1.0, -2.0, 3.0])
+    grid = torch.ones(2, 3)
+    with SyncCounter() as waits:
+        grid[:, t > 0]  # indices (None, mask): a mask still, behind a slice
+        grid.clone()[:, t > 0] = 0.0
+    kinds = sorted(key.rsplit(" ", 1)[1] for key in waits.syncs.elements())
+    assert kinds == ["aten::index", "aten::index_put_"], waits.syncs
+    code = _risloc_code("made.py", "def make():\n    return torch.tensor([1.0, 2.0])\n")
+    with SyncCounter() as host:
+        code["make"]()
+    assert host.from_host == {"made.py:2": 1} and host.total == 0, host.from_host

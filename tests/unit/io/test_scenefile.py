@@ -1708,3 +1708,12 @@ def test_a_disk_that_refuses_the_writes_is_an_error_of_the_write_not_a_crash(tmp
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["refused", "27"]  # EFBIG
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dataset_batches_of_an_empty_scene_range_are_none_and_no_error(tmp_path, batch, system):
+    """A mutation review: ``start <= stop`` made ``start < stop`` (an empty range refused)
+    passed."""
+    path = write_scenes(tmp_path / "s.h5", batch[:10], system)
+    for in_memory in (True, False):
+        ds = SceneDataset(path, in_memory=in_memory)
+        assert list(ds.batches(4, 10)) == [] and list(ds.batches(4, 3, 3)) == []
