@@ -254,3 +254,33 @@ def test_score_is_the_music_pseudo_spectrum_in_decreasing_order():
     torch.testing.assert_close(est.score[:, :2].to(torch.float64), want, rtol=1e-4, atol=0)
     assert (est.score[:, 0] >= est.score[:, 1]).all()
     assert (want[:, 0] > want[:, 1]).all()
+
+
+def test_config_limits_are_exact():
+    """The smallest accepted settings are accepted and one less is refused; a 2 x 3 RIS still
+    gets sub-RISs of 2 per axis (a mutation review: limits lowered by one, and no floor of 2
+    in for_system, passed)."""
+    RamezaniConfig(subarray=(2, 2), n_frequency=4, n_range=2)
+    for bad in ({"subarray": (1, 8)}, {"subarray": (8, 1)}, {"n_frequency": 3},
+                {"n_range": 1}):
+        with pytest.raises(ValueError, match="RamezaniConfig"):
+            RamezaniConfig(**bad)
+    tiny = SystemConfig(N_H=3, N_V=2, M=4, L=8, K_max=1)
+    assert RamezaniConfig().for_system(tiny).subarray == (2, 2)
+
+
+@pytest.mark.parametrize("subarray", [(5, 2), (2, 6)])
+def test_smoothing_refuses_a_window_larger_than_the_ris(subarray):
+    """Either side too large is refused (a mutation review: checking rows only passed)."""
+    z = torch.zeros(1, 4, 5, dtype=torch.complex128)
+    with pytest.raises(ValueError, match="exceeds"):
+        smoothed_covariance(z, subarray)
+
+
+def test_a_sub_ris_too_wide_for_the_ris_is_refused_with_the_hint():
+    """Columns are checked as rows are, with the hint to for_system (a mutation review:
+    checking rows only passed, caught later without the hint)."""
+    small = SystemConfig(N_H=8, N_V=6, M=8, L=24, K_max=3)
+    R = torch.eye(small.N, dtype=torch.complex64).expand(2, -1, -1)
+    with pytest.raises(ValueError, match=r"\(4, 10\) exceeds the \(6, 8\) RIS \(RamezaniConfig"):
+        ramezani_music(R, 1, small, RamezaniConfig(subarray=(4, 10)))
