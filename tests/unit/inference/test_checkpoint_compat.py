@@ -313,3 +313,35 @@ def test_an_exported_model_keeps_what_a_refit_and_a_re_export_read(tmp_path):
     export_model(tmp_path / "m.pt", tmp_path / "m2.pt")
     card = json.loads((tmp_path / "m2.json").read_text())
     assert card["validation"] == {"K_accuracy": 0.75} and card["order_head"]["scenes"] == 600
+
+
+def test_a_payload_that_is_not_bytes_is_a_damaged_checkpoint_not_a_type_error(tmp_path):
+    """(a fourth mutation review) and a state's own 'sha256' key is not stored inside."""
+    for payload in ("text", 7):
+        torch.save({"format_version": 1, "payload": payload, "sha256": "x"}, tmp_path / "t.pt")
+        with pytest.raises(ValueError, match="t.pt: damaged checkpoint"):
+            load_checkpoint(tmp_path / "t.pt")
+    save_checkpoint(tmp_path / "s.pt", {"w": torch.ones(1), "sha256": "stale"})
+    assert "sha256" not in load_checkpoint(tmp_path / "s.pt")
+
+
+def test_the_card_names_the_validation_file_or_the_scene_mix_and_a_text_origin(tmp_path):
+    """(a fourth mutation review) the card's validation set names a val_file, else the
+    scene_mix kinds; an exported model's card whose origin is not text is not copied; the
+    exported model keeps the run's best-epoch record."""
+    for data, text in (({"val_file": "v.npz"}, "the scenes of the file v.npz;"),
+                       ({"scene_mix": [{"share": 0.5, "scene": {"range_m": [0.5, 1.5]}}]},
+                        ", mixed with the 1 kind of data.scene_mix;")):
+        state, _ = _state()
+        cfg = json.loads(state["config"])
+        cfg["data"] = data
+        state["config"] = json.dumps(cfg)
+        state["best"] = {"epoch": 3}
+        save_checkpoint(tmp_path / "run.pt", state)
+        export_model(tmp_path / "run.pt", tmp_path / "m.pt")
+        assert text in json.loads((tmp_path / "m.json").read_text())["validation_set"]
+        assert load_checkpoint(tmp_path / "m.pt")["best"] == {"epoch": 3}
+    (tmp_path / "m.json").write_text(json.dumps({"exported_from": ["/elsewhere/run.pt"]}))
+    export_model(tmp_path / "m.pt", tmp_path / "m2.pt")
+    origin = json.loads((tmp_path / "m2.json").read_text())["exported_from"]
+    assert origin == str((tmp_path / "m.pt").resolve())
