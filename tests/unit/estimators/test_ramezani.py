@@ -284,3 +284,57 @@ def test_a_sub_ris_too_wide_for_the_ris_is_refused_with_the_hint():
     R = torch.eye(small.N, dtype=torch.complex64).expand(2, -1, -1)
     with pytest.raises(ValueError, match=r"\(4, 10\) exceeds the \(6, 8\) RIS \(RamezaniConfig"):
         ramezani_music(R, 1, small, RamezaniConfig(subarray=(4, 10)))
+
+
+def test_no_estimate_for_a_pick_suppressed_by_the_separation():
+    """With min_separation above any periodic distance in f (at most sqrt(1/2)), one
+    frequency peak survives for K = 2: the second slot stays empty (a mutation review:
+    ignoring the greedy pick's validity passed)."""
+    system = SystemConfig(wavefront="fresnel")
+    *_, R = one_source(20.0, 10.0, 3.0, system)
+    est = ramezani_music(R, 2, system, RamezaniConfig(min_separation=1.0))
+    assert int(est.K[0]) == 1
+    assert abs(math.degrees(float(est.azimuth[0, 0])) - 20.0) < 1e-4
+    assert torch.isnan(est.azimuth[0, 1:]).all()
+
+
+def test_separation_in_frequency_wraps_around():
+    """Sources at s_x = +-0.47 (d = lambda / 2: f = s) lie 0.06 apart across f = +-1/2, so
+    min_separation 0.1 suppresses one of them, while 0.02 keeps both (a mutation review: a
+    non-periodic distance in the greedy pick passed)."""
+    system = SystemConfig(wavefront="fresnel")
+    a = math.asin(0.47)
+    az = torch.tensor([[a, -a]], dtype=torch.float64)
+    el = torch.zeros_like(az)
+    rng = torch.tensor([[3.0, 3.0]], dtype=torch.float64)
+    R = true_covariance(az, el, rng, torch.ones_like(rng), system, torch.complex128)
+
+    def found(sep):
+        est = ramezani_music(R, 2, system, RamezaniConfig(min_separation=sep))
+        got = est.azimuth[0, :2]
+        return sum(bool((got - t).abs().min() < 1e-6) for t in (a, -a))
+
+    assert found(0.02) == 2
+    assert found(0.1) == 1
+
+
+@pytest.mark.parametrize("r,edge", [(8.0, 4.0), (0.8, 1.0)])
+def test_range_estimate_stays_in_the_field_of_view(r, edge):
+    """A source beyond (or short of) the searched range gets a range inside the field of
+    view: the edge nearest to it (a mutation review: dropping either bound on
+    1/range in the range refinement passed)."""
+    system = SystemConfig(wavefront="fresnel")
+    *_, R = one_source(20.0, 10.0, r, system)
+    fov = FieldOfView(range_m=(1.0, 4.0))
+    est = ramezani_music(R, 1, system, RamezaniConfig(fov=fov))
+    got = float(est.range_m[0, 0])
+    assert 1.0 - 1e-9 <= got <= 4.0 + 1e-9
+    assert abs(got - edge) < 1e-9
+
+
+def test_more_sources_than_k_max_get_a_slot_each():
+    """Estimates have max(K_max, max K) slots (a mutation review: K_max slots passed)."""
+    small = SystemConfig(N_H=8, N_V=6, M=8, L=24, K_max=1)
+    R = torch.eye(small.N, dtype=torch.complex64).expand(1, -1, -1)
+    est = ramezani_music(R, 2, small, RamezaniConfig().for_system(small))
+    assert est.azimuth.shape == (1, 2) and int(est.K[0]) == 2
