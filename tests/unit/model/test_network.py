@@ -708,3 +708,35 @@ def test_the_heads_read_their_documented_inputs(scenes):
     w = (out.slot_confidence * p_geq + 1e-8).sqrt().unsqueeze(-2)
     torch.testing.assert_close(out.F, w * (out.slot_steering + 0.7 * corr), rtol=1e-4,
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [dict(n_azimuth=1), dict(n_elevation=1), dict(n_inv_range=1),
+                                 dict(width=4), dict(hidden=4), dict(dilations=())])
+def test_model_config_rejects_degenerate_grids_and_trunks(bad):
+    """Every grid axis needs 2 points (a cell step is ax[1] - ax[0]), the trunk GroupNorm(8)
+    8 channels, the heads 8 hidden units and the trunk a block (a mutation review: the
+    1/range axis dropped from the check, width >= 4, the hidden and the dilations checks
+    dropped all passed)."""
+    with pytest.raises(ValueError, match="ModelConfig"):
+        ModelConfig(**bad)
+
+
+def test_the_ml_refinement_gets_the_k_hat_strongest_slots_and_the_zoom_reads_conf(scenes,
+                                                                                 monkeypatch):
+    """lm_solve's mask is s < K_hat (the K_hat strongest slots, not K_hat - 1), and the zoom
+    MLP reads each slot's confidence after its CNN feature (a mutation review: the mask
+    without its + 1 and the confidence zeroed in the zoom input both passed)."""
+    import risloc.model.network as network
+
+    torch.manual_seed(4)
+    net = CovarianceNet(SYSTEM, ModelConfig(width=16, dilations=(1,), hidden=16,
+                                            refine_iterations=1)).eval()
+    masks, zin = [], []
+    real = network.lm_solve
+    monkeypatch.setattr(network, "lm_solve", lambda *a: masks.append(a[4]) or real(*a))
+    net.zoom.mlp[0].register_forward_hook(lambda m, i, o: zin.append(i[0]))
+    with torch.no_grad():
+        out = net(scenes.y, scenes.H, scenes.codes, scenes.snr_db)
+    assert torch.equal(masks[0], torch.arange(SYSTEM.K_max) < out.K_hat.unsqueeze(-1))
+    P = net.zoom.stencil.shape[0]
+    torch.testing.assert_close(zin[0][..., P + 1 + 16], out.slot_confidence)
