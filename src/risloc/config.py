@@ -510,6 +510,9 @@ def system_from_json(text: str | None) -> SystemConfig:
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
+    if not all(p.strip() for p in parts):
+        raise ConfigError(f"override {key!r} has an empty name between its dots (write "
+                          f"section.field=value, e.g. scene.K=3)")
     index = next((i for i, p in enumerate(parts) if i and p.strip().isdigit()), None)
     if index is not None:  # (no field is named by a number: it indexes a list or tuple)
         whole = ".".join(parts[:index])

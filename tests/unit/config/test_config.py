@@ -135,6 +135,10 @@ def test_unreadable_files_and_values_are_named(tmp_path):
         load_config(overrides=["scene.K="])
     with pytest.raises(ConfigError, match="override ' =3' names no field"):
         load_config(overrides=[" =3"])  # was "<config>: Extra inputs are not permitted"
+    for key in ("scene..K", "scene.K.", ".K"):  # was "scene.: Extra inputs are not permitted"
+        with pytest.raises(ConfigError, match=rf"override '{re.escape(key)}' has an empty name "
+                           r"between its dots \(write section.field=value, e.g. scene.K=3\)"):
+            load_config(overrides=[f"{key}=3"])
     assert load_config(overrides=["scene.K=null"]).scene.K is None
     with pytest.raises(ConfigError, match=r"K: expected int \| None, got the boolean true"):
         load_config(overrides=["scene.K=true"])  # pydantic alone would read it as K = 1
