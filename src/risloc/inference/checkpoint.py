@@ -67,7 +67,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
-        raise ValueError(f"{path} is a folder, not a checkpoint")
+        files = sorted(p.name for p in path.glob("*.pt") if p.is_file())
+        pick = "model.pt" if "model.pt" in files else (files[0] if files else None)
+        raise ValueError(f"{path} is a folder, not a checkpoint: "
+                         + (f"give a file in it, e.g. {path / pick}" if pick
+                            else "give the checkpoint file (it holds no .pt file)"))
     with path.open("rb") as f:
         head = f.read(4)
     if head != b"PK\x03\x04":  # torch files are zip archives

@@ -345,3 +345,17 @@ def test_the_card_names_the_validation_file_or_the_scene_mix_and_a_text_origin(t
     export_model(tmp_path / "m.pt", tmp_path / "m2.pt")
     origin = json.loads((tmp_path / "m2.json").read_text())["exported_from"]
     assert origin == str((tmp_path / "m.pt").resolve())
+
+
+def test_a_folder_given_as_checkpoint_is_named_with_the_file_to_give(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(ValueError, match="run is a folder, not a checkpoint: give the "
+                                         r"checkpoint file \(it holds no .pt file\)"):
+        load_checkpoint(run)
+    (run / "best.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"give a file in it, e.g. .*run.best\.pt"):
+        load_checkpoint(run)
+    (run / "model.pt").write_bytes(b"")  # a finished run: its model is the one to give
+    with pytest.raises(ValueError, match=r"give a file in it, e.g. .*run.model\.pt"):
+        load_model(run)
