@@ -368,7 +368,7 @@ def format_validation_error(err: ValidationError, what: str = "configuration",
             if e["type"] == "tuple_type" and _is_pair(kind):
                 hint = f" (a pair: {'.'.join(path)}=[lo, hi])"
             elif e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-                hint = _where_it_belongs(model, loc, isinstance(e.get("input"), dict))
+                hint = did_you_mean(model, loc, isinstance(e.get("input"), dict))
         msg = e["msg"]
         if e["type"] == "value_error":  # a validator's own words, without pydantic's "Value
             inner = e.get("ctx", {}).get("error")  # error, " or a nested check's heading
@@ -423,7 +423,7 @@ _SYNONYMS = {"lambda": "wavelength", "lam": "wavelength", "wavelength_m": "wavel
 ``lambda`` was offered N_H or N_V, ``optim.learning_rate`` nothing)."""
 
 
-def _where_it_belongs(model: type, loc: list[str], is_section: bool) -> str:
+def did_you_mean(model: type, loc: list[str], is_section: bool) -> str:
     """' (did you mean a.b?)' for the unknown field at ``loc`` of ``model``: a field of that
     name anywhere in the configuration, else a close spelling where it was given (a
     section's name only where a section of values was given)."""

@@ -680,6 +680,10 @@ def tune(settings: TuneSettings):
                         raise
                     log.warning("a trial of this worker was failed as stale by another "
                                 "worker (late heartbeats) and queued again; going on")
+        except KeyboardInterrupt:  # the trials finished so far, reported before it goes on
+            write_reports(study, base, space, Path(settings.out_dir), settings.config,
+                          settings.fixed_overrides(), settings.epochs)
+            raise
         finally:
             for h in handlers:
                 h.removeFilter(quiet)

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from risloc.config import ConfigError, load_yaml, merge_nested, parse_overrides
+from risloc.config import ConfigError, did_you_mean, load_yaml, merge_nested, parse_overrides
 from risloc.training.config import (
     TrainConfig,
     load_train_config,
@@ -100,7 +100,8 @@ def load_space(path: str | Path, base: TrainConfig | None = None) -> tuple[Dimen
         try:
             current = _get(base, field)
         except AttributeError:
-            raise ConfigError(f"{path}: {field} is not a recipe field") from None
+            raise ConfigError(f"{path}: {field} is not a recipe field"
+                              f"{did_you_mean(type(base), field.split('.'), False)}") from None
         if isinstance(current, BaseModel) or isinstance(current, dict):
             raise ConfigError(f"{path}: {field} is a section of the recipe; search its "
                               "fields (e.g. optim.lr)")

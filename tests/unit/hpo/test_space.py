@@ -43,3 +43,14 @@ def test_a_relative_range_over_a_field_of_0_is_refused(tmp_path):
                                           "get 0; give it an absolute range"):
         _space(tmp_path, "optim.weight_decay: {low: 0.5, high: 2, relative: true}", base)
     _space(tmp_path, "optim.weight_decay: {low: 0.0, high: 0.1}", base)  # absolute: taken
+
+
+@pytest.mark.parametrize("field,guess", [("optim.lrx", "optim.lr"),
+                                         ("train.lr", "optim.lr"),
+                                         ("schedule.epoch", "schedule.epochs")])
+def test_a_field_not_in_the_recipe_is_named_with_the_one_meant(tmp_path, field, guess):
+    """A misspelt or misplaced field gets the recipe's own did-you-mean (a scale-out
+    persona: only 'is not a recipe field' was said)."""
+    with pytest.raises(ConfigError, match=rf"{field} is not a recipe field \(did you mean "
+                                          rf"{guess}\?\)$"):
+        _space(tmp_path, f"{field}: {{low: 1, high: 2}}")

@@ -794,3 +794,29 @@ def test_the_study_s_pruner_prunes_nothing_before_its_startup_trials_complete(tm
     trial = study.ask()
     trial.report(1.0, 1)
     assert not trial.should_prune()
+
+
+def test_an_interrupted_tune_reports_the_trials_finished_before_it(tmp_path, monkeypatch):
+    """trials.csv and best_overrides.yaml are written when a tune is interrupted, not only
+    at its end (a scale-out persona: a SIGTERM left neither, trial 0 complete in the
+    study)."""
+    import risloc.training as training
+    from risloc.hpo import tune
+
+    calls = []
+
+    def train(cfg, resume=False, callback=None, **kw):
+        calls.append(cfg.out_dir)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        callback(1, {"objective": 0.5})
+        return {"best_objective": 0.5}
+
+    monkeypatch.setattr(training, "train", train)
+    s = TuneSettings(config="train_tiny", out_dir=str(tmp_path), n_trials=3, epochs=1,
+                     warmup_epochs=0)
+    with pytest.raises(KeyboardInterrupt):
+        tune(s)
+    rows = (tmp_path / "trials.csv").read_text().splitlines()
+    assert [r.split(",")[:2] for r in rows[1:]] == [["0", "COMPLETE"], ["1", "FAIL"]], rows
+    assert "trial: 0" in (tmp_path / "best_overrides.yaml").read_text()
