@@ -817,3 +817,33 @@ def test_azimuth_errors_wrap_into_minus_pi_to_pi(t_az, e_az, el):
     assert -math.pi <= d < math.pi
     turns = (e_az - t_az - d) / (2 * math.pi)
     assert abs(turns - round(turns)) < 1e-9, (d, e_az, t_az)
+
+
+def test_the_last_scene_by_index_minus_one_is_that_scene():
+    # a mutation review: slice(-1, 0) would select no scene at all
+    m = match_sources(_est([3, 2], [[35.0, -40.0, 10.0], [20.0, 0.0, NAN]],
+                           [[20.0, 5.0, -10.0], [3.0, 0.0, NAN]],
+                           [[8.0, 1.0, 4.0], [6.0, 2.0, NAN]]), *TRUTH)
+    assert len(m[-1]) == 1 and summarize(m[-1]) == summarize(m[1:2])
+
+
+def test_errors_of_unpaired_true_sources_are_nan():
+    est = _est([1, 0], [[10.0, NAN, NAN], [NAN, NAN, NAN]], [[-10.0, NAN, NAN], [NAN] * 3],
+               [[4.0, NAN, NAN], [NAN] * 3])
+    m = match_sources(est, *TRUTH)
+    unpaired = ~m.paired
+    for field in ("azimuth_error", "elevation_error", "angle_error", "range_error"):
+        v = getattr(m, field)
+        assert torch.isnan(v[unpaired]).all() and not torch.isnan(v[m.paired]).any(), field
+
+
+def test_paired_bootstrap_ratio_is_nan_when_one_estimator_pairs_nothing():
+    gen = torch.Generator().manual_seed(2)
+    truth = _random_truth(10, gen)
+    good = match_sources(_noisy(truth, truth[3], 1.0, gen), *truth)
+    none = match_sources(_est([0] * 10, [[NAN]] * 10, [[NAN]] * 10, [[NAN]] * 10), *truth)
+    se = paired_bootstrap_se(none, good, reps=20)
+    for name in ("azimuth", "elevation", "range"):
+        assert math.isnan(se[f"{name}_median_ratio"]), se
+        assert math.isnan(se[f"{name}_median_ratio_common"]), se
+    assert not math.isnan(se["f1_diff"])

@@ -601,3 +601,23 @@ def test_the_decision_reads_a_zero_probability_as_a_small_one(monkeypatch):
     head = OrderHead(4, 5, balance=0.0)
     monkeypatch.setattr(head, "forward", lambda x: OrderOutput(P, det))
     assert head.decide(torch.zeros(2, 4)).tolist() == [1, 3]
+
+
+def test_fit_order_drops_a_stale_card_at_out_and_reports_its_scene_mix(tmp_path, monkeypatch):
+    """A checkpoint without a card of its own leaves none at ``out``: an older card there
+    described another head; the report records ``mix`` as given (a mutation review: the
+    stale card kept, and the flag inverted, both passed)."""
+    import risloc.pipeline.calibrate as calibrate
+    from risloc.pipeline.learned import DEFAULT_MODEL, load_learned_pipeline
+
+    head = load_learned_pipeline().order_head
+    monkeypatch.setattr(calibrate, "training_data", lambda *a, **k: (None, None, None))
+    monkeypatch.setattr(calibrate, "fit_order_head", lambda *a, **k: head)
+    monkeypatch.setattr(calibrate, "order_report", lambda *a, **k: [])
+    monkeypatch.setattr(calibrate, "save_checkpoint", lambda path, state: None)
+    monkeypatch.setattr(calibrate, "model_card_path",
+                        lambda p: tmp_path / f"card-{p.name}.json")
+    stale = tmp_path / "card-o.pt.json"
+    stale.write_text('{"old": 1}')
+    report = calibrate.fit_order(DEFAULT_MODEL, tmp_path / "o.pt", n_scenes=64, mix=False)
+    assert not stale.exists() and report["scene_mix"] is False
