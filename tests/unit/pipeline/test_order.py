@@ -621,3 +621,20 @@ def test_fit_order_drops_a_stale_card_at_out_and_reports_its_scene_mix(tmp_path,
     stale.write_text('{"old": 1}')
     report = calibrate.fit_order(DEFAULT_MODEL, tmp_path / "o.pt", n_scenes=64, mix=False)
     assert not stale.exists() and report["scene_mix"] is False
+    assert "scene_mix" not in report["training_split"]  # the recipe has no mixture
+    # a recipe with a mixture: the base scene alone is said so only where mix is False
+    # (a mutation review: the note's condition inverted passed)
+    load = calibrate.load_learned_pipeline
+
+    def with_mix(*a, **k):
+        pipe = load(*a, **k)
+        data = type(pipe.recipe.data).model_validate({
+            **pipe.recipe.data.model_dump(),
+            "scene_mix": [{"share": 0.5, "scene": {"range_m": (0.5, 1.5)}}]})
+        pipe.recipe = pipe.recipe.model_copy(update={"data": data})
+        return pipe
+
+    monkeypatch.setattr(calibrate, "load_learned_pipeline", with_mix)
+    for mix in (False, True):
+        report = calibrate.fit_order(DEFAULT_MODEL, tmp_path / "o.pt", n_scenes=64, mix=mix)
+        assert ("without its scene_mix kinds" in report["training_split"]) is not mix, report
