@@ -116,3 +116,50 @@ def test_a_part_file_one_byte_short_of_its_record_is_not_resumed(tmp_path):
     with pytest.raises(ValueError, match=r"est.csv.part is shorter than its progress"):
         EstimatesStream(out, settings, COLUMNS, resume=True)
     assert first.part.stat().st_size == size - 1
+
+
+def test_no_scene_reads_empty_a_file_index_of_1_5_is_refused_and_one_file_needs_file(tmp_path):
+    """A scene file of no scene reads an empty CSV; a `file` cell of 1.5 is refused; rows
+    of file 1 alone are not read as file 0's without file= (a mutation review)."""
+    from risloc.pipeline.estimates_file import OneFileOfSeveralError
+
+    (tmp_path / "n.csv").write_text(f"{HEADER}\n")
+    assert read_estimates(tmp_path / "n.csv", 0).K.tolist() == []
+    (tmp_path / "f.csv").write_text(f"{HEADER},file\n0,0,10,20,1,1.5\n")
+    with pytest.raises(ValueError, match=r"line 2: file must be the index .* got '1.5'"):
+        read_estimates(tmp_path / "f.csv", 1, file=1)
+    (tmp_path / "g.csv").write_text(f"{HEADER},file\n0,0,10,20,1,1\n")
+    with pytest.raises(OneFileOfSeveralError, match=r"rows of file 1 alone: pass file=1"):
+        read_estimates(tmp_path / "g.csv", 1)
+    assert read_estimates(tmp_path / "g.csv", 1, file=1).K.tolist() == [1]
+
+
+def test_an_elevation_past_90_deg_is_refused_when_written(tmp_path):
+    """90.5 deg is refused, no file left; 90 deg is written (a mutation review: a tolerance
+    of 1 deg passed)."""
+    import torch
+
+    from risloc.core.params import Estimates
+    from risloc.pipeline import write_estimates
+
+    def est(el_deg):
+        return Estimates(K=torch.tensor([1]), azimuth=torch.tensor([[0.1]]),
+                         elevation=torch.tensor([[math.radians(el_deg)]]),
+                         range_m=torch.tensor([[2.0]]), score=torch.tensor([[1.0]]))
+
+    with pytest.raises(ValueError, match=r"scene 0, source 0: .* elevation within"):
+        write_estimates(tmp_path / "e.csv", est(90.5))
+    assert not (tmp_path / "e.csv").exists()
+    write_estimates(tmp_path / "e.csv", est(90.0))
+    assert read_estimates(tmp_path / "e.csv", 1).K.tolist() == [1]
+
+
+def test_a_resume_of_another_method_names_the_method_alone(tmp_path):
+    """The learned method's bf16/checkpoint follow from --method: not named beside it (a
+    mutation review)."""
+    from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream
+
+    out = tmp_path / "est.csv"
+    EstimatesStream(out, {"method": "music", "bf16": None}, COLUMNS).close()
+    with pytest.raises(ValueError, match=r"other settings: another --method\. To start"):
+        EstimatesStream(out, {"method": "net", "bf16": True}, COLUMNS, resume=True)
