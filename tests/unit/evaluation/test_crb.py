@@ -1275,6 +1275,9 @@ def test_user_crb_refuses_the_azimuth_of_a_source_in_the_ris_plane(system):
         crb(H[0], c[0], [0.0], [90.0], [3.0], system, snr_db=10.0, known=("azimuth",))
     off = crb(H[0], c[0], [30.0], [90.0], [3.0], system, snr_db=10.0, known=("azimuth",))
     assert 0 < off["elevation_deg"].item() < 10
+    both = crb(H[0], c[0], [0.0], [90.0], [3.0], system, snr_db=10.0,
+               known=("azimuth", "elevation"))  # both angles known: the range is bounded
+    assert both["elevation_deg"].item() == 0 and 0 < both["range_m"].item() < math.inf
 
 
 def test_user_crb_takes_a_map_in_chunks_and_names_the_whole_batchs_scenes(system, monkeypatch):
