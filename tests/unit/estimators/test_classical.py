@@ -855,3 +855,16 @@ def test_each_scene_takes_the_greedy_fit_of_its_own_K():
     for b, k in enumerate(K.tolist()):
         torch.testing.assert_close(out[b, :k], thetas[k - 1][b])
         assert out[b, k:].isnan().all()
+
+
+@pytest.mark.parametrize("L, margin", [(1, 25.0), (2, 10.0), (3, 10.0)])
+def test_the_snr_check_allows_25_db_with_one_snapshot_only(monkeypatch, L, margin):
+    """_check_snr's margin is 25 dB for one snapshot and 10 dB from two on (a mutation
+    review: one read as "up to two", every test passed)."""
+    seen = []
+    monkeypatch.setattr(classical, "snr_disagreement", lambda costs, L_, M_, s2, m:
+                        seen.append(m) or (torch.zeros(1, dtype=torch.bool), torch.zeros(1)))
+    y = torch.ones(1, L, 5, dtype=torch.complex64)
+    classical._check_snr(torch.ones(1, 3, dtype=torch.float64), y,
+                         torch.ones(1, dtype=torch.float64), 10.0)
+    assert seen == [margin]
