@@ -724,3 +724,53 @@ def test_the_time_left_reads_in_seconds_minutes_then_hours():
 
     assert [_duration(s) for s in (45, 75, 89, 90, 1020, 5399, 5400, 8280)] == [
         "45s", "75s", "89s", "2 min", "17 min", "90 min", "1.5 h", "2.3 h"]
+
+
+def test_early_stopping_best_epoch_checkpoints_and_a_stopped_run_s_resume(tmp_path,
+                                                                           monkeypatch):
+    """Patience and min_improvement decide improvement strictly; best.pt holds the best
+    epoch, last.pt the last; the headline val_* are the best epoch's; a resumed run that
+    had stopped stays stopped and keeps its epoch rows (a mutation review: '<=', '+
+    min_improvement', a bad-epoch count never reset, '>' patience, best.pt written every
+    epoch, a resume that trains on all survived)."""
+    from risloc.inference.checkpoint import load_checkpoint
+    from risloc.training import loop
+    from risloc.training.logs import EpochStats
+
+    objectives = iter([math.inf, 3.0, 2.875, 2.0, 1.75, 5.0, 0.5, 0.25])
+    validated = []
+
+    class Val:
+        def __init__(self, objective):
+            self.objective = objective
+
+        def metrics(self):
+            return {"objective": self.objective}
+
+    def validate(self, model, scenes):
+        validated.append(self.epoch)
+        return Val(next(objectives))
+
+    monkeypatch.setattr(loop.Trainer, "train_epoch", lambda self, csv: EpochStats())
+    monkeypatch.setattr(loop.Trainer, "validate", validate)
+    monkeypatch.setattr(loop, "_log_epoch", lambda *a: None)
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml", [
+        f"out_dir={tmp_path}", "schedule.epochs=8", "schedule.patience=2",
+        "schedule.min_improvement=0.25", "schedule.swa_frac=0"])
+    m = loop.train(cfg)
+    assert (m["epochs_run"], m["best_epoch"], m["best_objective"]) == (6, 4, 2.0)
+    assert m["stopped_early"] == 1.0 and m["val_objective"] == 2.0
+    assert load_checkpoint(tmp_path / "best.pt", torch.device("cpu"))["epoch"] == 4
+    assert load_checkpoint(tmp_path / "last.pt", torch.device("cpu"))["epoch"] == 6
+    assert len(validated) == 6
+    m = loop.train(cfg, resume=True)
+    assert len(validated) == 6 and m["epochs_run"] == 6 and m["best_epoch"] == 4
+    rows = (tmp_path / "epochs.csv").read_text().splitlines()
+    assert len(rows) == 1 + 6
+    # a first epoch that paired nothing (objective inf) is still the best so far: best.pt
+    # holds an epoch
+    objectives = iter([math.inf])
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml", [
+        f"out_dir={tmp_path / 'one'}", "schedule.epochs=1", "schedule.swa_frac=0"])
+    m = loop.train(cfg)
+    assert m["best_epoch"] == 1 and (tmp_path / "one" / "best.pt").exists()
