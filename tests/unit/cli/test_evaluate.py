@@ -38,7 +38,12 @@ def _text(table) -> str:
     ({"estimates": [Path("a.csv")], "estimators": "classical"},
      "concern a scene file's scenes"),
 ])
-def test_bad_arguments_are_refused_before_any_work(kwargs, message, tmp_path):
+def test_bad_arguments_are_refused_before_any_work(kwargs, message, tmp_path, monkeypatch):
+    def no_work(*a, **k):  # (a missing check: fail here, not after a whole sweep)
+        raise AssertionError("no check refused it")
+
+    for entry in ("sweep_config", "sweep_points", "run_report"):
+        monkeypatch.setattr(ev, entry, no_work)
     with pytest.raises(ValueError, match=message):
         run(**{"out_dir": tmp_path, "plots": False} | kwargs)
 
@@ -119,3 +124,22 @@ def test_plot_subtitle():
     assert "no SNR in the file" in sub and sub.endswith("fitted at the truth")
     assert ev._plot_subtitle(g, "f", True, "all").endswith("; stochastic CRB")
     assert "the estimates given" in ev._plot_subtitle(SweepSettings(()), "f", True)
+
+
+def test_plot_subtitle_of_a_sweep_of_drawn_K():
+    """K drawn per scene (no --K): n scenes per SNR, not 0."""
+    s = SweepSettings(("classical",), (0.0,), None, 20)
+    assert ev._plot_subtitle(s, "sim", False).startswith("sim, 20 scenes per SNR, equal")
+
+
+@pytest.mark.parametrize("K, per_K", [(None, False), ((2,), False), ((1, 3), True)])
+def test_report_has_a_K_column_for_several_K_only(K, per_K, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(ev, "evaluate_points", lambda *a: [_row()])
+    monkeypatch.setattr(ev, "results_table", lambda *a: seen.append(a[3]))
+    monkeypatch.setattr(ev, "print_table", lambda *a: None)
+    monkeypatch.setattr(ev, "write_results", lambda *a: (tmp_path / "metrics.csv", None))
+    system = type("System", (), {"model_dump": lambda self: {}})()
+    s = SweepSettings(("classical",), (5.0,), K, 10)
+    ev.run_report([], system, s, tmp_path, False, "sim")
+    assert seen == [per_K]
