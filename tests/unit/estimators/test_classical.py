@@ -247,6 +247,14 @@ def test_the_grid_grows_along_each_axis_with_its_own_side_and_span():
     assert grown.fov == fov
 
 
+def test_the_1_over_r_grid_grows_with_the_wider_side_when_it_is_the_vertical_one():
+    # a mutation review: 1/r grown with the horizontal side (N_H >= N_V in every other test)
+    # survived the suite. 18 x 24 RIS, default field of view: sides 1.5 and 2.0 x the default
+    # 12-element aperture, so 24 x 1.5, 13 x 2.0 and 10 x 2.0 (not 10 x 1.5) points.
+    grown = ClassicalConfig().for_system(SystemConfig(N_H=18, N_V=24))
+    assert (grown.grid_azimuth, grown.grid_elevation, grown.grid_inv_range) == (36, 26, 20)
+
+
 def test_config_bounds_are_checked_at_their_edges():
     for bad in (dict(grid_azimuth=0), dict(grid_elevation=0), dict(grid_inv_range=0),
                 dict(chunk=0), dict(relax_sweeps=-1), dict(floor=0.0), dict(floor=1.5),
@@ -488,6 +496,15 @@ def test_the_device_route_treats_the_largest_excesses_without_counting_them(monk
     changed = (two.azimuth != padded.estimates.azimuth).any(-1).nonzero().flatten()
     second = int(torch.where(flagged, excess, 0).topk(2).indices[1])
     assert [int(rows[i]) for i in changed] == [second, worst]
+
+
+def test_a_source_is_cancelling_only_above_ratio_times_the_received_energy():
+    # a mutation review: a halved threshold survived the suite. Received energy 4.
+    y = torch.ones(1, 1, 4, dtype=torch.complex64)
+    r = classical.CANCELLING_RATIO
+    energy = torch.tensor([[0.75 * r * 4, r * 4, 1.25 * r * 4]])
+    mask = torch.tensor([[True, True, True]])
+    assert classical.cancelling_sources(energy, y, mask).tolist() == [[False, False, True]]
 
 
 def test_scenes_without_a_cancelling_pair_keep_their_estimates():
