@@ -774,3 +774,104 @@ def test_early_stopping_best_epoch_checkpoints_and_a_stopped_run_s_resume(tmp_pa
         f"out_dir={tmp_path / 'one'}", "schedule.epochs=1", "schedule.swa_frac=0"])
     m = loop.train(cfg)
     assert m["best_epoch"] == 1 and (tmp_path / "one" / "best.pt").exists()
+
+
+def test_resume_brings_back_the_micro_batch_count(tmp_path):
+    """restore sets the micro-batch count the data is drawn by (a mutation review: a
+    restore that dropped it passed)."""
+    from risloc.inference.checkpoint import save_checkpoint
+    from risloc.training.loop import Trainer
+
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml", [f"out_dir={tmp_path}"])
+    tr = Trainer(cfg)
+    tr.epoch, tr.step, tr.micro = 1, 3, 7
+    save_checkpoint(tmp_path / "last.pt", tr.state())
+    back = Trainer(cfg)
+    back.restore(tmp_path / "last.pt")
+    assert (back.epoch, back.step, back.micro) == (1, 3, 7)
+
+
+def test_a_step_row_logs_its_step_s_rate_and_beta_every_log_every_steps(tmp_path):
+    """A steps.csv row is written after every log_every-th optimizer step (counted from 1)
+    with the rate that step used (read before it) and that step's own beta (a mutation
+    review: rows one step early, the rate after the step and one beta per epoch passed)."""
+    from risloc.training import schedules
+    from risloc.training.loop import Trainer
+
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml", [
+        f"out_dir={tmp_path}", "schedule.steps_per_epoch=4", "log_every=2",
+        "optim.warmup_steps=3", "schedule.beta_jitter=0.05",
+        "schedule.beta_warmup_frac=0.5", "schedule.swa_frac=0"])
+    tr = Trainer(cfg)
+    rows = []
+
+    class Rows:
+        def write(self, row):
+            rows.append(row)
+
+    stats = tr.train_epoch(Rows())
+    assert stats.summary()  # (the steps were taken)
+    assert [r["step"] for r in rows] == [2, 4]
+    o, total = cfg.optim, tr.total_steps
+    for r in rows:
+        k = r["step"] - 1  # the optimizer step the row is of (0-based)
+        lr = [o.lr * schedules.get_lr(j, total, o.warmup_steps, 1.0, o.min_lr_ratio)
+              for j in (k, k + 1)]
+        assert lr[0] != pytest.approx(lr[1])
+        assert r["lr"] == pytest.approx(lr[0], rel=1e-6), k
+        beta = [schedules.jittered_beta(schedules.beta_at(j / total, cfg.blend.beta, 0.5),
+                                        0.05, cfg.seed, j) for j in (k, 0)]
+        assert beta[0] != pytest.approx(beta[1])
+        assert r["beta"] == pytest.approx(beta[0], abs=1e-12), k
+
+
+def test_a_resumed_run_keeps_the_step_rows_up_to_its_checkpoint_s_step(tmp_path,
+                                                                        monkeypatch):
+    """Resuming drops the steps.csv rows written after the checkpoint and keeps those up to
+    its step, that step's included (a mutation review: '<' passed)."""
+    from risloc.inference.checkpoint import save_checkpoint
+    from risloc.training import loop
+
+    monkeypatch.setattr(loop, "validation_set", lambda cfg: [])
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml", [
+        f"out_dir={tmp_path}", "schedule.swa_frac=0"])
+    tr = loop.Trainer(cfg)
+    tr.epoch, tr.step = cfg.schedule.epochs, 3  # (nothing left to train)
+    save_checkpoint(tmp_path / "last.pt", tr.state())
+    (tmp_path / "steps.csv").write_text("step,lr\n" + "".join(f"{k},0.1\n" for k in range(1, 6)))
+    loop.train(cfg, resume=True)
+    lines = (tmp_path / "steps.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["step", "1", "2", "3"]
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")  # SWALR without steps
+def test_each_swa_epoch_adds_the_weights_to_the_swa_average(tmp_path, monkeypatch):
+    """Every epoch of the SWA phase averages the model's weights into the SWA copy once
+    (a mutation review: the update removed passed)."""
+    from types import SimpleNamespace
+
+    from risloc.training import loop
+    from risloc.training.logs import EpochStats
+
+    seen = []
+
+    class Val:
+        objective = 1.0
+        summary = SimpleNamespace(angle_median_deg=1.0, K_accuracy=1.0)
+
+        def metrics(self):
+            return {"objective": 1.0}
+
+    def validate(self, model, scenes):
+        seen.append(self)
+        return Val()
+
+    monkeypatch.setattr(loop, "validation_set", lambda cfg: [])
+    monkeypatch.setattr(loop.Trainer, "train_epoch", lambda self, csv: EpochStats())
+    monkeypatch.setattr(loop.Trainer, "validate", validate)
+    monkeypatch.setattr(loop, "_log_epoch", lambda *a: None)
+    cfg = load_train_config(ROOT / "configs" / "train_tiny.yaml", [
+        f"out_dir={tmp_path}", "schedule.epochs=4", "schedule.swa_frac=0.5"])
+    loop.train(cfg)
+    tr = seen[-1]
+    assert tr.swa_start == 2 and int(tr.swa.n_averaged) == 2
