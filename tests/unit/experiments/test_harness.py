@@ -406,3 +406,157 @@ def test_the_sources_the_noise_buries_are_named_in_one_warning_for_every_chunk(
         harness.scene_crb(file, system, "stochastic")
     said = [r.getMessage() for r in caplog.records if "no power above" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("2 source(s) in scenes [1, 5]: "), said
+
+
+def test_run_estimator_hands_each_pass_its_own_scenes_K_and_reports_progress(monkeypatch):
+    """A batch split into passes of MAX_CHUNK scenes: each pass gets the true K of its own
+    scenes (known_K), and the progress advances by the scenes of each batch (a third
+    mutation review: the batch's K handed to every pass, and batch_size as the advance,
+    passed every test)."""
+    from risloc.config import SystemConfig
+    from risloc.simulation import simulate_range
+
+    calls = []
+
+    def recording(name, checkpoint=None, fov=None):
+        def fn(scenes, system, K):
+            calls.append((len(scenes), K.clone()))
+            return Estimates(scenes.K, scenes.azimuth.float(), scenes.elevation.float(),
+                             scenes.range_m.float(), torch.ones_like(scenes.azimuth).float())
+        return fn
+
+    monkeypatch.setattr(harness, "get_estimator", recording)
+    monkeypatch.setattr(harness, "MAX_CHUNK", 2)
+    system = SystemConfig()
+    scenes = simulate_range(0, 7, system, scene=None, split="test", snr_db=10.0)
+    steps = []
+    est, _ = harness.run_estimator("rec", scenes, system, True, 4, steps.append, workers=1)
+    assert [n for n, _ in calls] == [2, 2, 2, 1] and steps == [4, 3]
+    assert all(len(K) == n for n, K in calls)
+    assert torch.equal(torch.cat([K for _, K in calls]), scenes.K)
+    assert torch.equal(est.K, scenes.K)
+
+
+def test_the_snr_points_and_K_values_of_a_sweep_draw_from_disjoint_streams():
+    """(a third mutation review: streams 100 + i + K, point 0's K = 2 the stream of point 1's
+    K = 1, its scenes' first sources at the same places, passed every test)"""
+    (_, a), (_, b) = sweep_points(SweepSettings(snr_db=(10.0, 20.0), n_per_point=4,
+                                                K=(1, 2)), RislocConfig())
+    assert not bool(torch.isclose(a.azimuth[4:, 0], b.azimuth[:4, 0]).any())
+
+
+def test_a_deterministic_bound_without_symbols_is_the_stochastic_one():
+    """Scenes with their noise but no symbols get the stochastic bound asked for "deterministic"
+    (a third mutation review: handing on "deterministic", which raises, passed)."""
+    from dataclasses import replace
+
+    cfg = RislocConfig()
+    (_, sc), = sweep_points(SweepSettings(snr_db=(10.0,), n_per_point=2, K=(1,)), cfg)
+    bare = replace(sc, symbols=None)
+    got = harness.scene_crb(bare, cfg.system, "deterministic")
+    want = harness.scene_crb(bare, cfg.system, "stochastic")
+    torch.testing.assert_close(got.range_m, want.range_m, equal_nan=True)
+
+
+def test_the_report_s_meta_records_the_field_of_view_searched():
+    """(a third mutation review: the fov left out of metrics.json passed every test)"""
+    from risloc.config import FieldOfView
+
+    fov = FieldOfView(range_m=(1.0, 4.0))
+    meta = SweepSettings(fov=fov).meta()
+    assert meta["fov"] == {"azimuth_deg": (-60.0, 60.0), "elevation_deg": (-30.0, 30.0),
+                           "range_m": (1.0, 4.0)}
+    assert "given" not in meta and "fov" not in SweepSettings().meta()
+
+
+def _file_points(dead, offset=10):
+    """Two file-like SNR groups (10 and 20 dB, K = 1, 3 scenes each, indices offset..), the
+    measurements of the scenes ``dead`` (indices in the file) zero."""
+    from dataclasses import replace
+
+    cfg = RislocConfig()
+    points = []
+    for i, (snr, sc) in enumerate(sweep_points(SweepSettings(snr_db=(10.0, 20.0),
+                                                             n_per_point=3, K=(1,)), cfg)):
+        where = torch.arange(3) + offset + 3 * i
+        y = torch.where(torch.isin(where, torch.tensor(dead)).view(3, 1, 1), 0, sc.y)
+        points.append((snr, replace(sc, y=y, noise_var=None, powers=None, symbols=None),
+                       where))
+    return points
+
+
+def test_a_point_whose_scenes_are_all_left_out_has_no_rows_and_is_not_pooled(seen):
+    """(a third mutation review: scoring such a point, or counting it as a point for the
+    pooled rows, passed every test)"""
+    points = _file_points(dead=[10, 11, 12])
+    rows = evaluate_points(points, RislocConfig().system,
+                           SweepSettings(estimators=("recorder",)), pooled=True)
+    assert [(r.snr_db, r.K, r.n_scenes) for r in rows] == [(20.0, "all", 3), (20.0, "1", 3)]
+    assert rows[0].metrics["scenes_left_out"] == 0
+
+
+def test_estimates_made_elsewhere_pair_with_the_scenes_kept(seen):
+    """Estimates given for a file's scenes: those of the scenes left out are dropped with
+    them (a third mutation review: all of a point's estimates scored passed every test)."""
+    from risloc.core.params import concat_estimates
+    from risloc.experiments.harness import GivenEstimates
+
+    points = _file_points(dead=[11])
+    truth = concat_estimates([Estimates(sc.K, sc.azimuth.float(), sc.elevation.float(),
+                                        sc.range_m.float(), torch.ones_like(sc.azimuth).float())
+                              for _, sc, _ in points])
+    # the file's scenes 0..9 unknown here: estimates of scenes 10..15 at their index
+    pad = concat_estimates([truth[:1]] * 10 + [truth])
+    settings = SweepSettings(estimators=("recorder",),
+                             given=(GivenEstimates("mine", "e.csv", pad),))
+    rows = evaluate_points(points, RislocConfig().system, settings)
+    mine = [r for r in rows if r.estimator == "mine" and r.K == "all"]
+    assert [(r.n_scenes, r.metrics["f1"], r.metrics["reference"]) for r in mine] == [
+        (2, 1.0, "recorder"), (3, 1.0, "recorder")]
+    assert all(r.ms_per_scene != r.ms_per_scene for r in mine)  # NaN: not timed here
+
+
+def test_a_singular_bound_names_its_scene_s_index_in_the_file(seen, caplog):
+    """Scenes left out before the bound: the scene where it is singular is named by its
+    index in the file (a third mutation review: the indices of every scene of the point,
+    shifting it by the ones left out, passed every test)."""
+    import logging
+    from dataclasses import replace
+
+    (snr, sc, where), _ = _file_points(dead=[10])
+    az, el, r = sc.azimuth.clone(), sc.elevation.clone(), sc.range_m.clone()
+    K = sc.K.clone()
+    K[2] = 2  # scene 12: two sources at one place
+    az[2, 1], el[2, 1], r[2, 1] = az[2, 0], el[2, 0], r[2, 0]
+    sc = replace(sc, K=K, azimuth=az, elevation=el, range_m=r)
+    with caplog.at_level(logging.WARNING, logger="risloc.experiments.harness"):
+        evaluate_points([(snr, sc, where)], RislocConfig().system,
+                        SweepSettings(estimators=("recorder",)))
+    said = [m.getMessage() for m in caplog.records if "no CRB" in m.getMessage()]
+    assert len(said) == 1 and "in scene(s) [12]" in said[0], said
+    assert any(m.getMessage().startswith("scene 10 left out: ") for m in caplog.records)
+
+
+def test_the_scenes_left_out_are_listed_in_their_order_in_the_point():
+    """Reasons of both kinds (measurements, truth) in scene order, as logged (a third
+    mutation review: the truth's reasons after the measurements' passed)."""
+    from dataclasses import replace
+
+    (_, sc, _), _ = _file_points(dead=[11])
+    az = sc.azimuth.clone()
+    az[0, 0] = float("nan")  # scene 0: a true source without a position
+    reasons, ok = harness.left_out(replace(sc, azimuth=az), RislocConfig().system)
+    assert [i for i, _ in reasons] == [0, 1] and ok.tolist() == [False, False, True]
+
+
+def test_metrics_csv_has_a_column_for_every_row_s_metrics(tmp_path):
+    """The reference's row holds no "reference" nor se_* keys, the others' do: the CSV's
+    columns are those of every row (a third mutation review: the first row's passed)."""
+    import csv
+
+    rows = [harness.ResultRow("a", 10.0, "all", 2, 1.0, {"f1": 1.0}),
+            harness.ResultRow("b", 10.0, "all", 2, 1.0, {"f1": 0.5, "reference": "a"})]
+    csv_path, _ = harness.write_results(rows, tmp_path, {})
+    with open(csv_path) as f:
+        got = list(csv.DictReader(f))
+    assert got[1]["reference"] == "a" and got[0]["reference"] == ""
