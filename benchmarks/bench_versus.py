@@ -106,14 +106,27 @@ def localize(loc: Localizer, sc, snr_given: bool, known_K: bool) -> Estimates:
                        for f in ("K", "azimuth", "elevation", "range_m", "score")))
 
 
+# every module the classical estimates and the scenes depend on (what importing
+# risloc.estimators.classical and risloc.simulation loads, and the Localizer's path); a review
+# found the key missed config.py (scene and classical defaults), simulation/streams.py, the
+# channel and codebooks, so a cache could pair old classical estimates with new scenes
+CLASSICAL_SOURCES = (
+    "__init__.py", "config.py", "parallel.py", "core/__init__.py", "core/checks.py",
+    "core/operator.py", "core/params.py", "covariance/__init__.py", "covariance/tools.py",
+    "estimators/__init__.py", "estimators/classical.py", "estimators/grids.py",
+    "estimators/nfmle.py", "estimators/order.py", "physics/__init__.py", "physics/channel.py",
+    "physics/codebooks.py", "physics/geometry.py", "physics/rng.py", "physics/steering.py",
+    "pipeline/localizer.py", "simulation/__init__.py", "simulation/scenes.py",
+    "simulation/streams.py")
+
+
 def _classical_key() -> str:
     """Digest of the sources the classical estimates depend on (cache invalidation)."""
     import risloc
 
     root = Path(risloc.__file__).parent
     h = hashlib.sha256()
-    for rel in ("estimators/classical.py", "estimators/nfmle.py", "estimators/order.py",
-                "estimators/grids.py", "physics/steering.py", "simulation/scenes.py"):
+    for rel in CLASSICAL_SOURCES:
         h.update((root / rel).read_bytes())
     return h.hexdigest()[:12]
 
@@ -213,8 +226,9 @@ def print_row(r: dict) -> None:
 def throughput(learned, classical, repeats: int) -> dict:
     sc = scenes_at("test", BATCH, None, 0.0, 99)
     times = {"learned": [], "classical": []}
-    for _ in range(repeats + 1):  # first round = warm-up
-        for name, loc in (("learned", learned), ("classical", classical)):
+    pair = (("learned", learned), ("classical", classical))
+    for i in range(repeats + 1):  # first round = warm-up; the order alternates by round
+        for name, loc in (pair if i % 2 else pair[::-1]):
             t0 = time.perf_counter()
             loc.localize(sc.y, sc.H, sc.codes, None)
             times[name].append(time.perf_counter() - t0)
@@ -295,8 +309,9 @@ def print_targets(targets: list[dict]) -> None:
     print(f"\ntargets: {n - len(lines)} of {n} met")
     for line in lines:
         print("  " + line)
+    # (margin, SE); a miss of SE 0 (the same on every scene) is counted, never within
     misses = [t["margins"][k] for t in targets for k, ok in t["checks"].items()
-              if not ok and t.get("margins", {}).get(k, (0, None))[1]]  # (margin, SE)
+              if not ok and t.get("margins", {}).get(k, (0, None))[1] is not None]
     if misses:
         print(f"  of these, {sum(-m < 2 * se for m, se in misses)} of {len(misses)} within 2 "
               "standard errors of their threshold")

@@ -75,3 +75,43 @@ def test_a_count_of_zero_is_refused_by_its_option_before_any_work():
     got = dict(line.split(": ", 1) for line in res.stdout.splitlines())
     for args, said in cases.items():
         assert got[args].startswith("exit 2: ") and said in got[args], (args, got[args])
+
+
+_CLASSICAL_CLOSURE = r"""
+import sys
+from pathlib import Path
+sys.path.insert(0, ".")
+import risloc, risloc.estimators.classical, risloc.simulation
+root = Path(risloc.__file__).parent
+loaded = {Path(m.__file__).relative_to(root).as_posix() for name, m in list(sys.modules.items())
+          if name.startswith("risloc") and getattr(m, "__file__", None)}
+import bench_versus
+print("\n".join(sorted(loaded - set(getattr(bench_versus, "CLASSICAL_SOURCES", ())))))
+"""
+
+
+def test_the_classical_cache_key_covers_every_module_the_scenes_and_estimates_use():
+    """bench_versus --classical-cache keyed its files on six sources: a change to config.py
+    (scene defaults), simulation/streams.py or the channel left the cache valid, pairing old
+    classical estimates with other scenes than the learned localizer's."""
+    res = subprocess.run([sys.executable, "-c", _CLASSICAL_CLOSURE], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT / "benchmarks")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "", "not in the cache key:\n" + res.stdout
+
+
+def test_a_miss_of_standard_error_0_is_counted_and_not_within_two_of_them(capsys,
+                                                                           monkeypatch):
+    """bench_versus' summary line: a miss whose bootstrap SE is 0 (the same on every scene)
+    was left out of 'n of m within 2 standard errors' (a methodology review)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_versus
+
+    targets = [{"condition": "c", "snr_db": 0.0, "known_K": False,
+                "checks": {"f1 +0.05": False, "f1": False, "k": True},
+                "margins": {"f1 +0.05": (-0.01, 0.0), "f1": (-0.01, 0.02),
+                            "k": (0.1, 0.01)}}]
+    bench_versus.print_targets(targets)
+    said = capsys.readouterr().out
+    assert "targets: 1 of 3 met" in said
+    assert "1 of 2 within 2 standard errors" in said, said
