@@ -259,7 +259,9 @@ def check_targets(rows: list[dict], speed: dict | None) -> list[dict]:
             margins["K acc >= classical - 0.01"] = (
                 lr["K_accuracy"] - cl["K_accuracy"] + 0.01, se.get("K_accuracy_diff"))
         if snr >= 5:
-            worst = max(MEDIANS, key=lambda m: r["ratio"][m])
+            # (a NaN ratio, a median neither pairs, is the worst: max() skipped it unless first)
+            worst = max(MEDIANS, key=lambda m: math.inf if math.isnan(r["ratio"][m])
+                        else r["ratio"][m])
             margins["medians <= 1.05x classical"] = (
                 1.05 - r["ratio"][worst], se.get(worst.split("_")[0] + "_median_ratio"))
         if snr in (0.0, 5.0):

@@ -115,3 +115,19 @@ def test_a_miss_of_standard_error_0_is_counted_and_not_within_two_of_them(capsys
     said = capsys.readouterr().out
     assert "targets: 1 of 3 met" in said
     assert "1 of 2 within 2 standard errors" in said, said
+
+
+def test_a_median_ratio_of_nan_misses_the_median_target(monkeypatch):
+    """A median neither localizer pairs (ratio NaN) was skipped by max() unless it came
+    first, the target read as met (a methodology review)."""
+    import math
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_versus
+    scores = {"f1": 1.0, "K_accuracy": 1.0}
+    row = {"snr_db": 10.0, "snr_given": True, "power_spread_db": 0.0, "known_K": True,
+           "learned": scores, "classical": scores, "se": {}, "ratio_common": {}}
+    for ratios in ((1.0, math.nan, 0.5), (math.nan, 1.0, 0.5), (1.0, 1.0, 1.0)):
+        row["ratio"] = dict(zip(bench_versus.MEDIANS, ratios))
+        (t,) = bench_versus.check_targets([row], None)
+        assert t["checks"]["medians <= 1.05x classical"] is not any(map(math.isnan, ratios))
