@@ -59,6 +59,7 @@ from risloc.evaluation import (
     summarize,
 )
 from risloc.io.atomic import write_text_atomic
+from risloc.parallel import default_workers
 from risloc.pipeline import Localizer
 from risloc.simulation import simulate_range
 
@@ -237,7 +238,7 @@ def throughput(learned, classical, repeats: int) -> dict:
     out["runs_s"] = times
     out["peak_rss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"throughput (batch {BATCH}, SNR withheld, Localizer with {torch.get_num_threads()} "
-          f"torch threads / default workers, median of {repeats}): learned "
+          f"torch threads / {default_workers()} workers, median of {repeats}): learned "
           f"{out['learned_scenes_per_s']:.1f} scenes/s, classical "
           f"{out['classical_scenes_per_s']:.1f} scenes/s, ratio {out['speedup']:.2f}",
           flush=True)
@@ -391,7 +392,8 @@ def main(argv=None) -> None:
     res = {"command": " ".join(sys.argv), "checkpoint": args.checkpoint or "shipped",
            "propose": args.propose,
            "split": args.split, "scenes_per_snr": args.n, "power_spread_db": SPREAD_DB,
-           "threads": args.threads, "rows": rows, "throughput": speed, "targets": targets,
+           "threads": args.threads, "workers": default_workers(), "rows": rows,
+           "throughput": speed, "targets": targets,
            "wall_s": time.perf_counter() - t0}
     write_text_atomic(args.out, json.dumps(res, indent=2, default=lambda x: None if isinstance(
         x, float) and math.isnan(x) else str(x)) + "\n")
