@@ -136,3 +136,12 @@ def test_a_checkpoint_without_an_order_head_is_exported_without_a_warning(
                                        str(tmp_path / "m.pt")])
     assert res.exit_code == 0, res.output
     assert "has no order head" not in caplog.text + res.output
+
+
+def test_without_out_the_model_is_model_pt_in_the_current_folder(tmp_path, untrained,
+                                                                  monkeypatch):
+    """(a mutation review: the --out default was untested)"""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["export-model", str(untrained)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.pt"]

@@ -63,3 +63,12 @@ def test_each_command_s_help_is_its_docstring_a_paragraph_a_line():
         paragraph."""
 
     assert _help(two_paragraphs) == "First line goes on.\n\nSecond paragraph."
+
+
+def test_risloc_without_arguments_shows_the_help_listing_the_commands():
+    """(a mutation review: `no_args_is_help=False` passed; bare `risloc` said only
+    'Missing command')"""
+    res = CliRunner().invoke(app, [])
+    assert "Missing command" not in res.output, res.output
+    for name in COMMANDS:
+        assert name in res.output, (name, res.output)

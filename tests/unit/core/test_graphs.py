@@ -88,3 +88,52 @@ def test_off_cuda_means_any_device_but_cuda_not_only_the_cpu():
     x = torch.ones(3, device="meta")
     out = cache(lambda t: t * 2, (x,))
     assert out.device.type == "meta" and out.shape == (3,) and len(cache) == 0
+
+
+class _OnCuda:
+    """A stand-in for a CUDA tensor (no GPU here): what GraphCache reads of its args."""
+    device, shape, dtype = torch.device("cuda"), (2,), torch.float32
+
+    def clone(self):
+        return self
+
+
+@pytest.fixture
+def mocked_cuda(monkeypatch):
+    """torch.cuda's streams, graphs and sync check as no-ops, the capture running its
+    body; graphs' _DISABLED put back after the test."""
+    import contextlib
+    from unittest import mock
+
+    from risloc.core import graphs
+
+    monkeypatch.setattr(graphs, "_DISABLED", False)
+    for name in ("device", "stream", "graph"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: contextlib.nullcontext())
+    for name in ("Stream", "current_stream", "CUDAGraph", "set_stream", "synchronize",
+                 "set_sync_debug_mode"):
+        monkeypatch.setattr(torch.cuda, name, mock.MagicMock())
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
+    return graphs
+
+
+def test_a_capture_out_of_memory_is_raised_only_where_the_cache_asks_so(mocked_cuda):
+    """(a mutation review: the capture's error handling was tested on a GPU only; a
+    default cache turning OOM into a raise, or `raise_oom or` raising any error, passed)"""
+    def fn(calls=[]):  # noqa: B006 - counts the calls: the third is the capture
+        calls.append(1)
+        if len(calls) % 3 == 0:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return torch.ones(2)
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        GraphCache("test", raise_oom=True)(lambda x: fn(), (_OnCuda(),))
+    assert not mocked_cuda._DISABLED
+    out = GraphCache("test")(lambda x: fn(), (_OnCuda(),))  # default: eager, graphs off
+    assert torch.equal(out, torch.ones(2)) and mocked_cuda._DISABLED
+
+
+def test_a_graphed_call_that_returns_a_list_is_refused(mocked_cuda):
+    """(a mutation review: `tuple or all(...)` let a list of tensors through)"""
+    with pytest.raises(TypeError, match="not list"):
+        GraphCache("test")(lambda x: [torch.ones(2)], (_OnCuda(),))
