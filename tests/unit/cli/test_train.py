@@ -393,3 +393,81 @@ def test_epochs_and_threads_out_of_range_are_refused_by_the_options(tmp_path):
         res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), *opt])
         assert res.exit_code == 2 and "Invalid value" in res.output, res.output
         assert not (tmp_path / "r").exists()
+
+
+def test_resume_and_overwrite_together_are_refused_before_the_recipe_is_read(tmp_path,
+                                                                              monkeypatch):
+    """--resume --overwrite is refused (a fourth mutation review: dropping the check passed)."""
+    import risloc.cli.train as cli_train
+
+    monkeypatch.setattr(cli_train, "_recipe", lambda *a: pytest.fail("read the recipe"))
+    with pytest.raises(ValueError, match="--resume and --overwrite exclude each other"):
+        cli_train._train(None, None, tmp_path, None, None, None, True, None, None, True)
+
+
+def _interrupted(tmp_path, monkeypatch, capsys, resume, write_last):
+    """_train_in_folder with a train that writes epochs.csv (and last.pt) then is stopped."""
+    import typer
+
+    import risloc.cli.train as cli_train
+
+    def train(cfg, **kw):
+        (tmp_path / "epochs.csv").write_text("new rows")
+        if write_last:
+            (tmp_path / "last.pt").write_text("new epoch")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_train, "train", train)
+    cfg = load_train_config(None, [f"out_dir={tmp_path}", "order.scenes=0"])
+    with pytest.raises(typer.Exit) as err:
+        cli_train._train_in_folder(cfg, tmp_path, resume, not resume, True)
+    assert err.value.exit_code == 130
+    return " ".join(capsys.readouterr().err.split())
+
+
+def test_an_interrupt_before_the_first_epoch_deletes_only_this_runs_files(tmp_path,
+                                                                          monkeypatch, capsys):
+    """--overwrite stopped before its first epoch: an older run's last.pt is not offered for
+    --resume, and the log rows this run wrote go (a fourth mutation review: offering
+    --resume there, or keeping the rows, passed)."""
+    (tmp_path / "last.pt").write_text("older run")
+    said = _interrupted(tmp_path, monkeypatch, capsys, resume=False, write_last=False)
+    assert "interrupted before this run's first epoch finished" in said, said
+    assert "the same command with --overwrite starts afresh" in said, said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    assert (tmp_path / "last.pt").read_text() == "older run"
+
+
+def test_an_interrupt_after_an_epoch_names_resume_and_keeps_the_files(tmp_path, monkeypatch,
+                                                                      capsys):
+    """--overwrite stopped after this run's first epoch: --resume is offered in place of
+    --overwrite and its files are kept."""
+    said = _interrupted(tmp_path, monkeypatch, capsys, resume=False, write_last=True)
+    assert "interrupted: the same command with --resume in place of --overwrite continues " \
+           "from" in said, said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epochs.csv", "last.pt"]
+
+
+def test_the_fit_order_hint_carries_no_mix_as_the_recipe_says():
+    """The fit-order options name --no-mix when the recipe's order.scene_mix is false (a
+    fourth mutation review: dropping it passed)."""
+    from risloc.cli.train import _fit_order_options
+
+    mixed = load_train_config(None, ["order.scenes=64", "order.scene_mix=true"])
+    single = load_train_config(None, ["order.scenes=64", "order.scene_mix=false"])
+    assert not _fit_order_options(mixed).endswith("--no-mix")
+    assert _fit_order_options(single).endswith(" --no-mix")
+
+
+def test_a_rank_other_than_0_prints_no_console_lines(monkeypatch, capsys):
+    """Data-parallel: under RANK=1 the console is quiet while the command runs and restored
+    after (a fourth mutation review: every rank printing passed)."""
+    from risloc.cli.common import console
+    from risloc.cli.train import _rank_zero_reports
+
+    monkeypatch.setenv("RANK", "1")
+    before = console.quiet
+    with _rank_zero_reports():
+        console.print("rank 1 line")
+    assert console.quiet == before
+    assert "rank 1 line" not in capsys.readouterr().err
