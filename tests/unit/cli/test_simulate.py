@@ -48,3 +48,72 @@ def test_info_on_a_folder_offers_a_pattern_only_as_localize_s(tmp_path):
     out = " ".join(res.output.split())
     assert res.exit_code == 2 and "a folder, not a scene file" in out
     assert "risloc localize also takes a pattern such as" in out
+
+
+def test_parse_shard_slices_and_refusals():
+    """A mutation review: the shard slices and their refusals were unchecked."""
+    import pytest
+
+    from risloc.cli.simulate import parse_shard
+
+    assert parse_shard(None, 5) == (0, 5)
+    assert [parse_shard(f"{i}/3", 8) for i in range(3)] == [(0, 2), (2, 5), (5, 8)]
+    assert parse_shard("3/4", 4) == (3, 4)  # as many shards as scenes
+    for bad, n in (("3/3", 9), ("-1/3", 9), ("5/5", 4), ("a/2", 4)):
+        with pytest.raises(ValueError):
+            parse_shard(bad, n)
+
+
+def _simulate(*args):
+    from typer.testing import CliRunner
+
+    from risloc.cli.main import app
+
+    res = CliRunner().invoke(app, ["simulate", *map(str, args)])
+    return res.exit_code, " ".join(res.output.split())
+
+
+def test_simulate_records_its_options_and_shards_hold_the_unsharded_scenes(tmp_path):
+    """A mutation review: what simulate records (K, SNR, power spread, shard) and that the
+    shards of an .h5 file hold the unsharded file's scenes were unchecked."""
+    import json
+
+    from risloc.io.scenefile import inspect_scene_file, read_scenes
+
+    whole, part = tmp_path / "w.H5", tmp_path / "p.h5"
+    assert _simulate("--n", 5, "--out", whole, "--K", 2, "--snr-db", 7,
+                     "--power-spread-db", 3)[0] == 0
+    code, text = _simulate("--n", 5, "--out", part, "--K", 2, "--snr-db", 7,
+                           "--power-spread-db", 3, "--shard", "1/2")
+    assert code == 0, text
+    assert "wrote 3 scenes" in text and "shard 1/2: scenes 2..4 of 5" in text
+    info = inspect_scene_file(whole)
+    assert info.n_scenes == 5 and "shard" not in info.attrs
+    assert int(info.attrs["K_fixed"]) == 2 and float(info.attrs["snr_db_fixed"]) == 7
+    scene = json.loads(info.attrs["config"])["scene"]
+    assert scene["K"] == 2 and scene["power_spread_db"] in (3, [3, 3])
+    sharded = inspect_scene_file(part).attrs
+    assert (sharded["shard"], int(sharded["first_scene"]), int(sharded["n_total"])) \
+        == ("1/2", 2, 5)
+    a, _ = read_scenes(whole, 2, 5)  # (start, stop)
+    b, _ = read_scenes(part, 0, 3)
+    assert np.array_equal(a.y.numpy(), b.y.numpy())
+    assert (a.K.numpy() == 2).all()
+
+
+def test_simulate_refuses_bad_options_before_writing(tmp_path):
+    """A mutation review: the option checks were unchecked."""
+    out = tmp_path / "s.npz"
+    for args, words in ((["--split", "nope"], "--split must be one of"),
+                        (["--snr-db", "1e4"], "--snr-db must be a finite SNR"),
+                        (["--K", "0"], "the number of sources must be 1.."),
+                        (["--recipe", "train_tiny", "--config", "x.yaml"], "exclude each other")):
+        code, text = _simulate("--n", 2, "--out", out, *args)
+        assert code != 0 and words in text, (args, text)
+        assert not out.exists()
+    code, text = _simulate("--n", 2, "--out", tmp_path / "s.txt")
+    assert code != 0 and "--out must end in .h5 or .npz" in text
+    assert _simulate("--n", 2, "--out", out)[0] == 0
+    code, text = _simulate("--n", 2, "--out", out)
+    assert code != 0  # exists: refused without --overwrite
+    assert _simulate("--n", 2, "--out", out, "--overwrite")[0] == 0
