@@ -117,3 +117,58 @@ def test_simulate_refuses_bad_options_before_writing(tmp_path):
     code, text = _simulate("--n", 2, "--out", out)
     assert code != 0  # exists: refused without --overwrite
     assert _simulate("--n", 2, "--out", out, "--overwrite")[0] == 0
+
+
+def test_simulate_takes_K_max_and_info_exits_1_on_a_scene_that_cannot_be_localized(tmp_path):
+    """A mutation review: --K K_max (the largest allowed), the "(statistics)" row of a file
+    read whole and info's exit code on a bad scene were unchecked."""
+    import h5py
+    from typer.testing import CliRunner
+
+    from risloc.cli.main import app
+
+    out = tmp_path / "s.h5"
+    code, text = _simulate("--n", 2, "--out", out, "--K", 5)  # (system.K_max: 5)
+    assert code == 0, text
+    assert "K histogram 1:0 2:0 3:0 4:0 5:2" in " ".join(text.replace("│", " ").split())
+    assert "(statistics)" not in text  # (2 scenes: all of them read)
+    assert CliRunner().invoke(app, ["info", str(out)]).exit_code == 0
+    with h5py.File(out, "a") as f:  # scene 1: codes off the unit circle
+        f["codes"][1] = 2 * f["codes"][1]
+    assert CliRunner().invoke(app, ["info", str(out)]).exit_code == 1
+
+
+def test_simulate_recipe_records_its_scene_kinds_and_info_names_them(tmp_path):
+    """A mutation review: the scene_mix attribute of `simulate --recipe` and info's "scene
+    kinds" row (a kind without a name: 'unnamed') were unchecked."""
+    from typer.testing import CliRunner
+
+    from risloc.cli.main import app
+    from risloc.io.scenefile import inspect_scene_file
+
+    out = tmp_path / "m.npz"
+    code, text = _simulate("--n", 2, "--out", out, "--recipe", "train_mix", "--set",
+                           "data.scene_mix=[{share: 0.5, scene: {code_bits: 1}}, "
+                           "{name: near, share: 0.25, scene: {range_m: [0.5, 1.5]}}]")
+    assert code == 0, text
+    assert "scene_mix" in inspect_scene_file(out).attrs
+    res = CliRunner().invoke(app, ["info", str(out)])
+    text = " ".join(res.output.replace("│", " ").split())
+    assert "scene kinds unnamed 50%, near 25% (the base scene the rest)" in text
+
+
+def test_drawn_with_takes_a_recipe_s_K_and_a_fixed_spread():
+    """A mutation review: K_fixed 0 (no --K) falling back to the scene's K, and a spread
+    [s, s] read as fixed, were unchecked."""
+    import json
+
+    from risloc.cli.simulate import _drawn_with
+
+    def drawn(K_fixed, **scene):
+        return _drawn_with({"config": json.dumps({"scene": scene}), "K_fixed": K_fixed})
+
+    assert "K = 3," in drawn(0, K=3) and "K = 3," in drawn("0", K=3)
+    assert "K = 2," in drawn(2, K=None)
+    assert "K uniform in 1..K_max" in drawn(0, K=None)
+    assert "source powers spread over 3.0 dB," in drawn(0, power_spread_db=[3.0, 3.0])
+    assert "s uniform per scene in [0.0, 25.0]" in drawn(0, power_spread_db=[0.0, 25.0])
