@@ -738,6 +738,10 @@ def test_a_system_with_few_antennas_for_its_sources_or_a_linear_ris_is_warned_of
            "K = M - 1 = 5" in said[(6,)]
     assert said[(8,)] == said[(16,)] == ""  # K_max 5: 3 or more below M
     assert "K = M - 2 = 6" in said[(8, 6)] and "M - 1" not in said[(8, 6)]
+    caplog.clear()  # one source, M = 2: no greedy step to miss it (a user's review)
+    with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
+        Localizer({"M": 2, "K_max": 1}, "classical")
+    assert "misses sources" not in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
         Localizer({"N_H": 1, "N_V": 12}, "classical")  # azimuth arbitrary, in the review
