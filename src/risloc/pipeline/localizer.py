@@ -190,7 +190,7 @@ def _warn_system_limits(system: SystemConfig, penalty: float, fov: FieldOfView) 
     (a residual of M - K dimensions per snapshot; noise-free measurements in the guide),
     where its order test without an SNR cannot call a source beyond k (``penalty``: its
     nats per source), where elements so far apart put a grating lobe in the field of view
-    ``fov``, and where a linear RIS cannot tell both angles."""
+    ``fov``, and where a linear RIS cannot tell both angles (one element: nothing)."""
     if (system, fov) in _WARNED:  # (once per system: evaluate builds a Localizer per chunk)
         return
     _WARNED.append((system, fov))
@@ -227,7 +227,11 @@ def _warn_system_limits(system: SystemConfig, penalty: float, fov: FieldOfView) 
                     "dimensions, not above its penalty of %.1f per source): give the SNR or "
                     "K for scenes with more sources", system.L, M, k, k,
                     residual_dof(k, system.L, M), penalty)
-    if 1 in (system.N_H, system.N_V):
+    if system.N == 1:  # (a user's review: it was said to tell an angle and the range)
+        log.warning("a RIS of one element tells neither angle nor the range of a source: "
+                    "every estimate of a position is arbitrary (its steering is the same "
+                    "for every direction and range)")
+    elif 1 in (system.N_H, system.N_V):
         log.warning("a linear RIS (%d x %d elements) tells one angle of a source, its angle "
                     "to the line, and its range: azimuth and elevation themselves come back "
                     "arbitrary along that cone (risloc.evaluation.crb names the bound "

@@ -750,6 +750,11 @@ def test_a_system_with_few_antennas_for_its_sources_or_a_linear_ris_is_warned_of
     with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
         Localizer({"N_H": 12, "N_V": 1}, "classical")
     assert "a linear RIS (12 x 1 elements) tells one angle" in caplog.text
+    caplog.clear()  # one element tells nothing (a user's review: "tells one angle" was said)
+    with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
+        Localizer({"N_H": 1, "N_V": 1}, "classical")
+    assert "a RIS of one element tells neither angle nor the range" in caplog.text
+    assert "linear RIS" not in caplog.text
     caplog.clear()  # once per system (evaluate builds a Localizer per chunk: a review)
     with caplog.at_level(logging.WARNING, logger="risloc.pipeline.localizer"):
         Localizer({"N_H": 1, "N_V": 12}, "classical")
