@@ -5,9 +5,9 @@ trial's values, in HPO mode (smaller beta jitter). The objective is the recipe's
 end-to-end validation objective (median angle error + a weighted F1 miss, MUSIC on
 R_blend, on the fixed validation set): the number that selects best.pt. After every epoch
 the trial reports it, and a median pruner stops trials that fall behind (the training
-loop's callback raises ``optuna.TrialPruned``). The schedule of a trial (warm-up, loss
-weight phases, SWA) is a fraction of its epochs, so a trial of any length passes through
-every phase; ``--epochs`` should leave each phase at least one epoch.
+loop's callback raises ``optuna.TrialPruned``). A trial's SWA epochs and final loss-weight
+phase are fractions of its epochs, behind warm-ups of whole epochs and steps, so a short
+trial may run neither (warned of: ``--epochs`` should leave each phase an epoch).
 
 Scale-out: the study lives in any SQLAlchemy database (``--storage``; default an SQLite
 file in the output folder). Any number of workers on any machines run the same command
@@ -643,6 +643,7 @@ def tune(settings: TuneSettings):
                     "equals" if settings.warmup_epochs == settings.epochs else "exceeds",
                     settings.epochs, "a trial is pruned only after its last epoch"
                     if settings.warmup_epochs == settings.epochs else "no trial is pruned")
+    _warn_short_schedule(base, settings.epochs)
     claim_folder(settings, write=False)
     study = open_study(settings)
     check_study_recipe(study, settings, space)
@@ -697,6 +698,25 @@ def tune(settings: TuneSettings):
     write_reports(study, base, space, Path(settings.out_dir), settings.config,
                   settings.fixed_overrides(), settings.epochs)
     return study
+
+
+def _warn_short_schedule(base: TrainConfig, epochs: int) -> None:
+    """Warn where the trials' ``epochs`` leave out a phase of the recipe's schedule: the SWA
+    epochs and the final loss-weight phase are fractions of the epochs, rounded up to whole
+    epochs from the end, behind a warm-up of whole epochs (a review: 3 epochs, the study
+    behind train_tuned, ran neither)."""
+    from risloc.training.schedules import final_start, phase_of
+
+    s = base.schedule
+    missing = [what for what, absent in (
+        ("an SWA epoch", s.swa_frac > 0 and final_start(s.swa_frac, epochs) >= epochs),
+        ("the final loss-weight phase", s.weight_final_frac > 0 and all(
+            phase_of(e, epochs, s.weight_warmup_epochs, s.weight_final_frac) != 2
+            for e in range(epochs)))) if absent]
+    if missing:
+        log.warning("--epochs %d leaves each trial without %s of the recipe's schedule: the "
+                    "trials are judged on another schedule than a run of more epochs",
+                    epochs, " and ".join(missing))
 
 
 def _fail_stale_trials(study) -> None:

@@ -321,3 +321,26 @@ def test_a_stale_trial_failed_on_opening_is_logged(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="risloc"):
         _fail_stale_trials(open_study(s))  # nothing running: nothing said
     assert "heartbeat" not in caplog.text
+
+
+@pytest.mark.parametrize("epochs, missing", [
+    (3, "an SWA epoch and the final loss-weight phase"),  # train_tuned's study
+    (4, "an SWA epoch and the final loss-weight phase"), (5, None), (10, None)])
+def test_trials_too_short_for_the_recipe_s_swa_and_final_phase_are_warned_of(epochs, missing,
+                                                                             caplog):
+    """(a docs check: the guide said every phase runs in a trial of any length; with the
+    default recipe, 2 warm-up epochs and a final fifth rounded up, fewer than 5 run neither)"""
+    import logging
+
+    from risloc.hpo.search import _warn_short_schedule
+
+    with caplog.at_level(logging.WARNING, logger="risloc.hpo.search"):
+        _warn_short_schedule(load_train_config(None), epochs)
+    said = caplog.text
+    assert (f"--epochs {epochs} leaves each trial without {missing} of the recipe's schedule"
+            in said) if missing else said == ""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="risloc.hpo.search"):
+        _warn_short_schedule(load_train_config(None, ["schedule.swa_frac=0",
+                                                      "schedule.weight_final_frac=0"]), 3)
+    assert caplog.text == ""  # the recipe has neither phase: nothing is left out
