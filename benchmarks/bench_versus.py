@@ -129,6 +129,7 @@ def _classical_key() -> str:
     h = hashlib.sha256()
     for rel in CLASSICAL_SOURCES:
         h.update((root / rel).read_bytes())
+    h.update(Path(__file__).read_bytes())  # (its own scene settings: SEED, SPREAD_DB, ...)
     return h.hexdigest()[:12]
 
 
@@ -180,8 +181,9 @@ def accuracy(learned, classical, args) -> list[dict]:
             learned_given, known_K_estimates = {}, None
             for snr_given in (True, False):
                 for known_K in ((False, True) if args.known_K else (False,)):
-                    key = {"split": args.split, "n": args.n, "snr": snr, "spread": spread,
-                           "given": int(snr_given), "knownK": int(known_K)}
+                    # (the stream: an SNR listed at another place gets other scenes)
+                    key = {"split": args.split, "n": args.n, "snr": snr, "stream": i,
+                           "spread": spread, "given": int(snr_given), "knownK": int(known_K)}
                     if known_K and known_K_estimates is not None:
                         # with K given the classical localizer does not read the SNR (it
                         # uses it only to decide K): the estimates of the SNR-given run

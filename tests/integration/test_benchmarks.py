@@ -131,3 +131,28 @@ def test_a_median_ratio_of_nan_misses_the_median_target(monkeypatch):
         row["ratio"] = dict(zip(bench_versus.MEDIANS, ratios))
         (t,) = bench_versus.check_targets([row], None)
         assert t["checks"]["medians <= 1.05x classical"] is not any(map(math.isnan, ratios))
+
+
+def test_the_classical_cache_key_names_the_scenes_stream(monkeypatch):
+    """The i-th SNR listed gets the i-th scene stream: --snrs 0 5 then --snrs 5 drew other
+    5 dB scenes, under the same cache file name (a review of bench_versus)."""
+    import argparse
+
+    import pytest
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_versus
+
+    keys = []
+
+    def stop(loc, sc, key, *rest):
+        keys.append(key)
+        raise StopIteration
+
+    monkeypatch.setattr(bench_versus, "scenes_at", lambda *a: None)
+    monkeypatch.setattr(bench_versus, "classical_estimates", stop)
+    args = argparse.Namespace(snrs=[5.0], split="test", n=4, known_K=False,
+                              classical_cache=None)
+    with pytest.raises(StopIteration):
+        bench_versus.accuracy(None, None, args)
+    assert keys[0]["stream"] == 0

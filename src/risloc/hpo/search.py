@@ -682,8 +682,11 @@ def tune(settings: TuneSettings):
                     log.warning("a trial of this worker was failed as stale by another "
                                 "worker (late heartbeats) and queued again; going on")
         except KeyboardInterrupt:  # the trials finished so far, reported before it goes on
-            write_reports(study, base, space, Path(settings.out_dir), settings.config,
-                          settings.fixed_overrides(), settings.epochs)
+            try:  # (a report that cannot be written does not replace the interrupt)
+                write_reports(study, base, space, Path(settings.out_dir), settings.config,
+                              settings.fixed_overrides(), settings.epochs)
+            except Exception as err:
+                log.warning("the study's reports were not written: %s", err)
             raise
         finally:
             for h in handlers:

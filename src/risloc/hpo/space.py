@@ -101,7 +101,8 @@ def load_space(path: str | Path, base: TrainConfig | None = None) -> tuple[Dimen
             current = _get(base, field)
         except AttributeError:
             raise ConfigError(f"{path}: {field} is not a recipe field"
-                              f"{did_you_mean(type(base), field.split('.'), False)}") from None
+                              f"{did_you_mean(type(base), str(field).split('.'), False)}"
+                              ) from None
         if isinstance(current, BaseModel) or isinstance(current, dict):
             raise ConfigError(f"{path}: {field} is a section of the recipe; search its "
                               "fields (e.g. optim.lr)")

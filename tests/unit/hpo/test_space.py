@@ -54,3 +54,10 @@ def test_a_field_not_in_the_recipe_is_named_with_the_one_meant(tmp_path, field, 
     with pytest.raises(ConfigError, match=rf"{field} is not a recipe field \(did you mean "
                                           rf"{guess}\?\)$"):
         _space(tmp_path, f"{field}: {{low: 1, high: 2}}")
+
+
+def test_a_number_as_a_field_is_not_a_recipe_field_not_a_crash(tmp_path):
+    """(a diff review: the did-you-mean split the key as text, and a YAML key 5 raised
+    AttributeError)"""
+    with pytest.raises(ConfigError, match=r"5 is not a recipe field"):
+        _space(tmp_path, "5: {low: 0.1, high: 1}")

@@ -820,3 +820,14 @@ def test_an_interrupted_tune_reports_the_trials_finished_before_it(tmp_path, mon
     rows = (tmp_path / "trials.csv").read_text().splitlines()
     assert [r.split(",")[:2] for r in rows[1:]] == [["0", "COMPLETE"], ["1", "FAIL"]], rows
     assert "trial: 0" in (tmp_path / "best_overrides.yaml").read_text()
+    # a report that cannot be written is warned of; the interrupt goes on (a diff review)
+    import risloc.hpo.search as search
+
+    def refuse(*a, **k):
+        raise OSError("disk full")
+
+    calls.clear()
+    monkeypatch.setattr(search, "write_reports", refuse)
+    with pytest.raises(KeyboardInterrupt):
+        tune(TuneSettings(config="train_tiny", out_dir=str(tmp_path / "b"), n_trials=3,
+                          epochs=1, warmup_epochs=0))
