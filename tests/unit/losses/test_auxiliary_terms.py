@@ -253,3 +253,47 @@ def test_slot_regression_ignores_nan_in_padded_truths():
     assert float(got.detach()) == pytest.approx(0.5 * 0.5**2 / 3, rel=1e-5)
     got.backward()
     assert torch.isfinite(pred.grad).all() and float(pred.grad[0, 1].abs().max()) == 0.0
+
+
+def test_chamfer_precision_of_a_slot_far_from_every_valid_truth_is_its_full_chord():
+    """A confident slot 1.2 rad in azimuth from the only real source, on top of a padded
+    truth: its precision term is the full chord 2 sin(0.6) ~ 1.13 to the real source, not
+    the padding's 0 nor a fill value (a mutation review: the fill for padded truths lowered
+    from 4 to 0.5, below this chord, passed)."""
+    taz, tel = torch.tensor([[0.0, 1.2]]), torch.zeros(1, 2)
+    valid = torch.tensor([[True, False]])
+    paz, pel = torch.tensor([[1.2, 0.0]]), torch.zeros(1, 2)
+    w = torch.tensor([[1.0, 0.0]])
+    got = aux.chamfer_angles(paz, pel, w, taz, tel, valid)
+    # cover: the slot at 0 sits on the source (chord sqrt(EPS)); precise: 2 sin(0.6)
+    assert float(got) == pytest.approx(2 * math.sin(0.6), abs=1e-5)
+
+
+def test_chamfer_and_offset_losses_ignore_nan_in_padded_truths():
+    """Padded truths given as NaN (as SceneBatch stores them) leave the chamfer and the
+    offset losses and their gradients equal to the zero-padded ones (a mutation review:
+    dropping the masking of the padded truths passed, every test padding with zeros)."""
+    taz, tel = torch.tensor([[0.3, float("nan")]]), torch.tensor([[0.1, float("nan")]])
+    valid = torch.tensor([[True, False]])
+    paz = torch.tensor([[0.2, -0.5]], requires_grad=True)
+    pel, w = torch.tensor([[0.0, 0.4]]), torch.tensor([[1.0, 0.5]])
+    got = aux.chamfer_angles(paz, pel, w, taz, tel, valid)
+    (g,) = torch.autograd.grad(got.sum(), paz)
+    ref = aux.chamfer_angles(paz, pel, w, torch.nan_to_num(taz), torch.nan_to_num(tel), valid)
+    (g_ref,) = torch.autograd.grad(ref.sum(), paz)
+    assert torch.isfinite(got).all()
+    assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-6)
+    torch.testing.assert_close(g, g_ref)
+
+    grid = candidate_grid(ModelConfig())
+    az = float(grid.azimuth[4] + 0.3 * (grid.azimuth[5] - grid.azimuth[4]))
+    truth = torch.tensor([[[az, float(grid.elevation[3]), float(grid.inv_range[2])],
+                           [float("nan")] * 3]])
+    off = torch.zeros(1, 3, 8, 16, 31, requires_grad=True)
+    loss = aux.offset_at_truth(off, grid, truth, valid)
+    (g,) = torch.autograd.grad(loss.sum(), off)
+    # only the true source's error 0.3 cell in azimuth: Huber(0.5) = 0.3^2 / 2
+    assert float(loss.detach()) == pytest.approx(0.045, rel=1e-5)
+    assert torch.isfinite(g).all() and float(g[0, 0, 2, 3, 4]) != 0.0
+    g[0, :, 2, 3, 4] = 0.0
+    assert float(g.abs().max()) == 0.0  # nothing reaches the cell the padding points to

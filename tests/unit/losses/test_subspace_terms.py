@@ -211,3 +211,29 @@ def test_capon_spectrum_reads_only_the_hermitian_part_of_r():
     A = A / A.norm(dim=-2, keepdim=True)
     torch.testing.assert_close(sub.capon_spectrum(R + X - X.mH, A), sub.capon_spectrum(R, A),
                                rtol=1e-9, atol=0)
+
+
+def test_capon_spectrum_scales_as_the_inverse_squared_norm_of_a():
+    """1 / (a^H R_l^-1 a) is homogeneous of degree -2 in a: steering 1e-3 times shorter gives
+    a spectrum 1e6 times larger, dense and by Woodbury alike (a mutation review: the
+    Woodbury path's eps guard raised to 1e-3, clipping such values, passed)."""
+    from risloc.covariance.tools import LowRank
+
+    g = torch.Generator().manual_seed(11)
+    W = torch.randn(1, 16, 3, dtype=torch.complex128, generator=g)
+    A = torch.randn(1, 16, 4, dtype=torch.complex128, generator=g)
+    A = A / A.norm(dim=-2, keepdim=True)
+    R = LowRank(torch.tensor([1.0], dtype=torch.float64), W)
+    for r in (R, R.dense()):
+        torch.testing.assert_close(sub.capon_spectrum(r, 1e-3 * A),
+                                   1e6 * sub.capon_spectrum(r, A), rtol=1e-9, atol=0)
+
+
+def test_subspace_alignments_are_never_negative_at_the_truth(scenes, system, R_true):
+    """Both alignments are squared norms, >= 0: float32 cancellation at the truth (where
+    they are ~0) must not give a negative loss (a mutation review: dropping either
+    clamp_min(0) passed, the tests bounding only the maximum)."""
+    A = _A(scenes, system)
+    assert float(sub.gt_subspace_alignment(R_true, A).min()) >= 0.0
+    w = scenes.mask.float()
+    assert float(sub.predicted_subspace_alignment(R_true, scenes.K, A, w).min()) >= 0.0
