@@ -278,13 +278,23 @@ def test_learning_rate_is_pointed_to_optim_lr(tmp_path):
         load_train_config(None, ["learning_rate=1e-3"])
 
 
-# ------------------------------------------- a fourth mutation review: what none checked
+# ------------------------------- the fourth and fifth mutation reviews: what none checked
 @pytest.mark.parametrize("override, ok", [
     ("schedule.weight_final_frac=1", True), ("schedule.beta_warmup_frac=1", True),
     ("order.report_scenes=0", False), ("schedule.swa_anneal_epochs=0", False),
     ("optim.accumulation=0", False),
+    # (the fifth)
+    ("order.scenes=63", False), ("order.scenes=64", True),  # MIN_ORDER_SCENES, the edge
+    ("data.seed=-1", False), ("data.stream=-1", False), ("data.val_offset=-1", False),
+    ("data.val_batch_size=0", False), ("seed=-1", False), ("log_every=0", False),
+    ("evaluation.n_azimuth=1", False), ("evaluation.n_range=1", False),
+    ("evaluation.refine_iterations=0", True), ("evaluation.f1_weight_deg=-1", False),
+    ("schedule.epochs=0", False), ("schedule.steps_per_epoch=0", False),
+    ("schedule.patience=0", False), ("schedule.min_improvement=-1", False),
+    ("schedule.weight_warmup_epochs=0", True), ("schedule.beta_jitter=0.5", True),
+    ("optim.weight_decay=-1", False),
 ])
-def test_fourth_bounds_at_their_edges(override, ok):
+def test_later_bounds_at_their_edges(override, ok):
     test_training_bounds_at_their_edges(override, ok)
 
 
@@ -297,22 +307,6 @@ def test_only_process_prefetch_is_refused_with_device_simulation():
 def test_two_scheduled_loss_weights_set_name_the_first():
     with pytest.raises(ConfigError, match=r"^loss.lam_peak_contrast is set"):
         load_train_config(None, ["loss.lam_subspace_align=0", "loss.lam_peak_contrast=0"])
-
-
-# ------------------------------------------- a fifth mutation review: what none checked
-@pytest.mark.parametrize("override, ok", [
-    ("order.scenes=63", False), ("order.scenes=64", True),  # MIN_ORDER_SCENES, the edge
-    ("data.seed=-1", False), ("data.stream=-1", False), ("data.val_offset=-1", False),
-    ("data.val_batch_size=0", False), ("seed=-1", False), ("log_every=0", False),
-    ("evaluation.n_azimuth=1", False), ("evaluation.n_range=1", False),
-    ("evaluation.refine_iterations=0", True), ("evaluation.f1_weight_deg=-1", False),
-    ("schedule.epochs=0", False), ("schedule.steps_per_epoch=0", False),
-    ("schedule.patience=0", False), ("schedule.min_improvement=-1", False),
-    ("schedule.weight_warmup_epochs=0", True), ("schedule.beta_jitter=0.5", True),
-    ("optim.weight_decay=-1", False),
-])
-def test_fifth_bounds_at_their_edges(override, ok):
-    test_training_bounds_at_their_edges(override, ok)
 
 
 def test_a_scheduled_weight_set_in_loss_names_the_schedule_values_shortest():
