@@ -580,3 +580,34 @@ def test_a_negative_or_nan_tolerance_and_no_iterations_are_refused(field):
     review: a negative tolerance was taken, and ran every scene to max_iterations)."""
     with pytest.raises(ValueError, match="tolerance must be >= 0 and max_iterations >= 1"):
         NFMLEConfig(**field)
+
+
+@pytest.mark.parametrize("field", [{"retries": 0}, {"damping": 0.0}, {"chunk": 0}])
+def test_no_retries_no_damping_and_empty_passes_are_refused(field):
+    """An LM iteration needs one try at least, a positive damping and passes of one scene
+    at least (a mutation review: retries = 0, an iteration that never steps, was taken)."""
+    with pytest.raises(ValueError, match="retries >= 1"):
+        NFMLEConfig(**field)
+
+
+def test_init_for_another_number_of_scenes_is_refused():
+    """Start positions for fewer scenes than measurements (a mutation review: without the
+    check, the scenes past init's were dropped silently)."""
+    b = simulate_range(0, 2, SYSTEM, SCENE, seed=0, split="test", K=2, snr_db=10.0)
+    start = perturbed_start(b)
+    one = Estimates(start.K[:1], start.azimuth[:1], start.elevation[:1], start.range_m[:1],
+                    start.score[:1])
+    with pytest.raises(ValueError, match="init holds 1 scenes for 2 measurements"):
+        nfmle_fit(b.y, b.H, b.codes, one, SYSTEM)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_scene_whose_damping_reaches_the_cap_stops_iterating(masked):
+    """iterations None: a scene whose damping is at its cap (1e8) stops even where its
+    cost still fell; at tolerance 0 only that stop ends the run after one iteration (a
+    mutation review: without it the scene ran on to max_iterations)."""
+    b, y, H, codes = exact_scenes(1, 2)
+    ref = nfmle_fit(y, H, codes, perturbed_start(b), SYSTEM,
+                    NFMLEConfig(iterations=None, damping=1e9, tolerance=0.0,
+                                max_iterations=5, masked=masked))
+    assert ref.history.shape[0] == 2 and (ref.history[1] < ref.history[0]).all()
