@@ -19,6 +19,9 @@ from risloc.io.scenefile import (
     batch_truth_problems,
     inspect_scene_file,
     iter_scene_chunks,
+    scorable_mask,
+    scorable_truth,
+    truth_problems,
 )
 from risloc.simulation import SceneBatch, simulate_range
 
@@ -1605,3 +1608,44 @@ def test_a_disk_that_refuses_the_writes_is_an_error_of_the_write_not_a_crash(tmp
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["refused", "27"]  # EFBIG
     assert list(tmp_path.iterdir()) == []
+
+
+def test_truth_checks_of_a_k_max_below_the_slots_and_the_scorable_scenes(tmp_path, batch,
+                                                                          system):
+    """A mutation review: K beyond the system's k_max but within the truth arrays' slots,
+    scorable_mask keeping every scene, and check_truth's listing of exactly 3 scenes
+    passed; so did an infinite K."""
+    got = truth_problems(np.array([3]), np.zeros((1, 3)), np.zeros((1, 3)), np.ones((1, 3)),
+                         k_max=2)
+    assert got == [(0, "K = 3 outside 1..2")]
+    arr = dict(batch_to_arrays(batch[:4], system.K_max),
+               system=np.array(system.model_dump_json()))
+    arr["K"] = arr["K"].copy()
+    arr["K"][[0, 1, 3]] = 0
+    path = _npz(tmp_path, **arr)
+    back, _ = read_scenes(path, truth="unchecked")
+    assert scorable_mask(back, system.K_max).tolist() == [False, False, True, False]
+    assert len(scorable_truth(back, system.K_max)) == 1
+    with pytest.raises(SceneFileError, match=r"of 3 scene\(s\) cannot be scored \(scene 0: "
+                       r"[^;]*; scene 1: [^;]*; scene 3: [^;]*\); `risloc localize`"):
+        read_scenes(path)
+    arr["K"] = arr["K"].astype(np.float64)
+    arr["K"][2] = np.inf
+    with pytest.raises(SceneFileError, match=r"'K' must hold whole numbers .* got inf in "
+                                             r"scene\(s\) \[2\]"):
+        inspect_scene_file(_npz(tmp_path, **arr))
+    del arr["K"]  # integer positions without K: no usable truth, none read
+    arr.update({k: np.zeros((4, system.K_max), np.int32)
+                for k in ("azimuth_deg", "elevation_deg", "range_m")})
+    back, info = read_scenes(_npz(tmp_path, **arr))
+    assert not info.has_truth and back.K is None
+
+
+def test_chunked_reads_past_the_end_or_of_no_scenes(tmp_path, batch, system):
+    """A mutation review: a stop past the end yielded an empty chunk and then failed, and a
+    range start == stop, which holds no scene, was refused; neither was tested."""
+    path = write_scenes(tmp_path / "s.h5", batch[:5], system)
+    assert [(i, len(b)) for i, b in iter_scene_chunks(path, 0, 9, size=5)] == [(0, 5)]
+    assert [(i, len(b)) for i, b in iter_scene_chunks(path, 1, 99, size=2)] == \
+        [(1, 2), (3, 2)]
+    assert list(iter_scene_chunks(path, 5, 5)) == [] == list(iter_scene_chunks(path, 2, 2))
