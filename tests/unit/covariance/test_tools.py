@@ -51,6 +51,13 @@ def test_hermitise_trace_normalise():
     # the real part of the trace, signed (a mutation review: |diagonal| passed every test)
     D = torch.diag(torch.tensor([-1.0 + 2j, 3.0 - 1j, -0.5 + 0j], dtype=torch.complex128))
     assert trace(D).item() == pytest.approx(1.5)
+    # a non-square or 1-D input is refused with the shape message (a second mutation review:
+    # `and` for `or` in the square check, or no check on ndim, passed every test)
+    for bad in (torch.ones(2, 3, 4, dtype=torch.complex128), torch.ones(3)):
+        with pytest.raises(ValueError, match="must be"):
+            normalize_trace(bad)
+        with pytest.raises(ValueError, match="must be"):
+            hermitise(bad)
 
 
 def test_shrink_and_loading_keep_eigenvectors():
@@ -66,6 +73,10 @@ def test_shrink_and_loading_keep_eigenvectors():
         shrink(R, 1.5)
     with pytest.raises(ValueError):
         load_diagonal(R, -1.0)
+    # the closed ends are allowed: a = 0 and eps = 0 leave R as it is, a = 1 gives tr(R)/N I
+    # (a second mutation review: rejecting a = 0 or eps = 0 passed every test)
+    assert torch.equal(shrink(R, 0.0), R) and torch.equal(load_diagonal(R, 0.0), R)
+    assert torch.allclose(shrink(R, 1.0), mu.view(-1, 1, 1) * torch.eye(6, dtype=R.dtype))
 
 
 def test_blend_endpoints_trace_and_no_grad_into_samp():
@@ -157,6 +168,10 @@ def test_sample_covariance_shape_errors(system):
     # (a mutation review: dropping the check on L passed every test)
     with pytest.raises(ValueError, match="y must be"):
         sample_covariance(b.y, b.H, b.codes[:, :1])
+    # H and codes of one scene beside y of two: refused, not broadcast over the scenes (a
+    # second mutation review: dropping the check on B passed every test)
+    with pytest.raises(ValueError, match="y must be"):
+        back_projection(b.y, b.H[:1], b.codes[:1])
     # N sets the trace (a mutation review: N not passed on passed every test)
     assert torch.allclose(trace(sample_covariance(b.y, b.H, b.codes, N=10)),
                           torch.full((2,), 10.0), rtol=1e-4)
@@ -327,3 +342,8 @@ def test_gram_schmidt_stays_orthonormal_on_nearly_dependent_columns():
     A[..., 1] = A[..., 0] + 1e-12 * B[..., 1]
     for Q in (orthonormal_basis(A[..., :2]), _gram_schmidt(A[..., :2], 10 * 2.0 ** -52)):
         assert (Q.mH @ Q - eye[:2, :2]).abs().amax() < 1e-3
+    # the tolerance is relative to the column's norm, not absolute: columns of norm ~1e-20
+    # are kept, by both routes (a second mutation review: an absolute tol passed every test)
+    tiny = 1e-20 * B
+    for Q in (orthonormal_basis(tiny), _gram_schmidt(tiny, 10 * 2.0 ** -52)):
+        assert (Q.mH @ Q - eye).abs().amax() < 1e-12
