@@ -162,6 +162,8 @@ def test_fit_order_head_rejects_bad_input():
     D = torch.ones(10, 5)
     with pytest.raises(ValueError, match="len"):
         fit_order_head(X, K[:5], D, 5)
+    with pytest.raises(ValueError, match="len"):  # fewer features than K and detections
+        fit_order_head(X[:5], K, D, 5)
     with pytest.raises(ValueError, match="detections"):
         fit_order_head(X, K, D[:, :3], 5)
     with pytest.raises(ValueError, match="1..5"):
@@ -638,3 +640,17 @@ def test_fit_order_drops_a_stale_card_at_out_and_reports_its_scene_mix(tmp_path,
     for mix in (False, True):
         report = calibrate.fit_order(DEFAULT_MODEL, tmp_path / "o.pt", n_scenes=64, mix=mix)
         assert ("without its scene_mix kinds" in report["training_split"]) is not mix, report
+
+
+def test_the_decision_reads_the_log_of_a_small_probability_unclamped(monkeypatch):
+    """balance * log P(K = k) for a P of 1e-6 is the log of 1e-6, not that of a larger clamp
+    (a mutation review: a clamp at 1e-3 passed): the F1 rule alone would report 2 sources,
+    the K head's 1e-6 for K = 2 holds it to 1 at balance 0.25."""
+    from risloc.pipeline.order import OrderOutput
+
+    P = torch.tensor([[1 - 4e-6, 1e-6, 1e-6, 1e-6, 1e-6]], dtype=torch.float64)
+    det = torch.tensor([[0.0, 2.0, 2.0, 2.0, 2.0]], dtype=torch.float64)
+    head = OrderHead(4, 5, balance=0.25)
+    monkeypatch.setattr(head, "forward", lambda x: OrderOutput(P, det))
+    assert head.decide(torch.zeros(1, 4)).tolist() == [1]
+    assert head.decide(torch.zeros(1, 4), balance=torch.zeros(1)).tolist() == [2]
