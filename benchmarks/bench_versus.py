@@ -38,6 +38,7 @@ them from the cache written by the full run before it, whose tables it reproduce
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -121,6 +122,7 @@ CLASSICAL_SOURCES = (
     "simulation/streams.py")
 
 
+@functools.cache  # (the sources do not change within a run: read once, not per cell)
 def _classical_key() -> str:
     """Digest of the sources the classical estimates depend on (cache invalidation)."""
     import risloc
