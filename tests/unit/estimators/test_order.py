@@ -365,3 +365,23 @@ def test_an_snr_exactly_the_margin_off_is_not_off():
     given = torch.tensor([10.0, 0.1, 10 ** 1.05], dtype=torch.float64)
     off, _ = snr_disagreement(costs, L, M, given)
     assert off.tolist() == [False, False, True]
+
+
+def test_the_eigenvalue_floor_keeps_a_source_80_db_below_the_strongest():
+    """The null-eigenvalue floor is relative to the largest eigenvalue and far below it
+    (10^-12): a second source 80 dB down over a white floor 100 dB down is still a source
+    (a mutation review: a floor of 10^-6 merged it into the noise and passed every test)."""
+    lam = torch.tensor([1.0, 1e-8, 1e-10, 1e-10, 1e-10, 1e-10], dtype=torch.float64)
+    R = torch.diag(lam).to(torch.complex128)[None]
+    assert torch.equal(mdl_order(R, 100, 4), torch.tensor([2]))
+    assert torch.equal(aic_order(R, 100, 4), torch.tensor([2]))
+
+
+def test_residual_order_needs_at_least_one_candidate_source():
+    """costs [B, 1] (K_max = 0) is refused with the shape message, given a noise level or
+    not (a mutation review: accepting it failed later, outside the checks, and passed every
+    test)."""
+    with pytest.raises(ValueError, match="K_max >= 1"):
+        residual_order(torch.ones(2, 1), 16, 16)
+    with pytest.raises(ValueError, match="K_max >= 1"):
+        residual_order(torch.ones(2, 1), 16, 16, torch.ones(2))
