@@ -115,7 +115,10 @@ def main() -> None:
     args = p.parse_args()
     counter = _Count()
     logging.getLogger().addHandler(counter)
-    threads = [int(t) for t in args.threads.split(",")]
+    try:
+        threads = [count_arg(t) for t in args.threads.split(",")]
+    except argparse.ArgumentTypeError as err:
+        p.error(f"argument --threads: {err}")
     try:
         batches = [count_arg(b) for b in args.batches.split(",")]
     except argparse.ArgumentTypeError as err:

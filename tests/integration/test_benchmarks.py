@@ -68,6 +68,7 @@ def test_a_count_of_zero_is_refused_by_its_option_before_any_work():
              "bench_latency.py --calls 0": "argument --calls: must be a whole number >= 1",
              "bench_latency.py --drift-calls 2.5": "argument --drift-calls: must be a whole",
              "bench_latency.py --batches 1,0": "argument --batches: must be a whole number",
+             "bench_latency.py --threads 1,0": "argument --threads: must be a whole number",
              "bench_latency.py --batches 1,129": "argument --batches: at most 128 scenes"}
     res = subprocess.run([sys.executable, "-c", _REFUSED, *cases], capture_output=True,
                          text=True, timeout=300, cwd=ROOT / "benchmarks")
