@@ -12,7 +12,7 @@ from risloc.config import SceneConfig, SystemConfig
 from risloc.io import write_scenes
 from risloc.simulation import scene_stream, simulate_range
 from risloc.training.config import load_train_config
-from risloc.training.data import TrainData, prefetched, validation_set
+from risloc.training.data import TrainData, _to_slots, prefetched, validation_set
 
 
 def test_stream_batches_are_scene_stream_batches():
@@ -296,3 +296,14 @@ def test_the_snr_is_shown_in_the_share_of_scenes_snr_shown_says():
         cfg = load_train_config(None, ["optim.batch_size=512", f"data.snr_shown={share}"])
         shown = (~TrainData(cfg).batch(0, 0).snr_db.isnan()).double().mean().item()
         assert lo <= shown <= hi, (share, shown)
+
+
+def test_truth_of_a_smaller_K_max_is_padded_with_nan_positions_and_zero_power():
+    """A file of K_max 2 trained with K_max 4: the new slots hold no source (power 0,
+    NaN position), so R_true and the losses see only the file's sources."""
+    scenes = simulate_range(0, 3, SystemConfig(M=8, K_max=2), SceneConfig(power_spread_db=6.0))
+    wide = _to_slots(scenes, 4)
+    assert wide.azimuth.shape == wide.powers.shape == (3, 4)
+    assert torch.equal(wide.powers[:, :2], scenes.powers)
+    assert torch.equal(wide.powers[:, 2:], torch.zeros(3, 2))
+    assert torch.isnan(wide.range_m[:, 2:]).all()
