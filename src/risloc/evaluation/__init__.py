@@ -2,6 +2,7 @@
 
 from risloc.evaluation.crb import (
     CRBResult,
+    SingularFIMError,
     crb,
     crb_deterministic,
     crb_for_scenes,
@@ -23,7 +24,8 @@ from risloc.evaluation.metrics import (
 )
 
 __all__ = [
-    "CRBResult", "Matching", "MetricSummary", "common_median_ratios", "concat_matchings", "crb",
+    "CRBResult", "Matching", "MetricSummary", "SingularFIMError", "common_median_ratios",
+    "concat_matchings", "crb",
     "crb_deterministic", "crb_for_scenes", "crb_stochastic", "match_sources",
     "noise_and_powers_at", "paired_bootstrap_se", "summarize",
     "snr_groups", "summarize_by_K", "summarize_by_snr", "summarize_groups",

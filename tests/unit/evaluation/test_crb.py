@@ -1368,3 +1368,12 @@ def test_user_crb_of_no_scene_is_empty(system):
         out = crb(H, c, np.zeros((0, 2)), np.zeros((0, 2)), np.ones((0, 2)), system, **noise)
         assert {k: tuple(v.shape) for k, v in out.items()} == {
             "azimuth_deg": (0, 2), "elevation_deg": (0, 2), "range_m": (0, 2)}
+
+
+def test_singular_fim_error_is_public():
+    """docs/guide.md tells users to catch SingularFIMError around a CRB map: it is importable
+    from risloc.evaluation, the package that exports crb, and is the class crb raises."""
+    import risloc.evaluation as evaluation
+
+    assert "SingularFIMError" in evaluation.__all__
+    assert evaluation.SingularFIMError is SingularFIMError
