@@ -211,3 +211,22 @@ def test_the_codebook_rows_of_a_seed_stay_what_they_were():
     for book in ("dft", "hadamard"):
         idx = draw_code_indices(2, s, book, 3, torch.Generator().manual_seed(5))
         assert idx.tolist() == [[8, 12, 5, 1, 6, 11], [6, 2, 9, 14, 5, 15]]
+
+
+def test_each_channel_draw_is_uniform_in_its_own_interval(system):
+    """kappa, psi, phi_b and theta_b each come from their own scene interval (phi_b from the
+    azimuth field of view, theta_b from the elevation one; a mutation review: drawing
+    phi_b from the elevation interval passed every other test)."""
+    from risloc.physics.channel import draw_channel_params
+
+    sc = SceneConfig(azimuth_deg=(40.0, 50.0), elevation_deg=(-20.0, -10.0),
+                     rician_kappa=(2.0, 3.0), bs_angle_deg=(-5.0, 5.0))
+    p = draw_channel_params(200, system, sc, torch.Generator().manual_seed(3),
+                            torch.complex128)
+    for t, (lo, hi) in ((p.kappa, (2.0, 3.0)),
+                        (p.bs_angle, (math.radians(-5.0), math.radians(5.0))),
+                        (p.ris_azimuth, (math.radians(40.0), math.radians(50.0))),
+                        (p.ris_elevation, (math.radians(-20.0), math.radians(-10.0)))):
+        assert t.shape == (200,)
+        assert lo <= float(t.min()) and float(t.max()) <= hi
+        assert float(t.max() - t.min()) > 0.8 * (hi - lo)  # spread over the interval
