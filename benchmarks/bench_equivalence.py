@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_versus import SPREAD_DB, localize, scenes_at  # noqa: E402
+from bench_versus import SPREAD_DB, localize, revision, scenes_at  # noqa: E402
 
 from risloc.config import RislocConfig  # noqa: E402
 from risloc.core.params import Estimates  # noqa: E402
@@ -39,7 +38,6 @@ SNRS = (0.0, 5.0, 10.0, 20.0)
 K_IDENTICAL = 0.995  # the tolerances
 MEDIAN_REL = 0.01
 DEG = 57.29577951308232
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _scenes(n: int):
@@ -93,17 +91,6 @@ def compare(ref: Estimates, new: Estimates, truth) -> dict:
     return row
 
 
-def _revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True, cwd=ROOT).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True,
-                               text=True, cwd=ROOT).stdout.strip()
-        return rev + ("+changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = ap.add_mutually_exclusive_group(required=True)
@@ -122,10 +109,10 @@ def main() -> None:
     if args.save:
         res, _ = run(args.methods, args.n)
         with atomic_path(args.save) as tmp:
-            torch.save({"n": args.n, "revision": _revision(),
+            torch.save({"n": args.n, "revision": revision(),
                         "runs": {k: asdict(v) for k, v in res.items()}}, tmp)
         print(f"saved {', '.join(res)} ({args.n} scenes x {2 * len(SNRS)} conditions) of "
-              f"{_revision()} to {args.save}")
+              f"{revision()} to {args.save}")
         return
     if not args.against.is_file():
         raise SystemExit(f"no reference estimates at {args.against}: make them with --save on "
@@ -135,7 +122,7 @@ def main() -> None:
     res, truth = run(methods, ref["n"])
     rows = {}
     route = "" if args.lm_route == "auto" else f" ({args.lm_route} LM route)"
-    print(f"\n{ref['revision']} -> {_revision()}{route}: {ref['n']} test scenes x {2 * len(SNRS)} "
+    print(f"\n{ref['revision']} -> {revision()}{route}: {ref['n']} test scenes x {2 * len(SNRS)} "
           f"conditions (SNR {', '.join(f'{s:g}' for s in SNRS)} dB; equal / spread powers; "
           "SNR withheld)")
     for key, v in res.items():
@@ -149,7 +136,7 @@ def main() -> None:
               f"{'within' if r['within_tolerance'] else 'OUTSIDE'} the tolerance")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, json.dumps({"reference": ref["revision"],
-                                            "revision": _revision(), "n": ref["n"],
+                                            "revision": revision(), "n": ref["n"],
                                             "lm_route": args.lm_route,
                                             "rows": rows}, indent=2) + "\n")
 

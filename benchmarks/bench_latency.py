@@ -32,7 +32,7 @@ from risloc.pipeline import Localizer
 from risloc.simulation import simulate_range
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_versus import count_arg  # noqa: E402
+from bench_versus import count_arg, machine  # noqa: E402
 
 _SCENES = 128  # test scenes drawn; a batch takes its scenes from them
 
@@ -128,11 +128,7 @@ def main() -> None:
                 f"{max(batches)}")
     torch.set_num_threads(threads[0])
     sc = simulate_range(0, _SCENES, SystemConfig(), seed=7, split="test")
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                .splitlines() if line.startswith("model name")), "unknown") \
-        if Path("/proc/cpuinfo").exists() else "unknown"
-    result = {"torch": torch.__version__, "cores": len(__import__("os").sched_getaffinity(0)),
-              "cpu": cpu, "methods": {}}
+    result = {**machine(), "methods": {}}
     for method in args.methods.split(","):
         torch.set_num_threads(threads[0])
         counter.n = 0
@@ -157,8 +153,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps(result, indent=1))
-    lines = [f"torch {result['torch']}, {result['cores']} cores of {cpu}; per-call latency of "
-             "Localizer.localize (default system, simulated test scenes)"]
+    lines = [f"torch {result['torch']}, {result['cores']} cores of {result['cpu']}; per-call "
+             "latency of Localizer.localize (default system, simulated test scenes)"]
     for method, r in result["methods"].items():
         lines.append(f"\n{method}: build {r['build_s']:.2f} s, first one-scene call "
                      f"{r['first_call_s'] * 1e3:.0f} ms, warnings "

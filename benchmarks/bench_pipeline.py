@@ -6,8 +6,8 @@
 
 (a) End to end as users run it: :class:`risloc.pipeline.Localizer` on one batch of
     test-split scenes (SNR withheld, K unknown, SNR uniform in -5..20 dB, equal powers),
-    the batch split over one worker thread per core, in passes of at most 64 scenes (the
-    default ``chunk``) and, for comparison in the same run, in one pass per worker
+    the batch split over ``--threads`` worker threads (one per core), in passes of at most 64
+    scenes (the default ``chunk``) and, for comparison in the same run, in one pass per worker
     (``chunk=None``, the behaviour before passes existed); all four interleaved, median of
     ``--repeats`` after a warm-up. The two learned settings' outputs are compared (K
     agreement, largest position difference).
@@ -43,7 +43,7 @@ from risloc.pipeline.learned import STAGES, load_learned_pipeline
 from risloc.simulation import simulate_range
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_versus import count_arg  # noqa: E402
+from bench_versus import count_arg, machine  # noqa: E402
 
 
 def test_scenes(n: int, device: str = "cpu"):
@@ -141,14 +141,12 @@ def peak_rss(batch: int, chunk: int | None, checkpoint: str | None) -> dict:
             "peak_MB": float(out[1])}
 
 
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--batch", type=count_arg, default=256)
     ap.add_argument("--repeats", type=count_arg, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=count_arg, default=2)
     ap.add_argument("--out", type=Path, default=Path("reports/bench/pipeline.json"))
     ap.add_argument("--rss-batches", type=count_arg, nargs="*", default=[256, 1024])
     ap.add_argument("--known-K", action="store_true")
@@ -157,10 +155,11 @@ def main() -> None:
     pipe = load_learned_pipeline(args.checkpoint)
     y, H, codes = test_batch(args.batch)
     K = test_scenes(args.batch).K if args.known_K else None
-    locs = {"learned": Localizer(pipe.system, "learned", pipe),
-            "learned_one_pass": Localizer(pipe.system, "learned", pipe, chunk=None),
-            "classical": Localizer(pipe.system, "classical"),
-            "classical_one_pass": Localizer(pipe.system, "classical", chunk=None)}
+    w = args.threads  # one worker per core: --threads cores, not every core of the machine
+    locs = {"learned": Localizer(pipe.system, "learned", pipe, workers=w),
+            "learned_one_pass": Localizer(pipe.system, "learned", pipe, workers=w, chunk=None),
+            "classical": Localizer(pipe.system, "classical", workers=w),
+            "classical_one_pass": Localizer(pipe.system, "classical", workers=w, chunk=None)}
     e2e, results = end_to_end(locs, y, H, codes, args.repeats, K)
     rate = {k: e2e[f"{k}_scenes_per_s"] for k in locs}
     e2e["speedup"] = rate["learned"] / rate["classical"]
@@ -195,7 +194,8 @@ def main() -> None:
               flush=True)
     res = {"checkpoint": args.checkpoint or "shipped", "batch": args.batch,
            "known_K": args.known_K,
-           "threads": args.threads, "end_to_end": e2e, "stages_s": stages,
+           "threads": args.threads, "machine": machine(), "end_to_end": e2e,
+           "stages_s": stages,
            "peak_rss_MB": rss, "rss_by_batch": rss_runs}
     write_text_atomic(args.out, json.dumps(res, indent=2) + "\n")
 

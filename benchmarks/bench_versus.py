@@ -42,8 +42,11 @@ import functools
 import hashlib
 import json
 import math
+import os
+import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -363,6 +366,32 @@ def count_arg(text: str) -> int:
     return n
 
 
+def revision() -> str:
+    """The commit checked out, ``+changes`` where src/ differs from it ("unknown" outside
+    git): what a stored benchmark result was measured on."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True, cwd=root).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True,
+                               text=True, cwd=root).stdout.strip()
+        return rev + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> dict:
+    """What a speed depends on beside the code: the CPU, the cores this process may use,
+    torch, Python, OMP_NUM_THREADS and the commit (:func:`revision`)."""
+    info = Path("/proc/cpuinfo")
+    cpu = next((line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+                if line.startswith("model name")), None) if info.exists() else None
+    return {"cpu": cpu or platform.processor() or "unknown",
+            "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+            "python": platform.python_version(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "commit": revision()}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="learned model (default: shipped)")
@@ -396,7 +425,8 @@ def main(argv=None) -> None:
     res = {"command": " ".join(sys.argv), "checkpoint": args.checkpoint or "shipped",
            "propose": args.propose,
            "split": args.split, "scenes_per_snr": args.n, "power_spread_db": SPREAD_DB,
-           "threads": args.threads, "workers": default_workers(), "rows": rows,
+           "threads": args.threads, "workers": default_workers(), "machine": machine(),
+           "rows": rows,
            "throughput": speed, "targets": targets,
            "wall_s": time.perf_counter() - t0}
     write_text_atomic(args.out, json.dumps(res, indent=2, default=lambda x: None if isinstance(

@@ -64,6 +64,7 @@ def test_a_count_of_zero_is_refused_by_its_option_before_any_work():
     cases = {"bench_versus.py --n 0": "argument --n: must be a whole number >= 1, got '0'",
              "bench_pipeline.py --batch 0": "argument --batch: must be a whole number >= 1",
              "bench_pipeline.py --repeats 0": "argument --repeats: must be a whole number",
+             "bench_pipeline.py --threads 0": "argument --threads: must be a whole number",
              "bench_pipeline.py --rss-batches 256 0": "argument --rss-batches: must be a",
              "bench_latency.py --calls 0": "argument --calls: must be a whole number >= 1",
              "bench_latency.py --drift-calls 2.5": "argument --drift-calls: must be a whole",
