@@ -1,6 +1,7 @@
 """The evaluation plots say what they show: each estimator keeps its colour and marker
 whatever the order it is given in, and the titles carry the run's conditions."""
 
+import contextlib
 import math
 
 import pytest
@@ -312,7 +313,7 @@ def test_the_run_curves_take_empty_cells_and_a_rate_within_a_decade(figures, tmp
     all passed)"""
     (tmp_path / "epochs.csv").write_text(
         "epoch,train_total,val_objective,val_angle_median_deg,val_range_median_m,lr,beta\n"
-        "1,2.0,3.0,2.0,,0.002,0.3\n2,1.5,2.0,1.0,0.4,0.001,0.3\n")
+        "1,2.0,3.0,2.0,,0.005,0.3\n2,1.5,2.0,1.0,0.4,0.001,0.3\n")
     plots.plot_run(tmp_path, tmp_path / "curves.png")
     fig = figures[-1]
     assert {ln.get_label() for ln in fig.axes[-2].get_lines()} == {"angle median [deg] (right)"}
@@ -394,3 +395,43 @@ def test_the_run_curves_name_a_missing_column_start_the_rates_at_zero_and_label_
     axes = figures[-1].axes
     assert axes[0].get_xlabel() == "epoch"
     assert axes[2].get_title().startswith("validation (higher") and axes[2].get_ylim()[0] == 0
+
+
+def test_each_validation_curve_draws_its_own_column_and_the_swa_span_covers_its_epochs(
+        figures, tmp_path):
+    """The right axis draws the angle median (not the objective), the NMSE curve its own
+    column, and the SWA shading spans each SWA epoch whole (a mutation review: the
+    objective as the angle median, val_overlap as the NMSE and a span cut short by an
+    epoch all passed)."""
+    (tmp_path / "epochs.csv").write_text(
+        "epoch,train_total,val_objective,val_angle_median_deg,lr,beta,swa,val_overlap,"
+        "val_nmse\n1,2.0,9.0,3.0,0.001,0.3,0,0.7,0.2\n2,1.5,8.0,2.0,0.001,0.3,1,0.8,0.1\n"
+        "3,1.4,7.0,1.0,0.001,0.3,1,0.9,0.05\n")
+    plots.plot_run(tmp_path, tmp_path / "curves.png")
+    fig = figures[-1]
+    by_label = {ln.get_label(): list(ln.get_ydata()) for ax in fig.axes
+                for ln in ax.get_lines()}
+    assert by_label["angle median [deg] (right)"] == [3.0, 2.0, 1.0]
+    assert by_label["objective (left)"] == [9.0, 8.0, 7.0]
+    assert by_label["NMSE R_blend (lower is better)"] == [0.2, 0.1, 0.05]
+    assert by_label["subspace overlap"] == [0.7, 0.8, 0.9]
+    span = fig.axes[1].patches[0]
+    assert (span.get_x(), span.get_width()) == (pytest.approx(1.5), pytest.approx(2.0))
+
+
+def test_a_plot_is_written_through_an_atomic_path(tmp_path, monkeypatch):
+    """The PNG goes to a temporary file renamed into place (a kill mid-write leaves no
+    half PNG): a mutation review's savefig straight to the path passed."""
+    seen = []
+    real = plots.atomic_path
+
+    @contextlib.contextmanager
+    def spy(path):
+        with real(path) as tmp:
+            seen.append((path, tmp))
+            yield tmp
+
+    monkeypatch.setattr(plots, "atomic_path", spy)
+    out = plots.plot_k_accuracy(_rows(["learned"]), tmp_path / "k.png")
+    assert [p for p, _ in seen] == [out] and seen[0][1] != out
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

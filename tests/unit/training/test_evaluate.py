@@ -1,5 +1,8 @@
 """End-to-end validation during training (risloc.training.evaluate)."""
 
+import math
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -12,7 +15,7 @@ from risloc.losses import LossConfig
 from risloc.losses.covariance import covariance_nmse
 from risloc.model import CovarianceNet, ModelConfig
 from risloc.simulation import scene_true_covariance, simulate_batch
-from risloc.training.evaluate import evaluate
+from risloc.training.evaluate import evaluate, objective_of
 
 SYSTEM = SystemConfig()
 MUSIC = MusicConfig(n_azimuth=21, n_elevation=11, n_range=6, refine_iterations=1)
@@ -144,3 +147,10 @@ def test_music_reads_r_blend_in_eval_mode_and_the_metrics_carry_every_loss(monke
     assert res.objective == res.summary.angle_median_deg != ev.objective_of(res.summary, 5.0)
     m = res.metrics()
     assert res.loss and all(m[f"loss_{k}"] == v for k, v in res.loss.items())
+
+
+def test_the_objective_adds_the_missed_f1_and_is_inf_where_nothing_was_paired():
+    """objective = median angle error + weight x (1 - F1); inf where the median is NaN (a
+    mutation review: weight x F1 and a NaN objective both passed)."""
+    assert objective_of(SimpleNamespace(angle_median_deg=2.0, f1=0.75), 4.0) == 3.0
+    assert objective_of(SimpleNamespace(angle_median_deg=math.nan, f1=0.0), 5.0) == math.inf
