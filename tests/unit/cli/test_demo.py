@@ -79,3 +79,25 @@ def test_a_metrics_json_that_cannot_be_written_is_refused_before_the_sweep(monke
     (tmp_path / "r" / "metrics.json").mkdir(parents=True)
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "is a folder" in " ".join(res.output.split()), res.output
+
+
+def test_a_checkpoint_adds_the_learned_model_where_none_is_shipped_and_names_its_system(
+        monkeypatch, tmp_path):
+    """A build without the shipped model still runs the learned pipeline of --checkpoint,
+    and a model trained on another system is reported as "the model's system" (a
+    mutation review: neither branch was tested)."""
+    import risloc.pipeline.learned as learned
+    from risloc.config import RislocConfig
+
+    monkeypatch.setattr(learned, "DEFAULT_MODEL", tmp_path / "missing.pt")
+    other = RislocConfig(system=RislocConfig().system.model_copy(update={"M": 8, "K_max": 7}))
+    seen = []
+    monkeypatch.setattr(demo, "sweep_config", lambda *a: other)
+    monkeypatch.setattr(demo, "sweep_points", lambda settings, cfg: [])
+    monkeypatch.setattr(demo, "run_report", lambda points, system, settings, out_dir, plots,
+                        what, command: seen.append((settings.estimators, system, what)))
+    res = CliRunner().invoke(app, ["demo", "--checkpoint", str(tmp_path / "m.pt"),
+                                   "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert seen == [(("learned", "classical"), other.system,
+                     "the model's system, simulated test split")]

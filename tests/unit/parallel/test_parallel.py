@@ -317,3 +317,34 @@ def test_an_error_in_a_chunk_cancels_the_passes_not_yet_started():
     with pytest.raises(RuntimeError, match="boom"):
         run_in_chunks(fn, 6400, workers=2, max_chunk=16)
     assert len(calls) < 100
+
+
+def test_default_workers_off_linux_counts_the_machine_s_cores(monkeypatch):
+    """Without sched_getaffinity (not Linux): os.cpu_count, at most 8, 1 where unknown
+    (a mutation review: this branch was never run)."""
+    import os
+
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert default_workers() == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert default_workers() == 8
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert default_workers() == 1
+
+
+def test_a_pass_out_of_device_memory_frees_the_cache_before_its_halves(monkeypatch):
+    """Where a GPU pass runs out of memory, torch's cached blocks are released before the
+    halves run (a mutation review: dropping empty_cache passed)."""
+    events = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append("freed"))
+
+    def fn(lo, hi):
+        events.append((lo, hi))
+        if hi - lo > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return (lo, hi)
+
+    assert run_in_chunks(fn, 4, device="meta") == [(0, 2), (2, 4)]
+    assert events == [(0, 4), "freed", (0, 2), (2, 4)]
