@@ -99,3 +99,10 @@ def test_the_rate_decays_as_a_cosine_beta_ramps_linearly_and_the_snr_range_widen
         0.1 + 0.45 * (1 + math.sqrt(0.5)))  # (linear: 0.775)
     assert s.beta_at(0.05, 0.3, 0.2) == pytest.approx(0.075)  # (cosine ramp: 0.0439)
     assert s.snr_range_at(1, 10, (-5, 20), (10, 30), 0.4) == pytest.approx((6.25, 27.5))
+
+
+def test_the_jittered_beta_of_one_seed_is_no_shifted_copy_of_the_next_seeds():
+    """Runs of neighbouring seeds draw apart at every step (a mutation review: a
+    draw keyed on seed + step passed, whose seed 8 repeats seed 7's draws a step early)."""
+    assert [s.jittered_beta(0.5, 0.5, 7, k + 1) for k in range(5)] != [
+        s.jittered_beta(0.5, 0.5, 8, k) for k in range(5)]
