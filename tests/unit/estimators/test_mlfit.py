@@ -597,3 +597,89 @@ def test_a_single_candidate_is_not_repaired_and_costs_its_projection(system):
         np.testing.assert_allclose(out.costs[b].numpy(),
                                    [(np.abs(Y) ** 2).sum(), (np.abs(Y) ** 2).sum() - proj.sum()],
                                    rtol=1e-9)
+
+
+def test_a_failed_swap_returns_the_set_and_its_fit_as_they_were(system, monkeypatch):
+    """A repair whose swap raises the cost keeps the set (the weakest source moved to the
+    last slot) and that set's own fit, not the rejected proposal's position or its cost
+    (a mutation review: the proposal written into the returned theta through an aliased
+    copy, and the rejected fit handed on, passed; a proposal equal to the removed source
+    cannot tell them apart)."""
+    from types import SimpleNamespace
+
+    from risloc.estimators import mlfit
+
+    sc = simulate_range(0, 3, system, SceneConfig(), seed=2, split="test", K=3, snr_db=10.0)
+    y, H, c = (t.to(torch.complex128) for t in (sc.y, sc.H, sc.codes))
+    theta = _truth(sc, 3)
+    full = torch.ones(3, 3, dtype=torch.bool)
+    fit = amplitude_fit(y, H, c, steering_at(theta, system, y.dtype), full, 1e-5)
+    weakest = removal_gains(fit, full).argmin(-1)
+    junk = _junk(3, 1, seed=7)[:, 0]
+    monkeypatch.setattr(mlfit, "residual_proposal", lambda *a, **k: SimpleNamespace(
+        theta=junk, gain=torch.ones(3)))
+    cfg = MLFitConfig(polish=NFMLEConfig(iterations=0, tikhonov=1e-5))
+    grid = search_grid(system, cfg.search, y.dtype)
+    out, after, kept = _repair(y, H, c, theta, fit, torch.full((3,), 3), system, cfg, grid)
+    assert not bool(kept.any())
+    assert torch.equal(out, mlfit._swap(theta, weakest, torch.full((3,), 2)))
+    torch.testing.assert_close(after.cost, fit.cost, rtol=1e-9, atol=0)
+    torch.testing.assert_close(after.s[:, :, 2], fit.s[torch.arange(3), :, weakest])
+
+
+def test_greedy_margin_counts_antennas_and_is_decided_per_scene(monkeypatch):
+    """The greedy step's margin L sigma^2 = C_S / (M - S) counts antennas, not snapshots
+    (L = 8, M = 12), and a batch where the proposal wins in one scene only fits that
+    scene's last set instead of reusing the S-source fit, the other scene's as before (a
+    mutation review: the margin by L - S, and the S-source fit reused unless every scene
+    took a proposal, passed: every other greedy test has L = M and one outcome for all)."""
+    from types import SimpleNamespace
+
+    from risloc.config import SystemConfig
+    from risloc.estimators import mlfit
+
+    system = SystemConfig(L=8, M=12)
+    sc = simulate_range(0, 2, system, SceneConfig(), seed=3, split="test", K=1, snr_db=10.0)
+    pool = torch.cat([_truth(sc, 1), _junk(2, 3, seed=6)], 1).float()
+    full = torch.ones(2, 4, dtype=torch.bool)
+    fit = _ranked_pool(sc, pool, system, monkeypatch)
+    P = torch.tensor([0.3, 0.1, 0.5]).expand(2, 3)
+    margin = 1.0 * fit.cost / (12 - 4)  # greedy_margin 1: L sigma^2, M - S = 8
+    share = torch.tensor([1.1, 0.9])  # the proposal wins in scene 0 only
+    calls = []
+
+    def propose(*a, **k):
+        calls.append(1)
+        return SimpleNamespace(theta=P, gain=(3 + share * margin) if len(calls) == 1
+                               else torch.zeros(2))
+
+    monkeypatch.setattr(mlfit, "residual_proposal", propose)
+    cfg = MLFitConfig(greedy_nested=True, greedy_margin=1.0, nested_repairs=0)
+    nested, costs = mlfit._nested(sc.y, sc.H, sc.codes, pool, fit, system, cfg, grid=object())
+    won = torch.stack([pool[0, 0], P[0], pool[0, 1], pool[0, 2]])
+    assert torch.equal(nested[0], won) and torch.equal(nested[1], pool[1])
+    last = amplitude_fit(sc.y, sc.H, sc.codes, steering_at(won[None], system, sc.y.dtype),
+                         full[:1], 0.0).cost
+    torch.testing.assert_close(costs[0, 4], torch.minimum(last.double()[0], costs[0, 3]))
+    # (the fitted set's cost, which here is not the S-source fit's: 9.46 and 8.12 measured)
+    assert abs(float(last[0]) - float(fit.cost[0])) > 0.1 * float(fit.cost[0])
+    torch.testing.assert_close(costs[1, 4], torch.minimum(fit.cost.double()[1], costs[1, 3]))
+
+
+def test_received_power_uses_the_polish_regularisation(system):
+    """The powers each source contributes come from the amplitude fit of the nested
+    S-source set with the polish's Tikhonov loading (a mutation review: the fit without
+    it passed; the shipped 1e-5 moves them by about that much, 0.5 here)."""
+    from risloc.estimators.mlfit import nested_fit
+
+    sc = simulate_range(0, 3, system, SceneConfig(), seed=11, split="test", K=2, snr_db=5.0)
+    y, H, c = (t.to(torch.complex128) for t in (sc.y, sc.H, sc.codes))
+    theta = _truth(sc, 2)
+    full = torch.ones(3, 2, dtype=torch.bool)
+    cfg = MLFitConfig(polish=NFMLEConfig(iterations=0, tikhonov=0.5), repairs=0,
+                      select_iterations=0, nested_repairs=0)
+    fit = amplitude_fit(y, H, c, steering_at(theta, system, y.dtype), full, 0.5)
+    out = nested_fit(y, H, c, theta, fit, torch.zeros(3, dtype=torch.int64), system, cfg)
+    nf = amplitude_fit(y, H, c, steering_at(out.theta, system, y.dtype), full, 0.5)
+    want = (nf.s.abs().square() * nf.Bm.abs().square().sum(-2)).mean(1) / y.shape[-1]
+    torch.testing.assert_close(out.received, want, rtol=1e-9, atol=0)
