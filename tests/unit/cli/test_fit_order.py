@@ -207,3 +207,23 @@ def test_the_last_line_says_whether_a_model_card_was_written(tmp_path, monkeypat
                                        str(tmp_path / f"o{mix}.pt")])
         text = " ".join(res.output.split())
         assert res.exit_code == 0 and said in text, text
+
+
+def test_too_few_scenes_and_a_missing_model_are_refused_before_the_fit(tmp_path, fitted):
+    """--scenes below MIN_ORDER_SCENES (64) is refused by name; a missing model is named
+    first, before an existing --out would be (the input's mistake is the one to fix)."""
+    from risloc.inference.checkpoint import save_checkpoint
+    from risloc.pipeline.order import MIN_ORDER_SCENES
+
+    save_checkpoint(tmp_path / "m.pt", {"config": "{}"})
+    res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "m.pt"), "--out",
+                                   str(tmp_path / "m2.pt"), "--scenes",
+                                   str(MIN_ORDER_SCENES - 1)])
+    assert res.exit_code == 2 and "Invalid value for '--scenes'" in " ".join(
+        res.output.split()), res.output
+    assert fitted == []
+    (tmp_path / "m2.pt").write_bytes(b"mine")
+    res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "gone.pt"), "--out",
+                                   str(tmp_path / "m2.pt")])
+    assert res.exit_code == 2 and "checkpoint not found" in res.output, res.output
+    assert fitted == []

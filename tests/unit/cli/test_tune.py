@@ -95,6 +95,13 @@ def test_out_of_range_numbers_are_refused_before_the_search(recorded, args):
     assert f"Invalid value for '{args[0]}'" in _flat(res.output)  # the option, by its name
 
 
+def test_zero_startup_trials_and_warmup_epochs_are_taken(recorded):
+    """0 is in range for the pruner's counts (prune from the first trial and epoch)."""
+    res = CliRunner().invoke(app, ["tune", "--startup-trials", "0", "--warmup-epochs", "0"])
+    assert res.exit_code == 0, res.output
+    assert (recorded[0].startup_trials, recorded[0].warmup_epochs) == (0, 0)
+
+
 def test_the_summary_lists_each_trial_and_names_the_best_only_once_written(recorded):
     res = CliRunner().invoke(app, ["tune", "-c", "train_tiny", "-o", "my out"])
     assert res.exit_code == 0, res.output
