@@ -169,6 +169,10 @@ def scene_problems(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor) -> Sce
         (~unit & real & (codes.real.abs() > 2 * math.pi + 1e-6).flatten(1).any(1),
          "codes are real and beyond 2 pi (phases in degrees? store the codes themselves, "
          "exp(1j * np.deg2rad(phase)), exp(1i * deg2rad(phase)) in MATLAB)"),
+        (~unit & real & (codes.real.abs() <= 1.0 + CODE_TOLERANCE).flatten(1).all(1),
+         "codes are real and not +-1, all within [-1, 1] (their real part only? store the "
+         "complex codes, codes_re + 1j * codes_im in NumPy, complex(re, im) in MATLAB; "
+         "phases in radians: exp(1j * phase))"),
         (~unit & real,
          "codes are real and not +-1 (phases? store the codes themselves, exp(1j * phase), "
          "exp(1i * phase) in MATLAB, phase in radians)"),

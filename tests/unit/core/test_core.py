@@ -681,3 +681,12 @@ def test_estimates_from_degrees_refuse_a_complex_score():
     dropped with only torch's warning)."""
     with pytest.raises(TypeError, match="score must be a real array, got torch.complex"):
         Estimates.from_degrees([[0.0]], [[10.0]], [[2.0]], score=np.array([[1 + 1j]]))
+
+
+def test_real_parts_of_unit_modulus_codes_are_named_as_such(scenes):
+    """Codes stored as their real part only (values in [-1, 1], not +-1) are not phases:
+    the reason says to store the complex codes."""
+    y, H, c = scenes.y[:1], scenes.H[:1], scenes.codes[:1]
+    real = torch.complex(c.real, torch.zeros(c.shape, dtype=c.real.dtype))
+    reason = dict(scene_problems(y, H, real).reasons)[0]
+    assert "real part only? store the complex codes" in reason
