@@ -281,6 +281,9 @@ def evaluate_command(
             check_model_serves(None, cfg.system, "this system")
         _say_scenes_beyond_the_search(cfg.scene.fov, model_system(checkpoint, with_fov=True)[1]
                                       if "learned" in names else None, fov)
+        for k in Ks or ():  # (before any scene is drawn: named as the option it came from)
+            if not 1 <= k <= cfg.system.K_max:
+                raise ValueError(f"--K must lie in 1..K_max={cfg.system.K_max}, got {k}")
         system, points, source = cfg.system, sweep_points(settings, cfg), "simulated test split"
         left = 0
     run_report(points, system, settings, out_dir, plots, source, pooled=scenes is not None,

@@ -48,6 +48,25 @@ def test_bad_arguments_are_refused_before_any_work(kwargs, message, tmp_path, mo
         run(**{"out_dir": tmp_path, "plots": False} | kwargs)
 
 
+@pytest.mark.parametrize("K", ["0", "1,9"])
+def test_sweep_K_beyond_K_max_is_refused_as_the_option(K, tmp_path, monkeypatch):
+    """--K outside 1..K_max: refused as --K (exit 2) before a scene is drawn (a bad-input
+    persona: the simulator refused it late, as "K=0", exit 1 with the drawing stubbed)."""
+    from typer.testing import CliRunner
+
+    from risloc.cli.main import app
+
+    def no_work(*a, **k):
+        raise AssertionError("scenes drawn before --K was checked")
+
+    monkeypatch.setattr(ev, "sweep_points", no_work)
+    res = CliRunner().invoke(app, ["evaluate", "--K", K, "--n", "1", "--estimators",
+                                   "classical", "--no-plots", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2, res.output
+    assert "--K must lie in 1..K_max=5, got" in res.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_none_with_estimates_passes_the_name_checks(tmp_path):
     """--estimators none --estimates x.csv: no estimator (the CSVs alone), so it gets as
     far as the sweep's check that estimates need a scene file."""
