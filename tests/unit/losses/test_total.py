@@ -204,6 +204,26 @@ def test_each_weight_skips_its_own_term_only():
         assert skipped == {t}, (t, skipped)
 
 
+def test_each_named_weight_field_skips_the_term_of_its_name():
+    """The weight of each term by its LossConfig field name, spelled out here (a mutation
+    review: 'aux' and 'peak' reading each other's weight in WEIGHTS passed, the tests above
+    reading the mapping from WEIGHTS itself)."""
+    scenes = simulate_batch(2, SYSTEM, SceneConfig(), torch.Generator().manual_seed(9),
+                            snr_db=20.0)
+    out = _perfect_output(scenes, SYSTEM.N)
+    R_true = scene_true_covariance(scenes, SYSTEM)
+    named = {"cov": "lam_cov", "cov_pred": "lam_cov_pred", "ortho": "lam_ortho",
+             "cross": "lam_cross", "gap": "lam_gap", "margin": "lam_margin", "k_ce": "lam_K",
+             "aux": "lam_aux", "peak": "lam_peak", "align": "lam_align",
+             "subspace_align": "lam_subspace_align", "peak_contrast": "lam_peak_contrast"}
+    assert set(named) == set(TERMS)
+    for t, field in named.items():
+        terms = compute_losses(out, out.R_pred, R_true, scenes, SYSTEM,
+                               replace(LossConfig(), **{field: 0.0}))
+        skipped = {u for u in TERMS if math.isnan(float(getattr(terms, u)))}
+        assert skipped == {t}, (field, skipped)
+
+
 def test_spectral_terms_of_a_flat_blend_by_hand():
     """R_blend = I: every eigenvalue equal, so gap = gap_margin and margin = margin_target
     - K / N; P_perp I P_perp keeps (N - K) / N of ||I||^2 (the true steering of the K real
