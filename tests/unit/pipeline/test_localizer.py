@@ -1811,3 +1811,40 @@ def test_a_localizer_shows_its_method_system_and_search_box():
     assert repr(loc) == ("Localizer('classical', RIS 8x8 (N=64), M=8, L=16, lambda=0.3 m, "
                          "d=0.15 m, spherical, K_max=5; searching azimuth -60..60 deg, "
                          "elevation -30..30 deg, range 0.1..1 m)")
+
+
+def test_a_given_snr_reaches_the_network_as_float32_and_to_moves_the_order_head():
+    """Stage 1 hands a float64 SNR to an SNR-reading network as float32 on y's device, and
+    LearnedPipeline.to moves the order head with the network (a mutation review: the dtype
+    dropped, and the head left behind, passed). Stubbed network and head."""
+    from types import SimpleNamespace
+
+    from risloc.pipeline.learned import LearnedPipeline
+
+    seen = []
+    pipe = SimpleNamespace(music=None, recipe=SimpleNamespace(reads_snr=True),
+                           network=lambda y, H, c, snr, **k: seen.append(snr))
+    y = torch.zeros(2, 3, 4, dtype=torch.complex64)
+    LearnedPipeline.forward(pipe, y, y, y, torch.tensor([10.0, 5.0], dtype=torch.float64))
+    assert seen[0].dtype == torch.float32 and seen[0].tolist() == [10.0, 5.0]
+    moved = []
+    pipe = SimpleNamespace(network=SimpleNamespace(to=lambda d: moved.append(("net", d))),
+                           order_head=SimpleNamespace(to=lambda d: moved.append(("head", d))))
+    assert LearnedPipeline.to(pipe, "cpu") is pipe
+    assert moved == [("net", "cpu"), ("head", "cpu")]
+
+
+def test_a_scene_estimated_at_exactly_low_snr_db_keeps_the_heads_balance(monkeypatch):
+    """head_balance: 'below low_snr_db' is strict; a scene at exactly 0.5 dB keeps the
+    head's own balance (a mutation review: <= passed). Stubbed SNR estimate."""
+    from types import SimpleNamespace
+
+    from risloc.pipeline import learned
+
+    monkeypatch.setattr(learned, "estimated_snr_db",
+                        lambda costs, L, M: torch.tensor([0.5, 0.25, 0.75]))
+    pipe = SimpleNamespace(low_snr_db=0.5, low_snr_balance=0.0)
+    y = torch.zeros(3, 2, 2, dtype=torch.complex64)
+    got = learned.LearnedPipeline.head_balance(pipe, SimpleNamespace(costs=None), y,
+                                               SimpleNamespace(balance=0.25))
+    assert got.tolist() == [0.25, 0.0, 0.25]
