@@ -297,3 +297,33 @@ def test_chamfer_and_offset_losses_ignore_nan_in_padded_truths():
     assert torch.isfinite(g).all() and float(g[0, 0, 2, 3, 4]) != 0.0
     g[0, :, 2, 3, 4] = 0.0
     assert float(g.abs().max()) == 0.0  # nothing reaches the cell the padding points to
+
+
+def test_chamfer_precision_is_the_confidence_weighted_mean_even_below_unit_total():
+    """One half-confident slot 0.6 rad in azimuth from the only source: the precision term
+    is its full chord 2 sin(0.3) (the weights normalised by their sum 0.5), not half of it
+    (a mutation review: the weight sum clamped to at least 1 passed, every test's
+    confidences summing to >= 1)."""
+    taz, tel = torch.tensor([[0.0]]), torch.zeros(1, 1)
+    valid = torch.tensor([[True]])
+    paz, pel = torch.tensor([[0.6, 0.0]]), torch.zeros(1, 2)
+    w = torch.tensor([[0.5, 0.0]])
+    got = aux.chamfer_angles(paz, pel, w, taz, tel, valid)
+    # cover: the slot at 0 sits on the source (chord sqrt(EPS))
+    assert float(got) == pytest.approx(2 * math.sin(0.3), abs=1e-5)
+
+
+def test_heatmap_focal_of_a_single_source_is_the_cell_sum_divided_by_one():
+    """Zero logits (p = 1/2) and one source on cell (2, 3, 4): the positive cell costs
+    (1/2)^2 ln 2, each other cell (1 - g)^4 (1/2)^2 ln 2 with g its Gaussian, and the sum is
+    divided by K = 1 (a mutation review: the count clamped to at least 2 passed, the
+    one-source tests comparing losses with each other or with 0)."""
+    grid = candidate_grid(ModelConfig())
+    truth = torch.tensor([[[float(grid.azimuth[4]), float(grid.elevation[3]),
+                            float(grid.inv_range[2])]]])
+    shape = (len(grid.inv_range), len(grid.elevation), len(grid.azimuth))
+    got = float(aux.heatmap_focal(torch.zeros(1, *shape), grid, truth, torch.tensor([[True]])))
+    i, j, k = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    g = np.exp(-((i - 2) ** 2 + (j - 3) ** 2 + (k - 4) ** 2) / 2.0)
+    cell = np.where((i == 2) & (j == 3) & (k == 4), 1.0, (1 - g) ** 4)
+    assert got == pytest.approx(float(cell.sum()) * 0.25 * math.log(2), rel=1e-5)
