@@ -381,13 +381,15 @@ def revision() -> str:
 
 
 def machine() -> dict:
-    """What a speed depends on beside the code: the CPU, the cores this process may use,
-    torch, Python, OMP_NUM_THREADS and the commit (:func:`revision`)."""
+    """What a speed depends on beside the code: the CPU, the cores this process may use
+    (off Linux, the machine's), torch, Python, OMP_NUM_THREADS and the commit
+    (:func:`revision`)."""
     info = Path("/proc/cpuinfo")
     cpu = next((line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
                 if line.startswith("model name")), None) if info.exists() else None
     return {"cpu": cpu or platform.processor() or "unknown",
-            "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "commit": revision()}
 

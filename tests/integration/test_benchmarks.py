@@ -4,6 +4,7 @@ have broken a documented command unseen). One process runs every script's --help
 description must be a whole sentence (a review: twelve scripts showed only the docstring's
 first line, cut mid-sentence)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,16 @@ def test_the_classical_cache_key_names_the_scenes_stream(monkeypatch):
     with pytest.raises(StopIteration):
         bench_versus.accuracy(None, None, args)
     assert keys[0]["stream"] == 0
+
+
+def test_the_machine_record_works_off_linux(monkeypatch):
+    """bench_versus/bench_pipeline/bench_latency record machine(): without
+    os.sched_getaffinity (macOS, Windows) it raised AttributeError after the whole run
+    instead of counting the machine's cores."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_versus
+
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    got = bench_versus.machine()
+    assert got["cores"] == 3 and got["cpu"] and got["commit"]
