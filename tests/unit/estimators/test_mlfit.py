@@ -683,3 +683,65 @@ def test_received_power_uses_the_polish_regularisation(system):
     nf = amplitude_fit(y, H, c, steering_at(out.theta, system, y.dtype), full, 0.5)
     want = (nf.s.abs().square() * nf.Bm.abs().square().sum(-2)).mean(1) / y.shape[-1]
     torch.testing.assert_close(out.received, want, rtol=1e-9, atol=0)
+
+
+def test_removal_gains_scale_with_the_gram_matrix_however_small_its_inverse(system):
+    """Scaling H and y by c leaves the amplitudes and scales G by c^2: the removal gains
+    scale by c^2 too, also where [G^-1]_jj falls below 1e-3 (c = 100: at most 1.2e-4 here;
+    a mutation review: the clamp of [G^-1]_jj at 1e-3 in place of 1e-30 passed)."""
+    sc = simulate_range(0, 4, system, SceneConfig(), seed=2, split="test", K=3, snr_db=10.0)
+    y, H, c = (t.to(torch.complex128) for t in (sc.y, sc.H, sc.codes))
+    theta = _truth(sc, 3)
+    full = torch.ones(4, 3, dtype=torch.bool)
+    A = steering_at(theta, system, y.dtype)
+    fit = amplitude_fit(y, H, c, A, full, 0.0)
+    big = amplitude_fit(100 * y, 100 * H, c, A, full, 0.0)
+    d = torch.diagonal(torch.linalg.inv(big.G), dim1=-2, dim2=-1).real
+    assert float(d.max()) < 2e-4  # all below the 1e-3 the mutant clamps at
+    torch.testing.assert_close(removal_gains(big, full), 1e4 * removal_gains(fit, full),
+                               rtol=1e-9, atol=0)
+
+
+def test_the_nested_selection_ranks_candidates_with_the_search_floor(system, monkeypatch):
+    """From the second pick on, the nested selection's OLS statistic divides by the share of
+    a candidate's steering outside the chosen sources' span, floored at
+    ``config.search.floor`` (a floor of 1 turns the projection off: a mutation review, the
+    floor 1.0 in place of config.search.floor, passed)."""
+    from risloc.estimators import classical, mlfit
+
+    seen = []
+
+    def spy(fit, Bg, gains, floor, mask=None, buffers=None):
+        seen.append(floor)
+        return classical.ols_statistic(fit, Bg, gains, floor, mask, buffers)
+
+    monkeypatch.setattr(mlfit, "ols_statistic", spy)
+    sc = simulate_range(0, 2, system, SceneConfig(), seed=3, split="test", K=2, snr_db=10.0)
+    theta = torch.cat([_truth(sc, 2), _junk(2, 1)], 1).float()
+    cfg = MLFitConfig(nested_repairs=0, search=replace(MLFitConfig().search, floor=0.2))
+    fit = amplitude_fit(sc.y, sc.H, sc.codes, steering_at(theta, system, sc.y.dtype),
+                        torch.ones(2, 3, dtype=torch.bool), 1e-5)
+    mlfit._nested(sc.y, sc.H, sc.codes, theta, fit, system, cfg)
+    assert seen == [0.2, 0.2]  # the picks k = 1, 2 (k = 0 has no chosen sources)
+
+
+def test_a_repair_margin_with_one_antenna_to_spare_keeps_no_swap():
+    """With K = M - 1 the margin's sigma^2 = C / (L (M - K)) makes the threshold
+    C (1 - m / 1): a margin of 1 keeps no swap, though swaps that halve the cost exist (a
+    mutation review: M - K clamped at 2 instead of 1, threshold C / 2, passed)."""
+    from risloc.config import SystemConfig
+
+    system = SystemConfig(M=4, K_max=3)
+    sc = simulate_range(0, 8, system, SceneConfig(snr_db=(20.0, 30.0)), seed=4, split="test",
+                        K=3)
+    cfg = MLFitConfig()
+    start = torch.cat([_truth(sc, 2), _junk(8, 1, seed=4)], 1).float()
+    fit = amplitude_fit(sc.y, sc.H, sc.codes, steering_at(start, system, sc.y.dtype),
+                        torch.ones(8, 3, dtype=torch.bool), cfg.polish.tikhonov)
+    grid = search_grid(system, cfg.search, sc.y.dtype)
+    K = torch.full((8,), 3)
+    _, after, kept = _repair(sc.y, sc.H, sc.codes, start, fit, K, system, cfg, grid)
+    assert int((kept & (after.cost < fit.cost / 2)).sum()) > 0
+    _, _, kept_m = _repair(sc.y, sc.H, sc.codes, start, fit, K, system,
+                           replace(cfg, repair_margin=1.0), grid)
+    assert not bool(kept_m.any())
