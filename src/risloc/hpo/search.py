@@ -40,8 +40,10 @@ import yaml
 from risloc.config import ConfigError, parse_overrides
 from risloc.hpo.space import SET_BY_TUNE, Dimension, load_space, override
 from risloc.io.atomic import (
+    check_folder_writable,
     check_output_folder,
     file_sha256,
+    make_output_folder,
     write_csv_atomic,
     write_text_atomic,
 )
@@ -436,7 +438,8 @@ def open_study(settings: TuneSettings):
     from sqlalchemy.engine import make_url
 
     if settings.own_db:  # the folder's own study.db (another storage: the folder comes with
-        Path(settings.out_dir).mkdir(parents=True, exist_ok=True)  # the claim)
+        make_output_folder(settings.out_dir)  # the claim)
+        check_folder_writable(settings.out_dir, f"the study folder {settings.out_dir}")
     elif settings.sqlite_file is not None and not settings.sqlite_file.parent.is_dir():
         raise ValueError(f"cannot open the study storage {settings.storage_shown}: the folder "
                          f"{settings.sqlite_file.parent} does not exist")

@@ -344,3 +344,22 @@ def test_trials_too_short_for_the_recipe_s_swa_and_final_phase_are_warned_of(epo
         _warn_short_schedule(load_train_config(None, ["schedule.swa_frac=0",
                                                       "schedule.weight_final_frac=0"]), 3)
     assert caplog.text == ""  # the recipe has neither phase: nothing is left out
+
+
+def test_a_study_folder_that_cannot_be_written_is_refused_before_the_study_opens(
+        tmp_path, monkeypatch):
+    """A study folder that cannot be written is named as such before the study opens (a
+    read-only folder, tried with root's override capabilities dropped: SQLAlchemy's
+    "unable to open database file" came out). CI runs as root, which writes anywhere: the
+    writability probe's file write (Path.write_bytes) is made to fail instead."""
+    from risloc.hpo import open_study
+
+    def refuse(self, data):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "write_bytes", refuse)
+    s = TuneSettings(config=None, out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"the study folder .* is not writable: Permission "
+                                         "denied"):
+        open_study(s)
+    assert not (tmp_path / "study.db").exists()
