@@ -230,3 +230,24 @@ def test_a_difference_of_exactly_the_tolerance_meets_the_versus_target(monkeypat
            "ratio": dict.fromkeys(bench_versus.MEDIANS, 1.0), "ratio_common": {}}
     (t,) = bench_versus.check_targets([row], None)
     assert t["checks"]["K acc >= classical - 0.01"], t["margins"]
+
+
+def test_bench_independent_meets_a_target_missed_by_exactly_its_tolerance(monkeypatch):
+    """bench_independent compared unrounded floats: K accuracy 1 / 400 against 5 / 400 is
+    classical - 0.01, read as a miss (0.0025 >= 0.0125 - 0.01 is False in floats)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_independent
+
+    def row(est, k_acc):
+        r = {"estimator": est, "snr_db": 10.0, "K": "all", "n_scenes": 400, "f1": 0.9,
+             "K_accuracy": k_acc, "ms_per_scene": 1.0, "se_K_accuracy_diff": 0.0,
+             "se_f1_diff": 0.0}
+        for c in ("azimuth", "elevation", "range"):
+            r.update({f"{c}_median_{'deg' if c != 'range' else 'm'}": 1.0,
+                      f"{c}_median_ratio_common": 1.0, f"se_{c}_median_ratio": 0.0})
+        return r
+
+    (got,) = bench_independent.table_rows(
+        "equal, SNR withheld", {"rows": [row("learned", 1 / 400), row("classical", 5 / 400)]})
+    assert got["targets"]["K acc >= classical - 0.01"], got["targets"]
+    assert got["targets"]["medians <= 1.05x"]
