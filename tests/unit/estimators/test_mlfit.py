@@ -453,10 +453,15 @@ def test_each_nested_set_gets_its_repair_rounds_and_select_iterations(system, mo
     assert iters == [3, 3]  # sets of 1 and 2; the 3-set is the S-source fit
 
 
-def test_a_swap_back_to_the_removed_source_is_no_repair(system, monkeypatch):
-    """A repair keeps a swap only where the cost falls: a proposal that is the removed
+@pytest.mark.parametrize("proposal, rtol", [("removed", 0.0), ("junk", 1e-9)])
+def test_a_swap_that_does_not_lower_the_cost_is_no_repair(system, monkeypatch, proposal, rtol):
+    """A repair keeps a swap only where the cost falls. A proposal that is the removed
     source itself (polish of 0 iterations: the same positions, the same cost bit for bit)
-    is not kept and not counted (a mutation review: keeping swaps at equal cost passed)."""
+    and one at a junk position are not kept; the set comes back with the weakest source in
+    the last slot and that set's own fit, not the proposal's position or its cost (mutation
+    reviews: keeping swaps at equal cost, the proposal written into the returned theta
+    through an aliased copy, and the rejected fit handed on, each passed; a proposal equal
+    to the removed source cannot tell the last two apart)."""
     from types import SimpleNamespace
 
     from risloc.estimators import mlfit
@@ -466,14 +471,18 @@ def test_a_swap_back_to_the_removed_source_is_no_repair(system, monkeypatch):
     theta = _truth(sc, 3)
     full = torch.ones(3, 3, dtype=torch.bool)
     fit = amplitude_fit(y, H, c, steering_at(theta, system, y.dtype), full, 1e-5)
-    removed = theta[torch.arange(3), removal_gains(fit, full).argmin(-1)]
+    weakest = removal_gains(fit, full).argmin(-1)
+    moved = (theta[torch.arange(3), weakest] if proposal == "removed"
+             else _junk(3, 1, seed=7)[:, 0])
     monkeypatch.setattr(mlfit, "residual_proposal", lambda *a, **k: SimpleNamespace(
-        theta=removed, gain=torch.ones(3)))
+        theta=moved, gain=torch.ones(3)))
     cfg = MLFitConfig(polish=NFMLEConfig(iterations=0, tikhonov=1e-5))
     grid = search_grid(system, cfg.search, y.dtype)
     out, after, kept = _repair(y, H, c, theta, fit, torch.full((3,), 3), system, cfg, grid)
     assert not bool(kept.any())
-    torch.testing.assert_close(after.cost, fit.cost, rtol=0, atol=0)
+    assert torch.equal(out, mlfit._swap(theta, weakest, torch.full((3,), 2)))
+    torch.testing.assert_close(after.cost, fit.cost, rtol=rtol, atol=0)
+    torch.testing.assert_close(after.s[:, :, 2], fit.s[torch.arange(3), :, weakest])
 
 
 def test_nested_costs_and_powers_are_the_numpy_projections_of_y(system):
@@ -597,34 +606,6 @@ def test_a_single_candidate_is_not_repaired_and_costs_its_projection(system):
         np.testing.assert_allclose(out.costs[b].numpy(),
                                    [(np.abs(Y) ** 2).sum(), (np.abs(Y) ** 2).sum() - proj.sum()],
                                    rtol=1e-9)
-
-
-def test_a_failed_swap_returns_the_set_and_its_fit_as_they_were(system, monkeypatch):
-    """A repair whose swap raises the cost keeps the set (the weakest source moved to the
-    last slot) and that set's own fit, not the rejected proposal's position or its cost
-    (a mutation review: the proposal written into the returned theta through an aliased
-    copy, and the rejected fit handed on, passed; a proposal equal to the removed source
-    cannot tell them apart)."""
-    from types import SimpleNamespace
-
-    from risloc.estimators import mlfit
-
-    sc = simulate_range(0, 3, system, SceneConfig(), seed=2, split="test", K=3, snr_db=10.0)
-    y, H, c = (t.to(torch.complex128) for t in (sc.y, sc.H, sc.codes))
-    theta = _truth(sc, 3)
-    full = torch.ones(3, 3, dtype=torch.bool)
-    fit = amplitude_fit(y, H, c, steering_at(theta, system, y.dtype), full, 1e-5)
-    weakest = removal_gains(fit, full).argmin(-1)
-    junk = _junk(3, 1, seed=7)[:, 0]
-    monkeypatch.setattr(mlfit, "residual_proposal", lambda *a, **k: SimpleNamespace(
-        theta=junk, gain=torch.ones(3)))
-    cfg = MLFitConfig(polish=NFMLEConfig(iterations=0, tikhonov=1e-5))
-    grid = search_grid(system, cfg.search, y.dtype)
-    out, after, kept = _repair(y, H, c, theta, fit, torch.full((3,), 3), system, cfg, grid)
-    assert not bool(kept.any())
-    assert torch.equal(out, mlfit._swap(theta, weakest, torch.full((3,), 2)))
-    torch.testing.assert_close(after.cost, fit.cost, rtol=1e-9, atol=0)
-    torch.testing.assert_close(after.s[:, :, 2], fit.s[torch.arange(3), :, weakest])
 
 
 def test_greedy_margin_counts_antennas_and_is_decided_per_scene(monkeypatch):
