@@ -51,7 +51,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_versus import MEDIANS, SEED, _classical_key, common_ratio  # noqa: E402
+from bench_versus import (  # noqa: E402
+    MEDIANS,
+    SEED,
+    _classical_key,
+    common_ratio,
+    rounded_margin,
+)
 
 from risloc.config import RislocConfig  # noqa: E402
 from risloc.core.params import Estimates  # noqa: E402
@@ -153,8 +159,7 @@ def cell(learned: Localizer, classical: Localizer, name: str, snr: float, stream
         "common medians <= 1.05x": (MEDIAN_MAX - common[worst],
                                     se.get(worst.split("_")[0] + "_median_ratio_common")),
     }
-    # rounded: a difference of exactly the tolerance (3 of 300 scenes) came out -8.7e-18
-    row["margins"] = {k: (round(m, 12), s) for k, (m, s) in margins.items()}
+    row["margins"] = {k: (rounded_margin(m), s) for k, (m, s) in margins.items()}
     return row
 
 

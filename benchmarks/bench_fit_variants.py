@@ -66,8 +66,8 @@ def main(argv=None) -> None:
         for (corner, snr), (sc, cl) in cells.items():
             est, _ = bc.run(loc, sc)
             s = summarize(match_sources(est, sc.azimuth, sc.elevation, sc.range_m, sc.K))
-            ok = (round(s.f1 - cl.f1 + bc.F1_TOL, 12) >= 0  # (rounded: a tie is met)
-                  and round(s.K_accuracy - cl.K_accuracy + bc.K_TOL, 12) >= 0)
+            ok = (bc.rounded_margin(s.f1 - cl.f1 + bc.F1_TOL) >= 0
+                  and bc.rounded_margin(s.K_accuracy - cl.K_accuracy + bc.K_TOL) >= 0)
             met.append(ok)
             rows.append({"variant": name, "corner": corner, "snr_db": snr, "met": ok,
                          "K_accuracy": [s.K_accuracy, cl.K_accuracy], "F1": [s.f1, cl.f1]})

@@ -35,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench_versus import rounded_margin
 from independent_scenes import write_file
 
 from risloc.io.atomic import write_text_atomic
@@ -95,9 +96,7 @@ def table_rows(name: str, metrics: dict) -> list[dict]:
             margins["F1 >= classical + 0.05"] = ln["f1"] - cl["f1"] - 0.05
         if snr >= 5:
             margins["medians <= 1.05x"] = [1.05 - r for r in ratios]  # NaN: a miss
-        # rounded, as bench_versus.py: a difference of exactly the tolerance (1 of 400
-        # scenes against 5) is met, not lost to a float rounding
-        targets = {k: all(round(v, 12) >= 0 for v in (m if isinstance(m, list) else [m]))
+        targets = {k: all(rounded_margin(v) >= 0 for v in (m if isinstance(m, list) else [m]))
                    for k, m in margins.items()}
         rows.append({
             "condition": name, "snr_db": snr, "n": ln["n_scenes"],

@@ -57,11 +57,11 @@ def score(head: OrderHead, cells: dict) -> tuple[int, float, float, list[str]]:
     for cell, c in cells.items():
         K = head.decide(c["feats"])
         found = c["detections"].gather(1, (K - 1).unsqueeze(1)).sum()
-        # (in float64: a share of the scenes exact enough for the rounded ties below)
+        # (in float64: a share of the scenes exact enough for rounded_margin's ties)
         f1 = float(2 * found.double() / (K.sum() + c["K"].sum()))
         acc = float((K == c["K"]).double().mean())
-        ok = (round(f1 - c["f1"] + 0.01, 12) >= 0  # (rounded: a tie is met)
-              and round(acc - c["K_accuracy"] + 0.01, 12) >= 0)
+        ok = (bc.rounded_margin(f1 - c["f1"] + 0.01) >= 0
+              and bc.rounded_margin(acc - c["K_accuracy"] + 0.01) >= 0)
         met += ok
         df1.append(f1 - c["f1"])
         dk.append(acc - c["K_accuracy"])

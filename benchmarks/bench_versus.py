@@ -252,6 +252,13 @@ def throughput(learned, classical, repeats: int) -> dict:
     return out
 
 
+def rounded_margin(margin: float) -> float:
+    """A target's margin (observed - threshold; met where >= 0) to 12 decimals: a
+    difference of exactly the tolerance, e.g. 3 of 300 scenes, is met, not short by a
+    float's -8.7e-18 (bench_corners.py's dft cell was). The benchmarks' checks share it."""
+    return round(margin, 12)
+
+
 def check_targets(rows: list[dict], speed: dict | None) -> list[dict]:
     """The issue's targets, one line per (condition, SNR, K given or not). ``margins``:
     per target (observed - threshold, its bootstrap standard error); positive is met."""
@@ -279,9 +286,7 @@ def check_targets(rows: list[dict], speed: dict | None) -> list[dict]:
             margins["withholding SNR costs <= 0.02 K acc"] = (
                 lr["K_accuracy"] - given["learned"]["K_accuracy"] + 0.02,
                 r.get("se_withheld_vs_given", {}).get("K_accuracy_diff"))
-        # (rounded: a difference of exactly the tolerance, e.g. 3 of 300 scenes, is met, not
-        # short by a float's -8.7e-18, as bench_corners.py's dft cell was)
-        margins = {k: (round(m, 12), se_) for k, (m, se_) in margins.items()}
+        margins = {k: (rounded_margin(m), se_) for k, (m, se_) in margins.items()}
         out.append({"snr_db": snr, "condition": condition_name(r["snr_given"],
                                                                r["power_spread_db"]),
                     "known_K": r["known_K"],
