@@ -453,8 +453,8 @@ def test_each_nested_set_gets_its_repair_rounds_and_select_iterations(system, mo
     assert iters == [3, 3]  # sets of 1 and 2; the 3-set is the S-source fit
 
 
-@pytest.mark.parametrize("proposal, rtol", [("removed", 0.0), ("junk", 1e-9)])
-def test_a_swap_that_does_not_lower_the_cost_is_no_repair(system, monkeypatch, proposal, rtol):
+@pytest.mark.parametrize("proposal", ["removed", "junk"])
+def test_a_swap_that_does_not_lower_the_cost_is_no_repair(system, monkeypatch, proposal):
     """A repair keeps a swap only where the cost falls. A proposal that is the removed
     source itself (polish of 0 iterations: the same positions, the same cost bit for bit)
     and one at a junk position are not kept; the set comes back with the weakest source in
@@ -481,7 +481,8 @@ def test_a_swap_that_does_not_lower_the_cost_is_no_repair(system, monkeypatch, p
     out, after, kept = _repair(y, H, c, theta, fit, torch.full((3,), 3), system, cfg, grid)
     assert not bool(kept.any())
     assert torch.equal(out, mlfit._swap(theta, weakest, torch.full((3,), 2)))
-    torch.testing.assert_close(after.cost, fit.cost, rtol=rtol, atol=0)
+    # (the set in another column order: its float64 cost may differ in the last bits)
+    torch.testing.assert_close(after.cost, fit.cost, rtol=1e-9, atol=0)
     torch.testing.assert_close(after.s[:, :, 2], fit.s[torch.arange(3), :, weakest])
 
 
@@ -641,10 +642,11 @@ def test_greedy_margin_counts_antennas_and_is_decided_per_scene(monkeypatch):
     assert torch.equal(nested[0], won) and torch.equal(nested[1], pool[1])
     last = amplitude_fit(sc.y, sc.H, sc.codes, steering_at(won[None], system, sc.y.dtype),
                          full[:1], 0.0).cost
-    torch.testing.assert_close(costs[0, 4], torch.minimum(last.double()[0], costs[0, 3]))
+    # (float32 fits, batched otherwise than here: compared at float32's tolerance)
+    torch.testing.assert_close(costs[0, 4].float(), torch.minimum(last[0], costs[0, 3].float()))
     # (the fitted set's cost, which here is not the S-source fit's: 9.46 and 8.12 measured)
     assert abs(float(last[0]) - float(fit.cost[0])) > 0.1 * float(fit.cost[0])
-    torch.testing.assert_close(costs[1, 4], torch.minimum(fit.cost.double()[1], costs[1, 3]))
+    torch.testing.assert_close(costs[1, 4].float(), torch.minimum(fit.cost[1], costs[1, 3].float()))
 
 
 def test_received_power_uses_the_polish_regularisation(system):
