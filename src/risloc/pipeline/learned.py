@@ -353,5 +353,5 @@ def _stored_head(state: dict, path: Path) -> OrderHead | None:
         return None
     try:
         return order_head_from_state(order)
-    except (KeyError, RuntimeError, TypeError) as err:
+    except (AttributeError, KeyError, RuntimeError, TypeError) as err:
         raise ValueError(f"{path}: unreadable order head ({err})") from None

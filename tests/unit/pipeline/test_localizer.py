@@ -1366,6 +1366,12 @@ def test_a_stored_head_of_other_features_or_none_is_said_and_not_used(tmp_path, 
     broken = {k: v for k, v in state["order_head"].items() if k != "hidden"}
     with pytest.raises(ValueError, match="old.pt: unreadable order head"):
         _stored_head({**state, "order_head": broken}, tmp_path / "old.pt")
+    # a field of the wrong type (TypeError) or weights not a dict (AttributeError): named
+    # too (a mutation review: the TypeError dropped from the except passed)
+    for field, bad in (("hidden", None), ("state_dict", None)):
+        malformed = {**state["order_head"], field: bad}
+        with pytest.raises(ValueError, match="old.pt: unreadable order head"):
+            _stored_head({**state, "order_head": malformed}, tmp_path / "old.pt")
     with pytest.raises(FileNotFoundError, match="checkpoint not found") as err:
         load_learned_pipeline(tmp_path / "gone.pt")
     assert "ships no default model" not in str(err.value)

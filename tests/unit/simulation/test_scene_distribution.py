@@ -318,6 +318,15 @@ def test_a_scene_with_one_non_finite_measurement_is_refused(monkeypatch):
     monkeypatch.setattr(streams, "simulate_mixture", one_nan)
     with pytest.raises(ValueError, match="not finite in 1 of 5 scenes"):
         simulate_range(0, 5, SMALL, SceneConfig())
+
+    def two_nan(*args, **kwargs):  # the count of bad scenes, not "any" (a mutation review)
+        b = real(*args, **kwargs)
+        b.y[1, 0, 0] = b.y[3, 1, 0] = complex("nan")
+        return b
+
+    monkeypatch.setattr(streams, "simulate_mixture", two_nan)
+    with pytest.raises(ValueError, match="not finite in 2 of 5 scenes"):
+        simulate_range(0, 5, SMALL, SceneConfig())
     with pytest.raises(ValueError, match="seed, stream and block must be non-negative"):
         block_generator(-1, "train", 0)
     for args in ((0, "train", -1), (0, "train", 0, -1)):  # a block, a stream: named too
