@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import sys
 import time
 from dataclasses import asdict
@@ -57,6 +56,7 @@ from bench_versus import (  # noqa: E402
     _classical_key,
     common_ratio,
     rounded_margin,
+    worst_median,
 )
 
 from risloc.config import RislocConfig  # noqa: E402
@@ -151,7 +151,7 @@ def cell(learned: Localizer, classical: Localizer, name: str, snr: float, stream
            "classical": {"K_accuracy": s_c.K_accuracy, "f1": s_c.f1, "seconds": t_c},
            "ratio": {m: getattr(s_l, m) / getattr(s_c, m) for m in MEDIANS},
            "ratio_common": common, "se": se, "classical_from_cache": cached}
-    worst = max(MEDIANS, key=lambda m: common[m] if math.isfinite(common[m]) else -1.0)
+    worst = worst_median(common)
     margins = {
         "F1 >= classical - 0.01": (s_l.f1 - s_c.f1 + F1_TOL, se["f1_diff"]),
         "K acc >= classical - 0.01": (s_l.K_accuracy - s_c.K_accuracy + K_TOL,

@@ -252,6 +252,13 @@ def throughput(learned, classical, repeats: int) -> dict:
     return out
 
 
+def worst_median(ratios: dict) -> str:
+    """The median (of MEDIANS) with the largest learned / classical ratio; a NaN one, a
+    median neither localizer pairs, is the worst (max() skipped it unless it came first).
+    The benchmarks' median targets share it."""
+    return max(MEDIANS, key=lambda m: ratios[m] if math.isfinite(ratios[m]) else math.inf)
+
+
 def rounded_margin(margin: float) -> float:
     """A target's margin (observed - threshold; met where >= 0) to 12 decimals: a
     difference of exactly the tolerance, e.g. 3 of 300 scenes, is met, not short by a
@@ -274,9 +281,7 @@ def check_targets(rows: list[dict], speed: dict | None) -> list[dict]:
             margins["K acc >= classical - 0.01"] = (
                 lr["K_accuracy"] - cl["K_accuracy"] + 0.01, se.get("K_accuracy_diff"))
         if snr >= 5:
-            # (a NaN ratio, a median neither pairs, is the worst: max() skipped it unless first)
-            worst = max(MEDIANS, key=lambda m: math.inf if math.isnan(r["ratio"][m])
-                        else r["ratio"][m])
+            worst = worst_median(r["ratio"])
             margins["medians <= 1.05x classical"] = (
                 1.05 - r["ratio"][worst], se.get(worst.split("_")[0] + "_median_ratio"))
         if snr in (0.0, 5.0):

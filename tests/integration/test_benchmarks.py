@@ -4,6 +4,7 @@ have broken a documented command unseen). One process runs every script's --help
 description must be a whole sentence (a review: twelve scripts showed only the docstring's
 first line, cut mid-sentence)."""
 
+import math
 import os
 import subprocess
 import sys
@@ -251,3 +252,36 @@ def test_bench_independent_meets_a_target_missed_by_exactly_its_tolerance(monkey
         "equal, SNR withheld", {"rows": [row("learned", 1 / 400), row("classical", 5 / 400)]})
     assert got["targets"]["K acc >= classical - 0.01"], got["targets"]
     assert got["targets"]["medians <= 1.05x"]
+
+
+def test_bench_corners_misses_the_median_target_where_a_median_is_not_paired(monkeypatch):
+    """A common median neither localizer pairs (ratio NaN) is the worst, as bench_versus has
+    it; bench_corners ranked it best and could read the median target as met (a
+    methodology review)."""
+    import types
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_corners
+
+    score = types.SimpleNamespace(f1=0.9, K_accuracy=0.9,
+                                  **dict.fromkeys(bench_corners.MEDIANS, 1.0))
+
+    class Scenes:
+        azimuth = elevation = range_m = K = None
+
+        def __len__(self):
+            return 300
+
+    monkeypatch.setattr(bench_corners, "corner_scenes", lambda *a: Scenes())
+    monkeypatch.setattr(bench_corners, "run", lambda loc, sc: (None, 1.0))
+    monkeypatch.setattr(bench_corners, "classical_run", lambda *a: (None, 1.0, False))
+    monkeypatch.setattr(bench_corners, "match_sources", lambda *a: None)
+    monkeypatch.setattr(bench_corners, "summarize", lambda m: score)
+    monkeypatch.setattr(bench_corners, "paired_bootstrap_se", lambda a, b: {
+        "f1_diff": 0.01, "K_accuracy_diff": 0.01})
+    ratios = dict(zip(bench_corners.MEDIANS, (1.0, math.nan, 1.0)))
+    monkeypatch.setattr(bench_corners, "common_ratio", lambda a, b: {"n": 1, **ratios})
+    args = types.SimpleNamespace(split="test", n=300, classical_cache=None)
+    row = bench_corners.cell(None, None, "default", 5.0, 900, args)
+    m, _ = row["margins"]["common medians <= 1.05x"]
+    assert not m >= 0, row["margins"]
