@@ -175,18 +175,16 @@ def test_the_machine_record_works_off_linux(monkeypatch):
     assert got["cores"] == 3 and got["cpu"] and got["commit"]
 
 
-def test_bench_corners_meets_a_target_missed_by_exactly_its_tolerance(monkeypatch):
-    """K accuracy 271 / 300 against 274 / 300 is classical - 0.01, the target met; the
-    float margin came out -8.7e-18 and the cell read as a miss (dft at 10 dB in
-    corners.json; a methodology review)."""
+def _corner_cell(monkeypatch, K_accuracy: tuple, common: tuple, name="dft", snr=10.0):
+    """bench_corners.cell on stubbed scenes and metrics: the learned / classical K accuracy,
+    F1 0.9 both, the common median ratios ``common``; returns its row."""
     import types
 
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import bench_corners
 
-    ratios = {m: 1.0 for m in bench_corners.MEDIANS}
-    scores = iter([types.SimpleNamespace(f1=0.9, K_accuracy=271 / 300, **ratios),
-                   types.SimpleNamespace(f1=0.9, K_accuracy=274 / 300, **ratios)])
+    ones = dict.fromkeys(bench_corners.MEDIANS, 1.0)
+    scores = iter([types.SimpleNamespace(f1=0.9, K_accuracy=k, **ones) for k in K_accuracy])
 
     class Scenes:
         azimuth = elevation = range_m = K = None
@@ -201,9 +199,17 @@ def test_bench_corners_meets_a_target_missed_by_exactly_its_tolerance(monkeypatc
     monkeypatch.setattr(bench_corners, "summarize", lambda m: next(scores))
     monkeypatch.setattr(bench_corners, "paired_bootstrap_se", lambda a, b: {
         "f1_diff": 0.01, "K_accuracy_diff": 0.01})
+    ratios = dict(zip(bench_corners.MEDIANS, common))
     monkeypatch.setattr(bench_corners, "common_ratio", lambda a, b: {"n": 1, **ratios})
     args = types.SimpleNamespace(split="test", n=300, classical_cache=None)
-    row = bench_corners.cell(None, None, "dft", 10.0, 925, args)
+    return bench_corners.cell(None, None, name, snr, 925, args)
+
+
+def test_bench_corners_meets_a_target_missed_by_exactly_its_tolerance(monkeypatch):
+    """K accuracy 271 / 300 against 274 / 300 is classical - 0.01, the target met; the
+    float margin came out -8.7e-18 and the cell read as a miss (dft at 10 dB in
+    corners.json; a methodology review)."""
+    row = _corner_cell(monkeypatch, (271 / 300, 274 / 300), (1.0, 1.0, 1.0))
     assert all(m >= 0 for m, _ in row["margins"].values()), row["margins"]
 
 
@@ -258,30 +264,6 @@ def test_bench_corners_misses_the_median_target_where_a_median_is_not_paired(mon
     """A common median neither localizer pairs (ratio NaN) is the worst, as bench_versus has
     it; bench_corners ranked it best and could read the median target as met (a
     methodology review)."""
-    import types
-
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import bench_corners
-
-    score = types.SimpleNamespace(f1=0.9, K_accuracy=0.9,
-                                  **dict.fromkeys(bench_corners.MEDIANS, 1.0))
-
-    class Scenes:
-        azimuth = elevation = range_m = K = None
-
-        def __len__(self):
-            return 300
-
-    monkeypatch.setattr(bench_corners, "corner_scenes", lambda *a: Scenes())
-    monkeypatch.setattr(bench_corners, "run", lambda loc, sc: (None, 1.0))
-    monkeypatch.setattr(bench_corners, "classical_run", lambda *a: (None, 1.0, False))
-    monkeypatch.setattr(bench_corners, "match_sources", lambda *a: None)
-    monkeypatch.setattr(bench_corners, "summarize", lambda m: score)
-    monkeypatch.setattr(bench_corners, "paired_bootstrap_se", lambda a, b: {
-        "f1_diff": 0.01, "K_accuracy_diff": 0.01})
-    ratios = dict(zip(bench_corners.MEDIANS, (1.0, math.nan, 1.0)))
-    monkeypatch.setattr(bench_corners, "common_ratio", lambda a, b: {"n": 1, **ratios})
-    args = types.SimpleNamespace(split="test", n=300, classical_cache=None)
-    row = bench_corners.cell(None, None, "default", 5.0, 900, args)
+    row = _corner_cell(monkeypatch, (0.9, 0.9), (1.0, math.nan, 1.0), "default", 5.0)
     m, _ = row["margins"]["common medians <= 1.05x"]
     assert not m >= 0, row["margins"]
