@@ -538,7 +538,7 @@ def test_ctrl_c_says_that_the_same_command_continues_the_study(tmp_path, monkeyp
     # a review: an interrupted tune said only that outputs are whole, not how to go on
     import risloc.hpo as hpo
 
-    def ctrl_c(settings):
+    def ctrl_c(settings, on_start=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(hpo, "tune", ctrl_c)
@@ -562,7 +562,7 @@ def test_the_cli_passes_every_option_to_the_study_and_prints_its_trials(tmp_path
         value=0.123456, params={"optim.lr": 1.5},
         distributions={"optim.lr": optuna.distributions.FloatDistribution(0.25, 4.0)}))
 
-    def fake_tune(settings):
+    def fake_tune(settings, on_start=None):
         seen.append(settings)
         return study
 
@@ -603,7 +603,7 @@ def test_the_defaults_are_the_documented_ones_and_counts_below_1_are_refused(tmp
     import risloc.hpo as hpo
 
     seen = []
-    monkeypatch.setattr(hpo, "tune", lambda settings: seen.append(settings) or
+    monkeypatch.setattr(hpo, "tune", lambda settings, on_start=None: seen.append(settings) or
                         SimpleNamespace(trials=[]))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my recipes").mkdir()
@@ -642,7 +642,7 @@ def test_the_study_table_rounds_floats_and_leaves_a_missing_parameter_blank(tmp_
                                                         "optim.weight_decay": 0.000123456}),
                                     trial(1, None, {"model.width": 16})])
     study.trials[1].state.name = "PRUNED"  # each trial's own state
-    monkeypatch.setattr(risloc.hpo, "tune", lambda settings: study)
+    monkeypatch.setattr(risloc.hpo, "tune", lambda settings, on_start=None: study)
     res = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["tune", "--config", TINY, "--out",
                                                          str(tmp_path)])
     assert res.exit_code == 0, res.output

@@ -70,13 +70,13 @@ def tune_command(
                             startup_trials=startup_trials, warmup_epochs=warmup_epochs,
                             heartbeat_s=heartbeat, grace_s=3 * heartbeat,
                             baseline=baseline)
-    console.print(f"tuning -> {settings.storage_shown} study {study_name!r} ({trials} trials x "
-                  f"{epochs} epochs)")
     # SIGTERM (kill, a batch system's preemption) ends a trial as Ctrl-C does (cli/entry.py):
     # the next tune continues it from its last finished epoch (killed otherwise: failed once
     # its heartbeats stop, and its copy continues it as well, where it sees its folder)
     try:
-        study = tune(settings)
+        study = tune(settings, on_start=lambda: console.print(  # once its arguments passed
+            f"tuning -> {settings.storage_shown} study {study_name!r} ({trials} trials x "
+            f"{epochs} epochs)"))
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted: the study keeps its finished trials; the same "
                       f"command continues it in {out}, the interrupted trial from its last "

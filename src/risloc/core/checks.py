@@ -278,7 +278,9 @@ def check_source_counts(name: str, K, n_scenes: int, k_max: int) -> torch.Tensor
                              f"({err})") from None
     if t.dtype == torch.bool or t.is_complex():  # (a mask, not counts)
         raise InputTypeError(f"{name} must be an integer or integers, got {t.dtype}")
-    if not t.is_floating_point():  # (torch compares no unsigned type but uint8)
+    if t.dtype == torch.uint64:  # (one above int64's range would read as negative: named as
+        t = t.to(torch.float64)  # a float, 1.8e+19; whole counts in 1..k_max stay exact)
+    elif not t.is_floating_point():  # (torch compares no unsigned type but uint8)
         t = t.to(torch.int64)
     scalar = t.ndim == 0
     t = matlab_vector(t.expand(n_scenes) if scalar else t, n_scenes)

@@ -31,6 +31,7 @@ import logging
 import math
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -620,9 +621,11 @@ def relative_fields(settings: TuneSettings) -> set[str]:
     return {d.field for d in load_space(settings.space or DEFAULT_SPACE, base) if d.relative}
 
 
-def tune(settings: TuneSettings):
+def tune(settings: TuneSettings, on_start: Callable[[], None] | None = None):
     """Work on the study until it holds ``n_trials`` finished trials (all workers counted);
-    write trials.csv and, once a trial has completed, best_overrides.yaml. Returns it."""
+    write trials.csv and, once a trial has completed, best_overrides.yaml. Returns it.
+    ``on_start``: called once the settings are checked and the study opened (the CLI's
+    banner: printed only where no argument error follows it)."""
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
@@ -651,6 +654,8 @@ def tune(settings: TuneSettings):
     study = open_study(settings)
     check_study_recipe(study, settings, space)
     claim_folder(settings)
+    if on_start is not None:
+        on_start()
     if baseline is not None and not any(t.user_attrs.get("baseline") for t in study.trials):
         study.enqueue_trial(baseline,
                             user_attrs={"baseline": True}, skip_if_exists=True)

@@ -798,7 +798,8 @@ def truth_problems(K: np.ndarray, azimuth_deg: np.ndarray, elevation_deg: np.nda
     S, width = azimuth_deg.shape
     slots = width if k_max is None else min(width, k_max)
     unknown = np.isnan(K) if K.dtype.kind == "f" else np.zeros(K.shape, bool)
-    K = np.where(unknown, 0, K).astype(np.int64)  # a NaN K (MATLAB's unknown): unscorable
+    given = K  # (named as stored: a uint64 K above int64's range must not read as negative)
+    K = np.where(unknown, 0, np.minimum(K, width + 1)).astype(np.int64)  # a NaN K: unscorable
     real = np.arange(width) < np.clip(K, 0, slots)[:, None]
     finite = np.isfinite(azimuth_deg) & np.isfinite(elevation_deg) & np.isfinite(range_m)
     bad_pos = (real & ~finite).any(1)
@@ -808,7 +809,7 @@ def truth_problems(K: np.ndarray, azimuth_deg: np.ndarray, elevation_deg: np.nda
     out = []
     for i in np.flatnonzero((K < 1) | (K > slots) | bad_pos | bad_range | bad_el):
         out.append((int(i), "K unknown (NaN)" if unknown[i] else
-                    _K_outside(int(K[i]), width, k_max) if not 1 <= K[i] <= slots
+                    _K_outside(int(given[i]), width, k_max) if not 1 <= K[i] <= slots
                     else f"a non-finite true position among its K = {K[i]} sources"
                     if bad_pos[i] else "a true range <= 0" if bad_range[i]
                     else "a true elevation beyond +-90 deg"))

@@ -386,7 +386,12 @@ class EstimatesStream:
         """Open the .part file (created where no run left one) and lock it; a run finishing
         in between renames the file opened to out, so its successor at .part is locked."""
         for _ in range(3):
-            self._held = self.part.open("ab")
+            try:
+                self._held = self.part.open("ab")
+            except PermissionError as err:  # (a read-only .part: once a raw errno)
+                raise ValueError(f"{self.out}: {self.part} is not writable ({err.strerror}): "
+                                 "make it writable (chmod u+w) to continue or discard the "
+                                 "interrupted run it holds, or give another --out") from None
             if not try_lock(self._held):
                 self.close()
                 raise ValueError(f"{self.out} is being written by another run "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -23,9 +24,12 @@ from rich.progress import (
 
 from risloc.io.atomic import write_text_atomic
 
+log = logging.getLogger(__name__)
+
 
 class CsvLog:
-    """Append rows (dicts) to a CSV file; the header is the keys of the first row.
+    """Append rows (dicts) to a CSV file; the header is the keys of the first row (of a
+    resumed file, its own header: a key it lacks is not logged, with a warning naming it).
 
     ``append``: continue an existing file (a resumed run), keeping only its rows for which
     ``keep(row)`` holds (row values are strings): the rows a killed run wrote after its
@@ -37,6 +41,7 @@ class CsvLog:
                  keep: Callable[[dict[str, str]], bool] | None = None):
         self.path = Path(path)
         self.fields: list[str] | None = None
+        self._warned: set[str] = set()  # the columns a resumed file lacks, warned of once
         if append and self.path.exists():
             fields, rows, cut = read_log(self.path)
             self.fields = fields or None
@@ -55,6 +60,12 @@ class CsvLog:
         new = self.fields is None
         if new:
             self.fields = list(row)
+        elif dropped := [k for k in row if k not in self.fields and k not in self._warned]:
+            # a resumed run logging a column the old file lacks: the file keeps its header
+            # (class docstring), the column is not logged there; said once, by name
+            self._warned.update(dropped)
+            log.warning("%s: column(s) %s not logged (the resumed file keeps its header, "
+                        "which lacks them)", self.path, ", ".join(dropped))
         with open(self.path, "a", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
             if new:

@@ -199,3 +199,26 @@ def test_small_files_share_a_call_up_to_the_batch_size(tmp_path, calls):
     calls.clear()
     run([str(f), str(g)], **_args(out_path=tmp_path / "b.csv", batch_size=5))
     assert [c["n"] for c in calls] == [5]
+
+
+def test_a_read_only_part_file_is_one_clear_error(tmp_path, calls, capsys, monkeypatch):
+    """--resume where the interrupted run's .part is read-only (faked: root ignores the
+    mode): exit 2 with the file named and what to do, not "[Errno 13] Permission denied"."""
+    from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream
+
+    f, out = _scenes(tmp_path / "f.h5", 2), tmp_path / "x.csv"
+    EstimatesStream(out, {}, COLUMNS).close()  # an interrupted run's .part and record
+    opened = Path.open
+
+    def refuse(self, mode="r", *args, **kw):
+        if self.name == "x.csv.part" and mode == "ab":
+            raise PermissionError(13, "Permission denied", str(self))
+        return opened(self, mode, *args, **kw)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(typer.Exit) as ex:
+        lc.localize_command([str(f)], **_args(out_path=out, resume=True))
+    said = " ".join(_said(capsys).split())
+    assert ex.value.exit_code == 2 and not calls
+    assert f"{out}.part is not writable (Permission denied): make it writable" in said
+    assert "Errno" not in said

@@ -31,8 +31,10 @@ def recorded(monkeypatch, tmp_path):
                                     _trial(1, "PRUNED", None, {"optim.lr": 2.0,
                                                                "data.batch_size": 32})])
 
-    def fake(settings):
+    def fake(settings, on_start=None):
         seen.append(settings)
+        if on_start is not None:  # (its checks passed: the banner)
+            on_start()
         return study
 
     monkeypatch.setattr(hpo, "tune", fake)
@@ -124,7 +126,7 @@ def test_the_summary_lists_each_trial_and_names_the_best_only_once_written(recor
 
 
 def test_ctrl_c_exits_130_naming_the_folder_to_continue_in(monkeypatch, tmp_path):
-    def stop(settings):
+    def stop(settings, on_start=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(hpo, "tune", stop)
@@ -144,10 +146,23 @@ def test_without_optuna_the_hint_names_the_extra_and_exits_2(monkeypatch):
 
 
 def test_a_search_error_is_one_line_and_exit_2(monkeypatch, tmp_path):
-    def refuse(settings):
+    def refuse(settings, on_start=None):
         raise ValueError("study 'risloc' holds trials of another recipe")
 
     monkeypatch.setattr(hpo, "tune", refuse)
     res = CliRunner().invoke(app, ["tune", "-c", "train_tiny", "-o", str(tmp_path / "t")])
     assert res.exit_code == 2
     assert "error: study 'risloc' holds trials of another recipe" in _flat(res.output)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "nosuch.field=1"], "nosuch: Extra inputs are not permitted"),
+    (["--storage", "sqlite://"], "an in-memory SQLite study ends with this process")])
+def test_arguments_refused_by_the_search_print_no_banner(tmp_path, args, message):
+    """The search checks its arguments before any trial (the real hpo.tune): an error is
+    not preceded by "tuning -> ..." as if the search had started."""
+    res = CliRunner().invoke(app, ["tune", "-c", "train_tiny", "-o", str(tmp_path / "t"),
+                                   *args])
+    assert res.exit_code == 2, res.output
+    assert message in _flat(res.output)
+    assert "tuning ->" not in res.output

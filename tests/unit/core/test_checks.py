@@ -1,6 +1,7 @@
 """Input checks (risloc.core.checks): boundaries that the broader tests in test_core.py
 leave open (mutation review)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,3 +51,15 @@ def test_float32_default_sets_and_restores_a_float64_default():
         assert torch.get_default_dtype() == torch.float64
     finally:
         torch.set_default_dtype(old)
+
+
+def test_a_uint64_K_beyond_int64_is_named_as_given_not_wrapped():
+    """A review: a uint64 K above int64's range (a user's file) read as a negative count in
+    the error (-1 for 2**64 - 1); it is named as given. Whole uint64 counts still pass."""
+    with pytest.raises(InputError, match=r"K must lie in 1\.\.K_max=4, got 1\.84467e\+19 in "
+                                         r"scene 1"):
+        check_source_counts("K", np.array([2, 2**64 - 1], dtype=np.uint64), 2, 4)
+    with pytest.raises(InputError, match=r"got 9\.22337e\+18$"):
+        check_source_counts("K", np.uint64(2**63 + 2), 3, 4)
+    out = check_source_counts("K", np.array([3, 1], dtype=np.uint64), 2, 4)
+    assert out.dtype == torch.int64 and out.tolist() == [3, 1]

@@ -363,3 +363,22 @@ def test_a_study_folder_that_cannot_be_written_is_refused_before_the_study_opens
                                          "denied"):
         open_study(s)
     assert not (tmp_path / "study.db").exists()
+
+
+def test_on_start_is_called_once_after_the_checks_before_the_first_trial(tmp_path,
+                                                                       monkeypatch):
+    """The CLI's banner: after the argument checks (none for an argument refused), before
+    the first trial trains."""
+    import risloc.training as training
+    from risloc.hpo import tune
+
+    events = []
+    monkeypatch.setattr(training, "train", lambda cfg, **kw: (
+        events.append("train"), {"best_objective": 0.5})[1])
+    tune(TuneSettings(config="train_tiny", out_dir=str(tmp_path / "a"), n_trials=1,
+                      epochs=1), on_start=lambda: events.append("start"))
+    assert events == ["start", "train"]
+    with pytest.raises(ValueError, match="in-memory SQLite"):
+        tune(TuneSettings(config="train_tiny", out_dir=str(tmp_path / "b"), n_trials=1,
+                          epochs=1, storage="sqlite://"), on_start=lambda: events.append("x"))
+    assert events == ["start", "train"]

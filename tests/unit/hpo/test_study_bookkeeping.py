@@ -183,7 +183,7 @@ def test_the_cli_fails_a_trial_after_three_silent_heartbeats(tmp_path, monkeypat
 
     seen = []
 
-    def stop(settings):
+    def stop(settings, on_start=None):
         seen.append(settings)
         raise KeyboardInterrupt
 

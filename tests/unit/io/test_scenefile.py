@@ -1649,3 +1649,14 @@ def test_chunked_reads_past_the_end_or_of_no_scenes(tmp_path, batch, system):
     assert [(i, len(b)) for i, b in iter_scene_chunks(path, 1, 99, size=2)] == \
         [(1, 2), (3, 2)]
     assert list(iter_scene_chunks(path, 5, 5)) == [] == list(iter_scene_chunks(path, 2, 2))
+
+
+def test_a_uint64_K_beyond_int64_is_named_as_stored(tmp_path, batch, system):
+    """A review: a file's uint64 K above int64's range was named wrapped (K = -1 for
+    2**64 - 1) among the scenes whose truth cannot be scored; it is named as stored."""
+    arr = batch_to_arrays(batch, system.K_max)
+    K = arr["K"].astype(np.uint64)
+    K[[1, 2]] = 2**64 - 1, 2**63 + 2
+    info = inspect_scene_file(_npz(tmp_path, **dict(arr, K=K)))
+    assert info.truth_problems == ((1, "K = 18446744073709551615 outside 1..5"),
+                                   (2, "K = 9223372036854775810 outside 1..5"))

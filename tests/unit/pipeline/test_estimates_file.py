@@ -1,6 +1,7 @@
 """The estimates CSV as users write it for `risloc evaluate --estimates`."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +164,23 @@ def test_a_resume_of_another_method_names_the_method_alone(tmp_path):
     EstimatesStream(out, {"method": "music", "bf16": None}, COLUMNS).close()
     with pytest.raises(ValueError, match=r"other settings: another --method\. To start"):
         EstimatesStream(out, {"method": "net", "bf16": True}, COLUMNS, resume=True)
+
+
+def test_a_read_only_part_file_is_named_with_what_to_do(tmp_path, monkeypatch):
+    """An interrupted run's .part that cannot be opened for writing (read-only; faked: root
+    ignores the mode) is a ValueError naming it and the way out, not a raw errno."""
+    from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream
+
+    out = tmp_path / "est.csv"
+    EstimatesStream(out, {"inputs": ["a.h5"]}, COLUMNS).close()
+    opened = Path.open
+
+    def refuse(self, mode="r", *args, **kw):
+        if self.name == "est.csv.part" and mode != "r":
+            raise PermissionError(13, "Permission denied", str(self))
+        return opened(self, mode, *args, **kw)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(ValueError, match=r"est\.csv: .*est\.csv\.part is not writable "
+                                         r"\(Permission denied\): make it writable"):
+        EstimatesStream(out, {"inputs": ["a.h5"]}, COLUMNS, resume=True)

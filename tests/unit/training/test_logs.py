@@ -1,6 +1,7 @@
 """The training logs (risloc.training.logs); their rows across a resume:
 tests/integration/test_training.py."""
 
+import logging
 import os
 
 from risloc.training.logs import CsvLog
@@ -131,3 +132,18 @@ def test_the_epoch_bar_is_drawn_on_a_terminal_unless_turned_off(capsys, monkeypa
         with epoch_progress(enabled, "epoch 1/2", 3) as advance:
             advance(1.0)
         assert ("epoch 1/2" in capsys.readouterr().err) == enabled
+
+
+def test_a_resumed_log_names_the_new_columns_it_does_not_log(tmp_path, caplog):
+    """A review: a column a resumed run logs and the old file lacks was dropped without a
+    word; the file keeps its header (the class docstring), and a warning names the column,
+    once."""
+    f = tmp_path / "epochs.csv"
+    CsvLog(f).write({"epoch": 1, "loss": 0.5})
+    log = CsvLog(f, append=True, keep=lambda r: True)
+    with caplog.at_level(logging.WARNING, logger="risloc.training.logs"):
+        log.write({"epoch": 2, "loss": 0.25, "swa_loss": 0.2})
+        log.write({"epoch": 3, "loss": 0.125, "swa_loss": 0.1})
+    assert f.read_bytes() == b"epoch,loss\r\n1,0.5\r\n2,0.25\r\n3,0.125\r\n"
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "column(s) swa_loss not logged" in warned[0], warned
