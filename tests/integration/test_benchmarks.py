@@ -267,3 +267,30 @@ def test_bench_corners_misses_the_median_target_where_a_median_is_not_paired(mon
     row = _corner_cell(monkeypatch, (0.9, 0.9), (1.0, math.nan, 1.0), "default", 5.0)
     m, _ = row["margins"]["common medians <= 1.05x"]
     assert not m >= 0, row["margins"]
+
+
+def test_bench_order_prior_reads_the_network_at_each_nested_source(monkeypatch):
+    """bench_order_prior's inputs (its negative result rests on them): the heat-map logit
+    of the grid cell nearest each source, the confidence of the nearest slot and the angle
+    to it; a source off by a third of a cell reads its own cell."""
+    import types
+
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_order_prior
+
+    grid = types.SimpleNamespace(azimuth=torch.linspace(-1, 1, 5),
+                                 elevation=torch.linspace(-0.5, 0.5, 3),
+                                 inv_range=torch.linspace(0.1, 0.5, 2))
+    heat = torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(1, 2, 3, 5)
+    out = types.SimpleNamespace(
+        grid=grid, heatmap=heat, slot_azimuth=torch.tensor([[0.5, -1.0]]),
+        slot_elevation=torch.tensor([[0.0, 0.5]]), slot_confidence=torch.tensor([[0.8, 0.3]]))
+    theta = torch.tensor([[[0.5 + 0.5 / 3, 0.0, 0.5], [-1.0, 0.5 - 0.5 / 3, 0.1]]])
+    f = bench_order_prior.prior_features(out, theta)
+    assert f[0, :2].tolist() == [heat[0, 1, 1, 3].item(), heat[0, 0, 2, 0].item()]
+    conf = torch.logit(torch.tensor([0.8, 0.3]))
+    torch.testing.assert_close(f[0, 2:4], conf)
+    angles = torch.tensor([math.degrees(0.5 / 3), math.degrees(0.5 / 3)])
+    torch.testing.assert_close(f[0, 4:], torch.log(angles + 0.05), rtol=1e-4, atol=0)
