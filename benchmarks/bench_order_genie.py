@@ -39,14 +39,19 @@ def pooled_f1(K: torch.Tensor, D: torch.Tensor, K_true: torch.Tensor) -> float:
     return float(2 * found / (K.sum() + K_true.sum()))
 
 
-def genie_K(D: torch.Tensor, K_true: torch.Tensor, rounds: int = 20) -> torch.Tensor:
-    """Per-scene k maximising the pooled F1 given the detections D [S, K_max]."""
+def genie_K(D: torch.Tensor, K_true: torch.Tensor, rounds: int = 50) -> torch.Tensor:
+    """Per-scene k maximising the pooled F1 given the detections D [S, K_max]: Dinkelbach's
+    iteration, each K maximising 2 sum D - F sum k at the F of the K before; it stops where
+    the F does not rise (then no K has a larger one) and says so if it never does."""
     k = torch.arange(1, D.shape[1] + 1, dtype=D.dtype)
-    F = 0.5
+    F, best = 0.0, None
     for _ in range(rounds):
         K = (2 * D - F * k).argmax(-1) + 1
-        F = pooled_f1(K, D, K_true)
-    return K
+        F_new = pooled_f1(K, D, K_true)
+        if best is not None and F_new <= F:
+            return best
+        F, best = F_new, K
+    raise RuntimeError(f"genie_K: the pooled F1 still rose after {rounds} rounds")
 
 
 @torch.no_grad()

@@ -294,3 +294,23 @@ def test_bench_order_prior_reads_the_network_at_each_nested_source(monkeypatch):
     torch.testing.assert_close(f[0, 2:4], conf)
     angles = torch.tensor([math.degrees(0.5 / 3), math.degrees(0.5 / 3)])
     torch.testing.assert_close(f[0, 4:], torch.log(angles + 0.05), rtol=1e-4, atol=0)
+
+
+def test_the_order_genie_finds_the_largest_pooled_f1_of_any_counts(monkeypatch):
+    """bench_order_genie.genie_K against every choice of K per scene (3 scenes x 4 counts):
+    no choice has a larger pooled F1 (the genie bounds the K decisions of the tables)."""
+    import itertools
+
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from bench_order_genie import genie_K, pooled_f1
+
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        K_true = torch.randint(1, 5, (3,), generator=gen)
+        steps = torch.rand(3, 4, generator=gen) < 0.6  # a reported source is found, or not
+        D = torch.minimum(steps.cumsum(1), K_true.unsqueeze(1)).double()
+        best = max(pooled_f1(torch.tensor(c), D, K_true)
+                   for c in itertools.product(range(1, 5), repeat=3))
+        assert pooled_f1(genie_K(D, K_true), D, K_true) == best
