@@ -10,7 +10,8 @@ groups of 5 dB, each scored on its own; standard errors of the differences paire
 same scenes): equal powers or powers spread over 12 dB; the SNR given or withheld; K
 unknown, or the true K given to both. The files (``n`` scenes per SNR at -5..20 dB, K drawn
 in 1..5, seed 1 for equal powers and 2 for spread ones) and each condition's report stay in
-``--work``; a condition whose report is there is not run again (the job resumes). Prints and
+``--work``; a condition whose report is there is not run again (the job resumes; the reports
+are not keyed on the code or the model: after a change, give a fresh ``--work``). Prints and
 writes (atomically) one table with the issue's targets judged per row:
 
 * K unknown, SNR >= 0 dB: F1 and K accuracy >= classical - 0.01; at 0 and 5 dB F1 >=
@@ -70,6 +71,9 @@ def run_condition(name: str, data: Path) -> dict:
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
+    else:  # (not keyed on the code or the model: a run after a change needs a fresh --work)
+        print(f"{name}: the report of an earlier run, {report} (delete it, or give another "
+              f"--work, to measure the code as it is now)", flush=True)
     metrics = json.loads((report / "metrics.json").read_text())
     for row in metrics["rows"]:  # (strict JSON: null where a number is undefined, as NaN)
         row.update({k: math.nan for k, v in row.items() if v is None})
