@@ -109,7 +109,8 @@ def train_command(
         "--device", help="auto, cpu or cuda; overrides the recipe's device (auto: CUDA "
                          "when present).")] = None,
     threads: Annotated[int | None, typer.Option(
-        "--threads", min=0, help="torch CPU threads (0 = leave as is).")] = None,
+        "--threads", min=0, help="torch CPU threads; overrides the recipe's threads "
+        "(0 = leave as is; default: the recipe's, 1 in train_default).")] = None,
     progress: Annotated[bool | None, typer.Option(
         "--progress/--no-progress", help="Show a progress bar per epoch on a terminal "
                                          "(default: the recipe's progress, on unless it "

@@ -2,7 +2,9 @@
 recipe of a resumed run, the leftovers of a run that failed to start."""
 
 import pytest
+import typer
 
+from risloc.cli.main import app
 from risloc.cli.train import _recipe, _remove_if_unused, read_overrides
 from risloc.training.config import load_train_config
 from risloc.training.loop import LOCK_FILE
@@ -471,3 +473,12 @@ def test_a_rank_other_than_0_prints_no_console_lines(monkeypatch, capsys):
         console.print("rank 1 line")
     assert console.quiet == before
     assert "rank 1 line" not in capsys.readouterr().err
+
+
+def test_threads_help_says_that_without_it_the_recipe_s_threads_apply():
+    """--threads left out is not "leave as is": the recipe's `threads` applies (1 in
+    train_default), as the help of --device and --epochs says of theirs."""
+    train = typer.main.get_command(app).commands["train"]
+    (threads,) = [p for p in train.params if "--threads" in p.opts]
+    assert "recipe's" in threads.help
+    assert _recipe(None, [], resume=False).threads == 1
