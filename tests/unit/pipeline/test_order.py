@@ -397,18 +397,22 @@ def test_the_heads_training_data_are_simulated_from_the_scenes_asked_for(monkeyp
 
     def simulate(lo, hi, system, scenes, **kw):
         asked.append((lo, hi, scenes, kw["split"], kw["stream"]))
-        return SimpleNamespace(K=torch.ones(hi - lo, dtype=torch.int64), azimuth=None,
-                               elevation=None, range_m=None)
+        return SimpleNamespace(K=torch.ones(hi - lo, dtype=torch.int64), azimuth="az",
+                               elevation="el", range_m="r")
+
+    def detections(theta, az, el, r, K):  # the truth passed in its order (a mutation
+        assert (az, el, r) == ("az", "el", "r")  # review: azimuth and elevation swapped,
+        return torch.arange(5.0).expand(theta.shape[0], 5)  # or k reversed, passed)
 
     monkeypatch.setattr(calibrate, "simulate_range", simulate)
     monkeypatch.setattr(calibrate, "order_dataset", lambda pipe, sc, **kw: (
         torch.zeros(len(sc.K), 4), torch.zeros(len(sc.K), 5, 3)))
-    monkeypatch.setattr(calibrate, "nested_detections", lambda theta, *a: torch.ones(
-        theta.shape[0], 5))
+    monkeypatch.setattr(calibrate, "nested_detections", detections)
     pipe = SimpleNamespace(recipe=SimpleNamespace(system=None, scenes=lambda: "recipe's",
                                                   data=SimpleNamespace(seed=0)))
     feats, K, det = calibrate.training_data(pipe, 3, scenes="mine")
-    assert feats.shape == (3, 4) and K.shape == (3,) and det.shape == (3, 5)
+    assert feats.shape == (3, 4) and K.shape == (3,)
+    assert det.tolist() == [[0.0, 1.0, 2.0, 3.0, 4.0]] * 3
     assert asked == [(0, 3, "mine", "train", calibrate.ORDER_STREAM)]
     calibrate.training_data(pipe, 3)
     assert asked[1][2] == "recipe's"
@@ -438,8 +442,8 @@ def test_the_order_report_scores_both_deciders_per_snr_and_spread(monkeypatch):
 
     def simulate(lo, hi, system, scene, **kw):
         sims.append((scene.power_spread_db, kw["split"], kw["stream"], kw["snr_db"]))
-        return Scenes(K=K_true, y=torch.zeros(4, L, M), azimuth=None, elevation=None,
-                      range_m=None)
+        return Scenes(K=K_true, y=torch.zeros(4, L, M), azimuth="az", elevation="el",
+                      range_m="r")
 
     monkeypatch.setattr(calibrate, "simulate_range", simulate)
     monkeypatch.setattr(calibrate, "order_stages", lambda pipe, sc: (
@@ -448,8 +452,11 @@ def test_the_order_report_scores_both_deciders_per_snr_and_spread(monkeypatch):
     monkeypatch.setattr(order_rule, "residual_order", lambda c, a, b: rule_args.append(
         (c, a, b)) or torch.ones(4, dtype=torch.int64))  # always 1
     # perfect nested fits: the first k report min(k, K) true sources
-    monkeypatch.setattr(calibrate, "nested_detections", lambda theta, az, el, r, K: torch.minimum(
-        torch.arange(1, 6), K.unsqueeze(1)).float())
+    def detections(theta, az, el, r, K):  # (a mutation review: az and el swapped passed)
+        assert (az, el, r) == ("az", "el", "r")
+        return torch.minimum(torch.arange(1, 6), K.unsqueeze(1)).float()
+
+    monkeypatch.setattr(calibrate, "nested_detections", detections)
     balances = []
     head = SimpleNamespace(decide=lambda x, balance=None: balances.append(balance) or
                            torch.tensor([1, 2, 3, 4]))  # one too many in the last scene
