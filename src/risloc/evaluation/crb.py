@@ -477,12 +477,16 @@ def warn_buried(buried: list[tuple[int, int]]) -> None:
                     sum(n for _, n in buried), _scenes_text(sorted(i for i, _ in buried)))
 
 
-def crb_for_scenes(scenes: SceneBatch, system: SystemConfig,
+def crb_for_scenes(scenes: SceneBatch, system: SystemConfig | dict | str,
                    kind: Literal["deterministic", "stochastic"] = "deterministic",
                    known: tuple[str, ...] = (), chunk_size: int = 64) -> CRBResult:
     """CRB of each scene of a simulated batch (truth, noise_var, and for the deterministic
     bound the symbols are needed). Scenes are processed in chunks to bound memory.
+    system : a SystemConfig, a dict of its fields or its JSON text (as :func:`crb`).
+    Returns a CRBResult in radians and metres (:func:`crb`: a dict in degrees); the default
+    ``kind`` is the deterministic bound (:func:`crb`'s: the stochastic one).
     """
+    system = as_system(system)
     if not scenes.has_truth:
         raise ValueError("the CRB needs the truth (positions, K) of the scenes")
     if scenes.noise_var is None:  # (a scene file holds no noise_var, nor powers or symbols)

@@ -143,7 +143,12 @@ def _header(path: Path, fieldnames: list[str] | None) -> list[str]:
 def read_estimates(path: str | Path, n_scenes: int, slots: int | None = None,
                    file: int | None = None) -> Estimates:
     """Read an estimates CSV back into Estimates with ``slots`` NaN-padded slots (None: as
-    many as the scene with the most sources, at least 1).
+    many as the scene with the most sources, at least 1): angles in radians (the CSV's
+    degrees converted), ranges in metres.
+
+    n_scenes : the number of scenes of the scene file the estimates are of (required: a
+    scene without a row has K = 0 and NaN slots; a row of scene >= n_scenes is a
+    ValueError naming its line).
 
     A CSV of several input files (`risloc localize a.h5 b.h5`: a ``file`` column, the
     index in its argument list) holds several scenes of each index: ``file`` picks one

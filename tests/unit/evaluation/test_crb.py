@@ -324,6 +324,17 @@ def test_crb_for_scenes_padded_slots_are_nan(system):
     assert (res.fim[:, 2:5] == 0).all()
 
 
+def test_crb_for_scenes_takes_the_system_as_crb_does_a_dict_or_its_json(system):
+    # (a user's review: crb takes a dict or the JSON text, crb_for_scenes raised
+    # AttributeError "'dict' object has no attribute 'N'")
+    scenes = simulate_batch(2, system, SceneConfig(), torch.Generator().manual_seed(6), K=2)
+    want = crb_for_scenes(scenes, system)
+    for as_given in (system.model_dump(), system.model_dump_json()):
+        got = crb_for_scenes(scenes, as_given)
+        torch.testing.assert_close(got.azimuth, want.azimuth, equal_nan=True)
+        torch.testing.assert_close(got.range_m, want.range_m, equal_nan=True)
+
+
 def test_crb_for_scenes_of_a_file_names_the_bound_that_serves_them(system):
     """A scene file's scenes carry no noise_var: the error says so and names crb(...,
     snr_db=scenes.snr_db), which gives them the bound crb_for_scenes gives at the noise
