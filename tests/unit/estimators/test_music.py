@@ -12,8 +12,20 @@ from scipy.optimize import linear_sum_assignment
 
 from risloc.config import SceneConfig, SystemConfig
 from risloc.covariance.tools import LowRank, back_projection, blend_factor
-from risloc.estimators.grids import greedy_pick, local_maxima_3d, near_field_grid
-from risloc.estimators.music import MusicConfig, music, music_spectrum, signal_subspace
+from risloc.estimators.grids import (
+    greedy_pick,
+    grid_steering,
+    local_maxima_3d,
+    near_field_grid,
+)
+from risloc.estimators.music import (
+    NULL_FLOOR,
+    MusicConfig,
+    grid_spectrum,
+    music,
+    music_spectrum,
+    signal_subspace,
+)
 from risloc.estimators.refine import NearFieldModel, null_spectrum, refine_peaks
 from risloc.physics import angular_separation
 from risloc.simulation import (
@@ -313,7 +325,6 @@ def test_the_grid_spectrum_is_the_music_spectrum_at_the_grid_points():
     """grid_spectrum's chunked GEMMs give music_spectrum's values at the grid points (a
     mutation review: a wrong scale of the grid's spectrum changed no peak, and nothing
     read its values)."""
-    from risloc.estimators.music import grid_spectrum
     from risloc.physics import steering
 
     system = SystemConfig()
@@ -326,6 +337,40 @@ def test_the_grid_spectrum_is_the_music_spectrum_at_the_grid_points():
     want = music_spectrum(R, K, system, grid.azimuth, grid.elevation, grid.range_m)
     for chunk in (50, 139, 140):  # 139: a last chunk of one column
         assert torch.allclose(grid_spectrum(U, K, A_grid, chunk=chunk), want, rtol=1e-9)
+
+
+def test_the_grid_spectrum_is_floored_where_a_grid_point_lies_in_the_subspace():
+    """A grid steering vector inside the signal subspace has 1 - ||U^H a||^2 <= 0 after
+    complex64 rounding; the spectrum there is the finite cap 1/NULL_FLOOR, never negative
+    or inf (a mutation review: dropping the floor in grid_spectrum passed)."""
+    system, config = SystemConfig(), MusicConfig()
+    _, A = grid_steering(system, config.grid_key, torch.complex64, "cpu")
+    cols = A[:, :64].T  # (64, N): one single-source subspace per grid point
+    U = (cols / cols.norm(dim=-1, keepdim=True)).unsqueeze(-1)
+    P = grid_spectrum(U, torch.ones(64, dtype=torch.int64), A, config.chunk)
+    own = P[torch.arange(64), torch.arange(64)]
+    assert torch.isfinite(P).all() and (P >= 1).all()
+    assert torch.allclose(own, torch.full_like(own, 1 / NULL_FLOOR))
+
+
+def test_starts_that_greedy_pick_left_invalid_never_become_estimates():
+    """On a 3x2x2 grid with one local maximum most grid starts (and, with valley starts,
+    some second-round starts) are invalid picks that duplicate the first; with no
+    suppression radius they must still never be reported (a mutation review: scoring
+    invalid grid or valley starts like valid ones passed)."""
+    system = SystemConfig()
+    f64 = torch.float64
+    az = torch.deg2rad(torch.tensor([[20.0, -20.0]], dtype=f64))
+    el = torch.deg2rad(torch.tensor([[5.0, 10.0]], dtype=f64))
+    rng = torch.tensor([[3.0, 2.0]], dtype=f64)
+    R = true_covariance(az, el, rng, torch.ones(1, 2, dtype=f64), system, torch.complex128)
+    tiny = dict(n_azimuth=3, n_elevation=2, n_range=2, min_separation_deg=0.0)
+    for valley, want_k in ((4.0, 2), (0.0, 1)):
+        est = music(R, 2, system, MusicConfig(valley_step_deg=valley, **tiny))
+        assert int(est.K[0]) == want_k
+        a, e = est.azimuth[0, :want_k], est.elevation[0, :want_k]
+        sep = angular_separation(a[:, None], e[:, None], a[None], e[None])
+        assert (sep + torch.eye(want_k, dtype=sep.dtype)).min() > 1e-3  # all distinct
 
 
 def test_grid_candidates_reach_past_peaks_crowded_around_the_strongest():
