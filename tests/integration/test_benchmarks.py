@@ -314,3 +314,18 @@ def test_the_order_genie_finds_the_largest_pooled_f1_of_any_counts(monkeypatch):
         best = max(pooled_f1(torch.tensor(c), D, K_true)
                    for c in itertools.product(range(1, 5), repeat=3))
         assert pooled_f1(genie_K(D, K_true), D, K_true) == best
+
+
+def test_bench_order_prior_auc_is_the_share_of_ordered_pairs(monkeypatch):
+    """bench_order_prior.auc: the share of (positive, negative) pairs a score orders right,
+    1 for a perfect one, 0 reversed, 0.5 for a coin."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from bench_order_prior import auc
+
+    y = torch.tensor([True, False, True, False, False])
+    assert auc(torch.tensor([5.0, 1.0, 4.0, 2.0, 3.0]), y) == 1.0
+    assert auc(torch.tensor([1.0, 5.0, 2.0, 4.0, 3.0]), y) == 0.0
+    # positives 4 and 2 above 1, 3 / 1: pairs ordered right 2 + 1 of 6
+    assert auc(torch.tensor([4.0, 1.0, 2.0, 3.0, 5.0]), y) == 0.5
