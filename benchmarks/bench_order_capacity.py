@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_order_genie import cat_chunks  # noqa: E402
 from bench_snr_head import decision_row, order_training_set  # noqa: E402
 from bench_versus import SPREAD_DB, scenes_at  # noqa: E402
 
@@ -41,7 +42,6 @@ from risloc.estimators.classical import search_grid  # noqa: E402
 from risloc.estimators.grids import grid_power  # noqa: E402
 from risloc.estimators.nfmle import amplitude_fit  # noqa: E402
 from risloc.io.atomic import write_text_atomic  # noqa: E402
-from risloc.parallel import run_in_chunks  # noqa: E402
 from risloc.pipeline.calibrate import order_stages  # noqa: E402
 from risloc.pipeline.learned import load_learned_pipeline  # noqa: E402
 from risloc.pipeline.order import (  # noqa: E402
@@ -79,8 +79,7 @@ def features(pipe, sc):
         _, fit, f = order_stages(pipe, part)
         y, H = (t.to(torch.complex64) for t in normalise_scale(part.y, part.H))
         return f, peak_to_mean(pipe, fit, y, H, part.codes.to(torch.complex64)), fit.theta
-    parts = run_in_chunks(one, len(sc))
-    return [torch.cat([p[i] for p in parts]) for i in range(3)]
+    return cat_chunks(one, len(sc))
 
 
 def main() -> None:

@@ -34,6 +34,12 @@ from risloc.pipeline.learned import load_learned_pipeline  # noqa: E402
 from risloc.pipeline.order import nested_detections  # noqa: E402
 
 
+def cat_chunks(one, n: int) -> list[torch.Tensor]:
+    """``run_in_chunks(one, n)`` with each of one's outputs concatenated over the chunks."""
+    parts = run_in_chunks(one, n)
+    return [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
 def pooled_f1(K: torch.Tensor, D: torch.Tensor, K_true: torch.Tensor) -> float:
     found = D.gather(1, (K - 1).unsqueeze(1)).sum()
     return float(2 * found / (K.sum() + K_true.sum()))
@@ -60,8 +66,7 @@ def run(pipe, sc):
         _, fit, feats = order_stages(pipe, sc[a:b])
         return (pipe.order_head.decide(feats), residual_order(fit.costs, sc.y.shape[1],
                                                                sc.y.shape[2]), fit.theta)
-    parts = run_in_chunks(one, len(sc))
-    return [torch.cat([p[i] for p in parts]) for i in range(3)]
+    return cat_chunks(one, len(sc))
 
 
 def main() -> None:

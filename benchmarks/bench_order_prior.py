@@ -39,12 +39,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_order_genie import genie_K  # noqa: E402
+from bench_order_genie import cat_chunks, genie_K  # noqa: E402
 from bench_snr_head import decision_row, order_training_set  # noqa: E402
 from bench_versus import SPREAD_DB, scenes_at  # noqa: E402
 
 from risloc.io.atomic import write_text_atomic  # noqa: E402
-from risloc.parallel import run_in_chunks  # noqa: E402
 from risloc.pipeline.calibrate import order_stages  # noqa: E402
 from risloc.pipeline.learned import load_learned_pipeline  # noqa: E402
 from risloc.pipeline.order import fit_order_head, nested_detections  # noqa: E402
@@ -109,8 +108,7 @@ def features(pipe, sc):
     def one(a: int, b: int):
         fwd, fit, f = order_stages(pipe, sc[a:b])
         return f, prior_features(fwd.out, fit.theta.to(fwd.out.heatmap.dtype)), fit.theta
-    parts = run_in_chunks(one, len(sc))
-    return [torch.cat([p[i] for p in parts]) for i in range(3)]
+    return cat_chunks(one, len(sc))
 
 
 def main() -> None:

@@ -35,13 +35,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_order_genie import pooled_f1  # noqa: E402
+from bench_order_genie import cat_chunks, pooled_f1  # noqa: E402
 from bench_versus import SNRS, SPREAD_DB, scenes_at  # noqa: E402
 
 from risloc.core.checks import normalise_scale  # noqa: E402
 from risloc.estimators.order import noise_var_from_snr, residual_order  # noqa: E402
 from risloc.io.atomic import write_text_atomic  # noqa: E402
-from risloc.parallel import run_in_chunks  # noqa: E402
 from risloc.pipeline.calibrate import ORDER_STREAM, order_stages  # noqa: E402
 from risloc.pipeline.learned import load_learned_pipeline  # noqa: E402
 from risloc.pipeline.order import (  # noqa: E402
@@ -70,8 +69,7 @@ def stages(pipe, sc, snr_db: torch.Tensor):
         y = normalise_scale(sc.y[a:b], sc.H[a:b])[0]  # the units of fit.costs
         s2 = noise_var_from_snr(y, snr_db[a:b])
         return f, torch.cat([f, noise_blocks(fit.costs, y, s2)], -1), fit.theta, fit.costs, s2
-    parts = run_in_chunks(one, len(sc))
-    return [torch.cat([p[i] for p in parts]) for i in range(5)]
+    return cat_chunks(one, len(sc))
 
 
 def order_training_set(pipe, n: int, run):

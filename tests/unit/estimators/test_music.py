@@ -230,15 +230,21 @@ def test_k_max_slots_and_a_warning_when_fewer_peaks_than_sources(caplog):
         "MUSIC found fewer separated peaks than K in 2 scene(s)"]
 
 
+def _two_sources(system: SystemConfig, azimuth_deg: float) -> torch.Tensor:
+    """Exact covariance [1, N, N] of two unit-power sources: (azimuth_deg, 5 deg, 3 m) and
+    (-20 deg, 10 deg, 2 m)."""
+    f64 = torch.float64
+    az = torch.deg2rad(torch.tensor([[azimuth_deg, -20.0]], dtype=f64))
+    el = torch.deg2rad(torch.tensor([[5.0, 10.0]], dtype=f64))
+    rng = torch.tensor([[3.0, 2.0]], dtype=f64)
+    return true_covariance(az, el, rng, torch.ones(1, 2, dtype=f64), system, torch.complex128)
+
+
 def test_estimates_stay_in_the_field_of_view_searched():
     """A source 3 deg outside the azimuth range is reported on the field of view's edge,
     never outside it (a mutation review: a refinement box 3 deg wider passed)."""
     system = SystemConfig()
-    f64 = torch.float64
-    az = torch.deg2rad(torch.tensor([[63.0, -20.0]], dtype=f64))
-    el = torch.deg2rad(torch.tensor([[5.0, 10.0]], dtype=f64))
-    rng = torch.tensor([[3.0, 2.0]], dtype=f64)
-    R = true_covariance(az, el, rng, torch.ones(1, 2, dtype=f64), system, torch.complex128)
+    R = _two_sources(system, 63.0)
     est = music(R, 2, system)
     assert int(est.K[0]) == 2
     edge = est.azimuth[0, :2].abs().argmax()
@@ -359,11 +365,7 @@ def test_starts_that_greedy_pick_left_invalid_never_become_estimates():
     suppression radius they must still never be reported (a mutation review: scoring
     invalid grid or valley starts like valid ones passed)."""
     system = SystemConfig()
-    f64 = torch.float64
-    az = torch.deg2rad(torch.tensor([[20.0, -20.0]], dtype=f64))
-    el = torch.deg2rad(torch.tensor([[5.0, 10.0]], dtype=f64))
-    rng = torch.tensor([[3.0, 2.0]], dtype=f64)
-    R = true_covariance(az, el, rng, torch.ones(1, 2, dtype=f64), system, torch.complex128)
+    R = _two_sources(system, 20.0)
     tiny = dict(n_azimuth=3, n_elevation=2, n_range=2, min_separation_deg=0.0)
     for valley, want_k in ((4.0, 2), (0.0, 1)):
         est = music(R, 2, system, MusicConfig(valley_step_deg=valley, **tiny))
