@@ -9,9 +9,9 @@ Validation split only.
 With K unknown the order genie (``bench_order_genie.py``) finds 0.06-0.12 of F1 at 0-5 dB
 above the classical localizer's on the learned nested fits, if the decision knew which of
 the nested sources are real; the shipped head reads only the fits' costs, the powers and
-the network's K head. This refits the head (the shipped settings) on ``--train``
+the network's K head. This refits the head (the shipped fit settings) on ``--train``
 training-split scenes (its own stream, the recipe's base scene distribution, SNR never
-shown) twice:
+shown; the shipped head's scenes had power spreads of 0-25 dB, these 0-15 dB) twice:
 
 * ``refit``: the shipped features (the control: the fit's own noise and scenes);
 * ``+ prior``: the same plus, for each nested source k = 1..K_max, what the network says
@@ -21,7 +21,8 @@ shown) twice:
 
 and compares them with the shipped head and the genie on the validation scenes of
 ``bench_versus.py`` at 0-20 dB, equal and spread powers, K unknown, SNR withheld. K
-accuracy and F1 of the nested sources before the last polish.
+accuracy and F1 of the nested sources before the last polish; every head decides at its own
+balance, not the pipeline's ``low_snr_db`` rule.
 
 ``--separation`` fits nothing: per cell and input, how well it alone tells the nested
 sources k >= 2 that add a detection from those that do not (the area under the ROC curve,
@@ -53,12 +54,14 @@ INPUTS = ("likelihood gain", "power", "heat", "slot confidence", "-angle to slot
 
 
 def auc(score: torch.Tensor, label: torch.Tensor) -> float:
-    """Area under the ROC curve of ``score`` for the boolean ``label`` (Mann-Whitney, ties
-    broken by order: the inputs are continuous)."""
+    """Area under the ROC curve of ``score`` for the boolean ``label`` (Mann-Whitney, a tie
+    counts one half: the slot confidence ties where nested sources share their nearest
+    slot)."""
     s, y = score.flatten().double(), label.flatten().bool()
     n_pos, n_neg = int(y.sum()), int((~y).sum())
-    rank = torch.empty_like(s)
-    rank[s.argsort()] = torch.arange(1, len(s) + 1, dtype=s.dtype)
+    _, inverse, counts = torch.unique(s, return_inverse=True, return_counts=True)
+    last = counts.cumsum(0).to(s.dtype)  # midrank of each distinct value: ranks 1..n
+    rank = (last - (counts.to(s.dtype) - 1) / 2)[inverse]
     return float((rank[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 

@@ -329,3 +329,7 @@ def test_bench_order_prior_auc_is_the_share_of_ordered_pairs(monkeypatch):
     assert auc(torch.tensor([1.0, 5.0, 2.0, 4.0, 3.0]), y) == 0.0
     # positives 4 and 2 above 1, 3 / 1: pairs ordered right 2 + 1 of 6
     assert auc(torch.tensor([4.0, 1.0, 2.0, 3.0, 5.0]), y) == 0.5
+    # ties count one half, wherever they lie (nested sources sharing a slot tie)
+    assert auc(torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0]), y) == 0.5
+    # 2 above its two 1s, tied with the 2 (2.5); 1 tied with two 1s, under the 2 (1): of 6
+    assert auc(torch.tensor([2.0, 2.0, 1.0, 1.0, 1.0]), y) == 3.5 / 6
