@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -333,3 +334,33 @@ def test_bench_order_prior_auc_is_the_share_of_ordered_pairs(monkeypatch):
     assert auc(torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0]), y) == 0.5
     # 2 above its two 1s, tied with the 2 (2.5); 1 tied with two 1s, under the 2 (1): of 6
     assert auc(torch.tensor([2.0, 2.0, 1.0, 1.0, 1.0]), y) == 3.5 / 6
+
+
+def test_bench_source_select_marks_the_paired_sources_and_keeps_the_heads_rule(monkeypatch):
+    """bench_source_select: real_sources marks the nested sources paired with a true one
+    (whatever their place), and hybrid_K is the head's own rule where the summed realness
+    equals the head's expected detections."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_source_select as bs
+
+    from risloc.pipeline.order import OrderHead
+
+    deg = math.pi / 180
+    truth = types.SimpleNamespace(
+        azimuth=torch.tensor([[10 * deg, -30 * deg]], dtype=torch.float64),
+        elevation=torch.tensor([[5 * deg, 0.0]], dtype=torch.float64),
+        range_m=torch.tensor([[3.0, 2.0]], dtype=torch.float64), K=torch.tensor([2]))
+    theta = torch.tensor([[[-30 * deg, 0.0, 0.5], [50 * deg, 20 * deg, 0.25],
+                           [10 * deg, 5 * deg, 1 / 3]]])
+    assert bs.real_sources(theta, truth).tolist() == [[True, False, True]]
+
+    torch.manual_seed(0)
+    head = OrderHead(20, 5, members=2)
+    f = torch.randn(64, 20) * 3
+    det = head(f).detections.double()
+    increments = torch.diff(det, dim=-1, prepend=torch.zeros(64, 1, dtype=det.dtype))
+    for b in (0.0, 0.25, 5.0):  # (an untrained head's P is near uniform: 5 moves K)
+        assert torch.equal(bs.hybrid_K(head, f, increments, b),
+                           head.decide(f, balance=torch.full((64,), b)))
