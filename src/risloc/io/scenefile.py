@@ -809,7 +809,8 @@ def truth_problems(K: np.ndarray, azimuth_deg: np.ndarray, elevation_deg: np.nda
     out = []
     for i in np.flatnonzero((K < 1) | (K > slots) | bad_pos | bad_range | bad_el):
         out.append((int(i), "K unknown (NaN)" if unknown[i] else
-                    _K_outside(int(given[i]), width, k_max) if not 1 <= K[i] <= slots
+                    _K_outside(int(given[i]) if np.isfinite(given[i]) else float(given[i]),
+                               width, k_max) if not 1 <= K[i] <= slots
                     else f"a non-finite true position among its K = {K[i]} sources"
                     if bad_pos[i] else "a true range <= 0" if bad_range[i]
                     else "a true elevation beyond +-90 deg"))

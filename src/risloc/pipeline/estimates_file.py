@@ -394,6 +394,10 @@ class EstimatesStream:
             try:
                 self._held = self.part.open("ab")
             except PermissionError as err:  # (a read-only .part: once a raw errno)
+                if not self.part.exists():  # (none to hold: the folder refuses a new file)
+                    raise ValueError(f"{self.out}: cannot create {self.part.name} in "
+                                     f"{self.part.parent} ({err.strerror}): give an --out "
+                                     "in a writable folder") from None
                 raise ValueError(f"{self.out}: {self.part} is not writable ({err.strerror}): "
                                  "make it writable (chmod u+w) to continue or discard the "
                                  "interrupted run it holds, or give another --out") from None

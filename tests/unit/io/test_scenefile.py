@@ -1660,3 +1660,14 @@ def test_a_uint64_K_beyond_int64_is_named_as_stored(tmp_path, batch, system):
     info = inspect_scene_file(_npz(tmp_path, **dict(arr, K=K)))
     assert info.truth_problems == ((1, "K = 18446744073709551615 outside 1..5"),
                                    (2, "K = 9223372036854775810 outside 1..5"))
+
+
+def test_an_infinite_float_K_is_named_not_an_overflow():
+    """A review: naming K as stored (int(K)) raised OverflowError for K = +-inf in a float
+    array passed to truth_problems; it is named as given."""
+    z = np.zeros((3, 2))
+    got = truth_problems(np.array([1.0, np.inf, 2.0]), z, z, z + 1)
+    assert [(i, why.split(" (")[0]) for i, why in got] == [(1, "K = inf outside 1..2")]
+    with np.errstate(invalid="ignore"):
+        assert truth_problems(np.array([-np.inf, 1.0, 2.0]), z, z, z + 1) == \
+            [(0, "K = -inf outside 1..2")]

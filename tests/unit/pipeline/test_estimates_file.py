@@ -184,3 +184,23 @@ def test_a_read_only_part_file_is_named_with_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"est\.csv: .*est\.csv\.part is not writable "
                                          r"\(Permission denied\): make it writable"):
         EstimatesStream(out, {"inputs": ["a.h5"]}, COLUMNS, resume=True)
+
+
+def test_a_folder_refusing_the_part_file_is_named_not_a_part_to_chmod(tmp_path, monkeypatch):
+    """A review: where no .part exists and its folder refuses a new file, the error named a
+    read-only .part holding an interrupted run (faked: root ignores the mode)."""
+    from risloc.pipeline.estimates_file import COLUMNS, EstimatesStream
+
+    opened = Path.open
+
+    def refuse(self, mode="r", *args, **kw):
+        if self.name == "x.csv.part" and mode == "ab" and not self.exists():
+            raise PermissionError(13, "Permission denied", str(self))
+        return opened(self, mode, *args, **kw)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(ValueError, match=r"x\.csv: cannot create x\.csv\.part in .* "
+                                         r"\(Permission denied\): give an --out in a "
+                                         r"writable folder"):
+        EstimatesStream(tmp_path / "x.csv", {}, COLUMNS)
+    assert not (tmp_path / "x.csv.part").exists()
