@@ -1119,9 +1119,11 @@ def inspect_scene_file(path: str | Path) -> SceneFileInfo:
         S, slots, notes = _check_layout(path, data, system, assumed="system" not in attrs,
                                         held=lambda: _held(data, attrs, handle))
         if "system" not in attrs:  # the scenes fit it, but fitting says nothing of lambda or d
+            where = ("a 0-d string array 'system' in the .npz" if handle is None
+                     else "the attribute 'system'")
             notes = (*notes, f"no 'system' attribute: the default system was assumed "
                      f"({system.describe()}); if the scenes were taken with another, store "
-                     "its JSON as the attribute 'system' (docs/conventions.md)")
+                     f"its JSON as {where} (docs/conventions.md)")
         unread = _unread(path, data, attrs, handle, assumed="system" not in attrs)
         notes = (*notes, *_unread_note(unread, handle is None))
         problems = []

@@ -691,6 +691,9 @@ def test_the_truth_fields_are_optional_one_by_one(tmp_path, batch, system):
     # spacing cannot be checked against the data)
     assert info.notes[1].startswith("no 'system' attribute: the default system was assumed "
                                     "(RIS 12x12 (N=144)")
+    # the fix names where an .npz holds it: an array, not an HDF5 attribute
+    assert info.notes[1].endswith("store its JSON as a 0-d string array 'system' in the .npz "
+                                  "(docs/conventions.md)")
     assert not any("'system'" in n for n in inspect_scene_file(
         write_scenes(tmp_path / "w.h5", batch[:2], system)).notes)
     assert torch.equal(back.K, batch.K)
