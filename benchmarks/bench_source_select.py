@@ -1,7 +1,8 @@
 """Would choosing which nested sources to report, not only how many, help the K decision?
 Validation split only.
 
-    python benchmarks/bench_source_select.py [--train 8192] [--n 400]
+    python benchmarks/bench_source_select.py [--train 8192] [--n 400] [--seed 0]
+                                             [--scene-set 0]
                                              [--out reports/bench/source_select.json]
 
 The order head reports a prefix of the nested sources: the first K. Here a per-source
@@ -10,8 +11,9 @@ the recipe's base scene distribution, SNR never shown) to predict whether each o
 K_max nested sources is paired with a true source within the gate when all K_max are
 reported, from the head's scene features, the source's likelihood gain and power, the
 network's view of its position (``bench_order_prior.prior_features``) and its place k
-(a two-layer MLP, 64 wide, 60 epochs, one seed). Compared on the validation scenes of
-``bench_versus.py`` at 0-20 dB, equal and spread powers, K unknown, SNR withheld (K accuracy
+(a two-layer MLP, 64 wide, 60 epochs, seed ``--seed``). Compared on the validation scenes
+of ``bench_versus.py`` (``--scene-set`` k > 0: another set of them, streams 800 + 16 k + i)
+at 0-20 dB, equal and spread powers, K unknown, SNR withheld (K accuracy
 and F1 of the nested sources before the last polish):
 
 * ``shipped``: the head, its balance 0.25; ``head b=0``: its F1-optimal rule;
@@ -114,6 +116,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=8192, help="training scenes of realness")
     ap.add_argument("--n", type=int, default=400, help="validation scenes per cell")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the realness classifier")
+    ap.add_argument("--scene-set", type=int, default=0,
+                    help="validation scenes: 0 those of bench_versus, k > 0 another set")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/source_select.json"))
     args = ap.parse_args()
     pipe = load_learned_pipeline()
@@ -124,12 +129,12 @@ def main() -> None:
         return source_inputs(f, x), real_sources(theta, sc), theta
 
     (inputs, real), _, _ = order_training_set(pipe, args.train, training)
-    realness = fit_realness(inputs, real)
+    realness = fit_realness(inputs, real, args.seed)
     rows = []
     print(f"{'SNR':>4} {'spread':>6} | K accuracy / F1, validation, SNR withheld")
     for i, snr in enumerate(SNRS):
         for spread in (0.0, SPREAD_DB):
-            sc = scenes_at("validation", args.n, snr, spread, i)
+            sc = scenes_at("validation", args.n, snr, spread, 16 * args.scene_set + i)
             f, x, theta = features(pipe, sc)
             truth = (sc.azimuth, sc.elevation, sc.range_m, sc.K)
             D = nested_detections(theta, *truth)
@@ -156,8 +161,9 @@ def main() -> None:
                 f"{n}: {row[n]['K_accuracy']:.3f} / {row[n]['f1']:.3f}" for n in decisions),
                 flush=True)
             rows.append(row)
-    write_text_atomic(args.out, json.dumps({"train": args.train, "n": args.n, "rows": rows},
-                                           indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps({"train": args.train, "n": args.n,
+                                            "seed": args.seed, "scene_set": args.scene_set,
+                                            "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
