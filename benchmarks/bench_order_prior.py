@@ -19,10 +19,10 @@ shown; the shipped head's scenes had power spreads of 0-25 dB, these 0-15 dB) tw
   the nearest grid cell, the confidence of the nearest of the network's slots and the
   angle to it (log degrees);
 
-and compares them with the shipped head and the genie on the validation scenes of
-``bench_versus.py`` at 0-20 dB, equal and spread powers, K unknown, SNR withheld. K
-accuracy and F1 of the nested sources before the last polish; every head decides at its own
-balance, not the pipeline's ``low_snr_db`` rule.
+and compares them with the shipped head and the genie on the validation scenes drawn as
+``bench_versus.py`` draws them (the i-th SNR here on stream 800 + i) at 0-20 dB, equal and
+spread powers, K unknown, SNR withheld. K accuracy and F1 of the nested sources before the
+last polish; every head decides at its own balance, not the pipeline's ``low_snr_db`` rule.
 
 ``--separation`` fits nothing: per cell and input, how well it alone tells the nested
 sources k >= 2 that add a detection from those that do not (the area under the ROC curve,

@@ -7,14 +7,14 @@ Validation split only.
 
 The order head reports a prefix of the nested sources: the first K. Here a per-source
 classifier, "realness", is fitted on ``--train`` training-split scenes (the head's stream,
-the recipe's base scene distribution, SNR never shown) to predict whether each of the
-K_max nested sources is paired with a true source within the gate when all K_max are
-reported, from the head's scene features, the source's likelihood gain and power, the
-network's view of its position (``bench_order_prior.prior_features``) and its place k
-(a two-layer MLP, 64 wide, 60 epochs, seed ``--seed``). Compared on the validation scenes
-of ``bench_versus.py`` (``--scene-set`` k > 0: another set of them, streams 800 + 16 k + i)
-at 0-20 dB, equal and spread powers, K unknown, SNR withheld (K accuracy
-and F1 of the nested sources before the last polish):
+the recipe's base scene distribution, SNR never shown) to predict whether each of the K_max
+nested sources is paired with a true source within the gate when all K_max are reported,
+from the head's scene features, the source's likelihood gain and power, the network's view
+of its position (``bench_order_prior.prior_features``) and its place k (a two-layer MLP, 64
+wide, 60 epochs, seed ``--seed``). Compared on the validation scenes drawn as
+``bench_versus.py`` draws them (the i-th SNR here on stream 800 + i) (``--scene-set`` k > 0:
+another set of them, streams 800 + 16 k + i) at 0-20 dB, equal and spread powers, K unknown,
+SNR withheld (K accuracy and F1 of the nested sources before the last polish):
 
 * ``shipped``: the head, its balance 0.25; ``head b=0``: its F1-optimal rule;
 * ``reranked``: the head's K, the sources ranked by realness (K accuracy unchanged);

@@ -364,3 +364,24 @@ def test_bench_source_select_marks_the_paired_sources_and_keeps_the_heads_rule(m
     for b in (0.0, 0.25, 5.0):  # (an untrained head's P is near uniform: 5 moves K)
         assert torch.equal(bs.hybrid_K(head, f, increments, b),
                            head.decide(f, balance=torch.full((64,), b)))
+
+
+def test_bench_noise_estimate_reads_each_fit_against_the_true_level(monkeypatch):
+    """bench_noise_estimate.noise_rows: the K_max-source level C_5 / (L (M - 5)) and the
+    true-K one C_K / (L (M - K)), each over the true sigma^2, in dB, per true K."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from bench_noise_estimate import noise_rows
+
+    L, M, true = 4, 16, torch.full((6,), 0.5, dtype=torch.float64)
+    K = torch.tensor([2, 2, 2, 3, 3, 3])
+    costs = torch.full((6, 6), 100.0 * L * M, dtype=torch.float64)
+    costs[:, 5] = 2 * L * (M - 5) * true  # twice the level: +3.01 dB
+    costs[:3, 2] = L * (M - 2) * true[:3]  # the true level at K = 2: 0 dB
+    costs[3:, 3] = 0.5 * L * (M - 3) * true[3:]  # half at K = 3: -3.01 dB
+    rows = noise_rows(costs, true, K, L, M)
+    assert set(rows) == {2, 3} and rows[2]["scenes"] == 3
+    assert math.isclose(rows[2]["K_max fit"]["median"], 10 * math.log10(2), abs_tol=1e-9)
+    assert abs(rows[2]["true K fit"]["median"]) < 1e-9
+    assert math.isclose(rows[3]["true K fit"]["p95"], -10 * math.log10(2), abs_tol=1e-9)
