@@ -607,8 +607,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# YAML 1.1 (PyYAML) reads 1e-3 as the string "1e-3": a float needs a dot there. YAML 1.2,
+# JSON and Python read a float; so does this loader (a search space's `choices: [1e-5, 1e-4]`
+# stayed strings, unchecked as numbers and written so to trials.csv).
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` that refuses a key repeated in a mapping."""
+    """``yaml.safe_load`` that refuses a key repeated in a mapping and reads ``1e-3`` as a
+    float (YAML 1.2, not 1.1's string)."""
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
 
 

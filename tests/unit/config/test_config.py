@@ -2,7 +2,14 @@ import re
 
 import pytest
 
-from risloc.config import ConfigError, RislocConfig, SystemConfig, load_config, parse_overrides
+from risloc.config import (
+    ConfigError,
+    RislocConfig,
+    SystemConfig,
+    load_config,
+    load_yaml,
+    parse_overrides,
+)
 
 
 def test_defaults_match_conventions():
@@ -351,3 +358,12 @@ def test_a_json_config_file_is_told_to_be_renamed_to_yaml(tmp_path):
                                           r"YAML: rename it to \.yaml\)"):
         load_config(path, None)
     assert load_config(path.rename(tmp_path / "mine.yaml"), None).system.N_H == 8
+
+
+def test_an_exponent_without_a_dot_reads_as_a_float():
+    """YAML 1.1 read 1e-5 as the string "1e-5" (a float needs a dot there): a search
+    space's `choices: [1e-5, 1e-4]` stayed strings (a docs check of tuning). Read as YAML 1.2
+    and JSON read them; quoted text and other strings stay strings."""
+    got = load_yaml("a: [1e-5, 2E3, -1.5e-2, 1.0e-3, 12, '1e-3', 1e, e5]")["a"]
+    assert got == [1e-5, 2000.0, -0.015, 1e-3, 12, "1e-3", "1e", "e5"]
+    assert [type(v) for v in got[:5]] == [float, float, float, float, int]

@@ -61,3 +61,16 @@ def test_a_number_as_a_field_is_not_a_recipe_field_not_a_crash(tmp_path):
     AttributeError)"""
     with pytest.raises(ConfigError, match=r"5 is not a recipe field"):
         _space(tmp_path, "5: {low: 0.1, high: 1}")
+
+
+def test_choices_written_with_an_exponent_are_numbers(tmp_path):
+    """`choices: [1e-5, 1e-4]` were the strings '1e-5', '1e-4' (YAML 1.1), so the duplicate
+    check compared text ([1e-5, 0.00001] passed) and trials wrote strings; numbers now."""
+    base = load_train_config("train_default")
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.weight_decay: {choices: [1e-5, 1e-4]}\n")
+    (dim,) = load_space(space, base)
+    assert dim.choices == (1e-5, 1e-4) and all(type(c) is float for c in dim.choices)
+    space.write_text("optim.weight_decay: {choices: [1e-5, 0.00001]}\n")
+    with pytest.raises(ConfigError, match="twice|duplicate|repeat"):
+        load_space(space, base)
