@@ -287,6 +287,31 @@ def test_a_trial_stopped_by_ctrl_c_is_continued_from_its_last_epoch(tmp_path, mo
     assert [t.user_attrs.get("continues") for t in open_study(s).trials] == [None, 0, None]
 
 
+def test_ctrl_c_after_the_last_trial_still_writes_the_reports(tmp_path, monkeypatch):
+    """Ctrl-C once the study's last trial has finished but before its reports are written
+    (here: as tune looks for stale trials afterwards): trials.csv and best_overrides.yaml
+    are written all the same, as for a Ctrl-C during a trial."""
+    import risloc.hpo.search as search
+
+    real, seen = search._fail_stale_trials, []
+
+    def ctrl_c_after_the_trials(study):
+        seen.append(len(study.trials))
+        real(study)
+        if len(seen) == 2:  # the call after the trials (the first: before them)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(search, "_fail_stale_trials", ctrl_c_after_the_trials)
+    s = TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=1, epochs=1, seed=3,
+                     warmup_epochs=0, overrides=("schedule.steps_per_epoch=1", "data.n_val=8"))
+    with pytest.raises(KeyboardInterrupt):
+        tune(s)
+    assert seen == [0, 1]
+    rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
+    assert [(r["number"], r["state"]) for r in rows] == [("0", "COMPLETE")]
+    assert yaml.safe_load((tmp_path / "best_overrides.yaml").read_text())["trial"] == 0
+
+
 def test_a_continuation_that_cannot_resume_starts_afresh_and_runs_once(tmp_path, monkeypatch):
     """A review: a continued trial whose checkpoint refused the resume (here a damaged
     last.pt; a data file copied anew does the same) ended the worker with a traceback and

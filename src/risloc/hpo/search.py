@@ -269,8 +269,8 @@ def _objective(settings: TuneSettings, base: TrainConfig, space: tuple[Dimension
             trial.set_user_attr(INTERRUPTED, True)
             raise
         for key in ("best_epoch", "val_K_accuracy", "val_angle_median_deg"):
-            if key in result:
-                trial.set_user_attr(key, float(result[key]))
+            if key in result:  # (an epoch is a whole number: "3" in trials.csv, not "3.0")
+                trial.set_user_attr(key, (int if key == "best_epoch" else float)(result[key]))
         return float(result["best_objective"])
 
     return objective
@@ -690,25 +690,36 @@ def tune(settings: TuneSettings, on_start: Callable[[], None] | None = None):
                     log.warning("a trial of this worker was failed as stale by another "
                                 "worker (late heartbeats) and queued again; going on")
         except KeyboardInterrupt:  # the trials finished so far, reported before it goes on
-            try:  # (a report that cannot be written does not replace the interrupt)
-                write_reports(study, base, space, Path(settings.out_dir), settings.config,
-                              settings.fixed_overrides(), settings.epochs)
-            except Exception as err:
-                log.warning("the study's reports were not written: %s", err)
+            _reports_on_interrupt(study, base, space, settings)
             raise
         finally:
             for h in handlers:
                 h.removeFilter(quiet)
-    _fail_stale_trials(study)
-    running = [t.number for t in study.trials if t.state == TrialState.RUNNING]
-    if running:  # (a review: a rerun soon after a kill finished without it, and said nothing)
-        log.info("trial(s) %s still RUNNING: another worker's, or one of a worker killed "
-                 "less than %d s ago; once silent that long it is failed and queued again "
-                 "by the next `risloc tune` of the study, which continues it",
-                 ", ".join(map(str, running)), settings.grace_s)
-    write_reports(study, base, space, Path(settings.out_dir), settings.config,
-                  settings.fixed_overrides(), settings.epochs)
+    try:  # (Ctrl-C after the last trial, before its reports: reported all the same)
+        _fail_stale_trials(study)
+        running = [t.number for t in study.trials if t.state == TrialState.RUNNING]
+        if running:  # (a review: a rerun soon after a kill finished without it, and said nothing)
+            log.info("trial(s) %s still RUNNING: another worker's, or one of a worker killed "
+                     "less than %d s ago; once silent that long it is failed and queued again "
+                     "by the next `risloc tune` of the study, which continues it",
+                     ", ".join(map(str, running)), settings.grace_s)
+        write_reports(study, base, space, Path(settings.out_dir), settings.config,
+                      settings.fixed_overrides(), settings.epochs)
+    except KeyboardInterrupt:
+        _reports_on_interrupt(study, base, space, settings)
+        raise
     return study
+
+
+def _reports_on_interrupt(study, base: TrainConfig, space: tuple[Dimension, ...],
+                          settings: TuneSettings) -> None:
+    """The reports of the trials finished so far, written as a Ctrl-C ends ``tune`` (a
+    report that cannot be written is logged: it does not replace the interrupt)."""
+    try:
+        write_reports(study, base, space, Path(settings.out_dir), settings.config,
+                      settings.fixed_overrides(), settings.epochs)
+    except Exception as err:
+        log.warning("the study's reports were not written: %s", err)
 
 
 def _warn_short_schedule(base: TrainConfig, epochs: int) -> None:

@@ -101,8 +101,9 @@ def test_a_trial_records_its_headline_metrics_and_its_best_objective(tmp_path, m
     study.optimize(_objective_of(tmp_path), n_trials=1)
     t = study.trials[0]
     assert t.value == 0.25
-    assert t.user_attrs == {"best_epoch": 3.0, "val_K_accuracy": 0.5,
+    assert t.user_attrs == {"best_epoch": 3, "val_K_accuracy": 0.5,
                             "val_angle_median_deg": 1.5}
+    assert type(t.user_attrs["best_epoch"]) is int  # trials.csv: "3", not "3.0"
 
 
 def test_a_second_copy_of_a_continuation_whose_first_was_pruned_does_not_train(
