@@ -1,5 +1,5 @@
-"""How well do the learned nested fits tell the noise level, without the SNR? Validation
-split only.
+"""How well do the learned nested fits tell the noise level without the SNR?
+Validation split only.
 
     python benchmarks/bench_noise_estimate.py [--n 400] [--snrs 0 10]
                                               [--out reports/bench/noise_estimate.json]

@@ -33,8 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_order_genie import cat_chunks  # noqa: E402
-from bench_snr_head import decision_row, order_training_set  # noqa: E402
-from bench_versus import SPREAD_DB, scenes_at  # noqa: E402
+from bench_snr_head import compare_heads, order_training_set  # noqa: E402
 
 from risloc.core.checks import normalise_scale  # noqa: E402
 from risloc.core.params import steering_at  # noqa: E402
@@ -47,7 +46,6 @@ from risloc.pipeline.learned import load_learned_pipeline  # noqa: E402
 from risloc.pipeline.order import (  # noqa: E402
     OrderFitConfig,
     fit_order_head,
-    nested_detections,
 )
 
 SNRS = (0.0, 5.0, 10.0, 15.0, 20.0)
@@ -99,17 +97,7 @@ def main() -> None:
         "32k, 128 wide": (fit_order_head(F, Ks, Ds, K_max, OrderFitConfig(hidden=128)), False),
         "16k + peak/mean": (fit_order_head(torch.cat([F, X], -1)[:half], Ks[:half], Ds[:half],
                                            K_max), True)}
-    rows = []
-    print(f"{'SNR':>4} {'spread':>6} | K accuracy / F1, validation, SNR withheld")
-    for i, snr in enumerate(SNRS):
-        for spread in (0.0, SPREAD_DB):
-            sc = scenes_at("validation", args.n, snr, spread, i)
-            f, x, theta = features(pipe, sc)
-            D = nested_detections(theta, sc.azimuth, sc.elevation, sc.range_m, sc.K)
-            decisions = {"shipped": pipe.order_head.decide(f),
-                         **{name: h.decide(torch.cat([f, x], -1) if extra else f)
-                            for name, (h, extra) in heads.items()}}
-            rows.append(decision_row(snr, spread, sc, decisions, D))
+    rows = compare_heads(pipe, heads, lambda sc: features(pipe, sc), args.n, SNRS)
     write_text_atomic(args.out, json.dumps({"train": args.train, "n": args.n, "rows": rows},
                                            indent=2) + "\n")
 

@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_order_genie import cat_chunks, genie_K  # noqa: E402
-from bench_snr_head import decision_row, order_training_set  # noqa: E402
+from bench_snr_head import compare_heads, order_training_set  # noqa: E402
 from bench_versus import SPREAD_DB, scenes_at  # noqa: E402
 
 from risloc.io.atomic import write_text_atomic  # noqa: E402
@@ -141,18 +141,8 @@ def main() -> None:
     K_max = pipe.system.K_max
     heads = {"refit": (fit_order_head(F, Ks, Ds, K_max), False),
              "+ prior": (fit_order_head(torch.cat([F, X], -1), Ks, Ds, K_max), True)}
-    rows = []
-    print(f"{'SNR':>4} {'spread':>6} | K accuracy / F1, validation, SNR withheld")
-    for i, snr in enumerate(SNRS):
-        for spread in (0.0, SPREAD_DB):
-            sc = scenes_at("validation", args.n, snr, spread, i)
-            f, x, theta = features(pipe, sc)
-            D = nested_detections(theta, sc.azimuth, sc.elevation, sc.range_m, sc.K)
-            decisions = {"shipped": pipe.order_head.decide(f),
-                         **{name: h.decide(torch.cat([f, x], -1) if extra else f)
-                            for name, (h, extra) in heads.items()},
-                         "genie": genie_K(D, sc.K)}
-            rows.append(decision_row(snr, spread, sc, decisions, D))
+    rows = compare_heads(pipe, heads, lambda sc: features(pipe, sc), args.n, SNRS,
+                         lambda D, sc: {"genie": genie_K(D, sc.K)})
     write_text_atomic(args.out or Path("reports/bench/order_prior.json"),
                       json.dumps({"train": args.train, "n": args.n, "rows": rows},
                                            indent=2) + "\n")

@@ -103,6 +103,27 @@ def decision_row(snr: float, spread: float, sc, decisions: dict, D: torch.Tensor
     return row
 
 
+def compare_heads(pipe, heads: dict, features, n: int, snrs, more=None) -> list[dict]:
+    """Per SNR of ``snrs`` (the i-th on stream 800 + i of ``bench_versus.scenes_at``) and
+    power spread: :func:`decision_row` of the shipped head and of each ``heads`` entry,
+    name -> (head, reads the extra inputs), on ``n`` validation scenes, SNR withheld;
+    ``features(scenes)`` -> (order features, extra inputs, nested theta); ``more(D, scenes)``
+    -> further decisions (name -> K)."""
+    rows = []
+    print(f"{'SNR':>4} {'spread':>6} | K accuracy / F1, validation, SNR withheld")
+    for i, snr in enumerate(snrs):
+        for spread in (0.0, SPREAD_DB):
+            sc = scenes_at("validation", n, snr, spread, i)
+            f, x, theta = features(sc)
+            D = nested_detections(theta, sc.azimuth, sc.elevation, sc.range_m, sc.K)
+            decisions = {"shipped": pipe.order_head.decide(f),
+                         **{name: h.decide(torch.cat([f, x], -1) if extra else f)
+                            for name, (h, extra) in heads.items()},
+                         **(more(D, sc) if more is not None else {})}
+            rows.append(decision_row(snr, spread, sc, decisions, D))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=8192, help="training scenes of the heads")
