@@ -249,8 +249,9 @@ def _ctrl_c_after_the_first_epoch(tmp_path, monkeypatch, n_trials: int, calls=No
     s = TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=n_trials, epochs=2, seed=3,
                      warmup_epochs=0, overrides=("schedule.steps_per_epoch=1", "data.n_val=8"))
     monkeypatch.setattr(training, "train", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as caught:
         tune(s)
+    assert caught.value.interrupted_trial == 0  # (the CLI names the interrupted trial)
     return s, real
 
 
@@ -304,9 +305,10 @@ def test_ctrl_c_after_the_last_trial_still_writes_the_reports(tmp_path, monkeypa
     monkeypatch.setattr(search, "_fail_stale_trials", ctrl_c_after_the_trials)
     s = TuneSettings(config=TINY, out_dir=str(tmp_path), n_trials=1, epochs=1, seed=3,
                      warmup_epochs=0, overrides=("schedule.steps_per_epoch=1", "data.n_val=8"))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as caught:
         tune(s)
     assert seen == [0, 1]
+    assert not hasattr(caught.value, "interrupted_trial")  # (no trial was: the CLI says so)
     rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
     assert [(r["number"], r["state"]) for r in rows] == [("0", "COMPLETE")]
     assert yaml.safe_load((tmp_path / "best_overrides.yaml").read_text())["trial"] == 0
@@ -564,6 +566,7 @@ def test_ctrl_c_says_that_the_same_command_continues_the_study(tmp_path, monkeyp
     import risloc.hpo as hpo
 
     def ctrl_c(settings, on_start=None):
+        on_start()  # (the study opened)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(hpo, "tune", ctrl_c)

@@ -73,14 +73,26 @@ def tune_command(
     # SIGTERM (kill, a batch system's preemption) ends a trial as Ctrl-C does (cli/entry.py):
     # the next tune continues it from its last finished epoch (killed otherwise: failed once
     # its heartbeats stop, and its copy continues it as well, where it sees its folder)
+    started = []  # (the banner printed: the study opened and its folder claimed)
+
+    def on_start() -> None:  # once its arguments passed
+        started.append(True)
+        console.print(f"tuning -> {settings.storage_shown} study {study_name!r} ({trials} "
+                      f"trials x {epochs} epochs)")
+
     try:
-        study = tune(settings, on_start=lambda: console.print(  # once its arguments passed
-            f"tuning -> {settings.storage_shown} study {study_name!r} ({trials} trials x "
-            f"{epochs} epochs)"))
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted: the study keeps its finished trials; the same "
-                      f"command continues it in {out}, the interrupted trial from its last "
-                      "finished epoch[/]")
+        study = tune(settings, on_start=on_start)
+    except KeyboardInterrupt as err:
+        # (what is true: no study opened yet; or none of its trials, or trial N, stopped)
+        trial = getattr(err, "interrupted_trial", None)
+        if not started:
+            said = "before the study was opened; the same command starts or continues it"
+        else:
+            said = (f"the study keeps its finished trials; the same command continues it in "
+                    f"{out}")
+            if trial is not None:
+                said += f", the interrupted trial {trial} from its last finished epoch"
+        console.print(f"[yellow]interrupted: {said}[/]")
         raise typer.Exit(code=130) from None
     table = Table(title=f"study {study_name!r}")
     names = sorted({k for t in study.trials for k in t.params})

@@ -264,9 +264,10 @@ def _objective(settings: TuneSettings, base: TrainConfig, space: tuple[Dimension
         except DivergedError as err:  # a searched learning rate too high: that trial only
             log.warning("trial %d pruned: %s", trial.number, err)
             raise optuna.TrialPruned(f"diverged: {err}") from None
-        except KeyboardInterrupt:  # Ctrl-C: the next tune queues it again (requeue_interrupted)
-            trial.set_user_attr(INTERRUPTED_TRIAL, trial.number)
+        except KeyboardInterrupt as err:  # Ctrl-C: the next tune queues it again
+            trial.set_user_attr(INTERRUPTED_TRIAL, trial.number)  # (requeue_interrupted)
             trial.set_user_attr(INTERRUPTED, True)
+            err.interrupted_trial = trial.number  # (the CLI says a trial was interrupted)
             raise
         for key in ("best_epoch", "val_K_accuracy", "val_angle_median_deg"):
             if key in result:  # (an epoch is a whole number: "3" in trials.csv, not "3.0")

@@ -125,16 +125,32 @@ def test_the_summary_lists_each_trial_and_names_the_best_only_once_written(recor
             "--overrides 'my out/best_overrides.yaml')") in _flat(res.output)
 
 
-def test_ctrl_c_exits_130_naming_the_folder_to_continue_in(monkeypatch, tmp_path):
+@pytest.mark.parametrize("when", ["before_start", "between_trials", "in_trial"])
+def test_ctrl_c_exits_130_saying_what_was_interrupted(monkeypatch, tmp_path, when):
+    # a review: it always named "the interrupted trial", also where none ran (Ctrl-C after
+    # the last trial, or before the study was opened: then maybe no folder at all)
     def stop(settings, on_start=None):
-        raise KeyboardInterrupt
+        if when != "before_start":
+            on_start()
+        err = KeyboardInterrupt()
+        if when == "in_trial":
+            err.interrupted_trial = 3  # (set by the objective: hpo/search.py)
+        raise err
 
     monkeypatch.setattr(hpo, "tune", stop)
     res = CliRunner().invoke(app, ["tune", "-c", "train_tiny", "-o", str(tmp_path / "t")])
     assert res.exit_code == 130, res.output
-    assert (f"interrupted: the study keeps its finished trials; the same command continues "
-            f"it in {tmp_path / 't'}, the interrupted trial from its last finished epoch"
-            in _flat(res.output))
+    text = _flat(res.output)
+    continues = (f"interrupted: the study keeps its finished trials; the same command "
+                 f"continues it in {tmp_path / 't'}")
+    trial = ", the interrupted trial 3 from its last finished epoch"
+    if when == "before_start":
+        assert ("interrupted: before the study was opened; the same command starts or "
+                "continues it") in text and "interrupted trial" not in text, text
+    elif when == "between_trials":
+        assert continues in text and "interrupted trial" not in text, text
+    else:
+        assert continues + trial in text, text
     assert "best trial" not in res.output
 
 
