@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_order_genie import cat_chunks  # noqa: E402
-from bench_versus import SNRS, SPREAD_DB, scenes_at  # noqa: E402
+from bench_versus import SNRS, SPREAD_DB, count_arg, scenes_at  # noqa: E402
 
 from risloc.core.checks import normalise_scale  # noqa: E402
 from risloc.estimators.order import noise_var_from_snr  # noqa: E402
@@ -55,7 +55,7 @@ def noise_rows(costs: torch.Tensor, true: torch.Tensor, K: torch.Tensor, L: int,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=400, help="validation scenes per cell")
+    ap.add_argument("--n", type=count_arg, default=400, help="validation scenes per cell")
     ap.add_argument("--snrs", type=float, nargs="+", default=[0.0, 10.0],
                     help="SNRs, among bench_versus' (each keeps its scene stream there)")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/noise_estimate.json"))

@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_order_genie import cat_chunks, genie_K  # noqa: E402
 from bench_snr_head import compare_heads, order_training_set  # noqa: E402
-from bench_versus import SPREAD_DB, scenes_at  # noqa: E402
+from bench_versus import SPREAD_DB, count_arg, scenes_at  # noqa: E402
 
 from risloc.io.atomic import write_text_atomic  # noqa: E402
 from risloc.pipeline.calibrate import order_stages  # noqa: E402
@@ -116,8 +116,8 @@ def features(pipe, sc):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train", type=int, default=16384, help="training scenes of the heads")
-    ap.add_argument("--n", type=int, default=400, help="validation scenes per cell")
+    ap.add_argument("--train", type=count_arg, default=16384, help="training scenes of the heads")
+    ap.add_argument("--n", type=count_arg, default=400, help="validation scenes per cell")
     ap.add_argument("--separation", action="store_true",
                     help="fit no head: each input's AUC for the nested sources k >= 2")
     ap.add_argument("--out", type=Path, default=None,

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_order_genie import genie_K, pooled_f1  # noqa: E402
 from bench_order_prior import SNRS, features  # noqa: E402
 from bench_snr_head import order_training_set  # noqa: E402
-from bench_versus import SPREAD_DB, scenes_at  # noqa: E402
+from bench_versus import SPREAD_DB, count_arg, scenes_at  # noqa: E402
 
 from risloc.core.params import Estimates  # noqa: E402
 from risloc.evaluation.metrics import match_sources  # noqa: E402
@@ -114,13 +114,15 @@ def ranked(theta: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train", type=int, default=8192, help="training scenes of realness")
-    ap.add_argument("--n", type=int, default=400, help="validation scenes per cell")
+    ap.add_argument("--train", type=count_arg, default=8192, help="training scenes of realness")
+    ap.add_argument("--n", type=count_arg, default=400, help="validation scenes per cell")
     ap.add_argument("--seed", type=int, default=0, help="seed of the realness classifier")
     ap.add_argument("--scene-set", type=int, default=0,
                     help="validation scenes: 0 those of bench_versus, k > 0 another set")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/source_select.json"))
     args = ap.parse_args()
+    if args.scene_set < 0:
+        ap.error(f"--scene-set must be >= 0, got {args.scene_set}")
     pipe = load_learned_pipeline()
     head = pipe.order_head
 
