@@ -31,7 +31,7 @@ from risloc.evaluation import match_sources, summarize  # noqa: E402
 from risloc.io.atomic import write_text_atomic  # noqa: E402
 from risloc.pipeline import Localizer  # noqa: E402
 from risloc.pipeline.calibrate import order_scenes, training_data  # noqa: E402
-from risloc.pipeline.order import fit_order_head  # noqa: E402
+from risloc.pipeline.order import fit_order_head, fit_source_ranker  # noqa: E402
 
 CELLS = [("default", 5), ("default", 10), ("K = 5", 5), ("dense", 5), ("dense", 10),
          ("near", 5), ("near", 10), ("edge", 10), ("far", 5), ("LoS", 5), ("LoS", 10),
@@ -48,12 +48,13 @@ def scenes_and_classical(classical: Localizer, corner: str, snr: float, cache: P
 
 
 def refit_order_head(pipe, scene: dict | None = None) -> float:
-    """Refit the pipeline's order head on the fit stage it now has (16,384 training-split
-    scenes, as ``risloc fit-order``; ``scene``: its ``--scene`` fields, None the recipe's
-    scenes); returns the seconds it took."""
+    """Refit the pipeline's order head and source ranker on the fit stage it now has
+    (16,384 training-split scenes, as ``risloc fit-order``; ``scene``: its ``--scene``
+    fields, None the recipe's scenes); returns the seconds it took."""
     t0 = time.perf_counter()
-    feats, K, det = training_data(pipe, 16384, scenes=order_scenes(pipe, scene))
-    pipe.order_head = fit_order_head(feats, K, det, pipe.system.K_max)
+    data = training_data(pipe, 16384, scenes=order_scenes(pipe, scene))
+    pipe.order_head = fit_order_head(data.features, data.K, data.detections, pipe.system.K_max)
+    pipe.source_ranker = fit_source_ranker(data.sources, data.real)
     return time.perf_counter() - t0
 
 

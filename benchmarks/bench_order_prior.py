@@ -47,7 +47,11 @@ from bench_versus import SPREAD_DB, count_arg, scenes_at  # noqa: E402
 from risloc.io.atomic import write_text_atomic  # noqa: E402
 from risloc.pipeline.calibrate import order_stages  # noqa: E402
 from risloc.pipeline.learned import load_learned_pipeline  # noqa: E402
-from risloc.pipeline.order import fit_order_head, nested_detections  # noqa: E402
+from risloc.pipeline.order import (  # noqa: E402
+    fit_order_head,
+    nested_detections,
+    prior_features,
+)
 
 SNRS = (0.0, 5.0, 10.0, 15.0, 20.0)
 INPUTS = ("likelihood gain", "power", "heat", "slot confidence", "-angle to slot")
@@ -81,36 +85,12 @@ def separation_row(snr: float, spread: float, f, x, D: torch.Tensor) -> dict:
     return row
 
 
-def _cell(axis: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    step = (axis[-1] - axis[0]) / max(len(axis) - 1, 1)
-    return ((v - axis[0]) / step).round().long().clamp(0, len(axis) - 1)
-
-
-def prior_features(out, theta: torch.Tensor) -> torch.Tensor:
-    """[B, 3 K_max]: per nested source (theta [B, K_max, 3]) the heat-map logit at its
-    nearest grid cell, logit of the nearest slot's confidence, log angle to it [deg]."""
-    g = out.grid
-    az, el, inv_r = theta.unbind(-1)
-    ia, ie, ir = _cell(g.azimuth, az), _cell(g.elevation, el), _cell(g.inv_range, inv_r)
-    B, Nr, Ne, Na = out.heatmap.shape
-    flat = out.heatmap.reshape(B, -1)
-    heat = flat.gather(1, (ir * Ne + ie) * Na + ia)
-    # angle between each nested source and each slot: [B, K, S]
-    u = torch.stack([el.cos() * az.sin(), el.sin(), el.cos() * az.cos()], -1)
-    se, sa = out.slot_elevation, out.slot_azimuth
-    v = torch.stack([se.cos() * sa.sin(), se.sin(), se.cos() * sa.cos()], -1)
-    ang = torch.rad2deg(torch.acos((u @ v.transpose(1, 2)).clamp(-1, 1)))
-    d, j = ang.min(-1)
-    conf = out.slot_confidence.gather(1, j).clamp(1e-4, 1 - 1e-4)
-    return torch.cat([heat, torch.logit(conf), torch.log(d + 0.05)], -1).float()
-
-
 @torch.no_grad()
 def features(pipe, sc):
     """(order features [B, F], prior features [B, 3 K_max], nested theta [B, K_max, 3])."""
     def one(a: int, b: int):
         fwd, fit, f = order_stages(pipe, sc[a:b])
-        return f, prior_features(fwd.out, fit.theta.to(fwd.out.heatmap.dtype)), fit.theta
+        return f, prior_features(fwd.out, fit.theta), fit.theta
     return cat_chunks(one, len(sc))
 
 

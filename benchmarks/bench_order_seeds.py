@@ -85,13 +85,13 @@ def main(argv=None) -> None:
     for corner in bc.CORNERS:
         for snr in SNRS:
             sc, cl = scenes_and_classical(classical, corner, snr, args.classical_cache)
-            feats, theta = order_dataset(pipe, sc)
+            feats, theta, _ = order_dataset(pipe, sc)
             cells[f"{corner} {snr:g} dB"] = {
                 "feats": feats, "K": sc.K, "f1": float(cl.f1), "K_accuracy": float(cl.K_accuracy),
                 "detections": nested_detections(theta, sc.azimuth, sc.elevation, sc.range_m,
                                                 sc.K)}
         print(f"{corner}: validation features done", flush=True)
-    feats, K, det = training_data(pipe, 16384, scenes=order_scenes(pipe, SPREAD))
+    feats, K, det, _, _ = training_data(pipe, 16384, scenes=order_scenes(pipe, SPREAD))
     print("training features done", flush=True)
     head = fit_order_head(feats, K, det, pipe.system.K_max,
                           OrderFitConfig(members=args.seeds))

@@ -10,13 +10,15 @@ classifier, "realness", is fitted on ``--train`` training-split scenes (the head
 the recipe's base scene distribution, SNR never shown) to predict whether each of the K_max
 nested sources is paired with a true source within the gate when all K_max are reported,
 from the head's scene features, the source's likelihood gain and power, the network's view
-of its position (``bench_order_prior.prior_features``) and its place k (a two-layer MLP, 64
-wide, 60 epochs, seed ``--seed``). Compared on the validation scenes drawn as
-``bench_versus.py`` draws them (the i-th SNR here on stream 800 + i) (``--scene-set`` k > 0:
-another set of them, streams 800 + 16 k + i) at 0-20 dB, equal and spread powers, K unknown,
-SNR withheld (K accuracy and F1 of the nested sources before the last polish):
+of its position (``risloc.pipeline.order.prior_features``) and its place k (the package's
+:class:`risloc.pipeline.order.SourceRanker`, its default fit with seed ``--seed``). Compared
+on the validation scenes drawn as ``bench_versus.py`` draws them (the i-th SNR here on
+stream 800 + i) (``--scene-set`` k > 0: another set of them, streams 800 + 16 k + i) at 0-20
+dB, equal and spread powers, K unknown, SNR withheld (K accuracy and F1 of the nested
+sources before the last polish; the shipped ranker: ``bench_source_rank.py``):
 
-* ``shipped``: the head, its balance 0.25; ``head b=0``: its F1-optimal rule;
+* ``shipped``: the head, its balance 0.25, on the nested order (the pipeline before its
+  source ranker); ``head b=0``: its F1-optimal rule;
 * ``reranked``: the head's K, the sources ranked by realness (K accuracy unchanged);
 * ``hybrid b``: the head's rule (:meth:`risloc.pipeline.order.OrderHead.decide`) with its
   expected detections replaced by the summed realness of the k highest-ranked sources, at
@@ -33,7 +35,6 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_order_genie import genie_K, pooled_f1  # noqa: E402
@@ -41,61 +42,18 @@ from bench_order_prior import SNRS, features  # noqa: E402
 from bench_snr_head import order_training_set  # noqa: E402
 from bench_versus import SPREAD_DB, count_arg, scenes_at  # noqa: E402
 
-from risloc.core.params import Estimates  # noqa: E402
-from risloc.evaluation.metrics import match_sources  # noqa: E402
 from risloc.io.atomic import write_text_atomic  # noqa: E402
 from risloc.pipeline.learned import load_learned_pipeline  # noqa: E402
-from risloc.pipeline.order import nested_detections  # noqa: E402
+from risloc.pipeline.order import (  # noqa: E402
+    RankerFitConfig,
+    fit_source_ranker,
+    nested_detections,
+    rank_sources,
+    real_sources,
+    source_inputs,
+)
 
 BALANCES = (0.0, 0.1, 0.25, 0.5)
-
-
-def real_sources(theta: torch.Tensor, sc) -> torch.Tensor:
-    """[B, K_max] bool: each nested source paired with a true one within the gate when all
-    K_max of theta [B, K_max, 3] are reported."""
-    B, K_max, _ = theta.shape
-    m = match_sources(Estimates.from_theta(torch.full((B,), K_max), theta.double()),
-                      sc.azimuth, sc.elevation, sc.range_m, sc.K)
-    slot = torch.where(m.detected, m.est_index, torch.full_like(m.est_index, K_max))
-    real = torch.zeros(B, K_max + 1, dtype=torch.bool)
-    real.scatter_(1, slot, True)
-    return real[:, :K_max]
-
-
-def source_inputs(f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """[B, K_max, F]: per nested source the scene's order features f [B, 4 K_max], its
-    likelihood gain and power (from f), its prior inputs (x [B, 3 K_max]) and one-hot k."""
-    B, K_max = f.shape[0], x.shape[1] // 3
-    own = torch.stack([f[:, K_max:2 * K_max], f[:, 2 * K_max:3 * K_max],
-                       *x.reshape(B, 3, K_max).unbind(1)], -1)
-    return torch.cat([f.unsqueeze(1).expand(B, K_max, f.shape[1]), own,
-                      torch.eye(K_max).expand(B, K_max, K_max)], -1)
-
-
-def fit_realness(inputs: torch.Tensor, real: torch.Tensor, seed: int = 0, epochs: int = 60):
-    """Logistic MLP on the sources of inputs [S, K_max, F]; returns inputs -> P(real)."""
-    torch.manual_seed(seed)
-    flat = inputs.reshape(-1, inputs.shape[-1])
-    mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)
-    net = nn.Sequential(nn.Linear(flat.shape[1], 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(),
-                        nn.Linear(64, 1))
-    opt = torch.optim.AdamW(net.parameters(), 3e-3, weight_decay=1e-2)
-    X, y = (flat - mean) / std, real.reshape(-1).float()
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(len(X), generator=gen)
-        for lo in range(0, len(X), 1024):
-            idx = perm[lo:lo + 1024]
-            loss = nn.functional.binary_cross_entropy_with_logits(net(X[idx]).squeeze(-1),
-                                                                  y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    @torch.no_grad()
-    def realness(z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(net((z - mean) / std).squeeze(-1))
-    return realness
 
 
 def hybrid_K(head, f: torch.Tensor, p_sorted: torch.Tensor, balance: float) -> torch.Tensor:
@@ -106,10 +64,6 @@ def hybrid_K(head, f: torch.Tensor, p_sorted: torch.Tensor, balance: float) -> t
     det = p_sorted.double().cumsum(-1)
     F = (2 * det / (k + (P * k).sum(-1, True))).amax(-1, keepdim=True)
     return (2 * det - F * k + balance * torch.log(P.clamp_min(1e-9))).argmax(-1) + 1
-
-
-def ranked(theta: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    return theta.gather(1, order.unsqueeze(-1).expand(-1, -1, theta.shape[-1]))
 
 
 def main() -> None:
@@ -128,10 +82,11 @@ def main() -> None:
 
     def training(sc):
         f, x, theta = features(pipe, sc)
-        return source_inputs(f, x), real_sources(theta, sc), theta
+        return (source_inputs(f, x), real_sources(theta, sc.azimuth, sc.elevation, sc.range_m,
+                                                  sc.K), theta)
 
     (inputs, real), _, _ = order_training_set(pipe, args.train, training)
-    realness = fit_realness(inputs, real, args.seed)
+    realness = fit_source_ranker(inputs, real, RankerFitConfig(seed=args.seed))
     rows = []
     print(f"{'SNR':>4} {'spread':>6} | K accuracy / F1, validation, SNR withheld")
     for i, snr in enumerate(SNRS):
@@ -142,10 +97,10 @@ def main() -> None:
             D = nested_detections(theta, *truth)
             p = realness(source_inputs(f, x))
             p_sorted, order = p.sort(-1, descending=True)
-            D_ranked = nested_detections(ranked(theta, order), *truth)
-            by_truth = real_sources(theta, sc).float().sort(dim=-1, descending=True,
+            D_ranked = nested_detections(rank_sources(theta, order), *truth)
+            by_truth = real_sources(theta, *truth).float().sort(dim=-1, descending=True,
                                                              stable=True).indices
-            D_subset = nested_detections(ranked(theta, by_truth), *truth)
+            D_subset = nested_detections(rank_sources(theta, by_truth), *truth)
             K_head = head.decide(f)
             decisions = {
                 "shipped": (K_head, D),

@@ -179,8 +179,6 @@ def test_the_machine_record_works_off_linux(monkeypatch):
 def _corner_cell(monkeypatch, K_accuracy: tuple, common: tuple, name="dft", snr=10.0):
     """bench_corners.cell on stubbed scenes and metrics: the learned / classical K accuracy,
     F1 0.9 both, the common median ratios ``common``; returns its row."""
-    import types
-
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import bench_corners
 
@@ -270,33 +268,6 @@ def test_bench_corners_misses_the_median_target_where_a_median_is_not_paired(mon
     assert not m >= 0, row["margins"]
 
 
-def test_bench_order_prior_reads_the_network_at_each_nested_source(monkeypatch):
-    """bench_order_prior's inputs (its negative result rests on them): the heat-map logit
-    of the grid cell nearest each source, the confidence of the nearest slot and the angle
-    to it; a source off by a third of a cell reads its own cell."""
-    import types
-
-    import torch
-
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import bench_order_prior
-
-    grid = types.SimpleNamespace(azimuth=torch.linspace(-1, 1, 5),
-                                 elevation=torch.linspace(-0.5, 0.5, 3),
-                                 inv_range=torch.linspace(0.1, 0.5, 2))
-    heat = torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(1, 2, 3, 5)
-    out = types.SimpleNamespace(
-        grid=grid, heatmap=heat, slot_azimuth=torch.tensor([[0.5, -1.0]]),
-        slot_elevation=torch.tensor([[0.0, 0.5]]), slot_confidence=torch.tensor([[0.8, 0.3]]))
-    theta = torch.tensor([[[0.5 + 0.5 / 3, 0.0, 0.5], [-1.0, 0.5 - 0.5 / 3, 0.1]]])
-    f = bench_order_prior.prior_features(out, theta)
-    assert f[0, :2].tolist() == [heat[0, 1, 1, 3].item(), heat[0, 0, 2, 0].item()]
-    conf = torch.logit(torch.tensor([0.8, 0.3]))
-    torch.testing.assert_close(f[0, 2:4], conf)
-    angles = torch.tensor([math.degrees(0.5 / 3), math.degrees(0.5 / 3)])
-    torch.testing.assert_close(f[0, 4:], torch.log(angles + 0.05), rtol=1e-4, atol=0)
-
-
 def test_the_order_genie_finds_the_largest_pooled_f1_of_any_counts(monkeypatch):
     """bench_order_genie.genie_K against every choice of K per scene (3 scenes x 4 counts):
     no choice has a larger pooled F1 (the genie bounds the K decisions of the tables)."""
@@ -336,9 +307,8 @@ def test_bench_order_prior_auc_is_the_share_of_ordered_pairs(monkeypatch):
     assert auc(torch.tensor([2.0, 2.0, 1.0, 1.0, 1.0]), y) == 3.5 / 6
 
 
-def test_bench_source_select_marks_the_paired_sources_and_keeps_the_heads_rule(monkeypatch):
-    """bench_source_select: real_sources marks the nested sources paired with a true one
-    (whatever their place), and hybrid_K is the head's own rule where the summed realness
+def test_bench_source_select_keeps_the_heads_rule(monkeypatch):
+    """bench_source_select: hybrid_K is the head's own rule where the summed realness
     equals the head's expected detections."""
     import torch
 
@@ -346,15 +316,6 @@ def test_bench_source_select_marks_the_paired_sources_and_keeps_the_heads_rule(m
     import bench_source_select as bs
 
     from risloc.pipeline.order import OrderHead
-
-    deg = math.pi / 180
-    truth = types.SimpleNamespace(
-        azimuth=torch.tensor([[10 * deg, -30 * deg]], dtype=torch.float64),
-        elevation=torch.tensor([[5 * deg, 0.0]], dtype=torch.float64),
-        range_m=torch.tensor([[3.0, 2.0]], dtype=torch.float64), K=torch.tensor([2]))
-    theta = torch.tensor([[[-30 * deg, 0.0, 0.5], [50 * deg, 20 * deg, 0.25],
-                           [10 * deg, 5 * deg, 1 / 3]]])
-    assert bs.real_sources(theta, truth).tolist() == [[True, False, True]]
 
     torch.manual_seed(0)
     head = OrderHead(20, 5, members=2)

@@ -24,7 +24,7 @@ from risloc.inference.checkpoint import load_checkpoint
 from risloc.inference.forward import forward_blend
 from risloc.pipeline import Localizer
 from risloc.pipeline.learned import inference_music_config, load_learned_pipeline
-from risloc.pipeline.order import order_features
+from risloc.pipeline.order import SourceRanker, estimated_snr_db, order_features
 from risloc.simulation import simulate_range
 from risloc.training import load_train_config, train
 
@@ -77,7 +77,7 @@ def test_stages_compose_to_localize_and_the_slots_can_propose(checkpoint):
         assert cand.shape == (5, pipe.system.K_max, 3) and bool(torch.isfinite(cand).all())
         fit = pipe.fit(sc.y, sc.H, sc.codes, cand)
         decision = pipe.decide_order(fwd, fit, sc.y)
-        est = pipe.polish(sc.y, sc.H, sc.codes, fit, decision.K)
+        est = pipe.polish(sc.y, sc.H, sc.codes, fit, decision.K, ranking=decision.ranking)
     whole = pipe.localize(sc.y, sc.H, sc.codes)
     assert torch.equal(whole.K, est.K)
     torch.testing.assert_close(whole.azimuth, est.azimuth.float(), equal_nan=True)
@@ -596,3 +596,43 @@ def test_a_smaller_k_max_caps_a_headless_models_residual_rule(checkpoint):
     full = loc.localize(sc.y, sc.H, sc.codes).estimates
     capped = loc.localize(sc.y, sc.H, sc.codes, system=SystemConfig(K_max=2)).estimates
     assert int(full.K.max()) > 2 and int(capped.K.max()) <= 2
+
+
+def test_the_decided_sources_are_those_the_ranker_puts_first():
+    """Where the order head decides K, localize polishes the K nested sources the source
+    ranker ranks first (here a ranker that reverses the nested order: the last K), not the
+    first K, in the scenes whose estimated SNR is below ``rank_below_db``; where K is given
+    there is no ranking. The shipped model has a ranker."""
+    pipe = load_learned_pipeline()
+    assert isinstance(pipe.source_ranker, SourceRanker)
+    sc = simulate_range(0, 4, pipe.system, SceneConfig(), split="test", snr_db=10.0)
+    reverse = torch.arange(pipe.system.K_max - 1, -1, -1).expand(4, -1)
+
+    class Reverse(torch.nn.Module):
+        def rank(self, inputs):
+            assert inputs.shape[:2] == (4, pipe.system.K_max)
+            return reverse
+
+    pipe.source_ranker, pipe.rank_below_db = Reverse(), None  # (10 dB: above the gate)
+    with torch.no_grad():
+        fwd = pipe.forward(sc.y, sc.H, sc.codes)
+        fit = pipe.fit(sc.y, sc.H, sc.codes, pipe.propose(fwd))
+        decision = pipe.decide_order(fwd, fit, sc.y)
+        assert torch.equal(decision.ranking, reverse)
+        assert pipe.decide_order(fwd, fit, sc.y, K=sc.K).ranking is None
+        # the ranker's order only where the scene's estimated SNR is below rank_below_db
+        snr = estimated_snr_db(fit.costs, sc.y.shape[1], sc.y.shape[2])
+        pipe.rank_below_db = float(snr.median())
+        low = snr < pipe.rank_below_db
+        assert 0 < int(low.sum()) < 4
+        nested = torch.arange(pipe.system.K_max).expand(4, -1)
+        assert torch.equal(pipe.decide_order(fwd, fit, sc.y).ranking,
+                           torch.where(low.unsqueeze(-1), reverse, nested))
+        pipe.rank_below_db = None
+        last = pipe.polish(sc.y, sc.H, sc.codes, fit._replace(theta=fit.theta.flip(1)),
+                           decision.K)
+        first = pipe.polish(sc.y, sc.H, sc.codes, fit, decision.K)
+    got = pipe.localize(sc.y, sc.H, sc.codes)
+    assert torch.equal(got.K, last.K)
+    torch.testing.assert_close(got.azimuth, last.azimuth.float(), equal_nan=True)
+    assert not torch.allclose(got.azimuth.nan_to_num(9), first.azimuth.float().nan_to_num(9))

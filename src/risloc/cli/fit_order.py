@@ -49,6 +49,15 @@ def fit_order_command(
         "Draw the head's scenes from the recipe's data.scene_mix too (--no-mix: its base "
         "scene alone, the recipe's order.scene_mix false). Default: as the current head, "
         "else the recipe's order.scene_mix."))] = None,
+    rank: Annotated[bool, typer.Option("--rank/--no-rank", help=(
+        "Fit the source ranker with the head, on the same scenes: where the head decides K, "
+        "the pipeline reports the K nested sources it ranks most probably real "
+        "(risloc.pipeline.order.SourceRanker); --no-rank: the first K of the nested "
+        "order."))] = True,
+    keep_head: Annotated[bool, typer.Option("--keep-head", help=(
+        "Keep the model's order head (its K decisions unchanged) and fit the source ranker "
+        "alone, on the scenes the options say (those of the current head by default)."))
+    ] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace --out (and a file where its model card goes) when "
                             "it exists and is not the input itself (refused otherwise).")
@@ -86,7 +95,8 @@ def fit_order_command(
         task = bar.add_task("order features", total=n_progress_items(scenes, report_scenes))
         report = fit_order(checkpoint, out_path, scenes, report_scenes, workers=workers,
                            on_batch=lambda n: bar.advance(task, n), scene=fields,
-                           margin=margin, mix=mix)
+                           margin=margin, mix=mix, rank=rank,
+                           keep_head=keep_head)
     print_table(report_table(report), out)
     from risloc.inference.checkpoint import model_card_path
 

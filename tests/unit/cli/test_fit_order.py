@@ -29,7 +29,8 @@ def fitted(monkeypatch):
 
 def test_the_defaults_fit_the_head_as_the_recipe_s_order_stage_does(tmp_path, fitted):
     """docs/guide.md: --margin by default 0, as the shipped head; the scenes, report scenes
-    and scene mix those of a recipe's order section (what `risloc train` fits)."""
+    and scene mix those of a recipe's order section (what `risloc train` fits), with a
+    source ranker (--no-rank: none)."""
     from risloc.inference.checkpoint import save_checkpoint
     from risloc.training.config import OrderStageConfig
 
@@ -42,21 +43,26 @@ def test_the_defaults_fit_the_head_as_the_recipe_s_order_stage_does(tmp_path, fi
     assert args[2:4] == (order.scenes, order.report_scenes) == (16384, 256)
     assert args[:2] == (tmp_path / "m.pt", tmp_path / "m2.pt")  # read the input, write --out
     assert kwargs["margin"] == 0 and kwargs["mix"] is order.scene_mix is True
-    assert kwargs["scene"] == {}
+    assert kwargs["scene"] == {} and kwargs["rank"] is True  # a source ranker, as train's
     res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "m.pt"), "--out",
-                                   str(tmp_path / "m3.pt"), "--no-mix"])
+                                   str(tmp_path / "m3.pt"), "--no-mix", "--no-rank"])
     assert res.exit_code == 0 and fitted[-1][1]["mix"] is False
+    assert fitted[-1][1]["rank"] is False
+    res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "m.pt"), "--out",
+                                   str(tmp_path / "m3.pt"), "--keep-head"])
+    assert res.exit_code == 0 and fitted[-1][1]["keep_head"] is True
+    assert fitted[-2][1]["keep_head"] is False
     # another model at --out is replaced only with --overwrite (the input itself: in place)
     (tmp_path / "m2.pt").write_bytes(b"mine")
     res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "m.pt"), "--out",
                                    str(tmp_path / "m2.pt")])
     assert res.exit_code == 2 and "m2.pt exists: pass --overwrite" in res.output
-    assert len(fitted) == 2
+    assert len(fitted) == 3
     for out in (["--out", str(tmp_path / "m2.pt"), "--overwrite"],
                 ["--out", str(tmp_path / "m.pt")]):
         res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "m.pt"), *out])
         assert res.exit_code == 0, res.output
-    assert len(fitted) == 4
+    assert len(fitted) == 5
 
 
 @pytest.mark.parametrize("margin", ["-1", "nan", "inf"])  # inf: fitted, its card said null

@@ -1119,12 +1119,13 @@ def test_repair_decided_repairs_the_decided_sources_and_low_snr_db_none_keeps_th
         forward=lambda y, H, c, snr: "fwd", propose=lambda fwd: "cand",
         fit=lambda y, H, c, cand, known, check: seen.append(check) or "fit",
         decide_order=lambda fwd, fit, y, K, k_max, check: seen.append(check)
-        or SimpleNamespace(K="K"),
-        polish=lambda y, H, c, fit, K, repair, known, check: seen.append(check)
-        or seen.append((repair, known)) or est)  # (none checks: localize waits for no GPU)
+        or SimpleNamespace(K="K", ranking="ranking"),
+        polish=lambda y, H, c, fit, K, repair, known, check, ranking: seen.append(check)
+        or seen.append((repair, known, ranking)) or est)  # (none checks: localize waits for no GPU)
     y = torch.zeros(1, 2, 2, dtype=torch.complex64)
-    for decided, K, want in ((False, None, (False, False)), (True, None, (True, False)),
-                             (False, torch.ones(1), (True, True))):
+    for decided, K, want in ((False, None, (False, False, "ranking")),
+                             (True, None, (True, False, "ranking")),
+                             (False, torch.ones(1), (True, True, "ranking"))):
         pipe.repair_decided = decided
         assert LearnedPipeline.localize(pipe, y, y, y, K=K) == "estimates"
         assert seen.pop() == want and seen == [False] * 3
@@ -1372,6 +1373,12 @@ def test_a_stored_head_of_other_features_or_none_is_said_and_not_used(tmp_path, 
         malformed = {**state["order_head"], field: bad}
         with pytest.raises(ValueError, match="old.pt: unreadable order head"):
             _stored_head({**state, "order_head": malformed}, tmp_path / "old.pt")
+    # a broken source ranker: named as such (the head itself is fine)
+    ranker = {k: v for k, v in state["order_head"]["ranker"].items() if k != "hidden"}
+    save_checkpoint(tmp_path / "r.pt", {**state, "order_head": {**state["order_head"],
+                                                                 "ranker": ranker}})
+    with pytest.raises(ValueError, match="r.pt: unreadable source ranker"):
+        load_learned_pipeline(tmp_path / "r.pt")
     with pytest.raises(FileNotFoundError, match="checkpoint not found") as err:
         load_learned_pipeline(tmp_path / "gone.pt")
     assert "ships no default model" not in str(err.value)
@@ -1615,13 +1622,15 @@ def test_the_order_head_decides_with_the_low_snr_balance_of_each_scene(monkeypat
             return SimpleNamespace(probabilities=probs)
 
     balance = torch.tensor([0.0])
+    ranker = object()
     pipe = SimpleNamespace(order_head=Head(), system=SimpleNamespace(K_max=5),
-                           head_balance=lambda fit, y, h: balance)
+                           head_balance=lambda fit, y, h: balance, source_ranker=ranker,
+                           ranking=lambda fwd, fit, y, x, r: ("ranking", x, r))
     fwd = SimpleNamespace(out=SimpleNamespace(K_logits=None))
     y = torch.zeros(1, 2, 2, dtype=torch.complex64)
     got = learned.LearnedPipeline.decide_order(pipe, fwd, None, y, k_max=3)
     assert seen == [("x", 3, balance)] and got.probabilities is probs
-    assert got.K.tolist() == [1]
+    assert got.K.tolist() == [1] and got.ranking == ("ranking", "x", ranker)
 
 
 def test_the_polish_repairs_only_when_asked(monkeypatch):
@@ -1821,8 +1830,9 @@ def test_a_localizer_shows_its_method_system_and_search_box():
 
 def test_a_given_snr_reaches_the_network_as_float32_and_to_moves_the_order_head():
     """Stage 1 hands a float64 SNR to an SNR-reading network as float32 on y's device, and
-    LearnedPipeline.to moves the order head with the network (a mutation review: the dtype
-    dropped, and the head left behind, passed). Stubbed network and head."""
+    LearnedPipeline.to moves the order head and the source ranker with the network (a
+    mutation review: the dtype dropped, and the head left behind, passed). Stubbed network
+    and head."""
     from types import SimpleNamespace
 
     from risloc.pipeline.learned import LearnedPipeline
@@ -1835,9 +1845,11 @@ def test_a_given_snr_reaches_the_network_as_float32_and_to_moves_the_order_head(
     assert seen[0].dtype == torch.float32 and seen[0].tolist() == [10.0, 5.0]
     moved = []
     pipe = SimpleNamespace(network=SimpleNamespace(to=lambda d: moved.append(("net", d))),
-                           order_head=SimpleNamespace(to=lambda d: moved.append(("head", d))))
+                           order_head=SimpleNamespace(to=lambda d: moved.append(("head", d))),
+                           source_ranker=SimpleNamespace(
+                               to=lambda d: moved.append(("ranker", d))))
     assert LearnedPipeline.to(pipe, "cpu") is pipe
-    assert moved == [("net", "cpu"), ("head", "cpu")]
+    assert moved == [("net", "cpu"), ("head", "cpu"), ("ranker", "cpu")]
 
 
 def test_a_scene_estimated_at_exactly_low_snr_db_keeps_the_heads_balance(monkeypatch):

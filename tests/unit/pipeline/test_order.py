@@ -12,12 +12,19 @@ from risloc.estimators.mlfit import MLFitConfig, ml_fit
 from risloc.pipeline.order import (
     OrderFitConfig,
     OrderHead,
+    RankerFitConfig,
     estimated_snr_db,
     fit_order_head,
+    fit_source_ranker,
     n_features,
     order_features,
     order_head_from_state,
     order_head_state,
+    prior_features,
+    rank_sources,
+    ranker_from_state,
+    real_sources,
+    source_inputs,
 )
 from risloc.simulation import simulate_range
 
@@ -289,11 +296,11 @@ def test_the_heads_training_data_are_the_pipelines_features_of_its_own_split():
     pipe = load_learned_pipeline(order_head=False)
     r = pipe.recipe
     assert ORDER_STREAM != 1  # the network's stream (data.stream's default)
-    feats, K, _ = training_data(pipe, 3, workers=1)
+    feats, K, *_ = training_data(pipe, 3, workers=1)
     sc = simulate_range(0, 3, r.system, r.scenes(), seed=r.data.seed, split="train",
                         stream=ORDER_STREAM)
     with torch.no_grad():
-        _, _, whole = order_stages(pipe, sc)
+        fwd, fit, whole = order_stages(pipe, sc)
     assert torch.equal(K, sc.K)
     torch.testing.assert_close(feats, whole, rtol=0, atol=1e-3)
     # on the scaled inputs, as the Localizer runs it: a file's units change no feature, not
@@ -301,9 +308,10 @@ def test_the_heads_training_data_are_the_pipelines_features_of_its_own_split():
     big = dataclasses.replace(sc, y=sc.y * 1e25, H=sc.H * 1e-20)
     with torch.no_grad():
         torch.testing.assert_close(order_stages(pipe, big)[2], whole, rtol=0, atol=1e-3)
-    chunked, theta = order_dataset(pipe, sc, batch=2, workers=1)
+    chunked, theta, prior = order_dataset(pipe, sc, batch=2, workers=1)
     assert theta.shape == (3, r.system.K_max, 3)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-3)
+    torch.testing.assert_close(prior, prior_features(fwd.out, fit.theta), rtol=0, atol=1e-3)
 
 
 def test_fit_order_fits_the_head_on_the_fits_of_the_margin_it_stores(tmp_path, monkeypatch):
@@ -338,8 +346,10 @@ def test_fit_order_refuses_too_few_scenes_and_keeps_the_old_card_when_saving_fai
         calibrate.fit_order(DEFAULT_MODEL, tmp_path / "o.pt", n_scenes=MIN_ORDER_SCENES - 1)
     card = tmp_path / "o.json"
     card.write_text('{"old": 1}')
-    monkeypatch.setattr(calibrate, "training_data", lambda *a, **k: (None, None, None))
+    monkeypatch.setattr(calibrate, "training_data", lambda *a, **k: calibrate.OrderData(
+        *[None] * 5))
     monkeypatch.setattr(calibrate, "fit_order_head", lambda *a, **k: None)
+    monkeypatch.setattr(calibrate, "fit_source_ranker", lambda *a, **k: None)
     monkeypatch.setattr(calibrate, "order_report", lambda *a, **k: [])
     monkeypatch.setattr(calibrate, "order_head_state", lambda *a, **k: {})
 
@@ -376,14 +386,17 @@ def test_order_dataset_reports_each_batch_of_its_own_scenes(monkeypatch):
     import risloc.pipeline.calibrate as calibrate
 
     def stages(pipe, scenes):
-        return None, SimpleNamespace(theta=scenes.view(-1, 1, 1)), scenes.unsqueeze(1)
+        return (SimpleNamespace(out=-scenes), SimpleNamespace(theta=scenes.view(-1, 1, 1)),
+                scenes.unsqueeze(1))
 
     monkeypatch.setattr(calibrate, "order_stages", stages)
+    monkeypatch.setattr(calibrate, "prior_features", lambda out, theta: out.unsqueeze(1))
     told = []
-    feats, theta = calibrate.order_dataset(None, torch.arange(5.0), batch=2, workers=1,
-                                           on_batch=told.append)
+    feats, theta, prior = calibrate.order_dataset(None, torch.arange(5.0), batch=2, workers=1,
+                                                  on_batch=told.append)
     assert told == [2, 2, 1]
     assert feats[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0] and theta.shape == (5, 1, 1)
+    assert prior[:, 0].tolist() == [-0.0, -1.0, -2.0, -3.0, -4.0]
 
 
 def test_the_heads_training_data_are_simulated_from_the_scenes_asked_for(monkeypatch):
@@ -406,13 +419,17 @@ def test_the_heads_training_data_are_simulated_from_the_scenes_asked_for(monkeyp
 
     monkeypatch.setattr(calibrate, "simulate_range", simulate)
     monkeypatch.setattr(calibrate, "order_dataset", lambda pipe, sc, **kw: (
-        torch.zeros(len(sc.K), 4), torch.zeros(len(sc.K), 5, 3)))
+        torch.zeros(len(sc.K), 20), torch.zeros(len(sc.K), 5, 3), torch.ones(len(sc.K), 15)))
     monkeypatch.setattr(calibrate, "nested_detections", detections)
+    monkeypatch.setattr(calibrate, "real_sources", lambda theta, az, el, r, K: (
+        (az, el, r) == ("az", "el", "r")) * torch.ones(theta.shape[:2], dtype=torch.bool))
     pipe = SimpleNamespace(recipe=SimpleNamespace(system=None, scenes=lambda: "recipe's",
                                                   data=SimpleNamespace(seed=0)))
-    feats, K, det = calibrate.training_data(pipe, 3, scenes="mine")
-    assert feats.shape == (3, 4) and K.shape == (3,)
+    feats, K, det, sources, real = calibrate.training_data(pipe, 3, scenes="mine")
+    assert feats.shape == (3, 20) and K.shape == (3,)
     assert det.tolist() == [[0.0, 1.0, 2.0, 3.0, 4.0]] * 3
+    assert sources.shape == (3, 5, 20 + 5 + 5) and bool(real.all())
+    torch.testing.assert_close(sources[:, :, 22:25], torch.ones(3, 5, 3))  # the prior's
     assert asked == [(0, 3, "mine", "train", calibrate.ORDER_STREAM)]
     calibrate.training_data(pipe, 3)
     assert asked[1][2] == "recipe's"
@@ -462,7 +479,8 @@ def test_the_order_report_scores_both_deciders_per_snr_and_spread(monkeypatch):
                            torch.tensor([1, 2, 3, 4]))  # one too many in the last scene
     pipe = SimpleNamespace(recipe=SimpleNamespace(scene=SceneConfig(), system=None,
                                                   data=SimpleNamespace(seed=0)),
-                           head_balance=lambda fit, y, h: "balance")
+                           head_balance=lambda fit, y, h: "balance",
+                           ranking=lambda fwd, fit, y, x, ranker: None)  # (no ranker)
     told = []
     rows = calibrate.order_report(pipe, head, 4, workers=1, on_batch=told.append)
     n_snr = len(calibrate.REPORT_SNRS)
@@ -496,8 +514,10 @@ def test_fit_order_reports_a_recipe_whose_power_spread_is_one_number(tmp_path, m
 
     head = load_learned_pipeline().order_head
     monkeypatch.setattr(calibrate, "load_learned_pipeline", load)
-    monkeypatch.setattr(calibrate, "training_data", lambda *a, **k: (None, None, None))
+    monkeypatch.setattr(calibrate, "training_data", lambda *a, **k: calibrate.OrderData(
+        *[None] * 5))
     monkeypatch.setattr(calibrate, "fit_order_head", lambda *a, **k: head)
+    monkeypatch.setattr(calibrate, "fit_source_ranker", lambda *a, **k: None)
     monkeypatch.setattr(calibrate, "order_report", lambda *a, **k: [])
     report = calibrate.fit_order(DEFAULT_MODEL, tmp_path / "o.pt", n_scenes=64)
     assert "the recipe's scenes (power spread 6.0 dB)" in report["training_split"]
@@ -566,12 +586,13 @@ def test_fit_order_fits_the_head_on_the_scenes_asked_for_and_cards_its_report(
 
     def training_data(pipe, n, workers=None, on_batch=None, scenes=None):
         seen.update(pipe=pipe, scenes=scenes)
-        return None, None, None
+        return calibrate.OrderData(*[None] * 5)
 
     head = load_learned_pipeline().order_head
     monkeypatch.setattr(calibrate, "load_learned_pipeline", load)
     monkeypatch.setattr(calibrate, "training_data", training_data)
     monkeypatch.setattr(calibrate, "fit_order_head", lambda *a, **k: head)
+    monkeypatch.setattr(calibrate, "fit_source_ranker", lambda *a, **k: None)
     monkeypatch.setattr(calibrate, "order_report", lambda *a, **k: [])
     scene = {"power_spread_db": [0, 25]}
     for mix in (False, True):
@@ -620,8 +641,10 @@ def test_fit_order_drops_a_stale_card_at_out_and_reports_its_scene_mix(tmp_path,
     from risloc.pipeline.learned import DEFAULT_MODEL, load_learned_pipeline
 
     head = load_learned_pipeline().order_head
-    monkeypatch.setattr(calibrate, "training_data", lambda *a, **k: (None, None, None))
+    monkeypatch.setattr(calibrate, "training_data", lambda *a, **k: calibrate.OrderData(
+        *[None] * 5))
     monkeypatch.setattr(calibrate, "fit_order_head", lambda *a, **k: head)
+    monkeypatch.setattr(calibrate, "fit_source_ranker", lambda *a, **k: None)
     monkeypatch.setattr(calibrate, "order_report", lambda *a, **k: [])
     monkeypatch.setattr(calibrate, "save_checkpoint", lambda path, state: None)
     monkeypatch.setattr(calibrate, "model_card_path",
@@ -661,3 +684,152 @@ def test_the_decision_reads_the_log_of_a_small_probability_unclamped(monkeypatch
     monkeypatch.setattr(head, "forward", lambda x: OrderOutput(P, det))
     assert head.decide(torch.zeros(1, 4)).tolist() == [1]
     assert head.decide(torch.zeros(1, 4), balance=torch.zeros(1)).tolist() == [2]
+
+
+def test_prior_features_read_the_network_at_each_nested_source():
+    """prior_features (the source ranker's view of the network): the heat-map logit of the
+    grid cell nearest each source, the confidence of the nearest slot and the angle to it;
+    a source off by a third of a cell reads its own cell."""
+    from types import SimpleNamespace
+
+    grid = SimpleNamespace(azimuth=torch.linspace(-1, 1, 5),
+                           elevation=torch.linspace(-0.5, 0.5, 3),
+                           inv_range=torch.linspace(0.1, 0.5, 2))
+    heat = torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(1, 2, 3, 5)
+    out = SimpleNamespace(
+        grid=grid, heatmap=heat, slot_azimuth=torch.tensor([[0.5, -1.0]]),
+        slot_elevation=torch.tensor([[0.0, 0.5]]), slot_confidence=torch.tensor([[0.8, 0.3]]))
+    theta = torch.tensor([[[0.5 + 0.5 / 3, 0.0, 0.5], [-1.0, 0.5 - 0.5 / 3, 0.1]]],
+                         dtype=torch.float64)  # (the fits' float64 read as the map's)
+    f = prior_features(out, theta)
+    assert f.dtype == torch.float32
+    assert f[0, :2].tolist() == [heat[0, 1, 1, 3].item(), heat[0, 0, 2, 0].item()]
+    torch.testing.assert_close(f[0, 2:4], torch.logit(torch.tensor([0.8, 0.3])))
+    angles = torch.tensor([math.degrees(0.5 / 3), math.degrees(0.5 / 3)])
+    torch.testing.assert_close(f[0, 4:], torch.log(angles + 0.05), rtol=1e-4, atol=0)
+
+
+def test_real_sources_marks_the_nested_sources_paired_with_a_true_one():
+    """The ranker's target: a nested source is real when the Hungarian pairing of all K_max
+    within the gate pairs it with a true source, whatever its place."""
+    deg = math.pi / 180
+    theta = torch.tensor([[[-30 * deg, 0.0, 0.5], [50 * deg, 20 * deg, 0.25],
+                           [10 * deg, 5 * deg, 1 / 3]]])
+    real = real_sources(theta, torch.tensor([[10 * deg, -30 * deg]], dtype=torch.float64),
+                        torch.tensor([[5 * deg, 0.0]], dtype=torch.float64),
+                        torch.tensor([[3.0, 2.0]], dtype=torch.float64), torch.tensor([2]))
+    assert real.tolist() == [[True, False, True]]
+
+
+def test_source_inputs_give_each_source_the_scene_its_own_columns_and_its_place():
+    """[B, K_max, F + 5 + K_max]: the scene's features, the source's likelihood gain and
+    power (feature blocks 2 and 3), its three prior features, one-hot k."""
+    B, K_max = 2, 5
+    f = torch.arange(B * 4 * K_max, dtype=torch.float32).reshape(B, 4 * K_max)
+    prior = -torch.arange(B * 3 * K_max, dtype=torch.float32).reshape(B, 3 * K_max)
+    x = source_inputs(f, prior)
+    assert x.shape == (B, K_max, 4 * K_max + 5 + K_max)
+    for k in range(K_max):
+        assert torch.equal(x[:, k, :4 * K_max], f)
+        want = torch.stack([f[:, K_max + k], f[:, 2 * K_max + k], prior[:, k],
+                            prior[:, K_max + k], prior[:, 2 * K_max + k]], -1)
+        assert torch.equal(x[:, k, 4 * K_max:4 * K_max + 5], want)
+        assert x[0, k, 4 * K_max + 5:].tolist() == torch.eye(K_max)[k].tolist()
+
+
+def _realness_data(n: int = 1500):
+    """Sources whose realness one input column reads (with noise: not every source is
+    ranked right), the others noise."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 5, 6, generator=gen)
+    real = (x[:, :, 2] + 0.3 * torch.randn(n, 5, generator=gen)) > 0.5
+    return 10 * x + 3, real  # (in other units: the ranker standardises)
+
+
+def test_the_source_ranker_learns_which_sources_are_real_reproducibly():
+    x, real = _realness_data()
+    cfg = RankerFitConfig(epochs=15)
+    ranker = fit_source_ranker(x[:1000], real[:1000], cfg)
+    p = ranker(x[1000:])
+    assert ((p > 0.5) == real[1000:]).float().mean() > 0.9
+    order = ranker.rank(x[1000:])
+    assert torch.equal(order, p.sort(dim=-1, descending=True, stable=True).indices)
+    # the ranked sources: the real ones first, in nearly every scene
+    first = real[1000:].gather(1, order)
+    assert (first[:, :-1] >= first[:, 1:]).all(-1).float().mean() > 0.8
+    theta = torch.arange(500 * 5 * 3.0).reshape(500, 5, 3)
+    assert torch.equal(rank_sources(theta, order)[:, :, 0], theta[:, :, 0].gather(1, order))
+    again = fit_source_ranker(x[:1000], real[:1000], cfg)
+    torch.testing.assert_close(again(x[1000:]), p, rtol=0, atol=0)
+
+
+def test_the_source_ranker_is_stored_with_the_head_and_refuses_bad_data():
+    x, real = _realness_data(300)
+    ranker = fit_source_ranker(x, real, RankerFitConfig(epochs=1, hidden=8))
+    head = OrderHead(4, 5)
+    state = order_head_state(head, 0.0, ranker)
+    back = ranker_from_state(state)
+    assert back.hidden == 8 and torch.equal(back(x[:20]), ranker(x[:20]))
+    assert ranker_from_state(order_head_state(head)) is None  # a head without one
+    with pytest.raises(ValueError, match=r"real \[S, K_max\]"):
+        fit_source_ranker(x, real[:, :4])
+    bad = x.clone()
+    bad[3, 2, 1] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        fit_source_ranker(bad, real)
+
+
+def test_the_order_report_scores_the_head_on_the_sources_its_ranker_reports():
+    """order_report with a ranker: the head's K as without it (K accuracy the same), its F1
+    counted on the ranked sources (a ranker reversing the nested order reports the last K
+    and finds fewer), the residual rule's on the nested order."""
+    from risloc.pipeline.calibrate import order_report
+    from risloc.pipeline.learned import load_learned_pipeline
+
+    pipe = load_learned_pipeline()
+
+    class Reverse(torch.nn.Module):
+        def rank(self, inputs):
+            return torch.arange(inputs.shape[1] - 1, -1, -1).expand(inputs.shape[0], -1)
+
+    nested = order_report(pipe, pipe.order_head, 4, workers=1)
+    reverse = order_report(pipe, pipe.order_head, 4, workers=1, ranker=Reverse())
+    for a, b in zip(nested, reverse, strict=True):
+        assert a["K_accuracy_order_head"] == b["K_accuracy_order_head"]
+        assert a["f1_residual_rule"] == b["f1_residual_rule"]
+    assert sum(b["f1_order_head"] for b in reverse) < sum(a["f1_order_head"] for a in nested)
+
+
+def test_fit_order_can_keep_the_head_and_fit_the_ranker_alone(tmp_path, monkeypatch):
+    """keep_head: the model's head stored unchanged (its K decisions too), the ranker fitted
+    and stored with it, the report saying where the kept head was fitted; refused by name
+    where there is no head to keep, its margin differs or no ranker is to be fitted."""
+    import risloc.pipeline.calibrate as calibrate
+    from risloc.inference.checkpoint import load_checkpoint, save_checkpoint
+    from risloc.pipeline.learned import DEFAULT_MODEL
+
+    x, real = _realness_data(64)
+    ranker = fit_source_ranker(x, real, RankerFitConfig(epochs=1, hidden=8))
+    monkeypatch.setattr(calibrate, "training_data", lambda *a, **k: calibrate.OrderData(
+        None, None, None, x, real))
+    monkeypatch.setattr(calibrate, "fit_order_head", lambda *a, **k: pytest.fail("refitted"))
+    monkeypatch.setattr(calibrate, "fit_source_ranker", lambda *a, **k: ranker)
+    monkeypatch.setattr(calibrate, "order_report", lambda *a, **k: [])
+    out = tmp_path / "m.pt"
+    report = calibrate.fit_order(DEFAULT_MODEL, out, n_scenes=64, keep_head=True)
+    old, new = load_checkpoint(DEFAULT_MODEL), load_checkpoint(out)
+    for k, v in old["order_head"]["state_dict"].items():
+        assert torch.equal(new["order_head"]["state_dict"][k], v)
+    assert new["order_head"]["ranker"]["hidden"] == 8
+    kept = report["head"]["kept"]
+    assert kept["training_scenes"] == old["order_report"]["training_scenes"]
+    assert report["fit"] == old["order_report"]["fit"] and report["training_scenes"] == 64
+    with pytest.raises(ValueError, match="changes nothing"):
+        calibrate.fit_order(DEFAULT_MODEL, out, n_scenes=64, keep_head=True, rank=False)
+    with pytest.raises(ValueError, match="margin 0, not 0.5"):
+        calibrate.fit_order(DEFAULT_MODEL, out, n_scenes=64, keep_head=True, margin=0.5)
+    headless = tmp_path / "headless.pt"
+    del old["order_head"]
+    save_checkpoint(headless, old)
+    with pytest.raises(ValueError, match="has no order head to keep"):
+        calibrate.fit_order(headless, tmp_path / "h2.pt", n_scenes=64, keep_head=True)
