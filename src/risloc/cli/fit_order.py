@@ -116,10 +116,11 @@ def head_settings(checkpoint: Path) -> tuple[dict, bool, float, str]:
     from risloc.inference.checkpoint import load_checkpoint
 
     state = load_checkpoint(checkpoint)
-    report = state.get("order_report")
-    if isinstance(report, dict):
+    report, head = state.get("order_report"), state.get("order_head") or {}
+    if isinstance(report, dict):  # (the margin the pipeline reads: the head's own)
+        margin = head.get("repair_margin", report.get("repair_margin", 0.0))
         return (dict(report.get("scene") or {}), bool(report.get("scene_mix", True)),
-                float(report.get("repair_margin", 0.0)), "as its current head")
+                float(margin), "as its current head")
     config = state.get("config")
     config = json.loads(config) if isinstance(config, str) else config or {}
     order = config.get("order") or {}

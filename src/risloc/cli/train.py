@@ -316,12 +316,13 @@ def _model_of_best_epoch(run: Path) -> dict | None:
 
 def _model_is_current(cfg: TrainConfig) -> bool:
     """Whether <out_dir>/model.pt holds best.pt's epoch and an order head fitted with the
-    recipe's order settings (a finished run resumed again: nothing to fit anew)."""
+    recipe's order settings, and its source ranker (a finished run resumed again: nothing
+    to fit anew; one finished before the ranker existed gets both)."""
     model = _model_of_best_epoch(Path(cfg.out_dir))
     if model is None:
         return False
     report, o = model.get("order_report") or {}, cfg.order
-    return (model.get("order_head") is not None
+    return (model.get("order_head") is not None and "ranker" in model["order_head"]
             and report.get("training_scenes") == o.scenes
             and report.get("scene") == dict(o.scene) and report.get("scene_mix") == o.scene_mix
             and len(report.get("per_snr") or ()) > 0

@@ -226,9 +226,7 @@ def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
               "report_split": f"validation, streams {REPORT_STREAM}+16i, seed {r.data.seed}",
               "fit": ({k: getattr(config, k) for k in config.__dataclass_fields__}
                       if kept is None else (state.get("order_report") or {}).get("fit")),
-              "head": "fitted" if kept is None else {"kept": {
-                  k: (state.get("order_report") or {}).get(k)
-                  for k in ("training_scenes", "training_split", "scene", "scene_mix")}},
+              "head": "fitted" if kept is None else {"kept": _kept_provenance(state)},
               "repair_margin": margin,
               "ranker": ({k: getattr(ranker_config, k)
                           for k in ranker_config.__dataclass_fields__} if rank else None),
@@ -250,6 +248,15 @@ def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
         write_json_atomic(card_dst, card)
     return report  # (without a card of its own, out has none: an older one would describe
     # another head)
+
+
+def _kept_provenance(state: dict) -> dict:
+    """Where a kept head was fitted: what the old report says of it (its own "kept" entry
+    where the head was kept before: the report's scenes are then the ranker's)."""
+    old = state.get("order_report") or {}
+    if isinstance(old.get("head"), dict) and "kept" in old["head"]:
+        return old["head"]["kept"]
+    return {k: old.get(k) for k in ("training_scenes", "training_split", "scene", "scene_mix")}
 
 
 def _kept_head(state: dict, checkpoint: Path, margin: float, rank: bool) -> OrderHead:

@@ -31,10 +31,12 @@ Which K of the nested sources are reported is the :class:`SourceRanker`'s, fitte
 with the head: per nested source, the probability that it is a true source (from the
 head's features, its own gain and power, and what the network says at its position:
 :func:`prior_features`); the pipeline reports the K it ranks first, not the first K of the
-nested order, whose k-th source may be a noise fit where the (k+1)-th is real (on the
-validation split: F1 +0.002 to +0.011 at 0-5 dB in all 12 cells of three runs, K accuracy
-unchanged; docs/results.md, "The K decision"). A head stored without one reports the first
-K.
+nested order, whose k-th source may be a noise fit where the (k+1)-th is real; the pipeline
+does so where the scene's estimated SNR is below ``LearnedPipeline.rank_below_db`` (on the
+validation split, the shipped ranker: F1 +0.0037 on average over 12 cells at 0-5 dB, from
+-0.0031 to +0.0086, +0.0044 to +0.0086 in the 6 with equal powers; K unchanged;
+``benchmarks/bench_source_rank.py``, docs/results.md, "The K decision"). A head stored
+without one reports the first K.
 """
 
 from __future__ import annotations

@@ -110,7 +110,11 @@ def test_a_refit_keeps_what_it_is_not_told_to_change(tmp_path, fitted):
     save_checkpoint(tmp_path / "h.pt", {"config": "{}", "order_report": head})
     recipe = {"order": {"scene": {"power_spread_db": [0, 20]}, "scene_mix": False}}
     save_checkpoint(tmp_path / "r.pt", {"config": json.dumps(recipe)})
+    # the margin the pipeline reads is the head's own, where its report has none (a review)
+    save_checkpoint(tmp_path / "m.pt", {"config": "{}", "order_head": {"repair_margin": 0.25},
+                                        "order_report": {"scene": {}, "per_snr": [ROW]}})
     runs = [(["h.pt"], ({"power_spread_db": [0, 25], "range_m": [1.0, 5.0]}, False, 0.5)),
+            (["m.pt"], ({}, True, 0.25)),
             (["h.pt", "--scene", "range_m=[0.5, 2]", "--mix", "--margin", "0"],
              ({"power_spread_db": [0, 25], "range_m": [0.5, 2]}, True, 0.0)),
             (["r.pt"], ({"power_spread_db": [0, 20]}, False, 0.0))]

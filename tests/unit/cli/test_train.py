@@ -126,9 +126,10 @@ def test_a_run_that_loses_its_new_folder_to_another_leaves_it_to_that_run(
         assert "pid" in (run / LOCK_FILE).read_text()  # the other run's, intact
 
 
-def _finished_run(tmp_path, model_config=None, **report):
-    """A run folder whose best.pt and model.pt hold epoch 2 (the model's head fitted with
-    the recipe's order settings unless ``report`` says otherwise)."""
+def _finished_run(tmp_path, model_config=None, head=None, **report):
+    """A run folder whose best.pt and model.pt hold epoch 2 (the model's head, with a source
+    ranker unless ``head`` says otherwise, fitted with the recipe's order settings unless
+    ``report`` says otherwise)."""
     from risloc.inference.checkpoint import save_checkpoint
 
     cfg = load_train_config(None, [f"out_dir={tmp_path}"])
@@ -138,8 +139,8 @@ def _finished_run(tmp_path, model_config=None, **report):
     rep = {"training_scenes": o.scenes, "scene": dict(o.scene), "scene_mix": o.scene_mix,
            "per_snr": [{"scenes": o.report_scenes}], **report}
     save_checkpoint(tmp_path / "model.pt", {
-        **base, "config": model_config or base["config"], "order_head": {"w": [1.0]},
-        "order_report": rep})
+        **base, "config": model_config or base["config"],
+        "order_head": head or {"w": [1.0], "ranker": {"w": [1.0]}}, "order_report": rep})
     return cfg
 
 
@@ -156,6 +157,8 @@ def test_a_resumed_finished_run_keeps_its_model_only_if_it_is_current(tmp_path):
     assert not _model_is_current(_finished_run(tmp_path / "n", training_scenes=-1))
     assert not _model_is_current(_finished_run(tmp_path / "rep", per_snr=[{"scenes": -1}]))
     assert not _model_is_current(_finished_run(tmp_path / "empty", per_snr=[]))
+    # a head stored before the source ranker existed: both fitted anew
+    assert not _model_is_current(_finished_run(tmp_path / "old", head={"w": [1.0]}))
     assert not _model_is_current(_finished_run(tmp_path / "one", per_snr=[  # (every SNR's)
         {"scenes": load_train_config(None, []).order.report_scenes}, {"scenes": -1}]))
     _finished_run(tmp_path / "junk")

@@ -833,3 +833,24 @@ def test_fit_order_can_keep_the_head_and_fit_the_ranker_alone(tmp_path, monkeypa
     save_checkpoint(headless, old)
     with pytest.raises(ValueError, match="has no order head to keep"):
         calibrate.fit_order(headless, tmp_path / "h2.pt", n_scenes=64, keep_head=True)
+
+
+def test_a_head_kept_twice_keeps_where_it_was_fitted(tmp_path, monkeypatch):
+    """keep_head on a model whose head was kept before: the report's scenes are then the
+    ranker's, so the kept head's own record is carried on (a review: the second keep
+    recorded the ranker's 64 scenes as the head's)."""
+    import risloc.pipeline.calibrate as calibrate
+    from risloc.pipeline.learned import DEFAULT_MODEL
+
+    x, real = _realness_data(64)
+    ranker = fit_source_ranker(x, real, RankerFitConfig(epochs=1, hidden=8))
+    monkeypatch.setattr(calibrate, "training_data", lambda *a, **k: calibrate.OrderData(
+        None, None, None, x, real))
+    monkeypatch.setattr(calibrate, "fit_source_ranker", lambda *a, **k: ranker)
+    monkeypatch.setattr(calibrate, "order_report", lambda *a, **k: [])
+    once = calibrate.fit_order(DEFAULT_MODEL, tmp_path / "a.pt", n_scenes=100, keep_head=True)
+    twice = calibrate.fit_order(tmp_path / "a.pt", tmp_path / "b.pt", n_scenes=64,
+                                keep_head=True)
+    assert once["training_scenes"] == 100 and twice["training_scenes"] == 64
+    assert twice["head"]["kept"] == once["head"]["kept"]
+    assert twice["head"]["kept"]["training_scenes"] == 16384
