@@ -207,8 +207,8 @@ def fit_order(checkpoint: str | Path, out: str | Path, n_scenes: int = 16384,
     pipe.fit_config = replace(pipe.fit_config, repair_margin=margin)  # checks margin >= 0
     scenes = order_scenes(pipe, scene, mix)  # bad fields fail before the long part
     data = training_data(pipe, n_scenes, workers, on_batch, scenes)
-    head = kept or fit_order_head(data.features, data.K, data.detections, pipe.system.K_max,
-                                  config)
+    head = kept if kept is not None else fit_order_head(
+        data.features, data.K, data.detections, pipe.system.K_max, config)
     ranker = fit_source_ranker(data.sources, data.real, ranker_config) if rank else None
     rows = order_report(pipe, head, n_report, workers, on_batch, ranker)
     r = pipe.recipe
