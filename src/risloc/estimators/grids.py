@@ -167,13 +167,14 @@ def greedy_pick(values: torch.Tensor, distance: torch.Tensor, n: int,
     """Greedy non-maximum suppression over a candidate set.
 
     Repeatedly pick the largest remaining value and remove every candidate whose distance
-    to the pick is below ``min_distance``. Candidates with value -inf are never picked.
+    to the pick is below ``min_distance``. Candidates with value -inf or NaN are never
+    picked (torch's max would return each NaN first, an invalid pick taking one of the n slots).
 
     values : [B, T] float — candidate strengths (-inf = not a candidate)
     distance : [B, T, T] float — pairwise distances between candidates
     n : number of picks; min_distance : same unit as ``distance``
     """
-    vals = values.clone()
+    vals = values.masked_fill(values.isnan(), -math.inf)
     index, valid = [], []
     for _ in range(n):
         best, idx = vals.max(dim=-1)  # (B,)

@@ -325,6 +325,11 @@ def test_grid_helpers():
     # mutation review: not removing the pick itself passed)
     picks = greedy_pick(vals, (pos.unsqueeze(-1) - pos.unsqueeze(-2)).abs(), 3, 0.0)
     assert picks.index[0].tolist() == [0, 1, 2] and picks.valid[0].all()
+    # a NaN value is no candidate and takes none of the n slots (torch's max returns a NaN
+    # first: it was an invalid first pick, and the third source was lost)
+    nan = torch.tensor([[math.nan, 4.0, 3.0, 5.0]])
+    picks = greedy_pick(nan, (pos.unsqueeze(-1) - pos.unsqueeze(-2)).abs(), 3, 0.0)
+    assert picks.index[0].tolist() == [3, 1, 2] and picks.valid[0].all()
 
 
 def test_the_grid_spectrum_is_the_music_spectrum_at_the_grid_points():
