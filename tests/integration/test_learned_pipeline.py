@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from risloc.cli.main import app
 from risloc.config import SceneConfig, SystemConfig
+from risloc.core.checks import InputError
 from risloc.core.params import Estimates
 from risloc.estimators.classical import cancelling_sources
 from risloc.estimators.mlfit import MLFit
@@ -632,6 +633,12 @@ def test_the_decided_sources_are_those_the_ranker_puts_first():
         last = pipe.polish(sc.y, sc.H, sc.codes, fit._replace(theta=fit.theta.flip(1)),
                            decision.K)
         first = pipe.polish(sc.y, sc.H, sc.codes, fit, decision.K)
+        # polish refuses a ranking that is not a permutation of the K_max slots per scene
+        for bad, what in ((reverse[:, :3], r"\[B, K_max\] = \[4, 5\] integers"),
+                          (reverse.float(), "integers"),
+                          (torch.zeros_like(reverse), r"permutation .* scene\(s\) \[0, 1, 2, 3\]")):
+            with pytest.raises(InputError, match=what):
+                pipe.polish(sc.y, sc.H, sc.codes, fit, decision.K, ranking=bad)
     got = pipe.localize(sc.y, sc.H, sc.codes)
     assert torch.equal(got.K, last.K)
     torch.testing.assert_close(got.azimuth, last.azimuth.float(), equal_nan=True)

@@ -50,8 +50,9 @@ def fit_order_command(
         "scene alone, the recipe's order.scene_mix false). Default: as the current head, "
         "else the recipe's order.scene_mix."))] = None,
     rank: Annotated[bool, typer.Option("--rank/--no-rank", help=(
-        "Fit the source ranker with the head, on the same scenes: where the head decides K, "
-        "the pipeline reports the K nested sources it ranks most probably real "
+        "Fit the source ranker with the head, on the same scenes: where the head decides K "
+        "and the scene's own fits estimate its SNR below 9 dB (LearnedPipeline."
+        "rank_below_db), the pipeline reports the K nested sources it ranks most probably real "
         "(risloc.pipeline.order.SourceRanker); --no-rank: the first K of the nested "
         "order."))] = True,
     keep_head: Annotated[bool, typer.Option("--keep-head", help=(
@@ -77,6 +78,9 @@ def fit_order_command(
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     if margin is not None and not 0 <= margin < float("inf"):  # (MLFitConfig: repair_margin)
         raise ValueError(f"--margin must be >= 0 and finite, got {margin}")
+    if keep_head and not rank:
+        raise ValueError("--keep-head with --no-rank changes nothing: keep the head and fit "
+                         "the ranker (--keep-head), or refit the head (--no-rank alone)")
     refuse_existing_model(out_path, overwrite, checkpoint)
     check_model_target(out_path, checkpoint, in_place=True)
     fields = scene_fields(scene or [])

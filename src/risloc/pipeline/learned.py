@@ -39,7 +39,7 @@ from typing import NamedTuple
 import torch
 
 from risloc.config import FieldOfView, SystemConfig
-from risloc.core.checks import check_source_counts, float32_default
+from risloc.core.checks import InputError, check_source_counts, float32_default
 from risloc.core.params import Estimates
 from risloc.estimators.classical import ClassicalConfig, separate_cancelling
 from risloc.estimators.mlfit import MLFit, MLFitConfig, ml_fit, repair_chosen
@@ -270,6 +270,8 @@ class LearnedPipeline:
         caller (as for :meth:`fit`). ``check`` (off in :meth:`localize`, whose K lies in
         range: it waits for a GPU) refuses a K outside 1..K_max by name (a column [B, 1]
         is read as [B])."""
+        if check and ranking is not None:
+            _check_ranking(ranking, fit.theta.shape[0], fit.theta.shape[1])
         theta = fit.theta if ranking is None else rank_sources(fit.theta, ranking)
         if check:
             K = _given_K(K, theta.shape[0], theta.shape[1], "polish")
@@ -313,6 +315,21 @@ def _given_K(K, B: int, K_max: int, stage: str) -> torch.Tensor:
     """A stage's K as [B] int64 in 1..K_max (:func:`check_source_counts`; errors name the
     stage)."""
     return check_source_counts(f"{stage}: K", K, B, K_max)
+
+
+def _check_ranking(ranking: torch.Tensor, B: int, K_max: int) -> None:
+    """InputError unless ranking is [B, K_max] integers, each scene's a permutation of
+    0..K_max-1 (:meth:`LearnedPipeline.polish`)."""
+    if tuple(ranking.shape) != (B, K_max) or ranking.dtype.is_floating_point \
+            or ranking.is_complex() or ranking.dtype == torch.bool:
+        raise InputError(f"polish: ranking must be [B, K_max] = [{B}, {K_max}] integers, got "
+                         f"{tuple(ranking.shape)} {ranking.dtype}")
+    order = torch.arange(K_max, device=ranking.device)
+    bad = (ranking.sort(dim=-1).values != order).any(-1)
+    if bool(bad.any()):
+        raise InputError("polish: each scene's ranking must be a permutation of 0..K_max-1 "
+                         f"(K_max {K_max}); scene(s) {bad.nonzero().flatten()[:5].tolist()} "
+                         "are not")
 
 
 def _check_candidates(candidates: torch.Tensor, B: int, K_max: int, fov: FieldOfView) -> None:
@@ -384,7 +401,7 @@ def _load_learned_pipeline(path, weights, music, order_head, warn_headless) -> L
 def _stored_ranker(state: dict, path: Path) -> SourceRanker | None:
     try:
         return ranker_from_state(state["order_head"])
-    except (AttributeError, KeyError, RuntimeError, TypeError) as err:
+    except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: unreadable source ranker ({err})") from None
 
 

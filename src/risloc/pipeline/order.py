@@ -41,6 +41,7 @@ without one reports the first K.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -289,6 +290,12 @@ def prior_features(out, theta: torch.Tensor) -> torch.Tensor:
     return torch.cat([heat, torch.logit(conf), torch.log(d + 0.05)], -1).float()
 
 
+def n_source_inputs(K_max: int) -> int:
+    """Length of a nested source's input to the :class:`SourceRanker`
+    (:func:`source_inputs`)."""
+    return n_features(K_max) + 5 + K_max
+
+
 def source_inputs(features: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
     """[B, K_max, F + 5 + K_max] — the :class:`SourceRanker`'s input per nested source: the
     scene's order features [B, F] (:func:`order_features`), the source's own likelihood
@@ -305,10 +312,11 @@ def source_inputs(features: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
 class SourceRanker(nn.Module):
     """Which nested sources to report: P(real) of each, the probability that it is paired
     with a true source when all K_max are reported, from :func:`source_inputs`
-    (standardised, then Linear -> GELU -> Linear -> GELU -> Linear). The pipeline reports
-    the K the order head decides, taken in decreasing P(real) instead of the nested order
-    (a weak source's nested fit may come before a real one's; docs/results.md, "The K
-    decision")."""
+    (standardised, then Linear -> GELU -> Linear -> GELU -> Linear). Where the SNR
+    estimated from a scene's nested fits is below ``LearnedPipeline.rank_below_db`` (9 dB),
+    the pipeline reports the K the order head decides taken in decreasing P(real) instead
+    of the nested order (a weak source's nested fit may come before a real one's;
+    docs/results.md, "The K decision")."""
 
     def __init__(self, n_in: int, hidden: int = 64):
         super().__init__()
@@ -330,8 +338,10 @@ class SourceRanker(nn.Module):
     @torch.no_grad()
     def rank(self, inputs: torch.Tensor) -> torch.Tensor:
         """[B, K_max] int64: the nested sources by decreasing P(real) (ties: nested
-        order)."""
-        return self.logits(inputs).sort(dim=-1, descending=True, stable=True).indices
+        order; a NaN P(real), from a source whose inputs are not finite, last)."""
+        logits = self.logits(inputs)
+        logits = logits.masked_fill(logits.isnan(), -math.inf)  # (sort puts NaN first)
+        return logits.sort(dim=-1, descending=True, stable=True).indices
 
 
 @dataclass(frozen=True)
@@ -412,10 +422,14 @@ def order_head_from_state(state: dict) -> OrderHead:
 
 def ranker_from_state(state: dict) -> SourceRanker | None:
     """The source ranker stored with a head by :func:`order_head_state`; None where the
-    head was stored without one (it reports the first K nested sources)."""
+    head was stored without one (it reports the first K nested sources). Refuses one whose
+    input width is not :func:`n_source_inputs` of the head's K_max (ValueError)."""
     stored = state.get("ranker")
     if stored is None:
         return None
+    if stored["n_in"] != n_source_inputs(state["K_max"]):
+        raise ValueError(f"it reads {stored['n_in']} inputs per source, the pipeline gives "
+                         f"{n_source_inputs(state['K_max'])} (K_max {state['K_max']})")
     ranker = SourceRanker(stored["n_in"], stored["hidden"])
     ranker.load_state_dict(stored["state_dict"])
     return ranker.eval()

@@ -52,6 +52,11 @@ def test_the_defaults_fit_the_head_as_the_recipe_s_order_stage_does(tmp_path, fi
                                    str(tmp_path / "m3.pt"), "--keep-head"])
     assert res.exit_code == 0 and fitted[-1][1]["keep_head"] is True
     assert fitted[-2][1]["keep_head"] is False
+    # --keep-head --no-rank would change nothing: refused by its flags, before any work
+    res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "m.pt"), "--out",
+                                   str(tmp_path / "m3.pt"), "--keep-head", "--no-rank"])
+    assert res.exit_code == 2 and "--keep-head with --no-rank changes nothing" in res.output
+    assert "order features" not in res.output and len(fitted) == 3
     # another model at --out is replaced only with --overwrite (the input itself: in place)
     (tmp_path / "m2.pt").write_bytes(b"mine")
     res = CliRunner().invoke(app, ["fit-order", str(tmp_path / "m.pt"), "--out",

@@ -17,6 +17,7 @@ from risloc.pipeline.order import (
     fit_order_head,
     fit_source_ranker,
     n_features,
+    n_source_inputs,
     order_features,
     order_head_from_state,
     order_head_state,
@@ -741,7 +742,7 @@ def _realness_data(n: int = 1500):
     """Sources whose realness one input column reads (with noise: not every source is
     ranked right), the others noise."""
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(n, 5, 6, generator=gen)
+    x = torch.randn(n, 5, n_source_inputs(5), generator=gen)  # (a K_max = 5 head's width)
     real = (x[:, :, 2] + 0.3 * torch.randn(n, 5, generator=gen)) > 0.5
     return 10 * x + 3, real  # (in other units: the ranker standardises)
 
@@ -761,6 +762,10 @@ def test_the_source_ranker_learns_which_sources_are_real_reproducibly():
     assert torch.equal(rank_sources(theta, order)[:, :, 0], theta[:, :, 0].gather(1, order))
     again = fit_source_ranker(x[:1000], real[:1000], cfg)
     torch.testing.assert_close(again(x[1000:]), p, rtol=0, atol=0)
+    # a source whose inputs are not finite is ranked last, not first (sort puts NaN first)
+    nan = x[1000:1002].clone()
+    nan[:, 1, 0] = float("nan")
+    assert ranker.rank(nan)[:, -1].tolist() == [1, 1]
 
 
 def test_the_source_ranker_is_stored_with_the_head_and_refuses_bad_data():
@@ -771,6 +776,8 @@ def test_the_source_ranker_is_stored_with_the_head_and_refuses_bad_data():
     back = ranker_from_state(state)
     assert back.hidden == 8 and torch.equal(back(x[:20]), ranker(x[:20]))
     assert ranker_from_state(order_head_state(head)) is None  # a head without one
+    with pytest.raises(ValueError, match="reads 30 inputs per source, the pipeline gives 25"):
+        ranker_from_state(order_head_state(OrderHead(4, 4), 0.0, ranker))  # another K_max
     with pytest.raises(ValueError, match=r"real \[S, K_max\]"):
         fit_source_ranker(x, real[:, :4])
     bad = x.clone()
