@@ -1,7 +1,8 @@
 """Do near sources at low SNR need other proposals than the network's slots?
 
     python benchmarks/bench_near_proposals.py [--n 400] [--corners near default]
-                                              [--snrs 0 5] [--out reports/bench/near_proposals.json]
+        [--snrs 0 5] [--modes slots samp ...] [--near-m 1.5]
+        [--out reports/bench/near_proposals.json]
 
 At 0 dB the learned localizer's F1 falls 0.095 behind the classical one's on sources at
 0.5-1.5 m (``bench_corners.py --snrs 0``), ahead or level in the other corners; with K
@@ -18,7 +19,11 @@ shipped pipeline proposing from
   sample covariance R_samp (``forward_blend`` with beta 1);
 * ``union_cost``: both fits, keeping per scene the one with the lower S-source cost C_S
   (the measurement-domain likelihood judging the candidates);
-* ``union_sum``: both, keeping the one with the lower sum of its nested costs C_1..C_S.
+* ``union_sum``: both, keeping the one with the lower sum of its nested costs C_1..C_S;
+* ``gated_near``: R_samp's proposals only in the scenes where every one of the K sources
+  the order head decides on the slots' fit lies nearer than ``--near-m`` (1.5 m), the
+  slots' elsewhere (the share of such scenes, ``gated``, sets what it would cost: this
+  script fits both everywhere).
 
 The order head and the source ranker are the shipped ones, fitted on the slots' fits.
 Writes the JSON and the printed table beside it (``<out>.txt``).
@@ -40,8 +45,9 @@ from risloc.evaluation.metrics import match_sources, summarize
 from risloc.inference.forward import forward_blend
 from risloc.io.atomic import write_text_atomic
 from risloc.pipeline.learned import LearnedPipeline, inference_music_config, load_learned_pipeline
+from risloc.pipeline.order import rank_sources
 
-MODES = ("slots", "samp", "union_cost", "union_sum")
+MODES = ("slots", "samp", "union_cost", "union_sum", "gated_near")
 BATCH = 128
 
 
@@ -61,24 +67,35 @@ def _take(a, b, use_b: torch.Tensor):
 
 
 @torch.no_grad()
-def localize(pipe: LearnedPipeline, y, H, codes, K, mode: str) -> Estimates:
-    """The pipeline's stages (``LearnedPipeline.localize``) with ``mode``'s proposals."""
+def localize(pipe: LearnedPipeline, y, H, codes, K, mode: str, near_m: float = 1.5
+             ) -> tuple[Estimates, torch.Tensor]:
+    """The pipeline's stages (``LearnedPipeline.localize``) with ``mode``'s proposals, and
+    which scenes [B] took R_samp's fit."""
     known = K is not None
     fwd = pipe.forward(y, H, codes)
     slots = pipe.propose(fwd)
     fit = pipe.fit(y, H, codes, slots, known, check=False) if mode != "samp" else None
+    took = torch.zeros(y.shape[0], dtype=torch.bool) if mode == "slots" else \
+        torch.ones(y.shape[0], dtype=torch.bool)
     if mode != "slots":
         other = pipe.fit(y, H, codes, samp_candidates(pipe, y, H, codes, slots), known,
                          check=False)
         if fit is None:
             fit = other
         else:
-            cost = (lambda f: f.costs[:, -1]) if mode == "union_cost" \
-                else (lambda f: f.costs[:, 1:].sum(-1))
-            fit = _take(fit, other, cost(other) < cost(fit))
+            if mode == "gated_near":
+                d = pipe.decide_order(fwd, fit, y, K, check=False)
+                theta = fit.theta if d.ranking is None else rank_sources(fit.theta, d.ranking)
+                k = torch.arange(theta.shape[1])
+                took = ((theta[..., 2] > 1 / near_m) | (k >= d.K.unsqueeze(-1))).all(-1)
+            else:
+                cost = (lambda f: f.costs[:, -1]) if mode == "union_cost" \
+                    else (lambda f: f.costs[:, 1:].sum(-1))
+                took = cost(other) < cost(fit)
+            fit = _take(fit, other, took)
     d = pipe.decide_order(fwd, fit, y, K, check=False)
     return pipe.polish(y, H, codes, fit, d.K, repair=known, known=known, check=False,
-                       ranking=d.ranking).float()
+                       ranking=d.ranking).float(), took
 
 
 def main() -> None:
@@ -88,6 +105,9 @@ def main() -> None:
     ap.add_argument("--snrs", type=float, nargs="+", default=[0.0, 5.0],
                     help="SNRs [dB]; each draws the stream of its place in bench_corners.py's "
                          "--snrs, so pass them in that order for its scenes")
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    ap.add_argument("--near-m", type=float, default=1.5,
+                    help="gated_near: R_samp's fit where every decided source is nearer [m]")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/near_proposals.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -96,14 +116,15 @@ def main() -> None:
     for name in args.corners:
         for i, snr in enumerate(args.snrs):
             sc = bc.corner_scenes(name, "validation", args.n, snr, bc.cell_stream(name, i))
-            for mode in MODES:
+            for mode in args.modes:
                 row = {"corner": name, "snr_db": snr, "mode": mode}
                 for known in (False, True):
                     t0 = time.perf_counter()
-                    parts = [localize(pipe, sc.y[j:j + BATCH], sc.H[j:j + BATCH],
-                                      sc.codes[j:j + BATCH],
-                                      sc.K[j:j + BATCH] if known else None, mode)
-                             for j in range(0, len(sc), BATCH)]
+                    parts, took = zip(*(localize(pipe, sc.y[j:j + BATCH], sc.H[j:j + BATCH],
+                                                 sc.codes[j:j + BATCH],
+                                                 sc.K[j:j + BATCH] if known else None, mode,
+                                                 args.near_m)
+                                        for j in range(0, len(sc), BATCH)), strict=True)
                     seconds = time.perf_counter() - t0
                     est = Estimates(*(torch.cat([getattr(p, f) for p in parts])
                                       for f in ("K", "azimuth", "elevation", "range_m",
@@ -111,12 +132,15 @@ def main() -> None:
                     s = summarize(match_sources(est, sc.azimuth, sc.elevation, sc.range_m,
                                                 sc.K))
                     row["K_given" if known else "K_decided"] = {
-                        "f1": s.f1, "K_accuracy": s.K_accuracy, "seconds": seconds}
+                        "f1": s.f1, "K_accuracy": s.K_accuracy, "seconds": seconds,
+                        "gated": float(torch.cat(took).float().mean())}
                 rows.append(row)
                 d, g = row["K_decided"], row["K_given"]
                 lines.append(f"{name:>8s} {snr:4.0f} dB  {mode:10s}  K decided: F1 {d['f1']:.3f} "
                              f"K acc {d['K_accuracy']:.3f} {d['seconds']:5.1f} s   K given: "
-                             f"F1 {g['f1']:.3f} {g['seconds']:5.1f} s")
+                             f"F1 {g['f1']:.3f} {g['seconds']:5.1f} s" + (
+                                 f"   R_samp's fit kept in {d['gated']:.1%} / {g['gated']:.1%}"
+                                 if mode != "slots" else ""))
                 print(lines[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, json.dumps({"n": args.n, "split": "validation",
