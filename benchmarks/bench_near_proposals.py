@@ -20,6 +20,9 @@ shipped pipeline proposing from
 * ``union_cost``: both fits, keeping per scene the one with the lower S-source cost C_S
   (the measurement-domain likelihood judging the candidates);
 * ``union_sum``: both, keeping the one with the lower sum of its nested costs C_1..C_S;
+* ``union_k``: both, keeping the one with the lower cost C_K at K sources: the given K, or
+  the K the order head decides on the slots' fit (the likelihood judging fits of the same
+  size, as an ML genie with K given does);
 * ``gated_near``: R_samp's proposals only in the scenes where every one of the K sources
   the order head decides on the slots' fit lies nearer than ``--near-m`` (1.5 m), the
   slots' elsewhere (the share of such scenes, ``gated``, sets what it would cost: this
@@ -47,7 +50,7 @@ from risloc.io.atomic import write_text_atomic
 from risloc.pipeline.learned import LearnedPipeline, inference_music_config, load_learned_pipeline
 from risloc.pipeline.order import rank_sources
 
-MODES = ("slots", "samp", "union_cost", "union_sum", "gated_near")
+MODES = ("slots", "samp", "union_cost", "union_sum", "union_k", "gated_near")
 BATCH = 128
 
 
@@ -83,7 +86,11 @@ def localize(pipe: LearnedPipeline, y, H, codes, K, mode: str, near_m: float = 1
         if fit is None:
             fit = other
         else:
-            if mode == "gated_near":
+            if mode == "union_k":
+                k = K if known else pipe.decide_order(fwd, fit, y, None, check=False).K
+                at = k.view(-1, 1).long()
+                took = other.costs.gather(1, at).squeeze(1) < fit.costs.gather(1, at).squeeze(1)
+            elif mode == "gated_near":
                 d = pipe.decide_order(fwd, fit, y, K, check=False)
                 theta = fit.theta if d.ranking is None else rank_sources(fit.theta, d.ranking)
                 k = torch.arange(theta.shape[1])
