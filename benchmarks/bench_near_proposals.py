@@ -42,7 +42,7 @@ from pathlib import Path
 import bench_corners as bc
 import torch
 
-from risloc.core.params import Estimates
+from risloc.core.params import Estimates, concat_estimates
 from risloc.estimators.music import music
 from risloc.evaluation.metrics import match_sources, summarize
 from risloc.inference.forward import forward_blend
@@ -133,9 +133,7 @@ def main() -> None:
                                                  args.near_m)
                                         for j in range(0, len(sc), BATCH)), strict=True)
                     seconds = time.perf_counter() - t0
-                    est = Estimates(*(torch.cat([getattr(p, f) for p in parts])
-                                      for f in ("K", "azimuth", "elevation", "range_m",
-                                                "score")))
+                    est = concat_estimates(list(parts))
                     s = summarize(match_sources(est, sc.azimuth, sc.elevation, sc.range_m,
                                                 sc.K))
                     row["K_given" if known else "K_decided"] = {
