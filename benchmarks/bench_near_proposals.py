@@ -1,7 +1,7 @@
 """Do near sources at low SNR need other proposals than the network's slots?
 
     python benchmarks/bench_near_proposals.py [--n 400] [--corners near default]
-        [--snrs 0 5] [--modes slots samp ...] [--near-m 1.5] [--recall]
+        [--snrs 0 5] [--modes slots samp ...] [--near-m 1.5] [--recall | --grid-gain]
         [--out reports/bench/near_proposals.json]
 
 At 0 dB the learned localizer's F1 falls 0.095 behind the classical one's on sources at
@@ -29,6 +29,9 @@ shipped pipeline proposing from
   script fits both everywhere).
 
 The order head and the source ranker are the shipped ones, fitted on the slots' fits.
+``--grid-gain``: instead, whether the network's candidate grid (its beamformer bank) covers
+near sources as well as others: for 2,000 random sources per range band, the largest
+normalised gain |a(g)^H a|^2 / (||a(g)||^2 ||a||^2) over the grid points g (median and 10 %).
 ``--recall``: instead, per corner and SNR, the share of the true sources that the network's
 slots and the S-source fit from them pair within the detection gate (angle within 5 deg)
 when all K_max are reported, and the median |range error| of those pairs [m].
@@ -50,6 +53,7 @@ from risloc.estimators.music import music
 from risloc.evaluation.metrics import match_sources, summarize
 from risloc.inference.forward import forward_blend
 from risloc.io.atomic import write_text_atomic
+from risloc.physics import steering
 from risloc.pipeline.learned import LearnedPipeline, inference_music_config, load_learned_pipeline
 from risloc.pipeline.order import rank_sources
 
@@ -125,6 +129,27 @@ def recall(pipe: LearnedPipeline, sc) -> dict:
     return out
 
 
+def grid_gain(pipe: LearnedPipeline, r_lo: float, r_hi: float, n: int = 2000,
+              seed: int = 0) -> torch.Tensor:
+    """[n] the best normalised gain over the network's candidate grid of n sources drawn
+    uniformly in its field of view's angles and in r_lo..r_hi [m] (float64)."""
+    gen = torch.Generator().manual_seed(seed)
+    fov, g = pipe.fov, pipe.network.grid
+
+    def draw(lo, hi):
+        return lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
+
+    az = torch.deg2rad(draw(*fov.azimuth_deg))
+    el = torch.deg2rad(draw(*fov.elevation_deg))
+    a = steering(az, el, draw(r_lo, r_hi), pipe.system, torch.complex128)  # (n, N)
+    A, E, inv = torch.meshgrid(g.azimuth.double(), g.elevation.double(),
+                               g.inv_range.double(), indexing="ij")
+    G = steering(A.flatten(), E.flatten(), 1 / inv.flatten(), pipe.system, torch.complex128)
+    G = G / G.norm(dim=-1, keepdim=True)
+    a = a / a.norm(dim=-1, keepdim=True)
+    return (G.conj() @ a.T).abs().square().amax(0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=400, help="scenes per corner and SNR")
@@ -135,6 +160,9 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     ap.add_argument("--near-m", type=float, default=1.5,
                     help="gated_near: R_samp's fit where every decided source is nearer [m]")
+    ap.add_argument("--grid-gain", action="store_true",
+                    help="the network's candidate grid's gain on near and other sources "
+                         "instead")
     ap.add_argument("--recall", action="store_true",
                     help="the slots' and their fit's recall and range errors instead")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/near_proposals.json"))
@@ -142,7 +170,16 @@ def main() -> None:
     torch.set_num_threads(1)
     pipe = load_learned_pipeline()
     rows, lines = [], []
-    for name in args.corners:
+    bands = ((0.5, 1.5), (1.5, 10.0), (5.0, 10.0)) if args.grid_gain else ()
+    for lo, hi in bands:
+        gain = grid_gain(pipe, lo, hi)
+        rows.append({"range_m": [lo, hi], "median": float(gain.median()),
+                     "q10": float(gain.quantile(0.1))})
+        lines.append(f"grid {tuple(len(ax) for ax in pipe.network.grid)} (az, el, 1/r), "
+                     f"sources at {lo:g}-{hi:g} m: best cell's gain median "
+                     f"{rows[-1]['median']:.3f}, 10 % {rows[-1]['q10']:.3f}")
+        print(lines[-1], flush=True)
+    for name in args.corners if not args.grid_gain else ():
         for i, snr in enumerate(args.snrs):
             sc = bc.corner_scenes(name, "validation", args.n, snr, bc.cell_stream(name, i))
             if args.recall:
